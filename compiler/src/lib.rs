@@ -1,0 +1,1 @@
+//! The netmux filter compiler: the pcap-filter language to verified netmux VM bytecode.

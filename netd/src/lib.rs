@@ -1,0 +1,1 @@
+//! netd, the netmux daemon: ports, sessions and policy, the IPC protocol, the client library.

@@ -1,0 +1,2 @@
+//! The `netmux` command.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Test-only support for netmux: the libpcap oracle, capture reading, frame builders.
