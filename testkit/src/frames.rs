@@ -13,9 +13,9 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 /// Length fields to patch when the frame is finished.
 #[derive(Clone, Copy, Debug)]
 enum Fixup {
-    Ipv4TotalLen(usize),
-    Ipv6PayloadLen(usize),
-    UdpLen(usize),
+    Ipv4Total(usize),
+    Ipv6Payload(usize),
+    Udp(usize),
 }
 
 /// Appends protocol headers to make one frame.
@@ -105,7 +105,7 @@ impl FrameBuilder {
         self.bytes.extend_from_slice(&h.dst);
         let hdr_len = usize::from(ihl.max(5)) * 4;
         self.bytes.resize(start + hdr_len, 0);
-        self.fixups.push(Fixup::Ipv4TotalLen(start));
+        self.fixups.push(Fixup::Ipv4Total(start));
         self
     }
 
@@ -118,7 +118,7 @@ impl FrameBuilder {
         self.bytes.push(64);
         self.bytes.extend_from_slice(&src);
         self.bytes.extend_from_slice(&dst);
-        self.fixups.push(Fixup::Ipv6PayloadLen(start));
+        self.fixups.push(Fixup::Ipv6Payload(start));
         self
     }
 
@@ -166,7 +166,7 @@ impl FrameBuilder {
         self.bytes.extend_from_slice(&sport.to_be_bytes());
         self.bytes.extend_from_slice(&dport.to_be_bytes());
         self.bytes.extend_from_slice(&[0, 0, 0, 0]);
-        self.fixups.push(Fixup::UdpLen(start));
+        self.fixups.push(Fixup::Udp(start));
         self
     }
 
@@ -206,9 +206,9 @@ impl FrameBuilder {
         let total = self.bytes.len();
         for f in std::mem::take(&mut self.fixups) {
             let (at, len) = match f {
-                Fixup::Ipv4TotalLen(s) => (s + 2, total - s),
-                Fixup::Ipv6PayloadLen(s) => (s + 4, total.saturating_sub(s + 40)),
-                Fixup::UdpLen(s) => (s + 4, total - s),
+                Fixup::Ipv4Total(s) => (s + 2, total - s),
+                Fixup::Ipv6Payload(s) => (s + 4, total.saturating_sub(s + 40)),
+                Fixup::Udp(s) => (s + 4, total - s),
             };
             let v = u16::try_from(len).unwrap_or(u16::MAX).to_be_bytes();
             if let Some(dst) = self.bytes.get_mut(at..at + 2) {
