@@ -71,6 +71,9 @@ pub fn peer_credentials(sock: impl AsFd) -> io::Result<PeerCredentials> {
     })
 }
 
+/// A message body not yet decoded, and the descriptors that came with it.
+pub type RawMessage = (Vec<u8>, Vec<OwnedFd>);
+
 /// A message channel. See the module documentation.
 #[derive(Debug)]
 pub struct Channel {
@@ -123,10 +126,8 @@ impl Channel {
         while sent < bytes.len() {
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
             let mut control = SendAncillaryBuffer::new(&mut space);
-            if sent == 0 && !fds.is_empty() {
-                if !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                    return Err(FrameError::TooManyFds(fds.len().min(255) as u8).into());
-                }
+            if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(FrameError::TooManyFds(fds.len().min(255) as u8).into());
             }
             match sendmsg(
                 &self.sock,
@@ -173,7 +174,7 @@ impl Channel {
     }
 
     /// As [`Channel::try_recv`], without decoding the body.
-    pub fn try_recv_raw(&mut self) -> Result<Option<(Vec<u8>, Vec<OwnedFd>)>, ChannelError> {
+    pub fn try_recv_raw(&mut self) -> Result<Option<RawMessage>, ChannelError> {
         loop {
             let want = self.buf.len();
             if self.have == want {
