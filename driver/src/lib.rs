@@ -1,2 +1,6 @@
 //! The netmux driver: owns the link, reassembles and classifies received frames, and checks
 //! every transmitted frame on a private copy.
+#![deny(unsafe_code)]
+
+pub mod ring;
+mod sys;
