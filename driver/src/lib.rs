@@ -2,5 +2,6 @@
 //! every transmitted frame on a private copy.
 #![deny(unsafe_code)]
 
+pub mod capture;
 pub mod ring;
 mod sys;
