@@ -3,5 +3,6 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub mod link;
 pub mod ring;
 mod sys;
