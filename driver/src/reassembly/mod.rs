@@ -469,6 +469,12 @@ impl Reassembler {
                 let payload_len =
                     (end - l3 - parse::IPV6_HEADER_LEN - parse::IPV6_FRAGMENT_HEADER_LEN) as u16;
                 out[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
+                if parse::is_fragment(&out) {
+                    // Another Fragment header behind this one (or a broken chain).
+                    self.recycle(out);
+                    self.counters.fragments += 1;
+                    return self.refuse(DropReason::Malformed);
+                }
                 Outcome::Reassembled(out)
             }
             Parsed::Fragment(f) => {
@@ -533,26 +539,26 @@ impl Reassembler {
                 if held == f.data && (f.more || slot.total == end) {
                     return self.refuse(DropReason::Duplicate);
                 }
-                return self.kill(i, DropReason::Overlap);
+                return self.kill(i, DropReason::Overlap, 1);
             }
             if r.start < end16 {
-                return self.kill(i, DropReason::Overlap);
+                return self.kill(i, DropReason::Overlap, 1);
             }
         }
         if at > 0 && ranges[at - 1].end > start {
-            return self.kill(i, DropReason::Overlap);
+            return self.kill(i, DropReason::Overlap, 1);
         }
         // A fragment that contradicts the datagram's length (checked after overlaps, so that a
         // teardrop is reported as the overlap it is).
         if f.more {
             if slot.total != UNKNOWN_TOTAL && end > slot.total {
-                return self.kill(i, DropReason::ConflictingEnd);
+                return self.kill(i, DropReason::ConflictingEnd, 1);
             }
         } else if (slot.total != UNKNOWN_TOTAL && slot.total != end) || slot.data_end > end {
-            return self.kill(i, DropReason::ConflictingEnd);
+            return self.kill(i, DropReason::ConflictingEnd, 1);
         }
         if n == MAX_FRAGMENTS_PER_DATAGRAM {
-            return self.kill(i, DropReason::TooManyFragments);
+            return self.kill(i, DropReason::TooManyFragments, 1);
         }
 
         // The buffer must hold the (possibly new) headers and the data up to the new end.
@@ -628,10 +634,10 @@ impl Reassembler {
         let slot = &mut self.slots[i as usize];
         // Ranges cover [0, total) without overlap, so the offset-0 fragment is there.
         let Some(first) = slot.first else {
-            return self.kill(i, DropReason::Malformed);
+            return self.kill(i, DropReason::Malformed, 0);
         };
         if slot.total + first.limit_overhead > MAX_DATAGRAM_LEN {
-            return self.kill(i, DropReason::TooLong);
+            return self.kill(i, DropReason::TooLong, 0);
         }
         let mut buf = std::mem::take(&mut slot.buf);
         buf.truncate((slot.base + slot.total) as usize);
@@ -655,8 +661,15 @@ impl Reassembler {
                 let payload_len =
                     (header_len - parse::IPV6_HEADER_LEN + slot.total as usize) as u16;
                 buf[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
+                if parse::is_fragment(&buf) {
+                    // A second Fragment header inside the reassembled chain: no sender does
+                    // that, and the classifier must never see a fragment.
+                    self.recycle(buf);
+                    return self.kill(i, DropReason::Malformed, 0);
+                }
             }
         }
+        let slot = &mut self.slots[i as usize];
         let nfrags = u64::from(slot.nfrags);
         self.counters.datagrams_reassembled += 1;
         self.counters.fragments_reassembled += nfrags;
@@ -666,13 +679,14 @@ impl Reassembler {
         Outcome::Reassembled(buf)
     }
 
-    /// Discards live datagram `i` for `reason` because of the fragment being added (counted
-    /// with it), leaving a tombstone that catches its later fragments until its timeout.
-    fn kill(&mut self, i: u32, reason: DropReason) -> Outcome<'static> {
+    /// Discards live datagram `i` for `reason`, with its fragments and `pending` more (the
+    /// fragment being added, if it is not queued yet), leaving a tombstone that catches its
+    /// later fragments until its timeout.
+    fn kill(&mut self, i: u32, reason: DropReason, pending: u64) -> Outcome<'static> {
         let slot = &mut self.slots[i as usize];
         let nfrags = u64::from(slot.nfrags);
         self.counters.datagrams_dropped[reason as usize] += 1;
-        self.counters.fragments_dropped[reason as usize] += nfrags + 1;
+        self.counters.fragments_dropped[reason as usize] += nfrags + pending;
         self.held_fragments -= nfrags;
         slot.nfrags = 0;
         slot.state = State::Tombstone;
