@@ -150,19 +150,13 @@ impl Server {
             "driver running"
         );
         while !stop.load(Ordering::Relaxed) {
-            self.accept();
             if let Some(end) = self.serve() {
-                match &end {
-                    SessionEnd::Closed => tracing::info!("netd disconnected; failing closed"),
-                    SessionEnd::Fault(why) => {
-                        tracing::warn!("netd session ended: {why}; failing closed")
-                    }
-                }
-                self.session = None;
-                self.driver.fail_closed();
-                if self.options.exit_on_disconnect {
+                if self.end_session(end) {
                     return Ok(());
                 }
+            }
+            if self.accept() {
+                return Ok(());
             }
             let work = self.driver.poll_rx() + self.driver.poll_tx();
             if work == 0 {
@@ -173,16 +167,28 @@ impl Server {
         Ok(())
     }
 
-    /// Accepts waiting connections: the first allowed one becomes the session.
-    fn accept(&mut self) {
+    /// Ends the session and fails closed; returns whether the server should exit.
+    fn end_session(&mut self, end: SessionEnd) -> bool {
+        match &end {
+            SessionEnd::Closed => tracing::info!("netd disconnected; failing closed"),
+            SessionEnd::Fault(why) => tracing::warn!("netd session ended: {why}; failing closed"),
+        }
+        self.session = None;
+        self.driver.fail_closed();
+        self.options.exit_on_disconnect
+    }
+
+    /// Accepts waiting connections: the first allowed one becomes the session. Returns
+    /// whether the server should exit (the old session ended, with `exit_on_disconnect`).
+    fn accept(&mut self) -> bool {
         loop {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::warn!("accepting a control connection: {e}");
-                    return;
+                    return false;
                 }
             };
             let peer = match netmux_proto::peer_credentials(&stream) {
@@ -193,6 +199,14 @@ impl Server {
                 }
             };
             let mut channel = Channel::new(stream);
+            // netd may have left just before its successor connected: notice that first.
+            if self.session.is_some() {
+                if let Some(end) = self.serve() {
+                    if self.end_session(end) {
+                        return true;
+                    }
+                }
+            }
             let refusal = if !self.options.allowed_uids.contains(&peer.uid) {
                 Some(format!("uid {} may not control this driver", peer.uid))
             } else if self.session.is_some() {
@@ -258,14 +272,18 @@ impl Server {
                         end = Some(SessionEnd::Fault(format!("protocol version {version}")));
                         error_response(
                             ErrorCode::Version,
-                            format!("driver speaks protocol version {PROTOCOL_VERSION}, not {version}"),
+                            format!(
+                                "driver speaks protocol version {PROTOCOL_VERSION}, not {version}"
+                            ),
                         )
                     }
                 }
                 (DriverRequest::Hello { .. }, true) => {
                     error_response(ErrorCode::Protocol, "hello sent twice")
                 }
-                (_, false) => error_response(ErrorCode::Protocol, "the first request must be hello"),
+                (_, false) => {
+                    error_response(ErrorCode::Protocol, "the first request must be hello")
+                }
                 (_, true) => {
                     tracing::debug!(uid = session.peer.uid, ?request, "request");
                     self.driver.handle(request)
@@ -399,7 +417,9 @@ impl DriverThread {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
-            Some(Err(_)) => Err(ServerError::Poll(io::Error::other("driver thread panicked"))),
+            Some(Err(_)) => Err(ServerError::Poll(io::Error::other(
+                "driver thread panicked",
+            ))),
             None => Ok(()),
         }
     }

@@ -64,13 +64,18 @@ pub fn check(
         return TxStatus::RejectedFragment;
     }
     let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    if filters
-        .iter()
-        .any(|f| f.engine.run_with_scratch(frame, wire_len, scratch).is_accept())
-    {
+    if filters.iter().any(|f| {
+        f.engine
+            .run_with_scratch(frame, wire_len, scratch)
+            .is_accept()
+    }) {
         return TxStatus::Sent;
     }
-    diagnose(frame, filters.iter().filter_map(|f| f.binding.as_ref()), link_mac)
+    diagnose(
+        frame,
+        filters.iter().filter_map(|f| f.binding.as_ref()),
+        link_mac,
+    )
 }
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
@@ -170,17 +175,17 @@ mod tests {
         let mut v6 = udp4(MAC, [10, 0, 0, 1], 53);
         v6[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
         assert_eq!(d(&v6), TxStatus::RejectedEthertypeNotGranted);
-        assert_eq!(
-            d(&udp4(MAC, [10, 0, 0, 2], 53)),
-            TxStatus::RejectedSourceIp
-        );
+        assert_eq!(d(&udp4(MAC, [10, 0, 0, 2], 53)), TxStatus::RejectedSourceIp);
         assert_eq!(
             d(&udp4(MAC, [10, 0, 0, 1], 54)),
             TxStatus::RejectedUnownedSourcePort
         );
         assert_eq!(d(&udp4(MAC, [10, 0, 0, 1], 53)), TxStatus::RejectedByFilter);
         assert_eq!(d(&[0; 5]), TxStatus::RejectedMalformed);
-        assert_eq!(d(&udp4(MAC, [10, 0, 0, 1], 53)[..20]), TxStatus::RejectedMalformed);
+        assert_eq!(
+            d(&udp4(MAC, [10, 0, 0, 1], 53)[..20]),
+            TxStatus::RejectedMalformed
+        );
     }
 
     #[test]
@@ -190,6 +195,9 @@ mod tests {
             diagnose(&frame, [].iter(), &MAC),
             TxStatus::RejectedEthertypeNotGranted
         );
-        assert_eq!(check(&frame, &[], &MAC, &mut Scratch::default()), TxStatus::RejectedEthertypeNotGranted);
+        assert_eq!(
+            check(&frame, &[], &MAC, &mut Scratch::default()),
+            TxStatus::RejectedEthertypeNotGranted
+        );
     }
 }
