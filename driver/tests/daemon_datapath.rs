@@ -500,3 +500,55 @@ fn removing_a_filter_stops_delivery_and_destroying_a_queue_closes_it() {
     ok(&mut d, DriverRequest::DestroyQueue { queue: QueueId(1) });
     assert!(a.is_closed());
 }
+
+#[test]
+fn a_client_racing_to_rewrite_its_tx_slots_never_gets_an_unchecked_byte_on_the_wire() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (mut d, wire) = driver();
+    let (mut a, memfd) = queue_and_memory(&mut d, 1);
+    bind_udp(&mut d, 1, 53);
+    let layout = *a.layout();
+    let file = std::fs::File::from(memfd);
+    let stop = Arc::new(AtomicBool::new(false));
+    // The scribbler overwrites the source address in every tx slot, over and over.
+    let scribbler = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for i in 0..layout.tx.count {
+                    let at = layout.tx.slot(i) + netmux_driver::ring::layout::SLOT_HEADER_LEN + 26;
+                    let _ = file.write_at(&[10, 0, 0, 66], at as u64);
+                    writes += 1;
+                }
+            }
+            writes
+        })
+    };
+    let good = from_host(53);
+    let mut sent = 0;
+    let mut completed = Vec::new();
+    while sent < 2000 {
+        sent += a.send(&[&[&good]]).map(|o| o.sent).unwrap_or(0);
+        run(&mut d);
+        a.completions(64, &mut completed).unwrap();
+    }
+    run(&mut d);
+    a.completions(64, &mut completed).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    assert!(scribbler.join().unwrap() > 0);
+    let on_wire = wire.tx.lock().unwrap().clone();
+    assert!(
+        on_wire.iter().all(|f| *f == good),
+        "an unchecked frame reached the wire"
+    );
+    let sent_ok = completed
+        .iter()
+        .filter(|c| c.status == TxStatus::Sent)
+        .count();
+    assert_eq!(sent_ok, on_wire.len());
+    assert!(completed
+        .iter()
+        .all(|c| matches!(c.status, TxStatus::Sent | TxStatus::RejectedSourceIp)));
+}
