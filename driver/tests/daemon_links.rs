@@ -101,7 +101,7 @@ fn a_replayed_capture_lands_in_the_right_queues_and_only_checked_frames_are_reco
     let spec = format!("pcap:{},{}", input.display(), output.display());
     let mac = link::info_for(&spec.parse().unwrap()).mac;
     let to = |port: u16, n: usize| udp_frame(PEER_MAC, mac, REMOTE, 5000, HOST, port, n);
-    let replay = vec![
+    let replay = [
         to(53, 1),
         arp_frame(2, REMOTE, HOST),
         to(80, 2),

@@ -408,7 +408,7 @@ impl Driver {
         }
         let (ring, fds) = match make_ring(&config) {
             Ok(made) => made,
-            Err(response) => return response,
+            Err((code, message)) => return Response::error(code, message),
         };
         let ring_bytes = ring.layout().total_len;
         self.queues.insert(
@@ -439,7 +439,7 @@ impl Driver {
         };
         let (ring, fds) = match make_ring(&config) {
             Ok(made) => made,
-            Err(response) => return response,
+            Err((code, message)) => return Response::error(code, message),
         };
         let ring_bytes = ring.layout().total_len;
         let mut old = std::mem::replace(&mut queue.ring, ring);
@@ -827,18 +827,17 @@ fn queue_counters(queue: &Queue) -> Counters {
     }
 }
 
-fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), Response> {
+fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode, String)> {
     let ring_config = RingConfig {
         slot_size: config.slot_size,
         rx_slots: config.rx_slots,
         tx_slots: config.tx_slots,
         completion_slots: config.completion_slots,
     };
-    let ring = DriverQueue::create(&ring_config)
-        .map_err(|e| Response::error(ErrorCode::Limit, e.to_string()))?;
+    let ring = DriverQueue::create(&ring_config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
     let fds = ring
         .client_fds()
-        .map_err(|e| Response::error(ErrorCode::Internal, format!("duplicating fds: {e}")))?;
+        .map_err(|e| (ErrorCode::Internal, format!("duplicating fds: {e}")))?;
     Ok((ring, fds))
 }
 
