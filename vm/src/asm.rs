@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn labels_raw_words_and_tables_round_trip() {
-        let src = "start: ldb r0, [0]\n jeq r0, 1, out\n ja -1\n .raw ff00000000000001\nout: accept r0\n.table words=2 default=9\n 1 2 -> 3\n";
+        let src = "start: ldb r0, [0]\n jeq r0, 1, out\n ja -1\n ja -32768\n ja +32767\n .raw ff00000000000001\nout: accept r0\n.table words=2 default=9\n 1 2 -> 3\n";
         let bytes = assemble(src).unwrap();
         let text = disassemble(&bytes).unwrap();
         assert_eq!(assemble(&text).unwrap(), bytes, "{text}");
