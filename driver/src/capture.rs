@@ -595,7 +595,7 @@ mod tests {
 
     #[test]
     #[ignore = "needs the conformance corpus"]
-    fn every_conformance_capture_reads_or_names_its_link_type() {
+    fn every_corpus_capture_reads_or_names_its_link_type() {
         let dir = conformance_dir();
         let mut files: Vec<_> = ["pcap/tcpdump", "pcap/libpcap"]
             .iter()
