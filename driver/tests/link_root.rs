@@ -168,16 +168,16 @@ fn exchange(
 
 #[test]
 #[ignore = "needs root: creates a network namespace and a veth pair"]
-fn afpacket_carries_kernel_frames_into_client_rings_and_back() {
+fn root_afpacket_carries_kernel_frames_into_client_rings_and_back() {
     if in_child() {
         return;
     }
-    NetNs::new("afpacket").run_child("child_afpacket");
+    NetNs::new("afpacket").run_child("root_child_afpacket");
 }
 
 #[test]
-#[ignore = "runs inside the namespace made by afpacket_carries_kernel_frames_into_client_rings_and_back"]
-fn child_afpacket() {
+#[ignore = "runs inside the namespace made by root_afpacket_carries_kernel_frames_into_client_rings_and_back"]
+fn root_child_afpacket() {
     if !in_child() {
         return;
     }
@@ -209,16 +209,16 @@ fn child_afpacket() {
 
 #[test]
 #[ignore = "needs root: creates a network namespace and a TAP device"]
-fn tap_carries_kernel_frames_into_client_rings_and_back() {
+fn root_tap_carries_kernel_frames_into_client_rings_and_back() {
     if in_child() {
         return;
     }
-    NetNs::new("tap").run_child("child_tap");
+    NetNs::new("tap").run_child("root_child_tap");
 }
 
 #[test]
-#[ignore = "runs inside the namespace made by tap_carries_kernel_frames_into_client_rings_and_back"]
-fn child_tap() {
+#[ignore = "runs inside the namespace made by root_tap_carries_kernel_frames_into_client_rings_and_back"]
+fn root_child_tap() {
     if !in_child() {
         return;
     }
