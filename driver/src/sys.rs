@@ -24,7 +24,13 @@
 //! read: the reader gets some value, never undefined behaviour. Payload bytes are copied with
 //! `ptr::copy` through raw pointers, never through references. A peer that writes payload bytes
 //! while we copy them can tear the copy; callers treat the copy as untrusted data and validate
-//! it *after* copying (the driver runs its checks on its private copy only).
+//! it *after* copying (the driver runs its checks on its private copy only). Between processes
+//! such a race lies outside the Rust memory model altogether; within one process (tests that
+//! put both ends in one process) the ring protocol orders every payload copy after the write
+//! it reads, and only a peer that breaks the protocol could race it. Copying byte by byte
+//! through `AtomicU8` would make even that case well-defined, at a cost the data path cannot
+//! pay; raw copies into private memory are what shared-memory rings (io_uring, AF_XDP users)
+//! do.
 
 #![allow(unsafe_code)]
 
