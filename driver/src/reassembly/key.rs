@@ -128,18 +128,23 @@ impl Seed {
     #[inline]
     pub(crate) fn key(&self, mut key: Key) -> Key {
         // Every address bit goes in unfolded: XOR-folding two words first would let chosen
-        // addresses collide whatever the seed. Left out (Eq still tells them apart): the family
-        // (IPv4 addresses are IPv6 addresses with zero high bits) and the VLAN tag count (at
-        // most three keys differ only in it).
-        key.hash = self.mix(&[
-            key.src as u64,
-            (key.src >> 64) as u64,
-            key.dst as u64,
-            (key.dst >> 64) as u64,
-            u64::from(key.id)
-                | u64::from(key.protocol) << 32
-                | u64::from(key.vlan & 0x00ff_ffff) << 40,
-        ]);
+        // addresses collide whatever the seed. IPv4 addresses are 32 bits, so both fit one word.
+        // Left out (Eq still tells them apart): the VLAN tag count (at most three keys differ
+        // only in it).
+        let rest = u64::from(key.id)
+            | u64::from(key.protocol) << 32
+            | u64::from(key.vlan & 0x00ff_ffff) << 40;
+        key.hash = if key.family == 4 {
+            self.mix(&[(key.src as u64) << 32 | key.dst as u64, rest])
+        } else {
+            self.mix(&[
+                key.src as u64,
+                (key.src >> 64) as u64,
+                key.dst as u64,
+                (key.dst >> 64) as u64,
+                rest ^ 0x6,
+            ])
+        };
         key
     }
 

@@ -695,13 +695,20 @@ impl Reassembler {
                 let ihl = usize::from(ihl);
                 let total_len = (header_len as u32 + slot.total) as u16;
                 let ip = &mut buf[l3..l3 + ihl];
-                ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+                let word = |ip: &[u8], at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+                let (old_len, old_flags, old_sum) = (word(ip, 2), word(ip, 6), word(ip, 10));
                 // Keep the reserved and DF bits; clear MF and the offset.
-                ip[6] &= 0xc0;
-                ip[7] = 0;
-                ip[10] = 0;
-                ip[11] = 0;
-                let sum = parse::ipv4_checksum(ip);
+                let flags = old_flags & 0xc000;
+                // The first fragment's checksum was verified on arrival, so it can be updated
+                // for the two changed words (RFC 1624) instead of summed again; summing again
+                // would also read back bytes just stored, which stalls store forwarding.
+                let sum = checksum_update(
+                    checksum_update(old_sum, old_len, total_len),
+                    old_flags,
+                    flags,
+                );
+                ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+                ip[6..8].copy_from_slice(&flags.to_be_bytes());
                 ip[10..12].copy_from_slice(&sum.to_be_bytes());
             }
             Family::V6 { .. } => {
@@ -1003,6 +1010,16 @@ impl Reassembler {
     }
 }
 
+/// The IPv4 header checksum `sum` updated for one 16-bit word changed from `old` to `new`:
+/// RFC 1624 equation 3, `HC' = ~(~HC + ~m + m')`, which never produces the -0 of equation 2.
+#[inline]
+fn checksum_update(sum: u16, old: u16, new: u16) -> u16 {
+    let mut acc = u32::from(!sum) + u32::from(!old) + u32::from(new);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
+}
+
 /// How much room to leave for the next fragment when a datagram's buffer is first allocated.
 fn len_hint(f: &Fragment<'_>) -> usize {
     f.data.len()
@@ -1023,6 +1040,25 @@ mod tests {
         assert_eq!(sum, 0xb861);
         h[10..12].copy_from_slice(&sum.to_be_bytes());
         assert_eq!(parse::ipv4_checksum(&h), 0);
+    }
+
+    #[test]
+    fn incremental_checksum_update_matches_summing_again() {
+        let mut h = [
+            0x45, 0x00, 0x05, 0xdc, 0x12, 0x34, 0x20, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0x00,
+            0x00, 0x01, 0x0a, 0x00, 0x00, 0x02,
+        ];
+        let sum = parse::ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        for (len, flags) in [(0x0bb8u16, 0x0000u16), (0xffff, 0x4000), (20, 0x8000)] {
+            let updated = checksum_update(checksum_update(sum, 0x05dc, len), 0x2000, flags);
+            let mut g = h;
+            g[2..4].copy_from_slice(&len.to_be_bytes());
+            g[6..8].copy_from_slice(&flags.to_be_bytes());
+            g[10] = 0;
+            g[11] = 0;
+            assert_eq!(updated, parse::ipv4_checksum(&g), "{len:#x} {flags:#x}");
+        }
     }
 
     #[test]
