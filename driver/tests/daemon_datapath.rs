@@ -388,6 +388,18 @@ fn transmitted_frames_pass_only_their_queues_tx_filters_and_rejections_carry_rea
 }
 
 #[test]
+fn a_frame_longer_than_the_link_carries_is_rejected_as_malformed() {
+    let (mut d, wire) = driver();
+    let mut a = queue(&mut d, 1);
+    bind_udp(&mut d, 1, 53);
+    let jumbo = udp_frame(LINK_MAC, PEER_MAC, HOST, 53, REMOTE, 4000, 1500);
+    a.send(&[&[&jumbo]]).unwrap();
+    run(&mut d);
+    assert!(wire.tx.lock().unwrap().is_empty());
+    assert_eq!(completions(&mut a)[0].status, TxStatus::RejectedMalformed);
+}
+
+#[test]
 fn a_queue_without_tx_filters_transmits_nothing() {
     let (mut d, wire) = driver();
     let mut a = queue(&mut d, 1);
@@ -551,4 +563,47 @@ fn a_client_racing_to_rewrite_its_tx_slots_never_gets_an_unchecked_byte_on_the_w
     assert!(completed
         .iter()
         .all(|c| matches!(c.status, TxStatus::Sent | TxStatus::RejectedSourceIp)));
+}
+
+#[test]
+fn junk_frames_in_either_direction_never_panic_and_every_tx_frame_is_completed() {
+    let (mut d, wire) = driver();
+    let mut a = queue(&mut d, 1);
+    let mut netd = queue(&mut d, 100);
+    bind_udp(&mut d, 1, 53);
+    install(&mut d, 1, 9, Direction::Rx, RxMode::Tap, None, accept_all());
+    ok(
+        &mut d,
+        DriverRequest::SetNetdQueue {
+            queue: QueueId(100),
+        },
+    );
+    ok(&mut d, DriverRequest::SetHostAddresses { ipv4: vec![HOST] });
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let templates = [to_host(53, 30), arp_frame(1, REMOTE, HOST), from_host(53)];
+    let (mut sent, mut done) = (0usize, 0usize);
+    for round in 0..300 {
+        let mut frame = templates[round % templates.len()].clone();
+        let len = (next() % 120) as usize;
+        frame.resize(len, 0);
+        for _ in 0..(next() % 6) {
+            if !frame.is_empty() {
+                let at = (next() as usize) % frame.len();
+                frame[at] = next() as u8;
+            }
+        }
+        wire.rx.lock().unwrap().push(frame.clone());
+        sent += a.send(&[&[&frame]]).map(|o| o.sent).unwrap_or(0);
+        run(&mut d);
+        let _ = received(&mut a);
+        let _ = received(&mut netd);
+        done += completions(&mut a).len();
+    }
+    assert_eq!(done, sent, "every frame taken got its completion");
 }

@@ -288,3 +288,136 @@ impl Classifier for LinearClassifier {
         self.count
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn program(text: &str) -> Program {
+        netmux_vm::verify(&netmux_vm::asm::assemble(text).unwrap()).unwrap()
+    }
+
+    /// Accepts frames whose first byte is `b`.
+    fn first_byte(b: u8) -> Program {
+        program(&format!("ldb r0, [0]\njeq r0, {b}, +1\nreject\naccept 1\n"))
+    }
+
+    fn binding(port: u16) -> PortBinding {
+        PortBinding {
+            protocol: 17,
+            address: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ipv6: false,
+            port,
+        }
+    }
+
+    fn filter(queue: u32, id: u64, mode: RxMode, port: Option<u16>, p: Program) -> RxFilter {
+        RxFilter {
+            queue: QueueId(queue),
+            filter: FilterId(id),
+            mode,
+            binding: port.map(binding),
+            program: p,
+        }
+    }
+
+    fn classify(c: &mut LinearClassifier, frame: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        c.classify(frame, frame.len() as u32, &mut out);
+        let mut ids: Vec<u32> = out.iter().map(|q| q.0).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_queue_is_reported_once_however_many_of_its_filters_match() {
+        let mut c = LinearClassifier::new(Strategy::Interpreter);
+        c.install(filter(1, 1, RxMode::Owner, None, first_byte(7)))
+            .unwrap();
+        c.install(filter(1, 2, RxMode::Tap, None, first_byte(7)))
+            .unwrap();
+        c.install(filter(2, 3, RxMode::Tap, None, first_byte(7)))
+            .unwrap();
+        c.install(filter(3, 4, RxMode::Owner, None, first_byte(8)))
+            .unwrap();
+        assert_eq!(classify(&mut c, &[7]), vec![1, 2]);
+        assert_eq!(classify(&mut c, &[8]), vec![3]);
+        assert_eq!(classify(&mut c, &[]), Vec::<u32>::new());
+        assert_eq!(c.len(), 4);
+    }
+
+    #[test]
+    fn a_binding_has_one_owner_and_a_refused_install_changes_nothing() {
+        let mut c = LinearClassifier::new(Strategy::Interpreter);
+        c.install(filter(1, 1, RxMode::Owner, Some(53), first_byte(1)))
+            .unwrap();
+        assert_eq!(
+            c.install(filter(2, 2, RxMode::Owner, Some(53), first_byte(2))),
+            Err(ClassifierError::BindingInUse(QueueId(1)))
+        );
+        assert_eq!(classify(&mut c, &[2]), Vec::<u32>::new());
+        assert_eq!(
+            c.install(filter(2, 1, RxMode::Owner, None, first_byte(2))),
+            Err(ClassifierError::DuplicateFilter(FilterId(1)))
+        );
+        c.remove(QueueId(1), FilterId(1)).unwrap();
+        c.install(filter(2, 2, RxMode::Owner, Some(53), first_byte(2)))
+            .unwrap();
+        assert_eq!(classify(&mut c, &[2]), vec![2]);
+    }
+
+    #[test]
+    fn exclusive_claims_and_port_bindings_exclude_each_other() {
+        let mut c = LinearClassifier::new(Strategy::Interpreter);
+        c.install(filter(1, 1, RxMode::Owner, Some(53), first_byte(1)))
+            .unwrap();
+        assert_eq!(
+            c.install(filter(2, 2, RxMode::Exclusive, None, first_byte(2))),
+            Err(ClassifierError::BindingsExist)
+        );
+        c.remove_queue(QueueId(1));
+        assert!(c.is_empty());
+        c.install(filter(2, 2, RxMode::Exclusive, None, first_byte(2)))
+            .unwrap();
+        assert_eq!(
+            c.install(filter(3, 3, RxMode::Owner, Some(80), first_byte(3))),
+            Err(ClassifierError::ExclusiveHeld(QueueId(2)))
+        );
+        assert_eq!(
+            c.install(filter(3, 4, RxMode::Exclusive, None, first_byte(3))),
+            Err(ClassifierError::ExclusiveHeld(QueueId(2)))
+        );
+        c.remove(QueueId(2), FilterId(2)).unwrap();
+        c.install(filter(3, 3, RxMode::Owner, Some(80), first_byte(3)))
+            .unwrap();
+    }
+
+    #[test]
+    fn removing_an_unknown_filter_is_not_found() {
+        let mut c = LinearClassifier::new(Strategy::Interpreter);
+        c.install(filter(1, 1, RxMode::Owner, None, first_byte(1)))
+            .unwrap();
+        assert_eq!(
+            c.remove(QueueId(2), FilterId(1)),
+            Err(ClassifierError::NotFound(QueueId(2), FilterId(1)))
+        );
+        assert_eq!(
+            c.remove(QueueId(1), FilterId(9)),
+            Err(ClassifierError::NotFound(QueueId(1), FilterId(9)))
+        );
+    }
+
+    #[test]
+    fn observers_are_taps_other_than_the_sender() {
+        let mut c = LinearClassifier::new(Strategy::Interpreter);
+        c.install(filter(1, 1, RxMode::Tap, None, first_byte(5)))
+            .unwrap();
+        c.install(filter(2, 2, RxMode::Tap, None, first_byte(5)))
+            .unwrap();
+        c.install(filter(3, 3, RxMode::Owner, None, first_byte(5)))
+            .unwrap();
+        let mut out = Vec::new();
+        c.observers(&[5], 1, QueueId(1), &mut out);
+        assert_eq!(out, vec![QueueId(2)]);
+    }
+}

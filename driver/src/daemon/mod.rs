@@ -63,6 +63,8 @@ pub const MAX_QUEUES: usize = 4096;
 pub const MAX_FILTERS: usize = 65_536;
 /// Host addresses netd may announce.
 pub const MAX_HOST_ADDRESSES: usize = 256;
+/// An Ethernet header with one 802.1Q tag: what a frame may carry besides the MTU's bytes.
+const ETHERNET_VLAN_HEADER_LEN: usize = 18;
 /// Times a busy link is offered the same frames again before they are completed as link
 /// errors; the driver never blocks on the link.
 const LINK_BUSY_RETRIES: usize = 8;
@@ -234,6 +236,9 @@ impl Response {
 pub struct Driver {
     link: Box<dyn Link>,
     link_mac: [u8; 6],
+    /// The longest frame the link carries: its MTU plus an Ethernet header and one VLAN tag.
+    /// A client's longer frame is rejected as malformed.
+    max_tx_len: usize,
     classifier: Box<dyn Classifier>,
     reassembler: Reassembler,
     config: DriverConfig,
@@ -280,6 +285,9 @@ impl Driver {
     ) -> Self {
         Self {
             link_mac: link.info().mac,
+            max_tx_len: usize::try_from(link.info().mtu)
+                .unwrap_or(usize::MAX)
+                .saturating_add(ETHERNET_VLAN_HEADER_LEN),
             link,
             classifier,
             reassembler: Reassembler::new(config.reassembly.clone()),
@@ -705,7 +713,11 @@ impl Driver {
             total += taken;
             let mut outcome = Vec::with_capacity(taken);
             for (index, frame) in batch.iter().enumerate() {
-                let status = tx::check(frame, &queue.tx_filters, &self.link_mac, &mut self.scratch);
+                let status = if frame.len() > self.max_tx_len {
+                    TxStatus::RejectedMalformed
+                } else {
+                    tx::check(frame, &queue.tx_filters, &self.link_mac, &mut self.scratch)
+                };
                 if status.is_sent() {
                     sent.push(index);
                 }
