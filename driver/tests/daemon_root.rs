@@ -22,10 +22,6 @@ use netmux_driver::ring::TxStatus;
 use netmux_proto::driver::{DriverRequest, QueueId};
 
 const CHILD_ENV: &str = "NETMUX_DAEMON_ROOT_CHILD";
-/// The kernel's side of the veth pair.
-const KERNEL_IP: [u8; 4] = [10, 97, 0, 1];
-/// The address netd gives the client, on the driver's side.
-const CLIENT_IP: [u8; 4] = [10, 97, 0, 2];
 const CLIENT_PORT: u16 = 7777;
 
 /// A network namespace deleted on drop, whatever happened.
@@ -109,26 +105,66 @@ fn root_child_driver_afpacket() {
     run("ip", &["link", "set", "nmxd0", "up"]);
     run("ip", &["link", "set", "nmxd1", "up"]);
     run("ip", &["addr", "add", "10.97.0.1/24", "dev", "nmxd1"]);
-    let driver_mac = mac_of("nmxd0");
-    let kernel_mac = mac_of("nmxd1");
-    let mac_text = driver_mac.map(|b| format!("{b:02x}")).join(":");
+    let mac = mac_text(mac_of("nmxd0"));
+    run(
+        "ip",
+        &["neigh", "add", "10.97.0.2", "lladdr", &mac, "dev", "nmxd1"],
+    );
+    let link = link::open(&"afpacket:nmxd0".parse::<LinkSpec>().unwrap()).unwrap();
+    exchange(link, mac_of("nmxd1"), [10, 97, 0, 1], [10, 97, 0, 2]);
+}
+
+#[test]
+#[ignore = "needs root: creates a network namespace and a TAP device"]
+fn root_driver_carries_kernel_datagrams_through_tap_to_the_owning_queue_and_back() {
+    if in_child() {
+        return;
+    }
+    NetNs::new("tap").run_child("root_child_driver_tap");
+}
+
+#[test]
+#[ignore = "runs inside the namespace made by root_driver_carries_kernel_datagrams_through_tap_to_the_owning_queue_and_back"]
+fn root_child_driver_tap() {
+    if !in_child() {
+        return;
+    }
+    run("ip", &["link", "set", "lo", "up"]);
+    let link = link::open(&"tap:nmxdtap0".parse::<LinkSpec>().unwrap()).unwrap();
+    run("ip", &["link", "set", "nmxdtap0", "up"]);
+    run("ip", &["addr", "add", "10.96.0.1/24", "dev", "nmxdtap0"]);
+    let mac = mac_text(link.info().mac);
     run(
         "ip",
         &[
             "neigh",
             "add",
-            "10.97.0.2",
+            "10.96.0.2",
             "lladdr",
-            &mac_text,
+            &mac,
             "dev",
-            "nmxd1",
+            "nmxdtap0",
         ],
     );
+    exchange(link, mac_of("nmxdtap0"), [10, 96, 0, 1], [10, 96, 0, 2]);
+}
 
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// The kernel (at `kernel_ip`, MAC `kernel_mac`) sends a UDP datagram to the client at
+/// `client_ip` behind a driver owning `link`; the client answers, once spoofed and once not.
+fn exchange(
+    link: Box<dyn netmux_driver::link::Link>,
+    kernel_mac: [u8; 6],
+    kernel_ip: [u8; 4],
+    client_ip: [u8; 4],
+) {
+    let driver_mac = link.info().mac;
     let dir = std::env::temp_dir().join(format!("netmux-daemon-root-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let control = dir.join("driver.sock");
-    let link = link::open(&"afpacket:nmxd0".parse::<LinkSpec>().unwrap()).unwrap();
     let driver = DriverThread::spawn(
         &control,
         Driver::new(link, DriverConfig::default()),
@@ -139,16 +175,16 @@ fn root_child_driver_afpacket() {
     let mut client = netd.queue(1);
     let mut own = netd.queue(2);
     netd.ok(&DriverRequest::SetNetdQueue { queue: QueueId(2) });
-    netd.bind_udp(1, CLIENT_IP, CLIENT_PORT, driver_mac);
+    netd.bind_udp(1, client_ip, CLIENT_PORT, driver_mac);
 
     // Kernel -> AF_PACKET -> classifier -> the owning client's ring.
-    let kernel = UdpSocket::bind((Ipv4Addr::from(KERNEL_IP), 0)).unwrap();
+    let kernel = UdpSocket::bind((Ipv4Addr::from(kernel_ip), 0)).unwrap();
     kernel
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let kernel_port = kernel.local_addr().unwrap().port();
     kernel
-        .send_to(b"to the client", (Ipv4Addr::from(CLIENT_IP), CLIENT_PORT))
+        .send_to(b"to the client", (Ipv4Addr::from(client_ip), CLIENT_PORT))
         .unwrap();
     let got = recv_n(&mut client, 1, Duration::from_secs(5));
     assert_eq!(got.len(), 1, "the datagram reached the owning queue");
@@ -164,21 +200,23 @@ fn root_child_driver_afpacket() {
     let reply = |src: [u8; 4], text: &[u8]| {
         let mut frame = Vec::new();
         etherparse::PacketBuilder::ethernet2(driver_mac, kernel_mac)
-            .ipv4(src, KERNEL_IP, 64)
+            .ipv4(src, kernel_ip, 64)
             .udp(CLIENT_PORT, kernel_port)
             .write(&mut frame, text)
             .unwrap();
         frame
     };
-    let spoofed = reply([10, 97, 0, 9], b"spoofed");
-    let good = reply(CLIENT_IP, b"from the client");
+    let mut spoofed_ip = client_ip;
+    spoofed_ip[3] = 9;
+    let spoofed = reply(spoofed_ip, b"spoofed");
+    let good = reply(client_ip, b"from the client");
     client.send(&[&[&spoofed], &[&good]]).unwrap();
     let mut buf = [0u8; 256];
     let (n, from) = kernel
         .recv_from(&mut buf)
         .expect("the kernel got the reply");
     assert_eq!(&buf[..n], b"from the client");
-    assert_eq!(from.ip(), Ipv4Addr::from(CLIENT_IP));
+    assert_eq!(from.ip(), Ipv4Addr::from(client_ip));
     let mut completions = Vec::new();
     eventually("two completions", || {
         client.completions(8, &mut completions).unwrap();
