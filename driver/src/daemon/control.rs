@@ -161,6 +161,7 @@ impl Server {
             let work = self.driver.poll_rx() + self.driver.poll_tx();
             if work == 0 {
                 self.sleep()?;
+                self.driver.tick();
             }
         }
         self.driver.fail_closed();

@@ -584,6 +584,13 @@ impl Driver {
         self.host_ipv4.clear();
     }
 
+    /// Housekeeping while idle: discards fragments whose datagram timed out, even when no
+    /// frame arrives to trigger it.
+    pub fn tick(&mut self) {
+        let now = self.now_ns();
+        self.reassembler.expire(now);
+    }
+
     /// Whether the link will never receive again (a replayed capture ended).
     pub fn rx_exhausted(&self) -> bool {
         self.link.rx_exhausted()
