@@ -372,3 +372,118 @@ fn reconfiguring_a_queue_replaces_its_rings_and_keeps_its_filters() {
         filter: FilterId(1),
     });
 }
+
+/// A small deterministic generator (xorshift), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn garbage_streams_never_take_the_driver_down() {
+    let f = start("garbage", ServerOptions::default());
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for round in 0..60 {
+        let mut netd = Netd::connect_only(&f.path);
+        let mut bytes = if round % 2 == 0 {
+            // A plausible header with a random body.
+            let len = rng.below(64) as u32 + 1;
+            let mut b = len.to_le_bytes().to_vec();
+            b.extend_from_slice(&[0, 0, 0, 0]);
+            b.extend(rng.bytes(len as usize));
+            b
+        } else {
+            let n = rng.below(40) as usize;
+            rng.bytes(n)
+        };
+        if round % 3 == 0 {
+            let mut hello = netmux_proto::frame::encode(
+                &DriverRequest::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+                0,
+            )
+            .unwrap();
+            hello.append(&mut bytes);
+            bytes = hello;
+        }
+        let _ = netd.channel.send_raw(&bytes, &[]);
+        drop(netd);
+    }
+    let (_netd, hello) = Netd::connect(&f.path);
+    assert!(matches!(hello, DriverReply::Hello { .. }), "{hello:?}");
+}
+
+#[test]
+fn random_well_formed_requests_get_replies_and_never_panic() {
+    let f = start("random", ServerOptions::default());
+    let (mut netd, _) = Netd::connect(&f.path);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let pow2 = |rng: &mut Rng| 1u32 << rng.below(20);
+    for _ in 0..300 {
+        let queue = QueueId(rng.below(4) as u32);
+        let filter = FilterId(rng.below(8));
+        let request = match rng.below(8) {
+            0 => DriverRequest::CreateQueue {
+                queue,
+                config: netmux_proto::driver::QueueConfig {
+                    slot_size: pow2(&mut rng),
+                    rx_slots: pow2(&mut rng),
+                    tx_slots: pow2(&mut rng),
+                    completion_slots: pow2(&mut rng),
+                },
+            },
+            1 => DriverRequest::CreateQueue {
+                queue,
+                config: SMALL,
+            },
+            2 => DriverRequest::DestroyQueue { queue },
+            3 => DriverRequest::InstallFilter {
+                queue,
+                filter,
+                direction: if rng.below(2) == 0 {
+                    Direction::Rx
+                } else {
+                    Direction::Tx
+                },
+                mode: [RxMode::Owner, RxMode::Tap, RxMode::Exclusive][rng.below(3) as usize],
+                binding: (rng.below(2) == 0)
+                    .then(|| udp_binding([10, 0, 0, 1], rng.below(3) as u16)),
+                program: if rng.below(2) == 0 {
+                    accept_all()
+                } else {
+                    let n = rng.below(64) as usize;
+                    rng.bytes(n)
+                },
+            },
+            4 => DriverRequest::RemoveFilter { queue, filter },
+            5 => DriverRequest::SetNetdQueue { queue },
+            6 => DriverRequest::SetQueueConfig {
+                queue,
+                config: SMALL,
+            },
+            _ => DriverRequest::Stats,
+        };
+        let (reply, fds) = netd.request(&request);
+        let created = matches!(reply, DriverReply::QueueCreated { .. });
+        assert_eq!(
+            fds.len(),
+            if created { 3 } else { 0 },
+            "{request:?} -> {reply:?}"
+        );
+    }
+    let (reply, _) = netd.request(&DriverRequest::Stats);
+    assert!(matches!(reply, DriverReply::Stats { .. }));
+}
