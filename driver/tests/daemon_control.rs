@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use daemon_common::*;
-use netmux_driver::daemon::control::{DriverThread, ServerOptions};
+use netmux_driver::daemon::control::{DriverThread, Server, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::MemoryLink;
 use netmux_driver::ring::QueueError;
@@ -486,4 +486,20 @@ fn random_well_formed_requests_get_replies_and_never_panic() {
     }
     let (reply, _) = netd.request(&DriverRequest::Stats);
     assert!(matches!(reply, DriverReply::Stats { .. }));
+}
+
+#[test]
+fn the_control_socket_never_replaces_a_live_socket_or_a_regular_file() {
+    let f = start("inuse", ServerOptions::default());
+    let driver = || {
+        Driver::new(
+            Box::new(MemoryLink::new(Vec::new())),
+            DriverConfig::default(),
+        )
+    };
+    assert!(Server::bind(&f.path, driver(), ServerOptions::default()).is_err());
+    let file = f.path.with_file_name("precious.txt");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert!(Server::bind(&file, driver(), ServerOptions::default()).is_err());
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }

@@ -21,6 +21,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,13 +107,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds the control socket at `path` (a stale socket file there is replaced).
+    /// Binds the control socket at `path`. A stale socket file there (nobody listening) is
+    /// replaced; a live socket or any other file is refused.
     pub fn bind(path: &Path, driver: Driver, options: ServerOptions) -> Result<Self, ServerError> {
         let bind_error = |source| ServerError::Bind {
             path: path.to_path_buf(),
             source,
         };
-        if std::fs::symlink_metadata(path).is_ok() {
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            if !metadata.file_type().is_socket() {
+                return Err(bind_error(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                )));
+            }
             if UnixStream::connect(path).is_ok() {
                 return Err(bind_error(io::Error::new(
                     io::ErrorKind::AddrInUse,
