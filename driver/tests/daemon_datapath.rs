@@ -607,3 +607,40 @@ fn junk_frames_in_either_direction_never_panic_and_every_tx_frame_is_completed()
     }
     assert_eq!(done, sent, "every frame taken got its completion");
 }
+
+#[test]
+fn a_client_that_reads_no_completions_stalls_only_itself_and_it_is_counted() {
+    let (mut d, wire) = driver();
+    let mut slow = queue(&mut d, 1);
+    let mut other = queue(&mut d, 2);
+    bind_udp(&mut d, 1, 53);
+    bind_udp(&mut d, 2, 80);
+    let frame = from_host(53);
+    let mut sent = 0;
+    // Fill the tx ring twice over while never reading completions.
+    for _ in 0..4 * SMALL.completion_slots {
+        sent += slow.send(&[&[&frame]]).map(|o| o.sent).unwrap_or(0);
+        run(&mut d);
+    }
+    assert_eq!(
+        wire.tx.lock().unwrap().len(),
+        SMALL.completion_slots as usize,
+        "one completion slot per frame in flight"
+    );
+    assert!(sent > SMALL.completion_slots as usize);
+    // The other queue is not held up.
+    let theirs = from_host(80);
+    other.send(&[&[&theirs]]).unwrap();
+    run(&mut d);
+    assert_eq!(wire.tx.lock().unwrap().last(), Some(&theirs));
+    let (_, queues) = d.stats();
+    let stalled = &queues.iter().find(|(q, _)| *q == QueueId(1)).unwrap().1;
+    assert!(stalled.tx_flow_control > 0, "{stalled:?}");
+    // Reading the completions lets the rest out.
+    let mut done = completions(&mut slow).len();
+    while done < sent {
+        run(&mut d);
+        done += completions(&mut slow).len();
+    }
+    assert_eq!(wire.tx.lock().unwrap().len(), sent + 1);
+}
