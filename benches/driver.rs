@@ -75,18 +75,21 @@ fn spawn_consumer(mut clients: Vec<ClientQueue>, stop: Arc<AtomicBool>) -> JoinH
     })
 }
 
-fn queues(n: usize) -> (Vec<DriverQueue>, Vec<ClientQueue>) {
-    let drivers: Vec<DriverQueue> = (0..n)
-        .map(|_| DriverQueue::create(&ring(n)).expect("create queue"))
-        .collect();
-    let clients = drivers
-        .iter()
-        .map(|d| {
-            let fds = d.client_fds().expect("fds");
-            ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).expect("attach")
-        })
-        .collect();
-    (drivers, clients)
+/// `n` queues with their clients attached, or why not (1,024 queues take about 5,000 file
+/// descriptors, more than a default `ulimit -n` of 1,024 allows).
+fn queues(n: usize) -> Result<(Vec<DriverQueue>, Vec<ClientQueue>), String> {
+    let mut drivers = Vec::with_capacity(n);
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let driver = DriverQueue::create(&ring(n)).map_err(|e| e.to_string())?;
+        let fds = driver.client_fds().map_err(|e| e.to_string())?;
+        clients.push(
+            ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake)
+                .map_err(|e| e.to_string())?,
+        );
+        drivers.push(driver);
+    }
+    Ok((drivers, clients))
 }
 
 fn driver_rx(c: &mut Criterion) {
@@ -100,7 +103,13 @@ fn driver_rx(c: &mut Criterion) {
             let id = format!("{frame_len}B/{n}q");
 
             // The ring path: link batch -> private buffers -> rx rings, flushed per batch.
-            let (mut drivers, clients) = queues(n);
+            let (mut drivers, clients) = match queues(n) {
+                Ok(queues) => queues,
+                Err(e) => {
+                    eprintln!("skipping driver_rx/*/{id}: cannot create {n} queues: {e} (raise `ulimit -n`)");
+                    continue;
+                }
+            };
             let stop = Arc::new(AtomicBool::new(false));
             let consumer = spawn_consumer(clients, stop.clone());
             let mut link = MemoryLink::repeating(frames(frame_len));
@@ -143,6 +152,47 @@ fn driver_rx(c: &mut Criterion) {
                 "driver_rx/ring/{id}: {offered} frames delivered, consumer read {received}, \
                  producer found a full ring {dropped} times"
             );
+
+            drop(drivers);
+
+            // The same path with the client draining on the driver's thread after each batch:
+            // no cross-core traffic, so this row stays meaningful on a loaded machine (it
+            // includes the client's receive cost, which the other rows leave to the consumer).
+            let (mut drivers, mut clients) = match queues(n) {
+                Ok(queues) => queues,
+                Err(e) => {
+                    eprintln!("skipping driver_rx/ring_same_thread/{id}: {e}");
+                    continue;
+                }
+            };
+            let mut buffers = vec![[0u8; 2048]; BATCH];
+            let mut vectors: Vec<[&mut [u8]; 1]> =
+                buffers.iter_mut().map(|b| [&mut b[..]]).collect();
+            let mut frames_out: Vec<&mut [&mut [u8]]> =
+                vectors.iter_mut().map(|v| &mut v[..]).collect();
+            let mut lens = vec![0usize; BATCH];
+            group.bench_function(BenchmarkId::new("ring_same_thread", &id), |b| {
+                b.iter(|| {
+                    batch.clear();
+                    link.recv(&mut batch, BATCH).expect("memory link");
+                    for frame in batch.iter() {
+                        let q = next % n;
+                        next += 1;
+                        drivers[q].push_rx(&[frame]);
+                        if !dirty[q] {
+                            dirty[q] = true;
+                            touched.push(q);
+                        }
+                    }
+                    for &q in &touched {
+                        drivers[q].flush();
+                    }
+                    for q in touched.drain(..) {
+                        dirty[q] = false;
+                        let _ = clients[q].recv(&mut frames_out, &mut lens);
+                    }
+                })
+            });
 
             // The limit: the same frames copied straight into the same ring memory.
             let source = frames(frame_len);
