@@ -4,5 +4,6 @@
 
 pub mod capture;
 pub mod link;
+pub mod reassembly;
 pub mod ring;
 mod sys;
