@@ -289,10 +289,10 @@ struct IfReqFlags {
 /// header: each read or write is exactly one Ethernet frame). The descriptor is non-blocking.
 /// Returns the descriptor and the interface name the kernel confirmed. Needs `CAP_NET_ADMIN`.
 pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "interface name must be 1 to 15 bytes",
+            "interface name must be 1 to 15 bytes, none of them NUL",
         ));
     }
     let fd = rustix::fs::open(
