@@ -50,7 +50,7 @@ pub(crate) const RING_SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
-/// An access to a [`SharedMapping`] that would fall outside it or be misaligned.
+/// An access to shared ring memory that would fall outside the mapping or be misaligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("access of {len} bytes at offset {offset} is outside a {mapping_len}-byte mapping or misaligned")]
 pub struct OutOfBounds {

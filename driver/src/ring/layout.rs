@@ -13,7 +13,7 @@
 //!
 //! Each producer/consumer line holds that side's index (offset 0) and wants-wake flag
 //! (offset 4); lines are 128 bytes apart so the two sides never share a cache line, even with
-//! adjacent-line prefetching. A frame slot starts with an 8-byte [`SlotHeader`]: the number of
+//! adjacent-line prefetching. A frame slot starts with an 8-byte slot header: the number of
 //! payload bytes in this slot and flags ([`SLOT_MORE`]: the frame continues in the next slot).
 //! All multi-byte fields are native-endian: both sides run on the same machine.
 
@@ -44,7 +44,7 @@ pub const OFF_COMPLETION_SLOTS: usize = 24;
 pub const OFF_TOTAL_LEN: usize = 32;
 /// Offset of the closed flag (u32): non-zero once the driver has stopped the queue for good.
 pub const OFF_CLOSED: usize = LINE;
-/// Offset of the first counter (u64 each, see [`super::Counter`]).
+/// Offset of the first counter (u64 each, in the order of [`super::RingCounters::to_words`]).
 pub const OFF_COUNTERS: usize = 2 * LINE;
 /// Number of counter words reserved in the header.
 pub const COUNTER_WORDS: usize = 16;
