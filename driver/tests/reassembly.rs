@@ -644,6 +644,13 @@ fn is_fragment_sees_ipv4_and_ipv6_fragments_only() {
     assert!(is_fragment(&split(&tagged, 1480, 0)[1]));
     assert!(!is_fragment(&[]));
     assert!(!is_fragment(&[0u8; 13]));
+    // Three VLAN tags: the reassembler would pass it through unread, so it counts.
+    let mut triple = vec![0u8; 12];
+    for _ in 0..3 {
+        triple.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    }
+    triple.extend_from_slice(&v4[12..]);
+    assert!(is_fragment(&triple));
 }
 
 #[test]

@@ -33,7 +33,8 @@
 //! - **Memory.** Every datagram is charged its buffer's capacity plus a fixed overhead
 //!   ([`SLOT_OVERHEAD`]) against a budget per source address and an overall budget; when a
 //!   datagram would exceed either, the oldest datagrams (of that source, or overall) are evicted
-//!   first. A datagram that cannot fit alone is dropped.
+//!   first. A datagram that cannot fit alone is dropped. Spare buffers kept for reuse count
+//!   against the overall budget too, and go before any datagram is evicted.
 //! - **Bounded work.** Per fragment: one header parse, one or two hash lookups with a seeded hash
 //!   (attackers cannot aim keys at one bucket), a binary search and an insert in a sorted list of
 //!   at most 64 ranges, one copy of the data. Expiry and eviction are O(1) per datagram
@@ -608,7 +609,7 @@ impl Reassembler {
         };
         let new_end = slot.data_end.max(end);
         let needed = (new_base + new_end) as usize;
-        if needed > slot.buf.capacity() && !self.grow(i, needed, f.more, len_hint(f)) {
+        if needed > slot.buf.capacity() && !self.grow(i, needed, f.more, f.data.len()) {
             return self.discard_and_refuse(i, DropReason::MemoryBudget);
         }
 
@@ -871,6 +872,7 @@ impl Reassembler {
 
     /// Gives datagram `i` a buffer of at least `needed` bytes, evicting older datagrams to stay
     /// within the budgets. `false` if it cannot fit even alone.
+    /// `hint` is this fragment's length: a first buffer leaves room for one more like it.
     fn grow(&mut self, i: u32, needed: usize, more: bool, hint: usize) -> bool {
         let old_cap = self.slots[i as usize].buf.capacity();
         let mut buf = if old_cap == 0 {
@@ -1018,11 +1020,6 @@ fn checksum_update(sum: u16, old: u16, new: u16) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     !(acc as u16)
-}
-
-/// How much room to leave for the next fragment when a datagram's buffer is first allocated.
-fn len_hint(f: &Fragment<'_>) -> usize {
-    f.data.len()
 }
 
 #[cfg(test)]
