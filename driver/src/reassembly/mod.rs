@@ -356,6 +356,8 @@ pub struct Reassembler {
     source_index: HashTable<u32>,
     sources: Vec<Source>,
     free_sources: Vec<u32>,
+    /// The source of the datagram created last, or [`NIL`].
+    recent_source: u32,
     /// Bytes charged by datagrams and tombstones.
     memory: usize,
     /// Spare buffers for new datagrams; their capacity counts against the overall budget
@@ -388,6 +390,7 @@ impl Reassembler {
             source_index: HashTable::new(),
             sources: Vec::new(),
             free_sources: Vec::new(),
+            recent_source: NIL,
             memory: 0,
             pool: Vec::new(),
             pool_bytes: 0,
@@ -781,35 +784,13 @@ impl Reassembler {
     /// A new live slot for `key`, charged [`SLOT_OVERHEAD`], or `None` if its source or the
     /// whole budget cannot make room.
     fn create(&mut self, key: Key) -> Option<u32> {
-        let skey = self.seed.source(&key);
-        let sources = &self.sources;
-        let found = self
-            .source_index
-            .find(skey.hash(), |&s| sources[s as usize].key == skey)
-            .copied();
-        let s = match found {
-            Some(s) => s,
-            None => {
-                let source = Source {
-                    key: skey,
-                    bytes: 0,
-                    datagrams: 0,
-                    oldest: NIL,
-                    newest: NIL,
-                };
-                let s = match self.free_sources.pop() {
-                    Some(s) => {
-                        self.sources[s as usize] = source;
-                        s
-                    }
-                    None => {
-                        self.sources.push(source);
-                        (self.sources.len() - 1) as u32
-                    }
-                };
-                let sources = &self.sources;
-                self.source_index
-                    .insert_unique(skey.hash(), s, |&t| sources[t as usize].key.hash());
+        let s = match self.recent_source {
+            // A sender fragments its datagrams one after another: the source of the last
+            // datagram created is the likeliest, and is checked without hashing.
+            r if r != NIL && self.sources[r as usize].key.is_source_of(&key) => r,
+            _ => {
+                let s = self.find_or_add_source(&key);
+                self.recent_source = s;
                 s
             }
         };
@@ -868,6 +849,42 @@ impl Reassembler {
         self.index
             .insert_unique(key.hash(), i, |&j| slots[j as usize].key.hash());
         Some(i)
+    }
+
+    /// The budget entry of `key`'s source, added if it has none.
+    fn find_or_add_source(&mut self, key: &Key) -> u32 {
+        let skey = self.seed.source(key);
+        let sources = &self.sources;
+        let found = self
+            .source_index
+            .find(skey.hash(), |&s| sources[s as usize].key == skey)
+            .copied();
+        match found {
+            Some(s) => s,
+            None => {
+                let source = Source {
+                    key: skey,
+                    bytes: 0,
+                    datagrams: 0,
+                    oldest: NIL,
+                    newest: NIL,
+                };
+                let s = match self.free_sources.pop() {
+                    Some(s) => {
+                        self.sources[s as usize] = source;
+                        s
+                    }
+                    None => {
+                        self.sources.push(source);
+                        (self.sources.len() - 1) as u32
+                    }
+                };
+                let sources = &self.sources;
+                self.source_index
+                    .insert_unique(skey.hash(), s, |&t| sources[t as usize].key.hash());
+                s
+            }
+        }
     }
 
     /// Gives datagram `i` a buffer of at least `needed` bytes, evicting older datagrams to stay
@@ -1004,6 +1021,9 @@ impl Reassembler {
     }
 
     fn release_source(&mut self, s: u32) {
+        if self.recent_source == s {
+            self.recent_source = NIL;
+        }
         let hash = self.sources[s as usize].key.hash();
         if let Ok(entry) = self.source_index.find_entry(hash, |&t| t == s) {
             entry.remove();
