@@ -35,17 +35,22 @@
 //!   datagram would exceed either, the oldest datagrams (of that source, or overall) are evicted
 //!   first. A datagram that cannot fit alone is dropped. Spare buffers kept for reuse count
 //!   against the overall budget too, and go before any datagram is evicted.
-//! - **Bounded work.** Per fragment: one header parse, one or two hash lookups with a seeded hash
-//!   (attackers cannot aim keys at one bucket), a binary search and an insert in a sorted list of
-//!   at most 64 ranges, one copy of the data. Expiry and eviction are O(1) per datagram
-//!   (intrusive age lists). Nothing grows with the number of fragments ever seen.
+//! - **Bounded work.** Per fragment: one header parse (and the IPv4 header checksum check), one
+//!   seeded hash of the key (attackers cannot aim keys at one bucket) used for every table
+//!   operation on it, a binary search and an insert in a sorted list of at most 64 ranges, one
+//!   copy of the data. Per datagram: a source-budget lookup (skipped when the source is the
+//!   previous datagram's), a buffer (reused from spares when there are any). Expiry and
+//!   eviction are O(1) per datagram (intrusive age lists). Nothing grows with the number of
+//!   fragments ever seen.
 //! - **Output.** Unfragmented frames come back borrowed and untouched. A reassembled datagram is
 //!   one owned frame: the first fragment's Ethernet header (with its VLAN tags) and IP header,
 //!   with the total length or payload length fixed, MF and offset cleared and the IPv4 checksum
-//!   recomputed, or the IPv6 Fragment header removed and the next-header chain fixed. IPv6
+//!   updated, or the IPv6 Fragment header removed and the next-header chain fixed. IPv6
 //!   atomic fragments (offset 0, M clear; RFC 6946) come back the same way, on their own,
 //!   without touching any queued datagram. Ethernet padding never enters a datagram: a
-//!   fragment's data ends where its IP length says.
+//!   fragment's data ends where its IP length says. A reassembled IPv6 datagram that still holds
+//!   a Fragment header (nested fragmentation, which no sender produces) is dropped, so the
+//!   classifier never sees a fragment.
 //! - **No panics** on any bytes.
 //!
 //! Fragments a client transmits are rejected by the transmit path with [`is_fragment`].
@@ -54,7 +59,7 @@ pub mod fragmenter;
 mod key;
 mod parse;
 
-pub use parse::is_fragment;
+pub use parse::{is_fragment, MAX_EXTENSION_HEADERS};
 
 use hashbrown::HashTable;
 use key::{Key, Seed, SourceKey};

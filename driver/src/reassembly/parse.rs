@@ -36,7 +36,7 @@ pub(crate) const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 /// Bound on the extension headers walked in one chain. Each header is at least 8 bytes, so the
 /// packet length bounds the walk anyway; no real packet comes near this, and a chain longer
 /// than this is treated as hostile (dropped on receive, rejected on transmit).
-pub(crate) const MAX_EXTENSION_HEADERS: usize = 16;
+pub const MAX_EXTENSION_HEADERS: usize = 16;
 
 /// IP protocol numbers the reassembler looks at.
 pub(crate) mod proto {
