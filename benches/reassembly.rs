@@ -6,7 +6,7 @@
 //! many datagrams are in flight (16 flows share a source address). One iteration pushes every
 //! fragment of every flow once; each datagram completes on its last fragment, and both
 //! reassemblers get their output buffers back for reuse (`recycle`, `return_buf`). netmux's
-//! budget is raised so that nothing is evicted (the default 4 MiB holds about 1,800 such
+//! budget is raised so that nothing is evicted (the default 4 MiB holds about 2,000 such
 //! datagrams); etherparse has no budget.
 //!
 //! Criterion reports time per iteration with the fragment count as throughput. After it, a
