@@ -5,6 +5,11 @@
 //! written, in order: unfragmented frames unchanged, reassembled datagrams as one frame stamped
 //! with the time of the fragment that completed them. The counters are printed at the end.
 //! Datagrams still incomplete when the capture ends are reported as such, not as timed out.
+//!
+//! The reassembler sees what the driver would: a fragment cut short by the capture's snap
+//! length is dropped as malformed (its IP length says more than the capture holds), and so is an
+//! IPv6 frame whose extension headers run past the captured bytes, since it might hide a
+//! Fragment header.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +39,23 @@ pub struct Defrag {
     /// Memory budget in bytes, overall; each source address gets a quarter of it.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MEMORY_BUDGET)]
     budget: usize,
+}
+
+/// The command table (`cmd::command_groups!`) nests every entry as a subcommand group; `defrag`
+/// is a single command with arguments, so it presents its arguments where a group would add
+/// its subcommands, and says it needs none.
+impl clap::Subcommand for Defrag {
+    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
+        <Defrag as Args>::augment_args(cmd.subcommand_required(false))
+    }
+
+    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
+        <Defrag as Args>::augment_args_for_update(cmd.subcommand_required(false))
+    }
+
+    fn has_subcommand(_name: &str) -> bool {
+        false
+    }
 }
 
 /// What a run over a capture produced.

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod defrag;
 mod vm;
 
 /// What a command group does when it is chosen.
@@ -59,6 +60,8 @@ macro_rules! command_groups {
 command_groups! {
     /// Assemble, disassemble, verify and run filter VM programs.
     Vm(vm::VmCommand),
+    /// Reassemble the IP fragments of a capture as the driver would.
+    Defrag(defrag::Defrag),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.
