@@ -41,23 +41,6 @@ pub struct Defrag {
     budget: usize,
 }
 
-/// The command table (`cmd::command_groups!`) nests every entry as a subcommand group; `defrag`
-/// is a single command with arguments, so it presents its arguments where a group would add
-/// its subcommands, and says it needs none.
-impl clap::Subcommand for Defrag {
-    fn augment_subcommands(cmd: clap::Command) -> clap::Command {
-        <Defrag as Args>::augment_args(cmd.subcommand_required(false))
-    }
-
-    fn augment_subcommands_for_update(cmd: clap::Command) -> clap::Command {
-        <Defrag as Args>::augment_args_for_update(cmd.subcommand_required(false))
-    }
-
-    fn has_subcommand(_name: &str) -> bool {
-        false
-    }
-}
-
 /// What a run over a capture produced.
 #[derive(Debug)]
 pub struct DefragReport {
