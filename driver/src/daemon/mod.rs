@@ -186,10 +186,12 @@ impl TxOutcomes {
 #[derive(Debug)]
 struct Queue {
     ring: DriverQueue,
+    /// The sizes netd asked for (kept for diagnostics; the ring's layout is authoritative).
     config: QueueConfig,
     tx_filters: Vec<TxFilter>,
     tx: TxOutcomes,
-    /// Rx frames observed as a tap of other queues' transmissions.
+    /// Whether frames were written into its rx ring since the last flush (it is then listed
+    /// in `Driver::touched`, to be published once per batch).
     touched: bool,
 }
 
