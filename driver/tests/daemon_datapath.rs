@@ -644,3 +644,35 @@ fn a_client_that_reads_no_completions_stalls_only_itself_and_it_is_counted() {
     }
     assert_eq!(wire.tx.lock().unwrap().len(), sent + 1);
 }
+
+#[test]
+fn statistics_name_every_drop_reason_on_the_receive_side() {
+    let (mut d, wire) = driver();
+    let _a = queue(&mut d, 1);
+    bind_udp(&mut d, 1, 53);
+    let mut datagram = to_host(53, 64);
+    let sum = ipv4_checksum(&datagram[14..34]);
+    datagram[24..26].copy_from_slice(&sum.to_be_bytes());
+    let fragments = fragmenter::fragment(&datagram, 32, 0).expect("fragments");
+    let mut dup = fragments[1].clone();
+    // Same range, different bytes: an overlap (RFC 5722) discards the datagram.
+    let last = dup.len() - 1;
+    dup[last] ^= 0xff;
+    wire.rx
+        .lock()
+        .unwrap()
+        .extend([fragments[1].clone(), dup, to_host(9, 1)]);
+    run(&mut d);
+    let (link, _) = d.stats();
+    assert!(
+        link.rx_dropped
+            .iter()
+            .any(|(name, n)| name == "reassembly-overlap" && *n > 0),
+        "{link:?}"
+    );
+    assert!(
+        link.rx_dropped.contains(&("no-receiver".to_string(), 1)),
+        "{link:?}"
+    );
+    assert_eq!(link.rx_frames, 3);
+}

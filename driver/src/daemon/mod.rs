@@ -798,7 +798,12 @@ impl Driver {
             rx_bytes: link.rx_bytes,
             tx_frames: link.tx_frames,
             tx_bytes: link.tx_bytes,
-            rx_dropped_full: 0,
+            // Copies dropped by full rings, summed over the current queues.
+            rx_dropped_full: self
+                .queues
+                .values()
+                .map(|q| q.ring.counters().rx_dropped_full)
+                .sum(),
             tx_rejected: self.tx.rejected(),
             tx_flow_control: self.tx.link_busy,
             rx_dropped,
