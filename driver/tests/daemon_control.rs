@@ -503,3 +503,25 @@ fn the_control_socket_never_replaces_a_live_socket_or_a_regular_file() {
     assert!(Server::bind(&file, driver(), ServerOptions::default()).is_err());
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
 }
+
+#[test]
+fn netd_queue_and_host_addresses_are_checked() {
+    let f = start("netdq", ServerOptions::default());
+    let (mut netd, _) = Netd::connect(&f.path);
+    let (reply, _) = netd.request(&DriverRequest::SetNetdQueue { queue: QueueId(5) });
+    assert_eq!(error_code(&reply), Some(ErrorCode::NotFound));
+    let _q = netd.queue(5);
+    netd.ok(&DriverRequest::SetNetdQueue { queue: QueueId(5) });
+    netd.ok(&DriverRequest::SetHostAddresses {
+        ipv4: vec![[10, 0, 0, 1]],
+    });
+    let (reply, _) = netd.request(&DriverRequest::SetHostAddresses {
+        ipv4: vec![[10, 0, 0, 1]; netmux_driver::daemon::MAX_HOST_ADDRESSES + 1],
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::Limit));
+    let (reply, _) = netd.request(&DriverRequest::Stats);
+    assert!(
+        matches!(&reply, DriverReply::Stats { queues, .. } if queues.len() == 1 && queues[0].0 == QueueId(5)),
+        "{reply:?}"
+    );
+}
