@@ -62,6 +62,15 @@ impl Drop for NetNs {
     }
 }
 
+/// A directory removed on drop, even when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn run(program: &str, args: &[&str]) {
     let status = Command::new(program).args(args).status().expect(program);
     assert!(status.success(), "{program} {args:?}: {status}");
@@ -162,9 +171,10 @@ fn exchange(
     client_ip: [u8; 4],
 ) {
     let driver_mac = link.info().mac;
-    let dir = std::env::temp_dir().join(format!("netmux-daemon-root-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let control = dir.join("driver.sock");
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("netmux-daemon-root-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let control = dir.0.join("driver.sock");
     let driver = DriverThread::spawn(
         &control,
         Driver::new(link, DriverConfig::default()),
@@ -227,5 +237,4 @@ fn exchange(
     drop(netd);
     eventually("the queue closes when netd leaves", || client.is_closed());
     driver.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
