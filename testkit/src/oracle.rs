@@ -1,0 +1,251 @@
+//! libpcap as the oracle: `pcap_compile` on a dead Ethernet handle, `bpf_filter` to run.
+//!
+//! Every netmux filter verdict is compared with what this module says, so it does exactly what
+//! `tcpdump -r` would do: compile with `pcap_compile` on a `pcap_open_dead(DLT_EN10MB, 262144)`
+//! handle with netmask `PCAP_NETMASK_UNKNOWN`, then run the program with `bpf_filter(insns,
+//! frame, wire_len, captured_len)`, which is what `pcap_offline_filter` calls.
+//!
+//! Guarantees: `pcap_compile` and `bpf_image` (which use global state in older libpcaps) are
+//! only ever called under one process-wide mutex; a [`BpfProgram`] frees its code exactly once;
+//! running a program never touches memory outside the frame slice (libpcap checks every load
+//! against the captured length it is given, which is the slice's length).
+
+use std::ffi::{c_char, c_int, c_uint, CStr, CString};
+use std::sync::Mutex;
+
+/// libpcap's link type for Ethernet.
+pub const DLT_EN10MB: c_int = 1;
+/// The snapshot length tcpdump uses by default; libpcap's code generator reads it.
+pub const SNAPLEN: c_int = 262_144;
+/// `PCAP_NETMASK_UNKNOWN`: no netmask, so `ip broadcast` is an error, as in tcpdump offline.
+pub const PCAP_NETMASK_UNKNOWN: u32 = 0xffff_ffff;
+
+/// One classic BPF instruction, laid out as libpcap's `struct bpf_insn`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BpfInsn {
+    /// Opcode (class | size | mode, or class | op | source).
+    pub code: u16,
+    /// Jump offset when true.
+    pub jt: u8,
+    /// Jump offset when false.
+    pub jf: u8,
+    /// The constant.
+    pub k: u32,
+}
+
+#[repr(C)]
+struct RawProgram {
+    bf_len: c_uint,
+    bf_insns: *mut BpfInsn,
+}
+
+#[repr(C)]
+struct PcapT {
+    _private: [u8; 0],
+}
+
+#[link(name = "pcap")]
+extern "C" {
+    fn pcap_open_dead(linktype: c_int, snaplen: c_int) -> *mut PcapT;
+    fn pcap_close(p: *mut PcapT);
+    fn pcap_geterr(p: *mut PcapT) -> *mut c_char;
+    fn pcap_compile(
+        p: *mut PcapT,
+        prog: *mut RawProgram,
+        expr: *const c_char,
+        optimize: c_int,
+        netmask: u32,
+    ) -> c_int;
+    fn pcap_freecode(prog: *mut RawProgram);
+    fn bpf_filter(insns: *const BpfInsn, pkt: *const u8, wirelen: c_uint, buflen: c_uint)
+        -> c_uint;
+    fn bpf_image(insn: *const BpfInsn, n: c_int) -> *mut c_char;
+}
+
+/// Why libpcap did not give a program.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OracleError {
+    /// The expression contains a NUL byte, which C strings cannot carry.
+    #[error("the expression contains a NUL byte")]
+    NulInExpression,
+    /// `pcap_open_dead` failed (out of memory).
+    #[error("pcap_open_dead failed")]
+    OpenDead,
+    /// `pcap_compile` rejected the expression; the text is `pcap_geterr`'s message.
+    #[error("{0}")]
+    Compile(String),
+}
+
+/// The dead Ethernet handle, created once and used only under [`LIBPCAP`].
+struct DeadHandle(*mut PcapT);
+
+// SAFETY: the handle is only ever used while holding the `LIBPCAP` mutex, so it is never used
+// from two threads at once; libpcap handles carry no thread affinity.
+unsafe impl Send for DeadHandle {}
+
+impl Drop for DeadHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from pcap_open_dead and is closed exactly once, here.
+        unsafe { pcap_close(self.0) }
+    }
+}
+
+/// Serialises every call into libpcap's compiler and `bpf_image` (not thread-safe before
+/// libpcap 1.8/1.10) and holds the dead handle they use.
+static LIBPCAP: Mutex<Option<DeadHandle>> = Mutex::new(None);
+
+/// A program libpcap compiled; freed with `pcap_freecode` on drop.
+#[derive(Debug)]
+pub struct BpfProgram {
+    raw: RawProgram,
+}
+
+impl std::fmt::Debug for RawProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawProgram({} insns)", self.bf_len)
+    }
+}
+
+// SAFETY: a compiled program is plain owned memory (an array of bpf_insn) that nothing else
+// references; `bpf_filter` only reads it, so sharing it between threads is sound.
+unsafe impl Send for BpfProgram {}
+// SAFETY: see above: after compilation the program is never written until it is freed.
+unsafe impl Sync for BpfProgram {}
+
+impl BpfProgram {
+    /// Compiles `expr` with libpcap for Ethernet, with or without libpcap's optimizer.
+    pub fn compile(expr: &str, optimize: bool) -> Result<BpfProgram, OracleError> {
+        let c_expr = CString::new(expr).map_err(|_| OracleError::NulInExpression)?;
+        let mut guard = LIBPCAP.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            // SAFETY: plain constructor call with valid arguments.
+            let p = unsafe { pcap_open_dead(DLT_EN10MB, SNAPLEN) };
+            if p.is_null() {
+                return Err(OracleError::OpenDead);
+            }
+            *guard = Some(DeadHandle(p));
+        }
+        let handle = guard.as_ref().map(|h| h.0).ok_or(OracleError::OpenDead)?;
+        let mut raw = RawProgram {
+            bf_len: 0,
+            bf_insns: std::ptr::null_mut(),
+        };
+        // SAFETY: `handle` is a live pcap_t used only under the mutex we hold; `raw` is a valid
+        // out-parameter and `c_expr` a NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            pcap_compile(
+                handle,
+                &mut raw,
+                c_expr.as_ptr(),
+                c_int::from(optimize),
+                PCAP_NETMASK_UNKNOWN,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: pcap_geterr returns a NUL-terminated buffer inside the handle, valid
+            // until the next call on the handle; we copy it before releasing the mutex.
+            let msg = unsafe { CStr::from_ptr(pcap_geterr(handle)) }
+                .to_string_lossy()
+                .into_owned();
+            return Err(OracleError::Compile(msg));
+        }
+        Ok(BpfProgram { raw })
+    }
+
+    /// The compiled instructions.
+    pub fn insns(&self) -> &[BpfInsn] {
+        if self.raw.bf_insns.is_null() {
+            return &[];
+        }
+        // SAFETY: pcap_compile filled bf_insns with bf_len instructions that live until
+        // pcap_freecode in our Drop.
+        unsafe { std::slice::from_raw_parts(self.raw.bf_insns, self.raw.bf_len as usize) }
+    }
+
+    /// Runs the program as `pcap_offline_filter` does: `frame` is the captured bytes, `wire_len`
+    /// the length on the wire. Returns libpcap's return value (0 = reject).
+    pub fn run(&self, frame: &[u8], wire_len: u32) -> u32 {
+        let insns = self.insns();
+        if insns.is_empty() {
+            return 0;
+        }
+        let buflen = c_uint::try_from(frame.len()).unwrap_or(c_uint::MAX);
+        // SAFETY: `insns` is a valid program from pcap_compile; bpf_filter reads at most
+        // `buflen` bytes from `frame`, which is exactly the slice's length.
+        unsafe { bpf_filter(insns.as_ptr(), frame.as_ptr(), wire_len, buflen) }
+    }
+
+    /// Whether libpcap accepts the frame.
+    pub fn matches(&self, frame: &[u8], wire_len: u32) -> bool {
+        self.run(frame, wire_len) != 0
+    }
+
+    /// The program as text, one `bpf_image` line per instruction (as `tcpdump -d` prints it).
+    pub fn image(&self) -> String {
+        let _guard = LIBPCAP.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (n, insn) in self.insns().iter().enumerate() {
+            // SAFETY: bpf_image formats one instruction into a static buffer and returns it;
+            // we hold the mutex, so no other thread overwrites the buffer before we copy it.
+            let line = unsafe { CStr::from_ptr(bpf_image(insn, n as c_int)) };
+            out.push_str(&line.to_string_lossy());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl Drop for BpfProgram {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from a successful pcap_compile and is freed exactly once, here.
+        // pcap_freecode needs no lock: it only frees this program's own array.
+        unsafe { pcap_freecode(&mut self.raw) }
+    }
+}
+
+/// Compiles with libpcap's optimizer on, as the conformance corpus demands.
+pub fn compile(expr: &str) -> Result<BpfProgram, OracleError> {
+    BpfProgram::compile(expr, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_and_runs_a_simple_filter() {
+        let p = compile("ether[0] = 1").unwrap();
+        assert!(p.matches(&[1, 2, 3], 60));
+        assert!(!p.matches(&[2, 2, 3], 60));
+        assert!(!p.matches(&[], 60), "an out-of-bounds load rejects");
+        assert!(p.image().contains("ldb"));
+    }
+
+    #[test]
+    fn reports_libpcap_errors() {
+        let e = compile("tcp port 65536").unwrap_err();
+        assert!(
+            matches!(e, OracleError::Compile(ref m) if m.contains("port")),
+            "{e}"
+        );
+        assert_eq!(compile("a\0b").unwrap_err(), OracleError::NulInExpression);
+    }
+
+    #[test]
+    fn less_uses_the_wire_length() {
+        let p = compile("less 64").unwrap();
+        assert!(p.matches(&[0; 10], 64));
+        assert!(!p.matches(&[0; 10], 65));
+    }
+
+    #[test]
+    fn compiling_from_many_threads_is_serialised() {
+        let handles: Vec<_> = (0..4)
+            .map(|i| std::thread::spawn(move || compile(&format!("udp port {}", 50 + i)).is_ok()))
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap());
+        }
+    }
+}
