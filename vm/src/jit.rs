@@ -13,8 +13,8 @@
 //!   shift);
 //! * scratch memory is the caller's `&mut Scratch`: every `stm` stores to it and every `ldm`
 //!   loads from it, so after a run it holds what the interpreter would leave there;
-//! * `lookup` calls `lookup_helper`, an `extern "C"` Rust function that reads the program's tables through a
-//!   pointer passed *at each call* from `&self`: tables stay updatable with
+//! * `lookup` calls `lookup_helper`, an `extern "C"` Rust function that reads the program's
+//!   tables through a pointer passed *at each call* from `&self`: tables stay updatable with
 //!   [`Engine::table_mut`] (which needs `&mut self`, so no run can be in progress) and are
 //!   never copied into the code;
 //! * each register is a Cranelift `Variable`; instructions no path reaches are not translated.
