@@ -13,7 +13,8 @@
 //! makes the payload offset variable (a register), so later loads become register-relative.
 //!
 //! `protochain` is a loop in libpcap (a backward jump); the VM has only forward jumps, so the
-//! loop is unrolled [`PROTOCHAIN_MAX_HEADERS`] times. A chain longer than that ends in reject
+//! loop is unrolled [`PROTOCHAIN_MAX_HEADERS_V6`] (IPv6) or [`PROTOCHAIN_MAX_AH_V4`] (IPv4)
+//! times. A chain longer than that ends in reject
 //! (libpcap would keep walking).
 
 use std::net::Ipv6Addr;
@@ -22,10 +23,16 @@ use crate::ast::*;
 use crate::error::{semantic, unsupported, Result, Span};
 use crate::ir::*;
 
-/// How many extension headers `protochain` follows before giving up (rejecting). libpcap
-/// follows any number with a backward jump; real packets carry a handful, and each unrolled
-/// step costs about 20 instructions per IP version.
-pub const PROTOCHAIN_MAX_HEADERS: usize = 16;
+/// How many IPv6 extension headers (and AH headers) `ip6 protochain` follows before giving up
+/// (rejecting). libpcap follows any number with a backward jump. libpcap's own test capture
+/// `ipv6_ext_headers.pcap` carries a chain of 100; each unrolled step costs about 19
+/// instructions, so 110 steps (~2,100 instructions) leave room in the VM's 4,096 for the rest
+/// of a filter.
+pub const PROTOCHAIN_MAX_HEADERS_V6: usize = 110;
+
+/// How many AH headers `ip protochain` follows before giving up (rejecting); about 9
+/// instructions each.
+pub const PROTOCHAIN_MAX_AH_V4: usize = 32;
 
 const ETHERMTU: u32 = 1500;
 const ETHERTYPE_IP: u32 = 0x0800;
@@ -768,7 +775,6 @@ impl Gen {
                     net: self.off_linkpl.k.wrapping_add(self.off_nl),
                     a: self.temp(),
                     x: self.temp(),
-                    m: self.temp(),
                     scratch: self.temp(),
                 };
                 Ok(Cond::and(b0, Cond::Frag(Box::new(frag))))
@@ -1131,14 +1137,13 @@ impl Gen {
                     dst: t,
                     rhs: Operand::T(a1.val),
                 });
-                let cond = match (a0.cond, a1.cond) {
-                    (Some(x), Some(y)) => Some(Cond::and(x, y)),
-                    (x, y) => x.or(y),
-                };
+                // libpcap 1.10's gen_arth keeps only the left operand's protocol checks
+                // (`ip[0] + tcp[12] > 0` does not check for TCP); we do the same.
+                drop(a1.cond);
                 Ok(Arth {
                     stmts,
                     val: t,
-                    cond,
+                    cond: a0.cond,
                     first_imm: a0.first_imm,
                 })
             }
@@ -1411,7 +1416,7 @@ fn ether_proto_by_name(name: &str) -> Option<u32> {
 }
 
 /// The unrolled `protochain` walk (see the module comment). Temps: `a` the current next-header
-/// value, `x` the header offset, `m` the saved next header, `scratch` for address arithmetic.
+/// value, `x` the header offset, `scratch` for the length arithmetic.
 #[derive(Debug)]
 struct Protochain {
     ipv: Ipv,
@@ -1420,7 +1425,6 @@ struct Protochain {
     net: u32,
     a: Temp,
     x: Temp,
-    m: Temp,
     scratch: Temp,
 }
 
@@ -1446,93 +1450,70 @@ impl Protochain {
     }
 
     /// The AH step of libpcap's loop, including its bug: the new offset is `(len + 2) * 4`,
-    /// not added to the old one.
+    /// not added to the old one. `A = P[X]; X = (P[X + 1] + 2) * 4` (both loads happen before
+    /// anything branches, so their order cannot change a verdict).
     fn ah_step(&self) -> Vec<Stmt> {
-        let (a, x, m, s) = (self.a, self.x, self.m, self.scratch);
+        let (a, x, t) = (self.a, self.x, self.scratch);
         vec![
-            // A = P[X + net]; M = A
             Stmt::Load {
-                dst: m,
-                size: Size::B,
-                base: Some(x),
-                off: self.net,
-            },
-            // X = X + 1; A = P[X + net]
-            Stmt::Mov {
-                dst: s,
-                src: Operand::T(x),
-            },
-            Stmt::Alu {
-                op: AluOp::Add,
-                dst: s,
-                rhs: Operand::K(1),
-            },
-            Stmt::Load {
-                dst: a,
-                size: Size::B,
-                base: Some(s),
-                off: self.net,
-            },
-            // A = (A + 2) * 4; X = A; A = M
-            Stmt::Alu {
-                op: AluOp::Add,
-                dst: a,
-                rhs: Operand::K(2),
-            },
-            Stmt::Alu {
-                op: AluOp::Mul,
-                dst: a,
-                rhs: Operand::K(4),
-            },
-            Stmt::Mov {
-                dst: x,
-                src: Operand::T(a),
-            },
-            Stmt::Mov {
-                dst: a,
-                src: Operand::T(m),
-            },
-        ]
-    }
-
-    fn ext_step(&self) -> Vec<Stmt> {
-        let (a, x, m) = (self.a, self.x, self.m);
-        vec![
-            // A = P[X + net]; M = A; A = P[X + net + 1]; A = (A + 1) * 8 + X; X = A; A = M
-            Stmt::Load {
-                dst: m,
-                size: Size::B,
-                base: Some(x),
-                off: self.net,
-            },
-            Stmt::Load {
-                dst: a,
+                dst: t,
                 size: Size::B,
                 base: Some(x),
                 off: self.net.wrapping_add(1),
             },
-            Stmt::Alu {
-                op: AluOp::Add,
+            Stmt::Load {
                 dst: a,
-                rhs: Operand::K(1),
-            },
-            Stmt::Alu {
-                op: AluOp::Mul,
-                dst: a,
-                rhs: Operand::K(8),
+                size: Size::B,
+                base: Some(x),
+                off: self.net,
             },
             Stmt::Alu {
                 op: AluOp::Add,
-                dst: a,
-                rhs: Operand::T(x),
+                dst: t,
+                rhs: Operand::K(2),
+            },
+            Stmt::Alu {
+                op: AluOp::Shl,
+                dst: t,
+                rhs: Operand::K(2),
             },
             Stmt::Mov {
                 dst: x,
-                src: Operand::T(a),
+                src: Operand::T(t),
             },
-            Stmt::Mov {
+        ]
+    }
+
+    /// An IPv6 extension header: `A = P[X]; X += (P[X + 1] + 1) * 8`.
+    fn ext_step(&self) -> Vec<Stmt> {
+        let (a, x, t) = (self.a, self.x, self.scratch);
+        vec![
+            Stmt::Load {
+                dst: t,
+                size: Size::B,
+                base: Some(x),
+                off: self.net.wrapping_add(1),
+            },
+            Stmt::Load {
                 dst: a,
-                src: Operand::T(m),
+                size: Size::B,
+                base: Some(x),
+                off: self.net,
+            },
+            Stmt::Alu {
+                op: AluOp::Add,
+                dst: t,
+                rhs: Operand::K(1),
+            },
+            Stmt::Alu {
+                op: AluOp::Shl,
+                dst: t,
+                rhs: Operand::K(3),
+            },
+            Stmt::Alu {
+                op: AluOp::Add,
+                dst: x,
+                rhs: Operand::T(t),
             },
         ]
     }
@@ -1547,7 +1528,11 @@ impl Fragment for Protochain {
         let give_up = func.add(vec![], Term::Reject);
         // Build iterations from the last backwards; `next` is the entry of the following one.
         let mut next = give_up;
-        for _ in 0..PROTOCHAIN_MAX_HEADERS {
+        let steps = match self.ipv {
+            Ipv::V4 => PROTOCHAIN_MAX_AH_V4,
+            Ipv::V6 => PROTOCHAIN_MAX_HEADERS_V6,
+        };
+        for _ in 0..steps {
             let ah = func.add(self.ah_step(), Term::Jump(next));
             let entry = match self.ipv {
                 Ipv::V4 => {

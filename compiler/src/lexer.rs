@@ -490,7 +490,8 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
             pos += 1 + n;
             continue;
         }
-        if !c.is_ascii_alphanumeric() {
+        let starts_v6 = rest.starts_with("::");
+        if !c.is_ascii_alphanumeric() && !starts_v6 {
             if let Ok((after, p)) = punct(rest) {
                 let n = rest.len() - after.len();
                 out.push(Token {
@@ -506,7 +507,7 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         // Measure every word-like class; the longest wins, ties in scanner.l's order.
         let len = |r: IResult<&str, &str>| r.map_or(0, |(_, m)| m.len());
         let id_len = len(name(rest));
-        let is_keyword = keyword(&rest[..id_len]).is_some()
+        let is_keyword = id_len > 0 && keyword(&rest[..id_len]).is_some()
             || named_constant(&rest[..id_len]).is_some()
             || UNSUPPORTED_KEYWORDS.contains(&&rest[..id_len]);
         let num_len = len(number(rest));

@@ -24,13 +24,23 @@ fn every_corpus_expression_agrees_with_libpcap_on_every_corpus_frame() {
         for e in &exprs {
             match compare(e, &frames, optimize) {
                 Outcome::Agreed => {}
-                Outcome::BothRejected => mismatches.push(format!("[-O{}] {e}: both reject the expression", u8::from(optimize))),
-                Outcome::Mismatch(m) => mismatches.push(format!("[-O{}] {}: {}", u8::from(optimize), m.expr, m.what)),
+                Outcome::BothRejected => mismatches.push(format!(
+                    "[-O{}] {e}: both reject the expression",
+                    u8::from(optimize)
+                )),
+                Outcome::Mismatch(m) => {
+                    mismatches.push(format!("[-O{}] {}: {}", u8::from(optimize), m.expr, m.what))
+                }
             }
         }
     }
     eprintln!("{} expressions x {} frames x 2", exprs.len(), frames.len());
-    assert!(mismatches.is_empty(), "{} disagreements:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} disagreements:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }
 
 #[test]
