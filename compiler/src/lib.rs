@@ -70,7 +70,17 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let cond = gen.expr(&ast).map_err(attach)?;
     let mut func = ir::lower(&cond, gen.temps);
     if opts.optimize {
-        opt::optimize(&mut func);
+        opt::optimize(&mut func).map_err(|e| {
+            let msg = match e {
+                opt::OptError::DivisionByZero => "division by zero",
+                opt::OptError::ModulusByZero => "modulus by zero",
+            };
+            CompileError::new(
+                ErrorKind::Semantic(msg.to_owned()),
+                Span::new(0, expr.len()),
+                expr,
+            )
+        })?;
         if opt::always_rejects(&func) {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,
