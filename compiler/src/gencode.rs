@@ -13,8 +13,8 @@
 //! makes the payload offset variable (a register), so later loads become register-relative.
 //!
 //! `protochain` is a loop in libpcap (a backward jump); the VM has only forward jumps, so the
-//! loop is unrolled [`PROTOCHAIN_MAX_HEADERS_V6`] (IPv6) or [`PROTOCHAIN_MAX_AH_V4`] (IPv4)
-//! times. A chain longer than that ends in reject
+//! loop is unrolled up to [`PROTOCHAIN_MAX_HEADERS_V6`] (IPv6) or [`PROTOCHAIN_MAX_AH_V4`]
+//! (IPv4) times, fewer when one filter has several (see [`PROTOCHAIN_BUDGET_V6`]). A chain longer than that ends in reject
 //! (libpcap would keep walking).
 
 use std::net::Ipv6Addr;
@@ -23,16 +23,46 @@ use crate::ast::*;
 use crate::error::{semantic, unsupported, Result, Span};
 use crate::ir::*;
 
-/// How many IPv6 extension headers (and AH headers) `ip6 protochain` follows before giving up
-/// (rejecting). libpcap follows any number with a backward jump. libpcap's own test capture
-/// `ipv6_ext_headers.pcap` carries a chain of 100; each unrolled step costs about 19
-/// instructions, so 110 steps (~2,100 instructions) leave room in the VM's 4,096 for the rest
-/// of a filter.
+/// The most IPv6 extension headers (and AH headers) one `ip6 protochain` follows before giving
+/// up (rejecting); libpcap follows any number with a backward jump. libpcap's own test capture
+/// `ipv6_ext_headers.pcap` carries a chain of 100. Each unrolled step costs about 19
+/// instructions.
 pub const PROTOCHAIN_MAX_HEADERS_V6: usize = 110;
 
-/// How many AH headers `ip protochain` follows before giving up (rejecting); about 9
+/// Unrolled IPv6 steps shared by all the `protochain`s of one filter (~2,700 instructions),
+/// so a filter with several still fits the VM's 4,096: each gets `min(110, 140 / n)`.
+pub const PROTOCHAIN_BUDGET_V6: usize = 140;
+
+/// The most AH headers one `ip protochain` follows before giving up (rejecting); about 9
 /// instructions each.
 pub const PROTOCHAIN_MAX_AH_V4: usize = 32;
+
+/// Unrolled IPv4 steps shared by all the `protochain`s of one filter.
+pub const PROTOCHAIN_BUDGET_V4: usize = 64;
+
+/// How many IPv4 and IPv6 protochain walks an expression contains.
+fn count_protochains(e: &Expr) -> (usize, usize) {
+    match e {
+        Expr::Chain(first, rest) => {
+            let mut c = count_protochains(first);
+            for (_, e) in rest {
+                let d = count_protochains(e);
+                c = (c.0 + d.0, c.1 + d.1);
+            }
+            c
+        }
+        Expr::Not(inner) => count_protochains(inner),
+        Expr::Prim(Primitive::Qualified(q, _), _) if q.addr == Some(AddrKind::Protochain) => {
+            match q.proto {
+                None => (1, 1),
+                Some(Proto::Ip) => (1, 0),
+                Some(Proto::Ip6) => (0, 1),
+                Some(_) => (0, 0),
+            }
+        }
+        _ => (0, 0),
+    }
+}
 
 const ETHERMTU: u32 = 1500;
 const ETHERTYPE_IP: u32 = 0x0800;
@@ -106,6 +136,11 @@ pub struct Gen {
     off_linkpl: Off,
     off_nl: u32,
     label_stack_depth: u32,
+    /// Set by `protochain`: libpcap does not optimize such programs (its optimizer cannot
+    /// handle the loop), so it never calls them "rejects all packets".
+    pub no_optimize: bool,
+    chain_steps_v4: usize,
+    chain_steps_v6: usize,
 }
 
 impl Default for Gen {
@@ -130,6 +165,9 @@ impl Gen {
             off_linkpl: Off { var: None, k: 14 },
             off_nl: 0,
             label_stack_depth: 0,
+            no_optimize: false,
+            chain_steps_v4: PROTOCHAIN_MAX_AH_V4,
+            chain_steps_v6: PROTOCHAIN_MAX_HEADERS_V6,
         }
     }
 
@@ -762,6 +800,7 @@ impl Gen {
                         "`protochain` after `geneve` is not supported by netmux",
                     );
                 }
+                self.no_optimize = true;
                 let ipv = if p == Proto::Ip { Ipv::V4 } else { Ipv::V6 };
                 let ll = if ipv == Ipv::V4 {
                     ETHERTYPE_IP
@@ -770,6 +809,11 @@ impl Gen {
                 };
                 let b0 = self.linktype(ll, span)?;
                 let frag = Protochain {
+                    steps: if ipv == Ipv::V4 {
+                        self.chain_steps_v4
+                    } else {
+                        self.chain_steps_v6
+                    },
                     ipv,
                     v,
                     net: self.off_linkpl.k.wrapping_add(self.off_nl),
@@ -786,7 +830,17 @@ impl Gen {
         }
     }
 
-    /// Generates the condition for a whole expression.
+    /// Generates the condition for a whole expression (the entry point: sizes the
+    /// `protochain` unrolling for the whole expression first).
+    pub fn generate(&mut self, e: &Expr) -> Result<Cond> {
+        let (v4, v6) = count_protochains(e);
+        self.chain_steps_v4 = (PROTOCHAIN_BUDGET_V4 / v4.max(1)).clamp(1, PROTOCHAIN_MAX_AH_V4);
+        self.chain_steps_v6 =
+            (PROTOCHAIN_BUDGET_V6 / v6.max(1)).clamp(1, PROTOCHAIN_MAX_HEADERS_V6);
+        self.expr(e)
+    }
+
+    /// Generates the condition for an expression.
     pub fn expr(&mut self, e: &Expr) -> Result<Cond> {
         match e {
             Expr::Chain(first, rest) => {
@@ -844,15 +898,23 @@ impl Gen {
         let addr = q.addr;
         match v {
             IdValue::Num(n) => self.ncode(None, *n, q, span),
-            IdValue::Ipv4(s) => match addr {
-                None | Some(AddrKind::Host) | Some(AddrKind::Net) => {
-                    let n = parse_ipv4(s)
-                        .ok_or(())
-                        .or_else(|_| semantic(span, format!("invalid IPv4 address '{s}'")))?;
-                    self.ncode(Some(n), 0, q, span)
+            IdValue::Ipv4(s) => {
+                if q.proto == Some(Proto::Link) {
+                    return semantic(span, "illegal link layer address");
                 }
-                _ => self.ncode(Some(parse_ipv4(s).unwrap_or((0, 32))), 0, q, span),
-            },
+                let n = parse_ipv4(s)
+                    .ok_or(())
+                    .or_else(|_| semantic(span, format!("invalid IPv4 address '{s}'")))?;
+                match addr {
+                    None | Some(AddrKind::Host) | Some(AddrKind::Net) => {
+                        self.ncode(Some(n), 0, q, span)
+                    }
+                    Some(a) => semantic(
+                        span,
+                        format!("'{}' modifier applied to ip host", addr_name(a)),
+                    ),
+                }
+            }
             IdValue::Ipv4Prefix(s, len, len_span) => {
                 let (n, nlen) = parse_ipv4(s)
                     .ok_or(())
@@ -1281,6 +1343,18 @@ fn shl(v: u32, n: u32) -> u32 {
     }
 }
 
+fn addr_name(a: AddrKind) -> &'static str {
+    match a {
+        AddrKind::Host => "host",
+        AddrKind::Net => "net",
+        AddrKind::Port => "port",
+        AddrKind::Portrange => "portrange",
+        AddrKind::Proto => "proto",
+        AddrKind::Protochain => "protochain",
+        AddrKind::Gateway => "gateway",
+    }
+}
+
 fn addr_kind_opt(q: Quals) -> Option<AddrKind> {
     q.addr
 }
@@ -1419,6 +1493,8 @@ fn ether_proto_by_name(name: &str) -> Option<u32> {
 /// value, `x` the header offset, `scratch` for the length arithmetic.
 #[derive(Debug)]
 struct Protochain {
+    /// Unrolled steps.
+    steps: usize,
     ipv: Ipv,
     v: u32,
     /// Constant offset of the network layer.
@@ -1528,11 +1604,7 @@ impl Fragment for Protochain {
         let give_up = func.add(vec![], Term::Reject);
         // Build iterations from the last backwards; `next` is the entry of the following one.
         let mut next = give_up;
-        let steps = match self.ipv {
-            Ipv::V4 => PROTOCHAIN_MAX_AH_V4,
-            Ipv::V6 => PROTOCHAIN_MAX_HEADERS_V6,
-        };
-        for _ in 0..steps {
+        for _ in 0..self.steps {
             let ah = func.add(self.ah_step(), Term::Jump(next));
             let entry = match self.ipv {
                 Ipv::V4 => {

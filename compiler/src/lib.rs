@@ -67,13 +67,14 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let attach = |e: error::Located| CompileError::new(e.kind, e.span, expr);
     let ast = parser::parse(expr).map_err(attach)?;
     let mut gen = gencode::Gen::new();
-    let cond = gen.expr(&ast).map_err(attach)?;
+    let cond = gen.generate(&ast).map_err(attach)?;
     let mut func = ir::lower(&cond, gen.temps);
     if opts.optimize {
         opt::optimize(&mut func).map_err(|e| {
             let msg = match e {
                 opt::OptError::DivisionByZero => "division by zero",
                 opt::OptError::ModulusByZero => "modulus by zero",
+                opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
             };
             CompileError::new(
                 ErrorKind::Semantic(msg.to_owned()),
@@ -81,7 +82,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
                 expr,
             )
         })?;
-        if opt::always_rejects(&func) {
+        if !gen.no_optimize && opt::always_rejects(&func) {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,
                 Span::new(0, expr.len()),

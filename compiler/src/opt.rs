@@ -5,7 +5,8 @@
 //! 1. **Constant folding**: constants are propagated through moves and ALU operations, branches
 //!    between constants are decided, `x & 0` and `x * 0` become 0 and `x + 0` (and `| ^ << >>`
 //!    by 0) disappear, as in libpcap. A division or modulus by a constant zero on a reachable
-//!    path is an error, as libpcap's optimizer reports it.
+//!    path (or a shift by a constant of 32 or more) is an error, as libpcap's optimizer reports
+//!    it.
 //! 2. **Decided tests**: a forward data-flow over the acyclic graph records, for each frame
 //!    field loaded at a constant offset (and each masked such field), what the tests passed on
 //!    every path so far imply about it (equal to, different from, within a range, bits set or
@@ -37,6 +38,8 @@ pub enum OptError {
     DivisionByZero,
     /// A modulus by a constant zero on a reachable path.
     ModulusByZero,
+    /// A shift by a constant of 32 or more on a reachable path.
+    ShiftTooLarge,
 }
 
 /// Optimizes `func` in place.
@@ -54,7 +57,7 @@ pub fn optimize(func: &mut Function) -> Result<(), OptError> {
             break;
         }
     }
-    Ok(())
+    check_constant_errors(func)
 }
 
 /// Whether the function rejects every frame: its entry is a bare reject, or no accept is
@@ -75,6 +78,34 @@ fn meet_consts(a: &Consts, b: &Consts) -> Consts {
         .filter(|(t, v)| b.get(t) == Some(v))
         .map(|(t, v)| (*t, *v))
         .collect()
+}
+
+/// The errors libpcap's optimizer reports: a division, modulus or shift by a constant it
+/// cannot take, still reachable after optimization.
+fn check_constant_errors(func: &Function) -> Result<(), OptError> {
+    for b in func.topo_order() {
+        for s in &func.blocks[b].stmts {
+            match s {
+                Stmt::Alu {
+                    op: AluOp::Div,
+                    rhs: Operand::K(0),
+                    ..
+                } => return Err(OptError::DivisionByZero),
+                Stmt::Alu {
+                    op: AluOp::Mod,
+                    rhs: Operand::K(0),
+                    ..
+                } => return Err(OptError::ModulusByZero),
+                Stmt::Alu {
+                    op: AluOp::Shl | AluOp::Shr,
+                    rhs: Operand::K(k),
+                    ..
+                } if *k >= 32 => return Err(OptError::ShiftTooLarge),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn fold_constants(func: &mut Function) -> Result<(), OptError> {
@@ -108,8 +139,12 @@ fn fold_constants(func: &mut Function) -> Result<(), OptError> {
                     };
                     match rhs {
                         Operand::K(0) => match op {
-                            AluOp::Div => return Err(OptError::DivisionByZero),
-                            AluOp::Mod => return Err(OptError::ModulusByZero),
+                            // Kept as is; `check_constant_errors` reports it if it is still
+                            // reachable once the optimizer is done (as libpcap does).
+                            AluOp::Div | AluOp::Mod => {
+                                c.remove(&dst);
+                                Some(Stmt::Alu { op, dst, rhs })
+                            }
                             AluOp::And | AluOp::Mul => {
                                 c.insert(dst, 0);
                                 Some(Stmt::Mov {
@@ -121,6 +156,14 @@ fn fold_constants(func: &mut Function) -> Result<(), OptError> {
                             // add, or, xor, shifts by 0: no-ops.
                             _ => None,
                         },
+                        Operand::K(k)
+                            if matches!(op, AluOp::Shl | AluOp::Shr)
+                                && k >= 32
+                                && !c.contains_key(&dst) =>
+                        {
+                            // Kept as is; reported by `check_constant_errors` if reachable.
+                            Some(Stmt::Alu { op, dst, rhs })
+                        }
                         Operand::K(k) => match c.get(&dst) {
                             Some(&a) => match op.eval(a, k) {
                                 Some(v) => {
@@ -235,109 +278,55 @@ struct Key {
 /// What is known about a field on every path to a point.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Facts {
-    lo: u32,
-    hi: u32,
-    ne: Vec<u32>,
-    set: Vec<(u32, bool)>,
+    /// The value, if a true `==` test fixed it.
+    exact: Option<u32>,
+    /// Tests taken: comparison, constant, outcome.
+    seen: Vec<(Cmp, u32, bool)>,
 }
 
 impl Facts {
-    /// Nothing known. (The width and mask of a field would bound its range, but libpcap's
-    /// optimizer does not use that, and deciding more tests than it does would make us refuse
-    /// filters as "rejects all packets" that libpcap compiles, e.g. `link proto 1500`.)
     fn new() -> Facts {
         Facts {
-            lo: 0,
-            hi: u32::MAX,
-            ne: vec![],
-            set: vec![],
+            exact: None,
+            seen: vec![],
         }
     }
 
-    fn exact(&self) -> Option<u32> {
-        (self.lo == self.hi).then_some(self.lo)
-    }
-
+    /// Decides `field cmp k` with the reasoning libpcap's optimizer uses (`fold_edge`): the
+    /// same test taken before gives the same result, and a field known equal to `v` (a true
+    /// `==` test) decides any `==`. Deciding more (ranges from `>` tests, field widths) would
+    /// be sound, but would make us refuse as "rejects all packets" filters libpcap compiles.
     fn decide(&self, cmp: Cmp, k: u32) -> Option<bool> {
-        if let Some(v) = self.exact() {
-            return Some(cmp.eval(v, k));
+        if let (Cmp::Eq, Some(v)) = (cmp, self.exact) {
+            return Some(v == k);
         }
-        match cmp {
-            Cmp::Eq => {
-                if k < self.lo || k > self.hi || self.ne.contains(&k) {
-                    Some(false)
-                } else {
-                    None
-                }
-            }
-            Cmp::Gt => {
-                if self.lo > k {
-                    Some(true)
-                } else if self.hi <= k {
-                    Some(false)
-                } else {
-                    None
-                }
-            }
-            Cmp::Ge => {
-                if self.lo >= k {
-                    Some(true)
-                } else if self.hi < k {
-                    Some(false)
-                } else {
-                    None
-                }
-            }
-            Cmp::Set => self.set.iter().find(|(m, _)| *m == k).map(|&(_, r)| r),
-        }
+        self.seen
+            .iter()
+            .find(|(c, kk, _)| *c == cmp && *kk == k)
+            .map(|&(_, _, r)| r)
     }
 
     fn learn(&mut self, cmp: Cmp, k: u32, outcome: bool) {
-        match (cmp, outcome) {
-            (Cmp::Eq, true) => {
-                self.lo = k;
-                self.hi = k;
-            }
-            (Cmp::Eq, false) => {
-                if !self.ne.contains(&k) {
-                    self.ne.push(k);
-                }
-            }
-            (Cmp::Gt, true) => self.lo = self.lo.max(k.saturating_add(1)),
-            (Cmp::Gt, false) => self.hi = self.hi.min(k),
-            (Cmp::Ge, true) => self.lo = self.lo.max(k),
-            (Cmp::Ge, false) => {
-                if k > 0 {
-                    self.hi = self.hi.min(k - 1)
-                }
-            }
-            (Cmp::Set, r) => {
-                if !self.set.contains(&(k, r)) {
-                    self.set.push((k, r));
-                }
-            }
+        if cmp == Cmp::Eq && outcome {
+            self.exact = Some(k);
         }
-        if self.lo > self.hi {
-            // Contradiction: the path is infeasible; keep the facts consistent anyway.
-            self.lo = self.hi;
+        if !self.seen.contains(&(cmp, k, outcome)) {
+            self.seen.push((cmp, k, outcome));
         }
     }
 
     fn meet(&self, o: &Facts) -> Facts {
         Facts {
-            lo: self.lo.min(o.lo),
-            hi: self.hi.max(o.hi),
-            ne: self
-                .ne
+            exact: if self.exact == o.exact {
+                self.exact
+            } else {
+                None
+            },
+            seen: self
+                .seen
                 .iter()
                 .copied()
-                .filter(|v| o.ne.contains(v))
-                .collect(),
-            set: self
-                .set
-                .iter()
-                .copied()
-                .filter(|v| o.set.contains(v))
+                .filter(|v| o.seen.contains(v))
                 .collect(),
         }
     }
@@ -369,9 +358,8 @@ impl State {
                 mask: u32::MAX,
                 ..*key
             };
-            if let Some(v) = self.facts.get(&whole).and_then(Facts::exact) {
-                f.lo = v & key.mask;
-                f.hi = f.lo;
+            if let Some(v) = self.facts.get(&whole).and_then(|w| w.exact) {
+                f.exact = Some(v & key.mask);
             }
         }
         f
