@@ -839,9 +839,13 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
-        let deep = format!("{}tcp{}", "(".repeat(10_000), ")".repeat(10_000));
+        let deep = format!("{}tcp{}", "(".repeat(1_000), ")".repeat(1_000));
         let e = parse(&deep).unwrap_err();
         assert!(e.kind.to_string().contains("nested too deeply"), "{e:?}");
+        let huge = format!("{}tcp{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(parse(&huge).is_err());
+        let deep_arith = format!("{}1{} = 1", "-(".repeat(500), ")".repeat(500));
+        assert!(parse(&deep_arith).is_err());
         let deep = format!("{}1 = 1", "not ".repeat(500));
         assert!(parse(&deep).is_err());
         let ok_depth = format!("{}tcp{}", "(".repeat(40), ")".repeat(40));
