@@ -68,7 +68,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let ast = parser::parse(expr).map_err(attach)?;
     let mut gen = gencode::Gen::new();
     let cond = gen.generate(&ast).map_err(attach)?;
-    let mut func = ir::lower(&cond, gen.temps);
+    let mut func = ir::lower(&cond, &gen.prologue, gen.temps);
     if opts.optimize {
         opt::optimize(&mut func).map_err(|e| {
             let msg = match e {
