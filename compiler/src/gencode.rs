@@ -208,6 +208,7 @@ impl Gen {
     }
 
     /// `gen_ncmp`: load, mask unless all ones, compare with `v`, negate if `reverse`.
+    #[allow(clippy::too_many_arguments)] // libpcap's gen_ncmp, argument for argument
     fn ncmp(
         &mut self,
         rel: Rel,
@@ -235,7 +236,7 @@ impl Gen {
             b: Operand::K(v),
         });
         if reverse {
-            Cond::not(t)
+            Cond::negate(t)
         } else {
             t
         }
@@ -307,13 +308,13 @@ impl Gen {
     fn ether_linktype(&mut self, p: u32) -> Cond {
         match p {
             LLCSAP_ISONS | LLCSAP_IP | LLCSAP_NETBEUI => {
-                let b0 = Cond::not(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
+                let b0 = Cond::negate(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
                 let b1 = self.cmp(Rel::LinkPl, 0, Size::H, (p << 8) | p);
                 Cond::and(b0, b1)
             }
             LLCSAP_IPX => {
                 let ty = self.cmp(Rel::LinkType, 0, Size::H, ETHERTYPE_IPX);
-                let not_gt = Cond::not(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
+                let not_gt = Cond::negate(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
                 let snap = self.snap(0, ETHERTYPE_IPX);
                 let sap = self.cmp(Rel::LinkPl, 0, Size::B, LLCSAP_IPX);
                 let raw = self.cmp(Rel::LinkPl, 0, Size::H, 0xffff);
@@ -322,7 +323,7 @@ impl Gen {
             }
             ETHERTYPE_ATALK | ETHERTYPE_AARP => {
                 let ty = self.cmp(Rel::LinkType, 0, Size::H, p);
-                let not_gt = Cond::not(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
+                let not_gt = Cond::negate(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
                 let snap = if p == ETHERTYPE_ATALK {
                     self.snap(0x080007, ETHERTYPE_ATALK)
                 } else {
@@ -331,7 +332,7 @@ impl Gen {
                 Cond::or(ty, Cond::and(not_gt, snap))
             }
             p if p <= ETHERMTU => {
-                let b0 = Cond::not(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
+                let b0 = Cond::negate(self.cmp_gt(Rel::LinkType, 0, Size::H, ETHERMTU));
                 let b1 = self.cmp(Rel::LinkType, 2, Size::B, p);
                 Cond::and(b0, b1)
             }
@@ -357,7 +358,7 @@ impl Gen {
     /// `gen_ipfrag`: not a fragment other than the first.
     fn ipfrag(&mut self) -> Cond {
         let t = self.ncmp(Rel::Net, 6, Size::H, 0xffff_ffff, Cmp::Set, false, 0x1fff);
-        Cond::not(t)
+        Cond::negate(t)
     }
 
     /// The statements that put the IPv4 header length (`4 * (ip[0] & 0xf)`) in a new temp.
@@ -425,7 +426,7 @@ impl Gen {
             b: Operand::K(v),
         });
         if reverse {
-            Cond::not(t)
+            Cond::negate(t)
         } else {
             t
         }
@@ -508,6 +509,7 @@ impl Gen {
     }
 
     /// `gen_hostop`: IPv4 (or ARP/RARP) address test at `src_off`/`dst_off`.
+    #[allow(clippy::too_many_arguments)] // libpcap's gen_hostop, argument for argument
     fn hostop(
         &mut self,
         addr: u32,
@@ -973,7 +975,7 @@ impl Gen {
                 }
                 Ok(Cond::Chain(Box::new(first), out))
             }
-            Expr::Not(inner) => Ok(Cond::not(self.expr(inner)?)),
+            Expr::Not(inner) => Ok(Cond::negate(self.expr(inner)?)),
             Expr::Prim(p, span) => self.primitive(p, *span),
             Expr::Rel(op, a0, a1, _) => self.relation(*op, a0, a1),
         }
@@ -1002,7 +1004,7 @@ impl Gen {
             b: Operand::K(n),
         });
         if reverse {
-            Cond::not(t)
+            Cond::negate(t)
         } else {
             t
         }
@@ -1232,7 +1234,7 @@ impl Gen {
             b: Operand::T(a1.val),
         });
         if reversed {
-            b = Cond::not(b);
+            b = Cond::negate(b);
         }
         let checks = match (a0.cond, a1.cond) {
             (Some(x), Some(y)) => Some(Cond::and(x, y)),

@@ -461,7 +461,7 @@ impl Cond {
     }
 
     /// `not a`.
-    pub fn not(a: Cond) -> Cond {
+    pub fn negate(a: Cond) -> Cond {
         Cond::Not(Box::new(a))
     }
 }

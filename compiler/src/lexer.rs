@@ -477,7 +477,7 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         }
         if let Some(esc) = rest.strip_prefix('\\') {
             let n = esc
-                .find(|c: char| matches!(c, ' ' | '!' | '(' | ')' | '\n' | '\t'))
+                .find([' ', '!', '(', ')', '\n', '\t'])
                 .unwrap_or(esc.len());
             let span = Span::new(pos, pos + 1 + n);
             if n == 0 {

@@ -462,6 +462,9 @@ fn shared_temps(func: &Function) -> HashSet<Temp> {
     shared
 }
 
+/// What taking an edge teaches: the field, the test, and its outcome.
+type EdgeFact = Option<(Key, Cmp, u32, bool)>;
+
 fn decide_and_thread(func: &mut Function) {
     let shared = shared_temps(func);
     let order = func.topo_order();
@@ -492,8 +495,7 @@ fn decide_and_thread(func: &mut Function) {
         }
         let _ = entry_state;
         // Propagate along each edge, threading edges whose target is decided and skippable.
-        let edges: Vec<(BlockId, Option<(Key, Cmp, u32, bool)>)> = match func.blocks[b].term.clone()
-        {
+        let edges: Vec<(BlockId, EdgeFact)> = match func.blocks[b].term.clone() {
             Term::Branch {
                 cmp,
                 b: Operand::K(k),

@@ -473,8 +473,8 @@ impl Parser<'_> {
             }
         }
         let dir_start = self.span_here();
-        match self.peek() {
-            Some(Tok::Kw(first @ (Kw::Src | Kw::Dst))) => {
+        if let Some(Tok::Kw(first @ (Kw::Src | Kw::Dst))) = self.peek() {
+            {
                 let first = *first;
                 self.pos += 1;
                 let other = if first == Kw::Src { Kw::Dst } else { Kw::Src };
@@ -488,7 +488,6 @@ impl Parser<'_> {
                     }
                 }
             }
-            _ => {}
         }
         if let Some(Tok::Kw(k)) = self.peek() {
             if let Some(a) = addr_kw(*k) {

@@ -318,7 +318,8 @@ pub fn protocol_frames() -> Vec<Frame> {
     let eth = |d: usize, s: usize| FrameBuilder::ethernet(MAC[d % 4], MAC[s % 4]);
     let v4 = |s: usize, d: usize, p: u8| Ipv4::new(V4[s % 5], V4[d % 5], p);
     // Transport headers over IPv4 and IPv6.
-    let transports: Vec<(u8, Box<dyn Fn(FrameBuilder, u16, u16) -> FrameBuilder>)> = vec![
+    type AddTransport = Box<dyn Fn(FrameBuilder, u16, u16) -> FrameBuilder>;
+    let transports: Vec<(u8, AddTransport)> = vec![
         (6, Box::new(|b: FrameBuilder, s, d| b.tcp(s, d, 0x12))),
         (6, Box::new(|b: FrameBuilder, s, d| b.tcp(s, d, 0x02))),
         (

@@ -1,0 +1,3 @@
+//! The `netmux` subcommands, one module each.
+
+pub mod filter;
