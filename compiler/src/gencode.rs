@@ -143,6 +143,14 @@ pub struct Gen {
     /// Set by `protochain`: libpcap does not optimize such programs (its optimizer cannot
     /// handle the loop), so it never calls them "rejects all packets".
     pub no_optimize: bool,
+    /// The tests of relations with arithmetic operators after some other test (`ip and
+    /// 1 > -2`, `ip and 14 == 60 * 4 - 14`, `ip and 60 == len * 0`): libpcap's optimizer
+    /// usually decides such a test but leaves it in place, so it does not call the filter
+    /// "rejects all packets" (found by the random differential test; as the first test,
+    /// libpcap does). See [`crate::opt::libpcap_rejects_all`].
+    pub probe_opaque: Vec<Temp>,
+    /// Primitives and relations generated so far.
+    generated: usize,
     chain_steps_v4: usize,
     chain_steps_v6: usize,
 }
@@ -172,6 +180,8 @@ impl Gen {
             off_nl: 0,
             label_stack_depth: 0,
             no_optimize: false,
+            probe_opaque: Vec::new(),
+            generated: 0,
             chain_steps_v4: PROTOCHAIN_MAX_AH_V4,
             chain_steps_v6: PROTOCHAIN_MAX_HEADERS_V6,
         }
@@ -982,6 +992,7 @@ impl Gen {
     }
 
     fn primitive(&mut self, p: &Primitive, span: Span) -> Result<Cond> {
+        self.generated += 1;
         match p {
             Primitive::ProtoAbbrev(p) => self.proto_abbrev(*p, span),
             Primitive::Broadcast(p) => self.broadcast(*p, span),
@@ -1215,7 +1226,12 @@ impl Gen {
     /// `gen_relation`: protocol checks of both sides first, then both computations, then the
     /// comparison.
     fn relation(&mut self, op: RelOp, a0: &Arith, a1: &Arith) -> Result<Cond> {
+        let opaque = self.generated > 0 && (has_operator(a0) || has_operator(a1));
+        self.generated += 1;
         let a0 = self.arith(a0)?;
+        if opaque {
+            self.probe_opaque.push(a0.val);
+        }
         let a1 = self.arith(a1)?;
         let (cmp, reversed) = match op {
             RelOp::Gt => (Cmp::Gt, false),
@@ -1466,6 +1482,11 @@ impl Gen {
             }
         }
     }
+}
+
+/// Whether an arithmetic expression has an operator.
+fn has_operator(a: &Arith) -> bool {
+    matches!(a, Arith::Bin(..) | Arith::Neg(..))
 }
 
 fn shl(v: u32, n: u32) -> u32 {

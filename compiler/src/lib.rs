@@ -70,7 +70,17 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let cond = gen.generate(&ast).map_err(attach)?;
     let mut func = ir::lower(&cond, &gen.prologue, gen.temps);
     if opts.optimize {
-        opt::optimize(&mut func).map_err(|e| {
+        // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
+        // none of its optimizer's errors for them.
+        let libpcap_optimizes = !gen.no_optimize;
+        if libpcap_optimizes && opt::libpcap_rejects_all(&func, &gen.probe_opaque) {
+            return Err(CompileError::new(
+                ErrorKind::RejectsAllPackets,
+                Span::new(0, expr.len()),
+                expr,
+            ));
+        }
+        opt::optimize(&mut func, libpcap_optimizes).map_err(|e| {
             let msg = match e {
                 opt::OptError::DivisionByZero => "division by zero",
                 opt::OptError::ModulusByZero => "modulus by zero",
@@ -82,13 +92,6 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
                 expr,
             )
         })?;
-        if !gen.no_optimize && opt::always_rejects(&func) {
-            return Err(CompileError::new(
-                ErrorKind::RejectsAllPackets,
-                Span::new(0, expr.len()),
-                expr,
-            ));
-        }
     }
     Ok(func)
 }

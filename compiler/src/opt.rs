@@ -7,10 +7,17 @@
 //!    by 0) disappear, as in libpcap. A division or modulus by a constant zero on a reachable
 //!    path (or a shift by a constant of 32 or more) is an error, as libpcap's optimizer reports
 //!    it.
-//! 2. **Decided tests**: a forward data-flow over the acyclic graph records, for each frame
-//!    field loaded at a constant offset (and each masked such field), what the tests passed on
-//!    every path so far imply about it (equal to, different from, within a range, bits set or
-//!    clear). A branch those facts decide becomes a jump.
+//! 2. **Decided tests**: a forward data-flow over the acyclic graph records, for each value
+//!    computed from the frame (a [`Key`]: loads at constant offsets, loads at computed offsets
+//!    such as a port after the IPv4 header, the length, and arithmetic on them), which tests
+//!    every path so far took and with what outcome. A branch those facts decide becomes a
+//!    jump. The reasoning is libpcap's (`fold_edge`): the same test gives the same result, and
+//!    a value known equal to `v` decides every `==`.
+//!
+//! [`libpcap_rejects_all`] runs the same passes with libpcap's extra, verdict-changing folds
+//! (`0 / x` is 0) to predict when libpcap refuses a filter as "rejects all packets"; that
+//! prediction is approximate (libpcap's optimizer is a different algorithm) and the random
+//! differential test reports the expressions where it is wrong.
 //! 3. **Jump threading**: an edge into a block that only re-loads fields already loaded on that
 //!    path (so the loads cannot fail) and whose test the edge's facts decide is redirected to
 //!    the decided successor. This removes libpcap's repeated `ldh [12]; jeq #0x800`.
@@ -42,12 +49,25 @@ pub enum OptError {
     ShiftTooLarge,
 }
 
-/// Optimizes `func` in place.
-pub fn optimize(func: &mut Function) -> Result<(), OptError> {
+/// Optimizes `func` in place. With `report_errors`, a division or modulus by a constant zero,
+/// or a shift of an unknown value by a constant of 32 or more, on a path still reachable after
+/// optimization, is an error (libpcap's optimizer reports these; where libpcap does not
+/// optimize, e.g. after `protochain`, the caller passes `false` and such operations stay, to
+/// reject or give 0 at run time).
+pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
+    run_passes(func, Mode::Sound);
+    if report_errors {
+        fold_constants(&mut func.clone(), Mode::Strict)?;
+    }
+    Ok(())
+}
+
+fn run_passes(func: &mut Function, mode: Mode) {
     func.compact();
     for _ in 0..MAX_ROUNDS {
         let before = func.clone();
-        fold_constants(func)?;
+        // Only the strict mode errs, and it is not used here.
+        let _ = fold_constants(func, mode);
         func.compact();
         decide_and_thread(func);
         func.compact();
@@ -57,7 +77,27 @@ pub fn optimize(func: &mut Function) -> Result<(), OptError> {
             break;
         }
     }
-    check_constant_errors(func)
+}
+
+/// Predicts whether libpcap's optimizer would prove that the unoptimized `func` rejects every
+/// frame (and so refuse the filter with "expression rejects all packets"). It runs our passes
+/// with libpcap's extra, unsound folds, after making the tests in `opaque` undecidable
+/// (libpcap decides those but leaves them in place). An approximation: see the module docs.
+pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
+    let mut f = func.clone();
+    let unknown = Temp(u32::MAX);
+    for b in &mut f.blocks {
+        if let Term::Branch { a, .. } = b.term {
+            if opaque.contains(&a) {
+                b.stmts.push(Stmt::Mov {
+                    dst: a,
+                    src: Operand::T(unknown),
+                });
+            }
+        }
+    }
+    run_passes(&mut f, Mode::Aggressive);
+    always_rejects(&f)
 }
 
 /// Whether the function rejects every frame: its entry is a bare reject, or no accept is
@@ -80,35 +120,18 @@ fn meet_consts(a: &Consts, b: &Consts) -> Consts {
         .collect()
 }
 
-/// The errors libpcap's optimizer reports: a division, modulus or shift by a constant it
-/// cannot take, still reachable after optimization.
-fn check_constant_errors(func: &Function) -> Result<(), OptError> {
-    for b in func.topo_order() {
-        for s in &func.blocks[b].stmts {
-            match s {
-                Stmt::Alu {
-                    op: AluOp::Div,
-                    rhs: Operand::K(0),
-                    ..
-                } => return Err(OptError::DivisionByZero),
-                Stmt::Alu {
-                    op: AluOp::Mod,
-                    rhs: Operand::K(0),
-                    ..
-                } => return Err(OptError::ModulusByZero),
-                Stmt::Alu {
-                    op: AluOp::Shl | AluOp::Shr,
-                    rhs: Operand::K(k),
-                    ..
-                } if *k >= 32 => return Err(OptError::ShiftTooLarge),
-                _ => {}
-            }
-        }
-    }
-    Ok(())
+/// How far constant folding goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Verdict-preserving (the optimizer proper).
+    Sound,
+    /// As `Sound`, but report what libpcap's optimizer reports as errors.
+    Strict,
+    /// Also libpcap's unsound folds (`0 / x` is 0), for predicting what it proves.
+    Aggressive,
 }
 
-fn fold_constants(func: &mut Function) -> Result<(), OptError> {
+fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
     let order = func.topo_order();
     let mut at_entry: HashMap<BlockId, Consts> = HashMap::new();
     at_entry.insert(0, Consts::new());
@@ -133,57 +156,97 @@ fn fold_constants(func: &mut Function) -> Result<(), OptError> {
                     Some(Stmt::Mov { dst, src })
                 }
                 Stmt::Alu { op, dst, rhs } => {
-                    let rhs = match rhs {
-                        Operand::T(t) => c.get(&t).map_or(Operand::T(t), |&k| Operand::K(k)),
-                        k => k,
+                    let rhs_k = match rhs {
+                        Operand::T(t) => c.get(&t).copied(),
+                        Operand::K(k) => Some(k),
                     };
-                    match rhs {
-                        Operand::K(0) => match op {
-                            // Kept as is; `check_constant_errors` reports it if it is still
-                            // reachable once the optimizer is done (as libpcap does).
-                            AluOp::Div | AluOp::Mod => {
+                    let dst_k = c.get(&dst).copied();
+                    let zero = |c: &mut Consts| {
+                        c.insert(dst, 0);
+                        Some(Stmt::Mov {
+                            dst,
+                            src: Operand::K(0),
+                        })
+                    };
+                    let unsafe_k = |k: u32| {
+                        (matches!(op, AluOp::Div | AluOp::Mod) && k == 0)
+                            || (matches!(op, AluOp::Shl | AluOp::Shr) && k >= 32)
+                    };
+                    match (dst_k, rhs_k) {
+                        // libpcap's prover (not ours: `0 / x` rejects when x is 0).
+                        (Some(0), _)
+                            if mode == Mode::Aggressive
+                                && matches!(
+                                    op,
+                                    AluOp::Mul
+                                        | AluOp::And
+                                        | AluOp::Shl
+                                        | AluOp::Shr
+                                        | AluOp::Div
+                                        | AluOp::Mod
+                                ) =>
+                        {
+                            zero(&mut c)
+                        }
+                        (Some(a), Some(k)) => match op.eval(a, k) {
+                            Some(v) => {
+                                c.insert(dst, v);
+                                Some(Stmt::Mov {
+                                    dst,
+                                    src: Operand::K(v),
+                                })
+                            }
+                            None => {
+                                if mode == Mode::Strict {
+                                    return Err(if op == AluOp::Div {
+                                        OptError::DivisionByZero
+                                    } else {
+                                        OptError::ModulusByZero
+                                    });
+                                }
                                 c.remove(&dst);
                                 Some(Stmt::Alu { op, dst, rhs })
                             }
-                            AluOp::And | AluOp::Mul => {
-                                c.insert(dst, 0);
-                                Some(Stmt::Mov {
-                                    dst,
-                                    src: Operand::K(0),
-                                })
-                            }
-                            AluOp::Sub => Some(Stmt::Alu { op, dst, rhs }),
-                            // add, or, xor, shifts by 0: no-ops.
-                            _ => None,
                         },
-                        Operand::K(k)
-                            if matches!(op, AluOp::Shl | AluOp::Shr)
-                                && k >= 32
-                                && !c.contains_key(&dst) =>
-                        {
-                            // Kept as is; reported by `check_constant_errors` if reachable.
+                        (_, Some(k)) if unsafe_k(k) => {
+                            if mode == Mode::Strict {
+                                return Err(match op {
+                                    AluOp::Div => OptError::DivisionByZero,
+                                    AluOp::Mod => OptError::ModulusByZero,
+                                    _ => OptError::ShiftTooLarge,
+                                });
+                            }
+                            // Kept with its register operand: the VM rejects a division by
+                            // zero and shifts by 32 or more to 0 at run time.
+                            c.remove(&dst);
                             Some(Stmt::Alu { op, dst, rhs })
                         }
-                        Operand::K(k) => match c.get(&dst) {
-                            Some(&a) => match op.eval(a, k) {
-                                Some(v) => {
-                                    c.insert(dst, v);
-                                    Some(Stmt::Mov {
-                                        dst,
-                                        src: Operand::K(v),
-                                    })
-                                }
-                                None => Some(Stmt::Alu { op, dst, rhs }),
-                            },
-                            None => Some(Stmt::Alu { op, dst, rhs }),
+                        (_, Some(0)) => match op {
+                            AluOp::And | AluOp::Mul => zero(&mut c),
+                            // add, sub, or, xor, shifts by 0 leave the value alone.
+                            _ => None,
                         },
-                        Operand::T(_) => {
+                        (_, Some(k)) => {
+                            c.remove(&dst);
+                            Some(Stmt::Alu {
+                                op,
+                                dst,
+                                rhs: Operand::K(k),
+                            })
+                        }
+                        (_, None) => {
                             c.remove(&dst);
                             Some(Stmt::Alu { op, dst, rhs })
                         }
                     }
                 }
                 Stmt::Neg { dst } => match c.get(&dst) {
+                    // libpcap's optimizer does not see through a negation when it looks for
+                    // errors (`x >> 4 * -4` compiles).
+                    Some(_) if mode == Mode::Strict => {
+                        c.remove(&dst);
+                        Some(Stmt::Neg { dst })
+                    }
                     Some(&a) => {
                         let v = a.wrapping_neg();
                         c.insert(dst, v);
@@ -267,12 +330,24 @@ fn fold_constants(func: &mut Function) -> Result<(), OptError> {
 // ---------------------------------------------------------------------------------------------
 // Facts about frame fields.
 
-/// A frame field: `size` bytes at constant offset `off`, optionally masked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Key {
-    size: Size,
-    off: u32,
-    mask: u32,
+/// A value computed from the frame: a load at a constant offset, a load at an offset computed
+/// from other such values (the transport header after IPv4), the wire length, constants, and
+/// operations on them. Two equal keys denote the same value on any one frame (libpcap's value
+/// numbering).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Abs {
+        size: Size,
+        off: u32,
+    },
+    Ind {
+        size: Size,
+        base: Box<Key>,
+        off: u32,
+    },
+    Len,
+    Const(u32),
+    Op(AluOp, Box<Key>, Box<Key>),
 }
 
 /// What is known about a field on every path to a point.
@@ -337,6 +412,8 @@ impl Facts {
 struct State {
     facts: HashMap<Key, Facts>,
     min_len: u64,
+    /// Loads performed on every path so far (so they cannot fail again).
+    loaded: HashSet<Key>,
 }
 
 impl State {
@@ -345,75 +422,85 @@ impl State {
             facts: self
                 .facts
                 .iter()
-                .filter_map(|(k, f)| o.facts.get(k).map(|g| (*k, f.meet(g))))
+                .filter_map(|(k, f)| o.facts.get(k).map(|g| (k.clone(), f.meet(g))))
                 .collect(),
             min_len: self.min_len.min(o.min_len),
+            loaded: self.loaded.intersection(&o.loaded).cloned().collect(),
         }
     }
 
     fn lookup(&self, key: &Key) -> Facts {
-        let mut f = self.facts.get(key).cloned().unwrap_or_else(Facts::new);
-        if key.mask != u32::MAX {
-            let whole = Key {
-                mask: u32::MAX,
-                ..*key
-            };
-            if let Some(v) = self.facts.get(&whole).and_then(|w| w.exact) {
-                f.exact = Some(v & key.mask);
-            }
-        }
-        f
+        // A masked field is a different value to libpcap's optimizer (it does not derive
+        // `x & m` from a known `x`), so neither do we.
+        self.facts.get(key).cloned().unwrap_or_else(Facts::new)
     }
 }
 
-/// Runs a block's statements symbolically: which temps hold which fields, and the frame length
-/// the loads prove. Returns the key the branch compares, if any, and whether every statement
-/// could be skipped on a path with `state` (loads in bounds, temps not needed elsewhere).
+/// Runs a block's statements symbolically: which temps hold which values, which loads happen
+/// and the frame length they prove. Returns the key of the value the branch compares, if
+/// known, and whether the whole block could be skipped on a path in `state` (every load
+/// already done on the path or in bounds, nothing that can reject, no temp needed elsewhere).
 fn simulate(block: &Block, state: &mut State, shared: &HashSet<Temp>) -> (Option<Key>, bool) {
     let mut keys: HashMap<Temp, Key> = HashMap::new();
     let mut skippable = true;
+    let operand = |keys: &HashMap<Temp, Key>, o: &Operand| match o {
+        Operand::K(k) => Some(Key::Const(*k)),
+        Operand::T(t) => keys.get(t).cloned(),
+    };
     for s in &block.stmts {
-        match s {
+        let key = match s {
             Stmt::Load {
-                dst,
-                size,
-                base: None,
-                off,
+                size, base, off, ..
             } => {
-                let end = u64::from(*off) + u64::from(size.bytes());
-                if end > state.min_len {
-                    skippable = false;
-                    state.min_len = end;
-                }
-                keys.insert(
-                    *dst,
-                    Key {
+                let key = match base {
+                    None => Some(Key::Abs {
                         size: *size,
                         off: *off,
-                        mask: u32::MAX,
-                    },
-                );
-            }
-            Stmt::Alu {
-                op: AluOp::And,
-                dst,
-                rhs: Operand::K(m),
-            } => {
-                if let Some(k) = keys.get(dst).copied() {
-                    keys.insert(
-                        *dst,
-                        Key {
-                            mask: k.mask & m,
-                            ..k
-                        },
-                    );
-                } else {
+                    }),
+                    Some(t) => keys.get(t).cloned().map(|b| Key::Ind {
+                        size: *size,
+                        base: Box::new(b),
+                        off: *off,
+                    }),
+                };
+                let in_bounds = match (base, &key) {
+                    (None, _) => u64::from(*off) + u64::from(size.bytes()) <= state.min_len,
+                    _ => false,
+                };
+                let done_before = key.as_ref().is_some_and(|k| state.loaded.contains(k));
+                if !(in_bounds || done_before) {
                     skippable = false;
                 }
+                if base.is_none() {
+                    state.min_len = state.min_len.max(u64::from(*off) + u64::from(size.bytes()));
+                }
+                if let Some(k) = &key {
+                    state.loaded.insert(k.clone());
+                }
+                key
             }
-            other => {
-                keys.remove(&other.def());
-                skippable = false;
+            Stmt::Len { .. } => Some(Key::Len),
+            Stmt::Mov { src, .. } => operand(&keys, src),
+            Stmt::Alu { op, dst, rhs } => {
+                if s.may_reject() {
+                    skippable = false;
+                }
+                match (keys.get(dst).cloned(), operand(&keys, rhs)) {
+                    (Some(a), Some(b)) => Some(Key::Op(*op, Box::new(a), Box::new(b))),
+                    _ => None,
+                }
+            }
+            Stmt::Neg { dst } => keys
+                .get(dst)
+                .cloned()
+                .map(|a| Key::Op(AluOp::Sub, Box::new(Key::Const(0)), Box::new(a))),
+        };
+        match key {
+            Some(k) => {
+                keys.insert(s.def(), k);
+            }
+            None => {
+                keys.remove(&s.def());
             }
         }
         if shared.contains(&s.def()) {
@@ -421,7 +508,7 @@ fn simulate(block: &Block, state: &mut State, shared: &HashSet<Temp>) -> (Option
         }
     }
     let key = match &block.term {
-        Term::Branch { a, .. } => keys.get(a).copied(),
+        Term::Branch { a, .. } => keys.get(a).cloned(),
         _ => None,
     };
     (key, skippable)
@@ -487,7 +574,7 @@ fn decide_and_thread(func: &mut Function) {
                 f,
                 ..
             },
-        ) = (key, func.blocks[b].term.clone())
+        ) = (key.clone(), func.blocks[b].term.clone())
         {
             if let Some(r) = st.lookup(&key).decide(cmp, k) {
                 func.blocks[b].term = Term::Jump(if r { t } else { f });
@@ -504,7 +591,7 @@ fn decide_and_thread(func: &mut Function) {
                 ..
             } => match key {
                 Some(key) => vec![
-                    (t, Some((key, cmp, k, true))),
+                    (t, Some((key.clone(), cmp, k, true))),
                     (f, Some((key, cmp, k, false))),
                 ],
                 None => vec![(t, None), (f, None)],
@@ -545,7 +632,7 @@ fn decide_and_thread(func: &mut Function) {
                     Some(r) => {
                         let mut f2 = sim.lookup(&key);
                         f2.learn(cmp, k, r);
-                        sim.facts.insert(key, f2);
+                        sim.facts.insert(key.clone(), f2);
                         es = sim;
                         target = if r { t } else { f };
                     }
