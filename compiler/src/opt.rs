@@ -30,9 +30,44 @@
 //! out of bounds, a division by a register) is never removed or skipped unless the only
 //! possible outcome of the code after it is reject anyway.
 
-use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::ir::*;
+
+/// A small, fast, non-cryptographic hasher (the Fx hash of rustc and Firefox): the optimizer
+/// hashes only its own small integer keys, never attacker-chosen data in bulk, so SipHash's
+/// flooding resistance buys nothing here and costs most of the optimizer's time.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// Upper bound on optimizer rounds (each round is linear in the program; real filters settle
 /// in two or three).
@@ -133,8 +168,8 @@ enum Mode {
 
 fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
     let order = func.topo_order();
-    let mut at_entry: HashMap<BlockId, Consts> = HashMap::new();
-    at_entry.insert(0, Consts::new());
+    let mut at_entry: HashMap<BlockId, Consts> = HashMap::default();
+    at_entry.insert(0, Consts::default());
     for &b in &order {
         let mut c = at_entry.remove(&b).unwrap_or_default();
         let mut out = Vec::with_capacity(func.blocks[b].stmts.len());
@@ -334,20 +369,29 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
 /// from other such values (the transport header after IPv4), the wire length, constants, and
 /// operations on them. Two equal keys denote the same value on any one frame (libpcap's value
 /// numbering).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Key {
-    Abs {
-        size: Size,
-        off: u32,
-    },
-    Ind {
-        size: Size,
-        base: Box<Key>,
-        off: u32,
-    },
+    Abs { size: Size, off: u32 },
+    Ind { size: Size, base: KeyId, off: u32 },
     Len,
     Const(u32),
-    Op(AluOp, Box<Key>, Box<Key>),
+    Op(AluOp, KeyId, KeyId),
+}
+
+/// A [`Key`] interned: equal values get equal ids within one [`Interner`] (hash-consing), so
+/// facts are keyed by a number and copying them allocates nothing per key.
+type KeyId = u32;
+
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Key, KeyId>,
+}
+
+impl Interner {
+    fn id(&mut self, k: Key) -> KeyId {
+        let n = self.ids.len() as KeyId;
+        *self.ids.entry(k).or_insert(n)
+    }
 }
 
 /// What is known about a field on every path to a point.
@@ -410,10 +454,10 @@ impl Facts {
 /// The state at a program point: field facts and the frame length proven by loads so far.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 struct State {
-    facts: HashMap<Key, Facts>,
+    facts: HashMap<KeyId, Facts>,
     min_len: u64,
     /// Loads performed on every path so far (so they cannot fail again).
-    loaded: HashSet<Key>,
+    loaded: HashSet<KeyId>,
 }
 
 impl State {
@@ -422,14 +466,14 @@ impl State {
             facts: self
                 .facts
                 .iter()
-                .filter_map(|(k, f)| o.facts.get(k).map(|g| (k.clone(), f.meet(g))))
+                .filter_map(|(k, f)| o.facts.get(k).map(|g| (*k, f.meet(g))))
                 .collect(),
             min_len: self.min_len.min(o.min_len),
-            loaded: self.loaded.intersection(&o.loaded).cloned().collect(),
+            loaded: self.loaded.intersection(&o.loaded).copied().collect(),
         }
     }
 
-    fn lookup(&self, key: &Key) -> Facts {
+    fn lookup(&self, key: &KeyId) -> Facts {
         // A masked field is a different value to libpcap's optimizer (it does not derive
         // `x & m` from a known `x`), so neither do we.
         self.facts.get(key).cloned().unwrap_or_else(Facts::new)
@@ -440,60 +484,65 @@ impl State {
 /// and the frame length they prove. Returns the key of the value the branch compares, if
 /// known, and whether the whole block could be skipped on a path in `state` (every load
 /// already done on the path or in bounds, nothing that can reject, no temp needed elsewhere).
-fn simulate(block: &Block, state: &mut State, shared: &HashSet<Temp>) -> (Option<Key>, bool) {
-    let mut keys: HashMap<Temp, Key> = HashMap::new();
+fn simulate(
+    block: &Block,
+    state: &mut State,
+    shared: &HashSet<Temp>,
+    keys_of: &mut Interner,
+) -> (Option<KeyId>, bool) {
+    let mut keys: HashMap<Temp, KeyId> = HashMap::default();
     let mut skippable = true;
-    let operand = |keys: &HashMap<Temp, Key>, o: &Operand| match o {
-        Operand::K(k) => Some(Key::Const(*k)),
-        Operand::T(t) => keys.get(t).cloned(),
-    };
     for s in &block.stmts {
+        let operand = |keys: &HashMap<Temp, KeyId>, o: &Operand, ki: &mut Interner| match o {
+            Operand::K(k) => Some(ki.id(Key::Const(*k))),
+            Operand::T(t) => keys.get(t).copied(),
+        };
         let key = match s {
             Stmt::Load {
                 size, base, off, ..
             } => {
                 let key = match base {
-                    None => Some(Key::Abs {
+                    None => Some(keys_of.id(Key::Abs {
                         size: *size,
                         off: *off,
-                    }),
-                    Some(t) => keys.get(t).cloned().map(|b| Key::Ind {
-                        size: *size,
-                        base: Box::new(b),
-                        off: *off,
+                    })),
+                    Some(t) => keys.get(t).copied().map(|b| {
+                        keys_of.id(Key::Ind {
+                            size: *size,
+                            base: b,
+                            off: *off,
+                        })
                     }),
                 };
-                let in_bounds = match (base, &key) {
-                    (None, _) => u64::from(*off) + u64::from(size.bytes()) <= state.min_len,
-                    _ => false,
-                };
-                let done_before = key.as_ref().is_some_and(|k| state.loaded.contains(k));
+                let in_bounds =
+                    base.is_none() && u64::from(*off) + u64::from(size.bytes()) <= state.min_len;
+                let done_before = key.is_some_and(|k| state.loaded.contains(&k));
                 if !(in_bounds || done_before) {
                     skippable = false;
                 }
                 if base.is_none() {
                     state.min_len = state.min_len.max(u64::from(*off) + u64::from(size.bytes()));
                 }
-                if let Some(k) = &key {
-                    state.loaded.insert(k.clone());
+                if let Some(k) = key {
+                    state.loaded.insert(k);
                 }
                 key
             }
-            Stmt::Len { .. } => Some(Key::Len),
-            Stmt::Mov { src, .. } => operand(&keys, src),
+            Stmt::Len { .. } => Some(keys_of.id(Key::Len)),
+            Stmt::Mov { src, .. } => operand(&keys, src, keys_of),
             Stmt::Alu { op, dst, rhs } => {
                 if s.may_reject() {
                     skippable = false;
                 }
-                match (keys.get(dst).cloned(), operand(&keys, rhs)) {
-                    (Some(a), Some(b)) => Some(Key::Op(*op, Box::new(a), Box::new(b))),
+                match (keys.get(dst).copied(), operand(&keys, rhs, keys_of)) {
+                    (Some(a), Some(b)) => Some(keys_of.id(Key::Op(*op, a, b))),
                     _ => None,
                 }
             }
-            Stmt::Neg { dst } => keys
-                .get(dst)
-                .cloned()
-                .map(|a| Key::Op(AluOp::Sub, Box::new(Key::Const(0)), Box::new(a))),
+            Stmt::Neg { dst } => keys.get(dst).copied().map(|a| {
+                let zero = keys_of.id(Key::Const(0));
+                keys_of.id(Key::Op(AluOp::Sub, zero, a))
+            }),
         };
         match key {
             Some(k) => {
@@ -508,7 +557,7 @@ fn simulate(block: &Block, state: &mut State, shared: &HashSet<Temp>) -> (Option
         }
     }
     let key = match &block.term {
-        Term::Branch { a, .. } => keys.get(a).cloned(),
+        Term::Branch { a, .. } => keys.get(a).copied(),
         _ => None,
     };
     (key, skippable)
@@ -516,8 +565,8 @@ fn simulate(block: &Block, state: &mut State, shared: &HashSet<Temp>) -> (Option
 
 /// Temps used or defined in more than one block (they cannot be dropped with one block).
 fn shared_temps(func: &Function) -> HashSet<Temp> {
-    let mut seen: HashMap<Temp, BlockId> = HashMap::new();
-    let mut shared = HashSet::new();
+    let mut seen: HashMap<Temp, BlockId> = HashMap::default();
+    let mut shared = HashSet::default();
     for b in func.topo_order() {
         let blk = &func.blocks[b];
         let mut ts: Vec<Temp> = blk
@@ -550,12 +599,13 @@ fn shared_temps(func: &Function) -> HashSet<Temp> {
 }
 
 /// What taking an edge teaches: the field, the test, and its outcome.
-type EdgeFact = Option<(Key, Cmp, u32, bool)>;
+type EdgeFact = Option<(KeyId, Cmp, u32, bool)>;
 
 fn decide_and_thread(func: &mut Function) {
     let shared = shared_temps(func);
+    let mut keys_of = Interner::default();
     let order = func.topo_order();
-    let mut at_entry: HashMap<BlockId, State> = HashMap::new();
+    let mut at_entry: HashMap<BlockId, State> = HashMap::default();
     at_entry.insert(0, State::default());
     // Per block: its key and whether it is skippable, under the state at its entry.
     for &b in &order {
@@ -563,7 +613,7 @@ fn decide_and_thread(func: &mut Function) {
             continue;
         };
         let entry_state = st.clone();
-        let (key, _) = simulate(&func.blocks[b], &mut st, &shared);
+        let (key, _) = simulate(&func.blocks[b], &mut st, &shared, &mut keys_of);
         // Decide the branch from facts on every path.
         if let (
             Some(key),
@@ -574,7 +624,7 @@ fn decide_and_thread(func: &mut Function) {
                 f,
                 ..
             },
-        ) = (key.clone(), func.blocks[b].term.clone())
+        ) = (key, func.blocks[b].term.clone())
         {
             if let Some(r) = st.lookup(&key).decide(cmp, k) {
                 func.blocks[b].term = Term::Jump(if r { t } else { f });
@@ -591,7 +641,7 @@ fn decide_and_thread(func: &mut Function) {
                 ..
             } => match key {
                 Some(key) => vec![
-                    (t, Some((key.clone(), cmp, k, true))),
+                    (t, Some((key, cmp, k, true))),
                     (f, Some((key, cmp, k, false))),
                 ],
                 None => vec![(t, None), (f, None)],
@@ -623,7 +673,7 @@ fn decide_and_thread(func: &mut Function) {
                     break;
                 };
                 let mut sim = es.clone();
-                let (key, skippable) = simulate(blk, &mut sim, &shared);
+                let (key, skippable) = simulate(blk, &mut sim, &shared, &mut keys_of);
                 let Some(key) = key else { break };
                 if !skippable {
                     break;
@@ -632,7 +682,7 @@ fn decide_and_thread(func: &mut Function) {
                     Some(r) => {
                         let mut f2 = sim.lookup(&key);
                         f2.learn(cmp, k, r);
-                        sim.facts.insert(key.clone(), f2);
+                        sim.facts.insert(key, f2);
                         es = sim;
                         target = if r { t } else { f };
                     }
@@ -688,7 +738,7 @@ fn remove_dead(func: &mut Function) {
     // unable to reject (the min length is a per-path lower bound; use the meet at each block).
     loop {
         let order = func.topo_order();
-        let mut used: HashSet<Temp> = HashSet::new();
+        let mut used: HashSet<Temp> = HashSet::default();
         for &b in &order {
             let blk = &func.blocks[b];
             for s in &blk.stmts {
@@ -738,7 +788,7 @@ fn remove_dead(func: &mut Function) {
 }
 
 fn min_len_at_entry(func: &Function, order: &[BlockId]) -> HashMap<BlockId, u64> {
-    let mut at: HashMap<BlockId, u64> = HashMap::new();
+    let mut at: HashMap<BlockId, u64> = HashMap::default();
     at.insert(0, 0);
     for &b in order {
         let mut len = at.get(&b).copied().unwrap_or(0);
