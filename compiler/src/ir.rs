@@ -253,13 +253,14 @@ pub struct Block {
 }
 
 impl Block {
-    /// The successors.
-    pub fn succs(&self) -> Vec<BlockId> {
-        match self.term {
-            Term::Branch { t, f, .. } => vec![t, f],
-            Term::Jump(b) => vec![b],
-            Term::Accept | Term::Reject => vec![],
-        }
+    /// The successors (without allocating: this is called in every pass's inner loop).
+    pub fn succs(&self) -> impl Iterator<Item = BlockId> {
+        let (a, b) = match self.term {
+            Term::Branch { t, f, .. } => (Some(t), Some(f)),
+            Term::Jump(b) => (Some(b), None),
+            Term::Accept | Term::Reject => (None, None),
+        };
+        a.into_iter().chain(b)
     }
 }
 
@@ -289,9 +290,7 @@ impl Function {
         let mut stack = vec![(entry, 0usize)];
         state[entry] = 1;
         while let Some(&mut (b, ref mut i)) = stack.last_mut() {
-            let succs = self.blocks[b].succs();
-            if *i < succs.len() {
-                let s = succs[*i];
+            if let Some(s) = self.blocks[b].succs().nth(*i) {
                 *i += 1;
                 if s < n && state[s] == 0 {
                     state[s] = 1;

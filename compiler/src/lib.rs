@@ -73,14 +73,20 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
         // none of its optimizer's errors for them.
         let libpcap_optimizes = !gen.no_optimize;
-        if libpcap_optimizes && opt::libpcap_rejects_all(&func, &gen.probe_opaque) {
+        let unoptimized = func.clone();
+        let result = opt::optimize(&mut func, libpcap_optimizes);
+        // The probe for libpcap's "rejects all packets" is as costly as the optimizer; it can
+        // only say yes where ours found no accepting path, or where libpcap's extra folds
+        // (`0 / x`) could apply.
+        let probe = opt::always_rejects(&func) || opt::has_libpcap_only_folds(&unoptimized);
+        if libpcap_optimizes && probe && opt::libpcap_rejects_all(&unoptimized, &gen.probe_opaque) {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,
                 Span::new(0, expr.len()),
                 expr,
             ));
         }
-        opt::optimize(&mut func, libpcap_optimizes).map_err(|e| {
+        result.map_err(|e| {
             let msg = match e {
                 opt::OptError::DivisionByZero => "division by zero",
                 opt::OptError::ModulusByZero => "modulus by zero",

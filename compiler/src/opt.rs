@@ -114,6 +114,24 @@ fn run_passes(func: &mut Function, mode: Mode) {
     }
 }
 
+/// Whether `func` has operations libpcap's prover folds and ours does not (`0 * x`, `0 / x`,
+/// ... with a register operand): only then can [`libpcap_rejects_all`] prove more than
+/// [`optimize`] does.
+pub fn has_libpcap_only_folds(func: &Function) -> bool {
+    func.blocks.iter().any(|b| {
+        b.stmts.iter().any(|s| {
+            matches!(
+                s,
+                Stmt::Alu {
+                    op: AluOp::Mul | AluOp::And | AluOp::Shl | AluOp::Shr | AluOp::Div | AluOp::Mod,
+                    rhs: Operand::T(_),
+                    ..
+                }
+            )
+        })
+    })
+}
+
 /// Predicts whether libpcap's optimizer would prove that the unoptimized `func` rejects every
 /// frame (and so refuse the filter with "expression rejects all packets"). It runs our passes
 /// with libpcap's extra, unsound folds, after making the tests in `opaque` undecidable
@@ -563,6 +581,97 @@ fn simulate(
     (key, skippable)
 }
 
+/// What [`simulate`] finds in a block that does not depend on the path: the key of the value
+/// its branch compares, its loads (key, and end offset when absolute), and whether it is free
+/// of other effects (nothing else can reject, no temp it defines is used elsewhere).
+struct Summary {
+    key: Option<KeyId>,
+    loads: Vec<(KeyId, Option<u64>)>,
+    pure: bool,
+}
+
+impl Summary {
+    fn of(block: &Block, shared: &HashSet<Temp>, keys_of: &mut Interner) -> Summary {
+        let mut st = State::default();
+        let (key, _) = simulate(block, &mut st, shared, keys_of);
+        let mut loads = Vec::new();
+        let mut pure = true;
+        let mut temp_keys: HashMap<Temp, KeyId> = HashMap::default();
+        // Re-walk for the loads (simulate folds them into a state).
+        for s in &block.stmts {
+            if shared.contains(&s.def()) {
+                pure = false;
+            }
+            match s {
+                Stmt::Load {
+                    dst,
+                    size,
+                    base: None,
+                    off,
+                } => {
+                    let id = keys_of.id(Key::Abs {
+                        size: *size,
+                        off: *off,
+                    });
+                    loads.push((id, Some(u64::from(*off) + u64::from(size.bytes()))));
+                    temp_keys.insert(*dst, id);
+                }
+                Stmt::Load {
+                    dst, base: Some(b), ..
+                } => {
+                    // The base's key as simulate computed it.
+                    let mut probe = State::default();
+                    let sub = Block {
+                        stmts: block.stmts[..]
+                            .iter()
+                            .take_while(|x| !std::ptr::eq(*x, s))
+                            .cloned()
+                            .chain(std::iter::once(s.clone()))
+                            .collect(),
+                        term: Term::Branch {
+                            cmp: Cmp::Eq,
+                            a: *dst,
+                            b: Operand::K(0),
+                            t: 0,
+                            f: 0,
+                        },
+                    };
+                    let _ = b;
+                    match simulate(&sub, &mut probe, &HashSet::default(), keys_of).0 {
+                        Some(id) => {
+                            loads.push((id, None));
+                            temp_keys.insert(*dst, id);
+                        }
+                        None => pure = false,
+                    }
+                }
+                other if other.may_reject() => pure = false,
+                _ => {}
+            }
+        }
+        Summary { key, loads, pure }
+    }
+
+    /// Whether the block could be skipped on a path in `st`.
+    fn skippable(&self, st: &State) -> bool {
+        self.pure
+            && self
+                .loads
+                .iter()
+                .all(|(id, end)| end.is_some_and(|e| e <= st.min_len) || st.loaded.contains(id))
+    }
+
+    /// The block's loads happen on a path in `st`.
+    fn apply(&self, st: &mut State) {
+        for (id, end) in &self.loads {
+            st.loaded.insert(*id);
+            if let Some(e) = end {
+                st.min_len = st.min_len.max(*e);
+            }
+        }
+    }
+}
+
 /// Temps used or defined in more than one block (they cannot be dropped with one block).
 fn shared_temps(func: &Function) -> HashSet<Temp> {
     let mut seen: HashMap<Temp, BlockId> = HashMap::default();
@@ -605,15 +714,21 @@ fn decide_and_thread(func: &mut Function) {
     let shared = shared_temps(func);
     let mut keys_of = Interner::default();
     let order = func.topo_order();
+    let mut summaries: Vec<Option<Summary>> = (0..func.blocks.len()).map(|_| None).collect();
+    for &b in &order {
+        summaries[b] = Some(Summary::of(&func.blocks[b], &shared, &mut keys_of));
+    }
     let mut at_entry: HashMap<BlockId, State> = HashMap::default();
     at_entry.insert(0, State::default());
-    // Per block: its key and whether it is skippable, under the state at its entry.
     for &b in &order {
         let Some(mut st) = at_entry.remove(&b) else {
             continue;
         };
-        let entry_state = st.clone();
-        let (key, _) = simulate(&func.blocks[b], &mut st, &shared, &mut keys_of);
+        let Some(summary) = summaries[b].as_ref() else {
+            continue;
+        };
+        summary.apply(&mut st);
+        let key = summary.key;
         // Decide the branch from facts on every path.
         if let (
             Some(key),
@@ -630,7 +745,6 @@ fn decide_and_thread(func: &mut Function) {
                 func.blocks[b].term = Term::Jump(if r { t } else { f });
             }
         }
-        let _ = entry_state;
         // Propagate along each edge, threading edges whose target is decided and skippable.
         let edges: Vec<(BlockId, EdgeFact)> = match func.blocks[b].term.clone() {
             Term::Branch {
@@ -650,9 +764,15 @@ fn decide_and_thread(func: &mut Function) {
             Term::Jump(j) => vec![(j, None)],
             _ => vec![],
         };
-        let mut new_targets = Vec::new();
-        for (succ, fact) in edges {
-            let mut es = st.clone();
+        let n_edges = edges.len();
+        let mut new_targets = Vec::with_capacity(2);
+        let mut st = Some(st);
+        for (i, (succ, fact)) in edges.into_iter().enumerate() {
+            let mut es = if i + 1 == n_edges {
+                st.take().unwrap_or_default()
+            } else {
+                st.clone().unwrap_or_default()
+            };
             if let Some((key, cmp, k, r)) = fact {
                 let mut f = es.lookup(&key);
                 f.learn(cmp, k, r);
@@ -661,36 +781,36 @@ fn decide_and_thread(func: &mut Function) {
             // Thread through successors decided by this edge's facts (a few hops).
             let mut target = succ;
             for _ in 0..8 {
-                let blk = &func.blocks[target];
                 let Term::Branch {
                     cmp,
                     b: Operand::K(k),
                     t,
                     f,
                     ..
-                } = blk.term
+                } = func.blocks[target].term
                 else {
                     break;
                 };
-                let mut sim = es.clone();
-                let (key, skippable) = simulate(blk, &mut sim, &shared, &mut keys_of);
-                let Some(key) = key else { break };
-                if !skippable {
+                let Some(sum) = summaries[target].as_ref() else {
+                    break;
+                };
+                let Some(key) = sum.key else { break };
+                if !sum.skippable(&es) {
                     break;
                 }
-                match sim.lookup(&key).decide(cmp, k) {
+                match es.lookup(&key).decide(cmp, k) {
                     Some(r) => {
-                        let mut f2 = sim.lookup(&key);
+                        sum.apply(&mut es);
+                        let mut f2 = es.lookup(&key);
                         f2.learn(cmp, k, r);
-                        sim.facts.insert(key, f2);
-                        es = sim;
+                        es.facts.insert(key, f2);
                         target = if r { t } else { f };
                     }
                     None => break,
                 }
             }
             new_targets.push(target);
-            let merged = match at_entry.get(&target) {
+            let merged = match at_entry.remove(&target) {
                 None => es,
                 Some(prev) => prev.meet(&es),
             };
