@@ -36,7 +36,7 @@ pub(crate) const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 /// Bound on the extension headers walked in one chain. Each header is at least 8 bytes, so the
 /// packet length bounds the walk anyway; no real packet comes near this, and a chain longer
 /// than this is treated as hostile (dropped on receive, rejected on transmit).
-pub(crate) const MAX_EXTENSION_HEADERS: usize = 16;
+pub const MAX_EXTENSION_HEADERS: usize = 16;
 
 /// IP protocol numbers the reassembler looks at.
 pub(crate) mod proto {
@@ -423,12 +423,16 @@ pub(crate) fn holds_header_chain(v6: bool, upper: u8, data: &[u8]) -> bool {
 
 /// Whether `frame` is an IP fragment: IPv4 with MF set or a non-zero offset, or IPv6 carrying a
 /// Fragment header anywhere in its extension header chain (atomic fragments included). For the
-/// transmit path, which rejects fragments a client sends: an IPv6 chain that is truncated or
-/// longer than [`MAX_EXTENSION_HEADERS`] counts as a fragment too, since it might hide one.
+/// transmit path, which rejects fragments a client sends, anything the reassembler cannot see
+/// into counts as a fragment too, since it might hide one: an IPv6 chain that is truncated or
+/// longer than [`MAX_EXTENSION_HEADERS`], or more than two VLAN tags.
 /// Reads at most a few dozen bytes of headers; never panics.
 pub fn is_fragment(frame: &[u8]) -> bool {
     let Some(link) = link(frame) else {
-        return false;
+        // More VLAN tags than the reassembler reads (or a cut-off tag): it cannot see whether
+        // an IP fragment is inside, so the transmit path must not let it out.
+        return be16(frame, 12)
+            .is_some_and(|t| matches!(t, ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_LEGACY));
     };
     let Some(ip) = frame.get(link.l3..) else {
         return false;
@@ -449,11 +453,17 @@ pub fn is_fragment(frame: &[u8]) -> bool {
 
 /// The IPv4 header checksum (RFC 1071) of `header`, whose checksum field is zero; zero
 /// for a header whose checksum field is correct.
+#[inline]
 pub(crate) fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for pair in header.chunks(2) {
-        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
+    // Sum 32-bit big-endian words: 2^16 = 1 in ones' complement arithmetic, so folding the
+    // wide sum gives the sum of the 16-bit words, at half the additions.
+    let mut sum = 0u64;
+    let mut words = header.chunks_exact(4);
+    for w in &mut words {
+        sum += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    for (k, &b) in words.remainder().iter().enumerate() {
+        sum += u64::from(b) << if k % 2 == 0 { 8 } else { 0 };
     }
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);

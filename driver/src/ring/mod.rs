@@ -1,7 +1,7 @@
 //! Shared-memory rings between the driver and one client queue, with framed I/O on top.
 //!
 //! Each client queue owns one memfd that the driver creates and seals against shrinking and
-//! growing ([`crate::sys::create_sealed_memfd`]); both processes map it. It holds a header
+//! growing (`memfd_create` with `MFD_ALLOW_SEALING`, then `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`); both processes map it. It holds a header
 //! (magic, version, geometry, the `closed` flag and counters) and three single-producer,
 //! single-consumer rings (see [`layout`] for the byte layout):
 //!
@@ -18,6 +18,11 @@
 //! The API is framed I/O in the manner of illumos `frameio`: every call moves many frames, and
 //! each frame is one or more vectors (gather on send, scatter on receive). [`DriverQueue`] is
 //! the driver's end; [`ClientQueue`] is the client's.
+//!
+//! The index and wake-flag protocol lives in [`protocol`], generic over the atomic word so the
+//! loom model check (`driver/tests/ring_loom.rs`) runs the very same code: `cargo test -p
+//! netmux-driver --test ring_loom` (a few seconds; part of the normal suite), or deeper with
+//! `LOOM_MAX_PREEMPTIONS=4 cargo test --release -p netmux-driver --test ring_loom`.
 //!
 //! # Trust
 //!

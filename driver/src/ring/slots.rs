@@ -38,6 +38,16 @@ pub(crate) fn write_frame(
 ) -> Result<u32, OutOfBounds> {
     let payload = layout.payload_per_slot();
     let slots = layout.slots_for(len);
+    if let [single] = vectors {
+        if slots == 1 {
+            // Fast path: one vector, one slot.
+            let slot = ring.slot(start);
+            map.copy_in(slot + SLOT_HEADER_LEN, single)?;
+            map.u32_at(slot)?.store(len as u32, Ordering::Relaxed);
+            map.u32_at(slot + 4)?.store(0, Ordering::Relaxed);
+            return Ok(1);
+        }
+    }
     let mut vec_index = 0;
     let mut vec_offset = 0;
     let mut remaining = len;
@@ -90,7 +100,8 @@ pub(crate) enum FrameRead {
 /// Reads the frame starting at index `start`, with `available` published slots, handing each
 /// segment to `sink(offset_in_mapping, len)`. Every header is loaded once and validated: the
 /// segment length must fit the slot, unknown flags are refused, the frame must end within the
-/// available slots and within [`Layout::max_slots_per_frame`].
+/// available slots and within [`Layout::max_slots_per_frame`]. Callers only call it with
+/// `available > 0`.
 pub(crate) fn read_frame(
     map: &SharedMapping,
     layout: &Layout,
