@@ -20,6 +20,7 @@
 //! ```
 
 pub mod ast;
+pub mod bfdmux;
 pub mod builders;
 pub mod codegen;
 pub mod error;
@@ -40,6 +41,9 @@ pub enum Dialect {
     /// tcpdump's pcap-filter language, with libpcap's semantics on Ethernet.
     #[default]
     Pcap,
+    /// Barrelfish bfdmux's raw expressions (`int16[12] == 0x0800 && int8[23] == 6`); see
+    /// [`bfdmux`].
+    Bfdmux,
 }
 
 /// How to compile.
@@ -66,6 +70,19 @@ impl Default for Options {
 /// Parses and lowers `expr` to the IR, optimized if `opts.optimize`.
 pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> {
     let attach = |e: error::Located| CompileError::new(e.kind, e.span, expr);
+    if opts.dialect == Dialect::Bfdmux {
+        let mut func = bfdmux::lower(expr).map_err(attach)?;
+        if opts.optimize {
+            opt::optimize(&mut func, false).map_err(|_| {
+                CompileError::new(
+                    ErrorKind::Semantic("division by zero".into()),
+                    Span::new(0, expr.len()),
+                    expr,
+                )
+            })?;
+        }
+        return Ok(func);
+    }
     let ast = parser::parse(expr).map_err(attach)?;
     let mut gen = gencode::Gen::new();
     let cond = gen.generate(&ast).map_err(attach)?;

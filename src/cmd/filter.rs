@@ -5,6 +5,8 @@
 //!   `netmux vm` reads. `-O0` turns the optimizer off (the verdicts are the same).
 //! * `netmux filter match [--engine interp|jit|auto] 'EXPR' CAPTURE...` prints one line per
 //!   frame of each capture, in order: `1` if the filter accepts it, `0` if not.
+//! * Both take `--dialect bfdmux` for Barrelfish's raw expressions
+//!   (`int16[12] == 0x0800 && int8[23] == 6`).
 //!
 //! An expression that does not compile exits with status 2 and the error, with a caret under
 //! the fault, on stderr (as the issue asks). Otherwise the convention of [`super`] holds: a
@@ -17,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use netmux_compiler::{compile, Options};
+use netmux_compiler::{compile, Dialect, Options};
 use netmux_vm::Strategy;
 
 use super::{Refused, Run};
@@ -36,7 +38,10 @@ pub enum FilterCommand {
         /// Also write the program's bytecode (the container `netmux vm` reads) to this file.
         #[arg(short = 'o', value_name = "FILE.bin")]
         output: Option<PathBuf>,
-        /// The pcap-filter expression.
+        /// The expression language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
+        #[arg(long, default_value = "pcap", value_parser = parse_dialect)]
+        dialect: Dialect,
+        /// The filter expression.
         expr: String,
     },
     /// Print 1 or 0 for every frame of each capture: whether the filter accepts it.
@@ -44,7 +49,10 @@ pub enum FilterCommand {
         /// Which engine runs the program.
         #[arg(long, default_value = "auto", value_parser = parse_engine)]
         engine: Strategy,
-        /// The pcap-filter expression.
+        /// The expression language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
+        #[arg(long, default_value = "pcap", value_parser = parse_dialect)]
+        dialect: Dialect,
+        /// The filter expression.
         expr: String,
         /// pcap or pcapng captures (Ethernet).
         #[arg(required = true)]
@@ -56,12 +64,27 @@ fn parse_engine(s: &str) -> Result<Strategy, String> {
     s.parse()
 }
 
+fn parse_dialect(s: &str) -> Result<Dialect, String> {
+    match s {
+        "pcap" => Ok(Dialect::Pcap),
+        "bfdmux" => Ok(Dialect::Bfdmux),
+        other => Err(format!(
+            "unknown dialect `{other}` (expected pcap or bfdmux)"
+        )),
+    }
+}
+
 /// Compiles or reports the error as the command does (status 2, caret message on stderr).
-fn compile_or_report(expr: &str, optimize: bool) -> Result<netmux_vm::Program, ExitCode> {
+fn compile_or_report(
+    expr: &str,
+    optimize: bool,
+    dialect: Dialect,
+) -> Result<netmux_vm::Program, ExitCode> {
     compile(
         expr,
         &Options {
             optimize,
+            dialect,
             ..Options::default()
         },
     )
@@ -83,9 +106,10 @@ fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
         FilterCommand::Compile {
             opt_level,
             output,
+            dialect,
             expr,
         } => {
-            let program = match compile_or_report(&expr, opt_level > 0) {
+            let program = match compile_or_report(&expr, opt_level > 0, dialect) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
@@ -102,10 +126,11 @@ fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
         }
         FilterCommand::Match {
             engine,
+            dialect,
             expr,
             captures,
         } => {
-            let program = match compile_or_report(&expr, true) {
+            let program = match compile_or_report(&expr, true, dialect) {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
@@ -164,6 +189,18 @@ mod tests {
         let bytes = std::fs::read(&out).unwrap();
         assert!(netmux_vm::verify(&bytes).is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_bfdmux_dialect_is_selectable() {
+        assert_eq!(
+            run_args(&["compile", "--dialect", "bfdmux", "int16[12] == 0x0800"]),
+            ExitCode::SUCCESS
+        );
+        assert_eq!(
+            run_args(&["compile", "--dialect", "bfdmux", "tcp"]),
+            ExitCode::from(EXIT_BAD_EXPRESSION)
+        );
     }
 
     #[test]
