@@ -146,6 +146,8 @@ struct Parser {
     pos: usize,
     end: usize,
     depth: usize,
+    /// Binary operators so far (each nests the tree one level).
+    ops: usize,
 }
 
 impl Parser {
@@ -180,6 +182,10 @@ impl Parser {
         let mut lhs = self.binary(level + 1)?;
         while let Some(op) = self.peek_op().filter(|o| LEVELS[level].contains(o)) {
             let span = self.here();
+            self.ops += 1;
+            if self.ops > crate::parser::MAX_ARITH_OPS {
+                return syntax(span, "expression too long (more than 100 operators)");
+            }
             self.pos += 1;
             let rhs = self.binary(level + 1)?;
             lhs = Node::Bin(op, Box::new(lhs), Box::new(rhs), span);
@@ -239,6 +245,7 @@ fn parse(s: &str) -> Result<Node> {
         pos: 0,
         end: s.len(),
         depth: 0,
+        ops: 0,
     };
     let e = p.binary(0)?;
     if p.pos != p.toks.len() {

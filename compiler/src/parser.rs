@@ -29,6 +29,11 @@ use crate::lexer::{tokenize, Kw, Punct, Tok, Token};
 /// of a test thread while exceeding anything a person writes.
 pub const MAX_NESTING: usize = 64;
 
+/// Most binary operators in one arithmetic expression (`1 + 1 + ... `): each one nests the
+/// tree one level deeper, and code generation recurses over that depth; 100 keeps a debug
+/// build's stack safe and is far beyond any real filter.
+pub const MAX_ARITH_OPS: usize = 100;
+
 /// Longest expression in tokens. 2,048 tokens already generate more code than the VM's 4,096
 /// instructions for any realistic filter, and the bound keeps every pass's work small.
 pub const MAX_TOKENS: usize = 2048;
@@ -54,6 +59,7 @@ pub fn parse(input: &str) -> Result<Expr> {
         fatal: None,
         expr_failed: HashSet::new(),
         arith_memo: HashMap::new(),
+        arith_ops: 0,
     };
     let result = p.expr(QualState::Undefined);
     if let Some(f) = p.fatal.take() {
@@ -173,6 +179,8 @@ struct Parser<'t> {
     fatal: Option<Located>,
     expr_failed: HashSet<(usize, QualState)>,
     arith_memo: HashMap<usize, Option<(Arith, usize)>>,
+    /// Binary operators in the arithmetic expression being parsed.
+    arith_ops: usize,
 }
 
 impl Parser<'_> {
@@ -657,6 +665,7 @@ impl Parser<'_> {
                 None => self.err("an arithmetic expression"),
             };
         }
+        self.arith_ops = 0;
         let r = self.arith_prec(0);
         if self.fatal.is_none() {
             let memo = r.as_ref().ok().map(|a| (a.clone(), self.pos));
@@ -685,6 +694,20 @@ impl Parser<'_> {
     fn arith_prec(&mut self, min: u8) -> Result<Arith> {
         let mut lhs = self.unary()?;
         while let Some((op, prec)) = self.bin_op() {
+            if prec < min && !matches!(op, ArithOp::Xor | ArithOp::Mod) {
+                break;
+            }
+            self.arith_ops += 1;
+            if self.arith_ops > MAX_ARITH_OPS {
+                let e = Located {
+                    kind: ErrorKind::Syntax(format!(
+                        "arithmetic expression too long (more than {MAX_ARITH_OPS} operators)"
+                    )),
+                    span: self.span_here(),
+                };
+                self.fatal.get_or_insert(e.clone());
+                return Err(e);
+            }
             if matches!(op, ArithOp::Xor | ArithOp::Mod) {
                 self.pos += 1;
                 let rhs = self.arith_prec(0)?;
