@@ -103,9 +103,7 @@ fn run_passes(func: &mut Function, mode: Mode) {
         let before = func.clone();
         // Only the strict mode errs, and it is not used here.
         let _ = fold_constants(func, mode);
-        func.compact();
         decide_and_thread(func);
-        func.compact();
         remove_dead(func);
         func.compact();
         if *func == before {
