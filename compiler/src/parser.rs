@@ -246,8 +246,9 @@ impl Parser<'_> {
 
     /// The error to report: `e` or an abandoned alternative's that got further.
     fn best(&mut self, e: Located) -> Located {
+        // On a tie, the alternative tried first (the boolean reading of `(`) explains better.
         match self.furthest.take() {
-            Some(f) if f.span.start > e.span.start => f,
+            Some(f) if f.span.start >= e.span.start => f,
             _ => e,
         }
     }
@@ -386,6 +387,12 @@ impl Parser<'_> {
                 }
             }
             Some(Tok::Num(_)) | Some(Tok::P(Punct::Minus)) => self.relation(start),
+            Some(Tok::Id(name)) if crate::lexer::UNSUPPORTED_KEYWORDS.contains(&name.as_str()) => {
+                crate::error::unsupported(
+                    self.span_here(),
+                    format!("`{name}` is a libpcap keyword that netmux does not support"),
+                )
+            }
             Some(Tok::Id(name)) => {
                 let span = self.span_here();
                 syntax(
@@ -528,13 +535,18 @@ impl Parser<'_> {
             QualState::Set(quals) => quals,
             QualState::Undefined => {
                 // libpcap: "syntax error in filter expression".
+                let found = self
+                    .peek()
+                    .map_or("the end of the expression".to_owned(), describe);
+                let hint = match self.peek() {
+                    Some(Tok::Num(_) | Tok::Hid(_) | Tok::Hid6(_) | Tok::Eid(_) | Tok::Id(_)) => {
+                        "; a bare value needs a qualifier (`host`, `port`, ...) before it"
+                    }
+                    _ => "",
+                };
                 return syntax(
                     start,
-                    format!(
-                        "expected a filter primitive, found {}; a bare value has no qualifier to inherit here",
-                        self.peek()
-                            .map_or("the end of the expression".to_owned(), describe)
-                    ),
+                    format!("expected a filter primitive, found {found}{hint}"),
                 );
             }
         };
