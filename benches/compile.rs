@@ -23,7 +23,7 @@ const EXPRS: &[(&str, &str)] = &[
 ];
 
 fn bench_compile(c: &mut Criterion) {
-    let mut group = c.benchmark_group("compile");
+    let mut group = c.benchmark_group("filter_compile");
     let opts = Options::default();
     for (name, expr) in EXPRS {
         group.bench_with_input(BenchmarkId::new("netmux", name), expr, |b, e| {

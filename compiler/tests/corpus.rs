@@ -37,7 +37,7 @@ fn every_corpus_expression_agrees_with_libpcap_on_every_corpus_frame() {
 
 #[test]
 #[ignore = "needs the conformance corpus ($NETMUX_CONFORMANCE_DIR or ../shared/conformance)"]
-fn every_reject_line_is_rejected_with_a_caret_under_the_fault() {
+fn corpus_reject_lines_are_rejected_with_a_caret_under_the_fault() {
     let dir = corpus::conformance_dir().expect("conformance corpus not found");
     let mut bad = Vec::new();
     for e in corpus::reject_exprs(&dir).unwrap() {
