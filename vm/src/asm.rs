@@ -135,7 +135,9 @@ fn parse_operands(op: Opcode, args: &[&str], line: usize) -> Option<Item> {
                 target = Some(if let Some(n) = arg.strip_prefix('+') {
                     Target::Offset(i16::try_from(parse_num(n)?).ok()?)
                 } else if let Some(n) = arg.strip_prefix('-') {
-                    Target::Offset(-i16::try_from(parse_num(n)?).ok()?)
+                    // Through i64: -32768 is an i16 although 32768 is not.
+                    let n = i64::try_from(parse_num(n)?).ok()?;
+                    Target::Offset(i16::try_from(-n).ok()?)
                 } else if is_label(arg) {
                     Target::Label(arg.to_string(), line)
                 } else {
@@ -457,10 +459,19 @@ mod tests {
 
     #[test]
     fn labels_raw_words_and_tables_round_trip() {
-        let src = "start: ldb r0, [0]\n jeq r0, 1, out\n ja -1\n .raw ff00000000000001\nout: accept r0\n.table words=2 default=9\n 1 2 -> 3\n";
+        let src = "start: ldb r0, [0]\n jeq r0, 1, out\n ja -1\n ja -32768\n ja +32767\n .raw ff00000000000001\nout: accept r0\n.table words=2 default=9\n 1 2 -> 3\n";
         let bytes = assemble(src).unwrap();
         let text = disassemble(&bytes).unwrap();
         assert_eq!(assemble(&text).unwrap(), bytes, "{text}");
+    }
+
+    #[test]
+    fn the_most_negative_jump_displacement_round_trips() {
+        let bytes = crate::program::encode(&[Insn::ja(i16::MIN), Insn::reject()], &[]);
+        let text = disassemble(&bytes).unwrap();
+        assert!(text.contains("ja -32768"), "{text}");
+        assert_eq!(assemble(&text).unwrap(), bytes);
+        assert!(assemble("ja -32769\n").is_err());
     }
 
     #[test]

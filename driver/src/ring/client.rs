@@ -1,0 +1,415 @@
+//! The client's end of a queue: attach to the descriptors the driver created, then send,
+//! receive and collect completions in batches, sleeping on the client eventfd when idle.
+//!
+//! The client trusts the driver but not the bytes it was handed: [`ClientQueue::from_fds`]
+//! checks the seals, the file size, the magic, the version and the geometry before it believes
+//! any of it, and nothing read from the mapping afterwards can make the client panic.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::layout::{self, Layout};
+use super::protocol::{Consumer, IndexOutOfRange, Producer};
+use super::slots::{self, FrameRead};
+use super::{Completion, RingConfigError, RingCounters, MAX_FRAME_LEN};
+use crate::sys::{self, EventFd, OutOfBounds, SharedMapping};
+
+/// Why the descriptors handed to [`ClientQueue::from_fds`] are not a usable queue.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// A system call on the descriptors failed.
+    #[error("attaching to ring memory: {0}")]
+    Io(#[from] io::Error),
+    /// The memfd lacks `F_SEAL_SHRINK`/`F_SEAL_GROW`: it could shrink under the mapping.
+    #[error("ring memory is not sealed against shrinking and growing")]
+    NotSealed,
+    /// The file is smaller than a header or larger than any valid ring memory.
+    #[error("ring memory of {0} bytes has an impossible size")]
+    BadSize(u64),
+    /// The header does not start with the netmux ring magic.
+    #[error("ring memory has magic {0:#018x}, not a netmux ring")]
+    BadMagic(u64),
+    /// The header has a layout version this build does not speak.
+    #[error("ring layout version {found}, expected {expected}", expected = layout::VERSION)]
+    BadVersion {
+        /// Version found in the header.
+        found: u32,
+    },
+    /// The geometry in the header is out of bounds.
+    #[error("ring header geometry: {0}")]
+    Geometry(#[from] RingConfigError),
+    /// The header's total length disagrees with its geometry or the file's size.
+    #[error("ring header says {header} bytes, geometry needs {layout}, file has {file}")]
+    LengthMismatch {
+        /// Total length written in the header.
+        header: u64,
+        /// Length the geometry implies.
+        layout: u64,
+        /// Size of the file.
+        file: u64,
+    },
+    /// A header field lies outside the mapping (cannot happen after the size check).
+    #[error(transparent)]
+    OutOfBounds(#[from] OutOfBounds),
+}
+
+/// A failed operation on an attached queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The driver closed the queue (netd went away, or the queue was destroyed).
+    #[error("queue closed by the driver")]
+    Closed,
+    /// A frame is longer than [`MAX_FRAME_LEN`]; nothing was sent.
+    #[error("frame {index} is {len} bytes, more than the {MAX_FRAME_LEN}-byte limit")]
+    FrameTooLarge {
+        /// Position of the frame in the batch.
+        index: usize,
+        /// Its length.
+        len: usize,
+    },
+    /// The driver's side of the ring holds an impossible index.
+    #[error("ring index fault: {0}")]
+    Index(#[from] IndexOutOfRange),
+    /// An offset fell outside the ring memory.
+    #[error(transparent)]
+    OutOfBounds(#[from] OutOfBounds),
+    /// Waiting on or signalling an eventfd failed.
+    #[error("eventfd: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// What [`ClientQueue::send`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// How many frames, from the start of the batch, were placed in the tx ring.
+    pub sent: usize,
+    /// Sequence number of the first of them; the others follow consecutively. Completions
+    /// carry these numbers.
+    pub first_seq: u64,
+}
+
+/// The client's end of one queue.
+#[derive(Debug)]
+pub struct ClientQueue {
+    map: SharedMapping,
+    client_wake: EventFd,
+    driver_wake: EventFd,
+    layout: Layout,
+    rx: Consumer,
+    tx: Producer,
+    completion: Consumer,
+    tx_seq: u64,
+    rx_malformed: u64,
+}
+
+impl ClientQueue {
+    /// Attaches to a queue from the descriptors the driver passed (see
+    /// [`super::QueueFds`]), validating the memory before trusting it.
+    pub fn from_fds(
+        memfd: OwnedFd,
+        client_wake: OwnedFd,
+        driver_wake: OwnedFd,
+    ) -> Result<Self, AttachError> {
+        if !sys::has_ring_seals(memfd.as_fd())? {
+            return Err(AttachError::NotSealed);
+        }
+        let file = sys::file_size(memfd.as_fd())?;
+        if file < layout::HEADER_LEN as u64 || file > layout::MAX_TOTAL_LEN {
+            return Err(AttachError::BadSize(file));
+        }
+        // `file` <= MAX_TOTAL_LEN (1 GiB) fits in usize on every supported target.
+        let map = SharedMapping::map(memfd.as_fd(), file as usize)?;
+        let magic = map.u64_at(layout::OFF_MAGIC)?.load(Ordering::Acquire);
+        if magic != layout::MAGIC {
+            return Err(AttachError::BadMagic(magic));
+        }
+        let version = map.u32_at(layout::OFF_VERSION)?.load(Ordering::Relaxed);
+        if version != layout::VERSION {
+            return Err(AttachError::BadVersion { found: version });
+        }
+        let header_len = map.u64_at(layout::OFF_TOTAL_LEN)?.load(Ordering::Acquire);
+        let layout = Layout::new(
+            map.u32_at(layout::OFF_SLOT_SIZE)?.load(Ordering::Relaxed),
+            map.u32_at(layout::OFF_RX_SLOTS)?.load(Ordering::Relaxed),
+            map.u32_at(layout::OFF_TX_SLOTS)?.load(Ordering::Relaxed),
+            map.u32_at(layout::OFF_COMPLETION_SLOTS)?
+                .load(Ordering::Relaxed),
+        )?;
+        if header_len != layout.total_len || layout.total_len > file {
+            return Err(AttachError::LengthMismatch {
+                header: header_len,
+                layout: layout.total_len,
+                file,
+            });
+        }
+        let rx_words = slots::words(&map, &layout.rx)?;
+        let tx_words = slots::words(&map, &layout.tx)?;
+        let completion_words = slots::words(&map, &layout.completion)?;
+        // Pick up where the rings stand (frames may have arrived before we attached).
+        let rx = Consumer::new(
+            rx_words.consumer_index.load(Ordering::Relaxed),
+            layout.rx.count,
+        );
+        let tx = Producer::new(
+            tx_words.producer_index.load(Ordering::Relaxed),
+            layout.tx.count,
+        );
+        let completion = Consumer::new(
+            completion_words.consumer_index.load(Ordering::Relaxed),
+            layout.completion.count,
+        );
+        Ok(Self {
+            client_wake: EventFd::from_fd(client_wake)?,
+            driver_wake: EventFd::from_fd(driver_wake)?,
+            map,
+            layout,
+            rx,
+            tx,
+            completion,
+            tx_seq: 0,
+            rx_malformed: 0,
+        })
+    }
+
+    /// The geometry of the rings.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether the driver has closed the queue.
+    pub fn is_closed(&self) -> bool {
+        self.map
+            .u32_at(layout::OFF_CLOSED)
+            .map(|flag| flag.load(Ordering::Acquire) != 0)
+            .unwrap_or(true)
+    }
+
+    fn check_open(&self) -> Result<(), QueueError> {
+        if self.is_closed() {
+            Err(QueueError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The driver's counters for this queue, as of its last flush.
+    pub fn counters(&self) -> RingCounters {
+        let mut words = [0u64; RingCounters::COUNT];
+        for (i, word) in words.iter_mut().enumerate() {
+            if let Ok(w) = self.map.u64_at(layout::OFF_COUNTERS + 8 * i) {
+                *word = w.load(Ordering::Relaxed);
+            }
+        }
+        RingCounters::from_words(words)
+    }
+
+    /// Frames the driver wrote that did not parse (a driver bug); they were skipped.
+    pub fn rx_malformed(&self) -> u64 {
+        self.rx_malformed
+    }
+
+    /// Sends as many `frames` as fit in the tx ring, in order, each gathered from its vectors,
+    /// with one index update and at most one wake-up. Nothing is sent if any frame is longer
+    /// than [`MAX_FRAME_LEN`].
+    pub fn send(&mut self, frames: &[&[&[u8]]]) -> Result<SendOutcome, QueueError> {
+        self.check_open()?;
+        let lens: Vec<usize> = frames
+            .iter()
+            .map(|frame| frame.iter().map(|v| v.len()).sum())
+            .collect();
+        if let Some((index, &len)) = lens.iter().enumerate().find(|(_, &l)| l > MAX_FRAME_LEN) {
+            return Err(QueueError::FrameTooLarge { index, len });
+        }
+        let words = slots::words(&self.map, &self.layout.tx)?;
+        let free = self.tx.free(&words)?;
+        let mut used = 0u32;
+        let mut sent = 0;
+        for (frame, &len) in frames.iter().zip(&lens) {
+            let needed = self.layout.slots_for(len);
+            if free - used < needed {
+                break;
+            }
+            let start = self.tx.tail().wrapping_add(used);
+            used +=
+                slots::write_frame(&self.map, &self.layout, &self.layout.tx, start, frame, len)?;
+            sent += 1;
+        }
+        let first_seq = self.tx_seq;
+        if sent > 0 {
+            self.tx.publish(&words, used);
+            self.tx_seq += sent as u64;
+            if self.tx.consumer_wants_wake(&words) {
+                self.driver_wake.signal()?;
+            }
+        }
+        Ok(SendOutcome { sent, first_seq })
+    }
+
+    /// Receives up to `frames.len()` frames, scattering each into the vectors of one entry of
+    /// `frames` and storing its full length in `lens` (a length larger than the vectors hold
+    /// means the frame was truncated). Returns the number of frames received; zero when the
+    /// ring is empty. After the driver closes the queue, returns [`QueueError::Closed`].
+    pub fn recv(
+        &mut self,
+        frames: &mut [&mut [&mut [u8]]],
+        lens: &mut [usize],
+    ) -> Result<usize, QueueError> {
+        let max = frames.len().min(lens.len());
+        let mut received = 0;
+        self.recv_each(max, |_, map, segments| {
+            let vectors = &mut *frames[received];
+            let (mut vi, mut vo) = (0usize, 0usize);
+            let mut total = 0;
+            for &(offset, len) in segments {
+                let mut done = 0;
+                while done < len {
+                    let Some(vector) = vectors.get_mut(vi) else {
+                        break;
+                    };
+                    let take = (vector.len() - vo).min(len - done);
+                    map.copy_out(offset + done, &mut vector[vo..vo + take])?;
+                    done += take;
+                    vo += take;
+                    if vo == vector.len() {
+                        vi += 1;
+                        vo = 0;
+                    }
+                }
+                total += len;
+            }
+            lens[received] = total;
+            received += 1;
+            Ok(())
+        })
+    }
+
+    /// Receives up to `max` frames, appending each to `out` as an owned buffer. Returns the
+    /// number received.
+    pub fn recv_owned(&mut self, max: usize, out: &mut Vec<Vec<u8>>) -> Result<usize, QueueError> {
+        self.recv_each(max, |len, map, segments| {
+            let mut frame = vec![0u8; len];
+            let mut at = 0;
+            for &(offset, seg) in segments {
+                map.copy_out(offset, &mut frame[at..at + seg])?;
+                at += seg;
+            }
+            out.push(frame);
+            Ok(())
+        })
+    }
+
+    /// Walks up to `max` frames of the rx ring, handing each frame's length and segments
+    /// (offset, length) to `take`, then releases all their slots with one index store.
+    fn recv_each(
+        &mut self,
+        max: usize,
+        mut take: impl FnMut(usize, &SharedMapping, &[(usize, usize)]) -> Result<(), OutOfBounds>,
+    ) -> Result<usize, QueueError> {
+        self.check_open()?;
+        let words = slots::words(&self.map, &self.layout.rx)?;
+        let available = self.rx.available(&words)?;
+        let mut consumed = 0u32;
+        let mut received = 0;
+        let mut segments = Vec::new();
+        while received < max && consumed < available {
+            segments.clear();
+            let start = self.rx.head().wrapping_add(consumed);
+            let read = slots::read_frame(
+                &self.map,
+                &self.layout,
+                &self.layout.rx,
+                start,
+                available - consumed,
+                |offset, len| {
+                    segments.push((offset, len));
+                    Ok(())
+                },
+            )?;
+            match read {
+                FrameRead::Frame { slots, len } => {
+                    take(len, &self.map, &segments)?;
+                    consumed += slots;
+                    received += 1;
+                }
+                FrameRead::Malformed { slots } => {
+                    consumed += slots;
+                    self.rx_malformed += 1;
+                }
+            }
+        }
+        if consumed > 0 {
+            self.rx.release(&words, consumed);
+        }
+        Ok(received)
+    }
+
+    /// Collects up to `max` completions, appending them to `out`. Returns how many.
+    pub fn completions(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Completion>,
+    ) -> Result<usize, QueueError> {
+        let words = slots::words(&self.map, &self.layout.completion)?;
+        let available = self.completion.available(&words)?;
+        let count = (available as usize).min(max) as u32;
+        for i in 0..count {
+            let index = self.completion.head().wrapping_add(i);
+            out.push(slots::read_completion(
+                &self.map,
+                &self.layout.completion,
+                index,
+            )?);
+        }
+        if count > 0 {
+            self.completion.release(&words, count);
+        }
+        Ok(count as usize)
+    }
+
+    /// Sleeps until rx frames or completions are available, the queue is closed, or `timeout`
+    /// passes (`None`: no limit). Returns `Ok(false)` on timeout, `Ok(true)` otherwise (the
+    /// caller then receives; a wake-up may occasionally find nothing new).
+    pub fn wait_readable(&mut self, timeout: Option<Duration>) -> Result<bool, QueueError> {
+        let rx_words = slots::words(&self.map, &self.layout.rx)?;
+        let completion_words = slots::words(&self.map, &self.layout.completion)?;
+        let rx_empty = self.rx.prepare_wait(&rx_words)?;
+        let completion_empty = match self.completion.prepare_wait(&completion_words) {
+            Ok(empty) => empty,
+            Err(e) => {
+                Consumer::end_wait(&rx_words);
+                return Err(e.into());
+            }
+        };
+        let woken = if rx_empty && completion_empty && !self.is_closed() {
+            self.client_wake.wait(timeout)
+        } else {
+            Ok(true)
+        };
+        Consumer::end_wait(&rx_words);
+        Consumer::end_wait(&completion_words);
+        self.client_wake.drain()?;
+        Ok(woken?)
+    }
+
+    /// Sleeps until the tx ring has room for a frame of `len` bytes, the queue is closed, or
+    /// `timeout` passes. Returns `Ok(false)` on timeout.
+    pub fn wait_writable(
+        &mut self,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<bool, QueueError> {
+        let words = slots::words(&self.map, &self.layout.tx)?;
+        let needed = self.layout.slots_for(len.min(MAX_FRAME_LEN));
+        let full = self.tx.prepare_wait(&words, needed)?;
+        let woken = if full && !self.is_closed() {
+            self.client_wake.wait(timeout)
+        } else {
+            Ok(true)
+        };
+        Producer::end_wait(&words);
+        self.client_wake.drain()?;
+        Ok(woken?)
+    }
+}

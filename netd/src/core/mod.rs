@@ -1,0 +1,568 @@
+//! netd's I/O-free core: sessions, ports and policy as plain data structures.
+//!
+//! Like quinn-proto, the core owns no socket and reads no clock: the shell passes the time in
+//! (a monotonic [`Duration`] since any fixed point) and carries out what the core decides. An
+//! operation that needs the driver is split in two: the core reserves (a port is `Bound` but
+//! `installing`), the shell installs the filters at the driver, and only its confirmation
+//! ([`Core::port_installed`]) makes the port active — the reply goes out after that, so a client
+//! never holds a port whose filters are not yet in force. Releases go the other way: a port is
+//! free again only when the shell reports that the driver removed its filters.
+//!
+//! Guarantees, each tested below: no two sessions hold one port; privileged ports and taps only
+//! for the uids the policy names; per-session and per-uid limits on sessions, ports, filters and
+//! ring memory; a session's end lists everything it held in teardown order (ports, filters,
+//! queue) and nothing it held is handed out before the driver confirmed its removal.
+
+pub mod policy;
+pub mod ports;
+pub mod session;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+pub use policy::{Limits, Policy};
+pub use ports::{PortError, PortState, PortTable, Transport};
+pub use session::{Credentials, FilterId, FilterMode, Session, SessionId, SessionState};
+
+/// Why the core refused a request. Each reaches the client as an error reply; none ends the
+/// session by itself.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    /// The session does not exist (ended, or never was).
+    #[error("no such session")]
+    NoSession,
+    /// A request other than hello before the hello.
+    #[error("say hello first")]
+    NotActive,
+    /// Hello twice.
+    #[error("hello was already said")]
+    AlreadyActive,
+    /// A port operation failed.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// A port below 1024 without privilege.
+    #[error("port {port} is privileged (below 1024); uid {uid} may not bind it")]
+    Privileged {
+        /// The port.
+        port: u16,
+        /// The caller's uid.
+        uid: u32,
+    },
+    /// The policy does not allow this uid a tap or exclusive filter.
+    #[error("uid {uid} may not open a {mode:?} filter")]
+    FilterNotAllowed {
+        /// The caller's uid.
+        uid: u32,
+        /// The kind asked for.
+        mode: FilterMode,
+    },
+    /// A limit was reached.
+    #[error("limit reached: {0}")]
+    Limit(&'static str),
+    /// The filter is not this session's.
+    #[error("no such filter in this session")]
+    NoFilter,
+}
+
+/// What a session held when it ended, in the order the shell must remove it at the driver:
+/// ports (their rx and tx filters), then tap/exclusive filters, then the queue and its rings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    /// Ports now `Releasing`: remove their filters, then call [`Core::port_removed`].
+    pub ports: Vec<(Transport, u16)>,
+    /// Ports whose filters were still being installed: remove whatever arrived, then call
+    /// [`Core::port_removed`] as well.
+    pub installing: Vec<(Transport, u16)>,
+    /// Tap and exclusive filters to remove.
+    pub filters: Vec<FilterId>,
+    /// Whether the session had a queue to destroy.
+    pub queue: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct UidUsage {
+    sessions: usize,
+    ports: usize,
+    ring_bytes: u64,
+}
+
+/// The core. See the module documentation.
+#[derive(Debug)]
+pub struct Core {
+    policy: Policy,
+    ports: PortTable,
+    sessions: BTreeMap<SessionId, Session>,
+    uids: HashMap<u32, UidUsage>,
+    next_session: u64,
+    next_filter: u64,
+}
+
+impl Core {
+    /// A core with this policy and ephemeral port range.
+    pub fn new(policy: Policy, ports: PortTable) -> Core {
+        Core {
+            policy,
+            ports,
+            sessions: BTreeMap::new(),
+            uids: HashMap::new(),
+            next_session: 1,
+            next_filter: 1,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The port table (read-only).
+    pub fn ports(&self) -> &PortTable {
+        &self.ports
+    }
+
+    /// A session, if it exists.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.sessions.get(&id)
+    }
+
+    /// Every session, in id order.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values()
+    }
+
+    fn usage(&mut self, uid: u32) -> &mut UidUsage {
+        self.uids.entry(uid).or_default()
+    }
+
+    /// A client connected with these kernel-reported credentials at `now`.
+    pub fn connect(&mut self, creds: Credentials, now: Duration) -> Result<SessionId, CoreError> {
+        let limit = self.policy.limits.sessions_per_uid;
+        let usage = self.usage(creds.uid);
+        if usage.sessions >= limit {
+            return Err(CoreError::Limit("sessions per uid"));
+        }
+        usage.sessions += 1;
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let deadline = now.saturating_add(self.policy.handshake_timeout);
+        self.sessions.insert(
+            id,
+            Session {
+                id,
+                creds,
+                state: SessionState::Handshake { deadline },
+                ports: Default::default(),
+                installing: Default::default(),
+                filters: Default::default(),
+                ring_bytes: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The client said hello.
+    pub fn hello(&mut self, id: SessionId) -> Result<(), CoreError> {
+        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
+        if s.state == SessionState::Active {
+            return Err(CoreError::AlreadyActive);
+        }
+        s.state = SessionState::Active;
+        Ok(())
+    }
+
+    /// Sessions whose handshake deadline passed at `now`; the shell ends each with
+    /// [`Core::disconnect`].
+    pub fn expired(&self, now: Duration) -> Vec<SessionId> {
+        self.sessions
+            .values()
+            .filter(|s| matches!(s.state, SessionState::Handshake { deadline } if deadline <= now))
+            .map(|s| s.id)
+            .collect()
+    }
+
+    fn active(&self, id: SessionId) -> Result<&Session, CoreError> {
+        let s = self.sessions.get(&id).ok_or(CoreError::NoSession)?;
+        match s.state {
+            SessionState::Active => Ok(s),
+            SessionState::Handshake { .. } => Err(CoreError::NotActive),
+        }
+    }
+
+    fn check_port_limits(&self, id: SessionId) -> Result<u32, CoreError> {
+        let s = self.active(id)?;
+        let limits = &self.policy.limits;
+        if s.port_count() >= limits.ports_per_session {
+            return Err(CoreError::Limit("ports per session"));
+        }
+        let uid = s.creds.uid;
+        if self.uids.get(&uid).map_or(0, |u| u.ports) >= limits.ports_per_uid {
+            return Err(CoreError::Limit("ports per uid"));
+        }
+        Ok(uid)
+    }
+
+    fn reserved(&mut self, id: SessionId, uid: u32, transport: Transport, port: u16) {
+        self.usage(uid).ports += 1;
+        let s = self.sessions.get_mut(&id).expect("checked active");
+        s.installing.insert((transport, port));
+    }
+
+    /// Reserves an ephemeral port. The shell installs its filters, then calls
+    /// [`Core::port_installed`] (or [`Core::port_install_failed`]) and only then replies.
+    pub fn get_port(&mut self, id: SessionId, transport: Transport) -> Result<u16, CoreError> {
+        let uid = self.check_port_limits(id)?;
+        let port = self.ports.bind_ephemeral(transport, id)?;
+        self.reserved(id, uid, transport, port);
+        Ok(port)
+    }
+
+    /// Reserves a given port; see [`Core::get_port`].
+    pub fn bind_port(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: u16,
+    ) -> Result<(), CoreError> {
+        let uid = self.check_port_limits(id)?;
+        if port != 0
+            && port < ports::FIRST_UNPRIVILEGED_PORT
+            && !self.policy.may_bind_privileged(uid)
+        {
+            return Err(CoreError::Privileged { port, uid });
+        }
+        self.ports.bind(transport, port, id)?;
+        self.reserved(id, uid, transport, port);
+        Ok(())
+    }
+
+    /// The driver installed the port's filters: the port is active and the reply may go out.
+    pub fn port_installed(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: u16,
+    ) -> Result<(), CoreError> {
+        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
+        if !s.installing.remove(&(transport, port)) {
+            return Err(PortError::NotOwner { transport, port }.into());
+        }
+        s.ports.insert((transport, port));
+        Ok(())
+    }
+
+    /// Takes a port out of a session's active (or installing) set and the uid's count.
+    fn forget_port(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: u16,
+        installing: bool,
+    ) -> Result<(), CoreError> {
+        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
+        let set = if installing {
+            &mut s.installing
+        } else {
+            &mut s.ports
+        };
+        if !set.remove(&(transport, port)) {
+            return Err(PortError::NotOwner { transport, port }.into());
+        }
+        let uid = s.creds.uid;
+        self.usage(uid).ports -= 1;
+        Ok(())
+    }
+
+    /// The driver refused the port's filters: nothing was installed, the port is free at once.
+    pub fn port_install_failed(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: u16,
+    ) -> Result<(), CoreError> {
+        self.forget_port(id, transport, port, true)?;
+        self.ports.unbind_uninstalled(transport, port, id)?;
+        Ok(())
+    }
+
+    /// The client closed a port: it is `Releasing` until [`Core::port_removed`].
+    pub fn close_port(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: u16,
+    ) -> Result<(), CoreError> {
+        self.forget_port(id, transport, port, false)?;
+        self.ports.release(transport, port, id)?;
+        Ok(())
+    }
+
+    /// The driver confirmed a released port's filters are gone: the port is free.
+    pub fn port_removed(&mut self, transport: Transport, port: u16) -> Result<(), CoreError> {
+        self.ports.release_confirmed(transport, port)?;
+        Ok(())
+    }
+
+    /// Opens a tap or exclusive filter, if the policy allows this session's uid.
+    pub fn open_filter(&mut self, id: SessionId, mode: FilterMode) -> Result<FilterId, CoreError> {
+        let s = self.active(id)?;
+        let uid = s.creds.uid;
+        let allowed = match mode {
+            FilterMode::Tap => self.policy.may_tap(uid),
+            FilterMode::Exclusive => self.policy.may_claim_exclusive(uid),
+        };
+        if !allowed {
+            return Err(CoreError::FilterNotAllowed { uid, mode });
+        }
+        if s.filters.len() >= self.policy.limits.filters_per_session {
+            return Err(CoreError::Limit("filters per session"));
+        }
+        let f = FilterId(self.next_filter);
+        self.next_filter += 1;
+        self.sessions
+            .get_mut(&id)
+            .expect("checked active")
+            .filters
+            .insert((f, mode));
+        Ok(f)
+    }
+
+    /// Closes a tap or exclusive filter.
+    pub fn close_filter(&mut self, id: SessionId, filter: FilterId) -> Result<(), CoreError> {
+        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
+        let entry = s.filters.iter().find(|(f, _)| *f == filter).copied();
+        match entry {
+            Some(e) => {
+                s.filters.remove(&e);
+                Ok(())
+            }
+            None => Err(CoreError::NoFilter),
+        }
+    }
+
+    /// Accounts for the ring memory of the session's queue before the shell creates it.
+    pub fn reserve_ring(&mut self, id: SessionId, bytes: u64) -> Result<(), CoreError> {
+        let s = self.active(id)?;
+        let uid = s.creds.uid;
+        let limits = &self.policy.limits;
+        let new_session = s.ring_bytes.saturating_add(bytes);
+        if new_session > limits.ring_bytes_per_session {
+            return Err(CoreError::Limit("ring bytes per session"));
+        }
+        let per_uid = limits.ring_bytes_per_uid;
+        let usage = self.usage(uid);
+        if usage.ring_bytes.saturating_add(bytes) > per_uid {
+            return Err(CoreError::Limit("ring bytes per uid"));
+        }
+        usage.ring_bytes += bytes;
+        self.sessions
+            .get_mut(&id)
+            .expect("checked active")
+            .ring_bytes = new_session;
+        Ok(())
+    }
+
+    /// Ends a session (the client closed, died, broke the protocol or timed out). Its ports go
+    /// to `Releasing`; the returned [`Teardown`] says what the shell must remove at the driver.
+    pub fn disconnect(&mut self, id: SessionId) -> Result<Teardown, CoreError> {
+        let s = self.sessions.remove(&id).ok_or(CoreError::NoSession)?;
+        let mut teardown = Teardown {
+            queue: s.ring_bytes > 0,
+            ..Teardown::default()
+        };
+        for &(t, p) in &s.ports {
+            self.ports.release(t, p, id)?;
+            teardown.ports.push((t, p));
+        }
+        for &(t, p) in &s.installing {
+            // Filters may be half-installed: treat like a bound port, release after removal.
+            self.ports.release(t, p, id)?;
+            teardown.installing.push((t, p));
+        }
+        teardown.filters = s.filters.iter().map(|(f, _)| *f).collect();
+        let usage = self.usage(s.creds.uid);
+        usage.sessions -= 1;
+        usage.ports -= s.port_count();
+        usage.ring_bytes -= s.ring_bytes;
+        if usage.sessions == 0 {
+            self.uids.remove(&s.creds.uid);
+        }
+        Ok(teardown)
+    }
+}
+
+impl Default for Core {
+    fn default() -> Self {
+        Core::new(Policy::default(), PortTable::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Duration = Duration::ZERO;
+
+    fn user(uid: u32) -> Credentials {
+        Credentials {
+            pid: 100 + uid,
+            uid,
+            gid: uid,
+        }
+    }
+
+    fn active(core: &mut Core, uid: u32) -> SessionId {
+        let s = core.connect(user(uid), T0).unwrap();
+        core.hello(s).unwrap();
+        s
+    }
+
+    fn bind(core: &mut Core, s: SessionId, t: Transport, port: u16) -> Result<(), CoreError> {
+        core.bind_port(s, t, port)?;
+        core.port_installed(s, t, port)
+    }
+
+    #[test]
+    fn requests_before_hello_are_refused_and_a_silent_client_expires() {
+        let mut core = Core::default();
+        let s = core.connect(user(1000), T0).unwrap();
+        assert_eq!(core.get_port(s, Transport::Udp), Err(CoreError::NotActive));
+        assert!(core.expired(Duration::from_secs(4)).is_empty());
+        assert_eq!(core.expired(Duration::from_secs(5)), vec![s]);
+        core.disconnect(s).unwrap();
+        assert_eq!(core.hello(s), Err(CoreError::NoSession));
+    }
+
+    #[test]
+    fn a_port_held_by_one_session_is_refused_to_another() {
+        let mut core = Core::default();
+        let (a, b) = (active(&mut core, 1000), active(&mut core, 1001));
+        bind(&mut core, a, Transport::Udp, 5353).unwrap();
+        assert_eq!(
+            core.bind_port(b, Transport::Udp, 5353),
+            Err(CoreError::Port(PortError::InUse {
+                transport: Transport::Udp,
+                port: 5353
+            }))
+        );
+    }
+
+    #[test]
+    fn privileged_ports_only_for_root_and_configured_uids() {
+        let mut policy = Policy::default();
+        policy.privileged_uids.insert(53);
+        let mut core = Core::new(policy, PortTable::default());
+        let (user_s, dns, root) = (
+            active(&mut core, 1000),
+            active(&mut core, 53),
+            active(&mut core, 0),
+        );
+        assert_eq!(
+            core.bind_port(user_s, Transport::Tcp, 80),
+            Err(CoreError::Privileged {
+                port: 80,
+                uid: 1000
+            })
+        );
+        bind(&mut core, dns, Transport::Udp, 53).unwrap();
+        bind(&mut core, root, Transport::Tcp, 80).unwrap();
+    }
+
+    #[test]
+    fn a_dead_clients_ports_are_free_only_after_the_driver_confirms() {
+        let mut core = Core::default();
+        let (a, b) = (active(&mut core, 1000), active(&mut core, 1000));
+        bind(&mut core, a, Transport::Tcp, 8080).unwrap();
+        core.bind_port(a, Transport::Udp, 9000).unwrap(); // still installing
+        let f = core.open_filter(a, FilterMode::Tap);
+        assert!(f.is_err(), "uid 1000 is not allowed taps by default");
+        core.reserve_ring(a, 1 << 20).unwrap();
+        let t = core.disconnect(a).unwrap();
+        assert_eq!(t.ports, vec![(Transport::Tcp, 8080)]);
+        assert_eq!(t.installing, vec![(Transport::Udp, 9000)]);
+        assert!(t.queue);
+        assert!(matches!(
+            core.bind_port(b, Transport::Tcp, 8080),
+            Err(CoreError::Port(PortError::Releasing { .. }))
+        ));
+        core.port_removed(Transport::Tcp, 8080).unwrap();
+        core.port_removed(Transport::Udp, 9000).unwrap();
+        bind(&mut core, b, Transport::Tcp, 8080).unwrap();
+        bind(&mut core, b, Transport::Udp, 9000).unwrap();
+    }
+
+    #[test]
+    fn a_failed_install_frees_the_port_at_once() {
+        let mut core = Core::default();
+        let a = active(&mut core, 1000);
+        let p = core.get_port(a, Transport::Udp).unwrap();
+        core.port_install_failed(a, Transport::Udp, p).unwrap();
+        assert_eq!(core.ports().state(Transport::Udp, p), PortState::Free);
+        assert!(core.session(a).unwrap().ports.is_empty());
+    }
+
+    #[test]
+    fn limits_per_session_and_per_uid_hold() {
+        let mut policy = Policy::default();
+        policy.limits.ports_per_session = 2;
+        policy.limits.ports_per_uid = 3;
+        policy.limits.sessions_per_uid = 2;
+        policy.limits.ring_bytes_per_session = 100;
+        policy.limits.ring_bytes_per_uid = 150;
+        let mut core = Core::new(policy, PortTable::default());
+        let (a, b) = (active(&mut core, 7), active(&mut core, 7));
+        assert_eq!(
+            core.connect(user(7), T0),
+            Err(CoreError::Limit("sessions per uid"))
+        );
+        core.get_port(a, Transport::Udp).unwrap();
+        core.get_port(a, Transport::Tcp).unwrap();
+        assert_eq!(
+            core.get_port(a, Transport::Udp),
+            Err(CoreError::Limit("ports per session"))
+        );
+        core.get_port(b, Transport::Udp).unwrap();
+        assert_eq!(
+            core.get_port(b, Transport::Udp),
+            Err(CoreError::Limit("ports per uid"))
+        );
+        core.reserve_ring(a, 100).unwrap();
+        assert_eq!(
+            core.reserve_ring(a, 1),
+            Err(CoreError::Limit("ring bytes per session"))
+        );
+        assert_eq!(
+            core.reserve_ring(b, 51),
+            Err(CoreError::Limit("ring bytes per uid"))
+        );
+        // Ending a session gives its share back to the uid.
+        core.disconnect(a).unwrap();
+        core.reserve_ring(b, 100).unwrap();
+        core.get_port(b, Transport::Tcp).unwrap();
+        core.connect(user(7), T0).unwrap();
+    }
+
+    #[test]
+    fn taps_follow_the_policy_and_the_per_session_limit() {
+        let mut policy = Policy::default();
+        policy.tap_uids.insert(42);
+        policy.limits.filters_per_session = 1;
+        let mut core = Core::new(policy, PortTable::default());
+        let s = active(&mut core, 42);
+        let f = core.open_filter(s, FilterMode::Tap).unwrap();
+        assert_eq!(
+            core.open_filter(s, FilterMode::Tap),
+            Err(CoreError::Limit("filters per session"))
+        );
+        assert_eq!(
+            core.open_filter(s, FilterMode::Exclusive),
+            Err(CoreError::FilterNotAllowed {
+                uid: 42,
+                mode: FilterMode::Exclusive
+            })
+        );
+        core.close_filter(s, f).unwrap();
+        assert_eq!(core.close_filter(s, f), Err(CoreError::NoFilter));
+        let t = core.disconnect(s).unwrap();
+        assert!(t.filters.is_empty() && t.ports.is_empty() && !t.queue);
+    }
+}

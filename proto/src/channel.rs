@@ -1,0 +1,325 @@
+//! A message channel over a Unix stream socket, with descriptors passed by `SCM_RIGHTS`.
+//!
+//! Reads are exact: the header, then exactly its body, never past the end of a message, so a
+//! message's descriptors (attached by the sender to its first byte) can never be taken for the
+//! next message's. The channel works on blocking sockets and on non-blocking ones driven by a
+//! readiness loop (tokio's `AsyncFd`): [`Channel::try_recv`] keeps a partial message between
+//! calls and returns `Ok(None)` when the socket has no more bytes for now.
+//!
+//! Every fault of the peer is an error of this channel only: the caller ends that session.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::frame::{self, FrameError, Header, HEADER_LEN, MAX_FDS};
+
+/// Why a channel operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The peer closed the connection between messages.
+    #[error("connection closed by the peer")]
+    Closed,
+    /// The peer closed the connection in the middle of a message.
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    /// The bytes are not a valid message.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The message came with fewer descriptors than its header announced.
+    #[error("message announced {announced} descriptors but {received} arrived")]
+    MissingFds {
+        /// Announced in the header.
+        announced: usize,
+        /// Actually received.
+        received: usize,
+    },
+    /// The message came with more descriptors than announced (the extra ones are closed).
+    #[error("message came with descriptors it did not announce")]
+    ExtraFds,
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Credentials of the peer as the kernel reports them (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id.
+    pub pid: u32,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The kernel's word on who is at the other end of `sock`.
+pub fn peer_credentials(sock: impl AsFd) -> io::Result<PeerCredentials> {
+    let cred = rustix::net::sockopt::socket_peercred(sock)?;
+    Ok(PeerCredentials {
+        pid: cred.pid.as_raw_nonzero().get() as u32,
+        uid: cred.uid.as_raw(),
+        gid: cred.gid.as_raw(),
+    })
+}
+
+/// A message body not yet decoded, and the descriptors that came with it.
+pub type RawMessage = (Vec<u8>, Vec<OwnedFd>);
+
+/// A message channel. See the module documentation.
+#[derive(Debug)]
+pub struct Channel {
+    sock: UnixStream,
+    /// The partial message: header, then body.
+    buf: Vec<u8>,
+    have: usize,
+    header: Option<Header>,
+    fds: Vec<OwnedFd>,
+    extra_fds: bool,
+}
+
+impl Channel {
+    /// A channel on a connected socket (blocking or non-blocking).
+    pub fn new(sock: UnixStream) -> Channel {
+        Channel {
+            sock,
+            buf: vec![0; HEADER_LEN],
+            have: 0,
+            header: None,
+            fds: Vec::new(),
+            extra_fds: false,
+        }
+    }
+
+    /// The socket.
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+
+    /// The peer's credentials.
+    pub fn peer_credentials(&self) -> io::Result<PeerCredentials> {
+        peer_credentials(&self.sock)
+    }
+
+    /// Sends a message and descriptors. Blocks until it is all written (on a non-blocking
+    /// socket, spins on `WouldBlock`; control messages are small).
+    pub fn send<T: Serialize>(
+        &mut self,
+        message: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ChannelError> {
+        let bytes = frame::encode(message, fds.len())?;
+        self.send_raw(&bytes, fds)
+    }
+
+    /// Sends pre-encoded bytes (for tests that send malformed messages).
+    pub fn send_raw(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            if sent == 0 && !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+                return Err(FrameError::TooManyFds(fds.len().min(255) as u8).into());
+            }
+            match sendmsg(
+                &self.sock,
+                &[IoSlice::new(&bytes[sent..])],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => std::thread::yield_now(),
+                Err(e) => return Err(io::Error::from(e).into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message, blocking (on a blocking socket) until it is complete.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+        loop {
+            if let Some(m) = self.try_recv()? {
+                return Ok(m);
+            }
+            // A non-blocking socket with nothing to read: wait for it.
+            rustix::event::poll(
+                &mut [rustix::event::PollFd::new(
+                    &self.sock,
+                    rustix::event::PollFlags::IN,
+                )],
+                None,
+            )
+            .map_err(io::Error::from)?;
+        }
+    }
+
+    /// Receives what the socket has; a complete message when there is one, `None` when the
+    /// socket would block first.
+    pub fn try_recv<T: DeserializeOwned>(
+        &mut self,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+        match self.try_recv_raw()? {
+            Some((body, fds)) => Ok(Some((frame::decode(&body)?, fds))),
+            None => Ok(None),
+        }
+    }
+
+    /// As [`Channel::try_recv`], without decoding the body.
+    pub fn try_recv_raw(&mut self) -> Result<Option<RawMessage>, ChannelError> {
+        loop {
+            let want = self.buf.len();
+            if self.have == want {
+                match self.header {
+                    None => {
+                        let header = Header::parse(self.buf[..HEADER_LEN].try_into().expect("8"))?;
+                        self.header = Some(header);
+                        self.buf = vec![0; header.body_len];
+                        self.have = 0;
+                        continue;
+                    }
+                    Some(header) => {
+                        let body = std::mem::replace(&mut self.buf, vec![0; HEADER_LEN]);
+                        self.have = 0;
+                        self.header = None;
+                        let fds = std::mem::take(&mut self.fds);
+                        if std::mem::take(&mut self.extra_fds) || fds.len() > header.fds {
+                            return Err(ChannelError::ExtraFds);
+                        }
+                        if fds.len() < header.fds {
+                            return Err(ChannelError::MissingFds {
+                                announced: header.fds,
+                                received: fds.len(),
+                            });
+                        }
+                        return Ok(Some((body, fds)));
+                    }
+                }
+            }
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let result = recvmsg(
+                &self.sock,
+                &mut [IoSliceMut::new(&mut self.buf[self.have..want])],
+                &mut control,
+                RecvFlags::CMSG_CLOEXEC,
+            );
+            let msg = match result {
+                Ok(m) => m,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => return Ok(None),
+                Err(e) => return Err(io::Error::from(e).into()),
+            };
+            for m in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(rights) = m {
+                    self.fds.extend(rights);
+                }
+            }
+            if msg.flags.contains(ReturnFlags::CTRUNC) {
+                self.extra_fds = true;
+            }
+            if msg.bytes == 0 {
+                return Err(if self.have == 0 && self.header.is_none() {
+                    ChannelError::Closed
+                } else {
+                    ChannelError::Truncated
+                });
+            }
+            self.have += msg.bytes;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    fn pair() -> (Channel, Channel) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Channel::new(a), Channel::new(b))
+    }
+
+    fn tempfile_with(text: &[u8]) -> std::fs::File {
+        let fd =
+            rustix::fs::memfd_create("netmux-proto-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let mut f = std::fs::File::from(fd);
+        f.write_all(text).unwrap();
+        f
+    }
+
+    #[test]
+    fn messages_and_descriptors_arrive_together() {
+        let (mut a, mut b) = pair();
+        let f = tempfile_with(b"ring memory");
+        a.send(&"first".to_string(), &[f.as_fd()]).unwrap();
+        a.send(&"second".to_string(), &[]).unwrap();
+        let (m, fds): (String, _) = b.recv().unwrap();
+        assert_eq!((m.as_str(), fds.len()), ("first", 1));
+        let mut got = std::fs::File::from(fds.into_iter().next().unwrap());
+        got.rewind().unwrap();
+        let mut s = String::new();
+        got.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "ring memory");
+        let (m, fds): (String, _) = b.recv().unwrap();
+        assert_eq!((m.as_str(), fds.len()), ("second", 0));
+        drop(a);
+        assert!(matches!(b.recv::<String>(), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn missing_and_unannounced_descriptors_are_errors() {
+        let (mut a, mut b) = pair();
+        let mut bytes = frame::encode(&1u32, 0).unwrap();
+        bytes[4] = 2; // announce two, send none
+        a.send_raw(&bytes, &[]).unwrap();
+        assert!(matches!(
+            b.recv::<u32>(),
+            Err(ChannelError::MissingFds {
+                announced: 2,
+                received: 0
+            })
+        ));
+        let f = tempfile_with(b"x");
+        let bytes = frame::encode(&1u32, 0).unwrap(); // announce none, send one
+        a.send_raw(&bytes, &[f.as_fd()]).unwrap();
+        assert!(matches!(b.recv::<u32>(), Err(ChannelError::ExtraFds)));
+    }
+
+    #[test]
+    fn a_message_cut_short_is_truncated_and_garbage_is_malformed() {
+        let (mut a, mut b) = pair();
+        a.send_raw(&[5, 0, 0, 0, 0, 0, 0, 0, b'{'], &[]).unwrap();
+        drop(a);
+        assert!(matches!(b.recv::<u32>(), Err(ChannelError::Truncated)));
+        let (mut a, mut b) = pair();
+        a.send_raw(&[3, 0, 0, 0, 0, 0, 0, 0, b'x', b'y', b'z'], &[])
+            .unwrap();
+        assert!(matches!(
+            b.recv::<u32>(),
+            Err(ChannelError::Frame(FrameError::Body(_)))
+        ));
+    }
+
+    #[test]
+    fn a_nonblocking_socket_yields_partial_progress() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut rx = Channel::new(b);
+        assert!(rx.try_recv::<u32>().unwrap().is_none());
+        let bytes = frame::encode(&77u32, 0).unwrap();
+        (&a).write_all(&bytes[..5]).unwrap();
+        assert!(rx.try_recv::<u32>().unwrap().is_none());
+        (&a).write_all(&bytes[5..]).unwrap();
+        assert_eq!(rx.try_recv::<u32>().unwrap().unwrap().0, 77);
+        assert_eq!(peer_credentials(&a).unwrap().pid, std::process::id());
+    }
+}

@@ -1,0 +1,117 @@
+//! Messages between a client and netd on `RUNTIME_DIR/netd.sock`. Every request gets exactly
+//! one reply, in order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorReply, LinkInfo};
+
+/// A transport protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Transport {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// What an `open_filter` filter does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FilterMode {
+    /// Copies of matching received frames, never the client's own transmissions.
+    Tap,
+    /// The whole link for this client alone.
+    Exclusive,
+}
+
+/// The host's network configuration, as a client's stack needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostConfig {
+    /// The link (MAC, MTU).
+    pub link: LinkInfo,
+    /// IPv4 address and prefix length.
+    pub ipv4: Option<([u8; 4], u8)>,
+    /// IPv4 default gateway.
+    pub gateway: Option<[u8; 4]>,
+    /// IPv6 link-local address.
+    pub ipv6_link_local: Option<[u8; 16]>,
+}
+
+/// client to netd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientRequest {
+    /// First message.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`].
+        version: u16,
+    },
+    /// An ephemeral port.
+    GetPort {
+        /// TCP or UDP.
+        transport: Transport,
+    },
+    /// A given port.
+    BindPort {
+        /// TCP or UDP.
+        transport: Transport,
+        /// The port.
+        port: u16,
+    },
+    /// Give a port back.
+    ClosePort {
+        /// TCP or UDP.
+        transport: Transport,
+        /// The port.
+        port: u16,
+    },
+    /// A tap or exclusive filter in the pcap-filter language.
+    OpenFilter {
+        /// The expression.
+        expr: String,
+        /// Tap or exclusive.
+        mode: FilterMode,
+    },
+    /// Close a filter.
+    CloseFilter {
+        /// Its id.
+        filter: u64,
+    },
+    /// The session's queue; the reply carries its descriptors.
+    OpenQueue,
+    /// The session's counters.
+    Stats,
+}
+
+/// netd to client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientReply {
+    /// Hello back.
+    Hello {
+        /// netd's protocol version.
+        version: u16,
+        /// The host configuration.
+        host: HostConfig,
+    },
+    /// A port is bound and its filters are in force.
+    Port {
+        /// TCP or UDP.
+        transport: Transport,
+        /// The port.
+        port: u16,
+    },
+    /// A filter is in force.
+    Filter {
+        /// Its id.
+        filter: u64,
+    },
+    /// The queue: memfd, client-wake and driver-wake eventfds travel with this.
+    Queue {
+        /// Total ring bytes.
+        ring_bytes: u64,
+    },
+    /// Done.
+    Done,
+    /// The session's counters.
+    Stats(crate::driver::Counters),
+    /// Refused.
+    Error(ErrorReply),
+}

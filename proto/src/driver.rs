@@ -1,0 +1,162 @@
+//! Messages between netd and the driver on the driver's control socket. netd is the driver's
+//! only peer; every request gets exactly one reply, in order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorReply, LinkInfo};
+
+/// A client queue's identity, chosen by netd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QueueId(pub u32);
+
+/// A filter's identity, chosen by netd, unique per driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FilterId(pub u64);
+
+/// Which way a filter looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// Received frames: which queues get a copy.
+    Rx,
+    /// Frames a queue transmits: which may go on the wire.
+    Tx,
+}
+
+/// How an rx filter receives frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RxMode {
+    /// The queue owns what the filter matches (a port binding).
+    Owner,
+    /// The queue observes copies of what the filter matches, never its own transmissions.
+    Tap,
+    /// The queue claims the whole link (refused while any port binding exists).
+    Exclusive,
+}
+
+/// A port binding's key, so the driver's classifier can put it in its hash table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// IP protocol number (6 TCP, 17 UDP).
+    pub protocol: u8,
+    /// Local address: 4 bytes for IPv4 or 16 for IPv6, in network order.
+    pub address: [u8; 16],
+    /// Whether `address` is IPv6.
+    pub ipv6: bool,
+    /// Local port.
+    pub port: u16,
+}
+
+/// Ring sizes for a queue (illumos vnd's `rxbuf`/`txbuf`, in slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Bytes per slot, a power of two.
+    pub slot_size: u32,
+    /// Slots in the rx ring.
+    pub rx_slots: u32,
+    /// Slots in the tx ring.
+    pub tx_slots: u32,
+    /// Entries in the tx-completion ring.
+    pub completion_slots: u32,
+}
+
+/// netd to driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriverRequest {
+    /// First message: the protocol version netd speaks.
+    Hello {
+        /// [`crate::PROTOCOL_VERSION`].
+        version: u16,
+    },
+    /// Create a queue; the reply carries the memfd and the two eventfds.
+    CreateQueue {
+        /// Its id.
+        queue: QueueId,
+        /// Its ring sizes.
+        config: QueueConfig,
+    },
+    /// Stop a queue, mark it closed in its ring header, and free it.
+    DestroyQueue {
+        /// Its id.
+        queue: QueueId,
+    },
+    /// Install a filter for a queue. The driver verifies the bytecode again.
+    InstallFilter {
+        /// The queue.
+        queue: QueueId,
+        /// The filter's id.
+        filter: FilterId,
+        /// Rx or tx.
+        direction: Direction,
+        /// For rx filters: owner, tap or exclusive.
+        mode: RxMode,
+        /// For port-binding rx filters: the key for the classifier's table.
+        binding: Option<PortBinding>,
+        /// The program in the VM's container format.
+        program: Vec<u8>,
+    },
+    /// Remove a filter; the reply confirms it is no longer in force.
+    RemoveFilter {
+        /// The queue.
+        queue: QueueId,
+        /// The filter.
+        filter: FilterId,
+    },
+    /// Change a queue's ring sizes (takes effect by re-creating the queue).
+    SetQueueConfig {
+        /// The queue.
+        queue: QueueId,
+        /// The new sizes.
+        config: QueueConfig,
+    },
+    /// Statistics of the link and of every queue.
+    Stats,
+}
+
+/// Counters of one queue or of the link.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Frames received (delivered to the queue, or from the link).
+    pub rx_frames: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames transmitted.
+    pub tx_frames: u64,
+    /// Bytes transmitted.
+    pub tx_bytes: u64,
+    /// Received frames dropped because the rx ring was full.
+    pub rx_dropped_full: u64,
+    /// Transmitted frames rejected by the tx filters, by reason name.
+    pub tx_rejected: Vec<(String, u64)>,
+    /// Times the tx path stopped for lack of room (flow control).
+    pub tx_flow_control: u64,
+}
+
+/// driver to netd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DriverReply {
+    /// Hello back, with the link's properties.
+    Hello {
+        /// The driver's protocol version.
+        version: u16,
+        /// The link.
+        link: LinkInfo,
+    },
+    /// The queue exists; its memfd, client-wake and driver-wake eventfds travel with this.
+    QueueCreated {
+        /// The queue.
+        queue: QueueId,
+        /// Total bytes of ring memory.
+        ring_bytes: u64,
+    },
+    /// The request was carried out.
+    Done,
+    /// Statistics.
+    Stats {
+        /// The link's counters.
+        link: Counters,
+        /// Each queue's.
+        queues: Vec<(QueueId, Counters)>,
+    },
+    /// The request was refused.
+    Error(ErrorReply),
+}

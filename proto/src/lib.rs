@@ -1,0 +1,60 @@
+//! The netmux IPC protocol: the messages clients, netd and the driver exchange, their framing,
+//! and descriptor passing. One crate, so netd and the driver can never disagree about it.
+//!
+//! * [`frame`]: length-delimited, versioned JSON messages with an announced descriptor count.
+//! * [`channel`]: a message channel on a Unix stream socket, `SCM_RIGHTS`, peer credentials.
+//! * [`driver`]: netd <-> driver; [`client`]: client <-> netd.
+#![deny(unsafe_code)]
+
+pub mod channel;
+pub mod client;
+pub mod driver;
+pub mod frame;
+
+use serde::{Deserialize, Serialize};
+
+pub use channel::{peer_credentials, Channel, ChannelError, PeerCredentials};
+
+/// The protocol version; a peer speaking another is refused at hello.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The link's properties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// The link's MAC address.
+    pub mac: [u8; 6],
+    /// The link's MTU (IP bytes per frame).
+    pub mtu: u16,
+}
+
+/// A refusal: a stable code for programs and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// What kind of refusal.
+    pub code: ErrorCode,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+/// Kinds of refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The peer speaks another protocol version.
+    Version,
+    /// A request before hello, or hello twice.
+    Protocol,
+    /// The port or binding is held by someone else.
+    InUse,
+    /// Not allowed by the policy (privileged port, tap, exclusive).
+    Denied,
+    /// A limit was reached.
+    Limit,
+    /// The filter expression or program is invalid.
+    BadFilter,
+    /// No such port, filter or queue.
+    NotFound,
+    /// The driver is gone or failed.
+    Driver,
+    /// Anything else.
+    Internal,
+}
