@@ -20,6 +20,7 @@
 //! ```
 
 pub mod ast;
+pub mod classifier;
 pub mod codegen;
 pub mod error;
 pub mod gencode;
