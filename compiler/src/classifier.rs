@@ -273,6 +273,13 @@ impl Classifier {
         self.rules.get(&rule).map(|r| (r.queue, &r.placement))
     }
 
+    /// Every rule with its queue and placement, in no particular order.
+    pub fn rules(&self) -> impl Iterator<Item = (RuleId, QueueId, &Placement)> + '_ {
+        self.rules
+            .iter()
+            .map(|(id, r)| (*id, r.queue, &r.placement))
+    }
+
     /// The queue holding an exclusive claim of the link, if one does.
     pub fn exclusive_owner(&self) -> Option<QueueId> {
         self.exclusive
