@@ -13,8 +13,8 @@
 //! makes the payload offset variable (a register), so later loads become register-relative.
 //!
 //! `protochain` is a loop in libpcap (a backward jump); the VM has only forward jumps, so the
-//! loop is unrolled [`PROTOCHAIN_MAX_HEADERS_V6`] (IPv6) or [`PROTOCHAIN_MAX_AH_V4`] (IPv4)
-//! times. A chain longer than that ends in reject
+//! loop is unrolled up to [`PROTOCHAIN_MAX_HEADERS_V6`] (IPv6) or [`PROTOCHAIN_MAX_AH_V4`]
+//! (IPv4) times, fewer when one filter has several (see [`PROTOCHAIN_BUDGET_V6`]). A chain longer than that ends in reject
 //! (libpcap would keep walking).
 
 use std::net::Ipv6Addr;
@@ -23,16 +23,46 @@ use crate::ast::*;
 use crate::error::{semantic, unsupported, Result, Span};
 use crate::ir::*;
 
-/// How many IPv6 extension headers (and AH headers) `ip6 protochain` follows before giving up
-/// (rejecting). libpcap follows any number with a backward jump. libpcap's own test capture
-/// `ipv6_ext_headers.pcap` carries a chain of 100; each unrolled step costs about 19
-/// instructions, so 110 steps (~2,100 instructions) leave room in the VM's 4,096 for the rest
-/// of a filter.
+/// The most IPv6 extension headers (and AH headers) one `ip6 protochain` follows before giving
+/// up (rejecting); libpcap follows any number with a backward jump. libpcap's own test capture
+/// `ipv6_ext_headers.pcap` carries a chain of 100. Each unrolled step costs about 19
+/// instructions.
 pub const PROTOCHAIN_MAX_HEADERS_V6: usize = 110;
 
-/// How many AH headers `ip protochain` follows before giving up (rejecting); about 9
+/// Unrolled IPv6 steps shared by all the `protochain`s of one filter (~2,700 instructions),
+/// so a filter with several still fits the VM's 4,096: each gets `min(110, 140 / n)`.
+pub const PROTOCHAIN_BUDGET_V6: usize = 140;
+
+/// The most AH headers one `ip protochain` follows before giving up (rejecting); about 9
 /// instructions each.
 pub const PROTOCHAIN_MAX_AH_V4: usize = 32;
+
+/// Unrolled IPv4 steps shared by all the `protochain`s of one filter.
+pub const PROTOCHAIN_BUDGET_V4: usize = 64;
+
+/// How many IPv4 and IPv6 protochain walks an expression contains.
+fn count_protochains(e: &Expr) -> (usize, usize) {
+    match e {
+        Expr::Chain(first, rest) => {
+            let mut c = count_protochains(first);
+            for (_, e) in rest {
+                let d = count_protochains(e);
+                c = (c.0 + d.0, c.1 + d.1);
+            }
+            c
+        }
+        Expr::Not(inner) => count_protochains(inner),
+        Expr::Prim(Primitive::Qualified(q, _), _) if q.addr == Some(AddrKind::Protochain) => {
+            match q.proto {
+                None => (1, 1),
+                Some(Proto::Ip) => (1, 0),
+                Some(Proto::Ip6) => (0, 1),
+                Some(_) => (0, 0),
+            }
+        }
+        _ => (0, 0),
+    }
+}
 
 const ETHERMTU: u32 = 1500;
 const ETHERTYPE_IP: u32 = 0x0800;
@@ -102,10 +132,19 @@ struct Arth {
 pub struct Gen {
     /// Temps allocated.
     pub temps: u32,
+    /// Statements the program must run first (zeroing the registers that hold `geneve`'s
+    /// variable offsets, which libpcap keeps in scratch memory that may be unwritten).
+    pub prologue: Vec<Stmt>,
+    off_linkhdr: Off,
     off_linktype: Off,
     off_linkpl: Off,
     off_nl: u32,
     label_stack_depth: u32,
+    /// Set by `protochain`: libpcap does not optimize such programs (its optimizer cannot
+    /// handle the loop), so it never calls them "rejects all packets".
+    pub no_optimize: bool,
+    chain_steps_v4: usize,
+    chain_steps_v6: usize,
 }
 
 impl Default for Gen {
@@ -126,10 +165,15 @@ impl Gen {
     pub fn new() -> Gen {
         Gen {
             temps: 0,
+            prologue: Vec::new(),
+            off_linkhdr: Off { var: None, k: 0 },
             off_linktype: Off { var: None, k: 12 },
             off_linkpl: Off { var: None, k: 14 },
             off_nl: 0,
             label_stack_depth: 0,
+            no_optimize: false,
+            chain_steps_v4: PROTOCHAIN_MAX_AH_V4,
+            chain_steps_v6: PROTOCHAIN_MAX_HEADERS_V6,
         }
     }
 
@@ -141,7 +185,7 @@ impl Gen {
     /// The absolute offset of `off` relative to `rel`.
     fn abs(&self, rel: Rel, off: u32) -> Off {
         let (base, extra) = match rel {
-            Rel::LinkHdr => (Off { var: None, k: 0 }, 0),
+            Rel::LinkHdr => (self.off_linkhdr, 0),
             Rel::LinkType => (self.off_linktype, 0),
             Rel::LinkPl => (self.off_linkpl, 0),
             Rel::Net => (self.off_linkpl, self.off_nl),
@@ -211,10 +255,6 @@ impl Gen {
 
     fn cmp_ge(&mut self, rel: Rel, off: u32, size: Size, v: u32) -> Cond {
         self.ncmp(rel, off, size, 0xffff_ffff, Cmp::Ge, false, v)
-    }
-
-    fn cmp_le(&mut self, rel: Rel, off: u32, size: Size, v: u32) -> Cond {
-        self.ncmp(rel, off, size, 0xffff_ffff, Cmp::Gt, true, v)
     }
 
     /// `gen_bcmp`: compare `bytes` at `off`, 4 then 2 then 1 bytes at a time from the end.
@@ -346,6 +386,18 @@ impl Gen {
 
     /// A comparison of a field at `off` in the transport header after IPv4 (`OR_TRAN_IPV4`).
     fn tran4_ncmp(&mut self, off: u32, size: Size, cmp: Cmp, reverse: bool, v: u32) -> Cond {
+        self.tran4_mcmp(off, size, 0xffff_ffff, cmp, reverse, v)
+    }
+
+    fn tran4_mcmp(
+        &mut self,
+        off: u32,
+        size: Size,
+        mask: u32,
+        cmp: Cmp,
+        reverse: bool,
+        v: u32,
+    ) -> Cond {
         let mut stmts = Vec::new();
         let x = self.iphdrlen(&mut stmts);
         let a = self.temp();
@@ -359,6 +411,13 @@ impl Gen {
                 .wrapping_add(self.off_nl)
                 .wrapping_add(off),
         });
+        if mask != 0xffff_ffff {
+            stmts.push(Stmt::Alu {
+                op: AluOp::And,
+                dst: a,
+                rhs: Operand::K(mask),
+            });
+        }
         let t = Cond::Test(Test {
             stmts,
             cmp,
@@ -762,6 +821,7 @@ impl Gen {
                         "`protochain` after `geneve` is not supported by netmux",
                     );
                 }
+                self.no_optimize = true;
                 let ipv = if p == Proto::Ip { Ipv::V4 } else { Ipv::V6 };
                 let ll = if ipv == Ipv::V4 {
                     ETHERTYPE_IP
@@ -770,6 +830,11 @@ impl Gen {
                 };
                 let b0 = self.linktype(ll, span)?;
                 let frag = Protochain {
+                    steps: if ipv == Ipv::V4 {
+                        self.chain_steps_v4
+                    } else {
+                        self.chain_steps_v6
+                    },
                     ipv,
                     v,
                     net: self.off_linkpl.k.wrapping_add(self.off_nl),
@@ -786,7 +851,111 @@ impl Gen {
         }
     }
 
-    /// Generates the condition for a whole expression.
+    /// `gen_geneve_check`: UDP to port 6081, Geneve version 0, and the VNI if given.
+    fn geneve_check(&mut self, ipv: Ipv, vni: Option<u32>, span: Span) -> Result<Cond> {
+        let mut b0 = self.port(ipv, GENEVE_PORT, None, IPPROTO_UDP, Some(Dir::Dst), span)?;
+        let version = match ipv {
+            Ipv::V4 => self.tran4_mcmp(8, Size::B, 0xc0, Cmp::Eq, false, 0),
+            Ipv::V6 => self.ncmp(Rel::Net, 40 + 8, Size::B, 0xc0, Cmp::Eq, false, 0),
+        };
+        b0 = Cond::and(b0, version);
+        if let Some(vni) = vni {
+            if vni > 0xff_ffff {
+                return semantic(
+                    span,
+                    format!("Geneve VNI {vni} greater than maximum 16777215"),
+                );
+            }
+            let c = match ipv {
+                Ipv::V4 => self.tran4_mcmp(12, Size::W, 0xffff_ff00, Cmp::Eq, false, vni << 8),
+                Ipv::V6 => self.ncmp(
+                    Rel::Net,
+                    40 + 12,
+                    Size::W,
+                    0xffff_ff00,
+                    Cmp::Eq,
+                    false,
+                    vni << 8,
+                ),
+            };
+            b0 = Cond::and(b0, c);
+        }
+        Ok(b0)
+    }
+
+    /// `gen_geneve`: Geneve over IPv4 or IPv6; everything after it looks inside the tunnel
+    /// (the offsets become the registers computed by [`GeneveOffsets`]).
+    fn geneve(&mut self, vni: Option<u32>, span: Span) -> Result<Cond> {
+        let iplen = self.temp();
+        // gen_geneve4: the check, then A = the IPv4 header length (plus any variable prefix).
+        let c4 = self.geneve_check(Ipv::V4, vni, span)?;
+        let mut s4 = Vec::new();
+        let x = self.iphdrlen(&mut s4);
+        s4.push(Stmt::Mov {
+            dst: iplen,
+            src: Operand::T(x),
+        });
+        let b0 = Cond::and(c4, Cond::Stmts(s4));
+        // gen_geneve6: the check, then A = 40 (plus any variable prefix).
+        let c6 = self.geneve_check(Ipv::V6, vni, span)?;
+        let mut s6 = vec![Stmt::Mov {
+            dst: iplen,
+            src: Operand::K(40),
+        }];
+        if let Some(v) = self.off_linkpl.var {
+            s6.push(Stmt::Alu {
+                op: AluOp::Add,
+                dst: iplen,
+                rhs: Operand::T(v),
+            });
+        }
+        let b1 = Cond::and(c6, Cond::Stmts(s6));
+        let offsets = GeneveOffsets {
+            iplen,
+            fixed: self.off_linkpl.k.wrapping_add(self.off_nl).wrapping_add(8),
+            hdr: self.temp(),
+            linktype: self.temp(),
+            linkhdr: self.temp(),
+            linkpl: self.temp(),
+            scratch: self.temp(),
+        };
+        // Later primitives read these registers even on paths where Geneve did not match
+        // (libpcap reads unwritten scratch memory there); start them at 0.
+        for t in [offsets.linktype, offsets.linkhdr, offsets.linkpl] {
+            self.prologue.push(Stmt::Mov {
+                dst: t,
+                src: Operand::K(0),
+            });
+        }
+        self.off_linktype = Off {
+            var: Some(offsets.linktype),
+            k: 0,
+        };
+        self.off_linkhdr = Off {
+            var: Some(offsets.linkhdr),
+            k: 0,
+        };
+        self.off_linkpl = Off {
+            var: Some(offsets.linkpl),
+            k: 0,
+        };
+        self.off_nl = 0;
+        // libpcap: "We have a bare jmp so we can't use the optimizer."
+        self.no_optimize = true;
+        Ok(Cond::and(Cond::or(b0, b1), Cond::Frag(Box::new(offsets))))
+    }
+
+    /// Generates the condition for a whole expression (the entry point: sizes the
+    /// `protochain` unrolling for the whole expression first).
+    pub fn generate(&mut self, e: &Expr) -> Result<Cond> {
+        let (v4, v6) = count_protochains(e);
+        self.chain_steps_v4 = (PROTOCHAIN_BUDGET_V4 / v4.max(1)).clamp(1, PROTOCHAIN_MAX_AH_V4);
+        self.chain_steps_v6 =
+            (PROTOCHAIN_BUDGET_V6 / v6.max(1)).clamp(1, PROTOCHAIN_MAX_HEADERS_V6);
+        self.expr(e)
+    }
+
+    /// Generates the condition for an expression.
     pub fn expr(&mut self, e: &Expr) -> Result<Cond> {
         match e {
             Expr::Chain(first, rest) => {
@@ -819,7 +988,7 @@ impl Gen {
             Primitive::Greater(n) => Ok(self.len_cmp(Cmp::Ge, false, *n)),
             Primitive::Vlan(n) => self.vlan(*n, span),
             Primitive::Mpls(n) => self.mpls(*n, span),
-            Primitive::Geneve(_) => unsupported(span, "`geneve` is not supported by netmux yet"),
+            Primitive::Geneve(vni) => self.geneve(*vni, span),
             Primitive::Qualified(q, v) => self.qualified(*q, v, span),
         }
     }
@@ -844,15 +1013,23 @@ impl Gen {
         let addr = q.addr;
         match v {
             IdValue::Num(n) => self.ncode(None, *n, q, span),
-            IdValue::Ipv4(s) => match addr {
-                None | Some(AddrKind::Host) | Some(AddrKind::Net) => {
-                    let n = parse_ipv4(s)
-                        .ok_or(())
-                        .or_else(|_| semantic(span, format!("invalid IPv4 address '{s}'")))?;
-                    self.ncode(Some(n), 0, q, span)
+            IdValue::Ipv4(s) => {
+                if q.proto == Some(Proto::Link) {
+                    return semantic(span, "illegal link layer address");
                 }
-                _ => self.ncode(Some(parse_ipv4(s).unwrap_or((0, 32))), 0, q, span),
-            },
+                let n = parse_ipv4(s)
+                    .ok_or(())
+                    .or_else(|_| semantic(span, format!("invalid IPv4 address '{s}'")))?;
+                match addr {
+                    None | Some(AddrKind::Host) | Some(AddrKind::Net) => {
+                        self.ncode(Some(n), 0, q, span)
+                    }
+                    Some(a) => semantic(
+                        span,
+                        format!("'{}' modifier applied to ip host", addr_name(a)),
+                    ),
+                }
+            }
             IdValue::Ipv4Prefix(s, len, len_span) => {
                 let (n, nlen) = parse_ipv4(s)
                     .ok_or(())
@@ -1165,11 +1342,27 @@ impl Gen {
         let dst = self.temp();
         match proto {
             Proto::Link => {
+                let base = match self.off_linkhdr.var {
+                    None => inst.val,
+                    Some(v) => {
+                        let t = self.temp();
+                        inst.stmts.push(Stmt::Mov {
+                            dst: t,
+                            src: Operand::T(v),
+                        });
+                        inst.stmts.push(Stmt::Alu {
+                            op: AluOp::Add,
+                            dst: t,
+                            rhs: Operand::T(inst.val),
+                        });
+                        t
+                    }
+                };
                 inst.stmts.push(Stmt::Load {
                     dst,
                     size,
-                    base: Some(inst.val),
-                    off: 0,
+                    base: Some(base),
+                    off: self.off_linkhdr.k,
                 });
             }
             Proto::Ip | Proto::Arp | Proto::Rarp | Proto::Ip6 => {
@@ -1278,6 +1471,18 @@ fn shl(v: u32, n: u32) -> u32 {
         0
     } else {
         v << n
+    }
+}
+
+fn addr_name(a: AddrKind) -> &'static str {
+    match a {
+        AddrKind::Host => "host",
+        AddrKind::Net => "net",
+        AddrKind::Port => "port",
+        AddrKind::Portrange => "portrange",
+        AddrKind::Proto => "proto",
+        AddrKind::Protochain => "protochain",
+        AddrKind::Gateway => "gateway",
     }
 }
 
@@ -1419,6 +1624,8 @@ fn ether_proto_by_name(name: &str) -> Option<u32> {
 /// value, `x` the header offset, `scratch` for the length arithmetic.
 #[derive(Debug)]
 struct Protochain {
+    /// Unrolled steps.
+    steps: usize,
     ipv: Ipv,
     v: u32,
     /// Constant offset of the network layer.
@@ -1528,11 +1735,7 @@ impl Fragment for Protochain {
         let give_up = func.add(vec![], Term::Reject);
         // Build iterations from the last backwards; `next` is the entry of the following one.
         let mut next = give_up;
-        let steps = match self.ipv {
-            Ipv::V4 => PROTOCHAIN_MAX_AH_V4,
-            Ipv::V6 => PROTOCHAIN_MAX_HEADERS_V6,
-        };
-        for _ in 0..steps {
+        for _ in 0..self.steps {
             let ah = func.add(self.ah_step(), Term::Jump(next));
             let entry = match self.ipv {
                 Ipv::V4 => {
@@ -1594,5 +1797,90 @@ impl Fragment for Protochain {
             }
         }
         func.add(stmts, Term::Jump(next))
+    }
+}
+
+/// `gen_geneve_offsets`: from the IP header length, find the Geneve header, its options, and
+/// whether it carries Ethernet (type 0x6558), and set the link-type, link-header and payload
+/// offsets for what follows. Always exits true (a load may still reject).
+#[derive(Debug)]
+struct GeneveOffsets {
+    iplen: Temp,
+    /// Constant part: payload offset + network offset + the UDP header.
+    fixed: u32,
+    hdr: Temp,
+    linktype: Temp,
+    linkhdr: Temp,
+    linkpl: Temp,
+    scratch: Temp,
+}
+
+impl Fragment for GeneveOffsets {
+    fn build(&self, func: &mut Function, t: BlockId, _f: BlockId) -> BlockId {
+        let (g, lt, lh, pl, s) = (
+            self.hdr,
+            self.linktype,
+            self.linkhdr,
+            self.linkpl,
+            self.scratch,
+        );
+        let mov = |dst, src| Stmt::Mov { dst, src };
+        let alu = |op, dst, k| Stmt::Alu {
+            op,
+            dst,
+            rhs: Operand::K(k),
+        };
+        // Ethernet inside: the inner type field and the end of the inner Ethernet header.
+        let ether = func.add(
+            vec![
+                mov(lt, Operand::T(lh)),
+                alu(AluOp::Add, lt, 12),
+                mov(pl, Operand::T(lh)),
+                alu(AluOp::Add, pl, 14),
+            ],
+            Term::Jump(t),
+        );
+        let stmts = vec![
+            // g = start of the Geneve header
+            mov(g, Operand::T(self.iplen)),
+            alu(AluOp::Add, g, self.fixed),
+            // link type = g + 2 (the protocol type field)
+            mov(lt, Operand::T(g)),
+            alu(AluOp::Add, lt, 2),
+            // link header = g + 8 + 4 * (options length)
+            Stmt::Load {
+                dst: lh,
+                size: Size::B,
+                base: Some(g),
+                off: 0,
+            },
+            alu(AluOp::And, lh, 0x3f),
+            alu(AluOp::Mul, lh, 4),
+            alu(AluOp::Add, lh, 8),
+            Stmt::Alu {
+                op: AluOp::Add,
+                dst: lh,
+                rhs: Operand::T(g),
+            },
+            // protocol type
+            Stmt::Load {
+                dst: s,
+                size: Size::H,
+                base: Some(g),
+                off: 2,
+            },
+            // payload = end of the Geneve header unless it carries Ethernet
+            mov(pl, Operand::T(lh)),
+        ];
+        func.add(
+            stmts,
+            Term::Branch {
+                cmp: Cmp::Eq,
+                a: s,
+                b: Operand::K(0x6558),
+                t: ether,
+                f: t,
+            },
+        )
     }
 }

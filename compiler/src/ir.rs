@@ -428,6 +428,8 @@ pub trait Fragment: fmt::Debug {
 pub enum Cond {
     /// Always true.
     True,
+    /// Run these statements, then true.
+    Stmts(Vec<Stmt>),
     /// One test.
     Test(Test),
     /// `first op1 c1 op2 c2 ...` evaluated left to right, short-circuit.
@@ -468,6 +470,7 @@ impl Cond {
 fn lower_cond(func: &mut Function, c: &Cond, t: BlockId, f: BlockId) -> BlockId {
     match c {
         Cond::True => t,
+        Cond::Stmts(stmts) => func.add(stmts.clone(), Term::Jump(t)),
         Cond::Test(test) => func.add(
             test.stmts.clone(),
             Term::Branch {
@@ -496,13 +499,13 @@ fn lower_cond(func: &mut Function, c: &Cond, t: BlockId, f: BlockId) -> BlockId 
 }
 
 /// Lowers a condition to a function that accepts when it holds.
-pub fn lower(c: &Cond, num_temps: u32) -> Function {
+pub fn lower(c: &Cond, prologue: &[Stmt], num_temps: u32) -> Function {
     let mut func = Function {
         blocks: Vec::new(),
         num_temps,
     };
-    // Placeholder entry, replaced by a jump to the real entry.
-    func.add(vec![], Term::Reject);
+    // The entry: the prologue, then a jump to the condition's entry.
+    func.add(prologue.to_vec(), Term::Reject);
     let accept = func.add(vec![], Term::Accept);
     let reject = func.add(vec![], Term::Reject);
     let entry = lower_cond(&mut func, c, accept, reject);

@@ -524,8 +524,8 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         let candidates = [
             (if is_keyword { id_len } else { 0 }, 0),
             (num_len, 1),
-            (hid_len, 2),
-            (eid_len, 3),
+            (eid_len, 2),
+            (hid_len, 3),
             (v6_len, 4),
             (id_len, 5),
         ];
@@ -551,11 +551,11 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
                 (None, None) => Tok::Id(text.to_owned()),
             },
             1 => Tok::Num(parse_number(text, span)?),
-            2 => Tok::Hid(text.to_owned()),
-            3 => match parse_mac(text) {
+            2 => match parse_mac(text) {
                 Some(m) => Tok::Eid(m),
                 None => return syntax(span, format!("`{text}` is not a valid MAC address")),
             },
+            3 => Tok::Hid(text.to_owned()),
             4 => match text.parse() {
                 Ok(a) => Tok::Hid6(a),
                 Err(_) => return syntax(span, format!("`{text}` is not a valid IPv6 address")),

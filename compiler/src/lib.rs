@@ -68,11 +68,22 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let attach = |e: error::Located| CompileError::new(e.kind, e.span, expr);
     let ast = parser::parse(expr).map_err(attach)?;
     let mut gen = gencode::Gen::new();
-    let cond = gen.expr(&ast).map_err(attach)?;
-    let mut func = ir::lower(&cond, gen.temps);
+    let cond = gen.generate(&ast).map_err(attach)?;
+    let mut func = ir::lower(&cond, &gen.prologue, gen.temps);
     if opts.optimize {
-        opt::optimize(&mut func);
-        if opt::always_rejects(&func) {
+        opt::optimize(&mut func).map_err(|e| {
+            let msg = match e {
+                opt::OptError::DivisionByZero => "division by zero",
+                opt::OptError::ModulusByZero => "modulus by zero",
+                opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
+            };
+            CompileError::new(
+                ErrorKind::Semantic(msg.to_owned()),
+                Span::new(0, expr.len()),
+                expr,
+            )
+        })?;
+        if !gen.no_optimize && opt::always_rejects(&func) {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,
                 Span::new(0, expr.len()),

@@ -7,10 +7,10 @@
 //!   `(1.2.3.4 or 5.6.7.8)`) takes the qualifiers of the term before it. A protocol name, a
 //!   relation or a parenthesised expression leaves no qualifiers to inherit; a value after one
 //!   is an error, as in libpcap.
-//! * Arithmetic has C-like precedence (`|` < `&` < shifts < `+ -` < `* / %` < unary minus),
-//!   except `^`, to which libpcap's grammar gives no precedence: bison then always shifts, so
-//!   the right operand of `^` extends to the end of the arithmetic (`1 + 2 ^ 3 * 4` is
-//!   `1 + (2 ^ (3 * 4))`). We reproduce that.
+//! * Arithmetic has C-like precedence (`|` < `&` < shifts < `+ -` < `* /` < unary minus),
+//!   except `^` and `%`, to which libpcap 1.10's grammar gives no precedence: bison then
+//!   always shifts, so the right operand of `^` or `%` extends to the end of the arithmetic
+//!   (`1 + 2 ^ 3 * 4` is `1 + (2 ^ (3 * 4))`, `8 % 5 & 3` is `8 % (5 & 3)`). We reproduce that.
 //!
 //! The grammar is ambiguous only where libpcap's LALR(1) parser decides by lookahead; this
 //! recursive-descent parser tries the alternatives in order and memoises failures, so it runs
@@ -676,7 +676,7 @@ impl Parser<'_> {
             Tok::P(Punct::Minus) => (ArithOp::Sub, 4),
             Tok::P(Punct::Star) => (ArithOp::Mul, 5),
             Tok::P(Punct::Slash) => (ArithOp::Div, 5),
-            Tok::P(Punct::Percent) => (ArithOp::Mod, 5),
+            Tok::P(Punct::Percent) => (ArithOp::Mod, 0),
             Tok::P(Punct::Caret) => (ArithOp::Xor, 0),
             _ => return None,
         })
@@ -686,7 +686,7 @@ impl Parser<'_> {
     fn arith_prec(&mut self, min: u8) -> Result<Arith> {
         let mut lhs = self.unary()?;
         while let Some((op, prec)) = self.bin_op() {
-            if op == ArithOp::Xor {
+            if matches!(op, ArithOp::Xor | ArithOp::Mod) {
                 self.pos += 1;
                 let rhs = self.arith_prec(0)?;
                 let span = lhs.span().to(rhs.span());
@@ -711,11 +711,11 @@ impl Parser<'_> {
                 self.enter()?;
                 self.pos += 1;
                 let r = self.unary().and_then(|mut inner| {
-                    if self.is_p(Punct::Caret) {
+                    if let Some((op @ (ArithOp::Xor | ArithOp::Mod), _)) = self.bin_op() {
                         self.pos += 1;
                         let rhs = self.arith_prec(0)?;
                         let span = inner.span().to(rhs.span());
-                        inner = Arith::Bin(ArithOp::Xor, Box::new(inner), Box::new(rhs), span);
+                        inner = Arith::Bin(op, Box::new(inner), Box::new(rhs), span);
                     }
                     Ok(inner)
                 });
@@ -839,9 +839,13 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
-        let deep = format!("{}tcp{}", "(".repeat(10_000), ")".repeat(10_000));
+        let deep = format!("{}tcp{}", "(".repeat(1_000), ")".repeat(1_000));
         let e = parse(&deep).unwrap_err();
         assert!(e.kind.to_string().contains("nested too deeply"), "{e:?}");
+        let huge = format!("{}tcp{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(parse(&huge).is_err());
+        let deep_arith = format!("{}1{} = 1", "-(".repeat(500), ")".repeat(500));
+        assert!(parse(&deep_arith).is_err());
         let deep = format!("{}1 = 1", "not ".repeat(500));
         assert!(parse(&deep).is_err());
         let ok_depth = format!("{}tcp{}", "(".repeat(40), ")".repeat(40));

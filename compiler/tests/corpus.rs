@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::{compare, Outcome};
 use netmux_testkit::corpus;
 
 #[test]
@@ -21,18 +20,11 @@ fn every_corpus_expression_agrees_with_libpcap_on_every_corpus_frame() {
         .collect();
     let mut mismatches = Vec::new();
     for optimize in [true, false] {
-        for e in &exprs {
-            match compare(e, &frames, optimize) {
-                Outcome::Agreed => {}
-                Outcome::BothRejected => mismatches.push(format!(
-                    "[-O{}] {e}: both reject the expression",
-                    u8::from(optimize)
-                )),
-                Outcome::Mismatch(m) => {
-                    mismatches.push(format!("[-O{}] {}: {}", u8::from(optimize), m.expr, m.what))
-                }
-            }
-        }
+        mismatches.extend(common::compare_all(
+            exprs.iter().map(String::as_str),
+            &frames,
+            optimize,
+        ));
     }
     eprintln!("{} expressions x {} frames x 2", exprs.len(), frames.len());
     assert!(

@@ -2,7 +2,12 @@
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let optimize = args.first().map(String::as_str) != Some("-O0");
-    let expr = args.iter().filter(|a| *a != "-O0").cloned().collect::<Vec<_>>().join(" ");
+    let expr = args
+        .iter()
+        .filter(|a| *a != "-O0")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
     match netmux_testkit::BpfProgram::compile(&expr, optimize) {
         Ok(p) => print!("{}", p.image()),
         Err(e) => {
