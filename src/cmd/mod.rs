@@ -16,6 +16,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod classify;
+mod filter;
 mod vm;
 
 /// What a command group does when it is chosen.
@@ -59,6 +61,8 @@ macro_rules! command_groups {
 command_groups! {
     /// Assemble, disassemble, verify and run filter VM programs.
     Vm(vm::VmCommand),
+    /// Compile pcap-filter expressions and classify frames with them.
+    Filter(filter::FilterCommand),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.
