@@ -595,6 +595,23 @@ fn run_reports_bad_programs_captures_and_engines() {
     let out = netmux(&["vm", "run", "examples/udp-dst-53.s", cut.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("frame 13"), "{}", stderr(&out));
+    // The frames before the fault keep their verdicts.
+    assert_eq!(stdout(&out), "1\n1\n0\n0\n0\n0\n0\n0\n0\n1\n0\n0\n0\n");
+
+    // A capture that is not there: exit 2.
+    let out = netmux(&[
+        "vm",
+        "run",
+        "examples/udp-dst-53.s",
+        "examples/missing.pcap",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("cannot read examples/missing.pcap"),
+        "{}",
+        stderr(&out)
+    );
 
     // No capture at all is a usage error.
     let out = netmux(&["vm", "run", "examples/udp-dst-53.s"]);
@@ -629,4 +646,50 @@ fn help_describes_every_vm_command() {
     for word in ["asm", "disasm", "verify", "run", "Assembly syntax"] {
         assert!(text.contains(word), "{text}");
     }
+}
+
+#[test]
+fn the_example_agrees_with_libpcap_on_every_sample_frame() {
+    // libpcap (the oracle every netmux filter answers to) on `ip and udp dst port 53`.
+    let oracle = netmux_testkit::oracle::compile("ip and udp dst port 53").unwrap();
+    let text = std::fs::read_to_string(root().join("examples/udp-dst-53.s")).unwrap();
+    let program = netmux_vm::verify(&netmux_vm::asm::assemble(&text).unwrap()).unwrap();
+    let example = netmux_vm::Interpreter::new(program);
+    for (frame, expected, what) in sample_frames() {
+        let ours = netmux_vm::Engine::run(&example, &frame.data, frame.wire_len);
+        let libpcap = oracle.matches(&frame.data, frame.wire_len);
+        assert_eq!(ours.is_accept(), libpcap, "{what}");
+        assert_eq!(ours.as_u32(), expected, "{what}");
+    }
+}
+
+#[test]
+#[ignore = "needs the conformance corpus"]
+fn the_example_agrees_with_libpcap_on_every_corpus_frame() {
+    let dir = std::env::var_os("NETMUX_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/conformance"));
+    let oracle = netmux_testkit::oracle::compile("ip and udp dst port 53").unwrap();
+    let text = std::fs::read_to_string(root().join("examples/udp-dst-53.s")).unwrap();
+    let program = netmux_vm::verify(&netmux_vm::asm::assemble(&text).unwrap()).unwrap();
+    let example = netmux_vm::Interpreter::new(program);
+    let (mut frames, mut accepted) = (0, 0);
+    for sub in ["pcap/tcpdump", "pcap/libpcap"] {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir.join(sub))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.join(sub).display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            for (i, f) in capture::read_file(&path).unwrap().iter().enumerate() {
+                let ours = netmux_vm::Engine::run(&example, &f.data, f.wire_len);
+                let libpcap = oracle.matches(&f.data, f.wire_len);
+                assert_eq!(ours.is_accept(), libpcap, "{} frame {i}", path.display());
+                frames += 1;
+                accepted += usize::from(libpcap);
+            }
+        }
+    }
+    eprintln!("{frames} corpus frames, {accepted} accepted by both");
+    assert!(frames > 1000);
 }

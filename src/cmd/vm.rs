@@ -64,9 +64,11 @@ pub enum VmCommand {
     },
     /// Run a program over every frame of one or more captures.
     ///
-    /// Captures are pcap or pcapng files of Ethernet frames. Prints one line per frame, captures and frames in order: `0` when the program rejects
-    /// the frame, else the value it accepts it with. (A program that accepts with the value 0
-    /// also prints `0`.)
+    /// Captures are pcap or pcapng files of Ethernet frames. Prints one line per frame,
+    /// captures and frames in order: `0` when the program rejects the frame, else the value
+    /// it accepts it with (a program that accepts with the value 0 also prints `0`). A capture
+    /// that is cut short or malformed is refused (exit 1) after the lines of the frames before
+    /// the fault.
     Run {
         /// Which engine runs the program.
         #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
@@ -191,11 +193,21 @@ fn run(file: &Path, strategy: Strategy, captures: &[PathBuf]) -> anyhow::Result<
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
     for path in captures {
-        let frames = capture::read_file(path).map_err(|e| match e {
-            CaptureError::Io { .. } => anyhow!(e),
-            refused => Refused(format!("{}: {refused}", path.display())).into(),
-        })?;
-        for frame in &frames {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let refuse = |e: CaptureError| -> anyhow::Error {
+            Refused(format!("{}: {e}", path.display())).into()
+        };
+        for frame in capture::frames(&bytes).map_err(refuse)? {
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(e) => {
+                    // The verdicts so far stand, as `tcpdump -r` prints the frames before a
+                    // fault.
+                    finish_output(out.flush())?;
+                    return Err(refuse(e));
+                }
+            };
             let verdict = engine.run_with_scratch(&frame.data, frame.wire_len, &mut scratch);
             if let Err(e) = writeln!(out, "{}", verdict.as_u32()) {
                 return finish_output(Err(e));

@@ -245,7 +245,8 @@ fn random_frame(rng: &mut impl Rng, templates: &[Vec<u8>]) -> (Vec<u8>, u32) {
         4 => rng.gen_range(1515..=MAX_FRAME),
         _ => 60,
     };
-    let mut frame: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+    let mut frame = vec![0u8; len];
+    rng.fill(&mut frame[..]);
     if !templates.is_empty() && rng.gen() {
         // Start from a real header so programs that test fields take deeper paths.
         let t = &templates[rng.gen_range(0..templates.len())];
@@ -297,7 +298,8 @@ fn exercise(
         let verdict = netmux_vm::Engine::run(&interp, &frame, wire_len);
         // Bytes past the captured length never influence the verdict.
         let mut longer = frame.clone();
-        longer.extend((0..64).map(|_| rng.gen::<u8>()));
+        longer.resize(frame.len() + 64, 0);
+        rng.fill(&mut longer[frame.len()..]);
         assert_eq!(
             netmux_vm::Engine::run(&interp, &longer[..frame.len()], wire_len),
             verdict
