@@ -471,36 +471,34 @@ impl Classifier {
     /// ascending and each once, in `out` (cleared first).
     pub fn classify(&self, frame: &[u8], wire_len: u32, mode: Mode, out: &mut Vec<QueueId>) {
         out.clear();
+        let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
         if self.keys_bound > 0 {
-            let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
             // The program reads the captured length as its frame length: see `program`.
             let captured = u32::try_from(frame.len()).unwrap_or(u32::MAX);
             if let Verdict::Accept(flags) =
                 self.merged.run_with_scratch(frame, captured, &mut scratch)
             {
-                let read = |flag: u32, slot: usize| {
-                    if flags & flag != 0 {
-                        scratch[slot]
-                    } else {
-                        program::MISS
-                    }
+                let exact = if flags & program::FLAG_EXACT != 0 {
+                    scratch[program::SLOT_EXACT]
+                } else {
+                    program::MISS
                 };
-                let exact = read(program::FLAG_EXACT, program::SLOT_EXACT);
-                let any = read(program::FLAG_ANY, program::SLOT_ANY);
-                let winners: &[u32] = match mode {
-                    Mode::Owner if exact != program::MISS => &[exact][..],
-                    Mode::Owner => &[any][..],
-                    Mode::AllMatches => &[exact, any][..],
+                let any = if flags & program::FLAG_ANY != 0 {
+                    scratch[program::SLOT_ANY]
+                } else {
+                    program::MISS
                 };
-                for &v in winners {
-                    out.extend(self.set(v).iter().map(|m| m.queue));
+                if exact != program::MISS {
+                    out.extend(self.set(exact).iter().map(|m| m.queue));
+                }
+                if any != program::MISS && (mode == Mode::AllMatches || exact == program::MISS) {
+                    out.extend(self.set(any).iter().map(|m| m.queue));
                 }
             }
         }
         if let Some(q) = self.exclusive {
             out.push(q);
         }
-        let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
         for l in &self.linear {
             if let Verdict::Accept(_) = l.engine.run_with_scratch(frame, wire_len, &mut scratch) {
                 out.push(l.queue);
