@@ -19,6 +19,9 @@
 //! merged classifier, `<group>/peer-<name>` for the linear scans. With the `jit` feature and a
 //! working JIT, `netmux-jit` rows are added; otherwise only the interpreter is measured.
 
+// `criterion_group!` generates a function without documentation.
+#![allow(missing_docs)]
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
