@@ -250,6 +250,60 @@ impl Asm {
 mod tests {
     use super::*;
 
+    /// Runs the program with the spec's keys of `frame` in its tables; returns which slots
+    /// hit.
+    fn program_hits(frame: &[u8]) -> (bool, bool) {
+        let (exact, any) = frame_keys(frame);
+        let mut e = netmux_vm::Interpreter::new(build());
+        use netmux_vm::Engine;
+        for (key, v) in [(exact, 1), (any, 2)] {
+            if let Some(k) = key {
+                let (t, words) = encode(&k);
+                e.table_mut(t).unwrap().insert(&words, v).unwrap();
+            }
+        }
+        let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
+        match e.run_with_scratch(frame, frame.len() as u32, &mut scratch) {
+            netmux_vm::Verdict::Reject => (false, false),
+            netmux_vm::Verdict::Accept(f) => (
+                f & FLAG_EXACT != 0 && scratch[SLOT_EXACT] == 1,
+                f & FLAG_ANY != 0 && scratch[SLOT_ANY] == 2,
+            ),
+        }
+    }
+
+    #[test]
+    fn the_program_finds_exactly_the_keys_the_specification_reads() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut hits = 0;
+        for _ in 0..8_000 {
+            let len = (next() % 90) as usize;
+            let mut f: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 24 {
+                let ty: u16 = if next() % 3 == 0 { 0x86dd } else { 0x0800 };
+                f[12..14].copy_from_slice(&ty.to_be_bytes());
+                f[14] = 0x40 | (next() % 8) as u8; // IHL 0..7, malformed ones included
+                f[20] = [0u8, 0x20, 0x40, 0x10, 6, 17][(next() % 6) as usize];
+                f[21] = if next() % 2 == 0 { 0 } else { f[21] };
+                f[23] = [6u8, 17, 132, 1][(next() % 4) as usize];
+            }
+            let (exact, any) = frame_keys(&f);
+            assert_eq!(
+                program_hits(&f),
+                (exact.is_some(), any.is_some()),
+                "{f:02x?}"
+            );
+            hits += usize::from(any.is_some());
+        }
+        assert!(hits > 400, "{hits}");
+    }
+
     #[test]
     fn the_program_verifies_and_is_small() {
         let p = build();
