@@ -59,7 +59,7 @@ pub mod program;
 use std::collections::HashMap;
 use std::fmt;
 
-use netmux_vm::table::{TableError, MAX_TABLE_ENTRIES};
+use netmux_vm::table::MAX_TABLE_ENTRIES;
 use netmux_vm::{Engine, EngineError, Strategy, Verdict};
 
 pub use binding::{recognize, Family, Key, NotBinding, PortBinding, Transport};
@@ -527,10 +527,8 @@ impl Classifier {
             .merged
             .table_mut(table)
             .ok_or(ClassifierError::TablesFull)?;
-        t.insert(words, v).map_err(|e| match e {
-            TableError::Full => ClassifierError::TablesFull,
-            // Width and duplicates are ruled out by construction; report as full.
-            _ => ClassifierError::TablesFull,
-        })
+        // The key width is right by construction and the key was checked absent, so the one
+        // way an insert fails is a full table.
+        t.insert(words, v).map_err(|_| ClassifierError::TablesFull)
     }
 }
