@@ -51,6 +51,27 @@
 //! of the whole link (illumos vnd's `DL_EXCLUSIVE_REQ`) is refused while any binding exists,
 //! and bindings are refused while a claim exists. [`Policy::Overlapping`] (for
 //! `netmux filter classify`) lets several rules bind one key; all of them receive the frame.
+//!
+//! ```
+//! use netmux_compiler::classifier::{Classifier, Mode, Placement, Policy};
+//! let mut c = Classifier::new(Policy::Exclusive, netmux_vm::Strategy::Interpreter).unwrap();
+//! let dns = c.add_filter(7, "udp dst port 53 and dst host 10.0.0.2").unwrap();
+//! c.add_filter(9, "icmp or udp port 53").unwrap(); // an observer
+//! assert!(matches!(c.placement(dns), Some((7, Placement::Table(_)))));
+//! // Another queue cannot take the same port.
+//! assert!(c.add_filter(8, "ip and udp and dst host 10.0.0.2 and dst port 53").is_err());
+//!
+//! // A UDP datagram to 10.0.0.2 port 53.
+//! let mut frame = vec![0u8; 14 + 20 + 8];
+//! frame[12..14].copy_from_slice(&[0x08, 0x00]);
+//! frame[14] = 0x45;
+//! frame[23] = 17;
+//! frame[30..34].copy_from_slice(&[10, 0, 0, 2]);
+//! frame[36..38].copy_from_slice(&53u16.to_be_bytes());
+//! let mut queues = Vec::new();
+//! c.classify(&frame, frame.len() as u32, Mode::Owner, &mut queues);
+//! assert_eq!(queues, [7, 9]);
+//! ```
 
 pub mod binding;
 pub mod linear;

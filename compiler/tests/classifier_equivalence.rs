@@ -476,6 +476,7 @@ fn merged_classifier_equals_the_linear_scan_on_every_corpus_frame() {
     let corpus = netmux_testkit::corpus::corpus_frames(&dir).unwrap();
     assert!(!corpus.frames.is_empty());
     let frames: Vec<Frame> = corpus.frames.into_iter().map(|(_, f)| f).collect();
+    eprintln!("{} corpus frames", frames.len());
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     for n in [1, 10, 100, 1000] {
