@@ -1,8 +1,10 @@
 //! The command line: argument parsing, dispatch to one module per command group, and the exit
 //! status convention every command follows.
 //!
-//! To add a command group `foo`: write `src/cmd/foo.rs` with a clap `Subcommand` (or `Args`)
-//! type that implements [`Run`], add `mod foo;` below, and one line to [`command_groups!`].
+//! To add a command `foo`: write `src/cmd/foo.rs` with a clap type that implements [`Run`], add
+//! `mod foo;` below, and one entry to [`command_groups!`]: a group of subcommands (a clap
+//! `Subcommand` type) is marked `#[command(subcommand)]`; a single command with arguments (a
+//! clap `Args` type) is not.
 //!
 //! # Exit status
 //!
@@ -17,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod classify;
+mod defrag;
 mod filter;
 mod vm;
 
@@ -41,11 +44,11 @@ impl std::error::Error for Refused {}
 /// Generates the top-level [`Command`] enum and its dispatch from one list, so adding a group
 /// is one line here.
 macro_rules! command_groups {
-    ($($(#[$doc:meta])* $variant:ident($ty:ty),)*) => {
+    ($($(#[$attr:meta])* $variant:ident($ty:ty),)*) => {
         /// The command groups.
         #[derive(Subcommand)]
         enum Command {
-            $($(#[$doc])* #[command(subcommand)] $variant($ty),)*
+            $($(#[$attr])* $variant($ty),)*
         }
 
         impl Run for Command {
@@ -60,8 +63,12 @@ macro_rules! command_groups {
 
 command_groups! {
     /// Assemble, disassemble, verify and run filter VM programs.
+    #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Reassemble the IP fragments of a capture as the driver would.
+    Defrag(defrag::Defrag),
     /// Compile pcap-filter expressions and classify frames with them.
+    #[command(subcommand)]
     Filter(filter::FilterCommand),
 }
 
