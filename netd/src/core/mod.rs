@@ -250,6 +250,28 @@ impl Core {
         Ok(())
     }
 
+    /// Takes a port out of a session's active (or installing) set and the uid's count.
+    fn forget_port(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: u16,
+        installing: bool,
+    ) -> Result<(), CoreError> {
+        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
+        let set = if installing {
+            &mut s.installing
+        } else {
+            &mut s.ports
+        };
+        if !set.remove(&(transport, port)) {
+            return Err(PortError::NotOwner { transport, port }.into());
+        }
+        let uid = s.creds.uid;
+        self.usage(uid).ports -= 1;
+        Ok(())
+    }
+
     /// The driver refused the port's filters: nothing was installed, the port is free at once.
     pub fn port_install_failed(
         &mut self,
@@ -257,12 +279,7 @@ impl Core {
         transport: Transport,
         port: u16,
     ) -> Result<(), CoreError> {
-        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
-        if !s.installing.remove(&(transport, port)) {
-            return Err(PortError::NotOwner { transport, port }.into());
-        }
-        let uid = s.creds.uid;
-        self.usage(uid).ports -= 1;
+        self.forget_port(id, transport, port, true)?;
         self.ports.unbind_uninstalled(transport, port, id)?;
         Ok(())
     }
@@ -274,12 +291,7 @@ impl Core {
         transport: Transport,
         port: u16,
     ) -> Result<(), CoreError> {
-        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
-        if !s.ports.remove(&(transport, port)) {
-            return Err(PortError::NotOwner { transport, port }.into());
-        }
-        let uid = s.creds.uid;
-        self.usage(uid).ports -= 1;
+        self.forget_port(id, transport, port, false)?;
         self.ports.release(transport, port, id)?;
         Ok(())
     }
