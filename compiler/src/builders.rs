@@ -165,7 +165,12 @@ mod tests {
     #[test]
     fn rx_port_text_names_mac_address_protocol_and_port() {
         assert_eq!(
-            rx_port(MAC, IpAddr::V4(Ipv4Addr::new(192, 168, 7, 2)), Transport::Udp, 5353),
+            rx_port(
+                MAC,
+                IpAddr::V4(Ipv4Addr::new(192, 168, 7, 2)),
+                Transport::Udp,
+                5353
+            ),
             "ether dst 02:6e:6d:00:00:01 and ip dst host 192.168.7.2 and udp dst port 5353"
         );
         assert_eq!(
@@ -210,9 +215,6 @@ mod tests {
 
     #[test]
     fn mac_text_is_lowercase_colon_separated() {
-        assert_eq!(
-            mac_text([0xff, 0, 0xab, 1, 2, 0x10]),
-            "ff:00:ab:01:02:10"
-        );
+        assert_eq!(mac_text([0xff, 0, 0xab, 1, 2, 0x10]), "ff:00:ab:01:02:10");
     }
 }

@@ -1,0 +1,174 @@
+//! The filters netd installs for a port, a queue and its own host stack, from the compiler's
+//! builders ([`netmux_compiler::builders`]), with the classifier key for port rx filters.
+//!
+//! A bound port gets one rx filter per host address (each with its [`PortBinding`], so the
+//! driver's classifier can put it in its hash table) and one tx filter covering all of them.
+//! A client queue gets one ARP tx filter so its stack can resolve neighbours; ARP replies and
+//! requests for the host reach every queue by the driver's own rule.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netmux_compiler::builders::{self, Host};
+use netmux_proto::driver::PortBinding;
+
+use crate::core::Transport;
+
+/// Why an expression did not become a program.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterCompileError {
+    /// This build's compiler cannot compile expressions yet.
+    #[error("the filter compiler is not available in this build")]
+    Unavailable,
+}
+
+/// Compiles an expression to a verified program.
+pub fn compile(_expr: &str) -> Result<netmux_vm::Program, FilterCompileError> {
+    Err(FilterCompileError::Unavailable)
+}
+
+/// The host's identity on the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// The link's MAC.
+    pub mac: [u8; 6],
+    /// IPv4 address.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 link-local address.
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl HostIdentity {
+    fn builder_host(&self) -> Host {
+        Host {
+            mac: self.mac,
+            ipv4: self.ipv4,
+            ipv6: self.ipv6,
+        }
+    }
+
+    /// The host's addresses, IPv4 first.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+            .collect()
+    }
+}
+
+fn builder_transport(t: Transport) -> builders::Transport {
+    match t {
+        Transport::Tcp => builders::Transport::Tcp,
+        Transport::Udp => builders::Transport::Udp,
+    }
+}
+
+/// An address as [`PortBinding`] stores it: 16 bytes (IPv4 in the first 4) and the family.
+pub fn address_key(address: IpAddr) -> ([u8; 16], bool) {
+    match address {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, false)
+        }
+        IpAddr::V6(a) => (a.octets(), true),
+    }
+}
+
+/// The classifier key of a port bound on `address`.
+pub fn binding(address: IpAddr, transport: Transport, port: u16) -> PortBinding {
+    let (bytes, ipv6) = address_key(address);
+    PortBinding {
+        protocol: transport.ip_protocol(),
+        address: bytes,
+        ipv6,
+        port,
+    }
+}
+
+/// A port's filters: rx per address with its key, and the tx filter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortFilters {
+    /// Rx filter expressions and their classifier keys.
+    pub rx: Vec<(String, PortBinding)>,
+    /// The tx filter expression.
+    pub tx: String,
+}
+
+/// The filters of a port. `None` when the host has no address (no port can be served).
+pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Option<PortFilters> {
+    let t = builder_transport(transport);
+    let tx = builders::tx_port(&host.builder_host(), t, port)?;
+    let rx = host
+        .addresses()
+        .into_iter()
+        .map(|a| {
+            (
+                builders::rx_port(host.mac, a, t, port),
+                binding(a, transport, port),
+            )
+        })
+        .collect();
+    Some(PortFilters { rx, tx })
+}
+
+/// The ARP tx filter of a client queue, when the host has an IPv4 address.
+pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
+    host.ipv4.map(|ip| builders::arp_tx(host.mac, ip))
+}
+
+/// The rx filter of netd's own host queue: ARP for the host.
+pub fn host_rx(host: &HostIdentity) -> Option<String> {
+    host.ipv4.map(builders::arp_rx)
+}
+
+/// The tx filter of netd's own host queue: ARP as the host, and any IP from the host's
+/// addresses (netd answers for ports nobody holds: ICMP errors, echo replies, RSTs).
+pub fn host_tx(host: &HostIdentity) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(arp) = queue_arp_tx(host) {
+        parts.push(format!("({arp})"));
+    }
+    if let Some(a) = host.ipv4 {
+        parts.push(format!(
+            "(ether src {} and ip src host {a})",
+            builders::mac_text(host.mac)
+        ));
+    }
+    if let Some(a) = host.ipv6 {
+        parts.push(format!(
+            "(ether src {} and ip6 src host {a})",
+            builders::mac_text(host.mac)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join(" or "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostIdentity {
+        HostIdentity {
+            mac: [2, 0, 0, 0, 0, 1],
+            ipv4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            ipv6: Some("fe80::1".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_port_gets_one_rx_filter_per_address_and_one_tx_filter() {
+        let f = port_filters(&host(), Transport::Udp, 5000).unwrap();
+        assert_eq!(f.rx.len(), 2);
+        assert_eq!(f.rx[0].1.address[..4], [10, 0, 0, 2]);
+        assert!(!f.rx[0].1.ipv6 && f.rx[1].1.ipv6);
+        assert_eq!((f.rx[1].1.protocol, f.rx[1].1.port), (17, 5000));
+        assert!(f.tx.contains("udp src port 5000"));
+        let nothing = HostIdentity {
+            ipv4: None,
+            ipv6: None,
+            ..host()
+        };
+        assert_eq!(port_filters(&nothing, Transport::Tcp, 1), None);
+    }
+}
