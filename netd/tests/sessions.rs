@@ -1,0 +1,437 @@
+//! netd through the client library on a fake driver: ports granted and refused as the rules
+//! say, filters in force before the reply, everything released on close and on a client's
+//! death (a child process killed with SIGKILL), limits, and malformed messages.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use etherparse::PacketBuilder;
+use netmux_netd::client::blocking::Client;
+use netmux_netd::client::{ClientError, FilterMode, Transport};
+use netmux_netd::driver_link::HOST_QUEUE;
+use netmux_netd::fake_driver::FakeEvent;
+use netmux_proto::client::{ClientReply, ClientRequest};
+use netmux_proto::driver::Direction;
+use netmux_proto::{frame, Channel, ErrorCode, PROTOCOL_VERSION};
+
+fn code(e: ClientError) -> ErrorCode {
+    e.refusal()
+        .map(|r| r.code)
+        .unwrap_or_else(|| panic!("not a refusal: {e}"))
+}
+
+fn is_root() -> bool {
+    rustix::process::getuid().is_root()
+}
+
+#[test]
+fn ports_are_granted_and_refused_as_the_rules_say() {
+    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| c.ephemeral = 60000..=60001);
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    let mut b = Client::connect_socket(netd.socket_path()).unwrap();
+    assert_eq!(a.host().link.mac, MAC_A);
+    assert_eq!(a.host().ipv4, Some((IP_A.octets(), 24)));
+    assert!(a.host().ipv6_link_local.is_some());
+
+    assert_eq!(a.bind_port(Transport::Udp, 5000).unwrap(), 5000);
+    let e = b.bind_port(Transport::Udp, 5000).unwrap_err();
+    assert_eq!(code(e), ErrorCode::InUse);
+    assert_eq!(
+        b.bind_port(Transport::Tcp, 5000).unwrap(),
+        5000,
+        "TCP is separate"
+    );
+
+    let privileged = b.bind_port(Transport::Tcp, 80);
+    if is_root() {
+        assert_eq!(privileged.unwrap(), 80);
+    } else {
+        let e = privileged.unwrap_err();
+        assert!(e.to_string().contains("privileged"), "{e}");
+        assert_eq!(code(e), ErrorCode::Denied);
+    }
+    assert_eq!(
+        code(a.bind_port(Transport::Udp, 0).unwrap_err()),
+        ErrorCode::Protocol
+    );
+
+    let p1 = a.get_port(Transport::Udp).unwrap();
+    let p2 = b.get_port(Transport::Udp).unwrap();
+    let mut got = [p1, p2];
+    got.sort();
+    assert_eq!(got, [60000, 60001]);
+    assert_eq!(
+        code(a.get_port(Transport::Udp).unwrap_err()),
+        ErrorCode::Limit
+    );
+    // Closing is only for the owner.
+    assert_eq!(
+        code(b.close_port(Transport::Udp, 5000).unwrap_err()),
+        ErrorCode::NotFound
+    );
+}
+
+#[test]
+fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 7000).unwrap();
+    // The reply is back: the fake must already hold both filters for this port.
+    let filters = fake.filters();
+    let rx: Vec<_> = filters
+        .iter()
+        .filter(|f| {
+            f.binding
+                .is_some_and(|b| b.port == 7000 && b.protocol == 17)
+        })
+        .collect();
+    assert_eq!(rx.len(), 2, "one rx filter per host address (IPv4, IPv6)");
+    assert!(rx.iter().all(|f| f.direction == Direction::Rx));
+    let queue = rx[0].queue;
+    assert_ne!(queue, HOST_QUEUE);
+    assert!(filters.iter().any(|f| f.queue == queue
+        && f.direction == Direction::Tx
+        && f.expr.contains("udp src port 7000")));
+
+    // And it works: a datagram to the port lands in the client's queue.
+    let mut q = a.open_queue().unwrap();
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(IP_B.octets(), IP_A.octets(), 64)
+        .udp(1234, 7000)
+        .write(&mut frame, b"to port 7000")
+        .unwrap();
+    assert_eq!(fake.receive(&frame), vec![queue]);
+    let mut got = Vec::new();
+    assert!(eventually(Duration::from_secs(2), || {
+        q.recv_owned(8, &mut got).unwrap();
+        !got.is_empty()
+    }));
+    assert_eq!(got[0], frame);
+
+    // Close: the filters go, then the port is free for someone else.
+    a.close_port(Transport::Udp, 7000).unwrap();
+    assert!(!fake
+        .filters()
+        .iter()
+        .any(|f| f.binding.is_some_and(|b| b.port == 7000) || f.expr.contains("src port 7000")));
+    let mut b = Client::connect_socket(netd.socket_path()).unwrap();
+    b.bind_port(Transport::Udp, 7000).unwrap();
+}
+
+#[test]
+fn a_failed_installation_refuses_the_port_and_leaves_it_free() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.open_queue().unwrap();
+    fake.set_fail_installs(true);
+    assert_eq!(
+        code(a.bind_port(Transport::Tcp, 8443).unwrap_err()),
+        ErrorCode::Driver
+    );
+    assert!(!fake
+        .filters()
+        .iter()
+        .any(|f| f.binding.is_some_and(|b| b.port == 8443)));
+    fake.set_fail_installs(false);
+    a.bind_port(Transport::Tcp, 8443).unwrap();
+}
+
+#[test]
+fn a_closed_session_releases_ports_filters_and_queue_in_order() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 6000).unwrap();
+    a.bind_port(Transport::Tcp, 6001).unwrap();
+    let _q = a.open_queue().unwrap();
+    let queue = fake
+        .queues()
+        .into_iter()
+        .find(|q| *q != HOST_QUEUE)
+        .unwrap();
+    drop(a);
+    assert!(eventually(Duration::from_secs(2), || fake.queues() == vec![HOST_QUEUE]));
+    assert!(fake.filters().iter().all(|f| f.queue == HOST_QUEUE));
+    // Order: every removal of the queue's filters comes before its destruction.
+    let events = fake.events();
+    let destroyed = events
+        .iter()
+        .position(|e| *e == FakeEvent::DestroyQueue(queue))
+        .unwrap();
+    let removals: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, FakeEvent::Remove(q, _) if *q == queue))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(
+        removals.len(),
+        2 * 2 + 2 + 1,
+        "two ports x (2 rx + 1 tx) + ARP tx"
+    );
+    assert!(removals.iter().all(|&i| i < destroyed));
+    let mut b = Client::connect_socket(netd.socket_path()).unwrap();
+    b.bind_port(Transport::Udp, 6000).unwrap();
+    b.bind_port(Transport::Tcp, 6001).unwrap();
+}
+
+const CHILD_ENV: &str = "NETMUX_TEST_CHILD_SOCKET";
+
+/// Not a test by itself: the body of the child process that
+/// `a_client_killed_with_sigkill_frees_everything` starts and kills.
+#[test]
+fn child_process_binds_and_waits() {
+    let Some(socket) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
+    let mut c = Client::connect_socket(std::path::Path::new(&socket)).unwrap();
+    c.bind_port(Transport::Udp, 9100).unwrap();
+    c.bind_port(Transport::Tcp, 9101).unwrap();
+    let _q = c.open_queue().unwrap();
+    println!("bound");
+    std::io::stdout().flush().unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_client_killed_with_sigkill_frees_everything() {
+    let (netd, fake) = netd();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_process_binds_and_waits",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, netd.socket_path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    while !line.contains("bound") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+    }
+    assert_eq!(fake.queues().len(), 2);
+    let sessions = netmux_netd::server::lock(&netd.state()).sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].creds.pid, child.id());
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(eventually(Duration::from_secs(2), || fake.queues() == vec![HOST_QUEUE]));
+    assert!(fake.filters().iter().all(|f| f.queue == HOST_QUEUE));
+    let mut c = Client::connect_socket(netd.socket_path()).unwrap();
+    c.bind_port(Transport::Udp, 9100).unwrap();
+    c.bind_port(Transport::Tcp, 9101).unwrap();
+}
+
+#[test]
+fn limits_per_session_hold() {
+    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| c.policy.limits.ports_per_session = 2);
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.get_port(Transport::Udp).unwrap();
+    a.get_port(Transport::Tcp).unwrap();
+    let e = a.get_port(Transport::Udp).unwrap_err();
+    assert_eq!(code(e), ErrorCode::Limit);
+}
+
+#[test]
+fn taps_follow_the_policy() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    let tap = a.open_filter("udp port 53", FilterMode::Tap);
+    if is_root() {
+        let id = tap.unwrap();
+        assert!(fake.filters().iter().any(|f| f.expr == "udp port 53"));
+        a.close_filter(id).unwrap();
+        assert!(!fake.filters().iter().any(|f| f.expr == "udp port 53"));
+    } else {
+        assert_eq!(code(tap.unwrap_err()), ErrorCode::Denied);
+    }
+}
+
+#[test]
+fn a_silent_client_is_disconnected_after_the_handshake_timeout() {
+    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| {
+        c.policy.handshake_timeout = Duration::from_millis(200)
+    });
+    let mut silent = UnixStream::connect(netd.socket_path()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(silent.read(&mut buf).unwrap(), 0, "netd closed the session");
+}
+
+fn raw(netd: &netmux_netd::NetdHandle) -> Channel {
+    let s = UnixStream::connect(netd.socket_path()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    Channel::new(s)
+}
+
+fn ended(chan: &mut Channel) -> bool {
+    matches!(
+        chan.recv::<ClientReply>(),
+        Err(netmux_proto::ChannelError::Closed | netmux_proto::ChannelError::Io(_))
+    ) && {
+        let mut buf = [0u8; 1];
+        matches!((&mut &*chan.socket()).read(&mut buf), Ok(0) | Err(_))
+    }
+}
+
+fn protocol_error(chan: &mut Channel) -> bool {
+    matches!(
+        chan.recv::<ClientReply>(),
+        Ok((ClientReply::Error(e), _)) if e.code == ErrorCode::Protocol
+    )
+}
+
+#[test]
+fn malformed_messages_get_an_error_or_end_only_that_session() {
+    let (netd, _fake) = netd();
+    let mut good = Client::connect_socket(netd.socket_path()).unwrap();
+    good.bind_port(Transport::Udp, 4000).unwrap();
+
+    // Zero length, a 4 GiB length, a bad header: the framing is lost, the session ends.
+    for header in [
+        [0u8, 0, 0, 0, 0, 0, 0, 0],
+        [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+        [4, 0, 0, 0, 0, 1, 0, 0],
+    ] {
+        let mut c = raw(&netd);
+        c.send_raw(&header, &[]).unwrap();
+        assert!(ended(&mut c), "header {header:?}");
+    }
+    // Truncated: half a message, then the client goes away.
+    {
+        let mut c = raw(&netd);
+        let bytes = frame::encode(
+            &ClientRequest::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            0,
+        )
+        .unwrap();
+        c.send_raw(&bytes[..bytes.len() / 2], &[]).unwrap();
+    }
+    // Unknown type, garbage JSON, missing and extra descriptors: an error reply, and the
+    // session goes on.
+    let mut c = raw(&netd);
+    let body = br#"{"Teleport":{"to":"mars"}}"#;
+    let mut unknown = (body.len() as u32).to_le_bytes().to_vec();
+    unknown.extend_from_slice(&[0, 0, 0, 0]);
+    unknown.extend_from_slice(body);
+    c.send_raw(&unknown, &[]).unwrap();
+    assert!(protocol_error(&mut c));
+    c.send_raw(&[3, 0, 0, 0, 0, 0, 0, 0, b'x', b'y', b'z'], &[])
+        .unwrap();
+    assert!(protocol_error(&mut c));
+    let mut missing = frame::encode(&ClientRequest::Stats, 0).unwrap();
+    missing[4] = 2;
+    c.send_raw(&missing, &[]).unwrap();
+    assert!(protocol_error(&mut c));
+    let memfd = rustix::fs::memfd_create("extra", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let plain = frame::encode(&ClientRequest::Stats, 0).unwrap();
+    c.send_raw(&plain, &[memfd.as_fd()]).unwrap();
+    assert!(protocol_error(&mut c));
+    let announced = frame::encode(&ClientRequest::Stats, 1).unwrap();
+    c.send_raw(&announced, &[memfd.as_fd()]).unwrap();
+    assert!(protocol_error(&mut c), "requests carry no descriptors");
+    // Before hello, a request is refused; after it, served.
+    c.send(
+        &ClientRequest::GetPort {
+            transport: Transport::Udp,
+        },
+        &[],
+    )
+    .unwrap();
+    assert!(protocol_error(&mut c));
+    c.send(
+        &ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(
+        c.recv::<ClientReply>().unwrap().0,
+        ClientReply::Hello { .. }
+    ));
+    // A wrong version ends the session.
+    let mut v = raw(&netd);
+    v.send(&ClientRequest::Hello { version: 999 }, &[]).unwrap();
+    assert!(matches!(
+        v.recv::<ClientReply>().unwrap().0,
+        ClientReply::Error(e) if e.code == ErrorCode::Version
+    ));
+    assert!(ended(&mut v));
+
+    // The well-behaved client never noticed.
+    assert_eq!(good.bind_port(Transport::Udp, 4001).unwrap(), 4001);
+    assert_eq!(
+        code(good.bind_port(Transport::Udp, 4000).unwrap_err()),
+        ErrorCode::InUse
+    );
+}
+
+#[test]
+fn the_tokio_client_does_what_the_blocking_one_does() {
+    let (netd, fake) = netd();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c =
+            netmux_netd::client::nonblocking::AsyncClient::connect_socket(netd.socket_path())
+                .await
+                .unwrap();
+        assert_eq!(c.host().link.mac, MAC_A);
+        let p = c.get_port(Transport::Tcp).await.unwrap();
+        assert!(fake
+            .filters()
+            .iter()
+            .any(|f| f.binding.is_some_and(|b| b.port == p)));
+        let _q = c.open_queue().await.unwrap();
+        let stats = c.stats().await.unwrap();
+        assert_eq!(stats.rx_frames, 0);
+        c.close_port(Transport::Tcp, p).await.unwrap();
+        let e = c.close_port(Transport::Tcp, p).await.unwrap_err();
+        assert_eq!(code(e), ErrorCode::NotFound);
+    });
+}
+
+#[test]
+fn the_host_stack_answers_arp_for_the_host_address() {
+    let (_netd, fake) = netd();
+    let mut request = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, [0xff; 6])
+        .arp(
+            etherparse::ArpEthIpv4Packet {
+                operation: etherparse::ArpOperation::REQUEST,
+                sender_mac: MAC_B,
+                sender_ipv4: IP_B.octets(),
+                target_mac: [0; 6],
+                target_ipv4: IP_A.octets(),
+            }
+            .into(),
+        )
+        .write(&mut request)
+        .unwrap();
+    fake.receive(&request);
+    let mut out = Vec::new();
+    assert!(eventually(Duration::from_secs(2), || {
+        out.extend(fake.pump_tx());
+        !out.is_empty()
+    }));
+    assert_eq!(out[0][..6], MAC_B);
+    assert_eq!(out[0][6..12], MAC_A);
+    assert_eq!(out[0][20..22], [0, 2], "an ARP reply");
+}
