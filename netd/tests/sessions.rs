@@ -282,7 +282,7 @@ fn ended(chan: &mut Channel) -> bool {
         Err(netmux_proto::ChannelError::Closed | netmux_proto::ChannelError::Io(_))
     ) && {
         let mut buf = [0u8; 1];
-        matches!((&mut &*chan.socket()).read(&mut buf), Ok(0) | Err(_))
+        matches!((&mut chan.socket()).read(&mut buf), Ok(0) | Err(_))
     }
 }
 
