@@ -435,3 +435,105 @@ fn the_host_stack_answers_arp_for_the_host_address() {
     assert_eq!(out[0][6..12], MAC_A);
     assert_eq!(out[0][20..22], [0, 2], "an ARP reply");
 }
+
+const UNPRIVILEGED_ENV: &str = "NETMUX_TEST_UNPRIVILEGED_SOCKET";
+
+/// Not a test by itself: the body of the child that
+/// `an_unprivileged_uid_is_refused_privileged_ports_and_taps` runs as uid 65534.
+#[test]
+fn child_process_tries_privileged_things() {
+    let Some(socket) = std::env::var_os(UNPRIVILEGED_ENV) else {
+        return;
+    };
+    let mut c = Client::connect_socket(std::path::Path::new(&socket)).unwrap();
+    let e = c.bind_port(Transport::Tcp, 80).unwrap_err();
+    assert_eq!(code(e), ErrorCode::Denied);
+    let e = c.open_filter("tcp", FilterMode::Tap).unwrap_err();
+    assert_eq!(code(e), ErrorCode::Denied);
+    let e = c.open_filter("tcp", FilterMode::Exclusive).unwrap_err();
+    assert_eq!(code(e), ErrorCode::Denied);
+    assert_eq!(c.bind_port(Transport::Tcp, 8080).unwrap(), 8080);
+    println!("unprivileged checks passed");
+}
+
+#[test]
+fn an_unprivileged_uid_is_refused_privileged_ports_and_taps() {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        // Without root we cannot become another uid; this process is the unprivileged case.
+        let (netd, _fake) = netd();
+        let mut c = Client::connect_socket(netd.socket_path()).unwrap();
+        assert_eq!(
+            code(c.bind_port(Transport::Tcp, 80).unwrap_err()),
+            ErrorCode::Denied
+        );
+        return;
+    }
+    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| {
+        c.policy.privileged_uids.insert(65533);
+    });
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_process_tries_privileged_things",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED_ENV, netd.socket_path())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("unprivileged checks passed"),
+        "child: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_hundred_sessions_with_queues_leave_no_descriptor_port_or_queue_behind() {
+    // Default rings are 4 MiB; the default per-uid budget (64 MiB) would stop at 15 queues.
+    let (netd, fake) = netd_with(MAC_A, IP_A, |c| {
+        c.policy.limits.ring_bytes_per_uid = 1 << 30
+    });
+    // Warm up: the first session creates what netd keeps for its life.
+    drop(Client::connect_socket(netd.socket_path()).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    let before = open_descriptors();
+    for round in 0..4 {
+        let mut clients = Vec::new();
+        for _ in 0..50 {
+            let mut c = Client::connect_socket(netd.socket_path()).unwrap();
+            let p = c.get_port(Transport::Udp).unwrap();
+            c.bind_port(Transport::Tcp, p).unwrap();
+            let q = c.open_queue().unwrap();
+            clients.push((c, q));
+        }
+        assert_eq!(fake.queues().len(), 51, "round {round}");
+        drop(clients);
+        assert!(eventually(Duration::from_secs(5), || fake.queues().len() == 1));
+    }
+    assert!(fake.filters().iter().all(|f| f.queue == HOST_QUEUE));
+    let state = netd.state();
+    assert!(eventually(Duration::from_secs(5), || {
+        netmux_netd::server::lock(&state).sessions().is_empty()
+    }));
+    let core_ports = netmux_netd::server::lock(&state)
+        .core()
+        .ports()
+        .ephemeral_free(netmux_netd::core::Transport::Udp);
+    assert_eq!(core_ports, 65535 - 49152 + 1);
+    assert!(
+        eventually(Duration::from_secs(5), || open_descriptors() <= before),
+        "descriptors: {before} before, {} after",
+        open_descriptors()
+    );
+}
