@@ -4,8 +4,8 @@
 //!
 //! It is a fake, and says where it differs from the driver:
 //! * receive classification uses the port bindings (protocol, destination address and port)
-//!   and the link's MAC, not the compiled programs; ARP goes to every queue; anything else goes
-//!   to the host queue ([`crate::driver_link::HOST_QUEUE`]); tap filters get nothing;
+//!   and the link's MAC, not the compiled programs; ARP goes to every queue; broadcast,
+//!   multicast and anything else for the host's MAC goes to the host queue ([`crate::driver_link::HOST_QUEUE`]); tap filters get nothing;
 //! * transmit checking runs the queue's compiled tx filters when the compiler can compile them,
 //!   and otherwise only checks the source MAC.
 
@@ -232,7 +232,12 @@ impl FakeState {
             if eth.ether_type() == etherparse::EtherType::ARP {
                 return self.queues.keys().copied().collect();
             }
-            if eth.destination() != self.link.mac {
+            let dst = eth.destination();
+            if dst[0] & 1 == 1 {
+                // Broadcast and multicast (IPv6 neighbour discovery): the host's business.
+                return self.host_queue();
+            }
+            if dst != self.link.mac {
                 return Vec::new();
             }
         }

@@ -1,5 +1,6 @@
 //! netd as a host: what a host's own stack answers for its addresses, for frames no client
-//! took. ARP requests for the host's IPv4 address get a reply; ICMP echo requests to it an echo
+//! took. ARP requests for the host's IPv4 address get a reply, and IPv6 neighbour solicitations
+//! for its link-local address an advertisement; ICMP and ICMPv6 echo requests to them an echo
 //! reply; UDP to a port nobody holds an ICMP port unreachable; a TCP SYN to a port nobody holds
 //! a RST. [`Responder`] decides and builds the answers with no I/O and with the time passed in;
 //! [`spawn_stack`] runs it on netd's host queue.
@@ -9,18 +10,21 @@
 //!   address), never to broadcast or multicast sources (RFC 1122 3.2.2), never to an ICMP error
 //!   or a RST (no storms), never for a port someone holds or is releasing;
 //! * ICMP and RST answers together are limited by a token bucket ([`ANSWER_RATE_PER_SEC`],
-//!   [`ANSWER_BURST`]); ARP replies are not limited (without them nothing works);
+//!   [`ANSWER_BURST`]); ARP replies and neighbour advertisements are not limited (without them
+//!   nothing works);
+//! * neighbour solicitations are answered only when valid as RFC 4861 7.1.1 says (hop limit
+//!   255, our address as target);
 //! * no input makes it panic: unparsable frames get no answer.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use etherparse::{
-    ArpEthIpv4Packet, ArpOperation, EtherType, Icmpv4Type, LinkSlice, NetSlice, PacketBuilder,
-    SlicedPacket, TransportSlice,
+    ArpEthIpv4Packet, ArpOperation, EtherType, Icmpv4Type, Icmpv6Type, LinkSlice, NetSlice,
+    PacketBuilder, SlicedPacket, TransportSlice,
 };
 
 use crate::core::{PortState, Transport};
@@ -85,13 +89,23 @@ pub enum AnswerKind {
     PortUnreachable,
     /// A TCP RST to a SYN.
     Reset,
+    /// An IPv6 neighbour advertisement.
+    NeighborAdvertisement,
+    /// An ICMPv6 echo reply.
+    Echo6Reply,
 }
+
+/// The hop limit neighbour discovery messages must carry (RFC 4861 7.1.1).
+const ND_HOP_LIMIT: u8 = 255;
+/// NDP option: target link-layer address (RFC 4861 4.6.1).
+const ND_OPT_TARGET_LL: u8 = 2;
 
 /// The host's answers. See the module documentation.
 #[derive(Clone, Debug)]
 pub struct Responder {
     mac: [u8; 6],
     ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
     bucket: TokenBucket,
     /// Answers withheld by the rate limit.
     pub limited: u64,
@@ -107,9 +121,16 @@ impl Responder {
         Responder {
             mac,
             ipv4,
+            ipv6: None,
             bucket: TokenBucket::new(ANSWER_RATE_PER_SEC, ANSWER_BURST),
             limited: 0,
         }
+    }
+
+    /// The same responder, answering for an IPv6 (link-local) address too.
+    pub fn with_ipv6(mut self, ipv6: Option<Ipv6Addr>) -> Responder {
+        self.ipv6 = ipv6;
+        self
     }
 
     /// The answer to `frame` at `now`, if a host would send one. `port_free` says whether a
@@ -120,7 +141,6 @@ impl Responder {
         now: Duration,
         port_free: impl Fn(Transport, u16) -> bool,
     ) -> Option<(AnswerKind, Vec<u8>)> {
-        let ip = self.ipv4?;
         let packet = SlicedPacket::from_ethernet(frame).ok()?;
         let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
             return None;
@@ -133,8 +153,12 @@ impl Responder {
             return None;
         }
         if eth.ether_type() == EtherType::ARP {
-            return self.arp(&packet, ip, src_mac);
+            return self.arp(&packet, self.ipv4?, src_mac);
         }
+        if eth.ether_type() == EtherType::IPV6 {
+            return self.ipv6(&packet, eth.destination(), src_mac, now);
+        }
+        let ip = self.ipv4?;
         if eth.destination() != self.mac {
             return None;
         }
@@ -209,6 +233,89 @@ impl Responder {
         };
         written.ok()?;
         Some((kind, out))
+    }
+
+    fn ipv6(
+        &mut self,
+        packet: &SlicedPacket<'_>,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        now: Duration,
+    ) -> Option<(AnswerKind, Vec<u8>)> {
+        let ours = self.ipv6?;
+        let Some(NetSlice::Ipv6(ip)) = &packet.net else {
+            return None;
+        };
+        let Some(TransportSlice::Icmpv6(icmp)) = &packet.transport else {
+            return None;
+        };
+        let header = ip.header();
+        let (src, dst) = (header.source_addr(), header.destination_addr());
+        if src.is_multicast() {
+            return None;
+        }
+        let o = ours.octets();
+        let solicited_node = Ipv6Addr::new(
+            0xff02,
+            0,
+            0,
+            0,
+            0,
+            1,
+            0xff00 | u16::from(o[13]),
+            u16::from_be_bytes([o[14], o[15]]),
+        );
+        match icmp.icmp_type() {
+            Icmpv6Type::NeighborSolicitation => {
+                // The 4 reserved bytes are part of etherparse's header: the payload starts at
+                // the target address.
+                let target: [u8; 16] = icmp.payload().get(..16)?.try_into().ok()?;
+                if header.hop_limit() != ND_HOP_LIMIT
+                    || target != o
+                    || (dst != ours && dst != solicited_node)
+                {
+                    return None;
+                }
+                // Duplicate address detection (from ::) is answered to all nodes, unsolicited.
+                let dad = src.is_unspecified();
+                let (to, to_mac) = if dad {
+                    ("ff02::1".parse().ok()?, [0x33, 0x33, 0, 0, 0, 1])
+                } else {
+                    (src, src_mac)
+                };
+                let mut payload = Vec::with_capacity(24);
+                payload.extend_from_slice(&o);
+                payload.extend_from_slice(&[ND_OPT_TARGET_LL, 1]);
+                payload.extend_from_slice(&self.mac);
+                let mut out = Vec::new();
+                PacketBuilder::ethernet2(self.mac, to_mac)
+                    .ipv6(o, to.octets(), ND_HOP_LIMIT)
+                    .icmpv6(Icmpv6Type::NeighborAdvertisement(
+                        etherparse::icmpv6::NeighborAdvertisementHeader {
+                            router: false,
+                            solicited: !dad,
+                            r#override: true,
+                        },
+                    ))
+                    .write(&mut out, &payload)
+                    .ok()?;
+                Some((AnswerKind::NeighborAdvertisement, out))
+            }
+            Icmpv6Type::EchoRequest(echo) if dst == ours && dst_mac == self.mac => {
+                if !self.bucket.take(now) {
+                    self.limited += 1;
+                    return None;
+                }
+                let mut out = Vec::new();
+                PacketBuilder::ethernet2(self.mac, src_mac)
+                    .ipv6(o, src.octets(), TTL)
+                    .icmpv6_echo_reply(echo.id, echo.seq)
+                    .write(&mut out, icmp.payload())
+                    .ok()?;
+                Some((AnswerKind::Echo6Reply, out))
+            }
+            _ => None,
+        }
     }
 
     fn arp(
@@ -287,7 +394,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         .name("netd-host".into())
         .spawn(move || {
             let start = Instant::now();
-            let mut responder = Responder::new(host.mac, host.ipv4);
+            let mut responder = Responder::new(host.mac, host.ipv4).with_ipv6(host.ipv6);
             let mut frames = Vec::new();
             let mut completions = Vec::new();
             while !flag.load(Ordering::Relaxed) {
@@ -493,6 +600,97 @@ mod tests {
         assert!(r
             .answer(&arp(ArpOperation::REQUEST, PEER, IP), T, all_free)
             .is_some());
+    }
+
+    const LL: &str = "fe80::ff:fe00:1";
+    const PEER_LL: &str = "fe80::ff:fe00:2";
+
+    fn ll() -> Ipv6Addr {
+        LL.parse().unwrap()
+    }
+
+    fn solicitation(dst: &str, dst_mac: [u8; 6], hop_limit: u8, target: Ipv6Addr) -> Vec<u8> {
+        let mut payload = vec![0, 0, 0, 0];
+        payload.extend_from_slice(&target.octets());
+        payload.extend_from_slice(&[1, 1]);
+        payload.extend_from_slice(&PEER);
+        let src: Ipv6Addr = PEER_LL.parse().unwrap();
+        let dst: Ipv6Addr = dst.parse().unwrap();
+        // etherparse's NeighborSolicitation header holds 4 reserved bytes; the payload starts
+        // at the target address.
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(PEER, dst_mac)
+            .ipv6(src.octets(), dst.octets(), hop_limit)
+            .icmpv6(Icmpv6Type::NeighborSolicitation)
+            .write(&mut out, &payload[4..])
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn a_neighbour_solicitation_for_the_link_local_address_gets_an_advertisement() {
+        let mut r = responder().with_ipv6(Some(ll()));
+        let ns = solicitation("ff02::1:ff00:1", [0x33, 0x33, 0xff, 0, 0, 1], 255, ll());
+        let (kind, reply) = r.answer(&ns, T, all_free).unwrap();
+        assert_eq!(kind, AnswerKind::NeighborAdvertisement);
+        let p = SlicedPacket::from_ethernet(&reply).unwrap();
+        assert_eq!(&reply[..6], &PEER);
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        assert_eq!(ip.header().hop_limit(), 255);
+        assert_eq!(
+            ip.header().destination_addr(),
+            PEER_LL.parse::<Ipv6Addr>().unwrap()
+        );
+        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert!(matches!(
+            icmp.icmp_type(),
+            Icmpv6Type::NeighborAdvertisement(h) if h.solicited && h.r#override && !h.router
+        ));
+        assert_eq!(&icmp.payload()[..16], &ll().octets());
+        assert_eq!(&icmp.payload()[16..24], &[2, 1, 2, 0, 0, 0, 0, 1]);
+        // Another target, or a hop limit that shows it was routed: nothing.
+        let other: Ipv6Addr = "fe80::9".parse().unwrap();
+        assert!(r
+            .answer(
+                &solicitation("ff02::1:ff00:9", [0x33, 0x33, 0xff, 0, 0, 9], 255, other),
+                T,
+                all_free
+            )
+            .is_none());
+        assert!(r
+            .answer(&solicitation(LL, MAC, 64, ll()), T, all_free)
+            .is_none());
+    }
+
+    #[test]
+    fn an_icmpv6_echo_request_to_the_link_local_address_gets_a_reply() {
+        let mut ping = Vec::new();
+        let src: Ipv6Addr = PEER_LL.parse().unwrap();
+        PacketBuilder::ethernet2(PEER, MAC)
+            .ipv6(src.octets(), ll().octets(), 64)
+            .icmpv6_echo_request(3, 4)
+            .write(&mut ping, b"ping6")
+            .unwrap();
+        let mut r = responder().with_ipv6(Some(ll()));
+        let (kind, reply) = r.answer(&ping, T, all_free).unwrap();
+        assert_eq!(kind, AnswerKind::Echo6Reply);
+        let p = SlicedPacket::from_ethernet(&reply).unwrap();
+        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv6Type::EchoReply(etherparse::IcmpEchoHeader { id: 3, seq: 4 })
+        );
+        assert_eq!(icmp.payload(), b"ping6");
+        assert!(
+            responder().answer(&ping, T, all_free).is_none(),
+            "no IPv6 address, no answer"
+        );
     }
 
     #[test]
