@@ -217,3 +217,79 @@ impl DriverLink for ChannelDriver {
         }
     }
 }
+
+/// The driver's binary, which netd starts for `--link`.
+pub const DRIVER_BINARY: &str = "netmux-driver";
+/// How long netd waits for a driver it started to open its control socket.
+pub const DRIVER_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A driver netd started as its child; killed when dropped (it fails closed on its own when
+/// netd's connection goes, this only makes sure it does not outlive netd).
+#[derive(Debug)]
+pub struct ChildDriver {
+    child: std::process::Child,
+}
+
+impl ChildDriver {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildDriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The driver binary: next to the running executable if there, else found on `PATH`.
+pub fn driver_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join(DRIVER_BINARY)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| DRIVER_BINARY.into())
+}
+
+/// Starts `binary --link SPEC --control CONTROL --exit-on-disconnect` and connects to it.
+/// `control` should be inside a directory only netd's user may enter
+/// ([`crate::server::private_dir`]); a stale socket there is removed first.
+pub fn start_driver(
+    binary: &Path,
+    spec: &str,
+    control: &Path,
+) -> Result<(ChildDriver, ChannelDriver), DriverError> {
+    if control.exists() {
+        std::fs::remove_file(control)
+            .map_err(|e| DriverError::Gone(format!("removing {}: {e}", control.display())))?;
+    }
+    let child = std::process::Command::new(binary)
+        .arg("--link")
+        .arg(spec)
+        .arg("--control")
+        .arg(control)
+        .arg("--exit-on-disconnect")
+        .spawn()
+        .map_err(|e| DriverError::Gone(format!("starting {}: {e}", binary.display())))?;
+    let mut child = ChildDriver { child };
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(sock) = UnixStream::connect(control) {
+            let link = ChannelDriver::over(sock)?;
+            return Ok((child, link));
+        }
+        if let Ok(Some(status)) = child.child.try_wait() {
+            return Err(DriverError::Gone(format!("the driver exited: {status}")));
+        }
+        if start.elapsed() > DRIVER_START_TIMEOUT {
+            return Err(DriverError::Gone(format!(
+                "the driver did not open {} within {:?}",
+                control.display(),
+                DRIVER_START_TIMEOUT
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -396,6 +396,8 @@ impl DriverLink for FakeDriver {
         Ok(())
     }
 
+    // Field by field: fields the protocol adds later keep their defaults without an edit here.
+    #[allow(clippy::field_reassign_with_default)]
     fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
         let s = self.state();
         s.check()?;
@@ -404,18 +406,15 @@ impl DriverLink for FakeDriver {
             .iter()
             .map(|(id, q)| {
                 let c = q.ring.counters();
-                (
-                    *id,
-                    Counters {
-                        rx_frames: c.rx_frames,
-                        rx_bytes: c.rx_bytes,
-                        tx_frames: c.tx_frames,
-                        tx_bytes: c.tx_bytes,
-                        rx_dropped_full: c.rx_dropped_full,
-                        tx_rejected: vec![("rejected".into(), c.tx_rejected)],
-                        tx_flow_control: c.tx_flow_control,
-                    },
-                )
+                let mut out = Counters::default();
+                out.rx_frames = c.rx_frames;
+                out.rx_bytes = c.rx_bytes;
+                out.tx_frames = c.tx_frames;
+                out.tx_bytes = c.tx_bytes;
+                out.rx_dropped_full = c.rx_dropped_full;
+                out.tx_rejected = vec![("rejected".into(), c.tx_rejected)];
+                out.tx_flow_control = c.tx_flow_control;
+                (*id, out)
             })
             .collect();
         Ok((Counters::default(), queues))

@@ -1,4 +1,4 @@
-//! `netd`: the netmux daemon. Connects to a running driver, listens for clients on
+//! `netd`: the netmux daemon. Connects to a running driver (or starts one on a link), listens for clients on
 //! `RUNTIME_DIR/netd.sock`, and serves until Ctrl-C.
 
 use std::net::Ipv4Addr;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use netmux_netd::config::{self, Config, HostAddrs};
-use netmux_netd::driver_link::ChannelDriver;
+use netmux_netd::driver_link::{self, ChannelDriver};
 use netmux_netd::Server;
 
 #[derive(Parser, Debug)]
@@ -20,9 +20,18 @@ struct Args {
     /// Runtime directory holding netd.sock [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
     #[arg(long)]
     runtime_dir: Option<PathBuf>,
-    /// The running driver's control socket.
-    #[arg(long, value_name = "PATH")]
-    driver_socket: PathBuf,
+    /// Connect to a running driver's control socket.
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "link",
+        conflicts_with = "link"
+    )]
+    driver_socket: Option<PathBuf>,
+    /// Start a driver on this link (tap:NAME, afpacket:IFNAME, pcap:IN[,OUT], virtual:PATH[,PEER])
+    /// as a child, with its control socket in RUNTIME_DIR/driver/ (mode 0700).
+    #[arg(long, value_name = "SPEC")]
+    link: Option<String>,
     /// The host's IPv4 address and prefix length.
     #[arg(long, value_name = "A.B.C.D/N", value_parser = config::parse_ipv4_cidr)]
     ip: Option<(Ipv4Addr, u8)>,
@@ -71,12 +80,26 @@ fn main() -> anyhow::Result<()> {
     config.policy.tap_uids.extend(args.tap_uids);
     config.policy.exclusive_uids.extend(args.exclusive_uids);
     config.host_stack = !args.no_host_stack;
-    let driver = ChannelDriver::connect(&args.driver_socket).with_context(|| {
-        format!(
-            "connecting to the driver at {}",
-            args.driver_socket.display()
-        )
-    })?;
+    let (_child, driver) = match (&args.driver_socket, &args.link) {
+        (Some(path), _) => {
+            let d = ChannelDriver::connect(path)
+                .with_context(|| format!("connecting to the driver at {}", path.display()))?;
+            (None, d)
+        }
+        (None, Some(spec)) => {
+            let dir = config.runtime_dir.join("driver");
+            netmux_netd::server::private_dir(&dir)?;
+            let (child, d) = driver_link::start_driver(
+                &driver_link::driver_binary(),
+                spec,
+                &dir.join("control.sock"),
+            )
+            .with_context(|| format!("starting a driver on {spec}"))?;
+            tracing::info!(pid = child.pid(), %spec, "driver started");
+            (Some(child), d)
+        }
+        (None, None) => anyhow::bail!("give --driver-socket or --link"),
+    };
     let rt = tokio::runtime::Runtime::new().context("starting tokio")?;
     rt.block_on(async {
         let server = Server::bind(&config, Box::new(driver))?;
