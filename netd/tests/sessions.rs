@@ -537,3 +537,87 @@ fn two_hundred_sessions_with_queues_leave_no_descriptor_port_or_queue_behind() {
         open_descriptors()
     );
 }
+
+fn udp_frame(dst_port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(IP_B.octets(), IP_A.octets(), 64)
+        .udp(1234, dst_port)
+        .write(&mut frame, b"anyone there?")
+        .unwrap();
+    frame
+}
+
+#[test]
+fn the_host_answers_for_unbound_ports_and_leaves_bound_ones_to_their_client() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 5300).unwrap();
+    let mut q = a.open_queue().unwrap();
+
+    fake.receive(&udp_frame(5301));
+    let mut out = Vec::new();
+    assert!(eventually(Duration::from_secs(2), || {
+        out.extend(fake.pump_tx());
+        !out.is_empty()
+    }));
+    // ICMP (protocol 1), type 3 code 3, quoting our datagram's UDP header.
+    assert_eq!(out[0][23], 1);
+    assert_eq!(out[0][34..36], [3, 3]);
+    assert_eq!(out[0][30..34], IP_B.octets());
+
+    fake.receive(&udp_frame(5300));
+    let mut got = Vec::new();
+    assert!(eventually(Duration::from_secs(2), || {
+        q.recv_owned(8, &mut got).unwrap();
+        !got.is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(fake.pump_tx().is_empty(), "no ICMP for a bound port");
+}
+
+#[test]
+fn a_transmission_with_a_foreign_source_mac_is_rejected_and_reported() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 5400).unwrap();
+    let mut q = a.open_queue().unwrap();
+    let mut spoofed = Vec::new();
+    PacketBuilder::ethernet2([0x02, 9, 9, 9, 9, 9], MAC_B)
+        .ipv4(IP_A.octets(), IP_B.octets(), 64)
+        .udp(5400, 1234)
+        .write(&mut spoofed, b"not me")
+        .unwrap();
+    assert_eq!(q.send(&[&[&spoofed]]).unwrap().sent, 1);
+    assert!(eventually(Duration::from_secs(1), || {
+        fake.pump_tx();
+        fake.rejected() == 1
+    }));
+    let mut completions = Vec::new();
+    assert!(eventually(Duration::from_secs(1), || {
+        q.completions(8, &mut completions).unwrap();
+        !completions.is_empty()
+    }));
+    assert!(!completions[0].status.is_sent());
+}
+
+#[test]
+fn when_the_driver_goes_away_requests_fail_and_released_ports_stay_unusable() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 5500).unwrap();
+    let q = a.open_queue().unwrap();
+    fake.go_away();
+    assert!(q.is_closed(), "clients see their queue end");
+    assert_eq!(
+        code(a.bind_port(Transport::Udp, 5501).unwrap_err()),
+        ErrorCode::Driver
+    );
+    // netd cannot confirm the filters are gone: the port must not be handed out again.
+    a.close_port(Transport::Udp, 5500).unwrap();
+    let mut b = Client::connect_socket(netd.socket_path()).unwrap();
+    assert_eq!(
+        code(b.bind_port(Transport::Udp, 5500).unwrap_err()),
+        ErrorCode::InUse
+    );
+}
