@@ -621,3 +621,75 @@ fn when_the_driver_goes_away_requests_fail_and_released_ports_stay_unusable() {
         ErrorCode::InUse
     );
 }
+
+#[test]
+fn a_uid_over_its_session_limit_is_refused_at_connect() {
+    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| c.policy.limits.sessions_per_uid = 1);
+    let first = Client::connect_socket(netd.socket_path()).unwrap();
+    let e = Client::connect_socket(netd.socket_path()).unwrap_err();
+    assert_eq!(code(e), ErrorCode::Limit);
+    drop(first);
+    assert!(eventually(Duration::from_secs(2), || {
+        Client::connect_socket(netd.socket_path()).is_ok()
+    }));
+}
+
+#[test]
+fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
+    let (netd, fake) = netd();
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 5600).unwrap();
+    let mut q = a.open_queue().unwrap();
+    // Three frames, each gathered from a header vector and a payload vector, in one call.
+    let frames: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2(MAC_A, MAC_B)
+                .ipv4(IP_A.octets(), IP_B.octets(), 64)
+                .udp(5600, 1000 + u16::from(i))
+                .write(&mut f, &[i; 100])
+                .unwrap();
+            f
+        })
+        .collect();
+    let split: Vec<[&[u8]; 2]> = frames.iter().map(|f| [&f[..42], &f[42..]]).collect();
+    let batch: Vec<&[&[u8]]> = split.iter().map(|s| &s[..]).collect();
+    assert_eq!(q.send(&batch).unwrap().sent, 3);
+    let mut wire = Vec::new();
+    assert!(eventually(Duration::from_secs(1), || {
+        wire.extend(fake.pump_tx());
+        wire.len() == 3
+    }));
+    assert_eq!(wire, frames);
+
+    // And back: three received frames scattered into two vectors each, in one call.
+    for f in &frames {
+        let mut back = f.clone();
+        back[..6].copy_from_slice(&MAC_A);
+        back[6..12].copy_from_slice(&MAC_B);
+        back[26..30].copy_from_slice(&IP_B.octets());
+        back[30..34].copy_from_slice(&IP_A.octets());
+        back[34..36].copy_from_slice(&1000u16.to_be_bytes());
+        back[36..38].copy_from_slice(&5600u16.to_be_bytes());
+        fake.receive(&back);
+    }
+    let mut heads = [[0u8; 42]; 3];
+    let mut bodies = [[0u8; 200]; 3];
+    let mut lens = [0usize; 3];
+    let mut got = 0;
+    assert!(eventually(Duration::from_secs(1), || {
+        let mut vectors: Vec<[&mut [u8]; 2]> = heads
+            .iter_mut()
+            .zip(bodies.iter_mut())
+            .skip(got)
+            .map(|(h, b)| [&mut h[..], &mut b[..]])
+            .collect();
+        let mut frames: Vec<&mut [&mut [u8]]> = vectors.iter_mut().map(|v| &mut v[..]).collect();
+        got += q.recv(&mut frames, &mut lens[got..]).unwrap();
+        got == 3
+    }));
+    assert_eq!(lens, [142; 3]);
+    for i in 0..3 {
+        assert_eq!(bodies[i][..100], [i as u8; 100]);
+    }
+}
