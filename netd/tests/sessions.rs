@@ -689,7 +689,7 @@ fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
         got == 3
     }));
     assert_eq!(lens, [142; 3]);
-    for i in 0..3 {
-        assert_eq!(bodies[i][..100], [i as u8; 100]);
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(body[..100], [i as u8; 100]);
     }
 }
