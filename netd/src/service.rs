@@ -465,13 +465,7 @@ impl Netd {
 
     fn open_queue(&mut self, id: SessionId) -> Response {
         let result = self
-            .core
-            .session(id)
-            .ok_or_else(|| core_error(CoreError::NoSession))
-            .and_then(|s| match s.state {
-                core::SessionState::Active => Ok(()),
-                _ => Err(core_error(CoreError::NotActive)),
-            })
+            .require_active(id)
             .and_then(|_| self.ensure_queue(id))
             .and_then(|_| {
                 let q = self
@@ -570,6 +564,7 @@ impl Netd {
     }
 
     fn close_filter(&mut self, id: SessionId, filter: core::FilterId) -> Result<(), ErrorReply> {
+        self.require_active(id)?;
         let extra = self.extra(id)?;
         let driver_id = *extra
             .user_filters
@@ -585,7 +580,16 @@ impl Netd {
         self.core.close_filter(id, filter).map_err(core_error)
     }
 
+    fn require_active(&self, id: SessionId) -> Result<(), ErrorReply> {
+        match self.core.session(id).map(|s| s.state) {
+            Some(core::SessionState::Active) => Ok(()),
+            Some(_) => Err(core_error(CoreError::NotActive)),
+            None => Err(core_error(CoreError::NoSession)),
+        }
+    }
+
     fn stats(&mut self, id: SessionId) -> Result<ClientReply, ErrorReply> {
+        self.require_active(id)?;
         let queue = self.extra(id)?.queue.as_ref().map(|q| q.id);
         let Some(queue) = queue else {
             return Ok(ClientReply::Stats(Counters::default()));

@@ -344,15 +344,18 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
     let announced = frame::encode(&ClientRequest::Stats, 1).unwrap();
     c.send_raw(&announced, &[memfd.as_fd()]).unwrap();
     assert!(protocol_error(&mut c), "requests carry no descriptors");
-    // Before hello, a request is refused; after it, served.
-    c.send(
-        &ClientRequest::GetPort {
+    // Before hello, every request is refused; after it, served.
+    for request in [
+        ClientRequest::GetPort {
             transport: Transport::Udp,
         },
-        &[],
-    )
-    .unwrap();
-    assert!(protocol_error(&mut c));
+        ClientRequest::OpenQueue,
+        ClientRequest::Stats,
+        ClientRequest::CloseFilter { filter: 1 },
+    ] {
+        c.send(&request, &[]).unwrap();
+        assert!(protocol_error(&mut c), "{request:?} before hello");
+    }
     c.send(
         &ClientRequest::Hello {
             version: PROTOCOL_VERSION,
