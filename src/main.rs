@@ -1,2 +1,7 @@
-//! The `netmux` command.
-fn main() {}
+//! The `netmux` command: one binary, a subcommand group per area (see [`cmd`]).
+
+mod cmd;
+
+fn main() -> std::process::ExitCode {
+    cmd::main()
+}

@@ -4,7 +4,10 @@
 //! replay/record link. Only Ethernet captures (link type 1) are accepted: netmux filters and
 //! classifies Ethernet frames, so anything else is refused with the link type named.
 //!
-//! Guarantees: [`read`] returns `Ok` or a [`CaptureError`] for any input whatever, and never
+//! [`read_file`] and [`read`] give every frame at once; [`frames`] reads them one at a time from
+//! a capture in memory, so a tool can act on the frames before a fault.
+//!
+//! Guarantees: reading returns frames or a [`CaptureError`] for any input whatever, and never
 //! panics; a frame's `data` is exactly the bytes the file captured, and `wire_len` the length
 //! the file says the frame had on the wire (which may be larger, when the capture cut the frame
 //! at its snap length, and is passed on unchanged even when it is smaller, as libpcap does).
@@ -61,8 +64,8 @@ impl Frame {
 /// Why a capture cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    /// The file cannot be read or written.
-    #[error("{path}: {source}")]
+    /// The file cannot be read.
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: String,
@@ -70,7 +73,7 @@ pub enum CaptureError {
         source: std::io::Error,
     },
     /// Writing to the output failed.
-    #[error("writing the capture: {0}")]
+    #[error("cannot write the capture")]
     Write(#[from] std::io::Error),
     /// The input starts with neither a pcap nor a pcapng magic number.
     #[error("not a pcap or pcapng capture (the file starts with {0})")]
@@ -111,21 +114,122 @@ pub fn read_file(path: impl AsRef<Path>) -> Result<Vec<Frame>, CaptureError> {
 
 /// Reads a pcap or pcapng capture from its bytes; the format is told by the magic number.
 pub fn read(bytes: &[u8]) -> Result<Vec<Frame>, CaptureError> {
+    frames(bytes)?.collect()
+}
+
+/// The frames of a capture held in memory, one at a time: the file header is checked here,
+/// each frame when the iterator reaches it. After an error the iterator ends.
+pub fn frames(bytes: &[u8]) -> Result<Frames<'_>, CaptureError> {
     let Some(magic) = bytes.get(..4) else {
         return Err(CaptureError::Truncated(format!(
             "the file header ({} bytes)",
             bytes.len()
         )));
     };
-    match magic {
+    let format = match magic {
         [0xa1, 0xb2, 0xc3, 0xd4]
         | [0xd4, 0xc3, 0xb2, 0xa1]
         | [0xa1, 0xb2, 0x3c, 0x4d]
-        | [0x4d, 0x3c, 0xb2, 0xa1] => read_pcap(bytes),
-        [0x0a, 0x0d, 0x0d, 0x0a] => read_pcapng(bytes),
-        other => Err(CaptureError::NotACapture(
-            other.iter().map(|b| format!("{b:02x}")).collect(),
-        )),
+        | [0x4d, 0x3c, 0xb2, 0xa1] => {
+            let (rest, parser) = PcapParser::new(bytes)
+                .map_err(|e| parse_error(e, || "the pcap file header".into()))?;
+            let header = parser.header();
+            let linktype = u32::from(header.datalink) & LINKTYPE_MASK;
+            if linktype != LINKTYPE_ETHERNET {
+                return Err(link_type_error(linktype));
+            }
+            let nanos_per_unit = match header.ts_resolution {
+                pcap_file::TsResolution::MicroSecond => 1_000,
+                pcap_file::TsResolution::NanoSecond => 1,
+            };
+            Format::Pcap {
+                parser,
+                rest,
+                nanos_per_unit,
+            }
+        }
+        [0x0a, 0x0d, 0x0d, 0x0a] => {
+            let (rest, parser) = PcapNgParser::new(bytes)
+                .map_err(|e| parse_error(e, || "the pcapng section header".into()))?;
+            Format::PcapNg {
+                parser: Box::new(parser),
+                rest,
+                interfaces: Vec::new(),
+                block_index: 1,
+            }
+        }
+        other => {
+            return Err(CaptureError::NotACapture(
+                other.iter().map(|b| format!("{b:02x}")).collect(),
+            ))
+        }
+    };
+    Ok(Frames {
+        format,
+        frames: 0,
+        failed: false,
+    })
+}
+
+/// Iterator over a capture's frames; see [`frames`].
+pub struct Frames<'a> {
+    format: Format<'a>,
+    /// Frames returned so far.
+    frames: usize,
+    /// An error was returned: the iterator has ended.
+    failed: bool,
+}
+
+enum Format<'a> {
+    Pcap {
+        parser: PcapParser,
+        rest: &'a [u8],
+        nanos_per_unit: u64,
+    },
+    PcapNg {
+        parser: Box<PcapNgParser>,
+        rest: &'a [u8],
+        interfaces: Vec<Interface>,
+        block_index: usize,
+    },
+}
+
+impl std::fmt::Debug for Frames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frames")
+            .field("frames", &self.frames)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iterator for Frames<'_> {
+    type Item = Result<Frame, CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let index = self.frames;
+        let next = match &mut self.format {
+            Format::Pcap {
+                parser,
+                rest,
+                nanos_per_unit,
+            } => next_pcap(parser, rest, *nanos_per_unit, index),
+            Format::PcapNg {
+                parser,
+                rest,
+                interfaces,
+                block_index,
+            } => next_pcapng(parser, rest, interfaces, block_index, index),
+        };
+        match &next {
+            Some(Ok(_)) => self.frames += 1,
+            Some(Err(_)) => self.failed = true,
+            None => {}
+        }
+        next
     }
 }
 
@@ -144,36 +248,29 @@ fn parse_error(e: PcapError, place: impl FnOnce() -> String) -> CaptureError {
     }
 }
 
-fn read_pcap(bytes: &[u8]) -> Result<Vec<Frame>, CaptureError> {
-    let (mut rest, parser) =
-        PcapParser::new(bytes).map_err(|e| parse_error(e, || "the pcap file header".into()))?;
-    let header = parser.header();
-    let linktype = u32::from(header.datalink) & LINKTYPE_MASK;
-    if linktype != LINKTYPE_ETHERNET {
-        return Err(link_type_error(linktype));
+fn next_pcap(
+    parser: &PcapParser,
+    rest: &mut &[u8],
+    nanos_per_unit: u64,
+    index: usize,
+) -> Option<Result<Frame, CaptureError>> {
+    if rest.is_empty() {
+        return None;
     }
-    let nanos_per_unit = match header.ts_resolution {
-        pcap_file::TsResolution::MicroSecond => 1_000,
-        pcap_file::TsResolution::NanoSecond => 1,
+    let (after, raw) = match parser.next_raw_packet(rest) {
+        Ok(parsed) => parsed,
+        Err(e) => return Some(Err(parse_error(e, || format!("frame {index}")))),
     };
-    let mut frames = Vec::new();
-    while !rest.is_empty() {
-        let index = frames.len();
-        let (after, raw) = parser
-            .next_raw_packet(rest)
-            .map_err(|e| parse_error(e, || format!("frame {index}")))?;
-        // The fraction is not checked against one second: Duration carries it over, where
-        // the crate's checked conversion would refuse files libpcap reads.
-        let timestamp = Duration::from_secs(u64::from(raw.ts_sec))
-            + Duration::from_nanos(u64::from(raw.ts_frac) * nanos_per_unit);
-        frames.push(Frame {
-            timestamp,
-            data: raw.data.into_owned(),
-            wire_len: raw.orig_len,
-        });
-        rest = after;
-    }
-    Ok(frames)
+    *rest = after;
+    // The fraction is not checked against one second: Duration carries it over, where the
+    // crate's checked conversion would refuse files libpcap reads.
+    let timestamp = Duration::from_secs(u64::from(raw.ts_sec))
+        + Duration::from_nanos(u64::from(raw.ts_frac) * nanos_per_unit);
+    Some(Ok(Frame {
+        timestamp,
+        data: raw.data.into_owned(),
+        wire_len: raw.orig_len,
+    }))
 }
 
 /// An interface of a pcapng section: what its packets' timestamps mean.
@@ -188,7 +285,7 @@ impl Interface {
     fn timestamp(&self, units: u64) -> Duration {
         let units = u128::from(units);
         let nanos: u128 = if self.tsresol & 0x80 != 0 {
-            let shift = u32::from(self.tsresol & 0x7f).min(127);
+            let shift = u32::from(self.tsresol & 0x7f);
             (units * 1_000_000_000) >> shift
         } else {
             let exp = u32::from(self.tsresol);
@@ -204,21 +301,35 @@ impl Interface {
     }
 }
 
-fn read_pcapng(bytes: &[u8]) -> Result<Vec<Frame>, CaptureError> {
-    let (mut rest, mut parser) = PcapNgParser::new(bytes)
-        .map_err(|e| parse_error(e, || "the pcapng section header".into()))?;
-    let mut interfaces: Vec<Interface> = Vec::new();
-    let mut frames = Vec::new();
-    let mut block_index = 1;
+/// Reads blocks until the next frame, the end, or an error.
+fn next_pcapng(
+    parser: &mut PcapNgParser,
+    rest: &mut &[u8],
+    interfaces: &mut Vec<Interface>,
+    block_index: &mut usize,
+    index: usize,
+) -> Option<Result<Frame, CaptureError>> {
     while !rest.is_empty() {
-        let place = || format!("block {block_index} (after {} frames)", frames.len());
-        let (after, block) = parser.next_block(rest).map_err(|e| parse_error(e, place))?;
-        match block {
-            Block::SectionHeader(_) => interfaces.clear(),
+        let place = || format!("block {block_index} (after {index} frames)");
+        let (after, block) = match parser.next_block(rest) {
+            Ok(parsed) => parsed,
+            Err(e) => return Some(Err(parse_error(e, place))),
+        };
+        let undescribed = |id: u32| {
+            CaptureError::Malformed(format!(
+                "{}: packet of interface {id}, which was not described",
+                place()
+            ))
+        };
+        let frame = match block {
+            Block::SectionHeader(_) => {
+                interfaces.clear();
+                None
+            }
             Block::InterfaceDescription(idb) => {
                 let linktype = u32::from(idb.linktype);
                 if linktype != LINKTYPE_ETHERNET {
-                    return Err(link_type_error(linktype));
+                    return Some(Err(link_type_error(linktype)));
                 }
                 let mut interface = Interface {
                     tsresol: DEFAULT_TSRESOL,
@@ -232,63 +343,57 @@ fn read_pcapng(bytes: &[u8]) -> Result<Vec<Frame>, CaptureError> {
                     }
                 }
                 interfaces.push(interface);
+                None
             }
             Block::EnhancedPacket(epb) => {
-                let interface = interfaces.get(epb.interface_id as usize).ok_or_else(|| {
-                    CaptureError::Malformed(format!(
-                        "{}: packet of interface {}, which was not described",
-                        place(),
-                        epb.interface_id
-                    ))
-                })?;
+                let Some(interface) = interfaces.get(epb.interface_id as usize) else {
+                    return Some(Err(undescribed(epb.interface_id)));
+                };
                 // The crate reads the 64-bit timestamp as nanoseconds; it is in the
                 // interface's units.
                 let units = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
-                frames.push(Frame {
+                Some(Frame {
                     timestamp: interface.timestamp(units),
                     data: epb.data.into_owned(),
                     wire_len: epb.original_len,
-                });
+                })
             }
             Block::SimplePacket(spb) => {
                 if interfaces.is_empty() {
-                    return Err(CaptureError::Malformed(format!(
+                    return Some(Err(CaptureError::Malformed(format!(
                         "{}: simple packet before any interface description",
                         place()
-                    )));
+                    ))));
                 }
                 // The body is padded to 4 bytes; the captured part is at most the wire length.
                 let mut data = spb.data.into_owned();
                 data.truncate(spb.original_len as usize);
-                frames.push(Frame {
+                Some(Frame {
                     timestamp: Duration::ZERO,
                     data,
                     wire_len: spb.original_len,
-                });
+                })
             }
             Block::Packet(pb) => {
-                let interface = interfaces
-                    .get(usize::from(pb.interface_id))
-                    .ok_or_else(|| {
-                        CaptureError::Malformed(format!(
-                            "{}: packet of interface {}, which was not described",
-                            place(),
-                            pb.interface_id
-                        ))
-                    })?;
-                frames.push(Frame {
+                let Some(interface) = interfaces.get(usize::from(pb.interface_id)) else {
+                    return Some(Err(undescribed(u32::from(pb.interface_id))));
+                };
+                Some(Frame {
                     timestamp: interface.timestamp(pb.timestamp),
                     data: pb.data.into_owned(),
                     wire_len: pb.original_len,
-                });
+                })
             }
             // Statistics, name resolution, journal and unknown blocks carry no frames.
-            _ => {}
+            _ => None,
+        };
+        *block_index += 1;
+        *rest = after;
+        if let Some(frame) = frame {
+            return Some(Ok(frame));
         }
-        block_index += 1;
-        rest = after;
     }
-    Ok(frames)
+    None
 }
 
 /// Timestamp resolution of a written pcap file.
@@ -433,6 +538,19 @@ mod tests {
         assert!(e.to_string().contains("frame 1"), "{e}");
         let e = read(&bytes[..10]).unwrap_err();
         assert!(matches!(e, CaptureError::Truncated(_)), "{e}");
+    }
+
+    #[test]
+    fn the_frame_iterator_yields_the_frames_before_an_error_then_ends() {
+        let bytes = write_pcap(&sample_frames(), TimestampResolution::Micro).unwrap();
+        let cut = &bytes[..bytes.len() - 1];
+        let mut it = frames(cut).unwrap();
+        assert_eq!(it.next().unwrap().unwrap(), sample_frames()[0]);
+        assert_eq!(it.next().unwrap().unwrap(), sample_frames()[1]);
+        assert!(matches!(it.next(), Some(Err(CaptureError::Truncated(_)))));
+        assert!(it.next().is_none());
+        // A capture with no frames at all is fine.
+        assert_eq!(read(&bytes[..24]).unwrap(), vec![]);
     }
 
     #[test]
@@ -595,7 +713,7 @@ mod tests {
 
     #[test]
     #[ignore = "needs the conformance corpus"]
-    fn every_conformance_capture_reads_or_names_its_link_type() {
+    fn every_corpus_capture_reads_or_names_its_link_type() {
         let dir = conformance_dir();
         let mut files: Vec<_> = ["pcap/tcpdump", "pcap/libpcap"]
             .iter()

@@ -267,3 +267,24 @@ fn partial_multi_slot_frame_is_rejected_not_waited_for() {
     assert_eq!(driver.take_tx(&mut batch, 10).unwrap(), 0);
     assert_eq!(driver.counters().tx_malformed, 1);
 }
+
+#[test]
+fn rewriting_a_tx_slot_after_the_driver_took_it_leaves_the_private_copy_alone() {
+    let (mut driver, mut client) = pair();
+    let layout = *driver.layout();
+    let original = vec![0x11u8; 1500];
+    assert_eq!(client.send(&[&[&original]]).unwrap().sent, 1);
+    let mut batch = FrameBatch::new();
+    assert_eq!(driver.take_tx(&mut batch, 1).unwrap(), 1);
+    // The client rewrites the payload and the header of the slot it already handed over,
+    // as it would to race the tx check.
+    let forged = vec![0x66u8; 1500];
+    let slot = layout.tx.slot(0) as u64;
+    rustix::io::pwrite(driver.memfd(), &forged, slot + 8).unwrap();
+    rustix::io::pwrite(driver.memfd(), &9u32.to_ne_bytes(), slot).unwrap();
+    assert_eq!(
+        batch.get(0).unwrap(),
+        &original[..],
+        "the checked copy is private"
+    );
+}

@@ -12,7 +12,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use netmux_vm::{asm, engine, verify, Opcode, Strategy, VerifyErrorKind};
+use netmux_vm::isa::NUM_SLOTS;
+use netmux_vm::{asm, engine, verify, Opcode, Strategy, Verdict, VerifyErrorKind};
 use support::{Expectation, Vector};
 
 fn vectors() -> Vec<Vector> {
@@ -129,6 +130,16 @@ fn every_vector_gives_its_verdict_on_every_engine() {
                     v.id, e.name
                 ));
             }
+            // The verifier proves scratch is stored before it is loaded, so whatever an
+            // earlier run left there cannot change a verdict.
+            let mut dirty = [0xdead_beef_u32; NUM_SLOTS];
+            let again = runner.run_with_scratch(frame, *wire_len, &mut dirty);
+            if again != got {
+                failures.push(format!(
+                    "{} on {}: {got} with fresh scratch, {again} with leftover scratch",
+                    v.id, e.name
+                ));
+            }
             count += 1;
         }
         eprintln!("vectors: engine `{}` ran {count} vectors", e.name);
@@ -141,6 +152,34 @@ fn every_vector_gives_its_verdict_on_every_engine() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn every_engine_sees_table_updates_without_recompiling() {
+    let source =
+        "ldh r1, [12]\nlookup r0, r1, t0\naccept r0\n.table words=1 default=0\n0x800 -> 4\n";
+    let ipv4 = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00];
+    let arp = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x06];
+    for e in engines() {
+        if let Some(reason) = e.unavailable {
+            eprintln!("table updates: skipping engine `{}`: {reason}", e.name);
+            continue;
+        }
+        let program = verify(&asm::assemble(source).unwrap()).unwrap();
+        let mut runner = engine(program, e.strategy).unwrap();
+        assert_eq!(runner.run(&ipv4, 60), Verdict::Accept(4), "{}", e.name);
+        assert_eq!(runner.run(&arp, 60), Verdict::Accept(0), "{}", e.name);
+        {
+            let mut t = runner.table_mut(0).expect("table 0");
+            t.upsert(&[0x806], 9).unwrap();
+            assert_eq!(t.upsert(&[0x800], 5).unwrap(), Some(4));
+        }
+        assert_eq!(runner.run(&ipv4, 60), Verdict::Accept(5), "{}", e.name);
+        assert_eq!(runner.run(&arp, 60), Verdict::Accept(9), "{}", e.name);
+        assert_eq!(runner.table_mut(0).unwrap().remove(&[0x800]), Some(5));
+        assert_eq!(runner.run(&ipv4, 60), Verdict::Accept(0), "{}", e.name);
+        assert!(runner.table_mut(1).is_none(), "{}", e.name);
+    }
 }
 
 #[test]

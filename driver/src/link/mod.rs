@@ -8,22 +8,26 @@
 //! |----------------------------|--------------------|------------|--------------------|
 //! | `pcap:IN.pcap[,OUT.pcap]`  | [`PcapLink`]       | none       | done               |
 //! | `virtual:PATH[,PEER]`      | [`VirtualLink`]    | none       | done               |
-//! | `tap:NAME`                 | —                  | root       | **not implemented yet** |
-//! | `afpacket:IFNAME`          | —                  | root       | **not implemented yet** |
+//! | `tap:NAME`                 | [`TapLink`]        | `CAP_NET_ADMIN` | done          |
+//! | `afpacket:IFNAME`          | [`AfPacketLink`]   | `CAP_NET_RAW`   | done (rx ring; tx by `send`) |
 //!
 //! [`MemoryLink`] is an in-process link for tests and benchmarks; it has no spec.
 
+mod afpacket;
 mod memory;
 mod pcap;
 mod spec;
+mod tap;
 mod virtual_cable;
 
 use std::os::fd::BorrowedFd;
 
 pub use crate::ring::FrameBatch;
+pub use afpacket::AfPacketLink;
 pub use memory::MemoryLink;
 pub use pcap::PcapLink;
 pub use spec::{LinkSpec, LinkSpecError, MAX_IFNAME_LEN, MAX_SOCKET_PATH_LEN};
+pub use tap::TapLink;
 pub use virtual_cable::VirtualLink;
 
 /// The shortest frame a link accepts: an Ethernet header (destination, source, ethertype).
@@ -64,9 +68,6 @@ pub struct LinkStats {
 /// A link failure.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The spec names a backend this build does not have yet.
-    #[error("{0} links are not implemented yet")]
-    NotImplemented(&'static str),
     /// A system call on the link failed.
     #[error("{what}: {source}")]
     Io {
@@ -121,8 +122,8 @@ pub trait Link: Send {
 /// Opens the link a spec names.
 pub fn open(spec: &LinkSpec) -> Result<Box<dyn Link>, LinkError> {
     match spec {
-        LinkSpec::Tap { .. } => Err(LinkError::NotImplemented("tap")),
-        LinkSpec::AfPacket { .. } => Err(LinkError::NotImplemented("afpacket")),
+        LinkSpec::Tap { name } => Ok(Box::new(TapLink::open(name, info_for(spec))?)),
+        LinkSpec::AfPacket { ifname } => Ok(Box::new(AfPacketLink::open(ifname, info_for(spec))?)),
         LinkSpec::Pcap { input, output } => Ok(Box::new(PcapLink::open(
             input,
             output.as_deref(),

@@ -3,12 +3,15 @@
 //! Every field of a key comes from the wire, so an attacker chooses it. The hash is therefore
 //! seeded per reassembler from the standard library's random source: without the seed an
 //! attacker cannot aim many keys at one bucket. The mixing is a folded 64x64->128-bit multiply
-//! (the construction aHash uses when it has no AES): a few cycles per word, which matters at tens
-//! of nanoseconds per fragment. It resists blind flooding, not an attacker who can read the
-//! process's memory.
+//! (the construction aHash uses when it has no AES): a few cycles per word. It resists blind
+//! flooding, not an attacker who can read the process's memory.
+//!
+//! A key carries its hash, computed once per fragment by [`Seed::key`]; the tables (hashbrown
+//! `HashTable`s of slot numbers) use that value, so a lookup, an insert and a removal of the
+//! same key cost one hash computation, not three.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 /// Which datagram a fragment belongs to.
 ///
@@ -19,6 +22,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 /// that arrive on different VLANs come from different networks and never join one datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Key {
+    /// The seeded hash of the other fields (0 until [`Seed::key`] sets it).
+    hash: u64,
     src: u128,
     dst: u128,
     id: u32,
@@ -31,10 +36,11 @@ pub(crate) struct Key {
 }
 
 impl Key {
-    /// An IPv4 key.
+    /// An IPv4 key, not yet hashed.
     #[inline]
     pub(crate) fn v4(src: u32, dst: u32, protocol: u8, id: u16, vlan: u32) -> Key {
         Key {
+            hash: 0,
             src: u128::from(src),
             dst: u128::from(dst),
             id: u32::from(id),
@@ -44,10 +50,11 @@ impl Key {
         }
     }
 
-    /// An IPv6 key.
+    /// An IPv6 key, not yet hashed.
     #[inline]
     pub(crate) fn v6(src: u128, dst: u128, id: u32, vlan: u32) -> Key {
         Key {
+            hash: 0,
             src,
             dst,
             id,
@@ -56,43 +63,29 @@ impl Key {
             vlan,
         }
     }
+}
 
-    /// The source address this key's memory is charged to.
+impl Key {
+    /// The hash [`Seed::key`] computed.
     #[inline]
-    pub(crate) fn source(&self) -> SourceKey {
-        SourceKey {
-            addr: self.src,
-            family: self.family,
-        }
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
     }
 }
 
-impl Hash for Key {
-    #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.src as u64);
-        h.write_u64((self.src >> 64) as u64);
-        h.write_u64(self.dst as u64);
-        h.write_u64((self.dst >> 64) as u64);
-        h.write_u64(
-            u64::from(self.id) | u64::from(self.protocol) << 32 | u64::from(self.family) << 40,
-        );
-        h.write_u64(u64::from(self.vlan));
-    }
-}
-
-/// A source address, for the per-source memory budget.
+/// A source address, for the per-source memory budget; carries its hash like [`Key`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SourceKey {
+    hash: u64,
     addr: u128,
     family: u8,
 }
 
-impl Hash for SourceKey {
+impl SourceKey {
+    /// The hash [`Seed::source`] computed.
     #[inline]
-    fn hash<H: Hasher>(&self, h: &mut H) {
-        h.write_u64(self.addr as u64);
-        h.write_u64((self.addr >> 64) as u64 ^ u64::from(self.family));
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -105,60 +98,66 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
     (full as u64) ^ ((full >> 64) as u64)
 }
 
-/// A seeded builder of [`KeyedHasher`]s; every table of one reassembler shares its seed.
+/// The per-reassembler secret that keys the hash.
 #[derive(Clone, Debug)]
-pub(crate) struct KeyedState {
+pub(crate) struct Seed {
     k0: u64,
     k1: u64,
 }
 
-impl KeyedState {
-    /// A state seeded from the operating system's randomness (via `RandomState`).
-    pub(crate) fn random() -> KeyedState {
+impl Seed {
+    /// A seed from the operating system's randomness (via `RandomState`).
+    pub(crate) fn random() -> Seed {
         let s = RandomState::new();
-        KeyedState {
+        Seed {
             k0: s.hash_one(0x6b30_u64),
             k1: s.hash_one(0x6b31_u64) | 1,
         }
     }
-}
 
-impl BuildHasher for KeyedState {
-    type Hasher = KeyedHasher;
     #[inline]
-    fn build_hasher(&self) -> KeyedHasher {
-        KeyedHasher {
-            h: self.k0,
-            k1: self.k1,
+    fn mix(&self, words: &[u64]) -> u64 {
+        let mut h = self.k0;
+        for &w in words {
+            h = folded_multiply(h ^ w, MULTIPLE);
         }
+        folded_multiply(h, self.k1).rotate_left((h & 63) as u32)
     }
-}
 
-/// The hasher [`KeyedState`] builds; only `write_u64` is fast, and keys only use that.
-#[derive(Clone, Debug)]
-pub(crate) struct KeyedHasher {
-    h: u64,
-    k1: u64,
-}
-
-impl Hasher for KeyedHasher {
+    /// `key` with its hash set.
     #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.write_u64(u64::from_le_bytes(word));
+    pub(crate) fn key(&self, mut key: Key) -> Key {
+        // Every address bit goes in unfolded: XOR-folding two words first would let chosen
+        // addresses collide whatever the seed. IPv4 addresses are 32 bits, so both fit one word.
+        // Left out (Eq still tells them apart): the VLAN tag count (at most three keys differ
+        // only in it).
+        let rest = u64::from(key.id)
+            | u64::from(key.protocol) << 32
+            | u64::from(key.vlan & 0x00ff_ffff) << 40;
+        key.hash = if key.family == 4 {
+            self.mix(&[(key.src as u64) << 32 | key.dst as u64, rest])
+        } else {
+            self.mix(&[
+                key.src as u64,
+                (key.src >> 64) as u64,
+                key.dst as u64,
+                (key.dst >> 64) as u64,
+                rest ^ 0x6,
+            ])
+        };
+        key
+    }
+
+    /// The source address of `key`, hashed.
+    #[inline]
+    pub(crate) fn source(&self, key: &Key) -> SourceKey {
+        SourceKey {
+            hash: self.mix(&[
+                key.src as u64,
+                (key.src >> 64) as u64 ^ u64::from(key.family),
+            ]),
+            addr: key.src,
+            family: key.family,
         }
-    }
-
-    #[inline]
-    fn write_u64(&mut self, x: u64) {
-        self.h = folded_multiply(self.h ^ x, MULTIPLE);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        let rot = (self.h & 63) as u32;
-        folded_multiply(self.h, self.k1).rotate_left(rot)
     }
 }

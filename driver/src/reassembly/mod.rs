@@ -55,10 +55,9 @@ mod parse;
 
 pub use parse::is_fragment;
 
-use key::{Key, KeyedState, SourceKey};
+use hashbrown::HashTable;
+use key::{Key, Seed, SourceKey};
 use parse::{Family, Fragment, Parsed};
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 
 /// Default reassembly timeout: 30 s from the first fragment, Linux's `ipfrag_time` (RFC 791
 /// suggests 15 s, RFC 8200 60 s; 30 s is what networks are tuned for).
@@ -73,14 +72,15 @@ pub const DEFAULT_SOURCE_BUDGET: usize = DEFAULT_MEMORY_BUDGET / 4;
 pub const MAX_FRAGMENTS_PER_DATAGRAM: usize = 64;
 /// The largest datagram: the IPv4 total length and the IPv6 payload length are 16-bit fields.
 pub const MAX_DATAGRAM_LEN: u32 = 65_535;
-/// Fixed memory charged per datagram besides its buffer: its table slot and index entry.
-pub const SLOT_OVERHEAD: usize =
-    std::mem::size_of::<Slot>() + std::mem::size_of::<(Key, u32)>() + 8;
-/// Spare buffers kept for reuse; enough for a burst of completions between two recycles.
-const MAX_POOLED_BUFFERS: usize = 64;
+/// Fixed memory charged per datagram besides its buffer: its slot, and its index entry (a slot
+/// number and a control byte, at the index's worst load factor of one half).
+pub const SLOT_OVERHEAD: usize = std::mem::size_of::<Slot>() + 2 * std::mem::size_of::<u32>() + 2;
 /// A larger spare buffer is freed rather than kept: 9 KiB jumbo frames are the largest common
-/// datagram, and idle memory should stay small.
+/// datagram, and one rare 64 KiB datagram should not pin 64 KiB of idle memory.
 const MAX_POOLED_CAPACITY: usize = 16 << 10;
+/// A smaller spare buffer is freed rather than kept: it would be reallocated anyway, and the
+/// floor bounds the number of spare buffers by the budget.
+const MIN_POOLED_CAPACITY: usize = 256;
 /// Marks "no slot" in the intrusive lists.
 const NIL: u32 = u32::MAX;
 /// Marks "last fragment not seen yet".
@@ -344,19 +344,26 @@ struct Source {
 #[derive(Debug)]
 pub struct Reassembler {
     config: Config,
-    index: HashMap<Key, u32, KeyedState>,
+    /// Slot numbers of live datagrams and tombstones, by their key's hash.
+    index: HashTable<u32>,
+    seed: Seed,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     oldest: u32,
     newest: u32,
-    source_index: HashMap<SourceKey, u32, KeyedState>,
+    /// Entry numbers in `sources`, by their key's hash.
+    source_index: HashTable<u32>,
     sources: Vec<Source>,
     free_sources: Vec<u32>,
+    /// Bytes charged by datagrams and tombstones.
     memory: usize,
+    /// Spare buffers for new datagrams; their capacity counts against the overall budget
+    /// (`pool_bytes`) and they are the first thing freed when room is needed.
+    pool: Vec<Vec<u8>>,
+    pool_bytes: usize,
     held_fragments: u64,
     tombstones: usize,
     now_ns: u64,
-    pool: Vec<Vec<u8>>,
     counters: Counters,
 }
 
@@ -369,22 +376,23 @@ impl Default for Reassembler {
 impl Reassembler {
     /// An empty reassembler.
     pub fn new(config: Config) -> Reassembler {
-        let hash = KeyedState::random();
         Reassembler {
             config,
-            index: HashMap::with_hasher(hash.clone()),
+            index: HashTable::new(),
+            seed: Seed::random(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             oldest: NIL,
             newest: NIL,
-            source_index: HashMap::with_hasher(hash),
+            source_index: HashTable::new(),
             sources: Vec::new(),
             free_sources: Vec::new(),
             memory: 0,
+            pool: Vec::new(),
+            pool_bytes: 0,
             held_fragments: 0,
             tombstones: 0,
             now_ns: 0,
-            pool: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -399,9 +407,15 @@ impl Reassembler {
         &self.counters
     }
 
-    /// Bytes currently charged to the budget; never more than [`Config::memory_budget`].
+    /// Bytes currently charged to the budget, spare buffers included; never more than
+    /// [`Config::memory_budget`].
     pub fn memory_in_use(&self) -> usize {
-        self.memory
+        self.memory + self.pool_bytes
+    }
+
+    /// Bytes of spare buffers kept for reuse (part of [`memory_in_use`](Self::memory_in_use)).
+    pub fn spare_memory(&self) -> usize {
+        self.pool_bytes
     }
 
     /// Datagrams being reassembled (tombstones not included).
@@ -419,11 +433,27 @@ impl Reassembler {
         self.held_fragments
     }
 
-    /// Gives a delivered buffer back for reuse by a later datagram.
+    /// Gives a delivered buffer back for reuse by a later datagram. It is kept only while
+    /// the budget has room for it (and it is charged to the budget meanwhile).
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.pool.len() < MAX_POOLED_BUFFERS && buf.capacity() <= MAX_POOLED_CAPACITY {
+        let cap = buf.capacity();
+        if (MIN_POOLED_CAPACITY..=MAX_POOLED_CAPACITY).contains(&cap)
+            && self.memory + self.pool_bytes + cap <= self.config.memory_budget
+        {
             buf.clear();
+            self.pool_bytes += cap;
             self.pool.push(buf);
+        }
+    }
+
+    /// A spare buffer, or an empty one.
+    fn spare_buffer(&mut self) -> Vec<u8> {
+        match self.pool.pop() {
+            Some(buf) => {
+                self.pool_bytes -= buf.capacity();
+                buf
+            }
+            None => Vec::new(),
         }
     }
 
@@ -459,8 +489,7 @@ impl Reassembler {
                 l3,
             } => {
                 self.counters.atomic_fragments += 1;
-                let mut out = self.pool.pop().unwrap_or_default();
-                out.clear();
+                let mut out = self.spare_buffer();
                 out.extend_from_slice(&frame[..fragment_header_at]);
                 out.extend_from_slice(
                     &frame[fragment_header_at + parse::IPV6_FRAGMENT_HEADER_LEN..end],
@@ -508,14 +537,20 @@ impl Reassembler {
             return self.refuse(DropReason::IncompleteFirstFragment);
         }
 
-        let i = match self.index.get(&f.key) {
-            Some(&i) => {
+        let key = self.seed.key(f.key);
+        let slots = &self.slots;
+        let found = self
+            .index
+            .find(key.hash(), |&i| slots[i as usize].key == key)
+            .copied();
+        let i = match found {
+            Some(i) => {
                 if self.slots[i as usize].state == State::Tombstone {
                     return self.refuse(DropReason::DiscardedDatagram);
                 }
                 i
             }
-            None => match self.create(f.key) {
+            None => match self.create(key) {
                 Some(i) => i,
                 None => return self.refuse(DropReason::MemoryBudget),
             },
@@ -580,6 +615,7 @@ impl Reassembler {
         let slot = &mut self.slots[i as usize];
         if n == 0 {
             slot.base = new_base;
+            slot.buf.clear();
         } else if new_base != slot.base {
             // The first fragment's headers differ in length from the guess: move the data.
             let (old, data) = (slot.base as usize, slot.data_end as usize);
@@ -591,25 +627,36 @@ impl Reassembler {
             slot.buf.truncate(nb + data);
             slot.base = new_base;
         }
-        if slot.buf.len() < needed {
-            slot.buf.resize(needed, 0);
-        }
         let base = slot.base as usize;
-        slot.buf[base + f.offset as usize..base + end as usize].copy_from_slice(f.data);
+        let buf = &mut slot.buf;
         if is_first {
-            slot.buf[..base].copy_from_slice(f.header);
+            if buf.is_empty() {
+                buf.extend_from_slice(f.header);
+            } else {
+                buf[..base].copy_from_slice(f.header);
+            }
             if let Family::V6 {
                 next_header_at,
                 next_header,
             } = f.family
             {
-                slot.buf[usize::from(next_header_at)] = next_header;
+                buf[usize::from(next_header_at)] = next_header;
             }
             slot.first = Some(FirstHeader {
                 l3: f.l3,
                 family: f.family,
                 limit_overhead: f.limit_overhead,
             });
+        }
+        // The buffer holds `base + data_end` bytes. Data in order is appended without zeroing
+        // first; only a gap before an early fragment is zero-filled (and overwritten later).
+        let data_at = base + f.offset as usize;
+        if buf.len() <= data_at {
+            buf.resize(data_at, 0);
+            buf.extend_from_slice(f.data);
+        } else {
+            // Into a gap: no overlap means it ends at or before the data already there.
+            buf[data_at..data_at + f.data.len()].copy_from_slice(f.data);
         }
         // Insert the range at `at`: at most 63 moves of 4 bytes.
         slot.ranges.copy_within(at..n, at + 1);
@@ -648,13 +695,20 @@ impl Reassembler {
                 let ihl = usize::from(ihl);
                 let total_len = (header_len as u32 + slot.total) as u16;
                 let ip = &mut buf[l3..l3 + ihl];
-                ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+                let word = |ip: &[u8], at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+                let (old_len, old_flags, old_sum) = (word(ip, 2), word(ip, 6), word(ip, 10));
                 // Keep the reserved and DF bits; clear MF and the offset.
-                ip[6] &= 0xc0;
-                ip[7] = 0;
-                ip[10] = 0;
-                ip[11] = 0;
-                let sum = parse::ipv4_checksum(ip);
+                let flags = old_flags & 0xc000;
+                // The first fragment's checksum was verified on arrival, so it can be updated
+                // for the two changed words (RFC 1624) instead of summed again; summing again
+                // would also read back bytes just stored, which stalls store forwarding.
+                let sum = checksum_update(
+                    checksum_update(old_sum, old_len, total_len),
+                    old_flags,
+                    flags,
+                );
+                ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+                ip[6..8].copy_from_slice(&flags.to_be_bytes());
                 ip[10..12].copy_from_slice(&sum.to_be_bytes());
             }
             Family::V6 { .. } => {
@@ -719,17 +773,22 @@ impl Reassembler {
             slot.nfrags = 0;
         }
         let buf = std::mem::take(&mut slot.buf);
-        self.recycle(buf);
         self.free(i);
+        self.recycle(buf);
     }
 
     /// A new live slot for `key`, charged [`SLOT_OVERHEAD`], or `None` if its source or the
     /// whole budget cannot make room.
     fn create(&mut self, key: Key) -> Option<u32> {
-        let skey = key.source();
-        let s = match self.source_index.entry(skey) {
-            Entry::Occupied(e) => *e.get(),
-            Entry::Vacant(e) => {
+        let skey = self.seed.source(&key);
+        let sources = &self.sources;
+        let found = self
+            .source_index
+            .find(skey.hash(), |&s| sources[s as usize].key == skey)
+            .copied();
+        let s = match found {
+            Some(s) => s,
+            None => {
                 let source = Source {
                     key: skey,
                     bytes: 0,
@@ -747,7 +806,9 @@ impl Reassembler {
                         (self.sources.len() - 1) as u32
                     }
                 };
-                e.insert(s);
+                let sources = &self.sources;
+                self.source_index
+                    .insert_unique(skey.hash(), s, |&t| sources[t as usize].key.hash());
                 s
             }
         };
@@ -802,25 +863,23 @@ impl Reassembler {
         source.newest = i;
         source.bytes += SLOT_OVERHEAD;
         self.memory += SLOT_OVERHEAD;
-        self.index.insert(key, i);
+        let slots = &self.slots;
+        self.index
+            .insert_unique(key.hash(), i, |&j| slots[j as usize].key.hash());
         Some(i)
     }
 
     /// Gives datagram `i` a buffer of at least `needed` bytes, evicting older datagrams to stay
     /// within the budgets. `false` if it cannot fit even alone.
     fn grow(&mut self, i: u32, needed: usize, more: bool, hint: usize) -> bool {
-        let slot = &self.slots[i as usize];
-        let old_cap = slot.buf.capacity();
-        let limit = needed.max(slot.base as usize + MAX_DATAGRAM_LEN as usize);
+        let old_cap = self.slots[i as usize].buf.capacity();
         let mut buf = if old_cap == 0 {
-            // A pooled buffer, if one is big enough, is free to take (it is charged below).
-            match self.pool.iter().rposition(|b| b.capacity() >= needed) {
-                Some(p) => self.pool.swap_remove(p),
-                None => Vec::new(),
-            }
+            self.spare_buffer()
         } else {
-            Vec::new()
+            std::mem::take(&mut self.slots[i as usize].buf)
         };
+        let slot = &self.slots[i as usize];
+        let limit = needed.max(slot.base as usize + MAX_DATAGRAM_LEN as usize);
         let target = if buf.capacity() >= needed {
             buf.capacity()
         } else if old_cap == 0 {
@@ -835,19 +894,19 @@ impl Reassembler {
         };
         let source = slot.source;
         if target > old_cap && !self.make_room(source, i, target - old_cap) {
-            self.recycle(buf);
+            if old_cap == 0 {
+                self.recycle(buf);
+            } else {
+                self.slots[i as usize].buf = buf;
+            }
             return false;
         }
-        let slot = &mut self.slots[i as usize];
-        if old_cap == 0 {
-            if buf.capacity() < target {
-                buf.reserve_exact(target);
-            }
-            slot.buf = buf;
-        } else {
-            let len = slot.buf.len();
-            slot.buf.reserve_exact(target - len);
+        if buf.capacity() < target {
+            let len = buf.len();
+            buf.reserve_exact(target - len);
         }
+        let slot = &mut self.slots[i as usize];
+        slot.buf = buf;
         let new_charge = SLOT_OVERHEAD + slot.buf.capacity();
         let delta = new_charge - slot.charge;
         slot.charge = new_charge;
@@ -872,7 +931,11 @@ impl Reassembler {
             }
             self.discard(victim, DropReason::MemoryBudget);
         }
-        while self.memory + extra > self.config.memory_budget {
+        while self.memory + self.pool_bytes + extra > self.config.memory_budget {
+            if let Some(spare) = self.pool.pop() {
+                self.pool_bytes -= spare.capacity();
+                continue;
+            }
             let mut victim = self.oldest;
             if victim != NIL && victim == keep {
                 victim = self.slots[victim as usize].next;
@@ -932,15 +995,29 @@ impl Reassembler {
         if source.datagrams == 0 {
             self.release_source(s);
         }
-        self.index.remove(&key);
+        if let Ok(entry) = self.index.find_entry(key.hash(), |&j| j == i) {
+            entry.remove();
+        }
         self.free_slots.push(i);
     }
 
     fn release_source(&mut self, s: u32) {
-        let key = self.sources[s as usize].key;
-        self.source_index.remove(&key);
+        let hash = self.sources[s as usize].key.hash();
+        if let Ok(entry) = self.source_index.find_entry(hash, |&t| t == s) {
+            entry.remove();
+        }
         self.free_sources.push(s);
     }
+}
+
+/// The IPv4 header checksum `sum` updated for one 16-bit word changed from `old` to `new`:
+/// RFC 1624 equation 3, `HC' = ~(~HC + ~m + m')`, which never produces the -0 of equation 2.
+#[inline]
+fn checksum_update(sum: u16, old: u16, new: u16) -> u16 {
+    let mut acc = u32::from(!sum) + u32::from(!old) + u32::from(new);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
 }
 
 /// How much room to leave for the next fragment when a datagram's buffer is first allocated.
@@ -963,6 +1040,25 @@ mod tests {
         assert_eq!(sum, 0xb861);
         h[10..12].copy_from_slice(&sum.to_be_bytes());
         assert_eq!(parse::ipv4_checksum(&h), 0);
+    }
+
+    #[test]
+    fn incremental_checksum_update_matches_summing_again() {
+        let mut h = [
+            0x45, 0x00, 0x05, 0xdc, 0x12, 0x34, 0x20, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0x00,
+            0x00, 0x01, 0x0a, 0x00, 0x00, 0x02,
+        ];
+        let sum = parse::ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        for (len, flags) in [(0x0bb8u16, 0x0000u16), (0xffff, 0x4000), (20, 0x8000)] {
+            let updated = checksum_update(checksum_update(sum, 0x05dc, len), 0x2000, flags);
+            let mut g = h;
+            g[2..4].copy_from_slice(&len.to_be_bytes());
+            g[6..8].copy_from_slice(&flags.to_be_bytes());
+            g[10] = 0;
+            g[11] = 0;
+            assert_eq!(updated, parse::ipv4_checksum(&g), "{len:#x} {flags:#x}");
+        }
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct ClientQueue {
     completion: Consumer,
     tx_seq: u64,
     rx_malformed: u64,
+    /// Scratch list of (offset, length) segments of the frame being received.
+    segments: Vec<(usize, usize)>,
 }
 
 impl ClientQueue {
@@ -170,6 +172,7 @@ impl ClientQueue {
             completion,
             tx_seq: 0,
             rx_malformed: 0,
+            segments: Vec::new(),
         })
     }
 
@@ -215,18 +218,19 @@ impl ClientQueue {
     /// than [`MAX_FRAME_LEN`].
     pub fn send(&mut self, frames: &[&[&[u8]]]) -> Result<SendOutcome, QueueError> {
         self.check_open()?;
-        let lens: Vec<usize> = frames
-            .iter()
-            .map(|frame| frame.iter().map(|v| v.len()).sum())
-            .collect();
-        if let Some((index, &len)) = lens.iter().enumerate().find(|(_, &l)| l > MAX_FRAME_LEN) {
-            return Err(QueueError::FrameTooLarge { index, len });
+        let frame_len = |frame: &[&[u8]]| frame.iter().map(|v| v.len()).sum::<usize>();
+        for (index, frame) in frames.iter().enumerate() {
+            let len = frame_len(frame);
+            if len > MAX_FRAME_LEN {
+                return Err(QueueError::FrameTooLarge { index, len });
+            }
         }
         let words = slots::words(&self.map, &self.layout.tx)?;
         let free = self.tx.free(&words)?;
         let mut used = 0u32;
         let mut sent = 0;
-        for (frame, &len) in frames.iter().zip(&lens) {
+        for frame in frames {
+            let len = frame_len(frame);
             let needed = self.layout.slots_for(len);
             if free - used < needed {
                 break;
@@ -312,7 +316,8 @@ impl ClientQueue {
         let available = self.rx.available(&words)?;
         let mut consumed = 0u32;
         let mut received = 0;
-        let mut segments = Vec::new();
+        // Reused from call to call: receiving allocates nothing in the steady state.
+        let mut segments = std::mem::take(&mut self.segments);
         while received < max && consumed < available {
             segments.clear();
             let start = self.rx.head().wrapping_add(consumed);
@@ -339,6 +344,7 @@ impl ClientQueue {
                 }
             }
         }
+        self.segments = segments;
         if consumed > 0 {
             self.rx.release(&words, consumed);
         }

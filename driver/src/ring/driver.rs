@@ -95,6 +95,8 @@ pub struct DriverQueue {
     counters: RingCounters,
     closed: bool,
     wake_client: bool,
+    /// Slot cursor of [`baseline_copy`](Self::baseline_copy) (benchmarks only).
+    rx_baseline: u32,
 }
 
 impl DriverQueue {
@@ -135,6 +137,7 @@ impl DriverQueue {
             counters: RingCounters::default(),
             closed: false,
             wake_client: false,
+            rx_baseline: 0,
             layout,
         })
     }
@@ -226,6 +229,26 @@ impl DriverQueue {
                 RxOutcome::DroppedFault
             }
         }
+    }
+
+    /// Benchmark baseline only: copies `frame` (up to one slot's payload) into the payload area
+    /// of the rx slot after the last queued one, with no slot header, no index update and no
+    /// wake-up, so the client never sees it. This is the floor the real path is measured
+    /// against: the same bytes into the same shared memory, and nothing else.
+    #[doc(hidden)]
+    pub fn baseline_copy(&mut self, frame: &[u8]) {
+        let payload = self.layout.payload_per_slot();
+        let slot = self.layout.rx.slot(
+            self.rx
+                .tail()
+                .wrapping_add(self.rx_pending)
+                .wrapping_add(self.rx_baseline),
+        );
+        self.rx_baseline = self.rx_baseline.wrapping_add(1);
+        let len = frame.len().min(payload);
+        let _ = self
+            .map
+            .copy_in(slot + layout::SLOT_HEADER_LEN, &frame[..len]);
     }
 
     /// Writes many frames (each a list of vectors) and flushes once. Returns how many were

@@ -19,6 +19,11 @@
 //! each frame is one or more vectors (gather on send, scatter on receive). [`DriverQueue`] is
 //! the driver's end; [`ClientQueue`] is the client's.
 //!
+//! The index and wake-flag protocol lives in [`protocol`], generic over the atomic word so the
+//! loom model check (`driver/tests/ring_loom.rs`) runs the very same code: `cargo test -p
+//! netmux-driver --test ring_loom` (a few seconds; part of the normal suite), or deeper with
+//! `LOOM_MAX_PREEMPTIONS=4 cargo test --release -p netmux-driver --test ring_loom`.
+//!
 //! # Trust
 //!
 //! The driver never trusts client-writable memory. It keeps its own indices privately, checks

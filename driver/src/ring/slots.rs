@@ -90,7 +90,8 @@ pub(crate) enum FrameRead {
 /// Reads the frame starting at index `start`, with `available` published slots, handing each
 /// segment to `sink(offset_in_mapping, len)`. Every header is loaded once and validated: the
 /// segment length must fit the slot, unknown flags are refused, the frame must end within the
-/// available slots and within [`Layout::max_slots_per_frame`].
+/// available slots and within [`Layout::max_slots_per_frame`]. Callers only call it with
+/// `available > 0`.
 pub(crate) fn read_frame(
     map: &SharedMapping,
     layout: &Layout,

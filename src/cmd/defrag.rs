@@ -1,0 +1,301 @@
+//! `netmux defrag`: the driver's reassembler run over a capture.
+//!
+//! Every frame of the input goes through [`Reassembler::push`] at its capture timestamp (so
+//! timeouts happen as they would have on the link), and every frame the driver would deliver is
+//! written, in order: unfragmented frames unchanged, reassembled datagrams as one frame stamped
+//! with the time of the fragment that completed them. The counters are printed at the end.
+//! Datagrams still incomplete when the capture ends are reported as such, not as timed out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use netmux_driver::capture::{self, CaptureError, Frame, PcapWriter, TimestampResolution};
+use netmux_driver::reassembly::{
+    Config, Counters, DropReason, Outcome, Reassembler, DEFAULT_MEMORY_BUDGET,
+};
+
+use super::{Refused, Run};
+
+/// Reassemble the IP fragments of a capture as the driver would, and write what it delivers.
+#[derive(Args, Debug)]
+pub struct Defrag {
+    /// The capture to read (pcap or pcapng, Ethernet).
+    #[arg(value_name = "IN.pcap")]
+    input: PathBuf,
+    /// The pcap file to write: unfragmented frames and whole datagrams, in delivery order.
+    #[arg(short = 'w', value_name = "OUT.pcap")]
+    output: PathBuf,
+    /// Seconds from a datagram's first fragment until it is discarded.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    timeout: f64,
+    /// Memory budget in bytes, overall; each source address gets a quarter of it.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MEMORY_BUDGET)]
+    budget: usize,
+}
+
+/// What a run over a capture produced.
+#[derive(Debug)]
+pub struct DefragReport {
+    /// The frames delivered, in order.
+    pub frames: Vec<Frame>,
+    /// Frames read.
+    pub frames_read: usize,
+    /// Delivered unchanged (not fragments).
+    pub unfragmented: usize,
+    /// The reassembler's counters at the end.
+    pub counters: Counters,
+    /// Fragments still held when the capture ended.
+    pub held_fragments: u64,
+    /// Datagrams still incomplete when the capture ended.
+    pub incomplete_datagrams: usize,
+}
+
+/// Runs `frames` through a reassembler configured by `config`.
+pub fn defrag(frames: &[Frame], config: Config) -> DefragReport {
+    let mut r = Reassembler::new(config);
+    let mut out = Vec::with_capacity(frames.len());
+    let mut unfragmented = 0;
+    for frame in frames {
+        let now = u64::try_from(frame.timestamp.as_nanos()).unwrap_or(u64::MAX);
+        match r.push(&frame.data, now) {
+            Outcome::Deliver(_) => {
+                unfragmented += 1;
+                out.push(frame.clone());
+            }
+            Outcome::Reassembled(data) => out.push(Frame::whole(frame.timestamp, data)),
+            Outcome::Held | Outcome::Dropped(_) => {}
+        }
+    }
+    DefragReport {
+        frames: out,
+        frames_read: frames.len(),
+        unfragmented,
+        counters: r.counters().clone(),
+        held_fragments: r.held_fragments(),
+        incomplete_datagrams: r.datagrams_in_flight(),
+    }
+}
+
+impl DefragReport {
+    /// The counters as the command prints them.
+    pub fn summary(&self) -> String {
+        let c = &self.counters;
+        let mut s = String::new();
+        let mut line = |label: &str, value: String| {
+            s.push_str(&format!("{label:<32} {value}\n"));
+        };
+        line("frames read", self.frames_read.to_string());
+        line("frames written", self.frames.len().to_string());
+        line("  unfragmented", self.unfragmented.to_string());
+        line(
+            "  reassembled datagrams",
+            c.datagrams_reassembled.to_string(),
+        );
+        line("  IPv6 atomic fragments", c.atomic_fragments.to_string());
+        line("fragments read", c.fragments.to_string());
+        line("  reassembled", c.fragments_reassembled.to_string());
+        line("  dropped", c.total_fragments_dropped().to_string());
+        for reason in DropReason::ALL {
+            let n = c.fragments_dropped(reason);
+            if n > 0 {
+                line(&format!("    {reason}"), n.to_string());
+            }
+        }
+        line("  held at the end", self.held_fragments.to_string());
+        line("datagrams dropped", c.total_datagrams_dropped().to_string());
+        for reason in DropReason::ALL {
+            let n = c.datagrams_dropped(reason);
+            if n > 0 {
+                line(&format!("  {reason}"), n.to_string());
+            }
+        }
+        line(
+            "datagrams incomplete at the end",
+            self.incomplete_datagrams.to_string(),
+        );
+        s
+    }
+}
+
+impl Defrag {
+    fn config(&self) -> anyhow::Result<Config> {
+        if !(self.timeout.is_finite() && self.timeout >= 0.0) {
+            anyhow::bail!(
+                "--timeout must be a number of seconds, not {}",
+                self.timeout
+            );
+        }
+        let timeout_ns = Duration::try_from_secs_f64(self.timeout)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(u64::MAX);
+        Ok(Config {
+            timeout_ns,
+            ..Config::with_budget(self.budget)
+        })
+    }
+}
+
+impl Run for Defrag {
+    fn run(self) -> anyhow::Result<ExitCode> {
+        let config = self.config()?;
+        let frames = capture::read_file(&self.input).map_err(|e| match e {
+            CaptureError::Io { .. } => anyhow::Error::new(e),
+            other => anyhow::Error::new(Refused(format!("{}: {other}", self.input.display()))),
+        })?;
+        let report = defrag(&frames, config);
+        // Nanosecond output only when the input has sub-microsecond timestamps.
+        let resolution = if frames
+            .iter()
+            .any(|f| f.timestamp.subsec_nanos() % 1000 != 0)
+        {
+            TimestampResolution::Nano
+        } else {
+            TimestampResolution::Micro
+        };
+        let file = std::fs::File::create(&self.output)
+            .with_context(|| format!("creating {}", self.output.display()))?;
+        let mut writer = PcapWriter::new(std::io::BufWriter::new(file), resolution)
+            .with_context(|| format!("writing {}", self.output.display()))?;
+        for frame in &report.frames {
+            writer
+                .write(frame)
+                .with_context(|| format!("writing {}", self.output.display()))?;
+        }
+        writer
+            .finish()
+            .with_context(|| format!("writing {}", self.output.display()))?;
+        print!("{}", report.summary());
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use netmux_driver::reassembly::fragmenter;
+
+    /// The command line with only this command, as the top-level parser would route it.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        defrag: Defrag,
+    }
+
+    fn udp_frame(id: u16, payload_len: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let total = (28 + payload_len) as u16;
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 64, 17, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2]);
+        let mut sum = 0u32;
+        for w in f[14..34].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        f[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        f.extend_from_slice(&[0x30, 0x39, 0, 53]);
+        f.extend_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend((0..payload_len).map(|i| (i as u16 ^ id) as u8));
+        f
+    }
+
+    #[test]
+    fn defrag_command_writes_whole_datagrams_in_order_and_prints_counters() {
+        let dir = std::env::temp_dir().join(format!("netmux-defrag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
+
+        let small = udp_frame(1, 10);
+        let big = udp_frame(2, 3000);
+        let late = udp_frame(3, 2000);
+        let big_frags = fragmenter::fragment(&big, 1480, 0).unwrap();
+        let late_frags = fragmenter::fragment(&late, 1480, 0).unwrap();
+        let at = |s: u64| Duration::new(1_700_000_000 + s, 0);
+        let frames = vec![
+            Frame::whole(at(0), big_frags[2].clone()),
+            Frame::whole(at(0), small.clone()),
+            Frame::whole(at(1), big_frags[0].clone()),
+            Frame::whole(at(2), late_frags[0].clone()),
+            Frame::whole(at(3), big_frags[1].clone()),
+            // 40 s after its first fragment: the rest of `late` comes after its timeout.
+            Frame::whole(at(42), late_frags[1].clone()),
+        ];
+        std::fs::write(
+            &input,
+            capture::write_pcap(&frames, TimestampResolution::Micro).unwrap(),
+        )
+        .unwrap();
+
+        let cli = Cli::try_parse_from([
+            "netmux-defrag".as_ref(),
+            input.as_os_str(),
+            "-w".as_ref(),
+            output.as_os_str(),
+            "--timeout".as_ref(),
+            "30".as_ref(),
+        ])
+        .unwrap();
+        assert_eq!(cli.defrag.run().unwrap(), ExitCode::SUCCESS);
+
+        let written = capture::read_file(&output).unwrap();
+        assert_eq!(written.len(), 2);
+        assert_eq!(written[0], Frame::whole(at(0), small));
+        assert_eq!(written[1], Frame::whole(at(3), big));
+
+        let report = defrag(&frames, Config::default());
+        assert_eq!(report.counters.datagrams_reassembled, 1);
+        assert_eq!(report.counters.datagrams_dropped(DropReason::Timeout), 1);
+        assert_eq!(
+            report.incomplete_datagrams, 1,
+            "late's second fragment starts anew"
+        );
+        let summary = report.summary();
+        assert!(summary.contains("timeout"), "{summary}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn defrag_refuses_a_file_that_is_not_a_capture() {
+        let dir = std::env::temp_dir().join(format!("netmux-defrag-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let input = dir.join("in.pcap");
+        std::fs::write(&input, b"not a capture").unwrap();
+        let cli = Cli::try_parse_from([
+            "netmux-defrag".as_ref(),
+            input.as_os_str(),
+            "-w".as_ref(),
+            dir.join("out.pcap").as_os_str(),
+        ])
+        .unwrap();
+        let err = cli.defrag.run().unwrap_err();
+        assert!(err.downcast_ref::<Refused>().is_some(), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn smaller_budget_and_timeout_reach_the_reassembler() {
+        let cli = Cli::try_parse_from([
+            "netmux-defrag",
+            "in.pcap",
+            "-w",
+            "out.pcap",
+            "--timeout",
+            "1.5",
+            "--budget",
+            "65536",
+        ])
+        .unwrap();
+        let config = cli.defrag.config().unwrap();
+        assert_eq!(config.timeout_ns, 1_500_000_000);
+        assert_eq!(config.memory_budget, 65_536);
+        assert_eq!(config.source_budget, 16_384);
+    }
+}

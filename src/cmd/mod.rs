@@ -1,0 +1,93 @@
+//! The command line: argument parsing, dispatch to one module per command group, and the exit
+//! status convention every command follows.
+//!
+//! To add a command group `foo`: write `src/cmd/foo.rs` with a clap `Subcommand` (or `Args`)
+//! type that implements [`Run`], add `mod foo;` below, and one line to [`command_groups!`].
+//!
+//! # Exit status
+//!
+//! * 0: success (for `vm verify`: the program verifies).
+//! * 1: the input was examined and refused: a program that does not verify or assemble, a
+//!   capture that cannot be read. The reason is printed.
+//! * 2: the command could not do its work: bad usage, a missing or unreadable file, a failed
+//!   write.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod vm;
+
+/// What a command group does when it is chosen.
+pub trait Run {
+    /// Runs the command; `Err` is reported by [`main`] with the exit status it implies.
+    fn run(self) -> anyhow::Result<ExitCode>;
+}
+
+/// An input was examined and refused (exit status 1); the message says why.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Generates the top-level [`Command`] enum and its dispatch from one list, so adding a group
+/// is one line here.
+macro_rules! command_groups {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty),)*) => {
+        /// The command groups.
+        #[derive(Subcommand)]
+        enum Command {
+            $($(#[$doc])* #[command(subcommand)] $variant($ty),)*
+        }
+
+        impl Run for Command {
+            fn run(self) -> anyhow::Result<ExitCode> {
+                match self {
+                    $(Command::$variant(c) => c.run(),)*
+                }
+            }
+        }
+    };
+}
+
+command_groups! {
+    /// Assemble, disassemble, verify and run filter VM programs.
+    Vm(vm::VmCommand),
+}
+
+/// netmux shares one network link among untrusting user-space network stacks.
+///
+/// Each application asks the netmux daemon for TCP or UDP ports; netd compiles verified
+/// filter programs for them and installs them in the driver that owns the link.
+#[derive(Parser)]
+#[command(name = "netmux", version, about, long_about)]
+#[command(
+    after_help = "Exit status: 0 success, 1 input refused (the reason is printed), \
+                        2 usage or I/O error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parses the arguments, runs the command and turns its result into the exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.run() {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<Refused>().is_some() => {
+            eprintln!("netmux: {e}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("netmux: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
