@@ -1,8 +1,10 @@
 //! The filters netd installs for a port, a queue and its own host stack, from the compiler's
 //! builders ([`netmux_compiler::builders`]), with the classifier key for port rx filters.
 //!
-//! A bound port gets one rx filter per host address (each with its [`PortBinding`], so the
-//! driver's classifier can put it in its hash table) and one tx filter covering all of them.
+//! A bound port gets one rx filter and one tx filter per host address, each with its
+//! [`PortBinding`]: the classifier puts rx bindings in its hash table, and the driver names the
+//! reason for a rejected transmission from the tx bindings (source MAC, ethertype, source IP,
+//! source port).
 //! A client queue gets one ARP tx filter so its stack can resolve neighbours; ARP replies and
 //! requests for the host reach every queue by the driver's own rule.
 
@@ -38,14 +40,6 @@ pub struct HostIdentity {
 }
 
 impl HostIdentity {
-    fn builder_host(&self) -> Host {
-        Host {
-            mac: self.mac,
-            ipv4: self.ipv4,
-            ipv6: self.ipv6,
-        }
-    }
-
     /// The host's addresses, IPv4 first.
     pub fn addresses(&self) -> Vec<IpAddr> {
         self.ipv4
@@ -86,30 +80,47 @@ pub fn binding(address: IpAddr, transport: Transport, port: u16) -> PortBinding 
     }
 }
 
-/// A port's filters: rx per address with its key, and the tx filter.
+/// A port's filters: rx and tx per host address, each with its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortFilters {
     /// Rx filter expressions and their classifier keys.
     pub rx: Vec<(String, PortBinding)>,
-    /// The tx filter expression.
-    pub tx: String,
+    /// Tx filter expressions and their keys.
+    pub tx: Vec<(String, PortBinding)>,
 }
 
 /// The filters of a port. `None` when the host has no address (no port can be served).
 pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Option<PortFilters> {
     let t = builder_transport(transport);
-    let tx = builders::tx_port(&host.builder_host(), t, port)?;
-    let rx = host
-        .addresses()
-        .into_iter()
-        .map(|a| {
-            (
-                builders::rx_port(host.mac, a, t, port),
-                binding(a, transport, port),
-            )
-        })
-        .collect();
-    Some(PortFilters { rx, tx })
+    let addresses = host.addresses();
+    if addresses.is_empty() {
+        return None;
+    }
+    let mut filters = PortFilters {
+        rx: Vec::new(),
+        tx: Vec::new(),
+    };
+    for a in addresses {
+        let key = binding(a, transport, port);
+        // The tx filter of one address: a host with only that address.
+        let only = Host {
+            mac: host.mac,
+            ipv4: match a {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            },
+            ipv6: match a {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            },
+        };
+        let tx = builders::tx_port(&only, t, port)?;
+        filters
+            .rx
+            .push((builders::rx_port(host.mac, a, t, port), key));
+        filters.tx.push((tx, key));
+    }
+    Some(filters)
 }
 
 /// The ARP tx filter of a client queue, when the host has an IPv4 address.
@@ -157,13 +168,16 @@ mod tests {
     }
 
     #[test]
-    fn a_port_gets_one_rx_filter_per_address_and_one_tx_filter() {
+    fn a_port_gets_an_rx_and_a_tx_filter_per_address() {
         let f = port_filters(&host(), Transport::Udp, 5000).unwrap();
-        assert_eq!(f.rx.len(), 2);
+        assert_eq!((f.rx.len(), f.tx.len()), (2, 2));
+        assert_eq!(f.tx[0].1, f.rx[0].1);
+        assert!(f.tx[0].0.contains("ip src host 10.0.0.2") && !f.tx[0].0.contains("ip6"));
+        assert!(f.tx[1].0.contains("ip6 src host fe80::1") && !f.tx[1].0.contains("ip src"));
         assert_eq!(f.rx[0].1.address[..4], [10, 0, 0, 2]);
         assert!(!f.rx[0].1.ipv6 && f.rx[1].1.ipv6);
         assert_eq!((f.rx[1].1.protocol, f.rx[1].1.port), (17, 5000));
-        assert!(f.tx.contains("udp src port 5000"));
+        assert!(f.tx.iter().all(|(e, _)| e.contains("udp src port 5000")));
         let nothing = HostIdentity {
             ipv4: None,
             ipv6: None,

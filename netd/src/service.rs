@@ -393,14 +393,16 @@ impl Netd {
                 expr,
             });
         }
-        specs.push(FilterSpec {
-            queue,
-            filter: self.filter_id(),
-            direction: Direction::Tx,
-            mode: RxMode::Owner,
-            binding: None,
-            expr: filters.tx,
-        });
+        for (expr, binding) in filters.tx {
+            specs.push(FilterSpec {
+                queue,
+                filter: self.filter_id(),
+                direction: Direction::Tx,
+                mode: RxMode::Owner,
+                binding: Some(binding),
+                expr,
+            });
+        }
         let mut installed = Vec::new();
         for spec in &specs {
             if let Err(e) = self.driver.install_filter(spec) {

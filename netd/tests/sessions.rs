@@ -84,20 +84,30 @@ fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
     a.bind_port(Transport::Udp, 7000).unwrap();
     // The reply is back: the fake must already hold both filters for this port.
     let filters = fake.filters();
-    let rx: Vec<_> = filters
+    let bound: Vec<_> = filters
         .iter()
         .filter(|f| {
             f.binding
                 .is_some_and(|b| b.port == 7000 && b.protocol == 17)
         })
         .collect();
+    let rx: Vec<_> = bound
+        .iter()
+        .filter(|f| f.direction == Direction::Rx)
+        .collect();
     assert_eq!(rx.len(), 2, "one rx filter per host address (IPv4, IPv6)");
-    assert!(rx.iter().all(|f| f.direction == Direction::Rx));
+    assert_eq!(bound.len(), 4, "and one tx filter per host address");
     let queue = rx[0].queue;
     assert_ne!(queue, HOST_QUEUE);
-    assert!(filters.iter().any(|f| f.queue == queue
-        && f.direction == Direction::Tx
-        && f.expr.contains("udp src port 7000")));
+    assert_eq!(
+        filters
+            .iter()
+            .filter(|f| f.queue == queue
+                && f.direction == Direction::Tx
+                && f.expr.contains("udp src port 7000"))
+            .count(),
+        2
+    );
 
     // And it works: a datagram to the port lands in the client's queue.
     let mut q = a.open_queue().unwrap();
@@ -172,8 +182,8 @@ fn a_closed_session_releases_ports_filters_and_queue_in_order() {
         .collect();
     assert_eq!(
         removals.len(),
-        2 * 2 + 2 + 1,
-        "two ports x (2 rx + 1 tx) + ARP tx"
+        2 * 4 + 1,
+        "two ports x (2 rx + 2 tx) + ARP tx"
     );
     assert!(removals.iter().all(|&i| i < destroyed));
     let mut b = Client::connect_socket(netd.socket_path()).unwrap();
