@@ -435,10 +435,13 @@ impl Netd {
             .map_err(core_error)?;
         let queue = QueueId(self.next_queue);
         self.next_queue = self.next_queue.wrapping_add(1).max(HOST_QUEUE.0 + 1);
-        let created = self
-            .driver
-            .create_queue(queue, self.rings)
-            .map_err(driver_error)?;
+        let created = match self.driver.create_queue(queue, self.rings) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.core.release_ring(id, self.ring_bytes);
+                return Err(driver_error(e));
+            }
+        };
         let mut own = Vec::new();
         if let Some(expr) = filters::queue_arp_tx(&self.host) {
             let spec = FilterSpec {
@@ -450,7 +453,9 @@ impl Netd {
                 expr,
             };
             if let Err(e) = self.driver.install_filter(&spec) {
-                let _ = self.driver.destroy_queue(queue);
+                if self.driver.destroy_queue(queue).is_ok() {
+                    let _ = self.core.release_ring(id, self.ring_bytes);
+                }
                 return Err(driver_error(e));
             }
             own.push(spec.filter);

@@ -706,3 +706,23 @@ fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
         assert_eq!(body[..100], [i as u8; 100]);
     }
 }
+
+#[test]
+fn a_queue_the_driver_failed_to_set_up_does_not_eat_the_ring_budget() {
+    let (netd, fake) = netd_with(MAC_A, IP_A, |c| {
+        let one_queue = c.rings.layout().unwrap().total_len;
+        c.policy.limits.ring_bytes_per_session = one_queue;
+    });
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    fake.set_fail_installs(true);
+    for _ in 0..3 {
+        assert_eq!(code(a.open_queue().unwrap_err()), ErrorCode::Driver);
+    }
+    assert_eq!(
+        fake.queues(),
+        vec![HOST_QUEUE],
+        "the half-made queue was destroyed"
+    );
+    fake.set_fail_installs(false);
+    a.open_queue().unwrap();
+}
