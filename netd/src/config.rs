@@ -6,6 +6,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use netmux_driver::ring::RingConfig;
 
@@ -14,6 +15,9 @@ use crate::core::Policy;
 
 /// The socket clients connect to, inside the runtime directory.
 pub const SOCKET_NAME: &str = "netd.sock";
+/// How long netd waits for a client to make room for a reply before ending its session: a
+/// client that stops reading its replies is gone as far as netd is concerned.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The runtime directory when `$XDG_RUNTIME_DIR` is not set.
 pub const SYSTEM_RUNTIME_DIR: &str = "/run/netmux";
 
@@ -65,6 +69,8 @@ pub struct Config {
     /// Whether netd runs its own host stack (ARP, ICMP echo, port unreachable, RST) on a queue
     /// of its own.
     pub host_stack: bool,
+    /// How long a reply may wait for room in a client's socket ([`DEFAULT_REPLY_TIMEOUT`]).
+    pub reply_timeout: Duration,
 }
 
 impl Config {
@@ -81,6 +87,7 @@ impl Config {
             policy: Policy::default(),
             rings: RingConfig::default(),
             host_stack: true,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
     }
 

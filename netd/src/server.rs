@@ -5,7 +5,7 @@
 //! readable, hands each request to [`Netd::handle`] under the state lock (driver requests are
 //! short local round trips, serialised there so two clients can never race for a port), and
 //! writes the reply, waiting for the socket to be writable so a client that never reads its
-//! replies costs only its own task; after [`REPLY_TIMEOUT`] it is disconnected. Whatever ends
+//! replies costs only its own task; after [`Config::reply_timeout`] it is disconnected. Whatever ends
 //! the task (close, death, a broken message frame, a timeout), [`Netd::disconnect`] runs, once.
 
 use std::collections::HashMap;
@@ -32,8 +32,6 @@ use crate::service::{Netd, Response, StartError};
 
 /// How often the handshake deadlines are checked.
 pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
-/// How long netd waits for a client to make room for a reply before ending its session.
-pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +90,7 @@ pub fn private_dir(dir: &Path) -> Result<(), ServeError> {
 }
 
 struct Shell {
+    reply_timeout: Duration,
     state: SharedNetd,
     kills: Mutex<HashMap<SessionId, oneshot::Sender<()>>>,
     start: Instant,
@@ -134,6 +133,7 @@ impl Server {
                 state: Arc::new(Mutex::new(netd)),
                 kills: Mutex::new(HashMap::new()),
                 start: Instant::now(),
+                reply_timeout: config.reply_timeout,
             }),
             socket,
         })
@@ -212,7 +212,9 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
     let id = match connected {
         Ok(id) => id,
         Err(e) => {
-            let _ = chan.send(&ClientReply::Error(e), &[], REPLY_TIMEOUT).await;
+            let _ = chan
+                .send(&ClientReply::Error(e), &[], shell.reply_timeout)
+                .await;
             return;
         }
     };
@@ -265,7 +267,12 @@ async fn serve_client(
         };
         let Response { reply, fds, end } = response;
         let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-        if chan.send(&reply, &borrowed, REPLY_TIMEOUT).await.is_err() || end {
+        if chan
+            .send(&reply, &borrowed, shell.reply_timeout)
+            .await
+            .is_err()
+            || end
+        {
             return;
         }
     }

@@ -726,3 +726,46 @@ fn a_queue_the_driver_failed_to_set_up_does_not_eat_the_ring_budget() {
     fake.set_fail_installs(false);
     a.open_queue().unwrap();
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_costs_only_itself() {
+    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| {
+        c.reply_timeout = Duration::from_millis(300)
+    });
+    let mut bystander = Client::connect_socket(netd.socket_path()).unwrap();
+    bystander.bind_port(Transport::Udp, 5700).unwrap();
+    // Requests as fast as the socket takes them, never a reply read, until netd stops reading.
+    let mut flooder = raw(&netd);
+    let stats = frame::encode(&ClientRequest::Stats, 0).unwrap();
+    let hello = frame::encode(
+        &ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+        },
+        0,
+    )
+    .unwrap();
+    flooder.send_raw(&hello, &[]).unwrap();
+    flooder.socket().set_nonblocking(true).unwrap();
+    let mut sent = 0usize;
+    let mut stalled = 0;
+    while stalled < 50 {
+        match (&mut flooder.socket()).write(&stats) {
+            Ok(n) if n == stats.len() => sent += 1,
+            Ok(_) => break, // a partial message: netd is not reading any more
+            Err(_) => {
+                stalled += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+    assert!(sent > 100, "the flooder got {sent} requests in");
+    // Meanwhile everyone else is served at once.
+    let mut other = Client::connect_socket(netd.socket_path()).unwrap();
+    assert_eq!(other.bind_port(Transport::Udp, 5701).unwrap(), 5701);
+    // And the flooder's session (only) ends after the reply timeout.
+    let state = netd.state();
+    assert!(eventually(Duration::from_secs(5), || {
+        netmux_netd::server::lock(&state).sessions().len() == 2
+    }));
+    assert_eq!(bystander.bind_port(Transport::Udp, 5702).unwrap(), 5702);
+}
