@@ -2,6 +2,22 @@
 //! session's queue for framed I/O; [`blocking`] and [`nonblocking`] (tokio) APIs with the same
 //! methods, and [`device::QueueDevice`], a `smoltcp::phy::Device` on a queue.
 //!
+//! ```no_run
+//! use netmux_netd::client::{blocking::Client, device::QueueDevice, Transport};
+//!
+//! let mut netd = Client::connect(&netmux_netd::config::default_runtime_dir())?;
+//! let port = netd.bind_port(Transport::Udp, 5353)?; // its filters are in force now
+//! let mtu = netd.host().link.mtu;
+//! let mut queue = netd.open_queue()?;
+//! // Framed I/O: many frames per call, each gathered from one or more vectors...
+//! let (header, payload) = (&[0u8; 42][..], &b"hello"[..]);
+//! queue.send(&[&[header, payload]])?;
+//! // ...or a whole TCP/IP stack: smoltcp on the queue.
+//! let device = QueueDevice::new(queue, mtu);
+//! # let _ = (port, device);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! A refusal is [`ClientError::Refused`] with netd's stable code and its message, so an
 //! application can say why ("udp port 53 is privileged (below 1024) ...") and exit.
 
