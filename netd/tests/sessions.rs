@@ -769,3 +769,29 @@ fn a_client_that_never_reads_its_replies_costs_only_itself() {
     }));
     assert_eq!(bystander.bind_port(Transport::Udp, 5702).unwrap(), 5702);
 }
+
+#[test]
+fn a_second_netd_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
+    use netmux_netd::config::Config;
+    use netmux_netd::fake_driver::FakeDriver;
+    use netmux_netd::server::ServeError;
+    let dir = runtime_dir();
+    let fake = || {
+        Box::new(FakeDriver::new(netmux_proto::LinkInfo {
+            mac: MAC_A,
+            mtu: 1500,
+        }))
+    };
+    let first = netmux_netd::spawn(Config::new(&dir), fake()).unwrap();
+    assert!(matches!(
+        netmux_netd::spawn(Config::new(&dir), fake()),
+        Err(ServeError::AlreadyRunning(_))
+    ));
+    drop(first);
+    // A socket file nobody listens on (a netd that was killed): replaced.
+    let stale = std::os::unix::net::UnixListener::bind(dir.join("netd.sock.tmp")).unwrap();
+    drop(stale);
+    std::fs::rename(dir.join("netd.sock.tmp"), dir.join("netd.sock")).unwrap();
+    let second = netmux_netd::spawn(Config::new(&dir), fake()).unwrap();
+    Client::connect_socket(second.socket_path()).unwrap();
+}
