@@ -50,7 +50,7 @@ pub(crate) const RING_SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
-/// An access to a [`SharedMapping`] that would fall outside it or be misaligned.
+/// An access to shared ring memory that would fall outside the mapping or be misaligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("access of {len} bytes at offset {offset} is outside a {mapping_len}-byte mapping or misaligned")]
 pub struct OutOfBounds {
@@ -289,10 +289,10 @@ struct IfReqFlags {
 /// header: each read or write is exactly one Ethernet frame). The descriptor is non-blocking.
 /// Returns the descriptor and the interface name the kernel confirmed. Needs `CAP_NET_ADMIN`.
 pub fn open_tap(name: &str) -> io::Result<(OwnedFd, String)> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "interface name must be 1 to 15 bytes",
+            "interface name must be 1 to 15 bytes, none of them NUL",
         ));
     }
     let fd = rustix::fs::open(

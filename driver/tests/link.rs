@@ -110,6 +110,7 @@ fn bad_specs_say_what_is_wrong() {
         ("afpacket:eth 0", "whitespace"),
         ("afpacket:..", "reserved"),
         ("tap:a/b", "contains `/`"),
+        ("tap:a\0b", "NUL"),
     ];
     for (spec, expected) in cases {
         let message = parse(spec).unwrap_err().to_string();

@@ -426,3 +426,94 @@ fn geometry_too_small_for_a_maximum_frame_is_refused() {
     };
     assert!(DriverQueue::create(&config).is_err());
 }
+
+#[test]
+fn client_waiting_for_tx_room_is_woken_when_the_driver_drains() {
+    let (mut driver, mut client) = pair(&RingConfig {
+        completion_slots: 128,
+        ..small_config()
+    });
+    let f = frame(1500, 0);
+    let one: [&[u8]; 1] = [&f];
+    let frames: Vec<&[&[u8]]> = vec![&one[..]; 64];
+    assert_eq!(client.send(&frames).unwrap().sent, 64, "ring now full");
+    let waiter = std::thread::spawn(move || {
+        let room = client
+            .wait_writable(1500, Some(Duration::from_secs(20)))
+            .unwrap();
+        (room, client)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    let mut batch = FrameBatch::new();
+    assert_eq!(driver.take_tx(&mut batch, 8).unwrap(), 8);
+    driver.flush();
+    let (room, mut client) = waiter.join().unwrap();
+    assert!(room);
+    assert_eq!(client.send(&frames).unwrap().sent, 8);
+}
+
+mod framed_io {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Splits `frame` into vectors at the given cut points.
+    fn split<'a>(frame: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (frame.len() + 1)).collect();
+        points.sort_unstable();
+        let mut vectors = Vec::new();
+        let mut at = 0;
+        for p in points {
+            vectors.push(&frame[at..p]);
+            at = p;
+        }
+        vectors.push(&frame[at..]);
+        vectors
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn frames_split_any_way_round_trip_through_rx_and_tx(
+            lens in prop::collection::vec(0usize..9000, 1..12),
+            cuts in prop::collection::vec(0usize..10_000, 0..5),
+            scatter in 1usize..3000,
+        ) {
+            let (mut driver, mut client) = pair(&RingConfig {
+                completion_slots: 64,
+                ..small_config()
+            });
+            let frames: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, &l)| frame(l, i as u8)).collect();
+            let gathered: Vec<Vec<&[u8]>> = frames.iter().map(|f| split(f, &cuts)).collect();
+            let refs: Vec<&[&[u8]]> = gathered.iter().map(Vec::as_slice).collect();
+
+            // rx: gather on the driver side, scatter into fixed-size vectors on the client.
+            let queued = driver.deliver(&refs);
+            let mut storage: Vec<Vec<u8>> = (0..frames.len() * 4).map(|_| vec![0u8; scatter]).collect();
+            let mut per_frame: Vec<Vec<&mut [u8]>> = Vec::new();
+            let mut chunks = storage.chunks_mut(4);
+            for _ in 0..frames.len() {
+                per_frame.push(chunks.next().unwrap().iter_mut().map(|v| &mut v[..]).collect());
+            }
+            let mut slots: Vec<&mut [&mut [u8]]> = per_frame.iter_mut().map(|v| &mut v[..]).collect();
+            let mut out_lens = vec![0usize; frames.len()];
+            let got = client.recv(&mut slots, &mut out_lens).unwrap();
+            prop_assert_eq!(got, queued);
+            drop(slots);
+            for (i, f) in frames.iter().take(got).enumerate() {
+                prop_assert_eq!(out_lens[i], f.len());
+                let joined: Vec<u8> = per_frame[i].iter().flat_map(|v| v.iter().copied()).collect();
+                let kept = f.len().min(4 * scatter);
+                prop_assert_eq!(&joined[..kept], &f[..kept]);
+            }
+
+            // tx: gather on the client side, private copies on the driver side.
+            let sent = client.send(&refs).unwrap().sent;
+            let mut batch = FrameBatch::new();
+            prop_assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), sent);
+            for (i, copy) in batch.iter().enumerate() {
+                prop_assert_eq!(copy, frames[i].as_slice());
+            }
+        }
+    }
+}

@@ -94,9 +94,9 @@ fn interface_name(name: &str) -> Result<String, LinkSpecError> {
         Some("`.` and `..` are reserved")
     } else if name
         .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
+        .any(|c| c == '/' || c == ':' || c == '\0' || c.is_whitespace())
     {
-        Some("contains `/`, `:` or whitespace")
+        Some("contains `/`, `:`, NUL or whitespace")
     } else if name.contains(',') {
         Some("contains `,`")
     } else {

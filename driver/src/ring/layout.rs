@@ -13,7 +13,7 @@
 //!
 //! Each producer/consumer line holds that side's index (offset 0) and wants-wake flag
 //! (offset 4); lines are 128 bytes apart so the two sides never share a cache line, even with
-//! adjacent-line prefetching. A frame slot starts with an 8-byte [`SlotHeader`]: the number of
+//! adjacent-line prefetching. A frame slot starts with an 8-byte slot header: the number of
 //! payload bytes in this slot and flags ([`SLOT_MORE`]: the frame continues in the next slot).
 //! All multi-byte fields are native-endian: both sides run on the same machine.
 
@@ -44,7 +44,7 @@ pub const OFF_COMPLETION_SLOTS: usize = 24;
 pub const OFF_TOTAL_LEN: usize = 32;
 /// Offset of the closed flag (u32): non-zero once the driver has stopped the queue for good.
 pub const OFF_CLOSED: usize = LINE;
-/// Offset of the first counter (u64 each, see [`super::Counter`]).
+/// Offset of the first counter (u64 each, in the order of [`super::RingCounters::to_words`]).
 pub const OFF_COUNTERS: usize = 2 * LINE;
 /// Number of counter words reserved in the header.
 pub const COUNTER_WORDS: usize = 16;
@@ -116,6 +116,8 @@ pub struct Layout {
     pub completion: RingOffsets,
     /// Total length of the memory (a multiple of [`PAGE`]).
     pub total_len: u64,
+    /// [`Layout::max_slots_per_frame`], computed once (it divides by a non-power of two).
+    max_frame_slots: u32,
 }
 
 impl Layout {
@@ -171,6 +173,7 @@ impl Layout {
             tx: ring(1, tx_start, tx_slots, slot_size as usize),
             completion: ring(2, completion_start, completion_slots, COMPLETION_ENTRY_LEN),
             total_len,
+            max_frame_slots: min_frame_slots,
         })
     }
 
@@ -183,13 +186,19 @@ impl Layout {
     /// Most slots one frame of at most [`MAX_FRAME_LEN`] bytes can occupy.
     #[inline]
     pub fn max_slots_per_frame(&self) -> u32 {
-        MAX_FRAME_LEN.div_ceil(self.payload_per_slot()) as u32
+        self.max_frame_slots
     }
 
     /// Slots a frame of `len` bytes occupies (an empty frame still takes one).
     #[inline]
     pub fn slots_for(&self, len: usize) -> u32 {
-        len.div_ceil(self.payload_per_slot()).max(1) as u32
+        let payload = self.payload_per_slot();
+        if len <= payload {
+            // The common case (a frame fits one slot) without a division.
+            1
+        } else {
+            len.div_ceil(payload) as u32
+        }
     }
 
     /// The offsets of one ring.

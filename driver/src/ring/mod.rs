@@ -1,7 +1,7 @@
 //! Shared-memory rings between the driver and one client queue, with framed I/O on top.
 //!
 //! Each client queue owns one memfd that the driver creates and seals against shrinking and
-//! growing ([`crate::sys::create_sealed_memfd`]); both processes map it. It holds a header
+//! growing (`memfd_create` with `MFD_ALLOW_SEALING`, then `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`); both processes map it. It holds a header
 //! (magic, version, geometry, the `closed` flag and counters) and three single-producer,
 //! single-consumer rings (see [`layout`] for the byte layout):
 //!

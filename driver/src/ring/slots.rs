@@ -38,6 +38,16 @@ pub(crate) fn write_frame(
 ) -> Result<u32, OutOfBounds> {
     let payload = layout.payload_per_slot();
     let slots = layout.slots_for(len);
+    if let [single] = vectors {
+        if slots == 1 {
+            // Fast path: one vector, one slot.
+            let slot = ring.slot(start);
+            map.copy_in(slot + SLOT_HEADER_LEN, single)?;
+            map.u32_at(slot)?.store(len as u32, Ordering::Relaxed);
+            map.u32_at(slot + 4)?.store(0, Ordering::Relaxed);
+            return Ok(1);
+        }
+    }
     let mut vec_index = 0;
     let mut vec_offset = 0;
     let mut remaining = len;
