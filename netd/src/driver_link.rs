@@ -85,6 +85,10 @@ pub trait DriverLink: Send {
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError>;
     /// Counters of the link and of every queue.
     fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError>;
+    /// Makes `queue` netd's own: it gets every frame no rx filter takes.
+    fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
+    /// The host's IPv4 addresses: ARP requests for them go to every queue.
+    fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError>;
 }
 
 /// Compiles a filter expression to the VM's container format.
@@ -215,6 +219,14 @@ impl DriverLink for ChannelDriver {
             DriverReply::Stats { link, queues } => Ok((link, queues)),
             other => Err(unexpected(other)),
         }
+    }
+
+    fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
+        self.request(&DriverRequest::SetNetdQueue { queue })
+    }
+
+    fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
+        self.request(&DriverRequest::SetHostAddresses { ipv4 })
     }
 }
 

@@ -34,6 +34,10 @@ pub enum FakeEvent {
     Install(FilterSpec),
     /// A filter was removed.
     Remove(QueueId, FilterId),
+    /// netd named its own queue.
+    SetNetdQueue(QueueId),
+    /// netd named the host's IPv4 addresses.
+    SetHostAddresses(Vec<[u8; 4]>),
 }
 
 struct FakeQueue {
@@ -393,6 +397,20 @@ impl DriverLink for FakeDriver {
         if spec.is_some_and(|f| f.direction == Direction::Tx) {
             s.recompile_tx(queue);
         }
+        Ok(())
+    }
+
+    fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
+        let mut s = self.state();
+        s.check()?;
+        s.events.push(FakeEvent::SetNetdQueue(queue));
+        Ok(())
+    }
+
+    fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
+        let mut s = self.state();
+        s.check()?;
+        s.events.push(FakeEvent::SetHostAddresses(ipv4));
         Ok(())
     }
 

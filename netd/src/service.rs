@@ -221,8 +221,11 @@ impl Netd {
                     netd.driver.install_filter(&spec)?;
                 }
             }
+            netd.driver.set_netd_queue(HOST_QUEUE)?;
             netd.host_queue = Some(created);
         }
+        let ipv4: Vec<[u8; 4]> = netd.host.ipv4.iter().map(|a| a.octets()).collect();
+        netd.driver.set_host_addresses(ipv4)?;
         Ok(netd)
     }
 
