@@ -61,7 +61,9 @@ fn two_hosts() -> (Host, Host) {
 }
 
 fn code(e: netmux_netd::client::ClientError) -> ErrorCode {
-    e.refusal().map(|r| r.code).unwrap_or_else(|| panic!("not a refusal: {e}"))
+    e.refusal()
+        .map(|r| r.code)
+        .unwrap_or_else(|| panic!("not a refusal: {e}"))
 }
 
 #[test]
@@ -70,10 +72,15 @@ fn ports_are_granted_refused_and_freed_by_netd_on_the_real_driver() {
     let mut c1 = Client::connect_socket(a.netd.socket_path()).unwrap();
     let mut c2 = Client::connect_socket(a.netd.socket_path()).unwrap();
     c1.bind_port(Transport::Udp, 5000).unwrap();
-    assert_eq!(code(c2.bind_port(Transport::Udp, 5000).unwrap_err()), ErrorCode::InUse);
+    assert_eq!(
+        code(c2.bind_port(Transport::Udp, 5000).unwrap_err()),
+        ErrorCode::InUse
+    );
     let _q = c1.open_queue().unwrap();
     drop(c1);
-    assert!(eventually(Duration::from_secs(2), || c2.bind_port(Transport::Udp, 5000).is_ok()));
+    assert!(eventually(Duration::from_secs(2), || c2
+        .bind_port(Transport::Udp, 5000)
+        .is_ok()));
 }
 
 fn interface(client: &Client, device: &mut QueueDevice) -> Interface {
@@ -85,8 +92,11 @@ fn interface(client: &Client, device: &mut QueueDevice) -> Interface {
     );
     let (ip, prefix) = h.ipv4.unwrap();
     iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), prefix))
-            .unwrap();
+        a.push(IpCidr::new(
+            IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
+            prefix,
+        ))
+        .unwrap();
     });
     iface
 }
@@ -124,7 +134,11 @@ fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
     let (mut sent, mut echoed) = (0, Vec::new());
     let start = StdInstant::now();
     while echoed.len() < request.len() {
-        assert!(start.elapsed() < Duration::from_secs(20), "stalled at {sent}/{}", echoed.len());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "stalled at {sent}/{}",
+            echoed.len()
+        );
         let now = Instant::now();
         cif.poll(now, &mut cdev, &mut cs);
         sif.poll(now, &mut sdev, &mut ss);
@@ -150,4 +164,47 @@ fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
     }
     assert_eq!(echoed, request);
     assert_eq!(cdev.counters().tx_rejected + sdev.counters().tx_rejected, 0);
+}
+
+#[test]
+fn the_driver_rejects_spoofed_transmissions_with_their_reason() {
+    use netmux_driver::ring::TxStatus;
+    let (a, _b) = two_hosts();
+    let mut c = Client::connect_socket(a.netd.socket_path()).unwrap();
+    c.bind_port(Transport::Udp, 5000).unwrap();
+    let mac = c.host().link.mac;
+    let mut q = c.open_queue().unwrap();
+    let frame = |src_mac: [u8; 6], src_ip: Ipv4Addr, sport: u16| {
+        let mut f = Vec::new();
+        etherparse::PacketBuilder::ethernet2(src_mac, MAC_B)
+            .ipv4(src_ip.octets(), IP_B.octets(), 64)
+            .udp(sport, 53)
+            .write(&mut f, b"query")
+            .unwrap();
+        f
+    };
+    let cases = [
+        (frame(mac, IP_A, 5000), TxStatus::Sent),
+        (
+            frame([2, 9, 9, 9, 9, 9], IP_A, 5000),
+            TxStatus::RejectedSpoofedSourceMac,
+        ),
+        (
+            frame(mac, Ipv4Addr::new(10, 0, 0, 99), 5000),
+            TxStatus::RejectedSourceIp,
+        ),
+        (frame(mac, IP_A, 5001), TxStatus::RejectedUnownedSourcePort),
+    ];
+    let batch: Vec<[&[u8]; 1]> = cases.iter().map(|(f, _)| [f.as_slice()]).collect();
+    let refs: Vec<&[&[u8]]> = batch.iter().map(|b| &b[..]).collect();
+    let first = q.send(&refs).unwrap().first_seq;
+    let mut done = Vec::new();
+    assert!(eventually(Duration::from_secs(2), || {
+        q.completions(16, &mut done).unwrap();
+        done.len() == cases.len()
+    }));
+    for (i, (_, want)) in cases.iter().enumerate() {
+        let got = done.iter().find(|c| c.seq == first + i as u64).unwrap();
+        assert_eq!(got.status, *want, "case {i}");
+    }
 }
