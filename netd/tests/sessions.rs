@@ -795,3 +795,23 @@ fn a_second_netd_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
     let second = netmux_netd::spawn(Config::new(&dir), fake()).unwrap();
     Client::connect_socket(second.socket_path()).unwrap();
 }
+
+#[test]
+fn netd_names_its_own_queue_and_the_host_addresses_to_the_driver() {
+    let (_netd, fake) = netd();
+    let events = fake.events();
+    assert_eq!(events[0], FakeEvent::CreateQueue(HOST_QUEUE));
+    let named = events
+        .iter()
+        .position(|e| *e == FakeEvent::SetNetdQueue(HOST_QUEUE))
+        .expect("netd's queue named");
+    let installs = events
+        .iter()
+        .filter(|e| matches!(e, FakeEvent::Install(f) if f.queue == HOST_QUEUE))
+        .count();
+    assert_eq!(installs, 2, "ARP rx and the host's tx filter");
+    assert!(events[..named]
+        .iter()
+        .any(|e| matches!(e, FakeEvent::Install(_))));
+    assert!(events.contains(&FakeEvent::SetHostAddresses(vec![IP_A.octets()])));
+}
