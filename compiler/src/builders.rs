@@ -1,18 +1,18 @@
 //! Filter builders for netd: the per-port receive and transmit filters and the ARP filters, as
 //! pcap-filter expressions compiled by the same compiler as every other filter.
 //!
-//! What each filter promises (the tests below check it on crafted frames, spoofed ones
-//! included):
+//! What each filter promises (the expressions' text is tested here; compiled and run on crafted
+//! frames, spoofed ones included, once the compiler is in the build):
 //!
-//! * **rx port** ([`rx_port`]): accepts a frame only if it is addressed to the host's MAC, to
-//!   the given IPv4 or IPv6 address, and to the given TCP or UDP port. IPv4 fragments never
+//! * **rx port** ([`rx_port_expr`]): accepts a frame only if it is addressed to the host's MAC,
+//!   to the binding's IPv4 or IPv6 address, and to its TCP or UDP port. IPv4 fragments never
 //!   reach it (the driver reassembles before it classifies).
-//! * **tx port** ([`tx_port`]): accepts a frame only if its source MAC is the host's, its source
-//!   IP is one of the host's addresses, its protocol is the port's and its source port is the
-//!   port; IPv4 fragments (offset or more-fragments set), VLAN-tagged frames and every other
-//!   ethertype are refused.
-//! * **ARP rx** ([`arp_rx`]): every ARP reply, and ARP requests for the host's IPv4 address.
-//! * **ARP tx** ([`arp_tx`]): Ethernet/IPv4 ARP requests and replies only, whose Ethernet
+//! * **tx port** ([`tx_port_expr`]): accepts a frame only if its source MAC is the host's, its
+//!   source IP is the binding's address, its protocol is the binding's and its source port is
+//!   the port; IPv4 fragments (offset or more-fragments set), VLAN-tagged frames and every
+//!   other ethertype are refused.
+//! * **ARP rx** ([`arp_rx_expr`]): every ARP reply, and ARP requests for the host's IPv4 address.
+//! * **ARP tx** ([`arp_tx_expr`]): Ethernet/IPv4 ARP requests and replies only, whose Ethernet
 //!   source and ARP sender hardware address are the host's MAC and whose sender IP is the
 //!   host's address.
 //!
@@ -20,7 +20,7 @@
 //! prints it); the crate's compiler turns it into a verified program.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A transport protocol whose ports get filters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,15 +40,17 @@ impl Transport {
     }
 }
 
-/// The host's identity on the link: what a transmitted frame may claim to come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Host {
-    /// The link's MAC address.
+/// A port binding: whose frames these are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Binding {
+    /// The host's MAC address.
     pub mac: [u8; 6],
-    /// The host's IPv4 address, if it has one.
-    pub ipv4: Option<Ipv4Addr>,
-    /// The host's IPv6 (link-local) address, if it has one.
-    pub ipv6: Option<Ipv6Addr>,
+    /// The bound IP address (one of the host's).
+    pub ip: IpAddr,
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The bound port.
+    pub port: u16,
 }
 
 /// A MAC address as the pcap-filter language writes it (`02:6e:6d:00:00:01`).
@@ -63,44 +65,33 @@ pub fn mac_text(mac: [u8; 6]) -> String {
     s
 }
 
-/// The receive filter of one port bound on one of the host's addresses.
-pub fn rx_port(mac: [u8; 6], address: IpAddr, transport: Transport, port: u16) -> String {
-    let (family, addr) = match address {
-        IpAddr::V4(a) => ("ip", a.to_string()),
-        IpAddr::V6(a) => ("ip6", a.to_string()),
+/// The receive filter of a binding.
+pub fn rx_port_expr(b: &Binding) -> String {
+    let family = match b.ip {
+        IpAddr::V4(_) => "ip",
+        IpAddr::V6(_) => "ip6",
     };
     format!(
-        "ether dst {} and {family} dst host {addr} and {} dst port {port}",
-        mac_text(mac),
-        transport.keyword()
+        "ether dst {} and {family} dst host {} and {} dst port {}",
+        mac_text(b.mac),
+        b.ip,
+        b.transport.keyword(),
+        b.port
     )
 }
 
-/// The transmit filter of one port: source MAC, source address (any of the host's),
-/// protocol and source port. `None` when the host has no IP address at all (nothing may be
-/// sent from a port then).
-pub fn tx_port(host: &Host, transport: Transport, port: u16) -> Option<String> {
-    let proto = transport.keyword();
-    let mut families = Vec::new();
-    if let Some(a) = host.ipv4 {
-        // `ip[6:2] & 0x3fff = 0`: neither the more-fragments flag nor an offset: clients may
-        // not transmit fragments.
-        families.push(format!(
-            "(ip src host {a} and ip[6:2] & 0x3fff = 0 and {proto} src port {port})"
-        ));
-    }
-    if let Some(a) = host.ipv6 {
+/// The transmit filter of a binding: source MAC, source address, protocol and source port.
+pub fn tx_port_expr(b: &Binding) -> String {
+    let (mac, proto, port) = (mac_text(b.mac), b.transport.keyword(), b.port);
+    match b.ip {
+        // `ip[6:2] & 0x3fff = 0`: neither the more-fragments flag nor an offset (the driver
+        // refuses fragments too; the filter does not rely on it).
+        IpAddr::V4(a) => format!(
+            "ether src {mac} and ip src host {a} and ip[6:2] & 0x3fff = 0 and {proto} src port {port}"
+        ),
         // A fragment header makes the next header 44, so `ip6 and udp` refuses it already.
-        families.push(format!("(ip6 src host {a} and {proto} src port {port})"));
+        IpAddr::V6(a) => format!("ether src {mac} and ip6 src host {a} and {proto} src port {port}"),
     }
-    if families.is_empty() {
-        return None;
-    }
-    Some(format!(
-        "ether src {} and ({})",
-        mac_text(host.mac),
-        families.join(" or ")
-    ))
 }
 
 /// ARP's fixed offsets for Ethernet/IPv4, from the start of the ARP header (RFC 826).
@@ -120,7 +111,7 @@ fn ip_word(a: Ipv4Addr) -> String {
 }
 
 /// The ARP receive filter: every reply, and requests for `ip`.
-pub fn arp_rx(ip: Ipv4Addr) -> String {
+pub fn arp_rx_expr(ip: Ipv4Addr) -> String {
     format!(
         "arp and (arp[{op}:2] = 2 or (arp[{op}:2] = 1 and arp[{tpa}:4] = {ip}))",
         op = arp_offset::OPER,
@@ -131,7 +122,7 @@ pub fn arp_rx(ip: Ipv4Addr) -> String {
 
 /// The ARP transmit filter: Ethernet/IPv4 requests and replies whose Ethernet source and
 /// sender hardware address are `mac` and whose sender IP is `ip`.
-pub fn arp_tx(mac: [u8; 6], ip: Ipv4Addr) -> String {
+pub fn arp_tx_expr(mac: [u8; 6], ip: Ipv4Addr) -> String {
     let mac_hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
     let mac_lo = u16::from_be_bytes([mac[4], mac[5]]);
     format!(
@@ -154,60 +145,47 @@ mod tests {
 
     const MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0x00, 0x00, 0x01];
 
-    fn host() -> Host {
-        Host {
+    fn binding(ip: &str, transport: Transport, port: u16) -> Binding {
+        Binding {
             mac: MAC,
-            ipv4: Some(Ipv4Addr::new(192, 168, 7, 2)),
-            ipv6: Some("fe80::6e:6dff:fe00:1".parse().unwrap()),
+            ip: ip.parse().unwrap(),
+            transport,
+            port,
         }
     }
 
     #[test]
     fn rx_port_text_names_mac_address_protocol_and_port() {
         assert_eq!(
-            rx_port(
-                MAC,
-                IpAddr::V4(Ipv4Addr::new(192, 168, 7, 2)),
-                Transport::Udp,
-                5353
-            ),
+            rx_port_expr(&binding("192.168.7.2", Transport::Udp, 5353)),
             "ether dst 02:6e:6d:00:00:01 and ip dst host 192.168.7.2 and udp dst port 5353"
         );
         assert_eq!(
-            rx_port(MAC, "fe80::1".parse().unwrap(), Transport::Tcp, 80),
+            rx_port_expr(&binding("fe80::1", Transport::Tcp, 80)),
             "ether dst 02:6e:6d:00:00:01 and ip6 dst host fe80::1 and tcp dst port 80"
         );
     }
 
     #[test]
-    fn tx_port_text_covers_every_host_address_and_refuses_fragments() {
+    fn tx_port_text_names_the_source_and_refuses_ipv4_fragments() {
         assert_eq!(
-            tx_port(&host(), Transport::Tcp, 8080).unwrap(),
-            "ether src 02:6e:6d:00:00:01 and ((ip src host 192.168.7.2 and ip[6:2] & 0x3fff = 0 \
-             and tcp src port 8080) or (ip6 src host fe80::6e:6dff:fe00:1 and tcp src port 8080))"
+            tx_port_expr(&binding("192.168.7.2", Transport::Tcp, 8080)),
+            "ether src 02:6e:6d:00:00:01 and ip src host 192.168.7.2 and ip[6:2] & 0x3fff = 0 \
+             and tcp src port 8080"
         );
-        let v4_only = Host {
-            ipv6: None,
-            ..host()
-        };
-        assert!(!tx_port(&v4_only, Transport::Udp, 1)
-            .unwrap()
-            .contains("ip6"));
-        let none = Host {
-            ipv4: None,
-            ipv6: None,
-            ..host()
-        };
-        assert_eq!(tx_port(&none, Transport::Udp, 1), None);
+        assert_eq!(
+            tx_port_expr(&binding("fe80::6e:6dff:fe00:1", Transport::Udp, 53)),
+            "ether src 02:6e:6d:00:00:01 and ip6 src host fe80::6e:6dff:fe00:1 and udp src port 53"
+        );
     }
 
     #[test]
     fn arp_text_checks_operation_and_addresses() {
         assert_eq!(
-            arp_rx(Ipv4Addr::new(192, 168, 7, 2)),
+            arp_rx_expr(Ipv4Addr::new(192, 168, 7, 2)),
             "arp and (arp[6:2] = 2 or (arp[6:2] = 1 and arp[24:4] = 0xc0a80702))"
         );
-        let tx = arp_tx(MAC, Ipv4Addr::new(192, 168, 7, 2));
+        let tx = arp_tx_expr(MAC, Ipv4Addr::new(192, 168, 7, 2));
         assert!(tx.starts_with("ether src 02:6e:6d:00:00:01 and arp and "));
         assert!(tx.contains("arp[8:4] = 0x026e6d00 and arp[12:2] = 0x0001"));
         assert!(tx.ends_with("arp[14:4] = 0xc0a80702"));

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netmux_compiler::builders::{self, Host};
+use netmux_compiler::builders::{self, Binding};
 use netmux_proto::driver::PortBinding;
 
 use crate::core::Transport;
@@ -26,6 +26,14 @@ pub enum FilterCompileError {
 /// Compiles an expression to a verified program.
 pub fn compile(_expr: &str) -> Result<netmux_vm::Program, FilterCompileError> {
     Err(FilterCompileError::Unavailable)
+}
+
+/// A MAC address as the pcap-filter language writes it.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The host's identity on the link.
@@ -91,7 +99,6 @@ pub struct PortFilters {
 
 /// The filters of a port. `None` when the host has no address (no port can be served).
 pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Option<PortFilters> {
-    let t = builder_transport(transport);
     let addresses = host.addresses();
     if addresses.is_empty() {
         return None;
@@ -100,37 +107,28 @@ pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Opt
         rx: Vec::new(),
         tx: Vec::new(),
     };
-    for a in addresses {
-        let key = binding(a, transport, port);
-        // The tx filter of one address: a host with only that address.
-        let only = Host {
+    for ip in addresses {
+        let key = binding(ip, transport, port);
+        let b = Binding {
             mac: host.mac,
-            ipv4: match a {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            },
-            ipv6: match a {
-                IpAddr::V6(v6) => Some(v6),
-                IpAddr::V4(_) => None,
-            },
+            ip,
+            transport: builder_transport(transport),
+            port,
         };
-        let tx = builders::tx_port(&only, t, port)?;
-        filters
-            .rx
-            .push((builders::rx_port(host.mac, a, t, port), key));
-        filters.tx.push((tx, key));
+        filters.rx.push((builders::rx_port_expr(&b), key));
+        filters.tx.push((builders::tx_port_expr(&b), key));
     }
     Some(filters)
 }
 
 /// The ARP tx filter of a client queue, when the host has an IPv4 address.
 pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
-    host.ipv4.map(|ip| builders::arp_tx(host.mac, ip))
+    host.ipv4.map(|ip| builders::arp_tx_expr(host.mac, ip))
 }
 
 /// The rx filter of netd's own host queue: ARP for the host.
 pub fn host_rx(host: &HostIdentity) -> Option<String> {
-    host.ipv4.map(builders::arp_rx)
+    host.ipv4.map(builders::arp_rx_expr)
 }
 
 /// The tx filter of netd's own host queue: ARP as the host, and any IP from the host's
@@ -143,13 +141,13 @@ pub fn host_tx(host: &HostIdentity) -> Option<String> {
     if let Some(a) = host.ipv4 {
         parts.push(format!(
             "(ether src {} and ip src host {a})",
-            builders::mac_text(host.mac)
+            mac_text(host.mac)
         ));
     }
     if let Some(a) = host.ipv6 {
         parts.push(format!(
             "(ether src {} and ip6 src host {a})",
-            builders::mac_text(host.mac)
+            mac_text(host.mac)
         ));
     }
     (!parts.is_empty()).then(|| parts.join(" or "))
