@@ -6,8 +6,9 @@
 //! * `sessions_10k`: 10,000 sessions, each connecting, saying hello and binding one port (a
 //!   window of 1,000 sessions alive at once, to stay within descriptor limits); prints the
 //!   median and 99th percentile of `bind_port`.
-//! * criterion: `bind_port` + `close_port` on one session, and the peer in the same run: a
-//!   `stats` round trip, the IPC floor with no driver work.
+//! * criterion `netd/bind-port/netmux`: `bind_port` (timed) + `close_port` (not timed) on one
+//!   session whose queue exists, and the peer in the same run, `netd/bind-port/peer-ipc-round-trip`:
+//!   a `stats` round trip, the IPC floor with no driver work (`scripts/bench-report` pairs them).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -82,8 +83,8 @@ fn bench(c: &mut Criterion) {
     let netd = start();
     sessions_10k(&netd);
     let mut client = Client::connect_socket(netd.socket_path()).expect("connect");
-    let mut group = c.benchmark_group("netd");
-    group.bench_function("bind_port_to_active_filter", |b| {
+    let mut group = c.benchmark_group("netd/bind-port");
+    group.bench_function("netmux", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -95,7 +96,7 @@ fn bench(c: &mut Criterion) {
             total
         })
     });
-    group.bench_function("peer_stats_round_trip", |b| {
+    group.bench_function("peer-ipc-round-trip", |b| {
         b.iter(|| client.stats().expect("stats"))
     });
     group.finish();
