@@ -1,28 +1,26 @@
-//! Filter builders for netd: the per-port receive and transmit filters and the ARP filters, as
-//! pcap-filter expressions compiled by the same compiler as every other filter.
+//! Filter builders for netd: the per-port receive and transmit filters and the ARP filters,
+//! written as pcap-filter expressions and compiled by the same compiler as everything else
+//! (so they get the same libpcap semantics, optimizer and verifier).
 //!
-//! What each filter promises (the expressions' text is tested here; compiled and run on crafted
-//! frames, spoofed ones included, once the compiler is in the build):
+//! * [`rx_port`]: frames for a bound port: destination MAC, destination IP (v4 or v6),
+//!   protocol and destination port.
+//! * [`tx_port`]: frames a client may send from a bound port: source MAC, source IP,
+//!   protocol and source port (anything else is spoofed).
+//! * [`arp_rx`]: ARP replies, and ARP requests for our address.
+//! * [`arp_tx`]: ARP requests or replies whose Ethernet source, sender MAC and sender IP are
+//!   ours.
 //!
-//! * **rx port** ([`rx_port_expr`]): accepts a frame only if it is addressed to the host's MAC,
-//!   to the binding's IPv4 or IPv6 address, and to its TCP or UDP port. IPv4 fragments never
-//!   reach it (the driver reassembles before it classifies).
-//! * **tx port** ([`tx_port_expr`]): accepts a frame only if its source MAC is the host's, its
-//!   source IP is the binding's address, its protocol is the binding's and its source port is
-//!   the port; IPv4 fragments (offset or more-fragments set), VLAN-tagged frames and every
-//!   other ethertype are refused.
-//! * **ARP rx** ([`arp_rx_expr`]): every ARP reply, and ARP requests for the host's IPv4 address.
-//! * **ARP tx** ([`arp_tx_expr`]): Ethernet/IPv4 ARP requests and replies only, whose Ethernet
-//!   source and ARP sender hardware address are the host's MAC and whose sender IP is the
-//!   host's address.
-//!
-//! The builders produce text, so a person can read exactly what netd installed (`netmux ls`
-//! prints it); the crate's compiler turns it into a verified program.
+//! The driver reassembles IP fragments before it classifies, so the port tests (which, as in
+//! libpcap, only look at first fragments) see whole datagrams.
 
-use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::fmt::Write;
+use std::net::IpAddr;
 
-/// A transport protocol whose ports get filters.
+use netmux_vm::Program;
+
+use crate::{compile, CompileError, Options};
+
+/// A transport protocol a port belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
     /// TCP.
@@ -43,9 +41,9 @@ impl Transport {
 /// A port binding: whose frames these are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Binding {
-    /// The host's MAC address.
+    /// The client's (or the host's) MAC address.
     pub mac: [u8; 6],
-    /// The bound IP address (one of the host's).
+    /// The bound IP address.
     pub ip: IpAddr,
     /// TCP or UDP.
     pub transport: Transport,
@@ -53,10 +51,9 @@ pub struct Binding {
     pub port: u16,
 }
 
-/// A MAC address as the pcap-filter language writes it (`02:6e:6d:00:00:01`).
-pub fn mac_text(mac: [u8; 6]) -> String {
-    let mut s = String::with_capacity(17);
-    for (i, b) in mac.iter().enumerate() {
+fn mac_text(m: &[u8; 6]) -> String {
+    let mut s = String::new();
+    for (i, b) in m.iter().enumerate() {
         if i > 0 {
             s.push(':');
         }
@@ -65,134 +62,83 @@ pub fn mac_text(mac: [u8; 6]) -> String {
     s
 }
 
-/// The receive filter of a binding.
-pub fn rx_port_expr(b: &Binding) -> String {
-    let family = match b.ip {
+fn ip_qualifier(ip: &IpAddr) -> &'static str {
+    match ip {
         IpAddr::V4(_) => "ip",
         IpAddr::V6(_) => "ip6",
-    };
+    }
+}
+
+/// The receive filter expression for a binding.
+pub fn rx_port_expr(b: &Binding) -> String {
     format!(
-        "ether dst {} and {family} dst host {} and {} dst port {}",
-        mac_text(b.mac),
+        "ether dst {} and {} dst host {} and {} dst port {}",
+        mac_text(&b.mac),
+        ip_qualifier(&b.ip),
         b.ip,
         b.transport.keyword(),
         b.port
     )
 }
 
-/// The transmit filter of a binding: source MAC, source address, protocol and source port.
+/// The transmit filter expression for a binding.
 pub fn tx_port_expr(b: &Binding) -> String {
-    let (mac, proto, port) = (mac_text(b.mac), b.transport.keyword(), b.port);
-    match b.ip {
-        // `ip[6:2] & 0x3fff = 0`: neither the more-fragments flag nor an offset (the driver
-        // refuses fragments too; the filter does not rely on it).
-        IpAddr::V4(a) => format!(
-            "ether src {mac} and ip src host {a} and ip[6:2] & 0x3fff = 0 and {proto} src port {port}"
-        ),
-        // A fragment header makes the next header 44, so `ip6 and udp` refuses it already.
-        IpAddr::V6(a) => format!("ether src {mac} and ip6 src host {a} and {proto} src port {port}"),
-    }
-}
-
-/// ARP's fixed offsets for Ethernet/IPv4, from the start of the ARP header (RFC 826).
-mod arp_offset {
-    /// Operation: 1 request, 2 reply.
-    pub const OPER: u32 = 6;
-    /// Sender hardware address.
-    pub const SHA: u32 = 8;
-    /// Sender protocol address.
-    pub const SPA: u32 = 14;
-    /// Target protocol address.
-    pub const TPA: u32 = 24;
-}
-
-fn ip_word(a: Ipv4Addr) -> String {
-    format!("0x{:08x}", u32::from(a))
-}
-
-/// The ARP receive filter: every reply, and requests for `ip`.
-pub fn arp_rx_expr(ip: Ipv4Addr) -> String {
     format!(
-        "arp and (arp[{op}:2] = 2 or (arp[{op}:2] = 1 and arp[{tpa}:4] = {ip}))",
-        op = arp_offset::OPER,
-        tpa = arp_offset::TPA,
-        ip = ip_word(ip),
+        "ether src {} and {} src host {} and {} src port {}",
+        mac_text(&b.mac),
+        ip_qualifier(&b.ip),
+        b.ip,
+        b.transport.keyword(),
+        b.port
     )
 }
 
-/// The ARP transmit filter: Ethernet/IPv4 requests and replies whose Ethernet source and
-/// sender hardware address are `mac` and whose sender IP is `ip`.
-pub fn arp_tx_expr(mac: [u8; 6], ip: Ipv4Addr) -> String {
-    let mac_hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
-    let mac_lo = u16::from_be_bytes([mac[4], mac[5]]);
+/// The ARP receive filter expression: replies, and requests whose target IP is `ip`.
+pub fn arp_rx_expr(ip: std::net::Ipv4Addr) -> String {
+    format!("arp and (arp[6:2] = 2 or (arp[6:2] = 1 and arp dst host {ip}))")
+}
+
+/// The ARP transmit filter expression: a request or reply sent from `mac` whose sender
+/// hardware and protocol addresses are `mac` and `ip`.
+pub fn arp_tx_expr(mac: [u8; 6], ip: std::net::Ipv4Addr) -> String {
+    let hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let lo = u16::from_be_bytes([mac[4], mac[5]]);
     format!(
-        "ether src {m} and arp and arp[0:2] = 1 and arp[2:2] = 0x0800 and arp[4] = 6 \
-         and arp[5] = 4 and (arp[{op}:2] = 1 or arp[{op}:2] = 2) \
-         and arp[{sha}:4] = 0x{mac_hi:08x} and arp[{sha_lo}:2] = 0x{mac_lo:04x} \
-         and arp[{spa}:4] = {ip}",
-        m = mac_text(mac),
-        op = arp_offset::OPER,
-        sha = arp_offset::SHA,
-        sha_lo = arp_offset::SHA + 4,
-        spa = arp_offset::SPA,
-        ip = ip_word(ip),
+        "ether src {} and arp and (arp[6:2] = 1 or arp[6:2] = 2) and arp[8:4] = {hi:#x} and arp[12:2] = {lo:#x} and arp src host {ip}",
+        mac_text(&mac)
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn build(expr: &str, accept_value: u32) -> Result<Program, CompileError> {
+    compile(
+        expr,
+        &Options {
+            accept_value,
+            ..Options::default()
+        },
+    )
+}
 
-    const MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0x00, 0x00, 0x01];
+/// The verified receive filter for a binding, accepting with `accept_value`.
+pub fn rx_port(b: &Binding, accept_value: u32) -> Result<Program, CompileError> {
+    build(&rx_port_expr(b), accept_value)
+}
 
-    fn binding(ip: &str, transport: Transport, port: u16) -> Binding {
-        Binding {
-            mac: MAC,
-            ip: ip.parse().unwrap(),
-            transport,
-            port,
-        }
-    }
+/// The verified transmit filter for a binding, accepting with `accept_value`.
+pub fn tx_port(b: &Binding, accept_value: u32) -> Result<Program, CompileError> {
+    build(&tx_port_expr(b), accept_value)
+}
 
-    #[test]
-    fn rx_port_text_names_mac_address_protocol_and_port() {
-        assert_eq!(
-            rx_port_expr(&binding("192.168.7.2", Transport::Udp, 5353)),
-            "ether dst 02:6e:6d:00:00:01 and ip dst host 192.168.7.2 and udp dst port 5353"
-        );
-        assert_eq!(
-            rx_port_expr(&binding("fe80::1", Transport::Tcp, 80)),
-            "ether dst 02:6e:6d:00:00:01 and ip6 dst host fe80::1 and tcp dst port 80"
-        );
-    }
+/// The verified ARP receive filter.
+pub fn arp_rx(ip: std::net::Ipv4Addr, accept_value: u32) -> Result<Program, CompileError> {
+    build(&arp_rx_expr(ip), accept_value)
+}
 
-    #[test]
-    fn tx_port_text_names_the_source_and_refuses_ipv4_fragments() {
-        assert_eq!(
-            tx_port_expr(&binding("192.168.7.2", Transport::Tcp, 8080)),
-            "ether src 02:6e:6d:00:00:01 and ip src host 192.168.7.2 and ip[6:2] & 0x3fff = 0 \
-             and tcp src port 8080"
-        );
-        assert_eq!(
-            tx_port_expr(&binding("fe80::6e:6dff:fe00:1", Transport::Udp, 53)),
-            "ether src 02:6e:6d:00:00:01 and ip6 src host fe80::6e:6dff:fe00:1 and udp src port 53"
-        );
-    }
-
-    #[test]
-    fn arp_text_checks_operation_and_addresses() {
-        assert_eq!(
-            arp_rx_expr(Ipv4Addr::new(192, 168, 7, 2)),
-            "arp and (arp[6:2] = 2 or (arp[6:2] = 1 and arp[24:4] = 0xc0a80702))"
-        );
-        let tx = arp_tx_expr(MAC, Ipv4Addr::new(192, 168, 7, 2));
-        assert!(tx.starts_with("ether src 02:6e:6d:00:00:01 and arp and "));
-        assert!(tx.contains("arp[8:4] = 0x026e6d00 and arp[12:2] = 0x0001"));
-        assert!(tx.ends_with("arp[14:4] = 0xc0a80702"));
-    }
-
-    #[test]
-    fn mac_text_is_lowercase_colon_separated() {
-        assert_eq!(mac_text([0xff, 0, 0xab, 1, 2, 0x10]), "ff:00:ab:01:02:10");
-    }
+/// The verified ARP transmit filter.
+pub fn arp_tx(
+    mac: [u8; 6],
+    ip: std::net::Ipv4Addr,
+    accept_value: u32,
+) -> Result<Program, CompileError> {
+    build(&arp_tx_expr(mac, ip), accept_value)
 }
