@@ -1,7 +1,27 @@
-//! netd, the netmux daemon: ports, sessions and policy, the IPC protocol, the client library.
+//! netd, the netmux daemon: ports, sessions and policy over IPC, per-port filters at the
+//! driver, netd's own host stack, and the client library.
 //!
-//! [`core`] is netd's I/O-free heart (ports, sessions, policy), tested without sockets and with
-//! the time passed in; the daemon around it is a thin tokio shell.
+//! * [`core`]: the I/O-free heart (ports, sessions, policy), tested without sockets and with
+//!   the time passed in.
+//! * [`service`]: requests carried out at the driver in the core's two-phase order.
+//! * [`server`]: the thin tokio shell (client socket, tasks, handshake clock), and
+//!   [`server::spawn`] to run netd in-process.
+//! * [`driver_link`]: the driver behind a trait; [`fake_driver`] is the in-process fake.
+//! * [`filters`]: the per-port filters from the compiler's builders.
+//! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
+//! * [`client`]: the client library (blocking and tokio) and a smoltcp device.
 #![deny(unsafe_code)]
 
+pub mod async_channel;
+pub mod client;
+pub mod config;
 pub mod core;
+pub mod driver_link;
+pub mod fake_driver;
+pub mod filters;
+pub mod host;
+pub mod server;
+pub mod service;
+
+pub use config::Config;
+pub use server::{spawn, NetdHandle, Server};

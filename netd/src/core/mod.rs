@@ -361,6 +361,18 @@ impl Core {
         Ok(())
     }
 
+    /// Gives back ring memory reserved with [`Core::reserve_ring`] for a queue the driver did
+    /// not create, so a failed creation does not eat the session's budget.
+    pub fn release_ring(&mut self, id: SessionId, bytes: u64) -> Result<(), CoreError> {
+        let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
+        let bytes = bytes.min(s.ring_bytes);
+        s.ring_bytes -= bytes;
+        let uid = s.creds.uid;
+        let usage = self.usage(uid);
+        usage.ring_bytes = usage.ring_bytes.saturating_sub(bytes);
+        Ok(())
+    }
+
     /// Ends a session (the client closed, died, broke the protocol or timed out). Its ports go
     /// to `Releasing`; the returned [`Teardown`] says what the shell must remove at the driver.
     pub fn disconnect(&mut self, id: SessionId) -> Result<Teardown, CoreError> {
@@ -564,5 +576,20 @@ mod tests {
         assert_eq!(core.close_filter(s, f), Err(CoreError::NoFilter));
         let t = core.disconnect(s).unwrap();
         assert!(t.filters.is_empty() && t.ports.is_empty() && !t.queue);
+    }
+
+    #[test]
+    fn released_ring_memory_returns_to_the_session_and_the_uid() {
+        let mut policy = Policy::default();
+        policy.limits.ring_bytes_per_session = 100;
+        let mut core = Core::new(policy, PortTable::default());
+        let a = active(&mut core, 7);
+        core.reserve_ring(a, 100).unwrap();
+        core.release_ring(a, 100).unwrap();
+        core.reserve_ring(a, 100).unwrap();
+        // Never more than was reserved.
+        core.release_ring(a, 1000).unwrap();
+        assert_eq!(core.session(a).unwrap().ring_bytes, 0);
+        assert!(!core.disconnect(a).unwrap().queue);
     }
 }

@@ -1,0 +1,214 @@
+//! netd's configuration: where it listens, the host's addresses, the ephemeral port range and
+//! the policy, with the parsers the command line uses.
+//!
+//! Every parser returns a [`ConfigError`] naming the bad text; none panics.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use netmux_driver::ring::RingConfig;
+
+use crate::core::ports::DEFAULT_EPHEMERAL;
+use crate::core::Policy;
+
+/// The socket clients connect to, inside the runtime directory.
+pub const SOCKET_NAME: &str = "netd.sock";
+/// How long netd waits for a client to make room for a reply before ending its session: a
+/// client that stops reading its replies is gone as far as netd is concerned.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The runtime directory when `$XDG_RUNTIME_DIR` is not set.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/netmux";
+
+/// A configuration value that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not `A.B.C.D/N` with N at most 32.
+    #[error("{0:?} is not an IPv4 address with a prefix length (A.B.C.D/N, N <= 32)")]
+    Ipv4Cidr(String),
+    /// Not `A-B` with 1 <= A <= B <= 65535.
+    #[error("{0:?} is not a port range (A-B with 1 <= A <= B <= 65535)")]
+    PortRange(String),
+    /// The gateway is not inside the host's subnet.
+    #[error("gateway {gateway} is not in {address}/{prefix}")]
+    GatewayOffLink {
+        /// The gateway.
+        gateway: Ipv4Addr,
+        /// The host address.
+        address: Ipv4Addr,
+        /// Its prefix length.
+        prefix: u8,
+    },
+}
+
+/// The host's IP configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostAddrs {
+    /// IPv4 address and prefix length.
+    pub ipv4: Option<(Ipv4Addr, u8)>,
+    /// IPv4 default gateway.
+    pub gateway: Option<Ipv4Addr>,
+    /// Whether to give the host an IPv6 link-local address derived from the link's MAC.
+    pub ipv6_link_local: bool,
+}
+
+/// Everything netd needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The runtime directory; the client socket is `SOCKET_NAME` inside it.
+    pub runtime_dir: PathBuf,
+    /// The host's addresses.
+    pub addrs: HostAddrs,
+    /// Ephemeral ports for `get_port`.
+    pub ephemeral: RangeInclusive<u16>,
+    /// Who may do what, and how much.
+    pub policy: Policy,
+    /// Ring geometry of every client queue.
+    pub rings: RingConfig,
+    /// Whether netd runs its own host stack (ARP, ICMP echo, port unreachable, RST) on a queue
+    /// of its own.
+    pub host_stack: bool,
+    /// How long a reply may wait for room in a client's socket ([`DEFAULT_REPLY_TIMEOUT`]).
+    pub reply_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration with defaults, listening in `runtime_dir`.
+    pub fn new(runtime_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            runtime_dir: runtime_dir.into(),
+            addrs: HostAddrs {
+                ipv4: None,
+                gateway: None,
+                ipv6_link_local: true,
+            },
+            ephemeral: DEFAULT_EPHEMERAL,
+            policy: Policy::default(),
+            rings: RingConfig::default(),
+            host_stack: true,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+        }
+    }
+
+    /// The client socket's path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.runtime_dir.join(SOCKET_NAME)
+    }
+}
+
+/// The default runtime directory: `$XDG_RUNTIME_DIR/netmux`, else [`SYSTEM_RUNTIME_DIR`].
+pub fn default_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => Path::new(&dir).join("netmux"),
+        _ => PathBuf::from(SYSTEM_RUNTIME_DIR),
+    }
+}
+
+/// Parses `A.B.C.D/N`.
+pub fn parse_ipv4_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let bad = || ConfigError::Ipv4Cidr(text.to_owned());
+    let (addr, prefix) = text.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if prefix > 32 {
+        return Err(bad());
+    }
+    Ok((addr, prefix))
+}
+
+/// Parses `A-B`.
+pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, ConfigError> {
+    let bad = || ConfigError::PortRange(text.to_owned());
+    let (a, b) = text.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+/// Checks that the gateway is on the host's subnet.
+pub fn check_gateway(
+    (address, prefix): (Ipv4Addr, u8),
+    gateway: Ipv4Addr,
+) -> Result<(), ConfigError> {
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    if u32::from(address) & mask == u32::from(gateway) & mask {
+        Ok(())
+    } else {
+        Err(ConfigError::GatewayOffLink {
+            gateway,
+            address,
+            prefix,
+        })
+    }
+}
+
+/// The IPv6 link-local address for a MAC (modified EUI-64, RFC 4291 appendix A).
+pub fn link_local_from_mac(mac: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_rejects_bad_prefixes() {
+        assert_eq!(
+            parse_ipv4_cidr("10.0.0.2/24"),
+            Ok((Ipv4Addr::new(10, 0, 0, 2), 24))
+        );
+        for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "x/1", "10.0.0.2/-1"] {
+            assert!(parse_ipv4_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_ranges_parse_and_reject_empty_or_zero() {
+        assert_eq!(parse_port_range("49152-65535"), Ok(49152..=65535));
+        assert_eq!(parse_port_range("7-7"), Ok(7..=7));
+        for bad in ["0-10", "10-9", "1-65536", "5", "-"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_gateway_must_be_on_the_subnet() {
+        let host = (Ipv4Addr::new(192, 168, 1, 5), 24);
+        assert!(check_gateway(host, Ipv4Addr::new(192, 168, 1, 1)).is_ok());
+        assert!(check_gateway(host, Ipv4Addr::new(192, 168, 2, 1)).is_err());
+        assert!(check_gateway((host.0, 0), Ipv4Addr::new(8, 8, 8, 8)).is_ok());
+    }
+
+    #[test]
+    fn link_local_is_modified_eui64_of_the_mac() {
+        assert_eq!(
+            link_local_from_mac([0x02, 0x6e, 0x6d, 0x01, 0x02, 0x03]),
+            "fe80::6e:6dff:fe01:203".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+}

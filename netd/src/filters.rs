@@ -1,0 +1,186 @@
+//! The filters netd installs for a port, a queue and its own host stack, from the compiler's
+//! builders ([`netmux_compiler::builders`]), with the classifier key for port rx filters.
+//!
+//! A bound port gets one rx filter and one tx filter per host address, each with its
+//! [`PortBinding`]: the classifier puts rx bindings in its hash table, and the driver names the
+//! reason for a rejected transmission from the tx bindings (source MAC, ethertype, source IP,
+//! source port).
+//! A client queue gets one ARP tx filter so its stack can resolve neighbours; ARP replies and
+//! requests for the host reach every queue by the driver's own rule.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netmux_compiler::builders::{self, Binding};
+use netmux_proto::driver::PortBinding;
+
+use crate::core::Transport;
+
+/// Why an expression did not become a program.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FilterCompileError {
+    /// This build's compiler cannot compile expressions yet.
+    #[error("the filter compiler is not available in this build")]
+    Unavailable,
+}
+
+/// Compiles an expression to a verified program.
+pub fn compile(_expr: &str) -> Result<netmux_vm::Program, FilterCompileError> {
+    Err(FilterCompileError::Unavailable)
+}
+
+/// A MAC address as the pcap-filter language writes it.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The host's identity on the link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostIdentity {
+    /// The link's MAC.
+    pub mac: [u8; 6],
+    /// IPv4 address.
+    pub ipv4: Option<Ipv4Addr>,
+    /// IPv6 link-local address.
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl HostIdentity {
+    /// The host's addresses, IPv4 first.
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+            .collect()
+    }
+}
+
+fn builder_transport(t: Transport) -> builders::Transport {
+    match t {
+        Transport::Tcp => builders::Transport::Tcp,
+        Transport::Udp => builders::Transport::Udp,
+    }
+}
+
+/// An address as [`PortBinding`] stores it: 16 bytes (IPv4 in the first 4) and the family.
+pub fn address_key(address: IpAddr) -> ([u8; 16], bool) {
+    match address {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, false)
+        }
+        IpAddr::V6(a) => (a.octets(), true),
+    }
+}
+
+/// The classifier key of a port bound on `address`.
+pub fn binding(address: IpAddr, transport: Transport, port: u16) -> PortBinding {
+    let (bytes, ipv6) = address_key(address);
+    PortBinding {
+        protocol: transport.ip_protocol(),
+        address: bytes,
+        ipv6,
+        port,
+    }
+}
+
+/// A port's filters: rx and tx per host address, each with its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortFilters {
+    /// Rx filter expressions and their classifier keys.
+    pub rx: Vec<(String, PortBinding)>,
+    /// Tx filter expressions and their keys.
+    pub tx: Vec<(String, PortBinding)>,
+}
+
+/// The filters of a port. `None` when the host has no address (no port can be served).
+pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Option<PortFilters> {
+    let addresses = host.addresses();
+    if addresses.is_empty() {
+        return None;
+    }
+    let mut filters = PortFilters {
+        rx: Vec::new(),
+        tx: Vec::new(),
+    };
+    for ip in addresses {
+        let key = binding(ip, transport, port);
+        let b = Binding {
+            mac: host.mac,
+            ip,
+            transport: builder_transport(transport),
+            port,
+        };
+        filters.rx.push((builders::rx_port_expr(&b), key));
+        filters.tx.push((builders::tx_port_expr(&b), key));
+    }
+    Some(filters)
+}
+
+/// The ARP tx filter of a client queue, when the host has an IPv4 address.
+pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
+    host.ipv4.map(|ip| builders::arp_tx_expr(host.mac, ip))
+}
+
+/// The rx filter of netd's own host queue: ARP for the host.
+pub fn host_rx(host: &HostIdentity) -> Option<String> {
+    host.ipv4.map(builders::arp_rx_expr)
+}
+
+/// The tx filter of netd's own host queue: ARP as the host, and any IP from the host's
+/// addresses (netd answers for ports nobody holds: ICMP errors, echo replies, RSTs).
+pub fn host_tx(host: &HostIdentity) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(arp) = queue_arp_tx(host) {
+        parts.push(format!("({arp})"));
+    }
+    if let Some(a) = host.ipv4 {
+        parts.push(format!(
+            "(ether src {} and ip src host {a})",
+            mac_text(host.mac)
+        ));
+    }
+    if let Some(a) = host.ipv6 {
+        parts.push(format!(
+            "(ether src {} and ip6 src host {a})",
+            mac_text(host.mac)
+        ));
+    }
+    (!parts.is_empty()).then(|| parts.join(" or "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostIdentity {
+        HostIdentity {
+            mac: [2, 0, 0, 0, 0, 1],
+            ipv4: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            ipv6: Some("fe80::1".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_port_gets_an_rx_and_a_tx_filter_per_address() {
+        let f = port_filters(&host(), Transport::Udp, 5000).unwrap();
+        assert_eq!((f.rx.len(), f.tx.len()), (2, 2));
+        assert_eq!(f.tx[0].1, f.rx[0].1);
+        assert!(f.tx[0].0.contains("ip src host 10.0.0.2") && !f.tx[0].0.contains("ip6"));
+        assert!(f.tx[1].0.contains("ip6 src host fe80::1") && !f.tx[1].0.contains("ip src"));
+        assert_eq!(f.rx[0].1.address[..4], [10, 0, 0, 2]);
+        assert!(!f.rx[0].1.ipv6 && f.rx[1].1.ipv6);
+        assert_eq!((f.rx[1].1.protocol, f.rx[1].1.port), (17, 5000));
+        assert!(f.tx.iter().all(|(e, _)| e.contains("udp src port 5000")));
+        let nothing = HostIdentity {
+            ipv4: None,
+            ipv6: None,
+            ..host()
+        };
+        assert_eq!(port_filters(&nothing, Transport::Tcp, 1), None);
+    }
+}

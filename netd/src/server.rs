@@ -1,0 +1,382 @@
+//! The tokio shell: the client socket, one task per client, the handshake clock, and the host
+//! stack's thread, around [`Netd`].
+//!
+//! Each client task reads whole messages with [`Channel::try_recv_raw`] as the socket becomes
+//! readable, hands each request to [`Netd::handle`] under the state lock (driver requests are
+//! short local round trips, serialised there so two clients can never race for a port), and
+//! writes the reply, waiting for the socket to be writable so a client that never reads its
+//! replies costs only its own task; after [`Config::reply_timeout`] it is disconnected. Whatever ends
+//! the task (close, death, a broken message frame, a timeout), [`Netd::disconnect`] runs, once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use netmux_proto::channel::ChannelError;
+use netmux_proto::client::{ClientReply, ClientRequest};
+use netmux_proto::frame;
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+
+use crate::async_channel::AsyncChannel;
+use crate::config::Config;
+use crate::core::{Credentials, SessionId};
+use crate::driver_link::DriverLink;
+use crate::host;
+use crate::service::{Netd, Response, StartError};
+
+/// How often the handshake deadlines are checked.
+pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// netd itself could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The runtime directory or socket could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// Another netd answers on the socket.
+    #[error("another netd is listening on {0}")]
+    AlreadyRunning(PathBuf),
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
+    let what = what.into();
+    move |source| ServeError::Io { what, source }
+}
+
+/// The state shared by the tasks.
+pub type SharedNetd = Arc<Mutex<Netd>>;
+
+/// Locks the state. A panic while holding the lock leaves a state in which each request either
+/// happened or not; carrying on is better than taking every client down.
+pub fn lock(state: &SharedNetd) -> MutexGuard<'_, Netd> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Creates the runtime directory (readable by all: clients of any uid connect, and the policy
+/// decides what they may do) and clears a stale socket. Fails if a live netd answers there.
+pub fn prepare_socket(path: &Path) -> Result<(), ServeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::AlreadyRunning(path.to_owned()));
+        }
+        std::fs::remove_file(path)
+            .map_err(io_err(format!("removing stale socket {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Creates a directory only its owner may enter (for the driver's control socket).
+pub fn private_dir(dir: &Path) -> Result<(), ServeError> {
+    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err(format!("restricting {}", dir.display())))
+}
+
+struct Shell {
+    reply_timeout: Duration,
+    state: SharedNetd,
+    kills: Mutex<HashMap<SessionId, oneshot::Sender<()>>>,
+    start: Instant,
+}
+
+impl Shell {
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// A bound, not yet running netd.
+pub struct Server {
+    listener: UnixListener,
+    shell: Arc<Shell>,
+    socket: PathBuf,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("socket", &self.socket)
+            .finish()
+    }
+}
+
+impl Server {
+    /// Starts netd over `driver` and binds the client socket (inside a tokio runtime).
+    pub fn bind(config: &Config, driver: Box<dyn DriverLink>) -> Result<Server, ServeError> {
+        let netd = Netd::new(config, driver)?;
+        let socket = config.socket_path();
+        prepare_socket(&socket)?;
+        let listener =
+            UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
+            .map_err(io_err("opening the socket to every uid"))?;
+        Ok(Server {
+            listener,
+            shell: Arc::new(Shell {
+                state: Arc::new(Mutex::new(netd)),
+                kills: Mutex::new(HashMap::new()),
+                start: Instant::now(),
+                reply_timeout: config.reply_timeout,
+            }),
+            socket,
+        })
+    }
+
+    /// The client socket's path.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The shared state (for `netmux ls` and tests).
+    pub fn state(&self) -> SharedNetd {
+        self.shell.state.clone()
+    }
+
+    /// Serves until `shutdown` completes; then removes the socket. The host stack (if any) runs
+    /// on a thread of its own for as long.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let host_stack = host::spawn_stack(self.shell.state.clone());
+        let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(client_task(self.shell.clone(), stream));
+                    }
+                    Err(e) => {
+                        // Out of descriptors, most likely: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        ticker.abort();
+        drop(host_stack);
+        let _ = std::fs::remove_file(&self.socket);
+        Ok(())
+    }
+}
+
+async fn expiry_loop(shell: Arc<Shell>) {
+    let mut tick = tokio::time::interval(EXPIRY_TICK);
+    loop {
+        tick.tick().await;
+        let expired = lock(&shell.state).expired(shell.now());
+        let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
+        for id in expired {
+            tracing::info!(%id, "handshake timed out");
+            if let Some(k) = kills.remove(&id) {
+                let _ = k.send(());
+            }
+        }
+    }
+}
+
+async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
+    let Ok(std) = stream.into_std() else { return };
+    let creds = match netmux_proto::peer_credentials(&std) {
+        Ok(c) => Credentials {
+            pid: c.pid,
+            uid: c.uid,
+            gid: c.gid,
+        },
+        Err(e) => {
+            tracing::warn!("no peer credentials: {e}");
+            return;
+        }
+    };
+    let Ok(mut chan) = AsyncChannel::new(std) else {
+        return;
+    };
+    let connected = lock(&shell.state).connect(creds, shell.now());
+    let id = match connected {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = chan
+                .send(&ClientReply::Error(e), &[], shell.reply_timeout)
+                .await;
+            return;
+        }
+    };
+    tracing::debug!(%id, ?creds, "client connected");
+    let (kill_tx, mut kill) = oneshot::channel();
+    shell
+        .kills
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, kill_tx);
+    serve_client(&shell, &mut chan, id, &mut kill).await;
+    shell
+        .kills
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    lock(&shell.state).disconnect(id);
+    tracing::debug!(%id, "session ended");
+}
+
+async fn serve_client(
+    shell: &Shell,
+    chan: &mut AsyncChannel,
+    id: SessionId,
+    kill: &mut oneshot::Receiver<()>,
+) {
+    loop {
+        let message = tokio::select! {
+            _ = &mut *kill => return,
+            m = chan.recv_raw() => m,
+        };
+        let response = match message {
+            Ok((_, fds)) if !fds.is_empty() => {
+                drop(fds);
+                lock(&shell.state).malformed("requests carry no descriptors")
+            }
+            Ok((body, _)) => match frame::decode::<ClientRequest>(&body) {
+                Ok(request) => lock(&shell.state).handle(id, request),
+                Err(e) => lock(&shell.state).malformed(&e.to_string()),
+            },
+            // The frame was read whole; only its descriptors were wrong: say so, go on.
+            Err(e @ (ChannelError::MissingFds { .. } | ChannelError::ExtraFds)) => {
+                lock(&shell.state).malformed(&e.to_string())
+            }
+            Err(ChannelError::Closed) => return,
+            Err(e) => {
+                tracing::info!(%id, "ending session: {e}");
+                return;
+            }
+        };
+        let Response { reply, fds, end } = response;
+        let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+        if chan
+            .send(&reply, &borrowed, shell.reply_timeout)
+            .await
+            .is_err()
+            || end
+        {
+            return;
+        }
+    }
+}
+
+/// A netd running on a thread of its own (for tests, benchmarks and `netmux up`).
+pub struct NetdHandle {
+    socket: PathBuf,
+    state: SharedNetd,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
+}
+
+impl std::fmt::Debug for NetdHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetdHandle")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetdHandle {
+    /// The client socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> SharedNetd {
+        self.state.clone()
+    }
+
+    /// Stops netd and waits for it.
+    pub fn stop(mut self) -> Result<(), ServeError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), ServeError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(ServeError::Io {
+                what: "netd thread".into(),
+                source: io::Error::other("panicked"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for NetdHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Runs netd on a thread with its own tokio runtime; returns once the socket accepts clients.
+pub fn spawn(config: Config, driver: Box<dyn DriverLink>) -> Result<NetdHandle, ServeError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("netd".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(io_err("starting the tokio runtime"))?;
+            rt.block_on(async move {
+                let server = match Server::bind(&config, driver) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return Ok(());
+                    }
+                };
+                let _ = ready_tx.send(Ok((server.socket_path().to_owned(), server.state())));
+                server
+                    .run(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+            })
+        })
+        .map_err(io_err("starting the netd thread"))?;
+    match ready_rx.recv() {
+        Ok(Ok((socket, state))) => Ok(NetdHandle {
+            socket,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(match thread.join() {
+            Ok(Err(e)) => e,
+            _ => ServeError::Io {
+                what: "netd thread".into(),
+                source: io::Error::other("exited before binding"),
+            },
+        }),
+    }
+}
