@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub mod daemon;
 pub mod link;
 pub mod reassembly;
 pub mod ring;

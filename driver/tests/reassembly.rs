@@ -644,6 +644,13 @@ fn is_fragment_sees_ipv4_and_ipv6_fragments_only() {
     assert!(is_fragment(&split(&tagged, 1480, 0)[1]));
     assert!(!is_fragment(&[]));
     assert!(!is_fragment(&[0u8; 13]));
+    // Three VLAN tags: the reassembler would pass it through unread, so it counts.
+    let mut triple = vec![0u8; 12];
+    for _ in 0..3 {
+        triple.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    }
+    triple.extend_from_slice(&v4[12..]);
+    assert!(is_fragment(&triple));
 }
 
 #[test]
@@ -663,5 +670,26 @@ fn memory_returns_to_zero_and_counters_balance_after_mixed_traffic() {
         "only spare buffers remain"
     );
     assert_eq!(r.datagrams_in_flight() + r.tombstones(), 0);
+    assert_accounted(&r);
+}
+
+#[test]
+fn nested_ipv6_fragment_headers_are_dropped_not_delivered() {
+    let mut r = Reassembler::default();
+    // The fragmentable part starts with a second (atomic) Fragment header, then UDP.
+    let mut rest = vec![17, 0, 0, 0, 0, 0, 0, 5];
+    rest.extend_from_slice(&udp(&pattern(2000, 1)));
+    let whole = ipv6(v6addr(1), v6addr(2), 44, &rest, None);
+    // As an atomic fragment: the outer header is stripped, the inner one would remain.
+    let atomic = split(&whole, 4096, 8).swap_remove(0);
+    assert_eq!(r.push(&atomic, 0), Outcome::Dropped(DropReason::Malformed));
+    // As real fragments: reassembly completes, but the result still holds a Fragment header.
+    let frags = split(&whole, 1232, 9);
+    assert_eq!(r.push(&frags[0], 0), Outcome::Held);
+    assert_eq!(
+        r.push(&frags[1], 0),
+        Outcome::Dropped(DropReason::Malformed)
+    );
+    assert_eq!(r.counters().datagrams_dropped(DropReason::Malformed), 1);
     assert_accounted(&r);
 }

@@ -110,6 +110,18 @@ pub enum DriverRequest {
     },
     /// Statistics of the link and of every queue.
     Stats,
+    /// Makes `queue` netd's own: it receives every frame no rx filter accepts, besides the
+    /// ARP frames every queue receives. Replaces any earlier choice.
+    SetNetdQueue {
+        /// The queue (created before, like any other).
+        queue: QueueId,
+    },
+    /// The host's IPv4 addresses: an ARP request for one of them goes to every queue. Replaces
+    /// the earlier list.
+    SetHostAddresses {
+        /// The addresses, in network order.
+        ipv4: Vec<[u8; 4]>,
+    },
 }
 
 /// Counters of one queue or of the link.
@@ -129,6 +141,9 @@ pub struct Counters {
     pub tx_rejected: Vec<(String, u64)>,
     /// Times the tx path stopped for lack of room (flow control).
     pub tx_flow_control: u64,
+    /// Received frames dropped for any reason but a full ring, by reason name.
+    #[serde(default)]
+    pub rx_dropped: Vec<(String, u64)>,
 }
 
 /// driver to netd.

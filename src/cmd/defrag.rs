@@ -5,6 +5,11 @@
 //! written, in order: unfragmented frames unchanged, reassembled datagrams as one frame stamped
 //! with the time of the fragment that completed them. The counters are printed at the end.
 //! Datagrams still incomplete when the capture ends are reported as such, not as timed out.
+//!
+//! The reassembler sees what the driver would: a fragment cut short by the capture's snap
+//! length is dropped as malformed (its IP length says more than the capture holds), and so is an
+//! IPv6 frame whose extension headers run past the captured bytes, since it might hide a
+//! Fragment header.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,8 +1,10 @@
 //! The command line: argument parsing, dispatch to one module per command group, and the exit
 //! status convention every command follows.
 //!
-//! To add a command group `foo`: write `src/cmd/foo.rs` with a clap `Subcommand` (or `Args`)
-//! type that implements [`Run`], add `mod foo;` below, and one line to [`command_groups!`].
+//! To add a command `foo`: write `src/cmd/foo.rs` with a clap type that implements [`Run`], add
+//! `mod foo;` below, and one entry to [`command_groups!`]: a group of subcommands (a clap
+//! `Subcommand` type) is marked `#[command(subcommand)]`; a single command with arguments (a
+//! clap `Args` type) is not.
 //!
 //! # Exit status
 //!
@@ -16,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod defrag;
 mod vm;
 
 /// What a command group does when it is chosen.
@@ -39,11 +42,11 @@ impl std::error::Error for Refused {}
 /// Generates the top-level [`Command`] enum and its dispatch from one list, so adding a group
 /// is one line here.
 macro_rules! command_groups {
-    ($($(#[$doc:meta])* $variant:ident($ty:ty),)*) => {
+    ($($(#[$attr:meta])* $variant:ident($ty:ty),)*) => {
         /// The command groups.
         #[derive(Subcommand)]
         enum Command {
-            $($(#[$doc])* #[command(subcommand)] $variant($ty),)*
+            $($(#[$attr])* $variant($ty),)*
         }
 
         impl Run for Command {
@@ -58,7 +61,10 @@ macro_rules! command_groups {
 
 command_groups! {
     /// Assemble, disassemble, verify and run filter VM programs.
+    #[command(subcommand)]
     Vm(vm::VmCommand),
+    /// Reassemble the IP fragments of a capture as the driver would.
+    Defrag(defrag::Defrag),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

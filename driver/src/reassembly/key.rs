@@ -82,6 +82,12 @@ pub(crate) struct SourceKey {
 }
 
 impl SourceKey {
+    /// Whether this is the source address of `key`.
+    #[inline]
+    pub(crate) fn is_source_of(&self, key: &Key) -> bool {
+        self.addr == key.src && self.family == key.family
+    }
+
     /// The hash [`Seed::source`] computed.
     #[inline]
     pub(crate) fn hash(&self) -> u64 {

@@ -33,18 +33,24 @@
 //! - **Memory.** Every datagram is charged its buffer's capacity plus a fixed overhead
 //!   ([`SLOT_OVERHEAD`]) against a budget per source address and an overall budget; when a
 //!   datagram would exceed either, the oldest datagrams (of that source, or overall) are evicted
-//!   first. A datagram that cannot fit alone is dropped.
-//! - **Bounded work.** Per fragment: one header parse, one or two hash lookups with a seeded hash
-//!   (attackers cannot aim keys at one bucket), a binary search and an insert in a sorted list of
-//!   at most 64 ranges, one copy of the data. Expiry and eviction are O(1) per datagram
-//!   (intrusive age lists). Nothing grows with the number of fragments ever seen.
+//!   first. A datagram that cannot fit alone is dropped. Spare buffers kept for reuse count
+//!   against the overall budget too, and go before any datagram is evicted.
+//! - **Bounded work.** Per fragment: one header parse (and the IPv4 header checksum check), one
+//!   seeded hash of the key (attackers cannot aim keys at one bucket) used for every table
+//!   operation on it, a binary search and an insert in a sorted list of at most 64 ranges, one
+//!   copy of the data. Per datagram: a source-budget lookup (skipped when the source is the
+//!   previous datagram's), a buffer (reused from spares when there are any). Expiry and
+//!   eviction are O(1) per datagram (intrusive age lists). Nothing grows with the number of
+//!   fragments ever seen.
 //! - **Output.** Unfragmented frames come back borrowed and untouched. A reassembled datagram is
 //!   one owned frame: the first fragment's Ethernet header (with its VLAN tags) and IP header,
 //!   with the total length or payload length fixed, MF and offset cleared and the IPv4 checksum
-//!   recomputed, or the IPv6 Fragment header removed and the next-header chain fixed. IPv6
+//!   updated, or the IPv6 Fragment header removed and the next-header chain fixed. IPv6
 //!   atomic fragments (offset 0, M clear; RFC 6946) come back the same way, on their own,
 //!   without touching any queued datagram. Ethernet padding never enters a datagram: a
-//!   fragment's data ends where its IP length says.
+//!   fragment's data ends where its IP length says. A reassembled IPv6 datagram that still holds
+//!   a Fragment header (nested fragmentation, which no sender produces) is dropped, so the
+//!   classifier never sees a fragment.
 //! - **No panics** on any bytes.
 //!
 //! Fragments a client transmits are rejected by the transmit path with [`is_fragment`].
@@ -53,7 +59,7 @@ pub mod fragmenter;
 mod key;
 mod parse;
 
-pub use parse::is_fragment;
+pub use parse::{is_fragment, MAX_EXTENSION_HEADERS};
 
 use hashbrown::HashTable;
 use key::{Key, Seed, SourceKey};
@@ -355,6 +361,8 @@ pub struct Reassembler {
     source_index: HashTable<u32>,
     sources: Vec<Source>,
     free_sources: Vec<u32>,
+    /// The source of the datagram created last, or [`NIL`].
+    recent_source: u32,
     /// Bytes charged by datagrams and tombstones.
     memory: usize,
     /// Spare buffers for new datagrams; their capacity counts against the overall budget
@@ -387,6 +395,7 @@ impl Reassembler {
             source_index: HashTable::new(),
             sources: Vec::new(),
             free_sources: Vec::new(),
+            recent_source: NIL,
             memory: 0,
             pool: Vec::new(),
             pool_bytes: 0,
@@ -608,7 +617,7 @@ impl Reassembler {
         };
         let new_end = slot.data_end.max(end);
         let needed = (new_base + new_end) as usize;
-        if needed > slot.buf.capacity() && !self.grow(i, needed, f.more, len_hint(f)) {
+        if needed > slot.buf.capacity() && !self.grow(i, needed, f.more, f.data.len()) {
             return self.discard_and_refuse(i, DropReason::MemoryBudget);
         }
 
@@ -780,35 +789,13 @@ impl Reassembler {
     /// A new live slot for `key`, charged [`SLOT_OVERHEAD`], or `None` if its source or the
     /// whole budget cannot make room.
     fn create(&mut self, key: Key) -> Option<u32> {
-        let skey = self.seed.source(&key);
-        let sources = &self.sources;
-        let found = self
-            .source_index
-            .find(skey.hash(), |&s| sources[s as usize].key == skey)
-            .copied();
-        let s = match found {
-            Some(s) => s,
-            None => {
-                let source = Source {
-                    key: skey,
-                    bytes: 0,
-                    datagrams: 0,
-                    oldest: NIL,
-                    newest: NIL,
-                };
-                let s = match self.free_sources.pop() {
-                    Some(s) => {
-                        self.sources[s as usize] = source;
-                        s
-                    }
-                    None => {
-                        self.sources.push(source);
-                        (self.sources.len() - 1) as u32
-                    }
-                };
-                let sources = &self.sources;
-                self.source_index
-                    .insert_unique(skey.hash(), s, |&t| sources[t as usize].key.hash());
+        let s = match self.recent_source {
+            // A sender fragments its datagrams one after another: the source of the last
+            // datagram created is the likeliest, and is checked without hashing.
+            r if r != NIL && self.sources[r as usize].key.is_source_of(&key) => r,
+            _ => {
+                let s = self.find_or_add_source(&key);
+                self.recent_source = s;
                 s
             }
         };
@@ -869,8 +856,45 @@ impl Reassembler {
         Some(i)
     }
 
+    /// The budget entry of `key`'s source, added if it has none.
+    fn find_or_add_source(&mut self, key: &Key) -> u32 {
+        let skey = self.seed.source(key);
+        let sources = &self.sources;
+        let found = self
+            .source_index
+            .find(skey.hash(), |&s| sources[s as usize].key == skey)
+            .copied();
+        match found {
+            Some(s) => s,
+            None => {
+                let source = Source {
+                    key: skey,
+                    bytes: 0,
+                    datagrams: 0,
+                    oldest: NIL,
+                    newest: NIL,
+                };
+                let s = match self.free_sources.pop() {
+                    Some(s) => {
+                        self.sources[s as usize] = source;
+                        s
+                    }
+                    None => {
+                        self.sources.push(source);
+                        (self.sources.len() - 1) as u32
+                    }
+                };
+                let sources = &self.sources;
+                self.source_index
+                    .insert_unique(skey.hash(), s, |&t| sources[t as usize].key.hash());
+                s
+            }
+        }
+    }
+
     /// Gives datagram `i` a buffer of at least `needed` bytes, evicting older datagrams to stay
     /// within the budgets. `false` if it cannot fit even alone.
+    /// `hint` is this fragment's length: a first buffer leaves room for one more like it.
     fn grow(&mut self, i: u32, needed: usize, more: bool, hint: usize) -> bool {
         let old_cap = self.slots[i as usize].buf.capacity();
         let mut buf = if old_cap == 0 {
@@ -1002,6 +1026,9 @@ impl Reassembler {
     }
 
     fn release_source(&mut self, s: u32) {
+        if self.recent_source == s {
+            self.recent_source = NIL;
+        }
         let hash = self.sources[s as usize].key.hash();
         if let Ok(entry) = self.source_index.find_entry(hash, |&t| t == s) {
             entry.remove();
@@ -1018,11 +1045,6 @@ fn checksum_update(sum: u16, old: u16, new: u16) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     !(acc as u16)
-}
-
-/// How much room to leave for the next fragment when a datagram's buffer is first allocated.
-fn len_hint(f: &Fragment<'_>) -> usize {
-    f.data.len()
 }
 
 #[cfg(test)]

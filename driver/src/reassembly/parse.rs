@@ -36,7 +36,7 @@ pub(crate) const IPV6_FRAGMENT_HEADER_LEN: usize = 8;
 /// Bound on the extension headers walked in one chain. Each header is at least 8 bytes, so the
 /// packet length bounds the walk anyway; no real packet comes near this, and a chain longer
 /// than this is treated as hostile (dropped on receive, rejected on transmit).
-pub(crate) const MAX_EXTENSION_HEADERS: usize = 16;
+pub const MAX_EXTENSION_HEADERS: usize = 16;
 
 /// IP protocol numbers the reassembler looks at.
 pub(crate) mod proto {
@@ -423,12 +423,16 @@ pub(crate) fn holds_header_chain(v6: bool, upper: u8, data: &[u8]) -> bool {
 
 /// Whether `frame` is an IP fragment: IPv4 with MF set or a non-zero offset, or IPv6 carrying a
 /// Fragment header anywhere in its extension header chain (atomic fragments included). For the
-/// transmit path, which rejects fragments a client sends: an IPv6 chain that is truncated or
-/// longer than [`MAX_EXTENSION_HEADERS`] counts as a fragment too, since it might hide one.
+/// transmit path, which rejects fragments a client sends, anything the reassembler cannot see
+/// into counts as a fragment too, since it might hide one: an IPv6 chain that is truncated or
+/// longer than [`MAX_EXTENSION_HEADERS`], or more than two VLAN tags.
 /// Reads at most a few dozen bytes of headers; never panics.
 pub fn is_fragment(frame: &[u8]) -> bool {
     let Some(link) = link(frame) else {
-        return false;
+        // More VLAN tags than the reassembler reads (or a cut-off tag): it cannot see whether
+        // an IP fragment is inside, so the transmit path must not let it out.
+        return be16(frame, 12)
+            .is_some_and(|t| matches!(t, ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_LEGACY));
     };
     let Some(ip) = frame.get(link.l3..) else {
         return false;

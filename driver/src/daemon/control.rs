@@ -1,0 +1,441 @@
+//! The control socket: netd's only way into the driver, and the driver's event loop.
+//!
+//! A Unix stream socket at a path; messages are [`netmux_proto::Channel`] frames
+//! (length-delimited JSON, descriptors by `SCM_RIGHTS`).
+//!
+//! # Guarantees
+//!
+//! - **Only netd.** A connecting peer whose uid (`SO_PEERCRED`, the kernel's word) is not in
+//!   [`ServerOptions::allowed_uids`] is refused; while one netd is connected, another is refused
+//!   with an error reply. The socket's directory should also be one only netd's user can enter.
+//! - **Hello first.** The first request must be `Hello` with [`netmux_proto::PROTOCOL_VERSION`];
+//!   any other request before it, or a second hello, is answered with
+//!   [`ErrorCode::Protocol`]; another version is answered with [`ErrorCode::Version`] and the
+//!   connection ends.
+//! - **Malformed input never panics.** A body that is not a request is answered with
+//!   [`ErrorCode::Protocol`] and the session continues (the framing is intact); a broken frame
+//!   (bad header, truncation, wrong descriptor count) ends the connection.
+//! - **Fail closed.** When netd's connection ends for any reason, [`Driver::fail_closed`] runs:
+//!   every client queue is stopped and marked closed. The server then waits for a new netd, or
+//!   returns if [`ServerOptions::exit_on_disconnect`] is set.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use netmux_proto::channel::ChannelError;
+use netmux_proto::driver::{DriverReply, DriverRequest};
+use netmux_proto::frame::FrameError;
+use netmux_proto::{Channel, ErrorCode, ErrorReply, PeerCredentials, PROTOCOL_VERSION};
+use rustix::event::{poll, PollFd, PollFlags};
+
+use super::Driver;
+
+/// Longest sleep of the event loop: how quickly a stop request and reassembly timeouts are
+/// noticed when nothing else happens.
+pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// Requests served from one connection per loop turn, so a chatty netd cannot starve the data
+/// path.
+const REQUESTS_PER_TURN: usize = 64;
+
+/// How the control server behaves.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// User ids allowed to be netd.
+    pub allowed_uids: Vec<u32>,
+    /// Return from [`Server::run`] when netd disconnects, instead of waiting for a new one.
+    pub exit_on_disconnect: bool,
+}
+
+impl Default for ServerOptions {
+    /// Only the driver's own user; wait for a new netd after a disconnect.
+    fn default() -> Self {
+        Self {
+            allowed_uids: vec![rustix::process::getuid().as_raw()],
+            exit_on_disconnect: false,
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The control socket could not be created.
+    #[error("control socket {path}: {source}")]
+    Bind {
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// Waiting for events failed.
+    #[error("event loop: {0}")]
+    Poll(io::Error),
+}
+
+/// The connected netd.
+#[derive(Debug)]
+struct Session {
+    channel: Channel,
+    peer: PeerCredentials,
+    greeted: bool,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The peer closed the connection.
+    Closed,
+    /// The peer broke the protocol or the socket failed.
+    Fault(String),
+}
+
+/// The driver behind its control socket. See the module documentation.
+#[derive(Debug)]
+pub struct Server {
+    driver: Driver,
+    listener: UnixListener,
+    path: PathBuf,
+    options: ServerOptions,
+    session: Option<Session>,
+}
+
+impl Server {
+    /// Binds the control socket at `path`. A stale socket file there (nobody listening) is
+    /// replaced; a live socket or any other file is refused.
+    pub fn bind(path: &Path, driver: Driver, options: ServerOptions) -> Result<Self, ServerError> {
+        let bind_error = |source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            if !metadata.file_type().is_socket() {
+                return Err(bind_error(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                )));
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(bind_error(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another driver is listening there",
+                )));
+            }
+            std::fs::remove_file(path).map_err(bind_error)?;
+        }
+        let listener = UnixListener::bind(path).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        Ok(Self {
+            driver,
+            listener,
+            path: path.to_path_buf(),
+            options,
+            session: None,
+        })
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &Driver {
+        &self.driver
+    }
+
+    /// The control socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs until `stop` is set (or netd disconnects, with `exit_on_disconnect`).
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), ServerError> {
+        tracing::info!(
+            control = %self.path.display(),
+            link = %self.driver.link().info().spec,
+            "driver running"
+        );
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(end) = self.serve() {
+                if self.end_session(end) {
+                    return Ok(());
+                }
+            }
+            if self.accept() {
+                return Ok(());
+            }
+            let work = self.driver.poll_rx() + self.driver.poll_tx();
+            if work == 0 {
+                self.sleep()?;
+                self.driver.tick();
+            }
+        }
+        self.driver.fail_closed();
+        Ok(())
+    }
+
+    /// Ends the session and fails closed; returns whether the server should exit.
+    fn end_session(&mut self, end: SessionEnd) -> bool {
+        match &end {
+            SessionEnd::Closed => tracing::info!("netd disconnected; failing closed"),
+            SessionEnd::Fault(why) => tracing::warn!("netd session ended: {why}; failing closed"),
+        }
+        self.session = None;
+        self.driver.fail_closed();
+        self.options.exit_on_disconnect
+    }
+
+    /// Accepts waiting connections: the first allowed one becomes the session. Returns
+    /// whether the server should exit (the old session ended, with `exit_on_disconnect`).
+    fn accept(&mut self) -> bool {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("accepting a control connection: {e}");
+                    return false;
+                }
+            };
+            let peer = match netmux_proto::peer_credentials(&stream) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    tracing::warn!("peer credentials unavailable, refusing: {e}");
+                    continue;
+                }
+            };
+            let mut channel = Channel::new(stream);
+            // netd may have left just before its successor connected: notice that first.
+            if self.session.is_some() {
+                if let Some(end) = self.serve() {
+                    if self.end_session(end) {
+                        return true;
+                    }
+                }
+            }
+            let refusal = if !self.options.allowed_uids.contains(&peer.uid) {
+                Some(format!("uid {} may not control this driver", peer.uid))
+            } else if self.session.is_some() {
+                Some("another netd is connected".to_string())
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                tracing::warn!(pid = peer.pid, uid = peer.uid, "refused: {message}");
+                let reply = DriverReply::Error(ErrorReply {
+                    code: ErrorCode::Denied,
+                    message,
+                });
+                let _ = channel.send(&reply, &[]);
+                continue;
+            }
+            if let Err(e) = channel.socket().set_nonblocking(true) {
+                tracing::warn!("control connection: {e}");
+                continue;
+            }
+            tracing::info!(pid = peer.pid, uid = peer.uid, "netd connected");
+            self.session = Some(Session {
+                channel,
+                peer,
+                greeted: false,
+            });
+        }
+    }
+
+    /// Serves the session's waiting requests; `Some` when it ended.
+    fn serve(&mut self) -> Option<SessionEnd> {
+        let session = self.session.as_mut()?;
+        for _ in 0..REQUESTS_PER_TURN {
+            let raw = match session.channel.try_recv_raw() {
+                Ok(Some(raw)) => raw,
+                Ok(None) => return None,
+                Err(ChannelError::Closed) => return Some(SessionEnd::Closed),
+                Err(e) => return Some(SessionEnd::Fault(e.to_string())),
+            };
+            let (body, fds) = raw;
+            if !fds.is_empty() {
+                // netd never sends descriptors to the driver; they are closed on drop.
+                return Some(SessionEnd::Fault("unexpected descriptors".to_string()));
+            }
+            let request: DriverRequest = match netmux_proto::frame::decode(&body) {
+                Ok(r) => r,
+                Err(FrameError::Body(e)) => {
+                    let reply = protocol_error(format!("malformed request: {e}"));
+                    if let Err(e) = session.channel.send(&reply, &[]) {
+                        return Some(SessionEnd::Fault(e.to_string()));
+                    }
+                    continue;
+                }
+                Err(e) => return Some(SessionEnd::Fault(e.to_string())),
+            };
+            let mut end = None;
+            let response = match (&request, session.greeted) {
+                (DriverRequest::Hello { version }, false) => {
+                    if *version == PROTOCOL_VERSION {
+                        session.greeted = true;
+                        self.driver.handle(request)
+                    } else {
+                        end = Some(SessionEnd::Fault(format!("protocol version {version}")));
+                        error_response(
+                            ErrorCode::Version,
+                            format!(
+                                "driver speaks protocol version {PROTOCOL_VERSION}, not {version}"
+                            ),
+                        )
+                    }
+                }
+                (DriverRequest::Hello { .. }, true) => {
+                    error_response(ErrorCode::Protocol, "hello sent twice")
+                }
+                (_, false) => {
+                    error_response(ErrorCode::Protocol, "the first request must be hello")
+                }
+                (_, true) => {
+                    tracing::debug!(uid = session.peer.uid, ?request, "request");
+                    self.driver.handle(request)
+                }
+            };
+            let sent = match &response.fds {
+                Some(fds) => session.channel.send(
+                    &response.reply,
+                    &[
+                        fds.memfd.as_fd(),
+                        fds.client_wake.as_fd(),
+                        fds.driver_wake.as_fd(),
+                    ],
+                ),
+                None => session.channel.send(&response.reply, &[]),
+            };
+            if let Err(e) = sent {
+                return Some(SessionEnd::Fault(e.to_string()));
+            }
+            if end.is_some() {
+                return end;
+            }
+        }
+        None
+    }
+
+    /// Sleeps until the link, the control socket or a queue has something, or [`IDLE_POLL`].
+    fn sleep(&mut self) -> Result<(), ServerError> {
+        let link_fd = self.driver.link().readiness_fd().is_some();
+        if !link_fd && !self.driver.rx_exhausted() {
+            // A link without a descriptor (pcap, memory) is ready until exhausted.
+            return Ok(());
+        }
+        if !self.driver.prepare_sleep() {
+            self.driver.end_sleep();
+            return Ok(());
+        }
+        let result = {
+            let mut fds: Vec<PollFd<'_>> = Vec::new();
+            fds.push(PollFd::new(&self.listener, PollFlags::IN));
+            if let Some(session) = &self.session {
+                fds.push(PollFd::new(session.channel.socket(), PollFlags::IN));
+            }
+            if let Some(fd) = self.driver.link().readiness_fd() {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+            }
+            let wakes: Vec<BorrowedFd<'_>> = self.driver.queue_wake_fds().collect();
+            for fd in wakes {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+            }
+            let timeout = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: IDLE_POLL.as_nanos() as i64,
+            };
+            poll(&mut fds, Some(&timeout))
+        };
+        self.driver.end_sleep();
+        match result {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(ServerError::Poll(e.into())),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn error_response(code: ErrorCode, message: impl Into<String>) -> super::Response {
+    super::Response {
+        reply: DriverReply::Error(ErrorReply {
+            code,
+            message: message.into(),
+        }),
+        fds: None,
+    }
+}
+
+fn protocol_error(message: String) -> DriverReply {
+    DriverReply::Error(ErrorReply {
+        code: ErrorCode::Protocol,
+        message,
+    })
+}
+
+/// A driver serving its control socket on a thread of this process (for tests and
+/// `netmux up`). Dropping it stops the driver, which fails closed.
+#[derive(Debug)]
+pub struct DriverThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<(), ServerError>>>,
+    path: PathBuf,
+}
+
+impl DriverThread {
+    /// Binds the control socket at `path` and runs `driver` behind it on a new thread.
+    pub fn spawn(path: &Path, driver: Driver, options: ServerOptions) -> Result<Self, ServerError> {
+        let mut server = Server::bind(path, driver, options)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("netmux-driver".to_string())
+            .spawn(move || server.run(&flag))
+            .map_err(ServerError::Poll)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The control socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the driver thread has returned (e.g. after netd left, with
+    /// `exit_on_disconnect`).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the driver and waits for it; returns how it ended.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<(), ServerError> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ServerError::Poll(io::Error::other(
+                "driver thread panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for DriverThread {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}

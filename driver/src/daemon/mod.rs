@@ -1,0 +1,894 @@
+//! The driver process's engine: the receive path, the transmit path, the state netd controls,
+//! and the statistics. [`control`] puts it behind the control socket; `netmux-driver` and
+//! `netmux up` run that on a thread or as the whole process.
+//!
+//! # Receive path ([`Driver::poll_rx`])
+//!
+//! The link receives a batch into driver-private buffers; each frame goes through the
+//! reassembler (fragments are held until their datagram is whole), then:
+//!
+//! - an ARP reply, or an ARP request for one of the host addresses
+//!   ([`DriverRequest::SetHostAddresses`]), goes to **every** queue exactly once, netd's
+//!   included, without classification;
+//! - every other frame goes to the queues the [`Classifier`] names, and to netd's queue
+//!   ([`DriverRequest::SetNetdQueue`]) when it names none.
+//!
+//! The frame is copied into the rx ring of each receiving queue; a full ring drops it for that
+//! queue only (counted there). Each touched ring is published once per batch.
+//!
+//! # Transmit path ([`Driver::poll_tx`])
+//!
+//! Each queue's tx ring is drained in batches of at most [`DriverConfig::tx_batch`] frames,
+//! copied into driver-private memory by the ring ([`DriverQueue::take_tx`]); the check of
+//! [`tx::check`] runs on that copy, and exactly that copy goes on the wire. Every frame taken
+//! gets a completion: sent, rejected with its reason, or a link error. Tap queues then observe
+//! what was sent (never their own transmissions).
+//!
+//! # Failing closed
+//!
+//! [`Driver::fail_closed`] stops every queue, marks it closed in its ring header (clients see
+//! it and are woken) and forgets all queues and filters; the control layer calls it when netd
+//! goes away.
+
+pub mod classify;
+pub mod control;
+pub mod tx;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Instant;
+
+use netmux_proto::driver::{
+    Counters, Direction, DriverReply, DriverRequest, FilterId, QueueConfig, QueueId, RxMode,
+};
+use netmux_proto::{ErrorCode, ErrorReply};
+use netmux_vm::{Scratch, Strategy};
+
+use crate::link::{FrameBatch, Link, LinkStats};
+use crate::reassembly::{self, DropReason, Outcome, Reassembler};
+use crate::ring::{DriverQueue, QueueFds, RingConfig, RxOutcome, TxStatus};
+pub use classify::{Classifier, ClassifierError, LinearClassifier, RxFilter};
+use tx::TxFilter;
+
+/// Frames taken from the link per receive batch: enough to amortise the per-batch ring
+/// publication, small enough that a batch stays in the L1/L2 cache.
+pub const DEFAULT_RX_BATCH: usize = 64;
+/// Frames taken from one queue's tx ring per turn: bounds how long one busy client can hold
+/// the transmit path before the next queue's turn.
+pub const DEFAULT_TX_BATCH: usize = 32;
+/// Queues one driver serves: each holds at least a few hundred KiB of ring memory and an fd
+/// triple, and netd's limits are lower.
+pub const MAX_QUEUES: usize = 4096;
+/// Filters one driver holds (rx and tx together): bounds classifier memory and scan time.
+pub const MAX_FILTERS: usize = 65_536;
+/// Host addresses netd may announce.
+pub const MAX_HOST_ADDRESSES: usize = 256;
+/// An Ethernet header with one 802.1Q tag: what a frame may carry besides the MTU's bytes.
+const ETHERNET_VLAN_HEADER_LEN: usize = 18;
+/// Times a busy link is offered the same frames again before they are completed as link
+/// errors; the driver never blocks on the link.
+const LINK_BUSY_RETRIES: usize = 8;
+
+/// Settings of a [`Driver`].
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Engine for the filters (the JIT when compiled in, with [`Strategy::Auto`]).
+    pub strategy: Strategy,
+    /// Reassembly limits.
+    pub reassembly: reassembly::Config,
+    /// Frames per receive batch.
+    pub rx_batch: usize,
+    /// Frames per queue per transmit turn.
+    pub tx_batch: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Auto,
+            reassembly: reassembly::Config::default(),
+            rx_batch: DEFAULT_RX_BATCH,
+            tx_batch: DEFAULT_TX_BATCH,
+        }
+    }
+}
+
+/// A hasher for small integer ids chosen by netd: one multiplication (Fibonacci hashing).
+/// The ids come from netd, which the driver trusts, so no hash flooding defence is needed.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Every [`TxStatus`] the transmit path can report, in counter order.
+const TX_STATUSES: [TxStatus; 9] = [
+    TxStatus::Sent,
+    TxStatus::RejectedSpoofedSourceMac,
+    TxStatus::RejectedSourceIp,
+    TxStatus::RejectedUnownedSourcePort,
+    TxStatus::RejectedEthertypeNotGranted,
+    TxStatus::RejectedFragment,
+    TxStatus::RejectedByFilter,
+    TxStatus::RejectedMalformed,
+    TxStatus::LinkError,
+];
+
+/// The counter name of a transmit status.
+pub fn tx_status_name(status: TxStatus) -> &'static str {
+    match status {
+        TxStatus::Sent => "sent",
+        TxStatus::RejectedSpoofedSourceMac => "spoofed-source-mac",
+        TxStatus::RejectedSourceIp => "source-ip",
+        TxStatus::RejectedUnownedSourcePort => "unowned-source-port",
+        TxStatus::RejectedEthertypeNotGranted => "ethertype-not-granted",
+        TxStatus::RejectedFragment => "fragment",
+        TxStatus::RejectedByFilter => "filter",
+        TxStatus::RejectedMalformed => "malformed",
+        TxStatus::LinkError => "link-error",
+        TxStatus::Unknown(_) => "unknown",
+    }
+}
+
+fn status_index(status: TxStatus) -> usize {
+    TX_STATUSES
+        .iter()
+        .position(|&s| s == status)
+        .unwrap_or(TX_STATUSES.len() - 1)
+}
+
+/// Counters of the transmit outcomes, indexed like [`TX_STATUSES`].
+#[derive(Debug, Default, Clone, Copy)]
+struct TxOutcomes {
+    count: [u64; TX_STATUSES.len()],
+    /// Bytes of the frames sent.
+    sent_bytes: u64,
+    /// Times the link was busy and frames had to be offered again.
+    link_busy: u64,
+}
+
+impl TxOutcomes {
+    fn record(&mut self, status: TxStatus, len: usize) {
+        self.count[status_index(status)] += 1;
+        if status.is_sent() {
+            self.sent_bytes += len as u64;
+        }
+    }
+
+    fn rejected(&self) -> Vec<(String, u64)> {
+        TX_STATUSES
+            .iter()
+            .zip(self.count)
+            .skip(1)
+            .filter(|&(_, n)| n > 0)
+            .map(|(&s, n)| (tx_status_name(s).to_string(), n))
+            .collect()
+    }
+}
+
+/// One client queue as the driver holds it.
+#[derive(Debug)]
+struct Queue {
+    ring: DriverQueue,
+    /// The sizes netd asked for (kept for diagnostics; the ring's layout is authoritative).
+    config: QueueConfig,
+    tx_filters: Vec<TxFilter>,
+    tx: TxOutcomes,
+    /// Whether frames were written into its rx ring since the last flush (it is then listed
+    /// in `Driver::touched`, to be published once per batch).
+    touched: bool,
+}
+
+/// Driver-wide receive counters besides the link's own.
+#[derive(Debug, Default, Clone, Copy)]
+struct RxCounters {
+    /// Frames that reached classification (after reassembly).
+    classified: u64,
+    /// ARP frames sent to every queue.
+    arp_to_all: u64,
+    /// Frames no filter accepted, sent to netd's queue.
+    unmatched_to_netd: u64,
+    /// Frames no filter accepted while netd has no queue: dropped.
+    no_receiver: u64,
+    /// Link receive errors.
+    link_errors: u64,
+}
+
+/// The reply to a request, and the descriptors that travel with it (a created queue's).
+#[derive(Debug)]
+pub struct Response {
+    /// The reply.
+    pub reply: DriverReply,
+    /// Descriptors to send with it: memfd, client wake, driver wake.
+    pub fds: Option<QueueFds>,
+}
+
+impl Response {
+    fn done() -> Self {
+        Self::reply(DriverReply::Done)
+    }
+    fn reply(reply: DriverReply) -> Self {
+        Self { reply, fds: None }
+    }
+    fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::reply(DriverReply::Error(ErrorReply {
+            code,
+            message: message.into(),
+        }))
+    }
+}
+
+/// The driver's data path and the state netd controls. See the module documentation.
+pub struct Driver {
+    link: Box<dyn Link>,
+    link_mac: [u8; 6],
+    /// The longest frame the link carries: its MTU plus an Ethernet header and one VLAN tag.
+    /// A client's longer frame is rejected as malformed.
+    max_tx_len: usize,
+    classifier: Box<dyn Classifier>,
+    reassembler: Reassembler,
+    config: DriverConfig,
+    queues: IdMap<QueueId, Queue>,
+    /// Queue ids in creation order: the transmit path's round-robin.
+    order: Vec<QueueId>,
+    /// Which queue and direction each installed filter belongs to.
+    filters: IdMap<FilterId, (QueueId, Direction)>,
+    netd_queue: Option<QueueId>,
+    host_ipv4: Vec<[u8; 4]>,
+    rx_batch: FrameBatch,
+    tx_batch: FrameBatch,
+    receivers: Vec<QueueId>,
+    touched: Vec<QueueId>,
+    scratch: Scratch,
+    rx: RxCounters,
+    /// Transmit outcomes of every queue, past ones included.
+    tx: TxOutcomes,
+    clock: Instant,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("link", self.link.info())
+            .field("queues", &self.order)
+            .field("filters", &self.filters.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// A driver owning `link`, classifying with a [`LinearClassifier`].
+    pub fn new(link: Box<dyn Link>, config: DriverConfig) -> Self {
+        let classifier = Box::new(LinearClassifier::new(config.strategy));
+        Self::with_classifier(link, classifier, config)
+    }
+
+    /// A driver owning `link`, classifying with `classifier` (empty).
+    pub fn with_classifier(
+        link: Box<dyn Link>,
+        classifier: Box<dyn Classifier>,
+        config: DriverConfig,
+    ) -> Self {
+        Self {
+            link_mac: link.info().mac,
+            max_tx_len: usize::try_from(link.info().mtu)
+                .unwrap_or(usize::MAX)
+                .saturating_add(ETHERNET_VLAN_HEADER_LEN),
+            link,
+            classifier,
+            reassembler: Reassembler::new(config.reassembly.clone()),
+            config,
+            queues: IdMap::default(),
+            order: Vec::new(),
+            filters: IdMap::default(),
+            netd_queue: None,
+            host_ipv4: Vec::new(),
+            rx_batch: FrameBatch::new(),
+            tx_batch: FrameBatch::new(),
+            receivers: Vec::new(),
+            touched: Vec::new(),
+            scratch: Scratch::default(),
+            rx: RxCounters::default(),
+            tx: TxOutcomes::default(),
+            clock: Instant::now(),
+        }
+    }
+
+    /// The link.
+    pub fn link(&self) -> &dyn Link {
+        self.link.as_ref()
+    }
+
+    /// The link's properties in the protocol's terms.
+    pub fn link_info(&self) -> netmux_proto::LinkInfo {
+        let info = self.link.info();
+        netmux_proto::LinkInfo {
+            mac: info.mac,
+            mtu: u16::try_from(info.mtu).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// Number of queues.
+    pub fn queue_count(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The driver-wake eventfds of every open queue, for an event loop; see
+    /// [`prepare_sleep`](Self::prepare_sleep).
+    pub fn queue_wake_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> + '_ {
+        self.order
+            .iter()
+            .filter_map(|id| self.queues.get(id))
+            .map(|q| q.ring.driver_wake_fd())
+    }
+
+    /// Before sleeping: asks every queue's client to signal when it transmits. Returns false
+    /// when some queue already has frames waiting (do not sleep); call
+    /// [`end_sleep`](Self::end_sleep) afterwards either way.
+    pub fn prepare_sleep(&mut self) -> bool {
+        let mut idle = true;
+        for q in self.queues.values_mut() {
+            // A faulting queue is reported by the transmit path; here it only must not sleep
+            // the driver forever, so it counts as busy.
+            idle &= q.ring.prepare_tx_wait().unwrap_or(false);
+        }
+        idle
+    }
+
+    /// After sleeping: withdraws the wake-up requests.
+    pub fn end_sleep(&mut self) {
+        for q in self.queues.values_mut() {
+            q.ring.end_tx_wait();
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Carries out one request of netd. `Hello` belongs to the session ([`control`]) and is
+    /// answered here only with the link's properties.
+    pub fn handle(&mut self, request: DriverRequest) -> Response {
+        match request {
+            DriverRequest::Hello { .. } => Response::reply(DriverReply::Hello {
+                version: netmux_proto::PROTOCOL_VERSION,
+                link: self.link_info(),
+            }),
+            DriverRequest::CreateQueue { queue, config } => self.create_queue(queue, config),
+            DriverRequest::DestroyQueue { queue } => match self.destroy_queue(queue) {
+                true => Response::done(),
+                false => Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0)),
+            },
+            DriverRequest::InstallFilter {
+                queue,
+                filter,
+                direction,
+                mode,
+                binding,
+                program,
+            } => self.install_filter(queue, filter, direction, mode, binding, &program),
+            DriverRequest::RemoveFilter { queue, filter } => self.remove_filter(queue, filter),
+            DriverRequest::SetQueueConfig { queue, config } => self.reconfigure(queue, config),
+            DriverRequest::Stats => {
+                let (link, queues) = self.stats();
+                Response::reply(DriverReply::Stats { link, queues })
+            }
+            DriverRequest::SetNetdQueue { queue } => {
+                if !self.queues.contains_key(&queue) {
+                    return Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0));
+                }
+                self.netd_queue = Some(queue);
+                Response::done()
+            }
+            DriverRequest::SetHostAddresses { ipv4 } => {
+                if ipv4.len() > MAX_HOST_ADDRESSES {
+                    return Response::error(
+                        ErrorCode::Limit,
+                        format!("at most {MAX_HOST_ADDRESSES} host addresses"),
+                    );
+                }
+                self.host_ipv4 = ipv4;
+                Response::done()
+            }
+        }
+    }
+
+    fn create_queue(&mut self, id: QueueId, config: QueueConfig) -> Response {
+        if self.queues.contains_key(&id) {
+            return Response::error(ErrorCode::InUse, format!("queue {} exists", id.0));
+        }
+        if self.queues.len() >= MAX_QUEUES {
+            return Response::error(ErrorCode::Limit, format!("at most {MAX_QUEUES} queues"));
+        }
+        let (ring, fds) = match make_ring(&config) {
+            Ok(made) => made,
+            Err((code, message)) => return Response::error(code, message),
+        };
+        let ring_bytes = ring.layout().total_len;
+        self.queues.insert(
+            id,
+            Queue {
+                ring,
+                config,
+                tx_filters: Vec::new(),
+                tx: TxOutcomes::default(),
+                touched: false,
+            },
+        );
+        self.order.push(id);
+        Response {
+            reply: DriverReply::QueueCreated {
+                queue: id,
+                ring_bytes,
+            },
+            fds: Some(fds),
+        }
+    }
+
+    /// Re-creates a queue's rings with new sizes; its filters stay. The old rings are closed
+    /// (the client sees its queue end) and the reply carries the new descriptors.
+    fn reconfigure(&mut self, id: QueueId, config: QueueConfig) -> Response {
+        let Some(queue) = self.queues.get_mut(&id) else {
+            return Response::error(ErrorCode::NotFound, format!("no queue {}", id.0));
+        };
+        let (ring, fds) = match make_ring(&config) {
+            Ok(made) => made,
+            Err((code, message)) => return Response::error(code, message),
+        };
+        let ring_bytes = ring.layout().total_len;
+        let mut old = std::mem::replace(&mut queue.ring, ring);
+        old.close();
+        queue.config = config;
+        Response {
+            reply: DriverReply::QueueCreated {
+                queue: id,
+                ring_bytes,
+            },
+            fds: Some(fds),
+        }
+    }
+
+    /// Stops and frees a queue and its filters. Returns whether it existed.
+    pub fn destroy_queue(&mut self, id: QueueId) -> bool {
+        let Some(mut queue) = self.queues.remove(&id) else {
+            return false;
+        };
+        queue.ring.close();
+        self.classifier.remove_queue(id);
+        self.filters.retain(|_, (q, _)| *q != id);
+        self.order.retain(|&q| q != id);
+        self.touched.retain(|&q| q != id);
+        if self.netd_queue == Some(id) {
+            self.netd_queue = None;
+        }
+        true
+    }
+
+    fn install_filter(
+        &mut self,
+        queue: QueueId,
+        filter: FilterId,
+        direction: Direction,
+        mode: RxMode,
+        binding: Option<netmux_proto::driver::PortBinding>,
+        program: &[u8],
+    ) -> Response {
+        if !self.queues.contains_key(&queue) {
+            return Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0));
+        }
+        if self.filters.contains_key(&filter) {
+            return Response::error(ErrorCode::InUse, format!("filter {} exists", filter.0));
+        }
+        if self.filters.len() >= MAX_FILTERS {
+            return Response::error(ErrorCode::Limit, format!("at most {MAX_FILTERS} filters"));
+        }
+        // The driver trusts netd, but not the bytes: only a verified program ever runs.
+        let program = match netmux_vm::verify(program) {
+            Ok(p) => p,
+            Err(e) => return Response::error(ErrorCode::BadFilter, format!("rejected: {e}")),
+        };
+        match direction {
+            Direction::Rx => {
+                let installed = self.classifier.install(RxFilter {
+                    queue,
+                    filter,
+                    mode,
+                    binding,
+                    program,
+                });
+                if let Err(e) = installed {
+                    let code = match e {
+                        ClassifierError::BindingInUse(_)
+                        | ClassifierError::ExclusiveHeld(_)
+                        | ClassifierError::BindingsExist
+                        | ClassifierError::DuplicateFilter(_) => ErrorCode::InUse,
+                        ClassifierError::NotFound(..) => ErrorCode::NotFound,
+                        ClassifierError::Engine(_) => ErrorCode::BadFilter,
+                    };
+                    return Response::error(code, e.to_string());
+                }
+            }
+            Direction::Tx => {
+                let engine = match netmux_vm::engine(program, self.config.strategy) {
+                    Ok(e) => e,
+                    Err(e) => return Response::error(ErrorCode::BadFilter, e.to_string()),
+                };
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.tx_filters.push(TxFilter {
+                        filter,
+                        binding,
+                        engine,
+                    });
+                }
+            }
+        }
+        self.filters.insert(filter, (queue, direction));
+        Response::done()
+    }
+
+    fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Response {
+        let not_found = || {
+            Response::error(
+                ErrorCode::NotFound,
+                format!("no filter {} on queue {}", filter.0, queue.0),
+            )
+        };
+        match self.filters.get(&filter) {
+            Some(&(q, direction)) if q == queue => {
+                match direction {
+                    Direction::Rx => {
+                        if self.classifier.remove(queue, filter).is_err() {
+                            return not_found();
+                        }
+                    }
+                    Direction::Tx => {
+                        if let Some(q) = self.queues.get_mut(&queue) {
+                            q.tx_filters.retain(|f| f.filter != filter);
+                        }
+                    }
+                }
+                self.filters.remove(&filter);
+                Response::done()
+            }
+            _ => not_found(),
+        }
+    }
+
+    /// Fails closed: every queue is stopped, marked closed in its ring header and freed, with
+    /// every filter and the netd queue and host addresses. Counters of the link remain.
+    pub fn fail_closed(&mut self) {
+        for id in std::mem::take(&mut self.order) {
+            if let Some(mut queue) = self.queues.remove(&id) {
+                queue.ring.close();
+            }
+            self.classifier.remove_queue(id);
+        }
+        self.queues.clear();
+        self.filters.clear();
+        self.touched.clear();
+        self.netd_queue = None;
+        self.host_ipv4.clear();
+    }
+
+    /// Housekeeping while idle: discards fragments whose datagram timed out, even when no
+    /// frame arrives to trigger it.
+    pub fn tick(&mut self) {
+        let now = self.now_ns();
+        self.reassembler.expire(now);
+    }
+
+    /// Whether the link will never receive again (a replayed capture ended).
+    pub fn rx_exhausted(&self) -> bool {
+        self.link.rx_exhausted()
+    }
+
+    /// Receives one batch from the link and delivers it. Returns the number of frames the link
+    /// gave (0: nothing to do right now).
+    pub fn poll_rx(&mut self) -> usize {
+        let mut batch = std::mem::take(&mut self.rx_batch);
+        batch.clear();
+        let received = match self.link.recv(&mut batch, self.config.rx_batch) {
+            Ok(n) => n,
+            Err(e) => {
+                self.rx.link_errors += 1;
+                tracing::warn!("link receive failed: {e}");
+                0
+            }
+        };
+        if received > 0 {
+            let now = self.now_ns();
+            self.reassembler.expire(now);
+            for frame in batch.iter() {
+                match self.reassembler.push(frame, now) {
+                    Outcome::Deliver(frame) => self.deliver(frame),
+                    Outcome::Reassembled(datagram) => {
+                        self.deliver(&datagram);
+                        self.reassembler.recycle(datagram);
+                    }
+                    Outcome::Held | Outcome::Dropped(_) => {}
+                }
+            }
+            self.flush_touched();
+        }
+        self.rx_batch = batch;
+        received
+    }
+
+    /// Whether `frame` is ARP that every queue must see: a reply, or a request for one of the
+    /// host addresses.
+    fn is_arp_for_everyone(&self, frame: &[u8]) -> bool {
+        /// Ethernet header, then ARP: htype, ptype, hlen, plen, op (offset 20), sha, spa,
+        /// tha, tpa (offset 38).
+        const ARP_OP: usize = 20;
+        const ARP_TPA: usize = 38;
+        if frame.get(12..14) != Some(&[0x08, 0x06][..]) {
+            return false;
+        }
+        match frame.get(ARP_OP..ARP_OP + 2) {
+            Some([0, 2]) => true,
+            Some([0, 1]) => frame
+                .get(ARP_TPA..ARP_TPA + 4)
+                .is_some_and(|tpa| self.host_ipv4.iter().any(|a| a[..] == *tpa)),
+            _ => false,
+        }
+    }
+
+    fn deliver(&mut self, frame: &[u8]) {
+        self.rx.classified += 1;
+        self.receivers.clear();
+        if self.is_arp_for_everyone(frame) {
+            self.rx.arp_to_all += 1;
+            self.receivers.extend_from_slice(&self.order);
+        } else {
+            let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+            self.classifier
+                .classify(frame, wire_len, &mut self.receivers);
+            if self.receivers.is_empty() {
+                match self.netd_queue {
+                    Some(netd) => {
+                        self.rx.unmatched_to_netd += 1;
+                        self.receivers.push(netd);
+                    }
+                    None => {
+                        self.rx.no_receiver += 1;
+                        return;
+                    }
+                }
+            }
+        }
+        for id in &self.receivers {
+            if let Some(queue) = self.queues.get_mut(id) {
+                // Drops (full ring, closed, faulted) are counted by the ring, per queue.
+                if queue.ring.push_rx(&[frame]) == RxOutcome::Queued && !queue.touched {
+                    queue.touched = true;
+                    self.touched.push(*id);
+                }
+            }
+        }
+    }
+
+    fn flush_touched(&mut self) {
+        for id in self.touched.drain(..) {
+            if let Some(queue) = self.queues.get_mut(&id) {
+                queue.touched = false;
+                queue.ring.flush();
+            }
+        }
+    }
+
+    /// Gives every queue one transmit turn. Returns the number of frames taken from the tx
+    /// rings (0: nothing to do right now).
+    pub fn poll_tx(&mut self) -> usize {
+        let mut total = 0;
+        let mut batch = std::mem::take(&mut self.tx_batch);
+        let mut sent: Vec<usize> = Vec::new();
+        let mut faulted: Vec<QueueId> = Vec::new();
+        for i in 0..self.order.len() {
+            let id = self.order[i];
+            let Some(queue) = self.queues.get_mut(&id) else {
+                continue;
+            };
+            batch.clear();
+            sent.clear();
+            let taken = match queue.ring.take_tx(&mut batch, self.config.tx_batch) {
+                Ok(n) => n,
+                Err(fault) => {
+                    tracing::warn!(queue = id.0, "closing queue after a ring fault: {fault}");
+                    faulted.push(id);
+                    continue;
+                }
+            };
+            if taken == 0 {
+                // Malformed frames may have been completed without being returned.
+                queue.ring.flush();
+                continue;
+            }
+            total += taken;
+            let mut outcome = Vec::with_capacity(taken);
+            for (index, frame) in batch.iter().enumerate() {
+                let status = if frame.len() > self.max_tx_len {
+                    TxStatus::RejectedMalformed
+                } else {
+                    tx::check(frame, &queue.tx_filters, &self.link_mac, &mut self.scratch)
+                };
+                if status.is_sent() {
+                    sent.push(index);
+                }
+                outcome.push(status);
+            }
+            let on_wire = send_all(self.link.as_mut(), &batch, &sent, &mut queue.tx.link_busy);
+            for &index in &sent[on_wire..] {
+                outcome[index] = TxStatus::LinkError;
+            }
+            sent.truncate(on_wire);
+            for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
+                let status = outcome[index];
+                queue.tx.record(status, frame.len());
+                self.tx.record(status, frame.len());
+                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                if queue.ring.complete(tag, status, len).is_err() {
+                    faulted.push(id);
+                    break;
+                }
+            }
+            queue.ring.flush();
+            // Taps of other queues observe what went out.
+            for &index in &sent {
+                if let Some(frame) = batch.get(index) {
+                    self.observe(frame, id);
+                }
+            }
+        }
+        self.flush_touched();
+        for id in faulted {
+            if let Some(queue) = self.queues.get_mut(&id) {
+                queue.ring.close();
+            }
+        }
+        self.tx_batch = batch;
+        total
+    }
+
+    fn observe(&mut self, frame: &[u8], sender: QueueId) {
+        self.receivers.clear();
+        let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        self.classifier
+            .observers(frame, wire_len, sender, &mut self.receivers);
+        for id in &self.receivers {
+            if let Some(queue) = self.queues.get_mut(id) {
+                if queue.ring.push_rx(&[frame]) == RxOutcome::Queued && !queue.touched {
+                    queue.touched = true;
+                    self.touched.push(*id);
+                }
+            }
+        }
+    }
+
+    /// Statistics of the link and of every queue (see [`Counters`]).
+    pub fn stats(&self) -> (Counters, Vec<(QueueId, Counters)>) {
+        let link: LinkStats = self.link.stats();
+        let r = self.reassembler.counters();
+        let mut rx_dropped = vec![
+            ("link".to_string(), link.rx_dropped),
+            ("no-receiver".to_string(), self.rx.no_receiver),
+            ("link-error".to_string(), self.rx.link_errors),
+        ];
+        for reason in DropReason::ALL {
+            rx_dropped.push((format!("reassembly-{reason}"), r.fragments_dropped(reason)));
+        }
+        rx_dropped.retain(|(_, n)| *n > 0);
+        let link_counters = Counters {
+            rx_frames: link.rx_frames,
+            rx_bytes: link.rx_bytes,
+            tx_frames: link.tx_frames,
+            tx_bytes: link.tx_bytes,
+            // Copies dropped by full rings, summed over the current queues.
+            rx_dropped_full: self
+                .queues
+                .values()
+                .map(|q| q.ring.counters().rx_dropped_full)
+                .sum(),
+            tx_rejected: self.tx.rejected(),
+            tx_flow_control: self.tx.link_busy,
+            rx_dropped,
+        };
+        let queues = self
+            .order
+            .iter()
+            .filter_map(|id| self.queues.get(id).map(|q| (*id, queue_counters(q))))
+            .collect();
+        (link_counters, queues)
+    }
+
+    /// Driver-wide receive counters as (name, value) pairs, for logs and `netmux stat`.
+    pub fn rx_summary(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("classified", self.rx.classified),
+            ("arp-to-all", self.rx.arp_to_all),
+            ("unmatched-to-netd", self.rx.unmatched_to_netd),
+            ("no-receiver", self.rx.no_receiver),
+            (
+                "datagrams-reassembled",
+                self.reassembler.counters().datagrams_reassembled,
+            ),
+        ]
+    }
+}
+
+fn queue_counters(queue: &Queue) -> Counters {
+    let ring = queue.ring.counters();
+    let rx_dropped = [
+        ("too-large", ring.rx_dropped_too_large),
+        ("unusable", ring.rx_dropped_unusable),
+    ]
+    .into_iter()
+    .filter(|&(_, n)| n > 0)
+    .map(|(name, n)| (name.to_string(), n))
+    .collect();
+    Counters {
+        rx_frames: ring.rx_frames,
+        rx_bytes: ring.rx_bytes,
+        tx_frames: queue.tx.count[status_index(TxStatus::Sent)],
+        tx_bytes: queue.tx.sent_bytes,
+        rx_dropped_full: ring.rx_dropped_full,
+        tx_rejected: queue.tx.rejected(),
+        tx_flow_control: ring.tx_flow_control + queue.tx.link_busy,
+        rx_dropped,
+    }
+}
+
+fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode, String)> {
+    let ring_config = RingConfig {
+        slot_size: config.slot_size,
+        rx_slots: config.rx_slots,
+        tx_slots: config.tx_slots,
+        completion_slots: config.completion_slots,
+    };
+    let ring = DriverQueue::create(&ring_config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
+    let fds = ring
+        .client_fds()
+        .map_err(|e| (ErrorCode::Internal, format!("duplicating fds: {e}")))?;
+    Ok((ring, fds))
+}
+
+/// Offers the frames at `indices` of `batch` to the link until it took them all or stayed busy
+/// for [`LINK_BUSY_RETRIES`] offers. Returns how many it took, from the start.
+fn send_all(link: &mut dyn Link, batch: &FrameBatch, indices: &[usize], busy: &mut u64) -> usize {
+    let frames: Vec<&[u8]> = indices.iter().filter_map(|&i| batch.get(i)).collect();
+    let mut done = 0;
+    let mut retries = 0;
+    while done < frames.len() {
+        match link.send(&frames[done..]) {
+            Ok(n) if n > 0 => done += n,
+            Ok(_) => {
+                *busy += 1;
+                retries += 1;
+                if retries > LINK_BUSY_RETRIES {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            Err(e) => {
+                tracing::warn!("link send failed: {e}");
+                break;
+            }
+        }
+    }
+    done
+}

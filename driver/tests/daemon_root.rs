@@ -1,0 +1,240 @@
+//! The whole driver on a real link: the kernel's UDP datagrams reach the client queue that
+//! owns the port through AF_PACKET, and the client's reply goes out through the driver's tx
+//! check to the kernel, while a spoofed one is stopped. Needs root (and `ip` from iproute2),
+//! so the test is `#[ignore]`d; the test script runs it as root.
+//!
+//! The test creates its own network namespace and runs the real work in a child process
+//! inside it (`ip netns exec NS <this test binary> --exact <child test>`); the namespace, and
+//! with it the veth pair, is deleted in a drop guard even when the test fails. Only addresses
+//! inside the namespace are used.
+
+mod daemon_common;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use daemon_common::*;
+use netmux_driver::daemon::control::{DriverThread, ServerOptions};
+use netmux_driver::daemon::{Driver, DriverConfig};
+use netmux_driver::link::{self, LinkSpec};
+use netmux_driver::ring::TxStatus;
+use netmux_proto::driver::{DriverRequest, QueueId};
+
+const CHILD_ENV: &str = "NETMUX_DAEMON_ROOT_CHILD";
+const CLIENT_PORT: u16 = 7777;
+
+/// A network namespace deleted on drop, whatever happened.
+struct NetNs(String);
+
+impl NetNs {
+    fn new(tag: &str) -> Self {
+        let name = format!("nmxd-{}-{tag}", std::process::id());
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        run("ip", &["netns", "add", &name]);
+        Self(name)
+    }
+
+    fn run_child(&self, child: &str) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                child,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, "1")
+            .status()
+            .expect("running ip netns exec");
+        assert!(status.success(), "child {child} failed: {status}");
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A directory removed on drop, even when the test fails.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().expect(program);
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+fn in_child() -> bool {
+    std::env::var_os(CHILD_ENV).is_some()
+}
+
+fn mac_of(ifname: &str) -> [u8; 6] {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).unwrap();
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.trim().split(':')) {
+        *byte = u8::from_str_radix(part, 16).unwrap();
+    }
+    mac
+}
+
+#[test]
+#[ignore = "needs root: creates a network namespace and a veth pair"]
+fn root_driver_carries_kernel_datagrams_to_the_owning_queue_and_checked_replies_back() {
+    if in_child() {
+        return;
+    }
+    NetNs::new("afpacket").run_child("root_child_driver_afpacket");
+}
+
+#[test]
+#[ignore = "runs inside the namespace made by root_driver_carries_kernel_datagrams_to_the_owning_queue_and_checked_replies_back"]
+fn root_child_driver_afpacket() {
+    if !in_child() {
+        return;
+    }
+    run("ip", &["link", "set", "lo", "up"]);
+    run(
+        "ip",
+        &[
+            "link", "add", "nmxd0", "type", "veth", "peer", "name", "nmxd1",
+        ],
+    );
+    run("ip", &["link", "set", "nmxd0", "up"]);
+    run("ip", &["link", "set", "nmxd1", "up"]);
+    run("ip", &["addr", "add", "10.97.0.1/24", "dev", "nmxd1"]);
+    let mac = mac_text(mac_of("nmxd0"));
+    run(
+        "ip",
+        &["neigh", "add", "10.97.0.2", "lladdr", &mac, "dev", "nmxd1"],
+    );
+    let link = link::open(&"afpacket:nmxd0".parse::<LinkSpec>().unwrap()).unwrap();
+    exchange(link, mac_of("nmxd1"), [10, 97, 0, 1], [10, 97, 0, 2]);
+}
+
+#[test]
+#[ignore = "needs root: creates a network namespace and a TAP device"]
+fn root_driver_carries_kernel_datagrams_through_tap_to_the_owning_queue_and_back() {
+    if in_child() {
+        return;
+    }
+    NetNs::new("tap").run_child("root_child_driver_tap");
+}
+
+#[test]
+#[ignore = "runs inside the namespace made by root_driver_carries_kernel_datagrams_through_tap_to_the_owning_queue_and_back"]
+fn root_child_driver_tap() {
+    if !in_child() {
+        return;
+    }
+    run("ip", &["link", "set", "lo", "up"]);
+    let link = link::open(&"tap:nmxdtap0".parse::<LinkSpec>().unwrap()).unwrap();
+    run("ip", &["link", "set", "nmxdtap0", "up"]);
+    run("ip", &["addr", "add", "10.96.0.1/24", "dev", "nmxdtap0"]);
+    let mac = mac_text(link.info().mac);
+    run(
+        "ip",
+        &[
+            "neigh",
+            "add",
+            "10.96.0.2",
+            "lladdr",
+            &mac,
+            "dev",
+            "nmxdtap0",
+        ],
+    );
+    exchange(link, mac_of("nmxdtap0"), [10, 96, 0, 1], [10, 96, 0, 2]);
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// The kernel (at `kernel_ip`, MAC `kernel_mac`) sends a UDP datagram to the client at
+/// `client_ip` behind a driver owning `link`; the client answers, once spoofed and once not.
+fn exchange(
+    link: Box<dyn netmux_driver::link::Link>,
+    kernel_mac: [u8; 6],
+    kernel_ip: [u8; 4],
+    client_ip: [u8; 4],
+) {
+    let driver_mac = link.info().mac;
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("netmux-daemon-root-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let control = dir.0.join("driver.sock");
+    let driver = DriverThread::spawn(
+        &control,
+        Driver::new(link, DriverConfig::default()),
+        ServerOptions::default(),
+    )
+    .unwrap();
+    let (mut netd, _) = Netd::connect(&control);
+    let mut client = netd.queue(1);
+    let mut own = netd.queue(2);
+    netd.ok(&DriverRequest::SetNetdQueue { queue: QueueId(2) });
+    netd.bind_udp(1, client_ip, CLIENT_PORT, driver_mac);
+
+    // Kernel -> AF_PACKET -> classifier -> the owning client's ring.
+    let kernel = UdpSocket::bind((Ipv4Addr::from(kernel_ip), 0)).unwrap();
+    kernel
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let kernel_port = kernel.local_addr().unwrap().port();
+    kernel
+        .send_to(b"to the client", (Ipv4Addr::from(client_ip), CLIENT_PORT))
+        .unwrap();
+    let got = recv_n(&mut client, 1, Duration::from_secs(5));
+    assert_eq!(got.len(), 1, "the datagram reached the owning queue");
+    assert!(got[0].ends_with(b"to the client"));
+    assert!(
+        !drain(&mut own, Duration::from_millis(50))
+            .iter()
+            .any(|f| f.ends_with(b"to the client")),
+        "netd does not get a matched frame"
+    );
+
+    // Client -> tx check -> AF_PACKET -> kernel; the spoofed one never arrives.
+    let reply = |src: [u8; 4], text: &[u8]| {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(driver_mac, kernel_mac)
+            .ipv4(src, kernel_ip, 64)
+            .udp(CLIENT_PORT, kernel_port)
+            .write(&mut frame, text)
+            .unwrap();
+        frame
+    };
+    let mut spoofed_ip = client_ip;
+    spoofed_ip[3] = 9;
+    let spoofed = reply(spoofed_ip, b"spoofed");
+    let good = reply(client_ip, b"from the client");
+    client.send(&[&[&spoofed], &[&good]]).unwrap();
+    let mut buf = [0u8; 256];
+    let (n, from) = kernel
+        .recv_from(&mut buf)
+        .expect("the kernel got the reply");
+    assert_eq!(&buf[..n], b"from the client");
+    assert_eq!(from.ip(), Ipv4Addr::from(client_ip));
+    let mut completions = Vec::new();
+    eventually("two completions", || {
+        client.completions(8, &mut completions).unwrap();
+        completions.len() >= 2
+    });
+    assert_eq!(completions[0].status, TxStatus::RejectedSourceIp);
+    assert_eq!(completions[1].status, TxStatus::Sent);
+    drop(netd);
+    eventually("the queue closes when netd leaves", || client.is_closed());
+    driver.stop().unwrap();
+}
