@@ -1,0 +1,359 @@
+//! Reliability of the driver process (`netmux-driver`), across processes.
+//!
+//! * netd killed with SIGKILL mid-session: the driver fails closed (the client's queue, held
+//!   by a third process, is closed and its waiter wakes up), keeps running, and a new netd
+//!   connects and creates the queue again.
+//! * Malformed IPC from netd, each case: a body the driver cannot read is answered with an
+//!   error and the session goes on; a broken frame (truncated, zero or 4 GiB length, missing or
+//!   extra descriptors) ends that connection only — the driver fails closed and serves the next
+//!   netd.
+//!
+//! The driver is the real binary on a virtual link. It is found next to this test's binary
+//! (`target/<profile>/netmux-driver`) and built with cargo when it is not there yet. netd is
+//! this test binary run again with `NETMUX_RELIABILITY_ROLE` set.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netmux_driver::ring::{ClientQueue, QueueError};
+use netmux_proto::driver::{DriverReply, DriverRequest, QueueConfig, QueueId};
+use netmux_proto::{Channel, ErrorCode, PROTOCOL_VERSION};
+
+/// Selects the netd role when this binary runs as a child process.
+const ROLE_ENV: &str = "NETMUX_RELIABILITY_ROLE";
+/// The driver's control socket, for the child.
+const CONTROL_ENV: &str = "NETMUX_RELIABILITY_CONTROL";
+/// How long any one expected event may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Small rings: these tests move no frames.
+const SMALL: QueueConfig = QueueConfig {
+    slot_size: 2048,
+    rx_slots: 64,
+    tx_slots: 64,
+    completion_slots: 64,
+};
+
+/// The driver binary, built (once per test process) if this test run has not built it.
+fn driver_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(find_or_build_driver).clone()
+}
+
+fn find_or_build_driver() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let bin = profile_dir.join("netmux-driver");
+    if !bin.exists() {
+        let target_dir = profile_dir.parent().unwrap();
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "-p", "netmux-driver", "--bin", "netmux-driver"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().unwrap().success(), "building netmux-driver");
+    }
+    bin
+}
+
+struct Driver {
+    child: Child,
+    dir: PathBuf,
+    control: PathBuf,
+}
+
+impl Driver {
+    fn start(tag: &str) -> Driver {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("reliability-driver-{tag}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = dir.join("driver.sock");
+        let child = Command::new(driver_binary())
+            .arg("--link")
+            .arg(format!("virtual:{}", dir.join("cable").display()))
+            .arg("--control")
+            .arg(&control)
+            .args(["--engine", "interp"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Driver {
+            child,
+            dir,
+            control,
+        }
+    }
+
+    /// Connects as netd and says hello.
+    fn netd(&self) -> Channel {
+        let deadline = Instant::now() + PATIENCE;
+        let sock = loop {
+            match UnixStream::connect(&self.control) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
+        let mut ch = Channel::new(sock);
+        let (reply, _) = request(&mut ch, &hello());
+        assert!(matches!(reply, DriverReply::Hello { .. }), "{reply:?}");
+        ch
+    }
+
+    /// Connects as netd, retrying while the driver still serves the previous one.
+    fn next_netd(&self) -> Channel {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let sock = UnixStream::connect(&self.control).unwrap();
+            let mut ch = Channel::new(sock);
+            if ch.send(&hello(), &[]).is_ok() {
+                if let Ok((DriverReply::Hello { .. }, _)) = ch.recv::<DriverReply>() {
+                    return ch;
+                }
+            }
+            assert!(Instant::now() < deadline, "the driver takes no new netd");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hello() -> DriverRequest {
+    DriverRequest::Hello {
+        version: PROTOCOL_VERSION,
+    }
+}
+
+fn request(ch: &mut Channel, r: &DriverRequest) -> (DriverReply, Vec<OwnedFd>) {
+    ch.send(r, &[]).unwrap();
+    ch.recv().unwrap()
+}
+
+fn create_queue(ch: &mut Channel, id: u32) -> Vec<OwnedFd> {
+    let (reply, fds) = request(
+        ch,
+        &DriverRequest::CreateQueue {
+            queue: QueueId(id),
+            config: SMALL,
+        },
+    );
+    assert!(
+        matches!(reply, DriverReply::QueueCreated { .. }),
+        "{reply:?}"
+    );
+    fds
+}
+
+fn attach(fds: Vec<OwnedFd>) -> ClientQueue {
+    let [memfd, client_wake, driver_wake]: [OwnedFd; 3] = fds.try_into().expect("three fds");
+    ClientQueue::from_fds(memfd, client_wake, driver_wake).unwrap()
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The entry point of the netd child process; does nothing in an ordinary test run.
+#[test]
+fn netd_process_entry_point() {
+    let (Ok(role), Ok(control)) = (std::env::var(ROLE_ENV), std::env::var(CONTROL_ENV)) else {
+        return;
+    };
+    assert_eq!(role, "netd");
+    // SAFETY: descriptor 3 was set up by `spawn_netd` and is owned by nobody else here.
+    let parent = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    let mut parent = Channel::new(parent);
+    let mut ch = Channel::new(UnixStream::connect(control).unwrap());
+    let (reply, _) = request(&mut ch, &hello());
+    assert!(matches!(reply, DriverReply::Hello { .. }));
+    let fds = create_queue(&mut ch, 1);
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    parent.send(&"queue", &borrowed).unwrap();
+    // Holds the session until it is killed.
+    let _ = parent.recv::<String>();
+    unreachable!("netd is killed before the parent speaks");
+}
+
+fn spawn_netd(control: &Path, sock: UnixStream) -> Child {
+    use std::os::unix::process::CommandExt;
+    let fd = OwnedFd::from(sock);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "netd_process_entry_point",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE_ENV, "netd")
+    .env(CONTROL_ENV, control)
+    .stdout(Stdio::null());
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) run.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec; clear it by hand then.
+            let ok = if raw == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(raw, 3) == 3
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(fd);
+    child
+}
+
+#[test]
+fn netd_killed_mid_session_the_driver_fails_closed_and_a_new_netd_binds_again() {
+    let mut driver = Driver::start("netd-killed");
+    // Wait for the control socket before handing its path to netd.
+    drop(driver.netd());
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut netd = spawn_netd(&driver.control, theirs);
+    let mut from_netd = Channel::new(ours);
+    let (what, fds) = from_netd.recv::<String>().unwrap();
+    assert_eq!(what, "queue");
+    let mut client = attach(fds);
+    assert!(!client.is_closed());
+    // A client thread waiting for frames when netd dies must wake up.
+    let waiter = std::thread::spawn(move || {
+        let woke = client.wait_readable(Some(PATIENCE));
+        (woke.map_err(|e| e.to_string()), client)
+    });
+
+    netd.kill().unwrap();
+    netd.wait().unwrap();
+
+    let (woke, mut client) = waiter.join().unwrap();
+    assert_eq!(
+        woke,
+        Ok(true),
+        "the waiting client is woken, not left to time out"
+    );
+    eventually("the queue is closed", || client.is_closed());
+    assert!(matches!(
+        client.send(&[&[&[0u8; 60]]]),
+        Err(QueueError::Closed)
+    ));
+    assert!(driver.is_running(), "the driver outlives netd");
+
+    // A new netd starts from nothing and can create the same queue again.
+    let mut netd = driver.next_netd();
+    let (reply, _) = request(&mut netd, &DriverRequest::Stats);
+    assert!(
+        matches!(reply, DriverReply::Stats { ref queues, .. } if queues.is_empty()),
+        "{reply:?}"
+    );
+    let client = attach(create_queue(&mut netd, 1));
+    assert!(!client.is_closed());
+}
+
+/// A broken frame from netd: the connection ends, the queue fails closed, the driver lives on.
+fn broken_frame_ends_the_connection(tag: &str, send: impl FnOnce(&mut Channel)) {
+    let mut driver = Driver::start(tag);
+    let mut netd = driver.netd();
+    let client = attach(create_queue(&mut netd, 1));
+    send(&mut netd);
+    assert!(
+        netd.recv::<DriverReply>().is_err(),
+        "{tag}: the connection ends without a reply"
+    );
+    eventually("the queue is closed", || client.is_closed());
+    assert!(driver.is_running(), "{tag}: the driver lives on");
+    let mut next = driver.next_netd();
+    let (reply, _) = request(&mut next, &DriverRequest::Stats);
+    assert!(
+        matches!(reply, DriverReply::Stats { .. }),
+        "{tag}: {reply:?}"
+    );
+}
+
+fn stats_bytes() -> Vec<u8> {
+    netmux_proto::frame::encode(&DriverRequest::Stats, 0).unwrap()
+}
+
+#[test]
+fn a_truncated_message_from_netd_ends_only_that_connection() {
+    broken_frame_ends_the_connection("truncated", |ch| {
+        let bytes = stats_bytes();
+        ch.send_raw(&bytes[..bytes.len() - 2], &[]).unwrap();
+        ch.socket().shutdown(std::net::Shutdown::Write).unwrap();
+    });
+}
+
+#[test]
+fn a_zero_length_message_from_netd_ends_only_that_connection() {
+    broken_frame_ends_the_connection("zero", |ch| ch.send_raw(&[0; 8], &[]).unwrap());
+}
+
+#[test]
+fn a_4_gib_length_from_netd_ends_only_that_connection() {
+    broken_frame_ends_the_connection("huge", |ch| {
+        ch.send_raw(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], &[])
+            .unwrap()
+    });
+}
+
+#[test]
+fn missing_descriptors_from_netd_end_only_that_connection() {
+    broken_frame_ends_the_connection("missing-fds", |ch| {
+        let mut bytes = stats_bytes();
+        bytes[4] = 2;
+        ch.send_raw(&bytes, &[]).unwrap();
+    });
+}
+
+#[test]
+fn extra_descriptors_from_netd_end_only_that_connection() {
+    broken_frame_ends_the_connection("extra-fds", |ch| {
+        let memfd = rustix::fs::memfd_create("extra", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        ch.send_raw(&stats_bytes(), &[memfd.as_fd()]).unwrap();
+    });
+}
+
+#[test]
+fn an_unknown_message_type_from_netd_is_answered_and_the_session_goes_on() {
+    let mut driver = Driver::start("unknown");
+    let mut netd = driver.netd();
+    let client = attach(create_queue(&mut netd, 1));
+    let body = br#"{"Frobnicate":{"level":11}}"#;
+    let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[0; 4]);
+    bytes.extend_from_slice(body);
+    netd.send_raw(&bytes, &[]).unwrap();
+    let (reply, _): (DriverReply, _) = netd.recv().unwrap();
+    assert!(
+        matches!(reply, DriverReply::Error(ref e) if e.code == ErrorCode::Protocol),
+        "{reply:?}"
+    );
+    let (reply, _) = request(&mut netd, &DriverRequest::Stats);
+    assert!(matches!(reply, DriverReply::Stats { ref queues, .. } if queues.len() == 1));
+    assert!(!client.is_closed(), "the session and its queue go on");
+    assert!(driver.is_running());
+}
