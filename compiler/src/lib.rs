@@ -1,1 +1,150 @@
 //! The netmux filter compiler: the pcap-filter language to verified netmux VM bytecode.
+//!
+//! ```text
+//! text --lexer/parser--> AST (spans) --gencode--> Cond --lower--> IR (CFG) --opt--> IR
+//!      --codegen (register allocation, layout)--> VM instructions --verify--> Program
+//! ```
+//!
+//! The goal is libpcap's verdict on every Ethernet frame: [`gencode`] reproduces what
+//! libpcap 1.10's `gencode.c` tests for each primitive, in the same order, with the same
+//! loads (a load past the captured bytes rejects the frame in both), and [`opt`] only makes
+//! rewrites that cannot change a verdict. The conformance tests in `tests/` compare verdicts
+//! with libpcap itself.
+//!
+//! ```
+//! use netmux_compiler::{compile, Options};
+//! let program = compile("udp dst port 53", &Options::default()).unwrap();
+//! assert!(program.insns().len() > 3);
+//! let err = compile("tcp port 65536", &Options::default()).unwrap_err();
+//! assert!(err.to_string().contains("65536\n"));
+//! ```
+
+pub mod ast;
+pub mod bfdmux;
+pub mod builders;
+pub mod codegen;
+pub mod error;
+pub mod gencode;
+pub mod ir;
+pub mod lexer;
+pub mod opt;
+pub mod parser;
+
+pub use error::{CompileError, ErrorKind, Span};
+pub use ir::Function;
+
+use netmux_vm::{Insn, Program};
+
+/// The language the expression is written in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// tcpdump's pcap-filter language, with libpcap's semantics on Ethernet.
+    #[default]
+    Pcap,
+    /// Barrelfish bfdmux's raw expressions (`int16[12] == 0x0800 && int8[23] == 6`); see
+    /// [`bfdmux`].
+    Bfdmux,
+}
+
+/// How to compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Options {
+    /// Run the optimizer (it never changes a verdict; it removes decided tests and dead code).
+    pub optimize: bool,
+    /// The value an accepted frame gets (`accept k`): a queue id for classifiers.
+    pub accept_value: u32,
+    /// The input language.
+    pub dialect: Dialect,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            optimize: true,
+            accept_value: 1,
+            dialect: Dialect::Pcap,
+        }
+    }
+}
+
+/// Parses and lowers `expr` to the IR, optimized if `opts.optimize`.
+pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> {
+    let attach = |e: error::Located| CompileError::new(e.kind, e.span, expr);
+    if opts.dialect == Dialect::Bfdmux {
+        let mut func = bfdmux::lower(expr).map_err(attach)?;
+        if opts.optimize {
+            opt::optimize(&mut func, false).map_err(|_| {
+                CompileError::new(
+                    ErrorKind::Semantic("division by zero".into()),
+                    Span::new(0, expr.len()),
+                    expr,
+                )
+            })?;
+        }
+        return Ok(func);
+    }
+    let ast = parser::parse(expr).map_err(attach)?;
+    let mut gen = gencode::Gen::new();
+    let cond = gen.generate(&ast).map_err(attach)?;
+    let mut func = ir::lower(&cond, &gen.prologue, gen.temps);
+    if opts.optimize {
+        // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
+        // none of its optimizer's errors for them.
+        let libpcap_optimizes = !gen.no_optimize;
+        let unoptimized = func.clone();
+        let result = opt::optimize(&mut func, libpcap_optimizes);
+        // The probe for libpcap's "rejects all packets" is as costly as the optimizer; it can
+        // only say yes where ours found no accepting path, or where libpcap's extra folds
+        // (`0 / x`) could apply.
+        let probe = opt::always_rejects(&func) || opt::has_libpcap_only_folds(&unoptimized);
+        if libpcap_optimizes && probe && opt::libpcap_rejects_all(&unoptimized, &gen.probe_opaque) {
+            return Err(CompileError::new(
+                ErrorKind::RejectsAllPackets,
+                Span::new(0, expr.len()),
+                expr,
+            ));
+        }
+        result.map_err(|e| {
+            let msg = match e {
+                opt::OptError::DivisionByZero => "division by zero",
+                opt::OptError::ModulusByZero => "modulus by zero",
+                opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
+            };
+            CompileError::new(
+                ErrorKind::Semantic(msg.to_owned()),
+                Span::new(0, expr.len()),
+                expr,
+            )
+        })?;
+    }
+    Ok(func)
+}
+
+/// Compiles IR to VM instructions (not yet verified).
+pub fn emit(func: &Function, expr: &str, opts: &Options) -> Result<Vec<Insn>, CompileError> {
+    codegen::emit(func, opts.accept_value).map_err(|e| {
+        let msg = match e {
+            codegen::EmitError::TooManyValues => {
+                "expression needs more registers and scratch slots than the VM has".to_owned()
+            }
+            codegen::EmitError::TooLong(n) => format!(
+                "expression compiles to {n} instructions, more than the VM's {}",
+                netmux_vm::MAX_INSNS
+            ),
+        };
+        CompileError::new(ErrorKind::TooComplex(msg), Span::new(0, expr.len()), expr)
+    })
+}
+
+/// Compiles `expr` to a verified program.
+pub fn compile(expr: &str, opts: &Options) -> Result<Program, CompileError> {
+    let func = compile_ir(expr, opts)?;
+    let insns = emit(&func, expr, opts)?;
+    Program::new(&insns, &[]).map_err(|e| {
+        CompileError::new(
+            ErrorKind::Internal(format!("the generated program failed verification: {e}")),
+            Span::new(0, expr.len()),
+            expr,
+        )
+    })
+}

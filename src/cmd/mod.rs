@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod defrag;
+mod filter;
 mod vm;
 
 /// What a command group does when it is chosen.
@@ -65,6 +66,9 @@ command_groups! {
     Vm(vm::VmCommand),
     /// Reassemble the IP fragments of a capture as the driver would.
     Defrag(defrag::Defrag),
+    /// Compile pcap-filter expressions and run them over captures.
+    #[command(subcommand)]
+    Filter(filter::FilterCommand),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

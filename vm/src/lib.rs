@@ -17,6 +17,8 @@
 
 pub mod asm;
 pub mod engine;
+#[cfg(feature = "arbitrary")]
+pub mod gen;
 pub mod interp;
 pub mod isa;
 #[cfg(feature = "jit")]

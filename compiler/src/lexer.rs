@@ -1,0 +1,621 @@
+//! The pcap-filter lexer: text to tokens with byte spans, as libpcap's `scanner.l` cuts it.
+//!
+//! At each position every token class that could start there is measured with a nom
+//! recogniser, and the longest wins; ties go to the class `scanner.l` lists first (keyword,
+//! number, dotted IPv4, MAC, IPv6, name). So `10.0.0.1` is an address, `1.2.3.4.5` is a name
+//! (and later an error), `tcp-syn` is the named constant 2, and `len-1` is one name, exactly as
+//! in tcpdump. Numbers follow libpcap: `0x` hex, a leading `0` octal, decimal otherwise, and
+//! anything above 2^32 - 1 is an error. A backslash makes a keyword a plain name (`\tcp`).
+//!
+//! Guarantees: never panics; every token's span lies within the input and tokens are in order.
+
+use std::net::Ipv6Addr;
+
+use nom::branch::alt;
+use nom::bytes::complete::{tag, take_while1, take_while_m_n};
+use nom::character::complete::{char, digit1};
+use nom::combinator::{opt, recognize};
+use nom::multi::count;
+use nom::sequence::{pair, preceded, tuple};
+use nom::IResult;
+
+use crate::error::{syntax, Result, Span};
+
+/// Keywords of the language (after lexing, named constants are already numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Kw {
+    // protocol qualifiers
+    Link,
+    Ip,
+    Ip6,
+    Arp,
+    Rarp,
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    Icmp6,
+    Igmp,
+    Igrp,
+    Pim,
+    Vrrp,
+    Carp,
+    Ah,
+    Esp,
+    Stp,
+    Ipx,
+    Netbeui,
+    Iso,
+    // direction qualifiers
+    Src,
+    Dst,
+    // address-kind qualifiers
+    Host,
+    Net,
+    Port,
+    Portrange,
+    Gateway,
+    Proto,
+    Protochain,
+    Mask,
+    // other primitives
+    Broadcast,
+    Multicast,
+    Less,
+    Greater,
+    Len,
+    Vlan,
+    Mpls,
+    Geneve,
+    // boolean operators
+    And,
+    Or,
+    Not,
+}
+
+/// Punctuation and operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Punct {
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Colon,
+    Slash,
+    Plus,
+    Minus,
+    Star,
+    Percent,
+    Amp,
+    Pipe,
+    Caret,
+    Shl,
+    Shr,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+/// One token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tok {
+    /// A number (including named constants such as `tcp-syn`).
+    Num(u32),
+    /// A dotted IPv4 address or prefix of one (`10`, `10.1`, `10.1.2`, `10.1.2.3` with dots).
+    Hid(String),
+    /// An IPv6 address.
+    Hid6(Ipv6Addr),
+    /// A MAC address.
+    Eid([u8; 6]),
+    /// A name (host, service, protocol name, or an escaped keyword without its backslash).
+    Id(String),
+    /// A keyword.
+    Kw(Kw),
+    /// An operator or bracket.
+    P(Punct),
+}
+
+/// A token and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    /// The token.
+    pub tok: Tok,
+    /// Its bytes in the expression.
+    pub span: Span,
+}
+
+/// Keywords of libpcap's scanner that netmux recognises but does not implement; using one
+/// gives a clear "not supported" error instead of a confusing host-name error.
+pub const UNSUPPORTED_KEYWORDS: &[&str] = &[
+    "atalk",
+    "aarp",
+    "decnet",
+    "lat",
+    "sca",
+    "moprc",
+    "mopdl",
+    "esis",
+    "es-is",
+    "isis",
+    "is-is",
+    "l1",
+    "l2",
+    "iih",
+    "lsp",
+    "snp",
+    "csnp",
+    "psnp",
+    "clnp",
+    "radio",
+    "byte",
+    "inbound",
+    "outbound",
+    "ifindex",
+    "pppoed",
+    "pppoes",
+    "lane",
+    "llc",
+    "metac",
+    "bcc",
+    "oam",
+    "oamf4",
+    "oamf4ec",
+    "oamf4sc",
+    "sc",
+    "ilmic",
+    "vpi",
+    "vci",
+    "connectmsg",
+    "metaconnect",
+    "on",
+    "ifname",
+    "rnr",
+    "rulenum",
+    "reason",
+    "rset",
+    "ruleset",
+    "srnr",
+    "subrulenum",
+    "action",
+    "type",
+    "subtype",
+    "direction",
+    "dir",
+    "addr1",
+    "addr2",
+    "addr3",
+    "addr4",
+    "address1",
+    "address2",
+    "address3",
+    "address4",
+    "ra",
+    "ta",
+    "fisu",
+    "lssu",
+    "msu",
+    "hfisu",
+    "hlssu",
+    "hmsu",
+    "sio",
+    "opc",
+    "dpc",
+    "sls",
+    "hsio",
+    "hopc",
+    "hdpc",
+    "hsls",
+];
+
+fn keyword(s: &str) -> Option<Kw> {
+    Some(match s {
+        "link" | "ether" | "fddi" | "tr" | "wlan" => Kw::Link,
+        "ip" => Kw::Ip,
+        "ip6" => Kw::Ip6,
+        "arp" => Kw::Arp,
+        "rarp" => Kw::Rarp,
+        "tcp" => Kw::Tcp,
+        "udp" => Kw::Udp,
+        "sctp" => Kw::Sctp,
+        "icmp" => Kw::Icmp,
+        "icmp6" => Kw::Icmp6,
+        "igmp" => Kw::Igmp,
+        "igrp" => Kw::Igrp,
+        "pim" => Kw::Pim,
+        "vrrp" => Kw::Vrrp,
+        "carp" => Kw::Carp,
+        "ah" => Kw::Ah,
+        "esp" => Kw::Esp,
+        "stp" => Kw::Stp,
+        "ipx" => Kw::Ipx,
+        "netbeui" => Kw::Netbeui,
+        "iso" => Kw::Iso,
+        "src" => Kw::Src,
+        "dst" => Kw::Dst,
+        "host" => Kw::Host,
+        "net" => Kw::Net,
+        "port" => Kw::Port,
+        "portrange" => Kw::Portrange,
+        "gateway" => Kw::Gateway,
+        "proto" => Kw::Proto,
+        "protochain" => Kw::Protochain,
+        "mask" => Kw::Mask,
+        "broadcast" => Kw::Broadcast,
+        "multicast" => Kw::Multicast,
+        "less" => Kw::Less,
+        "greater" => Kw::Greater,
+        "len" | "length" => Kw::Len,
+        "vlan" => Kw::Vlan,
+        "mpls" => Kw::Mpls,
+        "geneve" => Kw::Geneve,
+        "and" => Kw::And,
+        "or" => Kw::Or,
+        "not" => Kw::Not,
+        _ => return None,
+    })
+}
+
+/// libpcap's named constants, which its scanner returns as numbers.
+fn named_constant(s: &str) -> Option<u32> {
+    Some(match s {
+        "icmptype" => 0,
+        "icmpcode" => 1,
+        "icmp-echoreply" => 0,
+        "icmp-unreach" => 3,
+        "icmp-sourcequench" => 4,
+        "icmp-redirect" => 5,
+        "icmp-echo" => 8,
+        "icmp-routeradvert" => 9,
+        "icmp-routersolicit" => 10,
+        "icmp-timxceed" => 11,
+        "icmp-paramprob" => 12,
+        "icmp-tstamp" => 13,
+        "icmp-tstampreply" => 14,
+        "icmp-ireq" => 15,
+        "icmp-ireqreply" => 16,
+        "icmp-maskreq" => 17,
+        "icmp-maskreply" => 18,
+        "icmp6type" => 0,
+        "icmp6code" => 1,
+        "icmp6-destinationunreach" => 1,
+        "icmp6-packettoobig" => 2,
+        "icmp6-timeexceeded" => 3,
+        "icmp6-parameterproblem" => 4,
+        "icmp6-echo" => 128,
+        "icmp6-echoreply" => 129,
+        "icmp6-multicastlistenerquery" => 130,
+        "icmp6-multicastlistenerreportv1" => 131,
+        "icmp6-multicastlistenerdone" => 132,
+        "icmp6-routersolicit" => 133,
+        "icmp6-routeradvert" => 134,
+        "icmp6-neighborsolicit" => 135,
+        "icmp6-neighboradvert" => 136,
+        "icmp6-redirect" => 137,
+        "icmp6-routerrenum" => 138,
+        "icmp6-nodeinformationquery" => 139,
+        "icmp6-nodeinformationresponse" => 140,
+        "icmp6-ineighbordiscoverysolicit" => 141,
+        "icmp6-ineighbordiscoveryadvert" => 142,
+        "icmp6-multicastlistenerreportv2" => 143,
+        "icmp6-homeagentdiscoveryrequest" => 144,
+        "icmp6-homeagentdiscoveryreply" => 145,
+        "icmp6-mobileprefixsolicit" => 146,
+        "icmp6-mobileprefixadvert" => 147,
+        "icmp6-certpathsolicit" => 148,
+        "icmp6-certpathadvert" => 149,
+        "icmp6-multicastrouteradvert" => 151,
+        "icmp6-multicastroutersolicit" => 152,
+        "icmp6-multicastrouterterm" => 153,
+        "tcpflags" => 13,
+        "tcp-fin" => 0x01,
+        "tcp-syn" => 0x02,
+        "tcp-rst" => 0x04,
+        "tcp-push" => 0x08,
+        "tcp-ack" => 0x10,
+        "tcp-urg" => 0x20,
+        "tcp-ece" => 0x40,
+        "tcp-cwr" => 0x80,
+        _ => return None,
+    })
+}
+
+fn punct(i: &str) -> IResult<&str, Punct> {
+    use Punct::*;
+    alt((
+        alt((
+            tag("<<").map(|_| Shl),
+            tag(">>").map(|_| Shr),
+            tag("<=").map(|_| Le),
+            tag(">=").map(|_| Ge),
+            tag("==").map(|_| Eq),
+            tag("!=").map(|_| Ne),
+        )),
+        alt((
+            char('(').map(|_| LParen),
+            char(')').map(|_| RParen),
+            char('[').map(|_| LBracket),
+            char(']').map(|_| RBracket),
+            char(':').map(|_| Colon),
+            char('/').map(|_| Slash),
+            char('+').map(|_| Plus),
+            char('-').map(|_| Minus),
+            char('*').map(|_| Star),
+            char('%').map(|_| Percent),
+            char('&').map(|_| Amp),
+            char('|').map(|_| Pipe),
+            char('^').map(|_| Caret),
+            char('<').map(|_| Lt),
+            char('>').map(|_| Gt),
+            char('=').map(|_| Eq),
+        )),
+    ))(i)
+}
+
+use nom::Parser;
+
+fn hex_digit(c: char) -> bool {
+    c.is_ascii_hexdigit()
+}
+
+/// `0x` hex digits, or decimal digits.
+fn number(i: &str) -> IResult<&str, &str> {
+    alt((
+        recognize(pair(alt((tag("0x"), tag("0X"))), take_while1(hex_digit))),
+        digit1,
+    ))(i)
+}
+
+/// Two to four dot-separated decimal numbers.
+fn dotted(i: &str) -> IResult<&str, &str> {
+    recognize(tuple((
+        digit1,
+        preceded(char('.'), digit1),
+        opt(preceded(char('.'), digit1)),
+        opt(preceded(char('.'), digit1)),
+    )))(i)
+}
+
+fn hex_byte(i: &str) -> IResult<&str, &str> {
+    take_while_m_n(1, 2, hex_digit)(i)
+}
+
+fn hex_word(i: &str) -> IResult<&str, &str> {
+    take_while_m_n(4, 4, hex_digit)(i)
+}
+
+/// `a:b:c:d:e:f`, `a-b-c-d-e-f`, `a.b.c.d.e.f` (1-2 hex digits each) or `abcd.abcd.abcd`.
+fn mac(i: &str) -> IResult<&str, &str> {
+    let sep = |c| recognize(pair(hex_byte, count(preceded(char(c), hex_byte), 5)));
+    alt((
+        sep(':'),
+        sep('-'),
+        sep('.'),
+        recognize(tuple((
+            hex_word,
+            preceded(char('.'), hex_word),
+            preceded(char('.'), hex_word),
+        ))),
+    ))(i)
+}
+
+fn name(i: &str) -> IResult<&str, &str> {
+    let (_, run) = recognize(pair(
+        take_while_m_n(1, 1, |c: char| c.is_ascii_alphanumeric()),
+        opt(take_while1(|c: char| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+        })),
+    ))(i)?;
+    // The last character must be alphanumeric or a dot.
+    let trimmed = run.trim_end_matches(['-', '_']);
+    let n = trimmed.len().max(1);
+    Ok((&i[n..], &i[..n]))
+}
+
+fn parse_number(text: &str, span: Span) -> Result<u32> {
+    let (digits, radix) = if let Some(h) = text.strip_prefix("0x").or(text.strip_prefix("0X")) {
+        (h, 16)
+    } else if text.len() > 1 && text.starts_with('0') {
+        if text.chars().any(|c| !('0'..='7').contains(&c)) {
+            return syntax(span, format!("number {text} contains non-octal digit"));
+        }
+        (&text[1..], 8)
+    } else {
+        (text, 10)
+    };
+    u32::from_str_radix(digits, radix)
+        .or_else(|_| syntax(span, format!("number {text} overflows 32 bits")))
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let hex: String = text.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    let mut out = [0u8; 6];
+    if text.contains(':') || text.contains('-') || text.matches('.').count() == 5 {
+        for (o, part) in out.iter_mut().zip(text.split([':', '-', '.'])) {
+            *o = u8::from_str_radix(part, 16).ok()?;
+        }
+    } else {
+        for (k, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(hex.get(2 * k..2 * k + 2)?, 16).ok()?;
+        }
+    }
+    Some(out)
+}
+
+/// Cuts `input` into tokens.
+pub fn tokenize(input: &str) -> Result<Vec<Token>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() {
+        let rest = &input[pos..];
+        let c = rest.chars().next().unwrap_or(' ');
+        if c.is_whitespace() {
+            pos += c.len_utf8();
+            continue;
+        }
+        // Boolean operators spelled with punctuation.
+        let bool_op = if rest.starts_with("&&") {
+            Some((Kw::And, 2))
+        } else if rest.starts_with("||") {
+            Some((Kw::Or, 2))
+        } else if rest.starts_with('!') && !rest.starts_with("!=") {
+            Some((Kw::Not, 1))
+        } else {
+            None
+        };
+        if let Some((kw, n)) = bool_op {
+            out.push(Token {
+                tok: Tok::Kw(kw),
+                span: Span::new(pos, pos + n),
+            });
+            pos += n;
+            continue;
+        }
+        if let Some(esc) = rest.strip_prefix('\\') {
+            let n = esc
+                .find([' ', '!', '(', ')', '\n', '\t'])
+                .unwrap_or(esc.len());
+            let span = Span::new(pos, pos + 1 + n);
+            if n == 0 {
+                return syntax(span, "a backslash must be followed by a name");
+            }
+            out.push(Token {
+                tok: Tok::Id(esc[..n].to_owned()),
+                span,
+            });
+            pos += 1 + n;
+            continue;
+        }
+        let starts_v6 = rest.starts_with("::");
+        if !c.is_ascii_alphanumeric() && !starts_v6 {
+            if let Ok((after, p)) = punct(rest) {
+                let n = rest.len() - after.len();
+                out.push(Token {
+                    tok: Tok::P(p),
+                    span: Span::new(pos, pos + n),
+                });
+                pos += n;
+                continue;
+            }
+            let span = Span::new(pos, pos + c.len_utf8());
+            return syntax(span, format!("unexpected character `{c}`"));
+        }
+        // Measure every word-like class; the longest wins, ties in scanner.l's order.
+        let len = |r: IResult<&str, &str>| r.map_or(0, |(_, m)| m.len());
+        let id_len = len(name(rest));
+        let is_keyword = id_len > 0 && keyword(&rest[..id_len]).is_some()
+            || named_constant(&rest[..id_len]).is_some()
+            || UNSUPPORTED_KEYWORDS.contains(&&rest[..id_len]);
+        let num_len = len(number(rest));
+        let hid_len = len(dotted(rest));
+        let eid_len = len(mac(rest));
+        let v6_run = rest
+            .find(|c: char| !(c.is_ascii_hexdigit() || c == ':' || c == '.'))
+            .unwrap_or(rest.len());
+        let v6_len = if rest[..v6_run].contains(':') && rest[..v6_run].parse::<Ipv6Addr>().is_ok() {
+            v6_run
+        } else {
+            0
+        };
+        let candidates = [
+            (if is_keyword { id_len } else { 0 }, 0),
+            (num_len, 1),
+            (eid_len, 2),
+            (hid_len, 3),
+            (v6_len, 4),
+            (id_len, 5),
+        ];
+        let (n, class) = candidates
+            .iter()
+            .copied()
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .unwrap_or((0, 5));
+        // Something that looks like a MAC or IPv6 address but is neither.
+        if v6_run > n && rest[..v6_run].matches(':').count() >= 2 {
+            let span = Span::new(pos, pos + v6_run);
+            return syntax(
+                span,
+                format!("`{}` is not a valid MAC or IPv6 address", &rest[..v6_run]),
+            );
+        }
+        let text = &rest[..n.max(1)];
+        let span = Span::new(pos, pos + text.len());
+        let tok = match class {
+            0 => match (keyword(text), named_constant(text)) {
+                (Some(kw), _) => Tok::Kw(kw),
+                (None, Some(v)) => Tok::Num(v),
+                (None, None) => Tok::Id(text.to_owned()),
+            },
+            1 => Tok::Num(parse_number(text, span)?),
+            2 => match parse_mac(text) {
+                Some(m) => Tok::Eid(m),
+                None => return syntax(span, format!("`{text}` is not a valid MAC address")),
+            },
+            3 => Tok::Hid(text.to_owned()),
+            4 => match text.parse() {
+                Ok(a) => Tok::Hid6(a),
+                Err(_) => return syntax(span, format!("`{text}` is not a valid IPv6 address")),
+            },
+            _ => Tok::Id(text.to_owned()),
+        };
+        out.push(Token { tok, span });
+        pos += text.len();
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toks(s: &str) -> Vec<Tok> {
+        tokenize(s).unwrap().into_iter().map(|t| t.tok).collect()
+    }
+
+    #[test]
+    fn keywords_numbers_and_addresses_are_told_apart_like_scanner_l() {
+        assert_eq!(
+            toks("tcp port 0x50"),
+            vec![Tok::Kw(Kw::Tcp), Tok::Kw(Kw::Port), Tok::Num(80)]
+        );
+        assert_eq!(toks("10.0.0.1"), vec![Tok::Hid("10.0.0.1".into())]);
+        assert_eq!(toks("1.2.3.4.5"), vec![Tok::Id("1.2.3.4.5".into())]);
+        assert_eq!(toks("tcp-syn"), vec![Tok::Num(2)]);
+        assert_eq!(toks("len-1"), vec![Tok::Id("len-1".into())]);
+        assert_eq!(toks("010"), vec![Tok::Num(8)]);
+        assert_eq!(toks("\\tcp"), vec![Tok::Id("tcp".into())]);
+        assert_eq!(
+            toks("ab:cd:ef:0:0:1"),
+            vec![Tok::Eid([0xab, 0xcd, 0xef, 0, 0, 1])]
+        );
+        assert_eq!(toks("fe80::/10")[0], Tok::Hid6("fe80::".parse().unwrap()));
+        assert_eq!(
+            toks("ip[2:2]"),
+            vec![
+                Tok::Kw(Kw::Ip),
+                Tok::P(Punct::LBracket),
+                Tok::Num(2),
+                Tok::P(Punct::Colon),
+                Tok::Num(2),
+                Tok::P(Punct::RBracket)
+            ]
+        );
+        assert_eq!(toks("a&&!b")[1], Tok::Kw(Kw::And));
+        assert_eq!(toks("a!=b")[1], Tok::P(Punct::Ne));
+    }
+
+    #[test]
+    fn bad_numbers_and_addresses_are_errors_at_their_span() {
+        let e = tokenize("ip[0] = 08").unwrap_err();
+        assert_eq!(e.span, Span::new(8, 10));
+        assert!(tokenize("4294967296").is_err());
+        let e = tokenize("ether host ab:cd:ef:0g:00:00").unwrap_err();
+        assert_eq!(e.span.start, 11);
+        assert!(tokenize("host ab:cd:ef:00:00").is_err());
+        assert!(tokenize("tcp \u{e9}").is_err());
+    }
+}
