@@ -66,9 +66,8 @@ fuzz_target!(|input: Input| {
         let mut tx = Channel::new(a);
         let mut rx = Channel::new(b);
         // A memfd to pass around; every send passes duplicates of it.
-        let fd: OwnedFd = rustix::fs::memfd_create("ipc-fuzz", rustix::fs::MemfdFlags::CLOEXEC)
-            .expect("memfd")
-            .into();
+        let fd: OwnedFd =
+            rustix::fs::memfd_create("ipc-fuzz", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
         let mut at = 0;
         let mut chunks = input.chunks.iter();
         while at < bytes.len() {

@@ -5,7 +5,10 @@ use libfuzzer_sys::fuzz_target;
 use netmux_vm::asm::{assemble, disassemble};
 use netmux_vm::isa::{Insn, Opcode};
 
-fuzz_target!(|input: (Vec<(u8, u8, u8, i16, u32)>, Vec<u8>)| {
+/// One instruction's fields: opcode index, dst, src, offset, immediate.
+type Fields = (u8, u8, u8, i16, u32);
+
+fuzz_target!(|input: (Vec<Fields>, Vec<u8>)| {
     let (fields, raw) = input;
     let mut insns = Vec::new();
     for (op, dst, src, off, k) in fields {

@@ -12,7 +12,11 @@ fuzz_target!(|data: &[u8]| {
     let rest = data.get(2..).unwrap_or_default();
     let (program, frame) = rest.split_at(split.min(rest.len()));
     if let Ok(p) = verify(program) {
-        assert_eq!(p.to_bytes(), program, "a verified program re-encodes to its bytes");
+        assert_eq!(
+            p.to_bytes(),
+            program,
+            "a verified program re-encodes to its bytes"
+        );
         let e = Interpreter::new(p);
         for wire_len in [0, frame.len() as u32, u32::MAX] {
             let _ = e.run(frame, wire_len);
