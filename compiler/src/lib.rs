@@ -22,6 +22,7 @@
 pub mod ast;
 pub mod bfdmux;
 pub mod builders;
+pub mod classifier;
 pub mod codegen;
 pub mod error;
 pub mod gencode;

@@ -58,6 +58,8 @@ pub enum FilterCommand {
         #[arg(required = true)]
         captures: Vec<PathBuf>,
     },
+    /// Classify every frame with a set of rules: print the ids of the rules that accept it.
+    Classify(super::classify::ClassifyArgs),
 }
 
 fn parse_engine(s: &str) -> Result<Strategy, String> {
@@ -103,6 +105,7 @@ impl Run for FilterCommand {
 /// Runs `netmux filter ...`.
 fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        FilterCommand::Classify(args) => args.run(),
         FilterCommand::Compile {
             opt_level,
             output,

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod classify;
 mod defrag;
 mod filter;
 mod vm;
@@ -66,7 +67,7 @@ command_groups! {
     Vm(vm::VmCommand),
     /// Reassemble the IP fragments of a capture as the driver would.
     Defrag(defrag::Defrag),
-    /// Compile pcap-filter expressions and run them over captures.
+    /// Compile pcap-filter expressions, run them over captures, classify frames with them.
     #[command(subcommand)]
     Filter(filter::FilterCommand),
 }
