@@ -6,8 +6,8 @@
 //! * receive classification uses the port bindings (protocol, destination address and port)
 //!   and the link's MAC, not the compiled programs; ARP goes to every queue; broadcast,
 //!   multicast and anything else for the host's MAC goes to the host queue ([`crate::driver_link::HOST_QUEUE`]); tap filters get nothing;
-//! * transmit checking runs the queue's compiled tx filters when the compiler can compile them,
-//!   and otherwise only checks the source MAC.
+//! * transmit checking runs the queue's compiled tx filters with the interpreter (any accept
+//!   sends), without the driver's separate fragment rule or rejection reasons.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -377,6 +377,8 @@ impl DriverLink for FakeDriver {
         if s.filters.contains_key(&spec.filter) {
             return Err(refused("filter id in use"));
         }
+        // As the real link does: an expression that does not compile never reaches the driver.
+        crate::filters::compile(&spec.expr).map_err(|e| DriverError::BadFilter(e.to_string()))?;
         s.filters.insert(spec.filter, spec.clone());
         s.events.push(FakeEvent::Install(spec.clone()));
         if spec.direction == Direction::Tx {

@@ -18,14 +18,16 @@ use crate::core::Transport;
 /// Why an expression did not become a program.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FilterCompileError {
-    /// This build's compiler cannot compile expressions yet.
-    #[error("the filter compiler is not available in this build")]
-    Unavailable,
+    /// The expression is not valid pcap-filter text, or too complex for the VM; the message
+    /// points at the offending text with a caret.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Compiles an expression to a verified program.
-pub fn compile(_expr: &str) -> Result<netmux_vm::Program, FilterCompileError> {
-    Err(FilterCompileError::Unavailable)
+pub fn compile(expr: &str) -> Result<netmux_vm::Program, FilterCompileError> {
+    netmux_compiler::compile(expr, &netmux_compiler::Options::default())
+        .map_err(|e| FilterCompileError::Invalid(e.to_string()))
 }
 
 /// A MAC address as the pcap-filter language writes it.

@@ -2,10 +2,6 @@
 //! netd each) on a virtual cable. Ports granted and refused, filters in force before the reply,
 //! everything released when a client goes, spoofs rejected by the driver's tx check, and a TCP
 //! connection between two smoltcp clients.
-//!
-//! Every port needs compiled filters at the real driver: until the compiler's `compile` is on
-//! main, the tests that bind ports print that they are skipped and return (only the protocol
-//! test runs). netd's `filters::compile` switches to the compiler in one line when it lands.
 
 mod common;
 
@@ -34,17 +30,6 @@ struct Host {
     _driver: DriverThread,
 }
 
-/// Whether this build can compile filters (see the module documentation).
-fn compiler_available() -> bool {
-    let available = netmux_netd::filters::compile("ip").is_ok();
-    if !available {
-        eprintln!(
-            "SKIPPED: the filter compiler is not in this build; the real driver needs programs"
-        );
-    }
-    available
-}
-
 fn host(dir: &Path, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
     let spec: LinkSpec = format!(
         "virtual:{},{}",
@@ -63,8 +48,6 @@ fn host(dir: &Path, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
         gateway: None,
         ipv6_link_local: true,
     };
-    // netd's own host stack needs filters, hence the compiler.
-    config.host_stack = netmux_netd::filters::compile("ip").is_ok();
     Host {
         netd: netmux_netd::spawn(config, Box::new(link)).unwrap(),
         _driver: thread,
@@ -102,9 +85,6 @@ fn netd_says_hello_with_the_real_drivers_link_and_serves_stats() {
 
 #[test]
 fn ports_are_granted_refused_and_freed_by_netd_on_the_real_driver() {
-    if !compiler_available() {
-        return;
-    }
     let (a, _b) = two_hosts();
     let mut c1 = Client::connect_socket(a.netd.socket_path()).unwrap();
     let mut c2 = Client::connect_socket(a.netd.socket_path()).unwrap();
@@ -147,9 +127,6 @@ fn socket() -> tcp::Socket<'static> {
 
 #[test]
 fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
-    if !compiler_available() {
-        return;
-    }
     let (a, b) = two_hosts();
     let mut server = Client::connect_socket(a.netd.socket_path()).unwrap();
     server.bind_port(Transport::Tcp, 8080).unwrap();
@@ -208,9 +185,6 @@ fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
 
 #[test]
 fn the_driver_rejects_spoofed_transmissions_with_their_reason() {
-    if !compiler_available() {
-        return;
-    }
     use netmux_driver::ring::TxStatus;
     let (a, _b) = two_hosts();
     let mut c = Client::connect_socket(a.netd.socket_path()).unwrap();
