@@ -9,6 +9,7 @@
 //! * criterion `netd/bind-port/netmux`: `bind_port` (timed) + `close_port` (not timed) on one
 //!   session whose queue exists, and the peer in the same run, `netd/bind-port/peer-ipc-round-trip`:
 //!   a `stats` round trip, the IPC floor with no driver work (`scripts/bench-report` pairs them).
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
