@@ -13,9 +13,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pcap_file::pcap::PcapReader;
-use pcap_file::pcapng::{Block, PcapNgReader};
-use pcap_file::DataLink;
+use netmux_driver::capture::{self, CaptureError};
 
 /// The environment variable that overrides where the corpus is.
 pub const CONFORMANCE_DIR_ENV: &str = "NETMUX_CONFORMANCE_DIR";
@@ -137,14 +135,6 @@ pub fn capture_paths(dir: &Path) -> Result<Vec<PathBuf>, CorpusError> {
     Ok(out)
 }
 
-const PCAP_MAGICS: [[u8; 4]; 4] = [
-    [0xd4, 0xc3, 0xb2, 0xa1],
-    [0xa1, 0xb2, 0xc3, 0xd4],
-    [0x4d, 0x3c, 0xb2, 0xa1],
-    [0xa1, 0xb2, 0x3c, 0x4d],
-];
-const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
-
 /// Reads the Ethernet frames of a pcap or pcapng capture.
 pub fn read_capture(path: &Path) -> Result<Capture, CorpusError> {
     let bytes = fs::read(path).map_err(|source| CorpusError::Io {
@@ -157,70 +147,35 @@ pub fn read_capture(path: &Path) -> Result<Capture, CorpusError> {
     })
 }
 
-/// Reads the Ethernet frames of a pcap or pcapng capture held in memory.
+/// Reads the Ethernet frames of a pcap or pcapng capture held in memory, through the driver's
+/// own capture reader (`netmux_driver::capture`), so tests see exactly the frames netmux's
+/// commands see: the link type's upper bits are ignored as libpcap ignores them, and the frames
+/// before a truncated or malformed record are kept (the capture is marked truncated).
 pub fn read_capture_bytes(bytes: &[u8]) -> Result<Capture, String> {
-    let magic: [u8; 4] = bytes
-        .get(..4)
-        .and_then(|m| m.try_into().ok())
-        .ok_or("shorter than a magic number")?;
-    if PCAP_MAGICS.contains(&magic) {
-        read_pcap(bytes)
-    } else if magic == PCAPNG_MAGIC {
-        read_pcapng(bytes)
-    } else {
-        Err(format!("unknown magic number {magic:02x?}"))
-    }
-}
-
-fn read_pcap(bytes: &[u8]) -> Result<Capture, String> {
-    let mut reader = PcapReader::new(bytes).map_err(|e| e.to_string())?;
-    let ethernet = reader.header().datalink == DataLink::ETHERNET;
     let mut cap = Capture::default();
-    while let Some(pkt) = reader.next_raw_packet() {
-        match pkt {
-            Ok(p) if ethernet => cap.frames.push(Frame {
-                data: p.data.into_owned(),
-                wire_len: p.orig_len,
-            }),
-            Ok(_) => cap.non_ethernet_frames += 1,
-            Err(_) => {
-                cap.truncated = true;
-                break;
-            }
-        }
-    }
-    Ok(cap)
-}
-
-fn read_pcapng(bytes: &[u8]) -> Result<Capture, String> {
-    let mut reader = PcapNgReader::new(bytes).map_err(|e| e.to_string())?;
-    let mut cap = Capture::default();
-    while let Some(block) = reader.next_block() {
-        let block = match block {
-            Ok(b) => b,
-            Err(_) => {
-                cap.truncated = true;
-                break;
-            }
-        };
-        let (iface, data, wire_len) = match block {
-            Block::EnhancedPacket(b) => (b.interface_id, b.data.into_owned(), b.original_len),
-            Block::SimplePacket(b) => (0, b.data.into_owned(), b.original_len),
-            Block::Packet(b) => (
-                u32::from(b.interface_id),
-                b.data.into_owned(),
-                b.original_len,
-            ),
-            _ => continue,
-        };
-        let ethernet = reader
-            .interfaces()
-            .get(iface as usize)
-            .is_some_and(|i| i.linktype == DataLink::ETHERNET);
-        if ethernet {
-            cap.frames.push(Frame { data, wire_len });
-        } else {
+    let frames = match capture::frames(bytes) {
+        Ok(frames) => frames,
+        Err(CaptureError::UnsupportedLinkType { .. }) => {
             cap.non_ethernet_frames += 1;
+            return Ok(cap);
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    for frame in frames {
+        match frame {
+            Ok(f) => cap.frames.push(Frame {
+                data: f.data,
+                wire_len: f.wire_len,
+            }),
+            // A pcapng interface of another link type: the reader stops there.
+            Err(CaptureError::UnsupportedLinkType { .. }) => {
+                cap.non_ethernet_frames += 1;
+                break;
+            }
+            Err(_) => {
+                cap.truncated = true;
+                break;
+            }
         }
     }
     Ok(cap)
