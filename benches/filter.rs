@@ -14,9 +14,8 @@
 //! at all; the eBPF program is a straight translation of libpcap's). Compile times:
 //! `compile/<expr>/netmux-jit` and, for `udp dst port 53`, `compile/udp-dst-53/peer-rbpf-jit`.
 //!
-//! The netmux programs are written here in netmux assembly, instruction for instruction the
-//! programs libpcap compiles (`tcpdump -d`), until the netmux compiler lands; before measuring,
-//! the bench checks on a set of frames (hits, misses, IPv6, fragments, IP options, every
+//! The netmux programs are what netmux's pcap-filter compiler makes of each expression (what a
+//! user runs); before measuring, the bench checks on a set of frames (hits, misses, IPv6, fragments, IP options, every
 //! truncation) that each engine's verdicts equal libpcap's, and panics otherwise. Run
 //! `cargo bench --bench filter -- --test` for that check alone.
 //!
@@ -32,114 +31,26 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use netmux_testkit::frames::{truncated, FrameBuilder, Ipv4};
 use netmux_testkit::{BpfProgram, Frame};
 use netmux_vm::jit::JitEngine;
-use netmux_vm::{asm, verify, Engine, Interpreter, Program};
+use netmux_vm::{Engine, Interpreter, Program};
 
 /// One filter: benchmark name, pcap-filter expression, the netmux program.
 struct Filter {
     name: &'static str,
     expr: &'static str,
-    netmux_asm: &'static str,
 }
 
 const FILTERS: &[Filter] = &[
     Filter {
         name: "udp-dst-53",
         expr: "udp dst port 53",
-        netmux_asm: "
-                ldh r0, [12]
-                jeq r0, 0x86dd, v6
-                jeq r0, 0x800, v4
-                reject
-        v6:     ldb r0, [20]
-                jeq r0, 0x11, +1
-                reject
-                ldh r0, [56]
-                jeq r0, 53, hit
-                reject
-        v4:     ldb r0, [23]
-                jeq r0, 0x11, +1
-                reject
-                ldh r0, [20]
-                jset r0, 0x1fff, miss
-                ldb r1, [14]
-                and r1, 0xf
-                lsh r1, 2
-                ldh r0, [r1 + 16]
-                jeq r0, 53, hit
-        miss:   reject
-        hit:    accept 262144
-        ",
     },
     Filter {
         name: "ip-udp-host-port",
         expr: "ip and udp and dst host 10.0.0.2 and dst port 53",
-        netmux_asm: "
-                ldh r0, [12]
-                jeq r0, 0x800, +1
-                reject
-                ldb r0, [23]
-                jeq r0, 0x11, +1
-                reject
-                ldw r0, [30]
-                jeq r0, 0x0a000002, +1
-                reject
-                ldh r0, [20]
-                jset r0, 0x1fff, miss
-                ldb r1, [14]
-                and r1, 0xf
-                lsh r1, 2
-                ldh r0, [r1 + 16]
-                jeq r0, 53, hit
-        miss:   reject
-        hit:    accept 262144
-        ",
     },
     Filter {
         name: "tcp-udp-ports-not-net",
         expr: "(tcp or udp) and (port 53 or port 80 or port 443) and not src net 192.168.0.0/16",
-        netmux_asm: "
-                ldh r0, [12]
-                jeq r0, 0x800, v4
-                jeq r0, 0x86dd, v6
-                reject
-        v4:     ldb r0, [23]
-                jeq r0, 6, v4l4
-                jeq r0, 0x11, v4l4
-                reject
-        v4l4:   ldh r0, [20]
-                jset r0, 0x1fff, miss
-                ldb r1, [14]
-                and r1, 0xf
-                lsh r1, 2
-                ldh r0, [r1 + 14]
-                jeq r0, 53, v4src
-                jeq r0, 80, v4src
-                jeq r0, 443, v4src
-                ldh r0, [r1 + 16]
-                jeq r0, 53, v4src
-                jeq r0, 80, v4src
-                jeq r0, 443, v4src
-                reject
-        v4src:  ldw r0, [26]
-                and r0, 0xffff0000
-                jeq r0, 0xc0a80000, miss
-                accept 262144
-        v6:     ldb r0, [20]
-                jeq r0, 6, v6l4
-                jeq r0, 0x2c, miss
-                jeq r0, 0x11, v6l4
-                reject
-        v6l4:   ldh r0, [54]
-                jeq r0, 53, hit
-                jeq r0, 80, hit
-                jeq r0, 443, hit
-                ldh r0, [56]
-                jeq r0, 53, hit
-                jeq r0, 80, hit
-                jeq r0, 443, hit
-        miss:   reject
-        hit:    accept 262144
-        ",
     },
 ];
 
@@ -247,10 +158,10 @@ fn check_frames() -> Vec<Frame> {
     frames
 }
 
+/// The program netmux's compiler makes for the expression: what a user of netmux runs.
 fn netmux_program(f: &Filter) -> Program {
-    let bytes =
-        asm::assemble(f.netmux_asm).unwrap_or_else(|e| panic!("{}: netmux assembly: {e}", f.name));
-    verify(&bytes).unwrap_or_else(|e| panic!("{}: verifier: {e}", f.name))
+    netmux_compiler::compile(f.expr, &netmux_compiler::Options::default())
+        .unwrap_or_else(|e| panic!("{}: netmux compiler: {e}", f.name))
 }
 
 fn rbpf_program() -> Vec<u8> {
