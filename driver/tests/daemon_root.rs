@@ -10,8 +10,10 @@
 
 mod daemon_common;
 
+mod netns_common;
+
+use netns_common::{in_child, mac_of, mac_text, run, NetNs};
 use std::net::{Ipv4Addr, UdpSocket};
-use std::process::Command;
 use std::time::Duration;
 
 use daemon_common::*;
@@ -24,44 +26,6 @@ use netmux_proto::driver::{DriverRequest, QueueId};
 const CHILD_ENV: &str = "NETMUX_DAEMON_ROOT_CHILD";
 const CLIENT_PORT: u16 = 7777;
 
-/// A network namespace deleted on drop, whatever happened.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("nmxd-{}-{tag}", std::process::id());
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        Self(name)
-    }
-
-    fn run_child(&self, child: &str) {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                child,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
-            .status()
-            .expect("running ip netns exec");
-        assert!(status.success(), "child {child} failed: {status}");
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// A directory removed on drop, even when the test fails.
 struct TempDir(std::path::PathBuf);
 
@@ -71,37 +35,19 @@ impl Drop for TempDir {
     }
 }
 
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).status().expect(program);
-    assert!(status.success(), "{program} {args:?}: {status}");
-}
-
-fn in_child() -> bool {
-    std::env::var_os(CHILD_ENV).is_some()
-}
-
-fn mac_of(ifname: &str) -> [u8; 6] {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).unwrap();
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.trim().split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap();
-    }
-    mac
-}
-
 #[test]
 #[ignore = "needs root: creates a network namespace and a veth pair"]
 fn root_driver_carries_kernel_datagrams_to_the_owning_queue_and_checked_replies_back() {
-    if in_child() {
+    if in_child(CHILD_ENV) {
         return;
     }
-    NetNs::new("afpacket").run_child("root_child_driver_afpacket");
+    NetNs::new("afpacket", CHILD_ENV).run_child("root_child_driver_afpacket");
 }
 
 #[test]
 #[ignore = "runs inside the namespace made by root_driver_carries_kernel_datagrams_to_the_owning_queue_and_checked_replies_back"]
 fn root_child_driver_afpacket() {
-    if !in_child() {
+    if !in_child(CHILD_ENV) {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
@@ -126,16 +72,16 @@ fn root_child_driver_afpacket() {
 #[test]
 #[ignore = "needs root: creates a network namespace and a TAP device"]
 fn root_driver_carries_kernel_datagrams_through_tap_to_the_owning_queue_and_back() {
-    if in_child() {
+    if in_child(CHILD_ENV) {
         return;
     }
-    NetNs::new("tap").run_child("root_child_driver_tap");
+    NetNs::new("tap", CHILD_ENV).run_child("root_child_driver_tap");
 }
 
 #[test]
 #[ignore = "runs inside the namespace made by root_driver_carries_kernel_datagrams_through_tap_to_the_owning_queue_and_back"]
 fn root_child_driver_tap() {
-    if !in_child() {
+    if !in_child(CHILD_ENV) {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
@@ -156,10 +102,6 @@ fn root_child_driver_tap() {
         ],
     );
     exchange(link, mac_of("nmxdtap0"), [10, 96, 0, 1], [10, 96, 0, 2]);
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 /// The kernel (at `kernel_ip`, MAC `kernel_mac`) sends a UDP datagram to the client at

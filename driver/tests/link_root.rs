@@ -11,8 +11,10 @@
 //! → `DriverQueue::push_rx` → client rx ring → `ClientQueue::recv_owned`, and back:
 //! `ClientQueue::send` → tx ring → `DriverQueue::take_tx` (private copy) → link → kernel.
 
+mod netns_common;
+
+use netns_common::{in_child, mac_of, mac_text, run, NetNs};
 use std::net::UdpSocket;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netmux_driver::link::{self, FrameBatch, Link, LinkSpec};
@@ -22,69 +24,6 @@ const CHILD_ENV: &str = "NETMUX_LINK_ROOT_CHILD";
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 const KERNEL_TO_RING: &[u8] = b"netmux: from the kernel into a client ring";
 const RING_TO_KERNEL: &[u8] = b"netmux: from a client ring out to the kernel";
-
-/// A network namespace that is deleted on drop, whatever happened.
-struct NetNs(String);
-
-impl NetNs {
-    fn new(tag: &str) -> Self {
-        let name = format!("nmx-{}-{tag}", std::process::id());
-        // A namespace left by an earlier run with the same pid would be in the way.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(std::process::Stdio::null())
-            .status();
-        run("ip", &["netns", "add", &name]);
-        Self(name)
-    }
-
-    /// Runs the child test `child` of this binary inside the namespace.
-    fn run_child(&self, child: &str) {
-        let exe = std::env::current_exe().unwrap();
-        let status = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .arg(exe)
-            .args([
-                "--exact",
-                child,
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, "1")
-            .status()
-            .expect("running ip netns exec");
-        assert!(status.success(), "child {child} failed: {status}");
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program).args(args).status().expect(program);
-    assert!(status.success(), "{program} {args:?}: {status}");
-}
-
-fn in_child() -> bool {
-    std::env::var_os(CHILD_ENV).is_some()
-}
-
-fn mac_of(ifname: &str) -> [u8; 6] {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address")).unwrap();
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.trim().split(':')) {
-        *byte = u8::from_str_radix(part, 16).unwrap();
-    }
-    mac
-}
-
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.map(|b| format!("{b:02x}")).join(":")
-}
 
 /// Carries one UDP datagram from the kernel into a client ring and one from the client ring
 /// out to the kernel. `kernel_ip` is the address of the kernel's interface; the link's side
@@ -169,16 +108,16 @@ fn exchange(
 #[test]
 #[ignore = "needs root: creates a network namespace and a veth pair"]
 fn root_afpacket_carries_kernel_frames_into_client_rings_and_back() {
-    if in_child() {
+    if in_child(CHILD_ENV) {
         return;
     }
-    NetNs::new("afpacket").run_child("root_child_afpacket");
+    NetNs::new("afpacket", CHILD_ENV).run_child("root_child_afpacket");
 }
 
 #[test]
 #[ignore = "runs inside the namespace made by root_afpacket_carries_kernel_frames_into_client_rings_and_back"]
 fn root_child_afpacket() {
-    if !in_child() {
+    if !in_child(CHILD_ENV) {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
@@ -210,16 +149,16 @@ fn root_child_afpacket() {
 #[test]
 #[ignore = "needs root: creates a network namespace and a TAP device"]
 fn root_tap_carries_kernel_frames_into_client_rings_and_back() {
-    if in_child() {
+    if in_child(CHILD_ENV) {
         return;
     }
-    NetNs::new("tap").run_child("root_child_tap");
+    NetNs::new("tap", CHILD_ENV).run_child("root_child_tap");
 }
 
 #[test]
 #[ignore = "runs inside the namespace made by root_tap_carries_kernel_frames_into_client_rings_and_back"]
 fn root_child_tap() {
-    if !in_child() {
+    if !in_child(CHILD_ENV) {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
