@@ -1519,7 +1519,7 @@ fn addr_kind_or_default(a: Option<AddrKind>) -> AddrKind {
 
 /// libpcap's `__pcap_atoin`: dotted decimal, 1 to 4 parts, each at most 255; returns the value
 /// and its length in bits.
-fn parse_ipv4(s: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_ipv4(s: &str) -> Option<(u32, u32)> {
     let mut v = 0u32;
     let mut bits = 0;
     for part in s.split('.') {

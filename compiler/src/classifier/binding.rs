@@ -54,6 +54,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::ast::{AddrKind, BoolOp, Dir, Expr, IdValue, Primitive, Proto};
+// The same parser gencode uses, so a binding's address is read exactly as the compiler reads it.
+use crate::gencode::parse_ipv4;
 
 /// IANA protocol numbers of the transports a binding can name.
 pub const IPPROTO_TCP: u8 = 6;
@@ -518,25 +520,6 @@ fn exact_address(kind: Option<AddrKind>, v: &IdValue) -> Option<IpAddr> {
         IdValue::Ipv6(a, Some((128, _))) => Some(IpAddr::V6(*a)),
         _ => None,
     }
-}
-
-/// libpcap's `__pcap_atoin`: dotted decimal, 1 to 4 parts, each at most 255; the value and
-/// its length in bits.
-fn parse_ipv4(s: &str) -> Option<(u32, u32)> {
-    let mut v = 0u32;
-    let mut bits = 0;
-    for part in s.split('.') {
-        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        let n: u32 = part.parse().ok()?;
-        if n > 255 || bits >= 32 {
-            return None;
-        }
-        v = (v << 8) | n;
-        bits += 8;
-    }
-    Some((v, bits))
 }
 
 /// `lo-hi` as `gencode` reads a port range name.
