@@ -65,6 +65,22 @@ pub struct LinkStats {
     pub tx_errors: u64,
 }
 
+impl LinkStats {
+    /// The admission rule every backend applies to a received frame: a frame shorter than an
+    /// Ethernet header or longer than a ring carries is dropped and counted; any other is
+    /// added to `batch` and counted. Returns whether it was added.
+    pub fn admit(&mut self, batch: &mut FrameBatch, frame: &[u8]) -> bool {
+        if !(MIN_FRAME_LEN..=crate::ring::MAX_FRAME_LEN).contains(&frame.len()) {
+            self.rx_dropped += 1;
+            return false;
+        }
+        batch.push(0, frame);
+        self.rx_frames += 1;
+        self.rx_bytes += frame.len() as u64;
+        true
+    }
+}
+
 /// A link failure.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {

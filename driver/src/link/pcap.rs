@@ -13,9 +13,8 @@ use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats, MIN_FRAME_LEN};
+use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
 use crate::capture::{self, Frame, PcapWriter, TimestampResolution};
-use crate::ring::MAX_FRAME_LEN;
 
 /// A link that replays one capture and records into another.
 #[derive(Debug)]
@@ -63,14 +62,9 @@ impl Link for PcapLink {
             let Some(frame) = self.frames.next() else {
                 break;
             };
-            if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&frame.data.len()) {
-                self.stats.rx_dropped += 1;
-                continue;
+            if self.stats.admit(batch, &frame.data) {
+                count += 1;
             }
-            batch.push(0, &frame.data);
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += frame.data.len() as u64;
-            count += 1;
         }
         Ok(count)
     }

@@ -10,7 +10,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats, MIN_FRAME_LEN};
+use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
 use crate::ring::MAX_FRAME_LEN;
 
 /// An attached TAP device.
@@ -58,14 +58,9 @@ impl Link for TapLink {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(LinkError::io("reading from the TAP device", e.into())),
             };
-            if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
-                self.stats.rx_dropped += 1;
-                continue;
+            if self.stats.admit(batch, &self.buffer[..len]) {
+                count += 1;
             }
-            batch.push(0, &self.buffer[..len]);
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += len as u64;
-            count += 1;
         }
         Ok(count)
     }

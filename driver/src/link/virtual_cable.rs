@@ -18,7 +18,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
-use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats, MIN_FRAME_LEN};
+use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
 use crate::ring::MAX_FRAME_LEN;
 
 /// One end of a virtual cable.
@@ -110,14 +110,9 @@ impl Link for VirtualLink {
                     self.learned_peer = Some(sender.to_path_buf());
                 }
             }
-            if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
-                self.stats.rx_dropped += 1;
-                continue;
+            if self.stats.admit(batch, &self.buffer[..len]) {
+                count += 1;
             }
-            batch.push(0, &self.buffer[..len]);
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += len as u64;
-            count += 1;
         }
         Ok(count)
     }
