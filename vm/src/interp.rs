@@ -862,10 +862,10 @@ mod tests {
         }
         // Point every jump at a random later instruction (the exits included).
         let n = insns.len() + exits;
-        for pc in 0..insns.len() {
-            if insns[pc].op.is_jump() {
+        for (pc, insn) in insns.iter_mut().enumerate() {
+            if insn.op.is_jump() {
                 let target = rng.gen_range(pc + 1..n);
-                insns[pc].off = (target - pc - 1) as i16;
+                insn.off = (target - pc - 1) as i16;
             }
         }
         insns.extend([Insn::accept_x(0), Insn::accept_x(1), Insn::reject()]);
