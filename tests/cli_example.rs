@@ -1,0 +1,262 @@
+//! `netmux up` and `netmux example ...`, run as the built binary on a virtual cable (no
+//! privileges): the examples' one-line announcement, a refused port reported with netd's reason
+//! and exit status 1, clean stops on SIGTERM, and `up`'s errors for a link that cannot open.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
+/// Longest wait for a process to print its ready line or exit (debug builds on a busy CI host).
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A short scratch directory (Unix socket paths are limited to 107 bytes), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("nmx-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn run(&self) -> PathBuf {
+        self.0.join("run")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process with its stdout lines on a channel; killed on drop if still running.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str], extra: &[&Path]) -> Proc {
+        let mut child = Command::new(NETMUX)
+            .args(args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("a line on stdout in time")
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits for exit; returns the status and everything on stderr.
+    fn wait(mut self) -> (ExitStatus, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "the process did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        (status, err)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `netmux up` on a virtual cable in `scratch`; returns it once netd listens, and the driver's pid.
+fn up(scratch: &Scratch) -> (Proc, i32) {
+    let link = format!("virtual:{}", scratch.0.join("cable.sock").display());
+    let up = Proc::start(
+        &[
+            "up",
+            "--link",
+            &link,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    );
+    let line = up.line();
+    assert!(line.starts_with("netd listening on "), "{line}");
+    let pid = line
+        .split("driver pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the driver's pid in the ready line");
+    (up, pid)
+}
+
+fn example(kind: &str, port: u16, scratch: &Scratch) -> Proc {
+    Proc::start(
+        &[
+            "example",
+            kind,
+            "--port",
+            &port.to_string(),
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn examples_announce_their_port_and_stop_cleanly_on_sigterm() {
+    let scratch = Scratch::new("announce");
+    let (up, _) = up(&scratch);
+    let echo = example("udp-echo", 7000, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7000");
+    let http = example("http", 8000, &scratch);
+    assert_eq!(http.line(), "listening on tcp port 8000");
+    for p in [echo, http] {
+        p.signal(rustix::process::Signal::TERM);
+        let (status, err) = p.wait();
+        assert!(status.success(), "{status}: {err}");
+    }
+    up.signal(rustix::process::Signal::INT);
+    assert!(up.wait().0.success());
+}
+
+#[test]
+fn an_example_refused_a_port_in_use_prints_netds_reason_and_exits_1() {
+    let scratch = Scratch::new("inuse");
+    let (_up, _) = up(&scratch);
+    let first = example("udp-echo", 7001, &scratch);
+    assert_eq!(first.line(), "listening on udp port 7001");
+    let (status, err) = example("udp-echo", 7001, &scratch).wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("udp port 7001 is in use"), "{err}");
+}
+
+#[test]
+fn an_example_refused_a_privileged_port_exits_1() {
+    if rustix::process::geteuid().is_root() {
+        eprintln!("skipped: root may bind privileged ports");
+        return;
+    }
+    let scratch = Scratch::new("privileged");
+    let (_up, _) = up(&scratch);
+    let (status, err) = example("http", 80, &scratch).wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("80"), "{err}");
+}
+
+#[test]
+fn an_example_without_netd_says_it_cannot_connect() {
+    let scratch = Scratch::new("nonetd");
+    let (status, err) = example("udp-echo", 7002, &scratch).wait();
+    assert!(!status.success());
+    assert!(err.contains("connecting to netd"), "{err}");
+}
+
+#[test]
+fn an_example_exits_1_when_netd_stops_under_it() {
+    let scratch = Scratch::new("netdstops");
+    let (up, _) = up(&scratch);
+    let echo = example("udp-echo", 7003, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7003");
+    up.signal(rustix::process::Signal::TERM);
+    assert!(up.wait().0.success());
+    let (status, err) = echo.wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("closed this client's queue"), "{err}");
+}
+
+#[test]
+fn up_stops_netd_and_the_driver_child_and_removes_its_socket_on_sigint() {
+    let scratch = Scratch::new("upstop");
+    let (up, driver) = up(&scratch);
+    let socket = scratch.run().join("netd.sock");
+    assert!(socket.exists());
+    assert!(alive(driver), "the driver is a process of its own");
+    assert_ne!(driver, up.pid());
+    up.signal(rustix::process::Signal::INT);
+    let (status, err) = up.wait();
+    assert!(status.success(), "{status}: {err}");
+    assert!(!socket.exists(), "netd's socket is removed");
+    let start = Instant::now();
+    while alive(driver) && start.elapsed() < TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(driver), "the driver child is stopped");
+}
+
+#[test]
+fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
+    let scratch = Scratch::new("badlink");
+    let up = Proc::start(
+        &[
+            "up",
+            "--link",
+            "afpacket:nmx-no-such0",
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    );
+    let (status, err) = up.wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("opening link afpacket:nmx-no-such0"), "{err}");
+    assert!(
+        err.contains("starting a driver on afpacket:nmx-no-such0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn up_requires_an_address() {
+    let (status, err) = Proc::start(&["up", "--link", "virtual:/tmp/x"], &[]).wait();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--ip"), "{err}");
+}
