@@ -209,7 +209,10 @@ fn an_example_exits_1_when_netd_stops_under_it() {
     assert!(up.wait().0.success());
     let (status, err) = echo.wait();
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("closed this client's queue"), "{err}");
+    assert!(
+        err.contains("netd stopped") || err.contains("netd ended"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -259,4 +262,12 @@ fn up_requires_an_address() {
     let (status, err) = Proc::start(&["up", "--link", "virtual:/tmp/x"], &[]).wait();
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("--ip"), "{err}");
+}
+
+#[test]
+fn up_refuses_a_link_spec_that_does_not_parse_before_starting_anything() {
+    let (status, err) =
+        Proc::start(&["up", "--link", "ethernet0", "--ip", "10.9.0.1/24"], &[]).wait();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("has no kind"), "{err}");
 }

@@ -56,14 +56,14 @@ fn main() -> anyhow::Result<()> {
         }
         (None, None) => anyhow::bail!("give --driver-socket or --link"),
     };
+    let signals = run::Signals::watch()?;
     let netd = netmux_netd::spawn(config, Box::new(driver))?;
     tracing::info!(socket = %netd.socket_path().display(), "netd listening");
-    let waited = run::wait_for_signal();
+    signals.wait();
     netd.stop()?;
     if let Some(child) = child {
         let status = child.stop(DRIVER_STOP_GRACE)?;
         tracing::info!(%status, "driver stopped");
     }
-    waited?;
     Ok(())
 }

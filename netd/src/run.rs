@@ -1,7 +1,7 @@
 //! Running netd in the foreground, shared by the `netd` binary and `netmux up`: the host's
 //! command-line options ([`HostArgs`]) and the configuration they make, starting the driver as
 //! a child process with its control socket in a private directory ([`start_child_driver`]),
-//! and waiting for SIGINT or SIGTERM ([`wait_for_signal`]).
+//! and catching SIGINT and SIGTERM ([`Signals`]).
 //!
 //! Nothing here panics on any input; every failure is a [`RunError`] that says what was being
 //! done.
@@ -127,22 +127,46 @@ pub fn start_child_driver(
     Ok((child, link))
 }
 
-/// Blocks until SIGINT or SIGTERM arrives.
-pub fn wait_for_signal() -> Result<(), RunError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(RunError::Signals)?;
-    runtime.block_on(async {
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-        Ok(())
-    })
+/// SIGINT and SIGTERM, caught from [`Signals::watch`] on: a signal that arrives before
+/// [`Signals::wait`] is not lost, and does not kill the process in the meantime.
+#[derive(Debug)]
+pub struct Signals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts catching SIGINT and SIGTERM. Call it before announcing readiness.
+    pub fn watch() -> Result<Signals, RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(RunError::Signals)?;
+        let (interrupt, terminate) = {
+            let _guard = runtime.enter();
+            (
+                signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+                signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+            )
+        };
+        Ok(Signals {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+
+    /// Blocks until SIGINT or SIGTERM has arrived (since [`Signals::watch`]).
+    pub fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        });
+    }
 }
 
 #[cfg(test)]

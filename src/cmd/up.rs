@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use netmux_driver::link::LinkSpec;
 use netmux_netd::config::Config;
 use netmux_netd::driver_link::{ChannelDriver, ChildDriver, DriverLink};
 use netmux_netd::run::{self, HostArgs, RunError};
@@ -28,7 +29,7 @@ pub struct Up {
     /// The link: tap:NAME (created, needs CAP_NET_ADMIN), afpacket:IFNAME (an existing
     /// interface, needs CAP_NET_RAW), pcap:IN[,OUT] or virtual:PATH[,PEER].
     #[arg(long, value_name = "SPEC")]
-    link: String,
+    link: LinkSpec,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -37,15 +38,16 @@ impl Run for Up {
     fn run(self) -> anyhow::Result<ExitCode> {
         driver::init_logging();
         let config = self.host.config().map_err(|e| Refused(e.to_string()))?;
-        let host = Host::start(&self.link, config, None, |d| Box::new(d))?;
+        // Caught from here on: a Ctrl-C during start-up still stops everything cleanly.
+        let signals = run::Signals::watch()?;
+        let host = Host::start(&self.link.to_string(), config, None, |d| Box::new(d))?;
         println!(
             "netd listening on {} (driver pid {}); Ctrl-C stops",
             host.socket().display(),
             host.driver_pid()
         );
-        let waited = run::wait_for_signal();
+        signals.wait();
         host.stop()?;
-        waited?;
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -33,6 +33,9 @@ use super::{driver, Refused, Run};
 /// The longest the examples sleep between looks at the stop flag: how quickly a signal is
 /// acted on when no traffic arrives.
 const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often an idle example asks netd whether its session is still there (a netd killed
+/// outright cannot tell the driver to close the queue).
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a stopping example keeps polling so its closing segments (FIN, RST) get out.
 const CLOSE_LINGER: Duration = Duration::from_millis(200);
 
@@ -78,6 +81,8 @@ pub struct Station {
     pub iface: Interface,
     /// The bound port.
     pub port: u16,
+    /// When the session with netd was last seen alive.
+    last_check: std::time::Instant,
 }
 
 impl Station {
@@ -122,6 +127,7 @@ impl Station {
             device,
             iface,
             port,
+            last_check: std::time::Instant::now(),
         })
     }
 
@@ -147,12 +153,20 @@ impl Station {
             .map_or(MAX_IDLE_WAIT, |d| Duration::from_micros(d.total_micros()))
             .min(MAX_IDLE_WAIT);
         match self.device.wait(Some(delay)) {
-            Ok(()) => Ok(()),
-            Err(QueueError::Closed) => {
-                Err(Refused("the driver closed this client's queue (netd stopped?)".into()).into())
-            }
-            Err(e) => Err(anyhow::anyhow!("waiting on the queue: {e}")),
+            Ok(()) => {}
+            Err(QueueError::Closed) => return Err(queue_closed()),
+            Err(e) => return Err(anyhow::anyhow!("waiting on the queue: {e}")),
         }
+        if self.device.queue().is_closed() {
+            return Err(queue_closed());
+        }
+        if self.last_check.elapsed() >= SESSION_CHECK_INTERVAL {
+            self.last_check = std::time::Instant::now();
+            if let Err(e) = self.client.stats() {
+                return Err(Refused(format!("netd ended this client's session: {e}")).into());
+            }
+        }
+        Ok(())
     }
 
     /// Polls for [`CLOSE_LINGER`] so closing segments get out, then logs the counters.
@@ -184,6 +198,10 @@ impl Station {
             "stopped"
         );
     }
+}
+
+fn queue_closed() -> anyhow::Error {
+    Refused("netd stopped: the driver closed this client's queue".into()).into()
 }
 
 /// Whether a stop was asked for.
