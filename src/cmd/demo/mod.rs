@@ -12,7 +12,8 @@
 //!
 //! It prints a line per step and a per-client summary table (the driver's counters for each
 //! client's queue), and exits 0 only when everything went as expected; otherwise it says what
-//! failed and exits 1. Every wait has a timeout ([`STEP_TIMEOUT`], [`CHILD_READY_TIMEOUT`]);
+//! failed and exits 1. Every wait has a timeout ([`STEP_TIMEOUT`], [`CHILD_READY_TIMEOUT`],
+//! and [`EXCHANGE_BUDGET`] for the peer's exchanges together);
 //! the children are stopped by pid and the temporary directory removed on every path out.
 
 mod peer;
@@ -78,6 +79,8 @@ const FRAGMENT_DATA_LEN: usize = 512;
 const SPOOF_MARKER: &[u8] = b"netmux-demo-spoofed-frame";
 /// Longest wait for one step's exchanges.
 const STEP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time for all of the peer's exchanges together, however many steps time out.
+const EXCHANGE_BUDGET: Duration = Duration::from_secs(8);
 /// Longest wait for an example to print its `listening on` line.
 const CHILD_READY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -384,7 +387,14 @@ fn run_demo(dir: &Path, progress: &Progress) -> anyhow::Result<Report> {
     let runtime_dir = dir.join("run");
     let cable = dir.join("cable.sock");
     let peer_end = dir.join("peer.sock");
-    let mut peer = Peer::bind(&peer_end, &cable, PEER_MAC, (PEER_IP, PREFIX), SPOOF_MARKER)?;
+    let mut peer = Peer::bind(
+        &peer_end,
+        &cable,
+        PEER_MAC,
+        (PEER_IP, PREFIX),
+        SPOOF_MARKER,
+        Instant::now() + EXCHANGE_BUDGET,
+    )?;
 
     let mut config = Config::new(&runtime_dir);
     config.addrs = HostAddrs {
@@ -417,6 +427,8 @@ fn run_demo(dir: &Path, progress: &Progress) -> anyhow::Result<Report> {
         http.pid()
     ));
 
+    // The budget counts from when the clients are up.
+    peer.deadline = Instant::now() + EXCHANGE_BUDGET;
     // ARP: the host's address resolves to the link's MAC (netd answers for the host).
     let host_mac = arp(&mut peer);
     let link_mac = stats.link_info().mac;

@@ -126,17 +126,21 @@ pub struct Peer {
     pub mac: [u8; 6],
     /// The peer's IPv4 address.
     pub ip: [u8; 4],
+    /// No wait of the peer's goes past this, whatever timeout it is given.
+    pub deadline: StdInstant,
 }
 
 impl Peer {
     /// Binds the peer's end at `path` (the driver sends there) and sends to `cable` (where the
-    /// driver's end is bound). Frames containing `marker` are counted.
+    /// driver's end is bound). Frames containing `marker` are counted. Every wait ends by
+    /// `deadline`.
     pub fn bind(
         path: &Path,
         cable: &Path,
         mac: [u8; 6],
         (ip, prefix): ([u8; 4], u8),
         marker: &[u8],
+        deadline: StdInstant,
     ) -> anyhow::Result<Peer> {
         let socket = UnixDatagram::bind(path)
             .with_context(|| format!("binding the peer's cable end {}", path.display()))?;
@@ -166,6 +170,7 @@ impl Peer {
             sockets: SocketSet::new(vec![]),
             mac,
             ip,
+            deadline,
         })
     }
 
@@ -185,8 +190,8 @@ impl Peer {
         timeout: Duration,
         mut want: impl FnMut(&[u8]) -> Option<T>,
     ) -> Option<T> {
-        let start = StdInstant::now();
-        while start.elapsed() < timeout {
+        let end = (StdInstant::now() + timeout).min(self.deadline);
+        while StdInstant::now() < end {
             match self.device.socket.recv(&mut self.device.buffer) {
                 Ok(n) => {
                     let frame = self.device.buffer[..n].to_vec();
@@ -209,8 +214,8 @@ impl Peer {
         timeout: Duration,
         mut done: impl FnMut(&mut SocketSet<'static>) -> bool,
     ) -> bool {
-        let start = StdInstant::now();
-        while start.elapsed() < timeout {
+        let end = (StdInstant::now() + timeout).min(self.deadline);
+        while StdInstant::now() < end {
             self.iface
                 .poll(Instant::now(), &mut self.device, &mut self.sockets);
             if done(&mut self.sockets) {
