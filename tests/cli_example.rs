@@ -271,3 +271,113 @@ fn up_refuses_a_link_spec_that_does_not_parse_before_starting_anything() {
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("has no kind"), "{err}");
 }
+
+/// The far end of a virtual cable, held by the test: sends hand-made frames, answers ARP for
+/// its address, and waits for UDP from a port.
+struct CableEnd {
+    socket: std::os::unix::net::UnixDatagram,
+    cable: PathBuf,
+}
+
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x22];
+const PEER_IP: [u8; 4] = [10, 9, 0, 2];
+const HOST_IP: [u8; 4] = [10, 9, 0, 1];
+
+impl CableEnd {
+    fn udp_to_host(&self, host_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(PEER_MAC, host_mac)
+            .ipv4(PEER_IP, HOST_IP, 64)
+            .udp(5555, dport)
+            .write(&mut frame, payload)
+            .unwrap();
+        frame
+    }
+
+    fn send(&self, frame: &[u8]) {
+        self.socket.send_to(frame, &self.cable).unwrap();
+    }
+
+    /// Answers ARP requests for the peer's address; returns the payload of the first UDP
+    /// datagram from `sport`, or `None` after `timeout`.
+    fn udp_from(&self, sport: u16, timeout: Duration) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        let mut buf = vec![0u8; 70_000];
+        while start.elapsed() < timeout {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let frame = &buf[..n];
+            if frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 1] && frame[38..42] == PEER_IP
+            {
+                let mut reply = Vec::with_capacity(42);
+                reply.extend_from_slice(&frame[6..12]);
+                reply.extend_from_slice(&PEER_MAC);
+                reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+                reply.extend_from_slice(&PEER_MAC);
+                reply.extend_from_slice(&PEER_IP);
+                reply.extend_from_slice(&frame[22..32]);
+                self.send(&reply);
+                continue;
+            }
+            if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
+                if let Some(etherparse::TransportSlice::Udp(udp)) = p.transport {
+                    if udp.source_port() == sport {
+                        return Some(udp.payload().to_vec());
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn udp_echo_echoes_a_datagram_from_the_cable_and_says_why_it_skips_one_too_big_to_send_whole() {
+    let scratch = Scratch::new("cable");
+    let cable = scratch.0.join("cable.sock");
+    let peer = scratch.0.join("peer.sock");
+    let end = CableEnd {
+        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
+        cable: cable.clone(),
+    };
+    end.socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let spec = format!("virtual:{},{}", cable.display(), peer.display());
+    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+    let up = Proc::start(
+        &[
+            "up",
+            "--link",
+            &spec,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    );
+    assert!(up.line().starts_with("netd listening on "));
+    let echo = example("udp-echo", 7010, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7010");
+
+    end.send(&end.udp_to_host(host_mac, 7010, b"ping over the cable"));
+    assert_eq!(
+        end.udp_from(7010, TIMEOUT).as_deref(),
+        Some(&b"ping over the cable"[..])
+    );
+
+    // 2,000 bytes arrive reassembled by the driver, but the echo would need fragments.
+    let big = end.udp_to_host(host_mac, 7010, &[7u8; 2000]);
+    let fragments = netmux_driver::reassembly::fragmenter::fragment(&big, 1024, 0).unwrap();
+    for fragment in &fragments {
+        end.send(fragment);
+    }
+    assert_eq!(end.udp_from(7010, Duration::from_secs(1)), None);
+
+    echo.signal(rustix::process::Signal::TERM);
+    let (status, err) = echo.wait();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("not echoed"), "{err}");
+    assert!(err.contains("bytes=2000"), "{err}");
+}

@@ -51,5 +51,7 @@ pub fn init_logging_at(level: &str) {
             }),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in log files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

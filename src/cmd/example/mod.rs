@@ -81,6 +81,9 @@ pub struct Station {
     pub iface: Interface,
     /// The bound port.
     pub port: u16,
+    /// The link's IP MTU: the largest packet this client may send (the driver rejects
+    /// fragments that clients transmit).
+    pub mtu: u16,
     /// When the session with netd was last seen alive.
     last_check: std::time::Instant,
 }
@@ -127,6 +130,7 @@ impl Station {
             device,
             iface,
             port,
+            mtu: host.link.mtu,
             last_check: std::time::Instant::now(),
         })
     }

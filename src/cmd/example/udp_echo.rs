@@ -10,6 +10,8 @@ use smoltcp::socket::udp;
 
 use super::{stopping, ExampleArgs, Station};
 
+/// IPv4 header (without options) and UDP header: what an echo adds to its payload.
+const IPV4_UDP_HEADERS_LEN: usize = 20 + 8;
 /// Datagrams the socket holds in each direction.
 const DATAGRAMS_BUFFERED: usize = 64;
 /// Payload bytes the socket holds in each direction: room for a few datagrams of the largest
@@ -42,6 +44,15 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
                 break;
             };
             let data = data.to_vec();
+            if data.len() + IPV4_UDP_HEADERS_LEN > usize::from(station.mtu) {
+                tracing::warn!(
+                    from = %meta.endpoint,
+                    bytes = data.len(),
+                    mtu = station.mtu,
+                    "not echoed: the echo would need IP fragments, which clients may not send"
+                );
+                continue;
+            }
             tracing::debug!(from = %meta.endpoint, bytes = data.len(), "echo");
             match socket.send_slice(&data, meta) {
                 Ok(()) => echoed += 1,
