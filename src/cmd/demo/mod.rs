@@ -97,7 +97,8 @@ impl Run for Demo {
         progress.say(&format!("runtime directory {}", dir.0.display()));
         let outcome = run_demo(&dir.0, &progress);
         drop(dir);
-        let report = outcome?;
+        // Whatever failed, the demo failed: exit status 1 with the reason.
+        let report = outcome.map_err(|e| super::Refused(format!("demo failed: {e:#}")))?;
         report.print_table();
         if report.failures.is_empty() {
             println!(
