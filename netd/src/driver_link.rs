@@ -242,17 +242,46 @@ pub struct ChildDriver {
     child: std::process::Child,
 }
 
+/// How often [`ChildDriver::stop`] looks whether the driver has exited.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl ChildDriver {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the driver: SIGTERM to its pid, then SIGKILL if it has not exited within `grace`.
+    /// Returns how it ended.
+    pub fn stop(mut self, grace: std::time::Duration) -> std::io::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // Already gone between the check and the signal: the wait below reaps it.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < grace {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+        self.child.kill()?;
+        self.child.wait()
+    }
 }
 
 impl Drop for ChildDriver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -273,18 +302,29 @@ pub fn start_driver(
     spec: &str,
     control: &Path,
 ) -> Result<(ChildDriver, ChannelDriver), DriverError> {
+    start_driver_command(std::process::Command::new(binary), spec, control)
+}
+
+/// [`start_driver`] with any command that runs the driver's command line (`netmux driver`
+/// re-executed, say): `--link SPEC --control CONTROL --exit-on-disconnect` are appended to it.
+pub fn start_driver_command(
+    mut command: std::process::Command,
+    spec: &str,
+    control: &Path,
+) -> Result<(ChildDriver, ChannelDriver), DriverError> {
     if control.exists() {
         std::fs::remove_file(control)
             .map_err(|e| DriverError::Gone(format!("removing {}: {e}", control.display())))?;
     }
-    let child = std::process::Command::new(binary)
+    let program = command.get_program().to_string_lossy().into_owned();
+    let child = command
         .arg("--link")
         .arg(spec)
         .arg("--control")
         .arg(control)
         .arg("--exit-on-disconnect")
         .spawn()
-        .map_err(|e| DriverError::Gone(format!("starting {}: {e}", binary.display())))?;
+        .map_err(|e| DriverError::Gone(format!("starting {program}: {e}")))?;
     let mut child = ChildDriver { child };
     let start = std::time::Instant::now();
     loop {
