@@ -177,15 +177,31 @@ impl Server {
     }
 }
 
+/// Every [`EXPIRY_TICK`]: ends sessions whose handshake timed out, and, when the driver is
+/// found gone, says so and ends every session (clients see their control connection close;
+/// new ones are refused by [`Netd::connect`]).
 async fn expiry_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tick.tick().await;
-        let expired = lock(&shell.state).expired(shell.now());
+        let (expired, driver_gone) = {
+            let mut netd = lock(&shell.state);
+            (netd.expired(shell.now()), netd.check_driver())
+        };
         let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
         for id in expired {
             tracing::info!(%id, "handshake timed out");
             if let Some(k) = kills.remove(&id) {
+                let _ = k.send(());
+            }
+        }
+        if let Some(why) = driver_gone {
+            tracing::error!(
+                sessions = kills.len(),
+                "the driver is gone ({why}): ending every session; new clients are refused \
+                 until netd is restarted with a driver"
+            );
+            for (_, k) in kills.drain() {
                 let _ = k.send(());
             }
         }
