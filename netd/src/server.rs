@@ -228,6 +228,9 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
     let id = match connected {
         Ok(id) => id,
         Err(e) => {
+            // The refusal is the reply to the client's first message (its hello): read that
+            // first, so a client that sends before it reads gets the reason, not a broken pipe.
+            let _ = tokio::time::timeout(shell.reply_timeout, chan.recv_raw()).await;
             let _ = chan
                 .send(&ClientReply::Error(e), &[], shell.reply_timeout)
                 .await;

@@ -152,7 +152,7 @@ fn a_listing_shows_ports_filters_queue_and_counters() {
         let _ = queue.recv_owned(8, &mut got);
         !got.is_empty()
     }));
-    assert_eq!(got, [frame.clone()]);
+    assert_eq!(got, std::slice::from_ref(&frame));
 
     let listing = quiet.list_sessions().unwrap();
     let me = std::process::id();

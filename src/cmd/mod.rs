@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 mod classify;
 mod defrag;
 mod filter;
+mod ls;
 mod vm;
 
 /// What a command group does when it is chosen.
@@ -70,6 +71,8 @@ command_groups! {
     /// Compile pcap-filter expressions, run them over captures, classify frames with them.
     #[command(subcommand)]
     Filter(filter::FilterCommand),
+    /// List netd's sessions: pid, uid, ports, filters, queue and counters.
+    Ls(ls::Ls),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.
