@@ -36,9 +36,14 @@ const PORT_FREE_WITHIN: Duration = Duration::from_secs(1);
 const UDP_PORT: u16 = 7777;
 const HTTP_PORT: u16 = 8080;
 
-/// The netmux binary under test.
+/// Names another netmux binary to run the scenario against (an installed build, say).
+const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
+
+/// The netmux binary under test: this build's, unless [`BINARY_ENV`] names another.
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    std::env::var_os(BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
 }
 
 fn require_root() {
