@@ -5,7 +5,7 @@
 //! shown.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -38,27 +38,33 @@ impl Run for Ls {
         let dir = self
             .runtime_dir
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
-        let mut client = Client::connect(&dir)
-            .with_context(|| format!("is netd running with --runtime-dir {}?", dir.display()))?;
-        let sessions: Vec<SessionInfo> = match client.list_sessions() {
-            Ok(list) => list.into_iter().filter(|s| !s.caller).collect(),
-            Err(e) if e.refusal().is_some() => {
-                return Err(Refused(format!("netd refused to list sessions: {e}")).into())
-            }
-            Err(e) => return Err(e).context("asking netd for its sessions"),
-        };
-        let text = if self.json {
-            let mut text = serde_json::to_string_pretty(&sessions)?;
-            text.push('\n');
-            text
-        } else {
-            table(&sessions)
-        };
+        let text = listing(&dir, self.json)?;
         std::io::stdout()
             .write_all(text.as_bytes())
             .context("writing the listing")?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Asks netd in `dir` for the sessions this user may see and renders them (without the
+/// asking session itself).
+fn listing(dir: &Path, json: bool) -> anyhow::Result<String> {
+    let mut client = Client::connect(dir)
+        .with_context(|| format!("is netd running with --runtime-dir {}?", dir.display()))?;
+    let sessions: Vec<SessionInfo> = match client.list_sessions() {
+        Ok(list) => list.into_iter().filter(|s| !s.caller).collect(),
+        Err(e) if e.refusal().is_some() => {
+            return Err(Refused(format!("netd refused to list sessions: {e}")).into())
+        }
+        Err(e) => return Err(e).context("asking netd for its sessions"),
+    };
+    Ok(if json {
+        let mut text = serde_json::to_string_pretty(&sessions)?;
+        text.push('\n');
+        text
+    } else {
+        table(&sessions)
+    })
 }
 
 const HEADERS: [&str; 9] = [
@@ -254,6 +260,63 @@ mod tests {
         assert_eq!(lines[1].find("4242"), Some(pid_column));
         assert_eq!(lines[2].find("4242"), Some(pid_column));
         assert!(lines[2].contains("  -  "), "{text}");
+    }
+
+    /// netd in-process on the fake driver, in a fresh runtime directory.
+    fn netd() -> (netmux_netd::NetdHandle, PathBuf) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "netmux-ls-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fake = netmux_netd::fake_driver::FakeDriver::new(netmux_proto::LinkInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        });
+        let mut config = netmux_netd::Config::new(&dir);
+        config.addrs.ipv4 = Some((std::net::Ipv4Addr::new(10, 9, 9, 2), 24));
+        let netd = netmux_netd::spawn(config, Box::new(fake)).unwrap();
+        (netd, dir)
+    }
+
+    #[test]
+    fn ls_lists_another_clients_ports_but_not_its_own_session() {
+        let (_netd, dir) = netd();
+        assert_eq!(listing(&dir, false).unwrap(), "no sessions\n");
+        let mut app = Client::connect(&dir).unwrap();
+        app.bind_port(Transport::Udp, 7777).unwrap();
+        let text = listing(&dir, false).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("udp/7777"), "{text}");
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+    }
+
+    #[test]
+    fn ls_json_is_an_array_of_sessions_that_reads_back() {
+        let (_netd, dir) = netd();
+        let mut app = Client::connect(&dir).unwrap();
+        app.bind_port(Transport::Tcp, 8080).unwrap();
+        let _queue = app.open_queue().unwrap();
+        let text = listing(&dir, true).unwrap();
+        let back: Vec<SessionInfo> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.len(), 1, "{text}");
+        assert_eq!(back[0].ports, [(Transport::Tcp, 8080)]);
+        assert!(back[0].queue.as_ref().is_some_and(|q| q.attached));
+        assert!(back[0].counters.is_some());
+    }
+
+    #[test]
+    fn ls_without_netd_says_where_it_looked() {
+        let dir = std::env::temp_dir().join("netmux-ls-test-nobody-here");
+        let e = listing(&dir, false).unwrap_err();
+        assert!(format!("{e:#}").contains("is netd running"), "{e:#}");
+        assert!(
+            e.downcast_ref::<Refused>().is_none(),
+            "exit status 2, not 1"
+        );
     }
 
     #[test]
