@@ -208,3 +208,82 @@ fn udp_frame(port: u16, payload: &[u8]) -> Vec<u8> {
     builder.write(&mut frame, payload).unwrap();
     frame
 }
+
+/// Selects the child role of [`root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all`].
+const ROLE_ENV: &str = "NETMUX_LIST_SESSIONS_ROLE";
+/// netd's socket, for the child.
+const SOCKET_ENV: &str = "NETMUX_LIST_SESSIONS_SOCKET";
+/// The unprivileged user the child runs as (`nobody` on Debian and Fedora alike).
+const NOBODY: u32 = 65534;
+
+/// The child (does nothing unless `ROLE_ENV` is set): as another uid, binds a port, prints the
+/// pids and uids of the sessions it is shown, and holds its session until stdin closes.
+#[test]
+fn other_uid_client_entry_point() {
+    let (Ok(_), Ok(socket)) = (std::env::var(ROLE_ENV), std::env::var(SOCKET_ENV)) else {
+        return;
+    };
+    let mut c = Client::connect_socket(std::path::Path::new(&socket)).unwrap();
+    c.bind_port(Transport::Udp, 5001).unwrap();
+    let seen: Vec<String> = c
+        .list_sessions()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}/{}", s.pid, s.uid))
+        .collect();
+    println!("\nseen: {}", seen.join(","));
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+#[ignore]
+fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "root_* tests need root (to run a client as another uid)"
+    );
+    let (netd, _fake) = netd();
+    let mut root = Client::connect_socket(netd.socket_path()).unwrap();
+    root.bind_port(Transport::Udp, 5000).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "other_uid_client_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE_ENV, "nobody")
+        .env(SOCKET_ENV, netd.socket_path())
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    while !seen.starts_with("seen: ") {
+        seen.clear();
+        assert_ne!(
+            out.read_line(&mut seen).unwrap(),
+            0,
+            "the child said nothing"
+        );
+    }
+    assert_eq!(
+        seen.trim(),
+        format!("seen: {}/{NOBODY}", child.id()),
+        "another uid sees only its own sessions"
+    );
+    let all = root.list_sessions().unwrap();
+    let mut who: Vec<(u32, u32)> = all.iter().map(|s| (s.pid, s.uid)).collect();
+    who.sort();
+    let mut expected = vec![(std::process::id(), 0), (child.id(), NOBODY)];
+    expected.sort();
+    assert_eq!(who, expected, "root sees every session");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
