@@ -7,6 +7,11 @@
 //! writes the reply, waiting for the socket to be writable so a client that never reads its
 //! replies costs only its own task; after [`Config::reply_timeout`] it is disconnected. Whatever ends
 //! the task (close, death, a broken message frame, a timeout), [`Netd::disconnect`] runs, once.
+//!
+//! Every [`EXPIRY_TICK`] the shell also asks whether the driver is gone ([`Netd::check_driver`]);
+//! when it is, netd logs it once, ends every session, and refuses every new client with
+//! `ErrorCode::Driver` and the reason, until it is restarted with a driver. A refusal at connect
+//! answers the client's first message, so the client reads the reason.
 
 use std::collections::HashMap;
 use std::future::Future;
