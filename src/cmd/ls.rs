@@ -49,8 +49,10 @@ impl Run for Ls {
 /// Asks netd in `dir` for the sessions this user may see and renders them (without the
 /// asking session itself).
 fn listing(dir: &Path, json: bool) -> anyhow::Result<String> {
-    let mut client = Client::connect(dir)
-        .with_context(|| format!("is netd running with --runtime-dir {}?", dir.display()))?;
+    // The client's error already names the socket and the system's reason.
+    let mut client = Client::connect(dir).map_err(|e| {
+        anyhow::anyhow!("{e}; is netd running with --runtime-dir {}?", dir.display())
+    })?;
     let sessions: Vec<SessionInfo> = match client.list_sessions() {
         Ok(list) => list.into_iter().filter(|s| !s.caller).collect(),
         Err(e) if e.refusal().is_some() => {
