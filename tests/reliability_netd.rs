@@ -387,6 +387,10 @@ fn netd_killed_clients_see_their_session_end_and_reconnect_and_bind_again() {
     stack.kill_netd();
     let e = a.stats().unwrap_err();
     assert!(is_session_end(&e), "the session ends: {e}");
+    assert!(
+        eventually(PATIENCE, || queue.is_closed()),
+        "the driver fails closed: the client's queue ends too"
+    );
     drop(queue);
     drop(a);
     assert!(
