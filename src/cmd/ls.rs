@@ -22,7 +22,11 @@ use super::{Refused, Run};
 #[derive(Args, Debug)]
 #[command(
     after_help = "Root (uid 0) sees every session; any other user sees only its own uid's \
-                  sessions. Exit status: 0 listed, 1 netd refused, 2 netd not reachable."
+                  sessions.\n\nColumns: QUEUE is the queue id and its ring sizes in slots (rx, \
+                  tx, tx-completion) and the slot size; RX and TX are frames (f) and bytes (B) \
+                  through the queue; DROPS counts received frames dropped for a full ring and, \
+                  by reason, every other drop and rejected transmission.\n\nExit status: 0 \
+                  listed, 1 netd refused, 2 netd not reachable."
 )]
 pub struct Ls {
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
@@ -130,7 +134,7 @@ fn row(s: &SessionInfo) -> [String; 9] {
     };
     let queue = s.queue.as_ref().map_or_else(dash, |q| {
         format!(
-            "q{} rx{}/tx{}/done{}x{}B{}",
+            "q{} rx={} tx={} done={} slot={}B{}",
             q.id,
             q.rings.rx_slots,
             q.rings.tx_slots,
@@ -238,7 +242,7 @@ mod tests {
             "1000",
             "tcp/8080,udp/7777",
             "tap#3",
-            "q2 rx256/tx128/done128x2048B",
+            "q2 rx=256 tx=128 done=128 slot=2048B",
             "5f/500B",
             "4f/400B",
             "rx-ring-full=1,tx-spoofed-source=2",
