@@ -490,6 +490,7 @@ fn a_client_killed_mid_request_frees_its_ports_queue_and_ring_memory() {
         eventually(PATIENCE, || watcher
             .list_sessions()
             .unwrap()
+            .sessions
             .iter()
             .all(|s| s.pid != child_pid)),
         "the dead client's sessions are gone"
@@ -579,7 +580,7 @@ fn churn(
         let _queue = c.open_queue().unwrap();
     }
     let mut watcher = connect();
-    let alone = |w: &mut Client| w.list_sessions().map(|l| l.len() == 1).unwrap_or(false);
+    let alone = |w: &mut Client| w.list_sessions().is_ok_and(|l| l.sessions.len() == 1);
     assert!(
         eventually(PATIENCE, || alone(&mut watcher)),
         "warm-up sessions ended"

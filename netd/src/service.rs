@@ -20,7 +20,7 @@ use std::time::Duration;
 use netmux_driver::ring::RingConfig;
 use netmux_proto::client::{self, ClientReply, ClientRequest, HostConfig};
 use netmux_proto::driver::{Counters, Direction, FilterId, QueueConfig, QueueId, RxMode};
-use netmux_proto::{ErrorCode, ErrorReply, PROTOCOL_VERSION};
+use netmux_proto::{frame, ErrorCode, ErrorReply, PROTOCOL_VERSION};
 
 use crate::config::{link_local_from_mac, Config};
 use crate::core::{self, Core, CoreError, Credentials, PortError, PortTable, SessionId, Transport};
@@ -126,6 +126,11 @@ fn to_proto(t: Transport) -> client::Transport {
         Transport::Udp => client::Transport::Udp,
     }
 }
+
+/// Bytes of session descriptions in one `ListSessions` reply; the rest are counted as omitted.
+/// Half of [`frame::MAX_BODY`], leaving room for the reply's own framing with a wide margin,
+/// so a busy host's listing is cut short rather than refused by the framing layer.
+pub const LIST_REPLY_BUDGET: usize = frame::MAX_BODY / 2;
 
 /// The listing policy: uid 0 sees every session, any other uid only its own uid's.
 pub fn may_see(asker_uid: u32, session_uid: u32) -> bool {
@@ -667,7 +672,7 @@ impl Netd {
             }
         };
         let rings = self.rings;
-        let list = self
+        let visible = self
             .core
             .sessions()
             .filter(|s| may_see(asker, s.creds.uid))
@@ -700,8 +705,19 @@ impl Netd {
                     }),
                     counters: queue.and_then(|q| counters.get(&q.id).cloned()),
                 }
-            })
-            .collect();
+            });
+        let mut list = client::SessionList::default();
+        let mut bytes = 0;
+        for info in visible {
+            // A session's JSON: a few hundred bytes, up to ~15 KiB with 1,024 ports.
+            let size = frame::encode(&info, 0).map_or(usize::MAX, |b| b.len());
+            if list.omitted > 0 || bytes + size > LIST_REPLY_BUDGET {
+                list.omitted += 1;
+            } else {
+                bytes += size;
+                list.sessions.push(info);
+            }
+        }
         Ok(ClientReply::Sessions(list))
     }
 

@@ -50,7 +50,10 @@ fn session(netd: &mut Netd, pid: u32, uid: u32) -> netmux_netd::core::SessionId 
 
 fn list(netd: &mut Netd, id: netmux_netd::core::SessionId) -> Vec<SessionInfo> {
     match netd.handle(id, ClientRequest::ListSessions).reply {
-        ClientReply::Sessions(list) => list,
+        ClientReply::Sessions(list) => {
+            assert_eq!(list.omitted, 0);
+            list.sessions
+        }
         other => panic!("not a listing: {other:?}"),
     }
 }
@@ -77,6 +80,37 @@ fn root_sees_every_session_and_other_uids_only_their_own() {
         seen.iter().map(|s| s.caller).collect::<Vec<_>>(),
         [false, true],
         "the asking session is marked"
+    );
+}
+
+#[test]
+fn a_listing_too_big_for_one_reply_is_cut_short_and_counts_the_rest() {
+    let (mut netd, _fake) = service();
+    let limit = netmux_netd::core::Limits::default().sessions_per_uid as u32;
+    // Sessions of many uids, far more than one reply holds (a few hundred bytes each).
+    let total = 4000u32;
+    for i in 0..total {
+        session(&mut netd, 10_000 + i, 1000 + i / limit);
+    }
+    let root = session(&mut netd, 1, 0);
+    let ClientReply::Sessions(list) = netd.handle(root, ClientRequest::ListSessions).reply else {
+        panic!("not a listing");
+    };
+    assert!(list.omitted > 0, "4,000 sessions do not fit");
+    assert_eq!(
+        list.sessions.len() as u64 + list.omitted,
+        u64::from(total) + 1
+    );
+    let body = netmux_proto::frame::encode(&ClientReply::Sessions(list.clone()), 0).unwrap();
+    assert!(
+        body.len() <= netmux_proto::frame::MAX_BODY,
+        "{} bytes",
+        body.len()
+    );
+    assert_eq!(
+        list.sessions.first().map(|s| s.pid),
+        Some(10_000),
+        "the first ones, in session order"
     );
 }
 
@@ -154,7 +188,7 @@ fn a_listing_shows_ports_filters_queue_and_counters() {
     }));
     assert_eq!(got, std::slice::from_ref(&frame));
 
-    let listing = quiet.list_sessions().unwrap();
+    let listing = quiet.list_sessions().unwrap().sessions;
     let me = std::process::id();
     let mine: Vec<&SessionInfo> = listing.iter().filter(|s| s.pid == me).collect();
     assert_eq!(mine.len(), 2, "both sessions of this process: {listing:?}");
@@ -192,7 +226,7 @@ fn the_tokio_client_lists_sessions_too() {
             .await
             .unwrap();
         c.bind_port(Transport::Udp, 6000).await.unwrap();
-        let listing = c.list_sessions().await.unwrap();
+        let listing = c.list_sessions().await.unwrap().sessions;
         let me = listing.iter().find(|s| s.caller).expect("its own session");
         assert_eq!(me.ports, [(Transport::Udp, 6000)]);
         assert_eq!(me.pid, std::process::id());
@@ -228,6 +262,7 @@ fn other_uid_client_entry_point() {
     let seen: Vec<String> = c
         .list_sessions()
         .unwrap()
+        .sessions
         .iter()
         .map(|s| format!("{}/{}", s.pid, s.uid))
         .collect();
@@ -278,7 +313,7 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
         format!("seen: {}/{NOBODY}", child.id()),
         "another uid sees only its own sessions"
     );
-    let all = root.list_sessions().unwrap();
+    let all = root.list_sessions().unwrap().sessions;
     let mut who: Vec<(u32, u32)> = all.iter().map(|s| (s.pid, s.uid)).collect();
     who.sort();
     let mut expected = vec![(std::process::id(), 0), (child.id(), NOBODY)];

@@ -117,7 +117,17 @@ pub enum ClientReply {
     /// Refused.
     Error(ErrorReply),
     /// The sessions the asking client may see, in session order.
-    Sessions(Vec<SessionInfo>),
+    Sessions(SessionList),
+}
+
+/// The answer to [`ClientRequest::ListSessions`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// The sessions, in session order, as many as fit in one message.
+    pub sessions: Vec<SessionInfo>,
+    /// Sessions the client may see that did not fit in one message (see
+    /// [`crate::frame::MAX_BODY`]); they come after the last one listed.
+    pub omitted: u64,
 }
 
 /// A session's queue, as `netmux ls` shows it.

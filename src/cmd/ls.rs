@@ -32,7 +32,8 @@ pub struct Ls {
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
     #[arg(long, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
-    /// One JSON array of sessions instead of the table.
+    /// JSON instead of the table: {"sessions": [...], "omitted": N}, N counting the sessions
+    /// that did not fit in netd's reply.
     #[arg(long)]
     json: bool,
 }
@@ -57,19 +58,27 @@ fn listing(dir: &Path, json: bool) -> anyhow::Result<String> {
     let mut client = Client::connect(dir).map_err(|e| {
         anyhow::anyhow!("{e}; is netd running with --runtime-dir {}?", dir.display())
     })?;
-    let sessions: Vec<SessionInfo> = match client.list_sessions() {
-        Ok(list) => list.into_iter().filter(|s| !s.caller).collect(),
+    let mut list = match client.list_sessions() {
+        Ok(list) => list,
         Err(e) if e.refusal().is_some() => {
             return Err(Refused(format!("netd refused to list sessions: {e}")).into())
         }
         Err(e) => return Err(e).context("asking netd for its sessions"),
     };
+    list.sessions.retain(|s| !s.caller);
     Ok(if json {
-        let mut text = serde_json::to_string_pretty(&sessions)?;
+        let mut text = serde_json::to_string_pretty(&list)?;
         text.push('\n');
         text
     } else {
-        table(&sessions)
+        let mut text = table(&list.sessions);
+        if list.omitted > 0 {
+            text.push_str(&format!(
+                "... and {} more sessions (one reply holds only so many)\n",
+                list.omitted
+            ));
+        }
+        text
     })
 }
 
@@ -194,7 +203,7 @@ fn transport(t: Transport) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmux_netd::client::QueueInfo;
+    use netmux_netd::client::{QueueInfo, SessionList};
     use netmux_proto::driver::{Counters, QueueConfig};
 
     fn session() -> SessionInfo {
@@ -301,13 +310,15 @@ mod tests {
     }
 
     #[test]
-    fn ls_json_is_an_array_of_sessions_that_reads_back() {
+    fn ls_json_is_the_session_list_and_reads_back() {
         let (_netd, dir) = netd();
         let mut app = Client::connect(&dir).unwrap();
         app.bind_port(Transport::Tcp, 8080).unwrap();
         let _queue = app.open_queue().unwrap();
         let text = listing(&dir, true).unwrap();
-        let back: Vec<SessionInfo> = serde_json::from_str(&text).unwrap();
+        let back: SessionList = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.omitted, 0);
+        let back = back.sessions;
         assert_eq!(back.len(), 1, "{text}");
         assert_eq!(back[0].ports, [(Transport::Tcp, 8080)]);
         assert!(back[0].queue.as_ref().is_some_and(|q| q.attached));

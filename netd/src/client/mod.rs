@@ -34,7 +34,7 @@ use netmux_proto::client::{ClientReply, HostConfig};
 use netmux_proto::driver::Counters;
 use netmux_proto::ErrorReply;
 
-pub use netmux_proto::client::{FilterMode, QueueInfo, SessionInfo, Transport};
+pub use netmux_proto::client::{FilterMode, QueueInfo, SessionInfo, SessionList, Transport};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ fn stats(reply: ClientReply) -> Result<Counters, ClientError> {
     }
 }
 
-fn sessions(reply: ClientReply) -> Result<Vec<SessionInfo>, ClientError> {
+fn sessions(reply: ClientReply) -> Result<SessionList, ClientError> {
     match reply {
         ClientReply::Sessions(list) => Ok(list),
         other => Err(unexpected(other)),

@@ -125,8 +125,9 @@ impl AsyncClient {
     }
 
     /// The sessions this client may see: every session if it runs as uid 0, else only those of
-    /// its own uid (its own session included, marked `caller`).
-    pub async fn list_sessions(&mut self) -> Result<Vec<super::SessionInfo>, ClientError> {
+    /// its own uid (its own session included, marked `caller`); as many as fit in one reply,
+    /// with the count of the others.
+    pub async fn list_sessions(&mut self) -> Result<super::SessionList, ClientError> {
         super::sessions(self.call(ClientRequest::ListSessions).await?)
     }
 
