@@ -435,6 +435,7 @@ fn scenario(tag: &str, net: &Net, link: &str, after_up: impl FnOnce()) {
         .unwrap();
     let table = String::from_utf8_lossy(&ls.stdout);
     assert!(ls.status.success(), "netmux ls: {ls:?}");
+    eprintln!("{tag}: netmux ls:\n{table}");
     for needle in [
         format!("udp/{UDP_PORT}"),
         format!("tcp/{HTTP_PORT}"),
