@@ -283,7 +283,12 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
     let (netd, _fake) = netd();
     let mut root = Client::connect_socket(netd.socket_path()).unwrap();
     root.bind_port(Transport::Udp, 5000).unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    // The child runs a copy of this binary in the temp dir: the build directory may be closed
+    // to other users.
+    let exe = std::env::temp_dir().join(format!("netmux-list-sessions-{}", std::process::id()));
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(&exe)
         .args([
             "--exact",
             "other_uid_client_entry_point",
@@ -320,5 +325,7 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
     expected.sort();
     assert_eq!(who, expected, "root sees every session");
     drop(child.stdin.take());
-    assert!(child.wait().unwrap().success());
+    let status = child.wait().unwrap();
+    let _ = std::fs::remove_file(&exe);
+    assert!(status.success());
 }
