@@ -15,8 +15,8 @@
 //!   behind (a short variant here; `soak_` runs for 60 s and is `#[ignore]`d, and
 //!   `scripts/test` skips it).
 //!
-//! The binaries are found next to this test's binary (`target/<profile>/`) and built with
-//! cargo when they are not there yet.
+//! The binaries are found next to this test's binary (`target/<profile>/`); under cargo they
+//! are built first (a no-op when up to date), so the test never runs stale ones.
 
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -51,35 +51,44 @@ const PORT_FREE_WITHIN: Duration = Duration::from_secs(1);
 /// lazily grown pools); a leak of even one queue's bookkeeping per client grows past it.
 const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
 
-fn binary(name: &str, package: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = profile_dir.join(name);
-    if !bin.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", package, "--bin", name])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
+/// The `netd` and `netmux-driver` binaries of this build, next to this test's binary. Under
+/// cargo they are built (brought up to date) once per test process, so a test run never uses
+/// stale ones; without cargo they must be there.
+fn binaries() -> &'static (PathBuf, PathBuf) {
+    static BINARIES: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+        if let Some(cargo) = std::env::var_os("CARGO") {
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "netmux-netd", "--bin", "netd"])
+                .args(["-p", "netmux-driver", "--bin", "netmux-driver"])
+                .arg("--target-dir")
+                .arg(profile_dir.parent().unwrap())
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            assert!(
+                cmd.status().unwrap().success(),
+                "building netd and the driver"
+            );
         }
-        assert!(cmd.status().unwrap().success(), "building {name}");
-    }
-    bin
+        let found = |name: &str| {
+            let bin = profile_dir.join(name);
+            assert!(bin.exists(), "{} is missing", bin.display());
+            bin
+        };
+        (found("netd"), found("netmux-driver"))
+    })
 }
 
 fn driver_binary() -> PathBuf {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BINARY
-        .get_or_init(|| binary("netmux-driver", "netmux-driver"))
-        .clone()
+    binaries().1.clone()
 }
 
 fn netd_binary() -> PathBuf {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BINARY.get_or_init(|| binary("netd", "netmux-netd")).clone()
+    binaries().0.clone()
 }
 
 /// A driver and a netd, each a process of its own, in a fresh directory; both killed and the
