@@ -301,6 +301,7 @@ fn malformed_ipc_from_a_client_ends_only_that_clients_session() {
     let stack = Stack::start("r5");
     let mut good = stack.client();
     good.bind_port(Transport::Udp, 5000).unwrap();
+    let netd_fds = fd_count(stack.netd_pid());
     let hello = frame::encode(
         &ClientRequest::Hello {
             version: PROTOCOL_VERSION,
@@ -383,6 +384,13 @@ fn malformed_ipc_from_a_client_ends_only_that_clients_session() {
         assert!(good.stats().is_ok(), "{case}: the good session goes on");
     }
     assert_eq!(good.stats().map(|_| ()).ok(), Some(()));
+    // Every abused session is closed by now or when its channel drops here; the descriptors
+    // that came with the extra-descriptors message were closed by netd, not kept.
+    assert!(
+        eventually(PATIENCE, || fd_count(stack.netd_pid()) == netd_fds),
+        "netd's descriptors: {netd_fds} before, {} after",
+        fd_count(stack.netd_pid())
+    );
 }
 
 #[test]
