@@ -89,6 +89,11 @@ pub trait DriverLink: Send {
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
     /// The host's IPv4 addresses: ARP requests for them go to every queue.
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError>;
+    /// Whether the driver is known to be gone, and why, found without sending it anything
+    /// (netd asks between requests, so it notices a dead driver while no client is asking).
+    fn gone(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Compiles a filter expression to the VM's container format.
@@ -227,6 +232,30 @@ impl DriverLink for ChannelDriver {
 
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
         self.request(&DriverRequest::SetHostAddresses { ipv4 })
+    }
+
+    /// Between requests the driver sends nothing, so a readable or hung-up control socket means
+    /// it closed the connection (it died or dropped netd).
+    fn gone(&mut self) -> Option<String> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(self.channel.socket(), PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(0) => None,
+            Ok(_) => {
+                let events = fds[0].revents();
+                if events.intersects(PollFlags::HUP | PollFlags::ERR) {
+                    Some("the driver closed its control connection".into())
+                } else {
+                    Some("the driver sent a message nobody asked for".into())
+                }
+            }
+            Err(rustix::io::Errno::INTR) => None,
+            Err(e) => Some(format!("polling the driver's control socket: {e}")),
+        }
     }
 }
 

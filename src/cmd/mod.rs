@@ -24,6 +24,7 @@ mod demo;
 mod driver;
 mod example;
 mod filter;
+mod ls;
 mod up;
 mod vm;
 
@@ -83,6 +84,8 @@ command_groups! {
     Example(example::ExampleCommand),
     /// The driver (what `netmux up` runs as its child process).
     Driver(driver::Driver),
+    /// List netd's sessions: pid, uid, ports, filters, queue and counters.
+    Ls(ls::Ls),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

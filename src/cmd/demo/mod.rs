@@ -192,6 +192,9 @@ impl DriverLink for SharedDriver {
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
         self.lock().set_host_addresses(ipv4)
     }
+    fn gone(&mut self) -> Option<String> {
+        self.lock().gone()
+    }
 }
 
 /// An example running as a child process, its log in a file; stopped by pid when dropped.
