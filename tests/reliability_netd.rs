@@ -521,12 +521,16 @@ fn a_client_killed_mid_request_frees_its_ports_queue_and_ring_memory() {
         bind_soon(&mut c, t, port);
     }
     drop(c);
+    // Nothing above the baseline; a count below it is fine (a descriptor netd or the driver
+    // held transiently when the baseline was taken, such as a connection being accepted).
     let settled = eventually(PATIENCE, || {
-        (
+        let now = (
             fd_count(driver_pid),
             memfd_mappings(driver_pid),
             fd_count(netd_pid),
-        ) == before
+        );
+        // (A count of 0 means the process is gone: that is not "settled".)
+        now.0 > 0 && now.2 > 0 && now.0 <= before.0 && now.1 <= before.1 && now.2 <= before.2
     });
     assert!(
         settled,
@@ -623,10 +627,10 @@ fn churn(
                 let port = PORT_BASE + (i % PORT_WINDOW) as u16;
                 let mut c = connect();
                 bind_soon(&mut c, Transport::Udp, port);
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     let _queue = c.open_queue().unwrap();
                 }
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     c.close_port(Transport::Udp, port).unwrap();
                 }
                 done.fetch_add(1, Ordering::Relaxed);
