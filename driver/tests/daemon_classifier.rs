@@ -225,9 +225,16 @@ fn merged_equals_linear(strategy: Strategy, sets: usize, max_filters: usize, see
     let frames = frames();
     let mut delivered = 0usize;
     let mut sets_with_tables = 0usize;
+    let mut confirmed_by_mac = 0usize;
     for set in 0..sets {
         let mut linear = LinearClassifier::new(Strategy::Interpreter);
-        let mut merged = MergedClassifier::new(strategy);
+        // Half the sets know the link's MAC: netd's port filters are then confirmed by a MAC
+        // comparison, the others by running the program.
+        let mut merged = if set % 2 == 0 {
+            MergedClassifier::for_link(strategy, HOST_MAC)
+        } else {
+            MergedClassifier::new(strategy)
+        };
         let n = 1 + rng.below(max_filters);
         let mut installed = Vec::new();
         for i in 0..n {
@@ -259,6 +266,7 @@ fn merged_equals_linear(strategy: Strategy, sets: usize, max_filters: usize, see
         }
         assert_eq!(linear.len(), merged.len(), "set {set}");
         sets_with_tables += usize::from(merged.keys_bound() > 0);
+        confirmed_by_mac += merged.confirmed_by_mac();
         for frame in &frames {
             let want = classify(&mut linear, frame);
             assert_eq!(
@@ -279,6 +287,7 @@ fn merged_equals_linear(strategy: Strategy, sets: usize, max_filters: usize, see
     assert!(delivered > frames.len(), "{delivered}");
     // And most sets must put bindings in the tables, or the merged path went untested.
     assert!(sets_with_tables * 2 > sets, "{sets_with_tables} of {sets}");
+    assert!(confirmed_by_mac > 0);
 }
 
 fn seed() -> u64 {
@@ -328,7 +337,15 @@ fn port_program(port: u16) -> Program {
 
 #[test]
 fn a_key_that_disagrees_with_its_program_never_delivers_what_the_program_rejects() {
-    let mut c = MergedClassifier::new(Strategy::Interpreter);
+    for c in [
+        MergedClassifier::new(Strategy::Interpreter),
+        MergedClassifier::for_link(Strategy::Interpreter, HOST_MAC),
+    ] {
+        lying_key(c);
+    }
+}
+
+fn lying_key(mut c: MergedClassifier) {
     // The key says port 53; the program accepts port 80 only.
     c.install(RxFilter {
         queue: QueueId(1),
@@ -343,8 +360,12 @@ fn a_key_that_disagrees_with_its_program_never_delivers_what_the_program_rejects
     assert!(classify(&mut c, &udp_frame(HOST_MAC, addrs::V4[0], 53)).is_empty());
     // The program accepts, the key differs: not delivered either (netd gets it as unmatched).
     assert!(classify(&mut c, &udp_frame(HOST_MAC, addrs::V4[0], 80)).is_empty());
-    // The key matches but the frame is for another MAC: the program decides.
-    let mut honest = MergedClassifier::new(Strategy::Interpreter);
+    assert_eq!(c.confirmed_by_mac(), 0);
+}
+
+#[test]
+fn netds_own_port_filter_is_confirmed_by_its_destination_mac() {
+    let mut honest = MergedClassifier::for_link(Strategy::Interpreter, HOST_MAC);
     honest
         .install(RxFilter {
             queue: QueueId(2),
@@ -358,7 +379,26 @@ fn a_key_that_disagrees_with_its_program_never_delivers_what_the_program_rejects
         classify(&mut honest, &udp_frame(HOST_MAC, addrs::V4[0], 53)),
         [QueueId(2)]
     );
+    assert_eq!(honest.confirmed_by_mac(), 1);
+    // The key matches but the frame is for another MAC: not delivered.
     assert!(classify(&mut honest, &udp_frame(addrs::MAC[0], addrs::V4[0], 53)).is_empty());
+    // Another link's MAC: the program is not the canonical one there, and runs.
+    let mut other = MergedClassifier::for_link(Strategy::Interpreter, addrs::MAC[0]);
+    other
+        .install(RxFilter {
+            queue: QueueId(2),
+            filter: FilterId(2),
+            mode: RxMode::Owner,
+            binding: Some(key(IpAddr::from(addrs::V4[0]), 17, 53)),
+            program: port_program(53),
+        })
+        .unwrap();
+    assert_eq!(other.confirmed_by_mac(), 0);
+    assert_eq!(
+        classify(&mut other, &udp_frame(HOST_MAC, addrs::V4[0], 53)),
+        [QueueId(2)]
+    );
+    assert!(classify(&mut other, &udp_frame(addrs::MAC[0], addrs::V4[0], 53)).is_empty());
 }
 
 fn owner(queue: u32, filter: u64, port: u16) -> RxFilter {

@@ -10,8 +10,8 @@
 //! (family, protocol, destination address, destination port) key with exactly the loads of a
 //! port filter sits beside the binding recogniser it is proved against, and splitting the two
 //! would separate a proof from the code it is about. The driver depends on the compiler crate
-//! for that runtime part only: it never parses or compiles an expression (netd does), so
-//! nothing of the compiler's front end runs in the driver. Table sets, ownership and the
+//! for that runtime part, and compiles one thing itself: the canonical port filter of a key,
+//! at install time, to recognise netd's (below); it never compiles anything netd sends. Table sets, ownership and the
 //! trait adapter are here, because the driver's filters arrive as bytecode with a key, not as
 //! expressions.
 //!
@@ -25,8 +25,17 @@
 //! - Every program is verified (by [`super::Driver`], before it reaches a classifier).
 //! - The key only selects a *candidate*: a frame whose key equals the binding's key. The
 //!   candidate receives the frame only if its own verified program also accepts it (one extra
-//!   program run per hit, about 5 ns with the JIT). So a queue never receives a frame its
+//!   program run per hit). So a queue never receives a frame its
 //!   program rejects, whatever key netd sent.
+//! - One shortcut keeps that confirmation off the per-queue code: when the program is byte
+//!   for byte the filter netd's builder makes for this key on this link
+//!   (`ether dst MAC and ip dst host A and udp dst port P`, compiled by the same compiler),
+//!   it accepts a frame iff every conjunct does (libpcap's `and`: a failed load rejects the
+//!   whole), i.e. iff the frame's key is the binding's (the lookup just established that; the
+//!   compiler's `binding` module proves the address-and-port part exact) and its first six
+//!   bytes are the MAC. So the driver compares the MAC instead of running the program. With
+//!   1,024 queues this matters: each confirmation would otherwise call a different queue's
+//!   native code, a cold instruction cache line per frame.
 //! - A key that disagrees with its program can therefore only *narrow* delivery: a frame the
 //!   program accepts but whose key differs from the declared one is not delivered to that
 //!   queue (it goes to netd's queue as unmatched, like any frame nobody takes). With keys
@@ -51,18 +60,41 @@
 //! claim exists, and a second claim is refused; refusals change nothing.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use netmux_compiler::builders;
 use netmux_compiler::classifier::program::{
     self, FLAG_ANY, FLAG_EXACT, MISS, SLOT_ANY, SLOT_EXACT,
 };
 use netmux_compiler::classifier::{Family, Key, Transport};
 use netmux_proto::driver::{FilterId, PortBinding, QueueId, RxMode};
-use netmux_vm::{Engine, Scratch, Strategy, Verdict};
+use netmux_vm::{Engine, Program, Scratch, Strategy, Verdict};
 
 use super::classify::{binding_key, Classifier, ClassifierError, RxFilter};
 
-/// A filter whose key is in the tables; its program confirms every candidate frame.
+/// How a candidate frame of a table binding is confirmed.
+enum Confirm {
+    /// Run the binding's own verified program.
+    Program(Box<dyn Engine>),
+    /// The program is byte for byte netd's port filter for its key on this link (see
+    /// [`is_netd_port_filter`]): it accepts exactly the frames with the key (which the lookup
+    /// established) and this destination MAC.
+    DestinationMac([u8; 6]),
+}
+
+impl Confirm {
+    #[inline]
+    fn accepts(&self, frame: &[u8], wire_len: u32, scratch: &mut Scratch) -> bool {
+        match self {
+            Confirm::Program(engine) => engine
+                .run_with_scratch(frame, wire_len, scratch)
+                .is_accept(),
+            Confirm::DestinationMac(mac) => frame.get(..6) == Some(&mac[..]),
+        }
+    }
+}
+
+/// A filter whose key is in the tables; every candidate frame is confirmed before delivery.
 struct Bound {
     queue: QueueId,
     /// Which table and which words: to remove the entry again.
@@ -70,7 +102,7 @@ struct Bound {
     words: Vec<u32>,
     /// The ownership key.
     owned: PortBinding,
-    engine: Box<dyn Engine>,
+    confirm: Confirm,
 }
 
 /// A filter run after the tables on every frame.
@@ -96,6 +128,9 @@ enum Slot {
 /// documentation.
 pub struct MergedClassifier {
     strategy: Strategy,
+    /// The link's MAC, when known: port filters that are exactly netd's for it are confirmed
+    /// by a MAC comparison instead of a program run.
+    link_mac: Option<[u8; 6]>,
     /// The generic program on `strategy`'s engine, made when the first key goes in (so that a
     /// driver without the JIT reports `--engine jit` on the first install, like any filter).
     merged: Option<Box<dyn Engine>>,
@@ -130,6 +165,7 @@ impl MergedClassifier {
     pub fn new(strategy: Strategy) -> Self {
         Self {
             strategy,
+            link_mac: None,
             merged: None,
             bound: vec![None],
             free: Vec::new(),
@@ -141,6 +177,25 @@ impl MergedClassifier {
             exclusive: None,
             scratch: Scratch::default(),
         }
+    }
+
+    /// The same, on a link with this MAC address: a port filter that is byte for byte the one
+    /// netd builds for its key and this MAC is confirmed by comparing the frame's destination
+    /// MAC instead of running the program (see the module documentation).
+    pub fn for_link(strategy: Strategy, mac: [u8; 6]) -> Self {
+        Self {
+            link_mac: Some(mac),
+            ..Self::new(strategy)
+        }
+    }
+
+    /// Number of table bindings confirmed by a destination MAC comparison.
+    pub fn confirmed_by_mac(&self) -> usize {
+        self.bound
+            .iter()
+            .flatten()
+            .filter(|b| matches!(b.confirm, Confirm::DestinationMac(_)))
+            .count()
     }
 
     /// Number of filters whose key is in the hash tables.
@@ -199,17 +254,40 @@ impl MergedClassifier {
         }
     }
 
-    /// Runs the candidate at table value `value` and reports its queue if its program accepts.
+    /// Confirms the candidate at table value `value` and reports its queue if it accepts.
     fn confirm(&mut self, value: u32, frame: &[u8], wire_len: u32, out: &mut Vec<QueueId>) {
         if let Some(Some(b)) = self.bound.get(value as usize) {
-            if b.engine
-                .run_with_scratch(frame, wire_len, &mut self.scratch)
-                .is_accept()
-            {
+            if b.confirm.accepts(frame, wire_len, &mut self.scratch) {
                 out.push(b.queue);
             }
         }
     }
+}
+
+/// Whether `program` is byte for byte what netd installs for `key` on a link with `mac`: the
+/// compiler's `rx_port_expr` (`ether dst MAC and ip|ip6 dst host A and tcp|udp dst port P`),
+/// compiled with the default options. netd and the driver are built from one workspace, so
+/// netd's filters match; any other program (another compiler version, options, shape) is
+/// simply run as it is.
+fn is_netd_port_filter(program: &Program, key: &Key, mac: [u8; 6]) -> bool {
+    let (ip, proto, port) = match *key {
+        Key::V4 { proto, addr, port } => (IpAddr::V4(addr), proto, port),
+        Key::V6 { proto, addr, port } => (IpAddr::V6(addr), proto, port),
+        Key::AnyAddr { .. } => return false,
+    };
+    let transport = match proto {
+        Transport::Tcp => builders::Transport::Tcp,
+        Transport::Udp => builders::Transport::Udp,
+        Transport::Sctp => return false,
+    };
+    let expr = builders::rx_port_expr(&builders::Binding {
+        mac,
+        ip,
+        transport,
+        port,
+    });
+    netmux_compiler::compile(&expr, &netmux_compiler::Options::default())
+        .is_ok_and(|canonical| canonical.to_bytes() == program.to_bytes())
 }
 
 /// The table key of a driver binding, or `None` when its protocol has no table.
@@ -279,10 +357,16 @@ impl Classifier for MergedClassifier {
                 return Err(ClassifierError::BindingsExist);
             }
         }
-        let engine = netmux_vm::engine(filter.program, self.strategy)?;
-        let table_entry = owned.and_then(|o| table_key(&o).map(|k| (o, program::encode(&k))));
+        let table_entry = owned.and_then(|o| table_key(&o).map(|k| (o, k)));
         match table_entry {
-            Some((owned, (table, words))) => {
+            Some((owned, key)) => {
+                let (table, words) = program::encode(&key);
+                let confirm = match self.link_mac {
+                    Some(mac) if is_netd_port_filter(&filter.program, &key, mac) => {
+                        Confirm::DestinationMac(mac)
+                    }
+                    _ => Confirm::Program(netmux_vm::engine(filter.program, self.strategy)?),
+                };
                 let merged = match &mut self.merged {
                     Some(m) => m,
                     slot @ None => slot.insert(netmux_vm::engine(program::build(), self.strategy)?),
@@ -303,7 +387,7 @@ impl Classifier for MergedClassifier {
                     table,
                     words,
                     owned,
-                    engine,
+                    confirm,
                 };
                 if self.free.pop().is_some() {
                     self.bound[value as usize] = Some(entry);
@@ -315,6 +399,7 @@ impl Classifier for MergedClassifier {
                 self.where_is.insert(filter.filter, Slot::Table(value));
             }
             None => {
+                let engine = netmux_vm::engine(filter.program, self.strategy)?;
                 if let Some(key) = owned {
                     self.owners.insert(key, filter.queue);
                 }

@@ -305,7 +305,9 @@ impl Driver {
     /// [`MergedClassifier`]), its filters on `config.strategy`'s engines.
     pub fn new(link: Box<dyn Link>, config: DriverConfig) -> Self {
         let classifier: Box<dyn Classifier> = match config.classifier {
-            ClassifierKind::Merged => Box::new(MergedClassifier::new(config.strategy)),
+            ClassifierKind::Merged => {
+                Box::new(MergedClassifier::for_link(config.strategy, link.info().mac))
+            }
             ClassifierKind::Linear => Box::new(LinearClassifier::new(config.strategy)),
         };
         Self::with_classifier(link, classifier, config)
