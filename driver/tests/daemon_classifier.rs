@@ -497,3 +497,66 @@ fn a_removed_binding_frees_its_key_in_place_and_can_be_bound_again() {
         [QueueId(199)]
     );
 }
+
+/// Whether this build has the JIT (the `jit` feature of the driver and the VM).
+fn jit_available() -> bool {
+    netmux_vm::engine(port_program(53), Strategy::Jit).is_ok()
+}
+
+#[test]
+fn the_engine_choice_reaches_the_classifier_and_the_tx_filters() {
+    use netmux_driver::daemon::{Driver, DriverConfig};
+    use netmux_driver::link::MemoryLink;
+    use netmux_proto::driver::{Direction, DriverReply, DriverRequest, QueueConfig};
+    for classifier in [
+        netmux_driver::daemon::ClassifierKind::Merged,
+        netmux_driver::daemon::ClassifierKind::Linear,
+    ] {
+        let mut driver = Driver::new(
+            Box::new(MemoryLink::new(Vec::new())),
+            DriverConfig {
+                strategy: Strategy::Jit,
+                classifier,
+                ..DriverConfig::default()
+            },
+        );
+        let created = driver.handle(DriverRequest::CreateQueue {
+            queue: QueueId(1),
+            config: QueueConfig {
+                slot_size: 2048,
+                rx_slots: 64,
+                tx_slots: 64,
+                completion_slots: 64,
+            },
+        });
+        assert!(created.fds.is_some(), "{:?}", created.reply);
+        // A program that is not netd's port filter for the key: the engine must run it.
+        let mut filter = 1;
+        let mut install = |direction, binding: Option<PortBinding>| {
+            filter += 1;
+            driver
+                .handle(DriverRequest::InstallFilter {
+                    queue: QueueId(1),
+                    filter: FilterId(filter),
+                    direction,
+                    mode: RxMode::Owner,
+                    binding,
+                    program: port_program(80).to_bytes(),
+                })
+                .reply
+        };
+        let with_key = install(Direction::Rx, Some(key(IpAddr::from(addrs::V4[0]), 17, 53)));
+        let without_key = install(Direction::Rx, None);
+        let tx = install(Direction::Tx, None);
+        for reply in [with_key, without_key, tx] {
+            if jit_available() {
+                assert_eq!(reply, DriverReply::Done, "{classifier:?}");
+            } else {
+                assert!(
+                    matches!(&reply, DriverReply::Error(e) if e.message.contains("jit")),
+                    "{classifier:?}: {reply:?}"
+                );
+            }
+        }
+    }
+}
