@@ -1,28 +1,28 @@
-//! The driver's receive path, ring part only: an in-memory link produces 64-byte and
-//! 1,500-byte frames and the driver copies them into 1, 16 or 1,024 client rx rings. Three
-//! rows per case:
+//! The driver's receive path against a copy-only baseline (issue #6): an in-memory link
+//! produces 64-byte and 1,500-byte UDP frames that cycle over 1, 16 or 1,024 queues, each
+//! queue owning one port through netd's own port filter and key (the compiler's builder).
+//! Each iteration is one receive batch of `BATCH` frames; criterion's "thrpt" is frames per
+//! second.
 //!
-//! - `ring`: a consumer thread drains every ring meanwhile (the issue's set-up). A real driver
-//!   drops a frame when a client's ring is full; here the producer waits for the consumer
-//!   instead, so the row counts frames that actually reached a client (how often it found a
-//!   ring full is printed after the row). With one consumer thread for all queues, this
-//!   measures producer and consumer together, and needs two idle cores to mean anything.
-//! - `ring_same_thread`: the same path, with each client drained on the driver's thread after
-//!   every batch: no cross-core traffic, so it stays comparable on a loaded machine; it
-//!   includes the client's receive copy.
-//! - `copy_only`: the limit: the same frames copied straight into the same ring memory (no
-//!   link batch, no slot headers, no index publication, no wake-up checks, no consumer).
+//! Rows per case (`driver/64B-1q/...`):
 //!
-//! `driver_full` measures the whole receive path, [`Driver::poll_rx`]: link batch into
-//! private buffers, the reassembler's check, the ARP check, classification by every queue's
-//! UDP port filter (verified bytecode on the engine `Strategy::Auto` picks: the JIT when built
-//! with `--features jit`), and the copy into the receiving ring. Two rows per case, like the
-//! ring rows: `classified` with a consumer thread (this is the real driver, so a full ring
-//! drops; the share delivered is printed after the row), and `classified_same_thread` with
-//! each client drained on the driver's thread after every batch. The baseline of both is
-//! `driver_rx/copy_only` of the same size.
+//! - `netmux`: [`Driver::poll_rx`], the whole receive path: link batch into private buffers,
+//!   the reassembler's check, the ARP check, the default (merged) classifier on the engine
+//!   `Strategy::Auto` picks (the JIT: the root crate's default `jit` feature), the copy into
+//!   the receiving ring, one publication per ring per batch; every client drained on this
+//!   thread after each batch (no cross-core traffic: comparable on a loaded machine).
+//! - `netmux-linear`: the same with the linear classifier, for the gain of merging.
+//! - `peer-copy`: the baseline the issue names, on the driver's terms: the same link, frames,
+//!   private batch, rings, batch size, destination queues, publication and client drain, with
+//!   no reassembly, ARP check or classification (see `CopyBaseline`).
+//! - `peer-memcpy`: the limit: the same frames memcpy'd into the same ring memory, nothing
+//!   else (no slot headers, no index publication, no client).
+//! - `driver-threaded/...`: `netmux` and `peer-copy` with one consumer thread draining every
+//!   client meanwhile (the issue's set-up): measures producer and consumer together and needs
+//!   an idle second core; a full ring drops like the driver does, and the delivered share is
+//!   printed after each row.
 //!
-//! Run: `cargo bench --bench driver`. Frames per second are criterion's "thrpt" in elements.
+//! Run: `cargo bench --bench driver`; `scripts/bench-report --bench driver` pairs the rows.
 
 // criterion's macros define undocumented public functions.
 #![allow(missing_docs)]
@@ -32,8 +32,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use netmux_driver::daemon::{Driver, DriverConfig};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use netmux_driver::daemon::{ClassifierKind, Driver, DriverConfig};
 use netmux_driver::link::{FrameBatch, Link, MemoryLink};
 use netmux_driver::ring::{ClientQueue, DriverQueue, RingConfig, RxOutcome};
 use netmux_proto::driver::{
@@ -52,12 +52,6 @@ fn ring(n: usize) -> RingConfig {
         tx_slots: 64,
         completion_slots: 16,
     }
-}
-
-fn frames(len: usize) -> Vec<Vec<u8>> {
-    (0..BATCH)
-        .map(|i| (0..len).map(|b| (b ^ i) as u8).collect())
-        .collect()
 }
 
 /// Frames a consumer takes per `recv` call.
@@ -105,126 +99,8 @@ fn queues(n: usize) -> Result<(Vec<DriverQueue>, Vec<ClientQueue>), String> {
     Ok((drivers, clients))
 }
 
-fn driver_rx(c: &mut Criterion) {
-    let mut group = c.benchmark_group("driver_rx");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    // Short runs: twelve rows must fit a CI-sized budget; the spread is printed anyway.
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(3));
-    for frame_len in [64usize, 1500] {
-        for n in [1usize, 16, 1024] {
-            let id = format!("{frame_len}B/{n}q");
-
-            // The ring path: link batch -> private buffers -> rx rings, flushed per batch.
-            let (mut drivers, clients) = match queues(n) {
-                Ok(queues) => queues,
-                Err(e) => {
-                    eprintln!("skipping driver_rx/*/{id}: cannot create {n} queues: {e} (raise `ulimit -n`)");
-                    continue;
-                }
-            };
-            let stop = Arc::new(AtomicBool::new(false));
-            let consumer = spawn_consumer(clients, stop.clone());
-            let mut link = MemoryLink::repeating(frames(frame_len));
-            let mut batch = FrameBatch::new();
-            let mut next = 0usize;
-            let mut dirty = vec![false; n];
-            let mut touched = Vec::with_capacity(n.min(BATCH));
-            let mut offered = 0u64;
-            let mut dropped = 0u64;
-            group.bench_function(BenchmarkId::new("ring", &id), |b| {
-                b.iter(|| {
-                    batch.clear();
-                    link.recv(&mut batch, BATCH).expect("memory link");
-                    for frame in batch.iter() {
-                        let q = next % n;
-                        next += 1;
-                        offered += 1;
-                        // A real driver drops on a full ring; here we publish and wait for
-                        // the consumer instead, so the figure is the rate frames actually
-                        // reach clients, not the (cheaper) rate of drops.
-                        while drivers[q].push_rx(&[frame]) == RxOutcome::DroppedFull {
-                            dropped += 1;
-                            drivers[q].flush();
-                            std::hint::spin_loop();
-                        }
-                        if !dirty[q] {
-                            dirty[q] = true;
-                            touched.push(q);
-                        }
-                    }
-                    for q in touched.drain(..) {
-                        dirty[q] = false;
-                        drivers[q].flush();
-                    }
-                })
-            });
-            stop.store(true, Ordering::Relaxed);
-            let received = consumer.join().expect("consumer");
-            if offered > 0 {
-                eprintln!(
-                    "driver_rx/ring/{id}: {offered} frames delivered, consumer read {received}, \
-                     producer found a full ring {dropped} times"
-                );
-            }
-
-            drop(drivers);
-
-            // The same path with the client draining on the driver's thread after each batch:
-            // no cross-core traffic, so this row stays meaningful on a loaded machine (it
-            // includes the client's receive cost, which the other rows leave to the consumer).
-            let (mut drivers, mut clients) = match queues(n) {
-                Ok(queues) => queues,
-                Err(e) => {
-                    eprintln!("skipping driver_rx/ring_same_thread/{id}: {e}");
-                    continue;
-                }
-            };
-            let mut buffers = vec![[0u8; 2048]; BATCH];
-            let mut vectors: Vec<[&mut [u8]; 1]> =
-                buffers.iter_mut().map(|b| [&mut b[..]]).collect();
-            let mut frames_out: Vec<&mut [&mut [u8]]> =
-                vectors.iter_mut().map(|v| &mut v[..]).collect();
-            let mut lens = vec![0usize; BATCH];
-            group.bench_function(BenchmarkId::new("ring_same_thread", &id), |b| {
-                b.iter(|| {
-                    batch.clear();
-                    link.recv(&mut batch, BATCH).expect("memory link");
-                    for frame in batch.iter() {
-                        let q = next % n;
-                        next += 1;
-                        drivers[q].push_rx(&[frame]);
-                        if !dirty[q] {
-                            dirty[q] = true;
-                            touched.push(q);
-                        }
-                    }
-                    for &q in &touched {
-                        drivers[q].flush();
-                    }
-                    for q in touched.drain(..) {
-                        dirty[q] = false;
-                        let _ = clients[q].recv(&mut frames_out, &mut lens);
-                    }
-                })
-            });
-
-            // The limit: the same frames copied straight into the same ring memory.
-            let source = frames(frame_len);
-            let mut next = 0usize;
-            group.bench_function(BenchmarkId::new("copy_only", &id), |b| {
-                b.iter(|| {
-                    for frame in &source {
-                        drivers[next % n].baseline_copy(frame);
-                        next += 1;
-                    }
-                })
-            });
-        }
-    }
-    group.finish();
-}
-
+/// The memory link's MAC: the port filters' destination.
+const MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
 /// Local address the port filters bind.
 const HOST: [u8; 4] = [10, 0, 0, 1];
 /// First bound port; queue `q` owns UDP port `FIRST_PORT + q`.
@@ -233,7 +109,7 @@ const FIRST_PORT: u16 = 1000;
 /// A UDP/IPv4 frame of exactly `len` bytes to `HOST:port`.
 fn udp_to(port: u16, len: usize, salt: usize) -> Vec<u8> {
     let mut f = vec![0u8; len.max(42)];
-    f[..6].copy_from_slice(&[0x02, 0x6e, 0x6d, 0, 0, 1]);
+    f[..6].copy_from_slice(&MAC);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
     f[14] = 0x45;
@@ -251,35 +127,52 @@ fn udp_to(port: u16, len: usize, salt: usize) -> Vec<u8> {
     f
 }
 
-/// netd's port filter for UDP `HOST:port`, in the VM's assembly (what the compiler's builder
-/// produces for `udp dst port P and dst host H`, minus nothing the driver needs).
-fn port_filter(port: u16) -> Vec<u8> {
-    netmux_vm::asm::assemble(&format!(
-        "ldh r0, [12]\njeq r0, 0x800, +1\nreject\n\
-         ldb r0, [23]\njeq r0, 17, +1\nreject\n\
-         ldw r0, [30]\njeq r0, {ip}, +1\nreject\n\
-         ldh r0, [20]\nand r0, 0x3fff\njeq r0, 0, +1\nreject\n\
-         ldb r1, [14]\nand r1, 0xf\nlsh r1, 2\n\
-         ldh r0, [r1 + 16]\njeq r0, {port}, +1\nreject\naccept 1\n",
-        ip = u32::from_be_bytes(HOST),
-    ))
-    .expect("assemble")
+/// netd's rx filter for UDP `HOST:port` and its key, from the compiler's builder (what netd
+/// installs for a bound port).
+fn port_filter(port: u16) -> (Vec<u8>, PortBinding) {
+    let b = netmux_compiler::builders::Binding {
+        mac: MAC,
+        ip: std::net::IpAddr::from(HOST),
+        transport: netmux_compiler::builders::Transport::Udp,
+        port,
+    };
+    let expr = netmux_compiler::builders::rx_port_expr(&b);
+    let program = netmux_compiler::compile(&expr, &netmux_compiler::Options::default())
+        .expect("the port filter compiles");
+    let mut address = [0u8; 16];
+    address[..4].copy_from_slice(&HOST);
+    let key = PortBinding {
+        protocol: 17,
+        address,
+        ipv6: false,
+        port,
+    };
+    (program.to_bytes(), key)
 }
 
-/// The whole receive path (see the module documentation). The classifier here is the linear one (every queue's filter runs on every frame), so the
-/// cost grows with the number of queues; the merged classifier of the compiler crate will
-/// replace it behind the same trait.
-/// A driver on an endless in-memory link whose frames cycle over `n` queues' ports, each queue
-/// owning one UDP port through a port filter; with the client end of every queue.
-fn classifying_driver(n: usize, frame_len: usize) -> (Driver, Vec<ClientQueue>) {
-    let traffic: Vec<Vec<u8>> = (0..BATCH.max(n))
+/// Frames that cycle over `n` queues' ports: frame `k` goes to queue `k mod n` (the length
+/// is a multiple of `n` for every `n` measured).
+fn traffic(n: usize, frame_len: usize) -> Vec<Vec<u8>> {
+    (0..BATCH.max(n))
         .map(|i| udp_to(FIRST_PORT + (i % n) as u16, frame_len, i))
-        .collect();
+        .collect()
+}
+
+/// A driver on an endless in-memory link carrying [`traffic`], each of its `n` queues owning
+/// one UDP port through netd's port filter and key; with the client end of every queue.
+/// `None` (after saying why) when the queues cannot be made (1,024 queues take about 3,000
+/// file descriptors).
+fn classifying_driver(
+    n: usize,
+    frame_len: usize,
+    classifier: ClassifierKind,
+) -> Option<(Driver, Vec<ClientQueue>)> {
     let mut driver = Driver::new(
-        Box::new(MemoryLink::repeating(traffic)),
+        Box::new(MemoryLink::repeating(traffic(n, frame_len))),
         DriverConfig {
             strategy: netmux_vm::Strategy::Auto,
             rx_batch: BATCH,
+            classifier,
             ..DriverConfig::default()
         },
     );
@@ -295,29 +188,28 @@ fn classifying_driver(n: usize, frame_len: usize) -> (Driver, Vec<ClientQueue>) 
                 completion_slots: geometry.completion_slots,
             },
         });
-        let fds = response.fds.expect("queue created");
+        let Some(fds) = response.fds else {
+            eprintln!(
+                "skipping {n} queues: {:?} (raise `ulimit -n`)",
+                response.reply
+            );
+            return None;
+        };
         clients.push(
             ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).expect("attach"),
         );
-        let mut address = [0u8; 16];
-        address[..4].copy_from_slice(&HOST);
-        let port = FIRST_PORT + q as u16;
+        let (program, key) = port_filter(FIRST_PORT + q as u16);
         let reply = driver.handle(DriverRequest::InstallFilter {
             queue: QueueId(q),
             filter: FilterId(u64::from(q)),
             direction: Direction::Rx,
             mode: RxMode::Owner,
-            binding: Some(PortBinding {
-                protocol: 17,
-                address,
-                ipv6: false,
-                port,
-            }),
-            program: port_filter(port),
+            binding: Some(key),
+            program,
         });
         assert_eq!(reply.reply, DriverReply::Done);
     }
-    (driver, clients)
+    Some((driver, clients))
 }
 
 /// Prints the share of offered frames that reached a ring.
@@ -334,50 +226,235 @@ fn report_delivery(row: &str, driver: &Driver) {
     }
 }
 
+/// The issue's baseline, on exactly the driver's terms: the same endless link and frames
+/// (received into the same private batch buffers), the same rings, the same batch size, the
+/// frame `k` into queue `k mod n` (where the classifier sends it: the traffic cycles over the
+/// queues' ports in that order), the same per-batch publication, a full ring drops the frame
+/// like the driver does. Only reassembly, the ARP check and classification are missing.
+struct CopyBaseline {
+    link: MemoryLink,
+    batch: FrameBatch,
+    rings: Vec<DriverQueue>,
+    next: usize,
+    dirty: Vec<bool>,
+    touched: Vec<usize>,
+}
+
+impl CopyBaseline {
+    fn new(n: usize, frame_len: usize) -> Result<(CopyBaseline, Vec<ClientQueue>), String> {
+        let (rings, clients) = queues(n)?;
+        Ok((
+            CopyBaseline {
+                link: MemoryLink::repeating(traffic(n, frame_len)),
+                batch: FrameBatch::new(),
+                rings,
+                next: 0,
+                dirty: vec![false; n],
+                touched: Vec::with_capacity(n.min(BATCH)),
+            },
+            clients,
+        ))
+    }
+
+    fn poll(&mut self) -> usize {
+        self.batch.clear();
+        let received = self.link.recv(&mut self.batch, BATCH).unwrap_or(0);
+        let n = self.rings.len();
+        for frame in self.batch.iter() {
+            let q = self.next % n;
+            self.next += 1;
+            if self.rings[q].push_rx(&[frame]) == RxOutcome::Queued && !self.dirty[q] {
+                self.dirty[q] = true;
+                self.touched.push(q);
+            }
+        }
+        for q in self.touched.drain(..) {
+            self.dirty[q] = false;
+            self.rings[q].flush();
+        }
+        received
+    }
+
+    fn report(&self, row: &str) {
+        let delivered: u64 = self.rings.iter().map(|r| r.counters().rx_frames).sum();
+        let full: u64 = self
+            .rings
+            .iter()
+            .map(|r| r.counters().rx_dropped_full)
+            .sum();
+        if delivered + full > 0 {
+            eprintln!(
+                "{row}: {:.1}% of {} frames delivered",
+                100.0 * delivered as f64 / (delivered + full) as f64,
+                delivered + full
+            );
+        }
+    }
+}
+
+/// Buffers for a client draining on the benchmark's own thread.
+struct SameThreadClient {
+    buffers: Vec<[u8; 2048]>,
+    lens: Vec<usize>,
+}
+
+impl SameThreadClient {
+    fn new() -> Self {
+        Self {
+            buffers: vec![[0u8; 2048]; BATCH],
+            lens: vec![0; BATCH],
+        }
+    }
+
+    fn drain(&mut self, clients: &mut [ClientQueue]) {
+        let mut vectors: Vec<[&mut [u8]; 1]> =
+            self.buffers.iter_mut().map(|b| [&mut b[..]]).collect();
+        let mut frames: Vec<&mut [&mut [u8]]> = vectors.iter_mut().map(|v| &mut v[..]).collect();
+        for client in clients.iter_mut() {
+            let _ = client.recv(&mut frames, &mut self.lens);
+        }
+    }
+}
+
+/// The driver against its baselines, one group per frame size and queue count; each
+/// iteration is one receive batch of `BATCH` frames. Rows (ids as `scripts/bench-report`
+/// pairs them):
+///
+/// - `driver/S/netmux`: [`Driver::poll_rx`] with the default (merged) classifier on the
+///   engine `Strategy::Auto` picks, clients drained on this thread after every batch;
+/// - `driver/S/netmux-linear`: the same with the linear classifier (the old default);
+/// - `driver/S/peer-copy`: [`CopyBaseline`], clients drained the same way;
+/// - `driver-threaded/S/netmux` and `driver-threaded/S/peer-copy`: the same two with one
+///   consumer thread draining every client meanwhile (the issue's set-up; needs an idle core,
+///   and a full ring drops, so the delivered share is printed after each row).
 fn driver_full(c: &mut Criterion) {
-    let mut group = c.benchmark_group("driver_full");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(3));
     for frame_len in [64usize, 1500] {
         for n in [1usize, 16, 1024] {
-            let id = format!("{frame_len}B/{n}q");
-
-            let (mut driver, clients) = classifying_driver(n, frame_len);
-            let stop = Arc::new(AtomicBool::new(false));
-            let consumer = spawn_consumer(clients, stop.clone());
-            group.bench_function(BenchmarkId::new("classified", &id), |b| {
-                b.iter(|| driver.poll_rx())
-            });
-            stop.store(true, Ordering::Relaxed);
-            let received = consumer.join().expect("consumer");
-            report_delivery(
-                &format!("driver_full/classified/{id} (consumer read {received})"),
-                &driver,
-            );
-
-            // Each client drained on this thread after every batch: nothing is dropped, and
-            // no cross-core traffic, so the row stays comparable on a loaded machine.
-            let (mut driver, mut clients) = classifying_driver(n, frame_len);
-            let mut buffers = vec![[0u8; 2048]; BATCH];
-            let mut vectors: Vec<[&mut [u8]; 1]> =
-                buffers.iter_mut().map(|b| [&mut b[..]]).collect();
-            let mut frames_out: Vec<&mut [&mut [u8]]> =
-                vectors.iter_mut().map(|v| &mut v[..]).collect();
-            let mut lens = vec![0usize; BATCH];
-            group.bench_function(BenchmarkId::new("classified_same_thread", &id), |b| {
+            let id = format!("{frame_len}B-{n}q");
+            let mut group = c.benchmark_group("driver");
+            group.throughput(Throughput::Elements(BATCH as u64));
+            group.warm_up_time(Duration::from_secs(1));
+            group.measurement_time(Duration::from_secs(3));
+            // Each row sets itself up on its first call, so a filtered run (or a profile)
+            // builds only what it measures.
+            for (name, kind) in [
+                ("netmux", ClassifierKind::Merged),
+                ("netmux-linear", ClassifierKind::Linear),
+            ] {
+                let mut state = None;
+                let mut drain = SameThreadClient::new();
+                group.bench_function(format!("{id}/{name}"), |b| {
+                    let Some((driver, clients)) = state
+                        .get_or_insert_with(|| classifying_driver(n, frame_len, kind))
+                        .as_mut()
+                    else {
+                        return;
+                    };
+                    b.iter(|| {
+                        let got = driver.poll_rx();
+                        drain.drain(clients);
+                        got
+                    })
+                });
+                if let Some(Some((driver, _))) = &state {
+                    report_delivery(&format!("driver/{id}/{name}"), driver);
+                }
+            }
+            // The limit: the same frames copied straight into the same ring memory (no link
+            // batch, no slot headers, no index publication, no client).
+            let mut state = None;
+            let source = traffic(n, frame_len);
+            let mut next = 0usize;
+            group.bench_function(format!("{id}/peer-memcpy"), |b| {
+                let Some((baseline, _)) = state
+                    .get_or_insert_with(|| CopyBaseline::new(n, frame_len).ok())
+                    .as_mut()
+                else {
+                    return;
+                };
                 b.iter(|| {
-                    driver.poll_rx();
-                    for client in &mut clients {
-                        let _ = client.recv(&mut frames_out, &mut lens);
+                    for _ in 0..BATCH {
+                        let q = next % n;
+                        baseline.rings[q].baseline_copy(&source[next % source.len()]);
+                        next += 1;
                     }
                 })
             });
-            report_delivery(&format!("driver_full/classified_same_thread/{id}"), &driver);
+            let mut state = None;
+            let mut drain = SameThreadClient::new();
+            group.bench_function(format!("{id}/peer-copy"), |b| {
+                let Some((baseline, clients)) = state
+                    .get_or_insert_with(|| CopyBaseline::new(n, frame_len).ok())
+                    .as_mut()
+                else {
+                    return;
+                };
+                b.iter(|| {
+                    let got = baseline.poll();
+                    drain.drain(clients);
+                    got
+                })
+            });
+            if let Some(Some((baseline, _))) = &state {
+                baseline.report(&format!("driver/{id}/peer-copy"));
+            }
+            group.finish();
+
+            let mut group = c.benchmark_group("driver-threaded");
+            group.throughput(Throughput::Elements(BATCH as u64));
+            group.warm_up_time(Duration::from_secs(1));
+            group.measurement_time(Duration::from_secs(3));
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut state = None;
+            group.bench_function(format!("{id}/netmux"), |b| {
+                let Some((driver, _)) = state
+                    .get_or_insert_with(|| {
+                        classifying_driver(n, frame_len, ClassifierKind::Merged).map(
+                            |(driver, clients)| (driver, spawn_consumer(clients, stop.clone())),
+                        )
+                    })
+                    .as_mut()
+                else {
+                    return;
+                };
+                b.iter(|| driver.poll_rx())
+            });
+            stop.store(true, Ordering::Relaxed);
+            if let Some(Some((driver, consumer))) = state {
+                let received = consumer.join().expect("consumer");
+                report_delivery(
+                    &format!("driver-threaded/{id}/netmux (consumer read {received})"),
+                    &driver,
+                );
+            }
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut state = None;
+            group.bench_function(format!("{id}/peer-copy"), |b| {
+                let Some((baseline, _)) = state
+                    .get_or_insert_with(|| {
+                        CopyBaseline::new(n, frame_len)
+                            .ok()
+                            .map(|(baseline, clients)| {
+                                (baseline, spawn_consumer(clients, stop.clone()))
+                            })
+                    })
+                    .as_mut()
+                else {
+                    return;
+                };
+                b.iter(|| baseline.poll())
+            });
+            stop.store(true, Ordering::Relaxed);
+            if let Some(Some((baseline, consumer))) = state {
+                let received = consumer.join().expect("consumer");
+                baseline.report(&format!(
+                    "driver-threaded/{id}/peer-copy (consumer read {received})"
+                ));
+            }
+            group.finish();
         }
     }
-    group.finish();
 }
 
-criterion_group!(benches, driver_rx, driver_full);
+criterion_group!(benches, driver_full);
 criterion_main!(benches);

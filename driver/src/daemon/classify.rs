@@ -2,19 +2,24 @@
 //!
 //! [`Classifier`] is the one interface the receive path uses: install and remove rx filters
 //! (each tagged with its queue, its [`RxMode`] and, for port bindings, the [`PortBinding`] key),
-//! and `classify(frame)` into the set of receiving queues. [`LinearClassifier`] is the first
-//! implementation: it runs every queue's verified rx filters one by one. The merged classifier
-//! of the compiler crate (one program, one hash lookup for all port bindings) implements the
-//! same trait and replaces it without touching the receive path.
+//! and `classify(frame)` into the set of receiving queues. [`LinearClassifier`] runs every
+//! queue's verified rx filters one by one: it is the reference. The driver's default is
+//! [`super::merged::MergedClassifier`] (one generic program, one hash lookup for all port
+//! bindings); the equivalence test (`driver/tests/daemon_classifier.rs`) checks that the two
+//! give the same queues on random filter sets and frames.
 //!
 //! # Guarantees every implementation keeps
 //!
 //! - **Set semantics.** The result holds each receiving queue once, in no particular order:
 //!   a queue receives a frame when any of its rx filters accepts it, whatever its mode.
-//! - **Ownership.** No two queues own the same (protocol, address, port) binding: a
+//! - **Ownership.** No two filters own the same (protocol, address, port) binding: a
 //!   conflicting install is refused with [`ClassifierError::BindingInUse`]. An exclusive claim
-//!   of the link is refused while any port binding exists (of another queue), and port bindings
-//!   are refused while an exclusive claim exists. Refusals change nothing.
+//!   of the link (an [`RxMode::Exclusive`] filter) is refused while any port binding exists,
+//!   the claimant's own included ([`ClassifierError::BindingsExist`]); port bindings, and a
+//!   second claim, are refused while a claim exists, the claimant's own included
+//!   ([`ClassifierError::ExclusiveHeld`]). Refusals change nothing. This is issue #5's rule as
+//!   the compiler's classifier states it; the driver once exempted the claimant's own
+//!   bindings, which let one queue hold both and made "exclusive" depend on who asked.
 //! - **Taps observe, never their own.** [`Classifier::observers`] gives the tap queues that
 //!   want a frame some queue transmitted, never the transmitting queue itself.
 //! - **No panics** on any frame; programs are verified, so they terminate and every load is
@@ -61,6 +66,9 @@ pub enum ClassifierError {
     /// No engine could be made for the program.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The merged classifier's binding table is full.
+    #[error("the binding table is full")]
+    TablesFull,
 }
 
 /// Decides which queues receive a frame. See the module documentation for the rules.
@@ -151,7 +159,7 @@ impl LinearClassifier {
 }
 
 /// The ownership key of a binding: an IPv4 address keeps only its first four bytes.
-fn binding_key(binding: &PortBinding) -> PortBinding {
+pub(crate) fn binding_key(binding: &PortBinding) -> PortBinding {
     let mut key = *binding;
     if !key.ipv6 {
         key.address[4..].fill(0);
@@ -170,9 +178,7 @@ impl Classifier for LinearClassifier {
         };
         if let Some(key) = &owned_binding {
             if let Some((holder, _)) = self.exclusive {
-                if holder != filter.queue {
-                    return Err(ClassifierError::ExclusiveHeld(holder));
-                }
+                return Err(ClassifierError::ExclusiveHeld(holder));
             }
             if let Some(&owner) = self.owners.get(key) {
                 return Err(ClassifierError::BindingInUse(owner));
@@ -182,7 +188,7 @@ impl Classifier for LinearClassifier {
             if let Some((holder, _)) = self.exclusive {
                 return Err(ClassifierError::ExclusiveHeld(holder));
             }
-            if self.owners.values().any(|&owner| owner != filter.queue) {
+            if !self.owners.is_empty() {
                 return Err(ClassifierError::BindingsExist);
             }
         }

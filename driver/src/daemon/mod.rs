@@ -32,6 +32,7 @@
 
 pub mod classify;
 pub mod control;
+pub mod merged;
 pub mod tx;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ use crate::link::{FrameBatch, Link, LinkStats};
 use crate::reassembly::{self, DropReason, Outcome, Reassembler};
 use crate::ring::{DriverQueue, QueueFds, RingConfig, RxOutcome, TxStatus};
 pub use classify::{Classifier, ClassifierError, LinearClassifier, RxFilter};
+pub use merged::MergedClassifier;
 use tx::TxFilter;
 
 /// Frames taken from the link per receive batch: enough to amortise the per-batch ring
@@ -80,6 +82,31 @@ pub struct DriverConfig {
     pub rx_batch: usize,
     /// Frames per queue per transmit turn.
     pub tx_batch: usize,
+    /// Which classifier decides the receiving queues.
+    pub classifier: ClassifierKind,
+}
+
+/// Which [`Classifier`] a [`Driver`] made with [`Driver::new`] uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClassifierKind {
+    /// [`MergedClassifier`]: one hash lookup for every port binding (the default).
+    #[default]
+    Merged,
+    /// [`LinearClassifier`]: every filter in turn (the reference; for comparisons).
+    Linear,
+}
+
+impl std::str::FromStr for ClassifierKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "merged" => Ok(ClassifierKind::Merged),
+            "linear" => Ok(ClassifierKind::Linear),
+            other => Err(format!(
+                "unknown classifier `{other}` (expected merged or linear)"
+            )),
+        }
+    }
 }
 
 impl Default for DriverConfig {
@@ -89,6 +116,7 @@ impl Default for DriverConfig {
             reassembly: reassembly::Config::default(),
             rx_batch: DEFAULT_RX_BATCH,
             tx_batch: DEFAULT_TX_BATCH,
+            classifier: ClassifierKind::default(),
         }
     }
 }
@@ -273,9 +301,15 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// A driver owning `link`, classifying with a [`LinearClassifier`].
+    /// A driver owning `link`, classifying with the classifier `config` names (by default a
+    /// [`MergedClassifier`]), its filters on `config.strategy`'s engines.
     pub fn new(link: Box<dyn Link>, config: DriverConfig) -> Self {
-        let classifier = Box::new(LinearClassifier::new(config.strategy));
+        let classifier: Box<dyn Classifier> = match config.classifier {
+            ClassifierKind::Merged => {
+                Box::new(MergedClassifier::for_link(config.strategy, link.info().mac))
+            }
+            ClassifierKind::Linear => Box::new(LinearClassifier::new(config.strategy)),
+        };
         Self::with_classifier(link, classifier, config)
     }
 
@@ -520,6 +554,7 @@ impl Driver {
                         | ClassifierError::DuplicateFilter(_) => ErrorCode::InUse,
                         ClassifierError::NotFound(..) => ErrorCode::NotFound,
                         ClassifierError::Engine(_) => ErrorCode::BadFilter,
+                        ClassifierError::TablesFull => ErrorCode::Limit,
                     };
                     return Response::error(code, e.to_string());
                 }
