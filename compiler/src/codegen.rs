@@ -68,7 +68,7 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
         }
     }
     let entry = resolve(&f, 0);
-    f.compact_from(entry);
+    f.compact_for_layout(entry);
 
     // Live intervals over the layout, indexed by temp (temps are numbered densely).
     let n_temps = f.num_temps as usize;

@@ -315,8 +315,9 @@ impl Function {
         Some(order)
     }
 
-    /// Reverse post-order by depth-first search (any acyclic graph).
-    fn dfs_order_from(&self, entry: BlockId) -> Vec<BlockId> {
+    /// Reverse post-order by depth-first search from `entry`, true successors first (any
+    /// acyclic graph).
+    pub fn dfs_order_from(&self, entry: BlockId) -> Vec<BlockId> {
         let n = self.blocks.len();
         let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
         let mut post = Vec::with_capacity(n);
@@ -374,6 +375,19 @@ impl Function {
     /// as the new block 0.
     pub fn compact_from(&mut self, entry: BlockId) {
         let order = self.topo_order_from(entry);
+        self.renumber(&order);
+    }
+
+    /// As [`Function::compact_from`], in the order code generation wants: depth-first
+    /// reverse post-order visiting true successors first, which puts a block's false
+    /// successor right after it where it can, so the branch falls through instead of jumping.
+    pub fn compact_for_layout(&mut self, entry: BlockId) {
+        let order = self.dfs_order_from(entry);
+        self.renumber(&order);
+    }
+
+    /// Keeps the blocks in `order` (a topological order of the reachable blocks), renumbered.
+    fn renumber(&mut self, order: &[BlockId]) {
         if order.len() == self.blocks.len() && order.iter().enumerate().all(|(i, &b)| i == b) {
             // Already compact: every block reachable, in order.
             return;
@@ -383,7 +397,7 @@ impl Function {
             map[old] = new;
         }
         let mut blocks = Vec::with_capacity(order.len());
-        for &old in &order {
+        for &old in order {
             let mut b = std::mem::replace(
                 &mut self.blocks[old],
                 Block {
