@@ -28,10 +28,11 @@
 //!
 //! After those rounds settle, once:
 //!
-//! 5. **Redundant loads** ([`reuse_loads`]): a load of a field (or the length) that a temp
-//!    already holds on every path to it becomes a move from that temp, and moves between
-//!    temps written once are propagated away. This is what libpcap's value numbering does for
-//!    `ldh [12]` after `jeq #0x86dd` fails: the program tests `0x800` on the value it has.
+//! 5. **Redundant loads and computations** (`reuse_values`, libpcap's value numbering on our
+//!    temps): a statement computing a value some temp already holds on every path to it (the
+//!    ethertype after `jeq #0x86dd` failed, `4 * (ip[0] & 0xf)` for the second port field)
+//!    becomes a move from that temp; writes that leaves unread are dropped and the moves are
+//!    propagated away.
 //!
 //! Verdict preservation rests on one rule: a statement that may reject (a load that could be
 //! out of bounds, a division by a register) is never removed or skipped unless the only
