@@ -8,7 +8,7 @@
 //!    path (or a shift by a constant of 32 or more) is an error, as libpcap's optimizer reports
 //!    it.
 //! 2. **Decided tests**: a forward data-flow over the acyclic graph records, for each value
-//!    computed from the frame (a [`Key`]: loads at constant offsets, loads at computed offsets
+//!    computed from the frame (a `Key`: loads at constant offsets, loads at computed offsets
 //!    such as a port after the IPv4 header, the length, and arithmetic on them), which tests
 //!    every path so far took and with what outcome. A branch those facts decide becomes a
 //!    jump. The reasoning is libpcap's (`fold_edge`): the same test gives the same result, and
