@@ -13,8 +13,6 @@
 //! [`ALLOCATABLE_REGS`] registers plus 16 slots, or more than [`netmux_vm::MAX_INSNS`]
 //! instructions, is an error, never a wrong program.
 
-use std::collections::HashMap;
-
 use netmux_vm::{Insn, Opcode};
 
 use crate::ir::*;
@@ -70,15 +68,23 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
         }
     }
     let entry = resolve(&f, 0);
-    f.compact_from(entry);
+    f.compact_for_layout(entry);
 
-    // Live intervals over the layout.
-    let mut first: HashMap<Temp, usize> = HashMap::new();
-    let mut last: HashMap<Temp, usize> = HashMap::new();
+    // Live intervals over the layout, indexed by temp (temps are numbered densely).
+    let n_temps = f.num_temps as usize;
+    let mut first: Vec<usize> = vec![usize::MAX; n_temps];
+    let mut last: Vec<usize> = vec![0; n_temps];
     let mut pos = 0usize;
     let mut touch = |t: Temp, p: usize| {
-        first.entry(t).or_insert(p);
-        last.insert(t, p);
+        let i = t.0 as usize;
+        if i >= first.len() {
+            first.resize(i + 1, usize::MAX);
+            last.resize(i + 1, 0);
+        }
+        if first[i] == usize::MAX {
+            first[i] = p;
+        }
+        last[i] = p;
     };
     for b in &f.blocks {
         for s in &b.stmts {
@@ -96,12 +102,16 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
         }
         pos += 1;
     }
-    let mut intervals: Vec<(usize, usize, Temp)> =
-        first.iter().map(|(t, &s)| (s, last[t], *t)).collect();
-    intervals.sort();
+    let mut intervals: Vec<(usize, usize, Temp)> = first
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s != usize::MAX)
+        .map(|(i, &s)| (s, last[i], Temp(i as u32)))
+        .collect();
+    intervals.sort_unstable();
 
     // Linear scan.
-    let mut loc: HashMap<Temp, Loc> = HashMap::new();
+    let mut loc: Vec<Option<Loc>> = vec![None; first.len()];
     let mut active: Vec<(usize, Temp, u8)> = Vec::new(); // (end, temp, reg)
     let mut free: Vec<u8> = (0..ALLOCATABLE_REGS).rev().collect();
     let mut slots_active: Vec<(usize, u32)> = Vec::new();
@@ -124,7 +134,7 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
             }
         });
         if let Some(r) = free.pop() {
-            loc.insert(t, Loc::Reg(r));
+            loc[t.0 as usize] = Some(Loc::Reg(r));
             active.push((end, t, r));
             continue;
         }
@@ -136,13 +146,13 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
             .max_by_key(|(_, (e, _, _))| *e)
             .ok_or(EmitError::TooManyValues)?;
         if a_end > end {
-            loc.insert(a_t, Loc::Slot(slot));
+            loc[a_t.0 as usize] = Some(Loc::Slot(slot));
             slots_active.push((a_end, slot));
             active.remove(idx);
-            loc.insert(t, Loc::Reg(a_r));
+            loc[t.0 as usize] = Some(Loc::Reg(a_r));
             active.push((end, t, a_r));
         } else {
-            loc.insert(t, Loc::Slot(slot));
+            loc[t.0 as usize] = Some(Loc::Slot(slot));
             slots_active.push((end, slot));
         }
     }
@@ -151,7 +161,12 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
     let mut out: Vec<Insn> = Vec::new();
     let mut fixups: Vec<(usize, BlockId)> = Vec::new();
     let mut starts = vec![0usize; f.blocks.len()];
-    let lc = |t: &Temp| loc.get(t).copied().unwrap_or(Loc::Reg(SPILL_A));
+    let lc = |t: &Temp| {
+        loc.get(t.0 as usize)
+            .copied()
+            .flatten()
+            .unwrap_or(Loc::Reg(SPILL_A))
+    };
     let use_reg = |out: &mut Vec<Insn>, t: Temp, scratch: u8| -> u8 {
         match lc(&t) {
             Loc::Reg(r) => r,

@@ -163,21 +163,21 @@ impl Stmt {
         }
     }
 
-    /// The temps read.
-    pub fn uses(&self) -> Vec<Temp> {
-        match self {
-            Stmt::Load { base, .. } => base.iter().copied().collect(),
-            Stmt::Len { .. } => vec![],
-            Stmt::Mov { src, .. } => match src {
-                Operand::T(t) => vec![*t],
-                Operand::K(_) => vec![],
-            },
-            Stmt::Alu { dst, rhs, .. } => match rhs {
-                Operand::T(t) => vec![*dst, *t],
-                Operand::K(_) => vec![*dst],
-            },
-            Stmt::Neg { dst } => vec![*dst],
-        }
+    /// The temps read (at most two), without allocating: the optimizer asks this of every
+    /// statement in every pass.
+    pub fn uses(&self) -> impl Iterator<Item = Temp> + Clone {
+        let op = |o: &Operand| match o {
+            Operand::T(t) => Some(*t),
+            Operand::K(_) => None,
+        };
+        let (a, b) = match self {
+            Stmt::Load { base, .. } => (*base, None),
+            Stmt::Len { .. } => (None, None),
+            Stmt::Mov { src, .. } => (op(src), None),
+            Stmt::Alu { dst, rhs, .. } => (Some(*dst), op(rhs)),
+            Stmt::Neg { dst } => (Some(*dst), None),
+        };
+        a.into_iter().chain(b)
     }
 
     /// Whether the statement can end the run (a load out of bounds, a division by zero).
@@ -280,7 +280,44 @@ impl Function {
     }
 
     /// Blocks reachable from `entry`, in an order where every edge goes forward.
+    ///
+    /// After [`Function::compact`] every edge goes from a lower to a higher index, and the
+    /// passes keep it so (they only redirect an edge to a block further along); then the
+    /// reachable blocks in index order are the answer, found in one pass without a stack.
     pub fn topo_order_from(&self, entry: BlockId) -> Vec<BlockId> {
+        if let Some(order) = self.forward_order_from(entry) {
+            return order;
+        }
+        self.dfs_order_from(entry)
+    }
+
+    /// The reachable blocks in index order, or `None` if some reachable edge goes backwards.
+    fn forward_order_from(&self, entry: BlockId) -> Option<Vec<BlockId>> {
+        let n = self.blocks.len();
+        if entry >= n {
+            return Some(Vec::new());
+        }
+        let mut reach = vec![false; n];
+        reach[entry] = true;
+        let mut order = Vec::with_capacity(n - entry);
+        for b in entry..n {
+            if !reach[b] {
+                continue;
+            }
+            order.push(b);
+            for s in self.blocks[b].succs() {
+                if s <= b || s >= n {
+                    return None;
+                }
+                reach[s] = true;
+            }
+        }
+        Some(order)
+    }
+
+    /// Reverse post-order by depth-first search from `entry`, true successors first (any
+    /// acyclic graph).
+    pub fn dfs_order_from(&self, entry: BlockId) -> Vec<BlockId> {
         let n = self.blocks.len();
         let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
         let mut post = Vec::with_capacity(n);
@@ -338,13 +375,36 @@ impl Function {
     /// as the new block 0.
     pub fn compact_from(&mut self, entry: BlockId) {
         let order = self.topo_order_from(entry);
+        self.renumber(&order);
+    }
+
+    /// As [`Function::compact_from`], in the order code generation wants: depth-first
+    /// reverse post-order visiting true successors first, which puts a block's false
+    /// successor right after it where it can, so the branch falls through instead of jumping.
+    pub fn compact_for_layout(&mut self, entry: BlockId) {
+        let order = self.dfs_order_from(entry);
+        self.renumber(&order);
+    }
+
+    /// Keeps the blocks in `order` (a topological order of the reachable blocks), renumbered.
+    fn renumber(&mut self, order: &[BlockId]) {
+        if order.len() == self.blocks.len() && order.iter().enumerate().all(|(i, &b)| i == b) {
+            // Already compact: every block reachable, in order.
+            return;
+        }
         let mut map = vec![usize::MAX; self.blocks.len()];
         for (new, &old) in order.iter().enumerate() {
             map[old] = new;
         }
         let mut blocks = Vec::with_capacity(order.len());
-        for &old in &order {
-            let mut b = self.blocks[old].clone();
+        for &old in order {
+            let mut b = std::mem::replace(
+                &mut self.blocks[old],
+                Block {
+                    stmts: Vec::new(),
+                    term: Term::Reject,
+                },
+            );
             match &mut b.term {
                 Term::Branch { t, f, .. } => {
                     *t = map[*t];

@@ -92,13 +92,19 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
         // none of its optimizer's errors for them.
         let libpcap_optimizes = !gen.no_optimize;
-        let unoptimized = func.clone();
-        let result = opt::optimize(&mut func, libpcap_optimizes);
         // The probe for libpcap's "rejects all packets" is as costly as the optimizer; it can
         // only say yes where ours found no accepting path, or where libpcap's extra folds
-        // (`0 / x`) could apply.
-        let probe = opt::always_rejects(&func) || opt::has_libpcap_only_folds(&unoptimized);
-        if libpcap_optimizes && probe && opt::libpcap_rejects_all(&unoptimized, &gen.probe_opaque) {
+        // (`0 / x`) could apply. It needs the unoptimized function: kept when the folds
+        // apply, lowered again in the rare case that ours finds no accepting path.
+        let folds = opt::has_libpcap_only_folds(&func);
+        let unoptimized = folds.then(|| func.clone());
+        let result = opt::optimize(&mut func, libpcap_optimizes);
+        let probe = folds || opt::always_rejects(&func);
+        if libpcap_optimizes && probe && {
+            let unoptimized =
+                unoptimized.unwrap_or_else(|| ir::lower(&cond, &gen.prologue, gen.temps));
+            opt::libpcap_rejects_all(&unoptimized, &gen.probe_opaque)
+        } {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,
                 Span::new(0, expr.len()),

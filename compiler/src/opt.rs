@@ -8,7 +8,7 @@
 //!    path (or a shift by a constant of 32 or more) is an error, as libpcap's optimizer reports
 //!    it.
 //! 2. **Decided tests**: a forward data-flow over the acyclic graph records, for each value
-//!    computed from the frame (a [`Key`]: loads at constant offsets, loads at computed offsets
+//!    computed from the frame (a `Key`: loads at constant offsets, loads at computed offsets
 //!    such as a port after the IPv4 header, the length, and arithmetic on them), which tests
 //!    every path so far took and with what outcome. A branch those facts decide becomes a
 //!    jump. The reasoning is libpcap's (`fold_edge`): the same test gives the same result, and
@@ -25,6 +25,14 @@
 //!    reject (pure arithmetic, loads proven in bounds); a branch whose two successors are equal
 //!    becomes a jump; a block every path out of which rejects becomes `reject` (even its
 //!    loads: a failing load would reject too); unreachable blocks go.
+//!
+//! After those rounds settle, once:
+//!
+//! 5. **Redundant loads and computations** (`reuse_values`, libpcap's value numbering on our
+//!    temps): a statement computing a value some temp already holds on every path to it (the
+//!    ethertype after `jeq #0x86dd` failed, `4 * (ip[0] & 0xf)` for the second port field)
+//!    becomes a move from that temp; writes that leaves unread are dropped and the moves are
+//!    propagated away.
 //!
 //! Verdict preservation rests on one rule: a statement that may reject (a load that could be
 //! out of bounds, a division by a register) is never removed or skipped unless the only
@@ -67,7 +75,6 @@ impl Hasher for FxHasher {
 }
 
 type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
-type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// Upper bound on optimizer rounds (each round is linear in the program; real filters settle
 /// in two or three).
@@ -91,7 +98,22 @@ pub enum OptError {
 /// reject or give 0 at run time).
 pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
     run_passes(func, Mode::Sound);
-    if report_errors {
+    reuse_values(func);
+    remove_dead(func);
+    func.compact();
+    // Only divisions, moduli and shifts can be errors: skip the check (and its copy) without.
+    let may_err = func.blocks.iter().any(|b| {
+        b.stmts.iter().any(|s| {
+            matches!(
+                s,
+                Stmt::Alu {
+                    op: AluOp::Div | AluOp::Mod | AluOp::Shl | AluOp::Shr,
+                    ..
+                }
+            )
+        })
+    });
+    if report_errors && may_err {
         fold_constants(&mut func.clone(), Mode::Strict)?;
     }
     Ok(())
@@ -99,17 +121,29 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
 
 fn run_passes(func: &mut Function, mode: Mode) {
     func.compact();
+    let mut before = fingerprint(func);
     for _ in 0..MAX_ROUNDS {
-        let before = func.clone();
         // Only the strict mode errs, and it is not used here.
         let _ = fold_constants(func, mode);
         decide_and_thread(func);
         remove_dead(func);
         func.compact();
-        if *func == before {
+        let after = fingerprint(func);
+        if after == before {
             break;
         }
+        before = after;
     }
+}
+
+/// A hash of the whole function, to see whether a round changed anything without keeping a
+/// copy. Two different functions hashing alike (odds of 2^-64) would only end the rounds
+/// early: every round's output is a correct program.
+fn fingerprint(func: &Function) -> u64 {
+    use std::hash::Hash;
+    let mut h = FxHasher::default();
+    func.blocks.hash(&mut h);
+    h.finish()
 }
 
 /// Whether `func` has operations libpcap's prover folds and ours does not (`0 * x`, `0 / x`,
@@ -162,13 +196,34 @@ pub fn always_rejects(func: &Function) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Constant folding.
 
-type Consts = HashMap<Temp, u32>;
+/// Temps known to hold a constant, sorted by temp (copied along every edge: a flat vector).
+#[derive(Clone, Debug, Default)]
+struct Consts(Vec<(Temp, u32)>);
+
+impl Consts {
+    fn get(&self, t: &Temp) -> Option<&u32> {
+        self.0
+            .binary_search_by_key(t, |&(x, _)| x)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    fn insert(&mut self, t: Temp, v: u32) {
+        match self.0.binary_search_by_key(&t, |&(x, _)| x) {
+            Ok(i) => self.0[i].1 = v,
+            Err(i) => self.0.insert(i, (t, v)),
+        }
+    }
+
+    fn remove(&mut self, t: &Temp) {
+        if let Ok(i) = self.0.binary_search_by_key(t, |&(x, _)| x) {
+            self.0.remove(i);
+        }
+    }
+}
 
 fn meet_consts(a: &Consts, b: &Consts) -> Consts {
-    a.iter()
-        .filter(|(t, v)| b.get(t) == Some(v))
-        .map(|(t, v)| (*t, *v))
-        .collect()
+    Consts(intersect(&a.0, &b.0))
 }
 
 /// How far constant folding goes.
@@ -184,10 +239,12 @@ enum Mode {
 
 fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
     let order = func.topo_order();
-    let mut at_entry: HashMap<BlockId, Consts> = HashMap::default();
-    at_entry.insert(0, Consts::default());
+    let mut at_entry: Vec<Option<Consts>> = vec![None; func.blocks.len()];
+    if let Some(e) = at_entry.first_mut() {
+        *e = Some(Consts::default());
+    }
     for &b in &order {
-        let mut c = at_entry.remove(&b).unwrap_or_default();
+        let mut c = at_entry[b].take().unwrap_or_default();
         let mut out = Vec::with_capacity(func.blocks[b].stmts.len());
         for s in std::mem::take(&mut func.blocks[b].stmts) {
             let s = match s {
@@ -368,11 +425,10 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
             };
         }
         for s in func.blocks[b].succs() {
-            let merged = match at_entry.get(&s) {
+            at_entry[s] = Some(match at_entry[s].take() {
                 None => c.clone(),
-                Some(prev) => meet_consts(prev, &c),
-            };
-            at_entry.insert(s, merged);
+                Some(prev) => meet_consts(&prev, &c),
+            });
         }
     }
     Ok(())
@@ -410,178 +466,98 @@ impl Interner {
     }
 }
 
-/// What is known about a field on every path to a point.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Facts {
-    /// The value, if a true `==` test fixed it.
-    exact: Option<u32>,
-    /// Tests taken: comparison, constant, outcome.
-    seen: Vec<(Cmp, u32, bool)>,
-}
+/// A test taken on every path to a point: the value's key, the comparison (as a number, for
+/// ordering), the constant, and the outcome.
+type Seen = (KeyId, u8, u32, bool);
 
-impl Facts {
-    fn new() -> Facts {
-        Facts {
-            exact: None,
-            seen: vec![],
-        }
-    }
-
-    /// Decides `field cmp k` with the reasoning libpcap's optimizer uses (`fold_edge`): the
-    /// same test taken before gives the same result, and a field known equal to `v` (a true
-    /// `==` test) decides any `==`. Deciding more (ranges from `>` tests, field widths) would
-    /// be sound, but would make us refuse as "rejects all packets" filters libpcap compiles.
-    fn decide(&self, cmp: Cmp, k: u32) -> Option<bool> {
-        if let (Cmp::Eq, Some(v)) = (cmp, self.exact) {
-            return Some(v == k);
-        }
-        self.seen
-            .iter()
-            .find(|(c, kk, _)| *c == cmp && *kk == k)
-            .map(|&(_, _, r)| r)
-    }
-
-    fn learn(&mut self, cmp: Cmp, k: u32, outcome: bool) {
-        if cmp == Cmp::Eq && outcome {
-            self.exact = Some(k);
-        }
-        if !self.seen.contains(&(cmp, k, outcome)) {
-            self.seen.push((cmp, k, outcome));
-        }
-    }
-
-    fn meet(&self, o: &Facts) -> Facts {
-        Facts {
-            exact: if self.exact == o.exact {
-                self.exact
-            } else {
-                None
-            },
-            seen: self
-                .seen
-                .iter()
-                .copied()
-                .filter(|v| o.seen.contains(v))
-                .collect(),
-        }
-    }
-}
-
-/// The state at a program point: field facts and the frame length proven by loads so far.
+/// The state at a program point: what every path to it learned about frame values, and the
+/// frame length and loads proven so far. Each part is a sorted vector: copied along every
+/// edge and met at every join, so flat vectors (one allocation each, merge-joins) beat maps.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 struct State {
-    facts: HashMap<KeyId, Facts>,
+    /// Values a true `==` test fixed, by key (sorted, one per key).
+    exact: Vec<(KeyId, u32)>,
+    /// Tests taken (sorted).
+    seen: Vec<Seen>,
     min_len: u64,
-    /// Loads performed on every path so far (so they cannot fail again).
-    loaded: HashSet<KeyId>,
+    /// Loads performed on every path so far (so they cannot fail again), sorted.
+    loaded: Vec<KeyId>,
+}
+
+/// The elements of two sorted vectors that are in both.
+fn intersect<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out = Vec::with_capacity(a.len().min(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Inserts into a sorted vector unless present.
+fn insert_sorted<T: Ord + Copy>(v: &mut Vec<T>, x: T) {
+    if let Err(i) = v.binary_search(&x) {
+        v.insert(i, x);
+    }
 }
 
 impl State {
     fn meet(&self, o: &State) -> State {
         State {
-            facts: self
-                .facts
-                .iter()
-                .filter_map(|(k, f)| o.facts.get(k).map(|g| (*k, f.meet(g))))
-                .collect(),
+            exact: intersect(&self.exact, &o.exact),
+            seen: intersect(&self.seen, &o.seen),
             min_len: self.min_len.min(o.min_len),
-            loaded: self.loaded.intersection(&o.loaded).copied().collect(),
+            loaded: intersect(&self.loaded, &o.loaded),
         }
     }
 
-    fn lookup(&self, key: &KeyId) -> Facts {
-        // A masked field is a different value to libpcap's optimizer (it does not derive
-        // `x & m` from a known `x`), so neither do we.
-        self.facts.get(key).cloned().unwrap_or_else(Facts::new)
+    /// Decides `key cmp k` with the reasoning libpcap's optimizer uses (`fold_edge`): the
+    /// same test taken before gives the same result, and a value known equal to `v` (a true
+    /// `==` test) decides any `==`. Deciding more (ranges from `>` tests, field widths) would
+    /// be sound, but would make us refuse as "rejects all packets" filters libpcap compiles.
+    /// A masked field is a different key (libpcap does not derive `x & m` from a known `x`).
+    fn decide(&self, key: KeyId, cmp: Cmp, k: u32) -> Option<bool> {
+        if cmp == Cmp::Eq {
+            if let Ok(i) = self.exact.binary_search_by_key(&key, |&(x, _)| x) {
+                return Some(self.exact[i].1 == k);
+            }
+        }
+        let c = cmp as u8;
+        if self.seen.binary_search(&(key, c, k, false)).is_ok() {
+            Some(false)
+        } else if self.seen.binary_search(&(key, c, k, true)).is_ok() {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    fn learn(&mut self, key: KeyId, cmp: Cmp, k: u32, outcome: bool) {
+        if cmp == Cmp::Eq && outcome {
+            match self.exact.binary_search_by_key(&key, |&(x, _)| x) {
+                Ok(i) => self.exact[i].1 = k,
+                Err(i) => self.exact.insert(i, (key, k)),
+            }
+        }
+        insert_sorted(&mut self.seen, (key, cmp as u8, k, outcome));
+    }
+
+    fn is_loaded(&self, key: KeyId) -> bool {
+        self.loaded.binary_search(&key).is_ok()
     }
 }
 
-/// Runs a block's statements symbolically: which temps hold which values, which loads happen
-/// and the frame length they prove. Returns the key of the value the branch compares, if
-/// known, and whether the whole block could be skipped on a path in `state` (every load
-/// already done on the path or in bounds, nothing that can reject, no temp needed elsewhere).
-fn simulate(
-    block: &Block,
-    state: &mut State,
-    shared: &HashSet<Temp>,
-    keys_of: &mut Interner,
-) -> (Option<KeyId>, bool) {
-    let mut keys: HashMap<Temp, KeyId> = HashMap::default();
-    let mut skippable = true;
-    for s in &block.stmts {
-        let operand = |keys: &HashMap<Temp, KeyId>, o: &Operand, ki: &mut Interner| match o {
-            Operand::K(k) => Some(ki.id(Key::Const(*k))),
-            Operand::T(t) => keys.get(t).copied(),
-        };
-        let key = match s {
-            Stmt::Load {
-                size, base, off, ..
-            } => {
-                let key = match base {
-                    None => Some(keys_of.id(Key::Abs {
-                        size: *size,
-                        off: *off,
-                    })),
-                    Some(t) => keys.get(t).copied().map(|b| {
-                        keys_of.id(Key::Ind {
-                            size: *size,
-                            base: b,
-                            off: *off,
-                        })
-                    }),
-                };
-                let in_bounds =
-                    base.is_none() && u64::from(*off) + u64::from(size.bytes()) <= state.min_len;
-                let done_before = key.is_some_and(|k| state.loaded.contains(&k));
-                if !(in_bounds || done_before) {
-                    skippable = false;
-                }
-                if base.is_none() {
-                    state.min_len = state.min_len.max(u64::from(*off) + u64::from(size.bytes()));
-                }
-                if let Some(k) = key {
-                    state.loaded.insert(k);
-                }
-                key
-            }
-            Stmt::Len { .. } => Some(keys_of.id(Key::Len)),
-            Stmt::Mov { src, .. } => operand(&keys, src, keys_of),
-            Stmt::Alu { op, dst, rhs } => {
-                if s.may_reject() {
-                    skippable = false;
-                }
-                match (keys.get(dst).copied(), operand(&keys, rhs, keys_of)) {
-                    (Some(a), Some(b)) => Some(keys_of.id(Key::Op(*op, a, b))),
-                    _ => None,
-                }
-            }
-            Stmt::Neg { dst } => keys.get(dst).copied().map(|a| {
-                let zero = keys_of.id(Key::Const(0));
-                keys_of.id(Key::Op(AluOp::Sub, zero, a))
-            }),
-        };
-        match key {
-            Some(k) => {
-                keys.insert(s.def(), k);
-            }
-            None => {
-                keys.remove(&s.def());
-            }
-        }
-        if shared.contains(&s.def()) {
-            skippable = false;
-        }
-    }
-    let key = match &block.term {
-        Term::Branch { a, .. } => keys.get(a).copied(),
-        _ => None,
-    };
-    (key, skippable)
-}
-
-/// What [`simulate`] finds in a block that does not depend on the path: the key of the value
-/// its branch compares, its loads (key, and end offset when absolute), and whether it is free
-/// of other effects (nothing else can reject, no temp it defines is used elsewhere).
+/// What a block does that does not depend on the path: the key of the value its branch
+/// compares, its loads (key, and end offset when absolute), and whether it is free of other
+/// effects (nothing else can reject, no temp it defines is used elsewhere).
 struct Summary {
     key: Option<KeyId>,
     loads: Vec<(KeyId, Option<u64>)>,
@@ -589,64 +565,83 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(block: &Block, shared: &HashSet<Temp>, keys_of: &mut Interner) -> Summary {
-        let mut st = State::default();
-        let (key, _) = simulate(block, &mut st, shared, keys_of);
+    /// Runs the block's statements symbolically: which temps hold which values (keys).
+    fn of(block: &Block, shared: &TempSet, keys_of: &mut Interner) -> Summary {
+        // Temps to keys within the block; blocks are short, so a list.
+        let mut keys: Vec<(Temp, KeyId)> = Vec::new();
+        let get = |keys: &Vec<(Temp, KeyId)>, t: Temp| {
+            keys.iter().rev().find(|(x, _)| *x == t).map(|&(_, k)| k)
+        };
         let mut loads = Vec::new();
         let mut pure = true;
-        let mut temp_keys: HashMap<Temp, KeyId> = HashMap::default();
-        // Re-walk for the loads (simulate folds them into a state).
         for s in &block.stmts {
-            if shared.contains(&s.def()) {
-                pure = false;
-            }
-            match s {
+            let operand = |keys: &Vec<(Temp, KeyId)>, o: &Operand, ki: &mut Interner| match o {
+                Operand::K(k) => Some(ki.id(Key::Const(*k))),
+                Operand::T(t) => get(keys, *t),
+            };
+            let key = match s {
                 Stmt::Load {
-                    dst,
                     size,
                     base: None,
                     off,
+                    ..
                 } => {
                     let id = keys_of.id(Key::Abs {
                         size: *size,
                         off: *off,
                     });
                     loads.push((id, Some(u64::from(*off) + u64::from(size.bytes()))));
-                    temp_keys.insert(*dst, id);
+                    Some(id)
                 }
                 Stmt::Load {
-                    dst, base: Some(b), ..
-                } => {
-                    // The base's key as simulate computed it.
-                    let mut probe = State::default();
-                    let sub = Block {
-                        stmts: block.stmts[..]
-                            .iter()
-                            .take_while(|x| !std::ptr::eq(*x, s))
-                            .cloned()
-                            .chain(std::iter::once(s.clone()))
-                            .collect(),
-                        term: Term::Branch {
-                            cmp: Cmp::Eq,
-                            a: *dst,
-                            b: Operand::K(0),
-                            t: 0,
-                            f: 0,
-                        },
-                    };
-                    let _ = b;
-                    match simulate(&sub, &mut probe, &HashSet::default(), keys_of).0 {
-                        Some(id) => {
-                            loads.push((id, None));
-                            temp_keys.insert(*dst, id);
-                        }
-                        None => pure = false,
+                    size,
+                    base: Some(t),
+                    off,
+                    ..
+                } => match get(&keys, *t) {
+                    Some(b) => {
+                        let id = keys_of.id(Key::Ind {
+                            size: *size,
+                            base: b,
+                            off: *off,
+                        });
+                        loads.push((id, None));
+                        Some(id)
+                    }
+                    None => {
+                        pure = false;
+                        None
+                    }
+                },
+                Stmt::Len { .. } => Some(keys_of.id(Key::Len)),
+                Stmt::Mov { src, .. } => operand(&keys, src, keys_of),
+                Stmt::Alu { op, dst, rhs } => {
+                    if s.may_reject() {
+                        pure = false;
+                    }
+                    match (get(&keys, *dst), operand(&keys, rhs, keys_of)) {
+                        (Some(a), Some(b)) => Some(keys_of.id(Key::Op(*op, a, b))),
+                        _ => None,
                     }
                 }
-                other if other.may_reject() => pure = false,
-                _ => {}
+                Stmt::Neg { dst } => get(&keys, *dst).map(|a| {
+                    let zero = keys_of.id(Key::Const(0));
+                    keys_of.id(Key::Op(AluOp::Sub, zero, a))
+                }),
+            };
+            let def = s.def();
+            keys.retain(|(x, _)| *x != def);
+            if let Some(k) = key {
+                keys.push((def, k));
+            }
+            if shared.contains(&def) {
+                pure = false;
             }
         }
+        let key = match &block.term {
+            Term::Branch { a, .. } => get(&keys, *a),
+            _ => None,
+        };
         Summary { key, loads, pure }
     }
 
@@ -656,13 +651,13 @@ impl Summary {
             && self
                 .loads
                 .iter()
-                .all(|(id, end)| end.is_some_and(|e| e <= st.min_len) || st.loaded.contains(id))
+                .all(|(id, end)| end.is_some_and(|e| e <= st.min_len) || st.is_loaded(*id))
     }
 
     /// The block's loads happen on a path in `st`.
     fn apply(&self, st: &mut State) {
         for (id, end) in &self.loads {
-            st.loaded.insert(*id);
+            insert_sorted(&mut st.loaded, *id);
             if let Some(e) = end {
                 st.min_len = st.min_len.max(*e);
             }
@@ -670,35 +665,70 @@ impl Summary {
     }
 }
 
-/// Temps used or defined in more than one block (they cannot be dropped with one block).
-fn shared_temps(func: &Function) -> HashSet<Temp> {
-    let mut seen: HashMap<Temp, BlockId> = HashMap::default();
-    let mut shared = HashSet::default();
-    for b in func.topo_order() {
-        let blk = &func.blocks[b];
-        let mut ts: Vec<Temp> = blk
-            .stmts
-            .iter()
-            .flat_map(|s| {
-                let mut v = s.uses();
-                v.push(s.def());
-                v
-            })
-            .collect();
-        if let Term::Branch { a, b: rhs, .. } = &blk.term {
-            ts.push(*a);
-            if let Operand::T(t) = rhs {
-                ts.push(*t);
+/// A set of temps: one flag per temp below the function's count (temps are numbered densely
+/// from 0), and a list for any other (the "unknown" temp [`libpcap_rejects_all`] adds).
+#[derive(Default)]
+struct TempSet {
+    flags: Vec<bool>,
+    others: Vec<Temp>,
+}
+
+impl TempSet {
+    fn with_capacity(n: u32) -> TempSet {
+        TempSet {
+            flags: vec![false; n as usize],
+            others: Vec::new(),
+        }
+    }
+
+    fn contains(&self, t: &Temp) -> bool {
+        match self.flags.get(t.0 as usize) {
+            Some(&f) => f,
+            None => self.others.contains(t),
+        }
+    }
+
+    fn insert(&mut self, t: Temp) {
+        match self.flags.get_mut(t.0 as usize) {
+            Some(f) => *f = true,
+            None => {
+                if !self.others.contains(&t) {
+                    self.others.push(t);
+                }
             }
         }
-        for t in ts {
-            match seen.get(&t) {
-                Some(&other) if other != b => {
-                    shared.insert(t);
-                }
-                _ => {
-                    seen.insert(t, b);
-                }
+    }
+}
+
+/// Temps used or defined in more than one block (they cannot be dropped with one block).
+fn shared_temps(func: &Function, order: &[BlockId]) -> TempSet {
+    let n = func.num_temps as usize;
+    let mut seen: Vec<BlockId> = vec![BlockId::MAX; n];
+    let mut shared = TempSet::with_capacity(func.num_temps);
+    for &b in order {
+        let blk = &func.blocks[b];
+        let term: (Option<Temp>, Option<Temp>) = match &blk.term {
+            Term::Branch { a, b: rhs, .. } => (
+                Some(*a),
+                match rhs {
+                    Operand::T(t) => Some(*t),
+                    Operand::K(_) => None,
+                },
+            ),
+            _ => (None, None),
+        };
+        let temps = blk
+            .stmts
+            .iter()
+            .flat_map(|s| s.uses().chain(std::iter::once(s.def())))
+            .chain(term.0)
+            .chain(term.1);
+        for t in temps {
+            // A temp outside the count (the probe's unknown) counts as shared.
+            match seen.get_mut(t.0 as usize) {
+                Some(other) if *other == BlockId::MAX => *other = b,
+                Some(other) if *other == b => {}
+                _ => shared.insert(t),
             }
         }
     }
@@ -709,17 +739,19 @@ fn shared_temps(func: &Function) -> HashSet<Temp> {
 type EdgeFact = Option<(KeyId, Cmp, u32, bool)>;
 
 fn decide_and_thread(func: &mut Function) {
-    let shared = shared_temps(func);
-    let mut keys_of = Interner::default();
     let order = func.topo_order();
+    let shared = shared_temps(func, &order);
+    let mut keys_of = Interner::default();
     let mut summaries: Vec<Option<Summary>> = (0..func.blocks.len()).map(|_| None).collect();
     for &b in &order {
         summaries[b] = Some(Summary::of(&func.blocks[b], &shared, &mut keys_of));
     }
-    let mut at_entry: HashMap<BlockId, State> = HashMap::default();
-    at_entry.insert(0, State::default());
+    let mut at_entry: Vec<Option<State>> = vec![None; func.blocks.len()];
+    if let Some(e) = at_entry.first_mut() {
+        *e = Some(State::default());
+    }
     for &b in &order {
-        let Some(mut st) = at_entry.remove(&b) else {
+        let Some(mut st) = at_entry[b].take() else {
             continue;
         };
         let Some(summary) = summaries[b].as_ref() else {
@@ -739,7 +771,7 @@ fn decide_and_thread(func: &mut Function) {
             },
         ) = (key, func.blocks[b].term.clone())
         {
-            if let Some(r) = st.lookup(&key).decide(cmp, k) {
+            if let Some(r) = st.decide(key, cmp, k) {
                 func.blocks[b].term = Term::Jump(if r { t } else { f });
             }
         }
@@ -772,9 +804,7 @@ fn decide_and_thread(func: &mut Function) {
                 st.clone().unwrap_or_default()
             };
             if let Some((key, cmp, k, r)) = fact {
-                let mut f = es.lookup(&key);
-                f.learn(cmp, k, r);
-                es.facts.insert(key, f);
+                es.learn(key, cmp, k, r);
             }
             // Thread through successors decided by this edge's facts (a few hops).
             let mut target = succ;
@@ -796,23 +826,20 @@ fn decide_and_thread(func: &mut Function) {
                 if !sum.skippable(&es) {
                     break;
                 }
-                match es.lookup(&key).decide(cmp, k) {
+                match es.decide(key, cmp, k) {
                     Some(r) => {
                         sum.apply(&mut es);
-                        let mut f2 = es.lookup(&key);
-                        f2.learn(cmp, k, r);
-                        es.facts.insert(key, f2);
+                        es.learn(key, cmp, k, r);
                         target = if r { t } else { f };
                     }
                     None => break,
                 }
             }
             new_targets.push(target);
-            let merged = match at_entry.remove(&target) {
+            at_entry[target] = Some(match at_entry[target].take() {
                 None => es,
                 Some(prev) => prev.meet(&es),
-            };
-            at_entry.insert(target, merged);
+            });
         }
         match &mut func.blocks[b].term {
             Term::Branch { t, f, .. } => {
@@ -856,11 +883,13 @@ fn remove_dead(func: &mut Function) {
     // unable to reject (the min length is a per-path lower bound; use the meet at each block).
     loop {
         let order = func.topo_order();
-        let mut used: HashSet<Temp> = HashSet::default();
+        let mut used = TempSet::with_capacity(func.num_temps);
         for &b in &order {
             let blk = &func.blocks[b];
             for s in &blk.stmts {
-                used.extend(s.uses());
+                for u in s.uses() {
+                    used.insert(u);
+                }
             }
             if let Term::Branch { a, b: rhs, .. } = &blk.term {
                 used.insert(*a);
@@ -872,7 +901,7 @@ fn remove_dead(func: &mut Function) {
         let min_len = min_len_at_entry(func, &order);
         let mut changed = false;
         for &b in &order {
-            let mut len = min_len.get(&b).copied().unwrap_or(0);
+            let mut len = min_len.get(b).copied().unwrap_or(0);
             let stmts = std::mem::take(&mut func.blocks[b].stmts);
             let mut kept = Vec::with_capacity(stmts.len());
             for s in stmts {
@@ -905,11 +934,17 @@ fn remove_dead(func: &mut Function) {
     }
 }
 
-fn min_len_at_entry(func: &Function, order: &[BlockId]) -> HashMap<BlockId, u64> {
-    let mut at: HashMap<BlockId, u64> = HashMap::default();
-    at.insert(0, 0);
+fn min_len_at_entry(func: &Function, order: &[BlockId]) -> Vec<u64> {
+    // u64::MAX: no path seen yet (every block in `order` gets one before it is read).
+    let mut at = vec![u64::MAX; func.blocks.len()];
+    if let Some(&first) = order.first() {
+        at[first] = 0;
+    }
     for &b in order {
-        let mut len = at.get(&b).copied().unwrap_or(0);
+        let mut len = at[b];
+        if len == u64::MAX {
+            len = 0;
+        }
         for s in &func.blocks[b].stmts {
             if let Stmt::Load {
                 base: None,
@@ -922,9 +957,278 @@ fn min_len_at_entry(func: &Function, order: &[BlockId]) -> HashMap<BlockId, u64>
             }
         }
         for s in func.blocks[b].succs() {
-            let v = at.get(&s).map_or(len, |&p| p.min(len));
-            at.insert(s, v);
+            at[s] = at[s].min(len);
+        }
+    }
+    for v in &mut at {
+        if *v == u64::MAX {
+            *v = 0;
         }
     }
     at
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redundant loads and computations.
+
+/// What a temp holds, independent of the path (a value number's meaning): a frame load at a
+/// constant offset or at a value plus a constant, the wire length, a constant, or an
+/// operation on value numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Value {
+    Abs { size: Size, off: u32 },
+    Ind { size: Size, base: u32, off: u32 },
+    Len,
+    Const(u32),
+    Op(AluOp, u32, u32),
+    Neg(u32),
+}
+
+/// Value numbers: equal [`Value`]s get equal numbers (hash-consing).
+#[derive(Default)]
+struct Numbering {
+    ids: HashMap<Value, u32>,
+}
+
+impl Numbering {
+    fn id(&mut self, v: Value) -> u32 {
+        let n = self.ids.len() as u32;
+        *self.ids.entry(v).or_insert(n)
+    }
+}
+
+/// Upper bound on the (temp, value number) pairs tracked at a point. Filters hold a handful
+/// of values; the bound keeps the pass linear on pathological input (forgetting an entry can
+/// cost an instruction, never a verdict).
+const MAX_HELD: usize = 64;
+
+/// Which temps hold which value numbers on every path to a point.
+type Held = Vec<(Temp, u32)>;
+
+fn held_by(held: &Held, t: Temp) -> Option<u32> {
+    held.iter().find(|(x, _)| *x == t).map(|&(_, v)| v)
+}
+
+fn operand_number(n: &mut Numbering, held: &Held, o: Operand) -> Option<u32> {
+    match o {
+        Operand::K(k) => Some(n.id(Value::Const(k))),
+        Operand::T(t) => held_by(held, t),
+    }
+}
+
+/// libpcap's value numbering, on our temps: a statement computing a value that another temp
+/// holds on every path to it (a load of a field already loaded, `4 * (ip[0] & 0xf)` computed
+/// again for the next port test) becomes a move from that temp; writes made useless by that
+/// are dropped, and moves from temps that no longer change are propagated away.
+///
+/// Sound because the earlier computation ran on every path and did not reject (else the frame
+/// was already rejected): the repeated one cannot reject either and gives the same value.
+fn reuse_values(func: &mut Function) {
+    let order = func.topo_order();
+    let mut numbers = Numbering::default();
+    let mut at_entry: Vec<Option<Held>> = vec![None; func.blocks.len()];
+    if let Some(e) = at_entry.first_mut() {
+        *e = Some(Held::new());
+    }
+    let mut changed = false;
+    for &b in &order {
+        let mut held = at_entry[b].take().unwrap_or_default();
+        for s in &mut func.blocks[b].stmts {
+            let n = &mut numbers;
+            let vn = match *s {
+                Stmt::Load {
+                    size,
+                    base: None,
+                    off,
+                    ..
+                } => Some(n.id(Value::Abs { size, off })),
+                Stmt::Load {
+                    size,
+                    base: Some(base),
+                    off,
+                    ..
+                } => held_by(&held, base).map(|base| n.id(Value::Ind { size, base, off })),
+                Stmt::Len { .. } => Some(n.id(Value::Len)),
+                Stmt::Mov { src, .. } => operand_number(n, &held, src),
+                Stmt::Alu { op, dst, rhs } => {
+                    match (held_by(&held, dst), operand_number(n, &held, rhs)) {
+                        (Some(a), Some(r)) => Some(n.id(Value::Op(op, a, r))),
+                        _ => None,
+                    }
+                }
+                Stmt::Neg { dst } => held_by(&held, dst).map(|a| n.id(Value::Neg(a))),
+            };
+            let dst = s.def();
+            if let (Some(vn), false) = (vn, matches!(s, Stmt::Mov { .. })) {
+                if let Some(&(t, _)) = held.iter().find(|&&(t, v)| v == vn && t != dst) {
+                    *s = Stmt::Mov {
+                        dst,
+                        src: Operand::T(t),
+                    };
+                    changed = true;
+                }
+            }
+            held.retain(|&(t, _)| t != dst);
+            if let Some(vn) = vn {
+                if held.len() == MAX_HELD {
+                    held.remove(0);
+                }
+                held.push((dst, vn));
+            }
+        }
+        for succ in func.blocks[b].succs() {
+            at_entry[succ] = Some(match at_entry[succ].take() {
+                None => held.clone(),
+                Some(prev) => prev.into_iter().filter(|p| held.contains(p)).collect(),
+            });
+        }
+    }
+    if changed {
+        drop_overwritten(func, &order);
+        propagate_copies(func, &order);
+    }
+}
+
+/// Drops, within each block, writes to a temp that the block overwrites before anything reads
+/// it, when they cannot reject (pure arithmetic, loads proven in bounds by earlier loads).
+fn drop_overwritten(func: &mut Function, order: &[BlockId]) {
+    let min_len = min_len_at_entry(func, order);
+    let mut unneeded: Vec<Temp> = Vec::new();
+    let mut len_before: Vec<u64> = Vec::new();
+    for &b in order {
+        let blk = &mut func.blocks[b];
+        // The frame length proven before each statement.
+        len_before.clear();
+        let mut len = min_len.get(b).copied().unwrap_or(0);
+        for s in &blk.stmts {
+            len_before.push(len);
+            if let Stmt::Load {
+                base: None,
+                off,
+                size,
+                ..
+            } = s
+            {
+                len = len.max(u64::from(*off) + u64::from(size.bytes()));
+            }
+        }
+        // Backwards: a temp is unneeded where it is written again before any read.
+        unneeded.clear();
+        let mut keep = vec![true; blk.stmts.len()];
+        for (i, s) in blk.stmts.iter().enumerate().rev() {
+            let def = s.def();
+            let in_bounds = match s {
+                Stmt::Load {
+                    base: None,
+                    off,
+                    size,
+                    ..
+                } => u64::from(*off) + u64::from(size.bytes()) <= len_before[i],
+                _ => false,
+            };
+            if unneeded.contains(&def) && (in_bounds || !s.may_reject()) {
+                keep[i] = false;
+                continue;
+            }
+            if !unneeded.contains(&def) {
+                unneeded.push(def);
+            }
+            let uses = s.uses();
+            unneeded.retain(|t| !uses.clone().any(|u| u == *t));
+        }
+        if keep.contains(&false) {
+            let mut i = 0;
+            blk.stmts.retain(|_| {
+                i += 1;
+                keep[i - 1]
+            });
+        }
+    }
+}
+
+/// Where a temp is written: how often, and whether all writes are in one block (which one,
+/// and the index of the last write there).
+#[derive(Clone, Copy, Default)]
+struct Writes {
+    count: u32,
+    block: Option<BlockId>,
+    last: usize,
+    one_block: bool,
+}
+
+/// Removes `d = s` where `d` is written only there and `s` no longer changes after it (all of
+/// `s`'s writes are in one block, which every path runs before the move, as `s` is written
+/// before it is read: the graph is acyclic, so that block cannot run again), reading `s`
+/// wherever `d` was read. Also drops `t = t`.
+fn propagate_copies(func: &mut Function, order: &[BlockId]) {
+    let n = func.num_temps as usize;
+    let mut writes = vec![Writes::default(); n];
+    for &b in order {
+        for (i, s) in func.blocks[b].stmts.iter().enumerate() {
+            if let Some(w) = writes.get_mut(s.def().0 as usize) {
+                w.one_block = match w.block {
+                    None => true,
+                    Some(other) => w.one_block && other == b,
+                };
+                w.block = Some(b);
+                w.count = w.count.saturating_add(1);
+                w.last = i;
+            }
+        }
+    }
+    let settled_at = |s: Temp, b: BlockId, i: usize| {
+        writes
+            .get(s.0 as usize)
+            .is_some_and(|w| w.one_block && (w.block != Some(b) || w.last < i))
+    };
+    let mut rename: Vec<Option<Temp>> = vec![None; n];
+    for &b in order {
+        for (i, s) in func.blocks[b].stmts.iter().enumerate() {
+            if let Stmt::Mov {
+                dst,
+                src: Operand::T(src),
+            } = *s
+            {
+                let once = writes.get(dst.0 as usize).is_some_and(|w| w.count == 1);
+                if dst != src && once && settled_at(src, b, i) {
+                    let root = rename.get(src.0 as usize).copied().flatten().unwrap_or(src);
+                    if let Some(r) = rename.get_mut(dst.0 as usize) {
+                        *r = Some(root);
+                    }
+                }
+            }
+        }
+    }
+    let map = |t: &mut Temp| {
+        if let Some(Some(r)) = rename.get(t.0 as usize) {
+            *t = *r;
+        }
+    };
+    let map_op = |o: &mut Operand| {
+        if let Operand::T(t) = o {
+            map(t);
+        }
+    };
+    for &b in order {
+        let blk = &mut func.blocks[b];
+        blk.stmts.retain(|s| match *s {
+            Stmt::Mov {
+                dst,
+                src: Operand::T(src),
+            } => dst != src && !matches!(rename.get(dst.0 as usize), Some(Some(_))),
+            _ => true,
+        });
+        for s in &mut blk.stmts {
+            match s {
+                Stmt::Load { base: Some(t), .. } => map(t),
+                Stmt::Mov { src, .. } => map_op(src),
+                Stmt::Alu { rhs, .. } => map_op(rhs),
+                _ => {}
+            }
+        }
+        if let Term::Branch { a, b: rhs, .. } = &mut blk.term {
+            map(a);
+            map_op(rhs);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The conformance corpus: every expression of `exprs.txt` on every Ethernet frame of every
-//! capture, netmux (optimizer on and off) against libpcap (`pcap_compile` optimize=1), and
-//! every line of `reject.txt` rejected with a caret error. Needs the corpus, so `#[ignore]`d;
-//! `scripts/test` runs it when `$NETMUX_CONFORMANCE_DIR` or `../shared/conformance` exists.
+//! capture, netmux with the optimizer on and off against libpcap with it on and off (see
+//! `common`), and every line of `reject.txt` rejected with a caret error. Needs the corpus, so
+//! `#[ignore]`d; `scripts/test` runs it when `$NETMUX_CONFORMANCE_DIR` or `../shared/conformance` exists.
 
 mod common;
 
