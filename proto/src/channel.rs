@@ -344,9 +344,9 @@ mod tests {
         }
         drop(tx);
         let whole = if cut { count - 1 } else { count };
-        for i in 0..whole {
+        for (i, _, announced) in &wire[..whole] {
             match rx.try_recv_raw() {
-                Ok(Some((_, fds))) => assert_eq!(fds.len(), wire[i].2),
+                Ok(Some((_, fds))) => assert_eq!(fds.len(), *announced),
                 other => panic!("iteration {iteration}, message {i}: {other:?}"),
             }
         }
