@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub mod cli;
 pub mod daemon;
 pub mod link;
 pub mod reassembly;

@@ -116,7 +116,7 @@ impl SharedMapping {
         };
         let end = offset.checked_add(len).ok_or(err)?;
         // The mapping is page-aligned, so aligning the offset aligns the address.
-        if end > self.len || offset % align != 0 {
+        if end > self.len || !offset.is_multiple_of(align) {
             return Err(err);
         }
         Ok(())

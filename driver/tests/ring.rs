@@ -271,7 +271,7 @@ fn client_sleeping_for_rx_is_woken_by_a_delivery() {
             std::thread::yield_now();
         }
         i += 1;
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             driver.flush();
         }
     }

@@ -89,6 +89,11 @@ pub trait DriverLink: Send {
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
     /// The host's IPv4 addresses: ARP requests for them go to every queue.
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError>;
+    /// Whether the driver is known to be gone, and why, found without sending it anything
+    /// (netd asks between requests, so it notices a dead driver while no client is asking).
+    fn gone(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Compiles a filter expression to the VM's container format.
@@ -228,6 +233,30 @@ impl DriverLink for ChannelDriver {
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
         self.request(&DriverRequest::SetHostAddresses { ipv4 })
     }
+
+    /// Between requests the driver sends nothing, so a readable or hung-up control socket means
+    /// it closed the connection (it died or dropped netd).
+    fn gone(&mut self) -> Option<String> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(self.channel.socket(), PollFlags::IN)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match poll(&mut fds, Some(&zero)) {
+            Ok(0) => None,
+            Ok(_) => {
+                let events = fds[0].revents();
+                if events.intersects(PollFlags::HUP | PollFlags::ERR) {
+                    Some("the driver closed its control connection".into())
+                } else {
+                    Some("the driver sent a message nobody asked for".into())
+                }
+            }
+            Err(rustix::io::Errno::INTR) => None,
+            Err(e) => Some(format!("polling the driver's control socket: {e}")),
+        }
+    }
 }
 
 /// The driver's binary, which netd starts for `--link`.
@@ -242,17 +271,46 @@ pub struct ChildDriver {
     child: std::process::Child,
 }
 
+/// How often [`ChildDriver::stop`] looks whether the driver has exited.
+const STOP_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 impl ChildDriver {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Stops the driver: SIGTERM to its pid, then SIGKILL if it has not exited within `grace`.
+    /// Returns how it ended.
+    pub fn stop(mut self, grace: std::time::Duration) -> std::io::Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            // Already gone between the check and the signal: the wait below reaps it.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < grace {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+        self.child.kill()?;
+        self.child.wait()
+    }
 }
 
 impl Drop for ChildDriver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -273,18 +331,29 @@ pub fn start_driver(
     spec: &str,
     control: &Path,
 ) -> Result<(ChildDriver, ChannelDriver), DriverError> {
+    start_driver_command(std::process::Command::new(binary), spec, control)
+}
+
+/// [`start_driver`] with any command that runs the driver's command line (`netmux driver`
+/// re-executed, say): `--link SPEC --control CONTROL --exit-on-disconnect` are appended to it.
+pub fn start_driver_command(
+    mut command: std::process::Command,
+    spec: &str,
+    control: &Path,
+) -> Result<(ChildDriver, ChannelDriver), DriverError> {
     if control.exists() {
         std::fs::remove_file(control)
             .map_err(|e| DriverError::Gone(format!("removing {}: {e}", control.display())))?;
     }
-    let child = std::process::Command::new(binary)
+    let program = command.get_program().to_string_lossy().into_owned();
+    let child = command
         .arg("--link")
         .arg(spec)
         .arg("--control")
         .arg(control)
         .arg("--exit-on-disconnect")
         .spawn()
-        .map_err(|e| DriverError::Gone(format!("starting {}: {e}", binary.display())))?;
+        .map_err(|e| DriverError::Gone(format!("starting {program}: {e}")))?;
     let mut child = ChildDriver { child };
     let start = std::time::Instant::now();
     loop {

@@ -416,6 +416,12 @@ impl DriverLink for FakeDriver {
         Ok(())
     }
 
+    fn gone(&mut self) -> Option<String> {
+        self.state()
+            .gone
+            .then(|| "the fake driver went away".to_owned())
+    }
+
     // Field by field: fields the protocol adds later keep their defaults without an edit here.
     #[allow(clippy::field_reassign_with_default)]
     fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {

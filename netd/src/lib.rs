@@ -10,6 +10,7 @@
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`client`]: the client library (blocking and tokio) and a smoltcp device.
+//! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 #![deny(unsafe_code)]
 
 pub mod async_channel;
@@ -20,6 +21,7 @@ pub mod driver_link;
 pub mod fake_driver;
 pub mod filters;
 pub mod host;
+pub mod run;
 pub mod server;
 pub mod service;
 

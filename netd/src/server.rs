@@ -7,6 +7,11 @@
 //! writes the reply, waiting for the socket to be writable so a client that never reads its
 //! replies costs only its own task; after [`Config::reply_timeout`] it is disconnected. Whatever ends
 //! the task (close, death, a broken message frame, a timeout), [`Netd::disconnect`] runs, once.
+//!
+//! Every [`EXPIRY_TICK`] the shell also asks whether the driver is gone ([`Netd::check_driver`]);
+//! when it is, netd logs it once, ends every session, and refuses every new client with
+//! `ErrorCode::Driver` and the reason, until it is restarted with a driver. A refusal at connect
+//! answers the client's first message, so the client reads the reason.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -177,15 +182,31 @@ impl Server {
     }
 }
 
+/// Every [`EXPIRY_TICK`]: ends sessions whose handshake timed out, and, when the driver is
+/// found gone, says so and ends every session (clients see their control connection close;
+/// new ones are refused by [`Netd::connect`]).
 async fn expiry_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tick.tick().await;
-        let expired = lock(&shell.state).expired(shell.now());
+        let (expired, driver_gone) = {
+            let mut netd = lock(&shell.state);
+            (netd.expired(shell.now()), netd.check_driver())
+        };
         let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
         for id in expired {
             tracing::info!(%id, "handshake timed out");
             if let Some(k) = kills.remove(&id) {
+                let _ = k.send(());
+            }
+        }
+        if let Some(why) = driver_gone {
+            tracing::error!(
+                sessions = kills.len(),
+                "the driver is gone ({why}): ending every session; new clients are refused \
+                 until netd is restarted with a driver"
+            );
+            for (_, k) in kills.drain() {
                 let _ = k.send(());
             }
         }
@@ -212,6 +233,9 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
     let id = match connected {
         Ok(id) => id,
         Err(e) => {
+            // The refusal is the reply to the client's first message (its hello): read that
+            // first, so a client that sends before it reads gets the reason, not a broken pipe.
+            let _ = tokio::time::timeout(shell.reply_timeout, chan.recv_raw()).await;
             let _ = chan
                 .send(&ClientReply::Error(e), &[], shell.reply_timeout)
                 .await;

@@ -20,7 +20,7 @@ use std::time::Duration;
 use netmux_driver::ring::RingConfig;
 use netmux_proto::client::{self, ClientReply, ClientRequest, HostConfig};
 use netmux_proto::driver::{Counters, Direction, FilterId, QueueConfig, QueueId, RxMode};
-use netmux_proto::{ErrorCode, ErrorReply, PROTOCOL_VERSION};
+use netmux_proto::{frame, ErrorCode, ErrorReply, PROTOCOL_VERSION};
 
 use crate::config::{link_local_from_mac, Config};
 use crate::core::{self, Core, CoreError, Credentials, PortError, PortTable, SessionId, Transport};
@@ -100,6 +100,8 @@ pub struct Netd {
     next_queue: u32,
     next_filter: u64,
     host_queue: Option<CreatedQueue>,
+    /// Why the driver is gone, once netd noticed.
+    driver_gone: Option<String>,
 }
 
 impl std::fmt::Debug for Netd {
@@ -123,6 +125,16 @@ fn to_proto(t: Transport) -> client::Transport {
         Transport::Tcp => client::Transport::Tcp,
         Transport::Udp => client::Transport::Udp,
     }
+}
+
+/// Bytes of session descriptions in one `ListSessions` reply; the rest are counted as omitted.
+/// Half of [`frame::MAX_BODY`], leaving room for the reply's own framing with a wide margin,
+/// so a busy host's listing is cut short rather than refused by the framing layer.
+pub const LIST_REPLY_BUDGET: usize = frame::MAX_BODY / 2;
+
+/// The listing policy: uid 0 sees every session, any other uid only its own uid's.
+pub fn may_see(asker_uid: u32, session_uid: u32) -> bool {
+    asker_uid == 0 || asker_uid == session_uid
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
@@ -201,6 +213,7 @@ impl Netd {
             next_queue: HOST_QUEUE.0 + 1,
             next_filter: 1,
             host_queue: None,
+            driver_gone: None,
         };
         if config.host_stack {
             let created = netd.driver.create_queue(HOST_QUEUE, netd.rings)?;
@@ -271,8 +284,34 @@ impl Netd {
         id
     }
 
-    /// A client connected.
+    /// Whether the driver has gone since the last call: `Some(why)` exactly once, when netd
+    /// first notices. From then on netd refuses every new client ([`Netd::connect`]) and every
+    /// request that needs the driver; the shell ends every session.
+    pub fn check_driver(&mut self) -> Option<String> {
+        if self.driver_gone.is_some() {
+            return None;
+        }
+        let why = self.driver.gone()?;
+        self.driver_gone = Some(why.clone());
+        Some(why)
+    }
+
+    /// Why the driver is gone, if netd noticed.
+    pub fn driver_gone(&self) -> Option<&str> {
+        self.driver_gone.as_deref()
+    }
+
+    /// A client connected. Refused with [`ErrorCode::Driver`] once the driver is gone.
     pub fn connect(&mut self, creds: Credentials, now: Duration) -> Result<SessionId, ErrorReply> {
+        if let Some(why) = self.check_driver() {
+            tracing::error!("the driver is gone ({why}); refusing new clients");
+        }
+        if let Some(why) = &self.driver_gone {
+            return Err(error(
+                ErrorCode::Driver,
+                format!("netd cannot serve: the driver is gone ({why})"),
+            ));
+        }
         let id = self.core.connect(creds, now).map_err(core_error)?;
         self.sessions.insert(id, SessionExtra::default());
         Ok(id)
@@ -326,6 +365,7 @@ impl Netd {
                 .map(|_| ClientReply::Done),
             ClientRequest::OpenQueue => return self.open_queue(id),
             ClientRequest::Stats => self.stats(id),
+            ClientRequest::ListSessions => self.list_sessions(id),
         };
         Response::reply(result.unwrap_or_else(ClientReply::Error))
     }
@@ -612,6 +652,73 @@ impl Netd {
                 .map(|(_, c)| c)
                 .unwrap_or_default(),
         ))
+    }
+
+    /// The sessions `id`'s client may see (every one for uid 0, else those of its own uid), with
+    /// their queues and the driver's counters. If the driver cannot be asked, the list still
+    /// comes, without counters.
+    fn list_sessions(&mut self, id: SessionId) -> Result<ClientReply, ErrorReply> {
+        self.require_active(id)?;
+        let asker = self
+            .core
+            .session(id)
+            .map(|s| s.creds.uid)
+            .ok_or_else(|| core_error(CoreError::NoSession))?;
+        let counters: HashMap<QueueId, Counters> = match self.driver.stats() {
+            Ok((_, queues)) => queues.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("listing sessions without counters: {e}");
+                HashMap::new()
+            }
+        };
+        let rings = self.rings;
+        let visible = self
+            .core
+            .sessions()
+            .filter(|s| may_see(asker, s.creds.uid))
+            .map(|s| {
+                let queue = self.sessions.get(&s.id).and_then(|e| e.queue.as_ref());
+                client::SessionInfo {
+                    id: s.id.0,
+                    caller: s.id == id,
+                    pid: s.creds.pid,
+                    uid: s.creds.uid,
+                    gid: s.creds.gid,
+                    active: s.state == core::SessionState::Active,
+                    ports: s.ports.iter().map(|&(t, p)| (to_proto(t), p)).collect(),
+                    filters: s
+                        .filters
+                        .iter()
+                        .map(|&(f, mode)| {
+                            let mode = match mode {
+                                core::FilterMode::Tap => client::FilterMode::Tap,
+                                core::FilterMode::Exclusive => client::FilterMode::Exclusive,
+                            };
+                            (f.0, mode)
+                        })
+                        .collect(),
+                    queue: queue.map(|q| client::QueueInfo {
+                        id: q.id.0,
+                        rings,
+                        ring_bytes: q.ring_bytes,
+                        attached: q.handout.is_none(),
+                    }),
+                    counters: queue.and_then(|q| counters.get(&q.id).cloned()),
+                }
+            });
+        let mut list = client::SessionList::default();
+        let mut bytes = 0;
+        for info in visible {
+            // A session's JSON: a few hundred bytes, up to ~15 KiB with 1,024 ports.
+            let size = frame::encode(&info, 0).map_or(usize::MAX, |b| b.len());
+            if list.omitted > 0 || bytes + size > LIST_REPLY_BUDGET {
+                list.omitted += 1;
+            } else {
+                bytes += size;
+                list.sessions.push(info);
+            }
+        }
+        Ok(ClientReply::Sessions(list))
     }
 
     /// Ends a session (closed, died, broke the protocol, timed out) and frees everything it

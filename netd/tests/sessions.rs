@@ -615,24 +615,37 @@ fn a_transmission_with_a_foreign_source_mac_is_rejected_and_reported() {
 }
 
 #[test]
-fn when_the_driver_goes_away_requests_fail_and_released_ports_stay_unusable() {
+fn when_the_driver_goes_away_sessions_end_new_clients_are_refused_and_ports_stay_unusable() {
+    use netmux_netd::core::{PortState, Transport as CoreTransport};
     let (netd, fake) = netd();
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5500).unwrap();
     let q = a.open_queue().unwrap();
     fake.go_away();
     assert!(q.is_closed(), "clients see their queue end");
-    assert_eq!(
-        code(a.bind_port(Transport::Udp, 5501).unwrap_err()),
-        ErrorCode::Driver
+    // Until netd's next tick a request is refused by the driver's absence; then the session
+    // ends.
+    match a.bind_port(Transport::Udp, 5501) {
+        Err(ClientError::Channel(_)) => {}
+        Err(e) => assert_eq!(code(e), ErrorCode::Driver),
+        Ok(p) => panic!("bound {p} without a driver"),
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || matches!(
+            a.stats(),
+            Err(ClientError::Channel(_))
+        )),
+        "netd ends the session"
     );
+    let e = Client::connect_socket(netd.socket_path()).unwrap_err();
+    assert_eq!(code(e), ErrorCode::Driver, "new clients are told why");
     // netd cannot confirm the filters are gone: the port must not be handed out again.
-    a.close_port(Transport::Udp, 5500).unwrap();
-    let mut b = Client::connect_socket(netd.socket_path()).unwrap();
-    assert_eq!(
-        code(b.bind_port(Transport::Udp, 5500).unwrap_err()),
-        ErrorCode::InUse
-    );
+    let state = netd.state();
+    let port = netmux_netd::server::lock(&state)
+        .core()
+        .ports()
+        .state(CoreTransport::Udp, 5500);
+    assert!(matches!(port, PortState::Releasing(_)), "{port:?}");
 }
 
 #[test]

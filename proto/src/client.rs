@@ -79,6 +79,8 @@ pub enum ClientRequest {
     OpenQueue,
     /// The session's counters.
     Stats,
+    /// The sessions this client may see: every session for uid 0, else those of its own uid.
+    ListSessions,
 }
 
 /// netd to client.
@@ -114,4 +116,55 @@ pub enum ClientReply {
     Stats(crate::driver::Counters),
     /// Refused.
     Error(ErrorReply),
+    /// The sessions the asking client may see, in session order.
+    Sessions(SessionList),
+}
+
+/// The answer to [`ClientRequest::ListSessions`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// The sessions, in session order, as many as fit in one message.
+    pub sessions: Vec<SessionInfo>,
+    /// Sessions the client may see that did not fit in one message (see
+    /// [`crate::frame::MAX_BODY`]); they come after the last one listed.
+    pub omitted: u64,
+}
+
+/// A session's queue, as `netmux ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueInfo {
+    /// The driver's id of the queue.
+    pub id: u32,
+    /// Its ring sizes.
+    pub rings: crate::driver::QueueConfig,
+    /// Total ring memory in bytes.
+    pub ring_bytes: u64,
+    /// Whether the client has taken the queue's descriptors.
+    pub attached: bool,
+}
+
+/// One session, as `netmux ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// netd's id of the session, never reused within one netd's life.
+    pub id: u64,
+    /// Whether this is the session that asked.
+    pub caller: bool,
+    /// The client's process id, as the kernel reported it when it connected.
+    pub pid: u32,
+    /// The client's user id, as the kernel reported it.
+    pub uid: u32,
+    /// The client's group id, as the kernel reported it.
+    pub gid: u32,
+    /// Whether the client has said hello.
+    pub active: bool,
+    /// Ports whose filters are in force, in (transport, port) order.
+    pub ports: Vec<(Transport, u16)>,
+    /// Tap and exclusive filters: netd's id and the mode.
+    pub filters: Vec<(u64, FilterMode)>,
+    /// The session's queue, once created.
+    pub queue: Option<QueueInfo>,
+    /// The queue's counters at the driver (frames and bytes each way, drops by reason); `None`
+    /// without a queue or when the driver could not be asked.
+    pub counters: Option<crate::driver::Counters>,
 }

@@ -20,7 +20,12 @@ use clap::{Parser, Subcommand};
 
 mod classify;
 mod defrag;
+mod demo;
+mod driver;
+mod example;
 mod filter;
+mod ls;
+mod up;
 mod vm;
 
 /// What a command group does when it is chosen.
@@ -70,6 +75,17 @@ command_groups! {
     /// Compile pcap-filter expressions, run them over captures, classify frames with them.
     #[command(subcommand)]
     Filter(filter::FilterCommand),
+    /// Run netmux end to end on a virtual cable with a built-in peer host (no privileges).
+    Demo(demo::Demo),
+    /// Run the driver and netd on a link in the foreground until Ctrl-C.
+    Up(up::Up),
+    /// Example netd clients: a UDP echo server and an HTTP server, on smoltcp.
+    #[command(subcommand)]
+    Example(example::ExampleCommand),
+    /// The driver (what `netmux up` runs as its child process).
+    Driver(driver::Driver),
+    /// List netd's sessions: pid, uid, ports, filters, queue and counters.
+    Ls(ls::Ls),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

@@ -260,7 +260,7 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let key = [(x % 97) as u32, (x >> 20) as u32 % 13];
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 assert_eq!(t.remove(&key), m.remove(&key));
             } else {
                 assert_eq!(t.upsert(&key, step).unwrap(), m.insert(key, step));

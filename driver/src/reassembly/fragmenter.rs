@@ -112,7 +112,7 @@ fn split_whole(frame: &[u8]) -> Result<Whole<'_>, FragmentError> {
 }
 
 fn check_offset(offset: usize) -> Result<(), FragmentError> {
-    if offset % 8 != 0 || offset > MAX_FRAGMENT_OFFSET {
+    if !offset.is_multiple_of(8) || offset > MAX_FRAGMENT_OFFSET {
         return Err(FragmentError::BadOffset(offset));
     }
     Ok(())
@@ -203,7 +203,7 @@ pub fn fragment(
     max_data: usize,
     ipv6_id: u32,
 ) -> Result<Vec<Vec<u8>>, FragmentError> {
-    if max_data == 0 || max_data % 8 != 0 {
+    if max_data == 0 || !max_data.is_multiple_of(8) {
         return Err(FragmentError::BadSize(max_data));
     }
     let w = split_whole(whole)?;

@@ -534,7 +534,7 @@ impl Reassembler {
         if len == 0 {
             return self.refuse(DropReason::Empty);
         }
-        if f.more && len % 8 != 0 {
+        if f.more && !len.is_multiple_of(8) {
             return self.refuse(DropReason::Misaligned);
         }
         let end = f.offset + len;

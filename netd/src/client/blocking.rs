@@ -93,6 +93,13 @@ impl Client {
         super::stats(self.call(ClientRequest::Stats)?)
     }
 
+    /// The sessions this client may see: every session if it runs as uid 0, else only those of
+    /// its own uid (its own session included, marked `caller`); as many as fit in one reply,
+    /// with the count of the others.
+    pub fn list_sessions(&mut self) -> Result<super::SessionList, ClientError> {
+        super::sessions(self.call(ClientRequest::ListSessions)?)
+    }
+
     /// The session's queue, attached: framed I/O on its rings.
     pub fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
         let (reply, fds) = self.request(&ClientRequest::OpenQueue)?;

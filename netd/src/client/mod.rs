@@ -34,7 +34,7 @@ use netmux_proto::client::{ClientReply, HostConfig};
 use netmux_proto::driver::Counters;
 use netmux_proto::ErrorReply;
 
-pub use netmux_proto::client::{FilterMode, Transport};
+pub use netmux_proto::client::{FilterMode, QueueInfo, SessionInfo, SessionList, Transport};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +114,13 @@ fn filter(reply: ClientReply) -> Result<u64, ClientError> {
 fn stats(reply: ClientReply) -> Result<Counters, ClientError> {
     match reply {
         ClientReply::Stats(c) => Ok(c),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn sessions(reply: ClientReply) -> Result<SessionList, ClientError> {
+    match reply {
+        ClientReply::Sessions(list) => Ok(list),
         other => Err(unexpected(other)),
     }
 }

@@ -124,6 +124,13 @@ impl AsyncClient {
         super::stats(self.call(ClientRequest::Stats).await?)
     }
 
+    /// The sessions this client may see: every session if it runs as uid 0, else only those of
+    /// its own uid (its own session included, marked `caller`); as many as fit in one reply,
+    /// with the count of the others.
+    pub async fn list_sessions(&mut self) -> Result<super::SessionList, ClientError> {
+        super::sessions(self.call(ClientRequest::ListSessions).await?)
+    }
+
     /// The session's queue, attached: framed I/O on its rings.
     pub async fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
         let (reply, fds) = self.request(&ClientRequest::OpenQueue).await?;

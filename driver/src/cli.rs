@@ -1,0 +1,101 @@
+//! The driver's command line and entry point, shared by the `netmux-driver` binary and
+//! `netmux driver` (which `netmux up` and `netmux demo` re-execute, so the driver is always a
+//! process of its own whichever binary the user built).
+//!
+//! [`run`] opens the link, binds the control socket and serves netd until SIGINT or SIGTERM
+//! (or, with `--exit-on-disconnect`, until netd leaves). It never installs a logger: the
+//! calling binary decides where logs go.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use netmux_vm::Strategy;
+
+use crate::daemon::control::{Server, ServerOptions};
+use crate::daemon::{Driver, DriverConfig};
+use crate::link::{self, LinkSpec};
+
+/// The driver's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DriverArgs {
+    /// The link: tap:NAME, afpacket:IFNAME, pcap:IN.pcap[,OUT.pcap] or virtual:PATH[,PEER].
+    #[arg(long, value_name = "SPEC")]
+    pub link: LinkSpec,
+    /// Where to create the control socket for netd.
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
+    /// A user id allowed to connect as netd (repeatable; default: the driver's own).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uid: Vec<u32>,
+    /// Exit when netd disconnects instead of waiting for a new one (queues fail closed
+    /// either way).
+    #[arg(long)]
+    pub exit_on_disconnect: bool,
+    /// Filter engine: auto, interp or jit.
+    #[arg(long, default_value = "auto")]
+    pub engine: Strategy,
+}
+
+/// Runs the driver until a signal (or netd's departure with `--exit-on-disconnect`). A link
+/// that cannot be opened is an error naming the link and the system's reason.
+pub fn run(args: DriverArgs) -> anyhow::Result<()> {
+    let link = link::open(&args.link).with_context(|| format!("opening link {}", args.link))?;
+    let driver = Driver::new(
+        link,
+        DriverConfig {
+            strategy: args.engine,
+            ..DriverConfig::default()
+        },
+    );
+    let mut options = ServerOptions {
+        exit_on_disconnect: args.exit_on_disconnect,
+        ..ServerOptions::default()
+    };
+    if !args.allow_uid.is_empty() {
+        options.allowed_uids = args.allow_uid;
+    }
+    let mut server = Server::bind(&args.control, driver, options)?;
+    let stop = stop_on_signals()?;
+    server.run(&stop)?;
+    let (link_counters, _) = server.driver().stats();
+    tracing::info!(?link_counters, "driver stopped");
+    Ok(())
+}
+
+/// A flag that SIGINT or SIGTERM sets, watched by a thread of its own. The driver notices it
+/// within one idle poll and fails closed, so clients see their queues end instead of a silent
+/// driver; the examples use the same flag to close their sockets cleanly.
+pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("starting the signal watcher")?;
+    let mut terminate = {
+        let _guard = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("watching SIGTERM")?
+    };
+    let mut interrupt = {
+        let _guard = runtime.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("watching SIGINT")?
+    };
+    std::thread::Builder::new()
+        .name("signals".to_string())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => {}
+                    _ = terminate.recv() => {}
+                }
+            });
+            tracing::info!("signal received; stopping");
+            flag.store(true, Ordering::Relaxed);
+        })
+        .context("starting the signal watcher")?;
+    Ok(stop)
+}

@@ -1,0 +1,231 @@
+//! Running netd in the foreground, shared by the `netd` binary and `netmux up`: the host's
+//! command-line options ([`HostArgs`]) and the configuration they make, starting the driver as
+//! a child process with its control socket in a private directory ([`start_child_driver`]),
+//! and catching SIGINT and SIGTERM ([`Signals`]).
+//!
+//! Nothing here panics on any input; every failure is a [`RunError`] that says what was being
+//! done.
+
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::config::{self, Config, ConfigError, HostAddrs};
+use crate::driver_link::{self, ChannelDriver, ChildDriver, DriverError};
+use crate::server::{self, ServeError};
+
+/// The driver's control socket inside the runtime directory's private `driver/` directory.
+pub const DRIVER_CONTROL: &str = "driver/control.sock";
+
+/// Why netd could not be started in the foreground.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The options do not make a configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The driver's private directory could not be made.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The driver did not start or did not answer.
+    #[error("starting a driver on {spec}: {source}")]
+    Driver {
+        /// The link spec it was given.
+        spec: String,
+        /// What went wrong.
+        source: DriverError,
+    },
+    /// The signal watcher could not be set up.
+    #[error("watching for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The host's options, as `netd` and `netmux up` take them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// Runtime directory holding netd.sock [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    /// The host's IPv4 address and prefix length.
+    #[arg(long, value_name = "A.B.C.D/N", value_parser = config::parse_ipv4_cidr)]
+    pub ip: Option<(Ipv4Addr, u8)>,
+    /// The IPv4 default gateway (must be on the --ip subnet).
+    #[arg(long, value_name = "G", requires = "ip")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Do not give the host an IPv6 link-local address.
+    #[arg(long)]
+    pub no_ipv6: bool,
+    /// Ephemeral ports for get_port.
+    #[arg(long, value_name = "A-B", value_parser = config::parse_port_range, default_value = "49152-65535")]
+    pub ephemeral_ports: RangeInclusive<u16>,
+    /// A uid besides 0 that may bind ports below 1024 (repeatable).
+    #[arg(long = "privileged-uid", value_name = "UID")]
+    pub privileged_uids: Vec<u32>,
+    /// A uid besides 0 that may open tap filters (repeatable).
+    #[arg(long = "tap-uid", value_name = "UID")]
+    pub tap_uids: Vec<u32>,
+    /// A uid besides 0 that may claim the link exclusively (repeatable).
+    #[arg(long = "exclusive-uid", value_name = "UID")]
+    pub exclusive_uids: Vec<u32>,
+    /// Do not answer ARP, ICMP echo, or unbound ports as the host.
+    #[arg(long)]
+    pub no_host_stack: bool,
+}
+
+impl HostArgs {
+    /// The configuration these options make; a gateway off the host's subnet is refused.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::new(
+            self.runtime_dir
+                .clone()
+                .unwrap_or_else(config::default_runtime_dir),
+        );
+        if let (Some(ip), Some(gw)) = (self.ip, self.gateway) {
+            config::check_gateway(ip, gw)?;
+        }
+        config.addrs = HostAddrs {
+            ipv4: self.ip,
+            gateway: self.gateway,
+            ipv6_link_local: !self.no_ipv6,
+        };
+        config.ephemeral = self.ephemeral_ports.clone();
+        config
+            .policy
+            .privileged_uids
+            .extend(self.privileged_uids.iter().copied());
+        config.policy.tap_uids.extend(self.tap_uids.iter().copied());
+        config
+            .policy
+            .exclusive_uids
+            .extend(self.exclusive_uids.iter().copied());
+        config.host_stack = !self.no_host_stack;
+        Ok(config)
+    }
+}
+
+/// Starts the driver `command` (given `--link SPEC --control ... --exit-on-disconnect`) with
+/// its control socket at [`DRIVER_CONTROL`] in `runtime_dir` (the directory made mode 0700
+/// first) and connects to it. The driver is a process of its own: the link owner stays
+/// isolated from netd and the clients.
+pub fn start_child_driver(
+    runtime_dir: &Path,
+    command: Command,
+    spec: &str,
+) -> Result<(ChildDriver, ChannelDriver), RunError> {
+    let control = runtime_dir.join(DRIVER_CONTROL);
+    if let Some(dir) = control.parent() {
+        server::private_dir(dir)?;
+    }
+    let (child, link) =
+        driver_link::start_driver_command(command, spec, &control).map_err(|source| {
+            RunError::Driver {
+                spec: spec.to_owned(),
+                source,
+            }
+        })?;
+    tracing::info!(pid = child.pid(), %spec, "driver started");
+    Ok((child, link))
+}
+
+/// SIGINT and SIGTERM, caught from [`Signals::watch`] on: a signal that arrives before
+/// [`Signals::wait`] is not lost, and does not kill the process in the meantime.
+#[derive(Debug)]
+pub struct Signals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts catching SIGINT and SIGTERM. Call it before announcing readiness.
+    pub fn watch() -> Result<Signals, RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(RunError::Signals)?;
+        let (interrupt, terminate) = {
+            let _guard = runtime.enter();
+            (
+                signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
+                signal(SignalKind::terminate()).map_err(RunError::Signals)?,
+            )
+        };
+        Ok(Signals {
+            runtime,
+            interrupt,
+            terminate,
+        })
+    }
+
+    /// Blocks until SIGINT or SIGTERM has arrived (since [`Signals::watch`]).
+    pub fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.interrupt.recv() => {}
+                _ = self.terminate.recv() => {}
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        host: HostArgs,
+    }
+
+    #[test]
+    fn host_args_make_the_configuration_they_name() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--runtime-dir",
+            "/tmp/nmx",
+            "--ip",
+            "10.0.0.2/24",
+            "--gateway",
+            "10.0.0.1",
+            "--privileged-uid",
+            "7",
+        ])
+        .unwrap();
+        let config = cli.host.config().unwrap();
+        assert_eq!(config.runtime_dir, PathBuf::from("/tmp/nmx"));
+        assert_eq!(config.addrs.ipv4, Some((Ipv4Addr::new(10, 0, 0, 2), 24)));
+        assert_eq!(config.addrs.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(config.policy.privileged_uids.contains(&7));
+        assert!(config.host_stack);
+    }
+
+    #[test]
+    fn a_gateway_off_the_subnet_is_refused() {
+        let cli =
+            Cli::try_parse_from(["x", "--ip", "10.0.0.2/24", "--gateway", "10.0.1.1"]).unwrap();
+        assert!(matches!(
+            cli.host.config(),
+            Err(ConfigError::GatewayOffLink { .. })
+        ));
+    }
+
+    #[test]
+    fn a_driver_that_cannot_start_is_a_driver_error_naming_the_link() {
+        let dir = std::env::temp_dir().join(format!("netmux-run-test-{}", std::process::id()));
+        let err = start_child_driver(
+            &dir,
+            Command::new("/nonexistent/netmux-driver"),
+            "virtual:/tmp/x",
+        )
+        .unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            err.to_string()
+                .contains("starting a driver on virtual:/tmp/x"),
+            "{err}"
+        );
+    }
+}

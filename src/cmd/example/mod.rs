@@ -1,0 +1,223 @@
+//! `netmux example udp-echo|http --port N [--runtime-dir DIR]`: two small netd clients that
+//! run smoltcp on a netmux queue, for people to point real applications at.
+//!
+//! Each one connects to netd (in `--runtime-dir`, default
+//! [`netmux_netd::config::default_runtime_dir`]), binds its port, prints exactly one line
+//! `listening on udp port N` / `listening on tcp port N` on stdout once the port's filters are
+//! in force, and serves until SIGINT or SIGTERM. A port netd refuses (in use, privileged) is
+//! reported with netd's reason and exit status 1. When the driver closes the queue (netd went
+//! away), the example says so and exits 1.
+//!
+//! [`udp_echo`] sends every datagram back to its sender; [`http`] answers every request with a
+//! fixed page, on [`http::LISTENERS`] sockets so several connections are served at once.
+
+pub mod http;
+pub mod udp_echo;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use netmux_driver::ring::QueueError;
+use netmux_netd::client::blocking::Client;
+use netmux_netd::client::device::QueueDevice;
+use netmux_netd::client::{ClientError, Transport};
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+use super::{driver, Refused, Run};
+
+/// The longest the examples sleep between looks at the stop flag: how quickly a signal is
+/// acted on when no traffic arrives.
+const MAX_IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often an idle example asks netd whether its session is still there (a netd killed
+/// outright cannot tell the driver to close the queue).
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a stopping example keeps polling so its closing segments (FIN, RST) get out.
+const CLOSE_LINGER: Duration = Duration::from_millis(200);
+
+/// The example clients.
+#[derive(Debug, clap::Subcommand)]
+pub enum ExampleCommand {
+    /// A UDP echo server: every datagram goes back to its sender.
+    UdpEcho(ExampleArgs),
+    /// An HTTP server (smoltcp TCP) answering every request with a fixed page.
+    Http(ExampleArgs),
+}
+
+/// Where the example listens and which netd it asks.
+#[derive(Debug, clap::Args)]
+pub struct ExampleArgs {
+    /// The port to bind (below 1024 only if netd's policy allows this user).
+    #[arg(long, value_name = "N")]
+    pub port: u16,
+    /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
+    #[arg(long, value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+}
+
+impl Run for ExampleCommand {
+    fn run(self) -> anyhow::Result<ExitCode> {
+        driver::init_logging();
+        let stop = netmux_driver::cli::stop_on_signals()?;
+        match self {
+            ExampleCommand::UdpEcho(args) => udp_echo::serve(&args, &stop)?,
+            ExampleCommand::Http(args) => http::serve(&args, &stop)?,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// A client's session with netd, its port bound, and a smoltcp interface on its queue.
+pub struct Station {
+    /// The session (kept open: closing it gives the port back).
+    pub client: Client,
+    /// The queue as a smoltcp device.
+    pub device: QueueDevice,
+    /// The host's interface, with netd's address and gateway.
+    pub iface: Interface,
+    /// The bound port.
+    pub port: u16,
+    /// The link's IP MTU: the largest packet this client may send (the driver rejects
+    /// fragments that clients transmit).
+    pub mtu: u16,
+    /// When the session with netd was last seen alive.
+    last_check: std::time::Instant,
+}
+
+impl Station {
+    /// Connects to netd, binds `port` for `transport`, opens the queue and builds the interface.
+    /// A refusal by netd becomes [`Refused`] with netd's message.
+    pub fn open(args: &ExampleArgs, transport: Transport) -> anyhow::Result<Station> {
+        let dir = args
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(netmux_netd::config::default_runtime_dir);
+        let mut client = Client::connect(&dir).map_err(refusal)?;
+        let port = client.bind_port(transport, args.port).map_err(refusal)?;
+        let host = client.host().clone();
+        let Some((ip, prefix)) = host.ipv4 else {
+            return Err(Refused(
+                "netd has no IPv4 address for this host (start it with --ip)".into(),
+            )
+            .into());
+        };
+        let mut device = QueueDevice::new(client.open_queue().map_err(refusal)?, host.link.mtu);
+        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(host.link.mac)));
+        let mut iface = Interface::new(config, &mut device, Instant::now());
+        iface.update_ip_addrs(|addrs| {
+            // A fresh interface has room for several addresses; this is its first.
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
+                prefix,
+            ));
+        });
+        if let Some(gw) = host.gateway {
+            let _ = iface
+                .routes_mut()
+                .add_default_ipv4_route(Ipv4Address::new(gw[0], gw[1], gw[2], gw[3]));
+        }
+        tracing::info!(
+            port,
+            ip = %std::net::Ipv4Addr::from(ip),
+            "bound through netd"
+        );
+        Ok(Station {
+            client,
+            device,
+            iface,
+            port,
+            mtu: host.link.mtu,
+            last_check: std::time::Instant::now(),
+        })
+    }
+
+    /// Prints the one line a script waits for, and flushes it.
+    pub fn announce(&self, transport: &str) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {transport} port {}", self.port)?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// One turn: let smoltcp process what arrived and send what is due.
+    pub fn poll(&mut self, sockets: &mut SocketSet<'_>) {
+        self.iface.poll(Instant::now(), &mut self.device, sockets);
+    }
+
+    /// Sleeps until a frame may be waiting, smoltcp has a timer due, or [`MAX_IDLE_WAIT`]
+    /// passes. A queue the driver closed is an error: netd is gone.
+    pub fn wait(&mut self, sockets: &SocketSet<'_>) -> anyhow::Result<()> {
+        let delay = self
+            .iface
+            .poll_delay(Instant::now(), sockets)
+            .map_or(MAX_IDLE_WAIT, |d| Duration::from_micros(d.total_micros()))
+            .min(MAX_IDLE_WAIT);
+        match self.device.wait(Some(delay)) {
+            Ok(()) => {}
+            Err(QueueError::Closed) => return Err(queue_closed()),
+            Err(e) => return Err(anyhow::anyhow!("waiting on the queue: {e}")),
+        }
+        if self.device.queue().is_closed() {
+            return Err(queue_closed());
+        }
+        if self.last_check.elapsed() >= SESSION_CHECK_INTERVAL {
+            self.last_check = std::time::Instant::now();
+            if let Err(e) = self.client.stats() {
+                return Err(Refused(format!("netd ended this client's session: {e}")).into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls for [`CLOSE_LINGER`] so closing segments get out, then logs the counters.
+    pub fn finish(mut self, sockets: &mut SocketSet<'_>) {
+        let start = std::time::Instant::now();
+        while start.elapsed() < CLOSE_LINGER {
+            self.poll(sockets);
+            if self.wait(sockets).is_err() {
+                break;
+            }
+        }
+        if let Ok(c) = self.client.stats() {
+            let rejected: u64 = c.tx_rejected.iter().map(|(_, n)| n).sum();
+            tracing::info!(
+                rx_frames = c.rx_frames,
+                rx_bytes = c.rx_bytes,
+                tx_frames = c.tx_frames,
+                tx_bytes = c.tx_bytes,
+                tx_rejected = rejected,
+                "the driver's counters for this queue"
+            );
+        }
+        let counters = self.device.counters();
+        tracing::info!(
+            rx_frames = counters.rx_frames,
+            tx_frames = counters.tx_frames,
+            tx_rejected = counters.tx_rejected,
+            tx_dropped = counters.tx_dropped,
+            "stopped"
+        );
+    }
+}
+
+fn queue_closed() -> anyhow::Error {
+    Refused("netd stopped: the driver closed this client's queue".into()).into()
+}
+
+/// Whether a stop was asked for.
+pub fn stopping(stop: &AtomicBool) -> bool {
+    stop.load(Ordering::Relaxed)
+}
+
+/// netd's refusals become [`Refused`] (exit status 1, netd's message); other failures stay
+/// errors.
+fn refusal(e: ClientError) -> anyhow::Error {
+    match e {
+        ClientError::Refused(r) => Refused(r.message).into(),
+        other => anyhow::Error::new(other),
+    }
+}

@@ -1,0 +1,69 @@
+//! The UDP echo example: every datagram received on the port goes back to its sender,
+//! unchanged. Datagrams the driver reassembled from fragments are echoed whole when the echo
+//! fits the link's MTU (a client may not transmit fragments: the driver rejects them).
+
+use std::sync::atomic::AtomicBool;
+
+use netmux_netd::client::Transport;
+use smoltcp::iface::SocketSet;
+use smoltcp::socket::udp;
+
+use super::{stopping, ExampleArgs, Station};
+
+/// IPv4 header (without options) and UDP header: what an echo adds to its payload.
+const IPV4_UDP_HEADERS_LEN: usize = 20 + 8;
+/// Datagrams the socket holds in each direction.
+const DATAGRAMS_BUFFERED: usize = 64;
+/// Payload bytes the socket holds in each direction: room for a few datagrams of the largest
+/// size IPv4 can reassemble.
+const BYTES_BUFFERED: usize = 256 * 1024;
+
+fn buffer() -> udp::PacketBuffer<'static> {
+    udp::PacketBuffer::new(
+        vec![udp::PacketMetadata::EMPTY; DATAGRAMS_BUFFERED],
+        vec![0; BYTES_BUFFERED],
+    )
+}
+
+/// Serves until `stop` is set or the queue closes.
+pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut station = Station::open(args, Transport::Udp)?;
+    let mut sockets = SocketSet::new(vec![]);
+    let mut socket = udp::Socket::new(buffer(), buffer());
+    socket
+        .bind(station.port)
+        .map_err(|e| anyhow::anyhow!("binding the smoltcp socket: {e}"))?;
+    let handle = sockets.add(socket);
+    station.announce("udp")?;
+    let mut echoed: u64 = 0;
+    while !stopping(stop) {
+        station.poll(&mut sockets);
+        let socket = sockets.get_mut::<udp::Socket>(handle);
+        while socket.can_recv() && socket.can_send() {
+            let Ok((data, meta)) = socket.recv() else {
+                break;
+            };
+            let data = data.to_vec();
+            if data.len() + IPV4_UDP_HEADERS_LEN > usize::from(station.mtu) {
+                tracing::warn!(
+                    from = %meta.endpoint,
+                    bytes = data.len(),
+                    mtu = station.mtu,
+                    "not echoed: the echo would need IP fragments, which clients may not send"
+                );
+                continue;
+            }
+            tracing::debug!(from = %meta.endpoint, bytes = data.len(), "echo");
+            match socket.send_slice(&data, meta) {
+                Ok(()) => echoed += 1,
+                Err(e) => tracing::warn!(from = %meta.endpoint, "echo dropped: {e}"),
+            }
+        }
+        station.poll(&mut sockets);
+        station.wait(&sockets)?;
+    }
+    tracing::info!(echoed, "stopping");
+    sockets.get_mut::<udp::Socket>(handle).close();
+    station.finish(&mut sockets);
+    Ok(())
+}

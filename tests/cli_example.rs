@@ -1,0 +1,383 @@
+//! `netmux up` and `netmux example ...`, run as the built binary on a virtual cable (no
+//! privileges): the examples' one-line announcement, a refused port reported with netd's reason
+//! and exit status 1, clean stops on SIGTERM, and `up`'s errors for a link that cannot open.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
+/// Longest wait for a process to print its ready line or exit (debug builds on a busy CI host).
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A short scratch directory (Unix socket paths are limited to 107 bytes), removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("nmx-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn run(&self) -> PathBuf {
+        self.0.join("run")
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process with its stdout lines on a channel; killed on drop if still running.
+struct Proc {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str], extra: &[&Path]) -> Proc {
+        let mut child = Command::new(NETMUX)
+            .args(args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines
+            .recv_timeout(TIMEOUT)
+            .expect("a line on stdout in time")
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits for exit; returns the status and everything on stderr.
+    fn wait(mut self) -> (ExitStatus, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "the process did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+        (status, err)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `netmux up` on a virtual cable in `scratch`; returns it once netd listens, and the driver's pid.
+fn up(scratch: &Scratch) -> (Proc, i32) {
+    let link = format!("virtual:{}", scratch.0.join("cable.sock").display());
+    let up = Proc::start(
+        &[
+            "up",
+            "--link",
+            &link,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    );
+    let line = up.line();
+    assert!(line.starts_with("netd listening on "), "{line}");
+    let pid = line
+        .split("driver pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the driver's pid in the ready line");
+    (up, pid)
+}
+
+fn example(kind: &str, port: u16, scratch: &Scratch) -> Proc {
+    Proc::start(
+        &[
+            "example",
+            kind,
+            "--port",
+            &port.to_string(),
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    )
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn examples_announce_their_port_and_stop_cleanly_on_sigterm() {
+    let scratch = Scratch::new("announce");
+    let (up, _) = up(&scratch);
+    let echo = example("udp-echo", 7000, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7000");
+    let http = example("http", 8000, &scratch);
+    assert_eq!(http.line(), "listening on tcp port 8000");
+    for p in [echo, http] {
+        p.signal(rustix::process::Signal::TERM);
+        let (status, err) = p.wait();
+        assert!(status.success(), "{status}: {err}");
+    }
+    up.signal(rustix::process::Signal::INT);
+    assert!(up.wait().0.success());
+}
+
+#[test]
+fn an_example_refused_a_port_in_use_prints_netds_reason_and_exits_1() {
+    let scratch = Scratch::new("inuse");
+    let (_up, _) = up(&scratch);
+    let first = example("udp-echo", 7001, &scratch);
+    assert_eq!(first.line(), "listening on udp port 7001");
+    let (status, err) = example("udp-echo", 7001, &scratch).wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("udp port 7001 is in use"), "{err}");
+}
+
+#[test]
+fn an_example_refused_a_privileged_port_exits_1() {
+    if rustix::process::geteuid().is_root() {
+        eprintln!("skipped: root may bind privileged ports");
+        return;
+    }
+    let scratch = Scratch::new("privileged");
+    let (_up, _) = up(&scratch);
+    let (status, err) = example("http", 80, &scratch).wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("80"), "{err}");
+}
+
+#[test]
+fn an_example_without_netd_says_it_cannot_connect() {
+    let scratch = Scratch::new("nonetd");
+    let (status, err) = example("udp-echo", 7002, &scratch).wait();
+    assert!(!status.success());
+    assert!(err.contains("connecting to netd"), "{err}");
+}
+
+#[test]
+fn an_example_exits_1_when_netd_stops_under_it() {
+    let scratch = Scratch::new("netdstops");
+    let (up, _) = up(&scratch);
+    let echo = example("udp-echo", 7003, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7003");
+    up.signal(rustix::process::Signal::TERM);
+    assert!(up.wait().0.success());
+    let (status, err) = echo.wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("netd stopped") || err.contains("netd ended"),
+        "{err}"
+    );
+}
+
+#[test]
+fn up_stops_netd_and_the_driver_child_and_removes_its_socket_on_sigint() {
+    let scratch = Scratch::new("upstop");
+    let (up, driver) = up(&scratch);
+    let socket = scratch.run().join("netd.sock");
+    assert!(socket.exists());
+    assert!(alive(driver), "the driver is a process of its own");
+    assert_ne!(driver, up.pid());
+    up.signal(rustix::process::Signal::INT);
+    let (status, err) = up.wait();
+    assert!(status.success(), "{status}: {err}");
+    assert!(!socket.exists(), "netd's socket is removed");
+    let start = Instant::now();
+    while alive(driver) && start.elapsed() < TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!alive(driver), "the driver child is stopped");
+}
+
+#[test]
+fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
+    let scratch = Scratch::new("badlink");
+    let up = Proc::start(
+        &[
+            "up",
+            "--link",
+            "afpacket:nmx-no-such0",
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    );
+    let (status, err) = up.wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("opening link afpacket:nmx-no-such0"), "{err}");
+    assert!(
+        err.contains("starting a driver on afpacket:nmx-no-such0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn up_requires_an_address() {
+    let (status, err) = Proc::start(&["up", "--link", "virtual:/tmp/x"], &[]).wait();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--ip"), "{err}");
+}
+
+#[test]
+fn up_refuses_a_link_spec_that_does_not_parse_before_starting_anything() {
+    let (status, err) =
+        Proc::start(&["up", "--link", "ethernet0", "--ip", "10.9.0.1/24"], &[]).wait();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("has no kind"), "{err}");
+}
+
+/// The far end of a virtual cable, held by the test: sends hand-made frames, answers ARP for
+/// its address, and waits for UDP from a port.
+struct CableEnd {
+    socket: std::os::unix::net::UnixDatagram,
+    cable: PathBuf,
+}
+
+const PEER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x22];
+const PEER_IP: [u8; 4] = [10, 9, 0, 2];
+const HOST_IP: [u8; 4] = [10, 9, 0, 1];
+
+impl CableEnd {
+    fn udp_to_host(&self, host_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(PEER_MAC, host_mac)
+            .ipv4(PEER_IP, HOST_IP, 64)
+            .udp(5555, dport)
+            .write(&mut frame, payload)
+            .unwrap();
+        frame
+    }
+
+    fn send(&self, frame: &[u8]) {
+        self.socket.send_to(frame, &self.cable).unwrap();
+    }
+
+    /// Answers ARP requests for the peer's address; returns the payload of the first UDP
+    /// datagram from `sport`, or `None` after `timeout`.
+    fn udp_from(&self, sport: u16, timeout: Duration) -> Option<Vec<u8>> {
+        let start = Instant::now();
+        let mut buf = vec![0u8; 70_000];
+        while start.elapsed() < timeout {
+            let Ok(n) = self.socket.recv(&mut buf) else {
+                continue;
+            };
+            let frame = &buf[..n];
+            if frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 1] && frame[38..42] == PEER_IP
+            {
+                let mut reply = Vec::with_capacity(42);
+                reply.extend_from_slice(&frame[6..12]);
+                reply.extend_from_slice(&PEER_MAC);
+                reply.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+                reply.extend_from_slice(&PEER_MAC);
+                reply.extend_from_slice(&PEER_IP);
+                reply.extend_from_slice(&frame[22..32]);
+                self.send(&reply);
+                continue;
+            }
+            if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
+                if let Some(etherparse::TransportSlice::Udp(udp)) = p.transport {
+                    if udp.source_port() == sport {
+                        return Some(udp.payload().to_vec());
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+#[test]
+fn udp_echo_echoes_a_datagram_from_the_cable_and_says_why_it_skips_one_too_big_to_send_whole() {
+    let scratch = Scratch::new("cable");
+    let cable = scratch.0.join("cable.sock");
+    let peer = scratch.0.join("peer.sock");
+    let end = CableEnd {
+        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
+        cable: cable.clone(),
+    };
+    end.socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let spec = format!("virtual:{},{}", cable.display(), peer.display());
+    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+    let up = Proc::start(
+        &[
+            "up",
+            "--link",
+            &spec,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.run()],
+    );
+    assert!(up.line().starts_with("netd listening on "));
+    let echo = example("udp-echo", 7010, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7010");
+
+    end.send(&end.udp_to_host(host_mac, 7010, b"ping over the cable"));
+    assert_eq!(
+        end.udp_from(7010, TIMEOUT).as_deref(),
+        Some(&b"ping over the cable"[..])
+    );
+
+    // 2,000 bytes arrive reassembled by the driver, but the echo would need fragments.
+    let big = end.udp_to_host(host_mac, 7010, &[7u8; 2000]);
+    let fragments = netmux_driver::reassembly::fragmenter::fragment(&big, 1024, 0).unwrap();
+    for fragment in &fragments {
+        end.send(fragment);
+    }
+    assert_eq!(end.udp_from(7010, Duration::from_secs(1)), None);
+
+    echo.signal(rustix::process::Signal::TERM);
+    let (status, err) = echo.wait();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("not echoed"), "{err}");
+    assert!(err.contains("bytes=2000"), "{err}");
+}
