@@ -5,8 +5,10 @@
 //! 2. The same bytes, cut into chunks that each carry some descriptors (0 to 6, beyond the
 //!    protocol's limit of 4), go through a real `Channel` on a socketpair to a non-blocking
 //!    receiver, which reads until the sender's close and decodes every message it gets as
-//!    every type, until the close or the first error (which ends a session). After each input the process holds exactly the descriptors it held before:
-//!    descriptors that arrive with a bad message are closed, not leaked.
+//!    every type, until the close or the first error (which ends a session). The sender is a
+//!    thread of its own, as a peer is a process of its own. After each input the process
+//!    holds exactly the descriptors it held before: descriptors that arrive with a bad
+//!    message are closed, not leaked.
 #![no_main]
 
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,13 +19,19 @@ use libfuzzer_sys::fuzz_target;
 use netmux_proto::client::{ClientReply, ClientRequest};
 use netmux_proto::driver::{DriverReply, DriverRequest};
 use netmux_proto::frame::{self, Header, HEADER_LEN};
-use netmux_proto::Channel;
+use netmux_proto::{Channel, ChannelError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Receive calls per input: a well-behaved channel ends long before (each call consumes bytes
 /// or reports the close); the bound turns a livelock into a failure instead of a hang.
 const MAX_RECV_CALLS: usize = 4096;
+/// How long the receiver waits for the sender's next bytes or its close: the sender is a
+/// thread that only copies into a socket, so seconds mean it is stuck.
+const PATIENCE: rustix::time::Timespec = rustix::time::Timespec {
+    tv_sec: 5,
+    tv_nsec: 0,
+};
 
 #[derive(Debug, Arbitrary)]
 struct Input {
@@ -63,22 +71,31 @@ fuzz_target!(|input: Input| {
     {
         let (a, b) = UnixStream::pair().expect("socketpair");
         b.set_nonblocking(true).expect("non-blocking");
-        let mut tx = Channel::new(a);
         let mut rx = Channel::new(b);
-        // A memfd to pass around; every send passes duplicates of it.
-        let fd: OwnedFd =
-            rustix::fs::memfd_create("ipc-fuzz", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
-        let mut at = 0;
-        let mut chunks = input.chunks.iter();
-        while at < bytes.len() {
-            let (len, nfds) = chunks.next().copied().unwrap_or((u16::MAX, 0));
-            let end = (at + usize::from(len).max(1)).min(bytes.len());
-            let fds: Vec<_> = (0..nfds % 7).map(|_| fd.as_fd()).collect();
-            // More than the channel's control buffer holds is refused on the sending side.
-            let _ = tx.send_raw(&bytes[at..end], &fds);
-            at = end;
-        }
-        drop(tx);
+        // The sender runs on its own thread, as a peer process would: a sender on the
+        // receiver's thread blocks for good once its chunks fill the socket's send buffer
+        // (about 70 one-byte chunks here), before the receiver reads a byte.
+        let chunks = input.chunks.clone();
+        let bytes_to_send = bytes.clone();
+        let sender = std::thread::spawn(move || {
+            let mut tx = Channel::new(a);
+            // A memfd to pass around; every send passes duplicates of it.
+            let fd: OwnedFd = rustix::fs::memfd_create("ipc-fuzz", rustix::fs::MemfdFlags::CLOEXEC)
+                .expect("memfd");
+            let mut at = 0;
+            let mut chunks = chunks.iter();
+            while at < bytes_to_send.len() {
+                let (len, nfds) = chunks.next().copied().unwrap_or((u16::MAX, 0));
+                let end = (at + usize::from(len).max(1)).min(bytes_to_send.len());
+                let fds: Vec<_> = (0..nfds % 7).map(|_| fd.as_fd()).collect();
+                // More than the channel's control buffer holds is refused on the sending
+                // side; a receiver that has ended the session makes the rest fail.
+                if let Err(ChannelError::Io(_)) = tx.send_raw(&bytes_to_send[at..end], &fds) {
+                    break;
+                }
+                at = end;
+            }
+        });
         let mut calls = 0;
         loop {
             calls += 1;
@@ -88,26 +105,25 @@ fuzz_target!(|input: Input| {
                     assert!(fds.len() <= frame::MAX_FDS);
                     check_all(&body);
                 }
-                // The sender is gone: the close must become readable. Once, in a five-minute
-                // run, `try_recv` answered "would block" here; the input alone does not
-                // reproduce it and the cause is not known. Wait for readiness instead of
-                // failing at once; still nothing after a second is a failure.
+                // Nothing to read yet: more bytes or the sender's close must become readable.
                 Ok(None) => {
                     let mut pfd = [rustix::event::PollFd::new(
                         rx.socket(),
                         rustix::event::PollFlags::IN,
                     )];
-                    let timeout = rustix::time::Timespec {
-                        tv_sec: 1,
-                        tv_nsec: 0,
-                    };
-                    let ready = rustix::event::poll(&mut pfd, Some(&timeout)).unwrap_or(0);
-                    assert!(ready > 0, "would block a second after the peer closed");
+                    let ready = rustix::event::poll(&mut pfd, Some(&PATIENCE)).unwrap_or(0);
+                    assert!(
+                        ready > 0,
+                        "nothing readable, not even the close, for {PATIENCE:?}"
+                    );
                 }
                 // The end, or a fault of the peer: the session ends here.
                 Err(_) => break,
             }
         }
+        // Ending the session closes the socket, which unblocks a sender still writing.
+        drop(rx);
+        sender.join().expect("the sender thread");
     }
     assert_eq!(open_fds(), before, "no descriptor leaked");
 });

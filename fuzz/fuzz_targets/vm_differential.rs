@@ -27,7 +27,12 @@ fn case(u: &mut Unstructured) -> Result<()> {
         let mut got = [seed; 16];
         let a = interp.run_with_scratch(&frame.bytes, frame.wire_len, &mut want);
         let b = jit.run_with_scratch(&frame.bytes, frame.wire_len, &mut got);
-        assert_eq!(a, b, "verdicts differ on {frame:?}\n{:?}", interp.program().insns());
+        assert_eq!(
+            a,
+            b,
+            "verdicts differ on {frame:?}\n{:?}",
+            interp.program().insns()
+        );
         assert_eq!(want, got, "scratch differs on {frame:?}");
     }
     Ok(())

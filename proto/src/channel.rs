@@ -309,6 +309,79 @@ mod tests {
         ));
     }
 
+    /// Sends `messages` (each announcing and carrying `fds` descriptors, each cut into chunks
+    /// whose lengths come from `next`), optionally cut short by `cut` bytes, closes the
+    /// sender, then reads on a non-blocking receiver: every message arrives, then the close
+    /// (`Closed`, or `Truncated` when the last message was cut), and never "would block".
+    fn receive_after_close(iteration: usize, next: &mut impl FnMut() -> u64) {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let (mut tx, mut rx) = (Channel::new(a), Channel::new(b));
+        let memfd = rustix::fs::memfd_create("stress", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let count = (next() % 6) as usize;
+        let mut wire = Vec::new();
+        for i in 0..count {
+            let body = "x".repeat((next() % 300) as usize);
+            let fds = (next() % (MAX_FDS as u64 + 1)) as usize;
+            let bytes = frame::encode(&body, fds).unwrap();
+            wire.push((i, bytes, fds));
+        }
+        let cut = next() % 3 == 0 && count > 0;
+        if cut {
+            let last = &mut wire.last_mut().unwrap().1;
+            let keep = 1 + (next() as usize) % (last.len() - 1);
+            last.truncate(keep);
+        }
+        for (_, bytes, fds) in &wire {
+            let fds: Vec<_> = (0..*fds).map(|_| memfd.as_fd()).collect();
+            let mut at = 0;
+            while at < bytes.len() {
+                let end = (at + 1 + (next() % 40) as usize).min(bytes.len());
+                let with = if at == 0 { &fds[..] } else { &[] };
+                tx.send_raw(&bytes[at..end], with).unwrap();
+                at = end;
+            }
+        }
+        drop(tx);
+        let whole = if cut { count - 1 } else { count };
+        for (i, _, announced) in &wire[..whole] {
+            match rx.try_recv_raw() {
+                Ok(Some((_, fds))) => assert_eq!(fds.len(), *announced),
+                other => panic!("iteration {iteration}, message {i}: {other:?}"),
+            }
+        }
+        match rx.try_recv_raw() {
+            Err(ChannelError::Closed) if !cut => {}
+            Err(ChannelError::Truncated) if cut => {}
+            other => panic!("iteration {iteration}: the close, cut {cut}: {other:?}"),
+        }
+    }
+
+    fn stress_receive_after_close(iterations: usize, seed: u64) {
+        let mut x = seed;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..iterations {
+            receive_after_close(i, &mut next);
+        }
+    }
+
+    #[test]
+    fn a_nonblocking_receiver_sees_every_message_then_the_close_never_would_block() {
+        stress_receive_after_close(2_000, 0x9e37_79b9_7f4a_7c15);
+    }
+
+    /// The long version, for the `ipc_decode` question in RELIABILITY.md.
+    #[test]
+    #[ignore = "a stress run of about a minute"]
+    fn a_nonblocking_receiver_never_would_block_after_the_close_stress() {
+        stress_receive_after_close(200_000, 0x2545_f491_4f6c_dd1d);
+    }
+
     #[test]
     fn a_nonblocking_socket_yields_partial_progress() {
         let (a, b) = UnixStream::pair().unwrap();

@@ -3,11 +3,15 @@
 //!
 //! # How the verdict and its reason are decided
 //!
-//! The **verdict** comes from two rules only, in this order:
+//! The **verdict** comes from three rules only, in this order:
 //!
-//! 1. an IP fragment is rejected ([`reassembly::is_fragment`]), whatever the filters say
+//! 1. a frame shorter than its own headers say is rejected as malformed ([`is_truncated`]):
+//!    a cut Ethernet header, or an untagged IPv4 or IPv6 datagram whose header or length
+//!    field claims bytes the frame does not have (a filter reads only the fields it tests,
+//!    so it would pass a datagram cut right after its source port);
+//! 2. an IP fragment is rejected ([`reassembly::is_fragment`]), whatever the filters say
 //!    (the driver reassembles what it receives, and fragments are how filters are evaded);
-//! 2. otherwise the frame goes on the wire when any of the queue's verified tx filters accepts
+//! 3. otherwise the frame goes on the wire when any of the queue's verified tx filters accepts
 //!    it, and is rejected when none does (a queue without tx filters transmits nothing).
 //!
 //! Tx filters are programs that answer accept or reject, nothing more, so the **reason** for a
@@ -15,7 +19,9 @@
 //! what the queue was granted: the link's MAC address and the [`PortBinding`]s its tx filters
 //! were installed with. The first check that fails names the reason: source MAC, then
 //! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one), then source IP, then
-//! (protocol, source port). When every check passes, the filter rejected the frame for a reason
+//! (protocol, source port). An ARP frame's sender hardware and protocol addresses are checked
+//! like a source MAC and a source IP (ARP spoofing is forging them, whatever the Ethernet
+//! header says). When every check passes, the filter rejected the frame for a reason
 //! the checks do not model: [`TxStatus::RejectedByFilter`]. The diagnosis never turns a
 //! rejection into an acceptance, and it only runs for rejected frames, so it costs nothing on
 //! the fast path.
@@ -31,8 +37,15 @@ const ETHERNET_HEADER_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// The IPv4 header without options.
+const IPV4_MIN_HEADER_LEN: usize = 20;
 /// The fixed IPv6 header.
 const IPV6_HEADER_LEN: usize = 40;
+/// Where an Ethernet/IPv4 ARP body's sender hardware address starts (RFC 826: hardware and
+/// protocol types, their lengths and the operation come first).
+const ARP_SENDER_MAC: usize = ETHERNET_HEADER_LEN + 8;
+/// Where its sender protocol address starts.
+const ARP_SENDER_IP: usize = ARP_SENDER_MAC + 6;
 
 /// One installed tx filter of a queue.
 pub struct TxFilter {
@@ -60,6 +73,9 @@ pub fn check(
     link_mac: &[u8; 6],
     scratch: &mut Scratch,
 ) -> TxStatus {
+    if is_truncated(frame) {
+        return TxStatus::RejectedMalformed;
+    }
     if reassembly::is_fragment(frame) {
         return TxStatus::RejectedFragment;
     }
@@ -76,6 +92,28 @@ pub fn check(
         filters.iter().filter_map(|f| f.binding.as_ref()),
         link_mac,
     )
+}
+
+/// Whether `frame` is shorter than its own headers say: shorter than an Ethernet header, or an
+/// untagged IPv4 datagram whose header length is below 20 bytes or whose total length is below
+/// its header length or beyond the frame, or an untagged IPv6 datagram whose fixed header or
+/// payload length lies beyond the frame. (Bytes after the datagram are Ethernet padding.)
+pub fn is_truncated(frame: &[u8]) -> bool {
+    let Some(ip) = frame.get(ETHERNET_HEADER_LEN..) else {
+        return true;
+    };
+    match be16(frame, 12) {
+        Some(ETHERTYPE_IPV4) => {
+            let header = ip.first().map_or(0, |&vihl| usize::from(vihl & 0x0f) * 4);
+            let total = be16(ip, 2).map_or(0, usize::from);
+            header < IPV4_MIN_HEADER_LEN || total < header || total > ip.len()
+        }
+        Some(ETHERTYPE_IPV6) => match be16(ip, 4) {
+            Some(payload) => IPV6_HEADER_LEN + usize::from(payload) > ip.len(),
+            None => true,
+        },
+        _ => false,
+    }
 }
 
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
@@ -104,7 +142,21 @@ pub fn diagnose<'a>(
     if family.peek().is_none() {
         return TxStatus::RejectedEthertypeNotGranted;
     }
+    let address_len = if ipv6 { 16 } else { 4 };
+    let unspecified = |g: &PortBinding| g.address[..address_len].iter().all(|&b| b == 0);
     if ethertype == ETHERTYPE_ARP {
+        let (Some(sender_mac), Some(sender_ip)) = (
+            frame.get(ARP_SENDER_MAC..ARP_SENDER_IP),
+            frame.get(ARP_SENDER_IP..ARP_SENDER_IP + 4),
+        ) else {
+            return TxStatus::RejectedMalformed;
+        };
+        if sender_mac != link_mac {
+            return TxStatus::RejectedSpoofedSourceMac;
+        }
+        if !family.any(|g| unspecified(g) || g.address[..4] == *sender_ip) {
+            return TxStatus::RejectedSourceIp;
+        }
         return TxStatus::RejectedByFilter;
     }
     let ip = &frame[ETHERNET_HEADER_LEN..];
@@ -121,8 +173,6 @@ pub fn diagnose<'a>(
             _ => return TxStatus::RejectedMalformed,
         }
     };
-    let address_len = if ipv6 { 16 } else { 4 };
-    let unspecified = |g: &PortBinding| g.address[..address_len].iter().all(|&b| b == 0);
     let mut from_source = grants
         .filter(|g| g.ipv6 == ipv6 && (unspecified(g) || g.address[..address_len] == *source))
         .peekable();
@@ -147,6 +197,7 @@ mod tests {
         f[6..12].copy_from_slice(&src_mac);
         f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
         f[14] = 0x45;
+        f[16..18].copy_from_slice(&28u16.to_be_bytes()); // total length: IPv4 + UDP headers
         f[23] = 17;
         f[26..30].copy_from_slice(&src);
         f[34..36].copy_from_slice(&sport.to_be_bytes());
@@ -184,6 +235,61 @@ mod tests {
         assert_eq!(d(&[0; 5]), TxStatus::RejectedMalformed);
         assert_eq!(
             d(&udp4(MAC, [10, 0, 0, 1], 53)[..20]),
+            TxStatus::RejectedMalformed
+        );
+    }
+
+    fn arp4(sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        f[6..12].copy_from_slice(&MAC);
+        f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f[22..28].copy_from_slice(&sender_mac);
+        f[28..32].copy_from_slice(&sender_ip);
+        f
+    }
+
+    #[test]
+    fn arp_with_a_foreign_sender_names_the_forged_address() {
+        let g = [grant([10, 0, 0, 1], 53)];
+        let d = |f: &[u8]| diagnose(f, g.iter(), &MAC);
+        assert_eq!(
+            d(&arp4([9; 6], [10, 0, 0, 1])),
+            TxStatus::RejectedSpoofedSourceMac
+        );
+        assert_eq!(d(&arp4(MAC, [10, 0, 0, 9])), TxStatus::RejectedSourceIp);
+        assert_eq!(d(&arp4(MAC, [10, 0, 0, 1])), TxStatus::RejectedByFilter);
+        assert_eq!(
+            d(&arp4(MAC, [10, 0, 0, 1])[..30]),
+            TxStatus::RejectedMalformed
+        );
+    }
+
+    #[test]
+    fn a_datagram_shorter_than_its_headers_say_is_malformed_whatever_the_filters_say() {
+        let whole = udp4(MAC, [10, 0, 0, 1], 53);
+        assert!(!is_truncated(&whole));
+        let mut padded = whole.clone();
+        padded.resize(60, 0); // Ethernet padding after the datagram
+        assert!(!is_truncated(&padded));
+        // Cut after the source port: the length field says 28 bytes, 22 are there.
+        assert!(is_truncated(&whole[..36]));
+        assert!(is_truncated(&whole[..13]));
+        let mut short_header = whole.clone();
+        short_header[14] = 0x44;
+        assert!(is_truncated(&short_header));
+        let mut v6 = vec![0u8; 14 + 40 + 8];
+        v6[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        v6[18..20].copy_from_slice(&8u16.to_be_bytes());
+        assert!(!is_truncated(&v6));
+        assert!(is_truncated(&v6[..60]));
+        assert!(is_truncated(&v6[..30]));
+        // Not IP: nothing to check beyond the Ethernet header.
+        let mut other = whole[..20].to_vec();
+        other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        assert!(!is_truncated(&other));
+        assert_eq!(
+            check(&whole[..36], &[], &MAC, &mut Scratch::default()),
             TxStatus::RejectedMalformed
         );
     }
