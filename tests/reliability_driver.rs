@@ -36,29 +36,9 @@ const SMALL: QueueConfig = QueueConfig {
     completion_slots: 64,
 };
 
-/// The driver binary, built (once per test process) if this test run has not built it.
+/// The driver binary of this build, brought up to date first (see `netmux_testkit::bins`).
 fn driver_binary() -> PathBuf {
-    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BINARY.get_or_init(find_or_build_driver).clone()
-}
-
-fn find_or_build_driver() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = profile_dir.join("netmux-driver");
-    if !bin.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "-p", "netmux-driver", "--bin", "netmux-driver"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        assert!(cmd.status().unwrap().success(), "building netmux-driver");
-    }
-    bin
+    netmux_testkit::bins::workspace_binary("netmux-driver")
 }
 
 struct Driver {

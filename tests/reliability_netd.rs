@@ -51,44 +51,12 @@ const PORT_FREE_WITHIN: Duration = Duration::from_secs(1);
 /// lazily grown pools); a leak of even one queue's bookkeeping per client grows past it.
 const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
 
-/// The `netd` and `netmux-driver` binaries of this build, next to this test's binary. Under
-/// cargo they are built (brought up to date) once per test process, so a test run never uses
-/// stale ones; without cargo they must be there.
-fn binaries() -> &'static (PathBuf, PathBuf) {
-    static BINARIES: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
-    BINARIES.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            let mut cmd = Command::new(cargo);
-            cmd.args(["build", "-p", "netmux-netd", "--bin", "netd"])
-                .args(["-p", "netmux-driver", "--bin", "netmux-driver"])
-                .arg("--target-dir")
-                .arg(profile_dir.parent().unwrap())
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            assert!(
-                cmd.status().unwrap().success(),
-                "building netd and the driver"
-            );
-        }
-        let found = |name: &str| {
-            let bin = profile_dir.join(name);
-            assert!(bin.exists(), "{} is missing", bin.display());
-            bin
-        };
-        (found("netd"), found("netmux-driver"))
-    })
-}
-
 fn driver_binary() -> PathBuf {
-    binaries().1.clone()
+    netmux_testkit::bins::workspace_binary("netmux-driver")
 }
 
 fn netd_binary() -> PathBuf {
-    binaries().0.clone()
+    netmux_testkit::bins::workspace_binary("netd")
 }
 
 /// A driver and a netd, each a process of its own, in a fresh directory; both killed and the

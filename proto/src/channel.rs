@@ -326,7 +326,7 @@ mod tests {
             let bytes = frame::encode(&body, fds).unwrap();
             wire.push((i, bytes, fds));
         }
-        let cut = next() % 3 == 0 && count > 0;
+        let cut = next().is_multiple_of(3) && count > 0;
         if cut {
             let last = &mut wire.last_mut().unwrap().1;
             let keep = 1 + (next() as usize) % (last.len() - 1);

@@ -9,6 +9,7 @@
 //! This crate links libpcap and is meant for tests and benchmarks only.
 #![deny(unsafe_code)]
 
+pub mod bins;
 pub mod corpus;
 pub mod frames;
 #[allow(unsafe_code)]
