@@ -1,4 +1,4 @@
-//! The README's first command, `netmux filter match 'udp dst port 53' examples/sample.pcap`:
+//! The README's `filter match` example, `netmux filter match 'udp dst port 53' examples/sample.pcap`:
 //! one line per frame of the shipped sample, and each verdict is libpcap's, with every engine.
 
 use std::process::Command;

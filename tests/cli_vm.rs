@@ -1,6 +1,6 @@
 //! The `netmux vm` commands, run as the built binary.
 //!
-//! * The README's first command gives exactly the expected verdicts on the shipped sample.
+//! * The README's `filter match` example gives exactly the expected verdicts on the shipped sample.
 //! * `examples/sample.pcap` is exactly what [`sample_frames`] makes (set `NETMUX_REGENERATE=1`
 //!   to rewrite it after changing the generator).
 //! * `vm verify` answers `ok`/exit 0 or `pc N: reason`/exit 1 for any file, and exit 2 only
