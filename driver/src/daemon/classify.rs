@@ -158,6 +158,38 @@ impl LinearClassifier {
     }
 }
 
+/// The ownership rules of the module documentation, checked before a classifier changes
+/// anything, so that every classifier enforces the same rule: `owners` are the bindings owned
+/// now, `exclusive` the current claim. Gives the binding `filter` would own (an owner filter
+/// with a binding), if any.
+pub(crate) fn check_ownership(
+    filter: &RxFilter,
+    owners: &HashMap<PortBinding, QueueId>,
+    exclusive: Option<(QueueId, FilterId)>,
+) -> Result<Option<PortBinding>, ClassifierError> {
+    let owned = match (filter.mode, filter.binding) {
+        (RxMode::Owner, Some(binding)) => Some(binding_key(&binding)),
+        _ => None,
+    };
+    if let Some(key) = &owned {
+        if let Some((holder, _)) = exclusive {
+            return Err(ClassifierError::ExclusiveHeld(holder));
+        }
+        if let Some(&owner) = owners.get(key) {
+            return Err(ClassifierError::BindingInUse(owner));
+        }
+    }
+    if filter.mode == RxMode::Exclusive {
+        if let Some((holder, _)) = exclusive {
+            return Err(ClassifierError::ExclusiveHeld(holder));
+        }
+        if !owners.is_empty() {
+            return Err(ClassifierError::BindingsExist);
+        }
+    }
+    Ok(owned)
+}
+
 /// The ownership key of a binding: an IPv4 address keeps only its first four bytes.
 pub(crate) fn binding_key(binding: &PortBinding) -> PortBinding {
     let mut key = *binding;
@@ -172,26 +204,7 @@ impl Classifier for LinearClassifier {
         if self.has_filter(filter.filter) {
             return Err(ClassifierError::DuplicateFilter(filter.filter));
         }
-        let owned_binding = match (filter.mode, filter.binding) {
-            (RxMode::Owner, Some(binding)) => Some(binding_key(&binding)),
-            _ => None,
-        };
-        if let Some(key) = &owned_binding {
-            if let Some((holder, _)) = self.exclusive {
-                return Err(ClassifierError::ExclusiveHeld(holder));
-            }
-            if let Some(&owner) = self.owners.get(key) {
-                return Err(ClassifierError::BindingInUse(owner));
-            }
-        }
-        if filter.mode == RxMode::Exclusive {
-            if let Some((holder, _)) = self.exclusive {
-                return Err(ClassifierError::ExclusiveHeld(holder));
-            }
-            if !self.owners.is_empty() {
-                return Err(ClassifierError::BindingsExist);
-            }
-        }
+        let owned_binding = check_ownership(&filter, &self.owners, self.exclusive)?;
         let engine = netmux_vm::engine(filter.program, self.strategy)?;
         if let Some(key) = owned_binding {
             self.owners.insert(key, filter.queue);

@@ -70,7 +70,7 @@ use netmux_compiler::classifier::{Family, Key, Transport};
 use netmux_proto::driver::{FilterId, PortBinding, QueueId, RxMode};
 use netmux_vm::{Engine, Program, Scratch, Strategy, Verdict};
 
-use super::classify::{binding_key, Classifier, ClassifierError, RxFilter};
+use super::classify::{check_ownership, Classifier, ClassifierError, RxFilter};
 
 /// How a candidate frame of a table binding is confirmed.
 enum Confirm {
@@ -337,26 +337,7 @@ impl Classifier for MergedClassifier {
         if self.where_is.contains_key(&filter.filter) {
             return Err(ClassifierError::DuplicateFilter(filter.filter));
         }
-        let owned = match (filter.mode, filter.binding) {
-            (RxMode::Owner, Some(binding)) => Some(binding_key(&binding)),
-            _ => None,
-        };
-        if let Some(key) = &owned {
-            if let Some((holder, _)) = self.exclusive {
-                return Err(ClassifierError::ExclusiveHeld(holder));
-            }
-            if let Some(&owner) = self.owners.get(key) {
-                return Err(ClassifierError::BindingInUse(owner));
-            }
-        }
-        if filter.mode == RxMode::Exclusive {
-            if let Some((holder, _)) = self.exclusive {
-                return Err(ClassifierError::ExclusiveHeld(holder));
-            }
-            if !self.owners.is_empty() {
-                return Err(ClassifierError::BindingsExist);
-            }
-        }
+        let owned = check_ownership(&filter, &self.owners, self.exclusive)?;
         let table_entry = owned.and_then(|o| table_key(&o).map(|k| (o, k)));
         match table_entry {
             Some((owned, key)) => {
