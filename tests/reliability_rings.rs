@@ -38,8 +38,6 @@ fn frame(seq: u32) -> Vec<u8> {
 /// Runs this test binary again as a client in `role`, connected through `sock` (inherited as
 /// descriptor 3).
 fn spawn_client(role: &str, sock: UnixStream) -> Child {
-    use std::os::unix::process::CommandExt;
-    let fd = std::os::fd::OwnedFd::from(sock);
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "client_process_entry_point",
@@ -49,25 +47,7 @@ fn spawn_client(role: &str, sock: UnixStream) -> Child {
     ])
     .env(ROLE_ENV, role)
     .stdout(std::process::Stdio::null());
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2) run.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec; clear it by hand then.
-            let ok = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(raw, 3) == 3
-            };
-            if !ok {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    drop(fd);
-    child
+    netmux_testkit::bins::spawn_with_fd3(cmd, sock)
 }
 
 /// The entry point of the client processes; does nothing in an ordinary test run.

@@ -391,9 +391,6 @@ fn client_process_entry_point() {
 }
 
 fn spawn_client(mac: [u8; 6], sock: UnixStream) -> Child {
-    use std::os::unix::process::CommandExt;
-    let fd = OwnedFd::from(sock);
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let mac_text: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -405,25 +402,7 @@ fn spawn_client(mac: [u8; 6], sock: UnixStream) -> Child {
     .env(ROLE_ENV, "client")
     .env(MAC_ENV, mac_text.join(":"))
     .stdout(Stdio::null());
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl) run.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec; clear it by hand then.
-            let ok = if raw == 3 {
-                libc::fcntl(3, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(raw, 3) == 3
-            };
-            if ok {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-    let child = cmd.spawn().unwrap();
-    drop(fd);
-    child
+    netmux_testkit::bins::spawn_with_fd3(cmd, sock)
 }
 
 #[test]
