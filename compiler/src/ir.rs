@@ -110,7 +110,7 @@ impl AluOp {
 }
 
 /// A statement.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stmt {
     /// `dst = frame[base + off .. +size]` (big-endian); rejects the frame if out of bounds.
     Load {
@@ -285,21 +285,35 @@ impl Function {
     /// passes keep it so (they only redirect an edge to a block further along); then the
     /// reachable blocks in index order are the answer, found in one pass without a stack.
     pub fn topo_order_from(&self, entry: BlockId) -> Vec<BlockId> {
-        if let Some(order) = self.forward_order_from(entry) {
-            return order;
-        }
-        self.dfs_order_from(entry)
+        let mut order = Vec::new();
+        self.topo_order_into(entry, &mut order, &mut Vec::new());
+        order
     }
 
-    /// The reachable blocks in index order, or `None` if some reachable edge goes backwards.
-    fn forward_order_from(&self, entry: BlockId) -> Option<Vec<BlockId>> {
-        let n = self.blocks.len();
-        if entry >= n {
-            return Some(Vec::new());
+    /// As [`Function::topo_order_from`], into `order`, with `reach` as scratch space (the
+    /// optimizer asks for the order in every pass and reuses both).
+    pub fn topo_order_into(&self, entry: BlockId, order: &mut Vec<BlockId>, reach: &mut Vec<bool>) {
+        if !self.forward_order_into(entry, order, reach) {
+            *order = self.dfs_order_from(entry);
         }
-        let mut reach = vec![false; n];
+    }
+
+    /// The reachable blocks in index order into `order`; false if some reachable edge goes
+    /// backwards.
+    fn forward_order_into(
+        &self,
+        entry: BlockId,
+        order: &mut Vec<BlockId>,
+        reach: &mut Vec<bool>,
+    ) -> bool {
+        let n = self.blocks.len();
+        order.clear();
+        if entry >= n {
+            return true;
+        }
+        reach.clear();
+        reach.resize(n, false);
         reach[entry] = true;
-        let mut order = Vec::with_capacity(n - entry);
         for b in entry..n {
             if !reach[b] {
                 continue;
@@ -307,12 +321,12 @@ impl Function {
             order.push(b);
             for s in self.blocks[b].succs() {
                 if s <= b || s >= n {
-                    return None;
+                    return false;
                 }
                 reach[s] = true;
             }
         }
-        Some(order)
+        true
     }
 
     /// Reverse post-order by depth-first search from `entry`, true successors first (any
@@ -366,16 +380,17 @@ impl Function {
         self.blocks.len() - 1
     }
 
-    /// Keeps only reachable blocks, renumbered in topological order (entry stays 0).
-    pub fn compact(&mut self) {
+    /// Keeps only reachable blocks, renumbered in topological order (entry stays 0); says
+    /// whether that changed anything.
+    pub fn compact(&mut self) -> bool {
         self.compact_from(0)
     }
 
     /// Keeps only blocks reachable from `entry`, renumbered in topological order with `entry`
-    /// as the new block 0.
-    pub fn compact_from(&mut self, entry: BlockId) {
+    /// as the new block 0; says whether that changed anything.
+    pub fn compact_from(&mut self, entry: BlockId) -> bool {
         let order = self.topo_order_from(entry);
-        self.renumber(&order);
+        self.renumber(&order)
     }
 
     /// As [`Function::compact_from`], in the order code generation wants: depth-first
@@ -387,10 +402,10 @@ impl Function {
     }
 
     /// Keeps the blocks in `order` (a topological order of the reachable blocks), renumbered.
-    fn renumber(&mut self, order: &[BlockId]) {
+    fn renumber(&mut self, order: &[BlockId]) -> bool {
         if order.len() == self.blocks.len() && order.iter().enumerate().all(|(i, &b)| i == b) {
             // Already compact: every block reachable, in order.
-            return;
+            return false;
         }
         let mut map = vec![usize::MAX; self.blocks.len()];
         for (new, &old) in order.iter().enumerate() {
@@ -416,6 +431,7 @@ impl Function {
             blocks.push(b);
         }
         self.blocks = blocks;
+        true
     }
 }
 

@@ -97,20 +97,26 @@ pub enum OptError {
 /// optimize, e.g. after `protochain`, the caller passes `false` and such operations stay, to
 /// reject or give 0 at run time).
 pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
-    run_passes(func, Mode::Sound);
+    let mut scratch = Scratch::default();
+    run_passes(func, Mode::Sound, &mut scratch);
     reuse_values(func);
-    remove_dead(func);
+    remove_dead(func, &mut scratch);
     func.compact();
-    // Only divisions, moduli and shifts can be errors: skip the check (and its copy) without.
+    // Only a division, modulus or shift by a temp (which may hold a constant) or by a
+    // constant that is an error can be reported: skip the check (and its copy) without one.
     let may_err = func.blocks.iter().any(|b| {
-        b.stmts.iter().any(|s| {
-            matches!(
-                s,
-                Stmt::Alu {
-                    op: AluOp::Div | AluOp::Mod | AluOp::Shl | AluOp::Shr,
-                    ..
-                }
-            )
+        b.stmts.iter().any(|s| match *s {
+            Stmt::Alu {
+                op: AluOp::Div | AluOp::Mod,
+                rhs,
+                ..
+            } => !matches!(rhs, Operand::K(k) if k != 0),
+            Stmt::Alu {
+                op: AluOp::Shl | AluOp::Shr,
+                rhs,
+                ..
+            } => !matches!(rhs, Operand::K(k) if k < 32),
+            _ => false,
         })
     });
     if report_errors && may_err {
@@ -119,31 +125,58 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
     Ok(())
 }
 
-fn run_passes(func: &mut Function, mode: Mode) {
+fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) {
     func.compact();
-    let mut before = fingerprint(func);
     for _ in 0..MAX_ROUNDS {
+        // Each pass says whether it changed the function; a round that changed nothing is a
+        // fixed point (the passes are deterministic), so the rounds stop there.
         // Only the strict mode errs, and it is not used here.
-        let _ = fold_constants(func, mode);
-        decide_and_thread(func);
-        remove_dead(func);
-        func.compact();
-        let after = fingerprint(func);
-        if after == before {
+        let mut changed = may_fold(func) && fold_constants(func, mode).unwrap_or(true);
+        changed |= decide_and_thread(func, scratch);
+        changed |= remove_dead(func, scratch);
+        changed |= func.compact();
+        if !changed {
             break;
         }
-        before = after;
     }
 }
 
-/// A hash of the whole function, to see whether a round changed anything without keeping a
-/// copy. Two different functions hashing alike (odds of 2^-64) would only end the rounds
-/// early: every round's output is a correct program.
-fn fingerprint(func: &Function) -> u64 {
-    use std::hash::Hash;
-    let mut h = FxHasher::default();
-    func.blocks.hash(&mut h);
-    h.finish()
+/// Whether [`fold_constants`] could change anything: only a constant moved into a temp (from
+/// which constants spread) or an operation with a constant 0 (`x & 0`, `x + 0`) gives it
+/// something to do. Most filters have neither, and the check is far cheaper than the pass.
+fn may_fold(func: &Function) -> bool {
+    func.blocks.iter().any(|b| {
+        b.stmts.iter().any(|s| {
+            matches!(
+                s,
+                Stmt::Mov {
+                    src: Operand::K(_),
+                    ..
+                } | Stmt::Alu {
+                    rhs: Operand::K(0),
+                    ..
+                }
+            )
+        })
+    })
+}
+
+/// Buffers the passes reuse from round to round, so that a round allocates next to nothing.
+#[derive(Default)]
+struct Scratch {
+    /// Frame values to numbers; keys do not depend on temps, so they stay valid across rounds.
+    keys_of: Interner,
+    order: Vec<BlockId>,
+    reach: Vec<bool>,
+    shared_seen: Vec<BlockId>,
+    shared: TempSet,
+    used: TempSet,
+    min_len: Vec<u64>,
+    /// Per block: what [`Summary::of`] found; the loads of all blocks are in `loads`.
+    summaries: Vec<Summary>,
+    loads: Vec<(KeyId, Option<u64>)>,
+    block_keys: Vec<(Temp, KeyId)>,
+    at_entry: Vec<Option<State>>,
 }
 
 /// Whether `func` has operations libpcap's prover folds and ours does not (`0 * x`, `0 / x`,
@@ -181,7 +214,7 @@ pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
             }
         }
     }
-    run_passes(&mut f, Mode::Aggressive);
+    run_passes(&mut f, Mode::Aggressive, &mut Scratch::default());
     always_rejects(&f)
 }
 
@@ -237,17 +270,22 @@ enum Mode {
     Aggressive,
 }
 
-fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
+/// Folds constants; says whether anything changed.
+fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
     let order = func.topo_order();
+    let mut changed = false;
     let mut at_entry: Vec<Option<Consts>> = vec![None; func.blocks.len()];
     if let Some(e) = at_entry.first_mut() {
         *e = Some(Consts::default());
     }
     for &b in &order {
         let mut c = at_entry[b].take().unwrap_or_default();
-        let mut out = Vec::with_capacity(func.blocks[b].stmts.len());
-        for s in std::mem::take(&mut func.blocks[b].stmts) {
-            let s = match s {
+        // In place: statement `r` is rewritten into slot `w <= r`.
+        let stmts = &mut func.blocks[b].stmts;
+        let mut w = 0;
+        for r in 0..stmts.len() {
+            let old = stmts[r];
+            let s = match old {
                 Stmt::Mov { dst, src } => {
                     let src = match src {
                         Operand::T(t) => c.get(&t).map_or(Operand::T(t), |&k| Operand::K(k)),
@@ -395,11 +433,16 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
                     Some(Stmt::Len { dst })
                 }
             };
-            if let Some(s) = s {
-                out.push(s);
+            match s {
+                Some(s) => {
+                    changed |= s != old;
+                    stmts[w] = s;
+                    w += 1;
+                }
+                None => changed = true,
             }
         }
-        func.blocks[b].stmts = out;
+        stmts.truncate(w);
         // Decide or simplify the branch.
         if let Term::Branch {
             cmp,
@@ -413,7 +456,7 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
                 Operand::T(x) => c.get(&x).map_or(Operand::T(x), |&k| Operand::K(k)),
                 k => k,
             };
-            func.blocks[b].term = match (c.get(&a), rhs) {
+            let term = match (c.get(&a), rhs) {
                 (Some(&av), Operand::K(k)) => Term::Jump(if cmp.eval(av, k) { t } else { f }),
                 _ => Term::Branch {
                     cmp,
@@ -423,6 +466,8 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
                     f,
                 },
             };
+            changed |= term != func.blocks[b].term;
+            func.blocks[b].term = term;
         }
         for s in func.blocks[b].succs() {
             at_entry[s] = Some(match at_entry[s].take() {
@@ -431,7 +476,7 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<(), OptError> {
             });
         }
     }
-    Ok(())
+    Ok(changed)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,9 +499,17 @@ enum Key {
 /// facts are keyed by a number and copying them allocates nothing per key.
 type KeyId = u32;
 
-#[derive(Default)]
 struct Interner {
     ids: HashMap<Key, KeyId>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        // Room for the keys of a typical filter, so the table does not grow step by step.
+        Interner {
+            ids: HashMap::with_capacity_and_hasher(64, Default::default()),
+        }
+    }
 }
 
 impl Interner {
@@ -466,22 +519,24 @@ impl Interner {
     }
 }
 
-/// A test taken on every path to a point: the value's key, the comparison (as a number, for
-/// ordering), the constant, and the outcome.
-type Seen = (KeyId, u8, u32, bool);
+/// One fact about frame values, as a sortable tuple: the kind ([`EXACT`], [`SEEN`],
+/// [`LOADED`]), the value's key, the comparison (as a number), the constant, and the outcome.
+/// An `EXACT` fact `(EXACT, key, 0, v, false)`: a true `==` test fixed the value to `v` (one
+/// per key). A `SEEN` fact: that test was taken with that outcome. A `LOADED` fact
+/// `(LOADED, key, 0, 0, false)`: the load was performed, so it cannot fail again.
+type Fact = (u8, KeyId, u8, u32, bool);
+const EXACT: u8 = 0;
+const SEEN: u8 = 1;
+const LOADED: u8 = 2;
 
 /// The state at a program point: what every path to it learned about frame values, and the
-/// frame length and loads proven so far. Each part is a sorted vector: copied along every
-/// edge and met at every join, so flat vectors (one allocation each, merge-joins) beat maps.
+/// frame length proven so far. The facts are one sorted vector: copied along every edge and
+/// met at every join, so a flat vector (one allocation, merge-joins) beats maps.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 struct State {
-    /// Values a true `==` test fixed, by key (sorted, one per key).
-    exact: Vec<(KeyId, u32)>,
-    /// Tests taken (sorted).
-    seen: Vec<Seen>,
+    /// Sorted, no duplicates.
+    facts: Vec<Fact>,
     min_len: u64,
-    /// Loads performed on every path so far (so they cannot fail again), sorted.
-    loaded: Vec<KeyId>,
 }
 
 /// The elements of two sorted vectors that are in both.
@@ -510,13 +565,16 @@ fn insert_sorted<T: Ord + Copy>(v: &mut Vec<T>, x: T) {
 }
 
 impl State {
-    fn meet(&self, o: &State) -> State {
-        State {
-            exact: intersect(&self.exact, &o.exact),
-            seen: intersect(&self.seen, &o.seen),
-            min_len: self.min_len.min(o.min_len),
-            loaded: intersect(&self.loaded, &o.loaded),
-        }
+    /// Keeps only the facts `o` also has (the meet at a join), in place.
+    fn meet_with(&mut self, o: &State) {
+        let mut j = 0;
+        self.facts.retain(|x| {
+            while j < o.facts.len() && o.facts[j] < *x {
+                j += 1;
+            }
+            j < o.facts.len() && o.facts[j] == *x
+        });
+        self.min_len = self.min_len.min(o.min_len);
     }
 
     /// Decides `key cmp k` with the reasoning libpcap's optimizer uses (`fold_edge`): the
@@ -526,53 +584,85 @@ impl State {
     /// A masked field is a different key (libpcap does not derive `x & m` from a known `x`).
     fn decide(&self, key: KeyId, cmp: Cmp, k: u32) -> Option<bool> {
         if cmp == Cmp::Eq {
-            if let Ok(i) = self.exact.binary_search_by_key(&key, |&(x, _)| x) {
-                return Some(self.exact[i].1 == k);
+            if let Some(v) = self.exact(key) {
+                return Some(v == k);
             }
         }
         let c = cmp as u8;
-        if self.seen.binary_search(&(key, c, k, false)).is_ok() {
+        if self.facts.binary_search(&(SEEN, key, c, k, false)).is_ok() {
             Some(false)
-        } else if self.seen.binary_search(&(key, c, k, true)).is_ok() {
+        } else if self.facts.binary_search(&(SEEN, key, c, k, true)).is_ok() {
             Some(true)
         } else {
             None
         }
     }
 
+    /// Where the `EXACT` fact for `key` is or would go.
+    fn exact_slot(&self, key: KeyId) -> usize {
+        self.facts
+            .partition_point(|&(kind, x, ..)| (kind, x) < (EXACT, key))
+    }
+
+    fn exact(&self, key: KeyId) -> Option<u32> {
+        match self.facts.get(self.exact_slot(key)) {
+            Some(&(EXACT, x, _, v, _)) if x == key => Some(v),
+            _ => None,
+        }
+    }
+
     fn learn(&mut self, key: KeyId, cmp: Cmp, k: u32, outcome: bool) {
         if cmp == Cmp::Eq && outcome {
-            match self.exact.binary_search_by_key(&key, |&(x, _)| x) {
-                Ok(i) => self.exact[i].1 = k,
-                Err(i) => self.exact.insert(i, (key, k)),
+            let i = self.exact_slot(key);
+            match self.facts.get_mut(i) {
+                Some((EXACT, x, _, v, _)) if *x == key => *v = k,
+                _ => self.facts.insert(i, (EXACT, key, 0, k, false)),
             }
         }
-        insert_sorted(&mut self.seen, (key, cmp as u8, k, outcome));
+        insert_sorted(&mut self.facts, (SEEN, key, cmp as u8, k, outcome));
     }
 
     fn is_loaded(&self, key: KeyId) -> bool {
-        self.loaded.binary_search(&key).is_ok()
+        self.facts
+            .binary_search(&(LOADED, key, 0, 0, false))
+            .is_ok()
+    }
+
+    fn set_loaded(&mut self, key: KeyId) {
+        insert_sorted(&mut self.facts, (LOADED, key, 0, 0, false));
     }
 }
 
 /// What a block does that does not depend on the path: the key of the value its branch
-/// compares, its loads (key, and end offset when absolute), and whether it is free of other
-/// effects (nothing else can reject, no temp it defines is used elsewhere).
+/// compares, its loads (key, and end offset when absolute: the range `loads` of
+/// [`Scratch::loads`]), and whether it is free of other effects (nothing else can reject, no
+/// temp it defines is used elsewhere).
+#[derive(Clone, Copy, Default)]
 struct Summary {
     key: Option<KeyId>,
-    loads: Vec<(KeyId, Option<u64>)>,
+    loads: (u32, u32),
     pure: bool,
 }
 
+/// A load a block makes: its key, and its end offset when the offset is constant.
+type BlockLoad = (KeyId, Option<u64>);
+
 impl Summary {
-    /// Runs the block's statements symbolically: which temps hold which values (keys).
-    fn of(block: &Block, shared: &TempSet, keys_of: &mut Interner) -> Summary {
+    /// Runs the block's statements symbolically: which temps hold which values (keys). The
+    /// block's loads are appended to `loads_out`; `keys` is scratch space.
+    fn of(
+        block: &Block,
+        shared: &TempSet,
+        keys_of: &mut Interner,
+        keys: &mut Vec<(Temp, KeyId)>,
+        loads_out: &mut Vec<BlockLoad>,
+    ) -> Summary {
         // Temps to keys within the block; blocks are short, so a list.
-        let mut keys: Vec<(Temp, KeyId)> = Vec::new();
+        keys.clear();
         let get = |keys: &Vec<(Temp, KeyId)>, t: Temp| {
             keys.iter().rev().find(|(x, _)| *x == t).map(|&(_, k)| k)
         };
-        let mut loads = Vec::new();
+        let start = loads_out.len() as u32;
         let mut pure = true;
         for s in &block.stmts {
             let operand = |keys: &Vec<(Temp, KeyId)>, o: &Operand, ki: &mut Interner| match o {
@@ -590,7 +680,7 @@ impl Summary {
                         size: *size,
                         off: *off,
                     });
-                    loads.push((id, Some(u64::from(*off) + u64::from(size.bytes()))));
+                    loads_out.push((id, Some(u64::from(*off) + u64::from(size.bytes()))));
                     Some(id)
                 }
                 Stmt::Load {
@@ -598,14 +688,14 @@ impl Summary {
                     base: Some(t),
                     off,
                     ..
-                } => match get(&keys, *t) {
+                } => match get(keys, *t) {
                     Some(b) => {
                         let id = keys_of.id(Key::Ind {
                             size: *size,
                             base: b,
                             off: *off,
                         });
-                        loads.push((id, None));
+                        loads_out.push((id, None));
                         Some(id)
                     }
                     None => {
@@ -614,17 +704,17 @@ impl Summary {
                     }
                 },
                 Stmt::Len { .. } => Some(keys_of.id(Key::Len)),
-                Stmt::Mov { src, .. } => operand(&keys, src, keys_of),
+                Stmt::Mov { src, .. } => operand(keys, src, keys_of),
                 Stmt::Alu { op, dst, rhs } => {
                     if s.may_reject() {
                         pure = false;
                     }
-                    match (get(&keys, *dst), operand(&keys, rhs, keys_of)) {
+                    match (get(keys, *dst), operand(keys, rhs, keys_of)) {
                         (Some(a), Some(b)) => Some(keys_of.id(Key::Op(*op, a, b))),
                         _ => None,
                     }
                 }
-                Stmt::Neg { dst } => get(&keys, *dst).map(|a| {
+                Stmt::Neg { dst } => get(keys, *dst).map(|a| {
                     let zero = keys_of.id(Key::Const(0));
                     keys_of.id(Key::Op(AluOp::Sub, zero, a))
                 }),
@@ -639,25 +729,33 @@ impl Summary {
             }
         }
         let key = match &block.term {
-            Term::Branch { a, .. } => get(&keys, *a),
+            Term::Branch { a, .. } => get(keys, *a),
             _ => None,
         };
-        Summary { key, loads, pure }
+        Summary {
+            key,
+            loads: (start, loads_out.len() as u32),
+            pure,
+        }
+    }
+
+    fn loads<'a>(&self, all: &'a [BlockLoad]) -> &'a [BlockLoad] {
+        &all[self.loads.0 as usize..self.loads.1 as usize]
     }
 
     /// Whether the block could be skipped on a path in `st`.
-    fn skippable(&self, st: &State) -> bool {
+    fn skippable(&self, all: &[BlockLoad], st: &State) -> bool {
         self.pure
             && self
-                .loads
+                .loads(all)
                 .iter()
                 .all(|(id, end)| end.is_some_and(|e| e <= st.min_len) || st.is_loaded(*id))
     }
 
     /// The block's loads happen on a path in `st`.
-    fn apply(&self, st: &mut State) {
-        for (id, end) in &self.loads {
-            insert_sorted(&mut st.loaded, *id);
+    fn apply(&self, all: &[BlockLoad], st: &mut State) {
+        for (id, end) in self.loads(all) {
+            st.set_loaded(*id);
             if let Some(e) = end {
                 st.min_len = st.min_len.max(*e);
             }
@@ -674,11 +772,11 @@ struct TempSet {
 }
 
 impl TempSet {
-    fn with_capacity(n: u32) -> TempSet {
-        TempSet {
-            flags: vec![false; n as usize],
-            others: Vec::new(),
-        }
+    /// Empties the set, for temps below `n`.
+    fn reset(&mut self, n: u32) {
+        self.flags.clear();
+        self.flags.resize(n as usize, false);
+        self.others.clear();
     }
 
     fn contains(&self, t: &Temp) -> bool {
@@ -700,11 +798,12 @@ impl TempSet {
     }
 }
 
-/// Temps used or defined in more than one block (they cannot be dropped with one block).
-fn shared_temps(func: &Function, order: &[BlockId]) -> TempSet {
-    let n = func.num_temps as usize;
-    let mut seen: Vec<BlockId> = vec![BlockId::MAX; n];
-    let mut shared = TempSet::with_capacity(func.num_temps);
+/// Finds the temps used or defined in more than one block (they cannot be dropped with one
+/// block), into `shared`; `seen` is scratch space.
+fn shared_temps(func: &Function, order: &[BlockId], seen: &mut Vec<BlockId>, shared: &mut TempSet) {
+    seen.clear();
+    seen.resize(func.num_temps as usize, BlockId::MAX);
+    shared.reset(func.num_temps);
     for &b in order {
         let blk = &func.blocks[b];
         let term: (Option<Temp>, Option<Temp>) = match &blk.term {
@@ -732,32 +831,43 @@ fn shared_temps(func: &Function, order: &[BlockId]) -> TempSet {
             }
         }
     }
-    shared
 }
 
 /// What taking an edge teaches: the field, the test, and its outcome.
 type EdgeFact = Option<(KeyId, Cmp, u32, bool)>;
 
-fn decide_and_thread(func: &mut Function) {
-    let order = func.topo_order();
-    let shared = shared_temps(func, &order);
-    let mut keys_of = Interner::default();
-    let mut summaries: Vec<Option<Summary>> = (0..func.blocks.len()).map(|_| None).collect();
+/// Decides branches from the facts on every path to them and threads edges through blocks
+/// those facts decide; says whether anything changed.
+fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
+    func.topo_order_into(0, &mut sc.order, &mut sc.reach);
+    let order = std::mem::take(&mut sc.order);
+    shared_temps(func, &order, &mut sc.shared_seen, &mut sc.shared);
+    sc.summaries.clear();
+    sc.summaries.resize(func.blocks.len(), Summary::default());
+    sc.loads.clear();
     for &b in &order {
-        summaries[b] = Some(Summary::of(&func.blocks[b], &shared, &mut keys_of));
+        sc.summaries[b] = Summary::of(
+            &func.blocks[b],
+            &sc.shared,
+            &mut sc.keys_of,
+            &mut sc.block_keys,
+            &mut sc.loads,
+        );
     }
-    let mut at_entry: Vec<Option<State>> = vec![None; func.blocks.len()];
+    let (summaries, loads) = (&sc.summaries, &sc.loads[..]);
+    let at_entry = &mut sc.at_entry;
+    at_entry.clear();
+    at_entry.resize(func.blocks.len(), None);
     if let Some(e) = at_entry.first_mut() {
         *e = Some(State::default());
     }
+    let mut changed = false;
     for &b in &order {
         let Some(mut st) = at_entry[b].take() else {
             continue;
         };
-        let Some(summary) = summaries[b].as_ref() else {
-            continue;
-        };
-        summary.apply(&mut st);
+        let summary = summaries[b];
+        summary.apply(loads, &mut st);
         let key = summary.key;
         // Decide the branch from facts on every path.
         if let (
@@ -769,14 +879,15 @@ fn decide_and_thread(func: &mut Function) {
                 f,
                 ..
             },
-        ) = (key, func.blocks[b].term.clone())
+        ) = (key, &func.blocks[b].term)
         {
-            if let Some(r) = st.decide(key, cmp, k) {
-                func.blocks[b].term = Term::Jump(if r { t } else { f });
+            if let Some(r) = st.decide(key, *cmp, *k) {
+                func.blocks[b].term = Term::Jump(if r { *t } else { *f });
+                changed = true;
             }
         }
         // Propagate along each edge, threading edges whose target is decided and skippable.
-        let edges: Vec<(BlockId, EdgeFact)> = match func.blocks[b].term.clone() {
+        let (edges, n_edges): ([(BlockId, EdgeFact); 2], usize) = match func.blocks[b].term {
             Term::Branch {
                 cmp,
                 b: Operand::K(k),
@@ -784,20 +895,22 @@ fn decide_and_thread(func: &mut Function) {
                 f,
                 ..
             } => match key {
-                Some(key) => vec![
-                    (t, Some((key, cmp, k, true))),
-                    (f, Some((key, cmp, k, false))),
-                ],
-                None => vec![(t, None), (f, None)],
+                Some(key) => (
+                    [
+                        (t, Some((key, cmp, k, true))),
+                        (f, Some((key, cmp, k, false))),
+                    ],
+                    2,
+                ),
+                None => ([(t, None), (f, None)], 2),
             },
-            Term::Branch { t, f, .. } => vec![(t, None), (f, None)],
-            Term::Jump(j) => vec![(j, None)],
-            _ => vec![],
+            Term::Branch { t, f, .. } => ([(t, None), (f, None)], 2),
+            Term::Jump(j) => ([(j, None), (j, None)], 1),
+            _ => ([(0, None), (0, None)], 0),
         };
-        let n_edges = edges.len();
-        let mut new_targets = Vec::with_capacity(2);
+        let mut new_targets = [0; 2];
         let mut st = Some(st);
-        for (i, (succ, fact)) in edges.into_iter().enumerate() {
+        for (i, &(succ, fact)) in edges[..n_edges].iter().enumerate() {
             let mut es = if i + 1 == n_edges {
                 st.take().unwrap_or_default()
             } else {
@@ -819,26 +932,28 @@ fn decide_and_thread(func: &mut Function) {
                 else {
                     break;
                 };
-                let Some(sum) = summaries[target].as_ref() else {
-                    break;
-                };
+                let sum = summaries[target];
                 let Some(key) = sum.key else { break };
-                if !sum.skippable(&es) {
+                if !sum.skippable(loads, &es) {
                     break;
                 }
                 match es.decide(key, cmp, k) {
                     Some(r) => {
-                        sum.apply(&mut es);
+                        sum.apply(loads, &mut es);
                         es.learn(key, cmp, k, r);
                         target = if r { t } else { f };
                     }
                     None => break,
                 }
             }
-            new_targets.push(target);
+            changed |= target != succ;
+            new_targets[i] = target;
             at_entry[target] = Some(match at_entry[target].take() {
                 None => es,
-                Some(prev) => prev.meet(&es),
+                Some(mut prev) => {
+                    prev.meet_with(&es);
+                    prev
+                }
             });
         }
         match &mut func.blocks[b].term {
@@ -850,15 +965,20 @@ fn decide_and_thread(func: &mut Function) {
             _ => {}
         }
     }
+    sc.order = order;
+    changed
 }
 
 // ---------------------------------------------------------------------------------------------
 // Dead code.
 
-fn remove_dead(func: &mut Function) {
-    let order = func.topo_order();
+/// Removes dead code (see the module docs); says whether anything changed.
+fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
+    func.topo_order_into(0, &mut sc.order, &mut sc.reach);
+    let mut changed = false;
+    let mut collapsed = false;
     // Collapse blocks that can only reject, back to front.
-    for &b in order.iter().rev() {
+    for &b in sc.order.iter().rev() {
         let bare_reject = |x: BlockId, f: &Function| {
             f.blocks[x].stmts.is_empty() && f.blocks[x].term == Term::Reject
         };
@@ -868,23 +988,30 @@ fn remove_dead(func: &mut Function) {
             _ => false,
         };
         if collapse {
-            func.blocks[b] = Block {
-                stmts: vec![],
-                term: Term::Reject,
-            };
+            func.blocks[b].stmts.clear();
+            func.blocks[b].term = Term::Reject;
+            collapsed = true;
         }
         if let Term::Branch { t, f, .. } = func.blocks[b].term {
             if t == f {
                 func.blocks[b].term = Term::Jump(t);
+                changed = true;
             }
         }
     }
+    if collapsed {
+        // Blocks only the collapsed ones reached are gone: their uses no longer count.
+        changed = true;
+        func.topo_order_into(0, &mut sc.order, &mut sc.reach);
+    }
     // Remove unused definitions that cannot reject, with proven-in-bounds loads counted as
     // unable to reject (the min length is a per-path lower bound; use the meet at each block).
+    // Only statements go, so the order stays.
+    let order = &sc.order;
     loop {
-        let order = func.topo_order();
-        let mut used = TempSet::with_capacity(func.num_temps);
-        for &b in &order {
+        let used = &mut sc.used;
+        used.reset(func.num_temps);
+        for &b in order {
             let blk = &func.blocks[b];
             for s in &blk.stmts {
                 for u in s.uses() {
@@ -898,14 +1025,12 @@ fn remove_dead(func: &mut Function) {
                 }
             }
         }
-        let min_len = min_len_at_entry(func, &order);
-        let mut changed = false;
-        for &b in &order {
-            let mut len = min_len.get(b).copied().unwrap_or(0);
-            let stmts = std::mem::take(&mut func.blocks[b].stmts);
-            let mut kept = Vec::with_capacity(stmts.len());
-            for s in stmts {
-                let safe_load = match &s {
+        min_len_at_entry_into(func, order, &mut sc.min_len);
+        let mut removed = false;
+        for &b in order {
+            let mut len = sc.min_len.get(b).copied().unwrap_or(0);
+            func.blocks[b].stmts.retain(|s| {
+                let safe_load = match s {
                     Stmt::Load {
                         base: None,
                         off,
@@ -920,23 +1045,30 @@ fn remove_dead(func: &mut Function) {
                     _ => false,
                 };
                 let can_reject = s.may_reject() && !safe_load;
-                if !used.contains(&s.def()) && !can_reject {
-                    changed = true;
-                    continue;
-                }
-                kept.push(s);
-            }
-            func.blocks[b].stmts = kept;
+                let keep = used.contains(&s.def()) || can_reject;
+                removed |= !keep;
+                keep
+            });
         }
-        if !changed {
+        if !removed {
             break;
         }
+        changed = true;
     }
+    changed
 }
 
 fn min_len_at_entry(func: &Function, order: &[BlockId]) -> Vec<u64> {
+    let mut at = Vec::new();
+    min_len_at_entry_into(func, order, &mut at);
+    at
+}
+
+/// For each block, the frame length every path to it has proven by its loads, into `at`.
+fn min_len_at_entry_into(func: &Function, order: &[BlockId], at: &mut Vec<u64>) {
     // u64::MAX: no path seen yet (every block in `order` gets one before it is read).
-    let mut at = vec![u64::MAX; func.blocks.len()];
+    at.clear();
+    at.resize(func.blocks.len(), u64::MAX);
     if let Some(&first) = order.first() {
         at[first] = 0;
     }
@@ -960,12 +1092,11 @@ fn min_len_at_entry(func: &Function, order: &[BlockId]) -> Vec<u64> {
             at[s] = at[s].min(len);
         }
     }
-    for v in &mut at {
+    for v in at.iter_mut() {
         if *v == u64::MAX {
             *v = 0;
         }
     }
-    at
 }
 
 // ---------------------------------------------------------------------------------------------
