@@ -393,6 +393,12 @@ impl Function {
         self.renumber(&order)
     }
 
+    /// As [`Function::compact`], with `order` and `reach` as scratch space.
+    pub fn compact_with(&mut self, order: &mut Vec<BlockId>, reach: &mut Vec<bool>) -> bool {
+        self.topo_order_into(0, order, reach);
+        self.renumber(order)
+    }
+
     /// As [`Function::compact_from`], in the order code generation wants: depth-first
     /// reverse post-order visiting true successors first, which puts a block's false
     /// successor right after it where it can, so the branch falls through instead of jumping.

@@ -134,7 +134,7 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) {
         let mut changed = may_fold(func) && fold_constants(func, mode).unwrap_or(true);
         changed |= decide_and_thread(func, scratch);
         changed |= remove_dead(func, scratch);
-        changed |= func.compact();
+        changed |= func.compact_with(&mut scratch.order, &mut scratch.reach);
         if !changed {
             break;
         }
@@ -176,7 +176,14 @@ struct Scratch {
     summaries: Vec<Summary>,
     loads: Vec<(KeyId, Option<u64>)>,
     block_keys: Vec<(Temp, KeyId)>,
-    at_entry: Vec<Option<State>>,
+    /// The facts numbered for the current pass.
+    facts: FactTable,
+    /// Per block, its entry facts: a bit set of `facts.words()` words at `block * words`.
+    at_entry: Vec<Bits>,
+    reached: Vec<bool>,
+    len_at: Vec<u64>,
+    cur: Vec<Bits>,
+    edge: Vec<Bits>,
 }
 
 /// Whether `func` has operations libpcap's prover folds and ours does not (`0 * x`, `0 / x`,
@@ -519,24 +526,189 @@ impl Interner {
     }
 }
 
-/// One fact about frame values, as a sortable tuple: the kind ([`EXACT`], [`SEEN`],
-/// [`LOADED`]), the value's key, the comparison (as a number), the constant, and the outcome.
-/// An `EXACT` fact `(EXACT, key, 0, v, false)`: a true `==` test fixed the value to `v` (one
-/// per key). A `SEEN` fact: that test was taken with that outcome. A `LOADED` fact
-/// `(LOADED, key, 0, 0, false)`: the load was performed, so it cannot fail again.
-type Fact = (u8, KeyId, u8, u32, bool);
-const EXACT: u8 = 0;
-const SEEN: u8 = 1;
-const LOADED: u8 = 2;
+/// Facts about frame values at a program point, three kinds: a test was taken with a given
+/// outcome (`SEEN`); a true `==` test fixed a value (`EXACT`, at most one per value holds at
+/// any point); a load was performed, so it cannot fail again (`LOADED`).
+///
+/// Every fact a pass can learn comes from a block's test or a block's loads, so the pass
+/// numbers them all up front and a program point's facts are a bit set: copied along every
+/// edge, met (`and`) at every join, in a flat arena with no allocation per edge.
+type Bits = u64;
 
-/// The state at a program point: what every path to it learned about frame values, and the
-/// frame length proven so far. The facts are one sorted vector: copied along every edge and
-/// met at every join, so a flat vector (one allocation, merge-joins) beats maps.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-struct State {
-    /// Sorted, no duplicates.
-    facts: Vec<Fact>,
-    min_len: u64,
+fn bit(words: &[Bits], i: u32) -> bool {
+    words[(i / 64) as usize] & (1 << (i % 64)) != 0
+}
+
+fn set_bit(words: &mut [Bits], i: u32) {
+    words[(i / 64) as usize] |= 1 << (i % 64);
+}
+
+fn clear_bit(words: &mut [Bits], i: u32) {
+    words[(i / 64) as usize] &= !(1 << (i % 64));
+}
+
+/// No fact (a block without a decidable test).
+const NO_FACT: u32 = u32::MAX;
+
+/// The facts of one block's test `key cmp k`: what its true and false edges teach, and the
+/// `EXACT` fact its true edge sets when it is an `==`.
+#[derive(Clone, Copy)]
+struct TestFacts {
+    key: KeyId,
+    k: u32,
+    cmp: u8,
+    eq: bool,
+    t: u32,
+    f: u32,
+    exact: u32,
+}
+
+impl Default for TestFacts {
+    fn default() -> Self {
+        TestFacts {
+            key: 0,
+            k: 0,
+            cmp: 0,
+            eq: false,
+            t: NO_FACT,
+            f: NO_FACT,
+            exact: NO_FACT,
+        }
+    }
+}
+
+/// The numbered facts of one pass.
+#[derive(Default)]
+struct FactTable {
+    /// How many facts there are.
+    count: u32,
+    /// Per block, its test's facts (`t == NO_FACT`: no decidable test).
+    tests: Vec<TestFacts>,
+    /// Per entry of [`Scratch::loads`], its `LOADED` fact.
+    load_facts: Vec<u32>,
+    /// Per key, its `LOADED` fact (numbering scratch).
+    loaded_of_key: Vec<u32>,
+    /// Every decidable test as (key, comparison, constant, block), sorted (numbering scratch).
+    sorted_tests: Vec<(KeyId, u8, u32, BlockId)>,
+    /// Every `EXACT` fact as (key, value, fact), sorted by key.
+    exacts: Vec<(KeyId, u32, u32)>,
+}
+
+impl FactTable {
+    /// Numbers the facts of the blocks in `order`: those of each block's test (blocks with
+    /// the same test share them) and the `LOADED` fact of each load.
+    fn number(
+        &mut self,
+        func: &Function,
+        order: &[BlockId],
+        summaries: &[Summary],
+        loads: &[BlockLoad],
+        keys: usize,
+    ) {
+        self.count = 0;
+        self.exacts.clear();
+        self.loaded_of_key.clear();
+        self.loaded_of_key.resize(keys, NO_FACT);
+        self.load_facts.clear();
+        for &(key, _) in loads {
+            let slot = &mut self.loaded_of_key[key as usize];
+            if *slot == NO_FACT {
+                *slot = self.count;
+                self.count += 1;
+            }
+            self.load_facts.push(*slot);
+        }
+        self.sorted_tests.clear();
+        for &b in order {
+            if let (
+                Some(key),
+                Term::Branch {
+                    cmp,
+                    b: Operand::K(k),
+                    ..
+                },
+            ) = (summaries[b].key, &func.blocks[b].term)
+            {
+                self.sorted_tests.push((key, *cmp as u8, *k, b));
+            }
+        }
+        self.sorted_tests.sort_unstable();
+        self.tests.clear();
+        self.tests.resize(func.blocks.len(), TestFacts::default());
+        let mut prev: Option<TestFacts> = None;
+        for &(key, cmp, k, b) in &self.sorted_tests {
+            let eq = cmp == Cmp::Eq as u8;
+            let tf = match prev {
+                Some(p) if p.key == key && p.cmp == cmp && p.k == k => p,
+                _ => {
+                    let exact = if eq {
+                        self.exacts.push((key, k, self.count + 2));
+                        self.count + 2
+                    } else {
+                        NO_FACT
+                    };
+                    let tf = TestFacts {
+                        key,
+                        k,
+                        cmp,
+                        eq,
+                        t: self.count,
+                        f: self.count + 1,
+                        exact,
+                    };
+                    self.count += if eq { 3 } else { 2 };
+                    tf
+                }
+            };
+            self.tests[b] = tf;
+            prev = Some(tf);
+        }
+    }
+
+    /// The words a bit set over these facts needs.
+    fn words(&self) -> usize {
+        (self.count as usize).div_ceil(64).max(1)
+    }
+
+    fn exacts_of(&self, key: KeyId) -> &[(KeyId, u32, u32)] {
+        let lo = self.exacts.partition_point(|e| e.0 < key);
+        let hi = self.exacts.partition_point(|e| e.0 <= key);
+        &self.exacts[lo..hi]
+    }
+
+    /// Decides a block's test from the facts in `words` with the reasoning libpcap's
+    /// optimizer uses (`fold_edge`): the same test taken before gives the same result, and a
+    /// value known equal to `v` (a true `==` test) decides any `==`. Deciding more (ranges
+    /// from `>` tests, field widths) would be sound, but would make us refuse as "rejects all
+    /// packets" filters libpcap compiles. A masked field is a different key (libpcap does not
+    /// derive `x & m` from a known `x`).
+    fn decide(&self, words: &[Bits], tf: &TestFacts) -> Option<bool> {
+        if tf.eq {
+            for &(_, v, id) in self.exacts_of(tf.key) {
+                if bit(words, id) {
+                    return Some(v == tf.k);
+                }
+            }
+        }
+        if bit(words, tf.f) {
+            Some(false)
+        } else if bit(words, tf.t) {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// Records that the test was taken with outcome `r`.
+    fn learn(&self, words: &mut [Bits], tf: &TestFacts, r: bool) {
+        if r && tf.exact != NO_FACT {
+            for &(_, _, id) in self.exacts_of(tf.key) {
+                clear_bit(words, id);
+            }
+            set_bit(words, tf.exact);
+        }
+        set_bit(words, if r { tf.t } else { tf.f });
+    }
 }
 
 /// The elements of two sorted vectors that are in both.
@@ -555,82 +727,6 @@ fn intersect<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
         }
     }
     out
-}
-
-/// Inserts into a sorted vector unless present.
-fn insert_sorted<T: Ord + Copy>(v: &mut Vec<T>, x: T) {
-    if let Err(i) = v.binary_search(&x) {
-        v.insert(i, x);
-    }
-}
-
-impl State {
-    /// Keeps only the facts `o` also has (the meet at a join), in place.
-    fn meet_with(&mut self, o: &State) {
-        let mut j = 0;
-        self.facts.retain(|x| {
-            while j < o.facts.len() && o.facts[j] < *x {
-                j += 1;
-            }
-            j < o.facts.len() && o.facts[j] == *x
-        });
-        self.min_len = self.min_len.min(o.min_len);
-    }
-
-    /// Decides `key cmp k` with the reasoning libpcap's optimizer uses (`fold_edge`): the
-    /// same test taken before gives the same result, and a value known equal to `v` (a true
-    /// `==` test) decides any `==`. Deciding more (ranges from `>` tests, field widths) would
-    /// be sound, but would make us refuse as "rejects all packets" filters libpcap compiles.
-    /// A masked field is a different key (libpcap does not derive `x & m` from a known `x`).
-    fn decide(&self, key: KeyId, cmp: Cmp, k: u32) -> Option<bool> {
-        if cmp == Cmp::Eq {
-            if let Some(v) = self.exact(key) {
-                return Some(v == k);
-            }
-        }
-        let c = cmp as u8;
-        if self.facts.binary_search(&(SEEN, key, c, k, false)).is_ok() {
-            Some(false)
-        } else if self.facts.binary_search(&(SEEN, key, c, k, true)).is_ok() {
-            Some(true)
-        } else {
-            None
-        }
-    }
-
-    /// Where the `EXACT` fact for `key` is or would go.
-    fn exact_slot(&self, key: KeyId) -> usize {
-        self.facts
-            .partition_point(|&(kind, x, ..)| (kind, x) < (EXACT, key))
-    }
-
-    fn exact(&self, key: KeyId) -> Option<u32> {
-        match self.facts.get(self.exact_slot(key)) {
-            Some(&(EXACT, x, _, v, _)) if x == key => Some(v),
-            _ => None,
-        }
-    }
-
-    fn learn(&mut self, key: KeyId, cmp: Cmp, k: u32, outcome: bool) {
-        if cmp == Cmp::Eq && outcome {
-            let i = self.exact_slot(key);
-            match self.facts.get_mut(i) {
-                Some((EXACT, x, _, v, _)) if *x == key => *v = k,
-                _ => self.facts.insert(i, (EXACT, key, 0, k, false)),
-            }
-        }
-        insert_sorted(&mut self.facts, (SEEN, key, cmp as u8, k, outcome));
-    }
-
-    fn is_loaded(&self, key: KeyId) -> bool {
-        self.facts
-            .binary_search(&(LOADED, key, 0, 0, false))
-            .is_ok()
-    }
-
-    fn set_loaded(&mut self, key: KeyId) {
-        insert_sorted(&mut self.facts, (LOADED, key, 0, 0, false));
-    }
 }
 
 /// What a block does that does not depend on the path: the key of the value its branch
@@ -739,25 +835,30 @@ impl Summary {
         }
     }
 
-    fn loads<'a>(&self, all: &'a [BlockLoad]) -> &'a [BlockLoad] {
-        &all[self.loads.0 as usize..self.loads.1 as usize]
-    }
-
-    /// Whether the block could be skipped on a path in `st`.
-    fn skippable(&self, all: &[BlockLoad], st: &State) -> bool {
+    /// Whether the block could be skipped on a path whose facts are `words` and whose proven
+    /// frame length is `min_len`.
+    fn skippable(
+        &self,
+        all: &[BlockLoad],
+        facts: &FactTable,
+        words: &[Bits],
+        min_len: u64,
+    ) -> bool {
+        let range = self.loads.0 as usize..self.loads.1 as usize;
         self.pure
-            && self
-                .loads(all)
+            && all[range.clone()]
                 .iter()
-                .all(|(id, end)| end.is_some_and(|e| e <= st.min_len) || st.is_loaded(*id))
+                .zip(&facts.load_facts[range])
+                .all(|(&(_, end), &id)| end.is_some_and(|e| e <= min_len) || bit(words, id))
     }
 
-    /// The block's loads happen on a path in `st`.
-    fn apply(&self, all: &[BlockLoad], st: &mut State) {
-        for (id, end) in self.loads(all) {
-            st.set_loaded(*id);
+    /// The block's loads happen on a path (facts `words`, proven length `min_len`).
+    fn apply(&self, all: &[BlockLoad], facts: &FactTable, words: &mut [Bits], min_len: &mut u64) {
+        let range = self.loads.0 as usize..self.loads.1 as usize;
+        for (&(_, end), &id) in all[range.clone()].iter().zip(&facts.load_facts[range]) {
+            set_bit(words, id);
             if let Some(e) = end {
-                st.min_len = st.min_len.max(*e);
+                *min_len = (*min_len).max(e);
             }
         }
     }
@@ -833,17 +934,15 @@ fn shared_temps(func: &Function, order: &[BlockId], seen: &mut Vec<BlockId>, sha
     }
 }
 
-/// What taking an edge teaches: the field, the test, and its outcome.
-type EdgeFact = Option<(KeyId, Cmp, u32, bool)>;
-
 /// Decides branches from the facts on every path to them and threads edges through blocks
 /// those facts decide; says whether anything changed.
 fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = std::mem::take(&mut sc.order);
+    let n = func.blocks.len();
     shared_temps(func, &order, &mut sc.shared_seen, &mut sc.shared);
     sc.summaries.clear();
-    sc.summaries.resize(func.blocks.len(), Summary::default());
+    sc.summaries.resize(n, Summary::default());
     sc.loads.clear();
     for &b in &order {
         sc.summaries[b] = Summary::of(
@@ -854,93 +953,84 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
             &mut sc.loads,
         );
     }
-    let (summaries, loads) = (&sc.summaries, &sc.loads[..]);
-    let at_entry = &mut sc.at_entry;
-    at_entry.clear();
-    at_entry.resize(func.blocks.len(), None);
-    if let Some(e) = at_entry.first_mut() {
-        *e = Some(State::default());
+    // Number every fact this pass can learn.
+    let keys = sc.keys_of.ids.len();
+    sc.facts
+        .number(func, &order, &sc.summaries, &sc.loads, keys);
+    let facts = &sc.facts;
+    let w = facts.words();
+    let (summaries, loads, facts) = (&sc.summaries, &sc.loads[..], &sc.facts);
+    // Each block's facts on entry (`w` words at `b * w`), whether a path reached it yet, and
+    // the frame length every path to it proved.
+    sc.at_entry.clear();
+    sc.at_entry.resize(n * w, 0);
+    sc.reached.clear();
+    sc.reached.resize(n, false);
+    sc.len_at.clear();
+    sc.len_at.resize(n, 0);
+    if n > 0 {
+        sc.reached[0] = true;
     }
+    sc.cur.clear();
+    sc.cur.resize(w, 0);
+    sc.edge.clear();
+    sc.edge.resize(w, 0);
+    let (cur, edge) = (&mut sc.cur[..], &mut sc.edge[..]);
     let mut changed = false;
     for &b in &order {
-        let Some(mut st) = at_entry[b].take() else {
+        if !sc.reached[b] {
             continue;
-        };
+        }
+        cur.copy_from_slice(&sc.at_entry[b * w..(b + 1) * w]);
+        let mut len = sc.len_at[b];
         let summary = summaries[b];
-        summary.apply(loads, &mut st);
-        let key = summary.key;
+        summary.apply(loads, facts, cur, &mut len);
+        let tf = facts.tests[b];
         // Decide the branch from facts on every path.
-        if let (
-            Some(key),
-            Term::Branch {
-                cmp,
-                b: Operand::K(k),
-                t,
-                f,
-                ..
-            },
-        ) = (key, &func.blocks[b].term)
-        {
-            if let Some(r) = st.decide(key, *cmp, *k) {
-                func.blocks[b].term = Term::Jump(if r { *t } else { *f });
-                changed = true;
+        if tf.t != NO_FACT {
+            if let Term::Branch { t, f, .. } = func.blocks[b].term {
+                if let Some(r) = facts.decide(cur, &tf) {
+                    func.blocks[b].term = Term::Jump(if r { t } else { f });
+                    changed = true;
+                }
             }
         }
         // Propagate along each edge, threading edges whose target is decided and skippable.
-        let (edges, n_edges): ([(BlockId, EdgeFact); 2], usize) = match func.blocks[b].term {
-            Term::Branch {
-                cmp,
-                b: Operand::K(k),
-                t,
-                f,
-                ..
-            } => match key {
-                Some(key) => (
-                    [
-                        (t, Some((key, cmp, k, true))),
-                        (f, Some((key, cmp, k, false))),
-                    ],
-                    2,
-                ),
-                None => ([(t, None), (f, None)], 2),
-            },
-            Term::Branch { t, f, .. } => ([(t, None), (f, None)], 2),
-            Term::Jump(j) => ([(j, None), (j, None)], 1),
-            _ => ([(0, None), (0, None)], 0),
+        let (succs, learns, n_edges): ([BlockId; 2], [Option<bool>; 2], usize) = match func.blocks
+            [b]
+            .term
+        {
+            Term::Branch { t, f, .. } if tf.t != NO_FACT => ([t, f], [Some(true), Some(false)], 2),
+            Term::Branch { t, f, .. } => ([t, f], [None, None], 2),
+            Term::Jump(j) => ([j, j], [None, None], 1),
+            _ => ([0, 0], [None, None], 0),
         };
         let mut new_targets = [0; 2];
-        let mut st = Some(st);
-        for (i, &(succ, fact)) in edges[..n_edges].iter().enumerate() {
-            let mut es = if i + 1 == n_edges {
-                st.take().unwrap_or_default()
-            } else {
-                st.clone().unwrap_or_default()
-            };
-            if let Some((key, cmp, k, r)) = fact {
-                es.learn(key, cmp, k, r);
+        for i in 0..n_edges {
+            let succ = succs[i];
+            edge.copy_from_slice(cur);
+            let mut es_len = len;
+            if let Some(r) = learns[i] {
+                facts.learn(edge, &tf, r);
             }
             // Thread through successors decided by this edge's facts (a few hops).
             let mut target = succ;
             for _ in 0..8 {
-                let Term::Branch {
-                    cmp,
-                    b: Operand::K(k),
-                    t,
-                    f,
-                    ..
-                } = func.blocks[target].term
-                else {
+                let Term::Branch { t, f, .. } = func.blocks[target].term else {
                     break;
                 };
-                let sum = summaries[target];
-                let Some(key) = sum.key else { break };
-                if !sum.skippable(loads, &es) {
+                let ttf = facts.tests[target];
+                if ttf.t == NO_FACT {
                     break;
                 }
-                match es.decide(key, cmp, k) {
+                let sum = summaries[target];
+                if !sum.skippable(loads, facts, edge, es_len) {
+                    break;
+                }
+                match facts.decide(edge, &ttf) {
                     Some(r) => {
-                        sum.apply(loads, &mut es);
-                        es.learn(key, cmp, k, r);
+                        sum.apply(loads, facts, edge, &mut es_len);
+                        facts.learn(edge, &ttf, r);
                         target = if r { t } else { f };
                     }
                     None => break,
@@ -948,13 +1038,17 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
             }
             changed |= target != succ;
             new_targets[i] = target;
-            at_entry[target] = Some(match at_entry[target].take() {
-                None => es,
-                Some(mut prev) => {
-                    prev.meet_with(&es);
-                    prev
+            let slot = &mut sc.at_entry[target * w..(target + 1) * w];
+            if sc.reached[target] {
+                for (a, e) in slot.iter_mut().zip(edge.iter()) {
+                    *a &= *e;
                 }
-            });
+                sc.len_at[target] = sc.len_at[target].min(es_len);
+            } else {
+                slot.copy_from_slice(edge);
+                sc.len_at[target] = es_len;
+                sc.reached[target] = true;
+            }
         }
         match &mut func.blocks[b].term {
             Term::Branch { t, f, .. } => {
@@ -1116,9 +1210,17 @@ enum Value {
 }
 
 /// Value numbers: equal [`Value`]s get equal numbers (hash-consing).
-#[derive(Default)]
 struct Numbering {
     ids: HashMap<Value, u32>,
+}
+
+impl Default for Numbering {
+    fn default() -> Self {
+        // Room for the values of a typical filter, so the table does not grow step by step.
+        Numbering {
+            ids: HashMap::with_capacity_and_hasher(64, Default::default()),
+        }
+    }
 }
 
 impl Numbering {
