@@ -55,23 +55,39 @@ fn resolve(func: &Function, mut b: BlockId) -> BlockId {
 
 /// Emits `func` as VM instructions that end in `accept accept_value` or `reject`.
 pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> {
-    // Layout: reachable blocks after threading empty jumps, in topological order.
-    let mut f = func.clone();
-    for b in 0..f.blocks.len() {
-        match &mut f.blocks[b].term {
-            Term::Branch { t, f: e, .. } => {
-                *t = resolve(func, *t);
-                *e = resolve(func, *e);
-            }
-            Term::Jump(j) => *j = resolve(func, *j),
-            _ => {}
-        }
+    // Layout: reachable blocks after threading empty jumps, in topological order (without
+    // copying the function: `layout` lists the blocks, `terms` their threaded endings).
+    let terms: Vec<Term> = func
+        .blocks
+        .iter()
+        .map(|b| match b.term {
+            Term::Branch {
+                cmp,
+                a,
+                b: rhs,
+                t,
+                f,
+            } => Term::Branch {
+                cmp,
+                a,
+                b: rhs,
+                t: resolve(func, t),
+                f: resolve(func, f),
+            },
+            Term::Jump(j) => Term::Jump(resolve(func, j)),
+            ref other => other.clone(),
+        })
+        .collect();
+    let entry = resolve(func, 0);
+    let layout = layout_order(&terms, entry);
+    let mut index = vec![usize::MAX; func.blocks.len()];
+    for (i, &b) in layout.iter().enumerate() {
+        index[b] = i;
     }
-    let entry = resolve(&f, 0);
-    f.compact_for_layout(entry);
+    let blocks = || layout.iter().map(|&b| (&func.blocks[b].stmts, &terms[b]));
 
     // Live intervals over the layout, indexed by temp (temps are numbered densely).
-    let n_temps = f.num_temps as usize;
+    let n_temps = func.num_temps as usize;
     let mut first: Vec<usize> = vec![usize::MAX; n_temps];
     let mut last: Vec<usize> = vec![0; n_temps];
     let mut pos = 0usize;
@@ -86,15 +102,15 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
         }
         last[i] = p;
     };
-    for b in &f.blocks {
-        for s in &b.stmts {
+    for (stmts, term) in blocks() {
+        for s in stmts {
             for u in s.uses() {
                 touch(u, pos);
             }
             touch(s.def(), pos);
             pos += 1;
         }
-        if let Term::Branch { a, b: rhs, .. } = &b.term {
+        if let Term::Branch { a, b: rhs, .. } = term {
             touch(*a, pos);
             if let Operand::T(t) = rhs {
                 touch(*t, pos);
@@ -160,7 +176,7 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
     // Emission.
     let mut out: Vec<Insn> = Vec::new();
     let mut fixups: Vec<(usize, BlockId)> = Vec::new();
-    let mut starts = vec![0usize; f.blocks.len()];
+    let mut starts = vec![0usize; layout.len()];
     let lc = |t: &Temp| {
         loc.get(t.0 as usize)
             .copied()
@@ -187,9 +203,9 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
             out.push(Insn::stm(s, SPILL_A));
         }
     };
-    for (bi, b) in f.blocks.iter().enumerate() {
+    for (bi, (stmts, term)) in blocks().enumerate() {
         starts[bi] = out.len();
-        for s in &b.stmts {
+        for s in stmts {
             match s {
                 Stmt::Load {
                     dst,
@@ -251,12 +267,13 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
             }
         }
         let next = bi + 1;
-        match &b.term {
+        match *term {
             Term::Accept => out.push(Insn::accept(accept_value)),
             Term::Reject => out.push(Insn::reject()),
             Term::Jump(j) => {
-                if *j != next {
-                    fixups.push((out.len(), *j));
+                let j = index[j];
+                if j != next {
+                    fixups.push((out.len(), j));
                     out.push(Insn::ja(0));
                 }
             }
@@ -267,25 +284,26 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
                 t,
                 f: e,
             } => {
-                let ra = use_reg(&mut out, *a, SPILL_A);
+                let (t, e) = (index[t], index[e]);
+                let ra = use_reg(&mut out, a, SPILL_A);
                 let insn = match rhs {
-                    Operand::K(k) => Insn::jmp_k(jmp_k(*cmp), ra, *k, 0),
+                    Operand::K(k) => Insn::jmp_k(jmp_k(cmp), ra, k, 0),
                     Operand::T(rt) => {
-                        let rb = use_reg(&mut out, *rt, SPILL_B);
-                        Insn::jmp_x(jmp_x(*cmp), ra, rb, 0)
+                        let rb = use_reg(&mut out, rt, SPILL_B);
+                        Insn::jmp_x(jmp_x(cmp), ra, rb, 0)
                     }
                 };
                 if t == e {
                     // Both ways lead to the same place.
-                    if *t != next {
-                        fixups.push((out.len(), *t));
+                    if t != next {
+                        fixups.push((out.len(), t));
                         out.push(Insn::ja(0));
                     }
                 } else {
-                    fixups.push((out.len(), *t));
+                    fixups.push((out.len(), t));
                     out.push(insn);
-                    if *e != next {
-                        fixups.push((out.len(), *e));
+                    if e != next {
+                        fixups.push((out.len(), e));
                         out.push(Insn::ja(0));
                     }
                 }
@@ -301,6 +319,40 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
         out[at].off = off;
     }
     Ok(out)
+}
+
+/// The layout: blocks reachable from `entry` over `terms`, in depth-first reverse post-order
+/// visiting true successors first, which puts a block's false successor right after it where
+/// it can, so the branch falls through instead of jumping.
+fn layout_order(terms: &[Term], entry: BlockId) -> Vec<BlockId> {
+    let n = terms.len();
+    let mut post = Vec::with_capacity(n);
+    if entry >= n {
+        return post;
+    }
+    let succ = |b: BlockId, i: usize| match terms[b] {
+        Term::Branch { t, f, .. } => [Some(t), Some(f)][i.min(1)].filter(|_| i < 2),
+        Term::Jump(j) => Some(j).filter(|_| i == 0),
+        Term::Accept | Term::Reject => None,
+    };
+    let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
+    let mut stack = vec![(entry, 0usize)];
+    state[entry] = 1;
+    while let Some(&mut (b, ref mut i)) = stack.last_mut() {
+        if let Some(s) = succ(b, *i) {
+            *i += 1;
+            if s < n && state[s] == 0 {
+                state[s] = 1;
+                stack.push((s, 0));
+            }
+        } else {
+            state[b] = 2;
+            post.push(b);
+            stack.pop();
+        }
+    }
+    post.reverse();
+    post
 }
 
 fn alu_k(op: AluOp) -> Opcode {

@@ -99,7 +99,7 @@ pub enum OptError {
 pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
     let mut scratch = Scratch::default();
     run_passes(func, Mode::Sound, &mut scratch);
-    reuse_values(func);
+    reuse_values(func, &mut scratch);
     remove_dead(func, &mut scratch);
     func.compact();
     // Only a division, modulus or shift by a temp (which may hold a constant) or by a
@@ -180,6 +180,9 @@ struct Scratch {
     facts: FactTable,
     /// Per block, its entry facts: a bit set of `facts.words()` words at `block * words`.
     at_entry: Vec<Bits>,
+    /// Value numbers and, per block, which temps hold which on entry ([`reuse_values`]).
+    numbers: Numbering,
+    held_at: Vec<Option<Held>>,
     reached: Vec<bool>,
     len_at: Vec<u64>,
     cur: Vec<Bits>,
@@ -1152,12 +1155,6 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
     changed
 }
 
-fn min_len_at_entry(func: &Function, order: &[BlockId]) -> Vec<u64> {
-    let mut at = Vec::new();
-    min_len_at_entry_into(func, order, &mut at);
-    at
-}
-
 /// For each block, the frame length every path to it has proven by its loads, into `at`.
 fn min_len_at_entry_into(func: &Function, order: &[BlockId], at: &mut Vec<u64>) {
     // u64::MAX: no path seen yet (every block in `order` gets one before it is read).
@@ -1256,18 +1253,22 @@ fn operand_number(n: &mut Numbering, held: &Held, o: Operand) -> Option<u32> {
 ///
 /// Sound because the earlier computation ran on every path and did not reject (else the frame
 /// was already rejected): the repeated one cannot reject either and gives the same value.
-fn reuse_values(func: &mut Function) {
-    let order = func.topo_order();
-    let mut numbers = Numbering::default();
-    let mut at_entry: Vec<Option<Held>> = vec![None; func.blocks.len()];
+fn reuse_values(func: &mut Function, sc: &mut Scratch) {
+    func.topo_order_into(0, &mut sc.order, &mut sc.reach);
+    let order = &sc.order;
+    let numbers = &mut sc.numbers;
+    numbers.ids.clear();
+    let at_entry = &mut sc.held_at;
+    at_entry.clear();
+    at_entry.resize(func.blocks.len(), None);
     if let Some(e) = at_entry.first_mut() {
-        *e = Some(Held::new());
+        *e = Some(Held::with_capacity(MAX_HELD));
     }
     let mut changed = false;
-    for &b in &order {
+    for &b in order.iter() {
         let mut held = at_entry[b].take().unwrap_or_default();
         for s in &mut func.blocks[b].stmts {
-            let n = &mut numbers;
+            let n = &mut *numbers;
             let vn = match *s {
                 Stmt::Load {
                     size,
@@ -1309,23 +1310,34 @@ fn reuse_values(func: &mut Function) {
                 held.push((dst, vn));
             }
         }
-        for succ in func.blocks[b].succs() {
+        let mut held = Some(held);
+        let n_succs = func.blocks[b].succs().count();
+        for (i, succ) in func.blocks[b].succs().enumerate() {
+            // The last successor takes the list itself.
+            let mine = if i + 1 == n_succs {
+                held.take().unwrap_or_default()
+            } else {
+                held.clone().unwrap_or_default()
+            };
             at_entry[succ] = Some(match at_entry[succ].take() {
-                None => held.clone(),
-                Some(prev) => prev.into_iter().filter(|p| held.contains(p)).collect(),
+                None => mine,
+                Some(mut prev) => {
+                    prev.retain(|p| mine.contains(p));
+                    prev
+                }
             });
         }
     }
     if changed {
-        drop_overwritten(func, &order);
-        propagate_copies(func, &order);
+        drop_overwritten(func, order, &mut sc.min_len);
+        propagate_copies(func, order);
     }
 }
 
 /// Drops, within each block, writes to a temp that the block overwrites before anything reads
 /// it, when they cannot reject (pure arithmetic, loads proven in bounds by earlier loads).
-fn drop_overwritten(func: &mut Function, order: &[BlockId]) {
-    let min_len = min_len_at_entry(func, order);
+fn drop_overwritten(func: &mut Function, order: &[BlockId], min_len: &mut Vec<u64>) {
+    min_len_at_entry_into(func, order, min_len);
     let mut unneeded: Vec<Temp> = Vec::new();
     let mut len_before: Vec<u64> = Vec::new();
     for &b in order {
