@@ -561,6 +561,8 @@ struct TestFacts {
     k: u32,
     cmp: u8,
     eq: bool,
+    /// The range of [`FactTable::exacts`] about `key`.
+    exacts: (u32, u32),
     t: u32,
     f: u32,
     exact: u32,
@@ -573,6 +575,7 @@ impl Default for TestFacts {
             k: 0,
             cmp: 0,
             eq: false,
+            exacts: (0, 0),
             t: NO_FACT,
             f: NO_FACT,
             exact: NO_FACT,
@@ -655,6 +658,7 @@ impl FactTable {
                         k,
                         cmp,
                         eq,
+                        exacts: (0, 0),
                         t: self.count,
                         f: self.count + 1,
                         exact,
@@ -666,6 +670,12 @@ impl FactTable {
             self.tests[b] = tf;
             prev = Some(tf);
         }
+        // `exacts` was filled in key order: give each test the range about its key.
+        for &(key, _, _, b) in &self.sorted_tests {
+            let lo = self.exacts.partition_point(|e| e.0 < key);
+            let hi = lo + self.exacts[lo..].partition_point(|e| e.0 <= key);
+            self.tests[b].exacts = (lo as u32, hi as u32);
+        }
     }
 
     /// The words a bit set over these facts needs.
@@ -673,10 +683,8 @@ impl FactTable {
         (self.count as usize).div_ceil(64).max(1)
     }
 
-    fn exacts_of(&self, key: KeyId) -> &[(KeyId, u32, u32)] {
-        let lo = self.exacts.partition_point(|e| e.0 < key);
-        let hi = self.exacts.partition_point(|e| e.0 <= key);
-        &self.exacts[lo..hi]
+    fn exacts_of(&self, tf: &TestFacts) -> &[(KeyId, u32, u32)] {
+        &self.exacts[tf.exacts.0 as usize..tf.exacts.1 as usize]
     }
 
     /// Decides a block's test from the facts in `words` with the reasoning libpcap's
@@ -687,7 +695,7 @@ impl FactTable {
     /// derive `x & m` from a known `x`).
     fn decide(&self, words: &[Bits], tf: &TestFacts) -> Option<bool> {
         if tf.eq {
-            for &(_, v, id) in self.exacts_of(tf.key) {
+            for &(_, v, id) in self.exacts_of(tf) {
                 if bit(words, id) {
                     return Some(v == tf.k);
                 }
@@ -705,7 +713,7 @@ impl FactTable {
     /// Records that the test was taken with outcome `r`.
     fn learn(&self, words: &mut [Bits], tf: &TestFacts, r: bool) {
         if r && tf.exact != NO_FACT {
-            for &(_, _, id) in self.exacts_of(tf.key) {
+            for &(_, _, id) in self.exacts_of(tf) {
                 clear_bit(words, id);
             }
             set_bit(words, tf.exact);
