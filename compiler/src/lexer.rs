@@ -510,16 +510,31 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         let is_keyword = id_len > 0 && keyword(&rest[..id_len]).is_some()
             || named_constant(&rest[..id_len]).is_some()
             || UNSUPPORTED_KEYWORDS.contains(&&rest[..id_len]);
-        let num_len = len(number(rest));
-        let hid_len = len(dotted(rest));
-        let eid_len = len(mac(rest));
-        let v6_run = rest
-            .find(|c: char| !(c.is_ascii_hexdigit() || c == ':' || c == '.'))
+        // A word that starts with a letter and has no `:`, `.` or `-` (every keyword) can be
+        // neither a number nor an address: skip measuring those.
+        let word_run = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '-' | '_')))
             .unwrap_or(rest.len());
-        let v6_len = if rest[..v6_run].contains(':') && rest[..v6_run].parse::<Ipv6Addr>().is_ok() {
-            v6_run
+        let plain_word = !c.is_ascii_digit() && !rest[..word_run].contains([':', '.', '-']);
+        let (num_len, hid_len, eid_len, v6_run, v6_len) = if plain_word {
+            (0, 0, 0, 0, 0)
         } else {
-            0
+            let v6_run = rest
+                .find(|c: char| !(c.is_ascii_hexdigit() || c == ':' || c == '.'))
+                .unwrap_or(rest.len());
+            let v6_len =
+                if rest[..v6_run].contains(':') && rest[..v6_run].parse::<Ipv6Addr>().is_ok() {
+                    v6_run
+                } else {
+                    0
+                };
+            (
+                len(number(rest)),
+                len(dotted(rest)),
+                len(mac(rest)),
+                v6_run,
+                v6_len,
+            )
         };
         let candidates = [
             (if is_keyword { id_len } else { 0 }, 0),
