@@ -557,7 +557,6 @@ const NO_FACT: u32 = u32::MAX;
 /// `EXACT` fact its true edge sets when it is an `==`.
 #[derive(Clone, Copy)]
 struct TestFacts {
-    key: KeyId,
     k: u32,
     cmp: u8,
     eq: bool,
@@ -571,7 +570,6 @@ struct TestFacts {
 impl Default for TestFacts {
     fn default() -> Self {
         TestFacts {
-            key: 0,
             k: 0,
             cmp: 0,
             eq: false,
@@ -641,40 +639,47 @@ impl FactTable {
         self.sorted_tests.sort_unstable();
         self.tests.clear();
         self.tests.resize(func.blocks.len(), TestFacts::default());
-        let mut prev: Option<TestFacts> = None;
-        for &(key, cmp, k, b) in &self.sorted_tests {
-            let eq = cmp == Cmp::Eq as u8;
-            let tf = match prev {
-                Some(p) if p.key == key && p.cmp == cmp && p.k == k => p,
-                _ => {
-                    let exact = if eq {
-                        self.exacts.push((key, k, self.count + 2));
-                        self.count + 2
-                    } else {
-                        NO_FACT
-                    };
-                    let tf = TestFacts {
-                        key,
-                        k,
-                        cmp,
-                        eq,
-                        exacts: (0, 0),
-                        t: self.count,
-                        f: self.count + 1,
-                        exact,
-                    };
-                    self.count += if eq { 3 } else { 2 };
-                    tf
-                }
-            };
-            self.tests[b] = tf;
-            prev = Some(tf);
-        }
-        // `exacts` was filled in key order: give each test the range about its key.
-        for &(key, _, _, b) in &self.sorted_tests {
-            let lo = self.exacts.partition_point(|e| e.0 < key);
-            let hi = lo + self.exacts[lo..].partition_point(|e| e.0 <= key);
-            self.tests[b].exacts = (lo as u32, hi as u32);
+        // Tests come sorted, so equal tests are neighbours and each key's tests (and so its
+        // `EXACT` facts) are one run.
+        let tests = &self.sorted_tests;
+        let mut i = 0;
+        while i < tests.len() {
+            let key = tests[i].0;
+            let end = i + tests[i..].iter().take_while(|t| t.0 == key).count();
+            let exacts_lo = self.exacts.len() as u32;
+            let mut prev: Option<TestFacts> = None;
+            for &(_, cmp, k, b) in &tests[i..end] {
+                let eq = cmp == Cmp::Eq as u8;
+                let tf = match prev {
+                    Some(p) if p.cmp == cmp && p.k == k => p,
+                    _ => {
+                        let exact = if eq {
+                            self.exacts.push((key, k, self.count + 2));
+                            self.count + 2
+                        } else {
+                            NO_FACT
+                        };
+                        let tf = TestFacts {
+                            k,
+                            cmp,
+                            eq,
+                            exacts: (0, 0),
+                            t: self.count,
+                            f: self.count + 1,
+                            exact,
+                        };
+                        self.count += if eq { 3 } else { 2 };
+                        tf
+                    }
+                };
+                self.tests[b] = tf;
+                prev = Some(tf);
+            }
+            let range = (exacts_lo, self.exacts.len() as u32);
+            for &(_, _, _, b) in &tests[i..end] {
+                self.tests[b].exacts = range;
+            }
+            i = end;
         }
     }
 
