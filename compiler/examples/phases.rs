@@ -16,13 +16,13 @@ fn main() {
     for _ in 0..n {
         let mut g = netmux_compiler::gencode::Gen::new();
         let c = g.generate(&ast).unwrap();
-        let f = netmux_compiler::ir::lower(&c, &g.prologue, g.temps);
+        let f = netmux_compiler::ir::lower(c, &g.prologue, g.temps);
         temps = f.blocks.len();
     }
     println!("gen+lower {:?} ({temps} blocks)", t.elapsed() / n);
     let mut g = netmux_compiler::gencode::Gen::new();
     let c = g.generate(&ast).unwrap();
-    let f = netmux_compiler::ir::lower(&c, &g.prologue, g.temps);
+    let f = netmux_compiler::ir::lower(c, &g.prologue, g.temps);
     let t = Instant::now();
     for _ in 0..n {
         let _ = netmux_compiler::opt::libpcap_rejects_all(&f, &g.probe_opaque);

@@ -500,5 +500,5 @@ pub fn lower(expr: &str) -> Result<Function> {
     let ast = parse(expr)?;
     let mut g = Gen { temps: 0 };
     let cond = g.cond(&ast)?;
-    Ok(crate::ir::lower(&cond, &[], g.temps))
+    Ok(crate::ir::lower(cond, &[], g.temps))
 }

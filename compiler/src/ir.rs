@@ -547,13 +547,14 @@ impl Cond {
     }
 }
 
-/// Adds the blocks for `c` exiting to `t`/`f` and returns its entry block.
-fn lower_cond(func: &mut Function, c: &Cond, t: BlockId, f: BlockId) -> BlockId {
+/// Adds the blocks for `c` exiting to `t`/`f` and returns its entry block (the statements
+/// move into the blocks).
+fn lower_cond(func: &mut Function, c: Cond, t: BlockId, f: BlockId) -> BlockId {
     match c {
         Cond::True => t,
-        Cond::Stmts(stmts) => func.add(stmts.clone(), Term::Jump(t)),
+        Cond::Stmts(stmts) => func.add(stmts, Term::Jump(t)),
         Cond::Test(test) => func.add(
-            test.stmts.clone(),
+            test.stmts,
             Term::Branch {
                 cmp: test.cmp,
                 a: test.a,
@@ -562,25 +563,25 @@ fn lower_cond(func: &mut Function, c: &Cond, t: BlockId, f: BlockId) -> BlockId 
                 f,
             },
         ),
-        Cond::Not(inner) => lower_cond(func, inner, f, t),
+        Cond::Not(inner) => lower_cond(func, *inner, f, t),
         Cond::Frag(frag) => frag.build(func, t, f),
         Cond::Chain(first, rest) => {
             // ((c0 op1 c1) op2 c2) ... : build from the last operand backwards, iteratively.
             let (mut t, mut f) = (t, f);
-            for (op, c) in rest.iter().rev() {
+            for (op, c) in rest.into_iter().rev() {
                 let entry = lower_cond(func, c, t, f);
                 match op {
                     ChainOp::And => t = entry,
                     ChainOp::Or => f = entry,
                 }
             }
-            lower_cond(func, first, t, f)
+            lower_cond(func, *first, t, f)
         }
     }
 }
 
 /// Lowers a condition to a function that accepts when it holds.
-pub fn lower(c: &Cond, prologue: &[Stmt], num_temps: u32) -> Function {
+pub fn lower(c: Cond, prologue: &[Stmt], num_temps: u32) -> Function {
     let mut func = Function {
         blocks: Vec::new(),
         num_temps,

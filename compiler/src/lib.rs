@@ -87,7 +87,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let ast = parser::parse(expr).map_err(attach)?;
     let mut gen = gencode::Gen::new();
     let cond = gen.generate(&ast).map_err(attach)?;
-    let mut func = ir::lower(&cond, &gen.prologue, gen.temps);
+    let mut func = ir::lower(cond, &gen.prologue, gen.temps);
     if opts.optimize {
         // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
         // none of its optimizer's errors for them.
@@ -95,15 +95,19 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // The probe for libpcap's "rejects all packets" is as costly as the optimizer; it can
         // only say yes where ours found no accepting path, or where libpcap's extra folds
         // (`0 / x`) could apply. It needs the unoptimized function: kept when the folds
-        // apply, lowered again in the rare case that ours finds no accepting path.
+        // apply, generated and lowered again in the rare case that ours finds no accepting path.
         let folds = opt::has_libpcap_only_folds(&func);
         let unoptimized = folds.then(|| func.clone());
         let result = opt::optimize(&mut func, libpcap_optimizes);
         let probe = folds || opt::always_rejects(&func);
         if libpcap_optimizes && probe && {
-            let unoptimized =
-                unoptimized.unwrap_or_else(|| ir::lower(&cond, &gen.prologue, gen.temps));
-            opt::libpcap_rejects_all(&unoptimized, &gen.probe_opaque)
+            // Generated again (the same code: generation is a function of the AST).
+            let unoptimized = unoptimized.or_else(|| {
+                let mut again = gencode::Gen::new();
+                let cond = again.generate(&ast).ok()?;
+                Some(ir::lower(cond, &again.prologue, again.temps))
+            });
+            unoptimized.is_some_and(|u| opt::libpcap_rejects_all(&u, &gen.probe_opaque))
         } {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,
