@@ -533,12 +533,24 @@ pub enum ChainOp {
 impl Cond {
     /// `a and b` (a evaluated first).
     pub fn and(a: Cond, b: Cond) -> Cond {
-        Cond::Chain(Box::new(a), vec![(ChainOp::And, b)])
+        Cond::chain(a, ChainOp::And, b)
     }
 
     /// `a or b` (a evaluated first).
     pub fn or(a: Cond, b: Cond) -> Cond {
-        Cond::Chain(Box::new(a), vec![(ChainOp::Or, b)])
+        Cond::chain(a, ChainOp::Or, b)
+    }
+
+    /// `a op b`: a chain evaluates left to right (`((c0 op1 c1) op2 c2)`), so when `a` is
+    /// already a chain, `op b` joins it instead of nesting it.
+    fn chain(a: Cond, op: ChainOp, b: Cond) -> Cond {
+        match a {
+            Cond::Chain(first, mut rest) => {
+                rest.push((op, b));
+                Cond::Chain(first, rest)
+            }
+            a => Cond::Chain(Box::new(a), vec![(op, b)]),
+        }
     }
 
     /// `not a`.
