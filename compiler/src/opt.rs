@@ -98,10 +98,13 @@ pub enum OptError {
 /// reject or give 0 at run time).
 pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
     let mut scratch = Scratch::default();
-    run_passes(func, Mode::Sound, &mut scratch);
-    reuse_values(func, &mut scratch);
-    remove_dead(func, &mut scratch);
-    func.compact();
+    let settled = run_passes(func, Mode::Sound, &mut scratch);
+    // At a fixed point of the rounds, dead-code removal and compaction would change nothing
+    // unless value numbering did.
+    if reuse_values(func, &mut scratch) || !settled {
+        remove_dead(func, &mut scratch);
+        func.compact_with(&mut scratch.order, &mut scratch.reach);
+    }
     // Only a division, modulus or shift by a temp (which may hold a constant) or by a
     // constant that is an error can be reported: skip the check (and its copy) without one.
     let may_err = func.blocks.iter().any(|b| {
@@ -125,7 +128,8 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
     Ok(())
 }
 
-fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) {
+/// Runs the rounds; says whether they reached a fixed point (rather than the round limit).
+fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
     func.compact();
     for _ in 0..MAX_ROUNDS {
         // Each pass says whether it changed the function; a round that changed nothing is a
@@ -136,9 +140,10 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) {
         changed |= remove_dead(func, scratch);
         changed |= func.compact_with(&mut scratch.order, &mut scratch.reach);
         if !changed {
-            break;
+            return true;
         }
     }
+    false
 }
 
 /// Whether [`fold_constants`] could change anything: only a constant moved into a temp (from
@@ -1266,7 +1271,8 @@ fn operand_number(n: &mut Numbering, held: &Held, o: Operand) -> Option<u32> {
 ///
 /// Sound because the earlier computation ran on every path and did not reject (else the frame
 /// was already rejected): the repeated one cannot reject either and gives the same value.
-fn reuse_values(func: &mut Function, sc: &mut Scratch) {
+/// Says whether it changed anything.
+fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = &sc.order;
     let numbers = &mut sc.numbers;
@@ -1345,6 +1351,7 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) {
         drop_overwritten(func, order, &mut sc.min_len);
         propagate_copies(func, order);
     }
+    changed
 }
 
 /// Drops, within each block, writes to a temp that the block overwrites before anything reads
