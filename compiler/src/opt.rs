@@ -97,7 +97,7 @@ pub enum OptError {
 /// optimize, e.g. after `protochain`, the caller passes `false` and such operations stay, to
 /// reject or give 0 at run time).
 pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch::take();
     let settled = run_passes(func, Mode::Sound, &mut scratch);
     // At a fixed point of the rounds, dead-code removal and compaction would change nothing
     // unless value numbering did.
@@ -105,6 +105,7 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
         remove_dead(func, &mut scratch);
         func.compact_with(&mut scratch.order, &mut scratch.reach);
     }
+    scratch.give_back();
     // Only a division, modulus or shift by a temp (which may hold a constant) or by a
     // constant that is an error can be reported: skip the check (and its copy) without one.
     let may_err = func.blocks.iter().any(|b| {
@@ -146,6 +147,32 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
     false
 }
 
+thread_local! {
+    /// The thread's spare [`Scratch`].
+    static SPARE: std::cell::Cell<Option<Box<Scratch>>> = const { std::cell::Cell::new(None) };
+}
+
+/// A scratch set whose buffers have grown past this many blocks is not kept (a huge filter
+/// does not pin its memory for the rest of the thread's life).
+const MAX_KEPT_BLOCKS: usize = 4096;
+
+impl Scratch {
+    /// The thread's spare scratch set, or a new one. Its contents do not matter: every pass
+    /// clears what it uses, except the key numbering, cleared here.
+    fn take() -> Box<Scratch> {
+        let mut s = SPARE.with(|c| c.take()).unwrap_or_default();
+        s.keys_of.ids.clear();
+        s
+    }
+
+    /// Keeps `self` as the thread's spare, unless it grew too big.
+    fn give_back(self: Box<Self>) {
+        if self.reached.capacity() <= MAX_KEPT_BLOCKS {
+            SPARE.with(|c| c.set(Some(self)));
+        }
+    }
+}
+
 /// Whether [`fold_constants`] could change anything: only a constant moved into a temp (from
 /// which constants spread) or an operation with a constant 0 (`x & 0`, `x + 0`) gives it
 /// something to do. Most filters have neither, and the check is far cheaper than the pass.
@@ -166,7 +193,9 @@ fn may_fold(func: &Function) -> bool {
     })
 }
 
-/// Buffers the passes reuse from round to round, so that a round allocates next to nothing.
+/// Buffers the passes reuse from round to round, so that a round allocates next to nothing;
+/// each thread keeps one between compilations ([`Scratch::take`]), so a compilation does not
+/// grow them from nothing either.
 #[derive(Default)]
 struct Scratch {
     /// Frame values to numbers; keys do not depend on temps, so they stay valid across rounds.
@@ -229,7 +258,9 @@ pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
             }
         }
     }
-    run_passes(&mut f, Mode::Aggressive, &mut Scratch::default());
+    let mut scratch = Scratch::take();
+    run_passes(&mut f, Mode::Aggressive, &mut scratch);
+    scratch.give_back();
     always_rejects(&f)
 }
 
