@@ -53,34 +53,86 @@ fn resolve(func: &Function, mut b: BlockId) -> BlockId {
     b
 }
 
+/// The working buffers of [`emit`]; each thread keeps one set between calls, so emitting a
+/// filter does not grow a dozen vectors from nothing. Every use clears what it uses.
+#[derive(Default)]
+struct Bufs {
+    terms: Vec<Term>,
+    layout: Vec<BlockId>,
+    index: Vec<usize>,
+    dfs_state: Vec<u8>,
+    dfs_stack: Vec<(BlockId, usize)>,
+    first: Vec<usize>,
+    last: Vec<usize>,
+    intervals: Vec<(usize, usize, Temp)>,
+    loc: Vec<Option<Loc>>,
+    active: Vec<(usize, Temp, u8)>,
+    free: Vec<u8>,
+    slots_active: Vec<(usize, u32)>,
+    free_slots: Vec<u32>,
+    fixups: Vec<(usize, BlockId)>,
+    starts: Vec<usize>,
+}
+
+thread_local! {
+    static SPARE: std::cell::Cell<Option<Box<Bufs>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Buffers grown past this many blocks are not kept for the next call.
+const MAX_KEPT_BLOCKS: usize = 4096;
+
 /// Emits `func` as VM instructions that end in `accept accept_value` or `reject`.
 pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> {
+    let mut bufs = SPARE.with(|c| c.take()).unwrap_or_default();
+    let out = emit_with(func, accept_value, &mut bufs);
+    if bufs.index.capacity() <= MAX_KEPT_BLOCKS {
+        SPARE.with(|c| c.set(Some(bufs)));
+    }
+    out
+}
+
+fn emit_with(func: &Function, accept_value: u32, bufs: &mut Bufs) -> Result<Vec<Insn>, EmitError> {
+    let Bufs {
+        terms,
+        layout,
+        index,
+        dfs_state,
+        dfs_stack,
+        first,
+        last,
+        intervals,
+        loc,
+        active,
+        free,
+        slots_active,
+        free_slots,
+        fixups,
+        starts,
+    } = bufs;
     // Layout: reachable blocks after threading empty jumps, in topological order (without
     // copying the function: `layout` lists the blocks, `terms` their threaded endings).
-    let terms: Vec<Term> = func
-        .blocks
-        .iter()
-        .map(|b| match b.term {
-            Term::Branch {
-                cmp,
-                a,
-                b: rhs,
-                t,
-                f,
-            } => Term::Branch {
-                cmp,
-                a,
-                b: rhs,
-                t: resolve(func, t),
-                f: resolve(func, f),
-            },
-            Term::Jump(j) => Term::Jump(resolve(func, j)),
-            ref other => other.clone(),
-        })
-        .collect();
+    terms.clear();
+    terms.extend(func.blocks.iter().map(|b| match b.term {
+        Term::Branch {
+            cmp,
+            a,
+            b: rhs,
+            t,
+            f,
+        } => Term::Branch {
+            cmp,
+            a,
+            b: rhs,
+            t: resolve(func, t),
+            f: resolve(func, f),
+        },
+        Term::Jump(j) => Term::Jump(resolve(func, j)),
+        ref other => other.clone(),
+    }));
     let entry = resolve(func, 0);
-    let layout = layout_order(&terms, entry);
-    let mut index = vec![usize::MAX; func.blocks.len()];
+    layout_order(terms, entry, layout, dfs_state, dfs_stack);
+    index.clear();
+    index.resize(func.blocks.len(), usize::MAX);
     for (i, &b) in layout.iter().enumerate() {
         index[b] = i;
     }
@@ -88,8 +140,10 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
 
     // Live intervals over the layout, indexed by temp (temps are numbered densely).
     let n_temps = func.num_temps as usize;
-    let mut first: Vec<usize> = vec![usize::MAX; n_temps];
-    let mut last: Vec<usize> = vec![0; n_temps];
+    first.clear();
+    first.resize(n_temps, usize::MAX);
+    last.clear();
+    last.resize(n_temps, 0);
     let mut pos = 0usize;
     let mut touch = |t: Temp, p: usize| {
         let i = t.0 as usize;
@@ -118,21 +172,26 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
         }
         pos += 1;
     }
-    let mut intervals: Vec<(usize, usize, Temp)> = first
-        .iter()
-        .enumerate()
-        .filter(|(_, &s)| s != usize::MAX)
-        .map(|(i, &s)| (s, last[i], Temp(i as u32)))
-        .collect();
+    intervals.clear();
+    intervals.extend(
+        first
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| s != usize::MAX)
+            .map(|(i, &s)| (s, last[i], Temp(i as u32))),
+    );
     intervals.sort_unstable();
 
     // Linear scan.
-    let mut loc: Vec<Option<Loc>> = vec![None; first.len()];
-    let mut active: Vec<(usize, Temp, u8)> = Vec::new(); // (end, temp, reg)
-    let mut free: Vec<u8> = (0..ALLOCATABLE_REGS).rev().collect();
-    let mut slots_active: Vec<(usize, u32)> = Vec::new();
-    let mut free_slots: Vec<u32> = (0..NUM_SLOTS).rev().collect();
-    for &(start, end, t) in &intervals {
+    loc.clear();
+    loc.resize(first.len(), None);
+    active.clear(); // (end, temp, reg)
+    free.clear();
+    free.extend((0..ALLOCATABLE_REGS).rev());
+    slots_active.clear();
+    free_slots.clear();
+    free_slots.extend((0..NUM_SLOTS).rev());
+    for &(start, end, t) in intervals.iter() {
         active.retain(|&(e, _, r)| {
             if e < start {
                 free.push(r);
@@ -174,9 +233,10 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
     }
 
     // Emission.
-    let mut out: Vec<Insn> = Vec::new();
-    let mut fixups: Vec<(usize, BlockId)> = Vec::new();
-    let mut starts = vec![0usize; layout.len()];
+    let mut out: Vec<Insn> = Vec::with_capacity(pos + pos / 2);
+    fixups.clear();
+    starts.clear();
+    starts.resize(layout.len(), 0);
     let lc = |t: &Temp| {
         loc.get(t.0 as usize)
             .copied()
@@ -313,7 +373,7 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
     if out.len() > netmux_vm::MAX_INSNS {
         return Err(EmitError::TooLong(out.len()));
     }
-    for (at, target) in fixups {
+    for &(at, target) in fixups.iter() {
         let off = starts[target] as i64 - at as i64 - 1;
         let off = i16::try_from(off).map_err(|_| EmitError::TooLong(out.len()))?;
         out[at].off = off;
@@ -324,19 +384,27 @@ pub fn emit(func: &Function, accept_value: u32) -> Result<Vec<Insn>, EmitError> 
 /// The layout: blocks reachable from `entry` over `terms`, in depth-first reverse post-order
 /// visiting true successors first, which puts a block's false successor right after it where
 /// it can, so the branch falls through instead of jumping.
-fn layout_order(terms: &[Term], entry: BlockId) -> Vec<BlockId> {
+fn layout_order(
+    terms: &[Term],
+    entry: BlockId,
+    post: &mut Vec<BlockId>,
+    state: &mut Vec<u8>,
+    stack: &mut Vec<(BlockId, usize)>,
+) {
     let n = terms.len();
-    let mut post = Vec::with_capacity(n);
+    post.clear();
     if entry >= n {
-        return post;
+        return;
     }
     let succ = |b: BlockId, i: usize| match terms[b] {
         Term::Branch { t, f, .. } => [Some(t), Some(f)][i.min(1)].filter(|_| i < 2),
         Term::Jump(j) => Some(j).filter(|_| i == 0),
         Term::Accept | Term::Reject => None,
     };
-    let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
-    let mut stack = vec![(entry, 0usize)];
+    state.clear();
+    state.resize(n, 0); // 0 new, 1 on stack, 2 done
+    stack.clear();
+    stack.push((entry, 0usize));
     state[entry] = 1;
     while let Some(&mut (b, ref mut i)) = stack.last_mut() {
         if let Some(s) = succ(b, *i) {
@@ -352,7 +420,6 @@ fn layout_order(terms: &[Term], entry: BlockId) -> Vec<BlockId> {
         }
     }
     post.reverse();
-    post
 }
 
 fn alu_k(op: AluOp) -> Opcode {
