@@ -598,11 +598,24 @@ pub fn lower(c: Cond, prologue: &[Stmt], num_temps: u32) -> Function {
         blocks: Vec::new(),
         num_temps,
     };
-    // The entry: the prologue, then a jump to the condition's entry.
-    func.add(prologue.to_vec(), Term::Reject);
     let accept = func.add(vec![], Term::Accept);
     let reject = func.add(vec![], Term::Reject);
     let entry = lower_cond(&mut func, c, accept, reject);
-    func.blocks[0].term = Term::Jump(entry);
+    // The entry: the prologue, then a jump to the condition's entry.
+    func.add(prologue.to_vec(), Term::Jump(entry));
+    // Every block was added after its successors (fragments aside), so in reverse order the
+    // entry comes first and edges go forward: what the optimizer wants, without a sort.
+    func.blocks.reverse();
+    let last = func.blocks.len() - 1;
+    for b in &mut func.blocks {
+        match &mut b.term {
+            Term::Branch { t, f, .. } => {
+                *t = last - *t;
+                *f = last - *f;
+            }
+            Term::Jump(j) => *j = last - *j,
+            Term::Accept | Term::Reject => {}
+        }
+    }
     func
 }
