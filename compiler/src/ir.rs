@@ -499,6 +499,10 @@ pub struct Test {
 
 /// A piece of control flow with a true exit and a false exit, built by a callback once the
 /// exits are known (used for `protochain` and `geneve`, which are more than a tree of tests).
+///
+/// A fragment should add each block after the blocks it jumps to, as [`lower`] does for
+/// everything else: then the lowered function's edges all go forward. One that does not still
+/// compiles correctly, only through a slower depth-first sort.
 pub trait Fragment: fmt::Debug {
     /// Adds the fragment's blocks to `func`, exiting to `t` or `f`; returns its entry.
     fn build(&self, func: &mut Function, t: BlockId, f: BlockId) -> BlockId;

@@ -68,7 +68,8 @@ impl Default for Options {
     }
 }
 
-/// Parses and lowers `expr` to the IR, optimized if `opts.optimize`.
+/// Parses and lowers `expr` to the IR, optimized if `opts.optimize`. The blocks' and temps'
+/// numbering is not part of the contract (it may change between versions); the verdicts are.
 pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> {
     let attach = |e: error::Located| CompileError::new(e.kind, e.span, expr);
     if opts.dialect == Dialect::Bfdmux {

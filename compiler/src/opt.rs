@@ -155,6 +155,8 @@ thread_local! {
 /// A scratch set whose buffers have grown past this many blocks is not kept (a huge filter
 /// does not pin its memory for the rest of the thread's life).
 const MAX_KEPT_BLOCKS: usize = 4096;
+/// Likewise for the facts arena (blocks x fact words): 256 KiB.
+const MAX_KEPT_WORDS: usize = 32 * 1024;
 
 impl Scratch {
     /// The thread's spare scratch set, or a new one. Its contents do not matter: every pass
@@ -167,7 +169,8 @@ impl Scratch {
 
     /// Keeps `self` as the thread's spare, unless it grew too big.
     fn give_back(self: Box<Self>) {
-        if self.reached.capacity() <= MAX_KEPT_BLOCKS {
+        if self.reached.capacity() <= MAX_KEPT_BLOCKS && self.at_entry.capacity() <= MAX_KEPT_WORDS
+        {
             SPARE.with(|c| c.set(Some(self)));
         }
     }
@@ -1014,8 +1017,11 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
     let (summaries, loads, facts) = (&sc.summaries, &sc.loads[..], &sc.facts);
     // Each block's facts on entry (`w` words at `b * w`), whether a path reached it yet, and
     // the frame length every path to it proved.
-    sc.at_entry.clear();
-    sc.at_entry.resize(n * w, 0);
+    // Not zeroed: a block's words are written (copied from its first incoming edge) before
+    // they are read, as `reached` records; zeroing would cost blocks x facts per pass.
+    if sc.at_entry.len() < n * w {
+        sc.at_entry.resize(n * w, 0);
+    }
     sc.reached.clear();
     sc.reached.resize(n, false);
     sc.len_at.clear();
