@@ -1,8 +1,9 @@
 //! The pcap-filter lexer: text to tokens with byte spans, as libpcap's `scanner.l` cuts it.
 //!
-//! At each position every token class that could start there is measured with a nom
-//! recogniser, and the longest wins; ties go to the class `scanner.l` lists first (keyword,
-//! number, dotted IPv4, MAC, IPv6, name). So `10.0.0.1` is an address, `1.2.3.4.5` is a name
+//! At each position every token class that could start there is measured (punctuation with
+//! nom, words with byte scanners checked against a nom grammar in the tests), and the longest
+//! wins; ties go to the class `scanner.l` lists first (keyword, number, dotted IPv4, MAC,
+//! IPv6, name). So `10.0.0.1` is an address, `1.2.3.4.5` is a name
 //! (and later an error), `tcp-syn` is the named constant 2, and `len-1` is one name, exactly as
 //! in tcpdump. Numbers follow libpcap: `0x` hex, a leading `0` octal, decimal otherwise, and
 //! anything above 2^32 - 1 is an error. A backslash makes a keyword a plain name (`\tcp`).
@@ -12,11 +13,8 @@
 use std::net::Ipv6Addr;
 
 use nom::branch::alt;
-use nom::bytes::complete::{tag, take_while1, take_while_m_n};
-use nom::character::complete::{char, digit1};
-use nom::combinator::{opt, recognize};
-use nom::multi::count;
-use nom::sequence::{pair, preceded, tuple};
+use nom::bytes::complete::tag;
+use nom::character::complete::char;
 use nom::IResult;
 
 use crate::error::{syntax, Result, Span};
@@ -358,62 +356,93 @@ fn punct(i: &str) -> IResult<&str, Punct> {
 
 use nom::Parser;
 
-fn hex_digit(c: char) -> bool {
-    c.is_ascii_hexdigit()
+// The word scanners below run at every word of every expression, so they are plain byte
+// loops rather than nom combinators (a quarter of the compile time of a short filter went to
+// the combinators); `scanners_match_the_nom_grammar` checks them against the nom forms on
+// random input. Each returns the length of its match at the start of `b`, 0 for none.
+
+/// The length of the run at the start of `b` (at most `max` bytes) whose bytes satisfy `f`.
+fn run(b: &[u8], max: usize, f: impl Fn(u8) -> bool) -> usize {
+    b.iter().take(max).take_while(|&&c| f(c)).count()
 }
 
 /// `0x` hex digits, or decimal digits.
-fn number(i: &str) -> IResult<&str, &str> {
-    alt((
-        recognize(pair(alt((tag("0x"), tag("0X"))), take_while1(hex_digit))),
-        digit1,
-    ))(i)
+fn number_len(b: &[u8]) -> usize {
+    if b.len() > 2 && b[0] == b'0' && matches!(b[1], b'x' | b'X') {
+        let h = run(&b[2..], usize::MAX, |c| c.is_ascii_hexdigit());
+        if h > 0 {
+            return 2 + h;
+        }
+    }
+    run(b, usize::MAX, |c| c.is_ascii_digit())
 }
 
 /// Two to four dot-separated decimal numbers.
-fn dotted(i: &str) -> IResult<&str, &str> {
-    recognize(tuple((
-        digit1,
-        preceded(char('.'), digit1),
-        opt(preceded(char('.'), digit1)),
-        opt(preceded(char('.'), digit1)),
-    )))(i)
+fn dotted_len(b: &[u8]) -> usize {
+    let digits = |i: usize| run(&b[i..], usize::MAX, |c| c.is_ascii_digit());
+    let mut n = digits(0);
+    if n == 0 {
+        return 0;
+    }
+    for group in 0..3 {
+        let more = if b.get(n) == Some(&b'.') {
+            digits(n + 1)
+        } else {
+            0
+        };
+        if more == 0 {
+            // The second number is required; the third and fourth are not.
+            return if group == 0 { 0 } else { n };
+        }
+        n += 1 + more;
+    }
+    n
 }
 
-fn hex_byte(i: &str) -> IResult<&str, &str> {
-    take_while_m_n(1, 2, hex_digit)(i)
+/// `a:b:c:d:e:f`, `a-b-c-d-e-f`, `a.b.c.d.e.f` (1-2 hex digits each) or `abcd.abcd.abcd`;
+/// the first form that matches wins.
+fn mac_len(b: &[u8]) -> usize {
+    let hex = |c: u8| c.is_ascii_hexdigit();
+    let first = run(b, 2, hex);
+    if first == 0 {
+        return 0;
+    }
+    'sep: for sep in [b':', b'-', b'.'] {
+        let mut n = first;
+        for _ in 0..5 {
+            let byte = if b.get(n) == Some(&sep) {
+                run(&b[n + 1..], 2, hex)
+            } else {
+                0
+            };
+            if byte == 0 {
+                continue 'sep;
+            }
+            n += 1 + byte;
+        }
+        return n;
+    }
+    let word = |i: usize| b.get(i..i + 4).is_some_and(|w| w.iter().all(|&c| hex(c)));
+    if word(0) && b.get(4) == Some(&b'.') && word(5) && b.get(9) == Some(&b'.') && word(10) {
+        14
+    } else {
+        0
+    }
 }
 
-fn hex_word(i: &str) -> IResult<&str, &str> {
-    take_while_m_n(4, 4, hex_digit)(i)
-}
-
-/// `a:b:c:d:e:f`, `a-b-c-d-e-f`, `a.b.c.d.e.f` (1-2 hex digits each) or `abcd.abcd.abcd`.
-fn mac(i: &str) -> IResult<&str, &str> {
-    let sep = |c| recognize(pair(hex_byte, count(preceded(char(c), hex_byte), 5)));
-    alt((
-        sep(':'),
-        sep('-'),
-        sep('.'),
-        recognize(tuple((
-            hex_word,
-            preceded(char('.'), hex_word),
-            preceded(char('.'), hex_word),
-        ))),
-    ))(i)
-}
-
-fn name(i: &str) -> IResult<&str, &str> {
-    let (_, run) = recognize(pair(
-        take_while_m_n(1, 1, |c: char| c.is_ascii_alphanumeric()),
-        opt(take_while1(|c: char| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
-        })),
-    ))(i)?;
-    // The last character must be alphanumeric or a dot.
-    let trimmed = run.trim_end_matches(['-', '_']);
-    let n = trimmed.len().max(1);
-    Ok((&i[n..], &i[..n]))
+/// An alphanumeric character, then alphanumerics, `-`, `_` and `.`; the last character must
+/// be alphanumeric or a dot.
+fn name_len(b: &[u8]) -> usize {
+    if !b.first().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return 0;
+    }
+    let mut n = 1 + run(&b[1..], usize::MAX, |c| {
+        c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
+    });
+    while n > 1 && matches!(b[n - 1], b'-' | b'_') {
+        n -= 1;
+    }
+    n
 }
 
 fn parse_number(text: &str, span: Span) -> Result<u32> {
@@ -505,8 +534,8 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
             return syntax(span, format!("unexpected character `{c}`"));
         }
         // Measure every word-like class; the longest wins, ties in scanner.l's order.
-        let len = |r: IResult<&str, &str>| r.map_or(0, |(_, m)| m.len());
-        let id_len = len(name(rest));
+        let bytes = rest.as_bytes();
+        let id_len = name_len(bytes);
         let is_keyword = id_len > 0 && keyword(&rest[..id_len]).is_some()
             || named_constant(&rest[..id_len]).is_some()
             || UNSUPPORTED_KEYWORDS.contains(&&rest[..id_len]);
@@ -529,9 +558,9 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
                     0
                 };
             (
-                len(number(rest)),
-                len(dotted(rest)),
-                len(mac(rest)),
+                number_len(bytes),
+                dotted_len(bytes),
+                mac_len(bytes),
                 v6_run,
                 v6_len,
             )
@@ -586,6 +615,91 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word grammar as nom combinators, the reference the byte scanners must match.
+    mod nom_grammar {
+        use nom::branch::alt;
+        use nom::bytes::complete::{tag, take_while1, take_while_m_n};
+        use nom::character::complete::{char, digit1};
+        use nom::combinator::{opt, recognize};
+        use nom::multi::count;
+        use nom::sequence::{pair, preceded, tuple};
+        use nom::IResult;
+
+        pub fn hex_digit(c: char) -> bool {
+            c.is_ascii_hexdigit()
+        }
+
+        /// `0x` hex digits, or decimal digits.
+        pub fn number(i: &str) -> IResult<&str, &str> {
+            alt((
+                recognize(pair(alt((tag("0x"), tag("0X"))), take_while1(hex_digit))),
+                digit1,
+            ))(i)
+        }
+
+        /// Two to four dot-separated decimal numbers.
+        pub fn dotted(i: &str) -> IResult<&str, &str> {
+            recognize(tuple((
+                digit1,
+                preceded(char('.'), digit1),
+                opt(preceded(char('.'), digit1)),
+                opt(preceded(char('.'), digit1)),
+            )))(i)
+        }
+
+        fn hex_byte(i: &str) -> IResult<&str, &str> {
+            take_while_m_n(1, 2, hex_digit)(i)
+        }
+
+        fn hex_word(i: &str) -> IResult<&str, &str> {
+            take_while_m_n(4, 4, hex_digit)(i)
+        }
+
+        /// `a:b:c:d:e:f`, `a-b-c-d-e-f`, `a.b.c.d.e.f` (1-2 hex digits each) or `abcd.abcd.abcd`.
+        pub fn mac(i: &str) -> IResult<&str, &str> {
+            let sep = |c| recognize(pair(hex_byte, count(preceded(char(c), hex_byte), 5)));
+            alt((
+                sep(':'),
+                sep('-'),
+                sep('.'),
+                recognize(tuple((
+                    hex_word,
+                    preceded(char('.'), hex_word),
+                    preceded(char('.'), hex_word),
+                ))),
+            ))(i)
+        }
+
+        pub fn name(i: &str) -> IResult<&str, &str> {
+            let (_, run) = recognize(pair(
+                take_while_m_n(1, 1, |c: char| c.is_ascii_alphanumeric()),
+                opt(take_while1(|c: char| {
+                    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+                })),
+            ))(i)?;
+            // The last character must be alphanumeric or a dot.
+            let trimmed = run.trim_end_matches(['-', '_']);
+            let n = trimmed.len().max(1);
+            Ok((&i[n..], &i[..n]))
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        #[test]
+        fn scanners_match_the_nom_grammar(
+            text in "[0-9a-fA-FxXgz:._-]{0,24}|([0-9a-fA-F]{1,5}[:.-]){0,7}[0-9a-fxXg]{0,5}"
+        ) {
+            let len = |r: nom::IResult<&str, &str>| r.map_or(0, |(_, m)| m.len());
+            let b = text.as_bytes();
+            proptest::prop_assert_eq!(number_len(b), len(nom_grammar::number(&text)));
+            proptest::prop_assert_eq!(dotted_len(b), len(nom_grammar::dotted(&text)));
+            proptest::prop_assert_eq!(mac_len(b), len(nom_grammar::mac(&text)));
+            let name = nom_grammar::name(&text).map_or(0, |(_, m)| m.len());
+            proptest::prop_assert_eq!(name_len(b), name);
+        }
+    }
 
     fn toks(s: &str) -> Vec<Tok> {
         tokenize(s).unwrap().into_iter().map(|t| t.tok).collect()
