@@ -130,7 +130,16 @@ fn emit_with(func: &Function, accept_value: u32, bufs: &mut Bufs) -> Result<Vec<
         ref other => other.clone(),
     }));
     let entry = resolve(func, 0);
-    layout_order(terms, entry, layout, dfs_state, dfs_stack);
+    // Depth-first reverse post-order visiting true successors first puts a block's false
+    // successor right after it where it can, so the branch falls through instead of jumping.
+    dfs_order_into(
+        terms.len(),
+        entry,
+        |b, i| terms[b].succs().nth(i),
+        layout,
+        dfs_state,
+        dfs_stack,
+    );
     index.clear();
     index.resize(func.blocks.len(), usize::MAX);
     for (i, &b) in layout.iter().enumerate() {
@@ -379,47 +388,6 @@ fn emit_with(func: &Function, accept_value: u32, bufs: &mut Bufs) -> Result<Vec<
         out[at].off = off;
     }
     Ok(out)
-}
-
-/// The layout: blocks reachable from `entry` over `terms`, in depth-first reverse post-order
-/// visiting true successors first, which puts a block's false successor right after it where
-/// it can, so the branch falls through instead of jumping.
-fn layout_order(
-    terms: &[Term],
-    entry: BlockId,
-    post: &mut Vec<BlockId>,
-    state: &mut Vec<u8>,
-    stack: &mut Vec<(BlockId, usize)>,
-) {
-    let n = terms.len();
-    post.clear();
-    if entry >= n {
-        return;
-    }
-    let succ = |b: BlockId, i: usize| match terms[b] {
-        Term::Branch { t, f, .. } => [Some(t), Some(f)][i.min(1)].filter(|_| i < 2),
-        Term::Jump(j) => Some(j).filter(|_| i == 0),
-        Term::Accept | Term::Reject => None,
-    };
-    state.clear();
-    state.resize(n, 0); // 0 new, 1 on stack, 2 done
-    stack.clear();
-    stack.push((entry, 0usize));
-    state[entry] = 1;
-    while let Some(&mut (b, ref mut i)) = stack.last_mut() {
-        if let Some(s) = succ(b, *i) {
-            *i += 1;
-            if s < n && state[s] == 0 {
-                state[s] = 1;
-                stack.push((s, 0));
-            }
-        } else {
-            state[b] = 2;
-            post.push(b);
-            stack.pop();
-        }
-    }
-    post.reverse();
 }
 
 fn alu_k(op: AluOp) -> Opcode {

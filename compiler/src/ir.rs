@@ -252,16 +252,59 @@ pub struct Block {
     pub term: Term,
 }
 
-impl Block {
-    /// The successors (without allocating: this is called in every pass's inner loop).
+impl Term {
+    /// The successors, true first (without allocating).
     pub fn succs(&self) -> impl Iterator<Item = BlockId> {
-        let (a, b) = match self.term {
+        let (a, b) = match *self {
             Term::Branch { t, f, .. } => (Some(t), Some(f)),
             Term::Jump(b) => (Some(b), None),
             Term::Accept | Term::Reject => (None, None),
         };
         a.into_iter().chain(b)
     }
+}
+
+impl Block {
+    /// The successors (without allocating: this is called in every pass's inner loop).
+    pub fn succs(&self) -> impl Iterator<Item = BlockId> {
+        self.term.succs()
+    }
+}
+
+/// Reverse post-order by depth-first search from `entry` over blocks `0..n`, visiting the
+/// successors `succ(b, i)` gives in order (true first), into `post`; `state` and `stack` are
+/// scratch space. Any acyclic graph.
+pub fn dfs_order_into(
+    n: usize,
+    entry: BlockId,
+    succ: impl Fn(BlockId, usize) -> Option<BlockId>,
+    post: &mut Vec<BlockId>,
+    state: &mut Vec<u8>,
+    stack: &mut Vec<(BlockId, usize)>,
+) {
+    post.clear();
+    if entry >= n {
+        return;
+    }
+    state.clear();
+    state.resize(n, 0); // 0 new, 1 on stack, 2 done
+    stack.clear();
+    stack.push((entry, 0));
+    state[entry] = 1;
+    while let Some(&mut (b, ref mut i)) = stack.last_mut() {
+        if let Some(s) = succ(b, *i) {
+            *i += 1;
+            if s < n && state[s] == 0 {
+                state[s] = 1;
+                stack.push((s, 0));
+            }
+        } else {
+            state[b] = 2;
+            post.push(b);
+            stack.pop();
+        }
+    }
+    post.reverse();
 }
 
 /// A filter as a control-flow graph; block 0 is the entry.
@@ -332,28 +375,15 @@ impl Function {
     /// Reverse post-order by depth-first search from `entry`, true successors first (any
     /// acyclic graph).
     pub fn dfs_order_from(&self, entry: BlockId) -> Vec<BlockId> {
-        let n = self.blocks.len();
-        let mut state = vec![0u8; n]; // 0 new, 1 on stack, 2 done
-        let mut post = Vec::with_capacity(n);
-        if n == 0 {
-            return post;
-        }
-        let mut stack = vec![(entry, 0usize)];
-        state[entry] = 1;
-        while let Some(&mut (b, ref mut i)) = stack.last_mut() {
-            if let Some(s) = self.blocks[b].succs().nth(*i) {
-                *i += 1;
-                if s < n && state[s] == 0 {
-                    state[s] = 1;
-                    stack.push((s, 0));
-                }
-            } else {
-                state[b] = 2;
-                post.push(b);
-                stack.pop();
-            }
-        }
-        post.reverse();
+        let mut post = Vec::with_capacity(self.blocks.len());
+        dfs_order_into(
+            self.blocks.len(),
+            entry,
+            |b, i| self.blocks[b].succs().nth(i),
+            &mut post,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
         post
     }
 
@@ -397,14 +427,6 @@ impl Function {
     pub fn compact_with(&mut self, order: &mut Vec<BlockId>, reach: &mut Vec<bool>) -> bool {
         self.topo_order_into(0, order, reach);
         self.renumber(order)
-    }
-
-    /// As [`Function::compact_from`], in the order code generation wants: depth-first
-    /// reverse post-order visiting true successors first, which puts a block's false
-    /// successor right after it where it can, so the branch falls through instead of jumping.
-    pub fn compact_for_layout(&mut self, entry: BlockId) {
-        let order = self.dfs_order_from(entry);
-        self.renumber(&order);
     }
 
     /// Keeps the blocks in `order` (a topological order of the reachable blocks), renumbered.

@@ -548,22 +548,25 @@ enum Key {
 /// facts are keyed by a number and copying them allocates nothing per key.
 type KeyId = u32;
 
-struct Interner {
-    ids: HashMap<Key, KeyId>,
+type Interner = HashCons<Key>;
+
+/// Numbers for values: equal values get equal numbers, counted from 0 (hash-consing).
+struct HashCons<K> {
+    ids: HashMap<K, u32>,
 }
 
-impl Default for Interner {
+impl<K> Default for HashCons<K> {
     fn default() -> Self {
-        // Room for the keys of a typical filter, so the table does not grow step by step.
-        Interner {
+        // Room for the values of a typical filter, so the table does not grow step by step.
+        HashCons {
             ids: HashMap::with_capacity_and_hasher(64, Default::default()),
         }
     }
 }
 
-impl Interner {
-    fn id(&mut self, k: Key) -> KeyId {
-        let n = self.ids.len() as KeyId;
+impl<K: std::hash::Hash + Eq> HashCons<K> {
+    fn id(&mut self, k: K) -> u32 {
+        let n = self.ids.len() as u32;
         *self.ids.entry(k).or_insert(n)
     }
 }
@@ -1261,26 +1264,8 @@ enum Value {
     Neg(u32),
 }
 
-/// Value numbers: equal [`Value`]s get equal numbers (hash-consing).
-struct Numbering {
-    ids: HashMap<Value, u32>,
-}
-
-impl Default for Numbering {
-    fn default() -> Self {
-        // Room for the values of a typical filter, so the table does not grow step by step.
-        Numbering {
-            ids: HashMap::with_capacity_and_hasher(64, Default::default()),
-        }
-    }
-}
-
-impl Numbering {
-    fn id(&mut self, v: Value) -> u32 {
-        let n = self.ids.len() as u32;
-        *self.ids.entry(v).or_insert(n)
-    }
-}
+/// Value numbers: equal [`Value`]s get equal numbers.
+type Numbering = HashCons<Value>;
 
 /// Upper bound on the (temp, value number) pairs tracked at a point. Filters hold a handful
 /// of values; the bound keeps the pass linear on pathological input (forgetting an entry can
