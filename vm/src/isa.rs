@@ -80,7 +80,44 @@ pub enum Operand {
     Table,
 }
 
+/// Bits of [`Operand::fields`] and [`Opcode::fields`]: which encoding fields are occupied.
+const FIELD_DST: u8 = 1;
+const FIELD_SRC: u8 = 2;
+const FIELD_OFF: u8 = 4;
+const FIELD_K: u8 = 8;
+
+/// The encoding fields a list of operands occupies.
+const fn fields_of(ops: &[Operand]) -> u8 {
+    let mut m = 0;
+    let mut i = 0;
+    while i < ops.len() {
+        m |= ops[i].fields();
+        i += 1;
+    }
+    m
+}
+
+/// Whether a list of operands has a scratch slot.
+const fn has_slot(ops: &[Operand]) -> bool {
+    let mut i = 0;
+    while i < ops.len() {
+        if matches!(ops[i], Operand::Slot) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 impl Operand {
+    /// The encoding fields this operand occupies (`FIELD_*` bits).
+    const fn fields(self) -> u8 {
+        (if self.uses_dst() { FIELD_DST } else { 0 })
+            | (if self.uses_src() { FIELD_SRC } else { 0 })
+            | (if self.uses_off() { FIELD_OFF } else { 0 })
+            | (if self.uses_k() { FIELD_K } else { 0 })
+    }
+
     /// Whether this operand is encoded in the `dst` field.
     pub const fn uses_dst(self) -> bool {
         matches!(self, Operand::Dst)
@@ -200,6 +237,29 @@ macro_rules! define_opcodes {
                 }
             }
 
+            /// The encoding fields the operands occupy (`FIELD_*` bits), a constant per opcode.
+            const fn fields(self) -> u8 {
+                match self {
+                    $(Opcode::$name => const { fields_of(&[$(Operand::$opnd),*]) },)*
+                }
+            }
+
+            /// Whether the first operand is `rD`, a constant per opcode.
+            const fn dst_first(self) -> bool {
+                match self {
+                    $(Opcode::$name => const {
+                        matches!([$(Operand::$opnd),*].first(), Some(Operand::Dst))
+                    },)*
+                }
+            }
+
+            /// Whether an operand is a scratch slot, a constant per opcode.
+            pub const fn uses_slot(self) -> bool {
+                match self {
+                    $(Opcode::$name => const { has_slot(&[$(Operand::$opnd),*]) },)*
+                }
+            }
+
             /// One line saying what the instruction does.
             pub const fn doc(self) -> &'static str {
                 match self {
@@ -242,23 +302,19 @@ impl Opcode {
     }
 
     /// Whether the instruction writes `rD`.
-    pub fn writes_dst(self) -> bool {
-        self.operands().first() == Some(&Operand::Dst) && !self.is_jump()
+    pub const fn writes_dst(self) -> bool {
+        self.dst_first() && !self.is_jump()
     }
 
     /// Whether the instruction reads `rD` (ALU read-modify-write and conditional jumps).
-    pub fn reads_dst(self) -> bool {
+    pub const fn reads_dst(self) -> bool {
         let class = self.byte() >> 4;
-        self.operands().first() == Some(&Operand::Dst) && (class == 1 || class == 2 || class == 3)
+        self.dst_first() && (class == 1 || class == 2 || class == 3)
     }
 
     /// Whether the instruction reads `rS`.
-    pub fn reads_src(self) -> bool {
-        self.operands().iter().any(|o| o.uses_src())
-    }
-
-    fn uses(self, f: fn(Operand) -> bool) -> bool {
-        self.operands().iter().any(|&o| f(o))
+    pub const fn reads_src(self) -> bool {
+        self.fields() & FIELD_SRC != 0
     }
 }
 
@@ -292,21 +348,20 @@ pub enum DecodeError {
 impl Insn {
     /// An instruction from its fields; fields the opcode does not use are cleared.
     pub fn new(op: Opcode, dst: u8, src: u8, off: i16, k: u32) -> Insn {
+        let f = op.fields();
         Insn {
             op,
-            dst: if op.uses(Operand::uses_dst) {
-                dst & 0xf
-            } else {
-                0
-            },
-            src: if op.uses(Operand::uses_src) {
-                src & 0xf
-            } else {
-                0
-            },
-            off: if op.uses(Operand::uses_off) { off } else { 0 },
-            k: if op.uses(Operand::uses_k) { k } else { 0 },
+            dst: if f & FIELD_DST != 0 { dst & 0xf } else { 0 },
+            src: if f & FIELD_SRC != 0 { src & 0xf } else { 0 },
+            off: if f & FIELD_OFF != 0 { off } else { 0 },
+            k: if f & FIELD_K != 0 { k } else { 0 },
         }
+    }
+
+    /// Whether this is the only form of the instruction the encoding has: register numbers
+    /// below 16 and every field the opcode does not use zero (as [`Insn::decode`] insists).
+    pub fn is_canonical(&self) -> bool {
+        *self == Insn::new(self.op, self.dst, self.src, self.off, self.k)
     }
 
     /// The 8-byte encoding.

@@ -23,7 +23,7 @@
 
 use crate::isa::{Insn, INSN_SIZE};
 use crate::table::{Table, TableError};
-use crate::verifier::{verify, VerifyError};
+use crate::verifier::VerifyError;
 
 /// The container's magic bytes.
 pub const MAGIC: [u8; 4] = *b"NMXF";
@@ -68,9 +68,10 @@ pub fn encode(insns: &[Insn], tables: &[Table]) -> Vec<u8> {
 }
 
 impl Program {
-    /// Verifies instructions and tables as one program (encodes, then [`verify`]).
+    /// Verifies instructions and tables as one program: what [`crate::verify`] would check of their
+    /// encoding, checked without encoding them.
     pub fn new(insns: &[Insn], tables: &[Table]) -> Result<Program, VerifyError> {
-        verify(&encode(insns, tables))
+        crate::verifier::verify_parts(insns, tables)
     }
 
     /// The instructions.

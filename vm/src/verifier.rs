@@ -22,7 +22,7 @@
 //! Loads are *not* checked against a frame size here: the frame is unknown until run time, so
 //! every engine checks every load and rejects the frame when it falls outside.
 
-use crate::isa::{DecodeError, Insn, Opcode, Operand, INSN_SIZE, NUM_REGS, NUM_SLOTS};
+use crate::isa::{DecodeError, Insn, Opcode, INSN_SIZE, NUM_REGS, NUM_SLOTS};
 use crate::program::{Program, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_INSNS, MAX_TABLES};
 use crate::table::{Table, TableError, MAX_KEY_WORDS, MAX_TABLE_ENTRIES};
 
@@ -218,7 +218,7 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
         return Err(err(n, K::TrailingBytes(bytes.len() - r.pos)));
     }
 
-    // 3. Instructions one at a time, and 4. control flow.
+    // 3. Instructions one at a time (decoding first), and 4. control flow.
     let mut insns = Vec::with_capacity(n);
     for (pc, chunk) in code.chunks_exact(INSN_SIZE).enumerate() {
         let raw: [u8; INSN_SIZE] = chunk.try_into().expect("chunks_exact");
@@ -226,8 +226,45 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
             DecodeError::UnknownOpcode(b) => err(pc, K::UnknownOpcode(b)),
             DecodeError::UnusedFieldNotZero => err(pc, K::UnusedFieldNotZero),
         })?;
-        check_insn(pc, n, &insn, &tables)?;
         insns.push(insn);
+    }
+    check_code(&insns, &tables)?;
+    Ok(Program { insns, tables })
+}
+
+/// Verifies a program given as instructions and tables: what [`verify`] checks of the
+/// encoding of `insns` and `tables`, without encoding them. An instruction that is not the
+/// decoding of its own encoding (an unused field set, a register number of 16 or more) is
+/// refused with [`VerifyErrorKind::UnusedFieldNotZero`]; the tables keep their invariants by
+/// construction.
+pub(crate) fn verify_parts(insns: &[Insn], tables: &[Table]) -> Result<Program, VerifyError> {
+    use VerifyErrorKind as K;
+    if insns.is_empty() {
+        return Err(err(0, K::Empty));
+    }
+    if insns.len() > MAX_INSNS {
+        return Err(err(0, K::TooManyInstructions(insns.len() as u32)));
+    }
+    if tables.len() > MAX_TABLES {
+        let count = u16::try_from(tables.len()).unwrap_or(u16::MAX);
+        return Err(err(0, K::TooManyTables(count)));
+    }
+    if let Some(pc) = insns.iter().position(|i| !i.is_canonical()) {
+        return Err(err(pc, K::UnusedFieldNotZero));
+    }
+    check_code(insns, tables)?;
+    Ok(Program {
+        insns: insns.to_vec(),
+        tables: tables.to_vec(),
+    })
+}
+
+/// Checks 3 (after decoding), 4 and 5 of the module docs on decoded instructions.
+fn check_code(insns: &[Insn], tables: &[Table]) -> Result<(), VerifyError> {
+    use VerifyErrorKind as K;
+    let n = insns.len();
+    for (pc, insn) in insns.iter().enumerate() {
+        check_insn(pc, n, insn, tables)?;
     }
 
     // 5. Data flow. Jumps go forward, so one pass in program order sees every predecessor of
@@ -274,14 +311,13 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
             flow(pc + 1);
         }
     }
-
-    Ok(Program { insns, tables })
+    Ok(())
 }
 
 fn check_insn(pc: usize, n: usize, insn: &Insn, tables: &[Table]) -> Result<(), VerifyError> {
     use VerifyErrorKind as K;
     let op = insn.op;
-    if op.operands().contains(&Operand::Slot) && insn.k as usize >= NUM_SLOTS {
+    if op.uses_slot() && insn.k as usize >= NUM_SLOTS {
         return Err(err(pc, K::BadSlot(insn.k)));
     }
     match op {
@@ -346,6 +382,28 @@ mod tests {
         );
         let p = verify(&bytes).unwrap();
         assert_eq!(p.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn instructions_given_in_memory_must_be_their_own_decoding() {
+        let accept = Insn::accept(1);
+        // A register number the encoding cannot hold, and a field `mov rD, k` does not use.
+        for bad in [
+            Insn {
+                dst: 16,
+                ..Insn::mov(0, 1)
+            },
+            Insn {
+                off: 3,
+                ..Insn::mov(0, 1)
+            },
+        ] {
+            let e = Program::new(&[bad, accept], &[]).unwrap_err();
+            assert_eq!(e, err(0, VerifyErrorKind::UnusedFieldNotZero));
+        }
+        let good = [Insn::mov(0, 1), Insn::accept_x(0)];
+        let p = Program::new(&good, &[]).unwrap();
+        assert_eq!(Ok(p), verify(&encode(&good, &[])));
     }
 
     #[test]

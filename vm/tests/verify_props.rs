@@ -326,6 +326,35 @@ fn check_round_trip(bytes: &[u8]) -> bool {
     }
 }
 
+/// `Program::new` (which verifies decoded instructions and tables without encoding them) gives
+/// what `verify` gives on their encoding, error included: for containers without tables whose
+/// instructions all decode.
+fn check_in_memory_verification(bytes: &[u8]) {
+    if bytes.len() < HEADER_SIZE || bytes[..4] != MAGIC || bytes[6..8] != [0, 0] {
+        return;
+    }
+    let code = &bytes[HEADER_SIZE..];
+    let declared = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+    if !code.len().is_multiple_of(INSN_SIZE) || code.len() / INSN_SIZE != declared {
+        return;
+    }
+    let Ok(insns) = code
+        .chunks_exact(INSN_SIZE)
+        .map(|c| Insn::decode(c.try_into().expect("8 bytes")))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return;
+    };
+    let version_ok = bytes[4..6] == FORMAT_VERSION.to_le_bytes();
+    if version_ok {
+        assert_eq!(
+            Program::new(&insns, &[]),
+            verify(bytes),
+            "Program::new and verify disagree"
+        );
+    }
+}
+
 fn run_properties(inputs: impl Iterator<Item = Vec<u8>>, rng: &mut StdRng, name: &str) -> Stats {
     let templates = frame_templates();
     let mut stats = Stats {
@@ -339,6 +368,7 @@ fn run_properties(inputs: impl Iterator<Item = Vec<u8>>, rng: &mut StdRng, name:
     for bytes in inputs {
         total += 1;
         round_trips += usize::from(check_round_trip(&bytes));
+        check_in_memory_verification(&bytes);
         match verify(&bytes) {
             Ok(program) => exercise(rng, &bytes, program, &templates, &mut stats),
             Err(e) => {
