@@ -80,6 +80,9 @@ type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher
 /// in two or three).
 pub const MAX_ROUNDS: usize = 12;
 
+/// How many decided blocks one edge is threaded through in one pass.
+const MAX_HOPS: usize = 8;
+
 /// Why optimization failed: libpcap's optimizer reports these too.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptError {
@@ -136,11 +139,22 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
         // Each pass says whether it changed the function; a round that changed nothing is a
         // fixed point (the passes are deterministic), so the rounds stop there.
         // Only the strict mode errs, and it is not used here.
-        let mut changed = may_fold(func) && fold_constants(func, mode).unwrap_or(true);
-        changed |= decide_and_thread(func, scratch);
-        changed |= remove_dead(func, scratch);
-        changed |= func.compact_with(&mut scratch.order, &mut scratch.reach);
-        if !changed {
+        let folds = may_fold(func);
+        let folded = folds && fold_constants(func, mode).unwrap_or(true);
+        let threaded = decide_and_thread(func, scratch);
+        let removed = remove_dead(func, scratch);
+        let renumbered = func.compact_with(&mut scratch.order, &mut scratch.reach);
+        if !(folded || threaded.changed || removed || renumbered) {
+            return true;
+        }
+        // A round whose only changes were decisions and threaded edges that left every block
+        // reachable is a fixed point too: the next round would see the same statements and
+        // so the same summaries and facts (`shared_temps` depends only on the reachable
+        // blocks), and on every edge no more facts than this round had (a threaded edge
+        // carries what the blocks it skips taught; the edge straight to its target does not).
+        // Deciding is monotone in the facts, so it would decide and thread nothing new; dead
+        // code already found nothing, and folding has nothing to work on.
+        if !folds && !removed && threaded.settled {
             return true;
         }
     }
@@ -219,7 +233,10 @@ struct Scratch {
     at_entry: Vec<Bits>,
     /// Value numbers and, per block, which temps hold which on entry ([`reuse_values`]).
     numbers: Numbering,
-    held_at: Vec<Option<Held>>,
+    /// Per block, valid once `held_reached` says a path reached it.
+    held_at: Vec<Held>,
+    held_reached: Vec<bool>,
+    held: Held,
     reached: Vec<bool>,
     len_at: Vec<u64>,
     cur: Vec<Bits>,
@@ -992,9 +1009,18 @@ fn shared_temps(func: &Function, order: &[BlockId], seen: &mut Vec<BlockId>, sha
     }
 }
 
+/// What [`decide_and_thread`] did.
+struct Threaded {
+    /// It decided a branch or threaded an edge.
+    changed: bool,
+    /// Running it again right away would change nothing: every block it started with is
+    /// still reachable, and no edge stopped at the limit of hops.
+    settled: bool,
+}
+
 /// Decides branches from the facts on every path to them and threads edges through blocks
-/// those facts decide; says whether anything changed.
-fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
+/// those facts decide.
+fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = std::mem::take(&mut sc.order);
     let n = func.blocks.len();
@@ -1038,6 +1064,7 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
     sc.edge.resize(w, 0);
     let (cur, edge) = (&mut sc.cur[..], &mut sc.edge[..]);
     let mut changed = false;
+    let mut hop_limited = false;
     for &b in &order {
         if !sc.reached[b] {
             continue;
@@ -1076,7 +1103,13 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
             }
             // Thread through successors decided by this edge's facts (a few hops).
             let mut target = succ;
-            for _ in 0..8 {
+            let mut hops = 0;
+            loop {
+                if hops == MAX_HOPS {
+                    hop_limited = true;
+                    break;
+                }
+                hops += 1;
                 let Term::Branch { t, f, .. } = func.blocks[target].term else {
                     break;
                 };
@@ -1120,8 +1153,12 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> bool {
             _ => {}
         }
     }
+    let all_reached = order.iter().all(|&b| sc.reached[b]);
     sc.order = order;
-    changed
+    Threaded {
+        changed,
+        settled: all_reached && !hop_limited,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1275,11 +1312,11 @@ const MAX_HELD: usize = 64;
 /// Which temps hold which value numbers on every path to a point.
 type Held = Vec<(Temp, u32)>;
 
-fn held_by(held: &Held, t: Temp) -> Option<u32> {
+fn held_by(held: &[(Temp, u32)], t: Temp) -> Option<u32> {
     held.iter().find(|(x, _)| *x == t).map(|&(_, v)| v)
 }
 
-fn operand_number(n: &mut Numbering, held: &Held, o: Operand) -> Option<u32> {
+fn operand_number(n: &mut Numbering, held: &[(Temp, u32)], o: Operand) -> Option<u32> {
     match o {
         Operand::K(k) => Some(n.id(Value::Const(k))),
         Operand::T(t) => held_by(held, t),
@@ -1299,15 +1336,21 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
     let order = &sc.order;
     let numbers = &mut sc.numbers;
     numbers.ids.clear();
+    // The lists are kept from compilation to compilation (each holds at most `MAX_HELD`).
     let at_entry = &mut sc.held_at;
-    at_entry.clear();
-    at_entry.resize(func.blocks.len(), None);
-    if let Some(e) = at_entry.first_mut() {
-        *e = Some(Held::with_capacity(MAX_HELD));
+    if at_entry.len() < func.blocks.len() {
+        at_entry.resize_with(func.blocks.len(), Held::new);
     }
+    let reached = &mut sc.held_reached;
+    reached.clear();
+    reached.resize(func.blocks.len(), false);
+    let held = &mut sc.held;
     let mut changed = false;
     for &b in order.iter() {
-        let mut held = at_entry[b].take().unwrap_or_default();
+        held.clear();
+        if reached[b] {
+            held.extend_from_slice(&at_entry[b]);
+        }
         for s in &mut func.blocks[b].stmts {
             let n = &mut *numbers;
             let vn = match *s {
@@ -1322,16 +1365,16 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
                     base: Some(base),
                     off,
                     ..
-                } => held_by(&held, base).map(|base| n.id(Value::Ind { size, base, off })),
+                } => held_by(held, base).map(|base| n.id(Value::Ind { size, base, off })),
                 Stmt::Len { .. } => Some(n.id(Value::Len)),
-                Stmt::Mov { src, .. } => operand_number(n, &held, src),
+                Stmt::Mov { src, .. } => operand_number(n, held, src),
                 Stmt::Alu { op, dst, rhs } => {
-                    match (held_by(&held, dst), operand_number(n, &held, rhs)) {
+                    match (held_by(held, dst), operand_number(n, held, rhs)) {
                         (Some(a), Some(r)) => Some(n.id(Value::Op(op, a, r))),
                         _ => None,
                     }
                 }
-                Stmt::Neg { dst } => held_by(&held, dst).map(|a| n.id(Value::Neg(a))),
+                Stmt::Neg { dst } => held_by(held, dst).map(|a| n.id(Value::Neg(a))),
             };
             let dst = s.def();
             if let (Some(vn), false) = (vn, matches!(s, Stmt::Mov { .. })) {
@@ -1351,22 +1394,15 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
                 held.push((dst, vn));
             }
         }
-        let mut held = Some(held);
-        let n_succs = func.blocks[b].succs().count();
-        for (i, succ) in func.blocks[b].succs().enumerate() {
-            // The last successor takes the list itself.
-            let mine = if i + 1 == n_succs {
-                held.take().unwrap_or_default()
+        for succ in func.blocks[b].succs() {
+            let entry = &mut at_entry[succ];
+            if reached[succ] {
+                entry.retain(|p| held.contains(p));
             } else {
-                held.clone().unwrap_or_default()
-            };
-            at_entry[succ] = Some(match at_entry[succ].take() {
-                None => mine,
-                Some(mut prev) => {
-                    prev.retain(|p| mine.contains(p));
-                    prev
-                }
-            });
+                entry.clear();
+                entry.extend_from_slice(held);
+                reached[succ] = true;
+            }
         }
     }
     if changed {
