@@ -536,9 +536,14 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         // Measure every word-like class; the longest wins, ties in scanner.l's order.
         let bytes = rest.as_bytes();
         let id_len = name_len(bytes);
-        let is_keyword = id_len > 0 && keyword(&rest[..id_len]).is_some()
-            || named_constant(&rest[..id_len]).is_some()
-            || UNSUPPORTED_KEYWORDS.contains(&&rest[..id_len]);
+        let word = &rest[..id_len];
+        let (kw, constant) = match keyword(word) {
+            Some(kw) => (Some(kw), None),
+            None => (None, named_constant(word)),
+        };
+        let is_keyword = id_len > 0 && kw.is_some()
+            || constant.is_some()
+            || UNSUPPORTED_KEYWORDS.contains(&word);
         // A word that starts with a letter and has no `:`, `.` or `-` (every keyword) can be
         // neither a number nor an address: skip measuring those.
         let word_run = rest
@@ -589,7 +594,8 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         let text = &rest[..n.max(1)];
         let span = Span::new(pos, pos + text.len());
         let tok = match class {
-            0 => match (keyword(text), named_constant(text)) {
+            // The keyword class wins only with its whole length: `text` is `word`.
+            0 => match (kw, constant) {
                 (Some(kw), _) => Tok::Kw(kw),
                 (None, Some(v)) => Tok::Num(v),
                 (None, None) => Tok::Id(text.to_owned()),

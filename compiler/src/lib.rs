@@ -152,7 +152,7 @@ pub fn emit(func: &Function, expr: &str, opts: &Options) -> Result<Vec<Insn>, Co
 pub fn compile(expr: &str, opts: &Options) -> Result<Program, CompileError> {
     let func = compile_ir(expr, opts)?;
     let insns = emit(&func, expr, opts)?;
-    Program::new(&insns, &[]).map_err(|e| {
+    Program::from_insns(insns).map_err(|e| {
         CompileError::new(
             ErrorKind::Internal(format!("the generated program failed verification: {e}")),
             Span::new(0, expr.len()),

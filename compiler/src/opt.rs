@@ -103,9 +103,11 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
     let mut scratch = Scratch::take();
     let settled = run_passes(func, Mode::Sound, &mut scratch);
     // At a fixed point of the rounds, dead-code removal and compaction would change nothing
-    // unless value numbering did.
-    if reuse_values(func, &mut scratch) || !settled {
-        remove_dead(func, &mut scratch);
+    // unless value numbering did; and value numbering changes no branch, so only dead code
+    // found after it can leave blocks to compact.
+    let reused = reuse_values(func, &mut scratch);
+    let removed = (reused || !settled) && remove_dead(func, &mut scratch);
+    if removed || !settled {
         func.compact_with(&mut scratch.order, &mut scratch.reach);
     }
     scratch.give_back();
@@ -1198,8 +1200,10 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
     }
     // Remove unused definitions that cannot reject, with proven-in-bounds loads counted as
     // unable to reject (the min length is a per-path lower bound; use the meet at each block).
-    // Only statements go, so the order stays.
+    // Only statements go, so the order stays; and of loads only those already proven in
+    // bounds, so the proven lengths stay too.
     let order = &sc.order;
+    min_len_at_entry_into(func, order, &mut sc.min_len);
     loop {
         let used = &mut sc.used;
         used.reset(func.num_temps);
@@ -1217,7 +1221,6 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
                 }
             }
         }
-        min_len_at_entry_into(func, order, &mut sc.min_len);
         let mut removed = false;
         for &b in order {
             let mut len = sc.min_len.get(b).copied().unwrap_or(0);

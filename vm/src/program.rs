@@ -71,7 +71,20 @@ impl Program {
     /// Verifies instructions and tables as one program: what [`crate::verify`] would check of their
     /// encoding, checked without encoding them.
     pub fn new(insns: &[Insn], tables: &[Table]) -> Result<Program, VerifyError> {
-        crate::verifier::verify_parts(insns, tables)
+        crate::verifier::verify_parts(insns, tables)?;
+        Ok(Program {
+            insns: insns.to_vec(),
+            tables: tables.to_vec(),
+        })
+    }
+
+    /// As [`Program::new`], for a program without tables, keeping the vector it is given.
+    pub fn from_insns(insns: Vec<Insn>) -> Result<Program, VerifyError> {
+        crate::verifier::verify_parts(&insns, &[])?;
+        Ok(Program {
+            insns,
+            tables: Vec::new(),
+        })
     }
 
     /// The instructions.

@@ -237,7 +237,7 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
 /// decoding of its own encoding (an unused field set, a register number of 16 or more) is
 /// refused with [`VerifyErrorKind::UnusedFieldNotZero`]; the tables keep their invariants by
 /// construction.
-pub(crate) fn verify_parts(insns: &[Insn], tables: &[Table]) -> Result<Program, VerifyError> {
+pub(crate) fn verify_parts(insns: &[Insn], tables: &[Table]) -> Result<(), VerifyError> {
     use VerifyErrorKind as K;
     if insns.is_empty() {
         return Err(err(0, K::Empty));
@@ -252,11 +252,7 @@ pub(crate) fn verify_parts(insns: &[Insn], tables: &[Table]) -> Result<Program, 
     if let Some(pc) = insns.iter().position(|i| !i.is_canonical()) {
         return Err(err(pc, K::UnusedFieldNotZero));
     }
-    check_code(insns, tables)?;
-    Ok(Program {
-        insns: insns.to_vec(),
-        tables: tables.to_vec(),
-    })
+    check_code(insns, tables)
 }
 
 /// Checks 3 (after decoding), 4 and 5 of the module docs on decoded instructions.
