@@ -149,13 +149,13 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
         if !(folded || threaded.changed || removed || renumbered) {
             return true;
         }
-        // A round whose only changes were decisions and threaded edges that left every block
-        // reachable is a fixed point too: the next round would see the same statements and
-        // so the same summaries and facts (`shared_temps` depends only on the reachable
-        // blocks), and on every edge no more facts than this round had (a threaded edge
-        // carries what the blocks it skips taught; the edge straight to its target does not).
-        // Deciding is monotone in the facts, so it would decide and thread nothing new; dead
-        // code already found nothing, and folding has nothing to work on.
+        // A round whose only changes were decisions and threaded edges is a fixed point too
+        // when they made no block pure ([`Threaded::settled`]): the next round would see the
+        // same statements and so the same summaries and facts, and on every edge no more facts
+        // than this round had (a threaded edge carries what the blocks it skips taught; the
+        // edge straight to its target does not). Deciding is monotone in the facts, so it
+        // would decide and thread nothing new; dead code already found nothing, and folding
+        // has nothing to work on.
         if !folds && !removed && threaded.settled {
             return true;
         }
@@ -171,6 +171,8 @@ thread_local! {
 /// A scratch set whose buffers have grown past this many blocks is not kept (a huge filter
 /// does not pin its memory for the rest of the thread's life).
 const MAX_KEPT_BLOCKS: usize = 4096;
+/// Likewise for the per-temp buffers.
+const MAX_KEPT_TEMPS: usize = 16 * 1024;
 /// Likewise for the facts arena (blocks x fact words): 256 KiB.
 const MAX_KEPT_WORDS: usize = 32 * 1024;
 
@@ -185,7 +187,9 @@ impl Scratch {
 
     /// Keeps `self` as the thread's spare, unless it grew too big.
     fn give_back(self: Box<Self>) {
-        if self.reached.capacity() <= MAX_KEPT_BLOCKS && self.at_entry.capacity() <= MAX_KEPT_WORDS
+        if self.reached.capacity() <= MAX_KEPT_BLOCKS
+            && self.at_entry.capacity() <= MAX_KEPT_WORDS
+            && self.writes.capacity() <= MAX_KEPT_TEMPS
         {
             SPARE.with(|c| c.set(Some(self)));
         }
@@ -222,6 +226,8 @@ struct Scratch {
     order: Vec<BlockId>,
     reach: Vec<bool>,
     shared_seen: Vec<BlockId>,
+    /// The blocks still reachable after [`decide_and_thread`].
+    kept: Vec<BlockId>,
     shared: TempSet,
     used: TempSet,
     min_len: Vec<u64>,
@@ -239,6 +245,11 @@ struct Scratch {
     held_at: Vec<Held>,
     held_reached: Vec<bool>,
     held: Held,
+    /// [`drop_overwritten`]'s and [`propagate_copies`]' buffers.
+    keep: Vec<bool>,
+    unneeded: Vec<Temp>,
+    writes: Vec<Writes>,
+    rename: Vec<Option<Temp>>,
     reached: Vec<bool>,
     len_at: Vec<u64>,
     cur: Vec<Bits>,
@@ -815,6 +826,8 @@ struct Summary {
     key: Option<KeyId>,
     loads: (u32, u32),
     pure: bool,
+    /// Pure but for defining a temp another block uses (which may change when blocks go).
+    pure_but_shared: bool,
 }
 
 /// A load a block makes: its key, and its end offset when the offset is constant.
@@ -837,6 +850,7 @@ impl Summary {
         };
         let start = loads_out.len() as u32;
         let mut pure = true;
+        let mut defines_shared = false;
         for s in &block.stmts {
             let operand = |keys: &Vec<(Temp, KeyId)>, o: &Operand, ki: &mut Interner| match o {
                 Operand::K(k) => Some(ki.id(Key::Const(*k))),
@@ -897,9 +911,7 @@ impl Summary {
             if let Some(k) = key {
                 keys.push((def, k));
             }
-            if shared.contains(&def) {
-                pure = false;
-            }
+            defines_shared |= shared.contains(&def);
         }
         let key = match &block.term {
             Term::Branch { a, .. } => get(keys, *a),
@@ -908,7 +920,8 @@ impl Summary {
         Summary {
             key,
             loads: (start, loads_out.len() as u32),
-            pure,
+            pure: pure && !defines_shared,
+            pure_but_shared: pure && defines_shared,
         }
     }
 
@@ -1015,8 +1028,8 @@ fn shared_temps(func: &Function, order: &[BlockId], seen: &mut Vec<BlockId>, sha
 struct Threaded {
     /// It decided a branch or threaded an edge.
     changed: bool,
-    /// Running it again right away would change nothing: every block it started with is
-    /// still reachable, and no edge stopped at the limit of hops.
+    /// Running it again right away would change nothing: no edge stopped at the limit of
+    /// hops, and every block whose purity depends on which blocks are reachable has kept it.
     settled: bool,
 }
 
@@ -1067,6 +1080,7 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
     let (cur, edge) = (&mut sc.cur[..], &mut sc.edge[..]);
     let mut changed = false;
     let mut hop_limited = false;
+    let mut decided = false;
     for &b in &order {
         if !sc.reached[b] {
             continue;
@@ -1082,6 +1096,7 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
                 if let Some(r) = facts.decide(cur, &tf) {
                     func.blocks[b].term = Term::Jump(if r { t } else { f });
                     changed = true;
+                    decided = true;
                 }
             }
         }
@@ -1155,12 +1170,25 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
             _ => {}
         }
     }
-    let all_reached = order.iter().all(|&b| sc.reached[b]);
-    sc.order = order;
-    Threaded {
-        changed,
-        settled: all_reached && !hop_limited,
+    // A decided branch no longer uses its temp, and blocks no path reaches any more take
+    // their uses with them: either can make a block that defines a temp used elsewhere pure,
+    // and so skippable next time. That is the only way this pass's changes feed the next.
+    let mut settled = !hop_limited;
+    if settled && (decided || !order.iter().all(|&b| sc.reached[b])) {
+        sc.kept.clear();
+        sc.kept
+            .extend(order.iter().copied().filter(|&b| sc.reached[b]));
+        shared_temps(func, &sc.kept, &mut sc.shared_seen, &mut sc.shared);
+        settled = sc.kept.iter().all(|&b| {
+            !sc.summaries[b].pure_but_shared
+                || func.blocks[b]
+                    .stmts
+                    .iter()
+                    .any(|s| sc.shared.contains(&s.def()))
+        });
     }
+    sc.order = order;
+    Threaded { changed, settled }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1408,63 +1436,74 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
             }
         }
     }
-    if changed {
-        drop_overwritten(func, order, &mut sc.min_len);
-        propagate_copies(func, order);
+    if !changed {
+        return false;
     }
-    changed
+    drop_overwritten(func, order, &mut sc.min_len, &mut sc.keep, &mut sc.unneeded);
+    propagate_copies(func, order, &mut sc.writes, &mut sc.rename);
+    true
 }
 
 /// Drops, within each block, writes to a temp that the block overwrites before anything reads
 /// it, when they cannot reject (pure arithmetic, loads proven in bounds by earlier loads).
-fn drop_overwritten(func: &mut Function, order: &[BlockId], min_len: &mut Vec<u64>) {
-    min_len_at_entry_into(func, order, min_len);
-    let mut unneeded: Vec<Temp> = Vec::new();
-    let mut len_before: Vec<u64> = Vec::new();
+fn drop_overwritten(
+    func: &mut Function,
+    order: &[BlockId],
+    min_len: &mut Vec<u64>,
+    keep: &mut Vec<bool>,
+    unneeded: &mut Vec<Temp>,
+) {
+    // The proven frame lengths, computed only if a load is a candidate.
+    let mut lens_ready = false;
     for &b in order {
-        let blk = &mut func.blocks[b];
-        // The frame length proven before each statement.
-        len_before.clear();
-        let mut len = min_len.get(b).copied().unwrap_or(0);
-        for s in &blk.stmts {
-            len_before.push(len);
-            if let Stmt::Load {
-                base: None,
-                off,
-                size,
-                ..
-            } = s
-            {
-                len = len.max(u64::from(*off) + u64::from(size.bytes()));
-            }
-        }
+        let blk = &func.blocks[b];
         // Backwards: a temp is unneeded where it is written again before any read.
         unneeded.clear();
-        let mut keep = vec![true; blk.stmts.len()];
+        keep.clear();
+        keep.resize(blk.stmts.len(), true);
+        let mut dropped = false;
         for (i, s) in blk.stmts.iter().enumerate().rev() {
             let def = s.def();
-            let in_bounds = match s {
-                Stmt::Load {
-                    base: None,
-                    off,
-                    size,
-                    ..
-                } => u64::from(*off) + u64::from(size.bytes()) <= len_before[i],
-                _ => false,
-            };
-            if unneeded.contains(&def) && (in_bounds || !s.may_reject()) {
-                keep[i] = false;
-                continue;
-            }
-            if !unneeded.contains(&def) {
+            if unneeded.contains(&def) {
+                let in_bounds = match s {
+                    Stmt::Load {
+                        base: None,
+                        off,
+                        size,
+                        ..
+                    } => {
+                        if !lens_ready {
+                            min_len_at_entry_into(func, order, min_len);
+                            lens_ready = true;
+                        }
+                        // The frame length proven before this statement.
+                        let before = blk.stmts[..i].iter().fold(min_len[b], |len, s| match s {
+                            Stmt::Load {
+                                base: None,
+                                off,
+                                size,
+                                ..
+                            } => len.max(u64::from(*off) + u64::from(size.bytes())),
+                            _ => len,
+                        });
+                        u64::from(*off) + u64::from(size.bytes()) <= before
+                    }
+                    _ => false,
+                };
+                if in_bounds || !s.may_reject() {
+                    keep[i] = false;
+                    dropped = true;
+                    continue;
+                }
+            } else {
                 unneeded.push(def);
             }
             let uses = s.uses();
             unneeded.retain(|t| !uses.clone().any(|u| u == *t));
         }
-        if keep.contains(&false) {
+        if dropped {
             let mut i = 0;
-            blk.stmts.retain(|_| {
+            func.blocks[b].stmts.retain(|_| {
                 i += 1;
                 keep[i - 1]
             });
@@ -1486,9 +1525,15 @@ struct Writes {
 /// `s`'s writes are in one block, which every path runs before the move, as `s` is written
 /// before it is read: the graph is acyclic, so that block cannot run again), reading `s`
 /// wherever `d` was read. Also drops `t = t`.
-fn propagate_copies(func: &mut Function, order: &[BlockId]) {
+fn propagate_copies(
+    func: &mut Function,
+    order: &[BlockId],
+    writes: &mut Vec<Writes>,
+    rename: &mut Vec<Option<Temp>>,
+) {
     let n = func.num_temps as usize;
-    let mut writes = vec![Writes::default(); n];
+    writes.clear();
+    writes.resize(n, Writes::default());
     for &b in order {
         for (i, s) in func.blocks[b].stmts.iter().enumerate() {
             if let Some(w) = writes.get_mut(s.def().0 as usize) {
@@ -1507,7 +1552,8 @@ fn propagate_copies(func: &mut Function, order: &[BlockId]) {
             .get(s.0 as usize)
             .is_some_and(|w| w.one_block && (w.block != Some(b) || w.last < i))
     };
-    let mut rename: Vec<Option<Temp>> = vec![None; n];
+    rename.clear();
+    rename.resize(n, None);
     for &b in order {
         for (i, s) in func.blocks[b].stmts.iter().enumerate() {
             if let Stmt::Mov {
