@@ -103,10 +103,10 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
     let mut scratch = Scratch::take();
     let settled = run_passes(func, Mode::Sound, &mut scratch);
     // At a fixed point of the rounds, dead-code removal and compaction would change nothing
-    // unless value numbering did; and value numbering changes no branch, so only dead code
-    // found after it can leave blocks to compact.
+    // unless value numbering took the last read of some temp; and value numbering changes no
+    // branch, so only dead code found after it can leave blocks to compact.
     let reused = reuse_values(func, &mut scratch);
-    let removed = (reused || !settled) && remove_dead(func, &mut scratch);
+    let removed = (reused == Reused::LostReads || !settled) && remove_dead(func, &mut scratch);
     if removed || !settled {
         func.compact_with(&mut scratch.order, &mut scratch.reach);
     }
@@ -136,7 +136,7 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
 
 /// Runs the rounds; says whether they reached a fixed point (rather than the round limit).
 fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
-    func.compact();
+    func.compact_with(&mut scratch.order, &mut scratch.reach);
     for _ in 0..MAX_ROUNDS {
         // Each pass says whether it changed the function; a round that changed nothing is a
         // fixed point (the passes are deterministic), so the rounds stop there.
@@ -250,6 +250,7 @@ struct Scratch {
     unneeded: Vec<Temp>,
     writes: Vec<Writes>,
     rename: Vec<Option<Temp>>,
+    read: Vec<bool>,
     reached: Vec<bool>,
     len_at: Vec<u64>,
     cur: Vec<Bits>,
@@ -1361,8 +1362,7 @@ fn operand_number(n: &mut Numbering, held: &[(Temp, u32)], o: Operand) -> Option
 ///
 /// Sound because the earlier computation ran on every path and did not reject (else the frame
 /// was already rejected): the repeated one cannot reject either and gives the same value.
-/// Says whether it changed anything.
-fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
+fn reuse_values(func: &mut Function, sc: &mut Scratch) -> Reused {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = &sc.order;
     let numbers = &mut sc.numbers;
@@ -1377,6 +1377,7 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
     reached.resize(func.blocks.len(), false);
     let held = &mut sc.held;
     let mut changed = false;
+    let mut lost_reads = false;
     for &b in order.iter() {
         held.clear();
         if reached[b] {
@@ -1410,6 +1411,8 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
             let dst = s.def();
             if let (Some(vn), false) = (vn, matches!(s, Stmt::Mov { .. })) {
                 if let Some(&(t, _)) = held.iter().find(|&&(t, v)| v == vn && t != dst) {
+                    // A statement reading temps no longer does: they may now be unused.
+                    lost_reads |= s.uses().next().is_some();
                     *s = Stmt::Mov {
                         dst,
                         src: Operand::T(t),
@@ -1437,24 +1440,41 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> bool {
         }
     }
     if !changed {
-        return false;
+        return Reused::Nothing;
     }
-    drop_overwritten(func, order, &mut sc.min_len, &mut sc.keep, &mut sc.unneeded);
-    propagate_copies(func, order, &mut sc.writes, &mut sc.rename);
-    true
+    lost_reads |= drop_overwritten(func, order, &mut sc.min_len, &mut sc.keep, &mut sc.unneeded);
+    lost_reads |= propagate_copies(func, order, &mut sc.writes, &mut sc.rename, &mut sc.read);
+    if lost_reads {
+        Reused::LostReads
+    } else {
+        Reused::Changed
+    }
+}
+
+/// What [`reuse_values`] did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reused {
+    Nothing,
+    /// Changed statements, but every temp read before is still read: no new dead code (the
+    /// proven frame lengths stay too, as a load is replaced only where every path loaded it).
+    Changed,
+    /// Some temp may have lost its last read.
+    LostReads,
 }
 
 /// Drops, within each block, writes to a temp that the block overwrites before anything reads
-/// it, when they cannot reject (pure arithmetic, loads proven in bounds by earlier loads).
+/// it, when they cannot reject (pure arithmetic, loads proven in bounds by earlier loads); says
+/// whether it dropped any.
 fn drop_overwritten(
     func: &mut Function,
     order: &[BlockId],
     min_len: &mut Vec<u64>,
     keep: &mut Vec<bool>,
     unneeded: &mut Vec<Temp>,
-) {
+) -> bool {
     // The proven frame lengths, computed only if a load is a candidate.
     let mut lens_ready = false;
+    let mut any = false;
     for &b in order {
         let blk = &func.blocks[b];
         // Backwards: a temp is unneeded where it is written again before any read.
@@ -1502,6 +1522,7 @@ fn drop_overwritten(
             unneeded.retain(|t| !uses.clone().any(|u| u == *t));
         }
         if dropped {
+            any = true;
             let mut i = 0;
             func.blocks[b].stmts.retain(|_| {
                 i += 1;
@@ -1509,6 +1530,7 @@ fn drop_overwritten(
             });
         }
     }
+    any
 }
 
 /// Where a temp is written: how often, and whether all writes are in one block (which one,
@@ -1525,12 +1547,15 @@ struct Writes {
 /// `s`'s writes are in one block, which every path runs before the move, as `s` is written
 /// before it is read: the graph is acyclic, so that block cannot run again), reading `s`
 /// wherever `d` was read. Also drops `t = t`.
+/// Says whether some temp may have lost a read (a removed move was the only reader of its
+/// source, or a temp was moved to itself).
 fn propagate_copies(
     func: &mut Function,
     order: &[BlockId],
     writes: &mut Vec<Writes>,
     rename: &mut Vec<Option<Temp>>,
-) {
+    read: &mut Vec<bool>,
+) -> bool {
     let n = func.num_temps as usize;
     writes.clear();
     writes.resize(n, Writes::default());
@@ -1571,36 +1596,46 @@ fn propagate_copies(
             }
         }
     }
-    let map = |t: &mut Temp| {
+    // Which renamed temps are still read (through their new name).
+    read.clear();
+    read.resize(n, false);
+    let map = |t: &mut Temp, read: &mut Vec<bool>| {
         if let Some(Some(r)) = rename.get(t.0 as usize) {
+            read[t.0 as usize] = true;
             *t = *r;
         }
     };
-    let map_op = |o: &mut Operand| {
+    let map_op = |o: &mut Operand, read: &mut Vec<bool>| {
         if let Operand::T(t) = o {
-            map(t);
+            map(t, read);
         }
     };
+    let mut self_moves = false;
     for &b in order {
         let blk = &mut func.blocks[b];
         blk.stmts.retain(|s| match *s {
             Stmt::Mov {
                 dst,
                 src: Operand::T(src),
-            } => dst != src && !matches!(rename.get(dst.0 as usize), Some(Some(_))),
+            } => {
+                self_moves |= dst == src;
+                dst != src && !matches!(rename.get(dst.0 as usize), Some(Some(_)))
+            }
             _ => true,
         });
         for s in &mut blk.stmts {
             match s {
-                Stmt::Load { base: Some(t), .. } => map(t),
-                Stmt::Mov { src, .. } => map_op(src),
-                Stmt::Alu { rhs, .. } => map_op(rhs),
+                Stmt::Load { base: Some(t), .. } => map(t, read),
+                Stmt::Mov { src, .. } => map_op(src, read),
+                Stmt::Alu { rhs, .. } => map_op(rhs, read),
                 _ => {}
             }
         }
         if let Term::Branch { a, b: rhs, .. } = &mut blk.term {
-            map(a);
-            map_op(rhs);
+            map(a, read);
+            map_op(rhs, read);
         }
     }
+    // A removed move whose destination nobody read took a read of its source with it.
+    self_moves || (0..n).any(|t| rename[t].is_some() && !read[t])
 }
