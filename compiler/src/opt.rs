@@ -998,28 +998,24 @@ fn shared_temps(func: &Function, order: &[BlockId], seen: &mut Vec<BlockId>, sha
     shared.reset(func.num_temps);
     for &b in order {
         let blk = &func.blocks[b];
-        let term: (Option<Temp>, Option<Temp>) = match &blk.term {
-            Term::Branch { a, b: rhs, .. } => (
-                Some(*a),
-                match rhs {
-                    Operand::T(t) => Some(*t),
-                    Operand::K(_) => None,
-                },
-            ),
-            _ => (None, None),
-        };
-        let temps = blk
-            .stmts
-            .iter()
-            .flat_map(|s| s.uses().chain(std::iter::once(s.def())))
-            .chain(term.0)
-            .chain(term.1);
-        for t in temps {
+        let mut note = |t: Temp| {
             // A temp outside the count (the probe's unknown) counts as shared.
             match seen.get_mut(t.0 as usize) {
                 Some(other) if *other == BlockId::MAX => *other = b,
                 Some(other) if *other == b => {}
                 _ => shared.insert(t),
+            }
+        };
+        for s in &blk.stmts {
+            for t in s.uses() {
+                note(t);
+            }
+            note(s.def());
+        }
+        if let Term::Branch { a, b: rhs, .. } = blk.term {
+            note(a);
+            if let Operand::T(t) = rhs {
+                note(t);
             }
         }
     }

@@ -238,6 +238,7 @@ macro_rules! define_opcodes {
             }
 
             /// The encoding fields the operands occupy (`FIELD_*` bits), a constant per opcode.
+            #[inline]
             const fn fields(self) -> u8 {
                 match self {
                     $(Opcode::$name => const { fields_of(&[$(Operand::$opnd),*]) },)*
@@ -245,6 +246,7 @@ macro_rules! define_opcodes {
             }
 
             /// Whether the first operand is `rD`, a constant per opcode.
+            #[inline]
             const fn dst_first(self) -> bool {
                 match self {
                     $(Opcode::$name => const {
@@ -254,6 +256,7 @@ macro_rules! define_opcodes {
             }
 
             /// Whether an operand is a scratch slot, a constant per opcode.
+            #[inline]
             pub const fn uses_slot(self) -> bool {
                 match self {
                     $(Opcode::$name => const { has_slot(&[$(Operand::$opnd),*]) },)*

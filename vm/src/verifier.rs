@@ -266,7 +266,15 @@ fn check_code(insns: &[Insn], tables: &[Table]) -> Result<(), VerifyError> {
     // 5. Data flow. Jumps go forward, so one pass in program order sees every predecessor of
     // an instruction before the instruction itself. `state[pc]` is the set of registers (low 16
     // bits) and slots (high 16 bits) written on every path reaching pc, or None if none does.
-    let mut state: Vec<Option<u32>> = vec![None; n];
+    // Short programs (most filters) keep the states on the stack.
+    let mut on_stack = [None; 64];
+    let mut on_heap = Vec::new();
+    let state: &mut [Option<u32>] = if n <= on_stack.len() {
+        &mut on_stack[..n]
+    } else {
+        on_heap.resize(n, None);
+        &mut on_heap
+    };
     state[0] = Some(0);
     for pc in 0..n {
         let Some(mut s) = state[pc] else { continue };
