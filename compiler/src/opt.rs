@@ -278,7 +278,8 @@ pub fn has_libpcap_only_folds(func: &Function) -> bool {
 /// Predicts whether libpcap's optimizer would prove that the unoptimized `func` rejects every
 /// frame (and so refuse the filter with "expression rejects all packets"). It runs our passes
 /// with libpcap's extra, unsound folds, after making the tests in `opaque` undecidable
-/// (libpcap decides those but leaves them in place). An approximation: see the module docs.
+/// (libpcap decides those but leaves them in place), unless one ends up as the first test
+/// (libpcap's root, which it does skip when decided). An approximation: see the module docs.
 pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     let mut f = func.clone();
     let unknown = Temp(u32::MAX);
@@ -294,8 +295,35 @@ pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     }
     let mut scratch = Scratch::take();
     run_passes(&mut f, Mode::Aggressive, &mut scratch);
+    // An opaque test that the passes made the first one is the root of libpcap's program,
+    // which libpcap does decide (it skips a root whose branches agree): decide it too.
+    let mut rejects = always_rejects(&f);
+    if !rejects {
+        // Blocks that only jump on, or whose branches meet again, are not tests to libpcap
+        // (it drops their loads, which only fed tests it decided): from the last block back
+        // (edges go forward after the passes), each block's first real test.
+        let n = f.blocks.len();
+        let mut first_test: Vec<BlockId> = (0..n).collect();
+        for b in (0..n).rev() {
+            let rep = |x: BlockId| first_test.get(x).copied().unwrap_or(x);
+            first_test[b] = match f.blocks[b].term {
+                Term::Jump(next) if next > b => rep(next),
+                Term::Branch { t, f: e, .. } if t > b && e > b && rep(t) == rep(e) => rep(t),
+                _ => b,
+            };
+        }
+        let b = first_test.first().copied().unwrap_or(0);
+        let marker = |s: &Stmt| matches!(s, Stmt::Mov { src: Operand::T(t), .. } if *t == unknown);
+        if let Some(blk) = f.blocks.get_mut(b) {
+            if matches!(blk.term, Term::Branch { .. }) && blk.stmts.last().is_some_and(marker) {
+                blk.stmts.pop();
+                run_passes(&mut f, Mode::Aggressive, &mut scratch);
+                rejects = always_rejects(&f);
+            }
+        }
+    }
     scratch.give_back();
-    always_rejects(&f)
+    rejects
 }
 
 /// Whether the function rejects every frame: its entry is a bare reject, or no accept is

@@ -40,3 +40,35 @@ fn unoptimized_programs_keep_every_load() {
     .expect("compiles");
     assert!(count(p.insns(), Opcode::LdAbsH, 12) >= 2);
 }
+
+/// Whether libpcap's optimizer refuses a filter as "expression rejects all packets" is
+/// predicted (`opt::libpcap_rejects_all`); these are cases the random differential test found,
+/// checked against libpcap itself.
+#[test]
+fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
+    let cases = [
+        // A test decided only where it became the first one: libpcap refuses.
+        "arp[0:1] >= tcp[13] * len || 4 | tcp-syn < 4",
+        "net 2001:db8::/32 and (192.168.1.1 or 10.0) || (-60 < 1 & (8))",
+        // The same kind of test after a real one: libpcap leaves it and compiles.
+        "ip and 1 > -2",
+        "ip and 14 == 60 * 4 - 14",
+    ];
+    for expr in cases {
+        let ours = compile(expr, &Options::default());
+        let theirs = netmux_testkit::BpfProgram::compile(expr, true);
+        let ours_refuses = ours
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("rejects all packets"));
+        let theirs_refuses = theirs
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("rejects all packets"));
+        assert_eq!(
+            ours_refuses,
+            theirs_refuses,
+            "{expr}: netmux {:?}, libpcap {:?}",
+            ours.err().map(|e| e.to_string()),
+            theirs.err().map(|e| e.to_string())
+        );
+    }
+}
