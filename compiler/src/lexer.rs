@@ -211,113 +211,117 @@ pub const UNSUPPORTED_KEYWORDS: &[&str] = &[
 ];
 
 fn keyword(s: &str) -> Option<Kw> {
-    Some(match s {
-        "link" | "ether" | "fddi" | "tr" | "wlan" => Kw::Link,
-        "ip" => Kw::Ip,
-        "ip6" => Kw::Ip6,
-        "arp" => Kw::Arp,
-        "rarp" => Kw::Rarp,
-        "tcp" => Kw::Tcp,
-        "udp" => Kw::Udp,
-        "sctp" => Kw::Sctp,
-        "icmp" => Kw::Icmp,
-        "icmp6" => Kw::Icmp6,
-        "igmp" => Kw::Igmp,
-        "igrp" => Kw::Igrp,
-        "pim" => Kw::Pim,
-        "vrrp" => Kw::Vrrp,
-        "carp" => Kw::Carp,
-        "ah" => Kw::Ah,
-        "esp" => Kw::Esp,
-        "stp" => Kw::Stp,
-        "ipx" => Kw::Ipx,
-        "netbeui" => Kw::Netbeui,
-        "iso" => Kw::Iso,
-        "src" => Kw::Src,
-        "dst" => Kw::Dst,
-        "host" => Kw::Host,
-        "net" => Kw::Net,
-        "port" => Kw::Port,
-        "portrange" => Kw::Portrange,
-        "gateway" => Kw::Gateway,
-        "proto" => Kw::Proto,
-        "protochain" => Kw::Protochain,
-        "mask" => Kw::Mask,
-        "broadcast" => Kw::Broadcast,
-        "multicast" => Kw::Multicast,
-        "less" => Kw::Less,
-        "greater" => Kw::Greater,
-        "len" | "length" => Kw::Len,
-        "vlan" => Kw::Vlan,
-        "mpls" => Kw::Mpls,
-        "geneve" => Kw::Geneve,
-        "and" => Kw::And,
-        "or" => Kw::Or,
-        "not" => Kw::Not,
+    // Byte-string patterns compile to a decision tree on the length and the bytes, not
+    // to one comparison per arm.
+    Some(match s.as_bytes() {
+        b"link" | b"ether" | b"fddi" | b"tr" | b"wlan" => Kw::Link,
+        b"ip" => Kw::Ip,
+        b"ip6" => Kw::Ip6,
+        b"arp" => Kw::Arp,
+        b"rarp" => Kw::Rarp,
+        b"tcp" => Kw::Tcp,
+        b"udp" => Kw::Udp,
+        b"sctp" => Kw::Sctp,
+        b"icmp" => Kw::Icmp,
+        b"icmp6" => Kw::Icmp6,
+        b"igmp" => Kw::Igmp,
+        b"igrp" => Kw::Igrp,
+        b"pim" => Kw::Pim,
+        b"vrrp" => Kw::Vrrp,
+        b"carp" => Kw::Carp,
+        b"ah" => Kw::Ah,
+        b"esp" => Kw::Esp,
+        b"stp" => Kw::Stp,
+        b"ipx" => Kw::Ipx,
+        b"netbeui" => Kw::Netbeui,
+        b"iso" => Kw::Iso,
+        b"src" => Kw::Src,
+        b"dst" => Kw::Dst,
+        b"host" => Kw::Host,
+        b"net" => Kw::Net,
+        b"port" => Kw::Port,
+        b"portrange" => Kw::Portrange,
+        b"gateway" => Kw::Gateway,
+        b"proto" => Kw::Proto,
+        b"protochain" => Kw::Protochain,
+        b"mask" => Kw::Mask,
+        b"broadcast" => Kw::Broadcast,
+        b"multicast" => Kw::Multicast,
+        b"less" => Kw::Less,
+        b"greater" => Kw::Greater,
+        b"len" | b"length" => Kw::Len,
+        b"vlan" => Kw::Vlan,
+        b"mpls" => Kw::Mpls,
+        b"geneve" => Kw::Geneve,
+        b"and" => Kw::And,
+        b"or" => Kw::Or,
+        b"not" => Kw::Not,
         _ => return None,
     })
 }
 
 /// libpcap's named constants, which its scanner returns as numbers.
 fn named_constant(s: &str) -> Option<u32> {
-    Some(match s {
-        "icmptype" => 0,
-        "icmpcode" => 1,
-        "icmp-echoreply" => 0,
-        "icmp-unreach" => 3,
-        "icmp-sourcequench" => 4,
-        "icmp-redirect" => 5,
-        "icmp-echo" => 8,
-        "icmp-routeradvert" => 9,
-        "icmp-routersolicit" => 10,
-        "icmp-timxceed" => 11,
-        "icmp-paramprob" => 12,
-        "icmp-tstamp" => 13,
-        "icmp-tstampreply" => 14,
-        "icmp-ireq" => 15,
-        "icmp-ireqreply" => 16,
-        "icmp-maskreq" => 17,
-        "icmp-maskreply" => 18,
-        "icmp6type" => 0,
-        "icmp6code" => 1,
-        "icmp6-destinationunreach" => 1,
-        "icmp6-packettoobig" => 2,
-        "icmp6-timeexceeded" => 3,
-        "icmp6-parameterproblem" => 4,
-        "icmp6-echo" => 128,
-        "icmp6-echoreply" => 129,
-        "icmp6-multicastlistenerquery" => 130,
-        "icmp6-multicastlistenerreportv1" => 131,
-        "icmp6-multicastlistenerdone" => 132,
-        "icmp6-routersolicit" => 133,
-        "icmp6-routeradvert" => 134,
-        "icmp6-neighborsolicit" => 135,
-        "icmp6-neighboradvert" => 136,
-        "icmp6-redirect" => 137,
-        "icmp6-routerrenum" => 138,
-        "icmp6-nodeinformationquery" => 139,
-        "icmp6-nodeinformationresponse" => 140,
-        "icmp6-ineighbordiscoverysolicit" => 141,
-        "icmp6-ineighbordiscoveryadvert" => 142,
-        "icmp6-multicastlistenerreportv2" => 143,
-        "icmp6-homeagentdiscoveryrequest" => 144,
-        "icmp6-homeagentdiscoveryreply" => 145,
-        "icmp6-mobileprefixsolicit" => 146,
-        "icmp6-mobileprefixadvert" => 147,
-        "icmp6-certpathsolicit" => 148,
-        "icmp6-certpathadvert" => 149,
-        "icmp6-multicastrouteradvert" => 151,
-        "icmp6-multicastroutersolicit" => 152,
-        "icmp6-multicastrouterterm" => 153,
-        "tcpflags" => 13,
-        "tcp-fin" => 0x01,
-        "tcp-syn" => 0x02,
-        "tcp-rst" => 0x04,
-        "tcp-push" => 0x08,
-        "tcp-ack" => 0x10,
-        "tcp-urg" => 0x20,
-        "tcp-ece" => 0x40,
-        "tcp-cwr" => 0x80,
+    // Byte-string patterns compile to a decision tree on the length and the bytes, not
+    // to one comparison per arm.
+    Some(match s.as_bytes() {
+        b"icmptype" => 0,
+        b"icmpcode" => 1,
+        b"icmp-echoreply" => 0,
+        b"icmp-unreach" => 3,
+        b"icmp-sourcequench" => 4,
+        b"icmp-redirect" => 5,
+        b"icmp-echo" => 8,
+        b"icmp-routeradvert" => 9,
+        b"icmp-routersolicit" => 10,
+        b"icmp-timxceed" => 11,
+        b"icmp-paramprob" => 12,
+        b"icmp-tstamp" => 13,
+        b"icmp-tstampreply" => 14,
+        b"icmp-ireq" => 15,
+        b"icmp-ireqreply" => 16,
+        b"icmp-maskreq" => 17,
+        b"icmp-maskreply" => 18,
+        b"icmp6type" => 0,
+        b"icmp6code" => 1,
+        b"icmp6-destinationunreach" => 1,
+        b"icmp6-packettoobig" => 2,
+        b"icmp6-timeexceeded" => 3,
+        b"icmp6-parameterproblem" => 4,
+        b"icmp6-echo" => 128,
+        b"icmp6-echoreply" => 129,
+        b"icmp6-multicastlistenerquery" => 130,
+        b"icmp6-multicastlistenerreportv1" => 131,
+        b"icmp6-multicastlistenerdone" => 132,
+        b"icmp6-routersolicit" => 133,
+        b"icmp6-routeradvert" => 134,
+        b"icmp6-neighborsolicit" => 135,
+        b"icmp6-neighboradvert" => 136,
+        b"icmp6-redirect" => 137,
+        b"icmp6-routerrenum" => 138,
+        b"icmp6-nodeinformationquery" => 139,
+        b"icmp6-nodeinformationresponse" => 140,
+        b"icmp6-ineighbordiscoverysolicit" => 141,
+        b"icmp6-ineighbordiscoveryadvert" => 142,
+        b"icmp6-multicastlistenerreportv2" => 143,
+        b"icmp6-homeagentdiscoveryrequest" => 144,
+        b"icmp6-homeagentdiscoveryreply" => 145,
+        b"icmp6-mobileprefixsolicit" => 146,
+        b"icmp6-mobileprefixadvert" => 147,
+        b"icmp6-certpathsolicit" => 148,
+        b"icmp6-certpathadvert" => 149,
+        b"icmp6-multicastrouteradvert" => 151,
+        b"icmp6-multicastroutersolicit" => 152,
+        b"icmp6-multicastrouterterm" => 153,
+        b"tcpflags" => 13,
+        b"tcp-fin" => 0x01,
+        b"tcp-syn" => 0x02,
+        b"tcp-rst" => 0x04,
+        b"tcp-push" => 0x08,
+        b"tcp-ack" => 0x10,
+        b"tcp-urg" => 0x20,
+        b"tcp-ece" => 0x40,
+        b"tcp-cwr" => 0x80,
         _ => return None,
     })
 }
@@ -537,13 +541,16 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
         let bytes = rest.as_bytes();
         let id_len = name_len(bytes);
         let word = &rest[..id_len];
-        let (kw, constant) = match keyword(word) {
-            Some(kw) => (Some(kw), None),
-            None => (None, named_constant(word)),
+        // Every keyword, named constant and unsupported keyword starts with a letter.
+        let alpha = c.is_ascii_alphabetic();
+        let kw = if alpha { keyword(word) } else { None };
+        let constant = if alpha && kw.is_none() {
+            named_constant(word)
+        } else {
+            None
         };
-        let is_keyword = id_len > 0 && kw.is_some()
-            || constant.is_some()
-            || UNSUPPORTED_KEYWORDS.contains(&word);
+        let is_keyword =
+            kw.is_some() || constant.is_some() || alpha && UNSUPPORTED_KEYWORDS.contains(&word);
         // A word that starts with a letter and has no `:`, `.` or `-` (every keyword) can be
         // neither a number nor an address: skip measuring those.
         let word_run = rest
@@ -621,6 +628,20 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_word_looked_up_starts_with_a_letter() {
+        // The lexer looks words up only when they start with a letter.
+        for w in UNSUPPORTED_KEYWORDS {
+            assert!(w.starts_with(|c: char| c.is_ascii_alphabetic()), "{w}");
+        }
+        for d in 0..=9 {
+            for rest in ["", "1", "6", "x", "-a"] {
+                let w = format!("{d}{rest}");
+                assert!(keyword(&w).is_none() && named_constant(&w).is_none(), "{w}");
+            }
+        }
+    }
 
     /// The word grammar as nom combinators, the reference the byte scanners must match.
     mod nom_grammar {
