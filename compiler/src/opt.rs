@@ -181,7 +181,7 @@ impl Scratch {
     /// clears what it uses, except the key numbering, cleared here.
     fn take() -> Box<Scratch> {
         let mut s = SPARE.with(|c| c.take()).unwrap_or_default();
-        s.keys_of.ids.clear();
+        s.keys_of.clear();
         s
     }
 
@@ -610,23 +610,70 @@ type KeyId = u32;
 type Interner = HashCons<Key>;
 
 /// Numbers for values: equal values get equal numbers, counted from 0 (hash-consing).
+///
+/// Loads at small constant offsets (the headers every filter tests) are numbered through a
+/// direct table instead of the hash map: they are most of a filter's values.
 struct HashCons<K> {
     ids: HashMap<K, u32>,
+    /// How many numbers are given out.
+    next: u32,
+    /// Per small load (`off * 3 + size`): the generation it was numbered in, and its number.
+    loads: Vec<(u32, u32)>,
+    /// Bumped by [`HashCons::clear`], so that clearing does not touch `loads`.
+    generation: u32,
 }
+
+/// Loads at offsets below this are numbered through [`HashCons::loads`].
+const SMALL_LOAD_OFFSETS: u32 = 128;
 
 impl<K> Default for HashCons<K> {
     fn default() -> Self {
         // Room for the values of a typical filter, so the table does not grow step by step.
         HashCons {
             ids: HashMap::with_capacity_and_hasher(64, Default::default()),
+            next: 0,
+            loads: vec![(0, 0); SMALL_LOAD_OFFSETS as usize * 3],
+            generation: 1,
         }
     }
 }
 
 impl<K: std::hash::Hash + Eq> HashCons<K> {
     fn id(&mut self, k: K) -> u32 {
-        let n = self.ids.len() as u32;
-        *self.ids.entry(k).or_insert(n)
+        let next = &mut self.next;
+        *self.ids.entry(k).or_insert_with(|| {
+            *next += 1;
+            *next - 1
+        })
+    }
+
+    /// The number of a load at constant offset `off` of width `size`; `key` is its key, for
+    /// offsets the table does not cover.
+    fn load_id(&mut self, size: Size, off: u32, key: impl FnOnce() -> K) -> u32 {
+        if off >= SMALL_LOAD_OFFSETS {
+            return self.id(key());
+        }
+        let slot = &mut self.loads[off as usize * 3 + size as usize];
+        if slot.0 != self.generation {
+            *slot = (self.generation, self.next);
+            self.next += 1;
+        }
+        slot.1
+    }
+
+    /// How many numbers are given out.
+    fn len(&self) -> usize {
+        self.next as usize
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.next = 0;
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.loads.fill((0, 0));
+            self.generation = 1;
+        }
     }
 }
 
@@ -892,11 +939,9 @@ impl Summary {
                     off,
                     ..
                 } => {
-                    let id = keys_of.id(Key::Abs {
-                        size: *size,
-                        off: *off,
-                    });
-                    loads_out.push((id, Some(u64::from(*off) + u64::from(size.bytes()))));
+                    let (size, off) = (*size, *off);
+                    let id = keys_of.load_id(size, off, || Key::Abs { size, off });
+                    loads_out.push((id, Some(u64::from(off) + u64::from(size.bytes()))));
                     Some(id)
                 }
                 Stmt::Load {
@@ -1078,7 +1123,7 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
         );
     }
     // Number every fact this pass can learn.
-    let keys = sc.keys_of.ids.len();
+    let keys = sc.keys_of.len();
     sc.facts
         .number(func, &order, &sc.summaries, &sc.loads, keys);
     let facts = &sc.facts;
@@ -1390,7 +1435,7 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> Reused {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = &sc.order;
     let numbers = &mut sc.numbers;
-    numbers.ids.clear();
+    numbers.clear();
     // The lists are kept from compilation to compilation (each holds at most `MAX_HELD`).
     let at_entry = &mut sc.held_at;
     if at_entry.len() < func.blocks.len() {
@@ -1415,7 +1460,7 @@ fn reuse_values(func: &mut Function, sc: &mut Scratch) -> Reused {
                     base: None,
                     off,
                     ..
-                } => Some(n.id(Value::Abs { size, off })),
+                } => Some(n.load_id(size, off, || Value::Abs { size, off })),
                 Stmt::Load {
                     size,
                     base: Some(base),
