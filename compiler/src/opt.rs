@@ -611,13 +611,15 @@ type Interner = HashCons<Key>;
 
 /// Numbers for values: equal values get equal numbers, counted from 0 (hash-consing).
 ///
-/// Loads at small constant offsets (the headers every filter tests) are numbered through a
-/// direct table instead of the hash map: they are most of a filter's values.
+/// Loads at small constant offsets (the headers every filter tests) and small constants are
+/// numbered through a direct table instead of the hash map: they are most of a filter's
+/// values.
 struct HashCons<K> {
     ids: HashMap<K, u32>,
     /// How many numbers are given out.
     next: u32,
-    /// Per small load (`off * 3 + size`): the generation it was numbered in, and its number.
+    /// Per small load (`off * 3 + size`), then per small constant: the generation it was
+    /// numbered in, and its number.
     loads: Vec<(u32, u32)>,
     /// Bumped by [`HashCons::clear`], so that clearing does not touch `loads`.
     generation: u32,
@@ -625,6 +627,8 @@ struct HashCons<K> {
 
 /// Loads at offsets below this are numbered through [`HashCons::loads`].
 const SMALL_LOAD_OFFSETS: u32 = 128;
+/// Constants below this are numbered through [`HashCons::loads`], after the loads.
+const SMALL_CONSTANTS: u32 = 256;
 
 impl<K> Default for HashCons<K> {
     fn default() -> Self {
@@ -632,7 +636,7 @@ impl<K> Default for HashCons<K> {
         HashCons {
             ids: HashMap::with_capacity_and_hasher(64, Default::default()),
             next: 0,
-            loads: vec![(0, 0); SMALL_LOAD_OFFSETS as usize * 3],
+            loads: vec![(0, 0); (SMALL_LOAD_OFFSETS * 3 + SMALL_CONSTANTS) as usize],
             generation: 1,
         }
     }
@@ -653,7 +657,20 @@ impl<K: std::hash::Hash + Eq> HashCons<K> {
         if off >= SMALL_LOAD_OFFSETS {
             return self.id(key());
         }
-        let slot = &mut self.loads[off as usize * 3 + size as usize];
+        self.slot_id(off as usize * 3 + size as usize)
+    }
+
+    /// The number of the constant `k`; `key` is its key, for constants the table does not
+    /// cover.
+    fn const_id(&mut self, k: u32, key: impl FnOnce() -> K) -> u32 {
+        if k >= SMALL_CONSTANTS {
+            return self.id(key());
+        }
+        self.slot_id((SMALL_LOAD_OFFSETS * 3 + k) as usize)
+    }
+
+    fn slot_id(&mut self, i: usize) -> u32 {
+        let slot = &mut self.loads[i];
         if slot.0 != self.generation {
             *slot = (self.generation, self.next);
             self.next += 1;
@@ -929,7 +946,7 @@ impl Summary {
         let mut defines_shared = false;
         for s in &block.stmts {
             let operand = |keys: &Vec<(Temp, KeyId)>, o: &Operand, ki: &mut Interner| match o {
-                Operand::K(k) => Some(ki.id(Key::Const(*k))),
+                Operand::K(k) => Some(ki.const_id(*k, || Key::Const(*k))),
                 Operand::T(t) => get(keys, *t),
             };
             let key = match s {
@@ -976,7 +993,7 @@ impl Summary {
                     }
                 }
                 Stmt::Neg { dst } => get(keys, *dst).map(|a| {
-                    let zero = keys_of.id(Key::Const(0));
+                    let zero = keys_of.const_id(0, || Key::Const(0));
                     keys_of.id(Key::Op(AluOp::Sub, zero, a))
                 }),
             };
@@ -1419,7 +1436,7 @@ fn held_by(held: &[(Temp, u32)], t: Temp) -> Option<u32> {
 
 fn operand_number(n: &mut Numbering, held: &[(Temp, u32)], o: Operand) -> Option<u32> {
     match o {
-        Operand::K(k) => Some(n.id(Value::Const(k))),
+        Operand::K(k) => Some(n.const_id(k, || Value::Const(k))),
         Operand::T(t) => held_by(held, t),
     }
 }
