@@ -329,6 +329,30 @@ pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
 /// Whether the function rejects every frame: its entry is a bare reject, or no accept is
 /// reachable.
 pub fn always_rejects(func: &Function) -> bool {
+    // Most filters have at most 64 blocks, all edges forward (as the optimizer leaves them):
+    // one sweep with the reached blocks in a word.
+    let n = func.blocks.len();
+    if n <= 64 {
+        let mut reached: u64 = 1;
+        let mut forward = true;
+        for (b, blk) in func.blocks.iter().enumerate() {
+            if reached & (1 << b) == 0 {
+                continue;
+            }
+            if blk.term == Term::Accept {
+                return false;
+            }
+            for s in blk.succs() {
+                forward &= s > b && s < n;
+                if s < 64 {
+                    reached |= 1 << s;
+                }
+            }
+        }
+        if forward {
+            return true;
+        }
+    }
     func.topo_order()
         .iter()
         .all(|&b| !matches!(func.blocks[b].term, Term::Accept))
