@@ -1587,6 +1587,10 @@ fn drop_overwritten(
     let mut any = false;
     for &b in order {
         let blk = &func.blocks[b];
+        if blk.stmts.len() < 2 {
+            // Nothing to overwrite.
+            continue;
+        }
         // Backwards: a temp is unneeded where it is written again before any read.
         unneeded.clear();
         keep.clear();
@@ -1723,16 +1727,27 @@ fn propagate_copies(
     let mut self_moves = false;
     for &b in order {
         let blk = &mut func.blocks[b];
-        blk.stmts.retain(|s| match *s {
-            Stmt::Mov {
-                dst,
-                src: Operand::T(src),
-            } => {
-                self_moves |= dst == src;
-                dst != src && !matches!(rename.get(dst.0 as usize), Some(Some(_)))
-            }
-            _ => true,
-        });
+        let copies = |s: &Stmt| {
+            matches!(
+                s,
+                Stmt::Mov {
+                    src: Operand::T(_),
+                    ..
+                }
+            )
+        };
+        if blk.stmts.iter().any(copies) {
+            blk.stmts.retain(|s| match *s {
+                Stmt::Mov {
+                    dst,
+                    src: Operand::T(src),
+                } => {
+                    self_moves |= dst == src;
+                    dst != src && !matches!(rename.get(dst.0 as usize), Some(Some(_)))
+                }
+                _ => true,
+            });
+        }
         for s in &mut blk.stmts {
             match s {
                 Stmt::Load { base: Some(t), .. } => map(t, read),
