@@ -621,7 +621,8 @@ fn lower_cond(func: &mut Function, c: Cond, t: BlockId, f: BlockId) -> BlockId {
 /// Lowers a condition to a function that accepts when it holds.
 pub fn lower(c: Cond, prologue: &[Stmt], num_temps: u32) -> Function {
     let mut func = Function {
-        blocks: Vec::new(),
+        // Room for a typical filter, so the vector does not grow (and move) step by step.
+        blocks: Vec::with_capacity(32),
         num_temps,
     };
     let accept = func.add(vec![], Term::Accept);

@@ -1340,9 +1340,9 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
     // Remove unused definitions that cannot reject, with proven-in-bounds loads counted as
     // unable to reject (the min length is a per-path lower bound; use the meet at each block).
     // Only statements go, so the order stays; and of loads only those already proven in
-    // bounds, so the proven lengths stay too.
+    // bounds, so the proven lengths stay too (computed once, and only if needed).
     let order = &sc.order;
-    min_len_at_entry_into(func, order, &mut sc.min_len);
+    let mut lens_ready = false;
     loop {
         let used = &mut sc.used;
         used.reset(func.num_temps);
@@ -1362,6 +1362,14 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
         }
         let mut removed = false;
         for &b in order {
+            // Only a statement whose result nobody reads can go.
+            if func.blocks[b].stmts.iter().all(|s| used.contains(&s.def())) {
+                continue;
+            }
+            if !lens_ready {
+                min_len_at_entry_into(func, order, &mut sc.min_len);
+                lens_ready = true;
+            }
             let mut len = sc.min_len.get(b).copied().unwrap_or(0);
             func.blocks[b].stmts.retain(|s| {
                 let safe_load = match s {
