@@ -622,8 +622,11 @@ fn churn(
         "the checker's session ended"
     );
     assert_eq!(fd_count(std::process::id()), my_fds, "this process's fds");
+    // Nothing above the baseline; a count below it is fine (a descriptor netd held transiently
+    // when the baseline was taken, such as a warm-up session's being torn down). A count of 0
+    // means netd is gone, which is not "settled".
     assert!(
-        eventually(PATIENCE, || fd_count(netd_pid) == netd_fds),
+        eventually(PATIENCE, || (1..=netd_fds).contains(&fd_count(netd_pid))),
         "netd's fds: {netd_fds} before, {} after",
         fd_count(netd_pid)
     );
