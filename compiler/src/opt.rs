@@ -1172,8 +1172,10 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
     let (summaries, loads, facts) = (&sc.summaries, &sc.loads[..], &sc.facts);
     // Each block's facts on entry (`w` words at `b * w`), whether a path reached it yet, and
     // the frame length every path to it proved.
-    // Not zeroed: a block's words are written (copied from its first incoming edge) before
-    // they are read, as `reached` records; zeroing would cost blocks x facts per pass.
+    // Not zeroed as a whole: a block's words are written (copied from its first incoming
+    // edge) before they are read, as `reached` records; zeroing would cost blocks x facts per
+    // pass. The entry has no incoming edge: its words are zeroed here (they may hold an
+    // earlier pass's or an earlier compilation's facts).
     if sc.at_entry.len() < n * w {
         sc.at_entry.resize(n * w, 0);
     }
@@ -1183,6 +1185,7 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
     sc.len_at.resize(n, 0);
     if n > 0 {
         sc.reached[0] = true;
+        sc.at_entry[..w].fill(0);
     }
     sc.cur.clear();
     sc.cur.resize(w, 0);

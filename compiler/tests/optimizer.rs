@@ -2,7 +2,8 @@
 //! computations libpcap's value numbering removes are gone from ours too.
 
 use netmux_compiler::{compile, Options};
-use netmux_vm::{Insn, Opcode};
+use netmux_testkit::frames::{FrameBuilder, Ipv4};
+use netmux_vm::{interp, Insn, Opcode, Verdict};
 
 fn insns(expr: &str) -> Vec<Insn> {
     compile(expr, &Options::default())
@@ -69,6 +70,45 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
             "{expr}: netmux {:?}, libpcap {:?}",
             ours.err().map(|e| e.to_string()),
             theirs.err().map(|e| e.to_string())
+        );
+    }
+}
+
+/// The optimizer keeps its buffers per thread between compilations; nothing from one
+/// compilation may leak into the next (the entry block's facts once did: a chain of port
+/// tests compiled after `ip` then accepted ports it does not name).
+#[test]
+fn a_compilation_does_not_depend_on_the_ones_before_it_on_the_thread() {
+    let chain = (1..=9)
+        .map(|p| format!("tcp port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let alone = {
+        let chain = chain.clone();
+        std::thread::spawn(move || insns(&chain))
+            .join()
+            .expect("thread")
+    };
+    let frame = FrameBuilder::ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ethertype(0x0800)
+        .ipv4(Ipv4::new([10, 0, 0, 1], [10, 0, 0, 2], 6))
+        .tcp(1000, 1000, 0x10)
+        .payload(8)
+        .finish();
+    for before in [
+        "ip",
+        "udp dst port 53",
+        "tcp port 1 or tcp port 2",
+        "ip6 and tcp",
+    ] {
+        insns(before);
+        let after = compile(&chain, &Options::default()).expect("compiles");
+        assert_eq!(after.insns(), &alone[..], "after compiling `{before}`");
+        let verdict = interp::run(&after, &frame.data, frame.wire_len, &mut [0; 16]);
+        assert_eq!(
+            verdict,
+            Verdict::Reject,
+            "port 1000 after compiling `{before}`"
         );
     }
 }
