@@ -218,7 +218,7 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
         return Err(err(n, K::TrailingBytes(bytes.len() - r.pos)));
     }
 
-    // 3. Instructions one at a time (decoding first), and 4. control flow.
+    // 3. Instructions one at a time, and 4. control flow.
     let mut insns = Vec::with_capacity(n);
     for (pc, chunk) in code.chunks_exact(INSN_SIZE).enumerate() {
         let raw: [u8; INSN_SIZE] = chunk.try_into().expect("chunks_exact");
@@ -226,9 +226,10 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
             DecodeError::UnknownOpcode(b) => err(pc, K::UnknownOpcode(b)),
             DecodeError::UnusedFieldNotZero => err(pc, K::UnusedFieldNotZero),
         })?;
+        check_insn(pc, n, &insn, &tables)?;
         insns.push(insn);
     }
-    check_code(&insns, &tables)?;
+    check_flow(&insns, &tables)?;
     Ok(Program { insns, tables })
 }
 
@@ -249,19 +250,21 @@ pub(crate) fn verify_parts(insns: &[Insn], tables: &[Table]) -> Result<(), Verif
         let count = u16::try_from(tables.len()).unwrap_or(u16::MAX);
         return Err(err(0, K::TooManyTables(count)));
     }
-    if let Some(pc) = insns.iter().position(|i| !i.is_canonical()) {
-        return Err(err(pc, K::UnusedFieldNotZero));
-    }
-    check_code(insns, tables)
-}
-
-/// Checks 3 (after decoding), 4 and 5 of the module docs on decoded instructions.
-fn check_code(insns: &[Insn], tables: &[Table]) -> Result<(), VerifyError> {
-    use VerifyErrorKind as K;
+    // In the order `verify` meets faults: each instruction's decoding, then its own checks.
     let n = insns.len();
     for (pc, insn) in insns.iter().enumerate() {
+        if !insn.is_canonical() {
+            return Err(err(pc, K::UnusedFieldNotZero));
+        }
         check_insn(pc, n, insn, tables)?;
     }
+    check_flow(insns, tables)
+}
+
+/// Check 5 of the module docs, on instructions that passed checks 3 and 4.
+fn check_flow(insns: &[Insn], tables: &[Table]) -> Result<(), VerifyError> {
+    use VerifyErrorKind as K;
+    let n = insns.len();
 
     // 5. Data flow. Jumps go forward, so one pass in program order sees every predecessor of
     // an instruction before the instruction itself. `state[pc]` is the set of registers (low 16
@@ -386,6 +389,21 @@ mod tests {
         );
         let p = verify(&bytes).unwrap();
         assert_eq!(p.to_bytes(), bytes);
+    }
+
+    #[test]
+    fn the_first_faulty_instruction_is_reported_whatever_its_fault() {
+        // pc 1 divides by the constant 0; pc 2 has an unknown opcode.
+        let mut bytes = encode(
+            &[
+                Insn::mov(0, 1),
+                Insn::alu_k(Opcode::DivK, 0, 0),
+                Insn::accept(1),
+            ],
+            &[],
+        );
+        bytes[HEADER_SIZE + 2 * INSN_SIZE] = 0xff;
+        assert_eq!(verify(&bytes), Err(err(1, VerifyErrorKind::DivisionByZero)));
     }
 
     #[test]
