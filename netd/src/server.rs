@@ -73,8 +73,14 @@ pub fn lock(state: &SharedNetd) -> MutexGuard<'_, Netd> {
 
 /// Creates the runtime directory (readable by all: clients of any uid connect, and the policy
 /// decides what they may do) and clears a stale socket. Fails if a live netd answers there.
-pub fn prepare_socket(path: &Path) -> Result<(), ServeError> {
-    if let Some(dir) = path.parent() {
+/// Returns the directory if this call created it (netd removes it again at shutdown, once
+/// empty).
+pub fn prepare_socket(path: &Path) -> Result<Option<PathBuf>, ServeError> {
+    let mut created = None;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            created = Some(dir.to_owned());
+        }
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }
     if path.exists() {
@@ -84,7 +90,7 @@ pub fn prepare_socket(path: &Path) -> Result<(), ServeError> {
         std::fs::remove_file(path)
             .map_err(io_err(format!("removing stale socket {}", path.display())))?;
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Creates a directory only its owner may enter (for the driver's control socket).
@@ -112,6 +118,8 @@ pub struct Server {
     listener: UnixListener,
     shell: Arc<Shell>,
     socket: PathBuf,
+    /// The runtime directory, if netd created it.
+    created_dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Server {
@@ -127,7 +135,7 @@ impl Server {
     pub fn bind(config: &Config, driver: Box<dyn DriverLink>) -> Result<Server, ServeError> {
         let netd = Netd::new(config, driver)?;
         let socket = config.socket_path();
-        prepare_socket(&socket)?;
+        let created_dir = prepare_socket(&socket)?;
         let listener =
             UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
@@ -141,6 +149,7 @@ impl Server {
                 reply_timeout: config.reply_timeout,
             }),
             socket,
+            created_dir,
         })
     }
 
@@ -154,7 +163,8 @@ impl Server {
         self.shell.state.clone()
     }
 
-    /// Serves until `shutdown` completes; then removes the socket. The host stack (if any) runs
+    /// Serves until `shutdown` completes; then removes the socket, and the runtime directory if
+    /// netd created it and nothing else is left in it. The host stack (if any) runs
     /// on a thread of its own for as long.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let host_stack = host::spawn_stack(self.shell.state.clone());
@@ -178,6 +188,10 @@ impl Server {
         ticker.abort();
         drop(host_stack);
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = &self.created_dir {
+            // Fails, as it should, while anything else is in it.
+            let _ = std::fs::remove_dir(dir);
+        }
         Ok(())
     }
 }

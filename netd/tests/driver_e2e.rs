@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use common::*;
@@ -28,9 +28,11 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 struct Host {
     netd: NetdHandle,
     _driver: DriverThread,
+    /// Dropped after netd and the driver (fields drop in order).
+    _dir: Arc<TestDir>,
 }
 
-fn host(dir: &Path, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
+fn host(dir: &Arc<TestDir>, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
     let spec: LinkSpec = format!(
         "virtual:{},{}",
         dir.join(format!("{name}.cable")).display(),
@@ -51,12 +53,12 @@ fn host(dir: &Path, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
     Host {
         netd: netmux_netd::spawn(config, Box::new(link)).unwrap(),
         _driver: thread,
+        _dir: dir.clone(),
     }
 }
 
 fn two_hosts() -> (Host, Host) {
-    let dir = runtime_dir();
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Arc::new(TestDir::new());
     (host(&dir, "a", "b", IP_A), host(&dir, "b", "a", IP_B))
 }
 

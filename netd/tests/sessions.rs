@@ -788,16 +788,16 @@ fn a_second_netd_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
     use netmux_netd::config::Config;
     use netmux_netd::fake_driver::FakeDriver;
     use netmux_netd::server::ServeError;
-    let dir = runtime_dir();
+    let dir = TestDir::new();
     let fake = || {
         Box::new(FakeDriver::new(netmux_proto::LinkInfo {
             mac: MAC_A,
             mtu: 1500,
         }))
     };
-    let first = netmux_netd::spawn(Config::new(&dir), fake()).unwrap();
+    let first = netmux_netd::spawn(Config::new(&*dir), fake()).unwrap();
     assert!(matches!(
-        netmux_netd::spawn(Config::new(&dir), fake()),
+        netmux_netd::spawn(Config::new(&*dir), fake()),
         Err(ServeError::AlreadyRunning(_))
     ));
     drop(first);
@@ -805,7 +805,7 @@ fn a_second_netd_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
     let stale = std::os::unix::net::UnixListener::bind(dir.join("netd.sock.tmp")).unwrap();
     drop(stale);
     std::fs::rename(dir.join("netd.sock.tmp"), dir.join("netd.sock")).unwrap();
-    let second = netmux_netd::spawn(Config::new(&dir), fake()).unwrap();
+    let second = netmux_netd::spawn(Config::new(&*dir), fake()).unwrap();
     Client::connect_socket(second.socket_path()).unwrap();
 }
 
@@ -827,4 +827,27 @@ fn netd_names_its_own_queue_and_the_host_addresses_to_the_driver() {
         .iter()
         .any(|e| matches!(e, FakeEvent::Install(_))));
     assert!(events.contains(&FakeEvent::SetHostAddresses(vec![IP_A.octets()])));
+}
+
+#[test]
+fn netd_leaves_no_socket_or_directory_it_made_behind() {
+    let (netd, _fake) = common::netd();
+    let socket = netd.socket_path().to_owned();
+    let dir = socket.parent().unwrap().to_owned();
+    assert!(socket.exists());
+    netd.stop().unwrap();
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    assert!(!dir.exists(), "{} left behind", dir.display());
+
+    // A directory that was there before netd started stays.
+    let dir = TestDir::new();
+    let mut config = netmux_netd::Config::new(&*dir);
+    config.addrs.ipv4 = Some((IP_A, 24));
+    let fake = netmux_netd::fake_driver::FakeDriver::new(netmux_proto::LinkInfo {
+        mac: MAC_A,
+        mtu: 1500,
+    });
+    let netd = netmux_netd::spawn(config, Box::new(fake)).unwrap();
+    netd.stop().unwrap();
+    assert!(dir.exists());
 }

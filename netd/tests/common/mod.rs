@@ -28,6 +28,31 @@ pub fn runtime_dir() -> PathBuf {
     dir
 }
 
+/// A runtime directory the test itself creates; removed with all it holds when dropped (a test
+/// that fails included). Directories netd creates, netd removes.
+pub struct TestDir(pub PathBuf);
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let dir = runtime_dir();
+        std::fs::create_dir_all(&dir).expect("creating the test directory");
+        TestDir(dir)
+    }
+}
+
+impl std::ops::Deref for TestDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// netd on a fake driver with this host, configured further by `tweak`.
 pub fn netd_with(
     mac: [u8; 6],
