@@ -451,9 +451,12 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
                             || (matches!(op, AluOp::Shl | AluOp::Shr) && k >= 32)
                     };
                     match (dst_k, rhs_k) {
-                        // libpcap's prover (not ours: `0 / x` rejects when x is 0).
-                        (Some(0), _)
-                            if mode == Mode::Aggressive
+                        // libpcap's folds (not ours: `0 / x` rejects when x is 0), which it
+                        // applies before it knows x (a known x is folded, or reported,
+                        // below). Modelled when predicting what libpcap reports too: an
+                        // operation it reduced to 0 is no longer one it can report.
+                        (Some(0), None)
+                            if mode != Mode::Sound
                                 && matches!(
                                     op,
                                     AluOp::Mul
