@@ -479,6 +479,12 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
+/// What separates tokens: scanner.l's `[ \r\n\t]`, nothing else (libpcap rejects a form
+/// feed or a no-break space as a syntax error).
+pub fn is_blank(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
 /// Cuts `input` into tokens.
 pub fn tokenize(input: &str) -> Result<Vec<Token>> {
     let mut out = Vec::new();
@@ -486,8 +492,8 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
     while pos < input.len() {
         let rest = &input[pos..];
         let c = rest.chars().next().unwrap_or(' ');
-        if c.is_whitespace() {
-            pos += c.len_utf8();
+        if is_blank(c) {
+            pos += 1;
             continue;
         }
         // Boolean operators spelled with punctuation.
@@ -535,7 +541,7 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
                 continue;
             }
             let span = Span::new(pos, pos + c.len_utf8());
-            return syntax(span, format!("unexpected character `{c}`"));
+            return syntax(span, format!("unexpected character `{}`", c.escape_debug()));
         }
         // Measure every word-like class; the longest wins, ties in scanner.l's order.
         let bytes = rest.as_bytes();
@@ -628,6 +634,19 @@ pub fn tokenize(input: &str) -> Result<Vec<Token>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_libpcaps_blanks_separate_tokens() {
+        assert_eq!(tokenize(" tcp\t\r\nudp ").unwrap().len(), 2);
+        for (input, at) in [("tcp\x0cudp", 3), ("\x0btcp", 0), ("tcp \u{a0}udp", 4)] {
+            let e = tokenize(input).unwrap_err();
+            assert_eq!(e.span.start, at, "{input:?}");
+            assert!(
+                matches!(&e.kind, crate::error::ErrorKind::Syntax(m) if m.starts_with("unexpected character `\\u{")),
+                "{e:?}"
+            );
+        }
+    }
 
     #[test]
     fn every_word_looked_up_starts_with_a_letter() {

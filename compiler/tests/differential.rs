@@ -8,6 +8,12 @@ use netmux_testkit::frames::sample_frames;
 
 /// Expressions covering every primitive, qualifier combination and quirk we implement.
 const EXPRS: &[&str] = &[
+    // No expression accepts every frame, as in tcpdump; only libpcap's blanks separate tokens.
+    "",
+    " \t\r\n",
+    "tcp\x0c",
+    "\x0budp",
+    "\u{a0}arp",
     "ip",
     "ip6",
     "arp",
