@@ -129,9 +129,71 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
         })
     });
     if report_errors && may_err {
-        fold_constants(&mut func.clone(), Mode::Strict)?;
+        let mut f = func.clone();
+        drop_blocks_libpcap_skips(&mut f);
+        fold_constants(&mut f, Mode::Strict)?;
     }
     Ok(())
+}
+
+/// Empties the blocks libpcap's optimizer skips, so that what they compute is not reported.
+/// libpcap redirects an edge into a block whose branches both go to the same place past it
+/// (`opt_j`), unless what the block computes is used there (`use_conflict`), and deletes the
+/// statements no test uses. Ours keeps such a block when it can reject the frame (a load out of
+/// bounds, a division by zero at run time): skipping it would change the verdict. Blocks are
+/// numbered in topological order here, so one pass from the last block back finds them all,
+/// a block whose branches meet again only past skipped blocks included. Each temp a kept block
+/// reads, or a later one, is kept live.
+fn drop_blocks_libpcap_skips(func: &mut Function) {
+    let n = func.blocks.len();
+    // Where a skipped block leads: itself if kept.
+    let mut lead: Vec<BlockId> = (0..n).collect();
+    // Temps read in each block or after it.
+    let mut read_after: Vec<std::collections::HashSet<Temp>> = vec![Default::default(); n];
+    for b in (0..n).rev() {
+        let blk = &func.blocks[b];
+        let mut reads: std::collections::HashSet<Temp> = Default::default();
+        let mut to = None;
+        let mut same = true;
+        for s in blk.term.succs() {
+            if s <= b || s >= n {
+                // Not the forward numbering this relies on: skip nothing.
+                return;
+            }
+            reads.extend(read_after[s].iter().copied());
+            match to {
+                None => to = Some(lead[s]),
+                Some(t) => same &= t == lead[s],
+            }
+        }
+        if let Some(next) = to.filter(|_| same) {
+            let used = blk
+                .stmts
+                .iter()
+                .any(|st| read_after[next].contains(&st.def()));
+            if !used {
+                lead[b] = next;
+                read_after[b] = read_after[next].clone();
+                continue;
+            }
+        }
+        if let Term::Branch { a, b: rhs, .. } = blk.term {
+            reads.insert(a);
+            if let Operand::T(t) = rhs {
+                reads.insert(t);
+            }
+        }
+        for st in blk.stmts.iter().rev() {
+            reads.remove(&st.def());
+            reads.extend(st.uses());
+        }
+        read_after[b] = reads;
+    }
+    for (b, blk) in func.blocks.iter_mut().enumerate() {
+        if lead[b] != b {
+            blk.stmts.clear();
+        }
+    }
 }
 
 /// Runs the rounds; says whether they reached a fixed point (rather than the round limit).

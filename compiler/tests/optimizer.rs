@@ -89,6 +89,11 @@ fn division_by_zero_is_reported_where_libpcap_reports_it() {
         // the zero is known, so folding `0 % x` must not hide it.
         "0xffffffff >= 0 % 60 % (4)",
         "-len | 0xffffffff | icmp[13:2] % len > 0 % 1 >> 4 && link proto 0x8100",
+        // libpcap skips the block that divides (both its branches end at the same place once
+        // the `arp` tests after an IPv4 one are decided) before it folds anything: it compiles.
+        "! (not 1 < ip[2:4] / carp[20] % 14 << 31 && arp net 10.0.0.0/8)",
+        "(0xffffffff) > igmp[100:1] % 0x45 / 1500 || (! udp dst or src port 53)",
+        "-rarp[13:2] << 4 + -0xff >> 4 == 0x45 and ip or not ip proto gre",
         // Compiles on both sides.
         "ip[0] % 3 = 1",
         "0 % len = 0",
