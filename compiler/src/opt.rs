@@ -1306,8 +1306,15 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
                     break;
                 }
                 hops += 1;
-                let Term::Branch { t, f, .. } = func.blocks[target].term else {
-                    break;
+                let (t, f) = match func.blocks[target].term {
+                    Term::Branch { t, f, .. } => (t, f),
+                    // An empty block that only jumps on (a test decided on every path
+                    // leaves one where paths join): straight past it.
+                    Term::Jump(next) if func.blocks[target].stmts.is_empty() => {
+                        target = next;
+                        continue;
+                    }
+                    _ => break,
                 };
                 let ttf = facts.tests[target];
                 if ttf.t == NO_FACT {

@@ -51,6 +51,10 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         // A test decided only where it became the first one: libpcap refuses.
         "arp[0:1] >= tcp[13] * len || 4 | tcp-syn < 4",
         "net 2001:db8::/32 and (192.168.1.1 or 10.0) || (-60 < 1 & (8))",
+        // A test without arithmetic is decided where paths join, and libpcap threads each
+        // path past it: the `vlan` tests after it are decided, libpcap refuses.
+        "(ip or ip6) && 14 >= tcpflags && vlan 1",
+        "proto 47 && 14 >= tcpflags && vlan 1",
         // The same kind of test after a real one: libpcap leaves it and compiles.
         "ip and 1 > -2",
         "ip and 14 == 60 * 4 - 14",
