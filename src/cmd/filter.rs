@@ -41,7 +41,7 @@ pub enum FilterCommand {
         /// The expression language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
         #[arg(long, default_value = "pcap", value_parser = parse_dialect)]
         dialect: Dialect,
-        /// The filter expression.
+        /// The filter expression (pcap: an empty one accepts every frame, as in tcpdump).
         expr: String,
     },
     /// Print 1 or 0 for every frame of each capture: whether the filter accepts it.
@@ -52,7 +52,7 @@ pub enum FilterCommand {
         /// The expression language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
         #[arg(long, default_value = "pcap", value_parser = parse_dialect)]
         dialect: Dialect,
-        /// The filter expression.
+        /// The filter expression (pcap: an empty one accepts every frame, as in tcpdump).
         expr: String,
         /// pcap or pcapng captures (Ethernet).
         #[arg(required = true)]
