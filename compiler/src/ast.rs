@@ -21,6 +21,8 @@ pub enum Expr {
     Prim(Primitive, Span),
     /// `lhs op rhs` over arithmetic.
     Rel(RelOp, Arith, Arith, Span),
+    /// No expression at all (only blanks): every frame, as `pcap_compile` and tcpdump.
+    Empty,
 }
 
 /// `and` or `or`.

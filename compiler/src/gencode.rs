@@ -52,6 +52,7 @@ fn count_protochains(e: &Expr) -> (usize, usize) {
             c
         }
         Expr::Not(inner) => count_protochains(inner),
+        Expr::Empty => (0, 0),
         Expr::Prim(Primitive::Qualified(q, _), _) if q.addr == Some(AddrKind::Protochain) => {
             match q.proto {
                 None => (1, 1),
@@ -986,6 +987,7 @@ impl Gen {
                 Ok(Cond::Chain(Box::new(first), out))
             }
             Expr::Not(inner) => Ok(Cond::negate(self.expr(inner)?)),
+            Expr::Empty => Ok(Cond::True),
             Expr::Prim(p, span) => self.primitive(p, *span),
             Expr::Rel(op, a0, a1, _) => self.relation(*op, a0, a1),
         }

@@ -85,10 +85,6 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         }
         return Ok(func);
     }
-    if expr.chars().all(lexer::is_blank) {
-        // As `pcap_compile` and tcpdump: no expression accepts every frame.
-        return Ok(ir::lower(ir::Cond::True, &[], 0));
-    }
     let ast = parser::parse(expr).map_err(attach)?;
     let mut gen = gencode::Gen::new();
     let cond = gen.generate(&ast).map_err(attach)?;

@@ -496,3 +496,24 @@ fn merged_classifier_equals_the_linear_scan_on_every_corpus_frame() {
     let c = merged(&case);
     check_frames(seed, &case, &c, &frames);
 }
+
+#[test]
+fn an_empty_rule_matches_every_frame_as_the_compiler_says() {
+    let mut c = Classifier::new(Policy::Overlapping, netmux_vm::Strategy::Interpreter).unwrap();
+    c.add_filter(1, "udp dst port 53").unwrap();
+    c.add_filter(2, " ").unwrap();
+    let frames = [
+        Frame::whole(vec![0u8; 60]),
+        FrameBuilder::ethernet(MAC_B, MAC_A)
+            .ethertype(0x0800)
+            .ipv4(Ipv4::new([10, 0, 0, 1], [10, 0, 0, 2], 17))
+            .udp(1000, 53)
+            .finish(),
+    ];
+    for (i, f) in frames.iter().enumerate() {
+        let mut got = Vec::new();
+        c.classify(&f.data, f.wire_len, Mode::AllMatches, &mut got);
+        got.sort_unstable();
+        assert_eq!(got, if i == 0 { vec![2] } else { vec![1, 2] }, "frame {i}");
+    }
+}

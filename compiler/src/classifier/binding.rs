@@ -362,6 +362,8 @@ fn conjuncts<'e>(e: &'e Expr, out: &mut Vec<&'e Primitive>) -> Result<(), NotBin
         }
         Expr::Not(_) => Err(NotBinding::HasNot),
         Expr::Rel(..) => Err(NotBinding::HasRelation),
+        // No atoms: every frame (and no port, so not a binding).
+        Expr::Empty => Ok(()),
         Expr::Prim(p, _) => {
             out.push(p);
             Ok(())
