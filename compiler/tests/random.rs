@@ -307,16 +307,21 @@ impl Gen {
     }
 }
 
-#[test]
-fn random_expressions_agree_with_libpcap() {
-    let seed: u64 = std::env::var("NETMUX_RANDOM_SEED")
+/// `NETMUX_RANDOM_SEED`, or a new seed from the clock.
+fn seed() -> u64 {
+    std::env::var("NETMUX_RANDOM_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
-        });
+        })
+}
+
+#[test]
+fn random_expressions_agree_with_libpcap() {
+    let seed = seed();
     let count: usize = std::env::var("NETMUX_RANDOM_EXPRS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -367,14 +372,7 @@ fn random_expressions_agree_with_libpcap() {
 /// and in the reverse order, each order on its own thread, give the same programs.
 #[test]
 fn compiling_in_any_order_gives_the_same_programs() {
-    let seed: u64 = std::env::var("NETMUX_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = seed();
     let mut g = Gen {
         rng: StdRng::seed_from_u64(seed),
     };
