@@ -145,10 +145,11 @@ pub struct Gen {
     /// handle the loop), so it never calls them "rejects all packets".
     pub no_optimize: bool,
     /// The tests of relations with arithmetic operators after some other test (`ip and
-    /// 1 > -2`, `ip and 14 == 60 * 4 - 14`, `ip and 60 == len * 0`): libpcap's optimizer
-    /// usually decides such a test but leaves it in place, so it does not call the filter
-    /// "rejects all packets" (found by the random differential test; as the first test,
-    /// libpcap does). See [`crate::opt::libpcap_rejects_all`].
+    /// 1 > -2`, `ip and 14 == 60 * 4 - 14`, `ip and 60 == len * 0`), their own protocol
+    /// checks included (`tcp[16:2] & 0 < 0 * len`): libpcap's optimizer usually decides such a
+    /// test but leaves it in place, so it does not call the filter "rejects all packets"
+    /// (found by the random differential test; as the first test, libpcap does). See
+    /// [`crate::opt::libpcap_rejects_all`].
     pub probe_opaque: Vec<Temp>,
     /// Primitives and relations generated so far.
     generated: usize,
@@ -1228,13 +1229,14 @@ impl Gen {
     /// `gen_relation`: protocol checks of both sides first, then both computations, then the
     /// comparison.
     fn relation(&mut self, op: RelOp, a0: &Arith, a1: &Arith) -> Result<Cond> {
-        let opaque = self.generated > 0 && (has_operator(a0) || has_operator(a1));
+        let operator = has_operator(a0) || has_operator(a1);
+        let after_others = self.generated > 0;
         self.generated += 1;
         let a0 = self.arith(a0)?;
-        if opaque {
+        let a1 = self.arith(a1)?;
+        if operator && (after_others || a0.cond.is_some() || a1.cond.is_some()) {
             self.probe_opaque.push(a0.val);
         }
-        let a1 = self.arith(a1)?;
         let (cmp, reversed) = match op {
             RelOp::Gt => (Cmp::Gt, false),
             RelOp::Ge => (Cmp::Ge, false),

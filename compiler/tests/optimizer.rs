@@ -58,6 +58,13 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         // The same kind of test after a real one: libpcap leaves it and compiles.
         "ip and 1 > -2",
         "ip and 14 == 60 * 4 - 14",
+        // As the first relation, but after its own protocol checks (the loads of `tcp[..]`,
+        // `carp[..]` need them): not the root either, libpcap compiles.
+        "tcp[16:2] >> 2 & 255 >> 31 < (0 * len)",
+        "-tcp-syn == -carp[2:2] & 0",
+        "igmp[9] & 0xff - -0xff * 0xffffffff == 2",
+        // Without protocol checks it is the root: libpcap decides it and refuses.
+        "4 << 2 > icmp-echo or ah && not -0x45 != ((tcpflags))",
     ];
     for expr in cases {
         assert_refused_as_libpcap(expr, |e| e.contains("rejects all packets"));
