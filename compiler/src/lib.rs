@@ -100,7 +100,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         let folds = opt::has_libpcap_only_folds(&func);
         let unoptimized = folds.then(|| func.clone());
         let result = opt::optimize(&mut func, libpcap_optimizes);
-        let probe = folds || opt::always_rejects(&func);
+        let probe = folds || opt::always_rejects(&func) || opt::has_effect_only_loads(&func);
         if libpcap_optimizes && probe && {
             // Generated again (the same code: generation is a function of the AST).
             let unoptimized = unoptimized.or_else(|| {

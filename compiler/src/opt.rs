@@ -106,7 +106,8 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
     // unless value numbering took the last read of some temp; and value numbering changes no
     // branch, so only dead code found after it can leave blocks to compact.
     let reused = reuse_values(func, &mut scratch);
-    let removed = (reused == Reused::LostReads || !settled) && remove_dead(func, &mut scratch);
+    let removed =
+        (reused == Reused::LostReads || !settled) && remove_dead(func, &mut scratch, false);
     if removed || !settled {
         func.compact_with(&mut scratch.order, &mut scratch.reach);
     }
@@ -206,7 +207,7 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
         let folds = may_fold(func);
         let folded = folds && fold_constants(func, mode).unwrap_or(true);
         let threaded = decide_and_thread(func, scratch);
-        let removed = remove_dead(func, scratch);
+        let removed = remove_dead(func, scratch, mode == Mode::Aggressive);
         let renumbered = func.compact_with(&mut scratch.order, &mut scratch.reach);
         if !(folded || threaded.changed || removed || renumbered) {
             return true;
@@ -334,6 +335,45 @@ pub fn has_libpcap_only_folds(func: &Function) -> bool {
                 }
             )
         })
+    })
+}
+
+/// Whether `func` (optimized) keeps a load only because it can reject the frame: nothing reads
+/// its value. libpcap's optimizer drops such loads and threads edges past the tests they fed
+/// (`ip6 net ::/0` becomes `jset #0`), so only then can [`libpcap_rejects_all`] decide tests
+/// ours cannot.
+pub fn has_effect_only_loads(func: &Function) -> bool {
+    // Asked of every filter compiled: a bit set on the stack for the usual few temps.
+    let n = func.num_temps as usize;
+    let mut small = [0u64; 4];
+    let mut large = Vec::new();
+    let read: &mut [u64] = if n <= 256 {
+        &mut small
+    } else {
+        large.resize(n.div_ceil(64), 0);
+        &mut large
+    };
+    let mut mark = |t: Temp| {
+        if let Some(w) = read.get_mut(t.0 as usize / 64) {
+            *w |= 1 << (t.0 % 64);
+        }
+    };
+    for b in &func.blocks {
+        for s in &b.stmts {
+            s.uses().for_each(&mut mark);
+        }
+        if let Term::Branch { a, b: rhs, .. } = b.term {
+            mark(a);
+            if let Operand::T(t) = rhs {
+                mark(t);
+            }
+        }
+    }
+    func.blocks.iter().flat_map(|b| &b.stmts).any(|s| match s {
+        Stmt::Load { dst, .. } => read
+            .get(dst.0 as usize / 64)
+            .is_some_and(|w| w & (1 << (dst.0 % 64)) == 0),
+        _ => false,
     })
 }
 
@@ -1380,8 +1420,10 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
 // ---------------------------------------------------------------------------------------------
 // Dead code.
 
-/// Removes dead code (see the module docs); says whether anything changed.
-fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
+/// Removes dead code (see the module docs); says whether anything changed. With
+/// `effects_free` (predicting libpcap, whose optimizer deletes any load nothing reads), a
+/// statement that can reject the frame goes too when nothing reads its result.
+fn remove_dead(func: &mut Function, sc: &mut Scratch, effects_free: bool) -> bool {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let mut changed = false;
     let mut collapsed = false;
@@ -1461,7 +1503,7 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch) -> bool {
                     }
                     _ => false,
                 };
-                let can_reject = s.may_reject() && !safe_load;
+                let can_reject = !effects_free && s.may_reject() && !safe_load;
                 let keep = used.contains(&s.def()) || can_reject;
                 removed |= !keep;
                 keep
