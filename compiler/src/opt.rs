@@ -206,7 +206,7 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
         // Only the strict mode errs, and it is not used here.
         let folds = may_fold(func);
         let folded = folds && fold_constants(func, mode).unwrap_or(true);
-        let threaded = decide_and_thread(func, scratch);
+        let threaded = decide_and_thread(func, scratch, mode == Mode::Aggressive);
         let removed = remove_dead(func, scratch, mode == Mode::Aggressive);
         let renumbered = func.compact_with(&mut scratch.order, &mut scratch.reach);
         if !(folded || threaded.changed || removed || renumbered) {
@@ -859,6 +859,9 @@ struct TestFacts {
     t: u32,
     f: u32,
     exact: u32,
+    /// With per-block facts, the range of [`FactTable::same`] holding the true and false
+    /// facts of every block with this test (this one's included); empty otherwise.
+    same: (u32, u32),
 }
 
 impl Default for TestFacts {
@@ -871,6 +874,7 @@ impl Default for TestFacts {
             t: NO_FACT,
             f: NO_FACT,
             exact: NO_FACT,
+            same: (0, 0),
         }
     }
 }
@@ -890,11 +894,17 @@ struct FactTable {
     sorted_tests: Vec<(KeyId, u8, u32, BlockId)>,
     /// Every `EXACT` fact as (key, value, fact), sorted by key.
     exacts: Vec<(KeyId, u32, u32)>,
+    /// With per-block facts, the (true, false) facts of the blocks with each test, one run
+    /// per test.
+    same: Vec<(u32, u32)>,
 }
 
 impl FactTable {
-    /// Numbers the facts of the blocks in `order`: those of each block's test (blocks with
-    /// the same test share them) and the `LOADED` fact of each load.
+    /// Numbers the facts of the blocks in `order`: those of each block's test and the
+    /// `LOADED` fact of each load. Blocks with the same test share their facts unless
+    /// `per_block`, as libpcap's `fold_edge` has them: there, what a test taught holds only
+    /// where one block's edge dominates (the same test on every path to a join, from
+    /// different blocks, decides nothing past it).
     fn number(
         &mut self,
         func: &Function,
@@ -902,9 +912,11 @@ impl FactTable {
         summaries: &[Summary],
         loads: &[BlockLoad],
         keys: usize,
+        per_block: bool,
     ) {
         self.count = 0;
         self.exacts.clear();
+        self.same.clear();
         self.loaded_of_key.clear();
         self.loaded_of_key.resize(keys, NO_FACT);
         self.load_facts.clear();
@@ -942,10 +954,20 @@ impl FactTable {
             let end = i + tests[i..].iter().take_while(|t| t.0 == key).count();
             let exacts_lo = self.exacts.len() as u32;
             let mut prev: Option<TestFacts> = None;
-            for &(_, cmp, k, b) in &tests[i..end] {
+            let mut run_start = 0;
+            for (j, &(_, cmp, k, b)) in tests[i..end].iter().enumerate() {
                 let eq = cmp == Cmp::Eq as u8;
+                let same_test = prev.is_some_and(|p| p.cmp == cmp && p.k == k);
+                if per_block && !same_test {
+                    // A new run: fix up the previous one's range.
+                    let end_run = self.same.len() as u32;
+                    for &(_, _, _, pb) in &tests[i + run_start..i + j] {
+                        self.tests[pb].same.1 = end_run;
+                    }
+                    run_start = j;
+                }
                 let tf = match prev {
-                    Some(p) if p.cmp == cmp && p.k == k => p,
+                    Some(p) if same_test && !per_block => p,
                     _ => {
                         let exact = if eq {
                             self.exacts.push((key, k, self.count + 2));
@@ -953,7 +975,7 @@ impl FactTable {
                         } else {
                             NO_FACT
                         };
-                        let tf = TestFacts {
+                        let mut tf = TestFacts {
                             k,
                             cmp,
                             eq,
@@ -961,13 +983,28 @@ impl FactTable {
                             t: self.count,
                             f: self.count + 1,
                             exact,
+                            same: (0, 0),
                         };
                         self.count += if eq { 3 } else { 2 };
+                        if per_block {
+                            let start = match prev {
+                                Some(p) if same_test => p.same.0,
+                                _ => self.same.len() as u32,
+                            };
+                            tf.same = (start, start);
+                            self.same.push((tf.t, tf.f));
+                        }
                         tf
                     }
                 };
                 self.tests[b] = tf;
                 prev = Some(tf);
+            }
+            if per_block {
+                let end_run = self.same.len() as u32;
+                for &(_, _, _, pb) in &tests[i + run_start..end] {
+                    self.tests[pb].same.1 = end_run;
+                }
             }
             let range = (exacts_lo, self.exacts.len() as u32);
             for &(_, _, _, b) in &tests[i..end] {
@@ -1000,9 +1037,10 @@ impl FactTable {
                 }
             }
         }
-        if bit(words, tf.f) {
+        let same = &self.same[tf.same.0 as usize..tf.same.1 as usize];
+        if bit(words, tf.f) || same.iter().any(|&(_, f)| bit(words, f)) {
             Some(false)
-        } else if bit(words, tf.t) {
+        } else if bit(words, tf.t) || same.iter().any(|&(t, _)| bit(words, t)) {
             Some(true)
         } else {
             None
@@ -1012,8 +1050,12 @@ impl FactTable {
     /// Records that the test was taken with outcome `r`.
     fn learn(&self, words: &mut [Bits], tf: &TestFacts, r: bool) {
         if r && tf.exact != NO_FACT {
-            for &(_, _, id) in self.exacts_of(tf) {
-                clear_bit(words, id);
+            // Another value's `EXACT` facts no longer hold; the same value's (other blocks'
+            // facts, with per-block facts) still do.
+            for &(_, v, id) in self.exacts_of(tf) {
+                if v != tf.k {
+                    clear_bit(words, id);
+                }
             }
             set_bit(words, tf.exact);
         }
@@ -1251,7 +1293,7 @@ struct Threaded {
 
 /// Decides branches from the facts on every path to them and threads edges through blocks
 /// those facts decide.
-fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
+fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> Threaded {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = std::mem::take(&mut sc.order);
     let n = func.blocks.len();
@@ -1271,7 +1313,7 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch) -> Threaded {
     // Number every fact this pass can learn.
     let keys = sc.keys_of.len();
     sc.facts
-        .number(func, &order, &sc.summaries, &sc.loads, keys);
+        .number(func, &order, &sc.summaries, &sc.loads, keys, per_block);
     let facts = &sc.facts;
     let w = facts.words();
     let (summaries, loads, facts) = (&sc.summaries, &sc.loads[..], &sc.facts);

@@ -61,6 +61,12 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         "ip6 proto 47 && ip6 net ::/0 && sctp port 0",
         "ip proto 47 and net 0.0.0.0/0 and tcp",
         "ip6 net ::/0 && sctp port 0",
+        // The same test on every path to a join, from different blocks (`port 443` for TCP,
+        // UDP and SCTP): libpcap learns nothing from it past the join, so the later `port
+        // 1501` is not decided, and it compiles. When one block's test dominates (`rarp`),
+        // what it taught holds past the join: libpcap refuses.
+        "src and dst port 443 && (ip net 1.2.3.4) && 1501",
+        "rarp net 1.2.3.4/32 and (greater 60) and link proto 0x806",
         // The same kind of test after a real one: libpcap leaves it and compiles.
         "ip and 1 > -2",
         "ip and 14 == 60 * 4 - 14",
