@@ -151,6 +151,20 @@ fn drop_blocks_libpcap_skips(func: &mut Function) {
     let mut lead: Vec<BlockId> = (0..n).collect();
     // Temps read in each block or after it.
     let mut read_after: Vec<std::collections::HashSet<Temp>> = vec![Default::default(); n];
+    // libpcap's root: the entry, or the block empty jumps from it lead to. libpcap never
+    // skips it (no edge leads there to redirect): it folds its statements in the second loop
+    // and drops it only at the very end (`opt_root`).
+    let mut root = 0;
+    while let Some(Block {
+        stmts,
+        term: Term::Jump(next),
+    }) = func.blocks.get(root)
+    {
+        if !stmts.is_empty() || *next <= root {
+            break;
+        }
+        root = *next;
+    }
     for b in (0..n).rev() {
         let blk = &func.blocks[b];
         let mut reads: std::collections::HashSet<Temp> = Default::default();
@@ -167,7 +181,7 @@ fn drop_blocks_libpcap_skips(func: &mut Function) {
                 Some(t) => same &= t == lead[s],
             }
         }
-        if let Some(next) = to.filter(|_| same) {
+        if let Some(next) = to.filter(|_| same && b != root) {
             let used = blk
                 .stmts
                 .iter()

@@ -119,6 +119,12 @@ fn division_by_zero_is_reported_where_libpcap_reports_it() {
         "! (not 1 < ip[2:4] / carp[20] % 14 << 31 && arp net 10.0.0.0/8)",
         "(0xffffffff) > igmp[100:1] % 0x45 / 1500 || (! udp dst or src port 53)",
         "-rarp[13:2] << 4 + -0xff >> 4 == 0x45 and ip or not ip proto gre",
+        // Unless that block is the root: libpcap moves no edge into the root, so it folds
+        // the root's statements in its second loop (and drops the root only at the end): it
+        // refuses. After `ip`, the same test is skipped: it compiles.
+        "0xffffffff + 1500 % 4 % 2 == (14) && (0xffffffff < 1500) or stp",
+        "len + 1500 % 4 % 2 == 14 && 1 < 0 or arp",
+        "ip and (0xffffffff + 1500 % 4 % 2 == 14 && 0xffffffff < 1500 or stp)",
         // Compiles on both sides.
         "ip[0] % 3 = 1",
         "0 % len = 0",
