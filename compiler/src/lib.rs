@@ -94,9 +94,10 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // none of its optimizer's errors for them.
         let libpcap_optimizes = !gen.no_optimize;
         // The probe for libpcap's "rejects all packets" is as costly as the optimizer; it can
-        // only say yes where ours found no accepting path, or where libpcap's extra folds
-        // (`0 / x`) could apply. It needs the unoptimized function: kept when the folds
-        // apply, generated and lowered again in the rare case that ours finds no accepting path.
+        // only say yes where ours found no accepting path, where libpcap's extra folds
+        // (`0 / x`) could apply, or where ours kept a load only because it can reject (libpcap
+        // drops it and threads past its test). It needs the unoptimized function: kept when
+        // the folds apply, generated and lowered again in the rare other cases.
         let folds = opt::has_libpcap_only_folds(&func);
         let unoptimized = folds.then(|| func.clone());
         let result = opt::optimize(&mut func, libpcap_optimizes);
