@@ -173,11 +173,8 @@ fn emit_with(func: &Function, accept_value: u32, bufs: &mut Bufs) -> Result<Vec<
             touch(s.def(), pos);
             pos += 1;
         }
-        if let Term::Branch { a, b: rhs, .. } = term {
-            touch(*a, pos);
-            if let Operand::T(t) = rhs {
-                touch(*t, pos);
-            }
+        for t in term.uses() {
+            touch(t, pos);
         }
         pos += 1;
     }

@@ -262,6 +262,20 @@ impl Term {
         };
         a.into_iter().chain(b)
     }
+
+    /// The temps a branch reads (at most two), without allocating.
+    pub fn uses(&self) -> impl Iterator<Item = Temp> {
+        let (a, b) = match *self {
+            Term::Branch {
+                a,
+                b: Operand::T(t),
+                ..
+            } => (Some(a), Some(t)),
+            Term::Branch { a, .. } => (Some(a), None),
+            _ => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
 }
 
 impl Block {

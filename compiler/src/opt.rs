@@ -192,12 +192,7 @@ fn drop_blocks_libpcap_skips(func: &mut Function) {
                 continue;
             }
         }
-        if let Term::Branch { a, b: rhs, .. } = blk.term {
-            reads.insert(a);
-            if let Operand::T(t) = rhs {
-                reads.insert(t);
-            }
-        }
+        reads.extend(blk.term.uses());
         for st in blk.stmts.iter().rev() {
             reads.remove(&st.def());
             reads.extend(st.uses());
@@ -376,12 +371,7 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
         for s in &b.stmts {
             s.uses().for_each(&mut mark);
         }
-        if let Term::Branch { a, b: rhs, .. } = b.term {
-            mark(a);
-            if let Operand::T(t) = rhs {
-                mark(t);
-            }
-        }
+        b.term.uses().for_each(&mut mark);
     }
     func.blocks.iter().flat_map(|b| &b.stmts).any(|s| match s {
         Stmt::Load { dst, .. } => read
@@ -866,7 +856,6 @@ const NO_FACT: u32 = u32::MAX;
 #[derive(Clone, Copy)]
 struct TestFacts {
     k: u32,
-    cmp: u8,
     eq: bool,
     /// The range of [`FactTable::exacts`] about `key`.
     exacts: (u32, u32),
@@ -882,7 +871,6 @@ impl Default for TestFacts {
     fn default() -> Self {
         TestFacts {
             k: 0,
-            cmp: 0,
             eq: false,
             exacts: (0, 0),
             t: NO_FACT,
@@ -967,58 +955,48 @@ impl FactTable {
             let key = tests[i].0;
             let end = i + tests[i..].iter().take_while(|t| t.0 == key).count();
             let exacts_lo = self.exacts.len() as u32;
-            let mut prev: Option<TestFacts> = None;
-            let mut run_start = 0;
-            for (j, &(_, cmp, k, b)) in tests[i..end].iter().enumerate() {
+            // Each run of blocks with the same test shares one set of facts, or with
+            // `per_block` has one per block, all listed in the run's range of `same`.
+            let mut r = i;
+            while r < end {
+                let (_, cmp, k, _) = tests[r];
+                let run_end = r + tests[r..end]
+                    .iter()
+                    .take_while(|t| t.1 == cmp && t.2 == k)
+                    .count();
                 let eq = cmp == Cmp::Eq as u8;
-                let same_test = prev.is_some_and(|p| p.cmp == cmp && p.k == k);
-                if per_block && !same_test {
-                    // A new run: fix up the previous one's range.
-                    let end_run = self.same.len() as u32;
-                    for &(_, _, _, pb) in &tests[i + run_start..i + j] {
-                        self.tests[pb].same.1 = end_run;
-                    }
-                    run_start = j;
-                }
-                let tf = match prev {
-                    Some(p) if same_test && !per_block => p,
-                    _ => {
+                let same_lo = self.same.len() as u32;
+                let same = if per_block {
+                    (same_lo, same_lo + (run_end - r) as u32)
+                } else {
+                    (0, 0)
+                };
+                let mut tf = TestFacts::default();
+                for (j, &(_, _, _, b)) in tests[r..run_end].iter().enumerate() {
+                    if j == 0 || per_block {
                         let exact = if eq {
                             self.exacts.push((key, k, self.count + 2));
                             self.count + 2
                         } else {
                             NO_FACT
                         };
-                        let mut tf = TestFacts {
+                        tf = TestFacts {
                             k,
-                            cmp,
                             eq,
                             exacts: (0, 0),
                             t: self.count,
                             f: self.count + 1,
                             exact,
-                            same: (0, 0),
+                            same,
                         };
                         self.count += if eq { 3 } else { 2 };
                         if per_block {
-                            let start = match prev {
-                                Some(p) if same_test => p.same.0,
-                                _ => self.same.len() as u32,
-                            };
-                            tf.same = (start, start);
                             self.same.push((tf.t, tf.f));
                         }
-                        tf
                     }
-                };
-                self.tests[b] = tf;
-                prev = Some(tf);
-            }
-            if per_block {
-                let end_run = self.same.len() as u32;
-                for &(_, _, _, pb) in &tests[i + run_start..end] {
-                    self.tests[pb].same.1 = end_run;
+                    self.tests[b] = tf;
                 }
+                r = run_end;
             }
             let range = (exacts_lo, self.exacts.len() as u32);
             for &(_, _, _, b) in &tests[i..end] {
@@ -1287,11 +1265,8 @@ fn shared_temps(func: &Function, order: &[BlockId], seen: &mut Vec<BlockId>, sha
             }
             note(s.def());
         }
-        if let Term::Branch { a, b: rhs, .. } = blk.term {
-            note(a);
-            if let Operand::T(t) = rhs {
-                note(t);
-            }
+        for t in blk.term.uses() {
+            note(t);
         }
     }
 }
@@ -1526,11 +1501,8 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch, effects_free: bool) -> boo
                     used.insert(u);
                 }
             }
-            if let Term::Branch { a, b: rhs, .. } = &blk.term {
-                used.insert(*a);
-                if let Operand::T(t) = rhs {
-                    used.insert(*t);
-                }
+            for t in blk.term.uses() {
+                used.insert(t);
             }
         }
         let mut removed = false;
