@@ -32,7 +32,7 @@ fn main() {
     let mut of = f.clone();
     for _ in 0..n {
         of = f.clone();
-        netmux_compiler::opt::optimize(&mut of, true).unwrap();
+        netmux_compiler::opt::optimize(&mut of);
     }
     println!("opt    {:?} ({} blocks)", t.elapsed() / n, of.blocks.len());
     let t = Instant::now();

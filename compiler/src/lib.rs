@@ -75,13 +75,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     if opts.dialect == Dialect::Bfdmux {
         let mut func = bfdmux::lower(expr).map_err(attach)?;
         if opts.optimize {
-            opt::optimize(&mut func, false).map_err(|_| {
-                CompileError::new(
-                    ErrorKind::Semantic("division by zero".into()),
-                    Span::new(0, expr.len()),
-                    expr,
-                )
-            })?;
+            opt::optimize(&mut func);
         }
         return Ok(func);
     }
@@ -93,6 +87,22 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
         // none of its optimizer's errors for them.
         let libpcap_optimizes = !gen.no_optimize;
+        // libpcap's optimizer reports a division, modulus or shift by a bad constant (when its
+        // second loop folds the arithmetic) before it looks at what the program accepts.
+        if libpcap_optimizes && opt::may_report_errors(&func) {
+            opt::libpcap_errors(&func).map_err(|e| {
+                let msg = match e {
+                    opt::OptError::DivisionByZero => "division by zero",
+                    opt::OptError::ModulusByZero => "modulus by zero",
+                    opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
+                };
+                CompileError::new(
+                    ErrorKind::Semantic(msg.to_owned()),
+                    Span::new(0, expr.len()),
+                    expr,
+                )
+            })?;
+        }
         // The probe for libpcap's "rejects all packets" is as costly as the optimizer; it can
         // only say yes where ours found no accepting path, where libpcap's extra folds
         // (`0 / x`) could apply, or where ours kept a load only because it can reject (libpcap
@@ -100,7 +110,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // the folds apply, generated and lowered again in the rare other cases.
         let folds = opt::has_libpcap_only_folds(&func);
         let unoptimized = folds.then(|| func.clone());
-        let result = opt::optimize(&mut func, libpcap_optimizes);
+        opt::optimize(&mut func);
         let probe = folds || opt::always_rejects(&func) || opt::has_effect_only_loads(&func);
         if libpcap_optimizes && probe && {
             // Generated again (the same code: generation is a function of the AST).
@@ -117,18 +127,6 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
                 expr,
             ));
         }
-        result.map_err(|e| {
-            let msg = match e {
-                opt::OptError::DivisionByZero => "division by zero",
-                opt::OptError::ModulusByZero => "modulus by zero",
-                opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
-            };
-            CompileError::new(
-                ErrorKind::Semantic(msg.to_owned()),
-                Span::new(0, expr.len()),
-                expr,
-            )
-        })?;
     }
     Ok(func)
 }

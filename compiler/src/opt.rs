@@ -4,9 +4,9 @@
 //!
 //! 1. **Constant folding**: constants are propagated through moves and ALU operations, branches
 //!    between constants are decided, `x & 0` and `x * 0` become 0 and `x + 0` (and `| ^ << >>`
-//!    by 0) disappear, as in libpcap. A division or modulus by a constant zero on a reachable
-//!    path (or a shift by a constant of 32 or more) is an error, as libpcap's optimizer reports
-//!    it.
+//!    by 0) disappear, as in libpcap. A division or modulus by a constant zero, or a shift by
+//!    a constant of 32 or more, is left to reject (or give 0) at run time: [`libpcap_errors`]
+//!    says where libpcap's optimizer reports one instead.
 //! 2. **Decided tests**: a forward data-flow over the acyclic graph records, for each value
 //!    computed from the frame (a `Key`: loads at constant offsets, loads at computed offsets
 //!    such as a port after the IPv4 header, the length, and arithmetic on them), which tests
@@ -15,9 +15,11 @@
 //!    a value known equal to `v` decides every `==`.
 //!
 //! [`libpcap_rejects_all`] runs the same passes with libpcap's extra, verdict-changing folds
-//! (`0 / x` is 0) to predict when libpcap refuses a filter as "rejects all packets"; that
-//! prediction is approximate (libpcap's optimizer is a different algorithm) and the random
-//! differential test reports the expressions where it is wrong.
+//! (`0 / x` is 0) to predict when libpcap refuses a filter as "rejects all packets", and
+//! [`libpcap_errors`] runs them as libpcap's first loop sees the program, then follows its
+//! second loop pass by pass, to predict where it reports a division by zero. Both are
+//! approximate (libpcap's optimizer is a different algorithm) and the random differential
+//! test reports the expressions where they are wrong.
 //! 3. **Jump threading**: an edge into a block that only re-loads fields already loaded on that
 //!    path (so the loads cannot fail) and whose test the edge's facts decide is redirected to
 //!    the decided successor. This removes libpcap's repeated `ldh [12]; jeq #0x800`.
@@ -94,12 +96,8 @@ pub enum OptError {
     ShiftTooLarge,
 }
 
-/// Optimizes `func` in place. With `report_errors`, a division or modulus by a constant zero,
-/// or a shift of an unknown value by a constant of 32 or more, on a path still reachable after
-/// optimization, is an error (libpcap's optimizer reports these; where libpcap does not
-/// optimize, e.g. after `protochain`, the caller passes `false` and such operations stay, to
-/// reject or give 0 at run time).
-pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError> {
+/// Optimizes `func` in place.
+pub fn optimize(func: &mut Function) {
     let mut scratch = Scratch::take();
     let settled = run_passes(func, Mode::Sound, &mut scratch);
     // At a fixed point of the rounds, dead-code removal and compaction would change nothing
@@ -112,9 +110,12 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
         func.compact_with(&mut scratch.order, &mut scratch.reach);
     }
     scratch.give_back();
-    // Only a division, modulus or shift by a temp (which may hold a constant) or by a
-    // constant that is an error can be reported: skip the check (and its copy) without one.
-    let may_err = func.blocks.iter().any(|b| {
+}
+
+/// Whether [`libpcap_errors`] could find anything in `func`: only a division, modulus or shift
+/// by a temp (which may hold a constant), or by a constant that is an error, can be reported.
+pub fn may_report_errors(func: &Function) -> bool {
+    func.blocks.iter().any(|b| {
         b.stmts.iter().any(|s| match *s {
             Stmt::Alu {
                 op: AluOp::Div | AluOp::Mod,
@@ -128,14 +129,272 @@ pub fn optimize(func: &mut Function, report_errors: bool) -> Result<(), OptError
             } => !matches!(rhs, Operand::K(k) if k < 32),
             _ => false,
         })
-    });
-    if report_errors && may_err {
-        let mut f = func.clone();
-        drop_blocks_libpcap_skips(&mut f);
-        fold_constants(&mut f, Mode::Strict)?;
-    }
-    Ok(())
+    })
 }
+
+/// What libpcap's optimizer reports for `func` (unoptimized): a division or modulus by a
+/// constant zero, or a shift of an unknown value by a constant of 32 or more.
+///
+/// libpcap finds these only in its second loop, which folds arithmetic, and only in the blocks
+/// its first loop leaves: that loop moves edges and skips blocks, but knows no operator's
+/// result, so it decides only tests between constants that are moved, never computed. The
+/// passes here do what the first loop does ([`Mode::FirstLoop`]), and [`report_as_libpcap`]
+/// then follows the second loop pass by pass.
+pub fn libpcap_errors(func: &Function) -> Result<(), OptError> {
+    let mut f = func.clone();
+    as_libpcap_jset(&mut f);
+    let mut scratch = Scratch::take();
+    run_passes(&mut f, Mode::FirstLoop, &mut scratch);
+    scratch.give_back();
+    drop_blocks_libpcap_skips(&mut f);
+    report_as_libpcap(&f)
+}
+
+/// libpcap's `opt_peep` turns `and #k; jeq #0` into `jset #k`, its branches swapped, when
+/// nothing after the test reads the masked value; it does so before its first loop moves any
+/// edge (and `jset #0` into a jump: `net 0.0.0.0/0` is decided there). To `fold_edge` that test is then unrelated to `and #k; jeq #v` on the same field:
+/// after `mpls` tests the bottom-of-stack bit set, `mpls 16` testing it clear is not decided.
+/// The probes rewrite the same tests the same way.
+fn as_libpcap_jset(func: &mut Function) {
+    let mut reads = vec![0u32; func.num_temps as usize];
+    for b in &func.blocks {
+        for t in b.stmts.iter().flat_map(Stmt::uses).chain(b.term.uses()) {
+            if let Some(r) = reads.get_mut(t.0 as usize) {
+                *r += 1;
+            }
+        }
+    }
+    for b in &mut func.blocks {
+        if let Term::Branch {
+            cmp: Cmp::Eq,
+            a,
+            b: Operand::K(0),
+            t,
+            f,
+        } = b.term
+        {
+            // Read twice: by the `and` itself and by the test.
+            if let Some(&Stmt::Alu {
+                op: AluOp::And,
+                dst,
+                rhs: Operand::K(m),
+            }) = b.stmts.last()
+            {
+                if dst == a && reads.get(a.0 as usize) == Some(&2) {
+                    b.stmts.pop();
+                    b.term = if m == 0 {
+                        // `jset #0` is never true: `opt_peep` joins its branches at once.
+                        Term::Jump(t)
+                    } else {
+                        Term::Branch {
+                            cmp: Cmp::Set,
+                            a,
+                            b: Operand::K(m),
+                            t: f,
+                            f: t,
+                        }
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A value libpcap's second optimizer loop learns: `v`, known from its pass `pass` on (0 is
+/// its first).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Known {
+    v: u32,
+    pass: u32,
+}
+
+/// Follows libpcap's second optimizer loop (`opt_stmt` with `alter`, `opt_peep`) over `func`
+/// and reports its first error. Each pass of that loop folds what it knows and rewrites the
+/// rest, and some rewrites are only seen by the next pass: `x & y`, y known to be 0 and x not,
+/// becomes `x & #0` in one pass and 0 in the next. So each value carries the pass from which
+/// it is known, and an error counts only if its block is still reached in that pass (a test
+/// decided in pass p cuts its dead side off from pass p + 1).
+fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
+    // libpcap stops at the first error it meets: of the earliest pass, in a block processed
+    // in that pass (through `last`).
+    fn note(first: &mut Option<(u32, OptError)>, last: u32, pass: u32, e: OptError) {
+        if pass <= last && first.as_ref().is_none_or(|&(p, _)| pass < p) {
+            *first = Some((pass, e));
+        }
+    }
+    type State = Vec<Option<Known>>;
+    let n = func.blocks.len();
+    let temps = func.num_temps as usize;
+    let mut at_entry: Vec<Option<State>> = vec![None; n];
+    // The last pass in which each block is processed.
+    let mut until: Vec<u32> = vec![0; n];
+    if n == 0 {
+        return Ok(());
+    }
+    at_entry[0] = Some(vec![None; temps]);
+    until[0] = u32::MAX;
+    let mut first: Option<(u32, OptError)> = None;
+    let get = |st: &State, t: Temp| st.get(t.0 as usize).copied().flatten();
+    for b in func.topo_order() {
+        let Some(mut st) = at_entry[b].take() else {
+            continue;
+        };
+        let last = until[b];
+        let div_err = |op: AluOp| {
+            if op == AluOp::Div {
+                OptError::DivisionByZero
+            } else {
+                OptError::ModulusByZero
+            }
+        };
+        let set = |st: &mut State, t: Temp, k: Option<Known>| {
+            if let Some(slot) = st.get_mut(t.0 as usize) {
+                *slot = k;
+            }
+        };
+        for s in &func.blocks[b].stmts {
+            match *s {
+                Stmt::Mov { dst, src } => {
+                    let k = match src {
+                        Operand::K(v) => Some(Known { v, pass: 0 }),
+                        Operand::T(t) => get(&st, t),
+                    };
+                    set(&mut st, dst, k);
+                }
+                Stmt::Load { dst, .. } | Stmt::Len { dst } => set(&mut st, dst, None),
+                Stmt::Neg { dst } => {
+                    let k = get(&st, dst).map(|k| Known {
+                        v: k.v.wrapping_neg(),
+                        pass: k.pass,
+                    });
+                    set(&mut st, dst, k);
+                }
+                Stmt::Alu { op, dst, rhs } => {
+                    let a = get(&st, dst);
+                    let zero_op = matches!(
+                        op,
+                        AluOp::Mul | AluOp::Div | AluOp::Mod | AluOp::And | AluOp::Shl | AluOp::Shr
+                    );
+                    let shift = matches!(op, AluOp::Shl | AluOp::Shr);
+                    // An operand given as a constant: libpcap's `op #k`, as after the rewrite
+                    // below, from before its first pass.
+                    let (x, k_form) = match rhs {
+                        Operand::K(v) => (Some(Known { v, pass: 0 }), true),
+                        Operand::T(t) => (get(&st, t), false),
+                    };
+                    let r = match (a, x) {
+                        // `0 op x` before x is known: 0 (or x, for `+ | ^`), and nothing to
+                        // report.
+                        (Some(a), x)
+                            if a.v == 0 && !k_form && x.is_none_or(|x| a.pass < x.pass) =>
+                        {
+                            if zero_op {
+                                Some(a)
+                            } else if matches!(op, AluOp::Add | AluOp::Or | AluOp::Xor) {
+                                x
+                            } else {
+                                x.map(|x| Known {
+                                    v: op.eval(0, x.v).unwrap_or(0),
+                                    pass: x.pass,
+                                })
+                            }
+                        }
+                        (_, None) => None,
+                        // Both known in the same pass: folded then, a division by zero is
+                        // reported and a shift by 32 or more gives 0.
+                        (Some(a), Some(x)) if !k_form && a.pass <= x.pass => {
+                            match op.eval(a.v, x.v) {
+                                Some(v) => Some(Known { v, pass: x.pass }),
+                                None => {
+                                    note(&mut first, last, x.pass, div_err(op));
+                                    None
+                                }
+                            }
+                        }
+                        // x known first: the operation becomes `op #k` in that pass, which
+                        // reports a shift by more than 31; the next pass reduces `op #0`.
+                        (a, Some(x)) => {
+                            let next = if k_form { 0 } else { x.pass + 1 };
+                            if shift && x.v > 31 && !k_form {
+                                note(&mut first, last, x.pass, OptError::ShiftTooLarge);
+                            }
+                            match (x.v, op) {
+                                (0, AluOp::Div | AluOp::Mod) => {
+                                    note(&mut first, last, next, div_err(op));
+                                    None
+                                }
+                                (0, AluOp::Mul | AluOp::And) => Some(Known { v: 0, pass: next }),
+                                (
+                                    0,
+                                    AluOp::Add | AluOp::Or | AluOp::Xor | AluOp::Shl | AluOp::Shr,
+                                ) => a,
+                                _ => a.and_then(|a| {
+                                    op.eval(a.v, x.v).map(|v| Known {
+                                        v,
+                                        pass: a.pass.max(next),
+                                    })
+                                }),
+                            }
+                        }
+                    };
+                    set(&mut st, dst, r);
+                }
+            }
+        }
+        let term = &func.blocks[b].term;
+        // A test between known values is decided in the pass both are known; its dead side is
+        // still processed in that pass, not after.
+        let decided = match *term {
+            Term::Branch {
+                cmp,
+                a,
+                b: rhs,
+                t,
+                f,
+                ..
+            } => {
+                let x = match rhs {
+                    Operand::K(v) => Some(Known { v, pass: 0 }),
+                    Operand::T(t) => get(&st, t),
+                };
+                match (get(&st, a), x) {
+                    (Some(a), Some(x)) => {
+                        let dead = if cmp.eval(a.v, x.v) { f } else { t };
+                        Some((dead, a.pass.max(x.pass)))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        for s in term.succs() {
+            let reach = match decided {
+                Some((dead, pass)) if dead == s => last.min(pass),
+                _ => last,
+            };
+            until[s] = until[s].max(reach);
+            at_entry[s] = Some(match at_entry[s].take() {
+                None => st.clone(),
+                Some(prev) => prev
+                    .iter()
+                    .zip(&st)
+                    .map(|(p, q)| match (p, q) {
+                        (Some(p), Some(q)) if p.v == q.v => Some(Known {
+                            v: p.v,
+                            pass: p.pass.max(q.pass),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            });
+        }
+    }
+    first.map_or(Ok(()), |(_, e)| Err(e))
+}
+
+/// A temp no statement writes: its value is never known. [`libpcap_rejects_all`] adds it to
+/// hide a value from the passes, which count it as shared by every block.
+const UNKNOWN: Temp = Temp(u32::MAX);
 
 /// Empties the blocks libpcap's optimizer skips, so that what they compute is not reported.
 /// libpcap redirects an edge into a block whose branches both go to the same place past it
@@ -212,11 +471,14 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
     for _ in 0..MAX_ROUNDS {
         // Each pass says whether it changed the function; a round that changed nothing is a
         // fixed point (the passes are deterministic), so the rounds stop there.
-        // Only the strict mode errs, and it is not used here.
+        // The modes that follow libpcap also follow it in keeping facts per block (its
+        // `fold_edge` learns only from dominating edges) and in deleting any statement nothing
+        // reads, loads and divisions included.
+        let like_libpcap = mode != Mode::Sound;
         let folds = may_fold(func);
-        let folded = folds && fold_constants(func, mode).unwrap_or(true);
-        let threaded = decide_and_thread(func, scratch, mode == Mode::Aggressive);
-        let removed = remove_dead(func, scratch, mode == Mode::Aggressive);
+        let folded = folds && fold_constants(func, mode);
+        let threaded = decide_and_thread(func, scratch, like_libpcap);
+        let removed = remove_dead(func, scratch, like_libpcap);
         let renumbered = func.compact_with(&mut scratch.order, &mut scratch.reach);
         if !(folded || threaded.changed || removed || renumbered) {
             return true;
@@ -388,13 +650,13 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
 /// (libpcap's root, which it does skip when decided). An approximation: see the module docs.
 pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     let mut f = func.clone();
-    let unknown = Temp(u32::MAX);
+    as_libpcap_jset(&mut f);
     for b in &mut f.blocks {
         if let Term::Branch { a, .. } = b.term {
             if opaque.contains(&a) {
                 b.stmts.push(Stmt::Mov {
                     dst: a,
-                    src: Operand::T(unknown),
+                    src: Operand::T(UNKNOWN),
                 });
             }
         }
@@ -419,7 +681,7 @@ pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
             };
         }
         let b = first_test.first().copied().unwrap_or(0);
-        let marker = |s: &Stmt| matches!(s, Stmt::Mov { src: Operand::T(t), .. } if *t == unknown);
+        let marker = |s: &Stmt| matches!(s, Stmt::Mov { src: Operand::T(t), .. } if *t == UNKNOWN);
         if let Some(blk) = f.blocks.get_mut(b) {
             if matches!(blk.term, Term::Branch { .. }) && blk.stmts.last().is_some_and(marker) {
                 blk.stmts.pop();
@@ -502,14 +764,15 @@ fn meet_consts(a: &Consts, b: &Consts) -> Consts {
 enum Mode {
     /// Verdict-preserving (the optimizer proper).
     Sound,
-    /// As `Sound`, but report what libpcap's optimizer reports as errors.
-    Strict,
+    /// What libpcap's first optimizer loop knows: constants are moved, never computed (it
+    /// folds no operator), and branches between them are decided. For [`libpcap_errors`].
+    FirstLoop,
     /// Also libpcap's unsound folds (`0 / x` is 0), for predicting what it proves.
     Aggressive,
 }
 
 /// Folds constants; says whether anything changed.
-fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
+fn fold_constants(func: &mut Function, mode: Mode) -> bool {
     let order = func.topo_order();
     let mut changed = false;
     let mut at_entry: Vec<Option<Consts>> = vec![None; func.blocks.len()];
@@ -538,6 +801,10 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
                         }
                     }
                     Some(Stmt::Mov { dst, src })
+                }
+                Stmt::Alu { op, dst, rhs } if mode == Mode::FirstLoop => {
+                    c.remove(&dst);
+                    Some(Stmt::Alu { op, dst, rhs })
                 }
                 Stmt::Alu { op, dst, rhs } => {
                     let rhs_k = match rhs {
@@ -575,6 +842,16 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
                         {
                             zero(&mut c)
                         }
+                        // `0 % x`, x known to be 0: libpcap folds it to 0 when it knows the
+                        // left 0 a pass before x (`0 % (len & 0)`: `len & 0` becomes 0 a pass
+                        // late); when it knows both at once it reports a modulus by zero,
+                        // which `libpcap_errors` finds first.
+                        (Some(0), Some(0))
+                            if mode == Mode::Aggressive
+                                && matches!(op, AluOp::Div | AluOp::Mod) =>
+                        {
+                            zero(&mut c)
+                        }
                         (Some(a), Some(k)) => match op.eval(a, k) {
                             Some(v) => {
                                 c.insert(dst, v);
@@ -584,25 +861,11 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
                                 })
                             }
                             None => {
-                                if mode == Mode::Strict {
-                                    return Err(if op == AluOp::Div {
-                                        OptError::DivisionByZero
-                                    } else {
-                                        OptError::ModulusByZero
-                                    });
-                                }
                                 c.remove(&dst);
                                 Some(Stmt::Alu { op, dst, rhs })
                             }
                         },
                         (_, Some(k)) if unsafe_k(k) => {
-                            if mode == Mode::Strict {
-                                return Err(match op {
-                                    AluOp::Div => OptError::DivisionByZero,
-                                    AluOp::Mod => OptError::ModulusByZero,
-                                    _ => OptError::ShiftTooLarge,
-                                });
-                            }
                             // Kept with its register operand: the VM rejects a division by
                             // zero and shifts by 32 or more to 0 at run time.
                             c.remove(&dst);
@@ -628,9 +891,7 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
                     }
                 }
                 Stmt::Neg { dst } => match c.get(&dst) {
-                    // libpcap's optimizer does not see through a negation when it looks for
-                    // errors (`x >> 4 * -4` compiles).
-                    Some(_) if mode == Mode::Strict => {
+                    Some(_) if mode == Mode::FirstLoop => {
                         c.remove(&dst);
                         Some(Stmt::Neg { dst })
                     }
@@ -652,7 +913,12 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
                 } => {
                     c.remove(&dst);
                     // A constant base folds into the offset (no wrap: the VM adds in 64 bits).
-                    match base.and_then(|t| c.get(&t).copied()) {
+                    // libpcap's first loop, which the other modes follow, does not: to it
+                    // `ether[12:2]` (`ldh [x + 0]`, x = 12) is not the ethertype load.
+                    match base
+                        .filter(|_| mode == Mode::Sound)
+                        .and_then(|t| c.get(&t).copied())
+                    {
                         Some(k) if u64::from(k) + u64::from(off) <= u64::from(u32::MAX) => {
                             Some(Stmt::Load {
                                 dst,
@@ -717,7 +983,7 @@ fn fold_constants(func: &mut Function, mode: Mode) -> Result<bool, OptError> {
             });
         }
     }
-    Ok(changed)
+    changed
 }
 
 // ---------------------------------------------------------------------------------------------
