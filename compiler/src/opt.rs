@@ -490,7 +490,8 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
         // edge straight to its target does not). Deciding is monotone in the facts, so it
         // would decide and thread nothing new; dead code already found nothing, and folding
         // has nothing to work on.
-        if !folds && !removed && threaded.settled {
+        // (Not with libpcap's edges of the pass before: the next round sees new ones.)
+        if !like_libpcap && !folds && !removed && threaded.settled {
             return true;
         }
     }
@@ -1165,6 +1166,9 @@ struct FactTable {
     /// With per-block facts, the (true, false) facts of the blocks with each test, one run
     /// per test.
     same: Vec<(u32, u32)>,
+    /// Facts are per block, as libpcap's edge dominators are: a later `== v` on the same
+    /// value takes back no earlier `EXACT` fact (an edge dominates whatever follows it).
+    per_block: bool,
 }
 
 impl FactTable {
@@ -1183,6 +1187,7 @@ impl FactTable {
         per_block: bool,
     ) {
         self.count = 0;
+        self.per_block = per_block;
         self.exacts.clear();
         self.same.clear();
         self.loaded_of_key.clear();
@@ -1308,11 +1313,13 @@ impl FactTable {
     /// Records that the test was taken with outcome `r`.
     fn learn(&self, words: &mut [Bits], tf: &TestFacts, r: bool) {
         if r && tf.exact != NO_FACT {
-            // Another value's `EXACT` facts no longer hold; the same value's (other blocks'
-            // facts, with per-block facts) still do.
-            for &(_, v, id) in self.exacts_of(tf) {
-                if v != tf.k {
-                    clear_bit(words, id);
+            // Another value's `EXACT` facts no longer hold (the path is impossible if they
+            // did); the same value's (other blocks' facts, with per-block facts) still do.
+            if !self.per_block {
+                for &(_, v, id) in self.exacts_of(tf) {
+                    if v != tf.k {
+                        clear_bit(words, id);
+                    }
                 }
             }
             set_bit(words, tf.exact);
@@ -1546,8 +1553,31 @@ struct Threaded {
     settled: bool,
 }
 
+/// Adds the facts and proven length of one edge into `b` to those of `b`'s other edges
+/// (`Scratch::at_entry`, `len_at` and `reached`).
+fn merge_into(
+    (at_entry, len_at, reached): (&mut [Bits], &mut [u64], &mut [bool]),
+    w: usize,
+    b: BlockId,
+    edge: &[Bits],
+    len: u64,
+) {
+    let slot = &mut at_entry[b * w..(b + 1) * w];
+    if reached[b] {
+        for (a, e) in slot.iter_mut().zip(edge.iter()) {
+            *a &= *e;
+        }
+        len_at[b] = len_at[b].min(len);
+    } else {
+        slot.copy_from_slice(edge);
+        len_at[b] = len;
+        reached[b] = true;
+    }
+}
+
 /// Decides branches from the facts on every path to them and threads edges through blocks
-/// those facts decide.
+/// those facts decide. With `per_block` (predicting libpcap), facts are numbered per block and
+/// flow along the edges the pass started with, as libpcap's edge dominators do.
 fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> Threaded {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let order = std::mem::take(&mut sc.order);
@@ -1613,6 +1643,20 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
                     func.blocks[b].term = Term::Jump(if r { t } else { f });
                     changed = true;
                     decided = true;
+                    // To libpcap the branch not taken is still there in this pass (it moves
+                    // the edges into this block; the block goes in the next), and so are the
+                    // paths through it to the blocks after.
+                    if per_block {
+                        edge.copy_from_slice(cur);
+                        facts.learn(edge, &tf, !r);
+                        merge_into(
+                            (&mut sc.at_entry, &mut sc.len_at, &mut sc.reached),
+                            w,
+                            if r { f } else { t },
+                            edge,
+                            len,
+                        );
+                    }
                 }
             }
         }
@@ -1633,6 +1677,17 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
             let mut es_len = len;
             if let Some(r) = learns[i] {
                 facts.learn(edge, &tf, r);
+            }
+            // libpcap decides every edge of a pass from the dominators of the graph the pass
+            // started with: what reaches a block along its edges of then, threaded or not.
+            if per_block {
+                merge_into(
+                    (&mut sc.at_entry, &mut sc.len_at, &mut sc.reached),
+                    w,
+                    succ,
+                    edge,
+                    es_len,
+                );
             }
             // Thread through successors decided by this edge's facts (a few hops).
             let mut target = succ;
@@ -1664,7 +1719,12 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
                 match facts.decide(edge, &ttf) {
                     Some(r) => {
                         sum.apply(loads, facts, edge, &mut es_len);
-                        facts.learn(edge, &ttf, r);
+                        // libpcap's moved edge knows only what dominates it (`opt_j` decides
+                        // each hop from the edge's own dominators): past the join it leads
+                        // to, the skipped test's facts are not its own.
+                        if !per_block {
+                            facts.learn(edge, &ttf, r);
+                        }
                         target = if r { t } else { f };
                     }
                     None => break,
@@ -1672,16 +1732,14 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
             }
             changed |= target != succ;
             new_targets[i] = target;
-            let slot = &mut sc.at_entry[target * w..(target + 1) * w];
-            if sc.reached[target] {
-                for (a, e) in slot.iter_mut().zip(edge.iter()) {
-                    *a &= *e;
-                }
-                sc.len_at[target] = sc.len_at[target].min(es_len);
-            } else {
-                slot.copy_from_slice(edge);
-                sc.len_at[target] = es_len;
-                sc.reached[target] = true;
+            if !per_block {
+                merge_into(
+                    (&mut sc.at_entry, &mut sc.len_at, &mut sc.reached),
+                    w,
+                    target,
+                    edge,
+                    es_len,
+                );
             }
         }
         match &mut func.blocks[b].term {

@@ -91,6 +91,14 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         // `len & 0` is 0 a pass after `0 % x` was folded to 0: the root is decided, refused
         // as rejecting all packets, not for the modulus.
         "0 % (len & 0) > 0",
+        // An edge libpcap moves past a decided test knows only what dominates it: past the
+        // join it leads to, `ip proto 6` was taught by a different block on each path, and
+        // `ip proto 132` is not decided. It compiles.
+        "(ip proto 6 or ether[0] = 1) and tcp[0:2] = 60 && ip proto 132",
+        // But an edge dominates what follows it on every path of the graph the pass started
+        // with, a path through a test it decides included (`ip6` after `udp[16]`'s `ip`):
+        // `ah`'s tests are decided, refused.
+        "(host 10 or greater 14 and ((udp[16])) != 4) and ah",
     ];
     for expr in cases {
         assert_refused_as_libpcap(expr, |e| e.contains("rejects all packets"));
@@ -179,6 +187,12 @@ fn errors_are_reported_where_libpcaps_second_loop_finds_them() {
         "len >> (len & 0) + 32 > 0",
         // Unless a test decided before that pass cut it off: compiles.
         "ip and 1 > 0 + 1 and len % (len & 0) > 0",
+        // The first loop skips the shift: both its branches reject (`udp` after `igmp`, and
+        // `net 0.0.0.0/0`, a `jset #0` to libpcap, decided at once). Compiles.
+        "((len / rarp[2:1] / 14 | icmp6[100:4]) > igmp[13:4] >> 4 + -1500) or src net 0.0.0.0/0 and (udp port 1024)",
+        // It skips the modulus too: `sctp` after `icmp6[..]` is decided from the dominators the
+        // pass started with, before it moves `dst net`'s edge past the second `ip6` test.
+        "not (dst net ff00::/8 || ether proto 0xf0 && 0x45 % 8 >> 4 + 1 != icmp6[100:4] + udp[13:1] >> 31) && sctp port 443",
     ];
     for expr in cases {
         let ours = compile(expr, &Options::default())
