@@ -144,15 +144,11 @@ pub struct Gen {
     /// Set by `protochain`: libpcap does not optimize such programs (its optimizer cannot
     /// handle the loop), so it never calls them "rejects all packets".
     pub no_optimize: bool,
-    /// The tests of relations with arithmetic operators after some other test (`ip and
-    /// 1 > -2`, `ip and 14 == 60 * 4 - 14`, `ip and 60 == len * 0`), their own protocol
-    /// checks included (`tcp[16:2] & 0 < 0 * len`): libpcap's optimizer usually decides such a
-    /// test but leaves it in place, so it does not call the filter "rejects all packets"
-    /// (found by the random differential test; as the first test, libpcap does). See
-    /// [`crate::opt::libpcap_rejects_all`].
+    /// The tests of relations with arithmetic operators (`ip and 1 > -2`, `14 == 60 * 4 - 14`,
+    /// `60 == len * 0`): libpcap's first optimizer loop, the one that moves edges, knows no
+    /// operator's result, so it decides none of them; its second loop decides them but moves
+    /// no edge. See [`crate::opt::libpcap_rejects_all`].
     pub probe_opaque: Vec<Temp>,
-    /// Primitives and relations generated so far.
-    generated: usize,
     chain_steps_v4: usize,
     chain_steps_v6: usize,
 }
@@ -183,7 +179,6 @@ impl Gen {
             label_stack_depth: 0,
             no_optimize: false,
             probe_opaque: Vec::new(),
-            generated: 0,
             chain_steps_v4: PROTOCHAIN_MAX_AH_V4,
             chain_steps_v6: PROTOCHAIN_MAX_HEADERS_V6,
         }
@@ -995,7 +990,6 @@ impl Gen {
     }
 
     fn primitive(&mut self, p: &Primitive, span: Span) -> Result<Cond> {
-        self.generated += 1;
         match p {
             Primitive::ProtoAbbrev(p) => self.proto_abbrev(*p, span),
             Primitive::Broadcast(p) => self.broadcast(*p, span),
@@ -1230,11 +1224,9 @@ impl Gen {
     /// comparison.
     fn relation(&mut self, op: RelOp, a0: &Arith, a1: &Arith) -> Result<Cond> {
         let operator = has_operator(a0) || has_operator(a1);
-        let after_others = self.generated > 0;
-        self.generated += 1;
         let a0 = self.arith(a0)?;
         let a1 = self.arith(a1)?;
-        if operator && (after_others || a0.cond.is_some() || a1.cond.is_some()) {
+        if operator {
             self.probe_opaque.push(a0.val);
         }
         let (cmp, reversed) = match op {

@@ -646,9 +646,10 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
 
 /// Predicts whether libpcap's optimizer would prove that the unoptimized `func` rejects every
 /// frame (and so refuse the filter with "expression rejects all packets"). It runs our passes
-/// with libpcap's extra, unsound folds, after making the tests in `opaque` undecidable
-/// (libpcap decides those but leaves them in place), unless one ends up as the first test
-/// (libpcap's root, which it does skip when decided). An approximation: see the module docs.
+/// as libpcap's first loop (the one that moves edges) sees the program, with its extra, unsound
+/// folds, the tests in `opaque` (relations with operators) undecided. libpcap decides those
+/// only in its second loop, which moves no edge, and then skips a root whose branches go to
+/// the same block: so does this. An approximation: see the module docs.
 pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     let mut f = func.clone();
     as_libpcap_jset(&mut f);
@@ -664,35 +665,57 @@ pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     }
     let mut scratch = Scratch::take();
     run_passes(&mut f, Mode::Aggressive, &mut scratch);
-    // An opaque test that the passes made the first one is the root of libpcap's program,
-    // which libpcap does decide (it skips a root whose branches agree): decide it too.
-    let mut rejects = always_rejects(&f);
-    if !rejects {
-        // Blocks that only jump on, or whose branches meet again, are not tests to libpcap
-        // (it drops their loads, which only fed tests it decided): from the last block back
-        // (edges go forward after the passes), each block's first real test.
-        let n = f.blocks.len();
-        let mut first_test: Vec<BlockId> = (0..n).collect();
-        for b in (0..n).rev() {
-            let rep = |x: BlockId| first_test.get(x).copied().unwrap_or(x);
-            first_test[b] = match f.blocks[b].term {
-                Term::Jump(next) if next > b => rep(next),
-                Term::Branch { t, f: e, .. } if t > b && e > b && rep(t) == rep(e) => rep(t),
-                _ => b,
-            };
-        }
-        let b = first_test.first().copied().unwrap_or(0);
-        let marker = |s: &Stmt| matches!(s, Stmt::Mov { src: Operand::T(t), .. } if *t == UNKNOWN);
-        if let Some(blk) = f.blocks.get_mut(b) {
-            if matches!(blk.term, Term::Branch { .. }) && blk.stmts.last().is_some_and(marker) {
-                blk.stmts.pop();
-                run_passes(&mut f, Mode::Aggressive, &mut scratch);
-                rejects = always_rejects(&f);
-            }
+    scratch.give_back();
+    if always_rejects(&f) {
+        return true;
+    }
+    // An opaque test that the passes made the first one is the root of libpcap's program.
+    // libpcap's second loop decides it (and every other relation), but moves no edge; at the
+    // very end it skips a root whose branches go to the same block, and the one after it, and
+    // so on (`opt_root`). So the filter rejects every frame if that chain, with the relations
+    // decided now and no other edge moved, ends at a reject.
+    let marker = |s: &Stmt| matches!(s, Stmt::Mov { src: Operand::T(t), .. } if *t == UNKNOWN);
+    let first = first_tests(&f);
+    let Some(&root) = first.first() else {
+        return false;
+    };
+    let opaque_root = matches!(f.blocks[root].term, Term::Branch { .. })
+        && f.blocks[root].stmts.last().is_some_and(marker);
+    if !opaque_root {
+        return false;
+    }
+    for blk in &mut f.blocks {
+        blk.stmts.retain(|s| !marker(s));
+    }
+    fold_constants(&mut f, Mode::Aggressive);
+    let mut b = root;
+    loop {
+        match f.blocks[b].term {
+            Term::Reject => return true,
+            // Decided now; past it, the first real test as the first loop left it.
+            Term::Jump(next) if next > b && next < first.len() => b = first[next],
+            _ => return false,
         }
     }
-    scratch.give_back();
-    rejects
+}
+
+/// Each block's first real test after libpcap's first loop: the block itself, or past it, as
+/// long as a block only jumps on or has branches that meet again, the first block that tests
+/// (a block whose branches meet is not a test to libpcap: it moves the edges past it and drops
+/// its loads, which only fed tests it decided). The entry's is libpcap's root. Edges go forward
+/// after the passes, so one sweep from the last block back finds them all.
+fn first_tests(f: &Function) -> Vec<BlockId> {
+    let n = f.blocks.len();
+    let mut first_test: Vec<BlockId> = (0..n).collect();
+    for b in (0..n).rev() {
+        let rep = |x: BlockId| first_test.get(x).copied().unwrap_or(x);
+        first_test[b] = match f.blocks[b].term {
+            Term::Jump(next) if next > b => rep(next),
+            Term::Branch { t, f: e, .. } if t > b && e > b && rep(t) == rep(e) => rep(t),
+            _ => b,
+        };
+    }
+    first_test
 }
 
 /// Whether the function rejects every frame: its entry is a bare reject, or no accept is

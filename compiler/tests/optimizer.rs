@@ -77,6 +77,13 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         "igmp[9] & 0xff - -0xff * 0xffffffff == 2",
         // Without protocol checks it is the root: libpcap decides it and refuses.
         "4 << 2 > icmp-echo or ah && not -0x45 != ((tcpflags))",
+        // But only in its second loop: in the first, the root's other branch still leads to
+        // `not (ip dst or src host ...)`, so the `ip dst net` path is not reduced to a reject.
+        // It compiles.
+        "((0xffffffff) & 0xff >> 1) = -0 + 0x45 || ip dst net 255.255.255.255 and not (ip dst or src host 255.255.255.255)",
+        // And only the root's own branches count: a relation after it decided false leaves the
+        // root's two branches at two blocks. It compiles.
+        "(len + vrrp[16] << 1) <= (len) && (not -14 > 1500 + 0xff)",
         // `ether[12:2]` is `ldh [x + 0]` with x = 12 to libpcap's first loop, not the
         // ethertype load: it decides nothing from `ip` there and compiles. `ether proto 2`
         // loads the ethertype itself: refused.
