@@ -85,14 +85,14 @@ pub const MAX_ROUNDS: usize = 12;
 /// How many decided blocks one edge is threaded through in one pass.
 const MAX_HOPS: usize = 8;
 
-/// Why optimization failed: libpcap's optimizer reports these too.
+/// What libpcap's optimizer would report ([`libpcap_errors`]): it refuses such a filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptError {
-    /// A division by a constant zero on a reachable path.
+    /// A division by a constant zero, in a block libpcap still processes when it knows it.
     DivisionByZero,
-    /// A modulus by a constant zero on a reachable path.
+    /// A modulus by a constant zero, likewise.
     ModulusByZero,
-    /// A shift by a constant of 32 or more on a reachable path.
+    /// A shift of an unknown value by a constant of 32 or more, likewise.
     ShiftTooLarge,
 }
 
@@ -113,7 +113,9 @@ pub fn optimize(func: &mut Function) {
 }
 
 /// Whether [`libpcap_errors`] could find anything in `func`: only a division, modulus or shift
-/// by a temp (which may hold a constant), or by a constant that is an error, can be reported.
+/// by a temp (which may hold a constant), or a division or modulus by a constant zero, can be
+/// reported (a shift by a constant of 32 or more is let through too, and never reported: the
+/// parser refuses the literal one and libpcap's `op #k` does not check shifts).
 pub fn may_report_errors(func: &Function) -> bool {
     func.blocks.iter().any(|b| {
         b.stmts.iter().any(|s| match *s {
@@ -152,9 +154,11 @@ pub fn libpcap_errors(func: &Function) -> Result<(), OptError> {
 
 /// libpcap's `opt_peep` turns `and #k; jeq #0` into `jset #k`, its branches swapped, when
 /// nothing after the test reads the masked value; it does so before its first loop moves any
-/// edge (and `jset #0` into a jump: `net 0.0.0.0/0` is decided there). To `fold_edge` that test is then unrelated to `and #k; jeq #v` on the same field:
-/// after `mpls` tests the bottom-of-stack bit set, `mpls 16` testing it clear is not decided.
-/// The probes rewrite the same tests the same way.
+/// edge (and `jset #0` into a jump: `net 0.0.0.0/0` is decided there). To `fold_edge` that
+/// test is then unrelated to `and #k; jeq #v` on the same field: after `mpls` tests the
+/// bottom-of-stack bit set, `mpls 16` testing it clear is not decided. The probes rewrite these
+/// tests the same way (not `jset #0xffffffff`, which libpcap takes as always true: gencode
+/// never masks with all ones).
 fn as_libpcap_jset(func: &mut Function) {
     let mut reads = vec![0u32; func.num_temps as usize];
     for b in &func.blocks {
@@ -214,6 +218,10 @@ struct Known {
 /// becomes `x & #0` in one pass and 0 in the next. So each value carries the pass from which
 /// it is known, and an error counts only if its block is still reached in that pass (a test
 /// decided in pass p cuts its dead side off from pass p + 1).
+///
+/// Approximations: where paths join, a value is known only as all of them know it, even after
+/// an edge was cut off (libpcap may then know it from the live edges alone); and of two errors
+/// in the same pass, the first in our block order is reported (libpcap's order is by level).
 fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
     // libpcap stops at the first error it meets: of the earliest pass, in a block processed
     // in that pass (through `last`).
@@ -283,8 +291,8 @@ fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
                         Operand::T(t) => (get(&st, t), false),
                     };
                     let r = match (a, x) {
-                        // `0 op x` before x is known: 0 (or x, for `+ | ^`), and nothing to
-                        // report.
+                        // `0 op x` before x is known: 0 (x for `+ | ^`, `0 - x` once x is
+                        // known), and nothing to report.
                         (Some(a), x)
                             if a.v == 0 && !k_form && x.is_none_or(|x| a.pass < x.pass) =>
                         {
@@ -300,8 +308,8 @@ fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
                             }
                         }
                         (_, None) => None,
-                        // Both known in the same pass: folded then, a division by zero is
-                        // reported and a shift by 32 or more gives 0.
+                        // x known no earlier than the left side: folded in x's pass, a
+                        // division by zero is reported and a shift by 32 or more gives 0.
                         (Some(a), Some(x)) if !k_form && a.pass <= x.pass => {
                             match op.eval(a.v, x.v) {
                                 Some(v) => Some(Known { v, pass: x.pass }),
@@ -369,7 +377,9 @@ fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
         };
         for s in term.succs() {
             let reach = match decided {
-                Some((dead, pass)) if dead == s => last.min(pass),
+                Some((dead, pass)) if dead == s && !term.succs().all(|x| x == dead) => {
+                    last.min(pass)
+                }
                 _ => last,
             };
             until[s] = until[s].max(reach);
@@ -399,8 +409,8 @@ const UNKNOWN: Temp = Temp(u32::MAX);
 /// Empties the blocks libpcap's optimizer skips, so that what they compute is not reported.
 /// libpcap redirects an edge into a block whose branches both go to the same place past it
 /// (`opt_j`), unless what the block computes is used there (`use_conflict`), and deletes the
-/// statements no test uses. Ours keeps such a block when it can reject the frame (a load out of
-/// bounds, a division by zero at run time): skipping it would change the verdict. Blocks are
+/// statements no test uses. The passes may leave such a block (the optimizer proper keeps one
+/// that can reject the frame: skipping it would change the verdict). Blocks are
 /// numbered in topological order here, so one pass from the last block back finds them all,
 /// a block whose branches meet again only past skipped blocks included. Each temp a kept block
 /// reads, or a later one, is kept live.
@@ -849,9 +859,8 @@ fn fold_constants(func: &mut Function, mode: Mode) -> bool {
                     };
                     match (dst_k, rhs_k) {
                         // libpcap's folds (not ours: `0 / x` rejects when x is 0), which it
-                        // applies before it knows x (a known x is folded, or reported,
-                        // below). Modelled when predicting what libpcap reports too: an
-                        // operation it reduced to 0 is no longer one it can report.
+                        // applies before it knows x (a known x is folded below), for the
+                        // rejects-all probe.
                         (Some(0), None)
                             if mode != Mode::Sound
                                 && matches!(
@@ -1336,8 +1345,9 @@ impl FactTable {
     /// Records that the test was taken with outcome `r`.
     fn learn(&self, words: &mut [Bits], tf: &TestFacts, r: bool) {
         if r && tf.exact != NO_FACT {
-            // Another value's `EXACT` facts no longer hold (the path is impossible if they
-            // did); the same value's (other blocks' facts, with per-block facts) still do.
+            // Without per-block facts, another value's `EXACT` facts no longer hold (the path
+            // is impossible if they did); the same value's still do. With them, libpcap's
+            // dominating edges all still hold.
             if !self.per_block {
                 for &(_, v, id) in self.exacts_of(tf) {
                     if v != tf.k {
