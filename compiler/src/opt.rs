@@ -140,8 +140,8 @@ pub fn may_report_errors(func: &Function) -> bool {
 /// libpcap finds these only in its second loop, which folds arithmetic, and only in the blocks
 /// its first loop leaves: that loop moves edges and skips blocks, but knows no operator's
 /// result, so it decides only tests between constants that are moved, never computed. The
-/// passes here do what the first loop does ([`Mode::FirstLoop`]), and [`report_as_libpcap`]
-/// then follows the second loop pass by pass.
+/// passes here do what the first loop does (`Mode::FirstLoop`), and `report_as_libpcap` then
+/// follows the second loop pass by pass.
 pub fn libpcap_errors(func: &Function) -> Result<(), OptError> {
     let mut f = func.clone();
     as_libpcap_jset(&mut f);
