@@ -243,30 +243,32 @@ fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
     until[0] = u32::MAX;
     let mut first: Option<(u32, OptError)> = None;
     let get = |st: &State, t: Temp| st.get(t.0 as usize).copied().flatten();
+    // A constant operand is known from the first pass.
+    let known = |st: &State, o: Operand| match o {
+        Operand::K(v) => Some(Known { v, pass: 0 }),
+        Operand::T(t) => get(st, t),
+    };
+    let set = |st: &mut State, t: Temp, k: Option<Known>| {
+        if let Some(slot) = st.get_mut(t.0 as usize) {
+            *slot = k;
+        }
+    };
+    let div_err = |op: AluOp| {
+        if op == AluOp::Div {
+            OptError::DivisionByZero
+        } else {
+            OptError::ModulusByZero
+        }
+    };
     for b in func.topo_order() {
         let Some(mut st) = at_entry[b].take() else {
             continue;
         };
         let last = until[b];
-        let div_err = |op: AluOp| {
-            if op == AluOp::Div {
-                OptError::DivisionByZero
-            } else {
-                OptError::ModulusByZero
-            }
-        };
-        let set = |st: &mut State, t: Temp, k: Option<Known>| {
-            if let Some(slot) = st.get_mut(t.0 as usize) {
-                *slot = k;
-            }
-        };
         for s in &func.blocks[b].stmts {
             match *s {
                 Stmt::Mov { dst, src } => {
-                    let k = match src {
-                        Operand::K(v) => Some(Known { v, pass: 0 }),
-                        Operand::T(t) => get(&st, t),
-                    };
+                    let k = known(&st, src);
                     set(&mut st, dst, k);
                 }
                 Stmt::Load { dst, .. } | Stmt::Len { dst } => set(&mut st, dst, None),
@@ -286,10 +288,7 @@ fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
                     let shift = matches!(op, AluOp::Shl | AluOp::Shr);
                     // An operand given as a constant: libpcap's `op #k`, as after the rewrite
                     // below, from before its first pass.
-                    let (x, k_form) = match rhs {
-                        Operand::K(v) => (Some(Known { v, pass: 0 }), true),
-                        Operand::T(t) => (get(&st, t), false),
-                    };
+                    let (x, k_form) = (known(&st, rhs), matches!(rhs, Operand::K(_)));
                     let r = match (a, x) {
                         // `0 op x` before x is known: 0 (x for `+ | ^`, `0 - x` once x is
                         // known), and nothing to report.
@@ -359,20 +358,13 @@ fn report_as_libpcap(func: &Function) -> Result<(), OptError> {
                 b: rhs,
                 t,
                 f,
-                ..
-            } => {
-                let x = match rhs {
-                    Operand::K(v) => Some(Known { v, pass: 0 }),
-                    Operand::T(t) => get(&st, t),
-                };
-                match (get(&st, a), x) {
-                    (Some(a), Some(x)) => {
-                        let dead = if cmp.eval(a.v, x.v) { f } else { t };
-                        Some((dead, a.pass.max(x.pass)))
-                    }
-                    _ => None,
+            } => match (get(&st, a), known(&st, rhs)) {
+                (Some(a), Some(x)) => {
+                    let dead = if cmp.eval(a.v, x.v) { f } else { t };
+                    Some((dead, a.pass.max(x.pass)))
                 }
-            }
+                _ => None,
+            },
             _ => None,
         };
         for s in term.succs() {
