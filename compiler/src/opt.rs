@@ -17,7 +17,9 @@
 //! [`libpcap_rejects_all`] runs the same passes with libpcap's extra, verdict-changing folds
 //! (`0 / x` is 0) to predict when libpcap refuses a filter as "rejects all packets", and
 //! [`libpcap_errors`] runs them as libpcap's first loop sees the program, then follows its
-//! second loop pass by pass, to predict where it reports a division by zero. Both are
+//! second loop pass by pass, to predict where it reports a division by zero. In those runs the
+//! passes also reorder chains of tests as only libpcap's first loop does (`or_pullup`,
+//! `and_pullup`). Both are
 //! approximate (libpcap's optimizer is a different algorithm) and the random differential
 //! test reports the expressions where they are wrong.
 //! 3. **Jump threading**: an edge into a block that only re-loads fields already loaded on that
@@ -476,13 +478,18 @@ fn run_passes(func: &mut Function, mode: Mode, scratch: &mut Scratch) -> bool {
         // The modes that follow libpcap also follow it in keeping facts per block (its
         // `fold_edge` learns only from dominating edges) and in deleting any statement nothing
         // reads, loads and divisions included.
+        // They also reorder tests as libpcap's pullups do, on the graph the pass started with.
         let like_libpcap = mode != Mode::Sound;
+        let start = like_libpcap.then(|| PassStart::of(func));
         let folds = may_fold(func);
         let folded = folds && fold_constants(func, mode);
         let threaded = decide_and_thread(func, scratch, like_libpcap);
+        let pulled = start
+            .as_ref()
+            .is_some_and(|s| pull_up_as_libpcap(func, s, &scratch.summaries));
         let removed = remove_dead(func, scratch, like_libpcap);
         let renumbered = func.compact_with(&mut scratch.order, &mut scratch.reach);
-        if !(folded || threaded.changed || removed || renumbered) {
+        if !(folded || threaded.changed || pulled || removed || renumbered) {
             return true;
         }
         // A round whose only changes were decisions and threaded edges is a fixed point too
@@ -643,6 +650,88 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
             .get(dst.0 as usize / 64)
             .is_some_and(|w| w & (1 << (dst.0 % 64)) == 0),
         _ => false,
+    })
+}
+
+/// Whether libpcap's pullups ([`pull_up_as_libpcap`]) could let it decide a test in `func`
+/// (optimized) that ours leaves: a block every edge into which comes from a test of one value,
+/// one of them the true edge of an `==` (which tells the value), with another test of that
+/// value in the chain of `||` or `&&` tests below it. libpcap moves that test up to those
+/// edges, where the values they know decide it: after `dst port 443 or dst port 1500`, a
+/// later `dst port 5353` rejects. Only then can [`libpcap_rejects_all`] find that libpcap
+/// proves what ours cannot. Asked of every filter compiled: one sweep and short walks.
+pub fn may_pull_up_a_decision(func: &Function) -> bool {
+    /// Longest chain walked below a block.
+    const MAX_CHAIN: usize = 16;
+    #[derive(Clone, Copy, PartialEq)]
+    enum Into {
+        Nothing,
+        /// Every edge so far comes from a test of `a`; `told` if one is an `==`'s true edge.
+        Tests {
+            a: Temp,
+            told: bool,
+        },
+        Mixed,
+    }
+    // A filter has a few dozen blocks: the state on the stack.
+    let n = func.blocks.len();
+    let mut small = [Into::Nothing; 64];
+    let mut large = Vec::new();
+    let into: &mut [Into] = if n <= small.len() {
+        &mut small[..n]
+    } else {
+        large.resize(n, Into::Nothing);
+        &mut large
+    };
+    for blk in &func.blocks {
+        let (edges, a, eq) = match blk.term {
+            Term::Branch { cmp, a, b, t, f } => (
+                [Some(t), Some(f)],
+                Some(a),
+                cmp == Cmp::Eq && matches!(b, Operand::K(_)),
+            ),
+            Term::Jump(j) => ([Some(j), None], None, false),
+            _ => continue,
+        };
+        for (i, s) in edges.into_iter().enumerate() {
+            let Some(slot) = s.and_then(|s| into.get_mut(s)) else {
+                continue;
+            };
+            let told = i == 0 && eq;
+            *slot = match (*slot, a) {
+                (Into::Nothing, Some(a)) => Into::Tests { a, told },
+                (Into::Tests { a: x, told: was }, Some(a)) if x == a => Into::Tests {
+                    a,
+                    told: was || told,
+                },
+                _ => Into::Mixed,
+            };
+        }
+    }
+    (0..n).any(|b| {
+        let Into::Tests { a, told: true } = into[b] else {
+            return false;
+        };
+        [true, false].into_iter().any(|or| {
+            let mut x = b;
+            let mut common = None;
+            for _ in 0..MAX_CHAIN {
+                let Some(Term::Branch { a: ax, t, f, .. }) = func.blocks.get(x).map(|b| &b.term)
+                else {
+                    return false;
+                };
+                if x != b && *ax == a {
+                    return true;
+                }
+                let (c, next) = if or { (*t, *f) } else { (*f, *t) };
+                if common.is_some_and(|k| k != c) {
+                    return false;
+                }
+                common = Some(c);
+                x = next;
+            }
+            false
+        })
     })
 }
 
@@ -1795,6 +1884,212 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
     }
     sc.order = order;
     Threaded { changed, settled }
+}
+
+// ---------------------------------------------------------------------------------------------
+// libpcap's pullups (for the probes only).
+
+/// The graph as a pass of libpcap's first loop starts it, as its pullups see it: they use the
+/// levels and dominators of then, after the pass moved edges.
+struct PassStart {
+    /// The blocks that branch or jump, in the order `opt_blks` visits them for pullups: by
+    /// level (height above the returns) from the lowest, and within a level the last one its
+    /// depth-first search (true branch first) finished first.
+    visit: Vec<BlockId>,
+    /// Per block, the blocks that dominate it: `words` words at `block * words`.
+    dom: Vec<Bits>,
+    words: usize,
+}
+
+impl PassStart {
+    fn of(func: &Function) -> PassStart {
+        let n = func.blocks.len();
+        let rpo = func.dfs_order_from(0);
+        let mut level = vec![0u32; n];
+        for &b in rpo.iter().rev() {
+            level[b] = func.blocks[b]
+                .succs()
+                .map(|s| level.get(s).map_or(0, |l| l + 1))
+                .max()
+                .unwrap_or(0);
+        }
+        let mut visit: Vec<BlockId> = rpo.iter().copied().filter(|&b| level[b] > 0).collect();
+        visit.sort_by_key(|&b| level[b]);
+        // Dominators over an acyclic graph: in reverse post-order every block comes after all
+        // its predecessors, so one sweep intersects theirs.
+        let words = n.div_ceil(64).max(1);
+        let mut dom = vec![Bits::MAX; n * words];
+        if n > 0 {
+            dom[..words].fill(0);
+        }
+        for &b in &rpo {
+            set_bit(&mut dom[b * words..(b + 1) * words], b as u32);
+            for s in func.blocks[b].succs().filter(|&s| s < n) {
+                for i in 0..words {
+                    dom[s * words + i] &= dom[b * words + i];
+                }
+            }
+        }
+        PassStart { visit, dom, words }
+    }
+
+    /// Whether `d` dominated `b`.
+    fn dominates(&self, d: BlockId, b: BlockId) -> bool {
+        self.dom
+            .get(b * self.words..(b + 1) * self.words)
+            .is_some_and(|w| bit(w, d as u32))
+    }
+}
+
+/// libpcap's `or_pullup` and `and_pullup`, which end each pass of its first loop: where every
+/// edge into a block comes from a test of one value, and a chain of tests below it (`a || b ||
+/// ...`: along false edges, all with the same true target; or `a && b && ...`) tests that value
+/// again further down, the later test is moved up to the top of the chain, where the edges'
+/// facts can decide it in the next pass. The value a block tests is its key in this pass's
+/// `summaries`. The edges into a block are those of the blocks the pass started with, even
+/// ones no edge reaches any more, as libpcap lists them. Says whether it moved a test.
+///
+/// Not modelled: a move that would change a test we decided (a jump now, where libpcap keeps
+/// the test with both branches at one block) is not made; and if the moves made a cycle
+/// (libpcap trusts its code generator never to give it one) they are all taken back.
+fn pull_up_as_libpcap(func: &mut Function, start: &PassStart, summaries: &[Summary]) -> bool {
+    let n = func.blocks.len();
+    let val = |b: BlockId| summaries.get(b).and_then(|s| s.key);
+    let mut preds: Vec<Vec<BlockId>> = vec![Vec::new(); n];
+    for &p in &start.visit {
+        let (t, f) = match func.blocks[p].term {
+            Term::Branch { t, f, .. } => (t, f),
+            Term::Jump(j) => (j, j),
+            _ => continue,
+        };
+        for s in [t, f] {
+            if let Some(ps) = preds.get_mut(s) {
+                ps.push(p);
+            }
+        }
+    }
+    let before: Vec<Term> = func.blocks.iter().map(|b| b.term.clone()).collect();
+    let mut moved = false;
+    for &b in &start.visit {
+        for or in [true, false] {
+            moved |= pull_up(func, start, &preds[b], b, or, &val);
+        }
+    }
+    if moved && !is_acyclic(func) {
+        for (blk, term) in func.blocks.iter_mut().zip(before) {
+            blk.term = term;
+        }
+        return false;
+    }
+    moved
+}
+
+/// One `or_pullup` (`or`) or `and_pullup` at `b`, whose incoming edges come from `preds`.
+fn pull_up(
+    func: &mut Function,
+    start: &PassStart,
+    preds: &[BlockId],
+    b: BlockId,
+    or: bool,
+    val: &impl Fn(BlockId) -> Option<KeyId>,
+) -> bool {
+    // (true target, false target), or None for a return.
+    let targets = |func: &Function, x: BlockId| match func.blocks.get(x).map(|b| &b.term) {
+        Some(&Term::Branch { t, f, .. }) => Some((t, f)),
+        Some(&Term::Jump(j)) => Some((j, j)),
+        _ => None,
+    };
+    // The target every test of the chain shares, and the edge the chain follows.
+    let split = |func: &Function, x: BlockId| {
+        targets(func, x).map(|(t, f)| if or { (t, f) } else { (f, t) })
+    };
+    let Some(&first) = preds.first() else {
+        return false;
+    };
+    let Some(v) = val(first) else {
+        return false;
+    };
+    if preds.iter().any(|&p| val(p) != Some(v)) {
+        return false;
+    }
+    let Some((common, _)) = split(func, b) else {
+        return false;
+    };
+    // `diff`: the first block of the chain that tests another value; `same`: the first after
+    // it that tests `v` again.
+    let in_chain = |func: &Function, x: BlockId| {
+        split(func, x)
+            .filter(|&(c, _)| c == common && start.dominates(b, x))
+            .map(|(_, next)| next)
+    };
+    let mut diff_parent = None;
+    let mut diff = b;
+    loop {
+        let Some(next) = in_chain(func, diff) else {
+            return false;
+        };
+        if val(diff) != Some(v) {
+            break;
+        }
+        diff_parent = Some(diff);
+        diff = next;
+    }
+    let mut same_parent = diff;
+    let Some(mut same) = in_chain(func, diff) else {
+        return false;
+    };
+    loop {
+        let Some(next) = in_chain(func, same) else {
+            return false;
+        };
+        if val(same) == Some(v) {
+            break;
+        }
+        same_parent = same;
+        same = next;
+    }
+    let pull = same;
+    let is_branch = |x: BlockId| matches!(func.blocks[x].term, Term::Branch { .. });
+    if !is_branch(pull) || !is_branch(same_parent) || diff_parent.is_some_and(|d| !is_branch(d)) {
+        return false;
+    }
+    let set_next = |func: &mut Function, x: BlockId, to: BlockId| {
+        if let Term::Branch { t, f, .. } = &mut func.blocks[x].term {
+            *(if or { f } else { t }) = to;
+        }
+    };
+    let after = split(func, pull).map_or(pull, |(_, next)| next);
+    set_next(func, same_parent, after);
+    set_next(func, pull, diff);
+    match diff_parent {
+        Some(d) => set_next(func, d, pull),
+        // At the top of the chain every edge into it now goes to the pulled-up test (as
+        // libpcap does it: an edge that no longer led there is taken as the false one).
+        None => {
+            for &p in preds {
+                match &mut func.blocks[p].term {
+                    Term::Branch { t, f, .. } => *(if *t == b { t } else { f }) = pull,
+                    Term::Jump(j) if *j == b => *j = pull,
+                    _ => {}
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Whether no cycle is reachable from the entry.
+fn is_acyclic(func: &Function) -> bool {
+    let rpo = func.dfs_order_from(0);
+    let mut pos = vec![usize::MAX; func.blocks.len()];
+    for (i, &b) in rpo.iter().enumerate() {
+        pos[b] = i;
+    }
+    rpo.iter().all(|&b| {
+        func.blocks[b]
+            .succs()
+            .all(|s| pos.get(s).is_some_and(|&p| p > pos[b]))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

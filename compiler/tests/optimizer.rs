@@ -106,6 +106,16 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         // with, a path through a test it decides included (`ip6` after `udp[16]`'s `ip`):
         // `ah`'s tests are decided, refused.
         "(host 10 or greater 14 and ((udp[16])) != 4) and ah",
+        // libpcap's `and_pullup` moves `dst port 5353` above `src port 5353`, up to the edges
+        // from `dst port 443` and `dst port 1500`, which decide it false: refused. (The grammar
+        // reads `(udp dst port 443 || udp dst port 1500) && (src and dst port 5353)`.) Ours
+        // does not decide it where paths with two different ports join.
+        "udp dst port 443 || 1500 && src and dst port 5353",
+        "(udp dst or src port 1024 || udp dst port 80 && src and dst port 443)",
+        "(tcp dst port 443 || tcp dst port 1500) && src and dst port 5353",
+        // Without a second port before the join, the pulled-up test is not decided: it compiles.
+        "udp dst port 443 && src and dst port 443",
+        "(udp dst port 443 || udp dst port 1500) && src port 5353",
     ];
     for expr in cases {
         assert_refused_as_libpcap(expr, |e| e.contains("rejects all packets"));
