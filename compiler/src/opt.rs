@@ -18,8 +18,8 @@
 //! (`0 / x` is 0) to predict when libpcap refuses a filter as "rejects all packets", and
 //! [`libpcap_errors`] runs them as libpcap's first loop sees the program, then follows its
 //! second loop pass by pass, to predict where it reports a division by zero. In those runs the
-//! passes also reorder chains of tests as only libpcap's first loop does (`or_pullup`,
-//! `and_pullup`). Both are
+//! passes also do what only libpcap's first loop does: move edges bottom-up past tests whose
+//! branches meet, and reorder chains of tests (`or_pullup`, `and_pullup`). Both are
 //! approximate (libpcap's optimizer is a different algorithm) and the random differential
 //! test reports the expressions where they are wrong.
 //! 3. **Jump threading**: an edge into a block that only re-loads fields already loaded on that
@@ -1865,6 +1865,9 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
             _ => {}
         }
     }
+    if per_block {
+        changed |= skip_meeting_branches(func, &order, &sc.shared);
+    }
     // A decided branch no longer uses its temp, and blocks no path reaches any more take
     // their uses with them: either can make a block that defines a temp used elsewhere pure,
     // and so skippable next time. That is the only way this pass's changes feed the next.
@@ -2092,6 +2095,60 @@ fn is_acyclic(func: &Function) -> bool {
     })
 }
 
+/// libpcap's `opt_j` moves the edges of a pass bottom-up, those out of a block before those
+/// into it, and moves an edge into a test whose branches meet (decided, or both threaded to
+/// one block) past it when that test's block defines nothing read after it. So in one pass
+/// an edge goes past a whole chain of such tests: a block's edges are threaded here after
+/// those of the blocks below it. libpcap's root (where the entry's empty jumps lead) has no
+/// edge into it and stays. Says whether it moved an edge.
+fn skip_meeting_branches(func: &mut Function, order: &[BlockId], shared: &TempSet) -> bool {
+    let mut root = 0;
+    for _ in 0..func.blocks.len() {
+        match func.blocks.get(root) {
+            Some(Block {
+                stmts,
+                term: Term::Jump(next),
+            }) if stmts.is_empty() && *next > root => root = *next,
+            _ => break,
+        }
+    }
+    let past = |func: &Function, x: BlockId| {
+        let blk = func.blocks.get(x)?;
+        let next = match blk.term {
+            Term::Branch { t, f, .. } if t == f => t,
+            Term::Jump(j) => j,
+            _ => return None,
+        };
+        let quiet = !blk.stmts.iter().any(|s| shared.contains(&s.def()));
+        (x != root && quiet && next != x).then_some(next)
+    };
+    let mut moved = false;
+    for &b in order.iter().rev() {
+        let mut targets = match func.blocks[b].term {
+            Term::Branch { t, f, .. } => [t, f],
+            Term::Jump(j) => [j, j],
+            _ => continue,
+        };
+        for target in &mut targets {
+            for _ in 0..MAX_HOPS {
+                match past(func, *target) {
+                    Some(next) => {
+                        *target = next;
+                        moved = true;
+                    }
+                    None => break,
+                }
+            }
+        }
+        match &mut func.blocks[b].term {
+            Term::Branch { t, f, .. } => [*t, *f] = targets,
+            Term::Jump(j) => *j = targets[0],
+            _ => {}
+        }
+    }
+    moved
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dead code.
 
@@ -2117,8 +2174,10 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch, effects_free: bool) -> boo
             func.blocks[b].term = Term::Reject;
             collapsed = true;
         }
+        // (libpcap keeps a test whose branches meet, and the loads it reads, until every edge
+        // into it has moved past it.)
         if let Term::Branch { t, f, .. } = func.blocks[b].term {
-            if t == f {
+            if t == f && !effects_free {
                 func.blocks[b].term = Term::Jump(t);
                 changed = true;
             }

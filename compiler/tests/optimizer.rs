@@ -116,6 +116,13 @@ fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
         // Without a second port before the join, the pulled-up test is not decided: it compiles.
         "udp dst port 443 && src and dst port 443",
         "(udp dst port 443 || udp dst port 1500) && src port 5353",
+        // The pullup can also keep libpcap from refusing. `icmp6[6] != tcp[100:4] ...` is false
+        // for every frame (IPv6 and TCP over IPv4 at once), and libpcap moves the edges of its
+        // first test, the ethertype, past it in one pass (bottom-up: the `ip6 proto 58` test's
+        // own edges first). Both edges then lead to `icmp-echo >= -(1)`, and `and_pullup`
+        // moves `ether proto \arp` up above it. The ethertype test now has two different
+        // branches and stays the root, so the relation (false) is never the root: it compiles.
+        "icmp6[6] != tcp[100:4] / 1500 + (tcpflags) or icmp-echo >= -(1) && (ether proto \\arp)",
     ];
     for expr in cases {
         assert_refused_as_libpcap(expr, |e| e.contains("rejects all packets"));
