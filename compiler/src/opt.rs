@@ -663,55 +663,51 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
 pub fn may_pull_up_a_decision(func: &Function) -> bool {
     /// Longest chain walked below a block.
     const MAX_CHAIN: usize = 16;
-    #[derive(Clone, Copy, PartialEq)]
-    enum Into {
-        Nothing,
-        /// Every edge so far comes from a test of `a`; `told` if one is an `==`'s true edge.
-        Tests {
-            a: Temp,
-            told: bool,
-        },
-        Mixed,
-    }
-    // A filter has a few dozen blocks: the state on the stack.
+    // Per block, what its incoming edges come from, in a word: `NOTHING` yet, `MIXED`, or
+    // tests of one temp `a` as `(a + 1) << 1`, with the low bit set if one is an `==`'s true
+    // edge. On the stack for the usual few dozen blocks.
+    const NOTHING: u32 = 0;
+    const MIXED: u32 = u32::MAX;
     let n = func.blocks.len();
-    let mut small = [Into::Nothing; 64];
+    let mut small = [NOTHING; 64];
     let mut large = Vec::new();
-    let into: &mut [Into] = if n <= small.len() {
+    let into: &mut [u32] = if n <= small.len() {
         &mut small[..n]
     } else {
-        large.resize(n, Into::Nothing);
+        large.resize(n, NOTHING);
         &mut large
     };
     for blk in &func.blocks {
-        let (edges, a, eq) = match blk.term {
-            Term::Branch { cmp, a, b, t, f } => (
-                [Some(t), Some(f)],
-                Some(a),
-                cmp == Cmp::Eq && matches!(b, Operand::K(_)),
-            ),
-            Term::Jump(j) => ([Some(j), None], None, false),
+        let (t, f, tests) = match blk.term {
+            Term::Branch { cmp, a, b, t, f } => {
+                let eq = cmp == Cmp::Eq && matches!(b, Operand::K(_));
+                let tests =
+                    a.0.checked_add(1)
+                        .filter(|&x| x < 1 << 30)
+                        .map(|x| (x << 1, eq));
+                (t, f, tests)
+            }
+            Term::Jump(j) => (j, j, None),
             _ => continue,
         };
-        for (i, s) in edges.into_iter().enumerate() {
-            let Some(slot) = s.and_then(|s| into.get_mut(s)) else {
+        for (s, true_edge) in [(t, true), (f, false)] {
+            let Some(slot) = into.get_mut(s) else {
                 continue;
             };
-            let told = i == 0 && eq;
-            *slot = match (*slot, a) {
-                (Into::Nothing, Some(a)) => Into::Tests { a, told },
-                (Into::Tests { a: x, told: was }, Some(a)) if x == a => Into::Tests {
-                    a,
-                    told: was || told,
-                },
-                _ => Into::Mixed,
+            *slot = match tests {
+                Some((word, eq)) if *slot == NOTHING || *slot & !1 == word => {
+                    *slot | word | u32::from(true_edge && eq)
+                }
+                _ => MIXED,
             };
         }
     }
     (0..n).any(|b| {
-        let Into::Tests { a, told: true } = into[b] else {
+        let word = into[b];
+        if word == MIXED || word & 1 == 0 {
             return false;
-        };
+        }
+        let a = Temp((word >> 1) - 1);
         [true, false].into_iter().any(|or| {
             let mut x = b;
             let mut common = None;
