@@ -20,8 +20,8 @@
 //! second loop pass by pass, to predict where it reports a division by zero. In those runs the
 //! passes also do what only libpcap's first loop does: move edges bottom-up past tests whose
 //! branches meet, and reorder chains of tests (`or_pullup`, `and_pullup`). Both are
-//! approximate (libpcap's optimizer is a different algorithm) and the random differential
-//! test reports the expressions where they are wrong.
+//! predictions (libpcap's optimizer is a different algorithm, modelled on ours), and the
+//! random differential test fails on an expression where one is wrong.
 //! 3. **Jump threading**: an edge into a block that only re-loads fields already loaded on that
 //!    path (so the loads cannot fail) and whose test the edge's facts decide is redirected to
 //!    the decided successor. This removes libpcap's repeated `ldh [12]; jeq #0x800`.
