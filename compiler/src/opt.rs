@@ -20,14 +20,15 @@
 //! second loop pass by pass, to predict where it reports a division by zero. In those runs the
 //! passes also do what only libpcap's first loop does: move edges bottom-up past tests whose
 //! branches meet, and reorder chains of tests (`or_pullup`, `and_pullup`). Both are
-//! predictions (libpcap's optimizer is a different algorithm, modelled on ours), and the
-//! random differential test fails on an expression where one is wrong.
+//! predictions (a model of libpcap's optimizer built from our passes, not its algorithm), and
+//! the random differential test fails on an expression where one is wrong.
 //! 3. **Jump threading**: an edge into a block that only re-loads fields already loaded on that
 //!    path (so the loads cannot fail) and whose test the edge's facts decide is redirected to
 //!    the decided successor. This removes libpcap's repeated `ldh [12]; jeq #0x800`.
 //! 4. **Dead code**: statements whose results are never used are removed when they cannot
 //!    reject (pure arithmetic, loads proven in bounds); a branch whose two successors are equal
-//!    becomes a jump; a block every path out of which rejects becomes `reject` (even its
+//!    becomes a jump (not in the probes: libpcap keeps such a test until every edge into it
+//!    has moved past); a block every path out of which rejects becomes `reject` (even its
 //!    loads: a failing load would reject too); unreachable blocks go.
 //!
 //! After those rounds settle, once:
@@ -658,14 +659,17 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
 /// one of them the true edge of an `==` (which tells the value), with another test of that
 /// value in the chain of `||` or `&&` tests below it. libpcap moves that test up to those
 /// edges, where the values they know decide it: after `dst port 443 or dst port 1500`, a
-/// later `dst port 5353` rejects. Only then can [`libpcap_rejects_all`] find that libpcap
-/// proves what ours cannot. Asked of every filter compiled: one sweep and short walks.
+/// later `dst port 5353` rejects. A heuristic that decides when [`libpcap_rejects_all`] runs
+/// for that reason: it looks at our optimized graph, not libpcap's, knows a value only as the
+/// temp that holds it (the optimizer's value numbering gave equal values one temp), and walks
+/// at most 16 blocks. Asked of every filter compiled: one sweep and short walks.
 pub fn may_pull_up_a_decision(func: &Function) -> bool {
     /// Longest chain walked below a block.
     const MAX_CHAIN: usize = 16;
     // Per block, what its incoming edges come from, in a word: `NOTHING` yet, `MIXED`, or
     // tests of one temp `a` as `(a + 1) << 1`, with the low bit set if one is an `==`'s true
-    // edge. On the stack for the usual few dozen blocks.
+    // edge. On the stack for the usual few dozen blocks. (A temp past 2^30 - 2 counts as
+    // `MIXED`: no probe for its tests.)
     const NOTHING: u32 = 0;
     const MIXED: u32 = u32::MAX;
     let n = func.blocks.len();
@@ -736,7 +740,7 @@ pub fn may_pull_up_a_decision(func: &Function) -> bool {
 /// as libpcap's first loop (the one that moves edges) sees the program, with its extra, unsound
 /// folds, the tests in `opaque` (relations with operators) undecided. libpcap decides those
 /// only in its second loop, which moves no edge, and then skips a root whose branches go to
-/// the same block: so does this. An approximation: see the module docs.
+/// the same block: so does this. A prediction: see the module docs.
 pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     let mut f = func.clone();
     as_libpcap_jset(&mut f);
@@ -1888,13 +1892,15 @@ fn decide_and_thread(func: &mut Function, sc: &mut Scratch, per_block: bool) -> 
 // ---------------------------------------------------------------------------------------------
 // libpcap's pullups (for the probes only).
 
-/// The graph as a pass of libpcap's first loop starts it, as its pullups see it: they use the
-/// levels and dominators of then, after the pass moved edges.
+/// The graph as a pass of libpcap's first loop starts it. Its pullups run after the pass has
+/// moved edges, but with the levels and dominators computed before it did.
 struct PassStart {
     /// The blocks that branch or jump, in the order `opt_blks` visits them for pullups: by
     /// level (height above the returns) from the lowest, and within a level the last one its
     /// depth-first search (true branch first) finished first.
     visit: Vec<BlockId>,
+    /// Per block, its level.
+    level: Vec<u32>,
     /// Per block, the blocks that dominate it: `words` words at `block * words`.
     dom: Vec<Bits>,
     words: usize,
@@ -1929,7 +1935,12 @@ impl PassStart {
                 }
             }
         }
-        PassStart { visit, dom, words }
+        PassStart {
+            visit,
+            level,
+            dom,
+            words,
+        }
     }
 
     /// Whether `d` dominated `b`.
@@ -1943,19 +1954,29 @@ impl PassStart {
 /// libpcap's `or_pullup` and `and_pullup`, which end each pass of its first loop: where every
 /// edge into a block comes from a test of one value, and a chain of tests below it (`a || b ||
 /// ...`: along false edges, all with the same true target; or `a && b && ...`) tests that value
-/// again further down, the later test is moved up to the top of the chain, where the edges'
-/// facts can decide it in the next pass. The value a block tests is its key in this pass's
+/// again further down, the later test is moved up above the chain's first test of another
+/// value (at the top of the chain, the edges into it then lead to the moved test, whose facts
+/// can decide it in the next pass). The value a block tests is its key in this pass's
 /// `summaries`. The edges into a block are those of the blocks the pass started with, even
 /// ones no edge reaches any more, as libpcap lists them. Says whether it moved a test.
 ///
 /// Not modelled: a move that would change a test we decided (a jump now, where libpcap keeps
-/// the test with both branches at one block) is not made; and if the moves made a cycle
-/// (libpcap trusts its code generator never to give it one) they are all taken back.
+/// the test with both branches at one block) is not made. A graph with a cycle (the code
+/// generator makes none) gets no pullups, and if the moves made one (libpcap trusts its code
+/// generator never to give it a graph where they can) they are all taken back after the sweep.
 fn pull_up_as_libpcap(func: &mut Function, start: &PassStart, summaries: &[Summary]) -> bool {
     let n = func.blocks.len();
+    if !is_acyclic(func) {
+        return false;
+    }
     let val = |b: BlockId| summaries.get(b).and_then(|s| s.key);
+    // Each block's in-edges in the order of libpcap's lists (`find_inedges` links them from
+    // the highest level down, true edge first, each in front of the last): the first one
+    // says where its chain walk starts.
+    let mut linked = start.visit.clone();
+    linked.sort_by_key(|&b| std::cmp::Reverse(start.level[b]));
     let mut preds: Vec<Vec<BlockId>> = vec![Vec::new(); n];
-    for &p in &start.visit {
+    for &p in &linked {
         let (t, f) = match func.blocks[p].term {
             Term::Branch { t, f, .. } => (t, f),
             Term::Jump(j) => (j, j),
@@ -1966,6 +1987,9 @@ fn pull_up_as_libpcap(func: &mut Function, start: &PassStart, summaries: &[Summa
                 ps.push(p);
             }
         }
+    }
+    for ps in &mut preds {
+        ps.reverse();
     }
     let before: Vec<Term> = func.blocks.iter().map(|b| b.term.clone()).collect();
     let mut moved = false;
@@ -2015,15 +2039,24 @@ fn pull_up(
         return false;
     };
     // `diff`: the first block of the chain that tests another value; `same`: the first after
-    // it that tests `v` again.
+    // it that tests `v` again. The walk starts where the first in-edge's pred points: `b`,
+    // unless an earlier pullup moved that edge (libpcap takes its false branch then).
     let in_chain = |func: &Function, x: BlockId| {
         split(func, x)
             .filter(|&(c, _)| c == common && start.dominates(b, x))
             .map(|(_, next)| next)
     };
+    let Some((first_t, first_f)) = targets(func, first) else {
+        return false;
+    };
     let mut diff_parent = None;
-    let mut diff = b;
+    let mut diff = if first_t == b { b } else { first_f };
+    // Chains are at most as long as the graph (it is acyclic, but bounded all the same).
+    let mut steps = 0..func.blocks.len();
     loop {
+        if steps.next().is_none() {
+            return false;
+        }
         let Some(next) = in_chain(func, diff) else {
             return false;
         };
@@ -2038,6 +2071,9 @@ fn pull_up(
         return false;
     };
     loop {
+        if steps.next().is_none() {
+            return false;
+        }
         let Some(next) = in_chain(func, same) else {
             return false;
         };
@@ -2149,9 +2185,11 @@ fn skip_meeting_branches(func: &mut Function, order: &[BlockId], shared: &TempSe
 // Dead code.
 
 /// Removes dead code (see the module docs); says whether anything changed. With
-/// `effects_free` (predicting libpcap, whose optimizer deletes any load nothing reads), a
-/// statement that can reject the frame goes too when nothing reads its result.
-fn remove_dead(func: &mut Function, sc: &mut Scratch, effects_free: bool) -> bool {
+/// `like_libpcap` (the probes), a statement that can reject the frame goes too when nothing
+/// reads its result, as libpcap's optimizer deletes any load nothing reads; and a branch whose
+/// two successors are equal stays a branch, as libpcap keeps such a test (and the load it
+/// reads) until every edge into it has moved past.
+fn remove_dead(func: &mut Function, sc: &mut Scratch, like_libpcap: bool) -> bool {
     func.topo_order_into(0, &mut sc.order, &mut sc.reach);
     let mut changed = false;
     let mut collapsed = false;
@@ -2170,10 +2208,8 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch, effects_free: bool) -> boo
             func.blocks[b].term = Term::Reject;
             collapsed = true;
         }
-        // (libpcap keeps a test whose branches meet, and the loads it reads, until every edge
-        // into it has moved past it.)
         if let Term::Branch { t, f, .. } = func.blocks[b].term {
-            if t == f && !effects_free {
+            if t == f && !like_libpcap {
                 func.blocks[b].term = Term::Jump(t);
                 changed = true;
             }
@@ -2230,7 +2266,7 @@ fn remove_dead(func: &mut Function, sc: &mut Scratch, effects_free: bool) -> boo
                     }
                     _ => false,
                 };
-                let can_reject = !effects_free && s.may_reject() && !safe_load;
+                let can_reject = !like_libpcap && s.may_reject() && !safe_load;
                 let keep = used.contains(&s.def()) || can_reject;
                 removed |= !keep;
                 keep

@@ -1,7 +1,7 @@
 //! The conformance corpus: every expression of `exprs.txt` on every Ethernet frame of every
 //! capture, netmux with the optimizer on and off against libpcap with it on and off, exactly
-//! (`common::compare_all_exact`: no frame where libpcap's optimizer changed its own verdict,
-//! no expression only one optimizer refuses, is let through), and every line of `reject.txt`
+//! (`common::compare_all_exact`: unlike the other differential tests, not even a frame where
+//! libpcap's optimizer changed its own verdict is let through), and every line of `reject.txt`
 //! rejected with a caret error. Needs the corpus, so
 //! `#[ignore]`d; `scripts/test` runs it when `$NETMUX_CONFORMANCE_DIR` or `../shared/conformance` exists.
 
