@@ -107,8 +107,9 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // runs only where it can say yes: where ours found no accepting path, where libpcap's
         // extra folds (`0 / x`) could apply, where ours kept a load only because it can reject
         // (libpcap drops it and threads past its test), or where libpcap's test reordering
-        // could move a test to edges that decide it (a heuristic check). It needs the unoptimized function: kept when
-        // the folds apply, generated and lowered again in the rare other cases.
+        // could move a test to edges that decide it (a heuristic check). It needs the
+        // unoptimized function: kept when the folds apply, generated and lowered again in the
+        // rare other cases.
         let folds = opt::has_libpcap_only_folds(&func);
         let unoptimized = folds.then(|| func.clone());
         opt::optimize(&mut func);

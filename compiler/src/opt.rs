@@ -1901,6 +1901,9 @@ struct PassStart {
     visit: Vec<BlockId>,
     /// Per block, its level.
     level: Vec<u32>,
+    /// No cycle (the code generator makes none; the passes move edges only forward, so the
+    /// pass keeps it so).
+    acyclic: bool,
     /// Per block, the blocks that dominate it: `words` words at `block * words`.
     dom: Vec<Bits>,
     words: usize,
@@ -1938,6 +1941,7 @@ impl PassStart {
         PassStart {
             visit,
             level,
+            acyclic: forward_in(func, &rpo),
             dom,
             words,
         }
@@ -1966,7 +1970,7 @@ impl PassStart {
 /// generator never to give it a graph where they can) they are all taken back after the sweep.
 fn pull_up_as_libpcap(func: &mut Function, start: &PassStart, summaries: &[Summary]) -> bool {
     let n = func.blocks.len();
-    if !is_acyclic(func) {
+    if !start.acyclic {
         return false;
     }
     let val = |b: BlockId| summaries.get(b).and_then(|s| s.key);
@@ -1998,7 +2002,7 @@ fn pull_up_as_libpcap(func: &mut Function, start: &PassStart, summaries: &[Summa
             moved |= pull_up(func, start, &preds[b], b, or, &val);
         }
     }
-    if moved && !is_acyclic(func) {
+    if moved && !forward_in(func, &func.dfs_order_from(0)) {
         for (blk, term) in func.blocks.iter_mut().zip(before) {
             blk.term = term;
         }
@@ -2113,9 +2117,9 @@ fn pull_up(
     true
 }
 
-/// Whether no cycle is reachable from the entry.
-fn is_acyclic(func: &Function) -> bool {
-    let rpo = func.dfs_order_from(0);
+/// Whether every edge goes forward in `rpo`, a reverse post-order from the entry: then no
+/// cycle is reachable from it.
+fn forward_in(func: &Function, rpo: &[BlockId]) -> bool {
     let mut pos = vec![usize::MAX; func.blocks.len()];
     for (i, &b) in rpo.iter().enumerate() {
         pos[b] = i;
