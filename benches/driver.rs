@@ -35,18 +35,18 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use netmux_driver::daemon::{ClassifierKind, Driver, DriverConfig};
 use netmux_driver::link::{FrameBatch, Link, MemoryLink};
-use netmux_driver::ring::{ClientQueue, DriverQueue, RingConfig, RxOutcome};
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
 };
+use netmux_ring::{ClientQueue, DriverQueue, QueueConfig, RxOutcome};
 
 /// Frames per driver iteration: one receive batch from the link.
 const BATCH: usize = 256;
 /// Ring geometry for `n` queues: rings that hold several batches when there are few queues;
 /// for 1,024 queues the smallest rings that still carry a 64 KiB frame (128 KiB of rx ring
 /// each, and each queue gets only a quarter of a frame per batch).
-fn ring(n: usize) -> RingConfig {
-    RingConfig {
+fn ring(n: usize) -> QueueConfig {
+    QueueConfig {
         slot_size: 2048,
         rx_slots: if n >= 1024 { 64 } else { 1024 },
         tx_slots: 64,

@@ -15,13 +15,13 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use netmux_driver::ring::RingConfig;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::Transport;
+use netmux_client::blocking::Client;
+use netmux_client::Transport;
 use netmux_netd::config::{Config, HostAddrs};
 use netmux_netd::fake_driver::FakeDriver;
 use netmux_netd::NetdHandle;
 use netmux_proto::LinkInfo;
+use netmux_ring::QueueConfig;
 
 const SESSIONS: usize = 10_000;
 const ALIVE: usize = 1_000;
@@ -44,7 +44,7 @@ fn start() -> NetdHandle {
     config.policy.limits.ports_per_uid = ALIVE + 16;
     config.policy.limits.ring_bytes_per_uid = u64::MAX;
     // Small rings: the benchmark is about binding, not about frames.
-    config.rings = RingConfig {
+    config.rings = QueueConfig {
         slot_size: 2048,
         rx_slots: 64,
         tx_slots: 64,

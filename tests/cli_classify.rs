@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use netmux_driver::capture::{write_pcap, Frame, TimestampResolution};
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
+use netmux_wire::capture::{write_pcap, Frame, TimestampResolution};
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
 

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use netmux_driver::capture::{self, Frame, TimestampResolution};
 use netmux_driver::reassembly::fragmenter::{fragment, ipv4_fragment};
+use netmux_wire::capture::{self, Frame, TimestampResolution};
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
 

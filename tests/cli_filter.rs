@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use netmux_driver::capture;
 use netmux_testkit::oracle::BpfProgram;
+use netmux_wire::capture;
 
 fn filter_match(engine: &str, expr: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_netmux"))

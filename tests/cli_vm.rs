@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use netmux_driver::capture::{self, Frame, TimestampResolution};
+use netmux_wire::capture::{self, Frame, TimestampResolution};
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
 

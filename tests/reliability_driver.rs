@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netmux_driver::ring::{ClientQueue, QueueError};
 use netmux_proto::driver::{DriverReply, DriverRequest, QueueConfig, QueueId};
 use netmux_proto::{Channel, ErrorCode, PROTOCOL_VERSION};
+use netmux_ring::{ClientQueue, QueueError};
 
 /// Selects the netd role when this binary runs as a child process.
 const ROLE_ENV: &str = "NETMUX_RELIABILITY_ROLE";

@@ -26,8 +26,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::{ClientError, Transport};
+use netmux_client::blocking::Client;
+use netmux_client::{ClientError, Transport};
 use netmux_proto::channel::ChannelError;
 use netmux_proto::client::{ClientReply, ClientRequest};
 use netmux_proto::{frame, Channel, ErrorCode, PROTOCOL_VERSION};
@@ -242,7 +242,7 @@ fn is_session_end(e: &ClientError) -> bool {
 
 /// A raw session: hello and one bound UDP port, on a channel the test then abuses.
 fn raw_session(stack: &Stack, port: u16) -> Channel {
-    let sock = UnixStream::connect(netmux_netd::client::socket_in(&stack.runtime_dir())).unwrap();
+    let sock = UnixStream::connect(netmux_client::socket_in(&stack.runtime_dir())).unwrap();
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut ch = Channel::new(sock);
     for request in [
@@ -420,7 +420,7 @@ fn client_process_entry_point() {
     let mut client = Client::connect(dir).unwrap();
     client.bind_port(Transport::Udp, 7100).unwrap();
     let queue = client.open_queue().unwrap();
-    let sock = UnixStream::connect(netmux_netd::client::socket_in(dir)).unwrap();
+    let sock = UnixStream::connect(netmux_client::socket_in(dir)).unwrap();
     let mut raw = Channel::new(sock);
     raw.send(
         &ClientRequest::Hello {
@@ -688,7 +688,7 @@ fn soak_clients_connecting_binding_and_closing_for_60_seconds_leave_nothing_behi
 #[test]
 fn a_malformed_frame_is_refused_before_hello_too() {
     let stack = Stack::start("r5-early");
-    let sock = UnixStream::connect(netmux_netd::client::socket_in(&stack.runtime_dir())).unwrap();
+    let sock = UnixStream::connect(netmux_client::socket_in(&stack.runtime_dir())).unwrap();
     sock.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut ch = Channel::new(sock);
     ch.send_raw(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0], &[])

@@ -14,8 +14,8 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use netmux_driver::ring::{ClientQueue, DriverQueue, RingConfig, RxOutcome};
 use netmux_proto::Channel;
+use netmux_ring::{ClientQueue, DriverQueue, QueueConfig, RxOutcome};
 
 /// Selects the client role when this binary runs as a child process.
 const ROLE_ENV: &str = "NETMUX_RELIABILITY_ROLE";
@@ -88,9 +88,9 @@ fn client_process_entry_point() {
 
 #[test]
 fn a_client_that_never_drains_loses_frames_alone_and_the_others_lose_none() {
-    let config = RingConfig {
+    let config = QueueConfig {
         rx_slots: RX_SLOTS,
-        ..RingConfig::default()
+        ..QueueConfig::default()
     };
     let mut stuck_q = DriverQueue::create(&config).unwrap();
     let mut drain_q = DriverQueue::create(&config).unwrap();

@@ -24,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netmux_driver::ring::{ClientQueue, TxStatus};
 use netmux_netd::core::Transport;
 use netmux_netd::filters::{self, HostIdentity};
 use netmux_proto::driver::{
@@ -32,6 +31,7 @@ use netmux_proto::driver::{
     RxMode,
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
+use netmux_ring::{ClientQueue, TxStatus};
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 
 /// Selects the client role when this binary runs as a child process.

@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::Transport;
+use netmux_client::blocking::Client;
+use netmux_client::Transport;
 use netmux_proto::ErrorCode;
 
 /// How long any one expected event may take (process start-up, ARP, builds sharing the CPU).

@@ -16,27 +16,10 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
+pub use netmux_proto::client::Transport;
 use netmux_vm::Program;
 
 use crate::{compile, CompileError, Options};
-
-/// A transport protocol a port belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl Transport {
-    fn keyword(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        }
-    }
-}
 
 /// A port binding: whose frames these are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,7 +34,8 @@ pub struct Binding {
     pub port: u16,
 }
 
-fn mac_text(m: &[u8; 6]) -> String {
+/// A MAC address as the pcap-filter language writes it: `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(m: &[u8; 6]) -> String {
     let mut s = String::new();
     for (i, b) in m.iter().enumerate() {
         if i > 0 {

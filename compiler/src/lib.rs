@@ -21,8 +21,8 @@
 
 pub mod ast;
 pub mod bfdmux;
+pub mod binding;
 pub mod builders;
-pub mod classifier;
 pub mod codegen;
 pub mod error;
 pub mod gencode;

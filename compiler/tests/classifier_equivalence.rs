@@ -1,25 +1,29 @@
-//! The merged classifier gives exactly the queues that running every filter one by one gives.
+//! The merged classifier (`netmux_classify::Classifier`, the one the driver runs) gives
+//! exactly the queues that running every filter one by one gives, on filters written in the
+//! pcap-filter language and recognised as bindings by the compiler.
 //!
 //! Each case builds a random set of 1 to 1,000 rules — port bindings in every spelling the
 //! recogniser knows, plus random expressions that are not bindings (some of them nearly are)
-//! — and compares, frame by frame, the merged classifier ([`Mode::AllMatches`] under
-//! [`Policy::Overlapping`]) with the reference: every rule compiled by
-//! `netmux_compiler::compile` and run by the interpreter. The frames are random, crafted
-//! around the rules' own addresses and ports (IPv4 with options, fragments, malformed header
-//! lengths, truncated captures, IPv6 with extension and fragment headers, VLAN, ARP), and,
-//! in the `#[ignore]`d corpus test, every frame of the conformance corpus.
+//! — installs each under shared ownership (one filter per key, as `netmux filter classify`
+//! does), and compares, frame by frame, the merged classifier with the reference: every rule
+//! compiled by `netmux_compiler::compile` and run by the interpreter. The frames are random,
+//! crafted around the rules' own addresses and ports (IPv4 with options, fragments, malformed
+//! header lengths, truncated captures, IPv6 with extension and fragment headers, VLAN, ARP),
+//! and, in the `#[ignore]`d corpus test, every frame of the conformance corpus.
 //!
-//! A second property checks [`Mode::Owner`] under [`Policy::Exclusive`] against the same
-//! reference: the queue of the matching exact-address binding, else of the matching
-//! address-less binding, plus every non-binding rule that accepts.
+//! A second property installs the same rules under the driver's ownership rule (the second
+//! owner of a key is refused) and checks set semantics against the reference on the rules
+//! that went in: an exact-address binding and an address-less binding of one port both
+//! receive a frame that matches both.
 //!
 //! Seeds: a new one each run, printed on failure; `NETMUX_SEED=N` replays one.
 
-use netmux_compiler::classifier::{Classifier, Mode, Placement, Policy, QueueId};
+use netmux_classify::{Classifier, Classify, Ownership, RxFilter};
+use netmux_compiler::binding::{compile_rule, CompiledRule};
 use netmux_compiler::{compile, Options};
+use netmux_proto::driver::{FilterId, QueueId, RxMode};
 use netmux_testkit::frames::{truncated, FrameBuilder, Ipv4};
 use netmux_testkit::Frame;
-use netmux_vm::Program;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -40,10 +44,7 @@ const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
 fn seed() -> u64 {
-    std::env::var("NETMUX_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random)
+    netmux_testkit::seed("classifier_equivalence")
 }
 
 fn v4_text(a: [u8; 4]) -> String {
@@ -294,18 +295,17 @@ fn random_frame(rng: &mut StdRng) -> Frame {
     Frame::whole(data)
 }
 
-/// The rules of one case, with their reference programs (rules that do not compile are
-/// dropped; the classifier must refuse exactly those).
+/// The rules of one case (rules that do not compile are dropped).
 struct Case {
-    rules: Vec<(QueueId, String, Program)>,
+    rules: Vec<(QueueId, String, CompiledRule)>,
 }
 
 fn build_case(rng: &mut StdRng, n: usize) -> Case {
     let mut rules = Vec::new();
-    for q in 1..=n as QueueId {
+    for q in 1..=n as u32 {
         let text = rule_text(rng);
-        if let Ok(p) = compile(&text, &Options::default()) {
-            rules.push((q, text, p));
+        if let Ok(rule) = compile_rule(&text) {
+            rules.push((QueueId(q), text, rule));
         }
     }
     Case { rules }
@@ -314,39 +314,61 @@ fn build_case(rng: &mut StdRng, n: usize) -> Case {
 fn reference(case: &Case, frame: &Frame) -> Vec<QueueId> {
     let mut out = Vec::new();
     let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
-    for (q, _, p) in &case.rules {
-        if netmux_vm::interp::run(p, &frame.data, frame.wire_len, &mut scratch).is_accept() {
+    for (q, _, rule) in &case.rules {
+        if netmux_vm::interp::run(&rule.program, &frame.data, frame.wire_len, &mut scratch)
+            .is_accept()
+        {
             out.push(*q);
         }
     }
     out
 }
 
+/// Installs every key of `rule` for `queue`; returns how many keys the rules refused.
+fn install(c: &mut Classifier, next: &mut u64, queue: QueueId, rule: &CompiledRule) -> usize {
+    let mut refused = 0;
+    for binding in rule.keys() {
+        *next += 1;
+        let filter = RxFilter {
+            queue,
+            filter: FilterId(*next),
+            mode: RxMode::Owner,
+            binding,
+            program: rule.program.clone(),
+        };
+        if c.install(filter).is_err() {
+            refused += 1;
+        }
+    }
+    refused
+}
+
 fn merged(case: &Case) -> Classifier {
-    let mut c = Classifier::new(Policy::Overlapping, netmux_vm::Strategy::Interpreter).unwrap();
-    for (q, text, _) in &case.rules {
-        c.add_filter(*q, text)
-            .unwrap_or_else(|e| panic!("rule {q} `{text}` compiles but was refused: {e}"));
+    let mut c = Classifier::with_ownership(netmux_vm::Strategy::Interpreter, Ownership::Shared);
+    let mut next = 0;
+    for (q, text, rule) in &case.rules {
+        assert_eq!(
+            install(&mut c, &mut next, *q, rule),
+            0,
+            "rule {} `{text}` was refused under shared ownership",
+            q.0
+        );
     }
     c
 }
 
-fn check_frames(seed: u64, case: &Case, c: &Classifier, frames: &[Frame]) {
+fn check_frames(seed: u64, case: &Case, c: &mut Classifier, frames: &[Frame]) {
     let mut got = Vec::new();
     for frame in frames {
-        c.classify(&frame.data, frame.wire_len, Mode::AllMatches, &mut got);
+        got.clear();
+        c.classify(&frame.data, frame.wire_len, &mut got);
         let want = reference(case, frame);
         if got != want {
             let rules: Vec<String> = case
                 .rules
                 .iter()
                 .filter(|(q, _, _)| got.contains(q) != want.contains(q))
-                .map(|(q, t, _)| {
-                    let place = c
-                        .placement_of_queue(*q)
-                        .map_or("?".to_owned(), |p| p.to_string());
-                    format!("  {q}: {t}   [{place}]")
-                })
+                .map(|(q, t, rule)| format!("  {}: {t}   [{}]", q.0, rule.placement()))
                 .collect();
             panic!(
                 "seed {seed}: frame {:02x?} (wire {}): merged {got:?}, linear {want:?}\n{}",
@@ -355,19 +377,6 @@ fn check_frames(seed: u64, case: &Case, c: &Classifier, frames: &[Frame]) {
                 rules.join("\n")
             );
         }
-    }
-}
-
-/// Finds a rule's placement by queue (one rule per queue in these tests).
-trait PlacementOfQueue {
-    fn placement_of_queue(&self, q: QueueId) -> Option<Placement>;
-}
-
-impl PlacementOfQueue for Classifier {
-    fn placement_of_queue(&self, q: QueueId) -> Option<Placement> {
-        self.rules()
-            .find(|(_, queue, _)| *queue == q)
-            .map(|(_, _, p)| p.clone())
     }
 }
 
@@ -383,8 +392,8 @@ fn merged_classifier_equals_the_linear_scan_on_random_rule_sets_and_frames() {
     let mut tabled = 0;
     for n in sizes {
         let case = build_case(&mut rng, n);
-        let c = merged(&case);
-        tabled += c.binding_rules();
+        let mut c = merged(&case);
+        tabled += c.table_filters();
         let frames: Vec<Frame> = (0..if n >= 500 { 150 } else { 300 })
             .map(|i| {
                 if i % 5 == 0 {
@@ -394,7 +403,7 @@ fn merged_classifier_equals_the_linear_scan_on_random_rule_sets_and_frames() {
                 }
             })
             .collect();
-        check_frames(seed, &case, &c, &frames);
+        check_frames(seed, &case, &mut c, &frames);
     }
     assert!(
         tabled > 500,
@@ -403,70 +412,68 @@ fn merged_classifier_equals_the_linear_scan_on_random_rule_sets_and_frames() {
 }
 
 #[test]
-fn owner_mode_gives_the_most_specific_binding_plus_every_other_matching_rule() {
+fn under_the_drivers_ownership_rule_every_accepting_rule_that_went_in_receives() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
+    let mut both = 0;
     for _ in 0..6 {
         let n = rng.gen_range(1..=300);
         let case = build_case(&mut rng, n);
-        let mut c = Classifier::new(Policy::Exclusive, netmux_vm::Strategy::Interpreter).unwrap();
-        // Conflicting bindings are refused; keep only the rules that went in.
+        let mut c = Classifier::new(netmux_vm::Strategy::Interpreter);
+        // The second owner of a key is refused; keep only the rules that went in whole.
+        let mut next = 0;
         let mut kept = Vec::new();
-        for (q, text, p) in case.rules {
-            if c.add_filter(q, &text).is_ok() {
-                kept.push((q, text, p));
+        for (q, text, rule) in case.rules {
+            if install(&mut c, &mut next, q, &rule) == 0 {
+                kept.push((q, text, rule));
+            } else {
+                c.remove_queue(q);
             }
         }
         let case = Case { rules: kept };
-        let mut got = Vec::new();
-        for i in 0..300 {
-            let frame = if i % 5 == 0 {
-                random_frame(&mut rng)
-            } else {
-                crafted_frame(&mut rng)
+        let frames: Vec<Frame> = (0..300)
+            .map(|i| {
+                if i % 5 == 0 {
+                    random_frame(&mut rng)
+                } else {
+                    crafted_frame(&mut rng)
+                }
+            })
+            .collect();
+        for frame in &frames {
+            let want = reference(&case, frame);
+            let tabled = |exact: bool| {
+                want.iter().any(|q| {
+                    case.rules.iter().any(|(r, _, rule)| {
+                        r == q
+                            && rule
+                                .pattern
+                                .as_ref()
+                                .is_ok_and(|p| p.addr().is_some() == exact)
+                    })
+                })
             };
-            let matching = reference(&case, &frame);
-            let placed = |q: &QueueId| c.placement_of_queue(*q).unwrap();
-            let exact: Vec<QueueId> = matching
-                .iter()
-                .copied()
-                .filter(|q| matches!(placed(q), Placement::Table(b) if b.addr().is_some()))
-                .collect();
-            let any: Vec<QueueId> = matching
-                .iter()
-                .copied()
-                .filter(|q| matches!(placed(q), Placement::Table(b) if b.addr().is_none()))
-                .collect();
-            assert!(
-                exact.len() <= 1 && any.len() <= 1,
-                "seed {seed}: two owners"
-            );
-            let mut want: Vec<QueueId> = matching
-                .iter()
-                .copied()
-                .filter(|q| matches!(placed(q), Placement::Linear(_)))
-                .collect();
-            want.extend(if exact.is_empty() { any } else { exact });
-            want.sort_unstable();
-            c.classify(&frame.data, frame.wire_len, Mode::Owner, &mut got);
-            assert_eq!(got, want, "seed {seed}: frame {:02x?}", frame.data);
+            both += usize::from(tabled(true) && tabled(false));
         }
+        check_frames(seed, &case, &mut c, &frames);
     }
+    assert!(
+        both > 0,
+        "seed {seed}: no frame matched an exact and an address-less binding"
+    );
 }
 
 #[test]
 fn rules_that_do_not_compile_are_refused_with_the_compilers_error() {
-    let mut c = Classifier::new(Policy::Overlapping, netmux_vm::Strategy::Interpreter).unwrap();
     for bad in [
         "tcp dst port 65536",
         "dst host foo and tcp dst port 1",
         "ip6 dst host 1.2.3.4 and tcp dst port 1",
     ] {
         let want = compile(bad, &Options::default()).unwrap_err();
-        let got = c.add_filter(1, bad).unwrap_err();
+        let got = compile_rule(bad).unwrap_err();
         assert_eq!(got.to_string(), want.to_string());
     }
-    assert!(c.is_empty());
 }
 
 #[test]
@@ -481,27 +488,33 @@ fn merged_classifier_equals_the_linear_scan_on_every_corpus_frame() {
     let mut rng = StdRng::seed_from_u64(seed);
     for n in [1, 10, 100, 1000] {
         let case = build_case(&mut rng, n);
-        let c = merged(&case);
-        check_frames(seed, &case, &c, &frames);
+        let mut c = merged(&case);
+        check_frames(seed, &case, &mut c, &frames);
     }
     // Rules taken from the corpus's own expressions, each a queue.
     let exprs = netmux_testkit::corpus::exprs(&dir).unwrap();
     let mut rules = Vec::new();
     for (i, text) in exprs.iter().enumerate() {
-        if let Ok(p) = compile(text, &Options::default()) {
-            rules.push((i as QueueId + 1, text.clone(), p));
+        if let Ok(rule) = compile_rule(text) {
+            rules.push((QueueId(i as u32 + 1), text.clone(), rule));
         }
     }
     let case = Case { rules };
-    let c = merged(&case);
-    check_frames(seed, &case, &c, &frames);
+    let mut c = merged(&case);
+    check_frames(seed, &case, &mut c, &frames);
 }
 
 #[test]
 fn an_empty_rule_matches_every_frame_as_the_compiler_says() {
-    let mut c = Classifier::new(Policy::Overlapping, netmux_vm::Strategy::Interpreter).unwrap();
-    c.add_filter(1, "udp dst port 53").unwrap();
-    c.add_filter(2, " ").unwrap();
+    let mut c = Classifier::with_ownership(netmux_vm::Strategy::Interpreter, Ownership::Shared);
+    let mut next = 0;
+    install(
+        &mut c,
+        &mut next,
+        QueueId(1),
+        &compile_rule("udp dst port 53").unwrap(),
+    );
+    install(&mut c, &mut next, QueueId(2), &compile_rule(" ").unwrap());
     let frames = [
         Frame::whole(vec![0u8; 60]),
         FrameBuilder::ethernet(MAC_B, MAC_A)
@@ -512,8 +525,12 @@ fn an_empty_rule_matches_every_frame_as_the_compiler_says() {
     ];
     for (i, f) in frames.iter().enumerate() {
         let mut got = Vec::new();
-        c.classify(&f.data, f.wire_len, Mode::AllMatches, &mut got);
-        got.sort_unstable();
-        assert_eq!(got, if i == 0 { vec![2] } else { vec![1, 2] }, "frame {i}");
+        c.classify(&f.data, f.wire_len, &mut got);
+        let want = if i == 0 { vec![2] } else { vec![1, 2] };
+        assert_eq!(
+            got,
+            want.into_iter().map(QueueId).collect::<Vec<_>>(),
+            "frame {i}"
+        );
     }
 }

@@ -10,9 +10,9 @@ use daemon_common::*;
 use netmux_driver::daemon::control::{DriverThread, Server, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::MemoryLink;
-use netmux_driver::ring::QueueError;
 use netmux_proto::driver::{Direction, DriverReply, DriverRequest, FilterId, QueueId, RxMode};
 use netmux_proto::{ErrorCode, PROTOCOL_VERSION};
+use netmux_ring::QueueError;
 
 struct Fixture {
     _dir: TempDir,

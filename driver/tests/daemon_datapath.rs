@@ -11,10 +11,10 @@ use daemon_common::*;
 use netmux_driver::daemon::{Driver, DriverConfig, Response};
 use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
 use netmux_driver::reassembly::fragmenter;
-use netmux_driver::ring::{ClientQueue, Completion, TxStatus};
 use netmux_proto::driver::{
     Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
 };
+use netmux_ring::{ClientQueue, Completion, TxStatus};
 use netmux_vm::Strategy;
 
 const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
@@ -530,7 +530,7 @@ fn a_client_racing_to_rewrite_its_tx_slots_never_gets_an_unchecked_byte_on_the_w
             let mut writes = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for i in 0..layout.tx.count {
-                    let at = layout.tx.slot(i) + netmux_driver::ring::layout::SLOT_HEADER_LEN + 26;
+                    let at = layout.tx.slot(i) + netmux_ring::layout::SLOT_HEADER_LEN + 26;
                     let _ = file.write_at(&[10, 0, 0, 66], at as u64);
                     writes += 1;
                 }

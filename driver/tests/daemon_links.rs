@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use daemon_common::*;
-use netmux_driver::capture::{self, Frame, TimestampResolution};
 use netmux_driver::daemon::control::{DriverThread, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::{self, FrameBatch, Link, LinkError, LinkInfo, LinkSpec, LinkStats};
-use netmux_driver::ring::TxStatus;
 use netmux_proto::driver::{DriverReply, DriverRequest, QueueId};
+use netmux_ring::TxStatus;
+use netmux_wire::capture::{self, Frame, TimestampResolution};
 
 const HOST: [u8; 4] = [192, 168, 7, 1];
 const REMOTE: [u8; 4] = [192, 168, 7, 2];

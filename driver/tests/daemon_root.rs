@@ -20,8 +20,8 @@ use daemon_common::*;
 use netmux_driver::daemon::control::{DriverThread, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::{self, LinkSpec};
-use netmux_driver::ring::TxStatus;
 use netmux_proto::driver::{DriverRequest, QueueId};
+use netmux_ring::TxStatus;
 
 const CHILD_ENV: &str = "NETMUX_DAEMON_ROOT_CHILD";
 const CLIENT_PORT: u16 = 7777;

@@ -4,9 +4,9 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use netmux_driver::capture::{self, Frame, TimestampResolution};
 use netmux_driver::link::{self, FrameBatch, Link, LinkError, LinkSpec, LinkSpecError, MemoryLink};
-use netmux_driver::ring::MAX_FRAME_LEN;
+use netmux_ring::MAX_FRAME_LEN;
+use netmux_wire::capture::{self, Frame, TimestampResolution};
 use proptest::prelude::*;
 
 /// A fresh directory for one test's sockets and files, removed on drop.

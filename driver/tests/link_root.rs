@@ -18,7 +18,7 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use netmux_driver::link::{self, FrameBatch, Link, LinkSpec};
-use netmux_driver::ring::{ClientQueue, DriverQueue, RingConfig, TxStatus};
+use netmux_ring::{ClientQueue, DriverQueue, QueueConfig, TxStatus};
 
 const CHILD_ENV: &str = "NETMUX_LINK_ROOT_CHILD";
 const PEER_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
@@ -35,7 +35,7 @@ fn exchange(
     peer_ip: [u8; 4],
     peer_mac: [u8; 6],
 ) {
-    let mut driver = DriverQueue::create(&RingConfig::default()).unwrap();
+    let mut driver = DriverQueue::create(&QueueConfig::default()).unwrap();
     let fds = driver.client_fds().unwrap();
     let mut client = ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

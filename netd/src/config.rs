@@ -5,21 +5,18 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use netmux_driver::ring::RingConfig;
+use netmux_proto::driver::QueueConfig;
+pub use netmux_proto::{default_runtime_dir, SOCKET_NAME, SYSTEM_RUNTIME_DIR};
 
 use crate::core::ports::DEFAULT_EPHEMERAL;
 use crate::core::Policy;
 
-/// The socket clients connect to, inside the runtime directory.
-pub const SOCKET_NAME: &str = "netd.sock";
 /// How long netd waits for a client to make room for a reply before ending its session: a
 /// client that stops reading its replies is gone as far as netd is concerned.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The runtime directory when `$XDG_RUNTIME_DIR` is not set.
-pub const SYSTEM_RUNTIME_DIR: &str = "/run/netmux";
 
 /// A configuration value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,7 +62,7 @@ pub struct Config {
     /// Who may do what, and how much.
     pub policy: Policy,
     /// Ring geometry of every client queue.
-    pub rings: RingConfig,
+    pub rings: QueueConfig,
     /// Whether netd runs its own host stack (ARP, ICMP echo, port unreachable, RST) on a queue
     /// of its own.
     pub host_stack: bool,
@@ -85,7 +82,7 @@ impl Config {
             },
             ephemeral: DEFAULT_EPHEMERAL,
             policy: Policy::default(),
-            rings: RingConfig::default(),
+            rings: QueueConfig::default(),
             host_stack: true,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
         }
@@ -94,14 +91,6 @@ impl Config {
     /// The client socket's path.
     pub fn socket_path(&self) -> PathBuf {
         self.runtime_dir.join(SOCKET_NAME)
-    }
-}
-
-/// The default runtime directory: `$XDG_RUNTIME_DIR/netmux`, else [`SYSTEM_RUNTIME_DIR`].
-pub fn default_runtime_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(&dir).join("netmux"),
-        _ => PathBuf::from(SYSTEM_RUNTIME_DIR),
     }
 }
 

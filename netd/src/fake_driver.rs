@@ -17,9 +17,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-use netmux_driver::ring::{DriverQueue, FrameBatch, RingConfig, TxStatus};
-use netmux_proto::driver::{Counters, Direction, FilterId, QueueConfig, QueueId};
+use netmux_proto::driver::{Counters, Direction, FilterId, QueueId};
 use netmux_proto::{ErrorCode, ErrorReply, LinkInfo};
+use netmux_ring::{DriverQueue, FrameBatch, QueueConfig, TxStatus};
 
 use crate::driver_link::{CreatedQueue, DriverError, DriverLink, FilterSpec, HOST_QUEUE};
 
@@ -327,7 +327,7 @@ impl DriverLink for FakeDriver {
         if s.queues.contains_key(&queue) {
             return Err(refused("queue exists"));
         }
-        let ring = DriverQueue::create(&RingConfig {
+        let ring = DriverQueue::create(&QueueConfig {
             slot_size: config.slot_size,
             rx_slots: config.rx_slots,
             tx_slots: config.tx_slots,

@@ -377,17 +377,15 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         let mut netd = lock(&state);
         (netd.take_host_queue()?, *netd.host())
     };
-    let mut queue = match netmux_driver::ring::ClientQueue::from_fds(
-        queue.memfd,
-        queue.client_wake,
-        queue.driver_wake,
-    ) {
-        Ok(q) => q,
-        Err(e) => {
-            tracing::error!("host queue unusable: {e}");
-            return None;
-        }
-    };
+    let mut queue =
+        match netmux_ring::ClientQueue::from_fds(queue.memfd, queue.client_wake, queue.driver_wake)
+        {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!("host queue unusable: {e}");
+                return None;
+            }
+        };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()

@@ -1,5 +1,5 @@
 //! netd, the netmux daemon: ports, sessions and policy over IPC, per-port filters at the
-//! driver, netd's own host stack, and the client library.
+//! driver, and netd's own host stack. Clients use the `netmux-client` crate.
 //!
 //! * [`core`]: the I/O-free heart (ports, sessions, policy), tested without sockets and with
 //!   the time passed in.
@@ -9,12 +9,9 @@
 //! * [`driver_link`]: the driver behind a trait; [`fake_driver`] is the in-process fake.
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
-//! * [`client`]: the client library (blocking and tokio) and a smoltcp device.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 #![deny(unsafe_code)]
 
-pub mod async_channel;
-pub mod client;
 pub mod config;
 pub mod core;
 pub mod driver_link;

@@ -28,12 +28,12 @@ use netmux_proto::frame;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
-use crate::async_channel::AsyncChannel;
 use crate::config::Config;
 use crate::core::{Credentials, SessionId};
 use crate::driver_link::DriverLink;
 use crate::host;
 use crate::service::{Netd, Response, StartError};
+use netmux_proto::async_channel::AsyncChannel;
 
 /// How often the handshake deadlines are checked.
 pub const EXPIRY_TICK: Duration = Duration::from_millis(100);

@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use netmux_driver::ring::RingConfig;
 use netmux_proto::client::{self, ClientReply, ClientRequest, HostConfig};
-use netmux_proto::driver::{Counters, Direction, FilterId, QueueConfig, QueueId, RxMode};
+use netmux_proto::driver::{Counters, Direction, FilterId, QueueId, RxMode};
 use netmux_proto::{frame, ErrorCode, ErrorReply, PROTOCOL_VERSION};
+use netmux_ring::QueueConfig;
 
 use crate::config::{link_local_from_mac, Config};
 use crate::core::{self, Core, CoreError, Credentials, PortError, PortTable, SessionId, Transport};
@@ -32,7 +32,7 @@ use crate::filters::{self, HostIdentity};
 pub enum StartError {
     /// The configured ring geometry is not valid.
     #[error("ring configuration: {0}")]
-    Rings(#[from] netmux_driver::ring::RingConfigError),
+    Rings(#[from] netmux_ring::RingConfigError),
     /// The driver refused to set up netd's own host queue.
     #[error("setting up the host queue: {0}")]
     Driver(#[from] DriverError),
@@ -113,20 +113,6 @@ impl std::fmt::Debug for Netd {
     }
 }
 
-fn to_core(t: client::Transport) -> Transport {
-    match t {
-        client::Transport::Tcp => Transport::Tcp,
-        client::Transport::Udp => Transport::Udp,
-    }
-}
-
-fn to_proto(t: Transport) -> client::Transport {
-    match t {
-        Transport::Tcp => client::Transport::Tcp,
-        Transport::Udp => client::Transport::Udp,
-    }
-}
-
 /// Bytes of session descriptions in one `ListSessions` reply; the rest are counted as omitted.
 /// Half of [`frame::MAX_BODY`], leaving room for the reply's own framing with a wide margin,
 /// so a busy host's listing is cut short rather than refused by the framing layer.
@@ -172,7 +158,7 @@ impl Netd {
     /// netd with this configuration over this driver. With `config.host_stack`, creates the
     /// host queue ([`HOST_QUEUE`]) and its filters at once.
     pub fn new(config: &Config, driver: Box<dyn DriverLink>) -> Result<Netd, StartError> {
-        let ring_bytes = config.rings.layout()?.total_len;
+        let ring_bytes = netmux_ring::layout_of(&config.rings)?.total_len;
         let link = driver.link_info();
         let host = HostIdentity {
             mac: link.mac,
@@ -188,12 +174,6 @@ impl Netd {
             gateway: config.addrs.gateway.map(|g| g.octets()),
             ipv6_link_local: host.ipv6.map(|a| a.octets()),
         };
-        let RingConfig {
-            slot_size,
-            rx_slots,
-            tx_slots,
-            completion_slots,
-        } = config.rings;
         let mut netd = Netd {
             core: Core::new(
                 config.policy.clone(),
@@ -202,12 +182,7 @@ impl Netd {
             driver,
             host,
             host_config,
-            rings: QueueConfig {
-                slot_size,
-                rx_slots,
-                tx_slots,
-                completion_slots,
-            },
+            rings: config.rings,
             ring_bytes,
             sessions: HashMap::new(),
             next_queue: HOST_QUEUE.0 + 1,
@@ -352,12 +327,10 @@ impl Netd {
                         host: self.host_config.clone(),
                     })
             }
-            ClientRequest::GetPort { transport } => self.bind(id, to_core(transport), None),
-            ClientRequest::BindPort { transport, port } => {
-                self.bind(id, to_core(transport), Some(port))
-            }
+            ClientRequest::GetPort { transport } => self.bind(id, transport, None),
+            ClientRequest::BindPort { transport, port } => self.bind(id, transport, Some(port)),
             ClientRequest::ClosePort { transport, port } => self
-                .close_port(id, to_core(transport), port)
+                .close_port(id, transport, port)
                 .map(|_| ClientReply::Done),
             ClientRequest::OpenFilter { expr, mode } => self.open_filter(id, expr, mode),
             ClientRequest::CloseFilter { filter } => self
@@ -394,7 +367,7 @@ impl Netd {
                     .map_err(core_error)?;
                 self.extra(id)?.ports.insert((transport, port), ids);
                 Ok(ClientReply::Port {
-                    transport: to_proto(transport),
+                    transport,
                     port,
                 })
             }
@@ -685,7 +658,7 @@ impl Netd {
                     uid: s.creds.uid,
                     gid: s.creds.gid,
                     active: s.state == core::SessionState::Active,
-                    ports: s.ports.iter().map(|&(t, p)| (to_proto(t), p)).collect(),
+                    ports: s.ports.iter().map(|&(t, p)| (t, p)).collect(),
                     filters: s
                         .filters
                         .iter()

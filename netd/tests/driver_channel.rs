@@ -4,10 +4,10 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
-use netmux_driver::ring::{ClientQueue, DriverQueue, RingConfig};
 use netmux_netd::driver_link::{ChannelDriver, DriverError, DriverLink};
-use netmux_proto::driver::{Counters, DriverReply, DriverRequest, FilterId, QueueConfig, QueueId};
+use netmux_proto::driver::{Counters, DriverReply, DriverRequest, FilterId, QueueId};
 use netmux_proto::{Channel, ErrorCode, ErrorReply, LinkInfo, PROTOCOL_VERSION};
+use netmux_ring::{ClientQueue, DriverQueue, QueueConfig};
 
 const LINK: LinkInfo = LinkInfo {
     mac: [2, 0, 0, 0, 0, 7],
@@ -35,7 +35,7 @@ fn scripted(sock: UnixStream, replies: usize) -> std::thread::JoinHandle<Vec<Dri
                     )
                     .unwrap(),
                 DriverRequest::CreateQueue { queue, config } => {
-                    let q = DriverQueue::create(&RingConfig {
+                    let q = DriverQueue::create(&QueueConfig {
                         slot_size: config.slot_size,
                         rx_slots: config.rx_slots,
                         tx_slots: config.tx_slots,

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use common::*;
+use netmux_client::blocking::Client;
+use netmux_client::device::QueueDevice;
+use netmux_client::Transport;
 use netmux_driver::daemon::control::{DriverThread, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::{self, LinkSpec};
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::device::QueueDevice;
-use netmux_netd::client::Transport;
 use netmux_netd::config::{Config, HostAddrs};
 use netmux_netd::driver_link::ChannelDriver;
 use netmux_netd::NetdHandle;
@@ -62,7 +62,7 @@ fn two_hosts() -> (Host, Host) {
     (host(&dir, "a", "b", IP_A), host(&dir, "b", "a", IP_B))
 }
 
-fn code(e: netmux_netd::client::ClientError) -> ErrorCode {
+fn code(e: netmux_client::ClientError) -> ErrorCode {
     e.refusal()
         .map(|r| r.code)
         .unwrap_or_else(|| panic!("not a refusal: {e}"))
@@ -187,7 +187,7 @@ fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
 
 #[test]
 fn the_driver_rejects_spoofed_transmissions_with_their_reason() {
-    use netmux_driver::ring::TxStatus;
+    use netmux_ring::TxStatus;
     let (a, _b) = two_hosts();
     let mut c = Client::connect_socket(a.netd.socket_path()).unwrap();
     c.bind_port(Transport::Udp, 5000).unwrap();

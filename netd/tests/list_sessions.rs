@@ -8,9 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::nonblocking::AsyncClient;
-use netmux_netd::client::{FilterMode, Transport};
+use netmux_client::blocking::Client;
+use netmux_client::nonblocking::AsyncClient;
+use netmux_client::{FilterMode, Transport};
 use netmux_netd::config::{Config, HostAddrs};
 use netmux_netd::core::Credentials;
 use netmux_netd::fake_driver::FakeDriver;

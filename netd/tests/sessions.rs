@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::*;
 use etherparse::PacketBuilder;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::{ClientError, FilterMode, Transport};
+use netmux_client::blocking::Client;
+use netmux_client::{ClientError, FilterMode, Transport};
 use netmux_netd::driver_link::HOST_QUEUE;
 use netmux_netd::fake_driver::FakeEvent;
 use netmux_proto::client::{ClientReply, ClientRequest};
@@ -402,10 +402,9 @@ fn the_tokio_client_does_what_the_blocking_one_does() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c =
-            netmux_netd::client::nonblocking::AsyncClient::connect_socket(netd.socket_path())
-                .await
-                .unwrap();
+        let mut c = netmux_client::nonblocking::AsyncClient::connect_socket(netd.socket_path())
+            .await
+            .unwrap();
         assert_eq!(c.host().link.mac, MAC_A);
         let p = c.get_port(Transport::Tcp).await.unwrap();
         assert!(fake
@@ -723,7 +722,7 @@ fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
 #[test]
 fn a_queue_the_driver_failed_to_set_up_does_not_eat_the_ring_budget() {
     let (netd, fake) = netd_with(MAC_A, IP_A, |c| {
-        let one_queue = c.rings.layout().unwrap().total_len;
+        let one_queue = netmux_ring::layout_of(&c.rings).unwrap().total_len;
         c.policy.limits.ring_bytes_per_session = one_queue;
     });
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();

@@ -7,9 +7,9 @@ mod common;
 use std::time::{Duration, Instant as StdInstant};
 
 use common::*;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::device::QueueDevice;
-use netmux_netd::client::Transport;
+use netmux_client::blocking::Client;
+use netmux_client::device::QueueDevice;
+use netmux_client::Transport;
 use netmux_netd::fake_driver::FakeDriver;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::socket::tcp;

@@ -5,13 +5,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorReply, LinkInfo};
 
-/// A transport protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A transport protocol a client binds ports of: the one `Transport` of the workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Transport {
     /// TCP.
     Tcp,
     /// UDP.
     Udp,
+}
+
+impl Transport {
+    /// Both, in protocol-number order.
+    pub const ALL: [Transport; 2] = [Transport::Tcp, Transport::Udp];
+
+    /// The IP protocol number.
+    pub const fn ip_protocol(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+
+    /// The pcap-filter keyword (`tcp`, `udp`).
+    pub const fn keyword(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.keyword())
+    }
 }
 
 /// What an `open_filter` filter does.

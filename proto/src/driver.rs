@@ -46,17 +46,36 @@ pub struct PortBinding {
     pub port: u16,
 }
 
-/// Ring sizes for a queue (illumos vnd's `rxbuf`/`txbuf`, in slots).
+/// Default slot size: one 1,514-byte Ethernet frame fits in a single slot.
+pub const DEFAULT_SLOT_SIZE: u32 = 2048;
+/// Default number of rx and tx slots (2 MiB of frames each at the default slot size).
+pub const DEFAULT_RING_SLOTS: u32 = 1024;
+
+/// The geometry of a queue's rings (illumos vnd's `rxbuf`/`txbuf`, in slots): the one type
+/// netd, the driver and the ring crate use for it. `netmux_ring::layout_of` turns it into the
+/// byte layout, or says why it is out of bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueConfig {
-    /// Bytes per slot, a power of two.
+    /// Bytes per slot, header included; a power of two.
     pub slot_size: u32,
-    /// Slots in the rx ring.
+    /// Slots in the rx ring (a power of two, enough for one maximum frame).
     pub rx_slots: u32,
-    /// Slots in the tx ring.
+    /// Slots in the tx ring (a power of two, enough for one maximum frame).
     pub tx_slots: u32,
-    /// Entries in the tx-completion ring.
+    /// Entries in the tx-completion ring (a power of two). The driver consumes a tx frame
+    /// only when it has room to complete it, so this bounds the frames in flight.
     pub completion_slots: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            slot_size: DEFAULT_SLOT_SIZE,
+            rx_slots: DEFAULT_RING_SLOTS,
+            tx_slots: DEFAULT_RING_SLOTS,
+            completion_slots: DEFAULT_RING_SLOTS,
+        }
+    }
 }
 
 /// netd to driver.

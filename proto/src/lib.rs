@@ -4,8 +4,11 @@
 //! * [`frame`]: length-delimited, versioned JSON messages with an announced descriptor count.
 //! * [`channel`]: a message channel on a Unix stream socket, `SCM_RIGHTS`, peer credentials.
 //! * [`driver`]: netd <-> driver; [`client`]: client <-> netd.
+//! * `async_channel` (feature `tokio`): the channel on tokio's readiness loop.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+pub mod async_channel;
 pub mod channel;
 pub mod client;
 pub mod driver;
@@ -14,6 +17,24 @@ pub mod frame;
 use serde::{Deserialize, Serialize};
 
 pub use channel::{peer_credentials, Channel, ChannelError, PeerCredentials};
+
+/// The client socket's name inside netd's runtime directory.
+pub const SOCKET_NAME: &str = "netd.sock";
+/// The runtime directory when `$XDG_RUNTIME_DIR` is not set.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/netmux";
+
+/// The default runtime directory: `$XDG_RUNTIME_DIR/netmux`, else [`SYSTEM_RUNTIME_DIR`].
+pub fn default_runtime_dir() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => std::path::Path::new(&dir).join("netmux"),
+        _ => std::path::PathBuf::from(SYSTEM_RUNTIME_DIR),
+    }
+}
+
+/// netd's client socket inside a runtime directory.
+pub fn socket_in(runtime_dir: &std::path::Path) -> std::path::PathBuf {
+    runtime_dir.join(SOCKET_NAME)
+}
 
 /// The protocol version; a peer speaking another is refused at hello.
 pub const PROTOCOL_VERSION: u16 = 1;

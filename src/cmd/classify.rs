@@ -1,5 +1,6 @@
 //! `netmux filter classify [--linear] [--explain] [--engine E] RULES.txt CAPTURE...`: which
-//! rules accept each frame, through the merged classifier.
+//! rules accept each frame, through the merged classifier the driver runs
+//! (`netmux_classify::Classifier`).
 //!
 //! RULES.txt holds one pcap-filter expression per line. A rule's id is its line number,
 //! counting from 1 and counting every line, so blank lines and comment lines (the first
@@ -8,11 +9,14 @@
 //! prints the ids of the rules that accept it, ascending and separated by one space, or `-`
 //! when none does.
 //!
-//! No ownership is enforced: rules that overlap (the same port bound twice, a tap and a
-//! binding) all receive the frame. Every rule of the shape of a port binding goes into the
-//! classifier's hash tables; `--explain` prints to stderr, for every rule, whether it went to
-//! a table (and as which binding) or runs after them (and why). `--linear` computes the same
-//! answer by compiling every rule and running them one by one.
+//! Every rule is installed as the driver installs a filter, each key of a port binding as
+//! its own table entry, under shared ownership: rules that overlap (the same port bound
+//! twice, a tap and a binding) all receive the frame, where the driver would refuse the
+//! second owner of a key. Every rule of the shape of a port binding (recognised by the
+//! compiler, `netmux_compiler::binding`) goes into the classifier's hash tables; `--explain`
+//! prints to stderr, for every rule, whether it went to a table (and as which binding) or
+//! runs after them (and why). `--linear` computes the same answer with the reference scan,
+//! running every rule one by one.
 //!
 //! A rule that does not compile exits with status 2, naming its line, with the compiler's
 //! caret message on stderr.
@@ -23,9 +27,11 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
-use netmux_compiler::classifier::{Classifier, ClassifierError, LinearScan, Mode, Policy, QueueId};
-use netmux_driver::capture::{self, CaptureError};
+use netmux_classify::{Classifier, Classify, LinearScan, Ownership, RxFilter};
+use netmux_compiler::binding::compile_rule;
+use netmux_proto::driver::{FilterId, QueueId, RxMode};
 use netmux_vm::Strategy;
+use netmux_wire::capture::{self, CaptureError};
 
 use super::Refused;
 
@@ -80,30 +86,15 @@ impl From<EngineArg> for Strategy {
 
 /// The rules of a rules file: (line number, expression) for every line that is not blank or
 /// a comment.
-pub fn parse_rules(text: &str) -> Vec<(QueueId, &str)> {
+pub fn parse_rules(text: &str) -> Vec<(u32, &str)> {
     text.lines()
         .enumerate()
         .filter_map(|(i, line)| {
             let t = line.trim();
             (!t.is_empty() && !t.starts_with('#'))
-                .then(|| (QueueId::try_from(i + 1).unwrap_or(QueueId::MAX), t))
+                .then(|| (u32::try_from(i + 1).unwrap_or(u32::MAX), t))
         })
         .collect()
-}
-
-/// The two ways of answering.
-enum Answerer {
-    Merged(Classifier),
-    Linear(LinearScan),
-}
-
-impl Answerer {
-    fn classify(&self, frame: &[u8], wire_len: u32, out: &mut Vec<QueueId>) {
-        match self {
-            Answerer::Merged(c) => c.classify(frame, wire_len, Mode::AllMatches, out),
-            Answerer::Linear(l) => l.classify(frame, wire_len, out),
-        }
-    }
 }
 
 impl ClassifyArgs {
@@ -111,56 +102,57 @@ impl ClassifyArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let text = std::fs::read_to_string(&self.rules)
             .with_context(|| format!("cannot read {}", self.rules.display()))?;
-        let rules = parse_rules(&text);
-        let strategy = Strategy::from(self.engine);
-        let bad_rule = |line: QueueId, e: ClassifierError| -> anyhow::Result<ExitCode> {
-            match e {
-                ClassifierError::Compile(e) => {
+        let mut rules = Vec::new();
+        for (line, expr) in parse_rules(&text) {
+            match compile_rule(expr) {
+                Ok(rule) => rules.push((line, rule)),
+                Err(e) => {
                     eprintln!("netmux: {}:{line}: {e}", self.rules.display());
-                    Ok(ExitCode::from(EXIT_BAD_RULE))
-                }
-                other => Err(anyhow!(other)),
-            }
-        };
-        let answerer = if self.linear {
-            let mut scan = LinearScan::new(strategy);
-            for (line, expr) in &rules {
-                if let Err(e) = scan.add(*line, expr) {
-                    return bad_rule(*line, e);
+                    return Ok(ExitCode::from(EXIT_BAD_RULE));
                 }
             }
-            Answerer::Linear(scan)
-        } else {
-            let mut c = Classifier::new(Policy::Overlapping, strategy)?;
-            for (line, expr) in &rules {
-                match c.add_filter(*line, expr) {
-                    Ok(id) => {
-                        if self.explain {
-                            if let Some((_, place)) = c.placement(id) {
-                                eprintln!("rule {line}: {place}");
-                            }
-                        }
-                    }
-                    Err(e) => return bad_rule(*line, e),
-                }
-            }
-            Answerer::Merged(c)
-        };
-        if self.explain && self.linear {
-            eprintln!("all {} rules: linear (--linear)", rules.len());
         }
-        print_classes(&answerer, &self.captures)
+        let rule_count = rules.len();
+        let strategy = Strategy::from(self.engine);
+        let mut classifier: Box<dyn Classify> = if self.linear {
+            Box::new(LinearScan::with_ownership(strategy, Ownership::Shared))
+        } else {
+            Box::new(Classifier::with_ownership(strategy, Ownership::Shared))
+        };
+        let mut next_filter = 0u64;
+        for (line, rule) in rules {
+            if self.explain && !self.linear {
+                eprintln!("rule {line}: {}", rule.placement());
+            }
+            // A binding of several keys is one filter per key, as netd installs one per
+            // address; a rule that is no binding is one filter run after the tables.
+            for binding in rule.keys() {
+                next_filter += 1;
+                classifier.install(RxFilter {
+                    queue: QueueId(line),
+                    filter: FilterId(next_filter),
+                    mode: RxMode::Owner,
+                    binding,
+                    program: rule.program.clone(),
+                })?;
+            }
+        }
+        if self.explain && self.linear {
+            eprintln!("all {rule_count} rules: linear (--linear)");
+        }
+        print_classes(classifier.as_mut(), &self.captures)
     }
 }
 
-fn print_classes(answerer: &Answerer, captures: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn print_classes(classifier: &mut dyn Classify, captures: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut queues = Vec::new();
     let mut line = String::new();
     for path in captures {
         let frames = read_capture(path)?;
         for frame in &frames {
-            answerer.classify(&frame.data, frame.wire_len, &mut queues);
+            queues.clear();
+            classifier.classify(&frame.data, frame.wire_len, &mut queues);
             line.clear();
             if queues.is_empty() {
                 line.push('-');
@@ -169,7 +161,7 @@ fn print_classes(answerer: &Answerer, captures: &[PathBuf]) -> anyhow::Result<Ex
                 if i > 0 {
                     line.push(' ');
                 }
-                line.push_str(&q.to_string());
+                line.push_str(&q.0.to_string());
             }
             line.push('\n');
             if let Err(e) = out.write_all(line.as_bytes()) {

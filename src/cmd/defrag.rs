@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use netmux_driver::capture::{self, CaptureError, Frame, PcapWriter, TimestampResolution};
 use netmux_driver::reassembly::{
     Config, Counters, DropReason, Outcome, Reassembler, DEFAULT_MEMORY_BUDGET,
 };
+use netmux_wire::capture::{self, CaptureError, Frame, PcapWriter, TimestampResolution};
 
 use super::{Refused, Run};
 

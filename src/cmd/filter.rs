@@ -140,9 +140,9 @@ fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             let engine = netmux_vm::engine(program, engine)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for path in &captures {
-                let frames = match netmux_driver::capture::read_file(path) {
+                let frames = match netmux_wire::capture::read_file(path) {
                     Ok(f) => f,
-                    Err(e @ netmux_driver::capture::CaptureError::Io { .. }) => {
+                    Err(e @ netmux_wire::capture::CaptureError::Io { .. }) => {
                         return Err(anyhow::Error::new(e))
                             .with_context(|| format!("reading {}", path.display()))
                     }
@@ -224,12 +224,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.pcap");
         let frames = vec![
-            netmux_driver::capture::Frame::whole(Default::default(), vec![0xff; 60]),
-            netmux_driver::capture::Frame::whole(Default::default(), vec![0x00; 60]),
+            netmux_wire::capture::Frame::whole(Default::default(), vec![0xff; 60]),
+            netmux_wire::capture::Frame::whole(Default::default(), vec![0x00; 60]),
         ];
-        let buf = netmux_driver::capture::write_pcap(
+        let buf = netmux_wire::capture::write_pcap(
             &frames,
-            netmux_driver::capture::TimestampResolution::Micro,
+            netmux_wire::capture::TimestampResolution::Micro,
         )
         .unwrap();
         std::fs::write(&path, &buf).unwrap();

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::{FilterMode, SessionInfo, Transport};
+use netmux_client::blocking::Client;
+use netmux_client::{FilterMode, SessionInfo, Transport};
 
 use super::{Refused, Run};
 
@@ -203,7 +203,7 @@ fn transport(t: Transport) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netmux_netd::client::{QueueInfo, SessionList};
+    use netmux_client::{QueueInfo, SessionList};
     use netmux_proto::driver::{Counters, QueueConfig};
 
     fn session() -> SessionInfo {

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::{Subcommand, ValueEnum};
-use netmux_driver::capture::{self, CaptureError};
 use netmux_vm::{asm, verify, Program, Strategy};
+use netmux_wire::capture::{self, CaptureError};
 
 use super::{Refused, Run};
 

@@ -13,7 +13,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use netmux_driver::capture::{self, CaptureError};
+use netmux_wire::capture::{self, CaptureError};
 
 /// The environment variable that overrides where the corpus is.
 pub const CONFORMANCE_DIR_ENV: &str = "NETMUX_CONFORMANCE_DIR";
@@ -148,7 +148,7 @@ pub fn read_capture(path: &Path) -> Result<Capture, CorpusError> {
 }
 
 /// Reads the Ethernet frames of a pcap or pcapng capture held in memory, through the driver's
-/// own capture reader (`netmux_driver::capture`), so tests see exactly the frames netmux's
+/// own capture reader (`netmux_wire::capture`), so tests see exactly the frames netmux's
 /// commands see: the link type's upper bits are ignored as libpcap ignores them, and the frames
 /// before a truncated or malformed record are kept (the capture is marked truncated).
 pub fn read_capture_bytes(bytes: &[u8]) -> Result<Capture, String> {

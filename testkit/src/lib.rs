@@ -1,10 +1,14 @@
-//! Test-only support for netmux: the libpcap oracle, capture reading, frame builders.
+//! Test-only support for netmux: the libpcap oracle, capture reading, frame builders, and the
+//! helpers every test file would otherwise write again.
 //!
 //! * [`oracle`]: libpcap itself (`pcap_compile`, `bpf_filter`, `bpf_image`) behind a small safe
 //!   wrapper, the reference every netmux filter verdict is compared with.
 //! * [`corpus`]: the conformance corpus (`exprs.txt`, `reject.txt`, the captures under `pcap/`)
 //!   and reading the Ethernet frames of any pcap or pcapng capture.
 //! * [`frames`]: builders for the Ethernet frames the tests make themselves.
+//! * [`bins`]: the workspace's binaries for process tests.
+//! * [`seed`]: the one seed variable of every randomised test, `NETMUX_SEED`.
+//! * [`TempDir`]: a scratch directory removed when dropped.
 //!
 //! This crate links libpcap and is meant for tests and benchmarks only.
 #![deny(unsafe_code)]
@@ -15,5 +19,72 @@ pub mod frames;
 #[allow(unsafe_code)]
 pub mod oracle;
 
+use std::path::{Path, PathBuf};
+
 pub use corpus::{Capture, CorpusError, Frame};
 pub use oracle::{BpfInsn, BpfProgram, OracleError};
+
+/// The seed of a randomised test: `NETMUX_SEED` when set (to replay a failure), else a fresh
+/// one. It is printed on stderr with the test's name, so a failing run shows how to replay it
+/// (`NETMUX_SEED=N cargo test ... NAME`).
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("NETMUX_SEED")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+            );
+            h.finish()
+        });
+    eprintln!("{test}: NETMUX_SEED={seed}");
+    seed
+}
+
+/// A scratch directory under the system's temporary directory, removed (with everything in
+/// it) when dropped, so a test cleans up even when it fails.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A new, empty directory whose name starts with `prefix`.
+    pub fn new(prefix: &str) -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::temp_dir();
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = base.join(format!("{prefix}-{}-{n}", std::process::id()));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return TempDir { path },
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => panic!(
+                    "cannot create a scratch directory in {}: {e}",
+                    base.display()
+                ),
+            }
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

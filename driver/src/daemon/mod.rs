@@ -10,7 +10,7 @@
 //! - an ARP reply, or an ARP request for one of the host addresses
 //!   ([`DriverRequest::SetHostAddresses`]), goes to **every** queue exactly once, netd's
 //!   included, without classification;
-//! - every other frame goes to the queues the [`Classifier`] names, and to netd's queue
+//! - every other frame goes to the queues the classifier names, and to netd's queue
 //!   ([`DriverRequest::SetNetdQueue`]) when it names none.
 //!
 //! The frame is copied into the rx ring of each receiving queue; a full ring drops it for that
@@ -30,13 +30,10 @@
 //! it and are woken) and forgets all queues and filters; the control layer calls it when netd
 //! goes away.
 
-pub mod classify;
 pub mod control;
-pub mod merged;
 pub mod tx;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use netmux_proto::driver::{
@@ -47,9 +44,10 @@ use netmux_vm::{Scratch, Strategy};
 
 use crate::link::{FrameBatch, Link, LinkStats};
 use crate::reassembly::{self, DropReason, Outcome, Reassembler};
-use crate::ring::{DriverQueue, QueueFds, RingConfig, RxOutcome, TxStatus};
-pub use classify::{Classifier, ClassifierError, LinearClassifier, RxFilter};
-pub use merged::MergedClassifier;
+pub use netmux_classify::{Classifier, ClassifierError, Classify, LinearScan, RxFilter};
+use netmux_ring::{DriverQueue, QueueFds, RxOutcome, TxStatus};
+use netmux_wire::ethernet::ethertype;
+use netmux_wire::{arp, ArpPacket, EthernetFrame};
 use tx::TxFilter;
 
 /// Frames taken from the link per receive batch: enough to amortise the per-batch ring
@@ -86,27 +84,14 @@ pub struct DriverConfig {
     pub classifier: ClassifierKind,
 }
 
-/// Which [`Classifier`] a [`Driver`] made with [`Driver::new`] uses.
+/// Which classifier a [`Driver`] made with [`Driver::new`] uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ClassifierKind {
-    /// [`MergedClassifier`]: one hash lookup for every port binding (the default).
+    /// [`Classifier`]: one hash lookup for every port binding (the default).
     #[default]
     Merged,
-    /// [`LinearClassifier`]: every filter in turn (the reference; for comparisons).
+    /// [`LinearScan`]: every filter in turn (the reference; for comparisons).
     Linear,
-}
-
-impl std::str::FromStr for ClassifierKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "merged" => Ok(ClassifierKind::Merged),
-            "linear" => Ok(ClassifierKind::Linear),
-            other => Err(format!(
-                "unknown classifier `{other}` (expected merged or linear)"
-            )),
-        }
-    }
 }
 
 impl Default for DriverConfig {
@@ -121,70 +106,28 @@ impl Default for DriverConfig {
     }
 }
 
-/// A hasher for small integer ids chosen by netd: one multiplication (Fibonacci hashing).
-/// The ids come from netd, which the driver trusts, so no hash flooding defence is needed.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
+/// Maps keyed by ids netd chose: FxHash, one multiplication per word. The ids come from netd,
+/// which the driver trusts, so no hash flooding defence is needed.
+type IdMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-/// Every [`TxStatus`] the transmit path can report, in counter order.
-const TX_STATUSES: [TxStatus; 9] = [
-    TxStatus::Sent,
-    TxStatus::RejectedSpoofedSourceMac,
-    TxStatus::RejectedSourceIp,
-    TxStatus::RejectedUnownedSourcePort,
-    TxStatus::RejectedEthertypeNotGranted,
-    TxStatus::RejectedFragment,
-    TxStatus::RejectedByFilter,
-    TxStatus::RejectedMalformed,
-    TxStatus::LinkError,
-];
-
-/// The counter name of a transmit status.
+/// The counter name of a transmit status (the ring crate's table).
 pub fn tx_status_name(status: TxStatus) -> &'static str {
-    match status {
-        TxStatus::Sent => "sent",
-        TxStatus::RejectedSpoofedSourceMac => "spoofed-source-mac",
-        TxStatus::RejectedSourceIp => "source-ip",
-        TxStatus::RejectedUnownedSourcePort => "unowned-source-port",
-        TxStatus::RejectedEthertypeNotGranted => "ethertype-not-granted",
-        TxStatus::RejectedFragment => "fragment",
-        TxStatus::RejectedByFilter => "filter",
-        TxStatus::RejectedMalformed => "malformed",
-        TxStatus::LinkError => "link-error",
-        TxStatus::Unknown(_) => "unknown",
-    }
+    status.name()
 }
 
+/// Counter index of a status; an unknown one (never produced by this driver) counts with the
+/// last known status.
 fn status_index(status: TxStatus) -> usize {
-    TX_STATUSES
-        .iter()
-        .position(|&s| s == status)
-        .unwrap_or(TX_STATUSES.len() - 1)
+    status.index().unwrap_or(TxStatus::ALL.len() - 1)
 }
 
-/// Counters of the transmit outcomes, indexed like [`TX_STATUSES`].
+/// Number of transmit status counters.
+const TX_STATUS_COUNT: usize = TxStatus::ALL.len();
+
+/// Counters of the transmit outcomes, indexed like [`TxStatus::ALL`].
 #[derive(Debug, Default, Clone, Copy)]
 struct TxOutcomes {
-    count: [u64; TX_STATUSES.len()],
+    count: [u64; TX_STATUS_COUNT],
     /// Bytes of the frames sent.
     sent_bytes: u64,
     /// Times the link was busy and frames had to be offered again.
@@ -200,12 +143,12 @@ impl TxOutcomes {
     }
 
     fn rejected(&self) -> Vec<(String, u64)> {
-        TX_STATUSES
+        TxStatus::ALL
             .iter()
             .zip(self.count)
             .skip(1)
             .filter(|&(_, n)| n > 0)
-            .map(|(&s, n)| (tx_status_name(s).to_string(), n))
+            .map(|(&s, n)| (s.name().to_string(), n))
             .collect()
     }
 }
@@ -269,7 +212,7 @@ pub struct Driver {
     /// The longest frame the link carries: its MTU plus an Ethernet header and one VLAN tag.
     /// A client's longer frame is rejected as malformed.
     max_tx_len: usize,
-    classifier: Box<dyn Classifier>,
+    classifier: Box<dyn Classify>,
     reassembler: Reassembler,
     config: DriverConfig,
     queues: IdMap<QueueId, Queue>,
@@ -301,14 +244,14 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
-    /// A driver owning `link`, classifying with the classifier `config` names (by default a
-    /// [`MergedClassifier`]), its filters on `config.strategy`'s engines.
+    /// A driver owning `link`, classifying with the classifier `config` names (by default the
+    /// merged [`Classifier`]), its filters on `config.strategy`'s engines.
     pub fn new(link: Box<dyn Link>, config: DriverConfig) -> Self {
-        let classifier: Box<dyn Classifier> = match config.classifier {
+        let classifier: Box<dyn Classify> = match config.classifier {
             ClassifierKind::Merged => {
-                Box::new(MergedClassifier::for_link(config.strategy, link.info().mac))
+                Box::new(Classifier::for_link(config.strategy, link.info().mac))
             }
-            ClassifierKind::Linear => Box::new(LinearClassifier::new(config.strategy)),
+            ClassifierKind::Linear => Box::new(LinearScan::new(config.strategy)),
         };
         Self::with_classifier(link, classifier, config)
     }
@@ -316,7 +259,7 @@ impl Driver {
     /// A driver owning `link`, classifying with `classifier` (empty).
     pub fn with_classifier(
         link: Box<dyn Link>,
-        classifier: Box<dyn Classifier>,
+        classifier: Box<dyn Classify>,
         config: DriverConfig,
     ) -> Self {
         Self {
@@ -668,18 +611,18 @@ impl Driver {
     /// Whether `frame` is ARP that every queue must see: a reply, or a request for one of the
     /// host addresses.
     fn is_arp_for_everyone(&self, frame: &[u8]) -> bool {
-        /// Ethernet header, then ARP: htype, ptype, hlen, plen, op (offset 20), sha, spa,
-        /// tha, tpa (offset 38).
-        const ARP_OP: usize = 20;
-        const ARP_TPA: usize = 38;
-        if frame.get(12..14) != Some(&[0x08, 0x06][..]) {
+        let Ok(ethernet) = EthernetFrame::new_checked(frame) else {
+            return false;
+        };
+        if ethernet.ethertype() != ethertype::ARP {
             return false;
         }
-        match frame.get(ARP_OP..ARP_OP + 2) {
-            Some([0, 2]) => true,
-            Some([0, 1]) => frame
-                .get(ARP_TPA..ARP_TPA + 4)
-                .is_some_and(|tpa| self.host_ipv4.iter().any(|a| a[..] == *tpa)),
+        let Ok(arp) = ArpPacket::new_checked(ethernet.payload()) else {
+            return false;
+        };
+        match arp.operation() {
+            arp::OP_REPLY => true,
+            arp::OP_REQUEST => self.host_ipv4.contains(&arp.target_ip()),
             _ => false,
         }
     }
@@ -889,13 +832,7 @@ fn queue_counters(queue: &Queue) -> Counters {
 }
 
 fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode, String)> {
-    let ring_config = RingConfig {
-        slot_size: config.slot_size,
-        rx_slots: config.rx_slots,
-        tx_slots: config.tx_slots,
-        completion_slots: config.completion_slots,
-    };
-    let ring = DriverQueue::create(&ring_config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
+    let ring = DriverQueue::create(config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
     let fds = ring
         .client_fds()
         .map_err(|e| (ErrorCode::Internal, format!("duplicating fds: {e}")))?;

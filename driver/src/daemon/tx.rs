@@ -5,11 +5,12 @@
 //!
 //! The **verdict** comes from three rules only, in this order:
 //!
-//! 1. a frame shorter than its own headers say is rejected as malformed ([`is_truncated`]):
-//!    a cut Ethernet header, or an untagged IPv4 or IPv6 datagram whose header or length
-//!    field claims bytes the frame does not have (a filter reads only the fields it tests,
-//!    so it would pass a datagram cut right after its source port);
-//! 2. an IP fragment is rejected ([`reassembly::is_fragment`]), whatever the filters say
+//! 1. a frame shorter than its own headers say is rejected as malformed
+//!    ([`netmux_wire::ip::is_truncated`]): a cut Ethernet header or VLAN tag, or an IPv4 or
+//!    IPv6 datagram (tagged or not) whose header or length field claims bytes the frame does
+//!    not have (a filter reads only the fields it tests, so it would pass a datagram cut right
+//!    after its source port);
+//! 2. an IP fragment is rejected ([`netmux_wire::ip::is_fragment`]), whatever the filters say
 //!    (the driver reassembles what it receives, and fragments are how filters are evaded);
 //! 3. otherwise the frame goes on the wire when any of the queue's verified tx filters accepts
 //!    it, and is rejected when none does (a queue without tx filters transmits nothing).
@@ -18,7 +19,8 @@
 //! rejection is found afterwards by cheap structured checks of the same private copy against
 //! what the queue was granted: the link's MAC address and the [`PortBinding`]s its tx filters
 //! were installed with. The first check that fails names the reason: source MAC, then
-//! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one), then source IP, then
+//! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one; a VLAN tag is an
+//! ethertype no queue is granted), then source IP, then
 //! (protocol, source port). An ARP frame's sender hardware and protocol addresses are checked
 //! like a source MAC and a source IP (ARP spoofing is forging them, whatever the Ethernet
 //! header says). When every check passes, the filter rejected the frame for a reason
@@ -27,25 +29,11 @@
 //! the fast path.
 
 use netmux_proto::driver::{FilterId, PortBinding};
+use netmux_ring::TxStatus;
 use netmux_vm::{Engine, Scratch};
-
-use crate::reassembly;
-use crate::ring::TxStatus;
-
-/// Ethernet header: destination, source, ethertype.
-const ETHERNET_HEADER_LEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-/// The IPv4 header without options.
-const IPV4_MIN_HEADER_LEN: usize = 20;
-/// The fixed IPv6 header.
-const IPV6_HEADER_LEN: usize = 40;
-/// Where an Ethernet/IPv4 ARP body's sender hardware address starts (RFC 826: hardware and
-/// protocol types, their lengths and the operation come first).
-const ARP_SENDER_MAC: usize = ETHERNET_HEADER_LEN + 8;
-/// Where its sender protocol address starts.
-const ARP_SENDER_IP: usize = ARP_SENDER_MAC + 6;
+use netmux_wire::ethernet::ethertype;
+use netmux_wire::ip::{is_fragment, is_truncated};
+use netmux_wire::{arp, ipv6, EthernetFrame};
 
 /// One installed tx filter of a queue.
 pub struct TxFilter {
@@ -76,7 +64,7 @@ pub fn check(
     if is_truncated(frame) {
         return TxStatus::RejectedMalformed;
     }
-    if reassembly::is_fragment(frame) {
+    if is_fragment(frame) {
         return TxStatus::RejectedFragment;
     }
     let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
@@ -94,48 +82,21 @@ pub fn check(
     )
 }
 
-/// Whether `frame` is shorter than its own headers say: shorter than an Ethernet header, or an
-/// untagged IPv4 datagram whose header length is below 20 bytes or whose total length is below
-/// its header length or beyond the frame, or an untagged IPv6 datagram whose fixed header or
-/// payload length lies beyond the frame. (Bytes after the datagram are Ethernet padding.)
-pub fn is_truncated(frame: &[u8]) -> bool {
-    let Some(ip) = frame.get(ETHERNET_HEADER_LEN..) else {
-        return true;
-    };
-    match be16(frame, 12) {
-        Some(ETHERTYPE_IPV4) => {
-            let header = ip.first().map_or(0, |&vihl| usize::from(vihl & 0x0f) * 4);
-            let total = be16(ip, 2).map_or(0, usize::from);
-            header < IPV4_MIN_HEADER_LEN || total < header || total > ip.len()
-        }
-        Some(ETHERTYPE_IPV6) => match be16(ip, 4) {
-            Some(payload) => IPV6_HEADER_LEN + usize::from(payload) > ip.len(),
-            None => true,
-        },
-        _ => false,
-    }
-}
-
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
 /// Names the reason a rejected frame was rejected (see the module documentation).
 pub fn diagnose<'a>(
     frame: &[u8],
     grants: impl Iterator<Item = &'a PortBinding> + Clone,
     link_mac: &[u8; 6],
 ) -> TxStatus {
-    if frame.len() < ETHERNET_HEADER_LEN {
+    let Ok(ethernet) = EthernetFrame::new_checked(frame) else {
         return TxStatus::RejectedMalformed;
-    }
-    if frame[6..12] != link_mac[..] {
+    };
+    if ethernet.src() != *link_mac {
         return TxStatus::RejectedSpoofedSourceMac;
     }
-    let ethertype = be16(frame, 12).unwrap_or(0);
-    let ipv6 = match ethertype {
-        ETHERTYPE_IPV4 | ETHERTYPE_ARP => false,
-        ETHERTYPE_IPV6 => true,
+    let ipv6 = match ethernet.ethertype() {
+        ethertype::IPV4 | ethertype::ARP => false,
+        ethertype::IPV6 => true,
         _ => return TxStatus::RejectedEthertypeNotGranted,
     };
     let mut family = grants.clone().filter(|g| g.ipv6 == ipv6).peekable();
@@ -144,10 +105,11 @@ pub fn diagnose<'a>(
     }
     let address_len = if ipv6 { 16 } else { 4 };
     let unspecified = |g: &PortBinding| g.address[..address_len].iter().all(|&b| b == 0);
-    if ethertype == ETHERTYPE_ARP {
+    if ethernet.ethertype() == ethertype::ARP {
+        let body = ethernet.payload();
         let (Some(sender_mac), Some(sender_ip)) = (
-            frame.get(ARP_SENDER_MAC..ARP_SENDER_IP),
-            frame.get(ARP_SENDER_IP..ARP_SENDER_IP + 4),
+            body.get(arp::SENDER_MAC_OFFSET..arp::SENDER_IP_OFFSET),
+            body.get(arp::SENDER_IP_OFFSET..arp::SENDER_IP_OFFSET + 4),
         ) else {
             return TxStatus::RejectedMalformed;
         };
@@ -159,10 +121,10 @@ pub fn diagnose<'a>(
         }
         return TxStatus::RejectedByFilter;
     }
-    let ip = &frame[ETHERNET_HEADER_LEN..];
+    let ip = ethernet.payload();
     let (source, protocol, transport): (&[u8], u8, usize) = if ipv6 {
         match (ip.get(8..24), ip.get(6)) {
-            (Some(source), Some(&next)) => (source, next, IPV6_HEADER_LEN),
+            (Some(source), Some(&next)) => (source, next, ipv6::HEADER_LEN),
             _ => return TxStatus::RejectedMalformed,
         }
     } else {
@@ -179,7 +141,9 @@ pub fn diagnose<'a>(
     if from_source.peek().is_none() {
         return TxStatus::RejectedSourceIp;
     }
-    let port = be16(ip, transport);
+    let port = ip
+        .get(transport..transport + 2)
+        .map(|p| u16::from_be_bytes([p[0], p[1]]));
     if !from_source.any(|g| g.protocol == protocol && Some(g.port) == port) {
         return TxStatus::RejectedUnownedSourcePort;
     }
@@ -195,7 +159,7 @@ mod tests {
     fn udp4(src_mac: [u8; 6], src: [u8; 4], sport: u16) -> Vec<u8> {
         let mut f = vec![0u8; 42];
         f[6..12].copy_from_slice(&src_mac);
-        f[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        f[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
         f[14] = 0x45;
         f[16..18].copy_from_slice(&28u16.to_be_bytes()); // total length: IPv4 + UDP headers
         f[23] = 17;
@@ -224,7 +188,7 @@ mod tests {
             TxStatus::RejectedSpoofedSourceMac
         );
         let mut v6 = udp4(MAC, [10, 0, 0, 1], 53);
-        v6[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        v6[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
         assert_eq!(d(&v6), TxStatus::RejectedEthertypeNotGranted);
         assert_eq!(d(&udp4(MAC, [10, 0, 0, 2], 53)), TxStatus::RejectedSourceIp);
         assert_eq!(
@@ -242,7 +206,7 @@ mod tests {
     fn arp4(sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0u8; 42];
         f[6..12].copy_from_slice(&MAC);
-        f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+        f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
         f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
         f[22..28].copy_from_slice(&sender_mac);
         f[28..32].copy_from_slice(&sender_ip);
@@ -279,7 +243,7 @@ mod tests {
         short_header[14] = 0x44;
         assert!(is_truncated(&short_header));
         let mut v6 = vec![0u8; 14 + 40 + 8];
-        v6[12..14].copy_from_slice(&ETHERTYPE_IPV6.to_be_bytes());
+        v6[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
         v6[18..20].copy_from_slice(&8u16.to_be_bytes());
         assert!(!is_truncated(&v6));
         assert!(is_truncated(&v6[..60]));

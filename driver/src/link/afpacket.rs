@@ -20,8 +20,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats, MIN_FRAME_LEN};
-use crate::ring::MAX_FRAME_LEN;
-use crate::sys::{PacketRingRequest, SharedMapping};
+use crate::sys::PacketRingRequest;
+use netmux_ring::sys::SharedMapping;
+use netmux_ring::MAX_FRAME_LEN;
 
 /// Bytes per ring slot: a 1,514-byte frame plus the TPACKET_V2 header and address.
 const FRAME_SIZE: u32 = 2048;

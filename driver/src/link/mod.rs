@@ -22,9 +22,9 @@ mod virtual_cable;
 
 use std::os::fd::BorrowedFd;
 
-pub use crate::ring::FrameBatch;
 pub use afpacket::AfPacketLink;
 pub use memory::MemoryLink;
+pub use netmux_ring::FrameBatch;
 pub use pcap::PcapLink;
 pub use spec::{LinkSpec, LinkSpecError, MAX_IFNAME_LEN, MAX_SOCKET_PATH_LEN};
 pub use tap::TapLink;
@@ -70,7 +70,7 @@ impl LinkStats {
     /// Ethernet header or longer than a ring carries is dropped and counted; any other is
     /// added to `batch` and counted. Returns whether it was added.
     pub fn admit(&mut self, batch: &mut FrameBatch, frame: &[u8]) -> bool {
-        if !(MIN_FRAME_LEN..=crate::ring::MAX_FRAME_LEN).contains(&frame.len()) {
+        if !(MIN_FRAME_LEN..=netmux_ring::MAX_FRAME_LEN).contains(&frame.len()) {
             self.rx_dropped += 1;
             return false;
         }
@@ -94,7 +94,7 @@ pub enum LinkError {
     },
     /// Reading the replayed capture or writing the recording failed.
     #[error(transparent)]
-    Capture(#[from] crate::capture::CaptureError),
+    Capture(#[from] netmux_wire::capture::CaptureError),
     /// Something else already listens at a virtual link's path.
     #[error("{0}: a live socket is already bound there")]
     AddressInUse(String),

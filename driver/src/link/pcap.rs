@@ -1,7 +1,7 @@
 //! `pcap:IN.pcap[,OUT.pcap]`: replays a capture as received traffic and records transmitted
 //! frames, with no privileges.
 //!
-//! The capture is read whole when the link opens ([`crate::capture::read_file`], pcap or
+//! The capture is read whole when the link opens ([`netmux_wire::capture::read_file`], pcap or
 //! pcapng, Ethernet only), so a bad file fails at open, not halfway through. Frames are
 //! replayed as fast as the driver asks for them, in file order, without reproducing the
 //! capture's timing; each frame's captured bytes are what the driver receives. Transmitted
@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
-use crate::capture::{self, Frame, PcapWriter, TimestampResolution};
+use netmux_wire::capture::{self, Frame, PcapWriter, TimestampResolution};
 
 /// A link that replays one capture and records into another.
 #[derive(Debug)]

@@ -11,7 +11,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
-use crate::ring::MAX_FRAME_LEN;
+use netmux_ring::MAX_FRAME_LEN;
 
 /// An attached TAP device.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 use super::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
-use crate::ring::MAX_FRAME_LEN;
+use netmux_ring::MAX_FRAME_LEN;
 
 /// One end of a virtual cable.
 #[derive(Debug)]

@@ -5,7 +5,10 @@
 //! build one fragment with any offset, flag and data, so that tests can craft overlaps,
 //! misaligned or oversized fragments. Every frame built carries a correct IPv4 header checksum.
 
-use super::parse::{self, proto, IPV6_FRAGMENT_HEADER_LEN, IPV6_HEADER_LEN};
+use netmux_wire::ethernet::link_layer;
+use netmux_wire::ip::protocol as proto;
+
+use super::parse::{self, IPV6_FRAGMENT_HEADER_LEN, IPV6_HEADER_LEN};
 use thiserror::Error;
 
 /// The largest fragment offset the 13-bit field holds, in bytes.
@@ -49,7 +52,7 @@ struct V6Parts {
 }
 
 fn split_whole(frame: &[u8]) -> Result<Whole<'_>, FragmentError> {
-    let link = parse::link(frame).ok_or(FragmentError::NotIp)?;
+    let link = link_layer(frame).ok_or(FragmentError::NotIp)?;
     let l3 = link.l3;
     let ip = frame.get(l3..).ok_or(FragmentError::Truncated)?;
     match ip.first().map(|b| b >> 4) {
@@ -139,7 +142,7 @@ fn build(
             out[l3 + 6..l3 + 8].copy_from_slice(&word.to_be_bytes());
             out[l3 + 10] = 0;
             out[l3 + 11] = 0;
-            let sum = parse::ipv4_checksum(&out[l3..l3 + ihl]);
+            let sum = netmux_wire::checksum::of(&out[l3..l3 + ihl]);
             out[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
         }
         Some(v6) => {

@@ -59,7 +59,8 @@ pub mod fragmenter;
 mod key;
 mod parse;
 
-pub use parse::{is_fragment, MAX_EXTENSION_HEADERS};
+pub use netmux_wire::ip::is_fragment;
+pub use netmux_wire::ipv6::MAX_EXTENSION_HEADERS;
 
 use hashbrown::HashTable;
 use key::{Key, Seed, SourceKey};
@@ -507,7 +508,7 @@ impl Reassembler {
                 let payload_len =
                     (end - l3 - parse::IPV6_HEADER_LEN - parse::IPV6_FRAGMENT_HEADER_LEN) as u16;
                 out[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
-                if parse::is_fragment(&out) {
+                if is_fragment(&out) {
                     // Another Fragment header behind this one (or a broken chain).
                     self.recycle(out);
                     self.counters.fragments += 1;
@@ -542,7 +543,7 @@ impl Reassembler {
             return self.refuse(DropReason::TooLong);
         }
         let v6 = matches!(f.family, Family::V6 { .. });
-        if f.offset == 0 && !parse::holds_header_chain(v6, f.upper, f.data) {
+        if f.offset == 0 && !netmux_wire::ip::holds_header_chain(v6, f.upper, f.data) {
             return self.refuse(DropReason::IncompleteFirstFragment);
         }
 
@@ -724,7 +725,7 @@ impl Reassembler {
                 let payload_len =
                     (header_len - parse::IPV6_HEADER_LEN + slot.total as usize) as u16;
                 buf[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
-                if parse::is_fragment(&buf) {
+                if is_fragment(&buf) {
                     // A second Fragment header inside the reassembled chain: no sender does
                     // that, and the classifier must never see a fragment.
                     self.recycle(buf);
@@ -1058,10 +1059,10 @@ mod tests {
             0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
-        let sum = parse::ipv4_checksum(&h);
+        let sum = netmux_wire::checksum::of(&h);
         assert_eq!(sum, 0xb861);
         h[10..12].copy_from_slice(&sum.to_be_bytes());
-        assert_eq!(parse::ipv4_checksum(&h), 0);
+        assert_eq!(netmux_wire::checksum::of(&h), 0);
     }
 
     #[test]
@@ -1070,7 +1071,7 @@ mod tests {
             0x45, 0x00, 0x05, 0xdc, 0x12, 0x34, 0x20, 0x00, 0x40, 0x11, 0x00, 0x00, 0x0a, 0x00,
             0x00, 0x01, 0x0a, 0x00, 0x00, 0x02,
         ];
-        let sum = parse::ipv4_checksum(&h);
+        let sum = netmux_wire::checksum::of(&h);
         h[10..12].copy_from_slice(&sum.to_be_bytes());
         for (len, flags) in [(0x0bb8u16, 0x0000u16), (0xffff, 0x4000), (20, 0x8000)] {
             let updated = checksum_update(checksum_update(sum, 0x05dc, len), 0x2000, flags);
@@ -1079,7 +1080,11 @@ mod tests {
             g[6..8].copy_from_slice(&flags.to_be_bytes());
             g[10] = 0;
             g[11] = 0;
-            assert_eq!(updated, parse::ipv4_checksum(&g), "{len:#x} {flags:#x}");
+            assert_eq!(
+                updated,
+                netmux_wire::checksum::of(&g),
+                "{len:#x} {flags:#x}"
+            );
         }
     }
 

@@ -6,11 +6,11 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netmux_driver::ring::ClientQueue;
 use netmux_proto::driver::{
     Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId, RxMode,
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
+use netmux_ring::ClientQueue;
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 
 /// Small rings: tests move a handful of frames.

@@ -7,7 +7,6 @@
 //! frames through the old owner's filters. Every operation is O(1) except ephemeral allocation,
 //! which scans from a rotating cursor and stops early when the range is known to be full.
 
-use std::fmt;
 use std::ops::RangeInclusive;
 
 use super::session::SessionId;
@@ -17,37 +16,13 @@ pub const DEFAULT_EPHEMERAL: RangeInclusive<u16> = 49152..=65535;
 /// Ports below this need privilege (uid 0 or a configured uid), as on every Unix.
 pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
-/// A transport protocol whose ports netd hands out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Transport {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
+pub use netmux_proto::client::Transport;
 
-impl Transport {
-    /// The IP protocol number.
-    pub fn ip_protocol(self) -> u8 {
-        match self {
-            Transport::Tcp => 6,
-            Transport::Udp => 17,
-        }
-    }
-    fn index(self) -> usize {
-        match self {
-            Transport::Tcp => 0,
-            Transport::Udp => 1,
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Tcp => "tcp",
-            Transport::Udp => "udp",
-        })
+/// The index of a transport in per-transport tables.
+fn transport_index(t: Transport) -> usize {
+    match t {
+        Transport::Tcp => 0,
+        Transport::Udp => 1,
     }
 }
 
@@ -131,11 +106,11 @@ impl PortTable {
 
     /// The state of a port.
     pub fn state(&self, transport: Transport, port: u16) -> PortState {
-        self.states[transport.index()][usize::from(port)]
+        self.states[transport_index(transport)][usize::from(port)]
     }
 
     fn set(&mut self, transport: Transport, port: u16, new: PortState) {
-        let t = transport.index();
+        let t = transport_index(transport);
         let old = std::mem::replace(&mut self.states[t][usize::from(port)], new);
         if self.ephemeral.contains(&port) {
             match (old == PortState::Free, new == PortState::Free) {
@@ -171,7 +146,7 @@ impl PortTable {
         transport: Transport,
         owner: SessionId,
     ) -> Result<u16, PortError> {
-        let t = transport.index();
+        let t = transport_index(transport);
         if self.ephemeral_free[t] == 0 {
             return Err(PortError::Exhausted(transport));
         }
@@ -238,7 +213,7 @@ impl PortTable {
 
     /// Free ephemeral ports left for a transport.
     pub fn ephemeral_free(&self, transport: Transport) -> usize {
-        self.ephemeral_free[transport.index()]
+        self.ephemeral_free[transport_index(transport)]
     }
 }
 

@@ -27,15 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use netmux_driver::ring::TxStatus;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::Transport;
+use netmux_client::blocking::Client;
+use netmux_client::Transport;
 use netmux_netd::config::{Config, HostAddrs};
 use netmux_netd::driver_link::{
     ChannelDriver, CreatedQueue, DriverError, DriverLink, FilterSpec, HOST_QUEUE,
 };
 use netmux_proto::driver::{Counters, FilterId, QueueConfig, QueueId};
 use netmux_proto::{ErrorCode, LinkInfo};
+use netmux_ring::TxStatus;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::IpAddress;
 

@@ -17,7 +17,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-use netmux_driver::ring::MAX_FRAME_LEN;
+use netmux_ring::MAX_FRAME_LEN;
 
 /// The peer's link MTU (IP bytes), as on the netmux side of the cable.
 pub const PEER_MTU: usize = 1500;

@@ -20,10 +20,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use netmux_driver::ring::QueueError;
-use netmux_netd::client::blocking::Client;
-use netmux_netd::client::device::QueueDevice;
-use netmux_netd::client::{ClientError, Transport};
+use netmux_client::blocking::Client;
+use netmux_client::device::QueueDevice;
+use netmux_client::{ClientError, Transport};
+use netmux_ring::QueueError;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use netmux_netd::client::Transport;
+use netmux_client::Transport;
 use smoltcp::iface::SocketSet;
 use smoltcp::socket::udp;
 

@@ -1,0 +1,108 @@
+//! The blocking client.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use netmux_proto::client::{ClientReply, ClientRequest, FilterMode, HostConfig, Transport};
+use netmux_proto::driver::Counters;
+use netmux_proto::{Channel, PROTOCOL_VERSION};
+use netmux_ring::ClientQueue;
+
+use super::ClientError;
+
+/// A session with netd over a blocking socket. Every call is one request and its reply.
+#[derive(Debug)]
+pub struct Client {
+    chan: Channel,
+    host: HostConfig,
+}
+
+impl Client {
+    /// Connects to netd in `runtime_dir` and says hello.
+    pub fn connect(runtime_dir: &Path) -> Result<Client, ClientError> {
+        Client::connect_socket(&super::socket_in(runtime_dir))
+    }
+
+    /// Connects to netd's socket at `path` and says hello.
+    pub fn connect_socket(path: &Path) -> Result<Client, ClientError> {
+        let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut chan = Channel::new(sock);
+        chan.send(
+            &ClientRequest::Hello {
+                version: PROTOCOL_VERSION,
+            },
+            &[],
+        )?;
+        let (reply, _) = chan.recv::<ClientReply>()?;
+        let host = super::hello(reply)?;
+        Ok(Client { chan, host })
+    }
+
+    /// The host configuration netd sent at hello.
+    pub fn host(&self) -> &HostConfig {
+        &self.host
+    }
+
+    /// Sends any request and returns the reply and its descriptors.
+    pub fn request(
+        &mut self,
+        request: &ClientRequest,
+    ) -> Result<(ClientReply, Vec<OwnedFd>), ClientError> {
+        self.chan.send(request, &[])?;
+        Ok(self.chan.recv::<ClientReply>()?)
+    }
+
+    fn call(&mut self, request: ClientRequest) -> Result<ClientReply, ClientError> {
+        Ok(self.request(&request)?.0)
+    }
+
+    /// An ephemeral port; its filters are in force when this returns.
+    pub fn get_port(&mut self, transport: Transport) -> Result<u16, ClientError> {
+        super::port(self.call(ClientRequest::GetPort { transport })?)
+    }
+
+    /// A given port; its filters are in force when this returns.
+    pub fn bind_port(&mut self, transport: Transport, port: u16) -> Result<u16, ClientError> {
+        super::port(self.call(ClientRequest::BindPort { transport, port })?)
+    }
+
+    /// Gives a port back.
+    pub fn close_port(&mut self, transport: Transport, port: u16) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::ClosePort { transport, port })?)
+    }
+
+    /// A tap or exclusive filter; returns its id.
+    pub fn open_filter(&mut self, expr: &str, mode: FilterMode) -> Result<u64, ClientError> {
+        super::filter(self.call(ClientRequest::OpenFilter {
+            expr: expr.to_owned(),
+            mode,
+        })?)
+    }
+
+    /// Closes a filter.
+    pub fn close_filter(&mut self, filter: u64) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::CloseFilter { filter })?)
+    }
+
+    /// The session queue's counters.
+    pub fn stats(&mut self) -> Result<Counters, ClientError> {
+        super::stats(self.call(ClientRequest::Stats)?)
+    }
+
+    /// The sessions this client may see: every session if it runs as uid 0, else only those of
+    /// its own uid (its own session included, marked `caller`); as many as fit in one reply,
+    /// with the count of the others.
+    pub fn list_sessions(&mut self) -> Result<super::SessionList, ClientError> {
+        super::sessions(self.call(ClientRequest::ListSessions)?)
+    }
+
+    /// The session's queue, attached: framed I/O on its rings.
+    pub fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
+        let (reply, fds) = self.request(&ClientRequest::OpenQueue)?;
+        super::queue(reply, fds)
+    }
+}

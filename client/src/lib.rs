@@ -1,0 +1,142 @@
+//! The client library: connect to netd, say hello, ask for ports and filters, and attach the
+//! session's queue for framed I/O; [`blocking`] and [`nonblocking`] (tokio) APIs with the same
+//! methods, and [`device::QueueDevice`], a `smoltcp::phy::Device` on a queue.
+//!
+//! ```no_run
+//! # #[cfg(feature = "smoltcp")] {
+//! use netmux_client::{blocking::Client, device::QueueDevice, Transport};
+//!
+//! let mut netd = Client::connect(&netmux_proto::default_runtime_dir())?;
+//! let port = netd.bind_port(Transport::Udp, 5353)?; // its filters are in force now
+//! let mtu = netd.host().link.mtu;
+//! let mut queue = netd.open_queue()?;
+//! // Framed I/O: many frames per call, each gathered from one or more vectors...
+//! let (header, payload) = (&[0u8; 42][..], &b"hello"[..]);
+//! queue.send(&[&[header, payload]])?;
+//! // ...or a whole TCP/IP stack: smoltcp on the queue.
+//! let device = QueueDevice::new(queue, mtu);
+//! # let _ = (port, device);
+//! # }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A refusal is [`ClientError::Refused`] with netd's stable code and its message, so an
+//! application can say why ("udp port 53 is privileged (below 1024) ...") and exit.
+
+#![deny(unsafe_code)]
+
+pub mod blocking;
+#[cfg(feature = "smoltcp")]
+pub mod device;
+#[cfg(feature = "tokio")]
+pub mod nonblocking;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use netmux_proto::channel::ChannelError;
+use netmux_proto::client::{ClientReply, HostConfig};
+use netmux_proto::driver::Counters;
+use netmux_proto::ErrorReply;
+use netmux_ring::{AttachError, ClientQueue};
+
+pub use netmux_proto::client::{FilterMode, QueueInfo, SessionInfo, SessionList, Transport};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Connecting to netd's socket failed.
+    #[error("connecting to netd at {path}: {source}")]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The connection failed or netd closed it.
+    #[error("netd connection: {0}")]
+    Channel(#[from] ChannelError),
+    /// netd refused the request.
+    #[error("{}", .0.message)]
+    Refused(ErrorReply),
+    /// netd answered with a reply that does not fit the request.
+    #[error("unexpected reply from netd: {0}")]
+    Unexpected(String),
+    /// The queue's descriptors are not a usable queue.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+impl ClientError {
+    /// netd's refusal, if this is one.
+    pub fn refusal(&self) -> Option<&ErrorReply> {
+        match self {
+            ClientError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+pub use netmux_proto::socket_in;
+
+fn unexpected(reply: ClientReply) -> ClientError {
+    match reply {
+        ClientReply::Error(e) => ClientError::Refused(e),
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
+}
+
+fn hello(reply: ClientReply) -> Result<HostConfig, ClientError> {
+    match reply {
+        ClientReply::Hello { host, .. } => Ok(host),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn port(reply: ClientReply) -> Result<u16, ClientError> {
+    match reply {
+        ClientReply::Port { port, .. } => Ok(port),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn done(reply: ClientReply) -> Result<(), ClientError> {
+    match reply {
+        ClientReply::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn filter(reply: ClientReply) -> Result<u64, ClientError> {
+    match reply {
+        ClientReply::Filter { filter } => Ok(filter),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn stats(reply: ClientReply) -> Result<Counters, ClientError> {
+    match reply {
+        ClientReply::Stats(c) => Ok(c),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn sessions(reply: ClientReply) -> Result<SessionList, ClientError> {
+    match reply {
+        ClientReply::Sessions(list) => Ok(list),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn queue(reply: ClientReply, fds: Vec<OwnedFd>) -> Result<ClientQueue, ClientError> {
+    match reply {
+        ClientReply::Queue { .. } => {
+            let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
+                fds.try_into().map_err(|f: Vec<OwnedFd>| {
+                    ClientError::Unexpected(format!("queue with {} descriptors", f.len()))
+                })?;
+            Ok(ClientQueue::from_fds(memfd, client_wake, driver_wake)?)
+        }
+        other => Err(unexpected(other)),
+    }
+}

@@ -1,0 +1,139 @@
+//! The tokio client: the same calls as [`super::blocking::Client`], as futures.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::Duration;
+
+use netmux_proto::client::{ClientReply, ClientRequest, FilterMode, HostConfig, Transport};
+use netmux_proto::driver::Counters;
+use netmux_proto::{frame, PROTOCOL_VERSION};
+use netmux_ring::ClientQueue;
+
+use super::ClientError;
+use netmux_proto::async_channel::AsyncChannel;
+
+/// How long a request waits for room in the socket before failing.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A session with netd on a tokio runtime.
+#[derive(Debug)]
+pub struct AsyncClient {
+    chan: AsyncChannel,
+    host: HostConfig,
+}
+
+impl AsyncClient {
+    /// Connects to netd in `runtime_dir` and says hello.
+    pub async fn connect(runtime_dir: &Path) -> Result<AsyncClient, ClientError> {
+        AsyncClient::connect_socket(&super::socket_in(runtime_dir)).await
+    }
+
+    /// Connects to netd's socket at `path` and says hello.
+    pub async fn connect_socket(path: &Path) -> Result<AsyncClient, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        };
+        let sock = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(connect_err)?
+            .into_std()
+            .map_err(connect_err)?;
+        let chan = AsyncChannel::new(sock).map_err(connect_err)?;
+        let mut client = AsyncClient {
+            chan,
+            host: HostConfig {
+                link: netmux_proto::LinkInfo {
+                    mac: [0; 6],
+                    mtu: 0,
+                },
+                ipv4: None,
+                gateway: None,
+                ipv6_link_local: None,
+            },
+        };
+        let reply = client
+            .call(ClientRequest::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+        client.host = super::hello(reply)?;
+        Ok(client)
+    }
+
+    /// The host configuration netd sent at hello.
+    pub fn host(&self) -> &HostConfig {
+        &self.host
+    }
+
+    /// Sends any request and returns the reply and its descriptors.
+    pub async fn request(
+        &mut self,
+        request: &ClientRequest,
+    ) -> Result<(ClientReply, Vec<OwnedFd>), ClientError> {
+        self.chan.send(request, &[], SEND_TIMEOUT).await?;
+        let (body, fds) = self.chan.recv_raw().await?;
+        let reply =
+            frame::decode::<ClientReply>(&body).map_err(netmux_proto::ChannelError::from)?;
+        Ok((reply, fds))
+    }
+
+    async fn call(&mut self, request: ClientRequest) -> Result<ClientReply, ClientError> {
+        Ok(self.request(&request).await?.0)
+    }
+
+    /// An ephemeral port; its filters are in force when this returns.
+    pub async fn get_port(&mut self, transport: Transport) -> Result<u16, ClientError> {
+        super::port(self.call(ClientRequest::GetPort { transport }).await?)
+    }
+
+    /// A given port; its filters are in force when this returns.
+    pub async fn bind_port(&mut self, transport: Transport, port: u16) -> Result<u16, ClientError> {
+        super::port(
+            self.call(ClientRequest::BindPort { transport, port })
+                .await?,
+        )
+    }
+
+    /// Gives a port back.
+    pub async fn close_port(&mut self, transport: Transport, port: u16) -> Result<(), ClientError> {
+        super::done(
+            self.call(ClientRequest::ClosePort { transport, port })
+                .await?,
+        )
+    }
+
+    /// A tap or exclusive filter; returns its id.
+    pub async fn open_filter(&mut self, expr: &str, mode: FilterMode) -> Result<u64, ClientError> {
+        super::filter(
+            self.call(ClientRequest::OpenFilter {
+                expr: expr.to_owned(),
+                mode,
+            })
+            .await?,
+        )
+    }
+
+    /// Closes a filter.
+    pub async fn close_filter(&mut self, filter: u64) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::CloseFilter { filter }).await?)
+    }
+
+    /// The session queue's counters.
+    pub async fn stats(&mut self) -> Result<Counters, ClientError> {
+        super::stats(self.call(ClientRequest::Stats).await?)
+    }
+
+    /// The sessions this client may see: every session if it runs as uid 0, else only those of
+    /// its own uid (its own session included, marked `caller`); as many as fit in one reply,
+    /// with the count of the others.
+    pub async fn list_sessions(&mut self) -> Result<super::SessionList, ClientError> {
+        super::sessions(self.call(ClientRequest::ListSessions).await?)
+    }
+
+    /// The session's queue, attached: framed I/O on its rings.
+    pub async fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
+        let (reply, fds) = self.request(&ClientRequest::OpenQueue).await?;
+        super::queue(reply, fds)
+    }
+}
