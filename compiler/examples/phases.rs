@@ -25,7 +25,7 @@ fn main() {
     let f = netmux_compiler::ir::lower(c, &g.prologue, g.temps);
     let t = Instant::now();
     for _ in 0..n {
-        let _ = netmux_compiler::opt::libpcap_rejects_all(&f, &g.probe_opaque);
+        let _ = netmux_compiler::libpcap::rejects_all::libpcap_rejects_all(&f, &g.probe_opaque);
     }
     println!("probe  {:?}", t.elapsed() / n);
     let t = Instant::now();

@@ -147,7 +147,7 @@ pub struct Gen {
     /// The tests of relations with arithmetic operators (`ip and 1 > -2`, `14 == 60 * 4 - 14`,
     /// `60 == len * 0`): libpcap's first optimizer loop, the one that moves edges, knows no
     /// operator's result, so it decides none of them; its second loop decides them but moves
-    /// no edge. See [`crate::opt::libpcap_rejects_all`].
+    /// no edge. See [`crate::libpcap::rejects_all::libpcap_rejects_all`].
     pub probe_opaque: Vec<Temp>,
     chain_steps_v4: usize,
     chain_steps_v6: usize,

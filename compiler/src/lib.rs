@@ -8,8 +8,9 @@
 //! The goal is libpcap's verdict on every Ethernet frame: [`gencode`] reproduces what
 //! libpcap 1.10's `gencode.c` tests for each primitive, in the same order, with the same
 //! loads (a load past the captured bytes rejects the frame in both), and [`opt`] only makes
-//! rewrites that cannot change a verdict. The conformance tests in `tests/` compare verdicts
-//! with libpcap itself.
+//! rewrites that cannot change a verdict. The filters libpcap's optimizer refuses ("expression
+//! rejects all packets") are predicted by a model kept apart from the optimizer, [`libpcap`].
+//! The conformance tests in `tests/` compare verdicts with libpcap itself.
 //!
 //! ```
 //! use netmux_compiler::{compile, Options};
@@ -28,6 +29,7 @@ pub mod error;
 pub mod gencode;
 pub mod ir;
 pub mod lexer;
+pub mod libpcap;
 pub mod opt;
 pub mod parser;
 
@@ -89,12 +91,12 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         let libpcap_optimizes = !gen.no_optimize;
         // libpcap's optimizer reports a division, modulus or shift by a bad constant (when its
         // second loop folds the arithmetic) before it looks at what the program accepts.
-        if libpcap_optimizes && opt::may_report_errors(&func) {
-            opt::libpcap_errors(&func).map_err(|e| {
+        if libpcap_optimizes && libpcap::errors::may_report_errors(&func) {
+            libpcap::errors::libpcap_errors(&func).map_err(|e| {
                 let msg = match e {
-                    opt::OptError::DivisionByZero => "division by zero",
-                    opt::OptError::ModulusByZero => "modulus by zero",
-                    opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
+                    libpcap::errors::OptError::DivisionByZero => "division by zero",
+                    libpcap::errors::OptError::ModulusByZero => "modulus by zero",
+                    libpcap::errors::OptError::ShiftTooLarge => "shift by more than 31 bits",
                 };
                 CompileError::new(
                     ErrorKind::Semantic(msg.to_owned()),
@@ -110,13 +112,13 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
         // could move a test to edges that decide it (a heuristic check). It needs the
         // unoptimized function: kept when the folds apply, generated and lowered again in the
         // rare other cases.
-        let folds = opt::has_libpcap_only_folds(&func);
+        let folds = libpcap::rejects_all::has_libpcap_only_folds(&func);
         let unoptimized = folds.then(|| func.clone());
         opt::optimize(&mut func);
         let probe = folds
-            || opt::always_rejects(&func)
-            || opt::has_effect_only_loads(&func)
-            || opt::may_pull_up_a_decision(&func);
+            || libpcap::rejects_all::always_rejects(&func)
+            || libpcap::rejects_all::has_effect_only_loads(&func)
+            || libpcap::rejects_all::may_pull_up_a_decision(&func);
         if libpcap_optimizes && probe && {
             // Generated again (the same code: generation is a function of the AST).
             let unoptimized = unoptimized.or_else(|| {
@@ -124,7 +126,8 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
                 let cond = again.generate(&ast).ok()?;
                 Some(ir::lower(cond, &again.prologue, again.temps))
             });
-            unoptimized.is_some_and(|u| opt::libpcap_rejects_all(&u, &gen.probe_opaque))
+            unoptimized
+                .is_some_and(|u| libpcap::rejects_all::libpcap_rejects_all(&u, &gen.probe_opaque))
         } {
             return Err(CompileError::new(
                 ErrorKind::RejectsAllPackets,

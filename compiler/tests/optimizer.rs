@@ -43,7 +43,7 @@ fn unoptimized_programs_keep_every_load() {
 }
 
 /// Whether libpcap's optimizer refuses a filter as "expression rejects all packets" is
-/// predicted (`opt::libpcap_rejects_all`); these are cases the random differential test found,
+/// predicted (`libpcap::rejects_all::libpcap_rejects_all`); these are cases the random differential test found,
 /// checked against libpcap itself.
 #[test]
 fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
@@ -269,11 +269,11 @@ fn a_compilation_does_not_depend_on_the_ones_before_it_on_the_thread() {
 }
 
 /// The probes are public and take any function: one with a cycle (the code generator makes
-/// none) must not hang them. This one hung the pullup model's chain walk.
+/// none) and a temp past the function's count must not hang them.
 #[test]
 fn the_libpcap_probes_end_on_a_function_with_a_cycle() {
     use netmux_compiler::ir::{Block, Cmp, Function, Operand, Stmt, Temp, Term};
-    use netmux_compiler::opt;
+    use netmux_compiler::libpcap::{errors, rejects_all};
     let branch = |cmp, a, k, t, f| Term::Branch {
         cmp,
         a: Temp(a),
@@ -312,6 +312,6 @@ fn the_libpcap_probes_end_on_a_function_with_a_cycle() {
         num_temps: 12,
     };
     // Whatever they answer: that they answer.
-    let _ = opt::libpcap_rejects_all(&func, &[Temp(3)]);
-    let _ = opt::libpcap_errors(&func);
+    let _ = rejects_all::libpcap_rejects_all(&func, &[Temp(3)]);
+    let _ = errors::libpcap_errors(&func);
 }
