@@ -22,6 +22,7 @@ use std::net::Ipv6Addr;
 use crate::ast::*;
 use crate::error::{semantic, unsupported, Result, Span};
 use crate::ir::*;
+use crate::libpcap::GenNotes;
 
 /// The most IPv6 extension headers (and AH headers) one `ip6 protochain` follows before giving
 /// up (rejecting); libpcap follows any number with a backward jump. libpcap's own test capture
@@ -141,14 +142,9 @@ pub struct Gen {
     off_linkpl: Off,
     off_nl: u32,
     label_stack_depth: u32,
-    /// Set by `protochain`: libpcap does not optimize such programs (its optimizer cannot
-    /// handle the loop), so it never calls them "rejects all packets".
-    pub no_optimize: bool,
-    /// The tests of relations with arithmetic operators (`ip and 1 > -2`, `14 == 60 * 4 - 14`,
-    /// `60 == len * 0`): libpcap's first optimizer loop, the one that moves edges, knows no
-    /// operator's result, so it decides none of them; its second loop decides them but moves
-    /// no edge. See [`crate::libpcap::rejects_all::libpcap_rejects_all`].
-    pub probe_opaque: Vec<Temp>,
+    /// What the libpcap refusal model needs to know beyond the code: whether libpcap
+    /// optimizes the filter at all, and which tests its first optimizer loop cannot decide.
+    pub(crate) libpcap: GenNotes,
     chain_steps_v4: usize,
     chain_steps_v6: usize,
 }
@@ -177,8 +173,7 @@ impl Gen {
             off_linkpl: Off { var: None, k: 14 },
             off_nl: 0,
             label_stack_depth: 0,
-            no_optimize: false,
-            probe_opaque: Vec::new(),
+            libpcap: GenNotes::default(),
             chain_steps_v4: PROTOCHAIN_MAX_AH_V4,
             chain_steps_v6: PROTOCHAIN_MAX_HEADERS_V6,
         }
@@ -830,7 +825,7 @@ impl Gen {
                         "`protochain` after `geneve` is not supported by netmux",
                     );
                 }
-                self.no_optimize = true;
+                self.libpcap.optimizer_off = true;
                 let ipv = if p == Proto::Ip { Ipv::V4 } else { Ipv::V6 };
                 let ll = if ipv == Ipv::V4 {
                     ETHERTYPE_IP
@@ -950,7 +945,7 @@ impl Gen {
         };
         self.off_nl = 0;
         // libpcap: "We have a bare jmp so we can't use the optimizer."
-        self.no_optimize = true;
+        self.libpcap.optimizer_off = true;
         Ok(Cond::and(Cond::or(b0, b1), Cond::Frag(Box::new(offsets))))
     }
 
@@ -1227,7 +1222,7 @@ impl Gen {
         let a0 = self.arith(a0)?;
         let a1 = self.arith(a1)?;
         if operator {
-            self.probe_opaque.push(a0.val);
+            self.libpcap.opaque_tests.push(a0.val);
         }
         let (cmp, reversed) = match op {
             RelOp::Gt => (Cmp::Gt, false),

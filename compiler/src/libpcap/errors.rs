@@ -7,7 +7,7 @@ use super::as_libpcap_jset;
 use crate::ir::*;
 use crate::opt::{self, PassProfile};
 
-/// What libpcap's optimizer would report ([`libpcap_errors`]): it refuses such a filter.
+/// What libpcap's optimizer would report: it refuses such a filter.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OptError {
     /// A division by a constant zero, in a block libpcap still processes when it knows it.
@@ -22,7 +22,7 @@ pub enum OptError {
 /// by a temp (which may hold a constant), or a division or modulus by a constant zero, can be
 /// reported (a shift by a constant of 32 or more is let through too, and never reported: the
 /// parser refuses the literal one and libpcap's `op #k` does not check shifts).
-pub fn may_report_errors(func: &Function) -> bool {
+pub(crate) fn may_report_errors(func: &Function) -> bool {
     func.blocks.iter().any(|b| {
         b.stmts.iter().any(|s| match *s {
             Stmt::Alu {
@@ -48,7 +48,7 @@ pub fn may_report_errors(func: &Function) -> bool {
 /// result, so it decides only tests between constants that are moved, never computed. The
 /// passes here do what the first loop does ([`PassProfile::LIBPCAP_FIRST_LOOP`]), and
 /// [`report_as_libpcap`] then follows the second loop pass by pass.
-pub fn libpcap_errors(func: &Function) -> Result<(), OptError> {
+pub(crate) fn libpcap_errors(func: &Function) -> Result<(), OptError> {
     let mut f = func.clone();
     as_libpcap_jset(&mut f);
     opt::run_rounds(&mut f, PassProfile::LIBPCAP_FIRST_LOOP);

@@ -14,7 +14,7 @@ const UNKNOWN: Temp = Temp(u32::MAX);
 /// Whether `func` has operations libpcap's prover folds and ours does not (`0 * x`, `0 / x`,
 /// ... with a register operand): only then can [`libpcap_rejects_all`] prove more than
 /// [`opt::optimize`] does.
-pub fn has_libpcap_only_folds(func: &Function) -> bool {
+pub(crate) fn has_libpcap_only_folds(func: &Function) -> bool {
     func.blocks.iter().any(|b| {
         b.stmts.iter().any(|s| {
             matches!(
@@ -33,7 +33,7 @@ pub fn has_libpcap_only_folds(func: &Function) -> bool {
 /// its value. libpcap's optimizer drops such loads and threads edges past the tests they fed
 /// (`ip6 net ::/0` becomes `jset #0`), so only then can [`libpcap_rejects_all`] decide tests
 /// ours cannot.
-pub fn has_effect_only_loads(func: &Function) -> bool {
+pub(crate) fn has_effect_only_loads(func: &Function) -> bool {
     // Asked of every filter compiled: a bit set on the stack for the usual few temps.
     let n = func.num_temps as usize;
     let mut small = [0u64; 4];
@@ -73,7 +73,7 @@ pub fn has_effect_only_loads(func: &Function) -> bool {
 /// libpcap's, knows a value only as the temp that holds it (the optimizer's value numbering
 /// gave equal values one temp), and walks at most 16 blocks. Asked of every filter compiled:
 /// one sweep and short walks.
-pub fn may_pull_up_a_decision(func: &Function) -> bool {
+pub(crate) fn may_pull_up_a_decision(func: &Function) -> bool {
     /// Longest chain walked below a block.
     const MAX_CHAIN: usize = 16;
     // Per block, what its incoming edges come from, in a word: `NOTHING` yet, `MIXED`, or
@@ -151,7 +151,7 @@ pub fn may_pull_up_a_decision(func: &Function) -> bool {
 /// folds, the tests in `opaque` (relations with operators) undecided. libpcap decides those
 /// only in its second loop, which moves no edge, and then skips a root whose branches go to
 /// the same block: so does this. A prediction: see the module docs.
-pub fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
+pub(crate) fn libpcap_rejects_all(func: &Function, opaque: &[Temp]) -> bool {
     let mut f = func.clone();
     as_libpcap_jset(&mut f);
     for b in &mut f.blocks {
@@ -219,7 +219,7 @@ fn first_tests(f: &Function) -> Vec<BlockId> {
 
 /// Whether the function rejects every frame: its entry is a bare reject, or no accept is
 /// reachable.
-pub fn always_rejects(func: &Function) -> bool {
+pub(crate) fn always_rejects(func: &Function) -> bool {
     // Most filters have at most 64 blocks, all edges forward (as the optimizer leaves them):
     // one sweep with the reached blocks in a word.
     let n = func.blocks.len();
