@@ -24,17 +24,17 @@ fn main() {
     let c = g.generate(&ast).unwrap();
     let f = netmux_compiler::ir::lower(c, &g.prologue, g.temps);
     let t = Instant::now();
-    for _ in 0..n {
-        let _ = netmux_compiler::opt::libpcap_rejects_all(&f, &g.probe_opaque);
-    }
-    println!("probe  {:?}", t.elapsed() / n);
-    let t = Instant::now();
     let mut of = f.clone();
     for _ in 0..n {
         of = f.clone();
         netmux_compiler::opt::optimize(&mut of);
     }
     println!("opt    {:?} ({} blocks)", t.elapsed() / n, of.blocks.len());
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = netmux_compiler::libpcap::Probe::new(&ast, &f, &g).refusal(&of);
+    }
+    println!("probe  {:?}", t.elapsed() / n);
     let t = Instant::now();
     for _ in 0..n {
         let _ = netmux_compiler::codegen::emit(&of, 1).unwrap();

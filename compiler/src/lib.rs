@@ -8,8 +8,9 @@
 //! The goal is libpcap's verdict on every Ethernet frame: [`gencode`] reproduces what
 //! libpcap 1.10's `gencode.c` tests for each primitive, in the same order, with the same
 //! loads (a load past the captured bytes rejects the frame in both), and [`opt`] only makes
-//! rewrites that cannot change a verdict. The conformance tests in `tests/` compare verdicts
-//! with libpcap itself.
+//! rewrites that cannot change a verdict. The filters libpcap's optimizer refuses ("expression
+//! rejects all packets") are predicted by a model kept apart from the optimizer, [`libpcap`].
+//! The conformance tests in `tests/` compare verdicts with libpcap itself.
 //!
 //! ```
 //! use netmux_compiler::{compile, Options};
@@ -28,6 +29,7 @@ pub mod error;
 pub mod gencode;
 pub mod ir;
 pub mod lexer;
+pub mod libpcap;
 pub mod opt;
 pub mod parser;
 
@@ -84,50 +86,14 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
     let cond = gen.generate(&ast).map_err(attach)?;
     let mut func = ir::lower(cond, &gen.prologue, gen.temps);
     if opts.optimize {
-        // libpcap does not optimize filters with `protochain` or `geneve` at all, so it reports
-        // none of its optimizer's errors for them.
-        let libpcap_optimizes = !gen.no_optimize;
-        // libpcap's optimizer reports a division, modulus or shift by a bad constant (when its
-        // second loop folds the arithmetic) before it looks at what the program accepts.
-        if libpcap_optimizes && opt::may_report_errors(&func) {
-            opt::libpcap_errors(&func).map_err(|e| {
-                let msg = match e {
-                    opt::OptError::DivisionByZero => "division by zero",
-                    opt::OptError::ModulusByZero => "modulus by zero",
-                    opt::OptError::ShiftTooLarge => "shift by more than 31 bits",
-                };
-                CompileError::new(
-                    ErrorKind::Semantic(msg.to_owned()),
-                    Span::new(0, expr.len()),
-                    expr,
-                )
-            })?;
-        }
-        // The probe for libpcap's "rejects all packets" is as costly as the optimizer, so it
-        // runs only where it can say yes: where ours found no accepting path, where libpcap's
-        // extra folds (`0 / x`) could apply, where ours kept a load only because it can reject
-        // (libpcap drops it and threads past its test), or where libpcap's test reordering
-        // could move a test to edges that decide it (a heuristic check). It needs the
-        // unoptimized function: kept when the folds apply, generated and lowered again in the
-        // rare other cases.
-        let folds = opt::has_libpcap_only_folds(&func);
-        let unoptimized = folds.then(|| func.clone());
+        // libpcap's optimizer refuses some filters its code generator accepts; the model
+        // predicts which, from the function before and after the optimizer, and changes
+        // neither.
+        let probe = libpcap::Probe::new(&ast, &func, &gen);
         opt::optimize(&mut func);
-        let probe = folds
-            || opt::always_rejects(&func)
-            || opt::has_effect_only_loads(&func)
-            || opt::may_pull_up_a_decision(&func);
-        if libpcap_optimizes && probe && {
-            // Generated again (the same code: generation is a function of the AST).
-            let unoptimized = unoptimized.or_else(|| {
-                let mut again = gencode::Gen::new();
-                let cond = again.generate(&ast).ok()?;
-                Some(ir::lower(cond, &again.prologue, again.temps))
-            });
-            unoptimized.is_some_and(|u| opt::libpcap_rejects_all(&u, &gen.probe_opaque))
-        } {
+        if let Some(refusal) = probe.refusal(&func) {
             return Err(CompileError::new(
-                ErrorKind::RejectsAllPackets,
+                refusal.error_kind(),
                 Span::new(0, expr.len()),
                 expr,
             ));

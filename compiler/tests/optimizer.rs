@@ -43,7 +43,7 @@ fn unoptimized_programs_keep_every_load() {
 }
 
 /// Whether libpcap's optimizer refuses a filter as "expression rejects all packets" is
-/// predicted (`opt::libpcap_rejects_all`); these are cases the random differential test found,
+/// predicted (`netmux_compiler::libpcap`); these are cases the random differential test found,
 /// checked against libpcap itself.
 #[test]
 fn rejects_all_packets_is_predicted_as_libpcap_decides_it() {
@@ -266,52 +266,4 @@ fn a_compilation_does_not_depend_on_the_ones_before_it_on_the_thread() {
             "port 1000 after compiling `{before}`"
         );
     }
-}
-
-/// The probes are public and take any function: one with a cycle (the code generator makes
-/// none) must not hang them. This one hung the pullup model's chain walk.
-#[test]
-fn the_libpcap_probes_end_on_a_function_with_a_cycle() {
-    use netmux_compiler::ir::{Block, Cmp, Function, Operand, Stmt, Temp, Term};
-    use netmux_compiler::opt;
-    let branch = |cmp, a, k, t, f| Term::Branch {
-        cmp,
-        a: Temp(a),
-        b: Operand::K(k),
-        t,
-        f,
-    };
-    let func = Function {
-        blocks: vec![
-            Block {
-                stmts: vec![
-                    Stmt::Len { dst: Temp(1) },
-                    Stmt::Mov {
-                        dst: Temp(3),
-                        src: Operand::T(Temp(11)),
-                    },
-                ],
-                term: branch(Cmp::Gt, 1, 3, 1, 3),
-            },
-            Block {
-                stmts: vec![],
-                term: branch(Cmp::Gt, 3, 1, 2, 2),
-            },
-            Block {
-                stmts: vec![Stmt::Len { dst: Temp(3) }],
-                term: Term::Jump(0),
-            },
-            Block {
-                stmts: vec![Stmt::Mov {
-                    dst: Temp(u32::MAX),
-                    src: Operand::K(0),
-                }],
-                term: branch(Cmp::Eq, 2, 2, 1, 0),
-            },
-        ],
-        num_temps: 12,
-    };
-    // Whatever they answer: that they answer.
-    let _ = opt::libpcap_rejects_all(&func, &[Temp(3)]);
-    let _ = opt::libpcap_errors(&func);
 }

@@ -20,9 +20,9 @@
 //!
 //! Which filters only libpcap's *optimizer* refuses ("expression rejects all packets", a
 //! constant division by zero it folds its way to) depends on how much its algorithm happens to
-//! prove; netmux predicts it ([`netmux_compiler::opt::libpcap_rejects_all`],
-//! [`netmux_compiler::opt::libpcap_errors`]) and a wrong prediction is a failure like any other
-//! ([`Outcome::OptimizerRefusal`] only says which kind of failure it is).
+//! prove; netmux predicts it ([`netmux_compiler::libpcap`]) and a wrong prediction is a
+//! failure like any other ([`Outcome::OptimizerRefusal`] only says which kind of failure it
+//! is).
 #![allow(dead_code)]
 
 use netmux_compiler::{compile, Options};
