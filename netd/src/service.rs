@@ -366,10 +366,7 @@ impl Netd {
                     .port_installed(id, transport, port)
                     .map_err(core_error)?;
                 self.extra(id)?.ports.insert((transport, port), ids);
-                Ok(ClientReply::Port {
-                    transport,
-                    port,
-                })
+                Ok(ClientReply::Port { transport, port })
             }
             Err((e, clean)) => {
                 if clean {

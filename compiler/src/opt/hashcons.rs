@@ -1,43 +1,12 @@
 //! Hash-consing for the passes: equal values get equal small numbers, so facts and value
 //! numbers are keyed by an integer. It changes no code; it only names values.
 
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crate::ir::Size;
 
-/// A small, fast, non-cryptographic hasher (the Fx hash of rustc and Firefox): the optimizer
-/// hashes only its own small integer keys, never attacker-chosen data in bulk, so SipHash's
-/// flooding resistance buys nothing here and costs most of the optimizer's time.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// Maps keyed by the optimizer's own small integer keys, with FxHash (rustc's): they never
+/// hold attacker-chosen data in bulk, so SipHash's flooding resistance buys nothing here and
+/// costs most of the optimizer's time.
+type HashMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// Numbers for values: equal values get equal numbers, counted from 0 (hash-consing).
 ///
