@@ -300,7 +300,7 @@ fn install(
     binding: Option<PortBinding>,
     expr: &str,
 ) {
-    let program = netmux_netd::driver_link::compile_program(expr).unwrap();
+    let program = netmux_netd::filters::compile(expr).unwrap().to_bytes();
     done(
         ch,
         &DriverRequest::InstallFilter {

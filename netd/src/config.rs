@@ -68,6 +68,9 @@ pub struct Config {
     pub host_stack: bool,
     /// How long a reply may wait for room in a client's socket ([`DEFAULT_REPLY_TIMEOUT`]).
     pub reply_timeout: Duration,
+    /// How long one driver request may take before netd declares the driver gone
+    /// ([`crate::driver_link::DEFAULT_DRIVER_TIMEOUT`]).
+    pub driver_timeout: Duration,
 }
 
 impl Config {
@@ -85,6 +88,7 @@ impl Config {
             rings: QueueConfig::default(),
             host_stack: true,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            driver_timeout: crate::driver_link::DEFAULT_DRIVER_TIMEOUT,
         }
     }
 

@@ -1,16 +1,22 @@
 //! netd's link to the driver, behind one trait: the real one speaks the control protocol on
-//! the driver's socket ([`ChannelDriver`]); tests use an in-process fake
-//! ([`crate::fake_driver::FakeDriver`]).
+//! the driver's socket ([`ChannelDriver`]); [`Recorder`] wraps any link and keeps every
+//! request in order, for tests that check what netd asked and when.
 //!
-//! Every call is one request and one reply, in order; a call that returns `Ok` means the
-//! driver has carried it out (a filter returned `Ok` from [`DriverLink::install_filter`] is in
-//! force, one returned `Ok` from [`DriverLink::remove_filter`] no longer is). Any failure of
-//! the connection itself is [`DriverError::Gone`]: netd then refuses what needs the driver and
-//! keeps released ports unusable, since it cannot confirm their filters are gone.
+//! [`crate::service`] decides which [`DriverCommand`]s a request needs; the shell carries
+//! them out with [`run`] on a thread of their own, with a deadline, and hands the
+//! [`DriverOutcome`]s back. Every call is one request and one reply, in order; a call that
+//! returns `Ok` means the driver has carried it out (a filter returned `Ok` from
+//! [`DriverLink::install_filter`] is in force, one returned `Ok` from
+//! [`DriverLink::remove_filter`] no longer is). Any failure of the connection itself, a reply
+//! that misses its deadline included, is [`DriverError::Gone`]: netd then refuses what needs
+//! the driver and keeps released ports unusable, since it cannot confirm their filters are
+//! gone.
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use netmux_proto::driver::{
     Counters, Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId,
@@ -31,13 +37,9 @@ pub enum DriverError {
     /// The connection to the driver failed or it answered nonsense; nothing more can be done.
     #[error("driver connection lost: {0}")]
     Gone(String),
-    /// The filter expression does not compile.
-    #[error("{0}")]
-    BadFilter(String),
 }
 
-/// One filter to install: the expression (compiled by the link that needs bytecode) and where
-/// it goes.
+/// One filter to install: its program, the expression it was built from, and where it goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilterSpec {
     /// The queue it belongs to.
@@ -50,8 +52,10 @@ pub struct FilterSpec {
     pub mode: RxMode,
     /// For port rx filters: the classifier's key.
     pub binding: Option<PortBinding>,
-    /// The pcap-filter expression.
+    /// The pcap-filter expression it was built from (for people and tests).
     pub expr: String,
+    /// The verified program, in the VM's container format.
+    pub program: Vec<u8>,
 }
 
 /// A queue the driver created: its ring memory and two eventfds, for the client.
@@ -96,18 +100,271 @@ pub trait DriverLink: Send {
     }
 }
 
-/// Compiles a filter expression to the VM's container format.
-pub fn compile_program(expr: &str) -> Result<Vec<u8>, DriverError> {
-    crate::filters::compile(expr)
-        .map(|p| p.to_bytes())
-        .map_err(|e| DriverError::BadFilter(e.to_string()))
+/// One request netd makes of the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverCommand {
+    /// Create a queue.
+    CreateQueue {
+        /// Its id.
+        queue: QueueId,
+        /// Its ring geometry.
+        config: QueueConfig,
+    },
+    /// Stop and free a queue.
+    DestroyQueue {
+        /// Its id.
+        queue: QueueId,
+    },
+    /// Install a filter.
+    InstallFilter(FilterSpec),
+    /// Remove a filter.
+    RemoveFilter {
+        /// Its queue.
+        queue: QueueId,
+        /// The filter.
+        filter: FilterId,
+    },
+    /// Counters of the link and of every queue.
+    Stats,
+    /// Make `queue` netd's own.
+    SetNetdQueue {
+        /// The queue.
+        queue: QueueId,
+    },
+    /// The host's IPv4 addresses.
+    SetHostAddresses {
+        /// The addresses.
+        ipv4: Vec<[u8; 4]>,
+    },
 }
 
-/// The real driver, over its control socket.
+/// What became of one [`DriverCommand`].
+#[derive(Debug)]
+pub enum DriverOutcome {
+    /// Carried out.
+    Done,
+    /// The queue was created.
+    Queue(CreatedQueue),
+    /// The counters.
+    Stats {
+        /// The link's.
+        link: Counters,
+        /// Every queue's.
+        queues: Vec<(QueueId, Counters)>,
+    },
+    /// Refused, or the driver is gone.
+    Failed(DriverError),
+    /// Not tried: an earlier command of a batch that stops at its first failure failed.
+    Skipped,
+}
+
+impl DriverOutcome {
+    /// Whether the command was carried out.
+    pub fn is_ok(&self) -> bool {
+        !matches!(self, DriverOutcome::Failed(_) | DriverOutcome::Skipped)
+    }
+}
+
+/// Carries out one command.
+pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutcome {
+    let done = |r: Result<(), DriverError>| match r {
+        Ok(()) => DriverOutcome::Done,
+        Err(e) => DriverOutcome::Failed(e),
+    };
+    match command {
+        DriverCommand::CreateQueue { queue, config } => match link.create_queue(queue, config) {
+            Ok(q) => DriverOutcome::Queue(q),
+            Err(e) => DriverOutcome::Failed(e),
+        },
+        DriverCommand::DestroyQueue { queue } => done(link.destroy_queue(queue)),
+        DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
+        DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
+        DriverCommand::Stats => match link.stats() {
+            Ok((link, queues)) => DriverOutcome::Stats { link, queues },
+            Err(e) => DriverOutcome::Failed(e),
+        },
+        DriverCommand::SetNetdQueue { queue } => done(link.set_netd_queue(queue)),
+        DriverCommand::SetHostAddresses { ipv4 } => done(link.set_host_addresses(ipv4)),
+    }
+}
+
+/// Carries out `commands` in order, one outcome each; with `stop_at_first_failure`, the
+/// commands after a failure are [`DriverOutcome::Skipped`].
+pub fn run(
+    link: &mut dyn DriverLink,
+    commands: Vec<DriverCommand>,
+    stop_at_first_failure: bool,
+) -> Vec<DriverOutcome> {
+    let mut failed = false;
+    commands
+        .into_iter()
+        .map(|c| {
+            if failed && stop_at_first_failure {
+                return DriverOutcome::Skipped;
+            }
+            let outcome = execute(link, c);
+            failed |= !outcome.is_ok();
+            outcome
+        })
+        .collect()
+}
+
+/// One request a [`Recorder`] passed on, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// A queue was created.
+    CreateQueue(QueueId),
+    /// A queue was destroyed.
+    DestroyQueue(QueueId),
+    /// A filter was installed.
+    Install(FilterSpec),
+    /// A filter was removed.
+    Remove(QueueId, FilterId),
+    /// netd named its own queue.
+    SetNetdQueue(QueueId),
+    /// netd named the host's IPv4 addresses.
+    SetHostAddresses(Vec<[u8; 4]>),
+}
+
+#[derive(Debug, Default)]
+struct RecorderState {
+    events: Vec<Recorded>,
+    refuse_installs: bool,
+}
+
+/// Wraps a driver link and records every request it carried out, in order; it can also be
+/// told to refuse installs (to test netd's rollback). Clones share one record.
+#[derive(Clone, Debug)]
+pub struct Recorder<L> {
+    inner: Arc<Mutex<L>>,
+    state: Arc<Mutex<RecorderState>>,
+}
+
+impl<L: DriverLink> Recorder<L> {
+    /// Records what passes through to `link`.
+    pub fn new(link: L) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(link)),
+            state: Arc::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RecorderState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn link(&self) -> std::sync::MutexGuard<'_, L> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every request carried out so far, in order.
+    pub fn events(&self) -> Vec<Recorded> {
+        self.state().events.clone()
+    }
+
+    /// The filters installed and not removed, in install order.
+    pub fn filters(&self) -> Vec<FilterSpec> {
+        let mut live: Vec<FilterSpec> = Vec::new();
+        for e in self.state().events.iter() {
+            match e {
+                Recorded::Install(spec) => live.push(spec.clone()),
+                Recorded::Remove(_, f) => live.retain(|s| s.filter != *f),
+                Recorded::DestroyQueue(q) => live.retain(|s| s.queue != *q),
+                _ => {}
+            }
+        }
+        live
+    }
+
+    /// The queues created and not destroyed, ascending.
+    pub fn queues(&self) -> Vec<QueueId> {
+        let mut live = std::collections::BTreeSet::new();
+        for e in self.state().events.iter() {
+            match e {
+                Recorded::CreateQueue(q) => {
+                    live.insert(*q);
+                }
+                Recorded::DestroyQueue(q) => {
+                    live.remove(q);
+                }
+                _ => {}
+            }
+        }
+        live.into_iter().collect()
+    }
+
+    /// From now on, refuses (`true`) or passes on (`false`) every filter install.
+    pub fn refuse_installs(&self, refuse: bool) {
+        self.state().refuse_installs = refuse;
+    }
+
+    fn record<T>(&self, r: Result<T, DriverError>, event: Recorded) -> Result<T, DriverError> {
+        if r.is_ok() {
+            self.state().events.push(event);
+        }
+        r
+    }
+}
+
+impl<L: DriverLink> DriverLink for Recorder<L> {
+    fn link_info(&self) -> LinkInfo {
+        self.link().link_info()
+    }
+    fn create_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError> {
+        let r = self.link().create_queue(queue, config);
+        self.record(r, Recorded::CreateQueue(queue))
+    }
+    fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
+        let r = self.link().destroy_queue(queue);
+        self.record(r, Recorded::DestroyQueue(queue))
+    }
+    fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
+        if self.state().refuse_installs {
+            return Err(DriverError::Refused(ErrorReply {
+                code: netmux_proto::ErrorCode::Limit,
+                message: "the recorder refuses installs".into(),
+            }));
+        }
+        let r = self.link().install_filter(spec);
+        self.record(r, Recorded::Install(spec.clone()))
+    }
+    fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
+        let r = self.link().remove_filter(queue, filter);
+        self.record(r, Recorded::Remove(queue, filter))
+    }
+    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
+        self.link().stats()
+    }
+    fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
+        let r = self.link().set_netd_queue(queue);
+        self.record(r, Recorded::SetNetdQueue(queue))
+    }
+    fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
+        let r = self.link().set_host_addresses(ipv4.clone());
+        self.record(r, Recorded::SetHostAddresses(ipv4))
+    }
+    fn gone(&mut self) -> Option<String> {
+        self.link().gone()
+    }
+}
+
+/// How long netd waits for the driver's reply to one request before it declares the driver
+/// gone: the driver answers a local round trip in microseconds, so seconds mean it is stuck.
+pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The real driver, over its control socket. A reply that does not come within the timeout
+/// ends the connection: the request may or may not have been carried out, and a late reply
+/// would answer the wrong request, so every later call fails with [`DriverError::Gone`].
 #[derive(Debug)]
 pub struct ChannelDriver {
     channel: Channel,
     link: LinkInfo,
+    /// Why the connection is unusable, once it is.
+    broken: Option<String>,
 }
 
 impl ChannelDriver {
@@ -118,8 +375,20 @@ impl ChannelDriver {
         ChannelDriver::over(sock)
     }
 
-    /// Says hello over an already connected socket (a child driver's socketpair end).
+    /// Says hello over an already connected socket (a child driver's socketpair end), with
+    /// [`DEFAULT_DRIVER_TIMEOUT`] for every reply.
     pub fn over(sock: UnixStream) -> Result<ChannelDriver, DriverError> {
+        ChannelDriver::over_with_timeout(sock, DEFAULT_DRIVER_TIMEOUT)
+    }
+
+    /// The same, waiting at most `timeout` for each reply.
+    pub fn over_with_timeout(
+        sock: UnixStream,
+        timeout: Duration,
+    ) -> Result<ChannelDriver, DriverError> {
+        sock.set_read_timeout(Some(timeout))
+            .and_then(|()| sock.set_write_timeout(Some(timeout)))
+            .map_err(|e| DriverError::Gone(format!("setting the reply deadline: {e}")))?;
         let mut channel = Channel::new(sock);
         let (reply, _) = round_trip(
             &mut channel,
@@ -129,7 +398,11 @@ impl ChannelDriver {
         )?;
         match reply {
             DriverReply::Hello { version, link } if version == PROTOCOL_VERSION => {
-                Ok(ChannelDriver { channel, link })
+                Ok(ChannelDriver {
+                    channel,
+                    link,
+                    broken: None,
+                })
             }
             DriverReply::Hello { version, .. } => Err(DriverError::Gone(format!(
                 "driver speaks protocol {version}, netd {PROTOCOL_VERSION}"
@@ -139,10 +412,25 @@ impl ChannelDriver {
     }
 
     fn request(&mut self, request: &DriverRequest) -> Result<(), DriverError> {
-        match round_trip(&mut self.channel, request)?.0 {
+        match self.call(request)?.0 {
             DriverReply::Done => Ok(()),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// One round trip; a failed one breaks the connection for good.
+    fn call(
+        &mut self,
+        request: &DriverRequest,
+    ) -> Result<(DriverReply, Vec<OwnedFd>), DriverError> {
+        if let Some(why) = &self.broken {
+            return Err(DriverError::Gone(why.clone()));
+        }
+        round_trip(&mut self.channel, request).inspect_err(|e| {
+            if let DriverError::Gone(why) = e {
+                self.broken = Some(why.clone());
+            }
+        })
     }
 }
 
@@ -157,12 +445,17 @@ fn round_trip(
     channel: &mut Channel,
     request: &DriverRequest,
 ) -> Result<(DriverReply, Vec<OwnedFd>), DriverError> {
-    channel
-        .send(request, &[])
-        .map_err(|e| DriverError::Gone(e.to_string()))?;
-    channel
-        .recv::<DriverReply>()
-        .map_err(|e| DriverError::Gone(e.to_string()))
+    let gone = |e: netmux_proto::channel::ChannelError| {
+        let timed_out = matches!(&e, netmux_proto::channel::ChannelError::Io(io)
+            if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+        if timed_out {
+            DriverError::Gone("the driver did not answer in time".into())
+        } else {
+            DriverError::Gone(e.to_string())
+        }
+    };
+    channel.send(request, &[]).map_err(gone)?;
+    channel.recv::<DriverReply>().map_err(gone)
 }
 
 impl DriverLink for ChannelDriver {
@@ -175,10 +468,7 @@ impl DriverLink for ChannelDriver {
         queue: QueueId,
         config: QueueConfig,
     ) -> Result<CreatedQueue, DriverError> {
-        let (reply, fds) = round_trip(
-            &mut self.channel,
-            &DriverRequest::CreateQueue { queue, config },
-        )?;
+        let (reply, fds) = self.call(&DriverRequest::CreateQueue { queue, config })?;
         match reply {
             DriverReply::QueueCreated { ring_bytes, .. } => {
                 let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
@@ -204,14 +494,13 @@ impl DriverLink for ChannelDriver {
     }
 
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
-        let program = compile_program(&spec.expr)?;
         self.request(&DriverRequest::InstallFilter {
             queue: spec.queue,
             filter: spec.filter,
             direction: spec.direction,
             mode: spec.mode,
             binding: spec.binding,
-            program,
+            program: spec.program.clone(),
         })
     }
 
@@ -220,7 +509,7 @@ impl DriverLink for ChannelDriver {
     }
 
     fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
-        match round_trip(&mut self.channel, &DriverRequest::Stats)?.0 {
+        match self.call(&DriverRequest::Stats)?.0 {
             DriverReply::Stats { link, queues } => Ok((link, queues)),
             other => Err(unexpected(other)),
         }
@@ -238,6 +527,9 @@ impl DriverLink for ChannelDriver {
     /// it closed the connection (it died or dropped netd).
     fn gone(&mut self) -> Option<String> {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        if let Some(why) = &self.broken {
+            return Some(why.clone());
+        }
         let mut fds = [PollFd::new(self.channel.socket(), PollFlags::IN)];
         let zero = Timespec {
             tv_sec: 0,

@@ -377,8 +377,8 @@ impl DriverLink for FakeDriver {
         if s.filters.contains_key(&spec.filter) {
             return Err(refused("filter id in use"));
         }
-        // As the real link does: an expression that does not compile never reaches the driver.
-        crate::filters::compile(&spec.expr).map_err(|e| DriverError::BadFilter(e.to_string()))?;
+        // As the driver does: only a verified program is installed.
+        netmux_vm::verify(&spec.program).map_err(|e| refused(&format!("rejected: {e}")))?;
         s.filters.insert(spec.filter, spec.clone());
         s.events.push(FakeEvent::Install(spec.clone()));
         if spec.direction == Direction::Tx {

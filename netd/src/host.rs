@@ -28,7 +28,7 @@ use etherparse::{
 };
 
 use crate::core::{PortState, Transport};
-use crate::server::{lock, SharedNetd};
+use crate::service::{lock, SharedNetd};
 
 /// ICMP errors, echo replies and RSTs per second: Linux's `icmp_msgs_per_sec` default.
 pub const ANSWER_RATE_PER_SEC: u32 = 1000;

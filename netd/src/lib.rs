@@ -3,10 +3,13 @@
 //!
 //! * [`core`]: the I/O-free heart (ports, sessions, policy), tested without sockets and with
 //!   the time passed in.
-//! * [`service`]: requests carried out at the driver in the core's two-phase order.
-//! * [`server`]: the thin tokio shell (client socket, tasks, handshake clock), and
-//!   [`server::spawn`] to run netd in-process.
-//! * [`driver_link`]: the driver behind a trait; [`fake_driver`] is the in-process fake.
+//! * [`service`]: what each request means for the core and the driver, decided without I/O:
+//!   a reply, or driver work whose outcomes come back to it.
+//! * [`server`]: the thin tokio shell (client socket, tasks, handshake clock) that carries the
+//!   work out, and [`server::spawn`] to run netd in-process.
+//! * [`driver_link`]: the driver behind a trait (the control socket, and a recorder for
+//!   tests); [`driver_worker`] runs it on a thread of its own with deadlines.
+//! * [`fake_driver`]: an in-process stand-in used by tests that do not need real filters.
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
@@ -15,6 +18,7 @@
 pub mod config;
 pub mod core;
 pub mod driver_link;
+pub mod driver_worker;
 pub mod fake_driver;
 pub mod filters;
 pub mod host;

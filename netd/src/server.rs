@@ -1,17 +1,21 @@
-//! The tokio shell: the client socket, one task per client, the handshake clock, and the host
-//! stack's thread, around [`Netd`].
+//! The tokio shell: the client socket, one task per client, the handshake clock, the driver
+//! worker and the host stack's thread, around [`Netd`].
 //!
-//! Each client task reads whole messages with [`Channel::try_recv_raw`] as the socket becomes
-//! readable, hands each request to [`Netd::handle`] under the state lock (driver requests are
-//! short local round trips, serialised there so two clients can never race for a port), and
-//! writes the reply, waiting for the socket to be writable so a client that never reads its
-//! replies costs only its own task; after [`Config::reply_timeout`] it is disconnected. Whatever ends
-//! the task (close, death, a broken message frame, a timeout), [`Netd::disconnect`] runs, once.
+//! Each client task reads whole messages as the socket becomes readable and hands each
+//! request to [`Netd::handle`] under the state lock. netd decides there, without I/O; when the
+//! request needs the driver, the task carries the [`DriverWork`] out on the
+//! [`DriverWorker`] with the lock released (a deadline on every driver request), and feeds the
+//! outcomes back with [`Netd::resume`]. Then it writes the reply, waiting for the socket to be
+//! writable so a client that never reads its replies costs only its own task; after
+//! [`Config::reply_timeout`] it is disconnected. Whatever ends the task (close, death, a broken
+//! message frame, a timeout), [`Netd::disconnect`] runs, once, and its removals are carried out
+//! the same way.
 //!
-//! Every [`EXPIRY_TICK`] the shell also asks whether the driver is gone ([`Netd::check_driver`]);
-//! when it is, netd logs it once, ends every session, and refuses every new client with
-//! `ErrorCode::Driver` and the reason, until it is restarted with a driver. A refusal at connect
-//! answers the client's first message, so the client reads the reason.
+//! Every [`EXPIRY_TICK`] the shell also asks the worker whether the driver is gone (its
+//! connection closed, or a request missed its deadline); when it is, netd logs it once, ends
+//! every session, and refuses every new client with `ErrorCode::Driver` and the reason, until
+//! it is restarted with a driver. A refusal at connect answers the client's first message, so
+//! the client reads the reason.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,9 +23,10 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use netmux_proto::async_channel::AsyncChannel;
 use netmux_proto::channel::ChannelError;
 use netmux_proto::client::{ClientReply, ClientRequest};
 use netmux_proto::frame;
@@ -31,9 +36,10 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::core::{Credentials, SessionId};
 use crate::driver_link::DriverLink;
+use crate::driver_worker::{DriverWorker, WorkerConfig};
 use crate::host;
-use crate::service::{Netd, Response, StartError};
-use netmux_proto::async_channel::AsyncChannel;
+pub use crate::service::{lock, SharedNetd};
+use crate::service::{DriverWork, Netd, Response, StartError, Step};
 
 /// How often the handshake deadlines are checked.
 pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
@@ -60,15 +66,6 @@ pub enum ServeError {
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
     let what = what.into();
     move |source| ServeError::Io { what, source }
-}
-
-/// The state shared by the tasks.
-pub type SharedNetd = Arc<Mutex<Netd>>;
-
-/// Locks the state. A panic while holding the lock leaves a state in which each request either
-/// happened or not; carrying on is better than taking every client down.
-pub fn lock(state: &SharedNetd) -> MutexGuard<'_, Netd> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Creates the runtime directory (readable by all: clients of any uid connect, and the policy
@@ -103,13 +100,35 @@ pub fn private_dir(dir: &Path) -> Result<(), ServeError> {
 struct Shell {
     reply_timeout: Duration,
     state: SharedNetd,
+    driver: DriverWorker,
     kills: Mutex<HashMap<SessionId, oneshot::Sender<()>>>,
+    /// Whether every session was ended because the driver is gone.
+    sessions_ended: std::sync::atomic::AtomicBool,
     start: Instant,
 }
 
 impl Shell {
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Carries a step out to its end: driver work at the driver (with the state unlocked),
+    /// fed back to netd, until there is a reply (or nothing more to do).
+    async fn drive(&self, mut step: Step) -> Option<Response> {
+        loop {
+            match step {
+                Step::Reply(r) => return Some(r),
+                Step::Finished => return None,
+                Step::Driver(DriverWork {
+                    commands,
+                    stop_at_first_failure,
+                    then,
+                }) => {
+                    let outcomes = self.driver.run(commands, stop_at_first_failure).await;
+                    step = lock(&self.state).resume(then, outcomes);
+                }
+            }
+        }
     }
 }
 
@@ -131,9 +150,18 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Starts netd over `driver` and binds the client socket (inside a tokio runtime).
-    pub fn bind(config: &Config, driver: Box<dyn DriverLink>) -> Result<Server, ServeError> {
-        let netd = Netd::new(config, driver)?;
+    /// Starts netd over `driver` (its host queue and filters set up at the driver) and binds
+    /// the client socket (inside a tokio runtime).
+    pub async fn bind(config: &Config, driver: Box<dyn DriverLink>) -> Result<Server, ServeError> {
+        let driver = DriverWorker::spawn(
+            driver,
+            WorkerConfig {
+                timeout: config.driver_timeout,
+            },
+        )
+        .map_err(io_err("starting the driver thread"))?;
+        let (mut netd, commands) = Netd::new(config, driver.link_info())?;
+        netd.started(driver.run(commands, true).await)?;
         let socket = config.socket_path();
         let created_dir = prepare_socket(&socket)?;
         let listener =
@@ -144,7 +172,9 @@ impl Server {
             listener,
             shell: Arc::new(Shell {
                 state: Arc::new(Mutex::new(netd)),
+                driver,
                 kills: Mutex::new(HashMap::new()),
+                sessions_ended: std::sync::atomic::AtomicBool::new(false),
                 start: Instant::now(),
                 reply_timeout: config.reply_timeout,
             }),
@@ -203,9 +233,22 @@ async fn expiry_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
     loop {
         tick.tick().await;
+        let gone = shell.driver.gone();
         let (expired, driver_gone) = {
             let mut netd = lock(&shell.state);
-            (netd.expired(shell.now()), netd.check_driver())
+            if let Some(why) = gone {
+                netd.driver_gone_because(why);
+            }
+            // Sessions end once, whichever way netd learnt that the driver is gone.
+            let news = netd
+                .driver_gone()
+                .filter(|_| {
+                    !shell
+                        .sessions_ended
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                })
+                .map(str::to_owned);
+            (netd.expired(shell.now()), news)
         };
         let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
         for id in expired {
@@ -269,7 +312,8 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
-    lock(&shell.state).disconnect(id);
+    let teardown = lock(&shell.state).disconnect(id);
+    let _ = shell.drive(teardown).await;
     tracing::debug!(%id, "session ended");
 }
 
@@ -290,7 +334,13 @@ async fn serve_client(
                 lock(&shell.state).malformed("requests carry no descriptors")
             }
             Ok((body, _)) => match frame::decode::<ClientRequest>(&body) {
-                Ok(request) => lock(&shell.state).handle(id, request),
+                Ok(request) => {
+                    let step = lock(&shell.state).handle(id, request);
+                    match shell.drive(step).await {
+                        Some(r) => r,
+                        None => return,
+                    }
+                }
                 Err(e) => lock(&shell.state).malformed(&e.to_string()),
             },
             // The frame was read whole; only its descriptors were wrong: say so, go on.
@@ -382,7 +432,7 @@ pub fn spawn(config: Config, driver: Box<dyn DriverLink>) -> Result<NetdHandle, 
                 .build()
                 .map_err(io_err("starting the tokio runtime"))?;
             rt.block_on(async move {
-                let server = match Server::bind(&config, driver) {
+                let server = match Server::bind(&config, driver).await {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));

@@ -1,30 +1,38 @@
-//! netd's request handling: the core's decisions carried out at the driver, one request at a
-//! time, with no sockets of its own (the tokio shell in [`crate::server`] feeds it).
+//! netd's request handling: what each client request means for the core and for the driver,
+//! decided without any I/O. As quinn-proto's endpoint does, [`Netd`] returns what must be done
+//! ([`Step`]): a reply for the client, or [`DriverWork`] (driver commands, in order) whose
+//! outcomes the shell feeds back with [`Netd::resume`]. The shell ([`crate::server`]) carries
+//! the work out at the driver with a deadline and without holding netd's state lock, so one
+//! slow driver reply delays only the request that waits for it.
 //!
 //! Guarantees:
-//! * a port's reply goes out only after every one of its rx and tx filters was installed
-//!   (`install_filter` returned `Ok`); if one fails, those already installed are removed and the
-//!   port is refused;
+//! * a port's reply goes out only after every one of its rx and tx filters was installed (the
+//!   driver confirmed each); if one fails, those already installed are removed and the port is
+//!   refused;
 //! * a closed port, and every port of an ended session, is free again only after the driver
 //!   confirmed the removal of all its filters; if the driver cannot confirm (it is gone), the
 //!   port stays unusable;
 //! * a session's end removes, in order, its ports' filters, its tap and exclusive filters, its
 //!   queue's filters and then the queue (with its ring memory);
+//! * two requests never race for one port: the core reserves it before any driver work starts;
 //! * every refusal is an [`ErrorReply`] with a stable code; only a wrong protocol version ends
 //!   the session from here.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use netmux_proto::client::{self, ClientReply, ClientRequest, HostConfig};
-use netmux_proto::driver::{Counters, Direction, FilterId, QueueId, RxMode};
-use netmux_proto::{frame, ErrorCode, ErrorReply, PROTOCOL_VERSION};
+use netmux_proto::driver::{Counters, Direction, FilterId, PortBinding, QueueId, RxMode};
+use netmux_proto::{frame, ErrorCode, ErrorReply, LinkInfo, PROTOCOL_VERSION};
 use netmux_ring::QueueConfig;
 
 use crate::config::{link_local_from_mac, Config};
 use crate::core::{self, Core, CoreError, Credentials, PortError, PortTable, SessionId, Transport};
-use crate::driver_link::{CreatedQueue, DriverError, DriverLink, FilterSpec, HOST_QUEUE};
+use crate::driver_link::{
+    CreatedQueue, DriverCommand, DriverError, DriverOutcome, FilterSpec, HOST_QUEUE,
+};
 use crate::filters::{self, HostIdentity};
 
 /// Why netd could not start.
@@ -33,6 +41,9 @@ pub enum StartError {
     /// The configured ring geometry is not valid.
     #[error("ring configuration: {0}")]
     Rings(#[from] netmux_ring::RingConfigError),
+    /// netd's own filters do not compile (a bug, or an address the compiler refuses).
+    #[error("building netd's own filters: {0}")]
+    Filter(String),
     /// The driver refused to set up netd's own host queue.
     #[error("setting up the host queue: {0}")]
     Driver(#[from] DriverError),
@@ -57,6 +68,101 @@ impl Response {
             end: false,
         }
     }
+
+    fn error(e: ErrorReply) -> Response {
+        Response::reply(ClientReply::Error(e))
+    }
+}
+
+/// What the shell must do next for a request or a session's end.
+#[must_use = "a step must be carried out"]
+#[derive(Debug)]
+pub enum Step {
+    /// Send this to the client.
+    Reply(Response),
+    /// Carry out this work at the driver, then hand its outcomes to [`Netd::resume`].
+    Driver(DriverWork),
+    /// Nothing more (a session's end finished).
+    Finished,
+}
+
+/// Driver commands to carry out in order, and what netd does with their outcomes.
+#[must_use = "driver work must be carried out and resumed"]
+#[derive(Debug)]
+pub struct DriverWork {
+    /// The commands, in order.
+    pub commands: Vec<DriverCommand>,
+    /// Whether to skip the rest after the first failure (installs: all or nothing);
+    /// otherwise every command is tried (removals at a session's end).
+    pub stop_at_first_failure: bool,
+    /// What [`Netd::resume`] continues with.
+    pub then: Then,
+}
+
+/// The continuation of a [`DriverWork`]: opaque, handed back to [`Netd::resume`].
+#[derive(Debug)]
+pub struct Then(Pending);
+
+/// A queue created by this piece of work: its id and its own ARP transmit filter.
+#[derive(Clone, Copy, Debug)]
+struct NewQueue {
+    id: QueueId,
+    arp: Option<FilterId>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A port's filters (and the session's queue first, if it had none).
+    Bind {
+        session: SessionId,
+        transport: Transport,
+        port: u16,
+        queue: Option<NewQueue>,
+        filters: Vec<FilterId>,
+        queue_id: QueueId,
+    },
+    /// Removing what a failed bind installed.
+    BindRollback {
+        session: SessionId,
+        transport: Transport,
+        port: u16,
+        error: ErrorReply,
+    },
+    /// Destroying a queue whose own filter failed; then the error.
+    QueueRollback {
+        session: SessionId,
+        error: ErrorReply,
+    },
+    /// `open_queue`: the session's queue, created for the hand-out.
+    OpenQueue { session: SessionId, queue: NewQueue },
+    /// A tap or exclusive filter (and the queue first, if needed).
+    OpenFilter {
+        session: SessionId,
+        filter: core::FilterId,
+        queue: Option<NewQueue>,
+        driver_filter: FilterId,
+    },
+    /// Removing a tap or exclusive filter.
+    CloseFilter {
+        session: SessionId,
+        filter: core::FilterId,
+    },
+    /// Removing a closed port's filters.
+    ClosePort {
+        session: SessionId,
+        transport: Transport,
+        port: u16,
+    },
+    /// The session's counters.
+    Stats { session: SessionId, queue: QueueId },
+    /// `netmux ls`.
+    ListSessions { session: SessionId },
+    /// A session's end: how many removals belong to each port, in command order.
+    Teardown {
+        session: SessionId,
+        ports: Vec<((Transport, u16), usize)>,
+        queue: Option<QueueId>,
+    },
 }
 
 struct SessionQueue {
@@ -73,6 +179,9 @@ struct SessionExtra {
     queue: Option<SessionQueue>,
     ports: HashMap<(Transport, u16), Vec<FilterId>>,
     user_filters: HashMap<core::FilterId, FilterId>,
+    /// Whether driver work for this session is under way (the shell serves one request of a
+    /// session at a time, so this only guards against a bug).
+    busy: bool,
 }
 
 /// A session as `netmux ls` shows it.
@@ -91,9 +200,9 @@ pub struct SessionSummary {
 /// netd's state. See the module documentation.
 pub struct Netd {
     core: Core,
-    driver: Box<dyn DriverLink>,
     host: HostIdentity,
     host_config: HostConfig,
+    host_stack: bool,
     rings: QueueConfig,
     ring_bytes: u64,
     sessions: HashMap<SessionId, SessionExtra>,
@@ -111,6 +220,15 @@ impl std::fmt::Debug for Netd {
             .field("sessions", &self.sessions.len())
             .finish_non_exhaustive()
     }
+}
+
+/// netd's state as the shell's tasks and the host stack share it.
+pub type SharedNetd = Arc<Mutex<Netd>>;
+
+/// Locks the state. A panic while holding the lock leaves a state in which each request either
+/// happened or not; carrying on is better than taking every client down.
+pub fn lock(state: &SharedNetd) -> MutexGuard<'_, Netd> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Bytes of session descriptions in one `ListSessions` reply; the rest are counted as omitted.
@@ -148,18 +266,49 @@ fn core_error(e: CoreError) -> ErrorReply {
 
 fn driver_error(e: DriverError) -> ErrorReply {
     match e {
-        DriverError::BadFilter(m) => error(ErrorCode::BadFilter, m),
         DriverError::Refused(r) => error(ErrorCode::Driver, r.message),
         DriverError::Gone(m) => error(ErrorCode::Driver, format!("driver unavailable: {m}")),
     }
 }
 
+/// The first failure among `outcomes`, as a driver error (a skipped command counts as none).
+fn first_failure(outcomes: &mut [DriverOutcome]) -> Option<DriverError> {
+    outcomes.iter_mut().find_map(|o| match o {
+        DriverOutcome::Failed(e) => Some(std::mem::replace(e, DriverError::Gone(String::new()))),
+        _ => None,
+    })
+}
+
+/// A filter spec from an expression: compiled here, so the driver link only carries bytes.
+fn spec(
+    queue: QueueId,
+    filter: FilterId,
+    direction: Direction,
+    mode: RxMode,
+    binding: Option<PortBinding>,
+    expr: String,
+) -> Result<FilterSpec, String> {
+    let program = filters::compile(&expr)
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(FilterSpec {
+        queue,
+        filter,
+        direction,
+        mode,
+        binding,
+        expr,
+        program,
+    })
+}
+
 impl Netd {
-    /// netd with this configuration over this driver. With `config.host_stack`, creates the
-    /// host queue ([`HOST_QUEUE`]) and its filters at once.
-    pub fn new(config: &Config, driver: Box<dyn DriverLink>) -> Result<Netd, StartError> {
+    /// netd with this configuration, on a link with these properties. With
+    /// `config.host_stack`, the returned commands create the host queue ([`HOST_QUEUE`]) and
+    /// its filters; either way they name the host's addresses. Carry them out (stopping at the
+    /// first failure) and hand the outcomes to [`Netd::started`] before serving anyone.
+    pub fn new(config: &Config, link: LinkInfo) -> Result<(Netd, Vec<DriverCommand>), StartError> {
         let ring_bytes = netmux_ring::layout_of(&config.rings)?.total_len;
-        let link = driver.link_info();
         let host = HostIdentity {
             mac: link.mac,
             ipv4: config.addrs.ipv4.map(|(a, _)| a),
@@ -179,9 +328,9 @@ impl Netd {
                 config.policy.clone(),
                 PortTable::new(config.ephemeral.clone()),
             ),
-            driver,
             host,
             host_config,
+            host_stack: config.host_stack,
             rings: config.rings,
             ring_bytes,
             sessions: HashMap::new(),
@@ -190,31 +339,46 @@ impl Netd {
             host_queue: None,
             driver_gone: None,
         };
+        let mut commands = Vec::new();
         if config.host_stack {
-            let created = netd.driver.create_queue(HOST_QUEUE, netd.rings)?;
-            let filters = [
+            commands.push(DriverCommand::CreateQueue {
+                queue: HOST_QUEUE,
+                config: netd.rings,
+            });
+            let host_filters = [
                 (filters::host_rx(&netd.host), Direction::Rx),
                 (filters::host_tx(&netd.host), Direction::Tx),
             ];
-            for (expr, direction) in filters {
+            for (expr, direction) in host_filters {
                 if let Some(expr) = expr {
-                    let spec = FilterSpec {
-                        queue: HOST_QUEUE,
-                        filter: netd.filter_id(),
-                        direction,
-                        mode: RxMode::Owner,
-                        binding: None,
-                        expr,
-                    };
-                    netd.driver.install_filter(&spec)?;
+                    let filter = netd.filter_id();
+                    let s = spec(HOST_QUEUE, filter, direction, RxMode::Owner, None, expr)
+                        .map_err(StartError::Filter)?;
+                    commands.push(DriverCommand::InstallFilter(s));
                 }
             }
-            netd.driver.set_netd_queue(HOST_QUEUE)?;
-            netd.host_queue = Some(created);
+            commands.push(DriverCommand::SetNetdQueue { queue: HOST_QUEUE });
         }
         let ipv4: Vec<[u8; 4]> = netd.host.ipv4.iter().map(|a| a.octets()).collect();
-        netd.driver.set_host_addresses(ipv4)?;
-        Ok(netd)
+        commands.push(DriverCommand::SetHostAddresses { ipv4 });
+        Ok((netd, commands))
+    }
+
+    /// The outcomes of [`Netd::new`]'s commands: netd is ready, or why not.
+    pub fn started(&mut self, outcomes: Vec<DriverOutcome>) -> Result<(), StartError> {
+        for outcome in outcomes {
+            match outcome {
+                DriverOutcome::Queue(q) if self.host_stack => self.host_queue = Some(q),
+                DriverOutcome::Failed(e) => return Err(StartError::Driver(e)),
+                DriverOutcome::Skipped => {
+                    return Err(StartError::Driver(DriverError::Gone(
+                        "a start-up command was skipped".into(),
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The host's identity (MAC and addresses).
@@ -259,16 +423,15 @@ impl Netd {
         id
     }
 
-    /// Whether the driver has gone since the last call: `Some(why)` exactly once, when netd
-    /// first notices. From then on netd refuses every new client ([`Netd::connect`]) and every
-    /// request that needs the driver; the shell ends every session.
-    pub fn check_driver(&mut self) -> Option<String> {
+    /// The driver is gone (the shell found out: a closed connection, a missed deadline). From
+    /// now on netd refuses every new client ([`Netd::connect`]) and every request that needs
+    /// the driver. Returns whether this is news (log it once).
+    pub fn driver_gone_because(&mut self, why: String) -> bool {
         if self.driver_gone.is_some() {
-            return None;
+            return false;
         }
-        let why = self.driver.gone()?;
-        self.driver_gone = Some(why.clone());
-        Some(why)
+        self.driver_gone = Some(why);
+        true
     }
 
     /// Why the driver is gone, if netd noticed.
@@ -278,9 +441,6 @@ impl Netd {
 
     /// A client connected. Refused with [`ErrorCode::Driver`] once the driver is gone.
     pub fn connect(&mut self, creds: Credentials, now: Duration) -> Result<SessionId, ErrorReply> {
-        if let Some(why) = self.check_driver() {
-            tracing::error!("the driver is gone ({why}); refusing new clients");
-        }
         if let Some(why) = &self.driver_gone {
             return Err(error(
                 ErrorCode::Driver,
@@ -299,48 +459,73 @@ impl Netd {
 
     /// The reply to a message that could not be decoded (the session goes on).
     pub fn malformed(&self, why: &str) -> Response {
-        Response::reply(ClientReply::Error(error(
+        Response::error(error(
             ErrorCode::Protocol,
             format!("malformed request: {why}"),
-        )))
+        ))
     }
 
-    /// Handles one request.
-    pub fn handle(&mut self, id: SessionId, request: ClientRequest) -> Response {
+    /// Handles one request: a reply, or driver work first.
+    pub fn handle(&mut self, id: SessionId, request: ClientRequest) -> Step {
+        if self.sessions.get(&id).is_some_and(|e| e.busy) {
+            return Step::Reply(Response::error(error(
+                ErrorCode::Internal,
+                "a request of this session is still under way",
+            )));
+        }
         let result = match request {
             ClientRequest::Hello { version } if version != PROTOCOL_VERSION => {
-                return Response {
+                return Step::Reply(Response {
                     reply: ClientReply::Error(error(
                         ErrorCode::Version,
                         format!("netd speaks protocol {PROTOCOL_VERSION}, not {version}"),
                     )),
                     fds: Vec::new(),
                     end: true,
-                };
+                });
             }
-            ClientRequest::Hello { .. } => {
-                self.core
-                    .hello(id)
-                    .map_err(core_error)
-                    .map(|_| ClientReply::Hello {
-                        version: PROTOCOL_VERSION,
-                        host: self.host_config.clone(),
-                    })
-            }
+            ClientRequest::Hello { .. } => self.core.hello(id).map_err(core_error).map(|_| {
+                self.reply(ClientReply::Hello {
+                    version: PROTOCOL_VERSION,
+                    host: self.host_config.clone(),
+                })
+            }),
             ClientRequest::GetPort { transport } => self.bind(id, transport, None),
             ClientRequest::BindPort { transport, port } => self.bind(id, transport, Some(port)),
-            ClientRequest::ClosePort { transport, port } => self
-                .close_port(id, transport, port)
-                .map(|_| ClientReply::Done),
+            ClientRequest::ClosePort { transport, port } => self.close_port(id, transport, port),
             ClientRequest::OpenFilter { expr, mode } => self.open_filter(id, expr, mode),
-            ClientRequest::CloseFilter { filter } => self
-                .close_filter(id, core::FilterId(filter))
-                .map(|_| ClientReply::Done),
-            ClientRequest::OpenQueue => return self.open_queue(id),
+            ClientRequest::CloseFilter { filter } => self.close_filter(id, core::FilterId(filter)),
+            ClientRequest::OpenQueue => self.open_queue(id),
             ClientRequest::Stats => self.stats(id),
             ClientRequest::ListSessions => self.list_sessions(id),
         };
-        Response::reply(result.unwrap_or_else(ClientReply::Error))
+        let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
+        if let (Step::Driver(_), Some(extra)) = (&step, self.sessions.get_mut(&id)) {
+            extra.busy = true;
+        }
+        step
+    }
+
+    fn reply(&self, reply: ClientReply) -> Step {
+        Step::Reply(Response::reply(reply))
+    }
+
+    fn work(&self, commands: Vec<DriverCommand>, all_or_nothing: bool, then: Pending) -> Step {
+        Step::Driver(DriverWork {
+            commands,
+            stop_at_first_failure: all_or_nothing,
+            then: Then(then),
+        })
+    }
+
+    fn refuse_without_driver(&self) -> Result<(), ErrorReply> {
+        match &self.driver_gone {
+            Some(why) => Err(error(
+                ErrorCode::Driver,
+                format!("driver unavailable: the driver is gone ({why})"),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn extra(&mut self, id: SessionId) -> Result<&mut SessionExtra, ErrorReply> {
@@ -349,165 +534,202 @@ impl Netd {
             .ok_or_else(|| core_error(CoreError::NoSession))
     }
 
-    fn bind(
+    /// The session's queue, or the commands that create it (with its ARP transmit filter)
+    /// after reserving its ring memory.
+    fn queue_or_create(
         &mut self,
         id: SessionId,
-        transport: Transport,
-        port: Option<u16>,
-    ) -> Result<ClientReply, ErrorReply> {
-        let port = match port {
-            Some(p) => self.core.bind_port(id, transport, p).map(|_| p),
-            None => self.core.get_port(id, transport),
-        }
-        .map_err(core_error)?;
-        match self.install_port(id, transport, port) {
-            Ok(ids) => {
-                self.core
-                    .port_installed(id, transport, port)
-                    .map_err(core_error)?;
-                self.extra(id)?.ports.insert((transport, port), ids);
-                Ok(ClientReply::Port { transport, port })
-            }
-            Err((e, clean)) => {
-                if clean {
-                    let _ = self.core.port_install_failed(id, transport, port);
-                } else {
-                    // Some filter may still be in force: the port stays unusable.
-                    let _ = self.core.port_installed(id, transport, port);
-                    let _ = self.core.close_port(id, transport, port);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Installs a port's filters. On failure, whether everything installed was removed again.
-    fn install_port(
-        &mut self,
-        id: SessionId,
-        transport: Transport,
-        port: u16,
-    ) -> Result<Vec<FilterId>, (ErrorReply, bool)> {
-        let queue = self.ensure_queue(id).map_err(|e| (e, true))?;
-        let filters = filters::port_filters(&self.host, transport, port).ok_or_else(|| {
-            (
-                error(ErrorCode::Internal, "the host has no IP address"),
-                true,
-            )
-        })?;
-        let mut specs: Vec<FilterSpec> = Vec::new();
-        for (expr, binding) in filters.rx {
-            specs.push(FilterSpec {
-                queue,
-                filter: self.filter_id(),
-                direction: Direction::Rx,
-                mode: RxMode::Owner,
-                binding: Some(binding),
-                expr,
-            });
-        }
-        for (expr, binding) in filters.tx {
-            specs.push(FilterSpec {
-                queue,
-                filter: self.filter_id(),
-                direction: Direction::Tx,
-                mode: RxMode::Owner,
-                binding: Some(binding),
-                expr,
-            });
-        }
-        let mut installed = Vec::new();
-        for spec in &specs {
-            if let Err(e) = self.driver.install_filter(spec) {
-                let clean = self.remove_filters(queue, &installed);
-                return Err((driver_error(e), clean));
-            }
-            installed.push(spec.filter);
-        }
-        Ok(installed)
-    }
-
-    /// Removes filters in reverse order; whether the driver confirmed every removal.
-    fn remove_filters(&mut self, queue: QueueId, ids: &[FilterId]) -> bool {
-        let mut all = true;
-        for &f in ids.iter().rev() {
-            if let Err(e) = self.driver.remove_filter(queue, f) {
-                tracing::warn!(?queue, ?f, "removing a filter failed: {e}");
-                all = false;
-            }
-        }
-        all
-    }
-
-    fn ensure_queue(&mut self, id: SessionId) -> Result<QueueId, ErrorReply> {
+        commands: &mut Vec<DriverCommand>,
+    ) -> Result<(QueueId, Option<NewQueue>), ErrorReply> {
         if let Some(q) = &self.extra(id)?.queue {
-            return Ok(q.id);
+            return Ok((q.id, None));
         }
+        self.refuse_without_driver()?;
         self.core
             .reserve_ring(id, self.ring_bytes)
             .map_err(core_error)?;
         let queue = QueueId(self.next_queue);
         self.next_queue = self.next_queue.wrapping_add(1).max(HOST_QUEUE.0 + 1);
-        let created = match self.driver.create_queue(queue, self.rings) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = self.core.release_ring(id, self.ring_bytes);
-                return Err(driver_error(e));
-            }
-        };
-        let mut own = Vec::new();
-        if let Some(expr) = filters::queue_arp_tx(&self.host) {
-            let spec = FilterSpec {
-                queue,
-                filter: self.filter_id(),
-                direction: Direction::Tx,
-                mode: RxMode::Owner,
-                binding: None,
-                expr,
-            };
-            if let Err(e) = self.driver.install_filter(&spec) {
-                if self.driver.destroy_queue(queue).is_ok() {
-                    let _ = self.core.release_ring(id, self.ring_bytes);
-                }
-                return Err(driver_error(e));
-            }
-            own.push(spec.filter);
-        }
-        let ring_bytes = created.ring_bytes;
-        self.extra(id)?.queue = Some(SessionQueue {
-            id: queue,
-            handout: Some(created),
-            ring_bytes,
-            filters: own,
+        commands.push(DriverCommand::CreateQueue {
+            queue,
+            config: self.rings,
         });
-        Ok(queue)
+        let mut arp = None;
+        if let Some(expr) = filters::queue_arp_tx(&self.host) {
+            let filter = self.filter_id();
+            match spec(queue, filter, Direction::Tx, RxMode::Owner, None, expr) {
+                Ok(s) => {
+                    commands.push(DriverCommand::InstallFilter(s));
+                    arp = Some(filter);
+                }
+                Err(e) => {
+                    let _ = self.core.release_ring(id, self.ring_bytes);
+                    return Err(error(ErrorCode::Internal, e));
+                }
+            }
+        }
+        Ok((queue, Some(NewQueue { id: queue, arp })))
     }
 
-    fn open_queue(&mut self, id: SessionId) -> Response {
-        let result = self
-            .require_active(id)
-            .and_then(|_| self.ensure_queue(id))
-            .and_then(|_| {
-                let q = self
-                    .extra(id)?
-                    .queue
-                    .as_mut()
-                    .ok_or_else(|| error(ErrorCode::Internal, "queue vanished"))?;
-                let fds = q.handout.take().ok_or_else(|| {
-                    error(
-                        ErrorCode::Protocol,
-                        "this session's queue was already handed out",
-                    )
-                })?;
-                Ok((q.ring_bytes, fds))
-            });
-        match result {
+    /// Takes in the outcomes of a queue's creation (the first one or two of `outcomes`).
+    /// `Ok` when the queue is in place (recorded in the session); otherwise the error, and
+    /// the work that undoes a half-made queue, if any.
+    fn queue_created(
+        &mut self,
+        id: SessionId,
+        queue: NewQueue,
+        outcomes: &mut std::vec::IntoIter<DriverOutcome>,
+    ) -> Result<(), (ErrorReply, Option<Vec<DriverCommand>>)> {
+        let created = match outcomes.next() {
+            Some(DriverOutcome::Queue(q)) => q,
+            Some(DriverOutcome::Failed(e)) => {
+                let _ = self.core.release_ring(id, self.ring_bytes);
+                return Err((driver_error(e), None));
+            }
+            _ => {
+                let _ = self.core.release_ring(id, self.ring_bytes);
+                return Err((error(ErrorCode::Internal, "no queue came back"), None));
+            }
+        };
+        if queue.arp.is_some() {
+            match outcomes.next() {
+                Some(DriverOutcome::Done) => {}
+                other => {
+                    let e = match other {
+                        Some(DriverOutcome::Failed(e)) => driver_error(e),
+                        _ => error(ErrorCode::Internal, "the queue's ARP filter was skipped"),
+                    };
+                    drop(created);
+                    return Err((
+                        e,
+                        Some(vec![DriverCommand::DestroyQueue { queue: queue.id }]),
+                    ));
+                }
+            }
+        }
+        let ring_bytes = created.ring_bytes;
+        let filters = queue.arp.into_iter().collect();
+        match self.sessions.get_mut(&id) {
+            Some(extra) => {
+                extra.queue = Some(SessionQueue {
+                    id: queue.id,
+                    handout: Some(created),
+                    ring_bytes,
+                    filters,
+                });
+                Ok(())
+            }
+            // The session ended meanwhile (it cannot: its own task waits for this work); the
+            // queue must not leak.
+            None => Err((
+                core_error(CoreError::NoSession),
+                Some(vec![DriverCommand::DestroyQueue { queue: queue.id }]),
+            )),
+        }
+    }
+
+    fn bind(
+        &mut self,
+        id: SessionId,
+        transport: Transport,
+        port: Option<u16>,
+    ) -> Result<Step, ErrorReply> {
+        self.refuse_without_driver()?;
+        let port = match port {
+            Some(p) => self.core.bind_port(id, transport, p).map(|_| p),
+            None => self.core.get_port(id, transport),
+        }
+        .map_err(core_error)?;
+        let mut commands = Vec::new();
+        let planned = (|| {
+            let (queue_id, queue) = self.queue_or_create(id, &mut commands)?;
+            let port_filters = filters::port_filters(&self.host, transport, port)
+                .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
+            let mut ids = Vec::new();
+            let directed = port_filters
+                .rx
+                .into_iter()
+                .map(|f| (Direction::Rx, f))
+                .chain(port_filters.tx.into_iter().map(|f| (Direction::Tx, f)));
+            for (direction, (expr, binding)) in directed {
+                let filter = self.filter_id();
+                let s = spec(
+                    queue_id,
+                    filter,
+                    direction,
+                    RxMode::Owner,
+                    Some(binding),
+                    expr,
+                )
+                .map_err(|e| error(ErrorCode::Internal, e))?;
+                commands.push(DriverCommand::InstallFilter(s));
+                ids.push(filter);
+            }
+            Ok((queue_id, queue, ids))
+        })();
+        match planned {
+            Ok((queue_id, queue, filters)) => Ok(self.work(
+                commands,
+                true,
+                Pending::Bind {
+                    session: id,
+                    transport,
+                    port,
+                    queue,
+                    filters,
+                    queue_id,
+                },
+            )),
+            Err(e) => {
+                self.unplan_queue(id, &commands);
+                let _ = self.core.port_install_failed(id, transport, port);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives back the ring memory of a queue whose creation was planned but not sent.
+    fn unplan_queue(&mut self, id: SessionId, commands: &[DriverCommand]) {
+        if commands
+            .iter()
+            .any(|c| matches!(c, DriverCommand::CreateQueue { .. }))
+        {
+            let _ = self.core.release_ring(id, self.ring_bytes);
+        }
+    }
+
+    fn open_queue(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        let mut commands = Vec::new();
+        match self.queue_or_create(id, &mut commands)? {
+            (_, None) => Ok(Step::Reply(self.hand_out_queue(id))),
+            (_, Some(queue)) => {
+                Ok(self.work(commands, true, Pending::OpenQueue { session: id, queue }))
+            }
+        }
+    }
+
+    fn hand_out_queue(&mut self, id: SessionId) -> Response {
+        let handout = self.extra(id).and_then(|extra| {
+            let q = extra
+                .queue
+                .as_mut()
+                .ok_or_else(|| error(ErrorCode::Internal, "queue vanished"))?;
+            let fds = q.handout.take().ok_or_else(|| {
+                error(
+                    ErrorCode::Protocol,
+                    "this session's queue was already handed out",
+                )
+            })?;
+            Ok((q.ring_bytes, fds))
+        });
+        match handout {
             Ok((ring_bytes, q)) => Response {
                 reply: ClientReply::Queue { ring_bytes },
                 fds: vec![q.memfd, q.client_wake, q.driver_wake],
                 end: false,
             },
-            Err(e) => Response::reply(ClientReply::Error(e)),
+            Err(e) => Response::error(e),
         }
     }
 
@@ -516,34 +738,31 @@ impl Netd {
         id: SessionId,
         transport: Transport,
         port: u16,
-    ) -> Result<(), ErrorReply> {
+    ) -> Result<Step, ErrorReply> {
         self.core
             .close_port(id, transport, port)
             .map_err(core_error)?;
         let extra = self.extra(id)?;
         let ids = extra.ports.remove(&(transport, port)).unwrap_or_default();
         let queue = extra.queue.as_ref().map(|q| q.id);
-        self.release_port(queue, transport, port, &ids);
-        Ok(())
-    }
-
-    /// Removes a released port's filters and, if the driver confirmed, frees the port.
-    fn release_port(
-        &mut self,
-        queue: Option<QueueId>,
-        transport: Transport,
-        port: u16,
-        ids: &[FilterId],
-    ) {
-        let removed = match queue {
-            Some(q) => self.remove_filters(q, ids),
-            None => ids.is_empty(),
-        };
-        if removed {
-            let _ = self.core.port_removed(transport, port);
-        } else {
-            tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
+        let commands = removals(queue, &ids);
+        if commands.is_empty() {
+            if ids.is_empty() {
+                let _ = self.core.port_removed(transport, port);
+            } else {
+                tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
+            }
+            return Ok(self.reply(ClientReply::Done));
         }
+        Ok(self.work(
+            commands,
+            false,
+            Pending::ClosePort {
+                session: id,
+                transport,
+                port,
+            },
+        ))
     }
 
     fn open_filter(
@@ -551,39 +770,51 @@ impl Netd {
         id: SessionId,
         expr: String,
         mode: client::FilterMode,
-    ) -> Result<ClientReply, ErrorReply> {
+    ) -> Result<Step, ErrorReply> {
         let (core_mode, rx_mode) = match mode {
             client::FilterMode::Tap => (core::FilterMode::Tap, RxMode::Tap),
             client::FilterMode::Exclusive => (core::FilterMode::Exclusive, RxMode::Exclusive),
         };
+        self.refuse_without_driver()?;
         let f = self.core.open_filter(id, core_mode).map_err(core_error)?;
-        let installed = self.ensure_queue(id).and_then(|queue| {
-            let spec = FilterSpec {
-                queue,
-                filter: self.filter_id(),
+        let mut commands = Vec::new();
+        let planned = (|| {
+            let program = filters::compile(&expr)
+                .map_err(|e| error(ErrorCode::BadFilter, e.to_string()))?
+                .to_bytes();
+            let (queue_id, queue) = self.queue_or_create(id, &mut commands)?;
+            let driver_filter = self.filter_id();
+            commands.push(DriverCommand::InstallFilter(FilterSpec {
+                queue: queue_id,
+                filter: driver_filter,
                 direction: Direction::Rx,
                 mode: rx_mode,
                 binding: None,
                 expr,
-            };
-            self.driver
-                .install_filter(&spec)
-                .map(|_| spec.filter)
-                .map_err(driver_error)
-        });
-        match installed {
-            Ok(driver_id) => {
-                self.extra(id)?.user_filters.insert(f, driver_id);
-                Ok(ClientReply::Filter { filter: f.0 })
-            }
+                program,
+            }));
+            Ok((queue, driver_filter))
+        })();
+        match planned {
+            Ok((queue, driver_filter)) => Ok(self.work(
+                commands,
+                true,
+                Pending::OpenFilter {
+                    session: id,
+                    filter: f,
+                    queue,
+                    driver_filter,
+                },
+            )),
             Err(e) => {
+                self.unplan_queue(id, &commands);
                 let _ = self.core.close_filter(id, f);
                 Err(e)
             }
         }
     }
 
-    fn close_filter(&mut self, id: SessionId, filter: core::FilterId) -> Result<(), ErrorReply> {
+    fn close_filter(&mut self, id: SessionId, filter: core::FilterId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
         let extra = self.extra(id)?;
         let driver_id = *extra
@@ -591,13 +822,27 @@ impl Netd {
             .get(&filter)
             .ok_or_else(|| core_error(CoreError::NoFilter))?;
         let queue = extra.queue.as_ref().map(|q| q.id);
-        if let Some(q) = queue {
-            self.driver
-                .remove_filter(q, driver_id)
-                .map_err(driver_error)?;
+        match queue {
+            Some(queue) => {
+                self.refuse_without_driver()?;
+                Ok(self.work(
+                    vec![DriverCommand::RemoveFilter {
+                        queue,
+                        filter: driver_id,
+                    }],
+                    true,
+                    Pending::CloseFilter {
+                        session: id,
+                        filter,
+                    },
+                ))
+            }
+            None => {
+                self.extra(id)?.user_filters.remove(&filter);
+                self.core.close_filter(id, filter).map_err(core_error)?;
+                Ok(self.reply(ClientReply::Done))
+            }
         }
-        self.extra(id)?.user_filters.remove(&filter);
-        self.core.close_filter(id, filter).map_err(core_error)
     }
 
     fn require_active(&self, id: SessionId) -> Result<(), ErrorReply> {
@@ -608,39 +853,44 @@ impl Netd {
         }
     }
 
-    fn stats(&mut self, id: SessionId) -> Result<ClientReply, ErrorReply> {
+    fn stats(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
         let queue = self.extra(id)?.queue.as_ref().map(|q| q.id);
         let Some(queue) = queue else {
-            return Ok(ClientReply::Stats(Counters::default()));
+            return Ok(self.reply(ClientReply::Stats(Counters::default())));
         };
-        let (_, queues) = self.driver.stats().map_err(driver_error)?;
-        Ok(ClientReply::Stats(
-            queues
-                .into_iter()
-                .find(|(q, _)| *q == queue)
-                .map(|(_, c)| c)
-                .unwrap_or_default(),
+        self.refuse_without_driver()?;
+        Ok(self.work(
+            vec![DriverCommand::Stats],
+            true,
+            Pending::Stats { session: id, queue },
+        ))
+    }
+
+    fn list_sessions(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        if self.driver_gone.is_some() {
+            return self.session_list(id, HashMap::new()).map(Step::Reply);
+        }
+        Ok(self.work(
+            vec![DriverCommand::Stats],
+            true,
+            Pending::ListSessions { session: id },
         ))
     }
 
     /// The sessions `id`'s client may see (every one for uid 0, else those of its own uid), with
-    /// their queues and the driver's counters. If the driver cannot be asked, the list still
-    /// comes, without counters.
-    fn list_sessions(&mut self, id: SessionId) -> Result<ClientReply, ErrorReply> {
-        self.require_active(id)?;
+    /// their queues and the driver's counters (none when the driver could not be asked).
+    fn session_list(
+        &self,
+        id: SessionId,
+        counters: HashMap<QueueId, Counters>,
+    ) -> Result<Response, ErrorReply> {
         let asker = self
             .core
             .session(id)
             .map(|s| s.creds.uid)
             .ok_or_else(|| core_error(CoreError::NoSession))?;
-        let counters: HashMap<QueueId, Counters> = match self.driver.stats() {
-            Ok((_, queues)) => queues.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!("listing sessions without counters: {e}");
-                HashMap::new()
-            }
-        };
         let rings = self.rings;
         let visible = self
             .core
@@ -688,28 +938,329 @@ impl Netd {
                 list.sessions.push(info);
             }
         }
-        Ok(ClientReply::Sessions(list))
+        Ok(Response::reply(ClientReply::Sessions(list)))
     }
 
     /// Ends a session (closed, died, broke the protocol, timed out) and frees everything it
     /// held, in order: ports' filters (then the ports), tap and exclusive filters, the queue's
-    /// own filters, the queue. Ending a session twice does nothing.
-    pub fn disconnect(&mut self, id: SessionId) {
+    /// own filters, the queue. Ending a session twice does nothing ([`Step::Finished`]).
+    pub fn disconnect(&mut self, id: SessionId) -> Step {
         let Ok(teardown) = self.core.disconnect(id) else {
-            return;
+            return Step::Finished;
         };
         let mut extra = self.sessions.remove(&id).unwrap_or_default();
         let queue = extra.queue.as_ref().map(|q| q.id);
+        let mut commands = Vec::new();
+        let mut ports = Vec::new();
         for &(t, p) in teardown.ports.iter().chain(&teardown.installing) {
             let ids = extra.ports.remove(&(t, p)).unwrap_or_default();
-            self.release_port(queue, t, p, &ids);
+            let mine = removals(queue, &ids);
+            if ids.is_empty() || queue.is_none() {
+                // Nothing reached the driver for it.
+                if ids.is_empty() {
+                    let _ = self.core.port_removed(t, p);
+                } else {
+                    tracing::error!(%t, port = p, "port stays unusable: its filters may be in force");
+                }
+                continue;
+            }
+            ports.push(((t, p), mine.len()));
+            commands.extend(mine);
         }
-        let user: Vec<FilterId> = extra.user_filters.values().copied().collect();
         if let Some(q) = extra.queue.take() {
-            self.remove_filters(q.id, &user);
-            self.remove_filters(q.id, &q.filters);
-            if let Err(e) = self.driver.destroy_queue(q.id) {
-                tracing::warn!(queue = ?q.id, "destroying a queue failed: {e}");
+            let user: Vec<FilterId> = extra.user_filters.values().copied().collect();
+            commands.extend(removals(Some(q.id), &user));
+            commands.extend(removals(Some(q.id), &q.filters));
+            commands.push(DriverCommand::DestroyQueue { queue: q.id });
+        }
+        if commands.is_empty() {
+            return Step::Finished;
+        }
+        self.work(
+            commands,
+            false,
+            Pending::Teardown {
+                session: id,
+                ports,
+                queue,
+            },
+        )
+    }
+
+    /// Continues after driver work: the outcomes are the work's, one per command, in order.
+    pub fn resume(&mut self, then: Then, outcomes: Vec<DriverOutcome>) -> Step {
+        self.resume_inner(then.0, outcomes)
+    }
+
+    fn session_done(&mut self, id: SessionId) {
+        if let Some(extra) = self.sessions.get_mut(&id) {
+            extra.busy = false;
+        }
+    }
+
+    fn resume_inner(&mut self, pending: Pending, mut outcomes: Vec<DriverOutcome>) -> Step {
+        self.note_gone(&outcomes);
+        match pending {
+            Pending::Bind {
+                session,
+                transport,
+                port,
+                queue,
+                filters,
+                queue_id,
+            } => {
+                let mut it = outcomes.into_iter();
+                if let Some(q) = queue {
+                    if let Err((e, undo)) = self.queue_created(session, q, &mut it) {
+                        let _ = self.core.port_install_failed(session, transport, port);
+                        return self.undo_queue(session, e, undo);
+                    }
+                }
+                let results: Vec<DriverOutcome> = it.collect();
+                let installed = results.iter().take_while(|o| o.is_ok()).count();
+                if installed == filters.len() {
+                    self.session_done(session);
+                    return match self.core.port_installed(session, transport, port) {
+                        Ok(()) => {
+                            if let Some(extra) = self.sessions.get_mut(&session) {
+                                extra.ports.insert((transport, port), filters);
+                            }
+                            self.reply(ClientReply::Port { transport, port })
+                        }
+                        Err(e) => Step::Reply(Response::error(core_error(e))),
+                    };
+                }
+                let mut results = results;
+                let e = first_failure(&mut results)
+                    .map(driver_error)
+                    .unwrap_or_else(|| error(ErrorCode::Internal, "a filter install was skipped"));
+                let undo = removals(Some(queue_id), &filters[..installed]);
+                if undo.is_empty() {
+                    let _ = self.core.port_install_failed(session, transport, port);
+                    self.session_done(session);
+                    return Step::Reply(Response::error(e));
+                }
+                self.work(
+                    undo,
+                    false,
+                    Pending::BindRollback {
+                        session,
+                        transport,
+                        port,
+                        error: e,
+                    },
+                )
+            }
+            Pending::BindRollback {
+                session,
+                transport,
+                port,
+                error,
+            } => {
+                if outcomes.iter().all(DriverOutcome::is_ok) {
+                    let _ = self.core.port_install_failed(session, transport, port);
+                } else {
+                    // Some filter may still be in force: the port stays unusable.
+                    let _ = self.core.port_installed(session, transport, port);
+                    let _ = self.core.close_port(session, transport, port);
+                    tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
+                }
+                self.session_done(session);
+                Step::Reply(Response::error(error))
+            }
+            Pending::QueueRollback { session, error } => {
+                if outcomes.iter().all(DriverOutcome::is_ok) {
+                    let _ = self.core.release_ring(session, self.ring_bytes);
+                }
+                self.session_done(session);
+                Step::Reply(Response::error(error))
+            }
+            Pending::OpenQueue { session, queue } => {
+                let mut it = outcomes.into_iter();
+                if let Err((e, undo)) = self.queue_created(session, queue, &mut it) {
+                    return self.undo_queue(session, e, undo);
+                }
+                self.session_done(session);
+                Step::Reply(self.hand_out_queue(session))
+            }
+            Pending::OpenFilter {
+                session,
+                filter,
+                queue,
+                driver_filter,
+            } => {
+                let mut it = outcomes.into_iter();
+                if let Some(q) = queue {
+                    if let Err((e, undo)) = self.queue_created(session, q, &mut it) {
+                        let _ = self.core.close_filter(session, filter);
+                        return self.undo_queue(session, e, undo);
+                    }
+                }
+                self.session_done(session);
+                match it.next() {
+                    Some(DriverOutcome::Done) => {
+                        if let Some(extra) = self.sessions.get_mut(&session) {
+                            extra.user_filters.insert(filter, driver_filter);
+                        }
+                        self.reply(ClientReply::Filter { filter: filter.0 })
+                    }
+                    other => {
+                        let _ = self.core.close_filter(session, filter);
+                        let e = match other {
+                            Some(DriverOutcome::Failed(e)) => driver_error(e),
+                            _ => error(ErrorCode::Internal, "the filter install was skipped"),
+                        };
+                        Step::Reply(Response::error(e))
+                    }
+                }
+            }
+            Pending::CloseFilter { session, filter } => {
+                self.session_done(session);
+                match outcomes.pop() {
+                    Some(DriverOutcome::Done) => {
+                        if let Some(extra) = self.sessions.get_mut(&session) {
+                            extra.user_filters.remove(&filter);
+                        }
+                        match self.core.close_filter(session, filter) {
+                            Ok(()) => self.reply(ClientReply::Done),
+                            Err(e) => Step::Reply(Response::error(core_error(e))),
+                        }
+                    }
+                    Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
+                    _ => Step::Reply(Response::error(error(
+                        ErrorCode::Internal,
+                        "the removal was skipped",
+                    ))),
+                }
+            }
+            Pending::ClosePort {
+                session,
+                transport,
+                port,
+            } => {
+                self.session_done(session);
+                if outcomes.iter().all(DriverOutcome::is_ok) {
+                    let _ = self.core.port_removed(transport, port);
+                } else {
+                    tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
+                }
+                self.reply(ClientReply::Done)
+            }
+            Pending::Stats { session, queue } => {
+                self.session_done(session);
+                match outcomes.pop() {
+                    Some(DriverOutcome::Stats { queues, .. }) => self.reply(ClientReply::Stats(
+                        queues
+                            .into_iter()
+                            .find(|(q, _)| *q == queue)
+                            .map(|(_, c)| c)
+                            .unwrap_or_default(),
+                    )),
+                    Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
+                    _ => Step::Reply(Response::error(error(ErrorCode::Internal, "no counters"))),
+                }
+            }
+            Pending::ListSessions { session } => {
+                self.session_done(session);
+                let counters = match outcomes.pop() {
+                    Some(DriverOutcome::Stats { queues, .. }) => queues.into_iter().collect(),
+                    Some(DriverOutcome::Failed(e)) => {
+                        tracing::warn!("listing sessions without counters: {e}");
+                        HashMap::new()
+                    }
+                    _ => HashMap::new(),
+                };
+                match self.session_list(session, counters) {
+                    Ok(r) => Step::Reply(r),
+                    Err(e) => Step::Reply(Response::error(e)),
+                }
+            }
+            Pending::Teardown {
+                session,
+                ports,
+                queue,
+            } => {
+                let mut it = outcomes.iter();
+                for ((t, p), n) in ports {
+                    let ok = it.by_ref().take(n).all(DriverOutcome::is_ok);
+                    if ok {
+                        let _ = self.core.port_removed(t, p);
+                    } else {
+                        tracing::error!(%t, port = p, "port stays unusable: its filters may be in force");
+                    }
+                }
+                if queue.is_some() && !outcomes.last().is_some_and(DriverOutcome::is_ok) {
+                    tracing::warn!(?queue, %session, "destroying a queue failed");
+                }
+                Step::Finished
+            }
+        }
+    }
+
+    /// Undoes a half-made queue (if the work says so), then replies with the error.
+    fn undo_queue(
+        &mut self,
+        session: SessionId,
+        e: ErrorReply,
+        undo: Option<Vec<DriverCommand>>,
+    ) -> Step {
+        match undo {
+            Some(commands) => self.work(
+                commands,
+                false,
+                Pending::QueueRollback { session, error: e },
+            ),
+            None => {
+                self.session_done(session);
+                Step::Reply(Response::error(e))
+            }
+        }
+    }
+
+    /// Notes a driver that is gone, from any outcome that says so.
+    fn note_gone(&mut self, outcomes: &[DriverOutcome]) {
+        for o in outcomes {
+            if let DriverOutcome::Failed(DriverError::Gone(why)) = o {
+                if self.driver_gone_because(why.clone()) {
+                    tracing::error!("the driver is gone ({why}); refusing new clients");
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The commands removing `ids` from `queue`, last installed first.
+fn removals(queue: Option<QueueId>, ids: &[FilterId]) -> Vec<DriverCommand> {
+    match queue {
+        Some(queue) => ids
+            .iter()
+            .rev()
+            .map(|&filter| DriverCommand::RemoveFilter { queue, filter })
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Carries a step out to its end on `link`, on the calling thread (for tests and tools that
+/// drive netd without the shell): driver work goes to the link, its outcomes back to netd,
+/// until there is a reply (or nothing more to do).
+pub fn drive_blocking(
+    netd: &mut Netd,
+    link: &mut dyn crate::driver_link::DriverLink,
+    mut step: Step,
+) -> Option<Response> {
+    loop {
+        match step {
+            Step::Reply(r) => return Some(r),
+            Step::Finished => return None,
+            Step::Driver(DriverWork {
+                commands,
+                stop_at_first_failure,
+                then,
+            }) => {
+                let outcomes = crate::driver_link::run(link, commands, stop_at_first_failure);
+                step = netd.resume(then, outcomes);
             }
         }
     }

@@ -13,12 +13,44 @@ use netmux_client::nonblocking::AsyncClient;
 use netmux_client::{FilterMode, Transport};
 use netmux_netd::config::{Config, HostAddrs};
 use netmux_netd::core::Credentials;
+use netmux_netd::driver_link::DriverLink;
 use netmux_netd::fake_driver::FakeDriver;
 use netmux_netd::service::Netd;
 use netmux_proto::client::{ClientReply, ClientRequest, SessionInfo};
 use netmux_proto::{ErrorCode, LinkInfo, PROTOCOL_VERSION};
 
-fn service() -> (Netd, FakeDriver) {
+/// netd's request handling without its shell: requests carried out on the fake, in order.
+struct Service {
+    netd: Netd,
+    link: FakeDriver,
+}
+
+impl Service {
+    fn connect(
+        &mut self,
+        creds: Credentials,
+        now: Duration,
+    ) -> Result<netmux_netd::core::SessionId, netmux_proto::ErrorReply> {
+        self.netd.connect(creds, now)
+    }
+
+    fn handle(
+        &mut self,
+        id: netmux_netd::core::SessionId,
+        request: ClientRequest,
+    ) -> netmux_netd::service::Response {
+        let step = self.netd.handle(id, request);
+        netmux_netd::service::drive_blocking(&mut self.netd, &mut self.link, step)
+            .expect("a request gets a reply")
+    }
+
+    fn disconnect(&mut self, id: netmux_netd::core::SessionId) {
+        let step = self.netd.disconnect(id);
+        let _ = netmux_netd::service::drive_blocking(&mut self.netd, &mut self.link, step);
+    }
+}
+
+fn service() -> (Service, FakeDriver) {
     let fake = FakeDriver::new(LinkInfo {
         mac: MAC_A,
         mtu: 1500,
@@ -30,11 +62,14 @@ fn service() -> (Netd, FakeDriver) {
         ipv6_link_local: false,
     };
     config.host_stack = false;
-    let netd = Netd::new(&config, Box::new(fake.clone())).unwrap();
-    (netd, fake)
+    let (mut netd, commands) = Netd::new(&config, fake.link_info()).unwrap();
+    let mut link = fake.clone();
+    netd.started(netmux_netd::driver_link::run(&mut link, commands, true))
+        .unwrap();
+    (Service { netd, link }, fake)
 }
 
-fn session(netd: &mut Netd, pid: u32, uid: u32) -> netmux_netd::core::SessionId {
+fn session(netd: &mut Service, pid: u32, uid: u32) -> netmux_netd::core::SessionId {
     let id = netd
         .connect(Credentials { pid, uid, gid: uid }, Duration::ZERO)
         .unwrap();
@@ -48,7 +83,7 @@ fn session(netd: &mut Netd, pid: u32, uid: u32) -> netmux_netd::core::SessionId 
     id
 }
 
-fn list(netd: &mut Netd, id: netmux_netd::core::SessionId) -> Vec<SessionInfo> {
+fn list(netd: &mut Service, id: netmux_netd::core::SessionId) -> Vec<SessionInfo> {
     match netd.handle(id, ClientRequest::ListSessions).reply {
         ClientReply::Sessions(list) => {
             assert_eq!(list.omitted, 0);

@@ -1,0 +1,168 @@
+//! Carries out [`DriverWork`](crate::service::DriverWork) at the driver on a thread of its
+//! own, so that no tokio worker and no lock ever waits on the driver.
+//!
+//! Guarantees:
+//! * commands reach the driver one at a time, in the order the work was submitted (the driver
+//!   link is one request and one reply at a time);
+//! * every batch gets its outcomes within its deadline: one [`WorkerConfig::timeout`] per
+//!   command, plus as much again for the queue ahead of it. A batch that misses it gets
+//!   [`DriverError::Gone`] for every command, and the driver is declared gone: a reply that
+//!   late would answer another request, so nothing more can be asked of it;
+//! * between batches the worker asks the link whether the driver went away
+//!   ([`DriverLink::gone`]) every [`IDLE_CHECK`], so netd notices a dead driver while no client
+//!   is asking.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use netmux_proto::LinkInfo;
+use tokio::sync::oneshot;
+
+use crate::driver_link::{self, DriverCommand, DriverError, DriverLink, DriverOutcome};
+
+/// How often an idle worker asks whether the driver went away.
+pub const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// Settings of a [`DriverWorker`].
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    /// How long one driver request may take before the driver is declared gone.
+    pub timeout: Duration,
+}
+
+struct Job {
+    commands: Vec<DriverCommand>,
+    stop_at_first_failure: bool,
+    reply: oneshot::Sender<Vec<DriverOutcome>>,
+}
+
+/// The driver link on its own thread. Dropping it ends the thread once its queue is empty.
+pub struct DriverWorker {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    gone: Arc<Mutex<Option<String>>>,
+    link: LinkInfo,
+    config: WorkerConfig,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl std::fmt::Debug for DriverWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverWorker")
+            .field("link", &self.link)
+            .field("gone", &self.gone())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DriverWorker {
+    /// Starts the thread that owns `link`.
+    pub fn spawn(mut link: Box<dyn DriverLink>, config: WorkerConfig) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let gone = Arc::new(Mutex::new(None::<String>));
+        let info = link.link_info();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (gone_in, queued_in) = (gone.clone(), queued.clone());
+        std::thread::Builder::new()
+            .name("netd-driver".into())
+            .spawn(move || loop {
+                match rx.recv_timeout(IDLE_CHECK) {
+                    Ok(job) => {
+                        let outcomes = driver_link::run(
+                            link.as_mut(),
+                            job.commands,
+                            job.stop_at_first_failure,
+                        );
+                        queued_in.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        for o in &outcomes {
+                            if let DriverOutcome::Failed(DriverError::Gone(why)) = o {
+                                set_gone(&gone_in, why);
+                            }
+                        }
+                        let _ = job.reply.send(outcomes);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if let Some(why) = link.gone() {
+                            set_gone(&gone_in, &why);
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            })?;
+        Ok(Self {
+            jobs: Mutex::new(tx),
+            gone,
+            link: info,
+            config,
+            queued,
+        })
+    }
+
+    /// The link's MAC and MTU.
+    pub fn link_info(&self) -> LinkInfo {
+        self.link
+    }
+
+    /// Why the driver is gone, once the worker found out.
+    pub fn gone(&self) -> Option<String> {
+        self.gone.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Carries out `commands` in order (see [`driver_link::run`]) and waits for the outcomes,
+    /// within the deadline of the module documentation.
+    pub async fn run(
+        &self,
+        commands: Vec<DriverCommand>,
+        stop_at_first_failure: bool,
+    ) -> Vec<DriverOutcome> {
+        let n = commands.len();
+        if let Some(why) = self.gone() {
+            return gone_outcomes(n, &why);
+        }
+        let (reply, outcome) = oneshot::channel();
+        let ahead = self
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Job {
+                commands,
+                stop_at_first_failure,
+                reply,
+            });
+        if sent.is_err() {
+            return gone_outcomes(n, "netd's driver thread ended");
+        }
+        let per_command = self.config.timeout;
+        let deadline = per_command
+            .saturating_mul(u32::try_from(n + ahead + 1).unwrap_or(u32::MAX))
+            .saturating_add(Duration::from_secs(1));
+        match tokio::time::timeout(deadline, outcome).await {
+            Ok(Ok(outcomes)) => outcomes,
+            Ok(Err(_)) => gone_outcomes(n, "netd's driver thread ended"),
+            Err(_) => {
+                let why = format!(
+                    "the driver did not answer within {:.1} s",
+                    deadline.as_secs_f64()
+                );
+                set_gone(&self.gone, &why);
+                gone_outcomes(n, &why)
+            }
+        }
+    }
+}
+
+fn set_gone(gone: &Mutex<Option<String>>, why: &str) {
+    let mut g = gone.lock().unwrap_or_else(|e| e.into_inner());
+    if g.is_none() {
+        *g = Some(why.to_owned());
+    }
+}
+
+fn gone_outcomes(n: usize, why: &str) -> Vec<DriverOutcome> {
+    (0..n)
+        .map(|_| DriverOutcome::Failed(DriverError::Gone(why.to_owned())))
+        .collect()
+}
