@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use netmux_compiler::{compile, Options};
 use netmux_testkit::BpfProgram;
 
-/// The expressions issue 3 names.
+/// Three expressions, from a one-port filter to one with alternatives and a negated network.
 const EXPRS: &[(&str, &str)] = &[
     ("udp-dst-53", "udp dst port 53"),
     (

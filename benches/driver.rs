@@ -1,4 +1,4 @@
-//! The driver's receive path against a copy-only baseline (issue #6): an in-memory link
+//! The driver's receive path against a copy-only baseline: an in-memory link
 //! produces 64-byte and 1,500-byte UDP frames that cycle over 1, 16 or 1,024 queues, each
 //! queue owning one port through netd's own port filter and key (the compiler's builder).
 //! Each iteration is one receive batch of `BATCH` frames; criterion's "thrpt" is frames per
@@ -12,13 +12,13 @@
 //!   the receiving ring, one publication per ring per batch; every client drained on this
 //!   thread after each batch (no cross-core traffic: comparable on a loaded machine).
 //! - `netmux-linear`: the same with the linear classifier, for the gain of merging.
-//! - `peer-copy`: the baseline the issue names, on the driver's terms: the same link, frames,
+//! - `peer-copy`: the baseline, the cost of delivery alone, on the driver's terms: the same link, frames,
 //!   private batch, rings, batch size, destination queues, publication and client drain, with
 //!   no reassembly, ARP check or classification (see `CopyBaseline`).
 //! - `peer-memcpy`: the limit: the same frames memcpy'd into the same ring memory, nothing
 //!   else (no slot headers, no index publication, no client).
 //! - `driver-threaded/...`: `netmux` and `peer-copy` with one consumer thread draining every
-//!   client meanwhile (the issue's set-up): measures producer and consumer together and needs
+//!   client meanwhile (driver and client on separate cores): measures producer and consumer together and needs
 //!   an idle second core; a full ring drops like the driver does, and the delivered share is
 //!   printed after each row.
 //!
@@ -226,7 +226,7 @@ fn report_delivery(row: &str, driver: &Driver) {
     }
 }
 
-/// The issue's baseline, on exactly the driver's terms: the same endless link and frames
+/// The copy-only baseline, on exactly the driver's terms: the same endless link and frames
 /// (received into the same private batch buffers), the same rings, the same batch size, the
 /// frame `k` into queue `k mod n` (where the classifier sends it: the traffic cycles over the
 /// queues' ports in that order), the same per-batch publication, a full ring drops the frame
@@ -322,10 +322,10 @@ impl SameThreadClient {
 ///
 /// - `driver/S/netmux`: [`Driver::poll_rx`] with the default (merged) classifier on the
 ///   engine `Strategy::Auto` picks, clients drained on this thread after every batch;
-/// - `driver/S/netmux-linear`: the same with the linear classifier (the old default);
+/// - `driver/S/netmux-linear`: the same with the reference linear scan;
 /// - `driver/S/peer-copy`: [`CopyBaseline`], clients drained the same way;
 /// - `driver-threaded/S/netmux` and `driver-threaded/S/peer-copy`: the same two with one
-///   consumer thread draining every client meanwhile (the issue's set-up; needs an idle core,
+///   consumer thread draining every client meanwhile (driver and client on separate cores; needs an idle core,
 ///   and a full ring drops, so the delivered share is printed after each row).
 fn driver_full(c: &mut Criterion) {
     for frame_len in [64usize, 1500] {

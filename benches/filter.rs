@@ -1,8 +1,8 @@
 //! Filter execution and JIT compile time, netmux against its peers, in one criterion run.
 //!
 //! Every engine sees the same two 60-byte Ethernet/IPv4/UDP frames, a hit (to 10.0.0.2 port
-//! 53) and a miss (port 54), alternating. For each of the three expressions of the compiler
-//! issue:
+//! 53) and a miss (port 54), alternating. For each of three expressions, from the simplest
+//! port filter to one with a negated network:
 //!
 //! * `filter/<expr>/netmux-interp`: the netmux interpreter;
 //! * `filter/<expr>/netmux-jit`: the netmux Cranelift JIT;

@@ -7,10 +7,9 @@
 //! calling binary decides where logs go.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::Context;
 use netmux_vm::Strategy;
 
 use crate::daemon::control::{Server, ServerOptions};
@@ -38,10 +37,32 @@ pub struct DriverArgs {
     pub engine: Strategy,
 }
 
+/// Why the driver could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The link could not be opened.
+    #[error("opening link {spec}: {source}")]
+    Link {
+        /// The link spec.
+        spec: String,
+        /// Why.
+        source: link::LinkError,
+    },
+    /// The control socket could not be served.
+    #[error(transparent)]
+    Server(#[from] crate::daemon::control::ServerError),
+    /// SIGINT and SIGTERM could not be caught.
+    #[error("watching SIGINT and SIGTERM: {0}")]
+    Signals(std::io::Error),
+}
+
 /// Runs the driver until a signal (or netd's departure with `--exit-on-disconnect`). A link
 /// that cannot be opened is an error naming the link and the system's reason.
-pub fn run(args: DriverArgs) -> anyhow::Result<()> {
-    let link = link::open(&args.link).with_context(|| format!("opening link {}", args.link))?;
+pub fn run(args: DriverArgs) -> Result<(), RunError> {
+    let link = link::open(&args.link).map_err(|source| RunError::Link {
+        spec: args.link.to_string(),
+        source,
+    })?;
     let driver = Driver::new(
         link,
         DriverConfig {
@@ -57,7 +78,7 @@ pub fn run(args: DriverArgs) -> anyhow::Result<()> {
         options.allowed_uids = args.allow_uid;
     }
     let mut server = Server::bind(&args.control, driver, options)?;
-    let stop = stop_on_signals()?;
+    let stop = stop_on_signals().map_err(RunError::Signals)?;
     server.run(&stop)?;
     let (link_counters, _) = server.driver().stats();
     tracing::info!(?link_counters, "driver stopped");
@@ -67,35 +88,7 @@ pub fn run(args: DriverArgs) -> anyhow::Result<()> {
 /// A flag that SIGINT or SIGTERM sets, watched by a thread of its own. The driver notices it
 /// within one idle poll and fails closed, so clients see their queues end instead of a silent
 /// driver; the examples use the same flag to close their sockets cleanly.
-pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .context("starting the signal watcher")?;
-    let mut terminate = {
-        let _guard = runtime.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("watching SIGTERM")?
-    };
-    let mut interrupt = {
-        let _guard = runtime.enter();
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-            .context("watching SIGINT")?
-    };
-    std::thread::Builder::new()
-        .name("signals".to_string())
-        .spawn(move || {
-            runtime.block_on(async {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            });
-            tracing::info!("signal received; stopping");
-            flag.store(true, Ordering::Relaxed);
-        })
-        .context("starting the signal watcher")?;
-    Ok(stop)
+pub fn stop_on_signals() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = netmux_proto::signals::Signals::watch()?.into_flag()?;
+    Ok(flag)
 }

@@ -21,7 +21,7 @@ struct Args {
     driver: DriverArgs,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,5 +29,11 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    cli::run(Args::parse().driver)
+    match cli::run(Args::parse().driver) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netmux-driver: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -1,4 +1,6 @@
-//! The reassembler against every fragment attack issue 7 lists, and the ordinary cases.
+//! The reassembler against the known fragment attacks (teardrop and other overlaps, tiny and
+//! zero-length fragments, floods, lying lengths, the clock running backwards), and the
+//! ordinary cases.
 
 mod reassembly_common;
 

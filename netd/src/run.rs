@@ -127,47 +127,7 @@ pub fn start_child_driver(
     Ok((child, link))
 }
 
-/// SIGINT and SIGTERM, caught from [`Signals::watch`] on: a signal that arrives before
-/// [`Signals::wait`] is not lost, and does not kill the process in the meantime.
-#[derive(Debug)]
-pub struct Signals {
-    runtime: tokio::runtime::Runtime,
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Starts catching SIGINT and SIGTERM. Call it before announcing readiness.
-    pub fn watch() -> Result<Signals, RunError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(RunError::Signals)?;
-        let (interrupt, terminate) = {
-            let _guard = runtime.enter();
-            (
-                signal(SignalKind::interrupt()).map_err(RunError::Signals)?,
-                signal(SignalKind::terminate()).map_err(RunError::Signals)?,
-            )
-        };
-        Ok(Signals {
-            runtime,
-            interrupt,
-            terminate,
-        })
-    }
-
-    /// Blocks until SIGINT or SIGTERM has arrived (since [`Signals::watch`]).
-    pub fn wait(mut self) {
-        self.runtime.block_on(async {
-            tokio::select! {
-                _ = self.interrupt.recv() => {}
-                _ = self.terminate.recv() => {}
-            }
-        });
-    }
-}
+pub use netmux_proto::signals::Signals;
 
 #[cfg(test)]
 mod tests {

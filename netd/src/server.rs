@@ -366,7 +366,9 @@ async fn serve_client(
     }
 }
 
-/// A netd running on a thread of its own (for tests, benchmarks and `netmux up`).
+/// A netd running on a thread of its own (for tests, benchmarks and `netmux up`). Dropping it
+/// stops netd.
+#[must_use = "dropping the handle stops netd"]
 pub struct NetdHandle {
     socket: PathBuf,
     state: SharedNetd,

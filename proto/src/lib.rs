@@ -4,7 +4,8 @@
 //! * [`frame`]: length-delimited, versioned JSON messages with an announced descriptor count.
 //! * [`channel`]: a message channel on a Unix stream socket, `SCM_RIGHTS`, peer credentials.
 //! * [`driver`]: netd <-> driver; [`client`]: client <-> netd.
-//! * `async_channel` (feature `tokio`): the channel on tokio's readiness loop.
+//! * `async_channel` and `signals` (feature `tokio`): the channel on tokio's readiness loop,
+//!   and the one SIGINT/SIGTERM watcher.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "tokio")]
@@ -13,6 +14,8 @@ pub mod channel;
 pub mod client;
 pub mod driver;
 pub mod frame;
+#[cfg(feature = "tokio")]
+pub mod signals;
 
 use serde::{Deserialize, Serialize};
 

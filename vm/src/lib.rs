@@ -25,12 +25,14 @@ pub mod isa;
 #[allow(unsafe_code)]
 pub mod jit;
 pub mod program;
+pub mod strategy;
 pub mod table;
 pub mod verifier;
 
-pub use engine::{engine, Engine, EngineError, EngineKind, Scratch, Strategy};
+pub use engine::{Engine, EngineError, EngineKind, Scratch};
 pub use interp::Interpreter;
 pub use isa::{Insn, Opcode, Operand, Verdict};
 pub use program::{Program, MAX_INSNS};
+pub use strategy::{engine, Strategy};
 pub use table::Table;
 pub use verifier::{verify, VerifyError, VerifyErrorKind};

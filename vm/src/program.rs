@@ -23,7 +23,6 @@
 
 use crate::isa::{Insn, INSN_SIZE};
 use crate::table::{Table, TableError};
-use crate::verifier::VerifyError;
 
 /// The container's magic bytes.
 pub const MAGIC: [u8; 4] = *b"NMXF";
@@ -68,23 +67,11 @@ pub fn encode(insns: &[Insn], tables: &[Table]) -> Vec<u8> {
 }
 
 impl Program {
-    /// Verifies instructions and tables as one program: what [`crate::verify`] would check of their
-    /// encoding, checked without encoding them.
-    pub fn new(insns: &[Insn], tables: &[Table]) -> Result<Program, VerifyError> {
-        crate::verifier::verify_parts(insns, tables)?;
-        Ok(Program {
-            insns: insns.to_vec(),
-            tables: tables.to_vec(),
-        })
-    }
-
-    /// As [`Program::new`], for a program without tables, keeping the vector it is given.
-    pub fn from_insns(insns: Vec<Insn>) -> Result<Program, VerifyError> {
-        crate::verifier::verify_parts(&insns, &[])?;
-        Ok(Program {
-            insns,
-            tables: Vec::new(),
-        })
+    /// A program the verifier has just proved; only the verifier calls this (see
+    /// [`crate::verifier`]: [`Program::new`] and [`Program::from_insns`] live there), so the
+    /// module graph shows that verification is the only way in.
+    pub(crate) fn verified(insns: Vec<Insn>, tables: Vec<Table>) -> Program {
+        Program { insns, tables }
     }
 
     /// The instructions.

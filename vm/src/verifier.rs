@@ -230,7 +230,22 @@ pub fn verify(bytes: &[u8]) -> Result<Program, VerifyError> {
         insns.push(insn);
     }
     check_flow(&insns, &tables)?;
-    Ok(Program { insns, tables })
+    Ok(Program::verified(insns, tables))
+}
+
+impl Program {
+    /// Verifies instructions and tables as one program: what [`verify`] would check of their
+    /// encoding, checked without encoding them.
+    pub fn new(insns: &[Insn], tables: &[Table]) -> Result<Program, VerifyError> {
+        verify_parts(insns, tables)?;
+        Ok(Program::verified(insns.to_vec(), tables.to_vec()))
+    }
+
+    /// As [`Program::new`], for a program without tables, keeping the vector it is given.
+    pub fn from_insns(insns: Vec<Insn>) -> Result<Program, VerifyError> {
+        verify_parts(&insns, &[])?;
+        Ok(Program::verified(insns, Vec::new()))
+    }
 }
 
 /// Verifies a program given as instructions and tables: what [`verify`] checks of the

@@ -1,6 +1,6 @@
 //! IPv6 headers (RFC 8200) and the walk over their extension headers.
 
-use crate::ip::protocol;
+use crate::protocol;
 use crate::{read_u16, write_u16, Result, WireError};
 
 /// Length of the fixed header.

@@ -10,7 +10,7 @@
 //! offset) lie within it. `new_unchecked` skips the proof, for code that just built the
 //! buffer; accessors may then panic on a short buffer, as in smoltcp's `wire` module, whose
 //! shape this follows. Unknown values never fail: an ethertype or protocol number is a
-//! number, and the named constants are in [`ethertype`] and [`ip::protocol`].
+//! number, and the named constants are in [`ethertype`] and [`protocol`].
 //!
 //! Alongside the views, a few frame-level walks the driver's hot paths need, which never
 //! allocate and never panic on any input:
@@ -35,6 +35,7 @@ pub mod icmp;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod protocol;
 pub mod tcp;
 pub mod udp;
 pub mod vxlan;

@@ -43,7 +43,6 @@ pub use protochain::{
 use crate::ast::*;
 use crate::error::{Result, Span};
 use crate::ir::*;
-use crate::libpcap::GenNotes;
 use protochain::count_protochains;
 
 const ETHERMTU: u32 = 1500;
@@ -98,6 +97,20 @@ enum Rel {
     LinkPl,
     /// The network-layer header (payload + MPLS labels).
     Net,
+}
+
+/// What the code generator tells the model about a filter, beyond its code.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GenNotes {
+    /// libpcap does not run its optimizer on the filter (`protochain`: its optimizer cannot
+    /// handle the loop; `geneve`: a bare jump), so it refuses none for what its optimizer
+    /// would find.
+    pub(crate) optimizer_off: bool,
+    /// The tests of relations with arithmetic operators (`ip and 1 > -2`, `14 == 60 * 4 - 14`,
+    /// `60 == len * 0`): libpcap's first optimizer loop, the one that moves edges, knows no
+    /// operator's result, so it decides none of them; its second loop decides them but moves
+    /// no edge (the libpcap model's `rejects_all` probe).
+    pub(crate) opaque_tests: Vec<Temp>,
 }
 
 /// The code generator's state: the offsets in force and the temps allocated so far.

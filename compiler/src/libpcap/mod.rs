@@ -10,12 +10,12 @@
 //! unoptimized function under profiles that follow libpcap's optimizer loops
 //! (`PassProfile::LIBPCAP_FIRST_LOOP`, `PassProfile::LIBPCAP_PROVER`): libpcap's extra,
 //! unsound folds, its facts that hold only along dominating edges, its deletion of loads
-//! nothing reads, and what its first loop does that the passes do not (`first_loop.rs`).
+//! nothing reads, and its first loop's test reordering (the optimizer's `reorder` pass, which
+//! only these profiles switch on).
 //!
 //! - `errors.rs`: where libpcap's second loop reports a division, modulus or shift.
 //! - `rejects_all.rs`: whether libpcap proves that the filter rejects every packet, and the cheap
 //!   checks that say when that probe can answer yes.
-//! - `first_loop.rs`: the pullups, and edges moved past tests whose branches meet.
 //!
 //! It is a model, not libpcap's algorithm: the random differential test (`tests/random.rs`)
 //! is its judge, and a filter only one of the two compilers refuses fails it. It never changes
@@ -23,14 +23,13 @@
 //! works on copies, and answers only whether to refuse. Its one entry is [`Probe`].
 
 pub(crate) mod errors;
-pub(crate) mod first_loop;
 pub(crate) mod rejects_all;
 
 pub use errors::OptError;
 
 use crate::ast::Expr;
 use crate::error::ErrorKind;
-use crate::gencode::Gen;
+use crate::gencode::{Gen, GenNotes};
 use crate::ir::*;
 use crate::opt::{Facts, Fold, MeetingBranches, PassProfile};
 
@@ -52,20 +51,6 @@ impl PassProfile {
         fold: Fold::Aggressive,
         ..PassProfile::LIBPCAP_FIRST_LOOP
     };
-}
-
-/// What the code generator tells the model about a filter, beyond its code.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct GenNotes {
-    /// libpcap does not run its optimizer on the filter (`protochain`: its optimizer cannot
-    /// handle the loop; `geneve`: a bare jump), so it refuses none for what its optimizer
-    /// would find.
-    pub(crate) optimizer_off: bool,
-    /// The tests of relations with arithmetic operators (`ip and 1 > -2`, `14 == 60 * 4 - 14`,
-    /// `60 == len * 0`): libpcap's first optimizer loop, the one that moves edges, knows no
-    /// operator's result, so it decides none of them; its second loop decides them but moves
-    /// no edge. See [`rejects_all::libpcap_rejects_all`].
-    pub(crate) opaque_tests: Vec<Temp>,
 }
 
 /// Why libpcap would refuse a filter that its code generator accepts.

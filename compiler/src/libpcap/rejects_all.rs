@@ -63,7 +63,7 @@ pub(crate) fn has_effect_only_loads(func: &Function) -> bool {
     })
 }
 
-/// Whether libpcap's pullups ([`super::first_loop::pull_up_as_libpcap`]) could let it decide a
+/// Whether libpcap's pullups ((the optimizer's `reorder::pull_up_as_libpcap`)) could let it decide a
 /// test in `func` (optimized) that ours leaves: a block every edge into which comes from a test
 /// of one value, one of them the true edge of an `==` (which tells the value), with another
 /// test of that value in the chain of `||` or `&&` tests below it. libpcap moves that test up

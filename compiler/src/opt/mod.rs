@@ -34,16 +34,17 @@ mod dead;
 pub(crate) mod facts;
 mod fold;
 mod hashcons;
+mod reorder;
 mod thread;
 mod values;
 
 pub(crate) use fold::fold_constants;
 
 use crate::ir::*;
-use crate::libpcap::first_loop::{pull_up_as_libpcap, PassStart};
 use dead::remove_dead;
 use facts::{Bits, FactTable, Interner, KeyId, Summary, TempSet};
 use fold::may_fold;
+use reorder::{pull_up_as_libpcap, PassStart};
 use thread::decide_and_thread;
 use values::{reuse_values, Held, Numbering, Reused, Writes};
 
@@ -72,7 +73,7 @@ pub(crate) struct PassProfile {
     pub(crate) drop_unread_rejecting: bool,
     /// Each round ends with libpcap's `or_pullup` and `and_pullup`, which move a test up a
     /// chain of `||` or `&&` tests on the graph the round started with
-    /// ([`crate::libpcap::first_loop`]). Unsound: a test moves ahead of a load that could
+    /// ([`reorder`]). Unsound: a test moves ahead of a load that could
     /// reject.
     pub(crate) pullups: bool,
 }

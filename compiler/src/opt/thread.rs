@@ -12,9 +12,9 @@
 //! libpcap model ([`crate::libpcap`]).
 
 use super::facts::{shared_temps, Bits, Summary, NO_FACT};
+use super::reorder::skip_meeting_branches;
 use super::{Facts, MeetingBranches, PassProfile, Scratch, MAX_HOPS};
 use crate::ir::*;
-use crate::libpcap::first_loop::skip_meeting_branches;
 
 /// What [`decide_and_thread`] did.
 pub(super) struct Threaded {

@@ -383,6 +383,7 @@ fn protocol_error(message: String) -> DriverReply {
 /// A driver serving its control socket on a thread of this process (for tests and
 /// `netmux up`). Dropping it stops the driver, which fails closed.
 #[derive(Debug)]
+#[must_use = "dropping the handle stops the driver"]
 pub struct DriverThread {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Result<(), ServerError>>>,

@@ -1,13 +1,14 @@
-//! What libpcap's first optimizer loop does to the graph and the sound passes do not: its
-//! `or_pullup` and `and_pullup`, which reorder chains of tests, and `opt_j`'s moves of edges
-//! past tests whose branches meet. Both can change a verdict (a test moves ahead of a load, a
-//! load is skipped), so only the libpcap model's profiles run them
-//! ([`PassProfile::pullups`](crate::opt::PassProfile),
-//! [`MeetingBranches::EdgesMovePast`](crate::opt::MeetingBranches)), on a copy of the function.
+//! Test reordering as libpcap's first optimizer loop does it and the sound passes never do:
+//! its `or_pullup` and `and_pullup`, which reorder chains of tests, and `opt_j`'s moves of
+//! edges past tests whose branches meet. Both can change a verdict (a test moves ahead of a
+//! load, a load is skipped), so only the libpcap model's profiles switch them on
+//! ([`PassProfile::pullups`](super::PassProfile),
+//! [`MeetingBranches::EdgesMovePast`](super::MeetingBranches)), and the model runs them on a
+//! copy of the function ([`crate::libpcap`]); [`super::PassProfile::SOUND`] never does.
 
+use super::facts::{bit, set_bit, Bits, KeyId, Summary, TempSet};
+use super::MAX_HOPS;
 use crate::ir::*;
-use crate::opt::facts::{bit, set_bit, Bits, KeyId, Summary, TempSet};
-use crate::opt::MAX_HOPS;
 
 /// The graph as a pass of libpcap's first loop starts it. Its pullups run after the pass has
 /// moved edges, but with the levels and dominators computed before it did.
