@@ -187,6 +187,7 @@ fn classifying_driver(
                 tx_slots: geometry.tx_slots,
                 completion_slots: geometry.completion_slots,
             },
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
         });
         let Some(fds) = response.fds else {
             eprintln!(

@@ -131,6 +131,7 @@ fn create_queue(ch: &mut Channel, id: u32) -> Vec<OwnedFd> {
         &DriverRequest::CreateQueue {
             queue: QueueId(id),
             config: SMALL,
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
         },
     );
     assert!(

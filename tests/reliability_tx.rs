@@ -283,6 +283,7 @@ fn create_queue(ch: &mut Channel, queue: QueueId) -> Vec<OwnedFd> {
         &DriverRequest::CreateQueue {
             queue,
             config: RINGS,
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
         },
     );
     assert!(
@@ -331,7 +332,7 @@ fn grant_udp(ch: &mut Channel, host: &HostIdentity, queue: QueueId, port: u16, f
 
 fn queue_counters(ch: &mut Channel, queue: QueueId) -> (Counters, Counters) {
     let (reply, _) = request(ch, &DriverRequest::Stats);
-    let DriverReply::Stats { link, queues } = reply else {
+    let DriverReply::Stats { link, queues, .. } = reply else {
         panic!("{reply:?}");
     };
     let q = queues

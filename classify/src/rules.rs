@@ -74,11 +74,12 @@ pub trait Classify: Send {
     fn remove_queue(&mut self, queue: QueueId);
 
     /// Appends to `out` every queue that receives `frame` (captured bytes; `wire_len` is its
-    /// length on the wire), each once, ascending. `out` is empty on entry.
+    /// length on the wire); `out` then holds each queue once, ascending (what it held before
+    /// included: the driver gathers several instances' receivers in one vector).
     fn classify(&mut self, frame: &[u8], wire_len: u32, out: &mut Vec<QueueId>);
 
     /// Appends to `out` every tap queue that observes `frame`, transmitted by `sender`; never
-    /// `sender` itself; each once, ascending. `out` is empty on entry.
+    /// `sender` itself; `out` then holds each queue once, ascending.
     fn observers(&mut self, frame: &[u8], wire_len: u32, sender: QueueId, out: &mut Vec<QueueId>);
 
     /// Number of installed filters.

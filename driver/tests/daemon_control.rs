@@ -147,6 +147,7 @@ fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
     let (reply, fds) = netd.request(&DriverRequest::CreateQueue {
         queue: QueueId(7),
         config: SMALL,
+        instance: netmux_proto::driver::DEFAULT_INSTANCE,
     });
     assert!(
         matches!(reply, DriverReply::QueueCreated { queue: QueueId(7), ring_bytes } if ring_bytes > 0)
@@ -158,6 +159,7 @@ fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
     let (reply, fds) = netd.request(&DriverRequest::CreateQueue {
         queue: QueueId(7),
         config: SMALL,
+        instance: netmux_proto::driver::DEFAULT_INSTANCE,
     });
     assert_eq!((error_code(&reply), fds.len()), (Some(ErrorCode::InUse), 0));
     let mut bad = SMALL;
@@ -165,6 +167,7 @@ fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
     let (reply, _) = netd.request(&DriverRequest::CreateQueue {
         queue: QueueId(8),
         config: bad,
+        instance: netmux_proto::driver::DEFAULT_INSTANCE,
     });
     assert_eq!(error_code(&reply), Some(ErrorCode::Limit));
     // Destroying closes the client's view.
@@ -444,10 +447,12 @@ fn random_well_formed_requests_get_replies_and_never_panic() {
                     tx_slots: pow2(&mut rng),
                     completion_slots: pow2(&mut rng),
                 },
+                instance: netmux_proto::driver::DEFAULT_INSTANCE,
             },
             1 => DriverRequest::CreateQueue {
                 queue,
                 config: SMALL,
+                instance: netmux_proto::driver::DEFAULT_INSTANCE,
             },
             2 => DriverRequest::DestroyQueue { queue },
             3 => DriverRequest::InstallFilter {

@@ -4,89 +4,23 @@
 
 mod daemon_common;
 
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use daemon_common::*;
-use netmux_driver::daemon::{Driver, DriverConfig, Response};
-use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
+use netmux_driver::daemon::{Driver, Response};
 use netmux_driver::reassembly::fragmenter;
 use netmux_proto::driver::{
     Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, Completion, TxStatus};
-use netmux_vm::Strategy;
 
 const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
 const HOST: [u8; 4] = [10, 0, 0, 1];
 const REMOTE: [u8; 4] = [10, 0, 0, 2];
 
-type Hook = Box<dyn FnMut(&[u8]) + Send>;
-
-/// A link whose received frames the test injects and whose transmitted frames it reads; a
-/// hook runs inside every send, before the frame is recorded.
-#[derive(Clone, Default)]
-struct Wire {
-    rx: Arc<Mutex<Vec<Vec<u8>>>>,
-    tx: Arc<Mutex<Vec<Vec<u8>>>>,
-    hook: Arc<Mutex<Option<Hook>>>,
-}
-
-struct TestLink {
-    info: LinkInfo,
-    wire: Wire,
-    stats: LinkStats,
-}
-
-impl Link for TestLink {
-    fn info(&self) -> &LinkInfo {
-        &self.info
-    }
-    fn recv(&mut self, batch: &mut FrameBatch, max: usize) -> Result<usize, LinkError> {
-        let mut rx = self.wire.rx.lock().unwrap();
-        let n = rx.len().min(max);
-        for frame in rx.drain(..n) {
-            self.stats.rx_frames += 1;
-            self.stats.rx_bytes += frame.len() as u64;
-            batch.push(0, &frame);
-        }
-        Ok(n)
-    }
-    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, LinkError> {
-        for frame in frames {
-            if let Some(hook) = self.wire.hook.lock().unwrap().as_mut() {
-                hook(frame);
-            }
-            self.stats.tx_frames += 1;
-            self.stats.tx_bytes += frame.len() as u64;
-            self.wire.tx.lock().unwrap().push(frame.to_vec());
-        }
-        Ok(frames.len())
-    }
-    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
-        None
-    }
-    fn stats(&self) -> LinkStats {
-        self.stats
-    }
-}
-
 fn driver() -> (Driver, Wire) {
-    let wire = Wire::default();
-    let link = TestLink {
-        info: LinkInfo {
-            spec: "test".into(),
-            mac: LINK_MAC,
-            mtu: 1500,
-        },
-        wire: wire.clone(),
-        stats: LinkStats::default(),
-    };
-    let config = DriverConfig {
-        strategy: Strategy::Interpreter,
-        ..DriverConfig::default()
-    };
-    (Driver::new(Box::new(link), config), wire)
+    in_process(LINK_MAC)
 }
 
 fn ok(driver: &mut Driver, request: DriverRequest) {
@@ -103,6 +37,7 @@ fn queue_and_memory(driver: &mut Driver, id: u32) -> (ClientQueue, OwnedFd) {
     let response = driver.handle(DriverRequest::CreateQueue {
         queue: QueueId(id),
         config: SMALL,
+        instance: netmux_proto::driver::DEFAULT_INSTANCE,
     });
     let fds = response.fds.expect("descriptors");
     let memory = fds.memfd.try_clone().unwrap();

@@ -41,6 +41,7 @@ fn the_engine_choice_reaches_the_classifier_and_the_tx_filters() {
                 tx_slots: 64,
                 completion_slots: 64,
             },
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
         });
         assert!(created.fds.is_some(), "{:?}", created.reply);
         let mut filter = 1;

@@ -165,7 +165,7 @@ fn a_replayed_capture_lands_in_the_right_queues_and_only_checked_frames_are_reco
         !c.is_empty()
     });
     let (reply, _) = netd.request(&DriverRequest::Stats);
-    let DriverReply::Stats { link, queues } = reply else {
+    let DriverReply::Stats { link, queues, .. } = reply else {
         panic!("{reply:?}")
     };
     assert_eq!(link.rx_frames, replay.len() as u64);

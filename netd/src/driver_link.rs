@@ -468,7 +468,11 @@ impl DriverLink for ChannelDriver {
         queue: QueueId,
         config: QueueConfig,
     ) -> Result<CreatedQueue, DriverError> {
-        let (reply, fds) = self.call(&DriverRequest::CreateQueue { queue, config })?;
+        let (reply, fds) = self.call(&DriverRequest::CreateQueue {
+            queue,
+            config,
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
+        })?;
         match reply {
             DriverReply::QueueCreated { ring_bytes, .. } => {
                 let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
@@ -510,7 +514,7 @@ impl DriverLink for ChannelDriver {
 
     fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
         match self.call(&DriverRequest::Stats)?.0 {
-            DriverReply::Stats { link, queues } => Ok((link, queues)),
+            DriverReply::Stats { link, queues, .. } => Ok((link, queues)),
             other => Err(unexpected(other)),
         }
     }

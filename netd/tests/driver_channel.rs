@@ -34,7 +34,7 @@ fn scripted(sock: UnixStream, replies: usize) -> std::thread::JoinHandle<Vec<Dri
                         &[],
                     )
                     .unwrap(),
-                DriverRequest::CreateQueue { queue, config } => {
+                DriverRequest::CreateQueue { queue, config, .. } => {
                     let q = DriverQueue::create(&QueueConfig {
                         slot_size: config.slot_size,
                         rx_slots: config.rx_slots,
@@ -71,6 +71,7 @@ fn scripted(sock: UnixStream, replies: usize) -> std::thread::JoinHandle<Vec<Dri
                         &DriverReply::Stats {
                             link: Counters::default(),
                             queues: vec![(QueueId(1), Counters::default())],
+                            instances: Vec::new(),
                         },
                         &[],
                     )

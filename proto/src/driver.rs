@@ -9,6 +9,32 @@ use crate::{ErrorReply, LinkInfo};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub u32);
 
+/// A network stack instance's identity, chosen by netd. Instance 0 is the default instance,
+/// which exists from the driver's start with the link's MAC.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct InstanceId(pub u32);
+
+/// The instance every driver starts with, and clients join when they name none.
+pub const DEFAULT_INSTANCE: InstanceId = InstanceId(0);
+
+/// An instance as the driver needs to know it: which frames are its, and what it may send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Its id.
+    pub instance: InstanceId,
+    /// Its MAC address.
+    pub mac: [u8; 6],
+    /// Whether the MAC is its own (macvlan-like: frames are told apart by MAC, and the link
+    /// must accept frames for it) or the link's, shared (ipvlan-like: told apart by address).
+    pub own_mac: bool,
+    /// Its IPv4 addresses, in network order.
+    pub ipv4: Vec<[u8; 4]>,
+    /// Its IPv6 addresses.
+    pub ipv6: Vec<[u8; 16]>,
+}
+
 /// A filter's identity, chosen by netd, unique per driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FilterId(pub u64);
@@ -92,6 +118,9 @@ pub enum DriverRequest {
         queue: QueueId,
         /// Its ring sizes.
         config: QueueConfig,
+        /// The instance it belongs to: it receives only that instance's frames.
+        #[serde(default)]
+        instance: InstanceId,
     },
     /// Stop a queue, mark it closed in its ring header, and free it.
     DestroyQueue {
@@ -135,11 +164,18 @@ pub enum DriverRequest {
         /// The queue (created before, like any other).
         queue: QueueId,
     },
-    /// The host's IPv4 addresses: an ARP request for one of them goes to every queue. Replaces
-    /// the earlier list.
+    /// The default instance's IPv4 addresses: an ARP request for one of them goes to every
+    /// queue of that instance. Replaces the earlier list.
     SetHostAddresses {
         /// The addresses, in network order.
         ipv4: Vec<[u8; 4]>,
+    },
+    /// Creates an instance, or replaces what the driver knows of it (its MAC and addresses).
+    SetInstance(InstanceInfo),
+    /// Removes an instance; refused while it has queues.
+    RemoveInstance {
+        /// The instance.
+        instance: InstanceId,
     },
 }
 
@@ -163,6 +199,9 @@ pub struct Counters {
     /// Received frames dropped for any reason but a full ring, by reason name.
     #[serde(default)]
     pub rx_dropped: Vec<(String, u64)>,
+    /// Frames delivered from another instance on this host (hairpin), for an instance.
+    #[serde(default)]
+    pub hairpin: u64,
 }
 
 /// driver to netd.
@@ -190,6 +229,10 @@ pub enum DriverReply {
         link: Counters,
         /// Each queue's.
         queues: Vec<(QueueId, Counters)>,
+        /// Each instance's: frames dispatched to it, sent by its queues, and carried between
+        /// instances on this host (`hairpin`).
+        #[serde(default)]
+        instances: Vec<(InstanceId, Counters)>,
     },
     /// The request was refused.
     Error(ErrorReply),

@@ -236,6 +236,7 @@ mod tests {
                 tx_rejected: vec![("spoofed-source".into(), 2), ("other".into(), 0)],
                 tx_flow_control: 0,
                 rx_dropped: vec![],
+                hairpin: 0,
             }),
         }
     }

@@ -31,23 +31,24 @@
 //! goes away.
 
 pub mod control;
+pub mod instances;
 pub mod tx;
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use netmux_proto::driver::{
-    Counters, Direction, DriverReply, DriverRequest, FilterId, QueueConfig, QueueId, RxMode,
+    Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, QueueConfig, QueueId,
+    RxMode,
 };
 use netmux_proto::{ErrorCode, ErrorReply};
 use netmux_vm::{Scratch, Strategy};
 
 use crate::link::{FrameBatch, Link, LinkStats};
 use crate::reassembly::{self, DropReason, Outcome, Reassembler};
+use instances::{Instances, Route, Slot};
 pub use netmux_classify::{Classifier, ClassifierError, Classify, LinearScan, RxFilter};
 use netmux_ring::{DriverQueue, QueueFds, RxOutcome, TxStatus};
-use netmux_wire::ethernet::ethertype;
-use netmux_wire::{arp, ArpPacket, EthernetFrame};
 use tx::TxFilter;
 
 /// Frames taken from the link per receive batch: enough to amortise the per-batch ring
@@ -157,6 +158,10 @@ impl TxOutcomes {
 #[derive(Debug)]
 struct Queue {
     ring: DriverQueue,
+    /// Its instance's slot.
+    instance: Slot,
+    /// Its instance's MAC: what a rejection's reason is checked against.
+    mac: [u8; 6],
     /// The sizes netd asked for (kept for diagnostics; the ring's layout is authoritative).
     config: QueueConfig,
     tx_filters: Vec<TxFilter>,
@@ -179,6 +184,8 @@ struct RxCounters {
     no_receiver: u64,
     /// Link receive errors.
     link_errors: u64,
+    /// Frames one instance sent another on this host, delivered here.
+    hairpin: u64,
 }
 
 /// The reply to a request, and the descriptors that travel with it (a created queue's).
@@ -212,7 +219,7 @@ pub struct Driver {
     /// The longest frame the link carries: its MTU plus an Ethernet header and one VLAN tag.
     /// A client's longer frame is rejected as malformed.
     max_tx_len: usize,
-    classifier: Box<dyn Classify>,
+    instances: Instances,
     reassembler: Reassembler,
     config: DriverConfig,
     queues: IdMap<QueueId, Queue>,
@@ -221,10 +228,11 @@ pub struct Driver {
     /// Which queue and direction each installed filter belongs to.
     filters: IdMap<FilterId, (QueueId, Direction)>,
     netd_queue: Option<QueueId>,
-    host_ipv4: Vec<[u8; 4]>,
     rx_batch: FrameBatch,
     tx_batch: FrameBatch,
     receivers: Vec<QueueId>,
+    /// The instances a frame is dispatched to (scratch, reused).
+    dispatched: Vec<Slot>,
     touched: Vec<QueueId>,
     scratch: Scratch,
     rx: RxCounters,
@@ -247,38 +255,41 @@ impl Driver {
     /// A driver owning `link`, classifying with the classifier `config` names (by default the
     /// merged [`Classifier`]), its filters on `config.strategy`'s engines.
     pub fn new(link: Box<dyn Link>, config: DriverConfig) -> Self {
-        let classifier: Box<dyn Classify> = match config.classifier {
-            ClassifierKind::Merged => {
-                Box::new(Classifier::for_link(config.strategy, link.info().mac))
+        let (kind, strategy, mac) = (config.classifier, config.strategy, link.info().mac);
+        let make = move || -> Box<dyn Classify> {
+            match kind {
+                ClassifierKind::Merged => Box::new(Classifier::for_link(strategy, mac)),
+                ClassifierKind::Linear => Box::new(LinearScan::new(strategy)),
             }
-            ClassifierKind::Linear => Box::new(LinearScan::new(config.strategy)),
         };
-        Self::with_classifier(link, classifier, config)
+        Self::with_classifier(link, make(), Box::new(make), config)
     }
 
-    /// A driver owning `link`, classifying with `classifier` (empty).
+    /// A driver owning `link`, classifying the default instance with `classifier` (empty) and
+    /// every other instance with a classifier from `make_classifier`.
     pub fn with_classifier(
         link: Box<dyn Link>,
         classifier: Box<dyn Classify>,
+        make_classifier: Box<dyn Fn() -> Box<dyn Classify> + Send>,
         config: DriverConfig,
     ) -> Self {
         Self {
+            instances: Instances::new(link.info().mac, classifier, make_classifier),
             link_mac: link.info().mac,
             max_tx_len: usize::try_from(link.info().mtu)
                 .unwrap_or(usize::MAX)
                 .saturating_add(ETHERNET_VLAN_HEADER_LEN),
             link,
-            classifier,
             reassembler: Reassembler::new(config.reassembly.clone()),
             config,
             queues: IdMap::default(),
             order: Vec::new(),
             filters: IdMap::default(),
             netd_queue: None,
-            host_ipv4: Vec::new(),
             rx_batch: FrameBatch::new(),
             tx_batch: FrameBatch::new(),
             receivers: Vec::new(),
+            dispatched: Vec::new(),
             touched: Vec::new(),
             scratch: Scratch::default(),
             rx: RxCounters::default(),
@@ -347,7 +358,11 @@ impl Driver {
                 version: netmux_proto::PROTOCOL_VERSION,
                 link: self.link_info(),
             }),
-            DriverRequest::CreateQueue { queue, config } => self.create_queue(queue, config),
+            DriverRequest::CreateQueue {
+                queue,
+                config,
+                instance,
+            } => self.create_queue(queue, config, instance),
             DriverRequest::DestroyQueue { queue } => match self.destroy_queue(queue) {
                 true => Response::done(),
                 false => Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0)),
@@ -364,7 +379,11 @@ impl Driver {
             DriverRequest::SetQueueConfig { queue, config } => self.reconfigure(queue, config),
             DriverRequest::Stats => {
                 let (link, queues) = self.stats();
-                Response::reply(DriverReply::Stats { link, queues })
+                Response::reply(DriverReply::Stats {
+                    link,
+                    queues,
+                    instances: self.instance_stats(),
+                })
             }
             DriverRequest::SetNetdQueue { queue } => {
                 if !self.queues.contains_key(&queue) {
@@ -380,13 +399,72 @@ impl Driver {
                         format!("at most {MAX_HOST_ADDRESSES} host addresses"),
                     );
                 }
-                self.host_ipv4 = ipv4;
-                Response::done()
+                let Some(default) = self.instances.get(0) else {
+                    return Response::error(ErrorCode::Internal, "no default instance");
+                };
+                let info = netmux_proto::driver::InstanceInfo {
+                    instance: default.id,
+                    mac: default.mac,
+                    own_mac: false,
+                    ipv4,
+                    ipv6: default.ipv6.clone(),
+                };
+                self.set_instance(info)
             }
+            DriverRequest::SetInstance(info) => {
+                if info.ipv4.len() + info.ipv6.len() > MAX_HOST_ADDRESSES {
+                    return Response::error(
+                        ErrorCode::Limit,
+                        format!("at most {MAX_HOST_ADDRESSES} addresses per instance"),
+                    );
+                }
+                self.set_instance(info)
+            }
+            DriverRequest::RemoveInstance { instance } => match self.instances.remove(instance) {
+                Ok(()) => {
+                    self.update_link_macs();
+                    Response::done()
+                }
+                Err(e) => Response::error(ErrorCode::NotFound, e),
+            },
         }
     }
 
-    fn create_queue(&mut self, id: QueueId, config: QueueConfig) -> Response {
+    fn set_instance(&mut self, info: netmux_proto::driver::InstanceInfo) -> Response {
+        let id = info.instance;
+        match self.instances.set(info) {
+            Ok(slot) => {
+                let mac = self.instances.get(slot).map_or(self.link_mac, |i| i.mac);
+                for q in self.queues.values_mut().filter(|q| q.instance == slot) {
+                    q.mac = mac;
+                }
+                self.update_link_macs();
+                tracing::debug!(instance = id.0, "instance set");
+                Response::done()
+            }
+            Err(e) => Response::error(ErrorCode::InUse, e),
+        }
+    }
+
+    /// Tells the link which MACs besides its own it must accept (the own-MAC instances').
+    fn update_link_macs(&mut self) {
+        if let Err(e) = self.link.set_unicast_macs(&self.instances.own_macs()) {
+            tracing::warn!("the link cannot accept the instances' MACs: {e}");
+        }
+    }
+
+    /// Counters of every instance.
+    pub fn instance_stats(&self) -> Vec<(InstanceId, Counters)> {
+        self.instances
+            .iter()
+            .map(|i| (i.id, i.counters.to_counters()))
+            .collect()
+    }
+
+    fn create_queue(&mut self, id: QueueId, config: QueueConfig, instance: InstanceId) -> Response {
+        let Some(slot) = self.instances.slot(instance) else {
+            return Response::error(ErrorCode::NotFound, format!("no instance {}", instance.0));
+        };
         if self.queues.contains_key(&id) {
             return Response::error(ErrorCode::InUse, format!("queue {} exists", id.0));
         }
@@ -402,6 +480,8 @@ impl Driver {
             id,
             Queue {
                 ring,
+                instance: slot,
+                mac: self.instances.get(slot).map_or(self.link_mac, |i| i.mac),
                 config,
                 tx_filters: Vec::new(),
                 tx: TxOutcomes::default(),
@@ -409,6 +489,9 @@ impl Driver {
             },
         );
         self.order.push(id);
+        if let Some(i) = self.instances.get_mut(slot) {
+            i.queues.push(id);
+        }
         Response {
             reply: DriverReply::QueueCreated {
                 queue: id,
@@ -447,7 +530,10 @@ impl Driver {
             return false;
         };
         queue.ring.close();
-        self.classifier.remove_queue(id);
+        if let Some(i) = self.instances.get_mut(queue.instance) {
+            i.classifier.remove_queue(id);
+            i.queues.retain(|&q| q != id);
+        }
         self.filters.retain(|_, (q, _)| *q != id);
         self.order.retain(|&q| q != id);
         self.touched.retain(|&q| q != id);
@@ -480,9 +566,15 @@ impl Driver {
             Ok(p) => p,
             Err(e) => return Response::error(ErrorCode::BadFilter, format!("rejected: {e}")),
         };
+        let Some(slot) = self.queues.get(&queue).map(|q| q.instance) else {
+            return Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0));
+        };
         match direction {
             Direction::Rx => {
-                let installed = self.classifier.install(RxFilter {
+                let Some(instance) = self.instances.get_mut(slot) else {
+                    return Response::error(ErrorCode::Internal, "the queue's instance is gone");
+                };
+                let installed = instance.classifier.install(RxFilter {
                     queue,
                     filter,
                     mode,
@@ -531,7 +623,11 @@ impl Driver {
             Some(&(q, direction)) if q == queue => {
                 match direction {
                     Direction::Rx => {
-                        if self.classifier.remove(queue, filter).is_err() {
+                        let slot = self.queues.get(&queue).map(|q| q.instance);
+                        let removed = slot
+                            .and_then(|s| self.instances.get_mut(s))
+                            .is_some_and(|i| i.classifier.remove(queue, filter).is_ok());
+                        if !removed {
                             return not_found();
                         }
                     }
@@ -549,19 +645,32 @@ impl Driver {
     }
 
     /// Fails closed: every queue is stopped, marked closed in its ring header and freed, with
-    /// every filter and the netd queue and host addresses. Counters of the link remain.
+    /// every filter, the netd queue and every instance but the default one (whose addresses
+    /// are forgotten too). Counters of the link remain.
     pub fn fail_closed(&mut self) {
-        for id in std::mem::take(&mut self.order) {
-            if let Some(mut queue) = self.queues.remove(&id) {
-                queue.ring.close();
-            }
-            self.classifier.remove_queue(id);
+        for id in self.order.clone() {
+            self.destroy_queue(id);
         }
         self.queues.clear();
         self.filters.clear();
         self.touched.clear();
         self.netd_queue = None;
-        self.host_ipv4.clear();
+        let others: Vec<InstanceId> = self
+            .instances
+            .iter()
+            .map(|i| i.id)
+            .filter(|&id| id != netmux_proto::driver::DEFAULT_INSTANCE)
+            .collect();
+        for id in others {
+            let _ = self.instances.remove(id);
+        }
+        let _ = self.set_instance(netmux_proto::driver::InstanceInfo {
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
+            mac: self.link_mac,
+            own_mac: false,
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+        });
     }
 
     /// Housekeeping while idle: discards fragments whose datagram timed out, even when no
@@ -608,45 +717,56 @@ impl Driver {
         received
     }
 
-    /// Whether `frame` is ARP that every queue must see: a reply, or a request for one of the
-    /// host addresses.
-    fn is_arp_for_everyone(&self, frame: &[u8]) -> bool {
-        let Ok(ethernet) = EthernetFrame::new_checked(frame) else {
-            return false;
-        };
-        if ethernet.ethertype() != ethertype::ARP {
-            return false;
-        }
-        let Ok(arp) = ArpPacket::new_checked(ethernet.payload()) else {
-            return false;
-        };
-        match arp.operation() {
-            arp::OP_REPLY => true,
-            arp::OP_REQUEST => self.host_ipv4.contains(&arp.target_ip()),
-            _ => false,
-        }
-    }
-
+    /// Delivers a received frame to the instances it is for (see [`instances`]).
     fn deliver(&mut self, frame: &[u8]) {
         self.rx.classified += 1;
+        let mut slots = std::mem::take(&mut self.dispatched);
+        self.instances.dispatch(frame, &mut slots);
+        self.deliver_to(frame, &slots);
+        self.dispatched = slots;
+    }
+
+    /// Delivers `frame` to the queues of the instances at `slots` that take it: in each, ARP
+    /// that concerns it goes to all its queues, anything else to the queues its classifier
+    /// names; a frame nobody takes goes to netd's queue.
+    fn deliver_to(&mut self, frame: &[u8], slots: &[Slot]) {
         self.receivers.clear();
-        if self.is_arp_for_everyone(frame) {
-            self.rx.arp_to_all += 1;
-            self.receivers.extend_from_slice(&self.order);
-        } else {
-            let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-            self.classifier
-                .classify(frame, wire_len, &mut self.receivers);
-            if self.receivers.is_empty() {
-                match self.netd_queue {
-                    Some(netd) => {
-                        self.rx.unmatched_to_netd += 1;
+        let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        for &slot in slots {
+            let arp = self.instances.is_arp_for(slot, frame);
+            let Some(instance) = self.instances.get_mut(slot) else {
+                continue;
+            };
+            instance.counters.rx_frames += 1;
+            instance.counters.rx_bytes += frame.len() as u64;
+            if arp {
+                self.rx.arp_to_all += 1;
+                self.receivers.extend_from_slice(&instance.queues);
+                if let Some(netd) = self.netd_queue {
+                    if !instance.queues.contains(&netd) {
                         self.receivers.push(netd);
                     }
-                    None => {
-                        self.rx.no_receiver += 1;
-                        return;
-                    }
+                }
+            } else {
+                instance
+                    .classifier
+                    .classify(frame, wire_len, &mut self.receivers);
+            }
+        }
+        if slots.len() > 1 {
+            // netd's queue hears every instance's ARP: once.
+            self.receivers.sort_unstable();
+            self.receivers.dedup();
+        }
+        if self.receivers.is_empty() {
+            match self.netd_queue {
+                Some(netd) => {
+                    self.rx.unmatched_to_netd += 1;
+                    self.receivers.push(netd);
+                }
+                None => {
+                    self.rx.no_receiver += 1;
+                    return;
                 }
             }
         }
@@ -676,6 +796,7 @@ impl Driver {
         let mut total = 0;
         let mut batch = std::mem::take(&mut self.tx_batch);
         let mut sent: Vec<usize> = Vec::new();
+        let mut local: Vec<(usize, Option<Slot>)> = Vec::new();
         let mut faulted: Vec<QueueId> = Vec::new();
         for i in 0..self.order.len() {
             let id = self.order[i];
@@ -698,15 +819,24 @@ impl Driver {
                 continue;
             }
             total += taken;
+            let sender = queue.instance;
             let mut outcome = Vec::with_capacity(taken);
+            local.clear();
             for (index, frame) in batch.iter().enumerate() {
                 let status = if frame.len() > self.max_tx_len {
                     TxStatus::RejectedMalformed
                 } else {
-                    tx::check(frame, &queue.tx_filters, &self.link_mac, &mut self.scratch)
+                    tx::check(frame, &queue.tx_filters, &queue.mac, &mut self.scratch)
                 };
                 if status.is_sent() {
-                    sent.push(index);
+                    match self.instances.route(frame, sender) {
+                        Route::Link => sent.push(index),
+                        Route::Local(slot) => local.push((index, Some(slot))),
+                        Route::LinkAndOthers => {
+                            sent.push(index);
+                            local.push((index, None));
+                        }
+                    }
                 }
                 outcome.push(status);
             }
@@ -726,11 +856,45 @@ impl Driver {
                 }
             }
             queue.ring.flush();
+            if let Some(instance) = self.instances.get_mut(sender) {
+                for (index, status) in outcome.iter().enumerate() {
+                    if status.is_sent() {
+                        instance.counters.tx_frames += 1;
+                        instance.counters.tx_bytes +=
+                            batch.get(index).map_or(0, |f| f.len() as u64);
+                    }
+                }
+            }
             // Taps of other queues observe what went out.
             for &index in &sent {
                 if let Some(frame) = batch.get(index) {
-                    self.observe(frame, id);
+                    self.observe(frame, id, sender);
                 }
+            }
+            // Frames for other instances on this host: delivered here (hairpin).
+            for &(index, target) in &local {
+                let Some(frame) = batch.get(index) else {
+                    continue;
+                };
+                if target.is_some() {
+                    self.observe(frame, id, sender);
+                }
+                let slots: Vec<Slot> = match target {
+                    Some(slot) => vec![slot],
+                    None => {
+                        let mut all = Vec::new();
+                        self.instances.dispatch(frame, &mut all);
+                        all.retain(|&s| s != sender);
+                        all
+                    }
+                };
+                for &slot in &slots {
+                    if let Some(i) = self.instances.get_mut(slot) {
+                        i.counters.hairpin_in += 1;
+                    }
+                }
+                self.rx.hairpin += 1;
+                self.deliver_to(frame, &slots);
             }
         }
         self.flush_touched();
@@ -743,10 +907,15 @@ impl Driver {
         total
     }
 
-    fn observe(&mut self, frame: &[u8], sender: QueueId) {
+    /// Copies a frame `sender` transmitted to the taps of its instance that want it.
+    fn observe(&mut self, frame: &[u8], sender: QueueId, slot: Slot) {
         self.receivers.clear();
         let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        self.classifier
+        let Some(instance) = self.instances.get_mut(slot) else {
+            return;
+        };
+        instance
+            .classifier
             .observers(frame, wire_len, sender, &mut self.receivers);
         for id in &self.receivers {
             if let Some(queue) = self.queues.get_mut(id) {
@@ -785,6 +954,7 @@ impl Driver {
             tx_rejected: self.tx.rejected(),
             tx_flow_control: self.tx.link_busy,
             rx_dropped,
+            hairpin: self.rx.hairpin,
         };
         let queues = self
             .order
@@ -801,6 +971,7 @@ impl Driver {
             ("arp-to-all", self.rx.arp_to_all),
             ("unmatched-to-netd", self.rx.unmatched_to_netd),
             ("no-receiver", self.rx.no_receiver),
+            ("hairpin", self.rx.hairpin),
             (
                 "datagrams-reassembled",
                 self.reassembler.counters().datagrams_reassembled,
@@ -828,6 +999,7 @@ fn queue_counters(queue: &Queue) -> Counters {
         tx_rejected: queue.tx.rejected(),
         tx_flow_control: ring.tx_flow_control + queue.tx.link_busy,
         rx_dropped,
+        hairpin: 0,
     }
 }
 

@@ -131,6 +131,13 @@ pub trait Link: Send {
         false
     }
 
+    /// The unicast MACs the link must accept besides its own (the own-MAC instances'),
+    /// replacing the earlier set. Links that pass every frame up whatever its destination
+    /// (TAP, the virtual cable, memory, pcap) need nothing.
+    fn set_unicast_macs(&mut self, _macs: &[[u8; 6]]) -> Result<(), LinkError> {
+        Ok(())
+    }
+
     /// The link's counters.
     fn stats(&self) -> LinkStats;
 }

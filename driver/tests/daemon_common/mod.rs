@@ -2,9 +2,14 @@
 //! the VM's assembly (the compiler's builders are not the driver's to depend on), and frames.
 #![allow(dead_code)]
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use netmux_driver::daemon::{Driver, DriverConfig};
+use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
+use netmux_vm::Strategy;
 
 use netmux_proto::driver::{
     Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId, RxMode,
@@ -72,6 +77,7 @@ impl Netd {
         let (reply, fds) = self.request(&DriverRequest::CreateQueue {
             queue: QueueId(id),
             config: SMALL,
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
         });
         assert!(
             matches!(reply, DriverReply::QueueCreated { queue, .. } if queue == QueueId(id)),
@@ -238,4 +244,75 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// A hook run inside every send.
+pub type Hook = Box<dyn FnMut(&[u8]) + Send>;
+
+/// A link whose received frames the test injects and whose transmitted frames it reads; a
+/// hook runs inside every send, before the frame is recorded.
+#[derive(Clone, Default)]
+pub struct Wire {
+    pub rx: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub tx: Arc<Mutex<Vec<Vec<u8>>>>,
+    pub hook: Arc<Mutex<Option<Hook>>>,
+}
+
+/// The link of [`in_process`].
+pub struct TestLink {
+    info: LinkInfo,
+    wire: Wire,
+    stats: LinkStats,
+}
+
+impl Link for TestLink {
+    fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+    fn recv(&mut self, batch: &mut FrameBatch, max: usize) -> Result<usize, LinkError> {
+        let mut rx = self.wire.rx.lock().unwrap();
+        let n = rx.len().min(max);
+        for frame in rx.drain(..n) {
+            self.stats.rx_frames += 1;
+            self.stats.rx_bytes += frame.len() as u64;
+            batch.push(0, &frame);
+        }
+        Ok(n)
+    }
+    fn send(&mut self, frames: &[&[u8]]) -> Result<usize, LinkError> {
+        for frame in frames {
+            if let Some(hook) = self.wire.hook.lock().unwrap().as_mut() {
+                hook(frame);
+            }
+            self.stats.tx_frames += 1;
+            self.stats.tx_bytes += frame.len() as u64;
+            self.wire.tx.lock().unwrap().push(frame.to_vec());
+        }
+        Ok(frames.len())
+    }
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    fn stats(&self) -> LinkStats {
+        self.stats
+    }
+}
+
+/// A driver (interpreter engine) on a [`TestLink`] with this MAC, driven in-process.
+pub fn in_process(link_mac: [u8; 6]) -> (Driver, Wire) {
+    let wire = Wire::default();
+    let link = TestLink {
+        info: LinkInfo {
+            spec: "test".into(),
+            mac: link_mac,
+            mtu: 1500,
+        },
+        wire: wire.clone(),
+        stats: LinkStats::default(),
+    };
+    let config = DriverConfig {
+        strategy: Strategy::Interpreter,
+        ..DriverConfig::default()
+    };
+    (Driver::new(Box::new(link), config), wire)
 }

@@ -1,0 +1,424 @@
+//! Network stack instances on one link (FreeBSD VIMAGE, illumos netstacks, macvlan and
+//! ipvlan): which instance a received frame belongs to, which instances a transmitted frame
+//! reaches on this host, and each instance's own classifier and queues.
+//!
+//! # Guarantees
+//!
+//! - **A frame goes only to the instances it is addressed to.** A unicast frame for an
+//!   instance's own MAC goes to that instance; one for the link's MAC goes to the shared-MAC
+//!   instance owning its destination address (IPv4, IPv6, or an ARP target), else to the
+//!   default instance; a broadcast or multicast frame goes to every instance. Each instance
+//!   classifies with its own [`Classify`], so one instance's bindings never match another's
+//!   frames, whatever its filters say.
+//! - **ARP stays inside its instance.** An ARP reply, or a request for one of an instance's
+//!   addresses, is copied to that instance's queues only (and to netd's).
+//! - **Hairpin.** A frame a queue transmits to another instance on this host (its MAC, or the
+//!   link's MAC and its address) is delivered to it here and not sent on the link, which
+//!   would not reflect it; a broadcast or multicast frame goes on the link and to every other
+//!   instance. A frame never comes back to its own instance.
+//! - **One instance costs nothing.** With only the default instance there is no lookup: every
+//!   frame is the default instance's, as before instances existed.
+
+use netmux_classify::Classify;
+use netmux_proto::driver::{Counters, InstanceId, InstanceInfo, QueueId, DEFAULT_INSTANCE};
+use netmux_wire::ethernet::{ethertype, link_layer};
+use netmux_wire::{arp, ArpPacket};
+use rustc_hash::FxHashMap;
+
+/// Instances one driver holds: each has a classifier and at least one queue to be useful.
+pub const MAX_INSTANCES: usize = 4096;
+
+/// An instance's slot in [`Instances`]; stable for the instance's life.
+pub type Slot = usize;
+
+/// One instance.
+pub struct Instance {
+    /// Its id (netd's).
+    pub id: InstanceId,
+    /// Its MAC: its own, or the link's (shared).
+    pub mac: [u8; 6],
+    /// Whether the MAC is its own.
+    pub own_mac: bool,
+    /// Its IPv4 addresses.
+    pub ipv4: Vec<[u8; 4]>,
+    /// Its IPv6 addresses.
+    pub ipv6: Vec<[u8; 16]>,
+    /// Its classifier: its queues' rx filters only.
+    pub classifier: Box<dyn Classify>,
+    /// Its queues, in creation order.
+    pub queues: Vec<QueueId>,
+    /// Frames and bytes dispatched to it, sent by its queues, and hairpinned to it.
+    pub counters: InstanceCounters,
+}
+
+/// Counters of one instance.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InstanceCounters {
+    /// Frames dispatched to the instance (from the link or a hairpin).
+    pub rx_frames: u64,
+    /// Their bytes.
+    pub rx_bytes: u64,
+    /// Frames its queues sent (on the link or by hairpin).
+    pub tx_frames: u64,
+    /// Their bytes.
+    pub tx_bytes: u64,
+    /// Frames it received from another instance on this host.
+    pub hairpin_in: u64,
+}
+
+impl InstanceCounters {
+    /// In the protocol's terms.
+    pub fn to_counters(self) -> Counters {
+        Counters {
+            rx_frames: self.rx_frames,
+            rx_bytes: self.rx_bytes,
+            tx_frames: self.tx_frames,
+            tx_bytes: self.tx_bytes,
+            hairpin: self.hairpin_in,
+            ..Counters::default()
+        }
+    }
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.id)
+            .field("mac", &self.mac)
+            .field("own_mac", &self.own_mac)
+            .field("queues", &self.queues.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a frame a queue transmitted goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// On the link only.
+    Link,
+    /// To these instances on this host only (a unicast frame to a local instance).
+    Local(Slot),
+    /// On the link, and to every instance but the sender's (broadcast, multicast).
+    LinkAndOthers,
+}
+
+/// Every instance, by slot. See the module documentation.
+pub struct Instances {
+    link_mac: [u8; 6],
+    slots: Vec<Option<Instance>>,
+    by_id: FxHashMap<InstanceId, Slot>,
+    /// Own-MAC instances by MAC.
+    by_mac: FxHashMap<[u8; 6], Slot>,
+    /// Shared-MAC instances by address.
+    by_v4: FxHashMap<[u8; 4], Slot>,
+    by_v6: FxHashMap<[u8; 16], Slot>,
+    /// More than the default instance exists: dispatch has to look.
+    several: bool,
+    make_classifier: Box<dyn Fn() -> Box<dyn Classify> + Send>,
+}
+
+impl std::fmt::Debug for Instances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.slots.iter().flatten()).finish()
+    }
+}
+
+impl Instances {
+    /// The default instance alone, with the link's MAC and `classifier`; further instances get
+    /// classifiers from `make_classifier`.
+    pub fn new(
+        link_mac: [u8; 6],
+        classifier: Box<dyn Classify>,
+        make_classifier: Box<dyn Fn() -> Box<dyn Classify> + Send>,
+    ) -> Self {
+        let default = Instance {
+            id: DEFAULT_INSTANCE,
+            mac: link_mac,
+            own_mac: false,
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            classifier,
+            queues: Vec::new(),
+            counters: InstanceCounters::default(),
+        };
+        let mut by_id = FxHashMap::default();
+        by_id.insert(DEFAULT_INSTANCE, 0);
+        Self {
+            link_mac,
+            slots: vec![Some(default)],
+            by_id,
+            by_mac: FxHashMap::default(),
+            by_v4: FxHashMap::default(),
+            by_v6: FxHashMap::default(),
+            several: false,
+            make_classifier,
+        }
+    }
+
+    /// The slot of an instance.
+    pub fn slot(&self, id: InstanceId) -> Option<Slot> {
+        self.by_id.get(&id).copied()
+    }
+
+    /// An instance by slot.
+    pub fn get(&self, slot: Slot) -> Option<&Instance> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    /// An instance by slot, writable.
+    pub fn get_mut(&mut self, slot: Slot) -> Option<&mut Instance> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    /// Every instance.
+    pub fn iter(&self) -> impl Iterator<Item = &Instance> + '_ {
+        self.slots.iter().flatten()
+    }
+
+    /// Every instance, writable.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Instance> + '_ {
+        self.slots.iter_mut().flatten()
+    }
+
+    /// The MACs the link must accept besides its own (the own-MAC instances').
+    pub fn own_macs(&self) -> Vec<[u8; 6]> {
+        self.by_mac.keys().copied().collect()
+    }
+
+    /// Creates an instance or updates its MAC and addresses. Refused when the MAC or an
+    /// address is another instance's, or when the limit is reached.
+    pub fn set(&mut self, info: InstanceInfo) -> Result<Slot, String> {
+        let own_mac = info.own_mac && info.mac != self.link_mac;
+        let mac = if own_mac { info.mac } else { self.link_mac };
+        let existing = self.slot(info.instance);
+        if own_mac {
+            if let Some(&other) = self.by_mac.get(&mac) {
+                if Some(other) != existing {
+                    return Err(format!("MAC {mac:02x?} belongs to another instance"));
+                }
+            }
+            if mac[0] & 1 != 0 {
+                return Err("an instance MAC must be a unicast address".into());
+            }
+        }
+        for a in &info.ipv4 {
+            if let Some(other) = self.owner_v4(a) {
+                if Some(other) != existing {
+                    return Err(format!(
+                        "{}.{}.{}.{} belongs to another instance",
+                        a[0], a[1], a[2], a[3]
+                    ));
+                }
+            }
+        }
+        for a in &info.ipv6 {
+            if let Some(other) = self.owner_v6(a) {
+                if Some(other) != existing {
+                    return Err(format!(
+                        "{} belongs to another instance",
+                        std::net::Ipv6Addr::from(*a)
+                    ));
+                }
+            }
+        }
+        let slot = match existing {
+            Some(slot) => {
+                self.unindex(slot);
+                slot
+            }
+            None => {
+                if self.by_id.len() >= MAX_INSTANCES {
+                    return Err(format!("at most {MAX_INSTANCES} instances"));
+                }
+                let instance = Instance {
+                    id: info.instance,
+                    mac,
+                    own_mac,
+                    ipv4: Vec::new(),
+                    ipv6: Vec::new(),
+                    classifier: (self.make_classifier)(),
+                    queues: Vec::new(),
+                    counters: InstanceCounters::default(),
+                };
+                let slot = match self.slots.iter().position(Option::is_none) {
+                    Some(free) => {
+                        self.slots[free] = Some(instance);
+                        free
+                    }
+                    None => {
+                        self.slots.push(Some(instance));
+                        self.slots.len() - 1
+                    }
+                };
+                self.by_id.insert(info.instance, slot);
+                slot
+            }
+        };
+        if let Some(i) = self.get_mut(slot) {
+            i.mac = mac;
+            i.own_mac = own_mac;
+            i.ipv4 = info.ipv4;
+            i.ipv6 = info.ipv6;
+        }
+        self.index(slot);
+        Ok(slot)
+    }
+
+    /// Removes an instance without queues. The default instance stays.
+    pub fn remove(&mut self, id: InstanceId) -> Result<(), String> {
+        let slot = self
+            .slot(id)
+            .ok_or_else(|| format!("no instance {}", id.0))?;
+        if id == DEFAULT_INSTANCE {
+            return Err("the default instance cannot be removed".into());
+        }
+        if self.get(slot).is_some_and(|i| !i.queues.is_empty()) {
+            return Err(format!("instance {} still has queues", id.0));
+        }
+        self.unindex(slot);
+        self.slots[slot] = None;
+        self.by_id.remove(&id);
+        self.several = self.by_id.len() > 1;
+        Ok(())
+    }
+
+    fn owner_v4(&self, a: &[u8; 4]) -> Option<Slot> {
+        self.iter_slots()
+            .find(|(_, i)| i.ipv4.contains(a))
+            .map(|(s, _)| s)
+    }
+
+    fn owner_v6(&self, a: &[u8; 16]) -> Option<Slot> {
+        self.iter_slots()
+            .find(|(_, i)| i.ipv6.contains(a))
+            .map(|(s, _)| s)
+    }
+
+    fn iter_slots(&self) -> impl Iterator<Item = (Slot, &Instance)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(s, i)| i.as_ref().map(|i| (s, i)))
+    }
+
+    fn unindex(&mut self, slot: Slot) {
+        self.by_mac.retain(|_, s| *s != slot);
+        self.by_v4.retain(|_, s| *s != slot);
+        self.by_v6.retain(|_, s| *s != slot);
+    }
+
+    fn index(&mut self, slot: Slot) {
+        let Some(i) = self.slots.get(slot).and_then(Option::as_ref) else {
+            return;
+        };
+        if i.own_mac {
+            self.by_mac.insert(i.mac, slot);
+        } else {
+            for a in &i.ipv4 {
+                self.by_v4.insert(*a, slot);
+            }
+            for a in &i.ipv6 {
+                self.by_v6.insert(*a, slot);
+            }
+        }
+        self.several = self.by_id.len() > 1;
+    }
+
+    /// Whether more than the default instance exists.
+    pub fn several(&self) -> bool {
+        self.several
+    }
+
+    /// The instances a received frame is for, into `out` (cleared first). See the module
+    /// documentation.
+    pub fn dispatch(&self, frame: &[u8], out: &mut Vec<Slot>) {
+        out.clear();
+        if !self.several {
+            out.push(0);
+            return;
+        }
+        let Some(dst) = frame.get(..6) else {
+            out.push(0);
+            return;
+        };
+        if dst[0] & 1 != 0 {
+            out.extend(self.iter_slots().map(|(s, _)| s));
+            return;
+        }
+        let dst = [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]];
+        if let Some(&slot) = self.by_mac.get(&dst) {
+            out.push(slot);
+            return;
+        }
+        out.push(self.shared_owner(frame).unwrap_or(0));
+    }
+
+    /// The shared-MAC instance that owns a frame's destination address (IPv4, IPv6, or ARP
+    /// target), if any.
+    fn shared_owner(&self, frame: &[u8]) -> Option<Slot> {
+        let link = link_layer(frame)?;
+        let l3 = frame.get(link.l3..)?;
+        match link.ethertype {
+            ethertype::IPV4 => {
+                let d = l3.get(16..20)?;
+                self.by_v4.get(&[d[0], d[1], d[2], d[3]]).copied()
+            }
+            ethertype::IPV6 => {
+                let d: [u8; 16] = l3.get(24..40)?.try_into().ok()?;
+                self.by_v6.get(&d).copied()
+            }
+            ethertype::ARP => {
+                let p = ArpPacket::new_checked(l3).ok()?;
+                self.by_v4.get(&p.target_ip()).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// Where a frame transmitted by a queue of instance `sender` goes. See the module
+    /// documentation.
+    pub fn route(&self, frame: &[u8], sender: Slot) -> Route {
+        if !self.several {
+            return Route::Link;
+        }
+        let Some(dst) = frame.get(..6) else {
+            return Route::Link;
+        };
+        if dst[0] & 1 != 0 {
+            return Route::LinkAndOthers;
+        }
+        let dst = [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]];
+        let target = if let Some(&slot) = self.by_mac.get(&dst) {
+            Some(slot)
+        } else if dst == self.link_mac {
+            self.shared_owner(frame)
+        } else {
+            None
+        };
+        match target {
+            Some(slot) if slot != sender => Route::Local(slot),
+            _ => Route::Link,
+        }
+    }
+
+    /// Whether `frame` is ARP that every queue of the instance at `slot` must see: a reply,
+    /// or a request for one of its IPv4 addresses.
+    pub fn is_arp_for(&self, slot: Slot, frame: &[u8]) -> bool {
+        let Some(link) = link_layer(frame) else {
+            return false;
+        };
+        if link.ethertype != ethertype::ARP || link.l3 != netmux_wire::ethernet::HEADER_LEN {
+            return false;
+        }
+        let Some(Ok(p)) = frame.get(link.l3..).map(ArpPacket::new_checked) else {
+            return false;
+        };
+        match p.operation() {
+            arp::OP_REPLY => true,
+            arp::OP_REQUEST => self
+                .get(slot)
+                .is_some_and(|i| i.ipv4.contains(&p.target_ip())),
+            _ => false,
+        }
+    }
+}
