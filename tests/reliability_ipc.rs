@@ -114,6 +114,7 @@ fn client_process_entry_point() {
     let mut ch = Channel::new(UnixStream::connect(path).unwrap());
     let hello = ClientRequest::Hello {
         version: PROTOCOL_VERSION,
+        instance: None,
     };
     let good = frame::encode(&hello, 0).unwrap();
     let memfd = rustix::fs::memfd_create("reliability", rustix::fs::MemfdFlags::CLOEXEC).unwrap();

@@ -248,6 +248,7 @@ fn raw_session(stack: &Stack, port: u16) -> Channel {
     for request in [
         ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            instance: None,
         },
         ClientRequest::BindPort {
             transport: Transport::Udp,
@@ -273,6 +274,7 @@ fn malformed_ipc_from_a_client_ends_only_that_clients_session() {
     let hello = frame::encode(
         &ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            instance: None,
         },
         0,
     )
@@ -425,6 +427,7 @@ fn client_process_entry_point() {
     raw.send(
         &ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            instance: None,
         },
         &[],
     )

@@ -19,13 +19,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to netd in `runtime_dir` and says hello.
+    /// Connects to netd in `runtime_dir` and says hello, joining the default instance.
     pub fn connect(runtime_dir: &Path) -> Result<Client, ClientError> {
         Client::connect_socket(&super::socket_in(runtime_dir))
     }
 
-    /// Connects to netd's socket at `path` and says hello.
+    /// Connects to netd in `runtime_dir` and joins `instance` (the default one when `None`).
+    pub fn connect_to(runtime_dir: &Path, instance: Option<&str>) -> Result<Client, ClientError> {
+        Client::connect_socket_to(&super::socket_in(runtime_dir), instance)
+    }
+
+    /// Connects to netd's socket at `path` and says hello, joining the default instance.
     pub fn connect_socket(path: &Path) -> Result<Client, ClientError> {
+        Client::connect_socket_to(path, None)
+    }
+
+    /// Connects to netd's socket at `path` and joins `instance`.
+    pub fn connect_socket_to(path: &Path, instance: Option<&str>) -> Result<Client, ClientError> {
         let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
             source,
@@ -34,6 +44,7 @@ impl Client {
         chan.send(
             &ClientRequest::Hello {
                 version: PROTOCOL_VERSION,
+                instance: instance.map(str::to_owned),
             },
             &[],
         )?;
@@ -98,6 +109,37 @@ impl Client {
     /// with the count of the others.
     pub fn list_sessions(&mut self) -> Result<super::SessionList, ClientError> {
         super::sessions(self.call(ClientRequest::ListSessions)?)
+    }
+
+    /// Creates an instance (root, or a uid netd's configuration names).
+    pub fn create_instance(&mut self, spec: super::InstanceSpec) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::CreateInstance(spec))?)
+    }
+
+    /// Destroys an instance: its sessions end, everything they held is freed.
+    pub fn destroy_instance(&mut self, name: &str) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::DestroyInstance {
+            name: name.to_owned(),
+        })?)
+    }
+
+    /// The instances this client may see (all for root and netd's admins, else its own).
+    pub fn list_instances(&mut self) -> Result<Vec<super::InstanceView>, ClientError> {
+        super::instances(self.call(ClientRequest::ListInstances)?)
+    }
+
+    /// Changes a property of an instance.
+    pub fn set_instance_property(
+        &mut self,
+        name: &str,
+        property: &str,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::SetInstanceProperty {
+            name: name.to_owned(),
+            property: property.to_owned(),
+            value: value.to_owned(),
+        })?)
     }
 
     /// The session's queue, attached: framed I/O on its rings.

@@ -40,7 +40,10 @@ use netmux_proto::driver::Counters;
 use netmux_proto::ErrorReply;
 use netmux_ring::{AttachError, ClientQueue};
 
-pub use netmux_proto::client::{FilterMode, QueueInfo, SessionInfo, SessionList, Transport};
+pub use netmux_proto::client::{
+    FilterMode, InstanceSpec, InstanceView, MacChoice, QueueInfo, SessionInfo, SessionList,
+    Transport,
+};
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +127,13 @@ fn stats(reply: ClientReply) -> Result<Counters, ClientError> {
 fn sessions(reply: ClientReply) -> Result<SessionList, ClientError> {
     match reply {
         ClientReply::Sessions(list) => Ok(list),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn instances(reply: ClientReply) -> Result<Vec<InstanceView>, ClientError> {
+    match reply {
+        ClientReply::Instances(list) => Ok(list),
         other => Err(unexpected(other)),
     }
 }

@@ -23,13 +23,29 @@ pub struct AsyncClient {
 }
 
 impl AsyncClient {
-    /// Connects to netd in `runtime_dir` and says hello.
+    /// Connects to netd in `runtime_dir` and says hello, joining the default instance.
     pub async fn connect(runtime_dir: &Path) -> Result<AsyncClient, ClientError> {
         AsyncClient::connect_socket(&super::socket_in(runtime_dir)).await
     }
 
-    /// Connects to netd's socket at `path` and says hello.
+    /// Connects to netd in `runtime_dir` and joins `instance` (the default one when `None`).
+    pub async fn connect_to(
+        runtime_dir: &Path,
+        instance: Option<&str>,
+    ) -> Result<AsyncClient, ClientError> {
+        AsyncClient::connect_socket_to(&super::socket_in(runtime_dir), instance).await
+    }
+
+    /// Connects to netd's socket at `path` and says hello, joining the default instance.
     pub async fn connect_socket(path: &Path) -> Result<AsyncClient, ClientError> {
+        AsyncClient::connect_socket_to(path, None).await
+    }
+
+    /// Connects to netd's socket at `path` and joins `instance`.
+    pub async fn connect_socket_to(
+        path: &Path,
+        instance: Option<&str>,
+    ) -> Result<AsyncClient, ClientError> {
         let connect_err = |source| ClientError::Connect {
             path: path.to_owned(),
             source,
@@ -55,6 +71,7 @@ impl AsyncClient {
         let reply = client
             .call(ClientRequest::Hello {
                 version: PROTOCOL_VERSION,
+                instance: instance.map(str::to_owned),
             })
             .await?;
         client.host = super::hello(reply)?;

@@ -27,6 +27,12 @@ pub enum ConfigError {
     /// Not `A-B` with 1 <= A <= B <= 65535.
     #[error("{0:?} is not a port range (A-B with 1 <= A <= B <= 65535)")]
     PortRange(String),
+    /// A timeout that is not a positive number of seconds.
+    #[error("{0} is not a positive number of seconds")]
+    Timeout(String),
+    /// Not `aa:bb:cc:dd:ee:ff`.
+    #[error("{0:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")]
+    Mac(String),
     /// The gateway is not inside the host's subnet.
     #[error("gateway {gateway} is not in {address}/{prefix}")]
     GatewayOffLink {
@@ -71,6 +77,11 @@ pub struct Config {
     /// How long one driver request may take before netd declares the driver gone
     /// ([`crate::driver_link::DEFAULT_DRIVER_TIMEOUT`]).
     pub driver_timeout: Duration,
+    /// Uids besides root that may create, change and destroy instances.
+    pub admin_uids: std::collections::BTreeSet<u32>,
+    /// The file netd keeps its non-temporary instances in (TOML, `[[instance]]` tables),
+    /// restored at start; without one, instances last until netd stops.
+    pub instances_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -89,6 +100,8 @@ impl Config {
             host_stack: true,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             driver_timeout: crate::driver_link::DEFAULT_DRIVER_TIMEOUT,
+            admin_uids: Default::default(),
+            instances_file: None,
         }
     }
 
@@ -120,6 +133,23 @@ pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, ConfigError> 
         return Err(bad());
     }
     Ok(a..=b)
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = || ConfigError::Mac(text.to_owned());
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.is_empty() || p.len() > 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(mac)
 }
 
 /// Checks that the gateway is on the host's subnet.

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use netmux_proto::driver::{
-    Counters, Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId,
-    RxMode,
+    Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, InstanceInfo,
+    PortBinding, QueueConfig, QueueId, RxMode,
 };
 use netmux_proto::{Channel, ErrorReply, LinkInfo, PROTOCOL_VERSION};
 
@@ -71,24 +71,40 @@ pub struct CreatedQueue {
     pub driver_wake: OwnedFd,
 }
 
+/// The driver's counters: the link's, every queue's, every instance's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// The link's.
+    pub link: Counters,
+    /// Every queue's.
+    pub queues: Vec<(QueueId, Counters)>,
+    /// Every instance's.
+    pub instances: Vec<(InstanceId, Counters)>,
+}
+
 /// What netd needs from a driver.
 pub trait DriverLink: Send {
     /// The link's MAC and MTU.
     fn link_info(&self) -> LinkInfo;
-    /// Creates a queue.
+    /// Creates a queue in an instance.
     fn create_queue(
         &mut self,
         queue: QueueId,
         config: QueueConfig,
+        instance: InstanceId,
     ) -> Result<CreatedQueue, DriverError>;
+    /// Creates an instance, or updates its MAC and addresses.
+    fn set_instance(&mut self, info: InstanceInfo) -> Result<(), DriverError>;
+    /// Removes an instance without queues.
+    fn remove_instance(&mut self, instance: InstanceId) -> Result<(), DriverError>;
     /// Stops and frees a queue.
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
     /// Installs a filter; `Ok` means it is in force.
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError>;
     /// Removes a filter; `Ok` means it is no longer in force.
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError>;
-    /// Counters of the link and of every queue.
-    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError>;
+    /// Counters of the link, every queue and every instance.
+    fn stats(&mut self) -> Result<DriverStats, DriverError>;
     /// Makes `queue` netd's own: it gets every frame no rx filter takes.
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
     /// The host's IPv4 addresses: ARP requests for them go to every queue.
@@ -109,6 +125,8 @@ pub enum DriverCommand {
         queue: QueueId,
         /// Its ring geometry.
         config: QueueConfig,
+        /// Its instance.
+        instance: InstanceId,
     },
     /// Stop and free a queue.
     DestroyQueue {
@@ -136,6 +154,13 @@ pub enum DriverCommand {
         /// The addresses.
         ipv4: Vec<[u8; 4]>,
     },
+    /// Create an instance, or update its MAC and addresses.
+    SetInstance(InstanceInfo),
+    /// Remove an instance without queues.
+    RemoveInstance {
+        /// The instance.
+        instance: InstanceId,
+    },
 }
 
 /// What became of one [`DriverCommand`].
@@ -146,12 +171,7 @@ pub enum DriverOutcome {
     /// The queue was created.
     Queue(CreatedQueue),
     /// The counters.
-    Stats {
-        /// The link's.
-        link: Counters,
-        /// Every queue's.
-        queues: Vec<(QueueId, Counters)>,
-    },
+    Stats(DriverStats),
     /// Refused, or the driver is gone.
     Failed(DriverError),
     /// Not tried: an earlier command of a batch that stops at its first failure failed.
@@ -172,7 +192,11 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         Err(e) => DriverOutcome::Failed(e),
     };
     match command {
-        DriverCommand::CreateQueue { queue, config } => match link.create_queue(queue, config) {
+        DriverCommand::CreateQueue {
+            queue,
+            config,
+            instance,
+        } => match link.create_queue(queue, config, instance) {
             Ok(q) => DriverOutcome::Queue(q),
             Err(e) => DriverOutcome::Failed(e),
         },
@@ -180,11 +204,13 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
         DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
         DriverCommand::Stats => match link.stats() {
-            Ok((link, queues)) => DriverOutcome::Stats { link, queues },
+            Ok(stats) => DriverOutcome::Stats(stats),
             Err(e) => DriverOutcome::Failed(e),
         },
         DriverCommand::SetNetdQueue { queue } => done(link.set_netd_queue(queue)),
         DriverCommand::SetHostAddresses { ipv4 } => done(link.set_host_addresses(ipv4)),
+        DriverCommand::SetInstance(info) => done(link.set_instance(info)),
+        DriverCommand::RemoveInstance { instance } => done(link.remove_instance(instance)),
     }
 }
 
@@ -224,6 +250,10 @@ pub enum Recorded {
     SetNetdQueue(QueueId),
     /// netd named the host's IPv4 addresses.
     SetHostAddresses(Vec<[u8; 4]>),
+    /// An instance was created or updated.
+    SetInstance(InstanceInfo),
+    /// An instance was removed.
+    RemoveInstance(InstanceId),
 }
 
 #[derive(Debug, Default)]
@@ -314,9 +344,18 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
         &mut self,
         queue: QueueId,
         config: QueueConfig,
+        instance: InstanceId,
     ) -> Result<CreatedQueue, DriverError> {
-        let r = self.link().create_queue(queue, config);
+        let r = self.link().create_queue(queue, config, instance);
         self.record(r, Recorded::CreateQueue(queue))
+    }
+    fn set_instance(&mut self, info: InstanceInfo) -> Result<(), DriverError> {
+        let r = self.link().set_instance(info.clone());
+        self.record(r, Recorded::SetInstance(info))
+    }
+    fn remove_instance(&mut self, instance: InstanceId) -> Result<(), DriverError> {
+        let r = self.link().remove_instance(instance);
+        self.record(r, Recorded::RemoveInstance(instance))
     }
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
         let r = self.link().destroy_queue(queue);
@@ -336,7 +375,7 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
         let r = self.link().remove_filter(queue, filter);
         self.record(r, Recorded::Remove(queue, filter))
     }
-    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
+    fn stats(&mut self) -> Result<DriverStats, DriverError> {
         self.link().stats()
     }
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
@@ -467,11 +506,12 @@ impl DriverLink for ChannelDriver {
         &mut self,
         queue: QueueId,
         config: QueueConfig,
+        instance: InstanceId,
     ) -> Result<CreatedQueue, DriverError> {
         let (reply, fds) = self.call(&DriverRequest::CreateQueue {
             queue,
             config,
-            instance: netmux_proto::driver::DEFAULT_INSTANCE,
+            instance,
         })?;
         match reply {
             DriverReply::QueueCreated { ring_bytes, .. } => {
@@ -512,11 +552,27 @@ impl DriverLink for ChannelDriver {
         self.request(&DriverRequest::RemoveFilter { queue, filter })
     }
 
-    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
+    fn stats(&mut self) -> Result<DriverStats, DriverError> {
         match self.call(&DriverRequest::Stats)?.0 {
-            DriverReply::Stats { link, queues, .. } => Ok((link, queues)),
+            DriverReply::Stats {
+                link,
+                queues,
+                instances,
+            } => Ok(DriverStats {
+                link,
+                queues,
+                instances,
+            }),
             other => Err(unexpected(other)),
         }
+    }
+
+    fn set_instance(&mut self, info: InstanceInfo) -> Result<(), DriverError> {
+        self.request(&DriverRequest::SetInstance(info))
+    }
+
+    fn remove_instance(&mut self, instance: InstanceId) -> Result<(), DriverError> {
+        self.request(&DriverRequest::RemoveInstance { instance })
     }
 
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
@@ -627,7 +683,12 @@ pub fn start_driver(
     spec: &str,
     control: &Path,
 ) -> Result<(ChildDriver, ChannelDriver), DriverError> {
-    start_driver_command(std::process::Command::new(binary), spec, control)
+    start_driver_command(
+        std::process::Command::new(binary),
+        spec,
+        control,
+        DEFAULT_DRIVER_TIMEOUT,
+    )
 }
 
 /// [`start_driver`] with any command that runs the driver's command line (`netmux driver`
@@ -636,6 +697,7 @@ pub fn start_driver_command(
     mut command: std::process::Command,
     spec: &str,
     control: &Path,
+    timeout: Duration,
 ) -> Result<(ChildDriver, ChannelDriver), DriverError> {
     if control.exists() {
         std::fs::remove_file(control)
@@ -654,7 +716,7 @@ pub fn start_driver_command(
     let start = std::time::Instant::now();
     loop {
         if let Ok(sock) = UnixStream::connect(control) {
-            let link = ChannelDriver::over(sock)?;
+            let link = ChannelDriver::over_with_timeout(sock, timeout)?;
             return Ok((child, link));
         }
         if let Ok(Some(status)) = child.child.try_wait() {

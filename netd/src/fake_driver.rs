@@ -321,6 +321,7 @@ impl DriverLink for FakeDriver {
         &mut self,
         queue: QueueId,
         config: QueueConfig,
+        _instance: netmux_proto::driver::InstanceId,
     ) -> Result<CreatedQueue, DriverError> {
         let mut s = self.state();
         s.check()?;
@@ -424,7 +425,34 @@ impl DriverLink for FakeDriver {
 
     // Field by field: fields the protocol adds later keep their defaults without an edit here.
     #[allow(clippy::field_reassign_with_default)]
-    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
+    fn set_instance(
+        &mut self,
+        _info: netmux_proto::driver::InstanceInfo,
+    ) -> Result<(), DriverError> {
+        self.state().check()
+    }
+
+    fn remove_instance(
+        &mut self,
+        _instance: netmux_proto::driver::InstanceId,
+    ) -> Result<(), DriverError> {
+        self.state().check()
+    }
+
+    fn stats(&mut self) -> Result<crate::driver_link::DriverStats, DriverError> {
+        self.stats_pair()
+            .map(|(link, queues)| crate::driver_link::DriverStats {
+                link,
+                queues,
+                instances: Vec::new(),
+            })
+    }
+}
+
+impl FakeDriver {
+    // Field by field: fields the protocol adds later keep their defaults without an edit here.
+    #[allow(clippy::field_reassign_with_default)]
+    fn stats_pair(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
         let s = self.state();
         s.check()?;
         let queues = s

@@ -133,24 +133,26 @@ pub fn host_rx(host: &HostIdentity) -> Option<String> {
     host.ipv4.map(builders::arp_rx_expr)
 }
 
-/// The tx filter of netd's own host queue: ARP as the host, and any IP from the host's
-/// addresses (netd answers for ports nobody holds: ICMP errors, echo replies, RSTs).
-pub fn host_tx(host: &HostIdentity) -> Option<String> {
+/// netd's own transmit filter: ARP, IPv4 and IPv6 from any of the hosts it answers for (one
+/// per instance), with each host's MAC.
+pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
     let mut parts = Vec::new();
-    if let Some(arp) = queue_arp_tx(host) {
-        parts.push(format!("({arp})"));
-    }
-    if let Some(a) = host.ipv4 {
-        parts.push(format!(
-            "(ether src {} and ip src host {a})",
-            mac_text(host.mac)
-        ));
-    }
-    if let Some(a) = host.ipv6 {
-        parts.push(format!(
-            "(ether src {} and ip6 src host {a})",
-            mac_text(host.mac)
-        ));
+    for host in hosts {
+        if let Some(arp) = queue_arp_tx(host) {
+            parts.push(format!("({arp})"));
+        }
+        if let Some(a) = host.ipv4 {
+            parts.push(format!(
+                "(ether src {} and ip src host {a})",
+                mac_text(host.mac)
+            ));
+        }
+        if let Some(a) = host.ipv6 {
+            parts.push(format!(
+                "(ether src {} and ip6 src host {a})",
+                mac_text(host.mac)
+            ));
+        }
     }
     (!parts.is_empty()).then(|| parts.join(" or "))
 }

@@ -27,7 +27,12 @@ use etherparse::{
     PacketBuilder, SlicedPacket, TransportSlice,
 };
 
-use crate::core::{PortState, Transport};
+use std::collections::BTreeMap;
+
+use netmux_proto::driver::InstanceId;
+
+use crate::core::Transport;
+use crate::filters::HostIdentity;
 use crate::service::{lock, SharedNetd};
 
 /// ICMP errors, echo replies and RSTs per second: Linux's `icmp_msgs_per_sec` default.
@@ -371,11 +376,13 @@ const HOST_POLL: Duration = Duration::from_millis(50);
 /// Frames handled per wake-up.
 const HOST_BATCH: usize = 64;
 
-/// Starts the host stack on netd's host queue, if netd created one.
+/// Starts the host stack on netd's host queue, if netd created one. It answers for every
+/// instance, each with its own MAC and addresses (and its own rate limit, so one tenant's
+/// flood cannot silence another's answers), taking in instances as they come and go.
 pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
-    let (queue, host) = {
+    let queue = {
         let mut netd = lock(&state);
-        (netd.take_host_queue()?, *netd.host())
+        netd.take_host_queue()?
     };
     let mut queue =
         match netmux_ring::ClientQueue::from_fds(queue.memfd, queue.client_wake, queue.driver_wake)
@@ -392,7 +399,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         .name("netd-host".into())
         .spawn(move || {
             let start = Instant::now();
-            let mut responder = Responder::new(host.mac, host.ipv4).with_ipv6(host.ipv6);
+            let mut responders: BTreeMap<InstanceId, (HostIdentity, Responder)> = BTreeMap::new();
             let mut frames = Vec::new();
             let mut completions = Vec::new();
             while !flag.load(Ordering::Relaxed) {
@@ -407,10 +414,15 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                 let _ = queue.completions(usize::MAX, &mut completions);
                 let answers: Vec<Vec<u8>> = {
                     let netd = lock(&state);
-                    let free = |t, p| netd.core().ports().state(t, p) == PortState::Free;
+                    sync_responders(&mut responders, netd.host_identities());
+                    let now = start.elapsed();
                     frames
                         .iter()
-                        .filter_map(|f| responder.answer(f, start.elapsed(), free))
+                        .filter_map(|f| {
+                            responders.iter_mut().find_map(|(&id, (_, r))| {
+                                r.answer(f, now, |t, p| netd.port_free(id, t, p))
+                            })
+                        })
                         .map(|(_, a)| a)
                         .collect()
                 };
@@ -426,6 +438,22 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         stop,
         thread: Some(thread),
     })
+}
+
+/// Keeps one responder per instance, made anew when an instance's identity changes.
+fn sync_responders(
+    responders: &mut BTreeMap<InstanceId, (HostIdentity, Responder)>,
+    identities: Vec<(InstanceId, HostIdentity)>,
+) {
+    responders.retain(|id, (host, _)| identities.iter().any(|(i, h)| i == id && h == host));
+    for (id, host) in identities {
+        responders.entry(id).or_insert_with(|| {
+            (
+                host,
+                Responder::new(host.mac, host.ipv4).with_ipv6(host.ipv6),
+            )
+        });
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //!   tests); [`driver_worker`] runs it on a thread of its own with deadlines.
 //! * [`fake_driver`]: an in-process stand-in used by tests that do not need real filters.
 //! * [`filters`]: the per-port filters from the compiler's builders.
+//! * [`instance`]: network stack instances (each an independent host on the link).
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 #![deny(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod driver_worker;
 pub mod fake_driver;
 pub mod filters;
 pub mod host;
+pub mod instance;
 pub mod run;
 pub mod server;
 pub mod service;

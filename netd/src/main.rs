@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         }
         (None, Some(spec)) => {
             let command = std::process::Command::new(driver_link::driver_binary());
-            let (child, d) = run::start_child_driver(&config.runtime_dir, command, spec)?;
+            let (child, d) = run::start_child_driver(&config, command, spec)?;
             (Some(child), d)
         }
         (None, None) => anyhow::bail!("give --driver-socket or --link"),

@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::config::{self, Config, ConfigError, HostAddrs};
@@ -70,6 +70,18 @@ pub struct HostArgs {
     /// Do not answer ARP, ICMP echo, or unbound ports as the host.
     #[arg(long)]
     pub no_host_stack: bool,
+    /// netd's configuration file (TOML): the instances, one `[[instance]]` table each,
+    /// restored at start and rewritten when one is created, changed or destroyed. Without it,
+    /// instances last until netd stops.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A uid besides 0 that may create, change and destroy instances (repeatable).
+    #[arg(long = "admin-uid", value_name = "UID")]
+    pub admin_uids: Vec<u32>,
+    /// Seconds netd waits for the driver's reply to one request before it declares the
+    /// driver gone.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub driver_timeout: f64,
 }
 
 impl HostArgs {
@@ -99,6 +111,12 @@ impl HostArgs {
             .exclusive_uids
             .extend(self.exclusive_uids.iter().copied());
         config.host_stack = !self.no_host_stack;
+        config.instances_file = self.config.clone();
+        config.admin_uids.extend(self.admin_uids.iter().copied());
+        config.driver_timeout = std::time::Duration::try_from_secs_f64(self.driver_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| ConfigError::Timeout(self.driver_timeout.to_string()))?;
         Ok(config)
     }
 }
@@ -108,21 +126,21 @@ impl HostArgs {
 /// first) and connects to it. The driver is a process of its own: the link owner stays
 /// isolated from netd and the clients.
 pub fn start_child_driver(
-    runtime_dir: &Path,
+    config: &Config,
     command: Command,
     spec: &str,
 ) -> Result<(ChildDriver, ChannelDriver), RunError> {
-    let control = runtime_dir.join(DRIVER_CONTROL);
+    let control = config.runtime_dir.join(DRIVER_CONTROL);
     if let Some(dir) = control.parent() {
         server::private_dir(dir)?;
     }
     let (child, link) =
-        driver_link::start_driver_command(command, spec, &control).map_err(|source| {
-            RunError::Driver {
+        driver_link::start_driver_command(command, spec, &control, config.driver_timeout).map_err(
+            |source| RunError::Driver {
                 spec: spec.to_owned(),
                 source,
-            }
-        })?;
+            },
+        )?;
     tracing::info!(pid = child.pid(), %spec, "driver started");
     Ok((child, link))
 }
@@ -176,7 +194,7 @@ mod tests {
     fn a_driver_that_cannot_start_is_a_driver_error_naming_the_link() {
         let dir = std::env::temp_dir().join(format!("netmux-run-test-{}", std::process::id()));
         let err = start_child_driver(
-            &dir,
+            &Config::new(&dir),
             Command::new("/nonexistent/netmux-driver"),
             "virtual:/tmp/x",
         )

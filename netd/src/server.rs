@@ -43,6 +43,9 @@ use crate::service::{DriverWork, Netd, Response, StartError, Step};
 
 /// How often the handshake deadlines are checked.
 pub const EXPIRY_TICK: Duration = Duration::from_millis(100);
+/// How long destroying an instance waits for its sessions to end: each ends as soon as its
+/// task sees the kill, unless it waits on the driver, which has its own deadline.
+pub const END_SESSIONS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,33 @@ impl Shell {
         self.start.elapsed()
     }
 
+    /// Ends sessions (their tasks see the kill, close the connection and run the session's
+    /// end) and waits, at most [`END_SESSIONS_TIMEOUT`], until every one is gone.
+    async fn end_sessions(&self, sessions: &[SessionId]) {
+        {
+            let mut kills = self.kills.lock().unwrap_or_else(|e| e.into_inner());
+            for id in sessions {
+                if let Some(k) = kills.remove(id) {
+                    let _ = k.send(());
+                }
+            }
+        }
+        let deadline = Instant::now() + END_SESSIONS_TIMEOUT;
+        loop {
+            let left = {
+                let netd = lock(&self.state);
+                sessions.iter().filter(|&&id| netd.has_session(id)).count()
+            };
+            if left == 0 || Instant::now() > deadline {
+                if left > 0 {
+                    tracing::warn!(left, "sessions did not end in time");
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Carries a step out to its end: driver work at the driver (with the state unlocked),
     /// fed back to netd, until there is a reply (or nothing more to do).
     async fn drive(&self, mut step: Step) -> Option<Response> {
@@ -126,6 +156,10 @@ impl Shell {
                 }) => {
                     let outcomes = self.driver.run(commands, stop_at_first_failure).await;
                     step = lock(&self.state).resume(then, outcomes);
+                }
+                Step::EndSessions { sessions, then } => {
+                    self.end_sessions(&sessions).await;
+                    step = lock(&self.state).resume(then, Vec::new());
                 }
             }
         }

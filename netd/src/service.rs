@@ -18,22 +18,32 @@
 //! * every refusal is an [`ErrorReply`] with a stable code; only a wrong protocol version ends
 //!   the session from here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use netmux_proto::client::{self, ClientReply, ClientRequest, HostConfig};
-use netmux_proto::driver::{Counters, Direction, FilterId, PortBinding, QueueId, RxMode};
+use netmux_proto::client::{
+    self, ClientReply, ClientRequest, HostConfig, InstanceSpec, InstanceView, MacChoice,
+    DEFAULT_INSTANCE_NAME,
+};
+use netmux_proto::driver::{
+    Counters, Direction, FilterId, InstanceId, PortBinding, QueueId, RxMode, DEFAULT_INSTANCE,
+};
 use netmux_proto::{frame, ErrorCode, ErrorReply, LinkInfo, PROTOCOL_VERSION};
 use netmux_ring::QueueConfig;
 
 use crate::config::{link_local_from_mac, Config};
-use crate::core::{self, Core, CoreError, Credentials, PortError, PortTable, SessionId, Transport};
+use crate::core::{
+    self, Core, CoreError, Credentials, Policy, PortError, PortTable, SessionId, Transport,
+};
 use crate::driver_link::{
-    CreatedQueue, DriverCommand, DriverError, DriverOutcome, FilterSpec, HOST_QUEUE,
+    CreatedQueue, DriverCommand, DriverError, DriverOutcome, DriverStats, FilterSpec, HOST_QUEUE,
 };
 use crate::filters::{self, HostIdentity};
+use crate::instance::{Instance, InstanceEntry, InstanceError, InstancesFile};
 
 /// Why netd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +57,14 @@ pub enum StartError {
     /// The driver refused to set up netd's own host queue.
     #[error("setting up the host queue: {0}")]
     Driver(#[from] DriverError),
+    /// The configuration file's instances cannot be restored.
+    #[error("instances in {file}: {why}")]
+    Instances {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
 }
 
 /// What the shell sends back for one request.
@@ -82,6 +100,15 @@ pub enum Step {
     Reply(Response),
     /// Carry out this work at the driver, then hand its outcomes to [`Netd::resume`].
     Driver(DriverWork),
+    /// End these sessions (their clients see the connection close; each session's end runs
+    /// [`Netd::disconnect`] as usual), wait until they are gone, then call [`Netd::resume`]
+    /// with `then` and no outcomes.
+    EndSessions {
+        /// The sessions.
+        sessions: Vec<SessionId>,
+        /// What follows.
+        then: Then,
+    },
     /// Nothing more (a session's end finished).
     Finished,
 }
@@ -128,10 +155,11 @@ enum Pending {
         port: u16,
         error: ErrorReply,
     },
-    /// Destroying a queue whose own filter failed; then the error.
+    /// Undoing a half-made queue (or instance); then the error.
     QueueRollback {
         session: SessionId,
         error: ErrorReply,
+        release_ring: bool,
     },
     /// `open_queue`: the session's queue, created for the hand-out.
     OpenQueue { session: SessionId, queue: NewQueue },
@@ -150,6 +178,7 @@ enum Pending {
     /// Removing a closed port's filters.
     ClosePort {
         session: SessionId,
+        instance: InstanceId,
         transport: Transport,
         port: u16,
     },
@@ -160,9 +189,28 @@ enum Pending {
     /// A session's end: how many removals belong to each port, in command order.
     Teardown {
         session: SessionId,
+        instance: InstanceId,
         ports: Vec<((Transport, u16), usize)>,
         queue: Option<QueueId>,
     },
+    /// An instance told to the driver, with netd's own transmit filter for it.
+    CreateInstance {
+        session: SessionId,
+        instance: InstanceId,
+        host_tx: Option<FilterId>,
+    },
+    /// An instance's sessions ended: remove it at the driver.
+    DestroyInstanceSessionsEnded {
+        session: SessionId,
+        instance: InstanceId,
+    },
+    /// The instance is gone at the driver.
+    DestroyInstance {
+        session: SessionId,
+        instance: InstanceId,
+    },
+    /// `netmux instance ls`.
+    ListInstances { session: SessionId },
 }
 
 struct SessionQueue {
@@ -199,9 +247,22 @@ pub struct SessionSummary {
 
 /// netd's state. See the module documentation.
 pub struct Netd {
-    core: Core,
-    host: HostIdentity,
-    host_config: HostConfig,
+    /// Every instance, the default one ([`DEFAULT_INSTANCE`]) included.
+    instances: BTreeMap<InstanceId, Instance>,
+    names: BTreeMap<String, InstanceId>,
+    /// Each session's instance (the default one until it says hello to another).
+    session_instance: HashMap<SessionId, InstanceId>,
+    /// netd's own transmit filter on the host queue, per instance.
+    host_tx: HashMap<InstanceId, FilterId>,
+    link: LinkInfo,
+    /// The policy a new instance starts from (its limits).
+    template: Policy,
+    default_ephemeral: RangeInclusive<u16>,
+    /// Uids besides root that may create and destroy instances.
+    admin_uids: BTreeSet<u32>,
+    /// Where non-temporary instances are kept, if anywhere.
+    instances_file: Option<PathBuf>,
+    next_instance: u32,
     host_stack: bool,
     rings: QueueConfig,
     ring_bytes: u64,
@@ -216,7 +277,7 @@ pub struct Netd {
 impl std::fmt::Debug for Netd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Netd")
-            .field("host", &self.host)
+            .field("instances", &self.instances.len())
             .field("sessions", &self.sessions.len())
             .finish_non_exhaustive()
     }
@@ -258,7 +319,9 @@ fn core_error(e: CoreError) -> ErrorReply {
         CoreError::Port(PortError::Exhausted(_)) => ErrorCode::Limit,
         CoreError::Port(PortError::NotOwner { .. }) | CoreError::NoFilter => ErrorCode::NotFound,
         CoreError::Port(PortError::NotReleasing { .. }) => ErrorCode::Internal,
-        CoreError::Privileged { .. } | CoreError::FilterNotAllowed { .. } => ErrorCode::Denied,
+        CoreError::Privileged { .. }
+        | CoreError::FilterNotAllowed { .. }
+        | CoreError::NotMember { .. } => ErrorCode::Denied,
         CoreError::Limit(_) => ErrorCode::Limit,
     };
     error(code, e.to_string())
@@ -303,10 +366,11 @@ fn spec(
 }
 
 impl Netd {
-    /// netd with this configuration, on a link with these properties. With
-    /// `config.host_stack`, the returned commands create the host queue ([`HOST_QUEUE`]) and
-    /// its filters; either way they name the host's addresses. Carry them out (stopping at the
-    /// first failure) and hand the outcomes to [`Netd::started`] before serving anyone.
+    /// netd with this configuration, on a link with these properties. The returned commands
+    /// tell the driver the default instance's addresses and every instance restored from the
+    /// configuration file; with `config.host_stack` they also create the host queue
+    /// ([`HOST_QUEUE`]) and netd's own filters. Carry them out (stopping at the first
+    /// failure) and hand the outcomes to [`Netd::started`] before serving anyone.
     pub fn new(config: &Config, link: LinkInfo) -> Result<(Netd, Vec<DriverCommand>), StartError> {
         let ring_bytes = netmux_ring::layout_of(&config.rings)?.total_len;
         let host = HostIdentity {
@@ -323,13 +387,45 @@ impl Netd {
             gateway: config.addrs.gateway.map(|g| g.octets()),
             ipv6_link_local: host.ipv6.map(|a| a.octets()),
         };
-        let mut netd = Netd {
+        let default = Instance {
+            id: DEFAULT_INSTANCE,
+            spec: InstanceSpec {
+                name: DEFAULT_INSTANCE_NAME.to_owned(),
+                mac: MacChoice::Shared,
+                ipv4: config
+                    .addrs
+                    .ipv4
+                    .map_or(([0; 4], 0), |(a, p)| (a.octets(), p)),
+                gateway: host_config.gateway,
+                ipv6_link_local: config.addrs.ipv6_link_local,
+                ephemeral: None,
+                join_uids: None,
+                privileged_uids: config.policy.privileged_uids.iter().copied().collect(),
+                tap_uids: config.policy.tap_uids.iter().copied().collect(),
+                exclusive_uids: config.policy.exclusive_uids.iter().copied().collect(),
+                temporary: true,
+            },
             core: Core::new(
                 config.policy.clone(),
                 PortTable::new(config.ephemeral.clone()),
             ),
             host,
             host_config,
+            shared_mac: true,
+            ready: true,
+            condemned: false,
+        };
+        let mut netd = Netd {
+            instances: BTreeMap::new(),
+            names: BTreeMap::new(),
+            session_instance: HashMap::new(),
+            host_tx: HashMap::new(),
+            link,
+            template: config.policy.clone(),
+            default_ephemeral: config.ephemeral.clone(),
+            admin_uids: config.admin_uids.clone(),
+            instances_file: config.instances_file.clone(),
+            next_instance: DEFAULT_INSTANCE.0 + 1,
             host_stack: config.host_stack,
             rings: config.rings,
             ring_bytes,
@@ -339,28 +435,58 @@ impl Netd {
             host_queue: None,
             driver_gone: None,
         };
+        netd.names
+            .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
+        netd.instances.insert(DEFAULT_INSTANCE, default);
+        if let Some(file) = &config.instances_file {
+            let bad = |why: String| StartError::Instances {
+                file: file.clone(),
+                why,
+            };
+            for entry in InstancesFile::load(file).map_err(bad)?.instances {
+                let spec = entry
+                    .spec()
+                    .map_err(|e| bad(format!("{}: {e}", entry.name)))?;
+                netd.admit(spec).map_err(|e| bad(e.message))?;
+            }
+        }
         let mut commands = Vec::new();
         if config.host_stack {
             commands.push(DriverCommand::CreateQueue {
                 queue: HOST_QUEUE,
                 config: netd.rings,
+                instance: DEFAULT_INSTANCE,
             });
-            let host_filters = [
-                (filters::host_rx(&netd.host), Direction::Rx),
-                (filters::host_tx(&netd.host), Direction::Tx),
-            ];
-            for (expr, direction) in host_filters {
-                if let Some(expr) = expr {
-                    let filter = netd.filter_id();
-                    let s = spec(HOST_QUEUE, filter, direction, RxMode::Owner, None, expr)
-                        .map_err(StartError::Filter)?;
+        }
+        let mut infos = Vec::new();
+        for i in netd.instances.values() {
+            if i.id == DEFAULT_INSTANCE {
+                let ipv4: Vec<[u8; 4]> = i.host.ipv4.iter().map(|a| a.octets()).collect();
+                commands.push(DriverCommand::SetHostAddresses { ipv4 });
+            } else {
+                infos.push(i.driver_info());
+            }
+        }
+        commands.extend(infos.into_iter().map(DriverCommand::SetInstance));
+        if config.host_stack {
+            if let Some(expr) = filters::host_rx(&netd.instances[&DEFAULT_INSTANCE].host) {
+                let filter = netd.filter_id();
+                let s = spec(HOST_QUEUE, filter, Direction::Rx, RxMode::Owner, None, expr)
+                    .map_err(StartError::Filter)?;
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            let ids: Vec<InstanceId> = netd.instances.keys().copied().collect();
+            for id in ids {
+                if let Some((filter, s)) = netd.host_tx_spec(id).map_err(StartError::Filter)? {
+                    netd.host_tx.insert(id, filter);
                     commands.push(DriverCommand::InstallFilter(s));
                 }
             }
             commands.push(DriverCommand::SetNetdQueue { queue: HOST_QUEUE });
         }
-        let ipv4: Vec<[u8; 4]> = netd.host.ipv4.iter().map(|a| a.octets()).collect();
-        commands.push(DriverCommand::SetHostAddresses { ipv4 });
+        for i in netd.instances.values_mut() {
+            i.ready = true;
+        }
         Ok((netd, commands))
     }
 
@@ -381,14 +507,113 @@ impl Netd {
         Ok(())
     }
 
-    /// The host's identity (MAC and addresses).
-    pub fn host(&self) -> &HostIdentity {
-        &self.host
+    /// netd's own transmit filter for one instance's identity, on the host queue.
+    fn host_tx_spec(&mut self, id: InstanceId) -> Result<Option<(FilterId, FilterSpec)>, String> {
+        let Some(expr) = self
+            .instances
+            .get(&id)
+            .and_then(|i| filters::host_tx(std::slice::from_ref(&i.host)))
+        else {
+            return Ok(None);
+        };
+        let filter = self.filter_id();
+        let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)?;
+        Ok(Some((filter, s)))
     }
 
-    /// What a client learns at hello.
+    /// Adds an instance from its spec, checked against every other: a unique name, a MAC and
+    /// an address nobody else has. Not yet told to the driver.
+    fn admit(&mut self, spec: InstanceSpec) -> Result<InstanceId, ErrorReply> {
+        let bad = |e: InstanceError| error(ErrorCode::InUse, e.to_string());
+        crate::instance::check_name(&spec.name)
+            .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
+        if self.names.contains_key(&spec.name) {
+            return Err(bad(InstanceError::Exists(spec.name)));
+        }
+        let id = InstanceId(self.next_instance);
+        let mut policy = self.template.clone();
+        policy.privileged_uids.clear();
+        policy.tap_uids.clear();
+        policy.exclusive_uids.clear();
+        let instance = Instance::new(id, spec, self.link, policy, self.default_ephemeral.clone())
+            .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
+        for other in self.instances.values() {
+            if !instance.shared_mac && !other.shared_mac && other.host.mac == instance.host.mac {
+                return Err(bad(InstanceError::BadMac(
+                    crate::instance::mac_text(instance.host.mac),
+                    "another instance has it",
+                )));
+            }
+            if instance.host.ipv4.is_some() && other.host.ipv4 == instance.host.ipv4 {
+                return Err(bad(InstanceError::BadAddress(
+                    instance
+                        .host
+                        .ipv4
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                    "another instance has it",
+                )));
+            }
+        }
+        self.next_instance += 1;
+        self.names.insert(instance.spec.name.clone(), id);
+        self.instances.insert(id, instance);
+        Ok(id)
+    }
+
+    /// Forgets an instance (created at the driver or not).
+    fn forget(&mut self, id: InstanceId) {
+        if let Some(i) = self.instances.remove(&id) {
+            self.names.remove(&i.spec.name);
+        }
+    }
+
+    /// Writes the non-temporary instances to the configuration file, if netd has one.
+    fn persist(&self) {
+        let Some(file) = &self.instances_file else {
+            return;
+        };
+        let instances = self
+            .instances
+            .values()
+            .filter(|i| i.id != DEFAULT_INSTANCE && !i.spec.temporary && i.ready && !i.condemned)
+            .map(|i| InstanceEntry::of(&i.spec))
+            .collect();
+        if let Err(e) = (InstancesFile { instances }).save(file) {
+            tracing::error!("keeping the instances: {e}");
+        }
+    }
+
+    /// The default instance's identity (MAC and addresses).
+    pub fn host(&self) -> &HostIdentity {
+        &self.default_instance().host
+    }
+
+    /// What a client of the default instance learns at hello.
     pub fn host_config(&self) -> &HostConfig {
-        &self.host_config
+        &self.default_instance().host_config
+    }
+
+    fn default_instance(&self) -> &Instance {
+        self.instances
+            .get(&DEFAULT_INSTANCE)
+            .expect("the default instance always exists")
+    }
+
+    /// Every ready instance's identity, for netd's host stack.
+    pub fn host_identities(&self) -> Vec<(InstanceId, HostIdentity)> {
+        self.instances
+            .values()
+            .filter(|i| i.ready)
+            .map(|i| (i.id, i.host))
+            .collect()
+    }
+
+    /// Whether a port of an instance is free (nobody holds it, nobody is releasing it).
+    pub fn port_free(&self, instance: InstanceId, transport: Transport, port: u16) -> bool {
+        self.instances
+            .get(&instance)
+            .is_some_and(|i| i.core.ports().state(transport, port) == core::PortState::Free)
     }
 
     /// The host queue's descriptors, once, for netd's host stack.
@@ -396,15 +621,26 @@ impl Netd {
         self.host_queue.take()
     }
 
-    /// The core (read-only), e.g. to ask whether a port is free.
+    /// The default instance's core (read-only), e.g. to ask whether a port is free.
     pub fn core(&self) -> &Core {
-        &self.core
+        &self.default_instance().core
     }
 
-    /// Every session, for `netmux ls`.
+    /// An instance's core (read-only).
+    pub fn core_in(&self, instance: InstanceId) -> Option<&Core> {
+        self.instances.get(&instance).map(|i| &i.core)
+    }
+
+    /// The instance a name refers to.
+    pub fn instance_named(&self, name: &str) -> Option<InstanceId> {
+        self.names.get(name).copied()
+    }
+
+    /// Every session of every instance, for `netmux ls`.
     pub fn sessions(&self) -> Vec<SessionSummary> {
-        self.core
-            .sessions()
+        self.instances
+            .values()
+            .flat_map(|i| i.core.sessions())
             .map(|s| SessionSummary {
                 id: s.id,
                 creds: s.creds,
@@ -423,6 +659,37 @@ impl Netd {
         id
     }
 
+    /// Whether a session exists (connected and not yet ended).
+    pub fn has_session(&self, id: SessionId) -> bool {
+        self.session_instance.contains_key(&id)
+    }
+
+    /// The instance of a session.
+    fn instance_of(&self, id: SessionId) -> InstanceId {
+        self.session_instance
+            .get(&id)
+            .copied()
+            .unwrap_or(DEFAULT_INSTANCE)
+    }
+
+    /// The instance of a session, writable.
+    fn inst(&mut self, id: SessionId) -> Result<&mut Instance, ErrorReply> {
+        let i = self.instance_of(id);
+        self.instances
+            .get_mut(&i)
+            .ok_or_else(|| core_error(CoreError::NoSession))
+    }
+
+    /// The core of a session's instance.
+    fn core_mut(&mut self, id: SessionId) -> Result<&mut Core, ErrorReply> {
+        self.inst(id).map(|i| &mut i.core)
+    }
+
+    /// The core of a session's instance, read-only.
+    fn core_ref(&self, id: SessionId) -> Option<&Core> {
+        self.instances.get(&self.instance_of(id)).map(|i| &i.core)
+    }
+
     /// The driver is gone (the shell found out: a closed connection, a missed deadline). From
     /// now on netd refuses every new client ([`Netd::connect`]) and every request that needs
     /// the driver. Returns whether this is news (log it once).
@@ -439,7 +706,8 @@ impl Netd {
         self.driver_gone.as_deref()
     }
 
-    /// A client connected. Refused with [`ErrorCode::Driver`] once the driver is gone.
+    /// A client connected (to the default instance until its hello names another). Refused
+    /// with [`ErrorCode::Driver`] once the driver is gone.
     pub fn connect(&mut self, creds: Credentials, now: Duration) -> Result<SessionId, ErrorReply> {
         if let Some(why) = &self.driver_gone {
             return Err(error(
@@ -447,14 +715,21 @@ impl Netd {
                 format!("netd cannot serve: the driver is gone ({why})"),
             ));
         }
-        let id = self.core.connect(creds, now).map_err(core_error)?;
+        let id = self
+            .instances
+            .get_mut(&DEFAULT_INSTANCE)
+            .ok_or_else(|| error(ErrorCode::Internal, "no default instance"))?
+            .core
+            .connect(creds, now)
+            .map_err(core_error)?;
         self.sessions.insert(id, SessionExtra::default());
+        self.session_instance.insert(id, DEFAULT_INSTANCE);
         Ok(id)
     }
 
     /// Sessions whose handshake timed out by `now`; end each with [`Netd::disconnect`].
     pub fn expired(&self, now: Duration) -> Vec<SessionId> {
-        self.core.expired(now)
+        self.default_instance().core.expired(now)
     }
 
     /// The reply to a message that could not be decoded (the session goes on).
@@ -474,7 +749,7 @@ impl Netd {
             )));
         }
         let result = match request {
-            ClientRequest::Hello { version } if version != PROTOCOL_VERSION => {
+            ClientRequest::Hello { version, .. } if version != PROTOCOL_VERSION => {
                 return Step::Reply(Response {
                     reply: ClientReply::Error(error(
                         ErrorCode::Version,
@@ -484,12 +759,7 @@ impl Netd {
                     end: true,
                 });
             }
-            ClientRequest::Hello { .. } => self.core.hello(id).map_err(core_error).map(|_| {
-                self.reply(ClientReply::Hello {
-                    version: PROTOCOL_VERSION,
-                    host: self.host_config.clone(),
-                })
-            }),
+            ClientRequest::Hello { instance, .. } => self.hello(id, instance),
             ClientRequest::GetPort { transport } => self.bind(id, transport, None),
             ClientRequest::BindPort { transport, port } => self.bind(id, transport, Some(port)),
             ClientRequest::ClosePort { transport, port } => self.close_port(id, transport, port),
@@ -498,12 +768,247 @@ impl Netd {
             ClientRequest::OpenQueue => self.open_queue(id),
             ClientRequest::Stats => self.stats(id),
             ClientRequest::ListSessions => self.list_sessions(id),
+            ClientRequest::CreateInstance(spec) => self.create_instance(id, spec),
+            ClientRequest::DestroyInstance { name } => self.destroy_instance(id, &name),
+            ClientRequest::ListInstances => self.list_instances(id),
+            ClientRequest::SetInstanceProperty {
+                name,
+                property,
+                value,
+            } => self.set_instance_property(id, &name, &property, &value),
         };
         let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
-        if let (Step::Driver(_), Some(extra)) = (&step, self.sessions.get_mut(&id)) {
+        if let (Step::Driver(_) | Step::EndSessions { .. }, Some(extra)) =
+            (&step, self.sessions.get_mut(&id))
+        {
             extra.busy = true;
         }
         step
+    }
+
+    /// Whether a session's uid may create, change and destroy instances.
+    fn require_admin(&self, id: SessionId) -> Result<u32, ErrorReply> {
+        self.require_active(id)?;
+        let uid = self
+            .core_ref(id)
+            .and_then(|c| c.session(id))
+            .map(|s| s.creds.uid)
+            .ok_or_else(|| core_error(CoreError::NoSession))?;
+        if uid == 0 || self.admin_uids.contains(&uid) {
+            Ok(uid)
+        } else {
+            Err(error(
+                ErrorCode::Denied,
+                format!(
+                    "uid {uid} may not manage instances (root, or a uid netd's --admin-uid names)"
+                ),
+            ))
+        }
+    }
+
+    fn create_instance(&mut self, id: SessionId, spec: InstanceSpec) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        self.refuse_without_driver()?;
+        let instance = self.admit(spec)?;
+        let mut commands = vec![DriverCommand::SetInstance(
+            self.instances[&instance].driver_info(),
+        )];
+        let mut host_tx = None;
+        if self.host_stack {
+            match self.host_tx_spec(instance) {
+                Ok(Some((filter, s))) => {
+                    host_tx = Some(filter);
+                    commands.push(DriverCommand::InstallFilter(s));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.forget(instance);
+                    return Err(error(ErrorCode::Internal, e));
+                }
+            }
+        }
+        Ok(self.work(
+            commands,
+            true,
+            Pending::CreateInstance {
+                session: id,
+                instance,
+                host_tx,
+            },
+        ))
+    }
+
+    fn destroy_instance(&mut self, id: SessionId, name: &str) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        let instance = self
+            .names
+            .get(name)
+            .copied()
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+        if instance == DEFAULT_INSTANCE {
+            return Err(error(
+                ErrorCode::Denied,
+                "the default instance cannot be destroyed",
+            ));
+        }
+        if instance == self.instance_of(id) {
+            return Err(error(
+                ErrorCode::Protocol,
+                "a session cannot destroy its own instance (join another to destroy it)",
+            ));
+        }
+        let i = self
+            .instances
+            .get_mut(&instance)
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+        if i.condemned {
+            return Err(error(
+                ErrorCode::InUse,
+                format!("instance {name:?} is already being destroyed"),
+            ));
+        }
+        i.condemned = true;
+        let sessions: Vec<SessionId> = i.core.sessions().map(|s| s.id).collect();
+        Ok(Step::EndSessions {
+            sessions,
+            then: Then(Pending::DestroyInstanceSessionsEnded {
+                session: id,
+                instance,
+            }),
+        })
+    }
+
+    fn set_instance_property(
+        &mut self,
+        id: SessionId,
+        name: &str,
+        property: &str,
+        value: &str,
+    ) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        let instance = self
+            .names
+            .get(name)
+            .copied()
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+        let i = self
+            .instances
+            .get_mut(&instance)
+            .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+        i.set_property(property, value)
+            .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
+        self.persist();
+        Ok(self.reply(ClientReply::Done))
+    }
+
+    fn list_instances(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        if self.driver_gone.is_some() {
+            return Ok(Step::Reply(self.instance_list(id, &DriverStats::default())));
+        }
+        Ok(self.work(
+            vec![DriverCommand::Stats],
+            true,
+            Pending::ListInstances { session: id },
+        ))
+    }
+
+    /// The instances a session may see: every one for root and netd's admins, else its own.
+    fn instance_list(&self, id: SessionId, stats: &DriverStats) -> Response {
+        let uid = self
+            .core_ref(id)
+            .and_then(|c| c.session(id))
+            .map_or(u32::MAX, |s| s.creds.uid);
+        let own = self.instance_of(id);
+        let all = uid == 0 || self.admin_uids.contains(&uid);
+        let mut list: Vec<InstanceView> = self
+            .instances
+            .values()
+            .filter(|i| (all || i.id == own) && i.ready)
+            .map(|i| InstanceView {
+                name: i.spec.name.clone(),
+                id: i.id.0,
+                mac: i.host.mac,
+                shared_mac: i.shared_mac,
+                ipv4: i.host_config.ipv4,
+                gateway: i.host_config.gateway,
+                ipv6_link_local: i.host_config.ipv6_link_local,
+                ephemeral: (
+                    *i.core.ports().ephemeral().start(),
+                    *i.core.ports().ephemeral().end(),
+                ),
+                clients: i.core.sessions().count() as u64,
+                ports: i.core.port_count() as u64,
+                temporary: i.spec.temporary || self.instances_file.is_none(),
+                counters: stats
+                    .instances
+                    .iter()
+                    .find(|(d, _)| *d == i.id)
+                    .map(|(_, c)| c.clone()),
+                properties: i.properties(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Response::reply(ClientReply::Instances(list))
+    }
+
+    /// The hello: the session joins the instance it names (the default one when none), if the
+    /// instance's policy lets its uid in.
+    fn hello(&mut self, id: SessionId, instance: Option<String>) -> Result<Step, ErrorReply> {
+        let name = instance.unwrap_or_else(|| DEFAULT_INSTANCE_NAME.to_owned());
+        let target = self.names.get(&name).copied().ok_or_else(|| {
+            error(
+                ErrorCode::NotFound,
+                InstanceError::NoSuchInstance(name.clone()).to_string(),
+            )
+        })?;
+        let current = self.instance_of(id);
+        if target != current {
+            let t = self
+                .instances
+                .get(&target)
+                .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+            if !t.ready || t.condemned {
+                return Err(error(
+                    ErrorCode::NotFound,
+                    format!("instance {name:?} is being created or destroyed"),
+                ));
+            }
+            let uid = self
+                .core_ref(id)
+                .and_then(|c| c.session(id))
+                .map(|s| s.creds.uid)
+                .ok_or_else(|| core_error(CoreError::NoSession))?;
+            if !t.core.may_join(uid) {
+                return Err(error(
+                    ErrorCode::Denied,
+                    format!("uid {uid} may not join instance {name:?}"),
+                ));
+            }
+            let session = self.core_mut(id)?.take_handshake(id).map_err(core_error)?;
+            let joined = self
+                .instances
+                .get_mut(&target)
+                .map(|t| t.core.adopt(session.clone()));
+            match joined {
+                Some(Ok(())) => {
+                    self.session_instance.insert(id, target);
+                }
+                Some(Err(e)) => {
+                    // Back where it was: the limit refused it, the session goes on.
+                    let _ = self.core_mut(id).map(|c| c.adopt(session));
+                    return Err(core_error(e));
+                }
+                None => return Err(core_error(CoreError::NoSession)),
+            }
+        }
+        let instance = self.inst(id)?;
+        instance.core.hello(id).map_err(core_error)?;
+        let host = instance.host_config.clone();
+        Ok(self.reply(ClientReply::Hello {
+            version: PROTOCOL_VERSION,
+            host,
+        }))
     }
 
     fn reply(&self, reply: ClientReply) -> Step {
@@ -545,17 +1050,21 @@ impl Netd {
             return Ok((q.id, None));
         }
         self.refuse_without_driver()?;
-        self.core
-            .reserve_ring(id, self.ring_bytes)
+        let ring_bytes = self.ring_bytes;
+        self.core_mut(id)?
+            .reserve_ring(id, ring_bytes)
             .map_err(core_error)?;
+        let instance = self.instance_of(id);
+        let host = self.inst(id)?.host;
         let queue = QueueId(self.next_queue);
         self.next_queue = self.next_queue.wrapping_add(1).max(HOST_QUEUE.0 + 1);
         commands.push(DriverCommand::CreateQueue {
             queue,
             config: self.rings,
+            instance,
         });
         let mut arp = None;
-        if let Some(expr) = filters::queue_arp_tx(&self.host) {
+        if let Some(expr) = filters::queue_arp_tx(&host) {
             let filter = self.filter_id();
             match spec(queue, filter, Direction::Tx, RxMode::Owner, None, expr) {
                 Ok(s) => {
@@ -563,7 +1072,7 @@ impl Netd {
                     arp = Some(filter);
                 }
                 Err(e) => {
-                    let _ = self.core.release_ring(id, self.ring_bytes);
+                    self.release_ring(id);
                     return Err(error(ErrorCode::Internal, e));
                 }
             }
@@ -583,11 +1092,11 @@ impl Netd {
         let created = match outcomes.next() {
             Some(DriverOutcome::Queue(q)) => q,
             Some(DriverOutcome::Failed(e)) => {
-                let _ = self.core.release_ring(id, self.ring_bytes);
+                self.release_ring(id);
                 return Err((driver_error(e), None));
             }
             _ => {
-                let _ = self.core.release_ring(id, self.ring_bytes);
+                self.release_ring(id);
                 return Err((error(ErrorCode::Internal, "no queue came back"), None));
             }
         };
@@ -635,15 +1144,23 @@ impl Netd {
         port: Option<u16>,
     ) -> Result<Step, ErrorReply> {
         self.refuse_without_driver()?;
+        if self.inst(id)?.condemned {
+            return Err(error(
+                ErrorCode::NotFound,
+                "the instance is being destroyed",
+            ));
+        }
+        let core = self.core_mut(id)?;
         let port = match port {
-            Some(p) => self.core.bind_port(id, transport, p).map(|_| p),
-            None => self.core.get_port(id, transport),
+            Some(p) => core.bind_port(id, transport, p).map(|_| p),
+            None => core.get_port(id, transport),
         }
         .map_err(core_error)?;
+        let host = self.inst(id)?.host;
         let mut commands = Vec::new();
         let planned = (|| {
             let (queue_id, queue) = self.queue_or_create(id, &mut commands)?;
-            let port_filters = filters::port_filters(&self.host, transport, port)
+            let port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
             let mut ids = Vec::new();
             let directed = port_filters
@@ -682,7 +1199,9 @@ impl Netd {
             )),
             Err(e) => {
                 self.unplan_queue(id, &commands);
-                let _ = self.core.port_install_failed(id, transport, port);
+                let _ = self
+                    .core_mut(id)
+                    .map(|c| c.port_install_failed(id, transport, port));
                 Err(e)
             }
         }
@@ -694,7 +1213,7 @@ impl Netd {
             .iter()
             .any(|c| matches!(c, DriverCommand::CreateQueue { .. }))
         {
-            let _ = self.core.release_ring(id, self.ring_bytes);
+            self.release_ring(id);
         }
     }
 
@@ -739,16 +1258,17 @@ impl Netd {
         transport: Transport,
         port: u16,
     ) -> Result<Step, ErrorReply> {
-        self.core
+        self.core_mut(id)?
             .close_port(id, transport, port)
             .map_err(core_error)?;
+        let instance = self.instance_of(id);
         let extra = self.extra(id)?;
         let ids = extra.ports.remove(&(transport, port)).unwrap_or_default();
         let queue = extra.queue.as_ref().map(|q| q.id);
         let commands = removals(queue, &ids);
         if commands.is_empty() {
             if ids.is_empty() {
-                let _ = self.core.port_removed(transport, port);
+                let _ = self.core_mut(id).map(|c| c.port_removed(transport, port));
             } else {
                 tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
             }
@@ -759,6 +1279,7 @@ impl Netd {
             false,
             Pending::ClosePort {
                 session: id,
+                instance,
                 transport,
                 port,
             },
@@ -776,7 +1297,10 @@ impl Netd {
             client::FilterMode::Exclusive => (core::FilterMode::Exclusive, RxMode::Exclusive),
         };
         self.refuse_without_driver()?;
-        let f = self.core.open_filter(id, core_mode).map_err(core_error)?;
+        let f = self
+            .core_mut(id)?
+            .open_filter(id, core_mode)
+            .map_err(core_error)?;
         let mut commands = Vec::new();
         let planned = (|| {
             let program = filters::compile(&expr)
@@ -808,7 +1332,7 @@ impl Netd {
             )),
             Err(e) => {
                 self.unplan_queue(id, &commands);
-                let _ = self.core.close_filter(id, f);
+                let _ = self.core_mut(id).map(|c| c.close_filter(id, f));
                 Err(e)
             }
         }
@@ -839,14 +1363,20 @@ impl Netd {
             }
             None => {
                 self.extra(id)?.user_filters.remove(&filter);
-                self.core.close_filter(id, filter).map_err(core_error)?;
+                self.core_mut(id)?
+                    .close_filter(id, filter)
+                    .map_err(core_error)?;
                 Ok(self.reply(ClientReply::Done))
             }
         }
     }
 
     fn require_active(&self, id: SessionId) -> Result<(), ErrorReply> {
-        match self.core.session(id).map(|s| s.state) {
+        match self
+            .core_ref(id)
+            .and_then(|c| c.session(id))
+            .map(|s| s.state)
+        {
             Some(core::SessionState::Active) => Ok(()),
             Some(_) => Err(core_error(CoreError::NotActive)),
             None => Err(core_error(CoreError::NoSession)),
@@ -887,16 +1417,17 @@ impl Netd {
         counters: HashMap<QueueId, Counters>,
     ) -> Result<Response, ErrorReply> {
         let asker = self
-            .core
-            .session(id)
+            .core_ref(id)
+            .and_then(|c| c.session(id))
             .map(|s| s.creds.uid)
             .ok_or_else(|| core_error(CoreError::NoSession))?;
         let rings = self.rings;
         let visible = self
-            .core
-            .sessions()
-            .filter(|s| may_see(asker, s.creds.uid))
-            .map(|s| {
+            .instances
+            .values()
+            .flat_map(|i| i.core.sessions().map(move |s| (i, s)))
+            .filter(|(_, s)| may_see(asker, s.creds.uid))
+            .map(|(instance, s)| {
                 let queue = self.sessions.get(&s.id).and_then(|e| e.queue.as_ref());
                 client::SessionInfo {
                     id: s.id.0,
@@ -904,6 +1435,7 @@ impl Netd {
                     pid: s.creds.pid,
                     uid: s.creds.uid,
                     gid: s.creds.gid,
+                    instance: instance.spec.name.clone(),
                     active: s.state == core::SessionState::Active,
                     ports: s.ports.iter().map(|&(t, p)| (t, p)).collect(),
                     filters: s
@@ -945,9 +1477,14 @@ impl Netd {
     /// held, in order: ports' filters (then the ports), tap and exclusive filters, the queue's
     /// own filters, the queue. Ending a session twice does nothing ([`Step::Finished`]).
     pub fn disconnect(&mut self, id: SessionId) -> Step {
-        let Ok(teardown) = self.core.disconnect(id) else {
+        let instance = self.instance_of(id);
+        let Ok(teardown) = self
+            .core_mut(id)
+            .and_then(|c| c.disconnect(id).map_err(core_error))
+        else {
             return Step::Finished;
         };
+        self.session_instance.remove(&id);
         let mut extra = self.sessions.remove(&id).unwrap_or_default();
         let queue = extra.queue.as_ref().map(|q| q.id);
         let mut commands = Vec::new();
@@ -958,7 +1495,7 @@ impl Netd {
             if ids.is_empty() || queue.is_none() {
                 // Nothing reached the driver for it.
                 if ids.is_empty() {
-                    let _ = self.core.port_removed(t, p);
+                    self.port_removed(instance, t, p);
                 } else {
                     tracing::error!(%t, port = p, "port stays unusable: its filters may be in force");
                 }
@@ -981,6 +1518,7 @@ impl Netd {
             false,
             Pending::Teardown {
                 session: id,
+                instance,
                 ports,
                 queue,
             },
@@ -990,6 +1528,21 @@ impl Netd {
     /// Continues after driver work: the outcomes are the work's, one per command, in order.
     pub fn resume(&mut self, then: Then, outcomes: Vec<DriverOutcome>) -> Step {
         self.resume_inner(then.0, outcomes)
+    }
+
+    /// A port's filters are gone at the driver: the port is free in its instance.
+    fn port_removed(&mut self, instance: InstanceId, transport: Transport, port: u16) {
+        if let Some(i) = self.instances.get_mut(&instance) {
+            let _ = i.core.port_removed(transport, port);
+        }
+    }
+
+    /// Gives back the ring memory reserved for a session's queue.
+    fn release_ring(&mut self, id: SessionId) {
+        let bytes = self.ring_bytes;
+        if let Ok(c) = self.core_mut(id) {
+            let _ = c.release_ring(id, bytes);
+        }
     }
 
     fn session_done(&mut self, id: SessionId) {
@@ -1012,7 +1565,9 @@ impl Netd {
                 let mut it = outcomes.into_iter();
                 if let Some(q) = queue {
                     if let Err((e, undo)) = self.queue_created(session, q, &mut it) {
-                        let _ = self.core.port_install_failed(session, transport, port);
+                        let _ = self
+                            .core_mut(session)
+                            .map(|c| c.port_install_failed(session, transport, port));
                         return self.undo_queue(session, e, undo);
                     }
                 }
@@ -1020,14 +1575,18 @@ impl Netd {
                 let installed = results.iter().take_while(|o| o.is_ok()).count();
                 if installed == filters.len() {
                     self.session_done(session);
-                    return match self.core.port_installed(session, transport, port) {
+                    let installed = self.core_mut(session).and_then(|c| {
+                        c.port_installed(session, transport, port)
+                            .map_err(core_error)
+                    });
+                    return match installed {
                         Ok(()) => {
                             if let Some(extra) = self.sessions.get_mut(&session) {
                                 extra.ports.insert((transport, port), filters);
                             }
                             self.reply(ClientReply::Port { transport, port })
                         }
-                        Err(e) => Step::Reply(Response::error(core_error(e))),
+                        Err(e) => Step::Reply(Response::error(e)),
                     };
                 }
                 let mut results = results;
@@ -1036,7 +1595,9 @@ impl Netd {
                     .unwrap_or_else(|| error(ErrorCode::Internal, "a filter install was skipped"));
                 let undo = removals(Some(queue_id), &filters[..installed]);
                 if undo.is_empty() {
-                    let _ = self.core.port_install_failed(session, transport, port);
+                    let _ = self
+                        .core_mut(session)
+                        .map(|c| c.port_install_failed(session, transport, port));
                     self.session_done(session);
                     return Step::Reply(Response::error(e));
                 }
@@ -1058,19 +1619,27 @@ impl Netd {
                 error,
             } => {
                 if outcomes.iter().all(DriverOutcome::is_ok) {
-                    let _ = self.core.port_install_failed(session, transport, port);
+                    let _ = self
+                        .core_mut(session)
+                        .map(|c| c.port_install_failed(session, transport, port));
                 } else {
                     // Some filter may still be in force: the port stays unusable.
-                    let _ = self.core.port_installed(session, transport, port);
-                    let _ = self.core.close_port(session, transport, port);
+                    let _ = self.core_mut(session).map(|c| {
+                        let _ = c.port_installed(session, transport, port);
+                        c.close_port(session, transport, port)
+                    });
                     tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
                 }
                 self.session_done(session);
                 Step::Reply(Response::error(error))
             }
-            Pending::QueueRollback { session, error } => {
-                if outcomes.iter().all(DriverOutcome::is_ok) {
-                    let _ = self.core.release_ring(session, self.ring_bytes);
+            Pending::QueueRollback {
+                session,
+                error,
+                release_ring,
+            } => {
+                if release_ring && outcomes.iter().all(DriverOutcome::is_ok) {
+                    self.release_ring(session);
                 }
                 self.session_done(session);
                 Step::Reply(Response::error(error))
@@ -1092,7 +1661,9 @@ impl Netd {
                 let mut it = outcomes.into_iter();
                 if let Some(q) = queue {
                     if let Err((e, undo)) = self.queue_created(session, q, &mut it) {
-                        let _ = self.core.close_filter(session, filter);
+                        let _ = self
+                            .core_mut(session)
+                            .map(|c| c.close_filter(session, filter));
                         return self.undo_queue(session, e, undo);
                     }
                 }
@@ -1105,7 +1676,9 @@ impl Netd {
                         self.reply(ClientReply::Filter { filter: filter.0 })
                     }
                     other => {
-                        let _ = self.core.close_filter(session, filter);
+                        let _ = self
+                            .core_mut(session)
+                            .map(|c| c.close_filter(session, filter));
                         let e = match other {
                             Some(DriverOutcome::Failed(e)) => driver_error(e),
                             _ => error(ErrorCode::Internal, "the filter install was skipped"),
@@ -1121,9 +1694,12 @@ impl Netd {
                         if let Some(extra) = self.sessions.get_mut(&session) {
                             extra.user_filters.remove(&filter);
                         }
-                        match self.core.close_filter(session, filter) {
+                        match self
+                            .core_mut(session)
+                            .and_then(|c| c.close_filter(session, filter).map_err(core_error))
+                        {
                             Ok(()) => self.reply(ClientReply::Done),
-                            Err(e) => Step::Reply(Response::error(core_error(e))),
+                            Err(e) => Step::Reply(Response::error(e)),
                         }
                     }
                     Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
@@ -1135,12 +1711,13 @@ impl Netd {
             }
             Pending::ClosePort {
                 session,
+                instance,
                 transport,
                 port,
             } => {
                 self.session_done(session);
                 if outcomes.iter().all(DriverOutcome::is_ok) {
-                    let _ = self.core.port_removed(transport, port);
+                    self.port_removed(instance, transport, port);
                 } else {
                     tracing::error!(%transport, port, "port stays unusable: its filters may be in force");
                 }
@@ -1149,13 +1726,15 @@ impl Netd {
             Pending::Stats { session, queue } => {
                 self.session_done(session);
                 match outcomes.pop() {
-                    Some(DriverOutcome::Stats { queues, .. }) => self.reply(ClientReply::Stats(
-                        queues
-                            .into_iter()
-                            .find(|(q, _)| *q == queue)
-                            .map(|(_, c)| c)
-                            .unwrap_or_default(),
-                    )),
+                    Some(DriverOutcome::Stats(DriverStats { queues, .. })) => {
+                        self.reply(ClientReply::Stats(
+                            queues
+                                .into_iter()
+                                .find(|(q, _)| *q == queue)
+                                .map(|(_, c)| c)
+                                .unwrap_or_default(),
+                        ))
+                    }
                     Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
                     _ => Step::Reply(Response::error(error(ErrorCode::Internal, "no counters"))),
                 }
@@ -1163,7 +1742,9 @@ impl Netd {
             Pending::ListSessions { session } => {
                 self.session_done(session);
                 let counters = match outcomes.pop() {
-                    Some(DriverOutcome::Stats { queues, .. }) => queues.into_iter().collect(),
+                    Some(DriverOutcome::Stats(DriverStats { queues, .. })) => {
+                        queues.into_iter().collect()
+                    }
                     Some(DriverOutcome::Failed(e)) => {
                         tracing::warn!("listing sessions without counters: {e}");
                         HashMap::new()
@@ -1175,8 +1756,92 @@ impl Netd {
                     Err(e) => Step::Reply(Response::error(e)),
                 }
             }
+            Pending::CreateInstance {
+                session,
+                instance,
+                host_tx,
+            } => {
+                self.session_done(session);
+                if outcomes.iter().all(DriverOutcome::is_ok) {
+                    if let Some(i) = self.instances.get_mut(&instance) {
+                        i.ready = true;
+                    }
+                    if let Some(f) = host_tx {
+                        self.host_tx.insert(instance, f);
+                    }
+                    self.persist();
+                    let name = self.instances.get(&instance).map(|i| i.spec.name.clone());
+                    tracing::info!(instance = instance.0, name, "instance created");
+                    return self.reply(ClientReply::Done);
+                }
+                let mut outcomes = outcomes;
+                let e = first_failure(&mut outcomes)
+                    .map(driver_error)
+                    .unwrap_or_else(|| error(ErrorCode::Internal, "the instance was skipped"));
+                // Undo what the driver took: the instance (it has no queue yet).
+                let told = outcomes.first().is_some_and(DriverOutcome::is_ok);
+                self.forget(instance);
+                if told {
+                    return self.work(
+                        vec![DriverCommand::RemoveInstance { instance }],
+                        false,
+                        Pending::QueueRollback {
+                            session,
+                            error: e,
+                            release_ring: false,
+                        },
+                    );
+                }
+                Step::Reply(Response::error(e))
+            }
+            Pending::DestroyInstanceSessionsEnded { session, instance } => {
+                let mut commands = vec![DriverCommand::RemoveInstance { instance }];
+                if let Some(f) = self.host_tx.remove(&instance) {
+                    commands.push(DriverCommand::RemoveFilter {
+                        queue: HOST_QUEUE,
+                        filter: f,
+                    });
+                }
+                self.work(
+                    commands,
+                    false,
+                    Pending::DestroyInstance { session, instance },
+                )
+            }
+            Pending::DestroyInstance { session, instance } => {
+                self.session_done(session);
+                let removed = outcomes.first().is_some_and(DriverOutcome::is_ok);
+                let name = self.instances.get(&instance).map(|i| i.spec.name.clone());
+                let left = self
+                    .instances
+                    .get(&instance)
+                    .map_or(0, |i| i.core.sessions().count());
+                if !removed || left > 0 {
+                    // A session joined meanwhile, or the driver refused: it stays, condemned.
+                    let mut outcomes = outcomes;
+                    let e = first_failure(&mut outcomes)
+                        .map(driver_error)
+                        .unwrap_or_else(|| {
+                            error(ErrorCode::InUse, format!("{left} sessions are still in it"))
+                        });
+                    return Step::Reply(Response::error(e));
+                }
+                self.forget(instance);
+                self.persist();
+                tracing::info!(instance = instance.0, name, "instance destroyed");
+                self.reply(ClientReply::Done)
+            }
+            Pending::ListInstances { session } => {
+                self.session_done(session);
+                let stats = match outcomes.pop() {
+                    Some(DriverOutcome::Stats(stats)) => stats,
+                    _ => DriverStats::default(),
+                };
+                Step::Reply(self.instance_list(session, &stats))
+            }
             Pending::Teardown {
                 session,
+                instance,
                 ports,
                 queue,
             } => {
@@ -1184,7 +1849,7 @@ impl Netd {
                 for ((t, p), n) in ports {
                     let ok = it.by_ref().take(n).all(DriverOutcome::is_ok);
                     if ok {
-                        let _ = self.core.port_removed(t, p);
+                        self.port_removed(instance, t, p);
                     } else {
                         tracing::error!(%t, port = p, "port stays unusable: its filters may be in force");
                     }
@@ -1208,7 +1873,11 @@ impl Netd {
             Some(commands) => self.work(
                 commands,
                 false,
-                Pending::QueueRollback { session, error: e },
+                Pending::QueueRollback {
+                    session,
+                    error: e,
+                    release_ring: true,
+                },
             ),
             None => {
                 self.session_done(session);
@@ -1261,6 +1930,13 @@ pub fn drive_blocking(
             }) => {
                 let outcomes = crate::driver_link::run(link, commands, stop_at_first_failure);
                 step = netd.resume(then, outcomes);
+            }
+            Step::EndSessions { sessions, then } => {
+                for s in sessions {
+                    let teardown = netd.disconnect(s);
+                    let _ = drive_blocking(netd, link, teardown);
+                }
+                step = netd.resume(then, Vec::new());
             }
         }
     }

@@ -96,14 +96,16 @@ fn the_channel_driver_speaks_the_control_protocol_and_passes_queue_descriptors()
         tx_slots: 64,
         completion_slots: 32,
     };
-    let created = link.create_queue(QueueId(1), config).unwrap();
+    let created = link
+        .create_queue(QueueId(1), config, netmux_proto::driver::DEFAULT_INSTANCE)
+        .unwrap();
     // The descriptors are a real, attachable queue.
     ClientQueue::from_fds(created.memfd, created.client_wake, created.driver_wake).unwrap();
     assert!(matches!(
         link.remove_filter(QueueId(1), FilterId(9)),
         Err(DriverError::Refused(e)) if e.code == ErrorCode::NotFound
     ));
-    assert_eq!(link.stats().unwrap().1.len(), 1);
+    assert_eq!(link.stats().unwrap().queues.len(), 1);
     link.destroy_queue(QueueId(1)).unwrap();
     // The driver hangs up: every later request says it is gone.
     let seen = driver.join().unwrap();

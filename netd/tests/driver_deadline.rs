@@ -12,8 +12,8 @@ use common::*;
 use netmux_client::blocking::Client;
 use netmux_client::{ClientError, Transport};
 use netmux_netd::config::{Config, HostAddrs};
-use netmux_netd::driver_link::{CreatedQueue, DriverError, DriverLink, FilterSpec};
-use netmux_proto::driver::{Counters, FilterId, QueueConfig, QueueId};
+use netmux_netd::driver_link::{CreatedQueue, DriverError, DriverLink, DriverStats, FilterSpec};
+use netmux_proto::driver::{FilterId, InstanceId, InstanceInfo, QueueConfig, QueueId};
 use netmux_proto::{ErrorCode, LinkInfo};
 
 /// A driver that accepts the host's addresses and then never answers anything, until the
@@ -46,7 +46,18 @@ impl DriverLink for Wedged {
             mtu: 1500,
         }
     }
-    fn create_queue(&mut self, _: QueueId, _: QueueConfig) -> Result<CreatedQueue, DriverError> {
+    fn create_queue(
+        &mut self,
+        _: QueueId,
+        _: QueueConfig,
+        _: InstanceId,
+    ) -> Result<CreatedQueue, DriverError> {
+        self.stall()
+    }
+    fn set_instance(&mut self, _: InstanceInfo) -> Result<(), DriverError> {
+        self.stall()
+    }
+    fn remove_instance(&mut self, _: InstanceId) -> Result<(), DriverError> {
         self.stall()
     }
     fn destroy_queue(&mut self, _: QueueId) -> Result<(), DriverError> {
@@ -58,7 +69,7 @@ impl DriverLink for Wedged {
     fn remove_filter(&mut self, _: QueueId, _: FilterId) -> Result<(), DriverError> {
         self.stall()
     }
-    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
+    fn stats(&mut self) -> Result<DriverStats, DriverError> {
         self.stall()
     }
     fn set_netd_queue(&mut self, _: QueueId) -> Result<(), DriverError> {

@@ -77,6 +77,7 @@ fn session(netd: &mut Service, pid: u32, uid: u32) -> netmux_netd::core::Session
         id,
         ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            instance: None,
         },
     );
     assert!(matches!(hello.reply, ClientReply::Hello { .. }));

@@ -325,6 +325,7 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
         let bytes = frame::encode(
             &ClientRequest::Hello {
                 version: PROTOCOL_VERSION,
+                instance: None,
             },
             0,
         )
@@ -369,6 +370,7 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
     c.send(
         &ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            instance: None,
         },
         &[],
     )
@@ -379,7 +381,14 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
     ));
     // A wrong version ends the session.
     let mut v = raw(&netd);
-    v.send(&ClientRequest::Hello { version: 999 }, &[]).unwrap();
+    v.send(
+        &ClientRequest::Hello {
+            version: 999,
+            instance: None,
+        },
+        &[],
+    )
+    .unwrap();
     assert!(matches!(
         v.recv::<ClientReply>().unwrap().0,
         ClientReply::Error(e) if e.code == ErrorCode::Version
@@ -752,6 +761,7 @@ fn a_client_that_never_reads_its_replies_costs_only_itself() {
     let hello = frame::encode(
         &ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            instance: None,
         },
         0,
     )

@@ -63,6 +63,81 @@ pub struct HostConfig {
     pub ipv6_link_local: Option<[u8; 16]>,
 }
 
+/// The name of the instance a client joins when it names none.
+pub const DEFAULT_INSTANCE_NAME: &str = "default";
+
+/// How an instance gets its MAC address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MacChoice {
+    /// A locally administered MAC of its own, derived from the link's MAC and the instance's
+    /// name (so it is the same after a restart): frames are told apart by MAC (macvlan-like).
+    #[default]
+    Generated,
+    /// This MAC of its own (a unicast address).
+    Given([u8; 6]),
+    /// The link's MAC, shared with other instances: frames are told apart by address
+    /// (ipvlan-like), for switches that allow one MAC per port.
+    Shared,
+}
+
+/// What `netmux instance create` asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    /// At most 31 characters of `[A-Za-z0-9:_-]`, unique.
+    pub name: String,
+    /// Its MAC.
+    pub mac: MacChoice,
+    /// IPv4 address and prefix length.
+    pub ipv4: ([u8; 4], u8),
+    /// IPv4 default gateway.
+    pub gateway: Option<[u8; 4]>,
+    /// Whether it answers for an IPv6 link-local address derived from its MAC.
+    pub ipv6_link_local: bool,
+    /// Its ephemeral port range (inclusive); netd's default when `None`.
+    pub ephemeral: Option<(u16, u16)>,
+    /// Uids besides root that may join it (`None`: every uid).
+    pub join_uids: Option<Vec<u32>>,
+    /// Uids besides root that may bind its ports below 1024.
+    pub privileged_uids: Vec<u32>,
+    /// Uids besides root that may open taps in it.
+    pub tap_uids: Vec<u32>,
+    /// Uids besides root that may claim it exclusively.
+    pub exclusive_uids: Vec<u32>,
+    /// Whether it is forgotten when netd stops (else kept in netd's configuration file).
+    pub temporary: bool,
+}
+
+/// An instance as `netmux instance ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceView {
+    /// Its name.
+    pub name: String,
+    /// netd's id of it (the driver's too).
+    pub id: u32,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// Whether the MAC is the link's, shared.
+    pub shared_mac: bool,
+    /// IPv4 address and prefix length.
+    pub ipv4: Option<([u8; 4], u8)>,
+    /// IPv4 default gateway.
+    pub gateway: Option<[u8; 4]>,
+    /// IPv6 link-local address.
+    pub ipv6_link_local: Option<[u8; 16]>,
+    /// Ephemeral port range.
+    pub ephemeral: (u16, u16),
+    /// Sessions in it (clients).
+    pub clients: u64,
+    /// Ports bound in it.
+    pub ports: u64,
+    /// Whether it is forgotten when netd stops.
+    pub temporary: bool,
+    /// Its counters at the driver (frames and bytes each way, hairpin), when it could be asked.
+    pub counters: Option<crate::driver::Counters>,
+    /// The changeable properties and their values (`gateway`, `ephemeral-ports`, ...).
+    pub properties: Vec<(String, String)>,
+}
+
 /// client to netd.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientRequest {
@@ -70,6 +145,9 @@ pub enum ClientRequest {
     Hello {
         /// [`crate::PROTOCOL_VERSION`].
         version: u16,
+        /// The instance to join; the default instance when `None`.
+        #[serde(default)]
+        instance: Option<String>,
     },
     /// An ephemeral port.
     GetPort {
@@ -108,6 +186,24 @@ pub enum ClientRequest {
     Stats,
     /// The sessions this client may see: every session for uid 0, else those of its own uid.
     ListSessions,
+    /// Creates an instance (root, or a uid netd's configuration names).
+    CreateInstance(InstanceSpec),
+    /// Destroys an instance: its sessions end, everything they held is freed.
+    DestroyInstance {
+        /// Its name.
+        name: String,
+    },
+    /// Every instance (root and netd's admin uids), or the asker's own.
+    ListInstances,
+    /// Changes a property of an instance (`gateway`, `ephemeral-ports`, `join-uids`, ...).
+    SetInstanceProperty {
+        /// The instance.
+        name: String,
+        /// The property.
+        property: String,
+        /// Its new value, as `netmux instance set` writes it.
+        value: String,
+    },
 }
 
 /// netd to client.
@@ -145,6 +241,8 @@ pub enum ClientReply {
     Error(ErrorReply),
     /// The sessions the asking client may see, in session order.
     Sessions(SessionList),
+    /// Instances, in name order.
+    Instances(Vec<InstanceView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].
@@ -183,6 +281,9 @@ pub struct SessionInfo {
     pub uid: u32,
     /// The client's group id, as the kernel reported it.
     pub gid: u32,
+    /// The instance it joined.
+    #[serde(default)]
+    pub instance: String,
     /// Whether the client has said hello.
     pub active: bool,
     /// Ports whose filters are in force, in (transport, port) order.

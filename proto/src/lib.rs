@@ -81,4 +81,6 @@ pub enum ErrorCode {
     Driver,
     /// Anything else.
     Internal,
+    /// The session was ended by netd (its instance was destroyed).
+    Ended,
 }

@@ -36,6 +36,9 @@ pub struct Ls {
     /// that did not fit in netd's reply.
     #[arg(long)]
     json: bool,
+    /// Only the sessions of this instance.
+    #[arg(long, short = 'i', value_name = "NAME")]
+    instance: Option<String>,
 }
 
 impl Run for Ls {
@@ -43,7 +46,7 @@ impl Run for Ls {
         let dir = self
             .runtime_dir
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
-        let text = listing(&dir, self.json)?;
+        let text = listing(&dir, self.json, self.instance.as_deref())?;
         std::io::stdout()
             .write_all(text.as_bytes())
             .context("writing the listing")?;
@@ -53,7 +56,7 @@ impl Run for Ls {
 
 /// Asks netd in `dir` for the sessions this user may see and renders them (without the
 /// asking session itself).
-fn listing(dir: &Path, json: bool) -> anyhow::Result<String> {
+fn listing(dir: &Path, json: bool, instance: Option<&str>) -> anyhow::Result<String> {
     // The client's error already names the socket and the system's reason.
     let mut client = Client::connect(dir).map_err(|e| {
         anyhow::anyhow!("{e}; is netd running with --runtime-dir {}?", dir.display())
@@ -65,7 +68,8 @@ fn listing(dir: &Path, json: bool) -> anyhow::Result<String> {
         }
         Err(e) => return Err(e).context("asking netd for its sessions"),
     };
-    list.sessions.retain(|s| !s.caller);
+    list.sessions
+        .retain(|s| !s.caller && instance.is_none_or(|i| s.instance == i));
     Ok(if json {
         let mut text = serde_json::to_string_pretty(&list)?;
         text.push('\n');
@@ -82,8 +86,8 @@ fn listing(dir: &Path, json: bool) -> anyhow::Result<String> {
     })
 }
 
-const HEADERS: [&str; 9] = [
-    "SESSION", "PID", "UID", "PORTS", "FILTERS", "QUEUE", "RX", "TX", "DROPS",
+const HEADERS: [&str; 10] = [
+    "SESSION", "PID", "UID", "INSTANCE", "PORTS", "FILTERS", "QUEUE", "RX", "TX", "DROPS",
 ];
 
 /// The sessions as an aligned table, one row each.
@@ -91,7 +95,7 @@ fn table(sessions: &[SessionInfo]) -> String {
     if sessions.is_empty() {
         return "no sessions\n".to_owned();
     }
-    let rows: Vec<[String; 9]> = sessions.iter().map(row).collect();
+    let rows: Vec<[String; 10]> = sessions.iter().map(row).collect();
     let mut widths = HEADERS.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -118,7 +122,7 @@ fn table(sessions: &[SessionInfo]) -> String {
     out
 }
 
-fn row(s: &SessionInfo) -> [String; 9] {
+fn row(s: &SessionInfo) -> [String; 10] {
     let dash = || "-".to_owned();
     let ports = if s.ports.is_empty() {
         dash()
@@ -184,6 +188,7 @@ fn row(s: &SessionInfo) -> [String; 9] {
         session,
         s.pid.to_string(),
         s.uid.to_string(),
+        s.instance.clone(),
         ports,
         filters,
         queue,
@@ -213,6 +218,7 @@ mod tests {
             pid: 4242,
             uid: 1000,
             gid: 1000,
+            instance: "default".into(),
             active: true,
             ports: vec![(Transport::Tcp, 8080), (Transport::Udp, 7777)],
             filters: vec![(3, FilterMode::Tap)],
@@ -301,10 +307,10 @@ mod tests {
     #[test]
     fn ls_lists_another_clients_ports_but_not_its_own_session() {
         let (_netd, dir) = netd();
-        assert_eq!(listing(&dir, false).unwrap(), "no sessions\n");
+        assert_eq!(listing(&dir, false, None).unwrap(), "no sessions\n");
         let mut app = Client::connect(&dir).unwrap();
         app.bind_port(Transport::Udp, 7777).unwrap();
-        let text = listing(&dir, false).unwrap();
+        let text = listing(&dir, false, None).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains("udp/7777"), "{text}");
         assert!(text.contains(&std::process::id().to_string()), "{text}");
@@ -316,7 +322,7 @@ mod tests {
         let mut app = Client::connect(&dir).unwrap();
         app.bind_port(Transport::Tcp, 8080).unwrap();
         let _queue = app.open_queue().unwrap();
-        let text = listing(&dir, true).unwrap();
+        let text = listing(&dir, true, None).unwrap();
         let back: SessionList = serde_json::from_str(&text).unwrap();
         assert_eq!(back.omitted, 0);
         let back = back.sessions;
@@ -329,7 +335,7 @@ mod tests {
     #[test]
     fn ls_without_netd_says_where_it_looked() {
         let dir = std::env::temp_dir().join("netmux-ls-test-nobody-here");
-        let e = listing(&dir, false).unwrap_err();
+        let e = listing(&dir, false, None).unwrap_err();
         assert!(format!("{e:#}").contains("is netd running"), "{e:#}");
         assert!(
             e.downcast_ref::<Refused>().is_none(),

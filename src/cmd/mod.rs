@@ -24,6 +24,7 @@ mod demo;
 mod driver;
 mod example;
 mod filter;
+mod instance;
 mod ls;
 mod up;
 mod vm;
@@ -84,8 +85,11 @@ command_groups! {
     Example(example::ExampleCommand),
     /// The driver (what `netmux up` runs as its child process).
     Driver(driver::Driver),
-    /// List netd's sessions: pid, uid, ports, filters, queue and counters.
+    /// List netd's sessions: pid, uid, instance, ports, filters, queue and counters.
     Ls(ls::Ls),
+    /// Network stack instances: many independent hosts on one link.
+    #[command(subcommand)]
+    Instance(instance::InstanceCommand),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

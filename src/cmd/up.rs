@@ -75,7 +75,7 @@ impl Host {
         if let (Some(filter), None) = (driver_log, std::env::var_os("RUST_LOG")) {
             command.env("RUST_LOG", filter);
         }
-        let (child, channel) = match run::start_child_driver(&config.runtime_dir, command, link) {
+        let (child, channel) = match run::start_child_driver(&config, command, link) {
             Ok(started) => started,
             // The driver printed its own reason (the link that would not open) on stderr.
             Err(e @ RunError::Driver { .. }) => return Err(Refused(e.to_string()).into()),

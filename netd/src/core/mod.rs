@@ -40,6 +40,12 @@ pub enum CoreError {
     /// A port operation failed.
     #[error(transparent)]
     Port(#[from] PortError),
+    /// The instance does not let this uid join it.
+    #[error("uid {uid} may not join this instance")]
+    NotMember {
+        /// The caller's uid.
+        uid: u32,
+    },
     /// A port below 1024 without privilege.
     #[error("port {port} is privileged (below 1024); uid {uid} may not bind it")]
     Privileged {
@@ -158,6 +164,55 @@ impl Core {
             },
         );
         Ok(id)
+    }
+
+    /// Takes a session that has not said hello out of this core (it joins another instance's
+    /// core with [`Core::adopt`]), with its uid's count.
+    pub fn take_handshake(&mut self, id: SessionId) -> Result<Session, CoreError> {
+        let s = self.sessions.get(&id).ok_or(CoreError::NoSession)?;
+        if s.state == SessionState::Active {
+            return Err(CoreError::AlreadyActive);
+        }
+        let s = self.sessions.remove(&id).ok_or(CoreError::NoSession)?;
+        let usage = self.usage(s.creds.uid);
+        usage.sessions -= 1;
+        if usage.sessions == 0 {
+            self.uids.remove(&s.creds.uid);
+        }
+        Ok(s)
+    }
+
+    /// Takes in a session another core gave up ([`Core::take_handshake`]), if this core's
+    /// limits allow its uid one more.
+    pub fn adopt(&mut self, session: Session) -> Result<(), CoreError> {
+        let limit = self.policy.limits.sessions_per_uid;
+        let usage = self.usage(session.creds.uid);
+        if usage.sessions >= limit {
+            return Err(CoreError::Limit("sessions per uid"));
+        }
+        usage.sessions += 1;
+        self.sessions.insert(session.id, session);
+        Ok(())
+    }
+
+    /// Whether `uid` may join this core's instance.
+    pub fn may_join(&self, uid: u32) -> bool {
+        self.policy.may_join(uid)
+    }
+
+    /// Number of ports bound (in force or being installed) over every session.
+    pub fn port_count(&self) -> usize {
+        self.sessions.values().map(Session::port_count).sum()
+    }
+
+    /// The policy, writable (an instance's properties change it).
+    pub fn policy_mut(&mut self) -> &mut Policy {
+        &mut self.policy
+    }
+
+    /// The port table, writable (an instance's ephemeral range changes it).
+    pub fn ports_mut(&mut self) -> &mut PortTable {
+        &mut self.ports
     }
 
     /// The client said hello.

@@ -1,8 +1,9 @@
 //! Who may do what, and how much of everything one client may hold.
 //!
 //! netd's policy is data: the shell reads it from the command line or a config file, the core
-//! consults it. Limits are per session and per uid, so a user cannot escape a per-session limit
-//! by opening many sessions.
+//! consults it. Each instance has its own (who may join it, bind its privileged ports, tap it,
+//! claim it). Limits are per session and per uid within an instance, so a user cannot escape a
+//! per-session limit by opening many sessions.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -51,6 +52,8 @@ pub struct Policy {
     pub tap_uids: BTreeSet<u32>,
     /// Uids besides 0 that may claim the whole link exclusively.
     pub exclusive_uids: BTreeSet<u32>,
+    /// Uids besides 0 that may join the instance; `None`: every uid.
+    pub join_uids: Option<BTreeSet<u32>>,
     /// Resource limits.
     pub limits: Limits,
     /// Time allowed between connect and hello.
@@ -63,6 +66,7 @@ impl Default for Policy {
             privileged_uids: BTreeSet::new(),
             tap_uids: BTreeSet::new(),
             exclusive_uids: BTreeSet::new(),
+            join_uids: None,
             limits: Limits::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
@@ -81,5 +85,9 @@ impl Policy {
     /// Whether `uid` may claim the link exclusively.
     pub fn may_claim_exclusive(&self, uid: u32) -> bool {
         uid == 0 || self.exclusive_uids.contains(&uid)
+    }
+    /// Whether `uid` may join the instance.
+    pub fn may_join(&self, uid: u32) -> bool {
+        uid == 0 || self.join_uids.as_ref().is_none_or(|u| u.contains(&uid))
     }
 }

@@ -104,6 +104,25 @@ impl PortTable {
         }
     }
 
+    /// The ephemeral range.
+    pub fn ephemeral(&self) -> &RangeInclusive<u16> {
+        &self.ephemeral
+    }
+
+    /// Changes the ephemeral range (must not include 0); ports bound stay bound, wherever
+    /// they are.
+    pub fn set_ephemeral(&mut self, ephemeral: RangeInclusive<u16>) {
+        let ephemeral = (*ephemeral.start()).max(1)..=*ephemeral.end();
+        for t in 0..2 {
+            self.ephemeral_free[t] = ephemeral
+                .clone()
+                .filter(|&p| self.states[t][usize::from(p)] == PortState::Free)
+                .count();
+            self.cursor[t] = *ephemeral.start();
+        }
+        self.ephemeral = ephemeral;
+    }
+
     /// The state of a port.
     pub fn state(&self, transport: Transport, port: u16) -> PortState {
         self.states[transport_index(transport)][usize::from(port)]

@@ -171,8 +171,21 @@ impl DriverLink for SharedDriver {
         &mut self,
         queue: QueueId,
         config: QueueConfig,
+        instance: netmux_proto::driver::InstanceId,
     ) -> Result<CreatedQueue, DriverError> {
-        self.lock().create_queue(queue, config)
+        self.lock().create_queue(queue, config, instance)
+    }
+    fn set_instance(
+        &mut self,
+        info: netmux_proto::driver::InstanceInfo,
+    ) -> Result<(), DriverError> {
+        self.lock().set_instance(info)
+    }
+    fn remove_instance(
+        &mut self,
+        instance: netmux_proto::driver::InstanceId,
+    ) -> Result<(), DriverError> {
+        self.lock().remove_instance(instance)
     }
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
         self.lock().destroy_queue(queue)
@@ -183,7 +196,7 @@ impl DriverLink for SharedDriver {
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
         self.lock().remove_filter(queue, filter)
     }
-    fn stats(&mut self) -> Result<(Counters, Vec<(QueueId, Counters)>), DriverError> {
+    fn stats(&mut self) -> Result<netmux_netd::driver_link::DriverStats, DriverError> {
         self.lock().stats()
     }
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
@@ -512,8 +525,12 @@ fn run_demo(dir: &Path, progress: &Progress) -> anyhow::Result<Report> {
         .netd()
         .map(|n| netmux_netd::server::lock(&n.state()).sessions())
         .unwrap_or_default();
-    let (_, queues) = stats.stats().context("reading the driver's counters")?;
-    let counters: HashMap<QueueId, Counters> = queues.into_iter().collect();
+    let counters: HashMap<QueueId, Counters> = stats
+        .stats()
+        .context("reading the driver's counters")?
+        .queues
+        .into_iter()
+        .collect();
     let names: [(u32, &str, String, String); 3] = [
         (
             echo.pid(),

@@ -57,6 +57,9 @@ pub struct ExampleArgs {
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
     #[arg(long, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
+    /// The instance to join [default: the default instance].
+    #[arg(long, short = 'i', value_name = "NAME")]
+    pub instance: Option<String>,
 }
 
 impl Run for ExampleCommand {
@@ -96,7 +99,7 @@ impl Station {
             .runtime_dir
             .clone()
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
-        let mut client = Client::connect(&dir).map_err(refusal)?;
+        let mut client = Client::connect_to(&dir, args.instance.as_deref()).map_err(refusal)?;
         let port = client.bind_port(transport, args.port).map_err(refusal)?;
         let host = client.host().clone();
         let Some((ip, prefix)) = host.ipv4 else {
