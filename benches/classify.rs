@@ -112,6 +112,7 @@ fn bench(c: &mut Criterion) {
             let mut cl = merged(n, *strategy);
             let mut out = Vec::with_capacity(4);
             for (what, f) in cases {
+                out.clear();
                 cl.classify(f, wire(f), &mut out);
                 assert_eq!(out.is_empty(), what == "miss", "{what} at N = {n}");
                 let mut g = c.benchmark_group(format!("classify-{what}/n={n}"));
@@ -191,12 +192,114 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Instances of 100 clients each (`classify-instances/Nx100/netmux`) against one instance with
+/// the same bindings (`.../peer-one-instance`): the driver's dispatch to the instance a frame
+/// is addressed to, then that instance's classifier, exactly as the receive path runs them
+/// ([`Instances::dispatch`], [`Instances::receivers`]). Each instance has a MAC of its own and
+/// an address; each client a UDP port on it. The frames cycle over every binding.
+fn bench_instances(c: &mut Criterion) {
+    use netmux_driver::daemon::instances::Instances;
+    use netmux_proto::driver::{InstanceId, InstanceInfo};
+    const CLIENTS: usize = 100;
+    const LINK: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    let mac = |i: usize| [2, 0xee, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let addr = |i: usize| Ipv4Addr::from(0x0a00_0000 | (i as u32 + 1) << 8 | 1);
+    let strategy = Strategy::Auto;
+    let fresh =
+        move |mac: [u8; 6]| -> Box<dyn Classify> { Box::new(Classifier::for_link(strategy, mac)) };
+    for n in [1usize, 16, 1024] {
+        // n own-MAC instances beside the default one.
+        let mut several = Instances::new(LINK, fresh(LINK), Box::new(fresh));
+        let mut one = Instances::new(LINK, fresh(LINK), Box::new(fresh));
+        let mut frames = Vec::new();
+        for i in 0..n {
+            let slot = several
+                .set(InstanceInfo {
+                    instance: InstanceId(i as u32 + 1),
+                    mac: mac(i),
+                    own_mac: true,
+                    ipv4: vec![addr(i).octets()],
+                    ipv6: Vec::new(),
+                })
+                .expect("instance");
+            for j in 0..CLIENTS {
+                let port = 1000 + j as u16;
+                let key = Key::V4 {
+                    protocol: 17,
+                    addr: addr(i),
+                    port,
+                };
+                let id = (i * CLIENTS + j) as u64;
+                let filter = |m: [u8; 6]| RxFilter {
+                    queue: QueueId(id as u32),
+                    filter: FilterId(id),
+                    mode: RxMode::Owner,
+                    binding: Some(key.binding()),
+                    program: port_filter::program(&key, m).expect("an exact key"),
+                };
+                if let Some(inst) = several.get_mut(slot) {
+                    inst.classifier.install(filter(mac(i))).expect("binding");
+                }
+                if let Some(inst) = one.get_mut(0) {
+                    inst.classifier.install(filter(LINK)).expect("binding");
+                }
+                if frames.len() < 4096 && j % 7 == i % 7 {
+                    let f = |m: [u8; 6]| {
+                        FrameBuilder::ethernet(m, [2, 0, 0, 0, 0, 9])
+                            .ethertype(0x0800)
+                            .ipv4(Ipv4::new([192, 0, 2, 1], addr(i).octets(), 17))
+                            .udp(40000, port)
+                            .payload(18)
+                            .finish()
+                            .data
+                    };
+                    frames.push((f(mac(i)), f(LINK)));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (own, shared) in &frames {
+            out.clear();
+            let t = several.dispatch(own);
+            several.receivers(own, t, None, &mut out);
+            assert_eq!(out.len(), 1, "every frame reaches its client");
+            out.clear();
+            let t = one.dispatch(shared);
+            one.receivers(shared, t, None, &mut out);
+            assert_eq!(out.len(), 1);
+        }
+        let mut g = c.benchmark_group(format!("classify-instances/{n}x{CLIENTS}"));
+        let mut k = 0;
+        g.bench_function("netmux", |b| {
+            b.iter(|| {
+                let (f, _) = &frames[k % frames.len()];
+                k += 1;
+                out.clear();
+                let t = several.dispatch(black_box(f));
+                several.receivers(f, t, None, &mut out);
+                black_box(out.len())
+            })
+        });
+        g.bench_function("peer-one-instance", |b| {
+            b.iter(|| {
+                let (_, f) = &frames[k % frames.len()];
+                k += 1;
+                out.clear();
+                let t = one.dispatch(black_box(f));
+                one.receivers(f, t, None, &mut out);
+                black_box(out.len())
+            })
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = bench
+    targets = bench, bench_instances
 }
 criterion_main!(benches);

@@ -34,8 +34,17 @@
 //! The host ISA is detected once per process; the Cranelift contexts are reused per thread;
 //! Cranelift runs at `opt_level = none`: the translation already emits what its e-graph pass
 //! would leave (no redundant values, no loops to hoist from), and lowering still fuses
-//! comparisons into branches. Each program gets its own `JITModule`, whose memory is freed
-//! when the engine is dropped.
+//! comparisons into branches. Each compiled function gets its own `JITModule`, whose memory is
+//! freed when the last engine using it is dropped.
+//!
+//! # Shared code
+//!
+//! The native code depends only on the instructions and on each table's key width, never on
+//! the tables' contents (they are read through the pointer passed at each call). So engines of
+//! programs with the same instructions and table shapes share one compiled function: compiled
+//! once, kept while an engine uses it ([`SHARED`]). The merged classifier's generic program,
+//! one per network stack instance, is the case that matters: every instance runs the same
+//! native code over its own tables, and creating an instance compiles nothing.
 //!
 //! # What the native code relies on (the verifier's invariants)
 //!
@@ -52,7 +61,8 @@
 //! earlier check on every path already proved.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -135,7 +145,27 @@ impl Drop for NativeCode {
 /// Native code for one verified program. See the module documentation.
 pub struct JitEngine {
     program: Program,
-    code: NativeCode,
+    code: Arc<NativeCode>,
+}
+
+/// Compiled code by what it depends on (see "Shared code" in the module documentation): the
+/// encoded instructions followed by each table's key width. Entries whose code every engine
+/// dropped are pruned when the map has doubled since the last pruning.
+static SHARED: Mutex<SharedCode> = Mutex::new(SharedCode {
+    map: None,
+    prune_at: 64,
+});
+
+struct SharedCode {
+    map: Option<HashMap<Vec<u8>, Weak<NativeCode>>>,
+    prune_at: usize,
+}
+
+/// What a program's native code depends on.
+fn code_key(program: &Program) -> Vec<u8> {
+    let mut key = crate::program::encode(program.insns(), &[]);
+    key.extend(program.tables().iter().map(|t| t.key_words() as u8));
+    key
 }
 
 impl std::fmt::Debug for JitEngine {
@@ -177,8 +207,35 @@ fn host_isa() -> Result<OwnedTargetIsa, EngineError> {
 }
 
 impl JitEngine {
-    /// Compiles `program` to native code.
+    /// Native code for `program`: compiled now, or shared with a live engine of a program with
+    /// the same instructions and table shapes.
     pub fn new(program: Program) -> Result<JitEngine, EngineError> {
+        let key = code_key(&program);
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        let map = shared.map.get_or_insert_with(HashMap::new);
+        if let Some(code) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(JitEngine { program, code });
+        }
+        let code = Arc::new(compile(&program)?);
+        map.insert(key, Arc::downgrade(&code));
+        if map.len() >= shared.prune_at {
+            if let Some(map) = shared.map.as_mut() {
+                map.retain(|_, w| w.strong_count() > 0);
+                shared.prune_at = (map.len() * 2).max(64);
+            }
+        }
+        Ok(JitEngine { program, code })
+    }
+
+    /// Whether this engine's code is shared with another live engine.
+    pub fn shares_code(&self) -> bool {
+        Arc::strong_count(&self.code) > 1
+    }
+}
+
+/// Compiles `program` to native code in a module of its own.
+fn compile(program: &Program) -> Result<NativeCode, EngineError> {
+    {
         let isa = host_isa()?;
         if isa.pointer_type() != types::I64 {
             return Err(EngineError::JitFailed(
@@ -192,7 +249,7 @@ impl JitEngine {
             .take()
             .unwrap_or_else(|| Box::new((Context::new(), FunctionBuilderContext::new())));
         let (ctx, fctx) = &mut *contexts;
-        let defined = define(&program, &mut module, ctx, fctx);
+        let defined = define(program, &mut module, ctx, fctx);
         ctx.clear();
         CONTEXTS.set(Some(contexts));
         let id = defined?;
@@ -201,12 +258,9 @@ impl JitEngine {
         // SAFETY: `address` is the entry of the function just compiled with the signature built
         // above, which is `NativeFilter`'s under the ISA's default (C) calling convention.
         let entry = unsafe { std::mem::transmute::<*const u8, NativeFilter>(address) };
-        Ok(JitEngine {
-            program,
-            code: NativeCode {
-                module: Some(module),
-                entry,
-            },
+        Ok(NativeCode {
+            module: Some(module),
+            entry,
         })
     }
 }
@@ -833,6 +887,28 @@ mod tests {
         assert_eq!(jit.run(&[1, 3], 2), Verdict::Accept(7));
         jit.table_mut(0).unwrap().insert(&[1, 3], 11).unwrap();
         assert_eq!(jit.run(&[1, 3], 2), Verdict::Accept(11));
+    }
+
+    #[test]
+    fn engines_of_one_program_share_code_and_keep_their_own_tables() {
+        let src =
+            "ldb r0, [0]\nldb r1, [1]\nlookup r2, r0, t0\naccept r2\n.table words=2 default=5\n";
+        let program = verify(&assemble(src).unwrap()).unwrap();
+        let mut a = JitEngine::new(program.clone()).unwrap();
+        let mut b = JitEngine::new(program.clone()).unwrap();
+        assert!(a.shares_code() && b.shares_code());
+        a.table_mut(0).unwrap().insert(&[1, 2], 10).unwrap();
+        b.table_mut(0).unwrap().insert(&[1, 2], 20).unwrap();
+        assert_eq!(a.run(&[1, 2], 2), Verdict::Accept(10));
+        assert_eq!(b.run(&[1, 2], 2), Verdict::Accept(20));
+        drop(a);
+        drop(b);
+        // Other instructions are other code.
+        let other =
+            "ldb r0, [0]\nldb r1, [2]\nlookup r2, r0, t0\naccept r2\n.table words=2 default=5\n";
+        let c = JitEngine::new(verify(&assemble(other).unwrap()).unwrap()).unwrap();
+        let d = JitEngine::new(program).unwrap();
+        assert!(!c.shares_code() && !d.shares_code());
     }
 
     #[test]

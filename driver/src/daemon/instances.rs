@@ -91,6 +91,24 @@ impl std::fmt::Debug for Instance {
     }
 }
 
+/// The instances a received frame is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// This one.
+    One(Slot),
+    /// Every instance (broadcast, multicast).
+    Every,
+    /// Every instance but this one (a broadcast one of them sent).
+    EveryBut(Slot),
+}
+
+/// A MAC as a word, for the lookup on every received frame.
+#[inline]
+fn mac_word(m: &[u8]) -> u64 {
+    u64::from(u16::from_be_bytes([m[0], m[1]])) << 32
+        | u64::from(u32::from_be_bytes([m[2], m[3], m[4], m[5]]))
+}
+
 /// Where a frame a queue transmitted goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -107,15 +125,20 @@ pub struct Instances {
     link_mac: [u8; 6],
     slots: Vec<Option<Instance>>,
     by_id: FxHashMap<InstanceId, Slot>,
-    /// Own-MAC instances by MAC.
-    by_mac: FxHashMap<[u8; 6], Slot>,
+    /// Own-MAC instances by MAC (as a word).
+    by_mac: FxHashMap<u64, Slot>,
     /// Shared-MAC instances by address.
     by_v4: FxHashMap<[u8; 4], Slot>,
     by_v6: FxHashMap<[u8; 16], Slot>,
     /// More than the default instance exists: dispatch has to look.
     several: bool,
-    make_classifier: Box<dyn Fn() -> Box<dyn Classify> + Send>,
+    /// A classifier for an instance with this MAC.
+    make_classifier: MakeClassifier,
 }
+
+/// Makes the classifier of an instance with the given MAC (netd's port filters for that MAC
+/// are then confirmed by comparing it, as in the default instance).
+pub type MakeClassifier = Box<dyn Fn([u8; 6]) -> Box<dyn Classify> + Send>;
 
 impl std::fmt::Debug for Instances {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,7 +152,7 @@ impl Instances {
     pub fn new(
         link_mac: [u8; 6],
         classifier: Box<dyn Classify>,
-        make_classifier: Box<dyn Fn() -> Box<dyn Classify> + Send>,
+        make_classifier: MakeClassifier,
     ) -> Self {
         let default = Instance {
             id: DEFAULT_INSTANCE,
@@ -182,7 +205,7 @@ impl Instances {
 
     /// The MACs the link must accept besides its own (the own-MAC instances').
     pub fn own_macs(&self) -> Vec<[u8; 6]> {
-        self.by_mac.keys().copied().collect()
+        self.iter().filter(|i| i.own_mac).map(|i| i.mac).collect()
     }
 
     /// Creates an instance or updates its MAC and addresses. Refused when the MAC or an
@@ -192,7 +215,7 @@ impl Instances {
         let mac = if own_mac { info.mac } else { self.link_mac };
         let existing = self.slot(info.instance);
         if own_mac {
-            if let Some(&other) = self.by_mac.get(&mac) {
+            if let Some(&other) = self.by_mac.get(&mac_word(&mac)) {
                 if Some(other) != existing {
                     return Err(format!("MAC {mac:02x?} belongs to another instance"));
                 }
@@ -236,7 +259,7 @@ impl Instances {
                     own_mac,
                     ipv4: Vec::new(),
                     ipv6: Vec::new(),
-                    classifier: (self.make_classifier)(),
+                    classifier: (self.make_classifier)(mac),
                     queues: Vec::new(),
                     counters: InstanceCounters::default(),
                 };
@@ -254,7 +277,12 @@ impl Instances {
                 slot
             }
         };
-        if let Some(i) = self.get_mut(slot) {
+        let make = &self.make_classifier;
+        if let Some(i) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+            if i.mac != mac && i.classifier.is_empty() {
+                // A new MAC, nothing installed yet: the classifier confirms the new one.
+                i.classifier = make(mac);
+            }
             i.mac = mac;
             i.own_mac = own_mac;
             i.ipv4 = info.ipv4;
@@ -312,7 +340,7 @@ impl Instances {
             return;
         };
         if i.own_mac {
-            self.by_mac.insert(i.mac, slot);
+            self.by_mac.insert(mac_word(&i.mac), slot);
         } else {
             for a in &i.ipv4 {
                 self.by_v4.insert(*a, slot);
@@ -329,28 +357,34 @@ impl Instances {
         self.several
     }
 
-    /// The instances a received frame is for, into `out` (cleared first). See the module
-    /// documentation.
-    pub fn dispatch(&self, frame: &[u8], out: &mut Vec<Slot>) {
-        out.clear();
+    /// The instances a received frame is for. See the module documentation.
+    #[inline]
+    pub fn dispatch(&self, frame: &[u8]) -> Target {
         if !self.several {
-            out.push(0);
-            return;
+            return Target::One(0);
         }
         let Some(dst) = frame.get(..6) else {
-            out.push(0);
-            return;
+            return Target::One(0);
         };
         if dst[0] & 1 != 0 {
-            out.extend(self.iter_slots().map(|(s, _)| s));
-            return;
+            return Target::Every;
         }
-        let dst = [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]];
-        if let Some(&slot) = self.by_mac.get(&dst) {
-            out.push(slot);
-            return;
+        if let Some(&slot) = self.by_mac.get(&mac_word(dst)) {
+            return Target::One(slot);
         }
-        out.push(self.shared_owner(frame).unwrap_or(0));
+        Target::One(self.shared_owner(frame).unwrap_or(0))
+    }
+
+    /// The slots a target names, into `out` (cleared first).
+    pub fn slots(&self, target: Target, out: &mut Vec<Slot>) {
+        out.clear();
+        match target {
+            Target::One(slot) => out.push(slot),
+            Target::Every => out.extend(self.iter_slots().map(|(s, _)| s)),
+            Target::EveryBut(but) => {
+                out.extend(self.iter_slots().map(|(s, _)| s).filter(|&s| s != but))
+            }
+        }
     }
 
     /// The shared-MAC instance that owns a frame's destination address (IPv4, IPv6, or ARP
@@ -387,8 +421,7 @@ impl Instances {
         if dst[0] & 1 != 0 {
             return Route::LinkAndOthers;
         }
-        let dst = [dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]];
-        let target = if let Some(&slot) = self.by_mac.get(&dst) {
+        let target = if let Some(&slot) = self.by_mac.get(&mac_word(dst)) {
             Some(slot)
         } else if dst == self.link_mac {
             self.shared_owner(frame)
@@ -401,16 +434,86 @@ impl Instances {
         }
     }
 
-    /// Whether `frame` is ARP that every queue of the instance at `slot` must see: a reply,
-    /// or a request for one of its IPv4 addresses.
-    pub fn is_arp_for(&self, slot: Slot, frame: &[u8]) -> bool {
-        let Some(link) = link_layer(frame) else {
+    /// The queues of the instances at `slots` that receive `frame`, appended to `out` (each
+    /// once, ascending): in each instance, ARP that concerns it goes to all its queues and to
+    /// `netd` (netd answers for every instance), anything else to the queues its classifier
+    /// names. Counts the frame for each instance; returns how many instances took it as ARP.
+    /// What the driver's receive path runs after [`Instances::dispatch`].
+    pub fn receivers(
+        &mut self,
+        frame: &[u8],
+        target: Target,
+        netd: Option<QueueId>,
+        out: &mut Vec<QueueId>,
+    ) -> usize {
+        match target {
+            Target::One(slot) => {
+                let arp = self.receive_in(slot, frame, netd, out);
+                if arp {
+                    out.sort_unstable();
+                    out.dedup();
+                }
+                usize::from(arp)
+            }
+            Target::Every | Target::EveryBut(_) => {
+                let but = match target {
+                    Target::EveryBut(s) => Some(s),
+                    _ => None,
+                };
+                let mut arp_copies = 0;
+                for slot in 0..self.slots.len() {
+                    if self.slots[slot].is_none() || Some(slot) == but {
+                        continue;
+                    }
+                    arp_copies += usize::from(self.receive_in(slot, frame, netd, out));
+                }
+                // netd's queue hears every instance's ARP: once.
+                out.sort_unstable();
+                out.dedup();
+                arp_copies
+            }
+        }
+    }
+
+    /// [`Instances::receivers`] for one instance; whether it took the frame as ARP.
+    #[inline]
+    fn receive_in(
+        &mut self,
+        slot: Slot,
+        frame: &[u8],
+        netd: Option<QueueId>,
+        out: &mut Vec<QueueId>,
+    ) -> bool {
+        let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+        let arp = self.is_arp_for(slot, frame);
+        let Some(instance) = self.get_mut(slot) else {
             return false;
         };
-        if link.ethertype != ethertype::ARP || link.l3 != netmux_wire::ethernet::HEADER_LEN {
+        instance.counters.rx_frames += 1;
+        instance.counters.rx_bytes += frame.len() as u64;
+        if arp {
+            out.extend_from_slice(&instance.queues);
+            if let Some(netd) = netd {
+                out.push(netd);
+            }
+        } else {
+            instance.classifier.classify(frame, wire_len, out);
+        }
+        arp
+    }
+
+    /// Whether `frame` is ARP that every queue of the instance at `slot` must see: a reply,
+    /// or a request for one of its IPv4 addresses.
+    #[inline]
+    pub fn is_arp_for(&self, slot: Slot, frame: &[u8]) -> bool {
+        // Untagged ARP only: the ethertype right after the addresses.
+        if frame.get(12..14) != Some(&ethertype::ARP.to_be_bytes()[..]) {
             return false;
         }
-        let Some(Ok(p)) = frame.get(link.l3..).map(ArpPacket::new_checked) else {
+        let Some(Ok(p)) = frame
+            .get(netmux_wire::ethernet::HEADER_LEN..)
+            .map(ArpPacket::new_checked)
+        else {
             return false;
         };
         match p.operation() {

@@ -46,7 +46,7 @@ use netmux_vm::{Scratch, Strategy};
 
 use crate::link::{FrameBatch, Link, LinkStats};
 use crate::reassembly::{self, DropReason, Outcome, Reassembler};
-use instances::{Instances, Route, Slot};
+use instances::{Instances, Route, Slot, Target};
 pub use netmux_classify::{Classifier, ClassifierError, Classify, LinearScan, RxFilter};
 use netmux_ring::{DriverQueue, QueueFds, RxOutcome, TxStatus};
 use tx::TxFilter;
@@ -231,7 +231,7 @@ pub struct Driver {
     rx_batch: FrameBatch,
     tx_batch: FrameBatch,
     receivers: Vec<QueueId>,
-    /// The instances a frame is dispatched to (scratch, reused).
+    /// Instance slots (scratch, reused).
     dispatched: Vec<Slot>,
     touched: Vec<QueueId>,
     scratch: Scratch,
@@ -255,14 +255,14 @@ impl Driver {
     /// A driver owning `link`, classifying with the classifier `config` names (by default the
     /// merged [`Classifier`]), its filters on `config.strategy`'s engines.
     pub fn new(link: Box<dyn Link>, config: DriverConfig) -> Self {
-        let (kind, strategy, mac) = (config.classifier, config.strategy, link.info().mac);
-        let make = move || -> Box<dyn Classify> {
+        let (kind, strategy, link_mac) = (config.classifier, config.strategy, link.info().mac);
+        let make = move |mac: [u8; 6]| -> Box<dyn Classify> {
             match kind {
                 ClassifierKind::Merged => Box::new(Classifier::for_link(strategy, mac)),
                 ClassifierKind::Linear => Box::new(LinearScan::new(strategy)),
             }
         };
-        Self::with_classifier(link, make(), Box::new(make), config)
+        Self::with_classifier(link, make(link_mac), Box::new(make), config)
     }
 
     /// A driver owning `link`, classifying the default instance with `classifier` (empty) and
@@ -270,7 +270,7 @@ impl Driver {
     pub fn with_classifier(
         link: Box<dyn Link>,
         classifier: Box<dyn Classify>,
-        make_classifier: Box<dyn Fn() -> Box<dyn Classify> + Send>,
+        make_classifier: instances::MakeClassifier,
         config: DriverConfig,
     ) -> Self {
         Self {
@@ -720,44 +720,19 @@ impl Driver {
     /// Delivers a received frame to the instances it is for (see [`instances`]).
     fn deliver(&mut self, frame: &[u8]) {
         self.rx.classified += 1;
-        let mut slots = std::mem::take(&mut self.dispatched);
-        self.instances.dispatch(frame, &mut slots);
-        self.deliver_to(frame, &slots);
-        self.dispatched = slots;
+        let target = self.instances.dispatch(frame);
+        self.deliver_to(frame, target);
     }
 
     /// Delivers `frame` to the queues of the instances at `slots` that take it: in each, ARP
     /// that concerns it goes to all its queues, anything else to the queues its classifier
     /// names; a frame nobody takes goes to netd's queue.
-    fn deliver_to(&mut self, frame: &[u8], slots: &[Slot]) {
+    fn deliver_to(&mut self, frame: &[u8], target: Target) {
         self.receivers.clear();
-        let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        for &slot in slots {
-            let arp = self.instances.is_arp_for(slot, frame);
-            let Some(instance) = self.instances.get_mut(slot) else {
-                continue;
-            };
-            instance.counters.rx_frames += 1;
-            instance.counters.rx_bytes += frame.len() as u64;
-            if arp {
-                self.rx.arp_to_all += 1;
-                self.receivers.extend_from_slice(&instance.queues);
-                if let Some(netd) = self.netd_queue {
-                    if !instance.queues.contains(&netd) {
-                        self.receivers.push(netd);
-                    }
-                }
-            } else {
-                instance
-                    .classifier
-                    .classify(frame, wire_len, &mut self.receivers);
-            }
-        }
-        if slots.len() > 1 {
-            // netd's queue hears every instance's ARP: once.
-            self.receivers.sort_unstable();
-            self.receivers.dedup();
-        }
+        let arp = self
+            .instances
+            .receivers(frame, target, self.netd_queue, &mut self.receivers);
+        self.rx.arp_to_all += arp as u64;
         if self.receivers.is_empty() {
             match self.netd_queue {
                 Some(netd) => {
@@ -879,22 +854,20 @@ impl Driver {
                 if target.is_some() {
                     self.observe(frame, id, sender);
                 }
-                let slots: Vec<Slot> = match target {
-                    Some(slot) => vec![slot],
-                    None => {
-                        let mut all = Vec::new();
-                        self.instances.dispatch(frame, &mut all);
-                        all.retain(|&s| s != sender);
-                        all
-                    }
+                let to = match target {
+                    Some(slot) => Target::One(slot),
+                    None => Target::EveryBut(sender),
                 };
+                let mut slots = std::mem::take(&mut self.dispatched);
+                self.instances.slots(to, &mut slots);
                 for &slot in &slots {
                     if let Some(i) = self.instances.get_mut(slot) {
                         i.counters.hairpin_in += 1;
                     }
                 }
+                self.dispatched = slots;
                 self.rx.hairpin += 1;
-                self.deliver_to(frame, &slots);
+                self.deliver_to(frame, to);
             }
         }
         self.flush_touched();
