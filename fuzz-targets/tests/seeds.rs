@@ -1,0 +1,75 @@
+//! Every committed fuzz input, replayed through its target under `cargo test`: the files of
+//! `fuzz/seeds/<target>/` (crash inputs are committed there once fixed) and of
+//! `fuzz/artifacts/<target>/` when a local fuzz run left some. One test per target.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use netmux_fuzz_targets::TARGETS;
+
+/// `ipc_decode` counts the process's descriptors, so replays run one at a time: no other
+/// replay may open a file meanwhile.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// The files of `dir`, sorted; none when it does not exist.
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Replays every seed and artifact of `target`; there is at least one seed.
+fn replay(target: &str) {
+    let run = TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .unwrap_or_else(|| panic!("no target {target}"))
+        .1;
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let seeds = files(&fuzz_dir().join("seeds").join(target));
+    assert!(!seeds.is_empty(), "fuzz/seeds/{target}/ has no input");
+    let artifacts = files(&fuzz_dir().join("artifacts").join(target));
+    for path in seeds.iter().chain(&artifacts) {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        eprintln!("{target}: {}", path.display());
+        run(&data);
+    }
+    eprintln!(
+        "{target}: {} seeds, {} artifacts replayed",
+        seeds.len(),
+        artifacts.len()
+    );
+}
+
+/// One test per target, `every_seed_passes::TARGET`.
+macro_rules! replay_tests {
+    ($($target:ident),* $(,)?) => {
+        mod every_seed_passes {
+            $(
+                #[test]
+                fn $target() {
+                    super::replay(stringify!($target));
+                }
+            )*
+        }
+    };
+}
+
+replay_tests!(
+    filter_parse,
+    ipc_decode,
+    reassembly,
+    vm_differential,
+    vm_roundtrip,
+    vm_verify,
+);
