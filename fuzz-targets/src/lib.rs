@@ -12,16 +12,21 @@
 //! Targets that take structured input decode the bytes as libFuzzer's
 //! `fuzz_target!(|input: T| ..)` does ([`structured`]), so a committed input means the same
 //! thing to the fuzzer and to the test.
+//!
+//! [`gen`] holds the random rule and frame generator of the classifier target.
 
 #![deny(unsafe_code)]
 
 use arbitrary::{Arbitrary, Unstructured};
 
+mod classifier;
 mod filter_parse;
+pub mod gen;
 mod ipc_decode;
 mod reassembly;
 mod vm;
 
+pub use classifier::classifier;
 pub use filter_parse::filter_parse;
 pub use ipc_decode::ipc_decode;
 pub use reassembly::reassembly;
@@ -33,6 +38,7 @@ pub type Target = fn(&[u8]);
 /// Every target: its name (the file `fuzz/fuzz_targets/NAME.rs` and the seed directory
 /// `fuzz/seeds/NAME/`) and its function.
 pub const TARGETS: &[(&str, Target)] = &[
+    ("classifier", classifier),
     ("filter_parse", filter_parse),
     ("ipc_decode", ipc_decode),
     ("reassembly", reassembly),

@@ -1,6 +1,7 @@
 //! Every committed fuzz input, replayed through its target under `cargo test`: the files of
 //! `fuzz/seeds/<target>/` (crash inputs are committed there once fixed) and of
-//! `fuzz/artifacts/<target>/` when a local fuzz run left some. One test per target.
+//! `fuzz/artifacts/<target>/` when a local fuzz run left some. One test per target, and one
+//! that checks every target of the fuzz crate is replayed here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -28,6 +29,24 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The names in `dir`: subdirectories, or files with extension `ext`.
+fn names(dir: &Path, ext: Option<&str>) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| match ext {
+            Some(ext) => p.extension().is_some_and(|e| e == ext),
+            None => p.is_dir(),
+        })
+        .map(|p| {
+            let stem = p.file_stem().expect("a file name");
+            stem.to_string_lossy().into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// Replays every seed and artifact of `target`; there is at least one seed.
 fn replay(target: &str) {
     let run = TARGETS
@@ -51,7 +70,7 @@ fn replay(target: &str) {
     );
 }
 
-/// One test per target, `every_seed_passes::TARGET`.
+/// One test per target, `every_seed_passes::TARGET`; `REPLAYED` lists them.
 macro_rules! replay_tests {
     ($($target:ident),* $(,)?) => {
         mod every_seed_passes {
@@ -62,10 +81,12 @@ macro_rules! replay_tests {
                 }
             )*
         }
+        const REPLAYED: &[&str] = &[$(stringify!($target)),*];
     };
 }
 
 replay_tests!(
+    classifier,
     filter_parse,
     ipc_decode,
     reassembly,
@@ -73,3 +94,12 @@ replay_tests!(
     vm_roundtrip,
     vm_verify,
 );
+
+#[test]
+fn every_fuzz_target_and_seed_directory_is_replayed_here() {
+    let listed: Vec<String> = TARGETS.iter().map(|(n, _)| n.to_string()).collect();
+    let dir = fuzz_dir();
+    assert_eq!(names(&dir.join("fuzz_targets"), Some("rs")), listed);
+    assert_eq!(names(&dir.join("seeds"), None), listed);
+    assert_eq!(REPLAYED, listed);
+}
