@@ -1,5 +1,5 @@
-//! Random classifier rules in the pcap-filter language and Ethernet frames aimed at them, for
-//! the classifier fuzz target.
+//! Random classifier rules in the pcap-filter language and Ethernet frames aimed at them: the
+//! one generator of the classifier fuzz target and the classifier equivalence tests.
 //!
 //! Rules are port bindings spelled every way the compiler's recogniser must see through
 //! (returned with the bindings the generator computed on its own), expressions that are not

@@ -13,7 +13,8 @@
 //! `fuzz_target!(|input: T| ..)` does ([`structured`]), so a committed input means the same
 //! thing to the fuzzer and to the test.
 //!
-//! [`gen`] holds the random rule and frame generator of the classifier target.
+//! [`gen`] holds the random rule and frame generator of the classifier target, shared with the
+//! classifier equivalence tests of this crate.
 
 #![deny(unsafe_code)]
 
