@@ -1,7 +1,6 @@
 //! The VM targets: the verifier on any bytes (F1), the encoding both ways (F2), and the
 //! interpreter against the JIT on generated programs (F5).
 
-use arbitrary::Unstructured;
 use netmux_vm::asm::{assemble, disassemble};
 use netmux_vm::isa::{Insn, Opcode};
 use netmux_vm::{verify, Engine, Interpreter};
@@ -71,7 +70,7 @@ const FRAMES_PER_PROGRAM: usize = 8;
 pub fn vm_differential(data: &[u8]) {
     #[cfg(feature = "jit")]
     {
-        let _ = differential(&mut Unstructured::new(data));
+        let _ = differential(&mut arbitrary::Unstructured::new(data));
     }
     #[cfg(not(feature = "jit"))]
     {
@@ -84,7 +83,7 @@ pub fn vm_differential(data: &[u8]) {
 }
 
 #[cfg(feature = "jit")]
-fn differential(u: &mut Unstructured) -> arbitrary::Result<()> {
+fn differential(u: &mut arbitrary::Unstructured) -> arbitrary::Result<()> {
     use netmux_vm::gen::{self, GeneratedFrame};
     use netmux_vm::{engine, Strategy};
 
