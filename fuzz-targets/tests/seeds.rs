@@ -8,8 +8,8 @@ use std::sync::Mutex;
 
 use netmux_fuzz_targets::TARGETS;
 
-/// `ipc_decode` counts the process's descriptors, so replays run one at a time: no other
-/// replay may open a file meanwhile.
+/// `ipc_decode` counts the process's descriptors, so the tests here run one at a time: no
+/// other may open a file meanwhile.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn fuzz_dir() -> PathBuf {
@@ -97,6 +97,7 @@ replay_tests!(
 
 #[test]
 fn every_fuzz_target_and_seed_directory_is_replayed_here() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let listed: Vec<String> = TARGETS.iter().map(|(n, _)| n.to_string()).collect();
     let dir = fuzz_dir();
     assert_eq!(names(&dir.join("fuzz_targets"), Some("rs")), listed);
