@@ -2,7 +2,8 @@
 //! scan alike: one owner per key, exclusive claims, taps, refusals that change nothing, keys
 //! that can only narrow delivery, the MAC shortcut for netd's port filters, and tables that
 //! change in place. (That the merged classifier equals the scan on random filter sets is in
-//! the compiler's tests, where filters can be written in the pcap-filter language.)
+//! `netmux-fuzz-targets`, its classifier target and `tests/classifier_equivalence.rs`, where
+//! filters are written in the pcap-filter language.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -375,7 +375,7 @@ mod tests {
         stress_receive_after_close(2_000, 0x9e37_79b9_7f4a_7c15);
     }
 
-    /// The long version, for the `ipc_decode` question in RELIABILITY.md.
+    /// The same, 200,000 rounds.
     #[test]
     #[ignore = "a stress run of about a minute"]
     fn a_nonblocking_receiver_never_would_block_after_the_close_stress() {
