@@ -43,10 +43,6 @@ const PORTS: [u16; 7] = [53, 80, 443, 8080, 0, 65535, 2049];
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-fn seed() -> u64 {
-    netmux_testkit::seed("classifier_equivalence")
-}
-
 fn v4_text(a: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
 }
@@ -382,7 +378,9 @@ fn check_frames(seed: u64, case: &Case, c: &mut Classifier, frames: &[Frame]) {
 
 #[test]
 fn merged_classifier_equals_the_linear_scan_on_random_rule_sets_and_frames() {
-    let seed = seed();
+    let seed = netmux_testkit::seed(
+        "merged_classifier_equals_the_linear_scan_on_random_rule_sets_and_frames",
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     // Sizes from 1 to 1,000, most of them small so the debug build stays fast.
     let mut sizes = vec![1, 2, 5, 1000];
@@ -413,7 +411,9 @@ fn merged_classifier_equals_the_linear_scan_on_random_rule_sets_and_frames() {
 
 #[test]
 fn under_the_drivers_ownership_rule_every_accepting_rule_that_went_in_receives() {
-    let seed = seed();
+    let seed = netmux_testkit::seed(
+        "under_the_drivers_ownership_rule_every_accepting_rule_that_went_in_receives",
+    );
     let mut rng = StdRng::seed_from_u64(seed);
     let mut both = 0;
     for _ in 0..6 {
@@ -484,7 +484,8 @@ fn merged_classifier_equals_the_linear_scan_on_every_corpus_frame() {
     assert!(!corpus.frames.is_empty());
     let frames: Vec<Frame> = corpus.frames.into_iter().map(|(_, f)| f).collect();
     eprintln!("{} corpus frames", frames.len());
-    let seed = seed();
+    let seed =
+        netmux_testkit::seed("merged_classifier_equals_the_linear_scan_on_every_corpus_frame");
     let mut rng = StdRng::seed_from_u64(seed);
     for n in [1, 10, 100, 1000] {
         let case = build_case(&mut rng, n);
