@@ -322,7 +322,8 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
     root.bind_port(Transport::Udp, 5000).unwrap();
     // The child runs a copy of this binary in the temp dir: the build directory may be closed
     // to other users.
-    let exe = std::env::temp_dir().join(format!("netmux-list-sessions-{}", std::process::id()));
+    let scratch = netmux_testkit::TempDir::new("netmux-list-sessions");
+    let exe = scratch.join("list_sessions");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut child = std::process::Command::new(&exe)
@@ -363,6 +364,5 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
     assert_eq!(who, expected, "root sees every session");
     drop(child.stdin.take());
     let status = child.wait().unwrap();
-    let _ = std::fs::remove_file(&exe);
     assert!(status.success());
 }
