@@ -9,7 +9,7 @@
 //!   (`int16[12] == 0x0800 && int8[23] == 6`).
 //!
 //! An expression that does not compile exits with status 2 and the error, with a caret under
-//! the fault, on stderr (as the issue asks). Otherwise the convention of [`super`] holds: a
+//! the fault, on stderr. Otherwise the convention of [`super`] holds: a
 //! capture that cannot be parsed is refused (status 1), a missing file or failed write is
 //! status 2.
 
