@@ -1,7 +1,9 @@
 //! netd's port binding latency: from `bind_port` until the reply, which netd sends only after
 //! the port's rx and tx filters are installed at the driver — so it bounds the time to an
-//! active filter from above. The driver is the in-process fake (it records filters and creates
-//! real rings), so this measures netd's IPC, core and filter generation, not a driver's.
+//! active filter from above. The driver is the real one, on a thread of this process behind its
+//! control socket (`netmux_netd::testing`), so this measures netd's IPC, core and filter
+//! generation and the driver's installation (verification, compilation, the classifier's
+//! update) together.
 //!
 //! * `sessions_10k`: 10,000 sessions, each connecting, saying hello and binding one port (a
 //!   window of 1,000 sessions alive at once, to stay within descriptor limits); prints the
@@ -17,40 +19,27 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use netmux_client::blocking::Client;
 use netmux_client::Transport;
-use netmux_netd::config::{Config, HostAddrs};
-use netmux_netd::fake_driver::FakeDriver;
+use netmux_netd::testing::Host;
 use netmux_netd::NetdHandle;
-use netmux_proto::LinkInfo;
 use netmux_ring::QueueConfig;
 
 const SESSIONS: usize = 10_000;
 const ALIVE: usize = 1_000;
 
-fn start() -> NetdHandle {
-    let fake = FakeDriver::new(LinkInfo {
-        mac: [2, 0, 0, 0, 0, 1],
-        mtu: 1500,
-    });
-    let dir = std::env::temp_dir().join(format!("netmux-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut config = Config::new(dir);
-    config.addrs = HostAddrs {
-        ipv4: Some(([10, 0, 0, 1].into(), 24)),
-        gateway: None,
-        ipv6_link_local: true,
-    };
-    config.host_stack = false;
-    config.policy.limits.sessions_per_uid = ALIVE + 16;
-    config.policy.limits.ports_per_uid = ALIVE + 16;
-    config.policy.limits.ring_bytes_per_uid = u64::MAX;
-    // Small rings: the benchmark is about binding, not about frames.
-    config.rings = QueueConfig {
-        slot_size: 2048,
-        rx_slots: 64,
-        tx_slots: 64,
-        completion_slots: 32,
-    };
-    netmux_netd::spawn(config, Box::new(fake)).expect("netd starts")
+fn start() -> Host {
+    Host::start([2, 0, 0, 0, 0, 1], [10, 0, 0, 1].into(), |config| {
+        config.host_stack = false;
+        config.policy.limits.sessions_per_uid = ALIVE + 16;
+        config.policy.limits.ports_per_uid = ALIVE + 16;
+        config.policy.limits.ring_bytes_per_uid = u64::MAX;
+        // Small rings: the benchmark is about binding, not about frames.
+        config.rings = QueueConfig {
+            slot_size: 2048,
+            rx_slots: 64,
+            tx_slots: 64,
+            completion_slots: 32,
+        };
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -81,9 +70,9 @@ fn sessions_10k(netd: &NetdHandle) {
 }
 
 fn bench(c: &mut Criterion) {
-    let netd = start();
-    sessions_10k(&netd);
-    let mut client = Client::connect_socket(netd.socket_path()).expect("connect");
+    let host = start();
+    sessions_10k(&host.netd);
+    let mut client = Client::connect_socket(host.netd.socket_path()).expect("connect");
     let mut group = c.benchmark_group("netd/bind-port");
     group.bench_function("netmux", |b| {
         b.iter_custom(|iters| {

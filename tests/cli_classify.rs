@@ -12,16 +12,10 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
+use netmux_testkit::TempDir;
 use netmux_wire::capture::{write_pcap, Frame, TimestampResolution};
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
-
-fn scratch_dir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_classify-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn netmux(args: &[&Path]) -> Output {
     Command::new(NETMUX)
@@ -83,8 +77,9 @@ fn frames() -> Vec<Frame> {
 
 const EXPECTED: &str = "2 3 7 9\n3 7 9\n9\n5\n6\n5 11\n10\n10\n-\n";
 
-fn setup(test: &str) -> (PathBuf, PathBuf) {
-    let dir = scratch_dir(test);
+/// A scratch directory with the rules and the capture; removed when dropped.
+fn setup(test: &str) -> (TempDir, PathBuf, PathBuf) {
+    let dir = TempDir::new(&format!("netmux-cli-classify-{test}"));
     let rules = dir.join("rules.txt");
     std::fs::write(&rules, RULES).unwrap();
     let cap = dir.join("frames.pcap");
@@ -93,12 +88,12 @@ fn setup(test: &str) -> (PathBuf, PathBuf) {
         write_pcap(&frames(), TimestampResolution::Micro).unwrap(),
     )
     .unwrap();
-    (rules, cap)
+    (dir, rules, cap)
 }
 
 #[test]
 fn classify_prints_every_accepting_rule_by_line_number_and_linear_agrees() {
-    let (rules, cap) = setup("agree");
+    let (_dir, rules, cap) = setup("agree");
     let merged = netmux(&[
         Path::new("filter"),
         Path::new("classify"),
@@ -134,7 +129,7 @@ fn classify_prints_every_accepting_rule_by_line_number_and_linear_agrees() {
 
 #[test]
 fn explain_shows_every_binding_in_a_table_and_the_rest_linear() {
-    let (rules, cap) = setup("explain");
+    let (_dir, rules, cap) = setup("explain");
     let out = netmux(&[
         Path::new("filter"),
         Path::new("classify"),
@@ -166,7 +161,7 @@ fn explain_shows_every_binding_in_a_table_and_the_rest_linear() {
 
 #[test]
 fn a_rule_that_does_not_compile_exits_2_naming_its_line() {
-    let (rules, cap) = setup("bad");
+    let (_dir, rules, cap) = setup("bad");
     std::fs::write(&rules, "tcp dst port 80\n\nudp dst port 65536\n").unwrap();
     let out = netmux(&[Path::new("filter"), Path::new("classify"), &rules, &cap]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");

@@ -1,21 +1,15 @@
 //! `netmux defrag`, run as the built binary on captures the tests make: what it writes, what it
 //! prints, and its exit status.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use netmux_driver::reassembly::fragmenter::{fragment, ipv4_fragment};
+use netmux_testkit::TempDir;
 use netmux_wire::capture::{self, Frame, TimestampResolution};
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
-
-fn scratch_dir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_defrag-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn netmux(args: &[&Path]) -> Output {
     Command::new(NETMUX)
@@ -75,7 +69,7 @@ fn at(millis: u64) -> Duration {
 
 #[test]
 fn defrag_writes_unfragmented_frames_and_whole_datagrams_in_order() {
-    let dir = scratch_dir("order");
+    let dir = TempDir::new("netmux-cli-defrag-order");
     let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
 
     let small = udp4(1, 20);
@@ -148,7 +142,7 @@ fn defrag_writes_unfragmented_frames_and_whole_datagrams_in_order() {
 
 #[test]
 fn defrag_times_out_datagrams_by_capture_time() {
-    let dir = scratch_dir("timeout");
+    let dir = TempDir::new("netmux-cli-defrag-timeout");
     let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
     let whole = udp4(9, 3000);
     let frags = fragment(&whole, 1480, 0).unwrap();
@@ -181,7 +175,7 @@ fn defrag_times_out_datagrams_by_capture_time() {
 
 #[test]
 fn defrag_exit_status_says_refused_input_or_io_error() {
-    let dir = scratch_dir("status");
+    let dir = TempDir::new("netmux-cli-defrag-status");
     let output = dir.join("out.pcap");
     let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"this is not a capture").unwrap();

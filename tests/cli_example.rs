@@ -2,6 +2,7 @@
 //! privileges): the examples' one-line announcement, a refused port reported with netd's reason
 //! and exit status 1, clean stops on SIGTERM, and `up`'s errors for a link that cannot open.
 
+use netmux_testkit::TempDir;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,27 +12,7 @@ use std::time::{Duration, Instant};
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
 /// Longest wait for a process to print its ready line or exit (debug builds on a busy CI host).
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A short scratch directory (Unix socket paths are limited to 107 bytes), removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("nmx-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn run(&self) -> PathBuf {
-        self.0.join("run")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// Scratch directories have short names (`nmx-...`): Unix socket paths are limited to 107 bytes.
 
 /// A child process with its stdout lines on a channel; killed on drop if still running.
 struct Proc {
@@ -106,8 +87,8 @@ impl Drop for Proc {
 }
 
 /// `netmux up` on a virtual cable in `scratch`; returns it once netd listens, and the driver's pid.
-fn up(scratch: &Scratch) -> (Proc, i32) {
-    let link = format!("virtual:{}", scratch.0.join("cable.sock").display());
+fn up(scratch: &TempDir) -> (Proc, i32) {
+    let link = format!("virtual:{}", scratch.join("cable.sock").display());
     let up = Proc::start(
         &[
             "up",
@@ -117,7 +98,7 @@ fn up(scratch: &Scratch) -> (Proc, i32) {
             "10.9.0.1/24",
             "--runtime-dir",
         ],
-        &[&scratch.run()],
+        &[&scratch.join("run")],
     );
     let line = up.line();
     assert!(line.starts_with("netd listening on "), "{line}");
@@ -130,7 +111,7 @@ fn up(scratch: &Scratch) -> (Proc, i32) {
     (up, pid)
 }
 
-fn example(kind: &str, port: u16, scratch: &Scratch) -> Proc {
+fn example(kind: &str, port: u16, scratch: &TempDir) -> Proc {
     Proc::start(
         &[
             "example",
@@ -139,7 +120,7 @@ fn example(kind: &str, port: u16, scratch: &Scratch) -> Proc {
             &port.to_string(),
             "--runtime-dir",
         ],
-        &[&scratch.run()],
+        &[&scratch.join("run")],
     )
 }
 
@@ -152,7 +133,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn examples_announce_their_port_and_stop_cleanly_on_sigterm() {
-    let scratch = Scratch::new("announce");
+    let scratch = TempDir::new("nmx-announce");
     let (up, _) = up(&scratch);
     let echo = example("udp-echo", 7000, &scratch);
     assert_eq!(echo.line(), "listening on udp port 7000");
@@ -169,7 +150,7 @@ fn examples_announce_their_port_and_stop_cleanly_on_sigterm() {
 
 #[test]
 fn an_example_refused_a_port_in_use_prints_netds_reason_and_exits_1() {
-    let scratch = Scratch::new("inuse");
+    let scratch = TempDir::new("nmx-inuse");
     let (_up, _) = up(&scratch);
     let first = example("udp-echo", 7001, &scratch);
     assert_eq!(first.line(), "listening on udp port 7001");
@@ -184,7 +165,7 @@ fn an_example_refused_a_privileged_port_exits_1() {
         eprintln!("skipped: root may bind privileged ports");
         return;
     }
-    let scratch = Scratch::new("privileged");
+    let scratch = TempDir::new("nmx-privileged");
     let (_up, _) = up(&scratch);
     let (status, err) = example("http", 80, &scratch).wait();
     assert_eq!(status.code(), Some(1), "{err}");
@@ -193,7 +174,7 @@ fn an_example_refused_a_privileged_port_exits_1() {
 
 #[test]
 fn an_example_without_netd_says_it_cannot_connect() {
-    let scratch = Scratch::new("nonetd");
+    let scratch = TempDir::new("nmx-nonetd");
     let (status, err) = example("udp-echo", 7002, &scratch).wait();
     assert!(!status.success());
     assert!(err.contains("connecting to netd"), "{err}");
@@ -201,7 +182,7 @@ fn an_example_without_netd_says_it_cannot_connect() {
 
 #[test]
 fn an_example_exits_1_when_netd_stops_under_it() {
-    let scratch = Scratch::new("netdstops");
+    let scratch = TempDir::new("nmx-netdstops");
     let (up, _) = up(&scratch);
     let echo = example("udp-echo", 7003, &scratch);
     assert_eq!(echo.line(), "listening on udp port 7003");
@@ -217,9 +198,9 @@ fn an_example_exits_1_when_netd_stops_under_it() {
 
 #[test]
 fn up_stops_netd_and_the_driver_child_and_removes_its_socket_on_sigint() {
-    let scratch = Scratch::new("upstop");
+    let scratch = TempDir::new("nmx-upstop");
     let (up, driver) = up(&scratch);
-    let socket = scratch.run().join("netd.sock");
+    let socket = scratch.join("run").join("netd.sock");
     assert!(socket.exists());
     assert!(alive(driver), "the driver is a process of its own");
     assert_ne!(driver, up.pid());
@@ -236,7 +217,7 @@ fn up_stops_netd_and_the_driver_child_and_removes_its_socket_on_sigint() {
 
 #[test]
 fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
-    let scratch = Scratch::new("badlink");
+    let scratch = TempDir::new("nmx-badlink");
     let up = Proc::start(
         &[
             "up",
@@ -246,7 +227,7 @@ fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
             "10.9.0.1/24",
             "--runtime-dir",
         ],
-        &[&scratch.run()],
+        &[&scratch.join("run")],
     );
     let (status, err) = up.wait();
     assert_eq!(status.code(), Some(1), "{err}");
@@ -334,9 +315,9 @@ impl CableEnd {
 
 #[test]
 fn udp_echo_echoes_a_datagram_from_the_cable_and_says_why_it_skips_one_too_big_to_send_whole() {
-    let scratch = Scratch::new("cable");
-    let cable = scratch.0.join("cable.sock");
-    let peer = scratch.0.join("peer.sock");
+    let scratch = TempDir::new("nmx-cable");
+    let cable = scratch.join("cable.sock");
+    let peer = scratch.join("peer.sock");
     let end = CableEnd {
         socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
         cable: cable.clone(),
@@ -355,7 +336,7 @@ fn udp_echo_echoes_a_datagram_from_the_cable_and_says_why_it_skips_one_too_big_t
             "10.9.0.1/24",
             "--runtime-dir",
         ],
-        &[&scratch.run()],
+        &[&scratch.join("run")],
     );
     assert!(up.line().starts_with("netd listening on "));
     let echo = example("udp-echo", 7010, &scratch);

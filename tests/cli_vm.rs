@@ -14,20 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use netmux_testkit::TempDir;
 use netmux_wire::capture::{self, Frame, TimestampResolution};
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh scratch directory for one test.
-fn scratch_dir(test: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_vm-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn netmux(args: &[&str]) -> Output {
@@ -410,7 +403,7 @@ fn readme_first_command_prints_one_verdict_per_sample_frame() {
     assert_eq!(stdout(&out), expected);
     assert_eq!(expected, "1\n1\n0\n0\n0\n0\n0\n0\n0\n1\n0\n0\n0\n0\n");
     // The interpreter, asked for by name, and the assembled binary say the same.
-    let dir = scratch_dir("readme");
+    let dir = TempDir::new("netmux-cli-vm-readme");
     let bin = dir.join("udp-dst-53.bin");
     let asm = netmux(&[
         "vm",
@@ -438,7 +431,7 @@ fn readme_first_command_prints_one_verdict_per_sample_frame() {
 
 #[test]
 fn verify_answers_ok_or_pc_reason_for_any_file() {
-    let dir = scratch_dir("verify");
+    let dir = TempDir::new("netmux-cli-vm-verify");
     let ok = netmux(&["vm", "verify", "examples/udp-dst-53.s"]);
     assert_eq!((ok.status.code(), stdout(&ok).as_str()), (Some(0), "ok\n"));
 
@@ -513,7 +506,7 @@ fn verify_answers_ok_or_pc_reason_for_any_file() {
 
 #[test]
 fn disasm_then_asm_reproduces_every_vector_program_through_the_cli() {
-    let dir = scratch_dir("round-trip");
+    let dir = TempDir::new("netmux-cli-vm-round-trip");
     let vectors = support::load_dir(&root().join("vm/testdata"));
     let mut checked = 0;
     for (i, v) in vectors.iter().enumerate() {
@@ -561,7 +554,7 @@ fn disasm_then_asm_reproduces_every_vector_program_through_the_cli() {
 
 #[test]
 fn run_reports_bad_programs_captures_and_engines() {
-    let dir = scratch_dir("run");
+    let dir = TempDir::new("netmux-cli-vm-run");
     // A program that does not verify: refused, exit 1, nothing on stdout.
     let bad = dir.join("bad.s");
     std::fs::write(&bad, "accept r3\n").unwrap();

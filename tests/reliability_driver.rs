@@ -8,19 +8,20 @@
 //!   extra descriptors) ends that connection only — the driver fails closed and serves the next
 //!   netd.
 //!
-//! The driver is the real binary on a virtual link. It is found next to this test's binary
-//! (`target/<profile>/netmux-driver`) and built with cargo when it is not there yet. netd is
-//! this test binary run again with `NETMUX_RELIABILITY_ROLE` set.
+//! The driver is the real binary on a virtual link ([`DriverProcess`]). It is found next to this
+//! test's binary (`target/<profile>/netmux-driver`) and brought up to date with cargo first. netd
+//! is this test binary run again with `NETMUX_RELIABILITY_ROLE` set.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netmux_proto::driver::{DriverReply, DriverRequest, QueueConfig, QueueId};
 use netmux_proto::{Channel, ErrorCode, PROTOCOL_VERSION};
 use netmux_ring::{ClientQueue, QueueError};
+use netmux_testkit::bins::DriverProcess;
 
 /// Selects the netd role when this binary runs as a child process.
 const ROLE_ENV: &str = "NETMUX_RELIABILITY_ROLE";
@@ -36,81 +37,27 @@ const SMALL: QueueConfig = QueueConfig {
     completion_slots: 64,
 };
 
-/// The driver binary of this build, brought up to date first (see `netmux_testkit::bins`).
-fn driver_binary() -> PathBuf {
-    netmux_testkit::bins::workspace_binary("netmux-driver")
+/// Connects to `driver` as netd and says hello.
+fn connect_as_netd(driver: &DriverProcess) -> Channel {
+    let mut ch = Channel::new(driver.connect(PATIENCE));
+    let (reply, _) = request(&mut ch, &hello());
+    assert!(matches!(reply, DriverReply::Hello { .. }), "{reply:?}");
+    ch
 }
 
-struct Driver {
-    child: Child,
-    dir: PathBuf,
-    control: PathBuf,
-}
-
-impl Driver {
-    fn start(tag: &str) -> Driver {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("reliability-driver-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = dir.join("driver.sock");
-        let child = Command::new(driver_binary())
-            .arg("--link")
-            .arg(format!("virtual:{}", dir.join("cable").display()))
-            .arg("--control")
-            .arg(&control)
-            .args(["--engine", "interp"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Driver {
-            child,
-            dir,
-            control,
-        }
-    }
-
-    /// Connects as netd and says hello.
-    fn netd(&self) -> Channel {
-        let deadline = Instant::now() + PATIENCE;
-        let sock = loop {
-            match UnixStream::connect(&self.control) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
+/// Connects to `driver` as netd, retrying while it still serves the previous one.
+fn reconnect_as_netd(driver: &DriverProcess) -> Channel {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let sock = UnixStream::connect(driver.control()).unwrap();
         let mut ch = Channel::new(sock);
-        let (reply, _) = request(&mut ch, &hello());
-        assert!(matches!(reply, DriverReply::Hello { .. }), "{reply:?}");
-        ch
-    }
-
-    /// Connects as netd, retrying while the driver still serves the previous one.
-    fn next_netd(&self) -> Channel {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let sock = UnixStream::connect(&self.control).unwrap();
-            let mut ch = Channel::new(sock);
-            if ch.send(&hello(), &[]).is_ok() {
-                if let Ok((DriverReply::Hello { .. }, _)) = ch.recv::<DriverReply>() {
-                    return ch;
-                }
+        if ch.send(&hello(), &[]).is_ok() {
+            if let Ok((DriverReply::Hello { .. }, _)) = ch.recv::<DriverReply>() {
+                return ch;
             }
-            assert!(Instant::now() < deadline, "the driver takes no new netd");
-            std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        assert!(Instant::now() < deadline, "the driver takes no new netd");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -191,11 +138,11 @@ fn spawn_netd(control: &Path, sock: UnixStream) -> Child {
 
 #[test]
 fn netd_killed_mid_session_the_driver_fails_closed_and_a_new_netd_binds_again() {
-    let mut driver = Driver::start("netd-killed");
+    let mut driver = DriverProcess::start("netd-killed");
     // Wait for the control socket before handing its path to netd.
-    drop(driver.netd());
+    drop(connect_as_netd(&driver));
     let (ours, theirs) = UnixStream::pair().unwrap();
-    let mut netd = spawn_netd(&driver.control, theirs);
+    let mut netd = spawn_netd(&driver.control(), theirs);
     let mut from_netd = Channel::new(ours);
     let (what, fds) = from_netd.recv::<String>().unwrap();
     assert_eq!(what, "queue");
@@ -224,7 +171,7 @@ fn netd_killed_mid_session_the_driver_fails_closed_and_a_new_netd_binds_again() 
     assert!(driver.is_running(), "the driver outlives netd");
 
     // A new netd starts from nothing and can create the same queue again.
-    let mut netd = driver.next_netd();
+    let mut netd = reconnect_as_netd(&driver);
     let (reply, _) = request(&mut netd, &DriverRequest::Stats);
     assert!(
         matches!(reply, DriverReply::Stats { ref queues, .. } if queues.is_empty()),
@@ -236,8 +183,8 @@ fn netd_killed_mid_session_the_driver_fails_closed_and_a_new_netd_binds_again() 
 
 /// A broken frame from netd: the connection ends, the queue fails closed, the driver lives on.
 fn broken_frame_ends_the_connection(tag: &str, send: impl FnOnce(&mut Channel)) {
-    let mut driver = Driver::start(tag);
-    let mut netd = driver.netd();
+    let mut driver = DriverProcess::start(tag);
+    let mut netd = connect_as_netd(&driver);
     let client = attach(create_queue(&mut netd, 1));
     send(&mut netd);
     assert!(
@@ -246,7 +193,7 @@ fn broken_frame_ends_the_connection(tag: &str, send: impl FnOnce(&mut Channel)) 
     );
     eventually("the queue is closed", || client.is_closed());
     assert!(driver.is_running(), "{tag}: the driver lives on");
-    let mut next = driver.next_netd();
+    let mut next = reconnect_as_netd(&driver);
     let (reply, _) = request(&mut next, &DriverRequest::Stats);
     assert!(
         matches!(reply, DriverReply::Stats { .. }),
@@ -299,8 +246,8 @@ fn extra_descriptors_from_netd_end_only_that_connection() {
 
 #[test]
 fn an_unknown_message_type_from_netd_is_answered_and_the_session_goes_on() {
-    let mut driver = Driver::start("unknown");
-    let mut netd = driver.netd();
+    let mut driver = DriverProcess::start("unknown");
+    let mut netd = connect_as_netd(&driver);
     let client = attach(create_queue(&mut netd, 1));
     let body = br#"{"Frobnicate":{"level":11}}"#;
     let mut bytes = (body.len() as u32).to_le_bytes().to_vec();

@@ -31,6 +31,7 @@ use netmux_client::{ClientError, Transport};
 use netmux_proto::channel::ChannelError;
 use netmux_proto::client::{ClientReply, ClientRequest};
 use netmux_proto::{frame, Channel, ErrorCode, PROTOCOL_VERSION};
+use netmux_testkit::bins::DriverProcess;
 
 /// Selects a child role when this binary runs as a client process.
 const ROLE_ENV: &str = "NETMUX_RELIABILITY_NETD_ROLE";
@@ -45,62 +46,39 @@ const SOAK: Duration = Duration::from_secs(60);
 /// How long any one expected event may take before the test fails (builds and other tests
 /// share two cores in CI).
 const PATIENCE: Duration = Duration::from_secs(20);
-/// A port a dead client held must be free again within this (issue #9's promise).
+/// A port a dead client held must be free again within this (RELIABILITY.md, R8).
 const PORT_FREE_WITHIN: Duration = Duration::from_secs(1);
 /// netd's memory may grow by this much over a churn run (allocator slack, the tokio runtime's
 /// lazily grown pools); a leak of even one queue's bookkeeping per client grows past it.
 const RSS_GROWTH_BOUND_KIB: u64 = 16 * 1024;
 
-fn driver_binary() -> PathBuf {
-    netmux_testkit::bins::workspace_binary("netmux-driver")
-}
-
 fn netd_binary() -> PathBuf {
     netmux_testkit::bins::workspace_binary("netd")
 }
 
-/// A driver and a netd, each a process of its own, in a fresh directory; both killed and the
-/// directory removed on drop.
+/// A driver and a netd, each a process of its own, in the driver's directory; netd killed,
+/// then the driver, and the directory removed on drop.
 struct Stack {
-    dir: PathBuf,
-    driver: Child,
     netd: Option<Child>,
+    driver: DriverProcess,
 }
 
 impl Stack {
     fn start(tag: &str) -> Stack {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "reliability-netd-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let driver = Command::new(driver_binary())
-            .arg("--link")
-            .arg(format!("virtual:{}", dir.join("cable").display()))
-            .arg("--control")
-            .arg(dir.join("driver.sock"))
-            .args(["--engine", "interp"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
         let mut stack = Stack {
-            dir,
-            driver,
             netd: None,
+            driver: DriverProcess::start(&format!("netd-{tag}")),
         };
         stack.start_netd();
         stack
     }
 
     fn runtime_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        self.driver.dir().join("run")
     }
 
     fn log(&self) -> PathBuf {
-        self.dir.join("netd.log")
+        self.driver.dir().join("netd.log")
     }
 
     /// Starts netd on the driver (retrying while the driver starts or still serves a netd
@@ -108,7 +86,7 @@ impl Stack {
     fn start_netd(&mut self) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            while !self.dir.join("driver.sock").exists() {
+            while !self.driver.control().exists() {
                 assert!(Instant::now() < deadline, "the driver opened no socket");
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -122,7 +100,7 @@ impl Stack {
             };
             let mut netd = Command::new(netd_binary())
                 .arg("--driver-socket")
-                .arg(self.dir.join("driver.sock"))
+                .arg(self.driver.control())
                 .arg("--runtime-dir")
                 .arg(self.runtime_dir())
                 .args(["--ip", "10.77.0.2/24"])
@@ -167,9 +145,6 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.kill_netd();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -448,7 +423,7 @@ fn client_process_entry_point() {
 #[test]
 fn a_client_killed_mid_request_frees_its_ports_queue_and_ring_memory() {
     let stack = Stack::start("r8");
-    let driver_pid = stack.driver.id();
+    let driver_pid = stack.driver.pid();
     let netd_pid = stack.netd_pid();
     let mut watcher = stack.client();
     let before = (
@@ -522,8 +497,7 @@ fn the_driver_killed_netd_says_so_ends_every_session_and_refuses_new_clients() {
     let _queue = a.open_queue().unwrap();
     let mut idle = raw_session(&stack, 7201);
 
-    stack.driver.kill().unwrap();
-    stack.driver.wait().unwrap();
+    stack.driver.kill();
 
     // The idle client's session ends without it asking anything (its read times out after
     // PATIENCE if netd does not end it).

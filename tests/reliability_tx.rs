@@ -1,9 +1,10 @@
-//! The transmit spoof matrix, across processes (issue 10): a client process holding a real
+//! The transmit spoof matrix, across processes: a client process holding a real
 //! queue transmits one batch in which every frame but one is forged or broken, and the driver
 //! process puts only the honest one on the wire.
 //!
-//! * The driver is the real `netmux-driver` binary on a virtual cable; this test plays the
-//!   host at the cable's other end (it reads what goes on the wire) and netd (it creates the
+//! * The driver is the real `netmux-driver` binary on a virtual cable ([`DriverProcess`]);
+//!   this test plays the host at the cable's other end ([`CableEnd`]: it reads what goes on the
+//!   wire) and netd (it creates the
 //!   queues and installs the transmit filters netd installs: `netmux_netd::filters`, built by
 //!   the compiler's builders).
 //! * The client is this test binary run again with `NETMUX_RELIABILITY_TX_ROLE=client`: it
@@ -19,8 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ use netmux_proto::driver::{
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::{ClientQueue, TxStatus};
+use netmux_testkit::bins::DriverProcess;
+use netmux_testkit::cable::CableEnd;
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 
 /// Selects the client role when this binary runs as a child process.
@@ -198,73 +200,19 @@ fn matrix(mac: [u8; 6]) -> Vec<Case> {
     ]
 }
 
-/// The driver binary of this build, brought up to date first (see `netmux_testkit::bins`).
-fn driver_binary() -> PathBuf {
-    netmux_testkit::bins::workspace_binary("netmux-driver")
-}
-
-/// The driver process on a virtual cable in its own directory.
-struct Driver {
-    child: Child,
-    dir: PathBuf,
-    control: PathBuf,
-    cable: PathBuf,
-}
-
-impl Driver {
-    fn start(tag: &str) -> Driver {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("reliability-tx-{tag}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = dir.join("driver.sock");
-        let cable = dir.join("cable");
-        let child = Command::new(driver_binary())
-            .arg("--link")
-            .arg(format!("virtual:{}", cable.display()))
-            .arg("--control")
-            .arg(&control)
-            .args(["--engine", "interp"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Driver {
-            child,
-            dir,
-            control,
-            cable,
-        }
-    }
-
-    /// Connects as netd; returns the channel and the link's MAC.
-    fn netd(&self) -> (Channel, [u8; 6]) {
-        let deadline = Instant::now() + PATIENCE;
-        let sock = loop {
-            match UnixStream::connect(&self.control) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() > deadline => panic!("connect: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
-        let mut ch = Channel::new(sock);
-        let (reply, _) = request(
-            &mut ch,
-            &DriverRequest::Hello {
-                version: PROTOCOL_VERSION,
-            },
-        );
-        let DriverReply::Hello { link, .. } = reply else {
-            panic!("{reply:?}");
-        };
-        (ch, link.mac)
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Connects to `driver` as netd; returns the channel and the link's MAC.
+fn connect_as_netd(driver: &DriverProcess) -> (Channel, [u8; 6]) {
+    let mut ch = Channel::new(driver.connect(PATIENCE));
+    let (reply, _) = request(
+        &mut ch,
+        &DriverRequest::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    let DriverReply::Hello { link, .. } = reply else {
+        panic!("{reply:?}");
+    };
+    (ch, link.mac)
 }
 
 fn request(ch: &mut Channel, r: &DriverRequest) -> (DriverReply, Vec<OwnedFd>) {
@@ -409,8 +357,8 @@ fn spawn_client(mac: [u8; 6], sock: UnixStream) -> Child {
 #[test]
 fn every_spoofed_or_broken_frame_is_rejected_with_its_reason_and_counted_and_only_the_honest_one_goes_out(
 ) {
-    let driver = Driver::start("matrix");
-    let (mut netd, mac) = driver.netd();
+    let driver = DriverProcess::start("tx-matrix");
+    let (mut netd, mac) = connect_as_netd(&driver);
     let host = HostIdentity {
         mac,
         ipv4: Some(Ipv4Addr::from(HOST_IP)),
@@ -418,9 +366,9 @@ fn every_spoofed_or_broken_frame_is_rejected_with_its_reason_and_counted_and_onl
     };
 
     // The host end of the cable: the driver sends to whoever last sent to it.
-    let wire = UnixDatagram::bind(driver.dir.join("host")).unwrap();
+    let wire = CableEnd::bind(&driver.dir().join("host"), &driver.cable());
     let hello = udp(REMOTE_MAC, REMOTE_IP, 4000).finish().data;
-    wire.send_to(&hello, &driver.cable).unwrap();
+    wire.send(&hello);
     let deadline = Instant::now() + PATIENCE;
     while queue_stats_link_rx(&mut netd) == 0 {
         assert!(Instant::now() < deadline, "the driver never read the cable");
@@ -453,13 +401,10 @@ fn every_spoofed_or_broken_frame_is_rejected_with_its_reason_and_counted_and_onl
     assert_eq!(got, want);
 
     // The wire carries the honest frame and nothing else.
-    wire.set_read_timeout(Some(PATIENCE)).unwrap();
-    let mut buf = vec![0u8; 70_000];
-    let n = wire.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], &cases[0].frame[..], "the honest frame goes out");
-    wire.set_read_timeout(Some(QUIET)).unwrap();
-    if let Ok(n) = wire.recv(&mut buf) {
-        panic!("a second frame went out: {:02x?}", &buf[..n]);
+    let out = wire.recv(PATIENCE).expect("the honest frame goes out");
+    assert_eq!(out, cases[0].frame, "the honest frame goes out");
+    if let Some(more) = wire.recv(QUIET) {
+        panic!("a second frame went out: {more:02x?}");
     }
 
     // The driver counts each rejection under its reason, for the queue and for the link.

@@ -289,18 +289,16 @@ fn merged_equals_linear(strategy: Strategy, sets: usize, max_filters: usize, see
     assert!(confirmed_by_mac > 0);
 }
 
-fn seed() -> u64 {
-    netmux_testkit::seed("classifier_netd_filters")
-}
-
 #[test]
 fn merged_classifier_gives_the_linear_scans_queues_on_random_filter_sets() {
-    merged_equals_linear(Strategy::Interpreter, 60, 60, seed());
+    let seed = netmux_testkit::seed("merged_classifier_gives_the_linear_scans_queues");
+    merged_equals_linear(Strategy::Interpreter, 60, 60, seed);
 }
 
 #[test]
 fn merged_classifier_on_the_jit_gives_the_linear_scans_queues() {
-    merged_equals_linear(Strategy::Auto, 6, 40, seed());
+    let seed = netmux_testkit::seed("merged_classifier_on_the_jit_gives_the_linear_scans_queues");
+    merged_equals_linear(Strategy::Auto, 6, 40, seed);
 }
 
 /// The port filter built without the compiler is the compiler's program for netd's
@@ -308,7 +306,9 @@ fn merged_classifier_on_the_jit_gives_the_linear_scans_queues() {
 /// awkward values (zero words in the address or the MAC, port 0 and 65535).
 #[test]
 fn the_classifiers_port_filter_is_the_compilers_program_for_netds_expression() {
-    let mut rng = Rng::new(seed());
+    let mut rng = Rng::new(netmux_testkit::seed(
+        "the_classifiers_port_filter_is_the_compilers_program_for_netds_expression",
+    ));
     let mut checked = 0;
     for i in 0..400 {
         let mut mac = [0u8; 6];

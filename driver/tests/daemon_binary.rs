@@ -11,9 +11,7 @@ use netmux_proto::driver::DriverReply;
 
 #[test]
 fn the_binary_serves_netd_and_fails_closed_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("netmux-binary-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = netmux_testkit::TempDir::new("netmux-driver-binary");
     let control = dir.join("driver.sock");
     let cable = dir.join("cable");
     let mut child = Command::new(env!("CARGO_BIN_EXE_netmux-driver"))
@@ -48,7 +46,6 @@ fn the_binary_serves_netd_and_fails_closed_on_sigterm() {
         "the queue was failed closed before exit"
     );
     assert!(!control.exists(), "the control socket is removed");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -13,6 +13,7 @@ use netmux_driver::link::MemoryLink;
 use netmux_proto::driver::{Direction, DriverReply, DriverRequest, FilterId, QueueId, RxMode};
 use netmux_proto::{ErrorCode, PROTOCOL_VERSION};
 use netmux_ring::QueueError;
+use netmux_testkit::TempDir;
 
 struct Fixture {
     _dir: TempDir,
@@ -20,27 +21,9 @@ struct Fixture {
     driver: Option<DriverThread>,
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("netmux-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn start(tag: &str, options: ServerOptions) -> Fixture {
-    let dir = TempDir::new(tag);
-    let path = dir.0.join("driver.sock");
+    let dir = TempDir::new(&format!("netmux-driver-control-{tag}"));
+    let path = dir.join("driver.sock");
     let driver = Driver::new(
         Box::new(MemoryLink::new(Vec::new())),
         DriverConfig::default(),

@@ -6,7 +6,6 @@ mod daemon_common;
 
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,27 +16,11 @@ use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::{self, FrameBatch, Link, LinkError, LinkInfo, LinkSpec, LinkStats};
 use netmux_proto::driver::{DriverReply, DriverRequest, QueueId};
 use netmux_ring::TxStatus;
+use netmux_testkit::TempDir;
 use netmux_wire::capture::{self, Frame, TimestampResolution};
 
 const HOST: [u8; 4] = [192, 168, 7, 1];
 const REMOTE: [u8; 4] = [192, 168, 7, 2];
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("netmux-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A link that receives nothing until the test opens the gate (so a capture is not replayed
 /// before netd has set up its queues).
@@ -93,10 +76,10 @@ fn start_gated(
 
 #[test]
 fn a_replayed_capture_lands_in_the_right_queues_and_only_checked_frames_are_recorded() {
-    let dir = TempDir::new("pcap");
-    let input = dir.0.join("in.pcap");
-    let output = dir.0.join("out.pcap");
-    let control = dir.0.join("driver.sock");
+    let dir = TempDir::new("netmux-driver-links-pcap");
+    let input = dir.join("in.pcap");
+    let output = dir.join("out.pcap");
+    let control = dir.join("driver.sock");
     // The link's MAC is derived from the spec, so compute it before writing the capture.
     let spec = format!("pcap:{},{}", input.display(), output.display());
     let mac = link::info_for(&spec.parse().unwrap()).mac;
@@ -187,10 +170,10 @@ fn a_replayed_capture_lands_in_the_right_queues_and_only_checked_frames_are_reco
 
 #[test]
 fn frames_cross_a_virtual_cable_to_clients_and_back_to_the_peer() {
-    let dir = TempDir::new("virtual");
-    let cable = dir.0.join("cable");
-    let peer_path = dir.0.join("peer");
-    let control = dir.0.join("driver.sock");
+    let dir = TempDir::new("netmux-driver-links-virtual");
+    let cable = dir.join("cable");
+    let peer_path = dir.join("peer");
+    let control = dir.join("driver.sock");
     let (driver, mac) = start(&format!("virtual:{}", cable.display()), &control);
     let (mut netd, _) = Netd::connect(&control);
     let mut a = netd.queue(1);

@@ -22,18 +22,10 @@ use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::{self, LinkSpec};
 use netmux_proto::driver::{DriverRequest, QueueId};
 use netmux_ring::TxStatus;
+use netmux_testkit::TempDir;
 
 const CHILD_ENV: &str = "NETMUX_DAEMON_ROOT_CHILD";
 const CLIENT_PORT: u16 = 7777;
-
-/// A directory removed on drop, even when the test fails.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 #[ignore = "needs root: creates a network namespace and a veth pair"]
@@ -113,10 +105,8 @@ fn exchange(
     client_ip: [u8; 4],
 ) {
     let driver_mac = link.info().mac;
-    let dir =
-        TempDir(std::env::temp_dir().join(format!("netmux-daemon-root-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let control = dir.0.join("driver.sock");
+    let dir = TempDir::new("netmux-daemon-root");
+    let control = dir.join("driver.sock");
     let driver = DriverThread::spawn(
         &control,
         Driver::new(link, DriverConfig::default()),

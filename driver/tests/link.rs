@@ -1,34 +1,14 @@
 //! Link specs and the unprivileged backends: pcap replay/record and the virtual cable.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netmux_driver::link::{self, FrameBatch, Link, LinkError, LinkSpec, LinkSpecError, MemoryLink};
 use netmux_ring::MAX_FRAME_LEN;
+use netmux_testkit::TempDir;
 use netmux_wire::capture::{self, Frame, TimestampResolution};
 use proptest::prelude::*;
-
-/// A fresh directory for one test's sockets and files, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("nmx-link-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn ethernet_frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8) ^ seed).collect()
@@ -152,8 +132,8 @@ fn links_without_hardware_get_a_stable_locally_administered_mac() {
 
 #[test]
 fn two_virtual_links_cabled_together_carry_frames_both_ways() {
-    let dir = TempDir::new("cable");
-    let (pa, pb) = (dir.path("a"), dir.path("b"));
+    let dir = TempDir::new("netmux-link-cable");
+    let (pa, pb) = (dir.join("a"), dir.join("b"));
     let spec_a = LinkSpec::Virtual {
         path: pa.clone(),
         peer: Some(pb.clone()),
@@ -190,8 +170,8 @@ fn two_virtual_links_cabled_together_carry_frames_both_ways() {
 
 #[test]
 fn virtual_link_replies_to_the_test_host_that_last_spoke() {
-    let dir = TempDir::new("host");
-    let path = dir.path("driver");
+    let dir = TempDir::new("netmux-link-host");
+    let path = dir.join("driver");
     let mut link = link::open(&LinkSpec::Virtual {
         path: path.clone(),
         peer: None,
@@ -202,7 +182,7 @@ fn virtual_link_replies_to_the_test_host_that_last_spoke() {
     assert_eq!(link.send(&[&f]).unwrap(), 1);
     assert_eq!(link.stats().tx_errors, 1);
 
-    let host = UnixDatagram::bind(dir.path("host")).unwrap();
+    let host = UnixDatagram::bind(dir.join("host")).unwrap();
     host.send_to(&f, &path).unwrap();
     assert_eq!(recv_frames(link.as_mut(), 1), vec![f.clone()]);
     let reply = ethernet_frame(100, 2);
@@ -215,8 +195,8 @@ fn virtual_link_replies_to_the_test_host_that_last_spoke() {
 
 #[test]
 fn virtual_link_drops_runts_and_oversized_datagrams_and_counts_them() {
-    let dir = TempDir::new("sizes");
-    let path = dir.path("driver");
+    let dir = TempDir::new("netmux-link-sizes");
+    let path = dir.join("driver");
     let mut link = link::open(&LinkSpec::Virtual {
         path: path.clone(),
         peer: None,
@@ -235,8 +215,8 @@ fn virtual_link_drops_runts_and_oversized_datagrams_and_counts_them() {
 
 #[test]
 fn virtual_link_replaces_a_stale_socket_and_refuses_a_live_one() {
-    let dir = TempDir::new("stale");
-    let path = dir.path("driver");
+    let dir = TempDir::new("netmux-link-stale");
+    let path = dir.join("driver");
     drop(UnixDatagram::bind(&path).unwrap()); // dies, leaving the file behind
     assert!(path.exists());
     let live = link::open(&LinkSpec::Virtual {
@@ -257,8 +237,8 @@ fn virtual_link_replaces_a_stale_socket_and_refuses_a_live_one() {
 
 #[test]
 fn virtual_link_refuses_to_bind_over_a_regular_file() {
-    let dir = TempDir::new("file");
-    let path = dir.path("driver");
+    let dir = TempDir::new("netmux-link-file");
+    let path = dir.join("driver");
     std::fs::write(&path, b"precious").unwrap();
     assert!(link::open(&LinkSpec::Virtual {
         path: path.clone(),
@@ -275,8 +255,8 @@ fn write_capture(path: &Path, frames: &[Frame]) {
 
 #[test]
 fn pcap_link_replays_the_capture_in_order_then_is_exhausted() {
-    let dir = TempDir::new("replay");
-    let input = dir.path("in.pcap");
+    let dir = TempDir::new("netmux-link-replay");
+    let input = dir.join("in.pcap");
     let frames: Vec<Frame> = (0..50)
         .map(|i| {
             Frame::whole(
@@ -305,8 +285,8 @@ fn pcap_link_replays_the_capture_in_order_then_is_exhausted() {
 
 #[test]
 fn pcap_link_skips_frames_no_ring_could_carry() {
-    let dir = TempDir::new("skip");
-    let input = dir.path("in.pcap");
+    let dir = TempDir::new("netmux-link-skip");
+    let input = dir.join("in.pcap");
     let frames = vec![
         Frame::whole(Duration::ZERO, vec![1; 10]),
         Frame::whole(Duration::ZERO, vec![2; 60]),
@@ -326,8 +306,8 @@ fn pcap_link_skips_frames_no_ring_could_carry() {
 
 #[test]
 fn pcap_link_records_transmitted_frames_as_a_readable_capture() {
-    let dir = TempDir::new("record");
-    let (input, output) = (dir.path("in.pcap"), dir.path("out.pcap"));
+    let dir = TempDir::new("netmux-link-record");
+    let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
     write_capture(&input, &[]);
     let mut link = link::open(&LinkSpec::Pcap {
         input,
@@ -351,13 +331,13 @@ fn pcap_link_records_transmitted_frames_as_a_readable_capture() {
 
 #[test]
 fn pcap_link_reports_a_missing_or_bad_capture_at_open() {
-    let dir = TempDir::new("bad");
+    let dir = TempDir::new("netmux-link-bad");
     let missing = LinkSpec::Pcap {
-        input: dir.path("nope.pcap"),
+        input: dir.join("nope.pcap"),
         output: None,
     };
     assert!(matches!(link::open(&missing), Err(LinkError::Capture(_))));
-    let junk = dir.path("junk.pcap");
+    let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"this is not a capture").unwrap();
     let bad = LinkSpec::Pcap {
         input: junk,

@@ -263,11 +263,20 @@ struct RecorderState {
 }
 
 /// Wraps a driver link and records every request it carried out, in order; it can also be
-/// told to refuse installs (to test netd's rollback). Clones share one record.
-#[derive(Clone, Debug)]
+/// told to refuse installs (to test netd's rollback). Clones share one link and one record.
+#[derive(Debug)]
 pub struct Recorder<L> {
     inner: Arc<Mutex<L>>,
     state: Arc<Mutex<RecorderState>>,
+}
+
+impl<L> Clone for Recorder<L> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            state: Arc::clone(&self.state),
+        }
+    }
 }
 
 impl<L: DriverLink> Recorder<L> {

@@ -9,24 +9,25 @@
 //!   work out, and [`server::spawn`] to run netd in-process.
 //! * [`driver_link`]: the driver behind a trait (the control socket, and a recorder for
 //!   tests); [`driver_worker`] runs it on a thread of its own with deadlines.
-//! * [`fake_driver`]: an in-process stand-in used by tests that do not need real filters.
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`instance`]: network stack instances (each an independent host on the link).
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
+//! * `testing` (feature `test-support`): netd in-process on the real driver, for tests.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod core;
 pub mod driver_link;
 pub mod driver_worker;
-pub mod fake_driver;
 pub mod filters;
 pub mod host;
 pub mod instance;
 pub mod run;
 pub mod server;
 pub mod service;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use config::Config;
 pub use server::{spawn, NetdHandle, Server};

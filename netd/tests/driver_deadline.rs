@@ -88,7 +88,8 @@ fn code(e: ClientError) -> ErrorCode {
 fn a_driver_that_does_not_answer_delays_only_its_request_and_is_declared_gone() {
     const DEADLINE: Duration = Duration::from_millis(300);
     let wedged = Wedged::default();
-    let mut config = Config::new(runtime_dir());
+    let dir = netmux_testkit::TempDir::new("netmux-netd-deadline");
+    let mut config = Config::new(dir.join("netd"));
     config.addrs = HostAddrs {
         ipv4: Some((IP_A, 24)),
         gateway: None,

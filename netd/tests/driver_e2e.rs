@@ -6,60 +6,20 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use common::*;
 use netmux_client::blocking::Client;
 use netmux_client::device::QueueDevice;
 use netmux_client::Transport;
-use netmux_driver::daemon::control::{DriverThread, ServerOptions};
-use netmux_driver::daemon::{Driver, DriverConfig};
-use netmux_driver::link::{self, LinkSpec};
-use netmux_netd::config::{Config, HostAddrs};
-use netmux_netd::driver_link::ChannelDriver;
-use netmux_netd::NetdHandle;
 use netmux_proto::ErrorCode;
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 
-struct Host {
-    netd: NetdHandle,
-    _driver: DriverThread,
-    /// Dropped after netd and the driver (fields drop in order).
-    _dir: Arc<TestDir>,
-}
-
-fn host(dir: &Arc<TestDir>, name: &str, peer: &str, ip: Ipv4Addr) -> Host {
-    let spec: LinkSpec = format!(
-        "virtual:{},{}",
-        dir.join(format!("{name}.cable")).display(),
-        dir.join(format!("{peer}.cable")).display()
-    )
-    .parse()
-    .unwrap();
-    let driver = Driver::new(link::open(&spec).unwrap(), DriverConfig::default());
-    let control = dir.join(format!("{name}.control"));
-    let thread = DriverThread::spawn(&control, driver, ServerOptions::default()).unwrap();
-    let link = ChannelDriver::connect(&control).unwrap();
-    let mut config = Config::new(dir.join(name));
-    config.addrs = HostAddrs {
-        ipv4: Some((ip, 24)),
-        gateway: None,
-        ipv6_link_local: true,
-    };
-    Host {
-        netd: netmux_netd::spawn(config, Box::new(link)).unwrap(),
-        _driver: thread,
-        _dir: dir.clone(),
-    }
-}
-
 fn two_hosts() -> (Host, Host) {
-    let dir = Arc::new(TestDir::new());
-    (host(&dir, "a", "b", IP_A), host(&dir, "b", "a", IP_B))
+    Host::pair((MAC_A, IP_A), (MAC_B, IP_B))
 }
 
 fn code(e: netmux_client::ClientError) -> ErrorCode {
@@ -70,19 +30,14 @@ fn code(e: netmux_client::ClientError) -> ErrorCode {
 
 #[test]
 fn netd_says_hello_with_the_real_drivers_link_and_serves_stats() {
-    let (a, _b) = two_hosts();
+    let (a, b) = two_hosts();
     let mut c = Client::connect_socket(a.netd.socket_path()).unwrap();
-    let mac = c.host().link.mac;
-    assert_eq!(
-        mac[0] & 0x03,
-        0x02,
-        "a locally administered unicast MAC from the link"
-    );
+    assert_eq!(c.host().link.mac, MAC_A, "the link's MAC");
     assert_eq!(c.host().link.mtu, 1500);
     assert_eq!(c.host().ipv4, Some((IP_A.octets(), 24)));
     assert_eq!(c.stats().unwrap().rx_frames, 0);
-    let other = Client::connect_socket(_b.netd.socket_path()).unwrap();
-    assert_ne!(other.host().link.mac, mac, "each link has its own MAC");
+    let other = Client::connect_socket(b.netd.socket_path()).unwrap();
+    assert_eq!(other.host().link.mac, MAC_B, "each link has its own MAC");
 }
 
 #[test]
@@ -127,6 +82,11 @@ fn socket() -> tcp::Socket<'static> {
     )
 }
 
+/// Frames the driver's transmit check rejected, on the link and in every queue.
+fn rejected(host: &Host) -> u64 {
+    host.stats().link.tx_rejected.iter().map(|(_, n)| n).sum()
+}
+
 #[test]
 fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
     let (a, b) = two_hosts();
@@ -149,6 +109,7 @@ fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
         .connect(cif.context(), (IpAddress::Ipv4(IP_A), 8080), local)
         .unwrap();
 
+    // The client sends 20,000 bytes; the server echoes whatever it reads.
     let request: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     let (mut sent, mut echoed) = (0, Vec::new());
     let start = StdInstant::now();
@@ -183,6 +144,11 @@ fn smoltcp_carries_tcp_between_two_hosts_over_a_virtual_cable() {
     }
     assert_eq!(echoed, request);
     assert_eq!(cdev.counters().tx_rejected + sdev.counters().tx_rejected, 0);
+    assert_eq!(
+        rejected(&a) + rejected(&b),
+        0,
+        "the drivers rejected nothing"
+    );
 }
 
 #[test]

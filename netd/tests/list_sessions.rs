@@ -1,7 +1,7 @@
 //! `ListSessions` (what `netmux ls` shows): the listing policy (uid 0 sees every session, any
 //! other uid only its own uid's), checked on netd's socket-free service with chosen
 //! credentials, and the listing's content (ports, filters, queue, counters) through the client
-//! library on a fake driver.
+//! library; both on the real driver.
 
 mod common;
 
@@ -13,16 +13,18 @@ use netmux_client::nonblocking::AsyncClient;
 use netmux_client::{FilterMode, Transport};
 use netmux_netd::config::{Config, HostAddrs};
 use netmux_netd::core::Credentials;
-use netmux_netd::driver_link::DriverLink;
-use netmux_netd::fake_driver::FakeDriver;
+use netmux_netd::driver_link::{ChannelDriver, DriverLink};
 use netmux_netd::service::Netd;
+use netmux_netd::testing::CabledDriver;
 use netmux_proto::client::{ClientReply, ClientRequest, SessionInfo};
-use netmux_proto::{ErrorCode, LinkInfo, PROTOCOL_VERSION};
+use netmux_proto::{ErrorCode, PROTOCOL_VERSION};
 
-/// netd's request handling without its shell: requests carried out on the fake, in order.
+/// netd's request handling without its shell: requests carried out at the driver, in order.
 struct Service {
     netd: Netd,
-    link: FakeDriver,
+    link: ChannelDriver,
+    /// Dropped last.
+    driver: CabledDriver,
 }
 
 impl Service {
@@ -50,23 +52,20 @@ impl Service {
     }
 }
 
-fn service() -> (Service, FakeDriver) {
-    let fake = FakeDriver::new(LinkInfo {
-        mac: MAC_A,
-        mtu: 1500,
-    });
-    let mut config = Config::new(runtime_dir());
+fn service() -> Service {
+    let driver = CabledDriver::start(MAC_A);
+    let mut link = driver.connect();
+    let mut config = Config::new(driver.runtime_dir());
     config.addrs = HostAddrs {
         ipv4: Some((IP_A, 24)),
         gateway: None,
         ipv6_link_local: false,
     };
     config.host_stack = false;
-    let (mut netd, commands) = Netd::new(&config, fake.link_info()).unwrap();
-    let mut link = fake.clone();
+    let (mut netd, commands) = Netd::new(&config, link.link_info()).unwrap();
     netd.started(netmux_netd::driver_link::run(&mut link, commands, true))
         .unwrap();
-    (Service { netd, link }, fake)
+    Service { netd, link, driver }
 }
 
 fn session(netd: &mut Service, pid: u32, uid: u32) -> netmux_netd::core::SessionId {
@@ -100,7 +99,7 @@ fn pids(list: &[SessionInfo]) -> Vec<u32> {
 
 #[test]
 fn root_sees_every_session_and_other_uids_only_their_own() {
-    let (mut netd, _fake) = service();
+    let mut netd = service();
     let alice = session(&mut netd, 100, 1000);
     let alice2 = session(&mut netd, 101, 1000);
     let bob = session(&mut netd, 200, 1001);
@@ -121,7 +120,7 @@ fn root_sees_every_session_and_other_uids_only_their_own() {
 
 #[test]
 fn a_listing_too_big_for_one_reply_is_cut_short_and_counts_the_rest() {
-    let (mut netd, _fake) = service();
+    let mut netd = service();
     let limit = netmux_netd::core::Limits::default().sessions_per_uid as u32;
     // Sessions of many uids, far more than one reply holds (a few hundred bytes each).
     let total = 4000u32;
@@ -152,7 +151,7 @@ fn a_listing_too_big_for_one_reply_is_cut_short_and_counts_the_rest() {
 
 #[test]
 fn listing_before_hello_is_refused_as_a_protocol_error() {
-    let (mut netd, _fake) = service();
+    let mut netd = service();
     let id = netd
         .connect(
             Credentials {
@@ -171,7 +170,7 @@ fn listing_before_hello_is_refused_as_a_protocol_error() {
 
 #[test]
 fn an_ended_session_leaves_the_listing() {
-    let (mut netd, _fake) = service();
+    let mut netd = service();
     let root = session(&mut netd, 1, 0);
     let gone = session(&mut netd, 2, 0);
     netd.handle(
@@ -188,7 +187,7 @@ fn an_ended_session_leaves_the_listing() {
 
 #[test]
 fn the_listing_survives_a_driver_that_is_gone_without_counters() {
-    let (mut netd, fake) = service();
+    let mut netd = service();
     let root = session(&mut netd, 1, 0);
     netd.handle(
         root,
@@ -198,7 +197,7 @@ fn the_listing_survives_a_driver_that_is_gone_without_counters() {
         },
     );
     assert!(list(&mut netd, root)[0].counters.is_some());
-    fake.go_away();
+    netd.driver.stop();
     let after = list(&mut netd, root);
     assert_eq!(after.len(), 1);
     assert_eq!(after[0].counters, None, "no counters without a driver");
@@ -206,7 +205,8 @@ fn the_listing_survives_a_driver_that_is_gone_without_counters() {
 
 #[test]
 fn a_listing_shows_ports_filters_queue_and_counters() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     let mut quiet = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5353).unwrap();
@@ -214,9 +214,9 @@ fn a_listing_shows_ports_filters_queue_and_counters() {
     let tap = a.open_filter("arp", FilterMode::Tap).ok();
     let mut queue = a.open_queue().unwrap();
 
-    // One frame for a's UDP port, through the fake driver into a's ring.
+    // One frame for a's UDP port, through the driver into a's ring.
     let frame = udp_frame(5353, b"hello");
-    assert_eq!(fake.receive(&frame).len(), 1, "a's port filter takes it");
+    host.wire().send(&frame);
     let mut got = Vec::new();
     assert!(eventually(Duration::from_secs(5), || {
         let _ = queue.recv_owned(8, &mut got);
@@ -252,7 +252,8 @@ fn a_listing_shows_ports_filters_queue_and_counters() {
 
 #[test]
 fn the_tokio_client_lists_sessions_too() {
-    let (netd, _fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -316,12 +317,14 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
         rustix::process::geteuid().is_root(),
         "root_* tests need root (to run a client as another uid)"
     );
-    let (netd, _fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut root = Client::connect_socket(netd.socket_path()).unwrap();
     root.bind_port(Transport::Udp, 5000).unwrap();
     // The child runs a copy of this binary in the temp dir: the build directory may be closed
     // to other users.
-    let exe = std::env::temp_dir().join(format!("netmux-list-sessions-{}", std::process::id()));
+    let scratch = netmux_testkit::TempDir::new("netmux-list-sessions");
+    let exe = scratch.join("list_sessions");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
     std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut child = std::process::Command::new(&exe)
@@ -362,6 +365,5 @@ fn root_a_user_sees_only_its_own_uids_sessions_and_root_sees_all() {
     assert_eq!(who, expected, "root sees every session");
     drop(child.stdin.take());
     let status = child.wait().unwrap();
-    let _ = std::fs::remove_file(&exe);
     assert!(status.success());
 }

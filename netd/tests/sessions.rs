@@ -1,6 +1,8 @@
-//! netd through the client library on a fake driver: ports granted and refused as the rules
-//! say, filters in force before the reply, everything released on close and on a client's
-//! death (a child process killed with SIGKILL), limits, and malformed messages.
+//! netd through the client library on the real driver: ports granted and refused as the rules
+//! say, filters in force before the reply (a frame sent on the cable right after the reply
+//! reaches the client's queue), everything released on close and on a client's death (a child process
+//! killed with SIGKILL), limits, malformed messages, netd's host stack answering on the cable,
+//! and the driver's transmit check.
 
 mod common;
 
@@ -14,11 +16,12 @@ use common::*;
 use etherparse::PacketBuilder;
 use netmux_client::blocking::Client;
 use netmux_client::{ClientError, FilterMode, Transport};
-use netmux_netd::driver_link::HOST_QUEUE;
-use netmux_netd::fake_driver::FakeEvent;
+use netmux_netd::driver_link::{Recorded, HOST_QUEUE};
+use netmux_netd::testing::CabledDriver;
 use netmux_proto::client::{ClientReply, ClientRequest};
 use netmux_proto::driver::Direction;
 use netmux_proto::{frame, Channel, ErrorCode, PROTOCOL_VERSION};
+use netmux_ring::TxStatus;
 
 fn code(e: ClientError) -> ErrorCode {
     e.refusal()
@@ -32,7 +35,8 @@ fn is_root() -> bool {
 
 #[test]
 fn ports_are_granted_and_refused_as_the_rules_say() {
-    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| c.ephemeral = 60000..=60001);
+    let host = host_with(|c| c.ephemeral = 60000..=60001);
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     let mut b = Client::connect_socket(netd.socket_path()).unwrap();
     assert_eq!(a.host().link.mac, MAC_A);
@@ -79,11 +83,12 @@ fn ports_are_granted_and_refused_as_the_rules_say() {
 
 #[test]
 fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 7000).unwrap();
-    // The reply is back: the fake must already hold both filters for this port.
-    let filters = fake.filters();
+    // The reply is back: the driver must already hold both filters for this port.
+    let filters = host.driver.filters();
     let bound: Vec<_> = filters
         .iter()
         .filter(|f| {
@@ -109,7 +114,7 @@ fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
         2
     );
 
-    // And it works: a datagram to the port lands in the client's queue.
+    // And it works: a datagram to the port lands in the client's queue, and in no other.
     let mut q = a.open_queue().unwrap();
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(MAC_B, MAC_A)
@@ -117,17 +122,25 @@ fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
         .udp(1234, 7000)
         .write(&mut frame, b"to port 7000")
         .unwrap();
-    assert_eq!(fake.receive(&frame), vec![queue]);
+    host.wire().send(&frame);
     let mut got = Vec::new();
     assert!(eventually(Duration::from_secs(2), || {
         q.recv_owned(8, &mut got).unwrap();
         !got.is_empty()
     }));
-    assert_eq!(got[0], frame);
+    assert_eq!(got, [frame]);
+    let queues = host.stats().queues;
+    let received: Vec<_> = queues
+        .iter()
+        .filter(|(_, c)| c.rx_frames > 0)
+        .map(|(q, c)| (*q, c.rx_frames))
+        .collect();
+    assert_eq!(received, [(queue, 1)], "only the port's queue received it");
 
     // Close: the filters go, then the port is free for someone else.
     a.close_port(Transport::Udp, 7000).unwrap();
-    assert!(!fake
+    assert!(!host
+        .driver
         .filters()
         .iter()
         .any(|f| f.binding.is_some_and(|b| b.port == 7000) || f.expr.contains("src port 7000")));
@@ -137,47 +150,52 @@ fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
 
 #[test]
 fn a_failed_installation_refuses_the_port_and_leaves_it_free() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.open_queue().unwrap();
-    fake.set_fail_installs(true);
+    host.driver.refuse_installs(true);
     assert_eq!(
         code(a.bind_port(Transport::Tcp, 8443).unwrap_err()),
         ErrorCode::Driver
     );
-    assert!(!fake
+    assert!(!host
+        .driver
         .filters()
         .iter()
         .any(|f| f.binding.is_some_and(|b| b.port == 8443)));
-    fake.set_fail_installs(false);
+    host.driver.refuse_installs(false);
     a.bind_port(Transport::Tcp, 8443).unwrap();
 }
 
 #[test]
 fn a_closed_session_releases_ports_filters_and_queue_in_order() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 6000).unwrap();
     a.bind_port(Transport::Tcp, 6001).unwrap();
     let _q = a.open_queue().unwrap();
-    let queue = fake
+    let queue = host
+        .driver
         .queues()
         .into_iter()
         .find(|q| *q != HOST_QUEUE)
         .unwrap();
     drop(a);
-    assert!(eventually(Duration::from_secs(2), || fake.queues() == vec![HOST_QUEUE]));
-    assert!(fake.filters().iter().all(|f| f.queue == HOST_QUEUE));
+    assert!(eventually(Duration::from_secs(2), || host.driver.queues()
+        == vec![HOST_QUEUE]));
+    assert!(host.driver.filters().iter().all(|f| f.queue == HOST_QUEUE));
     // Order: every removal of the queue's filters comes before its destruction.
-    let events = fake.events();
+    let events = host.driver.events();
     let destroyed = events
         .iter()
-        .position(|e| *e == FakeEvent::DestroyQueue(queue))
+        .position(|e| *e == Recorded::DestroyQueue(queue))
         .unwrap();
     let removals: Vec<usize> = events
         .iter()
         .enumerate()
-        .filter(|(_, e)| matches!(e, FakeEvent::Remove(q, _) if *q == queue))
+        .filter(|(_, e)| matches!(e, Recorded::Remove(q, _) if *q == queue))
         .map(|(i, _)| i)
         .collect();
     assert_eq!(
@@ -211,7 +229,8 @@ fn child_process_binds_and_waits() {
 
 #[test]
 fn a_client_killed_with_sigkill_frees_everything() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "child_process_binds_and_waits",
@@ -229,14 +248,15 @@ fn a_client_killed_with_sigkill_frees_everything() {
         line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
     }
-    assert_eq!(fake.queues().len(), 2);
+    assert_eq!(host.driver.queues().len(), 2);
     let sessions = netmux_netd::server::lock(&netd.state()).sessions();
     assert_eq!(sessions.len(), 1);
     assert_eq!(sessions[0].creds.pid, child.id());
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(eventually(Duration::from_secs(2), || fake.queues() == vec![HOST_QUEUE]));
-    assert!(fake.filters().iter().all(|f| f.queue == HOST_QUEUE));
+    assert!(eventually(Duration::from_secs(2), || host.driver.queues()
+        == vec![HOST_QUEUE]));
+    assert!(host.driver.filters().iter().all(|f| f.queue == HOST_QUEUE));
     let mut c = Client::connect_socket(netd.socket_path()).unwrap();
     c.bind_port(Transport::Udp, 9100).unwrap();
     c.bind_port(Transport::Tcp, 9101).unwrap();
@@ -244,7 +264,8 @@ fn a_client_killed_with_sigkill_frees_everything() {
 
 #[test]
 fn limits_per_session_hold() {
-    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| c.policy.limits.ports_per_session = 2);
+    let host = host_with(|c| c.policy.limits.ports_per_session = 2);
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.get_port(Transport::Udp).unwrap();
     a.get_port(Transport::Tcp).unwrap();
@@ -254,14 +275,23 @@ fn limits_per_session_hold() {
 
 #[test]
 fn taps_follow_the_policy() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     let tap = a.open_filter("udp port 53", FilterMode::Tap);
     if is_root() {
         let id = tap.unwrap();
-        assert!(fake.filters().iter().any(|f| f.expr == "udp port 53"));
+        assert!(host
+            .driver
+            .filters()
+            .iter()
+            .any(|f| f.expr == "udp port 53"));
         a.close_filter(id).unwrap();
-        assert!(!fake.filters().iter().any(|f| f.expr == "udp port 53"));
+        assert!(!host
+            .driver
+            .filters()
+            .iter()
+            .any(|f| f.expr == "udp port 53"));
     } else {
         assert_eq!(code(tap.unwrap_err()), ErrorCode::Denied);
     }
@@ -269,9 +299,8 @@ fn taps_follow_the_policy() {
 
 #[test]
 fn a_silent_client_is_disconnected_after_the_handshake_timeout() {
-    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| {
-        c.policy.handshake_timeout = Duration::from_millis(200)
-    });
+    let host = host_with(|c| c.policy.handshake_timeout = Duration::from_millis(200));
+    let netd = &host.netd;
     let mut silent = UnixStream::connect(netd.socket_path()).unwrap();
     silent
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -305,7 +334,8 @@ fn protocol_error(chan: &mut Channel) -> bool {
 
 #[test]
 fn malformed_messages_get_an_error_or_end_only_that_session() {
-    let (netd, _fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut good = Client::connect_socket(netd.socket_path()).unwrap();
     good.bind_port(Transport::Udp, 4000).unwrap();
 
@@ -315,13 +345,13 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
         [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
         [4, 0, 0, 0, 0, 1, 0, 0],
     ] {
-        let mut c = raw(&netd);
+        let mut c = raw(netd);
         c.send_raw(&header, &[]).unwrap();
         assert!(ended(&mut c), "header {header:?}");
     }
     // Truncated: half a message, then the client goes away.
     {
-        let mut c = raw(&netd);
+        let mut c = raw(netd);
         let bytes = frame::encode(
             &ClientRequest::Hello {
                 version: PROTOCOL_VERSION,
@@ -334,7 +364,7 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
     }
     // Unknown type, garbage JSON, missing and extra descriptors: an error reply, and the
     // session goes on.
-    let mut c = raw(&netd);
+    let mut c = raw(netd);
     let body = br#"{"Teleport":{"to":"mars"}}"#;
     let mut unknown = (body.len() as u32).to_le_bytes().to_vec();
     unknown.extend_from_slice(&[0, 0, 0, 0]);
@@ -380,7 +410,7 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
         ClientReply::Hello { .. }
     ));
     // A wrong version ends the session.
-    let mut v = raw(&netd);
+    let mut v = raw(netd);
     v.send(
         &ClientRequest::Hello {
             version: 999,
@@ -405,7 +435,8 @@ fn malformed_messages_get_an_error_or_end_only_that_session() {
 
 #[test]
 fn the_tokio_client_does_what_the_blocking_one_does() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -416,7 +447,8 @@ fn the_tokio_client_does_what_the_blocking_one_does() {
             .unwrap();
         assert_eq!(c.host().link.mac, MAC_A);
         let p = c.get_port(Transport::Tcp).await.unwrap();
-        assert!(fake
+        assert!(host
+            .driver
             .filters()
             .iter()
             .any(|f| f.binding.is_some_and(|b| b.port == p)));
@@ -431,7 +463,7 @@ fn the_tokio_client_does_what_the_blocking_one_does() {
 
 #[test]
 fn the_host_stack_answers_arp_for_the_host_address() {
-    let (_netd, fake) = netd();
+    let host = host();
     let mut request = Vec::new();
     PacketBuilder::ethernet2(MAC_B, [0xff; 6])
         .arp(
@@ -446,15 +478,14 @@ fn the_host_stack_answers_arp_for_the_host_address() {
         )
         .write(&mut request)
         .unwrap();
-    fake.receive(&request);
-    let mut out = Vec::new();
-    assert!(eventually(Duration::from_secs(2), || {
-        out.extend(fake.pump_tx());
-        !out.is_empty()
-    }));
-    assert_eq!(out[0][..6], MAC_B);
-    assert_eq!(out[0][6..12], MAC_A);
-    assert_eq!(out[0][20..22], [0, 2], "an ARP reply");
+    host.wire().send(&request);
+    let reply = host
+        .wire()
+        .recv(Duration::from_secs(2))
+        .expect("an answer on the cable");
+    assert_eq!(reply[..6], MAC_B);
+    assert_eq!(reply[6..12], MAC_A);
+    assert_eq!(reply[20..22], [0, 2], "an ARP reply");
 }
 
 const UNPRIVILEGED_ENV: &str = "NETMUX_TEST_UNPRIVILEGED_SOCKET";
@@ -482,7 +513,8 @@ fn an_unprivileged_uid_is_refused_privileged_ports_and_taps() {
     use std::os::unix::process::CommandExt;
     if !is_root() {
         // Without root we cannot become another uid; this process is the unprivileged case.
-        let (netd, _fake) = netd();
+        let host = host();
+        let netd = &host.netd;
         let mut c = Client::connect_socket(netd.socket_path()).unwrap();
         assert_eq!(
             code(c.bind_port(Transport::Tcp, 80).unwrap_err()),
@@ -490,9 +522,10 @@ fn an_unprivileged_uid_is_refused_privileged_ports_and_taps() {
         );
         return;
     }
-    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| {
+    let host = host_with(|c| {
         c.policy.privileged_uids.insert(65533);
     });
+    let netd = &host.netd;
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "child_process_tries_privileged_things",
@@ -522,9 +555,8 @@ fn open_descriptors() -> usize {
 #[test]
 fn two_hundred_sessions_with_queues_leave_no_descriptor_port_or_queue_behind() {
     // Default rings are 4 MiB; the default per-uid budget (64 MiB) would stop at 15 queues.
-    let (netd, fake) = netd_with(MAC_A, IP_A, |c| {
-        c.policy.limits.ring_bytes_per_uid = 1 << 30
-    });
+    let host = host_with(|c| c.policy.limits.ring_bytes_per_uid = 1 << 30);
+    let netd = &host.netd;
     // Warm up: the first session creates what netd keeps for its life.
     drop(Client::connect_socket(netd.socket_path()).unwrap());
     std::thread::sleep(Duration::from_millis(50));
@@ -538,11 +570,15 @@ fn two_hundred_sessions_with_queues_leave_no_descriptor_port_or_queue_behind() {
             let q = c.open_queue().unwrap();
             clients.push((c, q));
         }
-        assert_eq!(fake.queues().len(), 51, "round {round}");
+        assert_eq!(host.driver.queues().len(), 51, "round {round}");
         drop(clients);
-        assert!(eventually(Duration::from_secs(5), || fake.queues().len() == 1));
+        assert!(eventually(Duration::from_secs(5), || host
+            .driver
+            .queues()
+            .len()
+            == 1));
     }
-    assert!(fake.filters().iter().all(|f| f.queue == HOST_QUEUE));
+    assert!(host.driver.filters().iter().all(|f| f.queue == HOST_QUEUE));
     let state = netd.state();
     assert!(eventually(Duration::from_secs(5), || {
         netmux_netd::server::lock(&state).sessions().is_empty()
@@ -571,35 +607,38 @@ fn udp_frame(dst_port: u16) -> Vec<u8> {
 
 #[test]
 fn the_host_answers_for_unbound_ports_and_leaves_bound_ones_to_their_client() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5300).unwrap();
     let mut q = a.open_queue().unwrap();
 
-    fake.receive(&udp_frame(5301));
-    let mut out = Vec::new();
-    assert!(eventually(Duration::from_secs(2), || {
-        out.extend(fake.pump_tx());
-        !out.is_empty()
-    }));
+    host.wire().send(&udp_frame(5301));
+    let answer = host
+        .wire()
+        .recv(Duration::from_secs(2))
+        .expect("an answer on the cable");
     // ICMP (protocol 1), type 3 code 3, quoting our datagram's UDP header.
-    assert_eq!(out[0][23], 1);
-    assert_eq!(out[0][34..36], [3, 3]);
-    assert_eq!(out[0][30..34], IP_B.octets());
+    assert_eq!(answer[23], 1);
+    assert_eq!(answer[34..36], [3, 3]);
+    assert_eq!(answer[30..34], IP_B.octets());
 
-    fake.receive(&udp_frame(5300));
+    host.wire().send(&udp_frame(5300));
     let mut got = Vec::new();
     assert!(eventually(Duration::from_secs(2), || {
         q.recv_owned(8, &mut got).unwrap();
         !got.is_empty()
     }));
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(fake.pump_tx().is_empty(), "no ICMP for a bound port");
+    assert!(
+        host.wire().recv_for(Duration::from_millis(100)).is_empty(),
+        "no ICMP for a bound port"
+    );
 }
 
 #[test]
 fn a_transmission_with_a_foreign_source_mac_is_rejected_and_reported() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5400).unwrap();
     let mut q = a.open_queue().unwrap();
@@ -610,26 +649,39 @@ fn a_transmission_with_a_foreign_source_mac_is_rejected_and_reported() {
         .write(&mut spoofed, b"not me")
         .unwrap();
     assert_eq!(q.send(&[&[&spoofed]]).unwrap().sent, 1);
-    assert!(eventually(Duration::from_secs(1), || {
-        fake.pump_tx();
-        fake.rejected() == 1
-    }));
     let mut completions = Vec::new();
     assert!(eventually(Duration::from_secs(1), || {
         q.completions(8, &mut completions).unwrap();
         !completions.is_empty()
     }));
-    assert!(!completions[0].status.is_sent());
+    assert_eq!(completions[0].status, TxStatus::RejectedSpoofedSourceMac);
+    let queue = host
+        .driver
+        .queues()
+        .into_iter()
+        .find(|q| *q != HOST_QUEUE)
+        .unwrap();
+    let rejected: u64 = host
+        .queue_counters(queue)
+        .tx_rejected
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(rejected, 1, "the driver counts the rejection");
+    assert!(
+        host.wire().recv_for(Duration::from_millis(100)).is_empty(),
+        "nothing went on the wire"
+    );
 }
 
 #[test]
 fn when_the_driver_goes_away_sessions_end_new_clients_are_refused_and_ports_stay_unusable() {
     use netmux_netd::core::{PortState, Transport as CoreTransport};
-    let (netd, fake) = netd();
-    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    let mut host = host();
+    let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5500).unwrap();
     let q = a.open_queue().unwrap();
-    fake.go_away();
+    host.stop_driver();
     assert!(q.is_closed(), "clients see their queue end");
     // Until netd's next tick a request is refused by the driver's absence; then the session
     // ends.
@@ -645,10 +697,10 @@ fn when_the_driver_goes_away_sessions_end_new_clients_are_refused_and_ports_stay
         )),
         "netd ends the session"
     );
-    let e = Client::connect_socket(netd.socket_path()).unwrap_err();
+    let e = Client::connect_socket(host.netd.socket_path()).unwrap_err();
     assert_eq!(code(e), ErrorCode::Driver, "new clients are told why");
     // netd cannot confirm the filters are gone: the port must not be handed out again.
-    let state = netd.state();
+    let state = host.netd.state();
     let port = netmux_netd::server::lock(&state)
         .core()
         .ports()
@@ -658,7 +710,8 @@ fn when_the_driver_goes_away_sessions_end_new_clients_are_refused_and_ports_stay
 
 #[test]
 fn a_uid_over_its_session_limit_is_refused_at_connect() {
-    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| c.policy.limits.sessions_per_uid = 1);
+    let host = host_with(|c| c.policy.limits.sessions_per_uid = 1);
+    let netd = &host.netd;
     let first = Client::connect_socket(netd.socket_path()).unwrap();
     let e = Client::connect_socket(netd.socket_path()).unwrap_err();
     assert_eq!(code(e), ErrorCode::Limit);
@@ -670,7 +723,8 @@ fn a_uid_over_its_session_limit_is_refused_at_connect() {
 
 #[test]
 fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
-    let (netd, fake) = netd();
+    let host = host();
+    let netd = &host.netd;
     let mut a = Client::connect_socket(netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5600).unwrap();
     let mut q = a.open_queue().unwrap();
@@ -690,10 +744,10 @@ fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
     let batch: Vec<&[&[u8]]> = split.iter().map(|s| &s[..]).collect();
     assert_eq!(q.send(&batch).unwrap().sent, 3);
     let mut wire = Vec::new();
-    assert!(eventually(Duration::from_secs(1), || {
-        wire.extend(fake.pump_tx());
-        wire.len() == 3
-    }));
+    host.wire().recv_until(Duration::from_secs(2), |f| {
+        wire.push(f.to_vec());
+        (wire.len() == 3).then_some(())
+    });
     assert_eq!(wire, frames);
 
     // And back: three received frames scattered into two vectors each, in one call.
@@ -705,7 +759,7 @@ fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
         back[30..34].copy_from_slice(&IP_A.octets());
         back[34..36].copy_from_slice(&1000u16.to_be_bytes());
         back[36..38].copy_from_slice(&5600u16.to_be_bytes());
-        fake.receive(&back);
+        host.wire().send(&back);
     }
     let mut heads = [[0u8; 42]; 3];
     let mut bodies = [[0u8; 200]; 3];
@@ -730,33 +784,38 @@ fn framed_io_moves_many_frames_per_call_each_in_several_vectors() {
 
 #[test]
 fn a_queue_the_driver_failed_to_set_up_does_not_eat_the_ring_budget() {
-    let (netd, fake) = netd_with(MAC_A, IP_A, |c| {
+    let host = host_with(|c| {
         let one_queue = netmux_ring::layout_of(&c.rings).unwrap().total_len;
         c.policy.limits.ring_bytes_per_session = one_queue;
     });
-    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
-    fake.set_fail_installs(true);
+    let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
+    host.driver.refuse_installs(true);
     for _ in 0..3 {
         assert_eq!(code(a.open_queue().unwrap_err()), ErrorCode::Driver);
     }
     assert_eq!(
-        fake.queues(),
+        host.driver.queues(),
         vec![HOST_QUEUE],
         "the half-made queue was destroyed"
     );
-    fake.set_fail_installs(false);
+    let queues = host.stats().queues;
+    assert_eq!(
+        queues.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+        [HOST_QUEUE],
+        "the driver holds no other queue"
+    );
+    host.driver.refuse_installs(false);
     a.open_queue().unwrap();
 }
 
 #[test]
 fn a_client_that_never_reads_its_replies_costs_only_itself() {
-    let (netd, _fake) = netd_with(MAC_A, IP_A, |c| {
-        c.reply_timeout = Duration::from_millis(300)
-    });
+    let host = host_with(|c| c.reply_timeout = Duration::from_millis(300));
+    let netd = &host.netd;
     let mut bystander = Client::connect_socket(netd.socket_path()).unwrap();
     bystander.bind_port(Transport::Udp, 5700).unwrap();
     // Requests as fast as the socket takes them, never a reply read, until netd stops reading.
-    let mut flooder = raw(&netd);
+    let mut flooder = raw(netd);
     let stats = frame::encode(&ClientRequest::Stats, 0).unwrap();
     let hello = frame::encode(
         &ClientRequest::Hello {
@@ -795,18 +854,13 @@ fn a_client_that_never_reads_its_replies_costs_only_itself() {
 #[test]
 fn a_second_netd_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
     use netmux_netd::config::Config;
-    use netmux_netd::fake_driver::FakeDriver;
     use netmux_netd::server::ServeError;
-    let dir = TestDir::new();
-    let fake = || {
-        Box::new(FakeDriver::new(netmux_proto::LinkInfo {
-            mac: MAC_A,
-            mtu: 1500,
-        }))
-    };
-    let first = netmux_netd::spawn(Config::new(&*dir), fake()).unwrap();
+    // Each netd needs a driver of its own: a driver serves one netd at a time.
+    let (one, two) = (CabledDriver::start(MAC_A), CabledDriver::start(MAC_A));
+    let dir = one.dir();
+    let first = netmux_netd::spawn(Config::new(dir), Box::new(one.connect())).unwrap();
     assert!(matches!(
-        netmux_netd::spawn(Config::new(&*dir), fake()),
+        netmux_netd::spawn(Config::new(dir), Box::new(two.connect())),
         Err(ServeError::AlreadyRunning(_))
     ));
     drop(first);
@@ -814,33 +868,36 @@ fn a_second_netd_on_a_live_socket_is_refused_and_a_stale_socket_is_replaced() {
     let stale = std::os::unix::net::UnixListener::bind(dir.join("netd.sock.tmp")).unwrap();
     drop(stale);
     std::fs::rename(dir.join("netd.sock.tmp"), dir.join("netd.sock")).unwrap();
-    let second = netmux_netd::spawn(Config::new(&*dir), fake()).unwrap();
+    let second = netmux_netd::spawn(Config::new(dir), Box::new(two.connect())).unwrap();
     Client::connect_socket(second.socket_path()).unwrap();
 }
 
 #[test]
 fn netd_names_its_own_queue_and_the_host_addresses_to_the_driver() {
-    let (_netd, fake) = netd();
-    let events = fake.events();
-    assert_eq!(events[0], FakeEvent::CreateQueue(HOST_QUEUE));
+    let host = host();
+    let events = host.driver.events();
+    assert_eq!(events[0], Recorded::CreateQueue(HOST_QUEUE));
     let named = events
         .iter()
-        .position(|e| *e == FakeEvent::SetNetdQueue(HOST_QUEUE))
+        .position(|e| *e == Recorded::SetNetdQueue(HOST_QUEUE))
         .expect("netd's queue named");
     let installs = events
         .iter()
-        .filter(|e| matches!(e, FakeEvent::Install(f) if f.queue == HOST_QUEUE))
+        .filter(|e| matches!(e, Recorded::Install(f) if f.queue == HOST_QUEUE))
         .count();
     assert_eq!(installs, 2, "ARP rx and the host's tx filter");
     assert!(events[..named]
         .iter()
-        .any(|e| matches!(e, FakeEvent::Install(_))));
-    assert!(events.contains(&FakeEvent::SetHostAddresses(vec![IP_A.octets()])));
+        .any(|e| matches!(e, Recorded::Install(_))));
+    assert!(events.contains(&Recorded::SetHostAddresses(vec![IP_A.octets()])));
 }
 
 #[test]
 fn netd_leaves_no_socket_or_directory_it_made_behind() {
-    let (netd, _fake) = common::netd();
+    let driver = CabledDriver::start(MAC_A);
+    let mut config = netmux_netd::Config::new(driver.runtime_dir());
+    config.addrs.ipv4 = Some((IP_A, 24));
+    let netd = netmux_netd::spawn(config, Box::new(driver.connect())).unwrap();
     let socket = netd.socket_path().to_owned();
     let dir = socket.parent().unwrap().to_owned();
     assert!(socket.exists());
@@ -849,14 +906,9 @@ fn netd_leaves_no_socket_or_directory_it_made_behind() {
     assert!(!dir.exists(), "{} left behind", dir.display());
 
     // A directory that was there before netd started stays.
-    let dir = TestDir::new();
-    let mut config = netmux_netd::Config::new(&*dir);
+    let mut config = netmux_netd::Config::new(driver.dir());
     config.addrs.ipv4 = Some((IP_A, 24));
-    let fake = netmux_netd::fake_driver::FakeDriver::new(netmux_proto::LinkInfo {
-        mac: MAC_A,
-        mtu: 1500,
-    });
-    let netd = netmux_netd::spawn(config, Box::new(fake)).unwrap();
+    let netd = netmux_netd::spawn(config, Box::new(driver.connect())).unwrap();
     netd.stop().unwrap();
-    assert!(dir.exists());
+    assert!(driver.dir().exists());
 }

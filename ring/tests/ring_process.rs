@@ -64,10 +64,8 @@ fn recv_fds(stream: &UnixStream) -> Vec<OwnedFd> {
 
 #[test]
 fn driver_and_client_in_two_processes_exchange_frames_and_see_close() {
-    let dir = std::env::temp_dir().join(format!("netmux-ring-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = netmux_testkit::TempDir::new("netmux-ring-test");
     let path = dir.join("sock");
-    let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -141,7 +139,6 @@ fn driver_and_client_in_two_processes_exchange_frames_and_see_close() {
     std::thread::sleep(Duration::from_millis(50));
     driver.close();
     let status = child.wait().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success(), "child failed: {status}");
     assert_eq!(driver.counters().rx_frames, FRAMES as u64);
     assert_eq!(driver.counters().tx_frames, FRAMES as u64);

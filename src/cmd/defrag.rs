@@ -214,8 +214,7 @@ mod tests {
 
     #[test]
     fn defrag_command_writes_whole_datagrams_in_order_and_prints_counters() {
-        let dir = std::env::temp_dir().join(format!("netmux-defrag-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = netmux_testkit::TempDir::new("netmux-defrag");
         let (input, output) = (dir.join("in.pcap"), dir.join("out.pcap"));
 
         let small = udp_frame(1, 10);
@@ -264,13 +263,11 @@ mod tests {
         );
         let summary = report.summary();
         assert!(summary.contains("timeout"), "{summary}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn defrag_refuses_a_file_that_is_not_a_capture() {
-        let dir = std::env::temp_dir().join(format!("netmux-defrag-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = netmux_testkit::TempDir::new("netmux-defrag-bad");
         let input = dir.join("in.pcap");
         std::fs::write(&input, b"not a capture").unwrap();
         let cli = Cli::try_parse_from([
@@ -282,7 +279,6 @@ mod tests {
         .unwrap();
         let err = cli.defrag.run().unwrap_err();
         assert!(err.downcast_ref::<Refused>().is_some(), "{err:#}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

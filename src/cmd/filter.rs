@@ -9,7 +9,7 @@
 //!   (`int16[12] == 0x0800 && int8[23] == 6`).
 //!
 //! An expression that does not compile exits with status 2 and the error, with a caret under
-//! the fault, on stderr (as the issue asks). Otherwise the convention of [`super`] holds: a
+//! the fault, on stderr. Otherwise the convention of [`super`] holds: a
 //! capture that cannot be parsed is refused (status 1), a missing file or failed write is
 //! status 2.
 
@@ -178,8 +178,7 @@ mod tests {
 
     #[test]
     fn compile_writes_bytecode_that_verifies() {
-        let dir = std::env::temp_dir().join(format!("netmux-filter-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = netmux_testkit::TempDir::new("netmux-filter");
         let out = dir.join("f.bin");
         let code = run_args(&[
             "compile",
@@ -191,7 +190,6 @@ mod tests {
         assert_eq!(code, ExitCode::SUCCESS);
         let bytes = std::fs::read(&out).unwrap();
         assert!(netmux_vm::verify(&bytes).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -220,8 +218,7 @@ mod tests {
 
     #[test]
     fn match_reads_captures_and_reports_unreadable_ones() {
-        let dir = std::env::temp_dir().join(format!("netmux-match-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = netmux_testkit::TempDir::new("netmux-match");
         let path = dir.join("c.pcap");
         let frames = vec![
             netmux_wire::capture::Frame::whole(Default::default(), vec![0xff; 60]),
@@ -251,6 +248,5 @@ mod tests {
             Cli::try_parse_from(["filter", "match", "tcp", garbage.to_str().unwrap()]).unwrap();
         let err = run(cli.cmd).unwrap_err();
         assert!(err.downcast_ref::<Refused>().is_some(), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -284,33 +284,20 @@ mod tests {
         assert!(lines[2].contains("  -  "), "{text}");
     }
 
-    /// netd in-process on the fake driver, in a fresh runtime directory.
-    fn netd() -> (netmux_netd::NetdHandle, PathBuf) {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "netmux-ls-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let fake = netmux_netd::fake_driver::FakeDriver::new(netmux_proto::LinkInfo {
-            mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-        });
-        let mut config = netmux_netd::Config::new(&dir);
-        config.addrs.ipv4 = Some((std::net::Ipv4Addr::new(10, 9, 9, 2), 24));
-        let netd = netmux_netd::spawn(config, Box::new(fake)).unwrap();
-        (netd, dir)
+    /// netd in-process on the real driver, in a fresh runtime directory.
+    fn netd() -> netmux_netd::testing::Host {
+        let ip = std::net::Ipv4Addr::new(10, 9, 9, 2);
+        netmux_netd::testing::Host::start([2, 0, 0, 0, 0, 1], ip, |_| {})
     }
 
     #[test]
     fn ls_lists_another_clients_ports_but_not_its_own_session() {
-        let (_netd, dir) = netd();
-        assert_eq!(listing(&dir, false, None).unwrap(), "no sessions\n");
-        let mut app = Client::connect(&dir).unwrap();
+        let netd = netd();
+        let dir = netd.runtime_dir();
+        assert_eq!(listing(dir, false, None).unwrap(), "no sessions\n");
+        let mut app = Client::connect(dir).unwrap();
         app.bind_port(Transport::Udp, 7777).unwrap();
-        let text = listing(&dir, false, None).unwrap();
+        let text = listing(dir, false, None).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.contains("udp/7777"), "{text}");
         assert!(text.contains(&std::process::id().to_string()), "{text}");
@@ -318,11 +305,12 @@ mod tests {
 
     #[test]
     fn ls_json_is_the_session_list_and_reads_back() {
-        let (_netd, dir) = netd();
-        let mut app = Client::connect(&dir).unwrap();
+        let netd = netd();
+        let dir = netd.runtime_dir();
+        let mut app = Client::connect(dir).unwrap();
         app.bind_port(Transport::Tcp, 8080).unwrap();
         let _queue = app.open_queue().unwrap();
-        let text = listing(&dir, true, None).unwrap();
+        let text = listing(dir, true, None).unwrap();
         let back: SessionList = serde_json::from_str(&text).unwrap();
         assert_eq!(back.omitted, 0);
         let back = back.sessions;

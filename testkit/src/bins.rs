@@ -1,5 +1,5 @@
-//! Process tests: the workspace's own binaries (`netd`, `netmux-driver`), and children that
-//! get a socket as descriptor 3.
+//! Process tests: the workspace's own binaries (`netd`, `netmux-driver`), children that get a
+//! socket as descriptor 3, and [`DriverProcess`], the driver binary on a virtual cable.
 //!
 //! A test binary lives in `target/<profile>/deps/`; the binaries it needs are in
 //! `target/<profile>/`. Under cargo (`$CARGO` is set) they are built, that is brought up to
@@ -79,4 +79,92 @@ pub fn spawn_with_fd3(mut cmd: Command, socket: UnixStream) -> Child {
     let child = cmd.spawn().expect("spawning the child process");
     drop(fd);
     child
+}
+
+/// The `netmux-driver` binary of this build running on a `virtual:` cable, with its control
+/// socket and cable in a scratch directory of its own. Dropping it kills the process by its
+/// pid, reaps it and removes the directory, so a failing test leaves nothing behind.
+#[derive(Debug)]
+pub struct DriverProcess {
+    child: Child,
+    dir: crate::TempDir,
+}
+
+impl DriverProcess {
+    /// The control socket's name in [`DriverProcess::dir`].
+    pub const CONTROL: &'static str = "driver.sock";
+    /// The link's socket's name in [`DriverProcess::dir`].
+    pub const CABLE: &'static str = "cable";
+
+    /// Starts `netmux-driver --link virtual:DIR/cable --control DIR/driver.sock --engine
+    /// interp` (the interpreter: no test waits for Cranelift), its stderr discarded, in a new
+    /// directory named after `tag`. The link has no fixed peer: it sends to whoever last sent
+    /// to it. Panics (test support) when it cannot be started.
+    pub fn start(tag: &str) -> DriverProcess {
+        let dir = crate::TempDir::new(&format!("netmux-driver-{tag}"));
+        let child = Command::new(workspace_binary("netmux-driver"))
+            .arg("--link")
+            .arg(format!("virtual:{}", dir.join(Self::CABLE).display()))
+            .arg("--control")
+            .arg(dir.join(Self::CONTROL))
+            .args(["--engine", "interp"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting netmux-driver");
+        DriverProcess { child, dir }
+    }
+
+    /// Its directory (removed on drop): a test may keep its own files there.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The control socket.
+    pub fn control(&self) -> PathBuf {
+        self.dir.join(Self::CONTROL)
+    }
+
+    /// The link's end of the cable: where a test host sends frames.
+    pub fn cable(&self) -> PathBuf {
+        self.dir.join(Self::CABLE)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Connects to the control socket, waiting up to `patience` for the driver to open it.
+    /// Panics when it does not.
+    pub fn connect(&self, patience: std::time::Duration) -> UnixStream {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match UnixStream::connect(self.control()) {
+                Ok(s) => return s,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("the driver's control socket takes no connection: {e}")
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL (by its pid) and reaps it.
+    pub fn kill(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DriverProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

@@ -263,12 +263,10 @@ mod tests {
 
     #[test]
     fn list_files_skip_comments_and_blank_lines() {
-        let dir = std::env::temp_dir().join(format!("netmux-testkit-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::TempDir::new("netmux-testkit");
         let p = dir.join("list.txt");
         fs::write(&p, "# comment\n\ntcp\n  udp port 53  \n").unwrap();
         assert_eq!(read_expr_list(&p).unwrap(), vec!["tcp", "udp port 53"]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

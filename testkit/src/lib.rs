@@ -6,7 +6,9 @@
 //! * [`corpus`]: the conformance corpus (`exprs.txt`, `reject.txt`, the captures under `pcap/`)
 //!   and reading the Ethernet frames of any pcap or pcapng capture.
 //! * [`frames`]: builders for the Ethernet frames the tests make themselves.
-//! * [`bins`]: the workspace's binaries for process tests.
+//! * [`bins`]: the workspace's binaries for process tests, and [`bins::DriverProcess`], the
+//!   driver binary on a virtual cable.
+//! * [`cable`]: a test's end of a driver's virtual cable.
 //! * [`seed`]: the one seed variable of every randomised test, `NETMUX_SEED`.
 //! * [`TempDir`]: a scratch directory removed when dropped.
 //!
@@ -14,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod bins;
+pub mod cable;
 pub mod corpus;
 pub mod frames;
 #[allow(unsafe_code)]
