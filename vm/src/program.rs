@@ -31,8 +31,10 @@ pub const MAGIC: [u8; 4] = *b"NMXF";
 pub const FORMAT_VERSION: u16 = 1;
 /// Size of the container header in bytes.
 pub const HEADER_SIZE: usize = 12;
-/// The most instructions a program may have; bounds every run at this many steps.
-pub const MAX_INSNS: usize = 4096;
+/// The most instructions a program may have; bounds every run at this many steps. Room for
+/// the filters libpcap compiles, 1,000 `or` terms and more (about 4,000 to 6,000
+/// instructions), and within the reach of the 16-bit jump displacement.
+pub const MAX_INSNS: usize = 16_384;
 /// The most tables a program may have.
 pub const MAX_TABLES: usize = 16;
 
