@@ -22,7 +22,7 @@ pub mod oracle;
 use std::path::{Path, PathBuf};
 
 pub use corpus::{Capture, CorpusError, Frame};
-pub use oracle::{BpfInsn, BpfProgram, OracleError};
+pub use oracle::{BpfInsn, BpfProgram, Offline, OfflineFrame, OracleError};
 
 /// The seed of a randomised test: `NETMUX_SEED` when set (to replay a failure), else a fresh
 /// one. It is printed on stderr with the test's name, so a failing run shows how to replay it

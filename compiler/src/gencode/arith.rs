@@ -1,6 +1,11 @@
 //! Relations and arithmetic (`gen_relation`, `gen_arth`, `gen_load`): both sides' protocol
 //! checks first, then both computations, then the comparison; `proto[index : size]` loads
 //! carry the protocol checks libpcap puts before them.
+//!
+//! An index libpcap's optimizer knows to be constant ([`libpcap_constant`]) is added to the
+//! header's offset in 32 bits, as its `opt_stmt` does when it folds `ldx #k; ld [x + off]`
+//! (see the module comment of [`super`]): the sum is computed by the VM's wrapping `add`, and
+//! the load is at that register.
 
 use super::{Gen, Rel, IPPROTO_ICMPV6};
 use crate::ast::*;
@@ -17,7 +22,7 @@ struct Arth {
     first_imm: Option<u32>,
 }
 
-impl Gen {
+impl Gen<'_> {
     /// `gen_relation`: protocol checks of both sides first, then both computations, then the
     /// comparison.
     pub(super) fn relation(&mut self, op: RelOp, a0: &Arith, a1: &Arith) -> Result<Cond> {
@@ -153,6 +158,10 @@ impl Gen {
         let mut inst = self.arith(index)?;
         let dst = self.temp();
         match proto {
+            Proto::Link if self.folds(index) && self.off_linkhdr.var.is_none() => {
+                let off = self.off_linkhdr.k;
+                self.wrapping_load(&mut inst.stmts, dst, size, inst.val, off);
+            }
             Proto::Link => {
                 let base = match self.off_linkhdr.var {
                     None => inst.val,
@@ -178,13 +187,18 @@ impl Gen {
                 });
             }
             Proto::Ip | Proto::Arp | Proto::Rarp | Proto::Ip6 => {
-                let base = self.indexed_base(&mut inst.stmts, inst.val);
-                inst.stmts.push(Stmt::Load {
-                    dst,
-                    size,
-                    base: Some(base),
-                    off: self.off_linkpl.k.wrapping_add(self.off_nl),
-                });
+                let off = self.off_linkpl.k.wrapping_add(self.off_nl);
+                if self.folds(index) && self.off_linkpl.var.is_none() {
+                    self.wrapping_load(&mut inst.stmts, dst, size, inst.val, off);
+                } else {
+                    let base = self.indexed_base(&mut inst.stmts, inst.val);
+                    inst.stmts.push(Stmt::Load {
+                        dst,
+                        size,
+                        base: Some(base),
+                        off,
+                    });
+                }
                 let b = self.proto_abbrev(proto, span)?;
                 inst.cond = Some(match inst.cond.take() {
                     Some(c) => Cond::and(c, b),
@@ -237,13 +251,18 @@ impl Gen {
                 let nh = self.cmp(Rel::Net, 6, Size::B, IPPROTO_ICMPV6);
                 b = Cond::and(b, nh);
                 inst.cond = Some(b);
-                let base = self.indexed_base(&mut inst.stmts, inst.val);
-                inst.stmts.push(Stmt::Load {
-                    dst,
-                    size,
-                    base: Some(base),
-                    off: self.off_linkpl.k.wrapping_add(self.off_nl).wrapping_add(40),
-                });
+                let off = self.off_linkpl.k.wrapping_add(self.off_nl).wrapping_add(40);
+                if self.folds(index) && self.off_linkpl.var.is_none() {
+                    self.wrapping_load(&mut inst.stmts, dst, size, inst.val, off);
+                } else {
+                    let base = self.indexed_base(&mut inst.stmts, inst.val);
+                    inst.stmts.push(Stmt::Load {
+                        dst,
+                        size,
+                        base: Some(base),
+                        off,
+                    });
+                }
             }
             other => {
                 return semantic(
@@ -254,6 +273,41 @@ impl Gen {
         }
         inst.val = dst;
         Ok(inst)
+    }
+
+    /// Whether libpcap's optimizer folds this index into the load, adding it to the offset in
+    /// 32 bits (it runs, and knows the index's value).
+    fn folds(&self, index: &Arith) -> bool {
+        self.wrap_constant_offsets && libpcap_constant(index).is_some()
+    }
+
+    /// A load at `index + off` added in 32 bits, as libpcap's folded load: the sum in a temp
+    /// (the VM's arithmetic wraps), then a load at that temp. Our optimizer folds it into an
+    /// absolute load.
+    fn wrapping_load(
+        &mut self,
+        stmts: &mut Vec<Stmt>,
+        dst: Temp,
+        size: Size,
+        index: Temp,
+        off: u32,
+    ) {
+        let at = self.temp();
+        stmts.push(Stmt::Mov {
+            dst: at,
+            src: Operand::T(index),
+        });
+        stmts.push(Stmt::Alu {
+            op: AluOp::Add,
+            dst: at,
+            rhs: Operand::K(off),
+        });
+        stmts.push(Stmt::Load {
+            dst,
+            size,
+            base: Some(at),
+            off: 0,
+        });
     }
 
     /// The register an indexed network-layer load adds to its constant: the index, plus the
@@ -281,4 +335,51 @@ impl Gen {
 /// Whether an arithmetic expression has an operator.
 fn has_operator(a: &Arith) -> bool {
     matches!(a, Arith::Bin(..) | Arith::Neg(..))
+}
+
+/// The value libpcap's optimizer finds for an arithmetic expression, if it finds one: its
+/// constant folding (`fold_op`) where both operands are constants, and its rewrites of an
+/// operation with a zero operand (`opt_stmt`: `x * 0`, `x & 0`, `0 * x`, `0 / x`, `0 % x`,
+/// `0 << x`, `0 >> x` are 0; `x + 0`, `x | 0`, `x ^ 0`, `x << 0`, `x >> 0` and `0 + x`,
+/// `0 | x`, `0 ^ x` are the other operand). A division by a constant zero is no value (libpcap
+/// refuses the filter).
+pub(crate) fn libpcap_constant(a: &Arith) -> Option<u32> {
+    match a {
+        Arith::Num(k, _) => Some(*k),
+        Arith::Len(_) | Arith::Load { .. } => None,
+        Arith::Neg(inner, _) => libpcap_constant(inner).map(u32::wrapping_neg),
+        Arith::Bin(op, l, r, _) => {
+            let (a, b) = (libpcap_constant(l), libpcap_constant(r));
+            let alu = match op {
+                ArithOp::Add => AluOp::Add,
+                ArithOp::Sub => AluOp::Sub,
+                ArithOp::Mul => AluOp::Mul,
+                ArithOp::Div => AluOp::Div,
+                ArithOp::Mod => AluOp::Mod,
+                ArithOp::And => AluOp::And,
+                ArithOp::Or => AluOp::Or,
+                ArithOp::Xor => AluOp::Xor,
+                ArithOp::Shl => AluOp::Shl,
+                ArithOp::Shr => AluOp::Shr,
+            };
+            match (a, b) {
+                (Some(a), Some(b)) => alu.eval(a, b),
+                // The constant on the right: `op #0`.
+                (_, Some(0)) => match alu {
+                    AluOp::Mul | AluOp::And => Some(0),
+                    AluOp::Add | AluOp::Or | AluOp::Xor | AluOp::Shl | AluOp::Shr => a,
+                    _ => None,
+                },
+                // A zero accumulator.
+                (Some(0), _) => match alu {
+                    AluOp::Mul | AluOp::Div | AluOp::Mod | AluOp::And | AluOp::Shl | AluOp::Shr => {
+                        Some(0)
+                    }
+                    AluOp::Add | AluOp::Or | AluOp::Xor => b,
+                    AluOp::Sub => None,
+                },
+                _ => None,
+            }
+        }
+    }
 }

@@ -25,7 +25,7 @@
 //! is).
 #![allow(dead_code)]
 
-use netmux_compiler::{compile, Options};
+use netmux_compiler::{compile, LinkType, Options};
 use netmux_testkit::{BpfProgram, Frame};
 use netmux_vm::interp;
 
@@ -62,22 +62,28 @@ fn optimizer_only_error(msg: &str) -> bool {
 
 /// Compiles `expr` with both and compares verdicts on every frame (netmux with `optimize`).
 pub fn compare(expr: &str, frames: &[Frame], optimize: bool) -> Outcome {
+    compare_on(expr, frames, optimize, LinkType::Ethernet)
+}
+
+/// As [`compare`], for frames of the link layer `link`.
+pub fn compare_on(expr: &str, frames: &[Frame], optimize: bool, link: LinkType) -> Outcome {
     let ours = compile(
         expr,
         &Options {
             optimize,
+            link,
             ..Options::default()
         },
     );
     // libpcap under the same setting as netmux.
-    let theirs = BpfProgram::compile(expr, optimize);
+    let theirs = BpfProgram::compile_for(expr, optimize, link.dlt() as i32);
     let (ours, theirs) = match (ours, theirs) {
         (Err(_), Err(_)) => return Outcome::BothRejected,
         (Ok(_), Err(e)) => {
             let what = format!("libpcap rejects the expression ({e}); netmux compiles it");
             if optimize
                 && optimizer_only_error(&e.to_string())
-                && BpfProgram::compile(expr, false).is_ok()
+                && BpfProgram::compile_for(expr, false, link.dlt() as i32).is_ok()
             {
                 return Outcome::OptimizerRefusal(Mismatch {
                     expr: expr.into(),
@@ -93,6 +99,7 @@ pub fn compare(expr: &str, frames: &[Frame], optimize: bool) -> Outcome {
             let what = format!("netmux rejects the expression, libpcap compiles it:\n{e}");
             let plain = Options {
                 optimize: false,
+                link,
                 ..Options::default()
             };
             if optimize && compile(expr, &plain).is_ok() {
@@ -120,7 +127,9 @@ pub fn compare(expr: &str, frames: &[Frame], optimize: bool) -> Outcome {
         // Only at -O1: libpcap's optimizer changed libpcap's verdict on this frame, and
         // netmux gives the unoptimized one (see the module docs).
         if optimize {
-            let plain = unoptimized.get_or_insert_with(|| BpfProgram::compile(expr, false).ok());
+            let plain = unoptimized.get_or_insert_with(|| {
+                BpfProgram::compile_for(expr, false, link.dlt() as i32).ok()
+            });
             if let Some(p) = plain {
                 if p.matches(&f.data, f.wire_len) == a {
                     divergences.push(i);
@@ -156,7 +165,17 @@ pub fn compare_all<'a>(
     frames: &[Frame],
     optimize: bool,
 ) -> Vec<String> {
-    compare_all_with(exprs, frames, optimize, true)
+    compare_all_with(exprs, frames, optimize, true, LinkType::Ethernet)
+}
+
+/// As [`compare_all`], for frames of the link layer `link`.
+pub fn compare_all_on<'a>(
+    exprs: impl IntoIterator<Item = &'a str>,
+    frames: &[Frame],
+    optimize: bool,
+    link: LinkType,
+) -> Vec<String> {
+    compare_all_with(exprs, frames, optimize, true, link)
 }
 
 /// As [`compare_all`], but exact: a frame where libpcap's optimizer changed its own verdict
@@ -167,7 +186,7 @@ pub fn compare_all_exact<'a>(
     frames: &[Frame],
     optimize: bool,
 ) -> Vec<String> {
-    compare_all_with(exprs, frames, optimize, false)
+    compare_all_with(exprs, frames, optimize, false, LinkType::Ethernet)
 }
 
 fn compare_all_with<'a>(
@@ -175,11 +194,12 @@ fn compare_all_with<'a>(
     frames: &[Frame],
     optimize: bool,
     tolerate_verdict_changes: bool,
+    link: LinkType,
 ) -> Vec<String> {
     let mut bad = Vec::new();
     let mut diverged = 0;
     for e in exprs {
-        match compare(e, frames, optimize) {
+        match compare_on(e, frames, optimize, link) {
             Outcome::BothRejected => {}
             Outcome::Agreed {
                 libpcap_optimizer_divergences: d,
