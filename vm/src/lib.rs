@@ -31,6 +31,6 @@ pub mod verifier;
 pub use engine::{engine, Engine, EngineError, EngineKind, Scratch, Strategy};
 pub use interp::Interpreter;
 pub use isa::{Insn, Opcode, Operand, Verdict};
-pub use program::{Program, MAX_INSNS};
+pub use program::{read_container, Program, MAX_INSNS};
 pub use table::Table;
 pub use verifier::{verify, VerifyError, VerifyErrorKind};
