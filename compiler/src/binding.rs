@@ -189,6 +189,10 @@ pub enum NotBinding {
     /// Atoms that no frame satisfies together (two ports, two addresses, `ip` and `ip6`...).
     #[error("its atoms contradict each other")]
     Contradiction,
+    /// The rule is written in Barrelfish's bfdmux dialect, whose expressions are not read as
+    /// bindings.
+    #[error("it is a bfdmux expression")]
+    Bfdmux,
 }
 
 /// The port binding `expr` is equivalent to, or why it is not one. See the module
@@ -258,7 +262,26 @@ impl CompiledRule {
 
 /// Compiles `expr` (pcap-filter language, default options) and recognises its binding.
 pub fn compile_rule(expr: &str) -> Result<CompiledRule, crate::CompileError> {
-    let program = crate::compile(expr, &crate::Options::default())?;
+    compile_rule_in(expr, crate::Dialect::Pcap)
+}
+
+/// Compiles `expr` written in `dialect` (default options otherwise) and recognises its
+/// binding (a bfdmux expression is none).
+pub fn compile_rule_in(
+    expr: &str,
+    dialect: crate::Dialect,
+) -> Result<CompiledRule, crate::CompileError> {
+    let opts = crate::Options {
+        dialect,
+        ..crate::Options::default()
+    };
+    let program = crate::compile(expr, &opts)?;
+    if dialect == crate::Dialect::Bfdmux {
+        return Ok(CompiledRule {
+            program,
+            pattern: Err(NotBinding::Bfdmux),
+        });
+    }
     // It compiled, so it parses.
     let ast =
         crate::parser::parse(expr).map_err(|e| crate::CompileError::new(e.kind, e.span, expr))?;
