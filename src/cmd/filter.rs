@@ -65,7 +65,8 @@ pub enum FilterCommand {
         /// or IPV6 (libpcap's names; a capture's own is used by `match`).
         #[arg(long, value_name = "TYPE", default_value = "EN10MB", value_parser = parse_link)]
         link: LinkType,
-        /// The filter expression (pcap: an empty one accepts every frame, as in tcpdump).
+        /// The filter expression (pcap: an empty one accepts every frame, as in tcpdump); one
+        /// that starts with `-` goes after `--` (`-- '-ip[8] < -60'`).
         expr: String,
     },
     /// Print 1 or 0 for every frame of each capture (whether the filter accepts it), or write
@@ -83,7 +84,8 @@ pub enum FilterCommand {
         /// printing verdicts. Takes one capture.
         #[arg(short = 'w', value_name = "OUT.pcap")]
         write: Option<PathBuf>,
-        /// The filter expression (pcap: an empty one accepts every frame, as in tcpdump).
+        /// The filter expression (pcap: an empty one accepts every frame, as in tcpdump); one
+        /// that starts with `-` goes after `--` (`-- '-ip[8] < -60'`).
         expr: String,
         /// pcap or pcapng captures (Ethernet, Linux cooked v1/v2, raw IP); `-` is standard
         /// input.

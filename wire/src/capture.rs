@@ -1128,9 +1128,14 @@ impl<W: Write> PcapWriter<W> {
             TimestampResolution::Micro => packet.timestamp.subsec_micros(),
             TimestampResolution::Nano => packet.timestamp.subsec_nanos(),
         };
+        // What a reader takes the header's snapshot length to be (0: the maximum).
+        let snaplen = adjust_snapshot(
+            linktype_to_dlt(self.header.linktype & LINKTYPE_MASK),
+            self.header.snaplen,
+        );
         let caplen = u32::try_from(packet.data.len())
             .ok()
-            .filter(|&len| len <= self.header.snaplen)
+            .filter(|&len| len <= snaplen)
             .ok_or_else(|| unwritable("it is longer than the snap length"))?;
         let mut h = [0u8; 16];
         h[0..4].copy_from_slice(&secs.to_ne_bytes());
