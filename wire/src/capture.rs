@@ -594,7 +594,7 @@ impl<R: Read> CaptureReader<R> {
                 self.at()
             )));
         }
-        if total % 4 != 0 {
+        if !total.is_multiple_of(4) {
             return Err(CaptureError::Malformed(format!(
                 "{}: block length {total} is not a multiple of 4",
                 self.at()
