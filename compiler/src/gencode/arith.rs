@@ -5,7 +5,9 @@
 //! An index libpcap's optimizer knows to be constant ([`libpcap_constant`]) is added to the
 //! header's offset in 32 bits, as its `opt_stmt` does when it folds `ldx #k; ld [x + off]`
 //! (see the module comment of [`super`]): the sum is computed by the VM's wrapping `add`, and
-//! the load is at that register.
+//! the load is at that register. After the IPv4 header (`tcp[k]`), its `opt_peep` moves the
+//! constant into the load's offset instead, so the offset wraps and the header length is
+//! added to it without wrapping, as the VM adds a register to an offset.
 
 use super::{Gen, Rel, IPPROTO_ICMPV6};
 use crate::ast::*;
@@ -215,22 +217,36 @@ impl Gen<'_> {
             | Proto::Vrrp
             | Proto::Carp => {
                 let x = self.iphdrlen(&mut inst.stmts);
-                let sum = self.temp();
-                inst.stmts.push(Stmt::Mov {
-                    dst: sum,
-                    src: Operand::T(inst.val),
-                });
-                inst.stmts.push(Stmt::Alu {
-                    op: AluOp::Add,
-                    dst: sum,
-                    rhs: Operand::T(x),
-                });
-                inst.stmts.push(Stmt::Load {
-                    dst,
-                    size,
-                    base: Some(sum),
-                    off: self.off_linkpl.k.wrapping_add(self.off_nl),
-                });
+                let off = self.off_linkpl.k.wrapping_add(self.off_nl);
+                match libpcap_constant(index).filter(|_| self.folds(index)) {
+                    // libpcap's `opt_peep` turns `ld #k; add x; tax; ld [x + off]` into
+                    // `ld [x + (off + k)]`: the constant joins the offset in 32 bits, and the
+                    // header length is added to it without wrapping.
+                    Some(k) => inst.stmts.push(Stmt::Load {
+                        dst,
+                        size,
+                        base: Some(x),
+                        off: off.wrapping_add(k),
+                    }),
+                    None => {
+                        let sum = self.temp();
+                        inst.stmts.push(Stmt::Mov {
+                            dst: sum,
+                            src: Operand::T(inst.val),
+                        });
+                        inst.stmts.push(Stmt::Alu {
+                            op: AluOp::Add,
+                            dst: sum,
+                            rhs: Operand::T(x),
+                        });
+                        inst.stmts.push(Stmt::Load {
+                            dst,
+                            size,
+                            base: Some(sum),
+                            off,
+                        });
+                    }
+                }
                 // gen_and(gen_proto_abbrev(proto), b = gen_ipfrag()); gen_and(inst->b, b);
                 // gen_and(gen_proto_abbrev(Q_IP), b).
                 let pa = self.proto_abbrev(proto, span)?;

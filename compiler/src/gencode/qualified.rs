@@ -22,21 +22,23 @@ impl Gen<'_> {
         match v {
             IdValue::Num(n) => self.ncode(None, *n, q, span),
             IdValue::Ipv4(s) => {
-                if q.proto == Some(Proto::Link) {
-                    return semantic(span, "illegal link layer address");
+                // The grammar refuses these before `gen_ncode` sees the address.
+                if let Some(
+                    a @ (AddrKind::Port
+                    | AddrKind::Portrange
+                    | AddrKind::Proto
+                    | AddrKind::Protochain),
+                ) = addr
+                {
+                    return semantic(
+                        span,
+                        format!("'{}' modifier applied to ip host", addr_name(a)),
+                    );
                 }
                 let n = parse_ipv4(s)
                     .ok_or(())
                     .or_else(|_| semantic(span, format!("invalid IPv4 address '{s}'")))?;
-                match addr {
-                    None | Some(AddrKind::Host) | Some(AddrKind::Net) => {
-                        self.ncode(Some(n), 0, q, span)
-                    }
-                    Some(a) => semantic(
-                        span,
-                        format!("'{}' modifier applied to ip host", addr_name(a)),
-                    ),
-                }
+                self.ncode(Some(n), 0, q, span)
             }
             IdValue::Ipv4Prefix(s, len, len_span) => {
                 let (n, nlen) = parse_ipv4(s)
