@@ -802,6 +802,10 @@ fn verify_answers_dev_zero_at_once() {
         })
         .expect("run netmux");
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("after the end of the program"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("after the end of the program"),
+        "{}",
+        stdout(&out)
+    );
     assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }

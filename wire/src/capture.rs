@@ -157,8 +157,8 @@ impl Packet<'_> {
 /// Why a capture cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    /// The file cannot be opened.
-    #[error("cannot open {path}: {source}")]
+    /// The file cannot be opened (the system's reason is the error's source).
+    #[error("cannot open {path}")]
     Io {
         /// The file.
         path: String,
@@ -168,8 +168,8 @@ pub enum CaptureError {
     /// Reading the input failed part-way.
     #[error("error reading the capture: {0}")]
     Read(std::io::Error),
-    /// Writing to the output failed.
-    #[error("cannot write the capture: {0}")]
+    /// Writing to the output failed (the system's reason is the error's source).
+    #[error("cannot write the capture")]
     Write(#[from] std::io::Error),
     /// The input starts with neither a pcap nor a pcapng header.
     #[error("not a pcap or pcapng capture (the file starts with {0})")]
