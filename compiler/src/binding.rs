@@ -183,6 +183,9 @@ pub enum NotBinding {
     /// An atom is not one a binding is made of; the text says which.
     #[error("`{0}` is not part of a port binding")]
     OtherAtom(String),
+    /// A port or address atom that is not for the destination; the text says which.
+    #[error("`{0}` is not part of a port binding: a binding names the destination (`dst port`, `dst host`)")]
+    NotDestination(String),
     /// No `dst port`.
     #[error("it names no destination port")]
     NoPort,
@@ -382,7 +385,7 @@ impl Acc {
             Primitive::Qualified(q, v) => match q.addr {
                 Some(AddrKind::Port | AddrKind::Portrange) => {
                     if q.dir != Some(Dir::Dst) {
-                        return Err(other());
+                        return Err(NotBinding::NotDestination(describe(p)));
                     }
                     let mask = match q.proto {
                         None => ALL_PROTOCOLS,
@@ -417,10 +420,11 @@ impl Acc {
                     Ok(())
                 }
                 None | Some(AddrKind::Host | AddrKind::Net) => {
-                    if q.dir != Some(Dir::Dst)
-                        || !matches!(q.proto, None | Some(Proto::Ip | Proto::Ip6))
-                    {
+                    if !matches!(q.proto, None | Some(Proto::Ip | Proto::Ip6)) {
                         return Err(other());
+                    }
+                    if q.dir != Some(Dir::Dst) {
+                        return Err(NotBinding::NotDestination(describe(p)));
                     }
                     let addr = exact_address(q.addr, v).ok_or_else(other)?;
                     self.family(q.proto);
@@ -564,8 +568,9 @@ mod tests {
     #[test]
     fn filters_of_other_shapes_are_not_bindings() {
         for (s, why) in [
-            ("tcp port 80", "other"),
-            ("tcp src port 80", "other"),
+            ("tcp port 80", "dst"),
+            ("tcp src port 80", "dst"),
+            ("src host 1.2.3.4 and tcp dst port 80", "dst"),
             ("tcp dst port 80 or udp dst port 80", "or"),
             ("tcp dst port 80 and not dst host 1.2.3.4", "not"),
             ("tcp and dst host 1.2.3.4", "noport"),
@@ -587,6 +592,7 @@ mod tests {
                 "rel" => e == NotBinding::HasRelation,
                 "noport" => e == NotBinding::NoPort,
                 "contra" => e == NotBinding::Contradiction,
+                "dst" => matches!(e, NotBinding::NotDestination(_)),
                 _ => matches!(e, NotBinding::OtherAtom(_)),
             };
             assert!(ok, "{s}: {e:?}");
