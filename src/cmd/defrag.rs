@@ -246,11 +246,12 @@ impl Run for Defrag {
             .with_context(write_error)?;
         }
         writer.finish().with_context(write_error)?;
-        if let Some(e) = fault {
-            return Err(refuse(e));
-        }
+        // The counters of the frames before a fault, then the fault.
         print!("{}", d.report().summary());
-        Ok(ExitCode::SUCCESS)
+        match fault {
+            Some(e) => Err(refuse(e)),
+            None => Ok(ExitCode::SUCCESS),
+        }
     }
 }
 
