@@ -288,6 +288,12 @@ const EXPRS: &[&str] = &[
     "igmp[1 - 2] != 0",
     "tcp[0xffffffff] = 0",
     "! ip6[1 - 2] = 0xffffffff % icmp[-40:2] + 14",
+    // A load libpcap's optimizer deletes (its value is multiplied away) keeps its unoptimized
+    // meaning.
+    "not 255 % tcp-syn | 0 & 1 % sctp[-40] | 14 + icmp-echo > -(0xffffffff)",
+    "(! ip6[12] | 0xff - 4 * len ^ icmp-echo ^ icmp-echo % icmp[-40:2] == 60) or not src net 255.255.255.255",
+    "udp[-40] * 0 = 0",
+    "0 / icmp[-20] = 0 and ip[0 * ip[-1]] = 0x45",
     "vlan and ip[-1] = 0",
     "mpls and ip[-4:4] != 0",
     "ip[-1] = 0 and ip protochain 6",

@@ -98,8 +98,15 @@ impl Gen<'_> {
                 Ok(x)
             }
             Arith::Bin(op, l, r, span) => {
-                let a0 = self.arith(l)?;
-                let a1 = self.arith(r)?;
+                let (left_dead, right_dead) = absorbed_operands(*op, l, r);
+                self.absorbed += u32::from(left_dead);
+                let a0 = self.arith(l);
+                self.absorbed -= u32::from(left_dead);
+                let a0 = a0?;
+                self.absorbed += u32::from(right_dead);
+                let a1 = self.arith(r);
+                self.absorbed -= u32::from(right_dead);
+                let a1 = a1?;
                 let op = match op {
                     ArithOp::Add => AluOp::Add,
                     ArithOp::Sub => AluOp::Sub,
@@ -294,7 +301,7 @@ impl Gen<'_> {
     /// Whether libpcap's optimizer folds this index into the load, adding it to the offset in
     /// 32 bits (it runs, and knows the index's value).
     fn folds(&self, index: &Arith) -> bool {
-        self.wrap_constant_offsets && libpcap_constant(index).is_some()
+        self.wrap_constant_offsets && self.absorbed == 0 && libpcap_constant(index).is_some()
     }
 
     /// A load at `index + off` added in 32 bits, as libpcap's folded load: the sum in a temp
@@ -351,6 +358,24 @@ impl Gen<'_> {
 /// Whether an arithmetic expression has an operator.
 fn has_operator(a: &Arith) -> bool {
     matches!(a, Arith::Bin(..) | Arith::Neg(..))
+}
+
+/// Which operands of `l op r` libpcap's optimizer makes dead by folding the operation to 0
+/// whatever they are (`x * 0`, `x & 0`; `0 * x`, `0 / x`, `0 % x`, `0 & x`, `0 << x`,
+/// `0 >> x`): (left, right).
+fn absorbed_operands(op: ArithOp, l: &Arith, r: &Arith) -> (bool, bool) {
+    let (lc, rc) = (libpcap_constant(l), libpcap_constant(r));
+    if lc.is_some() && rc.is_some() {
+        // Both constant: folded, nothing of either is loaded (constants load nothing).
+        return (false, false);
+    }
+    let left = rc == Some(0) && matches!(op, ArithOp::Mul | ArithOp::And);
+    let right = lc == Some(0)
+        && matches!(
+            op,
+            ArithOp::Mul | ArithOp::Div | ArithOp::Mod | ArithOp::And | ArithOp::Shl | ArithOp::Shr
+        );
+    (left, right)
 }
 
 /// The value libpcap's optimizer finds for an arithmetic expression, if it finds one: its

@@ -228,6 +228,10 @@ pub struct Gen<'a> {
     link: LinkType,
     /// Whether constant indexes wrap (libpcap's optimizer runs and folds them).
     wrap_constant_offsets: bool,
+    /// How many enclosing operations libpcap's optimizer folds to a constant that ignores
+    /// the operand being generated (`0 & x`, `x * 0`): it deletes that operand's loads, so
+    /// netmux, which keeps them, gives them their unoptimized meaning.
+    absorbed: u32,
     off_linkhdr: Off,
     /// The link-type field; `None` where the link layer has none (raw IP: libpcap's
     /// `OFFSET_NOT_SET`).
@@ -267,6 +271,7 @@ impl<'a> Gen<'a> {
             config,
             link: config.link,
             wrap_constant_offsets: false,
+            absorbed: 0,
             off_linkhdr: konst(0),
             off_linktype: linktype,
             off_linkpl: konst(linkpl),

@@ -13,7 +13,10 @@
 //! ahead of a load by `or_pullup`/`and_pullup`). netmux's optimizer never changes a verdict, so
 //! there netmux gives libpcap's *unoptimized* verdict: [`compare`] accepts a differing frame
 //! only when libpcap `-O0` gives netmux's verdict on it
-//! ([`Outcome::Agreed::libpcap_optimizer_divergences`]). Reproducing the optimized verdict
+//! ([`Outcome::Agreed::libpcap_optimizer_divergences`]), or when netmux rejects it on a load
+//! at a wrapped constant offset (`tcp[-40]`, which libpcap's optimizer folds to `[x + -26]`)
+//! that libpcap's optimizer deleted: netmux keeps such a load with its folded meaning, which
+//! the unoptimized program does not have. Reproducing the optimized verdict
 //! would mean reproducing those verdict-changing rewrites on libpcap's own A/X/scratch-memory
 //! block structure, i.e. porting `optimize.c` and libpcap's code shape with it, and giving up
 //! the guarantee that optimizing never changes what a filter accepts.
@@ -131,7 +134,9 @@ pub fn compare_on(expr: &str, frames: &[Frame], optimize: bool, link: LinkType) 
                 BpfProgram::compile_for(expr, false, link.dlt() as i32).ok()
             });
             if let Some(p) = plain {
-                if p.matches(&f.data, f.wire_len) == a {
+                if p.matches(&f.data, f.wire_len) == a
+                    || (!a && deleted_a_wrapped_load(&ours, &theirs))
+                {
                     divergences.push(i);
                     continue;
                 }
@@ -152,6 +157,30 @@ pub fn compare_on(expr: &str, frames: &[Frame], optimize: bool, link: LinkType) 
     Outcome::Agreed {
         libpcap_optimizer_divergences: divergences,
     }
+}
+
+/// Whether netmux's program keeps a load at a wrapped offset (`tcp[-40]`: the header length
+/// plus `14 - 40` in 32 bits, as libpcap's `opt_peep` folds it) that libpcap's optimized program
+/// no longer has: libpcap deleted it as a load whose outcome did not matter, netmux (which
+/// never deletes a load that can fail) kept it with its folded meaning, and rejects the frames
+/// it does not fit, where libpcap's unoptimized program (which adds without folding) may not.
+fn deleted_a_wrapped_load(ours: &netmux_vm::Program, theirs: &BpfProgram) -> bool {
+    use netmux_vm::isa::Opcode;
+    let wrapped = |k: u32| k >= 0x8000_0000;
+    let ours = ours
+        .insns()
+        .iter()
+        .filter(|i| {
+            matches!(i.op, Opcode::LdIndB | Opcode::LdIndH | Opcode::LdIndW) && wrapped(i.k)
+        })
+        .count();
+    // BPF_LD | BPF_IND | size.
+    let theirs = theirs
+        .insns()
+        .iter()
+        .filter(|i| i.code & 0xe7 == 0x40 && wrapped(i.k))
+        .count();
+    ours > theirs
 }
 
 pub fn hex(b: &[u8]) -> String {
