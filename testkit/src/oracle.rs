@@ -340,6 +340,32 @@ impl Drop for Offline {
     }
 }
 
+/// Whether netmux's program keeps a load at a wrapped offset (`tcp[-40]`: the header length
+/// plus `14 - 40` in 32 bits, as libpcap's `opt_peep` folds it) that libpcap's optimized program
+/// no longer has: libpcap deleted it as a load whose outcome did not matter, netmux (which
+/// never deletes a load that can fail) kept it with its folded meaning, and rejects the frames
+/// it does not fit where libpcap's unoptimized program (which adds without folding) may not.
+/// A differential test takes a frame netmux rejects and libpcap accepts for such a program as
+/// the documented `-O1` difference.
+pub fn kept_a_deleted_wrapped_load(ours: &netmux_vm::Program, theirs: &BpfProgram) -> bool {
+    use netmux_vm::isa::Opcode;
+    let wrapped = |k: u32| k >= 0x8000_0000;
+    let ours = ours
+        .insns()
+        .iter()
+        .filter(|i| {
+            matches!(i.op, Opcode::LdIndB | Opcode::LdIndH | Opcode::LdIndW) && wrapped(i.k)
+        })
+        .count();
+    // BPF_LD | BPF_IND | size.
+    let theirs = theirs
+        .insns()
+        .iter()
+        .filter(|i| i.code & 0xe7 == 0x40 && wrapped(i.k))
+        .count();
+    ours > theirs
+}
+
 /// Compiles with libpcap's optimizer on, as the conformance corpus demands.
 pub fn compile(expr: &str) -> Result<BpfProgram, OracleError> {
     BpfProgram::compile(expr, true)

@@ -135,7 +135,7 @@ pub fn compare_on(expr: &str, frames: &[Frame], optimize: bool, link: LinkType) 
             });
             if let Some(p) = plain {
                 if p.matches(&f.data, f.wire_len) == a
-                    || (!a && deleted_a_wrapped_load(&ours, &theirs))
+                    || (!a && netmux_testkit::oracle::kept_a_deleted_wrapped_load(&ours, &theirs))
                 {
                     divergences.push(i);
                     continue;
@@ -157,30 +157,6 @@ pub fn compare_on(expr: &str, frames: &[Frame], optimize: bool, link: LinkType) 
     Outcome::Agreed {
         libpcap_optimizer_divergences: divergences,
     }
-}
-
-/// Whether netmux's program keeps a load at a wrapped offset (`tcp[-40]`: the header length
-/// plus `14 - 40` in 32 bits, as libpcap's `opt_peep` folds it) that libpcap's optimized program
-/// no longer has: libpcap deleted it as a load whose outcome did not matter, netmux (which
-/// never deletes a load that can fail) kept it with its folded meaning, and rejects the frames
-/// it does not fit, where libpcap's unoptimized program (which adds without folding) may not.
-fn deleted_a_wrapped_load(ours: &netmux_vm::Program, theirs: &BpfProgram) -> bool {
-    use netmux_vm::isa::Opcode;
-    let wrapped = |k: u32| k >= 0x8000_0000;
-    let ours = ours
-        .insns()
-        .iter()
-        .filter(|i| {
-            matches!(i.op, Opcode::LdIndB | Opcode::LdIndH | Opcode::LdIndW) && wrapped(i.k)
-        })
-        .count();
-    // BPF_LD | BPF_IND | size.
-    let theirs = theirs
-        .insns()
-        .iter()
-        .filter(|i| i.code & 0xe7 == 0x40 && wrapped(i.k))
-        .count();
-    ours > theirs
 }
 
 pub fn hex(b: &[u8]) -> String {
