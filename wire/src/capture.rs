@@ -297,9 +297,9 @@ enum State {
         lengths: Lengths,
     },
     PcapNg {
+        /// The interfaces of the current section.
         interfaces: Vec<Interface>,
-        /// The first interface's link type as written (libpcap compares later ones with the
-        /// mapped value, so `101` twice is refused: it keeps that quirk).
+        /// Blocks read so far, for messages.
         blocks: u64,
     },
 }
@@ -884,6 +884,9 @@ impl<R: Read> CaptureReader<R> {
                 }
                 PCAPNG_IDB => {
                     let (linktype, snaplen) = self.idb_fields()?;
+                    // libpcap compares the written link type with the first interface's
+                    // mapped one, so a second `LINKTYPE_RAW` (101, mapped to 12) is refused;
+                    // so is it here.
                     if linktype != self.info.dlt {
                         return Err(CaptureError::Malformed(format!(
                             "{}: an interface has a type {linktype} different from the type of the first interface",
