@@ -366,6 +366,33 @@ pub fn kept_a_deleted_wrapped_load(ours: &netmux_vm::Program, theirs: &BpfProgra
     ours > theirs
 }
 
+/// Whether libpcap's optimized program left a wrapped constant index after the IPv4 header
+/// unfolded: `ld #k` (k at least 2^31, `tcp[-14]`), then `add x; tax; ld [x + off]`, where its
+/// `opt_peep` usually makes `ld [x + (off + k)]`. It leaves it when the X register is still in
+/// use after the block (a value its optimizer shares between blocks), which netmux does not
+/// model: netmux gives such an index the folded meaning. A differential test takes a frame
+/// where this changes the verdict as the documented `-O1` difference.
+pub fn left_a_wrapped_index_unfolded(theirs: &BpfProgram) -> bool {
+    const LD_IMM: u16 = 0x00;
+    const LDX_MSH_B: u16 = 0xb1;
+    const ADD_X: u16 = 0x0c;
+    const TAX: u16 = 0x07;
+    let insns = theirs.insns();
+    insns.iter().enumerate().any(|(i, ld)| {
+        if ld.code != LD_IMM || ld.k < 0x8000_0000 {
+            return false;
+        }
+        let mut rest = insns[i + 1..].iter().map(|x| x.code);
+        let mut next = rest.next();
+        if next == Some(LDX_MSH_B) {
+            next = rest.next();
+        }
+        next == Some(ADD_X)
+            && rest.next() == Some(TAX)
+            && rest.next().is_some_and(|c| c & 0xe7 == 0x40)
+    })
+}
+
 /// Compiles with libpcap's optimizer on, as the conformance corpus demands.
 pub fn compile(expr: &str) -> Result<BpfProgram, OracleError> {
     BpfProgram::compile(expr, true)
