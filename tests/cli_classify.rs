@@ -170,3 +170,64 @@ fn a_rule_that_does_not_compile_exits_2_naming_its_line() {
     assert!(err.contains('^'), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn the_bfdmux_dialect_classifies_too() {
+    let (_dir, rules, cap) = setup("bfdmux");
+    // UDP (17) over IPv4; ARP.
+    std::fs::write(
+        &rules,
+        "int16[12] == 0x0800 && int8[23] == 17\nint16[12] == 0x0806\n",
+    )
+    .unwrap();
+    let out = netmux(&[
+        Path::new("filter"),
+        Path::new("classify"),
+        Path::new("--dialect"),
+        Path::new("bfdmux"),
+        &rules,
+        &cap,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n1\n1\n-\n-\n-\n2\n-\n-\n"
+    );
+    // A pcap rule is no bfdmux expression.
+    std::fs::write(&rules, "udp\n").unwrap();
+    let out = netmux(&[
+        Path::new("filter"),
+        Path::new("classify"),
+        Path::new("--dialect"),
+        Path::new("bfdmux"),
+        &rules,
+        &cap,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn a_broken_capture_gets_every_whole_frames_line_then_the_error() {
+    let (_dir, rules, cap) = setup("broken");
+    let bytes = std::fs::read(&cap).unwrap();
+    std::fs::write(&cap, &bytes[..bytes.len() - 3]).unwrap();
+    let out = netmux(&[Path::new("filter"), Path::new("classify"), &rules, &cap]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let whole: String = EXPECTED.lines().take(8).map(|l| format!("{l}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), whole);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("truncated: frame 9:"), "{err}");
+}
+
+#[test]
+fn a_rules_file_that_is_not_text_is_refused_naming_the_line() {
+    let (_dir, rules, cap) = setup("binary");
+    std::fs::write(&rules, b"udp\ntcp \xff\n").unwrap();
+    let out = netmux(&[Path::new("filter"), Path::new("classify"), &rules, &cap]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rules.txt:2: the line is not UTF-8 text"),
+        "{err}"
+    );
+}

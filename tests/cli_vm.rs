@@ -10,6 +10,7 @@
 #[path = "../vm/tests/support/mod.rs"]
 mod support;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -588,7 +589,7 @@ fn run_reports_bad_programs_captures_and_engines() {
     let out = netmux(&["vm", "run", "examples/udp-dst-53.s", cut.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("truncated"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("frame 13"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("frame 14"), "{}", stderr(&out));
     // The frames before the fault keep their verdicts.
     assert_eq!(stdout(&out), "1\n1\n0\n0\n0\n0\n0\n0\n0\n1\n0\n0\n0\n");
 
@@ -601,7 +602,7 @@ fn run_reports_bad_programs_captures_and_engines() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("cannot read examples/missing.pcap"),
+        stderr(&out).contains("cannot open examples/missing.pcap"),
         "{}",
         stderr(&out)
     );
@@ -685,4 +686,119 @@ fn the_example_agrees_with_libpcap_on_every_corpus_frame() {
     }
     eprintln!("{frames} corpus frames, {accepted} accepted by both");
     assert!(frames > 1000);
+}
+
+#[test]
+fn asm_never_writes_over_its_source_and_refuses_binary_input() {
+    let dir = TempDir::new("netmux-cli-vm-asm-careful");
+    // A source named `.bin`: the default output would be the source itself.
+    let src = dir.join("prog.bin");
+    std::fs::write(&src, "accept 1\n").unwrap();
+    let out = netmux(&["vm", "asm", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("would overwrite the source"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&src).unwrap(), "accept 1\n");
+    // The same with -o naming the source, or a link to it.
+    let s = dir.join("p.s");
+    std::fs::write(&s, "accept 1\n").unwrap();
+    let link = dir.join("link.bin");
+    std::fs::hard_link(&s, &link).unwrap();
+    for target in [&s, &link] {
+        let out = netmux(&[
+            "vm",
+            "asm",
+            s.to_str().unwrap(),
+            "-o",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{}", target.display());
+    }
+    assert_eq!(std::fs::read_to_string(&s).unwrap(), "accept 1\n");
+    // A compiled program, and binary data, are not assembly.
+    let out = netmux(&["vm", "asm", s.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let bin = dir.join("p.bin");
+    let out = netmux(&[
+        "vm",
+        "asm",
+        bin.to_str().unwrap(),
+        "-o",
+        dir.join("x.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is a compiled program, not assembly text"),
+        "{}",
+        stderr(&out)
+    );
+    let out = netmux(&[
+        "vm",
+        "asm",
+        "/dev/zero",
+        "-o",
+        dir.join("z.bin").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a NUL byte at offset 0"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_table_key_of_the_wrong_width_is_refused_with_a_caret_and_nothing_written() {
+    let dir = TempDir::new("netmux-cli-vm-asm-key-width");
+    let src = dir.join("t.s");
+    std::fs::write(&src, "accept 1\n.table words=2 default=0\n 1 -> 2\n").unwrap();
+    let out = netmux(&["vm", "asm", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).ends_with(
+            "line 3: the key has 1 word, the table's keys have 2 (words=2)\n   1 -> 2\n   ^\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.join("t.bin").exists());
+}
+
+#[test]
+fn verify_answers_dev_zero_at_once() {
+    let start = std::time::Instant::now();
+    let out = netmux(&["vm", "verify", "/dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "pc 0: not a netmux program (bad magic)\n");
+    // A valid header followed by endless zeros: read as far as the header says, no further.
+    let out = Command::new(env!("CARGO_BIN_EXE_netmux"))
+        .args(["vm", "verify", "/dev/stdin"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            let mut input = child.stdin.take().expect("stdin");
+            let mut header = b"NMXF\x01\x00\x00\x00".to_vec();
+            header.extend_from_slice(&1u32.to_le_bytes());
+            // The program's eight bytes and one more; then the pipe stays open with zeros.
+            let writer = std::thread::spawn(move || {
+                let _ = input.write_all(&header);
+                let zeros = vec![0u8; 1 << 16];
+                while input.write_all(&zeros).is_ok() {}
+            });
+            let out = child.wait_with_output();
+            let _ = writer.join();
+            out
+        })
+        .expect("run netmux");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("after the end of the program"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
 }

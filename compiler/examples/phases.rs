@@ -14,13 +14,14 @@ fn main() {
     let t = Instant::now();
     let mut temps = 0;
     for _ in 0..n {
-        let mut g = netmux_compiler::gencode::Gen::new();
+        let mut g =
+            netmux_compiler::gencode::Gen::new(netmux_compiler::gencode::GenConfig::ethernet());
         let c = g.generate(&ast).unwrap();
         let f = netmux_compiler::ir::lower(c, &g.prologue, g.temps);
         temps = f.blocks.len();
     }
     println!("gen+lower {:?} ({temps} blocks)", t.elapsed() / n);
-    let mut g = netmux_compiler::gencode::Gen::new();
+    let mut g = netmux_compiler::gencode::Gen::new(netmux_compiler::gencode::GenConfig::ethernet());
     let c = g.generate(&ast).unwrap();
     let f = netmux_compiler::ir::lower(c, &g.prologue, g.temps);
     let t = Instant::now();

@@ -183,12 +183,19 @@ pub enum NotBinding {
     /// An atom is not one a binding is made of; the text says which.
     #[error("`{0}` is not part of a port binding")]
     OtherAtom(String),
+    /// A port or address atom that is not for the destination; the text says which.
+    #[error("`{0}` is not part of a port binding: a binding names the destination (`dst port`, `dst host`)")]
+    NotDestination(String),
     /// No `dst port`.
     #[error("it names no destination port")]
     NoPort,
     /// Atoms that no frame satisfies together (two ports, two addresses, `ip` and `ip6`...).
     #[error("its atoms contradict each other")]
     Contradiction,
+    /// The rule is written in Barrelfish's bfdmux dialect, whose expressions are not read as
+    /// bindings.
+    #[error("it is a bfdmux expression")]
+    Bfdmux,
 }
 
 /// The port binding `expr` is equivalent to, or why it is not one. See the module
@@ -258,7 +265,26 @@ impl CompiledRule {
 
 /// Compiles `expr` (pcap-filter language, default options) and recognises its binding.
 pub fn compile_rule(expr: &str) -> Result<CompiledRule, crate::CompileError> {
-    let program = crate::compile(expr, &crate::Options::default())?;
+    compile_rule_in(expr, crate::Dialect::Pcap)
+}
+
+/// Compiles `expr` written in `dialect` (default options otherwise) and recognises its
+/// binding (a bfdmux expression is none).
+pub fn compile_rule_in(
+    expr: &str,
+    dialect: crate::Dialect,
+) -> Result<CompiledRule, crate::CompileError> {
+    let opts = crate::Options {
+        dialect,
+        ..crate::Options::default()
+    };
+    let program = crate::compile(expr, &opts)?;
+    if dialect == crate::Dialect::Bfdmux {
+        return Ok(CompiledRule {
+            program,
+            pattern: Err(NotBinding::Bfdmux),
+        });
+    }
     // It compiled, so it parses.
     let ast =
         crate::parser::parse(expr).map_err(|e| crate::CompileError::new(e.kind, e.span, expr))?;
@@ -359,7 +385,7 @@ impl Acc {
             Primitive::Qualified(q, v) => match q.addr {
                 Some(AddrKind::Port | AddrKind::Portrange) => {
                     if q.dir != Some(Dir::Dst) {
-                        return Err(other());
+                        return Err(NotBinding::NotDestination(describe(p)));
                     }
                     let mask = match q.proto {
                         None => ALL_PROTOCOLS,
@@ -394,10 +420,11 @@ impl Acc {
                     Ok(())
                 }
                 None | Some(AddrKind::Host | AddrKind::Net) => {
-                    if q.dir != Some(Dir::Dst)
-                        || !matches!(q.proto, None | Some(Proto::Ip | Proto::Ip6))
-                    {
+                    if !matches!(q.proto, None | Some(Proto::Ip | Proto::Ip6)) {
                         return Err(other());
+                    }
+                    if q.dir != Some(Dir::Dst) {
+                        return Err(NotBinding::NotDestination(describe(p)));
                     }
                     let addr = exact_address(q.addr, v).ok_or_else(other)?;
                     self.family(q.proto);
@@ -541,8 +568,9 @@ mod tests {
     #[test]
     fn filters_of_other_shapes_are_not_bindings() {
         for (s, why) in [
-            ("tcp port 80", "other"),
-            ("tcp src port 80", "other"),
+            ("tcp port 80", "dst"),
+            ("tcp src port 80", "dst"),
+            ("src host 1.2.3.4 and tcp dst port 80", "dst"),
             ("tcp dst port 80 or udp dst port 80", "or"),
             ("tcp dst port 80 and not dst host 1.2.3.4", "not"),
             ("tcp and dst host 1.2.3.4", "noport"),
@@ -564,6 +592,7 @@ mod tests {
                 "rel" => e == NotBinding::HasRelation,
                 "noport" => e == NotBinding::NoPort,
                 "contra" => e == NotBinding::Contradiction,
+                "dst" => matches!(e, NotBinding::NotDestination(_)),
                 _ => matches!(e, NotBinding::OtherAtom(_)),
             };
             assert!(ok, "{s}: {e:?}");

@@ -19,7 +19,7 @@ use std::net::IpAddr;
 pub use netmux_proto::client::Transport;
 use netmux_vm::Program;
 
-use crate::{compile, CompileError, Options};
+use crate::{compile_with, CompileError, Options};
 
 /// A port binding: whose frames these are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,14 +93,17 @@ pub fn arp_tx_expr(mac: [u8; 6], ip: std::net::Ipv4Addr) -> String {
     )
 }
 
+/// Compiles a builder's expression: numbers only, so no name is ever looked up.
 fn build(expr: &str, accept_value: u32) -> Result<Program, CompileError> {
-    compile(
+    compile_with(
         expr,
         &Options {
             accept_value,
             ..Options::default()
         },
+        &crate::NoResolver,
     )
+    .map(|c| c.program)
 }
 
 /// The verified receive filter for a binding, accepting with `accept_value`.

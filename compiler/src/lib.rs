@@ -5,10 +5,13 @@
 //!      --codegen (register allocation, layout)--> VM instructions --verify--> Program
 //! ```
 //!
-//! The goal is libpcap's verdict on every Ethernet frame: [`gencode`] reproduces what
-//! libpcap 1.10's `gencode.c` tests for each primitive, in the same order, with the same
-//! loads (a load past the captured bytes rejects the frame in both), and [`opt`] only makes
-//! rewrites that cannot change a verdict. The filters libpcap's optimizer refuses ("expression
+//! The goal is libpcap's verdict on every frame: [`gencode`] reproduces what libpcap 1.10's
+//! `gencode.c` tests for each primitive on the capture's link layer ([`LinkType`]: Ethernet,
+//! Linux cooked v1 and v2, raw IP), in the same order, with the same loads (a load past the
+//! captured bytes rejects the frame in both), and [`opt`] only makes rewrites that cannot
+//! change a verdict. Names (`host localhost`, `port http`) are looked up at compile time
+//! through a [`resolver::Resolver`], by default the system's databases as libpcap reads them;
+//! the program holds numbers only. The filters libpcap's optimizer refuses ("expression
 //! rejects all packets") are predicted by a model kept apart from the optimizer, [`libpcap`].
 //! The conformance tests in `tests/` compare verdicts with libpcap itself.
 //!
@@ -32,9 +35,12 @@ pub mod lexer;
 pub mod libpcap;
 pub mod opt;
 pub mod parser;
+pub mod resolver;
 
 pub use error::{CompileError, ErrorKind, Span};
+pub use gencode::LinkType;
 pub use ir::Function;
+pub use resolver::{NoResolver, ResolvedName, Resolver, StaticResolver, SystemResolver};
 
 use netmux_vm::{Insn, Program};
 
@@ -58,6 +64,9 @@ pub struct Options {
     pub accept_value: u32,
     /// The input language.
     pub dialect: Dialect,
+    /// The link layer of the frames the filter runs on (a capture's: `tcpdump -r` compiles
+    /// for the link type of the file it reads).
+    pub link: LinkType,
 }
 
 impl Default for Options {
@@ -66,23 +75,48 @@ impl Default for Options {
             optimize: true,
             accept_value: 1,
             dialect: Dialect::Pcap,
+            link: LinkType::Ethernet,
         }
     }
 }
 
-/// Parses and lowers `expr` to the IR, optimized if `opts.optimize`. The blocks' and temps'
-/// numbering is not part of the contract (it may change between versions); the verdicts are.
+/// A compiled filter and what its names became.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The verified program.
+    pub program: Program,
+    /// Every name the expression used and what it became, in the order they appear.
+    pub names: Vec<ResolvedName>,
+}
+
+/// Parses and lowers `expr` to the IR, optimized if `opts.optimize`, names resolved by the
+/// system's databases. The blocks' and temps' numbering is not part of the contract (it may
+/// change between versions); the verdicts are.
 pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> {
+    compile_ir_with(expr, opts, &SystemResolver::new()).map(|(f, _)| f)
+}
+
+/// As [`compile_ir`], with names resolved by `resolver`; also returns what each became.
+pub fn compile_ir_with(
+    expr: &str,
+    opts: &Options,
+    resolver: &dyn Resolver,
+) -> Result<(Function, Vec<ResolvedName>), CompileError> {
     let attach = |e: error::Located| CompileError::new(e.kind, e.span, expr);
     if opts.dialect == Dialect::Bfdmux {
         let mut func = bfdmux::lower(expr).map_err(attach)?;
         if opts.optimize {
             opt::optimize(&mut func);
         }
-        return Ok(func);
+        return Ok((func, Vec::new()));
     }
     let ast = parser::parse(expr).map_err(attach)?;
-    let mut gen = gencode::Gen::new();
+    let names = gencode::NameCache::new(resolver);
+    let mut gen = gencode::Gen::new(gencode::GenConfig {
+        link: opts.link,
+        names: &names,
+        optimize: opts.optimize,
+    });
     let cond = gen.generate(&ast).map_err(attach)?;
     let mut func = ir::lower(cond, &gen.prologue, gen.temps);
     if opts.optimize {
@@ -99,7 +133,7 @@ pub fn compile_ir(expr: &str, opts: &Options) -> Result<Function, CompileError> 
             ));
         }
     }
-    Ok(func)
+    Ok((func, gen.resolved))
 }
 
 /// Compiles IR to VM instructions (not yet verified).
@@ -118,15 +152,26 @@ pub fn emit(func: &Function, expr: &str, opts: &Options) -> Result<Vec<Insn>, Co
     })
 }
 
-/// Compiles `expr` to a verified program.
+/// Compiles `expr` to a verified program, names resolved by the system's databases (a filter
+/// without names reads none of them).
 pub fn compile(expr: &str, opts: &Options) -> Result<Program, CompileError> {
-    let func = compile_ir(expr, opts)?;
+    compile_with(expr, opts, &SystemResolver::new()).map(|c| c.program)
+}
+
+/// Compiles `expr` to a verified program, names resolved by `resolver`.
+pub fn compile_with(
+    expr: &str,
+    opts: &Options,
+    resolver: &dyn Resolver,
+) -> Result<Compiled, CompileError> {
+    let (func, names) = compile_ir_with(expr, opts, resolver)?;
     let insns = emit(&func, expr, opts)?;
-    Program::from_insns(insns).map_err(|e| {
+    let program = Program::from_insns(insns).map_err(|e| {
         CompileError::new(
             ErrorKind::Internal(format!("the generated program failed verification: {e}")),
             Span::new(0, expr.len()),
             expr,
         )
-    })
+    })?;
+    Ok(Compiled { program, names })
 }

@@ -148,3 +148,19 @@ fn deep_and_long_inputs_are_errors_not_crashes() {
     // Long but legal: many terms compile or fail cleanly for size.
     check(&vec!["port 80"; 300].join(" or "));
 }
+
+#[test]
+fn a_thousand_or_terms_compile_as_libpcap_compiles_them() {
+    // libpcap compiles 1,000 `udp port N or ...` terms (about 5,800 BPF instructions); so does
+    // netmux, within its documented limits of tokens and instructions.
+    let terms: Vec<String> = (1..=1000).map(|n| format!("udp port {n}")).collect();
+    let p = compile(&terms.join(" or "), &Options::default()).expect("1,000 terms compile");
+    assert!(p.insns().len() <= netmux_vm::MAX_INSNS);
+    let hosts: Vec<String> = (1..=1000)
+        .map(|n| format!("tcp dst port {n} and host 10.0.{}.{}", n / 256, n % 256))
+        .collect();
+    assert!(compile(&hosts.join(" or "), &Options::default()).is_ok());
+    // Past the token limit: refused with the limit named.
+    let e = compile(&vec!["udp"; 8193].join(" or "), &Options::default()).unwrap_err();
+    assert!(e.message().contains("more than 16384 tokens"), "{e}");
+}

@@ -24,10 +24,17 @@ pub enum FilterCompileError {
     Invalid(String),
 }
 
-/// Compiles an expression to a verified program.
+/// Compiles an expression to a verified program. Names are not looked up: netd compiles its
+/// clients' filters and its own, and neither may wait on the network (`host NAME` is refused as
+/// an unknown host).
 pub fn compile(expr: &str) -> Result<netmux_vm::Program, FilterCompileError> {
-    netmux_compiler::compile(expr, &netmux_compiler::Options::default())
-        .map_err(|e| FilterCompileError::Invalid(e.to_string()))
+    netmux_compiler::compile_with(
+        expr,
+        &netmux_compiler::Options::default(),
+        &netmux_compiler::NoResolver,
+    )
+    .map(|c| c.program)
+    .map_err(|e| FilterCompileError::Invalid(e.to_string()))
 }
 
 /// A MAC address as the pcap-filter language writes it.

@@ -17,9 +17,9 @@ use serde::Serialize;
 
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 8;
-/// The largest message body: a program of 4,096 instructions is 32 KiB of bytecode, which is
-/// about 128 KiB as JSON numbers; 1 MiB leaves room and still bounds what a peer can make us
-/// buffer.
+/// The largest message body: a program of 16,384 instructions (the VM's limit) is 128 KiB of
+/// bytecode, at most 512 KiB as JSON numbers; 1 MiB leaves room and still bounds what a peer
+/// can make us buffer.
 pub const MAX_BODY: usize = 1 << 20;
 /// The most descriptors one message may carry (a queue: memfd and two eventfds).
 pub const MAX_FDS: usize = 4;

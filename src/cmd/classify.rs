@@ -1,5 +1,5 @@
-//! `netmux filter classify [--linear] [--explain] [--engine E] RULES.txt CAPTURE...`: which
-//! rules accept each frame, through the merged classifier the driver runs
+//! `netmux filter classify [--linear] [--explain] [--engine E] [--dialect D] RULES.txt
+//! CAPTURE...`: which rules accept each frame, through the merged classifier the driver runs
 //! (`netmux_classify::Classifier`).
 //!
 //! RULES.txt holds one pcap-filter expression per line. A rule's id is its line number,
@@ -19,7 +19,9 @@
 //! running every rule one by one.
 //!
 //! A rule that does not compile exits with status 2, naming its line, with the compiler's
-//! caret message on stderr.
+//! caret message on stderr. Captures are Ethernet (what the driver classifies), read one frame
+//! at a time; `-` is standard input; a capture that ends in a broken record gets the lines of
+//! every whole frame before it, then the error.
 
 use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -28,10 +30,11 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use clap::{Args, ValueEnum};
 use netmux_classify::{Classifier, Classify, LinearScan, Ownership, RxFilter};
-use netmux_compiler::binding::compile_rule;
+use netmux_compiler::binding::compile_rule_in;
+use netmux_compiler::Dialect;
 use netmux_proto::driver::{FilterId, QueueId, RxMode};
 use netmux_vm::Strategy;
-use netmux_wire::capture::{self, CaptureError};
+use netmux_wire::capture::{self, CaptureError, DLT_EN10MB};
 
 use super::Refused;
 
@@ -56,9 +59,12 @@ pub struct ClassifyArgs {
     /// Which engine runs the programs.
     #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
     engine: EngineArg,
+    /// The rules' language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
+    #[arg(long, default_value = "pcap", value_parser = super::filter::parse_dialect)]
+    dialect: Dialect,
     /// One pcap-filter expression per line; the line number is the rule id.
     rules: PathBuf,
-    /// pcap or pcapng captures of Ethernet frames.
+    /// pcap or pcapng captures of Ethernet frames; `-` is standard input.
     #[arg(required = true, value_name = "CAPTURE")]
     captures: Vec<PathBuf>,
 }
@@ -84,6 +90,38 @@ impl From<EngineArg> for Strategy {
     }
 }
 
+/// The largest rules file read: far more rules than any classifier holds (each is a filter
+/// of its own), and a bound on what a wrong file (`/dev/zero`) makes the command read.
+const MAX_RULES_FILE: u64 = 16 * 1024 * 1024;
+
+/// A rules file's text; refused (status 1) when it is larger than [`MAX_RULES_FILE`] or not
+/// UTF-8 (naming the line), an I/O error (status 2) when it cannot be read.
+fn read_rules(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_RULES_FILE + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if bytes.len() as u64 > MAX_RULES_FILE {
+        return Err(Refused(format!(
+            "{}: a rules file is at most {MAX_RULES_FILE} bytes",
+            path.display()
+        ))
+        .into());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        Refused(format!(
+            "{}:{line}: the line is not UTF-8 text",
+            path.display()
+        ))
+        .into()
+    })
+}
+
 /// The rules of a rules file: (line number, expression) for every line that is not blank or
 /// a comment.
 pub fn parse_rules(text: &str) -> Vec<(u32, &str)> {
@@ -100,11 +138,10 @@ pub fn parse_rules(text: &str) -> Vec<(u32, &str)> {
 impl ClassifyArgs {
     /// Runs the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let text = std::fs::read_to_string(&self.rules)
-            .with_context(|| format!("cannot read {}", self.rules.display()))?;
+        let text = read_rules(&self.rules)?;
         let mut rules = Vec::new();
         for (line, expr) in parse_rules(&text) {
-            match compile_rule(expr) {
+            match compile_rule_in(expr, self.dialect) {
                 Ok(rule) => rules.push((line, rule)),
                 Err(e) => {
                     eprintln!("netmux: {}:{line}: {e}", self.rules.display());
@@ -149,10 +186,22 @@ fn print_classes(classifier: &mut dyn Classify, captures: &[PathBuf]) -> anyhow:
     let mut queues = Vec::new();
     let mut line = String::new();
     for path in captures {
-        let frames = read_capture(path)?;
-        for frame in &frames {
+        let mut reader = capture::open(path).map_err(|e| refuse(path, e))?;
+        reader
+            .info()
+            .require_dlt(
+                DLT_EN10MB,
+                "the classifier reads Ethernet frames, as the driver does",
+            )
+            .map_err(|e| refuse(path, e))?;
+        while let Some(frame) = reader.next_packet() {
+            let frame = match frame {
+                Ok(f) => f,
+                // The lines so far stand, as `tcpdump -r` prints the frames before a fault.
+                Err(e) => return finish(out.flush()).and(Err(refuse(path, e))),
+            };
             queues.clear();
-            classifier.classify(&frame.data, frame.wire_len, &mut queues);
+            classifier.classify(frame.data, frame.wire_len, &mut queues);
             line.clear();
             if queues.is_empty() {
                 line.push('-');
@@ -172,11 +221,13 @@ fn print_classes(classifier: &mut dyn Classify, captures: &[PathBuf]) -> anyhow:
     finish(out.flush())
 }
 
-fn read_capture(path: &Path) -> anyhow::Result<Vec<capture::Frame>> {
-    capture::read_file(path).map_err(|e| match e {
-        CaptureError::Io { .. } => anyhow!(e),
+/// A capture that cannot be opened is an I/O error (status 2); one that is not a readable
+/// Ethernet capture is refused (status 1).
+fn refuse(path: &Path, e: CaptureError) -> anyhow::Error {
+    match e {
+        e @ CaptureError::Io { .. } => anyhow!(e),
         refused => Refused(format!("{}: {refused}", path.display())).into(),
-    })
+    }
 }
 
 /// Ends quietly when the reader of the output has gone (`... | head`).

@@ -6,6 +6,12 @@
 //! with the time of the fragment that completed them. The counters are printed at the end.
 //! Datagrams still incomplete when the capture ends are reported as such, not as timed out.
 //!
+//! The input (an Ethernet capture, `-` for standard input) is read one frame at a time and the
+//! output written as frames come out, so memory is the reassembler's budget, not the file's
+//! size; the output keeps the input's timestamp precision. The output is created only once the
+//! input's header has been read; a capture that ends in a broken record leaves what came before
+//! it in the output, then the error.
+//!
 //! The reassembler sees what the driver would: a fragment cut short by the capture's snap
 //! length is dropped as malformed (its IP length says more than the capture holds), and so is an
 //! IPv6 frame whose extension headers run past the captured bytes, since it might hide a
@@ -20,14 +26,14 @@ use clap::Args;
 use netmux_driver::reassembly::{
     Config, Counters, DropReason, Outcome, Reassembler, DEFAULT_MEMORY_BUDGET,
 };
-use netmux_wire::capture::{self, CaptureError, Frame, PcapWriter, TimestampResolution};
+use netmux_wire::capture::{self, CaptureError, Frame, Packet, PcapWriter, TimestampResolution};
 
 use super::{Refused, Run};
 
 /// Reassemble the IP fragments of a capture as the driver would, and write what it delivers.
 #[derive(Args, Debug)]
 pub struct Defrag {
-    /// The capture to read (pcap or pcapng, Ethernet).
+    /// The capture to read (pcap or pcapng, Ethernet); `-` is standard input.
     #[arg(value_name = "IN.pcap")]
     input: PathBuf,
     /// The pcap file to write: unfragmented frames and whole datagrams, in delivery order.
@@ -44,10 +50,10 @@ pub struct Defrag {
 /// What a run over a capture produced.
 #[derive(Debug)]
 pub struct DefragReport {
-    /// The frames delivered, in order.
-    pub frames: Vec<Frame>,
     /// Frames read.
     pub frames_read: usize,
+    /// Frames delivered (unfragmented and reassembled).
+    pub frames_written: usize,
     /// Delivered unchanged (not fragments).
     pub unfragmented: usize,
     /// The reassembler's counters at the end.
@@ -58,30 +64,83 @@ pub struct DefragReport {
     pub incomplete_datagrams: usize,
 }
 
-/// Runs `frames` through a reassembler configured by `config`.
-pub fn defrag(frames: &[Frame], config: Config) -> DefragReport {
-    let mut r = Reassembler::new(config);
-    let mut out = Vec::with_capacity(frames.len());
-    let mut unfragmented = 0;
-    for frame in frames {
-        let now = u64::try_from(frame.timestamp.as_nanos()).unwrap_or(u64::MAX);
-        match r.push(&frame.data, now) {
-            Outcome::Deliver(_) => {
-                unfragmented += 1;
-                out.push(frame.clone());
-            }
-            Outcome::Reassembled(data) => out.push(Frame::whole(frame.timestamp, data)),
-            Outcome::Held | Outcome::Dropped(_) => {}
+/// What the reassembler delivers for a frame pushed.
+#[derive(Debug)]
+pub enum Delivered {
+    /// The frame itself, unchanged (it was no fragment).
+    Frame,
+    /// The whole datagram the frame completed, as one frame.
+    Datagram(Vec<u8>),
+}
+
+/// The reassembler over a stream of frames: each frame in, what the driver delivers out.
+pub struct Defragger {
+    r: Reassembler,
+    frames_read: usize,
+    frames_written: usize,
+    unfragmented: usize,
+}
+
+impl Defragger {
+    /// A reassembler configured by `config`.
+    pub fn new(config: Config) -> Defragger {
+        Defragger {
+            r: Reassembler::new(config),
+            frames_read: 0,
+            frames_written: 0,
+            unfragmented: 0,
         }
     }
-    DefragReport {
-        frames: out,
-        frames_read: frames.len(),
-        unfragmented,
-        counters: r.counters().clone(),
-        held_fragments: r.held_fragments(),
-        incomplete_datagrams: r.datagrams_in_flight(),
+
+    /// Pushes one frame at its timestamp; gives what the driver delivers for it, if anything:
+    /// the frame itself, or the datagram it completed (stamped with its time).
+    pub fn push(&mut self, frame: &Packet<'_>) -> Option<Delivered> {
+        self.frames_read += 1;
+        let now = u64::try_from(frame.timestamp.as_nanos()).unwrap_or(u64::MAX);
+        let out = match self.r.push(frame.data, now) {
+            Outcome::Deliver(_) => {
+                self.unfragmented += 1;
+                Delivered::Frame
+            }
+            Outcome::Reassembled(data) => Delivered::Datagram(data),
+            Outcome::Held | Outcome::Dropped(_) => return None,
+        };
+        self.frames_written += 1;
+        Some(out)
     }
+
+    /// The counters so far.
+    pub fn report(&self) -> DefragReport {
+        DefragReport {
+            frames_read: self.frames_read,
+            frames_written: self.frames_written,
+            unfragmented: self.unfragmented,
+            counters: self.r.counters().clone(),
+            held_fragments: self.r.held_fragments(),
+            incomplete_datagrams: self.r.datagrams_in_flight(),
+        }
+    }
+}
+
+/// Runs `frames` through a reassembler configured by `config`; the delivered frames and the
+/// report.
+#[cfg(test)]
+pub fn defrag(frames: &[Frame], config: Config) -> (Vec<Frame>, DefragReport) {
+    let mut d = Defragger::new(config);
+    let mut out = Vec::new();
+    for f in frames {
+        let p = Packet {
+            timestamp: f.timestamp,
+            data: &f.data,
+            wire_len: f.wire_len,
+        };
+        match d.push(&p) {
+            Some(Delivered::Frame) => out.push(f.clone()),
+            Some(Delivered::Datagram(data)) => out.push(Frame::whole(f.timestamp, data)),
+            None => {}
+        }
+    }
+    (out, d.report())
 }
 
 impl DefragReport {
@@ -93,7 +152,7 @@ impl DefragReport {
             s.push_str(&format!("{label:<32} {value}\n"));
         };
         line("frames read", self.frames_read.to_string());
-        line("frames written", self.frames.len().to_string());
+        line("frames written", self.frames_written.to_string());
         line("  unfragmented", self.unfragmented.to_string());
         line(
             "  reassembled datagrams",
@@ -146,34 +205,53 @@ impl Defrag {
 impl Run for Defrag {
     fn run(self) -> anyhow::Result<ExitCode> {
         let config = self.config()?;
-        let frames = capture::read_file(&self.input).map_err(|e| match e {
+        let refuse = |e: CaptureError| match e {
             CaptureError::Io { .. } => anyhow::Error::new(e),
             other => anyhow::Error::new(Refused(format!("{}: {other}", self.input.display()))),
-        })?;
-        let report = defrag(&frames, config);
-        // Nanosecond output only when the input has sub-microsecond timestamps.
-        let resolution = if frames
-            .iter()
-            .any(|f| f.timestamp.subsec_nanos() % 1000 != 0)
-        {
+        };
+        let mut reader = capture::open(&self.input).map_err(refuse)?;
+        let info = reader.info();
+        info.require_dlt(
+            capture::DLT_EN10MB,
+            "the reassembler reads Ethernet frames, as the driver does",
+        )
+        .map_err(refuse)?;
+        let resolution = if info.nanosecond {
             TimestampResolution::Nano
         } else {
             TimestampResolution::Micro
         };
         let file = std::fs::File::create(&self.output)
-            .with_context(|| format!("creating {}", self.output.display()))?;
-        let mut writer = PcapWriter::new(std::io::BufWriter::new(file), resolution)
-            .with_context(|| format!("writing {}", self.output.display()))?;
-        for frame in &report.frames {
-            writer
-                .write(frame)
-                .with_context(|| format!("writing {}", self.output.display()))?;
+            .with_context(|| format!("cannot create {}", self.output.display()))?;
+        let write_error = || format!("cannot write {}", self.output.display());
+        let mut writer =
+            PcapWriter::new(std::io::BufWriter::new(file), resolution).with_context(write_error)?;
+        let mut d = Defragger::new(config);
+        let mut fault = None;
+        while let Some(frame) = reader.next_packet() {
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    fault = Some(e);
+                    break;
+                }
+            };
+            match d.push(&frame) {
+                Some(Delivered::Frame) => writer.write_packet(&frame),
+                Some(Delivered::Datagram(data)) => {
+                    writer.write(&Frame::whole(frame.timestamp, data))
+                }
+                None => Ok(()),
+            }
+            .with_context(write_error)?;
         }
-        writer
-            .finish()
-            .with_context(|| format!("writing {}", self.output.display()))?;
-        print!("{}", report.summary());
-        Ok(ExitCode::SUCCESS)
+        writer.finish().with_context(write_error)?;
+        // The counters of the frames before a fault, then the fault.
+        print!("{}", d.report().summary());
+        match fault {
+            Some(e) => Err(refuse(e)),
+            None => Ok(ExitCode::SUCCESS),
+        }
     }
 }
 
@@ -254,7 +332,7 @@ mod tests {
         assert_eq!(written[0], Frame::whole(at(0), small));
         assert_eq!(written[1], Frame::whole(at(3), big));
 
-        let report = defrag(&frames, Config::default());
+        let (_, report) = defrag(&frames, Config::default());
         assert_eq!(report.counters.datagrams_reassembled, 1);
         assert_eq!(report.counters.datagrams_dropped(DropReason::Timeout), 1);
         assert_eq!(

@@ -4,6 +4,11 @@
 //! or assembly text (a name ending in `.s`, assembled on the fly). `vm verify` answers every
 //! input, however malformed, with `ok` (exit 0) or `pc N: reason` (exit 1; `line N: reason` for
 //! assembly that does not assemble); only a file it cannot read is an error (exit 2).
+//!
+//! Files are read no further than they need to be: a container as far as its header says it
+//! goes ([`netmux_vm::read_container`]), assembly text up to [`MAX_ASSEMBLY_TEXT`] and only
+//! while it is text, so `/dev/zero` is answered at once. `vm asm` never writes over its input
+//! and refuses a compiled program given as its source.
 
 use std::io::{BufWriter, ErrorKind, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +20,11 @@ use netmux_vm::{asm, verify, Program, Strategy};
 use netmux_wire::capture::{self, CaptureError};
 
 use super::{Refused, Run};
+
+/// The largest assembly source read: the biggest program (16,384 instructions and 16 tables of
+/// a million entries) written out is several hundred megabytes, but no one writes that by
+/// hand; 64 MiB is far beyond any real source and bounds what a wrong file costs.
+const MAX_ASSEMBLY_TEXT: u64 = 64 * 1024 * 1024;
 
 /// The syntax reminder shown by `netmux vm --help`.
 const SYNTAX: &str = "\
@@ -40,9 +50,10 @@ pub enum VmCommand {
     /// The assembler only encodes: it writes programs the verifier refuses too (useful for
     /// testing the verifier), and warns when the result does not verify.
     Asm {
-        /// The assembly source.
+        /// The assembly source (text; a compiled program is refused).
         file: PathBuf,
-        /// Where to write the program [default: FILE with the extension .bin].
+        /// Where to write the program [default: FILE with the extension .bin]; never the
+        /// source itself.
         #[arg(short, long, value_name = "FILE.bin")]
         output: Option<PathBuf>,
     },
@@ -64,7 +75,8 @@ pub enum VmCommand {
     },
     /// Run a program over every frame of one or more captures.
     ///
-    /// Captures are pcap or pcapng files of Ethernet frames. Prints one line per frame,
+    /// Captures are pcap or pcapng files (`-` for standard input), read one frame at a time;
+    /// the program sees each frame's bytes whatever the link layer. Prints one line per frame,
     /// captures and frames in order: `0` when the program rejects the frame, else the value
     /// it accepts it with (a program that accepts with the value 0 also prints `0`). A capture
     /// that is cut short or malformed is refused (exit 1) after the lines of the frames before
@@ -122,17 +134,57 @@ fn is_assembly(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "s")
 }
 
-/// A program's container bytes, or why the assembly text does not assemble. `Err` only when
-/// the file cannot be read.
+/// A program's container bytes, or why the assembly text does not assemble (or is no text).
+/// `Err` only when the file cannot be read.
 fn load(path: &Path) -> anyhow::Result<Result<Vec<u8>, String>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     if !is_assembly(path) {
+        let bytes = netmux_vm::read_container(std::io::BufReader::new(file))
+            .with_context(|| format!("cannot read {}", path.display()))?;
         return Ok(Ok(bytes));
     }
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Ok(Err("the file is not UTF-8 text".into()));
-    };
-    Ok(asm::assemble(&text).map_err(|e| e.to_string()))
+    Ok(read_assembly(file, path)?.and_then(|text| asm::assemble(&text).map_err(|e| e.to_string())))
+}
+
+/// The text of an assembly source, or why it is not assembly text: a compiled program, a NUL
+/// byte, bytes that are not UTF-8, more than [`MAX_ASSEMBLY_TEXT`]. Reads only as far as it
+/// takes to tell. `Err` only when the file cannot be read.
+fn read_assembly(file: std::fs::File, path: &Path) -> anyhow::Result<Result<String, String>> {
+    use std::io::Read;
+    let mut input = std::io::BufReader::new(file).take(MAX_ASSEMBLY_TEXT + 1);
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match input.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(anyhow!(e).context(format!("cannot read {}", path.display()))),
+        };
+        bytes.extend_from_slice(&chunk[..n]);
+        if bytes.starts_with(&netmux_vm::program::MAGIC) {
+            return Ok(Err(format!(
+                "this is a compiled program, not assembly text (`netmux vm disasm {}` prints it as text)",
+                path.display()
+            )));
+        }
+        if let Some(at) = bytes.iter().position(|&b| b == 0) {
+            return Ok(Err(format!(
+                "this is not assembly text: a NUL byte at offset {at} (a binary file?)"
+            )));
+        }
+        if bytes.len() as u64 > MAX_ASSEMBLY_TEXT {
+            return Ok(Err(format!(
+                "an assembly source is at most {MAX_ASSEMBLY_TEXT} bytes"
+            )));
+        }
+    }
+    Ok(String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        format!("line {line}: not UTF-8 text (a binary file?)")
+    }))
 }
 
 /// Like [`load`], with assembly errors refused.
@@ -155,17 +207,37 @@ fn finish_output(result: std::io::Result<()>) -> anyhow::Result<ExitCode> {
 }
 
 fn assemble(file: &Path, output: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|_| Refused(format!("{}: the file is not UTF-8 text", file.display())))?;
+    let source =
+        std::fs::File::open(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        read_assembly(source, file)?.map_err(|e| Refused(format!("{}: {e}", file.display())))?;
     let bytes = asm::assemble(&text).map_err(|e| Refused(format!("{}: {e}", file.display())))?;
     let output = output.unwrap_or_else(|| file.with_extension("bin"));
+    if same_file(file, &output) {
+        return Err(Refused(format!(
+            "{}: the output would overwrite the source; name another with -o",
+            file.display()
+        ))
+        .into());
+    }
     std::fs::write(&output, &bytes)
         .with_context(|| format!("cannot write {}", output.display()))?;
     if let Err(e) = verify(&bytes) {
         eprintln!("netmux: warning: {} does not verify: {e}", output.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `a` and `b` name the same file (the same path, or one reached by a link).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
 }
 
 fn disassemble(file: &Path) -> anyhow::Result<ExitCode> {
@@ -193,12 +265,14 @@ fn run(file: &Path, strategy: Strategy, captures: &[PathBuf]) -> anyhow::Result<
     let mut out = BufWriter::new(std::io::stdout().lock());
     let mut scratch = [0; netmux_vm::isa::NUM_SLOTS];
     for path in captures {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let refuse = |e: CaptureError| -> anyhow::Error {
-            Refused(format!("{}: {e}", path.display())).into()
+            match e {
+                e @ CaptureError::Io { .. } => anyhow!(e),
+                e => Refused(format!("{}: {e}", path.display())).into(),
+            }
         };
-        for frame in capture::frames(&bytes).map_err(refuse)? {
+        let mut reader = capture::open(path).map_err(refuse)?;
+        while let Some(frame) = reader.next_packet() {
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(e) => {
@@ -208,7 +282,7 @@ fn run(file: &Path, strategy: Strategy, captures: &[PathBuf]) -> anyhow::Result<
                     return Err(refuse(e));
                 }
             };
-            let verdict = engine.run_with_scratch(&frame.data, frame.wire_len, &mut scratch);
+            let verdict = engine.run_with_scratch(frame.data, frame.wire_len, &mut scratch);
             if let Err(e) = writeln!(out, "{}", verdict.as_u32()) {
                 return finish_output(Err(e));
             }

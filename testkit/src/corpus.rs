@@ -4,11 +4,11 @@
 //! `<workspace>/../shared/conformance`. It holds `exprs.txt` (expressions that must agree with
 //! libpcap), `reject.txt` (expressions that must be rejected) and captures under `pcap/`.
 //!
-//! [`read_capture`] reads every frame of a pcap or pcapng capture (told apart by magic number),
-//! keeping the captured bytes and the wire length exactly as recorded; it does not validate
-//! lengths against the snapshot length, because libpcap's filter only ever sees the bytes and
-//! the recorded wire length. A capture that ends in the middle of a record keeps the frames
-//! before it ([`Capture::truncated`] says so), as `tcpdump -r` prints them before its error.
+//! [`read_capture`] reads every frame of a pcap or pcapng capture (told apart by magic number)
+//! through netmux's own reader, so as libpcap hands them to tcpdump: records longer than the
+//! snapshot length cut to it, the wire length as recorded. A capture that ends in the middle of
+//! a record keeps the frames before it ([`Capture::truncated`] says so), as `tcpdump -r` prints
+//! them before its error.
 
 use std::fs;
 use std::path::{Path, PathBuf};

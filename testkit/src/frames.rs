@@ -599,3 +599,75 @@ pub fn sample_frames(mutants: usize, seed: u64) -> Vec<Frame> {
     }
     out
 }
+
+/// Link layers a test frame can be rewritten into ([`relink`]), by their `DLT_` values.
+pub mod dlt {
+    /// Ethernet.
+    pub const EN10MB: i32 = 1;
+    /// Raw IP (IPv4 or IPv6 by the version nibble).
+    pub const RAW: i32 = 12;
+    /// Linux cooked v1.
+    pub const LINUX_SLL: i32 = 113;
+    /// Raw IPv4.
+    pub const IPV4: i32 = 228;
+    /// Raw IPv6.
+    pub const IPV6: i32 = 229;
+    /// Linux cooked v2.
+    pub const LINUX_SLL2: i32 = 276;
+    /// Every one of them.
+    pub const ALL: [i32; 6] = [EN10MB, RAW, LINUX_SLL, IPV4, IPV6, LINUX_SLL2];
+}
+
+/// An Ethernet frame as the link layer `dlt` would have carried it: the Ethernet header
+/// replaced by a Linux cooked v1 or v2 header (the protocol field the Ethernet type, or
+/// `0x0004`/`0x0001` for 802.2/802.3 frames, as Linux sets it), or removed for raw IP. A frame
+/// too short for its Ethernet header keeps what it has after the new header; the wire length
+/// changes by as much as the header does.
+pub fn relink(frame: &Frame, dlt: i32) -> Frame {
+    let d = &frame.data;
+    let ethertype = d.get(12..14).map(|t| u16::from_be_bytes([t[0], t[1]]));
+    let payload = d.get(14..).unwrap_or(&[]);
+    let src = d.get(6..12).unwrap_or(&[]);
+    let protocol = match ethertype {
+        Some(t) if t > 1500 => t,
+        Some(_) if payload.starts_with(&[0xff, 0xff]) => 0x0001,
+        _ => 0x0004,
+    };
+    let pkttype: u8 = match d.first() {
+        Some(b) if *b == 0xff => 1,
+        Some(b) if b & 1 == 1 => 2,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(d.len() + 6);
+    match dlt {
+        dlt::LINUX_SLL => {
+            out.extend_from_slice(&u16::from(pkttype).to_be_bytes());
+            out.extend_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
+            out.extend_from_slice(&6u16.to_be_bytes());
+            let mut addr = [0u8; 8];
+            addr[..src.len()].copy_from_slice(src);
+            out.extend_from_slice(&addr);
+            out.extend_from_slice(&protocol.to_be_bytes());
+        }
+        dlt::LINUX_SLL2 => {
+            out.extend_from_slice(&protocol.to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&2u32.to_be_bytes()); // interface index
+            out.extend_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
+            out.push(pkttype);
+            out.push(6);
+            let mut addr = [0u8; 8];
+            addr[..src.len()].copy_from_slice(src);
+            out.extend_from_slice(&addr);
+        }
+        dlt::RAW | dlt::IPV4 | dlt::IPV6 => {}
+        _ => return frame.clone(),
+    }
+    let header = out.len();
+    out.extend_from_slice(payload);
+    let wire_len = (i64::from(frame.wire_len) + header as i64 - 14).max(0) as u32;
+    Frame {
+        data: out,
+        wire_len,
+    }
+}

@@ -5,7 +5,9 @@
 //!   wrapper, the reference every netmux filter verdict is compared with.
 //! * [`corpus`]: the conformance corpus (`exprs.txt`, `reject.txt`, the captures under `pcap/`)
 //!   and reading the Ethernet frames of any pcap or pcapng capture.
-//! * [`frames`]: builders for the Ethernet frames the tests make themselves.
+//! * [`exprs`]: random pcap-filter expressions for the differential tests.
+//! * [`frames`]: builders for the Ethernet frames the tests make themselves, and [`relink`]ing
+//!   them into other link layers.
 //! * [`bins`]: the workspace's binaries for process tests, and [`bins::DriverProcess`], the
 //!   driver binary on a virtual cable.
 //! * [`cable`]: a test's end of a driver's virtual cable.
@@ -18,6 +20,7 @@
 pub mod bins;
 pub mod cable;
 pub mod corpus;
+pub mod exprs;
 pub mod frames;
 #[allow(unsafe_code)]
 pub mod oracle;
@@ -25,7 +28,8 @@ pub mod oracle;
 use std::path::{Path, PathBuf};
 
 pub use corpus::{Capture, CorpusError, Frame};
-pub use oracle::{BpfInsn, BpfProgram, OracleError};
+pub use frames::relink;
+pub use oracle::{BpfInsn, BpfProgram, Offline, OfflineFrame, OracleError};
 
 /// The seed of a randomised test: `NETMUX_SEED` when set (to replay a failure), else a fresh
 /// one. It is printed on stderr with the test's name, so a failing run shows how to replay it

@@ -28,15 +28,44 @@ use std::fmt::Write as _;
 use crate::isa::{Insn, Opcode, Operand, INSN_SIZE};
 use crate::program::{FORMAT_VERSION, HEADER_SIZE, MAGIC};
 
-/// An assembly error with its 1-based line number.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}")]
+/// An assembly error with its 1-based line number, and where the fault is on the line when
+/// that is known (printed with the line and a caret under it).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AsmError {
     /// Line of the source, from 1.
     pub line: usize,
     /// What is wrong.
     pub message: String,
+    /// The line's text and the byte range of the fault in it.
+    pub caret: Option<(String, std::ops::Range<usize>)>,
 }
+
+impl std::fmt::Display for AsmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)?;
+        if let Some((text, range)) = &self.caret {
+            // Tabs would misplace the caret: shown as spaces.
+            let shown: String = text
+                .chars()
+                .map(|c| if c.is_whitespace() { ' ' } else { c })
+                .collect();
+            let start = text.get(..range.start).map_or(0, |s| s.chars().count());
+            let width = text
+                .get(range.clone())
+                .map_or(1, |s| s.chars().count())
+                .max(1);
+            write!(
+                f,
+                "\n  {shown}\n  {}{}",
+                " ".repeat(start),
+                "^".repeat(width)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for AsmError {}
 
 /// Why bytes cannot be disassembled.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -173,14 +202,47 @@ fn shape_text(op: Opcode) -> String {
     format!("{} {}", op.mnemonic(), parts.join(", "))
 }
 
-/// Assembles source text into the container format. Does not verify.
+/// The text before `->` of a table entry line, for a caret when the key has no words.
+fn key_text_or_arrow<'a>(raw_line: &'a str, text: &'a str) -> &'a str {
+    text.find("->")
+        .and_then(|i| {
+            let start = text.as_ptr() as usize - raw_line.as_ptr() as usize;
+            raw_line.get(start + i..start + i + 2)
+        })
+        .unwrap_or(text)
+}
+
+/// Whether an operand is written as a number (decimal or `0x` hex), whatever its size.
+fn looks_numeric(s: &str) -> bool {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+/// Assembles source text into the container format. Does not verify (but refuses a table
+/// entry whose key is not the table's width, which no container can hold).
 pub fn assemble(source: &str) -> Result<Vec<u8>, AsmError> {
     let mut items: Vec<Item> = Vec::new();
     let mut labels: HashMap<String, usize> = HashMap::new();
     let mut tables: Vec<RawTable> = Vec::new();
     for (index, raw_line) in source.lines().enumerate() {
         let line = index + 1;
-        let fail = |message: String| AsmError { line, message };
+        let fail = |message: String| AsmError {
+            line,
+            message,
+            caret: None,
+        };
+        // The byte range of `part` (a slice of this line) in the line.
+        let at = |part: &str| {
+            let start = part.as_ptr() as usize - raw_line.as_ptr() as usize;
+            start..start + part.len()
+        };
+        let fail_at = |message: String, part: &str| AsmError {
+            line,
+            message,
+            caret: Some((raw_line.to_string(), at(part))),
+        };
         let mut text = raw_line.split([';', '#']).next().unwrap_or("").trim();
         // Labels, possibly followed by an instruction.
         while let Some((name, rest)) = text.split_once(':') {
@@ -243,13 +305,31 @@ pub fn assemble(source: &str) -> Result<Vec<u8>, AsmError> {
                     .split_once("->")
                     .ok_or_else(|| fail("table entry needs `KEY... -> VALUE`".into()))?;
                 let parse = |s: &str| {
-                    parse_u32(s).ok_or_else(|| fail(format!("`{s}` is not a 32-bit number")))
+                    parse_u32(s).ok_or_else(|| fail_at(format!("`{s}` is not a 32-bit number"), s))
                 };
-                let key = key
-                    .split_whitespace()
-                    .map(parse)
-                    .collect::<Result<_, _>>()?;
-                table.entries.push((key, parse(value)?));
+                let words: Vec<&str> = key.split_whitespace().collect();
+                let key: Vec<u32> = words.iter().map(|w| parse(w)).collect::<Result<_, _>>()?;
+                if key.len() != table.words as usize {
+                    // The verifier would refuse the whole container; say which entry.
+                    let span = match (words.first(), words.last()) {
+                        (Some(first), Some(last)) => {
+                            let (a, b) = (at(first), at(last));
+                            &raw_line[a.start..b.end]
+                        }
+                        _ => key_text_or_arrow(raw_line, text),
+                    };
+                    return Err(fail_at(
+                        format!(
+                            "the key has {} word{}, the table's keys have {} (words={})",
+                            key.len(),
+                            if key.len() == 1 { "" } else { "s" },
+                            table.words,
+                            table.words
+                        ),
+                        span,
+                    ));
+                }
+                table.entries.push((key, parse(value.trim())?));
                 continue;
             }
             return Err(fail(
@@ -277,6 +357,15 @@ pub fn assemble(source: &str) -> Result<Vec<u8>, AsmError> {
             .iter()
             .find_map(|&op| parse_operands(op, &args, line))
             .ok_or_else(|| {
+                // A number too large for its field says so, rather than that the form is wrong.
+                for arg in &args {
+                    let inner = arg.trim_matches(|c| c == '[' || c == ']');
+                    for part in inner.split('+').map(str::trim) {
+                        if looks_numeric(part) && parse_u32(part).is_none() {
+                            return fail_at(format!("`{part}` does not fit in 32 bits"), part);
+                        }
+                    }
+                }
                 let forms: Vec<String> = candidates.iter().map(|&op| shape_text(op)).collect();
                 fail(format!(
                     "bad operands for `{mnemonic}`: expected {}",
@@ -292,6 +381,7 @@ pub fn assemble(source: &str) -> Result<Vec<u8>, AsmError> {
     let ntables = u16::try_from(tables.len()).map_err(|_| AsmError {
         line: 0,
         message: "too many tables".into(),
+        caret: None,
     })?;
     out.extend_from_slice(&ntables.to_le_bytes());
     out.extend_from_slice(&(items.len() as u32).to_le_bytes());
@@ -312,10 +402,12 @@ pub fn assemble(source: &str) -> Result<Vec<u8>, AsmError> {
                         let to = *labels.get(name).ok_or_else(|| AsmError {
                             line: *line,
                             message: format!("undefined label `{name}`"),
+                            caret: None,
                         })?;
                         i16::try_from(to as i64 - pc as i64 - 1).map_err(|_| AsmError {
                             line: *line,
                             message: format!("label `{name}` is too far away"),
+                            caret: None,
                         })?
                     }
                 };
@@ -482,5 +574,28 @@ mod tests {
         assert!(e.message.contains("[K]"), "{e}");
         let e = assemble("ja nowhere\n").unwrap_err();
         assert!(e.message.contains("undefined label"), "{e}");
+    }
+
+    #[test]
+    fn a_table_key_of_the_wrong_width_is_refused_with_a_caret() {
+        let e = assemble("accept 1\n.table words=2 default=0\n  1 -> 2 ; one word\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 3: the key has 1 word, the table's keys have 2 (words=2)\n    1 -> 2 ; one word\n    ^"
+        );
+        let e = assemble("accept 1\n.table words=1\n\t7 8 9 -> 1\n").unwrap_err();
+        assert!(e.to_string().ends_with("\n   7 8 9 -> 1\n   ^^^^^"), "{e}");
+        assert!(assemble("accept 1\n.table words=2\n 7 8 -> 1\n").is_ok());
+    }
+
+    #[test]
+    fn a_constant_too_large_says_so_with_a_caret() {
+        let e = assemble("mov r0, 0x100000000\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: `0x100000000` does not fit in 32 bits\n  mov r0, 0x100000000\n          ^^^^^^^^^^^"
+        );
+        let e = assemble("ldb r0, [r1 + 4294967296]\n").unwrap_err();
+        assert!(e.message.contains("does not fit"), "{e}");
     }
 }

@@ -496,7 +496,7 @@ fn decode(program: &Program) -> Box<[Op]> {
         .enumerate()
         .map(|(pc, i)| {
             let (d, s, k) = (i.dst & 0xf, i.src & 0xf, i.k);
-            // Verified: targets lie in 0..MAX_INSNS (4096), slots and tables below 16.
+            // Verified: targets lie in 0..MAX_INSNS (below 2^16), slots and tables below 16.
             let t = i.target(pc) as u16;
             let slot = (k & 0xf) as u8;
             match i.op {

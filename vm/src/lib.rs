@@ -32,7 +32,7 @@ pub mod verifier;
 pub use engine::{Engine, EngineError, EngineKind, Scratch};
 pub use interp::Interpreter;
 pub use isa::{Insn, Opcode, Operand, Verdict};
-pub use program::{Program, MAX_INSNS};
+pub use program::{read_container, Program, MAX_INSNS};
 pub use strategy::{engine, Strategy};
 pub use table::Table;
 pub use verifier::{verify, VerifyError, VerifyErrorKind};

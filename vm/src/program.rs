@@ -30,8 +30,10 @@ pub const MAGIC: [u8; 4] = *b"NMXF";
 pub const FORMAT_VERSION: u16 = 1;
 /// Size of the container header in bytes.
 pub const HEADER_SIZE: usize = 12;
-/// The most instructions a program may have; bounds every run at this many steps.
-pub const MAX_INSNS: usize = 4096;
+/// The most instructions a program may have; bounds every run at this many steps. Room for
+/// the filters libpcap compiles, 1,000 `or` terms and more (about 4,000 to 6,000
+/// instructions), and within the reach of the 16-bit jump displacement.
+pub const MAX_INSNS: usize = 16_384;
 /// The most tables a program may have.
 pub const MAX_TABLES: usize = 16;
 
@@ -64,6 +66,55 @@ pub fn encode(insns: &[Insn], tables: &[Table]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Reads a program container from `input`, no further than the container says it goes: the
+/// header, the instructions it counts, each table's header and the entries it counts, and one
+/// byte more (so [`crate::verify`] sees trailing data). It stops early where the header or a
+/// table header is one the verifier refuses for its size or kind (a bad magic number or
+/// version, too many instructions or tables, a bad key width, too many entries), so an input of
+/// any size, `/dev/zero` included, costs at most the largest container. The bytes go to
+/// [`crate::verify`] (or the disassembler), which answers for them.
+pub fn read_container(input: impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use crate::table::{MAX_KEY_WORDS, MAX_TABLE_ENTRIES};
+    use std::io::Read;
+    let mut input = input;
+    let mut out = Vec::new();
+    // Appends up to `n` more bytes; whether all of them came.
+    let more = |input: &mut dyn Read, out: &mut Vec<u8>, n: u64| -> std::io::Result<bool> {
+        let before = out.len() as u64;
+        input.take(n).read_to_end(out)?;
+        Ok(out.len() as u64 - before == n)
+    };
+    let word = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    if !more(&mut input, &mut out, HEADER_SIZE as u64)? {
+        return Ok(out);
+    }
+    let ntables = u16::from_le_bytes([out[6], out[7]]) as usize;
+    let ninsns = word(&out, 8) as usize;
+    let version = u16::from_le_bytes([out[4], out[5]]);
+    if out[0..4] != MAGIC || version != FORMAT_VERSION || ninsns > MAX_INSNS || ntables > MAX_TABLES
+    {
+        return Ok(out);
+    }
+    if !more(&mut input, &mut out, (ninsns * INSN_SIZE) as u64)? {
+        return Ok(out);
+    }
+    for _ in 0..ntables {
+        let at = out.len();
+        if !more(&mut input, &mut out, 12)? {
+            return Ok(out);
+        }
+        let (width, entries) = (word(&out, at) as usize, word(&out, at + 8) as usize);
+        if width == 0 || width > MAX_KEY_WORDS || entries > MAX_TABLE_ENTRIES {
+            return Ok(out);
+        }
+        if !more(&mut input, &mut out, (entries * (width + 1) * 4) as u64)? {
+            return Ok(out);
+        }
+    }
+    more(&mut input, &mut out, 1)?;
+    Ok(out)
 }
 
 impl Program {

@@ -7,7 +7,7 @@ use crate::ast::*;
 use crate::error::{semantic, Result, Span};
 use crate::ir::*;
 
-impl Gen {
+impl Gen<'_> {
     /// `gen_geneve_check`: UDP to port 6081, Geneve version 0, and the VNI if given.
     fn geneve_check(&mut self, ipv: Ipv, vni: Option<u32>, span: Span) -> Result<Cond> {
         let mut b0 = self.port(ipv, GENEVE_PORT, None, IPPROTO_UDP, Some(Dir::Dst), span)?;
@@ -84,10 +84,10 @@ impl Gen {
                 src: Operand::K(0),
             });
         }
-        self.off_linktype = Off {
+        self.off_linktype = Some(Off {
             var: Some(offsets.linktype),
             k: 0,
-        };
+        });
         self.off_linkhdr = Off {
             var: Some(offsets.linkhdr),
             k: 0,
@@ -97,6 +97,8 @@ impl Gen {
             k: 0,
         };
         self.off_nl = 0;
+        // libpcap's `PUSH_LINKHDR(DLT_EN10MB, ...)`: what follows tests Ethernet.
+        self.link = super::LinkType::Ethernet;
         // libpcap: "We have a bare jmp so we can't use the optimizer."
         self.libpcap.optimizer_off = true;
         Ok(Cond::and(Cond::or(b0, b1), Cond::Frag(Box::new(offsets))))

@@ -1,17 +1,19 @@
-//! The link layer: the Ethernet type and LLC/SNAP tests (`gen_linktype`, `gen_snap`), MAC
-//! addresses (`gen_ehostop`), broadcast and multicast, and the VLAN and MPLS tags, which move
-//! the offsets of everything parsed after them (`gen_vlan`, `gen_mpls`).
+//! The link layer: the link-type tests of each link layer (`gen_linktype`: Ethernet type and
+//! LLC/SNAP, Linux cooked headers, raw IP's version nibble), MAC addresses (`gen_ehostop`),
+//! broadcast and multicast, and the VLAN and MPLS tags, which move the offsets of everything
+//! parsed after them (`gen_vlan`, `gen_mpls`).
 
 use super::{
-    Gen, Rel, ETHERMTU, ETHERTYPE_8021AD, ETHERTYPE_8021Q, ETHERTYPE_8021QINQ, ETHERTYPE_AARP,
-    ETHERTYPE_ATALK, ETHERTYPE_IP, ETHERTYPE_IPV6, ETHERTYPE_IPX, ETHERTYPE_MPLS, LLCSAP_IP,
-    LLCSAP_IPX, LLCSAP_ISONS, LLCSAP_NETBEUI, PPP_IP, PPP_IPV6,
+    Gen, LinkType, Rel, ETHERMTU, ETHERTYPE_8021AD, ETHERTYPE_8021Q, ETHERTYPE_8021QINQ,
+    ETHERTYPE_AARP, ETHERTYPE_ATALK, ETHERTYPE_IP, ETHERTYPE_IPV6, ETHERTYPE_IPX, ETHERTYPE_MPLS,
+    LINUX_SLL_P_802_2, LINUX_SLL_P_802_3, LLCSAP_IP, LLCSAP_IPX, LLCSAP_ISONS, LLCSAP_NETBEUI,
+    PPP_IP, PPP_IPV6,
 };
 use crate::ast::*;
 use crate::error::{semantic, Result, Span};
 use crate::ir::*;
 
-impl Gen {
+impl Gen<'_> {
     /// `gen_snap`: an 802.2 LLC/SNAP header with this organisation code and type.
     fn snap(&mut self, org: u32, ptype: u32) -> Cond {
         let b = [
@@ -63,7 +65,47 @@ impl Gen {
         }
     }
 
-    /// `gen_linktype` for Ethernet, including the MPLS bottom-of-stack form.
+    /// `gen_linux_sll_linktype`: the cooked header's protocol field, with 802.2 and 802.3
+    /// frames told apart by the pseudo-protocols `LINUX_SLL_P_802_2` and `_802_3`.
+    fn sll_linktype(&mut self, p: u32) -> Cond {
+        match p {
+            LLCSAP_ISONS | LLCSAP_IP | LLCSAP_NETBEUI => {
+                let b0 = self.cmp(Rel::LinkType, 0, Size::H, LINUX_SLL_P_802_2);
+                let b1 = self.cmp(Rel::LinkPl, 0, Size::H, (p << 8) | p);
+                Cond::and(b0, b1)
+            }
+            LLCSAP_IPX => {
+                let ty = self.cmp(Rel::LinkType, 0, Size::H, ETHERTYPE_IPX);
+                let p8023 = self.cmp(Rel::LinkType, 0, Size::H, LINUX_SLL_P_802_3);
+                let p8022 = self.cmp(Rel::LinkType, 0, Size::H, LINUX_SLL_P_802_2);
+                let sap = self.cmp(Rel::LinkPl, 0, Size::B, LLCSAP_IPX);
+                let snap = self.snap(0, ETHERTYPE_IPX);
+                let llc = Cond::and(p8022, Cond::or(sap, snap));
+                Cond::or(ty, Cond::or(p8023, llc))
+            }
+            ETHERTYPE_ATALK | ETHERTYPE_AARP => {
+                let ty = self.cmp(Rel::LinkType, 0, Size::H, p);
+                let p8022 = self.cmp(Rel::LinkType, 0, Size::H, LINUX_SLL_P_802_2);
+                let snap = if p == ETHERTYPE_ATALK {
+                    self.snap(0x080007, ETHERTYPE_ATALK)
+                } else {
+                    self.snap(0, ETHERTYPE_AARP)
+                };
+                Cond::or(ty, Cond::and(p8022, snap))
+            }
+            p if p <= ETHERMTU => {
+                let b0 = self.cmp(Rel::LinkType, 0, Size::H, LINUX_SLL_P_802_2);
+                // libpcap: OR_LINKHDR at the payload's constant offset.
+                let at = self.off_linkpl.k;
+                let b1 = self.cmp(Rel::LinkHdr, at, Size::B, p);
+                Cond::and(b0, b1)
+            }
+            p => self.cmp(Rel::LinkType, 0, Size::H, p),
+        }
+    }
+
+    /// `gen_linktype`: the test that the link layer carries protocol `p` (an Ethernet type or
+    /// an LLC SAP), including the MPLS bottom-of-stack form.
     pub(super) fn linktype(&mut self, p: u32, span: Span) -> Result<Cond> {
         if self.label_stack_depth > 0 {
             let version = match p {
@@ -75,12 +117,28 @@ impl Gen {
             let b1 = self.mcmp(Rel::Net, 0, Size::B, version, 0xf0);
             return Ok(Cond::and(b0, b1));
         }
-        Ok(self.ether_linktype(p))
+        Ok(match self.link() {
+            LinkType::Ethernet => self.ether_linktype(p),
+            LinkType::LinuxSll => self.sll_linktype(p),
+            // The cooked v2 header has a plain Ethernet type field.
+            LinkType::LinuxSll2 => self.cmp(Rel::LinkType, 0, Size::H, p),
+            LinkType::Raw => match p {
+                ETHERTYPE_IP => self.mcmp(Rel::LinkHdr, 0, Size::B, 0x40, 0xf0),
+                ETHERTYPE_IPV6 => self.mcmp(Rel::LinkHdr, 0, Size::B, 0x60, 0xf0),
+                _ => self.never(),
+            },
+            LinkType::Ipv4 if p == ETHERTYPE_IP => Cond::True,
+            LinkType::Ipv6 if p == ETHERTYPE_IPV6 => Cond::True,
+            LinkType::Ipv4 | LinkType::Ipv6 => self.never(),
+        })
     }
 
     /// `gen_broadcast`.
     pub(super) fn broadcast(&mut self, proto: Option<Proto>, span: Span) -> Result<Cond> {
         match proto {
+            None | Some(Proto::Link) if self.link() != LinkType::Ethernet => {
+                semantic(span, "not a broadcast link")
+            }
             None | Some(Proto::Link) => Ok(self.ehostop(&[0xff; 6], Some(Dir::Dst))),
             Some(Proto::Ip) => semantic(span, "netmask not known, so 'ip broadcast' not supported"),
             Some(_) => semantic(span, "only link-layer/IP broadcast filters supported"),
@@ -90,7 +148,7 @@ impl Gen {
     /// `gen_multicast`.
     pub(super) fn multicast(&mut self, proto: Option<Proto>, span: Span) -> Result<Cond> {
         match proto {
-            None | Some(Proto::Link) => {
+            None | Some(Proto::Link) if self.link() == LinkType::Ethernet => {
                 Ok(self.ncmp(Rel::LinkHdr, 0, Size::B, 0xffff_ffff, Cmp::Set, false, 1))
             }
             Some(Proto::Ip) => {
@@ -103,7 +161,7 @@ impl Gen {
                 let b1 = self.cmp(Rel::Net, 24, Size::B, 255);
                 Ok(Cond::and(b0, b1))
             }
-            Some(_) => semantic(
+            _ => semantic(
                 span,
                 "link-layer multicast filters supported only on ethernet/FDDI/token ring/ARCNET/802.11/ATM LANE/Fibre Channel",
             ),
@@ -133,6 +191,12 @@ impl Gen {
         if self.label_stack_depth > 0 {
             return semantic(span, "no VLAN match after MPLS");
         }
+        if self.link() != LinkType::Ethernet {
+            return semantic(
+                span,
+                format!("no VLAN support for {}", self.link().description()),
+            );
+        }
         let q = self.ether_linktype(ETHERTYPE_8021Q);
         let ad = self.ether_linktype(ETHERTYPE_8021AD);
         let qinq = self.ether_linktype(ETHERTYPE_8021QINQ);
@@ -145,7 +209,9 @@ impl Gen {
             b0 = Cond::and(b0, b1);
         }
         self.off_linkpl.k = self.off_linkpl.k.wrapping_add(4);
-        self.off_linktype.k = self.off_linktype.k.wrapping_add(4);
+        if let Some(t) = &mut self.off_linktype {
+            t.k = t.k.wrapping_add(4);
+        }
         Ok(b0)
     }
 
@@ -155,8 +221,13 @@ impl Gen {
             // Previous label: bottom-of-stack bit clear.
             let off = self.off_nl.wrapping_sub(4).wrapping_add(2);
             self.mcmp(Rel::LinkPl, off, Size::B, 0, 0x01)
-        } else {
+        } else if self.link() == LinkType::Ethernet {
             self.linktype(ETHERTYPE_MPLS, span)?
+        } else {
+            return semantic(
+                span,
+                format!("no MPLS support for {}", self.link().description()),
+            );
         };
         if let Some(n) = num {
             if n > 0xfffff {

@@ -25,6 +25,16 @@
 //! loop is unrolled up to [`PROTOCHAIN_MAX_HEADERS_V6`] (IPv6) or [`PROTOCHAIN_MAX_AH_V4`]
 //! (IPv4) times, fewer when one filter has several (see [`PROTOCHAIN_BUDGET_V6`]). A chain
 //! longer than that ends in reject (libpcap would keep walking).
+//!
+//! The link layer is the capture's ([`LinkType`]): Ethernet, Linux cooked v1 and v2, raw IP,
+//! with libpcap's offsets and link-type tests for each (`init_linktype`, `gen_linktype`).
+//! Names (`host localhost`, `port http`) are looked up through a [`Resolver`] as libpcap looks
+//! them up (`gen_scode`); what each became is kept in [`Gen::resolved`].
+//!
+//! A constant index (`ip[-1]`, `ip[2 * 3]`) is added to its header's offset in 32 bits when
+//! libpcap's optimizer would fold it (`opt_stmt` turns `ldx #k; ld [x + off]` into
+//! `ld [off + k]`, wrapping), so `ip[-1]` reads `ether[13]` as in tcpdump; unoptimized, libpcap
+//! checks `x + off` against the frame without wrapping, and so does netmux at `-O0`.
 
 mod arith;
 mod geneve;
@@ -36,6 +46,7 @@ mod qualified;
 mod transport;
 
 pub(crate) use names::parse_ipv4;
+pub use names::NameCache;
 pub use protochain::{
     PROTOCHAIN_BUDGET_V4, PROTOCHAIN_BUDGET_V6, PROTOCHAIN_MAX_AH_V4, PROTOCHAIN_MAX_HEADERS_V6,
 };
@@ -43,6 +54,7 @@ pub use protochain::{
 use crate::ast::*;
 use crate::error::{Result, Span};
 use crate::ir::*;
+use crate::resolver::{ResolvedName, Resolver};
 use protochain::count_protochains;
 
 const ETHERMTU: u32 = 1500;
@@ -78,6 +90,96 @@ const IPPROTO_VRRP: u32 = 112;
 const IPPROTO_CARP: u32 = 112;
 const IPPROTO_SCTP: u32 = 132;
 const GENEVE_PORT: u32 = 6081;
+/// `LINUX_SLL_P_802_3`: the cooked header's protocol for Novell 802.3 frames.
+const LINUX_SLL_P_802_3: u32 = 0x0001;
+/// `LINUX_SLL_P_802_2`: the cooked header's protocol for 802.2 LLC frames.
+const LINUX_SLL_P_802_2: u32 = 0x0004;
+
+/// The link layer of the frames a filter runs on: libpcap's `DLT_` values that netmux
+/// generates code for, each with libpcap's offsets (`init_linktype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LinkType {
+    /// `DLT_EN10MB` (1): Ethernet, the type at 12, the payload at 14.
+    #[default]
+    Ethernet,
+    /// `DLT_LINUX_SLL` (113): Linux cooked v1, the protocol at 14, the payload at 16.
+    LinuxSll,
+    /// `DLT_LINUX_SLL2` (276): Linux cooked v2, the protocol at 0, the payload at 20.
+    LinuxSll2,
+    /// `DLT_RAW` (12 on Linux; link type 101 in files): IPv4 or IPv6, told by the version.
+    Raw,
+    /// `DLT_IPV4` (228): IPv4 only.
+    Ipv4,
+    /// `DLT_IPV6` (229): IPv6 only.
+    Ipv6,
+}
+
+impl LinkType {
+    /// Every link type netmux compiles for.
+    pub const ALL: [LinkType; 6] = [
+        LinkType::Ethernet,
+        LinkType::LinuxSll,
+        LinkType::LinuxSll2,
+        LinkType::Raw,
+        LinkType::Ipv4,
+        LinkType::Ipv6,
+    ];
+
+    /// The link type for libpcap's `DLT_` value (what `pcap_datalink` says of a capture), if
+    /// netmux compiles for it.
+    pub fn from_dlt(dlt: u32) -> Option<LinkType> {
+        LinkType::ALL.into_iter().find(|l| l.dlt() == dlt)
+    }
+
+    /// libpcap's `DLT_` value on Linux.
+    pub fn dlt(self) -> u32 {
+        match self {
+            LinkType::Ethernet => 1,
+            LinkType::LinuxSll => 113,
+            LinkType::LinuxSll2 => 276,
+            LinkType::Raw => 12,
+            LinkType::Ipv4 => 228,
+            LinkType::Ipv6 => 229,
+        }
+    }
+
+    /// libpcap's name for it (`pcap_datalink_val_to_name`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkType::Ethernet => "EN10MB",
+            LinkType::LinuxSll => "LINUX_SLL",
+            LinkType::LinuxSll2 => "LINUX_SLL2",
+            LinkType::Raw => "RAW",
+            LinkType::Ipv4 => "IPV4",
+            LinkType::Ipv6 => "IPV6",
+        }
+    }
+
+    /// libpcap's description of it (`pcap_datalink_val_to_description`), as its errors say it.
+    pub fn description(self) -> &'static str {
+        match self {
+            LinkType::Ethernet => "Ethernet",
+            LinkType::LinuxSll => "Linux cooked v1",
+            LinkType::LinuxSll2 => "Linux cooked v2",
+            LinkType::Raw => "Raw IP",
+            LinkType::Ipv4 => "Raw IPv4",
+            LinkType::Ipv6 => "Raw IPv6",
+        }
+    }
+}
+
+/// What a generator is set up with: the same for a filter's every generation (the libpcap
+/// model generates a filter again from its syntax tree, and must get the same code).
+#[derive(Clone, Copy)]
+pub struct GenConfig<'a> {
+    /// The capture's link layer.
+    pub link: LinkType,
+    /// Where names come from (a [`NameCache`], so a second generation asks nothing new).
+    pub names: &'a dyn Resolver,
+    /// Whether libpcap's optimizer runs: it folds constant indexes into loads, wrapping in 32
+    /// bits, so they are generated that way.
+    pub optimize: bool,
+}
 
 /// An offset: an optional register part plus a constant (libpcap's `bpf_abs_offset`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,15 +215,40 @@ pub(crate) struct GenNotes {
     pub(crate) opaque_tests: Vec<Temp>,
 }
 
+impl GenConfig<'static> {
+    /// Ethernet, with libpcap's optimizer, and no names (every name is unknown).
+    pub fn ethernet() -> GenConfig<'static> {
+        static NO_NAMES: crate::resolver::NoResolver = crate::resolver::NoResolver;
+        GenConfig {
+            link: LinkType::Ethernet,
+            names: &NO_NAMES,
+            optimize: true,
+        }
+    }
+}
+
 /// The code generator's state: the offsets in force and the temps allocated so far.
-pub struct Gen {
+pub struct Gen<'a> {
     /// Temps allocated.
     pub temps: u32,
     /// Statements the program must run first (zeroing the registers that hold `geneve`'s
     /// variable offsets, which libpcap keeps in scratch memory that may be unwritten).
     pub prologue: Vec<Stmt>,
+    /// Every name looked up and what it became, in the order of the expression.
+    pub resolved: Vec<ResolvedName>,
+    config: GenConfig<'a>,
+    /// The link layer the code tests now: the capture's, Ethernet inside a Geneve tunnel.
+    link: LinkType,
+    /// Whether constant indexes wrap (libpcap's optimizer runs and folds them).
+    wrap_constant_offsets: bool,
+    /// How many enclosing operations libpcap's optimizer folds to a constant that ignores
+    /// the operand being generated (`0 & x`, `x * 0`): it deletes that operand's loads, so
+    /// netmux, which keeps them, gives them their unoptimized meaning.
+    absorbed: u32,
     off_linkhdr: Off,
-    off_linktype: Off,
+    /// The link-type field; `None` where the link layer has none (raw IP: libpcap's
+    /// `OFFSET_NOT_SET`).
+    off_linktype: Option<Off>,
     off_linkpl: Off,
     off_nl: u32,
     label_stack_depth: u32,
@@ -132,12 +259,6 @@ pub struct Gen {
     chain_steps_v6: usize,
 }
 
-impl Default for Gen {
-    fn default() -> Self {
-        Gen::new()
-    }
-}
-
 /// IPv4 or IPv6, for the functions that exist in both flavours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ipv {
@@ -145,15 +266,28 @@ enum Ipv {
     V6,
 }
 
-impl Gen {
-    /// A generator for Ethernet (DLT_EN10MB) in its initial state.
-    pub fn new() -> Gen {
+impl<'a> Gen<'a> {
+    /// A generator in its initial state for `config`'s link layer (libpcap's
+    /// `init_linktype`).
+    pub fn new(config: GenConfig<'a>) -> Gen<'a> {
+        let konst = |k| Off { var: None, k };
+        let (linktype, linkpl) = match config.link {
+            LinkType::Ethernet => (Some(konst(12)), 14),
+            LinkType::LinuxSll => (Some(konst(14)), 16),
+            LinkType::LinuxSll2 => (Some(konst(0)), 20),
+            LinkType::Raw | LinkType::Ipv4 | LinkType::Ipv6 => (None, 0),
+        };
         Gen {
             temps: 0,
             prologue: Vec::new(),
-            off_linkhdr: Off { var: None, k: 0 },
-            off_linktype: Off { var: None, k: 12 },
-            off_linkpl: Off { var: None, k: 14 },
+            resolved: Vec::new(),
+            config,
+            link: config.link,
+            wrap_constant_offsets: false,
+            absorbed: 0,
+            off_linkhdr: konst(0),
+            off_linktype: linktype,
+            off_linkpl: konst(linkpl),
             off_nl: 0,
             label_stack_depth: 0,
             libpcap: GenNotes::default(),
@@ -167,11 +301,34 @@ impl Gen {
         Temp(self.temps - 1)
     }
 
+    /// What the generator was set up with.
+    pub fn config(&self) -> GenConfig<'a> {
+        self.config
+    }
+
+    /// The link layer the code tests now.
+    fn link(&self) -> LinkType {
+        self.link
+    }
+
+    /// Notes what a name became, once per name and meaning.
+    fn resolved(&mut self, kind: &'static str, name: &str, value: String) {
+        let r = ResolvedName {
+            name: name.to_owned(),
+            kind,
+            value,
+        };
+        if !self.resolved.contains(&r) {
+            self.resolved.push(r);
+        }
+    }
+
     /// The absolute offset of `off` relative to `rel`.
     fn abs(&self, rel: Rel, off: u32) -> Off {
         let (base, extra) = match rel {
             Rel::LinkHdr => (self.off_linkhdr, 0),
-            Rel::LinkType => (self.off_linktype, 0),
+            // Only link layers with a type field test it.
+            Rel::LinkType => (self.off_linktype.unwrap_or(Off { var: None, k: 0 }), 0),
             Rel::LinkPl => (self.off_linkpl, 0),
             Rel::Net => (self.off_linkpl, self.off_nl),
         };
@@ -277,6 +434,9 @@ impl Gen {
     /// Generates the condition for a whole expression (the entry point: sizes the
     /// `protochain` unrolling for the whole expression first).
     pub fn generate(&mut self, e: &Expr) -> Result<Cond> {
+        // libpcap does not optimize a filter with `protochain` or `geneve` anywhere in it, so
+        // its constant indexes do not wrap.
+        self.wrap_constant_offsets = self.config.optimize && !turns_libpcap_optimizer_off(e);
         let (v4, v6) = count_protochains(e);
         self.chain_steps_v4 = (PROTOCHAIN_BUDGET_V4 / v4.max(1)).clamp(1, PROTOCHAIN_MAX_AH_V4);
         self.chain_steps_v6 =
@@ -323,6 +483,12 @@ impl Gen {
         }
     }
 
+    /// `gen_false`: a test that is never true (libpcap's `ld #1; jeq #0`, which its
+    /// optimizer folds).
+    fn never(&mut self) -> Cond {
+        Cond::negate(Cond::True)
+    }
+
     fn len_cmp(&mut self, cmp: Cmp, reverse: bool, n: u32) -> Cond {
         let a = self.temp();
         let t = Cond::Test(Test {
@@ -336,5 +502,20 @@ impl Gen {
         } else {
             t
         }
+    }
+}
+
+/// Whether libpcap skips its optimizer for this expression: `protochain` (a backward jump)
+/// and `geneve` (a bare jump) turn it off for the whole filter.
+fn turns_libpcap_optimizer_off(e: &Expr) -> bool {
+    match e {
+        Expr::Chain(first, rest) => {
+            turns_libpcap_optimizer_off(first)
+                || rest.iter().any(|(_, e)| turns_libpcap_optimizer_off(e))
+        }
+        Expr::Not(inner) => turns_libpcap_optimizer_off(inner),
+        Expr::Prim(Primitive::Geneve(_), _) => true,
+        Expr::Prim(Primitive::Qualified(q, _), _) => q.addr == Some(AddrKind::Protochain),
+        Expr::Empty | Expr::Prim(..) | Expr::Rel(..) => false,
     }
 }

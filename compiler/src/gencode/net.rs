@@ -12,7 +12,7 @@ use crate::ast::*;
 use crate::error::{semantic, unsupported, Result, Span};
 use crate::ir::*;
 
-impl Gen {
+impl Gen<'_> {
     /// `gen_ipfrag`: not a fragment other than the first.
     pub(super) fn ipfrag(&mut self) -> Cond {
         let t = self.ncmp(Rel::Net, 6, Size::H, 0xffff_ffff, Cmp::Set, false, 0x1fff);

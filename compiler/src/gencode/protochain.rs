@@ -14,7 +14,7 @@ use crate::ir::*;
 pub const PROTOCHAIN_MAX_HEADERS_V6: usize = 110;
 
 /// Unrolled IPv6 steps shared by all the `protochain`s of one filter (~2,700 instructions),
-/// so a filter with several still fits the VM's 4,096: each gets `min(110, 140 / n)`.
+/// so a filter with several still fits in 4,096 instructions: each gets `min(110, 140 / n)`.
 pub const PROTOCHAIN_BUDGET_V6: usize = 140;
 
 /// The most AH headers one `ip protochain` follows before giving up (rejecting); about 9
@@ -49,7 +49,7 @@ pub(super) fn count_protochains(e: &Expr) -> (usize, usize) {
     }
 }
 
-impl Gen {
+impl Gen<'_> {
     /// `gen_protochain`: the unrolled walk over IPv6 extension headers and AH.
     pub(super) fn protochain(&mut self, v: u32, proto: Option<Proto>, span: Span) -> Result<Cond> {
         match proto {

@@ -7,7 +7,7 @@ use crate::ast::*;
 use crate::error::{semantic, Result, Span};
 use crate::ir::*;
 
-impl Gen {
+impl Gen<'_> {
     /// A comparison of a field at `off` in the transport header after IPv4 (`OR_TRAN_IPV4`).
     fn tran4_ncmp(&mut self, off: u32, size: Size, cmp: Cmp, reverse: bool, v: u32) -> Cond {
         self.tran4_mcmp(off, size, 0xffff_ffff, cmp, reverse, v)
@@ -155,6 +155,18 @@ impl Gen {
                 return semantic(span, format!("illegal port number {v} > 65535"));
             }
         }
+        self.ports(lo, hi, p, dir, span)
+    }
+
+    /// A port or port range over IPv6 and IPv4 for IP protocol `p` (0: tcp, udp or sctp).
+    pub(super) fn ports(
+        &mut self,
+        lo: u32,
+        hi: Option<u32>,
+        p: u32,
+        dir: Option<Dir>,
+        span: Span,
+    ) -> Result<Cond> {
         // libpcap: gen_or(gen_port6(...), gen_port(...)): IPv6 is tested first.
         let v6 = self.port(Ipv::V6, lo, hi, p, dir, span)?;
         let v4 = self.port(Ipv::V4, lo, hi, p, dir, span)?;

@@ -29,7 +29,7 @@ pub use errors::OptError;
 
 use crate::ast::Expr;
 use crate::error::ErrorKind;
-use crate::gencode::{Gen, GenNotes};
+use crate::gencode::{Gen, GenConfig, GenNotes};
 use crate::ir::*;
 use crate::opt::{Facts, Fold, MeetingBranches, PassProfile};
 
@@ -91,6 +91,7 @@ impl Refusal {
 /// code: generation is a function of the AST).
 pub struct Probe<'a> {
     ast: &'a Expr,
+    config: GenConfig<'a>,
     notes: &'a GenNotes,
     /// What libpcap's optimizer reports, found before optimizing.
     error: Option<OptError>,
@@ -102,10 +103,11 @@ pub struct Probe<'a> {
 
 impl<'a> Probe<'a> {
     /// Notes what the model needs of `unoptimized`, which `gen` generated from `ast`.
-    pub fn new(ast: &'a Expr, unoptimized: &Function, gen: &'a Gen) -> Probe<'a> {
+    pub fn new(ast: &'a Expr, unoptimized: &Function, gen: &'a Gen<'a>) -> Probe<'a> {
         let notes = &gen.libpcap;
         let mut probe = Probe {
             ast,
+            config: gen.config(),
             notes,
             error: None,
             folds: false,
@@ -151,7 +153,7 @@ impl<'a> Probe<'a> {
             return None;
         }
         let unoptimized = self.unoptimized.or_else(|| {
-            let mut again = Gen::new();
+            let mut again = Gen::new(self.config);
             let cond = again.generate(self.ast).ok()?;
             Some(lower(cond, &again.prologue, again.temps))
         });
