@@ -634,13 +634,14 @@ impl Netd {
             .session(id)
             .map(|s| s.creds.uid)
             .ok_or_else(|| core_error(CoreError::NoSession))?;
-        let counters: HashMap<QueueId, Counters> = match self.driver.stats() {
-            Ok((_, queues)) => queues.into_iter().collect(),
-            Err(e) => {
-                tracing::warn!("listing sessions without counters: {e}");
-                HashMap::new()
-            }
-        };
+        let (link, counters): (Option<Counters>, HashMap<QueueId, Counters>) =
+            match self.driver.stats() {
+                Ok((link, queues)) => (Some(link), queues.into_iter().collect()),
+                Err(e) => {
+                    tracing::warn!("listing sessions without counters: {e}");
+                    (None, HashMap::new())
+                }
+            };
         let rings = self.rings;
         let visible = self
             .core
@@ -676,7 +677,10 @@ impl Netd {
                     counters: queue.and_then(|q| counters.get(&q.id).cloned()),
                 }
             });
-        let mut list = client::SessionList::default();
+        let mut list = client::SessionList {
+            link,
+            ..client::SessionList::default()
+        };
         let mut bytes = 0;
         for info in visible {
             // A session's JSON: a few hundred bytes, up to ~15 KiB with 1,024 ports.

@@ -785,6 +785,7 @@ impl Driver {
             tx_rejected: self.tx.rejected(),
             tx_flow_control: self.tx.link_busy,
             rx_dropped,
+            ..Counters::default()
         };
         let queues = self
             .order
@@ -828,6 +829,7 @@ fn queue_counters(queue: &Queue) -> Counters {
         tx_rejected: queue.tx.rejected(),
         tx_flow_control: ring.tx_flow_control + queue.tx.link_busy,
         rx_dropped,
+        ..Counters::default()
     }
 }
 
