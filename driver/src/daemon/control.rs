@@ -18,6 +18,13 @@
 //! - **Fail closed.** When netd's connection ends for any reason, [`Driver::fail_closed`] runs:
 //!   every client queue is stopped and marked closed. The server then waits for a new netd, or
 //!   returns if [`ServerOptions::exit_on_disconnect`] is set.
+//! - **Idle while the link is away.** The loop sleeps on the link's descriptor (when it has
+//!   one), its link-event descriptor, the control socket and the queues; an error on the
+//!   link's descriptor or a link event makes the driver look at the link again
+//!   ([`Driver::refresh_link`], which reads and clears the error), so a link that went down
+//!   never keeps the loop spinning. A link gone for longer than its timeout
+//!   ([`crate::daemon::DriverConfig::link_timeout`]) ends [`Server::run`] with
+//!   [`ServerError::LinkGone`], after failing closed.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -77,6 +84,19 @@ pub enum ServerError {
     /// Waiting for events failed.
     #[error("event loop: {0}")]
     Poll(io::Error),
+    /// The link vanished and did not come back within the link timeout.
+    #[error(
+        "link {link} has been gone for {:.1} s, longer than the link timeout ({reason})",
+        waited.as_secs_f64()
+    )]
+    LinkGone {
+        /// The link's spec.
+        link: String,
+        /// How long it was gone.
+        waited: Duration,
+        /// Why it counts as gone.
+        reason: String,
+    },
 }
 
 /// The connected netd.
@@ -168,8 +188,27 @@ impl Server {
             }
             let work = self.driver.poll_rx() + self.driver.poll_tx();
             if work == 0 {
-                self.sleep()?;
+                if self.sleep()? {
+                    self.driver.refresh_link();
+                }
                 self.driver.tick();
+            }
+            self.driver.refresh_link_if_due();
+            if let Some(waited) = self.driver.link_gone_for() {
+                if waited >= self.driver.link_timeout() {
+                    let error = ServerError::LinkGone {
+                        link: self.driver.link().info().spec.clone(),
+                        waited,
+                        reason: self
+                            .driver
+                            .link_state_reason()
+                            .unwrap_or("no reason given")
+                            .to_string(),
+                    };
+                    tracing::error!("{error}; stopping");
+                    self.driver.fail_closed();
+                    return Err(error);
+                }
             }
         }
         self.driver.fail_closed();
@@ -320,25 +359,34 @@ impl Server {
     }
 
     /// Sleeps until the link, the control socket or a queue has something, or [`IDLE_POLL`].
-    fn sleep(&mut self) -> Result<(), ServerError> {
-        let link_fd = self.driver.link().readiness_fd().is_some();
-        if !link_fd && !self.driver.rx_exhausted() {
+    /// Returns whether the link has news for [`Driver::refresh_link`]: an error or hang-up on
+    /// its descriptor, or a link event.
+    fn sleep(&mut self) -> Result<bool, ServerError> {
+        let link = self.driver.link();
+        let link_fd = link.readiness_fd().is_some();
+        if !link_fd && link.state() == crate::link::LinkState::Up && !self.driver.rx_exhausted() {
             // A link without a descriptor (pcap, memory) is ready until exhausted.
-            return Ok(());
+            return Ok(false);
         }
         if !self.driver.prepare_sleep() {
             self.driver.end_sleep();
-            return Ok(());
+            return Ok(false);
         }
-        let result = {
+        let (result, news) = {
             let mut fds: Vec<PollFd<'_>> = Vec::new();
             fds.push(PollFd::new(&self.listener, PollFlags::IN));
             if let Some(session) = &self.session {
                 fds.push(PollFd::new(session.channel.socket(), PollFlags::IN));
             }
-            if let Some(fd) = self.driver.link().readiness_fd() {
+            let link = self.driver.link();
+            let link_at = link.readiness_fd().map(|fd| {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-            }
+                fds.len() - 1
+            });
+            let watch_at = link.watch_fd().map(|fd| {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                fds.len() - 1
+            });
             let wakes: Vec<BorrowedFd<'_>> = self.driver.queue_wake_fds().collect();
             for fd in wakes {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
@@ -347,11 +395,15 @@ impl Server {
                 tv_sec: 0,
                 tv_nsec: IDLE_POLL.as_nanos() as i64,
             };
-            poll(&mut fds, Some(&timeout))
+            let result = poll(&mut fds, Some(&timeout));
+            let trouble = PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL;
+            let news = link_at.is_some_and(|i| fds[i].revents().intersects(trouble))
+                || watch_at.is_some_and(|i| !fds[i].revents().is_empty());
+            (result, news)
         };
         self.driver.end_sleep();
         match result {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(news),
             Err(e) => Err(ServerError::Poll(e.into())),
         }
     }
