@@ -7,6 +7,8 @@
 //!   and reading the Ethernet frames of any pcap or pcapng capture.
 //! * [`frames`]: builders for the Ethernet frames the tests make themselves.
 //! * [`bins`]: the workspace's binaries for process tests.
+//! * [`netns`]: network namespaces, veth pairs and offloads as Linux makes them, a process's
+//!   CPU time, and processes a test waits on (root-only tests and `scripts/bench-link`).
 //! * [`seed`]: the one seed variable of every randomised test, `NETMUX_SEED`.
 //! * [`TempDir`]: a scratch directory removed when dropped.
 //!
@@ -16,6 +18,8 @@
 pub mod bins;
 pub mod corpus;
 pub mod frames;
+#[allow(unsafe_code)]
+pub mod netns;
 #[allow(unsafe_code)]
 pub mod oracle;
 
