@@ -10,8 +10,10 @@
 //! - Work "inside" a namespace runs on a thread of its own that entered it
 //!   ([`NetNs::run`]); the calling thread and the rest of the process stay where they were.
 //! - A [`Proc`] is stopped by its pid (SIGKILL) when dropped; nothing else is ever signalled.
-//! - Offloads are only read here, except [`set_gro`], which the tests that force GRO on at the
-//!   netmux end call; nothing here turns an offload off.
+//! - Offloads are only read here, except [`set_gro`] (the tests that force GRO on at the netmux
+//!   end) and [`set_segmentation_offloads`] (the link benchmark's kernel-only baseline pair,
+//!   which must move MTU-sized frames as netmux does); the end-to-end tests never turn an
+//!   offload off.
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
@@ -159,9 +161,12 @@ fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
     Ok(value.data)
 }
 
-/// `ETHTOOL_GTXCSUM`, `ETHTOOL_GTSO`, `ETHTOOL_GGRO`, `ETHTOOL_SGRO` from `<linux/ethtool.h>`.
+/// `ETHTOOL_GTXCSUM`, `ETHTOOL_GTSO`, `ETHTOOL_STSO`, `ETHTOOL_SGSO`, `ETHTOOL_GGRO`,
+/// `ETHTOOL_SGRO` from `<linux/ethtool.h>`.
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_GTSO: u32 = 0x1e;
+const ETHTOOL_STSO: u32 = 0x1f;
+const ETHTOOL_SGSO: u32 = 0x24;
 const ETHTOOL_GGRO: u32 = 0x2b;
 const ETHTOOL_SGRO: u32 = 0x2c;
 
@@ -194,6 +199,16 @@ pub fn set_gro(ns: &NetNs, ifname: &str, on: bool) {
     let ifname = ifname.to_string();
     ns.run(move || {
         ethtool_value(&ifname, ETHTOOL_SGRO, u32::from(on)).expect("setting GRO");
+    });
+}
+
+/// `ethtool -K IFNAME tso on|off gso on|off` in namespace `ns`, by its ioctls.
+pub fn set_segmentation_offloads(ns: &NetNs, ifname: &str, on: bool) {
+    let ifname = ifname.to_string();
+    ns.run(move || {
+        for cmd in [ETHTOOL_STSO, ETHTOOL_SGSO] {
+            ethtool_value(&ifname, cmd, u32::from(on)).expect("setting TSO or GSO");
+        }
     });
 }
 
