@@ -439,7 +439,7 @@ fn link_counter(ls: &str, name: &str) -> u64 {
         .lines()
         .find(|l| l.starts_with("link "))
         .unwrap_or_else(|| panic!("no link line in\n{ls}"));
-    line.split(|c: char| c == ' ' || c == ',')
+    line.split([' ', ','])
         .find_map(|w| w.strip_prefix(&format!("{name}=")))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)

@@ -127,8 +127,8 @@ impl LinkStats {
     /// The admission rule for a frame that came with a virtio-net `header`: what the header
     /// says is left to do is done in the copy added to `batch` (a checksum completed, an
     /// aggregate cut into ordinary frames, each added), or, when the header makes no sense for
-    /// the frame, nothing is added and the reason is counted. Size limits as [`admit`]
-    /// (Self::admit), except that an aggregate may be up to
+    /// the frame, nothing is added and the reason is counted. Size limits as
+    /// [`admit`](Self::admit), except that an aggregate may be up to
     /// [`offload::MAX_AGGREGATE_LEN`]. Returns how many frames were added.
     pub fn admit_offloaded(
         &mut self,
