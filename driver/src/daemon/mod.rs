@@ -357,16 +357,16 @@ impl Driver {
         self.note_link_state();
     }
 
-    /// Refreshes the link if it has not been looked at for
+    /// Refreshes the link if, at `now`, it has not been looked at for
     /// [`crate::link::LINK_CHECK_INTERVAL`] (or [`crate::link::LINK_RECHECK_WHILE_AWAY`]
     /// while it is not up).
-    pub fn refresh_link_if_due(&mut self) {
+    pub fn refresh_link_if_due(&mut self, now: Instant) {
         let every = if self.link_state.state == LinkState::Up {
             crate::link::LINK_CHECK_INTERVAL
         } else {
             crate::link::LINK_RECHECK_WHILE_AWAY
         };
-        if self.link_state.checked.elapsed() >= every {
+        if now.saturating_duration_since(self.link_state.checked) >= every {
             self.refresh_link();
         }
     }
