@@ -10,7 +10,8 @@
 //!    segmentation offloads (TSO, GSO) are off so both paths move MTU-sized frames.
 //! 3. **Received frames per second**, 64-byte UDP from the peer: through the driver into one
 //!    client ring (the ring's own count), against a bare TPACKET_V2 reader (the driver's ring
-//!    geometry, nothing else) on the same veth end, netmux not running.
+//!    geometry, nothing else) on the same veth end while netmux is not running; the two
+//!    alternate, `netmux up` started afresh for each of its runs.
 //!
 //! Namespaces: `mux` (netmux), `peer` (the kernel peer: every client and sender), `kern` (the
 //! kernel servers); the veths `mux:nmx0`–`peer:peer0` (192.0.2.0/24) and
@@ -92,6 +93,13 @@ fn args() -> Args {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// `min-max` of the runs, to show how much the machine's other work moved them.
+fn spread(v: &[f64], scale: f64) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min) / scale;
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max) / scale;
+    format!("{min:.1}-{max:.1}")
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -417,6 +425,90 @@ fn bare_reader(ifname: &str, seconds: f64, ready: Arc<AtomicBool>) -> f64 {
     count as f64 / start.elapsed().as_secs_f64()
 }
 
+/// One run of the bare reader on `nmx0` under the flood; frames per second.
+fn bare_run(mux: &NetNs, peer: &NetNs, seconds: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&ready);
+    let reader = mux.spawn(move || bare_reader("nmx0", seconds, r));
+    while !ready.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (s, st) = (Arc::clone(&sent), Arc::clone(&stop));
+    let sender = peer.spawn(move || flood(SocketAddr::from((NETMUX_IP, SINK_PORT)), st, s));
+    let rate = reader.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    rate
+}
+
+/// One run of netmux under the flood: `netmux up` on `nmx0`, a client bound to the flood's
+/// port draining its ring; frames per second counted by the ring itself, and the driver's
+/// share of a core. Everything is stopped afterwards.
+fn netmux_frames_run(
+    netmux: &Path,
+    mux: &NetNs,
+    peer: &NetNs,
+    dir: &TempDir,
+    args: &Args,
+    profile: bool,
+) -> (f64, f64) {
+    let nmx = start_netmux(netmux, mux, dir);
+    let mut sink = netmux_client::blocking::Client::connect(&nmx.run).expect("netd");
+    sink.bind_port(netmux_client::Transport::Udp, SINK_PORT)
+        .expect("the sink's port");
+    let mut queue = sink.open_queue().expect("the sink's queue");
+    let draining = Arc::new(AtomicBool::new(true));
+    let ring_frames = Arc::new(AtomicU64::new(0));
+    let drainer = {
+        let (draining, ring_frames) = (Arc::clone(&draining), Arc::clone(&ring_frames));
+        std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            while draining.load(Ordering::Relaxed) {
+                frames.clear();
+                let _ = queue.recv_owned(256, &mut frames);
+                ring_frames.store(queue.counters().rx_frames, Ordering::Relaxed);
+                if frames.is_empty() {
+                    let _ = queue.wait_readable(Some(Duration::from_millis(10)));
+                }
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (s, st) = (Arc::clone(&sent), Arc::clone(&stop));
+    let sender = peer.spawn(move || flood(SocketAddr::from((NETMUX_IP, SINK_PORT)), st, s));
+    std::thread::sleep(Duration::from_millis(200));
+    let driver_only = [nmx.driver_pid];
+    let profile = Profile::start(
+        args.profile && profile,
+        &driver_only,
+        args.seconds * 0.8,
+        dir,
+        "the driver receiving 64-byte UDP",
+    );
+    let ((before, after), cpu) = cpu_during(&driver_only, || {
+        let before = ring_frames.load(Ordering::Relaxed);
+        let start = Instant::now();
+        std::thread::sleep(Duration::from_secs_f64(args.seconds));
+        (
+            before,
+            (ring_frames.load(Ordering::Relaxed), start.elapsed()),
+        )
+    });
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    profile.report();
+    draining.store(false, Ordering::Relaxed);
+    let _ = drainer.join();
+    drop(sink);
+    drop(nmx);
+    // The driver ends by itself once netd is gone; let it leave the link before the next run.
+    std::thread::sleep(Duration::from_millis(500));
+    ((after.0 - before) as f64 / after.1.as_secs_f64(), cpu[0])
+}
+
 // ---- the run ----
 
 struct Netmux {
@@ -609,85 +701,22 @@ fn main() {
         "permanent",
     ]);
 
-    // 3a. The bare reader, before netmux owns the link.
+    // 3. Frames per second: a bare reader while netmux is not running, then netmux (started
+    // for the run, a sink client on its ring), alternating, so both see the same machine.
     let mut bare = Vec::new();
-    for _ in 0..args.runs {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let seconds = args.seconds;
-        let r = Arc::clone(&ready);
-        let reader = mux.spawn(move || bare_reader("nmx0", seconds, r));
-        while !ready.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let (s, st) = (Arc::clone(&sent), Arc::clone(&stop));
-        let sender = peer.spawn(move || flood(SocketAddr::from((NETMUX_IP, SINK_PORT)), st, s));
-        let rate = reader.join().unwrap();
-        stop.store(true, Ordering::Relaxed);
-        sender.join().unwrap();
-        bare.push(rate);
+    let mut through = Vec::new();
+    let mut cpu_rate = Vec::new();
+    for run in 0..args.runs {
+        bare.push(bare_run(&mux, &peer, args.seconds));
+        let (rate, cpu) = netmux_frames_run(&netmux, &mux, &peer, &dir, &args, run == 0);
+        through.push(rate);
+        cpu_rate.push(cpu);
     }
 
-    // The kernel's servers, and netmux.
+    // The kernel's servers, and netmux for the round trips and transfers.
     kern.spawn(|| kernel_echo(SocketAddr::from((KERN_IP, ECHO_PORT))));
     kern.spawn(|| kernel_http(SocketAddr::from((KERN_IP, HTTP_PORT))));
     let nmx = start_netmux(&netmux, &mux, &dir);
-
-    // 3b. Frames into one client ring.
-    let mut sink = netmux_client::blocking::Client::connect(&nmx.run).expect("netd");
-    sink.bind_port(netmux_client::Transport::Udp, SINK_PORT)
-        .expect("the sink's port");
-    let mut queue = sink.open_queue().expect("the sink's queue");
-    let draining = Arc::new(AtomicBool::new(true));
-    let ring_frames = Arc::new(AtomicU64::new(0));
-    let drainer = {
-        let (draining, ring_frames) = (Arc::clone(&draining), Arc::clone(&ring_frames));
-        std::thread::spawn(move || {
-            let mut frames = Vec::new();
-            while draining.load(Ordering::Relaxed) {
-                frames.clear();
-                let _ = queue.recv_owned(256, &mut frames);
-                ring_frames.store(queue.counters().rx_frames, Ordering::Relaxed);
-                if frames.is_empty() {
-                    let _ = queue.wait_readable(Some(Duration::from_millis(10)));
-                }
-            }
-        })
-    };
-    let mut through = Vec::new();
-    let mut cpu_rate = Vec::new();
-    let driver_only = [nmx.driver_pid];
-    for run in 0..args.runs {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        let (s, st) = (Arc::clone(&sent), Arc::clone(&stop));
-        let sender = peer.spawn(move || flood(SocketAddr::from((NETMUX_IP, SINK_PORT)), st, s));
-        std::thread::sleep(Duration::from_millis(200));
-        let profile = Profile::start(
-            args.profile && run == 0,
-            &driver_only,
-            args.seconds * 0.8,
-            &dir,
-            "the driver receiving 64-byte UDP",
-        );
-        let ((before, after), cpu) = cpu_during(&driver_only, || {
-            let before = ring_frames.load(Ordering::Relaxed);
-            let start = Instant::now();
-            std::thread::sleep(Duration::from_secs_f64(args.seconds));
-            (
-                before,
-                (ring_frames.load(Ordering::Relaxed), start.elapsed()),
-            )
-        });
-        stop.store(true, Ordering::Relaxed);
-        sender.join().unwrap();
-        through.push((after.0 - before) as f64 / after.1.as_secs_f64());
-        cpu_rate.push(cpu[0]);
-        profile.report();
-    }
-    draining.store(false, Ordering::Relaxed);
-    let _ = drainer.join();
 
     // 1. UDP round trips.
     let (mut n50, mut n99, mut k50, mut k99) = (vec![], vec![], vec![], vec![]);
@@ -759,33 +788,55 @@ fn main() {
         .unwrap_or_default();
 
     // The report.
+    let spreads = [
+        spread(&n50, 1.0),
+        spread(&n99, 1.0),
+        spread(&k50, 1.0),
+        spread(&k99, 1.0),
+    ];
     let (n50, n99, k50, k99) = (median(n50), median(n99), median(k50), median(k99));
     let (r50, r99) = (n50 / k50, n99 / k99);
     println!();
     println!(
-        "UDP round trip, {PAYLOAD}-byte payload, {} exchanges (p50 / p99, µs):",
+        "UDP round trip, {PAYLOAD}-byte payload, {} exchanges (p50 / p99, µs; runs min-max):",
         args.exchanges
     );
-    println!("  netmux (kernel peer -> netmux example udp-echo)   {n50:7.1} / {n99:7.1}");
-    println!("  kernel (same peer -> kernel UDP echo, 2nd veth)   {k50:7.1} / {k99:7.1}");
+    println!(
+        "  netmux (kernel peer -> netmux example udp-echo)   {n50:7.1} / {n99:7.1}   ({} / {})",
+        spreads[0], spreads[1]
+    );
+    println!(
+        "  kernel (same peer -> kernel UDP echo, 2nd veth)   {k50:7.1} / {k99:7.1}   ({} / {})",
+        spreads[2], spreads[3]
+    );
     println!(
         "  ratio                                             {r50:7.2}x / {r99:6.2}x   goal <= 1.25x: {}",
         verdict(r50 <= 1.25 && r99 <= 1.25)
     );
+    let tcp_spreads = [
+        spread(&n_up, 1e6),
+        spread(&k_up, 1e6),
+        spread(&n_down, 1e6),
+        spread(&k_down, 1e6),
+    ];
     let mbs = |v: Vec<f64>| median(v) / 1e6;
     let (nu, nd, ku, kd) = (mbs(n_up), mbs(n_down), mbs(k_up), mbs(k_down));
     println!();
     println!(
-        "TCP, {} MiB each way (MB/s; kernel pair with TSO and GSO off):",
+        "TCP, {} MiB each way (MB/s, runs min-max; kernel pair with TSO and GSO off):",
         args.bytes >> 20
     );
     println!(
-        "  kernel -> client: netmux {nu:8.1}   kernel {ku:8.1}   ratio {:.2}x   goal >= 0.5x: {}",
+        "  kernel -> client: netmux {nu:8.1} ({})   kernel {ku:8.1} ({})   ratio {:.2}x   goal >= 0.5x: {}",
+        tcp_spreads[0],
+        tcp_spreads[1],
         nu / ku,
         verdict(nu / ku >= 0.5)
     );
     println!(
-        "  client -> kernel: netmux {nd:8.1}   kernel {kd:8.1}   ratio {:.2}x   goal >= 0.5x: {}",
+        "  client -> kernel: netmux {nd:8.1} ({})   kernel {kd:8.1} ({})   ratio {:.2}x   goal >= 0.5x: {}",
+        tcp_spreads[2],
+        tcp_spreads[3],
         nd / kd,
         verdict(nd / kd >= 0.5)
     );
@@ -797,11 +848,18 @@ fn main() {
         share(&cpu_down, 0),
         share(&cpu_down, 1)
     );
+    let frame_spreads = [spread(&through, 1e3), spread(&bare, 1e3)];
     let (b, t) = (median(bare), median(through));
     println!();
-    println!("Received 64-byte UDP frames per second:");
-    println!("  netmux (through the driver into one client ring)  {t:12.0}");
-    println!("  bare TPACKET_V2 reader on the same veth end       {b:12.0}");
+    println!("Received 64-byte UDP frames per second (runs min-max, thousands):");
+    println!(
+        "  netmux (through the driver into one client ring)  {t:12.0}   ({})",
+        frame_spreads[0]
+    );
+    println!(
+        "  bare TPACKET_V2 reader on the same veth end       {b:12.0}   ({})",
+        frame_spreads[1]
+    );
     println!(
         "  ratio {:.2}x   goal >= 0.8x: {}   (driver CPU {:.0}% of a core)",
         t / b,
