@@ -4,6 +4,8 @@
 //! frame goes into the tx ring at once. A frame the tx ring has no room for is dropped and
 //! counted (smoltcp retransmits as it would on a lossy link); completions are collected and
 //! rejected transmissions counted, so a test can tell a refused spoof from a lost frame.
+//! Frame buffers are reused, received and transmitted alike: the device allocates nothing per
+//! frame once it has seen a batch.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -33,6 +35,12 @@ pub struct DeviceCounters {
 pub struct QueueDevice {
     queue: ClientQueue,
     rx: VecDeque<Vec<u8>>,
+    /// Buffers of frames smoltcp has consumed, for the next refill.
+    spare: Vec<Vec<u8>>,
+    /// The frame smoltcp is consuming now.
+    current: Vec<u8>,
+    /// The frame smoltcp is building now.
+    tx_buffer: Vec<u8>,
     mtu: usize,
     counters: DeviceCounters,
     completions: Vec<Completion>,
@@ -44,6 +52,9 @@ impl QueueDevice {
         QueueDevice {
             queue,
             rx: VecDeque::new(),
+            spare: Vec::new(),
+            current: Vec::new(),
+            tx_buffer: Vec::new(),
             mtu: usize::from(mtu),
             counters: DeviceCounters::default(),
             completions: Vec::new(),
@@ -69,10 +80,9 @@ impl QueueDevice {
     }
 
     fn refill(&mut self) {
-        let mut frames = Vec::with_capacity(RX_BATCH);
-        if self.queue.recv_owned(RX_BATCH, &mut frames).is_ok() {
-            self.rx.extend(frames);
-        }
+        let _ = self
+            .queue
+            .recv_recycled(RX_BATCH, &mut self.spare, &mut self.rx);
         self.completions.clear();
         if self
             .queue
@@ -90,16 +100,16 @@ impl QueueDevice {
 
 /// A received frame.
 #[derive(Debug)]
-pub struct QueueRxToken {
-    frame: Vec<u8>,
+pub struct QueueRxToken<'a> {
+    frame: &'a [u8],
 }
 
-impl phy::RxToken for QueueRxToken {
+impl phy::RxToken for QueueRxToken<'_> {
     fn consume<R, F>(self, f: F) -> R
     where
         F: FnOnce(&[u8]) -> R,
     {
-        f(&self.frame)
+        f(self.frame)
     }
 }
 
@@ -108,6 +118,7 @@ impl phy::RxToken for QueueRxToken {
 pub struct QueueTxToken<'a> {
     queue: &'a mut ClientQueue,
     counters: &'a mut DeviceCounters,
+    buffer: &'a mut Vec<u8>,
 }
 
 impl phy::TxToken for QueueTxToken<'_> {
@@ -115,9 +126,11 @@ impl phy::TxToken for QueueTxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let mut frame = vec![0u8; len];
-        let result = f(&mut frame);
-        match self.queue.send(&[&[&frame]]) {
+        let frame = self.buffer;
+        frame.clear();
+        frame.resize(len, 0);
+        let result = f(frame);
+        match self.queue.send(&[&[frame]]) {
             Ok(outcome) if outcome.sent == 1 => self.counters.tx_frames += 1,
             _ => self.counters.tx_dropped += 1,
         }
@@ -126,7 +139,7 @@ impl phy::TxToken for QueueTxToken<'_> {
 }
 
 impl Device for QueueDevice {
-    type RxToken<'a> = QueueRxToken;
+    type RxToken<'a> = QueueRxToken<'a>;
     type TxToken<'a> = QueueTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
@@ -134,12 +147,17 @@ impl Device for QueueDevice {
             self.refill();
         }
         let frame = self.rx.pop_front()?;
+        let consumed = std::mem::replace(&mut self.current, frame);
+        self.spare.push(consumed);
         self.counters.rx_frames += 1;
         Some((
-            QueueRxToken { frame },
+            QueueRxToken {
+                frame: &self.current,
+            },
             QueueTxToken {
                 queue: &mut self.queue,
                 counters: &mut self.counters,
+                buffer: &mut self.tx_buffer,
             },
         ))
     }
@@ -148,6 +166,7 @@ impl Device for QueueDevice {
         Some(QueueTxToken {
             queue: &mut self.queue,
             counters: &mut self.counters,
+            buffer: &mut self.tx_buffer,
         })
     }
 

@@ -35,6 +35,11 @@ pub struct DriverArgs {
     /// Filter engine: auto, interp or jit.
     #[arg(long, default_value = "auto")]
     pub engine: Strategy,
+    /// Seconds a link that vanished (a deleted TAP device or interface) may stay away before
+    /// the driver ends with an error; it is re-opened if it comes back sooner. 0 gives up as
+    /// soon as it is gone.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::daemon::DEFAULT_LINK_TIMEOUT.as_secs())]
+    pub link_timeout: u64,
 }
 
 /// Why the driver could not run.
@@ -57,7 +62,8 @@ pub enum RunError {
 }
 
 /// Runs the driver until a signal (or netd's departure with `--exit-on-disconnect`). A link
-/// that cannot be opened is an error naming the link and the system's reason.
+/// that cannot be opened, or that vanishes for longer than `--link-timeout`, is an error naming
+/// the link and the reason.
 pub fn run(args: DriverArgs) -> Result<(), RunError> {
     let link = link::open(&args.link).map_err(|source| RunError::Link {
         spec: args.link.to_string(),
@@ -67,6 +73,7 @@ pub fn run(args: DriverArgs) -> Result<(), RunError> {
         link,
         DriverConfig {
             strategy: args.engine,
+            link_timeout: std::time::Duration::from_secs(args.link_timeout),
             ..DriverConfig::default()
         },
     );

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use daemon_common::*;
 use netmux_driver::daemon::{Driver, Response};
+use netmux_driver::link::LinkState;
 use netmux_driver::reassembly::fragmenter;
 use netmux_proto::driver::{
     Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
@@ -320,6 +321,63 @@ fn transmitted_frames_pass_only_their_queues_tx_filters_and_rejections_carry_rea
         "{q:?}"
     );
     assert_eq!(link.tx_frames, 1);
+}
+
+#[test]
+fn while_the_link_is_down_transmissions_complete_with_link_down_and_the_queue_is_kept() {
+    let (mut d, wire) = driver();
+    let mut a = queue(&mut d, 1);
+    bind_udp(&mut d, 1, 53);
+    let good = from_host(53);
+    let mut spoofed = good.clone();
+    spoofed[6..12].copy_from_slice(&[2, 9, 9, 9, 9, 9]);
+    *wire.state.lock().unwrap() = LinkState::Down;
+    d.refresh_link();
+    assert_eq!(d.link_state(), LinkState::Down);
+    assert_eq!(a.send(&[&[&good], &[&spoofed]]).unwrap().sent, 2);
+    run(&mut d);
+    assert!(
+        wire.tx.lock().unwrap().is_empty(),
+        "nothing reaches a link that is down"
+    );
+    let statuses: Vec<TxStatus> = completions(&mut a).iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [TxStatus::LinkDown, TxStatus::RejectedSpoofedSourceMac],
+        "the check still runs; what it accepts waits for no link"
+    );
+    let (link, queues) = d.stats();
+    assert_eq!(link.link_state, Some(LinkState::Down));
+    assert!(
+        link.tx_rejected.contains(&("link-down".to_string(), 1)),
+        "{link:?}"
+    );
+    assert_eq!(queues.len(), 1, "the queue is kept");
+
+    *wire.state.lock().unwrap() = LinkState::Up;
+    d.refresh_link();
+    assert_eq!(a.send(&[&[&good]]).unwrap().sent, 1);
+    run(&mut d);
+    assert_eq!(*wire.tx.lock().unwrap(), vec![good]);
+    assert_eq!(completions(&mut a)[0].status, TxStatus::Sent);
+    wire.rx.lock().unwrap().push(to_host(53, 10));
+    run(&mut d);
+    assert_eq!(received(&mut a).len(), 1, "the queue receives again");
+    assert_eq!(d.link_state_changes(), 2);
+    assert_eq!(d.stats().0.link_state, Some(LinkState::Up));
+}
+
+#[test]
+fn a_link_gone_for_a_while_says_how_long() {
+    let (mut d, wire) = driver();
+    assert_eq!(d.link_gone_for(), None);
+    *wire.state.lock().unwrap() = LinkState::Gone;
+    d.refresh_link();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(d.link_gone_for().unwrap() >= std::time::Duration::from_millis(20));
+    *wire.state.lock().unwrap() = LinkState::Up;
+    d.refresh_link();
+    assert_eq!(d.link_gone_for(), None);
 }
 
 #[test]

@@ -51,14 +51,14 @@ fn root_child_driver_afpacket() {
     );
     run("ip", &["link", "set", "nmxd0", "up"]);
     run("ip", &["link", "set", "nmxd1", "up"]);
-    run("ip", &["addr", "add", "10.97.0.1/24", "dev", "nmxd1"]);
+    run("ip", &["addr", "add", "192.0.2.1/24", "dev", "nmxd1"]);
     let mac = mac_text(mac_of("nmxd0"));
     run(
         "ip",
-        &["neigh", "add", "10.97.0.2", "lladdr", &mac, "dev", "nmxd1"],
+        &["neigh", "add", "192.0.2.2", "lladdr", &mac, "dev", "nmxd1"],
     );
     let link = link::open(&"afpacket:nmxd0".parse::<LinkSpec>().unwrap()).unwrap();
-    exchange(link, mac_of("nmxd1"), [10, 97, 0, 1], [10, 97, 0, 2]);
+    exchange(link, mac_of("nmxd1"), [192, 0, 2, 1], [192, 0, 2, 2]);
 }
 
 #[test]
@@ -79,21 +79,26 @@ fn root_child_driver_tap() {
     run("ip", &["link", "set", "lo", "up"]);
     let link = link::open(&"tap:nmxdtap0".parse::<LinkSpec>().unwrap()).unwrap();
     run("ip", &["link", "set", "nmxdtap0", "up"]);
-    run("ip", &["addr", "add", "10.96.0.1/24", "dev", "nmxdtap0"]);
+    run("ip", &["addr", "add", "198.51.100.1/24", "dev", "nmxdtap0"]);
     let mac = mac_text(link.info().mac);
     run(
         "ip",
         &[
             "neigh",
             "add",
-            "10.96.0.2",
+            "198.51.100.2",
             "lladdr",
             &mac,
             "dev",
             "nmxdtap0",
         ],
     );
-    exchange(link, mac_of("nmxdtap0"), [10, 96, 0, 1], [10, 96, 0, 2]);
+    exchange(
+        link,
+        mac_of("nmxdtap0"),
+        [198, 51, 100, 1],
+        [198, 51, 100, 2],
+    );
 }
 
 /// The kernel (at `kernel_ip`, MAC `kernel_mac`) sends a UDP datagram to the client at

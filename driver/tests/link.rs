@@ -361,3 +361,73 @@ fn memory_link_receives_its_frames_and_keeps_what_it_sends() {
     assert_eq!(forever.send(&[&frames[1]]).unwrap(), 1);
     assert_eq!(forever.transmitted(), &frames[1..]);
 }
+
+/// A TCP/IPv4 frame of `payload` bytes whose checksum is left partial, as Linux hands it to a
+/// device with checksum offload, and the virtio-net header that says so.
+fn partial_tcp_frame(payload: usize) -> (Vec<u8>, netmux_wire::offload::VirtioNetHeader) {
+    use netmux_wire::offload::{flags, VirtioNetHeader};
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
+        .tcp(40000, 8080, 1, 1000)
+        .ack(1)
+        .write(&mut frame, &vec![0x42; payload])
+        .unwrap();
+    let pseudo =
+        netmux_wire::checksum::pseudo_v4([192, 0, 2, 1], [192, 0, 2, 2], 6, (20 + payload) as u32);
+    frame[50..52].copy_from_slice(&(!netmux_wire::checksum::fold(pseudo)).to_be_bytes());
+    let header = VirtioNetHeader {
+        flags: flags::NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..VirtioNetHeader::NONE
+    };
+    (frame, header)
+}
+
+#[test]
+fn a_partial_checksum_is_completed_in_the_private_copy_and_counted() {
+    let (frame, header) = partial_tcp_frame(100);
+    let mut stats = link::LinkStats::default();
+    let mut batch = FrameBatch::new();
+    assert_eq!(stats.admit_offloaded(&mut batch, &frame, &header), 1);
+    let copy = batch.get(0).unwrap();
+    assert_eq!(
+        netmux_wire::offload::transport_checksum_ok(copy),
+        Some(true)
+    );
+    assert_eq!((stats.rx_frames, stats.rx_csum_completed), (1, 1));
+}
+
+#[test]
+fn an_aggregate_becomes_mtu_sized_frames_and_is_counted() {
+    let (frame, mut header) = partial_tcp_frame(64_000);
+    header.gso_type = netmux_wire::offload::gso::TCPV4;
+    header.gso_size = 1448;
+    let mut stats = link::LinkStats::default();
+    let mut batch = FrameBatch::new();
+    let n = stats.admit_offloaded(&mut batch, &frame, &header);
+    assert_eq!(n, 64_000usize.div_ceil(1448));
+    assert!(batch.iter().all(|f| f.len() <= 1514));
+    assert!(batch
+        .iter()
+        .all(|f| netmux_wire::offload::transport_checksum_ok(f) == Some(true)));
+    assert_eq!(
+        (stats.rx_gso_split, stats.rx_gso_segments, stats.rx_frames),
+        (1, n as u64, n as u64)
+    );
+}
+
+#[test]
+fn a_frame_whose_header_makes_no_sense_is_dropped_whole_and_counted_by_reason() {
+    let (frame, mut header) = partial_tcp_frame(3000);
+    header.gso_type = netmux_wire::offload::gso::TCPV6;
+    header.gso_size = 1448;
+    let mut stats = link::LinkStats::default();
+    let mut batch = FrameBatch::new();
+    assert_eq!(stats.admit_offloaded(&mut batch, &frame, &header), 0);
+    assert!(batch.is_empty(), "nothing half-fixed is delivered");
+    let drops: Vec<(String, u64)> = stats.offload_drops().collect();
+    assert_eq!(drops, [("offload-protocol-mismatch".to_string(), 1)]);
+    assert_eq!(stats.rx_frames, 0);
+}

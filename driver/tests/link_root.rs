@@ -129,19 +129,19 @@ fn root_child_afpacket() {
     );
     run("ip", &["link", "set", "nmx0", "up"]);
     run("ip", &["link", "set", "nmx1", "up"]);
-    run("ip", &["addr", "add", "10.99.0.1/24", "dev", "nmx1"]);
+    run("ip", &["addr", "add", "192.0.2.1/24", "dev", "nmx1"]);
     let peer = mac_text(PEER_MAC);
     run(
         "ip",
-        &["neigh", "add", "10.99.0.2", "lladdr", &peer, "dev", "nmx1"],
+        &["neigh", "add", "192.0.2.2", "lladdr", &peer, "dev", "nmx1"],
     );
     let mut link = link::open(&"afpacket:nmx0".parse::<LinkSpec>().unwrap()).unwrap();
     assert_eq!(link.info().mac, mac_of("nmx0"), "the interface's own MAC");
     exchange(
         link.as_mut(),
-        [10, 99, 0, 1],
+        [192, 0, 2, 1],
         mac_of("nmx1"),
-        [10, 99, 0, 2],
+        [192, 0, 2, 2],
         PEER_MAC,
     );
 }
@@ -165,14 +165,14 @@ fn root_child_tap() {
     let mut link = link::open(&"tap:nmxtap0".parse::<LinkSpec>().unwrap()).unwrap();
     let link_mac = link.info().mac;
     run("ip", &["link", "set", "nmxtap0", "up"]);
-    run("ip", &["addr", "add", "10.98.0.1/24", "dev", "nmxtap0"]);
+    run("ip", &["addr", "add", "198.51.100.1/24", "dev", "nmxtap0"]);
     let peer = mac_text(link_mac);
     run(
         "ip",
         &[
             "neigh",
             "add",
-            "10.98.0.2",
+            "198.51.100.2",
             "lladdr",
             &peer,
             "dev",
@@ -181,9 +181,9 @@ fn root_child_tap() {
     );
     exchange(
         link.as_mut(),
-        [10, 98, 0, 1],
+        [198, 51, 100, 1],
         mac_of("nmxtap0"),
-        [10, 98, 0, 2],
+        [198, 51, 100, 2],
         link_mac,
     );
 }

@@ -641,6 +641,11 @@ impl ChildDriver {
         self.child.id()
     }
 
+    /// How the driver ended, if it has, without waiting.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// Stops the driver: SIGTERM to its pid, then SIGKILL if it has not exited within `grace`.
     /// Returns how it ended.
     pub fn stop(mut self, grace: std::time::Duration) -> std::io::Result<std::process::ExitStatus> {

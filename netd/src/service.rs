@@ -1400,7 +1400,7 @@ impl Netd {
     fn list_sessions(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
         if self.driver_gone.is_some() {
-            return self.session_list(id, HashMap::new()).map(Step::Reply);
+            return self.session_list(id, None).map(Step::Reply);
         }
         Ok(self.work(
             vec![DriverCommand::Stats],
@@ -1414,8 +1414,12 @@ impl Netd {
     fn session_list(
         &self,
         id: SessionId,
-        counters: HashMap<QueueId, Counters>,
+        stats: Option<DriverStats>,
     ) -> Result<Response, ErrorReply> {
+        let (link, counters): (Option<Counters>, HashMap<QueueId, Counters>) = match stats {
+            Some(stats) => (Some(stats.link), stats.queues.into_iter().collect()),
+            None => (None, HashMap::new()),
+        };
         let asker = self
             .core_ref(id)
             .and_then(|c| c.session(id))
@@ -1458,7 +1462,10 @@ impl Netd {
                     counters: queue.and_then(|q| counters.get(&q.id).cloned()),
                 }
             });
-        let mut list = client::SessionList::default();
+        let mut list = client::SessionList {
+            link,
+            ..client::SessionList::default()
+        };
         let mut bytes = 0;
         for info in visible {
             // A session's JSON: a few hundred bytes, up to ~15 KiB with 1,024 ports.
@@ -1741,17 +1748,15 @@ impl Netd {
             }
             Pending::ListSessions { session } => {
                 self.session_done(session);
-                let counters = match outcomes.pop() {
-                    Some(DriverOutcome::Stats(DriverStats { queues, .. })) => {
-                        queues.into_iter().collect()
-                    }
+                let stats = match outcomes.pop() {
+                    Some(DriverOutcome::Stats(stats)) => Some(stats),
                     Some(DriverOutcome::Failed(e)) => {
                         tracing::warn!("listing sessions without counters: {e}");
-                        HashMap::new()
+                        None
                     }
-                    _ => HashMap::new(),
+                    _ => None,
                 };
-                match self.session_list(session, counters) {
+                match self.session_list(session, stats) {
                     Ok(r) => Step::Reply(r),
                     Err(e) => Step::Reply(Response::error(e)),
                 }

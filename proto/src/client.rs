@@ -253,6 +253,10 @@ pub struct SessionList {
     /// Sessions the client may see that did not fit in one message (see
     /// [`crate::frame::MAX_BODY`]); they come after the last one listed.
     pub omitted: u64,
+    /// The link's counters and state, as the driver reported them (`None` when the driver
+    /// could not be asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<crate::driver::Counters>,
 }
 
 /// A session's queue, as `netmux ls` shows it.

@@ -202,6 +202,20 @@ pub struct Counters {
     /// Frames delivered from another instance on this host (hairpin), for an instance.
     #[serde(default)]
     pub hairpin: u64,
+    /// The link's state (in the link's counters only; `None` for a queue, and from a driver
+    /// that does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_state: Option<crate::LinkState>,
+    /// Received frames whose partial checksum the driver completed (the link's counters only).
+    #[serde(default)]
+    pub rx_csum_completed: u64,
+    /// Received aggregates (TSO, GSO, GRO) the driver cut into ordinary frames (the link's
+    /// counters only).
+    #[serde(default)]
+    pub rx_gso_split: u64,
+    /// Frames those aggregates were cut into (the link's counters only).
+    #[serde(default)]
+    pub rx_gso_segments: u64,
 }
 
 /// driver to netd.

@@ -51,6 +51,38 @@ pub struct LinkInfo {
     pub mtu: u16,
 }
 
+/// Whether the link carries frames, as the driver last saw it. While it is not
+/// [`LinkState::Up`], the driver keeps every queue and session; frames clients transmit complete
+/// with the ring's `LinkDown` status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LinkState {
+    /// Frames come and go.
+    #[default]
+    Up,
+    /// The interface exists but is administratively down or has no carrier.
+    Down,
+    /// The interface does not exist any more; the driver re-opens it when it reappears, or
+    /// ends after its link timeout.
+    Gone,
+}
+
+impl LinkState {
+    /// The word `netmux ls` shows.
+    pub const fn name(self) -> &'static str {
+        match self {
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+            LinkState::Gone => "gone",
+        }
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A refusal: a stable code for programs and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorReply {

@@ -304,6 +304,32 @@ impl ClientQueue {
         })
     }
 
+    /// Receives up to `max` frames, appending each to `out` in a buffer taken from `spare`
+    /// (a new one when `spare` is empty), so a consumer that hands its buffers back to `spare`
+    /// allocates nothing in the steady state. Returns the number received.
+    pub fn recv_recycled(
+        &mut self,
+        max: usize,
+        spare: &mut Vec<Vec<u8>>,
+        out: &mut std::collections::VecDeque<Vec<u8>>,
+    ) -> Result<usize, QueueError> {
+        self.recv_each(max, |len, map, segments| {
+            let mut frame = spare.pop().unwrap_or_default();
+            frame.clear();
+            frame.resize(len, 0);
+            let mut at = 0;
+            for &(offset, seg) in segments {
+                if let Err(e) = map.copy_out(offset, &mut frame[at..at + seg]) {
+                    spare.push(frame);
+                    return Err(e);
+                }
+                at += seg;
+            }
+            out.push_back(frame);
+            Ok(())
+        })
+    }
+
     /// Walks up to `max` frames of the rx ring, handing each frame's length and segments
     /// (offset, length) to `take`, then releases all their slots with one index store.
     fn recv_each(

@@ -93,6 +93,9 @@ pub struct DriverQueue {
     completions_owed: u32,
     tx_seq: u64,
     counters: RingCounters,
+    /// The counters as last written into the header: they are written again only when they
+    /// changed, not on every flush (eleven stores into memory the client shares).
+    mirrored: RingCounters,
     closed: bool,
     wake_client: bool,
     /// Slot cursor of [`baseline_copy`](Self::baseline_copy) (benchmarks only).
@@ -135,6 +138,7 @@ impl DriverQueue {
             completions_owed: 0,
             tx_seq: 0,
             counters: RingCounters::default(),
+            mirrored: RingCounters::default(),
             closed: false,
             wake_client: false,
             rx_baseline: 0,
@@ -263,23 +267,27 @@ impl DriverQueue {
     }
 
     /// Publishes every queued rx frame and completion (one index store per ring), signals the
-    /// client if it asked for a wake-up, and mirrors the counters into the header.
+    /// client if it asked for a wake-up, and mirrors the counters into the header if they
+    /// changed. With nothing to publish it touches no shared memory.
     pub fn flush(&mut self) {
-        if let Ok(words) = slots::words(&self.map, &self.layout.rx) {
-            if self.rx_pending > 0 {
+        if self.rx_pending > 0 {
+            if let Ok(words) = slots::words(&self.map, &self.layout.rx) {
                 self.rx.publish(&words, self.rx_pending);
                 self.rx_pending = 0;
                 self.wake_client |= self.rx.consumer_wants_wake(&words);
             }
         }
-        if let Ok(words) = slots::words(&self.map, &self.layout.completion) {
-            if self.completion_pending > 0 {
+        if self.completion_pending > 0 {
+            if let Ok(words) = slots::words(&self.map, &self.layout.completion) {
                 self.completion.publish(&words, self.completion_pending);
                 self.completion_pending = 0;
                 self.wake_client |= self.completion.consumer_wants_wake(&words);
             }
         }
-        self.mirror_counters();
+        if self.counters != self.mirrored {
+            self.mirror_counters();
+            self.mirrored = self.counters;
+        }
         if std::mem::take(&mut self.wake_client) {
             // The only failure is a closed or broken descriptor; the client then polls.
             let _ = self.client_wake.signal();
@@ -314,6 +322,10 @@ impl DriverQueue {
         let available = self.tx.available(&tx_words).inspect_err(|_| {
             self.counters.index_faults += 1;
         })?;
+        if available == 0 {
+            // The common case of a polling driver: one load of the client's index, no more.
+            return Ok(0);
+        }
         let completion_free = self.completion.free(&completion_words).inspect_err(|_| {
             self.counters.index_faults += 1;
         })?;

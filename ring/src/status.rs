@@ -27,6 +27,8 @@ macro_rules! for_each_tx_status {
             RejectedMalformed = 7, "malformed",
                 "Rejected: the slots did not form a valid frame, or the frame is shorter than its headers say or longer than the link carries.";
             LinkError = 8, "link-error", "Accepted, but the link failed to send it.";
+            LinkDown = 9, "link-down",
+                "Accepted, but the link is down or gone (the driver keeps the queue and sends again once the link is back).";
         }
     };
 }

@@ -1,8 +1,9 @@
 //! `netmux ls`: netd's sessions, as netd reports them to this user — each client's process,
 //! user, ports, tap and exclusive filters, queue (id and ring sizes) and the driver's counters
-//! for it (frames and bytes each way, drops by reason). A table for people, `--json` for
-//! programs. The listing is one `ListSessions` request on a session of its own, which is not
-//! shown.
+//! for it (frames and bytes each way, drops by reason) — and a last line for the link: its
+//! state (up, down, gone), its frames, what the driver finished of the frames Linux handed
+//! over unfinished, and its drops. A table for people, `--json` for programs. The listing is
+//! one `ListSessions` request on a session of its own, which is not shown.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,9 @@ fn listing(dir: &Path, json: bool, instance: Option<&str>) -> anyhow::Result<Str
                 "... and {} more sessions (one reply holds only so many)\n",
                 list.omitted
             ));
+        }
+        if let Some(line) = list.link.as_ref().and_then(link_line) {
+            text.push_str(&line);
         }
         text
     })
@@ -198,6 +202,34 @@ fn row(s: &SessionInfo) -> [String; 10] {
     ]
 }
 
+/// The link's line: `link up: rx 10f/900B tx 4f/400B csum-completed=3 gso-split=1
+/// (12 frames) drops kernel=2,...`; `None` for a driver that reports no link state.
+fn link_line(c: &netmux_proto::driver::Counters) -> Option<String> {
+    let state = c.link_state?;
+    let mut line = format!(
+        "link {state}: rx {}f/{}B tx {}f/{}B csum-completed={} gso-split={} ({} frames)",
+        c.rx_frames,
+        c.rx_bytes,
+        c.tx_frames,
+        c.tx_bytes,
+        c.rx_csum_completed,
+        c.rx_gso_split,
+        c.rx_gso_segments
+    );
+    let drops: Vec<String> = c
+        .rx_dropped
+        .iter()
+        .chain(&c.tx_rejected)
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{why}={n}"))
+        .collect();
+    if !drops.is_empty() {
+        line.push_str(&format!(" drops {}", drops.join(",")));
+    }
+    line.push('\n');
+    Some(line)
+}
+
 fn transport(t: Transport) -> &'static str {
     match t {
         Transport::Tcp => "tcp",
@@ -242,9 +274,34 @@ mod tests {
                 tx_rejected: vec![("spoofed-source".into(), 2), ("other".into(), 0)],
                 tx_flow_control: 0,
                 rx_dropped: vec![],
-                hairpin: 0,
+                ..Counters::default()
             }),
         }
+    }
+
+    #[test]
+    fn the_link_line_shows_state_offload_work_and_drops() {
+        let link = Counters {
+            rx_frames: 10,
+            rx_bytes: 900,
+            link_state: Some(netmux_proto::LinkState::Down),
+            rx_csum_completed: 3,
+            rx_gso_split: 1,
+            rx_gso_segments: 12,
+            rx_dropped: vec![("kernel".into(), 2), ("link".into(), 0)],
+            ..Counters::default()
+        };
+        let line = link_line(&link).unwrap();
+        assert!(line.starts_with("link down: rx 10f/900B"), "{line}");
+        assert!(
+            line.contains("csum-completed=3 gso-split=1 (12 frames)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("drops kernel=2") && !line.contains("link=0"),
+            "{line}"
+        );
+        assert_eq!(link_line(&Counters::default()), None);
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! `RUNTIME_DIR/netd.sock`. On a signal netd stops first (its socket is removed), then the
 //! driver child is stopped by its pid. A link that cannot be opened (`tap:` without
 //! `CAP_NET_ADMIN`, an interface that does not exist) is reported with the driver's reason and
-//! exit status 1.
+//! exit status 1. When the driver ends by itself (its link vanished for longer than
+//! `--link-timeout`, say, with the reason on its stderr), netd is stopped and `up` exits with
+//! the driver's exit status (2 if a signal ended it).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use netmux_driver::link::LinkSpec;
@@ -21,6 +24,8 @@ use super::{driver, Refused, Run};
 
 /// How long the driver child gets to stop after SIGTERM before it is killed.
 pub const DRIVER_STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often `up` looks whether its driver child has ended by itself.
+const DRIVER_WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs the driver (as a child process) and netd on a link until Ctrl-C.
 #[derive(Debug, clap::Args)]
@@ -30,6 +35,10 @@ pub struct Up {
     /// interface, needs CAP_NET_RAW), pcap:IN[,OUT] or virtual:PATH[,PEER].
     #[arg(long, value_name = "SPEC")]
     link: LinkSpec,
+    /// Seconds the link may vanish (a deleted TAP device or interface) before the driver, and
+    /// with it `up`, ends with an error; it is re-opened if it comes back sooner.
+    #[arg(long, value_name = "SECONDS", default_value_t = netmux_driver::daemon::DEFAULT_LINK_TIMEOUT.as_secs())]
+    link_timeout: u64,
     #[command(flatten)]
     host: HostArgs,
 }
@@ -39,14 +48,25 @@ impl Run for Up {
         driver::init_logging();
         let config = self.host.config().map_err(|e| Refused(e.to_string()))?;
         // Caught from here on: a Ctrl-C during start-up still stops everything cleanly.
-        let signals = run::Signals::watch()?;
-        let host = Host::start(&self.link.to_string(), config, None, |d| Box::new(d))?;
+        let stop = netmux_driver::cli::stop_on_signals()?;
+        let driver_args = ["--link-timeout".to_string(), self.link_timeout.to_string()];
+        let mut host = Host::start_with(&self.link.to_string(), config, None, &driver_args, |d| {
+            Box::new(d)
+        })?;
         println!(
             "netd listening on {} (driver pid {}); Ctrl-C stops",
             host.socket().display(),
             host.driver_pid()
         );
-        signals.wait();
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(status) = host.driver_exited()? {
+                host.stop()?;
+                eprintln!("netmux: the driver ended by itself ({status}); netd stopped");
+                let code = status.code().filter(|&c| c != 0).unwrap_or(2);
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(2)));
+            }
+            std::thread::sleep(DRIVER_WATCH_INTERVAL);
+        }
         host.stop()?;
         Ok(ExitCode::SUCCESS)
     }
@@ -71,7 +91,19 @@ impl Host {
         driver_log: Option<&str>,
         wrap: impl FnOnce(ChannelDriver) -> Box<dyn DriverLink>,
     ) -> anyhow::Result<Host> {
+        Self::start_with(link, config, driver_log, &[], wrap)
+    }
+
+    /// [`Host::start`] with more arguments for `netmux driver`.
+    pub fn start_with(
+        link: &str,
+        config: Config,
+        driver_log: Option<&str>,
+        driver_args: &[String],
+        wrap: impl FnOnce(ChannelDriver) -> Box<dyn DriverLink>,
+    ) -> anyhow::Result<Host> {
         let mut command = driver::reexec_command()?;
+        command.args(driver_args);
         if let (Some(filter), None) = (driver_log, std::env::var_os("RUST_LOG")) {
             command.env("RUST_LOG", filter);
         }
@@ -104,6 +136,14 @@ impl Host {
     /// The driver child's pid.
     pub fn driver_pid(&self) -> u32 {
         self.driver.as_ref().map_or(0, ChildDriver::pid)
+    }
+
+    /// How the driver child ended, if it has ended by itself.
+    pub fn driver_exited(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        match self.driver.as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
     }
 
     /// netd, while running.

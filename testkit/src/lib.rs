@@ -11,6 +11,8 @@
 //! * [`bins`]: the workspace's binaries for process tests, and [`bins::DriverProcess`], the
 //!   driver binary on a virtual cable.
 //! * [`cable`]: a test's end of a driver's virtual cable.
+//! * [`netns`]: network namespaces, veth pairs and offloads as Linux makes them, a process's
+//!   CPU time, and processes a test waits on (root-only tests and `scripts/bench-link`).
 //! * [`seed`]: the one seed variable of every randomised test, `NETMUX_SEED`.
 //! * [`TempDir`]: a scratch directory removed when dropped.
 //!
@@ -22,6 +24,8 @@ pub mod cable;
 pub mod corpus;
 pub mod exprs;
 pub mod frames;
+#[allow(unsafe_code)]
+pub mod netns;
 #[allow(unsafe_code)]
 pub mod oracle;
 

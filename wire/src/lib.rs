@@ -21,7 +21,10 @@
 //!   upper-layer header;
 //! - [`ip::is_fragment`] and [`ip::is_truncated`]: what the transmit check asks of a frame,
 //!   with the same VLAN walk the reassembler uses;
-//! - [`checksum`]: the Internet checksum (RFC 1071) with pseudo-headers.
+//! - [`checksum`]: the Internet checksum (RFC 1071) with pseudo-headers;
+//! - [`offload`]: the virtio-net header Linux puts before frames it leaves unfinished
+//!   (partial checksums, TSO/GSO/GRO aggregates), and the fix-ups that make ordinary frames of
+//!   them.
 //!
 //! [`capture`] reads pcap and pcapng files and writes pcap.
 
@@ -35,6 +38,7 @@ pub mod icmp;
 pub mod ip;
 pub mod ipv4;
 pub mod ipv6;
+pub mod offload;
 pub mod protocol;
 pub mod tcp;
 pub mod udp;

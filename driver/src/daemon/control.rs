@@ -18,6 +18,13 @@
 //! - **Fail closed.** When netd's connection ends for any reason, [`Driver::fail_closed`] runs:
 //!   every client queue is stopped and marked closed. The server then waits for a new netd, or
 //!   returns if [`ServerOptions::exit_on_disconnect`] is set.
+//! - **Idle while the link is away.** The loop sleeps on the link's descriptor (when it has
+//!   one), its link-event descriptor, the control socket and the queues; an error on the
+//!   link's descriptor or a link event makes the driver look at the link again
+//!   ([`Driver::refresh_link`], which reads and clears the error), so a link that went down
+//!   never keeps the loop spinning. A link gone for longer than its timeout
+//!   ([`crate::daemon::DriverConfig::link_timeout`]) ends [`Server::run`] with
+//!   [`ServerError::LinkGone`], after failing closed.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -43,6 +50,19 @@ pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Requests served from one connection per loop turn, so a chatty netd cannot starve the data
 /// path.
 const REQUESTS_PER_TURN: usize = 64;
+/// How long the loop keeps looking for frames after the last one moved before it sleeps: a
+/// frame that follows within it (a client's reply, the next frames of a burst) costs no
+/// wake-up, which is the largest cost perf shows on a bulk transfer (the scheduler's work
+/// for a sleep and a wake-up is several microseconds); an idle driver still sleeps.
+const BUSY_POLL: Duration = Duration::from_micros(50);
+/// Turns without work between two reads of the clock while the loop keeps looking (a turn
+/// without frames takes a fraction of a microsecond).
+const CLOCK_EVERY_IDLE_TURNS: u32 = 16;
+/// How often a busy loop looks at the control socket without being told it is readable: how
+/// late netd's request may be noticed while frames keep the loop from sleeping (an idle loop
+/// sleeps on the control socket and wakes at once). Looking costs two system calls, which the
+/// data path would otherwise pay on every turn.
+const CONTROL_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// How the control server behaves.
 #[derive(Debug, Clone)]
@@ -77,6 +97,19 @@ pub enum ServerError {
     /// Waiting for events failed.
     #[error("event loop: {0}")]
     Poll(io::Error),
+    /// The link vanished and did not come back within the link timeout.
+    #[error(
+        "link {link} has been gone for {:.1} s, longer than the link timeout ({reason})",
+        waited.as_secs_f64()
+    )]
+    LinkGone {
+        /// The link's spec.
+        link: String,
+        /// How long it was gone.
+        waited: Duration,
+        /// Why it counts as gone.
+        reason: String,
+    },
 }
 
 /// The connected netd.
@@ -104,6 +137,10 @@ pub struct Server {
     path: PathBuf,
     options: ServerOptions,
     session: Option<Session>,
+    /// The last sleep saw the listener or the session readable.
+    control_ready: bool,
+    /// When the control socket is to be looked at next, readable or not.
+    control_due: std::time::Instant,
 }
 
 impl Server {
@@ -137,6 +174,8 @@ impl Server {
             path: path.to_path_buf(),
             options,
             session: None,
+            control_ready: true,
+            control_due: std::time::Instant::now(),
         })
     }
 
@@ -157,19 +196,63 @@ impl Server {
             link = %self.driver.link().info().spec,
             "driver running"
         );
+        // One clock read per turn: on some virtual machines reading the clock is as dear as
+        // moving a frame.
+        let mut now = std::time::Instant::now();
+        // The loop looks for frames without sleeping until then.
+        let mut spin_until = now + BUSY_POLL;
+        let mut idle_turns: u32 = 0;
         while !stop.load(Ordering::Relaxed) {
-            if let Some(end) = self.serve() {
-                if self.end_session(end) {
+            if self.control_ready || now >= self.control_due {
+                self.control_ready = false;
+                self.control_due = now + CONTROL_CHECK_INTERVAL;
+                if let Some(end) = self.serve() {
+                    if self.end_session(end) {
+                        return Ok(());
+                    }
+                }
+                if self.accept() {
                     return Ok(());
                 }
             }
-            if self.accept() {
-                return Ok(());
-            }
             let work = self.driver.poll_rx() + self.driver.poll_tx();
-            if work == 0 {
-                self.sleep()?;
-                self.driver.tick();
+            if work > 0 {
+                idle_turns = 0;
+                now = std::time::Instant::now();
+                spin_until = now + BUSY_POLL;
+            } else {
+                if idle_turns.is_multiple_of(CLOCK_EVERY_IDLE_TURNS) {
+                    now = std::time::Instant::now();
+                }
+                idle_turns = idle_turns.wrapping_add(1);
+                if now < spin_until {
+                    std::hint::spin_loop();
+                } else {
+                    idle_turns = 0;
+                    if self.sleep()? {
+                        self.driver.refresh_link();
+                    }
+                    self.driver.tick();
+                    now = std::time::Instant::now();
+                    spin_until = now;
+                }
+            }
+            self.driver.refresh_link_if_due(now);
+            if let Some(waited) = self.driver.link_gone_for() {
+                if waited >= self.driver.link_timeout() {
+                    let error = ServerError::LinkGone {
+                        link: self.driver.link().info().spec.clone(),
+                        waited,
+                        reason: self
+                            .driver
+                            .link_state_reason()
+                            .unwrap_or("no reason given")
+                            .to_string(),
+                    };
+                    tracing::error!("{error}; stopping");
+                    self.driver.fail_closed();
+                    return Err(error);
+                }
             }
         }
         self.driver.fail_closed();
@@ -320,25 +403,35 @@ impl Server {
     }
 
     /// Sleeps until the link, the control socket or a queue has something, or [`IDLE_POLL`].
-    fn sleep(&mut self) -> Result<(), ServerError> {
-        let link_fd = self.driver.link().readiness_fd().is_some();
-        if !link_fd && !self.driver.rx_exhausted() {
+    /// Returns whether the link has news for [`Driver::refresh_link`]: an error or hang-up on
+    /// its descriptor, or a link event.
+    fn sleep(&mut self) -> Result<bool, ServerError> {
+        let link = self.driver.link();
+        let link_fd = link.readiness_fd().is_some();
+        if !link_fd && link.state() == crate::link::LinkState::Up && !self.driver.rx_exhausted() {
             // A link without a descriptor (pcap, memory) is ready until exhausted.
-            return Ok(());
+            return Ok(false);
         }
         if !self.driver.prepare_sleep() {
             self.driver.end_sleep();
-            return Ok(());
+            return Ok(false);
         }
-        let result = {
+        let (result, news, control) = {
             let mut fds: Vec<PollFd<'_>> = Vec::new();
             fds.push(PollFd::new(&self.listener, PollFlags::IN));
             if let Some(session) = &self.session {
                 fds.push(PollFd::new(session.channel.socket(), PollFlags::IN));
             }
-            if let Some(fd) = self.driver.link().readiness_fd() {
+            let control_fds = fds.len();
+            let link = self.driver.link();
+            let link_at = link.readiness_fd().map(|fd| {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
-            }
+                fds.len() - 1
+            });
+            let watch_at = link.watch_fd().map(|fd| {
+                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                fds.len() - 1
+            });
             let wakes: Vec<BorrowedFd<'_>> = self.driver.queue_wake_fds().collect();
             for fd in wakes {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
@@ -347,11 +440,17 @@ impl Server {
                 tv_sec: 0,
                 tv_nsec: IDLE_POLL.as_nanos() as i64,
             };
-            poll(&mut fds, Some(&timeout))
+            let result = poll(&mut fds, Some(&timeout));
+            let trouble = PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL;
+            let news = link_at.is_some_and(|i| fds[i].revents().intersects(trouble))
+                || watch_at.is_some_and(|i| !fds[i].revents().is_empty());
+            let control = fds[..control_fds].iter().any(|f| !f.revents().is_empty());
+            (result, news, control)
         };
+        self.control_ready |= control;
         self.driver.end_sleep();
         match result {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(news),
             Err(e) => Err(ServerError::Poll(e.into())),
         }
     }

@@ -24,6 +24,17 @@
 //! gets a completion: sent, rejected with its reason, or a link error. Tap queues then observe
 //! what was sent (never their own transmissions).
 //!
+//! # The link going down, coming back, vanishing
+//!
+//! The driver keeps the link's [`LinkState`] as last reported ([`Driver::refresh_link`] asks
+//! the link to look again; the control loop calls it on the link's events and at least every
+//! [`crate::link::LINK_CHECK_INTERVAL`]) and logs each change once, with its reason. While the
+//! link is not up nothing is received, every queue and session stays, and every frame a client
+//! transmits is still checked, then completed with [`TxStatus::LinkDown`] instead of being
+//! sent. The link's state is in its counters ([`Counters::link_state`]), which netd shows.
+//! [`Driver::link_gone_for`] says how long the link has been gone; the control loop ends the
+//! driver when that passes its link timeout.
+//!
 //! # Failing closed
 //!
 //! [`Driver::fail_closed`] stops every queue, marks it closed in its ring header (clients see
@@ -35,7 +46,7 @@ pub mod instances;
 pub mod tx;
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use netmux_proto::driver::{
     Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, QueueConfig, QueueId,
@@ -44,7 +55,7 @@ use netmux_proto::driver::{
 use netmux_proto::{ErrorCode, ErrorReply};
 use netmux_vm::{Scratch, Strategy};
 
-use crate::link::{FrameBatch, Link, LinkStats};
+use crate::link::{FrameBatch, Link, LinkState, LinkStats};
 use crate::reassembly::{self, DropReason, Outcome, Reassembler};
 use instances::{Instances, Route, Slot, Target};
 pub use netmux_classify::{Classifier, ClassifierError, Classify, LinearScan, RxFilter};
@@ -83,7 +94,15 @@ pub struct DriverConfig {
     pub tx_batch: usize,
     /// Which classifier decides the receiving queues.
     pub classifier: ClassifierKind,
+    /// How long the link may be gone before the driver gives up on it (the control loop's
+    /// business; see [`Driver::link_gone_for`]).
+    pub link_timeout: Duration,
 }
+
+/// How long a vanished link may stay away by default before the driver ends: long enough for
+/// a container or VM that owns the interface to restart, short enough that a link deleted for
+/// good is reported while someone still looks.
+pub const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which classifier a [`Driver`] made with [`Driver::new`] uses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,6 +122,7 @@ impl Default for DriverConfig {
             rx_batch: DEFAULT_RX_BATCH,
             tx_batch: DEFAULT_TX_BATCH,
             classifier: ClassifierKind::default(),
+            link_timeout: DEFAULT_LINK_TIMEOUT,
         }
     }
 }
@@ -186,6 +206,21 @@ struct RxCounters {
     link_errors: u64,
     /// Frames one instance sent another on this host, delivered here.
     hairpin: u64,
+    /// Whether the last receive failed (the next failure is counted, not logged again).
+    failing: bool,
+}
+
+/// The link's state as the driver last reported it.
+#[derive(Debug)]
+struct LinkWatchState {
+    state: LinkState,
+    reason: Option<String>,
+    /// When it entered that state.
+    since: Instant,
+    /// When the link was last asked to look again.
+    checked: Instant,
+    /// Changes of state since the driver started.
+    changes: u64,
 }
 
 /// The reply to a request, and the descriptors that travel with it (a created queue's).
@@ -238,6 +273,7 @@ pub struct Driver {
     rx: RxCounters,
     /// Transmit outcomes of every queue, past ones included.
     tx: TxOutcomes,
+    link_state: LinkWatchState,
     clock: Instant,
 }
 
@@ -273,8 +309,25 @@ impl Driver {
         make_classifier: instances::MakeClassifier,
         config: DriverConfig,
     ) -> Self {
+        let now = Instant::now();
+        let link_state = LinkWatchState {
+            state: link.state(),
+            reason: link.state_reason(),
+            since: now,
+            checked: now,
+            changes: 0,
+        };
+        if link_state.state != LinkState::Up {
+            tracing::warn!(
+                link = %link.info().spec,
+                reason = link_state.reason.as_deref().unwrap_or(""),
+                "link is {} at start; waiting for it",
+                link_state.state
+            );
+        }
         Self {
             instances: Instances::new(link.info().mac, classifier, make_classifier),
+            link_state,
             link_mac: link.info().mac,
             max_tx_len: usize::try_from(link.info().mtu)
                 .unwrap_or(usize::MAX)
@@ -294,8 +347,91 @@ impl Driver {
             scratch: Scratch::default(),
             rx: RxCounters::default(),
             tx: TxOutcomes::default(),
-            clock: Instant::now(),
+            clock: now,
         }
+    }
+
+    /// The link's state as last reported.
+    pub fn link_state(&self) -> LinkState {
+        self.link_state.state
+    }
+
+    /// How many times the link's state changed since the driver started.
+    pub fn link_state_changes(&self) -> u64 {
+        self.link_state.changes
+    }
+
+    /// Asks the link to look at its state again (see [`Link::refresh`]) and logs a change.
+    pub fn refresh_link(&mut self) {
+        self.link.refresh();
+        self.link_state.checked = Instant::now();
+        self.note_link_state();
+    }
+
+    /// Refreshes the link if, at `now`, it has not been looked at for
+    /// [`crate::link::LINK_CHECK_INTERVAL`] (or [`crate::link::LINK_RECHECK_WHILE_AWAY`]
+    /// while it is not up).
+    pub fn refresh_link_if_due(&mut self, now: Instant) {
+        let every = if self.link_state.state == LinkState::Up {
+            crate::link::LINK_CHECK_INTERVAL
+        } else {
+            crate::link::LINK_RECHECK_WHILE_AWAY
+        };
+        if now.saturating_duration_since(self.link_state.checked) >= every {
+            self.refresh_link();
+        }
+    }
+
+    /// How long the link may be gone before the driver gives up ([`DriverConfig::link_timeout`]).
+    pub fn link_timeout(&self) -> Duration {
+        self.config.link_timeout
+    }
+
+    /// How long the link has been gone, if it is.
+    pub fn link_gone_for(&self) -> Option<Duration> {
+        (self.link_state.state == LinkState::Gone).then(|| self.link_state.since.elapsed())
+    }
+
+    /// Why the link is in its state, as last reported.
+    pub fn link_state_reason(&self) -> Option<&str> {
+        self.link_state.reason.as_deref()
+    }
+
+    /// Takes the link's state as it reports it now, logging a change once.
+    fn note_link_state(&mut self) {
+        let state = self.link.state();
+        let reason = self.link.state_reason();
+        let watched = &mut self.link_state;
+        if state == watched.state && reason == watched.reason {
+            return;
+        }
+        let spec = &self.link.info().spec;
+        let away = watched.since.elapsed();
+        let why = reason.as_deref().unwrap_or("");
+        match (watched.state, state) {
+            (_, LinkState::Up) => {
+                tracing::info!(link = %spec, after = ?away, "link is up again; resuming")
+            }
+            (from, LinkState::Down) if from != LinkState::Down => tracing::warn!(
+                link = %spec,
+                reason = why,
+                "link is down; queues and sessions are kept, transmissions complete with link-down"
+            ),
+            (from, LinkState::Gone) if from != LinkState::Gone => tracing::warn!(
+                link = %spec,
+                reason = why,
+                timeout = ?self.config.link_timeout,
+                "link is gone; waiting for it to come back"
+            ),
+            // The same state for another reason (down, then also without carrier): not a change.
+            (_, state) => tracing::debug!(link = %spec, reason = why, "link is still {state}"),
+        }
+        if state != watched.state {
+            watched.since = Instant::now();
+            watched.changes += 1;
+        }
+        watched.state = state;
+        watched.reason = reason;
     }
 
     /// The link.
@@ -691,13 +827,23 @@ impl Driver {
         let mut batch = std::mem::take(&mut self.rx_batch);
         batch.clear();
         let received = match self.link.recv(&mut batch, self.config.rx_batch) {
-            Ok(n) => n,
+            Ok(n) => {
+                self.rx.failing = false;
+                n
+            }
             Err(e) => {
                 self.rx.link_errors += 1;
-                tracing::warn!("link receive failed: {e}");
+                if !self.rx.failing {
+                    tracing::warn!("link receive failed: {e} (until it works again, failures are only counted)");
+                    self.rx.failing = true;
+                }
+                self.refresh_link();
                 0
             }
         };
+        if self.link.state() != self.link_state.state {
+            self.note_link_state();
+        }
         if received > 0 {
             let now = self.now_ns();
             self.reassembler.expire(now);
@@ -816,8 +962,13 @@ impl Driver {
                 outcome.push(status);
             }
             let on_wire = send_all(self.link.as_mut(), &batch, &sent, &mut queue.tx.link_busy);
+            let unsent = if self.link.state() == LinkState::Up {
+                TxStatus::LinkError
+            } else {
+                TxStatus::LinkDown
+            };
             for &index in &sent[on_wire..] {
-                outcome[index] = TxStatus::LinkError;
+                outcome[index] = unsent;
             }
             sent.truncate(on_wire);
             for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
@@ -877,6 +1028,9 @@ impl Driver {
             }
         }
         self.tx_batch = batch;
+        if self.link.state() != self.link_state.state {
+            self.note_link_state();
+        }
         total
     }
 
@@ -906,9 +1060,11 @@ impl Driver {
         let r = self.reassembler.counters();
         let mut rx_dropped = vec![
             ("link".to_string(), link.rx_dropped),
+            ("kernel".to_string(), link.rx_dropped_kernel),
             ("no-receiver".to_string(), self.rx.no_receiver),
             ("link-error".to_string(), self.rx.link_errors),
         ];
+        rx_dropped.extend(link.offload_drops());
         for reason in DropReason::ALL {
             rx_dropped.push((format!("reassembly-{reason}"), r.fragments_dropped(reason)));
         }
@@ -928,6 +1084,10 @@ impl Driver {
             tx_flow_control: self.tx.link_busy,
             rx_dropped,
             hairpin: self.rx.hairpin,
+            link_state: Some(self.link_state.state),
+            rx_csum_completed: link.rx_csum_completed,
+            rx_gso_split: link.rx_gso_split,
+            rx_gso_segments: link.rx_gso_segments,
         };
         let queues = self
             .order
@@ -972,7 +1132,7 @@ fn queue_counters(queue: &Queue) -> Counters {
         tx_rejected: queue.tx.rejected(),
         tx_flow_control: ring.tx_flow_control + queue.tx.link_busy,
         rx_dropped,
-        hairpin: 0,
+        ..Counters::default()
     }
 }
 
@@ -991,8 +1151,12 @@ fn send_all(link: &mut dyn Link, batch: &FrameBatch, indices: &[usize], busy: &m
     let mut done = 0;
     let mut retries = 0;
     while done < frames.len() {
+        if link.state() != LinkState::Up {
+            break;
+        }
         match link.send(&frames[done..]) {
             Ok(n) if n > 0 => done += n,
+            Ok(_) if link.state() != LinkState::Up => break,
             Ok(_) => {
                 *busy += 1;
                 retries += 1;

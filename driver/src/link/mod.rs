@@ -4,14 +4,34 @@
 //! the driver has already checked. Calls never block: a link with nothing to deliver returns
 //! zero frames, and a link that can poll offers a descriptor for the driver's event loop.
 //!
-//! | spec                       | backend            | privileges | state              |
+//! | spec                       | backend            | privileges | receive / transmit |
 //! |----------------------------|--------------------|------------|--------------------|
-//! | `pcap:IN.pcap[,OUT.pcap]`  | [`PcapLink`]       | none       | done               |
-//! | `virtual:PATH[,PEER]`      | [`VirtualLink`]    | none       | done               |
-//! | `tap:NAME`                 | [`TapLink`]        | `CAP_NET_ADMIN` | done          |
-//! | `afpacket:IFNAME`          | [`AfPacketLink`]   | `CAP_NET_RAW`   | done (rx ring; tx by `send`) |
+//! | `pcap:IN.pcap[,OUT.pcap]`  | [`PcapLink`]       | none       | replay / record    |
+//! | `virtual:PATH[,PEER]`      | [`VirtualLink`]    | none       | a datagram per frame |
+//! | `tap:NAME`                 | [`TapLink`]        | `CAP_NET_ADMIN` | `read` / `writev` per frame, virtio-net header |
+//! | `afpacket:IFNAME`          | [`AfPacketLink`]   | `CAP_NET_RAW`   | PACKET_MMAP ring / `sendmmsg` per batch, virtio-net header |
 //!
 //! [`MemoryLink`] is an in-process link for tests and benchmarks; it has no spec.
+//!
+//! # Frames as Linux hands them over
+//!
+//! The `tap:` and `afpacket:` backends ask the kernel for a virtio-net header before every
+//! frame, so frames it left unfinished (a partial checksum; a TSO, GSO or GRO aggregate of up
+//! to 64 KiB) arrive with what is left to do. [`LinkStats::admit_offloaded`] does it in the
+//! driver's private copy with [`netmux_wire::offload`]: the checksum is completed
+//! (`rx_csum_completed`), the aggregate cut into ordinary frames (`rx_gso_split`,
+//! `rx_gso_segments`), and a frame whose header does not make sense is dropped and counted by
+//! its reason, never delivered half-fixed. Nobody has to turn a NIC's or a veth's offloads off.
+//!
+//! # Links that go down, come back, or vanish
+//!
+//! A link has a [`LinkState`]. The driver asks [`Link::refresh`] to look again when the
+//! link's descriptor reports an error, when its [`Link::watch_fd`] (rtnetlink link events)
+//! is readable, and at least every [`LINK_CHECK_INTERVAL`]; `refresh` reads and clears a
+//! pending socket error, re-reads the interface's flags, and re-opens an interface that was
+//! deleted and has come back under its name. While a link is not up it delivers nothing and
+//! takes no frames; the driver keeps its queues and completes their transmissions with
+//! `LinkDown`.
 
 mod afpacket;
 mod memory;
@@ -19,8 +39,13 @@ mod pcap;
 mod spec;
 mod tap;
 mod virtual_cable;
+mod watch;
 
 use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+pub use netmux_proto::LinkState;
+use netmux_wire::offload::{self, OffloadError, Segments, VirtioNetHeader};
 
 pub use afpacket::AfPacketLink;
 pub use memory::MemoryLink;
@@ -34,6 +59,13 @@ pub use virtual_cable::VirtualLink;
 pub const MIN_FRAME_LEN: usize = 14;
 /// The MTU reported by links that have none of their own (pcap, virtual): Ethernet's.
 pub const DEFAULT_MTU: u32 = 1500;
+/// The longest the driver goes without asking a link to look at its state again: how late a
+/// change nobody signals (a TAP set down in another network namespace, rtnetlink events lost
+/// to an overrun) is noticed. Two system calls per look.
+pub const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a link that is down or gone is looked at, so it resumes promptly even where no
+/// event says it is back.
+pub const LINK_RECHECK_WHILE_AWAY: Duration = Duration::from_millis(250);
 
 /// What netd needs to know about the link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +82,25 @@ pub struct LinkInfo {
 /// Counters a link keeps about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
-    /// Frames received and handed to the driver.
+    /// Frames received and handed to the driver (each segment of a cut aggregate counts).
     pub rx_frames: u64,
     /// Bytes of those frames.
     pub rx_bytes: u64,
-    /// Received frames dropped by the link: shorter than an Ethernet header or longer than
-    /// the largest frame a ring carries.
+    /// Received frames dropped by the link: shorter than an Ethernet header, longer than the
+    /// largest frame a ring carries, or cut short by the kernel.
     pub rx_dropped: u64,
+    /// Frames the kernel dropped before the link could read them (its receive ring was full),
+    /// as the socket's statistics say.
+    pub rx_dropped_kernel: u64,
+    /// Received frames whose partial checksum the link completed.
+    pub rx_csum_completed: u64,
+    /// Received aggregates the link cut into ordinary frames.
+    pub rx_gso_split: u64,
+    /// Frames those aggregates were cut into.
+    pub rx_gso_segments: u64,
+    /// Received frames dropped because their virtio-net header did not make sense, by
+    /// [`OffloadError::index`].
+    pub rx_dropped_offload: [u64; OffloadError::ALL.len()],
     /// Frames transmitted.
     pub tx_frames: u64,
     /// Bytes of those frames.
@@ -78,6 +122,79 @@ impl LinkStats {
         self.rx_frames += 1;
         self.rx_bytes += frame.len() as u64;
         true
+    }
+
+    /// The admission rule for a frame that came with a virtio-net `header`: what the header
+    /// says is left to do is done in the copy added to `batch` (a checksum completed, an
+    /// aggregate cut into ordinary frames, each added), or, when the header makes no sense for
+    /// the frame, nothing is added and the reason is counted. Size limits as
+    /// [`admit`](Self::admit), except that an aggregate may be up to
+    /// [`offload::MAX_AGGREGATE_LEN`]. Returns how many frames were added.
+    pub fn admit_offloaded(
+        &mut self,
+        batch: &mut FrameBatch,
+        frame: &[u8],
+        header: &VirtioNetHeader,
+    ) -> usize {
+        if header.is_aggregate() {
+            if !(MIN_FRAME_LEN..=offload::MAX_AGGREGATE_LEN).contains(&frame.len()) {
+                self.rx_dropped += 1;
+                return 0;
+            }
+            let segments = match Segments::new(frame, header) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.rx_dropped_offload[e.index()] += 1;
+                    return 0;
+                }
+            };
+            for i in 0..segments.len() {
+                let _ = batch.push_with(0, |buffer| {
+                    segments.write(i, buffer);
+                    self.rx_bytes += buffer.len() as u64;
+                    Ok::<(), std::convert::Infallible>(())
+                });
+            }
+            self.rx_frames += segments.len() as u64;
+            self.rx_gso_split += 1;
+            self.rx_gso_segments += segments.len() as u64;
+            return segments.len();
+        }
+        if !(MIN_FRAME_LEN..=netmux_ring::MAX_FRAME_LEN).contains(&frame.len()) {
+            self.rx_dropped += 1;
+            return 0;
+        }
+        let completed = batch.push_with(0, |buffer| {
+            buffer.extend_from_slice(frame);
+            offload::complete_checksum(buffer, header)
+        });
+        self.count_completion(completed, frame.len())
+    }
+
+    /// Counts the outcome of [`offload::complete_checksum`] on a frame of `len` bytes a
+    /// backend copied into a batch itself; returns how many frames were added (0 or 1).
+    pub fn count_completion(&mut self, outcome: Result<bool, OffloadError>, len: usize) -> usize {
+        match outcome {
+            Ok(completed) => {
+                self.rx_csum_completed += u64::from(completed);
+                self.rx_frames += 1;
+                self.rx_bytes += len as u64;
+                1
+            }
+            Err(e) => {
+                self.rx_dropped_offload[e.index()] += 1;
+                0
+            }
+        }
+    }
+
+    /// The virtio-net drops by counter name (`offload-REASON`), those not zero.
+    pub fn offload_drops(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        OffloadError::ALL
+            .iter()
+            .zip(self.rx_dropped_offload)
+            .filter(|&(_, n)| n > 0)
+            .map(|(e, n)| (format!("offload-{}", e.name()), n))
     }
 }
 
@@ -140,6 +257,29 @@ pub trait Link: Send {
 
     /// The link's counters.
     fn stats(&self) -> LinkStats;
+
+    /// The link's state as last seen (by [`recv`](Self::recv), [`send`](Self::send) or
+    /// [`refresh`](Self::refresh)); links without a state of their own are always up.
+    fn state(&self) -> LinkState {
+        LinkState::Up
+    }
+
+    /// Why the link is in its state, for the log line that reports a change (`no carrier`,
+    /// `deleted`, ...).
+    fn state_reason(&self) -> Option<String> {
+        None
+    }
+
+    /// A descriptor that polls readable when the link's state may have changed (an rtnetlink
+    /// socket subscribed to link events), for links that have one.
+    fn watch_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
+    /// Looks at the link's state again: reads and clears a pending error, drains
+    /// [`watch_fd`](Self::watch_fd), re-reads the interface, re-opens it if it was deleted and
+    /// is back. Never blocks.
+    fn refresh(&mut self) {}
 }
 
 /// Opens the link a spec names.

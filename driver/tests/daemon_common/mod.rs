@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use netmux_driver::daemon::{Driver, DriverConfig};
-use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
+use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkState, LinkStats};
 use netmux_vm::Strategy;
 
 use netmux_proto::driver::{
@@ -256,6 +256,8 @@ pub struct Wire {
     pub rx: Arc<Mutex<Vec<Vec<u8>>>>,
     pub tx: Arc<Mutex<Vec<Vec<u8>>>>,
     pub hook: Arc<Mutex<Option<Hook>>>,
+    /// The link's state, which the test sets.
+    pub state: Arc<Mutex<LinkState>>,
 }
 
 /// The link of [`in_process`].
@@ -280,6 +282,9 @@ impl Link for TestLink {
         Ok(n)
     }
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, LinkError> {
+        if self.state() != LinkState::Up {
+            return Ok(0);
+        }
         for frame in frames {
             if let Some(hook) = self.wire.hook.lock().unwrap().as_mut() {
                 hook(frame);
@@ -295,6 +300,9 @@ impl Link for TestLink {
     }
     fn stats(&self) -> LinkStats {
         self.stats
+    }
+    fn state(&self) -> LinkState {
+        *self.wire.state.lock().unwrap()
     }
 }
 

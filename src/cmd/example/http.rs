@@ -1,7 +1,16 @@
-//! The HTTP example: a smoltcp TCP server that answers every request with [`PAGE`] and closes
-//! the connection. [`LISTENERS`] sockets listen on the port at once, so that many clients are
-//! served one after another and several at the same time; a socket that finished a connection
-//! listens again.
+//! The HTTP example: a smoltcp TCP server, one request per connection, which it then closes.
+//! [`LISTENERS`] sockets listen on the port at once, so that many clients are served one after
+//! another and several at the same time; a socket that finished a connection listens again.
+//!
+//! | request | response |
+//! |---|---|
+//! | `GET /bytes/N` | `200`, a body of N bytes: byte `i` is [`pattern_byte`]`(i)`, the top byte of `i × 0x9E3779B97F4A7C15` (so a lost, repeated or reordered stretch shows), generated as it is sent |
+//! | `POST /sink` with `Content-Length: N` | reads the N body bytes as they come, then `200` with the body `received N bytes, fnv1a64 HHHHHHHHHHHHHHHH` (the 64-bit FNV-1a hash of the body, 16 hex digits) |
+//! | any other request | `200` with [`PAGE`] |
+//! | not a request line, a head over [`MAX_REQUEST_HEAD`], a bad N, a `POST /sink` without a length | `400` (`411` for the missing length) |
+//!
+//! Bodies of any size stream through the socket buffers ([`SOCKET_BUFFER`] each way), so a
+//! 1 GiB transfer needs no more memory than a page does.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -16,10 +25,11 @@ use super::{stopping, ExampleArgs, Station};
 pub const LISTENERS: usize = 4;
 /// Longest request head (request line and headers) read; longer ones get `400`.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// Socket buffer bytes in each direction.
-const SOCKET_BUFFER: usize = 16 * 1024;
+/// Socket buffer bytes in each direction: the TCP window a bulk transfer can use (smoltcp
+/// scales its window past 64 KiB), a few milliseconds of a fast sender.
+pub const SOCKET_BUFFER: usize = 512 * 1024;
 
-/// The page every request gets.
+/// The page every other request gets.
 pub const PAGE: &str = "<!doctype html>\n<html><head><title>netmux</title></head>\n\
 <body><h1>Hello from netmux</h1>\n<p>Served by smoltcp running as a netd client on a netmux \
 queue.</p></body></html>\n";
@@ -28,12 +38,116 @@ queue.</p></body></html>\n";
 /// does not hold a listener forever.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Byte `i` of a `GET /bytes/N` body: the top byte of `i × 0x9E3779B97F4A7C15` (Knuth's
+/// multiplicative hash), which does not repeat with any short period.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// The 64-bit FNV-1a hash, carried across calls (start from [`FNV_OFFSET`]).
+pub fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// FNV-1a's starting value.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// What a request head asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `GET /bytes/N`.
+    Bytes(u64),
+    /// `POST /sink` with this `Content-Length`.
+    Sink(u64),
+    /// Anything else that is a request: the page.
+    Page,
+    /// Not something to answer but with this status line.
+    Refused(&'static str),
+}
+
+/// Reads a request head (request line and headers, up to and including the empty line).
+pub fn parse(head: &[u8]) -> Request {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Request::Refused("400 Bad Request");
+    };
+    if !version.starts_with("HTTP/") || !head.ends_with(b"\r\n\r\n") {
+        return Request::Refused("400 Bad Request");
+    }
+    let content_length = lines.find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<u64>().ok())
+    });
+    match (method, path) {
+        ("GET", p) if p.starts_with("/bytes/") => match p["/bytes/".len()..].parse() {
+            Ok(n) => Request::Bytes(n),
+            Err(_) => Request::Refused("400 Bad Request"),
+        },
+        ("POST", "/sink") => match content_length {
+            Some(Some(n)) => Request::Sink(n),
+            Some(None) => Request::Refused("400 Bad Request"),
+            None => Request::Refused("411 Length Required"),
+        },
+        _ => Request::Page,
+    }
+}
+
+/// A response head and a small body, as bytes.
+fn small_response(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\nServer: netmux-example\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The response to a request head that needs no body read: the page, a refusal, or the head
+/// of a `/bytes` response. Returns the bytes and the status line.
+pub fn response(head: &[u8]) -> (Vec<u8>, &'static str) {
+    match parse(head) {
+        Request::Refused(status) => (
+            small_response(status, "text/plain", "bad request\n"),
+            status,
+        ),
+        Request::Bytes(n) => (
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: {n}\r\nConnection: close\r\nServer: netmux-example\r\n\r\n"
+            )
+            .into_bytes(),
+            "200 OK",
+        ),
+        Request::Sink(_) | Request::Page => (
+            small_response("200 OK", "text/html; charset=utf-8", PAGE),
+            "200 OK",
+        ),
+    }
+}
+
 /// Where a socket is in serving one connection.
 enum Phase {
     /// Listening, or connected and reading the request head.
     Reading(Vec<u8>),
-    /// Sending the response: the bytes and how many are queued.
-    Replying(Vec<u8>, usize),
+    /// Reading a `POST /sink` body: bytes still to come, bytes read, their hash so far.
+    Sinking { left: u64, read: u64, hash: u64 },
+    /// Sending the response: the head (and small body) with how much of it is queued, then
+    /// `pattern` bytes of [`pattern_byte`] from `next`.
+    Replying {
+        head: Vec<u8>,
+        queued: usize,
+        next: u64,
+        end: u64,
+    },
     /// Response queued and close requested; waiting for the socket to finish.
     Closing,
 }
@@ -42,26 +156,6 @@ enum Phase {
 struct Slot {
     handle: SocketHandle,
     phase: Phase,
-}
-
-/// The response to a request head: the page, or `400` for a head that is too long or not a
-/// request line.
-pub fn response(head: &[u8]) -> (Vec<u8>, &'static str) {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (status, body) = match (parts.next(), parts.next(), parts.next()) {
-        (Some(_), Some(_), Some(v)) if v.starts_with("HTTP/") && head.ends_with(b"\r\n\r\n") => {
-            ("200 OK", PAGE)
-        }
-        _ => ("400 Bad Request", "bad request\n"),
-    };
-    let text = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\nServer: netmux-example\r\n\r\n{body}",
-        body.len()
-    );
-    (text.into_bytes(), status)
 }
 
 /// Serves until `stop` is set or the queue closes.
@@ -120,24 +214,45 @@ fn turn(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Resu
     }
     if let Phase::Reading(head) = &mut slot.phase {
         if socket.can_recv() {
-            let room = (MAX_REQUEST_HEAD + 1).saturating_sub(head.len());
-            let mut buf = vec![0u8; room];
-            let n = socket.recv_slice(&mut buf).unwrap_or(0);
-            head.extend_from_slice(&buf[..n]);
+            // Only up to the end of the head: what follows is a body, read as one.
+            let _ = socket.recv(|buf| {
+                let mut taken = 0;
+                for &b in buf.iter() {
+                    if head.len() > MAX_REQUEST_HEAD || head.ends_with(b"\r\n\r\n") {
+                        break;
+                    }
+                    head.push(b);
+                    taken += 1;
+                }
+                (taken, ())
+            });
         }
-        let end = head
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map(|p| p + 4);
-        if end.is_some() || head.len() > MAX_REQUEST_HEAD {
-            let head = &head[..end.unwrap_or(head.len())];
-            let (bytes, status) = response(head);
+        if head.ends_with(b"\r\n\r\n") || head.len() > MAX_REQUEST_HEAD {
             let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
             let from = socket
                 .remote_endpoint()
                 .map_or_else(|| "?".to_string(), |e| e.to_string());
-            tracing::info!(%from, request = %String::from_utf8_lossy(line), status, "request");
-            slot.phase = Phase::Replying(bytes, 0);
+            let request = parse(head);
+            tracing::info!(%from, request = %String::from_utf8_lossy(line), ?request, "request");
+            slot.phase = match request {
+                Request::Sink(n) => Phase::Sinking {
+                    left: n,
+                    read: 0,
+                    hash: FNV_OFFSET,
+                },
+                Request::Bytes(n) => Phase::Replying {
+                    head: response(head).0,
+                    queued: 0,
+                    next: 0,
+                    end: n,
+                },
+                _ => Phase::Replying {
+                    head: response(head).0,
+                    queued: 0,
+                    next: 0,
+                    end: 0,
+                },
+            };
         } else if socket.state() == tcp::State::CloseWait && !socket.can_recv() {
             tracing::debug!("connection closed without a whole request");
             socket.close();
@@ -145,11 +260,55 @@ fn turn(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Resu
             return Ok(0);
         }
     }
-    if let Phase::Replying(bytes, sent) = &mut slot.phase {
-        if *sent < bytes.len() && socket.can_send() {
-            *sent += socket.send_slice(&bytes[*sent..]).unwrap_or(0);
+    if let Phase::Sinking { left, read, hash } = &mut slot.phase {
+        while *left > 0 && socket.can_recv() {
+            let _ = socket.recv(|buf| {
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *hash = fnv1a64(*hash, &buf[..n]);
+                *left -= n as u64;
+                *read += n as u64;
+                (n, ())
+            });
         }
-        if *sent == bytes.len() {
+        if *left == 0 {
+            let body = format!("received {read} bytes, fnv1a64 {hash:016x}\n");
+            tracing::info!(bytes = *read, "sink: body read");
+            slot.phase = Phase::Replying {
+                head: small_response("200 OK", "text/plain", &body),
+                queued: 0,
+                next: 0,
+                end: 0,
+            };
+        } else if !socket.may_recv() {
+            tracing::info!(left = *left, "sink: the peer stopped sending");
+            socket.close();
+            slot.phase = Phase::Closing;
+            return Ok(0);
+        }
+    }
+    if let Phase::Replying {
+        head,
+        queued,
+        next,
+        end,
+    } = &mut slot.phase
+    {
+        while *queued < head.len() && socket.can_send() {
+            *queued += socket.send_slice(&head[*queued..]).unwrap_or(0);
+        }
+        while *queued == head.len() && *next < *end && socket.can_send() {
+            let _ = socket.send(|buf| {
+                let n = buf
+                    .len()
+                    .min(usize::try_from(*end - *next).unwrap_or(usize::MAX));
+                for (k, b) in buf[..n].iter_mut().enumerate() {
+                    *b = pattern_byte(*next + k as u64);
+                }
+                *next += n as u64;
+                (n, ())
+            });
+        }
+        if *queued == head.len() && *next == *end {
             socket.close();
             slot.phase = Phase::Closing;
             return Ok(1);
@@ -176,5 +335,50 @@ mod tests {
     fn a_head_that_is_not_a_request_gets_400() {
         assert_eq!(response(b"hello\r\n\r\n").1, "400 Bad Request");
         assert_eq!(response(&[b'a'; MAX_REQUEST_HEAD + 1]).1, "400 Bad Request");
+        assert_eq!(
+            response(b"GET /bytes/lots HTTP/1.1\r\n\r\n").1,
+            "400 Bad Request"
+        );
+    }
+
+    #[test]
+    fn bytes_and_sink_requests_are_recognised_with_their_lengths() {
+        assert_eq!(
+            parse(b"GET /bytes/67108864 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Request::Bytes(64 << 20)
+        );
+        assert_eq!(
+            parse(b"POST /sink HTTP/1.1\r\ncontent-length: 12\r\n\r\n"),
+            Request::Sink(12)
+        );
+        assert_eq!(
+            parse(b"POST /sink HTTP/1.1\r\n\r\n"),
+            Request::Refused("411 Length Required")
+        );
+        let (head, _) = response(b"GET /bytes/5 HTTP/1.1\r\n\r\n");
+        assert!(String::from_utf8(head)
+            .unwrap()
+            .contains("Content-Length: 5\r\n"));
+    }
+
+    #[test]
+    fn the_pattern_does_not_repeat_with_a_short_period() {
+        let bytes: Vec<u8> = (0..4096).map(pattern_byte).collect();
+        for period in 1..1024 {
+            assert!(
+                bytes[period..].iter().zip(&bytes).any(|(a, b)| a != b),
+                "period {period}"
+            );
+        }
+    }
+
+    #[test]
+    fn fnv1a64_matches_its_reference_values() {
+        assert_eq!(fnv1a64(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            fnv1a64(fnv1a64(FNV_OFFSET, b"foo"), b"bar"),
+            fnv1a64(FNV_OFFSET, b"foobar")
+        );
     }
 }

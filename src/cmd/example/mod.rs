@@ -8,8 +8,10 @@
 //! reported with netd's reason and exit status 1. When the driver closes the queue (netd went
 //! away), the example says so and exits 1.
 //!
-//! [`udp_echo`] sends every datagram back to its sender; [`http`] answers every request with a
-//! fixed page, on [`http::LISTENERS`] sockets so several connections are served at once.
+//! [`udp_echo`] sends every datagram back to its sender; [`http`] answers requests with a fixed
+//! page, streams `GET /bytes/N` bodies and swallows `POST /sink` uploads (for bulk transfers
+//! whose bytes can be checked), on [`http::LISTENERS`] sockets so several connections are
+//! served at once.
 
 pub mod http;
 pub mod udp_echo;
@@ -44,7 +46,8 @@ const CLOSE_LINGER: Duration = Duration::from_millis(200);
 pub enum ExampleCommand {
     /// A UDP echo server: every datagram goes back to its sender.
     UdpEcho(ExampleArgs),
-    /// An HTTP server (smoltcp TCP) answering every request with a fixed page.
+    /// An HTTP server (smoltcp TCP): a fixed page; `GET /bytes/N` streams N bytes of a known
+    /// pattern; `POST /sink` reads a body and answers with its length and FNV-1a hash.
     Http(ExampleArgs),
 }
 

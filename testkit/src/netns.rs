@@ -1,0 +1,323 @@
+//! Real links for root-only tests and benchmarks: network namespaces, veth pairs exactly as
+//! `ip link add` makes them, TAP devices, offload settings read and set by the kernel's ethtool
+//! ioctl, a process's CPU time, and processes whose output a test waits on.
+//!
+//! # Guarantees
+//!
+//! - Every namespace is created by [`NetNs::new`] and deleted when its [`NetNs`] is dropped,
+//!   whatever happened; deleting a namespace deletes every interface in it (a veth's peer in
+//!   another namespace with it).
+//! - Work "inside" a namespace runs on a thread of its own that entered it
+//!   ([`NetNs::run`]); the calling thread and the rest of the process stay where they were.
+//! - A [`Proc`] is stopped by its pid (SIGKILL) when dropped; nothing else is ever signalled.
+//! - Offloads are only read here, except [`set_gro`] (the tests that force GRO on at the netmux
+//!   end) and [`set_segmentation_offloads`] (the link benchmark's kernel-only baseline pair,
+//!   which must move MTU-sized frames as netmux does); the end-to-end tests never turn an
+//!   offload off.
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Runs `ip` with `args` and panics (test support) unless it succeeds.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether this process runs as root (namespaces, veth, TAP and AF_PACKET need it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `nmx-<pid>-<tag><n>` (a left-over namespace of that name is deleted first), with
+    /// its loopback up.
+    pub fn new(tag: &str) -> NetNs {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "nmx-{}-{tag}{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME args`.
+    pub fn ip(&self, args: &[&str]) {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all);
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that entered the namespace: its sockets are the namespace's.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("the namespace thread")
+    }
+
+    /// Starts `f` on a thread that entered the namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("the namespace's file");
+            // SAFETY: setns on a valid descriptor of a network namespace changes only the
+            // calling thread's namespace; the thread is ours and ends after `f`.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Makes a veth pair exactly as `ip link add` does (the kernel's default offloads: checksum
+/// and segmentation offloads on, GRO off), with `a_end` in namespace `a` and `b_end` in `b`,
+/// both down.
+pub fn veth(a: &NetNs, a_end: &str, b: &NetNs, b_end: &str) {
+    ip(&[
+        "link",
+        "add",
+        a_end,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_end,
+        "netns",
+        b.name(),
+    ]);
+}
+
+/// An ethtool "get" or "set" of one feature value, by `SIOCETHTOOL` on a socket of the calling
+/// thread's namespace.
+fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
+    /// `struct ethtool_value` from `<linux/ethtool.h>`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut value = EthtoolValue { cmd, data };
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL reads the ifreq and reads or writes the ethtool_value it points to,
+    // both alive and properly laid out for the duration of the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL as _, &mut req) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value.data)
+}
+
+/// `ETHTOOL_GTXCSUM`, `ETHTOOL_GTSO`, `ETHTOOL_STSO`, `ETHTOOL_SGSO`, `ETHTOOL_GGRO`,
+/// `ETHTOOL_SGRO` from `<linux/ethtool.h>`.
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_GTSO: u32 = 0x1e;
+const ETHTOOL_STSO: u32 = 0x1f;
+const ETHTOOL_SGSO: u32 = 0x24;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// The offloads of an interface that matter to netmux, as `ethtool -k` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offloads {
+    /// Transmit checksum offload (`tx-checksumming`).
+    pub tx_checksum: bool,
+    /// TCP segmentation offload.
+    pub tso: bool,
+    /// Generic receive offload.
+    pub gro: bool,
+}
+
+/// The offloads of `ifname` in namespace `ns`.
+pub fn offloads(ns: &NetNs, ifname: &str) -> Offloads {
+    let ifname = ifname.to_string();
+    ns.run(move || {
+        let get = |cmd| ethtool_value(&ifname, cmd, 0).expect("reading an offload") != 0;
+        Offloads {
+            tx_checksum: get(ETHTOOL_GTXCSUM),
+            tso: get(ETHTOOL_GTSO),
+            gro: get(ETHTOOL_GGRO),
+        }
+    })
+}
+
+/// `ethtool -K IFNAME gro on|off` in namespace `ns`, by its ioctl.
+pub fn set_gro(ns: &NetNs, ifname: &str, on: bool) {
+    let ifname = ifname.to_string();
+    ns.run(move || {
+        ethtool_value(&ifname, ETHTOOL_SGRO, u32::from(on)).expect("setting GRO");
+    });
+}
+
+/// `ethtool -K IFNAME tso on|off gso on|off` in namespace `ns`, by its ioctls.
+pub fn set_segmentation_offloads(ns: &NetNs, ifname: &str, on: bool) {
+    let ifname = ifname.to_string();
+    ns.run(move || {
+        for cmd in [ETHTOOL_STSO, ETHTOOL_SGSO] {
+            ethtool_value(&ifname, cmd, u32::from(on)).expect("setting TSO or GSO");
+        }
+    });
+}
+
+/// The CPU time a process has used so far (user and system, `/proc/PID/stat` fields 14 and
+/// 15), in clock ticks (`USER_HZ`, 100 per second on Linux).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = &stat[stat.rfind(')').expect("a stat line") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let at = |n: usize| fields[n - 3].parse::<u64>().expect("a tick count");
+    at(14) + at(15)
+}
+
+/// A process a test started: its stdout lines come through a channel, its stderr goes to a
+/// log file; stopped by its pid (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd`, its stderr into `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Proc {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("a log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it wrote on stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits up to `patience` for a stdout line containing `text`, and returns it.
+    pub fn expect_line(&mut self, text: &str, patience: Duration) -> String {
+        let deadline = Instant::now() + patience;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{} never printed {text:?} (exit: {:?}); its log:\n{}",
+                    self.name,
+                    self.child.try_wait(),
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// How it ended, if it has.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for a child")
+    }
+
+    /// Waits up to `patience` for the process to exit by itself.
+    pub fn wait_exit(&mut self, patience: Duration) -> ExitStatus {
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {patience:?}; its log:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, by pid, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
