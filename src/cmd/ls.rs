@@ -351,11 +351,13 @@ mod tests {
     fn ls_lists_another_clients_ports_but_not_its_own_session() {
         let netd = netd();
         let dir = netd.runtime_dir();
-        assert_eq!(listing(dir, false, None).unwrap(), "no sessions\n");
+        let empty = listing(dir, false, None).unwrap();
+        assert!(empty.starts_with("no sessions\nlink up: "), "{empty}");
         let mut app = Client::connect(dir).unwrap();
         app.bind_port(Transport::Udp, 7777).unwrap();
         let text = listing(dir, false, None).unwrap();
-        assert_eq!(text.lines().count(), 2, "{text}");
+        // Header, one session, the link's line.
+        assert_eq!(text.lines().count(), 3, "{text}");
         assert!(text.contains("udp/7777"), "{text}");
         assert!(text.contains(&std::process::id().to_string()), "{text}");
     }
