@@ -3,19 +3,24 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use netmux_proto::client::{ClientReply, ClientRequest, FilterMode, HostConfig, Transport};
 use netmux_proto::driver::Counters;
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
 
-use super::ClientError;
+use super::{ClientError, ConnectOptions};
 
-/// A session with netd over a blocking socket. Every call is one request and its reply.
+/// A session with netd over a blocking socket. Every call is one request and its reply, within
+/// the deadline of [`ConnectOptions::timeout`].
 #[derive(Debug)]
 pub struct Client {
     chan: Channel,
     host: HostConfig,
+    timeout: Duration,
+    /// Set once a request missed its deadline: a late reply would answer the next request.
+    out_of_step: bool,
 }
 
 impl Client {
@@ -36,21 +41,55 @@ impl Client {
 
     /// Connects to netd's socket at `path` and joins `instance`.
     pub fn connect_socket_to(path: &Path, instance: Option<&str>) -> Result<Client, ClientError> {
+        let options = ConnectOptions {
+            instance: instance.map(str::to_owned),
+            ..ConnectOptions::default()
+        };
+        Client::connect_socket_with(path, &options)
+    }
+
+    /// Connects to netd in `runtime_dir` as `options` say.
+    pub fn connect_with(
+        runtime_dir: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        Client::connect_socket_with(&super::socket_in(runtime_dir), options)
+    }
+
+    /// Connects to netd's socket at `path` as `options` say, and says hello.
+    pub fn connect_socket_with(
+        path: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
         let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
             source,
         })?;
-        let mut chan = Channel::new(sock);
-        chan.send(
-            &ClientRequest::Hello {
-                version: PROTOCOL_VERSION,
-                instance: instance.map(str::to_owned),
+        let mut client = Client {
+            chan: Channel::new(sock),
+            host: HostConfig {
+                link: netmux_proto::LinkInfo {
+                    mac: [0; 6],
+                    mtu: 0,
+                },
+                ipv4: None,
+                gateway: None,
+                ipv6_link_local: None,
             },
-            &[],
-        )?;
-        let (reply, _) = chan.recv::<ClientReply>()?;
-        let host = super::hello(reply)?;
-        Ok(Client { chan, host })
+            timeout: options.timeout,
+            out_of_step: false,
+        };
+        let reply = client.call(ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+            instance: options.instance.clone(),
+        })?;
+        client.host = super::hello(reply)?;
+        Ok(client)
+    }
+
+    /// The deadline of every request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The host configuration netd sent at hello.
@@ -63,8 +102,28 @@ impl Client {
         &mut self,
         request: &ClientRequest,
     ) -> Result<(ClientReply, Vec<OwnedFd>), ClientError> {
-        self.chan.send(request, &[])?;
-        Ok(self.chan.recv::<ClientReply>()?)
+        if self.out_of_step {
+            return Err(ClientError::NoAnswer(self.timeout));
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        let answer = self
+            .chan
+            .send_within(request, &[], Some(self.timeout))
+            .and_then(|()| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                self.chan.recv_within::<ClientReply>(Some(left))
+            })
+            .map_err(|e| match e {
+                // The whole round trip had one deadline.
+                netmux_proto::ChannelError::TimedOut(_) => {
+                    netmux_proto::ChannelError::TimedOut(self.timeout)
+                }
+                e => e,
+            });
+        if matches!(answer, Err(netmux_proto::ChannelError::TimedOut(_))) {
+            self.out_of_step = true;
+        }
+        Ok(answer?)
     }
 
     fn call(&mut self, request: ClientRequest) -> Result<ClientReply, ClientError> {

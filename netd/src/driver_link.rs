@@ -411,16 +411,27 @@ pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ChannelDriver {
     channel: Channel,
     link: LinkInfo,
+    /// How long one reply may take.
+    timeout: Duration,
     /// Why the connection is unusable, once it is.
     broken: Option<String>,
 }
 
 impl ChannelDriver {
-    /// Connects to the driver's control socket and says hello.
+    /// Connects to the driver's control socket and says hello, with
+    /// [`DEFAULT_DRIVER_TIMEOUT`] for every reply.
     pub fn connect(path: &Path) -> Result<ChannelDriver, DriverError> {
+        ChannelDriver::connect_with_timeout(path, DEFAULT_DRIVER_TIMEOUT)
+    }
+
+    /// The same, waiting at most `timeout` for each reply.
+    pub fn connect_with_timeout(
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<ChannelDriver, DriverError> {
         let sock = UnixStream::connect(path)
             .map_err(|e| DriverError::Gone(format!("connecting to {}: {e}", path.display())))?;
-        ChannelDriver::over(sock)
+        ChannelDriver::over_with_timeout(sock, timeout)
     }
 
     /// Says hello over an already connected socket (a child driver's socketpair end), with
@@ -434,21 +445,20 @@ impl ChannelDriver {
         sock: UnixStream,
         timeout: Duration,
     ) -> Result<ChannelDriver, DriverError> {
-        sock.set_read_timeout(Some(timeout))
-            .and_then(|()| sock.set_write_timeout(Some(timeout)))
-            .map_err(|e| DriverError::Gone(format!("setting the reply deadline: {e}")))?;
         let mut channel = Channel::new(sock);
         let (reply, _) = round_trip(
             &mut channel,
             &DriverRequest::Hello {
                 version: PROTOCOL_VERSION,
             },
+            timeout,
         )?;
         match reply {
             DriverReply::Hello { version, link } if version == PROTOCOL_VERSION => {
                 Ok(ChannelDriver {
                     channel,
                     link,
+                    timeout,
                     broken: None,
                 })
             }
@@ -474,7 +484,7 @@ impl ChannelDriver {
         if let Some(why) = &self.broken {
             return Err(DriverError::Gone(why.clone()));
         }
-        round_trip(&mut self.channel, request).inspect_err(|e| {
+        round_trip(&mut self.channel, request, self.timeout).inspect_err(|e| {
             if let DriverError::Gone(why) = e {
                 self.broken = Some(why.clone());
             }
@@ -492,18 +502,21 @@ fn unexpected(reply: DriverReply) -> DriverError {
 fn round_trip(
     channel: &mut Channel,
     request: &DriverRequest,
+    timeout: Duration,
 ) -> Result<(DriverReply, Vec<OwnedFd>), DriverError> {
-    let gone = |e: netmux_proto::channel::ChannelError| {
-        let timed_out = matches!(&e, netmux_proto::channel::ChannelError::Io(io)
-            if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
-        if timed_out {
-            DriverError::Gone("the driver did not answer in time".into())
-        } else {
-            DriverError::Gone(e.to_string())
-        }
+    let gone = |e: netmux_proto::channel::ChannelError| match e {
+        netmux_proto::channel::ChannelError::TimedOut(t) => DriverError::Gone(format!(
+            "the driver did not answer within {:.1} s",
+            t.as_secs_f64()
+        )),
+        e => DriverError::Gone(e.to_string()),
     };
-    channel.send(request, &[]).map_err(gone)?;
-    channel.recv::<DriverReply>().map_err(gone)
+    channel
+        .send_within(request, &[], Some(timeout))
+        .map_err(gone)?;
+    channel
+        .recv_within::<DriverReply>(Some(timeout))
+        .map_err(gone)
 }
 
 impl DriverLink for ChannelDriver {

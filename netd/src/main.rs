@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     let config = args.host.config()?;
     let (child, driver) = match (&args.driver_socket, &args.link) {
         (Some(path), _) => {
-            let d = ChannelDriver::connect(path)
+            let d = ChannelDriver::connect_with_timeout(path, config.driver_timeout)
                 .with_context(|| format!("connecting to the driver at {}", path.display()))?;
             (None, d)
         }
