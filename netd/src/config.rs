@@ -18,6 +18,15 @@ use crate::core::Policy;
 /// client that stops reading its replies is gone as far as netd is concerned.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a client's message may take to arrive whole once its first byte has: a local
+/// client writes a request (at most 1 MiB) at once, so a message still partial after this is
+/// a client holding netd's memory, and its session ends.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the ports of a session that ended are kept for its uid, so a client that lost its
+/// connection (netd restarted, say) binds them again before anyone else can.
+pub const DEFAULT_PORT_HOLD: Duration = Duration::from_secs(10);
+
 /// A configuration value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -30,9 +39,15 @@ pub enum ConfigError {
     /// A timeout that is not a positive number of seconds.
     #[error("{0} is not a positive number of seconds")]
     Timeout(String),
+    /// The configuration file cannot be read or is not a configuration.
+    #[error("configuration file: {0}")]
+    File(String),
     /// Not `aa:bb:cc:dd:ee:ff`.
     #[error("{0:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")]
     Mac(String),
+    /// An address that cannot be a host's ([`crate::instance::check_host_address`]).
+    #[error(transparent)]
+    HostAddress(#[from] crate::instance::InstanceError),
     /// The gateway is not inside the host's subnet.
     #[error("gateway {gateway} is not in {address}/{prefix}")]
     GatewayOffLink {
@@ -77,6 +92,13 @@ pub struct Config {
     /// How long one driver request may take before netd declares the driver gone
     /// ([`crate::driver_link::DEFAULT_DRIVER_TIMEOUT`]).
     pub driver_timeout: Duration,
+    /// How long a client's message may take to arrive whole once it has begun
+    /// ([`DEFAULT_MESSAGE_TIMEOUT`]); the limit on what netd buffers meanwhile is
+    /// [`crate::core::Limits::buffered_bytes_per_uid`].
+    pub message_timeout: Duration,
+    /// How long an ended session's ports stay reserved for its uid ([`DEFAULT_PORT_HOLD`]);
+    /// zero frees them at once.
+    pub port_hold: Duration,
     /// Uids besides root that may create, change and destroy instances.
     pub admin_uids: std::collections::BTreeSet<u32>,
     /// The file netd keeps its non-temporary instances in (TOML, `[[instance]]` tables),
@@ -100,6 +122,8 @@ impl Config {
             host_stack: true,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             driver_timeout: crate::driver_link::DEFAULT_DRIVER_TIMEOUT,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
+            port_hold: DEFAULT_PORT_HOLD,
             admin_uids: Default::default(),
             instances_file: None,
         }
@@ -109,6 +133,143 @@ impl Config {
     pub fn socket_path(&self) -> PathBuf {
         self.runtime_dir.join(SOCKET_NAME)
     }
+
+    /// Takes in the settings a configuration file sets; what it leaves out keeps its value.
+    pub fn apply(&mut self, file: &crate::instance::InstancesFile) -> Result<(), ConfigError> {
+        if let Some(limits) = &file.limits {
+            for (limit, value) in limits.values() {
+                if let Some(v) = value {
+                    self.policy.limits.set(limit, v);
+                }
+            }
+        }
+        if let Some(t) = &file.timeouts {
+            let secs = |name: &str, v: f64, zero_ok: bool| {
+                Duration::try_from_secs_f64(v)
+                    .ok()
+                    .filter(|d| zero_ok || !d.is_zero())
+                    .ok_or_else(|| ConfigError::Timeout(format!("timeouts.{name} = {v}")))
+            };
+            if let Some(v) = t.handshake {
+                self.policy.handshake_timeout = secs("handshake", v, false)?;
+            }
+            if let Some(v) = t.message {
+                self.message_timeout = secs("message", v, false)?;
+            }
+            if let Some(v) = t.reply {
+                self.reply_timeout = secs("reply", v, false)?;
+            }
+            if let Some(v) = t.driver {
+                self.driver_timeout = secs("driver", v, false)?;
+            }
+            if let Some(v) = t.port_hold {
+                self.port_hold = secs("port_hold", v, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every setting with its value, `limits.NAME` and `timeouts.NAME` (seconds), as the
+    /// configuration file names them: what `netmux instance ls` shows as read-only
+    /// properties.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = crate::core::Limit::ALL
+            .iter()
+            .map(|&l| {
+                (
+                    format!("limits.{}", l.name()),
+                    self.policy.limits.get(l).to_string(),
+                )
+            })
+            .collect();
+        for (name, d) in [
+            ("handshake", self.policy.handshake_timeout),
+            ("message", self.message_timeout),
+            ("reply", self.reply_timeout),
+            ("driver", self.driver_timeout),
+            ("port_hold", self.port_hold),
+        ] {
+            out.push((format!("timeouts.{name}"), d.as_secs_f64().to_string()));
+        }
+        out
+    }
+}
+
+/// The `[limits]` table of the configuration file: any of [`crate::core::Limits`]' fields,
+/// by the same names.
+///
+/// ```toml
+/// [limits]
+/// sessions_per_uid = 1024
+/// ring_bytes_per_uid = 4315938816
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each is the `Limits` field of its name
+pub struct LimitSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_per_uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_per_session: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_per_uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters_per_session: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_bytes_per_session: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_bytes_per_uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_bytes_per_instance: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffered_bytes_per_uid: Option<u64>,
+}
+
+impl LimitSettings {
+    /// Each limit and the value the file gives it, if any.
+    pub fn values(&self) -> [(crate::core::Limit, Option<u64>); 8] {
+        use crate::core::Limit;
+        [
+            (Limit::SessionsPerUid, self.sessions_per_uid),
+            (Limit::PortsPerSession, self.ports_per_session),
+            (Limit::PortsPerUid, self.ports_per_uid),
+            (Limit::FiltersPerSession, self.filters_per_session),
+            (Limit::RingBytesPerSession, self.ring_bytes_per_session),
+            (Limit::RingBytesPerUid, self.ring_bytes_per_uid),
+            (Limit::RingBytesPerInstance, self.ring_bytes_per_instance),
+            (Limit::BufferedBytesPerUid, self.buffered_bytes_per_uid),
+        ]
+    }
+}
+
+/// The `[timeouts]` table of the configuration file, in seconds.
+///
+/// ```toml
+/// [timeouts]
+/// handshake = 5   # connect to hello (Policy::handshake_timeout)
+/// message = 5     # a message's first byte to its last (Config::message_timeout)
+/// reply = 5       # room for a reply in the client's socket (Config::reply_timeout)
+/// driver = 5      # one driver request (Config::driver_timeout; --driver-timeout wins)
+/// port_hold = 10  # an ended session's ports kept for its uid (Config::port_hold; 0: none)
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSettings {
+    /// [`crate::core::Policy::handshake_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<f64>,
+    /// [`Config::message_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<f64>,
+    /// [`Config::reply_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<f64>,
+    /// [`Config::driver_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<f64>,
+    /// [`Config::port_hold`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_hold: Option<f64>,
 }
 
 /// Parses `A.B.C.D/N`.
@@ -120,6 +281,15 @@ pub fn parse_ipv4_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     if prefix > 32 {
         return Err(bad());
     }
+    Ok((addr, prefix))
+}
+
+/// Parses `A.B.C.D/N` as a host's address: [`parse_ipv4_cidr`], then
+/// [`crate::instance::check_host_address`] (no network, broadcast, multicast, loopback or
+/// reserved address, no prefix of 0).
+pub fn parse_host_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let (addr, prefix) = parse_ipv4_cidr(text)?;
+    crate::instance::check_host_address(addr, prefix)?;
     Ok((addr, prefix))
 }
 
@@ -208,6 +378,54 @@ mod tests {
         for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "x/1", "10.0.0.2/-1"] {
             assert!(parse_ipv4_cidr(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_host_cidr_must_be_a_host_address() {
+        assert_eq!(
+            parse_host_cidr("10.0.0.2/24"),
+            Ok((Ipv4Addr::new(10, 0, 0, 2), 24))
+        );
+        for bad in [
+            "0.0.0.0/0",
+            "10.0.0.0/24",
+            "10.0.0.255/24",
+            "224.0.0.1/24",
+            "10.0.0.2/0",
+        ] {
+            let e = parse_host_cidr(bad).unwrap_err();
+            assert!(matches!(e, ConfigError::HostAddress(_)), "{bad}: {e}");
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
+        assert!(matches!(
+            parse_host_cidr("10.0.0.2/33"),
+            Err(ConfigError::Ipv4Cidr(_))
+        ));
+    }
+
+    #[test]
+    fn a_configuration_file_sets_limits_and_timeouts_and_refuses_unknown_names() {
+        let file: crate::instance::InstancesFile = toml::from_str(
+            "[limits]\nsessions_per_uid = 7\nring_bytes_per_uid = 1000\n\
+             [timeouts]\nmessage = 0.5\nport_hold = 0\n",
+        )
+        .unwrap();
+        let mut config = Config::new("/tmp/x");
+        config.apply(&file).unwrap();
+        assert_eq!(config.policy.limits.sessions_per_uid, 7);
+        assert_eq!(config.policy.limits.ring_bytes_per_uid, 1000);
+        assert_eq!(config.policy.limits.ports_per_uid, 4096, "left as it was");
+        assert_eq!(config.message_timeout, Duration::from_millis(500));
+        assert_eq!(config.port_hold, Duration::ZERO);
+        let settings = config.settings();
+        assert!(settings.contains(&("limits.sessions_per_uid".into(), "7".into())));
+        assert!(settings.contains(&("timeouts.message".into(), "0.5".into())));
+        assert!(
+            toml::from_str::<crate::instance::InstancesFile>("[limits]\nsessions = 1\n").is_err()
+        );
+        let zero: crate::instance::InstancesFile =
+            toml::from_str("[timeouts]\nmessage = 0\n").unwrap();
+        assert!(Config::new("/tmp/x").apply(&zero).is_err());
     }
 
     #[test]

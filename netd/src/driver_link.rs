@@ -99,6 +99,12 @@ pub trait DriverLink: Send {
     fn remove_instance(&mut self, instance: InstanceId) -> Result<(), DriverError>;
     /// Stops and frees a queue.
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
+    /// Makes new rings of this geometry for a queue (its filters stay; its old rings close).
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError>;
     /// Installs a filter; `Ok` means it is in force.
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError>;
     /// Removes a filter; `Ok` means it is no longer in force.
@@ -132,6 +138,13 @@ pub enum DriverCommand {
     DestroyQueue {
         /// Its id.
         queue: QueueId,
+    },
+    /// Give a queue new rings of another geometry.
+    ResizeQueue {
+        /// Its id.
+        queue: QueueId,
+        /// The new geometry.
+        config: QueueConfig,
     },
     /// Install a filter.
     InstallFilter(FilterSpec),
@@ -201,6 +214,10 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
             Err(e) => DriverOutcome::Failed(e),
         },
         DriverCommand::DestroyQueue { queue } => done(link.destroy_queue(queue)),
+        DriverCommand::ResizeQueue { queue, config } => match link.resize_queue(queue, config) {
+            Ok(q) => DriverOutcome::Queue(q),
+            Err(e) => DriverOutcome::Failed(e),
+        },
         DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
         DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
         DriverCommand::Stats => match link.stats() {
@@ -242,6 +259,8 @@ pub enum Recorded {
     CreateQueue(QueueId),
     /// A queue was destroyed.
     DestroyQueue(QueueId),
+    /// A queue got new rings.
+    ResizeQueue(QueueId),
     /// A filter was installed.
     Install(FilterSpec),
     /// A filter was removed.
@@ -369,6 +388,14 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
         let r = self.link().destroy_queue(queue);
         self.record(r, Recorded::DestroyQueue(queue))
+    }
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError> {
+        let r = self.link().resize_queue(queue, config);
+        self.record(r, Recorded::ResizeQueue(queue))
     }
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
         if self.state().refuse_installs {
@@ -499,6 +526,25 @@ fn unexpected(reply: DriverReply) -> DriverError {
     }
 }
 
+/// The queue in a `QueueCreated` reply and its three descriptors.
+fn created_queue((reply, fds): (DriverReply, Vec<OwnedFd>)) -> Result<CreatedQueue, DriverError> {
+    match reply {
+        DriverReply::QueueCreated { ring_bytes, .. } => {
+            let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
+                fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+                    DriverError::Gone(format!("queue came with {} descriptors, not 3", fds.len()))
+                })?;
+            Ok(CreatedQueue {
+                ring_bytes,
+                memfd,
+                client_wake,
+                driver_wake,
+            })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 fn round_trip(
     channel: &mut Channel,
     request: &DriverRequest,
@@ -530,29 +576,21 @@ impl DriverLink for ChannelDriver {
         config: QueueConfig,
         instance: InstanceId,
     ) -> Result<CreatedQueue, DriverError> {
-        let (reply, fds) = self.call(&DriverRequest::CreateQueue {
+        let answer = self.call(&DriverRequest::CreateQueue {
             queue,
             config,
             instance,
         })?;
-        match reply {
-            DriverReply::QueueCreated { ring_bytes, .. } => {
-                let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
-                    fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                        DriverError::Gone(format!(
-                            "queue came with {} descriptors, not 3",
-                            fds.len()
-                        ))
-                    })?;
-                Ok(CreatedQueue {
-                    ring_bytes,
-                    memfd,
-                    client_wake,
-                    driver_wake,
-                })
-            }
-            other => Err(unexpected(other)),
-        }
+        created_queue(answer)
+    }
+
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError> {
+        let answer = self.call(&DriverRequest::SetQueueConfig { queue, config })?;
+        created_queue(answer)
     }
 
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {

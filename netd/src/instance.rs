@@ -77,25 +77,37 @@ pub fn generated_mac(link_mac: [u8; 6], name: &str) -> [u8; 6] {
     [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
-/// Whether `a` can be a host's address on `a/prefix`: not unspecified, loopback, multicast,
-/// broadcast, and neither the network nor the broadcast address of a network with room for
-/// hosts.
+/// Whether `a` can be a host's address on `a/prefix`. Every host address netd takes (`--ip`
+/// of `netd` and `netmux up`, the configuration file, `netmux instance create`) passes this
+/// one check. Refused: a prefix of 0 (every address on the link) or above 32; addresses of
+/// `0.0.0.0/8` ("this network", RFC 1122), loopback, multicast, the reserved class E
+/// (`240.0.0.0/4`) and the limited broadcast; and, on a network with room for hosts (a prefix
+/// up to 30), its network and broadcast addresses. `/31` (RFC 3021) and `/32` are accepted.
 pub fn check_host_address(a: Ipv4Addr, prefix: u8) -> Result<(), InstanceError> {
     let bad = |why| Err(InstanceError::BadAddress(format!("{a}/{prefix}"), why));
     if prefix > 32 {
         return bad("the prefix is longer than 32 bits");
     }
-    if a.is_unspecified() {
-        return bad("0.0.0.0 is no host's address");
+    if prefix == 0 {
+        return bad("a prefix of 0 would put every IPv4 address on the link");
+    }
+    if a.octets()[0] == 0 {
+        return bad("0.0.0.0/8 means \"this network\" and is no host's address");
     }
     if a.is_loopback() {
         return bad("a loopback address is not on the link");
     }
-    if a.is_multicast() || a.is_broadcast() {
-        return bad("a multicast or broadcast address is no host's address");
+    if a.is_broadcast() {
+        return bad("the limited broadcast address is no host's address");
+    }
+    if a.is_multicast() {
+        return bad("a multicast address is no host's address");
+    }
+    if a.octets()[0] >= 240 {
+        return bad("240.0.0.0/4 (class E) is reserved, no host's address");
     }
     if prefix <= 30 {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        let mask = u32::MAX << (32 - u32::from(prefix));
         let host = u32::from(a) & !mask;
         if host == 0 {
             return bad("it is the network's own address");
@@ -270,6 +282,12 @@ impl Instance {
             "exclusive-uids" => {
                 self.spec.exclusive_uids = parse_uids(value).map_err(|e| bad(&e))?
             }
+            setting if setting.starts_with("limits.") || setting.starts_with("timeouts.") => {
+                return Err(InstanceError::Property(format!(
+                    "{setting} is a setting of netd's configuration file (the [limits] and \
+                     [timeouts] tables of its --config file), read when netd starts"
+                )))
+            }
             "mac" | "ip" | "ipv4" | "name" | "shared-mac" | "temporary" => {
                 return Err(InstanceError::Property(format!(
                     "property {name} is read-only (destroy and create the instance to change it)"
@@ -313,11 +331,20 @@ pub fn mac_text(m: [u8; 6]) -> String {
     netmux_compiler::builders::mac_text(&m)
 }
 
-/// The instances netd keeps in its configuration file: a TOML list, one `[[instance]]` table
-/// each, in the words of `netmux instance create`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// netd's configuration file (`--config FILE`, TOML): the settings of
+/// [`crate::config::Config`] that a file sets (`[limits]` and `[timeouts]`, see
+/// [`crate::config::Settings`]), and the instances netd keeps, one `[[instance]]` table each
+/// in the words of `netmux instance create`. netd rewrites the file when an instance is
+/// created, changed or destroyed, keeping the settings as they were read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesFile {
+    /// Limits (`[limits]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::config::LimitSettings>,
+    /// Timeouts in seconds (`[timeouts]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<crate::config::TimeoutSettings>,
     /// The instances.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceEntry>,
@@ -491,21 +518,39 @@ mod tests {
 
     #[test]
     fn host_addresses_that_cannot_be_a_hosts_are_refused() {
-        for (a, p) in [
-            ("0.0.0.0", 0),
-            ("255.255.255.255", 32),
-            ("192.0.2.255", 24),
-            ("192.0.2.0", 24),
-            ("224.0.0.1", 24),
-            ("127.0.0.1", 8),
+        for (a, p, why) in [
+            ("0.0.0.0", 0, "prefix of 0"),
+            ("10.0.0.2", 0, "prefix of 0"),
+            ("10.0.0.2", 33, "longer than 32"),
+            ("0.1.2.3", 8, "this network"),
+            ("255.255.255.255", 32, "limited broadcast"),
+            ("192.0.2.255", 24, "broadcast address"),
+            ("10.255.255.255", 8, "broadcast address"),
+            ("192.0.2.0", 24, "network's own"),
+            ("192.0.2.4", 30, "network's own"),
+            ("224.0.0.1", 24, "multicast"),
+            ("239.1.2.3", 8, "multicast"),
+            ("127.0.0.1", 8, "loopback"),
+            ("240.0.0.1", 24, "class E"),
+            ("250.1.2.3", 32, "class E"),
         ] {
-            assert!(
-                check_host_address(a.parse().unwrap(), p).is_err(),
-                "{a}/{p}"
-            );
+            let e = check_host_address(a.parse().unwrap(), p).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("{a}/{p}")), "{text}");
+            assert!(text.contains(why), "{a}/{p}: {text}");
         }
-        assert!(check_host_address("192.0.2.1".parse().unwrap(), 24).is_ok());
-        assert!(check_host_address("192.0.2.0".parse().unwrap(), 31).is_ok());
+        for (a, p) in [
+            ("192.0.2.1", 24),
+            ("192.0.2.254", 24),
+            ("192.0.2.5", 30),
+            ("192.0.2.0", 31),
+            ("192.0.2.1", 31),
+            ("192.0.2.7", 32),
+            ("169.254.3.4", 16),
+            ("1.2.3.4", 1),
+        ] {
+            assert!(check_host_address(a.parse().unwrap(), p).is_ok(), "{a}/{p}");
+        }
     }
 
     #[test]
@@ -516,6 +561,7 @@ mod tests {
         s.join_uids = Some(vec![1000]);
         let file = InstancesFile {
             instances: vec![InstanceEntry::of(&s), InstanceEntry::of(&spec("b"))],
+            ..InstancesFile::default()
         };
         let text = toml::to_string_pretty(&file).unwrap();
         let back: InstancesFile = toml::from_str(&text).unwrap();

@@ -142,9 +142,9 @@ fn run(cmd: FilterCommand) -> anyhow::Result<ExitCode> {
             for path in &captures {
                 let frames = match netmux_wire::capture::read_file(path) {
                     Ok(f) => f,
+                    // "cannot read PATH", then the system's reason.
                     Err(e @ netmux_wire::capture::CaptureError::Io { .. }) => {
                         return Err(anyhow::Error::new(e))
-                            .with_context(|| format!("reading {}", path.display()))
                     }
                     Err(e) => return Err(Refused(format!("{}: {e}", path.display())).into()),
                 };
