@@ -23,10 +23,6 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// a client holding netd's memory, and its session ends.
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long the ports of a session that ended are kept for its uid, so a client that lost its
-/// connection (netd restarted, say) binds them again before anyone else can.
-pub const DEFAULT_PORT_HOLD: Duration = Duration::from_secs(10);
-
 /// A configuration value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -96,9 +92,6 @@ pub struct Config {
     /// ([`DEFAULT_MESSAGE_TIMEOUT`]); the limit on what netd buffers meanwhile is
     /// [`crate::core::Limits::buffered_bytes_per_uid`].
     pub message_timeout: Duration,
-    /// How long an ended session's ports stay reserved for its uid ([`DEFAULT_PORT_HOLD`]);
-    /// zero frees them at once.
-    pub port_hold: Duration,
     /// Uids besides root that may create, change and destroy instances.
     pub admin_uids: std::collections::BTreeSet<u32>,
     /// The file netd keeps its non-temporary instances in (TOML, `[[instance]]` tables),
@@ -123,7 +116,6 @@ impl Config {
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             driver_timeout: crate::driver_link::DEFAULT_DRIVER_TIMEOUT,
             message_timeout: DEFAULT_MESSAGE_TIMEOUT,
-            port_hold: DEFAULT_PORT_HOLD,
             admin_uids: Default::default(),
             instances_file: None,
         }
@@ -144,26 +136,23 @@ impl Config {
             }
         }
         if let Some(t) = &file.timeouts {
-            let secs = |name: &str, v: f64, zero_ok: bool| {
+            let secs = |name: &str, v: f64| {
                 Duration::try_from_secs_f64(v)
                     .ok()
-                    .filter(|d| zero_ok || !d.is_zero())
+                    .filter(|d| !d.is_zero())
                     .ok_or_else(|| ConfigError::Timeout(format!("timeouts.{name} = {v}")))
             };
             if let Some(v) = t.handshake {
-                self.policy.handshake_timeout = secs("handshake", v, false)?;
+                self.policy.handshake_timeout = secs("handshake", v)?;
             }
             if let Some(v) = t.message {
-                self.message_timeout = secs("message", v, false)?;
+                self.message_timeout = secs("message", v)?;
             }
             if let Some(v) = t.reply {
-                self.reply_timeout = secs("reply", v, false)?;
+                self.reply_timeout = secs("reply", v)?;
             }
             if let Some(v) = t.driver {
-                self.driver_timeout = secs("driver", v, false)?;
-            }
-            if let Some(v) = t.port_hold {
-                self.port_hold = secs("port_hold", v, true)?;
+                self.driver_timeout = secs("driver", v)?;
             }
         }
         Ok(())
@@ -187,7 +176,6 @@ impl Config {
             ("message", self.message_timeout),
             ("reply", self.reply_timeout),
             ("driver", self.driver_timeout),
-            ("port_hold", self.port_hold),
         ] {
             out.push((format!("timeouts.{name}"), d.as_secs_f64().to_string()));
         }
@@ -250,7 +238,6 @@ impl LimitSettings {
 /// message = 5     # a message's first byte to its last (Config::message_timeout)
 /// reply = 5       # room for a reply in the client's socket (Config::reply_timeout)
 /// driver = 5      # one driver request (Config::driver_timeout; --driver-timeout wins)
-/// port_hold = 10  # an ended session's ports kept for its uid (Config::port_hold; 0: none)
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -267,9 +254,6 @@ pub struct TimeoutSettings {
     /// [`Config::driver_timeout`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<f64>,
-    /// [`Config::port_hold`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port_hold: Option<f64>,
 }
 
 /// Parses `A.B.C.D/N`.
@@ -407,7 +391,7 @@ mod tests {
     fn a_configuration_file_sets_limits_and_timeouts_and_refuses_unknown_names() {
         let file: crate::instance::InstancesFile = toml::from_str(
             "[limits]\nsessions_per_uid = 7\nring_bytes_per_uid = 1000\n\
-             [timeouts]\nmessage = 0.5\nport_hold = 0\n",
+             [timeouts]\nmessage = 0.5\n",
         )
         .unwrap();
         let mut config = Config::new("/tmp/x");
@@ -416,7 +400,6 @@ mod tests {
         assert_eq!(config.policy.limits.ring_bytes_per_uid, 1000);
         assert_eq!(config.policy.limits.ports_per_uid, 4096, "left as it was");
         assert_eq!(config.message_timeout, Duration::from_millis(500));
-        assert_eq!(config.port_hold, Duration::ZERO);
         let settings = config.settings();
         assert!(settings.contains(&("limits.sessions_per_uid".into(), "7".into())));
         assert!(settings.contains(&("timeouts.message".into(), "0.5".into())));
