@@ -207,3 +207,93 @@ impl Client {
         super::queue(reply, fds)
     }
 }
+
+/// The longest pause between two attempts of [`Reconnecting::reconnect`].
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The first pause of [`Reconnecting::reconnect`]; each failed attempt doubles it, up to
+/// [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A session that rides through a netd restart: it remembers the ports it bound and whether
+/// it opened its queue, and [`Reconnecting::reconnect`] connects again with backoff, binds the
+/// same ports and opens the queue again. The new queue replaces the old one under the
+/// client's stack (`QueueDevice::replace_queue`), so connections the stack holds carry on
+/// once frames flow again.
+#[derive(Debug)]
+pub struct Reconnecting {
+    path: std::path::PathBuf,
+    options: ConnectOptions,
+    client: Client,
+    ports: Vec<(Transport, u16)>,
+    queue_open: bool,
+}
+
+impl Reconnecting {
+    /// Connects to netd in `runtime_dir` as `options` say.
+    pub fn connect_with(
+        runtime_dir: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Reconnecting, ClientError> {
+        let path = super::socket_in(runtime_dir);
+        let client = Client::connect_socket_with(&path, options)?;
+        Ok(Reconnecting {
+            path,
+            options: options.clone(),
+            client,
+            ports: Vec::new(),
+            queue_open: false,
+        })
+    }
+
+    /// The session for any other request (what it binds there is not bound again).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Binds a port, and binds it again after every reconnection.
+    pub fn bind_port(&mut self, transport: Transport, port: u16) -> Result<u16, ClientError> {
+        let port = self.client.bind_port(transport, port)?;
+        self.ports.push((transport, port));
+        Ok(port)
+    }
+
+    /// Opens the session's queue, and opens it again after every reconnection.
+    pub fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
+        let queue = self.client.open_queue()?;
+        self.queue_open = true;
+        Ok(queue)
+    }
+
+    /// Connects to netd again, waiting [`FIRST_BACKOFF`] and then twice as long after every
+    /// failed attempt (at most [`MAX_BACKOFF`]) while nothing answers, for at most `patience`
+    /// or until `give_up` says so; then binds the same ports and, if it was open, opens the
+    /// queue again and returns it. A refusal (a port another client took meanwhile, say) ends
+    /// the attempt at once: trying again would not change netd's mind.
+    pub fn reconnect(
+        &mut self,
+        patience: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> Result<Option<ClientQueue>, ClientError> {
+        let start = std::time::Instant::now();
+        let mut pause = FIRST_BACKOFF;
+        let client = loop {
+            match Client::connect_socket_with(&self.path, &self.options) {
+                Ok(c) => break c,
+                // netd answered "no" (its driver is gone, say): that may change once it is
+                // restarted with one, as may a socket nobody listens on yet.
+                Err(e) if start.elapsed() + pause > patience || give_up() => return Err(e),
+                Err(_) => {}
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_BACKOFF);
+        };
+        self.client = client;
+        for &(transport, port) in &self.ports {
+            self.client.bind_port(transport, port)?;
+        }
+        if self.queue_open {
+            return self.client.open_queue().map(Some);
+        }
+        Ok(None)
+    }
+}

@@ -9,6 +9,7 @@
 //! * [`bins`]: the workspace's binaries for process tests, and [`bins::DriverProcess`], the
 //!   driver binary on a virtual cable.
 //! * [`cable`]: a test's end of a driver's virtual cable.
+//! * [`tcp_peer`]: a TCP/IP host (smoltcp) on such a cable end, to talk to the examples.
 //! * [`seed`]: the one seed variable of every randomised test, `NETMUX_SEED`.
 //! * [`TempDir`]: a scratch directory removed when dropped.
 //!
@@ -21,6 +22,7 @@ pub mod corpus;
 pub mod frames;
 #[allow(unsafe_code)]
 pub mod oracle;
+pub mod tcp_peer;
 
 use std::path::{Path, PathBuf};
 

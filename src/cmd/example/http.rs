@@ -1,7 +1,9 @@
 //! The HTTP example: a smoltcp TCP server that answers every request with [`PAGE`] and closes
-//! the connection. [`LISTENERS`] sockets listen on the port at once, so that many clients are
-//! served one after another and several at the same time; a socket that finished a connection
-//! listens again.
+//! the connection. [`SOCKETS`] sockets listen on the port at once, so that many clients are
+//! served one after another and many at the same time; a socket that finished a connection
+//! listens again. Idle connections cannot shut everyone else out: a connection that has sent
+//! no byte of its request for [`IDLE_TIMEOUT`] is closed, and when every socket holds a
+//! connection, the one idle longest is closed to make room for the next client.
 
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -12,8 +14,11 @@ use smoltcp::socket::tcp;
 
 use super::{stopping, ExampleArgs, Station};
 
-/// Sockets listening at once: connections served concurrently.
-pub const LISTENERS: usize = 4;
+/// Sockets on the port: connections served at once (16 KiB of buffers each way per socket).
+pub const SOCKETS: usize = 32;
+/// A connection that sent no byte for this long is closed: a client that connects and says
+/// nothing holds a socket no longer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head (request line and headers) read; longer ones get `400`.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Socket buffer bytes in each direction.
@@ -42,6 +47,8 @@ enum Phase {
 struct Slot {
     handle: SocketHandle,
     phase: Phase,
+    /// When the connection last sent a byte (or was accepted).
+    active: std::time::Instant,
 }
 
 /// The response to a request head: the page, or `400` for a head that is too long or not a
@@ -68,7 +75,7 @@ pub fn response(head: &[u8]) -> (Vec<u8>, &'static str) {
 pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut station = Station::open(args, Transport::Tcp)?;
     let mut sockets = SocketSet::new(vec![]);
-    let mut slots: Vec<Slot> = (0..LISTENERS)
+    let mut slots: Vec<Slot> = (0..SOCKETS)
         .map(|_| {
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
@@ -78,6 +85,7 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
             Slot {
                 handle: sockets.add(socket),
                 phase: Phase::Closing,
+                active: std::time::Instant::now(),
             }
         })
         .collect();
@@ -92,8 +100,9 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         for slot in &mut slots {
             served += turn(&mut sockets, slot, port)?;
         }
+        make_room(&mut sockets, &mut slots);
         station.poll(&mut sockets);
-        station.wait(&sockets)?;
+        station.wait(&sockets, stop)?;
     }
     tracing::info!(served, "stopping");
     for slot in &slots {
@@ -103,8 +112,42 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a slot holds a connection that has not finished sending its request.
+fn idle(sockets: &SocketSet<'_>, slot: &Slot) -> bool {
+    let socket = sockets.get::<tcp::Socket>(slot.handle);
+    matches!(slot.phase, Phase::Reading(_))
+        && socket.is_open()
+        && !matches!(socket.state(), tcp::State::Listen)
+}
+
+/// When no socket listens, closes the connection idle longest so the next client is not
+/// refused (it listens again at its next turn).
+fn make_room(sockets: &mut SocketSet<'_>, slots: &mut [Slot]) {
+    let listening = slots.iter().any(|s| {
+        let socket = sockets.get::<tcp::Socket>(s.handle);
+        matches!(socket.state(), tcp::State::Listen) || !socket.is_open()
+    });
+    if listening {
+        return;
+    }
+    let oldest = slots
+        .iter()
+        .filter(|s| idle(sockets, s))
+        .min_by_key(|s| s.active)
+        .map(|s| s.handle);
+    if let Some(handle) = oldest {
+        let socket = sockets.get_mut::<tcp::Socket>(handle);
+        tracing::info!(
+            from = %socket.remote_endpoint().map_or_else(|| "?".to_string(), |e| e.to_string()),
+            "every socket is busy: closing the connection idle longest"
+        );
+        socket.abort();
+    }
+}
+
 fn listen(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Result<()> {
     slot.phase = Phase::Reading(Vec::new());
+    slot.active = std::time::Instant::now();
     sockets
         .get_mut::<tcp::Socket>(slot.handle)
         .listen(port)
@@ -119,11 +162,26 @@ fn turn(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Resu
         return Ok(0);
     }
     if let Phase::Reading(head) = &mut slot.phase {
+        if matches!(socket.state(), tcp::State::Listen) {
+            slot.active = std::time::Instant::now();
+            return Ok(0);
+        }
         if socket.can_recv() {
             let room = (MAX_REQUEST_HEAD + 1).saturating_sub(head.len());
             let mut buf = vec![0u8; room];
             let n = socket.recv_slice(&mut buf).unwrap_or(0);
             head.extend_from_slice(&buf[..n]);
+            if n > 0 {
+                slot.active = std::time::Instant::now();
+            }
+        } else if slot.active.elapsed() >= IDLE_TIMEOUT {
+            tracing::info!(
+                from = %socket.remote_endpoint().map_or_else(|| "?".to_string(), |e| e.to_string()),
+                "closing a connection idle for {} s",
+                IDLE_TIMEOUT.as_secs()
+            );
+            socket.abort();
+            return Ok(0);
         }
         let end = head
             .windows(4)
