@@ -14,6 +14,13 @@
 //! * R10: many clients connecting, binding and closing leave no descriptor, memory or port
 //!   behind (a short variant here; `soak_` runs for 60 s and is `#[ignore]`d, and
 //!   `scripts/test` skips it).
+//! * R12: the driver stopped (SIGSTOP): `netmux ls` and a new client hear that netd's driver
+//!   is gone within the driver deadline; netd says so once.
+//! * R14: stalled partial messages end by the message deadline and netd buffers no more than
+//!   the per-uid budget, while another session of the same uid is served.
+//! * R15: a runtime directory another user owns or may write in is refused.
+//! * R19: an established TCP connection to the HTTP example survives a netd restart.
+//! * R20: idle connections to the HTTP example do not shut a new client out.
 //!
 //! The binaries are found next to this test's binary (`target/<profile>/`); under cargo they
 //! are built first (a no-op when up to date), so the test never runs stale ones.
@@ -695,7 +702,7 @@ fn signal(pid: u32, signal: rustix::process::Signal) {
     rustix::process::kill_process(pid, signal).expect("signalling a child");
 }
 
-/// B4 across processes: the driver process stopped (SIGSTOP) under netd. `netmux ls` and a new
+/// The driver process stopped (SIGSTOP) under netd. `netmux ls` and a new
 /// client get a clear error naming the driver within netd's driver deadline (1 s here), netd
 /// logs once that the driver is gone, and nothing hangs.
 #[test]
@@ -781,7 +788,7 @@ fn stall_a_message(dir: &Path, len: usize) -> std::io::Result<UnixStream> {
     Ok(sock)
 }
 
-/// B5: many sessions of one uid each start a message of 1 MiB and never finish it. netd
+/// Many sessions of one uid each start a message of 1 MiB and never finish it. netd
 /// buffers no more than its per-uid budget (`limits.buffered_bytes_per_uid`, 8 MiB here), so its
 /// memory stays bounded; every stalled session ends by the message deadline
 /// (`timeouts.message`, 2 s here); a well-behaved client of the same uid is served throughout.
@@ -891,7 +898,7 @@ fn netd_refuses(args: &[&std::ffi::OsStr]) -> (bool, String) {
     )
 }
 
-/// B9: netd refuses a runtime directory (or its `driver/`) that another user owns or may
+/// netd refuses a runtime directory (or its `driver/`) that another user owns or may
 /// write in, saying which and how to fix it, before it listens or starts a driver. The
 /// owner cases need root (to give the directory to uid 65534); without root they are skipped
 /// with a note.
@@ -1041,7 +1048,7 @@ impl Drop for HttpSite {
     }
 }
 
-/// B18: clients holding idle connections (more than the example has sockets) do not shut
+/// Clients holding idle connections (more than the example has sockets) do not shut
 /// others out: the example closes the connection idle longest to make room, and closes
 /// connections idle for its idle timeout.
 #[test]

@@ -41,9 +41,14 @@ pub enum ConfigError {
     /// Not `aa:bb:cc:dd:ee:ff`.
     #[error("{0:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")]
     Mac(String),
-    /// An address that cannot be a host's ([`crate::instance::check_host_address`]).
-    #[error(transparent)]
-    HostAddress(#[from] crate::instance::InstanceError),
+    /// An address that cannot be a host's ([`check_host_address`]).
+    #[error("address {address}: {why}")]
+    NotAHostAddress {
+        /// `A.B.C.D/N`.
+        address: String,
+        /// Why not.
+        why: &'static str,
+    },
     /// The gateway is not inside the host's subnet.
     #[error("gateway {gateway} is not in {address}/{prefix}")]
     GatewayOffLink {
@@ -126,16 +131,21 @@ impl Config {
         self.runtime_dir.join(SOCKET_NAME)
     }
 
-    /// Takes in the settings a configuration file sets; what it leaves out keeps its value.
-    pub fn apply(&mut self, file: &crate::instance::InstancesFile) -> Result<(), ConfigError> {
-        if let Some(limits) = &file.limits {
+    /// Takes in the settings a configuration file sets (its `[limits]` and `[timeouts]`);
+    /// what it leaves out keeps its value.
+    pub fn apply(
+        &mut self,
+        limits: Option<&LimitSettings>,
+        timeouts: Option<&TimeoutSettings>,
+    ) -> Result<(), ConfigError> {
+        if let Some(limits) = limits {
             for (limit, value) in limits.values() {
                 if let Some(v) = value {
                     self.policy.limits.set(limit, v);
                 }
             }
         }
-        if let Some(t) = &file.timeouts {
+        if let Some(t) = timeouts {
             let secs = |name: &str, v: f64| {
                 Duration::try_from_secs_f64(v)
                     .ok()
@@ -268,13 +278,59 @@ pub fn parse_ipv4_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     Ok((addr, prefix))
 }
 
-/// Parses `A.B.C.D/N` as a host's address: [`parse_ipv4_cidr`], then
-/// [`crate::instance::check_host_address`] (no network, broadcast, multicast, loopback or
-/// reserved address, no prefix of 0).
+/// Parses `A.B.C.D/N` as a host's address: [`parse_ipv4_cidr`], then [`check_host_address`]
+/// (no network, broadcast, multicast, loopback or reserved address, no prefix of 0).
 pub fn parse_host_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     let (addr, prefix) = parse_ipv4_cidr(text)?;
-    crate::instance::check_host_address(addr, prefix)?;
+    check_host_address(addr, prefix)?;
     Ok((addr, prefix))
+}
+
+/// Whether `a` can be a host's address on `a/prefix`. Every host address netd takes (`--ip`
+/// of `netd` and `netmux up`, the configuration file, `netmux instance create`) passes this
+/// one check. Refused: a prefix of 0 (every address on the link) or above 32; addresses of
+/// `0.0.0.0/8` ("this network", RFC 1122), loopback, multicast, the reserved class E
+/// (`240.0.0.0/4`) and the limited broadcast; and, on a network with room for hosts (a prefix
+/// up to 30), its network and broadcast addresses. `/31` (RFC 3021) and `/32` are accepted.
+pub fn check_host_address(a: Ipv4Addr, prefix: u8) -> Result<(), ConfigError> {
+    let bad = |why| {
+        Err(ConfigError::NotAHostAddress {
+            address: format!("{a}/{prefix}"),
+            why,
+        })
+    };
+    if prefix > 32 {
+        return bad("the prefix is longer than 32 bits");
+    }
+    if prefix == 0 {
+        return bad("a prefix of 0 would put every IPv4 address on the link");
+    }
+    if a.octets()[0] == 0 {
+        return bad("0.0.0.0/8 means \"this network\" and is no host's address");
+    }
+    if a.is_loopback() {
+        return bad("a loopback address is not on the link");
+    }
+    if a.is_broadcast() {
+        return bad("the limited broadcast address is no host's address");
+    }
+    if a.is_multicast() {
+        return bad("a multicast address is no host's address");
+    }
+    if a.octets()[0] >= 240 {
+        return bad("240.0.0.0/4 (class E) is reserved, no host's address");
+    }
+    if prefix <= 30 {
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        let host = u32::from(a) & !mask;
+        if host == 0 {
+            return bad("it is the network's own address");
+        }
+        if host == !mask {
+            return bad("it is the network's broadcast address");
+        }
+    }
+    Ok(())
 }
 
 /// Parses `A-B`.
@@ -378,7 +434,10 @@ mod tests {
             "10.0.0.2/0",
         ] {
             let e = parse_host_cidr(bad).unwrap_err();
-            assert!(matches!(e, ConfigError::HostAddress(_)), "{bad}: {e}");
+            assert!(
+                matches!(e, ConfigError::NotAHostAddress { .. }),
+                "{bad}: {e}"
+            );
             assert!(e.to_string().contains(bad), "{bad}: {e}");
         }
         assert!(matches!(
@@ -388,27 +447,40 @@ mod tests {
     }
 
     #[test]
-    fn a_configuration_file_sets_limits_and_timeouts_and_refuses_unknown_names() {
-        let file: crate::instance::InstancesFile = toml::from_str(
-            "[limits]\nsessions_per_uid = 7\nring_bytes_per_uid = 1000\n\
-             [timeouts]\nmessage = 0.5\n",
-        )
-        .unwrap();
-        let mut config = Config::new("/tmp/x");
-        config.apply(&file).unwrap();
-        assert_eq!(config.policy.limits.sessions_per_uid, 7);
-        assert_eq!(config.policy.limits.ring_bytes_per_uid, 1000);
-        assert_eq!(config.policy.limits.ports_per_uid, 4096, "left as it was");
-        assert_eq!(config.message_timeout, Duration::from_millis(500));
-        let settings = config.settings();
-        assert!(settings.contains(&("limits.sessions_per_uid".into(), "7".into())));
-        assert!(settings.contains(&("timeouts.message".into(), "0.5".into())));
-        assert!(
-            toml::from_str::<crate::instance::InstancesFile>("[limits]\nsessions = 1\n").is_err()
-        );
-        let zero: crate::instance::InstancesFile =
-            toml::from_str("[timeouts]\nmessage = 0\n").unwrap();
-        assert!(Config::new("/tmp/x").apply(&zero).is_err());
+    fn host_addresses_that_cannot_be_a_hosts_are_refused() {
+        for (a, p, why) in [
+            ("0.0.0.0", 0, "prefix of 0"),
+            ("10.0.0.2", 0, "prefix of 0"),
+            ("10.0.0.2", 33, "longer than 32"),
+            ("0.1.2.3", 8, "this network"),
+            ("255.255.255.255", 32, "limited broadcast"),
+            ("192.0.2.255", 24, "broadcast address"),
+            ("10.255.255.255", 8, "broadcast address"),
+            ("192.0.2.0", 24, "network's own"),
+            ("192.0.2.4", 30, "network's own"),
+            ("224.0.0.1", 24, "multicast"),
+            ("239.1.2.3", 8, "multicast"),
+            ("127.0.0.1", 8, "loopback"),
+            ("240.0.0.1", 24, "class E"),
+            ("250.1.2.3", 32, "class E"),
+        ] {
+            let e = check_host_address(a.parse().unwrap(), p).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("{a}/{p}")), "{text}");
+            assert!(text.contains(why), "{a}/{p}: {text}");
+        }
+        for (a, p) in [
+            ("192.0.2.1", 24),
+            ("192.0.2.254", 24),
+            ("192.0.2.5", 30),
+            ("192.0.2.0", 31),
+            ("192.0.2.1", 31),
+            ("192.0.2.7", 32),
+            ("169.254.3.4", 16),
+            ("1.2.3.4", 1),
+        ] {
+            assert!(check_host_address(a.parse().unwrap(), p).is_ok(), "{a}/{p}");
+        }
     }
 
     #[test]

@@ -77,46 +77,15 @@ pub fn generated_mac(link_mac: [u8; 6], name: &str) -> [u8; 6] {
     [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
-/// Whether `a` can be a host's address on `a/prefix`. Every host address netd takes (`--ip`
-/// of `netd` and `netmux up`, the configuration file, `netmux instance create`) passes this
-/// one check. Refused: a prefix of 0 (every address on the link) or above 32; addresses of
-/// `0.0.0.0/8` ("this network", RFC 1122), loopback, multicast, the reserved class E
-/// (`240.0.0.0/4`) and the limited broadcast; and, on a network with room for hosts (a prefix
-/// up to 30), its network and broadcast addresses. `/31` (RFC 3021) and `/32` are accepted.
+/// The one check of a host address ([`crate::config::check_host_address`]), as an instance's
+/// error.
 pub fn check_host_address(a: Ipv4Addr, prefix: u8) -> Result<(), InstanceError> {
-    let bad = |why| Err(InstanceError::BadAddress(format!("{a}/{prefix}"), why));
-    if prefix > 32 {
-        return bad("the prefix is longer than 32 bits");
-    }
-    if prefix == 0 {
-        return bad("a prefix of 0 would put every IPv4 address on the link");
-    }
-    if a.octets()[0] == 0 {
-        return bad("0.0.0.0/8 means \"this network\" and is no host's address");
-    }
-    if a.is_loopback() {
-        return bad("a loopback address is not on the link");
-    }
-    if a.is_broadcast() {
-        return bad("the limited broadcast address is no host's address");
-    }
-    if a.is_multicast() {
-        return bad("a multicast address is no host's address");
-    }
-    if a.octets()[0] >= 240 {
-        return bad("240.0.0.0/4 (class E) is reserved, no host's address");
-    }
-    if prefix <= 30 {
-        let mask = u32::MAX << (32 - u32::from(prefix));
-        let host = u32::from(a) & !mask;
-        if host == 0 {
-            return bad("it is the network's own address");
+    crate::config::check_host_address(a, prefix).map_err(|e| match e {
+        crate::config::ConfigError::NotAHostAddress { address, why } => {
+            InstanceError::BadAddress(address, why)
         }
-        if host == !mask {
-            return bad("it is the network's broadcast address");
-        }
-    }
-    Ok(())
+        _ => InstanceError::BadAddress(format!("{a}/{prefix}"), "not a host's address"),
+    })
 }
 
 /// One instance as netd holds it.
@@ -517,40 +486,31 @@ mod tests {
     }
 
     #[test]
-    fn host_addresses_that_cannot_be_a_hosts_are_refused() {
-        for (a, p, why) in [
-            ("0.0.0.0", 0, "prefix of 0"),
-            ("10.0.0.2", 0, "prefix of 0"),
-            ("10.0.0.2", 33, "longer than 32"),
-            ("0.1.2.3", 8, "this network"),
-            ("255.255.255.255", 32, "limited broadcast"),
-            ("192.0.2.255", 24, "broadcast address"),
-            ("10.255.255.255", 8, "broadcast address"),
-            ("192.0.2.0", 24, "network's own"),
-            ("192.0.2.4", 30, "network's own"),
-            ("224.0.0.1", 24, "multicast"),
-            ("239.1.2.3", 8, "multicast"),
-            ("127.0.0.1", 8, "loopback"),
-            ("240.0.0.1", 24, "class E"),
-            ("250.1.2.3", 32, "class E"),
-        ] {
-            let e = check_host_address(a.parse().unwrap(), p).unwrap_err();
-            let text = e.to_string();
-            assert!(text.contains(&format!("{a}/{p}")), "{text}");
-            assert!(text.contains(why), "{a}/{p}: {text}");
-        }
-        for (a, p) in [
-            ("192.0.2.1", 24),
-            ("192.0.2.254", 24),
-            ("192.0.2.5", 30),
-            ("192.0.2.0", 31),
-            ("192.0.2.1", 31),
-            ("192.0.2.7", 32),
-            ("169.254.3.4", 16),
-            ("1.2.3.4", 1),
-        ] {
-            assert!(check_host_address(a.parse().unwrap(), p).is_ok(), "{a}/{p}");
-        }
+    fn a_configuration_file_sets_limits_and_timeouts_and_refuses_unknown_names() {
+        let file: InstancesFile = toml::from_str(
+            "[limits]\nsessions_per_uid = 7\nring_bytes_per_uid = 1000\n\
+             [timeouts]\nmessage = 0.5\n",
+        )
+        .unwrap();
+        let mut config = crate::config::Config::new("/tmp/x");
+        config
+            .apply(file.limits.as_ref(), file.timeouts.as_ref())
+            .unwrap();
+        assert_eq!(config.policy.limits.sessions_per_uid, 7);
+        assert_eq!(config.policy.limits.ring_bytes_per_uid, 1000);
+        assert_eq!(config.policy.limits.ports_per_uid, 4096, "left as it was");
+        assert_eq!(
+            config.message_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        let settings = config.settings();
+        assert!(settings.contains(&("limits.sessions_per_uid".into(), "7".into())));
+        assert!(settings.contains(&("timeouts.message".into(), "0.5".into())));
+        assert!(toml::from_str::<InstancesFile>("[limits]\nsessions = 1\n").is_err());
+        let zero: InstancesFile = toml::from_str("[timeouts]\nmessage = 0\n").unwrap();
+        assert!(crate::config::Config::new("/tmp/x")
+            .apply(None, zero.timeouts.as_ref())
+            .is_err());
     }
 
     #[test]

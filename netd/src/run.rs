@@ -120,7 +120,7 @@ impl HostArgs {
         config.instances_file = self.config.clone();
         if let Some(file) = &self.config {
             let settings = crate::instance::InstancesFile::load(file).map_err(ConfigError::File)?;
-            config.apply(&settings)?;
+            config.apply(settings.limits.as_ref(), settings.timeouts.as_ref())?;
         }
         config.admin_uids.extend(self.admin_uids.iter().copied());
         if let Some(secs) = self.driver_timeout {

@@ -59,7 +59,7 @@ pub enum StartError {
     Driver(#[from] DriverError),
     /// The host's address cannot be a host's address.
     #[error(transparent)]
-    HostAddress(#[from] InstanceError),
+    HostAddress(#[from] crate::config::ConfigError),
     /// The configuration file's instances cannot be restored.
     #[error("instances in {file}: {why}")]
     Instances {
@@ -407,7 +407,7 @@ impl Netd {
         let small_rings = smallest_rings(config.rings);
         let small_ring_bytes = netmux_ring::layout_of(&small_rings)?.total_len;
         if let Some((a, p)) = config.addrs.ipv4 {
-            crate::instance::check_host_address(a, p)?;
+            crate::config::check_host_address(a, p)?;
         }
         let host = HostIdentity {
             mac: link.mac,
