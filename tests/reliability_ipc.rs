@@ -54,6 +54,8 @@ fn describe(e: &ChannelError) -> &'static str {
         ChannelError::MissingFds { .. } => "missing-fds",
         ChannelError::ExtraFds => "extra-fds",
         ChannelError::Io(_) => "io",
+        ChannelError::TimedOut(_) => "timed-out",
+        ChannelError::NotAdmitted { .. } => "not-admitted",
     }
 }
 

@@ -14,6 +14,13 @@
 //! * R10: many clients connecting, binding and closing leave no descriptor, memory or port
 //!   behind (a short variant here; `soak_` runs for 60 s and is `#[ignore]`d, and
 //!   `scripts/test` skips it).
+//! * R12: the driver stopped (SIGSTOP): `netmux ls` and a new client hear that netd's driver
+//!   is gone within the driver deadline; netd says so once.
+//! * R14: stalled partial messages end by the message deadline and netd buffers no more than
+//!   the per-uid budget, while another session of the same uid is served.
+//! * R15: a runtime directory another user owns or may write in is refused.
+//! * R19: an established TCP connection to the HTTP example survives a netd restart.
+//! * R20: idle connections to the HTTP example do not shut a new client out.
 //!
 //! The binaries are found next to this test's binary (`target/<profile>/`); under cargo they
 //! are built first (a no-op when up to date), so the test never runs stale ones.
@@ -61,13 +68,21 @@ fn netd_binary() -> PathBuf {
 struct Stack {
     netd: Option<Child>,
     driver: DriverProcess,
+    /// netd's options besides the driver, the runtime directory and the address.
+    netd_args: Vec<String>,
 }
 
 impl Stack {
     fn start(tag: &str) -> Stack {
+        Stack::start_with(tag, &[])
+    }
+
+    /// A stack whose netd also gets `netd_args`.
+    fn start_with(tag: &str, netd_args: &[&str]) -> Stack {
         let mut stack = Stack {
             netd: None,
             driver: DriverProcess::start(&format!("netd-{tag}")),
+            netd_args: netd_args.iter().map(|a| a.to_string()).collect(),
         };
         stack.start_netd();
         stack
@@ -104,6 +119,7 @@ impl Stack {
                 .arg("--runtime-dir")
                 .arg(self.runtime_dir())
                 .args(["--ip", "10.77.0.2/24"])
+                .args(&self.netd_args)
                 .env("RUST_LOG", "info")
                 .stdout(log())
                 .stderr(log())
@@ -677,5 +693,428 @@ fn a_malformed_frame_is_refused_before_hello_too() {
     assert!(
         stack.client().stats().is_ok(),
         "netd serves the next client"
+    );
+}
+
+/// Signals a process this test started, by its pid.
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    rustix::process::kill_process(pid, signal).expect("signalling a child");
+}
+
+/// The driver process stopped (SIGSTOP) under netd. `netmux ls` and a new
+/// client get a clear error naming the driver within netd's driver deadline (1 s here), netd
+/// logs once that the driver is gone, and nothing hangs.
+#[test]
+fn a_stopped_driver_gets_ls_and_new_clients_a_clear_error_within_the_deadline() {
+    const DRIVER_TIMEOUT: Duration = Duration::from_secs(1);
+    let stack = Stack::start_with("b4", &["--driver-timeout", "1"]);
+    let mut a = stack.client();
+    a.bind_port(Transport::Udp, 7300).unwrap();
+
+    signal(stack.driver.pid(), rustix::process::Signal::STOP);
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_netmux"))
+        .arg("ls")
+        .arg("--runtime-dir")
+        .arg(stack.runtime_dir())
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "netd answered ls: {err}");
+    assert!(err.contains("netd's driver is gone"), "{err}");
+    assert!(err.contains("did not answer within 1.0 s"), "{err}");
+    assert!(
+        took < DRIVER_TIMEOUT + Duration::from_secs(4),
+        "ls waited {took:?}"
+    );
+    eprintln!(
+        "ls answered {took:?} after the driver stopped: {}",
+        err.trim()
+    );
+
+    let start = Instant::now();
+    match Client::connect(&stack.runtime_dir()) {
+        Err(e) => {
+            assert_eq!(e.refusal().map(|r| r.code), Some(ErrorCode::Driver), "{e}");
+            assert!(e.to_string().contains("netd's driver is gone"), "{e}");
+        }
+        Ok(_) => panic!("netd took a client without a driver"),
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Its session ends (or, asked before netd got to end it, it hears why).
+    let e = a.stats().unwrap_err();
+    assert!(
+        is_session_end(&e) || e.to_string().contains("netd's driver is gone"),
+        "the bound client is told: {e}"
+    );
+
+    // Said once, however many requests found out.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(stack.log()).unwrap();
+    assert_eq!(
+        log.matches("the driver is gone").count(),
+        1,
+        "netd says it once:\n{log}"
+    );
+    signal(stack.driver.pid(), rustix::process::Signal::CONT);
+}
+
+/// Sends hello, then the header of a message announcing `len` body bytes and `len - 1` of
+/// them, and stops: a message that never becomes whole. `Err` when netd closed the connection
+/// first (it refused the message).
+fn stall_a_message(dir: &Path, len: usize) -> std::io::Result<UnixStream> {
+    use std::io::Write;
+    let sock = UnixStream::connect(netmux_client::socket_in(dir))?;
+    let mut ch = Channel::new(sock.try_clone()?);
+    ch.send(
+        &ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+            instance: None,
+        },
+        &[],
+    )
+    .map_err(std::io::Error::other)?;
+    ch.recv::<ClientReply>().map_err(std::io::Error::other)?;
+    let mut w = &sock;
+    w.write_all(&(len as u32).to_le_bytes())?;
+    w.write_all(&[0; 4])?;
+    w.write_all(&vec![b' '; len - 1])?;
+    Ok(sock)
+}
+
+/// Many sessions of one uid each start a message of 1 MiB and never finish it. netd
+/// buffers no more than its per-uid budget (`limits.buffered_bytes_per_uid`, 8 MiB here), so its
+/// memory stays bounded; every stalled session ends by the message deadline
+/// (`timeouts.message`, 2 s here); a well-behaved client of the same uid is served throughout.
+#[test]
+fn stalled_partial_messages_end_and_netd_memory_stays_bounded_while_others_are_served() {
+    const STALLED: usize = 48;
+    const MESSAGE: usize = 1 << 20;
+    const BUDGET_MIB: u64 = 8;
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let dir = netmux_testkit::TempDir::new("netmux-b5");
+    let config = dir.join("netd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nbuffered_bytes_per_uid = {}\n[timeouts]\nmessage = 2\n",
+            BUDGET_MIB << 20
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let stack = Stack::start_with("b5", &["--config", &config]);
+    let netd = stack.netd_pid();
+    let mut good = stack.client();
+    good.bind_port(Transport::Udp, 7400).unwrap();
+    let baseline = rss_kib(netd);
+
+    let served = std::sync::atomic::AtomicBool::new(true);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let peak = std::sync::atomic::AtomicU64::new(baseline);
+    let (stalled, refused) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if good.stats().is_err() {
+                    served.store(false, Ordering::Relaxed);
+                }
+                peak.fetch_max(rss_kib(netd), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let mut stalled = Vec::new();
+        let mut refused = 0;
+        for _ in 0..STALLED {
+            match stall_a_message(&stack.runtime_dir(), MESSAGE) {
+                Ok(s) => stalled.push((s, Instant::now())),
+                Err(_) => refused += 1,
+            }
+        }
+        // Every stalled session ends: netd closes it within the deadline (and some slack).
+        for (sock, since) in &stalled {
+            sock.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut rest = Vec::new();
+            let _ = (&*sock).read_to_end(&mut rest);
+            let lived = since.elapsed();
+            assert!(
+                lived < DEADLINE + Duration::from_secs(5),
+                "a stalled session lived {lived:?}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        (stalled.len(), refused)
+    });
+    let peak = peak.load(Ordering::Relaxed);
+    let grew_mib = peak.saturating_sub(baseline) / 1024;
+    println!(
+        "{STALLED} stalled messages of 1 MiB: {stalled} held until the deadline, {refused} \
+         refused at once; netd VmRSS {baseline} KiB, peak {peak} KiB (+{grew_mib} MiB)"
+    );
+    assert!(
+        served.load(Ordering::Relaxed),
+        "the good client was served throughout"
+    );
+    assert!(refused > 0, "the budget refused some messages");
+    assert!(
+        grew_mib <= BUDGET_MIB + 16,
+        "netd grew by {grew_mib} MiB for {STALLED} MiB of stalled messages"
+    );
+    assert!(good.stats().is_ok(), "the good client goes on");
+    assert!(
+        eventually(PATIENCE, || good
+            .list_sessions()
+            .is_ok_and(|l| l.sessions.len() == 1)),
+        "every stalled session is gone"
+    );
+}
+
+/// Runs the `netd` binary with `args` until it exits (it must, within [`PATIENCE`]); returns
+/// whether it succeeded and its stderr.
+fn netd_refuses(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let mut child = Command::new(netd_binary())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > PATIENCE {
+            let _ = child.kill();
+            panic!("netd ran on with an unsafe runtime directory");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// netd refuses a runtime directory (or its `driver/`) that another user owns or may
+/// write in, saying which and how to fix it, before it listens or starts a driver. The
+/// owner cases need root (to give the directory to uid 65534); without root they are skipped
+/// with a note.
+#[test]
+fn netd_refuses_a_runtime_directory_others_could_change() {
+    use std::os::unix::fs::PermissionsExt;
+    let driver = DriverProcess::start("b9");
+    let _ = driver.connect(PATIENCE);
+    let base = driver.dir();
+    let on_driver = |run: &Path| {
+        netd_refuses(&[
+            "--driver-socket".as_ref(),
+            driver.control().as_os_str(),
+            "--runtime-dir".as_ref(),
+            run.as_os_str(),
+            "--ip".as_ref(),
+            "10.77.0.2/24".as_ref(),
+        ])
+    };
+
+    let open = base.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err) = on_driver(&open);
+    assert!(!ok, "netd ran in a world-writable directory");
+    assert!(err.contains(&open.display().to_string()), "{err}");
+    assert!(
+        err.contains("its group and all other users may write in it (mode 0777)"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("chmod go-w {}", open.display())),
+        "{err}"
+    );
+    assert!(!open.join("netd.sock").exists(), "no socket was made there");
+
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped the owner cases: they need root to give a directory to uid 65534");
+        return;
+    }
+    let nobody = Some(rustix::process::Uid::from_raw(65534));
+    let theirs = base.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    rustix::fs::chown(&theirs, nobody, None).unwrap();
+    let (ok, err) = on_driver(&theirs);
+    assert!(!ok, "netd ran in uid 65534's directory");
+    assert!(
+        err.contains("it belongs to uid 65534, not to netd's uid 0"),
+        "{err}"
+    );
+    assert!(err.contains("remove it"), "{err}");
+
+    // With --link netd makes RUNTIME_DIR/driver/ for the driver's socket: a driver/ of
+    // another user's is refused before any driver starts.
+    let run = base.join("run-b9");
+    std::fs::create_dir_all(run.join("driver")).unwrap();
+    rustix::fs::chown(run.join("driver"), nobody, None).unwrap();
+    let (ok, err) = netd_refuses(&[
+        "--link".as_ref(),
+        format!("virtual:{}", base.join("b9.cable").display()).as_ref(),
+        "--runtime-dir".as_ref(),
+        run.as_os_str(),
+        "--ip".as_ref(),
+        "10.77.0.2/24".as_ref(),
+    ]);
+    assert!(!ok, "netd used uid 65534's driver directory");
+    assert!(
+        err.contains(&run.join("driver").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("belongs to uid 65534"), "{err}");
+    assert!(
+        !run.join("driver/control.sock").exists(),
+        "no driver was started"
+    );
+}
+
+/// The HTTP example (`netmux example http`) on a stack, and a TCP host on the far end of the
+/// driver's cable to talk to it.
+struct HttpSite {
+    example: Child,
+    peer: netmux_testkit::tcp_peer::TcpPeer,
+    log: PathBuf,
+}
+
+/// The example's address (netd's `--ip` in [`Stack`]) and port.
+const HTTP: (std::net::Ipv4Addr, u16) = (std::net::Ipv4Addr::new(10, 77, 0, 2), 8080);
+
+impl HttpSite {
+    fn start(stack: &Stack, tag: &str) -> HttpSite {
+        use std::io::BufRead;
+        let log = stack.driver.dir().join(format!("http-{tag}.log"));
+        let mut example = Command::new(env!("CARGO_BIN_EXE_netmux"))
+            .args(["example", "http", "--port", "8080", "--runtime-dir"])
+            .arg(stack.runtime_dir())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(example.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "listening on tcp port 8080");
+        let cable = netmux_testkit::cable::CableEnd::bind(
+            &stack.driver.dir().join(format!("peer-{tag}.cable")),
+            &stack.driver.cable(),
+        );
+        let peer = netmux_testkit::tcp_peer::TcpPeer::new(
+            cable,
+            [0x02, 0, 0, 0, 0x77, 0x09],
+            std::net::Ipv4Addr::new(10, 77, 0, 9),
+            24,
+        );
+        HttpSite { example, peer, log }
+    }
+
+    /// Connects and waits until the connection is established.
+    fn connect(&mut self) -> smoltcp::iface::SocketHandle {
+        let h = self.peer.connect(HTTP);
+        assert!(
+            self.peer.run_until(PATIENCE, |p| p.established(h)),
+            "connected to the example"
+        );
+        h
+    }
+
+    /// Sends the rest of a request on `h` and waits for the whole response.
+    fn finish_request(&mut self, h: smoltcp::iface::SocketHandle, rest: &[u8]) -> String {
+        self.peer.send(h, rest);
+        let mut got = Vec::new();
+        let whole = self.peer.run_until(PATIENCE, |p| {
+            p.recv(h, &mut got);
+            got.ends_with(b"</html>\n")
+        });
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(whole, "a whole response: {text:?}");
+        text
+    }
+}
+
+impl Drop for HttpSite {
+    fn drop(&mut self) {
+        let _ = self.example.kill();
+        let _ = self.example.wait();
+    }
+}
+
+/// Clients holding idle connections (more than the example has sockets) do not shut
+/// others out: the example closes the connection idle longest to make room, and closes
+/// connections idle for its idle timeout.
+#[test]
+fn the_http_example_serves_a_new_client_while_others_hold_idle_connections() {
+    let stack = Stack::start("b18");
+    let mut site = HttpSite::start(&stack, "b18");
+    let idle: Vec<_> = (0..40).map(|_| site.peer.connect(HTTP)).collect();
+    site.peer.run_until(Duration::from_secs(2), |_| false);
+    let h = site.connect();
+    let answer = site.finish_request(h, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    // The connections idle then are closed within the idle timeout (5 s) and some slack.
+    let established = |p: &mut netmux_testkit::tcp_peer::TcpPeer, i| {
+        matches!(
+            p.socket(i).state(),
+            smoltcp::socket::tcp::State::Established
+        )
+    };
+    let held: Vec<_> = idle
+        .iter()
+        .copied()
+        .filter(|&i| established(&mut site.peer, i))
+        .collect();
+    assert!(!held.is_empty(), "some idle connections were held");
+    // The example's RSTs may be lost on the cable (a burst of them); a byte on a connection
+    // the example no longer holds draws another.
+    site.peer.run_until(Duration::from_secs(7), |_| false);
+    for &i in &held {
+        if established(&mut site.peer, i) {
+            site.peer.send(i, b"x");
+        }
+    }
+    let closed = site.peer.run_until(Duration::from_secs(10), |p| {
+        held.iter().all(|&i| !established(p, i))
+    });
+    let log = std::fs::read_to_string(&site.log).unwrap_or_default();
+    assert!(closed, "idle connections were closed:\n{log}");
+    println!(
+        "{} idle connections held, a new client served, the idle ones closed",
+        held.len()
+    );
+}
+
+/// Clients ride through a netd restart: an established TCP connection to the HTTP example,
+/// its request half sent, survives SIGKILL of netd and a new netd on the same driver. The
+/// example connects again, binds its port again and carries on over its new queue; the rest
+/// of the request is answered on the same connection. Prints the pause.
+#[test]
+fn an_established_connection_to_the_http_example_survives_a_netd_restart() {
+    let mut stack = Stack::start("restart");
+    let mut site = HttpSite::start(&stack, "restart");
+    let h = site.connect();
+    site.peer.send(h, b"GET / HTTP/1.1\r\nHost: x\r\n");
+    site.peer.run_until(Duration::from_millis(200), |_| false);
+
+    let start = Instant::now();
+    stack.kill_netd();
+    stack.start_netd();
+    let netd_back = start.elapsed();
+    let answer = site.finish_request(h, b"\r\n");
+    let pause = start.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    let log = std::fs::read_to_string(&site.log).unwrap_or_default();
+    assert!(log.contains("netd is back"), "{log}");
+    println!(
+        "netd restarted in {netd_back:?}; the connection's request was answered {pause:?} after \
+         netd was killed"
     );
 }

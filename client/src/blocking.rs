@@ -3,19 +3,24 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use netmux_proto::client::{ClientReply, ClientRequest, FilterMode, HostConfig, Transport};
 use netmux_proto::driver::Counters;
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
 
-use super::ClientError;
+use super::{ClientError, ConnectOptions};
 
-/// A session with netd over a blocking socket. Every call is one request and its reply.
+/// A session with netd over a blocking socket. Every call is one request and its reply, within
+/// the deadline of [`ConnectOptions::timeout`].
 #[derive(Debug)]
 pub struct Client {
     chan: Channel,
     host: HostConfig,
+    timeout: Duration,
+    /// Set once a request missed its deadline: a late reply would answer the next request.
+    out_of_step: bool,
 }
 
 impl Client {
@@ -36,21 +41,55 @@ impl Client {
 
     /// Connects to netd's socket at `path` and joins `instance`.
     pub fn connect_socket_to(path: &Path, instance: Option<&str>) -> Result<Client, ClientError> {
+        let options = ConnectOptions {
+            instance: instance.map(str::to_owned),
+            ..ConnectOptions::default()
+        };
+        Client::connect_socket_with(path, &options)
+    }
+
+    /// Connects to netd in `runtime_dir` as `options` say.
+    pub fn connect_with(
+        runtime_dir: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
+        Client::connect_socket_with(&super::socket_in(runtime_dir), options)
+    }
+
+    /// Connects to netd's socket at `path` as `options` say, and says hello.
+    pub fn connect_socket_with(
+        path: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Client, ClientError> {
         let sock = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.to_owned(),
             source,
         })?;
-        let mut chan = Channel::new(sock);
-        chan.send(
-            &ClientRequest::Hello {
-                version: PROTOCOL_VERSION,
-                instance: instance.map(str::to_owned),
+        let mut client = Client {
+            chan: Channel::new(sock),
+            host: HostConfig {
+                link: netmux_proto::LinkInfo {
+                    mac: [0; 6],
+                    mtu: 0,
+                },
+                ipv4: None,
+                gateway: None,
+                ipv6_link_local: None,
             },
-            &[],
-        )?;
-        let (reply, _) = chan.recv::<ClientReply>()?;
-        let host = super::hello(reply)?;
-        Ok(Client { chan, host })
+            timeout: options.timeout,
+            out_of_step: false,
+        };
+        let reply = client.call(ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+            instance: options.instance.clone(),
+        })?;
+        client.host = super::hello(reply)?;
+        Ok(client)
+    }
+
+    /// The deadline of every request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The host configuration netd sent at hello.
@@ -63,8 +102,28 @@ impl Client {
         &mut self,
         request: &ClientRequest,
     ) -> Result<(ClientReply, Vec<OwnedFd>), ClientError> {
-        self.chan.send(request, &[])?;
-        Ok(self.chan.recv::<ClientReply>()?)
+        if self.out_of_step {
+            return Err(ClientError::NoAnswer(self.timeout));
+        }
+        let deadline = std::time::Instant::now() + self.timeout;
+        let answer = self
+            .chan
+            .send_within(request, &[], Some(self.timeout))
+            .and_then(|()| {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                self.chan.recv_within::<ClientReply>(Some(left))
+            })
+            .map_err(|e| match e {
+                // The whole round trip had one deadline.
+                netmux_proto::ChannelError::TimedOut(_) => {
+                    netmux_proto::ChannelError::TimedOut(self.timeout)
+                }
+                e => e,
+            });
+        if matches!(answer, Err(netmux_proto::ChannelError::TimedOut(_))) {
+            self.out_of_step = true;
+        }
+        Ok(answer?)
     }
 
     fn call(&mut self, request: ClientRequest) -> Result<ClientReply, ClientError> {
@@ -146,5 +205,95 @@ impl Client {
     pub fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
         let (reply, fds) = self.request(&ClientRequest::OpenQueue)?;
         super::queue(reply, fds)
+    }
+}
+
+/// The longest pause between two attempts of [`Reconnecting::reconnect`].
+pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The first pause of [`Reconnecting::reconnect`]; each failed attempt doubles it, up to
+/// [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A session that rides through a netd restart: it remembers the ports it bound and whether
+/// it opened its queue, and [`Reconnecting::reconnect`] connects again with backoff, binds the
+/// same ports and opens the queue again. The new queue replaces the old one under the
+/// client's stack (`QueueDevice::replace_queue`), so connections the stack holds carry on
+/// once frames flow again.
+#[derive(Debug)]
+pub struct Reconnecting {
+    path: std::path::PathBuf,
+    options: ConnectOptions,
+    client: Client,
+    ports: Vec<(Transport, u16)>,
+    queue_open: bool,
+}
+
+impl Reconnecting {
+    /// Connects to netd in `runtime_dir` as `options` say.
+    pub fn connect_with(
+        runtime_dir: &Path,
+        options: &ConnectOptions,
+    ) -> Result<Reconnecting, ClientError> {
+        let path = super::socket_in(runtime_dir);
+        let client = Client::connect_socket_with(&path, options)?;
+        Ok(Reconnecting {
+            path,
+            options: options.clone(),
+            client,
+            ports: Vec::new(),
+            queue_open: false,
+        })
+    }
+
+    /// The session for any other request (what it binds there is not bound again).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Binds a port, and binds it again after every reconnection.
+    pub fn bind_port(&mut self, transport: Transport, port: u16) -> Result<u16, ClientError> {
+        let port = self.client.bind_port(transport, port)?;
+        self.ports.push((transport, port));
+        Ok(port)
+    }
+
+    /// Opens the session's queue, and opens it again after every reconnection.
+    pub fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
+        let queue = self.client.open_queue()?;
+        self.queue_open = true;
+        Ok(queue)
+    }
+
+    /// Connects to netd again, waiting [`FIRST_BACKOFF`] and then twice as long after every
+    /// failed attempt (at most [`MAX_BACKOFF`]) while nothing answers, for at most `patience`
+    /// or until `give_up` says so; then binds the same ports and, if it was open, opens the
+    /// queue again and returns it. A refusal (a port another client took meanwhile, say) ends
+    /// the attempt at once: trying again would not change netd's mind.
+    pub fn reconnect(
+        &mut self,
+        patience: Duration,
+        give_up: impl Fn() -> bool,
+    ) -> Result<Option<ClientQueue>, ClientError> {
+        let start = std::time::Instant::now();
+        let mut pause = FIRST_BACKOFF;
+        let client = loop {
+            match Client::connect_socket_with(&self.path, &self.options) {
+                Ok(c) => break c,
+                // netd answered "no" (its driver is gone, say): that may change once it is
+                // restarted with one, as may a socket nobody listens on yet.
+                Err(e) if start.elapsed() + pause > patience || give_up() => return Err(e),
+                Err(_) => {}
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_BACKOFF);
+        };
+        self.client = client;
+        for &(transport, port) in &self.ports {
+            self.client.bind_port(transport, port)?;
+        }
+        if self.queue_open {
+            return self.client.open_queue().map(Some);
+        }
+        Ok(None)
     }
 }

@@ -66,6 +66,14 @@ impl QueueDevice {
         &mut self.queue
     }
 
+    /// Carries on over another queue (the session's queue after a reconnection to netd); the
+    /// frames not yet handed to smoltcp from the old one are dropped, as a link that went
+    /// down for a moment would. The counters go on.
+    pub fn replace_queue(&mut self, queue: ClientQueue) {
+        self.queue = queue;
+        self.rx.clear();
+    }
+
     /// The device's counters.
     pub fn counters(&self) -> DeviceCounters {
         self.counters

@@ -33,6 +33,7 @@ pub mod nonblocking;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use netmux_proto::channel::ChannelError;
 use netmux_proto::client::{ClientReply, HostConfig};
@@ -58,7 +59,12 @@ pub enum ClientError {
     },
     /// The connection failed or netd closed it.
     #[error("netd connection: {0}")]
-    Channel(#[from] ChannelError),
+    Channel(ChannelError),
+    /// netd did not answer a request (or take it) within the client's deadline
+    /// ([`ConnectOptions::timeout`]). The session is out of step from then on: every later
+    /// call fails the same way, and the caller connects again.
+    #[error("netd did not answer within {:.1} s", .0.as_secs_f64())]
+    NoAnswer(Duration),
     /// netd refused the request.
     #[error("{}", .0.message)]
     Refused(ErrorReply),
@@ -70,7 +76,51 @@ pub enum ClientError {
     Attach(#[from] AttachError),
 }
 
+impl From<ChannelError> for ClientError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::TimedOut(t) => ClientError::NoAnswer(t),
+            e => ClientError::Channel(e),
+        }
+    }
+}
+
+/// How long a client waits for netd to take a request and answer it, unless told otherwise:
+/// twice netd's own default deadline for the driver's answers, so that when the driver is
+/// stuck the client hears netd say so before it gives up on netd.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a client connects.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// The instance to join (the default one when `None`).
+    pub instance: Option<String>,
+    /// The deadline of every request, the hello included ([`DEFAULT_REQUEST_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            instance: None,
+            timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
+    }
+}
+
 impl ClientError {
+    /// Whether netd is not there at all: nothing listens on its socket (or no socket), as
+    /// opposed to a netd that answered with a refusal or stopped answering.
+    pub fn nobody_listens(&self) -> bool {
+        match self {
+            ClientError::Connect { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ),
+            _ => false,
+        }
+    }
+
     /// netd's refusal, if this is one.
     pub fn refusal(&self) -> Option<&ErrorReply> {
         match self {

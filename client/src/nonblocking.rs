@@ -9,17 +9,18 @@ use netmux_proto::driver::Counters;
 use netmux_proto::{frame, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
 
-use super::ClientError;
+use super::{ClientError, ConnectOptions};
 use netmux_proto::async_channel::AsyncChannel;
 
-/// How long a request waits for room in the socket before failing.
-const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A session with netd on a tokio runtime.
+/// A session with netd on a tokio runtime. Every call is one request and its reply, within
+/// the deadline of [`ConnectOptions::timeout`].
 #[derive(Debug)]
 pub struct AsyncClient {
     chan: AsyncChannel,
     host: HostConfig,
+    timeout: Duration,
+    /// Set once a request missed its deadline: a late reply would answer the next request.
+    out_of_step: bool,
 }
 
 impl AsyncClient {
@@ -46,6 +47,18 @@ impl AsyncClient {
         path: &Path,
         instance: Option<&str>,
     ) -> Result<AsyncClient, ClientError> {
+        let options = ConnectOptions {
+            instance: instance.map(str::to_owned),
+            ..ConnectOptions::default()
+        };
+        AsyncClient::connect_socket_with(path, &options).await
+    }
+
+    /// Connects to netd's socket at `path` as `options` say, and says hello.
+    pub async fn connect_socket_with(
+        path: &Path,
+        options: &ConnectOptions,
+    ) -> Result<AsyncClient, ClientError> {
         let connect_err = |source| ClientError::Connect {
             path: path.to_owned(),
             source,
@@ -67,11 +80,13 @@ impl AsyncClient {
                 gateway: None,
                 ipv6_link_local: None,
             },
+            timeout: options.timeout,
+            out_of_step: false,
         };
         let reply = client
             .call(ClientRequest::Hello {
                 version: PROTOCOL_VERSION,
-                instance: instance.map(str::to_owned),
+                instance: options.instance.clone(),
             })
             .await?;
         client.host = super::hello(reply)?;
@@ -88,11 +103,28 @@ impl AsyncClient {
         &mut self,
         request: &ClientRequest,
     ) -> Result<(ClientReply, Vec<OwnedFd>), ClientError> {
-        self.chan.send(request, &[], SEND_TIMEOUT).await?;
-        let (body, fds) = self.chan.recv_raw().await?;
+        if self.out_of_step {
+            return Err(ClientError::NoAnswer(self.timeout));
+        }
+        let round_trip = async {
+            self.chan.send(request, &[], self.timeout).await?;
+            self.chan.recv_raw().await
+        };
+        let (body, fds) = match tokio::time::timeout(self.timeout, round_trip).await {
+            Ok(answer) => answer?,
+            Err(_) => {
+                self.out_of_step = true;
+                return Err(ClientError::NoAnswer(self.timeout));
+            }
+        };
         let reply =
             frame::decode::<ClientReply>(&body).map_err(netmux_proto::ChannelError::from)?;
         Ok((reply, fds))
+    }
+
+    /// The deadline of every request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn call(&mut self, request: ClientRequest) -> Result<ClientReply, ClientError> {

@@ -18,6 +18,11 @@ use crate::core::Policy;
 /// client that stops reading its replies is gone as far as netd is concerned.
 pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a client's message may take to arrive whole once its first byte has: a local
+/// client writes a request (at most 1 MiB) at once, so a message still partial after this is
+/// a client holding netd's memory, and its session ends.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A configuration value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -30,9 +35,20 @@ pub enum ConfigError {
     /// A timeout that is not a positive number of seconds.
     #[error("{0} is not a positive number of seconds")]
     Timeout(String),
+    /// The configuration file cannot be read or is not a configuration.
+    #[error("configuration file: {0}")]
+    File(String),
     /// Not `aa:bb:cc:dd:ee:ff`.
     #[error("{0:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")]
     Mac(String),
+    /// An address that cannot be a host's ([`check_host_address`]).
+    #[error("address {address}: {why}")]
+    NotAHostAddress {
+        /// `A.B.C.D/N`.
+        address: String,
+        /// Why not.
+        why: &'static str,
+    },
     /// The gateway is not inside the host's subnet.
     #[error("gateway {gateway} is not in {address}/{prefix}")]
     GatewayOffLink {
@@ -77,6 +93,10 @@ pub struct Config {
     /// How long one driver request may take before netd declares the driver gone
     /// ([`crate::driver_link::DEFAULT_DRIVER_TIMEOUT`]).
     pub driver_timeout: Duration,
+    /// How long a client's message may take to arrive whole once it has begun
+    /// ([`DEFAULT_MESSAGE_TIMEOUT`]); the limit on what netd buffers meanwhile is
+    /// [`crate::core::Limits::buffered_bytes_per_uid`].
+    pub message_timeout: Duration,
     /// Uids besides root that may create, change and destroy instances.
     pub admin_uids: std::collections::BTreeSet<u32>,
     /// The file netd keeps its non-temporary instances in (TOML, `[[instance]]` tables),
@@ -100,6 +120,7 @@ impl Config {
             host_stack: true,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             driver_timeout: crate::driver_link::DEFAULT_DRIVER_TIMEOUT,
+            message_timeout: DEFAULT_MESSAGE_TIMEOUT,
             admin_uids: Default::default(),
             instances_file: None,
         }
@@ -109,6 +130,140 @@ impl Config {
     pub fn socket_path(&self) -> PathBuf {
         self.runtime_dir.join(SOCKET_NAME)
     }
+
+    /// Takes in the settings a configuration file sets (its `[limits]` and `[timeouts]`);
+    /// what it leaves out keeps its value.
+    pub fn apply(
+        &mut self,
+        limits: Option<&LimitSettings>,
+        timeouts: Option<&TimeoutSettings>,
+    ) -> Result<(), ConfigError> {
+        if let Some(limits) = limits {
+            for (limit, value) in limits.values() {
+                if let Some(v) = value {
+                    self.policy.limits.set(limit, v);
+                }
+            }
+        }
+        if let Some(t) = timeouts {
+            let secs = |name: &str, v: f64| {
+                Duration::try_from_secs_f64(v)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| ConfigError::Timeout(format!("timeouts.{name} = {v}")))
+            };
+            if let Some(v) = t.handshake {
+                self.policy.handshake_timeout = secs("handshake", v)?;
+            }
+            if let Some(v) = t.message {
+                self.message_timeout = secs("message", v)?;
+            }
+            if let Some(v) = t.reply {
+                self.reply_timeout = secs("reply", v)?;
+            }
+            if let Some(v) = t.driver {
+                self.driver_timeout = secs("driver", v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every setting with its value, `limits.NAME` and `timeouts.NAME` (seconds), as the
+    /// configuration file names them: what `netmux instance ls` shows as read-only
+    /// properties.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = crate::core::Limit::ALL
+            .iter()
+            .map(|&l| {
+                (
+                    format!("limits.{}", l.name()),
+                    self.policy.limits.get(l).to_string(),
+                )
+            })
+            .collect();
+        for (name, d) in [
+            ("handshake", self.policy.handshake_timeout),
+            ("message", self.message_timeout),
+            ("reply", self.reply_timeout),
+            ("driver", self.driver_timeout),
+        ] {
+            out.push((format!("timeouts.{name}"), d.as_secs_f64().to_string()));
+        }
+        out
+    }
+}
+
+/// The `[limits]` table of the configuration file: any of [`crate::core::Limits`]' fields,
+/// by the same names.
+///
+/// ```toml
+/// [limits]
+/// sessions_per_uid = 1024
+/// ring_bytes_per_uid = 4315938816
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)] // each is the `Limits` field of its name
+pub struct LimitSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_per_uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_per_session: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports_per_uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters_per_session: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_bytes_per_session: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_bytes_per_uid: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_bytes_per_instance: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffered_bytes_per_uid: Option<u64>,
+}
+
+impl LimitSettings {
+    /// Each limit and the value the file gives it, if any.
+    pub fn values(&self) -> [(crate::core::Limit, Option<u64>); 8] {
+        use crate::core::Limit;
+        [
+            (Limit::SessionsPerUid, self.sessions_per_uid),
+            (Limit::PortsPerSession, self.ports_per_session),
+            (Limit::PortsPerUid, self.ports_per_uid),
+            (Limit::FiltersPerSession, self.filters_per_session),
+            (Limit::RingBytesPerSession, self.ring_bytes_per_session),
+            (Limit::RingBytesPerUid, self.ring_bytes_per_uid),
+            (Limit::RingBytesPerInstance, self.ring_bytes_per_instance),
+            (Limit::BufferedBytesPerUid, self.buffered_bytes_per_uid),
+        ]
+    }
+}
+
+/// The `[timeouts]` table of the configuration file, in seconds.
+///
+/// ```toml
+/// [timeouts]
+/// handshake = 5   # connect to hello (Policy::handshake_timeout)
+/// message = 5     # a message's first byte to its last (Config::message_timeout)
+/// reply = 5       # room for a reply in the client's socket (Config::reply_timeout)
+/// driver = 5      # one driver request (Config::driver_timeout; --driver-timeout wins)
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSettings {
+    /// [`crate::core::Policy::handshake_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<f64>,
+    /// [`Config::message_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<f64>,
+    /// [`Config::reply_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<f64>,
+    /// [`Config::driver_timeout`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<f64>,
 }
 
 /// Parses `A.B.C.D/N`.
@@ -121,6 +276,61 @@ pub fn parse_ipv4_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
         return Err(bad());
     }
     Ok((addr, prefix))
+}
+
+/// Parses `A.B.C.D/N` as a host's address: [`parse_ipv4_cidr`], then [`check_host_address`]
+/// (no network, broadcast, multicast, loopback or reserved address, no prefix of 0).
+pub fn parse_host_cidr(text: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let (addr, prefix) = parse_ipv4_cidr(text)?;
+    check_host_address(addr, prefix)?;
+    Ok((addr, prefix))
+}
+
+/// Whether `a` can be a host's address on `a/prefix`. Every host address netd takes (`--ip`
+/// of `netd` and `netmux up`, the configuration file, `netmux instance create`) passes this
+/// one check. Refused: a prefix of 0 (every address on the link) or above 32; addresses of
+/// `0.0.0.0/8` ("this network", RFC 1122), loopback, multicast, the reserved class E
+/// (`240.0.0.0/4`) and the limited broadcast; and, on a network with room for hosts (a prefix
+/// up to 30), its network and broadcast addresses. `/31` (RFC 3021) and `/32` are accepted.
+pub fn check_host_address(a: Ipv4Addr, prefix: u8) -> Result<(), ConfigError> {
+    let bad = |why| {
+        Err(ConfigError::NotAHostAddress {
+            address: format!("{a}/{prefix}"),
+            why,
+        })
+    };
+    if prefix > 32 {
+        return bad("the prefix is longer than 32 bits");
+    }
+    if prefix == 0 {
+        return bad("a prefix of 0 would put every IPv4 address on the link");
+    }
+    if a.octets()[0] == 0 {
+        return bad("0.0.0.0/8 means \"this network\" and is no host's address");
+    }
+    if a.is_loopback() {
+        return bad("a loopback address is not on the link");
+    }
+    if a.is_broadcast() {
+        return bad("the limited broadcast address is no host's address");
+    }
+    if a.is_multicast() {
+        return bad("a multicast address is no host's address");
+    }
+    if a.octets()[0] >= 240 {
+        return bad("240.0.0.0/4 (class E) is reserved, no host's address");
+    }
+    if prefix <= 30 {
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        let host = u32::from(a) & !mask;
+        if host == 0 {
+            return bad("it is the network's own address");
+        }
+        if host == !mask {
+            return bad("it is the network's broadcast address");
+        }
+    }
+    Ok(())
 }
 
 /// Parses `A-B`.
@@ -207,6 +417,69 @@ mod tests {
         );
         for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "x/1", "10.0.0.2/-1"] {
             assert!(parse_ipv4_cidr(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_host_cidr_must_be_a_host_address() {
+        assert_eq!(
+            parse_host_cidr("10.0.0.2/24"),
+            Ok((Ipv4Addr::new(10, 0, 0, 2), 24))
+        );
+        for bad in [
+            "0.0.0.0/0",
+            "10.0.0.0/24",
+            "10.0.0.255/24",
+            "224.0.0.1/24",
+            "10.0.0.2/0",
+        ] {
+            let e = parse_host_cidr(bad).unwrap_err();
+            assert!(
+                matches!(e, ConfigError::NotAHostAddress { .. }),
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
+        assert!(matches!(
+            parse_host_cidr("10.0.0.2/33"),
+            Err(ConfigError::Ipv4Cidr(_))
+        ));
+    }
+
+    #[test]
+    fn host_addresses_that_cannot_be_a_hosts_are_refused() {
+        for (a, p, why) in [
+            ("0.0.0.0", 0, "prefix of 0"),
+            ("10.0.0.2", 0, "prefix of 0"),
+            ("10.0.0.2", 33, "longer than 32"),
+            ("0.1.2.3", 8, "this network"),
+            ("255.255.255.255", 32, "limited broadcast"),
+            ("192.0.2.255", 24, "broadcast address"),
+            ("10.255.255.255", 8, "broadcast address"),
+            ("192.0.2.0", 24, "network's own"),
+            ("192.0.2.4", 30, "network's own"),
+            ("224.0.0.1", 24, "multicast"),
+            ("239.1.2.3", 8, "multicast"),
+            ("127.0.0.1", 8, "loopback"),
+            ("240.0.0.1", 24, "class E"),
+            ("250.1.2.3", 32, "class E"),
+        ] {
+            let e = check_host_address(a.parse().unwrap(), p).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(&format!("{a}/{p}")), "{text}");
+            assert!(text.contains(why), "{a}/{p}: {text}");
+        }
+        for (a, p) in [
+            ("192.0.2.1", 24),
+            ("192.0.2.254", 24),
+            ("192.0.2.5", 30),
+            ("192.0.2.0", 31),
+            ("192.0.2.1", 31),
+            ("192.0.2.7", 32),
+            ("169.254.3.4", 16),
+            ("1.2.3.4", 1),
+        ] {
+            assert!(check_host_address(a.parse().unwrap(), p).is_ok(), "{a}/{p}");
         }
     }
 

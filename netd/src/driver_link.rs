@@ -99,6 +99,12 @@ pub trait DriverLink: Send {
     fn remove_instance(&mut self, instance: InstanceId) -> Result<(), DriverError>;
     /// Stops and frees a queue.
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
+    /// Makes new rings of this geometry for a queue (its filters stay; its old rings close).
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError>;
     /// Installs a filter; `Ok` means it is in force.
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError>;
     /// Removes a filter; `Ok` means it is no longer in force.
@@ -132,6 +138,13 @@ pub enum DriverCommand {
     DestroyQueue {
         /// Its id.
         queue: QueueId,
+    },
+    /// Give a queue new rings of another geometry.
+    ResizeQueue {
+        /// Its id.
+        queue: QueueId,
+        /// The new geometry.
+        config: QueueConfig,
     },
     /// Install a filter.
     InstallFilter(FilterSpec),
@@ -201,6 +214,10 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
             Err(e) => DriverOutcome::Failed(e),
         },
         DriverCommand::DestroyQueue { queue } => done(link.destroy_queue(queue)),
+        DriverCommand::ResizeQueue { queue, config } => match link.resize_queue(queue, config) {
+            Ok(q) => DriverOutcome::Queue(q),
+            Err(e) => DriverOutcome::Failed(e),
+        },
         DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
         DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
         DriverCommand::Stats => match link.stats() {
@@ -242,6 +259,8 @@ pub enum Recorded {
     CreateQueue(QueueId),
     /// A queue was destroyed.
     DestroyQueue(QueueId),
+    /// A queue got new rings.
+    ResizeQueue(QueueId),
     /// A filter was installed.
     Install(FilterSpec),
     /// A filter was removed.
@@ -370,6 +389,14 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
         let r = self.link().destroy_queue(queue);
         self.record(r, Recorded::DestroyQueue(queue))
     }
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError> {
+        let r = self.link().resize_queue(queue, config);
+        self.record(r, Recorded::ResizeQueue(queue))
+    }
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
         if self.state().refuse_installs {
             return Err(DriverError::Refused(ErrorReply {
@@ -411,16 +438,27 @@ pub const DEFAULT_DRIVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ChannelDriver {
     channel: Channel,
     link: LinkInfo,
+    /// How long one reply may take.
+    timeout: Duration,
     /// Why the connection is unusable, once it is.
     broken: Option<String>,
 }
 
 impl ChannelDriver {
-    /// Connects to the driver's control socket and says hello.
+    /// Connects to the driver's control socket and says hello, with
+    /// [`DEFAULT_DRIVER_TIMEOUT`] for every reply.
     pub fn connect(path: &Path) -> Result<ChannelDriver, DriverError> {
+        ChannelDriver::connect_with_timeout(path, DEFAULT_DRIVER_TIMEOUT)
+    }
+
+    /// The same, waiting at most `timeout` for each reply.
+    pub fn connect_with_timeout(
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<ChannelDriver, DriverError> {
         let sock = UnixStream::connect(path)
             .map_err(|e| DriverError::Gone(format!("connecting to {}: {e}", path.display())))?;
-        ChannelDriver::over(sock)
+        ChannelDriver::over_with_timeout(sock, timeout)
     }
 
     /// Says hello over an already connected socket (a child driver's socketpair end), with
@@ -434,21 +472,20 @@ impl ChannelDriver {
         sock: UnixStream,
         timeout: Duration,
     ) -> Result<ChannelDriver, DriverError> {
-        sock.set_read_timeout(Some(timeout))
-            .and_then(|()| sock.set_write_timeout(Some(timeout)))
-            .map_err(|e| DriverError::Gone(format!("setting the reply deadline: {e}")))?;
         let mut channel = Channel::new(sock);
         let (reply, _) = round_trip(
             &mut channel,
             &DriverRequest::Hello {
                 version: PROTOCOL_VERSION,
             },
+            timeout,
         )?;
         match reply {
             DriverReply::Hello { version, link } if version == PROTOCOL_VERSION => {
                 Ok(ChannelDriver {
                     channel,
                     link,
+                    timeout,
                     broken: None,
                 })
             }
@@ -474,7 +511,7 @@ impl ChannelDriver {
         if let Some(why) = &self.broken {
             return Err(DriverError::Gone(why.clone()));
         }
-        round_trip(&mut self.channel, request).inspect_err(|e| {
+        round_trip(&mut self.channel, request, self.timeout).inspect_err(|e| {
             if let DriverError::Gone(why) = e {
                 self.broken = Some(why.clone());
             }
@@ -489,21 +526,43 @@ fn unexpected(reply: DriverReply) -> DriverError {
     }
 }
 
+/// The queue in a `QueueCreated` reply and its three descriptors.
+fn created_queue((reply, fds): (DriverReply, Vec<OwnedFd>)) -> Result<CreatedQueue, DriverError> {
+    match reply {
+        DriverReply::QueueCreated { ring_bytes, .. } => {
+            let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
+                fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+                    DriverError::Gone(format!("queue came with {} descriptors, not 3", fds.len()))
+                })?;
+            Ok(CreatedQueue {
+                ring_bytes,
+                memfd,
+                client_wake,
+                driver_wake,
+            })
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
 fn round_trip(
     channel: &mut Channel,
     request: &DriverRequest,
+    timeout: Duration,
 ) -> Result<(DriverReply, Vec<OwnedFd>), DriverError> {
-    let gone = |e: netmux_proto::channel::ChannelError| {
-        let timed_out = matches!(&e, netmux_proto::channel::ChannelError::Io(io)
-            if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
-        if timed_out {
-            DriverError::Gone("the driver did not answer in time".into())
-        } else {
-            DriverError::Gone(e.to_string())
-        }
+    let gone = |e: netmux_proto::channel::ChannelError| match e {
+        netmux_proto::channel::ChannelError::TimedOut(t) => DriverError::Gone(format!(
+            "the driver did not answer within {:.1} s",
+            t.as_secs_f64()
+        )),
+        e => DriverError::Gone(e.to_string()),
     };
-    channel.send(request, &[]).map_err(gone)?;
-    channel.recv::<DriverReply>().map_err(gone)
+    channel
+        .send_within(request, &[], Some(timeout))
+        .map_err(gone)?;
+    channel
+        .recv_within::<DriverReply>(Some(timeout))
+        .map_err(gone)
 }
 
 impl DriverLink for ChannelDriver {
@@ -517,29 +576,21 @@ impl DriverLink for ChannelDriver {
         config: QueueConfig,
         instance: InstanceId,
     ) -> Result<CreatedQueue, DriverError> {
-        let (reply, fds) = self.call(&DriverRequest::CreateQueue {
+        let answer = self.call(&DriverRequest::CreateQueue {
             queue,
             config,
             instance,
         })?;
-        match reply {
-            DriverReply::QueueCreated { ring_bytes, .. } => {
-                let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
-                    fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                        DriverError::Gone(format!(
-                            "queue came with {} descriptors, not 3",
-                            fds.len()
-                        ))
-                    })?;
-                Ok(CreatedQueue {
-                    ring_bytes,
-                    memfd,
-                    client_wake,
-                    driver_wake,
-                })
-            }
-            other => Err(unexpected(other)),
-        }
+        created_queue(answer)
+    }
+
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError> {
+        let answer = self.call(&DriverRequest::SetQueueConfig { queue, config })?;
+        created_queue(answer)
     }
 
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {

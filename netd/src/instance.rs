@@ -77,34 +77,15 @@ pub fn generated_mac(link_mac: [u8; 6], name: &str) -> [u8; 6] {
     [(b[0] & 0xfc) | 0x02, b[1], b[2], b[3], b[4], b[5]]
 }
 
-/// Whether `a` can be a host's address on `a/prefix`: not unspecified, loopback, multicast,
-/// broadcast, and neither the network nor the broadcast address of a network with room for
-/// hosts.
+/// The one check of a host address ([`crate::config::check_host_address`]), as an instance's
+/// error.
 pub fn check_host_address(a: Ipv4Addr, prefix: u8) -> Result<(), InstanceError> {
-    let bad = |why| Err(InstanceError::BadAddress(format!("{a}/{prefix}"), why));
-    if prefix > 32 {
-        return bad("the prefix is longer than 32 bits");
-    }
-    if a.is_unspecified() {
-        return bad("0.0.0.0 is no host's address");
-    }
-    if a.is_loopback() {
-        return bad("a loopback address is not on the link");
-    }
-    if a.is_multicast() || a.is_broadcast() {
-        return bad("a multicast or broadcast address is no host's address");
-    }
-    if prefix <= 30 {
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        let host = u32::from(a) & !mask;
-        if host == 0 {
-            return bad("it is the network's own address");
+    crate::config::check_host_address(a, prefix).map_err(|e| match e {
+        crate::config::ConfigError::NotAHostAddress { address, why } => {
+            InstanceError::BadAddress(address, why)
         }
-        if host == !mask {
-            return bad("it is the network's broadcast address");
-        }
-    }
-    Ok(())
+        _ => InstanceError::BadAddress(format!("{a}/{prefix}"), "not a host's address"),
+    })
 }
 
 /// One instance as netd holds it.
@@ -270,6 +251,12 @@ impl Instance {
             "exclusive-uids" => {
                 self.spec.exclusive_uids = parse_uids(value).map_err(|e| bad(&e))?
             }
+            setting if setting.starts_with("limits.") || setting.starts_with("timeouts.") => {
+                return Err(InstanceError::Property(format!(
+                    "{setting} is a setting of netd's configuration file (the [limits] and \
+                     [timeouts] tables of its --config file), read when netd starts"
+                )))
+            }
             "mac" | "ip" | "ipv4" | "name" | "shared-mac" | "temporary" => {
                 return Err(InstanceError::Property(format!(
                     "property {name} is read-only (destroy and create the instance to change it)"
@@ -313,11 +300,20 @@ pub fn mac_text(m: [u8; 6]) -> String {
     netmux_compiler::builders::mac_text(&m)
 }
 
-/// The instances netd keeps in its configuration file: a TOML list, one `[[instance]]` table
-/// each, in the words of `netmux instance create`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// netd's configuration file (`--config FILE`, TOML): the settings of
+/// [`crate::config::Config`] that a file sets (`[limits]` and `[timeouts]`, see
+/// [`crate::config::Settings`]), and the instances netd keeps, one `[[instance]]` table each
+/// in the words of `netmux instance create`. netd rewrites the file when an instance is
+/// created, changed or destroyed, keeping the settings as they were read.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstancesFile {
+    /// Limits (`[limits]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::config::LimitSettings>,
+    /// Timeouts in seconds (`[timeouts]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<crate::config::TimeoutSettings>,
     /// The instances.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceEntry>,
@@ -490,22 +486,31 @@ mod tests {
     }
 
     #[test]
-    fn host_addresses_that_cannot_be_a_hosts_are_refused() {
-        for (a, p) in [
-            ("0.0.0.0", 0),
-            ("255.255.255.255", 32),
-            ("192.0.2.255", 24),
-            ("192.0.2.0", 24),
-            ("224.0.0.1", 24),
-            ("127.0.0.1", 8),
-        ] {
-            assert!(
-                check_host_address(a.parse().unwrap(), p).is_err(),
-                "{a}/{p}"
-            );
-        }
-        assert!(check_host_address("192.0.2.1".parse().unwrap(), 24).is_ok());
-        assert!(check_host_address("192.0.2.0".parse().unwrap(), 31).is_ok());
+    fn a_configuration_file_sets_limits_and_timeouts_and_refuses_unknown_names() {
+        let file: InstancesFile = toml::from_str(
+            "[limits]\nsessions_per_uid = 7\nring_bytes_per_uid = 1000\n\
+             [timeouts]\nmessage = 0.5\n",
+        )
+        .unwrap();
+        let mut config = crate::config::Config::new("/tmp/x");
+        config
+            .apply(file.limits.as_ref(), file.timeouts.as_ref())
+            .unwrap();
+        assert_eq!(config.policy.limits.sessions_per_uid, 7);
+        assert_eq!(config.policy.limits.ring_bytes_per_uid, 1000);
+        assert_eq!(config.policy.limits.ports_per_uid, 4096, "left as it was");
+        assert_eq!(
+            config.message_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        let settings = config.settings();
+        assert!(settings.contains(&("limits.sessions_per_uid".into(), "7".into())));
+        assert!(settings.contains(&("timeouts.message".into(), "0.5".into())));
+        assert!(toml::from_str::<InstancesFile>("[limits]\nsessions = 1\n").is_err());
+        let zero: InstancesFile = toml::from_str("[timeouts]\nmessage = 0\n").unwrap();
+        assert!(crate::config::Config::new("/tmp/x")
+            .apply(None, zero.timeouts.as_ref())
+            .is_err());
     }
 
     #[test]
@@ -516,6 +521,7 @@ mod tests {
         s.join_uids = Some(vec![1000]);
         let file = InstancesFile {
             instances: vec![InstanceEntry::of(&s), InstanceEntry::of(&spec("b"))],
+            ..InstancesFile::default()
         };
         let text = toml::to_string_pretty(&file).unwrap();
         let back: InstancesFile = toml::from_str(&text).unwrap();

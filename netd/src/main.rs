@@ -34,7 +34,17 @@ struct Args {
     host: HostArgs,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match serve() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netd: error: {}", run::error_text(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,7 +55,7 @@ fn main() -> anyhow::Result<()> {
     let config = args.host.config()?;
     let (child, driver) = match (&args.driver_socket, &args.link) {
         (Some(path), _) => {
-            let d = ChannelDriver::connect(path)
+            let d = ChannelDriver::connect_with_timeout(path, config.driver_timeout)
                 .with_context(|| format!("connecting to the driver at {}", path.display()))?;
             (None, d)
         }

@@ -46,8 +46,10 @@ pub struct HostArgs {
     /// Runtime directory holding netd.sock [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
     #[arg(long, value_name = "DIR")]
     pub runtime_dir: Option<PathBuf>,
-    /// The host's IPv4 address and prefix length.
-    #[arg(long, value_name = "A.B.C.D/N", value_parser = config::parse_ipv4_cidr)]
+    /// The host's IPv4 address and prefix length: a host address of its network (not the
+    /// network or broadcast address, not multicast, loopback or reserved; a prefix of 1 to
+    /// 32), e.g. --ip 192.0.2.10/24.
+    #[arg(long, value_name = "A.B.C.D/N", value_parser = config::parse_host_cidr)]
     pub ip: Option<(Ipv4Addr, u8)>,
     /// The IPv4 default gateway (must be on the --ip subnet).
     #[arg(long, value_name = "G", requires = "ip")]
@@ -70,18 +72,22 @@ pub struct HostArgs {
     /// Do not answer ARP, ICMP echo, or unbound ports as the host.
     #[arg(long)]
     pub no_host_stack: bool,
-    /// netd's configuration file (TOML): the instances, one `[[instance]]` table each,
+    /// netd's configuration file (TOML): `[limits]` (sessions_per_uid, ports_per_session,
+    /// ports_per_uid, filters_per_session, ring_bytes_per_session, ring_bytes_per_uid,
+    /// ring_bytes_per_instance, buffered_bytes_per_uid), `[timeouts]` in seconds (handshake,
+    /// message, reply, driver), and the instances, one `[[instance]]` table each,
     /// restored at start and rewritten when one is created, changed or destroyed. Without it,
-    /// instances last until netd stops.
+    /// the defaults hold and instances last until netd stops. `netmux instance ls` shows the
+    /// settings in force.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A uid besides 0 that may create, change and destroy instances (repeatable).
     #[arg(long = "admin-uid", value_name = "UID")]
     pub admin_uids: Vec<u32>,
     /// Seconds netd waits for the driver's reply to one request before it declares the
-    /// driver gone.
-    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
-    pub driver_timeout: f64,
+    /// driver gone [default: timeouts.driver of --config, else 5], e.g. --driver-timeout 2.
+    #[arg(long, value_name = "SECS")]
+    pub driver_timeout: Option<f64>,
 }
 
 impl HostArgs {
@@ -112,18 +118,25 @@ impl HostArgs {
             .extend(self.exclusive_uids.iter().copied());
         config.host_stack = !self.no_host_stack;
         config.instances_file = self.config.clone();
+        if let Some(file) = &self.config {
+            let settings = crate::instance::InstancesFile::load(file).map_err(ConfigError::File)?;
+            config.apply(settings.limits.as_ref(), settings.timeouts.as_ref())?;
+        }
         config.admin_uids.extend(self.admin_uids.iter().copied());
-        config.driver_timeout = std::time::Duration::try_from_secs_f64(self.driver_timeout)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| ConfigError::Timeout(self.driver_timeout.to_string()))?;
+        if let Some(secs) = self.driver_timeout {
+            config.driver_timeout = std::time::Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| ConfigError::Timeout(secs.to_string()))?;
+        }
         Ok(config)
     }
 }
 
 /// Starts the driver `command` (given `--link SPEC --control ... --exit-on-disconnect`) with
 /// its control socket at [`DRIVER_CONTROL`] in `runtime_dir` (the directory made mode 0700
-/// first) and connects to it. The driver is a process of its own: the link owner stays
+/// first) and connects to it. The runtime directory and `driver/` are refused, before any
+/// driver starts, when another user could change them ([`server::check_dir`]). The driver is a process of its own: the link owner stays
 /// isolated from netd and the clients.
 pub fn start_child_driver(
     config: &Config,
@@ -131,6 +144,7 @@ pub fn start_child_driver(
     spec: &str,
 ) -> Result<(ChildDriver, ChannelDriver), RunError> {
     let control = config.runtime_dir.join(DRIVER_CONTROL);
+    server::runtime_dir(&config.runtime_dir)?;
     if let Some(dir) = control.parent() {
         server::private_dir(dir)?;
     }
@@ -146,6 +160,24 @@ pub fn start_child_driver(
 }
 
 pub use netmux_proto::signals::Signals;
+
+/// An error and its causes on one line, `what: why: why`, each cause said once: a cause whose
+/// text an outer message already contains (an error that prints its source and also returns
+/// it from `source()`) is left out rather than repeated. What `netd` and `netmux` print when
+/// they fail.
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
 
 #[cfg(test)]
 mod tests {
@@ -178,6 +210,24 @@ mod tests {
         assert_eq!(config.addrs.gateway, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(config.policy.privileged_uids.contains(&7));
         assert!(config.host_stack);
+    }
+
+    #[test]
+    fn an_ip_that_cannot_be_a_host_address_is_refused_naming_it() {
+        for bad in [
+            "0.0.0.0/0",
+            "255.255.255.255/32",
+            "192.0.2.255/24",
+            "192.0.2.0/24",
+            "224.0.0.1/24",
+            "127.0.0.1/8",
+        ] {
+            let e = match Cli::try_parse_from(["x", "--ip", bad]) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{bad} was accepted"),
+            };
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

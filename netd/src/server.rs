@@ -23,6 +23,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,8 @@ use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::core::{Credentials, SessionId};
+use crate::core::policy::SMALL_MESSAGE;
+use crate::core::{Credentials, Limit, LimitReached, SessionId};
 use crate::driver_link::DriverLink;
 use crate::driver_worker::{DriverWorker, WorkerConfig};
 use crate::host;
@@ -61,6 +63,14 @@ pub enum ServeError {
         /// What the system said.
         source: io::Error,
     },
+    /// A directory netd keeps a socket in could be changed by another user ([`check_dir`]).
+    #[error("refusing {dir}: {why}")]
+    UnsafeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it and how to fix it.
+        why: String,
+    },
     /// Another netd answers on the socket.
     #[error("another netd is listening on {0}")]
     AlreadyRunning(PathBuf),
@@ -72,16 +82,15 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
 }
 
 /// Creates the runtime directory (readable by all: clients of any uid connect, and the policy
-/// decides what they may do) and clears a stale socket. Fails if a live netd answers there.
-/// Returns the directory if this call created it (netd removes it again at shutdown, once
-/// empty).
+/// decides what they may do) and clears a stale socket. Fails if a live netd answers there, or
+/// if the directory is not safe ([`check_dir`]). Returns the directory if this call created it
+/// (netd removes it again at shutdown, once empty).
 pub fn prepare_socket(path: &Path) -> Result<Option<PathBuf>, ServeError> {
     let mut created = None;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
+        if runtime_dir(dir)? {
             created = Some(dir.to_owned());
         }
-        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -93,15 +102,93 @@ pub fn prepare_socket(path: &Path) -> Result<Option<PathBuf>, ServeError> {
     Ok(created)
 }
 
-/// Creates a directory only its owner may enter (for the driver's control socket).
+/// Creates the runtime directory (mode 0755) if it is missing and checks it ([`check_dir`]);
+/// returns whether this call created it.
+pub fn runtime_dir(dir: &Path) -> Result<bool, ServeError> {
+    make_dir(dir, 0o755)
+}
+
+/// Creates a directory only its owner may enter (for the driver's control socket), after
+/// [`check_dir`] if it was there already.
 pub fn private_dir(dir: &Path) -> Result<(), ServeError> {
-    std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    make_dir(dir, 0o700)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io_err(format!("restricting {}", dir.display())))
 }
 
+/// Creates `dir` (and its parents) with `mode` if it is missing, then checks it
+/// ([`check_dir`]) whether it was made here or found: another user may have made it first.
+/// Returns whether this call created it.
+fn make_dir(dir: &Path, mode: u32) -> Result<bool, ServeError> {
+    let missing = std::fs::symlink_metadata(dir).is_err();
+    if missing {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    }
+    let mine = check_dir(dir);
+    if missing && mine.is_ok() {
+        // The umask may have left it writable by the group.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .map_err(io_err(format!("setting the mode of {}", dir.display())))?;
+    }
+    mine.map(|()| missing)
+}
+
+/// Checks that a directory netd keeps a socket in is netd's alone to change: a directory
+/// (not a symbolic link), owned by netd's own uid, and writable by neither its group nor
+/// others. Anyone else who could write there could put a socket of their own in netd's
+/// place (clients would talk to them) or in the driver's (netd would hand clients their
+/// rings).
+pub fn check_dir(dir: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(dir).map_err(io_err(format!("examining {}", dir.display())))?;
+    let unsafe_dir = |why: String| ServeError::UnsafeDir {
+        dir: dir.to_owned(),
+        why,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir(format!(
+            "it is a symbolic link; give the directory it points to ({}) instead",
+            std::fs::read_link(dir).map_or_else(|_| "?".into(), |t| t.display().to_string())
+        )));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "it belongs to uid {}, not to netd's uid {me}, and its owner could replace the \
+             sockets in it; remove it (netd makes it again) or give --runtime-dir a directory of \
+             uid {me}'s own",
+            meta.uid()
+        )));
+    }
+    let writable = match (meta.mode() & 0o020 != 0, meta.mode() & 0o002 != 0) {
+        (true, true) => Some("its group and all other users"),
+        (true, false) => Some("its group"),
+        (false, true) => Some("all other users"),
+        (false, false) => None,
+    };
+    if let Some(who) = writable {
+        return Err(unsafe_dir(format!(
+            "{who} may write in it (mode {:04o}) and could replace the sockets in it; run \
+             `chmod go-w {}`",
+            meta.mode() & 0o7777,
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 struct Shell {
     reply_timeout: Duration,
+    /// How long a message may take from its first byte to its last.
+    message_timeout: Duration,
+    /// [`crate::core::Limits::buffered_bytes_per_uid`].
+    buffered_per_uid: u64,
+    /// Bytes of messages not yet whole, per uid, over every connection.
+    buffered: Mutex<HashMap<u32, u64>>,
     state: SharedNetd,
     driver: DriverWorker,
     kills: Mutex<HashMap<SessionId, oneshot::Sender<()>>>,
@@ -113,6 +200,45 @@ struct Shell {
 impl Shell {
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Whether `uid` may have netd buffer a message of `len` bytes: one of up to
+    /// [`SMALL_MESSAGE`] always; a longer one if the uid's messages not yet whole stay within
+    /// [`crate::core::Limits::buffered_bytes_per_uid`]. What it takes is recorded in `held`
+    /// (the connection's share) until [`Shell::unbuffer`].
+    fn admit(&self, uid: u32, len: usize, held: &AtomicU64) -> Result<(), String> {
+        if len <= SMALL_MESSAGE {
+            return Ok(());
+        }
+        let len = len as u64;
+        let mut buffered = self.buffered.lock().unwrap_or_else(|e| e.into_inner());
+        let used = buffered.entry(uid).or_default();
+        if used.saturating_add(len) > self.buffered_per_uid {
+            return Err(LimitReached {
+                limit: Limit::BufferedBytesPerUid,
+                value: self.buffered_per_uid,
+            }
+            .to_string());
+        }
+        *used += len;
+        held.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Gives a connection's share of its uid's buffered bytes back (its message is whole, or
+    /// the connection ended).
+    fn unbuffer(&self, uid: u32, held: &AtomicU64) {
+        let n = held.swap(0, Ordering::Relaxed);
+        if n == 0 {
+            return;
+        }
+        let mut buffered = self.buffered.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(used) = buffered.get_mut(&uid) {
+            *used = used.saturating_sub(n);
+            if *used == 0 {
+                buffered.remove(&uid);
+            }
+        }
     }
 
     /// Ends sessions (their tasks see the kill, close the connection and run the session's
@@ -211,6 +337,9 @@ impl Server {
                 sessions_ended: std::sync::atomic::AtomicBool::new(false),
                 start: Instant::now(),
                 reply_timeout: config.reply_timeout,
+                message_timeout: config.message_timeout,
+                buffered_per_uid: config.policy.limits.buffered_bytes_per_uid,
+                buffered: Mutex::new(HashMap::new()),
             }),
             socket,
             created_dir,
@@ -326,7 +455,13 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
         Err(e) => {
             // The refusal is the reply to the client's first message (its hello): read that
             // first, so a client that sends before it reads gets the reason, not a broken pipe.
-            let _ = tokio::time::timeout(shell.reply_timeout, chan.recv_raw()).await;
+            // A hello is short; nothing longer is buffered for a client that is refused.
+            let small = |len: usize| {
+                (len <= SMALL_MESSAGE)
+                    .then_some(())
+                    .ok_or_else(|| "longer than a hello".to_owned())
+            };
+            let _ = tokio::time::timeout(shell.reply_timeout, chan.recv_raw_admitting(small)).await;
             let _ = chan
                 .send(&ClientReply::Error(e), &[], shell.reply_timeout)
                 .await;
@@ -340,7 +475,9 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(id, kill_tx);
-    serve_client(&shell, &mut chan, id, &mut kill).await;
+    let held = AtomicU64::new(0);
+    serve_client(&shell, &mut chan, id, creds.uid, &held, &mut kill).await;
+    shell.unbuffer(creds.uid, &held);
     shell
         .kills
         .lock()
@@ -351,17 +488,43 @@ async fn client_task(shell: Arc<Shell>, stream: tokio::net::UnixStream) {
     tracing::debug!(%id, "session ended");
 }
 
+/// Serves one session's requests until it ends. A message has [`Config::message_timeout`]
+/// from its first byte to its last, and one longer than [`SMALL_MESSAGE`] is taken only
+/// within its uid's budget ([`Shell::admit`]); otherwise the session ends, so a client that
+/// starts messages and never finishes them holds neither memory nor a task for long.
 async fn serve_client(
     shell: &Shell,
     chan: &mut AsyncChannel,
     id: SessionId,
+    uid: u32,
+    held: &AtomicU64,
     kill: &mut oneshot::Receiver<()>,
 ) {
     loop {
-        let message = tokio::select! {
-            _ = &mut *kill => return,
-            m = chan.recv_raw() => m,
+        let message = loop {
+            // Between messages this only wakes the task now and then to look again.
+            let wake =
+                chan.channel().partial_since().unwrap_or_else(Instant::now) + shell.message_timeout;
+            tokio::select! {
+                _ = &mut *kill => return,
+                m = chan.recv_raw_admitting(|len| shell.admit(uid, len, held)) => break m,
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let stalled = chan
+                        .channel()
+                        .partial_since()
+                        .is_some_and(|t| t.elapsed() >= shell.message_timeout);
+                    if stalled {
+                        tracing::info!(
+                            %id,
+                            "ending session: a message begun {:.1} s ago is still not whole",
+                            shell.message_timeout.as_secs_f64()
+                        );
+                        return;
+                    }
+                }
+            }
         };
+        shell.unbuffer(uid, held);
         let response = match message {
             Ok((_, fds)) if !fds.is_empty() => {
                 drop(fds);
@@ -382,6 +545,16 @@ async fn serve_client(
                 lock(&shell.state).malformed(&e.to_string())
             }
             Err(ChannelError::Closed) => return,
+            Err(e @ ChannelError::NotAdmitted { .. }) => {
+                // Mid-message, the session cannot go on; the client is told why.
+                tracing::info!(%id, "ending session: {e}");
+                let refusal = ClientReply::Error(netmux_proto::ErrorReply {
+                    code: netmux_proto::ErrorCode::Limit,
+                    message: e.to_string(),
+                });
+                let _ = chan.send(&refusal, &[], shell.reply_timeout).await;
+                return;
+            }
             Err(e) => {
                 tracing::info!(%id, "ending session: {e}");
                 return;

@@ -57,6 +57,9 @@ pub enum StartError {
     /// The driver refused to set up netd's own host queue.
     #[error("setting up the host queue: {0}")]
     Driver(#[from] DriverError),
+    /// The host's address cannot be a host's address.
+    #[error(transparent)]
+    HostAddress(#[from] crate::config::ConfigError),
     /// The configuration file's instances cannot be restored.
     #[error("instances in {file}: {why}")]
     Instances {
@@ -135,6 +138,10 @@ pub struct Then(Pending);
 struct NewQueue {
     id: QueueId,
     arp: Option<FilterId>,
+    /// Its geometry.
+    rings: QueueConfig,
+    /// The ring memory reserved for it.
+    reserved: u64,
 }
 
 #[derive(Debug)]
@@ -159,7 +166,14 @@ enum Pending {
     QueueRollback {
         session: SessionId,
         error: ErrorReply,
-        release_ring: bool,
+        /// Ring memory to give back once the queue is gone.
+        release: u64,
+    },
+    /// `open_queue` on a queue made small at a bind: its rings of the configured size.
+    GrowQueue {
+        session: SessionId,
+        /// The ring memory reserved for the growth.
+        grow: u64,
     },
     /// `open_queue`: the session's queue, created for the hand-out.
     OpenQueue { session: SessionId, queue: NewQueue },
@@ -218,6 +232,8 @@ struct SessionQueue {
     /// The client's descriptors, until `open_queue` hands them out.
     handout: Option<CreatedQueue>,
     ring_bytes: u64,
+    /// Its geometry: the smallest until the client opens it, then the configured one.
+    rings: QueueConfig,
     /// The queue's own filters (ARP tx).
     filters: Vec<FilterId>,
 }
@@ -264,14 +280,29 @@ pub struct Netd {
     instances_file: Option<PathBuf>,
     next_instance: u32,
     host_stack: bool,
+    /// The geometry of a client's queue once the client opens it.
     rings: QueueConfig,
+    /// Its ring memory.
     ring_bytes: u64,
+    /// The geometry of a queue made before its client opens it (for a port's or a filter's
+    /// sake): room for one frame of the largest size each way, so its ring memory is made
+    /// when the client asks for the queue.
+    small_rings: QueueConfig,
+    /// Its ring memory.
+    small_ring_bytes: u64,
     sessions: HashMap<SessionId, SessionExtra>,
     next_queue: u32,
     next_filter: u64,
     host_queue: Option<CreatedQueue>,
     /// Why the driver is gone, once netd noticed.
     driver_gone: Option<String>,
+    /// Every setting of the configuration and its value, shown with each instance.
+    settings: Vec<(String, String)>,
+    /// The settings sections of the configuration file, written back as they were read.
+    file_settings: (
+        Option<crate::config::LimitSettings>,
+        Option<crate::config::TimeoutSettings>,
+    ),
 }
 
 impl std::fmt::Debug for Netd {
@@ -330,7 +361,7 @@ fn core_error(e: CoreError) -> ErrorReply {
 fn driver_error(e: DriverError) -> ErrorReply {
     match e {
         DriverError::Refused(r) => error(ErrorCode::Driver, r.message),
-        DriverError::Gone(m) => error(ErrorCode::Driver, format!("driver unavailable: {m}")),
+        DriverError::Gone(m) => error(ErrorCode::Driver, format!("netd's driver is gone ({m})")),
     }
 }
 
@@ -373,6 +404,11 @@ impl Netd {
     /// failure) and hand the outcomes to [`Netd::started`] before serving anyone.
     pub fn new(config: &Config, link: LinkInfo) -> Result<(Netd, Vec<DriverCommand>), StartError> {
         let ring_bytes = netmux_ring::layout_of(&config.rings)?.total_len;
+        let small_rings = smallest_rings(config.rings);
+        let small_ring_bytes = netmux_ring::layout_of(&small_rings)?.total_len;
+        if let Some((a, p)) = config.addrs.ipv4 {
+            crate::config::check_host_address(a, p)?;
+        }
         let host = HostIdentity {
             mac: link.mac,
             ipv4: config.addrs.ipv4.map(|(a, _)| a),
@@ -429,11 +465,15 @@ impl Netd {
             host_stack: config.host_stack,
             rings: config.rings,
             ring_bytes,
+            small_rings,
+            small_ring_bytes,
             sessions: HashMap::new(),
             next_queue: HOST_QUEUE.0 + 1,
             next_filter: 1,
             host_queue: None,
             driver_gone: None,
+            settings: config.settings(),
+            file_settings: (None, None),
         };
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
@@ -443,7 +483,9 @@ impl Netd {
                 file: file.clone(),
                 why,
             };
-            for entry in InstancesFile::load(file).map_err(bad)?.instances {
+            let loaded = InstancesFile::load(file).map_err(bad)?;
+            netd.file_settings = (loaded.limits.clone(), loaded.timeouts.clone());
+            for entry in loaded.instances {
                 let spec = entry
                     .spec()
                     .map_err(|e| bad(format!("{}: {e}", entry.name)))?;
@@ -579,7 +621,13 @@ impl Netd {
             .filter(|i| i.id != DEFAULT_INSTANCE && !i.spec.temporary && i.ready && !i.condemned)
             .map(|i| InstanceEntry::of(&i.spec))
             .collect();
-        if let Err(e) = (InstancesFile { instances }).save(file) {
+        let (limits, timeouts) = self.file_settings.clone();
+        let kept = InstancesFile {
+            limits,
+            timeouts,
+            instances,
+        };
+        if let Err(e) = kept.save(file) {
             tracing::error!("keeping the instances: {e}");
         }
     }
@@ -712,7 +760,10 @@ impl Netd {
         if let Some(why) = &self.driver_gone {
             return Err(error(
                 ErrorCode::Driver,
-                format!("netd cannot serve: the driver is gone ({why})"),
+                format!(
+                    "netd's driver is gone ({why}); netd takes no clients until it is \
+                     restarted with a driver"
+                ),
             ));
         }
         let id = self
@@ -945,7 +996,11 @@ impl Netd {
                     .iter()
                     .find(|(d, _)| *d == i.id)
                     .map(|(_, c)| c.clone()),
-                properties: i.properties(),
+                properties: i
+                    .properties()
+                    .into_iter()
+                    .chain(self.settings.iter().cloned())
+                    .collect(),
             })
             .collect();
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1027,7 +1082,7 @@ impl Netd {
         match &self.driver_gone {
             Some(why) => Err(error(
                 ErrorCode::Driver,
-                format!("driver unavailable: the driver is gone ({why})"),
+                format!("netd's driver is gone ({why})"),
             )),
             None => Ok(()),
         }
@@ -1040,17 +1095,23 @@ impl Netd {
     }
 
     /// The session's queue, or the commands that create it (with its ARP transmit filter)
-    /// after reserving its ring memory.
+    /// after reserving its ring memory: of the configured geometry when the client asks for
+    /// the queue itself (`full`), else the smallest ([`Netd::open_queue`] grows it).
     fn queue_or_create(
         &mut self,
         id: SessionId,
         commands: &mut Vec<DriverCommand>,
+        full: bool,
     ) -> Result<(QueueId, Option<NewQueue>), ErrorReply> {
         if let Some(q) = &self.extra(id)?.queue {
             return Ok((q.id, None));
         }
         self.refuse_without_driver()?;
-        let ring_bytes = self.ring_bytes;
+        let (rings, ring_bytes) = if full {
+            (self.rings, self.ring_bytes)
+        } else {
+            (self.small_rings, self.small_ring_bytes)
+        };
         self.core_mut(id)?
             .reserve_ring(id, ring_bytes)
             .map_err(core_error)?;
@@ -1060,7 +1121,7 @@ impl Netd {
         self.next_queue = self.next_queue.wrapping_add(1).max(HOST_QUEUE.0 + 1);
         commands.push(DriverCommand::CreateQueue {
             queue,
-            config: self.rings,
+            config: rings,
             instance,
         });
         let mut arp = None;
@@ -1072,12 +1133,20 @@ impl Netd {
                     arp = Some(filter);
                 }
                 Err(e) => {
-                    self.release_ring(id);
+                    self.release_ring(id, ring_bytes);
                     return Err(error(ErrorCode::Internal, e));
                 }
             }
         }
-        Ok((queue, Some(NewQueue { id: queue, arp })))
+        Ok((
+            queue,
+            Some(NewQueue {
+                id: queue,
+                arp,
+                rings,
+                reserved: ring_bytes,
+            }),
+        ))
     }
 
     /// Takes in the outcomes of a queue's creation (the first one or two of `outcomes`).
@@ -1092,11 +1161,11 @@ impl Netd {
         let created = match outcomes.next() {
             Some(DriverOutcome::Queue(q)) => q,
             Some(DriverOutcome::Failed(e)) => {
-                self.release_ring(id);
+                self.release_ring(id, queue.reserved);
                 return Err((driver_error(e), None));
             }
             _ => {
-                self.release_ring(id);
+                self.release_ring(id, queue.reserved);
                 return Err((error(ErrorCode::Internal, "no queue came back"), None));
             }
         };
@@ -1124,6 +1193,7 @@ impl Netd {
                     id: queue.id,
                     handout: Some(created),
                     ring_bytes,
+                    rings: queue.rings,
                     filters,
                 });
                 Ok(())
@@ -1159,7 +1229,7 @@ impl Netd {
         let host = self.inst(id)?.host;
         let mut commands = Vec::new();
         let planned = (|| {
-            let (queue_id, queue) = self.queue_or_create(id, &mut commands)?;
+            let (queue_id, queue) = self.queue_or_create(id, &mut commands, false)?;
             let port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
             let mut ids = Vec::new();
@@ -1209,21 +1279,49 @@ impl Netd {
 
     /// Gives back the ring memory of a queue whose creation was planned but not sent.
     fn unplan_queue(&mut self, id: SessionId, commands: &[DriverCommand]) {
-        if commands
-            .iter()
-            .any(|c| matches!(c, DriverCommand::CreateQueue { .. }))
-        {
-            self.release_ring(id);
+        for c in commands {
+            if let DriverCommand::CreateQueue { config, .. } = c {
+                let bytes = netmux_ring::layout_of(config).map_or(0, |l| l.total_len);
+                self.release_ring(id, bytes);
+            }
         }
     }
 
+    /// The session's queue for the client: made now with the configured geometry, or, when a
+    /// bind or a filter made it small, given rings of that geometry first (its ring memory is
+    /// made and counted from here on).
     fn open_queue(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
-        let mut commands = Vec::new();
-        match self.queue_or_create(id, &mut commands)? {
-            (_, None) => Ok(Step::Reply(self.hand_out_queue(id))),
-            (_, Some(queue)) => {
-                Ok(self.work(commands, true, Pending::OpenQueue { session: id, queue }))
+        let rings = self.rings;
+        let existing = self.extra(id)?.queue.as_ref().map(|q| {
+            let small = q.handout.is_some() && q.rings != rings;
+            (q.id, small, q.ring_bytes)
+        });
+        match existing {
+            Some((queue, true, small_bytes)) => {
+                self.refuse_without_driver()?;
+                let grow = self.ring_bytes.saturating_sub(small_bytes);
+                self.core_mut(id)?
+                    .reserve_ring(id, grow)
+                    .map_err(core_error)?;
+                Ok(self.work(
+                    vec![DriverCommand::ResizeQueue {
+                        queue,
+                        config: self.rings,
+                    }],
+                    true,
+                    Pending::GrowQueue { session: id, grow },
+                ))
+            }
+            Some((_, false, _)) => Ok(Step::Reply(self.hand_out_queue(id))),
+            None => {
+                let mut commands = Vec::new();
+                match self.queue_or_create(id, &mut commands, true)? {
+                    (_, None) => Ok(Step::Reply(self.hand_out_queue(id))),
+                    (_, Some(queue)) => {
+                        Ok(self.work(commands, true, Pending::OpenQueue { session: id, queue }))
+                    }
+                }
             }
         }
     }
@@ -1306,7 +1404,7 @@ impl Netd {
             let program = filters::compile(&expr)
                 .map_err(|e| error(ErrorCode::BadFilter, e.to_string()))?
                 .to_bytes();
-            let (queue_id, queue) = self.queue_or_create(id, &mut commands)?;
+            let (queue_id, queue) = self.queue_or_create(id, &mut commands, false)?;
             let driver_filter = self.filter_id();
             commands.push(DriverCommand::InstallFilter(FilterSpec {
                 queue: queue_id,
@@ -1397,11 +1495,11 @@ impl Netd {
         ))
     }
 
+    /// The listing, with the driver's counters; when the driver is gone, an error that says
+    /// so (every session is ending then, so a listing would only mislead).
     fn list_sessions(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
-        if self.driver_gone.is_some() {
-            return self.session_list(id, None).map(Step::Reply);
-        }
+        self.refuse_without_driver()?;
         Ok(self.work(
             vec![DriverCommand::Stats],
             true,
@@ -1425,7 +1523,6 @@ impl Netd {
             .and_then(|c| c.session(id))
             .map(|s| s.creds.uid)
             .ok_or_else(|| core_error(CoreError::NoSession))?;
-        let rings = self.rings;
         let visible = self
             .instances
             .values()
@@ -1455,7 +1552,7 @@ impl Netd {
                         .collect(),
                     queue: queue.map(|q| client::QueueInfo {
                         id: q.id.0,
-                        rings,
+                        rings: q.rings,
                         ring_bytes: q.ring_bytes,
                         attached: q.handout.is_none(),
                     }),
@@ -1545,8 +1642,7 @@ impl Netd {
     }
 
     /// Gives back the ring memory reserved for a session's queue.
-    fn release_ring(&mut self, id: SessionId) {
-        let bytes = self.ring_bytes;
+    fn release_ring(&mut self, id: SessionId, bytes: u64) {
         if let Ok(c) = self.core_mut(id) {
             let _ = c.release_ring(id, bytes);
         }
@@ -1575,7 +1671,7 @@ impl Netd {
                         let _ = self
                             .core_mut(session)
                             .map(|c| c.port_install_failed(session, transport, port));
-                        return self.undo_queue(session, e, undo);
+                        return self.undo_queue(session, e, undo, q.reserved);
                     }
                 }
                 let results: Vec<DriverOutcome> = it.collect();
@@ -1643,18 +1739,46 @@ impl Netd {
             Pending::QueueRollback {
                 session,
                 error,
-                release_ring,
+                release,
             } => {
-                if release_ring && outcomes.iter().all(DriverOutcome::is_ok) {
-                    self.release_ring(session);
+                if release > 0 && outcomes.iter().all(DriverOutcome::is_ok) {
+                    self.release_ring(session, release);
                 }
                 self.session_done(session);
                 Step::Reply(Response::error(error))
             }
+            Pending::GrowQueue { session, grow } => {
+                self.session_done(session);
+                match outcomes.pop() {
+                    Some(DriverOutcome::Queue(created)) => {
+                        let rings = self.rings;
+                        let grown = self.sessions.get_mut(&session).and_then(|e| {
+                            let q = e.queue.as_mut()?;
+                            // The small rings' descriptors go: the driver closed those rings.
+                            q.handout = Some(created);
+                            q.ring_bytes = q.ring_bytes.saturating_add(grow);
+                            q.rings = rings;
+                            Some(())
+                        });
+                        match grown {
+                            Some(()) => Step::Reply(self.hand_out_queue(session)),
+                            None => Step::Reply(Response::error(core_error(CoreError::NoSession))),
+                        }
+                    }
+                    other => {
+                        self.release_ring(session, grow);
+                        let e = match other {
+                            Some(DriverOutcome::Failed(e)) => driver_error(e),
+                            _ => error(ErrorCode::Internal, "the queue's rings were not made"),
+                        };
+                        Step::Reply(Response::error(e))
+                    }
+                }
+            }
             Pending::OpenQueue { session, queue } => {
                 let mut it = outcomes.into_iter();
                 if let Err((e, undo)) = self.queue_created(session, queue, &mut it) {
-                    return self.undo_queue(session, e, undo);
+                    return self.undo_queue(session, e, undo, queue.reserved);
                 }
                 self.session_done(session);
                 Step::Reply(self.hand_out_queue(session))
@@ -1671,7 +1795,7 @@ impl Netd {
                         let _ = self
                             .core_mut(session)
                             .map(|c| c.close_filter(session, filter));
-                        return self.undo_queue(session, e, undo);
+                        return self.undo_queue(session, e, undo, q.reserved);
                     }
                 }
                 self.session_done(session);
@@ -1750,6 +1874,11 @@ impl Netd {
                 self.session_done(session);
                 let stats = match outcomes.pop() {
                     Some(DriverOutcome::Stats(stats)) => Some(stats),
+                    // The driver stopped answering: say so rather than list as if all were
+                    // well (every session is about to end).
+                    Some(DriverOutcome::Failed(e @ DriverError::Gone(_))) => {
+                        return Step::Reply(Response::error(driver_error(e)))
+                    }
                     Some(DriverOutcome::Failed(e)) => {
                         tracing::warn!("listing sessions without counters: {e}");
                         None
@@ -1793,7 +1922,7 @@ impl Netd {
                         Pending::QueueRollback {
                             session,
                             error: e,
-                            release_ring: false,
+                            release: 0,
                         },
                     );
                 }
@@ -1873,6 +2002,7 @@ impl Netd {
         session: SessionId,
         e: ErrorReply,
         undo: Option<Vec<DriverCommand>>,
+        reserved: u64,
     ) -> Step {
         match undo {
             Some(commands) => self.work(
@@ -1881,7 +2011,7 @@ impl Netd {
                 Pending::QueueRollback {
                     session,
                     error: e,
-                    release_ring: true,
+                    release: reserved,
                 },
             ),
             None => {
@@ -1891,16 +2021,37 @@ impl Netd {
         }
     }
 
-    /// Notes a driver that is gone, from any outcome that says so.
+    /// Notes a driver that is gone, from any outcome that says so (the shell logs it once,
+    /// when it ends every session).
     fn note_gone(&mut self, outcomes: &[DriverOutcome]) {
         for o in outcomes {
             if let DriverOutcome::Failed(DriverError::Gone(why)) = o {
-                if self.driver_gone_because(why.clone()) {
-                    tracing::error!("the driver is gone ({why}); refusing new clients");
-                }
+                self.driver_gone_because(why.clone());
                 return;
             }
         }
+    }
+}
+
+/// The smallest rings of `config`'s slot size: room for one frame of the largest size each way
+/// and one completion. What a queue has before its client opens it.
+fn smallest_rings(config: QueueConfig) -> QueueConfig {
+    let mut slots = 1;
+    loop {
+        let small = QueueConfig {
+            slot_size: config.slot_size,
+            rx_slots: slots,
+            tx_slots: slots,
+            completion_slots: 1,
+        };
+        if netmux_ring::layout_of(&small).is_ok() {
+            return small;
+        }
+        if slots >= config.rx_slots.min(config.tx_slots) {
+            // No smaller geometry fits (or the configured one does not): keep it.
+            return config;
+        }
+        slots *= 2;
     }
 }
 

@@ -63,6 +63,9 @@ impl DriverLink for Wedged {
     fn destroy_queue(&mut self, _: QueueId) -> Result<(), DriverError> {
         self.stall()
     }
+    fn resize_queue(&mut self, _: QueueId, _: QueueConfig) -> Result<CreatedQueue, DriverError> {
+        self.stall()
+    }
     fn install_filter(&mut self, _: &FilterSpec) -> Result<(), DriverError> {
         self.stall()
     }

@@ -56,9 +56,18 @@ impl AsyncChannel {
 
     /// Receives one whole message.
     pub async fn recv_raw(&mut self) -> Result<RawMessage, ChannelError> {
+        self.recv_raw_admitting(|_| Ok(())).await
+    }
+
+    /// Receives one whole message, asking `admit` about its announced length before making
+    /// room for its body (see [`Channel::try_recv_raw_admitting`]).
+    pub async fn recv_raw_admitting(
+        &mut self,
+        mut admit: impl FnMut(usize) -> Result<(), String>,
+    ) -> Result<RawMessage, ChannelError> {
         loop {
             let mut guard = self.fd.readable_mut().await?;
-            match guard.get_inner_mut().0.try_recv_raw()? {
+            match guard.get_inner_mut().0.try_recv_raw_admitting(&mut admit)? {
                 Some(m) => return Ok(m),
                 None => guard.clear_ready(),
             }
@@ -84,12 +93,7 @@ impl AsyncChannel {
         match tokio::time::timeout(timeout, writable).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(ChannelError::Io(e)),
-            Err(_) => {
-                return Err(ChannelError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the peer does not read",
-                )))
-            }
+            Err(_) => return Err(ChannelError::TimedOut(timeout)),
         }
         // A Unix stream socket polls writable while at most a quarter of its send buffer is
         // in use, so a control message (a few hundred bytes) goes out without spinning.

@@ -48,6 +48,18 @@ pub enum ChannelError {
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
+    /// The peer did not complete a message (or take one) in the time allowed.
+    #[error("no answer within {:.1} s", .0.as_secs_f64())]
+    TimedOut(std::time::Duration),
+    /// The receiver would not take a message this long (its budget for buffered bytes is
+    /// spent); the connection is out of step and must end.
+    #[error("a message of {len} bytes was refused: {why}")]
+    NotAdmitted {
+        /// The length the message's header announced.
+        len: usize,
+        /// Why the receiver refused it.
+        why: String,
+    },
 }
 
 /// Credentials of the peer as the kernel reports them (`SO_PEERCRED`).
@@ -84,6 +96,8 @@ pub struct Channel {
     header: Option<Header>,
     fds: Vec<OwnedFd>,
     extra_fds: bool,
+    /// When the first byte of the partial message arrived.
+    partial_since: Option<std::time::Instant>,
 }
 
 impl Channel {
@@ -96,7 +110,19 @@ impl Channel {
             header: None,
             fds: Vec::new(),
             extra_fds: false,
+            partial_since: None,
         }
+    }
+
+    /// When the first byte of a message not yet whole arrived; `None` between messages. A
+    /// server uses it to end a peer that starts a message and never finishes it.
+    pub fn partial_since(&self) -> Option<std::time::Instant> {
+        self.partial_since
+    }
+
+    /// The body length the partial message's header announced, once the header is in.
+    pub fn announced_len(&self) -> Option<usize> {
+        self.header.map(|h| h.body_len)
     }
 
     /// The socket.
@@ -110,18 +136,39 @@ impl Channel {
     }
 
     /// Sends a message and descriptors. Blocks until it is all written (on a non-blocking
-    /// socket, spins on `WouldBlock`; control messages are small).
+    /// socket, waits for room).
     pub fn send<T: Serialize>(
         &mut self,
         message: &T,
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ChannelError> {
+        self.send_within(message, fds, None)
+    }
+
+    /// [`Channel::send`], failing with [`ChannelError::TimedOut`] when the peer has not taken
+    /// the whole message within `timeout` (a peer that stopped reading).
+    pub fn send_within<T: Serialize>(
+        &mut self,
+        message: &T,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(), ChannelError> {
         let bytes = frame::encode(message, fds.len())?;
-        self.send_raw(&bytes, fds)
+        self.send_raw_within(&bytes, fds, timeout)
     }
 
     /// Sends pre-encoded bytes (for tests that send malformed messages).
     pub fn send_raw(&mut self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
+        self.send_raw_within(bytes, fds, None)
+    }
+
+    fn send_raw_within(
+        &mut self,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(), ChannelError> {
+        let deadline = timeout.map(|t| (std::time::Instant::now() + t, t));
         let mut sent = 0;
         while sent < bytes.len() {
             let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
@@ -133,32 +180,68 @@ impl Channel {
                 &self.sock,
                 &[IoSlice::new(&bytes[sent..])],
                 &mut control,
-                SendFlags::NOSIGNAL,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
             ) {
                 Ok(n) => sent += n,
                 Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::AGAIN) => std::thread::yield_now(),
+                Err(rustix::io::Errno::AGAIN) => {
+                    self.wait_for(rustix::event::PollFlags::OUT, deadline)?
+                }
                 Err(e) => return Err(io::Error::from(e).into()),
             }
         }
         Ok(())
     }
 
+    /// Waits until the socket is ready for `flags`, or fails with
+    /// [`ChannelError::TimedOut`] once `deadline` (the instant, and the timeout it came from)
+    /// has passed.
+    fn wait_for(
+        &self,
+        flags: rustix::event::PollFlags,
+        deadline: Option<(std::time::Instant, std::time::Duration)>,
+    ) -> Result<(), ChannelError> {
+        let left = match deadline {
+            None => None,
+            Some((at, timeout)) => {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(ChannelError::TimedOut(timeout));
+                }
+                Some(rustix::event::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                })
+            }
+        };
+        match rustix::event::poll(
+            &mut [rustix::event::PollFd::new(&self.sock, flags)],
+            left.as_ref(),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(io::Error::from(e).into()),
+        }
+    }
+
     /// Receives one message, blocking (on a blocking socket) until it is complete.
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+        self.recv_within(None)
+    }
+
+    /// [`Channel::recv`], failing with [`ChannelError::TimedOut`] when no whole message has
+    /// arrived within `timeout`. A message that was cut short by the deadline stays partial
+    /// in the channel; a caller that gives up on the peer drops the channel.
+    pub fn recv_within<T: DeserializeOwned>(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+        let deadline = timeout.map(|t| (std::time::Instant::now() + t, t));
         loop {
             if let Some(m) = self.try_recv()? {
                 return Ok(m);
             }
-            // A non-blocking socket with nothing to read: wait for it.
-            rustix::event::poll(
-                &mut [rustix::event::PollFd::new(
-                    &self.sock,
-                    rustix::event::PollFlags::IN,
-                )],
-                None,
-            )
-            .map_err(io::Error::from)?;
+            // Nothing more to read for now: wait for it.
+            self.wait_for(rustix::event::PollFlags::IN, deadline)?;
         }
     }
 
@@ -175,12 +258,27 @@ impl Channel {
 
     /// As [`Channel::try_recv`], without decoding the body.
     pub fn try_recv_raw(&mut self) -> Result<Option<RawMessage>, ChannelError> {
+        self.try_recv_raw_admitting(&mut |_| Ok(()))
+    }
+
+    /// As [`Channel::try_recv_raw`], asking `admit` about each message's announced body length
+    /// once its header is in, before any room is made for the body: an `Err(why)` refuses the
+    /// message with [`ChannelError::NotAdmitted`] (a server that bounds what one user can
+    /// make it buffer).
+    pub fn try_recv_raw_admitting(
+        &mut self,
+        admit: &mut dyn FnMut(usize) -> Result<(), String>,
+    ) -> Result<Option<RawMessage>, ChannelError> {
         loop {
             let want = self.buf.len();
             if self.have == want {
                 match self.header {
                     None => {
                         let header = Header::parse(self.buf[..HEADER_LEN].try_into().expect("8"))?;
+                        admit(header.body_len).map_err(|why| ChannelError::NotAdmitted {
+                            len: header.body_len,
+                            why,
+                        })?;
                         self.header = Some(header);
                         self.buf = vec![0; header.body_len];
                         self.have = 0;
@@ -190,6 +288,7 @@ impl Channel {
                         let body = std::mem::replace(&mut self.buf, vec![0; HEADER_LEN]);
                         self.have = 0;
                         self.header = None;
+                        self.partial_since = None;
                         let fds = std::mem::take(&mut self.fds);
                         if std::mem::take(&mut self.extra_fds) || fds.len() > header.fds {
                             return Err(ChannelError::ExtraFds);
@@ -210,7 +309,9 @@ impl Channel {
                 &self.sock,
                 &mut [IoSliceMut::new(&mut self.buf[self.have..want])],
                 &mut control,
-                RecvFlags::CMSG_CLOEXEC,
+                // Never blocks, whether the socket does or not: waiting is the callers' (with
+                // their deadline, or tokio's readiness).
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
             );
             let msg = match result {
                 Ok(m) => m,
@@ -232,6 +333,9 @@ impl Channel {
                 } else {
                     ChannelError::Truncated
                 });
+            }
+            if self.have == 0 && self.header.is_none() {
+                self.partial_since = Some(std::time::Instant::now());
             }
             self.have += msg.bytes;
         }

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use netmux_client::blocking::Client;
 use netmux_client::{InstanceSpec, InstanceView, MacChoice};
-use netmux_netd::config::{parse_ipv4_cidr, parse_mac, parse_port_range};
+use netmux_netd::config::{parse_host_cidr, parse_mac, parse_port_range};
 
 use super::{Refused, Run};
 
@@ -55,10 +55,16 @@ impl Netd {
             .clone()
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
         Client::connect(&dir).map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (is netd running with --runtime-dir {}?)",
-                dir.display()
-            )
+            if let Some(r) = e.refusal() {
+                return Refused(format!("netd refused: {}", r.message)).into();
+            }
+            if e.nobody_listens() {
+                return anyhow::anyhow!(
+                    "{e} (is netd running with --runtime-dir {}?)",
+                    dir.display()
+                );
+            }
+            anyhow::Error::new(e)
         })
     }
 }
@@ -78,8 +84,9 @@ pub struct Create {
     /// Share the link's MAC, told apart by address (for switches that allow one MAC per port).
     #[arg(long)]
     shared_mac: bool,
-    /// Its IPv4 address and prefix length.
-    #[arg(long, value_name = "A.B.C.D/N", value_parser = parse_ipv4_cidr)]
+    /// Its IPv4 address and prefix length: a host address of its network (not the network or
+    /// broadcast address, not multicast, loopback or reserved).
+    #[arg(long, value_name = "A.B.C.D/N", value_parser = parse_host_cidr)]
     ip: (Ipv4Addr, u8),
     /// Its IPv4 default gateway.
     #[arg(long, value_name = "G")]
@@ -251,11 +258,11 @@ impl Get {
             ("ip".into(), ip_text(i.ipv4), "r-"),
             ("temporary".into(), i.temporary.to_string(), "r-"),
         ];
-        props.extend(
-            i.properties
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone(), "rw")),
-        );
+        props.extend(i.properties.iter().map(|(k, v)| {
+            // netd's settings (limits.*, timeouts.*) come from its configuration file.
+            let perm = if k.contains('.') { "r-" } else { "rw" };
+            (k.clone(), v.clone(), perm)
+        }));
         for p in &self.props {
             if !props.iter().any(|(k, _, _)| k == p) {
                 return Err(Refused(format!("unknown property: {p}")).into());

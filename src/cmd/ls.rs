@@ -9,10 +9,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Args;
 use netmux_client::blocking::Client;
-use netmux_client::{FilterMode, SessionInfo, Transport};
+use netmux_client::{ClientError, ConnectOptions, FilterMode, SessionInfo, Transport};
 
 use super::{Refused, Run};
 
@@ -26,8 +28,10 @@ use super::{Refused, Run};
                   sessions.\n\nColumns: QUEUE is the queue id and its ring sizes in slots (rx, \
                   tx, tx-completion) and the slot size; RX and TX are frames (f) and bytes (B) \
                   through the queue; DROPS counts received frames dropped for a full ring and, \
-                  by reason, every other drop and rejected transmission.\n\nExit status: 0 \
-                  listed, 1 netd refused, 2 netd not reachable."
+                  by reason, every other drop and rejected transmission.\n\nExample: netmux ls \
+                  --runtime-dir /run/netmux --timeout 2\n\nExit status: 0 listed, 1 netd \
+                  refused (its reason is printed, e.g. that its driver is gone), 2 netd not \
+                  reachable (nothing listens on its socket, or it did not answer in time)."
 )]
 pub struct Ls {
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
@@ -40,6 +44,17 @@ pub struct Ls {
     /// Only the sessions of this instance.
     #[arg(long, short = 'i', value_name = "NAME")]
     instance: Option<String>,
+    /// Seconds to wait for netd's answer before giving up on it.
+    #[arg(long, value_name = "SECS", default_value_t = netmux_client::DEFAULT_REQUEST_TIMEOUT.as_secs_f64(), value_parser = parse_timeout)]
+    timeout: f64,
+}
+
+/// A positive number of seconds.
+pub fn parse_timeout(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| Duration::try_from_secs_f64(*s).is_ok_and(|d| !d.is_zero()))
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 
 impl Run for Ls {
@@ -47,7 +62,8 @@ impl Run for Ls {
         let dir = self
             .runtime_dir
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
-        let text = listing(&dir, self.json, self.instance.as_deref())?;
+        let timeout = Duration::from_secs_f64(self.timeout);
+        let text = listing(&dir, self.json, self.instance.as_deref(), timeout)?;
         std::io::stdout()
             .write_all(text.as_bytes())
             .context("writing the listing")?;
@@ -56,19 +72,19 @@ impl Run for Ls {
 }
 
 /// Asks netd in `dir` for the sessions this user may see and renders them (without the
-/// asking session itself).
-fn listing(dir: &Path, json: bool, instance: Option<&str>) -> anyhow::Result<String> {
-    // The client's error already names the socket and the system's reason.
-    let mut client = Client::connect(dir).map_err(|e| {
-        anyhow::anyhow!("{e}; is netd running with --runtime-dir {}?", dir.display())
-    })?;
-    let mut list = match client.list_sessions() {
-        Ok(list) => list,
-        Err(e) if e.refusal().is_some() => {
-            return Err(Refused(format!("netd refused to list sessions: {e}")).into())
-        }
-        Err(e) => return Err(e).context("asking netd for its sessions"),
+/// asking session itself), waiting at most `timeout` for each answer.
+fn listing(
+    dir: &Path,
+    json: bool,
+    instance: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    let options = ConnectOptions {
+        instance: None,
+        timeout,
     };
+    let mut client = Client::connect_with(dir, &options).map_err(|e| netd_failed(e, dir))?;
+    let mut list = client.list_sessions().map_err(|e| netd_failed(e, dir))?;
     list.sessions
         .retain(|s| !s.caller && instance.is_none_or(|i| s.instance == i));
     Ok(if json {
@@ -88,6 +104,26 @@ fn listing(dir: &Path, json: bool, instance: Option<&str>) -> anyhow::Result<Str
         }
         text
     })
+}
+
+/// What to tell the user when netd did not list: its refusal as netd put it (exit status 1:
+/// netd answered, e.g. that its driver is gone); "is netd running?" only when nothing listens
+/// on its socket; a netd that did not answer in time, as that (both exit status 2).
+fn netd_failed(e: ClientError, dir: &Path) -> anyhow::Error {
+    if let Some(r) = e.refusal() {
+        return Refused(format!("netd refused to list sessions: {}", r.message)).into();
+    }
+    if e.nobody_listens() {
+        // The client's error already names the socket and the system's reason.
+        return anyhow::anyhow!("{e}; is netd running with --runtime-dir {}?", dir.display());
+    }
+    if let ClientError::NoAnswer(_) = e {
+        return anyhow::anyhow!(
+            "{e} (something accepted the connection at {}; --timeout sets how long to wait)",
+            netmux_client::socket_in(dir).display()
+        );
+    }
+    anyhow::Error::new(e).context("asking netd for its sessions")
 }
 
 const HEADERS: [&str; 10] = [
@@ -243,6 +279,8 @@ mod tests {
     use netmux_client::{QueueInfo, SessionList};
     use netmux_proto::driver::{Counters, QueueConfig};
 
+    const T: Duration = netmux_client::DEFAULT_REQUEST_TIMEOUT;
+
     fn session() -> SessionInfo {
         SessionInfo {
             id: 7,
@@ -351,11 +389,11 @@ mod tests {
     fn ls_lists_another_clients_ports_but_not_its_own_session() {
         let netd = netd();
         let dir = netd.runtime_dir();
-        let empty = listing(dir, false, None).unwrap();
+        let empty = listing(dir, false, None, T).unwrap();
         assert!(empty.starts_with("no sessions\nlink up: "), "{empty}");
         let mut app = Client::connect(dir).unwrap();
         app.bind_port(Transport::Udp, 7777).unwrap();
-        let text = listing(dir, false, None).unwrap();
+        let text = listing(dir, false, None, T).unwrap();
         // Header, one session, the link's line.
         assert_eq!(text.lines().count(), 3, "{text}");
         assert!(text.contains("udp/7777"), "{text}");
@@ -369,7 +407,7 @@ mod tests {
         let mut app = Client::connect(dir).unwrap();
         app.bind_port(Transport::Tcp, 8080).unwrap();
         let _queue = app.open_queue().unwrap();
-        let text = listing(dir, true, None).unwrap();
+        let text = listing(dir, true, None, T).unwrap();
         let back: SessionList = serde_json::from_str(&text).unwrap();
         assert_eq!(back.omitted, 0);
         let back = back.sessions;
@@ -382,7 +420,7 @@ mod tests {
     #[test]
     fn ls_without_netd_says_where_it_looked() {
         let dir = std::env::temp_dir().join("netmux-ls-test-nobody-here");
-        let e = listing(&dir, false, None).unwrap_err();
+        let e = listing(&dir, false, None, T).unwrap_err();
         assert!(format!("{e:#}").contains("is netd running"), "{e:#}");
         assert!(
             e.downcast_ref::<Refused>().is_none(),

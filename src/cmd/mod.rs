@@ -117,8 +117,63 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("netmux: error: {e:#}");
+            eprintln!("netmux: error: {}", report(&e));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error and its causes on one line, each cause said once
+/// ([`netmux_netd::run::error_text`]).
+pub fn report(e: &anyhow::Error) -> String {
+    netmux_netd::run::error_text(e.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that prints its source and also returns it, as `#[error("..: {source}")]`
+    /// does.
+    #[derive(Debug)]
+    struct SaysItsSource {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for SaysItsSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "binding {}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for SaysItsSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        let io = std::io::Error::other("a file that is not a socket is in the way");
+        let e = anyhow::Error::new(SaysItsSource {
+            path: "/x",
+            source: io,
+        });
+        assert_eq!(
+            report(&e),
+            "binding /x: a file that is not a socket is in the way"
+        );
+    }
+
+    #[test]
+    fn causes_not_yet_said_are_chained() {
+        let e = anyhow::anyhow!("No such file or directory (os error 2)")
+            .context("cannot read /nonexistent")
+            .context("loading the rules");
+        assert_eq!(
+            report(&e),
+            "loading the rules: cannot read /nonexistent: No such file or directory (os error 2)"
+        );
     }
 }

@@ -46,6 +46,12 @@ impl CableEnd {
             .unwrap_or_else(|e| panic!("sending to the link at {}: {e}", self.link.display()));
     }
 
+    /// Puts `frame` on the cable if the link's socket has room now; a frame it has no room
+    /// for is lost, as on a busy link. Returns whether it went.
+    pub fn try_send(&self, frame: &[u8]) -> bool {
+        self.socket.send_to(frame, &self.link).is_ok()
+    }
+
     /// Reads what the link transmits until `want` picks a frame or `timeout` passes; the
     /// frames `want` passes over are dropped.
     pub fn recv_until<T>(
@@ -76,6 +82,22 @@ impl CableEnd {
                 Err(e) => panic!("reading the cable end {}: {e}", self.path.display()),
             }
         }
+    }
+
+    /// A frame the link transmitted, if one is waiting; never waits.
+    pub fn try_recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; RECV_BUFFER_LEN];
+        match self.socket.recv_from(&mut buf) {
+            Ok((n, _)) => Some(buf[..n].to_vec()),
+            Err(_) => None,
+        }
+    }
+
+    /// Makes [`CableEnd::try_recv`] never wait (the other reads set their own deadlines).
+    pub fn set_nonblocking(&self) {
+        self.socket
+            .set_nonblocking(true)
+            .expect("making the cable end non-blocking");
     }
 
     /// The first frame the link transmits within `timeout`.

@@ -13,6 +13,7 @@
 //! * [`cable`]: a test's end of a driver's virtual cable.
 //! * [`netns`]: network namespaces, veth pairs and offloads as Linux makes them, a process's
 //!   CPU time, and processes a test waits on (root-only tests and `scripts/bench-link`).
+//! * [`tcp_peer`]: a TCP/IP host (smoltcp) on such a cable end, to talk to the examples.
 //! * [`seed`]: the one seed variable of every randomised test, `NETMUX_SEED`.
 //! * [`TempDir`]: a scratch directory removed when dropped.
 //!
@@ -28,6 +29,7 @@ pub mod frames;
 pub mod netns;
 #[allow(unsafe_code)]
 pub mod oracle;
+pub mod tcp_peer;
 
 use std::path::{Path, PathBuf};
 

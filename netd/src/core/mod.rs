@@ -20,7 +20,7 @@ pub mod session;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-pub use policy::{Limits, Policy};
+pub use policy::{Limit, LimitReached, Limits, Policy};
 pub use ports::{PortError, PortState, PortTable, Transport};
 pub use session::{Credentials, FilterId, FilterMode, Session, SessionId, SessionState};
 
@@ -63,8 +63,8 @@ pub enum CoreError {
         mode: FilterMode,
     },
     /// A limit was reached.
-    #[error("limit reached: {0}")]
-    Limit(&'static str),
+    #[error(transparent)]
+    Limit(#[from] LimitReached),
     /// The filter is not this session's.
     #[error("no such filter in this session")]
     NoFilter,
@@ -99,6 +99,8 @@ pub struct Core {
     ports: PortTable,
     sessions: BTreeMap<SessionId, Session>,
     uids: HashMap<u32, UidUsage>,
+    /// Ring memory of every session's queue.
+    ring_bytes: u64,
     next_session: u64,
     next_filter: u64,
 }
@@ -111,6 +113,7 @@ impl Core {
             ports,
             sessions: BTreeMap::new(),
             uids: HashMap::new(),
+            ring_bytes: 0,
             next_session: 1,
             next_filter: 1,
         }
@@ -136,6 +139,10 @@ impl Core {
         self.sessions.values()
     }
 
+    fn limit(&self, limit: Limit) -> CoreError {
+        LimitReached::of(&self.policy.limits, limit).into()
+    }
+
     fn usage(&mut self, uid: u32) -> &mut UidUsage {
         self.uids.entry(uid).or_default()
     }
@@ -145,7 +152,7 @@ impl Core {
         let limit = self.policy.limits.sessions_per_uid;
         let usage = self.usage(creds.uid);
         if usage.sessions >= limit {
-            return Err(CoreError::Limit("sessions per uid"));
+            return Err(self.limit(Limit::SessionsPerUid));
         }
         usage.sessions += 1;
         let id = SessionId(self.next_session);
@@ -188,7 +195,7 @@ impl Core {
         let limit = self.policy.limits.sessions_per_uid;
         let usage = self.usage(session.creds.uid);
         if usage.sessions >= limit {
-            return Err(CoreError::Limit("sessions per uid"));
+            return Err(self.limit(Limit::SessionsPerUid));
         }
         usage.sessions += 1;
         self.sessions.insert(session.id, session);
@@ -247,11 +254,11 @@ impl Core {
         let s = self.active(id)?;
         let limits = &self.policy.limits;
         if s.port_count() >= limits.ports_per_session {
-            return Err(CoreError::Limit("ports per session"));
+            return Err(self.limit(Limit::PortsPerSession));
         }
         let uid = s.creds.uid;
         if self.uids.get(&uid).map_or(0, |u| u.ports) >= limits.ports_per_uid {
-            return Err(CoreError::Limit("ports per uid"));
+            return Err(self.limit(Limit::PortsPerUid));
         }
         Ok(uid)
     }
@@ -369,7 +376,7 @@ impl Core {
             return Err(CoreError::FilterNotAllowed { uid, mode });
         }
         if s.filters.len() >= self.policy.limits.filters_per_session {
-            return Err(CoreError::Limit("filters per session"));
+            return Err(self.limit(Limit::FiltersPerSession));
         }
         let f = FilterId(self.next_filter);
         self.next_filter += 1;
@@ -394,21 +401,26 @@ impl Core {
         }
     }
 
-    /// Accounts for the ring memory of the session's queue before the shell creates it.
+    /// Accounts for ring memory of the session's queue before the shell makes it, against
+    /// the session's, its uid's and the instance's budgets.
     pub fn reserve_ring(&mut self, id: SessionId, bytes: u64) -> Result<(), CoreError> {
         let s = self.active(id)?;
         let uid = s.creds.uid;
         let limits = &self.policy.limits;
         let new_session = s.ring_bytes.saturating_add(bytes);
         if new_session > limits.ring_bytes_per_session {
-            return Err(CoreError::Limit("ring bytes per session"));
+            return Err(self.limit(Limit::RingBytesPerSession));
+        }
+        if self.ring_bytes.saturating_add(bytes) > limits.ring_bytes_per_instance {
+            return Err(self.limit(Limit::RingBytesPerInstance));
         }
         let per_uid = limits.ring_bytes_per_uid;
         let usage = self.usage(uid);
         if usage.ring_bytes.saturating_add(bytes) > per_uid {
-            return Err(CoreError::Limit("ring bytes per uid"));
+            return Err(self.limit(Limit::RingBytesPerUid));
         }
         usage.ring_bytes += bytes;
+        self.ring_bytes += bytes;
         self.sessions
             .get_mut(&id)
             .expect("checked active")
@@ -416,16 +428,22 @@ impl Core {
         Ok(())
     }
 
-    /// Gives back ring memory reserved with [`Core::reserve_ring`] for a queue the driver did
-    /// not create, so a failed creation does not eat the session's budget.
+    /// Gives back ring memory reserved with [`Core::reserve_ring`] (a queue the driver did
+    /// not make, or one made smaller), so it does not eat the session's budget.
     pub fn release_ring(&mut self, id: SessionId, bytes: u64) -> Result<(), CoreError> {
         let s = self.sessions.get_mut(&id).ok_or(CoreError::NoSession)?;
         let bytes = bytes.min(s.ring_bytes);
         s.ring_bytes -= bytes;
         let uid = s.creds.uid;
+        self.ring_bytes = self.ring_bytes.saturating_sub(bytes);
         let usage = self.usage(uid);
         usage.ring_bytes = usage.ring_bytes.saturating_sub(bytes);
         Ok(())
+    }
+
+    /// Ring memory of every queue of the instance.
+    pub fn ring_bytes(&self) -> u64 {
+        self.ring_bytes
     }
 
     /// Ends a session (the client closed, died, broke the protocol or timed out). Its ports go
@@ -446,6 +464,7 @@ impl Core {
             teardown.installing.push((t, p));
         }
         teardown.filters = s.filters.iter().map(|(f, _)| *f).collect();
+        self.ring_bytes = self.ring_bytes.saturating_sub(s.ring_bytes);
         let usage = self.usage(s.creds.uid);
         usage.sessions -= 1;
         usage.ports -= s.port_count();
@@ -468,6 +487,14 @@ mod tests {
     use super::*;
 
     const T0: Duration = Duration::ZERO;
+
+    /// The limit a refusal names, if it is one.
+    fn limit_hit<T: std::fmt::Debug>(r: Result<T, CoreError>) -> Option<Limit> {
+        match r {
+            Err(CoreError::Limit(l)) => Some(l.limit),
+            other => panic!("expected a limit, got {other:?}"),
+        }
+    }
 
     fn user(uid: u32) -> Credentials {
         Credentials {
@@ -578,28 +605,28 @@ mod tests {
         let mut core = Core::new(policy, PortTable::default());
         let (a, b) = (active(&mut core, 7), active(&mut core, 7));
         assert_eq!(
-            core.connect(user(7), T0),
-            Err(CoreError::Limit("sessions per uid"))
+            limit_hit(core.connect(user(7), T0)),
+            Some(Limit::SessionsPerUid)
         );
         core.get_port(a, Transport::Udp).unwrap();
         core.get_port(a, Transport::Tcp).unwrap();
         assert_eq!(
-            core.get_port(a, Transport::Udp),
-            Err(CoreError::Limit("ports per session"))
+            limit_hit(core.get_port(a, Transport::Udp)),
+            Some(Limit::PortsPerSession)
         );
         core.get_port(b, Transport::Udp).unwrap();
         assert_eq!(
-            core.get_port(b, Transport::Udp),
-            Err(CoreError::Limit("ports per uid"))
+            limit_hit(core.get_port(b, Transport::Udp)),
+            Some(Limit::PortsPerUid)
         );
         core.reserve_ring(a, 100).unwrap();
         assert_eq!(
-            core.reserve_ring(a, 1),
-            Err(CoreError::Limit("ring bytes per session"))
+            limit_hit(core.reserve_ring(a, 1)),
+            Some(Limit::RingBytesPerSession)
         );
         assert_eq!(
-            core.reserve_ring(b, 51),
-            Err(CoreError::Limit("ring bytes per uid"))
+            limit_hit(core.reserve_ring(b, 51)),
+            Some(Limit::RingBytesPerUid)
         );
         // Ending a session gives its share back to the uid.
         core.disconnect(a).unwrap();
@@ -617,8 +644,8 @@ mod tests {
         let s = active(&mut core, 42);
         let f = core.open_filter(s, FilterMode::Tap).unwrap();
         assert_eq!(
-            core.open_filter(s, FilterMode::Tap),
-            Err(CoreError::Limit("filters per session"))
+            limit_hit(core.open_filter(s, FilterMode::Tap)),
+            Some(Limit::FiltersPerSession)
         );
         assert_eq!(
             core.open_filter(s, FilterMode::Exclusive),
@@ -631,6 +658,28 @@ mod tests {
         assert_eq!(core.close_filter(s, f), Err(CoreError::NoFilter));
         let t = core.disconnect(s).unwrap();
         assert!(t.filters.is_empty() && t.ports.is_empty() && !t.queue);
+    }
+
+    #[test]
+    fn ring_memory_of_all_uids_together_is_bounded_per_instance() {
+        let mut policy = Policy::default();
+        policy.limits.ring_bytes_per_instance = 150;
+        let mut core = Core::new(policy, PortTable::default());
+        let (a, b) = (active(&mut core, 7), active(&mut core, 8));
+        core.reserve_ring(a, 100).unwrap();
+        let e = core.reserve_ring(b, 51).unwrap_err();
+        assert_eq!(
+            limit_hit::<()>(Err(e.clone())),
+            Some(Limit::RingBytesPerInstance)
+        );
+        assert!(
+            e.to_string()
+                .contains("raise limits.ring_bytes_per_instance"),
+            "{e}"
+        );
+        core.disconnect(a).unwrap();
+        core.reserve_ring(b, 150).unwrap();
+        assert_eq!(core.ring_bytes(), 150);
     }
 
     #[test]

@@ -190,6 +190,13 @@ impl DriverLink for SharedDriver {
     fn destroy_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
         self.lock().destroy_queue(queue)
     }
+    fn resize_queue(
+        &mut self,
+        queue: QueueId,
+        config: QueueConfig,
+    ) -> Result<CreatedQueue, DriverError> {
+        self.lock().resize_queue(queue, config)
+    }
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
         self.lock().install_filter(spec)
     }

@@ -1,6 +1,9 @@
 //! The HTTP example: a smoltcp TCP server, one request per connection, which it then closes.
-//! [`LISTENERS`] sockets listen on the port at once, so that many clients are served one after
-//! another and several at the same time; a socket that finished a connection listens again.
+//! [`SOCKETS`] sockets listen on the port at once, so that many clients are served one after
+//! another and many at the same time; a socket that finished a connection listens again. Idle
+//! connections cannot shut everyone else out: a connection that has sent no byte of its
+//! request for [`IDLE_TIMEOUT`] is closed, and when every socket holds a connection, the one
+//! idle longest is closed to make room for the next client.
 //!
 //! | request | response |
 //! |---|---|
@@ -21,8 +24,12 @@ use smoltcp::socket::tcp;
 
 use super::{stopping, ExampleArgs, Station};
 
-/// Sockets listening at once: connections served concurrently.
-pub const LISTENERS: usize = 4;
+/// Sockets on the port: connections served at once. Their buffers ([`SOCKET_BUFFER`] each
+/// way) are allocated once at start.
+pub const SOCKETS: usize = 32;
+/// A connection that sent no byte of its request for this long is closed: a client that
+/// connects and says nothing holds a socket no longer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head (request line and headers) read; longer ones get `400`.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// Socket buffer bytes in each direction: the TCP window a bulk transfer can use (smoltcp
@@ -156,13 +163,15 @@ enum Phase {
 struct Slot {
     handle: SocketHandle,
     phase: Phase,
+    /// When the connection last sent a byte of its request (or was accepted).
+    active: std::time::Instant,
 }
 
 /// Serves until `stop` is set or the queue closes.
 pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     let mut station = Station::open(args, Transport::Tcp)?;
     let mut sockets = SocketSet::new(vec![]);
-    let mut slots: Vec<Slot> = (0..LISTENERS)
+    let mut slots: Vec<Slot> = (0..SOCKETS)
         .map(|_| {
             let mut socket = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
@@ -172,6 +181,7 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
             Slot {
                 handle: sockets.add(socket),
                 phase: Phase::Closing,
+                active: std::time::Instant::now(),
             }
         })
         .collect();
@@ -186,8 +196,9 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         for slot in &mut slots {
             served += turn(&mut sockets, slot, port)?;
         }
+        make_room(&mut sockets, &mut slots);
         station.poll(&mut sockets);
-        station.wait(&sockets)?;
+        station.wait(&sockets, stop)?;
     }
     tracing::info!(served, "stopping");
     for slot in &slots {
@@ -197,8 +208,42 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether a slot holds a connection that has not finished sending its request.
+fn idle(sockets: &SocketSet<'_>, slot: &Slot) -> bool {
+    let socket = sockets.get::<tcp::Socket>(slot.handle);
+    matches!(slot.phase, Phase::Reading(_))
+        && socket.is_open()
+        && !matches!(socket.state(), tcp::State::Listen)
+}
+
+/// When no socket listens, closes the connection idle longest so the next client is not
+/// refused (it listens again at its next turn).
+fn make_room(sockets: &mut SocketSet<'_>, slots: &mut [Slot]) {
+    let listening = slots.iter().any(|s| {
+        let socket = sockets.get::<tcp::Socket>(s.handle);
+        matches!(socket.state(), tcp::State::Listen) || !socket.is_open()
+    });
+    if listening {
+        return;
+    }
+    let oldest = slots
+        .iter()
+        .filter(|s| idle(sockets, s))
+        .min_by_key(|s| s.active)
+        .map(|s| s.handle);
+    if let Some(handle) = oldest {
+        let socket = sockets.get_mut::<tcp::Socket>(handle);
+        tracing::info!(
+            from = %socket.remote_endpoint().map_or_else(|| "?".to_string(), |e| e.to_string()),
+            "every socket is busy: closing the connection idle longest"
+        );
+        socket.abort();
+    }
+}
+
 fn listen(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Result<()> {
     slot.phase = Phase::Reading(Vec::new());
+    slot.active = std::time::Instant::now();
     sockets
         .get_mut::<tcp::Socket>(slot.handle)
         .listen(port)
@@ -213,8 +258,13 @@ fn turn(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Resu
         return Ok(0);
     }
     if let Phase::Reading(head) = &mut slot.phase {
+        if matches!(socket.state(), tcp::State::Listen) {
+            slot.active = std::time::Instant::now();
+            return Ok(0);
+        }
         if socket.can_recv() {
             // Only up to the end of the head: what follows is a body, read as one.
+            let before = head.len();
             let _ = socket.recv(|buf| {
                 let mut taken = 0;
                 for &b in buf.iter() {
@@ -226,6 +276,17 @@ fn turn(sockets: &mut SocketSet<'_>, slot: &mut Slot, port: u16) -> anyhow::Resu
                 }
                 (taken, ())
             });
+            if head.len() > before {
+                slot.active = std::time::Instant::now();
+            }
+        } else if slot.active.elapsed() >= IDLE_TIMEOUT {
+            tracing::info!(
+                from = %socket.remote_endpoint().map_or_else(|| "?".to_string(), |e| e.to_string()),
+                "closing a connection idle for {} s",
+                IDLE_TIMEOUT.as_secs()
+            );
+            socket.abort();
+            return Ok(0);
         }
         if head.ends_with(b"\r\n\r\n") || head.len() > MAX_REQUEST_HEAD {
             let line = head.split(|&b| b == b'\r').next().unwrap_or_default();

@@ -5,12 +5,14 @@
 //! [`netmux_netd::config::default_runtime_dir`]), binds its port, prints exactly one line
 //! `listening on udp port N` / `listening on tcp port N` on stdout once the port's filters are
 //! in force, and serves until SIGINT or SIGTERM. A port netd refuses (in use, privileged) is
-//! reported with netd's reason and exit status 1. When the driver closes the queue (netd went
-//! away), the example says so and exits 1.
+//! reported with netd's reason and exit status 1. When netd goes away (the driver closes the
+//! queue, or the session ends), the example connects again with backoff, binds its port again
+//! and carries on over the new queue: smoltcp's connections survive the pause. If netd does
+//! not come back within `--reconnect-for`, it says so and exits 1.
 //!
 //! [`udp_echo`] sends every datagram back to its sender; [`http`] answers requests with a fixed
 //! page, streams `GET /bytes/N` bodies and swallows `POST /sink` uploads (for bulk transfers
-//! whose bytes can be checked), on [`http::LISTENERS`] sockets so several connections are
+//! whose bytes can be checked), on [`http::SOCKETS`] sockets so many connections are
 //! served at once.
 
 pub mod http;
@@ -22,9 +24,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use netmux_client::blocking::Client;
+use netmux_client::blocking::Reconnecting;
 use netmux_client::device::QueueDevice;
-use netmux_client::{ClientError, Transport};
+use netmux_client::{ClientError, ConnectOptions, Transport};
 use netmux_ring::QueueError;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
@@ -63,6 +65,10 @@ pub struct ExampleArgs {
     /// The instance to join [default: the default instance].
     #[arg(long, short = 'i', value_name = "NAME")]
     pub instance: Option<String>,
+    /// Seconds to keep trying to reach netd again when it goes away (a restart), binding the
+    /// port again, before giving up; e.g. --reconnect-for 5.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = super::ls::parse_timeout)]
+    pub reconnect_for: f64,
 }
 
 impl Run for ExampleCommand {
@@ -79,8 +85,9 @@ impl Run for ExampleCommand {
 
 /// A client's session with netd, its port bound, and a smoltcp interface on its queue.
 pub struct Station {
-    /// The session (kept open: closing it gives the port back).
-    pub client: Client,
+    /// The session (kept open: closing it gives the port back), bound again after netd
+    /// restarts.
+    pub client: Reconnecting,
     /// The queue as a smoltcp device.
     pub device: QueueDevice,
     /// The host's interface, with netd's address and gateway.
@@ -92,6 +99,10 @@ pub struct Station {
     pub mtu: u16,
     /// When the session with netd was last seen alive.
     last_check: std::time::Instant,
+    /// How long to try to reach netd again.
+    reconnect_for: Duration,
+    /// The host's configuration at hello, to notice a netd that came back as another host.
+    host: netmux_proto::client::HostConfig,
 }
 
 impl Station {
@@ -102,9 +113,13 @@ impl Station {
             .runtime_dir
             .clone()
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
-        let mut client = Client::connect_to(&dir, args.instance.as_deref()).map_err(refusal)?;
+        let options = ConnectOptions {
+            instance: args.instance.clone(),
+            ..ConnectOptions::default()
+        };
+        let mut client = Reconnecting::connect_with(&dir, &options).map_err(refusal)?;
         let port = client.bind_port(transport, args.port).map_err(refusal)?;
-        let host = client.host().clone();
+        let host = client.client().host().clone();
         let Some((ip, prefix)) = host.ipv4 else {
             return Err(Refused(
                 "netd has no IPv4 address for this host (start it with --ip)".into(),
@@ -138,6 +153,8 @@ impl Station {
             port,
             mtu: host.link.mtu,
             last_check: std::time::Instant::now(),
+            reconnect_for: Duration::from_secs_f64(args.reconnect_for),
+            host,
         })
     }
 
@@ -155,27 +172,85 @@ impl Station {
     }
 
     /// Sleeps until a frame may be waiting, smoltcp has a timer due, or [`MAX_IDLE_WAIT`]
-    /// passes. A queue the driver closed is an error: netd is gone.
-    pub fn wait(&mut self, sockets: &SocketSet<'_>) -> anyhow::Result<()> {
+    /// passes. When netd went away (the driver closed the queue, or the session ended), it
+    /// reconnects ([`Station::reconnect`]); an error only when that failed.
+    pub fn wait(&mut self, sockets: &SocketSet<'_>, stop: &AtomicBool) -> anyhow::Result<()> {
         let delay = self
             .iface
             .poll_delay(Instant::now(), sockets)
             .map_or(MAX_IDLE_WAIT, |d| Duration::from_micros(d.total_micros()))
             .min(MAX_IDLE_WAIT);
-        match self.device.wait(Some(delay)) {
-            Ok(()) => {}
-            Err(QueueError::Closed) => return Err(queue_closed()),
+        let gone = match self.device.wait(Some(delay)) {
+            Ok(()) => None,
+            Err(QueueError::Closed) => Some("the driver closed this client's queue".to_owned()),
             Err(e) => return Err(anyhow::anyhow!("waiting on the queue: {e}")),
-        }
-        if self.device.queue().is_closed() {
-            return Err(queue_closed());
-        }
-        if self.last_check.elapsed() >= SESSION_CHECK_INTERVAL {
-            self.last_check = std::time::Instant::now();
-            if let Err(e) = self.client.stats() {
-                return Err(Refused(format!("netd ended this client's session: {e}")).into());
+        };
+        let gone = gone.or_else(|| {
+            self.device
+                .queue()
+                .is_closed()
+                .then(|| "the driver closed this client's queue".to_owned())
+        });
+        let gone = gone.or_else(|| {
+            if self.last_check.elapsed() < SESSION_CHECK_INTERVAL {
+                return None;
             }
+            self.last_check = std::time::Instant::now();
+            self.client
+                .client()
+                .stats()
+                .err()
+                .map(|e| format!("the session ended: {e}"))
+        });
+        match gone {
+            Some(why) => self.reconnect(&why, stop),
+            None => Ok(()),
         }
+    }
+
+    /// netd went away (`why`): connects again with backoff for at most `--reconnect-for`,
+    /// binds the port again, and carries on over the new queue. Prints how long the pause was.
+    fn reconnect(&mut self, why: &str, stop: &AtomicBool) -> anyhow::Result<()> {
+        tracing::warn!(port = self.port, "netd went away ({why}); connecting again");
+        let start = std::time::Instant::now();
+        let queue = match self.client.reconnect(self.reconnect_for, || stopping(stop)) {
+            Ok(Some(queue)) => queue,
+            Ok(None) => return Err(anyhow::anyhow!("the queue was not opened again")),
+            Err(_) if stopping(stop) => return Ok(()),
+            Err(e) => {
+                return Err(Refused(format!(
+                    "netd stopped ({why}) and did not take this client back within {:.0} s: {}",
+                    self.reconnect_for.as_secs_f64(),
+                    netmux_netd::run::error_text(&e)
+                ))
+                .into())
+            }
+        };
+        self.device.replace_queue(queue);
+        self.last_check = std::time::Instant::now();
+        if self.client.client().host() != &self.host {
+            // Another host now: the connections under way cannot survive, but new ones work.
+            tracing::warn!("netd came back with another host configuration; updating it");
+            let host = self.client.client().host().clone();
+            self.iface
+                .set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(host.link.mac)));
+            if let Some((ip, prefix)) = host.ipv4 {
+                self.iface.update_ip_addrs(|addrs| {
+                    addrs.clear();
+                    let _ = addrs.push(IpCidr::new(
+                        IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
+                        prefix,
+                    ));
+                });
+            }
+            self.host = host;
+        }
+        let pause = start.elapsed();
+        tracing::info!(
+            port = self.port,
+            pause_ms = pause.as_millis() as u64,
+            "netd is back: the port is bound again and the queue open"
+        );
         Ok(())
     }
 
@@ -184,11 +259,12 @@ impl Station {
         let start = std::time::Instant::now();
         while start.elapsed() < CLOSE_LINGER {
             self.poll(sockets);
-            if self.wait(sockets).is_err() {
+            let waited = self.device.wait(Some(Duration::from_millis(10)));
+            if waited.is_err() || self.device.queue().is_closed() {
                 break;
             }
         }
-        if let Ok(c) = self.client.stats() {
+        if let Ok(c) = self.client.client().stats() {
             let rejected: u64 = c.tx_rejected.iter().map(|(_, n)| n).sum();
             tracing::info!(
                 rx_frames = c.rx_frames,
@@ -208,10 +284,6 @@ impl Station {
             "stopped"
         );
     }
-}
-
-fn queue_closed() -> anyhow::Error {
-    Refused("netd stopped: the driver closed this client's queue".into()).into()
 }
 
 /// Whether a stop was asked for.

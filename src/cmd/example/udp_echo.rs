@@ -60,7 +60,7 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
             }
         }
         station.poll(&mut sockets);
-        station.wait(&sockets)?;
+        station.wait(&sockets, stop)?;
     }
     tracing::info!(echoed, "stopping");
     sockets.get_mut::<udp::Socket>(handle).close();

@@ -1,0 +1,157 @@
+//! netd's limits as settings, on the real driver in-process: with the defaults, 1,000 clients
+//! of one uid each hold a port and an open queue of the default geometry; a queue's ring
+//! memory is made when its client opens it, not when it binds; a refusal names the setting
+//! to raise; every limit is shown with the instance's properties.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use netmux_client::blocking::Client;
+use netmux_client::{ClientError, Transport};
+use netmux_netd::core::policy::DEFAULT_QUEUE_RING_BYTES;
+use netmux_proto::driver::QueueConfig;
+use netmux_proto::ErrorCode;
+
+const CLIENTS: usize = 1000;
+
+/// Raises this process's descriptor limit to its hard limit: every client here holds its
+/// socket and its queue's descriptors, and so do netd and the driver, in one process.
+fn raise_descriptor_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}
+
+#[test]
+fn a_thousand_clients_of_one_uid_each_bind_a_port_and_open_a_queue_with_the_defaults() {
+    raise_descriptor_limit();
+    assert_eq!(
+        netmux_ring::layout_of(&QueueConfig::default())
+            .unwrap()
+            .total_len,
+        DEFAULT_QUEUE_RING_BYTES,
+        "the default geometry's ring memory is what the defaults are sized for"
+    );
+    let host = host();
+    let socket = host.netd.socket_path().to_owned();
+    let start = Instant::now();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut c =
+            Client::connect_socket(&socket).unwrap_or_else(|e| panic!("client {i} connects: {e}"));
+        c.bind_port(Transport::Udp, 20000 + i as u16)
+            .unwrap_or_else(|e| panic!("client {i} binds: {e}"));
+        let q = c
+            .open_queue()
+            .unwrap_or_else(|e| panic!("client {i} opens its queue: {e}"));
+        clients.push((c, q));
+    }
+    let took = start.elapsed();
+    eprintln!("{CLIENTS} clients of one uid bound a port and opened a queue in {took:?}");
+    let listing = clients[0].0.list_sessions().unwrap();
+    let queues: Vec<_> = listing
+        .sessions
+        .iter()
+        .filter_map(|s| s.queue.as_ref())
+        .collect();
+    assert_eq!(queues.len() + listing.omitted as usize, CLIENTS);
+    assert!(queues
+        .iter()
+        .all(|q| q.attached && q.rings == QueueConfig::default()));
+}
+
+#[test]
+fn ring_memory_is_made_when_the_client_opens_its_queue_not_when_it_binds() {
+    let host = host();
+    let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
+    let mut watcher = Client::connect_socket(host.netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 5000).unwrap();
+    let queue_of = |w: &mut Client| {
+        w.list_sessions()
+            .unwrap()
+            .sessions
+            .into_iter()
+            .find_map(|s| s.queue.filter(|_| !s.ports.is_empty()))
+            .expect("a's queue")
+    };
+    let bound = queue_of(&mut watcher);
+    assert!(!bound.attached);
+    assert!(
+        bound.ring_bytes * 8 < DEFAULT_QUEUE_RING_BYTES,
+        "a bound port's queue holds room for one frame, not the rings: {bound:?}"
+    );
+    let mut q = a.open_queue().unwrap();
+    let opened = queue_of(&mut watcher);
+    assert!(opened.attached);
+    assert_eq!(opened.ring_bytes, DEFAULT_QUEUE_RING_BYTES);
+    assert_eq!(opened.rings, QueueConfig::default());
+    // The port's filters followed the queue onto its new rings: a frame for the port arrives.
+    let frame = udp_to(5000);
+    host.wire().send(&frame);
+    let mut got = Vec::new();
+    assert!(eventually(std::time::Duration::from_secs(5), || {
+        let _ = q.recv_owned(1, &mut got);
+        !got.is_empty()
+    }));
+    assert_eq!(got[0], frame);
+}
+
+#[test]
+fn a_limit_reached_names_the_setting_to_raise() {
+    let host = host_with(|c| c.policy.limits.ring_bytes_per_uid = DEFAULT_QUEUE_RING_BYTES);
+    let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
+    a.bind_port(Transport::Udp, 5000).unwrap();
+    let _queue = a.open_queue().unwrap();
+    let mut b = Client::connect_socket(host.netd.socket_path()).unwrap();
+    let e = b.open_queue().unwrap_err();
+    assert_eq!(e.refusal().map(|r| r.code), Some(ErrorCode::Limit), "{e}");
+    assert!(
+        e.to_string().contains("raise limits.ring_bytes_per_uid"),
+        "{e}"
+    );
+    // Binding needs only the small rings, and they fit no more either.
+    let e: ClientError = b.bind_port(Transport::Udp, 5001).unwrap_err();
+    assert!(
+        e.to_string().contains("raise limits.ring_bytes_per_uid"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_limit_and_timeout_is_shown_with_the_instances_properties() {
+    let host = host();
+    let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
+    let instances = a.list_instances().unwrap();
+    let props = &instances[0].properties;
+    for name in [
+        "limits.sessions_per_uid",
+        "limits.ports_per_session",
+        "limits.ports_per_uid",
+        "limits.filters_per_session",
+        "limits.ring_bytes_per_session",
+        "limits.ring_bytes_per_uid",
+        "limits.ring_bytes_per_instance",
+        "limits.buffered_bytes_per_uid",
+        "timeouts.handshake",
+        "timeouts.message",
+        "timeouts.reply",
+        "timeouts.driver",
+    ] {
+        assert!(props.iter().any(|(k, _)| k == name), "{name} in {props:?}");
+    }
+    assert!(props.contains(&("limits.sessions_per_uid".into(), "1024".into())));
+}
+
+/// A UDP frame from host B to host A's `port`.
+fn udp_to(port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(IP_B.octets(), IP_A.octets(), 64)
+        .udp(40000, port)
+        .write(&mut frame, b"hello")
+        .unwrap();
+    frame
+}
