@@ -136,8 +136,20 @@ impl Client {
     }
 
     /// A given port; its filters are in force when this returns.
+    ///
+    /// A port whose previous holder has just let it go is released within milliseconds; while
+    /// netd answers [`ErrorCode::Again`](netmux_proto::ErrorCode::Again) the request is
+    /// repeated, for at most [`AGAIN_PATIENCE`](super::AGAIN_PATIENCE).
     pub fn bind_port(&mut self, transport: Transport, port: u16) -> Result<u16, ClientError> {
-        super::port(self.call(ClientRequest::BindPort { transport, port })?)
+        let start = std::time::Instant::now();
+        loop {
+            match super::port(self.call(ClientRequest::BindPort { transport, port })?) {
+                Err(e) if super::again(&e) && start.elapsed() < super::AGAIN_PATIENCE => {
+                    std::thread::sleep(super::AGAIN_PAUSE);
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Gives a port back.

@@ -146,6 +146,18 @@ fn hello(reply: ClientReply) -> Result<HostConfig, ClientError> {
     }
 }
 
+/// How long a request netd answers with [`ErrorCode::Again`](netmux_proto::ErrorCode::Again) is repeated: a port's previous
+/// filters are removed within milliseconds unless the driver is stuck, which netd then says.
+pub const AGAIN_PATIENCE: Duration = Duration::from_secs(2);
+/// The pause between two such attempts.
+const AGAIN_PAUSE: Duration = Duration::from_millis(5);
+
+/// Whether `e` is netd's "the same request succeeds shortly".
+fn again(e: &ClientError) -> bool {
+    e.refusal()
+        .is_some_and(|r| r.code == netmux_proto::ErrorCode::Again)
+}
+
 fn port(reply: ClientReply) -> Result<u16, ClientError> {
     match reply {
         ClientReply::Port { port, .. } => Ok(port),

@@ -137,11 +137,23 @@ impl AsyncClient {
     }
 
     /// A given port; its filters are in force when this returns.
+    ///
+    /// While netd answers [`ErrorCode::Again`](netmux_proto::ErrorCode::Again) (the port's
+    /// previous holder is still being removed) the request is repeated, for at most
+    /// [`AGAIN_PATIENCE`](super::AGAIN_PATIENCE).
     pub async fn bind_port(&mut self, transport: Transport, port: u16) -> Result<u16, ClientError> {
-        super::port(
-            self.call(ClientRequest::BindPort { transport, port })
-                .await?,
-        )
+        let start = std::time::Instant::now();
+        loop {
+            match super::port(
+                self.call(ClientRequest::BindPort { transport, port })
+                    .await?,
+            ) {
+                Err(e) if super::again(&e) && start.elapsed() < super::AGAIN_PATIENCE => {
+                    tokio::time::sleep(super::AGAIN_PAUSE).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Gives a port back.

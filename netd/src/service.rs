@@ -345,7 +345,8 @@ fn core_error(e: CoreError) -> ErrorReply {
         CoreError::NoSession | CoreError::NotActive | CoreError::AlreadyActive => {
             ErrorCode::Protocol
         }
-        CoreError::Port(PortError::InUse { .. } | PortError::Releasing { .. }) => ErrorCode::InUse,
+        CoreError::Port(PortError::InUse { .. }) => ErrorCode::InUse,
+        CoreError::Port(PortError::Releasing { .. }) => ErrorCode::Again,
         CoreError::Port(PortError::Zero) => ErrorCode::Protocol,
         CoreError::Port(PortError::Exhausted(_)) => ErrorCode::Limit,
         CoreError::Port(PortError::NotOwner { .. }) | CoreError::NoFilter => ErrorCode::NotFound,

@@ -912,3 +912,35 @@ fn netd_leaves_no_socket_or_directory_it_made_behind() {
     netd.stop().unwrap();
     assert!(driver.dir().exists());
 }
+
+#[test]
+fn a_port_let_go_is_bound_by_the_next_client_at_once_though_netd_still_releases_it() {
+    let host = host();
+    let netd = &host.netd;
+    for round in 0..50 {
+        let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+        assert_eq!(a.bind_port(Transport::Udp, 5100).unwrap(), 5100);
+        if round % 2 == 0 {
+            a.close_port(Transport::Udp, 5100).unwrap();
+        } else {
+            drop(a);
+        }
+        // netd may still be removing the port's filters: it answers `Again`, and the library
+        // asks again rather than hand the passing state to its caller.
+        let mut b = Client::connect_socket(netd.socket_path()).unwrap();
+        let bound = loop {
+            match b.bind_port(Transport::Udp, 5100) {
+                // A dropped session's end reaches netd after the next one's request at worst.
+                Err(e) if round % 2 == 1 && code_of(&e) == Some(ErrorCode::InUse) => {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                r => break r,
+            }
+        };
+        assert_eq!(bound.unwrap(), 5100, "round {round}");
+    }
+}
+
+fn code_of(e: &ClientError) -> Option<ErrorCode> {
+    e.refusal().map(|r| r.code)
+}

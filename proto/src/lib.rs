@@ -115,4 +115,7 @@ pub enum ErrorCode {
     Internal,
     /// The session was ended by netd (its instance was destroyed).
     Ended,
+    /// A passing state: the same request succeeds shortly (a port whose previous holder's
+    /// filters are still being removed). The client library repeats such a request itself.
+    Again,
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use netmux_classify::{Classifier, Classify, LinearScan, Ownership, RxFilter};
 use netmux_compiler::binding::compile_rule_in;
 use netmux_compiler::Dialect;
@@ -56,38 +56,17 @@ pub struct ClassifyArgs {
     /// Print, on stderr, where each rule went: a hash table or the linear part.
     #[arg(long)]
     explain: bool,
-    /// Which engine runs the programs.
-    #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
-    engine: EngineArg,
+    /// Which engine runs the programs: auto (the JIT when this build has it), interp or jit.
+    #[arg(long, default_value = "auto", value_parser = super::args::engine)]
+    engine: Strategy,
     /// The rules' language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
-    #[arg(long, default_value = "pcap", value_parser = super::filter::parse_dialect)]
+    #[arg(long, default_value = "pcap", value_parser = super::args::dialect)]
     dialect: Dialect,
     /// One pcap-filter expression per line; the line number is the rule id.
     rules: PathBuf,
     /// pcap or pcapng captures of Ethernet frames; `-` is standard input.
     #[arg(required = true, value_name = "CAPTURE")]
     captures: Vec<PathBuf>,
-}
-
-/// `--engine`'s values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum EngineArg {
-    /// The JIT when this build has it, else the interpreter.
-    Auto,
-    /// The reference interpreter.
-    Interp,
-    /// Native code (needs a build with the `jit` feature).
-    Jit,
-}
-
-impl From<EngineArg> for Strategy {
-    fn from(e: EngineArg) -> Strategy {
-        match e {
-            EngineArg::Auto => Strategy::Auto,
-            EngineArg::Interp => Strategy::Interpreter,
-            EngineArg::Jit => Strategy::Jit,
-        }
-    }
 }
 
 /// The largest rules file read: far more rules than any classifier holds (each is a filter
@@ -150,7 +129,7 @@ impl ClassifyArgs {
             }
         }
         let rule_count = rules.len();
-        let strategy = Strategy::from(self.engine);
+        let strategy = self.engine;
         let mut classifier: Box<dyn Classify> = if self.linear {
             Box::new(LinearScan::with_ownership(strategy, Ownership::Shared))
         } else {

@@ -59,7 +59,7 @@ pub enum FilterCommand {
         #[arg(short = 'o', value_name = "FILE.bin")]
         output: Option<PathBuf>,
         /// The expression language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
-        #[arg(long, default_value = "pcap", value_parser = parse_dialect)]
+        #[arg(long, default_value = "pcap", value_parser = super::args::dialect)]
         dialect: Dialect,
         /// The link layer of the frames: EN10MB (Ethernet), LINUX_SLL, LINUX_SLL2, RAW, IPV4
         /// or IPV6 (libpcap's names; a capture's own is used by `match`).
@@ -73,11 +73,11 @@ pub enum FilterCommand {
     /// the accepted frames to a new capture with `-w`.
     #[command(after_long_help = LIMITS)]
     Match {
-        /// Which engine runs the program.
-        #[arg(long, default_value = "auto", value_parser = parse_engine)]
+        /// Which engine runs the program: auto (the JIT when this build has it), interp or jit.
+        #[arg(long, default_value = "auto", value_parser = super::args::engine)]
         engine: Strategy,
         /// The expression language: pcap (tcpdump's) or bfdmux (Barrelfish's raw expressions).
-        #[arg(long, default_value = "pcap", value_parser = parse_dialect)]
+        #[arg(long, default_value = "pcap", value_parser = super::args::dialect)]
         dialect: Dialect,
         /// Write the accepted frames to this pcap file (as `tcpdump -r IN -w OUT EXPR`: the
         /// capture's link type and snapshot length, microsecond timestamps) instead of
@@ -94,20 +94,6 @@ pub enum FilterCommand {
     },
     /// Classify every frame with a set of rules: print the ids of the rules that accept it.
     Classify(super::classify::ClassifyArgs),
-}
-
-fn parse_engine(s: &str) -> Result<Strategy, String> {
-    s.parse()
-}
-
-pub(super) fn parse_dialect(s: &str) -> Result<Dialect, String> {
-    match s {
-        "pcap" => Ok(Dialect::Pcap),
-        "bfdmux" => Ok(Dialect::Bfdmux),
-        other => Err(format!(
-            "unknown dialect `{other}` (expected pcap or bfdmux)"
-        )),
-    }
 }
 
 fn parse_link(s: &str) -> Result<LinkType, String> {

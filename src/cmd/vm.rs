@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 use netmux_vm::{asm, verify, Program, Strategy};
 use netmux_wire::capture::{self, CaptureError};
 
@@ -82,36 +82,15 @@ pub enum VmCommand {
     /// that is cut short or malformed is refused (exit 1) after the lines of the frames before
     /// the fault.
     Run {
-        /// Which engine runs the program.
-        #[arg(long, value_enum, default_value_t = EngineArg::Auto)]
-        engine: EngineArg,
+        /// Which engine runs the program: auto (the JIT when this build has it), interp or jit.
+        #[arg(long, default_value = "auto", value_parser = super::args::engine)]
+        engine: Strategy,
         /// The program (binary, or `.s` assembly).
         file: PathBuf,
         /// The captures to run it on.
         #[arg(required = true, value_name = "CAPTURE")]
         captures: Vec<PathBuf>,
     },
-}
-
-/// `--engine`'s values.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum EngineArg {
-    /// The JIT when this build has it, else the interpreter.
-    Auto,
-    /// The reference interpreter.
-    Interp,
-    /// Native code (needs a build with the `jit` feature).
-    Jit,
-}
-
-impl From<EngineArg> for Strategy {
-    fn from(e: EngineArg) -> Strategy {
-        match e {
-            EngineArg::Auto => Strategy::Auto,
-            EngineArg::Interp => Strategy::Interpreter,
-            EngineArg::Jit => Strategy::Jit,
-        }
-    }
 }
 
 impl Run for VmCommand {
@@ -124,7 +103,7 @@ impl Run for VmCommand {
                 engine,
                 file,
                 captures,
-            } => run(&file, engine.into(), &captures),
+            } => run(&file, engine, &captures),
         }
     }
 }
