@@ -399,3 +399,49 @@ fn every_link_layer_agrees_with_libpcap_on_self_made_frames() {
         bad.join("\n")
     );
 }
+
+/// An IPv6 datagram whose UDP header follows `n` destination-options headers (8 bytes each),
+/// as libpcap's own `ipv6_ext_headers.pcap` has a chain of 100.
+fn long_chain(n: usize) -> netmux_testkit::corpus::Frame {
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+    let payload = n * 8 + 8 + 2;
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(payload as u16).to_be_bytes());
+    f.extend_from_slice(&[if n == 0 { 17 } else { 60 }, 64]);
+    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    for i in 0..n {
+        f.extend_from_slice(&[if i + 1 == n { 17 } else { 60 }, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    f.extend_from_slice(&[0x30, 0x39, 0xd4, 0x31, 0, 10, 0, 0, b'h', b'i']);
+    netmux_testkit::corpus::Frame::whole(f)
+}
+
+/// Several `protochain`s in one filter each follow a chain as long as libpcap's own test
+/// capture's: their unrolled walks share a budget that leaves each the full length.
+#[test]
+fn several_protochains_each_follow_a_chain_of_a_hundred_headers() {
+    let frames: Vec<_> = [0, 1, 50, 100, 108].into_iter().map(long_chain).collect();
+    let exprs = [
+        "ip6 protochain 17",
+        "protochain 17 and protochain 17",
+        "! protochain 6 and 17",
+        "protochain 6 or protochain 17",
+        "ip6 protochain 6 or ip6 protochain 58 or ip6 protochain 17 or ip6 protochain 17",
+        "protochain 6 or protochain 58 or protochain 51 or protochain 17",
+    ];
+    let mut bad = Vec::new();
+    for optimize in [true, false] {
+        bad.extend(common::compare_all(
+            exprs.iter().copied(),
+            &frames,
+            optimize,
+        ));
+    }
+    assert!(
+        bad.is_empty(),
+        "{} disagreements:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}

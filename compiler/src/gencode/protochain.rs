@@ -13,16 +13,18 @@ use crate::ir::*;
 /// instructions.
 pub const PROTOCHAIN_MAX_HEADERS_V6: usize = 110;
 
-/// Unrolled IPv6 steps shared by all the `protochain`s of one filter (~2,700 instructions),
-/// so a filter with several still fits in 4,096 instructions: each gets `min(110, 140 / n)`.
-pub const PROTOCHAIN_BUDGET_V6: usize = 140;
+/// Unrolled IPv6 steps shared by all the `protochain`s of one filter (about 8,400
+/// instructions at most), so that four walks each follow [`PROTOCHAIN_MAX_HEADERS_V6`] headers
+/// and a filter with more still fits in the VM's 16,384 instructions: each gets
+/// `min(110, 440 / n)`.
+pub const PROTOCHAIN_BUDGET_V6: usize = 440;
 
 /// The most AH headers one `ip protochain` follows before giving up (rejecting); about 9
 /// instructions each.
 pub const PROTOCHAIN_MAX_AH_V4: usize = 32;
 
-/// Unrolled IPv4 steps shared by all the `protochain`s of one filter.
-pub const PROTOCHAIN_BUDGET_V4: usize = 64;
+/// Unrolled IPv4 steps shared by all the `protochain`s of one filter (four full walks).
+pub const PROTOCHAIN_BUDGET_V4: usize = 128;
 
 /// How many IPv4 and IPv6 protochain walks an expression contains.
 pub(super) fn count_protochains(e: &Expr) -> (usize, usize) {
