@@ -8,6 +8,10 @@
 //! * `sessions_10k`: 10,000 sessions, each connecting, saying hello and binding one port (a
 //!   window of 1,000 sessions alive at once, to stay within descriptor limits); prints the
 //!   median and 99th percentile of `bind_port`.
+//! * `instances_1k`: 1,000 times, an instance with a MAC of its own created, a client joining
+//!   it, binding a UDP port and opening its queue, a datagram to that port sent on the cable and
+//!   received by the client, then the instance destroyed; prints the median and 99th
+//!   percentile from creation to the first frame delivered.
 //! * criterion `netd/bind-port/netmux`: `bind_port` (timed) + `close_port` (not timed) on one
 //!   session whose queue exists, and the peer in the same run, `netd/bind-port/peer-ipc-round-trip`:
 //!   a `stats` round trip, the IPC floor with no driver work (`scripts/bench-report` pairs them).
@@ -18,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use netmux_client::blocking::Client;
-use netmux_client::Transport;
+use netmux_client::{InstanceSpec, MacChoice, Transport};
 use netmux_netd::testing::Host;
 use netmux_netd::NetdHandle;
 use netmux_ring::QueueConfig;
@@ -69,9 +73,82 @@ fn sessions_10k(netd: &NetdHandle) {
     );
 }
 
+const CREATIONS: usize = 1_000;
+/// Creations when the benchmark runs as a test (`cargo test --benches`): it proves the path
+/// works; the figures come from `cargo bench`.
+const CREATIONS_AS_TEST: usize = 20;
+
+/// A UDP datagram from the cable's peer to `mac`/`ip`, port 7.
+fn datagram(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    netmux_testkit::frames::FrameBuilder::ethernet(mac, [2, 0, 0, 0, 0, 0x99])
+        .ethertype(0x0800)
+        .ipv4(netmux_testkit::frames::Ipv4::new([10, 9, 0, 99], ip, 17))
+        .udp(4000, 7)
+        .payload(18)
+        .finish()
+        .data
+}
+
+fn instances_1k(host: &Host) {
+    let creations = if std::env::args().any(|a| a == "--bench") {
+        CREATIONS
+    } else {
+        CREATIONS_AS_TEST
+    };
+    let dir = host.runtime_dir();
+    let mut admin = Client::connect_to(dir, None).expect("connect");
+    let mut latencies = Vec::with_capacity(creations);
+    let mut frames = Vec::new();
+    for i in 0..creations {
+        let name = format!("bench-{i}");
+        let mac = [0x02, 0x62, 0x6e, 0, (i >> 8) as u8, i as u8];
+        let ip = [10, 9, (i / 200) as u8, (i % 200) as u8 + 2];
+        let t = Instant::now();
+        admin
+            .create_instance(InstanceSpec {
+                name: name.clone(),
+                mac: MacChoice::Given(mac),
+                ipv4: (ip, 16),
+                gateway: None,
+                ipv6_link_local: false,
+                ephemeral: None,
+                join_uids: None,
+                privileged_uids: vec![],
+                tap_uids: vec![],
+                exclusive_uids: vec![],
+                temporary: true,
+            })
+            .expect("create");
+        let mut client = Client::connect_to(dir, Some(&name)).expect("join");
+        client.bind_port(Transport::Udp, 7).expect("bind");
+        let mut queue = client.open_queue().expect("queue");
+        host.wire().send(&datagram(mac, ip));
+        frames.clear();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while frames.is_empty() {
+            assert!(Instant::now() < deadline, "no frame for {name}");
+            if queue.recv_owned(8, &mut frames).unwrap_or(0) == 0 {
+                let _ = queue.wait_readable(Some(Duration::from_millis(1)));
+            }
+        }
+        latencies.push(t.elapsed());
+        drop(queue);
+        drop(client);
+        admin.destroy_instance(&name).expect("destroy");
+    }
+    latencies.sort();
+    println!(
+        "netd/instances_1k: {creations} instances, creation to first frame delivered: median {:?}, p99 {:?}, max {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+}
+
 fn bench(c: &mut Criterion) {
     let host = start();
     sessions_10k(&host.netd);
+    instances_1k(&host);
     let mut client = Client::connect_socket(host.netd.socket_path()).expect("connect");
     let mut group = c.benchmark_group("netd/bind-port");
     group.bench_function("netmux", |b| {

@@ -40,7 +40,7 @@ use netmux_testkit::TempDir;
 
 /// How long any one expected event may take (process start-up, ARP, builds sharing the CPU).
 const PATIENCE: Duration = Duration::from_secs(30);
-/// A killed client's port must be free again within this (the promise).
+/// A killed client's port must be free again within this (what RELIABILITY.md promises).
 const PORT_FREE_WITHIN: Duration = Duration::from_secs(1);
 const UDP_PORT: u16 = 7777;
 const HTTP_PORT: u16 = 8080;

@@ -128,6 +128,11 @@ pub struct AfPacketLink {
     /// aggregate copied out of its slot.
     scratch: Vec<u8>,
     stats: LinkStats,
+    /// The own-MAC instances' addresses the interface accepts besides its own; asked of every
+    /// incarnation of the socket.
+    unicast: Vec<[u8; 6]>,
+    /// No other driver takes the interface while this link lives.
+    _lock: super::InterfaceLock,
 }
 
 fn interface_state(iface: &Interface) -> (LinkState, Option<String>) {
@@ -147,6 +152,7 @@ fn mac_text(mac: [u8; 6]) -> String {
 impl AfPacketLink {
     /// Attaches to the existing interface `ifname` (up or not).
     pub fn open(ifname: &str, mut info: LinkInfo) -> Result<Self, LinkError> {
+        let lock = super::InterfaceLock::acquire(ifname)?;
         let probe =
             crate::sys::probe_socket().map_err(|e| LinkError::io("creating a probe socket", e))?;
         let iface = crate::sys::interface(probe.as_fd(), ifname)
@@ -172,6 +178,8 @@ impl AfPacketLink {
             reason,
             scratch: vec![0; offload::HEADER_LEN + offload::MAX_AGGREGATE_LEN],
             stats: LinkStats::default(),
+            unicast: Vec::new(),
+            _lock: lock,
         })
     }
 
@@ -286,7 +294,11 @@ impl Link for AfPacketLink {
     }
 
     fn send(&mut self, frames: &[&[u8]]) -> Result<usize, LinkError> {
-        if self.state != LinkState::Up {
+        // A link seen down is still asked: the kernel's own answer (ENETDOWN for an interface
+        // set down) is the truth, while the RUNNING flag we last read lags the carrier by up
+        // to a second after the interface comes up, and frames refused on that stale flag
+        // would be lost though the kernel could send them.
+        if self.state == LinkState::Gone {
             return Ok(0);
         }
         let Some(socket) = &self.socket else {
@@ -347,6 +359,32 @@ impl Link for AfPacketLink {
         self.socket.as_ref().map(|s| s.fd.as_fd())
     }
 
+    fn set_unicast_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), LinkError> {
+        let old = std::mem::replace(&mut self.unicast, macs.to_vec());
+        let Some(socket) = &self.socket else {
+            // Asked of the next incarnation when the interface is back.
+            return Ok(());
+        };
+        let (fd, ifindex) = (socket.fd.as_fd(), socket.ifindex);
+        for mac in old.iter().filter(|m| !macs.contains(m)) {
+            // A membership the kernel no longer has is gone either way.
+            let _ = crate::sys::packet_unicast_membership(fd, ifindex, *mac, false);
+        }
+        for mac in macs.iter().filter(|m| !old.contains(m)) {
+            crate::sys::packet_unicast_membership(fd, ifindex, *mac, true).map_err(|e| {
+                LinkError::io(
+                    format!(
+                        "asking {} to accept frames for {}",
+                        self.ifname,
+                        mac_text(*mac)
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> LinkStats {
         self.stats
     }
@@ -399,7 +437,23 @@ impl Link for AfPacketLink {
                 return;
             }
             match Socket::open(&self.ifname, iface.index) {
-                Ok(socket) => self.socket = Some(socket),
+                Ok(socket) => {
+                    for &mac in &self.unicast {
+                        if let Err(e) = crate::sys::packet_unicast_membership(
+                            socket.fd.as_fd(),
+                            socket.ifindex,
+                            mac,
+                            true,
+                        ) {
+                            tracing::warn!(
+                                "{} does not accept frames for {}: {e}",
+                                self.ifname,
+                                mac_text(mac)
+                            );
+                        }
+                    }
+                    self.socket = Some(socket);
+                }
                 Err(e) => {
                     self.set_state(LinkState::Gone, Some(format!("re-opening it: {e}")));
                     return;

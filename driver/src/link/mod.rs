@@ -34,6 +34,7 @@
 //! `LinkDown`.
 
 mod afpacket;
+mod lock;
 mod memory;
 mod pcap;
 mod spec;
@@ -48,6 +49,7 @@ pub use netmux_proto::LinkState;
 use netmux_wire::offload::{self, OffloadError, Segments, VirtioNetHeader};
 
 pub use afpacket::AfPacketLink;
+pub use lock::InterfaceLock;
 pub use memory::MemoryLink;
 pub use netmux_ring::FrameBatch;
 pub use pcap::PcapLink;
