@@ -227,6 +227,64 @@ fn up_stops_netd_and_the_driver_child_and_removes_its_socket_on_sigint() {
     assert!(!alive(driver), "the driver child is stopped");
 }
 
+/// B6: a driver killed under `up` is noticed: `up` says the driver ended and how, stops
+/// netd (its socket goes) and exits non-zero, so a supervisor restarts it.
+#[test]
+fn up_whose_driver_is_killed_says_so_stops_netd_and_exits_non_zero() {
+    let scratch = TempDir::new("nmx-upkill");
+    let (up, driver) = up(&scratch);
+    let socket = scratch.join("run").join("netd.sock");
+    assert!(socket.exists());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(driver).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let (status, err) = up.wait();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("the driver ended by itself"), "{err}");
+    assert!(err.contains("signal: 9"), "says how: {err}");
+    assert!(!socket.exists(), "netd stopped and removed its socket");
+}
+
+/// B11: a second `up` on the runtime directory of a running one is refused, and the running
+/// driver keeps its control socket (a new netd could still reach it) and goes on serving.
+#[test]
+fn a_second_up_on_the_same_runtime_directory_is_refused_and_leaves_the_first_whole() {
+    let scratch = TempDir::new("nmx-uptwice");
+    let (up, driver) = up(&scratch);
+    let control = scratch.join("run").join("driver").join("control.sock");
+    let control_before =
+        std::fs::metadata(&control).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let link = format!("virtual:{}", scratch.join("cable2.sock").display());
+    let (status, err) = Proc::start(
+        &[
+            "up",
+            "--link",
+            &link,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.join("run")],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("listening"), "says another one listens: {err}");
+    let control_after =
+        std::fs::metadata(&control).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert_eq!(
+        control_before.ok(),
+        control_after.ok(),
+        "the running driver's control socket is the same file"
+    );
+    assert!(alive(driver), "the first driver runs on");
+    let mut client = netmux_client::blocking::Client::connect(&scratch.join("run")).unwrap();
+    client.stats().expect("the first netd still answers");
+    up.signal(rustix::process::Signal::TERM);
+    assert!(up.wait().0.success());
+}
+
 #[test]
 fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
     let scratch = TempDir::new("nmx-badlink");

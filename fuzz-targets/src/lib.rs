@@ -1,7 +1,7 @@
 //! The bodies of netmux's fuzz targets, with their models and input generators.
 //!
 //! Each target is one function of any bytes that panics when netmux breaks a promise of
-//! RELIABILITY.md (F1-F7) and returns otherwise. Two callers run them:
+//! RELIABILITY.md (F1-F8) and returns otherwise. Two callers run them:
 //!
 //! * the cargo-fuzz crate in `fuzz/` (its own workspace, nightly, sanitizers), where each file
 //!   of `fuzz/fuzz_targets/` is one line calling its function here (`scripts/fuzz SECONDS`);
@@ -21,6 +21,7 @@
 use arbitrary::{Arbitrary, Unstructured};
 
 mod classifier;
+mod config_file;
 mod filter_parse;
 pub mod gen;
 mod ipc_decode;
@@ -28,6 +29,7 @@ mod reassembly;
 mod vm;
 
 pub use classifier::classifier;
+pub use config_file::config_file;
 pub use filter_parse::filter_parse;
 pub use ipc_decode::ipc_decode;
 pub use reassembly::reassembly;
@@ -40,6 +42,7 @@ pub type Target = fn(&[u8]);
 /// `fuzz/seeds/NAME/`) and its function.
 pub const TARGETS: &[(&str, Target)] = &[
     ("classifier", classifier),
+    ("config_file", config_file),
     ("filter_parse", filter_parse),
     ("ipc_decode", ipc_decode),
     ("reassembly", reassembly),

@@ -87,6 +87,7 @@ macro_rules! replay_tests {
 
 replay_tests!(
     classifier,
+    config_file,
     filter_parse,
     ipc_decode,
     reassembly,

@@ -765,6 +765,19 @@ pub fn start_driver_command(
     timeout: Duration,
 ) -> Result<(ChildDriver, ChannelDriver), DriverError> {
     if control.exists() {
+        // A driver answering there belongs to a netd that runs with this runtime directory:
+        // refuse before anything is touched, rather than take its socket away from it.
+        if UnixStream::connect(control).is_ok() {
+            return Err(DriverError::Refused(ErrorReply {
+                code: netmux_proto::ErrorCode::InUse,
+                message: format!(
+                    "a driver is already listening on {}: a netd runs with this runtime \
+                     directory; stop it first or choose another --runtime-dir",
+                    control.display()
+                ),
+            }));
+        }
+        // What a driver that ended left behind.
         std::fs::remove_file(control)
             .map_err(|e| DriverError::Gone(format!("removing {}: {e}", control.display())))?;
     }
