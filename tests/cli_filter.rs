@@ -627,20 +627,15 @@ fn filter_match_agrees_with_libpcap_on_every_frame_of_every_corpus_capture() {
     let dir = corpus::conformance_dir().expect("conformance corpus not found");
     let files = corpus::capture_paths(&dir.join("pcap")).unwrap();
     let public = corpus::exprs(&dir).unwrap();
-    let seed: u64 = std::env::var("NETMUX_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
+    let seed = netmux_testkit::seed(
+        "filter_match_agrees_with_libpcap_on_every_frame_of_every_corpus_capture",
+    );
     let count: usize = std::env::var("NETMUX_RANDOM_EXPRS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
     eprintln!(
-        "corpus: {} captures, {} public expressions, {count} generated (NETMUX_RANDOM_SEED={seed})",
+        "corpus: {} captures, {} public expressions, {count} generated (NETMUX_SEED={seed})",
         files.len(),
         public.len()
     );

@@ -124,7 +124,9 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
     std::thread::sleep(Duration::from_secs(1));
     let (fds_driver, fds_netd) = (fds(driver), fds(netd));
     let (rss_driver, rss_netd) = (rss_kib(driver), rss_kib(netd));
-    eprintln!("baseline: driver {fds_driver} fds {rss_driver} KiB, netd {fds_netd} fds {rss_netd} KiB");
+    eprintln!(
+        "baseline: driver {fds_driver} fds {rss_driver} KiB, netd {fds_netd} fds {rss_netd} KiB"
+    );
 
     let start = Instant::now();
     let (mut rounds, mut answered, mut asked, mut flaps) = (0u64, 0u64, 0u64, 0u64);
@@ -144,7 +146,13 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
             String::from_utf8_lossy(&created.stderr)
         );
         for k in 0..4u16 {
-            clients.push(echo(dir.path(), &run_dir, 7100 + k, "default", rounds as usize));
+            clients.push(echo(
+                dir.path(),
+                &run_dir,
+                7100 + k,
+                "default",
+                rounds as usize,
+            ));
         }
         clients.push(echo(dir.path(), &run_dir, 7200, &instance, rounds as usize));
         for k in 0..4u16 {
@@ -204,7 +212,13 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
     );
     assert_eq!(fds_driver_end, fds_driver, "the driver's descriptors");
     assert_eq!(fds_netd_end, fds_netd, "netd's descriptors");
-    assert!(rss_driver_end <= rss_driver + RSS_SLACK_KIB, "the driver's memory");
+    assert!(
+        rss_driver_end <= rss_driver + RSS_SLACK_KIB,
+        "the driver's memory"
+    );
     assert!(rss_netd_end <= rss_netd + RSS_SLACK_KIB, "netd's memory");
-    assert!(answered * 10 >= asked * 9, "most echoes answered: {answered}/{asked}");
+    assert!(
+        answered * 10 >= asked * 9,
+        "most echoes answered: {answered}/{asked}"
+    );
 }

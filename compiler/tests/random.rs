@@ -6,7 +6,7 @@
 //! is also compared on another link layer (Linux cooked v1/v2, raw IP), the frames rewritten
 //! into it.
 //!
-//! A new seed every run (from the clock); the seed is printed, and `NETMUX_RANDOM_SEED=N`
+//! A new seed every run (from the clock); the seed is printed, and `NETMUX_SEED=N`
 //! replays a run. `NETMUX_RANDOM_EXPRS` sets how many expressions (default 5,000).
 
 mod common;
@@ -28,26 +28,16 @@ const OTHER_LINKS: [LinkType; 5] = [
     LinkType::Ipv6,
 ];
 
-/// `NETMUX_RANDOM_SEED`, or a new seed from the clock.
-fn seed() -> u64 {
-    std::env::var("NETMUX_RANDOM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
-
 #[test]
 fn random_expressions_agree_with_libpcap() {
-    let seed = seed();
+    let seed = netmux_testkit::seed("random_expressions_agree_with_libpcap");
     let count: usize = std::env::var("NETMUX_RANDOM_EXPRS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_EXPRS);
-    eprintln!("random expressions: seed {seed} (replay with NETMUX_RANDOM_SEED={seed}), {count} expressions");
+    eprintln!(
+        "random expressions: seed {seed} (replay with NETMUX_SEED={seed}), {count} expressions"
+    );
     let mut frames = sample_frames(100, seed);
     if let Some(dir) = corpus::conformance_dir() {
         if let Ok(c) = corpus::corpus_frames(&dir) {
@@ -96,7 +86,7 @@ fn random_expressions_agree_with_libpcap() {
     bad.sort();
     assert!(
         bad.is_empty(),
-        "seed {seed} (replay with NETMUX_RANDOM_SEED={seed}): {} disagreements:\n{}",
+        "seed {seed} (replay with NETMUX_SEED={seed}): {} disagreements:\n{}",
         bad.len(),
         bad.join("\n")
     );
@@ -107,7 +97,7 @@ fn random_expressions_agree_with_libpcap() {
 /// and in the reverse order, each order on its own thread, give the same programs.
 #[test]
 fn compiling_in_any_order_gives_the_same_programs() {
-    let seed = seed();
+    let seed = netmux_testkit::seed("compiling_in_any_order_gives_the_same_programs");
     let mut g = ExprGen::new(seed);
     // Deeper expressions than the differential test's, and long chains, so that the
     // optimizer's buffers grow and shrink between compilations.
@@ -143,7 +133,7 @@ fn compiling_in_any_order_gives_the_same_programs() {
     for (f, b) in forward.iter().zip(&backward) {
         assert_eq!(
             f, b,
-            "seed {seed} (replay with NETMUX_RANDOM_SEED={seed}): `{}` compiles differently after other expressions",
+            "seed {seed} (replay with NETMUX_SEED={seed}): `{}` compiles differently after other expressions",
             f.0
         );
     }
