@@ -230,25 +230,7 @@ fn kernel_side(ns: &NetNs, ifname: &str) {
 /// Sends a datagram to the echo from the kernel until the same bytes come back (the first ones
 /// may wait for ARP, or for the link to come back).
 fn udp_echo_from_kernel(ns: &NetNs, payload: &'static [u8]) {
-    let target = SocketAddr::from((NETMUX, UDP_PORT));
-    ns.run(move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        let mut buf = [0u8; 2048];
-        loop {
-            sock.send_to(payload, target).unwrap();
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    assert_eq!(from, target, "the echo answers from its own address");
-                    assert_eq!(&buf[..n], payload, "the echo returns the datagram");
-                    return;
-                }
-                Err(e) => assert!(Instant::now() < deadline, "no echo from {target}: {e}"),
-            }
-        }
-    });
+    netns::udp_echo_from(ns, SocketAddr::from((NETMUX, UDP_PORT)), payload, PATIENCE);
 }
 
 /// `UDP_SEGMENT` from `<linux/udp.h>`: the socket option of UDP GSO.

@@ -78,25 +78,7 @@ fn example(dir: &Path, run_dir: &Path, kind: &str, port: u16, instance: &str) ->
 
 /// Sends datagrams to `to` from the kernel until one comes back; it must come from `to`.
 fn echo_from_kernel(ns: &NetNs, to: Ipv4Addr, payload: &'static [u8]) {
-    let target = SocketAddr::from((to, UDP_PORT));
-    ns.run(move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let deadline = Instant::now() + PATIENCE;
-        let mut buf = [0u8; 2048];
-        loop {
-            sock.send_to(payload, target).unwrap();
-            match sock.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    assert_eq!(from, target, "the echo of {to} answers from {to}");
-                    assert_eq!(&buf[..n], payload);
-                    return;
-                }
-                Err(e) => assert!(Instant::now() < deadline, "no echo from {target}: {e}"),
-            }
-        }
-    });
+    netns::udp_echo_from(ns, SocketAddr::from((to, UDP_PORT)), payload, PATIENCE);
 }
 
 /// Whether anything answers a datagram to `to` within `wait`.
@@ -201,12 +183,7 @@ fn root_instances_with_their_own_and_the_links_mac_serve_kernel_peers_apart() {
     );
     let dir = TempDir::new("nmx-instances");
     let run_dir = dir.join("run");
-    let mux = NetNs::new("rim");
-    let kernel = NetNs::new("rik");
-    netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
-    mux.ip(&["link", "set", MUX_END, "up"]);
-    kernel.ip(&["addr", "add", &format!("{KERNEL}/24"), "dev", KERNEL_END]);
-    kernel.ip(&["link", "set", KERNEL_END, "up"]);
+    let (mux, kernel) = netns::kernel_peer("ri", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
     let promisc_before = promiscuity(&mux, MUX_END);
 
     let mut cmd = mux.command(netmux());

@@ -92,12 +92,7 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
         .unwrap_or(600);
     let dir = TempDir::new("nmx-soak");
     let run_dir = dir.join("run");
-    let mux = NetNs::new("soakm");
-    let kernel = NetNs::new("soakk");
-    netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
-    mux.ip(&["link", "set", MUX_END, "up"]);
-    kernel.ip(&["addr", "add", &format!("{KERNEL}/24"), "dev", KERNEL_END]);
-    kernel.ip(&["link", "set", KERNEL_END, "up"]);
+    let (mux, kernel) = netns::kernel_peer("soak", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
 
     let mut cmd = mux.command(netmux());
     cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])

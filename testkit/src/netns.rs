@@ -135,6 +135,53 @@ pub fn veth(a: &NetNs, a_end: &str, b: &NetNs, b_end: &str) {
     ]);
 }
 
+/// Two namespaces joined by a veth pair as `ip link add` makes it: netmux's end `mux_end` in
+/// the first, up and without an address; the kernel's end `kernel_end` in the second, up, with
+/// `kernel_cidr` (`192.0.2.1/24`, say). Returns (netmux's, the kernel's).
+pub fn kernel_peer(
+    tag: &str,
+    mux_end: &str,
+    kernel_end: &str,
+    kernel_cidr: &str,
+) -> (NetNs, NetNs) {
+    let mux = NetNs::new(&format!("{tag}m"));
+    let kernel = NetNs::new(&format!("{tag}k"));
+    veth(&mux, mux_end, &kernel, kernel_end);
+    mux.ip(&["link", "set", mux_end, "up"]);
+    kernel.ip(&["addr", "add", kernel_cidr, "dev", kernel_end]);
+    kernel.ip(&["link", "set", kernel_end, "up"]);
+    (mux, kernel)
+}
+
+/// From a UDP socket of the kernel in `ns`, sends `payload` to `target` until it comes back
+/// (the first datagrams may wait for ARP, or for a client to start), for at most `patience`;
+/// the answer must come from `target` and carry the same bytes.
+pub fn udp_echo_from(
+    ns: &NetNs,
+    target: std::net::SocketAddr,
+    payload: &'static [u8],
+    patience: Duration,
+) {
+    ns.run(move || {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("a read timeout");
+        let deadline = Instant::now() + patience;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            sock.send_to(payload, target).expect("sending");
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    assert_eq!(from, target, "the echo answers from its own address");
+                    assert_eq!(&buf[..n], payload, "the echo returns the datagram");
+                    return;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "no echo from {target}: {e}"),
+            }
+        }
+    });
+}
+
 /// An ethtool "get" or "set" of one feature value, by `SIOCETHTOOL` on a socket of the calling
 /// thread's namespace.
 fn ethtool_value(ifname: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
