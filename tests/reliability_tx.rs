@@ -14,8 +14,9 @@
 //! * Each case has its expected reason; the completions must carry it, the driver's per-queue
 //!   per-reason counters must count it, and the wire must carry exactly the honest frame.
 //!
-//! The client's queue is granted UDP port 53 on the host's IPv4 address (no IPv6) and ARP as
-//! the host; another queue holds UDP port 80, which the client does not own.
+//! The client's queue is granted UDP port 53 on the host's IPv4 address (no IPv6) and ARP
+//! requests as the host (replies for the shared address are netd's alone); another queue
+//! holds UDP port 80, which the client does not own.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -85,9 +86,13 @@ fn udp(src_mac: [u8; 6], src_ip: [u8; 4], sport: u16) -> FrameBuilder {
 }
 
 fn arp(eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
+    arp_op(1, eth_src, sender_mac, sender_ip)
+}
+
+fn arp_op(op: u16, eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
     FrameBuilder::ethernet([0xff; 6], eth_src)
         .ethertype(0x0806)
-        .arp(1, sender_mac, sender_ip, [0; 6], REMOTE_IP)
+        .arp(op, sender_mac, sender_ip, [0; 6], REMOTE_IP)
         .finish()
         .data
 }
@@ -179,6 +184,11 @@ fn matrix(mac: [u8; 6]) -> Vec<Case> {
             "ARP with a foreign sender IP",
             arp(mac, mac, FOREIGN_IP),
             TxStatus::RejectedSourceIp,
+        ),
+        case(
+            "ARP reply for the shared host address",
+            arp_op(2, mac, mac, HOST_IP),
+            TxStatus::RejectedByFilter,
         ),
         case("IPv4 fragment", fragment, TxStatus::RejectedFragment),
         case(

@@ -5,8 +5,10 @@
 //! [`PortBinding`]: the classifier puts rx bindings in its hash table, and the driver names the
 //! reason for a rejected transmission from the tx bindings (source MAC, ethertype, source IP,
 //! source port).
-//! A client queue gets one ARP tx filter so its stack can resolve neighbours; ARP replies and
-//! requests for the host reach every queue by the driver's own rule.
+//! A client queue gets one ARP tx filter so its stack can resolve neighbours: requests only,
+//! since every client shares the host's address and netd alone answers for it (one request,
+//! one reply, whatever the number of clients). ARP replies and requests for the host reach
+//! every queue by the driver's own rule.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -130,9 +132,11 @@ pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Opt
     Some(filters)
 }
 
-/// The ARP tx filter of a client queue, when the host has an IPv4 address.
+/// The ARP tx filter of a client queue, when the host has an IPv4 address: requests from the
+/// host's addresses, never replies (netd answers for the host).
 pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
-    host.ipv4.map(|ip| builders::arp_tx_expr(host.mac, ip))
+    host.ipv4
+        .map(|ip| builders::arp_request_tx_expr(host.mac, ip))
 }
 
 /// The rx filter of netd's own host queue: ARP for the host.
@@ -145,8 +149,8 @@ pub fn host_rx(host: &HostIdentity) -> Option<String> {
 pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
     let mut parts = Vec::new();
     for host in hosts {
-        if let Some(arp) = queue_arp_tx(host) {
-            parts.push(format!("({arp})"));
+        if let Some(ip) = host.ipv4 {
+            parts.push(format!("({})", builders::arp_tx_expr(host.mac, ip)));
         }
         if let Some(a) = host.ipv4 {
             parts.push(format!(

@@ -1,0 +1,276 @@
+//! The host as an IP citizen, with a real Linux kernel as the peer, as root: on a veth pair as
+//! `ip link add` makes it (default offloads, never changed), `netmux up` in one namespace on one
+//! end (`afpacket:`), the kernel with 192.0.2.1/24 on the other end in a second namespace;
+//! netmux is 192.0.2.2/24.
+//!
+//! What is proved: one ARP request gets exactly one reply however many clients share the host
+//! address (12 here).
+//!
+//! Only addresses in 192.0.2.0/24 inside the tests' own namespaces are used; only processes
+//! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
+//! happened. Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netmux_testkit::netns::{self, NetNs, Proc};
+use netmux_testkit::TempDir;
+
+/// How long any one expected event may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+const KERNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// An address on the link nobody has: the sender of the test's own ARP requests.
+const ASKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+const MUX_END: &str = "nmx0";
+const KERNEL_END: &str = "nmx1";
+const LOG_FILTER: &str = "info,cranelift_jit=warn";
+/// Set to a path to test another build of the binary.
+const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
+
+fn netmux() -> PathBuf {
+    std::env::var_os(BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
+}
+
+fn require_root() {
+    assert!(
+        netns::is_root(),
+        "root_* tests need root (network namespaces, veth, AF_PACKET): run scripts/test as root"
+    );
+}
+
+/// `netmux up` on a veth end, with the kernel at the other end.
+struct Host {
+    /// Declared first, so it goes before `mux`.
+    kernel: NetNs,
+    /// netmux's namespace, kept until the host goes.
+    _mux: NetNs,
+    dir: TempDir,
+    up: Proc,
+}
+
+impl Host {
+    fn start(tag: &str) -> Host {
+        let mux = NetNs::new(&format!("{tag}m"));
+        let kernel = NetNs::new(&format!("{tag}k"));
+        let dir = TempDir::new(&format!("nmx-ip-{tag}"));
+        netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
+        let defaults = netns::offloads(&kernel, KERNEL_END);
+        assert!(
+            defaults.tx_checksum && defaults.tso,
+            "the kernel's end keeps Linux's defaults: {defaults:?}"
+        );
+        mux.ip(&["link", "set", MUX_END, "up"]);
+        kernel.ip(&["addr", "add", &format!("{KERNEL}/24"), "dev", KERNEL_END]);
+        kernel.ip(&["link", "set", KERNEL_END, "up"]);
+        let mut cmd = mux.command(netmux());
+        cmd.args([
+            "up",
+            "--link",
+            &format!("afpacket:{MUX_END}"),
+            "--ip",
+            &format!("{NETMUX}/24"),
+        ])
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .env("RUST_LOG", LOG_FILTER);
+        let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
+        up.expect_line("netd listening", PATIENCE);
+        Host {
+            kernel,
+            _mux: mux,
+            dir,
+            up,
+        }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// `netmux example udp-echo` on `port`, once it listens.
+    fn echo(&self, port: u16) -> Proc {
+        let name = format!("udp-echo-{port}");
+        let mut cmd = Command::new(netmux());
+        cmd.args(["example", "udp-echo", "--port", &port.to_string()])
+            .arg("--runtime-dir")
+            .arg(self.run_dir())
+            .env("RUST_LOG", LOG_FILTER);
+        let mut p = Proc::spawn(&name, cmd, &self.dir.join(format!("{name}.log")));
+        p.expect_line(&format!("listening on udp port {port}"), PATIENCE);
+        p
+    }
+
+    /// The MAC of `ifname` in `ns`.
+    fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
+        let out = ns
+            .command("cat")
+            .arg(format!("/sys/class/net/{ifname}/address"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    }
+}
+
+/// A raw AF_PACKET socket on `ifname` of the calling thread's namespace, for ARP.
+struct RawSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+
+impl RawSocket {
+    fn open(ifname: &str) -> RawSocket {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETH_P_ARP.to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(ifindex > 0, "no interface {ifname}");
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a valid sockaddr_ll of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        RawSocket { fd, ifindex }
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and addr are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The next frame within the socket's timeout, if any.
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+}
+
+/// An ARP request from `sha`/[`ASKER`] for [`NETMUX`].
+fn arp_request(sha: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&ASKER.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&NETMUX.octets());
+    f
+}
+
+/// Whether `frame` is an ARP reply from [`NETMUX`] to [`ASKER`].
+fn is_reply_to_asker(frame: &[u8]) -> bool {
+    frame.len() >= 42
+        && frame[12..14] == ETH_P_ARP.to_be_bytes()
+        && frame[20..22] == [0, 2]
+        && frame[28..32] == NETMUX.octets()
+        && frame[38..42] == ASKER.octets()
+}
+
+#[test]
+#[ignore]
+fn root_one_arp_request_gets_one_reply_with_twelve_clients() {
+    require_root();
+    let host = Host::start("arp");
+    let _clients: Vec<Proc> = (7101..=7112).map(|p| host.echo(p)).collect();
+    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    let replies = host.kernel.run(move || {
+        let raw = RawSocket::open(KERNEL_END);
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            raw.send(&arp_request(kernel_mac));
+            let quiet_from = Instant::now() + Duration::from_millis(1500);
+            let mut n = 0;
+            while Instant::now() < quiet_from {
+                if let Some(f) = raw.recv() {
+                    n += usize::from(is_reply_to_asker(&f));
+                }
+            }
+            counts.push(n);
+        }
+        counts
+    });
+    assert_eq!(
+        replies,
+        vec![1, 1, 1],
+        "replies to each of three requests, with 12 clients sharing the address; netmux log:\n{}",
+        host.up.log()
+    );
+}
