@@ -4,13 +4,16 @@
 //! netmux is 192.0.2.2/24.
 //!
 //! What is proved: one ARP request gets exactly one reply however many clients share the host
-//! address (12 here).
+//! address (12 here); the UDP echo returns 8,000-byte datagrams (the kernel fragments them on
+//! the way in, the echo's smoltcp on the way out, and the driver checks them whole) and the
+//! largest datagram IPv4 carries; pings of 8,000 and 65,000 bytes are answered (netd's reply
+//! goes out in fragments).
 //!
 //! Only addresses in 192.0.2.0/24 inside the tests' own namespaces are used; only processes
 //! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
 //! happened. Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -273,4 +276,182 @@ fn root_one_arp_request_gets_one_reply_with_twelve_clients() {
         "replies to each of three requests, with 12 clients sharing the address; netmux log:\n{}",
         host.up.log()
     );
+}
+
+/// Sends `size` bytes to the echo at `port` from the kernel until the same bytes come back.
+fn echo_from_kernel(ns: &NetNs, port: u16, size: usize, to: Ipv4Addr, broadcast: bool) {
+    ns.run(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        if broadcast {
+            sock.set_broadcast(true).unwrap();
+            let dev = KERNEL_END.as_bytes();
+            // SAFETY: a valid buffer of the length given, for SO_BINDTODEVICE.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    dev.as_ptr().cast(),
+                    dev.len() as u32,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "SO_BINDTODEVICE: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        let target = SocketAddr::from((to, port));
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            sock.send_to(&payload, target).unwrap();
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    assert_eq!(
+                        from,
+                        SocketAddr::from((NETMUX, port)),
+                        "the echo answers from the host's address"
+                    );
+                    assert_eq!(n, size, "the echo returns the whole datagram");
+                    assert!(buf[..n] == payload[..], "the echo returns the same bytes");
+                    return;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "no echo of {size} bytes to {target}: {e}"
+                ),
+            }
+        }
+    });
+}
+
+#[test]
+#[ignore]
+fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_both_ways() {
+    require_root();
+    let host = Host::start("frag");
+    let port = 7200;
+    let _echo = host.echo(port);
+    echo_from_kernel(&host.kernel, port, 64, NETMUX, false);
+    for size in [1473, 8000, 30_000, 65_507] {
+        echo_from_kernel(&host.kernel, port, size, NETMUX, false);
+    }
+}
+
+/// The Internet checksum of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Pings [`NETMUX`] from the kernel with `size` bytes of payload (a raw ICMP socket: the kernel
+/// fragments the request) until the reply with the same payload comes back.
+fn ping_from_kernel(ns: &NetNs, size: usize) {
+    ns.run(move || {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(
+            fd >= 0,
+            "raw ICMP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 500_000,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
+        let id: u16 = 0x4e4d;
+        // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as u16;
+        to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 70_000];
+        for seq in 1u16.. {
+            let mut request = vec![8, 0, 0, 0];
+            request.extend_from_slice(&id.to_be_bytes());
+            request.extend_from_slice(&seq.to_be_bytes());
+            request.extend_from_slice(&payload);
+            let sum = internet_checksum(&request);
+            request[2..4].copy_from_slice(&sum.to_be_bytes());
+            // SAFETY: request and to are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            assert_eq!(
+                n,
+                request.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                // SAFETY: buf is valid for its length.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n <= 0 {
+                    break;
+                }
+                // The raw socket hands over the IP header too.
+                let packet = &buf[..n as usize];
+                let icmp = &packet[usize::from(packet[0] & 0x0f) * 4..];
+                if packet[12..16] == NETMUX.octets()
+                    && icmp.len() >= 8
+                    && icmp[0] == 0
+                    && icmp[4..6] == id.to_be_bytes()
+                    && icmp[6..8] == seq.to_be_bytes()
+                {
+                    assert!(
+                        icmp[8..] == payload[..],
+                        "the reply carries the request's payload"
+                    );
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no echo reply to a ping of {size} bytes"
+            );
+        }
+    });
+}
+
+#[test]
+#[ignore]
+fn root_pings_larger_than_the_mtu_are_answered() {
+    require_root();
+    let host = Host::start("ping");
+    for size in [56, 1473, 8000, 65_000] {
+        ping_from_kernel(&host.kernel, size);
+    }
 }

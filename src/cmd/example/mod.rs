@@ -94,9 +94,6 @@ pub struct Station {
     pub iface: Interface,
     /// The bound port.
     pub port: u16,
-    /// The link's IP MTU: the largest packet this client may send (the driver rejects
-    /// fragments that clients transmit).
-    pub mtu: u16,
     /// When the session with netd was last seen alive.
     last_check: std::time::Instant,
     /// How long to try to reach netd again.
@@ -151,7 +148,6 @@ impl Station {
             device,
             iface,
             port,
-            mtu: host.link.mtu,
             last_check: std::time::Instant::now(),
             reconnect_for: Duration::from_secs_f64(args.reconnect_for),
             host,
