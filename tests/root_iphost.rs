@@ -7,7 +7,8 @@
 //! address (12 here); the UDP echo returns 8,000-byte datagrams (the kernel fragments them on
 //! the way in, the echo's smoltcp on the way out, and the driver checks them whole) and the
 //! largest datagram IPv4 carries; pings of 8,000 and 65,000 bytes are answered (netd's reply
-//! goes out in fragments).
+//! goes out in fragments); an ICMP error the kernel sends about a client's flow reaches
+//! that client and no other.
 //!
 //! Only addresses in 192.0.2.0/24 inside the tests' own namespaces are used; only processes
 //! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
@@ -19,6 +20,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use netmux_client::blocking::Client;
+use netmux_client::Transport;
 use netmux_testkit::netns::{self, NetNs, Proc};
 use netmux_testkit::TempDir;
 
@@ -454,4 +457,55 @@ fn root_pings_larger_than_the_mtu_are_answered() {
     for size in [56, 1473, 8000, 65_000] {
         ping_from_kernel(&host.kernel, size);
     }
+}
+
+#[test]
+#[ignore]
+fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
+    require_root();
+    let host = Host::start("icmp");
+    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    // Two clients: the owner of the flow and a bystander.
+    let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
+    let port = owner.bind_port(Transport::Udp, 7400).unwrap();
+    let mac = owner.host().link.mac;
+    let mut owner_queue = owner.open_queue().unwrap();
+    let mut bystander = Client::connect(&host.run_dir()).expect("netd takes a client");
+    bystander.bind_port(Transport::Udp, 7401).unwrap();
+    let mut bystander_queue = bystander.open_queue().unwrap();
+
+    // A datagram to a kernel port nobody listens on: the kernel answers port unreachable.
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac, kernel_mac)
+        .ipv4(NETMUX.octets(), KERNEL.octets(), 64)
+        .udp(port, 9)
+        .write(&mut frame, b"is anyone there")
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let error = 'found: loop {
+        owner_queue.send(&[&[&frame]]).unwrap();
+        let _ = owner_queue.wait_readable(Some(Duration::from_millis(300)));
+        let mut got = Vec::new();
+        owner_queue.recv_owned(64, &mut got).unwrap();
+        for f in got {
+            // IPv4, ICMP, destination unreachable, port unreachable.
+            if f.len() > 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 3 && f[35] == 3 {
+                break 'found f;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port unreachable never reached the flow's owner; netmux log:\n{}",
+            host.up.log()
+        );
+    };
+    // It quotes the owner's datagram.
+    assert_eq!(error[42 + 12..42 + 16], NETMUX.octets());
+    assert_eq!(error[42 + 20..42 + 22], port.to_be_bytes());
+    let mut stray = Vec::new();
+    bystander_queue.recv_owned(64, &mut stray).unwrap();
+    assert!(
+        !stray.iter().any(|f| f.len() > 34 && f[23] == 1),
+        "the bystander got no ICMP: {stray:02x?}"
+    );
 }

@@ -10,8 +10,9 @@
 //! - an ARP reply, or an ARP request for one of the host addresses
 //!   ([`DriverRequest::SetHostAddresses`]), goes to **every** queue exactly once, netd's
 //!   included, without classification;
-//! - every other frame goes to the queues the classifier names, and to netd's queue
-//!   ([`DriverRequest::SetNetdQueue`]) when it names none.
+//! - every other frame goes to the queues the classifier names; an ICMP error none names goes
+//!   to the queue granted the flow it quotes ([`icmp_errors`]); anything else to netd's queue
+//!   ([`DriverRequest::SetNetdQueue`]).
 //!
 //! The frame is copied into the rx ring of each receiving queue; a full ring drops it for that
 //! queue only (counted there). Each touched ring is published once per batch.
@@ -44,6 +45,7 @@
 //! goes away.
 
 pub mod control;
+pub mod icmp_errors;
 pub mod instances;
 pub mod tx;
 pub mod tx_fragments;
@@ -886,6 +888,9 @@ impl Driver {
             .instances
             .receivers(frame, target, self.netd_queue, &mut self.receivers);
         self.rx.arp_to_all += arp as u64;
+        if self.receivers.is_empty() {
+            self.icmp_error_owner(frame, target);
+        }
         if self.receivers.is_empty() {
             match self.netd_queue {
                 Some(netd) => {
