@@ -8,7 +8,8 @@
 //! the way in, the echo's smoltcp on the way out, and the driver checks them whole) and the
 //! largest datagram IPv4 carries; pings of 8,000 and 65,000 bytes are answered (netd's reply
 //! goes out in fragments); an ICMP error the kernel sends about a client's flow reaches
-//! that client and no other.
+//! that client and no other; UDP sent to the subnet broadcast and to the limited broadcast
+//! reaches the client bound to the port.
 //!
 //! Only addresses in 192.0.2.0/24 inside the tests' own namespaces are used; only processes
 //! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
@@ -457,6 +458,17 @@ fn root_pings_larger_than_the_mtu_are_answered() {
     for size in [56, 1473, 8000, 65_000] {
         ping_from_kernel(&host.kernel, size);
     }
+}
+
+#[test]
+#[ignore]
+fn root_udp_to_the_subnet_and_the_limited_broadcast_reaches_the_bound_client() {
+    require_root();
+    let host = Host::start("bcast");
+    let port = 7300;
+    let _echo = host.echo(port);
+    echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::new(192, 0, 2, 255), true);
+    echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::BROADCAST, true);
 }
 
 #[test]

@@ -132,6 +132,50 @@ pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Opt
     Some(filters)
 }
 
+/// The Ethernet broadcast address.
+const ETHER_BROADCAST: [u8; 6] = [0xff; 6];
+
+/// The extra rx filters of a UDP port bound on a host whose IPv4 address is `prefix` bits
+/// long: datagrams to the port sent to the Ethernet broadcast address and to the subnet's
+/// broadcast address (subnets of /30 and larger; /31 and /32 have none, RFC 3021) or the
+/// limited broadcast 255.255.255.255. Each has its own classifier key (the broadcast address,
+/// the port), so the merged classifier takes them in the same one lookup as every binding.
+/// Nothing for TCP or without an IPv4 address.
+pub fn broadcast_rx(
+    host: &HostIdentity,
+    prefix: u8,
+    transport: Transport,
+    port: u16,
+) -> Vec<(String, PortBinding)> {
+    let Some(ip) = host.ipv4 else {
+        return Vec::new();
+    };
+    if transport != Transport::Udp {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    if prefix <= 30 {
+        let host_bits = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+        addresses.push(Ipv4Addr::from(u32::from(ip) | host_bits));
+    }
+    addresses.push(Ipv4Addr::BROADCAST);
+    addresses
+        .into_iter()
+        .map(|a| {
+            let b = Binding {
+                mac: ETHER_BROADCAST,
+                ip: IpAddr::V4(a),
+                transport: builder_transport(transport),
+                port,
+            };
+            (
+                builders::rx_port_expr(&b),
+                binding(IpAddr::V4(a), transport, port),
+            )
+        })
+        .collect()
+}
+
 /// The ARP tx filter of a client queue, when the host has an IPv4 address: requests from the
 /// host's addresses, never replies (netd answers for the host).
 pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
@@ -197,5 +241,31 @@ mod tests {
             ..host()
         };
         assert_eq!(port_filters(&nothing, Transport::Tcp, 1), None);
+    }
+
+    #[test]
+    fn a_udp_port_also_takes_the_subnet_and_the_limited_broadcast() {
+        let b = broadcast_rx(&host(), 24, Transport::Udp, 67);
+        let exprs: Vec<&str> = b.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(
+            exprs,
+            vec![
+                "ether dst ff:ff:ff:ff:ff:ff and ip dst host 10.0.0.255 and udp dst port 67",
+                "ether dst ff:ff:ff:ff:ff:ff and ip dst host 255.255.255.255 and udp dst port 67",
+            ]
+        );
+        assert_eq!(
+            b[0].1,
+            binding("10.0.0.255".parse().unwrap(), Transport::Udp, 67)
+        );
+        assert_eq!(broadcast_rx(&host(), 31, Transport::Udp, 67).len(), 1);
+        assert_eq!(
+            broadcast_rx(&host(), 8, Transport::Udp, 67)[0].1.address[..4],
+            [10, 255, 255, 255]
+        );
+        assert!(broadcast_rx(&host(), 24, Transport::Tcp, 80).is_empty());
+        for (e, _) in &b {
+            compile(e).unwrap();
+        }
     }
 }

@@ -1228,11 +1228,16 @@ impl Netd {
         }
         .map_err(core_error)?;
         let host = self.inst(id)?.host;
+        let prefix = self.inst(id)?.host_config.ipv4.map(|(_, p)| p);
         let mut commands = Vec::new();
         let planned = (|| {
             let (queue_id, queue) = self.queue_or_create(id, &mut commands, false)?;
-            let port_filters = filters::port_filters(&host, transport, port)
+            let mut port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
+            if let Some(prefix) = prefix {
+                let broadcast = filters::broadcast_rx(&host, prefix, transport, port);
+                port_filters.rx.extend(broadcast);
+            }
             let mut ids = Vec::new();
             let directed = port_filters
                 .rx

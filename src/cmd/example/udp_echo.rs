@@ -1,5 +1,5 @@
 //! The UDP echo example: every datagram received on the port goes back to its sender,
-//! unchanged.
+//! unchanged, from the host's own address (also when it was sent to a broadcast address).
 //! Datagrams larger than the link's MTU (the driver reassembled them) go back as IPv4
 //! fragments, which the driver checks as the whole datagram before sending them.
 
@@ -56,7 +56,13 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
                 continue;
             }
             tracing::debug!(from = %meta.endpoint, bytes = data.len(), "echo");
-            match socket.send_slice(&data, meta) {
+            // From the host's address, whatever the datagram was sent to (a broadcast address
+            // is no source).
+            let reply = udp::UdpMetadata {
+                local_address: None,
+                ..meta
+            };
+            match socket.send_slice(&data, reply) {
                 Ok(()) => echoed += 1,
                 Err(e) => tracing::warn!(from = %meta.endpoint, "echo dropped: {e}"),
             }
