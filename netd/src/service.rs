@@ -35,7 +35,7 @@ use netmux_proto::driver::{
 use netmux_proto::{frame, ErrorCode, ErrorReply, LinkInfo, PROTOCOL_VERSION};
 use netmux_ring::QueueConfig;
 
-use crate::config::{link_local_from_mac, Config};
+use crate::config::{opaque_link_local, Config};
 use crate::core::{
     self, Core, CoreError, Credentials, Policy, PortError, PortTable, SessionId, Transport,
 };
@@ -416,7 +416,7 @@ impl Netd {
             ipv6: config
                 .addrs
                 .ipv6_link_local
-                .then(|| link_local_from_mac(link.mac)),
+                .then(|| opaque_link_local(link.mac, DEFAULT_INSTANCE_NAME)),
         };
         let host_config = HostConfig {
             link,
