@@ -15,7 +15,8 @@
 //! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
 //! happened. Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -137,17 +138,14 @@ struct RawSocket {
 }
 
 const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IP: u16 = 0x0800;
 
 impl RawSocket {
-    fn open(ifname: &str) -> RawSocket {
+    /// Frames of ethertype `protocol` on `ifname`.
+    fn open(ifname: &str, protocol: u16) -> RawSocket {
         // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW,
-                i32::from(ETH_P_ARP.to_be()),
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be())) };
         assert!(
             fd >= 0,
             "AF_PACKET socket: {}",
@@ -162,7 +160,7 @@ impl RawSocket {
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ARP.to_be();
+        addr.sll_protocol = protocol.to_be();
         addr.sll_ifindex = ifindex;
         // SAFETY: addr is a valid sockaddr_ll of the size given.
         let rc = unsafe {
@@ -216,9 +214,27 @@ impl RawSocket {
         );
     }
 
+    /// The next frame already queued, if any (never waits).
+    fn recv_now(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65_536];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
     /// The next frame within the socket's timeout, if any.
     fn recv(&self) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; 65_536];
         // SAFETY: buf is valid for its length.
         let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
         (n > 0).then(|| {
@@ -259,7 +275,7 @@ fn root_one_arp_request_gets_one_reply_with_twelve_clients() {
     let _clients: Vec<Proc> = (7101..=7112).map(|p| host.echo(p)).collect();
     let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
     let replies = host.kernel.run(move || {
-        let raw = RawSocket::open(KERNEL_END);
+        let raw = RawSocket::open(KERNEL_END, ETH_P_ARP);
         let mut counts = Vec::new();
         for _ in 0..3 {
             raw.send(&arp_request(kernel_mac));
@@ -645,4 +661,137 @@ fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
         1,
         "the kernel answers its own address, and netd does not"
     );
+}
+
+/// The next-hop MTU the test's "fragmentation needed" names.
+const SMALL_MTU: u16 = 1000;
+const HTTP_PORT: u16 = 8080;
+
+/// An ICMP "fragmentation needed" naming [`SMALL_MTU`] about a full-sized TCP segment the HTTP
+/// example sent from its port to the kernel's `port` (what a router with that MTU would send).
+fn fragmentation_needed(port: u16) -> Vec<u8> {
+    let mut quoted = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    quoted.extend_from_slice(&NETMUX.octets());
+    quoted.extend_from_slice(&KERNEL.octets());
+    let sum = internet_checksum(&quoted);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted.extend_from_slice(&HTTP_PORT.to_be_bytes());
+    quoted.extend_from_slice(&port.to_be_bytes());
+    quoted.extend_from_slice(&[0, 0, 0, 1]); // sequence number
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&SMALL_MTU.to_be_bytes());
+    icmp.extend_from_slice(&quoted);
+    let sum = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+/// Sends `icmp` (an ICMP message) from the calling thread's namespace to [`NETMUX`].
+fn send_icmp(icmp: &[u8]) {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(
+        fd >= 0,
+        "raw ICMP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as u16;
+    to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
+    // SAFETY: icmp and to are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            icmp.as_ptr().cast(),
+            icmp.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(
+        n,
+        icmp.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+#[ignore]
+fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smaller_segments() {
+    require_root();
+    let host = Host::start("pmtu");
+    let mut cmd = Command::new(netmux());
+    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .env("RUST_LOG", LOG_FILTER);
+    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
+    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    const BODY: usize = 16 << 20;
+    let (after, largest_after, body) = host.kernel.run(move || {
+        let target = SocketAddr::from((NETMUX, HTTP_PORT));
+        let deadline = Instant::now() + PATIENCE;
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let port = stream.local_addr().unwrap().port();
+        write!(
+            stream,
+            "GET /bytes/{BODY} HTTP/1.1\r\nHost: {NETMUX}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        // Some of the download at full size first.
+        while got < 256 * 1024 {
+            let n = stream.read(&mut buf).expect("reading the download");
+            assert!(n > 0, "the download ended early");
+            got += n;
+        }
+        let sniffer = RawSocket::open(KERNEL_END, ETH_P_IP);
+        send_icmp(&fragmentation_needed(port));
+        let sent_at = Instant::now();
+        // Segments already on their way may be full-sized; after a moment, none is.
+        let settle = Duration::from_millis(300);
+        let (mut after, mut largest_after) = (0usize, 0usize);
+        loop {
+            let n = stream.read(&mut buf).expect("reading the download");
+            if n == 0 {
+                break;
+            }
+            got += n;
+            while let Some(f) = sniffer.recv_now() {
+                let from_example = f.len() >= 38
+                    && f[23] == 6
+                    && f[26..30] == NETMUX.octets()
+                    && f[34..36] == HTTP_PORT.to_be_bytes();
+                if from_example && sent_at.elapsed() > settle {
+                    after += 1;
+                    largest_after =
+                        largest_after.max(usize::from(u16::from_be_bytes([f[16], f[17]])));
+                }
+            }
+        }
+        (after, largest_after, got)
+    });
+    assert!(
+        body > BODY,
+        "the whole download arrived ({body} bytes with the head)"
+    );
+    assert!(after > 10, "segments seen after the error: {after}");
+    assert!(
+        largest_after <= usize::from(SMALL_MTU),
+        "after the error the largest packet was {largest_after} bytes; the example's log:\n{}",
+        http.log()
+    );
+    assert!(http.log().contains("lowering the MTU"), "{}", http.log());
 }
