@@ -14,8 +14,11 @@
 //! * Each case has its expected reason; the completions must carry it, the driver's per-queue
 //!   per-reason counters must count it, and the wire must carry exactly the honest frame.
 //!
-//! The client's queue is granted UDP port 53 on the host's IPv4 address (no IPv6) and ARP as
-//! the host; another queue holds UDP port 80, which the client does not own.
+//! The client's queue is granted UDP port 53 on the host's IPv4 address (no IPv6) and ARP
+//! requests as the host (replies for the shared address are netd's alone); another queue
+//! holds UDP port 80, which the client does not own. A lone IPv4 fragment is held until its
+//! datagram times out, so its completion comes last: completions are compared in the order
+//! the frames were sent.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -24,6 +27,7 @@ use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use netmux_driver::reassembly::fragmenter;
 use netmux_netd::core::Transport;
 use netmux_netd::filters::{self, HostIdentity};
 use netmux_proto::driver::{
@@ -85,9 +89,13 @@ fn udp(src_mac: [u8; 6], src_ip: [u8; 4], sport: u16) -> FrameBuilder {
 }
 
 fn arp(eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
+    arp_op(1, eth_src, sender_mac, sender_ip)
+}
+
+fn arp_op(op: u16, eth_src: [u8; 6], sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
     FrameBuilder::ethernet([0xff; 6], eth_src)
         .ethertype(0x0806)
-        .arp(1, sender_mac, sender_ip, [0; 6], REMOTE_IP)
+        .arp(op, sender_mac, sender_ip, [0; 6], REMOTE_IP)
         .finish()
         .data
 }
@@ -126,8 +134,42 @@ fn matrix(mac: [u8; 6]) -> Vec<Case> {
     let cut_after_source_port = good[..36].to_vec();
     // Longer than the link's MTU plus an Ethernet and a VLAN header.
     let oversized = udp(mac, HOST_IP, OWN_PORT).payload(1500).finish().data;
+    // Datagrams larger than the MTU, in two fragments each: an honest one and one from a port
+    // the queue does not own. The driver checks each whole, so the second fragment (no ports
+    // in it) carries the reason too.
+    // Each datagram has an identification of its own (the lone fragment above keeps the
+    // builder's), so that no two are taken for one.
+    let split = |port: u16, ident: u16| {
+        let mut whole = udp(mac, HOST_IP, port).payload(2000).finish().data;
+        whole[18..20].copy_from_slice(&ident.to_be_bytes());
+        fragmenter::fragment(&whole, 1480, 0).expect("fragments")
+    };
+    let honest_parts = split(OWN_PORT, 1);
+    let spoofed_parts = split(FREE_PORT, 2);
     let case = |name, frame, want| Case { name, frame, want };
-    vec![
+    let mut fragmented = vec![
+        case(
+            "honest datagram, first fragment",
+            honest_parts[0].clone(),
+            TxStatus::Sent,
+        ),
+        case(
+            "honest datagram, last fragment",
+            honest_parts[1].clone(),
+            TxStatus::Sent,
+        ),
+        case(
+            "datagram from an unowned port, first fragment",
+            spoofed_parts[0].clone(),
+            TxStatus::RejectedUnownedSourcePort,
+        ),
+        case(
+            "datagram from an unowned port, last fragment",
+            spoofed_parts[1].clone(),
+            TxStatus::RejectedUnownedSourcePort,
+        ),
+    ];
+    let mut cases = vec![
         case("honest", good, TxStatus::Sent),
         case(
             "wrong source MAC",
@@ -180,6 +222,11 @@ fn matrix(mac: [u8; 6]) -> Vec<Case> {
             arp(mac, mac, FOREIGN_IP),
             TxStatus::RejectedSourceIp,
         ),
+        case(
+            "ARP reply for the shared host address",
+            arp_op(2, mac, mac, HOST_IP),
+            TxStatus::RejectedByFilter,
+        ),
         case("IPv4 fragment", fragment, TxStatus::RejectedFragment),
         case(
             "truncated in the IPv4 header",
@@ -197,7 +244,9 @@ fn matrix(mac: [u8; 6]) -> Vec<Case> {
             TxStatus::RejectedMalformed,
         ),
         case("oversized", oversized, TxStatus::RejectedMalformed),
-    ]
+    ];
+    cases.append(&mut fragmented);
+    cases
 }
 
 /// Connects to `driver` as netd; returns the channel and the link's MAC.
@@ -332,10 +381,11 @@ fn client_process_entry_point() {
             .unwrap();
         queue.completions(cases.len(), &mut completions).unwrap();
     }
-    let codes: Vec<(u64, u32)> = completions
+    let mut codes: Vec<(u64, u32)> = completions
         .iter()
         .map(|c| (c.seq - outcome.first_seq, c.status.code()))
         .collect();
+    codes.sort_unstable();
     parent.send(&codes, &[]).unwrap();
 }
 
@@ -400,11 +450,14 @@ fn every_spoofed_or_broken_frame_is_rejected_with_its_reason_and_counted_and_onl
     let want: Vec<(&str, TxStatus)> = cases.iter().map(|c| (c.name, c.want)).collect();
     assert_eq!(got, want);
 
-    // The wire carries the honest frame and nothing else.
-    let out = wire.recv(PATIENCE).expect("the honest frame goes out");
-    assert_eq!(out, cases[0].frame, "the honest frame goes out");
+    // The wire carries the honest frame and the honest datagram's fragments, nothing else.
+    let honest: Vec<&Case> = cases.iter().filter(|c| c.want.is_sent()).collect();
+    for c in &honest {
+        let out = wire.recv(PATIENCE).expect("an honest frame goes out");
+        assert_eq!(out, c.frame, "{} goes out as sent", c.name);
+    }
     if let Some(more) = wire.recv(QUIET) {
-        panic!("a second frame went out: {more:02x?}");
+        panic!("another frame went out: {more:02x?}");
     }
 
     // The driver counts each rejection under its reason, for the queue and for the link.
@@ -424,11 +477,12 @@ fn every_spoofed_or_broken_frame_is_rejected_with_its_reason_and_counted_and_onl
     };
     assert_eq!(counted(&queue), want_counts, "per-queue rejections");
     assert_eq!(counted(&link), want_counts, "link rejections");
+    let sent_bytes: u64 = honest.iter().map(|c| c.frame.len() as u64).sum();
     assert_eq!(
         (queue.tx_frames, queue.tx_bytes),
-        (1, cases[0].frame.len() as u64)
+        (honest.len() as u64, sent_bytes)
     );
-    assert_eq!(link.tx_frames, 1);
+    assert_eq!(link.tx_frames, honest.len() as u64);
 }
 
 fn queue_stats_link_rx(ch: &mut Channel) -> u64 {

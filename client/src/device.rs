@@ -6,6 +6,12 @@
 //! rejected transmissions counted, so a test can tell a refused spoof from a lost frame.
 //! Frame buffers are reused, received and transmitted alike: the device allocates nothing per
 //! frame once it has seen a batch.
+//!
+//! smoltcp has no path-MTU discovery of its own, so the device notes the next-hop MTU of every
+//! ICMP "fragmentation needed" it hands over (RFC 1191; the driver delivers to a client only
+//! the errors that quote its own flows): [`QueueDevice::take_path_mtu`] tells the owner of the
+//! interface, which lowers the device's MTU ([`QueueDevice::set_mtu`]) and makes its interface
+//! again, since smoltcp reads the MTU when an interface is made.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,6 +22,9 @@ use smoltcp::time::Instant;
 
 /// Frames taken from the rx ring per refill.
 pub const RX_BATCH: usize = 32;
+/// The smallest MTU an IPv4 host must accept (RFC 791): a "fragmentation needed" naming less
+/// is ignored.
+pub const MIN_IPV4_MTU: u16 = 68;
 
 /// Counters of a [`QueueDevice`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,6 +51,8 @@ pub struct QueueDevice {
     /// The frame smoltcp is building now.
     tx_buffer: Vec<u8>,
     mtu: usize,
+    /// The smallest next-hop MTU named by an ICMP "fragmentation needed" not yet taken.
+    path_mtu: Option<u16>,
     counters: DeviceCounters,
     completions: Vec<Completion>,
 }
@@ -56,6 +67,7 @@ impl QueueDevice {
             current: Vec::new(),
             tx_buffer: Vec::new(),
             mtu: usize::from(mtu),
+            path_mtu: None,
             counters: DeviceCounters::default(),
             completions: Vec::new(),
         }
@@ -72,6 +84,32 @@ impl QueueDevice {
     pub fn replace_queue(&mut self, queue: ClientQueue) {
         self.queue = queue;
         self.rx.clear();
+    }
+
+    /// The IP MTU the device reports to smoltcp.
+    pub fn mtu(&self) -> u16 {
+        u16::try_from(self.mtu).unwrap_or(u16::MAX)
+    }
+
+    /// Sets the IP MTU the device reports (smoltcp reads it when an interface is made).
+    pub fn set_mtu(&mut self, mtu: u16) {
+        self.mtu = usize::from(mtu);
+    }
+
+    /// The smallest next-hop MTU that an ICMP "fragmentation needed" received since the last
+    /// call named, when it is below the device's MTU and at least [`MIN_IPV4_MTU`].
+    pub fn take_path_mtu(&mut self) -> Option<u16> {
+        self.path_mtu.take()
+    }
+
+    /// Notes the next-hop MTU of `frame` if it is an ICMP "fragmentation needed" naming one
+    /// below the device's.
+    fn note_fragmentation_needed(&mut self, frame: &[u8]) {
+        if let Some(mtu) = fragmentation_needed_mtu(frame) {
+            if usize::from(mtu) < self.mtu {
+                self.path_mtu = Some(self.path_mtu.map_or(mtu, |m| m.min(mtu)));
+            }
+        }
     }
 
     /// The device's counters.
@@ -104,6 +142,21 @@ impl QueueDevice {
                 .count() as u64;
         }
     }
+}
+
+/// The next-hop MTU an untagged ICMP "fragmentation needed" (destination unreachable, code 4,
+/// RFC 1191) names, when it is at least [`MIN_IPV4_MTU`]; `None` for any other frame.
+pub fn fragmentation_needed_mtu(frame: &[u8]) -> Option<u16> {
+    const ICMP_DEST_UNREACHABLE: u8 = 3;
+    const FRAGMENTATION_NEEDED: u8 = 4;
+    if frame.get(12..14)? != [0x08, 0x00] || *frame.get(23)? != 1 {
+        return None;
+    }
+    let icmp = 14 + usize::from(frame.get(14)? & 0x0f) * 4;
+    let header = frame.get(icmp..icmp + 8)?;
+    let mtu = u16::from_be_bytes([header[6], header[7]]);
+    (header[0] == ICMP_DEST_UNREACHABLE && header[1] == FRAGMENTATION_NEEDED && mtu >= MIN_IPV4_MTU)
+        .then_some(mtu)
 }
 
 /// A received frame.
@@ -155,6 +208,7 @@ impl Device for QueueDevice {
             self.refill();
         }
         let frame = self.rx.pop_front()?;
+        self.note_fragmentation_needed(&frame);
         let consumed = std::mem::replace(&mut self.current, frame);
         self.spare.push(consumed);
         self.counters.rx_frames += 1;
@@ -185,5 +239,41 @@ impl Device for QueueDevice {
         caps.max_transmission_unit = self.mtu + smoltcp::wire::EthernetFrame::<&[u8]>::header_len();
         caps.max_burst_size = Some(RX_BATCH);
         caps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn icmp(kind: u8, code: u8, mtu: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 28];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = 1;
+        f[34] = kind;
+        f[35] = code;
+        f[40..42].copy_from_slice(&mtu.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn fragmentation_needed_names_its_next_hop_mtu_and_nothing_else_does() {
+        assert_eq!(fragmentation_needed_mtu(&icmp(3, 4, 1280)), Some(1280));
+        assert_eq!(fragmentation_needed_mtu(&icmp(3, 3, 1280)), None);
+        assert_eq!(fragmentation_needed_mtu(&icmp(11, 0, 1280)), None);
+        assert_eq!(
+            fragmentation_needed_mtu(&icmp(3, 4, 67)),
+            None,
+            "below RFC 791's minimum"
+        );
+        let whole = icmp(3, 4, 1280);
+        for cut in 0..42 {
+            assert_eq!(
+                fragmentation_needed_mtu(&whole[..cut]),
+                None,
+                "cut at {cut}"
+            );
+        }
     }
 }

@@ -8,7 +8,10 @@
 //!   protocol and source port (anything else is spoofed).
 //! * [`arp_rx`]: ARP replies, and ARP requests for our address.
 //! * [`arp_tx`]: ARP requests or replies whose Ethernet source, sender MAC and sender IP are
-//!   ours.
+//!   ours (the host's own transmit filter: netd alone answers for the host).
+//! * [`arp_request_tx`]: the same, requests only: what a client may send. Every client shares
+//!   the host's address, so a client's reply for it would be one more answer to a request netd
+//!   already answers.
 //!
 //! The driver reassembles IP fragments before it classifies, so the port tests (which, as in
 //! libpcap, only look at first fragments) see whole datagrams.
@@ -93,6 +96,17 @@ pub fn arp_tx_expr(mac: [u8; 6], ip: std::net::Ipv4Addr) -> String {
     )
 }
 
+/// The ARP transmit filter expression of a client: a request sent from `mac` whose sender
+/// hardware and protocol addresses are `mac` and `ip`. Replies are netd's alone.
+pub fn arp_request_tx_expr(mac: [u8; 6], ip: std::net::Ipv4Addr) -> String {
+    let hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let lo = u16::from_be_bytes([mac[4], mac[5]]);
+    format!(
+        "ether src {} and arp and arp[6:2] = 1 and arp[8:4] = {hi:#x} and arp[12:2] = {lo:#x} and arp src host {ip}",
+        mac_text(&mac)
+    )
+}
+
 /// Compiles a builder's expression: numbers only, so no name is ever looked up.
 fn build(expr: &str, accept_value: u32) -> Result<Program, CompileError> {
     compile_with(
@@ -128,4 +142,13 @@ pub fn arp_tx(
     accept_value: u32,
 ) -> Result<Program, CompileError> {
     build(&arp_tx_expr(mac, ip), accept_value)
+}
+
+/// The verified ARP transmit filter of a client (requests only).
+pub fn arp_request_tx(
+    mac: [u8; 6],
+    ip: std::net::Ipv4Addr,
+    accept_value: u32,
+) -> Result<Program, CompileError> {
+    build(&arp_request_tx_expr(mac, ip), accept_value)
 }

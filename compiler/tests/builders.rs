@@ -122,12 +122,24 @@ fn arp_tx_refuses_spoofed_senders_and_other_operations() {
 }
 
 #[test]
+fn a_clients_arp_tx_takes_its_requests_and_refuses_every_reply() {
+    let p = arp_request_tx(OUR_MAC, Ipv4Addr::from(OUR_IP), 1).unwrap();
+    assert!(run(&p, &arp(OUR_MAC, 1, OUR_MAC, OUR_IP, PEER_IP)).is_accept());
+    // A reply for the shared address is netd's to send, however honest its fields.
+    assert!(!run(&p, &arp(OUR_MAC, 2, OUR_MAC, OUR_IP, PEER_IP)).is_accept());
+    assert!(!run(&p, &arp(PEER_MAC, 1, OUR_MAC, OUR_IP, PEER_IP)).is_accept());
+    assert!(!run(&p, &arp(OUR_MAC, 1, PEER_MAC, OUR_IP, PEER_IP)).is_accept());
+    assert!(!run(&p, &arp(OUR_MAC, 1, OUR_MAC, PEER_IP, PEER_IP)).is_accept());
+}
+
+#[test]
 fn builder_filters_agree_with_libpcap() {
     let exprs = [
         rx_port_expr(&binding()),
         tx_port_expr(&binding()),
         arp_rx_expr(Ipv4Addr::from(OUR_IP)),
         arp_tx_expr(OUR_MAC, Ipv4Addr::from(OUR_IP)),
+        arp_request_tx_expr(OUR_MAC, Ipv4Addr::from(OUR_IP)),
     ];
     let frames = netmux_testkit::frames::sample_frames(100, 9);
     for e in &exprs {

@@ -383,6 +383,35 @@ pub fn check_gateway(
     }
 }
 
+/// The IPv6 link-local address of a host that shares its MAC with another stack: the default
+/// instance (on `afpacket:` the link's MAC is the kernel interface's, and the kernel already
+/// holds the modified EUI-64 address of it, so that address would be answered twice) and
+/// instances that share the link's MAC. A stable opaque interface id in the manner of RFC 7217:
+/// a hash of the MAC and the instance's name, the same at every start, different for every
+/// instance, never the MAC's EUI-64 one, with the universal/local bit clear (RFC 4291 says an
+/// id not derived from a universal token has it clear).
+pub fn opaque_link_local(mac: [u8; 6], instance: &str) -> Ipv6Addr {
+    // FNV-1a, 64 bits: stable across builds and platforms, unlike std's hashers.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in b"netmux link-local\0"
+        .iter()
+        .chain(&mac)
+        .chain(instance.as_bytes())
+    {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut id = hash.to_be_bytes();
+    id[0] &= !0x02;
+    let eui64 = link_local_from_mac(mac).octets();
+    if id[..] == eui64[8..] {
+        id[7] ^= 1;
+    }
+    let mut octets = [0u8; 16];
+    octets[..2].copy_from_slice(&[0xfe, 0x80]);
+    octets[8..].copy_from_slice(&id);
+    Ipv6Addr::from(octets)
+}
+
 /// The IPv6 link-local address for a MAC (modified EUI-64, RFC 4291 appendix A).
 pub fn link_local_from_mac(mac: [u8; 6]) -> Ipv6Addr {
     Ipv6Addr::from([
@@ -498,6 +527,21 @@ mod tests {
         assert!(check_gateway(host, Ipv4Addr::new(192, 168, 1, 1)).is_ok());
         assert!(check_gateway(host, Ipv4Addr::new(192, 168, 2, 1)).is_err());
         assert!(check_gateway((host.0, 0), Ipv4Addr::new(8, 8, 8, 8)).is_ok());
+    }
+
+    #[test]
+    fn a_shared_mac_gets_a_stable_link_local_that_is_not_the_kernels() {
+        let mac = [0x56, 0x72, 0x11, 0x5b, 0xb8, 0x95];
+        let a = opaque_link_local(mac, "default");
+        assert_eq!(a, opaque_link_local(mac, "default"), "stable");
+        assert_ne!(
+            a,
+            link_local_from_mac(mac),
+            "not the kernel's EUI-64 address"
+        );
+        assert_ne!(a, opaque_link_local(mac, "other"), "one per instance");
+        assert_eq!(a.segments()[..4], [0xfe80, 0, 0, 0]);
+        assert_eq!(a.octets()[8] & 0x02, 0, "universal/local bit clear");
     }
 
     #[test]

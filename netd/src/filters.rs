@@ -5,8 +5,10 @@
 //! [`PortBinding`]: the classifier puts rx bindings in its hash table, and the driver names the
 //! reason for a rejected transmission from the tx bindings (source MAC, ethertype, source IP,
 //! source port).
-//! A client queue gets one ARP tx filter so its stack can resolve neighbours; ARP replies and
-//! requests for the host reach every queue by the driver's own rule.
+//! A client queue gets one ARP tx filter so its stack can resolve neighbours: requests only,
+//! since every client shares the host's address and netd alone answers for it (one request,
+//! one reply, whatever the number of clients). ARP replies and requests for the host reach
+//! every queue by the driver's own rule.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -130,9 +132,55 @@ pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Opt
     Some(filters)
 }
 
-/// The ARP tx filter of a client queue, when the host has an IPv4 address.
+/// The Ethernet broadcast address.
+const ETHER_BROADCAST: [u8; 6] = [0xff; 6];
+
+/// The extra rx filters of a UDP port bound on a host whose IPv4 address is `prefix` bits
+/// long: datagrams to the port sent to the Ethernet broadcast address and to the subnet's
+/// broadcast address (subnets of /30 and larger; /31 and /32 have none, RFC 3021) or the
+/// limited broadcast 255.255.255.255. Each has its own classifier key (the broadcast address,
+/// the port), so the merged classifier takes them in the same one lookup as every binding.
+/// Nothing for TCP or without an IPv4 address.
+pub fn broadcast_rx(
+    host: &HostIdentity,
+    prefix: u8,
+    transport: Transport,
+    port: u16,
+) -> Vec<(String, PortBinding)> {
+    let Some(ip) = host.ipv4 else {
+        return Vec::new();
+    };
+    if transport != Transport::Udp {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    if prefix <= 30 {
+        let host_bits = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+        addresses.push(Ipv4Addr::from(u32::from(ip) | host_bits));
+    }
+    addresses.push(Ipv4Addr::BROADCAST);
+    addresses
+        .into_iter()
+        .map(|a| {
+            let b = Binding {
+                mac: ETHER_BROADCAST,
+                ip: IpAddr::V4(a),
+                transport: builder_transport(transport),
+                port,
+            };
+            (
+                builders::rx_port_expr(&b),
+                binding(IpAddr::V4(a), transport, port),
+            )
+        })
+        .collect()
+}
+
+/// The ARP tx filter of a client queue, when the host has an IPv4 address: requests from the
+/// host's addresses, never replies (netd answers for the host).
 pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
-    host.ipv4.map(|ip| builders::arp_tx_expr(host.mac, ip))
+    host.ipv4
+        .map(|ip| builders::arp_request_tx_expr(host.mac, ip))
 }
 
 /// The rx filter of netd's own host queue: ARP for the host.
@@ -145,8 +193,8 @@ pub fn host_rx(host: &HostIdentity) -> Option<String> {
 pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
     let mut parts = Vec::new();
     for host in hosts {
-        if let Some(arp) = queue_arp_tx(host) {
-            parts.push(format!("({arp})"));
+        if let Some(ip) = host.ipv4 {
+            parts.push(format!("({})", builders::arp_tx_expr(host.mac, ip)));
         }
         if let Some(a) = host.ipv4 {
             parts.push(format!(
@@ -193,5 +241,31 @@ mod tests {
             ..host()
         };
         assert_eq!(port_filters(&nothing, Transport::Tcp, 1), None);
+    }
+
+    #[test]
+    fn a_udp_port_also_takes_the_subnet_and_the_limited_broadcast() {
+        let b = broadcast_rx(&host(), 24, Transport::Udp, 67);
+        let exprs: Vec<&str> = b.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(
+            exprs,
+            vec![
+                "ether dst ff:ff:ff:ff:ff:ff and ip dst host 10.0.0.255 and udp dst port 67",
+                "ether dst ff:ff:ff:ff:ff:ff and ip dst host 255.255.255.255 and udp dst port 67",
+            ]
+        );
+        assert_eq!(
+            b[0].1,
+            binding("10.0.0.255".parse().unwrap(), Transport::Udp, 67)
+        );
+        assert_eq!(broadcast_rx(&host(), 31, Transport::Udp, 67).len(), 1);
+        assert_eq!(
+            broadcast_rx(&host(), 8, Transport::Udp, 67)[0].1.address[..4],
+            [10, 255, 255, 255]
+        );
+        assert!(broadcast_rx(&host(), 24, Transport::Tcp, 80).is_empty());
+        for (e, _) in &b {
+            compile(e).unwrap();
+        }
     }
 }

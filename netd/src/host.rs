@@ -416,6 +416,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                     let netd = lock(&state);
                     sync_responders(&mut responders, netd.host_identities());
                     let now = start.elapsed();
+                    let mtu = usize::from(netd.host_config().link.mtu);
                     frames
                         .iter()
                         .filter_map(|f| {
@@ -423,7 +424,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                                 r.answer(f, now, |t, p| netd.port_free(id, t, p))
                             })
                         })
-                        .map(|(_, a)| a)
+                        .flat_map(|(_, a)| crate::fragment::fragment_ipv4(a, mtu))
                         .collect()
                 };
                 let batch: Vec<[&[u8]; 1]> = answers.iter().map(|a| [a.as_slice()]).collect();

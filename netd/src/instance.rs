@@ -18,7 +18,7 @@ use netmux_proto::driver::{InstanceId, InstanceInfo};
 use netmux_proto::LinkInfo;
 use serde::{Deserialize, Serialize};
 
-use crate::config::link_local_from_mac;
+use crate::config::{link_local_from_mac, opaque_link_local};
 use crate::core::{Core, Policy, PortTable};
 use crate::filters::HostIdentity;
 
@@ -144,7 +144,14 @@ impl Instance {
             )));
         }
         apply_uids(&mut policy, &spec);
-        let ipv6 = spec.ipv6_link_local.then(|| link_local_from_mac(mac));
+        // A MAC of its own: the usual EUI-64 address; a shared one: an opaque id of its own.
+        let ipv6 = spec.ipv6_link_local.then(|| {
+            if shared_mac {
+                opaque_link_local(mac, &spec.name)
+            } else {
+                link_local_from_mac(mac)
+            }
+        });
         let host = HostIdentity {
             mac,
             ipv4: Some(addr),

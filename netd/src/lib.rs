@@ -12,6 +12,7 @@
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`instance`]: network stack instances (each an independent host on the link).
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
+//! * [`fragment`]: IPv4 fragments of netd's own answers larger than the MTU.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 //! * `testing` (feature `test-support`): netd in-process on the real driver, for tests.
 #![deny(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod core;
 pub mod driver_link;
 pub mod driver_worker;
 pub mod filters;
+pub mod fragment;
 pub mod host;
 pub mod instance;
 pub mod run;

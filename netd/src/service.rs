@@ -35,7 +35,7 @@ use netmux_proto::driver::{
 use netmux_proto::{frame, ErrorCode, ErrorReply, LinkInfo, PROTOCOL_VERSION};
 use netmux_ring::QueueConfig;
 
-use crate::config::{link_local_from_mac, Config};
+use crate::config::{opaque_link_local, Config};
 use crate::core::{
     self, Core, CoreError, Credentials, Policy, PortError, PortTable, SessionId, Transport,
 };
@@ -416,7 +416,7 @@ impl Netd {
             ipv6: config
                 .addrs
                 .ipv6_link_local
-                .then(|| link_local_from_mac(link.mac)),
+                .then(|| opaque_link_local(link.mac, DEFAULT_INSTANCE_NAME)),
         };
         let host_config = HostConfig {
             link,
@@ -1228,11 +1228,16 @@ impl Netd {
         }
         .map_err(core_error)?;
         let host = self.inst(id)?.host;
+        let prefix = self.inst(id)?.host_config.ipv4.map(|(_, p)| p);
         let mut commands = Vec::new();
         let planned = (|| {
             let (queue_id, queue) = self.queue_or_create(id, &mut commands, false)?;
-            let port_filters = filters::port_filters(&host, transport, port)
+            let mut port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
+            if let Some(prefix) = prefix {
+                let broadcast = filters::broadcast_rx(&host, prefix, transport, port);
+                port_filters.rx.extend(broadcast);
+            }
             let mut ids = Vec::new();
             let directed = port_filters
                 .rx

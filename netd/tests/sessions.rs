@@ -100,8 +100,12 @@ fn a_ports_filters_are_in_force_before_the_reply_and_gone_before_it_is_free() {
         .iter()
         .filter(|f| f.direction == Direction::Rx)
         .collect();
-    assert_eq!(rx.len(), 2, "one rx filter per host address (IPv4, IPv6)");
-    assert_eq!(bound.len(), 4, "and one tx filter per host address");
+    assert_eq!(
+        rx.len(),
+        4,
+        "one rx filter per host address (IPv4, IPv6), and the subnet and limited broadcasts"
+    );
+    assert_eq!(bound.len(), 6, "and one tx filter per host address");
     let queue = rx[0].queue;
     assert_ne!(queue, HOST_QUEUE);
     assert_eq!(
@@ -200,8 +204,8 @@ fn a_closed_session_releases_ports_filters_and_queue_in_order() {
         .collect();
     assert_eq!(
         removals.len(),
-        2 * 4 + 1,
-        "two ports x (2 rx + 2 tx) + ARP tx"
+        2 * 4 + 2 + 1,
+        "two ports x (2 rx + 2 tx), the UDP port's 2 broadcast rx, and ARP tx"
     );
     assert!(removals.iter().all(|&i| i < destroyed));
     let mut b = Client::connect_socket(netd.socket_path()).unwrap();

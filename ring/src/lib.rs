@@ -58,9 +58,11 @@ pub use netmux_proto::driver::QueueConfig;
 pub use protocol::IndexOutOfRange;
 pub use status::TxStatus;
 
-/// Largest frame a ring carries: 64 KiB (the largest IPv4 datagram plus an Ethernet header
-/// fits only with reassembly disabled; 64 KiB bounds the slots one frame may span).
-pub const MAX_FRAME_LEN: usize = 64 * 1024;
+/// Largest frame a ring carries: the largest datagram the driver reassembles (IPv6: a 40-byte
+/// header and 65,535 bytes of payload; IPv4's 65,535 bytes in all is smaller) behind an
+/// Ethernet header and two VLAN tags, 65,597 bytes, rounded up to a multiple of 64. It bounds
+/// the slots one frame may span.
+pub const MAX_FRAME_LEN: usize = 65_600;
 
 pub use netmux_proto::driver::{DEFAULT_RING_SLOTS, DEFAULT_SLOT_SIZE};
 

@@ -10,8 +10,9 @@
 //! - an ARP reply, or an ARP request for one of the host addresses
 //!   ([`DriverRequest::SetHostAddresses`]), goes to **every** queue exactly once, netd's
 //!   included, without classification;
-//! - every other frame goes to the queues the classifier names, and to netd's queue
-//!   ([`DriverRequest::SetNetdQueue`]) when it names none.
+//! - every other frame goes to the queues the classifier names; an ICMP error none names goes
+//!   to the queue granted the flow it quotes ([`icmp_errors`]); anything else to netd's queue
+//!   ([`DriverRequest::SetNetdQueue`]).
 //!
 //! The frame is copied into the rx ring of each receiving queue; a full ring drops it for that
 //! queue only (counted there). Each touched ring is published once per batch.
@@ -22,7 +23,9 @@
 //! copied into driver-private memory by the ring ([`DriverQueue::take_tx`]); the check of
 //! [`tx::check`] runs on that copy, and exactly that copy goes on the wire. Every frame taken
 //! gets a completion: sent, rejected with its reason, or a link error. Tap queues then observe
-//! what was sent (never their own transmissions).
+//! what was sent (never their own transmissions). IPv4 fragments are held, without a
+//! completion, until their datagram is whole; the check then runs on the whole datagram and
+//! its fragments go out all or none ([`tx_fragments`]).
 //!
 //! # The link going down, coming back, vanishing
 //!
@@ -42,8 +45,10 @@
 //! goes away.
 
 pub mod control;
+pub mod icmp_errors;
 pub mod instances;
 pub mod tx;
+pub mod tx_fragments;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -185,6 +190,8 @@ struct Queue {
     /// The sizes netd asked for (kept for diagnostics; the ring's layout is authoritative).
     config: QueueConfig,
     tx_filters: Vec<TxFilter>,
+    /// IPv4 fragments it transmitted, held until their datagram is whole.
+    fragments: tx_fragments::TxGatherer,
     tx: TxOutcomes,
     /// Whether frames were written into its rx ring since the last flush (it is then listed
     /// in `Driver::touched`, to be published once per batch).
@@ -620,6 +627,7 @@ impl Driver {
                 mac: self.instances.get(slot).map_or(self.link_mac, |i| i.mac),
                 config,
                 tx_filters: Vec::new(),
+                fragments: tx_fragments::TxGatherer::default(),
                 tx: TxOutcomes::default(),
                 touched: false,
             },
@@ -814,6 +822,7 @@ impl Driver {
     pub fn tick(&mut self) {
         let now = self.now_ns();
         self.reassembler.expire(now);
+        self.expire_fragments(now);
     }
 
     /// Whether the link will never receive again (a replayed capture ended).
@@ -880,6 +889,9 @@ impl Driver {
             .receivers(frame, target, self.netd_queue, &mut self.receivers);
         self.rx.arp_to_all += arp as u64;
         if self.receivers.is_empty() {
+            self.icmp_error_owner(frame, target);
+        }
+        if self.receivers.is_empty() {
             match self.netd_queue {
                 Some(netd) => {
                     self.rx.unmatched_to_netd += 1;
@@ -919,10 +931,20 @@ impl Driver {
         let mut sent: Vec<usize> = Vec::new();
         let mut local: Vec<(usize, Option<Slot>)> = Vec::new();
         let mut faulted: Vec<QueueId> = Vec::new();
+        let clock = self.clock;
+        let now = || u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
         for i in 0..self.order.len() {
             let id = self.order[i];
             let Some(queue) = self.queues.get_mut(&id) else {
                 continue;
+            };
+            // Fragments held (completed when their datagram is settled), whole datagrams and
+            // fragments rejected (timed out, or refused with their datagram): `tx_fragments`.
+            let (mut held, mut wholes) = (Vec::new(), Vec::new());
+            let mut released = if queue.fragments.is_empty() {
+                Vec::new()
+            } else {
+                queue.fragments.expire(now())
             };
             batch.clear();
             sent.clear();
@@ -937,18 +959,34 @@ impl Driver {
             if taken == 0 {
                 // Malformed frames may have been completed without being returned.
                 queue.ring.flush();
+                if !released.is_empty() {
+                    self.settle_fragments(id, Vec::new(), released);
+                }
                 continue;
             }
             total += taken;
             let sender = queue.instance;
             let mut outcome = Vec::with_capacity(taken);
             local.clear();
-            for (index, frame) in batch.iter().enumerate() {
+            for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
                 let status = if frame.len() > self.max_tx_len {
                     TxStatus::RejectedMalformed
                 } else {
                     tx::check(frame, &queue.tx_filters, &queue.mac, &mut self.scratch)
                 };
+                if status == TxStatus::RejectedFragment {
+                    match queue.fragments.push(tag, frame, now()) {
+                        tx_fragments::Gathered::Held => held.push(index),
+                        tx_fragments::Gathered::Whole {
+                            datagram,
+                            fragments,
+                        } => {
+                            held.push(index);
+                            wholes.push((datagram, fragments));
+                        }
+                        tx_fragments::Gathered::Rejected { released: r } => released.extend(r),
+                    }
+                }
                 if status.is_sent() {
                     match self.instances.route(frame, sender) {
                         Route::Link => sent.push(index),
@@ -972,6 +1010,9 @@ impl Driver {
             }
             sent.truncate(on_wire);
             for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
+                if held.contains(&index) {
+                    continue;
+                }
                 let status = outcome[index];
                 queue.tx.record(status, frame.len());
                 self.tx.record(status, frame.len());
@@ -990,6 +1031,9 @@ impl Driver {
                             batch.get(index).map_or(0, |f| f.len() as u64);
                     }
                 }
+            }
+            if !(wholes.is_empty() && released.is_empty()) {
+                self.settle_fragments(id, wholes, released);
             }
             // Taps of other queues observe what went out.
             for &index in &sent {
@@ -1148,6 +1192,11 @@ fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode
 /// for [`LINK_BUSY_RETRIES`] offers. Returns how many it took, from the start.
 fn send_all(link: &mut dyn Link, batch: &FrameBatch, indices: &[usize], busy: &mut u64) -> usize {
     let frames: Vec<&[u8]> = indices.iter().filter_map(|&i| batch.get(i)).collect();
+    send_frames(link, &frames, busy)
+}
+
+/// [`send_all`] for frames in hand.
+fn send_frames(link: &mut dyn Link, frames: &[&[u8]], busy: &mut u64) -> usize {
     let mut done = 0;
     let mut retries = 0;
     while done < frames.len() {

@@ -94,9 +94,6 @@ pub struct Station {
     pub iface: Interface,
     /// The bound port.
     pub port: u16,
-    /// The link's IP MTU: the largest packet this client may send (the driver rejects
-    /// fragments that clients transmit).
-    pub mtu: u16,
     /// When the session with netd was last seen alive.
     last_check: std::time::Instant,
     /// How long to try to reach netd again.
@@ -127,20 +124,7 @@ impl Station {
             .into());
         };
         let mut device = QueueDevice::new(client.open_queue().map_err(refusal)?, host.link.mtu);
-        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(host.link.mac)));
-        let mut iface = Interface::new(config, &mut device, Instant::now());
-        iface.update_ip_addrs(|addrs| {
-            // A fresh interface has room for several addresses; this is its first.
-            let _ = addrs.push(IpCidr::new(
-                IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
-                prefix,
-            ));
-        });
-        if let Some(gw) = host.gateway {
-            let _ = iface
-                .routes_mut()
-                .add_default_ipv4_route(Ipv4Address::new(gw[0], gw[1], gw[2], gw[3]));
-        }
+        let iface = interface(&host.link.mac, (ip, prefix), host.gateway, &mut device);
         tracing::info!(
             port,
             ip = %std::net::Ipv4Addr::from(ip),
@@ -151,7 +135,6 @@ impl Station {
             device,
             iface,
             port,
-            mtu: host.link.mtu,
             last_check: std::time::Instant::now(),
             reconnect_for: Duration::from_secs_f64(args.reconnect_for),
             host,
@@ -169,6 +152,32 @@ impl Station {
     /// One turn: let smoltcp process what arrived and send what is due.
     pub fn poll(&mut self, sockets: &mut SocketSet<'_>) {
         self.iface.poll(Instant::now(), &mut self.device, sockets);
+        if let Some(mtu) = self.device.take_path_mtu() {
+            self.lower_mtu(mtu);
+        }
+    }
+
+    /// Path-MTU discovery (RFC 1191), which smoltcp does not do: an ICMP "fragmentation
+    /// needed" about one of this client's datagrams named a smaller next-hop MTU, so the
+    /// interface is made again with it (smoltcp reads the MTU when an interface is made; the
+    /// sockets and their connections are kept, and what was lost is sent again in smaller
+    /// segments). One path MTU for every destination: these examples mostly talk to one peer.
+    fn lower_mtu(&mut self, mtu: u16) {
+        let Some(ipv4) = self.host.ipv4 else {
+            return;
+        };
+        tracing::info!(
+            from = self.device.mtu(),
+            to = mtu,
+            "a router on the path needs smaller packets: lowering the MTU"
+        );
+        self.device.set_mtu(mtu);
+        self.iface = interface(
+            &self.host.link.mac,
+            ipv4,
+            self.host.gateway,
+            &mut self.device,
+        );
     }
 
     /// Sleeps until a frame may be waiting, smoltcp has a timer due, or [`MAX_IDLE_WAIT`]
@@ -298,4 +307,28 @@ fn refusal(e: ClientError) -> anyhow::Error {
         ClientError::Refused(r) => Refused(r.message).into(),
         other => anyhow::Error::new(other),
     }
+}
+
+/// A smoltcp interface on `device` with the host's MAC, IPv4 address and default gateway.
+fn interface(
+    mac: &[u8; 6],
+    (ip, prefix): ([u8; 4], u8),
+    gateway: Option<[u8; 4]>,
+    device: &mut QueueDevice,
+) -> Interface {
+    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(*mac)));
+    let mut iface = Interface::new(config, device, Instant::now());
+    iface.update_ip_addrs(|addrs| {
+        // A fresh interface has room for several addresses; this is its first.
+        let _ = addrs.push(IpCidr::new(
+            IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
+            prefix,
+        ));
+    });
+    if let Some(gw) = gateway {
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(gw[0], gw[1], gw[2], gw[3]));
+    }
+    iface
 }

@@ -1,6 +1,7 @@
 //! The UDP echo example: every datagram received on the port goes back to its sender,
-//! unchanged. Datagrams the driver reassembled from fragments are echoed whole when the echo
-//! fits the link's MTU (a client may not transmit fragments: the driver rejects them).
+//! unchanged, from the host's own address (also when it was sent to a broadcast address).
+//! Datagrams larger than the link's MTU (the driver reassembled them) go back as IPv4
+//! fragments, which the driver checks as the whole datagram before sending them.
 
 use std::sync::atomic::AtomicBool;
 
@@ -12,6 +13,8 @@ use super::{stopping, ExampleArgs, Station};
 
 /// IPv4 header (without options) and UDP header: what an echo adds to its payload.
 const IPV4_UDP_HEADERS_LEN: usize = 20 + 8;
+/// The largest IPv4 datagram, headers included.
+const MAX_IPV4_DATAGRAM_LEN: usize = 65_535;
 /// Datagrams the socket holds in each direction.
 const DATAGRAMS_BUFFERED: usize = 64;
 /// Payload bytes the socket holds in each direction: room for a few datagrams of the largest
@@ -44,17 +47,22 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
                 break;
             };
             let data = data.to_vec();
-            if data.len() + IPV4_UDP_HEADERS_LEN > usize::from(station.mtu) {
+            if data.len() + IPV4_UDP_HEADERS_LEN > MAX_IPV4_DATAGRAM_LEN {
                 tracing::warn!(
                     from = %meta.endpoint,
                     bytes = data.len(),
-                    mtu = station.mtu,
-                    "not echoed: the echo would need IP fragments, which clients may not send"
+                    "not echoed: larger than an IPv4 datagram can carry"
                 );
                 continue;
             }
             tracing::debug!(from = %meta.endpoint, bytes = data.len(), "echo");
-            match socket.send_slice(&data, meta) {
+            // From the host's address, whatever the datagram was sent to (a broadcast address
+            // is no source).
+            let reply = udp::UdpMetadata {
+                local_address: None,
+                ..meta
+            };
+            match socket.send_slice(&data, reply) {
                 Ok(()) => echoed += 1,
                 Err(e) => tracing::warn!(from = %meta.endpoint, "echo dropped: {e}"),
             }

@@ -1,0 +1,800 @@
+//! The host as an IP citizen, with a real Linux kernel as the peer, as root: on a veth pair as
+//! `ip link add` makes it (default offloads, never changed), `netmux up` in one namespace on one
+//! end (`afpacket:`), the kernel with 192.0.2.1/24 on the other end in a second namespace;
+//! netmux is 192.0.2.2/24.
+//!
+//! What is proved: one ARP request gets exactly one reply however many clients share the host
+//! address (12 here); the UDP echo returns 8,000-byte datagrams (the kernel fragments them on
+//! the way in, the echo's smoltcp on the way out, and the driver checks them whole) and the
+//! largest datagram IPv4 carries; pings of 8,000 and 65,000 bytes are answered (netd's reply
+//! goes out in fragments); an ICMP error the kernel sends about a client's flow reaches
+//! that client and no other; UDP sent to the subnet broadcast and to the limited broadcast
+//! reaches the client bound to the port.
+//!
+//! Only addresses in 192.0.2.0/24 inside the tests' own namespaces are used; only processes
+//! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
+//! happened. Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netmux_client::blocking::Client;
+use netmux_client::Transport;
+use netmux_testkit::netns::{self, NetNs, Proc};
+use netmux_testkit::TempDir;
+
+/// How long any one expected event may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+const KERNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// An address on the link nobody has: the sender of the test's own ARP requests.
+const ASKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+const MUX_END: &str = "nmx0";
+const KERNEL_END: &str = "nmx1";
+const LOG_FILTER: &str = "info,cranelift_jit=warn";
+/// Set to a path to test another build of the binary.
+const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
+
+fn netmux() -> PathBuf {
+    std::env::var_os(BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
+}
+
+fn require_root() {
+    assert!(
+        netns::is_root(),
+        "root_* tests need root (network namespaces, veth, AF_PACKET): run scripts/test as root"
+    );
+}
+
+/// `netmux up` on a veth end, with the kernel at the other end.
+struct Host {
+    /// Declared first, so it goes before `mux`.
+    kernel: NetNs,
+    /// netmux's namespace, kept until the host goes.
+    _mux: NetNs,
+    dir: TempDir,
+    up: Proc,
+}
+
+impl Host {
+    fn start(tag: &str) -> Host {
+        let mux = NetNs::new(&format!("{tag}m"));
+        let kernel = NetNs::new(&format!("{tag}k"));
+        let dir = TempDir::new(&format!("nmx-ip-{tag}"));
+        netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
+        let defaults = netns::offloads(&kernel, KERNEL_END);
+        assert!(
+            defaults.tx_checksum && defaults.tso,
+            "the kernel's end keeps Linux's defaults: {defaults:?}"
+        );
+        mux.ip(&["link", "set", MUX_END, "up"]);
+        kernel.ip(&["addr", "add", &format!("{KERNEL}/24"), "dev", KERNEL_END]);
+        kernel.ip(&["link", "set", KERNEL_END, "up"]);
+        let mut cmd = mux.command(netmux());
+        cmd.args([
+            "up",
+            "--link",
+            &format!("afpacket:{MUX_END}"),
+            "--ip",
+            &format!("{NETMUX}/24"),
+        ])
+        .arg("--runtime-dir")
+        .arg(dir.join("run"))
+        .env("RUST_LOG", LOG_FILTER);
+        let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
+        up.expect_line("netd listening", PATIENCE);
+        Host {
+            kernel,
+            _mux: mux,
+            dir,
+            up,
+        }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// `netmux example udp-echo` on `port`, once it listens.
+    fn echo(&self, port: u16) -> Proc {
+        let name = format!("udp-echo-{port}");
+        let mut cmd = Command::new(netmux());
+        cmd.args(["example", "udp-echo", "--port", &port.to_string()])
+            .arg("--runtime-dir")
+            .arg(self.run_dir())
+            .env("RUST_LOG", LOG_FILTER);
+        let mut p = Proc::spawn(&name, cmd, &self.dir.join(format!("{name}.log")));
+        p.expect_line(&format!("listening on udp port {port}"), PATIENCE);
+        p
+    }
+
+    /// The MAC of `ifname` in `ns`.
+    fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
+        let out = ns
+            .command("cat")
+            .arg(format!("/sys/class/net/{ifname}/address"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|h| u8::from_str_radix(h, 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    }
+}
+
+/// A raw AF_PACKET socket on `ifname` of the calling thread's namespace, for ARP.
+struct RawSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IP: u16 = 0x0800;
+
+impl RawSocket {
+    /// Frames of ethertype `protocol` on `ifname`.
+    fn open(ifname: &str, protocol: u16) -> RawSocket {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd =
+            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be())) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(ifindex > 0, "no interface {ifname}");
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol.to_be();
+        addr.sll_ifindex = ifindex;
+        // SAFETY: addr is a valid sockaddr_ll of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        RawSocket { fd, ifindex }
+    }
+
+    fn send(&self, frame: &[u8]) {
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and addr are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The next frame already queued, if any (never waits).
+    fn recv_now(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65_536];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+
+    /// The next frame within the socket's timeout, if any.
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65_536];
+        // SAFETY: buf is valid for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n > 0).then(|| {
+            buf.truncate(n as usize);
+            buf
+        })
+    }
+}
+
+/// An ARP request from `sha`/[`ASKER`] for [`NETMUX`].
+fn arp_request(sha: [u8; 6]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42);
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&ASKER.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&NETMUX.octets());
+    f
+}
+
+/// Whether `frame` is an ARP reply from [`NETMUX`] to [`ASKER`].
+fn is_reply_to_asker(frame: &[u8]) -> bool {
+    frame.len() >= 42
+        && frame[12..14] == ETH_P_ARP.to_be_bytes()
+        && frame[20..22] == [0, 2]
+        && frame[28..32] == NETMUX.octets()
+        && frame[38..42] == ASKER.octets()
+}
+
+#[test]
+#[ignore]
+fn root_one_arp_request_gets_one_reply_with_twelve_clients() {
+    require_root();
+    let host = Host::start("arp");
+    let _clients: Vec<Proc> = (7101..=7112).map(|p| host.echo(p)).collect();
+    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    let replies = host.kernel.run(move || {
+        let raw = RawSocket::open(KERNEL_END, ETH_P_ARP);
+        let mut counts = Vec::new();
+        for _ in 0..3 {
+            raw.send(&arp_request(kernel_mac));
+            let quiet_from = Instant::now() + Duration::from_millis(1500);
+            let mut n = 0;
+            while Instant::now() < quiet_from {
+                if let Some(f) = raw.recv() {
+                    n += usize::from(is_reply_to_asker(&f));
+                }
+            }
+            counts.push(n);
+        }
+        counts
+    });
+    assert_eq!(
+        replies,
+        vec![1, 1, 1],
+        "replies to each of three requests, with 12 clients sharing the address; netmux log:\n{}",
+        host.up.log()
+    );
+}
+
+/// Sends `size` bytes to the echo at `port` from the kernel until the same bytes come back.
+fn echo_from_kernel(ns: &NetNs, port: u16, size: usize, to: Ipv4Addr, broadcast: bool) {
+    ns.run(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        if broadcast {
+            sock.set_broadcast(true).unwrap();
+            let dev = KERNEL_END.as_bytes();
+            // SAFETY: a valid buffer of the length given, for SO_BINDTODEVICE.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    dev.as_ptr().cast(),
+                    dev.len() as u32,
+                )
+            };
+            assert_eq!(
+                rc,
+                0,
+                "SO_BINDTODEVICE: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        let target = SocketAddr::from((to, port));
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            sock.send_to(&payload, target).unwrap();
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    assert_eq!(
+                        from,
+                        SocketAddr::from((NETMUX, port)),
+                        "the echo answers from the host's address"
+                    );
+                    assert_eq!(n, size, "the echo returns the whole datagram");
+                    assert!(buf[..n] == payload[..], "the echo returns the same bytes");
+                    return;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "no echo of {size} bytes to {target}: {e}"
+                ),
+            }
+        }
+    });
+}
+
+#[test]
+#[ignore]
+fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_both_ways() {
+    require_root();
+    let host = Host::start("frag");
+    let port = 7200;
+    let _echo = host.echo(port);
+    echo_from_kernel(&host.kernel, port, 64, NETMUX, false);
+    for size in [1473, 8000, 30_000, 65_507] {
+        echo_from_kernel(&host.kernel, port, size, NETMUX, false);
+    }
+}
+
+/// The Internet checksum of `data`.
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Pings [`NETMUX`] from the kernel with `size` bytes of payload (a raw ICMP socket: the kernel
+/// fragments the request) until the reply with the same payload comes back.
+fn ping_from_kernel(ns: &NetNs, size: usize) {
+    ns.run(move || {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(
+            fd >= 0,
+            "raw ICMP socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 500_000,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
+        let id: u16 = 0x4e4d;
+        // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as u16;
+        to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 70_000];
+        for seq in 1u16.. {
+            let mut request = vec![8, 0, 0, 0];
+            request.extend_from_slice(&id.to_be_bytes());
+            request.extend_from_slice(&seq.to_be_bytes());
+            request.extend_from_slice(&payload);
+            let sum = internet_checksum(&request);
+            request[2..4].copy_from_slice(&sum.to_be_bytes());
+            // SAFETY: request and to are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                    (&to as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            assert_eq!(
+                n,
+                request.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until {
+                // SAFETY: buf is valid for its length.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n <= 0 {
+                    break;
+                }
+                // The raw socket hands over the IP header too.
+                let packet = &buf[..n as usize];
+                let icmp = &packet[usize::from(packet[0] & 0x0f) * 4..];
+                if packet[12..16] == NETMUX.octets()
+                    && icmp.len() >= 8
+                    && icmp[0] == 0
+                    && icmp[4..6] == id.to_be_bytes()
+                    && icmp[6..8] == seq.to_be_bytes()
+                {
+                    assert!(
+                        icmp[8..] == payload[..],
+                        "the reply carries the request's payload"
+                    );
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no echo reply to a ping of {size} bytes"
+            );
+        }
+    });
+}
+
+#[test]
+#[ignore]
+fn root_pings_larger_than_the_mtu_are_answered() {
+    require_root();
+    let host = Host::start("ping");
+    for size in [56, 1473, 8000, 65_000] {
+        ping_from_kernel(&host.kernel, size);
+    }
+}
+
+#[test]
+#[ignore]
+fn root_udp_to_the_subnet_and_the_limited_broadcast_reaches_the_bound_client() {
+    require_root();
+    let host = Host::start("bcast");
+    let port = 7300;
+    let _echo = host.echo(port);
+    echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::new(192, 0, 2, 255), true);
+    echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::BROADCAST, true);
+}
+
+#[test]
+#[ignore]
+fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
+    require_root();
+    let host = Host::start("icmp");
+    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    // Two clients: the owner of the flow and a bystander.
+    let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
+    let port = owner.bind_port(Transport::Udp, 7400).unwrap();
+    let mac = owner.host().link.mac;
+    let mut owner_queue = owner.open_queue().unwrap();
+    let mut bystander = Client::connect(&host.run_dir()).expect("netd takes a client");
+    bystander.bind_port(Transport::Udp, 7401).unwrap();
+    let mut bystander_queue = bystander.open_queue().unwrap();
+
+    // A datagram to a kernel port nobody listens on: the kernel answers port unreachable.
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac, kernel_mac)
+        .ipv4(NETMUX.octets(), KERNEL.octets(), 64)
+        .udp(port, 9)
+        .write(&mut frame, b"is anyone there")
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let error = 'found: loop {
+        owner_queue.send(&[&[&frame]]).unwrap();
+        let _ = owner_queue.wait_readable(Some(Duration::from_millis(300)));
+        let mut got = Vec::new();
+        owner_queue.recv_owned(64, &mut got).unwrap();
+        for f in got {
+            // IPv4, ICMP, destination unreachable, port unreachable.
+            if f.len() > 42 && f[12..14] == [8, 0] && f[23] == 1 && f[34] == 3 && f[35] == 3 {
+                break 'found f;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port unreachable never reached the flow's owner; netmux log:\n{}",
+            host.up.log()
+        );
+    };
+    // It quotes the owner's datagram.
+    assert_eq!(error[42 + 12..42 + 16], NETMUX.octets());
+    assert_eq!(error[42 + 20..42 + 22], port.to_be_bytes());
+    let mut stray = Vec::new();
+    bystander_queue.recv_owned(64, &mut stray).unwrap();
+    assert!(
+        !stray.iter().any(|f| f.len() > 34 && f[23] == 1),
+        "the bystander got no ICMP: {stray:02x?}"
+    );
+}
+
+/// How many echo replies one ICMPv6 echo request to `to` (on the kernel's veth end) gets
+/// within a second.
+fn ping6_replies(ns: &NetNs, to: std::net::Ipv6Addr) -> usize {
+    ns.run(move || {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        assert!(
+            fd >= 0,
+            "raw ICMPv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let name = std::ffi::CString::new(KERNEL_END).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as u16;
+        addr.sin6_addr.s6_addr = to.octets();
+        addr.sin6_scope_id = ifindex;
+        let id: u16 = 0x6e6d;
+        // Type 128 (echo request); the kernel fills the checksum of raw ICMPv6.
+        let mut request = vec![128, 0, 0, 0];
+        request.extend_from_slice(&id.to_be_bytes());
+        request.extend_from_slice(&1u16.to_be_bytes());
+        request.extend_from_slice(b"one answer, please");
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            // SAFETY: request and addr are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            };
+            // The kernel's link-local address needs a moment after the link came up (duplicate
+            // address detection), and neighbour discovery another: until then, ask again.
+            if n != request.len() as isize {
+                let e = std::io::Error::last_os_error();
+                assert!(Instant::now() < deadline, "sending to {to}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let mut replies = 0;
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until {
+                // SAFETY: buf is valid for its length.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                // Raw ICMPv6 sockets hand over the ICMPv6 message without the IPv6 header.
+                if n >= 8 && buf[0] == 129 && buf[4..6] == id.to_be_bytes() {
+                    replies += 1;
+                }
+            }
+            if replies > 0 {
+                return replies;
+            }
+            assert!(Instant::now() < deadline, "no ICMPv6 echo reply from {to}");
+        }
+    })
+}
+
+#[test]
+#[ignore]
+fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
+    require_root();
+    let host = Host::start("ping6");
+    let client = Client::connect(&host.run_dir()).expect("netd takes a client");
+    let netd_ll = std::net::Ipv6Addr::from(
+        client
+            .host()
+            .ipv6_link_local
+            .expect("netd has a link-local address"),
+    );
+    // The kernel's own address on netmux's veth end: the modified EUI-64 of the shared MAC.
+    let mac = Host::mac(&host._mux, MUX_END);
+    let mut kernel_ll = [0u8; 16];
+    kernel_ll[..2].copy_from_slice(&[0xfe, 0x80]);
+    kernel_ll[8..].copy_from_slice(&[
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    let kernel_ll = std::net::Ipv6Addr::from(kernel_ll);
+    assert_ne!(
+        netd_ll, kernel_ll,
+        "netd does not take the kernel's address"
+    );
+    assert_eq!(
+        ping6_replies(&host.kernel, netd_ll),
+        1,
+        "netd answers, once"
+    );
+    assert_eq!(
+        ping6_replies(&host.kernel, kernel_ll),
+        1,
+        "the kernel answers its own address, and netd does not"
+    );
+}
+
+/// The next-hop MTU the test's "fragmentation needed" names.
+const SMALL_MTU: u16 = 1000;
+const HTTP_PORT: u16 = 8080;
+
+/// An ICMP "fragmentation needed" naming [`SMALL_MTU`] about a full-sized TCP segment the HTTP
+/// example sent from its port to the kernel's `port` (what a router with that MTU would send).
+fn fragmentation_needed(port: u16) -> Vec<u8> {
+    let mut quoted = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    quoted.extend_from_slice(&NETMUX.octets());
+    quoted.extend_from_slice(&KERNEL.octets());
+    let sum = internet_checksum(&quoted);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted.extend_from_slice(&HTTP_PORT.to_be_bytes());
+    quoted.extend_from_slice(&port.to_be_bytes());
+    quoted.extend_from_slice(&[0, 0, 0, 1]); // sequence number
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&SMALL_MTU.to_be_bytes());
+    icmp.extend_from_slice(&quoted);
+    let sum = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    icmp
+}
+
+/// Sends `icmp` (an ICMP message) from the calling thread's namespace to [`NETMUX`].
+fn send_icmp(icmp: &[u8]) {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+    assert!(
+        fd >= 0,
+        "raw ICMP socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    to.sin_family = libc::AF_INET as u16;
+    to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
+    // SAFETY: icmp and to are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            icmp.as_ptr().cast(),
+            icmp.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    assert_eq!(
+        n,
+        icmp.len() as isize,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+}
+
+#[test]
+#[ignore]
+fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smaller_segments() {
+    require_root();
+    let host = Host::start("pmtu");
+    let mut cmd = Command::new(netmux());
+    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .env("RUST_LOG", LOG_FILTER);
+    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
+    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    // More than the kernel's receive buffer can take while the test does not read.
+    const BODY: usize = 32 << 20;
+    let (after, largest_after, body) = host.kernel.run(move || {
+        let target = SocketAddr::from((NETMUX, HTTP_PORT));
+        let deadline = Instant::now() + PATIENCE;
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let port = stream.local_addr().unwrap().port();
+        write!(
+            stream,
+            "GET /bytes/{BODY} HTTP/1.1\r\nHost: {NETMUX}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        // Some of the download at full size first.
+        while got < 256 * 1024 {
+            let n = stream.read(&mut buf).expect("reading the download");
+            assert!(n > 0, "the download ended early");
+            got += n;
+        }
+        let sniffer = RawSocket::open(KERNEL_END, ETH_P_IP);
+        send_icmp(&fragmentation_needed(port));
+        // Not reading for a moment closes the window: what was on its way (full-sized, sent
+        // before the example took the error in) arrives meanwhile and is left out; everything
+        // after is sent once the example has lowered its MTU.
+        std::thread::sleep(Duration::from_millis(500));
+        while sniffer.recv_now().is_some() {}
+        let (mut after, mut largest_after) = (0usize, 0usize);
+        loop {
+            let n = stream.read(&mut buf).expect("reading the download");
+            if n == 0 {
+                break;
+            }
+            got += n;
+            while let Some(f) = sniffer.recv_now() {
+                let from_example = f.len() >= 38
+                    && f[23] == 6
+                    && f[26..30] == NETMUX.octets()
+                    && f[34..36] == HTTP_PORT.to_be_bytes();
+                if from_example {
+                    after += 1;
+                    largest_after =
+                        largest_after.max(usize::from(u16::from_be_bytes([f[16], f[17]])));
+                }
+            }
+        }
+        (after, largest_after, got)
+    });
+    assert!(
+        body > BODY,
+        "the whole download arrived ({body} bytes with the head)"
+    );
+    assert!(after > 10, "segments seen after the error: {after}");
+    assert!(
+        largest_after <= usize::from(SMALL_MTU),
+        "after the error the largest packet was {largest_after} bytes; the example's log:\n{}",
+        http.log()
+    );
+    assert!(http.log().contains("lowering the MTU"), "{}", http.log());
+}
