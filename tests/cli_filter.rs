@@ -688,12 +688,17 @@ fn filter_match_agrees_with_libpcap_on_every_frame_of_every_corpus_capture() {
                     // The documented -O1 difference: libpcap's optimizer changed its own
                     // verdict on a truncated frame, and netmux gives the unoptimized one.
                     let unoptimized = plain.as_ref().map(|p| p.matches(&f.data, f.wire_len));
+                    let folded = plain
+                        .as_ref()
+                        .map(|p| p.matches_folding_wrapped_indexes(&f.data, f.wire_len));
                     let deleted = !got
                         && ours_program.as_ref().is_some_and(|o| {
                             netmux_testkit::oracle::kept_a_deleted_wrapped_load(o, &program)
                         });
                     let unfolded = netmux_testkit::oracle::left_a_wrapped_index_unfolded(&program);
-                    if !exact && (unoptimized == Some(got) || deleted || unfolded) {
+                    if !exact
+                        && (unoptimized == Some(got) || folded == Some(got) || deleted || unfolded)
+                    {
                         divergences += 1;
                         continue;
                     }

@@ -445,3 +445,32 @@ fn several_protochains_each_follow_a_chain_of_a_hundred_headers() {
         bad.join("\n")
     );
 }
+
+/// The oracle's own classic BPF interpreter (which folds wrapped register-relative offsets, the
+/// tolerance of the `-O1` comparisons) is `bpf_filter` wherever no offset wraps: every program
+/// of the expression list, optimized and not, on every self-made frame.
+#[test]
+fn the_oracles_folding_interpreter_is_bpf_filter_where_nothing_wraps() {
+    let frames = sample_frames(100, 3);
+    let mut compared = 0;
+    for expr in EXPRS {
+        for optimize in [true, false] {
+            let Ok(p) = netmux_testkit::BpfProgram::compile(expr, optimize) else {
+                continue;
+            };
+            for f in frames
+                .iter()
+                .filter(|f| !p.wraps_an_index(&f.data, f.wire_len))
+            {
+                compared += 1;
+                assert_eq!(
+                    p.matches_folding_wrapped_indexes(&f.data, f.wire_len),
+                    p.matches(&f.data, f.wire_len),
+                    "{expr} (optimized: {optimize}) on {:02x?}",
+                    f.data
+                );
+            }
+        }
+    }
+    assert!(compared > 10_000, "{compared}");
+}

@@ -184,6 +184,22 @@ impl BpfProgram {
         self.run(frame, wire_len) != 0
     }
 
+    /// Whether the program accepts the frame when every register-relative load adds its offset
+    /// in 32 bits before the bounds check (`ld [x + k]` with `x + k` wrapping), as libpcap's
+    /// optimizer folds a wrapped constant index into the offset (`ip6[0xfffffff2]` becomes
+    /// `ether[0]`); `bpf_filter` itself refuses such a load as out of bounds. Otherwise exactly
+    /// `bpf_filter`. Run on libpcap's unoptimized program, it gives the verdict netmux
+    /// documents for `-O1`: libpcap's unoptimized one, with wrapped indexes folded.
+    pub fn matches_folding_wrapped_indexes(&self, frame: &[u8], wire_len: u32) -> bool {
+        classic_run(self.insns(), frame, wire_len).0 != 0
+    }
+
+    /// Whether running the program on the frame adds a register-relative load's offset past
+    /// 2^32 (where [`Self::matches_folding_wrapped_indexes`] and `bpf_filter` part ways).
+    pub fn wraps_an_index(&self, frame: &[u8], wire_len: u32) -> bool {
+        classic_run(self.insns(), frame, wire_len).1
+    }
+
     /// The program as text, one `bpf_image` line per instruction (as `tcpdump -d` prints it).
     pub fn image(&self) -> String {
         let _guard = LIBPCAP.lock().unwrap_or_else(|e| e.into_inner());
@@ -437,4 +453,120 @@ mod tests {
             assert!(h.join().unwrap());
         }
     }
+}
+
+/// A classic BPF interpreter with `bpf_filter`'s semantics, except that a register-relative
+/// load's offset wraps in 32 bits ([`BpfProgram::matches_folding_wrapped_indexes`]).
+/// Returns the program's value and whether an offset wrapped.
+fn classic_run(insns: &[BpfInsn], p: &[u8], wire_len: u32) -> (u32, bool) {
+    let (mut a, mut x) = (0u32, 0u32);
+    let mut wrapped = false;
+    let mut mem = [0u32; 16];
+    let load = |k: u32, size: u32| -> Option<u32> {
+        let k = usize::try_from(k).ok()?;
+        let bytes = p.get(k..k.checked_add(size as usize)?)?;
+        Some(bytes.iter().fold(0u32, |v, &b| (v << 8) | u32::from(b)))
+    };
+    let mut pc = 0usize;
+    while let Some(i) = insns.get(pc) {
+        pc += 1;
+        let k = i.k;
+        let size = match i.code & 0x18 {
+            0x00 => 4,
+            0x08 => 2,
+            _ => 1,
+        };
+        match i.code & 0x07 {
+            // LD
+            0x00 => {
+                a = match i.code & 0xe0 {
+                    0x00 => k,
+                    0x20 => match load(k, size) {
+                        Some(v) => v,
+                        None => return (0, wrapped),
+                    },
+                    0x40 => match {
+                        wrapped |= x.checked_add(k).is_none();
+                        load(x.wrapping_add(k), size)
+                    } {
+                        Some(v) => v,
+                        None => return (0, wrapped),
+                    },
+                    0x60 => mem[(k & 15) as usize],
+                    0x80 => wire_len,
+                    _ => return (0, wrapped),
+                }
+            }
+            // LDX
+            0x01 => {
+                x = match i.code & 0xe0 {
+                    0x00 => k,
+                    0x60 => mem[(k & 15) as usize],
+                    0x80 => wire_len,
+                    0xa0 => match load(k, 1) {
+                        Some(v) => (v & 0xf) << 2,
+                        None => return (0, wrapped),
+                    },
+                    _ => return (0, wrapped),
+                }
+            }
+            0x02 => mem[(k & 15) as usize] = a,
+            0x03 => mem[(k & 15) as usize] = x,
+            // ALU
+            0x04 => {
+                let v = if i.code & 0x08 != 0 { x } else { k };
+                a = match i.code & 0xf0 {
+                    0x00 => a.wrapping_add(v),
+                    0x10 => a.wrapping_sub(v),
+                    0x20 => a.wrapping_mul(v),
+                    0x30 if v == 0 => return (0, wrapped),
+                    0x30 => a / v,
+                    0x40 => a | v,
+                    0x50 => a & v,
+                    0x60 => a.checked_shl(v).unwrap_or(0),
+                    0x70 => a.checked_shr(v).unwrap_or(0),
+                    0x80 => a.wrapping_neg(),
+                    0x90 if v == 0 => return (0, wrapped),
+                    0x90 => a % v,
+                    0xa0 => a ^ v,
+                    _ => return (0, wrapped),
+                }
+            }
+            // JMP
+            0x05 => {
+                let v = if i.code & 0x08 != 0 { x } else { k };
+                let taken = match i.code & 0xf0 {
+                    // Signed, as `bpf_filter` takes it: `protochain` jumps back.
+                    0x00 => {
+                        pc = pc.wrapping_add_signed(k as i32 as isize);
+                        continue;
+                    }
+                    0x10 => a == v,
+                    0x20 => a > v,
+                    0x30 => a >= v,
+                    0x40 => a & v != 0,
+                    _ => return (0, wrapped),
+                };
+                pc += usize::from(if taken { i.jt } else { i.jf });
+            }
+            // RET
+            0x06 => {
+                let value = match i.code & 0x18 {
+                    0x00 => k,
+                    0x10 => a,
+                    _ => x,
+                };
+                return (value, wrapped);
+            }
+            // MISC
+            _ => {
+                if i.code & 0xf8 == 0x80 {
+                    a = x;
+                } else {
+                    x = a;
+                }
+            }
+        }
+    }
+    (0, wrapped)
 }
