@@ -218,6 +218,28 @@ impl Client {
         let (reply, fds) = self.request(&ClientRequest::OpenQueue)?;
         super::queue(reply, fds)
     }
+
+    /// Makes this session's queue (made now) a capture of a client or of the link: its rx
+    /// ring receives a [`netmux_proto::ops::CaptureRecord`] per frame.
+    pub fn capture(
+        &mut self,
+        request: netmux_proto::ops::CaptureRequest,
+    ) -> Result<ClientQueue, ClientError> {
+        let (reply, fds) = self.request(&ClientRequest::Capture(request))?;
+        super::queue(reply, fds)
+    }
+
+    /// Changes the admin firewall of this session's instance (root and netd's admin uids).
+    pub fn firewall(
+        &mut self,
+        request: netmux_proto::ops::FirewallRequest,
+    ) -> Result<Vec<netmux_proto::ops::RuleView>, ClientError> {
+        match self.call(ClientRequest::Firewall(request))? {
+            ClientReply::Done => Ok(Vec::new()),
+            ClientReply::Firewall(rules) => Ok(rules),
+            other => Err(super::unexpected(other)),
+        }
+    }
 }
 
 /// The longest pause between two attempts of [`Reconnecting::reconnect`].

@@ -204,6 +204,11 @@ pub enum ClientRequest {
         /// Its new value, as `netmux instance set` writes it.
         value: String,
     },
+    /// Makes this session's queue a capture of a client or of the link; the reply is
+    /// [`ClientReply::Queue`] with the queue's descriptors.
+    Capture(crate::ops::CaptureRequest),
+    /// Changes or lists the admin firewall of the session's instance.
+    Firewall(crate::ops::FirewallRequest),
 }
 
 /// netd to client.
@@ -243,6 +248,8 @@ pub enum ClientReply {
     Sessions(SessionList),
     /// Instances, in name order.
     Instances(Vec<InstanceView>),
+    /// The firewall's rules, in order, with their counters.
+    Firewall(Vec<crate::ops::RuleView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].

@@ -177,6 +177,8 @@ pub enum DriverRequest {
         /// The instance.
         instance: InstanceId,
     },
+    /// Captures and firewall rules ([`crate::ops`]).
+    Operator(crate::ops::OperatorRequest),
 }
 
 /// Counters of one queue or of the link.
@@ -250,4 +252,6 @@ pub enum DriverReply {
     },
     /// The request was refused.
     Error(ErrorReply),
+    /// The answer to an [`DriverRequest::Operator`] request.
+    Operator(crate::ops::OperatorReply),
 }

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod args;
+mod capture;
 mod classify;
 mod defrag;
 mod demo;
@@ -91,6 +92,8 @@ command_groups! {
     /// Network stack instances: many independent hosts on one link.
     #[command(subcommand)]
     Instance(instance::InstanceCommand),
+    /// Capture what a client receives and transmits, or the whole link, as pcap.
+    Capture(capture::Capture),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

@@ -41,8 +41,11 @@
 //! it and are woken) and forgets all queues and filters; the control layer calls it when netd
 //! goes away.
 
+pub mod capture;
 pub mod control;
+pub mod firewall;
 pub mod instances;
+mod ops;
 pub mod tx;
 
 use std::collections::HashMap;
@@ -52,6 +55,7 @@ use netmux_proto::driver::{
     Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, QueueConfig, QueueId,
     RxMode,
 };
+use netmux_proto::ops::{CaptureSource, FrameDirection, RuleDirection};
 use netmux_proto::{ErrorCode, ErrorReply};
 use netmux_vm::{Scratch, Strategy};
 
@@ -186,6 +190,8 @@ struct Queue {
     config: QueueConfig,
     tx_filters: Vec<TxFilter>,
     tx: TxOutcomes,
+    /// Received frames the admin firewall blocked for it.
+    firewall_dropped: u64,
     /// Whether frames were written into its rx ring since the last flush (it is then listed
     /// in `Driver::touched`, to be published once per batch).
     touched: bool,
@@ -275,6 +281,12 @@ pub struct Driver {
     tx: TxOutcomes,
     link_state: LinkWatchState,
     clock: Instant,
+    /// Passive captures (`netmux capture`).
+    captures: capture::Captures,
+    /// The admin firewall (`netmux firewall`).
+    firewall: firewall::Firewall,
+    /// Received frames the firewall blocked, for every queue past and present.
+    firewall_dropped: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -348,6 +360,9 @@ impl Driver {
             rx: RxCounters::default(),
             tx: TxOutcomes::default(),
             clock: now,
+            captures: capture::Captures::default(),
+            firewall: firewall::Firewall::default(),
+            firewall_dropped: 0,
         }
     }
 
@@ -556,6 +571,7 @@ impl Driver {
                 }
                 self.set_instance(info)
             }
+            DriverRequest::Operator(request) => self.operator(request),
             DriverRequest::RemoveInstance { instance } => match self.instances.remove(instance) {
                 Ok(()) => {
                     self.update_link_macs();
@@ -621,6 +637,7 @@ impl Driver {
                 config,
                 tx_filters: Vec::new(),
                 tx: TxOutcomes::default(),
+                firewall_dropped: 0,
                 touched: false,
             },
         );
@@ -671,6 +688,13 @@ impl Driver {
             i.queues.retain(|&q| q != id);
         }
         self.filters.retain(|_, (q, _)| *q != id);
+        if !self.captures.is_empty() {
+            for capture in self.captures.queue_gone(id) {
+                if let Some(q) = self.queues.get_mut(&capture) {
+                    q.ring.close();
+                }
+            }
+        }
         self.order.retain(|&q| q != id);
         self.touched.retain(|&q| q != id);
         if self.netd_queue == Some(id) {
@@ -866,6 +890,9 @@ impl Driver {
     /// Delivers a received frame to the instances it is for (see [`instances`]).
     fn deliver(&mut self, frame: &[u8]) {
         self.rx.classified += 1;
+        if !self.captures.is_empty() {
+            self.capture(CaptureSource::Link, FrameDirection::In, frame);
+        }
         let target = self.instances.dispatch(frame);
         self.deliver_to(frame, target);
     }
@@ -891,15 +918,52 @@ impl Driver {
                 }
             }
         }
-        for id in &self.receivers {
-            if let Some(queue) = self.queues.get_mut(id) {
+        for &id in &self.receivers {
+            if let Some(queue) = self.queues.get_mut(&id) {
+                if self.firewall.has_in() {
+                    let instance = self.instances.get(queue.instance).map(|i| i.id);
+                    if self.firewall.blocks(
+                        RuleDirection::In,
+                        instance.unwrap_or_default(),
+                        id,
+                        frame,
+                        &mut self.scratch,
+                    ) {
+                        queue.firewall_dropped += 1;
+                        self.firewall_dropped += 1;
+                        continue;
+                    }
+                }
                 // Drops (full ring, closed, faulted) are counted by the ring, per queue.
-                if queue.ring.push_rx(&[frame]) == RxOutcome::Queued && !queue.touched {
+                let queued = queue.ring.push_rx(&[frame]) == RxOutcome::Queued;
+                if queued && !queue.touched {
                     queue.touched = true;
-                    self.touched.push(*id);
+                    self.touched.push(id);
+                }
+                if queued && !self.captures.is_empty() {
+                    self.captures.copy(
+                        CaptureSource::Queue(id),
+                        FrameDirection::In,
+                        frame,
+                        &mut self.queues,
+                        &mut self.touched,
+                        &mut self.scratch,
+                    );
                 }
             }
         }
+    }
+
+    /// Copies a frame to the captures of `source` (see [`capture`]).
+    fn capture(&mut self, source: CaptureSource, direction: FrameDirection, frame: &[u8]) {
+        self.captures.copy(
+            source,
+            direction,
+            frame,
+            &mut self.queues,
+            &mut self.touched,
+            &mut self.scratch,
+        );
     }
 
     fn flush_touched(&mut self) {
@@ -941,14 +1005,27 @@ impl Driver {
             }
             total += taken;
             let sender = queue.instance;
+            let sender_id = self.instances.get(sender).map(|i| i.id).unwrap_or_default();
             let mut outcome = Vec::with_capacity(taken);
             local.clear();
             for (index, frame) in batch.iter().enumerate() {
-                let status = if frame.len() > self.max_tx_len {
+                let mut status = if frame.len() > self.max_tx_len {
                     TxStatus::RejectedMalformed
                 } else {
                     tx::check(frame, &queue.tx_filters, &queue.mac, &mut self.scratch)
                 };
+                if status.is_sent()
+                    && self.firewall.has_out()
+                    && self.firewall.blocks(
+                        RuleDirection::Out,
+                        sender_id,
+                        id,
+                        frame,
+                        &mut self.scratch,
+                    )
+                {
+                    status = TxStatus::RejectedByFirewall;
+                }
                 if status.is_sent() {
                     match self.instances.route(frame, sender) {
                         Route::Link => sent.push(index),
@@ -988,6 +1065,20 @@ impl Driver {
                         instance.counters.tx_frames += 1;
                         instance.counters.tx_bytes +=
                             batch.get(index).map_or(0, |f| f.len() as u64);
+                    }
+                }
+            }
+            // Captures see what the queue sent (after its check and the firewall), and what
+            // went on the link.
+            if !self.captures.is_empty() {
+                for (index, status) in outcome.iter().enumerate() {
+                    if let (true, Some(frame)) = (status.is_sent(), batch.get(index)) {
+                        self.capture(CaptureSource::Queue(id), FrameDirection::Out, frame);
+                    }
+                }
+                for &index in &sent {
+                    if let Some(frame) = batch.get(index) {
+                        self.capture(CaptureSource::Link, FrameDirection::Out, frame);
                     }
                 }
             }
@@ -1063,6 +1154,7 @@ impl Driver {
             ("kernel".to_string(), link.rx_dropped_kernel),
             ("no-receiver".to_string(), self.rx.no_receiver),
             ("link-error".to_string(), self.rx.link_errors),
+            ("firewall".to_string(), self.firewall_dropped),
         ];
         rx_dropped.extend(link.offload_drops());
         for reason in DropReason::ALL {
@@ -1118,6 +1210,7 @@ fn queue_counters(queue: &Queue) -> Counters {
     let rx_dropped = [
         ("too-large", ring.rx_dropped_too_large),
         ("unusable", ring.rx_dropped_unusable),
+        ("firewall", queue.firewall_dropped),
     ]
     .into_iter()
     .filter(|&(_, n)| n > 0)

@@ -1,0 +1,460 @@
+//! The operator's view of every client queue, as illumos vnd gives one of every datalink:
+//! passive captures of one client or of the whole link, and admin firewall rules the driver
+//! applies where no client can touch them. The requests netd takes from `netmux capture` and
+//! `netmux firewall`, the ones it makes of the driver for them, and the record a captured
+//! frame travels in through the capture's rx ring.
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Transport;
+use crate::driver::{InstanceId, QueueId};
+
+/// How an operator names a client: by process id, by netd's session id, or by a port it
+/// holds (`udp/7007`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ClientName {
+    /// A process id (`4082`, or `pid:4082`).
+    Pid(u32),
+    /// netd's session id (`session:7`).
+    Session(u64),
+    /// The session holding this port (`udp/7007`, `tcp/8080`).
+    Port(Transport, u16),
+}
+
+impl std::fmt::Display for ClientName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientName::Pid(pid) => write!(f, "pid:{pid}"),
+            ClientName::Session(id) => write!(f, "session:{id}"),
+            ClientName::Port(t, p) => write!(f, "{t}/{p}"),
+        }
+    }
+}
+
+/// Why a client's name could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} names no client: write a pid (4082), session:ID or a port (udp/7007, tcp/8080)")]
+pub struct BadClientName(pub String);
+
+impl std::str::FromStr for ClientName {
+    type Err = BadClientName;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || BadClientName(text.to_owned());
+        let number = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        if let Some((kind, rest)) = text.split_once('/') {
+            let transport = match kind {
+                "udp" => Transport::Udp,
+                "tcp" => Transport::Tcp,
+                _ => return Err(bad()),
+            };
+            let port = number(rest)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0)
+                .ok_or_else(bad)?;
+            return Ok(ClientName::Port(transport, port));
+        }
+        if let Some(rest) = text.strip_prefix("session:") {
+            return number(rest).map(ClientName::Session).ok_or_else(bad);
+        }
+        let pid = text.strip_prefix("pid:").unwrap_or(text);
+        number(pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .map(ClientName::Pid)
+            .ok_or_else(bad)
+    }
+}
+
+/// Which frames a capture copies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CaptureDirections {
+    /// What the client receives and what it transmits (or everything on the link).
+    #[default]
+    Both,
+    /// What it receives only.
+    Rx,
+    /// What it transmits only.
+    Tx,
+}
+
+impl CaptureDirections {
+    /// Whether received frames are copied.
+    pub fn rx(self) -> bool {
+        self != CaptureDirections::Tx
+    }
+
+    /// Whether transmitted frames are copied.
+    pub fn tx(self) -> bool {
+        self != CaptureDirections::Rx
+    }
+}
+
+/// What `netmux capture` asks netd for: the asking session's queue becomes a capture.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureRequest {
+    /// The client to capture, in the session's instance; `None` for the whole link.
+    pub client: Option<ClientName>,
+    /// Which way.
+    pub directions: CaptureDirections,
+    /// Bytes of each frame kept (the record says the frame's whole length).
+    pub snaplen: u32,
+    /// A pcap-filter expression a frame must match to be copied (empty: every frame).
+    pub expr: String,
+}
+
+/// What the capture is of, as the driver knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CaptureSource {
+    /// What this queue has delivered to its rx ring and what it transmitted after the
+    /// transmit check.
+    Queue(QueueId),
+    /// Every frame received from the link (after reassembly) and every frame sent on it.
+    Link,
+}
+
+/// A capture, as netd asks the driver for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    /// The queue the copies go to (the capturing session's, created before).
+    pub queue: QueueId,
+    /// What is captured.
+    pub source: CaptureSource,
+    /// Which way.
+    pub directions: CaptureDirections,
+    /// Bytes of each frame copied.
+    pub snaplen: u32,
+    /// The verified filter program, when there is a filter.
+    pub program: Option<Vec<u8>>,
+}
+
+/// Which way a captured frame went, as its record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FrameDirection {
+    /// Received (delivered to the client, or from the link).
+    In,
+    /// Transmitted (by the client after its check, or onto the link).
+    Out,
+}
+
+/// Bytes of the record that precedes every captured frame in a capture's rx ring:
+/// direction (1 byte: 0 in, 1 out), 3 bytes zero, the frame's whole length (u32, little
+/// endian), the time it was copied (u64 nanoseconds since the Unix epoch, little endian).
+pub const CAPTURE_RECORD_LEN: usize = 16;
+
+/// A captured frame's record: the header of [`CAPTURE_RECORD_LEN`] bytes and what follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureRecord<'a> {
+    /// Which way it went.
+    pub direction: FrameDirection,
+    /// Its whole length.
+    pub orig_len: u32,
+    /// When it was copied, in nanoseconds since the Unix epoch.
+    pub timestamp_ns: u64,
+    /// Its first bytes (up to the capture's snapshot length).
+    pub data: &'a [u8],
+}
+
+impl<'a> CaptureRecord<'a> {
+    /// The record header for a frame.
+    pub fn header(direction: FrameDirection, orig_len: u32, timestamp_ns: u64) -> [u8; 16] {
+        let mut h = [0u8; CAPTURE_RECORD_LEN];
+        h[0] = match direction {
+            FrameDirection::In => 0,
+            FrameDirection::Out => 1,
+        };
+        h[4..8].copy_from_slice(&orig_len.to_le_bytes());
+        h[8..16].copy_from_slice(&timestamp_ns.to_le_bytes());
+        h
+    }
+
+    /// Reads a record from a frame of a capture's ring; `None` when it is too short or its
+    /// direction byte is not 0 or 1.
+    pub fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let header = bytes.get(..CAPTURE_RECORD_LEN)?;
+        let direction = match header[0] {
+            0 => FrameDirection::In,
+            1 => FrameDirection::Out,
+            _ => return None,
+        };
+        let orig_len = u32::from_le_bytes(header[4..8].try_into().ok()?);
+        let timestamp_ns = u64::from_le_bytes(header[8..16].try_into().ok()?);
+        Some(CaptureRecord {
+            direction,
+            orig_len,
+            timestamp_ns,
+            data: &bytes[CAPTURE_RECORD_LEN..],
+        })
+    }
+}
+
+/// What a firewall rule does with a frame it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuleAction {
+    /// Let it through.
+    Pass,
+    /// Drop it (received) or complete it with `RejectedByFirewall` (transmitted).
+    Block,
+}
+
+/// Which way a firewall rule looks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RuleDirection {
+    /// Received frames, before they are delivered to a client.
+    In,
+    /// Transmitted frames, after the client's own transmit check.
+    Out,
+}
+
+/// A firewall rule as an operator writes it: `pass|block in|out [quick] [on CLIENT] EXPR`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleText {
+    /// Pass or block.
+    pub action: RuleAction,
+    /// In or out.
+    pub direction: RuleDirection,
+    /// Whether a match decides at once (else the last matching rule decides).
+    pub quick: bool,
+    /// Only the frames of this client (resolved to its queue when the rule is added).
+    pub on: Option<ClientName>,
+    /// The pcap-filter expression (empty: every frame).
+    pub expr: String,
+}
+
+/// Why a rule's text could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BadRule {
+    /// It does not begin with `pass` or `block`.
+    #[error("a rule begins with pass or block, not {0:?}")]
+    Action(String),
+    /// `in` or `out` is missing.
+    #[error("pass or block is followed by in or out, not {0:?}")]
+    Direction(String),
+    /// `on` without a client, or with a bad one.
+    #[error("on: {0}")]
+    On(String),
+}
+
+impl std::str::FromStr for RuleText {
+    type Err = BadRule;
+
+    /// `block in quick on udp/7007 udp port 7007`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut words = text.split_whitespace().peekable();
+        let action = match words.next() {
+            Some("pass") => RuleAction::Pass,
+            Some("block") => RuleAction::Block,
+            other => return Err(BadRule::Action(other.unwrap_or("").to_owned())),
+        };
+        let direction = match words.next() {
+            Some("in") => RuleDirection::In,
+            Some("out") => RuleDirection::Out,
+            other => return Err(BadRule::Direction(other.unwrap_or("").to_owned())),
+        };
+        let quick = words.next_if_eq(&"quick").is_some();
+        let on = match words.next_if_eq(&"on") {
+            Some(_) => {
+                let name = words
+                    .next()
+                    .ok_or_else(|| BadRule::On("a client follows on".to_owned()))?;
+                Some(
+                    name.parse::<ClientName>()
+                        .map_err(|e| BadRule::On(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let expr = words.collect::<Vec<_>>().join(" ");
+        Ok(RuleText {
+            action,
+            direction,
+            quick,
+            on,
+            expr,
+        })
+    }
+}
+
+impl std::fmt::Display for RuleText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.action {
+            RuleAction::Pass => "pass",
+            RuleAction::Block => "block",
+        })?;
+        f.write_str(match self.direction {
+            RuleDirection::In => " in",
+            RuleDirection::Out => " out",
+        })?;
+        if self.quick {
+            f.write_str(" quick")?;
+        }
+        if let Some(on) = &self.on {
+            write!(f, " on {on}")?;
+        }
+        if !self.expr.is_empty() {
+            write!(f, " {}", self.expr)?;
+        }
+        Ok(())
+    }
+}
+
+/// What `netmux firewall` asks netd (root and netd's admin uids only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FirewallRequest {
+    /// Adds a rule at the end (`add`) or at a position, counting from 1 (`insert`).
+    Add {
+        /// The rule.
+        rule: RuleText,
+        /// Where; the end when `None`.
+        at: Option<usize>,
+        /// Whether it is forgotten when netd stops.
+        temporary: bool,
+    },
+    /// Removes the rule at this position (from 1).
+    Remove {
+        /// Its position.
+        at: usize,
+    },
+    /// Removes every rule.
+    Flush,
+    /// The rules and their counters.
+    List,
+}
+
+/// One rule as `netmux firewall ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    /// Its position, from 1.
+    pub number: usize,
+    /// The rule.
+    pub rule: RuleText,
+    /// Whether it is forgotten when netd stops.
+    pub temporary: bool,
+    /// Whether its client is not there (an `on` rule whose client ended matches nothing).
+    pub dormant: bool,
+    /// Frames it decided.
+    pub frames: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// A rule as netd gives it to the driver.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    /// netd's id of it: counters follow a rule across changes of the list.
+    pub id: u64,
+    /// Its instance: it sees the frames of that instance's queues only.
+    pub instance: InstanceId,
+    /// Pass or block.
+    pub action: RuleAction,
+    /// In or out.
+    pub direction: RuleDirection,
+    /// Whether a match decides at once.
+    pub quick: bool,
+    /// Only this queue's frames; `Some` with a queue that does not exist matches nothing.
+    pub queue: Option<QueueId>,
+    /// The verified program, in the VM's container format.
+    pub program: Vec<u8>,
+}
+
+/// A rule's counters at the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleCounters {
+    /// The rule's id.
+    pub id: u64,
+    /// Frames it decided.
+    pub frames: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// netd to driver, for the operator's tools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorRequest {
+    /// Makes a queue a capture: it no longer receives anything of its own (ARP for everyone
+    /// included), only the copies. It ends when its queue or its source queue goes.
+    StartCapture(CaptureSpec),
+    /// Replaces the firewall's rules (in order); the counters of rules whose id stays are kept.
+    SetFirewall {
+        /// The rules, in order.
+        rules: Vec<RuleSpec>,
+    },
+    /// The rules' counters.
+    FirewallCounters,
+}
+
+/// driver to netd, for the operator's tools.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorReply {
+    /// Done.
+    Done,
+    /// Every rule's counters, in rule order.
+    Firewall(Vec<RuleCounters>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_named_by_pid_session_or_port() {
+        assert_eq!("4082".parse(), Ok(ClientName::Pid(4082)));
+        assert_eq!("pid:4082".parse(), Ok(ClientName::Pid(4082)));
+        assert_eq!("session:7".parse(), Ok(ClientName::Session(7)));
+        assert_eq!(
+            "udp/7007".parse(),
+            Ok(ClientName::Port(Transport::Udp, 7007))
+        );
+        assert_eq!(
+            "tcp/8080".parse(),
+            Ok(ClientName::Port(Transport::Tcp, 8080))
+        );
+        for bad in [
+            "",
+            "udp/",
+            "udp/0",
+            "udp/70000",
+            "sctp/1",
+            "-1",
+            "pid:",
+            "x",
+            "1e3",
+        ] {
+            assert!(bad.parse::<ClientName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_rule_reads_and_prints_back_the_same() {
+        let r: RuleText = "block in quick on udp/7007 udp port 7007".parse().unwrap();
+        assert_eq!(r.action, RuleAction::Block);
+        assert_eq!(r.direction, RuleDirection::In);
+        assert!(r.quick);
+        assert_eq!(r.on, Some(ClientName::Port(Transport::Udp, 7007)));
+        assert_eq!(r.expr, "udp port 7007");
+        assert_eq!(r.to_string(), "block in quick on udp/7007 udp port 7007");
+        let all: RuleText = "pass out".parse().unwrap();
+        assert_eq!(all.expr, "");
+        assert!("drop in x".parse::<RuleText>().is_err());
+        assert!("block sideways".parse::<RuleText>().is_err());
+        assert!("block in on".parse::<RuleText>().is_err());
+    }
+
+    #[test]
+    fn a_record_reads_back_what_was_written() {
+        let mut bytes = CaptureRecord::header(FrameDirection::Out, 1514, 42).to_vec();
+        bytes.extend_from_slice(b"abc");
+        let r = CaptureRecord::parse(&bytes).unwrap();
+        assert_eq!(r.direction, FrameDirection::Out);
+        assert_eq!(
+            (r.orig_len, r.timestamp_ns, r.data),
+            (1514, 42, &b"abc"[..])
+        );
+        assert!(CaptureRecord::parse(&bytes[..15]).is_none());
+        bytes[0] = 9;
+        assert!(CaptureRecord::parse(&bytes).is_none());
+    }
+}

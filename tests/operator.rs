@@ -1,0 +1,380 @@
+//! The operator's tools end to end, without privileges: the real driver on a virtual cable,
+//! netd, a client through the client library, the test as the peer host at the far end of the
+//! cable, and the `netmux` binary as the operator runs it.
+//!
+//! Proves: `netmux capture` of a client writes exactly the frames the client received and
+//! transmitted, in order, into a pcap that tcpdump reads, to a file and through a pipe
+//! (`-w - | tcpdump -r -`); a capture nobody reads drops its own copies, counted, and the
+//! client loses nothing.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netmux_client::blocking::Client;
+use netmux_client::Transport;
+use netmux_driver::daemon::control::{DriverThread, ServerOptions};
+use netmux_driver::daemon::{Driver, DriverConfig};
+use netmux_driver::link::{LinkInfo, VirtualLink};
+use netmux_netd::config::{Config, HostAddrs};
+use netmux_netd::driver_link::ChannelDriver;
+use netmux_netd::NetdHandle;
+use netmux_proto::driver::QueueConfig;
+use netmux_proto::ops::{CaptureDirections, CaptureRequest, ClientName};
+use netmux_ring::{ClientQueue, TxStatus};
+use netmux_testkit::frames::{FrameBuilder, Ipv4};
+use netmux_testkit::TempDir;
+use netmux_vm::Strategy;
+
+const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
+const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+const PEER_IP: [u8; 4] = [192, 0, 2, 99];
+const HOST_IP: [u8; 4] = [192, 0, 2, 1];
+const PORT: u16 = 7007;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The driver, netd and the peer's end of the cable, in a temporary directory.
+struct Host {
+    _driver: DriverThread,
+    netd: Option<NetdHandle>,
+    peer: UnixDatagram,
+    cable: PathBuf,
+    dir: TempDir,
+}
+
+impl Host {
+    fn start() -> Host {
+        let dir = TempDir::new("netmux-operator");
+        let cable = dir.join("cable");
+        let link = VirtualLink::bind(
+            &cable,
+            None,
+            LinkInfo {
+                spec: format!("virtual:{}", cable.display()),
+                mac: LINK_MAC,
+                mtu: 1500,
+            },
+        )
+        .expect("cable");
+        let driver = Driver::new(
+            Box::new(link),
+            DriverConfig {
+                strategy: Strategy::Interpreter,
+                ..DriverConfig::default()
+            },
+        );
+        let control = dir.join("control.sock");
+        let driver = DriverThread::spawn(&control, driver, ServerOptions::default()).unwrap();
+        let channel = ChannelDriver::connect(&control).expect("the driver answers");
+        let mut config = Config::new(dir.join("run"));
+        config.addrs = HostAddrs {
+            ipv4: Some((HOST_IP.into(), 24)),
+            gateway: None,
+            ipv6_link_local: false,
+        };
+        config.rings = QueueConfig {
+            slot_size: 2048,
+            rx_slots: 64,
+            tx_slots: 64,
+            completion_slots: 64,
+        };
+        // The test's own uid manages the firewall, as root would.
+        config.admin_uids.insert(rustix::process::getuid().as_raw());
+        let netd = netmux_netd::spawn(config, Box::new(channel)).expect("netd starts");
+        let peer = UnixDatagram::bind(dir.join("peer")).unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Host {
+            _driver: driver,
+            netd: Some(netd),
+            peer,
+            cable,
+            dir,
+        }
+    }
+
+    fn runtime_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.runtime_dir()).expect("netd accepts the client")
+    }
+
+    fn send(&self, frame: &[u8]) {
+        self.peer.send_to(frame, &self.cable).unwrap();
+    }
+
+    /// The UDP frames to the peer from `port` that the peer receives within `settle`.
+    fn heard_from(&self, port: u16, settle: Duration) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let end = Instant::now() + settle;
+        let mut buf = vec![0u8; 70000];
+        while Instant::now() < end {
+            if let Ok(n) = self.peer.recv(&mut buf) {
+                let f = &buf[..n];
+                if f.len() >= 38 && f[23] == 17 && f[34..36] == port.to_be_bytes() {
+                    out.push(f.to_vec());
+                }
+            }
+        }
+        out
+    }
+
+    /// `netmux capture ARGS` against this host, started and capturing when this returns.
+    fn capture(&self, args: &[&str], stdout: Stdio) -> Child {
+        let mut child = Command::new(NETMUX)
+            .arg("capture")
+            .arg("--runtime-dir")
+            .arg(self.runtime_dir())
+            .args(args)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("netmux capture starts");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        assert!(line.contains("capturing"), "capture did not start: {line}");
+        // The rest of its messages, for the end.
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = stderr.read_to_string(&mut rest);
+            eprint!("{rest}");
+        });
+        child
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(n) = self.netd.take() {
+            let _ = n.stop();
+        }
+    }
+}
+
+/// A UDP frame from `src` to `dst` with `n` bytes of payload.
+#[allow(clippy::too_many_arguments)]
+fn udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    n: usize,
+) -> Vec<u8> {
+    FrameBuilder::ethernet(dst_mac, src_mac)
+        .ethertype(0x0800)
+        .ipv4(Ipv4::new(src, dst, 17))
+        .udp(sport, dport)
+        .payload(n)
+        .finish()
+        .data
+}
+
+/// The peer's datagram number `i` to the client.
+fn inbound(i: usize) -> Vec<u8> {
+    udp(PEER_MAC, LINK_MAC, PEER_IP, HOST_IP, 5000, PORT, 10 + i)
+}
+
+/// The client's reply number `i` to the peer.
+fn outbound(i: usize) -> Vec<u8> {
+    udp(LINK_MAC, PEER_MAC, HOST_IP, PEER_IP, PORT, 5000, 100 + i)
+}
+
+/// Waits for one frame on `q`.
+fn recv_one(q: &mut ClientQueue) -> Vec<u8> {
+    let end = Instant::now() + WAIT;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        if q.recv_owned(1, &mut out).unwrap() == 1 {
+            return out.pop().unwrap();
+        }
+        let _ = q.wait_readable(Some(Duration::from_millis(10)));
+    }
+    panic!("no frame within {WAIT:?}");
+}
+
+/// Sends `frame` and waits for its completion.
+fn send_one(q: &mut ClientQueue, frame: &[u8]) -> TxStatus {
+    q.send(&[&[frame]]).unwrap();
+    let mut done = Vec::new();
+    let end = Instant::now() + WAIT;
+    while done.is_empty() && Instant::now() < end {
+        q.completions(8, &mut done).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    done.first().expect("a completion").status
+}
+
+/// The frames of a classic pcap file (little endian, as `netmux capture` writes it).
+fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], &0xa1b2_c3d4u32.to_le_bytes());
+    let mut at = 24;
+    let mut out = Vec::new();
+    while at + 16 <= bytes.len() {
+        let kept = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap()) as usize;
+        out.push(bytes[at + 16..at + 16 + kept].to_vec());
+        at += 16 + kept;
+    }
+    out
+}
+
+/// Waits for a child to end, killing it (by its pid) after `WAIT`.
+fn wait(child: &mut Child) -> std::process::ExitStatus {
+    let end = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("{} did not end within {WAIT:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_capture_of_a_client_is_what_it_received_and_sent_in_order_and_tcpdump_reads_it() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    let file = host.dir.join("echo.pcap");
+    let port = format!("udp/{PORT}");
+    let mut to_file = host.capture(
+        &[&port, "-w", file.to_str().unwrap(), "-c", "6"],
+        Stdio::null(),
+    );
+    // The same capture streamed to standard output, read by tcpdump through a pipe.
+    let mut to_pipe = host.capture(&[&port, "-w", "-", "-c", "6"], Stdio::piped());
+    let tcpdump = Command::new("tcpdump")
+        .args(["-n", "-r", "-"])
+        .stdin(to_pipe.stdout.take().unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump runs (scripts/test installs it)");
+
+    let mut seen = Vec::new();
+    for i in 0..3 {
+        host.send(&inbound(i));
+        seen.push(recv_one(&mut q));
+        assert_eq!(send_one(&mut q, &outbound(i)), TxStatus::Sent);
+        seen.push(outbound(i));
+    }
+    // What the client refused to send is not in the capture: it never went out.
+    let spoofed = udp(LINK_MAC, PEER_MAC, HOST_IP, PEER_IP, PORT + 1, 5000, 3);
+    assert_ne!(send_one(&mut q, &spoofed), TxStatus::Sent);
+    assert!(wait(&mut to_file).success());
+    assert!(wait(&mut to_pipe).success());
+
+    assert_eq!(
+        pcap_frames(&file),
+        seen,
+        "the capture is what the client saw"
+    );
+    let read = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let piped = tcpdump.wait_with_output().unwrap();
+    for output in [read, piped] {
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6, "{text}");
+        for (i, line) in lines.iter().enumerate() {
+            let expected = if i % 2 == 0 {
+                "IP 192.0.2.99.5000 > 192.0.2.1.7007:"
+            } else {
+                "IP 192.0.2.1.7007 > 192.0.2.99.5000:"
+            };
+            assert!(line.contains(expected), "line {i}: {line}");
+        }
+    }
+}
+
+#[test]
+fn a_capture_nobody_reads_drops_its_own_copies_and_the_client_loses_nothing() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    let mut operator = host.client();
+    let capture = operator
+        .capture(CaptureRequest {
+            client: Some(ClientName::Port(Transport::Udp, PORT)),
+            directions: CaptureDirections::Rx,
+            snaplen: 65535,
+            expr: String::new(),
+        })
+        .unwrap();
+    const FRAMES: usize = 300;
+    let mut got = 0;
+    for burst in 0..FRAMES / 20 {
+        for i in 0..20 {
+            host.send(&inbound(burst * 20 + i));
+        }
+        for _ in 0..20 {
+            recv_one(&mut q);
+            got += 1;
+        }
+    }
+    assert_eq!(got, FRAMES);
+    let client_side = q.counters();
+    assert_eq!(client_side.rx_dropped_full, 0);
+    let copies = capture.counters();
+    assert!(copies.rx_dropped_full > 0, "{copies:?}");
+    assert_eq!(
+        copies.rx_frames + copies.rx_dropped_full,
+        FRAMES as u64,
+        "every copy is either in the capture's ring or counted as dropped: {copies:?}"
+    );
+    // The peer heard nothing extra, and the client's own traffic still flows.
+    assert_eq!(
+        send_one(&mut q, &outbound(0)),
+        TxStatus::Sent,
+        "the client still transmits"
+    );
+    assert_eq!(host.heard_from(PORT, Duration::from_millis(100)).len(), 1);
+}
+
+#[test]
+fn a_capture_is_refused_for_a_client_that_does_not_exist_and_for_a_bad_expression() {
+    let host = Host::start();
+    let out = Command::new(NETMUX)
+        .arg("capture")
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .arg("udp/9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no client udp/9"));
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let _q = client.open_queue().unwrap();
+    let out = Command::new(NETMUX)
+        .arg("capture")
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .args([&format!("udp/{PORT}"), "udp", "port", "nonsense("])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = Command::new(NETMUX)
+        .args(["capture", "not-a-client"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names no client"));
+}
