@@ -5,7 +5,9 @@
 //! Proves: `netmux capture` of a client writes exactly the frames the client received and
 //! transmitted, in order, into a pcap that tcpdump reads, to a file and through a pipe
 //! (`-w - | tcpdump -r -`); a capture nobody reads drops its own copies, counted, and the
-//! client loses nothing.
+//! client loses nothing. `netmux firewall` blocks a port in and out while a client holds it,
+//! counts what each rule decided, and lets the traffic through again once the rule is gone; a
+//! client cannot get past a rule with fragments, VLAN tags or IPv6.
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixDatagram;
@@ -47,6 +49,11 @@ struct Host {
 
 impl Host {
     fn start() -> Host {
+        Host::start_with(None)
+    }
+
+    /// A host whose netd keeps its configuration in `file`.
+    fn start_with(file: Option<PathBuf>) -> Host {
         let dir = TempDir::new("netmux-operator");
         let cable = dir.join("cable");
         let link = VirtualLink::bind(
@@ -73,7 +80,7 @@ impl Host {
         config.addrs = HostAddrs {
             ipv4: Some((HOST_IP.into(), 24)),
             gateway: None,
-            ipv6_link_local: false,
+            ipv6_link_local: true,
         };
         config.rings = QueueConfig {
             slot_size: 2048,
@@ -83,6 +90,7 @@ impl Host {
         };
         // The test's own uid manages the firewall, as root would.
         config.admin_uids.insert(rustix::process::getuid().as_raw());
+        config.instances_file = file;
         let netd = netmux_netd::spawn(config, Box::new(channel)).expect("netd starts");
         let peer = UnixDatagram::bind(dir.join("peer")).unwrap();
         peer.set_read_timeout(Some(Duration::from_millis(20)))
@@ -332,7 +340,13 @@ fn a_capture_nobody_reads_drops_its_own_copies_and_the_client_loses_nothing() {
     assert_eq!(got, FRAMES);
     let client_side = q.counters();
     assert_eq!(client_side.rx_dropped_full, 0);
-    let copies = capture.counters();
+    // The capture's ring is published just after the client's: wait for its last count.
+    let end = Instant::now() + WAIT;
+    let mut copies = capture.counters();
+    while copies.rx_frames + copies.rx_dropped_full < FRAMES as u64 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+        copies = capture.counters();
+    }
     assert!(copies.rx_dropped_full > 0, "{copies:?}");
     assert_eq!(
         copies.rx_frames + copies.rx_dropped_full,
@@ -377,4 +391,281 @@ fn a_capture_is_refused_for_a_client_that_does_not_exist_and_for_a_bad_expressio
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("names no client"));
+}
+
+/// `netmux firewall ARGS` against `host`; its standard output, or a panic with its stderr.
+fn firewall(host: &Host, args: &[&str]) -> String {
+    let out = Command::new(NETMUX)
+        .arg("firewall")
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "firewall {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The frames `q` receives within `settle`.
+fn received(q: &mut ClientQueue, settle: Duration) -> Vec<Vec<u8>> {
+    let end = Instant::now() + settle;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        if q.recv_owned(64, &mut out).unwrap_or(0) == 0 {
+            let _ = q.wait_readable(Some(Duration::from_millis(10)));
+        }
+    }
+    out
+}
+
+/// `firewall ls --json`: (rule, frames) of each rule.
+fn rule_frames(host: &Host) -> Vec<(String, u64)> {
+    firewall(host, &["ls", "--json"])
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["rule"].as_str().unwrap().to_owned(),
+                v["frames"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_firewall_rule_blocks_a_port_in_and_out_while_a_client_holds_it_until_removed() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    host.send(&inbound(0));
+    assert_eq!(recv_one(&mut q), inbound(0), "no rule: delivered");
+
+    firewall(&host, &["add", "block", "in", "udp", "port", "7007"]);
+    firewall(
+        &host,
+        &["add", "--temporary", "block", "out", "udp", "port", "7007"],
+    );
+    host.send(&inbound(1));
+    assert!(received(&mut q, Duration::from_millis(200)).is_empty());
+    assert_eq!(send_one(&mut q, &outbound(1)), TxStatus::RejectedByFirewall);
+    assert!(host.heard_from(PORT, Duration::from_millis(100)).is_empty());
+    assert_eq!(
+        rule_frames(&host),
+        [
+            ("block in udp port 7007".to_owned(), 1),
+            ("block out udp port 7007".to_owned(), 1)
+        ]
+    );
+    let listing = firewall(&host, &["ls"]);
+    assert!(
+        listing.contains("block out udp port 7007  (temporary)"),
+        "{listing}"
+    );
+    let counters = client.stats().unwrap();
+    assert!(
+        counters.rx_dropped.contains(&("firewall".to_owned(), 1)),
+        "{counters:?}"
+    );
+    assert!(
+        counters.tx_rejected.contains(&("firewall".to_owned(), 1)),
+        "{counters:?}"
+    );
+
+    // A quick pass before the block lets the peer's traffic in again.
+    firewall(
+        &host,
+        &[
+            "insert",
+            "1",
+            "pass",
+            "in",
+            "quick",
+            "src",
+            "host",
+            "192.0.2.99",
+        ],
+    );
+    host.send(&inbound(2));
+    assert_eq!(recv_one(&mut q), inbound(2));
+    firewall(&host, &["rm", "3"]);
+    assert_eq!(send_one(&mut q, &outbound(3)), TxStatus::Sent);
+    assert_eq!(host.heard_from(PORT, Duration::from_millis(100)).len(), 1);
+    firewall(&host, &["flush"]);
+    assert!(firewall(&host, &["ls", "--json"]).is_empty());
+    host.send(&inbound(4));
+    assert_eq!(recv_one(&mut q), inbound(4), "rules gone: delivered again");
+}
+
+#[test]
+fn a_client_cannot_evade_a_firewall_rule_with_fragments_vlan_tags_or_ipv6() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    let v6 = client
+        .host()
+        .ipv6_link_local
+        .expect("netd has an IPv6 address");
+    let peer_v6 = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x99];
+
+    // A datagram to the port in two fragments.
+    let whole = udp(PEER_MAC, LINK_MAC, PEER_IP, HOST_IP, 5000, PORT, 32);
+    let ip_payload = &whole[34..];
+    let fragment = |frag: u16, bytes: &[u8]| {
+        FrameBuilder::ethernet(LINK_MAC, PEER_MAC)
+            .ethertype(0x0800)
+            .ipv4(Ipv4 {
+                frag,
+                ..Ipv4::new(PEER_IP, HOST_IP, 17)
+            })
+            .raw(bytes)
+            .finish()
+            .data
+    };
+    let fragment = |frag: u16, bytes: &[u8]| with_ipv4_checksum(fragment(frag, bytes));
+    let first = fragment(0x2000, &ip_payload[..24]);
+    let second = fragment(3, &ip_payload[24..]);
+    // The same datagram behind a VLAN tag (VID 0, priority only) and an 802.1Q tag.
+    let tagged = |tci: u16| {
+        FrameBuilder::ethernet(LINK_MAC, PEER_MAC)
+            .vlan(0x8100, tci)
+            .ethertype(0x0800)
+            .ipv4(Ipv4::new(PEER_IP, HOST_IP, 17))
+            .udp(5000, PORT)
+            .payload(8)
+            .finish()
+            .data
+    };
+    // And over IPv6.
+    let over_v6 = FrameBuilder::ethernet(LINK_MAC, PEER_MAC)
+        .ethertype(0x86dd)
+        .ipv6(peer_v6, v6, 17)
+        .udp(5000, PORT)
+        .payload(8)
+        .finish()
+        .data;
+    let attempts = |host: &Host| {
+        host.send(&first);
+        host.send(&second);
+        host.send(&tagged(0));
+        host.send(&tagged(5));
+        host.send(&over_v6);
+    };
+
+    attempts(&host);
+    let without_rule = received(&mut q, Duration::from_millis(300));
+    assert!(
+        without_rule
+            .iter()
+            .any(|f| f.len() == whole.len() && f[34..] == whole[34..]),
+        "the fragments reach the client whole without a rule"
+    );
+    assert!(
+        without_rule.contains(&over_v6),
+        "IPv6 reaches the client without a rule"
+    );
+
+    firewall(&host, &["add", "block", "in", "udp", "port", "7007"]);
+    attempts(&host);
+    let with_rule = received(&mut q, Duration::from_millis(300));
+    assert!(
+        with_rule.is_empty(),
+        "{} frames got past the rule",
+        with_rule.len()
+    );
+    // The tagged frames reach no client's port (they go to netd's queue), and the rule blocks
+    // them there too: it sees them without their tags, where `udp port 7007` matches.
+    assert_eq!(
+        rule_frames(&host)[0].1,
+        without_rule.len() as u64 + 2,
+        "the rule decided every frame: the whole datagram, IPv6 and both tagged frames"
+    );
+
+    // Fragments the client transmits never reach the rules: the transmit check refuses them.
+    let out_fragment = FrameBuilder::ethernet(PEER_MAC, LINK_MAC)
+        .ethertype(0x0800)
+        .ipv4(Ipv4 {
+            frag: 0x2000,
+            ..Ipv4::new(HOST_IP, PEER_IP, 17)
+        })
+        .raw(&outbound(0)[34..58])
+        .finish()
+        .data;
+    let mut out_fragment = out_fragment;
+    out_fragment[0..6].copy_from_slice(&PEER_MAC);
+    out_fragment[6..12].copy_from_slice(&LINK_MAC);
+    assert_eq!(send_one(&mut q, &out_fragment), TxStatus::RejectedFragment);
+}
+
+/// `frame` (Ethernet, IPv4) with its IPv4 header checksum filled in: the reassembler checks it.
+fn with_ipv4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = frame[14..14 + ihl]
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    frame
+}
+
+#[test]
+fn firewall_rules_are_kept_in_netds_configuration_unless_temporary() {
+    let keep = TempDir::new("netmux-operator-config");
+    let file = keep.join("netd.toml");
+    {
+        let host = Host::start_with(Some(file.clone()));
+        firewall(
+            &host,
+            &["add", "block", "in", "quick", "udp", "port", "7007"],
+        );
+        firewall(&host, &["add", "--temporary", "pass", "out", "icmp"]);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains("[[firewall]]"), "{text}");
+        assert!(text.contains("block in quick udp port 7007"), "{text}");
+        assert!(
+            !text.contains("icmp"),
+            "temporary rules are not kept: {text}"
+        );
+    }
+    let host = Host::start_with(Some(file.clone()));
+    assert_eq!(
+        rule_frames(&host),
+        [("block in quick udp port 7007".to_owned(), 0)],
+        "restored at start"
+    );
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    host.send(&inbound(0));
+    assert!(
+        received(&mut q, Duration::from_millis(200)).is_empty(),
+        "the restored rule is in force"
+    );
+    // A rule that does not compile is refused, naming the fault; nothing changes.
+    let out = Command::new(NETMUX)
+        .arg("firewall")
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .args(["add", "block", "in", "udp", "port", "seven"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(rule_frames(&host).len(), 1);
+    let out = Command::new(NETMUX)
+        .arg("firewall")
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .args(["rm", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no rule 5"),
+        "{out:?}"
+    );
 }

@@ -26,6 +26,7 @@ mod demo;
 mod driver;
 mod example;
 mod filter;
+mod firewall;
 mod instance;
 mod ls;
 mod up;
@@ -94,6 +95,8 @@ command_groups! {
     Instance(instance::InstanceCommand),
     /// Capture what a client receives and transmits, or the whole link, as pcap.
     Capture(capture::Capture),
+    /// The admin firewall: rules the driver applies to every client's frames.
+    Firewall(firewall::Firewall),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

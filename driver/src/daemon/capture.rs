@@ -183,8 +183,10 @@ impl Captures {
             let now = *stamp.get_or_insert_with(now_ns);
             let header = CaptureRecord::header(direction, wire_len, now);
             let kept = &frame[..frame.len().min(capture.snaplen)];
-            // A full capture ring drops the copy here, counted by that ring.
-            if queue.ring.push_rx(&[&header, kept]) == RxOutcome::Queued && !queue.touched {
+            // A full capture ring drops the copy here, counted by that ring; either way the
+            // ring is flushed with the batch, which also shows its reader the count.
+            let _: RxOutcome = queue.ring.push_rx(&[&header, kept]);
+            if !queue.touched {
                 queue.touched = true;
                 touched.push(capture.queue);
             }
