@@ -598,6 +598,78 @@ fn a_client_cannot_evade_a_firewall_rule_with_fragments_vlan_tags_or_ipv6() {
     assert_eq!(send_one(&mut q, &out_fragment), TxStatus::RejectedFragment);
 }
 
+#[test]
+fn stat_rates_add_up_to_the_drivers_counters_over_a_known_pattern() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    // Traffic before the first sample: in the totals, not in any rate.
+    for i in 0..4 {
+        host.send(&inbound(i));
+        recv_one(&mut q);
+    }
+    let mut stat = Command::new(NETMUX)
+        .arg("stat")
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .args(["--json", "-v", &format!("udp/{PORT}"), "1", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(stat.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["rx_frames_per_s"], 0.0, "{first}");
+    // A known pattern after the first line: 7 frames in, 3 out, 2 refused.
+    let (mut rx_bytes, mut tx_bytes) = (0u64, 0u64);
+    for i in 0..7 {
+        host.send(&inbound(10 + i));
+        rx_bytes += recv_one(&mut q).len() as u64;
+    }
+    for i in 0..3 {
+        assert_eq!(send_one(&mut q, &outbound(i)), TxStatus::Sent);
+        tx_bytes += outbound(i).len() as u64;
+    }
+    let spoofed = udp(LINK_MAC, PEER_MAC, HOST_IP, PEER_IP, PORT + 1, 5000, 3);
+    for _ in 0..2 {
+        assert_eq!(
+            send_one(&mut q, &spoofed),
+            TxStatus::RejectedUnownedSourcePort
+        );
+    }
+    let rest: Vec<serde_json::Value> = lines
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(wait(&mut stat).success());
+    assert_eq!(rest.len(), 2);
+    // Each line's rate times its interval (about 1 s) is its share; the shares add up.
+    let sum = |key: &str| -> f64 { rest.iter().map(|v| v[key].as_f64().unwrap()).sum() };
+    let last = rest.last().unwrap();
+    let driver = client.stats().unwrap();
+    assert_eq!(
+        last["rx_frames"], driver.rx_frames,
+        "totals are the driver's"
+    );
+    assert_eq!(last["tx_frames"], driver.tx_frames);
+    assert_eq!(last["rx_bytes"], driver.rx_bytes);
+    assert_eq!(last["tx_bytes"], driver.tx_bytes);
+    assert_eq!(driver.rx_frames, 4 + 7);
+    assert_eq!(driver.tx_frames, 3);
+    let near = |got: f64, want: f64| (got - want).abs() <= want * 0.15 + 0.5;
+    assert!(near(sum("rx_frames_per_s"), 7.0), "{rest:?}");
+    assert!(near(sum("tx_frames_per_s"), 3.0), "{rest:?}");
+    assert!(near(sum("rx_bytes_per_s"), rx_bytes as f64), "{rest:?}");
+    assert!(near(sum("tx_bytes_per_s"), tx_bytes as f64), "{rest:?}");
+    let drops: u64 = rest.iter().map(|v| v["drops"].as_u64().unwrap()).sum();
+    assert_eq!(drops, 2, "the refused transmissions are drops: {rest:?}");
+    let by_reason: u64 = rest
+        .iter()
+        .filter_map(|v| v["drops_by_reason"]["tx-unowned-source-port"].as_u64())
+        .sum();
+    assert_eq!(by_reason, 2);
+}
+
 /// `frame` (Ethernet, IPv4) with its IPv4 header checksum filled in: the reassembler checks it.
 fn with_ipv4_checksum(mut frame: Vec<u8>) -> Vec<u8> {
     let ihl = usize::from(frame[14] & 0x0f) * 4;

@@ -29,6 +29,7 @@ mod filter;
 mod firewall;
 mod instance;
 mod ls;
+mod stat;
 mod up;
 mod vm;
 
@@ -97,6 +98,8 @@ command_groups! {
     Capture(capture::Capture),
     /// The admin firewall: rules the driver applies to every client's frames.
     Firewall(firewall::Firewall),
+    /// Per-client traffic every INTERVAL seconds, as vndstat: B/s, frames/s, drops, txfc.
+    Stat(stat::Stat),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.
