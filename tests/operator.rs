@@ -741,3 +741,84 @@ fn firewall_rules_are_kept_in_netds_configuration_unless_temporary() {
         "{out:?}"
     );
 }
+
+/// `netmux ARGS` against `host`: exit code, stdout, stderr.
+fn netmux(host: &Host, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(NETMUX)
+        .args(&args[..1])
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_small_rxbuf_drops_only_that_clients_excess_and_properties_say_why_they_cannot_change() {
+    let host = Host::start();
+    let mut small = host.client();
+    small.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q_small = small.open_queue().unwrap();
+    let mut other = host.client();
+    other.bind_port(Transport::Udp, PORT + 1).unwrap();
+    let mut q_other = other.open_queue().unwrap();
+
+    let (code, text, _) = netmux(&host, &["get", "udp/7007"]);
+    assert_eq!(code, Some(0));
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .map(|l| l.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(row("rxbuf").as_deref(), Some("rw 131072"), "{text}");
+    assert_eq!(row("maxsize").as_deref(), Some("r- 131072"), "{text}");
+    assert_eq!(row("mintu").as_deref(), Some("r- 14"), "{text}");
+    assert_eq!(row("maxtu").as_deref(), Some("r- 1518"), "{text}");
+    assert!(row("limits.ring_bytes_per_uid").is_some(), "{text}");
+
+    assert_eq!(netmux(&host, &["set", "udp/7007", "rxbuf=4K"]).0, Some(0));
+    let (_, text, _) = netmux(&host, &["get", "-p", "udp/7007", "rxbuf"]);
+    assert_eq!(text, "udp/7007:rxbuf:rw:4096\n");
+
+    // Five frames to each client, unread: the small one keeps two slots' worth.
+    for i in 0..5 {
+        host.send(&inbound(i));
+        let mut to_other = inbound(i);
+        to_other[36..38].copy_from_slice(&(PORT + 1).to_be_bytes());
+        host.send(&to_other);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(received(&mut q_small, Duration::from_millis(100)).len(), 2);
+    assert_eq!(received(&mut q_other, Duration::from_millis(100)).len(), 5);
+    assert_eq!(small.stats().unwrap().rx_dropped_full, 3);
+    assert_eq!(other.stats().unwrap().rx_dropped_full, 0);
+    // Read frames make room again.
+    host.send(&inbound(9));
+    assert_eq!(recv_one(&mut q_small), inbound(9));
+
+    for (args, message) in [
+        (
+            &["set", "udp/7007", "maxsize=1"][..],
+            "property maxsize is read-only",
+        ),
+        (&["set", "udp/7007", "x=1"], "unknown property: x"),
+        (&["set", "udp/7007", "rxbuf="], "property value required"),
+        (&["set", "udp/7007", "rxbuf"], "invalid property name=value"),
+        (
+            &["set", "udp/7007", "rxbuf=1K"],
+            "outside [maxtu 1518, maxsize 131072]",
+        ),
+        (&["set", "udp/7007", "rxbuf=1Q"], "not a size"),
+        (&["get", "udp/7007", "nothing"], "unknown property: nothing"),
+        (&["get", "udp/9"], "no client udp/9"),
+    ] {
+        let (code, _, err) = netmux(&host, args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}

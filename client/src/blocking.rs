@@ -229,6 +229,18 @@ impl Client {
         super::queue(reply, fds)
     }
 
+    /// A client's queue properties (`rxbuf`, `txbuf`, `maxsize`, `mintu`, `maxtu`) and netd's
+    /// limits, after setting the `PROP=VALUE` pairs of `request`.
+    pub fn properties(
+        &mut self,
+        request: netmux_proto::ops::PropertyRequest,
+    ) -> Result<Vec<netmux_proto::ops::PropertyView>, ClientError> {
+        match self.call(ClientRequest::Properties(request))? {
+            ClientReply::Properties(view) => Ok(view),
+            other => Err(super::unexpected(other)),
+        }
+    }
+
     /// Changes the admin firewall of this session's instance (root and netd's admin uids).
     pub fn firewall(
         &mut self,

@@ -309,6 +309,8 @@ pub struct Netd {
     ),
     /// The admin firewall's rules (`netmux firewall`).
     firewall: ops::FirewallState,
+    /// The `rxbuf` set on queues (`netmux set`), in bytes.
+    rxbuf: HashMap<QueueId, u64>,
 }
 
 impl std::fmt::Debug for Netd {
@@ -482,6 +484,7 @@ impl Netd {
             settings: config.settings(),
             file_settings: (None, None),
             firewall: ops::FirewallState::default(),
+            rxbuf: HashMap::new(),
         };
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
@@ -870,6 +873,7 @@ impl Netd {
             } => self.set_instance_property(id, &name, &property, &value),
             ClientRequest::Capture(request) => self.capture(id, request),
             ClientRequest::Firewall(request) => self.firewall(id, request),
+            ClientRequest::Properties(request) => self.properties(id, request),
         };
         let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
         if let (Step::Driver(_) | Step::EndSessions { .. }, Some(extra)) =

@@ -209,6 +209,8 @@ pub enum ClientRequest {
     Capture(crate::ops::CaptureRequest),
     /// Changes or lists the admin firewall of the session's instance.
     Firewall(crate::ops::FirewallRequest),
+    /// Shows, or sets then shows, a client's queue properties (`netmux get`/`set`).
+    Properties(crate::ops::PropertyRequest),
 }
 
 /// netd to client.
@@ -250,6 +252,8 @@ pub enum ClientReply {
     Instances(Vec<InstanceView>),
     /// The firewall's rules, in order, with their counters.
     Firewall(Vec<crate::ops::RuleView>),
+    /// A client's queue properties.
+    Properties(Vec<crate::ops::PropertyView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].

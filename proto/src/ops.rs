@@ -371,6 +371,27 @@ pub struct RuleCounters {
     pub bytes: u64,
 }
 
+/// What `netmux get` and `netmux set` ask netd about a client's queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyRequest {
+    /// The client.
+    pub client: ClientName,
+    /// `PROP=VALUE` pairs to set, in order (none for `get`).
+    pub set: Vec<String>,
+}
+
+/// One property of a client's queue, as `netmux get` shows it (illumos `vndadm get`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropertyView {
+    /// Its name (`rxbuf`, `txbuf`, `maxsize`, `mintu`, `maxtu`, or a netd setting such as
+    /// `limits.ring_bytes_per_uid`).
+    pub name: String,
+    /// Whether a privileged user may change it here.
+    pub writable: bool,
+    /// Its value.
+    pub value: String,
+}
+
 /// netd to driver, for the operator's tools.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OperatorRequest {
@@ -384,6 +405,13 @@ pub enum OperatorRequest {
     },
     /// The rules' counters.
     FirewallCounters,
+    /// Lets at most `slots` rx slots of a queue hold unread frames (`rxbuf`); `None`: all.
+    SetRxLimit {
+        /// The queue.
+        queue: QueueId,
+        /// The limit.
+        slots: Option<u32>,
+    },
 }
 
 /// driver to netd, for the operator's tools.

@@ -517,3 +517,30 @@ mod framed_io {
         }
     }
 }
+
+#[test]
+fn an_rx_limit_drops_what_would_exceed_it_and_counts_it_as_full() {
+    let (mut driver, mut client) = pair(&small_config());
+    driver.set_rx_limit(Some(2));
+    assert_eq!(driver.rx_limit(), Some(2));
+    let f = frame(100, 1);
+    let outcomes: Vec<RxOutcome> = (0..4).map(|_| driver.push_rx(&[&f])).collect();
+    assert_eq!(
+        outcomes,
+        [
+            RxOutcome::Queued,
+            RxOutcome::Queued,
+            RxOutcome::DroppedFull,
+            RxOutcome::DroppedFull
+        ]
+    );
+    driver.flush();
+    assert_eq!(recv_all(&mut client).len(), 2);
+    // Read frames make room again; a frame longer than the limit never fits.
+    assert_eq!(driver.push_rx(&[&f]), RxOutcome::Queued);
+    assert_eq!(driver.push_rx(&[&frame(5000, 2)]), RxOutcome::DroppedFull);
+    driver.set_rx_limit(None);
+    assert_eq!(driver.rx_limit(), None);
+    assert_eq!(driver.push_rx(&[&frame(5000, 2)]), RxOutcome::Queued);
+    assert_eq!(driver.counters().rx_dropped_full, 3);
+}

@@ -29,6 +29,7 @@ mod filter;
 mod firewall;
 mod instance;
 mod ls;
+mod props;
 mod stat;
 mod up;
 mod vm;
@@ -100,6 +101,10 @@ command_groups! {
     Firewall(firewall::Firewall),
     /// Per-client traffic every INTERVAL seconds, as vndstat: B/s, frames/s, drops, txfc.
     Stat(stat::Stat),
+    /// Show a client's queue properties (rxbuf, txbuf, maxsize, mintu, maxtu) and netd's limits.
+    Get(props::Get),
+    /// Set a client's queue property: rxbuf=SIZE.
+    Set(props::Set),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

@@ -666,6 +666,7 @@ impl Driver {
         };
         let ring_bytes = ring.layout().total_len;
         let mut old = std::mem::replace(&mut queue.ring, ring);
+        queue.ring.set_rx_limit(old.rx_limit());
         old.close();
         queue.config = config;
         Response {

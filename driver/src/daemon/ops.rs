@@ -59,6 +59,13 @@ impl Driver {
             OperatorRequest::FirewallCounters => Response::reply(DriverReply::Operator(
                 OperatorReply::Firewall(self.firewall.counters()),
             )),
+            OperatorRequest::SetRxLimit { queue, slots } => match self.queues.get_mut(&queue) {
+                Some(q) => {
+                    q.ring.set_rx_limit(slots);
+                    Response::reply(DriverReply::Operator(OperatorReply::Done))
+                }
+                None => Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0)),
+            },
         }
     }
 }

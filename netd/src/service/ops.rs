@@ -9,7 +9,7 @@ use netmux_proto::client::ClientReply;
 use netmux_proto::driver::{InstanceId, QueueId};
 use netmux_proto::ops::{
     CaptureRequest, CaptureSource, CaptureSpec, ClientName, FirewallRequest, OperatorReply,
-    OperatorRequest, RuleCounters, RuleSpec, RuleText, RuleView,
+    OperatorRequest, PropertyRequest, PropertyView, RuleCounters, RuleSpec, RuleText, RuleView,
 };
 use netmux_proto::{ErrorCode, ErrorReply};
 
@@ -30,6 +30,34 @@ pub(super) enum OpsPending {
     },
     /// The rules' counters, for `netmux firewall ls`.
     ListFirewall { session: SessionId },
+    /// A queue's `rxbuf` was given to the driver.
+    SetRxbuf {
+        session: SessionId,
+        target: SessionId,
+        queue: QueueId,
+        bytes: u64,
+    },
+}
+
+/// The Ethernet header: the shortest frame the transmit check lets through (`mintu`).
+pub const MIN_TX_FRAME: u64 = 14;
+/// An Ethernet header and one VLAN tag besides the MTU (`maxtu`, as illumos vnd counts it).
+pub const ETHERNET_VLAN_HEADER: u64 = 18;
+
+/// A size as `netmux set` takes it: bytes, or K, M, G (1024-based), with an optional `B`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let (digits, shift) = match t.chars().last()? {
+        'K' | 'k' => (&t[..t.len() - 1], 10),
+        'M' | 'm' => (&t[..t.len() - 1], 20),
+        'G' | 'g' => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(1u64 << shift)
 }
 
 /// One firewall rule as netd keeps it.
@@ -363,6 +391,153 @@ impl Netd {
             .collect()
     }
 
+    /// `netmux get`/`set`: a client's queue properties (illumos vndadm's), and netd's limits.
+    /// Anyone may read their own clients'; root and netd's admin uids read every client's and
+    /// change `rxbuf`.
+    pub(super) fn properties(
+        &mut self,
+        id: SessionId,
+        request: PropertyRequest,
+    ) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        let uid = self.uid_of(id)?;
+        let admin = uid == 0 || self.admin_uids.contains(&uid);
+        let name = request.client;
+        let (target, owner) = self.resolve_client(id, name)?;
+        if !admin && uid != owner {
+            return Err(error(
+                ErrorCode::Denied,
+                format!("uid {uid} may not see {name}: only root, netd's admins and its owner"),
+            ));
+        }
+        let Some(pair) = request.set.first() else {
+            return Ok(Step::Reply(Response::reply(ClientReply::Properties(
+                self.property_view(target)?,
+            ))));
+        };
+        if request.set.len() > 1 {
+            return Err(error(
+                ErrorCode::Protocol,
+                "set one property at a time (rxbuf is the only one that changes)",
+            ));
+        }
+        let (prop, value) = pair.split_once('=').ok_or_else(|| {
+            error(
+                ErrorCode::Protocol,
+                format!("invalid property name=value: {pair:?}"),
+            )
+        })?;
+        let view = self.property_view(target)?;
+        match view.iter().find(|p| p.name == prop) {
+            None => {
+                return Err(error(
+                    ErrorCode::NotFound,
+                    format!("unknown property: {prop}"),
+                ))
+            }
+            Some(p) if !p.writable => {
+                return Err(error(
+                    ErrorCode::Denied,
+                    format!("property {prop} is read-only"),
+                ))
+            }
+            Some(_) => {}
+        }
+        if value.is_empty() {
+            return Err(error(ErrorCode::Protocol, "property value required"));
+        }
+        if !admin {
+            return Err(error(
+                ErrorCode::Denied,
+                format!("uid {uid} may not change {prop}: root and netd's admins may"),
+            ));
+        }
+        let bytes = parse_size(value).ok_or_else(|| {
+            error(
+                ErrorCode::Protocol,
+                format!("{prop}: {value:?} is not a size (bytes, or K, M, G, with an optional B)"),
+            )
+        })?;
+        let (queue, rings) = self.opened_queue(target, name)?;
+        let maxtu = u64::from(self.link.mtu) + ETHERNET_VLAN_HEADER;
+        let maxsize = u64::from(rings.rx_slots) * u64::from(rings.slot_size);
+        if !(maxtu..=maxsize).contains(&bytes) {
+            return Err(error(
+                ErrorCode::Limit,
+                format!("{prop} {bytes} is outside [maxtu {maxtu}, maxsize {maxsize}]"),
+            ));
+        }
+        self.refuse_without_driver()?;
+        let slot = u64::from(rings.slot_size);
+        let slots = u32::try_from(bytes.div_ceil(slot)).unwrap_or(u32::MAX);
+        Ok(self.work(
+            vec![DriverCommand::Operator(OperatorRequest::SetRxLimit {
+                queue,
+                slots: Some(slots),
+            })],
+            true,
+            Pending::Operator(OpsPending::SetRxbuf {
+                session: id,
+                target,
+                queue,
+                bytes: u64::from(slots) * slot,
+            }),
+        ))
+    }
+
+    /// A client's queue once its client opened it (its rings are then of their final size).
+    fn opened_queue(
+        &self,
+        target: SessionId,
+        name: ClientName,
+    ) -> Result<(QueueId, netmux_ring::QueueConfig), ErrorReply> {
+        self.sessions
+            .get(&target)
+            .and_then(|e| e.queue.as_ref())
+            .filter(|q| q.handout.is_none())
+            .map(|q| (q.id, q.rings))
+            .ok_or_else(|| {
+                error(
+                    ErrorCode::NotFound,
+                    format!("{name} has not opened its queue yet"),
+                )
+            })
+    }
+
+    /// A client's queue properties, then netd's limits (read-only here: they are settings of
+    /// netd's configuration file).
+    fn property_view(&self, target: SessionId) -> Result<Vec<PropertyView>, ErrorReply> {
+        let q = self
+            .sessions
+            .get(&target)
+            .and_then(|e| e.queue.as_ref())
+            .ok_or_else(|| error(ErrorCode::NotFound, "the client has no queue yet"))?;
+        let slot = u64::from(q.rings.slot_size);
+        let maxsize = u64::from(q.rings.rx_slots) * slot;
+        let txbuf = u64::from(q.rings.tx_slots) * slot;
+        let rxbuf = self.rxbuf.get(&q.id).copied().unwrap_or(maxsize);
+        let maxtu = u64::from(self.link.mtu) + ETHERNET_VLAN_HEADER;
+        let row = |name: &str, writable: bool, value: String| PropertyView {
+            name: name.to_owned(),
+            writable,
+            value,
+        };
+        let mut view = vec![
+            row("rxbuf", true, rxbuf.to_string()),
+            row("txbuf", false, txbuf.to_string()),
+            row("maxsize", false, maxsize.to_string()),
+            row("mintu", false, MIN_TX_FRAME.to_string()),
+            row("maxtu", false, maxtu.to_string()),
+        ];
+        view.extend(
+            self.settings
+                .iter()
+                .filter(|(n, _)| n.starts_with("limits."))
+                .map(|(n, v)| row(n, false, v.clone())),
+        );
+        Ok(view)
+    }
+
     /// The outcomes of an operator request's driver work.
     pub(super) fn resume_ops(
         &mut self,
@@ -412,6 +587,29 @@ impl Netd {
                     ))),
                 }
             }
+            OpsPending::SetRxbuf {
+                session,
+                target,
+                queue,
+                bytes,
+            } => {
+                self.session_done(session);
+                match outcomes.pop() {
+                    Some(DriverOutcome::Operator(OperatorReply::Done)) => {
+                        self.rxbuf.insert(queue, bytes);
+                        let reply = self
+                            .property_view(target)
+                            .map(|v| Response::reply(ClientReply::Properties(v)))
+                            .unwrap_or_else(Response::error);
+                        Step::Reply(reply)
+                    }
+                    Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
+                    _ => Step::Reply(Response::error(error(
+                        ErrorCode::Internal,
+                        "the driver did not take rxbuf",
+                    ))),
+                }
+            }
             OpsPending::ListFirewall { session } => {
                 self.session_done(session);
                 match outcomes.pop() {
@@ -426,6 +624,32 @@ impl Netd {
                     ))),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_1024_based_suffixes_and_an_optional_b() {
+        assert_eq!(parse_size("65536"), Some(65536));
+        assert_eq!(parse_size("64K"), Some(65536));
+        assert_eq!(parse_size("64KB"), Some(65536));
+        assert_eq!(parse_size("2m"), Some(2 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("1500B"), Some(1500));
+        for bad in [
+            "",
+            "K",
+            "-1",
+            "1.5K",
+            "1T",
+            "99999999999999999999",
+            "17179869184G",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
         }
     }
 }
