@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorReply, LinkInfo};
 
+pub mod ops;
+
 /// A transport protocol a client binds ports of: the one `Transport` of the workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Transport {
@@ -206,11 +208,11 @@ pub enum ClientRequest {
     },
     /// Makes this session's queue a capture of a client or of the link; the reply is
     /// [`ClientReply::Queue`] with the queue's descriptors.
-    Capture(crate::ops::CaptureRequest),
+    Capture(ops::CaptureRequest),
     /// Changes or lists the admin firewall of the session's instance.
-    Firewall(crate::ops::FirewallRequest),
+    Firewall(ops::FirewallRequest),
     /// Shows, or sets then shows, a client's queue properties (`netmux get`/`set`).
-    Properties(crate::ops::PropertyRequest),
+    Properties(ops::PropertyRequest),
 }
 
 /// netd to client.
@@ -251,9 +253,9 @@ pub enum ClientReply {
     /// Instances, in name order.
     Instances(Vec<InstanceView>),
     /// The firewall's rules, in order, with their counters.
-    Firewall(Vec<crate::ops::RuleView>),
+    Firewall(Vec<ops::RuleView>),
     /// A client's queue properties.
-    Properties(Vec<crate::ops::PropertyView>),
+    Properties(Vec<ops::PropertyView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].
