@@ -5,7 +5,7 @@
 //! Proves: `netmux capture` of a client writes exactly the frames the client received and
 //! transmitted, in order, into a pcap that tcpdump reads, to a file and through a pipe
 //! (`-w - | tcpdump -r -`); a capture nobody reads drops its own copies, counted, and the
-//! client loses nothing. `netmux firewall` blocks a port in and out while a client holds it,
+//! client loses nothing; a capture ends with its client. `netmux firewall` blocks a port in and out while a client holds it,
 //! counts what each rule decided, and lets the traffic through again once the rule is gone; a
 //! client cannot get past a rule with fragments, VLAN tags or IPv6.
 
@@ -821,4 +821,47 @@ fn a_small_rxbuf_drops_only_that_clients_excess_and_properties_say_why_they_cann
         assert_eq!(code, Some(1), "{args:?}: {err}");
         assert!(err.contains(message), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn a_capture_ends_when_its_client_does_and_needs_a_session_of_its_own() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let _q = client.open_queue().unwrap();
+    let mut operator = host.client();
+    let mut capture = operator
+        .capture(CaptureRequest {
+            client: Some(ClientName::Pid(std::process::id())),
+            directions: CaptureDirections::Both,
+            snaplen: 128,
+            expr: "udp".into(),
+        })
+        .expect("a capture of a client named by pid");
+    drop(_q);
+    drop(client);
+    let end = Instant::now() + WAIT;
+    let mut frames = Vec::new();
+    loop {
+        match capture.recv_owned(8, &mut frames) {
+            Err(netmux_ring::QueueError::Closed) => break,
+            _ if Instant::now() > end => panic!("the capture did not end with its client"),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    // A session holding a queue of its own cannot also capture.
+    let mut busy = host.client();
+    busy.bind_port(Transport::Udp, PORT + 2).unwrap();
+    let _busy_q = busy.open_queue().unwrap();
+    let mut other = host.client();
+    other.bind_port(Transport::Udp, PORT + 3).unwrap();
+    let e = busy
+        .capture(CaptureRequest {
+            client: Some(ClientName::Port(Transport::Udp, PORT + 3)),
+            directions: CaptureDirections::Both,
+            snaplen: 128,
+            expr: String::new(),
+        })
+        .expect_err("a capture needs a session of its own");
+    assert!(e.to_string().contains("session of its own"), "{e}");
 }

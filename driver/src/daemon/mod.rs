@@ -806,8 +806,9 @@ impl Driver {
     }
 
     /// Fails closed: every queue is stopped, marked closed in its ring header and freed, with
-    /// every filter, the netd queue and every instance but the default one (whose addresses
-    /// are forgotten too). Counters of the link remain.
+    /// every filter, capture and firewall rule (a new netd gives the rules it keeps at its
+    /// start), the netd queue and every instance but the default one (whose addresses are
+    /// forgotten too). Counters of the link remain.
     pub fn fail_closed(&mut self) {
         for id in self.order.clone() {
             self.destroy_queue(id);
@@ -815,6 +816,9 @@ impl Driver {
         self.queues.clear();
         self.filters.clear();
         self.touched.clear();
+        // The next netd gives the rules it keeps at its start.
+        let _ = self.firewall.set(Vec::new(), self.config.strategy);
+        self.captures.clear();
         self.netd_queue = None;
         let others: Vec<InstanceId> = self
             .instances

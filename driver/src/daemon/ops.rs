@@ -28,15 +28,15 @@ impl Driver {
                     };
                     return Response::error(code, e.to_string());
                 }
-                // A capture's queue gets its copies and nothing else: no ARP for everyone,
-                // nothing its instance's classifier might name, not netd's unmatched frames.
+                // A capture's queue gets its copies and nothing else: no ARP for everyone, not
+                // netd's unmatched frames (a capture session binds no port, so its instance's
+                // classifier names it for nothing). It transmits nothing either; its filters
+                // stay known, so netd removes them as usual when the session ends.
                 if let Some(slot) = self.queues.get(&queue).map(|q| q.instance) {
                     if let Some(i) = self.instances.get_mut(slot) {
-                        i.classifier.remove_queue(queue);
                         i.queues.retain(|&q| q != queue);
                     }
                 }
-                self.filters.retain(|_, (q, _)| *q != queue);
                 if let Some(q) = self.queues.get_mut(&queue) {
                     q.tx_filters.clear();
                 }
