@@ -5,9 +5,12 @@
 //! Proves: `netmux capture` of a client writes exactly the frames the client received and
 //! transmitted, in order, into a pcap that tcpdump reads, to a file and through a pipe
 //! (`-w - | tcpdump -r -`); a capture nobody reads drops its own copies, counted, and the
-//! client loses nothing; a capture ends with its client. `netmux firewall` blocks a port in and out while a client holds it,
-//! counts what each rule decided, and lets the traffic through again once the rule is gone; a
-//! client cannot get past a rule with fragments, VLAN tags or IPv6.
+//! client loses nothing; a capture ends with its client. `netmux firewall` blocks a port in
+//! and out while a client holds it, counts what each rule decided, and lets the traffic through
+//! again once the rule is gone; a client cannot get past a rule with fragments, VLAN tags or
+//! IPv6; rules are kept in netd's configuration. `netmux stat`'s totals are the driver's and
+//! its rates add up to a known pattern. `netmux set rxbuf` drops only that client's excess.
+//! tcpdump must be installed (`scripts/test` installs it).
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixDatagram;
