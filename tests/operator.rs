@@ -868,3 +868,25 @@ fn a_capture_ends_when_its_client_does_and_needs_a_session_of_its_own() {
         .expect_err("a capture needs a session of its own");
     assert!(e.to_string().contains("session of its own"), "{e}");
 }
+
+#[test]
+fn stat_with_l_adds_a_line_per_instance_and_one_for_the_link() {
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let _q = client.open_queue().unwrap();
+    let (code, text, err) = netmux(
+        &host,
+        &["stat", "-l", "-p", "-o", "name,instance", "1", "1"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"instance:default:default"), "{text}");
+    assert!(lines.contains(&"link:-"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(":default") && l.contains('(')),
+        "the client's line, named by process: {text}"
+    );
+}

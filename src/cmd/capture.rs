@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use netmux_client::blocking::Client;
 use netmux_client::{ClientError, ConnectOptions};
 use netmux_proto::ops::{
     CaptureDirections, CaptureRecord, CaptureRequest, ClientName, FrameDirection,
+    CAPTURE_RECORD_LEN,
 };
 use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
@@ -47,7 +48,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 #[command(
     after_help = "Examples:\n  netmux capture udp/7007 -w echo.pcap -c 10\n  \
                   netmux capture tcp/8080 -w - | tcpdump -n -r -\n  \
-                  netmux capture --link -w link.pcapng --pcapng 'arp or icmp'\n\n\
+                  netmux capture --link -w link.pcapng --pcapng 'arp or icmp'\n  \
+                  netmux capture --link -w ring.pcap -C 10 -W 5   (5 files of 10 MB, \
+                  the oldest written over)\n\n\
                   Only root, or the uid that owns the client, may capture it; the whole link, \
                   root and netd's admin uids. A capture never slows the client: when the reader \
                   falls behind, copies are dropped for the capture only, and counted.\n\n\
@@ -68,6 +71,15 @@ pub struct Capture {
     /// Write pcapng (each frame marked inbound or outbound) instead of pcap.
     #[arg(long)]
     pcapng: bool,
+    /// Start a new file once this one holds MB million bytes: FILE, then FILE1, FILE2, ...
+    /// (as tcpdump -C).
+    #[arg(short = 'C', value_name = "MB", requires = "write",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    file_size: Option<u64>,
+    /// With -C: at most N files, FILE0 to FILE{N-1}, the oldest written over (as tcpdump -W).
+    #[arg(short = 'W', value_name = "N", requires = "file_size",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    files: Option<u32>,
     /// Stop after COUNT frames.
     #[arg(short = 'c', value_name = "COUNT")]
     count: Option<u64>,
@@ -87,6 +99,70 @@ pub struct Capture {
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
     #[arg(long, value_name = "DIR")]
     runtime_dir: Option<PathBuf>,
+}
+
+/// The files of a capture written with `-C` (and `-W`): which one is open and how full.
+struct Rotation {
+    base: PathBuf,
+    bytes_per_file: u64,
+    files: Option<u32>,
+    index: u32,
+    written: u64,
+    pcapng: bool,
+    snaplen: u32,
+}
+
+impl Rotation {
+    /// The name of file `index`: FILE, FILE1, ... or, with `-W N`, FILE0 ... zero-padded.
+    fn name(&self, index: u32) -> PathBuf {
+        let mut name = self.base.clone().into_os_string();
+        match self.files {
+            Some(n) => {
+                let width = (n - 1).to_string().len();
+                name.push(format!("{index:0width$}"));
+            }
+            None if index > 0 => name.push(index.to_string()),
+            None => {}
+        }
+        PathBuf::from(name)
+    }
+
+    /// Counts a record of `len` bytes; when the file is full, the next one to write.
+    fn after(&mut self, len: u64) -> Option<PathBuf> {
+        self.written += len;
+        if self.written < self.bytes_per_file {
+            return None;
+        }
+        self.written = 0;
+        self.index += 1;
+        if let Some(n) = self.files {
+            self.index %= n;
+        }
+        Some(self.name(self.index))
+    }
+}
+
+/// A pcap or pcapng file (or standard output) with its header written.
+fn open_output(path: Option<&Path>, pcapng: bool, snaplen: u32) -> anyhow::Result<Output> {
+    let sink: Box<dyn Write> = match path {
+        Some(path) if path.as_os_str() != "-" => Box::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        _ => Box::new(std::io::stdout()),
+    };
+    let mut sink: Box<dyn Write> = Box::new(std::io::BufWriter::new(sink));
+    if !pcapng {
+        sink.write_all(&pcap_header(snaplen))?;
+        return Ok(Output::Pcap(sink));
+    }
+    let mut w = PcapNgWriter::new(sink)?;
+    w.write_pcapng_block(InterfaceDescriptionBlock {
+        linktype: DataLink::ETHERNET,
+        snaplen,
+        // Nanoseconds, as the writer writes every packet's time.
+        options: vec![InterfaceDescriptionOption::IfTsResol(9)],
+    })?;
+    Ok(Output::PcapNg(w))
 }
 
 /// Where the frames go.
@@ -173,32 +249,27 @@ impl Run for Capture {
                 expr,
             })
             .map_err(refusal)?;
-        let sink: Box<dyn Write> = match &self.write {
-            Some(path) if path.as_os_str() == "-" => Box::new(std::io::stdout()),
-            Some(path) => Box::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            ),
-            None => Box::new(std::io::stdout()),
+        let mut rotation = match (&self.write, self.file_size) {
+            (Some(path), Some(_)) if path.as_os_str() == "-" => {
+                anyhow::bail!("-C needs -w FILE: standard output is one stream")
+            }
+            (Some(path), Some(mb)) => Some(Rotation {
+                base: path.clone(),
+                bytes_per_file: mb.saturating_mul(1_000_000),
+                files: self.files,
+                index: 0,
+                written: 0,
+                pcapng: self.pcapng,
+                snaplen: self.snaplen,
+            }),
+            _ => None,
         };
-        let sink: Box<dyn Write> = Box::new(std::io::BufWriter::new(sink));
-        let mut out = match (&self.write, self.pcapng) {
-            (None, _) => Output::Lines(sink),
-            (Some(_), false) => {
-                let mut sink = sink;
-                sink.write_all(&pcap_header(self.snaplen))?;
-                Output::Pcap(sink)
+        let mut out = match (&self.write, &rotation) {
+            (None, _) => Output::Lines(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+            (Some(_), Some(r)) => {
+                open_output(Some(r.name(0).as_path()), self.pcapng, self.snaplen)?
             }
-            (Some(_), true) => {
-                let mut w = PcapNgWriter::new(sink)?;
-                w.write_pcapng_block(InterfaceDescriptionBlock {
-                    linktype: DataLink::ETHERNET,
-                    snaplen: self.snaplen,
-                    // Nanoseconds, as the writer writes every packet's time.
-                    options: vec![InterfaceDescriptionOption::IfTsResol(9)],
-                })?;
-                Output::PcapNg(w)
-            }
+            (Some(path), None) => open_output(Some(path.as_path()), self.pcapng, self.snaplen)?,
         };
         out.flush().context("writing the capture")?;
         eprintln!("netmux: capturing; Ctrl-C ends it");
@@ -222,6 +293,12 @@ impl Run for Capture {
                     Some(record) => {
                         out.write(&record).context("writing the capture")?;
                         captured += 1;
+                        let len = (CAPTURE_RECORD_LEN + record.data.len()) as u64;
+                        if let Some(next) = rotation.as_mut().and_then(|r| r.after(len)) {
+                            out.flush().context("writing the capture")?;
+                            let r = rotation.as_ref().expect("rotating");
+                            out = open_output(Some(next.as_path()), r.pcapng, r.snaplen)?;
+                        }
                         if captured >= limit {
                             break 'capture;
                         }
@@ -335,5 +412,39 @@ fn describe(frame: &[u8]) -> String {
         Some(TransportSlice::Icmpv4(_)) => format!("{src} > {dst} icmp"),
         Some(TransportSlice::Icmpv6(_)) => format!("{src} > {dst} icmp6"),
         _ => format!("{src} > {dst}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation(files: Option<u32>) -> Rotation {
+        Rotation {
+            base: PathBuf::from("/tmp/c.pcap"),
+            bytes_per_file: 100,
+            files,
+            index: 0,
+            written: 0,
+            pcapng: false,
+            snaplen: 65535,
+        }
+    }
+
+    #[test]
+    fn files_are_named_as_tcpdump_names_them() {
+        let mut r = rotation(None);
+        assert_eq!(r.name(0), PathBuf::from("/tmp/c.pcap"));
+        assert_eq!(r.after(60), None);
+        assert_eq!(r.after(60), Some(PathBuf::from("/tmp/c.pcap1")));
+        let mut r = rotation(Some(12));
+        assert_eq!(r.name(0), PathBuf::from("/tmp/c.pcap00"));
+        let names: Vec<PathBuf> = (0..12).filter_map(|_| r.after(100)).collect();
+        assert_eq!(names[0], PathBuf::from("/tmp/c.pcap01"));
+        assert_eq!(
+            names[11],
+            PathBuf::from("/tmp/c.pcap00"),
+            "the oldest is written over"
+        );
     }
 }

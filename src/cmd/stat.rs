@@ -66,7 +66,7 @@ pub struct Stat {
     /// Drops by reason.
     #[arg(short = 'v', long)]
     verbose: bool,
-    /// A line for the link as well.
+    /// A line for each instance and one for the link as well.
     #[arg(short = 'l', long)]
     link: bool,
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
@@ -105,12 +105,25 @@ impl Run for Stat {
         let mut client = Client::connect_with(&dir, &options).map_err(refusal)?;
         let stop = netmux_driver::cli::stop_on_signals()?;
         let mut out = std::io::stdout().lock();
-        let mut previous: Option<(Instant, HashMap<u64, Sample>, Option<Counters>)> = None;
+        type Totals = (Option<Counters>, Vec<(String, Counters)>);
+        let mut previous: Option<(Instant, HashMap<u64, Sample>, Totals)> = None;
         let mut printed = 0u64;
         let mut lines = 0usize;
         loop {
             let taken = Instant::now();
             let list = client.list_sessions().map_err(refusal)?;
+            // With -l: every instance this user may see, and the link.
+            let instances: Vec<(String, Counters)> = if self.link {
+                client
+                    .list_instances()
+                    .map_err(refusal)?
+                    .into_iter()
+                    .filter(|i| self.instance.as_ref().is_none_or(|n| &i.name == n))
+                    .filter_map(|i| Some((i.name, i.counters?)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let mut now: HashMap<u64, Sample> = HashMap::new();
             let mut order = Vec::new();
             for s in list.sessions.iter().filter(|s| !s.caller) {
@@ -139,7 +152,7 @@ impl Run for Stat {
                     },
                 );
             }
-            if let Some((then, before, link_before)) = &previous {
+            if let Some((then, before, (link_before, instances_before))) = &previous {
                 let secs = taken.duration_since(*then).as_secs_f64().max(1e-9);
                 let mut rows = Vec::new();
                 for id in &order {
@@ -147,6 +160,17 @@ impl Run for Stat {
                         continue;
                     };
                     rows.push(Row::of(name_of(a.pid), Some(*id), a, &b.counters, secs));
+                }
+                for (name, a) in &instances {
+                    if let Some((_, b)) = instances_before.iter().find(|(n, _)| n == name) {
+                        let sample = Sample {
+                            pid: 0,
+                            instance: name.clone(),
+                            ports: "-".into(),
+                            counters: a.clone(),
+                        };
+                        rows.push(Row::of(format!("instance:{name}"), None, &sample, b, secs));
+                    }
                 }
                 if self.link {
                     if let (Some(b), Some(a)) = (link_before, &list.link) {
@@ -182,7 +206,7 @@ impl Run for Stat {
                     break;
                 }
             }
-            previous = Some((taken, now, list.link.clone()));
+            previous = Some((taken, now, (list.link.clone(), instances)));
             // Sleep to the next interval, looking at the stop flag now and then.
             let next = taken + interval;
             while Instant::now() < next {
