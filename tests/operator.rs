@@ -498,6 +498,19 @@ fn a_firewall_rule_blocks_a_port_in_and_out_while_a_client_holds_it_until_remove
     assert!(firewall(&host, &["ls", "--json"]).is_empty());
     host.send(&inbound(4));
     assert_eq!(recv_one(&mut q), inbound(4), "rules gone: delivered again");
+
+    // Without quick the last matching rule decides, and only it counts the frame.
+    firewall(&host, &["add", "block", "in", "udp", "port", "7007"]);
+    firewall(&host, &["add", "pass", "in", "udp"]);
+    host.send(&inbound(5));
+    assert_eq!(recv_one(&mut q), inbound(5), "the later pass decides");
+    assert_eq!(
+        rule_frames(&host),
+        [
+            ("block in udp port 7007".to_owned(), 0),
+            ("pass in udp".to_owned(), 1)
+        ]
+    );
 }
 
 #[test]

@@ -596,6 +596,13 @@ impl Netd {
                 self.session_done(session);
                 match outcomes.pop() {
                     Some(DriverOutcome::Operator(OperatorReply::Done)) => {
+                        // Values of queues that are gone are forgotten here.
+                        let live: std::collections::HashSet<QueueId> = self
+                            .sessions
+                            .values()
+                            .filter_map(|e| e.queue.as_ref().map(|q| q.id))
+                            .collect();
+                        self.rxbuf.retain(|q, _| live.contains(q));
                         self.rxbuf.insert(queue, bytes);
                         let reply = self
                             .property_view(target)
