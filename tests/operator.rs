@@ -903,3 +903,37 @@ fn stat_with_l_adds_a_line_per_instance_and_one_for_the_link() {
         "the client's line, named by process: {text}"
     );
 }
+
+#[test]
+fn a_rule_list_too_large_for_one_driver_message_is_refused_and_netd_keeps_its_driver() {
+    use netmux_proto::ops::FirewallRequest;
+    let host = Host::start();
+    let mut admin = host.client();
+    let expr = (1..=1000)
+        .map(|p| format!("udp port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let rule: netmux_proto::ops::RuleText = format!("block in {expr}").parse().unwrap();
+    let mut added = 0;
+    let refusal = loop {
+        match admin.firewall(FirewallRequest::Add {
+            rule: rule.clone(),
+            at: None,
+            temporary: true,
+        }) {
+            Ok(_) => added += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            added < 64,
+            "64 rules of 1,000 terms each fit in one message?"
+        );
+    };
+    assert!(added > 0);
+    let text = refusal.to_string();
+    assert!(text.contains("would not fit in one message"), "{text}");
+    // The rules in force stay, and netd still has its driver.
+    assert_eq!(admin.firewall(FirewallRequest::List).unwrap().len(), added);
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+}

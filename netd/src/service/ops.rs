@@ -355,10 +355,24 @@ impl Netd {
             FirewallRequest::Flush => rules.retain(|r| r.instance != instance),
             FirewallRequest::List => {}
         }
+        let request = OperatorRequest::SetFirewall {
+            rules: FirewallState::specs(&rules),
+        };
+        // The whole list travels in one control message: one too large for it would break
+        // netd's connection to the driver, so it is refused here.
+        let message = netmux_proto::driver::DriverRequest::Operator(request.clone());
+        if netmux_proto::frame::encode(&message, 0).is_err() {
+            return Err(error(
+                ErrorCode::Limit,
+                format!(
+                    "the firewall's rules would not fit in one message to the driver ({} \
+                     bytes at most): remove some, or merge them into fewer expressions",
+                    netmux_proto::frame::MAX_BODY
+                ),
+            ));
+        }
         Ok(self.work(
-            vec![DriverCommand::Operator(OperatorRequest::SetFirewall {
-                rules: FirewallState::specs(&rules),
-            })],
+            vec![DriverCommand::Operator(request)],
             true,
             Pending::Operator(OpsPending::SetFirewall { session: id, rules }),
         ))
