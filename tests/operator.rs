@@ -237,6 +237,25 @@ fn pcap_frames(path: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// The frames of a pcapng file and each one's `epb_flags`.
+fn pcapng_frames(path: &Path) -> (Vec<Vec<u8>>, Vec<u32>) {
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let mut reader = PcapNgReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let (mut frames, mut flags) = (Vec::new(), Vec::new());
+    while let Some(block) = reader.next_block() {
+        if let Block::EnhancedPacket(epb) = block.unwrap() {
+            frames.push(epb.data.to_vec());
+            for o in &epb.options {
+                if let EnhancedPacketOption::Flags(f) = o {
+                    flags.push(*f);
+                }
+            }
+        }
+    }
+    (frames, flags)
+}
+
 /// Waits for a child to end, killing it (by its pid) after `WAIT`.
 fn wait(child: &mut Child) -> std::process::ExitStatus {
     let end = Instant::now() + WAIT;
@@ -264,6 +283,12 @@ fn a_capture_of_a_client_is_what_it_received_and_sent_in_order_and_tcpdump_reads
         &[&port, "-w", file.to_str().unwrap(), "-c", "6"],
         Stdio::null(),
     );
+    // The same as pcapng, each frame marked in or out.
+    let ng = host.dir.join("echo.pcapng");
+    let mut to_ng = host.capture(
+        &[&port, "-w", ng.to_str().unwrap(), "--pcapng", "-c", "6"],
+        Stdio::null(),
+    );
     // The same capture streamed to standard output, read by tcpdump through a pipe.
     let mut to_pipe = host.capture(&[&port, "-w", "-", "-c", "6"], Stdio::piped());
     let tcpdump = Command::new("tcpdump")
@@ -286,11 +311,19 @@ fn a_capture_of_a_client_is_what_it_received_and_sent_in_order_and_tcpdump_reads
     assert_ne!(send_one(&mut q, &spoofed), TxStatus::Sent);
     assert!(wait(&mut to_file).success());
     assert!(wait(&mut to_pipe).success());
+    assert!(wait(&mut to_ng).success());
 
     assert_eq!(
         pcap_frames(&file),
         seen,
         "the capture is what the client saw"
+    );
+    let (ng_frames, flags) = pcapng_frames(&ng);
+    assert_eq!(ng_frames, seen);
+    assert_eq!(
+        flags,
+        [1, 2, 1, 2, 1, 2],
+        "epb_flags: 1 inbound, 2 outbound"
     );
     let read = Command::new("tcpdump")
         .args(["-n", "-r"])
@@ -298,7 +331,12 @@ fn a_capture_of_a_client_is_what_it_received_and_sent_in_order_and_tcpdump_reads
         .output()
         .unwrap();
     let piped = tcpdump.wait_with_output().unwrap();
-    for output in [read, piped] {
+    let read_ng = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(&ng)
+        .output()
+        .unwrap();
+    for output in [read, piped, read_ng] {
         assert!(output.status.success(), "{output:?}");
         let text = String::from_utf8_lossy(&output.stdout);
         let lines: Vec<&str> = text.lines().collect();
