@@ -94,6 +94,9 @@ pub struct DriverQueue {
     /// Frames handed out by `take_tx` and not completed yet; each has a completion slot
     /// reserved.
     completions_owed: u32,
+    /// Whether tx frames are waiting for completion room (a flow-control event is counted
+    /// once, when it begins, however often the driver looks meanwhile).
+    tx_held: bool,
     tx_seq: u64,
     counters: RingCounters,
     /// The counters as last written into the header: they are written again only when they
@@ -140,6 +143,7 @@ impl DriverQueue {
             completion: Producer::new(0, layout.completion.count),
             completion_pending: 0,
             completions_owed: 0,
+            tx_held: false,
             tx_seq: 0,
             counters: RingCounters::default(),
             mirrored: RingCounters::default(),
@@ -360,9 +364,13 @@ impl DriverQueue {
         let mut taken = 0usize;
         while taken < max_frames && consumed < available {
             if room == 0 {
-                self.counters.tx_flow_control += 1;
+                if !self.tx_held {
+                    self.counters.tx_flow_control += 1;
+                    self.tx_held = true;
+                }
                 break;
             }
+            self.tx_held = false;
             let start = self.tx.head().wrapping_add(consumed);
             let seq = self.tx_seq;
             let map = &self.map;
