@@ -218,6 +218,40 @@ impl Client {
         let (reply, fds) = self.request(&ClientRequest::OpenQueue)?;
         super::queue(reply, fds)
     }
+
+    /// Makes this session's queue (made now) a capture of a client or of the link: its rx
+    /// ring receives a [`netmux_proto::ops::CaptureRecord`] per frame.
+    pub fn capture(
+        &mut self,
+        request: netmux_proto::ops::CaptureRequest,
+    ) -> Result<ClientQueue, ClientError> {
+        let (reply, fds) = self.request(&ClientRequest::Capture(request))?;
+        super::queue(reply, fds)
+    }
+
+    /// A client's queue properties (`rxbuf`, `txbuf`, `maxsize`, `mintu`, `maxtu`) and netd's
+    /// limits, after setting the `PROP=VALUE` pairs of `request`.
+    pub fn properties(
+        &mut self,
+        request: netmux_proto::ops::PropertyRequest,
+    ) -> Result<Vec<netmux_proto::ops::PropertyView>, ClientError> {
+        match self.call(ClientRequest::Properties(request))? {
+            ClientReply::Properties(view) => Ok(view),
+            other => Err(super::unexpected(other)),
+        }
+    }
+
+    /// Changes the admin firewall of this session's instance (root and netd's admin uids).
+    pub fn firewall(
+        &mut self,
+        request: netmux_proto::ops::FirewallRequest,
+    ) -> Result<Vec<netmux_proto::ops::RuleView>, ClientError> {
+        match self.call(ClientRequest::Firewall(request))? {
+            ClientReply::Done => Ok(Vec::new()),
+            ClientReply::Firewall(rules) => Ok(rules),
+            other => Err(super::unexpected(other)),
+        }
+    }
 }
 
 /// The longest pause between two attempts of [`Reconnecting::reconnect`].

@@ -22,6 +22,7 @@ use netmux_proto::driver::{
     Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, InstanceInfo,
     PortBinding, QueueConfig, QueueId, RxMode,
 };
+use netmux_proto::ops::{OperatorReply, OperatorRequest};
 use netmux_proto::{Channel, ErrorReply, LinkInfo, PROTOCOL_VERSION};
 
 /// The queue netd creates for its own host stack, before any client's. The driver sends it
@@ -120,6 +121,14 @@ pub trait DriverLink: Send {
     fn gone(&mut self) -> Option<String> {
         None
     }
+    /// A capture or firewall request ([`OperatorRequest`]).
+    fn operator(&mut self, request: OperatorRequest) -> Result<OperatorReply, DriverError> {
+        let _ = request;
+        Err(DriverError::Refused(ErrorReply {
+            code: netmux_proto::ErrorCode::Internal,
+            message: "this driver link carries no captures or firewall rules".into(),
+        }))
+    }
 }
 
 /// One request netd makes of the driver.
@@ -174,6 +183,8 @@ pub enum DriverCommand {
         /// The instance.
         instance: InstanceId,
     },
+    /// A capture or firewall request.
+    Operator(OperatorRequest),
 }
 
 /// What became of one [`DriverCommand`].
@@ -185,6 +196,8 @@ pub enum DriverOutcome {
     Queue(CreatedQueue),
     /// The counters.
     Stats(DriverStats),
+    /// The answer to an operator request.
+    Operator(OperatorReply),
     /// Refused, or the driver is gone.
     Failed(DriverError),
     /// Not tried: an earlier command of a batch that stops at its first failure failed.
@@ -228,6 +241,10 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         DriverCommand::SetHostAddresses { ipv4 } => done(link.set_host_addresses(ipv4)),
         DriverCommand::SetInstance(info) => done(link.set_instance(info)),
         DriverCommand::RemoveInstance { instance } => done(link.remove_instance(instance)),
+        DriverCommand::Operator(request) => match link.operator(request) {
+            Ok(reply) => DriverOutcome::Operator(reply),
+            Err(e) => DriverOutcome::Failed(e),
+        },
     }
 }
 
@@ -424,6 +441,9 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
     }
     fn gone(&mut self) -> Option<String> {
         self.link().gone()
+    }
+    fn operator(&mut self, request: OperatorRequest) -> Result<OperatorReply, DriverError> {
+        self.link().operator(request)
     }
 }
 
@@ -641,6 +661,13 @@ impl DriverLink for ChannelDriver {
 
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
         self.request(&DriverRequest::SetHostAddresses { ipv4 })
+    }
+
+    fn operator(&mut self, request: OperatorRequest) -> Result<OperatorReply, DriverError> {
+        match self.call(&DriverRequest::Operator(request))?.0 {
+            DriverReply::Operator(reply) => Ok(reply),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Between requests the driver sends nothing, so a readable or hung-up control socket means

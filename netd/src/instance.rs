@@ -324,6 +324,19 @@ pub struct InstancesFile {
     /// The instances.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceEntry>,
+    /// The admin firewall's rules, in order (`netmux firewall`), one `[[firewall]]` table each.
+    #[serde(default, rename = "firewall", skip_serializing_if = "Vec::is_empty")]
+    pub firewall: Vec<FirewallRuleEntry>,
+}
+
+/// One firewall rule in the configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirewallRuleEntry {
+    /// The instance whose frames it sees.
+    pub instance: String,
+    /// `pass|block in|out [quick] [on CLIENT] EXPR`, as `netmux firewall add` takes it.
+    pub rule: String,
 }
 
 /// One instance in the configuration file.

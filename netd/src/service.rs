@@ -45,6 +45,8 @@ use crate::driver_link::{
 use crate::filters::{self, HostIdentity};
 use crate::instance::{Instance, InstanceEntry, InstanceError, InstancesFile};
 
+mod ops;
+
 /// Why netd could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -225,6 +227,8 @@ enum Pending {
     },
     /// `netmux instance ls`.
     ListInstances { session: SessionId },
+    /// `netmux capture`, `netmux firewall`.
+    Operator(ops::OpsPending),
 }
 
 struct SessionQueue {
@@ -303,6 +307,10 @@ pub struct Netd {
         Option<crate::config::LimitSettings>,
         Option<crate::config::TimeoutSettings>,
     ),
+    /// The admin firewall's rules (`netmux firewall`).
+    firewall: ops::FirewallState,
+    /// The `rxbuf` set on queues (`netmux set`), in bytes.
+    rxbuf: HashMap<QueueId, u64>,
 }
 
 impl std::fmt::Debug for Netd {
@@ -475,6 +483,8 @@ impl Netd {
             driver_gone: None,
             settings: config.settings(),
             file_settings: (None, None),
+            firewall: ops::FirewallState::default(),
+            rxbuf: HashMap::new(),
         };
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
@@ -492,6 +502,19 @@ impl Netd {
                     .map_err(|e| bad(format!("{}: {e}", entry.name)))?;
                 netd.admit(spec).map_err(|e| bad(e.message))?;
             }
+            let mut rules = Vec::new();
+            for entry in loaded.firewall {
+                let instance = netd.names.get(&entry.instance).copied().ok_or_else(|| {
+                    bad(format!(
+                        "firewall rule {:?}: no instance {:?}",
+                        entry.rule, entry.instance
+                    ))
+                })?;
+                rules.push((instance, entry.rule));
+            }
+            netd.firewall
+                .restore(rules)
+                .map_err(|e| bad(format!("firewall rule {e}")))?;
         }
         let mut commands = Vec::new();
         if config.host_stack {
@@ -511,6 +534,12 @@ impl Netd {
             }
         }
         commands.extend(infos.into_iter().map(DriverCommand::SetInstance));
+        let rules = ops::FirewallState::specs(&netd.firewall.rules);
+        if !rules.is_empty() {
+            commands.push(DriverCommand::Operator(
+                netmux_proto::ops::OperatorRequest::SetFirewall { rules },
+            ));
+        }
         if config.host_stack {
             if let Some(expr) = filters::host_rx(&netd.instances[&DEFAULT_INSTANCE].host) {
                 let filter = netd.filter_id();
@@ -623,10 +652,24 @@ impl Netd {
             .map(|i| InstanceEntry::of(&i.spec))
             .collect();
         let (limits, timeouts) = self.file_settings.clone();
+        let firewall = self
+            .firewall
+            .rules
+            .iter()
+            .filter(|r| !r.temporary)
+            .filter_map(|r| {
+                let instance = self.instances.get(&r.instance)?;
+                Some(crate::instance::FirewallRuleEntry {
+                    instance: instance.spec.name.clone(),
+                    rule: r.rule.to_string(),
+                })
+            })
+            .collect();
         let kept = InstancesFile {
             limits,
             timeouts,
             instances,
+            firewall,
         };
         if let Err(e) = kept.save(file) {
             tracing::error!("keeping the instances: {e}");
@@ -828,6 +871,9 @@ impl Netd {
                 property,
                 value,
             } => self.set_instance_property(id, &name, &property, &value),
+            ClientRequest::Capture(request) => self.capture(id, request),
+            ClientRequest::Firewall(request) => self.firewall(id, request),
+            ClientRequest::Properties(request) => self.properties(id, request),
         };
         let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
         if let (Step::Driver(_) | Step::EndSessions { .. }, Some(extra)) =
@@ -1971,6 +2017,7 @@ impl Netd {
                 tracing::info!(instance = instance.0, name, "instance destroyed");
                 self.reply(ClientReply::Done)
             }
+            Pending::Operator(pending) => self.resume_ops(pending, outcomes),
             Pending::ListInstances { session } => {
                 self.session_done(session);
                 let stats = match outcomes.pop() {

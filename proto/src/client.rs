@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorReply, LinkInfo};
 
+pub mod ops;
+
 /// A transport protocol a client binds ports of: the one `Transport` of the workspace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Transport {
@@ -204,6 +206,13 @@ pub enum ClientRequest {
         /// Its new value, as `netmux instance set` writes it.
         value: String,
     },
+    /// Makes this session's queue a capture of a client or of the link; the reply is
+    /// [`ClientReply::Queue`] with the queue's descriptors.
+    Capture(ops::CaptureRequest),
+    /// Changes or lists the admin firewall of the session's instance.
+    Firewall(ops::FirewallRequest),
+    /// Shows, or sets then shows, a client's queue properties (`netmux get`/`set`).
+    Properties(ops::PropertyRequest),
 }
 
 /// netd to client.
@@ -243,6 +252,10 @@ pub enum ClientReply {
     Sessions(SessionList),
     /// Instances, in name order.
     Instances(Vec<InstanceView>),
+    /// The firewall's rules, in order, with their counters.
+    Firewall(Vec<ops::RuleView>),
+    /// A client's queue properties.
+    Properties(Vec<ops::PropertyView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].

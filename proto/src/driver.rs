@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorReply, LinkInfo};
 
+pub mod ops;
+
 /// A client queue's identity, chosen by netd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub u32);
@@ -177,6 +179,8 @@ pub enum DriverRequest {
         /// The instance.
         instance: InstanceId,
     },
+    /// Captures and firewall rules ([`ops`]).
+    Operator(ops::OperatorRequest),
 }
 
 /// Counters of one queue or of the link.
@@ -250,4 +254,6 @@ pub enum DriverReply {
     },
     /// The request was refused.
     Error(ErrorReply),
+    /// The answer to an [`DriverRequest::Operator`] request.
+    Operator(ops::OperatorReply),
 }

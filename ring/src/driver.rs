@@ -85,12 +85,18 @@ pub struct DriverQueue {
     /// Free rx slots known to exist past the pending ones (a lower bound: the client only ever
     /// frees more), so most pushes need no load of the client's index.
     rx_room: u32,
+    /// Rx slots the driver leaves empty ([`set_rx_limit`](Self::set_rx_limit)): the ring's
+    /// slots beyond the limit.
+    rx_reserved: u32,
     tx: Consumer,
     completion: Producer,
     completion_pending: u32,
     /// Frames handed out by `take_tx` and not completed yet; each has a completion slot
     /// reserved.
     completions_owed: u32,
+    /// Whether tx frames are waiting for completion room (a flow-control event is counted
+    /// once, when it begins, however often the driver looks meanwhile).
+    tx_held: bool,
     tx_seq: u64,
     counters: RingCounters,
     /// The counters as last written into the header: they are written again only when they
@@ -132,10 +138,12 @@ impl DriverQueue {
             rx: Producer::new(0, layout.rx.count),
             rx_pending: 0,
             rx_room: 0,
+            rx_reserved: 0,
             tx: Consumer::new(0, layout.tx.count),
             completion: Producer::new(0, layout.completion.count),
             completion_pending: 0,
             completions_owed: 0,
+            tx_held: false,
             tx_seq: 0,
             counters: RingCounters::default(),
             mirrored: RingCounters::default(),
@@ -144,6 +152,22 @@ impl DriverQueue {
             rx_baseline: 0,
             layout,
         })
+    }
+
+    /// Lets at most `slots` rx slots hold frames the client has not read (illumos vnd's
+    /// `rxbuf`); a frame that would need more is dropped as if the ring were full (counted in
+    /// `rx_dropped_full`). `None`, or a limit at or above the ring's size, is the whole ring.
+    pub fn set_rx_limit(&mut self, slots: Option<u32>) {
+        let count = self.layout.rx.count;
+        self.rx_reserved = count - slots.unwrap_or(count).min(count);
+        // Looked at again on the next push.
+        self.rx_room = 0;
+    }
+
+    /// The rx slots frames may hold, when limited ([`set_rx_limit`](Self::set_rx_limit));
+    /// `None` for the whole ring.
+    pub fn rx_limit(&self) -> Option<u32> {
+        (self.rx_reserved > 0).then(|| self.layout.rx.count - self.rx_reserved)
     }
 
     /// Duplicates of the descriptors the client needs ([`super::ClientQueue::from_fds`]).
@@ -200,7 +224,11 @@ impl DriverQueue {
                 .map_err(RingFault::from)
                 .and_then(|w| Ok(self.rx.free(&w)?))
             {
-                Ok(free) => self.rx_room = free.saturating_sub(self.rx_pending),
+                Ok(free) => {
+                    self.rx_room = free
+                        .saturating_sub(self.rx_pending)
+                        .saturating_sub(self.rx_reserved)
+                }
                 Err(_) => {
                     self.counters.index_faults += 1;
                     self.counters.rx_dropped_unusable += 1;
@@ -336,9 +364,13 @@ impl DriverQueue {
         let mut taken = 0usize;
         while taken < max_frames && consumed < available {
             if room == 0 {
-                self.counters.tx_flow_control += 1;
+                if !self.tx_held {
+                    self.counters.tx_flow_control += 1;
+                    self.tx_held = true;
+                }
                 break;
             }
+            self.tx_held = false;
             let start = self.tx.head().wrapping_add(consumed);
             let seq = self.tx_seq;
             let map = &self.map;

@@ -134,7 +134,9 @@ pub struct RingCounters {
     pub tx_malformed: u64,
     /// Tx frames completed with any status other than [`TxStatus::Sent`].
     pub tx_rejected: u64,
-    /// Times the driver left tx frames in the ring because the completion ring was full.
+    /// Flow-control events: times the driver began leaving tx frames in the ring because the
+    /// completion ring was full (counted once per event, as illumos vnd's `txfc`, not once per
+    /// look while it lasts).
     pub tx_flow_control: u64,
     /// Impossible indices read from the client's side of the rings.
     pub index_faults: u64,

@@ -29,6 +29,8 @@ macro_rules! for_each_tx_status {
             LinkError = 8, "link-error", "Accepted, but the link failed to send it.";
             LinkDown = 9, "link-down",
                 "Accepted, but the link is down or gone (the driver keeps the queue and sends again once the link is back).";
+            RejectedByFirewall = 10, "firewall",
+                "Rejected: an administrator's firewall rule blocked it (after the queue's own transmit check passed).";
         }
     };
 }

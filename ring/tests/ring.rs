@@ -517,3 +517,60 @@ mod framed_io {
         }
     }
 }
+
+#[test]
+fn an_rx_limit_drops_what_would_exceed_it_and_counts_it_as_full() {
+    let (mut driver, mut client) = pair(&small_config());
+    driver.set_rx_limit(Some(2));
+    assert_eq!(driver.rx_limit(), Some(2));
+    let f = frame(100, 1);
+    let outcomes: Vec<RxOutcome> = (0..4).map(|_| driver.push_rx(&[&f])).collect();
+    assert_eq!(
+        outcomes,
+        [
+            RxOutcome::Queued,
+            RxOutcome::Queued,
+            RxOutcome::DroppedFull,
+            RxOutcome::DroppedFull
+        ]
+    );
+    driver.flush();
+    assert_eq!(recv_all(&mut client).len(), 2);
+    // Read frames make room again; a frame longer than the limit never fits.
+    assert_eq!(driver.push_rx(&[&f]), RxOutcome::Queued);
+    assert_eq!(driver.push_rx(&[&frame(5000, 2)]), RxOutcome::DroppedFull);
+    driver.set_rx_limit(None);
+    assert_eq!(driver.rx_limit(), None);
+    assert_eq!(driver.push_rx(&[&frame(5000, 2)]), RxOutcome::Queued);
+    assert_eq!(driver.counters().rx_dropped_full, 3);
+}
+
+#[test]
+fn a_flow_control_event_is_counted_once_however_often_the_driver_looks() {
+    let (mut driver, mut client) = pair(&small_config()); // 8 completion slots
+    let f = frame(60, 0);
+    let one: [&[u8]; 1] = [&f];
+    let frames: Vec<&[&[u8]]> = vec![&one[..]; 20];
+    assert_eq!(client.send(&frames).unwrap().sent, 20);
+    let mut batch = FrameBatch::new();
+    assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), 8);
+    for _ in 0..5 {
+        assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), 0);
+    }
+    assert_eq!(
+        driver.counters().tx_flow_control,
+        1,
+        "one event, looked at 6 times"
+    );
+    // The client reads its completions: transmission resumes, then stops again: a second event.
+    for (tag, _) in batch.iter_tagged() {
+        driver.complete(tag, TxStatus::Sent, 60).unwrap();
+    }
+    driver.flush();
+    let mut done = Vec::new();
+    client.completions(64, &mut done).unwrap();
+    assert_eq!(done.len(), 8);
+    batch.clear();
+    assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), 8);
+    assert_eq!(driver.counters().tx_flow_control, 2);
+}

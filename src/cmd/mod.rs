@@ -19,14 +19,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod args;
+mod capture;
 mod classify;
 mod defrag;
 mod demo;
 mod driver;
 mod example;
 mod filter;
+mod firewall;
 mod instance;
 mod ls;
+mod props;
+mod stat;
 mod up;
 mod vm;
 
@@ -91,6 +95,16 @@ command_groups! {
     /// Network stack instances: many independent hosts on one link.
     #[command(subcommand)]
     Instance(instance::InstanceCommand),
+    /// Capture what a client receives and transmits, or the whole link, as pcap.
+    Capture(capture::Capture),
+    /// The admin firewall: rules the driver applies to every client's frames.
+    Firewall(firewall::Firewall),
+    /// Per-client traffic every INTERVAL seconds, as vndstat: B/s, frames/s, drops, txfc.
+    Stat(stat::Stat),
+    /// Show a client's queue properties (rxbuf, txbuf, maxsize, mintu, maxtu) and netd's limits.
+    Get(props::Get),
+    /// Set a client's queue property: rxbuf=SIZE.
+    Set(props::Set),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

@@ -44,9 +44,12 @@
 //! it and are woken) and forgets all queues and filters; the control layer calls it when netd
 //! goes away.
 
+pub mod capture;
 pub mod control;
+pub mod firewall;
 pub mod icmp_errors;
 pub mod instances;
+mod ops;
 pub mod tx;
 pub mod tx_fragments;
 
@@ -57,6 +60,7 @@ use netmux_proto::driver::{
     Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, QueueConfig, QueueId,
     RxMode,
 };
+use netmux_proto::ops::{CaptureSource, FrameDirection, RuleDirection};
 use netmux_proto::{ErrorCode, ErrorReply};
 use netmux_vm::{Scratch, Strategy};
 
@@ -193,6 +197,8 @@ struct Queue {
     /// IPv4 fragments it transmitted, held until their datagram is whole.
     fragments: tx_fragments::TxGatherer,
     tx: TxOutcomes,
+    /// Received frames the admin firewall blocked for it.
+    firewall_dropped: u64,
     /// Whether frames were written into its rx ring since the last flush (it is then listed
     /// in `Driver::touched`, to be published once per batch).
     touched: bool,
@@ -282,6 +288,12 @@ pub struct Driver {
     tx: TxOutcomes,
     link_state: LinkWatchState,
     clock: Instant,
+    /// Passive captures (`netmux capture`).
+    captures: capture::Captures,
+    /// The admin firewall (`netmux firewall`).
+    firewall: firewall::Firewall,
+    /// Received frames the firewall blocked, for every queue past and present.
+    firewall_dropped: u64,
 }
 
 impl std::fmt::Debug for Driver {
@@ -355,6 +367,9 @@ impl Driver {
             rx: RxCounters::default(),
             tx: TxOutcomes::default(),
             clock: now,
+            captures: capture::Captures::default(),
+            firewall: firewall::Firewall::default(),
+            firewall_dropped: 0,
         }
     }
 
@@ -563,6 +578,7 @@ impl Driver {
                 }
                 self.set_instance(info)
             }
+            DriverRequest::Operator(request) => self.operator(request),
             DriverRequest::RemoveInstance { instance } => match self.instances.remove(instance) {
                 Ok(()) => {
                     self.update_link_macs();
@@ -629,6 +645,7 @@ impl Driver {
                 tx_filters: Vec::new(),
                 fragments: tx_fragments::TxGatherer::default(),
                 tx: TxOutcomes::default(),
+                firewall_dropped: 0,
                 touched: false,
             },
         );
@@ -657,6 +674,7 @@ impl Driver {
         };
         let ring_bytes = ring.layout().total_len;
         let mut old = std::mem::replace(&mut queue.ring, ring);
+        queue.ring.set_rx_limit(old.rx_limit());
         old.close();
         queue.config = config;
         Response {
@@ -679,6 +697,13 @@ impl Driver {
             i.queues.retain(|&q| q != id);
         }
         self.filters.retain(|_, (q, _)| *q != id);
+        if !self.captures.is_empty() {
+            for capture in self.captures.queue_gone(id) {
+                if let Some(q) = self.queues.get_mut(&capture) {
+                    q.ring.close();
+                }
+            }
+        }
         self.order.retain(|&q| q != id);
         self.touched.retain(|&q| q != id);
         if self.netd_queue == Some(id) {
@@ -789,8 +814,9 @@ impl Driver {
     }
 
     /// Fails closed: every queue is stopped, marked closed in its ring header and freed, with
-    /// every filter, the netd queue and every instance but the default one (whose addresses
-    /// are forgotten too). Counters of the link remain.
+    /// every filter, capture and firewall rule (a new netd gives the rules it keeps at its
+    /// start), the netd queue and every instance but the default one (whose addresses are
+    /// forgotten too). Counters of the link remain.
     pub fn fail_closed(&mut self) {
         for id in self.order.clone() {
             self.destroy_queue(id);
@@ -798,6 +824,9 @@ impl Driver {
         self.queues.clear();
         self.filters.clear();
         self.touched.clear();
+        // The next netd gives the rules it keeps at its start.
+        let _ = self.firewall.set(Vec::new(), self.config.strategy);
+        self.captures.clear();
         self.netd_queue = None;
         let others: Vec<InstanceId> = self
             .instances
@@ -875,6 +904,9 @@ impl Driver {
     /// Delivers a received frame to the instances it is for (see [`instances`]).
     fn deliver(&mut self, frame: &[u8]) {
         self.rx.classified += 1;
+        if !self.captures.is_empty() {
+            self.capture(CaptureSource::Link, FrameDirection::In, frame);
+        }
         let target = self.instances.dispatch(frame);
         self.deliver_to(frame, target);
     }
@@ -903,15 +935,52 @@ impl Driver {
                 }
             }
         }
-        for id in &self.receivers {
-            if let Some(queue) = self.queues.get_mut(id) {
+        for &id in &self.receivers {
+            if let Some(queue) = self.queues.get_mut(&id) {
+                if self.firewall.has_in() {
+                    let instance = self.instances.get(queue.instance).map(|i| i.id);
+                    if self.firewall.blocks(
+                        RuleDirection::In,
+                        instance.unwrap_or_default(),
+                        id,
+                        frame,
+                        &mut self.scratch,
+                    ) {
+                        queue.firewall_dropped += 1;
+                        self.firewall_dropped += 1;
+                        continue;
+                    }
+                }
                 // Drops (full ring, closed, faulted) are counted by the ring, per queue.
-                if queue.ring.push_rx(&[frame]) == RxOutcome::Queued && !queue.touched {
+                let queued = queue.ring.push_rx(&[frame]) == RxOutcome::Queued;
+                if queued && !queue.touched {
                     queue.touched = true;
-                    self.touched.push(*id);
+                    self.touched.push(id);
+                }
+                if queued && !self.captures.is_empty() {
+                    self.captures.copy(
+                        CaptureSource::Queue(id),
+                        FrameDirection::In,
+                        frame,
+                        &mut self.queues,
+                        &mut self.touched,
+                        &mut self.scratch,
+                    );
                 }
             }
         }
+    }
+
+    /// Copies a frame to the captures of `source` (see [`capture`]).
+    fn capture(&mut self, source: CaptureSource, direction: FrameDirection, frame: &[u8]) {
+        self.captures.copy(
+            source,
+            direction,
+            frame,
+            &mut self.queues,
+            &mut self.touched,
+            &mut self.scratch,
+        );
     }
 
     fn flush_touched(&mut self) {
@@ -966,10 +1035,11 @@ impl Driver {
             }
             total += taken;
             let sender = queue.instance;
+            let sender_id = self.instances.get(sender).map(|i| i.id).unwrap_or_default();
             let mut outcome = Vec::with_capacity(taken);
             local.clear();
             for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
-                let status = if frame.len() > self.max_tx_len {
+                let mut status = if frame.len() > self.max_tx_len {
                     TxStatus::RejectedMalformed
                 } else {
                     tx::check(frame, &queue.tx_filters, &queue.mac, &mut self.scratch)
@@ -986,6 +1056,18 @@ impl Driver {
                         }
                         tx_fragments::Gathered::Rejected { released: r } => released.extend(r),
                     }
+                }
+                if status.is_sent()
+                    && self.firewall.has_out()
+                    && self.firewall.blocks(
+                        RuleDirection::Out,
+                        sender_id,
+                        id,
+                        frame,
+                        &mut self.scratch,
+                    )
+                {
+                    status = TxStatus::RejectedByFirewall;
                 }
                 if status.is_sent() {
                     match self.instances.route(frame, sender) {
@@ -1029,6 +1111,20 @@ impl Driver {
                         instance.counters.tx_frames += 1;
                         instance.counters.tx_bytes +=
                             batch.get(index).map_or(0, |f| f.len() as u64);
+                    }
+                }
+            }
+            // Captures see what the queue sent (after its check and the firewall), and what
+            // went on the link.
+            if !self.captures.is_empty() {
+                for (index, status) in outcome.iter().enumerate() {
+                    if let (true, Some(frame)) = (status.is_sent(), batch.get(index)) {
+                        self.capture(CaptureSource::Queue(id), FrameDirection::Out, frame);
+                    }
+                }
+                for &index in &sent {
+                    if let Some(frame) = batch.get(index) {
+                        self.capture(CaptureSource::Link, FrameDirection::Out, frame);
                     }
                 }
             }
@@ -1107,6 +1203,7 @@ impl Driver {
             ("kernel".to_string(), link.rx_dropped_kernel),
             ("no-receiver".to_string(), self.rx.no_receiver),
             ("link-error".to_string(), self.rx.link_errors),
+            ("firewall".to_string(), self.firewall_dropped),
         ];
         rx_dropped.extend(link.offload_drops());
         for reason in DropReason::ALL {
@@ -1162,6 +1259,7 @@ fn queue_counters(queue: &Queue) -> Counters {
     let rx_dropped = [
         ("too-large", ring.rx_dropped_too_large),
         ("unusable", ring.rx_dropped_unusable),
+        ("firewall", queue.firewall_dropped),
     ]
     .into_iter()
     .filter(|&(_, n)| n > 0)

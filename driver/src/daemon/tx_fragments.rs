@@ -23,6 +23,7 @@
 //! IPv6 fragments are not gathered: they stay rejected as `fragment`.
 
 use netmux_proto::driver::QueueId;
+use netmux_proto::ops::{CaptureSource, FrameDirection, RuleDirection};
 use netmux_ring::TxStatus;
 use netmux_wire::ethernet::{ethertype, link_layer};
 use netmux_wire::ipv4::{self, Ipv4Packet};
@@ -290,6 +291,7 @@ impl super::Driver {
             return;
         };
         let sender = queue.instance;
+        let sender_id = self.instances.get(sender).map(|i| i.id).unwrap_or_default();
         // (fragment, status), in the order they are completed.
         let mut done: Vec<(HeldFragment, TxStatus)> = released
             .into_iter()
@@ -297,8 +299,23 @@ impl super::Driver {
             .collect();
         let mut local: Vec<(Vec<u8>, Target)> = Vec::new();
         let mut observed: Vec<Vec<u8>> = Vec::new();
+        // Fragments that went out, for the captures.
+        let mut captured: Vec<(Vec<u8>, bool)> = Vec::new();
         for (datagram, fragments) in wholes {
-            let status = tx::check(&datagram, &queue.tx_filters, &queue.mac, &mut self.scratch);
+            let mut status = tx::check(&datagram, &queue.tx_filters, &queue.mac, &mut self.scratch);
+            // The admin firewall judges the whole datagram, as the client's own check does.
+            if status.is_sent()
+                && self.firewall.has_out()
+                && self.firewall.blocks(
+                    RuleDirection::Out,
+                    sender_id,
+                    id,
+                    &datagram,
+                    &mut self.scratch,
+                )
+            {
+                status = TxStatus::RejectedByFirewall;
+            }
             if !status.is_sent() {
                 done.extend(fragments.into_iter().map(|f| (f, status)));
                 continue;
@@ -326,6 +343,9 @@ impl super::Driver {
                     Route::LinkAndOthers => {
                         local.push((datagram.clone(), Target::EveryBut(sender)))
                     }
+                }
+                if !self.captures.is_empty() {
+                    captured.extend(fragments.iter().map(|f| (f.frame.clone(), to_link)));
                 }
                 if to_link {
                     observed.push(datagram);
@@ -358,6 +378,12 @@ impl super::Driver {
         if let Some(instance) = self.instances.get_mut(sender) {
             instance.counters.tx_frames += sent_frames;
             instance.counters.tx_bytes += sent_bytes;
+        }
+        for (frame, on_link) in &captured {
+            self.capture(CaptureSource::Queue(id), FrameDirection::Out, frame);
+            if *on_link {
+                self.capture(CaptureSource::Link, FrameDirection::Out, frame);
+            }
         }
         for datagram in &observed {
             self.observe(datagram, id, sender);

@@ -215,6 +215,12 @@ impl DriverLink for SharedDriver {
     fn gone(&mut self) -> Option<String> {
         self.lock().gone()
     }
+    fn operator(
+        &mut self,
+        request: netmux_proto::ops::OperatorRequest,
+    ) -> Result<netmux_proto::ops::OperatorReply, DriverError> {
+        self.lock().operator(request)
+    }
 }
 
 /// An example running as a child process, its log in a file; stopped by pid when dropped.
