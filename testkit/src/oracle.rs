@@ -414,47 +414,6 @@ pub fn compile(expr: &str) -> Result<BpfProgram, OracleError> {
     BpfProgram::compile(expr, true)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compiles_and_runs_a_simple_filter() {
-        let p = compile("ether[0] = 1").unwrap();
-        assert!(p.matches(&[1, 2, 3], 60));
-        assert!(!p.matches(&[2, 2, 3], 60));
-        assert!(!p.matches(&[], 60), "an out-of-bounds load rejects");
-        assert!(p.image().contains("ldb"));
-    }
-
-    #[test]
-    fn reports_libpcap_errors() {
-        let e = compile("tcp port 65536").unwrap_err();
-        assert!(
-            matches!(e, OracleError::Compile(ref m) if m.contains("port")),
-            "{e}"
-        );
-        assert_eq!(compile("a\0b").unwrap_err(), OracleError::NulInExpression);
-    }
-
-    #[test]
-    fn less_uses_the_wire_length() {
-        let p = compile("less 64").unwrap();
-        assert!(p.matches(&[0; 10], 64));
-        assert!(!p.matches(&[0; 10], 65));
-    }
-
-    #[test]
-    fn compiling_from_many_threads_is_serialised() {
-        let handles: Vec<_> = (0..4)
-            .map(|i| std::thread::spawn(move || compile(&format!("udp port {}", 50 + i)).is_ok()))
-            .collect();
-        for h in handles {
-            assert!(h.join().unwrap());
-        }
-    }
-}
-
 /// A classic BPF interpreter with `bpf_filter`'s semantics, except that a register-relative
 /// load's offset wraps in 32 bits ([`BpfProgram::matches_folding_wrapped_indexes`]).
 /// Returns the program's value and whether an offset wrapped.
@@ -485,13 +444,13 @@ fn classic_run(insns: &[BpfInsn], p: &[u8], wire_len: u32) -> (u32, bool) {
                         Some(v) => v,
                         None => return (0, wrapped),
                     },
-                    0x40 => match {
+                    0x40 => {
                         wrapped |= x.checked_add(k).is_none();
-                        load(x.wrapping_add(k), size)
-                    } {
-                        Some(v) => v,
-                        None => return (0, wrapped),
-                    },
+                        match load(x.wrapping_add(k), size) {
+                            Some(v) => v,
+                            None => return (0, wrapped),
+                        }
+                    }
                     0x60 => mem[(k & 15) as usize],
                     0x80 => wire_len,
                     _ => return (0, wrapped),
@@ -569,4 +528,45 @@ fn classic_run(insns: &[BpfInsn], p: &[u8], wire_len: u32) -> (u32, bool) {
         }
     }
     (0, wrapped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiles_and_runs_a_simple_filter() {
+        let p = compile("ether[0] = 1").unwrap();
+        assert!(p.matches(&[1, 2, 3], 60));
+        assert!(!p.matches(&[2, 2, 3], 60));
+        assert!(!p.matches(&[], 60), "an out-of-bounds load rejects");
+        assert!(p.image().contains("ldb"));
+    }
+
+    #[test]
+    fn reports_libpcap_errors() {
+        let e = compile("tcp port 65536").unwrap_err();
+        assert!(
+            matches!(e, OracleError::Compile(ref m) if m.contains("port")),
+            "{e}"
+        );
+        assert_eq!(compile("a\0b").unwrap_err(), OracleError::NulInExpression);
+    }
+
+    #[test]
+    fn less_uses_the_wire_length() {
+        let p = compile("less 64").unwrap();
+        assert!(p.matches(&[0; 10], 64));
+        assert!(!p.matches(&[0; 10], 65));
+    }
+
+    #[test]
+    fn compiling_from_many_threads_is_serialised() {
+        let handles: Vec<_> = (0..4)
+            .map(|i| std::thread::spawn(move || compile(&format!("udp port {}", 50 + i)).is_ok()))
+            .collect();
+        for h in handles {
+            assert!(h.join().unwrap());
+        }
+    }
 }
