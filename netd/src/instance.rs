@@ -176,6 +176,7 @@ impl Instance {
             own_mac: !self.shared_mac,
             ipv4: self.host.ipv4.iter().map(|a| a.octets()).collect(),
             ipv6: self.host.ipv6.iter().map(|a| a.octets()).collect(),
+            overlay: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod channel;
 pub mod client;
 pub mod driver;
 pub mod frame;
+pub mod overlay;
 #[cfg(feature = "tokio")]
 pub mod signals;
 

@@ -29,6 +29,10 @@ macro_rules! for_each_tx_status {
             LinkError = 8, "link-error", "Accepted, but the link failed to send it.";
             LinkDown = 9, "link-down",
                 "Accepted, but the link is down or gone (the driver keeps the queue and sends again once the link is back).";
+            RejectedTooLargeForOverlay = 10, "too-large-for-overlay",
+                "Rejected: the frame is longer than its overlay's MTU allows (VXLAN is never fragmented).";
+            RejectedNoMapping = 11, "no-mapping",
+                "Rejected: the overlay has no mapping for the destination (or no underlay address to send from).";
         }
     };
 }

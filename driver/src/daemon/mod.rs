@@ -43,6 +43,7 @@
 
 pub mod control;
 pub mod instances;
+pub mod overlay;
 pub mod tx;
 
 use std::collections::HashMap;
@@ -275,6 +276,8 @@ pub struct Driver {
     tx: TxOutcomes,
     link_state: LinkWatchState,
     clock: Instant,
+    /// Overlays and their instances' VXLAN traffic.
+    overlays: overlay::Overlays,
 }
 
 impl std::fmt::Debug for Driver {
@@ -348,6 +351,7 @@ impl Driver {
             rx: RxCounters::default(),
             tx: TxOutcomes::default(),
             clock: now,
+            overlays: overlay::Overlays::default(),
         }
     }
 
@@ -544,6 +548,7 @@ impl Driver {
                     own_mac: false,
                     ipv4,
                     ipv6: default.ipv6.clone(),
+                    overlay: None,
                 };
                 self.set_instance(info)
             }
@@ -556,20 +561,37 @@ impl Driver {
                 }
                 self.set_instance(info)
             }
-            DriverRequest::RemoveInstance { instance } => match self.instances.remove(instance) {
-                Ok(()) => {
-                    self.update_link_macs();
-                    Response::done()
+            DriverRequest::SetOverlay(_)
+            | DriverRequest::RemoveOverlay { .. }
+            | DriverRequest::SetOverlayMappings(_)
+            | DriverRequest::OverlayPoll => self.handle_overlay(request),
+            DriverRequest::RemoveInstance { instance } => {
+                let slot = self.instances.slot(instance);
+                match self.instances.remove(instance) {
+                    Ok(()) => {
+                        if let Some(slot) = slot {
+                            self.detach_overlay_instance(slot);
+                        }
+                        self.update_link_macs();
+                        Response::done()
+                    }
+                    Err(e) => Response::error(ErrorCode::NotFound, e),
                 }
-                Err(e) => Response::error(ErrorCode::NotFound, e),
-            },
+            }
         }
     }
 
     fn set_instance(&mut self, info: netmux_proto::driver::InstanceInfo) -> Response {
         let id = info.instance;
+        if let Err(e) = self.check_overlay_instance(&info) {
+            return Response::error(ErrorCode::NotFound, e);
+        }
         match self.instances.set(info) {
             Ok(slot) => {
+                self.attach_overlay_instance(slot);
+                if slot == 0 {
+                    self.set_underlay_source();
+                }
                 let mac = self.instances.get(slot).map_or(self.link_mac, |i| i.mac);
                 for q in self.queues.values_mut().filter(|q| q.instance == slot) {
                     q.mac = mac;
@@ -806,7 +828,9 @@ impl Driver {
             own_mac: false,
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            overlay: None,
         });
+        self.overlays = overlay::Overlays::default();
     }
 
     /// Housekeeping while idle: discards fragments whose datagram timed out, even when no
@@ -814,6 +838,10 @@ impl Driver {
     pub fn tick(&mut self) {
         let now = self.now_ns();
         self.reassembler.expire(now);
+        if self.overlays.active() {
+            self.overlays.expire(now);
+            self.flush_overlays();
+        }
     }
 
     /// Whether the link will never receive again (a replayed capture ended).
@@ -858,6 +886,7 @@ impl Driver {
                 }
             }
             self.flush_touched();
+            self.flush_overlays();
         }
         self.rx_batch = batch;
         received
@@ -865,6 +894,21 @@ impl Driver {
 
     /// Delivers a received frame to the instances it is for (see [`instances`]).
     fn deliver(&mut self, frame: &[u8]) {
+        if self.overlays.active() {
+            match self.overlays.receive(frame, self.now_ns()) {
+                overlay::Received::NotOverlay => {}
+                overlay::Received::Dropped => return,
+                overlay::Received::Inner(start, end) => {
+                    let slots = std::mem::take(&mut self.overlays.deliver_to);
+                    for &slot in &slots {
+                        self.rx.classified += 1;
+                        self.deliver_to(&frame[start..end], Target::One(slot));
+                    }
+                    self.overlays.deliver_to = slots;
+                    return;
+                }
+            }
+        }
         self.rx.classified += 1;
         let target = self.instances.dispatch(frame);
         self.deliver_to(frame, target);
@@ -941,6 +985,9 @@ impl Driver {
             }
             total += taken;
             let sender = queue.instance;
+            let sender_overlay = self.instances.get(sender).and_then(|i| i.overlay);
+            let from_netd = self.netd_queue == Some(id) && self.overlays.active();
+            let now = u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let mut outcome = Vec::with_capacity(taken);
             local.clear();
             for (index, frame) in batch.iter().enumerate() {
@@ -949,6 +996,15 @@ impl Driver {
                 } else {
                     tx::check(frame, &queue.tx_filters, &queue.mac, &mut self.scratch)
                 };
+                let overlay = match sender_overlay {
+                    Some(vni) => Some((vni, sender)),
+                    None if from_netd => self.overlays.sender(frame),
+                    None => None,
+                };
+                if let (Some((vni, slot)), true) = (overlay, status.is_sent()) {
+                    outcome.push(self.overlays.transmit(vni, slot, frame, now));
+                    continue;
+                }
                 if status.is_sent() {
                     match self.instances.route(frame, sender) {
                         Route::Link => sent.push(index),
@@ -1020,6 +1076,7 @@ impl Driver {
                 self.rx.hairpin += 1;
                 self.deliver_to(frame, to);
             }
+            self.flush_overlays();
         }
         self.flush_touched();
         for id in faulted {
