@@ -120,6 +120,15 @@ pub trait DriverLink: Send {
     fn gone(&mut self) -> Option<String> {
         None
     }
+    /// An overlay request ([`crate::overlay`]): `SetOverlay`, `RemoveOverlay`,
+    /// `SetOverlayMappings` or `OverlayPoll`; its reply (`Done` or `OverlayPoll`).
+    fn overlay(&mut self, request: DriverRequest) -> Result<DriverReply, DriverError> {
+        let _ = request;
+        Err(DriverError::Refused(ErrorReply {
+            code: netmux_proto::ErrorCode::Internal,
+            message: "this driver link carries no overlays".into(),
+        }))
+    }
 }
 
 /// One request netd makes of the driver.
@@ -174,6 +183,8 @@ pub enum DriverCommand {
         /// The instance.
         instance: InstanceId,
     },
+    /// An overlay request (see [`DriverLink::overlay`]).
+    Overlay(DriverRequest),
 }
 
 /// What became of one [`DriverCommand`].
@@ -185,6 +196,8 @@ pub enum DriverOutcome {
     Queue(CreatedQueue),
     /// The counters.
     Stats(DriverStats),
+    /// The reply to an overlay request that answers more than `Done`.
+    Reply(DriverReply),
     /// Refused, or the driver is gone.
     Failed(DriverError),
     /// Not tried: an earlier command of a batch that stops at its first failure failed.
@@ -228,6 +241,11 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         DriverCommand::SetHostAddresses { ipv4 } => done(link.set_host_addresses(ipv4)),
         DriverCommand::SetInstance(info) => done(link.set_instance(info)),
         DriverCommand::RemoveInstance { instance } => done(link.remove_instance(instance)),
+        DriverCommand::Overlay(request) => match link.overlay(request) {
+            Ok(DriverReply::Done) => DriverOutcome::Done,
+            Ok(reply) => DriverOutcome::Reply(reply),
+            Err(e) => DriverOutcome::Failed(e),
+        },
     }
 }
 
@@ -424,6 +442,9 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
     }
     fn gone(&mut self) -> Option<String> {
         self.link().gone()
+    }
+    fn overlay(&mut self, request: DriverRequest) -> Result<DriverReply, DriverError> {
+        self.link().overlay(request)
     }
 }
 
@@ -641,6 +662,14 @@ impl DriverLink for ChannelDriver {
 
     fn set_host_addresses(&mut self, ipv4: Vec<[u8; 4]>) -> Result<(), DriverError> {
         self.request(&DriverRequest::SetHostAddresses { ipv4 })
+    }
+
+    fn overlay(&mut self, request: DriverRequest) -> Result<DriverReply, DriverError> {
+        match self.call(&request)?.0 {
+            DriverReply::Error(e) => Err(DriverError::Refused(e)),
+            reply @ (DriverReply::Done | DriverReply::OverlayPoll(_)) => Ok(reply),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Between requests the driver sends nothing, so a readable or hung-up control socket means

@@ -107,6 +107,8 @@ pub struct Instance {
     pub ready: bool,
     /// Being destroyed: no new session joins it and no port is bound in it.
     pub condemned: bool,
+    /// The VNI of the overlay it lives on, if any.
+    pub overlay: Option<u32>,
 }
 
 impl Instance {
@@ -165,6 +167,7 @@ impl Instance {
             shared_mac,
             ready: false,
             condemned: false,
+            overlay: None,
         })
     }
 
@@ -176,7 +179,7 @@ impl Instance {
             own_mac: !self.shared_mac,
             ipv4: self.host.ipv4.iter().map(|a| a.octets()).collect(),
             ipv6: self.host.ipv6.iter().map(|a| a.octets()).collect(),
-            overlay: None,
+            overlay: self.overlay,
         }
     }
 
@@ -352,6 +355,9 @@ pub struct InstanceEntry {
     /// Uids that may claim it exclusively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclusive_uids: Vec<u32>,
+    /// The overlay it lives on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<String>,
 }
 
 fn generated() -> String {
@@ -380,6 +386,7 @@ impl InstanceEntry {
             privileged_uids: spec.privileged_uids.clone(),
             tap_uids: spec.tap_uids.clone(),
             exclusive_uids: spec.exclusive_uids.clone(),
+            overlay: spec.overlay.clone(),
         }
     }
 
@@ -419,6 +426,7 @@ impl InstanceEntry {
             tap_uids: self.tap_uids.clone(),
             exclusive_uids: self.exclusive_uids.clone(),
             temporary: false,
+            overlay: self.overlay.clone(),
         })
     }
 }
@@ -465,6 +473,7 @@ mod tests {
             tap_uids: vec![],
             exclusive_uids: vec![],
             temporary: false,
+            overlay: None,
         }
     }
 

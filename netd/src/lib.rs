@@ -11,6 +11,7 @@
 //!   tests); [`driver_worker`] runs it on a thread of its own with deadlines.
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`instance`]: network stack instances (each an independent host on the link).
+//! * [`overlay`]: overlays and their mapping service (varpd's role), with the `files` backend.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 //! * `testing` (feature `test-support`): netd in-process on the real driver, for tests.
@@ -23,6 +24,7 @@ pub mod driver_worker;
 pub mod filters;
 pub mod host;
 pub mod instance;
+pub mod overlay;
 pub mod run;
 pub mod server;
 pub mod service;

@@ -225,6 +225,10 @@ enum Pending {
     },
     /// `netmux instance ls`.
     ListInstances { session: SessionId },
+    /// An overlay created (or refused) at the driver.
+    CreateOverlay { session: SessionId, name: String },
+    /// An overlay removed at the driver.
+    DestroyOverlay { session: SessionId, name: String },
 }
 
 struct SessionQueue {
@@ -265,6 +269,8 @@ pub struct SessionSummary {
 pub struct Netd {
     /// Every instance, the default one ([`DEFAULT_INSTANCE`]) included.
     instances: BTreeMap<InstanceId, Instance>,
+    /// Overlays and their mapping service.
+    pub(crate) overlays: crate::overlay::OverlayService,
     names: BTreeMap<String, InstanceId>,
     /// Each session's instance (the default one until it says hello to another).
     session_instance: HashMap<SessionId, InstanceId>,
@@ -441,6 +447,7 @@ impl Netd {
                 tap_uids: config.policy.tap_uids.iter().copied().collect(),
                 exclusive_uids: config.policy.exclusive_uids.iter().copied().collect(),
                 temporary: true,
+                overlay: None,
             },
             core: Core::new(
                 config.policy.clone(),
@@ -451,8 +458,10 @@ impl Netd {
             shared_mac: true,
             ready: true,
             condemned: false,
+            overlay: None,
         };
         let mut netd = Netd {
+            overlays: crate::overlay::OverlayService::default(),
             instances: BTreeMap::new(),
             names: BTreeMap::new(),
             session_instance: HashMap::new(),
@@ -578,8 +587,35 @@ impl Netd {
         policy.privileged_uids.clear();
         policy.tap_uids.clear();
         policy.exclusive_uids.clear();
-        let instance = Instance::new(id, spec, self.link, policy, self.default_ephemeral.clone())
+        let overlay = match &spec.overlay {
+            None => None,
+            Some(name) => {
+                if !spec.temporary && self.instances_file.is_some() {
+                    return Err(error(
+                        ErrorCode::Protocol,
+                        "overlays are not kept across netd restarts yet, so an instance on one \
+                         must be temporary",
+                    ));
+                }
+                if spec.mac == MacChoice::Shared {
+                    return Err(error(
+                        ErrorCode::Protocol,
+                        "an instance on an overlay needs a MAC of its own, not the link's",
+                    ));
+                }
+                Some(self.overlays.get(name).ok_or_else(|| {
+                    error(ErrorCode::NotFound, format!("no overlay named {name:?}"))
+                })?)
+            }
+        };
+        // An overlay instance's clients are told the overlay's MTU.
+        let link = match overlay {
+            Some((_, mtu)) => LinkInfo { mtu, ..self.link },
+            None => self.link,
+        };
+        let mut instance = Instance::new(id, spec, link, policy, self.default_ephemeral.clone())
             .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
+        instance.overlay = overlay.map(|(vni, _)| vni);
         for other in self.instances.values() {
             if !instance.shared_mac && !other.shared_mac && other.host.mac == instance.host.mac {
                 return Err(bad(InstanceError::BadMac(
@@ -587,7 +623,11 @@ impl Netd {
                     "another instance has it",
                 )));
             }
-            if instance.host.ipv4.is_some() && other.host.ipv4 == instance.host.ipv4 {
+            // Addresses are per network: overlays may reuse the link's and each other's.
+            if instance.host.ipv4.is_some()
+                && other.host.ipv4 == instance.host.ipv4
+                && other.overlay == instance.overlay
+            {
                 return Err(bad(InstanceError::BadAddress(
                     instance
                         .host
@@ -828,6 +868,9 @@ impl Netd {
                 property,
                 value,
             } => self.set_instance_property(id, &name, &property, &value),
+            ClientRequest::CreateOverlay(spec) => self.create_overlay(id, spec),
+            ClientRequest::DestroyOverlay { name } => self.destroy_overlay(id, &name),
+            ClientRequest::ListOverlays => self.list_overlays(id),
         };
         let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
         if let (Step::Driver(_) | Step::EndSessions { .. }, Some(extra)) =
@@ -951,6 +994,70 @@ impl Netd {
             .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
         self.persist();
         Ok(self.reply(ClientReply::Done))
+    }
+
+    fn create_overlay(
+        &mut self,
+        id: SessionId,
+        spec: netmux_proto::overlay::OverlaySpec,
+    ) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        self.refuse_without_driver()?;
+        let name = spec.name.clone();
+        let requests = self.overlays.create(spec, self.link.mtu).map_err(|e| {
+            let code = match e {
+                crate::overlay::OverlayError::Exists(_)
+                | crate::overlay::OverlayError::VniInUse(..) => ErrorCode::InUse,
+                crate::overlay::OverlayError::Limit => ErrorCode::Limit,
+                _ => ErrorCode::Protocol,
+            };
+            error(code, e.to_string())
+        })?;
+        let commands = requests.into_iter().map(DriverCommand::Overlay).collect();
+        Ok(self.work(commands, true, Pending::CreateOverlay { session: id, name }))
+    }
+
+    fn destroy_overlay(&mut self, id: SessionId, name: &str) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        let vni = self
+            .overlays
+            .vni(name)
+            .map_err(|e| error(ErrorCode::NotFound, e.to_string()))?;
+        let users = self.overlay_instances(name);
+        if !users.is_empty() {
+            return Err(error(
+                ErrorCode::InUse,
+                format!(
+                    "overlay {name:?} still has instances ({}): destroy them first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        Ok(self.work(
+            vec![DriverCommand::Overlay(
+                netmux_proto::driver::DriverRequest::RemoveOverlay { vni },
+            )],
+            true,
+            Pending::DestroyOverlay {
+                session: id,
+                name: name.to_owned(),
+            },
+        ))
+    }
+
+    /// The names of the instances on an overlay.
+    fn overlay_instances(&self, overlay: &str) -> Vec<String> {
+        self.instances
+            .values()
+            .filter(|i| i.spec.overlay.as_deref() == Some(overlay))
+            .map(|i| i.spec.name.clone())
+            .collect()
+    }
+
+    fn list_overlays(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        let views = self.overlays.views(|name| self.overlay_instances(name));
+        Ok(self.reply(ClientReply::Overlays(views)))
     }
 
     fn list_instances(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
@@ -1965,6 +2072,46 @@ impl Netd {
                 self.persist();
                 tracing::info!(instance = instance.0, name, "instance destroyed");
                 self.reply(ClientReply::Done)
+            }
+            Pending::CreateOverlay { session, name } => {
+                self.session_done(session);
+                if outcomes.iter().all(DriverOutcome::is_ok) {
+                    tracing::info!(overlay = %name, "overlay created");
+                    return self.reply(ClientReply::Done);
+                }
+                let mut outcomes = outcomes;
+                let e = first_failure(&mut outcomes)
+                    .map(driver_error)
+                    .unwrap_or_else(|| error(ErrorCode::Internal, "the overlay was skipped"));
+                let told = outcomes.first().is_some_and(DriverOutcome::is_ok);
+                let vni = self.overlays.vni(&name).ok();
+                self.overlays.forget(&name);
+                match (told, vni) {
+                    (true, Some(vni)) => self.work(
+                        vec![DriverCommand::Overlay(
+                            netmux_proto::driver::DriverRequest::RemoveOverlay { vni },
+                        )],
+                        false,
+                        Pending::QueueRollback {
+                            session,
+                            error: e,
+                            release: 0,
+                        },
+                    ),
+                    _ => Step::Reply(Response::error(e)),
+                }
+            }
+            Pending::DestroyOverlay { session, name } => {
+                self.session_done(session);
+                let mut outcomes = outcomes;
+                match first_failure(&mut outcomes) {
+                    None => {
+                        self.overlays.forget(&name);
+                        tracing::info!(overlay = %name, "overlay destroyed");
+                        self.reply(ClientReply::Done)
+                    }
+                    Some(e) => Step::Reply(Response::error(driver_error(e))),
+                }
             }
             Pending::ListInstances { session } => {
                 self.session_done(session);

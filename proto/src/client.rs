@@ -105,6 +105,9 @@ pub struct InstanceSpec {
     pub exclusive_uids: Vec<u32>,
     /// Whether it is forgotten when netd stops (else kept in netd's configuration file).
     pub temporary: bool,
+    /// The overlay it lives on (`netmux overlay create`), instead of the link.
+    #[serde(default)]
+    pub overlay: Option<String>,
 }
 
 /// An instance as `netmux instance ls` shows it.
@@ -204,6 +207,15 @@ pub enum ClientRequest {
         /// Its new value, as `netmux instance set` writes it.
         value: String,
     },
+    /// Creates an overlay (root, or a uid netd's configuration names).
+    CreateOverlay(crate::overlay::OverlaySpec),
+    /// Destroys an overlay no instance lives on.
+    DestroyOverlay {
+        /// Its name.
+        name: String,
+    },
+    /// Every overlay, with its counters and state.
+    ListOverlays,
 }
 
 /// netd to client.
@@ -243,6 +255,8 @@ pub enum ClientReply {
     Sessions(SessionList),
     /// Instances, in name order.
     Instances(Vec<InstanceView>),
+    /// Overlays, in name order.
+    Overlays(Vec<crate::overlay::OverlayView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].

@@ -81,3 +81,35 @@ pub struct OverlayPollReply {
 pub const LOOKUP_RETRY_MS: u64 = 1000;
 /// Bytes of frames that may wait for lookups, per overlay (illumos overlay's limit).
 pub const MAX_WAITING_BYTES: usize = 1 << 20;
+
+/// What `netmux overlay create` asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlaySpec {
+    /// At most 31 characters of `[A-Za-z0-9:_-]`, unique.
+    pub name: String,
+    /// Its VXLAN network id (0 to 16,777,215), unique.
+    pub vni: u32,
+    /// Its VXLAN UDP port.
+    pub port: u16,
+    /// Where its mappings come from: `files:/absolute/path.json`.
+    pub mapping: String,
+    /// Its MTU; the link's MTU less 50 when `None`.
+    pub mtu: Option<u16>,
+    /// Whether it is forgotten when netd stops.
+    pub temporary: bool,
+}
+
+/// An overlay as `netmux overlay ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayView {
+    /// What it was created with (the MTU filled in).
+    pub spec: OverlaySpec,
+    /// `ok`, or `degraded: <why>` (the last good mappings stay in use).
+    pub state: String,
+    /// Mappings its backend holds.
+    pub mappings: u64,
+    /// Instances living on it.
+    pub instances: Vec<String>,
+    /// The driver's counters, as of netd's last poll.
+    pub counters: OverlayCounters,
+}

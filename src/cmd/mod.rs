@@ -27,6 +27,7 @@ mod example;
 mod filter;
 mod instance;
 mod ls;
+mod overlay;
 mod up;
 mod vm;
 
@@ -91,6 +92,9 @@ command_groups! {
     /// Network stack instances: many independent hosts on one link.
     #[command(subcommand)]
     Instance(instance::InstanceCommand),
+    /// Overlays: virtual layer-2 networks across hosts in VXLAN, for instances.
+    #[command(subcommand)]
+    Overlay(overlay::OverlayCommand),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.
