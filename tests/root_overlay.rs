@@ -10,6 +10,8 @@
 //! on 10.0.0.9 exchanges datagrams with the echo through both VXLAN implementations: the
 //! kernel resolves 10.0.0.1 by ARP carried in VXLAN (answered by netd's host stack for the
 //! instance, encapsulated by the driver), and the echo's stack resolves 10.0.0.9 by proxy ARP.
+//! Then TCP: the kernel loads `netmux example http`'s page in the instance; and ICMP: netd's
+//! host stack answers the kernel's echo request for the instance's address.
 //!
 //! Only addresses in 192.0.2.0/24 (underlay) and 10.0.0.0/24 (overlay) inside the test's
 //! namespaces are used; nothing outside them is changed, no offload is touched; only
@@ -17,7 +19,8 @@
 //! in them) are deleted on drop whatever happened. Named `root_*` and `#[ignore]`d:
 //! `scripts/test` runs it as root.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -34,12 +37,84 @@ const KERNEL_VXLAN_MAC: &str = "02:b1:00:00:00:09";
 const NETMUX_MAC: &str = "02:b1:00:00:00:01";
 const VNI: &str = "42";
 const UDP_PORT: u16 = 7777;
+const HTTP_PORT: u16 = 8080;
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
 const LOG_FILTER: &str = "info,cranelift_jit=warn";
 
 fn netmux() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+}
+
+/// Sends ICMP echo requests from `from` to `to` on a raw socket (root) until a reply with
+/// the same identifier and payload comes back, for up to [`PATIENCE`].
+fn icmp_echo(from: Ipv4Addr, to: Ipv4Addr) -> bool {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes; every buffer
+    // passed lives across its call and its length is passed with it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = |a: Ipv4Addr| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = addr(from);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 300_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let remote = addr(to);
+        let mut request = vec![8u8, 0, 0, 0, 0x4e, 0x4d, 0, 1];
+        request.extend_from_slice(b"netmux overlay ping");
+        let sum = netmux_wire::checksum::of(&request);
+        request[2..4].copy_from_slice(&sum.to_be_bytes());
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = [0u8; 2048];
+        let mut ok = false;
+        while !ok && Instant::now() < deadline {
+            libc::sendto(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&remote as *const libc::sockaddr_in).cast(),
+                len,
+            );
+            loop {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n <= 0 {
+                    break;
+                }
+                // An IPv4 header, then ICMP: an echo reply (type 0) with our id and payload.
+                let got = &buf[..n as usize];
+                let ihl = usize::from(got[0] & 0x0f) * 4;
+                if let Some(icmp) = got.get(ihl..) {
+                    if icmp.first() == Some(&0) && icmp.get(4..) == request.get(4..) {
+                        ok = true;
+                        break;
+                    }
+                }
+            }
+        }
+        libc::close(fd);
+        ok
+    }
 }
 
 /// Runs `bridge -n NS args` and panics unless it succeeds.
@@ -71,7 +146,7 @@ fn netmux_cmd(run: &std::path::Path, args: &[&str]) -> String {
 
 #[test]
 #[ignore = "needs root: network namespaces, veth, AF_PACKET, a vxlan device"]
-fn root_the_kernels_vxlan_device_exchanges_udp_with_a_netmux_client_on_an_overlay() {
+fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_overlay() {
     assert!(
         netns::is_root(),
         "root_* tests need root: run scripts/test as root"
@@ -224,8 +299,48 @@ fn root_the_kernels_vxlan_device_exchanges_udp_with_a_netmux_client_on_an_overla
         up.log(),
         echo.log()
     );
+    // TCP: the kernel loads the HTTP example's page through both VXLANs.
+    let mut http_cmd = Command::new(netmux());
+    http_cmd
+        .args([
+            "example",
+            "http",
+            "--port",
+            &HTTP_PORT.to_string(),
+            "-i",
+            "web",
+        ])
+        .arg("--runtime-dir")
+        .arg(&run)
+        .env("RUST_LOG", LOG_FILTER);
+    let mut http = Proc::spawn("http", http_cmd, &dir.join("http.log"));
+    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    let head = kernel.run(|| {
+        let target = SocketAddr::from((OVERLAY_NETMUX, HTTP_PORT));
+        let deadline = Instant::now() + PATIENCE;
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    assert!(head.starts_with("HTTP/1.1 200"), "the page: {head:?}");
+
+    // ICMP: netd's host stack answers the kernel's echo request for the instance's address.
+    let echoed = kernel.run(|| icmp_echo(OVERLAY_KERNEL, OVERLAY_NETMUX));
+    assert!(echoed, "no ICMP echo reply through VXLAN");
+
     let json = netmux_cmd(&run, &["overlay", "ls", "--json"]);
     assert!(json.contains("\"state\":\"ok\""), "{json}");
+    drop(http);
     drop(echo);
     drop(up);
 }
