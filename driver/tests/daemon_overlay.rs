@@ -3,7 +3,7 @@
 //! overlay instance; a miss waits for the mapping service; overlays with the same inner
 //! addresses never see each other's frames; an unknown VNI or malformed header is dropped
 //! and counted; a frame too large for the overlay is rejected with its reason; ARP is
-//! answered by proxy and gratuitous ARP dropped.
+//! answered by proxy and gratuitous ARP dropped; an address that moves is announced.
 
 mod daemon_common;
 
@@ -381,4 +381,33 @@ fn an_overlay_with_instances_cannot_be_removed_and_an_instance_needs_its_overlay
         }))
         .reply;
     assert!(matches!(refused, DriverReply::Error(_)), "{refused:?}");
+}
+
+#[test]
+fn an_address_moved_to_another_mac_is_announced_by_gratuitous_arp() {
+    let (mut a, _wire, mut qa) = host(LINK_A, UNDERLAY_A, MAC_A, IP_A);
+    let arp = |d: &mut Driver, table: Vec<([u8; 4], [u8; 6])>| {
+        ok(
+            d,
+            DriverRequest::SetOverlayMappings(OverlayMappings {
+                vni: VNI,
+                flush: true,
+                mappings: Vec::new(),
+                arp: Some(table),
+            }),
+        )
+    };
+    arp(&mut a, vec![(IP_B, MAC_B)]);
+    assert!(drain(&mut qa, SETTLE).is_empty(), "nothing moved yet");
+    arp(&mut a, vec![(IP_B, MAC_B2)]);
+    let mut expected = vec![0xff; 6];
+    expected.extend_from_slice(&MAC_B2);
+    expected.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    expected.extend_from_slice(&MAC_B2);
+    expected.extend_from_slice(&IP_B);
+    expected.extend_from_slice(&[0xff; 6]);
+    expected.extend_from_slice(&IP_B);
+    assert_eq!(recv_n(&mut qa, 1, Duration::from_secs(2)), vec![expected]);
+    arp(&mut a, vec![(IP_B, MAC_B2)]);
+    assert!(drain(&mut qa, SETTLE).is_empty(), "announced once");
 }

@@ -17,7 +17,8 @@
 //!   [`WAIT_TIMEOUT_NS`];
 //! - an ARP request is answered here from the mapping service's proxy ARP table (a
 //!   gratuitous one, sender = target, is dropped and never answered); any other broadcast or
-//!   multicast is dropped: an overlay carries none.
+//!   multicast is dropped: an overlay carries none. When the mapping service moves an
+//!   address to another MAC, the overlay's instances get a gratuitous ARP saying so.
 //!
 //! # Receive
 //!
@@ -566,6 +567,22 @@ pub fn proxy_arp_reply(request: &[u8], mac: [u8; 6]) -> Vec<u8> {
     f
 }
 
+/// The gratuitous ARP announcing that `ip` is now at `mac`: a broadcast ARP reply with sender
+/// and target address `ip` (a reply, so that every queue of an instance receives it, as the
+/// driver delivers replies).
+pub fn gratuitous_arp(ip: [u8; 4], mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; ETHERNET_HEADER_LEN + arp::PACKET_LEN];
+    f[..6].copy_from_slice(&BROADCAST);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&ethertype::ARP.to_be_bytes());
+    ArpPacket::new_unchecked(&mut f[ETHERNET_HEADER_LEN..]).emit(
+        arp::OP_REPLY,
+        (mac, ip),
+        (BROADCAST, ip),
+    );
+    f
+}
+
 /// Offers `frames` to the link until it took them all or stayed busy; returns how many it
 /// took.
 fn send_frames(link: &mut dyn Link, frames: &[Vec<u8>]) -> usize {
@@ -675,7 +692,23 @@ impl Driver {
             }
         }
         if let Some(arp) = m.arp {
-            o.arp = arp.into_iter().take(MAX_PROXY_ARP).collect();
+            let new: FxHashMap<[u8; 4], [u8; 6]> = arp.into_iter().take(MAX_PROXY_ARP).collect();
+            // An address that moved to another MAC is announced to the overlay's instances,
+            // which would otherwise keep sending to the old MAC until their caches expire.
+            let mut moved: Vec<([u8; 4], [u8; 6])> = new
+                .iter()
+                .filter(|(ip, mac)| o.arp.get(*ip).is_some_and(|old| old != *mac))
+                .map(|(ip, mac)| (*ip, *mac))
+                .collect();
+            moved.sort_unstable();
+            o.arp = new;
+            let members: Vec<Slot> = o.members.values().copied().collect();
+            for (ip, mac) in moved {
+                let announcement = gratuitous_arp(ip, mac);
+                for &slot in &members {
+                    self.overlays.inbox.push((slot, announcement.clone()));
+                }
+            }
         }
         // Frames that wait for a target whose link address is unknown ask for it now.
         let targets: Vec<[u8; 4]> = o
