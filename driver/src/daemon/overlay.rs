@@ -74,6 +74,53 @@ fn word_mac(w: u64) -> [u8; 6] {
     [b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
+/// The driver's cache of the mapping service's answers for one overlay: MAC to the VTEP's
+/// underlay address and port, or `None` where the service has no entry. One hash lookup per
+/// transmitted frame; at most [`MAX_CACHED_MAPPINGS`] entries (beyond, new MACs are asked for
+/// again each time instead of cached).
+#[derive(Debug, Default)]
+pub struct MappingCache {
+    entries: FxHashMap<u64, Option<([u8; 4], u16)>>,
+}
+
+impl MappingCache {
+    /// The cached answer for a MAC (as [`MappingCache::key`] makes it), if any.
+    #[inline]
+    pub fn get(&self, mac: u64) -> Option<Option<([u8; 4], u16)>> {
+        self.entries.get(&mac).copied()
+    }
+
+    /// The key of a MAC (its six bytes as a word).
+    #[inline]
+    pub fn key(mac: &[u8; 6]) -> u64 {
+        mac_word(mac)
+    }
+
+    /// Caches an answer; refused (false) when full and `mac` is new.
+    pub fn insert(&mut self, mac: u64, target: Option<([u8; 4], u16)>) -> bool {
+        if self.entries.len() >= MAX_CACHED_MAPPINGS && !self.entries.contains_key(&mac) {
+            return false;
+        }
+        self.entries.insert(mac, target);
+        true
+    }
+
+    /// Entries cached.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
 /// Why an overlay dropped a frame: the counter names `netmux overlay ls` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Drop {
@@ -139,7 +186,7 @@ struct Overlay {
     /// Its instances on this host, by MAC.
     members: FxHashMap<u64, Slot>,
     /// Cached answers of the mapping service: `None` means it has no entry.
-    cache: FxHashMap<u64, Option<([u8; 4], u16)>>,
+    cache: MappingCache,
     /// MACs asked for and when (ns).
     asked: FxHashMap<u64, u64>,
     /// MACs to list in the next poll.
@@ -160,7 +207,7 @@ impl Overlay {
         Self {
             info,
             members: FxHashMap::default(),
-            cache: FxHashMap::default(),
+            cache: MappingCache::default(),
             asked: FxHashMap::default(),
             misses: Vec::new(),
             waiting: VecDeque::new(),
@@ -378,7 +425,7 @@ impl Overlays {
                 continue;
             }
             let dst = mac_word(&w.frame);
-            match overlay.cache.get(&dst).copied() {
+            match overlay.cache.get(dst) {
                 Some(Some(target)) => match self.neighbours.get(&target.0).copied() {
                     Some(mac) => self.encapsulate(vni, &w.frame, target, mac),
                     None => {
@@ -471,7 +518,7 @@ impl Overlays {
             overlay.drop(Drop::NoMapping);
             return TxStatus::RejectedNoMapping;
         }
-        match overlay.cache.get(&dst).copied() {
+        match overlay.cache.get(dst) {
             Some(Some(target)) => match self.neighbours.get(&target.0).copied() {
                 Some(mac) => {
                     self.encapsulate(vni, frame, target, mac);
@@ -687,9 +734,7 @@ impl Driver {
         for mapping in &m.mappings {
             let mac = mac_word(&mapping.mac);
             o.asked.remove(&mac);
-            if o.cache.len() < MAX_CACHED_MAPPINGS || o.cache.contains_key(&mac) {
-                o.cache.insert(mac, mapping.target);
-            }
+            o.cache.insert(mac, mapping.target);
         }
         if let Some(arp) = m.arp {
             let new: FxHashMap<[u8; 4], [u8; 6]> = arp.into_iter().take(MAX_PROXY_ARP).collect();
@@ -714,7 +759,7 @@ impl Driver {
         let targets: Vec<[u8; 4]> = o
             .waiting
             .iter()
-            .filter_map(|w| o.cache.get(&mac_word(&w.frame)).copied().flatten())
+            .filter_map(|w| o.cache.get(mac_word(&w.frame)).flatten())
             .map(|(ip, _)| ip)
             .collect();
         for ip in targets {
