@@ -146,6 +146,7 @@ fn map(d: &mut Driver, vni: u32, mac: [u8; 6], target: Option<([u8; 4], u16)>) {
             flush: false,
             mappings: vec![OverlayMapping { mac, target }],
             arp: None,
+            ndp: None,
         }),
     );
 }
@@ -331,6 +332,7 @@ fn arp_is_answered_by_proxy_byte_exact_and_gratuitous_arp_is_dropped() {
             flush: false,
             mappings: Vec::new(),
             arp: Some(vec![(IP_B, MAC_B)]),
+            ndp: None,
         }),
     );
     let request = netmux_testkit::frames::FrameBuilder::ethernet([0xff; 6], MAC_A)
@@ -394,6 +396,7 @@ fn an_address_moved_to_another_mac_is_announced_by_gratuitous_arp() {
                 flush: true,
                 mappings: Vec::new(),
                 arp: Some(table),
+                ndp: None,
             }),
         )
     };
@@ -410,4 +413,58 @@ fn an_address_moved_to_another_mac_is_announced_by_gratuitous_arp() {
     assert_eq!(recv_n(&mut qa, 1, Duration::from_secs(2)), vec![expected]);
     arp(&mut a, vec![(IP_B, MAC_B2)]);
     assert!(drain(&mut qa, SETTLE).is_empty(), "announced once");
+}
+
+#[test]
+fn a_neighbour_solicitation_is_answered_by_proxy_with_a_valid_advertisement() {
+    let (mut a, wire_a, mut qa) = host(LINK_A, UNDERLAY_A, MAC_A, IP_A);
+    let ll_a: [u8; 16] = "fe80::a".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    let ll_b: [u8; 16] = "fe80::b".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    ok(
+        &mut a,
+        DriverRequest::SetOverlayMappings(OverlayMappings {
+            vni: VNI,
+            flush: false,
+            mappings: Vec::new(),
+            arp: None,
+            ndp: Some(vec![(ll_b, MAC_B)]),
+        }),
+    );
+    // The solicitation for fe80::b to its solicited-node group, with a source link-layer
+    // address option; the driver answers it whatever the checksum (as varpd does).
+    let solicited = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0, 0, 0xb];
+    let mut ns = vec![0x33, 0x33, 0xff, 0, 0, 0xb];
+    ns.extend_from_slice(&MAC_A);
+    ns.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 32, 58, 255]);
+    ns.extend_from_slice(&ll_a);
+    ns.extend_from_slice(&solicited);
+    ns.extend_from_slice(&[135, 0, 0, 0, 0, 0, 0, 0]);
+    ns.extend_from_slice(&ll_b);
+    ns.extend_from_slice(&[1, 1]);
+    ns.extend_from_slice(&MAC_A);
+    assert_eq!(qa.send(&[&[&ns]]).unwrap().sent, 1);
+    while a.poll_tx() > 0 {}
+    let got = recv_n(&mut qa, 1, Duration::from_secs(2));
+    assert_eq!(got.len(), 1, "an advertisement");
+    let na = &got[0];
+    assert_eq!(&na[..12], &[MAC_A, MAC_B].concat()[..]);
+    let p = etherparse::SlicedPacket::from_ethernet(na).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+        panic!("not IPv6: {na:?}")
+    };
+    assert_eq!(ip.header().hop_limit(), 255);
+    assert_eq!(ip.header().source(), ll_b);
+    assert_eq!(ip.header().destination(), ll_a);
+    let icmp = &na[54..];
+    assert_eq!(&icmp[..2], &[136, 0]);
+    assert_eq!(icmp[4], 0x60, "solicited and override");
+    assert_eq!(&icmp[8..24], &ll_b);
+    assert_eq!(&icmp[24..32], &[&[2, 1][..], &MAC_B[..]].concat()[..]);
+    let sum = netmux_wire::checksum::fold(netmux_wire::checksum::add(
+        netmux_wire::checksum::pseudo_v6(&ll_b, &ll_a, 58, 32),
+        icmp,
+    ));
+    assert_eq!(sum, 0, "the ICMPv6 checksum is right");
+    assert!(take_tx(&wire_a).is_empty());
+    assert_eq!(poll(&mut a).overlays[0].proxy_ndp, 1);
 }

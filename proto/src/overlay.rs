@@ -40,6 +40,9 @@ pub struct OverlayMappings {
     pub mappings: Vec<OverlayMapping>,
     /// When `Some`, replaces the addresses proxy ARP answers for: (overlay IPv4, its MAC).
     pub arp: Option<Vec<([u8; 4], [u8; 6])>>,
+    /// When `Some`, replaces the addresses proxy NDP answers for: (overlay IPv6, its MAC).
+    #[serde(default)]
+    pub ndp: Option<Vec<([u8; 16], [u8; 6])>>,
 }
 
 /// One overlay's counters and state, as the driver reports them.
@@ -61,6 +64,9 @@ pub struct OverlayCounters {
     pub dropped: Vec<(String, u64)>,
     /// ARP requests answered by proxy.
     pub proxy_arp: u64,
+    /// Neighbour solicitations answered by proxy.
+    #[serde(default)]
+    pub proxy_ndp: u64,
 }
 
 /// The reply to [`crate::driver::DriverRequest::OverlayPoll`].

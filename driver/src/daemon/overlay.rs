@@ -15,7 +15,8 @@
 //!   mapping service in the next [`DriverRequest::OverlayPoll`]; frames waiting are capped
 //!   at [`MAX_WAITING_BYTES`] per overlay (beyond: dropped and counted) and dropped after
 //!   [`WAIT_TIMEOUT_NS`];
-//! - an ARP request is answered here from the mapping service's proxy ARP table (a
+//! - an ARP request (and a neighbour solicitation, from the proxy NDP table) is answered
+//!   here from the mapping service's proxy ARP table (a
 //!   gratuitous one, sender = target, is dropped and never answered); any other broadcast or
 //!   multicast is dropped: an overlay carries none. When the mapping service moves an
 //!   address to another MAC, the overlay's instances get a gratuitous ARP saying so.
@@ -136,6 +137,8 @@ enum Drop {
     GratuitousArp,
     /// An ARP request for an address no mapping has.
     NoProxyArp,
+    /// A neighbour solicitation for an address no mapping has.
+    NoProxyNdp,
     /// A decapsulated frame for a MAC no instance of the overlay has.
     NoInstance,
     /// A decapsulated frame with an inner VLAN tag.
@@ -145,13 +148,14 @@ enum Drop {
 }
 
 impl Drop {
-    const ALL: [Drop; 9] = [
+    const ALL: [Drop; 10] = [
         Drop::WaitingFull,
         Drop::NoMapping,
         Drop::Timeout,
         Drop::Broadcast,
         Drop::GratuitousArp,
         Drop::NoProxyArp,
+        Drop::NoProxyNdp,
         Drop::NoInstance,
         Drop::InnerVlan,
         Drop::Link,
@@ -165,6 +169,7 @@ impl Drop {
             Drop::Broadcast => "broadcast",
             Drop::GratuitousArp => "gratuitous-arp",
             Drop::NoProxyArp => "no-proxy-arp",
+            Drop::NoProxyNdp => "no-proxy-ndp",
             Drop::NoInstance => "no-instance",
             Drop::InnerVlan => "inner-vlan",
             Drop::Link => "link",
@@ -195,6 +200,9 @@ struct Overlay {
     waiting_bytes: usize,
     /// Proxy ARP: overlay IPv4 address to MAC.
     arp: FxHashMap<[u8; 4], [u8; 6]>,
+    /// Proxy NDP: overlay IPv6 address to MAC.
+    ndp: FxHashMap<[u8; 16], [u8; 6]>,
+    proxy_ndp: u64,
     rx_frames: u64,
     tx_frames: u64,
     lookups: u64,
@@ -213,6 +221,8 @@ impl Overlay {
             waiting: VecDeque::new(),
             waiting_bytes: 0,
             arp: FxHashMap::default(),
+            ndp: FxHashMap::default(),
+            proxy_ndp: 0,
             rx_frames: 0,
             tx_frames: 0,
             lookups: 0,
@@ -242,6 +252,7 @@ impl Overlay {
                 .map(|(d, n)| (d.name().to_string(), n))
                 .collect(),
             proxy_arp: self.proxy_arp,
+            proxy_ndp: self.proxy_ndp,
         }
     }
 
@@ -305,6 +316,9 @@ pub struct Overlays {
     outbox: Vec<Vec<u8>>,
     /// Frames to deliver to instances on this host.
     inbox: Vec<(Slot, Vec<u8>)>,
+    /// Frames for every queue of an instance, unclassified (neighbour advertisements, which
+    /// no port filter takes, as ARP replies go to every queue).
+    to_every_queue: Vec<(Slot, Vec<u8>)>,
     /// Slots a decapsulated frame goes to ([`Received::Inner`]).
     pub deliver_to: Vec<Slot>,
     unknown_vni: u64,
@@ -554,6 +568,16 @@ impl Overlays {
             .and_then(Result::ok)
             .filter(|p| p.is_ethernet_ipv4() && p.operation() == arp::OP_REQUEST);
         let Some(request) = request else {
+            if let Some((target, asker)) = neighbour_solicitation(frame) {
+                let Some(&mac) = overlay.ndp.get(&target) else {
+                    overlay.drop(Drop::NoProxyNdp);
+                    return TxStatus::RejectedNoMapping;
+                };
+                overlay.proxy_ndp += 1;
+                let advert = proxy_neighbour_advertisement(frame, target, asker, mac);
+                self.to_every_queue.push((sender, advert));
+                return TxStatus::Sent;
+            }
             overlay.drop(Drop::Broadcast);
             return TxStatus::RejectedNoMapping;
         };
@@ -591,7 +615,7 @@ impl Overlays {
 
     /// Whether frames are to be sent or delivered.
     pub fn has_output(&self) -> bool {
-        !self.outbox.is_empty() || !self.inbox.is_empty()
+        !self.outbox.is_empty() || !self.inbox.is_empty() || !self.to_every_queue.is_empty()
     }
 }
 
@@ -611,6 +635,78 @@ pub fn proxy_arp_reply(request: &[u8], mac: [u8; 6]) -> Vec<u8> {
         (mac, target_ip),
         (asker_mac, asker_ip),
     );
+    f
+}
+
+/// The target address and the asker's link-layer address of a neighbour solicitation, as
+/// varpd accepts one: untagged IPv6 to a `33:33:*` MAC, ICMPv6 type 135 with hop limit 255, a
+/// target that is not multicast, loopback or v4-mapped, and a source link-layer address
+/// option (an option of length 0 refuses the whole frame). `None` for anything else. Never
+/// panics.
+pub fn neighbour_solicitation(frame: &[u8]) -> Option<([u8; 16], [u8; 6])> {
+    if frame.get(..2)? != [0x33, 0x33] || frame.get(12..14)? != ethertype::IPV6.to_be_bytes() {
+        return None;
+    }
+    let ip = frame.get(ETHERNET_HEADER_LEN..)?;
+    let payload_len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+    if ip[0] >> 4 != 6 || ip[6] != 58 || ip[7] != 255 {
+        return None;
+    }
+    let icmp = ip.get(40..40 + payload_len)?;
+    if *icmp.first()? != 135 || icmp.len() < 24 {
+        return None;
+    }
+    let target: [u8; 16] = icmp[8..24].try_into().ok()?;
+    let v4_mapped = target[..10] == [0; 10] && target[10..12] == [0xff, 0xff];
+    if target[0] == 0xff || target == std::net::Ipv6Addr::LOCALHOST.octets() || v4_mapped {
+        return None;
+    }
+    let mut options = &icmp[24..];
+    let mut asker = None;
+    while options.len() >= 2 {
+        let len = usize::from(options[1]) * 8;
+        if len == 0 || len > options.len() {
+            return None;
+        }
+        if options[0] == 1 && len >= 8 {
+            asker = Some(options[2..8].try_into().ok()?);
+        }
+        options = &options[len..];
+    }
+    Some((target, asker?))
+}
+
+/// The neighbour advertisement answering `solicitation` (checked by
+/// [`neighbour_solicitation`]) that `target` is at `mac`: solicited and override, with the
+/// target link-layer address option, from `target` to the solicitation's source, as varpd
+/// builds it.
+pub fn proxy_neighbour_advertisement(
+    solicitation: &[u8],
+    target: [u8; 16],
+    asker: [u8; 6],
+    mac: [u8; 6],
+) -> Vec<u8> {
+    let src: [u8; 16] = solicitation
+        .get(ETHERNET_HEADER_LEN + 8..ETHERNET_HEADER_LEN + 24)
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or([0; 16]);
+    let mut f = Vec::with_capacity(ETHERNET_HEADER_LEN + 40 + 32);
+    f.extend_from_slice(&asker);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ethertype::IPV6.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 32, 58, 255]);
+    f.extend_from_slice(&target);
+    f.extend_from_slice(&src);
+    let icmp = f.len();
+    f.extend_from_slice(&[136, 0, 0, 0, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&target);
+    f.extend_from_slice(&[2, 1]);
+    f.extend_from_slice(&mac);
+    let sum = netmux_wire::checksum::fold(netmux_wire::checksum::add(
+        netmux_wire::checksum::pseudo_v6(&target, &src, 58, 32),
+        &f[icmp..],
+    ));
+    f[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
     f
 }
 
@@ -736,6 +832,9 @@ impl Driver {
             o.asked.remove(&mac);
             o.cache.insert(mac, mapping.target);
         }
+        if let Some(ndp) = m.ndp {
+            o.ndp = ndp.into_iter().take(MAX_PROXY_ARP).collect();
+        }
         if let Some(arp) = m.arp {
             let new: FxHashMap<[u8; 4], [u8; 6]> = arp.into_iter().take(MAX_PROXY_ARP).collect();
             // An address that moved to another MAC is announced to the overlay's instances,
@@ -851,6 +950,23 @@ impl Driver {
         let inbox = std::mem::take(&mut self.overlays.inbox);
         for (slot, frame) in &inbox {
             self.deliver_to(frame, Target::One(*slot));
+        }
+        for (slot, frame) in std::mem::take(&mut self.overlays.to_every_queue) {
+            let queues = self
+                .instances
+                .get(slot)
+                .map(|i| i.queues.clone())
+                .unwrap_or_default();
+            for id in queues {
+                if let Some(queue) = self.queues.get_mut(&id) {
+                    if queue.ring.push_rx(&[&frame[..]]) == netmux_ring::RxOutcome::Queued
+                        && !queue.touched
+                    {
+                        queue.touched = true;
+                        self.touched.push(id);
+                    }
+                }
+            }
         }
         self.flush_touched();
     }

@@ -113,7 +113,16 @@ impl Overlay {
             flush: true,
             mappings: Vec::new(),
             arp: Some(self.arp()),
+            ndp: Some(self.ndp()),
         })
+    }
+
+    /// Every address proxy NDP answers for.
+    fn ndp(&self) -> Vec<([u8; 16], [u8; 6])> {
+        self.mapping
+            .iter()
+            .filter_map(|(mac, e)| e.ndp.map(|a| (a.octets(), *mac)))
+            .collect()
     }
 
     fn target(&self, mac: [u8; 6]) -> Option<([u8; 4], u16)> {
@@ -304,6 +313,7 @@ impl OverlayService {
                     flush: false,
                     mappings,
                     arp: None,
+                    ndp: None,
                 })
             })
             .collect()
@@ -396,6 +406,7 @@ mod tests {
                     },
                 ],
                 arp: None,
+                ndp: None,
             })]
         );
         assert!(s.reload().is_empty(), "unchanged");
@@ -423,6 +434,7 @@ mod tests {
                 flush: true,
                 mappings: Vec::new(),
                 arp: Some(vec![([10, 0, 0, 2], B)]),
+                ndp: Some(Vec::new()),
             })]
         );
         assert_eq!(s.views(|_| Vec::new())[0].state, "ok");
