@@ -321,6 +321,9 @@ pub struct InstancesFile {
     /// The instances.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceEntry>,
+    /// The overlays (`[[overlay]]`), restored before the instances that live on them.
+    #[serde(default, rename = "overlay", skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<crate::overlay::OverlayEntry>,
 }
 
 /// One instance in the configuration file.

@@ -488,6 +488,7 @@ impl Netd {
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
         netd.instances.insert(DEFAULT_INSTANCE, default);
+        let mut overlay_commands = Vec::new();
         if let Some(file) = &config.instances_file {
             let bad = |why: String| StartError::Instances {
                 file: file.clone(),
@@ -495,6 +496,13 @@ impl Netd {
             };
             let loaded = InstancesFile::load(file).map_err(bad)?;
             netd.file_settings = (loaded.limits.clone(), loaded.timeouts.clone());
+            for entry in &loaded.overlays {
+                let requests = netd
+                    .overlays
+                    .restore(entry.spec(), link.mtu)
+                    .map_err(|e| bad(format!("overlay {}: {e}", entry.name)))?;
+                overlay_commands.extend(requests.into_iter().map(DriverCommand::Overlay));
+            }
             for entry in loaded.instances {
                 let spec = entry
                     .spec()
@@ -519,6 +527,8 @@ impl Netd {
                 infos.push(i.driver_info());
             }
         }
+        // Overlays before the instances that live on them.
+        commands.extend(overlay_commands);
         commands.extend(infos.into_iter().map(DriverCommand::SetInstance));
         if config.host_stack {
             if let Some(expr) = filters::host_rx(&netd.instances[&DEFAULT_INSTANCE].host) {
@@ -590,11 +600,16 @@ impl Netd {
         let overlay = match &spec.overlay {
             None => None,
             Some(name) => {
-                if !spec.temporary && self.instances_file.is_some() {
+                if !spec.temporary
+                    && self.instances_file.is_some()
+                    && self.overlays.is_temporary(name)
+                {
                     return Err(error(
                         ErrorCode::Protocol,
-                        "overlays are not kept across netd restarts yet, so an instance on one \
-                         must be temporary",
+                        format!(
+                            "overlay {name:?} is temporary, so an instance on it must be too \
+                             (it could not be restored after a restart)"
+                        ),
                     ));
                 }
                 if spec.mac == MacChoice::Shared {
@@ -667,6 +682,7 @@ impl Netd {
             limits,
             timeouts,
             instances,
+            overlays: self.overlays.kept(),
         };
         if let Err(e) = kept.save(file) {
             tracing::error!("keeping the instances: {e}");
@@ -2077,6 +2093,7 @@ impl Netd {
                 self.session_done(session);
                 if outcomes.iter().all(DriverOutcome::is_ok) {
                     tracing::info!(overlay = %name, "overlay created");
+                    self.persist();
                     return self.reply(ClientReply::Done);
                 }
                 let mut outcomes = outcomes;
@@ -2107,6 +2124,7 @@ impl Netd {
                 match first_failure(&mut outcomes) {
                     None => {
                         self.overlays.forget(&name);
+                        self.persist();
                         tracing::info!(overlay = %name, "overlay destroyed");
                         self.reply(ClientReply::Done)
                     }

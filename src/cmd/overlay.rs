@@ -46,8 +46,7 @@ pub struct Create {
     /// Its MTU [default: the link's MTU less 50 bytes of VXLAN].
     #[arg(long, value_name = "M")]
     mtu: Option<u16>,
-    /// Forget it when netd stops. Overlays are not yet kept in netd's --config file, so this
-    /// is required.
+    /// Forget it when netd stops (otherwise netd keeps it in its --config file).
     #[arg(long)]
     temporary: bool,
     #[command(flatten)]
@@ -85,12 +84,6 @@ impl Run for OverlayCommand {
 
 impl Create {
     fn run(self) -> anyhow::Result<ExitCode> {
-        if !self.temporary {
-            return Err(super::Refused(
-                "overlays are not kept across netd restarts yet: add --temporary".into(),
-            )
-            .into());
-        }
         let spec = OverlaySpec {
             name: self.name.clone(),
             vni: self.vni,

@@ -67,6 +67,53 @@ pub enum OverlayError {
     Limit,
 }
 
+/// One overlay in netd's configuration file, in the words of `netmux overlay create`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OverlayEntry {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// Its VXLAN port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `files:/absolute/path.json`.
+    pub mapping: String,
+    /// Its MTU (the link's less 50 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+fn default_port() -> u16 {
+    4789
+}
+
+impl OverlayEntry {
+    /// The entry of a spec.
+    pub fn of(spec: &OverlaySpec) -> OverlayEntry {
+        OverlayEntry {
+            name: spec.name.clone(),
+            vni: spec.vni,
+            port: spec.port,
+            mapping: spec.mapping.clone(),
+            mtu: spec.mtu,
+        }
+    }
+
+    /// The spec of an entry (never temporary: it was kept).
+    pub fn spec(&self) -> OverlaySpec {
+        OverlaySpec {
+            name: self.name.clone(),
+            vni: self.vni,
+            port: self.port,
+            mapping: self.mapping.clone(),
+            mtu: self.mtu,
+            temporary: false,
+        }
+    }
+}
+
 /// Where an overlay's mappings come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Backend {
@@ -172,8 +219,42 @@ impl OverlayService {
     /// adds it; returns the requests that create it at the driver. `spec.mtu` is filled in.
     pub fn create(
         &mut self,
+        spec: OverlaySpec,
+        link_mtu: u16,
+    ) -> Result<Vec<DriverRequest>, OverlayError> {
+        self.add(spec, link_mtu, false)
+    }
+
+    /// [`OverlayService::create`] for an overlay kept in netd's configuration file: a mapping
+    /// file that is missing or bad leaves the overlay degraded with no mappings (until the
+    /// file is fixed) instead of keeping netd from starting.
+    pub fn restore(
+        &mut self,
+        spec: OverlaySpec,
+        link_mtu: u16,
+    ) -> Result<Vec<DriverRequest>, OverlayError> {
+        self.add(spec, link_mtu, true)
+    }
+
+    /// Every overlay kept across restarts (not temporary).
+    pub fn kept(&self) -> Vec<OverlayEntry> {
+        self.overlays
+            .values()
+            .filter(|o| !o.spec.temporary)
+            .map(|o| OverlayEntry::of(&o.spec))
+            .collect()
+    }
+
+    /// Whether an overlay is forgotten when netd stops.
+    pub fn is_temporary(&self, name: &str) -> bool {
+        self.overlays.get(name).is_some_and(|o| o.spec.temporary)
+    }
+
+    fn add(
+        &mut self,
         mut spec: OverlaySpec,
         link_mtu: u16,
+        degraded_ok: bool,
     ) -> Result<Vec<DriverRequest>, OverlayError> {
         crate::instance::check_name(&spec.name)
             .map_err(|_| OverlayError::BadName(spec.name.clone()))?;
@@ -213,15 +294,23 @@ impl OverlayService {
                 ))
             }
         };
-        let (mapping, seen) =
-            read_mapping(&path).map_err(|why| OverlayError::BadFile(path.clone(), why))?;
+        let (mapping, seen, degraded) = match read_mapping(&path) {
+            Ok((mapping, seen)) => (mapping, Some(seen), None),
+            Err(why) if degraded_ok => {
+                tracing::warn!(
+                    overlay = %spec.name,
+                    file = %path.display(),
+                    "mapping file refused; the overlay has no mappings until it is fixed: {why}"
+                );
+                let why = format!("{}: {why}", path.display());
+                (files::Mapping::new(), None, Some(why))
+            }
+            Err(why) => return Err(OverlayError::BadFile(path, why)),
+        };
         let overlay = Overlay {
-            backend: Backend::Files {
-                path,
-                seen: Some(seen),
-            },
+            backend: Backend::Files { path, seen },
             mapping,
-            degraded: None,
+            degraded,
             counters: OverlayCounters {
                 vni: spec.vni,
                 ..OverlayCounters::default()
@@ -466,5 +555,62 @@ mod tests {
             Err(OverlayError::BadFile(..))
         ));
         assert!(s.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use crate::driver_link::DriverCommand;
+    use netmux_proto::driver::DriverRequest;
+    use netmux_proto::LinkInfo;
+
+    #[test]
+    fn kept_overlays_are_restored_before_their_instances_and_a_bad_file_leaves_one_degraded() {
+        let dir = std::env::temp_dir().join(format!("netd-overlay-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("blue.json");
+        std::fs::write(
+            &good,
+            r#"{"02:b1:00:00:00:02": {"ip": "192.0.2.2", "port": 4789}}"#,
+        )
+        .unwrap();
+        let config_file = dir.join("netd.toml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "[[instance]]\nname = \"web\"\nmac = \"02:b1:00:00:00:01\"\nip = \"10.0.0.1/24\"\noverlay = \"blue\"\n\n\
+                 [[overlay]]\nname = \"blue\"\nvni = 42\nmapping = \"files:{}\"\n\n\
+                 [[overlay]]\nname = \"red\"\nvni = 43\nmapping = \"files:{}\"\n",
+                good.display(),
+                dir.join("missing.json").display()
+            ),
+        )
+        .unwrap();
+        let mut config = crate::Config::new(dir.join("run"));
+        config.addrs.ipv4 = Some(("192.0.2.1".parse().unwrap(), 24));
+        config.instances_file = Some(config_file.clone());
+        let link = LinkInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        };
+        let (netd, commands) = crate::service::Netd::new(&config, link).unwrap();
+        let position = |f: &dyn Fn(&DriverCommand) -> bool| commands.iter().position(f);
+        let blue = position(
+            &|c| matches!(c, DriverCommand::Overlay(DriverRequest::SetOverlay(i)) if i.vni == 42),
+        )
+        .expect("blue restored");
+        let web =
+            position(&|c| matches!(c, DriverCommand::SetInstance(i) if i.overlay == Some(42)))
+                .expect("web restored on blue");
+        assert!(blue < web, "{commands:?}");
+        let views = netd.overlays.views(|_| Vec::new());
+        assert_eq!(views[0].state, "ok");
+        assert!(
+            views[1].state.starts_with("degraded: "),
+            "{}",
+            views[1].state
+        );
+        assert_eq!(netd.overlays.kept().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
