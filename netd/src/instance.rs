@@ -323,7 +323,7 @@ pub struct InstancesFile {
     pub instances: Vec<InstanceEntry>,
     /// The overlays (`[[overlay]]`), restored before the instances that live on them.
     #[serde(default, rename = "overlay", skip_serializing_if = "Vec::is_empty")]
-    pub overlays: Vec<crate::overlay::OverlayEntry>,
+    pub overlays: Vec<OverlayEntry>,
 }
 
 /// One instance in the configuration file.
@@ -431,6 +431,53 @@ impl InstanceEntry {
             temporary: false,
             overlay: self.overlay.clone(),
         })
+    }
+}
+
+/// One overlay in netd's configuration file, in the words of `netmux overlay create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OverlayEntry {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// Its VXLAN port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `files:/absolute/path.json`.
+    pub mapping: String,
+    /// Its MTU (the link's less 50 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+fn default_port() -> u16 {
+    4789
+}
+
+impl OverlayEntry {
+    /// The entry of a spec.
+    pub fn of(spec: &netmux_proto::overlay::OverlaySpec) -> OverlayEntry {
+        OverlayEntry {
+            name: spec.name.clone(),
+            vni: spec.vni,
+            port: spec.port,
+            mapping: spec.mapping.clone(),
+            mtu: spec.mtu,
+        }
+    }
+
+    /// The spec of an entry (never temporary: it was kept).
+    pub fn spec(&self) -> netmux_proto::overlay::OverlaySpec {
+        netmux_proto::overlay::OverlaySpec {
+            name: self.name.clone(),
+            vni: self.vni,
+            port: self.port,
+            mapping: self.mapping.clone(),
+            mtu: self.mtu,
+            temporary: false,
+        }
     }
 }
 

@@ -1070,6 +1070,11 @@ impl Netd {
             .collect()
     }
 
+    /// Every overlay as `netmux overlay ls` shows it.
+    pub fn overlay_views(&self) -> Vec<netmux_proto::overlay::OverlayView> {
+        self.overlays.views(|name| self.overlay_instances(name))
+    }
+
     fn list_overlays(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
         let views = self.overlays.views(|name| self.overlay_instances(name));

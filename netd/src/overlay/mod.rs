@@ -22,6 +22,8 @@ use netmux_proto::overlay::{
     OverlayView,
 };
 
+use crate::instance::OverlayEntry;
+
 /// How often the shell polls the driver for misses and looks at mapping files.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// Bytes VXLAN over IPv4 adds to an inner frame's IP packet (outer Ethernet, IPv4, UDP,
@@ -65,53 +67,6 @@ pub enum OverlayError {
     /// Too many overlays.
     #[error("at most {MAX_OVERLAYS} overlays")]
     Limit,
-}
-
-/// One overlay in netd's configuration file, in the words of `netmux overlay create`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct OverlayEntry {
-    /// Its name.
-    pub name: String,
-    /// Its VNI.
-    pub vni: u32,
-    /// Its VXLAN port.
-    #[serde(default = "default_port")]
-    pub port: u16,
-    /// `files:/absolute/path.json`.
-    pub mapping: String,
-    /// Its MTU (the link's less 50 when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u16>,
-}
-
-fn default_port() -> u16 {
-    4789
-}
-
-impl OverlayEntry {
-    /// The entry of a spec.
-    pub fn of(spec: &OverlaySpec) -> OverlayEntry {
-        OverlayEntry {
-            name: spec.name.clone(),
-            vni: spec.vni,
-            port: spec.port,
-            mapping: spec.mapping.clone(),
-            mtu: spec.mtu,
-        }
-    }
-
-    /// The spec of an entry (never temporary: it was kept).
-    pub fn spec(&self) -> OverlaySpec {
-        OverlaySpec {
-            name: self.name.clone(),
-            vni: self.vni,
-            port: self.port,
-            mapping: self.mapping.clone(),
-            mtu: self.mtu,
-            temporary: false,
-        }
-    }
 }
 
 /// Where an overlay's mappings come from.
@@ -451,8 +406,7 @@ mod tests {
 
     #[test]
     fn misses_are_answered_from_the_file_and_a_change_is_reloaded_but_a_bad_one_is_not() {
-        let dir = std::env::temp_dir().join(format!("netd-overlay-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = netmux_testkit::TempDir::new("netd-overlay");
         let path = dir.join("map.json");
         std::fs::write(
             &path,
@@ -527,7 +481,6 @@ mod tests {
             })]
         );
         assert_eq!(s.views(|_| Vec::new())[0].state, "ok");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -555,62 +508,5 @@ mod tests {
             Err(OverlayError::BadFile(..))
         ));
         assert!(s.is_empty());
-    }
-}
-
-#[cfg(test)]
-mod restore_tests {
-    use crate::driver_link::DriverCommand;
-    use netmux_proto::driver::DriverRequest;
-    use netmux_proto::LinkInfo;
-
-    #[test]
-    fn kept_overlays_are_restored_before_their_instances_and_a_bad_file_leaves_one_degraded() {
-        let dir = std::env::temp_dir().join(format!("netd-overlay-keep-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("blue.json");
-        std::fs::write(
-            &good,
-            r#"{"02:b1:00:00:00:02": {"ip": "192.0.2.2", "port": 4789}}"#,
-        )
-        .unwrap();
-        let config_file = dir.join("netd.toml");
-        std::fs::write(
-            &config_file,
-            format!(
-                "[[instance]]\nname = \"web\"\nmac = \"02:b1:00:00:00:01\"\nip = \"10.0.0.1/24\"\noverlay = \"blue\"\n\n\
-                 [[overlay]]\nname = \"blue\"\nvni = 42\nmapping = \"files:{}\"\n\n\
-                 [[overlay]]\nname = \"red\"\nvni = 43\nmapping = \"files:{}\"\n",
-                good.display(),
-                dir.join("missing.json").display()
-            ),
-        )
-        .unwrap();
-        let mut config = crate::Config::new(dir.join("run"));
-        config.addrs.ipv4 = Some(("192.0.2.1".parse().unwrap(), 24));
-        config.instances_file = Some(config_file.clone());
-        let link = LinkInfo {
-            mac: [2, 0, 0, 0, 0, 1],
-            mtu: 1500,
-        };
-        let (netd, commands) = crate::service::Netd::new(&config, link).unwrap();
-        let position = |f: &dyn Fn(&DriverCommand) -> bool| commands.iter().position(f);
-        let blue = position(
-            &|c| matches!(c, DriverCommand::Overlay(DriverRequest::SetOverlay(i)) if i.vni == 42),
-        )
-        .expect("blue restored");
-        let web =
-            position(&|c| matches!(c, DriverCommand::SetInstance(i) if i.overlay == Some(42)))
-                .expect("web restored on blue");
-        assert!(blue < web, "{commands:?}");
-        let views = netd.overlays.views(|_| Vec::new());
-        assert_eq!(views[0].state, "ok");
-        assert!(
-            views[1].state.starts_with("degraded: "),
-            "{}",
-            views[1].state
-        );
-        assert_eq!(netd.overlays.kept().len(), 2);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
