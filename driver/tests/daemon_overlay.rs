@@ -147,6 +147,7 @@ fn map(d: &mut Driver, vni: u32, mac: [u8; 6], target: Option<([u8; 4], u16)>) {
             mappings: vec![OverlayMapping { mac, target }],
             arp: None,
             ndp: None,
+            dhcp: None,
         }),
     );
 }
@@ -333,6 +334,7 @@ fn arp_is_answered_by_proxy_byte_exact_and_gratuitous_arp_is_dropped() {
             mappings: Vec::new(),
             arp: Some(vec![(IP_B, MAC_B)]),
             ndp: None,
+            dhcp: None,
         }),
     );
     let request = netmux_testkit::frames::FrameBuilder::ethernet([0xff; 6], MAC_A)
@@ -397,6 +399,7 @@ fn an_address_moved_to_another_mac_is_announced_by_gratuitous_arp() {
                 mappings: Vec::new(),
                 arp: Some(table),
                 ndp: None,
+                dhcp: None,
             }),
         )
     };
@@ -428,6 +431,7 @@ fn a_neighbour_solicitation_is_answered_by_proxy_with_a_valid_advertisement() {
             mappings: Vec::new(),
             arp: None,
             ndp: Some(vec![(ll_b, MAC_B)]),
+            dhcp: None,
         }),
     );
     // The solicitation for fe80::b to its solicited-node group, with a source link-layer
@@ -467,4 +471,37 @@ fn a_neighbour_solicitation_is_answered_by_proxy_with_a_valid_advertisement() {
     assert_eq!(sum, 0, "the ICMPv6 checksum is right");
     assert!(take_tx(&wire_a).is_empty());
     assert_eq!(poll(&mut a).overlays[0].proxy_ndp, 1);
+}
+
+#[test]
+fn a_dhcp_broadcast_goes_to_the_mappings_dhcp_proxy_and_others_are_dropped() {
+    let (mut a, wire_a, mut qa) = host(LINK_A, UNDERLAY_A, MAC_A, IP_A);
+    ok(
+        &mut a,
+        DriverRequest::SetOverlayMappings(OverlayMappings {
+            vni: VNI,
+            flush: false,
+            mappings: vec![OverlayMapping {
+                mac: MAC_B,
+                target: Some((UNDERLAY_B, PORT)),
+            }],
+            arp: None,
+            ndp: None,
+            dhcp: Some(vec![(MAC_A, MAC_B)]),
+        }),
+    );
+    receive(&mut a, &wire_a, arp_reply_from_b());
+    let discover = udp_frame(MAC_A, [0xff; 6], [0; 4], 68, [255; 4], 67, 240);
+    let other = udp_frame(MAC_A, [0xff; 6], IP_A, 7, [255; 4], 7, 10);
+    assert_eq!(qa.send(&[&[&discover], &[&other]]).unwrap().sent, 2);
+    while a.poll_tx() > 0 {}
+    let sent = take_tx(&wire_a);
+    assert_eq!(sent.len(), 1, "only the DHCP broadcast leaves");
+    let outer = vxlan::outer_udp(&sent[0]).unwrap();
+    assert_eq!(outer.dst_ip, UNDERLAY_B);
+    let d = vxlan::decapsulate(&sent[0][outer.payload..outer.payload_end]).unwrap();
+    assert_eq!(&d.inner[..6], &MAC_B, "sent to the DHCP host");
+    assert_eq!(&d.inner[6..], &discover[6..], "otherwise unchanged");
+    let dropped = &poll(&mut a).overlays[0].dropped;
+    assert_eq!(dropped, &vec![("broadcast".to_string(), 1)]);
 }

@@ -43,6 +43,10 @@ pub struct OverlayMappings {
     /// When `Some`, replaces the addresses proxy NDP answers for: (overlay IPv6, its MAC).
     #[serde(default)]
     pub ndp: Option<Vec<([u8; 16], [u8; 6])>>,
+    /// When `Some`, replaces where DHCPv4 broadcasts go: (client MAC, the MAC its DISCOVER
+    /// and REQUEST are sent to).
+    #[serde(default)]
+    pub dhcp: Option<Vec<([u8; 6], [u8; 6])>>,
 }
 
 /// One overlay's counters and state, as the driver reports them.

@@ -18,7 +18,8 @@
 //! - an ARP request (and a neighbour solicitation, from the proxy NDP table) is answered
 //!   here from the mapping service's proxy ARP table (a
 //!   gratuitous one, sender = target, is dropped and never answered); any other broadcast or
-//!   multicast is dropped: an overlay carries none. When the mapping service moves an
+//!   multicast is dropped: an overlay carries none, except a DHCPv4 broadcast from a MAC the
+//!   mapping gives a `dhcp-proxy`, which goes to that MAC as unicast. When the mapping service moves an
 //!   address to another MAC, the overlay's instances get a gratuitous ARP saying so.
 //!
 //! # Receive
@@ -202,6 +203,8 @@ struct Overlay {
     arp: FxHashMap<[u8; 4], [u8; 6]>,
     /// Proxy NDP: overlay IPv6 address to MAC.
     ndp: FxHashMap<[u8; 16], [u8; 6]>,
+    /// DHCPv4: client MAC to the MAC its broadcasts are sent to.
+    dhcp: FxHashMap<u64, [u8; 6]>,
     proxy_ndp: u64,
     rx_frames: u64,
     tx_frames: u64,
@@ -222,6 +225,7 @@ impl Overlay {
             waiting_bytes: 0,
             arp: FxHashMap::default(),
             ndp: FxHashMap::default(),
+            dhcp: FxHashMap::default(),
             proxy_ndp: 0,
             rx_frames: 0,
             tx_frames: 0,
@@ -518,6 +522,15 @@ impl Overlays {
             return TxStatus::RejectedMalformed;
         };
         if dst[0] & 1 != 0 {
+            if let Some(&proxy) = is_dhcp_broadcast(frame)
+                .then(|| overlay.dhcp.get(&mac_word(&frame[6..12])))
+                .flatten()
+            {
+                // As varpd: the broadcast goes, unicast, to the mapping's DHCP host.
+                let mut unicast = frame.to_vec();
+                unicast[..6].copy_from_slice(&proxy);
+                return self.transmit(vni, sender, &unicast, now_ns);
+            }
             return self.broadcast(vni, sender, frame);
         }
         let dst = mac_word(dst);
@@ -636,6 +649,18 @@ pub fn proxy_arp_reply(request: &[u8], mac: [u8; 6]) -> Vec<u8> {
         (asker_mac, asker_ip),
     );
     f
+}
+
+/// Whether `frame` is what varpd forwards to a `dhcp-proxy` host: untagged IPv4 UDP from port
+/// 68 to port 67, to the broadcast MAC. Never panics.
+pub fn is_dhcp_broadcast(frame: &[u8]) -> bool {
+    let Some(outer) = vxlan::outer_udp(frame) else {
+        return false;
+    };
+    frame.get(..6) == Some(&BROADCAST[..])
+        && frame.get(12..14) == Some(&ethertype::IPV4.to_be_bytes()[..])
+        && outer.src_port == 68
+        && outer.dst_port == 67
 }
 
 /// The target address and the asker's link-layer address of a neighbour solicitation, as
@@ -831,6 +856,14 @@ impl Driver {
             let mac = mac_word(&mapping.mac);
             o.asked.remove(&mac);
             o.cache.insert(mac, mapping.target);
+        }
+        if let Some(dhcp) = m.dhcp {
+            o.dhcp = dhcp
+                .into_iter()
+                .filter(|(_, proxy)| proxy[0] & 1 == 0)
+                .take(MAX_PROXY_ARP)
+                .map(|(client, proxy)| (mac_word(&client), proxy))
+                .collect();
         }
         if let Some(ndp) = m.ndp {
             o.ndp = ndp.into_iter().take(MAX_PROXY_ARP).collect();

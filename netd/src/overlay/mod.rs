@@ -116,6 +116,12 @@ impl Overlay {
             mappings: Vec::new(),
             arp: Some(self.arp()),
             ndp: Some(self.ndp()),
+            dhcp: Some(
+                self.mapping
+                    .iter()
+                    .filter_map(|(mac, e)| e.dhcp_proxy.map(|p| (*mac, p)))
+                    .collect(),
+            ),
         })
     }
 
@@ -358,6 +364,7 @@ impl OverlayService {
                     mappings,
                     arp: None,
                     ndp: None,
+                    dhcp: None,
                 })
             })
             .collect()
@@ -450,6 +457,7 @@ mod tests {
                 ],
                 arp: None,
                 ndp: None,
+                dhcp: None,
             })]
         );
         assert!(s.reload().is_empty(), "unchanged");
@@ -478,6 +486,7 @@ mod tests {
                 mappings: Vec::new(),
                 arp: Some(vec![([10, 0, 0, 2], B)]),
                 ndp: Some(Vec::new()),
+                dhcp: Some(Vec::new()),
             })]
         );
         assert_eq!(s.views(|_| Vec::new())[0].state, "ok");
