@@ -223,6 +223,7 @@ fn bench_instances(c: &mut Criterion) {
                     own_mac: true,
                     ipv4: vec![addr(i).octets()],
                     ipv6: Vec::new(),
+                    overlay: None,
                 })
                 .expect("instance");
             for j in 0..CLIENTS {

@@ -117,6 +117,7 @@ fn instances_1k(host: &Host) {
                 tap_uids: vec![],
                 exclusive_uids: vec![],
                 temporary: true,
+                overlay: None,
             })
             .expect("create");
         let mut client = Client::connect_to(dir, Some(&name)).expect("join");

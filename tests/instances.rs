@@ -151,6 +151,7 @@ fn spec(name: &str, mac: MacChoice, ip: [u8; 4]) -> InstanceSpec {
         tap_uids: vec![],
         exclusive_uids: vec![],
         temporary: true,
+        overlay: None,
     }
 }
 

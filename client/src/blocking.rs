@@ -199,6 +199,23 @@ impl Client {
         super::instances(self.call(ClientRequest::ListInstances)?)
     }
 
+    /// Creates an overlay (root, or a uid netd's configuration names).
+    pub fn create_overlay(&mut self, spec: super::OverlaySpec) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::CreateOverlay(spec))?)
+    }
+
+    /// Destroys an overlay no instance lives on.
+    pub fn destroy_overlay(&mut self, name: &str) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::DestroyOverlay {
+            name: name.to_owned(),
+        })?)
+    }
+
+    /// Every overlay, with its state and counters.
+    pub fn list_overlays(&mut self) -> Result<Vec<super::OverlayView>, ClientError> {
+        super::overlays(self.call(ClientRequest::ListOverlays)?)
+    }
+
     /// Changes a property of an instance.
     pub fn set_instance_property(
         &mut self,

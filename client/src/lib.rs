@@ -41,6 +41,8 @@ use netmux_proto::driver::Counters;
 use netmux_proto::ErrorReply;
 use netmux_ring::{AttachError, ClientQueue};
 
+pub use netmux_proto::overlay::{OverlaySpec, OverlayView};
+
 pub use netmux_proto::client::{
     FilterMode, InstanceSpec, InstanceView, MacChoice, QueueInfo, SessionInfo, SessionList,
     Transport,
@@ -196,6 +198,13 @@ fn sessions(reply: ClientReply) -> Result<SessionList, ClientError> {
 fn instances(reply: ClientReply) -> Result<Vec<InstanceView>, ClientError> {
     match reply {
         ClientReply::Instances(list) => Ok(list),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn overlays(reply: ClientReply) -> Result<Vec<OverlayView>, ClientError> {
+    match reply {
+        ClientReply::Overlays(list) => Ok(list),
         other => Err(unexpected(other)),
     }
 }

@@ -39,6 +39,7 @@ fn instance(id: InstanceId, mac: [u8; 6], own_mac: bool, ip: [u8; 4]) -> DriverR
         own_mac,
         ipv4: vec![ip],
         ipv6: Vec::new(),
+        overlay: None,
     })
 }
 

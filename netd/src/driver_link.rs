@@ -129,6 +129,16 @@ pub trait DriverLink: Send {
             message: "this driver link carries no captures or firewall rules".into(),
         }))
     }
+
+    /// An overlay request ([`crate::overlay`]): `SetOverlay`, `RemoveOverlay`,
+    /// `SetOverlayMappings` or `OverlayPoll`; its reply (`Done` or `OverlayPoll`).
+    fn overlay(&mut self, request: DriverRequest) -> Result<DriverReply, DriverError> {
+        let _ = request;
+        Err(DriverError::Refused(ErrorReply {
+            code: netmux_proto::ErrorCode::Internal,
+            message: "this driver link carries no overlays".into(),
+        }))
+    }
 }
 
 /// One request netd makes of the driver.
@@ -185,6 +195,8 @@ pub enum DriverCommand {
     },
     /// A capture or firewall request.
     Operator(OperatorRequest),
+    /// An overlay request (see [`DriverLink::overlay`]).
+    Overlay(DriverRequest),
 }
 
 /// What became of one [`DriverCommand`].
@@ -198,6 +210,8 @@ pub enum DriverOutcome {
     Stats(DriverStats),
     /// The answer to an operator request.
     Operator(OperatorReply),
+    /// The reply to an overlay request that answers more than `Done`.
+    Reply(DriverReply),
     /// Refused, or the driver is gone.
     Failed(DriverError),
     /// Not tried: an earlier command of a batch that stops at its first failure failed.
@@ -243,6 +257,11 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         DriverCommand::RemoveInstance { instance } => done(link.remove_instance(instance)),
         DriverCommand::Operator(request) => match link.operator(request) {
             Ok(reply) => DriverOutcome::Operator(reply),
+            Err(e) => DriverOutcome::Failed(e),
+        },
+        DriverCommand::Overlay(request) => match link.overlay(request) {
+            Ok(DriverReply::Done) => DriverOutcome::Done,
+            Ok(reply) => DriverOutcome::Reply(reply),
             Err(e) => DriverOutcome::Failed(e),
         },
     }
@@ -444,6 +463,10 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
     }
     fn operator(&mut self, request: OperatorRequest) -> Result<OperatorReply, DriverError> {
         self.link().operator(request)
+    }
+
+    fn overlay(&mut self, request: DriverRequest) -> Result<DriverReply, DriverError> {
+        self.link().overlay(request)
     }
 }
 
@@ -666,6 +689,14 @@ impl DriverLink for ChannelDriver {
     fn operator(&mut self, request: OperatorRequest) -> Result<OperatorReply, DriverError> {
         match self.call(&DriverRequest::Operator(request))?.0 {
             DriverReply::Operator(reply) => Ok(reply),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn overlay(&mut self, request: DriverRequest) -> Result<DriverReply, DriverError> {
+        match self.call(&request)?.0 {
+            DriverReply::Error(e) => Err(DriverError::Refused(e)),
+            reply @ (DriverReply::Done | DriverReply::OverlayPoll(_)) => Ok(reply),
             other => Err(unexpected(other)),
         }
     }

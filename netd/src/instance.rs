@@ -107,6 +107,8 @@ pub struct Instance {
     pub ready: bool,
     /// Being destroyed: no new session joins it and no port is bound in it.
     pub condemned: bool,
+    /// The VNI of the overlay it lives on, if any.
+    pub overlay: Option<u32>,
 }
 
 impl Instance {
@@ -172,6 +174,7 @@ impl Instance {
             shared_mac,
             ready: false,
             condemned: false,
+            overlay: None,
         })
     }
 
@@ -183,6 +186,7 @@ impl Instance {
             own_mac: !self.shared_mac,
             ipv4: self.host.ipv4.iter().map(|a| a.octets()).collect(),
             ipv6: self.host.ipv6.iter().map(|a| a.octets()).collect(),
+            overlay: self.overlay,
         }
     }
 
@@ -324,6 +328,9 @@ pub struct InstancesFile {
     /// The instances.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceEntry>,
+    /// The overlays (`[[overlay]]`), restored before the instances that live on them.
+    #[serde(default, rename = "overlay", skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<OverlayEntry>,
     /// The admin firewall's rules, in order (`netmux firewall`), one `[[firewall]]` table each.
     #[serde(default, rename = "firewall", skip_serializing_if = "Vec::is_empty")]
     pub firewall: Vec<FirewallRuleEntry>,
@@ -371,6 +378,9 @@ pub struct InstanceEntry {
     /// Uids that may claim it exclusively.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclusive_uids: Vec<u32>,
+    /// The overlay it lives on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<String>,
 }
 
 fn generated() -> String {
@@ -399,6 +409,7 @@ impl InstanceEntry {
             privileged_uids: spec.privileged_uids.clone(),
             tap_uids: spec.tap_uids.clone(),
             exclusive_uids: spec.exclusive_uids.clone(),
+            overlay: spec.overlay.clone(),
         }
     }
 
@@ -438,7 +449,55 @@ impl InstanceEntry {
             tap_uids: self.tap_uids.clone(),
             exclusive_uids: self.exclusive_uids.clone(),
             temporary: false,
+            overlay: self.overlay.clone(),
         })
+    }
+}
+
+/// One overlay in netd's configuration file, in the words of `netmux overlay create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OverlayEntry {
+    /// Its name.
+    pub name: String,
+    /// Its VNI.
+    pub vni: u32,
+    /// Its VXLAN port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// `files:/absolute/path.json`.
+    pub mapping: String,
+    /// Its MTU (the link's less 50 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+fn default_port() -> u16 {
+    4789
+}
+
+impl OverlayEntry {
+    /// The entry of a spec.
+    pub fn of(spec: &netmux_proto::overlay::OverlaySpec) -> OverlayEntry {
+        OverlayEntry {
+            name: spec.name.clone(),
+            vni: spec.vni,
+            port: spec.port,
+            mapping: spec.mapping.clone(),
+            mtu: spec.mtu,
+        }
+    }
+
+    /// The spec of an entry (never temporary: it was kept).
+    pub fn spec(&self) -> netmux_proto::overlay::OverlaySpec {
+        netmux_proto::overlay::OverlaySpec {
+            name: self.name.clone(),
+            vni: self.vni,
+            port: self.port,
+            mapping: self.mapping.clone(),
+            mtu: self.mtu,
+            temporary: false,
+        }
     }
 }
 
@@ -484,6 +543,7 @@ mod tests {
             tap_uids: vec![],
             exclusive_uids: vec![],
             temporary: false,
+            overlay: None,
         }
     }
 

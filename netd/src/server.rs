@@ -37,6 +37,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::core::policy::SMALL_MESSAGE;
 use crate::core::{Credentials, Limit, LimitReached, SessionId};
+use crate::driver_link::DriverCommand;
 use crate::driver_link::DriverLink;
 use crate::driver_worker::{DriverWorker, WorkerConfig};
 use crate::host;
@@ -362,6 +363,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
         let host_stack = host::spawn_stack(self.shell.state.clone());
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
+        let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -379,6 +381,7 @@ impl Server {
             }
         }
         ticker.abort();
+        overlays.abort();
         drop(host_stack);
         let _ = std::fs::remove_file(&self.socket);
         if let Some(dir) = &self.created_dir {
@@ -428,6 +431,50 @@ async fn expiry_loop(shell: Arc<Shell>) {
             );
             for (_, k) in kills.drain() {
                 let _ = k.send(());
+            }
+        }
+    }
+}
+
+/// Every [`crate::overlay::POLL_INTERVAL`] while overlays exist: gives the driver the
+/// mappings of changed mapping files, asks it which MACs it waits for, and answers them.
+async fn overlay_loop(shell: Arc<Shell>) {
+    let mut tick = tokio::time::interval(crate::overlay::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut commands: Vec<DriverCommand> = {
+            let mut netd = lock(&shell.state);
+            if netd.overlays.is_empty() || netd.driver_gone().is_some() {
+                continue;
+            }
+            netd.overlays
+                .reload()
+                .into_iter()
+                .map(DriverCommand::Overlay)
+                .collect()
+        };
+        commands.push(DriverCommand::Overlay(
+            netmux_proto::driver::DriverRequest::OverlayPoll,
+        ));
+        let mut outcomes = shell.driver.run(commands, false).await;
+        let Some(crate::driver_link::DriverOutcome::Reply(
+            netmux_proto::driver::DriverReply::OverlayPoll(poll),
+        )) = outcomes.pop()
+        else {
+            continue;
+        };
+        let answers: Vec<DriverCommand> = lock(&shell.state)
+            .overlays
+            .answer(poll)
+            .into_iter()
+            .map(DriverCommand::Overlay)
+            .collect();
+        if !answers.is_empty() {
+            for o in shell.driver.run(answers, false).await {
+                if let crate::driver_link::DriverOutcome::Failed(e) = o {
+                    tracing::debug!("overlay mapping not taken: {e}");
+                }
             }
         }
     }

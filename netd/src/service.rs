@@ -229,6 +229,10 @@ enum Pending {
     ListInstances { session: SessionId },
     /// `netmux capture`, `netmux firewall`.
     Operator(ops::OpsPending),
+    /// An overlay created (or refused) at the driver.
+    CreateOverlay { session: SessionId, name: String },
+    /// An overlay removed at the driver.
+    DestroyOverlay { session: SessionId, name: String },
 }
 
 struct SessionQueue {
@@ -269,6 +273,8 @@ pub struct SessionSummary {
 pub struct Netd {
     /// Every instance, the default one ([`DEFAULT_INSTANCE`]) included.
     instances: BTreeMap<InstanceId, Instance>,
+    /// Overlays and their mapping service.
+    pub(crate) overlays: crate::overlay::OverlayService,
     names: BTreeMap<String, InstanceId>,
     /// Each session's instance (the default one until it says hello to another).
     session_instance: HashMap<SessionId, InstanceId>,
@@ -449,6 +455,7 @@ impl Netd {
                 tap_uids: config.policy.tap_uids.iter().copied().collect(),
                 exclusive_uids: config.policy.exclusive_uids.iter().copied().collect(),
                 temporary: true,
+                overlay: None,
             },
             core: Core::new(
                 config.policy.clone(),
@@ -459,8 +466,10 @@ impl Netd {
             shared_mac: true,
             ready: true,
             condemned: false,
+            overlay: None,
         };
         let mut netd = Netd {
+            overlays: crate::overlay::OverlayService::default(),
             instances: BTreeMap::new(),
             names: BTreeMap::new(),
             session_instance: HashMap::new(),
@@ -489,6 +498,7 @@ impl Netd {
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
         netd.instances.insert(DEFAULT_INSTANCE, default);
+        let mut overlay_commands = Vec::new();
         if let Some(file) = &config.instances_file {
             let bad = |why: String| StartError::Instances {
                 file: file.clone(),
@@ -496,6 +506,13 @@ impl Netd {
             };
             let loaded = InstancesFile::load(file).map_err(bad)?;
             netd.file_settings = (loaded.limits.clone(), loaded.timeouts.clone());
+            for entry in &loaded.overlays {
+                let requests = netd
+                    .overlays
+                    .restore(entry.spec(), link.mtu)
+                    .map_err(|e| bad(format!("overlay {}: {e}", entry.name)))?;
+                overlay_commands.extend(requests.into_iter().map(DriverCommand::Overlay));
+            }
             for entry in loaded.instances {
                 let spec = entry
                     .spec()
@@ -533,6 +550,8 @@ impl Netd {
                 infos.push(i.driver_info());
             }
         }
+        // Overlays before the instances that live on them.
+        commands.extend(overlay_commands);
         commands.extend(infos.into_iter().map(DriverCommand::SetInstance));
         let rules = ops::FirewallState::specs(&netd.firewall.rules);
         if !rules.is_empty() {
@@ -607,8 +626,40 @@ impl Netd {
         policy.privileged_uids.clear();
         policy.tap_uids.clear();
         policy.exclusive_uids.clear();
-        let instance = Instance::new(id, spec, self.link, policy, self.default_ephemeral.clone())
+        let overlay = match &spec.overlay {
+            None => None,
+            Some(name) => {
+                if !spec.temporary
+                    && self.instances_file.is_some()
+                    && self.overlays.is_temporary(name)
+                {
+                    return Err(error(
+                        ErrorCode::Protocol,
+                        format!(
+                            "overlay {name:?} is temporary, so an instance on it must be too \
+                             (it could not be restored after a restart)"
+                        ),
+                    ));
+                }
+                if spec.mac == MacChoice::Shared {
+                    return Err(error(
+                        ErrorCode::Protocol,
+                        "an instance on an overlay needs a MAC of its own, not the link's",
+                    ));
+                }
+                Some(self.overlays.get(name).ok_or_else(|| {
+                    error(ErrorCode::NotFound, format!("no overlay named {name:?}"))
+                })?)
+            }
+        };
+        // An overlay instance's clients are told the overlay's MTU.
+        let link = match overlay {
+            Some((_, mtu)) => LinkInfo { mtu, ..self.link },
+            None => self.link,
+        };
+        let mut instance = Instance::new(id, spec, link, policy, self.default_ephemeral.clone())
             .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
+        instance.overlay = overlay.map(|(vni, _)| vni);
         for other in self.instances.values() {
             if !instance.shared_mac && !other.shared_mac && other.host.mac == instance.host.mac {
                 return Err(bad(InstanceError::BadMac(
@@ -616,7 +667,11 @@ impl Netd {
                     "another instance has it",
                 )));
             }
-            if instance.host.ipv4.is_some() && other.host.ipv4 == instance.host.ipv4 {
+            // Addresses are per network: overlays may reuse the link's and each other's.
+            if instance.host.ipv4.is_some()
+                && other.host.ipv4 == instance.host.ipv4
+                && other.overlay == instance.overlay
+            {
                 return Err(bad(InstanceError::BadAddress(
                     instance
                         .host
@@ -670,6 +725,7 @@ impl Netd {
             timeouts,
             instances,
             firewall,
+            overlays: self.overlays.kept(),
         };
         if let Err(e) = kept.save(file) {
             tracing::error!("keeping the instances: {e}");
@@ -874,6 +930,9 @@ impl Netd {
             ClientRequest::Capture(request) => self.capture(id, request),
             ClientRequest::Firewall(request) => self.firewall(id, request),
             ClientRequest::Properties(request) => self.properties(id, request),
+            ClientRequest::CreateOverlay(spec) => self.create_overlay(id, spec),
+            ClientRequest::DestroyOverlay { name } => self.destroy_overlay(id, &name),
+            ClientRequest::ListOverlays => self.list_overlays(id),
         };
         let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
         if let (Step::Driver(_) | Step::EndSessions { .. }, Some(extra)) =
@@ -997,6 +1056,75 @@ impl Netd {
             .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
         self.persist();
         Ok(self.reply(ClientReply::Done))
+    }
+
+    fn create_overlay(
+        &mut self,
+        id: SessionId,
+        spec: netmux_proto::overlay::OverlaySpec,
+    ) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        self.refuse_without_driver()?;
+        let name = spec.name.clone();
+        let requests = self.overlays.create(spec, self.link.mtu).map_err(|e| {
+            let code = match e {
+                crate::overlay::OverlayError::Exists(_)
+                | crate::overlay::OverlayError::VniInUse(..) => ErrorCode::InUse,
+                crate::overlay::OverlayError::Limit => ErrorCode::Limit,
+                _ => ErrorCode::Protocol,
+            };
+            error(code, e.to_string())
+        })?;
+        let commands = requests.into_iter().map(DriverCommand::Overlay).collect();
+        Ok(self.work(commands, true, Pending::CreateOverlay { session: id, name }))
+    }
+
+    fn destroy_overlay(&mut self, id: SessionId, name: &str) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        let vni = self
+            .overlays
+            .vni(name)
+            .map_err(|e| error(ErrorCode::NotFound, e.to_string()))?;
+        let users = self.overlay_instances(name);
+        if !users.is_empty() {
+            return Err(error(
+                ErrorCode::InUse,
+                format!(
+                    "overlay {name:?} still has instances ({}): destroy them first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        Ok(self.work(
+            vec![DriverCommand::Overlay(
+                netmux_proto::driver::DriverRequest::RemoveOverlay { vni },
+            )],
+            true,
+            Pending::DestroyOverlay {
+                session: id,
+                name: name.to_owned(),
+            },
+        ))
+    }
+
+    /// The names of the instances on an overlay.
+    fn overlay_instances(&self, overlay: &str) -> Vec<String> {
+        self.instances
+            .values()
+            .filter(|i| i.spec.overlay.as_deref() == Some(overlay))
+            .map(|i| i.spec.name.clone())
+            .collect()
+    }
+
+    /// Every overlay as `netmux overlay ls` shows it.
+    pub fn overlay_views(&self) -> Vec<netmux_proto::overlay::OverlayView> {
+        self.overlays.views(|name| self.overlay_instances(name))
+    }
+
+    fn list_overlays(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        let views = self.overlays.views(|name| self.overlay_instances(name));
+        Ok(self.reply(ClientReply::Overlays(views)))
     }
 
     fn list_instances(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
@@ -2018,6 +2146,48 @@ impl Netd {
                 self.reply(ClientReply::Done)
             }
             Pending::Operator(pending) => self.resume_ops(pending, outcomes),
+            Pending::CreateOverlay { session, name } => {
+                self.session_done(session);
+                if outcomes.iter().all(DriverOutcome::is_ok) {
+                    tracing::info!(overlay = %name, "overlay created");
+                    self.persist();
+                    return self.reply(ClientReply::Done);
+                }
+                let mut outcomes = outcomes;
+                let e = first_failure(&mut outcomes)
+                    .map(driver_error)
+                    .unwrap_or_else(|| error(ErrorCode::Internal, "the overlay was skipped"));
+                let told = outcomes.first().is_some_and(DriverOutcome::is_ok);
+                let vni = self.overlays.vni(&name).ok();
+                self.overlays.forget(&name);
+                match (told, vni) {
+                    (true, Some(vni)) => self.work(
+                        vec![DriverCommand::Overlay(
+                            netmux_proto::driver::DriverRequest::RemoveOverlay { vni },
+                        )],
+                        false,
+                        Pending::QueueRollback {
+                            session,
+                            error: e,
+                            release: 0,
+                        },
+                    ),
+                    _ => Step::Reply(Response::error(e)),
+                }
+            }
+            Pending::DestroyOverlay { session, name } => {
+                self.session_done(session);
+                let mut outcomes = outcomes;
+                match first_failure(&mut outcomes) {
+                    None => {
+                        self.overlays.forget(&name);
+                        self.persist();
+                        tracing::info!(overlay = %name, "overlay destroyed");
+                        self.reply(ClientReply::Done)
+                    }
+                    Some(e) => Step::Reply(Response::error(driver_error(e))),
+                }
+            }
             Pending::ListInstances { session } => {
                 self.session_done(session);
                 let stats = match outcomes.pop() {

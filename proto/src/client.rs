@@ -107,6 +107,9 @@ pub struct InstanceSpec {
     pub exclusive_uids: Vec<u32>,
     /// Whether it is forgotten when netd stops (else kept in netd's configuration file).
     pub temporary: bool,
+    /// The overlay it lives on (`netmux overlay create`), instead of the link.
+    #[serde(default)]
+    pub overlay: Option<String>,
 }
 
 /// An instance as `netmux instance ls` shows it.
@@ -213,6 +216,15 @@ pub enum ClientRequest {
     Firewall(ops::FirewallRequest),
     /// Shows, or sets then shows, a client's queue properties (`netmux get`/`set`).
     Properties(ops::PropertyRequest),
+    /// Creates an overlay (root, or a uid netd's configuration names).
+    CreateOverlay(crate::overlay::OverlaySpec),
+    /// Destroys an overlay no instance lives on.
+    DestroyOverlay {
+        /// Its name.
+        name: String,
+    },
+    /// Every overlay, with its counters and state.
+    ListOverlays,
 }
 
 /// netd to client.
@@ -256,6 +268,8 @@ pub enum ClientReply {
     Firewall(Vec<ops::RuleView>),
     /// A client's queue properties.
     Properties(Vec<ops::PropertyView>),
+    /// Overlays, in name order.
+    Overlays(Vec<crate::overlay::OverlayView>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].

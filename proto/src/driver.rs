@@ -35,6 +35,10 @@ pub struct InstanceInfo {
     pub ipv4: Vec<[u8; 4]>,
     /// Its IPv6 addresses.
     pub ipv6: Vec<[u8; 16]>,
+    /// The overlay (VNI) it lives on, set with [`DriverRequest::SetOverlay`] first; `None`:
+    /// the physical segment. Its addresses need only be unique within its overlay.
+    #[serde(default)]
+    pub overlay: Option<u32>,
 }
 
 /// A filter's identity, chosen by netd, unique per driver.
@@ -181,6 +185,19 @@ pub enum DriverRequest {
     },
     /// Captures and firewall rules ([`ops`]).
     Operator(ops::OperatorRequest),
+    /// Creates an overlay (a VXLAN network) or changes its port and MTU.
+    SetOverlay(crate::overlay::OverlayInfo),
+    /// Removes an overlay; refused while an instance lives on it.
+    RemoveOverlay {
+        /// Its VNI.
+        vni: u32,
+    },
+    /// Answers of the mapping service: where each MAC of the overlay lives (cached by the
+    /// driver until changed), and the overlay addresses proxy ARP answers for.
+    SetOverlayMappings(crate::overlay::OverlayMappings),
+    /// The MACs the driver needs mappings for, and each overlay's counters; answered with
+    /// [`DriverReply::OverlayPoll`].
+    OverlayPoll,
 }
 
 /// Counters of one queue or of the link.
@@ -256,4 +273,6 @@ pub enum DriverReply {
     Error(ErrorReply),
     /// The answer to an [`DriverRequest::Operator`] request.
     Operator(ops::OperatorReply),
+    /// Lookups waiting for the mapping service, and every overlay's counters.
+    OverlayPoll(crate::overlay::OverlayPollReply),
 }

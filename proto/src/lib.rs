@@ -15,6 +15,7 @@ pub mod client;
 pub mod driver;
 pub mod frame;
 pub mod ops;
+pub mod overlay;
 #[cfg(feature = "tokio")]
 pub mod signals;
 

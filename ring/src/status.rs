@@ -31,6 +31,10 @@ macro_rules! for_each_tx_status {
                 "Accepted, but the link is down or gone (the driver keeps the queue and sends again once the link is back).";
             RejectedByFirewall = 10, "firewall",
                 "Rejected: an administrator's firewall rule blocked it (after the queue's own transmit check passed).";
+            RejectedTooLargeForOverlay = 11, "too-large-for-overlay",
+                "Rejected: the frame is longer than its overlay's MTU allows (VXLAN is never fragmented).";
+            RejectedNoMapping = 12, "no-mapping",
+                "Rejected: the overlay has no mapping for the destination (or no underlay address to send from).";
         }
     };
 }

@@ -42,14 +42,14 @@ pub enum InstanceCommand {
 
 /// Which netd to ask.
 #[derive(Debug, Args)]
-pub struct Netd {
+pub(crate) struct Netd {
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
     #[arg(long, value_name = "DIR", global = true)]
     runtime_dir: Option<PathBuf>,
 }
 
 impl Netd {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let dir = self
             .runtime_dir
             .clone()
@@ -103,6 +103,9 @@ pub struct Create {
     /// Forget it when netd stops (otherwise netd keeps it in its --config file).
     #[arg(long)]
     temporary: bool,
+    /// Live on this overlay (`netmux overlay create`) instead of the link.
+    #[arg(long, value_name = "NAME")]
+    overlay: Option<String>,
     #[command(flatten)]
     netd: Netd,
 }
@@ -177,7 +180,7 @@ impl Run for InstanceCommand {
 }
 
 /// A refusal by netd is an input refused (exit 1); anything else could not be done (exit 2).
-fn refused(e: netmux_client::ClientError) -> anyhow::Error {
+pub(crate) fn refused(e: netmux_client::ClientError) -> anyhow::Error {
     if e.refusal().is_some() {
         Refused(e.to_string()).into()
     } else {
@@ -203,6 +206,7 @@ impl Create {
             tap_uids: Vec::new(),
             exclusive_uids: Vec::new(),
             temporary: self.temporary,
+            overlay: self.overlay.clone(),
         };
         let mut client = self.netd.client()?;
         client.create_instance(spec).map_err(refused)?;

@@ -29,6 +29,7 @@ mod filter;
 mod firewall;
 mod instance;
 mod ls;
+mod overlay;
 mod props;
 mod stat;
 mod up;
@@ -105,6 +106,9 @@ command_groups! {
     Get(props::Get),
     /// Set a client's queue property: rxbuf=SIZE.
     Set(props::Set),
+    /// Overlays: virtual layer-2 networks across hosts in VXLAN, for instances.
+    #[command(subcommand)]
+    Overlay(overlay::OverlayCommand),
 }
 
 /// netmux shares one network link among untrusting user-space network stacks.

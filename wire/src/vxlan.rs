@@ -1,6 +1,14 @@
-//! VXLAN headers (RFC 7348): eight bytes after the outer UDP header.
+//! VXLAN (RFC 7348): the eight-byte header after the outer UDP header, and the whole outer
+//! Ethernet/IPv4/UDP/VXLAN encapsulation as pure functions.
+//!
+//! [`encapsulate`] builds what a VTEP sends: the I flag and the 24-bit VNI, a UDP source port
+//! hashed from the inner flow into 49152–65535 (RFC 7348 §5, for ECMP entropy), a UDP
+//! checksum of zero (§5: SHOULD be zero), and Don't Fragment set (§4.3: VTEPs MUST NOT
+//! fragment). [`decapsulate`] reads one back; it never panics on any input, and it tells a
+//! frame that is not VXLAN at all from a VXLAN frame whose header is malformed.
 
-use crate::{read_u32, write_u32, Result, WireError};
+use crate::ethernet::{ethertype, link_layer, HEADER_LEN as ETHERNET_HEADER_LEN};
+use crate::{checksum, read_u32, write_u32, Result, WireError};
 
 /// Length of the header.
 pub const HEADER_LEN: usize = 8;
@@ -68,6 +76,207 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VxlanHeader<T> {
         b[..4].copy_from_slice(&[FLAG_I, 0, 0, 0]);
         write_u32(b, field::VNI, (vni & MAX_VNI) << 8);
     }
+}
+
+/// Bytes an IPv4 underlay adds to an inner frame: outer Ethernet (14), IPv4 (20), UDP (8) and
+/// VXLAN (8). The overlay MTU is the underlay MTU minus this.
+pub const OVERHEAD_V4: usize = ETHERNET_HEADER_LEN + 20 + 8 + HEADER_LEN;
+/// The lowest UDP source port a VTEP uses (RFC 7348 §5: the dynamic range).
+pub const SOURCE_PORT_MIN: u16 = 49152;
+/// TTL of the outer IPv4 header (Linux's default).
+const OUTER_TTL: u8 = 64;
+/// IP protocol number of UDP.
+const UDP: u8 = 17;
+
+/// The underlay addresses of one encapsulated frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Underlay {
+    /// Outer Ethernet source: this host's link MAC.
+    pub src_mac: [u8; 6],
+    /// Outer Ethernet destination: the next hop toward `dst_ip`.
+    pub dst_mac: [u8; 6],
+    /// Outer IPv4 source: this host's underlay address.
+    pub src_ip: [u8; 4],
+    /// Outer IPv4 destination: the VTEP the mapping names.
+    pub dst_ip: [u8; 4],
+    /// Outer UDP destination port: the remote VTEP's VXLAN port.
+    pub dst_port: u16,
+}
+
+/// The UDP source port for an inner frame: a hash of its Ethernet addresses and, for IPv4
+/// and IPv6, its addresses, protocol and (when present) ports, folded into
+/// 49152–65535. Every frame of one flow gets the same port. Never panics.
+pub fn source_port(inner: &[u8]) -> u16 {
+    /// FxHash's multiplier.
+    const FX_SEED: u64 = 0x517c_c1b7_2722_0a95;
+    // Eight bytes at a time, multiplied in as FxHash does: the fields are at most 48 bytes,
+    // and a per-byte hash cost more than the rest of the encapsulation.
+    let mut h: u64 = 0;
+    let mut mix = |bytes: &[u8]| {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(FX_SEED);
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(FX_SEED);
+        }
+    };
+    mix(inner.get(..12).unwrap_or(inner));
+    if let Some(link) = link_layer(inner) {
+        let l3 = inner.get(link.l3..).unwrap_or(&[]);
+        let (addresses, protocol, l4) = match link.ethertype {
+            ethertype::IPV4 if l3.len() >= 20 => {
+                let ihl = usize::from(l3[0] & 0x0f) * 4;
+                let fragment = u16::from_be_bytes([l3[6], l3[7]]) & 0x1fff != 0;
+                let l4 = if fragment { None } else { l3.get(ihl..) };
+                (&l3[12..20], l3[9], l4)
+            }
+            ethertype::IPV6 if l3.len() >= 40 => (&l3[8..40], l3[6], l3.get(40..)),
+            _ => (&[][..], 0, None),
+        };
+        let mut tail = [0u8; 5];
+        tail[0] = protocol;
+        if matches!(protocol, 6 | 17 | 132) {
+            if let Some(ports) = l4.and_then(|l4| l4.get(..4)) {
+                tail[1..].copy_from_slice(ports);
+            }
+        }
+        mix(addresses);
+        mix(&tail);
+    }
+    let h = (h >> 32) ^ h;
+    let h = (h >> 16) ^ h;
+    SOURCE_PORT_MIN | (h as u16 & 0x3fff)
+}
+
+/// Appends to `out` the encapsulation of `inner` in overlay `vni` toward `to`: outer Ethernet,
+/// IPv4 (Don't Fragment, TTL 64, checksum filled in), UDP (source port from [`source_port`],
+/// checksum zero), the VXLAN header, then `inner` unchanged. Returns the length appended.
+/// `Err(WireError::Malformed)` when the result would exceed an IPv4 datagram's 65,535 bytes.
+pub fn encapsulate(inner: &[u8], vni: u32, to: &Underlay, out: &mut Vec<u8>) -> Result<usize> {
+    let ip_len = 20 + 8 + HEADER_LEN + inner.len();
+    let ip_len16 = u16::try_from(ip_len).map_err(|_| WireError::Malformed)?;
+    // The 50 header bytes are built on the stack and appended once, then the inner frame.
+    let mut h = [0u8; OVERHEAD_V4];
+    h[..6].copy_from_slice(&to.dst_mac);
+    h[6..12].copy_from_slice(&to.src_mac);
+    h[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+    h[14] = 0x45;
+    h[16..18].copy_from_slice(&ip_len16.to_be_bytes());
+    h[20..22].copy_from_slice(&crate::ipv4::FLAG_DF.to_be_bytes());
+    h[22] = OUTER_TTL;
+    h[23] = UDP;
+    h[26..30].copy_from_slice(&to.src_ip);
+    h[30..34].copy_from_slice(&to.dst_ip);
+    let sum = checksum::of(&h[14..34]);
+    h[24..26].copy_from_slice(&sum.to_be_bytes());
+    h[34..36].copy_from_slice(&source_port(inner).to_be_bytes());
+    h[36..38].copy_from_slice(&to.dst_port.to_be_bytes());
+    h[38..40].copy_from_slice(&(ip_len16 - 20).to_be_bytes());
+    h[42] = FLAG_I;
+    h[46..50].copy_from_slice(&((vni & MAX_VNI) << 8).to_be_bytes());
+    let start = out.len();
+    out.reserve(OVERHEAD_V4 + inner.len());
+    out.extend_from_slice(&h);
+    out.extend_from_slice(inner);
+    Ok(out.len() - start)
+}
+
+/// An outer IPv4/UDP datagram as [`outer_udp`] finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OuterUdp {
+    /// Outer Ethernet source.
+    pub src_mac: [u8; 6],
+    /// Outer IPv4 source.
+    pub src_ip: [u8; 4],
+    /// Outer IPv4 destination.
+    pub dst_ip: [u8; 4],
+    /// UDP source port.
+    pub src_port: u16,
+    /// UDP destination port.
+    pub dst_port: u16,
+    /// Where the UDP payload starts in the frame.
+    pub payload: usize,
+    /// Where it ends (the UDP length, not the frame's: Ethernet padding is not payload).
+    pub payload_end: usize,
+}
+
+/// The IPv4/UDP headers of a frame, if it is an unfragmented IPv4 UDP datagram whose lengths
+/// are consistent: what the receive path looks at before asking whether the destination port
+/// is a VXLAN port. Never panics.
+pub fn outer_udp(frame: &[u8]) -> Option<OuterUdp> {
+    let link = link_layer(frame)?;
+    if link.ethertype != ethertype::IPV4 {
+        return None;
+    }
+    let ip = frame.get(link.l3..)?;
+    let header = ip.first()?;
+    let ihl = usize::from(header & 0x0f) * 4;
+    if header >> 4 != 4 || ihl < 20 || ip.len() < ihl || *ip.get(9)? != UDP {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let flags_offset = u16::from_be_bytes([ip[6], ip[7]]);
+    if flags_offset & 0x3fff != 0 || total < ihl + 8 || total > ip.len() {
+        return None;
+    }
+    let udp = &ip[ihl..total];
+    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+    if udp_len < 8 || udp_len > udp.len() {
+        return None;
+    }
+    let payload = link.l3 + ihl + 8;
+    Some(OuterUdp {
+        src_mac: frame.get(6..12)?.try_into().ok()?,
+        src_ip: ip[12..16].try_into().ok()?,
+        dst_ip: ip[16..20].try_into().ok()?,
+        src_port: u16::from_be_bytes([udp[0], udp[1]]),
+        dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+        payload,
+        payload_end: payload + udp_len - 8,
+    })
+}
+
+/// Why a datagram to a VXLAN port is not a frame to deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecapError {
+    /// Shorter than a VXLAN header and an Ethernet header.
+    #[error("truncated VXLAN packet")]
+    Truncated,
+    /// The I flag is not set (RFC 7348: such a packet is dropped).
+    #[error("VXLAN header without the I flag")]
+    NoVni,
+}
+
+/// A decapsulated frame: its VNI and the inner Ethernet frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decapsulated<'a> {
+    /// The 24-bit network id.
+    pub vni: u32,
+    /// The inner frame.
+    pub inner: &'a [u8],
+}
+
+/// Reads the VXLAN header of a UDP payload. Reserved bits are ignored, as RFC 7348 asks of a
+/// receiver; a payload without the I flag or too short for an inner Ethernet header is an
+/// error. Never panics.
+pub fn decapsulate(payload: &[u8]) -> core::result::Result<Decapsulated<'_>, DecapError> {
+    if payload.len() < HEADER_LEN + ETHERNET_HEADER_LEN {
+        return Err(DecapError::Truncated);
+    }
+    let header = VxlanHeader::new_unchecked(payload);
+    if header.flags() & FLAG_I == 0 {
+        return Err(DecapError::NoVni);
+    }
+    Ok(Decapsulated {
+        vni: header.vni(),
+        inner: &payload[HEADER_LEN..],
+    })
 }
 
 #[cfg(test)]

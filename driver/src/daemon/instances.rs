@@ -16,6 +16,10 @@
 //!   link's MAC and its address) is delivered to it here and not sent on the link, which
 //!   would not reflect it; a broadcast or multicast frame goes on the link and to every other
 //!   instance. A frame never comes back to its own instance.
+//! - **An overlay instance is not on the link.** An instance on an overlay
+//!   ([`Instance::overlay`]) is never a target of [`Instances::dispatch`] or
+//!   [`Instances::route`], broadcast included; its addresses need only be unique within its
+//!   overlay. Its frames come and go through [`super::overlay`].
 //! - **One instance costs nothing.** With only the default instance there is no lookup: every
 //!   frame is the default instance's, as before instances existed.
 
@@ -49,6 +53,8 @@ pub struct Instance {
     pub queues: Vec<QueueId>,
     /// Frames and bytes dispatched to it, sent by its queues, and hairpinned to it.
     pub counters: InstanceCounters,
+    /// The overlay (VNI) it lives on, if any.
+    pub overlay: Option<u32>,
 }
 
 /// Counters of one instance.
@@ -163,6 +169,7 @@ impl Instances {
             classifier,
             queues: Vec::new(),
             counters: InstanceCounters::default(),
+            overlay: None,
         };
         let mut by_id = FxHashMap::default();
         by_id.insert(DEFAULT_INSTANCE, 0);
@@ -205,7 +212,10 @@ impl Instances {
 
     /// The MACs the link must accept besides its own (the own-MAC instances').
     pub fn own_macs(&self) -> Vec<[u8; 6]> {
-        self.iter().filter(|i| i.own_mac).map(|i| i.mac).collect()
+        self.iter()
+            .filter(|i| i.own_mac && i.overlay.is_none())
+            .map(|i| i.mac)
+            .collect()
     }
 
     /// Creates an instance or updates its MAC and addresses. Refused when the MAC or an
@@ -214,6 +224,15 @@ impl Instances {
         let own_mac = info.own_mac && info.mac != self.link_mac;
         let mac = if own_mac { info.mac } else { self.link_mac };
         let existing = self.slot(info.instance);
+        let overlay = info.overlay;
+        if let Some(i) = existing.and_then(|s| self.get(s)) {
+            if i.overlay != overlay {
+                return Err("an instance cannot move to or from an overlay".into());
+            }
+        }
+        if overlay.is_some() && !own_mac {
+            return Err("an overlay instance needs a MAC of its own".into());
+        }
         if own_mac {
             if let Some(&other) = self.by_mac.get(&mac_word(&mac)) {
                 if Some(other) != existing {
@@ -225,7 +244,7 @@ impl Instances {
             }
         }
         for a in &info.ipv4 {
-            if let Some(other) = self.owner_v4(a) {
+            if let Some(other) = self.owner_v4(a, overlay) {
                 if Some(other) != existing {
                     return Err(format!(
                         "{}.{}.{}.{} belongs to another instance",
@@ -235,7 +254,7 @@ impl Instances {
             }
         }
         for a in &info.ipv6 {
-            if let Some(other) = self.owner_v6(a) {
+            if let Some(other) = self.owner_v6(a, overlay) {
                 if Some(other) != existing {
                     return Err(format!(
                         "{} belongs to another instance",
@@ -262,6 +281,7 @@ impl Instances {
                     classifier: (self.make_classifier)(mac),
                     queues: Vec::new(),
                     counters: InstanceCounters::default(),
+                    overlay,
                 };
                 let slot = match self.slots.iter().position(Option::is_none) {
                     Some(free) => {
@@ -310,15 +330,23 @@ impl Instances {
         Ok(())
     }
 
-    fn owner_v4(&self, a: &[u8; 4]) -> Option<Slot> {
+    /// The instance of `overlay` (or of the link) that has `a`.
+    fn owner_v4(&self, a: &[u8; 4], overlay: Option<u32>) -> Option<Slot> {
         self.iter_slots()
-            .find(|(_, i)| i.ipv4.contains(a))
+            .find(|(_, i)| i.overlay == overlay && i.ipv4.contains(a))
             .map(|(s, _)| s)
     }
 
-    fn owner_v6(&self, a: &[u8; 16]) -> Option<Slot> {
+    fn owner_v6(&self, a: &[u8; 16], overlay: Option<u32>) -> Option<Slot> {
         self.iter_slots()
-            .find(|(_, i)| i.ipv6.contains(a))
+            .find(|(_, i)| i.overlay == overlay && i.ipv6.contains(a))
+            .map(|(s, _)| s)
+    }
+
+    /// Slots of the instances on the link (not on an overlay).
+    fn link_slots(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.iter_slots()
+            .filter(|(_, i)| i.overlay.is_none())
             .map(|(s, _)| s)
     }
 
@@ -339,7 +367,9 @@ impl Instances {
         let Some(i) = self.slots.get(slot).and_then(Option::as_ref) else {
             return;
         };
-        if i.own_mac {
+        if i.overlay.is_some() {
+            // Reached through its overlay only.
+        } else if i.own_mac {
             self.by_mac.insert(mac_word(&i.mac), slot);
         } else {
             for a in &i.ipv4 {
@@ -380,10 +410,8 @@ impl Instances {
         out.clear();
         match target {
             Target::One(slot) => out.push(slot),
-            Target::Every => out.extend(self.iter_slots().map(|(s, _)| s)),
-            Target::EveryBut(but) => {
-                out.extend(self.iter_slots().map(|(s, _)| s).filter(|&s| s != but))
-            }
+            Target::Every => out.extend(self.link_slots()),
+            Target::EveryBut(but) => out.extend(self.link_slots().filter(|&s| s != but)),
         }
     }
 
@@ -462,7 +490,10 @@ impl Instances {
                 };
                 let mut arp_copies = 0;
                 for slot in 0..self.slots.len() {
-                    if self.slots[slot].is_none() || Some(slot) == but {
+                    let on_link = self.slots[slot]
+                        .as_ref()
+                        .is_some_and(|i| i.overlay.is_none());
+                    if !on_link || Some(slot) == but {
                         continue;
                     }
                     arp_copies += usize::from(self.receive_in(slot, frame, netd, out));

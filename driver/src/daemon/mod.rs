@@ -50,6 +50,7 @@ pub mod firewall;
 pub mod icmp_errors;
 pub mod instances;
 mod ops;
+pub mod overlay;
 pub mod tx;
 pub mod tx_fragments;
 
@@ -294,6 +295,8 @@ pub struct Driver {
     firewall: firewall::Firewall,
     /// Received frames the firewall blocked, for every queue past and present.
     firewall_dropped: u64,
+    /// Overlays and their instances' VXLAN traffic.
+    overlays: overlay::Overlays,
 }
 
 impl std::fmt::Debug for Driver {
@@ -370,6 +373,7 @@ impl Driver {
             captures: capture::Captures::default(),
             firewall: firewall::Firewall::default(),
             firewall_dropped: 0,
+            overlays: overlay::Overlays::default(),
         }
     }
 
@@ -566,6 +570,7 @@ impl Driver {
                     own_mac: false,
                     ipv4,
                     ipv6: default.ipv6.clone(),
+                    overlay: None,
                 };
                 self.set_instance(info)
             }
@@ -579,20 +584,37 @@ impl Driver {
                 self.set_instance(info)
             }
             DriverRequest::Operator(request) => self.operator(request),
-            DriverRequest::RemoveInstance { instance } => match self.instances.remove(instance) {
-                Ok(()) => {
-                    self.update_link_macs();
-                    Response::done()
+            DriverRequest::SetOverlay(_)
+            | DriverRequest::RemoveOverlay { .. }
+            | DriverRequest::SetOverlayMappings(_)
+            | DriverRequest::OverlayPoll => self.handle_overlay(request),
+            DriverRequest::RemoveInstance { instance } => {
+                let slot = self.instances.slot(instance);
+                match self.instances.remove(instance) {
+                    Ok(()) => {
+                        if let Some(slot) = slot {
+                            self.detach_overlay_instance(slot);
+                        }
+                        self.update_link_macs();
+                        Response::done()
+                    }
+                    Err(e) => Response::error(ErrorCode::NotFound, e),
                 }
-                Err(e) => Response::error(ErrorCode::NotFound, e),
-            },
+            }
         }
     }
 
     fn set_instance(&mut self, info: netmux_proto::driver::InstanceInfo) -> Response {
         let id = info.instance;
+        if let Err(e) = self.check_overlay_instance(&info) {
+            return Response::error(ErrorCode::NotFound, e);
+        }
         match self.instances.set(info) {
             Ok(slot) => {
+                self.attach_overlay_instance(slot);
+                if slot == 0 {
+                    self.set_underlay_source();
+                }
                 let mac = self.instances.get(slot).map_or(self.link_mac, |i| i.mac);
                 for q in self.queues.values_mut().filter(|q| q.instance == slot) {
                     q.mac = mac;
@@ -843,7 +865,9 @@ impl Driver {
             own_mac: false,
             ipv4: Vec::new(),
             ipv6: Vec::new(),
+            overlay: None,
         });
+        self.overlays = overlay::Overlays::default();
     }
 
     /// Housekeeping while idle: discards fragments whose datagram timed out, even when no
@@ -852,6 +876,10 @@ impl Driver {
         let now = self.now_ns();
         self.reassembler.expire(now);
         self.expire_fragments(now);
+        if self.overlays.active() {
+            self.overlays.expire(now);
+            self.flush_overlays();
+        }
     }
 
     /// Whether the link will never receive again (a replayed capture ended).
@@ -896,6 +924,7 @@ impl Driver {
                 }
             }
             self.flush_touched();
+            self.flush_overlays();
         }
         self.rx_batch = batch;
         received
@@ -903,6 +932,21 @@ impl Driver {
 
     /// Delivers a received frame to the instances it is for (see [`instances`]).
     fn deliver(&mut self, frame: &[u8]) {
+        if self.overlays.active() {
+            match self.overlays.receive(frame, self.now_ns()) {
+                overlay::Received::NotOverlay => {}
+                overlay::Received::Dropped => return,
+                overlay::Received::Inner(start, end) => {
+                    let slots = std::mem::take(&mut self.overlays.deliver_to);
+                    for &slot in &slots {
+                        self.rx.classified += 1;
+                        self.deliver_to(&frame[start..end], Target::One(slot));
+                    }
+                    self.overlays.deliver_to = slots;
+                    return;
+                }
+            }
+        }
         self.rx.classified += 1;
         if !self.captures.is_empty() {
             self.capture(CaptureSource::Link, FrameDirection::In, frame);
@@ -1036,6 +1080,9 @@ impl Driver {
             total += taken;
             let sender = queue.instance;
             let sender_id = self.instances.get(sender).map(|i| i.id).unwrap_or_default();
+            let sender_overlay = self.instances.get(sender).and_then(|i| i.overlay);
+            let from_netd = self.netd_queue == Some(id) && self.overlays.active();
+            let now_ns = u64::try_from(self.clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
             let mut outcome = Vec::with_capacity(taken);
             local.clear();
             for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
@@ -1068,6 +1115,15 @@ impl Driver {
                     )
                 {
                     status = TxStatus::RejectedByFirewall;
+                }
+                let overlay = match sender_overlay {
+                    Some(vni) => Some((vni, sender)),
+                    None if from_netd => self.overlays.sender(frame),
+                    None => None,
+                };
+                if let (Some((vni, slot)), true) = (overlay, status.is_sent()) {
+                    outcome.push(self.overlays.transmit(vni, slot, frame, now_ns));
+                    continue;
                 }
                 if status.is_sent() {
                     match self.instances.route(frame, sender) {
@@ -1160,6 +1216,7 @@ impl Driver {
                 self.rx.hairpin += 1;
                 self.deliver_to(frame, to);
             }
+            self.flush_overlays();
         }
         self.flush_touched();
         for id in faulted {

@@ -1,0 +1,337 @@
+//! Overlays end to end, without privileges: two netmux hosts (the real driver and netd each)
+//! joined by a virtual cable as the underlay, an overlay on each with a varpd `files`
+//! mapping, and clients in overlay instances on both sides exchanging frames through VXLAN.
+//!
+//! Proves: UDP crosses between hosts both ways, encapsulated on the cable; clients are told
+//! the overlay's MTU; ARP is answered by proxy, byte for byte; two overlays with the same
+//! inner addresses never see each other's frames; a bad mapping file is refused with its line
+//! and field while the last good mapping keeps working, and a good change is taken.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use netmux_client::blocking::Client;
+use netmux_client::{InstanceSpec, MacChoice, OverlaySpec, Transport};
+use netmux_netd::testing::Host;
+use netmux_ring::ClientQueue;
+use netmux_testkit::frames::{FrameBuilder, Ipv4};
+
+const LINK_A: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 0xa];
+const LINK_B: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 0xb];
+const UNDERLAY_A: [u8; 4] = [192, 0, 2, 1];
+const UNDERLAY_B: [u8; 4] = [192, 0, 2, 2];
+const WAIT: Duration = Duration::from_secs(5);
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// One overlay instance's identity.
+#[derive(Clone, Copy)]
+struct Node {
+    name: &'static str,
+    mac: [u8; 6],
+    ip: [u8; 4],
+    underlay: [u8; 4],
+}
+
+const BLUE_A: Node = Node {
+    name: "blue-a",
+    mac: [0x02, 0xb1, 0, 0, 0, 1],
+    ip: [10, 0, 0, 1],
+    underlay: UNDERLAY_A,
+};
+const BLUE_B: Node = Node {
+    name: "blue-b",
+    mac: [0x02, 0xb1, 0, 0, 0, 2],
+    ip: [10, 0, 0, 2],
+    underlay: UNDERLAY_B,
+};
+/// The same inner addresses as blue's, on another overlay.
+const RED_A: Node = Node {
+    name: "red-a",
+    mac: [0x02, 0xe1, 0, 0, 0, 1],
+    ip: [10, 0, 0, 1],
+    underlay: UNDERLAY_A,
+};
+const RED_B: Node = Node {
+    name: "red-b",
+    mac: [0x02, 0xe1, 0, 0, 0, 2],
+    ip: [10, 0, 0, 2],
+    underlay: UNDERLAY_B,
+};
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A varpd files-plugin document for `nodes`.
+fn mapping(nodes: &[Node]) -> String {
+    let entries: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "  \"{}\": {{ \"ip\": \"{}\", \"port\": 4789, \"arp\": \"{}\" }}",
+                mac_text(n.mac),
+                Ipv4Addr::from(n.underlay),
+                Ipv4Addr::from(n.ip)
+            )
+        })
+        .collect();
+    format!("{{\n{}\n}}\n", entries.join(",\n"))
+}
+
+fn pair() -> (Host, Host) {
+    Host::pair(
+        (LINK_A, Ipv4Addr::from(UNDERLAY_A)),
+        (LINK_B, Ipv4Addr::from(UNDERLAY_B)),
+    )
+}
+
+fn create_overlay(host: &Host, name: &str, vni: u32, file: &Path) {
+    Client::connect(host.runtime_dir())
+        .unwrap()
+        .create_overlay(OverlaySpec {
+            name: name.into(),
+            vni,
+            port: 4789,
+            mapping: format!("files:{}", file.display()),
+            mtu: None,
+            temporary: true,
+        })
+        .unwrap_or_else(|e| panic!("creating overlay {name}: {e}"));
+}
+
+/// Creates `node`'s instance on `overlay` and a client in it bound to UDP 7 with its queue.
+fn join(host: &Host, overlay: &str, node: Node) -> (Client, ClientQueue) {
+    Client::connect(host.runtime_dir())
+        .unwrap()
+        .create_instance(InstanceSpec {
+            name: node.name.into(),
+            mac: MacChoice::Given(node.mac),
+            ipv4: (node.ip, 24),
+            gateway: None,
+            ipv6_link_local: false,
+            ephemeral: None,
+            join_uids: None,
+            privileged_uids: vec![],
+            tap_uids: vec![],
+            exclusive_uids: vec![],
+            temporary: true,
+            overlay: Some(overlay.into()),
+        })
+        .unwrap_or_else(|e| panic!("creating instance {}: {e}", node.name));
+    let mut client = Client::connect_to(host.runtime_dir(), Some(node.name)).unwrap();
+    client.bind_port(Transport::Udp, 7).unwrap();
+    let queue = client.open_queue().unwrap();
+    (client, queue)
+}
+
+fn udp(from: Node, to: Node, payload: &[u8]) -> Vec<u8> {
+    FrameBuilder::ethernet(to.mac, from.mac)
+        .ethertype(0x0800)
+        .ipv4(Ipv4::new(from.ip, to.ip, 17))
+        .udp(7, 7)
+        .payload(payload.len())
+        .finish()
+        .data
+}
+
+fn send(q: &mut ClientQueue, frame: &[u8]) {
+    assert_eq!(q.send(&[&[frame]]).unwrap().sent, 1);
+}
+
+/// Frames `q` receives until `n` arrived or `timeout` passed.
+fn recv(q: &mut ClientQueue, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        if q.recv_owned(64, &mut out).unwrap() == 0 {
+            let _ = q.wait_readable(Some(Duration::from_millis(10)));
+        }
+    }
+    out
+}
+
+/// The UDP frames `q` receives within `window` (ARP and the like left out).
+fn udp_heard(q: &mut ClientQueue, window: Duration) -> Vec<Vec<u8>> {
+    recv(q, usize::MAX, window)
+        .into_iter()
+        .filter(|f| f.get(12..14) == Some(&[0x08, 0x00][..]))
+        .collect()
+}
+
+/// Sends `frame` until `q` receives it (the first ones wait for the mapping service and the
+/// underlay's ARP), at most for [`WAIT`].
+fn deliver(from: &mut ClientQueue, to: &mut ClientQueue, frame: &[u8]) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        send(from, frame);
+        if recv(to, 1, Duration::from_millis(200))
+            .iter()
+            .any(|f| f == frame)
+        {
+            return;
+        }
+    }
+    panic!("the frame never arrived");
+}
+
+#[test]
+fn clients_on_two_hosts_exchange_udp_through_vxlan_told_the_overlay_mtu() {
+    let (a, b) = pair();
+    let file = a.runtime_dir().with_file_name("blue.json");
+    std::fs::write(&file, mapping(&[BLUE_A, BLUE_B])).unwrap();
+    create_overlay(&a, "blue", 42, &file);
+    create_overlay(&b, "blue", 42, &file);
+    let (ca, mut qa) = join(&a, "blue", BLUE_A);
+    let (_cb, mut qb) = join(&b, "blue", BLUE_B);
+    assert_eq!(ca.host().link.mtu, 1450, "the link's 1500 less 50 of VXLAN");
+
+    let there = udp(BLUE_A, BLUE_B, b"over the overlay");
+    deliver(&mut qa, &mut qb, &there);
+    let back = udp(BLUE_B, BLUE_A, b"and back");
+    send(&mut qb, &back);
+    assert!(recv(&mut qa, 1, WAIT).contains(&back));
+
+    // The driver counted what it carried; netd shows it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = Client::connect(a.runtime_dir())
+            .unwrap()
+            .list_overlays()
+            .unwrap();
+        let o = &list[0];
+        assert_eq!((o.spec.name.as_str(), o.spec.vni), ("blue", 42));
+        assert_eq!(o.instances, vec!["blue-a".to_string()]);
+        assert_eq!(o.state, "ok");
+        if o.counters.tx_frames >= 1 && o.counters.rx_frames >= 1 && o.counters.misses >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "counters: {:?}", o.counters);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // An overlay with an instance cannot go.
+    let refused = Client::connect(a.runtime_dir())
+        .unwrap()
+        .destroy_overlay("blue")
+        .unwrap_err();
+    assert!(refused.to_string().contains("blue-a"), "{refused}");
+}
+
+#[test]
+fn arp_in_an_overlay_is_answered_by_proxy_byte_exact() {
+    let (a, b) = pair();
+    let file = a.runtime_dir().with_file_name("blue.json");
+    std::fs::write(&file, mapping(&[BLUE_A, BLUE_B])).unwrap();
+    create_overlay(&a, "blue", 42, &file);
+    let (_ca, mut qa) = join(&a, "blue", BLUE_A);
+    drop(b);
+    let request = FrameBuilder::ethernet([0xff; 6], BLUE_A.mac)
+        .ethertype(0x0806)
+        .arp(1, BLUE_A.mac, BLUE_A.ip, [0; 6], BLUE_B.ip)
+        .finish()
+        .data;
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&BLUE_A.mac);
+    expected.extend_from_slice(&BLUE_B.mac);
+    expected.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+    expected.extend_from_slice(&BLUE_B.mac);
+    expected.extend_from_slice(&BLUE_B.ip);
+    expected.extend_from_slice(&BLUE_A.mac);
+    expected.extend_from_slice(&BLUE_A.ip);
+    send(&mut qa, &request);
+    assert_eq!(recv(&mut qa, 1, WAIT), vec![expected]);
+}
+
+#[test]
+fn two_overlays_with_the_same_inner_addresses_never_see_each_others_frames() {
+    let (a, b) = pair();
+    let blue = a.runtime_dir().with_file_name("blue.json");
+    let red = a.runtime_dir().with_file_name("red.json");
+    std::fs::write(&blue, mapping(&[BLUE_A, BLUE_B])).unwrap();
+    std::fs::write(&red, mapping(&[RED_A, RED_B])).unwrap();
+    for h in [&a, &b] {
+        create_overlay(h, "blue", 42, &blue);
+        create_overlay(h, "red", 43, &red);
+    }
+    let (_c1, mut blue_a) = join(&a, "blue", BLUE_A);
+    let (_c2, mut red_a) = join(&a, "red", RED_A);
+    let (_c3, mut blue_b) = join(&b, "blue", BLUE_B);
+    let (_c4, mut red_b) = join(&b, "red", RED_B);
+
+    let to_blue = udp(BLUE_A, BLUE_B, b"blue");
+    let to_red = udp(RED_A, RED_B, b"red");
+    deliver(&mut blue_a, &mut blue_b, &to_blue);
+    deliver(&mut red_a, &mut red_b, &to_red);
+    for _ in 0..5 {
+        send(&mut blue_a, &to_blue);
+        send(&mut red_a, &to_red);
+    }
+    // Blue's client names red's MAC: blue's mapping has no such MAC, so it goes nowhere.
+    send(&mut blue_a, &udp(BLUE_A, RED_B, b"crossing"));
+    let heard_blue = udp_heard(&mut blue_b, SETTLE);
+    let heard_red = udp_heard(&mut red_b, SETTLE);
+    assert_eq!(heard_blue.len(), 5);
+    assert!(heard_blue.iter().all(|f| f == &to_blue), "blue heard red");
+    assert_eq!(heard_red.len(), 5);
+    assert!(heard_red.iter().all(|f| f == &to_red), "red heard blue");
+    assert!(udp_heard(&mut blue_a, SETTLE).is_empty());
+    assert!(udp_heard(&mut red_a, SETTLE).is_empty());
+}
+
+#[test]
+fn a_bad_mapping_file_is_refused_keeping_the_last_good_and_a_good_change_is_taken() {
+    let (a, b) = pair();
+    let file = a.runtime_dir().with_file_name("blue.json");
+    std::fs::write(&file, mapping(&[BLUE_A, BLUE_B])).unwrap();
+    create_overlay(&a, "blue", 42, &file);
+    create_overlay(&b, "blue", 42, &file);
+    let (_ca, mut qa) = join(&a, "blue", BLUE_A);
+    let (_cb, mut qb) = join(&b, "blue", BLUE_B);
+    let frame = udp(BLUE_A, BLUE_B, b"one");
+    deliver(&mut qa, &mut qb, &frame);
+
+    std::fs::write(
+        &file,
+        "{\n  \"02:b1:00:00:00:02\": {\n    \"ip\": \"192.0.2.2\",\n    \"port\": \"4789\"\n  }\n}\n",
+    )
+    .unwrap();
+    let state = |h: &Host| {
+        Client::connect(h.runtime_dir())
+            .unwrap()
+            .list_overlays()
+            .unwrap()[0]
+            .clone()
+    };
+    let deadline = Instant::now() + WAIT;
+    while state(&a).state == "ok" {
+        assert!(Instant::now() < deadline, "the bad file went unnoticed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = state(&a).state;
+    assert!(s.contains("line 4: 02:b1:00:00:00:02 port"), "{s}");
+    assert_eq!(state(&a).mappings, 2, "the last good mapping stays");
+    send(&mut qa, &frame);
+    assert!(recv(&mut qb, 1, WAIT).contains(&frame));
+
+    // B moves away (to an address nobody has): A's frames no longer reach it.
+    let moved = Node {
+        underlay: [192, 0, 2, 99],
+        ..BLUE_B
+    };
+    std::fs::write(&file, mapping(&[BLUE_A, moved])).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while state(&a).state != "ok" {
+        assert!(Instant::now() < deadline, "the good file was not taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(SETTLE);
+    let _ = recv(&mut qb, usize::MAX, SETTLE);
+    send(&mut qa, &frame);
+    assert!(
+        udp_heard(&mut qb, SETTLE).is_empty(),
+        "the moved MAC is not B's any more"
+    );
+}

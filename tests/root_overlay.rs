@@ -1,0 +1,346 @@
+//! An overlay against the Linux kernel's own VXLAN device, as root: proof of the wire format
+//! against an implementation nobody here wrote.
+//!
+//! `netmux up` runs in one namespace on a veth end (`afpacket:`, 192.0.2.2/24 as the
+//! underlay); the other end, in a second namespace, is the kernel's with 192.0.2.1/24 and
+//! Linux's default offloads, and a `vxlan` device on it (VNI 42, port 4789, learning off,
+//! static forwarding entries toward 192.0.2.2) with overlay address 10.0.0.9/24. netmux has
+//! overlay `blue` (VNI 42, a varpd `files` mapping naming both MACs) and instance `web`
+//! (10.0.0.1/24) on it, with `netmux example udp-echo` as its client. The kernel's UDP socket
+//! on 10.0.0.9 exchanges datagrams with the echo through both VXLAN implementations: the
+//! kernel resolves 10.0.0.1 by ARP carried in VXLAN (answered by netd's host stack for the
+//! instance, encapsulated by the driver), and the echo's stack resolves 10.0.0.9 by proxy ARP.
+//! Then TCP: the kernel loads `netmux example http`'s page in the instance; and ICMP: netd's
+//! host stack answers the kernel's echo request for the instance's address.
+//!
+//! Only addresses in 192.0.2.0/24 (underlay) and 10.0.0.0/24 (overlay) inside the test's
+//! namespaces are used; nothing outside them is changed, no offload is touched; only
+//! processes this test started are stopped, by their pid; the namespaces (and every interface
+//! in them) are deleted on drop whatever happened. Named `root_*` and `#[ignore]`d:
+//! `scripts/test` runs it as root.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netmux_testkit::netns::{self, NetNs, Proc};
+use netmux_testkit::TempDir;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+const UNDERLAY_KERNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const UNDERLAY_NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const OVERLAY_KERNEL: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+const OVERLAY_NETMUX: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const KERNEL_VXLAN_MAC: &str = "02:b1:00:00:00:09";
+const NETMUX_MAC: &str = "02:b1:00:00:00:01";
+const VNI: &str = "42";
+const UDP_PORT: u16 = 7777;
+const HTTP_PORT: u16 = 8080;
+const MUX_END: &str = "nmx0";
+const KERNEL_END: &str = "nmx1";
+const LOG_FILTER: &str = "info,cranelift_jit=warn";
+
+fn netmux() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+}
+
+/// Sends ICMP echo requests from `from` to `to` on a raw socket (root) until a reply with
+/// the same identifier and payload comes back, for up to [`PATIENCE`].
+fn icmp_echo(from: Ipv4Addr, to: Ipv4Addr) -> bool {
+    // SAFETY: plain socket calls on a descriptor this function owns and closes; every buffer
+    // passed lives across its call and its length is passed with it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let addr = |a: Ipv4Addr| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = addr(from);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
+            0
+        );
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 300_000,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        let remote = addr(to);
+        let mut request = vec![8u8, 0, 0, 0, 0x4e, 0x4d, 0, 1];
+        request.extend_from_slice(b"netmux overlay ping");
+        let sum = netmux_wire::checksum::of(&request);
+        request[2..4].copy_from_slice(&sum.to_be_bytes());
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = [0u8; 2048];
+        let mut ok = false;
+        while !ok && Instant::now() < deadline {
+            libc::sendto(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&remote as *const libc::sockaddr_in).cast(),
+                len,
+            );
+            loop {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n <= 0 {
+                    break;
+                }
+                // An IPv4 header, then ICMP: an echo reply (type 0) with our id and payload.
+                let got = &buf[..n as usize];
+                let ihl = usize::from(got[0] & 0x0f) * 4;
+                if let Some(icmp) = got.get(ihl..) {
+                    if icmp.first() == Some(&0) && icmp.get(4..) == request.get(4..) {
+                        ok = true;
+                        break;
+                    }
+                }
+            }
+        }
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Runs `bridge -n NS args` and panics unless it succeeds.
+fn bridge(ns: &NetNs, args: &[&str]) {
+    let out = Command::new("bridge")
+        .args(["-n", ns.name()])
+        .args(args)
+        .output()
+        .expect("running bridge");
+    assert!(
+        out.status.success(),
+        "bridge {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a netmux command against `run` and panics with its output unless it succeeds.
+fn netmux_cmd(run: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(netmux())
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "netmux {}: {out:?}", args.join(" "));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, veth, AF_PACKET, a vxlan device"]
+fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_overlay() {
+    assert!(
+        netns::is_root(),
+        "root_* tests need root: run scripts/test as root"
+    );
+    // Declared in drop order: processes first, then the namespaces.
+    let kernel = NetNs::new("ovk");
+    let mux = NetNs::new("ovm");
+    let dir = TempDir::new("nmx-root-overlay");
+    netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
+    mux.ip(&["link", "set", MUX_END, "up"]);
+    kernel.ip(&[
+        "addr",
+        "add",
+        &format!("{UNDERLAY_KERNEL}/24"),
+        "dev",
+        KERNEL_END,
+    ]);
+    kernel.ip(&["link", "set", KERNEL_END, "up"]);
+    let defaults = netns::offloads(&kernel, KERNEL_END);
+    assert!(defaults.tx_checksum, "Linux's defaults: {defaults:?}");
+
+    // The kernel's VTEP.
+    kernel.ip(&[
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        VNI,
+        "dstport",
+        "4789",
+        "local",
+        &UNDERLAY_KERNEL.to_string(),
+        "dev",
+        KERNEL_END,
+        "nolearning",
+    ]);
+    kernel.ip(&["link", "set", "vx0", "address", KERNEL_VXLAN_MAC]);
+    kernel.ip(&["addr", "add", &format!("{OVERLAY_KERNEL}/24"), "dev", "vx0"]);
+    kernel.ip(&["link", "set", "vx0", "up"]);
+    let netmux_ip = UNDERLAY_NETMUX.to_string();
+    for mac in ["00:00:00:00:00:00", NETMUX_MAC] {
+        bridge(
+            &kernel,
+            &["fdb", "append", mac, "dev", "vx0", "dst", &netmux_ip],
+        );
+    }
+
+    // netmux's: the same mapping in varpd's files format.
+    let map = dir.join("blue.json");
+    std::fs::write(
+        &map,
+        format!(
+            "{{ \"{NETMUX_MAC}\": {{ \"ip\": \"{UNDERLAY_NETMUX}\", \"port\": 4789, \"arp\": \"{OVERLAY_NETMUX}\" }},\n  \"{KERNEL_VXLAN_MAC}\": {{ \"ip\": \"{UNDERLAY_KERNEL}\", \"port\": 4789, \"arp\": \"{OVERLAY_KERNEL}\" }} }}\n"
+        ),
+    )
+    .unwrap();
+    let run = dir.join("run");
+    let mut cmd = mux.command(netmux());
+    cmd.args([
+        "up",
+        "--link",
+        &format!("afpacket:{MUX_END}"),
+        "--ip",
+        &format!("{UNDERLAY_NETMUX}/24"),
+    ])
+    .arg("--runtime-dir")
+    .arg(&run)
+    .env("RUST_LOG", LOG_FILTER);
+    let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
+    up.expect_line("netd listening", PATIENCE);
+    netmux_cmd(
+        &run,
+        &[
+            "overlay",
+            "create",
+            "blue",
+            "--vni",
+            VNI,
+            "--mapping",
+            &format!("files:{}", map.display()),
+            "--temporary",
+        ],
+    );
+    netmux_cmd(
+        &run,
+        &[
+            "instance",
+            "create",
+            "web",
+            "--overlay",
+            "blue",
+            "--mac",
+            NETMUX_MAC,
+            "--ip",
+            &format!("{OVERLAY_NETMUX}/24"),
+            "--no-ipv6",
+            "--temporary",
+        ],
+    );
+    let mut echo_cmd = Command::new(netmux());
+    echo_cmd
+        .args([
+            "example",
+            "udp-echo",
+            "--port",
+            &UDP_PORT.to_string(),
+            "-i",
+            "web",
+        ])
+        .arg("--runtime-dir")
+        .arg(&run)
+        .env("RUST_LOG", LOG_FILTER);
+    let mut echo = Proc::spawn("udp-echo", echo_cmd, &dir.join("echo.log"));
+    echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
+
+    // The kernel's socket on its overlay address, through its vxlan device.
+    let target = SocketAddr::from((OVERLAY_NETMUX, UDP_PORT));
+    let answered = kernel.run(move || {
+        let sock = UdpSocket::bind((OVERLAY_KERNEL, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = [0u8; 2048];
+        // The first datagrams wait for the lookups and ARP on both sides; their echoes come
+        // late, so any echo of a datagram sent counts, each once.
+        let mut sent = Vec::new();
+        let mut answered = std::collections::BTreeSet::new();
+        while answered.len() < 3 && Instant::now() < deadline {
+            let payload = format!("through two VXLANs {}", sent.len());
+            sock.send_to(payload.as_bytes(), target).unwrap();
+            sent.push(payload);
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                assert_eq!(from, target, "the echo answers from its overlay address");
+                let echoed = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(
+                    sent.contains(&echoed),
+                    "an echo of nothing sent: {echoed:?}"
+                );
+                answered.insert(echoed);
+            }
+        }
+        answered.len()
+    });
+    let overlays = netmux_cmd(&run, &["overlay", "ls"]);
+    assert!(
+        answered >= 3,
+        "the echo did not answer through VXLAN\noverlay ls:\n{overlays}\nup log:\n{}\necho log:\n{}",
+        up.log(),
+        echo.log()
+    );
+    // TCP: the kernel loads the HTTP example's page through both VXLANs.
+    let mut http_cmd = Command::new(netmux());
+    http_cmd
+        .args([
+            "example",
+            "http",
+            "--port",
+            &HTTP_PORT.to_string(),
+            "-i",
+            "web",
+        ])
+        .arg("--runtime-dir")
+        .arg(&run)
+        .env("RUST_LOG", LOG_FILTER);
+    let mut http = Proc::spawn("http", http_cmd, &dir.join("http.log"));
+    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    let head = kernel.run(|| {
+        let target = SocketAddr::from((OVERLAY_NETMUX, HTTP_PORT));
+        let deadline = Instant::now() + PATIENCE;
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    assert!(head.starts_with("HTTP/1.1 200"), "the page: {head:?}");
+
+    // ICMP: netd's host stack answers the kernel's echo request for the instance's address.
+    let echoed = kernel.run(|| icmp_echo(OVERLAY_KERNEL, OVERLAY_NETMUX));
+    assert!(echoed, "no ICMP echo reply through VXLAN");
+
+    let json = netmux_cmd(&run, &["overlay", "ls", "--json"]);
+    assert!(json.contains("\"state\":\"ok\""), "{json}");
+    drop(http);
+    drop(echo);
+    drop(up);
+}
