@@ -1,7 +1,7 @@
 //! The bodies of netmux's fuzz targets, with their models and input generators.
 //!
 //! Each target is one function of any bytes that panics when netmux breaks a promise of
-//! RELIABILITY.md (F1-F8) and returns otherwise. Two callers run them:
+//! RELIABILITY.md (F1-F10) and returns otherwise. Two callers run them:
 //!
 //! * the cargo-fuzz crate in `fuzz/` (its own workspace, nightly, sanitizers), where each file
 //!   of `fuzz/fuzz_targets/` is one line calling its function here (`scripts/fuzz SECONDS`);
@@ -25,6 +25,7 @@ mod config_file;
 mod filter_parse;
 pub mod gen;
 mod ipc_decode;
+mod overlay;
 mod reassembly;
 mod vm;
 
@@ -32,6 +33,7 @@ pub use classifier::classifier;
 pub use config_file::config_file;
 pub use filter_parse::filter_parse;
 pub use ipc_decode::ipc_decode;
+pub use overlay::{overlay_files, vxlan};
 pub use reassembly::reassembly;
 pub use vm::{vm_differential, vm_roundtrip, vm_verify};
 
@@ -45,10 +47,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_file", config_file),
     ("filter_parse", filter_parse),
     ("ipc_decode", ipc_decode),
+    ("overlay_files", overlay_files),
     ("reassembly", reassembly),
     ("vm_differential", vm_differential),
     ("vm_roundtrip", vm_roundtrip),
     ("vm_verify", vm_verify),
+    ("vxlan", vxlan),
 ];
 
 /// `data` as a `T`, decoded exactly as libFuzzer's typed `fuzz_target!` decodes it: `None`

@@ -90,10 +90,12 @@ replay_tests!(
     config_file,
     filter_parse,
     ipc_decode,
+    overlay_files,
     reassembly,
     vm_differential,
     vm_roundtrip,
     vm_verify,
+    vxlan,
 );
 
 #[test]
