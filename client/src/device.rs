@@ -3,7 +3,9 @@
 //! Received frames come from the queue's rx ring in batches of [`RX_BATCH`]; each transmitted
 //! frame goes into the tx ring at once. A frame the tx ring has no room for is dropped and
 //! counted (smoltcp retransmits as it would on a lossy link); completions are collected and
-//! rejected transmissions counted, so a test can tell a refused spoof from a lost frame.
+//! rejected transmissions counted, so a test can tell a refused spoof from a lost frame. ARP
+//! replies smoltcp makes are kept back and counted: netd alone answers ARP for the host's
+//! address, and the driver refuses a client's reply.
 //! Frame buffers are reused, received and transmitted alike: the device allocates nothing per
 //! frame once it has seen a batch.
 //!
@@ -37,6 +39,9 @@ pub struct DeviceCounters {
     pub tx_dropped: u64,
     /// Frames the driver completed with a rejection.
     pub tx_rejected: u64,
+    /// ARP replies smoltcp made and the device kept back: netd alone answers ARP for the
+    /// host's address (the driver would refuse a client's reply).
+    pub arp_replies_withheld: u64,
 }
 
 /// The device. See the module documentation.
@@ -182,6 +187,11 @@ pub struct QueueTxToken<'a> {
     buffer: &'a mut Vec<u8>,
 }
 
+/// An ARP reply (ethertype 0x0806, operation 2), untagged as smoltcp writes it.
+fn is_arp_reply(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x08, 0x06]) && frame.get(20..22) == Some(&[0, 2])
+}
+
 impl phy::TxToken for QueueTxToken<'_> {
     fn consume<R, F>(self, len: usize, f: F) -> R
     where
@@ -191,6 +201,10 @@ impl phy::TxToken for QueueTxToken<'_> {
         frame.clear();
         frame.resize(len, 0);
         let result = f(frame);
+        if is_arp_reply(frame) {
+            self.counters.arp_replies_withheld += 1;
+            return result;
+        }
         match self.queue.send(&[&[frame]]) {
             Ok(outcome) if outcome.sent == 1 => self.counters.tx_frames += 1,
             _ => self.counters.tx_dropped += 1,
@@ -245,6 +259,20 @@ impl Device for QueueDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arp_replies_are_recognised_and_requests_and_ip_are_not() {
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        arp[20..22].copy_from_slice(&[0, 2]);
+        assert!(is_arp_reply(&arp));
+        arp[20..22].copy_from_slice(&[0, 1]);
+        assert!(!is_arp_reply(&arp), "a request goes out");
+        arp[12..14].copy_from_slice(&[0x08, 0x00]);
+        arp[20..22].copy_from_slice(&[0, 2]);
+        assert!(!is_arp_reply(&arp), "IPv4 whatever its bytes 20-21");
+        assert!(!is_arp_reply(&arp[..21]));
+    }
 
     fn icmp(kind: u8, code: u8, mtu: u16) -> Vec<u8> {
         let mut f = vec![0u8; 14 + 20 + 8 + 28];
