@@ -1,11 +1,13 @@
 //! DHCP for the default instance, as root, against a real DHCP server: `netmux up --ip dhcp` on
 //! the end of a veth pair as `ip link add` makes it (`afpacket:`), the kernel at the other end
-//! with 192.0.2.1/24 and `dnsmasq` serving 192.0.2.50-60 with 30 s leases.
+//! with 192.0.2.1/24 and `dnsmasq` serving 192.0.2.50-60 (2-minute leases, its shortest, with T1
+//! at 10 s and T2 at 15 s).
 //!
 //! Proves: netd leases an address in the range (DISCOVER/OFFER/REQUEST/ACK from 0.0.0.0 through
 //! netd's own transmit filter, the replies reaching its host queue); a client started then is
-//! told the address and answers the kernel's UDP at it; the lease is renewed at T1 (15 s); with
-//! dnsmasq stopped, the lease runs out and netd says it is lost.
+//! told the address and answers the kernel's UDP at it; the lease is renewed at T1 (10 s); with
+//! dnsmasq replaced by a server that refuses it, netd says the lease is lost, takes a new one,
+//! and releases it when stopped.
 //!
 //! Addresses only in 192.0.2.0/24 inside the test's namespaces; processes stopped by their
 //! pid; the namespaces are deleted on drop whatever happened. `root_*` and `#[ignore]`d:
@@ -188,6 +190,27 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
         Duration::from_secs(20),
     );
     assert!(up.try_wait().is_none(), "netd runs on without an address");
+
+    // It starts over and takes a lease from the new server; stopped, it releases it.
+    let line = wait_log("netd", &up_log, "dhcp: leased 192.0.2.7", PATIENCE);
+    let second = leased_address(&line);
     echo.kill9();
-    up.kill9();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &up.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    up.wait_exit(PATIENCE);
+    wait_log(
+        "netd",
+        &up_log,
+        &format!("dhcp: released the lease of {second}"),
+        PATIENCE,
+    );
+    wait_log(
+        "dnsmasq",
+        &dir.join("dnsmasq2.log"),
+        &format!("DHCPRELEASE({KERNEL_END}) {second}"),
+        PATIENCE,
+    );
 }

@@ -373,6 +373,8 @@ impl Drop for HostStack {
 
 /// How long the host stack sleeps waiting for frames before checking whether to stop.
 const HOST_POLL: Duration = Duration::from_millis(50);
+/// How long netd waits, when it stops, for the driver to send its DHCP RELEASE.
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
 /// Frames handled per wake-up.
 const HOST_BATCH: usize = 64;
 
@@ -407,6 +409,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
             let mut responders: BTreeMap<InstanceId, (HostIdentity, Responder)> = BTreeMap::new();
             let mut frames = Vec::new();
             let mut completions = Vec::new();
+            let mut dhcp_malformed_seen = 0;
             while !flag.load(Ordering::Relaxed) {
                 if queue.wait_readable(Some(HOST_POLL)).is_err() {
                     break;
@@ -426,6 +429,13 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                             if let Some(event) = client.receive(f, now) {
                                 netd.push_dhcp_event(event);
                             }
+                        }
+                        if client.malformed > dhcp_malformed_seen {
+                            dhcp_malformed_seen = client.malformed;
+                            tracing::warn!(
+                                "dhcp: ignored a server message that cannot be trusted ({} so far)",
+                                client.malformed
+                            );
                         }
                         // A lease lost is followed at once by a DISCOVER: two rounds at most.
                         for _ in 0..2 {
@@ -462,8 +472,22 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                 c.release().zip(address)
             }) {
                 let (frame, address) = release;
+                completions.clear();
+                let _ = queue.completions(usize::MAX, &mut completions);
+                completions.clear();
                 match queue.send(&[&[frame.as_slice()][..]]) {
-                    Ok(_) => tracing::info!("dhcp: released the lease of {address}"),
+                    Ok(_) => {
+                        // Wait (briefly) until the driver has sent it: netd's stop may be
+                        // followed at once by the driver's.
+                        let deadline = Instant::now() + RELEASE_WAIT;
+                        while completions.is_empty() && Instant::now() < deadline {
+                            if queue.wait_readable(Some(HOST_POLL)).is_err() {
+                                break;
+                            }
+                            let _ = queue.completions(usize::MAX, &mut completions);
+                        }
+                        tracing::info!("dhcp: released the lease of {address}");
+                    }
                     Err(e) => tracing::warn!("dhcp: releasing the lease of {address}: {e}"),
                 }
             }

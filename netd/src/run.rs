@@ -245,6 +245,20 @@ mod tests {
     }
 
     #[test]
+    fn ip_dhcp_asks_for_a_lease_and_refuses_a_gateway_or_no_host_stack() {
+        let cli = Cli::try_parse_from(["x", "--ip", "dhcp"]).unwrap();
+        let config = cli.host.config().unwrap();
+        assert!(config.dhcp);
+        assert_eq!((config.addrs.ipv4, config.addrs.gateway), (None, None));
+        for extra in [["--gateway", "10.0.0.1"], ["--no-host-stack", "--no-ipv6"]] {
+            let cli = Cli::try_parse_from(["x", "--ip", "DHCP", extra[0], extra[1]]).unwrap();
+            assert!(matches!(cli.host.config(), Err(ConfigError::Dhcp(_))));
+        }
+        let cli = Cli::try_parse_from(["x", "--ip", "10.0.0.2/24"]).unwrap();
+        assert!(!cli.host.config().unwrap().dhcp);
+    }
+
+    #[test]
     fn a_gateway_off_the_subnet_is_refused() {
         let cli =
             Cli::try_parse_from(["x", "--ip", "10.0.0.2/24", "--gateway", "10.0.1.1"]).unwrap();
