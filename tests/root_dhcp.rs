@@ -190,6 +190,9 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
         Duration::from_secs(20),
     );
     assert!(up.try_wait().is_none(), "netd runs on without an address");
+    // The client told the lost address has its session ended (it connects again for the new
+    // configuration).
+    wait_log("udp-echo", &echo_log, "netd went away", PATIENCE);
 
     // It starts over and takes a lease from the new server; stopped, it releases it.
     let line = wait_log("netd", &up_log, "dhcp: leased 192.0.2.7", PATIENCE);

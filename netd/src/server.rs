@@ -452,13 +452,16 @@ async fn dhcp_loop(shell: Arc<Shell>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let commands = {
+        let (commands, stale) = {
             let mut netd = lock(&shell.state);
             if netd.driver_gone().is_some() {
                 continue;
             }
             netd.take_dhcp_commands()
         };
+        if !stale.is_empty() {
+            shell.end_sessions(&stale).await;
+        }
         if commands.is_empty() {
             continue;
         }

@@ -797,17 +797,20 @@ impl Netd {
 
     /// Applies the DHCP client's reports to the default instance (its address, prefix,
     /// gateway and DNS servers, what clients learn at hello) and returns what the driver must
-    /// be told: the host addresses, and netd's own receive and transmit filters for the new
-    /// address. Each change is logged.
-    pub fn take_dhcp_commands(&mut self) -> Vec<DriverCommand> {
+    /// be told (the host addresses, and netd's own receive and transmit filters for the new
+    /// address) and, when an address the default instance had is gone (lost, or another
+    /// leased), the sessions of the default instance to end: they were told that address and
+    /// their filters hold it; they learn the new configuration (or none) when they connect
+    /// again. Each change is logged.
+    pub fn take_dhcp_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
         let events = std::mem::take(&mut self.dhcp_events);
         if events.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
         let before = self.default_instance().host.ipv4;
         for event in events {
             let Some(default) = self.instances.get_mut(&DEFAULT_INSTANCE) else {
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             };
             match event {
                 crate::dhcp::Event::Leased(l) | crate::dhcp::Event::Renewed(l) => {
@@ -859,7 +862,22 @@ impl Netd {
         }
         let after = self.default_instance().host.ipv4;
         if before == after {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
+        }
+        let stale: Vec<SessionId> = if before.is_some() {
+            self.session_instance
+                .iter()
+                .filter(|(_, i)| **i == DEFAULT_INSTANCE)
+                .map(|(s, _)| *s)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (Some(old), false) = (before, stale.is_empty()) {
+            tracing::warn!(
+                "dhcp: ending the default instance's {} sessions: they were told {old}",
+                stale.len()
+            );
         }
         let mut commands = vec![DriverCommand::SetHostAddresses {
             ipv4: after.iter().map(|a| a.octets()).collect(),
@@ -894,7 +912,7 @@ impl Netd {
             Ok(None) => {}
             Err(e) => tracing::error!("dhcp: the host's transmit filter: {e}"),
         }
-        commands
+        (commands, stale)
     }
 
     /// The host queue's descriptors, once, for netd's host stack.
