@@ -2471,3 +2471,106 @@ pub fn drive_blocking(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::{Event, Lease};
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    fn filters_of(commands: &[DriverCommand]) -> (Vec<String>, usize) {
+        let installed = commands
+            .iter()
+            .filter_map(|c| match c {
+                DriverCommand::InstallFilter(s) => Some(s.expr.clone()),
+                _ => None,
+            })
+            .collect();
+        let removed = commands
+            .iter()
+            .filter(|c| matches!(c, DriverCommand::RemoveFilter { .. }))
+            .count();
+        (installed, removed)
+    }
+
+    fn host_addresses(commands: &[DriverCommand]) -> Option<Vec<[u8; 4]>> {
+        commands.iter().find_map(|c| match c {
+            DriverCommand::SetHostAddresses { ipv4 } => Some(ipv4.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_dhcp_lease_sets_the_default_instances_address_and_filters_and_losing_it_clears_them() {
+        let mut config = Config::new("/nonexistent/netmux-test");
+        config.dhcp = true;
+        let link = LinkInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        };
+        let (mut netd, start) = Netd::new(&config, link).unwrap();
+        assert!(netd.dhcp());
+        assert_eq!(netd.host_config().ipv4, None);
+        assert_eq!(host_addresses(&start), Some(vec![]));
+        let (installed, _) = filters_of(&start);
+        assert!(
+            installed
+                .iter()
+                .any(|e| e.contains("ip src host 0.0.0.0") && e.contains("udp src port 68")),
+            "{installed:?}"
+        );
+        assert_eq!(netd.take_dhcp_commands().0, vec![]);
+
+        let address = Ipv4Addr::new(192, 0, 2, 55);
+        let lease = Lease {
+            address,
+            prefix: 24,
+            gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            dns_servers: vec![Ipv4Addr::new(192, 0, 2, 53)],
+            server: Ipv4Addr::new(192, 0, 2, 1),
+            server_mac: [2, 0, 0, 0, 0, 2],
+            duration: Duration::from_secs(120),
+            renew: Duration::from_secs(60),
+            rebind: Duration::from_secs(105),
+            acquired: Duration::ZERO,
+        };
+        netd.push_dhcp_event(Event::Leased(lease.clone()));
+        let (commands, stale) = netd.take_dhcp_commands();
+        assert!(stale.is_empty());
+        assert_eq!(host_addresses(&commands), Some(vec![address.octets()]));
+        let (installed, _) = filters_of(&commands);
+        assert!(installed
+            .iter()
+            .any(|e| e.contains("ip src host 192.0.2.55")));
+        let hc = netd.host_config();
+        assert_eq!(hc.ipv4, Some((address.octets(), 24)));
+        assert_eq!(hc.gateway, Some([192, 0, 2, 1]));
+        assert_eq!(hc.dns_servers, vec![[192, 0, 2, 53]]);
+        assert_eq!(netd.host().ipv4, Some(address));
+
+        // A renewal of the same address changes nothing the driver holds.
+        netd.push_dhcp_event(Event::Renewed(lease));
+        assert_eq!(netd.take_dhcp_commands(), (vec![], vec![]));
+
+        netd.push_dhcp_event(Event::Lost {
+            address,
+            why: "test",
+        });
+        let (commands, _) = netd.take_dhcp_commands();
+        assert_eq!(host_addresses(&commands), Some(vec![]));
+        let (installed, removed) = filters_of(&commands);
+        // Only the IPv6 link-local address's transmit filter comes back.
+        assert!(
+            installed
+                .iter()
+                .all(|e| !e.contains("192.0.2.55") && e.contains("ip6 src host")),
+            "{installed:?}"
+        );
+        assert_eq!(removed, 2);
+        let hc = netd.host_config();
+        assert_eq!((hc.ipv4, hc.gateway), (None, None));
+        assert!(hc.dns_servers.is_empty());
+        assert_eq!(netd.host().ipv4, None);
+    }
+}
