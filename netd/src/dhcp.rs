@@ -130,7 +130,7 @@ pub struct Client {
     next_send: Duration,
     /// The current retransmission delay while selecting or requesting.
     retry: Duration,
-    /// When the current exchange began (for the REQUEST that makes `Lease::acquired`).
+    /// When the first REQUEST of the current exchange was sent (`Lease::acquired`).
     exchange_started: Duration,
     /// Server replies to this client that could not be trusted.
     pub malformed: u64,
@@ -295,6 +295,8 @@ impl Client {
                     server,
                     tries: 0,
                 };
+                // The lease's times count from the (first) REQUEST, sent now.
+                self.exchange_started = now;
                 self.retry = FIRST_RETRY;
                 self.next_send = now;
                 None
@@ -341,8 +343,8 @@ impl Client {
         }
     }
 
-    /// The lease an ACK gives, if it can be trusted. Its times count from the start of the
-    /// exchange (RFC 2131 4.4.1).
+    /// The lease an ACK gives, if it can be trusted. Its times count from the first REQUEST of
+    /// the exchange (RFC 2131 4.4.1).
     fn lease_of(&self, repr: &DhcpRepr<'_>, server_mac: [u8; 6]) -> Option<Lease> {
         let server = repr.server_identifier?;
         if !usable_host(repr.your_ip, repr) || !is_unicast_ip(server) {
