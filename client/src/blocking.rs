@@ -75,6 +75,7 @@ impl Client {
                 ipv4: None,
                 gateway: None,
                 ipv6_link_local: None,
+                dns_servers: Vec::new(),
             },
             timeout: options.timeout,
             out_of_step: false,

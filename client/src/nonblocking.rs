@@ -79,6 +79,7 @@ impl AsyncClient {
                 ipv4: None,
                 gateway: None,
                 ipv6_link_local: None,
+                dns_servers: Vec::new(),
             },
             timeout: options.timeout,
             out_of_step: false,

@@ -59,6 +59,26 @@ pub enum ConfigError {
         /// Its prefix length.
         prefix: u8,
     },
+    /// Options that do not go with `--ip dhcp`.
+    #[error("{0}")]
+    Dhcp(&'static str),
+}
+
+/// What `--ip` says: a static address and prefix, or DHCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIp {
+    /// This address and prefix length.
+    Static(Ipv4Addr, u8),
+    /// From a DHCP server's lease.
+    Dhcp,
+}
+
+/// Parses `--ip`: `dhcp`, or a host address with its prefix ([`parse_host_cidr`]).
+pub fn parse_host_ip(text: &str) -> Result<HostIp, ConfigError> {
+    if text.eq_ignore_ascii_case("dhcp") {
+        return Ok(HostIp::Dhcp);
+    }
+    parse_host_cidr(text).map(|(a, p)| HostIp::Static(a, p))
 }
 
 /// The host's IP configuration.
@@ -79,6 +99,9 @@ pub struct Config {
     pub runtime_dir: PathBuf,
     /// The host's addresses.
     pub addrs: HostAddrs,
+    /// Whether the default instance takes its IPv4 address from DHCP (then `addrs.ipv4` and
+    /// `addrs.gateway` are none until a lease).
+    pub dhcp: bool,
     /// Ephemeral ports for `get_port`.
     pub ephemeral: RangeInclusive<u16>,
     /// Who may do what, and how much.
@@ -114,6 +137,7 @@ impl Config {
                 gateway: None,
                 ipv6_link_local: true,
             },
+            dhcp: false,
             ephemeral: DEFAULT_EPHEMERAL,
             policy: Policy::default(),
             rings: QueueConfig::default(),

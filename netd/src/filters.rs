@@ -176,6 +176,16 @@ pub fn broadcast_rx(
         .collect()
 }
 
+/// netd's tx filter for a DHCP client with this MAC before it has an address: from 0.0.0.0
+/// port 68 to the limited broadcast's port 67 (RFC 2131 4.1), nothing else.
+pub fn dhcp_client_tx(mac: [u8; 6]) -> String {
+    format!(
+        "ether src {} and ip src host 0.0.0.0 and ip dst host 255.255.255.255 and udp src port 68 \
+         and udp dst port 67",
+        mac_text(mac)
+    )
+}
+
 /// The ARP tx filter of a client queue, when the host has an IPv4 address: requests from the
 /// host's addresses, never replies (netd answers for the host).
 pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {

@@ -373,6 +373,8 @@ impl Drop for HostStack {
 
 /// How long the host stack sleeps waiting for frames before checking whether to stop.
 const HOST_POLL: Duration = Duration::from_millis(50);
+/// How long netd waits, when it stops, for the driver to send its DHCP RELEASE.
+const RELEASE_WAIT: Duration = Duration::from_millis(500);
 /// Frames handled per wake-up.
 const HOST_BATCH: usize = 64;
 
@@ -393,6 +395,11 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                 return None;
             }
         };
+    let mut dhcp = {
+        let netd = lock(&state);
+        netd.dhcp()
+            .then(|| crate::dhcp::Client::new(netd.host().mac, dhcp_seed()))
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -402,6 +409,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
             let mut responders: BTreeMap<InstanceId, (HostIdentity, Responder)> = BTreeMap::new();
             let mut frames = Vec::new();
             let mut completions = Vec::new();
+            let mut dhcp_malformed_seen = 0;
             while !flag.load(Ordering::Relaxed) {
                 if queue.wait_readable(Some(HOST_POLL)).is_err() {
                     break;
@@ -413,18 +421,44 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                 completions.clear();
                 let _ = queue.completions(usize::MAX, &mut completions);
                 let answers: Vec<Vec<u8>> = {
-                    let netd = lock(&state);
-                    sync_responders(&mut responders, netd.host_identities());
+                    let mut netd = lock(&state);
                     let now = start.elapsed();
+                    let mut dhcp_frames = Vec::new();
+                    if let Some(client) = dhcp.as_mut() {
+                        for f in frames.iter().filter(|f| crate::dhcp::is_dhcp_reply(f)) {
+                            if let Some(event) = client.receive(f, now) {
+                                netd.push_dhcp_event(event);
+                            }
+                        }
+                        if client.malformed > dhcp_malformed_seen {
+                            dhcp_malformed_seen = client.malformed;
+                            tracing::warn!(
+                                "dhcp: ignored a server message that cannot be trusted ({} so far)",
+                                client.malformed
+                            );
+                        }
+                        // A lease lost is followed at once by a DISCOVER: two rounds at most.
+                        for _ in 0..2 {
+                            let (frame, event) = client.poll(now);
+                            if let Some(event) = event {
+                                netd.push_dhcp_event(event);
+                            }
+                            dhcp_frames.extend(frame);
+                        }
+                    }
+                    sync_responders(&mut responders, netd.host_identities());
                     let mtu = usize::from(netd.host_config().link.mtu);
+                    let taken_by_dhcp = |f: &[u8]| dhcp.is_some() && crate::dhcp::is_dhcp_reply(f);
                     frames
                         .iter()
+                        .filter(|f| !taken_by_dhcp(f))
                         .filter_map(|f| {
                             responders.iter_mut().find_map(|(&id, (_, r))| {
                                 r.answer(f, now, |t, p| netd.port_free(id, t, p))
                             })
                         })
                         .flat_map(|(_, a)| crate::fragment::fragment_ipv4(a, mtu))
+                        .chain(dhcp_frames)
                         .collect()
                 };
                 let batch: Vec<[&[u8]; 1]> = answers.iter().map(|a| [a.as_slice()]).collect();
@@ -433,12 +467,44 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                     break;
                 }
             }
+            if let Some(release) = dhcp.as_mut().and_then(|c| {
+                let address = c.lease().map(|l| l.address);
+                c.release().zip(address)
+            }) {
+                let (frame, address) = release;
+                completions.clear();
+                let _ = queue.completions(usize::MAX, &mut completions);
+                completions.clear();
+                match queue.send(&[&[frame.as_slice()][..]]) {
+                    Ok(_) => {
+                        // Wait (briefly) until the driver has sent it: netd's stop may be
+                        // followed at once by the driver's.
+                        let deadline = Instant::now() + RELEASE_WAIT;
+                        while completions.is_empty() && Instant::now() < deadline {
+                            if queue.wait_readable(Some(HOST_POLL)).is_err() {
+                                break;
+                            }
+                            let _ = queue.completions(usize::MAX, &mut completions);
+                        }
+                        tracing::info!("dhcp: released the lease of {address}");
+                    }
+                    Err(e) => tracing::warn!("dhcp: releasing the lease of {address}: {e}"),
+                }
+            }
         })
         .ok()?;
     Some(HostStack {
         stop,
         thread: Some(thread),
     })
+}
+
+/// A transaction id seed that differs between runs and hosts (RFC 2131 4.1: random).
+fn dhcp_seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
+    nanos ^ std::process::id().rotate_left(16)
 }
 
 /// Keeps one responder per instance, made anew when an instance's identity changes.

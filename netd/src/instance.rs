@@ -164,6 +164,7 @@ impl Instance {
             ipv4: Some((addr.octets(), prefix)),
             gateway: spec.gateway,
             ipv6_link_local: ipv6.map(|a| a.octets()),
+            dns_servers: Vec::new(),
         };
         Ok(Instance {
             id,

@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod core;
+pub mod dhcp;
 pub mod driver_link;
 pub mod driver_worker;
 pub mod filters;

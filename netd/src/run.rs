@@ -48,10 +48,12 @@ pub struct HostArgs {
     pub runtime_dir: Option<PathBuf>,
     /// The host's IPv4 address and prefix length: a host address of its network (not the
     /// network or broadcast address, not multicast, loopback or reserved; a prefix of 1 to
-    /// 32), e.g. --ip 192.0.2.10/24.
-    #[arg(long, value_name = "A.B.C.D/N", value_parser = config::parse_host_cidr)]
-    pub ip: Option<(Ipv4Addr, u8)>,
-    /// The IPv4 default gateway (must be on the --ip subnet).
+    /// 32), e.g. --ip 192.0.2.10/24; or `dhcp`: address, prefix, gateway and DNS servers from
+    /// a DHCP server's lease, renewed while netd runs and released when it stops (needs the
+    /// host stack).
+    #[arg(long, value_name = "A.B.C.D/N|dhcp", value_parser = config::parse_host_ip)]
+    pub ip: Option<config::HostIp>,
+    /// The IPv4 default gateway (must be on the --ip subnet; not with --ip dhcp).
     #[arg(long, value_name = "G", requires = "ip")]
     pub gateway: Option<Ipv4Addr>,
     /// Do not give the host an IPv6 link-local address.
@@ -98,11 +100,23 @@ impl HostArgs {
                 .clone()
                 .unwrap_or_else(config::default_runtime_dir),
         );
-        if let (Some(ip), Some(gw)) = (self.ip, self.gateway) {
+        let (ip, dhcp) = match self.ip {
+            Some(config::HostIp::Static(a, p)) => (Some((a, p)), false),
+            Some(config::HostIp::Dhcp) => (None, true),
+            None => (None, false),
+        };
+        if dhcp && (self.gateway.is_some() || self.no_host_stack) {
+            return Err(ConfigError::Dhcp(
+                "--ip dhcp takes the gateway from the lease and needs the host stack \
+                 (no --gateway, no --no-host-stack)",
+            ));
+        }
+        if let (Some(ip), Some(gw)) = (ip, self.gateway) {
             config::check_gateway(ip, gw)?;
         }
+        config.dhcp = dhcp;
         config.addrs = HostAddrs {
-            ipv4: self.ip,
+            ipv4: ip,
             gateway: self.gateway,
             ipv6_link_local: !self.no_ipv6,
         };
@@ -228,6 +242,20 @@ mod tests {
             };
             assert!(e.contains(bad), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn ip_dhcp_asks_for_a_lease_and_refuses_a_gateway_or_no_host_stack() {
+        let cli = Cli::try_parse_from(["x", "--ip", "dhcp"]).unwrap();
+        let config = cli.host.config().unwrap();
+        assert!(config.dhcp);
+        assert_eq!((config.addrs.ipv4, config.addrs.gateway), (None, None));
+        for extra in [["--gateway", "10.0.0.1"], ["--no-host-stack", "--no-ipv6"]] {
+            let cli = Cli::try_parse_from(["x", "--ip", "DHCP", extra[0], extra[1]]).unwrap();
+            assert!(matches!(cli.host.config(), Err(ConfigError::Dhcp(_))));
+        }
+        let cli = Cli::try_parse_from(["x", "--ip", "10.0.0.2/24"]).unwrap();
+        assert!(!cli.host.config().unwrap().dhcp);
     }
 
     #[test]

@@ -364,6 +364,9 @@ impl Server {
         let host_stack = host::spawn_stack(self.shell.state.clone());
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
         let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
+        let dhcp = lock(&self.shell.state)
+            .dhcp()
+            .then(|| tokio::spawn(dhcp_loop(self.shell.clone())));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -382,6 +385,9 @@ impl Server {
         }
         ticker.abort();
         overlays.abort();
+        if let Some(d) = dhcp {
+            d.abort();
+        }
         drop(host_stack);
         let _ = std::fs::remove_file(&self.socket);
         if let Some(dir) = &self.created_dir {
@@ -431,6 +437,37 @@ async fn expiry_loop(shell: Arc<Shell>) {
             );
             for (_, k) in kills.drain() {
                 let _ = k.send(());
+            }
+        }
+    }
+}
+
+/// How often the DHCP client's reports are taken to the driver.
+const DHCP_TICK: Duration = Duration::from_millis(100);
+
+/// Every [`DHCP_TICK`]: applies what netd's DHCP client reported (a lease taken, renewed or
+/// lost) and tells the driver the default instance's new address and netd's filters for it.
+async fn dhcp_loop(shell: Arc<Shell>) {
+    let mut tick = tokio::time::interval(DHCP_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (commands, stale) = {
+            let mut netd = lock(&shell.state);
+            if netd.driver_gone().is_some() {
+                continue;
+            }
+            netd.take_dhcp_commands()
+        };
+        if !stale.is_empty() {
+            shell.end_sessions(&stale).await;
+        }
+        if commands.is_empty() {
+            continue;
+        }
+        for o in shell.driver.run(commands, false).await {
+            if let crate::driver_link::DriverOutcome::Failed(e) = o {
+                tracing::error!("dhcp: the driver did not take the new address: {e}");
             }
         }
     }

@@ -280,6 +280,12 @@ pub struct Netd {
     session_instance: HashMap<SessionId, InstanceId>,
     /// netd's own transmit filter on the host queue, per instance.
     host_tx: HashMap<InstanceId, FilterId>,
+    /// netd's receive filter on the host queue for the default instance's ARP.
+    host_rx: Option<FilterId>,
+    /// Whether the default instance takes its address from DHCP.
+    dhcp: bool,
+    /// What the DHCP client reported, not yet applied ([`Netd::take_dhcp_commands`]).
+    dhcp_events: Vec<crate::dhcp::Event>,
     link: LinkInfo,
     /// The policy a new instance starts from (its limits).
     template: Policy,
@@ -437,6 +443,7 @@ impl Netd {
             ipv4: config.addrs.ipv4.map(|(a, p)| (a.octets(), p)),
             gateway: config.addrs.gateway.map(|g| g.octets()),
             ipv6_link_local: host.ipv6.map(|a| a.octets()),
+            dns_servers: Vec::new(),
         };
         let default = Instance {
             id: DEFAULT_INSTANCE,
@@ -474,6 +481,9 @@ impl Netd {
             names: BTreeMap::new(),
             session_instance: HashMap::new(),
             host_tx: HashMap::new(),
+            host_rx: None,
+            dhcp: config.dhcp && config.host_stack,
+            dhcp_events: Vec::new(),
             link,
             template: config.policy.clone(),
             default_ephemeral: config.ephemeral.clone(),
@@ -563,6 +573,16 @@ impl Netd {
             if let Some(expr) = filters::host_rx(&netd.instances[&DEFAULT_INSTANCE].host) {
                 let filter = netd.filter_id();
                 let s = spec(HOST_QUEUE, filter, Direction::Rx, RxMode::Owner, None, expr)
+                    .map_err(StartError::Filter)?;
+                netd.host_rx = Some(filter);
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            if netd.dhcp {
+                // The DHCP client's messages from 0.0.0.0 (DISCOVER, REQUEST while selecting);
+                // once leased, renewals from the address pass the host's own filter.
+                let expr = filters::dhcp_client_tx(netd.link.mac);
+                let filter = netd.filter_id();
+                let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)
                     .map_err(StartError::Filter)?;
                 commands.push(DriverCommand::InstallFilter(s));
             }
@@ -762,6 +782,137 @@ impl Netd {
         self.instances
             .get(&instance)
             .is_some_and(|i| i.core.ports().state(transport, port) == core::PortState::Free)
+    }
+
+    /// Whether the default instance takes its address from DHCP (netd's host stack then runs
+    /// the DHCP client).
+    pub fn dhcp(&self) -> bool {
+        self.dhcp
+    }
+
+    /// Takes in what the DHCP client reported, for [`Netd::take_dhcp_commands`].
+    pub fn push_dhcp_event(&mut self, event: crate::dhcp::Event) {
+        self.dhcp_events.push(event);
+    }
+
+    /// Applies the DHCP client's reports to the default instance (its address, prefix,
+    /// gateway and DNS servers, what clients learn at hello) and returns what the driver must
+    /// be told (the host addresses, and netd's own receive and transmit filters for the new
+    /// address) and, when an address the default instance had is gone (lost, or another
+    /// leased), the sessions of the default instance to end: they were told that address and
+    /// their filters hold it; they learn the new configuration (or none) when they connect
+    /// again. Each change is logged.
+    pub fn take_dhcp_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let events = std::mem::take(&mut self.dhcp_events);
+        if events.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let before = self.default_instance().host.ipv4;
+        for event in events {
+            let Some(default) = self.instances.get_mut(&DEFAULT_INSTANCE) else {
+                return (Vec::new(), Vec::new());
+            };
+            match event {
+                crate::dhcp::Event::Leased(l) | crate::dhcp::Event::Renewed(l) => {
+                    let renewed = default.host.ipv4 == Some(l.address);
+                    default.host.ipv4 = Some(l.address);
+                    default.host_config.ipv4 = Some((l.address.octets(), l.prefix));
+                    default.host_config.gateway = l.gateway.map(|g| g.octets());
+                    default.host_config.dns_servers =
+                        l.dns_servers.iter().map(|a| a.octets()).collect();
+                    default.spec.ipv4 = (l.address.octets(), l.prefix);
+                    default.spec.gateway = default.host_config.gateway;
+                    let dns: Vec<String> = l.dns_servers.iter().map(|a| a.to_string()).collect();
+                    if renewed {
+                        tracing::info!(
+                            "dhcp: lease of {} renewed by {} for {} s",
+                            l.address,
+                            l.server,
+                            l.duration.as_secs()
+                        );
+                    } else {
+                        tracing::info!(
+                            "dhcp: leased {}/{} from {} for {} s (gateway {}, dns {})",
+                            l.address,
+                            l.prefix,
+                            l.server,
+                            l.duration.as_secs(),
+                            l.gateway.map_or("none".into(), |g| g.to_string()),
+                            if dns.is_empty() {
+                                "none".into()
+                            } else {
+                                dns.join(",")
+                            }
+                        );
+                    }
+                }
+                crate::dhcp::Event::Lost { address, why } => {
+                    tracing::warn!(
+                        "dhcp: lease of {address} lost ({why}); the host has no IPv4 address \
+                         until a new lease"
+                    );
+                    default.host.ipv4 = None;
+                    default.host_config.ipv4 = None;
+                    default.host_config.gateway = None;
+                    default.host_config.dns_servers.clear();
+                    default.spec.ipv4 = ([0; 4], 0);
+                    default.spec.gateway = None;
+                }
+            }
+        }
+        let after = self.default_instance().host.ipv4;
+        if before == after {
+            return (Vec::new(), Vec::new());
+        }
+        let stale: Vec<SessionId> = if before.is_some() {
+            self.session_instance
+                .iter()
+                .filter(|(_, i)| **i == DEFAULT_INSTANCE)
+                .map(|(s, _)| *s)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (Some(old), false) = (before, stale.is_empty()) {
+            tracing::warn!(
+                "dhcp: ending the default instance's {} sessions: they were told {old}",
+                stale.len()
+            );
+        }
+        let mut commands = vec![DriverCommand::SetHostAddresses {
+            ipv4: after.iter().map(|a| a.octets()).collect(),
+        }];
+        if let Some(filter) = self.host_rx.take() {
+            commands.push(DriverCommand::RemoveFilter {
+                queue: HOST_QUEUE,
+                filter,
+            });
+        }
+        if let Some(filter) = self.host_tx.remove(&DEFAULT_INSTANCE) {
+            commands.push(DriverCommand::RemoveFilter {
+                queue: HOST_QUEUE,
+                filter,
+            });
+        }
+        if let Some(expr) = filters::host_rx(&self.default_instance().host) {
+            let filter = self.filter_id();
+            match spec(HOST_QUEUE, filter, Direction::Rx, RxMode::Owner, None, expr) {
+                Ok(s) => {
+                    self.host_rx = Some(filter);
+                    commands.push(DriverCommand::InstallFilter(s));
+                }
+                Err(e) => tracing::error!("dhcp: the host's receive filter: {e}"),
+            }
+        }
+        match self.host_tx_spec(DEFAULT_INSTANCE) {
+            Ok(Some((filter, s))) => {
+                self.host_tx.insert(DEFAULT_INSTANCE, filter);
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("dhcp: the host's transmit filter: {e}"),
+        }
+        (commands, stale)
     }
 
     /// The host queue's descriptors, once, for netd's host stack.
@@ -2318,5 +2469,108 @@ pub fn drive_blocking(
                 step = netd.resume(then, Vec::new());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::{Event, Lease};
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    fn filters_of(commands: &[DriverCommand]) -> (Vec<String>, usize) {
+        let installed = commands
+            .iter()
+            .filter_map(|c| match c {
+                DriverCommand::InstallFilter(s) => Some(s.expr.clone()),
+                _ => None,
+            })
+            .collect();
+        let removed = commands
+            .iter()
+            .filter(|c| matches!(c, DriverCommand::RemoveFilter { .. }))
+            .count();
+        (installed, removed)
+    }
+
+    fn host_addresses(commands: &[DriverCommand]) -> Option<Vec<[u8; 4]>> {
+        commands.iter().find_map(|c| match c {
+            DriverCommand::SetHostAddresses { ipv4 } => Some(ipv4.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_dhcp_lease_sets_the_default_instances_address_and_filters_and_losing_it_clears_them() {
+        let mut config = Config::new("/nonexistent/netmux-test");
+        config.dhcp = true;
+        let link = LinkInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        };
+        let (mut netd, start) = Netd::new(&config, link).unwrap();
+        assert!(netd.dhcp());
+        assert_eq!(netd.host_config().ipv4, None);
+        assert_eq!(host_addresses(&start), Some(vec![]));
+        let (installed, _) = filters_of(&start);
+        assert!(
+            installed
+                .iter()
+                .any(|e| e.contains("ip src host 0.0.0.0") && e.contains("udp src port 68")),
+            "{installed:?}"
+        );
+        assert_eq!(netd.take_dhcp_commands().0, vec![]);
+
+        let address = Ipv4Addr::new(192, 0, 2, 55);
+        let lease = Lease {
+            address,
+            prefix: 24,
+            gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+            dns_servers: vec![Ipv4Addr::new(192, 0, 2, 53)],
+            server: Ipv4Addr::new(192, 0, 2, 1),
+            server_mac: [2, 0, 0, 0, 0, 2],
+            duration: Duration::from_secs(120),
+            renew: Duration::from_secs(60),
+            rebind: Duration::from_secs(105),
+            acquired: Duration::ZERO,
+        };
+        netd.push_dhcp_event(Event::Leased(lease.clone()));
+        let (commands, stale) = netd.take_dhcp_commands();
+        assert!(stale.is_empty());
+        assert_eq!(host_addresses(&commands), Some(vec![address.octets()]));
+        let (installed, _) = filters_of(&commands);
+        assert!(installed
+            .iter()
+            .any(|e| e.contains("ip src host 192.0.2.55")));
+        let hc = netd.host_config();
+        assert_eq!(hc.ipv4, Some((address.octets(), 24)));
+        assert_eq!(hc.gateway, Some([192, 0, 2, 1]));
+        assert_eq!(hc.dns_servers, vec![[192, 0, 2, 53]]);
+        assert_eq!(netd.host().ipv4, Some(address));
+
+        // A renewal of the same address changes nothing the driver holds.
+        netd.push_dhcp_event(Event::Renewed(lease));
+        assert_eq!(netd.take_dhcp_commands(), (vec![], vec![]));
+
+        netd.push_dhcp_event(Event::Lost {
+            address,
+            why: "test",
+        });
+        let (commands, _) = netd.take_dhcp_commands();
+        assert_eq!(host_addresses(&commands), Some(vec![]));
+        let (installed, removed) = filters_of(&commands);
+        // Only the IPv6 link-local address's transmit filter comes back.
+        assert!(
+            installed
+                .iter()
+                .all(|e| !e.contains("192.0.2.55") && e.contains("ip6 src host")),
+            "{installed:?}"
+        );
+        assert_eq!(removed, 2);
+        let hc = netd.host_config();
+        assert_eq!((hc.ipv4, hc.gateway), (None, None));
+        assert!(hc.dns_servers.is_empty());
+        assert_eq!(netd.host().ipv4, None);
     }
 }

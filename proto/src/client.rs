@@ -63,6 +63,9 @@ pub struct HostConfig {
     pub gateway: Option<[u8; 4]>,
     /// IPv6 link-local address.
     pub ipv6_link_local: Option<[u8; 16]>,
+    /// DNS servers (from the host's DHCP lease; empty when none are known).
+    #[serde(default)]
+    pub dns_servers: Vec<[u8; 4]>,
 }
 
 /// The name of the instance a client joins when it names none.
