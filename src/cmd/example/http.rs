@@ -25,8 +25,11 @@ use smoltcp::socket::tcp;
 use super::{stopping, ExampleArgs, Station};
 
 /// Sockets on the port: connections served at once. Their buffers ([`SOCKET_BUFFER`] each
-/// way) are allocated once at start.
-pub const SOCKETS: usize = 32;
+/// way) are allocated once at start. Few, on purpose: smoltcp's interface walks every socket
+/// on each poll, and with 32 of these a bulk send ran at a fifth of the rate (`scripts/bench-link`,
+/// client -> kernel: 145 MB/s with 32, 712 MB/s with 4); idle connections cannot shut clients
+/// out, since the one idle longest is closed to make room.
+pub const SOCKETS: usize = 4;
 /// A connection that sent no byte of its request for this long is closed: a client that
 /// connects and says nothing holds a socket no longer.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
