@@ -28,7 +28,7 @@ use netmux_netd::driver_link::ChannelDriver;
 use netmux_netd::NetdHandle;
 use netmux_proto::driver::QueueConfig;
 use netmux_proto::ops::{CaptureDirections, CaptureRequest, ClientName};
-use netmux_ring::{ClientQueue, TxStatus};
+use netmux_ring::{ClientQueue, QueueError, TxStatus};
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 use netmux_testkit::TempDir;
 use netmux_vm::Strategy;
@@ -996,4 +996,97 @@ fn a_rule_list_too_large_for_one_driver_message_is_refused_and_netd_keeps_its_dr
     assert_eq!(admin.firewall(FirewallRequest::List).unwrap().len(), added);
     let mut client = host.client();
     client.bind_port(Transport::Udp, PORT).unwrap();
+}
+
+#[test]
+fn a_client_writing_faster_than_the_link_is_flow_controlled_and_loses_no_accepted_frame() {
+    const FRAMES: usize = 300;
+    let host = Host::start();
+    let mut client = host.client();
+    client.bind_port(Transport::Udp, PORT).unwrap();
+    let mut q = client.open_queue().unwrap();
+    // The driver learns the peer's end of the cable from what it hears.
+    host.send(&inbound(0));
+    assert_eq!(recv_one(&mut q), inbound(0));
+
+    // txbuf: 8 KiB is four 2 KiB slots; a batch of five frames can never fit.
+    assert_eq!(netmux(&host, &["set", "udp/7007", "txbuf=8K"]).0, Some(0));
+    let (_, text, _) = netmux(&host, &["get", "-p", "udp/7007", "txbuf"]);
+    assert_eq!(text, "udp/7007:txbuf:rw:8192\n");
+    let one = outbound(0);
+    let one: [&[u8]; 1] = [&one];
+    let five: Vec<&[&[u8]]> = vec![&one[..]; 5];
+    assert!(matches!(
+        q.send(&five),
+        Err(QueueError::BatchTooLarge {
+            needed: 5,
+            capacity: 4
+        })
+    ));
+    let (code, _, err) = netmux(&host, &["set", "udp/7007", "txbuf=1K"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("outside [maxtu 1518, tx ring 131072]"),
+        "{err}"
+    );
+
+    // The peer does not read for a while: the cable fills, the link is busy, the driver holds
+    // what it took and leaves the rest in the ring, and the client is made to wait.
+    let writer = std::thread::spawn(move || {
+        let mut would_block = 0;
+        // A writer collects its completions: the driver takes a frame only when the
+        // completion ring has room for its outcome.
+        let mut done = Vec::new();
+        for i in 0..FRAMES {
+            let frame = outbound(i);
+            loop {
+                q.completions(FRAMES, &mut done).unwrap();
+                match q.send(&[&[&frame]]) {
+                    Ok(_) => break,
+                    Err(QueueError::WouldBlock { .. }) => {
+                        would_block += 1;
+                        q.wait(true, Some(1), Some(WAIT)).unwrap();
+                    }
+                    Err(e) => panic!("frame {i}: {e}"),
+                }
+            }
+        }
+        // Every accepted frame is completed as sent.
+        let end = Instant::now() + WAIT;
+        while done.len() < FRAMES && Instant::now() < end {
+            q.completions(FRAMES, &mut done).unwrap();
+            let _ = q.wait_readable(Some(Duration::from_millis(10)));
+        }
+        (would_block, done, q, client)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // Then it reads everything, until it has every frame or WAIT passes.
+    let start = Instant::now();
+    let mut heard = Vec::new();
+    while heard.len() < FRAMES && start.elapsed() < WAIT {
+        heard.extend(host.heard_from(PORT, Duration::from_millis(50)));
+    }
+    eprintln!(
+        "the peer heard {} frames in {:?}",
+        heard.len(),
+        start.elapsed()
+    );
+    let (would_block, done, _q, mut client) = writer.join().unwrap();
+    assert!(would_block > 0, "the client was never made to wait");
+    assert_eq!(done.len(), FRAMES);
+    assert!(
+        done.iter().all(|c| c.status == TxStatus::Sent),
+        "{:?}",
+        done.iter().find(|c| c.status != TxStatus::Sent)
+    );
+    let expected: Vec<Vec<u8>> = (0..FRAMES).map(outbound).collect();
+    assert_eq!(heard.len(), FRAMES, "every accepted frame reached the peer");
+    assert!(heard == expected, "in order, each once");
+    let stats = client.stats().unwrap();
+    assert!(stats.tx_flow_control > 0, "{stats:?}");
+    // `netmux stat` shows the same count.
+    let (code, text, _) = netmux(&host, &["stat", "--json", "udp/7007", "1", "1"]);
+    assert_eq!(code, Some(0));
+    let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(row["txfc_total"], stats.tx_flow_control, "{text}");
 }

@@ -1,8 +1,11 @@
 //! A `smoltcp::phy::Device` on a netmux queue, so a real TCP/IP stack runs as a netd client.
 //!
 //! Received frames come from the queue's rx ring in batches of [`RX_BATCH`]; each transmitted
-//! frame goes into the tx ring at once. A frame the tx ring has no room for is dropped and
-//! counted (smoltcp retransmits as it would on a lossy link); completions are collected and
+//! frame goes into the tx ring at once. The device respects the queue's flow control: when the
+//! tx ring (within its `txbuf`) is full, `transmit` gives smoltcp no token, so data stays in its
+//! socket buffers, and a frame made meanwhile (a reply to a received one) waits in a short
+//! backlog of [`TX_BACKLOG`] frames sent first when room opens; only a frame beyond it is dropped
+//! and counted (smoltcp retransmits as it would on a lossy link). Completions are collected and
 //! rejected transmissions counted, so a test can tell a refused spoof from a lost frame. ARP
 //! replies smoltcp makes are kept back and counted: netd alone answers ARP for the host's
 //! address, and the driver refuses a client's reply.
@@ -24,6 +27,10 @@ use smoltcp::time::Instant;
 
 /// Frames taken from the rx ring per refill.
 pub const RX_BATCH: usize = 32;
+/// Frames a device keeps while the tx ring is full (made by smoltcp in answer to received
+/// frames, which the device cannot refuse to hand it), sent first when room opens.
+pub const TX_BACKLOG: usize = 64;
+
 /// The smallest MTU an IPv4 host must accept (RFC 791): a "fragmentation needed" naming less
 /// is ignored.
 pub const MIN_IPV4_MTU: u16 = 68;
@@ -35,8 +42,11 @@ pub struct DeviceCounters {
     pub rx_frames: u64,
     /// Frames put in the tx ring.
     pub tx_frames: u64,
-    /// Frames dropped because the tx ring was full or the queue failed.
+    /// Frames dropped because the tx ring and the backlog were full, or the queue failed.
     pub tx_dropped: u64,
+    /// Times the tx ring was full when smoltcp wanted to send (flow control: smoltcp was
+    /// given no token, or the frame waited in the backlog).
+    pub tx_flow_control: u64,
     /// Frames the driver completed with a rejection.
     pub tx_rejected: u64,
     /// ARP replies smoltcp made and the device kept back: netd alone answers ARP for the
@@ -55,6 +65,8 @@ pub struct QueueDevice {
     current: Vec<u8>,
     /// The frame smoltcp is building now.
     tx_buffer: Vec<u8>,
+    /// Frames made while the tx ring was full, oldest first (at most [`TX_BACKLOG`]).
+    backlog: VecDeque<Vec<u8>>,
     mtu: usize,
     /// The smallest next-hop MTU named by an ICMP "fragmentation needed" not yet taken.
     path_mtu: Option<u16>,
@@ -71,6 +83,7 @@ impl QueueDevice {
             spare: Vec::new(),
             current: Vec::new(),
             tx_buffer: Vec::new(),
+            backlog: VecDeque::new(),
             mtu: usize::from(mtu),
             path_mtu: None,
             counters: DeviceCounters::default(),
@@ -89,6 +102,7 @@ impl QueueDevice {
     pub fn replace_queue(&mut self, queue: ClientQueue) {
         self.queue = queue;
         self.rx.clear();
+        self.backlog.clear();
     }
 
     /// The IP MTU the device reports to smoltcp.
@@ -122,12 +136,37 @@ impl QueueDevice {
         self.counters
     }
 
-    /// Sleeps until a frame may be waiting, or `timeout` passes (smoltcp's `poll_delay`).
+    /// Sleeps until a frame may be waiting, room opens for the backlog, or `timeout` passes
+    /// (smoltcp's `poll_delay`).
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), QueueError> {
+        self.send_backlog();
         if self.rx.is_empty() {
-            self.queue.wait_readable(timeout)?;
+            let room = self
+                .backlog
+                .front()
+                .map(|f| self.queue.layout().slots_for(f.len()));
+            self.queue.wait(true, room, timeout)?;
         }
         Ok(())
+    }
+
+    /// Frames waiting for room in the tx ring.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Sends what the backlog holds, oldest first, while the tx ring takes it.
+    fn send_backlog(&mut self) {
+        while let Some(frame) = self.backlog.front() {
+            match self.queue.send(&[&[frame]]) {
+                Ok(_) => self.counters.tx_frames += 1,
+                Err(QueueError::WouldBlock { .. }) => return,
+                Err(_) => self.counters.tx_dropped += 1,
+            }
+            if let Some(sent) = self.backlog.pop_front() {
+                self.spare.push(sent);
+            }
+        }
     }
 
     fn refill(&mut self) {
@@ -185,9 +224,11 @@ pub struct QueueTxToken<'a> {
     queue: &'a mut ClientQueue,
     counters: &'a mut DeviceCounters,
     buffer: &'a mut Vec<u8>,
+    backlog: &'a mut VecDeque<Vec<u8>>,
+    spare: &'a mut Vec<Vec<u8>>,
 }
 
-/// An ARP reply (ethertype 0x0806, operation 2), untagged as smoltcp writes it.
+/// Whether `frame` is an ARP reply (Ethernet type 0x0806, operation 2).
 fn is_arp_reply(frame: &[u8]) -> bool {
     frame.get(12..14) == Some(&[0x08, 0x06]) && frame.get(20..22) == Some(&[0, 2])
 }
@@ -205,9 +246,22 @@ impl phy::TxToken for QueueTxToken<'_> {
             self.counters.arp_replies_withheld += 1;
             return result;
         }
-        match self.queue.send(&[&[frame]]) {
-            Ok(outcome) if outcome.sent == 1 => self.counters.tx_frames += 1,
-            _ => self.counters.tx_dropped += 1,
+        // Behind the backlog, in order; into it when the ring is full.
+        let outcome = if self.backlog.is_empty() {
+            self.queue.send(&[&[frame]])
+        } else {
+            Err(QueueError::WouldBlock { needed: 0, free: 0 })
+        };
+        match outcome {
+            Ok(_) => self.counters.tx_frames += 1,
+            Err(QueueError::WouldBlock { .. }) if self.backlog.len() < TX_BACKLOG => {
+                self.counters.tx_flow_control += 1;
+                let mut kept = self.spare.pop().unwrap_or_default();
+                kept.clear();
+                kept.extend_from_slice(frame);
+                self.backlog.push_back(kept);
+            }
+            Err(_) => self.counters.tx_dropped += 1,
         }
         result
     }
@@ -218,6 +272,7 @@ impl Device for QueueDevice {
     type TxToken<'a> = QueueTxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        self.send_backlog();
         if self.rx.is_empty() {
             self.refill();
         }
@@ -234,15 +289,27 @@ impl Device for QueueDevice {
                 queue: &mut self.queue,
                 counters: &mut self.counters,
                 buffer: &mut self.tx_buffer,
+                backlog: &mut self.backlog,
+                spare: &mut self.spare,
             },
         ))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<Self::TxToken<'_>> {
+        self.send_backlog();
+        // Flow control: no token while the ring has no room for a full-size frame, so
+        // smoltcp keeps its data (and sends it when `wait` says room opened).
+        let full_frame = self.mtu + smoltcp::wire::EthernetFrame::<&[u8]>::header_len();
+        if !self.backlog.is_empty() || !self.queue.can_send(full_frame) {
+            self.counters.tx_flow_control += 1;
+            return None;
+        }
         Some(QueueTxToken {
             queue: &mut self.queue,
             counters: &mut self.counters,
             buffer: &mut self.tx_buffer,
+            backlog: &mut self.backlog,
+            spare: &mut self.spare,
         })
     }
 

@@ -20,6 +20,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Writes have flow control: a batch goes into the tx ring whole or not at all
+//! ([`netmux_ring::QueueError::WouldBlock`]); [`ClientQueue::send_wait`] blocks for room,
+//! [`nonblocking::AsyncQueue`] awaits it, and poll/epoll users poll [`ClientQueue::wake_fd`].
+//! The one `unsafe` block of the crate registers that descriptor with tokio.
+//!
 //! A refusal is [`ClientError::Refused`] with netd's stable code and its message, so an
 //! application can say why ("udp port 53 is privileged (below 1024) ...") and exit.
 

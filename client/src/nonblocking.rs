@@ -1,4 +1,6 @@
-//! The tokio client: the same calls as [`super::blocking::Client`], as futures.
+//! The tokio client: the same calls as [`super::blocking::Client`], as futures, and
+//! [`AsyncQueue`], a queue whose writes wait for room (flow control) and whose reads wait for
+//! frames without holding a thread.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -7,7 +9,8 @@ use std::time::Duration;
 use netmux_proto::client::{ClientReply, ClientRequest, FilterMode, HostConfig, Transport};
 use netmux_proto::driver::Counters;
 use netmux_proto::{frame, PROTOCOL_VERSION};
-use netmux_ring::ClientQueue;
+use netmux_ring::{ClientQueue, Completion, QueueError, SendOutcome};
+use tokio::io::unix::AsyncFd;
 
 use super::{ClientError, ConnectOptions};
 use netmux_proto::async_channel::AsyncChannel;
@@ -197,5 +200,115 @@ impl AsyncClient {
     pub async fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
         let (reply, fds) = self.request(&ClientRequest::OpenQueue).await?;
         super::queue(reply, fds)
+    }
+
+    /// The session's queue for async framed I/O ([`AsyncQueue`]).
+    pub async fn open_async_queue(&mut self) -> Result<AsyncQueue, ClientError> {
+        let queue = self.open_queue().await?;
+        AsyncQueue::new(queue).map_err(|e| ClientError::Attach(e.into()))
+    }
+}
+
+/// The queue's wake-up descriptor, registered with tokio's reactor (a duplicate: the queue
+/// keeps its own).
+#[derive(Debug)]
+struct WakeFd(OwnedFd);
+
+impl std::os::fd::AsRawFd for WakeFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A queue on a tokio runtime: [`send`](Self::send) waits until the whole batch fits (the
+/// queue's flow control: the tx ring within its `txbuf`), and the receives wait until there
+/// is something, each without blocking a thread. The wake-ups come from the queue's eventfd
+/// ([`ClientQueue::wake_fd`]) registered with tokio's reactor.
+#[derive(Debug)]
+pub struct AsyncQueue {
+    queue: ClientQueue,
+    wake: AsyncFd<WakeFd>,
+}
+
+impl AsyncQueue {
+    /// Wraps `queue`; must be called within a tokio runtime.
+    #[allow(unsafe_code)]
+    pub fn new(queue: ClientQueue) -> std::io::Result<AsyncQueue> {
+        let fd = WakeFd(queue.wake_fd().try_clone_to_owned()?);
+        // SAFETY: `WakeFd` owns its descriptor (a duplicate) for as long as the `AsyncFd` owns
+        // it, and `as_raw_fd` returns that descriptor every time: it stays open and the same.
+        let wake = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(AsyncQueue { wake, queue })
+    }
+
+    /// The queue itself, for the calls that never wait (counters, `try` sends).
+    pub fn get_mut(&mut self) -> &mut ClientQueue {
+        &mut self.queue
+    }
+
+    /// Sends the whole batch once there is room for it ([`ClientQueue::send`]'s rules: all
+    /// or nothing, in order; a batch larger than the `txbuf` is refused at once). Collect
+    /// the completions meanwhile: the driver takes a frame only when its outcome has room.
+    pub async fn send(&mut self, frames: &[&[&[u8]]]) -> Result<SendOutcome, QueueError> {
+        loop {
+            match self.queue.send(frames) {
+                Err(QueueError::WouldBlock { needed, .. }) => {
+                    self.ready(false, Some(needed)).await?
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Receives at least one frame (up to `max`), appending each to `out`; returns how many.
+    pub async fn recv_owned(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Vec<u8>>,
+    ) -> Result<usize, QueueError> {
+        loop {
+            let n = self.queue.recv_owned(max, out)?;
+            if n > 0 || max == 0 {
+                return Ok(n);
+            }
+            self.ready(true, None).await?;
+        }
+    }
+
+    /// Collects at least one completion (up to `max`), appending each to `out`; returns how
+    /// many.
+    pub async fn completions(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Completion>,
+    ) -> Result<usize, QueueError> {
+        loop {
+            let n = self.queue.completions(max, out)?;
+            if n > 0 || max == 0 {
+                return Ok(n);
+            }
+            if self.queue.is_closed() {
+                return Err(QueueError::Closed);
+            }
+            self.ready(true, None).await?;
+        }
+    }
+
+    /// Waits until what is asked for may be there (see [`ClientQueue::arm`]).
+    async fn ready(&mut self, readable: bool, write_slots: Option<u32>) -> Result<(), QueueError> {
+        if self.queue.arm(readable, write_slots)? {
+            let waited = match self.wake.readable().await {
+                Ok(mut guard) => {
+                    guard.clear_ready();
+                    Ok(())
+                }
+                Err(e) => Err(QueueError::Io(e)),
+            };
+            self.queue.disarm()?;
+            waited
+        } else {
+            self.queue.disarm()
+        }
     }
 }

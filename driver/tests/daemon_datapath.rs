@@ -14,7 +14,7 @@ use netmux_driver::reassembly::fragmenter;
 use netmux_proto::driver::{
     Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
 };
-use netmux_ring::{ClientQueue, Completion, TxStatus};
+use netmux_ring::{ClientQueue, Completion, QueueError, TxStatus};
 
 const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
 const HOST: [u8; 4] = [10, 0, 0, 1];
@@ -672,4 +672,90 @@ fn statistics_name_every_drop_reason_on_the_receive_side() {
         "{link:?}"
     );
     assert_eq!(link.rx_frames, 3);
+}
+
+/// `from_host(53)` numbered `i` in its payload.
+fn numbered(i: u16) -> Vec<u8> {
+    let mut frame = from_host(53);
+    frame[42..44].copy_from_slice(&i.to_be_bytes());
+    frame
+}
+
+#[test]
+fn a_busy_link_holds_accepted_frames_and_flow_control_reaches_the_client_losing_nothing() {
+    let (mut d, wire) = driver();
+    let mut a = queue(&mut d, 1);
+    bind_udp(&mut d, 1, 53);
+    *wire.room.lock().unwrap() = Some(5);
+    // The client writes until it is told to wait; the driver runs after every write.
+    let mut accepted = 0u16;
+    let mut done = Vec::new();
+    loop {
+        match a.send(&[&[&numbered(accepted)]]) {
+            Ok(_) => accepted += 1,
+            Err(QueueError::WouldBlock { .. }) => break,
+            Err(e) => panic!("{e}"),
+        }
+        run(&mut d);
+        done.extend(completions(&mut a));
+        assert!(accepted < 10_000, "the client was never held back");
+    }
+    assert_eq!(
+        wire.tx.lock().unwrap().len(),
+        5,
+        "the link took what it had room for"
+    );
+    assert!(
+        done.iter().all(|c| c.status.is_sent()),
+        "nothing is completed as lost while the link is busy: {done:?}"
+    );
+    // The ring is full: the frames wait in it and in the driver, not on the floor.
+    assert!(accepted > 5, "{accepted} accepted");
+    let (_, queues) = d.stats();
+    let counters = &queues.iter().find(|(q, _)| *q == QueueId(1)).unwrap().1;
+    assert!(counters.tx_flow_control >= 1, "{counters:?}");
+    // The link drains: every accepted frame goes out, in order, each completed as sent.
+    *wire.room.lock().unwrap() = None;
+    for _ in 0..1000 {
+        run(&mut d);
+        done.extend(completions(&mut a));
+        if done.len() == usize::from(accepted) {
+            break;
+        }
+    }
+    assert_eq!(done.len(), usize::from(accepted));
+    assert!(done.iter().all(|c| c.status == TxStatus::Sent), "{done:?}");
+    let sent: Vec<Vec<u8>> = wire.tx.lock().unwrap().clone();
+    let expected: Vec<Vec<u8>> = (0..accepted).map(numbered).collect();
+    assert_eq!(sent, expected, "every accepted frame, once, in order");
+    // And the client may write again.
+    a.send(&[&[&numbered(accepted)]]).unwrap();
+}
+
+#[test]
+fn frames_held_for_a_busy_link_complete_as_link_down_when_it_goes_down() {
+    let (mut d, wire) = driver();
+    let mut a = queue(&mut d, 1);
+    bind_udp(&mut d, 1, 53);
+    *wire.room.lock().unwrap() = Some(1);
+    let frames: Vec<Vec<u8>> = (0..4).map(numbered).collect();
+    let refs: Vec<[&[u8]; 1]> = frames.iter().map(|f| [f.as_slice()]).collect();
+    let batch: Vec<&[&[u8]]> = refs.iter().map(|r| &r[..]).collect();
+    a.send(&batch).unwrap();
+    run(&mut d);
+    let done = completions(&mut a);
+    assert_eq!(done.len(), 1, "three are held: {done:?}");
+    *wire.state.lock().unwrap() = LinkState::Down;
+    let mut done = Vec::new();
+    for _ in 0..100 {
+        run(&mut d);
+        done.extend(completions(&mut a));
+        if done.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        done.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [TxStatus::LinkDown; 3]
+    );
 }

@@ -463,7 +463,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                 };
                 let batch: Vec<[&[u8]; 1]> = answers.iter().map(|a| [a.as_slice()]).collect();
                 let refs: Vec<&[&[u8]]> = batch.iter().map(|b| &b[..]).collect();
-                if !refs.is_empty() && queue.send(&refs).is_err() {
+                if !refs.is_empty() && !send_answers(&mut queue, &refs) {
                     break;
                 }
             }
@@ -497,6 +497,38 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         stop,
         thread: Some(thread),
     })
+}
+
+/// Sends the host's answers: the whole batch when the queue takes it within [`HOST_POLL`],
+/// else each answer that fits (the others are lost, as on a host too busy to answer, and
+/// logged once per batch). Returns false when the queue is unusable (closed or broken).
+fn send_answers(queue: &mut netmux_ring::ClientQueue, answers: &[&[&[u8]]]) -> bool {
+    use netmux_ring::QueueError;
+    match queue.send_wait(answers, Some(HOST_POLL)) {
+        Ok(_) => true,
+        Err(QueueError::WouldBlock { .. } | QueueError::BatchTooLarge { .. }) => {
+            let mut lost = 0;
+            for answer in answers {
+                match queue.send(std::slice::from_ref(answer)) {
+                    Ok(_) => {}
+                    Err(QueueError::WouldBlock { .. } | QueueError::FrameTooLarge { .. }) => {
+                        lost += 1
+                    }
+                    Err(_) => return false,
+                }
+            }
+            if lost > 0 {
+                tracing::warn!(lost, "host answers not sent: netd's queue stayed full");
+            }
+            true
+        }
+        // A frame no ring carries: netd made it, so this is a bug; the rest still go.
+        Err(QueueError::FrameTooLarge { index, len }) => {
+            tracing::warn!(index, len, "host answer too large for the ring");
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// A transaction id seed that differs between runs and hosts (RFC 2131 4.1: random).

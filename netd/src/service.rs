@@ -323,6 +323,8 @@ pub struct Netd {
     firewall: ops::FirewallState,
     /// The `rxbuf` set on queues (`netmux set`), in bytes.
     rxbuf: HashMap<QueueId, u64>,
+    /// The `txbuf` set on queues (`netmux set`), in bytes.
+    txbuf: HashMap<QueueId, u64>,
 }
 
 impl std::fmt::Debug for Netd {
@@ -504,6 +506,7 @@ impl Netd {
             file_settings: (None, None),
             firewall: ops::FirewallState::default(),
             rxbuf: HashMap::new(),
+            txbuf: HashMap::new(),
         };
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::layout::{self, Layout};
-use super::protocol::{Consumer, IndexOutOfRange, Producer};
+use super::protocol::{Consumer, IndexOutOfRange, Producer, RingWords};
 use super::slots::{self, FrameRead};
 use super::{Completion, RingConfigError, RingCounters, MAX_FRAME_LEN};
 use crate::sys::{self, EventFd, OutOfBounds, SharedMapping};
@@ -69,6 +69,26 @@ pub enum QueueError {
         /// Its length.
         len: usize,
     },
+    /// The whole batch does not fit in the tx ring (within the queue's `txbuf`) now: nothing
+    /// was written. Room opens as the driver takes frames; wait for it with
+    /// [`ClientQueue::wait_writable_slots`] or [`ClientQueue::send_wait`], or poll
+    /// [`ClientQueue::wake_fd`] after [`ClientQueue::arm`].
+    #[error("would block: the batch needs {needed} tx slots and {free} are free")]
+    WouldBlock {
+        /// Slots the batch needs.
+        needed: u32,
+        /// Slots free now.
+        free: u32,
+    },
+    /// The batch needs more tx slots than the queue may ever fill (its `txbuf`): nothing was
+    /// written, and waiting would not help; send it in smaller batches.
+    #[error("the batch needs {needed} tx slots, more than the queue's {capacity} (its txbuf)")]
+    BatchTooLarge {
+        /// Slots the batch needs.
+        needed: u32,
+        /// Slots the queue may fill.
+        capacity: u32,
+    },
     /// The driver's side of the ring holds an impossible index.
     #[error("ring index fault: {0}")]
     Index(#[from] IndexOutOfRange),
@@ -83,7 +103,8 @@ pub enum QueueError {
 /// What [`ClientQueue::send`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendOutcome {
-    /// How many frames, from the start of the batch, were placed in the tx ring.
+    /// How many frames were placed in the tx ring: always the whole batch, since a batch is
+    /// written whole or not at all.
     pub sent: usize,
     /// Sequence number of the first of them; the others follow consecutively. Completions
     /// carry these numbers.
@@ -213,42 +234,120 @@ impl ClientQueue {
         self.rx_malformed
     }
 
-    /// Sends as many `frames` as fit in the tx ring, in order, each gathered from its vectors,
-    /// with one index update and at most one wake-up. Nothing is sent if any frame is longer
-    /// than [`MAX_FRAME_LEN`].
-    pub fn send(&mut self, frames: &[&[&[u8]]]) -> Result<SendOutcome, QueueError> {
-        self.check_open()?;
-        let frame_len = |frame: &[&[u8]]| frame.iter().map(|v| v.len()).sum::<usize>();
+    /// The tx slots the client may fill: the queue's `txbuf` as the driver set it
+    /// ([`super::DriverQueue::set_tx_limit`]), or the whole ring.
+    pub fn tx_capacity(&self) -> u32 {
+        let count = self.layout.tx.count;
+        match self.map.u32_at(layout::OFF_TX_LIMIT) {
+            Ok(word) => match word.load(Ordering::Acquire) {
+                0 => count,
+                limit => limit.min(count),
+            },
+            Err(_) => count,
+        }
+    }
+
+    /// The tx slots a batch of `frames` needs.
+    pub fn slots_needed(&self, frames: &[&[&[u8]]]) -> Result<u32, QueueError> {
+        let mut needed = 0u32;
         for (index, frame) in frames.iter().enumerate() {
-            let len = frame_len(frame);
+            let len = frame.iter().map(|v| v.len()).sum::<usize>();
             if len > MAX_FRAME_LEN {
                 return Err(QueueError::FrameTooLarge { index, len });
             }
+            needed = needed.saturating_add(self.layout.slots_for(len));
+        }
+        Ok(needed)
+    }
+
+    /// Free tx slots within the queue's `txbuf`.
+    fn tx_free(
+        &self,
+        words: &RingWords<'_, std::sync::atomic::AtomicU32>,
+    ) -> Result<u32, QueueError> {
+        let reserved = self.layout.tx.count - self.tx_capacity();
+        Ok(self.tx.free(words)?.saturating_sub(reserved))
+    }
+
+    /// Whether a frame of `len` bytes would be taken now (room in the tx ring, within the
+    /// queue's `txbuf`), as a stack asks before it builds a frame.
+    pub fn can_send(&self, len: usize) -> bool {
+        let needed = self.layout.slots_for(len.min(MAX_FRAME_LEN));
+        slots::words(&self.map, &self.layout.tx)
+            .ok()
+            .and_then(|words| self.tx_free(&words).ok())
+            .is_some_and(|free| free >= needed)
+    }
+
+    /// Sends `frames` in order, each gathered from its vectors, with one index update and at
+    /// most one wake-up: the whole batch or nothing, as illumos vnd's framed writes.
+    ///
+    /// When the tx ring, within the queue's `txbuf`, has no room for the whole batch now,
+    /// nothing is written and the answer is [`QueueError::WouldBlock`]; a batch that could
+    /// never fit is [`QueueError::BatchTooLarge`], and one with a frame longer than
+    /// [`MAX_FRAME_LEN`] is [`QueueError::FrameTooLarge`]. Once a batch is taken, each frame
+    /// gets exactly one completion, and only a transmit check, an admin firewall rule or a
+    /// link that is down rejects it: a busy link makes the driver wait, not drop.
+    pub fn send(&mut self, frames: &[&[&[u8]]]) -> Result<SendOutcome, QueueError> {
+        self.check_open()?;
+        let needed = self.slots_needed(frames)?;
+        let first_seq = self.tx_seq;
+        if frames.is_empty() {
+            return Ok(SendOutcome { sent: 0, first_seq });
+        }
+        let capacity = self.tx_capacity();
+        if needed > capacity {
+            return Err(QueueError::BatchTooLarge { needed, capacity });
         }
         let words = slots::words(&self.map, &self.layout.tx)?;
-        let free = self.tx.free(&words)?;
+        let free = self.tx_free(&words)?;
+        if free < needed {
+            return Err(QueueError::WouldBlock { needed, free });
+        }
         let mut used = 0u32;
-        let mut sent = 0;
         for frame in frames {
-            let len = frame_len(frame);
-            let needed = self.layout.slots_for(len);
-            if free - used < needed {
-                break;
-            }
+            let len = frame.iter().map(|v| v.len()).sum::<usize>();
             let start = self.tx.tail().wrapping_add(used);
             used +=
                 slots::write_frame(&self.map, &self.layout, &self.layout.tx, start, frame, len)?;
-            sent += 1;
         }
-        let first_seq = self.tx_seq;
-        if sent > 0 {
-            self.tx.publish(&words, used);
-            self.tx_seq += sent as u64;
-            if self.tx.consumer_wants_wake(&words) {
-                self.driver_wake.signal()?;
+        self.tx.publish(&words, used);
+        self.tx_seq += frames.len() as u64;
+        if self.tx.consumer_wants_wake(&words) {
+            self.driver_wake.signal()?;
+        }
+        Ok(SendOutcome {
+            sent: frames.len(),
+            first_seq,
+        })
+    }
+
+    /// [`send`](Self::send), waiting up to `timeout` (`None`: no limit) for room when the
+    /// batch does not fit now: the blocking write. On timeout the answer is
+    /// [`QueueError::WouldBlock`] and nothing was written.
+    ///
+    /// Room opens as the driver takes frames, and it takes a frame only when the completion
+    /// ring has room for its outcome: a writer that never collects its
+    /// [`completions`](Self::completions) waits in vain once that ring is full.
+    pub fn send_wait(
+        &mut self,
+        frames: &[&[&[u8]]],
+        timeout: Option<Duration>,
+    ) -> Result<SendOutcome, QueueError> {
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            match self.send(frames) {
+                Err(QueueError::WouldBlock { needed, .. }) => {
+                    let left =
+                        deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return self.send(frames);
+                    }
+                    self.wait_writable_slots(needed, left)?;
+                }
+                other => return other,
             }
         }
-        Ok(SendOutcome { sent, first_seq })
     }
 
     /// Receives up to `frames.len()` frames, scattering each into the vectors of one entry of
@@ -400,48 +499,92 @@ impl ClientQueue {
         Ok(count as usize)
     }
 
+    /// The descriptor for poll, epoll or an async runtime: it becomes readable when the
+    /// driver signals this queue (rx frames, completions, tx room, closed), but only for what
+    /// [`arm`](Self::arm) asked for. Arm, poll it when `arm` says so, then
+    /// [`disarm`](Self::disarm) and try again.
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.client_wake.as_fd()
+    }
+
+    /// Asks the driver to signal [`wake_fd`](Self::wake_fd) when rx frames or completions
+    /// arrive (`readable`) and when `write_slots` tx slots are free within the `txbuf`
+    /// (`Some`; see [`slots_needed`](Self::slots_needed)), and re-checks. `Ok(true)`: nothing
+    /// asked for is there yet, poll the descriptor; `Ok(false)`: something is, do not sleep.
+    /// Either way, call [`disarm`](Self::disarm) before the next call.
+    pub fn arm(&mut self, readable: bool, write_slots: Option<u32>) -> Result<bool, QueueError> {
+        let mut sleep = !self.is_closed();
+        if readable {
+            let rx_words = slots::words(&self.map, &self.layout.rx)?;
+            let completion_words = slots::words(&self.map, &self.layout.completion)?;
+            sleep &= self.rx.prepare_wait(&rx_words)?;
+            sleep &= self.completion.prepare_wait(&completion_words)?;
+        }
+        if let Some(needed) = write_slots {
+            let words = slots::words(&self.map, &self.layout.tx)?;
+            // Free slots within the txbuf = ring free - reserved: wait for needed + reserved.
+            let reserved = self.layout.tx.count - self.tx_capacity();
+            sleep &= self
+                .tx
+                .prepare_wait(&words, needed.saturating_add(reserved))?;
+        }
+        Ok(sleep)
+    }
+
+    /// Withdraws what [`arm`](Self::arm) asked for and resets the descriptor.
+    pub fn disarm(&mut self) -> Result<(), QueueError> {
+        for ring in [&self.layout.rx, &self.layout.completion] {
+            Consumer::end_wait(&slots::words(&self.map, ring)?);
+        }
+        Producer::end_wait(&slots::words(&self.map, &self.layout.tx)?);
+        self.client_wake.drain()?;
+        Ok(())
+    }
+
+    /// Sleeps until what [`arm`](Self::arm) is asked for (`readable`, `write_slots`) is there,
+    /// the queue is closed, or `timeout` passes (`None`: no limit). Returns `Ok(false)` on
+    /// timeout, `Ok(true)` otherwise (a wake-up may occasionally find nothing new).
+    pub fn wait(
+        &mut self,
+        readable: bool,
+        write_slots: Option<u32>,
+        timeout: Option<Duration>,
+    ) -> Result<bool, QueueError> {
+        let woken = match self.arm(readable, write_slots) {
+            Ok(true) => self.client_wake.wait(timeout).map_err(QueueError::from),
+            Ok(false) => Ok(true),
+            Err(e) => Err(e),
+        };
+        self.disarm()?;
+        woken
+    }
+
     /// Sleeps until rx frames or completions are available, the queue is closed, or `timeout`
     /// passes (`None`: no limit). Returns `Ok(false)` on timeout, `Ok(true)` otherwise (the
     /// caller then receives; a wake-up may occasionally find nothing new).
     pub fn wait_readable(&mut self, timeout: Option<Duration>) -> Result<bool, QueueError> {
-        let rx_words = slots::words(&self.map, &self.layout.rx)?;
-        let completion_words = slots::words(&self.map, &self.layout.completion)?;
-        let rx_empty = self.rx.prepare_wait(&rx_words)?;
-        let completion_empty = match self.completion.prepare_wait(&completion_words) {
-            Ok(empty) => empty,
-            Err(e) => {
-                Consumer::end_wait(&rx_words);
-                return Err(e.into());
-            }
-        };
-        let woken = if rx_empty && completion_empty && !self.is_closed() {
-            self.client_wake.wait(timeout)
-        } else {
-            Ok(true)
-        };
-        Consumer::end_wait(&rx_words);
-        Consumer::end_wait(&completion_words);
-        self.client_wake.drain()?;
-        Ok(woken?)
+        self.wait(true, None, timeout)
     }
 
-    /// Sleeps until the tx ring has room for a frame of `len` bytes, the queue is closed, or
-    /// `timeout` passes. Returns `Ok(false)` on timeout.
+    /// Sleeps until the tx ring has room for a frame of `len` bytes within the `txbuf`, the
+    /// queue is closed, or `timeout` passes. Returns `Ok(false)` on timeout.
     pub fn wait_writable(
         &mut self,
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<bool, QueueError> {
-        let words = slots::words(&self.map, &self.layout.tx)?;
         let needed = self.layout.slots_for(len.min(MAX_FRAME_LEN));
-        let full = self.tx.prepare_wait(&words, needed)?;
-        let woken = if full && !self.is_closed() {
-            self.client_wake.wait(timeout)
-        } else {
-            Ok(true)
-        };
-        Producer::end_wait(&words);
-        self.client_wake.drain()?;
-        Ok(woken?)
+        self.wait(false, Some(needed), timeout)
+    }
+
+    /// Sleeps until `slots` tx slots are free within the `txbuf` (a batch's
+    /// [`slots_needed`](Self::slots_needed)), the queue is closed, or `timeout` passes.
+    /// Returns `Ok(false)` on timeout.
+    pub fn wait_writable_slots(
+        &mut self,
+        slots: u32,
+        timeout: Option<Duration>,
+    ) -> Result<bool, QueueError> {
+        self.wait(false, Some(slots), timeout)
     }
 }

@@ -170,6 +170,33 @@ impl DriverQueue {
         (self.rx_reserved > 0).then(|| self.layout.rx.count - self.rx_reserved)
     }
 
+    /// Lets the client fill at most `slots` tx slots (illumos vnd's `txbuf`): written into the
+    /// header, where the client reads it before every write and refuses (or waits with) a batch
+    /// that would go beyond it. `None`, or a limit at or above the ring's size, is the whole
+    /// ring; the least limit is one slot.
+    pub fn set_tx_limit(&mut self, slots: Option<u32>) {
+        let count = self.layout.tx.count;
+        let limit = match slots {
+            Some(s) if s < count => s.max(1),
+            _ => 0,
+        };
+        if let Ok(word) = self.map.u32_at(layout::OFF_TX_LIMIT) {
+            word.store(limit, Ordering::Release);
+        }
+        // A client waiting for room looks again under the new limit.
+        let _ = self.client_wake.signal();
+    }
+
+    /// The tx slots the client may fill, when limited ([`set_tx_limit`](Self::set_tx_limit));
+    /// `None` for the whole ring.
+    pub fn tx_limit(&self) -> Option<u32> {
+        self.map
+            .u32_at(layout::OFF_TX_LIMIT)
+            .ok()
+            .map(|w| w.load(Ordering::Relaxed))
+            .filter(|&l| l > 0)
+    }
+
     /// Duplicates of the descriptors the client needs ([`super::ClientQueue::from_fds`]).
     pub fn client_fds(&self) -> io::Result<QueueFds> {
         Ok(QueueFds {

@@ -44,6 +44,10 @@ pub const OFF_COMPLETION_SLOTS: usize = 24;
 pub const OFF_TOTAL_LEN: usize = 32;
 /// Offset of the closed flag (u32): non-zero once the driver has stopped the queue for good.
 pub const OFF_CLOSED: usize = LINE;
+/// Offset of the tx limit (u32, written by the driver): how many tx slots the client may fill
+/// (illumos vnd's `txbuf`, in slots); 0 means the whole ring. The client honours it when it
+/// writes; a client that ignores it only uses memory it already has.
+pub const OFF_TX_LIMIT: usize = LINE + 8;
 /// Offset of the first counter (u64 each, in the order of [`super::RingCounters::to_words`]).
 pub const OFF_COUNTERS: usize = 2 * LINE;
 /// Number of counter words reserved in the header.

@@ -188,12 +188,155 @@ fn tx_stops_when_ring_is_full_and_resumes_after_the_driver_drains() {
     let f = frame(3000, 0); // two slots each
     let one: [&[u8]; 1] = [&f];
     let frames: Vec<&[&[u8]]> = vec![&one[..]; 40];
-    let outcome = client.send(&frames).unwrap();
+    // 40 frames need 80 slots of 64: refused whole, nothing written.
+    assert!(matches!(
+        client.send(&frames),
+        Err(QueueError::BatchTooLarge {
+            needed: 80,
+            capacity: 64
+        })
+    ));
+    let outcome = client.send(&frames[..32]).unwrap();
     assert_eq!(outcome.sent, 32);
-    assert_eq!(client.send(&frames).unwrap().sent, 0);
+    assert!(matches!(
+        client.send(&frames[..1]),
+        Err(QueueError::WouldBlock { needed: 2, free: 0 })
+    ));
     let mut batch = FrameBatch::new();
     assert_eq!(driver.take_tx(&mut batch, 10).unwrap(), 10);
-    assert_eq!(client.send(&frames).unwrap().sent, 10);
+    // 20 slots free: a batch of 11 frames (22 slots) is refused whole, one of 10 taken.
+    assert!(matches!(
+        client.send(&frames[..11]),
+        Err(QueueError::WouldBlock {
+            needed: 22,
+            free: 20
+        })
+    ));
+    let outcome = client.send(&frames[..10]).unwrap();
+    assert_eq!((outcome.sent, outcome.first_seq), (10, 32));
+    assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), 32);
+    for (i, tag) in (0..batch.len()).map(|i| batch.tag(i).unwrap()).enumerate() {
+        assert_eq!(
+            tag, i as u64,
+            "no sequence number was spent on a refused batch"
+        );
+    }
+}
+
+#[test]
+fn a_tx_limit_is_the_clients_txbuf_and_waiters_see_it_change() {
+    let (mut driver, mut client) = pair(&QueueConfig {
+        completion_slots: 128,
+        ..small_config()
+    });
+    let f = frame(1500, 0); // one slot each
+    let one: [&[u8]; 1] = [&f];
+    driver.set_tx_limit(Some(4));
+    assert_eq!((driver.tx_limit(), client.tx_capacity()), (Some(4), 4));
+    let frames: Vec<&[&[u8]]> = vec![&one[..]; 5];
+    assert!(matches!(
+        client.send(&frames),
+        Err(QueueError::BatchTooLarge {
+            needed: 5,
+            capacity: 4
+        })
+    ));
+    assert_eq!(client.send(&frames[..3]).unwrap().sent, 3);
+    assert!(client.can_send(1500));
+    assert_eq!(client.send(&frames[..1]).unwrap().sent, 1);
+    assert!(!client.can_send(1500));
+    assert!(matches!(
+        client.send(&frames[..1]),
+        Err(QueueError::WouldBlock { needed: 1, free: 0 })
+    ));
+    // A waiter for room is woken when the limit is raised.
+    let waiter = std::thread::spawn(move || {
+        let room = client
+            .wait_writable_slots(2, Some(Duration::from_secs(20)))
+            .unwrap();
+        (room, client)
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    driver.set_tx_limit(None);
+    let (room, mut client) = waiter.join().unwrap();
+    assert!(room);
+    assert_eq!(client.tx_capacity(), 64);
+    assert_eq!(client.send(&frames).unwrap().sent, 5);
+}
+
+#[test]
+fn send_wait_blocks_until_the_whole_batch_fits_and_times_out_writing_nothing() {
+    let (mut driver, mut client) = pair(&QueueConfig {
+        completion_slots: 128,
+        ..small_config()
+    });
+    let f = frame(1500, 0);
+    let one: [&[u8]; 1] = [&f];
+    let frames: Vec<&[&[u8]]> = vec![&one[..]; 64];
+    assert_eq!(client.send(&frames).unwrap().sent, 64);
+    assert!(matches!(
+        client.send_wait(&frames[..3], Some(Duration::from_millis(30))),
+        Err(QueueError::WouldBlock { needed: 3, free: 0 })
+    ));
+    let sender = std::thread::spawn(move || {
+        let f = frame(1500, 0);
+        let one: [&[u8]; 1] = [&f];
+        let outcome = client
+            .send_wait(&[&one[..]; 3], Some(Duration::from_secs(20)))
+            .unwrap();
+        (outcome, client)
+    });
+    let mut batch = FrameBatch::new();
+    // One slot at a time: the sender waits until three are free, then writes all three.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(driver.take_tx(&mut batch, 1).unwrap(), 1);
+        driver.flush();
+    }
+    let (outcome, _client) = sender.join().unwrap();
+    assert_eq!((outcome.sent, outcome.first_seq), (3, 64));
+}
+
+#[test]
+fn the_wake_fd_polls_readable_for_what_was_armed() {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let (mut driver, mut client) = pair(&QueueConfig {
+        completion_slots: 128,
+        ..small_config()
+    });
+    let timeout = |ms: i64| rustix::event::Timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: ms % 1000 * 1_000_000,
+    };
+    let readable = |client: &ClientQueue, ms| {
+        let mut fds = [PollFd::from_borrowed_fd(client.wake_fd(), PollFlags::IN)];
+        poll(&mut fds, Some(&timeout(ms))).unwrap() == 1
+    };
+    // Armed for rx: nothing yet, then a frame arrives.
+    assert!(client.arm(true, None).unwrap(), "nothing there: poll");
+    assert!(!readable(&client, 20));
+    driver.deliver(&[&[&frame(60, 1)]]);
+    assert!(readable(&client, 1000));
+    client.disarm().unwrap();
+    assert!(!readable(&client, 0), "disarm resets the descriptor");
+    assert!(
+        !client.arm(true, None).unwrap(),
+        "a frame is there: do not sleep"
+    );
+    client.disarm().unwrap();
+    assert_eq!(recv_all(&mut client).len(), 1);
+    // Armed for room: the ring is full, then the driver takes a frame.
+    let f = frame(1500, 0);
+    let one: [&[u8]; 1] = [&f];
+    assert_eq!(client.send(&vec![&one[..]; 64]).unwrap().sent, 64);
+    assert!(client.arm(false, Some(1)).unwrap());
+    assert!(!readable(&client, 20));
+    let mut batch = FrameBatch::new();
+    assert_eq!(driver.take_tx(&mut batch, 1).unwrap(), 1);
+    driver.flush();
+    assert!(readable(&client, 1000));
+    client.disarm().unwrap();
+    assert_eq!(client.send(&[&one[..]]).unwrap().sent, 1);
 }
 
 #[test]
@@ -449,7 +592,7 @@ fn client_waiting_for_tx_room_is_woken_when_the_driver_drains() {
     driver.flush();
     let (room, mut client) = waiter.join().unwrap();
     assert!(room);
-    assert_eq!(client.send(&frames).unwrap().sent, 8);
+    assert_eq!(client.send(&frames[..8]).unwrap().sent, 8);
 }
 
 mod framed_io {
@@ -507,8 +650,15 @@ mod framed_io {
                 prop_assert_eq!(&joined[..kept], &f[..kept]);
             }
 
-            // tx: gather on the client side, private copies on the driver side.
-            let sent = client.send(&refs).unwrap().sent;
+            // tx: gather on the client side, private copies on the driver side; a batch is
+            // taken whole exactly when its slots fit.
+            let needed = client.slots_needed(&refs).unwrap();
+            let sent = match client.send(&refs) {
+                Ok(outcome) => outcome.sent,
+                Err(QueueError::BatchTooLarge { .. }) if needed > 64 => 0,
+                Err(e) => panic!("{e}"),
+            };
+            prop_assert_eq!(sent == refs.len(), needed <= 64);
             let mut batch = FrameBatch::new();
             prop_assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), sent);
             for (i, copy) in batch.iter().enumerate() {

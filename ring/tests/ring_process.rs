@@ -169,7 +169,15 @@ fn child_client_side() {
         if !pending.is_empty() {
             let refs: Vec<[&[u8]; 1]> = pending.iter().map(|f| [f.as_slice()]).collect();
             let frames: Vec<&[&[u8]]> = refs.iter().map(|r| &r[..]).collect();
-            let sent = client.send(&frames).unwrap().sent;
+            // As many whole frames as fit, each batch all or nothing.
+            let mut sent = 0;
+            while sent < frames.len() {
+                match client.send(&frames[sent..sent + 1]) {
+                    Ok(outcome) => sent += outcome.sent,
+                    Err(netmux_ring::QueueError::WouldBlock { .. }) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
             pending.drain(..sent);
             progress += sent;
         }

@@ -1,7 +1,9 @@
 //! `netmux get` and `netmux set`: a client's queue properties, as illumos `vndadm get/set`
 //! shows a vnd datalink's: `rxbuf` (bytes of received frames that may wait unread; a frame
-//! that would exceed it is dropped for that client only and counted as `rx-full`), `txbuf`,
-//! `maxsize`, `mintu`, `maxtu` (read-only), then netd's limits (settings of its configuration
+//! that would exceed it is dropped for that client only and counted as `rx-full`), `txbuf`
+//! (bytes of transmitted frames the client may have waiting in its tx ring; a write that would
+//! exceed it waits or is refused whole with "would block", never dropped), `maxsize`, `mintu`,
+//! `maxtu` (read-only), then netd's limits (settings of its configuration
 //! file, read-only here). Output is `LINK PROPERTY PERM VALUE` as vndadm prints it, `-p` for
 //! scripts.
 
@@ -21,8 +23,8 @@ use super::{Refused, Run};
 #[derive(Args, Debug)]
 #[command(
     after_help = "CLIENT is a pid, session:ID or a port (udp/7007, tcp/8080).\n\n\
-                  PERM is what root and netd's admins may do: rw (rxbuf) or r- (the rest; \
-                  txbuf is fixed by the queue's ring, the limits by netd's configuration \
+                  PERM is what root and netd's admins may do: rw (rxbuf, txbuf) or r- (the \
+                  rest; maxsize is the queue's rx ring, the limits are netd's configuration \
                   file).\n\nExamples:\n  netmux get tcp/8080\n  netmux get -p udp/7007 rxbuf \
                   maxsize\n\nExit status: 0 shown, 1 netd refused (no such client or \
                   property), 2 netd not reachable or bad usage."
@@ -47,14 +49,19 @@ pub struct Get {
     netd: Netd,
 }
 
-/// Set a client's queue property: rxbuf=SIZE (bytes, or K, M, G; 1024-based, optional B).
+/// Set a client's queue property: rxbuf=SIZE or txbuf=SIZE (bytes, or K, M, G; 1024-based,
+/// optional B).
 #[derive(Args, Debug)]
 #[command(
-    after_help = "SIZE is checked against [maxtu, maxsize] and kept in whole ring \
-                  slots (rounded up). A frame that would make the unread frames exceed rxbuf \
-                  is dropped for that client only and counted (rx-full in netmux stat -v). \
-                  Root and netd's admin uids only.\n\nExamples:\n  netmux set tcp/8080 \
-                  rxbuf=64K\n  netmux set pid:4082 rxbuf=1M\n\nExit status: 0 set, 1 netd \
+    after_help = "SIZE is checked against [maxtu, maxsize] (rxbuf) or [maxtu, the tx \
+                  ring] (txbuf) and kept in whole ring slots (rounded up). A frame that would \
+                  make the unread frames exceed rxbuf is dropped for that client only and \
+                  counted (rx-full in netmux stat -v). A write that would make the client's \
+                  waiting transmitted frames exceed txbuf is flow control: the client waits, \
+                  or is told \"would block\" and nothing of the batch is written (txfc in \
+                  netmux stat); it is never dropped. Root and netd's admin uids only.\n\n\
+                  Examples:\n  netmux set tcp/8080 rxbuf=64K\n  netmux set pid:4082 \
+                  txbuf=32K\n\nExit status: 0 set, 1 netd \
                   refused (read-only or unknown property, a size out of range, not allowed), \
                   2 netd not reachable or bad usage."
 )]

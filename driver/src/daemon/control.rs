@@ -55,6 +55,8 @@ const REQUESTS_PER_TURN: usize = 64;
 /// wake-up, which is the largest cost perf shows on a bulk transfer (the scheduler's work
 /// for a sleep and a wake-up is several microseconds); an idle driver still sleeps.
 const BUSY_POLL: Duration = Duration::from_micros(50);
+/// The longest sleep while frames wait for a busy link.
+const LINK_BUSY_POLL: Duration = Duration::from_millis(1);
 /// Turns without work between two reads of the clock while the loop keeps looking (a turn
 /// without frames takes a fraction of a microsecond).
 const CLOCK_EVERY_IDLE_TURNS: u32 = 16;
@@ -423,9 +425,17 @@ impl Server {
                 fds.push(PollFd::new(session.channel.socket(), PollFlags::IN));
             }
             let control_fds = fds.len();
+            // Frames waiting for a busy link: wake when it may take them, and look again
+            // within a millisecond in any case (not every link says when it has room).
+            let waits_for_link = self.driver.waits_for_link();
+            let link_events = if waits_for_link {
+                PollFlags::IN | PollFlags::OUT
+            } else {
+                PollFlags::IN
+            };
             let link = self.driver.link();
             let link_at = link.readiness_fd().map(|fd| {
-                fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                fds.push(PollFd::from_borrowed_fd(fd, link_events));
                 fds.len() - 1
             });
             let watch_at = link.watch_fd().map(|fd| {
@@ -436,9 +446,14 @@ impl Server {
             for fd in wakes {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
+            let wait = if waits_for_link {
+                LINK_BUSY_POLL
+            } else {
+                IDLE_POLL
+            };
             let timeout = rustix::event::Timespec {
                 tv_sec: 0,
-                tv_nsec: IDLE_POLL.as_nanos() as i64,
+                tv_nsec: wait.as_nanos() as i64,
             };
             let result = poll(&mut fds, Some(&timeout));
             let trouble = PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL;

@@ -87,9 +87,9 @@ pub const MAX_FILTERS: usize = 65_536;
 pub const MAX_HOST_ADDRESSES: usize = 256;
 /// An Ethernet header with one 802.1Q tag: what a frame may carry besides the MTU's bytes.
 const ETHERNET_VLAN_HEADER_LEN: usize = 18;
-/// Times a busy link is offered the same frames again before they are completed as link
-/// errors; the driver never blocks on the link.
-const LINK_BUSY_RETRIES: usize = 8;
+/// Times a busy link is offered the same frames again within one turn before the driver holds
+/// them for the queue's next turn; the driver never blocks on the link.
+const LINK_BUSY_RETRIES: usize = 2;
 
 /// Settings of a [`Driver`].
 #[derive(Debug, Clone)]
@@ -161,8 +161,24 @@ struct TxOutcomes {
     count: [u64; TX_STATUS_COUNT],
     /// Bytes of the frames sent.
     sent_bytes: u64,
-    /// Times the link was busy and frames had to be offered again.
+    /// Flow-control events on the link: times the link was busy and the queue's frames began
+    /// to wait for it (counted once per event, however often they are offered meanwhile).
     link_busy: u64,
+}
+
+/// A frame a queue transmitted that passed every check, but that the link did not take (it
+/// was busy). It is kept, in order, and offered again on the queue's next turn; the queue's
+/// further frames wait in its ring meanwhile (flow control reaching the client), so a frame
+/// accepted from a client is never dropped because the link was busy. At most one transmit
+/// batch per queue is held.
+#[derive(Debug)]
+struct LinkHeld {
+    /// The frame's sequence number (its completion's tag).
+    tag: u64,
+    frame: Vec<u8>,
+    /// Whether captures and taps have seen it already (the fragments of a datagram are seen
+    /// with their datagram when it is settled); otherwise they see it when the link takes it.
+    seen: bool,
 }
 
 impl TxOutcomes {
@@ -197,6 +213,8 @@ struct Queue {
     tx_filters: Vec<TxFilter>,
     /// IPv4 fragments it transmitted, held until their datagram is whole.
     fragments: tx_fragments::TxGatherer,
+    /// Frames the busy link has not taken yet, oldest first.
+    link_held: std::collections::VecDeque<LinkHeld>,
     tx: TxOutcomes,
     /// Received frames the admin firewall blocked for it.
     firewall_dropped: u64,
@@ -494,6 +512,10 @@ impl Driver {
     pub fn prepare_sleep(&mut self) -> bool {
         let mut idle = true;
         for q in self.queues.values_mut() {
+            if !q.link_held.is_empty() {
+                // Its ring waits for the link, not the other way round (see `link_held`).
+                continue;
+            }
             // A faulting queue is reported by the transmit path; here it only must not sleep
             // the driver forever, so it counts as busy.
             idle &= q.ring.prepare_tx_wait().unwrap_or(false);
@@ -668,6 +690,7 @@ impl Driver {
                 fragments: tx_fragments::TxGatherer::default(),
                 tx: TxOutcomes::default(),
                 firewall_dropped: 0,
+                link_held: std::collections::VecDeque::new(),
                 touched: false,
             },
         );
@@ -1046,8 +1069,27 @@ impl Driver {
         let mut faulted: Vec<QueueId> = Vec::new();
         let clock = self.clock;
         let now = || u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if self.overlays.has_output() {
+            // Encapsulated frames the busy link did not take last time.
+            self.flush_overlays();
+        }
         for i in 0..self.order.len() {
             let id = self.order[i];
+            if self
+                .queues
+                .get(&id)
+                .is_some_and(|q| !q.link_held.is_empty())
+            {
+                total += self.offer_link_held(id);
+                if self
+                    .queues
+                    .get(&id)
+                    .is_some_and(|q| !q.link_held.is_empty())
+                {
+                    // The link is still busy: the queue's new frames wait in its ring.
+                    continue;
+                }
+            }
             let Some(queue) = self.queues.get_mut(&id) else {
                 continue;
             };
@@ -1137,16 +1179,30 @@ impl Driver {
                 }
                 outcome.push(status);
             }
-            let on_wire = send_all(self.link.as_mut(), &batch, &sent, &mut queue.tx.link_busy);
-            let unsent = if self.link.state() == LinkState::Up {
-                TxStatus::LinkError
-            } else {
-                TxStatus::LinkDown
-            };
-            for &index in &sent[on_wire..] {
-                outcome[index] = unsent;
+            let offer = send_all(self.link.as_mut(), &batch, &sent);
+            match offer.rest {
+                Unsent::Busy => {
+                    // Kept for the next turn, in order; completed when the link takes them.
+                    queue.tx.link_busy += 1;
+                    for &index in &sent[offer.taken..] {
+                        if let (Some(tag), Some(frame)) = (batch.tag(index), batch.get(index)) {
+                            queue.link_held.push_back(LinkHeld {
+                                tag,
+                                frame: frame.to_vec(),
+                                seen: false,
+                            });
+                            held.push(index);
+                        }
+                    }
+                }
+                Unsent::Down | Unsent::Failed => {
+                    let unsent = offer.rest.status();
+                    for &index in &sent[offer.taken..] {
+                        outcome[index] = unsent;
+                    }
+                }
             }
-            sent.truncate(on_wire);
+            sent.truncate(offer.taken);
             for (index, (tag, frame)) in batch.iter_tagged().enumerate() {
                 if held.contains(&index) {
                     continue;
@@ -1163,7 +1219,7 @@ impl Driver {
             queue.ring.flush();
             if let Some(instance) = self.instances.get_mut(sender) {
                 for (index, status) in outcome.iter().enumerate() {
-                    if status.is_sent() {
+                    if status.is_sent() && !held.contains(&index) {
                         instance.counters.tx_frames += 1;
                         instance.counters.tx_bytes +=
                             batch.get(index).map_or(0, |f| f.len() as u64);
@@ -1229,6 +1285,79 @@ impl Driver {
             self.note_link_state();
         }
         total
+    }
+
+    /// Offers a queue's held frames ([`LinkHeld`]) to the link once more, in order: those it
+    /// takes complete as sent (counted, captured and observed as on the first offer), the
+    /// rest stay held while it is busy, and complete as `LinkDown` or `LinkError` when it is
+    /// down or failing. Returns how many frames were completed.
+    fn offer_link_held(&mut self, id: QueueId) -> usize {
+        let Some(queue) = self.queues.get_mut(&id) else {
+            return 0;
+        };
+        let mut held = std::mem::take(&mut queue.link_held);
+        let frames: Vec<&[u8]> = held.iter().map(|h| h.frame.as_slice()).collect();
+        let offer = send_frames(self.link.as_mut(), &frames, 0);
+        drop(frames);
+        let finished: Vec<(LinkHeld, TxStatus)> = match offer.rest {
+            Unsent::Busy => held
+                .drain(..offer.taken)
+                .map(|h| (h, TxStatus::Sent))
+                .collect(),
+            rest => held
+                .drain(..)
+                .enumerate()
+                .map(|(i, h)| {
+                    let status = if i < offer.taken {
+                        TxStatus::Sent
+                    } else {
+                        rest.status()
+                    };
+                    (h, status)
+                })
+                .collect(),
+        };
+        queue.link_held = held;
+        let sender = queue.instance;
+        let mut faulted = false;
+        for (h, status) in &finished {
+            queue.tx.record(*status, h.frame.len());
+            self.tx.record(*status, h.frame.len());
+            let len = u32::try_from(h.frame.len()).unwrap_or(u32::MAX);
+            if queue.ring.complete(h.tag, *status, len).is_err() {
+                faulted = true;
+                break;
+            }
+        }
+        queue.ring.flush();
+        if faulted {
+            tracing::warn!(queue = id.0, "closing queue after a ring fault");
+            queue.ring.close();
+        }
+        if let Some(instance) = self.instances.get_mut(sender) {
+            for (h, status) in &finished {
+                if status.is_sent() {
+                    instance.counters.tx_frames += 1;
+                    instance.counters.tx_bytes += h.frame.len() as u64;
+                }
+            }
+        }
+        for (h, status) in &finished {
+            if status.is_sent() && !h.seen {
+                if !self.captures.is_empty() {
+                    self.capture(CaptureSource::Link, FrameDirection::Out, &h.frame);
+                }
+                self.observe(&h.frame, id, sender);
+            }
+        }
+        finished.len()
+    }
+
+    /// Whether frames wait for a busy link (held for a queue, or encapsulated for an
+    /// overlay): the control loop then also waits for the link to become writable, and not
+    /// longer than a millisecond.
+    pub fn waits_for_link(&self) -> bool {
+        self.overlays.has_output() || self.queues.values().any(|q| !q.link_held.is_empty())
     }
 
     /// Copies a frame `sender` transmitted to the taps of its instance that want it.
@@ -1343,37 +1472,83 @@ fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode
     Ok((ring, fds))
 }
 
-/// Offers the frames at `indices` of `batch` to the link until it took them all or stayed busy
-/// for [`LINK_BUSY_RETRIES`] offers. Returns how many it took, from the start.
-fn send_all(link: &mut dyn Link, batch: &FrameBatch, indices: &[usize], busy: &mut u64) -> usize {
-    let frames: Vec<&[u8]> = indices.iter().filter_map(|&i| batch.get(i)).collect();
-    send_frames(link, &frames, busy)
+/// Why a link did not take every frame offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsent {
+    /// It was busy (its queue or socket buffer full): offer the rest again later.
+    Busy,
+    /// It is down: the rest completes as [`TxStatus::LinkDown`].
+    Down,
+    /// It failed (logged): the rest completes as [`TxStatus::LinkError`].
+    Failed,
 }
 
-/// [`send_all`] for frames in hand.
-fn send_frames(link: &mut dyn Link, frames: &[&[u8]], busy: &mut u64) -> usize {
-    let mut done = 0;
-    let mut retries = 0;
-    while done < frames.len() {
-        if link.state() != LinkState::Up {
-            break;
+impl Unsent {
+    /// The completion status of frames that will not be offered again.
+    fn status(self) -> TxStatus {
+        match self {
+            Unsent::Down => TxStatus::LinkDown,
+            Unsent::Busy | Unsent::Failed => TxStatus::LinkError,
         }
-        match link.send(&frames[done..]) {
-            Ok(n) if n > 0 => done += n,
-            Ok(_) if link.state() != LinkState::Up => break,
-            Ok(_) => {
-                *busy += 1;
-                retries += 1;
-                if retries > LINK_BUSY_RETRIES {
-                    break;
+    }
+}
+
+/// What became of frames offered to the link.
+#[derive(Debug, Clone, Copy)]
+struct Offer {
+    /// How many it took, from the start.
+    taken: usize,
+    /// Why it did not take the rest (meaningless when it took them all).
+    rest: Unsent,
+}
+
+/// Offers the frames at `indices` of `batch` to the link until it took them all, stayed busy
+/// for [`LINK_BUSY_RETRIES`] offers, or is down or failing.
+fn send_all(link: &mut dyn Link, batch: &FrameBatch, indices: &[usize]) -> Offer {
+    let frames: Vec<&[u8]> = indices.iter().filter_map(|&i| batch.get(i)).collect();
+    send_frames(link, &frames, LINK_BUSY_RETRIES)
+}
+
+/// [`send_all`] for frames in hand, with at most `retries` offers again while busy.
+fn send_frames(link: &mut dyn Link, frames: &[&[u8]], retries: usize) -> Offer {
+    let mut taken = 0;
+    let mut busy = 0;
+    while taken < frames.len() {
+        if link.state() != LinkState::Up {
+            return Offer {
+                taken,
+                rest: Unsent::Down,
+            };
+        }
+        match link.send(&frames[taken..]) {
+            Ok(n) if n > 0 => taken += n,
+            Ok(_) if link.state() != LinkState::Up => {
+                return Offer {
+                    taken,
+                    rest: Unsent::Down,
                 }
-                std::thread::yield_now();
+            }
+            Ok(_) => {
+                if busy >= retries {
+                    return Offer {
+                        taken,
+                        rest: Unsent::Busy,
+                    };
+                }
+                busy += 1;
+                std::hint::spin_loop();
             }
             Err(e) => {
                 tracing::warn!("link send failed: {e}");
-                break;
+                return Offer {
+                    taken,
+                    rest: Unsent::Failed,
+                };
             }
         }
     }
-    done
+    Offer {
+        taken,
+        rest: Unsent::Busy,
+    }
 }

@@ -66,6 +66,13 @@ impl Driver {
                 }
                 None => Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0)),
             },
+            OperatorRequest::SetTxLimit { queue, slots } => match self.queues.get_mut(&queue) {
+                Some(q) => {
+                    q.ring.set_tx_limit(slots);
+                    Response::reply(DriverReply::Operator(OperatorReply::Done))
+                }
+                None => Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0)),
+            },
         }
     }
 }

@@ -47,7 +47,6 @@ use rustc_hash::FxHashMap;
 
 use super::instances::{Slot, Target};
 use super::{Driver, Response};
-use crate::link::{Link, LinkState};
 
 pub use netmux_proto::overlay::MAX_WAITING_BYTES;
 
@@ -751,28 +750,10 @@ pub fn gratuitous_arp(ip: [u8; 4], mac: [u8; 6]) -> Vec<u8> {
     f
 }
 
-/// Offers `frames` to the link until it took them all or stayed busy; returns how many it
-/// took.
-fn send_frames(link: &mut dyn Link, frames: &[Vec<u8>]) -> usize {
-    let frames: Vec<&[u8]> = frames.iter().map(Vec::as_slice).collect();
-    let mut done = 0;
-    let mut busy = 0;
-    while done < frames.len() && link.state() == LinkState::Up {
-        match link.send(&frames[done..]) {
-            Ok(n) if n > 0 => done += n,
-            Ok(_) if busy < super::LINK_BUSY_RETRIES => {
-                busy += 1;
-                std::thread::yield_now();
-            }
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!("link send failed (overlay): {e}");
-                break;
-            }
-        }
-    }
-    done
-}
+/// Encapsulated frames kept for a busy link, at most: beyond it they are dropped and counted
+/// (`link`). A client's transmit completes when its frame is encapsulated, so these bytes are
+/// the overlay's own flow-control buffer.
+const OUTBOX_HELD_MAX_BYTES: usize = 4 << 20;
 
 impl Driver {
     /// Carries out an overlay request.
@@ -970,12 +951,32 @@ impl Driver {
         if !self.overlays.has_output() {
             return;
         }
-        let outbox = std::mem::take(&mut self.overlays.outbox);
-        let sent = send_frames(self.link.as_mut(), &outbox);
-        if sent < outbox.len() {
-            tracing::debug!(unsent = outbox.len() - sent, "overlay frames not sent");
+        let mut outbox = std::mem::take(&mut self.overlays.outbox);
+        let frames: Vec<&[u8]> = outbox.iter().map(Vec::as_slice).collect();
+        let offer = super::send_frames(self.link.as_mut(), &frames, super::LINK_BUSY_RETRIES);
+        drop(frames);
+        outbox.drain(..offer.taken);
+        let dropped;
+        if offer.rest == super::Unsent::Busy {
+            // Kept, in order, for the next turn, within the bound.
+            let mut bytes = 0;
+            let keep = outbox
+                .iter()
+                .take_while(|f| {
+                    bytes += f.len();
+                    bytes <= OUTBOX_HELD_MAX_BYTES
+                })
+                .count();
+            dropped = outbox.len() - keep;
+            outbox.truncate(keep);
+            self.overlays.outbox = outbox;
+        } else {
+            dropped = outbox.len();
+        }
+        if dropped > 0 {
+            tracing::debug!(dropped, "overlay frames not sent");
             if let Some(o) = self.overlays.by_vni.values_mut().next() {
-                for _ in sent..outbox.len() {
+                for _ in 0..dropped {
                     o.drop(Drop::Link);
                 }
             }

@@ -29,8 +29,7 @@ use netmux_wire::ethernet::{ethertype, link_layer};
 use netmux_wire::ipv4::{self, Ipv4Packet};
 
 use super::instances::{Route, Target};
-use super::{send_frames, tx};
-use crate::link::LinkState;
+use super::{send_frames, tx, Offer, Unsent, LINK_BUSY_RETRIES};
 
 /// Bytes of fragments (whole frames) one queue may hold: three of the largest IPv4 datagrams
 /// with their per-fragment headers, so a client sending at full speed never waits on itself,
@@ -323,17 +322,26 @@ impl super::Driver {
             let route = self.instances.route(&datagram, sender);
             let to_link = !matches!(route, Route::Local(_));
             let mut status = TxStatus::Sent;
+            // Fragments the busy link did not take: held for the queue's next turn.
+            let mut waiting = Vec::new();
             if to_link {
                 let frames: Vec<&[u8]> = fragments.iter().map(|f| f.frame.as_slice()).collect();
-                let sent = send_frames(self.link.as_mut(), &frames, &mut queue.tx.link_busy);
-                if sent < frames.len() {
-                    // Some fragments went out: the datagram is lost either way, and the client
-                    // learns it from the first one that did not.
-                    status = if self.link.state() == LinkState::Up {
-                        TxStatus::LinkError
-                    } else {
-                        TxStatus::LinkDown
-                    };
+                let offer = if queue.link_held.is_empty() {
+                    send_frames(self.link.as_mut(), &frames, LINK_BUSY_RETRIES)
+                } else {
+                    // Behind frames that wait for the link already: in order, after them.
+                    Offer {
+                        taken: 0,
+                        rest: Unsent::Busy,
+                    }
+                };
+                if offer.taken < frames.len() {
+                    match offer.rest {
+                        Unsent::Busy => waiting = (offer.taken..frames.len()).collect(),
+                        // Some fragments went out: the datagram is lost either way, and the
+                        // client learns it from the first one that did not.
+                        rest => status = rest.status(),
+                    }
                 }
             }
             if status.is_sent() {
@@ -351,7 +359,20 @@ impl super::Driver {
                     observed.push(datagram);
                 }
             }
-            done.extend(fragments.into_iter().map(|f| (f, status)));
+            if !waiting.is_empty() {
+                queue.tx.link_busy += 1;
+            }
+            for (i, f) in fragments.into_iter().enumerate() {
+                if waiting.contains(&i) {
+                    queue.link_held.push_back(super::LinkHeld {
+                        tag: f.tag,
+                        frame: f.frame,
+                        seen: true,
+                    });
+                } else {
+                    done.push((f, status));
+                }
+            }
         }
         let mut faulted = false;
         let mut sent_frames = 0u64;

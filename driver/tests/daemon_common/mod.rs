@@ -258,6 +258,9 @@ pub struct Wire {
     pub hook: Arc<Mutex<Option<Hook>>>,
     /// The link's state, which the test sets.
     pub state: Arc<Mutex<LinkState>>,
+    /// When set, how many more frames the link takes before it is busy (a full queue that
+    /// does not drain until the test says so).
+    pub room: Arc<Mutex<Option<usize>>>,
 }
 
 /// The link of [`in_process`].
@@ -285,6 +288,14 @@ impl Link for TestLink {
         if self.state() != LinkState::Up {
             return Ok(0);
         }
+        let frames = match self.wire.room.lock().unwrap().as_mut() {
+            Some(room) => {
+                let n = frames.len().min(*room);
+                *room -= n;
+                &frames[..n]
+            }
+            None => frames,
+        };
         for frame in frames {
             if let Some(hook) = self.wire.hook.lock().unwrap().as_mut() {
                 hook(frame);

@@ -30,11 +30,13 @@ pub(super) enum OpsPending {
     },
     /// The rules' counters, for `netmux firewall ls`.
     ListFirewall { session: SessionId },
-    /// A queue's `rxbuf` was given to the driver.
-    SetRxbuf {
+    /// A queue's `rxbuf` or `txbuf` was given to the driver.
+    SetBuf {
         session: SessionId,
         target: SessionId,
         queue: QueueId,
+        /// `"rxbuf"` or `"txbuf"`.
+        prop: &'static str,
         bytes: u64,
     },
 }
@@ -407,7 +409,7 @@ impl Netd {
 
     /// `netmux get`/`set`: a client's queue properties (illumos vndadm's), and netd's limits.
     /// Anyone may read their own clients'; root and netd's admin uids read every client's and
-    /// change `rxbuf`.
+    /// change `rxbuf` and `txbuf`.
     pub(super) fn properties(
         &mut self,
         id: SessionId,
@@ -432,7 +434,7 @@ impl Netd {
         if request.set.len() > 1 {
             return Err(error(
                 ErrorCode::Protocol,
-                "set one property at a time (rxbuf is the only one that changes)",
+                "set one property at a time (rxbuf and txbuf are the ones that change)",
             ));
         }
         let (prop, value) = pair.split_once('=').ok_or_else(|| {
@@ -474,26 +476,46 @@ impl Netd {
         })?;
         let (queue, rings) = self.opened_queue(target, name)?;
         let maxtu = u64::from(self.link.mtu) + ETHERNET_VLAN_HEADER;
-        let maxsize = u64::from(rings.rx_slots) * u64::from(rings.slot_size);
-        if !(maxtu..=maxsize).contains(&bytes) {
+        let (prop, ring_slots) = if prop == "txbuf" {
+            ("txbuf", rings.tx_slots)
+        } else {
+            ("rxbuf", rings.rx_slots)
+        };
+        // The most the queue's ring holds: `maxsize` for rxbuf, the tx ring for txbuf.
+        let most = u64::from(ring_slots) * u64::from(rings.slot_size);
+        if !(maxtu..=most).contains(&bytes) {
+            let bound = if prop == "rxbuf" {
+                "maxsize"
+            } else {
+                "tx ring"
+            };
             return Err(error(
                 ErrorCode::Limit,
-                format!("{prop} {bytes} is outside [maxtu {maxtu}, maxsize {maxsize}]"),
+                format!("{prop} {bytes} is outside [maxtu {maxtu}, {bound} {most}]"),
             ));
         }
         self.refuse_without_driver()?;
         let slot = u64::from(rings.slot_size);
         let slots = u32::try_from(bytes.div_ceil(slot)).unwrap_or(u32::MAX);
-        Ok(self.work(
-            vec![DriverCommand::Operator(OperatorRequest::SetRxLimit {
+        let request = if prop == "txbuf" {
+            OperatorRequest::SetTxLimit {
                 queue,
                 slots: Some(slots),
-            })],
+            }
+        } else {
+            OperatorRequest::SetRxLimit {
+                queue,
+                slots: Some(slots),
+            }
+        };
+        Ok(self.work(
+            vec![DriverCommand::Operator(request)],
             true,
-            Pending::Operator(OpsPending::SetRxbuf {
+            Pending::Operator(OpsPending::SetBuf {
                 session: id,
                 target,
                 queue,
+                prop,
                 bytes: u64::from(slots) * slot,
             }),
         ))
@@ -528,7 +550,11 @@ impl Netd {
             .ok_or_else(|| error(ErrorCode::NotFound, "the client has no queue yet"))?;
         let slot = u64::from(q.rings.slot_size);
         let maxsize = u64::from(q.rings.rx_slots) * slot;
-        let txbuf = u64::from(q.rings.tx_slots) * slot;
+        let txbuf = self
+            .txbuf
+            .get(&q.id)
+            .copied()
+            .unwrap_or(u64::from(q.rings.tx_slots) * slot);
         let rxbuf = self.rxbuf.get(&q.id).copied().unwrap_or(maxsize);
         let maxtu = u64::from(self.link.mtu) + ETHERNET_VLAN_HEADER;
         let row = |name: &str, writable: bool, value: String| PropertyView {
@@ -538,7 +564,7 @@ impl Netd {
         };
         let mut view = vec![
             row("rxbuf", true, rxbuf.to_string()),
-            row("txbuf", false, txbuf.to_string()),
+            row("txbuf", true, txbuf.to_string()),
             row("maxsize", false, maxsize.to_string()),
             row("mintu", false, MIN_TX_FRAME.to_string()),
             row("maxtu", false, maxtu.to_string()),
@@ -601,10 +627,11 @@ impl Netd {
                     ))),
                 }
             }
-            OpsPending::SetRxbuf {
+            OpsPending::SetBuf {
                 session,
                 target,
                 queue,
+                prop,
                 bytes,
             } => {
                 self.session_done(session);
@@ -617,7 +644,12 @@ impl Netd {
                             .filter_map(|e| e.queue.as_ref().map(|q| q.id))
                             .collect();
                         self.rxbuf.retain(|q, _| live.contains(q));
-                        self.rxbuf.insert(queue, bytes);
+                        self.txbuf.retain(|q, _| live.contains(q));
+                        if prop == "txbuf" {
+                            self.txbuf.insert(queue, bytes);
+                        } else {
+                            self.rxbuf.insert(queue, bytes);
+                        }
                         let reply = self
                             .property_view(target)
                             .map(|v| Response::reply(ClientReply::Properties(v)))
@@ -627,7 +659,7 @@ impl Netd {
                     Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
                     _ => Step::Reply(Response::error(error(
                         ErrorCode::Internal,
-                        "the driver did not take rxbuf",
+                        "the driver did not take the property",
                     ))),
                 }
             }

@@ -183,6 +183,13 @@ pub enum OperatorRequest {
         /// The limit.
         slots: Option<u32>,
     },
+    /// Lets a queue's client fill at most `slots` tx slots (`txbuf`); `None`: all.
+    SetTxLimit {
+        /// The queue.
+        queue: QueueId,
+        /// The limit.
+        slots: Option<u32>,
+    },
 }
 
 /// driver to netd, for the operator's tools.
