@@ -77,7 +77,8 @@ pub struct HostArgs {
     /// netd's configuration file (TOML): `[limits]` (sessions_per_uid, ports_per_session,
     /// ports_per_uid, filters_per_session, ring_bytes_per_session, ring_bytes_per_uid,
     /// ring_bytes_per_instance, buffered_bytes_per_uid), `[timeouts]` in seconds (handshake,
-    /// message, reply, driver), and the instances, one `[[instance]]` table each,
+    /// message, reply, driver, port_grace: how long ports a restarted netd had bound are kept
+    /// for their uids, 10 by default), and the instances, one `[[instance]]` table each,
     /// restored at start and rewritten when one is created, changed or destroyed. Without it,
     /// the defaults hold and instances last until netd stops. `netmux instance ls` shows the
     /// settings in force.
@@ -171,6 +172,13 @@ pub fn start_child_driver(
         )?;
     tracing::info!(pid = child.pid(), %spec, "driver started");
     Ok((child, link))
+}
+
+/// Whether netd probes for its static address before it starts on the link `spec`
+/// ([`Config::probe_address`]): on real links (`afpacket:`, `tap:`), where other hosts may
+/// have it; not on links without hardware (`virtual:`, `memory:`, `pcap:`).
+pub fn probes_address(spec: &str) -> bool {
+    spec.starts_with("afpacket:") || spec.starts_with("tap:")
 }
 
 pub use netmux_proto::signals::Signals;
