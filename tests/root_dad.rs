@@ -5,7 +5,8 @@
 //! Proves: `up --ip 192.0.2.1/24` (the kernel's address) sends ARP probes, the kernel answers,
 //! and `up` exits 1 saying the address is in use by the kernel's MAC, before it takes any
 //! client (no socket is left); `up --ip 192.0.2.2/24` (a free address) starts and is then
-//! reachable from the kernel.
+//! reachable from the kernel; on the interface set down, `up` starts saying the address was
+//! not checked.
 //!
 //! Addresses only in 192.0.2.0/24 inside the test's namespaces; processes stopped by their
 //! pid; the namespaces are deleted on drop whatever happened. `root_*` and `#[ignore]`d:
@@ -39,11 +40,16 @@ fn up(mux: &NetNs, dir: &TempDir, name: &str, ip: &str) -> Proc {
 
 /// The MAC of an interface in a namespace, as `aa:bb:...`.
 fn mac_of(ns: &NetNs, ifname: &str) -> String {
+    sysfs(ns, ifname, "address")
+}
+
+/// A file of an interface's sysfs directory in a namespace (`address`, `operstate`), trimmed.
+fn sysfs(ns: &NetNs, ifname: &str, file: &str) -> String {
     let out = ns
         .command("cat")
-        .arg(format!("/sys/class/net/{ifname}/address"))
+        .arg(format!("/sys/class/net/{ifname}/{file}"))
         .output()
-        .expect("reading the MAC");
+        .expect("reading sysfs");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -58,6 +64,27 @@ fn root_up_refuses_an_address_the_kernel_answers_for_naming_its_mac_and_starts_w
     let (mux, kernel) = netns::kernel_peer("da", MUX_END, KERNEL_END, "192.0.2.1/24");
     let kernel_mac = mac_of(&kernel, KERNEL_END);
     assert_eq!(kernel_mac.len(), 17, "{kernel_mac}");
+
+    // An interface that is down cannot be probed: up says the address was not checked, and
+    // starts as it did before (the link may come up later).
+    mux.ip(&["link", "set", MUX_END, "down"]);
+    let mut down = up(&mux, &dir, "down", "192.0.2.1/24");
+    down.expect_line("netd listening", PATIENCE);
+    assert!(
+        down.log().contains("192.0.2.1 was not checked"),
+        "{}",
+        down.log()
+    );
+    let pid = rustix::process::Pid::from_raw(down.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(down.wait_exit(PATIENCE).success(), "{}", down.log());
+    mux.ip(&["link", "set", MUX_END, "up"]);
+    // A veth set up has its carrier a moment later; until then it could not be probed.
+    let deadline = Instant::now() + PATIENCE;
+    while sysfs(&mux, MUX_END, "operstate") != "up" {
+        assert!(Instant::now() < deadline, "{MUX_END} never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The kernel's address: refused, naming the kernel's MAC, within about a second.
     let started = Instant::now();

@@ -135,8 +135,8 @@ pub struct Config {
     pub port_grace: Duration,
     /// Whether netd probes for its static IPv4 address before it starts (RFC 5227 duplicate
     /// address detection, [`crate::dad`]) and refuses to start when another host has it: for
-    /// real links (`afpacket:`, `tap:`), set by whoever starts netd on one. Needs the host
-    /// stack.
+    /// `afpacket:` links ([`crate::run::probes_address`]), set by whoever starts netd on one.
+    /// Needs the host stack.
     pub probe_address: bool,
 }
 

@@ -1,7 +1,6 @@
 //! Duplicate address detection for the host's static IPv4 address at start (RFC 5227).
 //!
-//! Before netd announces the default instance's address on a real link (`afpacket:`, `tap:`),
-//! it sends [`PROBE_NUM`] ARP probes (sender hardware address the link's MAC, sender IP
+//! Before netd announces the default instance's address on an `afpacket:` link, it sends [`PROBE_NUM`] ARP probes (sender hardware address the link's MAC, sender IP
 //! 0.0.0.0, target IP the address) on its host queue, [`PROBE_INTERVAL`] apart, and listens
 //! until [`PROBE_WAIT_AFTER`] after the last. Anyone else who answers for the address (any
 //! ARP with the address as its sender IP, a reply or a request) or probes for it at the same
@@ -12,9 +11,12 @@
 //! The timing is shorter than RFC 5227's (probes 1 to 2 s apart after a random wait of up to
 //! 1 s, then 2 s: about 6 s): 3 probes 200 ms apart and 300 ms more, 700 ms in all, so
 //! that `netmux up` is not held up for seconds. A host that answers ARP at all answers within
-//! that on a local link. Links without hardware (`virtual:`, `memory:`, `pcap:`) are not
-//! probed: nobody else can hold an address there but what the test or file at the other end
-//! plays.
+//! that on a local link. A link that is down at start cannot be probed: netd says so (the
+//! address was not checked) and starts as before, rather than refuse a link that comes up
+//! later. Other links are not probed: a `tap:` device is made by the driver and its only
+//! peer, this host's kernel, is configured after netmux starts (nothing would answer, and the
+//! device is down until then); links without hardware (`virtual:`, `memory:`, `pcap:`) have
+//! only what a test or file at the other end plays.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -60,11 +62,11 @@ pub enum DadError {
     /// The host queue failed.
     #[error("probing for the host address on the host queue: {0}")]
     Queue(netmux_ring::QueueError),
-    /// A probe did not go out (the link is down, say): nobody can tell whether the address
-    /// is free.
+    /// A probe was refused by the driver (not a link that is down, which [`run`] lets pass
+    /// with a warning): nobody can tell whether the address is free.
     #[error(
         "an ARP probe for {address} did not go out ({status}), so netd cannot tell whether \
-         another host has the address; start it again once the link carries frames"
+         another host has the address"
     )]
     NotSent {
         /// The address.
@@ -169,6 +171,17 @@ pub fn run(queue: &mut ClientQueue, mac: [u8; 6], address: Ipv4Addr) -> Result<(
         queue
             .completions(usize::MAX, &mut completions)
             .map_err(DadError::Queue)?;
+        if completions
+            .iter()
+            .any(|c| c.status == netmux_ring::TxStatus::LinkDown)
+        {
+            tracing::warn!(
+                "the link is down: {address} was not checked for another host having it \
+                 (RFC 5227); announcing it when the link is up is left to the host stack's \
+                 answers"
+            );
+            return Ok(());
+        }
         if let Some(c) = completions.iter().find(|c| !c.status.is_sent()) {
             return Err(DadError::NotSent {
                 address,

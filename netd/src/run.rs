@@ -175,10 +175,11 @@ pub fn start_child_driver(
 }
 
 /// Whether netd probes for its static address before it starts on the link `spec`
-/// ([`Config::probe_address`]): on real links (`afpacket:`, `tap:`), where other hosts may
-/// have it; not on links without hardware (`virtual:`, `memory:`, `pcap:`).
+/// ([`Config::probe_address`]): on `afpacket:` interfaces, where other hosts may have it; not
+/// on a `tap:` device (made by the driver, its only peer this host's kernel, configured after
+/// netmux starts) nor on links without hardware (see [`crate::dad`]).
 pub fn probes_address(spec: &str) -> bool {
-    spec.starts_with("afpacket:") || spec.starts_with("tap:")
+    spec.starts_with("afpacket:")
 }
 
 pub use netmux_proto::signals::Signals;
