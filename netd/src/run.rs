@@ -50,7 +50,8 @@ pub struct HostArgs {
     /// network or broadcast address, not multicast, loopback or reserved; a prefix of 1 to
     /// 32), e.g. --ip 192.0.2.10/24; or `dhcp`: address, prefix, gateway and DNS servers from
     /// a DHCP server's lease, renewed while netd runs and released when it stops (needs the
-    /// host stack).
+    /// host stack). On an afpacket: link a static address is first checked with ARP probes
+    /// (RFC 5227, 0.7 s): netd refuses to start when another host has it.
     #[arg(long, value_name = "A.B.C.D/N|dhcp", value_parser = config::parse_host_ip)]
     pub ip: Option<config::HostIp>,
     /// The IPv4 default gateway (must be on the --ip subnet; not with --ip dhcp).

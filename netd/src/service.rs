@@ -2664,6 +2664,109 @@ mod tests {
         })
     }
 
+    /// What a command is, without its ids.
+    fn kind(c: &DriverCommand) -> String {
+        match c {
+            DriverCommand::InstallFilter(s) => format!("install {:?} {}", s.direction, s.expr),
+            DriverCommand::Overlay(r) => format!(
+                "overlay {}",
+                format!("{r:?}").split(['(', ' ']).next().unwrap_or("")
+            ),
+            DriverCommand::Operator(r) => format!("operator {r:?}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_driver_is_given_what_the_first_was_and_ports_its_ends_left_unusable_are_free() {
+        let dir = std::env::temp_dir().join(format!("netmux-replaced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("netd.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[overlay]]\nname = \"ov\"\nvni = 7\nmapping = \"files:{}\"\n\n\
+                 [[instance]]\nname = \"blue\"\nmac = \"02:00:00:00:0b:01\"\nip = \"10.1.0.5/24\"\n\
+                 overlay = \"ov\"\n\n\
+                 [[firewall]]\ninstance = \"default\"\nrule = \"block in udp port 7021\"\n",
+                dir.join("missing.json").display()
+            ),
+        )
+        .unwrap();
+        let mut config = Config::new(&dir);
+        config.addrs.ipv4 = Some((Ipv4Addr::new(192, 0, 2, 2), 24));
+        config.instances_file = Some(file);
+        config.probe_address = true;
+        let link = LinkInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        };
+        let (mut netd, start) = Netd::new(&config, link).unwrap();
+        // A port whose session ended while the driver was gone stays releasing.
+        netd.instances
+            .get_mut(&DEFAULT_INSTANCE)
+            .unwrap()
+            .core
+            .ports_mut()
+            .bind(Transport::Udp, 7000, SessionId(99))
+            .unwrap();
+        netd.instances
+            .get_mut(&DEFAULT_INSTANCE)
+            .unwrap()
+            .core
+            .ports_mut()
+            .release(Transport::Udp, 7000, SessionId(99))
+            .unwrap();
+        assert!(!netd.port_free(DEFAULT_INSTANCE, Transport::Udp, 7000));
+        netd.dad_done();
+        netd.driver_gone_because("killed".into());
+
+        let again = netd.driver_replaced().unwrap();
+        assert!(netd.port_free(DEFAULT_INSTANCE, Transport::Udp, 7000));
+        let kinds = |cs: &[DriverCommand]| -> Vec<String> { cs.iter().map(kind).collect() };
+        let mut first = kinds(&start);
+        // The ARP probes' filter is for the start only.
+        first.retain(|k| !k.contains("0.0.0.0"));
+        assert_eq!(kinds(&again), first);
+        for needed in [
+            "CreateQueue",
+            "SetHostAddresses",
+            "overlay SetOverlay",
+            "SetInstance",
+            "operator SetFirewall",
+            "SetNetdQueue",
+        ] {
+            assert!(
+                first.iter().any(|k| k.starts_with(needed)),
+                "{needed} in {first:?}"
+            );
+        }
+        // Clients are refused until the new driver took it all.
+        assert!(netd
+            .connect(
+                Credentials {
+                    pid: 1,
+                    uid: 0,
+                    gid: 0
+                },
+                Duration::ZERO
+            )
+            .is_err());
+        netd.reinstalled(again.iter().map(|_| DriverOutcome::Done).collect())
+            .unwrap();
+        assert!(netd
+            .connect(
+                Credentials {
+                    pid: 1,
+                    uid: 0,
+                    gid: 0
+                },
+                Duration::ZERO
+            )
+            .is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_dhcp_lease_sets_the_default_instances_address_and_filters_and_losing_it_clears_them() {
         let mut config = Config::new("/nonexistent/netmux-test");
