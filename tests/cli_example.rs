@@ -349,6 +349,11 @@ impl CableEnd {
         self.socket.send_to(frame, &self.cable).unwrap();
     }
 
+    /// Sends while the driver at the other end may be gone (nobody bound there: refused).
+    fn try_send(&self, frame: &[u8]) {
+        let _ = self.socket.send_to(frame, &self.cable);
+    }
+
     /// Answers ARP requests for the peer's address; returns the payload of the first UDP
     /// datagram from `sport` (reassembled when it comes in IPv4 fragments), or `None` after
     /// `timeout`.
@@ -441,4 +446,265 @@ fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mt
     echo.signal(rustix::process::Signal::TERM);
     let (status, err) = echo.wait();
     assert!(status.success(), "{err}");
+}
+
+/// B6 with `--restart`: the driver child of `up --restart` killed (SIGKILL) under the UDP echo
+/// example is started again in place; netd keeps its socket and installs its state in the new
+/// driver, the example connects again and gets a new queue, and it answers on the cable again.
+/// The pause, from the kill to the first answer after it, is printed.
+#[test]
+fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again() {
+    let scratch = TempDir::new("nmx-uprestart");
+    let cable = scratch.join("cable.sock");
+    let peer = scratch.join("peer.sock");
+    let end = CableEnd {
+        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
+        cable: cable.clone(),
+    };
+    end.socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let spec = format!("virtual:{},{}", cable.display(), peer.display());
+    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+    let up = Proc::start(
+        &[
+            "up",
+            "--restart",
+            "--link",
+            &spec,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.join("run")],
+    );
+    let line = up.line();
+    let driver: i32 = line
+        .split("driver pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the driver's pid in the ready line");
+    let run_dir = scratch.join("run");
+    let socket = run_dir.join("netd.sock");
+    let socket_ino = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    // State the new driver must be given again: an instance with a MAC of its own, and a
+    // firewall rule that blocks a port a client holds.
+    let cli = |args: &[&str], tail: &[&str]| {
+        let out = Command::new(NETMUX)
+            .args(args)
+            .arg("--runtime-dir")
+            .arg(&run_dir)
+            .args(tail)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "netmux {args:?} {tail:?}: {out:?}");
+    };
+    const BLUE_MAC: [u8; 6] = [2, 0, 0, 0, 0x0b, 1];
+    const BLUE_IP: [u8; 4] = [10, 9, 0, 5];
+    cli(
+        &["instance", "create", "blue", "--mac", "02:00:00:00:0b:01"],
+        &["--ip", "10.9.0.5/24", "--temporary"],
+    );
+    cli(
+        &["firewall"],
+        &["add", "block", "in", "udp", "port", "7021"],
+    );
+    let echo = example("udp-echo", 7020, &scratch);
+    assert_eq!(echo.line(), "listening on udp port 7020");
+    let blocked = example("udp-echo", 7021, &scratch);
+    assert_eq!(blocked.line(), "listening on udp port 7021");
+    let blue = Proc::start(
+        &[
+            "example",
+            "udp-echo",
+            "--port",
+            "7022",
+            "-i",
+            "blue",
+            "--runtime-dir",
+        ],
+        &[&run_dir],
+    );
+    assert_eq!(blue.line(), "listening on udp port 7022");
+    let to_blue = |payload: &[u8]| {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2(PEER_MAC, BLUE_MAC)
+            .ipv4(PEER_IP, BLUE_IP, 64)
+            .udp(5555, 7022)
+            .write(&mut frame, payload)
+            .unwrap();
+        frame
+    };
+    end.send(&end.udp_to_host(host_mac, 7020, b"before"));
+    assert_eq!(end.udp_from(7020, TIMEOUT).as_deref(), Some(&b"before"[..]));
+    end.send(&to_blue(b"blue before"));
+    assert_eq!(
+        end.udp_from(7022, TIMEOUT).as_deref(),
+        Some(&b"blue before"[..])
+    );
+    end.send(&end.udp_to_host(host_mac, 7021, b"blocked"));
+    assert_eq!(
+        end.udp_from(7021, Duration::from_millis(500)),
+        None,
+        "the rule holds"
+    );
+
+    let killed = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(driver).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let mut answered = None;
+    while killed.elapsed() < TIMEOUT {
+        end.try_send(&end.udp_to_host(host_mac, 7020, b"after"));
+        if end.udp_from(7020, Duration::from_millis(200)).as_deref() == Some(&b"after"[..]) {
+            answered = Some(killed.elapsed());
+            break;
+        }
+    }
+    let pause = answered.expect("the echo answers again after the driver's restart");
+    println!(
+        "driver killed under `up --restart`: the UDP echo answered again after {} ms",
+        pause.as_millis()
+    );
+    // The instance is at the new driver (its client answers at its MAC), and so is the rule
+    // (the blocked client, back on its port too, still gets nothing).
+    let start = Instant::now();
+    let mut blue_back = false;
+    while !blue_back && start.elapsed() < TIMEOUT {
+        end.try_send(&to_blue(b"blue after"));
+        blue_back =
+            end.udp_from(7022, Duration::from_millis(200)).as_deref() == Some(&b"blue after"[..]);
+    }
+    assert!(blue_back, "the instance's client answers again");
+    let mut status = netmux_client::blocking::Client::connect(&run_dir).unwrap();
+    let start = Instant::now();
+    while !status
+        .list_sessions()
+        .unwrap()
+        .sessions
+        .iter()
+        .any(|s| s.ports.iter().any(|&(_, p)| p == 7021))
+    {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the blocked client never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    end.send(&end.udp_to_host(host_mac, 7021, b"blocked after"));
+    assert_eq!(
+        end.udp_from(7021, Duration::from_millis(500)),
+        None,
+        "the firewall rule is in force at the new driver"
+    );
+    assert!(!alive(driver), "the old driver is gone");
+    assert_eq!(
+        std::fs::metadata(&socket)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok(),
+        socket_ino.ok(),
+        "netd kept running: its socket is the same file"
+    );
+    let mut client = netmux_client::blocking::Client::connect(&scratch.join("run")).unwrap();
+    client.stats().expect("netd answers with the new driver");
+    drop(client);
+
+    echo.signal(rustix::process::Signal::TERM);
+    let (status, err) = echo.wait();
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("netd went away"),
+        "the example reconnected: {err}"
+    );
+    up.signal(rustix::process::Signal::TERM);
+    let (status, err) = up.wait();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("restarting it in 0.1 s"), "{err}");
+    assert!(err.contains("driver restarted"), "{err}");
+}
+
+/// `--restart` gives up after `--restart-limit` driver failures within a minute: `up` says
+/// so, stops netd and exits non-zero, so the service manager sees a failure.
+#[test]
+fn up_restart_gives_up_after_its_limit_of_driver_failures() {
+    let scratch = TempDir::new("nmx-upgiveup");
+    let link = format!("virtual:{}", scratch.join("cable.sock").display());
+    let up = Proc::start(
+        &[
+            "up",
+            "--restart",
+            "--restart-limit",
+            "2",
+            "--link",
+            &link,
+            "--ip",
+            "10.9.0.1/24",
+            "--runtime-dir",
+        ],
+        &[&scratch.join("run")],
+    );
+    let mut driver: i32 = up
+        .line()
+        .split("driver pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the driver's pid in the ready line");
+    let socket = scratch.join("run").join("netd.sock");
+    // The first failure is restarted; find the new driver by its parent, then kill it too.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(driver).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let new = loop {
+        assert!(start.elapsed() < TIMEOUT, "no new driver");
+        if let Some(pid) = child_of(up.pid()).filter(|&p| p != driver) {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Wait until netd took it (it answers clients again), then kill it.
+    let start = Instant::now();
+    while netmux_client::blocking::Client::connect(&scratch.join("run"))
+        .and_then(|mut c| c.stats().map(|_| ()))
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "netd did not take the new driver"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    driver = new;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(driver).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let (status, err) = up.wait();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("2 driver failures within 60 s, giving up"),
+        "{err}"
+    );
+    assert!(!socket.exists(), "netd stopped and removed its socket");
+}
+
+/// A child process of `parent` that is not a zombie, if any.
+fn child_of(parent: i32) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{parent}/task"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .find(|&p| alive(p))
 }

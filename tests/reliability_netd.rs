@@ -1118,3 +1118,102 @@ fn an_established_connection_to_the_http_example_survives_a_netd_restart() {
          netd was killed"
     );
 }
+
+/// Runs `netmux example udp-echo --port PORT` on the stack's netd as uid 65534 (needs root):
+/// whether it bound the port (it printed that it listens), and its stderr if it exited.
+fn echo_as_nobody(stack: &Stack, port: u16) -> (bool, String) {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_netmux"))
+        .args(["example", "udp-echo", "--port", &port.to_string()])
+        .arg("--runtime-dir")
+        .arg(stack.runtime_dir())
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    if line.starts_with("listening on udp port") {
+        let _ = child.kill();
+        let _ = child.wait();
+        return (true, String::new());
+    }
+    let _ = child.wait();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (false, err)
+}
+
+/// A new netd on the same driver and runtime directory keeps the ports the killed one had
+/// bound for the uid that had them, for `timeouts.port_grace` (5 s here): another uid is
+/// refused them in the pause, saying for whom they are held; the client that had them
+/// reconnects and binds them again; a port nobody came back for is free for anyone once the
+/// grace period is over. Needs root (the other uid is 65534); skipped without it.
+#[test]
+fn a_restarted_netd_holds_a_gone_sessions_ports_for_its_uid_for_the_grace_period() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as uid 65534");
+        return;
+    }
+    let dir = netmux_testkit::TempDir::new("nmx-hold");
+    let config = dir.join("netd.toml");
+    std::fs::write(&config, "[timeouts]\nport_grace = 5\n").unwrap();
+    let mut stack = Stack::start_with("hold", &["--config", config.to_str().unwrap()]);
+    let mut a = stack.client();
+    a.bind_port(Transport::Udp, 7300).unwrap();
+    a.bind_port(Transport::Tcp, 7300).unwrap();
+    a.bind_port(Transport::Udp, 7301).unwrap();
+    // netd writes its ports file within a tick of a bind.
+    let ports = stack.runtime_dir().join("ports");
+    assert!(
+        eventually(PATIENCE, || std::fs::read_to_string(&ports)
+            .is_ok_and(|t| t.contains("0 default udp 7301"))),
+        "netd wrote its bound ports to {}",
+        ports.display()
+    );
+
+    stack.kill_netd();
+    drop(a);
+    let killed = Instant::now();
+    stack.start_netd();
+    let (bound, err) = echo_as_nobody(&stack, 7300);
+    assert!(!bound, "uid 65534 took uid 0's port in the pause");
+    assert!(
+        err.contains("udp port 7300 is held for uid 0, which had it before netd restarted"),
+        "{err}"
+    );
+    let mut again = stack.client();
+    again.bind_port(Transport::Udp, 7300).unwrap();
+    again.bind_port(Transport::Tcp, 7300).unwrap();
+    let back = killed.elapsed();
+
+    // Nobody came back for udp/7301: held until the grace period is over, then anyone's.
+    let (bound, err) = echo_as_nobody(&stack, 7301);
+    assert!(!bound && err.contains("is held for uid 0"), "{err}");
+    let deadline = Instant::now() + PATIENCE;
+    let freed = loop {
+        let (bound, err) = echo_as_nobody(&stack, 7301);
+        if bound {
+            break killed.elapsed();
+        }
+        assert!(err.contains("is held for uid 0"), "{err}");
+        assert!(Instant::now() < deadline, "udp/7301 was never freed");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(freed >= Duration::from_secs(5), "freed after {freed:?}");
+    let log = std::fs::read_to_string(stack.log()).unwrap_or_default();
+    assert!(
+        log.contains("holding the ports the previous netd had bound"),
+        "{log}"
+    );
+    println!(
+        "netd killed and started again: uid 0 had its ports back {} ms after the kill; \
+         an unclaimed port was free for another uid {} ms after it",
+        back.as_millis(),
+        freed.as_millis()
+    );
+}

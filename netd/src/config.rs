@@ -23,6 +23,11 @@ pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// a client holding netd's memory, and its session ends.
 pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a netd started after another keeps the ports the other had bound for their uids
+/// ([`crate::ports_file`]): a client reconnecting with backoff (at most 1 s between attempts)
+/// is back well within it.
+pub const DEFAULT_PORT_GRACE: Duration = Duration::from_secs(10);
+
 /// A configuration value that does not parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -125,6 +130,14 @@ pub struct Config {
     /// The file netd keeps its non-temporary instances in (TOML, `[[instance]]` tables),
     /// restored at start; without one, instances last until netd stops.
     pub instances_file: Option<PathBuf>,
+    /// How long the ports a netd before this one had bound are kept for their uids
+    /// ([`DEFAULT_PORT_GRACE`], `timeouts.port_grace`).
+    pub port_grace: Duration,
+    /// Whether netd probes for its static IPv4 address before it starts (RFC 5227 duplicate
+    /// address detection, [`crate::dad`]) and refuses to start when another host has it: for
+    /// `afpacket:` links ([`crate::run::probes_address`]), set by whoever starts netd on one.
+    /// Needs the host stack.
+    pub probe_address: bool,
 }
 
 impl Config {
@@ -147,6 +160,8 @@ impl Config {
             message_timeout: DEFAULT_MESSAGE_TIMEOUT,
             admin_uids: Default::default(),
             instances_file: None,
+            port_grace: DEFAULT_PORT_GRACE,
+            probe_address: false,
         }
     }
 
@@ -188,6 +203,9 @@ impl Config {
             if let Some(v) = t.driver {
                 self.driver_timeout = secs("driver", v)?;
             }
+            if let Some(v) = t.port_grace {
+                self.port_grace = secs("port_grace", v)?;
+            }
         }
         Ok(())
     }
@@ -210,6 +228,7 @@ impl Config {
             ("message", self.message_timeout),
             ("reply", self.reply_timeout),
             ("driver", self.driver_timeout),
+            ("port_grace", self.port_grace),
         ] {
             out.push((format!("timeouts.{name}"), d.as_secs_f64().to_string()));
         }
@@ -272,6 +291,7 @@ impl LimitSettings {
 /// message = 5     # a message's first byte to its last (Config::message_timeout)
 /// reply = 5       # room for a reply in the client's socket (Config::reply_timeout)
 /// driver = 5      # one driver request (Config::driver_timeout; --driver-timeout wins)
+/// port_grace = 10 # ports kept for their uids after a restart (Config::port_grace)
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -288,6 +308,9 @@ pub struct TimeoutSettings {
     /// [`Config::driver_timeout`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub driver: Option<f64>,
+    /// [`Config::port_grace`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_grace: Option<f64>,
 }
 
 /// Parses `A.B.C.D/N`.

@@ -10,7 +10,10 @@
 //!   late would answer another request, so nothing more can be asked of it;
 //! * between batches the worker asks the link whether the driver went away
 //!   ([`DriverLink::gone`]) every [`IDLE_CHECK`], so netd notices a dead driver while no client
-//!   is asking.
+//!   is asking;
+//! * a gone driver may be replaced by a new one on the same link ([`DriverWorker::replace`],
+//!   for `netmux up --restart`): work queued before the replacement is carried out (or failed)
+//!   on the old link, work after it on the new one.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -37,9 +40,18 @@ struct Job {
     reply: oneshot::Sender<Vec<DriverOutcome>>,
 }
 
+/// What the worker's thread is asked to do.
+enum Message {
+    /// Carry out work.
+    Job(Job),
+    /// Drop the link and use this one from now on; the gone mark is cleared once it is in
+    /// place.
+    Replace(Box<dyn DriverLink>, oneshot::Sender<()>),
+}
+
 /// The driver link on its own thread. Dropping it ends the thread once its queue is empty.
 pub struct DriverWorker {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<mpsc::Sender<Message>>,
     gone: Arc<Mutex<Option<String>>>,
     link: LinkInfo,
     config: WorkerConfig,
@@ -58,7 +70,7 @@ impl std::fmt::Debug for DriverWorker {
 impl DriverWorker {
     /// Starts the thread that owns `link`.
     pub fn spawn(mut link: Box<dyn DriverLink>, config: WorkerConfig) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Message>();
         let gone = Arc::new(Mutex::new(None::<String>));
         let info = link.link_info();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -67,7 +79,12 @@ impl DriverWorker {
             .name("netd-driver".into())
             .spawn(move || loop {
                 match rx.recv_timeout(IDLE_CHECK) {
-                    Ok(job) => {
+                    Ok(Message::Replace(new, done)) => {
+                        link = new;
+                        *gone_in.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        let _ = done.send(());
+                    }
+                    Ok(Message::Job(job)) => {
                         let outcomes = driver_link::run(
                             link.as_mut(),
                             job.commands,
@@ -127,11 +144,11 @@ impl DriverWorker {
             .jobs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(Job {
+            .send(Message::Job(Job {
                 commands,
                 stop_at_first_failure,
                 reply,
-            });
+            }));
         if sent.is_err() {
             return gone_outcomes(n, "netd's driver thread ended");
         }
@@ -151,6 +168,39 @@ impl DriverWorker {
                 gone_outcomes(n, &why)
             }
         }
+    }
+}
+
+impl DriverWorker {
+    /// Declares the driver gone for `why` (if it is not already), so no more work reaches it.
+    pub fn declare_gone(&self, why: &str) {
+        set_gone(&self.gone, why);
+    }
+
+    /// Puts a new driver `link` in place of the old one (which is dropped), once the work
+    /// queued before it is done; from then on the driver is no longer gone. Refused, the old
+    /// link kept, when the new link is another link (its MAC or MTU differ): netd's
+    /// identities and every client's configuration were made for this one.
+    pub async fn replace(&self, link: Box<dyn DriverLink>) -> Result<(), String> {
+        let new = link.link_info();
+        if (new.mac, new.mtu) != (self.link.mac, self.link.mtu) {
+            return Err(format!(
+                "the new driver's link has MAC {} and MTU {}, not {} and {} as before",
+                crate::instance::mac_text(new.mac),
+                new.mtu,
+                crate::instance::mac_text(self.link.mac),
+                self.link.mtu
+            ));
+        }
+        let (done, replaced) = oneshot::channel();
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Message::Replace(link, done))
+            .map_err(|_| "netd's driver thread ended".to_owned())?;
+        replaced
+            .await
+            .map_err(|_| "netd's driver thread ended".to_owned())
     }
 }
 

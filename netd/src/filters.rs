@@ -193,6 +193,12 @@ pub fn queue_arp_tx(host: &HostIdentity) -> Option<String> {
         .map(|ip| builders::arp_request_tx_expr(host.mac, ip))
 }
 
+/// netd's transmit filter for its ARP probes at start ([`crate::dad`]): ARP requests from
+/// `mac` with sender IP 0.0.0.0.
+pub fn arp_probe_tx(mac: [u8; 6]) -> String {
+    builders::arp_request_tx_expr(mac, Ipv4Addr::UNSPECIFIED)
+}
+
 /// The rx filter of netd's own host queue: ARP for the host.
 pub fn host_rx(host: &HostIdentity) -> Option<String> {
     host.ipv4.map(builders::arp_rx_expr)

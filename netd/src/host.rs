@@ -386,7 +386,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         let mut netd = lock(&state);
         netd.take_host_queue()?
     };
-    let mut queue =
+    let queue =
         match netmux_ring::ClientQueue::from_fds(queue.memfd, queue.client_wake, queue.driver_wake)
         {
             Ok(q) => q,
@@ -395,6 +395,11 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                 return None;
             }
         };
+    spawn_stack_on(state, queue)
+}
+
+/// [`spawn_stack`] on a host queue netd mapped already (it probed for its address there).
+pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) -> Option<HostStack> {
     let mut dhcp = {
         let netd = lock(&state);
         netd.dhcp()

@@ -13,13 +13,16 @@
 //! * [`instance`]: network stack instances (each an independent host on the link).
 //! * [`overlay`]: overlays and their mapping service (varpd's role), with the `files` backend.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
+//! * [`dad`]: duplicate address detection for the host's IPv4 address at start (RFC 5227).
 //! * [`fragment`]: IPv4 fragments of netd's own answers larger than the MTU.
+//! * [`ports_file`]: the ports netd had bound, kept for their uids after a restart.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 //! * `testing` (feature `test-support`): netd in-process on the real driver, for tests.
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod core;
+pub mod dad;
 pub mod dhcp;
 pub mod driver_link;
 pub mod driver_worker;
@@ -28,6 +31,7 @@ pub mod fragment;
 pub mod host;
 pub mod instance;
 pub mod overlay;
+pub mod ports_file;
 pub mod run;
 pub mod server;
 pub mod service;

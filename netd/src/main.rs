@@ -52,7 +52,8 @@ fn serve() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let config = args.host.config()?;
+    let mut config = args.host.config()?;
+    config.probe_address = args.link.as_deref().is_some_and(run::probes_address);
     let (child, driver) = match (&args.driver_socket, &args.link) {
         (Some(path), _) => {
             let d = ChannelDriver::connect_with_timeout(path, config.driver_timeout)

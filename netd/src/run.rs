@@ -50,7 +50,8 @@ pub struct HostArgs {
     /// network or broadcast address, not multicast, loopback or reserved; a prefix of 1 to
     /// 32), e.g. --ip 192.0.2.10/24; or `dhcp`: address, prefix, gateway and DNS servers from
     /// a DHCP server's lease, renewed while netd runs and released when it stops (needs the
-    /// host stack).
+    /// host stack). On an afpacket: link a static address is first checked with ARP probes
+    /// (RFC 5227, 0.7 s): netd refuses to start when another host has it.
     #[arg(long, value_name = "A.B.C.D/N|dhcp", value_parser = config::parse_host_ip)]
     pub ip: Option<config::HostIp>,
     /// The IPv4 default gateway (must be on the --ip subnet; not with --ip dhcp).
@@ -77,7 +78,8 @@ pub struct HostArgs {
     /// netd's configuration file (TOML): `[limits]` (sessions_per_uid, ports_per_session,
     /// ports_per_uid, filters_per_session, ring_bytes_per_session, ring_bytes_per_uid,
     /// ring_bytes_per_instance, buffered_bytes_per_uid), `[timeouts]` in seconds (handshake,
-    /// message, reply, driver), and the instances, one `[[instance]]` table each,
+    /// message, reply, driver, port_grace: how long ports a restarted netd had bound are kept
+    /// for their uids, 10 by default), and the instances, one `[[instance]]` table each,
     /// restored at start and rewritten when one is created, changed or destroyed. Without it,
     /// the defaults hold and instances last until netd stops. `netmux instance ls` shows the
     /// settings in force.
@@ -171,6 +173,14 @@ pub fn start_child_driver(
         )?;
     tracing::info!(pid = child.pid(), %spec, "driver started");
     Ok((child, link))
+}
+
+/// Whether netd probes for its static address before it starts on the link `spec`
+/// ([`Config::probe_address`]): on `afpacket:` interfaces, where other hosts may have it; not
+/// on a `tap:` device (made by the driver, its only peer this host's kernel, configured after
+/// netmux starts) nor on links without hardware (see [`crate::dad`]).
+pub fn probes_address(spec: &str) -> bool {
+    spec.starts_with("afpacket:")
 }
 
 pub use netmux_proto::signals::Signals;

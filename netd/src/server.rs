@@ -15,7 +15,13 @@
 //! connection closed, or a request missed its deadline); when it is, netd logs it once, ends
 //! every session, and refuses every new client with `ErrorCode::Driver` and the reason, until
 //! it is restarted with a driver. A refusal at connect answers the client's first message, so
-//! the client reads the reason.
+//! the client reads the reason. A new driver may be put in the old one's place
+//! ([`NetdHandle::replace_driver`], for `netmux up --restart`): netd installs its state there
+//! and takes clients again.
+//!
+//! The same tick writes netd's ports file ([`crate::ports_file`]) when the bound ports
+//! changed, and frees ports held from before a restart once their grace period is over.
+//! Before it listens, netd probes for its static address on real links ([`crate::dad`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -75,6 +81,9 @@ pub enum ServeError {
     /// Another netd answers on the socket.
     #[error("another netd is listening on {0}")]
     AlreadyRunning(PathBuf),
+    /// Duplicate address detection did not clear the host's address ([`crate::dad`]).
+    #[error(transparent)]
+    Address(#[from] crate::dad::DadError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ServeError {
@@ -196,6 +205,15 @@ struct Shell {
     /// Whether every session was ended because the driver is gone.
     sessions_ended: std::sync::atomic::AtomicBool,
     start: Instant,
+    /// netd's ports file ([`crate::ports_file`]) and what was last written there.
+    ports_file: PathBuf,
+    /// [`Config::port_grace`].
+    port_grace: Duration,
+    /// The ports bound when the driver was found gone, to hold for their uids once a new
+    /// driver is in place ([`replace_driver`]).
+    ports_at_loss: Mutex<Vec<crate::ports_file::Entry>>,
+    /// The ports file's text as last written (it is rewritten only when this changes).
+    ports_written: Mutex<Option<String>>,
 }
 
 impl Shell {
@@ -293,10 +311,21 @@ impl Shell {
     }
 }
 
+/// A new driver for a running netd ([`NetdHandle::replace_driver`]), and where to say how
+/// putting it in place went.
+struct Replacement {
+    link: Box<dyn DriverLink>,
+    done: std::sync::mpsc::Sender<Result<(), String>>,
+}
+
 /// A bound, not yet running netd.
 pub struct Server {
     listener: UnixListener,
     shell: Arc<Shell>,
+    replace_tx: tokio::sync::mpsc::UnboundedSender<Replacement>,
+    replace_rx: tokio::sync::mpsc::UnboundedReceiver<Replacement>,
+    /// The host queue, when netd used it already (to probe for its address).
+    host_queue: Option<netmux_ring::ClientQueue>,
     socket: PathBuf,
     /// The runtime directory, if netd created it.
     created_dir: Option<PathBuf>,
@@ -323,20 +352,48 @@ impl Server {
         .map_err(io_err("starting the driver thread"))?;
         let (mut netd, commands) = Netd::new(config, driver.link_info())?;
         netd.started(driver.run(commands, true).await)?;
+        let ports_file = crate::ports_file::path_in(&config.runtime_dir);
+        match crate::ports_file::read(&ports_file) {
+            Ok(entries) if !entries.is_empty() => {
+                let held = netd.hold_ports(&entries, config.port_grace);
+                tracing::info!(
+                    held,
+                    "holding the ports the previous netd had bound for their uids for {} s",
+                    config.port_grace.as_secs_f64()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                "reading {}: {e}; no port is held from before",
+                ports_file.display()
+            ),
+        }
+        let host_queue = match netd.dad_target() {
+            Some((mac, address)) => Some(probe_address(&mut netd, &driver, mac, address).await?),
+            None => None,
+        };
         let socket = config.socket_path();
         let created_dir = prepare_socket(&socket)?;
         let listener =
             UnixListener::bind(&socket).map_err(io_err(format!("binding {}", socket.display())))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
             .map_err(io_err("opening the socket to every uid"))?;
+        let (replace_tx, replace_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Server {
             listener,
+            host_queue,
+            replace_tx,
+            replace_rx,
             shell: Arc::new(Shell {
                 state: Arc::new(Mutex::new(netd)),
                 driver,
                 kills: Mutex::new(HashMap::new()),
                 sessions_ended: std::sync::atomic::AtomicBool::new(false),
                 start: Instant::now(),
+                ports_file,
+                port_grace: config.port_grace,
+                ports_at_loss: Mutex::new(Vec::new()),
+                ports_written: Mutex::new(None),
                 reply_timeout: config.reply_timeout,
                 message_timeout: config.message_timeout,
                 buffered_per_uid: config.policy.limits.buffered_bytes_per_uid,
@@ -360,8 +417,11 @@ impl Server {
     /// Serves until `shutdown` completes; then removes the socket, and the runtime directory if
     /// netd created it and nothing else is left in it. The host stack (if any) runs
     /// on a thread of its own for as long.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-        let host_stack = host::spawn_stack(self.shell.state.clone());
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let mut host_stack = match self.host_queue.take() {
+            Some(queue) => host::spawn_stack_on(self.shell.state.clone(), queue),
+            None => host::spawn_stack(self.shell.state.clone()),
+        };
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
         let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
         let dhcp = lock(&self.shell.state)
@@ -371,6 +431,10 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(r) = self.replace_rx.recv() => {
+                    let result = replace_driver(&self.shell, r.link, &mut host_stack).await;
+                    let _ = r.done.send(result);
+                }
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         tokio::spawn(client_task(self.shell.clone(), stream));
@@ -390,12 +454,124 @@ impl Server {
         }
         drop(host_stack);
         let _ = std::fs::remove_file(&self.socket);
+        // Ports bound now stay in the file for the next netd; with none, nothing is left.
+        if lock(&self.shell.state).ports_snapshot().is_empty() {
+            let _ = std::fs::remove_file(&self.shell.ports_file);
+        }
         if let Some(dir) = &self.created_dir {
             // Fails, as it should, while anything else is in it.
             let _ = std::fs::remove_dir(dir);
         }
         Ok(())
     }
+}
+
+/// Probes for the host's static address on the host queue before netd takes clients
+/// ([`crate::dad`]), then removes the probes' transmit filter; returns the host queue for the
+/// host stack.
+async fn probe_address(
+    netd: &mut Netd,
+    driver: &DriverWorker,
+    mac: [u8; 6],
+    address: std::net::Ipv4Addr,
+) -> Result<netmux_ring::ClientQueue, ServeError> {
+    let created = netd.take_host_queue().ok_or_else(|| ServeError::Io {
+        what: "probing for the host address".into(),
+        source: io::Error::other("netd has no host queue"),
+    })?;
+    let mut queue =
+        netmux_ring::ClientQueue::from_fds(created.memfd, created.client_wake, created.driver_wake)
+            .map_err(|e| ServeError::Io {
+                what: "mapping the host queue".into(),
+                source: io::Error::other(e.to_string()),
+            })?;
+    let probed = tokio::task::spawn_blocking(move || {
+        let r = crate::dad::run(&mut queue, mac, address);
+        (queue, r)
+    })
+    .await
+    .map_err(|e| ServeError::Io {
+        what: "probing for the host address".into(),
+        source: io::Error::other(e.to_string()),
+    })?;
+    let (queue, result) = probed;
+    result?;
+    for o in driver.run(netd.dad_done(), false).await {
+        if let crate::driver_link::DriverOutcome::Failed(e) = o {
+            tracing::warn!("removing the ARP probes' transmit filter: {e}");
+        }
+    }
+    Ok(queue)
+}
+
+/// Puts a new driver in place of one that went away (`netmux up --restart`), keeping netd:
+/// every session is ended first (clients see their connection close and their queue closed;
+/// the client library's `Reconnecting` connects again, binds its ports again and opens a new
+/// queue; the ports bound when the driver went away are held for their uids for
+/// [`Config::port_grace`], as across a netd restart), the host stack stops, the new link
+/// replaces the old at the worker, netd's state is installed at the new driver
+/// ([`Netd::driver_replaced`]: instances, host addresses, overlays, firewall rules, the host
+/// queue and netd's filters), and the host stack starts again on the new host queue. Clients are refused, with the reason, until it is done; if it
+/// fails, the driver stays gone.
+async fn replace_driver(
+    shell: &Shell,
+    link: Box<dyn DriverLink>,
+    host_stack: &mut Option<host::HostStack>,
+) -> Result<(), String> {
+    let why = "the driver is being restarted";
+    shell.driver.declare_gone(why);
+    let (sessions, mut ports) = {
+        let mut netd = lock(&shell.state);
+        netd.driver_gone_because(why.to_owned());
+        (netd.session_ids(), netd.ports_snapshot())
+    };
+    ports.extend(std::mem::take(
+        &mut *shell
+            .ports_at_loss
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    ));
+    ports.sort();
+    ports.dedup();
+    shell.sessions_ended.store(true, Ordering::Relaxed);
+    shell.end_sessions(&sessions).await;
+    {
+        let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, k) in kills.drain() {
+            let _ = k.send(());
+        }
+    }
+    *host_stack = None;
+    shell.driver.replace(link).await?;
+    let installed = match lock(&shell.state).driver_replaced() {
+        Ok(commands) => Ok(commands),
+        Err(e) => Err(e.to_string()),
+    };
+    let result = match installed {
+        Ok(commands) => {
+            let outcomes = shell.driver.run(commands, true).await;
+            lock(&shell.state)
+                .reinstalled(outcomes)
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &result {
+        shell.driver.declare_gone(e);
+        tracing::error!("the new driver did not take netd's state: {e}");
+        return result;
+    }
+    let held = lock(&shell.state).hold_ports(&ports, shell.now() + shell.port_grace);
+    shell.sessions_ended.store(false, Ordering::Relaxed);
+    *host_stack = host::spawn_stack(shell.state.clone());
+    tracing::info!(
+        sessions_ended = sessions.len(),
+        ports_held = held,
+        "a new driver holds netd's state; clients are taken again (their ports held for their \
+         uids for {} s)",
+        shell.port_grace.as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Every [`EXPIRY_TICK`]: ends sessions whose handshake timed out, and, when the driver is
@@ -406,8 +582,15 @@ async fn expiry_loop(shell: Arc<Shell>) {
     loop {
         tick.tick().await;
         let gone = shell.driver.gone();
-        let (expired, driver_gone) = {
+        let (expired, driver_gone, ports) = {
             let mut netd = lock(&shell.state);
+            let freed = netd.expire_holds(shell.now());
+            if freed > 0 {
+                tracing::info!(
+                    freed,
+                    "ports held from before the restart are free: their grace period is over"
+                );
+            }
             if let Some(why) = gone {
                 netd.driver_gone_because(why);
             }
@@ -420,8 +603,17 @@ async fn expiry_loop(shell: Arc<Shell>) {
                         .swap(true, std::sync::atomic::Ordering::Relaxed)
                 })
                 .map(str::to_owned);
-            (netd.expired(shell.now()), news)
+            let snapshot = netd.ports_snapshot();
+            if news.is_some() {
+                *shell
+                    .ports_at_loss
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+            }
+            let ports = crate::ports_file::render(&snapshot);
+            (netd.expired(shell.now()), news, ports)
         };
+        write_ports(&shell, ports);
         let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
         for id in expired {
             tracing::info!(%id, "handshake timed out");
@@ -440,6 +632,22 @@ async fn expiry_loop(shell: Arc<Shell>) {
             }
         }
     }
+}
+
+/// Writes netd's ports file ([`crate::ports_file`]) if its text changed.
+fn write_ports(shell: &Shell, text: String) {
+    let mut written = shell
+        .ports_written
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if written.as_deref() == Some(text.as_str()) {
+        return;
+    }
+    if let Err(e) = crate::ports_file::write(&shell.ports_file, &text) {
+        // Once per change of the text: a full disk is said, not repeated every tick.
+        tracing::warn!("writing {}: {e}", shell.ports_file.display());
+    }
+    *written = Some(text);
 }
 
 /// How often the DHCP client's reports are taken to the driver.
@@ -663,6 +871,7 @@ async fn serve_client(
 pub struct NetdHandle {
     socket: PathBuf,
     state: SharedNetd,
+    replace: tokio::sync::mpsc::UnboundedSender<Replacement>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), ServeError>>>,
 }
@@ -684,6 +893,20 @@ impl NetdHandle {
     /// The shared state.
     pub fn state(&self) -> SharedNetd {
         self.state.clone()
+    }
+
+    /// Puts a new driver `link` (on the same link) in place of one that went away, and waits
+    /// until netd's state is installed there and it takes clients again (see the module
+    /// documentation of `netmux up --restart`): every session is ended first, and their clients
+    /// connect again. An error says why netd could not use it; the driver then stays gone.
+    pub fn replace_driver(&self, link: Box<dyn DriverLink>) -> Result<(), String> {
+        let (done, result) = std::sync::mpsc::channel();
+        self.replace
+            .send(Replacement { link, done })
+            .map_err(|_| "netd has stopped".to_owned())?;
+        result
+            .recv()
+            .unwrap_or_else(|_| Err("netd has stopped".to_owned()))
     }
 
     /// Stops netd and waits for it.
@@ -732,7 +955,11 @@ pub fn spawn(config: Config, driver: Box<dyn DriverLink>) -> Result<NetdHandle, 
                         return Ok(());
                     }
                 };
-                let _ = ready_tx.send(Ok((server.socket_path().to_owned(), server.state())));
+                let _ = ready_tx.send(Ok((
+                    server.socket_path().to_owned(),
+                    server.state(),
+                    server.replace_tx.clone(),
+                )));
                 server
                     .run(async move {
                         let _ = stop_rx.await;
@@ -742,9 +969,10 @@ pub fn spawn(config: Config, driver: Box<dyn DriverLink>) -> Result<NetdHandle, 
         })
         .map_err(io_err("starting the netd thread"))?;
     match ready_rx.recv() {
-        Ok(Ok((socket, state))) => Ok(NetdHandle {
+        Ok(Ok((socket, state, replace))) => Ok(NetdHandle {
             socket,
             state,
+            replace,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),

@@ -325,6 +325,9 @@ pub struct Netd {
     rxbuf: HashMap<QueueId, u64>,
     /// The `txbuf` set on queues (`netmux set`), in bytes.
     txbuf: HashMap<QueueId, u64>,
+    /// The static address to probe for before netd starts, and the transmit filter that lets
+    /// the probes out ([`crate::dad`]).
+    dad: Option<(std::net::Ipv4Addr, FilterId)>,
 }
 
 impl std::fmt::Debug for Netd {
@@ -367,7 +370,7 @@ fn core_error(e: CoreError) -> ErrorReply {
         CoreError::NoSession | CoreError::NotActive | CoreError::AlreadyActive => {
             ErrorCode::Protocol
         }
-        CoreError::Port(PortError::InUse { .. }) => ErrorCode::InUse,
+        CoreError::Port(PortError::InUse { .. } | PortError::Held { .. }) => ErrorCode::InUse,
         CoreError::Port(PortError::Releasing { .. }) => ErrorCode::Again,
         CoreError::Port(PortError::Zero) => ErrorCode::Protocol,
         CoreError::Port(PortError::Exhausted(_)) => ErrorCode::Limit,
@@ -507,6 +510,7 @@ impl Netd {
             firewall: ops::FirewallState::default(),
             rxbuf: HashMap::new(),
             txbuf: HashMap::new(),
+            dad: None,
         };
         netd.names
             .insert(DEFAULT_INSTANCE_NAME.to_owned(), DEFAULT_INSTANCE);
@@ -546,16 +550,56 @@ impl Netd {
                 .restore(rules)
                 .map_err(|e| bad(format!("firewall rule {e}")))?;
         }
+        let mut commands = netd.install_commands(overlay_commands, false)?;
+        if let (true, true, false, Some((address, _))) = (
+            config.probe_address,
+            netd.host_stack,
+            netd.dhcp,
+            config.addrs.ipv4,
+        ) {
+            let filter = netd.filter_id();
+            let s = spec(
+                HOST_QUEUE,
+                filter,
+                Direction::Tx,
+                RxMode::Owner,
+                None,
+                filters::arp_probe_tx(link.mac),
+            )
+            .map_err(StartError::Filter)?;
+            commands.push(DriverCommand::InstallFilter(s));
+            netd.dad = Some((address, filter));
+        }
+        for i in netd.instances.values_mut() {
+            i.ready = true;
+        }
+        Ok((netd, commands))
+    }
+
+    /// What the driver must be told for netd's state: the host queue (with `host_stack`), the
+    /// default instance's addresses, `overlay_commands`, every other instance (with
+    /// `only_ready`, only those ready and not being destroyed), the firewall's rules, and
+    /// netd's own filters on the host queue (with fresh ids). At start, and again for a new
+    /// driver in place of one that went away ([`Netd::driver_replaced`]).
+    fn install_commands(
+        &mut self,
+        overlay_commands: Vec<DriverCommand>,
+        only_ready: bool,
+    ) -> Result<Vec<DriverCommand>, StartError> {
         let mut commands = Vec::new();
-        if config.host_stack {
+        if self.host_stack {
             commands.push(DriverCommand::CreateQueue {
                 queue: HOST_QUEUE,
-                config: netd.rings,
+                config: self.rings,
                 instance: DEFAULT_INSTANCE,
             });
         }
         let mut infos = Vec::new();
-        for i in netd.instances.values() {
+        for i in self
+            .instances
+            .values()
+            .filter(|i| !only_ready || (i.ready && !i.condemned))
+        {
             if i.id == DEFAULT_INSTANCE {
                 let ipv4: Vec<[u8; 4]> = i.host.ipv4.iter().map(|a| a.octets()).collect();
                 commands.push(DriverCommand::SetHostAddresses { ipv4 });
@@ -566,42 +610,102 @@ impl Netd {
         // Overlays before the instances that live on them.
         commands.extend(overlay_commands);
         commands.extend(infos.into_iter().map(DriverCommand::SetInstance));
-        let rules = ops::FirewallState::specs(&netd.firewall.rules);
+        let rules = ops::FirewallState::specs(&self.firewall.rules);
         if !rules.is_empty() {
             commands.push(DriverCommand::Operator(
                 netmux_proto::ops::OperatorRequest::SetFirewall { rules },
             ));
         }
-        if config.host_stack {
-            if let Some(expr) = filters::host_rx(&netd.instances[&DEFAULT_INSTANCE].host) {
-                let filter = netd.filter_id();
+        if self.host_stack {
+            if let Some(expr) = filters::host_rx(&self.instances[&DEFAULT_INSTANCE].host) {
+                let filter = self.filter_id();
                 let s = spec(HOST_QUEUE, filter, Direction::Rx, RxMode::Owner, None, expr)
                     .map_err(StartError::Filter)?;
-                netd.host_rx = Some(filter);
+                self.host_rx = Some(filter);
                 commands.push(DriverCommand::InstallFilter(s));
             }
-            if netd.dhcp {
+            if self.dhcp {
                 // The DHCP client's messages from 0.0.0.0 (DISCOVER, REQUEST while selecting);
                 // once leased, renewals from the address pass the host's own filter.
-                let expr = filters::dhcp_client_tx(netd.link.mac);
-                let filter = netd.filter_id();
+                let expr = filters::dhcp_client_tx(self.link.mac);
+                let filter = self.filter_id();
                 let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)
                     .map_err(StartError::Filter)?;
                 commands.push(DriverCommand::InstallFilter(s));
             }
-            let ids: Vec<InstanceId> = netd.instances.keys().copied().collect();
+            let ids: Vec<InstanceId> = self
+                .instances
+                .values()
+                .filter(|i| !only_ready || (i.ready && !i.condemned))
+                .map(|i| i.id)
+                .collect();
             for id in ids {
-                if let Some((filter, s)) = netd.host_tx_spec(id).map_err(StartError::Filter)? {
-                    netd.host_tx.insert(id, filter);
+                if let Some((filter, s)) = self.host_tx_spec(id).map_err(StartError::Filter)? {
+                    self.host_tx.insert(id, filter);
                     commands.push(DriverCommand::InstallFilter(s));
                 }
             }
             commands.push(DriverCommand::SetNetdQueue { queue: HOST_QUEUE });
         }
-        for i in netd.instances.values_mut() {
-            i.ready = true;
+        Ok(commands)
+    }
+
+    /// A new driver is in place of the one that went away (`netmux up --restart`), and every
+    /// session has ended: the ports their ends left unusable (the old driver could not confirm
+    /// their filters gone) are free, since the new driver has no filter of theirs; queues'
+    /// properties and netd's own filter ids are forgotten. Returns what the new driver must be
+    /// told to hold netd's state again ([`Netd::install_commands`]: instances, host addresses,
+    /// overlays and their mappings, firewall rules, the host queue and netd's own filters);
+    /// carry them out, stopping at the first failure, and hand the outcomes to
+    /// [`Netd::reinstalled`]. Clients are refused until then.
+    pub fn driver_replaced(&mut self) -> Result<Vec<DriverCommand>, StartError> {
+        let mut freed = 0;
+        for i in self.instances.values_mut() {
+            freed += i.core.ports_mut().free_releasing();
         }
-        Ok((netd, commands))
+        if freed > 0 {
+            tracing::info!(
+                ports = freed,
+                "ports held by ended sessions are free with the new driver"
+            );
+        }
+        self.host_rx = None;
+        self.host_tx.clear();
+        self.rxbuf.clear();
+        self.host_queue = None;
+        let overlays = self
+            .overlays
+            .install_requests()
+            .into_iter()
+            .map(DriverCommand::Overlay)
+            .collect();
+        self.install_commands(overlays, true)
+    }
+
+    /// The outcomes of [`Netd::driver_replaced`]'s commands: on success netd takes clients
+    /// again (the driver is no longer gone) and the host queue waits for the host stack.
+    pub fn reinstalled(&mut self, outcomes: Vec<DriverOutcome>) -> Result<(), StartError> {
+        self.started(outcomes)?;
+        self.driver_gone = None;
+        Ok(())
+    }
+
+    /// The MAC and the static address netd must probe for before it takes clients
+    /// ([`crate::dad`]), if any.
+    pub fn dad_target(&self) -> Option<([u8; 6], std::net::Ipv4Addr)> {
+        self.dad.map(|(address, _)| (self.link.mac, address))
+    }
+
+    /// Probing is over: the commands that remove the probes' transmit filter.
+    pub fn dad_done(&mut self) -> Vec<DriverCommand> {
+        self.dad
+            .take()
+            .map(|(_, filter)| DriverCommand::RemoveFilter {
+                queue: HOST_QUEUE,
+                filter,
+            })
+            .into_iter()
+            .collect()
     }
 
     /// The outcomes of [`Netd::new`]'s commands: netd is ready, or why not.
@@ -959,6 +1063,65 @@ impl Netd {
         let id = FilterId(self.next_filter);
         self.next_filter += 1;
         id
+    }
+
+    /// Every port bound by a session or held for a uid, in every instance, as the lines of
+    /// netd's ports file ([`crate::ports_file`]): what a netd started after this one keeps
+    /// for their uids for a grace period.
+    pub fn ports_snapshot(&self) -> Vec<crate::ports_file::Entry> {
+        let mut out = Vec::new();
+        for i in self.instances.values() {
+            for s in i.core.sessions() {
+                for &(transport, port) in s.ports.iter() {
+                    out.push(crate::ports_file::Entry {
+                        uid: s.creds.uid,
+                        instance: i.spec.name.clone(),
+                        transport,
+                        port,
+                    });
+                }
+            }
+            for ((transport, port), hold) in i.core.held() {
+                out.push(crate::ports_file::Entry {
+                    uid: hold.uid,
+                    instance: i.spec.name.clone(),
+                    transport,
+                    port,
+                });
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Keeps the ports a netd before this one had bound (`entries`, from its ports file) for
+    /// their uids until `until` ([`crate::core::Core::hold`]); an entry of an instance this
+    /// netd does not have is left out. Returns how many ports are held.
+    pub fn hold_ports(&mut self, entries: &[crate::ports_file::Entry], until: Duration) -> usize {
+        let mut held = 0;
+        for e in entries {
+            let Some(id) = self.names.get(&e.instance).copied() else {
+                tracing::info!(instance = %e.instance, "not holding {} port {}: no such instance", e.transport, e.port);
+                continue;
+            };
+            if let Some(i) = self.instances.get_mut(&id) {
+                held += usize::from(i.core.hold(e.transport, e.port, e.uid, until));
+            }
+        }
+        held
+    }
+
+    /// Frees held ports whose grace period is over at `now`; returns how many.
+    pub fn expire_holds(&mut self, now: Duration) -> usize {
+        self.instances
+            .values_mut()
+            .map(|i| i.core.expire_holds(now))
+            .sum()
+    }
+
+    /// Every session (connected and not yet ended).
+    pub fn session_ids(&self) -> Vec<SessionId> {
+        self.session_instance.keys().copied().collect()
     }
 
     /// Whether a session exists (connected and not yet ended).
@@ -2502,6 +2665,109 @@ mod tests {
             DriverCommand::SetHostAddresses { ipv4 } => Some(ipv4.clone()),
             _ => None,
         })
+    }
+
+    /// What a command is, without its ids.
+    fn kind(c: &DriverCommand) -> String {
+        match c {
+            DriverCommand::InstallFilter(s) => format!("install {:?} {}", s.direction, s.expr),
+            DriverCommand::Overlay(r) => format!(
+                "overlay {}",
+                format!("{r:?}").split(['(', ' ']).next().unwrap_or("")
+            ),
+            DriverCommand::Operator(r) => format!("operator {r:?}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_driver_is_given_what_the_first_was_and_ports_its_ends_left_unusable_are_free() {
+        let dir = std::env::temp_dir().join(format!("netmux-replaced-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("netd.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[overlay]]\nname = \"ov\"\nvni = 7\nmapping = \"files:{}\"\n\n\
+                 [[instance]]\nname = \"blue\"\nmac = \"02:00:00:00:0b:01\"\nip = \"10.1.0.5/24\"\n\
+                 overlay = \"ov\"\n\n\
+                 [[firewall]]\ninstance = \"default\"\nrule = \"block in udp port 7021\"\n",
+                dir.join("missing.json").display()
+            ),
+        )
+        .unwrap();
+        let mut config = Config::new(&dir);
+        config.addrs.ipv4 = Some((Ipv4Addr::new(192, 0, 2, 2), 24));
+        config.instances_file = Some(file);
+        config.probe_address = true;
+        let link = LinkInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+        };
+        let (mut netd, start) = Netd::new(&config, link).unwrap();
+        // A port whose session ended while the driver was gone stays releasing.
+        netd.instances
+            .get_mut(&DEFAULT_INSTANCE)
+            .unwrap()
+            .core
+            .ports_mut()
+            .bind(Transport::Udp, 7000, SessionId(99))
+            .unwrap();
+        netd.instances
+            .get_mut(&DEFAULT_INSTANCE)
+            .unwrap()
+            .core
+            .ports_mut()
+            .release(Transport::Udp, 7000, SessionId(99))
+            .unwrap();
+        assert!(!netd.port_free(DEFAULT_INSTANCE, Transport::Udp, 7000));
+        netd.dad_done();
+        netd.driver_gone_because("killed".into());
+
+        let again = netd.driver_replaced().unwrap();
+        assert!(netd.port_free(DEFAULT_INSTANCE, Transport::Udp, 7000));
+        let kinds = |cs: &[DriverCommand]| -> Vec<String> { cs.iter().map(kind).collect() };
+        let mut first = kinds(&start);
+        // The ARP probes' filter is for the start only.
+        first.retain(|k| !k.contains("0.0.0.0"));
+        assert_eq!(kinds(&again), first);
+        for needed in [
+            "CreateQueue",
+            "SetHostAddresses",
+            "overlay SetOverlay",
+            "SetInstance",
+            "operator SetFirewall",
+            "SetNetdQueue",
+        ] {
+            assert!(
+                first.iter().any(|k| k.starts_with(needed)),
+                "{needed} in {first:?}"
+            );
+        }
+        // Clients are refused until the new driver took it all.
+        assert!(netd
+            .connect(
+                Credentials {
+                    pid: 1,
+                    uid: 0,
+                    gid: 0
+                },
+                Duration::ZERO
+            )
+            .is_err());
+        netd.reinstalled(again.iter().map(|_| DriverOutcome::Done).collect())
+            .unwrap();
+        assert!(netd
+            .connect(
+                Credentials {
+                    pid: 1,
+                    uid: 0,
+                    gid: 0
+                },
+                Duration::ZERO
+            )
+            .is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

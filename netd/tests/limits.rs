@@ -139,6 +139,7 @@ fn every_limit_and_timeout_is_shown_with_the_instances_properties() {
         "timeouts.message",
         "timeouts.reply",
         "timeouts.driver",
+        "timeouts.port_grace",
     ] {
         assert!(props.iter().any(|(k, _)| k == name), "{name} in {props:?}");
     }

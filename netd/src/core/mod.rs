@@ -92,15 +92,32 @@ struct UidUsage {
     ring_bytes: u64,
 }
 
+/// The owner a held port is bound to in the port table ([`Core::hold`]): no session has it
+/// (sessions are numbered from 1).
+pub const HOLD_OWNER: SessionId = SessionId(0);
+
+/// A port kept for a uid after a netd restart ([`Core::hold`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The uid that had it.
+    pub uid: u32,
+    /// Until when (the shell's clock).
+    pub until: Duration,
+}
+
 /// The core. See the module documentation.
 #[derive(Debug)]
 pub struct Core {
     policy: Policy,
     ports: PortTable,
+    /// Ports kept for the uid that had them before netd restarted.
+    held: HashMap<(Transport, u16), Hold>,
     sessions: BTreeMap<SessionId, Session>,
     uids: HashMap<u32, UidUsage>,
     /// Ring memory of every session's queue.
     ring_bytes: u64,
+    /// The latest time the shell passed in ([`Core::expire_holds`]).
+    now_hint: Duration,
     next_session: u64,
     next_filter: u64,
 }
@@ -111,9 +128,11 @@ impl Core {
         Core {
             policy,
             ports,
+            held: HashMap::new(),
             sessions: BTreeMap::new(),
             uids: HashMap::new(),
             ring_bytes: 0,
+            now_hint: Duration::ZERO,
             next_session: 1,
             next_filter: 1,
         }
@@ -292,9 +311,57 @@ impl Core {
         {
             return Err(CoreError::Privileged { port, uid });
         }
+        if let Some(hold) = self.held.get(&(transport, port)).copied() {
+            if hold.uid != uid {
+                let left = hold.until.saturating_sub(self.now_hint);
+                return Err(PortError::Held {
+                    transport,
+                    port,
+                    uid: hold.uid,
+                    left_secs: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+                }
+                .into());
+            }
+            // Its uid is back for it.
+            self.held.remove(&(transport, port));
+            self.ports.unbind_uninstalled(transport, port, HOLD_OWNER)?;
+        }
         self.ports.bind(transport, port, id)?;
         self.reserved(id, uid, transport, port);
         Ok(())
+    }
+
+    /// Keeps a free port for `uid` until `until` (a netd restarted: the uid's client had it
+    /// and may come back for it): only `uid` may bind it meanwhile, and no ephemeral request
+    /// gets it. Returns whether it is held (a port already taken is not).
+    pub fn hold(&mut self, transport: Transport, port: u16, uid: u32, until: Duration) -> bool {
+        if port == 0 || self.ports.bind(transport, port, HOLD_OWNER).is_err() {
+            return false;
+        }
+        self.held.insert((transport, port), Hold { uid, until });
+        true
+    }
+
+    /// Frees the held ports whose time is up at `now`; returns how many. Also the time a
+    /// refusal counts the hold's remaining seconds from.
+    pub fn expire_holds(&mut self, now: Duration) -> usize {
+        self.now_hint = now;
+        let over: Vec<(Transport, u16)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.until <= now)
+            .map(|(&k, _)| k)
+            .collect();
+        for &(t, p) in &over {
+            self.held.remove(&(t, p));
+            let _ = self.ports.unbind_uninstalled(t, p, HOLD_OWNER);
+        }
+        over.len()
+    }
+
+    /// The ports held ([`Core::hold`]), with their holds.
+    pub fn held(&self) -> impl Iterator<Item = ((Transport, u16), Hold)> + '_ {
+        self.held.iter().map(|(&k, &h)| (k, h))
     }
 
     /// The driver installed the port's filters: the port is active and the reply may go out.
@@ -513,6 +580,42 @@ mod tests {
     fn bind(core: &mut Core, s: SessionId, t: Transport, port: u16) -> Result<(), CoreError> {
         core.bind_port(s, t, port)?;
         core.port_installed(s, t, port)
+    }
+
+    #[test]
+    fn a_held_port_is_refused_to_other_uids_given_to_its_own_and_freed_when_its_time_is_up() {
+        let mut core = Core::default();
+        let until = Duration::from_secs(10);
+        assert!(core.hold(Transport::Udp, 7000, 1000, until));
+        assert!(core.hold(Transport::Udp, 7001, 1000, until));
+        assert!(
+            !core.hold(Transport::Udp, 7000, 1001, until),
+            "held already"
+        );
+        let other = active(&mut core, 1001);
+        let e = bind(&mut core, other, Transport::Udp, 7000).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CoreError::Port(PortError::Held {
+                    uid: 1000,
+                    left_secs: 10,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("held for uid 1000"), "{e}");
+        // An ephemeral request never gets a held port.
+        core.ports_mut().set_ephemeral(7000..=7002);
+        assert_eq!(core.get_port(other, Transport::Udp), Ok(7002));
+        let own = active(&mut core, 1000);
+        bind(&mut core, own, Transport::Udp, 7000).unwrap();
+        assert_eq!(core.held().count(), 1);
+        assert_eq!(core.expire_holds(until - Duration::from_millis(1)), 0);
+        assert_eq!(core.expire_holds(until), 1);
+        bind(&mut core, other, Transport::Udp, 7001).unwrap();
+        assert_eq!(core.held().count(), 0);
     }
 
     #[test]

@@ -51,6 +51,21 @@ pub enum PortError {
         /// The port.
         port: u16,
     },
+    /// The port is held for the uid that had it before netd restarted ([`crate::core::Core::hold`]).
+    #[error(
+        "{transport} port {port} is held for uid {uid}, which had it before netd restarted, \
+         for {left_secs} s more (timeouts.port_grace)"
+    )]
+    Held {
+        /// The transport.
+        transport: Transport,
+        /// The port.
+        port: u16,
+        /// The uid it is held for.
+        uid: u32,
+        /// Whole seconds left of the hold (rounded up).
+        left_secs: u64,
+    },
     /// The port's previous filters are still being removed at the driver.
     #[error("{transport} port {port} is being released; try again shortly")]
     Releasing {
@@ -228,6 +243,21 @@ impl PortTable {
             }
             _ => Err(PortError::NotReleasing { transport, port }),
         }
+    }
+
+    /// Frees every port being released, whoever released it: the driver that held their
+    /// filters was replaced by one that has none. Returns how many.
+    pub fn free_releasing(&mut self) -> usize {
+        let mut freed = 0;
+        for transport in [Transport::Tcp, Transport::Udp] {
+            for port in 0..=u16::MAX {
+                if matches!(self.state(transport, port), PortState::Releasing(_)) {
+                    self.set(transport, port, PortState::Free);
+                    freed += 1;
+                }
+            }
+        }
+        freed
     }
 
     /// Free ephemeral ports left for a transport.

@@ -283,6 +283,15 @@ impl OverlayService {
         Ok(requests)
     }
 
+    /// The requests that give a new driver every overlay and its mappings, as they are now
+    /// (a driver that replaced one that went away).
+    pub fn install_requests(&self) -> Vec<DriverRequest> {
+        self.overlays
+            .values()
+            .flat_map(|o| [DriverRequest::SetOverlay(o.info()), o.refresh()])
+            .collect()
+    }
+
     /// Forgets an overlay (after the driver removed it, or failed to create it).
     pub fn forget(&mut self, name: &str) {
         self.overlays.remove(name);
