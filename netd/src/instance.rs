@@ -158,6 +158,7 @@ impl Instance {
             mac,
             ipv4: Some(addr),
             ipv6,
+            ipv6_global: None,
         };
         let host_config = HostConfig {
             link: LinkInfo { mac, mtu: link.mtu },
@@ -165,6 +166,8 @@ impl Instance {
             gateway: spec.gateway,
             ipv6_link_local: ipv6.map(|a| a.octets()),
             dns_servers: Vec::new(),
+            ipv6: Vec::new(),
+            ipv6_gateway: None,
         };
         Ok(Instance {
             id,
@@ -186,7 +189,12 @@ impl Instance {
             mac: self.host.mac,
             own_mac: !self.shared_mac,
             ipv4: self.host.ipv4.iter().map(|a| a.octets()).collect(),
-            ipv6: self.host.ipv6.iter().map(|a| a.octets()).collect(),
+            ipv6: self
+                .host
+                .ipv6_addresses()
+                .iter()
+                .map(|a| a.octets())
+                .collect(),
             overlay: self.overlay,
         }
     }

@@ -135,11 +135,13 @@ pub struct DriverWork {
 #[derive(Debug)]
 pub struct Then(Pending);
 
-/// A queue created by this piece of work: its id and its own ARP transmit filter.
+/// A queue created by this piece of work: its id and its own ARP and neighbour discovery
+/// transmit filters.
 #[derive(Clone, Copy, Debug)]
 struct NewQueue {
     id: QueueId,
     arp: Option<FilterId>,
+    nd: Option<FilterId>,
     /// Its geometry.
     rings: QueueConfig,
     /// The ring memory reserved for it.
@@ -430,6 +432,9 @@ impl Netd {
         if let Some((a, p)) = config.addrs.ipv4 {
             crate::config::check_host_address(a, p)?;
         }
+        if let Some((a, p)) = config.ipv6 {
+            crate::config::check_host_address6(a, p)?;
+        }
         let host = HostIdentity {
             mac: link.mac,
             ipv4: config.addrs.ipv4.map(|(a, _)| a),
@@ -437,6 +442,7 @@ impl Netd {
                 .addrs
                 .ipv6_link_local
                 .then(|| opaque_link_local(link.mac, DEFAULT_INSTANCE_NAME)),
+            ipv6_global: config.ipv6.map(|(a, _)| a),
         };
         let host_config = HostConfig {
             link,
@@ -444,6 +450,12 @@ impl Netd {
             gateway: config.addrs.gateway.map(|g| g.octets()),
             ipv6_link_local: host.ipv6.map(|a| a.octets()),
             dns_servers: Vec::new(),
+            ipv6: config
+                .ipv6
+                .map(|(a, p)| (a.octets(), p))
+                .into_iter()
+                .collect(),
+            ipv6_gateway: config.ipv6_gateway.map(|g| g.octets()),
         };
         let default = Instance {
             id: DEFAULT_INSTANCE,
@@ -1450,13 +1462,15 @@ impl Netd {
             config: rings,
             instance,
         });
-        let mut arp = None;
-        if let Some(expr) = filters::queue_arp_tx(&host) {
+        let mut own = [None, None];
+        let exprs = [filters::queue_arp_tx(&host), filters::queue_nd_tx(&host)];
+        for (slot, expr) in own.iter_mut().zip(exprs) {
+            let Some(expr) = expr else { continue };
             let filter = self.filter_id();
             match spec(queue, filter, Direction::Tx, RxMode::Owner, None, expr) {
                 Ok(s) => {
                     commands.push(DriverCommand::InstallFilter(s));
-                    arp = Some(filter);
+                    *slot = Some(filter);
                 }
                 Err(e) => {
                     self.release_ring(id, ring_bytes);
@@ -1464,11 +1478,13 @@ impl Netd {
                 }
             }
         }
+        let [arp, nd] = own;
         Ok((
             queue,
             Some(NewQueue {
                 id: queue,
                 arp,
+                nd,
                 rings,
                 reserved: ring_bytes,
             }),
@@ -1495,13 +1511,22 @@ impl Netd {
                 return Err((error(ErrorCode::Internal, "no queue came back"), None));
             }
         };
-        if queue.arp.is_some() {
+        for what in [
+            queue.arp.map(|_| "ARP"),
+            queue.nd.map(|_| "neighbour discovery"),
+        ]
+        .into_iter()
+        .flatten()
+        {
             match outcomes.next() {
                 Some(DriverOutcome::Done) => {}
                 other => {
                     let e = match other {
                         Some(DriverOutcome::Failed(e)) => driver_error(e),
-                        _ => error(ErrorCode::Internal, "the queue's ARP filter was skipped"),
+                        _ => error(
+                            ErrorCode::Internal,
+                            format!("the queue's {what} filter was skipped"),
+                        ),
                     };
                     drop(created);
                     return Err((
@@ -1512,7 +1537,7 @@ impl Netd {
             }
         }
         let ring_bytes = created.ring_bytes;
-        let filters = queue.arp.into_iter().collect();
+        let filters = queue.arp.into_iter().chain(queue.nd).collect();
         match self.sessions.get_mut(&id) {
             Some(extra) => {
                 extra.queue = Some(SessionQueue {

@@ -66,6 +66,13 @@ pub struct HostConfig {
     /// DNS servers (from the host's DHCP lease; empty when none are known).
     #[serde(default)]
     pub dns_servers: Vec<[u8; 4]>,
+    /// Global IPv6 addresses and their prefix lengths (static, or from router advertisements);
+    /// empty when the host has none. Absent in older netds' messages.
+    #[serde(default)]
+    pub ipv6: Vec<([u8; 16], u8)>,
+    /// IPv6 default router (a link-local address, from a router advertisement or configured).
+    #[serde(default)]
+    pub ipv6_gateway: Option<[u8; 16]>,
 }
 
 /// The name of the instance a client joins when it names none.
