@@ -11,7 +11,11 @@
 //! echoes over IPv6 and over IPv4 on one port (its smoltcp resolves the kernel through
 //! neighbour solicitations that pass its transmit filter, and learns the answer from the
 //! advertisement the driver copies to every client); the HTTP example serves a page over
-//! IPv6 and over IPv4.
+//! IPv6 and over IPv4; with `--ip6 slaac`, a router advertisement the test sends from the
+//! kernel's namespace (a raw ICMPv6 socket, as a router's daemon would) gives netd an address
+//! in the advertised prefix with its own interface id (not the kernel's EUI-64 one on the
+//! shared MAC), after duplicate address detection, and the router as the default; clients
+//! learn both, and a ping to the address is answered once.
 //!
 //! Only addresses in 192.0.2.0/24 and 2001:db8::/64 inside the tests' own namespaces are used;
 //! only processes these tests started are stopped, by their pid; the namespaces are deleted
@@ -63,6 +67,11 @@ struct Host {
 
 impl Host {
     fn start(tag: &str) -> Host {
+        Host::start_with(tag, &format!("{NETMUX6}/64"))
+    }
+
+    /// With `--ip6 IP6`.
+    fn start_with(tag: &str, ip6: &str) -> Host {
         let (mux, kernel) = netns::kernel_peer(tag, MUX_END, KERNEL_END, "192.0.2.1/24");
         let defaults = netns::offloads(&kernel, KERNEL_END);
         assert!(
@@ -74,7 +83,7 @@ impl Host {
         let mut cmd = mux.command(netmux());
         cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
             .args(["--ip", &format!("{NETMUX}/24")])
-            .args(["--ip6", &format!("{NETMUX6}/64")])
+            .args(["--ip6", ip6])
             .arg("--runtime-dir")
             .arg(dir.join("run"))
             .env("RUST_LOG", LOG_FILTER);
@@ -183,4 +192,111 @@ fn root_the_http_example_serves_over_ipv6_and_ipv4() {
             host.up.log()
         );
     }
+}
+
+/// Sends one router advertisement of the /64 `prefix` (autonomous, router lifetime 1800 s)
+/// from the calling thread's namespace to all nodes on `ifname`: a raw ICMPv6 socket with hop
+/// limit 255, as a router's daemon sends it. Whether it went (the kernel's link-local address
+/// may still be tentative).
+fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    assert!(
+        fd >= 0,
+        "raw ICMPv6 socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let hops: libc::c_int = 255;
+    // SAFETY: a valid c_int for IPV6_MULTICAST_HOPS.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_HOPS,
+            (&hops as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as u16;
+    addr.sin6_addr.s6_addr = "ff02::1".parse::<Ipv6Addr>().unwrap().octets();
+    addr.sin6_scope_id = ifindex;
+    // Type 134, code 0, checksum (the kernel's), hop limit 64, no flags, lifetime 1800 s,
+    // reachable time and retransmission timer unspecified; one prefix information option.
+    let mut ra = vec![134, 0, 0, 0, 64, 0];
+    ra.extend_from_slice(&1800u16.to_be_bytes());
+    ra.extend_from_slice(&[0; 8]);
+    ra.extend_from_slice(&[3, 4, 64, 0xc0]);
+    ra.extend_from_slice(&86400u32.to_be_bytes());
+    ra.extend_from_slice(&14400u32.to_be_bytes());
+    ra.extend_from_slice(&[0; 4]);
+    ra.extend_from_slice(&prefix.octets());
+    // SAFETY: ra and addr are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            ra.as_ptr().cast(),
+            ra.len(),
+            0,
+            (&addr as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        )
+    };
+    n == ra.len() as isize
+}
+
+#[test]
+#[ignore]
+fn root_slaac_takes_an_address_and_the_router_from_an_advertisement() {
+    require_root();
+    let host = Host::start_with("s6", "slaac");
+    let prefix: Ipv6Addr = "2001:db8:0:1::".parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let config = loop {
+        host.kernel
+            .run(|| send_router_advertisement(KERNEL_END, "2001:db8:0:1::".parse().unwrap()));
+        std::thread::sleep(Duration::from_millis(500));
+        let client = Client::connect(&host.run_dir()).expect("netd takes a client");
+        if !client.host().ipv6.is_empty() {
+            break client.host().clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no address from the advertisement; netmux log:\n{}",
+            host.up.log()
+        );
+    };
+    let (address, len) = config.ipv6[0];
+    let address = Ipv6Addr::from(address);
+    assert_eq!(len, 64);
+    assert_eq!(address.octets()[..8], prefix.octets()[..8], "in the prefix");
+    let ll = Ipv6Addr::from(config.ipv6_link_local.unwrap());
+    assert_eq!(
+        address.octets()[8..],
+        ll.octets()[8..],
+        "netd's own interface id"
+    );
+    let router = Ipv6Addr::from(config.ipv6_gateway.expect("the router is the default"));
+    assert_eq!(
+        router.segments()[0],
+        0xfe80,
+        "the router's link-local address"
+    );
+    assert!(
+        host.up.log().contains("slaac:"),
+        "logged; netmux log:\n{}",
+        host.up.log()
+    );
+    assert_eq!(
+        netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
+        1,
+        "netd answers for it, once"
+    );
 }

@@ -65,6 +65,9 @@ pub enum ConfigError {
     /// Options that do not go with `--ip dhcp`.
     #[error("{0}")]
     Dhcp(&'static str),
+    /// Options that do not go with `--ip6 slaac`.
+    #[error("{0}")]
+    Slaac(&'static str),
 }
 
 /// What `--ip` says: a static address and prefix, or DHCP.
@@ -84,17 +87,23 @@ pub fn parse_host_ip(text: &str) -> Result<HostIp, ConfigError> {
     parse_host_cidr(text).map(|(a, p)| HostIp::Static(a, p))
 }
 
-/// What `--ip6` says: a static global address and prefix.
+/// What `--ip6` says: a static global address and prefix, or SLAAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostIp6 {
     /// This global address and prefix length.
     Static(Ipv6Addr, u8),
+    /// An address from a router advertisement's prefix (RFC 4862), the router the default.
+    Slaac,
 }
 
-/// Parses `--ip6`: a global IPv6 host address with its prefix length, `2001:db8::2/64`.
+/// Parses `--ip6`: `slaac`, or a global IPv6 host address with its prefix length,
+/// `2001:db8::2/64`.
 /// Refused: a prefix of 0 or above 128, and addresses no host has on a link as its global
 /// address (unspecified, loopback, multicast, link-local: netd makes its own link-local).
 pub fn parse_host_ip6(text: &str) -> Result<HostIp6, ConfigError> {
+    if text.eq_ignore_ascii_case("slaac") {
+        return Ok(HostIp6::Slaac);
+    }
     let bad = || ConfigError::Ipv6Cidr(text.to_owned());
     let (a, p) = text.split_once('/').ok_or_else(bad)?;
     let a: Ipv6Addr = a.parse().map_err(|_| bad())?;
@@ -157,6 +166,9 @@ pub struct Config {
     pub ipv6: Option<(Ipv6Addr, u8)>,
     /// The default instance's IPv6 default router (`--gateway6`).
     pub ipv6_gateway: Option<Ipv6Addr>,
+    /// Whether the default instance takes a global IPv6 address from router advertisements
+    /// (`--ip6 slaac`; needs the host stack and the link-local address).
+    pub slaac: bool,
     /// Ephemeral ports for `get_port`.
     pub ephemeral: RangeInclusive<u16>,
     /// Who may do what, and how much.
@@ -195,6 +207,7 @@ impl Config {
             dhcp: false,
             ipv6: None,
             ipv6_gateway: None,
+            slaac: false,
             ephemeral: DEFAULT_EPHEMERAL,
             policy: Policy::default(),
             rings: QueueConfig::default(),

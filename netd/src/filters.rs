@@ -246,6 +246,16 @@ pub fn queue_nd_tx(host: &HostIdentity) -> Option<String> {
     ))
 }
 
+/// netd's tx filter for duplicate address detection of its IPv6 addresses (RFC 4862 5.4.2):
+/// neighbour solicitations from `::` with this MAC, hop limit 255 and no option, nothing else.
+pub fn dad_tx(mac: [u8; 6]) -> String {
+    format!(
+        "ether src {} and ip6 and ip6 src host :: and ip6[6] = 58 and ip6[7] = 255 \
+         and ip6[40] = 135 and ip6[41] = 0 and ip6[4:2] = 24",
+        mac_text(mac)
+    )
+}
+
 /// The rx filter of netd's own host queue: ARP for the host.
 pub fn host_rx(host: &HostIdentity) -> Option<String> {
     host.ipv4.map(builders::arp_rx_expr)

@@ -412,6 +412,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         netd.dhcp()
             .then(|| crate::dhcp::Client::new(netd.host().mac, dhcp_seed()))
     };
+    let mut slaac = lock(&state).slaac_setup();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -458,6 +459,16 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                             dhcp_frames.extend(frame);
                         }
                     }
+                    let mut slaac_frames = Vec::new();
+                    if let Some(machine) = slaac.as_mut() {
+                        for f in &frames {
+                            machine.receive(f);
+                        }
+                        slaac_frames = machine.poll(now);
+                        for event in machine.take_events() {
+                            netd.push_slaac_event(event);
+                        }
+                    }
                     sync_responders(&mut responders, netd.host_identities());
                     let mtu = usize::from(netd.host_config().link.mtu);
                     let taken_by_dhcp = |f: &[u8]| dhcp.is_some() && crate::dhcp::is_dhcp_reply(f);
@@ -471,6 +482,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                         })
                         .flat_map(|(_, a)| crate::fragment::fragment_ipv4(a, mtu))
                         .chain(dhcp_frames)
+                        .chain(slaac_frames)
                         .collect()
                 };
                 let batch: Vec<[&[u8]; 1]> = answers.iter().map(|a| [a.as_slice()]).collect();

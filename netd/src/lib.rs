@@ -31,6 +31,7 @@ pub mod overlay;
 pub mod run;
 pub mod server;
 pub mod service;
+pub mod slaac;
 #[cfg(feature = "test-support")]
 pub mod testing;
 

@@ -60,9 +60,12 @@ pub struct HostArgs {
     #[arg(long, conflicts_with = "ip6")]
     pub no_ipv6: bool,
     /// The host's global IPv6 address and prefix length, e.g. --ip6 2001:db8::2/64 (not
-    /// link-local, multicast, loopback or ::); netd answers neighbour solicitations and echo
-    /// requests for it, and clients bind their ports on it as on the link-local address.
-    #[arg(long, value_name = "A::B/N", value_parser = config::parse_host_ip6)]
+    /// link-local, multicast, loopback or ::); or `slaac`: an address from a router
+    /// advertisement's /64 prefix and netd's own interface id, the router the default (needs
+    /// the host stack). netd probes the address for duplicates first (about 1 s), then
+    /// answers neighbour solicitations and echo requests for it, and clients bind their ports
+    /// on it as on the link-local address.
+    #[arg(long, value_name = "A::B/N|slaac", value_parser = config::parse_host_ip6)]
     pub ip6: Option<config::HostIp6>,
     /// The IPv6 default router (usually its link-local address, e.g. fe80::1), given to
     /// clients.
@@ -129,7 +132,16 @@ impl HostArgs {
             gateway: self.gateway,
             ipv6_link_local: !self.no_ipv6,
         };
-        config.ipv6 = self.ip6.map(|config::HostIp6::Static(a, p)| (a, p));
+        config.ipv6 = match self.ip6 {
+            Some(config::HostIp6::Static(a, p)) => Some((a, p)),
+            _ => None,
+        };
+        config.slaac = self.ip6 == Some(config::HostIp6::Slaac);
+        if config.slaac && self.no_host_stack {
+            return Err(ConfigError::Slaac(
+                "--ip6 slaac needs the host stack (no --no-host-stack)",
+            ));
+        }
         if let Some(g) = self.gateway6 {
             if g.is_multicast() || g.is_unspecified() || g.is_loopback() {
                 return Err(ConfigError::NotAHostAddress {
@@ -300,6 +312,14 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["x", "--ip6", "2001:db8::2/64", "--no-ipv6"]).is_err());
         assert!(Cli::try_parse_from(["x", "--gateway6", "fe80::1"]).is_err());
+        let config = Cli::try_parse_from(["x", "--ip6", "SLAAC"])
+            .unwrap()
+            .host
+            .config()
+            .unwrap();
+        assert!(config.slaac && config.ipv6.is_none());
+        let cli = Cli::try_parse_from(["x", "--ip6", "slaac", "--no-host-stack"]).unwrap();
+        assert!(cli.host.config().is_err());
     }
 
     #[test]

@@ -364,9 +364,11 @@ impl Server {
         let host_stack = host::spawn_stack(self.shell.state.clone());
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
         let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
-        let dhcp = lock(&self.shell.state)
-            .dhcp()
-            .then(|| tokio::spawn(dhcp_loop(self.shell.clone())));
+        let addresses = {
+            let netd = lock(&self.shell.state);
+            netd.dhcp() || netd.slaac_setup().is_some()
+        };
+        let dhcp = addresses.then(|| tokio::spawn(dhcp_loop(self.shell.clone())));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -446,7 +448,9 @@ async fn expiry_loop(shell: Arc<Shell>) {
 const DHCP_TICK: Duration = Duration::from_millis(100);
 
 /// Every [`DHCP_TICK`]: applies what netd's DHCP client reported (a lease taken, renewed or
-/// lost) and tells the driver the default instance's new address and netd's filters for it.
+/// lost), and what SLAAC and duplicate address detection reported (an IPv6 address taken or
+/// refused, a default router), and tells the driver the default instance's new address and
+/// netd's filters for it.
 async fn dhcp_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(DHCP_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -457,7 +461,11 @@ async fn dhcp_loop(shell: Arc<Shell>) {
             if netd.driver_gone().is_some() {
                 continue;
             }
-            netd.take_dhcp_commands()
+            let (mut commands, mut stale) = netd.take_dhcp_commands();
+            let (more, gone) = netd.take_slaac_commands();
+            commands.extend(more);
+            stale.extend(gone);
+            (commands, stale)
         };
         if !stale.is_empty() {
             shell.end_sessions(&stale).await;

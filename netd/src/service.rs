@@ -288,6 +288,13 @@ pub struct Netd {
     dhcp: bool,
     /// What the DHCP client reported, not yet applied ([`Netd::take_dhcp_commands`]).
     dhcp_events: Vec<crate::dhcp::Event>,
+    /// Whether the default instance takes a global IPv6 address from router advertisements.
+    slaac: bool,
+    /// The static global address (`--ip6`), probed for duplicates by the host stack.
+    static_ipv6: Option<(std::net::Ipv6Addr, u8)>,
+    /// What SLAAC and duplicate address detection reported, not yet applied
+    /// ([`Netd::take_slaac_commands`]).
+    slaac_events: Vec<crate::slaac::Event>,
     link: LinkInfo,
     /// The policy a new instance starts from (its limits).
     template: Policy,
@@ -496,6 +503,9 @@ impl Netd {
             host_rx: None,
             dhcp: config.dhcp && config.host_stack,
             dhcp_events: Vec::new(),
+            slaac: config.slaac && config.host_stack && config.addrs.ipv6_link_local,
+            static_ipv6: config.ipv6,
+            slaac_events: Vec::new(),
             link,
             template: config.policy.clone(),
             default_ephemeral: config.ephemeral.clone(),
@@ -593,6 +603,14 @@ impl Netd {
                 // The DHCP client's messages from 0.0.0.0 (DISCOVER, REQUEST while selecting);
                 // once leased, renewals from the address pass the host's own filter.
                 let expr = filters::dhcp_client_tx(netd.link.mac);
+                let filter = netd.filter_id();
+                let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)
+                    .map_err(StartError::Filter)?;
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            if netd.slaac_setup().is_some() {
+                // Duplicate address detection's probes come from :: (RFC 4862 5.4.2).
+                let expr = filters::dad_tx(netd.link.mac);
                 let filter = netd.filter_id();
                 let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)
                     .map_err(StartError::Filter)?;
@@ -794,6 +812,111 @@ impl Netd {
         self.instances
             .get(&instance)
             .is_some_and(|i| i.core.ports().state(transport, port) == core::PortState::Free)
+    }
+
+    /// What netd's host stack needs for SLAAC and duplicate address detection of the default
+    /// instance's global address: the MAC, netd's link-local address, whether to take an
+    /// address from router advertisements, and the static address to probe. `None` when
+    /// there is nothing to do (no link-local address, or neither `--ip6` nor the host stack).
+    pub fn slaac_setup(&self) -> Option<crate::slaac::Slaac> {
+        let host = &self.default_instance().host;
+        let link_local = host.ipv6?;
+        (self.host_stack && (self.slaac || self.static_ipv6.is_some()))
+            .then(|| crate::slaac::Slaac::new(host.mac, link_local, self.slaac, self.static_ipv6))
+    }
+
+    /// Takes in what SLAAC or duplicate address detection reported, for
+    /// [`Netd::take_slaac_commands`].
+    pub fn push_slaac_event(&mut self, event: crate::slaac::Event) {
+        self.slaac_events.push(event);
+    }
+
+    /// Applies what SLAAC and duplicate address detection reported to the default instance
+    /// (its global IPv6 address and default router, what clients learn at hello) and returns
+    /// what the driver must be told (netd's own transmit filter for the new address) and,
+    /// when an address the default instance had is gone (another node has it), the sessions
+    /// of the default instance to end, as for a lost DHCP lease. Each change is logged.
+    pub fn take_slaac_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let events = std::mem::take(&mut self.slaac_events);
+        if events.is_empty() {
+            return (Vec::new(), Vec::new());
+        }
+        let before = self.default_instance().host.ipv6_global;
+        for event in events {
+            let Some(default) = self.instances.get_mut(&DEFAULT_INSTANCE) else {
+                return (Vec::new(), Vec::new());
+            };
+            match event {
+                crate::slaac::Event::Assigned {
+                    address,
+                    prefix,
+                    autoconfigured,
+                } => {
+                    if autoconfigured {
+                        tracing::info!(
+                            "slaac: {address}/{prefix} from a router advertisement is the host's \
+                             (no other node answered its probe)"
+                        );
+                        default.host.ipv6_global = Some(address);
+                        default.host_config.ipv6 = vec![(address.octets(), prefix)];
+                    } else {
+                        tracing::info!("ipv6: no other node answered the probe of {address}");
+                    }
+                }
+                crate::slaac::Event::Duplicate { address } => {
+                    tracing::error!(
+                        "ipv6: another node on the link has {address} (it answered duplicate \
+                         address detection); the host does not use it"
+                    );
+                    if default.host.ipv6_global == Some(address) {
+                        default.host.ipv6_global = None;
+                        default.host_config.ipv6.clear();
+                    }
+                }
+                crate::slaac::Event::Router(router) => {
+                    match router {
+                        Some(r) => tracing::info!("slaac: default router {r}"),
+                        None => tracing::info!("slaac: the default router withdrew"),
+                    }
+                    default.host_config.ipv6_gateway = router.map(|r| r.octets());
+                }
+            }
+        }
+        let after = self.default_instance().host.ipv6_global;
+        if before == after {
+            return (Vec::new(), Vec::new());
+        }
+        let stale: Vec<SessionId> = if before.is_some() {
+            self.session_instance
+                .iter()
+                .filter(|(_, i)| **i == DEFAULT_INSTANCE)
+                .map(|(s, _)| *s)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (Some(old), false) = (before, stale.is_empty()) {
+            tracing::warn!(
+                "ipv6: ending the default instance's {} sessions: they were told {old}",
+                stale.len()
+            );
+        }
+        let mut commands = Vec::new();
+        if let Some(filter) = self.host_tx.remove(&DEFAULT_INSTANCE) {
+            commands.push(DriverCommand::RemoveFilter {
+                queue: HOST_QUEUE,
+                filter,
+            });
+        }
+        match self.host_tx_spec(DEFAULT_INSTANCE) {
+            Ok(Some((filter, s))) => {
+                self.host_tx.insert(DEFAULT_INSTANCE, filter);
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("ipv6: the host's transmit filter: {e}"),
+        }
+        (commands, stale)
     }
 
     /// Whether the default instance takes its address from DHCP (netd's host stack then runs

@@ -4,7 +4,8 @@
 //! host's addresses; a client's neighbour and router solicitations from the host's addresses
 //! go out, its neighbour advertisements (for the host's address or any other) and forged
 //! link-layer addresses do not; advertisements received reach every client; a client's port
-//! takes datagrams on the link-local and the global address.
+//! takes datagrams on the link-local and the global address; netd probes the global address
+//! for duplicates (RFC 4862) and gives it up when another node answers.
 
 mod common;
 
@@ -21,11 +22,23 @@ const GLOBAL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const PEER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const WAIT: Duration = Duration::from_secs(2);
 
+/// netd with [`GLOBAL`], once its duplicate address probe for it (a neighbour solicitation
+/// from `::`, hop limit 255, no option) has gone out.
 fn host6() -> Host {
-    host_with(|c| {
+    let host = host_with(|c| {
         c.ipv6 = Some((GLOBAL, 64));
         c.ipv6_gateway = Some("fe80::1".parse().unwrap());
-    })
+    });
+    let (group, group_mac) = solicited_node(GLOBAL);
+    let probe = host.wire().recv_until(WAIT, |f| {
+        (f.len() == 14 + 40 + 24 && f[22..38] == [0; 16] && f[54] == 135).then(|| f.to_vec())
+    });
+    let probe = probe.expect("a duplicate address probe for the global address");
+    assert_eq!(probe[..6], group_mac);
+    assert_eq!(probe[38..54], group.octets());
+    assert_eq!(probe[62..78], GLOBAL.octets());
+    assert_eq!(probe[21], 255);
+    host
 }
 
 /// An NDP message of ICMPv6 `kind` from `eth_src`/`src` to `eth_dst`/`dst`: `target`, then a
@@ -265,4 +278,48 @@ fn neighbour_and_router_advertisements_reach_every_client() {
         assert!(got.contains(&na), "client {i} got the advertisement");
         assert!(got.contains(&ra), "client {i} got the router advertisement");
     }
+}
+
+#[test]
+fn a_static_address_another_node_has_is_given_up() {
+    let host = host_with(|c| c.ipv6 = Some((GLOBAL, 64)));
+    let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
+    assert_eq!(a.host().ipv6, vec![(GLOBAL.octets(), 64)]);
+    a.bind_port(Transport::Udp, 5353).unwrap();
+    // Another node defends the address against netd's probe.
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let defence = nd(
+        136,
+        MAC_B,
+        [0x33, 0x33, 0, 0, 0, 1],
+        GLOBAL,
+        all_nodes,
+        Some(GLOBAL),
+        Some(MAC_B),
+    );
+    host.wire().send(&defence);
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            Client::connect_socket(host.netd.socket_path())
+                .map(|c| c.host().ipv6.is_empty())
+                .unwrap_or(false)
+        }),
+        "new clients are not told the address"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || a.stats().is_err()),
+        "the session told the address ends"
+    );
+    // netd no longer answers for it.
+    let _ = host.wire().recv_for(Duration::from_millis(100));
+    let (sn, sn_mac) = solicited_node(GLOBAL);
+    host.wire()
+        .send(&nd(135, MAC_B, sn_mac, PEER, sn, Some(GLOBAL), Some(MAC_B)));
+    assert!(
+        host.wire()
+            .recv_for(Duration::from_millis(300))
+            .iter()
+            .all(|f| f.get(54) != Some(&136)),
+        "no advertisement for an address another node has"
+    );
 }
