@@ -841,7 +841,11 @@ impl Netd {
         if events.is_empty() {
             return (Vec::new(), Vec::new());
         }
-        let before = self.default_instance().host.ipv6_global;
+        let addresses = |netd: &Netd| {
+            let host = &netd.default_instance().host;
+            (host.ipv6, host.ipv6_global)
+        };
+        let before = addresses(self);
         for event in events {
             let Some(default) = self.instances.get_mut(&DEFAULT_INSTANCE) else {
                 return (Vec::new(), Vec::new());
@@ -872,6 +876,10 @@ impl Netd {
                         default.host.ipv6_global = None;
                         default.host_config.ipv6.clear();
                     }
+                    if default.host.ipv6 == Some(address) {
+                        default.host.ipv6 = None;
+                        default.host_config.ipv6_link_local = None;
+                    }
                 }
                 crate::slaac::Event::Router(router) => {
                     match router {
@@ -882,11 +890,20 @@ impl Netd {
                 }
             }
         }
-        let after = self.default_instance().host.ipv6_global;
+        let after = addresses(self);
         if before == after {
             return (Vec::new(), Vec::new());
         }
-        let stale: Vec<SessionId> = if before.is_some() {
+        // An address gone (not one added) ends the sessions that were told it.
+        let gone = |old: Option<std::net::Ipv6Addr>, new| old.is_some() && old != new;
+        let lost = if gone(before.0, after.0) {
+            before.0
+        } else if gone(before.1, after.1) {
+            before.1
+        } else {
+            None
+        };
+        let stale: Vec<SessionId> = if lost.is_some() {
             self.session_instance
                 .iter()
                 .filter(|(_, i)| **i == DEFAULT_INSTANCE)
@@ -895,7 +912,7 @@ impl Netd {
         } else {
             Vec::new()
         };
-        if let (Some(old), false) = (before, stale.is_empty()) {
+        if let (Some(old), false) = (lost, stale.is_empty()) {
             tracing::warn!(
                 "ipv6: ending the default instance's {} sessions: they were told {old}",
                 stale.len()

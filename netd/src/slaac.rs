@@ -11,8 +11,9 @@
 //!   address: the prefix and netd's own interface id (that of its link-local address, so never
 //!   the kernel's EUI-64 one on a shared MAC). A router lifetime above 0 makes the
 //!   advertisement's source the default router; 0 withdraws it.
-//! - **Duplicate address detection** (RFC 4862 5.4) of every address before netd answers for
-//!   it, the static `--ip6` address included: a neighbour solicitation from `::` for it, then
+//! - **Duplicate address detection** (RFC 4862 5.4) of every address: netd's link-local one
+//!   and the static `--ip6` one at start (netd answers for them meanwhile), a SLAAC one before
+//!   netd answers for it: a neighbour solicitation from `::` for it, then
 //!   [`DAD_WAIT`]; a neighbour advertisement for it, or another node's solicitation from `::`
 //!   for it meanwhile, means another node has it: the address is refused
 //!   ([`Event::Duplicate`], logged by netd) and never tried again.
@@ -81,6 +82,8 @@ pub struct Slaac {
     assigned: Vec<Ipv6Addr>,
     refused: Vec<Ipv6Addr>,
     router: Option<Ipv6Addr>,
+    /// Addresses from router advertisements assigned.
+    autoconfigured: usize,
     rs_sent: u32,
     last_rs: Option<Duration>,
     events: Vec<Event>,
@@ -113,7 +116,7 @@ fn is_link_local(a: &Ipv6Addr) -> bool {
 impl Slaac {
     /// A machine for a host with this MAC and link-local address (whose interface id SLAAC
     /// addresses take); with `autoconfigure` it solicits routers and takes a prefix they
-    /// advertise; `static_address` (`--ip6`) goes through duplicate address detection first.
+    /// advertise; the link-local address and `static_address` (`--ip6`) are probed at once.
     pub fn new(
         mac: [u8; 6],
         link_local: Ipv6Addr,
@@ -124,8 +127,8 @@ impl Slaac {
             mac,
             link_local,
             autoconfigure,
-            tentative: static_address
-                .into_iter()
+            tentative: std::iter::once((link_local, 64))
+                .chain(static_address)
                 .map(|(address, prefix)| Tentative {
                     address,
                     prefix,
@@ -136,6 +139,7 @@ impl Slaac {
             assigned: Vec::new(),
             refused: Vec::new(),
             router: None,
+            autoconfigured: 0,
             rs_sent: 0,
             last_rs: None,
             events: Vec::new(),
@@ -268,7 +272,7 @@ impl Slaac {
     /// an address whose wait passed without conflict to the assigned ones.
     pub fn poll(&mut self, now: Duration) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        let nothing_yet = self.assigned.is_empty() && self.tentative.is_empty();
+        let nothing_yet = !self.autoconfigured_any();
         if self.autoconfigure
             && nothing_yet
             && self.rs_sent < MAX_RS
@@ -314,6 +318,7 @@ impl Slaac {
         for t in done {
             self.tentative.retain(|x| x.address != t.address);
             self.assigned.push(t.address);
+            self.autoconfigured += usize::from(t.autoconfigured);
             self.events.push(Event::Assigned {
                 address: t.address,
                 prefix: t.prefix,
@@ -321,6 +326,11 @@ impl Slaac {
             });
         }
         out
+    }
+
+    /// Whether an address from a router advertisement is assigned or being probed.
+    fn autoconfigured_any(&self) -> bool {
+        self.tentative.iter().any(|t| t.autoconfigured) || self.autoconfigured > 0
     }
 
     /// What changed since the last call.
@@ -397,10 +407,20 @@ mod tests {
     #[test]
     fn a_prefix_from_a_router_becomes_an_address_after_its_probe_and_the_router_the_default() {
         let mut s = Slaac::new(MAC, ll(), true, None);
-        let rs = s.poll(Duration::ZERO);
-        assert_eq!(rs.len(), 1, "a router solicitation at once");
-        assert_eq!(rs[0][54], 133);
+        let first = s.poll(Duration::ZERO);
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0][54], 133, "a router solicitation at once");
+        assert_eq!(first[1][54], 135, "and the link-local address's probe");
+        assert_eq!(first[1][62..78], ll().octets());
         assert!(s.poll(S).is_empty(), "the next one only after the interval");
+        assert_eq!(
+            s.take_events(),
+            vec![Event::Assigned {
+                address: ll(),
+                prefix: 64,
+                autoconfigured: false
+            }]
+        );
         s.receive(&ra(router(), 255, 1800, "2001:db8:1::", 64, 0xc0));
         assert_eq!(s.take_events(), vec![Event::Router(Some(router()))]);
         let want: Ipv6Addr = "2001:db8:1::1234:5678:9abc:def0".parse().unwrap();
@@ -435,13 +455,21 @@ mod tests {
         let mut s = Slaac::new(MAC, ll(), false, Some((global, 64)));
         assert_eq!(
             s.poll(Duration::ZERO).len(),
-            1,
-            "the probe, and no RS without slaac"
+            2,
+            "the probes of both addresses, and no RS without slaac"
         );
         s.receive(&na(global));
         assert_eq!(s.take_events(), vec![Event::Duplicate { address: global }]);
         assert!(s.poll(5 * S).is_empty());
-        assert!(s.take_events().is_empty(), "never assigned");
+        assert_eq!(
+            s.take_events(),
+            vec![Event::Assigned {
+                address: ll(),
+                prefix: 64,
+                autoconfigured: false
+            }],
+            "the link-local address only"
+        );
         // Another node's probe for the same tentative address is a conflict too.
         let mut s = Slaac::new(MAC, ll(), false, Some((global, 64)));
         s.poll(Duration::ZERO);
@@ -456,16 +484,24 @@ mod tests {
         assert_eq!(s.take_events(), vec![Event::Duplicate { address: global }]);
         // Our own frames (the driver never loops them back, but a link might) are not.
         let mut s = Slaac::new(MAC, ll(), false, Some((global, 64)));
-        let own = s.poll(Duration::ZERO);
-        s.receive(&own[0]);
+        for own in s.poll(Duration::ZERO) {
+            s.receive(&own);
+        }
         s.poll(S);
         assert_eq!(
             s.take_events(),
-            vec![Event::Assigned {
-                address: global,
-                prefix: 64,
-                autoconfigured: false
-            }]
+            vec![
+                Event::Assigned {
+                    address: ll(),
+                    prefix: 64,
+                    autoconfigured: false
+                },
+                Event::Assigned {
+                    address: global,
+                    prefix: 64,
+                    autoconfigured: false
+                }
+            ]
         );
     }
 
@@ -501,6 +537,9 @@ mod tests {
         // Without slaac, advertisements give nothing.
         let mut s = Slaac::new(MAC, ll(), false, None);
         s.receive(&ra(router(), 255, 1800, "2001:db8:1::", 64, 0xc0));
-        assert!(s.poll(Duration::ZERO).is_empty() && s.take_events().is_empty());
+        let frames = s.poll(Duration::ZERO);
+        assert_eq!(frames.len(), 1, "the link-local address's probe only");
+        assert_eq!(frames[0][54], 135);
+        assert!(s.take_events().is_empty());
     }
 }

@@ -22,18 +22,27 @@ const GLOBAL: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const PEER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 const WAIT: Duration = Duration::from_secs(2);
 
-/// netd with [`GLOBAL`], once its duplicate address probe for it (a neighbour solicitation
-/// from `::`, hop limit 255, no option) has gone out.
+/// netd with [`GLOBAL`], once its duplicate address probes for its link-local address and
+/// for [`GLOBAL`] (neighbour solicitations from `::`, hop limit 255, no option) have gone out.
 fn host6() -> Host {
     let host = host_with(|c| {
         c.ipv6 = Some((GLOBAL, 64));
         c.ipv6_gateway = Some("fe80::1".parse().unwrap());
     });
     let (group, group_mac) = solicited_node(GLOBAL);
+    let mut probed = Vec::new();
     let probe = host.wire().recv_until(WAIT, |f| {
-        (f.len() == 14 + 40 + 24 && f[22..38] == [0; 16] && f[54] == 135).then(|| f.to_vec())
+        let is_probe = f.len() == 14 + 40 + 24 && f[22..38] == [0; 16] && f[54] == 135;
+        if is_probe {
+            probed.push(Ipv6Addr::from(<[u8; 16]>::try_from(&f[62..78]).unwrap()));
+        }
+        (is_probe && f[62..78] == GLOBAL.octets()).then(|| f.to_vec())
     });
     let probe = probe.expect("a duplicate address probe for the global address");
+    assert!(
+        probed.iter().any(|a| a.segments()[0] == 0xfe80),
+        "the link-local address is probed first: {probed:?}"
+    );
     assert_eq!(probe[..6], group_mac);
     assert_eq!(probe[38..54], group.octets());
     assert_eq!(probe[62..78], GLOBAL.octets());
