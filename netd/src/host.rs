@@ -423,6 +423,7 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
             let mut frames = Vec::new();
             let mut completions = Vec::new();
             let mut dhcp_malformed_seen = 0;
+            let mut slaac_ignored_seen = 0;
             while !flag.load(Ordering::Relaxed) {
                 if queue.wait_readable(Some(HOST_POLL)).is_err() {
                     break;
@@ -463,6 +464,14 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                     if let Some(machine) = slaac.as_mut() {
                         for f in &frames {
                             machine.receive(f);
+                        }
+                        if machine.ignored > slaac_ignored_seen {
+                            slaac_ignored_seen = machine.ignored;
+                            tracing::warn!(
+                                "slaac: ignored a router advertisement that cannot be trusted \
+                                 ({} so far)",
+                                machine.ignored
+                            );
                         }
                         slaac_frames = machine.poll(now);
                         for event in machine.take_events() {
