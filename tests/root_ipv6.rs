@@ -15,7 +15,9 @@
 //! kernel's namespace (a raw ICMPv6 socket, as a router's daemon would) gives netd an address
 //! in the advertised prefix with its own interface id (not the kernel's EUI-64 one on the
 //! shared MAC), after duplicate address detection, and the router as the default; clients
-//! learn both, and a ping to the address is answered once.
+//! learn both, and a ping to the address is answered once; an instance created with
+//! `netmux instance create --ip6` (its own MAC) echoes over IPv6 on its own address, and netd
+//! answers a ping to that address once.
 //!
 //! Only addresses in 192.0.2.0/24 and 2001:db8::/64 inside the tests' own namespaces are used;
 //! only processes these tests started are stopped, by their pid; the namespaces are deleted
@@ -298,5 +300,48 @@ fn root_slaac_takes_an_address_and_the_router_from_an_advertisement() {
         netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
         1,
         "netd answers for it, once"
+    );
+}
+
+#[test]
+#[ignore]
+fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
+    require_root();
+    let host = Host::start("i6");
+    let address: Ipv6Addr = "2001:db8::10".parse().unwrap();
+    let out = Command::new(netmux())
+        .args(["instance", "create", "t6", "--ip", "192.0.2.10/24"])
+        .args(["--ip6", &format!("{address}/64"), "--temporary"])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "instance create: {out:?}");
+    let port = 7010;
+    let label = format!("udp-echo-t6-{port}");
+    let mut cmd = Command::new(netmux());
+    cmd.args([
+        "example",
+        "udp-echo",
+        "--port",
+        &port.to_string(),
+        "-i",
+        "t6",
+    ])
+    .arg("--runtime-dir")
+    .arg(host.run_dir())
+    .env("RUST_LOG", LOG_FILTER);
+    let mut echo = Proc::spawn(&label, cmd, &host.dir.join(format!("{label}.log")));
+    echo.expect_line(&format!("listening on udp port {port}"), PATIENCE);
+    netns::udp_echo_from(
+        &host.kernel,
+        SocketAddr::new(IpAddr::V6(address), port),
+        b"to the instance",
+        PATIENCE,
+    );
+    assert_eq!(
+        netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
+        1,
+        "netd answers for the instance's address, once"
     );
 }

@@ -482,6 +482,7 @@ impl Netd {
                 exclusive_uids: config.policy.exclusive_uids.iter().copied().collect(),
                 temporary: true,
                 overlay: None,
+                ipv6: config.ipv6.map(|(a, p)| (a.octets(), p)),
             },
             core: Core::new(
                 config.policy.clone(),
@@ -718,6 +719,14 @@ impl Netd {
                 )));
             }
             // Addresses are per network: overlays may reuse the link's and each other's.
+            if let Some(a) = instance.host.ipv6_global.filter(|a| {
+                other.host.ipv6_addresses().contains(a) && other.overlay == instance.overlay
+            }) {
+                return Err(bad(InstanceError::BadAddress(
+                    a.to_string(),
+                    "another instance has it",
+                )));
+            }
             if instance.host.ipv4.is_some()
                 && other.host.ipv4 == instance.host.ipv4
                 && other.overlay == instance.overlay

@@ -332,3 +332,59 @@ fn a_static_address_another_node_has_is_given_up() {
         "no advertisement for an address another node has"
     );
 }
+
+#[test]
+fn an_instance_created_with_a_global_address_answers_for_it_and_its_clients_learn_it() {
+    use netmux_proto::client::{InstanceSpec, MacChoice};
+    let host = host();
+    let address: Ipv6Addr = "2001:db8::10".parse().unwrap();
+    let spec = |name: &str, ipv4: [u8; 4]| InstanceSpec {
+        name: name.into(),
+        mac: MacChoice::Generated,
+        ipv4: (ipv4, 24),
+        gateway: None,
+        ipv6_link_local: true,
+        ephemeral: None,
+        join_uids: None,
+        privileged_uids: vec![],
+        tap_uids: vec![],
+        exclusive_uids: vec![],
+        temporary: true,
+        overlay: None,
+        ipv6: Some((address.octets(), 64)),
+    };
+    let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
+    admin.create_instance(spec("t6", [10, 0, 0, 9])).unwrap();
+    let e = admin
+        .create_instance(spec("t6b", [10, 0, 0, 10]))
+        .unwrap_err();
+    assert!(e.to_string().contains("another instance has it"), "{e}");
+    let mut bad = spec("t6c", [10, 0, 0, 11]);
+    bad.ipv6 = Some(("fe80::10".parse::<Ipv6Addr>().unwrap().octets(), 64));
+    let e = admin.create_instance(bad).unwrap_err();
+    assert!(e.to_string().contains("link-local"), "{e}");
+
+    let client = Client::connect_to(host.runtime_dir(), Some("t6")).unwrap();
+    assert_eq!(client.host().ipv6, vec![(address.octets(), 64)]);
+    let mac = client.host().link.mac;
+    assert_ne!(mac, MAC_A, "the instance's own MAC");
+    let (sn, sn_mac) = solicited_node(address);
+    host.wire().send(&nd(
+        135,
+        MAC_B,
+        sn_mac,
+        PEER,
+        sn,
+        Some(address),
+        Some(MAC_B),
+    ));
+    let na = host
+        .wire()
+        .recv_until(WAIT, |f| {
+            (f.get(54) == Some(&136) && f.get(62..78) == Some(&address.octets()[..]))
+                .then(|| f.to_vec())
+        })
+        .expect("an advertisement for the instance's address");
+    assert_eq!(na[6..12], mac, "from the instance's MAC");
+    assert_eq!(na[80..86], mac, "naming the instance's MAC");
+}

@@ -120,6 +120,9 @@ pub struct InstanceSpec {
     /// The overlay it lives on (`netmux overlay create`), instead of the link.
     #[serde(default)]
     pub overlay: Option<String>,
+    /// Its global IPv6 address and prefix length (`netmux instance create --ip6`).
+    #[serde(default)]
+    pub ipv6: Option<([u8; 16], u8)>,
 }
 
 /// An instance as `netmux instance ls` shows it.

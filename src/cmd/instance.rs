@@ -95,8 +95,12 @@ pub struct Create {
     #[arg(long, value_name = "A-B", value_parser = parse_port_range)]
     ephemeral_ports: Option<std::ops::RangeInclusive<u16>>,
     /// No IPv6 link-local address.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ip6")]
     no_ipv6: bool,
+    /// Its global IPv6 address and prefix length, e.g. --ip6 2001:db8::10/64 (netd answers
+    /// neighbour solicitations and echo requests for it; its clients bind ports on it).
+    #[arg(long, value_name = "A::B/N", value_parser = netmux_netd::config::parse_host_ip6)]
+    ip6: Option<netmux_netd::config::HostIp6>,
     /// A uid besides root that may join it (repeatable) [default: every uid].
     #[arg(long = "join-uid", value_name = "UID")]
     join_uids: Vec<u32>,
@@ -190,6 +194,18 @@ pub(crate) fn refused(e: netmux_client::ClientError) -> anyhow::Error {
 
 impl Create {
     fn run(self) -> anyhow::Result<ExitCode> {
+        let ipv6 = match self.ip6 {
+            None => None,
+            Some(netmux_netd::config::HostIp6::Static(a, p)) => Some((a.octets(), p)),
+            Some(netmux_netd::config::HostIp6::Slaac) => {
+                return Err(Refused(
+                    "--ip6 slaac is for the default instance only (netmux up --ip6 slaac); \
+                     give an instance a static address"
+                        .into(),
+                )
+                .into())
+            }
+        };
         let spec = InstanceSpec {
             name: self.name.clone(),
             mac: match (self.mac, self.shared_mac) {
@@ -207,6 +223,7 @@ impl Create {
             exclusive_uids: Vec::new(),
             temporary: self.temporary,
             overlay: self.overlay.clone(),
+            ipv6,
         };
         let mut client = self.netd.client()?;
         client.create_instance(spec).map_err(refused)?;
