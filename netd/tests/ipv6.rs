@@ -242,9 +242,19 @@ fn clients_solicit_from_the_hosts_addresses_and_never_advertise() {
             None,
         ),
     ];
-    for (i, status) in transmit(&mut q, &forged).into_iter().enumerate() {
-        assert_ne!(status, TxStatus::Sent, "forged frame {i} was sent");
-    }
+    let by_filter = TxStatus::RejectedByFilter;
+    assert_eq!(
+        transmit(&mut q, &forged),
+        vec![
+            by_filter,
+            by_filter,
+            by_filter,
+            TxStatus::RejectedSourceIp,
+            by_filter,
+            TxStatus::RejectedSourceIp,
+        ],
+        "each forged frame is rejected with its reason"
+    );
     assert!(
         host.wire().recv_for(Duration::from_millis(300)).is_empty(),
         "nothing forged went on the wire"
