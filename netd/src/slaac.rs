@@ -542,4 +542,27 @@ mod tests {
         assert_eq!(frames[0][54], 135);
         assert!(s.take_events().is_empty());
     }
+
+    #[test]
+    fn no_byte_of_an_advertisement_or_a_probe_answer_changed_or_cut_makes_it_panic() {
+        let global: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        for frame in [
+            ra(router(), 255, 1800, "2001:db8:1::", 64, 0xc0),
+            na(global),
+        ] {
+            for at in 0..frame.len() {
+                for value in [0u8, 1, 2, 3, 4, 8, 0x40, 0x80, 0xfe, 0xff] {
+                    let mut s = Slaac::new(MAC, ll(), true, Some((global, 64)));
+                    s.poll(Duration::ZERO);
+                    let mut f = frame.clone();
+                    f[at] = value;
+                    s.receive(&f);
+                    s.receive(&f[..at]);
+                    s.poll(S);
+                    s.poll(3 * S);
+                    let _ = s.take_events();
+                }
+            }
+        }
+    }
 }

@@ -340,3 +340,32 @@ pub struct SessionInfo {
     /// without a queue or when the driver could not be asked.
     pub counters: Option<crate::driver::Counters>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_configuration_without_the_ipv6_fields_still_reads() {
+        // What a netd before global IPv6 addresses sent at hello.
+        let old = r#"{"link":{"mac":[2,0,0,0,0,1],"mtu":1500},"ipv4":[[10,0,0,1],24],
+            "gateway":null,"ipv6_link_local":null,"dns_servers":[]}"#;
+        let host: HostConfig = serde_json::from_str(old).unwrap();
+        assert!(host.ipv6.is_empty() && host.ipv6_gateway.is_none());
+        let round = serde_json::to_string(&HostConfig {
+            ipv6: vec![(
+                [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                64,
+            )],
+            ..host.clone()
+        })
+        .unwrap();
+        let back: HostConfig = serde_json::from_str(&round).unwrap();
+        assert_eq!(back.ipv6[0].1, 64);
+        let spec = r#"{"name":"a","mac":"Generated","ipv4":[[10,0,0,2],24],"gateway":null,
+            "ipv6_link_local":true,"ephemeral":null,"join_uids":null,"privileged_uids":[],
+            "tap_uids":[],"exclusive_uids":[],"temporary":true}"#;
+        let spec: InstanceSpec = serde_json::from_str(spec).unwrap();
+        assert_eq!(spec.ipv6, None);
+    }
+}
