@@ -1,9 +1,9 @@
 //! netd as a host: what a host's own stack answers for its addresses, for frames no client
 //! took. ARP requests for the host's IPv4 address get a reply, and IPv6 neighbour solicitations
-//! for its link-local address an advertisement; ICMP and ICMPv6 echo requests to them an echo
-//! reply (the link-local address and the global one, `--ip6`, alike); UDP to a port nobody
-//! holds an ICMP port unreachable; a TCP SYN to a port nobody holds
-//! a RST. [`Responder`] decides and builds the answers with no I/O and with the time passed in;
+//! for its IPv6 addresses (link-local, and global with `--ip6`) an advertisement; ICMP and
+//! ICMPv6 echo requests to them an echo reply; UDP to a port nobody holds an ICMP port
+//! unreachable; a TCP SYN to a port nobody holds a RST. With `--ip6`, [`crate::slaac`] runs
+//! here too (router solicitations, duplicate address probes). [`Responder`] decides and builds the answers with no I/O and with the time passed in;
 //! [`spawn_stack`] runs it on netd's host queue.
 //!
 //! Guarantees, each tested on crafted frames:
