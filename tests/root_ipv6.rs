@@ -317,6 +317,18 @@ fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
         .output()
         .unwrap();
     assert!(out.status.success(), "instance create: {out:?}");
+    let ls = Command::new(netmux())
+        .args(["instance", "ls", "-o", "name,ip6"])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("t6") && l.ends_with(&format!("{address}/64"))),
+        "instance ls shows the address: {ls}"
+    );
     let port = 7010;
     let label = format!("udp-echo-t6-{port}");
     let mut cmd = Command::new(netmux());

@@ -1471,6 +1471,7 @@ impl Netd {
                 ipv4: i.host_config.ipv4,
                 gateway: i.host_config.gateway,
                 ipv6_link_local: i.host_config.ipv6_link_local,
+                ipv6: i.host_config.ipv6.clone(),
                 ephemeral: (
                     *i.core.ports().ephemeral().start(),
                     *i.core.ports().ephemeral().end(),

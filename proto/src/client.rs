@@ -142,6 +142,9 @@ pub struct InstanceView {
     pub gateway: Option<[u8; 4]>,
     /// IPv6 link-local address.
     pub ipv6_link_local: Option<[u8; 16]>,
+    /// Global IPv6 addresses and their prefix lengths (absent in older netds' messages).
+    #[serde(default)]
+    pub ipv6: Vec<([u8; 16], u8)>,
     /// Ephemeral port range.
     pub ephemeral: (u16, u16),
     /// Sessions in it (clients).

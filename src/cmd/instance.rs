@@ -119,7 +119,7 @@ pub struct Create {
 #[command(
     after_help = "Fields for -o: name, id, mac, shared, ip, gateway, ipv6, ephemeral, \
                         clients, ports, rx-frames, rx-bytes, tx-frames, tx-bytes, hairpin, \
-                        temporary.\nExample: netmux instance ls -p -o name,ip,clients"
+                        temporary, ip6.\nExample: netmux instance ls -p -o name,ip,clients"
 )]
 pub struct List {
     /// Raw values separated by ':', no header (with -o, these fields in this order).
@@ -315,7 +315,7 @@ impl Get {
 }
 
 /// The fields `ls` knows, in default order.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "name",
     "id",
     "mac",
@@ -332,6 +332,7 @@ const FIELDS: [&str; 16] = [
     "tx-bytes",
     "hairpin",
     "temporary",
+    "ip6",
 ];
 
 /// The fields of the table for people.
@@ -370,6 +371,12 @@ fn field(i: &InstanceView, f: &str) -> String {
         "tx-bytes" => c.tx_bytes.to_string(),
         "hairpin" => c.hairpin.to_string(),
         "temporary" => i.temporary.to_string(),
+        "ip6" => i
+            .ipv6
+            .iter()
+            .map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(*a)))
+            .next()
+            .unwrap_or_else(|| "-".into()),
         _ => String::new(),
     }
 }
