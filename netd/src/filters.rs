@@ -262,7 +262,8 @@ pub fn host_rx(host: &HostIdentity) -> Option<String> {
 }
 
 /// netd's own transmit filter: ARP, IPv4 and IPv6 from any of the hosts it answers for (one
-/// per instance), with each host's MAC.
+/// per instance), with each host's MAC, and each host's duplicate address probes from `::`
+/// ([`dad_tx`]) when it has an IPv6 address.
 pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
     let mut parts = Vec::new();
     for host in hosts {
@@ -280,6 +281,9 @@ pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
                 "(ether src {} and ip6 src host {a})",
                 mac_text(host.mac)
             ));
+        }
+        if !host.ipv6_addresses().is_empty() {
+            parts.push(format!("({})", dad_tx(host.mac)));
         }
     }
     (!parts.is_empty()).then(|| parts.join(" or "))

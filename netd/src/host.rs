@@ -412,7 +412,6 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         netd.dhcp()
             .then(|| crate::dhcp::Client::new(netd.host().mac, dhcp_seed()))
     };
-    let mut slaac = lock(&state).slaac_setup();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -424,6 +423,10 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
             let mut completions = Vec::new();
             let mut dhcp_malformed_seen = 0;
             let mut slaac_ignored_seen = 0;
+            // Duplicate address detection (and the default instance's SLAAC) per instance,
+            // made once when the instance is first seen.
+            let mut dad: BTreeMap<InstanceId, crate::slaac::Slaac> = BTreeMap::new();
+            let mut dad_seen: std::collections::BTreeSet<InstanceId> = Default::default();
             while !flag.load(Ordering::Relaxed) {
                 if queue.wait_readable(Some(HOST_POLL)).is_err() {
                     break;
@@ -461,7 +464,17 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                         }
                     }
                     let mut slaac_frames = Vec::new();
-                    if let Some(machine) = slaac.as_mut() {
+                    let ids: Vec<InstanceId> =
+                        netd.host_identities().iter().map(|(id, _)| *id).collect();
+                    dad.retain(|id, _| ids.contains(id));
+                    for id in ids {
+                        if dad_seen.insert(id) {
+                            if let Some(machine) = netd.dad_setup(id) {
+                                dad.insert(id, machine);
+                            }
+                        }
+                    }
+                    for (&id, machine) in dad.iter_mut() {
                         for f in &frames {
                             machine.receive(f);
                         }
@@ -473,9 +486,9 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
                                 machine.ignored
                             );
                         }
-                        slaac_frames = machine.poll(now);
+                        slaac_frames.extend(machine.poll(now));
                         for event in machine.take_events() {
-                            netd.push_slaac_event(event);
+                            netd.push_slaac_event(id, event);
                         }
                     }
                     sync_responders(&mut responders, netd.host_identities());

@@ -364,11 +364,11 @@ impl Server {
         let host_stack = host::spawn_stack(self.shell.state.clone());
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
         let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
-        let addresses = {
-            let netd = lock(&self.shell.state);
-            netd.dhcp() || netd.slaac_setup().is_some()
-        };
-        let dhcp = addresses.then(|| tokio::spawn(dhcp_loop(self.shell.clone())));
+        // Addresses change by DHCP, SLAAC and duplicate address detection, also of instances
+        // created later: the loop runs whenever the host stack does (idle, it only looks).
+        let dhcp = host_stack
+            .is_some()
+            .then(|| tokio::spawn(dhcp_loop(self.shell.clone())));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {

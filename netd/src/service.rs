@@ -294,7 +294,7 @@ pub struct Netd {
     static_ipv6: Option<(std::net::Ipv6Addr, u8)>,
     /// What SLAAC and duplicate address detection reported, not yet applied
     /// ([`Netd::take_slaac_commands`]).
-    slaac_events: Vec<crate::slaac::Event>,
+    slaac_events: Vec<(InstanceId, crate::slaac::Event)>,
     link: LinkInfo,
     /// The policy a new instance starts from (its limits).
     template: Policy,
@@ -609,14 +609,6 @@ impl Netd {
                     .map_err(StartError::Filter)?;
                 commands.push(DriverCommand::InstallFilter(s));
             }
-            if netd.slaac_setup().is_some() {
-                // Duplicate address detection's probes come from :: (RFC 4862 5.4.2).
-                let expr = filters::dad_tx(netd.link.mac);
-                let filter = netd.filter_id();
-                let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)
-                    .map_err(StartError::Filter)?;
-                commands.push(DriverCommand::InstallFilter(s));
-            }
             let ids: Vec<InstanceId> = netd.instances.keys().copied().collect();
             for id in ids {
                 if let Some((filter, s)) = netd.host_tx_spec(id).map_err(StartError::Filter)? {
@@ -834,29 +826,75 @@ impl Netd {
             .then(|| crate::slaac::Slaac::new(host.mac, link_local, self.slaac, self.static_ipv6))
     }
 
-    /// Takes in what SLAAC or duplicate address detection reported, for
-    /// [`Netd::take_slaac_commands`].
-    pub fn push_slaac_event(&mut self, event: crate::slaac::Event) {
-        self.slaac_events.push(event);
+    /// Duplicate address detection for an instance's IPv6 addresses: for the default
+    /// instance [`Netd::slaac_setup`]; for another one, when it is ready and has a link-local
+    /// and a global address (`netmux instance create --ip6`), a machine probing both.
+    pub fn dad_setup(&self, instance: InstanceId) -> Option<crate::slaac::Slaac> {
+        if instance == DEFAULT_INSTANCE {
+            return self.slaac_setup();
+        }
+        let i = self.instances.get(&instance).filter(|i| i.ready)?;
+        let global = i.host.ipv6_global?;
+        let prefix = i.host_config.ipv6.first().map_or(64, |(_, p)| *p);
+        Some(crate::slaac::Slaac::new(
+            i.host.mac,
+            i.host.ipv6?,
+            false,
+            Some((global, prefix)),
+        ))
     }
 
-    /// Applies what SLAAC and duplicate address detection reported to the default instance
-    /// (its global IPv6 address and default router, what clients learn at hello) and returns
-    /// what the driver must be told (netd's own transmit filter for the new address) and,
-    /// when an address the default instance had is gone (another node has it), the sessions
-    /// of the default instance to end, as for a lost DHCP lease. Each change is logged.
+    /// Takes in what SLAAC or duplicate address detection reported about an instance's
+    /// addresses, for [`Netd::take_slaac_commands`].
+    pub fn push_slaac_event(&mut self, instance: InstanceId, event: crate::slaac::Event) {
+        self.slaac_events.push((instance, event));
+    }
+
+    /// Applies what SLAAC and duplicate address detection reported to each instance (its
+    /// IPv6 addresses, and the default instance's default router: what clients learn at
+    /// hello) and returns what the driver must be told (netd's own transmit filter for the
+    /// instance's new addresses) and, when an address an instance had is gone (another node
+    /// has it), that instance's sessions to end, as for a lost DHCP lease. Each change is
+    /// logged.
     pub fn take_slaac_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
         let events = std::mem::take(&mut self.slaac_events);
-        if events.is_empty() {
-            return (Vec::new(), Vec::new());
+        let mut ids: Vec<InstanceId> = events.iter().map(|(i, _)| *i).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (mut commands, mut stale) = (Vec::new(), Vec::new());
+        for id in ids {
+            let mine = events
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, e)| e.clone());
+            let (c, s) = self.apply_slaac_events(id, mine);
+            commands.extend(c);
+            stale.extend(s);
         }
+        (commands, stale)
+    }
+
+    /// [`Netd::take_slaac_commands`] for one instance.
+    fn apply_slaac_events(
+        &mut self,
+        id: InstanceId,
+        events: impl Iterator<Item = crate::slaac::Event>,
+    ) -> (Vec<DriverCommand>, Vec<SessionId>) {
         let addresses = |netd: &Netd| {
-            let host = &netd.default_instance().host;
-            (host.ipv6, host.ipv6_global)
+            netd.instances
+                .get(&id)
+                .map(|i| (i.host.ipv6, i.host.ipv6_global))
         };
-        let before = addresses(self);
+        let Some(before) = addresses(self) else {
+            return (Vec::new(), Vec::new());
+        };
+        let name = self
+            .instances
+            .get(&id)
+            .map(|i| i.spec.name.clone())
+            .unwrap_or_default();
         for event in events {
-            let Some(default) = self.instances.get_mut(&DEFAULT_INSTANCE) else {
+            let Some(instance) = self.instances.get_mut(&id) else {
                 return (Vec::new(), Vec::new());
             };
             match event {
@@ -870,24 +908,26 @@ impl Netd {
                             "slaac: {address}/{prefix} from a router advertisement is the host's \
                              (no other node answered its probe)"
                         );
-                        default.host.ipv6_global = Some(address);
-                        default.host_config.ipv6 = vec![(address.octets(), prefix)];
+                        instance.host.ipv6_global = Some(address);
+                        instance.host_config.ipv6 = vec![(address.octets(), prefix)];
                     } else {
-                        tracing::info!("ipv6: no other node answered the probe of {address}");
+                        tracing::info!(
+                            "ipv6: no other node answered the probe of {address} (instance {name})"
+                        );
                     }
                 }
                 crate::slaac::Event::Duplicate { address } => {
                     tracing::error!(
                         "ipv6: another node on the link has {address} (it answered duplicate \
-                         address detection); the host does not use it"
+                         address detection); instance {name} does not use it"
                     );
-                    if default.host.ipv6_global == Some(address) {
-                        default.host.ipv6_global = None;
-                        default.host_config.ipv6.clear();
+                    if instance.host.ipv6_global == Some(address) {
+                        instance.host.ipv6_global = None;
+                        instance.host_config.ipv6.clear();
                     }
-                    if default.host.ipv6 == Some(address) {
-                        default.host.ipv6 = None;
-                        default.host_config.ipv6_link_local = None;
+                    if instance.host.ipv6 == Some(address) {
+                        instance.host.ipv6 = None;
+                        instance.host_config.ipv6_link_local = None;
                     }
                 }
                 crate::slaac::Event::Router(router) => {
@@ -895,11 +935,11 @@ impl Netd {
                         Some(r) => tracing::info!("slaac: default router {r}"),
                         None => tracing::info!("slaac: the default router withdrew"),
                     }
-                    default.host_config.ipv6_gateway = router.map(|r| r.octets());
+                    instance.host_config.ipv6_gateway = router.map(|r| r.octets());
                 }
             }
         }
-        let after = addresses(self);
+        let after = addresses(self).unwrap_or_default();
         if before == after {
             return (Vec::new(), Vec::new());
         }
@@ -915,7 +955,7 @@ impl Netd {
         let stale: Vec<SessionId> = if lost.is_some() {
             self.session_instance
                 .iter()
-                .filter(|(_, i)| **i == DEFAULT_INSTANCE)
+                .filter(|(_, i)| **i == id)
                 .map(|(s, _)| *s)
                 .collect()
         } else {
@@ -923,20 +963,26 @@ impl Netd {
         };
         if let (Some(old), false) = (lost, stale.is_empty()) {
             tracing::warn!(
-                "ipv6: ending the default instance's {} sessions: they were told {old}",
+                "ipv6: ending the {} sessions of instance {name}: they were told {old}",
                 stale.len()
             );
         }
         let mut commands = Vec::new();
-        if let Some(filter) = self.host_tx.remove(&DEFAULT_INSTANCE) {
+        if id != DEFAULT_INSTANCE {
+            // The driver tells instances apart by their addresses too.
+            if let Some(i) = self.instances.get(&id) {
+                commands.push(DriverCommand::SetInstance(i.driver_info()));
+            }
+        }
+        if let Some(filter) = self.host_tx.remove(&id) {
             commands.push(DriverCommand::RemoveFilter {
                 queue: HOST_QUEUE,
                 filter,
             });
         }
-        match self.host_tx_spec(DEFAULT_INSTANCE) {
+        match self.host_tx_spec(id) {
             Ok(Some((filter, s))) => {
-                self.host_tx.insert(DEFAULT_INSTANCE, filter);
+                self.host_tx.insert(id, filter);
                 commands.push(DriverCommand::InstallFilter(s));
             }
             Ok(None) => {}

@@ -398,3 +398,60 @@ fn an_instance_created_with_a_global_address_answers_for_it_and_its_clients_lear
     assert_eq!(na[6..12], mac, "from the instance's MAC");
     assert_eq!(na[80..86], mac, "naming the instance's MAC");
 }
+
+#[test]
+fn an_instances_address_another_node_has_is_given_up() {
+    use netmux_proto::client::{InstanceSpec, MacChoice};
+    let host = host();
+    let address: Ipv6Addr = "2001:db8::20".parse().unwrap();
+    let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
+    admin
+        .create_instance(InstanceSpec {
+            name: "dup6".into(),
+            mac: MacChoice::Generated,
+            ipv4: ([10, 0, 0, 20], 24),
+            gateway: None,
+            ipv6_link_local: true,
+            ephemeral: None,
+            join_uids: None,
+            privileged_uids: vec![],
+            tap_uids: vec![],
+            exclusive_uids: vec![],
+            temporary: true,
+            overlay: None,
+            ipv6: Some((address.octets(), 64)),
+        })
+        .unwrap();
+    // The instance's probe, from its own MAC.
+    let probe = host
+        .wire()
+        .recv_until(WAIT, |f| {
+            (f.len() == 14 + 40 + 24
+                && f[22..38] == [0; 16]
+                && f[54] == 135
+                && f[62..78] == address.octets())
+            .then(|| f.to_vec())
+        })
+        .expect("a duplicate address probe for the instance's address");
+    let mac: [u8; 6] = probe[6..12].try_into().unwrap();
+    assert_ne!(mac, MAC_A, "from the instance's own MAC");
+    // Another node has it.
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    host.wire().send(&nd(
+        136,
+        MAC_B,
+        [0x33, 0x33, 0, 0, 0, 1],
+        address,
+        all_nodes,
+        Some(address),
+        Some(MAC_B),
+    ));
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            Client::connect_to(host.runtime_dir(), Some("dup6"))
+                .map(|c| c.host().ipv6.is_empty())
+                .unwrap_or(false)
+        }),
+        "the instance's clients are not told the address"
+    );
+}
