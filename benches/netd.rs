@@ -118,6 +118,7 @@ fn instances_1k(host: &Host) {
                 exclusive_uids: vec![],
                 temporary: true,
                 overlay: None,
+                ipv6: None,
             })
             .expect("create");
         let mut client = Client::connect_to(dir, Some(&name)).expect("join");

@@ -152,6 +152,7 @@ fn spec(name: &str, mac: MacChoice, ip: [u8; 4]) -> InstanceSpec {
         exclusive_uids: vec![],
         temporary: true,
         overlay: None,
+        ipv6: None,
     }
 }
 

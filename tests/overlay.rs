@@ -120,6 +120,7 @@ fn join(host: &Host, overlay: &str, node: Node) -> (Client, ClientQueue) {
             exclusive_uids: vec![],
             temporary: true,
             overlay: Some(overlay.into()),
+            ipv6: None,
         })
         .unwrap_or_else(|e| panic!("creating instance {}: {e}", node.name));
     let mut client = Client::connect_to(host.runtime_dir(), Some(node.name)).unwrap();

@@ -413,6 +413,7 @@ fn every_spoofed_or_broken_frame_is_rejected_with_its_reason_and_counted_and_onl
         mac,
         ipv4: Some(Ipv4Addr::from(HOST_IP)),
         ipv6: None,
+        ipv6_global: None,
     };
 
     // The host end of the cable: the driver sends to whoever last sent to it.

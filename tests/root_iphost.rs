@@ -538,88 +538,6 @@ fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
     );
 }
 
-/// How many echo replies one ICMPv6 echo request to `to` (on the kernel's veth end) gets
-/// within a second.
-fn ping6_replies(ns: &NetNs, to: std::net::Ipv6Addr) -> usize {
-    ns.run(move || {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-        assert!(
-            fd >= 0,
-            "raw ICMPv6 socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a valid timeval for SO_RCVTIMEO.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        let name = std::ffi::CString::new(KERNEL_END).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as u16;
-        addr.sin6_addr.s6_addr = to.octets();
-        addr.sin6_scope_id = ifindex;
-        let id: u16 = 0x6e6d;
-        // Type 128 (echo request); the kernel fills the checksum of raw ICMPv6.
-        let mut request = vec![128, 0, 0, 0];
-        request.extend_from_slice(&id.to_be_bytes());
-        request.extend_from_slice(&1u16.to_be_bytes());
-        request.extend_from_slice(b"one answer, please");
-        let deadline = Instant::now() + PATIENCE;
-        let mut buf = vec![0u8; 2048];
-        loop {
-            // SAFETY: request and addr are valid for the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            };
-            // The kernel's link-local address needs a moment after the link came up (duplicate
-            // address detection), and neighbour discovery another: until then, ask again.
-            if n != request.len() as isize {
-                let e = std::io::Error::last_os_error();
-                assert!(Instant::now() < deadline, "sending to {to}: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-            let mut replies = 0;
-            let until = Instant::now() + Duration::from_secs(1);
-            while Instant::now() < until {
-                // SAFETY: buf is valid for its length.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                // Raw ICMPv6 sockets hand over the ICMPv6 message without the IPv6 header.
-                if n >= 8 && buf[0] == 129 && buf[4..6] == id.to_be_bytes() {
-                    replies += 1;
-                }
-            }
-            if replies > 0 {
-                return replies;
-            }
-            assert!(Instant::now() < deadline, "no ICMPv6 echo reply from {to}");
-        }
-    })
-}
-
 #[test]
 #[ignore]
 fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
@@ -652,12 +570,12 @@ fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
         "netd does not take the kernel's address"
     );
     assert_eq!(
-        ping6_replies(&host.kernel, netd_ll),
+        netns::ping6_replies(&host.kernel, KERNEL_END, netd_ll, PATIENCE),
         1,
         "netd answers, once"
     );
     assert_eq!(
-        ping6_replies(&host.kernel, kernel_ll),
+        netns::ping6_replies(&host.kernel, KERNEL_END, kernel_ll, PATIENCE),
         1,
         "the kernel answers its own address, and netd does not"
     );

@@ -76,6 +76,8 @@ impl Client {
                 gateway: None,
                 ipv6_link_local: None,
                 dns_servers: Vec::new(),
+                ipv6: Vec::new(),
+                ipv6_gateway: None,
             },
             timeout: options.timeout,
             out_of_step: false,

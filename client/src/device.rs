@@ -8,7 +8,8 @@
 //! and counted (smoltcp retransmits as it would on a lossy link). Completions are collected and
 //! rejected transmissions counted, so a test can tell a refused spoof from a lost frame. ARP
 //! replies smoltcp makes are kept back and counted: netd alone answers ARP for the host's
-//! address, and the driver refuses a client's reply.
+//! address, and the driver refuses a client's reply. IPv6 neighbour advertisements likewise:
+//! netd alone answers neighbour solicitations for the host's addresses.
 //! Frame buffers are reused, received and transmitted alike: the device allocates nothing per
 //! frame once it has seen a batch.
 //!
@@ -52,6 +53,9 @@ pub struct DeviceCounters {
     /// ARP replies smoltcp made and the device kept back: netd alone answers ARP for the
     /// host's address (the driver would refuse a client's reply).
     pub arp_replies_withheld: u64,
+    /// IPv6 neighbour advertisements smoltcp made and the device kept back: netd alone
+    /// answers for the host's addresses (the driver would refuse a client's advertisement).
+    pub neighbour_advertisements_withheld: u64,
 }
 
 /// The device. See the module documentation.
@@ -233,6 +237,14 @@ fn is_arp_reply(frame: &[u8]) -> bool {
     frame.get(12..14) == Some(&[0x08, 0x06]) && frame.get(20..22) == Some(&[0, 2])
 }
 
+/// An IPv6 neighbour advertisement (ICMPv6 136, no extension header), untagged as smoltcp
+/// writes it.
+fn is_neighbour_advertisement(frame: &[u8]) -> bool {
+    frame.get(12..14) == Some(&[0x86, 0xdd])
+        && frame.get(20) == Some(&58)
+        && frame.get(54) == Some(&136)
+}
+
 impl phy::TxToken for QueueTxToken<'_> {
     fn consume<R, F>(self, len: usize, f: F) -> R
     where
@@ -244,6 +256,10 @@ impl phy::TxToken for QueueTxToken<'_> {
         let result = f(frame);
         if is_arp_reply(frame) {
             self.counters.arp_replies_withheld += 1;
+            return result;
+        }
+        if is_neighbour_advertisement(frame) {
+            self.counters.neighbour_advertisements_withheld += 1;
             return result;
         }
         // Behind the backlog, in order; into it when the ring is full.
@@ -339,6 +355,16 @@ mod tests {
         arp[20..22].copy_from_slice(&[0, 2]);
         assert!(!is_arp_reply(&arp), "IPv4 whatever its bytes 20-21");
         assert!(!is_arp_reply(&arp[..21]));
+        let mut na = vec![0u8; 14 + 40 + 24];
+        na[12..14].copy_from_slice(&[0x86, 0xdd]);
+        na[20] = 58;
+        na[54] = 136;
+        assert!(is_neighbour_advertisement(&na));
+        na[54] = 135;
+        assert!(!is_neighbour_advertisement(&na), "a solicitation goes out");
+        na[54] = 136;
+        na[20] = 17;
+        assert!(!is_neighbour_advertisement(&na), "UDP whatever its byte 54");
     }
 
     fn icmp(kind: u8, code: u8, mtu: u16) -> Vec<u8> {

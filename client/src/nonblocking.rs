@@ -83,6 +83,8 @@ impl AsyncClient {
                 gateway: None,
                 ipv6_link_local: None,
                 dns_servers: Vec::new(),
+                ipv6: Vec::new(),
+                ipv6_gateway: None,
             },
             timeout: options.timeout,
             out_of_step: false,

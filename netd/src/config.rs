@@ -34,6 +34,9 @@ pub enum ConfigError {
     /// Not `A.B.C.D/N` with N at most 32.
     #[error("{0:?} is not an IPv4 address with a prefix length (A.B.C.D/N, N <= 32)")]
     Ipv4Cidr(String),
+    /// Not `A::B/N` with N at most 128.
+    #[error("{0:?} is not an IPv6 address with a prefix length (A::B/N, N <= 128)")]
+    Ipv6Cidr(String),
     /// Not `A-B` with 1 <= A <= B <= 65535.
     #[error("{0:?} is not a port range (A-B with 1 <= A <= B <= 65535)")]
     PortRange(String),
@@ -67,6 +70,9 @@ pub enum ConfigError {
     /// Options that do not go with `--ip dhcp`.
     #[error("{0}")]
     Dhcp(&'static str),
+    /// Options that do not go with `--ip6 slaac`.
+    #[error("{0}")]
+    Slaac(&'static str),
 }
 
 /// What `--ip` says: a static address and prefix, or DHCP.
@@ -84,6 +90,60 @@ pub fn parse_host_ip(text: &str) -> Result<HostIp, ConfigError> {
         return Ok(HostIp::Dhcp);
     }
     parse_host_cidr(text).map(|(a, p)| HostIp::Static(a, p))
+}
+
+/// What `--ip6` says: a static global address and prefix, or SLAAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostIp6 {
+    /// This global address and prefix length.
+    Static(Ipv6Addr, u8),
+    /// An address from a router advertisement's prefix (RFC 4862), the router the default.
+    Slaac,
+}
+
+/// Parses `--ip6`: `slaac`, or a global IPv6 host address with its prefix length,
+/// `2001:db8::2/64`.
+/// Refused: a prefix of 0 or above 128, and addresses no host has on a link as its global
+/// address (unspecified, loopback, multicast, link-local: netd makes its own link-local).
+pub fn parse_host_ip6(text: &str) -> Result<HostIp6, ConfigError> {
+    if text.eq_ignore_ascii_case("slaac") {
+        return Ok(HostIp6::Slaac);
+    }
+    let bad = || ConfigError::Ipv6Cidr(text.to_owned());
+    let (a, p) = text.split_once('/').ok_or_else(bad)?;
+    let a: Ipv6Addr = a.parse().map_err(|_| bad())?;
+    let p: u8 = p.parse().map_err(|_| bad())?;
+    if p > 128 {
+        return Err(bad());
+    }
+    check_host_address6(a, p)?;
+    Ok(HostIp6::Static(a, p))
+}
+
+/// Whether `a` can be a host's global IPv6 address on `a/prefix` (see [`parse_host_ip6`]).
+pub fn check_host_address6(a: Ipv6Addr, prefix: u8) -> Result<(), ConfigError> {
+    let bad = |why| {
+        Err(ConfigError::NotAHostAddress {
+            address: format!("{a}/{prefix}"),
+            why,
+        })
+    };
+    if prefix == 0 || prefix > 128 {
+        return bad("the prefix must be 1 to 128 bits long");
+    }
+    if a.is_unspecified() {
+        return bad(":: is no host's address");
+    }
+    if a.is_loopback() {
+        return bad("a loopback address is not on the link");
+    }
+    if a.is_multicast() {
+        return bad("a multicast address is no host's address");
+    }
+    if a.segments()[0] & 0xffc0 == 0xfe80 {
+        return bad("a link-local address is netd's own choice (use a global address)");
+    }
+    Ok(())
 }
 
 /// The host's IP configuration.
@@ -107,6 +167,13 @@ pub struct Config {
     /// Whether the default instance takes its IPv4 address from DHCP (then `addrs.ipv4` and
     /// `addrs.gateway` are none until a lease).
     pub dhcp: bool,
+    /// The default instance's global IPv6 address and prefix length (`--ip6`).
+    pub ipv6: Option<(Ipv6Addr, u8)>,
+    /// The default instance's IPv6 default router (`--gateway6`).
+    pub ipv6_gateway: Option<Ipv6Addr>,
+    /// Whether the default instance takes a global IPv6 address from router advertisements
+    /// (`--ip6 slaac`; needs the host stack and the link-local address).
+    pub slaac: bool,
     /// Ephemeral ports for `get_port`.
     pub ephemeral: RangeInclusive<u16>,
     /// Who may do what, and how much.
@@ -151,6 +218,9 @@ impl Config {
                 ipv6_link_local: true,
             },
             dhcp: false,
+            ipv6: None,
+            ipv6_gateway: None,
+            slaac: false,
             ephemeral: DEFAULT_EPHEMERAL,
             policy: Policy::default(),
             rings: QueueConfig::default(),

@@ -8,7 +8,10 @@
 //! A client queue gets one ARP tx filter so its stack can resolve neighbours: requests only,
 //! since every client shares the host's address and netd alone answers for it (one request,
 //! one reply, whatever the number of clients). ARP replies and requests for the host reach
-//! every queue by the driver's own rule.
+//! every queue by the driver's own rule. Likewise for IPv6 ([`queue_nd_tx`]): neighbour and
+//! router solicitations from the host's addresses with the host's MAC, never a neighbour
+//! advertisement (every address a client has is the host's, answered by netd alone);
+//! neighbour and router advertisements reach every queue by the driver's rule.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -56,16 +59,23 @@ pub struct HostIdentity {
     pub ipv4: Option<Ipv4Addr>,
     /// IPv6 link-local address.
     pub ipv6: Option<Ipv6Addr>,
+    /// Global IPv6 address.
+    pub ipv6_global: Option<Ipv6Addr>,
 }
 
 impl HostIdentity {
-    /// The host's addresses, IPv4 first.
+    /// The host's addresses, IPv4 first, then IPv6 link-local, then global.
     pub fn addresses(&self) -> Vec<IpAddr> {
         self.ipv4
             .map(IpAddr::V4)
             .into_iter()
-            .chain(self.ipv6.map(IpAddr::V6))
+            .chain(self.ipv6_addresses().into_iter().map(IpAddr::V6))
             .collect()
+    }
+
+    /// The host's IPv6 addresses, link-local first.
+    pub fn ipv6_addresses(&self) -> Vec<Ipv6Addr> {
+        self.ipv6.into_iter().chain(self.ipv6_global).collect()
     }
 }
 
@@ -199,13 +209,67 @@ pub fn arp_probe_tx(mac: [u8; 6]) -> String {
     builders::arp_request_tx_expr(mac, Ipv4Addr::UNSPECIFIED)
 }
 
+/// `ip6 src host A or ...` for the host's IPv6 addresses, `None` without any.
+fn ip6_src_any(host: &HostIdentity) -> Option<String> {
+    let a = host.ipv6_addresses();
+    (!a.is_empty()).then(|| {
+        a.iter()
+            .map(|a| format!("ip6 src host {a}"))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    })
+}
+
+/// The test that an NDP message whose options start at `ip6[options]` carries either no
+/// options or exactly one source link-layer address option (RFC 4861 4.6.1) naming `mac`:
+/// a client cannot point a neighbour's cache for the host's address at another MAC.
+fn nd_own_lladdr(mac: [u8; 6], options: usize) -> String {
+    let hi = u32::from_be_bytes([mac[0], mac[1], mac[2], mac[3]]);
+    let lo = u16::from_be_bytes([mac[4], mac[5]]);
+    let bare = options - 40;
+    format!(
+        "(ip6[4:2] = {bare} or (ip6[4:2] = {} and ip6[{options}:2] = 0x0101 and ip6[{}:4] = {hi:#x} \
+         and ip6[{}:2] = {lo:#x}))",
+        bare + 8,
+        options + 2,
+        options + 6
+    )
+}
+
+/// The neighbour discovery tx filter of a client queue, when the host has an IPv6 address:
+/// neighbour solicitations (ICMPv6 135) and router solicitations (133) from one of the host's
+/// addresses and its MAC, with hop limit 255, no extension header, and no link-layer address
+/// option but the host's MAC. Never a neighbour advertisement: every address a client has is
+/// the host's, and netd alone answers for those (one solicitation, one advertisement).
+pub fn queue_nd_tx(host: &HostIdentity) -> Option<String> {
+    let src = ip6_src_any(host)?;
+    Some(format!(
+        "ether src {} and ip6 and ({src}) and ip6[6] = 58 and ip6[7] = 255 and ip6[41] = 0 \
+         and ((ip6[40] = 135 and {}) or (ip6[40] = 133 and ip6 dst host ff02::2 and {}))",
+        mac_text(host.mac),
+        nd_own_lladdr(host.mac, 64),
+        nd_own_lladdr(host.mac, 48),
+    ))
+}
+
+/// netd's tx filter for duplicate address detection of its IPv6 addresses (RFC 4862 5.4.2):
+/// neighbour solicitations from `::` with this MAC, hop limit 255 and no option, nothing else.
+pub fn dad_tx(mac: [u8; 6]) -> String {
+    format!(
+        "ether src {} and ip6 and ip6 src host :: and ip6[6] = 58 and ip6[7] = 255 \
+         and ip6[40] = 135 and ip6[41] = 0 and ip6[4:2] = 24",
+        mac_text(mac)
+    )
+}
+
 /// The rx filter of netd's own host queue: ARP for the host.
 pub fn host_rx(host: &HostIdentity) -> Option<String> {
     host.ipv4.map(builders::arp_rx_expr)
 }
 
 /// netd's own transmit filter: ARP, IPv4 and IPv6 from any of the hosts it answers for (one
-/// per instance), with each host's MAC.
+/// per instance), with each host's MAC, and each host's duplicate address probes from `::`
+/// ([`dad_tx`]) when it has an IPv6 address.
 pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
     let mut parts = Vec::new();
     for host in hosts {
@@ -218,11 +282,14 @@ pub fn host_tx(hosts: &[HostIdentity]) -> Option<String> {
                 mac_text(host.mac)
             ));
         }
-        if let Some(a) = host.ipv6 {
+        for a in host.ipv6_addresses() {
             parts.push(format!(
                 "(ether src {} and ip6 src host {a})",
                 mac_text(host.mac)
             ));
+        }
+        if !host.ipv6_addresses().is_empty() {
+            parts.push(format!("({})", dad_tx(host.mac)));
         }
     }
     (!parts.is_empty()).then(|| parts.join(" or "))
@@ -237,6 +304,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
             ipv4: Some(Ipv4Addr::new(10, 0, 0, 2)),
             ipv6: Some("fe80::1".parse().unwrap()),
+            ipv6_global: None,
         }
     }
 
@@ -254,6 +322,7 @@ mod tests {
         let nothing = HostIdentity {
             ipv4: None,
             ipv6: None,
+            ipv6_global: None,
             ..host()
         };
         assert_eq!(port_filters(&nothing, Transport::Tcp, 1), None);
@@ -283,5 +352,140 @@ mod tests {
         for (e, _) in &b {
             compile(e).unwrap();
         }
+    }
+
+    fn accepts(expr: &str, frame: &[u8]) -> bool {
+        let program = compile(expr).unwrap();
+        let mut scratch = netmux_vm::Scratch::default();
+        netmux_vm::interp::run(&program, frame, frame.len() as u32, &mut scratch).is_accept()
+    }
+
+    /// An NDP message from `src_mac`/`src` of ICMPv6 `kind` (135 NS, 136 NA, 133 RS) with
+    /// `body` after the 4 reserved bytes, at hop limit `hops`.
+    fn nd(src_mac: [u8; 6], src: &str, dst: &str, kind: u8, body: &[u8], hops: u8) -> Vec<u8> {
+        use etherparse::{Icmpv6Type, PacketBuilder};
+        let t = match kind {
+            135 => Icmpv6Type::NeighborSolicitation,
+            136 => {
+                Icmpv6Type::NeighborAdvertisement(etherparse::icmpv6::NeighborAdvertisementHeader {
+                    router: false,
+                    solicited: true,
+                    r#override: true,
+                })
+            }
+            _ => Icmpv6Type::RouterSolicitation,
+        };
+        let src: Ipv6Addr = src.parse().unwrap();
+        let dst: Ipv6Addr = dst.parse().unwrap();
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2(src_mac, [0x33, 0x33, 0, 0, 0, 2])
+            .ipv6(src.octets(), dst.octets(), hops)
+            .icmpv6(t)
+            .write(&mut out, body)
+            .unwrap();
+        out
+    }
+
+    fn lladdr(kind: u8, mac: [u8; 6]) -> Vec<u8> {
+        let mut o = vec![kind, 1];
+        o.extend_from_slice(&mac);
+        o
+    }
+
+    #[test]
+    fn clients_may_solicit_from_the_hosts_addresses_but_never_advertise() {
+        let h = HostIdentity {
+            ipv6_global: Some("2001:db8::2".parse().unwrap()),
+            ..host()
+        };
+        let expr = queue_nd_tx(&h).unwrap();
+        let m = h.mac;
+        let target: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let ns = |mac, src: &str, options: &[u8], hops| {
+            let mut body = target.octets().to_vec();
+            body.extend_from_slice(options);
+            nd(mac, src, "ff02::1:ff00:1", 135, &body, hops)
+        };
+        for src in ["fe80::1", "2001:db8::2"] {
+            assert!(accepts(&expr, &ns(m, src, &lladdr(1, m), 255)), "{src}");
+            assert!(
+                accepts(&expr, &ns(m, src, &[], 255)),
+                "{src} without option"
+            );
+        }
+        assert!(
+            !accepts(&expr, &ns(m, "2001:db8::9", &lladdr(1, m), 255)),
+            "foreign source"
+        );
+        assert!(
+            !accepts(&expr, &ns(m, "::", &[], 255)),
+            "DAD for the host is netd's"
+        );
+        assert!(
+            !accepts(&expr, &ns([9; 6], "fe80::1", &lladdr(1, [9; 6]), 255)),
+            "foreign MAC"
+        );
+        assert!(
+            !accepts(&expr, &ns(m, "fe80::1", &lladdr(1, [9; 6]), 255)),
+            "option lies"
+        );
+        assert!(
+            !accepts(&expr, &ns(m, "fe80::1", &lladdr(1, m), 64)),
+            "hop limit"
+        );
+        let mut two = lladdr(1, m);
+        two.extend(lladdr(1, [9; 6]));
+        assert!(
+            !accepts(&expr, &ns(m, "fe80::1", &two, 255)),
+            "a second option"
+        );
+        // Advertisements, for the host's address or any other: netd's alone.
+        for t in ["fe80::1", "2001:db8::2", "2001:db8::9"] {
+            let t: Ipv6Addr = t.parse().unwrap();
+            let mut body = t.octets().to_vec();
+            body.extend(lladdr(2, m));
+            assert!(
+                !accepts(&expr, &nd(m, "fe80::1", "fe80::9", 136, &body, 255)),
+                "{t}"
+            );
+        }
+        let rs = |src: &str, dst: &str, options: &[u8]| nd(m, src, dst, 133, options, 255);
+        assert!(accepts(&expr, &rs("fe80::1", "ff02::2", &lladdr(1, m))));
+        assert!(accepts(&expr, &rs("fe80::1", "ff02::2", &[])));
+        assert!(
+            !accepts(&expr, &rs("fe80::1", "ff02::1", &[])),
+            "RS to all nodes"
+        );
+        assert!(!accepts(
+            &expr,
+            &rs("fe80::1", "ff02::2", &lladdr(1, [9; 6]))
+        ));
+        assert!(!accepts(&expr, &rs("fe80::7", "ff02::2", &[])));
+        assert_eq!(
+            queue_nd_tx(&HostIdentity {
+                ipv6: None,
+                ..host()
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn a_global_address_gets_its_own_port_filters_and_host_transmissions() {
+        let h = HostIdentity {
+            ipv6_global: Some("2001:db8::2".parse().unwrap()),
+            ..host()
+        };
+        let f = port_filters(&h, Transport::Tcp, 80).unwrap();
+        assert_eq!(f.rx.len(), 3);
+        assert!(f.rx[2].0.contains("ip6 dst host 2001:db8::2"));
+        assert!(
+            f.rx[2].1.ipv6
+                && f.rx[2].1.address == "2001:db8::2".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert!(f.tx[2].0.contains("ip6 src host 2001:db8::2"));
+        let tx = host_tx(&[h]).unwrap();
+        assert!(tx.contains("ip6 src host 2001:db8::2") && tx.contains("ip6 src host fe80::1"));
+        compile(&tx).unwrap();
     }
 }

@@ -1,8 +1,9 @@
 //! netd as a host: what a host's own stack answers for its addresses, for frames no client
 //! took. ARP requests for the host's IPv4 address get a reply, and IPv6 neighbour solicitations
-//! for its link-local address an advertisement; ICMP and ICMPv6 echo requests to them an echo
-//! reply; UDP to a port nobody holds an ICMP port unreachable; a TCP SYN to a port nobody holds
-//! a RST. [`Responder`] decides and builds the answers with no I/O and with the time passed in;
+//! for its IPv6 addresses (link-local, and global with `--ip6`) an advertisement; ICMP and
+//! ICMPv6 echo requests to them an echo reply; UDP to a port nobody holds an ICMP port
+//! unreachable; a TCP SYN to a port nobody holds a RST. With `--ip6`, [`crate::slaac`] runs
+//! here too (router solicitations, duplicate address probes). [`Responder`] decides and builds the answers with no I/O and with the time passed in;
 //! [`spawn_stack`] runs it on netd's host queue.
 //!
 //! Guarantees, each tested on crafted frames:
@@ -110,7 +111,7 @@ const ND_OPT_TARGET_LL: u8 = 2;
 pub struct Responder {
     mac: [u8; 6],
     ipv4: Option<Ipv4Addr>,
-    ipv6: Option<Ipv6Addr>,
+    ipv6: Vec<Ipv6Addr>,
     bucket: TokenBucket,
     /// Answers withheld by the rate limit.
     pub limited: u64,
@@ -126,7 +127,7 @@ impl Responder {
         Responder {
             mac,
             ipv4,
-            ipv6: None,
+            ipv6: Vec::new(),
             bucket: TokenBucket::new(ANSWER_RATE_PER_SEC, ANSWER_BURST),
             limited: 0,
         }
@@ -134,7 +135,13 @@ impl Responder {
 
     /// The same responder, answering for an IPv6 (link-local) address too.
     pub fn with_ipv6(mut self, ipv6: Option<Ipv6Addr>) -> Responder {
-        self.ipv6 = ipv6;
+        self.ipv6.extend(ipv6);
+        self
+    }
+
+    /// The same responder, answering for a host's IPv6 addresses (link-local and global).
+    pub fn with_ipv6_addresses(mut self, ipv6: impl IntoIterator<Item = Ipv6Addr>) -> Responder {
+        self.ipv6.extend(ipv6);
         self
     }
 
@@ -247,7 +254,9 @@ impl Responder {
         src_mac: [u8; 6],
         now: Duration,
     ) -> Option<(AnswerKind, Vec<u8>)> {
-        let ours = self.ipv6?;
+        if self.ipv6.is_empty() {
+            return None;
+        }
         let Some(NetSlice::Ipv6(ip)) = &packet.net else {
             return None;
         };
@@ -259,28 +268,31 @@ impl Responder {
         if src.is_multicast() {
             return None;
         }
-        let o = ours.octets();
-        let solicited_node = Ipv6Addr::new(
-            0xff02,
-            0,
-            0,
-            0,
-            0,
-            1,
-            0xff00 | u16::from(o[13]),
-            u16::from_be_bytes([o[14], o[15]]),
-        );
+        let solicited_node = |o: [u8; 16]| {
+            Ipv6Addr::new(
+                0xff02,
+                0,
+                0,
+                0,
+                0,
+                1,
+                0xff00 | u16::from(o[13]),
+                u16::from_be_bytes([o[14], o[15]]),
+            )
+        };
         match icmp.icmp_type() {
             Icmpv6Type::NeighborSolicitation => {
                 // The 4 reserved bytes are part of etherparse's header: the payload starts at
                 // the target address.
                 let target: [u8; 16] = icmp.payload().get(..16)?.try_into().ok()?;
+                let ours = Ipv6Addr::from(target);
                 if header.hop_limit() != ND_HOP_LIMIT
-                    || target != o
-                    || (dst != ours && dst != solicited_node)
+                    || !self.ipv6.contains(&ours)
+                    || (dst != ours && dst != solicited_node(target))
                 {
                     return None;
                 }
+                let o = target;
                 // Duplicate address detection (from ::) is answered to all nodes, unsolicited.
                 let dad = src.is_unspecified();
                 let (to, to_mac) = if dad {
@@ -306,14 +318,14 @@ impl Responder {
                     .ok()?;
                 Some((AnswerKind::NeighborAdvertisement, out))
             }
-            Icmpv6Type::EchoRequest(echo) if dst == ours && dst_mac == self.mac => {
+            Icmpv6Type::EchoRequest(echo) if self.ipv6.contains(&dst) && dst_mac == self.mac => {
                 if !self.bucket.take(now) {
                     self.limited += 1;
                     return None;
                 }
                 let mut out = Vec::new();
                 PacketBuilder::ethernet2(self.mac, src_mac)
-                    .ipv6(o, src.octets(), TTL)
+                    .ipv6(dst.octets(), src.octets(), TTL)
                     .icmpv6_echo_reply(echo.id, echo.seq)
                     .write(&mut out, icmp.payload())
                     .ok()?;
@@ -415,6 +427,11 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
             let mut frames = Vec::new();
             let mut completions = Vec::new();
             let mut dhcp_malformed_seen = 0;
+            let mut slaac_ignored_seen = 0;
+            // Duplicate address detection (and the default instance's SLAAC) per instance,
+            // made once when the instance is first seen.
+            let mut dad: BTreeMap<InstanceId, crate::slaac::Slaac> = BTreeMap::new();
+            let mut dad_seen: std::collections::BTreeSet<InstanceId> = Default::default();
             while !flag.load(Ordering::Relaxed) {
                 if queue.wait_readable(Some(HOST_POLL)).is_err() {
                     break;
@@ -451,6 +468,34 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
                             dhcp_frames.extend(frame);
                         }
                     }
+                    let mut slaac_frames = Vec::new();
+                    let ids: Vec<InstanceId> =
+                        netd.host_identities().iter().map(|(id, _)| *id).collect();
+                    dad.retain(|id, _| ids.contains(id));
+                    for id in ids {
+                        if dad_seen.insert(id) {
+                            if let Some(machine) = netd.dad_setup(id) {
+                                dad.insert(id, machine);
+                            }
+                        }
+                    }
+                    for (&id, machine) in dad.iter_mut() {
+                        for f in &frames {
+                            machine.receive(f);
+                        }
+                        if machine.ignored > slaac_ignored_seen {
+                            slaac_ignored_seen = machine.ignored;
+                            tracing::warn!(
+                                "slaac: ignored a router advertisement that cannot be trusted \
+                                 ({} so far)",
+                                machine.ignored
+                            );
+                        }
+                        slaac_frames.extend(machine.poll(now));
+                        for event in machine.take_events() {
+                            netd.push_slaac_event(id, event);
+                        }
+                    }
                     sync_responders(&mut responders, netd.host_identities());
                     let mtu = usize::from(netd.host_config().link.mtu);
                     let taken_by_dhcp = |f: &[u8]| dhcp.is_some() && crate::dhcp::is_dhcp_reply(f);
@@ -464,6 +509,7 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
                         })
                         .flat_map(|(_, a)| crate::fragment::fragment_ipv4(a, mtu))
                         .chain(dhcp_frames)
+                        .chain(slaac_frames)
                         .collect()
                 };
                 let batch: Vec<[&[u8]; 1]> = answers.iter().map(|a| [a.as_slice()]).collect();
@@ -554,7 +600,7 @@ fn sync_responders(
         responders.entry(id).or_insert_with(|| {
             (
                 host,
-                Responder::new(host.mac, host.ipv4).with_ipv6(host.ipv6),
+                Responder::new(host.mac, host.ipv4).with_ipv6_addresses(host.ipv6_addresses()),
             )
         });
     }
@@ -794,6 +840,45 @@ mod tests {
         assert!(r
             .answer(&solicitation(LL, MAC, 64, ll()), T, all_free)
             .is_none());
+    }
+
+    #[test]
+    fn the_global_address_is_solicited_and_pinged_like_the_link_local_one() {
+        let global: Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let mut r = responder().with_ipv6_addresses([ll(), global]);
+        let ns = solicitation("ff02::1:ff00:2", [0x33, 0x33, 0xff, 0, 0, 2], 255, global);
+        let (kind, reply) = r.answer(&ns, T, all_free).unwrap();
+        assert_eq!(kind, AnswerKind::NeighborAdvertisement);
+        let p = SlicedPacket::from_ethernet(&reply).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        assert_eq!(ip.header().source_addr(), global);
+        let Some(TransportSlice::Icmpv6(icmp)) = &p.transport else {
+            panic!("not ICMPv6")
+        };
+        assert_eq!(&icmp.payload()[..16], &global.octets());
+        let mut ping = Vec::new();
+        let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        PacketBuilder::ethernet2(PEER, MAC)
+            .ipv6(src.octets(), global.octets(), 64)
+            .icmpv6_echo_request(1, 2)
+            .write(&mut ping, b"global")
+            .unwrap();
+        let (kind, reply) = r.answer(&ping, T, all_free).unwrap();
+        assert_eq!(kind, AnswerKind::Echo6Reply);
+        let p = SlicedPacket::from_ethernet(&reply).unwrap();
+        let Some(NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        assert_eq!(
+            (ip.header().source_addr(), ip.header().destination_addr()),
+            (global, src)
+        );
+        // A neighbour of the same prefix is not the host.
+        let other: Ipv6Addr = "2001:db8::3".parse().unwrap();
+        let ns = solicitation("ff02::1:ff00:3", [0x33, 0x33, 0xff, 0, 0, 3], 255, other);
+        assert!(r.answer(&ns, T, all_free).is_none());
     }
 
     #[test]

@@ -154,10 +154,24 @@ impl Instance {
                 link_local_from_mac(mac)
             }
         });
+        let global = match spec.ipv6 {
+            Some((a, p)) => {
+                let a = std::net::Ipv6Addr::from(a);
+                crate::config::check_host_address6(a, p).map_err(|e| match e {
+                    crate::config::ConfigError::NotAHostAddress { address, why } => {
+                        InstanceError::BadAddress(address, why)
+                    }
+                    _ => InstanceError::BadAddress(format!("{a}/{p}"), "not a host's address"),
+                })?;
+                Some((a, p))
+            }
+            None => None,
+        };
         let host = HostIdentity {
             mac,
             ipv4: Some(addr),
             ipv6,
+            ipv6_global: global.map(|(a, _)| a),
         };
         let host_config = HostConfig {
             link: LinkInfo { mac, mtu: link.mtu },
@@ -165,6 +179,8 @@ impl Instance {
             gateway: spec.gateway,
             ipv6_link_local: ipv6.map(|a| a.octets()),
             dns_servers: Vec::new(),
+            ipv6: global.map(|(a, p)| (a.octets(), p)).into_iter().collect(),
+            ipv6_gateway: None,
         };
         Ok(Instance {
             id,
@@ -186,7 +202,12 @@ impl Instance {
             mac: self.host.mac,
             own_mac: !self.shared_mac,
             ipv4: self.host.ipv4.iter().map(|a| a.octets()).collect(),
-            ipv6: self.host.ipv6.iter().map(|a| a.octets()).collect(),
+            ipv6: self
+                .host
+                .ipv6_addresses()
+                .iter()
+                .map(|a| a.octets())
+                .collect(),
             overlay: self.overlay,
         }
     }
@@ -382,6 +403,9 @@ pub struct InstanceEntry {
     /// The overlay it lives on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<String>,
+    /// `A::B/N`: its global IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
 }
 
 fn generated() -> String {
@@ -411,6 +435,9 @@ impl InstanceEntry {
             tap_uids: spec.tap_uids.clone(),
             exclusive_uids: spec.exclusive_uids.clone(),
             overlay: spec.overlay.clone(),
+            ip6: spec
+                .ipv6
+                .map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(a))),
         }
     }
 
@@ -438,6 +465,14 @@ impl InstanceEntry {
             .transpose()
             .map_err(|e| format!("ephemeral-ports: {e}"))?
             .map(|r| (*r.start(), *r.end()));
+        let ipv6 = match self.ip6.as_deref().map(crate::config::parse_host_ip6) {
+            None => None,
+            Some(Ok(crate::config::HostIp6::Static(a, p))) => Some((a.octets(), p)),
+            Some(Ok(crate::config::HostIp6::Slaac)) => {
+                return Err("ip6: slaac is for the default instance only".into())
+            }
+            Some(Err(e)) => return Err(format!("ip6: {e}")),
+        };
         Ok(InstanceSpec {
             name: self.name.clone(),
             mac,
@@ -451,6 +486,7 @@ impl InstanceEntry {
             exclusive_uids: self.exclusive_uids.clone(),
             temporary: false,
             overlay: self.overlay.clone(),
+            ipv6,
         })
     }
 }
@@ -545,6 +581,7 @@ mod tests {
             exclusive_uids: vec![],
             temporary: false,
             overlay: None,
+            ipv6: None,
         }
     }
 
@@ -600,6 +637,13 @@ mod tests {
         s.mac = MacChoice::Given([2, 0, 0, 0, 0, 9]);
         s.ephemeral = Some((40000, 40100));
         s.join_uids = Some(vec![1000]);
+        s.ipv6 = Some((
+            "2001:db8::10"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+            64,
+        ));
         let file = InstancesFile {
             instances: vec![InstanceEntry::of(&s), InstanceEntry::of(&spec("b"))],
             ..InstancesFile::default()
@@ -608,6 +652,10 @@ mod tests {
         let back: InstancesFile = toml::from_str(&text).unwrap();
         assert_eq!(back, file);
         assert_eq!(back.instances[0].spec().unwrap(), s);
+        assert!(text.contains("ip6 = \"2001:db8::10/64\""), "{text}");
+        let mut slaac = InstanceEntry::of(&s);
+        slaac.ip6 = Some("slaac".into());
+        assert!(slaac.spec().unwrap_err().contains("default instance only"));
         assert!(toml::from_str::<InstancesFile>(
             "[[instance]]\nname = \"x\"\nip = \"1.2.3.4/8\"\nbogus = 1\n"
         )

@@ -35,6 +35,7 @@ pub mod ports_file;
 pub mod run;
 pub mod server;
 pub mod service;
+pub mod slaac;
 #[cfg(feature = "test-support")]
 pub mod testing;
 

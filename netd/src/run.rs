@@ -58,8 +58,20 @@ pub struct HostArgs {
     #[arg(long, value_name = "G", requires = "ip")]
     pub gateway: Option<Ipv4Addr>,
     /// Do not give the host an IPv6 link-local address.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ip6")]
     pub no_ipv6: bool,
+    /// The host's global IPv6 address and prefix length, e.g. --ip6 2001:db8::2/64 (not
+    /// link-local, multicast, loopback or ::); or `slaac`: an address from a router
+    /// advertisement's /64 prefix and netd's own interface id, the router the default (needs
+    /// the host stack). netd probes the address for duplicates first (about 1 s), then
+    /// answers neighbour solicitations and echo requests for it, and clients bind their ports
+    /// on it as on the link-local address.
+    #[arg(long, value_name = "A::B/N|slaac", value_parser = config::parse_host_ip6)]
+    pub ip6: Option<config::HostIp6>,
+    /// The IPv6 default router (usually its link-local address, e.g. fe80::1), given to
+    /// clients.
+    #[arg(long, value_name = "G6", requires = "ip6")]
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// Ephemeral ports for get_port.
     #[arg(long, value_name = "A-B", value_parser = config::parse_port_range, default_value = "49152-65535")]
     pub ephemeral_ports: RangeInclusive<u16>,
@@ -122,6 +134,25 @@ impl HostArgs {
             gateway: self.gateway,
             ipv6_link_local: !self.no_ipv6,
         };
+        config.ipv6 = match self.ip6 {
+            Some(config::HostIp6::Static(a, p)) => Some((a, p)),
+            _ => None,
+        };
+        config.slaac = self.ip6 == Some(config::HostIp6::Slaac);
+        if config.slaac && self.no_host_stack {
+            return Err(ConfigError::Slaac(
+                "--ip6 slaac needs the host stack (no --no-host-stack)",
+            ));
+        }
+        if let Some(g) = self.gateway6 {
+            if g.is_multicast() || g.is_unspecified() || g.is_loopback() {
+                return Err(ConfigError::NotAHostAddress {
+                    address: g.to_string(),
+                    why: "an IPv6 default router is a unicast address on the link",
+                });
+            }
+        }
+        config.ipv6_gateway = self.gateway6;
         config.ephemeral = self.ephemeral_ports.clone();
         config
             .policy
@@ -208,7 +239,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[derive(Parser)]
+    #[derive(Debug, Parser)]
     struct Cli {
         #[command(flatten)]
         host: HostArgs,
@@ -266,6 +297,39 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["x", "--ip", "10.0.0.2/24"]).unwrap();
         assert!(!cli.host.config().unwrap().dhcp);
+    }
+
+    #[test]
+    fn ip6_takes_a_global_address_and_refuses_what_no_host_has() {
+        let cli =
+            Cli::try_parse_from(["x", "--ip6", "2001:db8::2/64", "--gateway6", "fe80::1"]).unwrap();
+        let config = cli.host.config().unwrap();
+        assert_eq!(config.ipv6, Some(("2001:db8::2".parse().unwrap(), 64)));
+        assert_eq!(config.ipv6_gateway, Some("fe80::1".parse().unwrap()));
+        for bad in [
+            "fe80::2/64",
+            "ff02::1/64",
+            "::/64",
+            "::1/128",
+            "2001:db8::2/0",
+        ] {
+            let e = Cli::try_parse_from(["x", "--ip6", bad]).unwrap_err();
+            assert!(e.to_string().contains(bad), "{bad}: {e}");
+        }
+        for bad in ["2001:db8::2/129", "2001:db8::2", "10.0.0.2/24"] {
+            let e = Cli::try_parse_from(["x", "--ip6", bad]).unwrap_err();
+            assert!(e.to_string().contains("not an IPv6 address"), "{bad}: {e}");
+        }
+        assert!(Cli::try_parse_from(["x", "--ip6", "2001:db8::2/64", "--no-ipv6"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--gateway6", "fe80::1"]).is_err());
+        let config = Cli::try_parse_from(["x", "--ip6", "SLAAC"])
+            .unwrap()
+            .host
+            .config()
+            .unwrap();
+        assert!(config.slaac && config.ipv6.is_none());
+        let cli = Cli::try_parse_from(["x", "--ip6", "slaac", "--no-host-stack"]).unwrap();
+        assert!(cli.host.config().is_err());
     }
 
     #[test]

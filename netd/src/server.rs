@@ -424,8 +424,10 @@ impl Server {
         };
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
         let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
-        let dhcp = lock(&self.shell.state)
-            .dhcp()
+        // Addresses change by DHCP, SLAAC and duplicate address detection, also of instances
+        // created later: the loop runs whenever the host stack does (idle, it only looks).
+        let dhcp = host_stack
+            .is_some()
             .then(|| tokio::spawn(dhcp_loop(self.shell.clone())));
         tokio::pin!(shutdown);
         loop {
@@ -654,7 +656,9 @@ fn write_ports(shell: &Shell, text: String) {
 const DHCP_TICK: Duration = Duration::from_millis(100);
 
 /// Every [`DHCP_TICK`]: applies what netd's DHCP client reported (a lease taken, renewed or
-/// lost) and tells the driver the default instance's new address and netd's filters for it.
+/// lost), and what SLAAC and duplicate address detection reported (an IPv6 address taken or
+/// refused, a default router), and tells the driver the default instance's new address and
+/// netd's filters for it.
 async fn dhcp_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(DHCP_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -665,7 +669,11 @@ async fn dhcp_loop(shell: Arc<Shell>) {
             if netd.driver_gone().is_some() {
                 continue;
             }
-            netd.take_dhcp_commands()
+            let (mut commands, mut stale) = netd.take_dhcp_commands();
+            let (more, gone) = netd.take_slaac_commands();
+            commands.extend(more);
+            stale.extend(gone);
+            (commands, stale)
         };
         if !stale.is_empty() {
             shell.end_sessions(&stale).await;

@@ -135,11 +135,13 @@ pub struct DriverWork {
 #[derive(Debug)]
 pub struct Then(Pending);
 
-/// A queue created by this piece of work: its id and its own ARP transmit filter.
+/// A queue created by this piece of work: its id and its own ARP and neighbour discovery
+/// transmit filters.
 #[derive(Clone, Copy, Debug)]
 struct NewQueue {
     id: QueueId,
     arp: Option<FilterId>,
+    nd: Option<FilterId>,
     /// Its geometry.
     rings: QueueConfig,
     /// The ring memory reserved for it.
@@ -286,6 +288,13 @@ pub struct Netd {
     dhcp: bool,
     /// What the DHCP client reported, not yet applied ([`Netd::take_dhcp_commands`]).
     dhcp_events: Vec<crate::dhcp::Event>,
+    /// Whether the default instance takes a global IPv6 address from router advertisements.
+    slaac: bool,
+    /// The static global address (`--ip6`), probed for duplicates by the host stack.
+    static_ipv6: Option<(std::net::Ipv6Addr, u8)>,
+    /// What SLAAC and duplicate address detection reported, not yet applied
+    /// ([`Netd::take_slaac_commands`]).
+    slaac_events: Vec<(InstanceId, crate::slaac::Event)>,
     link: LinkInfo,
     /// The policy a new instance starts from (its limits).
     template: Policy,
@@ -435,6 +444,9 @@ impl Netd {
         if let Some((a, p)) = config.addrs.ipv4 {
             crate::config::check_host_address(a, p)?;
         }
+        if let Some((a, p)) = config.ipv6 {
+            crate::config::check_host_address6(a, p)?;
+        }
         let host = HostIdentity {
             mac: link.mac,
             ipv4: config.addrs.ipv4.map(|(a, _)| a),
@@ -442,6 +454,7 @@ impl Netd {
                 .addrs
                 .ipv6_link_local
                 .then(|| opaque_link_local(link.mac, DEFAULT_INSTANCE_NAME)),
+            ipv6_global: config.ipv6.map(|(a, _)| a),
         };
         let host_config = HostConfig {
             link,
@@ -449,6 +462,12 @@ impl Netd {
             gateway: config.addrs.gateway.map(|g| g.octets()),
             ipv6_link_local: host.ipv6.map(|a| a.octets()),
             dns_servers: Vec::new(),
+            ipv6: config
+                .ipv6
+                .map(|(a, p)| (a.octets(), p))
+                .into_iter()
+                .collect(),
+            ipv6_gateway: config.ipv6_gateway.map(|g| g.octets()),
         };
         let default = Instance {
             id: DEFAULT_INSTANCE,
@@ -468,6 +487,7 @@ impl Netd {
                 exclusive_uids: config.policy.exclusive_uids.iter().copied().collect(),
                 temporary: true,
                 overlay: None,
+                ipv6: config.ipv6.map(|(a, p)| (a.octets(), p)),
             },
             core: Core::new(
                 config.policy.clone(),
@@ -489,6 +509,9 @@ impl Netd {
             host_rx: None,
             dhcp: config.dhcp && config.host_stack,
             dhcp_events: Vec::new(),
+            slaac: config.slaac && config.host_stack && config.addrs.ipv6_link_local,
+            static_ipv6: config.ipv6,
+            slaac_events: Vec::new(),
             link,
             template: config.policy.clone(),
             default_ephemeral: config.ephemeral.clone(),
@@ -795,6 +818,14 @@ impl Netd {
                 )));
             }
             // Addresses are per network: overlays may reuse the link's and each other's.
+            if let Some(a) = instance.host.ipv6_global.filter(|a| {
+                other.host.ipv6_addresses().contains(a) && other.overlay == instance.overlay
+            }) {
+                return Err(bad(InstanceError::BadAddress(
+                    a.to_string(),
+                    "another instance has it",
+                )));
+            }
             if instance.host.ipv4.is_some()
                 && other.host.ipv4 == instance.host.ipv4
                 && other.overlay == instance.overlay
@@ -889,6 +920,182 @@ impl Netd {
         self.instances
             .get(&instance)
             .is_some_and(|i| i.core.ports().state(transport, port) == core::PortState::Free)
+    }
+
+    /// What netd's host stack needs for SLAAC and duplicate address detection of the default
+    /// instance's global address: the MAC, netd's link-local address, whether to take an
+    /// address from router advertisements, and the static address to probe. `None` when
+    /// there is nothing to do (no link-local address, or neither `--ip6` nor the host stack).
+    pub fn slaac_setup(&self) -> Option<crate::slaac::Slaac> {
+        let host = &self.default_instance().host;
+        let link_local = host.ipv6?;
+        (self.host_stack && (self.slaac || self.static_ipv6.is_some()))
+            .then(|| crate::slaac::Slaac::new(host.mac, link_local, self.slaac, self.static_ipv6))
+    }
+
+    /// Duplicate address detection for an instance's IPv6 addresses: for the default
+    /// instance [`Netd::slaac_setup`]; for another one, when it is ready and has a link-local
+    /// and a global address (`netmux instance create --ip6`), a machine probing both.
+    pub fn dad_setup(&self, instance: InstanceId) -> Option<crate::slaac::Slaac> {
+        if instance == DEFAULT_INSTANCE {
+            return self.slaac_setup();
+        }
+        let i = self.instances.get(&instance).filter(|i| i.ready)?;
+        let global = i.host.ipv6_global?;
+        let prefix = i.host_config.ipv6.first().map_or(64, |(_, p)| *p);
+        Some(crate::slaac::Slaac::new(
+            i.host.mac,
+            i.host.ipv6?,
+            false,
+            Some((global, prefix)),
+        ))
+    }
+
+    /// Takes in what SLAAC or duplicate address detection reported about an instance's
+    /// addresses, for [`Netd::take_slaac_commands`].
+    pub fn push_slaac_event(&mut self, instance: InstanceId, event: crate::slaac::Event) {
+        self.slaac_events.push((instance, event));
+    }
+
+    /// Applies what SLAAC and duplicate address detection reported to each instance (its
+    /// IPv6 addresses, and the default instance's default router: what clients learn at
+    /// hello) and returns what the driver must be told (netd's own transmit filter for the
+    /// instance's new addresses) and, when an address an instance had is gone (another node
+    /// has it), that instance's sessions to end, as for a lost DHCP lease. Each change is
+    /// logged.
+    pub fn take_slaac_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let events = std::mem::take(&mut self.slaac_events);
+        let mut ids: Vec<InstanceId> = events.iter().map(|(i, _)| *i).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let (mut commands, mut stale) = (Vec::new(), Vec::new());
+        for id in ids {
+            let mine = events
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, e)| e.clone());
+            let (c, s) = self.apply_slaac_events(id, mine);
+            commands.extend(c);
+            stale.extend(s);
+        }
+        (commands, stale)
+    }
+
+    /// [`Netd::take_slaac_commands`] for one instance.
+    fn apply_slaac_events(
+        &mut self,
+        id: InstanceId,
+        events: impl Iterator<Item = crate::slaac::Event>,
+    ) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let addresses = |netd: &Netd| {
+            netd.instances
+                .get(&id)
+                .map(|i| (i.host.ipv6, i.host.ipv6_global))
+        };
+        let Some(before) = addresses(self) else {
+            return (Vec::new(), Vec::new());
+        };
+        let name = self
+            .instances
+            .get(&id)
+            .map(|i| i.spec.name.clone())
+            .unwrap_or_default();
+        for event in events {
+            let Some(instance) = self.instances.get_mut(&id) else {
+                return (Vec::new(), Vec::new());
+            };
+            match event {
+                crate::slaac::Event::Assigned {
+                    address,
+                    prefix,
+                    autoconfigured,
+                } => {
+                    if autoconfigured {
+                        tracing::info!(
+                            "slaac: {address}/{prefix} from a router advertisement is the host's \
+                             (no other node answered its probe)"
+                        );
+                        instance.host.ipv6_global = Some(address);
+                        instance.host_config.ipv6 = vec![(address.octets(), prefix)];
+                    } else {
+                        tracing::info!(
+                            "ipv6: no other node answered the probe of {address} (instance {name})"
+                        );
+                    }
+                }
+                crate::slaac::Event::Duplicate { address } => {
+                    tracing::error!(
+                        "ipv6: another node on the link has {address} (it answered duplicate \
+                         address detection); instance {name} does not use it"
+                    );
+                    if instance.host.ipv6_global == Some(address) {
+                        instance.host.ipv6_global = None;
+                        instance.host_config.ipv6.clear();
+                    }
+                    if instance.host.ipv6 == Some(address) {
+                        instance.host.ipv6 = None;
+                        instance.host_config.ipv6_link_local = None;
+                    }
+                }
+                crate::slaac::Event::Router(router) => {
+                    match router {
+                        Some(r) => tracing::info!("slaac: default router {r}"),
+                        None => tracing::info!("slaac: the default router withdrew"),
+                    }
+                    instance.host_config.ipv6_gateway = router.map(|r| r.octets());
+                }
+            }
+        }
+        let after = addresses(self).unwrap_or_default();
+        if before == after {
+            return (Vec::new(), Vec::new());
+        }
+        // An address gone (not one added) ends the sessions that were told it.
+        let gone = |old: Option<std::net::Ipv6Addr>, new| old.is_some() && old != new;
+        let lost = if gone(before.0, after.0) {
+            before.0
+        } else if gone(before.1, after.1) {
+            before.1
+        } else {
+            None
+        };
+        let stale: Vec<SessionId> = if lost.is_some() {
+            self.session_instance
+                .iter()
+                .filter(|(_, i)| **i == id)
+                .map(|(s, _)| *s)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if let (Some(old), false) = (lost, stale.is_empty()) {
+            tracing::warn!(
+                "ipv6: ending the {} sessions of instance {name}: they were told {old}",
+                stale.len()
+            );
+        }
+        let mut commands = Vec::new();
+        if id != DEFAULT_INSTANCE {
+            // The driver tells instances apart by their addresses too.
+            if let Some(i) = self.instances.get(&id) {
+                commands.push(DriverCommand::SetInstance(i.driver_info()));
+            }
+        }
+        if let Some(filter) = self.host_tx.remove(&id) {
+            commands.push(DriverCommand::RemoveFilter {
+                queue: HOST_QUEUE,
+                filter,
+            });
+        }
+        match self.host_tx_spec(id) {
+            Ok(Some((filter, s))) => {
+                self.host_tx.insert(id, filter);
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("ipv6: the host's transmit filter: {e}"),
+        }
+        (commands, stale)
     }
 
     /// Whether the default instance takes its address from DHCP (netd's host stack then runs
@@ -1476,6 +1683,7 @@ impl Netd {
                 ipv4: i.host_config.ipv4,
                 gateway: i.host_config.gateway,
                 ipv6_link_local: i.host_config.ipv6_link_local,
+                ipv6: i.host_config.ipv6.clone(),
                 ephemeral: (
                     *i.core.ports().ephemeral().start(),
                     *i.core.ports().ephemeral().end(),
@@ -1616,13 +1824,15 @@ impl Netd {
             config: rings,
             instance,
         });
-        let mut arp = None;
-        if let Some(expr) = filters::queue_arp_tx(&host) {
+        let mut own = [None, None];
+        let exprs = [filters::queue_arp_tx(&host), filters::queue_nd_tx(&host)];
+        for (slot, expr) in own.iter_mut().zip(exprs) {
+            let Some(expr) = expr else { continue };
             let filter = self.filter_id();
             match spec(queue, filter, Direction::Tx, RxMode::Owner, None, expr) {
                 Ok(s) => {
                     commands.push(DriverCommand::InstallFilter(s));
-                    arp = Some(filter);
+                    *slot = Some(filter);
                 }
                 Err(e) => {
                     self.release_ring(id, ring_bytes);
@@ -1630,11 +1840,13 @@ impl Netd {
                 }
             }
         }
+        let [arp, nd] = own;
         Ok((
             queue,
             Some(NewQueue {
                 id: queue,
                 arp,
+                nd,
                 rings,
                 reserved: ring_bytes,
             }),
@@ -1661,13 +1873,22 @@ impl Netd {
                 return Err((error(ErrorCode::Internal, "no queue came back"), None));
             }
         };
-        if queue.arp.is_some() {
+        for what in [
+            queue.arp.map(|_| "ARP"),
+            queue.nd.map(|_| "neighbour discovery"),
+        ]
+        .into_iter()
+        .flatten()
+        {
             match outcomes.next() {
                 Some(DriverOutcome::Done) => {}
                 other => {
                     let e = match other {
                         Some(DriverOutcome::Failed(e)) => driver_error(e),
-                        _ => error(ErrorCode::Internal, "the queue's ARP filter was skipped"),
+                        _ => error(
+                            ErrorCode::Internal,
+                            format!("the queue's {what} filter was skipped"),
+                        ),
                     };
                     drop(created);
                     return Err((
@@ -1678,7 +1899,7 @@ impl Netd {
             }
         }
         let ring_bytes = created.ring_bytes;
-        let filters = queue.arp.into_iter().collect();
+        let filters = queue.arp.into_iter().chain(queue.nd).collect();
         match self.sessions.get_mut(&id) {
             Some(extra) => {
                 extra.queue = Some(SessionQueue {

@@ -204,8 +204,9 @@ fn a_closed_session_releases_ports_filters_and_queue_in_order() {
         .collect();
     assert_eq!(
         removals.len(),
-        2 * 4 + 2 + 1,
-        "two ports x (2 rx + 2 tx), the UDP port's 2 broadcast rx, and ARP tx"
+        2 * 4 + 2 + 2,
+        "two ports x (2 rx + 2 tx), the UDP port's 2 broadcast rx, ARP tx and neighbour \
+         discovery tx"
     );
     assert!(removals.iter().all(|&i| i < destroyed));
     let mut b = Client::connect_socket(netd.socket_path()).unwrap();

@@ -66,6 +66,13 @@ pub struct HostConfig {
     /// DNS servers (from the host's DHCP lease; empty when none are known).
     #[serde(default)]
     pub dns_servers: Vec<[u8; 4]>,
+    /// Global IPv6 addresses and their prefix lengths (static, or from router advertisements);
+    /// empty when the host has none. Absent in older netds' messages.
+    #[serde(default)]
+    pub ipv6: Vec<([u8; 16], u8)>,
+    /// IPv6 default router (a link-local address, from a router advertisement or configured).
+    #[serde(default)]
+    pub ipv6_gateway: Option<[u8; 16]>,
 }
 
 /// The name of the instance a client joins when it names none.
@@ -113,6 +120,9 @@ pub struct InstanceSpec {
     /// The overlay it lives on (`netmux overlay create`), instead of the link.
     #[serde(default)]
     pub overlay: Option<String>,
+    /// Its global IPv6 address and prefix length (`netmux instance create --ip6`).
+    #[serde(default)]
+    pub ipv6: Option<([u8; 16], u8)>,
 }
 
 /// An instance as `netmux instance ls` shows it.
@@ -132,6 +142,9 @@ pub struct InstanceView {
     pub gateway: Option<[u8; 4]>,
     /// IPv6 link-local address.
     pub ipv6_link_local: Option<[u8; 16]>,
+    /// Global IPv6 addresses and their prefix lengths (absent in older netds' messages).
+    #[serde(default)]
+    pub ipv6: Vec<([u8; 16], u8)>,
     /// Ephemeral port range.
     pub ephemeral: (u16, u16),
     /// Sessions in it (clients).
@@ -329,4 +342,33 @@ pub struct SessionInfo {
     /// The queue's counters at the driver (frames and bytes each way, drops by reason); `None`
     /// without a queue or when the driver could not be asked.
     pub counters: Option<crate::driver::Counters>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_configuration_without_the_ipv6_fields_still_reads() {
+        // What a netd before global IPv6 addresses sent at hello.
+        let old = r#"{"link":{"mac":[2,0,0,0,0,1],"mtu":1500},"ipv4":[[10,0,0,1],24],
+            "gateway":null,"ipv6_link_local":null,"dns_servers":[]}"#;
+        let host: HostConfig = serde_json::from_str(old).unwrap();
+        assert!(host.ipv6.is_empty() && host.ipv6_gateway.is_none());
+        let round = serde_json::to_string(&HostConfig {
+            ipv6: vec![(
+                [0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                64,
+            )],
+            ..host.clone()
+        })
+        .unwrap();
+        let back: HostConfig = serde_json::from_str(&round).unwrap();
+        assert_eq!(back.ipv6[0].1, 64);
+        let spec = r#"{"name":"a","mac":"Generated","ipv4":[[10,0,0,2],24],"gateway":null,
+            "ipv6_link_local":true,"ephemeral":null,"join_uids":null,"privileged_uids":[],
+            "tap_uids":[],"exclusive_uids":[],"temporary":true}"#;
+        let spec: InstanceSpec = serde_json::from_str(spec).unwrap();
+        assert_eq!(spec.ipv6, None);
+    }
 }

@@ -95,8 +95,12 @@ pub struct Create {
     #[arg(long, value_name = "A-B", value_parser = parse_port_range)]
     ephemeral_ports: Option<std::ops::RangeInclusive<u16>>,
     /// No IPv6 link-local address.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ip6")]
     no_ipv6: bool,
+    /// Its global IPv6 address and prefix length, e.g. --ip6 2001:db8::10/64 (netd answers
+    /// neighbour solicitations and echo requests for it; its clients bind ports on it).
+    #[arg(long, value_name = "A::B/N", value_parser = netmux_netd::config::parse_host_ip6)]
+    ip6: Option<netmux_netd::config::HostIp6>,
     /// A uid besides root that may join it (repeatable) [default: every uid].
     #[arg(long = "join-uid", value_name = "UID")]
     join_uids: Vec<u32>,
@@ -115,7 +119,7 @@ pub struct Create {
 #[command(
     after_help = "Fields for -o: name, id, mac, shared, ip, gateway, ipv6, ephemeral, \
                         clients, ports, rx-frames, rx-bytes, tx-frames, tx-bytes, hairpin, \
-                        temporary.\nExample: netmux instance ls -p -o name,ip,clients"
+                        temporary, ip6.\nExample: netmux instance ls -p -o name,ip,clients"
 )]
 pub struct List {
     /// Raw values separated by ':', no header (with -o, these fields in this order).
@@ -190,6 +194,18 @@ pub(crate) fn refused(e: netmux_client::ClientError) -> anyhow::Error {
 
 impl Create {
     fn run(self) -> anyhow::Result<ExitCode> {
+        let ipv6 = match self.ip6 {
+            None => None,
+            Some(netmux_netd::config::HostIp6::Static(a, p)) => Some((a.octets(), p)),
+            Some(netmux_netd::config::HostIp6::Slaac) => {
+                return Err(Refused(
+                    "--ip6 slaac is for the default instance only (netmux up --ip6 slaac); \
+                     give an instance a static address"
+                        .into(),
+                )
+                .into())
+            }
+        };
         let spec = InstanceSpec {
             name: self.name.clone(),
             mac: match (self.mac, self.shared_mac) {
@@ -207,6 +223,7 @@ impl Create {
             exclusive_uids: Vec::new(),
             temporary: self.temporary,
             overlay: self.overlay.clone(),
+            ipv6,
         };
         let mut client = self.netd.client()?;
         client.create_instance(spec).map_err(refused)?;
@@ -298,7 +315,7 @@ impl Get {
 }
 
 /// The fields `ls` knows, in default order.
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 17] = [
     "name",
     "id",
     "mac",
@@ -315,6 +332,7 @@ const FIELDS: [&str; 16] = [
     "tx-bytes",
     "hairpin",
     "temporary",
+    "ip6",
 ];
 
 /// The fields of the table for people.
@@ -353,6 +371,12 @@ fn field(i: &InstanceView, f: &str) -> String {
         "tx-bytes" => c.tx_bytes.to_string(),
         "hairpin" => c.hairpin.to_string(),
         "temporary" => i.temporary.to_string(),
+        "ip6" => i
+            .ipv6
+            .iter()
+            .map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(*a)))
+            .next()
+            .unwrap_or_else(|| "-".into()),
         _ => String::new(),
     }
 }

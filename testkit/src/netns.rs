@@ -163,7 +163,12 @@ pub fn udp_echo_from(
     patience: Duration,
 ) {
     ns.run(move || {
-        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("a UDP socket");
+        let any = if target.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let sock = std::net::UdpSocket::bind(any).expect("a UDP socket");
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .expect("a read timeout");
         let deadline = Instant::now() + patience;
@@ -180,6 +185,95 @@ pub fn udp_echo_from(
             }
         }
     });
+}
+
+/// How many echo replies one ICMPv6 echo request from the kernel in `ns` to `to`, sent on
+/// `ifname` (for a link-local `to`), gets within a second; asked again until one comes back
+/// (the kernel's addresses and neighbour discovery need a moment), for at most `patience`.
+pub fn ping6_replies(
+    ns: &NetNs,
+    ifname: &str,
+    to: std::net::Ipv6Addr,
+    patience: Duration,
+) -> usize {
+    let ifname = ifname.to_owned();
+    ns.run(move || {
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+        assert!(
+            fd >= 0,
+            "raw ICMPv6 socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a valid NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        addr.sin6_family = libc::AF_INET6 as u16;
+        addr.sin6_addr.s6_addr = to.octets();
+        addr.sin6_scope_id = ifindex;
+        let id: u16 = 0x6e6d;
+        // Type 128 (echo request); the kernel fills the checksum of raw ICMPv6.
+        let mut request = vec![128, 0, 0, 0];
+        request.extend_from_slice(&id.to_be_bytes());
+        request.extend_from_slice(&1u16.to_be_bytes());
+        request.extend_from_slice(b"one answer, please");
+        let deadline = Instant::now() + patience;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            // SAFETY: request and addr are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    request.as_ptr().cast(),
+                    request.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            };
+            // The kernel's link-local address needs a moment after the link came up (duplicate
+            // address detection), and neighbour discovery another: until then, ask again.
+            if n != request.len() as isize {
+                let e = std::io::Error::last_os_error();
+                assert!(Instant::now() < deadline, "sending to {to}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let mut replies = 0;
+            let until = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < until {
+                // SAFETY: buf is valid for its length.
+                let n =
+                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                // Raw ICMPv6 sockets hand over the ICMPv6 message without the IPv6 header.
+                if n >= 8 && buf[0] == 129 && buf[4..6] == id.to_be_bytes() {
+                    replies += 1;
+                }
+            }
+            if replies > 0 {
+                return replies;
+            }
+            assert!(Instant::now() < deadline, "no ICMPv6 echo reply from {to}");
+        }
+    })
 }
 
 /// An ethtool "get" or "set" of one feature value, by `SIOCETHTOOL` on a socket of the calling

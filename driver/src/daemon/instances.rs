@@ -11,7 +11,10 @@
 //!   classifies with its own [`Classify`], so one instance's bindings never match another's
 //!   frames, whatever its filters say.
 //! - **ARP stays inside its instance.** An ARP reply, or a request for one of an instance's
-//!   addresses, is copied to that instance's queues only (and to netd's).
+//!   addresses, is copied to that instance's queues only (and to netd's). IPv6 neighbour and
+//!   router advertisements are IPv6's ARP replies ([`is_nd_advertisement`]): copied alike to
+//!   every queue of the instances they reach, so every client's stack learns its neighbours
+//!   and routers (solicitations go to netd alone, which answers for the host).
 //! - **Hairpin.** A frame a queue transmits to another instance on this host (its MAC, or the
 //!   link's MAC and its address) is delivered to it here and not sent on the link, which
 //!   would not reflect it; a broadcast or multicast frame goes on the link and to every other
@@ -516,7 +519,7 @@ impl Instances {
         out: &mut Vec<QueueId>,
     ) -> bool {
         let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        let arp = self.is_arp_for(slot, frame);
+        let arp = self.is_arp_for(slot, frame) || is_nd_advertisement(frame);
         let Some(instance) = self.get_mut(slot) else {
             return false;
         };
@@ -554,5 +557,58 @@ impl Instances {
                 .is_some_and(|i| i.ipv4.contains(&p.target_ip())),
             _ => false,
         }
+    }
+}
+
+/// ICMPv6 neighbour advertisement (RFC 4861 4.4).
+const ND_NEIGHBOR_ADVERTISEMENT: u8 = 136;
+/// ICMPv6 router advertisement (RFC 4861 4.2).
+const ND_ROUTER_ADVERTISEMENT: u8 = 134;
+
+/// Whether `frame` is a neighbour or router advertisement every queue of the instance it
+/// reaches must see, as an ARP reply: untagged IPv6 whose next header is ICMPv6 (no extension
+/// header) with hop limit 255 (RFC 4861 7.1.2, 6.1.2: anything else was routed and is not
+/// neighbour discovery).
+#[inline]
+pub fn is_nd_advertisement(frame: &[u8]) -> bool {
+    const L3: usize = netmux_wire::ethernet::HEADER_LEN;
+    frame.get(12..14) == Some(&ethertype::IPV6.to_be_bytes()[..])
+        && frame.get(L3 + 6..L3 + 8) == Some(&[58, 255][..])
+        && matches!(
+            frame.get(L3 + 40),
+            Some(&(ND_NEIGHBOR_ADVERTISEMENT | ND_ROUTER_ADVERTISEMENT))
+        )
+}
+
+#[cfg(test)]
+mod nd_tests {
+    use super::*;
+
+    fn icmp6(kind: u8, hops: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 24];
+        f[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&24u16.to_be_bytes());
+        f[20] = 58;
+        f[21] = hops;
+        f[54] = kind;
+        f
+    }
+
+    #[test]
+    fn neighbour_and_router_advertisements_are_recognised_and_nothing_else() {
+        assert!(is_nd_advertisement(&icmp6(136, 255)));
+        assert!(is_nd_advertisement(&icmp6(134, 255)));
+        for kind in [135, 133, 128, 129, 1] {
+            assert!(!is_nd_advertisement(&icmp6(kind, 255)), "{kind}");
+        }
+        assert!(!is_nd_advertisement(&icmp6(136, 64)), "routed");
+        let mut udp = icmp6(136, 255);
+        udp[20] = 17;
+        assert!(!is_nd_advertisement(&udp));
+        let mut v4 = icmp6(136, 255);
+        v4[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        assert!(!is_nd_advertisement(&v4));
+        assert!(!is_nd_advertisement(&icmp6(136, 255)[..54]), "cut");
     }
 }

@@ -21,7 +21,8 @@
 //! were installed with. The first check that fails names the reason: source MAC, then
 //! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one; a VLAN tag is an
 //! ethertype no queue is granted), then source IP, then
-//! (protocol, source port). An ARP frame's sender hardware and protocol addresses are checked
+//! (protocol, source port); ICMPv6 from a granted address (neighbour discovery, which has no
+//! ports) is [`TxStatus::RejectedByFilter`]. An ARP frame's sender hardware and protocol addresses are checked
 //! like a source MAC and a source IP (ARP spoofing is forging them, whatever the Ethernet
 //! header says). When every check passes, the filter rejected the frame for a reason
 //! the checks do not model: [`TxStatus::RejectedByFilter`]. The diagnosis never turns a
@@ -82,6 +83,9 @@ pub fn check(
     )
 }
 
+/// ICMPv6's next-header value: neighbour discovery, which has no ports.
+const ICMPV6: u8 = 58;
+
 /// Names the reason a rejected frame was rejected (see the module documentation).
 pub fn diagnose<'a>(
     frame: &[u8],
@@ -140,6 +144,11 @@ pub fn diagnose<'a>(
         .peekable();
     if from_source.peek().is_none() {
         return TxStatus::RejectedSourceIp;
+    }
+    if ipv6 && protocol == ICMPV6 {
+        // Neighbour discovery from a granted address: its own filter refused it (an
+        // advertisement, a forged link-layer address), not a port.
+        return TxStatus::RejectedByFilter;
     }
     let port = ip
         .get(transport..transport + 2)

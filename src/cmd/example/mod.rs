@@ -27,10 +27,13 @@ use std::time::Duration;
 use netmux_client::blocking::Reconnecting;
 use netmux_client::device::QueueDevice;
 use netmux_client::{ClientError, ConnectOptions, Transport};
+use netmux_proto::client::HostConfig;
 use netmux_ring::QueueError;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{
+    EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address,
+};
 
 use super::{driver, Refused, Run};
 
@@ -117,19 +120,19 @@ impl Station {
         let mut client = Reconnecting::connect_with(&dir, &options).map_err(refusal)?;
         let port = client.bind_port(transport, args.port).map_err(refusal)?;
         let host = client.client().host().clone();
-        let Some((ip, prefix)) = host.ipv4 else {
+        if host.ipv4.is_none() && host.ipv6.is_empty() {
             return Err(Refused(
-                "netd has no IPv4 address for this host (start it with --ip)".into(),
+                "netd has no IPv4 or global IPv6 address for this host (start it with --ip or \
+                 --ip6)"
+                    .into(),
             )
             .into());
-        };
+        }
         let mut device = QueueDevice::new(client.open_queue().map_err(refusal)?, host.link.mtu);
-        let iface = interface(&host.link.mac, (ip, prefix), host.gateway, &mut device);
-        tracing::info!(
-            port,
-            ip = %std::net::Ipv4Addr::from(ip),
-            "bound through netd"
-        );
+        let iface = interface(&host, &mut device);
+        let ip = host.ipv4.map(|(a, _)| std::net::Ipv4Addr::from(a));
+        let ip6 = host.ipv6.first().map(|(a, _)| std::net::Ipv6Addr::from(*a));
+        tracing::info!(port, ip = ?ip, ip6 = ?ip6, "bound through netd");
         Ok(Station {
             client,
             device,
@@ -163,21 +166,13 @@ impl Station {
     /// sockets and their connections are kept, and what was lost is sent again in smaller
     /// segments). One path MTU for every destination: these examples mostly talk to one peer.
     fn lower_mtu(&mut self, mtu: u16) {
-        let Some(ipv4) = self.host.ipv4 else {
-            return;
-        };
         tracing::info!(
             from = self.device.mtu(),
             to = mtu,
             "a router on the path needs smaller packets: lowering the MTU"
         );
         self.device.set_mtu(mtu);
-        self.iface = interface(
-            &self.host.link.mac,
-            ipv4,
-            self.host.gateway,
-            &mut self.device,
-        );
+        self.iface = interface(&self.host, &mut self.device);
     }
 
     /// Sleeps until a frame may be waiting, smoltcp has a timer due, or [`MAX_IDLE_WAIT`]
@@ -243,15 +238,12 @@ impl Station {
             let host = self.client.client().host().clone();
             self.iface
                 .set_hardware_addr(HardwareAddress::Ethernet(EthernetAddress(host.link.mac)));
-            if let Some((ip, prefix)) = host.ipv4 {
-                self.iface.update_ip_addrs(|addrs| {
-                    addrs.clear();
-                    let _ = addrs.push(IpCidr::new(
-                        IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
-                        prefix,
-                    ));
-                });
-            }
+            self.iface.update_ip_addrs(|addrs| {
+                addrs.clear();
+                for a in host_addresses(&host) {
+                    let _ = addrs.push(a);
+                }
+            });
             self.host = host;
         }
         let pause = start.elapsed();
@@ -309,26 +301,44 @@ fn refusal(e: ClientError) -> anyhow::Error {
     }
 }
 
-/// A smoltcp interface on `device` with the host's MAC, IPv4 address and default gateway.
-fn interface(
-    mac: &[u8; 6],
-    (ip, prefix): ([u8; 4], u8),
-    gateway: Option<[u8; 4]>,
-    device: &mut QueueDevice,
-) -> Interface {
-    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(*mac)));
+/// The host's addresses as smoltcp's interface holds them: IPv4, then the IPv6 link-local
+/// address (a /64), then the global IPv6 addresses.
+fn host_addresses(host: &HostConfig) -> Vec<IpCidr> {
+    let v4 = host
+        .ipv4
+        .map(|(ip, prefix)| IpCidr::new(IpAddress::v4(ip[0], ip[1], ip[2], ip[3]), prefix));
+    let ll = host
+        .ipv6_link_local
+        .map(|a| IpCidr::new(IpAddress::Ipv6(Ipv6Address::from(a)), 64));
+    let global = host
+        .ipv6
+        .iter()
+        .map(|&(a, prefix)| IpCidr::new(IpAddress::Ipv6(Ipv6Address::from(a)), prefix));
+    v4.into_iter().chain(ll).chain(global).collect()
+}
+
+/// A smoltcp interface on `device` with the host's MAC, its addresses (IPv4 and IPv6, so the
+/// examples serve both families on one socket) and its default routers.
+fn interface(host: &HostConfig, device: &mut QueueDevice) -> Interface {
+    let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(host.link.mac)));
     let mut iface = Interface::new(config, device, Instant::now());
     iface.update_ip_addrs(|addrs| {
-        // A fresh interface has room for several addresses; this is its first.
-        let _ = addrs.push(IpCidr::new(
-            IpAddress::v4(ip[0], ip[1], ip[2], ip[3]),
-            prefix,
-        ));
+        // Room for IPv4, the link-local and two global addresses (`iface-max-addr-count-4`).
+        for a in host_addresses(host) {
+            if addrs.push(a).is_err() {
+                tracing::warn!(address = %a, "the interface has no room for this address");
+            }
+        }
     });
-    if let Some(gw) = gateway {
+    if let Some(gw) = host.gateway {
         let _ = iface
             .routes_mut()
             .add_default_ipv4_route(Ipv4Address::new(gw[0], gw[1], gw[2], gw[3]));
+    }
+    if let Some(gw) = host.ipv6_gateway {
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv6_route(Ipv6Address::from(gw));
     }
     iface
 }

@@ -1,0 +1,359 @@
+//! IPv6 for clients, with a real Linux kernel as the IPv6 peer, as root: on a veth pair as
+//! `ip link add` makes it (default offloads, never changed, and no kernel setting changed),
+//! `netmux up --ip 192.0.2.2/24 --ip6 2001:db8::2/64` in one namespace on one end
+//! (`afpacket:`), the kernel with 192.0.2.1/24 and 2001:db8::1/64 on the other end in a second
+//! namespace. The kernel's global address is added `nodad` (an address flag, not a setting) so
+//! it is usable at once; its link-local address goes through duplicate address detection as
+//! usual.
+//!
+//! What is proved: one ICMPv6 echo request to netd's global address gets exactly one reply
+//! (netd answers the kernel's neighbour solicitation for it, alone); `netmux example udp-echo`
+//! echoes over IPv6 and over IPv4 on one port (its smoltcp resolves the kernel through
+//! neighbour solicitations that pass its transmit filter, and learns the answer from the
+//! advertisement the driver copies to every client); the HTTP example serves a page over
+//! IPv6 and over IPv4; with `--ip6 slaac`, a router advertisement the test sends from the
+//! kernel's namespace (a raw ICMPv6 socket, as a router's daemon would) gives netd an address
+//! in the advertised prefix with its own interface id (not the kernel's EUI-64 one on the
+//! shared MAC), after duplicate address detection, and the router as the default; clients
+//! learn both, and a ping to the address is answered once; an instance created with
+//! `netmux instance create --ip6` (its own MAC) echoes over IPv6 on its own address, and netd
+//! answers a ping to that address once.
+//!
+//! Only addresses in 192.0.2.0/24 and 2001:db8::/64 inside the tests' own namespaces are used;
+//! only processes these tests started are stopped, by their pid; the namespaces are deleted
+//! on drop whatever happened. Every test is named `root_*` and `#[ignore]`d: `scripts/test`
+//! runs them as root.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use netmux_client::blocking::Client;
+use netmux_testkit::netns::{self, NetNs, Proc};
+use netmux_testkit::TempDir;
+
+/// How long any one expected event may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+const NETMUX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+const KERNEL6: &str = "2001:db8::1/64";
+const MUX_END: &str = "nmx0";
+const KERNEL_END: &str = "nmx1";
+const LOG_FILTER: &str = "info,cranelift_jit=warn";
+/// Set to a path to test another build of the binary.
+const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
+
+fn netmux() -> PathBuf {
+    std::env::var_os(BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
+}
+
+fn require_root() {
+    assert!(
+        netns::is_root(),
+        "root_* tests need root (network namespaces, veth, AF_PACKET): run scripts/test as root"
+    );
+}
+
+/// `netmux up` with IPv4 and IPv6 addresses on a veth end, with the kernel at the other end.
+struct Host {
+    /// Declared first, so it goes before `_mux`.
+    kernel: NetNs,
+    _mux: NetNs,
+    dir: TempDir,
+    up: Proc,
+}
+
+impl Host {
+    fn start(tag: &str) -> Host {
+        Host::start_with(tag, &format!("{NETMUX6}/64"))
+    }
+
+    /// With `--ip6 IP6`.
+    fn start_with(tag: &str, ip6: &str) -> Host {
+        let (mux, kernel) = netns::kernel_peer(tag, MUX_END, KERNEL_END, "192.0.2.1/24");
+        let defaults = netns::offloads(&kernel, KERNEL_END);
+        assert!(
+            defaults.tx_checksum && defaults.tso,
+            "the kernel's end keeps Linux's defaults: {defaults:?}"
+        );
+        kernel.ip(&["addr", "add", KERNEL6, "dev", KERNEL_END, "nodad"]);
+        let dir = TempDir::new(&format!("nmx-ip6-{tag}"));
+        let mut cmd = mux.command(netmux());
+        cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
+            .args(["--ip", &format!("{NETMUX}/24")])
+            .args(["--ip6", ip6])
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .env("RUST_LOG", LOG_FILTER);
+        let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
+        up.expect_line("netd listening", PATIENCE);
+        Host {
+            kernel,
+            _mux: mux,
+            dir,
+            up,
+        }
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// `netmux example NAME --port PORT`, once it listens on `transport`.
+    fn example(&self, name: &str, transport: &str, port: u16) -> Proc {
+        let label = format!("{name}-{port}");
+        let mut cmd = Command::new(netmux());
+        cmd.args(["example", name, "--port", &port.to_string()])
+            .arg("--runtime-dir")
+            .arg(self.run_dir())
+            .env("RUST_LOG", LOG_FILTER);
+        let mut p = Proc::spawn(&label, cmd, &self.dir.join(format!("{label}.log")));
+        p.expect_line(&format!("listening on {transport} port {port}"), PATIENCE);
+        p
+    }
+}
+
+#[test]
+#[ignore]
+fn root_a_ping6_to_netds_global_address_is_answered_once() {
+    require_root();
+    let host = Host::start("p6");
+    let client = Client::connect(&host.run_dir()).expect("netd takes a client");
+    assert_eq!(
+        client.host().ipv6,
+        vec![(NETMUX6.octets(), 64)],
+        "clients learn the global address"
+    );
+    assert_eq!(
+        netns::ping6_replies(&host.kernel, KERNEL_END, NETMUX6, PATIENCE),
+        1,
+        "netd answers, once; netmux log:\n{}",
+        host.up.log()
+    );
+}
+
+#[test]
+#[ignore]
+fn root_the_udp_echo_answers_over_ipv6_and_ipv4_on_one_port() {
+    require_root();
+    let host = Host::start("u6");
+    let port = 7777;
+    let _echo = host.example("udp-echo", "udp", port);
+    for target in [IpAddr::V6(NETMUX6), IpAddr::V4(NETMUX)] {
+        netns::udp_echo_from(
+            &host.kernel,
+            SocketAddr::new(target, port),
+            b"over both families",
+            PATIENCE,
+        );
+    }
+}
+
+/// Loads the HTTP example's page from the kernel's TCP at `target`.
+fn http_page_from_kernel(ns: &NetNs, target: SocketAddr) -> String {
+    ns.run(move || {
+        let deadline = Instant::now() + PATIENCE;
+        let mut stream = loop {
+            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "connecting to {target}: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        write!(
+            stream,
+            "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut page = Vec::new();
+        stream.read_to_end(&mut page).expect("reading the page");
+        String::from_utf8_lossy(&page).into_owned()
+    })
+}
+
+#[test]
+#[ignore]
+fn root_the_http_example_serves_over_ipv6_and_ipv4() {
+    require_root();
+    let host = Host::start("h6");
+    let port = 8080;
+    let http = host.example("http", "tcp", port);
+    for target in [IpAddr::V6(NETMUX6), IpAddr::V4(NETMUX)] {
+        let page = http_page_from_kernel(&host.kernel, SocketAddr::new(target, port));
+        assert!(
+            page.starts_with("HTTP/1.") && page.lines().next().unwrap_or("").contains(" 200"),
+            "the page over {target}: {page}\nexample log:\n{}\nnetmux log:\n{}",
+            http.log(),
+            host.up.log()
+        );
+    }
+}
+
+/// Sends one router advertisement of the /64 `prefix` (autonomous, router lifetime 1800 s)
+/// from the calling thread's namespace to all nodes on `ifname`: a raw ICMPv6 socket with hop
+/// limit 255, as a router's daemon sends it. Whether it went (the kernel's link-local address
+/// may still be tentative).
+fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+    assert!(
+        fd >= 0,
+        "raw ICMPv6 socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let hops: libc::c_int = 255;
+    // SAFETY: a valid c_int for IPV6_MULTICAST_HOPS.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MULTICAST_HOPS,
+            (&hops as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a valid NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as u16;
+    addr.sin6_addr.s6_addr = "ff02::1".parse::<Ipv6Addr>().unwrap().octets();
+    addr.sin6_scope_id = ifindex;
+    // Type 134, code 0, checksum (the kernel's), hop limit 64, no flags, lifetime 1800 s,
+    // reachable time and retransmission timer unspecified; one prefix information option.
+    let mut ra = vec![134, 0, 0, 0, 64, 0];
+    ra.extend_from_slice(&1800u16.to_be_bytes());
+    ra.extend_from_slice(&[0; 8]);
+    ra.extend_from_slice(&[3, 4, 64, 0xc0]);
+    ra.extend_from_slice(&86400u32.to_be_bytes());
+    ra.extend_from_slice(&14400u32.to_be_bytes());
+    ra.extend_from_slice(&[0; 4]);
+    ra.extend_from_slice(&prefix.octets());
+    // SAFETY: ra and addr are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            ra.as_ptr().cast(),
+            ra.len(),
+            0,
+            (&addr as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        )
+    };
+    n == ra.len() as isize
+}
+
+#[test]
+#[ignore]
+fn root_slaac_takes_an_address_and_the_router_from_an_advertisement() {
+    require_root();
+    let host = Host::start_with("s6", "slaac");
+    let prefix: Ipv6Addr = "2001:db8:0:1::".parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let config = loop {
+        host.kernel
+            .run(|| send_router_advertisement(KERNEL_END, "2001:db8:0:1::".parse().unwrap()));
+        std::thread::sleep(Duration::from_millis(500));
+        let client = Client::connect(&host.run_dir()).expect("netd takes a client");
+        if !client.host().ipv6.is_empty() {
+            break client.host().clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no address from the advertisement; netmux log:\n{}",
+            host.up.log()
+        );
+    };
+    let (address, len) = config.ipv6[0];
+    let address = Ipv6Addr::from(address);
+    assert_eq!(len, 64);
+    assert_eq!(address.octets()[..8], prefix.octets()[..8], "in the prefix");
+    let ll = Ipv6Addr::from(config.ipv6_link_local.unwrap());
+    assert_eq!(
+        address.octets()[8..],
+        ll.octets()[8..],
+        "netd's own interface id"
+    );
+    let router = Ipv6Addr::from(config.ipv6_gateway.expect("the router is the default"));
+    assert_eq!(
+        router.segments()[0],
+        0xfe80,
+        "the router's link-local address"
+    );
+    assert!(
+        host.up.log().contains("slaac:"),
+        "logged; netmux log:\n{}",
+        host.up.log()
+    );
+    assert_eq!(
+        netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
+        1,
+        "netd answers for it, once"
+    );
+}
+
+#[test]
+#[ignore]
+fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
+    require_root();
+    let host = Host::start("i6");
+    let address: Ipv6Addr = "2001:db8::10".parse().unwrap();
+    let out = Command::new(netmux())
+        .args(["instance", "create", "t6", "--ip", "192.0.2.10/24"])
+        .args(["--ip6", &format!("{address}/64"), "--temporary"])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "instance create: {out:?}");
+    let ls = Command::new(netmux())
+        .args(["instance", "ls", "-o", "name,ip6"])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .output()
+        .unwrap();
+    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("t6") && l.ends_with(&format!("{address}/64"))),
+        "instance ls shows the address: {ls}"
+    );
+    let port = 7010;
+    let label = format!("udp-echo-t6-{port}");
+    let mut cmd = Command::new(netmux());
+    cmd.args([
+        "example",
+        "udp-echo",
+        "--port",
+        &port.to_string(),
+        "-i",
+        "t6",
+    ])
+    .arg("--runtime-dir")
+    .arg(host.run_dir())
+    .env("RUST_LOG", LOG_FILTER);
+    let mut echo = Proc::spawn(&label, cmd, &host.dir.join(format!("{label}.log")));
+    echo.expect_line(&format!("listening on udp port {port}"), PATIENCE);
+    netns::udp_echo_from(
+        &host.kernel,
+        SocketAddr::new(IpAddr::V6(address), port),
+        b"to the instance",
+        PATIENCE,
+    );
+    assert_eq!(
+        netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
+        1,
+        "netd answers for the instance's address, once"
+    );
+}
