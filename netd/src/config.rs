@@ -125,7 +125,14 @@ pub struct Config {
     /// The file netd keeps its non-temporary instances in (TOML, `[[instance]]` tables),
     /// restored at start; without one, instances last until netd stops.
     pub instances_file: Option<PathBuf>,
+    /// The TTL of the lease under which netd writes its own instances' mappings to an `etcd`
+    /// overlay backend ([`DEFAULT_OVERLAY_LEASE_TTL`]): how long a dead host's mappings
+    /// outlive it. Whole seconds (etcd's unit), at least one.
+    pub overlay_lease_ttl: Duration,
 }
+
+/// [`Config::overlay_lease_ttl`]'s default.
+pub const DEFAULT_OVERLAY_LEASE_TTL: Duration = Duration::from_secs(10);
 
 impl Config {
     /// A configuration with defaults, listening in `runtime_dir`.
@@ -147,6 +154,7 @@ impl Config {
             message_timeout: DEFAULT_MESSAGE_TIMEOUT,
             admin_uids: Default::default(),
             instances_file: None,
+            overlay_lease_ttl: DEFAULT_OVERLAY_LEASE_TTL,
         }
     }
 
