@@ -123,32 +123,31 @@ pub enum Step {
 
 /// A reply that waits on a mapping backend (etcd) taking a change.
 #[derive(Debug)]
-pub struct WaitReply(tokio::sync::oneshot::Receiver<Result<(), String>>);
+pub struct WaitReply(tokio::sync::oneshot::Receiver<Result<(), crate::overlay::ChangeError>>);
 
 impl WaitReply {
     /// The reply: done, or the backend's refusal.
     pub async fn outcome(self) -> Response {
-        match self.0.await {
-            Ok(Ok(())) => Response::reply(ClientReply::Done),
-            Ok(Err(why)) => Response::error(error(
-                ErrorCode::Again,
-                format!("the mapping backend did not take the change: {why}"),
-            )),
-            Err(_) => Response::error(error(
-                ErrorCode::Internal,
-                "the mapping backend stopped before answering",
-            )),
-        }
+        Self::respond(self.0.await)
     }
 
     /// [`WaitReply::outcome`] on the calling thread.
     pub fn outcome_blocking(self) -> Response {
-        match self.0.blocking_recv() {
+        Self::respond(self.0.blocking_recv())
+    }
+
+    fn respond(
+        answer: Result<
+            Result<(), crate::overlay::ChangeError>,
+            tokio::sync::oneshot::error::RecvError,
+        >,
+    ) -> Response {
+        match answer {
             Ok(Ok(())) => Response::reply(ClientReply::Done),
-            Ok(Err(why)) => Response::error(error(
-                ErrorCode::Again,
-                format!("the mapping backend did not take the change: {why}"),
-            )),
+            Ok(Err(e @ crate::overlay::ChangeError::NoEntry(_))) => {
+                Response::error(error(ErrorCode::NotFound, e.to_string()))
+            }
+            Ok(Err(e)) => Response::error(error(ErrorCode::Again, e.to_string())),
             Err(_) => Response::error(error(
                 ErrorCode::Internal,
                 "the mapping backend stopped before answering",

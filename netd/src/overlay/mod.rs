@@ -109,7 +109,18 @@ pub enum Changed {
     Now(Vec<DriverRequest>),
     /// Sent to the backend, which answers whether it took it; the driver follows when the
     /// backend reports the change back.
-    Later(tokio::sync::oneshot::Receiver<Result<(), String>>),
+    Later(tokio::sync::oneshot::Receiver<Result<(), ChangeError>>),
+}
+
+/// Why a backend did not take a change.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    /// `rm` of a MAC the backend has no entry for.
+    #[error("no mapping for {0}")]
+    NoEntry(String),
+    /// The backend cannot be reached, or failed: why.
+    #[error("the mapping backend did not take the change: {0}")]
+    Backend(String),
 }
 
 /// One overlay netd holds.
@@ -594,8 +605,11 @@ impl OverlayService {
             Backend::Files { path, seen } => (path, seen),
             #[cfg(feature = "etcd")]
             Backend::Etcd(backend) => {
-                // Checked against what netd holds; etcd has the last word.
-                changed(name, &o.mapping, change)?;
+                // A new entry is checked against what netd holds; whether a MAC has one to
+                // remove, etcd says (netd's copy may be a moment behind).
+                if let MappingChange::Set(_) = change {
+                    changed(name, &o.mapping, change)?;
+                }
                 tracing::info!(overlay = %name, ?change, "mapping change sent to etcd");
                 return Ok(Changed::Later(backend.change(change.clone())));
             }
