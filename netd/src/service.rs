@@ -1316,12 +1316,7 @@ impl Netd {
     /// This host's underlay address (the default instance's IPv4 address) and every instance
     /// living on an overlay: `(VNI, MAC, IPv4 address)`, for the mapping backends that
     /// publish this host's own entries.
-    pub fn overlay_own(
-        &self,
-    ) -> (
-        Option<std::net::Ipv4Addr>,
-        Vec<(u32, [u8; 6], Option<std::net::Ipv4Addr>)>,
-    ) {
+    pub fn overlay_own(&self) -> (Option<std::net::Ipv4Addr>, Vec<crate::overlay::OwnInstance>) {
         let underlay = self
             .instances
             .get(&DEFAULT_INSTANCE)

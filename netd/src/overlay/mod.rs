@@ -102,6 +102,10 @@ enum Backend {
     Etcd(etcd::EtcdBackend),
 }
 
+/// An instance living on an overlay, as [`OverlayService::publish`] takes it: the overlay's
+/// VNI, the instance's MAC and its IPv4 address.
+pub type OwnInstance = (u32, [u8; 6], Option<std::net::Ipv4Addr>);
+
 /// What a mapping change became.
 #[derive(Debug)]
 pub enum Changed {
@@ -524,11 +528,7 @@ impl OverlayService {
     /// (`(vni, MAC, IPv4 address)`), its MAC at `underlay` and the overlay's VXLAN port. A
     /// backend writes them only when they changed. Nothing is published without an underlay
     /// address.
-    pub fn publish(
-        &mut self,
-        underlay: Option<std::net::Ipv4Addr>,
-        own: &[(u32, [u8; 6], Option<std::net::Ipv4Addr>)],
-    ) {
+    pub fn publish(&mut self, underlay: Option<std::net::Ipv4Addr>, own: &[OwnInstance]) {
         #[cfg(feature = "etcd")]
         for o in self.overlays.values_mut() {
             let Backend::Etcd(backend) = &mut o.backend else {
