@@ -6,7 +6,8 @@
 //!
 //! Proves: a third host joins by writing its mappings and is reachable from the others; a
 //! host killed by SIGKILL (its own process) loses its mappings when its lease expires; a MAC
-//! that moves to another host is followed within one second, after a compaction too;
+//! that moves to another host is followed within one second, after a compaction too; a host
+//! that stops revokes its lease, so its mappings go at once;
 //! `overlay map set|rm` write etcd and every host follows; etcd going away shows the overlay
 //! as degraded while its cached mappings keep working, and it recovers by itself when etcd
 //! is back.
@@ -257,7 +258,9 @@ fn a_third_host_joins_through_etcd_and_a_killed_hosts_mappings_expire_with_its_l
     until(WAIT, "A learns B's mapping", || {
         mapped(a.runtime_dir(), 2) == Some(hub_ip(1))
     });
-    assert_eq!(mapped(b.runtime_dir(), 1), Some(hub_ip(0)));
+    until(WAIT, "B learns A's mapping", || {
+        mapped(b.runtime_dir(), 1) == Some(hub_ip(0))
+    });
     until(WAIT, "the overlay is ok", || state(a.runtime_dir()) == "ok");
     let frame = udp(1, 2, b"a to b");
     deliver(&mut qa, &mut qb, &frame, &frame);
@@ -267,7 +270,9 @@ fn a_third_host_joins_through_etcd_and_a_killed_hosts_mappings_expire_with_its_l
     until(WAIT, "A learns the third host's mapping", || {
         mapped(a.runtime_dir(), 3) == Some(hub_ip(2))
     });
-    assert_eq!(mapped(b.runtime_dir(), 3), Some(hub_ip(2)));
+    until(WAIT, "B learns the third host's mapping", || {
+        mapped(b.runtime_dir(), 3) == Some(hub_ip(2))
+    });
     // Reachable: it echoes A's datagram back.
     let to_c = udp(1, 3, b"hello third host");
     let echo = FrameBuilder::ethernet(mac(1), mac(3))
@@ -314,7 +319,7 @@ fn a_third_host_joins_through_etcd_and_a_killed_hosts_mappings_expire_with_its_l
 fn a_mac_that_moves_to_another_host_is_followed_within_one_second_after_a_compaction_too() {
     let etcd = Etcd::start();
     let dir = TempDir::new("netmux-etcd-hub");
-    let (_hub, hosts) = hosts(dir.path(), 3, 3);
+    let (_hub, mut hosts) = hosts(dir.path(), 3, 3);
     for h in &hosts {
         create_overlay(h.runtime_dir(), &etcd.url());
     }
@@ -369,6 +374,18 @@ fn a_mac_that_moves_to_another_host_is_followed_within_one_second_after_a_compac
             .contains("no mapping for 02:b1:00:00:00:09"),
         "{again}"
     );
+
+    // A host that stops revokes its lease: its mapping goes at once, not a TTL later.
+    let c = hosts.pop().unwrap();
+    drop((_cc, qc));
+    let stopped = Instant::now();
+    drop(c);
+    until(TTL, "A forgets the stopped host's mapping", || {
+        mapped(hosts[0].runtime_dir(), 2).is_none()
+    });
+    let gone = stopped.elapsed();
+    eprintln!("the stopped host's mapping was gone {gone:?} after it stopped");
+    assert!(gone < TTL / 2, "gone after {gone:?}: expired, not revoked");
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! `files` and `etcd` backends share one schema.
 //!
 //! Every netd writes its own instances' entries (their MAC -> this host's underlay address
-//! and the overlay's VXLAN port, `arp` their IPv4 address) under a lease it keeps alive, so
+//! and the overlay's VXLAN port, `arp` their IPv4 address) under a lease it keeps alive
+//! (and deletes one only while it is still under that lease: a MAC that moved to another
+//! host keeps that host's entry), so
 //! a host that dies takes its mappings with it when the lease expires
 //! ([`crate::config::Config::overlay_lease_ttl`]); a netd that stops revokes its lease. It
 //! lists the prefix, then watches it from the next revision: every change reaches netd's
@@ -24,7 +26,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions, WatchResponse,
 };
 use netmux_proto::overlay::MappingChange;
 use tokio::sync::{mpsc as tmpsc, oneshot};
@@ -38,6 +41,9 @@ pub const PREFIX: &str = "/netmux/overlay/";
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long one etcd request may take before the connection counts as lost.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long dropping a backend waits for its lease to be revoked (it holds netd's state
+/// lock meanwhile); past that the thread finishes on its own.
+const REVOKE_WAIT: Duration = Duration::from_millis(500);
 
 /// What the backend tells netd.
 #[derive(Debug)]
@@ -119,7 +125,8 @@ pub fn parse_endpoints(text: &str) -> Result<Vec<String>, String> {
 }
 
 /// The backend of one overlay: its thread and the channels to it. Dropping it stops the
-/// thread, which revokes the lease (this host's entries go at once).
+/// thread, which revokes the lease (this host's entries go at once), waiting at most
+/// [`REVOKE_WAIT`] for it.
 #[derive(Debug)]
 pub struct EtcdBackend {
     /// The endpoints, as given.
@@ -127,7 +134,8 @@ pub struct EtcdBackend {
     events: mpsc::Receiver<Event>,
     commands: tmpsc::UnboundedSender<Command>,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// Closed when the thread ends.
+    done: mpsc::Receiver<()>,
     /// The own entries last sent.
     own: Option<BTreeMap<[u8; 6], Entry>>,
 }
@@ -143,6 +151,7 @@ impl EtcdBackend {
         let (event_tx, events) = mpsc::channel();
         let (commands, command_rx) = tmpsc::unbounded_channel();
         let (stop, stop_rx) = oneshot::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
         let task = Task {
             name: name.to_owned(),
             vni,
@@ -153,10 +162,12 @@ impl EtcdBackend {
             own: BTreeMap::new(),
             written: Default::default(),
             connected: false,
+            client: None,
         };
-        let thread = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("etcd-{name}"))
             .spawn(move || {
+                let _done = done_tx;
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -174,7 +185,7 @@ impl EtcdBackend {
             events,
             commands,
             stop: Some(stop),
-            thread: Some(thread),
+            done,
             own: None,
         })
     }
@@ -211,9 +222,7 @@ impl Drop for EtcdBackend {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let _ = self.done.recv_timeout(REVOKE_WAIT);
     }
 }
 
@@ -231,6 +240,8 @@ struct Task {
     written: BTreeMap<[u8; 6], Entry>,
     /// A session got as far as watching (the backoff starts again from its shortest).
     connected: bool,
+    /// The current session's client (for revoking its lease at the end).
+    client: Option<Client>,
 }
 
 /// Why a session with etcd ended.
@@ -257,16 +268,9 @@ impl Task {
             };
             match ended {
                 End::Stop => {
-                    if let Some(id) = lease {
+                    if let (Some(id), Some(mut c)) = (lease, self.client.take()) {
                         // Best effort: a netd that stops takes its entries away at once.
-                        if let Ok(Ok(mut c)) = tokio::time::timeout(
-                            REQUEST_TIMEOUT,
-                            Client::connect(&self.endpoints, Some(options())),
-                        )
-                        .await
-                        {
-                            let _ = tokio::time::timeout(REQUEST_TIMEOUT, c.lease_revoke(id)).await;
-                        }
+                        let _ = tokio::time::timeout(REQUEST_TIMEOUT, c.lease_revoke(id)).await;
                     }
                     return;
                 }
@@ -320,6 +324,7 @@ impl Task {
             Ok(Err(e)) => return End::Lost(format!("connecting: {e}")),
             Err(_) => return End::Lost("connecting: timed out".into()),
         };
+        self.client = Some(client.clone());
         let id = match timed(client.lease_grant(self.ttl, None)).await {
             Ok(r) => r.id(),
             Err(e) => return e,
@@ -427,7 +432,17 @@ impl Task {
             .copied()
             .collect();
         for mac in gone {
-            timed(client.delete(key(self.vni, mac), None)).await?;
+            // Only while the key is still under this host's lease: an instance that moved
+            // to another host has its new entry there, under that host's lease.
+            let k = key(self.vni, mac);
+            timed(
+                client.txn(
+                    Txn::new()
+                        .when([Compare::lease(k.clone(), CompareOp::Equal, lease)])
+                        .and_then([TxnOp::delete(k, None)]),
+                ),
+            )
+            .await?;
             self.written.remove(&mac);
         }
         Ok(())
@@ -437,6 +452,16 @@ impl Task {
     async fn list_and_watch(
         &mut self,
         client: &mut Client,
+    ) -> Result<etcd_client::WatchStream, End> {
+        self.list_and_watch_retrying(client, 3).await
+    }
+
+    /// [`Task::list_and_watch`], listing again up to `retries` times when the new watch is
+    /// refused because its revision was compacted meanwhile.
+    async fn list_and_watch_retrying(
+        &mut self,
+        client: &mut Client,
+        retries: u32,
     ) -> Result<etcd_client::WatchStream, End> {
         let prefix = format!("{PREFIX}{}/", self.vni);
         let listed =
@@ -467,6 +492,10 @@ impl Task {
         .await?;
         match timed(watch.message()).await? {
             Some(r) if r.created() && !r.canceled() => Ok(watch),
+            // Compacted between the listing and the watch: list again (a new revision).
+            Some(r) if r.compact_revision() != 0 && retries > 0 => {
+                Box::pin(self.list_and_watch_retrying(client, retries - 1)).await
+            }
             Some(r) => Err(End::Lost(format!("watch refused: {}", r.cancel_reason()))),
             None => Err(End::Lost("the watch ended at once".into())),
         }
