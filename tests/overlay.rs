@@ -5,10 +5,14 @@
 //! Proves: UDP crosses between hosts both ways, encapsulated on the cable; clients are told
 //! the overlay's MTU; ARP is answered by proxy, byte for byte; two overlays with the same
 //! inner addresses never see each other's frames; a bad mapping file is refused with its line
-//! and field while the last good mapping keeps working, and a good change is taken.
+//! and field while the last good mapping keeps working, and a good change is taken;
+//! `netmux overlay map ls|get|set|rm` shows and edits a mapping, the file is rewritten in the
+//! files plugin's format and the driver follows at once; SIGHUP reloads a file whose change
+//! the polling could not see.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
@@ -335,4 +339,210 @@ fn a_bad_mapping_file_is_refused_keeping_the_last_good_and_a_good_change_is_take
         udp_heard(&mut qb, SETTLE).is_empty(),
         "the moved MAC is not B's any more"
     );
+}
+
+const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
+
+/// `netmux overlay map ARGS --runtime-dir` of `host`.
+fn map(host: &Host, args: &[&str]) -> Output {
+    Command::new(NETMUX)
+        .args(["overlay", "map"])
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(host.runtime_dir())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Whether `from`'s frame reaches `to` within [`SETTLE`] (after what was queued is read).
+fn reaches(from: &mut ClientQueue, to: &mut ClientQueue, frame: &[u8]) -> bool {
+    let _ = recv(to, usize::MAX, Duration::from_millis(50));
+    send(from, frame);
+    udp_heard(to, SETTLE).iter().any(|f| f == frame)
+}
+
+#[test]
+fn overlay_map_shows_and_edits_the_mapping_and_the_driver_follows_at_once() {
+    let (a, b) = pair();
+    let file = a.runtime_dir().with_file_name("blue.json");
+    std::fs::write(&file, mapping(&[BLUE_A, BLUE_B])).unwrap();
+    create_overlay(&a, "blue", 42, &file);
+    create_overlay(&b, "blue", 42, &file);
+    let (_ca, mut qa) = join(&a, "blue", BLUE_A);
+    let (_cb, mut qb) = join(&b, "blue", BLUE_B);
+    let frame = udp(BLUE_A, BLUE_B, b"mapped");
+    deliver(&mut qa, &mut qb, &frame);
+    let b_mac = mac_text(BLUE_B.mac);
+
+    // ls and get, parseable.
+    let out = map(&a, &["ls", "blue", "-p"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", text(&out));
+    assert_eq!(
+        lines[1],
+        serde_json::json!({"mac": b_mac, "ip": "192.0.2.2", "port": 4789, "arp": "10.0.0.2"})
+    );
+    let out = map(&a, &["ls", "blue"]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.starts_with("MAC "), "{table}");
+    assert!(
+        table.contains("02:b1:00:00:00:02 192.0.2.2        4789 10.0.0.2"),
+        "{table}"
+    );
+    let out = map(&a, &["get", "blue", &b_mac, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["ip"],
+        "192.0.2.2"
+    );
+
+    // set moves B away: the file is rewritten (still the files plugin's format), the
+    // driver's cached mapping is gone at once, and A's frames no longer reach B.
+    let out = map(
+        &a,
+        &[
+            "set",
+            "blue",
+            &b_mac,
+            "192.0.2.99:4789",
+            "--arp",
+            "10.0.0.2",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.contains("\"02:b1:00:00:00:02\": { \"ip\": \"192.0.2.99\", \"port\": 4789, \"arp\": \"10.0.0.2\" }"),
+        "{written}"
+    );
+    let parsed: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(parsed.as_object().unwrap().len(), 2);
+    assert!(
+        !reaches(&mut qa, &mut qb, &frame),
+        "the old mapping is still cached"
+    );
+    // Back, without a port: the overlay's own. Taken at once again.
+    let out = map(
+        &a,
+        &["set", "blue", &b_mac, "192.0.2.2", "--arp", "10.0.0.2"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(reaches(&mut qa, &mut qb, &frame) || reaches(&mut qa, &mut qb, &frame));
+
+    // rm: gone from netd and the file, frames dropped.
+    let out = map(&a, &["rm", "blue", &b_mac]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = map(&a, &["get", "blue", &b_mac]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no mapping for 02:b1:00:00:00:02"),
+        "{}",
+        text(&out)
+    );
+    assert!(!std::fs::read_to_string(&file).unwrap().contains(&b_mac));
+    assert!(
+        !reaches(&mut qa, &mut qb, &frame),
+        "a removed MAC is still reached"
+    );
+
+    // Clear refusals.
+    for (args, code, says) in [
+        (
+            vec!["get", "red", "02:00:00:00:00:01"],
+            1,
+            "no overlay named \"red\"",
+        ),
+        (vec!["rm", "blue", &b_mac], 1, "has no mapping"),
+        (
+            vec!["set", "blue", "03:00:00:00:00:01", "192.0.2.5"],
+            1,
+            "unicast",
+        ),
+        (
+            vec![
+                "set",
+                "blue",
+                "02:00:00:00:00:09",
+                "192.0.2.5",
+                "--arp",
+                "10.0.0.1",
+            ],
+            1,
+            "10.0.0.1 is already 02:b1:00:00:00:01's address",
+        ),
+        (
+            vec!["set", "blue", "02:00:00:00:00:09", "192.0.2.5:0"],
+            2,
+            "not a port",
+        ),
+        (vec!["set", "blue", "nonsense", "192.0.2.5"], 2, "nonsense"),
+    ] {
+        let out = map(&a, &args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    let out = Command::new(NETMUX)
+        .args(["overlay", "map", "set", "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Example:"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn sighup_reloads_a_mapping_file_whose_change_polling_cannot_see() {
+    let (a, _b) = pair();
+    let file = a.runtime_dir().with_file_name("blue.json");
+    std::fs::write(&file, mapping(&[BLUE_A, BLUE_B])).unwrap();
+    create_overlay(&a, "blue", 42, &file);
+    let ip = |h: &Host| {
+        Client::connect(h.runtime_dir())
+            .unwrap()
+            .overlay_mappings("blue", Some(BLUE_B.mac))
+            .unwrap()[0]
+            .ip
+    };
+    assert_eq!(ip(&a), Ipv4Addr::new(192, 0, 2, 2));
+    // The same length and modification time: netd's polling sees no change.
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let moved = Node {
+        underlay: [192, 0, 2, 9],
+        ..BLUE_B
+    };
+    std::fs::write(&file, mapping(&[BLUE_A, moved])).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    std::thread::sleep(SETTLE);
+    assert_eq!(ip(&a), Ipv4Addr::new(192, 0, 2, 2), "polling saw it");
+    // SAFETY: kill(2) on this process with a signal netd catches.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + WAIT;
+    while ip(&a) != Ipv4Addr::new(192, 0, 2, 9) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -219,6 +219,31 @@ impl Client {
         super::overlays(self.call(ClientRequest::ListOverlays)?)
     }
 
+    /// An overlay's mapping entries as its backend holds them now (only `mac`'s when given).
+    pub fn overlay_mappings(
+        &mut self,
+        name: &str,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Vec<super::MappingEntry>, ClientError> {
+        super::mappings(self.call(ClientRequest::ListOverlayMappings {
+            name: name.to_owned(),
+            mac,
+        })?)
+    }
+
+    /// Adds, replaces or removes one mapping entry of an overlay at its backend; the
+    /// drivers' cached mappings follow.
+    pub fn change_overlay_mapping(
+        &mut self,
+        name: &str,
+        change: super::MappingChange,
+    ) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::ChangeOverlayMapping {
+            name: name.to_owned(),
+            change,
+        })?)
+    }
+
     /// Changes a property of an instance.
     pub fn set_instance_property(
         &mut self,

@@ -46,7 +46,7 @@ use netmux_proto::driver::Counters;
 use netmux_proto::ErrorReply;
 use netmux_ring::{AttachError, ClientQueue};
 
-pub use netmux_proto::overlay::{OverlaySpec, OverlayView};
+pub use netmux_proto::overlay::{MappingChange, MappingEntry, OverlaySpec, OverlayView};
 
 pub use netmux_proto::client::{
     FilterMode, InstanceSpec, InstanceView, MacChoice, QueueInfo, SessionInfo, SessionList,
@@ -210,6 +210,13 @@ fn instances(reply: ClientReply) -> Result<Vec<InstanceView>, ClientError> {
 fn overlays(reply: ClientReply) -> Result<Vec<OverlayView>, ClientError> {
     match reply {
         ClientReply::Overlays(list) => Ok(list),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn mappings(reply: ClientReply) -> Result<Vec<MappingEntry>, ClientError> {
+    match reply {
+        ClientReply::OverlayMappings(list) => Ok(list),
         other => Err(unexpected(other)),
     }
 }

@@ -205,7 +205,14 @@ pub struct Config {
     /// `afpacket:` links ([`crate::run::probes_address`]), set by whoever starts netd on one.
     /// Needs the host stack.
     pub probe_address: bool,
+    /// The TTL of the lease under which netd writes its own instances' mappings to an `etcd`
+    /// overlay backend ([`DEFAULT_OVERLAY_LEASE_TTL`]): how long a dead host's mappings
+    /// outlive it. Whole seconds (etcd's unit), at least one.
+    pub overlay_lease_ttl: Duration,
 }
+
+/// [`Config::overlay_lease_ttl`]'s default.
+pub const DEFAULT_OVERLAY_LEASE_TTL: Duration = Duration::from_secs(10);
 
 impl Config {
     /// A configuration with defaults, listening in `runtime_dir`.
@@ -232,6 +239,7 @@ impl Config {
             instances_file: None,
             port_grace: DEFAULT_PORT_GRACE,
             probe_address: false,
+            overlay_lease_ttl: DEFAULT_OVERLAY_LEASE_TTL,
         }
     }
 

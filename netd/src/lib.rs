@@ -11,7 +11,8 @@
 //!   tests); [`driver_worker`] runs it on a thread of its own with deadlines.
 //! * [`filters`]: the per-port filters from the compiler's builders.
 //! * [`instance`]: network stack instances (each an independent host on the link).
-//! * [`overlay`]: overlays and their mapping service (varpd's role), with the `files` backend.
+//! * [`overlay`]: overlays and their mapping service (varpd's role), with the `files` backend and,
+//!   with the `etcd` feature, the `etcd` one.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`dad`]: duplicate address detection for the host's IPv4 address at start (RFC 5227).
 //! * [`fragment`]: IPv4 fragments of netd's own answers larger than the MTU.

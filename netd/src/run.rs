@@ -104,6 +104,11 @@ pub struct HostArgs {
     /// driver gone [default: timeouts.driver of --config, else 5], e.g. --driver-timeout 2.
     #[arg(long, value_name = "SECS")]
     pub driver_timeout: Option<f64>,
+    /// Seconds a host's mappings in an etcd overlay backend outlive it: the TTL of the lease
+    /// netd keeps alive for its own instances' entries (whole seconds, at least 1).
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_OVERLAY_LEASE_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub overlay_lease_ttl: u64,
 }
 
 impl HostArgs {
@@ -170,6 +175,7 @@ impl HostArgs {
             config.apply(settings.limits.as_ref(), settings.timeouts.as_ref())?;
         }
         config.admin_uids.extend(self.admin_uids.iter().copied());
+        config.overlay_lease_ttl = std::time::Duration::from_secs(self.overlay_lease_ttl);
         if let Some(secs) = self.driver_timeout {
             config.driver_timeout = std::time::Duration::try_from_secs_f64(secs)
                 .ok()

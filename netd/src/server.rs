@@ -204,6 +204,8 @@ struct Shell {
     kills: Mutex<HashMap<SessionId, oneshot::Sender<()>>>,
     /// Whether every session was ended because the driver is gone.
     sessions_ended: std::sync::atomic::AtomicBool,
+    /// SIGHUP arrived: the overlay loop reads every mapping file again.
+    hangup: std::sync::atomic::AtomicBool,
     start: Instant,
     /// netd's ports file ([`crate::ports_file`]) and what was last written there.
     ports_file: PathBuf,
@@ -294,6 +296,7 @@ impl Shell {
             match step {
                 Step::Reply(r) => return Some(r),
                 Step::Finished => return None,
+                Step::Wait(w) => return Some(w.outcome().await),
                 Step::Driver(DriverWork {
                     commands,
                     stop_at_first_failure,
@@ -329,6 +332,8 @@ pub struct Server {
     socket: PathBuf,
     /// The runtime directory, if netd created it.
     created_dir: Option<PathBuf>,
+    /// SIGHUP, caught from [`Server::bind`] on.
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 impl std::fmt::Debug for Server {
@@ -379,16 +384,21 @@ impl Server {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
             .map_err(io_err("opening the socket to every uid"))?;
         let (replace_tx, replace_rx) = tokio::sync::mpsc::unbounded_channel();
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("SIGHUP will not reload mapping files: {e}"))
+            .ok();
         Ok(Server {
             listener,
             host_queue,
             replace_tx,
             replace_rx,
+            hangups,
             shell: Arc::new(Shell {
                 state: Arc::new(Mutex::new(netd)),
                 driver,
                 kills: Mutex::new(HashMap::new()),
                 sessions_ended: std::sync::atomic::AtomicBool::new(false),
+                hangup: std::sync::atomic::AtomicBool::new(false),
                 start: Instant::now(),
                 ports_file,
                 port_grace: config.port_grace,
@@ -424,6 +434,7 @@ impl Server {
         };
         let ticker = tokio::spawn(expiry_loop(self.shell.clone()));
         let overlays = tokio::spawn(overlay_loop(self.shell.clone()));
+        let hangups = tokio::spawn(hangup_loop(self.shell.clone(), self.hangups));
         // Addresses change by DHCP, SLAAC and duplicate address detection, also of instances
         // created later: the loop runs whenever the host stack does (idle, it only looks).
         let dhcp = host_stack
@@ -451,6 +462,7 @@ impl Server {
         }
         ticker.abort();
         overlays.abort();
+        hangups.abort();
         if let Some(d) = dhcp {
             d.abort();
         }
@@ -689,6 +701,17 @@ async fn dhcp_loop(shell: Arc<Shell>) {
     }
 }
 
+/// On every SIGHUP: has the overlay loop read every `files` mapping again, changed or not
+/// (as daemons reload their configuration). netd catches SIGHUP from its start on, so the
+/// signal never ends it.
+async fn hangup_loop(shell: Arc<Shell>, hangups: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangups) = hangups else { return };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading every mapping file");
+        shell.hangup.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Every [`crate::overlay::POLL_INTERVAL`] while overlays exist: gives the driver the
 /// mappings of changed mapping files, asks it which MACs it waits for, and answers them.
 async fn overlay_loop(shell: Arc<Shell>) {
@@ -701,11 +724,14 @@ async fn overlay_loop(shell: Arc<Shell>) {
             if netd.overlays.is_empty() || netd.driver_gone().is_some() {
                 continue;
             }
-            netd.overlays
-                .reload()
-                .into_iter()
-                .map(DriverCommand::Overlay)
-                .collect()
+            let (underlay, own) = netd.overlay_own();
+            netd.overlays.publish(underlay, &own);
+            let reloaded = if shell.hangup.swap(false, Ordering::Relaxed) {
+                netd.overlays.reload_all()
+            } else {
+                netd.overlays.reload()
+            };
+            reloaded.into_iter().map(DriverCommand::Overlay).collect()
         };
         commands.push(DriverCommand::Overlay(
             netmux_proto::driver::DriverRequest::OverlayPoll,

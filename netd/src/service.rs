@@ -116,6 +116,44 @@ pub enum Step {
     },
     /// Nothing more (a session's end finished).
     Finished,
+    /// Wait for a mapping backend to take a change, then reply with its outcome
+    /// ([`WaitReply::outcome`]).
+    Wait(WaitReply),
+}
+
+/// A reply that waits on a mapping backend (etcd) taking a change.
+#[derive(Debug)]
+pub struct WaitReply(tokio::sync::oneshot::Receiver<Result<(), crate::overlay::ChangeError>>);
+
+impl WaitReply {
+    /// The reply: done, or the backend's refusal.
+    pub async fn outcome(self) -> Response {
+        Self::respond(self.0.await)
+    }
+
+    /// [`WaitReply::outcome`] on the calling thread.
+    pub fn outcome_blocking(self) -> Response {
+        Self::respond(self.0.blocking_recv())
+    }
+
+    fn respond(
+        answer: Result<
+            Result<(), crate::overlay::ChangeError>,
+            tokio::sync::oneshot::error::RecvError,
+        >,
+    ) -> Response {
+        match answer {
+            Ok(Ok(())) => Response::reply(ClientReply::Done),
+            Ok(Err(e @ crate::overlay::ChangeError::NoEntry(_))) => {
+                Response::error(error(ErrorCode::NotFound, e.to_string()))
+            }
+            Ok(Err(e)) => Response::error(error(ErrorCode::Again, e.to_string())),
+            Err(_) => Response::error(error(
+                ErrorCode::Internal,
+                "the mapping backend stopped before answering",
+            )),
+        }
+    }
 }
 
 /// Driver commands to carry out in order, and what netd does with their outcomes.
@@ -235,6 +273,8 @@ enum Pending {
     CreateOverlay { session: SessionId, name: String },
     /// An overlay removed at the driver.
     DestroyOverlay { session: SessionId, name: String },
+    /// An overlay's mapping changed at its backend; the driver took the new tables.
+    ChangeOverlayMapping { session: SessionId },
 }
 
 struct SessionQueue {
@@ -501,7 +541,7 @@ impl Netd {
             overlay: None,
         };
         let mut netd = Netd {
-            overlays: crate::overlay::OverlayService::default(),
+            overlays: crate::overlay::OverlayService::with_lease_ttl(config.overlay_lease_ttl),
             instances: BTreeMap::new(),
             names: BTreeMap::new(),
             session_instance: HashMap::new(),
@@ -1457,6 +1497,12 @@ impl Netd {
             ClientRequest::CreateOverlay(spec) => self.create_overlay(id, spec),
             ClientRequest::DestroyOverlay { name } => self.destroy_overlay(id, &name),
             ClientRequest::ListOverlays => self.list_overlays(id),
+            ClientRequest::ListOverlayMappings { name, mac } => {
+                self.list_overlay_mappings(id, &name, mac)
+            }
+            ClientRequest::ChangeOverlayMapping { name, change } => {
+                self.change_overlay_mapping(id, &name, &change)
+            }
         };
         let step = result.unwrap_or_else(|e| Step::Reply(Response::error(e)));
         if let (Step::Driver(_) | Step::EndSessions { .. }, Some(extra)) =
@@ -1640,9 +1686,69 @@ impl Netd {
             .collect()
     }
 
+    /// This host's underlay address (the default instance's IPv4 address) and every instance
+    /// living on an overlay: `(VNI, MAC, IPv4 address)`, for the mapping backends that
+    /// publish this host's own entries.
+    pub fn overlay_own(&self) -> (Option<std::net::Ipv4Addr>, Vec<crate::overlay::OwnInstance>) {
+        let underlay = self
+            .instances
+            .get(&DEFAULT_INSTANCE)
+            .and_then(|i| i.host.ipv4);
+        let own = self
+            .instances
+            .values()
+            .filter(|i| !i.condemned)
+            .filter_map(|i| Some((i.overlay?, i.host.mac, i.host.ipv4)))
+            .collect();
+        (underlay, own)
+    }
+
     /// Every overlay as `netmux overlay ls` shows it.
     pub fn overlay_views(&self) -> Vec<netmux_proto::overlay::OverlayView> {
         self.overlays.views(|name| self.overlay_instances(name))
+    }
+
+    fn list_overlay_mappings(
+        &mut self,
+        id: SessionId,
+        name: &str,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        let entries = self
+            .overlays
+            .mappings(name, mac)
+            .map_err(|e| error(ErrorCode::NotFound, e.to_string()))?;
+        Ok(self.reply(ClientReply::OverlayMappings(entries)))
+    }
+
+    fn change_overlay_mapping(
+        &mut self,
+        id: SessionId,
+        name: &str,
+        change: &netmux_proto::overlay::MappingChange,
+    ) -> Result<Step, ErrorReply> {
+        self.require_admin(id)?;
+        self.refuse_without_driver()?;
+        let changed = self.overlays.change(name, change).map_err(|e| {
+            let code = match e {
+                crate::overlay::OverlayError::NotFound(_)
+                | crate::overlay::OverlayError::NoEntry(..) => ErrorCode::NotFound,
+                crate::overlay::OverlayError::Write(..) => ErrorCode::Internal,
+                _ => ErrorCode::Protocol,
+            };
+            error(code, e.to_string())
+        })?;
+        let requests = match changed {
+            crate::overlay::Changed::Now(requests) => requests,
+            crate::overlay::Changed::Later(answer) => return Ok(Step::Wait(WaitReply(answer))),
+        };
+        let commands = requests.into_iter().map(DriverCommand::Overlay).collect();
+        Ok(self.work(
+            commands,
+            false,
+            Pending::ChangeOverlayMapping { session: id },
+        ))
     }
 
     fn list_overlays(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
@@ -2726,6 +2832,14 @@ impl Netd {
                     Some(e) => Step::Reply(Response::error(driver_error(e))),
                 }
             }
+            Pending::ChangeOverlayMapping { session } => {
+                self.session_done(session);
+                let mut outcomes = outcomes;
+                match first_failure(&mut outcomes) {
+                    None => self.reply(ClientReply::Done),
+                    Some(e) => Step::Reply(Response::error(driver_error(e))),
+                }
+            }
             Pending::ListInstances { session } => {
                 self.session_done(session);
                 let stats = match outcomes.pop() {
@@ -2840,6 +2954,7 @@ pub fn drive_blocking(
         match step {
             Step::Reply(r) => return Some(r),
             Step::Finished => return None,
+            Step::Wait(w) => return Some(w.outcome_blocking()),
             Step::Driver(DriverWork {
                 commands,
                 stop_at_first_failure,

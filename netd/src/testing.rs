@@ -22,7 +22,7 @@ use netmux_driver::daemon::control::{DriverThread, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::VirtualLink;
 use netmux_proto::driver::{Counters, QueueId};
-use netmux_testkit::cable::CableEnd;
+use netmux_testkit::cable::{CableEnd, Hub};
 use netmux_testkit::TempDir;
 
 use crate::config::{Config, HostAddrs};
@@ -67,6 +67,13 @@ impl CabledDriver {
             CabledDriver::on_cable(&dir, "a", &a, &b, mac_a),
             CabledDriver::on_cable(&dir, "b", &b, &a, mac_b),
         )
+    }
+
+    /// A driver whose link is bound at `link` and sends to `peer` (a [`Hub`] port, say), its
+    /// control socket in a scratch directory of its own.
+    pub fn on_link(link: &Path, peer: &Path, mac: [u8; 6]) -> CabledDriver {
+        let dir = Arc::new(TempDir::new("netmux-driver-link"));
+        CabledDriver::on_cable(&dir, "link", link, peer, mac)
     }
 
     fn on_cable(
@@ -131,6 +138,21 @@ impl CabledDriver {
     }
 }
 
+/// Where host `i` of [`Host::on_hub`] binds its link.
+pub fn hub_link(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("link-{i}.cable"))
+}
+
+/// The link MAC of host `i` of [`Host::on_hub`].
+pub fn hub_mac(i: usize) -> [u8; 6] {
+    [0x02, 0x6e, 0x6d, 0, 0, i as u8]
+}
+
+/// The address of host `i` of [`Host::on_hub`]: 192.0.2.`i+1`.
+pub fn hub_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, i as u8 + 1)
+}
+
 /// netd's connection to the driver, recorded; clones share the connection and the record.
 pub type RecordedDriver = Recorder<ChannelDriver>;
 
@@ -151,6 +173,33 @@ impl Host {
     /// far end is the test's ([`Host::wire`]).
     pub fn start(mac: [u8; 6], ip: Ipv4Addr, tweak: impl FnOnce(&mut Config)) -> Host {
         Host::on(CabledDriver::start(mac), ip, tweak)
+    }
+
+    /// `n` hosts on one [`Hub`] in `dir`: host `i` has the link MAC `02:6e:6d:00:00:0i` and
+    /// the address 192.0.2.`i+1`, configured further by `tweak`. Link `i` is bound at
+    /// `dir/link-i.cable` (a host in another process may be started on the last one with
+    /// [`CabledDriver::on_link`] and [`Hub::port`]); `started` says which hosts start here.
+    pub fn on_hub(
+        dir: &Path,
+        n: usize,
+        started: impl Fn(usize) -> bool,
+        tweak: impl Fn(&mut Config),
+    ) -> (Hub, Vec<Option<Host>>) {
+        let links: Vec<PathBuf> = (0..n).map(|i| hub_link(dir, i)).collect();
+        let ports: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("hub-{i}.sock"))).collect();
+        let hub = Hub::start(&ports, &links);
+        let hosts = (0..n)
+            .map(|i| {
+                started(i).then(|| {
+                    Host::on(
+                        CabledDriver::on_link(&links[i], hub.port(i), hub_mac(i)),
+                        hub_ip(i),
+                        &tweak,
+                    )
+                })
+            })
+            .collect();
+        (hub, hosts)
     }
 
     /// Two hosts, default configuration otherwise, cabled to each other.

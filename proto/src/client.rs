@@ -241,6 +241,22 @@ pub enum ClientRequest {
     },
     /// Every overlay, with its counters and state.
     ListOverlays,
+    /// The mapping entries of an overlay (only `mac`'s when given), as its backend holds
+    /// them now.
+    ListOverlayMappings {
+        /// The overlay.
+        name: String,
+        /// Only this MAC's entry.
+        mac: Option<[u8; 6]>,
+    },
+    /// Adds, replaces or removes one mapping entry of an overlay at its backend (root, or a
+    /// uid netd's configuration names).
+    ChangeOverlayMapping {
+        /// The overlay.
+        name: String,
+        /// What to change.
+        change: crate::overlay::MappingChange,
+    },
 }
 
 /// netd to client.
@@ -286,6 +302,8 @@ pub enum ClientReply {
     Properties(Vec<ops::PropertyView>),
     /// Overlays, in name order.
     Overlays(Vec<crate::overlay::OverlayView>),
+    /// An overlay's mapping entries, in MAC order.
+    OverlayMappings(Vec<crate::overlay::MappingEntry>),
 }
 
 /// The answer to [`ClientRequest::ListSessions`].

@@ -5,6 +5,8 @@
 //! queue and the MAC is listed in the next [`OverlayPollReply`]; netd answers with
 //! [`OverlayMappings`], which the driver caches until netd replaces or flushes them.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use serde::{Deserialize, Serialize};
 
 /// An overlay as the driver needs to know it.
@@ -122,4 +124,31 @@ pub struct OverlayView {
     pub instances: Vec<String>,
     /// The driver's counters, as of netd's last poll.
     pub counters: OverlayCounters,
+}
+
+/// One mapping entry, as `netmux overlay map` shows and sets it: the fields of illumos
+/// varpd's files plugin for one overlay MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingEntry {
+    /// The overlay MAC.
+    pub mac: [u8; 6],
+    /// Its VTEP's underlay address (`ip`).
+    pub ip: Ipv4Addr,
+    /// Its VXLAN port (`port`); `None`: frames to this MAC are dropped.
+    pub port: Option<u16>,
+    /// The overlay IPv4 address proxy ARP answers with this MAC (`arp`).
+    pub arp: Option<Ipv4Addr>,
+    /// The overlay IPv6 address proxy NDP answers with this MAC (`ndp`).
+    pub ndp: Option<Ipv6Addr>,
+    /// Where this MAC's DHCP broadcasts go (`dhcp-proxy`).
+    pub dhcp_proxy: Option<[u8; 6]>,
+}
+
+/// What `netmux overlay map set|rm` asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MappingChange {
+    /// Adds or replaces the entry of `entry.mac`.
+    Set(MappingEntry),
+    /// Removes the entry of a MAC.
+    Remove([u8; 6]),
 }

@@ -121,3 +121,72 @@ impl Drop for CableEnd {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// A hub joining several drivers' virtual links, as an Ethernet hub joins hosts: every frame
+/// a link sends to its port goes out of every other port. Port `i` is a socket at
+/// `ports[i]` (each link's fixed peer), forwarding to `links[i]` of the others. Its threads
+/// stop and its sockets are removed when it is dropped.
+#[derive(Debug)]
+pub struct Hub {
+    ports: Vec<PathBuf>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Hub {
+    /// A hub with a port per link, port `i` bound at `ports[i]`, forwarding to every other
+    /// link (a link not bound yet, or gone, misses the frame, as an unplugged host would).
+    /// Panics (test support) when a port cannot be bound.
+    pub fn start(ports: &[PathBuf], links: &[PathBuf]) -> Hub {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        assert_eq!(ports.len(), links.len(), "a port per link");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let socket = UnixDatagram::bind(port)
+                .unwrap_or_else(|e| panic!("binding hub port {}: {e}", port.display()));
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("setting the read timeout");
+            let others: Vec<PathBuf> = links
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, l)| l.clone())
+                .collect();
+            let stop = std::sync::Arc::clone(&stop);
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; RECV_BUFFER_LEN];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        for link in &others {
+                            let _ = socket.send_to(&buf[..n], link);
+                        }
+                    }
+                }
+            }));
+        }
+        Hub {
+            ports: ports.to_vec(),
+            stop,
+            threads,
+        }
+    }
+
+    /// Where port `i` is bound.
+    pub fn port(&self, i: usize) -> &Path {
+        &self.ports[i]
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for p in &self.ports {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

@@ -10,7 +10,8 @@
 //!   them into other link layers.
 //! * [`bins`]: the workspace's binaries for process tests, and [`bins::DriverProcess`], the
 //!   driver binary on a virtual cable.
-//! * [`cable`]: a test's end of a driver's virtual cable.
+//! * [`cable`]: a test's end of a driver's virtual cable, and a [`cable::Hub`] joining several.
+//! * [`etcd`]: a real etcd server on 127.0.0.1 for a test, killed by its pid when dropped.
 //! * [`netns`]: network namespaces, veth pairs and offloads as Linux makes them, a process's
 //!   CPU time, and processes a test waits on (root-only tests and `scripts/bench-link`).
 //! * [`tcp_peer`]: a TCP/IP host (smoltcp) on such a cable end, to talk to the examples.
@@ -23,6 +24,7 @@
 pub mod bins;
 pub mod cable;
 pub mod corpus;
+pub mod etcd;
 pub mod exprs;
 pub mod frames;
 #[allow(unsafe_code)]

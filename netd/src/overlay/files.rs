@@ -195,6 +195,38 @@ pub fn parse(text: &str) -> Result<Mapping, FilesError> {
     Ok(mapping)
 }
 
+/// Writes a mapping in the files plugin's format, one MAC per line in MAC order, fields in
+/// the order `ip`, `port`, `arp`, `ndp`, `dhcp-proxy`; [`parse`] reads it back unchanged.
+pub fn render(mapping: &Mapping) -> String {
+    let mut out = String::from("{");
+    for (i, (mac, e)) in mapping.iter().enumerate() {
+        let mut fields = vec![format!("\"ip\": \"{}\"", e.ip)];
+        if let Some(p) = e.port {
+            fields.push(format!("\"port\": {p}"));
+        }
+        if let Some(a) = e.arp {
+            fields.push(format!("\"arp\": \"{a}\""));
+        }
+        if let Some(a) = e.ndp {
+            fields.push(format!("\"ndp\": \"{a}\""));
+        }
+        if let Some(m) = e.dhcp_proxy {
+            fields.push(format!(
+                "\"dhcp-proxy\": \"{}\"",
+                crate::instance::mac_text(m)
+            ));
+        }
+        out.push_str(if i == 0 { "\n  " } else { ",\n  " });
+        out.push_str(&format!(
+            "\"{}\": {{ {} }}",
+            crate::instance::mac_text(*mac),
+            fields.join(", ")
+        ));
+    }
+    out.push_str("\n}\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +245,16 @@ mod tests {
         assert_eq!(e.arp, Some(Ipv4Addr::new(10, 55, 55, 3)));
         assert_eq!(e.ndp, Some("fe80::4".parse().unwrap()));
         assert_eq!(e.dhcp_proxy, Some([0xde, 0xad, 0xbe, 0xef, 0, 0]));
+    }
+
+    #[test]
+    fn a_rendered_mapping_parses_back_to_itself() {
+        let m = parse(VARPD_EXAMPLE).unwrap();
+        let text = render(&m);
+        assert_eq!(parse(&text).unwrap(), m, "{text}");
+        assert!(text.contains("\"de:ad:be:ef:00:01\": { \"ip\": \"10.88.88.70\", \"port\": 4789, \"arp\": \"10.55.55.3\", \"ndp\": \"fe80::4\", \"dhcp-proxy\": \"de:ad:be:ef:00:00\" }"), "{text}");
+        assert_eq!(render(&Mapping::new()), "{\n}\n");
+        assert!(parse(&render(&Mapping::new())).unwrap().is_empty());
     }
 
     #[test]
