@@ -19,6 +19,8 @@ pub struct Client {
     chan: Channel,
     host: HostConfig,
     timeout: Duration,
+    /// The request that opens the queue (with the sizes the options asked for).
+    open_queue: ClientRequest,
     /// Set once a request missed its deadline: a late reply would answer the next request.
     out_of_step: bool,
 }
@@ -80,6 +82,7 @@ impl Client {
                 ipv6_gateway: None,
             },
             timeout: options.timeout,
+            open_queue: options.open_queue_request(),
             out_of_step: false,
         };
         let reply = client.call(ClientRequest::Hello {
@@ -258,9 +261,10 @@ impl Client {
         })?)
     }
 
-    /// The session's queue, attached: framed I/O on its rings.
+    /// The session's queue, attached: framed I/O on its rings (of the sizes
+    /// [`ConnectOptions::rxbuf`] and [`ConnectOptions::txbuf`] asked for).
     pub fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
-        let (reply, fds) = self.request(&ClientRequest::OpenQueue)?;
+        let (reply, fds) = self.request(&self.open_queue.clone())?;
         super::queue(reply, fds)
     }
 

@@ -104,6 +104,12 @@ pub struct ConnectOptions {
     pub instance: Option<String>,
     /// The deadline of every request, the hello included ([`DEFAULT_REQUEST_TIMEOUT`]).
     pub timeout: Duration,
+    /// Bytes of received frames the session's queue should hold (its rx ring, illumos vnd's
+    /// `rxbuf`), asked for when the queue is opened; `None`: netd's default, 128 KiB.
+    pub rxbuf: Option<u64>,
+    /// Bytes of frames to transmit the queue's tx ring should hold (`txbuf`); `None`: netd's
+    /// default, 128 KiB.
+    pub txbuf: Option<u64>,
 }
 
 impl Default for ConnectOptions {
@@ -111,6 +117,19 @@ impl Default for ConnectOptions {
         ConnectOptions {
             instance: None,
             timeout: DEFAULT_REQUEST_TIMEOUT,
+            rxbuf: None,
+            txbuf: None,
+        }
+    }
+}
+
+impl ConnectOptions {
+    /// The request that opens the session's queue with these sizes.
+    fn open_queue_request(&self) -> netmux_proto::client::ClientRequest {
+        use netmux_proto::client::ClientRequest;
+        match (self.rxbuf, self.txbuf) {
+            (None, None) => ClientRequest::OpenQueue,
+            (rxbuf, txbuf) => ClientRequest::OpenQueueSized { rxbuf, txbuf },
         }
     }
 }

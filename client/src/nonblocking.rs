@@ -22,6 +22,8 @@ pub struct AsyncClient {
     chan: AsyncChannel,
     host: HostConfig,
     timeout: Duration,
+    /// The request that opens the queue (with the sizes the options asked for).
+    open_queue: ClientRequest,
     /// Set once a request missed its deadline: a late reply would answer the next request.
     out_of_step: bool,
 }
@@ -87,6 +89,7 @@ impl AsyncClient {
                 ipv6_gateway: None,
             },
             timeout: options.timeout,
+            open_queue: options.open_queue_request(),
             out_of_step: false,
         };
         let reply = client
@@ -198,9 +201,10 @@ impl AsyncClient {
         super::sessions(self.call(ClientRequest::ListSessions).await?)
     }
 
-    /// The session's queue, attached: framed I/O on its rings.
+    /// The session's queue, attached: framed I/O on its rings (of the sizes
+    /// [`ConnectOptions::rxbuf`] and [`ConnectOptions::txbuf`] asked for).
     pub async fn open_queue(&mut self) -> Result<ClientQueue, ClientError> {
-        let (reply, fds) = self.request(&ClientRequest::OpenQueue).await?;
+        let (reply, fds) = self.request(&self.open_queue.clone()).await?;
         super::queue(reply, fds)
     }
 

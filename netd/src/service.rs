@@ -46,6 +46,7 @@ use crate::filters::{self, HostIdentity};
 use crate::instance::{Instance, InstanceEntry, InstanceError, InstancesFile};
 
 mod ops;
+pub use ops::parse_size;
 
 /// Why netd could not start.
 #[derive(Debug, thiserror::Error)]
@@ -211,11 +212,13 @@ enum Pending {
         /// Ring memory to give back once the queue is gone.
         release: u64,
     },
-    /// `open_queue` on a queue made small at a bind: its rings of the configured size.
+    /// `open_queue` on a queue made small at a bind: its rings of the size asked for.
     GrowQueue {
         session: SessionId,
         /// The ring memory reserved for the growth.
         grow: u64,
+        /// The geometry asked for.
+        rings: QueueConfig,
     },
     /// `open_queue`: the session's queue, created for the hand-out.
     OpenQueue { session: SessionId, queue: NewQueue },
@@ -1480,7 +1483,8 @@ impl Netd {
             ClientRequest::ClosePort { transport, port } => self.close_port(id, transport, port),
             ClientRequest::OpenFilter { expr, mode } => self.open_filter(id, expr, mode),
             ClientRequest::CloseFilter { filter } => self.close_filter(id, core::FilterId(filter)),
-            ClientRequest::OpenQueue => self.open_queue(id),
+            ClientRequest::OpenQueue => self.open_queue(id, None, None),
+            ClientRequest::OpenQueueSized { rxbuf, txbuf } => self.open_queue(id, rxbuf, txbuf),
             ClientRequest::Stats => self.stats(id),
             ClientRequest::ListSessions => self.list_sessions(id),
             ClientRequest::CreateInstance(spec) => self.create_instance(id, spec),
@@ -1901,23 +1905,19 @@ impl Netd {
     }
 
     /// The session's queue, or the commands that create it (with its ARP transmit filter)
-    /// after reserving its ring memory: of the configured geometry when the client asks for
-    /// the queue itself (`full`), else the smallest ([`Netd::open_queue`] grows it).
+    /// after reserving its ring memory: of the geometry (and its bytes) `full` gives when the
+    /// client asks for the queue itself, else the smallest ([`Netd::open_queue`] grows it).
     fn queue_or_create(
         &mut self,
         id: SessionId,
         commands: &mut Vec<DriverCommand>,
-        full: bool,
+        full: Option<(QueueConfig, u64)>,
     ) -> Result<(QueueId, Option<NewQueue>), ErrorReply> {
         if let Some(q) = &self.extra(id)?.queue {
             return Ok((q.id, None));
         }
         self.refuse_without_driver()?;
-        let (rings, ring_bytes) = if full {
-            (self.rings, self.ring_bytes)
-        } else {
-            (self.small_rings, self.small_ring_bytes)
-        };
+        let (rings, ring_bytes) = full.unwrap_or((self.small_rings, self.small_ring_bytes));
         self.core_mut(id)?
             .reserve_ring(id, ring_bytes)
             .map_err(core_error)?;
@@ -2049,7 +2049,7 @@ impl Netd {
         let prefix = self.inst(id)?.host_config.ipv4.map(|(_, p)| p);
         let mut commands = Vec::new();
         let planned = (|| {
-            let (queue_id, queue) = self.queue_or_create(id, &mut commands, false)?;
+            let (queue_id, queue) = self.queue_or_create(id, &mut commands, None)?;
             let mut port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
             if let Some(prefix) = prefix {
@@ -2114,9 +2114,57 @@ impl Netd {
     /// The session's queue for the client: made now with the configured geometry, or, when a
     /// bind or a filter made it small, given rings of that geometry first (its ring memory is
     /// made and counted from here on).
-    fn open_queue(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
+    /// The rings a client asks for: netd's configured geometry, with rx and tx rings of at
+    /// least `rxbuf` and `txbuf` bytes when given (whole slots, a power of two, never fewer
+    /// than carry one 64 KiB frame), and their bytes. The limits on ring memory apply when it
+    /// is reserved.
+    fn asked_rings(
+        &self,
+        rxbuf: Option<u64>,
+        txbuf: Option<u64>,
+    ) -> Result<(QueueConfig, u64), ErrorReply> {
+        if rxbuf.is_none() && txbuf.is_none() {
+            return Ok((self.rings, self.ring_bytes));
+        }
+        let slot = u64::from(self.rings.slot_size);
+        let payload = slot.saturating_sub(netmux_ring::layout::SLOT_HEADER_LEN as u64);
+        let least = (netmux_ring::MAX_FRAME_LEN as u64)
+            .div_ceil(payload.max(1))
+            .next_power_of_two();
+        let slots = |bytes: Option<u64>, configured: u32, name: &str| match bytes {
+            None => Ok(configured),
+            Some(bytes) => u32::try_from(bytes.div_ceil(slot).max(least).next_power_of_two())
+                .ok()
+                .filter(|&n| n <= netmux_ring::layout::MAX_SLOTS)
+                .ok_or_else(|| {
+                    error(
+                        ErrorCode::Limit,
+                        format!("{name} {bytes} is more than one ring holds"),
+                    )
+                }),
+        };
+        let rx_slots = slots(rxbuf, self.rings.rx_slots, "rxbuf")?;
+        let tx_slots = slots(txbuf, self.rings.tx_slots, "txbuf")?;
+        let rings = QueueConfig {
+            slot_size: self.rings.slot_size,
+            rx_slots,
+            tx_slots,
+            completion_slots: tx_slots.max(self.rings.completion_slots),
+        };
+        let bytes = netmux_ring::layout_of(&rings)
+            .map_err(|e| error(ErrorCode::Limit, format!("rings of that size: {e}")))?
+            .total_len;
+        Ok((rings, bytes))
+    }
+
+    fn open_queue(
+        &mut self,
+        id: SessionId,
+        rxbuf: Option<u64>,
+        txbuf: Option<u64>,
+    ) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
-        let rings = self.rings;
+        let (rings, ring_bytes) = self.asked_rings(rxbuf, txbuf)?;
         let existing = self.extra(id)?.queue.as_ref().map(|q| {
             let small = q.handout.is_some() && q.rings != rings;
             (q.id, small, q.ring_bytes)
@@ -2124,23 +2172,27 @@ impl Netd {
         match existing {
             Some((queue, true, small_bytes)) => {
                 self.refuse_without_driver()?;
-                let grow = self.ring_bytes.saturating_sub(small_bytes);
+                let grow = ring_bytes.saturating_sub(small_bytes);
                 self.core_mut(id)?
                     .reserve_ring(id, grow)
                     .map_err(core_error)?;
                 Ok(self.work(
                     vec![DriverCommand::ResizeQueue {
                         queue,
-                        config: self.rings,
+                        config: rings,
                     }],
                     true,
-                    Pending::GrowQueue { session: id, grow },
+                    Pending::GrowQueue {
+                        session: id,
+                        grow,
+                        rings,
+                    },
                 ))
             }
             Some((_, false, _)) => Ok(Step::Reply(self.hand_out_queue(id))),
             None => {
                 let mut commands = Vec::new();
-                match self.queue_or_create(id, &mut commands, true)? {
+                match self.queue_or_create(id, &mut commands, Some((rings, ring_bytes)))? {
                     (_, None) => Ok(Step::Reply(self.hand_out_queue(id))),
                     (_, Some(queue)) => {
                         Ok(self.work(commands, true, Pending::OpenQueue { session: id, queue }))
@@ -2228,7 +2280,7 @@ impl Netd {
             let program = filters::compile(&expr)
                 .map_err(|e| error(ErrorCode::BadFilter, e.to_string()))?
                 .to_bytes();
-            let (queue_id, queue) = self.queue_or_create(id, &mut commands, false)?;
+            let (queue_id, queue) = self.queue_or_create(id, &mut commands, None)?;
             let driver_filter = self.filter_id();
             commands.push(DriverCommand::InstallFilter(FilterSpec {
                 queue: queue_id,
@@ -2571,11 +2623,14 @@ impl Netd {
                 self.session_done(session);
                 Step::Reply(Response::error(error))
             }
-            Pending::GrowQueue { session, grow } => {
+            Pending::GrowQueue {
+                session,
+                grow,
+                rings,
+            } => {
                 self.session_done(session);
                 match outcomes.pop() {
                     Some(DriverOutcome::Queue(created)) => {
-                        let rings = self.rings;
                         let grown = self.sessions.get_mut(&session).and_then(|e| {
                             let q = e.queue.as_mut()?;
                             // The small rings' descriptors go: the driver closed those rings.
@@ -2920,6 +2975,11 @@ fn smallest_rings(config: QueueConfig) -> QueueConfig {
             completion_slots: 1,
         };
         if netmux_ring::layout_of(&small).is_ok() {
+            // When the least rings that carry a maximum frame are the configured ones, the
+            // queue is made whole at once (nothing to grow at open).
+            if slots >= config.rx_slots.min(config.tx_slots) {
+                return config;
+            }
             return small;
         }
         if slots >= config.rx_slots.min(config.tx_slots) {

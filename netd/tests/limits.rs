@@ -10,7 +10,7 @@ use std::time::Instant;
 use common::*;
 use netmux_client::blocking::Client;
 use netmux_client::{ClientError, Transport};
-use netmux_netd::core::policy::DEFAULT_QUEUE_RING_BYTES;
+use netmux_netd::core::policy::{DEFAULT_QUEUE_RING_BYTES, LARGE_QUEUE_RING_BYTES};
 use netmux_proto::driver::QueueConfig;
 use netmux_proto::ErrorCode;
 
@@ -65,7 +65,14 @@ fn a_thousand_clients_of_one_uid_each_bind_a_port_and_open_a_queue_with_the_defa
 
 #[test]
 fn ring_memory_is_made_when_the_client_opens_its_queue_not_when_it_binds() {
-    let host = host();
+    // Rings of 1,024 slots configured: a bound port's queue holds only the least rings.
+    let large = QueueConfig {
+        slot_size: 2048,
+        rx_slots: 1024,
+        tx_slots: 1024,
+        completion_slots: 1024,
+    };
+    let host = host_with(|c| c.rings = large);
     let mut a = Client::connect_socket(host.netd.socket_path()).unwrap();
     let mut watcher = Client::connect_socket(host.netd.socket_path()).unwrap();
     a.bind_port(Transport::Udp, 5000).unwrap();
@@ -80,14 +87,14 @@ fn ring_memory_is_made_when_the_client_opens_its_queue_not_when_it_binds() {
     let bound = queue_of(&mut watcher);
     assert!(!bound.attached);
     assert!(
-        bound.ring_bytes * 8 < DEFAULT_QUEUE_RING_BYTES,
-        "a bound port's queue holds room for one frame, not the rings: {bound:?}"
+        bound.ring_bytes * 8 < LARGE_QUEUE_RING_BYTES,
+        "a bound port's queue holds room for one frame each way, not the rings: {bound:?}"
     );
     let mut q = a.open_queue().unwrap();
     let opened = queue_of(&mut watcher);
     assert!(opened.attached);
-    assert_eq!(opened.ring_bytes, DEFAULT_QUEUE_RING_BYTES);
-    assert_eq!(opened.rings, QueueConfig::default());
+    assert_eq!(opened.ring_bytes, LARGE_QUEUE_RING_BYTES);
+    assert_eq!(opened.rings, large);
     // The port's filters followed the queue onto its new rings: a frame for the port arrives.
     let frame = udp_to(5000);
     host.wire().send(&frame);
@@ -155,4 +162,50 @@ fn udp_to(port: u16) -> Vec<u8> {
         .write(&mut frame, b"hello")
         .unwrap();
     frame
+}
+
+#[test]
+fn a_client_asks_for_its_rings_sizes_and_the_limit_per_session_names_itself() {
+    let host = host();
+    let socket = host.netd.socket_path().to_owned();
+    let mut watcher = Client::connect_socket(&socket).unwrap();
+    let sized = |rxbuf, txbuf| netmux_client::ConnectOptions {
+        rxbuf,
+        txbuf,
+        ..netmux_client::ConnectOptions::default()
+    };
+    // 2 MiB each way: 1,024 slots; 100 KiB of rx rounds up to 64 slots (a 64 KiB frame).
+    let mut bulk =
+        Client::connect_socket_with(&socket, &sized(Some(2 << 20), Some(2 << 20))).unwrap();
+    bulk.bind_port(Transport::Udp, 6000).unwrap();
+    let _q = bulk.open_queue().unwrap();
+    let mut small = Client::connect_socket_with(&socket, &sized(Some(100 << 10), None)).unwrap();
+    small.bind_port(Transport::Udp, 6001).unwrap();
+    let _q2 = small.open_queue().unwrap();
+    let listing = watcher.list_sessions().unwrap();
+    let rings_of = |port: u16| {
+        listing
+            .sessions
+            .iter()
+            .find(|s| s.ports.iter().any(|&(_, p)| p == port))
+            .and_then(|s| s.queue.as_ref())
+            .map(|q| (q.rings, q.ring_bytes))
+            .unwrap()
+    };
+    let (rings, bytes) = rings_of(6000);
+    assert_eq!(
+        (rings.rx_slots, rings.tx_slots, rings.completion_slots),
+        (1024, 1024, 1024)
+    );
+    assert_eq!(bytes, LARGE_QUEUE_RING_BYTES);
+    let (rings, _) = rings_of(6001);
+    assert_eq!((rings.rx_slots, rings.tx_slots), (64, 64));
+    // More than a session may have: refused, naming the setting.
+    let mut greedy = Client::connect_socket_with(&socket, &sized(Some(64 << 20), None)).unwrap();
+    let e = greedy.open_queue().unwrap_err();
+    assert_eq!(e.refusal().map(|r| r.code), Some(ErrorCode::Limit), "{e}");
+    assert!(
+        e.to_string().contains("limits.ring_bytes_per_session"),
+        "{e}"
+    );
 }

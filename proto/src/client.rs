@@ -257,6 +257,15 @@ pub enum ClientRequest {
         /// What to change.
         change: crate::overlay::MappingChange,
     },
+    /// The session's queue with rings of these sizes (illumos vnd's `rxbuf`/`txbuf`, bytes;
+    /// `None`: netd's default), rounded up to whole slots and a power of two; the reply
+    /// carries its descriptors.
+    OpenQueueSized {
+        /// Bytes of received frames the rx ring holds.
+        rxbuf: Option<u64>,
+        /// Bytes of frames to transmit the tx ring holds.
+        txbuf: Option<u64>,
+    },
 }
 
 /// netd to client.

@@ -80,8 +80,11 @@ pub struct PortBinding {
 
 /// Default slot size: one 1,514-byte Ethernet frame fits in a single slot.
 pub const DEFAULT_SLOT_SIZE: u32 = 2048;
-/// Default number of rx and tx slots (2 MiB of frames each at the default slot size).
-pub const DEFAULT_RING_SLOTS: u32 = 1024;
+/// Default number of rx, tx and completion slots: 128 KiB of frames each way at the default
+/// slot size, the least that still carries a 64 KiB frame, so ten thousand queues need
+/// about 2.6 GiB of ring memory. A client that moves bulk data asks for larger rings when it
+/// opens its queue (`rxbuf`/`txbuf`).
+pub const DEFAULT_RING_SLOTS: u32 = 64;
 
 /// The geometry of a queue's rings (illumos vnd's `rxbuf`/`txbuf`, in slots): the one type
 /// netd, the driver and the ring crate use for it. `netmux_ring::layout_of` turns it into the

@@ -82,6 +82,7 @@ fn listing(
     let options = ConnectOptions {
         instance: None,
         timeout,
+        ..ConnectOptions::default()
     };
     let mut client = Client::connect_with(dir, &options).map_err(|e| netd_failed(e, dir))?;
     let mut list = client.list_sessions().map_err(|e| netd_failed(e, dir))?;

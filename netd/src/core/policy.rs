@@ -11,9 +11,14 @@ use std::time::Duration;
 /// How long a client may take between connecting and its hello (a slow-loris guard).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The ring memory of one queue of the default geometry (`QueueConfig::default()`: 1,024
-/// slots of 2 KiB each way and 1,024 completions, in whole pages): 4,214,784 bytes.
-pub const DEFAULT_QUEUE_RING_BYTES: u64 = 4_214_784;
+/// The ring memory of one queue of the default geometry (`QueueConfig::default()`: 64 slots
+/// of 2 KiB each way and 64 completions, in whole pages): 266,240 bytes, so ten thousand
+/// queues need 2.5 GiB.
+pub const DEFAULT_QUEUE_RING_BYTES: u64 = 266_240;
+
+/// The ring memory of a queue with 2 MiB rings each way (`rxbuf=2M txbuf=2M`, as a bulk
+/// client asks for): what the limits on ring memory are counted in.
+pub const LARGE_QUEUE_RING_BYTES: u64 = 4_214_784;
 
 /// Resource limits: every one a setting of netd's configuration file (`[limits]`, under these
 /// names), shown by `netmux instance ls` as the read-only properties `limits.NAME`. The
@@ -30,11 +35,12 @@ pub struct Limits {
     /// Tap or exclusive filters one session may hold. Default 16.
     pub filters_per_session: usize,
     /// Ring memory one session's queue may have, in bytes. Default 16 MiB (a queue of the
-    /// default geometry is about 4 MiB).
+    /// default geometry is 260 KiB, one with 2 MiB rings each way about 4 MiB).
     pub ring_bytes_per_session: u64,
     /// Ring memory one uid's queues may have in one instance, in bytes. Default 1,024
-    /// queues of the default geometry (about 4 GiB): memory a uid can make the driver fill
-    /// when its clients do not drain their rings.
+    /// queues with 2 MiB rings each way (about 4 GiB; 15,000 queues of the default
+    /// geometry): memory a uid can make the driver fill when its clients do not drain their
+    /// rings.
     pub ring_bytes_per_uid: u64,
     /// Ring memory all queues of one instance may have, in bytes. Default four times
     /// `ring_bytes_per_uid` (about 16 GiB).
@@ -60,8 +66,8 @@ impl Default for Limits {
             ports_per_uid: 4096,
             filters_per_session: 16,
             ring_bytes_per_session: 16 << 20,
-            ring_bytes_per_uid: 1024 * DEFAULT_QUEUE_RING_BYTES,
-            ring_bytes_per_instance: 4 * 1024 * DEFAULT_QUEUE_RING_BYTES,
+            ring_bytes_per_uid: 1024 * LARGE_QUEUE_RING_BYTES,
+            ring_bytes_per_instance: 4 * 1024 * LARGE_QUEUE_RING_BYTES,
             buffered_bytes_per_uid: 16 << 20,
         }
     }

@@ -258,7 +258,8 @@ impl Netd {
             )
         };
         let mut commands = Vec::new();
-        let (queue_id, queue) = self.queue_or_create(id, &mut commands, true)?;
+        let (queue_id, queue) =
+            self.queue_or_create(id, &mut commands, Some((self.rings, self.ring_bytes)))?;
         let Some(queue) = queue else {
             return Err(error(ErrorCode::Internal, "the capture's queue existed"));
         };

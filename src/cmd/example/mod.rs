@@ -72,6 +72,20 @@ pub struct ExampleArgs {
     /// port again, before giving up; e.g. --reconnect-for 5.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = super::ls::parse_timeout)]
     pub reconnect_for: f64,
+    /// Bytes of received frames its queue holds (K, M, G: 1024-based); large rings carry a
+    /// bulk transfer at the link's speed, netd's default (128 KiB) suits a quiet client.
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_buf)]
+    pub rxbuf: u64,
+    /// Bytes of frames to transmit its queue holds (K, M, G: 1024-based).
+    #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_buf)]
+    pub txbuf: u64,
+}
+
+/// A ring size as `--rxbuf`/`--txbuf` take it.
+fn parse_buf(text: &str) -> Result<u64, String> {
+    netmux_netd::service::parse_size(text)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size (bytes, or K, M, G, with an optional B)"))
 }
 
 impl Run for ExampleCommand {
@@ -115,6 +129,8 @@ impl Station {
             .unwrap_or_else(netmux_netd::config::default_runtime_dir);
         let options = ConnectOptions {
             instance: args.instance.clone(),
+            rxbuf: Some(args.rxbuf),
+            txbuf: Some(args.txbuf),
             ..ConnectOptions::default()
         };
         let mut client = Reconnecting::connect_with(&dir, &options).map_err(refusal)?;
