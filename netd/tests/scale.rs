@@ -214,7 +214,7 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
          client), {} MiB after",
         opened.as_secs_f64() * 1e6 / sessions as f64,
         ring_bytes >> 20,
-        ring_bytes / sessions as u64 >> 10,
+        (ring_bytes / sessions as u64) >> 10,
         rss_before >> 10,
         rss_open >> 10,
         rss_open.saturating_sub(rss_before) / sessions as u64,
