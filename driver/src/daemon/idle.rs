@@ -14,9 +14,8 @@
 //!   missed. Before the control loop sleeps, every active queue without held frames is
 //!   parked the same way ([`Driver::prepare_sleep`]), so a sleep waits on one descriptor
 //!   ([`Driver::queue_wake_fd`]) instead of one per queue.
-//! - The epoll set is looked at with a zero timeout at the start of a turn that follows a
-//!   turn without frames, after every [`WAKE_CHECK_TURNS`] turns with frames, and after a
-//!   sleep; a parked queue whose eventfd fired is woken
+//! - The epoll set is looked at with a zero timeout every [`WAKE_CHECK_TURNS`] turns and
+//!   after a sleep; a parked queue whose eventfd fired is woken
 //!   ([`end_tx_wait`](netmux_ring::DriverQueue::end_tx_wait): the flag withdrawn, the eventfd
 //!   drained) and becomes active at the end of the turn order. With no queue parked the set
 //!   is never looked at.
@@ -38,9 +37,10 @@ use super::{Driver, IdMap, Queue};
 /// never pays for a wake-up, and a quiet one leaves the turns within a fraction of a
 /// millisecond of an idle driver's spinning.
 pub const PARK_AFTER_IDLE_TURNS: u32 = 256;
-/// Turns with frames between two looks at the parked queues' wake-ups: a look is a system
-/// call (`epoll_wait` with a zero timeout), which every turn of a busy driver would otherwise
-/// pay; a woken queue waits at most this many turns. A turn without frames always looks.
+/// Turns between two looks at the parked queues' wake-ups: a look is a system call
+/// (`epoll_wait` with a zero timeout), which every turn of a busy driver would otherwise pay
+/// (a turn that receives a batch but transmits nothing included); a woken queue waits at
+/// most this many turns, a few microseconds when the driver has little to do.
 pub const WAKE_CHECK_TURNS: u32 = 16;
 /// Wake-ups collected per look; more wait for the next look (the epoll set is
 /// level-triggered and hands them out in turn).
@@ -82,10 +82,8 @@ pub(super) struct Schedule {
     stale: bool,
     /// Parked queues.
     parked: usize,
-    /// Turns with frames since the last look at the epoll set.
-    busy_turns: u32,
-    /// Whether the last turn took no frames.
-    last_idle: bool,
+    /// Turns since the last look at the epoll set.
+    turns: u32,
 }
 
 impl Schedule {
@@ -138,7 +136,7 @@ impl Schedule {
         self.active.clear();
         self.stale = false;
         self.parked = 0;
-        self.busy_turns = 0;
+        self.turns = 0;
     }
 
     /// Number of parked queues.
@@ -153,16 +151,9 @@ impl Schedule {
     }
 
     /// At the start of a turn: whether to look at the parked queues' wake-ups now.
-    pub(super) fn check_due(&self) -> bool {
-        self.parked > 0 && (self.last_idle || self.busy_turns >= WAKE_CHECK_TURNS)
-    }
-
-    /// At the end of a turn that took `frames`.
-    pub(super) fn end_turn(&mut self, frames: usize) {
-        self.last_idle = frames == 0;
-        if frames > 0 {
-            self.busy_turns = self.busy_turns.saturating_add(1);
-        }
+    pub(super) fn check_due(&mut self) -> bool {
+        self.turns = self.turns.saturating_add(1);
+        self.parked > 0 && self.turns >= WAKE_CHECK_TURNS
     }
 }
 
@@ -229,7 +220,7 @@ impl Driver {
     /// Wakes the parked queues whose clients sent (their eventfd fired): each is disarmed and
     /// joins the end of the active list. Looks without waiting. Returns how many woke.
     pub(super) fn wake_parked(&mut self) -> usize {
-        self.sched.busy_turns = 0;
+        self.sched.turns = 0;
         let Some(epoll) = &self.sched.epoll else {
             return 0;
         };

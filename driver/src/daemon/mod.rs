@@ -1283,7 +1283,6 @@ impl Driver {
         }
         self.tx_batch = batch;
         self.compact_active();
-        self.sched.end_turn(total);
         if self.link.state() != self.link_state.state {
             self.note_link_state();
         }
