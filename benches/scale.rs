@@ -10,8 +10,11 @@
 //! the idle queues would be left out of the turns (they are parked: see
 //! `netmux_driver::daemon::idle`).
 //!
-//! Rows: `scale-idle/idle-N/netmux` for N idle queues; `scripts/bench-report` pairs N = 1,000
-//! and 10,000 with N = 0 (goal: at most 1.1x). Criterion's "thrpt" is frames per second.
+//! Rows: `scale-idle/idle-N/netmux` for N idle queues; `scripts/bench-report` pairs N = 1,000,
+//! 5,000 and 10,000 with N = 0 (goal: at most 1.1x). Criterion's "thrpt" is frames per
+//! second. Before the rows, a paired measurement (every driver in turn, round after round)
+//! prints the median ratio of each to N = 0, which a machine shared with other work disturbs
+//! far less than rows measured one after another.
 //!
 //! 10,000 queues hold about 30,000 descriptors: the benchmark raises its soft `ulimit -n` to
 //! 65,536 where it may (root with `CAP_SYS_RESOURCE`), else to the hard limit; a row that
@@ -206,28 +209,79 @@ fn exchange(
     }
 }
 
+/// Rounds of the paired measurement, and iterations per driver per round.
+const PAIRED_ROUNDS: usize = 400;
+const PAIRED_ITERATIONS: usize = 100;
+
+/// The paired measurement: every driver in turn, a short run each, round after round (the
+/// order rotating), and per round the ratio of each driver's time to the driver with no idle
+/// queues; prints the median ratio. On a machine shared with other work, criterion's rows
+/// (one after another) see the load change between rows; pairs within a round see nearly
+/// the same load.
+fn paired(
+    drivers: &mut [(usize, Driver, ClientQueue)],
+    frames: &[&[&[u8]]],
+    completions: &mut Vec<Completion>,
+) {
+    if drivers.len() < 2 || drivers[0].0 != 0 {
+        return;
+    }
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::with_capacity(PAIRED_ROUNDS); drivers.len()];
+    let mut times = vec![0f64; drivers.len()];
+    for round in 0..PAIRED_ROUNDS {
+        for k in 0..drivers.len() {
+            let i = (round + k) % drivers.len();
+            let (_, driver, client) = &mut drivers[i];
+            let start = std::time::Instant::now();
+            for _ in 0..PAIRED_ITERATIONS {
+                exchange(driver, client, frames, completions);
+            }
+            times[i] = start.elapsed().as_secs_f64();
+        }
+        for i in 1..drivers.len() {
+            ratios[i].push(times[i] / times[0]);
+        }
+    }
+    for (i, (idle, _, _)) in drivers.iter().enumerate().skip(1) {
+        let r = &mut ratios[i];
+        r.sort_by(f64::total_cmp);
+        eprintln!(
+            "scale-idle paired: idle-{idle} / idle-0 = {:.3} (median of {PAIRED_ROUNDS} rounds; \
+             quartiles {:.3} to {:.3})",
+            r[r.len() / 2],
+            r[r.len() / 4],
+            r[3 * r.len() / 4]
+        );
+    }
+}
+
 fn scale(c: &mut Criterion) {
     raise_nofile();
     let owned: Vec<Vec<u8>> = (0..BATCH).map(|i| frame(i as u8)).collect();
     let vectors: Vec<[&[u8]; 1]> = owned.iter().map(|f| [f.as_slice()]).collect();
     let frames: Vec<&[&[u8]]> = vectors.iter().map(|v| &v[..]).collect();
-    let mut group = c.benchmark_group("scale-idle");
-    group.throughput(Throughput::Elements(BATCH as u64));
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(3));
+    let mut completions = Vec::with_capacity(BATCH);
+    let mut drivers = Vec::new();
     for idle in IDLE {
         let Some((mut driver, mut client)) = driver_with(idle) else {
             continue;
         };
-        let mut completions = Vec::with_capacity(BATCH);
         // Once, outside the measurement: every frame goes out.
         exchange(&mut driver, &mut client, &frames, &mut completions);
         assert!(
             completions.iter().all(|c| c.status.is_sent()),
             "the active client's frames are sent: {completions:?}"
         );
+        drivers.push((idle, driver, client));
+    }
+    paired(&mut drivers, &frames, &mut completions);
+    let mut group = c.benchmark_group("scale-idle");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    for (idle, driver, client) in &mut drivers {
         group.bench_function(format!("idle-{idle}/netmux"), |b| {
-            b.iter(|| exchange(&mut driver, &mut client, &frames, &mut completions));
+            b.iter(|| exchange(driver, client, &frames, &mut completions));
         });
         eprintln!(
             "scale-idle/idle-{idle}: {} queues, {} visited per turn",
