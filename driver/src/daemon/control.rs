@@ -27,7 +27,7 @@
 //!   [`ServerError::LinkGone`], after failing closed.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -442,8 +442,9 @@ impl Server {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
                 fds.len() - 1
             });
-            let wakes: Vec<BorrowedFd<'_>> = self.driver.queue_wake_fds().collect();
-            for fd in wakes {
+            // One descriptor for every parked queue (the others are armed and parked by
+            // `prepare_sleep`, or wait for the link).
+            if let Some(fd) = self.driver.queue_wake_fd() {
                 fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
             }
             let wait = if waits_for_link {

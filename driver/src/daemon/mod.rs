@@ -48,6 +48,7 @@ pub mod capture;
 pub mod control;
 pub mod firewall;
 pub mod icmp_errors;
+pub mod idle;
 pub mod instances;
 mod ops;
 pub mod overlay;
@@ -78,9 +79,11 @@ pub const DEFAULT_RX_BATCH: usize = 64;
 /// Frames taken from one queue's tx ring per turn: bounds how long one busy client can hold
 /// the transmit path before the next queue's turn.
 pub const DEFAULT_TX_BATCH: usize = 32;
-/// Queues one driver serves: each holds at least a few hundred KiB of ring memory and an fd
-/// triple, and netd's limits are lower.
-pub const MAX_QUEUES: usize = 4096;
+/// Queues one driver serves: room for the 10,000 clients of issue 28 and more. An idle queue
+/// costs the transmit path nothing (it is parked, see [`idle`]), so the bound is memory and
+/// descriptors: each queue holds its ring memory (from about 300 KiB with small rings) and an
+/// fd triple, so 16,384 queues need a descriptor limit above 49,152; netd's limits are lower.
+pub const MAX_QUEUES: usize = 16_384;
 /// Filters one driver holds (rx and tx together): bounds classifier memory and scan time.
 pub const MAX_FILTERS: usize = 65_536;
 /// Host addresses netd may announce.
@@ -206,6 +209,8 @@ struct Queue {
     ring: DriverQueue,
     /// Its instance's slot.
     instance: Slot,
+    /// Its place in the transmit path's schedule ([`idle`]).
+    sched: idle::QueueSched,
     /// Its instance's MAC: what a rejection's reason is checked against.
     mac: [u8; 6],
     /// The sizes netd asked for (kept for diagnostics; the ring's layout is authoritative).
@@ -290,8 +295,10 @@ pub struct Driver {
     reassembler: Reassembler,
     config: DriverConfig,
     queues: IdMap<QueueId, Queue>,
-    /// Queue ids in creation order: the transmit path's round-robin.
+    /// Queue ids in creation order (the transmit path visits the active ones: [`idle`]).
     order: Vec<QueueId>,
+    /// Which queues the transmit path visits ([`idle`]).
+    sched: idle::Schedule,
     /// Which queue and direction each installed filter belongs to.
     filters: IdMap<FilterId, (QueueId, Direction)>,
     netd_queue: Option<QueueId>,
@@ -377,6 +384,7 @@ impl Driver {
             config,
             queues: IdMap::default(),
             order: Vec::new(),
+            sched: idle::Schedule::default(),
             filters: IdMap::default(),
             netd_queue: None,
             rx_batch: FrameBatch::new(),
@@ -495,39 +503,6 @@ impl Driver {
     /// Number of queues.
     pub fn queue_count(&self) -> usize {
         self.order.len()
-    }
-
-    /// The driver-wake eventfds of every open queue, for an event loop; see
-    /// [`prepare_sleep`](Self::prepare_sleep).
-    pub fn queue_wake_fds(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> + '_ {
-        self.order
-            .iter()
-            .filter_map(|id| self.queues.get(id))
-            .map(|q| q.ring.driver_wake_fd())
-    }
-
-    /// Before sleeping: asks every queue's client to signal when it transmits. Returns false
-    /// when some queue already has frames waiting (do not sleep); call
-    /// [`end_sleep`](Self::end_sleep) afterwards either way.
-    pub fn prepare_sleep(&mut self) -> bool {
-        let mut idle = true;
-        for q in self.queues.values_mut() {
-            if !q.link_held.is_empty() {
-                // Its ring waits for the link, not the other way round (see `link_held`).
-                continue;
-            }
-            // A faulting queue is reported by the transmit path; here it only must not sleep
-            // the driver forever, so it counts as busy.
-            idle &= q.ring.prepare_tx_wait().unwrap_or(false);
-        }
-        idle
-    }
-
-    /// After sleeping: withdraws the wake-up requests.
-    pub fn end_sleep(&mut self) {
-        for q in self.queues.values_mut() {
-            q.ring.end_tx_wait();
-        }
     }
 
     fn now_ns(&self) -> u64 {
@@ -684,6 +659,7 @@ impl Driver {
             Queue {
                 ring,
                 instance: slot,
+                sched: idle::QueueSched::default(),
                 mac: self.instances.get(slot).map_or(self.link_mac, |i| i.mac),
                 config,
                 tx_filters: Vec::new(),
@@ -694,6 +670,10 @@ impl Driver {
                 touched: false,
             },
         );
+        if let Err(e) = self.schedule_queue(id) {
+            self.queues.remove(&id);
+            return Response::error(ErrorCode::Internal, format!("queue wake-up: {e}"));
+        }
         self.order.push(id);
         if let Some(i) = self.instances.get_mut(slot) {
             i.queues.push(id);
@@ -718,10 +698,20 @@ impl Driver {
             Err((code, message)) => return Response::error(code, message),
         };
         let ring_bytes = ring.layout().total_len;
+        self.sched
+            .unregister(&mut queue.sched, queue.ring.driver_wake_fd());
         let mut old = std::mem::replace(&mut queue.ring, ring);
         queue.ring.set_rx_limit(old.rx_limit());
         old.close();
         queue.config = config;
+        if let Err(e) = self.schedule_queue(id) {
+            // Not visited until it is re-created; the client's queue ends with the error.
+            tracing::warn!(queue = id.0, "queue wake-up: {e}");
+            if let Some(queue) = self.queues.get_mut(&id) {
+                queue.ring.close();
+            }
+            return Response::error(ErrorCode::Internal, format!("queue wake-up: {e}"));
+        }
         Response {
             reply: DriverReply::QueueCreated {
                 queue: id,
@@ -737,6 +727,8 @@ impl Driver {
             return false;
         };
         queue.ring.close();
+        self.sched
+            .unregister(&mut queue.sched, queue.ring.driver_wake_fd());
         if let Some(i) = self.instances.get_mut(queue.instance) {
             i.classifier.remove_queue(id);
             i.queues.retain(|&q| q != id);
@@ -867,6 +859,7 @@ impl Driver {
             self.destroy_queue(id);
         }
         self.queues.clear();
+        self.sched.clear();
         self.filters.clear();
         self.touched.clear();
         // The next netd gives the rules it keeps at its start.
@@ -1059,8 +1052,9 @@ impl Driver {
         }
     }
 
-    /// Gives every queue one transmit turn. Returns the number of frames taken from the tx
-    /// rings (0: nothing to do right now).
+    /// Gives every active queue one transmit turn, after waking the parked queues whose
+    /// clients sent ([`idle`]). Returns the number of frames taken from the tx rings (0:
+    /// nothing to do right now).
     pub fn poll_tx(&mut self) -> usize {
         let mut total = 0;
         let mut batch = std::mem::take(&mut self.tx_batch);
@@ -1073,8 +1067,12 @@ impl Driver {
             // Encapsulated frames the busy link did not take last time.
             self.flush_overlays();
         }
-        for i in 0..self.order.len() {
-            let id = self.order[i];
+        if self.sched.check_due() {
+            self.wake_parked();
+        }
+        self.compact_active();
+        for i in 0..self.sched.active.len() {
+            let id = self.sched.active[i];
             if self
                 .queues
                 .get(&id)
@@ -1114,12 +1112,15 @@ impl Driver {
             if taken == 0 {
                 // Malformed frames may have been completed without being returned.
                 queue.ring.flush();
-                if !released.is_empty() {
+                if released.is_empty() {
+                    Self::note_idle_turn(&mut self.sched, queue);
+                } else {
                     self.settle_fragments(id, Vec::new(), released);
                 }
                 continue;
             }
             total += taken;
+            queue.sched.idle_turns = 0;
             let sender = queue.instance;
             let sender_id = self.instances.get(sender).map(|i| i.id).unwrap_or_default();
             let sender_overlay = self.instances.get(sender).and_then(|i| i.overlay);
@@ -1281,6 +1282,7 @@ impl Driver {
             }
         }
         self.tx_batch = batch;
+        self.compact_active();
         if self.link.state() != self.link_state.state {
             self.note_link_state();
         }
@@ -1357,7 +1359,13 @@ impl Driver {
     /// overlay): the control loop then also waits for the link to become writable, and not
     /// longer than a millisecond.
     pub fn waits_for_link(&self) -> bool {
-        self.overlays.has_output() || self.queues.values().any(|q| !q.link_held.is_empty())
+        // Only active queues hold frames for the link (see `idle`).
+        self.overlays.has_output()
+            || self
+                .sched
+                .active
+                .iter()
+                .any(|id| self.queues.get(id).is_some_and(|q| !q.link_held.is_empty()))
     }
 
     /// Copies a frame `sender` transmitted to the taps of its instance that want it.
