@@ -80,7 +80,7 @@ fn criterion_dir() -> PathBuf {
 /// `scripts/bench-report` reads).
 fn record(id: &str, ns: f64) {
     let dir = criterion_dir()
-        .join(id.replace('=', "_").replace('/', "_"))
+        .join(id.replace(['=', '/'], "_"))
         .join("new");
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
