@@ -55,7 +55,8 @@ pub struct FilterSpec {
     pub binding: Option<PortBinding>,
     /// The pcap-filter expression it was built from (for people and tests).
     pub expr: String,
-    /// The verified program, in the VM's container format.
+    /// The verified program, in the VM's container format; empty for a port's tx grant (a
+    /// table entry in the driver, see [`netmux_proto::driver::DriverRequest::InstallFilter`]).
     pub program: Vec<u8>,
 }
 

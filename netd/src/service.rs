@@ -474,6 +474,22 @@ fn spec(
     })
 }
 
+/// A port's transmit grant: a tx filter with its binding and no program, which the driver
+/// keeps as an entry in the queue's transmit table (it accepts exactly what `expr`, the
+/// binding's `ether src .. and ip src host .. and udp src port ..`, would). Binding a port
+/// compiles nothing for its transmit side.
+fn grant_spec(queue: QueueId, filter: FilterId, binding: PortBinding, expr: String) -> FilterSpec {
+    FilterSpec {
+        queue,
+        filter,
+        direction: Direction::Tx,
+        mode: RxMode::Owner,
+        binding: Some(binding),
+        expr,
+        program: Vec::new(),
+    }
+}
+
 impl Netd {
     /// netd with this configuration, on a link with these properties. The returned commands
     /// tell the driver the default instance's addresses and every instance restored from the
@@ -2064,15 +2080,20 @@ impl Netd {
                 .chain(port_filters.tx.into_iter().map(|f| (Direction::Tx, f)));
             for (direction, (expr, binding)) in directed {
                 let filter = self.filter_id();
-                let s = spec(
-                    queue_id,
-                    filter,
-                    direction,
-                    RxMode::Owner,
-                    Some(binding),
-                    expr,
-                )
-                .map_err(|e| error(ErrorCode::Internal, e))?;
+                let s = match direction {
+                    // The transmit side is an entry in the queue's grant table: nothing to
+                    // compile (see `grant_spec`).
+                    Direction::Tx => grant_spec(queue_id, filter, binding, expr),
+                    Direction::Rx => spec(
+                        queue_id,
+                        filter,
+                        direction,
+                        RxMode::Owner,
+                        Some(binding),
+                        expr,
+                    )
+                    .map_err(|e| error(ErrorCode::Internal, e))?,
+                };
                 commands.push(DriverCommand::InstallFilter(s));
                 ids.push(filter);
             }

@@ -146,9 +146,14 @@ pub enum DriverRequest {
         direction: Direction,
         /// For rx filters: owner, tap or exclusive.
         mode: RxMode,
-        /// For port-binding rx filters: the key for the classifier's table.
+        /// For port-binding rx filters: the key for the classifier's table. For port-binding
+        /// tx filters: the grant (the source address, protocol and source port the queue may
+        /// send from, with its instance's MAC).
         binding: Option<PortBinding>,
-        /// The program in the VM's container format.
+        /// The program in the VM's container format. Empty for a tx filter with a `binding`:
+        /// the grant is then an entry in the queue's transmit table, looked up per frame
+        /// (accepting exactly what `ether src MAC and ip|ip6 src host A and tcp|udp src port
+        /// P` accepts), and nothing is compiled.
         program: Vec<u8>,
     },
     /// Remove a filter; the reply confirms it is no longer in force.

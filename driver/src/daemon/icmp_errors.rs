@@ -106,13 +106,9 @@ impl super::Driver {
                 continue;
             }
             let owner: Option<QueueId> = instance.queues.iter().copied().find(|q| {
-                self.queues.get(q).is_some_and(|queue| {
-                    queue
-                        .tx_filters
-                        .iter()
-                        .filter_map(|f| f.binding.as_ref())
-                        .any(|g| grants(g, &flow))
-                })
+                self.queues
+                    .get(q)
+                    .is_some_and(|queue| queue.tx_filters.bindings().any(|g| grants(g, &flow)))
             });
             if let Some(owner) = owner {
                 self.receivers.push(owner);

@@ -71,7 +71,7 @@ use crate::reassembly::{self, DropReason, Outcome, Reassembler};
 use instances::{Instances, Route, Slot, Target};
 pub use netmux_classify::{Classifier, ClassifierError, Classify, LinearScan, RxFilter};
 use netmux_ring::{DriverQueue, QueueFds, RxOutcome, TxStatus};
-use tx::TxFilter;
+use tx::{TxFilter, TxFilters};
 
 /// Frames taken from the link per receive batch: enough to amortise the per-batch ring
 /// publication, small enough that a batch stays in the L1/L2 cache.
@@ -84,8 +84,9 @@ pub const DEFAULT_TX_BATCH: usize = 32;
 /// descriptors: each queue holds its ring memory (from about 300 KiB with small rings) and an
 /// fd triple, so 16,384 queues need a descriptor limit above 49,152; netd's limits are lower.
 pub const MAX_QUEUES: usize = 16_384;
-/// Filters one driver holds (rx and tx together): bounds classifier memory and scan time.
-pub const MAX_FILTERS: usize = 65_536;
+/// Filters one driver holds (rx and tx together, a port's tx grant included): bounds classifier
+/// memory and scan time. Room for 100,000 bound ports with their broadcast keys.
+pub const MAX_FILTERS: usize = 1 << 20;
 /// Host addresses netd may announce.
 pub const MAX_HOST_ADDRESSES: usize = 256;
 /// An Ethernet header with one 802.1Q tag: what a frame may carry besides the MTU's bytes.
@@ -215,7 +216,8 @@ struct Queue {
     mac: [u8; 6],
     /// The sizes netd asked for (kept for diagnostics; the ring's layout is authoritative).
     config: QueueConfig,
-    tx_filters: Vec<TxFilter>,
+    /// Its transmit filters: port grants in a table, other filters as programs.
+    tx_filters: TxFilters,
     /// IPv4 fragments it transmitted, held until their datagram is whole.
     fragments: tx_fragments::TxGatherer,
     /// Frames the busy link has not taken yet, oldest first.
@@ -662,7 +664,7 @@ impl Driver {
                 sched: idle::QueueSched::default(),
                 mac: self.instances.get(slot).map_or(self.link_mac, |i| i.mac),
                 config,
-                tx_filters: Vec::new(),
+                tx_filters: TxFilters::default(),
                 fragments: tx_fragments::TxGatherer::default(),
                 tx: TxOutcomes::default(),
                 firewall_dropped: 0,
@@ -767,6 +769,16 @@ impl Driver {
         if self.filters.len() >= MAX_FILTERS {
             return Response::error(ErrorCode::Limit, format!("at most {MAX_FILTERS} filters"));
         }
+        // A port's transmit grant comes without a program: it is an entry in the queue's
+        // grant table (see `tx`), checked by one lookup per frame.
+        if let (Direction::Tx, Some(binding), true) = (direction, binding, program.is_empty()) {
+            let Some(q) = self.queues.get_mut(&queue) else {
+                return Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0));
+            };
+            q.tx_filters.grant(filter, binding);
+            self.filters.insert(filter, (queue, direction));
+            return Response::done();
+        }
         // The driver trusts netd, but not the bytes: only a verified program ever runs.
         let program = match netmux_vm::verify(program) {
             Ok(p) => p,
@@ -839,7 +851,7 @@ impl Driver {
                     }
                     Direction::Tx => {
                         if let Some(q) = self.queues.get_mut(&queue) {
-                            q.tx_filters.retain(|f| f.filter != filter);
+                            q.tx_filters.remove(filter);
                         }
                     }
                 }

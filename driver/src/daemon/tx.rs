@@ -12,13 +12,27 @@
 //!    after its source port);
 //! 2. an IP fragment is rejected ([`netmux_wire::ip::is_fragment`]), whatever the filters say
 //!    (the driver reassembles what it receives, and fragments are how filters are evaded);
-//! 3. otherwise the frame goes on the wire when any of the queue's verified tx filters accepts
-//!    it, and is rejected when none does (a queue without tx filters transmits nothing).
+//! 3. otherwise the frame goes on the wire when the queue's grant table or any of its verified
+//!    tx programs accepts it, and is rejected when none does (a queue without tx filters
+//!    transmits nothing).
 //!
-//! Tx filters are programs that answer accept or reject, nothing more, so the **reason** for a
+//! # Port grants are a table, not programs
+//!
+//! A bound port's transmit side is a [`PortBinding`] in its queue's grant table
+//! ([`TxFilters::grant`]), installed without a program: the frame's source MAC (the queue's
+//! instance MAC), source address, IP protocol and source port are read once and looked up
+//! ([`grant_key`]), so binding and closing a port is a table update. The lookup accepts exactly
+//! the frames the program `ether src MAC and ip[6] src host A and tcp|udp src port P` (what netd
+//! compiled per binding before, `netmux_compiler::builders::tx_port_expr`) accepts: an untagged
+//! IPv4 or IPv6 frame from the MAC and the address, of the protocol, with the port at the
+//! transport header (after the IPv4 header's own length; right after the fixed IPv6 header).
+//! Only the queue's other filters (ARP and neighbour discovery, a netd queue's own) are
+//! programs. A property test holds the two equal frame for frame.
+//!
+//! Tx filters answer accept or reject, nothing more, so the **reason** for a
 //! rejection is found afterwards by cheap structured checks of the same private copy against
-//! what the queue was granted: the link's MAC address and the [`PortBinding`]s its tx filters
-//! were installed with. The first check that fails names the reason: source MAC, then
+//! what the queue was granted: the link's MAC address and the [`PortBinding`]s of its grants
+//! and tx programs. The first check that fails names the reason: source MAC, then
 //! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one; a VLAN tag is an
 //! ethertype no queue is granted), then source IP, then
 //! (protocol, source port); ICMPv6 from a granted address (neighbour discovery, which has no
@@ -28,6 +42,8 @@
 //! the checks do not model: [`TxStatus::RejectedByFilter`]. The diagnosis never turns a
 //! rejection into an acceptance, and it only runs for rejected frames, so it costs nothing on
 //! the fast path.
+
+use std::collections::HashMap;
 
 use netmux_proto::driver::{FilterId, PortBinding};
 use netmux_ring::TxStatus;
@@ -55,10 +71,130 @@ impl std::fmt::Debug for TxFilter {
     }
 }
 
+/// A queue's transmit filters: its port grants, a table looked up once per frame, and its
+/// other filters, verified programs run in turn.
+#[derive(Debug, Default)]
+pub struct TxFilters {
+    /// Programs (ARP, neighbour discovery, netd's own), in installation order.
+    programs: Vec<TxFilter>,
+    /// Each grant's binding, by its filter id.
+    grants: HashMap<FilterId, PortBinding>,
+    /// The granted bindings, with the number of grants naming each.
+    table: HashMap<PortBinding, u32>,
+}
+
+impl TxFilters {
+    /// Adds a program.
+    pub fn push(&mut self, filter: TxFilter) {
+        self.programs.push(filter);
+    }
+
+    /// Grants the queue `binding` as a transmit source under the id `filter`.
+    pub fn grant(&mut self, filter: FilterId, binding: PortBinding) {
+        if let Some(old) = self.grants.insert(filter, binding) {
+            self.ungrant(&old);
+        }
+        *self.table.entry(binding).or_insert(0) += 1;
+    }
+
+    fn ungrant(&mut self, binding: &PortBinding) {
+        if let Some(n) = self.table.get_mut(binding) {
+            *n -= 1;
+            if *n == 0 {
+                self.table.remove(binding);
+            }
+        }
+    }
+
+    /// Removes the grant or program `filter`, whichever it is.
+    pub fn remove(&mut self, filter: FilterId) {
+        if let Some(binding) = self.grants.remove(&filter) {
+            self.ungrant(&binding);
+        }
+        self.programs.retain(|f| f.filter != filter);
+    }
+
+    /// Removes every grant and program: the queue transmits nothing.
+    pub fn clear(&mut self) {
+        self.programs.clear();
+        self.grants.clear();
+        self.table.clear();
+    }
+
+    /// Grants and programs installed.
+    pub fn len(&self) -> usize {
+        self.programs.len() + self.grants.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The programs, in installation order.
+    pub fn iter_programs(&self) -> impl Iterator<Item = &TxFilter> {
+        self.programs.iter()
+    }
+
+    /// Every binding the queue was granted, by a grant or with a program.
+    pub fn bindings(&self) -> impl Iterator<Item = &PortBinding> + Clone {
+        self.table
+            .keys()
+            .chain(self.programs.iter().filter_map(|f| f.binding.as_ref()))
+    }
+
+    /// Whether the grant table accepts `frame` from a queue of the instance with `mac`.
+    pub fn table_accepts(&self, frame: &[u8], mac: &[u8; 6]) -> bool {
+        !self.table.is_empty() && grant_key(frame, mac).is_some_and(|k| self.table.contains_key(&k))
+    }
+}
+
+fn be16(frame: &[u8], at: usize) -> Option<u16> {
+    frame
+        .get(at..at + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+}
+
+/// The grant a frame needs to be sent from a queue of the instance with `mac`: its source
+/// address, IP protocol and source port, or `None` when no grant could accept it (another
+/// source MAC, not untagged IPv4 or IPv6, a field beyond the frame). Reads the frame exactly
+/// where the per-binding program reads it: the IPv4 source port after the header length the
+/// header states, the IPv6 one right after the fixed header.
+pub fn grant_key(frame: &[u8], mac: &[u8; 6]) -> Option<PortBinding> {
+    if frame.get(6..12)? != mac {
+        return None;
+    }
+    let mut address = [0u8; 16];
+    let (ipv6, protocol, port) = match be16(frame, 12)? {
+        ethertype::IPV4 => {
+            address[..4].copy_from_slice(frame.get(26..30)?);
+            let protocol = *frame.get(23)?;
+            // The program's port test also asks for a first fragment: the fragment rule
+            // refused every fragment before, but the table stays equal on its own.
+            if be16(frame, 20)? & 0x1fff != 0 {
+                return None;
+            }
+            let header = usize::from(frame.get(14)? & 0x0f) * 4;
+            (false, protocol, be16(frame, 14 + header)?)
+        }
+        ethertype::IPV6 => {
+            address.copy_from_slice(frame.get(22..38)?);
+            (true, *frame.get(20)?, be16(frame, 14 + ipv6::HEADER_LEN)?)
+        }
+        _ => return None,
+    };
+    Some(PortBinding {
+        protocol,
+        address,
+        ipv6,
+        port,
+    })
+}
+
 /// Decides the fate of `frame` (the driver's private copy). See the module documentation.
 pub fn check(
     frame: &[u8],
-    filters: &[TxFilter],
+    filters: &TxFilters,
     link_mac: &[u8; 6],
     scratch: &mut Scratch,
 ) -> TxStatus {
@@ -68,19 +204,18 @@ pub fn check(
     if is_fragment(frame) {
         return TxStatus::RejectedFragment;
     }
+    if filters.table_accepts(frame, link_mac) {
+        return TxStatus::Sent;
+    }
     let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-    if filters.iter().any(|f| {
+    if filters.programs.iter().any(|f| {
         f.engine
             .run_with_scratch(frame, wire_len, scratch)
             .is_accept()
     }) {
         return TxStatus::Sent;
     }
-    diagnose(
-        frame,
-        filters.iter().filter_map(|f| f.binding.as_ref()),
-        link_mac,
-    )
+    diagnose(frame, filters.bindings(), link_mac)
 }
 
 /// ICMPv6's next-header value: neighbour discovery, which has no ports.
@@ -262,9 +397,42 @@ mod tests {
         other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
         assert!(!is_truncated(&other));
         assert_eq!(
-            check(&whole[..36], &[], &MAC, &mut Scratch::default()),
+            check(
+                &whole[..36],
+                &TxFilters::default(),
+                &MAC,
+                &mut Scratch::default()
+            ),
             TxStatus::RejectedMalformed
         );
+    }
+
+    #[test]
+    fn a_grant_is_a_table_entry_until_its_last_filter_is_removed() {
+        let frame = udp4(MAC, [10, 0, 0, 1], 53);
+        let mut filters = TxFilters::default();
+        let sent = |f: &TxFilters| check(&frame, f, &MAC, &mut Scratch::default());
+        filters.grant(FilterId(1), grant([10, 0, 0, 1], 53));
+        filters.grant(FilterId(2), grant([10, 0, 0, 1], 53));
+        filters.grant(FilterId(3), grant([10, 0, 0, 1], 54));
+        assert_eq!(filters.len(), 3);
+        assert_eq!(sent(&filters), TxStatus::Sent);
+        assert_eq!(
+            check(
+                &udp4([9; 6], [10, 0, 0, 1], 53),
+                &filters,
+                &MAC,
+                &mut Scratch::default()
+            ),
+            TxStatus::RejectedSpoofedSourceMac
+        );
+        filters.remove(FilterId(1));
+        assert_eq!(sent(&filters), TxStatus::Sent, "another grant names it");
+        filters.remove(FilterId(2));
+        assert_eq!(sent(&filters), TxStatus::RejectedUnownedSourcePort);
+        filters.remove(FilterId(3));
+        assert!(filters.is_empty());
+        assert_eq!(sent(&filters), TxStatus::RejectedEthertypeNotGranted);
     }
 
     #[test]
@@ -275,7 +443,7 @@ mod tests {
             TxStatus::RejectedEthertypeNotGranted
         );
         assert_eq!(
-            check(&frame, &[], &MAC, &mut Scratch::default()),
+            check(&frame, &TxFilters::default(), &MAC, &mut Scratch::default()),
             TxStatus::RejectedEthertypeNotGranted
         );
     }
