@@ -217,6 +217,29 @@ fn clients_on_two_hosts_exchange_udp_through_vxlan_told_the_overlay_mtu() {
         assert!(Instant::now() < deadline, "counters: {:?}", o.counters);
         std::thread::sleep(Duration::from_millis(50));
     }
+    // `netmux stat -l` shows the overlay beside the instances and the link.
+    let out = Command::new(NETMUX)
+        .args(["stat", "-l", "--json", "1", "1", "--runtime-dir"])
+        .arg(a.runtime_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == "overlay:blue")
+        .unwrap_or_else(|| panic!("no overlay row: {rows:?}"));
+    assert_eq!(
+        (row["vni"].as_u64(), row["state"].as_str()),
+        (Some(42), Some("ok"))
+    );
+    assert!(
+        row["tx_frames"].as_u64() >= Some(1) && row["misses"].as_u64() >= Some(1),
+        "{row}"
+    );
     // An overlay with an instance cannot go.
     let refused = Client::connect(a.runtime_dir())
         .unwrap()

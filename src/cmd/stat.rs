@@ -44,7 +44,10 @@ const HEADER_EVERY: usize = 20;
                   netmux stat --json pid:4082 1 3\n\n\
                   drops counts every frame the driver dropped for the client (full ring, \
                   firewall, ...) and every transmission it refused (by reason with -v); txfc \
-                  counts the times its transmissions waited for room.\n\n\
+                  counts the times its transmissions waited for room. With -l, a line per \
+                  instance, per overlay (overlay:NAME, its frames in and out of VXLAN, its \
+                  drops, and vni=, state= ok or degraded, misses= lookups asked of the \
+                  mapping service, cached= mappings the driver holds) and for the link.\n\n\
                   Exit status: 0 done, 1 netd refused, 2 bad usage or netd not reachable."
 )]
 pub struct Stat {
@@ -66,7 +69,7 @@ pub struct Stat {
     /// Drops by reason.
     #[arg(short = 'v', long)]
     verbose: bool,
-    /// A line for each instance and one for the link as well.
+    /// A line for each instance, each overlay and one for the link as well.
     #[arg(short = 'l', long)]
     link: bool,
     /// netd's runtime directory [default: $XDG_RUNTIME_DIR/netmux, else /run/netmux].
@@ -105,7 +108,11 @@ impl Run for Stat {
         let mut client = Client::connect_with(&dir, &options).map_err(refusal)?;
         let stop = netmux_driver::cli::stop_on_signals()?;
         let mut out = std::io::stdout().lock();
-        type Totals = (Option<Counters>, Vec<(String, Counters)>);
+        type Totals = (
+            Option<Counters>,
+            Vec<(String, Counters)>,
+            Vec<(String, Counters, String)>,
+        );
         let mut previous: Option<(Instant, HashMap<u64, Sample>, Totals)> = None;
         let mut printed = 0u64;
         let mut lines = 0usize;
@@ -120,6 +127,30 @@ impl Run for Stat {
                     .into_iter()
                     .filter(|i| self.instance.as_ref().is_none_or(|n| &i.name == n))
                     .filter_map(|i| Some((i.name, i.counters?)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            // With -l: every overlay too, its state and lookups beside its frames and drops.
+            let overlays: Vec<(String, Counters, String)> = if self.link {
+                client
+                    .list_overlays()
+                    .map_err(refusal)?
+                    .into_iter()
+                    .map(|o| {
+                        let counters = Counters {
+                            rx_frames: o.counters.rx_frames,
+                            tx_frames: o.counters.tx_frames,
+                            rx_dropped: o.counters.dropped.clone(),
+                            ..Counters::default()
+                        };
+                        let state = o.state.split(':').next().unwrap_or("").to_owned();
+                        let note = format!(
+                            "vni={} state={state} misses={} cached={}",
+                            o.spec.vni, o.counters.misses, o.counters.cached
+                        );
+                        (o.spec.name, counters, note)
+                    })
                     .collect()
             } else {
                 Vec::new()
@@ -152,7 +183,9 @@ impl Run for Stat {
                     },
                 );
             }
-            if let Some((then, before, (link_before, instances_before))) = &previous {
+            if let Some((then, before, (link_before, instances_before, overlays_before))) =
+                &previous
+            {
                 let secs = taken.duration_since(*then).as_secs_f64().max(1e-9);
                 let mut rows = Vec::new();
                 for id in &order {
@@ -170,6 +203,19 @@ impl Run for Stat {
                             counters: a.clone(),
                         };
                         rows.push(Row::of(format!("instance:{name}"), None, &sample, b, secs));
+                    }
+                }
+                for (name, a, note) in &overlays {
+                    if let Some((_, b, _)) = overlays_before.iter().find(|(n, ..)| n == name) {
+                        let sample = Sample {
+                            pid: 0,
+                            instance: "-".into(),
+                            ports: "-".into(),
+                            counters: a.clone(),
+                        };
+                        let mut row = Row::of(format!("overlay:{name}"), None, &sample, b, secs);
+                        row.note = Some(note.clone());
+                        rows.push(row);
                     }
                 }
                 if self.link {
@@ -206,7 +252,7 @@ impl Run for Stat {
                     break;
                 }
             }
-            previous = Some((taken, now, (list.link.clone(), instances)));
+            previous = Some((taken, now, (list.link.clone(), instances, overlays)));
             // Sleep to the next interval, looking at the stop flag now and then.
             let next = taken + interval;
             while Instant::now() < next {
@@ -316,6 +362,8 @@ struct Row {
     txfc: u64,
     reasons: Vec<(String, u64)>,
     totals: Counters,
+    /// What an overlay's row says besides (`vni=N state=ok misses=N cached=N`).
+    note: Option<String>,
 }
 
 impl Row {
@@ -335,6 +383,7 @@ impl Row {
             txfc: c.tx_flow_control.saturating_sub(before.tx_flow_control),
             reasons: drop_reasons(c, before),
             totals: c.clone(),
+            note: None,
         }
     }
 
@@ -375,6 +424,9 @@ impl Row {
             })
             .collect();
         let mut line = cells.join(" | ");
+        if let Some(note) = &self.note {
+            line.push_str(&format!("  {note}"));
+        }
         if verbose && !self.reasons.is_empty() {
             let reasons: Vec<String> = self
                 .reasons
@@ -405,6 +457,15 @@ impl Row {
             "drops_total": drops(&self.totals),
             "txfc_total": self.totals.tx_flow_control,
         });
+        if let Some(note) = &self.note {
+            for pair in note.split(' ') {
+                if let Some((k, val)) = pair.split_once('=') {
+                    v[k] = val
+                        .parse::<u64>()
+                        .map_or_else(|_| serde_json::json!(val), |n| serde_json::json!(n));
+                }
+            }
+        }
         if verbose {
             v["drops_by_reason"] = serde_json::json!(self
                 .reasons
