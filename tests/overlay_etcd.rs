@@ -75,6 +75,7 @@ fn join(runtime_dir: &Path, i: u8) -> (Client, ClientQueue) {
             ipv4: (ip(i), 24),
             gateway: None,
             ipv6_link_local: false,
+            ipv6: None,
             ephemeral: None,
             join_uids: None,
             privileged_uids: vec![],
