@@ -11,7 +11,9 @@
 //!
 //! Targets that take structured input decode the bytes as libFuzzer's
 //! `fuzz_target!(|input: T| ..)` does ([`structured`]), so a committed input means the same
-//! thing to the fuzzer and to the test.
+//! thing to the fuzzer and to the test. The targets that drive a protocol machine with frames
+//! (`dhcp`, `ndp`) read a plain byte format of steps instead (`Step`: wait, deadline, frame,
+//! aimed frame), so that their seeds hold real frames as they are on the wire.
 //!
 //! [`gen`] holds the random rule and frame generator of the classifier target, shared with the
 //! classifier equivalence tests of this crate.
