@@ -88,8 +88,11 @@ macro_rules! replay_tests {
 replay_tests!(
     classifier,
     config_file,
+    dhcp,
     filter_parse,
+    firewall_rules,
     ipc_decode,
+    ndp,
     overlay_files,
     reassembly,
     vm_differential,

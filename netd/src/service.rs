@@ -46,7 +46,7 @@ use crate::filters::{self, HostIdentity};
 use crate::instance::{Instance, InstanceEntry, InstanceError, InstancesFile};
 
 mod ops;
-pub use ops::parse_size;
+pub use ops::{compile_rule, parse_size};
 
 /// Why netd could not start.
 #[derive(Debug, thiserror::Error)]

@@ -139,8 +139,10 @@ impl FirewallState {
     }
 }
 
-/// A rule's expression as a verified program (an empty one matches every frame).
-fn compile_rule(expr: &str) -> Result<Vec<u8>, ErrorReply> {
+/// A rule's expression as a verified program (an empty one matches every frame): what
+/// `netmux firewall add` and the configuration file's rules are compiled with (public for the
+/// `firewall_rules` fuzz target).
+pub fn compile_rule(expr: &str) -> Result<Vec<u8>, ErrorReply> {
     filters::compile(expr)
         .map(|p| p.to_bytes())
         .map_err(|e| error(ErrorCode::BadFilter, e.to_string()))
