@@ -277,7 +277,10 @@ impl Shell {
         loop {
             let left = {
                 let netd = lock(&self.state);
-                sessions.iter().filter(|&&id| netd.has_session(id)).count()
+                sessions
+                    .iter()
+                    .filter(|&&id| netd.has_session(id) || netd.tearing_down(id))
+                    .count()
             };
             if left == 0 || Instant::now() > deadline {
                 if left > 0 {

@@ -377,6 +377,9 @@ pub struct Netd {
     rxbuf: HashMap<QueueId, u64>,
     /// The `txbuf` set on queues (`netmux set`), in bytes.
     txbuf: HashMap<QueueId, u64>,
+    /// Sessions that ended whose queues and filters the driver is still removing, with their
+    /// instance ([`Netd::tearing_down`]).
+    teardowns: HashMap<SessionId, InstanceId>,
     /// The static address to probe for before netd starts, and the transmit filter that lets
     /// the probes out ([`crate::dad`]).
     dad: Option<(std::net::Ipv4Addr, FilterId)>,
@@ -592,6 +595,7 @@ impl Netd {
             firewall: ops::FirewallState::default(),
             rxbuf: HashMap::new(),
             txbuf: HashMap::new(),
+            teardowns: HashMap::new(),
             dad: None,
         };
         netd.names
@@ -1395,6 +1399,12 @@ impl Netd {
         self.session_instance.contains_key(&id)
     }
 
+    /// Whether a session that ended still has driver work under way (its queue and filters
+    /// being removed): its instance cannot go before that is done.
+    pub fn tearing_down(&self, id: SessionId) -> bool {
+        self.teardowns.contains_key(&id)
+    }
+
     /// The instance of a session.
     fn instance_of(&self, id: SessionId) -> InstanceId {
         self.session_instance
@@ -1615,7 +1625,14 @@ impl Netd {
             ));
         }
         i.condemned = true;
-        let sessions: Vec<SessionId> = i.core.sessions().map(|s| s.id).collect();
+        let mut sessions: Vec<SessionId> = i.core.sessions().map(|s| s.id).collect();
+        // Sessions that ended but whose queues the driver still has: waited for too.
+        sessions.extend(
+            self.teardowns
+                .iter()
+                .filter(|&(_, &i)| i == instance)
+                .map(|(&s, _)| s),
+        );
         Ok(Step::EndSessions {
             sessions,
             then: Then(Pending::DestroyInstanceSessionsEnded {
@@ -2514,6 +2531,8 @@ impl Netd {
         if commands.is_empty() {
             return Step::Finished;
         }
+        // Until the driver has let go of it, the session still holds its instance.
+        self.teardowns.insert(id, instance);
         self.work(
             commands,
             false,
@@ -2930,6 +2949,7 @@ impl Netd {
                 ports,
                 queue,
             } => {
+                self.teardowns.remove(&session);
                 let mut it = outcomes.iter();
                 for ((t, p), n) in ports {
                     let ok = it.by_ref().take(n).all(DriverOutcome::is_ok);
