@@ -1,4 +1,4 @@
-//! What idle clients cost an active one (issue 28): frames one client transmits through the
+//! What idle clients cost an active one: frames one client transmits through the
 //! driver's transmit path while 0, 1,000 or 10,000 other queues are open and idle.
 //!
 //! Every queue has small rings (64 slots of 2,048 bytes each way, 64 completion slots); the
@@ -39,8 +39,9 @@ use netmux_ring::{ClientQueue, Completion, QueueConfig};
 
 /// Frames per iteration: one transmit batch of the driver (`DEFAULT_TX_BATCH`).
 const BATCH: usize = 32;
-/// Idle queues per row: issue 28's 0, 1,000 and 10,000, and 5,000, which fits a descriptor
-/// limit of 20,000 (each queue holds three descriptors in the driver).
+/// Idle queues per row: 0, 1,000 and 10,000 (the goal: ten thousand clients on one host),
+/// and 5,000, which fits a descriptor limit of 20,000 (each queue holds three descriptors in
+/// the driver).
 const IDLE: [usize; 4] = [0, 1_000, 5_000, 10_000];
 /// Small rings, so that 10,000 queues fit in memory.
 const RING: QueueConfig = QueueConfig {

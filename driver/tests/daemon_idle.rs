@@ -1,4 +1,4 @@
-//! Idle queues cost nothing (issue 28): the transmit path visits only queues with work; an
+//! Idle queues cost nothing: the transmit path visits only queues with work; an
 //! idle queue is parked, woken by its client's send, and its frames go out at once; many
 //! parked queues do not disturb an active one; a queue closed while parked is gone cleanly.
 //! Driven in-process, turn by turn.

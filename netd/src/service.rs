@@ -1122,12 +1122,8 @@ impl Netd {
         } else {
             None
         };
-        let stale: Vec<SessionId> = if lost.is_some() {
-            self.session_instance
-                .iter()
-                .filter(|(_, i)| **i == id)
-                .map(|(s, _)| *s)
-                .collect()
+        let stale = if lost.is_some() {
+            self.sessions_in(id)
         } else {
             Vec::new()
         };
@@ -1241,12 +1237,8 @@ impl Netd {
         if before == after {
             return (Vec::new(), Vec::new());
         }
-        let stale: Vec<SessionId> = if before.is_some() {
-            self.session_instance
-                .iter()
-                .filter(|(_, i)| **i == DEFAULT_INSTANCE)
-                .map(|(s, _)| *s)
-                .collect()
+        let stale = if before.is_some() {
+            self.sessions_in(DEFAULT_INSTANCE)
         } else {
             Vec::new()
         };
@@ -1392,6 +1384,15 @@ impl Netd {
     /// Every session (connected and not yet ended).
     pub fn session_ids(&self) -> Vec<SessionId> {
         self.session_instance.keys().copied().collect()
+    }
+
+    /// The sessions of an instance (connected and not yet ended).
+    fn sessions_in(&self, instance: InstanceId) -> Vec<SessionId> {
+        self.session_instance
+            .iter()
+            .filter(|&(_, &i)| i == instance)
+            .map(|(&s, _)| s)
+            .collect()
     }
 
     /// Whether a session exists (connected and not yet ended).

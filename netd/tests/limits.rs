@@ -16,18 +16,9 @@ use netmux_proto::ErrorCode;
 
 const CLIENTS: usize = 1000;
 
-/// Raises this process's descriptor limit to its hard limit: every client here holds its
-/// socket and its queue's descriptors, and so do netd and the driver, in one process.
-fn raise_descriptor_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut limit = getrlimit(Resource::Nofile);
-    limit.current = limit.maximum;
-    let _ = setrlimit(Resource::Nofile, limit);
-}
-
 #[test]
 fn a_thousand_clients_of_one_uid_each_bind_a_port_and_open_a_queue_with_the_defaults() {
-    raise_descriptor_limit();
+    raise_descriptor_limit(u64::MAX);
     assert_eq!(
         netmux_ring::layout_of(&QueueConfig::default())
             .unwrap()
@@ -151,17 +142,6 @@ fn every_limit_and_timeout_is_shown_with_the_instances_properties() {
         assert!(props.iter().any(|(k, _)| k == name), "{name} in {props:?}");
     }
     assert!(props.contains(&("limits.sessions_per_uid".into(), "1024".into())));
-}
-
-/// A UDP frame from host B to host A's `port`.
-fn udp_to(port: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A)
-        .ipv4(IP_B.octets(), IP_A.octets(), 64)
-        .udp(40000, port)
-        .write(&mut frame, b"hello")
-        .unwrap();
-    frame
 }
 
 #[test]

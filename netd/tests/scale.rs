@@ -1,4 +1,4 @@
-//! Many clients on one host, the whole of them (issue 28): N client sessions each bind a UDP
+//! Many clients on one host, the whole of them: N client sessions each bind a UDP
 //! port, open a queue, receive a datagram from a peer on the virtual cable and answer it, then
 //! end; afterwards no descriptor and no ring mapping is left in the process (the driver, netd
 //! and every client live here, so all three are counted) and the driver has no client queue.
@@ -49,57 +49,6 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// Raises the descriptor limit to `want` (the hard limit too, when this process may), or as
-/// far as it goes; returns what it is now.
-fn raise_descriptor_limit(want: u64) -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
-    if hard < want
-        && setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(want),
-                maximum: Some(want),
-            },
-        )
-        .is_ok()
-    {
-        return want;
-    }
-    let current = want.min(hard);
-    let _ = setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(current),
-            maximum: limit.maximum,
-        },
-    );
-    getrlimit(Resource::Nofile).current.unwrap_or(0)
-}
-
-/// A datagram from the peer to `port`.
-fn to_port(port: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A)
-        .ipv4(IP_B.octets(), IP_A.octets(), 64)
-        .udp(40000, port)
-        .write(&mut frame, &port.to_be_bytes())
-        .unwrap();
-    frame
-}
-
-/// The answer of the session bound to `port`.
-fn from_port(port: u16) -> Vec<u8> {
-    let mut frame = Vec::new();
-    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(IP_A.octets(), IP_B.octets(), 64)
-        .udp(port, 40000)
-        .write(&mut frame, &port.to_be_bytes())
-        .unwrap();
-    frame
-}
-
 fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
     let need = 8 * sessions as u64 + 1024;
     let limit = raise_descriptor_limit(need);
@@ -137,7 +86,7 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
     // The peer sends every session a datagram; each answers it; the peer hears every answer.
     let start = Instant::now();
     for &(_, _, port) in &clients {
-        host.wire().send(&to_port(port));
+        host.wire().send(&udp_to(port));
     }
     let wire = host.wire();
     wire.set_nonblocking();
@@ -152,8 +101,8 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
                 let _ = q.wait_readable(Some(Duration::from_millis(10)));
             }
         }
-        assert_eq!(got.first(), Some(&to_port(*port)), "session on port {port}");
-        let answer = from_port(*port);
+        assert_eq!(got.first(), Some(&udp_to(*port)), "session on port {port}");
+        let answer = udp_from(*port);
         q.send_wait(&[&[&answer]], Some(Duration::from_secs(10)))
             .unwrap_or_else(|e| panic!("session on port {port} answers: {e}"));
         answered += 1;
@@ -174,7 +123,7 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
     let exchanged = start.elapsed();
     for &(_, _, port) in &clients {
         assert!(
-            heard.contains(&from_port(port)),
+            heard.contains(&udp_from(port)),
             "the answer from port {port}"
         );
     }

@@ -79,7 +79,7 @@ pub const DEFAULT_RX_BATCH: usize = 64;
 /// Frames taken from one queue's tx ring per turn: bounds how long one busy client can hold
 /// the transmit path before the next queue's turn.
 pub const DEFAULT_TX_BATCH: usize = 32;
-/// Queues one driver serves: room for the 10,000 clients of issue 28 and more. An idle queue
+/// Queues one driver serves: room for ten thousand clients and more. An idle queue
 /// costs the transmit path nothing (it is parked, see [`idle`]), so the bound is memory and
 /// descriptors: each queue holds its ring memory (from about 300 KiB with small rings) and an
 /// fd triple, so 16,384 queues need a descriptor limit above 49,152; netd's limits are lower.

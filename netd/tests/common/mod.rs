@@ -36,3 +36,55 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A UDP datagram from host B (port 40000) to host A's `port`.
+pub fn udp_to(port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_B, MAC_A)
+        .ipv4(IP_B.octets(), IP_A.octets(), 64)
+        .udp(40000, port)
+        .write(&mut frame, b"hello")
+        .unwrap();
+    frame
+}
+
+/// The answer to [`udp_to`]: from host A's `port` back to host B.
+pub fn udp_from(port: u16) -> Vec<u8> {
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(IP_A.octets(), IP_B.octets(), 64)
+        .udp(port, 40000)
+        .write(&mut frame, b"hello")
+        .unwrap();
+    frame
+}
+
+/// Raises this process's descriptor limit to `want` (the hard limit too, when this process
+/// may), or as far as the hard limit goes; returns the limit now. Tests that hold many
+/// clients need it: each client holds its socket and its queue's descriptors, and so do netd
+/// and the driver, all in this one process.
+pub fn raise_descriptor_limit(want: u64) -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < want
+        && setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: Some(want),
+            },
+        )
+        .is_ok()
+    {
+        return want;
+    }
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want.min(hard)),
+            maximum: limit.maximum,
+        },
+    );
+    getrlimit(Resource::Nofile).current.unwrap_or(0)
+}
