@@ -379,29 +379,11 @@ fn internet_checksum(data: &[u8]) -> u16 {
 /// fragments the request) until the reply with the same payload comes back.
 fn ping_from_kernel(ns: &NetNs, size: usize) {
     ns.run(move || {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-        assert!(
-            fd >= 0,
-            "raw ICMP socket: {}",
-            std::io::Error::last_os_error()
+        let sock = netns::raw_socket(
+            libc::AF_INET,
+            libc::IPPROTO_ICMP,
+            Some(Duration::from_millis(500)),
         );
-        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 500_000,
-        };
-        // SAFETY: a valid timeval for SO_RCVTIMEO.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
         let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
         let id: u16 = 0x4e4d;
         // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
@@ -610,15 +592,7 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
 
 /// Sends `icmp` (an ICMP message) from the calling thread's namespace to [`NETMUX`].
 fn send_icmp(icmp: &[u8]) {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-    assert!(
-        fd >= 0,
-        "raw ICMP socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
     // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
     let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
     to.sin_family = libc::AF_INET as u16;

@@ -202,15 +202,7 @@ fn root_the_http_example_serves_over_ipv6_and_ipv4() {
 /// may still be tentative).
 fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
     use std::os::fd::AsRawFd;
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-    assert!(
-        fd >= 0,
-        "raw ICMPv6 socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
     let hops: libc::c_int = 255;
     // SAFETY: a valid c_int for IPV6_MULTICAST_HOPS.
     unsafe {

@@ -187,6 +187,42 @@ pub fn udp_echo_from(
     });
 }
 
+/// A raw socket of `domain` and `protocol` (e.g. `libc::AF_INET6`, `libc::IPPROTO_ICMPV6`) in
+/// the calling thread's namespace, whose reads give up after `receive_timeout` when given.
+/// Panics when the system refuses it (the tests that use it run as root).
+pub fn raw_socket(
+    domain: libc::c_int,
+    protocol: libc::c_int,
+    receive_timeout: Option<Duration>,
+) -> std::os::fd::OwnedFd {
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW, protocol) };
+    assert!(
+        fd >= 0,
+        "raw socket ({domain}, {protocol}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    if let Some(timeout) = receive_timeout {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO, its size passed with it.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+    }
+    sock
+}
+
 /// How many echo replies one ICMPv6 echo request from the kernel in `ns` to `to`, sent on
 /// `ifname` (for a link-local `to`), gets within a second; asked again until one comes back
 /// (the kernel's addresses and neighbour discovery need a moment), for at most `patience`.
@@ -198,29 +234,11 @@ pub fn ping6_replies(
 ) -> usize {
     let ifname = ifname.to_owned();
     ns.run(move || {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-        assert!(
-            fd >= 0,
-            "raw ICMPv6 socket: {}",
-            std::io::Error::last_os_error()
+        let sock = raw_socket(
+            libc::AF_INET6,
+            libc::IPPROTO_ICMPV6,
+            Some(Duration::from_millis(100)),
         );
-        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a valid timeval for SO_RCVTIMEO.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
         let name = std::ffi::CString::new(ifname).unwrap();
         // SAFETY: a valid NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
