@@ -24,8 +24,7 @@ use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
 use netmux_client::Transport;
-use netmux_testkit::netns::{self, NetNs, Proc};
-use netmux_testkit::TempDir;
+use netmux_testkit::netns::{self, NetNs, Proc, UpHost};
 
 /// How long any one expected event may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -35,7 +34,6 @@ const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const ASKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 /// Set to a path to test another build of the binary.
 const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
 
@@ -53,65 +51,32 @@ fn require_root() {
 }
 
 /// `netmux up` on a veth end, with the kernel at the other end.
-struct Host {
-    /// Declared first, so it goes before `mux`.
-    kernel: NetNs,
-    /// netmux's namespace, kept until the host goes.
-    _mux: NetNs,
-    dir: TempDir,
-    up: Proc,
+struct Host(UpHost);
+
+impl std::ops::Deref for Host {
+    type Target = UpHost;
+    fn deref(&self) -> &UpHost {
+        &self.0
+    }
 }
 
 impl Host {
     fn start(tag: &str) -> Host {
-        let mux = NetNs::new(&format!("{tag}m"));
-        let kernel = NetNs::new(&format!("{tag}k"));
-        let dir = TempDir::new(&format!("nmx-ip-{tag}"));
-        netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
-        let defaults = netns::offloads(&kernel, KERNEL_END);
-        assert!(
-            defaults.tx_checksum && defaults.tso,
-            "the kernel's end keeps Linux's defaults: {defaults:?}"
-        );
-        mux.ip(&["link", "set", MUX_END, "up"]);
-        kernel.ip(&["addr", "add", &format!("{KERNEL}/24"), "dev", KERNEL_END]);
-        kernel.ip(&["link", "set", KERNEL_END, "up"]);
-        let mut cmd = mux.command(netmux());
-        cmd.args([
-            "up",
-            "--link",
-            &format!("afpacket:{MUX_END}"),
-            "--ip",
-            &format!("{NETMUX}/24"),
-        ])
-        .arg("--runtime-dir")
-        .arg(dir.join("run"))
-        .env("RUST_LOG", LOG_FILTER);
-        let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
-        up.expect_line("netd listening", PATIENCE);
-        Host {
-            kernel,
-            _mux: mux,
-            dir,
-            up,
-        }
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        let ip = format!("{NETMUX}/24");
+        Host(UpHost::start(
+            &netmux(),
+            tag,
+            (MUX_END, KERNEL_END),
+            &format!("{KERNEL}/24"),
+            &[],
+            &["--ip", &ip],
+            PATIENCE,
+        ))
     }
 
     /// `netmux example udp-echo` on `port`, once it listens.
     fn echo(&self, port: u16) -> Proc {
-        let name = format!("udp-echo-{port}");
-        let mut cmd = Command::new(netmux());
-        cmd.args(["example", "udp-echo", "--port", &port.to_string()])
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .env("RUST_LOG", LOG_FILTER);
-        let mut p = Proc::spawn(&name, cmd, &self.dir.join(format!("{name}.log")));
-        p.expect_line(&format!("listening on udp port {port}"), PATIENCE);
-        p
+        self.0.example("udp-echo", "udp", port, PATIENCE)
     }
 
     /// The MAC of `ifname` in `ns`.
@@ -537,7 +502,7 @@ fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
             .expect("netd has a link-local address"),
     );
     // The kernel's own address on netmux's veth end: the modified EUI-64 of the shared MAC.
-    let mac = Host::mac(&host._mux, MUX_END);
+    let mac = Host::mac(&host.mux, MUX_END);
     let mut kernel_ll = [0u8; 16];
     kernel_ll[..2].copy_from_slice(&[0xfe, 0x80]);
     kernel_ll[8..].copy_from_slice(&[
@@ -625,7 +590,7 @@ fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smalle
     cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
         .arg("--runtime-dir")
         .arg(host.run_dir())
-        .env("RUST_LOG", LOG_FILTER);
+        .env("RUST_LOG", netns::UP_LOG_FILTER);
     let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
     http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
     // More than the kernel's receive buffer can take while the test does not read.

@@ -31,8 +31,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
-use netmux_testkit::netns::{self, NetNs, Proc};
-use netmux_testkit::TempDir;
+use netmux_testkit::netns::{self, NetNs, Proc, UpHost};
 
 /// How long any one expected event may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -41,7 +40,6 @@ const NETMUX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const KERNEL6: &str = "2001:db8::1/64";
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 /// Set to a path to test another build of the binary.
 const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
 
@@ -59,12 +57,13 @@ fn require_root() {
 }
 
 /// `netmux up` with IPv4 and IPv6 addresses on a veth end, with the kernel at the other end.
-struct Host {
-    /// Declared first, so it goes before `_mux`.
-    kernel: NetNs,
-    _mux: NetNs,
-    dir: TempDir,
-    up: Proc,
+struct Host(UpHost);
+
+impl std::ops::Deref for Host {
+    type Target = UpHost;
+    fn deref(&self) -> &UpHost {
+        &self.0
+    }
 }
 
 impl Host {
@@ -72,48 +71,25 @@ impl Host {
         Host::start_with(tag, &format!("{NETMUX6}/64"))
     }
 
-    /// With `--ip6 IP6`.
+    /// With `--ip6 IP6`; the kernel's end also has [`KERNEL6`] (no duplicate address
+    /// detection: an address flag, not a kernel setting).
     fn start_with(tag: &str, ip6: &str) -> Host {
-        let (mux, kernel) = netns::kernel_peer(tag, MUX_END, KERNEL_END, "192.0.2.1/24");
-        let defaults = netns::offloads(&kernel, KERNEL_END);
-        assert!(
-            defaults.tx_checksum && defaults.tso,
-            "the kernel's end keeps Linux's defaults: {defaults:?}"
+        let ip4 = format!("{NETMUX}/24");
+        let host = UpHost::start(
+            &netmux(),
+            tag,
+            (MUX_END, KERNEL_END),
+            "192.0.2.1/24",
+            &[&["addr", "add", KERNEL6, "dev", KERNEL_END, "nodad"]],
+            &["--ip", &ip4, "--ip6", ip6],
+            PATIENCE,
         );
-        kernel.ip(&["addr", "add", KERNEL6, "dev", KERNEL_END, "nodad"]);
-        let dir = TempDir::new(&format!("nmx-ip6-{tag}"));
-        let mut cmd = mux.command(netmux());
-        cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-            .args(["--ip", &format!("{NETMUX}/24")])
-            .args(["--ip6", ip6])
-            .arg("--runtime-dir")
-            .arg(dir.join("run"))
-            .env("RUST_LOG", LOG_FILTER);
-        let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
-        up.expect_line("netd listening", PATIENCE);
-        Host {
-            kernel,
-            _mux: mux,
-            dir,
-            up,
-        }
-    }
-
-    fn run_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        Host(host)
     }
 
     /// `netmux example NAME --port PORT`, once it listens on `transport`.
     fn example(&self, name: &str, transport: &str, port: u16) -> Proc {
-        let label = format!("{name}-{port}");
-        let mut cmd = Command::new(netmux());
-        cmd.args(["example", name, "--port", &port.to_string()])
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .env("RUST_LOG", LOG_FILTER);
-        let mut p = Proc::spawn(&label, cmd, &self.dir.join(format!("{label}.log")));
-        p.expect_line(&format!("listening on {transport} port {port}"), PATIENCE);
-        p
+        self.0.example(name, transport, port, PATIENCE)
     }
 }
 
@@ -334,7 +310,7 @@ fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
     ])
     .arg("--runtime-dir")
     .arg(host.run_dir())
-    .env("RUST_LOG", LOG_FILTER);
+    .env("RUST_LOG", netns::UP_LOG_FILTER);
     let mut echo = Proc::spawn(&label, cmd, &host.dir.join(format!("{label}.log")));
     echo.expect_line(&format!("listening on udp port {port}"), PATIENCE);
     netns::udp_echo_from(

@@ -153,6 +153,86 @@ pub fn kernel_peer(
     (mux, kernel)
 }
 
+/// The log filter of the `netmux` processes [`UpHost`] starts.
+pub const UP_LOG_FILTER: &str = "info,cranelift_jit=warn";
+
+/// `netmux up` on the veth end `mux_end` of a namespace of its own, the kernel at the other end
+/// ([`kernel_peer`]), with its runtime directory and logs in a temporary directory; everything
+/// goes (the processes killed by pid, the namespaces deleted) when it is dropped.
+#[derive(Debug)]
+pub struct UpHost {
+    /// The kernel's namespace. Declared first, so it goes before `mux`.
+    pub kernel: NetNs,
+    /// netmux's namespace.
+    pub mux: NetNs,
+    /// The runtime directory (`run/`) and the logs.
+    pub dir: crate::TempDir,
+    /// `netmux up`.
+    pub up: Proc,
+    binary: PathBuf,
+}
+
+impl UpHost {
+    /// Starts `binary up --link afpacket:MUX_END ARGS...` once the kernel's end has
+    /// `kernel_cidr` and the `ip` commands of `kernel_setup` ran in the kernel's namespace
+    /// (more addresses, say), and waits until netd listens (for at most `patience`). The
+    /// kernel's end keeps Linux's default offloads (checked).
+    pub fn start(
+        binary: &Path,
+        tag: &str,
+        (mux_end, kernel_end): (&str, &str),
+        kernel_cidr: &str,
+        kernel_setup: &[&[&str]],
+        args: &[&str],
+        patience: Duration,
+    ) -> UpHost {
+        let (mux, kernel) = kernel_peer(tag, mux_end, kernel_end, kernel_cidr);
+        let defaults = offloads(&kernel, kernel_end);
+        assert!(
+            defaults.tx_checksum && defaults.tso,
+            "the kernel's end keeps Linux's defaults: {defaults:?}"
+        );
+        for ip_args in kernel_setup {
+            kernel.ip(ip_args);
+        }
+        let dir = crate::TempDir::new(&format!("nmx-up-{tag}"));
+        let mut cmd = mux.command(binary);
+        cmd.args(["up", "--link", &format!("afpacket:{mux_end}")])
+            .args(args)
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .env("RUST_LOG", UP_LOG_FILTER);
+        let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
+        up.expect_line("netd listening", patience);
+        UpHost {
+            kernel,
+            mux,
+            dir,
+            up,
+            binary: binary.to_owned(),
+        }
+    }
+
+    /// netd's runtime directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// `netmux example NAME --port PORT` (in the test's own namespace, as clients of netd
+    /// are), once it says it listens on `transport` (for at most `patience`).
+    pub fn example(&self, name: &str, transport: &str, port: u16, patience: Duration) -> Proc {
+        let label = format!("{name}-{port}");
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["example", name, "--port", &port.to_string()])
+            .arg("--runtime-dir")
+            .arg(self.run_dir())
+            .env("RUST_LOG", UP_LOG_FILTER);
+        let mut p = Proc::spawn(&label, cmd, &self.dir.join(format!("{label}.log")));
+        p.expect_line(&format!("listening on {transport} port {port}"), patience);
+        p
+    }
+}
+
 /// From a UDP socket of the kernel in `ns`, sends `payload` to `target` until it comes back
 /// (the first datagrams may wait for ARP, or for a client to start), for at most `patience`;
 /// the answer must come from `target` and carry the same bytes.
