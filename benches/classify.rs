@@ -195,6 +195,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// Clients per instance in `classify-instances`.
+const CLIENTS: usize = 100;
+
 /// Instances of 100 clients each (`classify-instances/Nx100/netmux`) against one instance with
 /// the same bindings (`.../peer-one-instance`): the driver's dispatch to the instance a frame
 /// is addressed to, then that instance's classifier, exactly as the receive path runs them
@@ -203,7 +206,6 @@ fn bench(c: &mut Criterion) {
 fn bench_instances(c: &mut Criterion) {
     use netmux_driver::daemon::instances::Instances;
     use netmux_proto::driver::{InstanceId, InstanceInfo};
-    const CLIENTS: usize = 100;
     const LINK: [u8; 6] = [2, 0, 0, 0, 0, 1];
     let mac = |i: usize| [2, 0xee, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8];
     let addr = |i: usize| Ipv4Addr::from(0x0a00_0000 | (i as u32 + 1) << 8 | 1);
@@ -272,6 +274,7 @@ fn bench_instances(c: &mut Criterion) {
             one.receivers(shared, t, None, &mut out);
             assert_eq!(out.len(), 1);
         }
+        paired_instances(n, &mut several, &mut one, &frames);
         let mut g = c.benchmark_group(format!("classify-instances/{n}x{CLIENTS}"));
         let mut k = 0;
         g.bench_function("netmux", |b| {
@@ -296,6 +299,52 @@ fn bench_instances(c: &mut Criterion) {
         });
         g.finish();
     }
+}
+
+/// Rounds of the paired instance measurement.
+const PAIRED_ROUNDS: usize = 300;
+
+/// Both sides in turn, every frame once each per round (the order alternating), and per round
+/// the ratio of the instances' time to the one instance's; prints the median ratio. On a machine
+/// shared with other work, criterion's rows (one after another) see the load change between
+/// them; the two sides of a round see nearly the same load.
+fn paired_instances(
+    n: usize,
+    several: &mut netmux_driver::daemon::instances::Instances,
+    one: &mut netmux_driver::daemon::instances::Instances,
+    frames: &[(Vec<u8>, Vec<u8>)],
+) {
+    let mut out = Vec::new();
+    let mut ratios = Vec::with_capacity(PAIRED_ROUNDS);
+    let mut time = |inst: &mut netmux_driver::daemon::instances::Instances, own: bool| {
+        let start = std::time::Instant::now();
+        for (o, s) in frames {
+            let f = if own { o } else { s };
+            out.clear();
+            let t = inst.dispatch(black_box(f));
+            inst.receivers(f, t, None, &mut out);
+            black_box(out.len());
+        }
+        start.elapsed().as_secs_f64()
+    };
+    for round in 0..PAIRED_ROUNDS {
+        let (a, b) = if round % 2 == 0 {
+            let a = time(several, true);
+            (a, time(one, false))
+        } else {
+            let b = time(one, false);
+            (time(several, true), b)
+        };
+        ratios.push(a / b);
+    }
+    ratios.sort_by(f64::total_cmp);
+    eprintln!(
+        "classify-instances paired: {n}x{CLIENTS} / one instance = {:.3} (median of \
+         {PAIRED_ROUNDS} rounds; quartiles {:.3} to {:.3})",
+        ratios[ratios.len() / 2],
+        ratios[ratios.len() / 4],
+        ratios[3 * ratios.len() / 4]
+    );
 }
 
 criterion_group! {

@@ -146,7 +146,10 @@ impl Table {
     /// of another length misses.
     #[inline]
     pub fn get(&self, key: &[u32]) -> u32 {
-        if key.len() != self.key_words {
+        // An empty table answers without touching its slots: a classifier's address-less
+        // table is usually empty, and with many instances its slots would be one more cache
+        // line per frame.
+        if key.len() != self.key_words || self.values.is_empty() {
             return self.default;
         }
         let (slot, found) = self.find_slot(key);
