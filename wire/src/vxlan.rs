@@ -109,45 +109,56 @@ pub struct Underlay {
 pub fn source_port(inner: &[u8]) -> u16 {
     /// FxHash's multiplier.
     const FX_SEED: u64 = 0x517c_c1b7_2722_0a95;
-    // Eight bytes at a time, multiplied in as FxHash does: the fields are at most 48 bytes,
-    // and a per-byte hash cost more than the rest of the encapsulation.
-    let mut h: u64 = 0;
-    let mut mix = |bytes: &[u8]| {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(w);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(FX_SEED);
+    /// Mixes one word in, as FxHash does.
+    #[inline(always)]
+    fn mix(h: u64, word: u64) -> u64 {
+        (h.rotate_left(5) ^ word).wrapping_mul(FX_SEED)
+    }
+    /// `N` bytes at `at` as a little-endian word (zero-padded); zero when out of bounds.
+    #[inline(always)]
+    fn load<const N: usize>(bytes: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        if let Some(b) = bytes.get(at..at + N) {
+            w[..N].copy_from_slice(b);
         }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(b)).wrapping_mul(FX_SEED);
-        }
+        u64::from_le_bytes(w)
+    }
+    // Fixed-width words: the fields are at most 48 bytes, and hashing them through slices
+    // of varying length cost a tenth of an overlay frame's transmit path.
+    let mut h = if inner.len() >= 12 {
+        mix(mix(0, load::<8>(inner, 0)), load::<4>(inner, 8))
+    } else {
+        // A runt: whatever there is, eight bytes at a time.
+        inner.chunks(8).fold(0, |h, c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            mix(h, u64::from_le_bytes(w))
+        })
     };
-    mix(inner.get(..12).unwrap_or(inner));
     if let Some(link) = link_layer(inner) {
         let l3 = inner.get(link.l3..).unwrap_or(&[]);
-        let (addresses, protocol, l4) = match link.ethertype {
+        let (protocol, l4) = match link.ethertype {
             ethertype::IPV4 if l3.len() >= 20 => {
                 let ihl = usize::from(l3[0] & 0x0f) * 4;
                 let fragment = u16::from_be_bytes([l3[6], l3[7]]) & 0x1fff != 0;
-                let l4 = if fragment { None } else { l3.get(ihl..) };
-                (&l3[12..20], l3[9], l4)
+                h = mix(h, load::<8>(l3, 12));
+                (l3[9], if fragment { None } else { Some(ihl) })
             }
-            ethertype::IPV6 if l3.len() >= 40 => (&l3[8..40], l3[6], l3.get(40..)),
-            _ => (&[][..], 0, None),
+            ethertype::IPV6 if l3.len() >= 40 => {
+                for at in [8, 16, 24, 32] {
+                    h = mix(h, load::<8>(l3, at));
+                }
+                (l3[6], Some(40))
+            }
+            _ => (0, None),
         };
-        let mut tail = [0u8; 5];
-        tail[0] = protocol;
+        let mut tail = u64::from(protocol);
         if matches!(protocol, 6 | 17 | 132) {
-            if let Some(ports) = l4.and_then(|l4| l4.get(..4)) {
-                tail[1..].copy_from_slice(ports);
+            if let Some(at) = l4.filter(|&at| l3.len() >= at + 4) {
+                tail |= load::<4>(l3, at) << 8;
             }
         }
-        mix(addresses);
-        mix(&tail);
+        h = mix(h, tail);
     }
     let h = (h >> 32) ^ h;
     let h = (h >> 16) ^ h;
@@ -209,6 +220,7 @@ pub struct OuterUdp {
 /// The IPv4/UDP headers of a frame, if it is an unfragmented IPv4 UDP datagram whose lengths
 /// are consistent: what the receive path looks at before asking whether the destination port
 /// is a VXLAN port. Never panics.
+#[inline(always)]
 pub fn outer_udp(frame: &[u8]) -> Option<OuterUdp> {
     let link = link_layer(frame)?;
     if link.ethertype != ethertype::IPV4 {
@@ -265,6 +277,7 @@ pub struct Decapsulated<'a> {
 /// Reads the VXLAN header of a UDP payload. Reserved bits are ignored, as RFC 7348 asks of a
 /// receiver; a payload without the I flag or too short for an inner Ethernet header is an
 /// error. Never panics.
+#[inline]
 pub fn decapsulate(payload: &[u8]) -> core::result::Result<Decapsulated<'_>, DecapError> {
     if payload.len() < HEADER_LEN + ETHERNET_HEADER_LEN {
         return Err(DecapError::Truncated);

@@ -32,6 +32,8 @@ use netmux_wire::ethernet::{ethertype, link_layer};
 use netmux_wire::{arp, ArpPacket};
 use rustc_hash::FxHashMap;
 
+use super::mac_index::MacIndex;
+
 /// Instances one driver holds: each has a classifier and at least one queue to be useful.
 pub const MAX_INSTANCES: usize = 4096;
 
@@ -118,93 +120,6 @@ fn mac_word(m: &[u8]) -> u64 {
         | u64::from(u32::from_be_bytes([m[2], m[3], m[4], m[5]]))
 }
 
-/// Own-MAC instances by MAC, looked up on every received frame: open addressing with linear
-/// probing over inline (MAC word, slot) cells, at most half full, so a lookup is one multiply
-/// and usually one compare in one cache line. A general hash map's probing cost the receive
-/// path a tenth of a frame's classification with a single instance. Instances change rarely:
-/// a removal rebuilds the cells.
-#[derive(Clone, Debug, Default)]
-struct MacIndex {
-    /// `(VACANT, _)` or `(MAC word, slot)`; the length is zero or a power of two.
-    cells: Vec<(u64, Slot)>,
-    len: usize,
-}
-
-/// A cell no MAC occupies: MAC words have 48 bits.
-const VACANT: u64 = u64::MAX;
-
-impl MacIndex {
-    #[inline]
-    fn start(&self, word: u64) -> usize {
-        // Fibonacci hashing: the top bits of the product, as many as the table needs.
-        let bits = self.cells.len().trailing_zeros();
-        (word.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
-    }
-
-    #[inline]
-    fn get(&self, word: u64) -> Option<Slot> {
-        if self.cells.is_empty() {
-            return None;
-        }
-        let mask = self.cells.len() - 1;
-        let mut i = self.start(word);
-        loop {
-            let (w, slot) = self.cells[i];
-            if w == word {
-                return Some(slot);
-            }
-            if w == VACANT {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    fn insert(&mut self, word: u64, slot: Slot) {
-        if (self.len + 1) * 2 > self.cells.len() {
-            let old = std::mem::take(&mut self.cells);
-            self.cells = vec![(VACANT, 0); (old.len() * 2).max(8)];
-            self.len = 0;
-            for (w, s) in old.into_iter().filter(|&(w, _)| w != VACANT) {
-                self.put(w, s);
-            }
-        }
-        self.put(word, slot);
-    }
-
-    /// Places `word` in a table with room for it.
-    fn put(&mut self, word: u64, slot: Slot) {
-        let mask = self.cells.len() - 1;
-        let mut i = self.start(word);
-        loop {
-            match self.cells[i].0 {
-                w if w == word => break,
-                VACANT => {
-                    self.len += 1;
-                    break;
-                }
-                _ => i = (i + 1) & mask,
-            }
-        }
-        self.cells[i] = (word, slot);
-    }
-
-    /// Removes every MAC of `slot`.
-    fn remove_slot(&mut self, slot: Slot) {
-        let kept: Vec<(u64, Slot)> = self
-            .cells
-            .iter()
-            .copied()
-            .filter(|&(w, s)| w != VACANT && s != slot)
-            .collect();
-        self.cells.iter_mut().for_each(|c| *c = (VACANT, 0));
-        self.len = 0;
-        for (w, s) in kept {
-            self.put(w, s);
-        }
-    }
-}
-
 /// Where a frame a queue transmitted goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -222,7 +137,7 @@ pub struct Instances {
     slots: Vec<Option<Instance>>,
     by_id: FxHashMap<InstanceId, Slot>,
     /// Own-MAC instances by MAC (as a word).
-    by_mac: MacIndex,
+    by_mac: MacIndex<Slot>,
     /// Shared-MAC instances by address.
     by_v4: FxHashMap<[u8; 4], Slot>,
     by_v6: FxHashMap<[u8; 16], Slot>,
@@ -448,7 +363,7 @@ impl Instances {
     }
 
     fn unindex(&mut self, slot: Slot) {
-        self.by_mac.remove_slot(slot);
+        self.by_mac.retain(|&s| s != slot);
         self.by_v4.retain(|_, s| *s != slot);
         self.by_v6.retain(|_, s| *s != slot);
     }
@@ -697,43 +612,5 @@ mod nd_tests {
         v4[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
         assert!(!is_nd_advertisement(&v4));
         assert!(!is_nd_advertisement(&icmp6(136, 255)[..54]), "cut");
-    }
-}
-
-#[cfg(test)]
-mod mac_index_tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    #[test]
-    fn the_mac_index_answers_as_a_map_through_inserts_moves_and_removals() {
-        let mut index = MacIndex::default();
-        let mut model: HashMap<u64, Slot> = HashMap::new();
-        // A deterministic walk: MACs that share their low bits and their high bits, moved
-        // between slots and removed a slot at a time.
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        for step in 0..20_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let word = (x % 3_000) << (8 * (step % 3)) & 0xffff_ffff_ffff;
-            let slot = (x >> 40) as usize % 300;
-            if step % 5 == 4 {
-                index.remove_slot(slot);
-                model.retain(|_, s| *s != slot);
-            } else {
-                index.insert(word, slot);
-                model.insert(word, slot);
-            }
-            assert_eq!(index.get(word), model.get(&word).copied(), "step {step}");
-            assert_eq!(index.len, model.len());
-        }
-        for (&w, &s) in &model {
-            assert_eq!(index.get(w), Some(s));
-        }
-        assert_eq!(
-            index.get(0xffff_ffff_ffff),
-            model.get(&0xffff_ffff_ffff).copied()
-        );
     }
 }

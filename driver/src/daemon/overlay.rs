@@ -46,6 +46,7 @@ use netmux_wire::{arp, ArpPacket};
 use rustc_hash::FxHashMap;
 
 use super::instances::{Slot, Target};
+use super::mac_index::MacIndex;
 use super::{Driver, Response};
 
 pub use netmux_proto::overlay::MAX_WAITING_BYTES;
@@ -189,7 +190,7 @@ struct Waiting {
 struct Overlay {
     info: OverlayInfo,
     /// Its instances on this host, by MAC.
-    members: FxHashMap<u64, Slot>,
+    members: MacIndex<Slot>,
     /// Cached answers of the mapping service: `None` means it has no entry.
     cache: MappingCache,
     /// MACs asked for and when (ns).
@@ -216,7 +217,7 @@ impl Overlay {
     fn new(info: OverlayInfo) -> Self {
         Self {
             info,
-            members: FxHashMap::default(),
+            members: MacIndex::default(),
             cache: MappingCache::default(),
             asked: FxHashMap::default(),
             misses: Vec::new(),
@@ -303,7 +304,7 @@ pub enum Received {
 pub struct Overlays {
     by_vni: FxHashMap<u32, Overlay>,
     /// Every overlay instance's MAC: its overlay and slot.
-    members: FxHashMap<u64, (u32, Slot)>,
+    members: MacIndex<(u32, Slot)>,
     /// The distinct VXLAN ports of the overlays.
     ports: Vec<u16>,
     /// Underlay IPv4 address to link MAC, learned from ARP and VXLAN.
@@ -315,8 +316,13 @@ pub struct Overlays {
     src_ip: Option<[u8; 4]>,
     /// The link's MTU.
     link_mtu: usize,
+    /// The neighbour learnt (or confirmed) last, as it is in `neighbours`.
+    last_learned: Option<([u8; 4], [u8; 6])>,
     /// Frames to put on the link.
     outbox: Vec<Vec<u8>>,
+    /// Buffers of frames the link took, for the next encapsulations: a steady stream of
+    /// overlay frames allocates nothing (at most [`SPARE_BUFFERS`] are kept).
+    spare: Vec<Vec<u8>>,
     /// Frames to deliver to instances on this host.
     inbox: Vec<(Slot, Vec<u8>)>,
     /// Frames for every queue of an instance, unclassified (neighbour advertisements, which
@@ -338,7 +344,7 @@ impl Overlays {
     /// The overlay and slot of the overlay instance whose MAC is `frame`'s source.
     pub fn sender(&self, frame: &[u8]) -> Option<(u32, Slot)> {
         let src = frame.get(6..12)?;
-        self.members.get(&mac_word(src)).copied()
+        self.members.get(mac_word(src))
     }
 
     fn set_ports(&mut self) {
@@ -390,8 +396,8 @@ impl Overlays {
         }
         self.deliver_to.clear();
         if inner[0] & 1 != 0 {
-            self.deliver_to.extend(overlay.members.values().copied());
-        } else if let Some(&slot) = overlay.members.get(&mac_word(&inner[..6])) {
+            self.deliver_to.extend(overlay.members.values());
+        } else if let Some(slot) = overlay.members.get(mac_word(&inner[..6])) {
             self.deliver_to.push(slot);
         }
         if self.deliver_to.is_empty() {
@@ -407,13 +413,19 @@ impl Overlays {
 
     /// Learns that `ip` is at `mac` on the link; frames waiting for it are sent.
     fn learn(&mut self, ip: [u8; 4], mac: [u8; 6], now_ns: u64) {
+        // A stream of frames from one VTEP asks the same question frame after frame.
+        if self.last_learned == Some((ip, mac)) {
+            return;
+        }
         if self.neighbours.get(&ip) == Some(&mac) || mac[0] & 1 != 0 {
+            self.last_learned = (mac[0] & 1 == 0).then_some((ip, mac));
             return;
         }
         if self.neighbours.len() >= MAX_NEIGHBOURS && !self.neighbours.contains_key(&ip) {
             return;
         }
         self.neighbours.insert(ip, mac);
+        self.last_learned = Some((ip, mac));
         if self.arp_asked.remove(&ip).is_some() {
             self.retry_all(now_ns);
         }
@@ -470,12 +482,15 @@ impl Overlays {
             dst_ip: target.0,
             dst_port: target.1,
         };
-        let mut out = Vec::with_capacity(frame.len() + OVERHEAD_V4);
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.clear();
         if vxlan::encapsulate(frame, vni, &to, &mut out).is_ok() {
             if let Some(o) = self.by_vni.get_mut(&vni) {
                 o.tx_frames += 1;
             }
             self.outbox.push(out);
+        } else {
+            self.spare.push(out);
         }
     }
 
@@ -533,7 +548,7 @@ impl Overlays {
             return self.broadcast(vni, sender, frame);
         }
         let dst = mac_word(dst);
-        if let Some(&slot) = overlay.members.get(&dst) {
+        if let Some(slot) = overlay.members.get(dst) {
             if slot != sender {
                 overlay.tx_frames += 1;
                 self.inbox.push((slot, frame.to_vec()));
@@ -754,6 +769,8 @@ pub fn gratuitous_arp(ip: [u8; 4], mac: [u8; 6]) -> Vec<u8> {
 /// (`link`). A client's transmit completes when its frame is encapsulated, so these bytes are
 /// the overlay's own flow-control buffer.
 const OUTBOX_HELD_MAX_BYTES: usize = 4 << 20;
+/// Buffers of sent overlay frames kept for reuse: two transmit batches' worth.
+const SPARE_BUFFERS: usize = 64;
 
 impl Driver {
     /// Carries out an overlay request.
@@ -860,7 +877,7 @@ impl Driver {
                 .collect();
             moved.sort_unstable();
             o.arp = new;
-            let members: Vec<Slot> = o.members.values().copied().collect();
+            let members: Vec<Slot> = o.members.values().collect();
             for (ip, mac) in moved {
                 let announcement = gratuitous_arp(ip, mac);
                 for &slot in &members {
@@ -940,9 +957,9 @@ impl Driver {
 
     /// Forgets the instance at `slot` in every overlay.
     pub(super) fn detach_overlay_instance(&mut self, slot: Slot) {
-        self.overlays.members.retain(|_, (_, s)| *s != slot);
+        self.overlays.members.retain(|&(_, s)| s != slot);
         for o in self.overlays.by_vni.values_mut() {
-            o.members.retain(|_, s| *s != slot);
+            o.members.retain(|&s| s != slot);
         }
     }
 
@@ -955,7 +972,10 @@ impl Driver {
         let frames: Vec<&[u8]> = outbox.iter().map(Vec::as_slice).collect();
         let offer = super::send_frames(self.link.as_mut(), &frames, super::LINK_BUSY_RETRIES);
         drop(frames);
-        outbox.drain(..offer.taken);
+        let room = SPARE_BUFFERS.saturating_sub(self.overlays.spare.len());
+        let mut sent = outbox.drain(..offer.taken);
+        self.overlays.spare.extend(sent.by_ref().take(room));
+        drop(sent);
         let dropped;
         if offer.rest == super::Unsent::Busy {
             // Kept, in order, for the next turn, within the bound.
