@@ -49,9 +49,10 @@ use super::instances::{Route, Target};
 use super::{send_frames, tx, Offer, Unsent, LINK_BUSY_RETRIES};
 use crate::reassembly::parse::{self as reassembly_parse, Parsed};
 
-/// Bytes of fragments (whole frames) one queue may hold: three of the largest IPv4 datagrams
-/// with their per-fragment headers, so a client sending at full speed never waits on itself,
-/// while 1,024 queues hold at most 192 MiB at once.
+/// Bytes of fragments (whole frames) one queue may hold: almost three of the largest IPv4 or
+/// IPv6 datagrams with their per-fragment headers (about 68 KB each on a 1,500-byte MTU), so a
+/// client sending at full speed never waits on itself, while 1,024 queues hold at most 192 MiB
+/// at once.
 pub const MAX_HELD_BYTES: usize = 192 * 1024;
 /// Datagrams one queue may be gathering at once.
 pub const MAX_DATAGRAMS: usize = 16;
