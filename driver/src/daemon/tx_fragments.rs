@@ -923,7 +923,8 @@ mod tests {
     fn ipv6_fragments_with_other_headers_than_the_first_reject_the_whole_datagram() {
         let w = whole_v6(3000, true);
         let parts = fragment(&w, 1232, 9).unwrap();
-        let changes: [(&str, fn(&mut Vec<u8>)); 4] = [
+        type Change = fn(&mut Vec<u8>);
+        let changes: [(&str, Change); 4] = [
             ("source MAC", |f| f[6] ^= 0x04),
             ("hop limit", |f| f[21] = 1),
             ("hop-by-hop option", |f| f[14 + 40 + 2] = 0x1e),
