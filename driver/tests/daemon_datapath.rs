@@ -418,6 +418,39 @@ fn transmitted_ipv6_fragments_go_out_all_or_none_as_the_datagram_they_make_up() 
         q.tx_rejected.contains(&("fragment".to_string(), 2)),
         "{q:?}"
     );
+    // An admin rule that blocks everything going out judges the whole datagram too: all its
+    // fragments complete as blocked, none goes on the wire.
+    use netmux_proto::driver::ops::{
+        OperatorReply, OperatorRequest, RuleAction, RuleDirection, RuleSpec,
+    };
+    let Response { reply, .. } = d.handle(DriverRequest::Operator(OperatorRequest::SetFirewall {
+        rules: vec![RuleSpec {
+            id: 1,
+            instance: netmux_proto::driver::DEFAULT_INSTANCE,
+            action: RuleAction::Block,
+            direction: RuleDirection::Out,
+            quick: true,
+            queue: None,
+            program: accept_all(),
+        }],
+    }));
+    assert_eq!(reply, DriverReply::Operator(OperatorReply::Done));
+    let before = wire.tx.lock().unwrap().len();
+    let blocked = fragmenter::fragment(&from_host6(53, 8000), 1232, 0x0505_0505).unwrap();
+    let mut completed = Vec::new();
+    for frame in &blocked {
+        a.send(&[&[frame]]).unwrap();
+        run(&mut d);
+        completed.extend(completions(&mut a));
+    }
+    assert_eq!(completed.len(), blocked.len());
+    assert!(
+        completed
+            .iter()
+            .all(|c| c.status == TxStatus::RejectedByFirewall),
+        "{completed:?}"
+    );
+    assert_eq!(wire.tx.lock().unwrap().len(), before);
 }
 
 #[test]
