@@ -23,7 +23,8 @@
 //! `proto-ipv4-fragmentation`) but not IPv6 ones: it hands the device an IPv6 frame larger than
 //! the MTU, which the device splits into IPv6 fragments ([`netmux_wire::fragment::fragment_ipv6`],
 //! identifications from [`Ipv6Idents`]) and sends as one batch; the driver checks them as the
-//! whole datagram and sends all or none.
+//! whole datagram and sends all or none. (A smoltcp that dropped such frames before the device
+//! sees them would need fragmentation of its own; `tests/root_ipv6.rs` would tell.)
 
 use std::collections::VecDeque;
 use std::time::Duration;
