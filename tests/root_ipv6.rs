@@ -17,7 +17,11 @@
 //! shared MAC), after duplicate address detection, and the router as the default; clients
 //! learn both, and a ping to the address is answered once; an instance created with
 //! `netmux instance create --ip6` (its own MAC) echoes over IPv6 on its own address, and netd
-//! answers a ping to that address once.
+//! answers a ping to that address once. Datagrams larger than the MTU, both ways: the kernel
+//! sends the UDP echo 1,453 to 65,527 bytes over IPv6 in fragments (reassembled by the driver)
+//! and gets each back whole (the example's device fragments the echo, the driver checks the
+//! fragments as the whole datagram, the kernel reassembles them); a 4,000-byte ping6 is
+//! answered once, in fragments, with the same data.
 //!
 //! Only addresses in 192.0.2.0/24 and 2001:db8::/64 inside the tests' own namespaces are used;
 //! only processes these tests started are stopped, by their pid; the namespaces are deleted
@@ -323,5 +327,44 @@ fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
         netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
         1,
         "netd answers for the instance's address, once"
+    );
+}
+
+#[test]
+#[ignore]
+fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_over_ipv6_both_ways() {
+    require_root();
+    let host = Host::start("f6");
+    let port = 7788;
+    let echo = host.example("udp-echo", "udp", port);
+    // One byte past a single frame (1,500 - 40 - 8), the brief's 8,000 bytes, and the largest
+    // UDP payload IPv6 carries without a jumbogram.
+    for size in [1453, 8000, 30_000, 65_527] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
+        netns::udp_echo_from(
+            &host.kernel,
+            SocketAddr::new(IpAddr::V6(NETMUX6), port),
+            payload,
+            PATIENCE,
+        );
+    }
+    assert!(
+        !echo.log().contains("not echoed"),
+        "every datagram was echoed: {}",
+        echo.log()
+    );
+}
+
+#[test]
+#[ignore]
+fn root_a_ping6_larger_than_the_mtu_is_answered_once_with_its_data() {
+    require_root();
+    let host = Host::start("g6");
+    let payload: Vec<u8> = (0..4000).map(|i| (i * 13 + 1) as u8).collect();
+    assert_eq!(
+        netns::ping6_replies_with(&host.kernel, KERNEL_END, NETMUX6, payload, PATIENCE),
+        1,
+        "netd answers in fragments, once; netmux log:\n{}",
+        host.up.log()
     );
 }

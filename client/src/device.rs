@@ -18,11 +18,19 @@
 //! the errors that quote its own flows): [`QueueDevice::take_path_mtu`] tells the owner of the
 //! interface, which lowers the device's MTU ([`QueueDevice::set_mtu`]) and makes its interface
 //! again, since smoltcp reads the MTU when an interface is made.
+//!
+//! smoltcp fragments IPv4 datagrams larger than the MTU itself (feature
+//! `proto-ipv4-fragmentation`) but not IPv6 ones: it hands the device an IPv6 frame larger than
+//! the MTU, which the device splits into IPv6 fragments ([`netmux_wire::fragment::fragment_ipv6`],
+//! identifications from [`Ipv6Idents`]) and sends as one batch; the driver checks them as the
+//! whole datagram and sends all or none. (A smoltcp that dropped such frames before the device
+//! sees them would need fragmentation of its own; `tests/root_ipv6.rs` would tell.)
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use netmux_ring::{ClientQueue, Completion, QueueError};
+use netmux_wire::fragment::{fragment_ipv6, Ipv6Idents};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
@@ -43,6 +51,8 @@ pub struct DeviceCounters {
     pub rx_frames: u64,
     /// Frames put in the tx ring.
     pub tx_frames: u64,
+    /// IPv6 datagrams larger than the MTU the device split into fragments.
+    pub tx_ipv6_fragmented: u64,
     /// Frames dropped because the tx ring and the backlog were full, or the queue failed.
     pub tx_dropped: u64,
     /// Times the tx ring was full when smoltcp wanted to send (flow control: smoltcp was
@@ -72,6 +82,8 @@ pub struct QueueDevice {
     /// Frames made while the tx ring was full, oldest first (at most [`TX_BACKLOG`]).
     backlog: VecDeque<Vec<u8>>,
     mtu: usize,
+    /// Identifications of the IPv6 fragments the device makes.
+    ipv6_idents: Ipv6Idents,
     /// The smallest next-hop MTU named by an ICMP "fragmentation needed" not yet taken.
     path_mtu: Option<u16>,
     counters: DeviceCounters,
@@ -89,6 +101,7 @@ impl QueueDevice {
             tx_buffer: Vec::new(),
             backlog: VecDeque::new(),
             mtu: usize::from(mtu),
+            ipv6_idents: Ipv6Idents::default(),
             path_mtu: None,
             counters: DeviceCounters::default(),
             completions: Vec::new(),
@@ -230,6 +243,9 @@ pub struct QueueTxToken<'a> {
     buffer: &'a mut Vec<u8>,
     backlog: &'a mut VecDeque<Vec<u8>>,
     spare: &'a mut Vec<Vec<u8>>,
+    /// The IP MTU: a larger IPv6 datagram goes out in fragments.
+    mtu: usize,
+    ipv6_idents: &'a mut Ipv6Idents,
 }
 
 /// Whether `frame` is an ARP reply (Ethernet type 0x0806, operation 2).
@@ -262,22 +278,46 @@ impl phy::TxToken for QueueTxToken<'_> {
             self.counters.neighbour_advertisements_withheld += 1;
             return result;
         }
-        // Behind the backlog, in order; into it when the ring is full.
+        let fragments;
+        let frames: Vec<&[u8]> =
+            if frame.len() > self.mtu + smoltcp::wire::EthernetFrame::<&[u8]>::header_len() {
+                // Only IPv6 comes this large: smoltcp fragments IPv4 itself.
+                fragments = fragment_ipv6(frame.clone(), self.mtu, self.ipv6_idents.next_ident());
+                if fragments.len() > 1 {
+                    self.counters.tx_ipv6_fragmented += 1;
+                }
+                fragments.iter().map(Vec::as_slice).collect()
+            } else {
+                vec![frame.as_slice()]
+            };
+        // Behind the backlog, in order; into it when the ring is full. A datagram's fragments
+        // go together, or wait together.
         let outcome = if self.backlog.is_empty() {
-            self.queue.send(&[&[frame]])
+            let batch: Vec<[&[u8]; 1]> = frames.iter().map(|f| [*f]).collect();
+            let refs: Vec<&[&[u8]]> = batch.iter().map(|b| &b[..]).collect();
+            self.queue.send(&refs)
         } else {
             Err(QueueError::WouldBlock { needed: 0, free: 0 })
         };
+        let n = frames.len() as u64;
+        // Fragments too many for the ring at once go one by one, from the backlog.
+        let wait = match &outcome {
+            Err(QueueError::WouldBlock { .. }) => true,
+            Err(QueueError::BatchTooLarge { .. }) => frames.len() > 1,
+            _ => false,
+        };
         match outcome {
-            Ok(_) => self.counters.tx_frames += 1,
-            Err(QueueError::WouldBlock { .. }) if self.backlog.len() < TX_BACKLOG => {
+            Ok(_) => self.counters.tx_frames += n,
+            Err(_) if wait && self.backlog.len() + frames.len() <= TX_BACKLOG => {
                 self.counters.tx_flow_control += 1;
-                let mut kept = self.spare.pop().unwrap_or_default();
-                kept.clear();
-                kept.extend_from_slice(frame);
-                self.backlog.push_back(kept);
+                for f in frames {
+                    let mut kept = self.spare.pop().unwrap_or_default();
+                    kept.clear();
+                    kept.extend_from_slice(f);
+                    self.backlog.push_back(kept);
+                }
             }
-            Err(_) => self.counters.tx_dropped += 1,
+            Err(_) => self.counters.tx_dropped += n,
         }
         result
     }
@@ -307,6 +347,8 @@ impl Device for QueueDevice {
                 buffer: &mut self.tx_buffer,
                 backlog: &mut self.backlog,
                 spare: &mut self.spare,
+                mtu: self.mtu,
+                ipv6_idents: &mut self.ipv6_idents,
             },
         ))
     }
@@ -326,6 +368,8 @@ impl Device for QueueDevice {
             buffer: &mut self.tx_buffer,
             backlog: &mut self.backlog,
             spare: &mut self.spare,
+            mtu: self.mtu,
+            ipv6_idents: &mut self.ipv6_idents,
         })
     }
 

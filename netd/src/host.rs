@@ -4,7 +4,9 @@
 //! ICMPv6 echo requests to them an echo reply; UDP to a port nobody holds an ICMP port
 //! unreachable; a TCP SYN to a port nobody holds a RST. With `--ip6`, [`crate::slaac`] runs
 //! here too (router solicitations, duplicate address probes). [`Responder`] decides and builds the answers with no I/O and with the time passed in;
-//! [`spawn_stack`] runs it on netd's host queue.
+//! [`spawn_stack`] runs it on netd's host queue. Answers larger than the link's MTU (an echo
+//! reply to a large ping) go out as IPv4 or IPv6 fragments ([`netmux_wire::fragment`]), which
+//! the driver checks as the whole answer.
 //!
 //! Guarantees, each tested on crafted frames:
 //! * answers go only to frames addressed to the host (its MAC, or broadcast for ARP; its IPv4
@@ -432,6 +434,7 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
             // made once when the instance is first seen.
             let mut dad: BTreeMap<InstanceId, crate::slaac::Slaac> = BTreeMap::new();
             let mut dad_seen: std::collections::BTreeSet<InstanceId> = Default::default();
+            let mut ipv6_idents = netmux_wire::fragment::Ipv6Idents::default();
             while !flag.load(Ordering::Relaxed) {
                 if queue.wait_readable(Some(HOST_POLL)).is_err() {
                     break;
@@ -507,7 +510,9 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
                                 r.answer(f, now, |t, p| netd.port_free(id, t, p))
                             })
                         })
-                        .flat_map(|(_, a)| crate::fragment::fragment_ipv4(a, mtu))
+                        .flat_map(|(_, a)| {
+                            netmux_wire::fragment::fragment(a, mtu, ipv6_idents.next_ident())
+                        })
                         .chain(dhcp_frames)
                         .chain(slaac_frames)
                         .collect()

@@ -15,7 +15,6 @@
 //!   with the `etcd` feature, the `etcd` one.
 //! * [`host`]: ARP, ICMP echo, port unreachable and RST for the host's addresses.
 //! * [`dad`]: duplicate address detection for the host's IPv4 address at start (RFC 5227).
-//! * [`fragment`]: IPv4 fragments of netd's own answers larger than the MTU.
 //! * [`ports_file`]: the ports netd had bound, kept for their uids after a restart.
 //! * [`run`]: running netd in the foreground (the `netd` binary and `netmux up`).
 //! * `testing` (feature `test-support`): netd in-process on the real driver, for tests.
@@ -28,7 +27,6 @@ pub mod dhcp;
 pub mod driver_link;
 pub mod driver_worker;
 pub mod filters;
-pub mod fragment;
 pub mod host;
 pub mod instance;
 pub mod overlay;

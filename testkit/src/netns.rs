@@ -239,10 +239,11 @@ impl UpHost {
 pub fn udp_echo_from(
     ns: &NetNs,
     target: std::net::SocketAddr,
-    payload: &'static [u8],
+    payload: impl AsRef<[u8]> + Send + 'static,
     patience: Duration,
 ) {
     ns.run(move || {
+        let payload = payload.as_ref();
         let any = if target.is_ipv6() {
             "[::]:0"
         } else {
@@ -258,7 +259,8 @@ pub fn udp_echo_from(
             match sock.recv_from(&mut buf) {
                 Ok((n, from)) => {
                     assert_eq!(from, target, "the echo answers from its own address");
-                    assert_eq!(&buf[..n], payload, "the echo returns the datagram");
+                    assert_eq!(n, payload.len(), "the echo returns the whole datagram");
+                    assert!(&buf[..n] == payload, "the echo returns the same bytes");
                     return;
                 }
                 Err(e) => assert!(Instant::now() < deadline, "no echo from {target}: {e}"),
@@ -312,6 +314,18 @@ pub fn ping6_replies(
     to: std::net::Ipv6Addr,
     patience: Duration,
 ) -> usize {
+    ping6_replies_with(ns, ifname, to, b"one answer, please".to_vec(), patience)
+}
+
+/// [`ping6_replies`] with `payload` as the request's data (the kernel fragments a request
+/// larger than the MTU); only replies that carry the same data count.
+pub fn ping6_replies_with(
+    ns: &NetNs,
+    ifname: &str,
+    to: std::net::Ipv6Addr,
+    payload: Vec<u8>,
+    patience: Duration,
+) -> usize {
     let ifname = ifname.to_owned();
     ns.run(move || {
         let sock = raw_socket(
@@ -332,9 +346,9 @@ pub fn ping6_replies(
         let mut request = vec![128, 0, 0, 0];
         request.extend_from_slice(&id.to_be_bytes());
         request.extend_from_slice(&1u16.to_be_bytes());
-        request.extend_from_slice(b"one answer, please");
+        request.extend_from_slice(&payload);
         let deadline = Instant::now() + patience;
-        let mut buf = vec![0u8; 2048];
+        let mut buf = vec![0u8; 70_000];
         loop {
             // SAFETY: request and addr are valid for the lengths given.
             let n = unsafe {
@@ -362,7 +376,11 @@ pub fn ping6_replies(
                 let n =
                     unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 // Raw ICMPv6 sockets hand over the ICMPv6 message without the IPv6 header.
-                if n >= 8 && buf[0] == 129 && buf[4..6] == id.to_be_bytes() {
+                if n >= 8
+                    && buf[0] == 129
+                    && buf[4..6] == id.to_be_bytes()
+                    && buf[8..n as usize] == payload[..]
+                {
                     replies += 1;
                 }
             }

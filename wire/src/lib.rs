@@ -26,6 +26,7 @@
 //!   (partial checksums, TSO/GSO/GRO aggregates), and the fix-ups that make ordinary frames of
 //!   them.
 //!
+//! [`fragment`] splits a host's own datagrams larger than the MTU into IPv4 or IPv6 fragments;
 //! [`capture`] reads pcap and pcapng files and writes pcap.
 
 #![deny(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod arp;
 pub mod capture;
 pub mod checksum;
 pub mod ethernet;
+pub mod fragment;
 pub mod icmp;
 pub mod ip;
 pub mod ipv4;

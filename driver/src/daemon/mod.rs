@@ -23,8 +23,8 @@
 //! copied into driver-private memory by the ring ([`DriverQueue::take_tx`]); the check of
 //! [`tx::check`] runs on that copy, and exactly that copy goes on the wire. Every frame taken
 //! gets a completion: sent, rejected with its reason, or a link error. Tap queues then observe
-//! what was sent (never their own transmissions). IPv4 fragments are held, without a
-//! completion, until their datagram is whole; the check then runs on the whole datagram and
+//! what was sent (never their own transmissions). IPv4 and IPv6 fragments are held, without
+//! a completion, until their datagram is whole; the check then runs on the whole datagram and
 //! its fragments go out all or none ([`tx_fragments`]).
 //!
 //! # The link going down, coming back, vanishing
@@ -219,7 +219,7 @@ struct Queue {
     config: QueueConfig,
     /// Its transmit filters: port grants in a table, other filters as programs.
     tx_filters: TxFilters,
-    /// IPv4 fragments it transmitted, held until their datagram is whole.
+    /// IPv4 and IPv6 fragments it transmitted, held until their datagram is whole.
     fragments: tx_fragments::TxGatherer,
     /// Frames the busy link has not taken yet, oldest first.
     link_held: std::collections::VecDeque<LinkHeld>,

@@ -11,7 +11,9 @@
 //!    not have (a filter reads only the fields it tests, so it would pass a datagram cut right
 //!    after its source port);
 //! 2. an IP fragment is rejected ([`netmux_wire::ip::is_fragment`]), whatever the filters say
-//!    (the driver reassembles what it receives, and fragments are how filters are evaded);
+//!    (the driver reassembles what it receives, and fragments are how filters are evaded); the
+//!    transmit path then gathers IPv4 and IPv6 fragments into their datagram and runs this
+//!    check on it ([`super::tx_fragments`]);
 //! 3. otherwise the frame goes on the wire when the queue's grant table or any of its verified
 //!    tx programs accepts it, and is rejected when none does (a queue without tx filters
 //!    transmits nothing).

@@ -53,11 +53,12 @@
 //!   classifier never sees a fragment.
 //! - **No panics** on any bytes.
 //!
-//! Fragments a client transmits are rejected by the transmit path with [`is_fragment`].
+//! Fragments a client transmits are refused by the transmit check ([`is_fragment`]) and
+//! gathered into their datagram by `daemon::tx_fragments`, which reuses this module's parser.
 
 pub mod fragmenter;
 mod key;
-mod parse;
+pub(crate) mod parse;
 
 pub use netmux_wire::ip::is_fragment;
 pub use netmux_wire::ipv6::MAX_EXTENSION_HEADERS;

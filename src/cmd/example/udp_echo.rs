@@ -1,7 +1,8 @@
 //! The UDP echo example: every datagram received on the port goes back to its sender,
 //! unchanged, from the host's own address (also when it was sent to a broadcast address).
-//! Datagrams larger than the link's MTU (the driver reassembled them) go back as IPv4
-//! fragments, which the driver checks as the whole datagram before sending them.
+//! Datagrams larger than the link's MTU (the driver reassembled them) go back as IPv4 or IPv6
+//! fragments (smoltcp makes the IPv4 ones, the device the IPv6 ones), which the driver checks
+//! as the whole datagram before sending them.
 
 use std::sync::atomic::AtomicBool;
 
@@ -11,10 +12,11 @@ use smoltcp::socket::udp;
 
 use super::{stopping, ExampleArgs, Station};
 
-/// IPv4 header (without options) and UDP header: what an echo adds to its payload.
-const IPV4_UDP_HEADERS_LEN: usize = 20 + 8;
-/// The largest IPv4 datagram, headers included.
-const MAX_IPV4_DATAGRAM_LEN: usize = 65_535;
+/// The largest UDP payload over IPv4: a 65,535-byte datagram less the IPv4 header (without
+/// options) and the UDP header.
+const MAX_IPV4_UDP_PAYLOAD: usize = 65_535 - 20 - 8;
+/// The largest UDP payload over IPv6: a 65,535-byte payload length less the UDP header.
+const MAX_IPV6_UDP_PAYLOAD: usize = 65_535 - 8;
 /// Datagrams the socket holds in each direction.
 const DATAGRAMS_BUFFERED: usize = 64;
 /// Payload bytes the socket holds in each direction: room for a few datagrams of the largest
@@ -47,11 +49,15 @@ pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
                 break;
             };
             let data = data.to_vec();
-            if data.len() + IPV4_UDP_HEADERS_LEN > MAX_IPV4_DATAGRAM_LEN {
+            let max = match meta.endpoint.addr {
+                smoltcp::wire::IpAddress::Ipv4(_) => MAX_IPV4_UDP_PAYLOAD,
+                smoltcp::wire::IpAddress::Ipv6(_) => MAX_IPV6_UDP_PAYLOAD,
+            };
+            if data.len() > max {
                 tracing::warn!(
                     from = %meta.endpoint,
                     bytes = data.len(),
-                    "not echoed: larger than an IPv4 datagram can carry"
+                    "not echoed: larger than a datagram can carry"
                 );
                 continue;
             }
