@@ -984,13 +984,16 @@ fn watch_path(ethertype: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool
 }
 
 /// Downloads [`ROUTED_BODY`] bytes from the HTTP example at `target` in the calling thread's
-/// namespace and checks every byte; the whole response's length.
-fn download(target: SocketAddr) -> usize {
+/// namespace and checks every byte; the whole response's length, or what went wrong.
+fn download(target: SocketAddr) -> Result<usize, String> {
     let deadline = Instant::now() + PATIENCE;
     let mut stream = loop {
         match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
             Ok(s) => break s,
-            Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("connecting to {target}: {e}"))
+            }
+            Err(_) => {}
         }
     };
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -998,23 +1001,41 @@ fn download(target: SocketAddr) -> usize {
         stream,
         "GET /bytes/{ROUTED_BODY} HTTP/1.1\r\nHost: netmux\r\nConnection: close\r\n\r\n"
     )
-    .unwrap();
+    .map_err(|e| format!("asking {target}: {e}"))?;
     let mut response = Vec::with_capacity(ROUTED_BODY + 1024);
-    stream
-        .read_to_end(&mut response)
-        .unwrap_or_else(|e| panic!("reading the download from {target}: {e}"));
+    if let Err(e) = stream.read_to_end(&mut response) {
+        return Err(format!(
+            "reading the download from {target} after {} bytes: {e}",
+            response.len()
+        ));
+    }
     let head_end = response
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("a response head")
+        .ok_or("no response head")?
         + 4;
     let body = &response[head_end..];
-    assert_eq!(body.len(), ROUTED_BODY, "the whole body from {target}");
+    if body.len() != ROUTED_BODY {
+        return Err(format!("{} bytes of body from {target}", body.len()));
+    }
     for (i, &b) in body.iter().enumerate() {
         let want = ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8;
-        assert_eq!(b, want, "byte {i} of the body from {target}");
+        if b != want {
+            return Err(format!(
+                "byte {i} of the body from {target} is {b}, not {want}"
+            ));
+        }
     }
-    response.len()
+    Ok(response.len())
+}
+
+/// Sets its flag when dropped: the watcher stops even when the test fails.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The peer behind the router downloads from the HTTP example at `target` while the router's
@@ -1032,9 +1053,11 @@ fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
     let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
     http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        false,
+    )));
     let watcher = {
-        let stop = stop.clone();
+        let stop = stop.0.clone();
         host.kernel.spawn(move || watch_path(ethertype, stop))
     };
     // The watcher's socket is open before the download starts.
@@ -1042,7 +1065,7 @@ fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
     let started = Instant::now();
     let got = routed.peer.run(move || download(target));
     let took = started.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
     let seen = watcher.join().expect("the watcher");
 
     let last_big = seen.segments.iter().rposition(|&n| n > ROUTER_MTU);
@@ -1057,6 +1080,7 @@ fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
         seen.first_error_at,
     );
     let log = http.log();
+    let got = got.unwrap_or_else(|e| panic!("{e}; the example's log:\n{log}"));
     assert!(got > ROUTED_BODY, "the whole download ({got} bytes)");
     assert!(
         !seen.errors.is_empty() && seen.errors.iter().all(|&m| m == ROUTER_MTU as u32),
