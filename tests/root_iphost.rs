@@ -896,16 +896,18 @@ impl Routed {
             "advmss",
             "1440",
         ]);
+        // Forwarding on, in the router's namespace only: a process inside it writes its own
+        // namespace's /proc/sys/net (no procps needed).
         let out = host
             .kernel
-            .command("sysctl")
+            .command("sh")
             .args([
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv6.conf.all.forwarding=1",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+                 echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
             ])
             .output()
-            .expect("running sysctl in the router's namespace");
+            .expect("running sh in the router's namespace");
         assert!(
             out.status.success(),
             "forwarding in the router's namespace: {}",
