@@ -23,7 +23,7 @@
 //! Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -562,28 +562,52 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
     icmp
 }
 
-/// Sends `icmp` (an ICMP message) from the calling thread's namespace to [`NETMUX`].
-fn send_icmp(icmp: &[u8]) {
-    let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
-    // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
-    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    to.sin_family = libc::AF_INET as u16;
-    to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
-    // SAFETY: icmp and to are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            icmp.as_ptr().cast(),
-            icmp.len(),
-            0,
-            (&to as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
+/// Sends `icmp` (an ICMP message to an IPv4 `to`, ICMPv6 to an IPv6 one) from a raw socket
+/// of the calling thread's namespace; the kernel adds the IP header (and, for ICMPv6, fills
+/// in the checksum).
+fn send_icmp(to: IpAddr, icmp: &[u8]) {
+    let n = match to {
+        IpAddr::V4(to) => {
+            let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
+            // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            addr.sin_family = libc::AF_INET as u16;
+            addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+            // SAFETY: icmp and addr are valid for the lengths given.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    icmp.as_ptr().cast(),
+                    icmp.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        }
+        IpAddr::V6(to) => {
+            let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
+            // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
+            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            addr.sin6_family = libc::AF_INET6 as u16;
+            addr.sin6_addr.s6_addr = to.octets();
+            // SAFETY: icmp and addr are valid for the lengths given.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    icmp.as_ptr().cast(),
+                    icmp.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        }
     };
     assert_eq!(
         n,
         icmp.len() as isize,
-        "{}",
+        "sending ICMP to {to}: {}",
         std::io::Error::last_os_error()
     );
 }
@@ -627,7 +651,7 @@ fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smalle
             got += n;
         }
         let sniffer = RawSocket::open(KERNEL_END, ETH_P_IP);
-        send_icmp(&fragmentation_needed(port));
+        send_icmp(NETMUX.into(), &fragmentation_needed(port));
         // Not reading for a moment closes the window: what was on its way (full-sized, sent
         // before the example took the error in) arrives meanwhile and is left out; everything
         // after is sent once the example has lowered its MTU.
@@ -710,32 +734,6 @@ fn port_unreachable6(from: Ipv6Addr, port: u16) -> Vec<u8> {
     icmp
 }
 
-/// Sends `icmp` (an ICMPv6 message) from the calling thread's namespace to [`NETMUX6`].
-fn send_icmp6(icmp: &[u8]) {
-    let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
-    // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-    let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    to.sin6_family = libc::AF_INET6 as u16;
-    to.sin6_addr.s6_addr = NETMUX6.octets();
-    // SAFETY: icmp and to are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            icmp.as_ptr().cast(),
-            icmp.len(),
-            0,
-            (&to as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
-        )
-    };
-    assert_eq!(
-        n,
-        icmp.len() as isize,
-        "{}",
-        std::io::Error::last_os_error()
-    );
-}
-
 /// Whether `f` is an ICMPv6 error (types 1 to 4) right after the IPv6 header; if so, the
 /// source address and source port of the packet it quotes.
 fn icmpv6_error_quote(f: &[u8]) -> Option<([u8; 16], u16)> {
@@ -769,12 +767,15 @@ fn root_an_icmpv6_error_about_a_clients_flow_reaches_that_client_and_no_other() 
     // First, errors that quote someone else's flow: another host's address with the owner's
     // port and with the bystander's, the host's address with a port nobody holds.
     host.kernel.run(move || {
-        send_icmp6(&port_unreachable6(STRANGER6, port));
-        send_icmp6(&port_unreachable6(NETMUX6, 7412));
+        send_icmp(NETMUX6.into(), &port_unreachable6(STRANGER6, port));
+        send_icmp(NETMUX6.into(), &port_unreachable6(NETMUX6, 7412));
         // Neighbour discovery for the host's address comes first; give it a moment, so these
         // are on the wire before the owner's own error below.
         std::thread::sleep(Duration::from_secs(1));
-        send_icmp6(&port_unreachable6(STRANGER6, bystander_port));
+        send_icmp(
+            NETMUX6.into(),
+            &port_unreachable6(STRANGER6, bystander_port),
+        );
     });
 
     // A datagram to a kernel port nobody listens on: the kernel answers port unreachable.
@@ -835,6 +836,9 @@ const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// The body the peer downloads through the router.
 const ROUTED_BODY: usize = 4 << 20;
+/// The HTTP example's socket buffer (`http::SOCKET_BUFFER`): at most this much can be on its
+/// way in full-sized segments before the example takes the router's first error in.
+const EXAMPLE_SOCKET_BUFFER: usize = 512 << 10;
 
 /// netmux, a Linux router and a peer behind it: `netmux up` on veth A (MTU 1500) with the
 /// router at the other end (the kernel of [`UpHost`]'s second namespace: 192.0.2.1/24,
@@ -1021,7 +1025,7 @@ fn download(target: SocketAddr) -> Result<usize, String> {
         return Err(format!("{} bytes of body from {target}", body.len()));
     }
     for (i, &b) in body.iter().enumerate() {
-        let want = ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8;
+        let want = netmux_testkit::http_pattern_byte(i as u64);
         if b != want {
             return Err(format!(
                 "byte {i} of the body from {target} is {b}, not {want}"
@@ -1094,9 +1098,9 @@ fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
         "the example lowered its MTU to the router's; its log:\n{log}"
     );
     // Before the example takes the first error in, it can have sent no more than its socket
-    // buffer holds (512 KiB) in full-sized segments; everything after goes in small ones.
+    // buffer holds in full-sized segments; everything after goes in small ones.
     assert!(
-        big <= (512 << 10) / 1000,
+        big <= EXAMPLE_SOCKET_BUFFER / 1000,
         "{big} segments larger than {ROUTER_MTU} bytes: the example went on sending them"
     );
     assert!(
@@ -1106,7 +1110,7 @@ fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
     // The full-sized segments after the first error are the ones already on their way.
     let first = seen.first_error_at.unwrap_or(0);
     assert!(
-        small_from.saturating_sub(first) <= (512 << 10) / 1000,
+        small_from.saturating_sub(first) <= EXAMPLE_SOCKET_BUFFER / 1000,
         "full-sized segments went on {} segments after the first error",
         small_from.saturating_sub(first)
     );
