@@ -492,4 +492,31 @@ mod tests {
         }
         assert!(quoted_flow(&whole).is_some());
     }
+
+    #[test]
+    fn no_single_byte_of_an_icmpv6_error_makes_the_parser_panic() {
+        let hop_by_hop = (protocol::HOP_BY_HOP, OPTIONS.1);
+        let first_fragment = (protocol::FRAGMENT, [0, 0, 0, 1, 0, 0, 0, 7]);
+        let quoted = ip6(
+            HOST6,
+            PEER6,
+            &[OPTIONS, first_fragment],
+            protocol::TCP,
+            &ports(80),
+            Some(1460),
+        );
+        let whole = error6_quoting(2, HOST6, &[hop_by_hop], &quoted);
+        assert!(quoted_flow(&whole).is_some());
+        // Every value at every position, and every length: an answer, never a panic.
+        for at in 0..whole.len() {
+            for value in 0..=u8::MAX {
+                let mut f = whole.clone();
+                f[at] = value;
+                let _ = quoted_flow(&f);
+            }
+        }
+        for cut in 0..whole.len() {
+            let _ = quoted_flow(&whole[..cut]);
+        }
+    }
 }
