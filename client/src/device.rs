@@ -214,16 +214,39 @@ pub fn fragmentation_needed_mtu(frame: &[u8]) -> Option<u16> {
         .then_some(mtu)
 }
 
-/// The path MTU an untagged ICMPv6 "packet too big" (type 2, code 0, RFC 4443) with the
-/// ICMPv6 header right after the fixed IPv6 header names: its MTU, raised to [`MIN_IPV6_MTU`]
-/// when it names less (RFC 8201) and capped at 65,535; `None` for any other frame.
-pub fn packet_too_big_mtu(frame: &[u8]) -> Option<u16> {
-    const PACKET_TOO_BIG: u8 = 2;
+/// Extension headers (hop-by-hop, routing, destination options) stepped over before an
+/// ICMPv6 header, at most: more than any router puts on an error it sends.
+const MAX_EXTENSION_HEADERS: usize = 8;
+
+/// Where the ICMPv6 header of the untagged IPv6 `frame` starts, after at most
+/// [`MAX_EXTENSION_HEADERS`] hop-by-hop, routing or destination options headers.
+fn icmpv6_at(frame: &[u8]) -> Option<usize> {
     const ICMPV6: u8 = 58;
-    if frame.get(12..14)? != [0x86, 0xdd] || *frame.get(20)? != ICMPV6 {
+    if frame.get(12..14)? != [0x86, 0xdd] {
         return None;
     }
-    let header = frame.get(54..62)?;
+    let mut next = *frame.get(20)?;
+    let mut at = 14 + 40;
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        match next {
+            ICMPV6 => return Some(at),
+            0 | 43 | 60 => {
+                next = *frame.get(at)?;
+                at += (usize::from(*frame.get(at + 1)?) + 1) * 8;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The path MTU an untagged ICMPv6 "packet too big" (type 2, code 0, RFC 4443) names: its
+/// MTU, raised to [`MIN_IPV6_MTU`] when it names less (RFC 8201) and capped at 65,535; `None`
+/// for any other frame.
+pub fn packet_too_big_mtu(frame: &[u8]) -> Option<u16> {
+    const PACKET_TOO_BIG: u8 = 2;
+    let at = icmpv6_at(frame)?;
+    let header = frame.get(at..at + 8)?;
     let mtu = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     (header[0] == PACKET_TOO_BIG && header[1] == 0)
         .then(|| u16::try_from(mtu).unwrap_or(u16::MAX).max(MIN_IPV6_MTU))
@@ -459,6 +482,29 @@ mod tests {
         let whole = packet_too_big(2, 0, 1280);
         for cut in 0..62 {
             assert_eq!(packet_too_big_mtu(&whole[..cut]), None, "cut at {cut}");
+        }
+        // After a hop-by-hop header (8 bytes, padding only), and not after too many of them.
+        let with_options = |n: usize| {
+            let mut f = whole[..54].to_vec();
+            f[20] = 0;
+            for i in 0..n {
+                f.extend_from_slice(&[if i + 1 == n { 58 } else { 0 }, 0, 1, 4, 0, 0, 0, 0]);
+            }
+            f.extend_from_slice(&whole[54..]);
+            f
+        };
+        assert_eq!(packet_too_big_mtu(&with_options(1)), Some(1280));
+        assert_eq!(
+            packet_too_big_mtu(&with_options(MAX_EXTENSION_HEADERS)),
+            Some(1280)
+        );
+        assert_eq!(
+            packet_too_big_mtu(&with_options(MAX_EXTENSION_HEADERS + 1)),
+            None
+        );
+        let options = with_options(2);
+        for cut in 0..options.len().min(54 + 16 + 8) {
+            assert_eq!(packet_too_big_mtu(&options[..cut]), None, "cut at {cut}");
         }
         assert_eq!(path_mtu_of(&whole), Some(1280));
         assert_eq!(path_mtu_of(&icmp(3, 4, 1000)), Some(1000));
