@@ -325,11 +325,6 @@ fn http_page_from_kernel(ns: &NetNs) -> String {
     })
 }
 
-/// Byte `i` of a `GET /bytes/N` body (the example's documented pattern).
-fn pattern_byte(i: u64) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
-}
-
 /// FNV-1a 64, as the example's `/sink` reports it.
 fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
@@ -354,7 +349,12 @@ fn download(n: u64) -> Duration {
     let mut at = 0u64;
     let check = |bytes: &[u8], at: &mut u64| {
         for &b in bytes {
-            assert_eq!(b, pattern_byte(*at), "byte {} of the download", *at);
+            assert_eq!(
+                b,
+                netmux_testkit::http_pattern_byte(*at),
+                "byte {} of the download",
+                *at
+            );
             *at += 1;
         }
     };
@@ -385,7 +385,7 @@ fn upload(n: u64) -> Duration {
     while at < n {
         let len = (buf.len() as u64).min(n - at) as usize;
         for (k, b) in buf[..len].iter_mut().enumerate() {
-            *b = pattern_byte(at + k as u64) ^ 0x5a;
+            *b = netmux_testkit::http_pattern_byte(at + k as u64) ^ 0x5a;
         }
         hash = fnv1a64(hash, &buf[..len]);
         stream.write_all(&buf[..len]).expect("writing the upload");

@@ -8,15 +8,22 @@
 //! the way in, the echo's smoltcp on the way out, and the driver checks them whole) and the
 //! largest datagram IPv4 carries; pings of 8,000 and 65,000 bytes are answered (netd's reply
 //! goes out in fragments); an ICMP error the kernel sends about a client's flow reaches
-//! that client and no other; UDP sent to the subnet broadcast and to the limited broadcast
-//! reaches the client bound to the port.
+//! that client and no other, and so does an ICMPv6 error (netmux with 2001:db8::2/64 too),
+//! while ICMPv6 errors that quote someone else's flow reach no client; UDP sent to the subnet
+//! broadcast and to the limited broadcast reaches the client bound to the port. Path-MTU
+//! discovery through a real router: with the kernel's namespace made a router (forwarding on
+//! in that namespace only) to a peer behind a link of MTU 1,280 (198.51.100.0/24,
+//! 2001:db8:1::/64), the peer downloads 4 MiB from the HTTP example over IPv4 and over IPv6;
+//! the router's "fragmentation needed" / "packet too big" reaches the example, which lowers
+//! its MTU, and the download completes in segments that fit.
 //!
-//! Only addresses in 192.0.2.0/24 inside the tests' own namespaces are used; only processes
-//! these tests started are stopped, by their pid; the namespaces are deleted on drop whatever
-//! happened. Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
+//! Only addresses in 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32 inside the tests' own
+//! namespaces are used, and no setting outside them is changed; only processes these tests
+//! started are stopped, by their pid; the namespaces are deleted on drop whatever happened.
+//! Every test is named `root_*` and `#[ignore]`d: `scripts/test` runs them as root.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -555,28 +562,52 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
     icmp
 }
 
-/// Sends `icmp` (an ICMP message) from the calling thread's namespace to [`NETMUX`].
-fn send_icmp(icmp: &[u8]) {
-    let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
-    // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
-    let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    to.sin_family = libc::AF_INET as u16;
-    to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
-    // SAFETY: icmp and to are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            icmp.as_ptr().cast(),
-            icmp.len(),
-            0,
-            (&to as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        )
+/// Sends `icmp` (an ICMP message to an IPv4 `to`, ICMPv6 to an IPv6 one) from a raw socket
+/// of the calling thread's namespace; the kernel adds the IP header (and, for ICMPv6, fills
+/// in the checksum).
+fn send_icmp(to: IpAddr, icmp: &[u8]) {
+    let n = match to {
+        IpAddr::V4(to) => {
+            let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
+            // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
+            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+            addr.sin_family = libc::AF_INET as u16;
+            addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+            // SAFETY: icmp and addr are valid for the lengths given.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    icmp.as_ptr().cast(),
+                    icmp.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        }
+        IpAddr::V6(to) => {
+            let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
+            // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
+            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            addr.sin6_family = libc::AF_INET6 as u16;
+            addr.sin6_addr.s6_addr = to.octets();
+            // SAFETY: icmp and addr are valid for the lengths given.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    icmp.as_ptr().cast(),
+                    icmp.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_in6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        }
     };
     assert_eq!(
         n,
         icmp.len() as isize,
-        "{}",
+        "sending ICMP to {to}: {}",
         std::io::Error::last_os_error()
     );
 }
@@ -620,7 +651,7 @@ fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smalle
             got += n;
         }
         let sniffer = RawSocket::open(KERNEL_END, ETH_P_IP);
-        send_icmp(&fragmentation_needed(port));
+        send_icmp(NETMUX.into(), &fragmentation_needed(port));
         // Not reading for a moment closes the window: what was on its way (full-sized, sent
         // before the example took the error in) arrives meanwhile and is left out; everything
         // after is sent once the example has lowered its MTU.
@@ -658,4 +689,441 @@ fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smalle
         http.log()
     );
     assert!(http.log().contains("lowering the MTU"), "{}", http.log());
+}
+
+const KERNEL6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+const NETMUX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// An address on the link nobody has: the source of the flow a forged error quotes.
+const STRANGER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_ALL: u16 = 0x0003;
+
+/// `netmux up --ip 192.0.2.2/24 --ip6 2001:db8::2/64 ARGS...` on a veth end, the kernel at the
+/// other end with 192.0.2.1/24 and 2001:db8::1/64 (added `nodad`, an address flag, not a
+/// setting, so it is usable at once).
+fn start_dual(tag: &str, args: &[&str]) -> UpHost {
+    let ip = format!("{NETMUX}/24");
+    let ip6 = format!("{NETMUX6}/64");
+    let kernel6 = format!("{KERNEL6}/64");
+    let mut all = vec!["--ip", &ip, "--ip6", &ip6];
+    all.extend_from_slice(args);
+    UpHost::start(
+        &netmux(),
+        tag,
+        (MUX_END, KERNEL_END),
+        &format!("{KERNEL}/24"),
+        &[&["addr", "add", &kernel6, "dev", KERNEL_END, "nodad"]],
+        &all,
+        PATIENCE,
+    )
+}
+
+/// An ICMPv6 "port unreachable" about a UDP datagram from `from`:`port` to [`KERNEL6`] port 9
+/// (what the kernel sends about the owner's datagram, but naming whatever flow the test likes).
+fn port_unreachable6(from: Ipv6Addr, port: u16) -> Vec<u8> {
+    let mut quoted = vec![0x60, 0, 0, 0, 0, 8 + 4, 17, 64];
+    quoted.extend_from_slice(&from.octets());
+    quoted.extend_from_slice(&KERNEL6.octets());
+    quoted.extend_from_slice(&port.to_be_bytes());
+    quoted.extend_from_slice(&9u16.to_be_bytes());
+    quoted.extend_from_slice(&[0, 12, 0, 0]);
+    quoted.extend_from_slice(b"fake");
+    // Type 1 code 4; the kernel fills in the checksum of what a raw ICMPv6 socket sends.
+    let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted);
+    icmp
+}
+
+/// Whether `f` is an ICMPv6 error (types 1 to 4) right after the IPv6 header; if so, the
+/// source address and source port of the packet it quotes.
+fn icmpv6_error_quote(f: &[u8]) -> Option<([u8; 16], u16)> {
+    let is_error = f.len() >= 14 + 40 + 8 + 40 + 2
+        && f[12..14] == ETH_P_IPV6.to_be_bytes()
+        && f[20] == 58
+        && (1..=4).contains(&f[54]);
+    is_error.then(|| {
+        let q = 14 + 40 + 8;
+        let mut source = [0u8; 16];
+        source.copy_from_slice(&f[q + 8..q + 24]);
+        (source, u16::from_be_bytes([f[q + 40], f[q + 41]]))
+    })
+}
+
+#[test]
+#[ignore]
+fn root_an_icmpv6_error_about_a_clients_flow_reaches_that_client_and_no_other() {
+    require_root();
+    let host = start_dual("icmp6", &[]);
+    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    // Two clients: the owner of the flow and a bystander.
+    let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
+    let port = owner.bind_port(Transport::Udp, 7410).unwrap();
+    let mac = owner.host().link.mac;
+    let mut owner_queue = owner.open_queue().unwrap();
+    let mut bystander = Client::connect(&host.run_dir()).expect("netd takes a client");
+    let bystander_port = bystander.bind_port(Transport::Udp, 7411).unwrap();
+    let mut bystander_queue = bystander.open_queue().unwrap();
+
+    // First, errors that quote someone else's flow: another host's address with the owner's
+    // port and with the bystander's, the host's address with a port nobody holds.
+    host.kernel.run(move || {
+        send_icmp(NETMUX6.into(), &port_unreachable6(STRANGER6, port));
+        send_icmp(NETMUX6.into(), &port_unreachable6(NETMUX6, 7412));
+        // Neighbour discovery for the host's address comes first; give it a moment, so these
+        // are on the wire before the owner's own error below.
+        std::thread::sleep(Duration::from_secs(1));
+        send_icmp(
+            NETMUX6.into(),
+            &port_unreachable6(STRANGER6, bystander_port),
+        );
+    });
+
+    // A datagram to a kernel port nobody listens on: the kernel answers port unreachable.
+    let mut frame = Vec::new();
+    etherparse::PacketBuilder::ethernet2(mac, kernel_mac)
+        .ipv6(NETMUX6.octets(), KERNEL6.octets(), 64)
+        .udp(port, 9)
+        .write(&mut frame, b"is anyone there")
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let mut done = Vec::new();
+    let mut owner_got: Vec<Vec<u8>> = Vec::new();
+    let error = 'found: loop {
+        // Completions are collected: the driver takes a frame only when its outcome has room.
+        done.clear();
+        owner_queue.completions(usize::MAX, &mut done).unwrap();
+        owner_queue.send(&[&[&frame]]).unwrap();
+        let _ = owner_queue.wait_readable(Some(Duration::from_millis(300)));
+        let mut got = Vec::new();
+        owner_queue.recv_owned(64, &mut got).unwrap();
+        for f in got {
+            // ICMPv6 destination unreachable, port unreachable, about the owner's datagram.
+            if icmpv6_error_quote(&f) == Some((NETMUX6.octets(), port)) && f[55] == 4 {
+                break 'found f;
+            }
+            owner_got.push(f);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port unreachable never reached the flow's owner; netmux log:\n{}",
+            host.up.log()
+        );
+    };
+    assert_eq!(error[22..38], KERNEL6.octets(), "from the kernel");
+    let forged: Vec<_> = owner_got
+        .iter()
+        .filter_map(|f| icmpv6_error_quote(f))
+        .collect();
+    assert!(
+        forged.is_empty(),
+        "the owner got errors about flows not its own: {forged:02x?}"
+    );
+    let mut stray = Vec::new();
+    bystander_queue.recv_owned(64, &mut stray).unwrap();
+    let stray: Vec<_> = stray.iter().filter_map(|f| icmpv6_error_quote(f)).collect();
+    assert!(
+        stray.is_empty(),
+        "the bystander got no ICMPv6 error: {stray:02x?}"
+    );
+}
+
+/// The router's MTU towards the peer in the path-MTU tests: IPv6's minimum link MTU.
+const ROUTER_MTU: usize = 1280;
+/// The router's end and the peer's end of the narrow link.
+const ROUTER_END: &str = "nmx2";
+const PEER_END: &str = "nmx3";
+const PEER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+/// The body the peer downloads through the router.
+const ROUTED_BODY: usize = 4 << 20;
+/// The HTTP example's socket buffer (`http::SOCKET_BUFFER`): at most this much can be on its
+/// way in full-sized segments before the example takes the router's first error in.
+const EXAMPLE_SOCKET_BUFFER: usize = 512 << 10;
+
+/// netmux, a Linux router and a peer behind it: `netmux up` on veth A (MTU 1500) with the
+/// router at the other end (the kernel of [`UpHost`]'s second namespace: 192.0.2.1/24,
+/// 2001:db8::1/64, netmux's `--gateway` and `--gateway6`); veth B of MTU [`ROUTER_MTU`] from
+/// the router (198.51.100.1/24, 2001:db8:1::1/64) to the peer's namespace (198.51.100.2/24,
+/// 2001:db8:1::2/64, the router its default). Forwarding is turned on in the router's
+/// namespace only (a namespace the test made; nothing outside it is changed). The peer's
+/// default routes carry `advmss` for a 1500-byte path (a route attribute): the peer stands for
+/// a host on a full-sized link beyond the narrow one, so it asks for full-sized segments and
+/// only the router's "fragmentation needed" / "packet too big" can make them smaller.
+struct Routed {
+    host: UpHost,
+    peer: NetNs,
+}
+
+impl Routed {
+    fn start(tag: &str) -> Routed {
+        let gateway = KERNEL.to_string();
+        let gateway6 = KERNEL6.to_string();
+        let host = start_dual(tag, &["--gateway", &gateway, "--gateway6", &gateway6]);
+        let peer = NetNs::new(&format!("{tag}p"));
+        netns::veth(&host.kernel, ROUTER_END, &peer, PEER_END);
+        let mtu = ROUTER_MTU.to_string();
+        for (ns, end, v4, v6) in [
+            (
+                &host.kernel,
+                ROUTER_END,
+                "198.51.100.1/24",
+                "2001:db8:1::1/64",
+            ),
+            (
+                &peer,
+                PEER_END,
+                &format!("{PEER}/24"),
+                &format!("{PEER6}/64"),
+            ),
+        ] {
+            ns.ip(&["link", "set", end, "mtu", &mtu]);
+            ns.ip(&["addr", "add", v4, "dev", end]);
+            ns.ip(&["addr", "add", v6, "dev", end, "nodad"]);
+            ns.ip(&["link", "set", end, "up"]);
+        }
+        peer.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.51.100.1",
+            "advmss",
+            "1460",
+        ]);
+        peer.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "2001:db8:1::1",
+            "advmss",
+            "1440",
+        ]);
+        // Forwarding on, in the router's namespace only: a process inside it writes its own
+        // namespace's /proc/sys/net (no procps needed).
+        let out = host
+            .kernel
+            .command("sh")
+            .args([
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+                 echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
+            ])
+            .output()
+            .expect("running sh in the router's namespace");
+        assert!(
+            out.status.success(),
+            "forwarding in the router's namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Routed { host, peer }
+    }
+}
+
+/// What the router's end of veth A saw: the example's TCP segments (IP length, in order) and
+/// the router's path-MTU errors to netmux (the MTU each named).
+#[derive(Debug, Default)]
+struct PathSeen {
+    segments: Vec<usize>,
+    errors: Vec<u32>,
+    /// The number of segments seen before the first error.
+    first_error_at: Option<usize>,
+}
+
+/// Reads frames of `ethertype` on [`KERNEL_END`] in the calling thread's namespace until
+/// `stop`, noting the example's segments and the router's errors.
+fn watch_path(ethertype: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> PathSeen {
+    // All protocols: only those sockets see what the router sends too (its errors).
+    let raw = RawSocket::open(KERNEL_END, ETH_P_ALL);
+    // Room for a burst while this thread is not scheduled (a socket option; root may go past
+    // the system's default limit with SO_RCVBUFFORCE).
+    let size: libc::c_int = 64 << 20;
+    // SAFETY: a valid int for SO_RCVBUFFORCE, its size passed with it.
+    unsafe {
+        libc::setsockopt(
+            raw.fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let mut seen = PathSeen::default();
+    let mut note = |f: &[u8]| {
+        let is = |t: u16| f.len() >= 62 && ethertype == t && f[12..14] == t.to_be_bytes();
+        let v4 = is(ETH_P_IP) && f[14] == 0x45;
+        let v6 = is(ETH_P_IPV6);
+        if v4 && f[23] == 6 && f[26..30] == NETMUX.octets() && f[34..36] == HTTP_PORT.to_be_bytes()
+        {
+            seen.segments
+                .push(usize::from(u16::from_be_bytes([f[16], f[17]])));
+        } else if v4 && f[23] == 1 && f[30..34] == NETMUX.octets() && f[34] == 3 && f[35] == 4 {
+            seen.errors
+                .push(u32::from(u16::from_be_bytes([f[40], f[41]])));
+        } else if v6
+            && f[20] == 6
+            && f[22..38] == NETMUX6.octets()
+            && f[54..56] == HTTP_PORT.to_be_bytes()
+        {
+            seen.segments
+                .push(40 + usize::from(u16::from_be_bytes([f[18], f[19]])));
+        } else if v6 && f[20] == 58 && f[38..54] == NETMUX6.octets() && f[54] == 2 {
+            seen.errors
+                .push(u32::from_be_bytes([f[58], f[59], f[60], f[61]]));
+        } else {
+            return;
+        }
+        if !seen.errors.is_empty() && seen.first_error_at.is_none() {
+            seen.first_error_at = Some(seen.segments.len());
+        }
+    };
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(f) = raw.recv() {
+            note(&f);
+        }
+    }
+    while let Some(f) = raw.recv_now() {
+        note(&f);
+    }
+    seen
+}
+
+/// Downloads [`ROUTED_BODY`] bytes from the HTTP example at `target` in the calling thread's
+/// namespace and checks every byte; the whole response's length, or what went wrong.
+fn download(target: SocketAddr) -> Result<usize, String> {
+    let deadline = Instant::now() + PATIENCE;
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("connecting to {target}: {e}"))
+            }
+            Err(_) => {}
+        }
+    };
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    write!(
+        stream,
+        "GET /bytes/{ROUTED_BODY} HTTP/1.1\r\nHost: netmux\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("asking {target}: {e}"))?;
+    let mut response = Vec::with_capacity(ROUTED_BODY + 1024);
+    if let Err(e) = stream.read_to_end(&mut response) {
+        return Err(format!(
+            "reading the download from {target} after {} bytes: {e}",
+            response.len()
+        ));
+    }
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no response head")?
+        + 4;
+    let body = &response[head_end..];
+    if body.len() != ROUTED_BODY {
+        return Err(format!("{} bytes of body from {target}", body.len()));
+    }
+    for (i, &b) in body.iter().enumerate() {
+        let want = netmux_testkit::http_pattern_byte(i as u64);
+        if b != want {
+            return Err(format!(
+                "byte {i} of the body from {target} is {b}, not {want}"
+            ));
+        }
+    }
+    Ok(response.len())
+}
+
+/// Sets its flag when dropped: the watcher stops even when the test fails.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The peer behind the router downloads from the HTTP example at `target` while the router's
+/// end of veth A is watched for frames of `ethertype`; checks that the router told netmux
+/// the path's MTU, the example lowered its own, and the download went in segments that fit.
+fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
+    require_root();
+    let routed = Routed::start(tag);
+    let host = &routed.host;
+    let mut cmd = Command::new(netmux());
+    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .env("RUST_LOG", netns::UP_LOG_FILTER);
+    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
+    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+
+    let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
+        false,
+    )));
+    let watcher = {
+        let stop = stop.0.clone();
+        host.kernel.spawn(move || watch_path(ethertype, stop))
+    };
+    // The watcher's socket is open before the download starts.
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let got = routed.peer.run(move || download(target));
+    let took = started.elapsed();
+    drop(stop);
+    let seen = watcher.join().expect("the watcher");
+
+    let last_big = seen.segments.iter().rposition(|&n| n > ROUTER_MTU);
+    let small_from = last_big.map_or(0, |i| i + 1);
+    let big = seen.segments.iter().filter(|&&n| n > ROUTER_MTU).count();
+    let bytes_small: usize = seen.segments[small_from..].iter().sum();
+    eprintln!(
+        "{tag}: {} segments in {took:?}, {} errors (the first after segment {:?}), {big} \
+         larger than {ROUTER_MTU} (the last at {last_big:?}), {bytes_small} bytes after it",
+        seen.segments.len(),
+        seen.errors.len(),
+        seen.first_error_at,
+    );
+    let log = http.log();
+    let got = got.unwrap_or_else(|e| panic!("{e}; the example's log:\n{log}"));
+    assert!(got > ROUTED_BODY, "the whole download ({got} bytes)");
+    assert!(
+        !seen.errors.is_empty() && seen.errors.iter().all(|&m| m == ROUTER_MTU as u32),
+        "the router named its MTU to netmux: {:?}; the example's log:\n{log}",
+        seen.errors
+    );
+    assert!(
+        log.contains("lowering the MTU") && log.contains(&format!("to={ROUTER_MTU}")),
+        "the example lowered its MTU to the router's; its log:\n{log}"
+    );
+    // Before the example takes the first error in, it can have sent no more than its socket
+    // buffer holds in full-sized segments; everything after goes in small ones.
+    assert!(
+        big <= EXAMPLE_SOCKET_BUFFER / 1000,
+        "{big} segments larger than {ROUTER_MTU} bytes: the example went on sending them"
+    );
+    assert!(
+        bytes_small >= ROUTED_BODY * 3 / 4,
+        "only {bytes_small} bytes went after the last segment larger than {ROUTER_MTU}"
+    );
+    // The full-sized segments after the first error are the ones already on their way.
+    let first = seen.first_error_at.unwrap_or(0);
+    assert!(
+        small_from.saturating_sub(first) <= EXAMPLE_SOCKET_BUFFER / 1000,
+        "full-sized segments went on {} segments after the first error",
+        small_from.saturating_sub(first)
+    );
+}
+
+#[test]
+#[ignore]
+fn root_path_mtu_discovery_through_a_kernel_router_of_smaller_mtu_over_ipv4() {
+    path_mtu_through_the_router("pmtu4", SocketAddr::from((NETMUX, HTTP_PORT)), ETH_P_IP);
+}
+
+#[test]
+#[ignore]
+fn root_path_mtu_discovery_through_a_kernel_router_of_smaller_mtu_over_ipv6() {
+    path_mtu_through_the_router("pmtu6", SocketAddr::from((NETMUX6, HTTP_PORT)), ETH_P_IPV6);
 }

@@ -14,8 +14,9 @@
 //! frame once it has seen a batch.
 //!
 //! smoltcp has no path-MTU discovery of its own, so the device notes the next-hop MTU of every
-//! ICMP "fragmentation needed" it hands over (RFC 1191; the driver delivers to a client only
-//! the errors that quote its own flows): [`QueueDevice::take_path_mtu`] tells the owner of the
+//! ICMP "fragmentation needed" (RFC 1191) and ICMPv6 "packet too big" (RFC 8201) it hands over
+//! (the driver delivers to a client only the errors that quote its own flows):
+//! [`QueueDevice::take_path_mtu`] tells the owner of the
 //! interface, which lowers the device's MTU ([`QueueDevice::set_mtu`]) and makes its interface
 //! again, since smoltcp reads the MTU when an interface is made.
 //!
@@ -43,6 +44,10 @@ pub const TX_BACKLOG: usize = 64;
 /// The smallest MTU an IPv4 host must accept (RFC 791): a "fragmentation needed" naming less
 /// is ignored.
 pub const MIN_IPV4_MTU: u16 = 68;
+
+/// The smallest MTU of an IPv6 link (RFC 8200): a "packet too big" naming less lowers the path
+/// MTU to this and no further (RFC 8201).
+pub const MIN_IPV6_MTU: u16 = 1280;
 
 /// Counters of a [`QueueDevice`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,7 +89,8 @@ pub struct QueueDevice {
     mtu: usize,
     /// Identifications of the IPv6 fragments the device makes.
     ipv6_idents: Ipv6Idents,
-    /// The smallest next-hop MTU named by an ICMP "fragmentation needed" not yet taken.
+    /// The smallest next-hop MTU named by an ICMP "fragmentation needed" or an ICMPv6 "packet
+    /// too big" not yet taken.
     path_mtu: Option<u16>,
     counters: DeviceCounters,
     completions: Vec<Completion>,
@@ -132,16 +138,17 @@ impl QueueDevice {
         self.mtu = usize::from(mtu);
     }
 
-    /// The smallest next-hop MTU that an ICMP "fragmentation needed" received since the last
-    /// call named, when it is below the device's MTU and at least [`MIN_IPV4_MTU`].
+    /// The smallest next-hop MTU that an ICMP "fragmentation needed" or ICMPv6 "packet too
+    /// big" received since the last call named ([`path_mtu_of`]), when it is below the
+    /// device's MTU.
     pub fn take_path_mtu(&mut self) -> Option<u16> {
         self.path_mtu.take()
     }
 
-    /// Notes the next-hop MTU of `frame` if it is an ICMP "fragmentation needed" naming one
-    /// below the device's.
-    fn note_fragmentation_needed(&mut self, frame: &[u8]) {
-        if let Some(mtu) = fragmentation_needed_mtu(frame) {
+    /// Notes the next-hop MTU of `frame` if it is an ICMP "fragmentation needed" or ICMPv6
+    /// "packet too big" naming one below the device's.
+    fn note_path_mtu(&mut self, frame: &[u8]) {
+        if let Some(mtu) = path_mtu_of(frame) {
             if usize::from(mtu) < self.mtu {
                 self.path_mtu = Some(self.path_mtu.map_or(mtu, |m| m.min(mtu)));
             }
@@ -218,6 +225,49 @@ pub fn fragmentation_needed_mtu(frame: &[u8]) -> Option<u16> {
     let mtu = u16::from_be_bytes([header[6], header[7]]);
     (header[0] == ICMP_DEST_UNREACHABLE && header[1] == FRAGMENTATION_NEEDED && mtu >= MIN_IPV4_MTU)
         .then_some(mtu)
+}
+
+/// Extension headers (hop-by-hop, routing, destination options) stepped over before an
+/// ICMPv6 header, at most: more than any router puts on an error it sends.
+const MAX_EXTENSION_HEADERS: usize = 8;
+
+/// Where the ICMPv6 header of the untagged IPv6 `frame` starts, after at most
+/// [`MAX_EXTENSION_HEADERS`] hop-by-hop, routing or destination options headers.
+fn icmpv6_at(frame: &[u8]) -> Option<usize> {
+    const ICMPV6: u8 = 58;
+    if frame.get(12..14)? != [0x86, 0xdd] {
+        return None;
+    }
+    let mut next = *frame.get(20)?;
+    let mut at = 14 + 40;
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        match next {
+            ICMPV6 => return Some(at),
+            0 | 43 | 60 => {
+                next = *frame.get(at)?;
+                at += (usize::from(*frame.get(at + 1)?) + 1) * 8;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The path MTU an untagged ICMPv6 "packet too big" (type 2, code 0, RFC 4443) names: its
+/// MTU, raised to [`MIN_IPV6_MTU`] when it names less (RFC 8201) and capped at 65,535; `None`
+/// for any other frame.
+pub fn packet_too_big_mtu(frame: &[u8]) -> Option<u16> {
+    const PACKET_TOO_BIG: u8 = 2;
+    let at = icmpv6_at(frame)?;
+    let header = frame.get(at..at + 8)?;
+    let mtu = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    (header[0] == PACKET_TOO_BIG && header[1] == 0)
+        .then(|| u16::try_from(mtu).unwrap_or(u16::MAX).max(MIN_IPV6_MTU))
+}
+
+/// The path MTU `frame` names: [`fragmentation_needed_mtu`] or [`packet_too_big_mtu`].
+pub fn path_mtu_of(frame: &[u8]) -> Option<u16> {
+    fragmentation_needed_mtu(frame).or_else(|| packet_too_big_mtu(frame))
 }
 
 /// A received frame.
@@ -333,7 +383,7 @@ impl Device for QueueDevice {
             self.refill();
         }
         let frame = self.rx.pop_front()?;
-        self.note_fragmentation_needed(&frame);
+        self.note_path_mtu(&frame);
         let consumed = std::mem::replace(&mut self.current, frame);
         self.spare.push(consumed);
         self.counters.rx_frames += 1;
@@ -440,5 +490,68 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    fn packet_too_big(kind: u8, code: u8, mtu: u32) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8 + 48];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[20] = 58;
+        f[54] = kind;
+        f[55] = code;
+        f[58..62].copy_from_slice(&mtu.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn packet_too_big_names_its_mtu_never_below_ipv6s_minimum() {
+        assert_eq!(packet_too_big_mtu(&packet_too_big(2, 0, 1280)), Some(1280));
+        assert_eq!(packet_too_big_mtu(&packet_too_big(2, 0, 1400)), Some(1400));
+        assert_eq!(
+            packet_too_big_mtu(&packet_too_big(2, 0, 576)),
+            Some(MIN_IPV6_MTU),
+            "RFC 8201: never below 1280"
+        );
+        assert_eq!(
+            packet_too_big_mtu(&packet_too_big(2, 0, 100_000)),
+            Some(u16::MAX)
+        );
+        assert_eq!(packet_too_big_mtu(&packet_too_big(1, 4, 1280)), None);
+        assert_eq!(packet_too_big_mtu(&packet_too_big(3, 0, 1280)), None);
+        assert_eq!(packet_too_big_mtu(&packet_too_big(2, 1, 1280)), None);
+        let mut udp = packet_too_big(2, 0, 1280);
+        udp[20] = 17;
+        assert_eq!(packet_too_big_mtu(&udp), None, "UDP whatever its bytes");
+        assert_eq!(packet_too_big_mtu(&icmp(3, 4, 1280)), None);
+        let whole = packet_too_big(2, 0, 1280);
+        for cut in 0..62 {
+            assert_eq!(packet_too_big_mtu(&whole[..cut]), None, "cut at {cut}");
+        }
+        // After a hop-by-hop header (8 bytes, padding only), and not after too many of them.
+        let with_options = |n: usize| {
+            let mut f = whole[..54].to_vec();
+            f[20] = 0;
+            for i in 0..n {
+                f.extend_from_slice(&[if i + 1 == n { 58 } else { 0 }, 0, 1, 4, 0, 0, 0, 0]);
+            }
+            f.extend_from_slice(&whole[54..]);
+            f
+        };
+        assert_eq!(packet_too_big_mtu(&with_options(1)), Some(1280));
+        assert_eq!(
+            packet_too_big_mtu(&with_options(MAX_EXTENSION_HEADERS)),
+            Some(1280)
+        );
+        assert_eq!(
+            packet_too_big_mtu(&with_options(MAX_EXTENSION_HEADERS + 1)),
+            None
+        );
+        let options = with_options(2);
+        for cut in 0..options.len().min(54 + 16 + 8) {
+            assert_eq!(packet_too_big_mtu(&options[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(path_mtu_of(&whole), Some(1280));
+        assert_eq!(path_mtu_of(&icmp(3, 4, 1000)), Some(1000));
+        assert_eq!(path_mtu_of(&icmp(3, 3, 1000)), None);
     }
 }

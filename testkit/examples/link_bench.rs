@@ -153,10 +153,6 @@ fn kernel_echo(addr: SocketAddr) {
 
 // ---- TCP bulk ----
 
-fn pattern_byte(i: u64) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
-}
-
 fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
@@ -204,7 +200,7 @@ fn download(target: SocketAddr, n: u64) -> f64 {
         if (probe as usize) < got {
             assert_eq!(
                 buf[probe as usize],
-                pattern_byte(at + probe),
+                netmux_testkit::http_pattern_byte(at + probe),
                 "byte {}",
                 at + probe
             );
@@ -221,7 +217,9 @@ fn upload(target: SocketAddr, n: u64) -> f64 {
     let mut s = connect(target);
     write!(s, "POST /sink HTTP/1.1\r\nContent-Length: {n}\r\n\r\n").unwrap();
     let start = Instant::now();
-    let chunk: Vec<u8> = (0..1u64 << 20).map(pattern_byte).collect();
+    let chunk: Vec<u8> = (0..1u64 << 20)
+        .map(netmux_testkit::http_pattern_byte)
+        .collect();
     let mut at = 0u64;
     while at < n {
         let len = (chunk.len() as u64).min(n - at) as usize;
@@ -258,7 +256,7 @@ fn kernel_http(addr: SocketAddr) {
                 while at < n {
                     let len = (buf.len() as u64).min(n - at) as usize;
                     for (k, b) in buf[..len].iter_mut().enumerate() {
-                        *b = pattern_byte(at + k as u64);
+                        *b = netmux_testkit::http_pattern_byte(at + k as u64);
                     }
                     if s.write_all(&buf[..len]).is_err() {
                         break;

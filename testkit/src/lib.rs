@@ -39,6 +39,13 @@ pub use corpus::{Capture, CorpusError, Frame};
 pub use frames::relink;
 pub use oracle::{BpfInsn, BpfProgram, Offline, OfflineFrame, OracleError};
 
+/// Byte `i` of a body `netmux example http` streams for `GET /bytes/N`, as the example
+/// documents it: the top byte of `i × 0x9E3779B97F4A7C15`, so a lost, repeated or reordered
+/// stretch shows.
+pub fn http_pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
 /// The seed of a randomised test: `NETMUX_SEED` when set (to replay a failure), else a fresh
 /// one. It is printed on stderr with the test's name, so a failing run shows how to replay it
 /// (`NETMUX_SEED=N cargo test ... NAME`).

@@ -10,9 +10,9 @@
 //! - an ARP reply, or an ARP request for one of the host addresses
 //!   ([`DriverRequest::SetHostAddresses`]), goes to **every** queue exactly once, netd's
 //!   included, without classification;
-//! - every other frame goes to the queues the classifier names; an ICMP error none names goes
-//!   to the queue granted the flow it quotes ([`icmp_errors`]); anything else to netd's queue
-//!   ([`DriverRequest::SetNetdQueue`]).
+//! - every other frame goes to the queues the classifier names; an ICMP or ICMPv6 error none
+//!   names goes to the queue granted the flow it quotes ([`icmp_errors`]); anything else to
+//!   netd's queue ([`DriverRequest::SetNetdQueue`]).
 //!
 //! The frame is copied into the rx ring of each receiving queue; a full ring drops it for that
 //! queue only (counted there). Each touched ring is published once per batch.

@@ -176,11 +176,12 @@ impl Station {
         }
     }
 
-    /// Path-MTU discovery (RFC 1191), which smoltcp does not do: an ICMP "fragmentation
-    /// needed" about one of this client's datagrams named a smaller next-hop MTU, so the
-    /// interface is made again with it (smoltcp reads the MTU when an interface is made; the
-    /// sockets and their connections are kept, and what was lost is sent again in smaller
-    /// segments). One path MTU for every destination: these examples mostly talk to one peer.
+    /// Path-MTU discovery (RFC 1191, RFC 8201), which smoltcp does not do: an ICMP
+    /// "fragmentation needed" or an ICMPv6 "packet too big" (never below 1,280 bytes) about one
+    /// of this client's datagrams named a smaller next-hop MTU, so the interface is made again
+    /// with it (smoltcp reads the MTU when an interface is made; the sockets and their
+    /// connections are kept, and what was lost is sent again in smaller segments). One path MTU
+    /// for every destination and both families: these examples mostly talk to one peer.
     fn lower_mtu(&mut self, mtu: u16) {
         tracing::info!(
             from = self.device.mtu(),
