@@ -505,3 +505,63 @@ fn a_dhcp_broadcast_goes_to_the_mappings_dhcp_proxy_and_others_are_dropped() {
     let dropped = &poll(&mut a).overlays[0].dropped;
     assert_eq!(dropped, &vec![("broadcast".to_string(), 1)]);
 }
+
+#[test]
+fn inner_fragments_are_reassembled_in_their_own_overlay_and_never_mixed_with_anothers() {
+    let (mut b, wire_b, mut qb) = host(LINK_B, UNDERLAY_B, MAC_B, IP_B);
+    ok(&mut b, overlay(OTHER_VNI));
+    // The other overlay's instance has the same inner address, and its peer sends a datagram
+    // with the same addresses, protocol and identification at the same time.
+    ok(&mut b, overlay_instance(2, MAC_B2, IP_B, OTHER_VNI));
+    let mut qb2 = queue(&mut b, 2, InstanceId(2));
+    bind(&mut b, 2, MAC_B2, IP_B, 7);
+    let to = vxlan::Underlay {
+        src_mac: LINK_A,
+        dst_mac: LINK_B,
+        src_ip: UNDERLAY_A,
+        dst_ip: UNDERLAY_B,
+        dst_port: PORT,
+    };
+    let encap = |vni: u32, frame: &[u8]| {
+        let mut out = Vec::new();
+        vxlan::encapsulate(frame, vni, &to, &mut out).unwrap();
+        out
+    };
+    let datagram = udp_frame(MAC_A, MAC_B, IP_A, 7, IP_B, 7, 3_000);
+    let mut other = udp_frame(MAC_A, MAC_B2, IP_A, 7, IP_B, 7, 3_000);
+    let end = other.len();
+    other[end - 100..].fill(0x5a);
+    let ours = netmux_wire::fragment::fragment_ipv4(datagram.clone(), 1_400);
+    let theirs = netmux_wire::fragment::fragment_ipv4(other.clone(), 1_400);
+    assert!(ours.len() >= 3 && ours.len() == theirs.len());
+    // Interleaved, and each overlay's in reverse order.
+    for (a, b2) in ours.iter().rev().zip(theirs.iter().rev()) {
+        receive(&mut b, &wire_b, encap(VNI, a));
+        receive(&mut b, &wire_b, encap(OTHER_VNI, b2));
+    }
+    // The datagram as sent, its IPv4 header checksum filled in by the reassembler.
+    let whole_as = |got: Vec<Vec<u8>>, sent: &[u8], who: &str| {
+        assert_eq!(got.len(), 1, "{who} receives one datagram");
+        let d = &got[0];
+        assert!(
+            d.len() == sent.len() && d[..24] == sent[..24] && d[26..] == sent[26..],
+            "{who} receives the datagram its peer sent"
+        );
+    };
+    whole_as(
+        recv_n(&mut qb, 2, Duration::from_millis(300)),
+        &datagram,
+        "B",
+    );
+    whole_as(
+        recv_n(&mut qb2, 2, Duration::from_millis(300)),
+        &other,
+        "B2",
+    );
+    // A lone inner fragment is held, never delivered, and takes nobody else's frames.
+    receive(&mut b, &wire_b, encap(VNI, &ours[0]));
+    assert!(recv_n(&mut qb, 1, Duration::from_millis(100)).is_empty());
+    let whole = udp_frame(MAC_A, MAC_B, IP_A, 7, IP_B, 7, 10);
+    receive(&mut b, &wire_b, encap(VNI, &whole));
+    assert_eq!(recv_n(&mut qb, 1, Duration::from_secs(2)), vec![whole]);
+}

@@ -942,6 +942,9 @@ impl Driver {
         if received > 0 {
             let now = self.now_ns();
             self.reassembler.expire(now);
+            if self.overlays.active() {
+                self.overlays.expire_fragments(now);
+            }
             for frame in batch.iter() {
                 match self.reassembler.push(frame, now) {
                     Outcome::Deliver(frame) => self.deliver(frame, now),
@@ -967,13 +970,15 @@ impl Driver {
             match self.overlays.receive(frame, now_ns) {
                 overlay::Received::NotOverlay => {}
                 overlay::Received::Dropped => return,
-                overlay::Received::Inner(start, end) => {
-                    let slots = std::mem::take(&mut self.overlays.deliver_to);
-                    for &slot in &slots {
-                        self.rx.classified += 1;
-                        self.deliver_to(&frame[start..end], Target::One(slot));
+                overlay::Received::Inner { start, end, vni } => {
+                    match self.overlays.reassemble(vni, &frame[start..end], now_ns) {
+                        Outcome::Deliver(inner) => self.deliver_inner(inner),
+                        Outcome::Reassembled(datagram) => {
+                            self.deliver_inner(&datagram);
+                            self.overlays.recycle(vni, datagram);
+                        }
+                        Outcome::Held | Outcome::Dropped(_) => {}
                     }
-                    self.overlays.deliver_to = slots;
                     return;
                 }
             }
@@ -984,6 +989,17 @@ impl Driver {
         }
         let target = self.instances.dispatch(frame);
         self.deliver_to(frame, target);
+    }
+
+    /// Delivers an overlay's inner frame (or datagram) to the instances
+    /// [`overlay::Overlays::deliver_to`] names.
+    fn deliver_inner(&mut self, inner: &[u8]) {
+        let slots = std::mem::take(&mut self.overlays.deliver_to);
+        for &slot in &slots {
+            self.rx.classified += 1;
+            self.deliver_to(inner, Target::One(slot));
+        }
+        self.overlays.deliver_to = slots;
     }
 
     /// Delivers `frame` to the queues of the instances at `slots` that take it: in each, ARP

@@ -27,8 +27,11 @@
 //! UDP to a VXLAN port of one of the overlays, addressed to the underlay address (the
 //! default instance's first IPv4 address), is decapsulated: its VNI picks the overlay (an
 //! unknown VNI, or a malformed header, is dropped and counted), a VLAN-tagged inner frame is
-//! dropped (RFC 7348 §6), and the inner frame is classified in the overlay instance its
-//! destination MAC names (every instance of the overlay for a group address). Several
+//! dropped (RFC 7348 §6), an inner IP fragment is held by the overlay's own reassembler until
+//! its datagram is whole (1 MiB per overlay, a quarter of it per source; the link's budget
+//! and every other overlay's are apart, as their addresses may be the same), and the inner
+//! frame or datagram is classified in the overlay instance its destination MAC names (every
+//! instance of the overlay for a group address). Several
 //! overlays share one port. Frames of one overlay never reach another overlay's instances,
 //! nor the link's instances, whatever their addresses.
 
@@ -48,6 +51,7 @@ use rustc_hash::FxHashMap;
 use super::instances::{Slot, Target};
 use super::mac_index::MacIndex;
 use super::{Driver, Response};
+use crate::reassembly::{self, Outcome, Reassembler};
 
 pub use netmux_proto::overlay::MAX_WAITING_BYTES;
 
@@ -211,6 +215,9 @@ struct Overlay {
     lookups: u64,
     proxy_arp: u64,
     dropped: [u64; Drop::ALL.len()],
+    /// The inner fragments of this overlay's frames, gathered until their datagram is whole:
+    /// apart from the link's and from every other overlay's, whose addresses may be the same.
+    reassembler: Reassembler,
 }
 
 impl Overlay {
@@ -232,6 +239,7 @@ impl Overlay {
             lookups: 0,
             proxy_arp: 0,
             dropped: [0; Drop::ALL.len()],
+            reassembler: Reassembler::new(reassembly::Config::with_budget(INNER_REASSEMBLY_BUDGET)),
         }
     }
 
@@ -293,9 +301,32 @@ pub enum Received {
     NotOverlay,
     /// VXLAN, dropped and counted.
     Dropped,
-    /// VXLAN: deliver the inner frame at `frame[start..end]` to the slots in
-    /// [`Overlays::deliver_to`].
-    Inner(usize, usize),
+    /// VXLAN: the inner frame at `frame[start..end]`, of overlay `vni`, goes to the slots in
+    /// [`Overlays::deliver_to`] (through [`Overlays::reassemble`] first).
+    Inner {
+        /// Where the inner frame starts.
+        start: usize,
+        /// Where it ends.
+        end: usize,
+        /// Its overlay.
+        vni: u32,
+    },
+}
+
+/// Puts in `to` (sorted) the slots of `overlay`'s instances an inner frame is for: the one its
+/// destination MAC names, or every one for a group address. Whether there is any.
+fn select(overlay: &Overlay, inner: &[u8], to: &mut Vec<Slot>) -> bool {
+    to.clear();
+    let Some(dst) = inner.get(..6) else {
+        return false;
+    };
+    if dst[0] & 1 != 0 {
+        to.extend(overlay.members.values());
+        to.sort_unstable();
+    } else if let Some(slot) = overlay.members.get(mac_word(dst)) {
+        to.push(slot);
+    }
+    !to.is_empty()
 }
 
 /// Every overlay of the driver, the underlay neighbours, and what is to be sent and
@@ -394,21 +425,53 @@ impl Overlays {
             overlay.drop(Drop::InnerVlan);
             return Received::Dropped;
         }
-        self.deliver_to.clear();
-        if inner[0] & 1 != 0 {
-            self.deliver_to.extend(overlay.members.values());
-        } else if let Some(slot) = overlay.members.get(mac_word(&inner[..6])) {
-            self.deliver_to.push(slot);
-        }
-        if self.deliver_to.is_empty() {
+        if !select(overlay, inner, &mut self.deliver_to) {
             overlay.drop(Drop::NoInstance);
             return Received::Dropped;
         }
-        self.deliver_to.sort_unstable();
         overlay.rx_frames += 1;
+        let vni = decap.vni;
         self.learn(outer.src_ip, outer.src_mac, now_ns);
         let start = outer.payload + vxlan::HEADER_LEN;
-        Received::Inner(start, start + inner.len())
+        Received::Inner {
+            start,
+            end: start + inner.len(),
+            vni,
+        }
+    }
+
+    /// The inner frame of [`Received::Inner`] as it is to be delivered: itself, or, for an
+    /// inner IP fragment, nothing until its datagram is whole and then the datagram (whose
+    /// receivers [`Overlays::deliver_to`] then names). A datagram delivered is handed back
+    /// with [`Overlays::recycle`].
+    pub fn reassemble<'a>(&mut self, vni: u32, inner: &'a [u8], now_ns: u64) -> Outcome<'a> {
+        if !reassembly::is_fragment(inner) {
+            return Outcome::Deliver(inner);
+        }
+        let Some(overlay) = self.by_vni.get_mut(&vni) else {
+            return Outcome::Dropped(reassembly::DropReason::Malformed);
+        };
+        let outcome = overlay.reassembler.push(inner, now_ns);
+        if let Outcome::Reassembled(datagram) = &outcome {
+            if !select(overlay, datagram, &mut self.deliver_to) {
+                overlay.drop(Drop::NoInstance);
+            }
+        }
+        outcome
+    }
+
+    /// Hands a datagram [`Overlays::reassemble`] gave back to its overlay's reassembler.
+    pub fn recycle(&mut self, vni: u32, datagram: Vec<u8>) {
+        if let Some(o) = self.by_vni.get_mut(&vni) {
+            o.reassembler.recycle(datagram);
+        }
+    }
+
+    /// Discards inner datagrams not whole in time.
+    pub fn expire_fragments(&mut self, now_ns: u64) {
+        for o in self.by_vni.values_mut() {
+            o.reassembler.expire(now_ns);
+        }
     }
 
     /// Learns that `ip` is at `mac` on the link; frames waiting for it are sent.
@@ -769,6 +832,9 @@ pub fn gratuitous_arp(ip: [u8; 4], mac: [u8; 6]) -> Vec<u8> {
 /// (`link`). A client's transmit completes when its frame is encapsulated, so these bytes are
 /// the overlay's own flow-control buffer.
 const OUTBOX_HELD_MAX_BYTES: usize = 4 << 20;
+/// Memory for one overlay's inner fragments (a quarter of the link's reassembly budget; a
+/// quarter of that per source, as there).
+const INNER_REASSEMBLY_BUDGET: usize = 1 << 20;
 /// Buffers of sent overlay frames kept for reuse: two transmit batches' worth.
 const SPARE_BUFFERS: usize = 64;
 
