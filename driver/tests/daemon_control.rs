@@ -124,7 +124,7 @@ fn only_one_netd_at_a_time_and_a_new_one_after_the_first_leaves() {
 }
 
 #[test]
-fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
+fn a_created_queue_comes_with_two_descriptors_a_client_can_attach() {
     let f = start("queue", ServerOptions::default());
     let (mut netd, _) = Netd::connect(&f.path);
     let (reply, fds) = netd.request(&DriverRequest::CreateQueue {
@@ -135,7 +135,7 @@ fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
     assert!(
         matches!(reply, DriverReply::QueueCreated { queue: QueueId(7), ring_bytes } if ring_bytes > 0)
     );
-    assert_eq!(fds.len(), 3);
+    assert_eq!(fds.len(), 2);
     let client = attach(fds);
     assert!(!client.is_closed());
     // The same id twice is refused; so are impossible ring sizes.
@@ -468,7 +468,7 @@ fn random_well_formed_requests_get_replies_and_never_panic() {
         let created = matches!(reply, DriverReply::QueueCreated { .. });
         assert_eq!(
             fds.len(),
-            if created { 3 } else { 0 },
+            if created { 2 } else { 0 },
             "{request:?} -> {reply:?}"
         );
     }

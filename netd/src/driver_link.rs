@@ -60,17 +60,16 @@ pub struct FilterSpec {
     pub program: Vec<u8>,
 }
 
-/// A queue the driver created: its ring memory and two eventfds, for the client.
+/// A queue the driver created: its ring memory and the client's end of its doorbell, for the
+/// client (netd keeps them only until it hands them out).
 #[derive(Debug)]
 pub struct CreatedQueue {
     /// Total ring bytes.
     pub ring_bytes: u64,
     /// The sealed memfd.
     pub memfd: OwnedFd,
-    /// The eventfd the driver signals.
-    pub client_wake: OwnedFd,
-    /// The eventfd the client signals.
-    pub driver_wake: OwnedFd,
+    /// The client's end of the queue's doorbell.
+    pub doorbell: OwnedFd,
 }
 
 /// The driver's counters: the link's, every queue's, every instance's.
@@ -570,19 +569,17 @@ fn unexpected(reply: DriverReply) -> DriverError {
     }
 }
 
-/// The queue in a `QueueCreated` reply and its three descriptors.
+/// The queue in a `QueueCreated` reply and its two descriptors.
 fn created_queue((reply, fds): (DriverReply, Vec<OwnedFd>)) -> Result<CreatedQueue, DriverError> {
     match reply {
         DriverReply::QueueCreated { ring_bytes, .. } => {
-            let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
-                fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                    DriverError::Gone(format!("queue came with {} descriptors, not 3", fds.len()))
-                })?;
+            let [memfd, doorbell]: [OwnedFd; 2] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+                DriverError::Gone(format!("queue came with {} descriptors, not 2", fds.len()))
+            })?;
             Ok(CreatedQueue {
                 ring_bytes,
                 memfd,
-                client_wake,
-                driver_wake,
+                doorbell,
             })
         }
         other => Err(unexpected(other)),

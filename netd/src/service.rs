@@ -2258,7 +2258,7 @@ impl Netd {
         match handout {
             Ok((ring_bytes, q)) => Response {
                 reply: ClientReply::Queue { ring_bytes },
-                fds: vec![q.memfd, q.client_wake, q.driver_wake],
+                fds: vec![q.memfd, q.doorbell],
                 end: false,
             },
             Err(e) => Response::error(e),

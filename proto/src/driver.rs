@@ -121,7 +121,7 @@ pub enum DriverRequest {
         /// [`crate::PROTOCOL_VERSION`].
         version: u16,
     },
-    /// Create a queue; the reply carries the memfd and the two eventfds.
+    /// Create a queue; the reply carries the memfd and the client's end of the doorbell.
     CreateQueue {
         /// Its id.
         queue: QueueId,
@@ -257,7 +257,7 @@ pub enum DriverReply {
         /// The link.
         link: LinkInfo,
     },
-    /// The queue exists; its memfd, client-wake and driver-wake eventfds travel with this.
+    /// The queue exists; its memfd and the client's end of its doorbell travel with this.
     QueueCreated {
         /// The queue.
         queue: QueueId,

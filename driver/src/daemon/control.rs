@@ -384,14 +384,9 @@ impl Server {
                 }
             };
             let sent = match &response.fds {
-                Some(fds) => session.channel.send(
-                    &response.reply,
-                    &[
-                        fds.memfd.as_fd(),
-                        fds.client_wake.as_fd(),
-                        fds.driver_wake.as_fd(),
-                    ],
-                ),
+                Some(fds) => session
+                    .channel
+                    .send(&response.reply, &[fds.memfd.as_fd(), fds.doorbell.as_fd()]),
                 None => session.channel.send(&response.reply, &[]),
             };
             if let Err(e) = sent {

@@ -267,7 +267,7 @@ struct LinkWatchState {
 pub struct Response {
     /// The reply.
     pub reply: DriverReply,
-    /// Descriptors to send with it: memfd, client wake, driver wake.
+    /// Descriptors to send with it: the memfd and the client's end of the doorbell.
     pub fds: Option<QueueFds>,
 }
 
@@ -1484,11 +1484,16 @@ fn queue_counters(queue: &Queue) -> Counters {
     }
 }
 
+/// A queue's rings, and the client's descriptors handed over (the driver keeps no copy: one
+/// descriptor per queue, its end of the doorbell).
 fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode, String)> {
-    let ring = DriverQueue::create(config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
-    let fds = ring
-        .client_fds()
-        .map_err(|e| (ErrorCode::Internal, format!("duplicating fds: {e}")))?;
+    let mut ring = DriverQueue::create(config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
+    let fds = ring.hand_out().ok_or_else(|| {
+        (
+            ErrorCode::Internal,
+            "a new queue's descriptors are gone".to_owned(),
+        )
+    })?;
     Ok((ring, fds))
 }
 
