@@ -288,6 +288,11 @@ fn worker_process_entry_point() {
         .first()
         .map_or([0; 6], |(c, _, _)| c.host().link.mac);
     let ring_bytes: u64 = sessions.iter().map(|(_, q, _)| q.layout().total_len).sum();
+    // A session's own counters, among thousands of queues.
+    if let Some((c, _, port)) = sessions.first_mut() {
+        c.stats()
+            .unwrap_or_else(|e| panic!("session on port {port} reads its counters: {e}"));
+    }
     let open = Footprint::of(me);
     writeln!(
         parent,
@@ -359,6 +364,24 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
     }
     let opened = start.elapsed();
     let (driver_open, netd_open) = (Footprint::of(driver_pid), Footprint::of(netd_pid));
+    // A listing, with every queue open: it is cut short, but carries its queues' counters
+    // (and the driver, asked for them, keeps every queue: the exchange below needs them).
+    let listed = {
+        let mut watcher = Client::connect_socket(&stack.socket()).unwrap();
+        let list = watcher
+            .list_sessions()
+            .unwrap_or_else(|e| panic!("listing {sessions} sessions: {e}"));
+        let with_queue: Vec<_> = list.sessions.iter().filter(|s| s.queue.is_some()).collect();
+        assert!(
+            !with_queue.is_empty(),
+            "the listing shows sessions with queues"
+        );
+        assert!(
+            with_queue.iter().all(|s| s.counters.is_some()),
+            "every listed queue has its counters"
+        );
+        with_queue.len()
+    };
 
     // The peer sends every session a datagram and hears every answer.
     let start = Instant::now();
@@ -450,7 +473,8 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
     let per_client = total / n;
     eprintln!(
         "{sessions} sessions in {} worker processes: bound and opened in {opened:.2?} ({:.0} µs \
-         each, the workers side by side), exchanged a frame each in {exchanged:.2?}, gone in \
+         each, the workers side by side; a listing showed {listed} with their counters), \
+         exchanged a frame each in {exchanged:.2?}, gone in \
          {closed:.2?}\n\
          descriptors per client: driver {:.2} ({} -> {}), netd {:.2} ({} -> {}), workers {:.2}\n\
          memory with every queue open: driver RSS {} MiB ({} MiB before; {} MiB of it ring \

@@ -546,6 +546,24 @@ impl Driver {
                     instances: self.instance_stats(),
                 })
             }
+            DriverRequest::StatsOf { queues } => {
+                if queues.len() > netmux_proto::driver::MAX_STATS_QUEUES {
+                    return Response::error(
+                        ErrorCode::Limit,
+                        format!(
+                            "counters of at most {} queues at once, not {}",
+                            netmux_proto::driver::MAX_STATS_QUEUES,
+                            queues.len()
+                        ),
+                    );
+                }
+                let (link, queues) = self.stats_of(&queues);
+                Response::reply(DriverReply::Stats {
+                    link,
+                    queues,
+                    instances: self.instance_stats(),
+                })
+            }
             DriverRequest::SetNetdQueue { queue } => {
                 if !self.queues.contains_key(&queue) {
                     return Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0));
@@ -1402,6 +1420,17 @@ impl Driver {
 
     /// Statistics of the link and of every queue (see [`Counters`]).
     pub fn stats(&self) -> (Counters, Vec<(QueueId, Counters)>) {
+        let (link, _) = self.stats_of(&[]);
+        let queues = self
+            .order
+            .iter()
+            .filter_map(|id| self.queues.get(id).map(|q| (*id, queue_counters(q))))
+            .collect();
+        (link, queues)
+    }
+
+    /// The link's counters and those of the queues `ids` names that exist, in that order.
+    pub fn stats_of(&self, ids: &[QueueId]) -> (Counters, Vec<(QueueId, Counters)>) {
         let link: LinkStats = self.link.stats();
         let r = self.reassembler.counters();
         let mut rx_dropped = vec![
@@ -1436,8 +1465,7 @@ impl Driver {
             rx_gso_split: link.rx_gso_split,
             rx_gso_segments: link.rx_gso_segments,
         };
-        let queues = self
-            .order
+        let queues = ids
             .iter()
             .filter_map(|id| self.queues.get(id).map(|q| (*id, queue_counters(q))))
             .collect();
