@@ -90,10 +90,7 @@ fn queues(n: usize) -> Result<(Vec<DriverQueue>, Vec<ClientQueue>), String> {
     for _ in 0..n {
         let driver = DriverQueue::create(&ring(n)).map_err(|e| e.to_string())?;
         let fds = driver.client_fds().map_err(|e| e.to_string())?;
-        clients.push(
-            ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake)
-                .map_err(|e| e.to_string())?,
-        );
+        clients.push(ClientQueue::from_fds(fds.memfd, fds.doorbell).map_err(|e| e.to_string())?);
         drivers.push(driver);
     }
     Ok((drivers, clients))
@@ -196,9 +193,7 @@ fn classifying_driver(
             );
             return None;
         };
-        clients.push(
-            ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).expect("attach"),
-        );
+        clients.push(ClientQueue::from_fds(fds.memfd, fds.doorbell).expect("attach"));
         let (program, key) = port_filter(FIRST_PORT + q as u16);
         let reply = driver.handle(DriverRequest::InstallFilter {
             queue: QueueId(q),

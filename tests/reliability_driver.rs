@@ -89,8 +89,8 @@ fn create_queue(ch: &mut Channel, id: u32) -> Vec<OwnedFd> {
 }
 
 fn attach(fds: Vec<OwnedFd>) -> ClientQueue {
-    let [memfd, client_wake, driver_wake]: [OwnedFd; 3] = fds.try_into().expect("three fds");
-    ClientQueue::from_fds(memfd, client_wake, driver_wake).unwrap()
+    let [memfd, doorbell]: [OwnedFd; 2] = fds.try_into().expect("two fds");
+    ClientQueue::from_fds(memfd, doorbell).unwrap()
 }
 
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {

@@ -60,8 +60,8 @@ fn client_process_entry_point() {
     let sock = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(3) };
     let mut ch = Channel::new(sock);
     let ((), fds) = ch.recv::<()>().expect("queue descriptors");
-    let [memfd, client_wake, driver_wake]: [_; 3] = fds.try_into().expect("three descriptors");
-    let mut q = ClientQueue::from_fds(memfd, client_wake, driver_wake).expect("attach");
+    let [memfd, doorbell]: [_; 2] = fds.try_into().expect("two descriptors");
+    let mut q = ClientQueue::from_fds(memfd, doorbell).expect("attach");
     ch.send(&"attached", &[]).unwrap();
     match role.as_str() {
         "stuck" => {
@@ -101,15 +101,8 @@ fn a_client_that_never_drains_loses_frames_alone_and_the_others_lose_none() {
         clients.push(spawn_client(role, theirs));
         let mut ch = Channel::new(ours);
         let fds = q.client_fds().unwrap();
-        ch.send(
-            &(),
-            &[
-                fds.memfd.as_fd(),
-                fds.client_wake.as_fd(),
-                fds.driver_wake.as_fd(),
-            ],
-        )
-        .unwrap();
+        ch.send(&(), &[fds.memfd.as_fd(), fds.doorbell.as_fd()])
+            .unwrap();
         assert_eq!(ch.recv::<String>().unwrap().0, "attached");
         channels.push(ch);
     }

@@ -359,8 +359,8 @@ fn client_process_entry_point() {
     let mut parent = Channel::new(parent);
     let (what, fds) = parent.recv::<String>().unwrap();
     assert_eq!(what, "queue");
-    let [memfd, client_wake, driver_wake]: [OwnedFd; 3] = fds.try_into().expect("three fds");
-    let mut queue = ClientQueue::from_fds(memfd, client_wake, driver_wake).unwrap();
+    let [memfd, doorbell]: [OwnedFd; 2] = fds.try_into().expect("two fds");
+    let mut queue = ClientQueue::from_fds(memfd, doorbell).unwrap();
 
     let cases = matrix(mac);
     let vectors: Vec<[&[u8]; 1]> = cases.iter().map(|c| [&c.frame[..]]).collect();

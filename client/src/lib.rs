@@ -243,11 +243,10 @@ fn mappings(reply: ClientReply) -> Result<Vec<MappingEntry>, ClientError> {
 fn queue(reply: ClientReply, fds: Vec<OwnedFd>) -> Result<ClientQueue, ClientError> {
     match reply {
         ClientReply::Queue { .. } => {
-            let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
-                fds.try_into().map_err(|f: Vec<OwnedFd>| {
-                    ClientError::Unexpected(format!("queue with {} descriptors", f.len()))
-                })?;
-            Ok(ClientQueue::from_fds(memfd, client_wake, driver_wake)?)
+            let [memfd, doorbell]: [OwnedFd; 2] = fds.try_into().map_err(|f: Vec<OwnedFd>| {
+                ClientError::Unexpected(format!("queue with {} descriptors", f.len()))
+            })?;
+            Ok(ClientQueue::from_fds(memfd, doorbell)?)
         }
         other => Err(unexpected(other)),
     }

@@ -228,7 +228,7 @@ impl std::os::fd::AsRawFd for WakeFd {
 
 /// A queue on a tokio runtime: [`send`](Self::send) waits until the whole batch fits (the
 /// queue's flow control: the tx ring within its `txbuf`), and the receives wait until there
-/// is something, each without blocking a thread. The wake-ups come from the queue's eventfd
+/// is something, each without blocking a thread. The wake-ups come from the queue's doorbell
 /// ([`ClientQueue::wake_fd`]) registered with tokio's reactor.
 #[derive(Debug)]
 pub struct AsyncQueue {

@@ -124,7 +124,7 @@ fn only_one_netd_at_a_time_and_a_new_one_after_the_first_leaves() {
 }
 
 #[test]
-fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
+fn a_created_queue_comes_with_two_descriptors_a_client_can_attach() {
     let f = start("queue", ServerOptions::default());
     let (mut netd, _) = Netd::connect(&f.path);
     let (reply, fds) = netd.request(&DriverRequest::CreateQueue {
@@ -135,7 +135,7 @@ fn a_created_queue_comes_with_three_descriptors_a_client_can_attach() {
     assert!(
         matches!(reply, DriverReply::QueueCreated { queue: QueueId(7), ring_bytes } if ring_bytes > 0)
     );
-    assert_eq!(fds.len(), 3);
+    assert_eq!(fds.len(), 2);
     let client = attach(fds);
     assert!(!client.is_closed());
     // The same id twice is refused; so are impossible ring sizes.
@@ -468,7 +468,7 @@ fn random_well_formed_requests_get_replies_and_never_panic() {
         let created = matches!(reply, DriverReply::QueueCreated { .. });
         assert_eq!(
             fds.len(),
-            if created { 3 } else { 0 },
+            if created { 2 } else { 0 },
             "{request:?} -> {reply:?}"
         );
     }
@@ -512,4 +512,68 @@ fn netd_queue_and_host_addresses_are_checked() {
         matches!(&reply, DriverReply::Stats { queues, .. } if queues.len() == 1 && queues[0].0 == QueueId(5)),
         "{reply:?}"
     );
+}
+
+#[test]
+fn counters_of_more_queues_than_one_message_carries_are_refused_and_every_queue_stays() {
+    // About 300 bytes of counters a queue: a few thousand queues outgrow one message. The
+    // driver in this process holds one descriptor per queue; raise the soft limit for them.
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum.unwrap_or(u64::MAX).min(16_384);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want),
+            maximum: limit.maximum,
+        },
+    );
+    if want < 8_500 {
+        eprintln!("skipped: a descriptor limit of {want} holds too few queues");
+        return;
+    }
+    let f = start("stats-limit", ServerOptions::default());
+    let (mut netd, _) = Netd::connect(&f.path);
+    let first = netd.queue(1);
+    let mut count = 1u32;
+    let refused = loop {
+        assert!(
+            count < 8_000,
+            "every queue's counters still fit one message"
+        );
+        for _ in 0..500 {
+            count += 1;
+            let (reply, _fds) = netd.request(&DriverRequest::CreateQueue {
+                queue: QueueId(count),
+                config: SMALL,
+                instance: netmux_proto::driver::DEFAULT_INSTANCE,
+            });
+            assert!(
+                matches!(reply, DriverReply::QueueCreated { .. }),
+                "{reply:?}"
+            );
+        }
+        match netd.request(&DriverRequest::Stats).0 {
+            DriverReply::Stats { .. } => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(error_code(&refused), Some(ErrorCode::Limit), "{refused:?}");
+    // The connection and every queue stay; a few queues' counters are there for the asking.
+    assert!(!first.is_closed(), "the driver failed closed");
+    let (reply, _) = netd.request(&DriverRequest::StatsOf {
+        queues: vec![QueueId(1), QueueId(count), QueueId(count + 1)],
+    });
+    match reply {
+        DriverReply::Stats { queues, .. } => assert_eq!(
+            queues.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+            [QueueId(1), QueueId(count)],
+            "the queues asked for that exist"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let (reply, _) = netd.request(&DriverRequest::StatsOf {
+        queues: vec![QueueId(1); netmux_proto::driver::MAX_STATS_QUEUES + 1],
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::Limit));
 }

@@ -42,7 +42,7 @@ fn queue_and_memory(driver: &mut Driver, id: u32) -> (ClientQueue, OwnedFd) {
     });
     let fds = response.fds.expect("descriptors");
     let memory = fds.memfd.try_clone().unwrap();
-    let fds: Vec<OwnedFd> = vec![fds.memfd, fds.client_wake, fds.driver_wake];
+    let fds: Vec<OwnedFd> = vec![fds.memfd, fds.doorbell];
     (attach(fds), memory)
 }
 

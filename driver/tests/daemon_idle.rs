@@ -31,7 +31,7 @@ fn queue(driver: &mut Driver, id: u32) -> ClientQueue {
         instance: netmux_proto::driver::DEFAULT_INSTANCE,
     });
     let fds = response.fds.expect("descriptors");
-    let fds: Vec<OwnedFd> = vec![fds.memfd, fds.client_wake, fds.driver_wake];
+    let fds: Vec<OwnedFd> = vec![fds.memfd, fds.doorbell];
     attach(fds)
 }
 
@@ -323,7 +323,7 @@ fn a_queue_destroyed_while_active_or_reconfigured_while_parked_keeps_the_schedul
     });
     let fds = response.fds.expect("new descriptors");
     assert!(client.is_closed());
-    let mut client = attach(vec![fds.memfd, fds.client_wake, fds.driver_wake]);
+    let mut client = attach(vec![fds.memfd, fds.doorbell]);
     assert_eq!(driver.parked_queue_count(), 0);
     let frame = from_host(5000, 50);
     send(&mut client, &frame);
@@ -380,4 +380,66 @@ fn through_the_control_loop_a_parked_queues_send_wakes_the_sleeping_driver_every
     assert_eq!(done.len(), 20);
     assert!(done.iter().all(|c| c.status == TxStatus::Sent));
     thread.stop().unwrap();
+}
+
+/// Whether the driver's one wake-up descriptor is readable now.
+fn wake_pending(driver: &Driver) -> bool {
+    let Some(wake) = driver.queue_wake_fd() else {
+        return false;
+    };
+    let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+        wake,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&zero)).unwrap() > 0
+}
+
+#[test]
+fn a_queue_whose_client_hung_up_sends_what_it_sent_and_then_no_longer_wakes_the_driver() {
+    let (mut driver, wire) = in_process(LINK_MAC);
+    let mut leaving = queue(&mut driver, 1);
+    let _staying = queue(&mut driver, 2);
+    let silent = queue(&mut driver, 3);
+    bind_udp(&mut driver, 1, 5001);
+    bind_udp(&mut driver, 3, 5003);
+    assert!(driver.prepare_sleep(), "nothing to send: sleep");
+    driver.end_sleep();
+    assert_eq!(driver.parked_queue_count(), 3);
+    // One client sends and leaves at once, another leaves without a word.
+    let frame = from_host(5001, 40);
+    send(&mut leaving, &frame);
+    drop(leaving);
+    drop(silent);
+    assert!(wake_pending(&driver));
+    driver.end_sleep();
+    // The frame sent before the hang-up goes out; the silent queue costs nothing more.
+    assert_eq!(driver.poll_tx(), 1);
+    assert_eq!(wire.tx.lock().unwrap().as_slice(), &[frame]);
+    assert_eq!(
+        driver.parked_queue_count(),
+        1,
+        "only the staying client's queue"
+    );
+    assert_eq!(driver.active_queue_count(), 1, "the sender, until it idles");
+    // A closed end stays readable for ever; the driver's wake-up must not.
+    assert!(driver.prepare_sleep());
+    assert!(
+        !wake_pending(&driver),
+        "a hung-up queue keeps waking the driver"
+    );
+    driver.end_sleep();
+    assert_eq!(driver.active_queue_count(), 0);
+    assert_eq!(driver.parked_queue_count(), 1);
+    // Both go away cleanly when netd destroys them.
+    for q in [1, 3] {
+        ok(
+            &mut driver,
+            DriverRequest::DestroyQueue { queue: QueueId(q) },
+        );
+    }
+    assert_eq!(driver.queue_count(), 1);
 }

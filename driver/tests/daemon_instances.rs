@@ -52,7 +52,7 @@ fn queue(driver: &mut Driver, id: u32, instance: InstanceId) -> ClientQueue {
     let fds = response
         .fds
         .unwrap_or_else(|| panic!("no queue: {:?}", response.reply));
-    attach(vec![fds.memfd, fds.client_wake, fds.driver_wake])
+    attach(vec![fds.memfd, fds.doorbell])
 }
 
 /// Binds UDP `port` on `ip` for queue `q`, sending from `mac`.

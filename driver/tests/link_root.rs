@@ -37,7 +37,7 @@ fn exchange(
 ) {
     let mut driver = DriverQueue::create(&QueueConfig::default()).unwrap();
     let fds = driver.client_fds().unwrap();
-    let mut client = ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).unwrap();
+    let mut client = ClientQueue::from_fds(fds.memfd, fds.doorbell).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
 
     // Kernel -> link -> driver -> client ring.

@@ -60,17 +60,16 @@ pub struct FilterSpec {
     pub program: Vec<u8>,
 }
 
-/// A queue the driver created: its ring memory and two eventfds, for the client.
+/// A queue the driver created: its ring memory and the client's end of its doorbell, for the
+/// client (netd keeps them only until it hands them out).
 #[derive(Debug)]
 pub struct CreatedQueue {
     /// Total ring bytes.
     pub ring_bytes: u64,
     /// The sealed memfd.
     pub memfd: OwnedFd,
-    /// The eventfd the driver signals.
-    pub client_wake: OwnedFd,
-    /// The eventfd the client signals.
-    pub driver_wake: OwnedFd,
+    /// The client's end of the queue's doorbell.
+    pub doorbell: OwnedFd,
 }
 
 /// The driver's counters: the link's, every queue's, every instance's.
@@ -111,8 +110,17 @@ pub trait DriverLink: Send {
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError>;
     /// Removes a filter; `Ok` means it is no longer in force.
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError>;
-    /// Counters of the link, every queue and every instance.
+    /// Counters of the link, every queue and every instance (with thousands of queues, more
+    /// than one message carries: the driver refuses; see [`DriverLink::stats_of`]).
     fn stats(&mut self) -> Result<DriverStats, DriverError>;
+    /// Counters of the link, every instance and the queues `queues` names (at most
+    /// [`netmux_proto::driver::MAX_STATS_QUEUES`]; those the driver does not have are left
+    /// out). By default, [`DriverLink::stats`] narrowed down.
+    fn stats_of(&mut self, queues: &[QueueId]) -> Result<DriverStats, DriverError> {
+        let mut stats = self.stats()?;
+        stats.queues.retain(|(q, _)| queues.contains(q));
+        Ok(stats)
+    }
     /// Makes `queue` netd's own: it gets every frame no rx filter takes.
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError>;
     /// The host's IPv4 addresses: ARP requests for them go to every queue.
@@ -177,6 +185,8 @@ pub enum DriverCommand {
     },
     /// Counters of the link and of every queue.
     Stats,
+    /// Counters of the link, every instance and these queues ([`DriverLink::stats_of`]).
+    StatsOf(Vec<QueueId>),
     /// Make `queue` netd's own.
     SetNetdQueue {
         /// The queue.
@@ -249,6 +259,10 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
         DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
         DriverCommand::Stats => match link.stats() {
+            Ok(stats) => DriverOutcome::Stats(stats),
+            Err(e) => DriverOutcome::Failed(e),
+        },
+        DriverCommand::StatsOf(queues) => match link.stats_of(&queues) {
             Ok(stats) => DriverOutcome::Stats(stats),
             Err(e) => DriverOutcome::Failed(e),
         },
@@ -451,6 +465,9 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
     fn stats(&mut self) -> Result<DriverStats, DriverError> {
         self.link().stats()
     }
+    fn stats_of(&mut self, queues: &[QueueId]) -> Result<DriverStats, DriverError> {
+        self.link().stats_of(queues)
+    }
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
         let r = self.link().set_netd_queue(queue);
         self.record(r, Recorded::SetNetdQueue(queue))
@@ -570,19 +587,33 @@ fn unexpected(reply: DriverReply) -> DriverError {
     }
 }
 
-/// The queue in a `QueueCreated` reply and its three descriptors.
+/// The counters in a `Stats` reply.
+fn stats_reply(reply: DriverReply) -> Result<DriverStats, DriverError> {
+    match reply {
+        DriverReply::Stats {
+            link,
+            queues,
+            instances,
+        } => Ok(DriverStats {
+            link,
+            queues,
+            instances,
+        }),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The queue in a `QueueCreated` reply and its two descriptors.
 fn created_queue((reply, fds): (DriverReply, Vec<OwnedFd>)) -> Result<CreatedQueue, DriverError> {
     match reply {
         DriverReply::QueueCreated { ring_bytes, .. } => {
-            let [memfd, client_wake, driver_wake]: [OwnedFd; 3] =
-                fds.try_into().map_err(|fds: Vec<OwnedFd>| {
-                    DriverError::Gone(format!("queue came with {} descriptors, not 3", fds.len()))
-                })?;
+            let [memfd, doorbell]: [OwnedFd; 2] = fds.try_into().map_err(|fds: Vec<OwnedFd>| {
+                DriverError::Gone(format!("queue came with {} descriptors, not 2", fds.len()))
+            })?;
             Ok(CreatedQueue {
                 ring_bytes,
                 memfd,
-                client_wake,
-                driver_wake,
+                doorbell,
             })
         }
         other => Err(unexpected(other)),
@@ -657,18 +688,14 @@ impl DriverLink for ChannelDriver {
     }
 
     fn stats(&mut self) -> Result<DriverStats, DriverError> {
-        match self.call(&DriverRequest::Stats)?.0 {
-            DriverReply::Stats {
-                link,
-                queues,
-                instances,
-            } => Ok(DriverStats {
-                link,
-                queues,
-                instances,
-            }),
-            other => Err(unexpected(other)),
-        }
+        stats_reply(self.call(&DriverRequest::Stats)?.0)
+    }
+
+    fn stats_of(&mut self, queues: &[QueueId]) -> Result<DriverStats, DriverError> {
+        let request = DriverRequest::StatsOf {
+            queues: queues.to_vec(),
+        };
+        stats_reply(self.call(&request)?.0)
     }
 
     fn set_instance(&mut self, info: InstanceInfo) -> Result<(), DriverError> {

@@ -400,15 +400,13 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
         let mut netd = lock(&state);
         netd.take_host_queue()?
     };
-    let queue =
-        match netmux_ring::ClientQueue::from_fds(queue.memfd, queue.client_wake, queue.driver_wake)
-        {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::error!("host queue unusable: {e}");
-                return None;
-            }
-        };
+    let queue = match netmux_ring::ClientQueue::from_fds(queue.memfd, queue.doorbell) {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::error!("host queue unusable: {e}");
+            return None;
+        }
+    };
     spawn_stack_on(state, queue)
 }
 

@@ -497,11 +497,12 @@ async fn probe_address(
         source: io::Error::other("netd has no host queue"),
     })?;
     let mut queue =
-        netmux_ring::ClientQueue::from_fds(created.memfd, created.client_wake, created.driver_wake)
-            .map_err(|e| ServeError::Io {
+        netmux_ring::ClientQueue::from_fds(created.memfd, created.doorbell).map_err(|e| {
+            ServeError::Io {
                 what: "mapping the host queue".into(),
                 source: io::Error::other(e.to_string()),
-            })?;
+            }
+        })?;
     let probed = tokio::task::spawn_blocking(move || {
         let r = crate::dad::run(&mut queue, mac, address);
         (queue, r)

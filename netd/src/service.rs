@@ -1800,8 +1800,9 @@ impl Netd {
         if self.driver_gone.is_some() {
             return Ok(Step::Reply(self.instance_list(id, &DriverStats::default())));
         }
+        // The instances' counters (and the link's): no queue's.
         Ok(self.work(
-            vec![DriverCommand::Stats],
+            vec![DriverCommand::StatsOf(Vec::new())],
             true,
             Pending::ListInstances { session: id },
         ))
@@ -2258,7 +2259,7 @@ impl Netd {
         match handout {
             Ok((ring_bytes, q)) => Response {
                 reply: ClientReply::Queue { ring_bytes },
-                fds: vec![q.memfd, q.client_wake, q.driver_wake],
+                fds: vec![q.memfd, q.doorbell],
                 end: false,
             },
             Err(e) => Response::error(e),
@@ -2404,7 +2405,7 @@ impl Netd {
         };
         self.refuse_without_driver()?;
         Ok(self.work(
-            vec![DriverCommand::Stats],
+            vec![DriverCommand::StatsOf(vec![queue])],
             true,
             Pending::Stats { session: id, queue },
         ))
@@ -2415,11 +2416,31 @@ impl Netd {
     fn list_sessions(&mut self, id: SessionId) -> Result<Step, ErrorReply> {
         self.require_active(id)?;
         self.refuse_without_driver()?;
+        let queues = self.listed_queues(id)?;
         Ok(self.work(
-            vec![DriverCommand::Stats],
+            vec![DriverCommand::StatsOf(queues)],
             true,
             Pending::ListSessions { session: id },
         ))
+    }
+
+    /// The queues of the sessions `id`'s client may see, in the listing's order, as many as
+    /// one request for counters may name: a listing carries fewer sessions with a queue than
+    /// that (it is cut at [`LIST_REPLY_BUDGET`]), so every listed queue has its counters.
+    fn listed_queues(&self, id: SessionId) -> Result<Vec<QueueId>, ErrorReply> {
+        let asker = self
+            .core_ref(id)
+            .and_then(|c| c.session(id))
+            .map(|s| s.creds.uid)
+            .ok_or_else(|| core_error(CoreError::NoSession))?;
+        Ok(self
+            .instances
+            .values()
+            .flat_map(|i| i.core.sessions())
+            .filter(|s| may_see(asker, s.creds.uid))
+            .filter_map(|s| self.sessions.get(&s.id)?.queue.as_ref().map(|q| q.id))
+            .take(netmux_proto::driver::MAX_STATS_QUEUES)
+            .collect())
     }
 
     /// The sessions `id`'s client may see (every one for uid 0, else those of its own uid), with

@@ -48,11 +48,7 @@ fn scripted(sock: UnixStream, replies: usize) -> std::thread::JoinHandle<Vec<Dri
                             queue: *queue,
                             ring_bytes: q.layout().total_len,
                         },
-                        &[
-                            fds.memfd.as_fd(),
-                            fds.client_wake.as_fd(),
-                            fds.driver_wake.as_fd(),
-                        ],
+                        &[fds.memfd.as_fd(), fds.doorbell.as_fd()],
                     )
                     .unwrap();
                     queues.push(q);
@@ -100,7 +96,7 @@ fn the_channel_driver_speaks_the_control_protocol_and_passes_queue_descriptors()
         .create_queue(QueueId(1), config, netmux_proto::driver::DEFAULT_INSTANCE)
         .unwrap();
     // The descriptors are a real, attachable queue.
-    ClientQueue::from_fds(created.memfd, created.client_wake, created.driver_wake).unwrap();
+    ClientQueue::from_fds(created.memfd, created.doorbell).unwrap();
     assert!(matches!(
         link.remove_filter(QueueId(1), FilterId(9)),
         Err(DriverError::Refused(e)) if e.code == ErrorCode::NotFound

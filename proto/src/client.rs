@@ -290,7 +290,7 @@ pub enum ClientReply {
         /// Its id.
         filter: u64,
     },
-    /// The queue: memfd, client-wake and driver-wake eventfds travel with this.
+    /// The queue: its memfd and the client's end of its doorbell travel with this.
     Queue {
         /// Total ring bytes.
         ring_bytes: u64,

@@ -7,6 +7,10 @@ use crate::{ErrorReply, LinkInfo};
 
 pub mod ops;
 
+/// The most queues one [`DriverRequest::StatsOf`] may name: their counters, with the link's
+/// and the instances', stay well inside one message.
+pub const MAX_STATS_QUEUES: usize = 2_000;
+
 /// A client queue's identity, chosen by netd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub u32);
@@ -121,7 +125,7 @@ pub enum DriverRequest {
         /// [`crate::PROTOCOL_VERSION`].
         version: u16,
     },
-    /// Create a queue; the reply carries the memfd and the two eventfds.
+    /// Create a queue; the reply carries the memfd and the client's end of the doorbell.
     CreateQueue {
         /// Its id.
         queue: QueueId,
@@ -170,8 +174,17 @@ pub enum DriverRequest {
         /// The new sizes.
         config: QueueConfig,
     },
-    /// Statistics of the link and of every queue.
+    /// Statistics of the link and of every queue. With thousands of queues the reply does not
+    /// fit one message (about 300 bytes a queue against [`crate::frame::MAX_BODY`]): the
+    /// driver then refuses it ([`crate::ErrorCode::Limit`]); ask [`DriverRequest::StatsOf`].
     Stats,
+    /// Statistics of the link, of every instance, and of these queues only (at most
+    /// [`MAX_STATS_QUEUES`]; an id the driver does not have is left out): the counters netd
+    /// needs for one session or one listing, however many queues there are.
+    StatsOf {
+        /// The queues.
+        queues: Vec<QueueId>,
+    },
     /// Makes `queue` netd's own: it receives every frame no rx filter accepts, besides the
     /// ARP frames every queue receives. Replaces any earlier choice.
     SetNetdQueue {
@@ -257,7 +270,7 @@ pub enum DriverReply {
         /// The link.
         link: LinkInfo,
     },
-    /// The queue exists; its memfd, client-wake and driver-wake eventfds travel with this.
+    /// The queue exists; its memfd and the client's end of its doorbell travel with this.
     QueueCreated {
         /// The queue.
         queue: QueueId,

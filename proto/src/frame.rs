@@ -21,7 +21,7 @@ pub const HEADER_LEN: usize = 8;
 /// bytecode, at most 512 KiB as JSON numbers; 1 MiB leaves room and still bounds what a peer
 /// can make us buffer.
 pub const MAX_BODY: usize = 1 << 20;
-/// The most descriptors one message may carry (a queue: memfd and two eventfds).
+/// The most descriptors one message may carry (a queue has two: its memfd and its doorbell).
 pub const MAX_FDS: usize = 4;
 
 /// Why bytes are not a valid message.

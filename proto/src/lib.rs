@@ -41,8 +41,9 @@ pub fn socket_in(runtime_dir: &std::path::Path) -> std::path::PathBuf {
     runtime_dir.join(SOCKET_NAME)
 }
 
-/// The protocol version; a peer speaking another is refused at hello.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version; a peer speaking another is refused at hello. 2: a queue travels as
+/// two descriptors (its memfd and its doorbell), no longer three (a memfd and two eventfds).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The link's properties.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The client's end of a queue: attach to the descriptors the driver created, then send,
-//! receive and collect completions in batches, sleeping on the client eventfd when idle.
+//! receive and collect completions in batches, sleeping on the queue's doorbell when idle.
 //!
 //! The client trusts the driver but not the bytes it was handed: [`ClientQueue::from_fds`]
 //! checks the seals, the file size, the magic, the version and the geometry before it believes
@@ -14,7 +14,7 @@ use super::layout::{self, Layout};
 use super::protocol::{Consumer, IndexOutOfRange, Producer, RingWords};
 use super::slots::{self, FrameRead};
 use super::{Completion, RingConfigError, RingCounters, MAX_FRAME_LEN};
-use crate::sys::{self, EventFd, OutOfBounds, SharedMapping};
+use crate::sys::{self, Doorbell, OutOfBounds, SharedMapping};
 
 /// Why the descriptors handed to [`ClientQueue::from_fds`] are not a usable queue.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +95,8 @@ pub enum QueueError {
     /// An offset fell outside the ring memory.
     #[error(transparent)]
     OutOfBounds(#[from] OutOfBounds),
-    /// Waiting on or signalling an eventfd failed.
-    #[error("eventfd: {0}")]
+    /// Waiting on or ringing the doorbell failed.
+    #[error("doorbell: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -115,8 +115,7 @@ pub struct SendOutcome {
 #[derive(Debug)]
 pub struct ClientQueue {
     map: SharedMapping,
-    client_wake: EventFd,
-    driver_wake: EventFd,
+    doorbell: Doorbell,
     layout: Layout,
     rx: Consumer,
     tx: Producer,
@@ -130,11 +129,9 @@ pub struct ClientQueue {
 impl ClientQueue {
     /// Attaches to a queue from the descriptors the driver passed (see
     /// [`super::QueueFds`]), validating the memory before trusting it.
-    pub fn from_fds(
-        memfd: OwnedFd,
-        client_wake: OwnedFd,
-        driver_wake: OwnedFd,
-    ) -> Result<Self, AttachError> {
+    ///
+    /// The memfd is closed once mapped: the queue keeps one descriptor, the doorbell.
+    pub fn from_fds(memfd: OwnedFd, doorbell: OwnedFd) -> Result<Self, AttachError> {
         if !sys::has_ring_seals(memfd.as_fd())? {
             return Err(AttachError::NotSealed);
         }
@@ -184,8 +181,7 @@ impl ClientQueue {
             layout.completion.count,
         );
         Ok(Self {
-            client_wake: EventFd::from_fd(client_wake)?,
-            driver_wake: EventFd::from_fd(driver_wake)?,
+            doorbell: Doorbell::from_fd(doorbell)?,
             map,
             layout,
             rx,
@@ -314,7 +310,7 @@ impl ClientQueue {
         self.tx.publish(&words, used);
         self.tx_seq += frames.len() as u64;
         if self.tx.consumer_wants_wake(&words) {
-            self.driver_wake.signal()?;
+            self.doorbell.ring()?;
         }
         Ok(SendOutcome {
             sent: frames.len(),
@@ -504,7 +500,7 @@ impl ClientQueue {
     /// [`arm`](Self::arm) asked for. Arm, poll it when `arm` says so, then
     /// [`disarm`](Self::disarm) and try again.
     pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.client_wake.as_fd()
+        self.doorbell.as_fd()
     }
 
     /// Asks the driver to signal [`wake_fd`](Self::wake_fd) when rx frames or completions
@@ -532,13 +528,18 @@ impl ClientQueue {
     }
 
     /// Withdraws what [`arm`](Self::arm) asked for and resets the descriptor.
+    /// [`QueueError::Closed`] when the driver's end of the doorbell is gone (the queue was
+    /// destroyed, or the driver ended): nothing will ever wake this queue again.
     pub fn disarm(&mut self) -> Result<(), QueueError> {
         for ring in [&self.layout.rx, &self.layout.completion] {
             Consumer::end_wait(&slots::words(&self.map, ring)?);
         }
         Producer::end_wait(&slots::words(&self.map, &self.layout.tx)?);
-        self.client_wake.drain()?;
-        Ok(())
+        match self.doorbell.drain() {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(QueueError::Closed),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sleeps until what [`arm`](Self::arm) is asked for (`readable`, `write_slots`) is there,
@@ -551,7 +552,7 @@ impl ClientQueue {
         timeout: Option<Duration>,
     ) -> Result<bool, QueueError> {
         let woken = match self.arm(readable, write_slots) {
-            Ok(true) => self.client_wake.wait(timeout).map_err(QueueError::from),
+            Ok(true) => self.doorbell.wait(timeout).map_err(QueueError::from),
             Ok(false) => Ok(true),
             Err(e) => Err(e),
         };

@@ -15,7 +15,7 @@ use super::protocol::{Consumer, IndexOutOfRange, Producer};
 use super::slots::{self, FrameRead};
 use super::MAX_FRAME_LEN;
 use super::{Completion, FrameBatch, QueueConfig, RingConfigError, RingCounters, TxStatus};
-use crate::sys::{self, EventFd, OutOfBounds, SharedMapping};
+use crate::sys::{self, Doorbell, OutOfBounds, SharedMapping};
 
 /// What became of a frame offered to [`DriverQueue::push_rx`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub enum CreateError {
     /// The requested geometry is out of bounds.
     #[error(transparent)]
     Config(#[from] RingConfigError),
-    /// A system call failed (memfd, seals, mmap, eventfd).
+    /// A system call failed (memfd, seals, mmap, doorbell).
     #[error("creating ring memory: {0}")]
     Io(#[from] io::Error),
     /// Writing the header failed (a layout bug).
@@ -65,19 +65,22 @@ pub enum CreateError {
 pub struct QueueFds {
     /// The sealed ring memory.
     pub memfd: OwnedFd,
-    /// The eventfd the driver signals (rx frames, completions, tx room, closed).
-    pub client_wake: OwnedFd,
-    /// The eventfd the client signals (tx frames).
-    pub driver_wake: OwnedFd,
+    /// The client's end of the queue's doorbell ([`Doorbell`]): the driver rings it (rx
+    /// frames, completions, tx room, closed) and the client rings the driver through it (tx
+    /// frames).
+    pub doorbell: OwnedFd,
 }
 
 /// The driver's end of one client queue.
+///
+/// Until [`hand_out`](Self::hand_out) it holds the client's descriptors too; afterwards only
+/// its mapping and its end of the doorbell: one descriptor per queue.
 #[derive(Debug)]
 pub struct DriverQueue {
     map: SharedMapping,
-    memfd: OwnedFd,
-    client_wake: EventFd,
-    driver_wake: EventFd,
+    /// The ring memory and the client's end of the doorbell, until handed out.
+    client: Option<QueueFds>,
+    doorbell: Doorbell,
     layout: Layout,
     rx: Producer,
     /// Rx slots written past `rx.tail()` but not yet published.
@@ -109,7 +112,7 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    /// Creates the ring memory (a sealed memfd) and both eventfds for a new queue.
+    /// Creates the ring memory (a sealed memfd) and the doorbell (both ends) for a new queue.
     pub fn create(config: &QueueConfig) -> Result<Self, CreateError> {
         let layout = super::layout_of(config)?;
         let memfd = sys::create_sealed_memfd("netmux-queue", layout.total_len)?;
@@ -130,11 +133,14 @@ impl DriverQueue {
             .store(layout.completion.count, Ordering::Relaxed);
         map.u64_at(layout::OFF_TOTAL_LEN)?
             .store(layout.total_len, Ordering::Release);
+        let (doorbell, client_doorbell) = Doorbell::pair()?;
         Ok(Self {
             map,
-            memfd,
-            client_wake: EventFd::new()?,
-            driver_wake: EventFd::new()?,
+            client: Some(QueueFds {
+                memfd,
+                doorbell: client_doorbell.into(),
+            }),
+            doorbell,
             rx: Producer::new(0, layout.rx.count),
             rx_pending: 0,
             rx_room: 0,
@@ -184,7 +190,7 @@ impl DriverQueue {
             word.store(limit, Ordering::Release);
         }
         // A client waiting for room looks again under the new limit.
-        let _ = self.client_wake.signal();
+        let _ = self.doorbell.ring();
     }
 
     /// The tx slots the client may fill, when limited ([`set_tx_limit`](Self::set_tx_limit));
@@ -197,24 +203,40 @@ impl DriverQueue {
             .filter(|&l| l > 0)
     }
 
-    /// Duplicates of the descriptors the client needs ([`super::ClientQueue::from_fds`]).
+    /// Hands the client's descriptors over ([`super::ClientQueue::from_fds`]) and keeps no
+    /// copy: the driver's mapping stays valid without the memfd, and the client's end of the
+    /// doorbell is the client's alone (when its last holder closes it, the driver's end
+    /// reports a hang-up). `None` when already handed out.
+    pub fn hand_out(&mut self) -> Option<QueueFds> {
+        self.client.take()
+    }
+
+    /// Duplicates of the descriptors the client needs, keeping the originals (tests and
+    /// benchmarks that look at the memory through the memfd). Fails once handed out.
     pub fn client_fds(&self) -> io::Result<QueueFds> {
+        let fds = self.client.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the queue's descriptors were handed out",
+            )
+        })?;
         Ok(QueueFds {
-            memfd: self.memfd.try_clone()?,
-            client_wake: self.client_wake.as_fd().try_clone_to_owned()?,
-            driver_wake: self.driver_wake.as_fd().try_clone_to_owned()?,
+            memfd: fds.memfd.try_clone()?,
+            doorbell: fds.doorbell.try_clone()?,
         })
     }
 
-    /// The ring memory (for tests and diagnostics: e.g. to check what the driver wrote).
-    pub fn memfd(&self) -> BorrowedFd<'_> {
-        self.memfd.as_fd()
+    /// The ring memory until [`hand_out`](Self::hand_out) (for tests and diagnostics: e.g.
+    /// to check what the driver wrote).
+    pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
+        self.client.as_ref().map(|fds| fds.memfd.as_fd())
     }
 
-    /// The eventfd that becomes readable when the client has sent frames and the driver asked
-    /// to be woken ([`prepare_tx_wait`](Self::prepare_tx_wait)); register it with epoll.
+    /// The driver's end of the doorbell: readable when the client has sent frames and the
+    /// driver asked to be woken ([`prepare_tx_wait`](Self::prepare_tx_wait)), or when the
+    /// client's end is closed for good (epoll reports a hang-up); register it with epoll.
     pub fn driver_wake_fd(&self) -> BorrowedFd<'_> {
-        self.driver_wake.as_fd()
+        self.doorbell.as_fd()
     }
 
     /// The geometry of this queue's rings.
@@ -345,7 +367,7 @@ impl DriverQueue {
         }
         if std::mem::take(&mut self.wake_client) {
             // The only failure is a closed or broken descriptor; the client then polls.
-            let _ = self.client_wake.signal();
+            let _ = self.doorbell.ring();
         }
     }
 
@@ -491,13 +513,14 @@ impl DriverQueue {
         })
     }
 
-    /// After waking (or giving up sleeping): withdraws the wake-up request and resets the
-    /// eventfd.
-    pub fn end_tx_wait(&mut self) {
+    /// After waking (or giving up sleeping): withdraws the wake-up request and takes the
+    /// doorbell's pending wake-ups. Returns whether the client had rung.
+    pub fn end_tx_wait(&mut self) -> bool {
         if let Ok(words) = slots::words(&self.map, &self.layout.tx) {
             Consumer::end_wait(&words);
         }
-        let _ = self.driver_wake.drain();
+        // A closed client end is the caller's to notice (epoll's hang-up), not an error here.
+        self.doorbell.drain().unwrap_or(false)
     }
 
     /// Fails the queue closed: no more frames are delivered or taken, the header's `closed`
@@ -510,6 +533,6 @@ impl DriverQueue {
             flag.store(1, Ordering::Release);
         }
         std::sync::atomic::fence(Ordering::SeqCst);
-        let _ = self.client_wake.signal();
+        let _ = self.doorbell.ring();
     }
 }

@@ -10,10 +10,13 @@
 //! - **completion** (driver produces, client consumes): one [`Completion`] per consumed tx
 //!   frame, saying whether it was sent or why it was rejected.
 //!
-//! Frames of up to [`MAX_FRAME_LEN`] bytes span as many fixed-size slots as they need. Two
-//! eventfds carry wake-ups, written only when the other side asked for one ([`protocol`]):
-//! *client wake* (the driver signals it: rx frames, completions, tx room, closed) and *driver
-//! wake* (the client signals it: tx frames).
+//! Frames of up to [`MAX_FRAME_LEN`] bytes span as many fixed-size slots as they need. A
+//! doorbell carries wake-ups, rung only when the other side asked for one ([`protocol`]): a
+//! connected pair of stream sockets ([`sys::Doorbell`]), one end on each side, so each side
+//! holds one descriptor for both directions. The driver rings the client for rx frames,
+//! completions, tx room and closing; the client rings the driver for tx frames. Once the
+//! client has its descriptors, the driver keeps only its end of the doorbell (the memfd is
+//! not needed for a mapping that exists): one descriptor per queue on each side.
 //!
 //! The API is framed I/O in the manner of illumos `frameio`: every call moves many frames, and
 //! each frame is one or more vectors (gather on send, scatter on receive). [`DriverQueue`] is
@@ -57,6 +60,7 @@ pub use layout::Layout;
 pub use netmux_proto::driver::QueueConfig;
 pub use protocol::IndexOutOfRange;
 pub use status::TxStatus;
+pub use sys::Doorbell;
 
 /// Largest frame a ring carries: the largest datagram the driver reassembles (IPv6: a 40-byte
 /// header and 65,535 bytes of payload; IPv4's 65,535 bytes in all is smaller) behind an

@@ -29,7 +29,7 @@
 //! A side that wants to sleep (a consumer with nothing to read, a producer with no room) sets
 //! its wants-wake flag, issues a `SeqCst` fence and *re-checks* the peer's index; only if there
 //! is still nothing to do may it sleep. The other side, after publishing, issues a `SeqCst`
-//! fence and reads the flag; if set, it signals the eventfd. The two fences forbid the outcome
+//! fence and reads the flag; if set, it rings the doorbell. The two fences forbid the outcome
 //! "sleeper reads the old index *and* waker reads the old flag" (the store-buffering pattern),
 //! so at least one of them sees the other: either the sleeper finds the new work or the waker
 //! signals. The sleeper clears its own flag when it wakes; the waker never writes it.
@@ -133,7 +133,7 @@ impl Producer {
         words.producer_index.store(self.tail, Ordering::Release);
     }
 
-    /// After publishing: whether the consumer asked to be woken (then signal its eventfd).
+    /// After publishing: whether the consumer asked to be woken (then ring its doorbell).
     #[inline]
     pub fn consumer_wants_wake<W: SharedWord>(&self, words: &RingWords<'_, W>) -> bool {
         W::fence_seq_cst();
@@ -209,7 +209,7 @@ impl Consumer {
         words.consumer_index.store(self.head, Ordering::Release);
     }
 
-    /// After releasing: whether the producer asked to be woken (then signal its eventfd).
+    /// After releasing: whether the producer asked to be woken (then ring its doorbell).
     #[inline]
     pub fn producer_wants_wake<W: SharedWord>(&self, words: &RingWords<'_, W>) -> bool {
         W::fence_seq_cst();

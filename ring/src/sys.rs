@@ -12,6 +12,9 @@
 //! - [`create_sealed_memfd`] creates the ring memory with `MFD_ALLOW_SEALING | MFD_CLOEXEC`,
 //!   sizes it and seals it with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`, so nobody (client
 //!   or driver) can ever shrink it under a live mapping and turn an access into `SIGBUS`.
+//! - [`Doorbell`] is one end of a queue's wake-up line (a stream socket pair): each side
+//!   holds one descriptor and rings the other through it, so a queue costs the driver two
+//!   descriptors while it is handed out (its memory and its doorbell) and one afterwards.
 //! - [`EventFd`] wraps a non-blocking eventfd used for wake-ups.
 //!
 //! The driver's AF_PACKET backend maps the kernel's receive ring with [`SharedMapping`] too,
@@ -208,6 +211,138 @@ pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(stat.st_size).map_err(|_| io::Error::other("negative file size"))
 }
 
+/// One end of a queue's wake-up line: a non-blocking `AF_UNIX` stream socket whose peer is
+/// the other side's end ([`Doorbell::pair`]).
+///
+/// Each direction has its own buffer, so one descriptor per side carries wake-ups both ways
+/// and neither side can take the other's: [`ring`](Self::ring) writes a byte into the peer's
+/// receive buffer, [`drain`](Self::drain) empties this end's. Two eventfds would need both
+/// descriptors on both sides (an eventfd has one counter: a side that waits on the same one it
+/// signals could reset the other's wake-up). When the peer closes its end (its process ended,
+/// or the queue was destroyed) this end stays readable and [`drain`](Self::drain) says so with
+/// [`io::ErrorKind::BrokenPipe`]; a pending wake-up is at most one buffer's worth of bytes the
+/// peer itself pays for.
+#[derive(Debug)]
+pub struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    /// A connected pair of ends (`SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC`): one for the
+    /// driver, one for the client.
+    pub fn pair() -> io::Result<(Self, Self)> {
+        let (a, b) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        Ok((Self { fd: a }, Self { fd: b }))
+    }
+
+    /// Adopts an end received from elsewhere, checking that it is a stream socket, and makes
+    /// it non-blocking (so a peer that fills the buffer cannot make us block on a write).
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let stat = rustix::fs::fstat(&fd)?;
+        let is_socket =
+            rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Socket;
+        if !is_socket || rustix::net::sockopt::socket_type(&fd)? != rustix::net::SocketType::STREAM
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a queue's doorbell must be a stream socket",
+            ));
+        }
+        let flags = rustix::fs::fcntl_getfl(&fd)?;
+        rustix::fs::fcntl_setfl(&fd, flags | rustix::fs::OFlags::NONBLOCK)?;
+        Ok(Self { fd })
+    }
+
+    /// Wakes the other side. A full buffer means a wake-up is already pending, and a closed
+    /// peer has nobody left to wake: both are success.
+    pub fn ring(&self) -> io::Result<()> {
+        use rustix::net::SendFlags;
+        match rustix::net::send(&self.fd, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(_)
+            | Err(rustix::io::Errno::AGAIN)
+            | Err(rustix::io::Errno::PIPE)
+            | Err(rustix::io::Errno::CONNRESET) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes every pending wake-up. Returns whether there was one; an error of kind
+    /// [`io::ErrorKind::BrokenPipe`] when the other side has closed its end (it will never
+    /// ring again, and this end stays readable).
+    pub fn drain(&self) -> io::Result<bool> {
+        use rustix::net::RecvFlags;
+        let mut buf = [0u8; 64];
+        let mut rung = false;
+        loop {
+            match rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::DONTWAIT) {
+                Ok((0, _)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the other end of the queue's doorbell is closed",
+                    ))
+                }
+                Ok((n, _)) => {
+                    rung = true;
+                    if n < buf.len() {
+                        return Ok(true);
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return Ok(rung),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::CONNRESET) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the other end of the queue's doorbell is closed",
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sleeps until this end is readable (a wake-up, or the peer closed) or `timeout` passes
+    /// (`None`: forever). Returns whether it became readable. Takes nothing.
+    pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        wait_readable(self.fd.as_fd(), timeout)
+    }
+}
+
+impl AsFd for Doorbell {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<Doorbell> for OwnedFd {
+    fn from(bell: Doorbell) -> OwnedFd {
+        bell.fd
+    }
+}
+
+/// Polls one descriptor for readability, retrying on `EINTR`.
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Result<bool> {
+    let timeout = match timeout {
+        Some(t) => Some(
+            rustix::event::Timespec::try_from(t)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "timeout too long"))?,
+        ),
+        None => None,
+    };
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    loop {
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A non-blocking eventfd used as a wake-up doorbell.
 #[derive(Debug)]
 pub struct EventFd {
@@ -251,21 +386,7 @@ impl EventFd {
     /// Sleeps until the counter is non-zero or `timeout` passes (`None`: forever). Returns
     /// whether the eventfd became readable. Does not reset the counter.
     pub fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let timeout = match timeout {
-            Some(t) => Some(
-                rustix::event::Timespec::try_from(t)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "timeout too long"))?,
-            ),
-            None => None,
-        };
-        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        loop {
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(n) => return Ok(n > 0),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        wait_readable(self.fd.as_fd(), timeout)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Behaviour of the shared-memory rings through their public API, driver and client in one
-//! process (they still talk only through the memfd and eventfds).
+//! process (they still talk only through the memfd and the doorbell).
 
 use std::time::Duration;
 
@@ -21,8 +21,7 @@ fn small_config() -> QueueConfig {
 fn pair(config: &QueueConfig) -> (DriverQueue, ClientQueue) {
     let driver = DriverQueue::create(config).expect("create queue");
     let fds = driver.client_fds().expect("dup fds");
-    let client =
-        ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).expect("attach client");
+    let client = ClientQueue::from_fds(fds.memfd, fds.doorbell).expect("attach client");
     (driver, client)
 }
 
@@ -472,10 +471,8 @@ fn send_refuses_a_batch_containing_an_oversized_frame() {
 fn attach_refuses_unsealed_memory() {
     let memfd = rustix::fs::memfd_create("fake", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&memfd, 65536).unwrap();
-    let e1 = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
-    let e2 = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
     assert!(matches!(
-        ClientQueue::from_fds(memfd, e1, e2),
+        ClientQueue::from_fds(memfd, doorbell()),
         Err(AttachError::NotSealed)
     ));
 }
@@ -490,30 +487,25 @@ fn sealed_memfd(bytes: &[u8], len: u64) -> std::os::fd::OwnedFd {
     memfd
 }
 
-fn eventfds() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    let flags = rustix::event::EventfdFlags::CLOEXEC;
-    (
-        rustix::event::eventfd(0, flags).unwrap(),
-        rustix::event::eventfd(0, flags).unwrap(),
-    )
+/// A doorbell end whose peer is gone (attaching never rings it).
+fn doorbell() -> std::os::fd::OwnedFd {
+    netmux_ring::Doorbell::pair().unwrap().0.into()
 }
 
 #[test]
 fn attach_refuses_memory_without_the_magic() {
-    let (e1, e2) = eventfds();
     let memfd = sealed_memfd(b"not a ring", 65536);
     assert!(matches!(
-        ClientQueue::from_fds(memfd, e1, e2),
+        ClientQueue::from_fds(memfd, doorbell()),
         Err(AttachError::BadMagic(_))
     ));
 }
 
 #[test]
 fn attach_refuses_memory_smaller_than_a_header() {
-    let (e1, e2) = eventfds();
     let memfd = sealed_memfd(b"NMXRING1", 64);
     assert!(matches!(
-        ClientQueue::from_fds(memfd, e1, e2),
+        ClientQueue::from_fds(memfd, doorbell()),
         Err(AttachError::BadSize(64))
     ));
 }
@@ -523,11 +515,10 @@ fn attach_refuses_a_header_whose_geometry_needs_more_than_the_file() {
     // A genuine header copied into a file too short for the geometry it describes.
     let driver = DriverQueue::create(&small_config()).unwrap();
     let mut header = vec![0u8; 512];
-    rustix::io::pread(driver.memfd(), &mut header[..], 0).unwrap();
-    let (e1, e2) = eventfds();
+    rustix::io::pread(driver.memfd().unwrap(), &mut header[..], 0).unwrap();
     let memfd = sealed_memfd(&header, 8192);
     assert!(matches!(
-        ClientQueue::from_fds(memfd, e1, e2),
+        ClientQueue::from_fds(memfd, doorbell()),
         Err(AttachError::LengthMismatch { file: 8192, .. })
     ));
 }
@@ -536,12 +527,11 @@ fn attach_refuses_a_header_whose_geometry_needs_more_than_the_file() {
 fn attach_refuses_a_header_with_impossible_geometry() {
     let driver = DriverQueue::create(&small_config()).unwrap();
     let mut header = vec![0u8; 512];
-    rustix::io::pread(driver.memfd(), &mut header[..], 0).unwrap();
+    rustix::io::pread(driver.memfd().unwrap(), &mut header[..], 0).unwrap();
     header[12..16].copy_from_slice(&1000u32.to_ne_bytes()); // slot size not a power of two
-    let (e1, e2) = eventfds();
     let memfd = sealed_memfd(&header, driver.layout().total_len);
     assert!(matches!(
-        ClientQueue::from_fds(memfd, e1, e2),
+        ClientQueue::from_fds(memfd, doorbell()),
         Err(AttachError::Geometry(_))
     ));
 }
@@ -550,9 +540,9 @@ fn attach_refuses_a_header_with_impossible_geometry() {
 fn ring_memory_is_sealed_against_shrinking_and_growing() {
     let driver = DriverQueue::create(&small_config()).unwrap();
     let len = driver.layout().total_len;
-    assert!(rustix::fs::ftruncate(driver.memfd(), len / 2).is_err());
-    assert!(rustix::fs::ftruncate(driver.memfd(), len * 2).is_err());
-    let seals = rustix::fs::fcntl_get_seals(driver.memfd()).unwrap();
+    assert!(rustix::fs::ftruncate(driver.memfd().unwrap(), len / 2).is_err());
+    assert!(rustix::fs::ftruncate(driver.memfd().unwrap(), len * 2).is_err());
+    let seals = rustix::fs::fcntl_get_seals(driver.memfd().unwrap()).unwrap();
     assert!(seals.contains(rustix::fs::SealFlags::SEAL));
 }
 
@@ -723,4 +713,63 @@ fn a_flow_control_event_is_counted_once_however_often_the_driver_looks() {
     batch.clear();
     assert_eq!(driver.take_tx(&mut batch, usize::MAX).unwrap(), 8);
     assert_eq!(driver.counters().tx_flow_control, 2);
+}
+
+#[test]
+fn attach_refuses_a_doorbell_that_is_not_a_stream_socket() {
+    let driver = DriverQueue::create(&small_config()).unwrap();
+    let fds = driver.client_fds().unwrap();
+    let eventfd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    assert!(matches!(
+        ClientQueue::from_fds(fds.memfd, eventfd),
+        Err(AttachError::Io(_))
+    ));
+}
+
+/// (Descriptors are counted per process by `netd/tests/scale.rs`: tests here share one.)
+#[test]
+fn a_handed_out_queue_keeps_no_client_descriptor_and_one_doorbell_wakes_both_ways() {
+    let mut driver = DriverQueue::create(&small_config()).unwrap();
+    assert!(driver.memfd().is_some());
+    let fds = driver.hand_out().expect("the client's descriptors");
+    assert!(driver.hand_out().is_none(), "handed out once");
+    assert!(driver.memfd().is_none(), "the driver keeps no memfd");
+    assert!(
+        driver.client_fds().is_err(),
+        "nor the client's end of the doorbell"
+    );
+    let mut client = ClientQueue::from_fds(fds.memfd, fds.doorbell).unwrap();
+    // Both ways through one doorbell: the client's send wakes the driver ...
+    assert!(driver.prepare_tx_wait().unwrap());
+    client.send(&[&[&frame(60, 1)]]).unwrap();
+    let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+        driver.driver_wake_fd(),
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 1);
+    driver.end_tx_wait();
+    let mut batch = FrameBatch::new();
+    assert_eq!(driver.take_tx(&mut batch, 10).unwrap(), 1);
+    // ... and the driver's delivery wakes the client, without the client's own ring waking it.
+    assert!(!client
+        .wait_readable(Some(Duration::from_millis(10)))
+        .unwrap());
+    let f = frame(60, 2);
+    driver.deliver(&[&[&f]]);
+    assert!(client.wait_readable(Some(Duration::from_secs(5))).unwrap());
+}
+
+#[test]
+fn a_client_whose_driver_end_is_gone_is_closed_instead_of_waiting() {
+    let (driver, mut client) = pair(&small_config());
+    drop(driver);
+    // Dropped without close(): as if the driver's process had ended.
+    assert!(matches!(
+        client.wait_readable(Some(Duration::from_secs(5))),
+        Err(QueueError::Closed)
+    ));
 }

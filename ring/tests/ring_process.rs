@@ -87,7 +87,7 @@ fn driver_and_client_in_two_processes_exchange_frames_and_see_close() {
     .unwrap();
     let (stream, _) = listener.accept().unwrap();
     let fds = driver.client_fds().unwrap();
-    send_fds(&stream, &[&fds.memfd, &fds.client_wake, &fds.driver_wake]);
+    send_fds(&stream, &[&fds.memfd, &fds.doorbell]);
     drop(fds);
 
     let start = Instant::now();
@@ -152,12 +152,8 @@ fn child_client_side() {
     };
     let stream = UnixStream::connect(path).unwrap();
     let mut fds = recv_fds(&stream).into_iter();
-    let (memfd, client_wake, driver_wake) = (
-        fds.next().unwrap(),
-        fds.next().unwrap(),
-        fds.next().unwrap(),
-    );
-    let mut client = ClientQueue::from_fds(memfd, client_wake, driver_wake).unwrap();
+    let (memfd, doorbell) = (fds.next().unwrap(), fds.next().unwrap());
+    let mut client = ClientQueue::from_fds(memfd, doorbell).unwrap();
     let start = Instant::now();
     let mut pending: Vec<Vec<u8>> = Vec::new();
     let mut received = 0;

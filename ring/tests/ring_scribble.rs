@@ -92,7 +92,7 @@ fn snapshot(driver: &DriverQueue, regions: &[(u64, usize)]) -> Vec<Vec<u8>> {
         .iter()
         .map(|&(offset, len)| {
             let mut bytes = vec![0u8; len];
-            rustix::io::pread(driver.memfd(), &mut bytes[..], offset).unwrap();
+            rustix::io::pread(driver.memfd().unwrap(), &mut bytes[..], offset).unwrap();
             bytes
         })
         .collect()
@@ -101,7 +101,7 @@ fn snapshot(driver: &DriverQueue, regions: &[(u64, usize)]) -> Vec<Vec<u8>> {
 fn pair() -> (DriverQueue, ClientQueue) {
     let driver = DriverQueue::create(&config()).unwrap();
     let fds = driver.client_fds().unwrap();
-    let client = ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).unwrap();
+    let client = ClientQueue::from_fds(fds.memfd, fds.doorbell).unwrap();
     (driver, client)
 }
 
@@ -125,7 +125,7 @@ proptest! {
             match step {
                 Step::Scribble { target, value } => {
                     let offset = scribble_offset(&layout, *target);
-                    rustix::io::pwrite(driver.memfd(), &value.to_ne_bytes(), offset).unwrap();
+                    rustix::io::pwrite(driver.memfd().unwrap(), &value.to_ne_bytes(), offset).unwrap();
                 }
                 Step::ClientSend(lens) => {
                     let frames = frames_of(lens);
@@ -194,7 +194,7 @@ fn impossible_client_index_is_a_fault_on_that_queue_only() {
     let layout = *driver.layout();
     // The client claims to have published 1,000 slots in a 64-slot ring.
     rustix::io::pwrite(
-        driver.memfd(),
+        driver.memfd().unwrap(),
         &1000u32.to_ne_bytes(),
         layout.tx.producer_line as u64,
     )
@@ -204,7 +204,7 @@ fn impossible_client_index_is_a_fault_on_that_queue_only() {
     assert_eq!(driver.counters().index_faults, 1);
     // A consumer index ahead of the producer: rx deliveries drop, counted as unusable.
     rustix::io::pwrite(
-        driver.memfd(),
+        driver.memfd().unwrap(),
         &5u32.to_ne_bytes(),
         layout.rx.consumer_line as u64,
     )
@@ -223,7 +223,7 @@ fn malformed_tx_slot_is_rejected_with_a_completion_and_the_ring_moves_on() {
     assert_eq!(client.send(&[&[&f], &[&f]]).unwrap().sent, 2);
     // Corrupt the first frame's length beyond the slot payload.
     rustix::io::pwrite(
-        driver.memfd(),
+        driver.memfd().unwrap(),
         &100_000u32.to_ne_bytes(),
         layout.tx.slot(0) as u64,
     )
@@ -253,7 +253,7 @@ fn partial_multi_slot_frame_is_rejected_not_waited_for() {
     // The client pretends it published only the first of the two slots.
     let published = 1u32;
     rustix::io::pwrite(
-        driver.memfd(),
+        driver.memfd().unwrap(),
         &published.to_ne_bytes(),
         layout.tx.producer_line as u64,
     )
@@ -275,8 +275,8 @@ fn rewriting_a_tx_slot_after_the_driver_took_it_leaves_the_private_copy_alone() 
     // as it would to race the tx check.
     let forged = vec![0x66u8; 1500];
     let slot = layout.tx.slot(0) as u64;
-    rustix::io::pwrite(driver.memfd(), &forged, slot + 8).unwrap();
-    rustix::io::pwrite(driver.memfd(), &9u32.to_ne_bytes(), slot).unwrap();
+    rustix::io::pwrite(driver.memfd().unwrap(), &forged, slot + 8).unwrap();
+    rustix::io::pwrite(driver.memfd().unwrap(), &9u32.to_ne_bytes(), slot).unwrap();
     assert_eq!(
         batch.get(0).unwrap(),
         &original[..],

@@ -384,15 +384,26 @@ impl Server {
                 }
             };
             let sent = match &response.fds {
-                Some(fds) => session.channel.send(
-                    &response.reply,
-                    &[
-                        fds.memfd.as_fd(),
-                        fds.client_wake.as_fd(),
-                        fds.driver_wake.as_fd(),
-                    ],
-                ),
+                Some(fds) => session
+                    .channel
+                    .send(&response.reply, &[fds.memfd.as_fd(), fds.doorbell.as_fd()]),
                 None => session.channel.send(&response.reply, &[]),
+            };
+            let sent = match sent {
+                // Refused before a byte went out (every queue's counters of thousands of
+                // queues, say): netd hears why, and the connection, with every queue, stays.
+                Err(ChannelError::Frame(FrameError::TooLong(len))) => {
+                    tracing::warn!(len, "a reply too large for one message, refused instead");
+                    let refused = error_response(
+                        ErrorCode::Limit,
+                        format!(
+                            "the reply would take {len} bytes, more than one message carries \
+                             (for counters: ask for fewer queues)"
+                        ),
+                    );
+                    session.channel.send(&refused.reply, &[])
+                }
+                other => other,
             };
             if let Err(e) = sent {
                 return Some(SessionEnd::Fault(e.to_string()));

@@ -4,25 +4,29 @@
 //! order it became active), **parked** (left out of the turns until its client transmits) or
 //! **off** (closed or faulted: in neither list, until netd destroys or reconfigures it).
 //!
-//! - A new (or reconfigured) queue is active. Its driver-wake eventfd is registered once, in
-//!   one level-triggered epoll set per driver, keyed by its [`QueueId`].
+//! - A new (or reconfigured) queue is active. The driver's end of its doorbell is registered
+//!   once, in one level-triggered epoll set per driver, keyed by its [`QueueId`].
 //! - An active queue that had nothing to take for [`PARK_AFTER_IDLE_TURNS`] consecutive
 //!   turns, with no frames held for a busy link and no fragments held, is parked: the driver
 //!   arms its wake-up ([`DriverQueue::prepare_tx_wait`](netmux_ring::DriverQueue::prepare_tx_wait):
-//!   the flag asking the client to signal the eventfd when it sends, then a re-check of the
+//!   the flag asking the client to ring the doorbell when it sends, then a re-check of the
 //!   ring) and parks it only when the ring is still empty, so no frame sent meanwhile is
 //!   missed. Before the control loop sleeps, every active queue without held frames is
 //!   parked the same way ([`Driver::prepare_sleep`]), so a sleep waits on one descriptor
 //!   ([`Driver::queue_wake_fd`]) instead of one per queue.
 //! - The epoll set is looked at with a zero timeout every [`WAKE_CHECK_TURNS`] turns and
-//!   after a sleep; a parked queue whose eventfd fired is woken
-//!   ([`end_tx_wait`](netmux_ring::DriverQueue::end_tx_wait): the flag withdrawn, the eventfd
-//!   drained) and becomes active at the end of the turn order. With no queue parked the set
-//!   is never looked at.
+//!   after a sleep; a parked queue whose doorbell rang is woken
+//!   ([`end_tx_wait`](netmux_ring::DriverQueue::end_tx_wait): the flag withdrawn, the
+//!   doorbell drained) and becomes active at the end of the turn order. With no queue parked
+//!   the set is never looked at.
+//! - A queue whose client end of the doorbell is closed for good (every process that held it
+//!   ended or closed it) can never ring again, and its end would stay readable: epoll reports
+//!   the hang-up, the queue leaves the set and becomes active (frames sent before the hang-up
+//!   are still taken), and where it would park it goes off instead.
 //!
 //! A turn therefore costs in proportion to the active queues, and a sleep one descriptor for
 //! all queues: a parked queue costs nothing until its client sends. The price is a client's:
-//! while its queue is parked, each send signals the eventfd (one system call), as it did
+//! while its queue is parked, each send rings the doorbell (one system call), as it did
 //! whenever the driver slept.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -67,6 +71,9 @@ pub(super) struct QueueSched {
     /// Armed by [`Driver::prepare_sleep`] while still active (frames had arrived): disarmed
     /// by [`Driver::end_sleep`].
     armed: bool,
+    /// Its client's end of the doorbell is closed: it is out of the epoll set, and goes off
+    /// instead of parking.
+    hung_up: bool,
 }
 
 /// The transmit path's schedule: the active queues in turn order and the epoll set of every
@@ -87,7 +94,7 @@ pub(super) struct Schedule {
 }
 
 impl Schedule {
-    /// Registers a new queue's wake-up (its driver-wake eventfd) and makes it active.
+    /// Registers a new queue's wake-up (the driver's end of its doorbell) and makes it active.
     pub(super) fn register(&mut self, id: QueueId, wake: BorrowedFd<'_>) -> std::io::Result<()> {
         let epoll = match &self.epoll {
             Some(epoll) => epoll,
@@ -105,8 +112,8 @@ impl Schedule {
         Ok(())
     }
 
-    /// Forgets a queue's wake-up (before its eventfd is closed: an epoll set follows the open
-    /// file, which the client still holds) and its place in the schedule.
+    /// Forgets a queue's wake-up (before its doorbell is closed) and its place in the
+    /// schedule.
     pub(super) fn unregister(&mut self, sched: &mut QueueSched, wake: BorrowedFd<'_>) {
         if let Some(epoll) = &self.epoll {
             // Already gone when the queue is off.
@@ -130,7 +137,7 @@ impl Schedule {
         sched.idle_turns = 0;
     }
 
-    /// Forgets every queue (the driver failed closed; their eventfds are closed with them).
+    /// Forgets every queue (the driver failed closed; their doorbells are closed with them).
     pub(super) fn clear(&mut self) {
         self.epoll = None;
         self.active.clear();
@@ -184,6 +191,10 @@ impl Driver {
             return;
         }
         match queue.ring.prepare_tx_wait() {
+            Ok(true) if queue.sched.hung_up => {
+                queue.ring.end_tx_wait();
+                Self::go_off(sched, queue);
+            }
             Ok(true) => sched.leave(&mut queue.sched, State::Parked),
             // Frames arrived meanwhile (or the ring faults, which the next turn reports).
             Ok(false) | Err(_) => {
@@ -217,8 +228,10 @@ impl Driver {
         self.sched.stale = false;
     }
 
-    /// Wakes the parked queues whose clients sent (their eventfd fired): each is disarmed and
-    /// joins the end of the active list. Looks without waiting. Returns how many woke.
+    /// Wakes the parked queues whose clients sent (their doorbell rang): each is disarmed and
+    /// joins the end of the active list. A queue whose client end hung up leaves the set and
+    /// wakes too (see the module documentation). Looks without waiting. Returns how many
+    /// woke.
     pub(super) fn wake_parked(&mut self) -> usize {
         self.sched.turns = 0;
         let Some(epoll) = &self.sched.epoll else {
@@ -244,11 +257,29 @@ impl Driver {
             let Some(queue) = self.queues.get_mut(&id) else {
                 continue;
             };
-            // Drains the eventfd in every state: an active queue's client may have signalled
-            // just before its flag was withdrawn, and a level-triggered set reports it until
+            // Drains the doorbell in every state: an active queue's client may have rung just
+            // before its flag was withdrawn, and a level-triggered set reports it until
             // drained.
-            queue.ring.end_tx_wait();
-            if queue.sched.state == State::Parked {
+            let rung = queue.ring.end_tx_wait();
+            // Copied out: the event is a packed struct.
+            let flags = { event.flags };
+            let hung_up = flags.intersects(epoll::EventFlags::HUP | epoll::EventFlags::RDHUP);
+            if hung_up && !queue.sched.hung_up {
+                // Readable for ever from now on: out of the set, or every look reports it.
+                let _ = epoll::delete(epoll, queue.ring.driver_wake_fd());
+                queue.sched.hung_up = true;
+                tracing::debug!(
+                    queue = id.0,
+                    "the client's end of the queue's doorbell is closed"
+                );
+            }
+            if queue.sched.state == State::Parked && hung_up && !rung {
+                // Its client sent nothing since it parked (a send after parking rings) and
+                // never will: it goes off without a turn.
+                self.sched.parked -= 1;
+                queue.sched.state = State::Off;
+                queue.sched.idle_turns = 0;
+            } else if queue.sched.state == State::Parked {
                 self.sched.parked -= 1;
                 queue.sched.state = State::Active;
                 queue.sched.idle_turns = 0;
@@ -278,6 +309,10 @@ impl Driver {
                 continue;
             }
             match queue.ring.prepare_tx_wait() {
+                Ok(true) if queue.sched.hung_up => {
+                    queue.ring.end_tx_wait();
+                    Self::go_off(&mut self.sched, queue);
+                }
                 Ok(true) => self.sched.leave(&mut queue.sched, State::Parked),
                 // A faulting queue is reported by the transmit path; here it only must not
                 // sleep the driver forever, so it counts as busy.

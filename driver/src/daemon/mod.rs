@@ -268,7 +268,7 @@ struct LinkWatchState {
 pub struct Response {
     /// The reply.
     pub reply: DriverReply,
-    /// Descriptors to send with it: memfd, client wake, driver wake.
+    /// Descriptors to send with it: the memfd and the client's end of the doorbell.
     pub fds: Option<QueueFds>,
 }
 
@@ -541,6 +541,24 @@ impl Driver {
             DriverRequest::SetQueueConfig { queue, config } => self.reconfigure(queue, config),
             DriverRequest::Stats => {
                 let (link, queues) = self.stats();
+                Response::reply(DriverReply::Stats {
+                    link,
+                    queues,
+                    instances: self.instance_stats(),
+                })
+            }
+            DriverRequest::StatsOf { queues } => {
+                if queues.len() > netmux_proto::driver::MAX_STATS_QUEUES {
+                    return Response::error(
+                        ErrorCode::Limit,
+                        format!(
+                            "counters of at most {} queues at once, not {}",
+                            netmux_proto::driver::MAX_STATS_QUEUES,
+                            queues.len()
+                        ),
+                    );
+                }
+                let (link, queues) = self.stats_of(&queues);
                 Response::reply(DriverReply::Stats {
                     link,
                     queues,
@@ -1421,6 +1439,17 @@ impl Driver {
 
     /// Statistics of the link and of every queue (see [`Counters`]).
     pub fn stats(&self) -> (Counters, Vec<(QueueId, Counters)>) {
+        let (link, _) = self.stats_of(&[]);
+        let queues = self
+            .order
+            .iter()
+            .filter_map(|id| self.queues.get(id).map(|q| (*id, queue_counters(q))))
+            .collect();
+        (link, queues)
+    }
+
+    /// The link's counters and those of the queues `ids` names that exist, in that order.
+    pub fn stats_of(&self, ids: &[QueueId]) -> (Counters, Vec<(QueueId, Counters)>) {
         let link: LinkStats = self.link.stats();
         let r = self.reassembler.counters();
         let mut rx_dropped = vec![
@@ -1455,8 +1484,7 @@ impl Driver {
             rx_gso_split: link.rx_gso_split,
             rx_gso_segments: link.rx_gso_segments,
         };
-        let queues = self
-            .order
+        let queues = ids
             .iter()
             .filter_map(|id| self.queues.get(id).map(|q| (*id, queue_counters(q))))
             .collect();
@@ -1503,11 +1531,16 @@ fn queue_counters(queue: &Queue) -> Counters {
     }
 }
 
+/// A queue's rings, and the client's descriptors handed over (the driver keeps no copy: one
+/// descriptor per queue, its end of the doorbell).
 fn make_ring(config: &QueueConfig) -> Result<(DriverQueue, QueueFds), (ErrorCode, String)> {
-    let ring = DriverQueue::create(config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
-    let fds = ring
-        .client_fds()
-        .map_err(|e| (ErrorCode::Internal, format!("duplicating fds: {e}")))?;
+    let mut ring = DriverQueue::create(config).map_err(|e| (ErrorCode::Limit, e.to_string()))?;
+    let fds = ring.hand_out().ok_or_else(|| {
+        (
+            ErrorCode::Internal,
+            "a new queue's descriptors are gone".to_owned(),
+        )
+    })?;
     Ok((ring, fds))
 }
 

@@ -132,12 +132,8 @@ impl Netd {
 /// A client queue from the descriptors of a `QueueCreated` reply.
 pub fn attach(fds: Vec<OwnedFd>) -> ClientQueue {
     let mut fds = fds.into_iter();
-    let (memfd, client_wake, driver_wake) = (
-        fds.next().expect("memfd"),
-        fds.next().expect("client wake"),
-        fds.next().expect("driver wake"),
-    );
-    ClientQueue::from_fds(memfd, client_wake, driver_wake).expect("attach")
+    let (memfd, doorbell) = (fds.next().expect("memfd"), fds.next().expect("doorbell"));
+    ClientQueue::from_fds(memfd, doorbell).expect("attach")
 }
 
 /// The binding key of UDP `ip:port`.
