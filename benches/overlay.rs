@@ -344,7 +344,7 @@ mod path {
         });
         let fds = response.fds.expect("a queue");
         let client =
-            ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).expect("attach");
+            ClientQueue::from_fds(fds.memfd, fds.doorbell).expect("attach");
         let key = Key::V4 {
             protocol: 17,
             addr: IP.into(),
