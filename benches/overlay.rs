@@ -343,8 +343,7 @@ mod path {
             instance: InstanceId(1),
         });
         let fds = response.fds.expect("a queue");
-        let client =
-            ClientQueue::from_fds(fds.memfd, fds.doorbell).expect("attach");
+        let client = ClientQueue::from_fds(fds.memfd, fds.doorbell).expect("attach");
         let key = Key::V4 {
             protocol: 17,
             addr: IP.into(),

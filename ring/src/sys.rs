@@ -211,6 +211,9 @@ pub fn file_size(fd: BorrowedFd<'_>) -> io::Result<u64> {
     u64::try_from(stat.st_size).map_err(|_| io::Error::other("negative file size"))
 }
 
+/// Reads [`Doorbell::drain`] makes at most.
+pub const DRAIN_READS: usize = 4;
+
 /// One end of a queue's wake-up line: a non-blocking `AF_UNIX` stream socket whose peer is
 /// the other side's end ([`Doorbell::pair`]).
 ///
@@ -271,14 +274,19 @@ impl Doorbell {
         }
     }
 
-    /// Takes every pending wake-up. Returns whether there was one; an error of kind
+    /// Takes the pending wake-ups. Returns whether there was one; an error of kind
     /// [`io::ErrorKind::BrokenPipe`] when the other side has closed its end (it will never
     /// ring again, and this end stays readable).
+    ///
+    /// The peer rings with one byte, but a hostile one may write as much as its buffer takes:
+    /// at most [`DRAIN_READS`] reads of 4 KiB are made, and what is left keeps this end
+    /// readable, which is what a wake-up is anyway. The peer can only make its own queue look
+    /// busy, never cost this side more than a few reads per look.
     pub fn drain(&self) -> io::Result<bool> {
         use rustix::net::RecvFlags;
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 4096];
         let mut rung = false;
-        loop {
+        for _ in 0..DRAIN_READS {
             match rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::DONTWAIT) {
                 Ok((0, _)) => {
                     return Err(io::Error::new(
@@ -303,6 +311,7 @@ impl Doorbell {
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(rung)
     }
 
     /// Sleeps until this end is readable (a wake-up, or the peer closed) or `timeout` passes
