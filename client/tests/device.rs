@@ -18,7 +18,7 @@ fn pair() -> (DriverQueue, ClientQueue) {
     })
     .unwrap();
     let fds = driver.client_fds().unwrap();
-    let client = ClientQueue::from_fds(fds.memfd, fds.client_wake, fds.driver_wake).unwrap();
+    let client = ClientQueue::from_fds(fds.memfd, fds.doorbell).unwrap();
     (driver, client)
 }
 
