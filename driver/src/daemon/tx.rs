@@ -38,7 +38,8 @@
 //! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one; a VLAN tag is an
 //! ethertype no queue is granted), then source IP, then
 //! (protocol, source port); ICMPv6 from a granted address (neighbour discovery, which has no
-//! ports) is [`TxStatus::RejectedByFilter`]. An ARP frame's sender hardware and protocol addresses are checked
+//! ports) is [`TxStatus::RejectedByFilter`], as are IGMP and MLD (a membership report for a
+//! group the queue did not join, refused by the report filters of those it did). An ARP frame's sender hardware and protocol addresses are checked
 //! like a source MAC and a source IP (ARP spoofing is forging them, whatever the Ethernet
 //! header says). When every check passes, the filter rejected the frame for a reason
 //! the checks do not model: [`TxStatus::RejectedByFilter`]. The diagnosis never turns a
@@ -222,6 +223,10 @@ pub fn check(
 
 /// ICMPv6's next-header value: neighbour discovery, which has no ports.
 const ICMPV6: u8 = 58;
+/// IGMP's protocol number: membership reports, which have no ports.
+const IGMP: u8 = 2;
+/// The IPv6 hop-by-hop header, in front of every MLD message (its router alert).
+const HOP_BY_HOP: u8 = 0;
 
 /// Names the reason a rejected frame was rejected (see the module documentation).
 pub fn diagnose<'a>(
@@ -285,6 +290,11 @@ pub fn diagnose<'a>(
     if ipv6 && protocol == ICMPV6 {
         // Neighbour discovery from a granted address: its own filter refused it (an
         // advertisement, a forged link-layer address), not a port.
+        return TxStatus::RejectedByFilter;
+    }
+    if (!ipv6 && protocol == IGMP) || (ipv6 && protocol == HOP_BY_HOP) {
+        // A membership report (IGMP; MLD behind its router alert) from a granted address:
+        // the filters of the groups the queue joined refused it (another group), not a port.
         return TxStatus::RejectedByFilter;
     }
     let port = ip
