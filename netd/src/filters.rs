@@ -518,6 +518,97 @@ mod tests {
         assert_eq!(group_report_tx(&h, "ff15::1234".parse().unwrap()), None);
     }
 
+    /// An IGMP message of `kind` naming `group`, from the host to `dst`, with a router alert
+    /// option when `alert`.
+    fn igmp(h: &HostIdentity, dst: Ipv4Addr, kind: u8, group: Ipv4Addr, alert: bool) -> Vec<u8> {
+        let mut f = vec![1, 0, 0x5e, 0, 0, 1];
+        f.extend_from_slice(&h.mac);
+        f.extend_from_slice(&[0x08, 0x00, if alert { 0x46 } else { 0x45 }, 0, 0, 0]);
+        f.extend_from_slice(&[0, 0, 0, 0, 1, 2, 0, 0]);
+        f.extend_from_slice(&h.ipv4.unwrap().octets());
+        f.extend_from_slice(&dst.octets());
+        if alert {
+            f.extend_from_slice(&[0x94, 4, 0, 0]);
+        }
+        if kind == 0x22 {
+            // One record (mode is exclude), no source.
+            f.extend_from_slice(&[0x22, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0]);
+        } else {
+            f.extend_from_slice(&[kind, 0, 0, 0]);
+        }
+        f.extend_from_slice(&group.octets());
+        f
+    }
+
+    /// An MLD message of `kind` naming `group` from `src` to `dst`, behind an 8-byte hop-by-hop
+    /// header with the router alert.
+    fn mld(h: &HostIdentity, src: Ipv6Addr, dst: Ipv6Addr, kind: u8, group: Ipv6Addr) -> Vec<u8> {
+        let mut f = vec![0x33, 0x33, 0, 0, 0, 0x16];
+        f.extend_from_slice(&h.mac);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+        if kind == 143 {
+            f.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0]);
+        } else {
+            f.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        f.extend_from_slice(&group.octets());
+        f
+    }
+
+    #[test]
+    fn a_client_reports_only_the_group_it_joined_from_the_hosts_addresses() {
+        let h = host();
+        let g: Ipv4Addr = "239.1.2.3".parse().unwrap();
+        let other: Ipv4Addr = "239.1.2.4".parse().unwrap();
+        let expr = group_report_tx(&h, IpAddr::V4(g)).unwrap();
+        let leave_to = Ipv4Addr::new(224, 0, 0, 2);
+        let v3_to = Ipv4Addr::new(224, 0, 0, 22);
+        for alert in [false, true] {
+            assert!(accepts(&expr, &igmp(&h, g, 0x16, g, alert)), "v2 report");
+            assert!(accepts(&expr, &igmp(&h, leave_to, 0x17, g, alert)), "leave");
+            assert!(
+                accepts(&expr, &igmp(&h, v3_to, 0x22, g, alert)),
+                "v3 report"
+            );
+            assert!(!accepts(&expr, &igmp(&h, other, 0x16, other, alert)));
+            assert!(!accepts(&expr, &igmp(&h, g, 0x16, other, alert)));
+            assert!(!accepts(&expr, &igmp(&h, leave_to, 0x17, other, alert)));
+            assert!(!accepts(&expr, &igmp(&h, v3_to, 0x22, other, alert)));
+        }
+        let mut two_records = igmp(&h, v3_to, 0x22, g, false);
+        two_records[14 + 20 + 7] = 2;
+        assert!(!accepts(&expr, &two_records), "a report of several groups");
+        let mut spoofed = igmp(&h, g, 0x16, g, false);
+        spoofed[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 9]);
+        assert!(!accepts(&expr, &spoofed), "another source address");
+        let mut spoofed = igmp(&h, g, 0x16, g, false);
+        spoofed[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        assert!(!accepts(&expr, &spoofed), "another source MAC");
+
+        let g: Ipv6Addr = "ff15::1234".parse().unwrap();
+        let other: Ipv6Addr = "ff15::1235".parse().unwrap();
+        let expr = group_report_tx(&h, IpAddr::V6(g)).unwrap();
+        let ll = h.ipv6.unwrap();
+        let all_mldv2: Ipv6Addr = "ff02::16".parse().unwrap();
+        let all_routers: Ipv6Addr = "ff02::2".parse().unwrap();
+        for src in [ll, Ipv6Addr::UNSPECIFIED] {
+            assert!(
+                accepts(&expr, &mld(&h, src, all_mldv2, 143, g)),
+                "v2 report"
+            );
+            assert!(accepts(&expr, &mld(&h, src, g, 131, g)), "v1 report");
+            assert!(accepts(&expr, &mld(&h, src, all_routers, 132, g)), "done");
+            assert!(!accepts(&expr, &mld(&h, src, all_mldv2, 143, other)));
+            assert!(!accepts(&expr, &mld(&h, src, other, 131, other)));
+            assert!(!accepts(&expr, &mld(&h, src, all_routers, 132, other)));
+        }
+        let stranger: Ipv6Addr = "fe80::9".parse().unwrap();
+        assert!(!accepts(&expr, &mld(&h, stranger, all_mldv2, 143, g)));
+    }
+
     #[test]
     fn a_group_filter_takes_the_group_mac_address_and_port() {
         assert_eq!(
