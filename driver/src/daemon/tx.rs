@@ -359,6 +359,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_refused_membership_report_is_the_filters_not_a_ports() {
+        let g = [grant([10, 0, 0, 1], 53)];
+        let d = |f: &[u8]| diagnose(f, g.iter(), &MAC);
+        // IGMP from the granted address: its group's report filter refused it.
+        let mut igmp = udp4(MAC, [10, 0, 0, 1], 0x1600);
+        igmp[23] = 2;
+        assert_eq!(d(&igmp), TxStatus::RejectedByFilter);
+        // From another address it is still the source that is wrong.
+        igmp[26..30].copy_from_slice(&[10, 0, 0, 9]);
+        assert_eq!(d(&igmp), TxStatus::RejectedSourceIp);
+        // MLD: ICMPv6 behind a hop-by-hop header, from a granted IPv6 address.
+        let mut a = [0u8; 16];
+        a[..2].copy_from_slice(&[0xfe, 0x80]);
+        a[15] = 1;
+        let g6 = [PortBinding {
+            protocol: 17,
+            address: a,
+            ipv6: true,
+            port: 53,
+        }];
+        let mut mld = vec![0u8; 14 + 40 + 8 + 8];
+        mld[6..12].copy_from_slice(&MAC);
+        mld[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        mld[14] = 0x60;
+        mld[20] = 0;
+        mld[22..38].copy_from_slice(&a);
+        assert_eq!(diagnose(&mld, g6.iter(), &MAC), TxStatus::RejectedByFilter);
+    }
+
     fn arp4(sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0u8; 42];
         f[6..12].copy_from_slice(&MAC);
