@@ -1,6 +1,7 @@
 //! `netmux up` and `netmux example ...`, run as the built binary on a virtual cable (no
 //! privileges): the examples' one-line announcement, a refused port reported with netd's reason
-//! and exit status 1, clean stops on SIGTERM, and `up`'s errors for a link that cannot open.
+//! and exit status 1 (a group netd refuses to `udp-echo --group` alike), clean stops on
+//! SIGTERM, and `up`'s errors for a link that cannot open.
 
 use netmux_testkit::TempDir;
 use std::io::{BufRead, BufReader};
@@ -157,6 +158,34 @@ fn an_example_refused_a_port_in_use_prints_netds_reason_and_exits_1() {
     let (status, err) = example("udp-echo", 7001, &scratch).wait();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("udp port 7001 is in use"), "{err}");
+}
+
+#[test]
+fn udp_echo_joins_its_groups_and_a_group_netd_refuses_exits_1_with_the_reason() {
+    let scratch = TempDir::new("nmx-group");
+    let (_up, _) = up(&scratch);
+    let run = scratch.join("run");
+    let joined = Proc::start(
+        &[
+            "example",
+            "udp-echo",
+            "--port",
+            "7020",
+            "--group",
+            "239.1.2.3",
+        ],
+        &[Path::new("--runtime-dir"), &run],
+    );
+    assert_eq!(joined.line(), "listening on udp port 7020");
+    let (status, err) = Proc::start(
+        &[
+            "example", "udp-echo", "--port", "7021", "--group", "10.9.0.7",
+        ],
+        &[Path::new("--runtime-dir"), &run],
+    )
+    .wait();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("10.9.0.7 is not a multicast address"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! address is answered with that instance's MAC; traffic between two instances on the host
 //! works both ways (hairpin); destroying an instance with live clients ends their sessions,
 //! frees their ports and leaves the other instance's traffic alone; many instances with many
-//! clients come and go without a leak.
+//! clients come and go without a leak; a datagram to a multicast group reaches only the
+//! clients that joined it on that port, and a client reports only the groups it joined.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -474,4 +475,153 @@ fn only_root_or_an_admin_uid_manages_instances_and_names_are_checked() {
             .unwrap_err();
         assert_eq!(e.refusal().map(|r| r.code), Some(ErrorCode::Denied), "{e}");
     }
+}
+
+/// A UDP datagram from the peer to an IPv6 group on `port`.
+fn udp6_to_group(group: std::net::Ipv6Addr, port: u16) -> Vec<u8> {
+    let o = group.octets();
+    let mac = [0x33, 0x33, o[12], o[13], o[14], o[15]];
+    let src: std::net::Ipv6Addr = "2001:db8::99".parse().unwrap();
+    FrameBuilder::ethernet(mac, PEER_MAC)
+        .ethertype(0x86dd)
+        .ipv6(src.octets(), o, 17)
+        .udp(4000, port)
+        .payload(8)
+        .finish()
+        .data
+}
+
+/// The IPv6 UDP frames among `frames` to `port`.
+fn udp6_to(frames: &[Vec<u8>], port: u16) -> usize {
+    frames
+        .iter()
+        .filter(|f| {
+            f.len() >= 58
+                && f[12..14] == [0x86, 0xdd]
+                && f[20] == 17
+                && f[56..58] == port.to_be_bytes()
+        })
+        .count()
+}
+
+#[test]
+fn a_datagram_to_a_group_reaches_only_the_clients_that_joined_it_on_that_port() {
+    let host = Host::start(|_| {});
+    host.create("a", MacChoice::Generated, A_IP);
+    host.create("b", MacChoice::Shared, B_IP);
+    let mut ca = host.client(Some("a"));
+    let mut cb = host.client(Some("b"));
+    let mut cd = host.client(None);
+    for c in [&mut ca, &mut cb, &mut cd] {
+        c.bind_port(Transport::Udp, 7000).unwrap();
+    }
+    let (mut qa, mut qb, mut qd) = (
+        ca.open_queue().unwrap(),
+        cb.open_queue().unwrap(),
+        cd.open_queue().unwrap(),
+    );
+    let group: std::net::IpAddr = "239.1.2.3".parse().unwrap();
+    let group6: std::net::Ipv6Addr = "ff15::1234".parse().unwrap();
+    ca.join_group(group, 7000).unwrap();
+    ca.join_group(group, 7000)
+        .expect("joining a joined group changes nothing");
+    cd.join_group(group6.into(), 7000).unwrap();
+    let to_group = udp(
+        PEER_MAC,
+        [1, 0, 0x5e, 1, 2, 3],
+        PEER_IP,
+        [239, 1, 2, 3],
+        7000,
+    );
+    let settle = Duration::from_millis(200);
+    host.send(&to_group);
+    host.send(&udp6_to_group(group6, 7000));
+    assert_eq!(udp_to(&received(&mut qa, settle), 7000), 1, "a joined");
+    assert_eq!(udp_to(&received(&mut qb, settle), 7000), 0, "b did not");
+    let d = received(&mut qd, settle);
+    assert_eq!(
+        (udp_to(&d, 7000), udp6_to(&d, 7000)),
+        (0, 1),
+        "d joined the IPv6 group only"
+    );
+    // Another port, or another group of the same MAC, is not the joined group.
+    host.send(&udp(
+        PEER_MAC,
+        [1, 0, 0x5e, 1, 2, 3],
+        PEER_IP,
+        [239, 1, 2, 3],
+        7001,
+    ));
+    host.send(&udp(
+        PEER_MAC,
+        [1, 0, 0x5e, 1, 2, 3],
+        PEER_IP,
+        [239, 129, 2, 3],
+        7000,
+    ));
+    assert_eq!(received(&mut qa, settle).len(), 0);
+
+    // A's client reports its membership of the group it joined, not of another.
+    let mac_a = ca.host().link.mac;
+    let report = |g: [u8; 4]| {
+        FrameBuilder::ethernet([1, 0, 0x5e, g[1] & 0x7f, g[2], g[3]], mac_a)
+            .ethertype(0x0800)
+            .ipv4(Ipv4::new(A_IP, g, 2))
+            .raw(&[0x16, 0, 0, 0, g[0], g[1], g[2], g[3]])
+            .finish()
+            .data
+    };
+    let joined = report([239, 1, 2, 3]);
+    let forged = report([239, 9, 9, 9]);
+    let mut leave_other = report([224, 0, 0, 2]);
+    leave_other[34] = 0x17;
+    leave_other[38..42].copy_from_slice(&[239, 9, 9, 9]);
+    qa.send(&[&[&joined], &[&forged], &[&leave_other]]).unwrap();
+    let mut done = Vec::new();
+    let end = Instant::now() + WAIT;
+    while done.len() < 3 && Instant::now() < end {
+        qa.completions(8, &mut done).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let statuses: Vec<TxStatus> = done.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            TxStatus::Sent,
+            TxStatus::RejectedByFilter,
+            TxStatus::RejectedByFilter
+        ]
+    );
+    let igmp = host
+        .heard(Duration::from_millis(100))
+        .into_iter()
+        .filter(|f| f.len() > 23 && f[12..14] == [8, 0] && f[23] == 2)
+        .collect::<Vec<_>>();
+    assert_eq!(igmp, [joined]);
+
+    ca.leave_group(group, 7000).unwrap();
+    host.send(&to_group);
+    assert_eq!(udp_to(&received(&mut qa, settle), 7000), 0, "a left");
+    let e = ca.leave_group(group, 7000).unwrap_err();
+    assert!(e.to_string().contains("not joined"), "{e}");
+
+    // Only a port the session holds, only a group, only so many.
+    let e = ca.join_group(group, 7001).unwrap_err();
+    assert!(e.to_string().contains("not this session's"), "{e}");
+    let e = ca
+        .join_group("192.0.2.99".parse().unwrap(), 7000)
+        .unwrap_err();
+    assert!(e.to_string().contains("not a multicast address"), "{e}");
+    for i in 0..20u8 {
+        ca.join_group(std::net::Ipv4Addr::new(239, 2, 0, i).into(), 7000)
+            .unwrap();
+    }
+    let e = ca.join_group(group, 7000).unwrap_err();
+    assert!(e.to_string().contains("at most 20 groups"), "{e}");
+
+    // Closing the port takes its groups with it: bound again, it receives no group's datagram.
+    cd.close_port(Transport::Udp, 7000).unwrap();
+    cd.bind_port(Transport::Udp, 7000).unwrap();
+    host.send(&udp6_to_group(group6, 7000));
+    assert_eq!(udp6_to(&received(&mut qd, settle), 7000), 0);
 }

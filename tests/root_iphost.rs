@@ -15,7 +15,9 @@
 //! in that namespace only) to a peer behind a link of MTU 1,280 (198.51.100.0/24,
 //! 2001:db8:1::/64), the peer downloads 4 MiB from the HTTP example over IPv4 and over IPv6;
 //! the router's "fragmentation needed" / "packet too big" reaches the example, which lowers
-//! its MTU, and the download completes in segments that fit.
+//! its MTU, and the download completes in segments that fit. UDP the kernel sends to the
+//! groups 239.1.2.3 and ff15::1234 reaches the UDP echo that joined them (`--group`), and
+//! netmux's end of the veth accepts the groups' MACs exactly while a client is joined.
 //!
 //! Only addresses in 192.0.2.0/24, 198.51.100.0/24 and 2001:db8::/32 inside the tests' own
 //! namespaces are used, and no setting outside them is changed; only processes these tests
@@ -1126,4 +1128,146 @@ fn root_path_mtu_discovery_through_a_kernel_router_of_smaller_mtu_over_ipv4() {
 #[ignore]
 fn root_path_mtu_discovery_through_a_kernel_router_of_smaller_mtu_over_ipv6() {
     path_mtu_through_the_router("pmtu6", SocketAddr::from((NETMUX6, HTTP_PORT)), ETH_P_IPV6);
+}
+
+/// From the kernel, sends to `group` port `port` out of its veth end (`IP_MULTICAST_IF` /
+/// `IPV6_MULTICAST_IF`) until the echo answers from `from` with the same bytes.
+fn multicast_echo_from_kernel(ns: &NetNs, group: IpAddr, port: u16, from: IpAddr) {
+    ns.run(move || {
+        let sock = match group {
+            IpAddr::V4(_) => UdpSocket::bind("0.0.0.0:0").unwrap(),
+            IpAddr::V6(_) => UdpSocket::bind("[::]:0").unwrap(),
+        };
+        let rc = match group {
+            IpAddr::V4(_) => {
+                let via = libc::in_addr {
+                    s_addr: u32::from(KERNEL).to_be(),
+                };
+                // SAFETY: a live in_addr of the length given, for IP_MULTICAST_IF.
+                unsafe {
+                    libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::IPPROTO_IP,
+                        libc::IP_MULTICAST_IF,
+                        (&via as *const libc::in_addr).cast(),
+                        std::mem::size_of::<libc::in_addr>() as u32,
+                    )
+                }
+            }
+            IpAddr::V6(_) => {
+                let name = std::ffi::CString::new(KERNEL_END).unwrap();
+                // SAFETY: a NUL-terminated name.
+                let index = unsafe { libc::if_nametoindex(name.as_ptr()) } as libc::c_int;
+                assert_ne!(index, 0, "{KERNEL_END} has an index");
+                // SAFETY: a live c_int of the length given, for IPV6_MULTICAST_IF.
+                unsafe {
+                    libc::setsockopt(
+                        sock.as_raw_fd(),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_MULTICAST_IF,
+                        (&index as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as u32,
+                    )
+                }
+            }
+        };
+        assert_eq!(
+            rc,
+            0,
+            "multicast interface: {}",
+            std::io::Error::last_os_error()
+        );
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let payload: Vec<u8> = (0..200).map(|i| (i * 7 + 3) as u8).collect();
+        let deadline = Instant::now() + PATIENCE;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            sock.send_to(&payload, SocketAddr::new(group, port))
+                .unwrap();
+            match sock.recv_from(&mut buf) {
+                Ok((n, sender)) => {
+                    assert_eq!(
+                        sender,
+                        SocketAddr::new(from, port),
+                        "from the host's address"
+                    );
+                    assert!(buf[..n] == payload[..], "the echo returns the same bytes");
+                    return;
+                }
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "no echo of a datagram to {group} port {port}: {e}"
+                ),
+            }
+        }
+    });
+}
+
+/// The multicast MACs `ifname` in `ns` accepts (`/proc/net/dev_mcast`, as hex without
+/// separators).
+fn link_groups(ns: &NetNs, ifname: &str) -> Vec<String> {
+    let out = ns
+        .command("cat")
+        .arg("/proc/net/dev_mcast")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&ifname)).then(|| f.get(4).unwrap_or(&"").to_string())
+        })
+        .collect()
+}
+
+#[test]
+#[ignore]
+fn root_udp_to_a_joined_multicast_group_reaches_the_client_that_joined_it() {
+    require_root();
+    let host = start_dual("mcast", &[]);
+    let port = 7400;
+    let mut echo = host.example_with(
+        "udp-echo",
+        "udp",
+        port,
+        &["--group", "239.1.2.3", "--group", "ff15::1234"],
+        PATIENCE,
+    );
+    let groups = link_groups(&host.mux, MUX_END);
+    for mac in ["01005e010203", "333300001234"] {
+        assert!(
+            groups.iter().any(|g| g == mac),
+            "{MUX_END} accepts {mac}: {groups:?}"
+        );
+    }
+    multicast_echo_from_kernel(
+        &host.kernel,
+        "239.1.2.3".parse().unwrap(),
+        port,
+        NETMUX.into(),
+    );
+    multicast_echo_from_kernel(
+        &host.kernel,
+        "ff15::1234".parse().unwrap(),
+        port,
+        NETMUX6.into(),
+    );
+    // Nobody joined any more: the link stops accepting the groups.
+    echo.kill9();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let groups = link_groups(&host.mux, MUX_END);
+        if !groups
+            .iter()
+            .any(|g| g == "01005e010203" || g == "333300001234")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{MUX_END} still accepts {groups:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -158,6 +158,19 @@ impl Client {
         }
     }
 
+    /// Receives UDP datagrams to the multicast `group` on `port`, a UDP port this session
+    /// holds, besides those to the host's addresses; joining twice changes nothing. netd
+    /// refuses an address that is not a joinable group, a port the session does not hold and
+    /// more than its limit of groups per session.
+    pub fn join_group(&mut self, group: std::net::IpAddr, port: u16) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::JoinGroup { group, port })?)
+    }
+
+    /// Stops receiving datagrams to `group` on `port`.
+    pub fn leave_group(&mut self, group: std::net::IpAddr, port: u16) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::LeaveGroup { group, port })?)
+    }
+
     /// Gives a port back.
     pub fn close_port(&mut self, transport: Transport, port: u16) -> Result<(), ClientError> {
         super::done(self.call(ClientRequest::ClosePort { transport, port })?)
@@ -320,6 +333,8 @@ pub struct Reconnecting {
     options: ConnectOptions,
     client: Client,
     ports: Vec<(Transport, u16)>,
+    /// Groups joined, by (group, UDP port).
+    groups: Vec<(std::net::IpAddr, u16)>,
     queue_open: bool,
 }
 
@@ -336,6 +351,7 @@ impl Reconnecting {
             options: options.clone(),
             client,
             ports: Vec::new(),
+            groups: Vec::new(),
             queue_open: false,
         })
     }
@@ -350,6 +366,16 @@ impl Reconnecting {
         let port = self.client.bind_port(transport, port)?;
         self.ports.push((transport, port));
         Ok(port)
+    }
+
+    /// Joins a multicast group on a bound UDP port, and joins it again after every
+    /// reconnection.
+    pub fn join_group(&mut self, group: std::net::IpAddr, port: u16) -> Result<(), ClientError> {
+        self.client.join_group(group, port)?;
+        if !self.groups.contains(&(group, port)) {
+            self.groups.push((group, port));
+        }
+        Ok(())
     }
 
     /// Opens the session's queue, and opens it again after every reconnection.
@@ -385,6 +411,9 @@ impl Reconnecting {
         self.client = client;
         for &(transport, port) in &self.ports {
             self.client.bind_port(transport, port)?;
+        }
+        for &(group, port) in &self.groups {
+            self.client.join_group(group, port)?;
         }
         if self.queue_open {
             return self.client.open_queue().map(Some);

@@ -165,6 +165,25 @@ impl AsyncClient {
         }
     }
 
+    /// Receives UDP datagrams to the multicast `group` on `port`, a UDP port this session
+    /// holds (see the blocking client's `join_group`).
+    pub async fn join_group(
+        &mut self,
+        group: std::net::IpAddr,
+        port: u16,
+    ) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::JoinGroup { group, port }).await?)
+    }
+
+    /// Stops receiving datagrams to `group` on `port`.
+    pub async fn leave_group(
+        &mut self,
+        group: std::net::IpAddr,
+        port: u16,
+    ) -> Result<(), ClientError> {
+        super::done(self.call(ClientRequest::LeaveGroup { group, port }).await?)
+    }
+
     /// Gives a port back.
     pub async fn close_port(&mut self, transport: Transport, port: u16) -> Result<(), ClientError> {
         super::done(

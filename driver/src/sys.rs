@@ -339,6 +339,33 @@ pub fn packet_unicast_membership(
     setsockopt_packet(fd, option, &request)
 }
 
+/// Asks the interface to accept frames for the multicast `mac` (`PACKET_MR_MULTICAST`: an
+/// entry in the NIC's multicast filter, as a socket joining a group makes), or stops asking.
+/// The kernel keeps the membership as long as the socket lives.
+pub fn packet_multicast_membership(
+    fd: BorrowedFd<'_>,
+    ifindex: u32,
+    mac: [u8; 6],
+    add: bool,
+) -> io::Result<()> {
+    let ifindex = libc::c_int::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index too large"))?;
+    let mut address = [0u8; 8];
+    address[..6].copy_from_slice(&mac);
+    let request = libc::packet_mreq {
+        mr_ifindex: ifindex,
+        mr_type: libc::PACKET_MR_MULTICAST as libc::c_ushort,
+        mr_alen: 6,
+        mr_address: address,
+    };
+    let option = if add {
+        libc::PACKET_ADD_MEMBERSHIP
+    } else {
+        libc::PACKET_DROP_MEMBERSHIP
+    };
+    setsockopt_packet(fd, option, &request)
+}
+
 /// The frames the kernel dropped for an AF_PACKET socket since the last call
 /// (`PACKET_STATISTICS`, which clears its counters when read).
 pub fn packet_drops(fd: BorrowedFd<'_>) -> io::Result<u64> {

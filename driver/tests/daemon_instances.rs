@@ -1,7 +1,8 @@
 //! Instances on one link, in the driver: a frame goes only to the instance it is addressed
 //! to, two instances bind the same port apart, ARP stays inside its instance, frames between
-//! instances on this host are delivered here (hairpin) and not lost on the wire, and an
-//! instance with queues cannot be removed.
+//! instances on this host are delivered here (hairpin) and not lost on the wire, an
+//! instance with queues cannot be removed, and a multicast group reaches only the queues whose
+//! rx filters joined it, the link accepting the group's MAC exactly while one does.
 
 mod daemon_common;
 
@@ -249,4 +250,52 @@ fn an_instance_with_queues_is_not_removed_and_one_without_is() {
     // Another instance may not take B's address or A's old MAC twice.
     let Response { reply, .. } = d.handle(instance(InstanceId(5), LINK_MAC, false, B_IP));
     assert!(matches!(reply, DriverReply::Error(_)), "{reply:?}");
+}
+
+/// A UDP datagram from the remote host to an IPv4 group on `port`.
+fn to_group(group: [u8; 4], port: u16) -> Vec<u8> {
+    let mac = [0x01, 0x00, 0x5e, group[1] & 0x7f, group[2], group[3]];
+    udp_frame(PEER_MAC, mac, REMOTE, 4000, group, port, 8)
+}
+
+#[test]
+fn a_group_reaches_only_the_queues_that_joined_it_and_the_link_accepts_it_meanwhile() {
+    let (mut d, wire, mut queues) = three_instances();
+    let group = [239, 1, 2, 3];
+    let mac = [0x01, 0x00, 0x5e, 1, 2, 3];
+    let join = |d: &mut Driver, q: u32, filter: u64| {
+        ok(
+            d,
+            DriverRequest::InstallFilter {
+                queue: QueueId(q),
+                filter: FilterId(filter),
+                direction: Direction::Rx,
+                mode: RxMode::Owner,
+                binding: Some(udp_binding(group, 53)),
+                program: udp_rx_program(group, 53),
+            },
+        )
+    };
+    join(&mut d, 2, 500);
+    assert_eq!(*wire.groups.lock().unwrap(), [mac]);
+    receive(&mut d, &wire, to_group(group, 53));
+    assert_eq!(counts(&mut queues)[1..], [0, 1, 0], "A joined, nobody else");
+    // B joins too (its own instance, the same port): both, the MAC asked for once.
+    join(&mut d, 3, 501);
+    assert_eq!(*wire.groups.lock().unwrap(), [mac]);
+    receive(&mut d, &wire, to_group(group, 53));
+    assert_eq!(counts(&mut queues)[1..], [0, 1, 1]);
+    ok(
+        &mut d,
+        DriverRequest::RemoveFilter {
+            queue: QueueId(2),
+            filter: FilterId(500),
+        },
+    );
+    assert_eq!(*wire.groups.lock().unwrap(), [mac], "B is still joined");
+    receive(&mut d, &wire, to_group(group, 53));
+    assert_eq!(counts(&mut queues)[1..], [0, 0, 1]);
+    // B's queue goes: nobody is joined, the link stops accepting the group.
+    assert!(d.destroy_queue(QueueId(3)));
+    assert!(wire.groups.lock().unwrap().is_empty());
 }

@@ -12,6 +12,17 @@
 //! router solicitations from the host's addresses with the host's MAC, never a neighbour
 //! advertisement (every address a client has is the host's, answered by netd alone);
 //! neighbour and router advertisements reach every queue by the driver's rule.
+//!
+//! A multicast group a client joins on its UDP port gets an rx filter keyed by (group, port)
+//! ([`group_rx`]), taken by the classifier in the same one lookup as the port's bindings, and a
+//! tx filter for the client's own IGMP and MLD membership reports of that group
+//! ([`group_report_tx`]). The client's stack reports its groups, not netd: a stack that joins a
+//! group reports it as on a NIC of its own (smoltcp does when it joins and leaves), and netd
+//! keeps no timers or query state per group; what netd guarantees is that a client reports
+//! only the groups it joined, from the host's addresses, one group per report. Queries
+//! (IGMP, MLD) are not delivered to clients, so no client answers them: behind a switch that
+//! snoops, a group's membership lasts until the switch's timeout after the client's last
+//! report.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -186,6 +197,148 @@ pub fn broadcast_rx(
         .collect()
 }
 
+/// The multicast groups one session may join at once: Linux's default
+/// `net.ipv4.igmp_max_memberships` per socket, so a client cannot grow the classifier's
+/// tables or the link's multicast filter without bound.
+pub const MAX_GROUPS_PER_SESSION: usize = 20;
+
+/// Why an address is not a group a client may join.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// Not in `224.0.0.0/4` or `ff00::/8`.
+    #[error("{0} is not a multicast address")]
+    NotMulticast(IpAddr),
+    /// `224.0.0.0`, the base address no group uses (RFC 5771).
+    #[error("{0} is the reserved base address of IPv4 multicast, no group")]
+    Reserved(IpAddr),
+    /// An IPv6 group of reserved (0) or interface-local (1) scope: never on the link.
+    #[error("{0} has interface-local or reserved scope: no datagram to it crosses the link")]
+    NotOnTheLink(IpAddr),
+    /// A solicited-node group (`ff02::1:ff00:0/104`): neighbour discovery, which netd answers.
+    #[error("{0} is a solicited-node group, used by neighbour discovery, which netd answers")]
+    SolicitedNode(IpAddr),
+}
+
+/// Whether a client may join `group`: any multicast address but the reserved IPv4 base, IPv6
+/// groups that never leave the interface and IPv6 solicited-node groups.
+pub fn joinable_group(group: IpAddr) -> Result<(), GroupError> {
+    match group {
+        IpAddr::V4(a) if !a.is_multicast() => Err(GroupError::NotMulticast(group)),
+        IpAddr::V4(a) if a == Ipv4Addr::new(224, 0, 0, 0) => Err(GroupError::Reserved(group)),
+        IpAddr::V4(_) => Ok(()),
+        IpAddr::V6(a) if !a.is_multicast() => Err(GroupError::NotMulticast(group)),
+        IpAddr::V6(a) if a.octets()[1] & 0x0f <= 1 => Err(GroupError::NotOnTheLink(group)),
+        IpAddr::V6(a) if a.segments()[..6] == [0xff02, 0, 0, 0, 0, 1] && a.octets()[12] == 0xff => {
+            Err(GroupError::SolicitedNode(group))
+        }
+        IpAddr::V6(_) => Ok(()),
+    }
+}
+
+/// The Ethernet address a group's frames are sent to: `01:00:5e` and the low 23 bits of an
+/// IPv4 group (RFC 1112 6.4), `33:33` and the low 32 bits of an IPv6 group (RFC 2464 7).
+pub fn group_mac(group: IpAddr) -> [u8; 6] {
+    match group {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
+        }
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [0x33, 0x33, o[12], o[13], o[14], o[15]]
+        }
+    }
+}
+
+/// The rx filter of a group joined on a UDP port: datagrams to the group's MAC, address and
+/// port, with the group and port as its classifier key, so the merged classifier takes them
+/// in the same one lookup as every binding (exactly as [`broadcast_rx`]'s).
+pub fn group_rx(group: IpAddr, port: u16) -> (String, PortBinding) {
+    let b = Binding {
+        mac: group_mac(group),
+        ip: group,
+        transport: builders::Transport::Udp,
+        port,
+    };
+    (
+        builders::rx_port_expr(&b),
+        binding(group, Transport::Udp, port),
+    )
+}
+
+/// The test that the 16 bytes at `ip6[at]` are `a`, four words at a time.
+fn ip6_bytes_are(at: usize, a: [u8; 16]) -> String {
+    a.chunks(4)
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "ip6[{}:4] = {}",
+                at + 4 * i,
+                u32::from_be_bytes([w[0], w[1], w[2], w[3]])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// The tx filter that lets a client report its membership of `group`, which it joined, so
+/// that switches that snoop and routers that query keep sending the group to the link:
+///
+/// * IPv4: IGMPv2 membership reports (to the group) and leaves (to `224.0.0.2`) naming the
+///   group, and IGMPv3 reports (to `224.0.0.22`) with exactly one group record, for the group;
+///   from the host's MAC and IPv4 address, not fragmented, with or without the router alert
+///   option (RFC 2236, RFC 3376).
+/// * IPv6: MLDv1 reports (to the group) and dones (to `ff02::2`) naming the group, and MLDv2
+///   reports (to `ff02::16`) with exactly one record, for the group; from the host's MAC and
+///   one of its IPv6 addresses or `::`, with the hop-by-hop router alert header of 8 bytes
+///   that MLD requires (RFC 2710, RFC 3810).
+///
+/// A report naming any other group, or several (the reports a general query may draw), is
+/// refused: a client speaks only for the groups it joined. `None` when the host has no
+/// address of the group's family.
+pub fn group_report_tx(host: &HostIdentity, group: IpAddr) -> Option<String> {
+    match group {
+        IpAddr::V4(g) => {
+            let ip = host.ipv4?;
+            let word = u32::from(g);
+            let igmp = |at: usize| {
+                format!(
+                    "(ip[{at}] = 22 and ip dst host {g} and ip[{}:4] = {word}) \
+                     or (ip[{at}] = 23 and ip dst host 224.0.0.2 and ip[{}:4] = {word}) \
+                     or (ip[{at}] = 34 and ip dst host 224.0.0.22 and ip[{}:2] = 1 \
+                     and ip[{}:4] = {word})",
+                    at + 4,
+                    at + 4,
+                    at + 6,
+                    at + 12
+                )
+            };
+            Some(format!(
+                "ether src {} and ip src host {ip} and ip proto 2 and ip[6:2] & 0x3fff = 0 \
+                 and ((ip[0] & 0xf = 5 and ({})) or (ip[0] & 0xf = 6 and ({})))",
+                mac_text(host.mac),
+                igmp(20),
+                igmp(24)
+            ))
+        }
+        IpAddr::V6(g) => {
+            let src = ip6_src_any(host)?;
+            let o = g.octets();
+            Some(format!(
+                "ether src {} and ip6 and ({src} or ip6 src host ::) and ip6[6] = 0 \
+                 and ip6[40] = 58 and ip6[41] = 0 \
+                 and ((ip6[48] = 131 and ip6 dst host {g} and {}) \
+                 or (ip6[48] = 132 and ip6 dst host ff02::2 and {}) \
+                 or (ip6[48] = 143 and ip6 dst host ff02::16 and ip6[54:2] = 1 and {}))",
+                mac_text(host.mac),
+                ip6_bytes_are(56, o),
+                ip6_bytes_are(56, o),
+                ip6_bytes_are(60, o)
+            ))
+        }
+    }
+}
+
 /// netd's tx filter for a DHCP client with this MAC before it has an address: from 0.0.0.0
 /// port 68 to the limited broadcast's port 67 (RFC 2131 4.1), nothing else.
 pub fn dhcp_client_tx(mac: [u8; 6]) -> String {
@@ -326,6 +479,156 @@ mod tests {
             ..host()
         };
         assert_eq!(port_filters(&nothing, Transport::Tcp, 1), None);
+    }
+
+    #[test]
+    fn only_groups_that_cross_the_link_may_be_joined() {
+        for ok in [
+            "239.1.2.3",
+            "224.0.0.251",
+            "ff15::1234",
+            "ff02::fb",
+            "ff0e::1",
+        ] {
+            assert_eq!(joinable_group(ok.parse().unwrap()), Ok(()), "{ok}");
+        }
+        let refused = |a: &str| joinable_group(a.parse().unwrap()).unwrap_err();
+        assert!(matches!(refused("192.0.2.1"), GroupError::NotMulticast(_)));
+        assert!(matches!(
+            refused("2001:db8::1"),
+            GroupError::NotMulticast(_)
+        ));
+        assert!(matches!(refused("224.0.0.0"), GroupError::Reserved(_)));
+        assert!(matches!(refused("ff01::1"), GroupError::NotOnTheLink(_)));
+        assert!(matches!(
+            refused("ff02::1:ff00:1"),
+            GroupError::SolicitedNode(_)
+        ));
+    }
+
+    #[test]
+    fn group_reports_compile_for_both_families() {
+        let mut h = host();
+        h.ipv6 = Some("fe80::1".parse().unwrap());
+        for g in ["239.1.2.3", "ff15::1234"] {
+            let expr = group_report_tx(&h, g.parse().unwrap()).unwrap();
+            compile(&expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        }
+        h.ipv6 = None;
+        assert_eq!(group_report_tx(&h, "ff15::1234".parse().unwrap()), None);
+    }
+
+    /// An IGMP message of `kind` naming `group`, from the host to `dst`, with a router alert
+    /// option when `alert`.
+    fn igmp(h: &HostIdentity, dst: Ipv4Addr, kind: u8, group: Ipv4Addr, alert: bool) -> Vec<u8> {
+        let mut f = vec![1, 0, 0x5e, 0, 0, 1];
+        f.extend_from_slice(&h.mac);
+        f.extend_from_slice(&[0x08, 0x00, if alert { 0x46 } else { 0x45 }, 0, 0, 0]);
+        f.extend_from_slice(&[0, 0, 0, 0, 1, 2, 0, 0]);
+        f.extend_from_slice(&h.ipv4.unwrap().octets());
+        f.extend_from_slice(&dst.octets());
+        if alert {
+            f.extend_from_slice(&[0x94, 4, 0, 0]);
+        }
+        if kind == 0x22 {
+            // One record (mode is exclude), no source.
+            f.extend_from_slice(&[0x22, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0]);
+        } else {
+            f.extend_from_slice(&[kind, 0, 0, 0]);
+        }
+        f.extend_from_slice(&group.octets());
+        f
+    }
+
+    /// An MLD message of `kind` naming `group` from `src` to `dst`, behind an 8-byte hop-by-hop
+    /// header with the router alert.
+    fn mld(h: &HostIdentity, src: Ipv6Addr, dst: Ipv6Addr, kind: u8, group: Ipv6Addr) -> Vec<u8> {
+        let mut f = vec![0x33, 0x33, 0, 0, 0, 0x16];
+        f.extend_from_slice(&h.mac);
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 0, 1]);
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+        if kind == 143 {
+            f.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1, 4, 0, 0, 0]);
+        } else {
+            f.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        f.extend_from_slice(&group.octets());
+        f
+    }
+
+    #[test]
+    fn a_client_reports_only_the_group_it_joined_from_the_hosts_addresses() {
+        let h = host();
+        let g: Ipv4Addr = "239.1.2.3".parse().unwrap();
+        let other: Ipv4Addr = "239.1.2.4".parse().unwrap();
+        let expr = group_report_tx(&h, IpAddr::V4(g)).unwrap();
+        let leave_to = Ipv4Addr::new(224, 0, 0, 2);
+        let v3_to = Ipv4Addr::new(224, 0, 0, 22);
+        for alert in [false, true] {
+            assert!(accepts(&expr, &igmp(&h, g, 0x16, g, alert)), "v2 report");
+            assert!(accepts(&expr, &igmp(&h, leave_to, 0x17, g, alert)), "leave");
+            assert!(
+                accepts(&expr, &igmp(&h, v3_to, 0x22, g, alert)),
+                "v3 report"
+            );
+            assert!(!accepts(&expr, &igmp(&h, other, 0x16, other, alert)));
+            assert!(!accepts(&expr, &igmp(&h, g, 0x16, other, alert)));
+            assert!(!accepts(&expr, &igmp(&h, leave_to, 0x17, other, alert)));
+            assert!(!accepts(&expr, &igmp(&h, v3_to, 0x22, other, alert)));
+        }
+        let mut two_records = igmp(&h, v3_to, 0x22, g, false);
+        two_records[14 + 20 + 7] = 2;
+        assert!(!accepts(&expr, &two_records), "a report of several groups");
+        let mut spoofed = igmp(&h, g, 0x16, g, false);
+        spoofed[14 + 12..14 + 16].copy_from_slice(&[10, 0, 0, 9]);
+        assert!(!accepts(&expr, &spoofed), "another source address");
+        let mut spoofed = igmp(&h, g, 0x16, g, false);
+        spoofed[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
+        assert!(!accepts(&expr, &spoofed), "another source MAC");
+
+        let g: Ipv6Addr = "ff15::1234".parse().unwrap();
+        let other: Ipv6Addr = "ff15::1235".parse().unwrap();
+        let expr = group_report_tx(&h, IpAddr::V6(g)).unwrap();
+        let ll = h.ipv6.unwrap();
+        let all_mldv2: Ipv6Addr = "ff02::16".parse().unwrap();
+        let all_routers: Ipv6Addr = "ff02::2".parse().unwrap();
+        for src in [ll, Ipv6Addr::UNSPECIFIED] {
+            assert!(
+                accepts(&expr, &mld(&h, src, all_mldv2, 143, g)),
+                "v2 report"
+            );
+            assert!(accepts(&expr, &mld(&h, src, g, 131, g)), "v1 report");
+            assert!(accepts(&expr, &mld(&h, src, all_routers, 132, g)), "done");
+            assert!(!accepts(&expr, &mld(&h, src, all_mldv2, 143, other)));
+            assert!(!accepts(&expr, &mld(&h, src, other, 131, other)));
+            assert!(!accepts(&expr, &mld(&h, src, all_routers, 132, other)));
+        }
+        let stranger: Ipv6Addr = "fe80::9".parse().unwrap();
+        assert!(!accepts(&expr, &mld(&h, stranger, all_mldv2, 143, g)));
+    }
+
+    #[test]
+    fn a_group_filter_takes_the_group_mac_address_and_port() {
+        assert_eq!(
+            group_mac("239.129.2.3".parse().unwrap()),
+            [0x01, 0, 0x5e, 1, 2, 3]
+        );
+        assert_eq!(
+            group_mac("ff15::12:3456".parse().unwrap()),
+            [0x33, 0x33, 0, 0x12, 0x34, 0x56]
+        );
+        let (expr, key) = group_rx("239.1.2.3".parse().unwrap(), 5000);
+        assert_eq!(
+            expr,
+            "ether dst 01:00:5e:01:02:03 and ip dst host 239.1.2.3 and udp dst port 5000"
+        );
+        assert_eq!(key.address[..4], [239, 1, 2, 3]);
+        assert_eq!((key.protocol, key.port, key.ipv6), (17, 5000, false));
+        compile(&expr).unwrap();
+        let (expr, _) = group_rx("ff15::1234".parse().unwrap(), 5000);
+        compile(&expr).unwrap();
     }
 
     #[test]

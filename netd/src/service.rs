@@ -229,6 +229,19 @@ enum Pending {
         queue: Option<NewQueue>,
         driver_filter: FilterId,
     },
+    /// A group's rx filter and report tx filter installed (`join_group`).
+    JoinGroup {
+        session: SessionId,
+        group: std::net::IpAddr,
+        port: u16,
+        filters: Vec<FilterId>,
+    },
+    /// A group's rx filter removed (`leave_group`).
+    LeaveGroup {
+        session: SessionId,
+        group: std::net::IpAddr,
+        port: u16,
+    },
     /// Removing a tap or exclusive filter.
     CloseFilter {
         session: SessionId,
@@ -296,6 +309,10 @@ struct SessionExtra {
     queue: Option<SessionQueue>,
     ports: HashMap<(Transport, u16), Vec<FilterId>>,
     user_filters: HashMap<core::FilterId, FilterId>,
+    /// Joined multicast groups by (group, UDP port): each an rx filter and the tx filter of
+    /// its membership reports, also listed among its port's filters so that closing the port
+    /// or ending the session removes them.
+    groups: HashMap<(std::net::IpAddr, u16), Vec<FilterId>>,
     /// Whether driver work for this session is under way (the shell serves one request of a
     /// session at a time, so this only guards against a bug).
     busy: bool,
@@ -1508,6 +1525,8 @@ impl Netd {
             ClientRequest::GetPort { transport } => self.bind(id, transport, None),
             ClientRequest::BindPort { transport, port } => self.bind(id, transport, Some(port)),
             ClientRequest::ClosePort { transport, port } => self.close_port(id, transport, port),
+            ClientRequest::JoinGroup { group, port } => self.join_group(id, group, port),
+            ClientRequest::LeaveGroup { group, port } => self.leave_group(id, group, port),
             ClientRequest::OpenFilter { expr, mode } => self.open_filter(id, expr, mode),
             ClientRequest::CloseFilter { filter } => self.close_filter(id, core::FilterId(filter)),
             ClientRequest::OpenQueue => self.open_queue(id, None, None),
@@ -2278,6 +2297,10 @@ impl Netd {
         let instance = self.instance_of(id);
         let extra = self.extra(id)?;
         let ids = extra.ports.remove(&(transport, port)).unwrap_or_default();
+        if transport == Transport::Udp {
+            // The port's groups go with its filters.
+            extra.groups.retain(|&(_, p), _| p != port);
+        }
         let queue = extra.queue.as_ref().map(|q| q.id);
         let commands = removals(queue, &ids);
         if commands.is_empty() {
@@ -2350,6 +2373,105 @@ impl Netd {
                 Err(e)
             }
         }
+    }
+
+    /// Installs the rx filter of `group` on UDP `port` (see [`filters::group_rx`]) and the tx
+    /// filter of its membership reports ([`filters::group_report_tx`]) after
+    /// checking that the group is joinable, that the session holds the port and that it is
+    /// within [`filters::MAX_GROUPS_PER_SESSION`].
+    fn join_group(
+        &mut self,
+        id: SessionId,
+        group: std::net::IpAddr,
+        port: u16,
+    ) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        filters::joinable_group(group).map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
+        let extra = self.extra(id)?;
+        if extra.groups.contains_key(&(group, port)) {
+            return Ok(self.reply(ClientReply::Done));
+        }
+        if !extra.ports.contains_key(&(Transport::Udp, port)) {
+            return Err(error(
+                ErrorCode::Denied,
+                format!(
+                    "udp port {port} is not this session's: bind it before joining a group on it"
+                ),
+            ));
+        }
+        if extra.groups.len() >= filters::MAX_GROUPS_PER_SESSION {
+            return Err(error(
+                ErrorCode::Limit,
+                format!(
+                    "at most {} groups per session",
+                    filters::MAX_GROUPS_PER_SESSION
+                ),
+            ));
+        }
+        let queue = extra
+            .queue
+            .as_ref()
+            .map(|q| q.id)
+            .ok_or_else(|| error(ErrorCode::Internal, "a bound port without a queue"))?;
+        self.refuse_without_driver()?;
+        let host = self.inst(id)?.host;
+        let (rx, binding) = filters::group_rx(group, port);
+        let mut commands = Vec::new();
+        let mut ids = Vec::new();
+        let planned = [
+            Some((Direction::Rx, Some(binding), rx)),
+            filters::group_report_tx(&host, group).map(|tx| (Direction::Tx, None, tx)),
+        ];
+        for (direction, binding, expr) in planned.into_iter().flatten() {
+            let filter = self.filter_id();
+            let s = spec(queue, filter, direction, RxMode::Owner, binding, expr)
+                .map_err(|e| error(ErrorCode::Internal, e))?;
+            commands.push(DriverCommand::InstallFilter(s));
+            ids.push(filter);
+        }
+        Ok(self.work(
+            commands,
+            true,
+            Pending::JoinGroup {
+                session: id,
+                group,
+                port,
+                filters: ids,
+            },
+        ))
+    }
+
+    /// Removes the rx filter of a joined group.
+    fn leave_group(
+        &mut self,
+        id: SessionId,
+        group: std::net::IpAddr,
+        port: u16,
+    ) -> Result<Step, ErrorReply> {
+        self.require_active(id)?;
+        let extra = self.extra(id)?;
+        let Some(ids) = extra.groups.get(&(group, port)) else {
+            return Err(error(
+                ErrorCode::NotFound,
+                format!("group {group} is not joined on udp port {port}"),
+            ));
+        };
+        let queue = extra
+            .queue
+            .as_ref()
+            .map(|q| q.id)
+            .ok_or_else(|| error(ErrorCode::Internal, "a joined group without a queue"))?;
+        let commands = removals(Some(queue), ids);
+        self.refuse_without_driver()?;
+        Ok(self.work(
+            commands,
+            true,
+            Pending::LeaveGroup {
+                session: id,
+                group,
+                port,
+            },
+        ))
     }
 
     fn close_filter(&mut self, id: SessionId, filter: core::FilterId) -> Result<Step, ErrorReply> {
@@ -2757,6 +2879,96 @@ impl Netd {
                         };
                         Step::Reply(Response::error(e))
                     }
+                }
+            }
+            Pending::JoinGroup {
+                session,
+                group,
+                port,
+                filters,
+            } => {
+                self.session_done(session);
+                let installed = outcomes.iter().take_while(|o| o.is_ok()).count();
+                if installed < filters.len() {
+                    let e = first_failure(&mut outcomes)
+                        .map(driver_error)
+                        .unwrap_or_else(|| {
+                            error(ErrorCode::Internal, "the group's filter was skipped")
+                        });
+                    let queue = self
+                        .sessions
+                        .get(&session)
+                        .and_then(|x| x.queue.as_ref())
+                        .map(|q| q.id);
+                    let undo = removals(queue, &filters[..installed]);
+                    if undo.is_empty() {
+                        return Step::Reply(Response::error(e));
+                    }
+                    // Nothing but the removals' outcomes to wait for: the error stands.
+                    return self.work(
+                        undo,
+                        false,
+                        Pending::QueueRollback {
+                            session,
+                            error: e,
+                            release: 0,
+                        },
+                    );
+                }
+                match outcomes.pop() {
+                    _ if filters.is_empty() => Step::Reply(Response::error(error(
+                        ErrorCode::Internal,
+                        "no filter for the group",
+                    ))),
+                    Some(DriverOutcome::Done) => {
+                        let Some(extra) = self.sessions.get_mut(&session) else {
+                            return Step::Reply(Response::error(core_error(CoreError::NoSession)));
+                        };
+                        match extra.ports.get_mut(&(Transport::Udp, port)) {
+                            Some(port_filters) => {
+                                port_filters.extend(&filters);
+                                extra.groups.insert((group, port), filters);
+                                tracing::debug!(session = session.0, %group, port, "group joined");
+                                self.reply(ClientReply::Done)
+                            }
+                            // The port closed meanwhile (it cannot: one request of a session
+                            // at a time); the filter would outlive it.
+                            None => Step::Reply(Response::error(error(
+                                ErrorCode::Internal,
+                                "the port closed while joining",
+                            ))),
+                        }
+                    }
+                    Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
+                    _ => Step::Reply(Response::error(error(
+                        ErrorCode::Internal,
+                        "the group's filter was skipped",
+                    ))),
+                }
+            }
+            Pending::LeaveGroup {
+                session,
+                group,
+                port,
+            } => {
+                self.session_done(session);
+                match outcomes.pop() {
+                    Some(DriverOutcome::Done) => {
+                        if let Some(extra) = self.sessions.get_mut(&session) {
+                            if let Some(ids) = extra.groups.remove(&(group, port)) {
+                                if let Some(f) = extra.ports.get_mut(&(Transport::Udp, port)) {
+                                    f.retain(|x| !ids.contains(x));
+                                }
+                            }
+                        }
+                        tracing::debug!(session = session.0, %group, port, "group left");
+                        self.reply(ClientReply::Done)
+                    }
+                    Some(DriverOutcome::Failed(e)) => Step::Reply(Response::error(driver_error(e))),
+                    _ => Step::Reply(Response::error(error(
+                        ErrorCode::Internal,
+                        "the group's removal was skipped",
+                    ))),
                 }
             }
             Pending::CloseFilter { session, filter } => {

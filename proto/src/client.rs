@@ -189,6 +189,21 @@ pub enum ClientRequest {
         /// The port.
         port: u16,
     },
+    /// Receive UDP datagrams sent to a multicast group on a UDP port the session holds
+    /// (IPv4 or IPv6); joining a group already joined changes nothing.
+    JoinGroup {
+        /// The group: an IPv4 (`224.0.0.0/4`) or IPv6 (`ff00::/8`) multicast address.
+        group: std::net::IpAddr,
+        /// The UDP port, which the session must hold.
+        port: u16,
+    },
+    /// Stop receiving datagrams to a group on a port (see [`ClientRequest::JoinGroup`]).
+    LeaveGroup {
+        /// The group.
+        group: std::net::IpAddr,
+        /// The UDP port.
+        port: u16,
+    },
     /// A tap or exclusive filter in the pcap-filter language.
     OpenFilter {
         /// The expression.

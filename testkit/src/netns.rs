@@ -221,9 +221,22 @@ impl UpHost {
     /// `netmux example NAME --port PORT` (in the test's own namespace, as clients of netd
     /// are), once it says it listens on `transport` (for at most `patience`).
     pub fn example(&self, name: &str, transport: &str, port: u16, patience: Duration) -> Proc {
+        self.example_with(name, transport, port, &[], patience)
+    }
+
+    /// The same with more arguments (`--group 239.1.2.3`, say).
+    pub fn example_with(
+        &self,
+        name: &str,
+        transport: &str,
+        port: u16,
+        args: &[&str],
+        patience: Duration,
+    ) -> Proc {
         let label = format!("{name}-{port}");
         let mut cmd = Command::new(&self.binary);
         cmd.args(["example", name, "--port", &port.to_string()])
+            .args(args)
             .arg("--runtime-dir")
             .arg(self.run_dir())
             .env("RUST_LOG", UP_LOG_FILTER);

@@ -304,6 +304,11 @@ pub struct Driver {
     sched: idle::Schedule,
     /// Which queue and direction each installed filter belongs to.
     filters: IdMap<FilterId, (QueueId, Direction)>,
+    /// The multicast MAC of each rx filter whose binding is a multicast group (a client
+    /// joined it): the link accepts these MACs while one such filter is installed.
+    group_filters: IdMap<FilterId, [u8; 6]>,
+    /// The multicast MACs the link was last asked to accept.
+    link_groups: Vec<[u8; 6]>,
     netd_queue: Option<QueueId>,
     rx_batch: FrameBatch,
     tx_batch: FrameBatch,
@@ -389,6 +394,8 @@ impl Driver {
             order: Vec::new(),
             sched: idle::Schedule::default(),
             filters: IdMap::default(),
+            group_filters: IdMap::default(),
+            link_groups: Vec::new(),
             netd_queue: None,
             rx_batch: FrameBatch::new(),
             tx_batch: FrameBatch::new(),
@@ -755,6 +762,11 @@ impl Driver {
             i.queues.retain(|&q| q != id);
         }
         self.filters.retain(|_, (q, _)| *q != id);
+        if !self.group_filters.is_empty() {
+            let filters = &self.filters;
+            self.group_filters.retain(|f, _| filters.contains_key(f));
+            self.update_link_groups();
+        }
         if !self.captures.is_empty() {
             for capture in self.captures.queue_gone(id) {
                 if let Some(q) = self.queues.get_mut(&capture) {
@@ -846,7 +858,26 @@ impl Driver {
             }
         }
         self.filters.insert(filter, (queue, direction));
+        if let (Direction::Rx, Some(mac)) = (direction, binding.as_ref().and_then(group_mac)) {
+            self.group_filters.insert(filter, mac);
+            self.update_link_groups();
+        }
         Response::done()
+    }
+
+    /// Tells the link which multicast MACs it must accept: those of the groups some rx filter
+    /// is bound to, each once, asked only when the set changed.
+    fn update_link_groups(&mut self) {
+        let mut macs: Vec<[u8; 6]> = self.group_filters.values().copied().collect();
+        macs.sort_unstable();
+        macs.dedup();
+        if macs == self.link_groups {
+            return;
+        }
+        if let Err(e) = self.link.set_multicast_macs(&macs) {
+            tracing::warn!("the link cannot accept a joined group's frames: {e}");
+        }
+        self.link_groups = macs;
     }
 
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Response {
@@ -875,6 +906,9 @@ impl Driver {
                     }
                 }
                 self.filters.remove(&filter);
+                if self.group_filters.remove(&filter).is_some() {
+                    self.update_link_groups();
+                }
                 Response::done()
             }
             _ => not_found(),
@@ -892,6 +926,8 @@ impl Driver {
         self.queues.clear();
         self.sched.clear();
         self.filters.clear();
+        self.group_filters.clear();
+        self.update_link_groups();
         self.touched.clear();
         // The next netd gives the rules it keeps at its start.
         let _ = self.firewall.set(Vec::new(), self.config.strategy);
@@ -1622,5 +1658,16 @@ fn send_frames(link: &mut dyn Link, frames: &[&[u8]], retries: usize) -> Offer {
     Offer {
         taken,
         rest: Unsent::Busy,
+    }
+}
+
+/// The multicast MAC of a binding whose address is a multicast group (IPv4 `224.0.0.0/4`:
+/// `01:00:5e` and the low 23 bits; IPv6 `ff00::/8`: `33:33` and the low 32 bits), or `None`.
+fn group_mac(binding: &netmux_proto::driver::PortBinding) -> Option<[u8; 6]> {
+    let a = binding.address;
+    if binding.ipv6 {
+        (a[0] == 0xff).then_some([0x33, 0x33, a[12], a[13], a[14], a[15]])
+    } else {
+        (a[0] & 0xf0 == 0xe0).then_some([0x01, 0x00, 0x5e, a[1] & 0x7f, a[2], a[3]])
     }
 }

@@ -38,7 +38,8 @@
 //! ethertype (IPv4 and ARP for an IPv4 binding, IPv6 for an IPv6 one; a VLAN tag is an
 //! ethertype no queue is granted), then source IP, then
 //! (protocol, source port); ICMPv6 from a granted address (neighbour discovery, which has no
-//! ports) is [`TxStatus::RejectedByFilter`]. An ARP frame's sender hardware and protocol addresses are checked
+//! ports) is [`TxStatus::RejectedByFilter`], as are IGMP and MLD (a membership report for a
+//! group the queue did not join, refused by the report filters of those it did). An ARP frame's sender hardware and protocol addresses are checked
 //! like a source MAC and a source IP (ARP spoofing is forging them, whatever the Ethernet
 //! header says). When every check passes, the filter rejected the frame for a reason
 //! the checks do not model: [`TxStatus::RejectedByFilter`]. The diagnosis never turns a
@@ -222,6 +223,10 @@ pub fn check(
 
 /// ICMPv6's next-header value: neighbour discovery, which has no ports.
 const ICMPV6: u8 = 58;
+/// IGMP's protocol number: membership reports, which have no ports.
+const IGMP: u8 = 2;
+/// The IPv6 hop-by-hop header, in front of every MLD message (its router alert).
+const HOP_BY_HOP: u8 = 0;
 
 /// Names the reason a rejected frame was rejected (see the module documentation).
 pub fn diagnose<'a>(
@@ -287,6 +292,11 @@ pub fn diagnose<'a>(
         // advertisement, a forged link-layer address), not a port.
         return TxStatus::RejectedByFilter;
     }
+    if (!ipv6 && protocol == IGMP) || (ipv6 && protocol == HOP_BY_HOP) {
+        // A membership report (IGMP; MLD behind its router alert) from a granted address:
+        // the filters of the groups the queue joined refused it (another group), not a port.
+        return TxStatus::RejectedByFilter;
+    }
     let port = ip
         .get(transport..transport + 2)
         .map(|p| u16::from_be_bytes([p[0], p[1]]));
@@ -347,6 +357,36 @@ mod tests {
             d(&udp4(MAC, [10, 0, 0, 1], 53)[..20]),
             TxStatus::RejectedMalformed
         );
+    }
+
+    #[test]
+    fn a_refused_membership_report_is_the_filters_not_a_ports() {
+        let g = [grant([10, 0, 0, 1], 53)];
+        let d = |f: &[u8]| diagnose(f, g.iter(), &MAC);
+        // IGMP from the granted address: its group's report filter refused it.
+        let mut igmp = udp4(MAC, [10, 0, 0, 1], 0x1600);
+        igmp[23] = 2;
+        assert_eq!(d(&igmp), TxStatus::RejectedByFilter);
+        // From another address it is still the source that is wrong.
+        igmp[26..30].copy_from_slice(&[10, 0, 0, 9]);
+        assert_eq!(d(&igmp), TxStatus::RejectedSourceIp);
+        // MLD: ICMPv6 behind a hop-by-hop header, from a granted IPv6 address.
+        let mut a = [0u8; 16];
+        a[..2].copy_from_slice(&[0xfe, 0x80]);
+        a[15] = 1;
+        let g6 = [PortBinding {
+            protocol: 17,
+            address: a,
+            ipv6: true,
+            port: 53,
+        }];
+        let mut mld = vec![0u8; 14 + 40 + 8 + 8];
+        mld[6..12].copy_from_slice(&MAC);
+        mld[12..14].copy_from_slice(&ethertype::IPV6.to_be_bytes());
+        mld[14] = 0x60;
+        mld[20] = 0;
+        mld[22..38].copy_from_slice(&a);
+        assert_eq!(diagnose(&mld, g6.iter(), &MAC), TxStatus::RejectedByFilter);
     }
 
     fn arp4(sender_mac: [u8; 6], sender_ip: [u8; 4]) -> Vec<u8> {

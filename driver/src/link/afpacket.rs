@@ -131,6 +131,9 @@ pub struct AfPacketLink {
     /// The own-MAC instances' addresses the interface accepts besides its own; asked of every
     /// incarnation of the socket.
     unicast: Vec<[u8; 6]>,
+    /// The multicast MACs asked for ([`Link::set_multicast_macs`]), asked again of a new
+    /// incarnation of the interface.
+    multicast: Vec<[u8; 6]>,
     /// No other driver takes the interface while this link lives.
     _lock: super::InterfaceLock,
 }
@@ -179,6 +182,7 @@ impl AfPacketLink {
             scratch: vec![0; offload::HEADER_LEN + offload::MAX_AGGREGATE_LEN],
             stats: LinkStats::default(),
             unicast: Vec::new(),
+            multicast: Vec::new(),
             _lock: lock,
         })
     }
@@ -385,6 +389,30 @@ impl Link for AfPacketLink {
         Ok(())
     }
 
+    fn set_multicast_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), LinkError> {
+        let old = std::mem::replace(&mut self.multicast, macs.to_vec());
+        let Some(socket) = &self.socket else {
+            return Ok(());
+        };
+        let (fd, ifindex) = (socket.fd.as_fd(), socket.ifindex);
+        for mac in old.iter().filter(|m| !macs.contains(m)) {
+            let _ = crate::sys::packet_multicast_membership(fd, ifindex, *mac, false);
+        }
+        for mac in macs.iter().filter(|m| !old.contains(m)) {
+            crate::sys::packet_multicast_membership(fd, ifindex, *mac, true).map_err(|e| {
+                LinkError::io(
+                    format!(
+                        "asking {} to accept frames for the group {}",
+                        self.ifname,
+                        mac_text(*mac)
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     fn stats(&self) -> LinkStats {
         self.stats
     }
@@ -447,6 +475,20 @@ impl Link for AfPacketLink {
                         ) {
                             tracing::warn!(
                                 "{} does not accept frames for {}: {e}",
+                                self.ifname,
+                                mac_text(mac)
+                            );
+                        }
+                    }
+                    for &mac in &self.multicast {
+                        if let Err(e) = crate::sys::packet_multicast_membership(
+                            socket.fd.as_fd(),
+                            socket.ifindex,
+                            mac,
+                            true,
+                        ) {
+                            tracing::warn!(
+                                "{} does not accept frames for the group {}: {e}",
                                 self.ifname,
                                 mac_text(mac)
                             );

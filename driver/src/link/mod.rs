@@ -257,6 +257,12 @@ pub trait Link: Send {
         Ok(())
     }
 
+    /// The multicast MACs the link must accept (the groups clients joined), replacing the
+    /// earlier set. Links that pass every frame up whatever its destination need nothing.
+    fn set_multicast_macs(&mut self, _macs: &[[u8; 6]]) -> Result<(), LinkError> {
+        Ok(())
+    }
+
     /// The link's counters.
     fn stats(&self) -> LinkStats;
 

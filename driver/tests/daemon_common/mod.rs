@@ -257,6 +257,8 @@ pub struct Wire {
     /// When set, how many more frames the link takes before it is busy (a full queue that
     /// does not drain until the test says so).
     pub room: Arc<Mutex<Option<usize>>>,
+    /// The multicast MACs the driver last asked the link to accept.
+    pub groups: Arc<Mutex<Vec<[u8; 6]>>>,
 }
 
 /// The link of [`in_process`].
@@ -310,6 +312,10 @@ impl Link for TestLink {
     }
     fn state(&self) -> LinkState {
         *self.wire.state.lock().unwrap()
+    }
+    fn set_multicast_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), LinkError> {
+        *self.wire.groups.lock().unwrap() = macs.to_vec();
+        Ok(())
     }
 }
 

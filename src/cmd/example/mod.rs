@@ -50,7 +50,7 @@ const CLOSE_LINGER: Duration = Duration::from_millis(200);
 #[derive(Debug, clap::Subcommand)]
 pub enum ExampleCommand {
     /// A UDP echo server: every datagram goes back to its sender.
-    UdpEcho(ExampleArgs),
+    UdpEcho(UdpEchoArgs),
     /// An HTTP server (smoltcp TCP): a fixed page; `GET /bytes/N` streams N bytes of a known
     /// pattern; `POST /sink` reads a body and answers with its length and FNV-1a hash.
     Http(ExampleArgs),
@@ -79,6 +79,18 @@ pub struct ExampleArgs {
     /// Bytes of frames to transmit its queue holds (K, M, G: 1024-based).
     #[arg(long, value_name = "SIZE", default_value = "2M", value_parser = parse_buf)]
     pub txbuf: u64,
+}
+
+/// udp-echo's arguments: where it listens, and the multicast groups it joins on its port.
+#[derive(Debug, clap::Args)]
+pub struct UdpEchoArgs {
+    /// Where it listens.
+    #[command(flatten)]
+    pub common: ExampleArgs,
+    /// A multicast group to join on the port (IPv4 or IPv6, repeatable): datagrams sent to
+    /// it are echoed too, from the host's own address; e.g. --group 239.1.2.3 --group ff15::1234.
+    #[arg(long, value_name = "ADDR")]
+    pub group: Vec<std::net::IpAddr>,
 }
 
 /// A ring size as `--rxbuf`/`--txbuf` take it.

@@ -3,6 +3,10 @@
 //! Datagrams larger than the link's MTU (the driver reassembled them) go back as IPv4 or IPv6
 //! fragments (smoltcp makes the IPv4 ones, the device the IPv6 ones), which the driver checks
 //! as the whole datagram before sending them.
+//!
+//! With `--group`, it joins multicast groups on its port: netd then delivers the datagrams sent
+//! to them (netd refuses an address that is no group, and more than its limit per session),
+//! and the smoltcp interface accepts them; they are echoed from the host's own address.
 
 use std::sync::atomic::AtomicBool;
 
@@ -10,7 +14,7 @@ use netmux_client::Transport;
 use smoltcp::iface::SocketSet;
 use smoltcp::socket::udp;
 
-use super::{stopping, ExampleArgs, Station};
+use super::{stopping, Station, UdpEchoArgs};
 
 /// The largest UDP payload over IPv4: a 65,535-byte datagram less the IPv4 header (without
 /// options) and the UDP header.
@@ -31,8 +35,20 @@ fn buffer() -> udp::PacketBuffer<'static> {
 }
 
 /// Serves until `stop` is set or the queue closes.
-pub fn serve(args: &ExampleArgs, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut station = Station::open(args, Transport::Udp)?;
+pub fn serve(args: &UdpEchoArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut station = Station::open(&args.common, Transport::Udp)?;
+    for &group in &args.group {
+        let port = station.port;
+        station
+            .client
+            .join_group(group, port)
+            .map_err(super::refusal)?;
+        station
+            .iface
+            .join_multicast_group(group)
+            .map_err(|e| anyhow::anyhow!("joining {group} in the smoltcp interface: {e}"))?;
+        tracing::info!(%group, port, "joined");
+    }
     let mut sockets = SocketSet::new(vec![]);
     let mut socket = udp::Socket::new(buffer(), buffer());
     socket
