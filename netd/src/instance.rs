@@ -306,15 +306,16 @@ impl Instance {
                      [timeouts] tables of its --config file), read when netd starts"
                 )))
             }
-            "mac" | "ip" | "ipv4" | "name" | "shared-mac" | "temporary" => {
+            "mac" | "ip" | "ipv4" | "name" | "shared-mac" | "temporary" | "ip6" => {
                 return Err(InstanceError::Property(format!(
                     "property {name} is read-only (destroy and create the instance to change it)"
                 )))
             }
             other => {
                 return Err(InstanceError::Property(format!(
-                    "unknown property: {other} (properties: gateway, ephemeral-ports, join-uids, \
-                     privileged-uids, tap-uids, exclusive-uids)"
+                    "unknown property: {other} (properties: ip (dhcp or A.B.C.D/N, not of the \
+                     default instance), gateway, ephemeral-ports, join-uids, privileged-uids, \
+                     tap-uids, exclusive-uids)"
                 )))
             }
         }
@@ -684,8 +685,7 @@ mod tests {
         assert!(text.contains("ip6 = \"2001:db8::10/64\""), "{text}");
         // DHCP and SLAAC are kept as words and restored as such.
         let mut leased = spec("c");
-        (leased.dhcp, leased.slaac, leased.ipv4, leased.gateway) =
-            (true, true, ([0; 4], 0), None);
+        (leased.dhcp, leased.slaac, leased.ipv4, leased.gateway) = (true, true, ([0; 4], 0), None);
         let entry = InstanceEntry::of(&leased);
         assert_eq!(
             (entry.ip.as_str(), entry.ip6.as_deref()),

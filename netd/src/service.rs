@@ -337,6 +337,9 @@ pub struct Netd {
     lingering_host_tx: Vec<(InstanceId, FilterId)>,
     /// Instances whose DHCP client the host stack has released, not yet applied.
     dhcp_released: BTreeSet<InstanceId>,
+    /// Instances whose address `instance set ip=` changed, with the address they had and
+    /// whether a lease of it is being released, for [`Netd::take_dhcp_commands`].
+    readdress: Vec<(InstanceId, Option<std::net::Ipv4Addr>, bool)>,
     /// Whether the default instance's IPv6 default router is configured (`--gateway6`), so
     /// router advertisements do not replace it.
     static_gateway6: bool,
@@ -584,6 +587,7 @@ impl Netd {
             dhcp_events: Vec::new(),
             lingering_host_tx: Vec::new(),
             dhcp_released: BTreeSet::new(),
+            readdress: Vec::new(),
             static_gateway6: config.ipv6_gateway.is_some(),
             slaac: config.slaac && config.host_stack && config.addrs.ipv6_link_local,
             static_ipv6: config.ipv6,
@@ -1262,10 +1266,12 @@ impl Netd {
     pub fn take_dhcp_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
         let events = std::mem::take(&mut self.dhcp_events);
         let (mut commands, mut stale) = (Vec::new(), Vec::new());
-        let released = std::mem::take(&mut self.dhcp_released);
+        let mut released = std::mem::take(&mut self.dhcp_released);
         let lingering = std::mem::take(&mut self.lingering_host_tx);
+        let mut consumed = Vec::new();
         for (instance, filter) in lingering {
             if released.contains(&instance) {
+                consumed.push(instance);
                 commands.push(DriverCommand::RemoveFilter {
                     queue: HOST_QUEUE,
                     filter,
@@ -1273,6 +1279,9 @@ impl Netd {
             } else {
                 self.lingering_host_tx.push((instance, filter));
             }
+        }
+        for i in consumed {
+            released.remove(&i);
         }
         // A release reported before the instance's destruction reached its filter is kept.
         self.dhcp_released = released
@@ -1297,6 +1306,11 @@ impl Netd {
         let (c, s) = self.apply_default_dhcp(default.into_iter().map(|(_, e)| e).collect());
         commands.extend(c);
         stale.extend(s);
+        for (id, before, releasing) in std::mem::take(&mut self.readdress) {
+            let (c, s) = self.readdressed(id, before, releasing);
+            commands.extend(c);
+            stale.extend(s);
+        }
         (commands, stale)
     }
 
@@ -1322,8 +1336,25 @@ impl Netd {
                 event,
             );
         }
-        let after = i.host.ipv4;
-        if before == after {
+        self.readdressed(id, before, false)
+    }
+
+    /// What the driver must be told, and the sessions to end, after an instance's IPv4
+    /// address changed from `before` (by DHCP, or `instance set ip=`): its sessions were told
+    /// `before`; the driver tells instances apart by address; netd's transmit filter for the
+    /// instance names it. With `releasing`, the old filter stays until the host stack has
+    /// released the lease from the old address ([`Netd::dhcp_released`]).
+    fn readdressed(
+        &mut self,
+        id: InstanceId,
+        before: Option<std::net::Ipv4Addr>,
+        releasing: bool,
+    ) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let Some(i) = self.instances.get(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let name = i.spec.name.clone();
+        if before == i.host.ipv4 {
             return (Vec::new(), Vec::new());
         }
         let stale = if before.is_some() {
@@ -1342,10 +1373,14 @@ impl Netd {
             commands.push(DriverCommand::SetInstance(i.driver_info()));
         }
         if let Some(filter) = self.host_tx.remove(&id) {
-            commands.push(DriverCommand::RemoveFilter {
-                queue: HOST_QUEUE,
-                filter,
-            });
+            if releasing {
+                self.lingering_host_tx.push((id, filter));
+            } else {
+                commands.push(DriverCommand::RemoveFilter {
+                    queue: HOST_QUEUE,
+                    filter,
+                });
+            }
         }
         match self.host_tx_spec(id) {
             Ok(Some((filter, s))) => {
@@ -1803,6 +1838,11 @@ impl Netd {
             .get(name)
             .copied()
             .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+        if property == "ip" && instance != DEFAULT_INSTANCE {
+            self.set_instance_ip(instance, value)?;
+            self.persist();
+            return Ok(self.reply(ClientReply::Done));
+        }
         let i = self
             .instances
             .get_mut(&instance)
@@ -1811,6 +1851,83 @@ impl Netd {
             .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
         self.persist();
         Ok(self.reply(ClientReply::Done))
+    }
+
+    /// `instance set NAME ip=dhcp|A.B.C.D/N`: the instance's address from now on comes from
+    /// a DHCP lease (its static one given up), or is this static one (its lease released).
+    /// Its sessions, told the old address, end; the driver and netd's filters follow within
+    /// a [`crate::server`] DHCP tick ([`Netd::take_dhcp_commands`]).
+    fn set_instance_ip(&mut self, instance: InstanceId, value: &str) -> Result<(), ErrorReply> {
+        let bad = |why: String| error(ErrorCode::Protocol, format!("ip={value}: {why}"));
+        let ip = crate::config::parse_host_ip(value).map_err(|e| bad(e.to_string()))?;
+        let i = self
+            .instances
+            .get(&instance)
+            .ok_or_else(|| error(ErrorCode::NotFound, "no such instance"))?;
+        if i.overlay.is_some() && ip == crate::config::HostIp::Dhcp {
+            return Err(bad(
+                "an instance on an overlay takes static addresses".into()
+            ));
+        }
+        if i.condemned {
+            return Err(bad("the instance is being destroyed".into()));
+        }
+        let overlay = i.overlay;
+        let before = i.host.ipv4;
+        let was_dhcp = i.spec.dhcp;
+        if let crate::config::HostIp::Static(a, _) = ip {
+            let taken = self
+                .instances
+                .values()
+                .any(|o| o.id != instance && o.host.ipv4 == Some(a) && o.overlay == overlay);
+            if taken {
+                return Err(error(
+                    ErrorCode::InUse,
+                    format!("ip={value}: another instance has it"),
+                ));
+            }
+        }
+        let Some(i) = self.instances.get_mut(&instance) else {
+            return Err(error(ErrorCode::NotFound, "no such instance"));
+        };
+        match ip {
+            crate::config::HostIp::Dhcp => {
+                if was_dhcp {
+                    return Ok(());
+                }
+                i.spec.dhcp = true;
+                i.spec.ipv4 = ([0; 4], 0);
+                i.spec.gateway = None;
+                i.host.ipv4 = None;
+                i.host_config.ipv4 = None;
+                i.host_config.gateway = None;
+                i.host_config.dns_servers.clear();
+            }
+            crate::config::HostIp::Static(a, p) => {
+                i.spec.dhcp = false;
+                i.spec.ipv4 = (a.octets(), p);
+                i.host.ipv4 = Some(a);
+                i.host_config.ipv4 = Some((a.octets(), p));
+                if was_dhcp {
+                    // The lease's gateway and DNS servers go with it.
+                    i.spec.gateway = None;
+                    i.host_config.gateway = None;
+                    i.host_config.dns_servers.clear();
+                }
+            }
+        }
+        tracing::info!(
+            "instance {}: ip {}",
+            i.spec.name,
+            if i.spec.dhcp {
+                "from DHCP".to_owned()
+            } else {
+                value.to_owned()
+            }
+        );
+        let releasing = was_dhcp && !i.spec.dhcp && before.is_some();
+        self.readdress.push((instance, before, releasing));
+        Ok(())
     }
 
     fn create_overlay(

@@ -231,6 +231,33 @@ fn instances_lease_their_own_addresses_tell_their_clients_and_release_them_when_
         assert_eq!(answer[22..28], mac, "{a} is at its instance's MAC");
     }
 
+    // `instance set ip=` turns a leased address into a static one (the lease released) and
+    // back (DISCOVERs again, with the same client identifier).
+    admin
+        .set_instance_property("dhs", "ip", "10.0.0.70/24")
+        .unwrap();
+    let release = wait_sent(&host, DhcpMessageType::Release, |s| {
+        s.client_id.starts_with(b"\0netmux:")
+    });
+    assert_eq!(release.ciaddr, shared);
+    assert!(eventually(WAIT, || {
+        Client::connect_to(host.runtime_dir(), Some("dhs"))
+            .map(|c| c.host().ipv4 == Some(([10, 0, 0, 70], 24)) && c.host().gateway.is_none())
+            .unwrap_or(false)
+    }));
+    admin.set_instance_property("dhs", "ip", "dhcp").unwrap();
+    let again = Ipv4Addr::new(10, 0, 0, 52);
+    lease(&host, again, |s| s.client_id == b"\0netmux:dhs");
+    assert!(eventually(WAIT, || {
+        Client::connect_to(host.runtime_dir(), Some("dhs"))
+            .map(|c| c.host().ipv4 == Some((again.octets(), 24)))
+            .unwrap_or(false)
+    }));
+    let e = admin
+        .set_instance_property("dhs", "ip", "10.0.0.255/24")
+        .unwrap_err();
+    assert!(e.to_string().contains("ip=10.0.0.255/24"), "{e}");
+
     // Destroyed, the instance releases its lease from its address and MAC.
     admin.destroy_instance("dh").unwrap();
     let release = wait_sent(&host, DhcpMessageType::Release, |s| s.chaddr == own_mac);

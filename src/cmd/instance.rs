@@ -156,7 +156,9 @@ pub struct Get {
 
 /// `instance set`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example: netmux instance set tenant-a ephemeral-ports=40000-40999")]
+#[command(
+    after_help = "Example: netmux instance set tenant-a ephemeral-ports=40000-40999\n         netmux instance set tenant-a ip=dhcp   (or ip=A.B.C.D/N: a static address again)"
+)]
 pub struct Set {
     /// The instance.
     name: String,
@@ -290,7 +292,12 @@ impl Get {
         let mut props: Vec<(String, String, &str)> = vec![
             ("mac".into(), mac_text(i.mac), "r-"),
             ("shared-mac".into(), i.shared_mac.to_string(), "r-"),
-            ("ip".into(), ip_text(i.ipv4), "r-"),
+            // The default instance's address is netd's --ip; another's is `dhcp` or static.
+            (
+                "ip".into(),
+                ip_text(i.ipv4),
+                if i.id == 0 { "r-" } else { "rw" },
+            ),
             ("ip-from".into(), ip_from(i.dhcp).into(), "r-"),
             ("temporary".into(), i.temporary.to_string(), "r-"),
         ];
