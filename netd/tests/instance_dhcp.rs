@@ -80,6 +80,17 @@ fn dhcp_sent(frame: &[u8]) -> Option<Sent> {
 
 /// The server's reply of `kind` to `to`, offering or acknowledging `yiaddr`, sent to `eth_dst`.
 fn reply(to: &Sent, kind: DhcpMessageType, yiaddr: Ipv4Addr, eth_dst: [u8; 6]) -> Vec<u8> {
+    reply_for(to, kind, yiaddr, eth_dst, 3600)
+}
+
+/// [`reply`] with a lease of `secs` seconds.
+fn reply_for(
+    to: &Sent,
+    kind: DhcpMessageType,
+    yiaddr: Ipv4Addr,
+    eth_dst: [u8; 6],
+    secs: u32,
+) -> Vec<u8> {
     let dns = [DhcpOption {
         kind: 6,
         data: &SERVER.octets(),
@@ -102,7 +113,7 @@ fn reply(to: &Sent, kind: DhcpMessageType, yiaddr: Ipv4Addr, eth_dst: [u8; 6]) -
         parameter_request_list: None,
         dns_servers: None,
         max_size: None,
-        lease_duration: Some(3600),
+        lease_duration: Some(secs),
         renew_duration: None,
         rebind_duration: None,
         additional_options: &dns,
@@ -351,4 +362,62 @@ fn an_instance_takes_a_slaac_address_and_every_instance_with_ipv6_the_router() {
     let sl = list.iter().find(|i| i.name == "sl").unwrap();
     assert!(sl.slaac && !sl.dhcp);
     assert_eq!(sl.gateway6, Some(ROUTER.octets()));
+}
+
+#[test]
+fn a_lease_the_server_refuses_to_renew_ends_the_instances_sessions_and_it_starts_over() {
+    let host = host();
+    let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
+    admin
+        .create_instance(spec("lo", MacChoice::Generated))
+        .unwrap();
+    let address = Ipv4Addr::new(10, 0, 0, 80);
+    // A 4-second lease: the renewal (T1) comes 2 s later.
+    let discover = wait_sent(&host, DhcpMessageType::Discover, |s| s.chaddr != MAC_A);
+    let mac = discover.chaddr;
+    host.wire().send(&reply_for(
+        &discover,
+        DhcpMessageType::Offer,
+        address,
+        [0xff; 6],
+        4,
+    ));
+    let request = wait_sent(&host, DhcpMessageType::Request, |s| s.chaddr == mac);
+    host.wire()
+        .send(&reply_for(&request, DhcpMessageType::Ack, address, mac, 4));
+    assert!(eventually(WAIT, || {
+        Client::connect_to(host.runtime_dir(), Some("lo"))
+            .map(|c| c.host().ipv4 == Some((address.octets(), 24)))
+            .unwrap_or(false)
+    }));
+    let _client = Client::connect_to(host.runtime_dir(), Some("lo")).unwrap();
+    let clients = |admin: &mut Client| {
+        admin
+            .list_instances()
+            .unwrap()
+            .into_iter()
+            .find(|i| i.name == "lo")
+            .map(|i| (i.clients, i.ipv4))
+            .unwrap()
+    };
+    assert_eq!(clients(&mut admin), (1, Some((address.octets(), 24))));
+    // The renewal, from the leased address; the server refuses it.
+    let renewal = wait_sent(&host, DhcpMessageType::Request, |s| {
+        s.chaddr == mac && s.ciaddr == address
+    });
+    host.wire().send(&reply_for(
+        &renewal,
+        DhcpMessageType::Nak,
+        Ipv4Addr::UNSPECIFIED,
+        mac,
+        0,
+    ));
+    // The instance has no address, its session (told the address) is ended, and the client
+    // seeks a new lease.
+    assert!(
+        eventually(WAIT, || clients(&mut admin) == (0, None)),
+        "{:?}",
+        clients(&mut admin)
+    );
+    wait_sent(&host, DhcpMessageType::Discover, |s| s.chaddr == mac);
 }
