@@ -3,9 +3,12 @@
 //! server and the IPv6 router: an instance created with `dhcp` sends DISCOVERs from its own
 //! MAC (or, sharing the link's MAC, with a client identifier of its own), takes the offered
 //! address after REQUEST/ACK, tells its clients the address, gateway and DNS servers, answers
-//! ARP for it from its MAC, and releases the lease when destroyed; an instance created with
-//! `slaac` takes an address in an advertised prefix, and every instance with a global address
-//! the advertising router as its default router.
+//! ARP for it from its MAC, and releases the lease when destroyed; `instance set ip=` turns a
+//! lease into a static address (released) and back; a renewal the server refuses leaves the
+//! instance without an address, its sessions ended, seeking a new lease; instances kept in
+//! the configuration file with `ip = "dhcp"` are restored and lease again; an instance
+//! created with `slaac` takes an address in an advertised prefix, and every instance with a
+//! global address the advertising router as its default router.
 
 mod common;
 
@@ -420,4 +423,41 @@ fn a_lease_the_server_refuses_to_renew_ends_the_instances_sessions_and_it_starts
         clients(&mut admin)
     );
     wait_sent(&host, DhcpMessageType::Discover, |s| s.chaddr == mac);
+}
+
+#[test]
+fn instances_with_dhcp_and_slaac_in_the_configuration_file_are_restored_and_lease_again() {
+    let dir = netmux_testkit::TempDir::new("netd-instance-dhcp");
+    let file = dir.join("netd.toml");
+    std::fs::write(
+        &file,
+        "[[instance]]\nname = \"kept\"\nip = \"dhcp\"\nip6 = \"slaac\"\n",
+    )
+    .unwrap();
+    let host = host_with(|c| c.instances_file = Some(file.clone()));
+    let address = Ipv4Addr::new(10, 0, 0, 90);
+    let d = lease(&host, address, |s| s.chaddr != MAC_A);
+    assert_eq!(d.eth_src, d.chaddr, "from the restored instance's own MAC");
+    assert!(eventually(WAIT, || {
+        Client::connect_to(host.runtime_dir(), Some("kept"))
+            .map(|c| c.host().ipv4 == Some((address.octets(), 24)))
+            .unwrap_or(false)
+    }));
+    let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
+    let kept = admin
+        .list_instances()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.name == "kept")
+        .unwrap();
+    assert!(kept.dhcp && kept.slaac);
+    // The file still says dhcp and slaac, not the leased address.
+    admin
+        .set_instance_property("kept", "join-uids", "all")
+        .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("ip = \"dhcp\"") && text.contains("ip6 = \"slaac\""),
+        "{text}"
+    );
 }
