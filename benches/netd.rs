@@ -119,6 +119,8 @@ fn instances_1k(host: &Host) {
                 temporary: true,
                 overlay: None,
                 ipv6: None,
+                dhcp: false,
+                slaac: false,
             })
             .expect("create");
         let mut client = Client::connect_to(dir, Some(&name)).expect("join");

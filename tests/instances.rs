@@ -154,6 +154,8 @@ fn spec(name: &str, mac: MacChoice, ip: [u8; 4]) -> InstanceSpec {
         temporary: true,
         overlay: None,
         ipv6: None,
+        dhcp: false,
+        slaac: false,
     }
 }
 

@@ -125,6 +125,8 @@ fn join(host: &Host, overlay: &str, node: Node) -> (Client, ClientQueue) {
             temporary: true,
             overlay: Some(overlay.into()),
             ipv6: None,
+            dhcp: false,
+            slaac: false,
         })
         .unwrap_or_else(|e| panic!("creating instance {}: {e}", node.name));
     let mut client = Client::connect_to(host.runtime_dir(), Some(node.name)).unwrap();

@@ -76,6 +76,8 @@ fn join(runtime_dir: &Path, i: u8) -> (Client, ClientQueue) {
             gateway: None,
             ipv6_link_local: false,
             ipv6: None,
+            dhcp: false,
+            slaac: false,
             ephemeral: None,
             join_uids: None,
             privileged_uids: vec![],

@@ -233,3 +233,213 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
         PATIENCE,
     );
 }
+
+/// Runs `netmux ARGS --runtime-dir RUN_DIR` in `ns`; it must succeed.
+fn netmux_ok(ns: &NetNs, args: &[&str], run_dir: &Path) -> String {
+    let out = ns
+        .command(netmux())
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .output()
+        .expect("running netmux");
+    assert!(
+        out.status.success(),
+        "netmux {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The address of instance `name`'s lease in netd's log (`dhcp: leased A/N ... (instance
+/// NAME)`), waiting for it.
+fn instance_lease(log: &Path, name: &str) -> Ipv4Addr {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let all = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = all
+            .lines()
+            .find(|l| l.contains("dhcp: leased ") && l.contains(&format!("(instance {name})")))
+        {
+            return leased_address(line);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance {name} got no lease; netd's log:\n{all}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+#[ignore]
+fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destroy_and_stop() {
+    assert!(
+        netns::is_root(),
+        "root_* tests need root: run scripts/test as root"
+    );
+    assert!(
+        Path::new(DNSMASQ).exists(),
+        "{DNSMASQ} is missing: scripts/test installs dnsmasq-base"
+    );
+    let dir = TempDir::new("nmx-idhcp");
+    let run_dir = dir.join("run");
+    let (mux, kernel) = netns::kernel_peer("rid", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
+    let dnsmasq_log = dir.join("dnsmasq.log");
+    let _dnsmasq = start_dnsmasq(
+        &kernel,
+        dir.path(),
+        "192.0.2.50,192.0.2.60",
+        &dnsmasq_log,
+        &[],
+    );
+
+    // The default instance has a static address; two instances lease theirs: one with a MAC
+    // of its own, one sharing the link's (told apart by its client identifier).
+    let mut cmd = mux.command(netmux());
+    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
+        .args(["--ip", "192.0.2.2/24"])
+        .arg("--runtime-dir")
+        .arg(&run_dir)
+        .env("RUST_LOG", LOG_FILTER);
+    let up_log = dir.join("up.log");
+    let mut up = Proc::spawn("netmux up", cmd, &up_log);
+    up.expect_line("netd listening", PATIENCE);
+    netmux_ok(
+        &mux,
+        &[
+            "instance",
+            "create",
+            "own",
+            "--mac",
+            "02:00:5e:00:02:31",
+            "--ip",
+            "dhcp",
+            "--temporary",
+        ],
+        &run_dir,
+    );
+    netmux_ok(
+        &mux,
+        &[
+            "instance",
+            "create",
+            "shared",
+            "--shared-mac",
+            "--ip",
+            "dhcp",
+            "--temporary",
+        ],
+        &run_dir,
+    );
+    let started = Instant::now();
+    let own = instance_lease(&up_log, "own");
+    let shared = instance_lease(&up_log, "shared");
+    assert_ne!(own, shared, "each instance has a lease of its own");
+    for a in [own, shared] {
+        assert!(
+            (50..=60).contains(&a.octets()[3]) && a.octets()[..3] == [192, 0, 2],
+            "{a}"
+        );
+    }
+    let leases = std::fs::read_to_string(dir.join("leases")).unwrap_or_default();
+    assert!(
+        leases.contains("02:00:5e:00:02:31") && leases.contains(&shared.to_string()),
+        "dnsmasq's leases:\n{leases}"
+    );
+
+    // `instance ls` shows the leased addresses and where they came from.
+    let ls = netmux_ok(
+        &mux,
+        &["instance", "ls", "-p", "-o", "name,ip,ip-from,gateway"],
+        &run_dir,
+    );
+    assert!(
+        ls.contains(&format!("own:{own}/24:dhcp:192.0.2.1"))
+            && ls.contains(&format!("shared:{shared}/24:dhcp:192.0.2.1")),
+        "{ls}"
+    );
+
+    // A client of each is told its instance's address and answers the kernel's UDP at it.
+    let mut echoes = Vec::new();
+    for (name, address) in [("own", own), ("shared", shared)] {
+        let mut cmd = mux.command(netmux());
+        cmd.args(["example", "udp-echo", "--port", &UDP_PORT.to_string()])
+            .args(["-i", name])
+            .arg("--runtime-dir")
+            .arg(&run_dir)
+            .env("RUST_LOG", LOG_FILTER);
+        let log = dir.join(format!("echo-{name}.log"));
+        let mut echo = Proc::spawn(&format!("udp-echo {name}"), cmd, &log);
+        echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
+        let bound = wait_log("udp-echo", &log, "bound through netd", PATIENCE);
+        assert!(bound.contains(&address.to_string()), "{bound}");
+        netns::udp_echo_from(
+            &kernel,
+            SocketAddr::from((address, UDP_PORT)),
+            b"to an instance's leased address",
+            PATIENCE,
+        );
+        echoes.push(echo);
+    }
+
+    // Both renew at T1 (10 s into the lease).
+    for a in [own, shared] {
+        wait_log(
+            "netd",
+            &up_log,
+            &format!("dhcp: lease of {a} renewed"),
+            Duration::from_secs(20),
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_secs(8));
+    let served = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+    for a in [own, shared] {
+        assert!(
+            served
+                .matches(&format!("DHCPACK({KERNEL_END}) {a}"))
+                .count()
+                >= 2,
+            "dnsmasq acked {a} and its renewal:\n{served}"
+        );
+    }
+    netns::udp_echo_from(
+        &kernel,
+        SocketAddr::from((shared, UDP_PORT)),
+        b"after the renewal",
+        PATIENCE,
+    );
+
+    // Destroying `own` releases its lease; `shared` keeps serving.
+    netmux_ok(&mux, &["instance", "destroy", "own"], &run_dir);
+    wait_log(
+        "dnsmasq",
+        &dnsmasq_log,
+        &format!("DHCPRELEASE({KERNEL_END}) {own}"),
+        PATIENCE,
+    );
+    netns::udp_echo_from(
+        &kernel,
+        SocketAddr::from((shared, UDP_PORT)),
+        b"shared still answers",
+        PATIENCE,
+    );
+
+    // Stopping netd releases `shared`'s.
+    for mut e in echoes {
+        e.kill9();
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &up.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    up.wait_exit(PATIENCE);
+    wait_log(
+        "dnsmasq",
+        &dnsmasq_log,
+        &format!("DHCPRELEASE({KERNEL_END}) {shared}"),
+        PATIENCE,
+    );
+}

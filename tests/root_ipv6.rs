@@ -368,3 +368,106 @@ fn root_a_ping6_larger_than_the_mtu_is_answered_once_with_its_data() {
         host.up.log()
     );
 }
+
+/// Runs `netmux ARGS --runtime-dir` of `host`; it must succeed. Its standard output.
+fn netmux_ok(host: &Host, args: &[&str]) -> String {
+    let out = Command::new(netmux())
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(host.run_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "netmux {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore]
+fn root_an_instance_takes_a_slaac_address_and_every_instance_the_default_router() {
+    require_root();
+    let host = Host::start("i7");
+    // One instance by SLAAC (its own MAC), one with a static global address.
+    netmux_ok(
+        &host,
+        &[
+            "instance",
+            "create",
+            "sl",
+            "--ip",
+            "192.0.2.11/24",
+            "--ip6",
+            "slaac",
+            "--temporary",
+        ],
+    );
+    netmux_ok(
+        &host,
+        &[
+            "instance",
+            "create",
+            "st",
+            "--ip",
+            "192.0.2.12/24",
+            "--ip6",
+            "2001:db8::12/64",
+            "--temporary",
+        ],
+    );
+    let prefix: Ipv6Addr = "2001:db8:0:1::".parse().unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let (sl, st) = loop {
+        host.kernel
+            .run(move || send_router_advertisement(KERNEL_END, prefix));
+        std::thread::sleep(Duration::from_millis(500));
+        let sl = Client::connect_to(&host.run_dir(), Some("sl")).expect("netd takes a client");
+        let st = Client::connect_to(&host.run_dir(), Some("st")).expect("netd takes a client");
+        if !sl.host().ipv6.is_empty() && st.host().ipv6_gateway.is_some() {
+            break (sl.host().clone(), st.host().clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no address or router from the advertisement; netmux log:\n{}",
+            host.up.log()
+        );
+    };
+    let (address, len) = sl.ipv6[0];
+    let address = Ipv6Addr::from(address);
+    assert_eq!(len, 64);
+    assert_eq!(address.octets()[..8], prefix.octets()[..8], "in the prefix");
+    let ll = Ipv6Addr::from(sl.ipv6_link_local.unwrap());
+    assert_eq!(
+        address.octets()[8..],
+        ll.octets()[8..],
+        "the instance's own interface id"
+    );
+    let router = Ipv6Addr::from(sl.ipv6_gateway.expect("the router is sl's default"));
+    assert_eq!(
+        router.segments()[0],
+        0xfe80,
+        "the router's link-local address"
+    );
+    assert_eq!(
+        st.ipv6_gateway.map(Ipv6Addr::from),
+        Some(router),
+        "and st's, whose address is static"
+    );
+    assert_eq!(
+        st.ipv6,
+        vec![("2001:db8::12".parse::<Ipv6Addr>().unwrap().octets(), 64)],
+        "a static address stays"
+    );
+    let ls = netmux_ok(
+        &host,
+        &["instance", "ls", "-p", "-o", "name,ip6,ip6-from,gateway6"],
+    );
+    assert!(
+        ls.contains(&format!("sl:{address}/64:slaac:{router}"))
+            && ls.contains(&format!("st:2001:db8::12/64:static:{router}")),
+        "instance ls: {ls}"
+    );
+    assert_eq!(
+        netns::ping6_replies(&host.kernel, KERNEL_END, address, PATIENCE),
+        1,
+        "netd answers for the instance's SLAAC address, once"
+    );
+}

@@ -134,6 +134,8 @@ pub struct Client {
     exchange_started: Duration,
     /// Server replies to this client that could not be trusted.
     pub malformed: u64,
+    /// The client identifier (option 61) when it is not the MAC ([`Client::with_client_id`]).
+    client_id: Option<Vec<u8>>,
 }
 
 impl Client {
@@ -148,7 +150,26 @@ impl Client {
             retry: FIRST_RETRY,
             exchange_started: Duration::ZERO,
             malformed: 0,
+            client_id: None,
         }
+    }
+
+    /// The same client identifying itself to the server by `id` (option 61, RFC 2132 9.14:
+    /// a type byte, then the identifier) instead of its MAC: hosts sharing one MAC (instances
+    /// with `--shared-mac`) each get a lease of their own. An empty `id` keeps the MAC.
+    pub fn with_client_id(mut self, id: Vec<u8>) -> Client {
+        self.client_id = (!id.is_empty() && id.len() <= 255).then_some(id);
+        self
+    }
+
+    /// The client identifier a host with no MAC of its own sends: type 0 (not a hardware
+    /// address) and `netmux:` and the instance's name, the same after every restart.
+    pub fn name_client_id(name: &str) -> Vec<u8> {
+        let mut id = vec![0];
+        id.extend_from_slice(b"netmux:");
+        id.extend_from_slice(name.as_bytes());
+        id.truncate(255);
+        id
     }
 
     /// Where the client is.
@@ -409,6 +430,11 @@ impl Client {
             DhcpMessageType::Release => lease.map(|(l, _)| l.server),
             _ => server,
         };
+        let own_id = self
+            .client_id
+            .as_deref()
+            .map(|data| smoltcp::wire::DhcpOption { kind: 61, data });
+        let own_id = own_id.as_slice();
         let repr = DhcpRepr {
             message_type,
             transaction_id: self.xid,
@@ -422,7 +448,7 @@ impl Client {
             relay_agent_ip: Ipv4Addr::UNSPECIFIED,
             broadcast: false,
             requested_ip: requested,
-            client_identifier: Some(EthernetAddress(self.mac)),
+            client_identifier: own_id.is_empty().then_some(EthernetAddress(self.mac)),
             server_identifier,
             parameter_request_list: (message_type != DhcpMessageType::Release)
                 .then_some(&PARAMETERS[..]),
@@ -431,7 +457,7 @@ impl Client {
             lease_duration: None,
             renew_duration: None,
             rebind_duration: None,
-            additional_options: &[],
+            additional_options: own_id,
         };
         let mut payload = vec![0u8; repr.buffer_len()];
         repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
@@ -794,6 +820,30 @@ mod tests {
             }
         }
         assert!(discover);
+    }
+
+    #[test]
+    fn a_client_id_of_its_own_replaces_the_mac_in_option_61() {
+        let id = Client::name_client_id("tenant-b");
+        assert_eq!(&id[..8], b"\0netmux:");
+        let mut c = Client::new(MAC, 5).with_client_id(id.clone());
+        let (frame, _) = c.poll(S(0));
+        let frame = frame.unwrap();
+        let (d, ..) = sent(&frame);
+        assert_eq!(d.client_identifier, None);
+        // Ethernet, IPv4 (no options) and UDP headers: 42 bytes.
+        let packet = DhcpPacket::new_checked(&frame[42..]).unwrap();
+        let own: Vec<Vec<u8>> = packet
+            .options()
+            .filter(|o| o.kind == 61)
+            .map(|o| o.data.to_vec())
+            .collect();
+        assert_eq!(own, vec![id]);
+        // Without one, the MAC is the identifier.
+        let mut c = Client::new(MAC, 5);
+        let (frame, _) = c.poll(S(0));
+        let frame = frame.unwrap();
+        assert_eq!(sent(&frame).0.client_identifier, Some(EthernetAddress(MAC)));
     }
 
     #[test]

@@ -412,11 +412,9 @@ pub fn spawn_stack(state: SharedNetd) -> Option<HostStack> {
 
 /// [`spawn_stack`] on a host queue netd mapped already (it probed for its address there).
 pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) -> Option<HostStack> {
-    let mut dhcp = {
-        let netd = lock(&state);
-        netd.dhcp()
-            .then(|| crate::dhcp::Client::new(netd.host().mac, dhcp_seed()))
-    };
+    // One DHCP client per instance that takes its address from DHCP, made when the instance
+    // is first seen and released when it goes (destroyed) or netd stops.
+    let mut dhcp: BTreeMap<InstanceId, DhcpRun> = BTreeMap::new();
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let thread = std::thread::Builder::new()
@@ -426,8 +424,8 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
             let mut responders: BTreeMap<InstanceId, (HostIdentity, Responder)> = BTreeMap::new();
             let mut frames = Vec::new();
             let mut completions = Vec::new();
-            let mut dhcp_malformed_seen = 0;
             let mut slaac_ignored_seen = 0;
+            let mut released: Vec<InstanceId> = Vec::new();
             // Duplicate address detection (and the default instance's SLAAC) per instance,
             // made once when the instance is first seen.
             let mut dad: BTreeMap<InstanceId, crate::slaac::Slaac> = BTreeMap::new();
@@ -446,25 +444,32 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
                 let answers: Vec<Vec<u8>> = {
                     let mut netd = lock(&state);
                     let now = start.elapsed();
-                    let mut dhcp_frames = Vec::new();
-                    if let Some(client) = dhcp.as_mut() {
+                    // Releases sent in the previous round are reported now, once in the ring.
+                    for id in released.drain(..) {
+                        netd.dhcp_released(id);
+                    }
+                    let mut dhcp_frames = sync_dhcp(&mut dhcp, &netd, &mut released);
+                    for (&id, run) in dhcp.iter_mut() {
+                        let client = &mut run.client;
                         for f in frames.iter().filter(|f| crate::dhcp::is_dhcp_reply(f)) {
                             if let Some(event) = client.receive(f, now) {
-                                netd.push_dhcp_event(event);
+                                netd.push_instance_dhcp_event(id, event);
                             }
                         }
-                        if client.malformed > dhcp_malformed_seen {
-                            dhcp_malformed_seen = client.malformed;
+                        if client.malformed > run.malformed_seen {
+                            run.malformed_seen = client.malformed;
                             tracing::warn!(
-                                "dhcp: ignored a server message that cannot be trusted ({} so far)",
-                                client.malformed
+                                "dhcp: ignored a server message that cannot be trusted ({} so far, \
+                                 instance {})",
+                                client.malformed,
+                                run.name
                             );
                         }
                         // A lease lost is followed at once by a DISCOVER: two rounds at most.
                         for _ in 0..2 {
                             let (frame, event) = client.poll(now);
                             if let Some(event) = event {
-                                netd.push_dhcp_event(event);
+                                netd.push_instance_dhcp_event(id, event);
                             }
                             dhcp_frames.extend(frame);
                         }
@@ -499,7 +504,8 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
                     }
                     sync_responders(&mut responders, netd.host_identities());
                     let mtu = usize::from(netd.host_config().link.mtu);
-                    let taken_by_dhcp = |f: &[u8]| dhcp.is_some() && crate::dhcp::is_dhcp_reply(f);
+                    let taken_by_dhcp =
+                        |f: &[u8]| !dhcp.is_empty() && crate::dhcp::is_dhcp_reply(f);
                     frames
                         .iter()
                         .filter(|f| !taken_by_dhcp(f))
@@ -521,28 +527,35 @@ pub fn spawn_stack_on(state: SharedNetd, mut queue: netmux_ring::ClientQueue) ->
                     break;
                 }
             }
-            if let Some(release) = dhcp.as_mut().and_then(|c| {
-                let address = c.lease().map(|l| l.address);
-                c.release().zip(address)
-            }) {
-                let (frame, address) = release;
+            // Release every lease, and wait (briefly) until the driver has sent the RELEASEs:
+            // netd's stop may be followed at once by the driver's.
+            let releases: Vec<(Vec<u8>, Ipv4Addr, String)> = dhcp
+                .values_mut()
+                .filter_map(|run| {
+                    let address = run.client.lease().map(|l| l.address)?;
+                    Some((run.client.release()?, address, run.name.clone()))
+                })
+                .collect();
+            if !releases.is_empty() {
                 completions.clear();
                 let _ = queue.completions(usize::MAX, &mut completions);
                 completions.clear();
-                match queue.send(&[&[frame.as_slice()][..]]) {
+                let batch: Vec<[&[u8]; 1]> = releases.iter().map(|r| [r.0.as_slice()]).collect();
+                let refs: Vec<&[&[u8]]> = batch.iter().map(|b| &b[..]).collect();
+                match queue.send(&refs) {
                     Ok(_) => {
-                        // Wait (briefly) until the driver has sent it: netd's stop may be
-                        // followed at once by the driver's.
                         let deadline = Instant::now() + RELEASE_WAIT;
-                        while completions.is_empty() && Instant::now() < deadline {
+                        while completions.len() < releases.len() && Instant::now() < deadline {
                             if queue.wait_readable(Some(HOST_POLL)).is_err() {
                                 break;
                             }
                             let _ = queue.completions(usize::MAX, &mut completions);
                         }
-                        tracing::info!("dhcp: released the lease of {address}");
+                        for (_, address, who) in &releases {
+                            tracing::info!("dhcp: released the lease of {address} ({who})");
+                        }
                     }
-                    Err(e) => tracing::warn!("dhcp: releasing the lease of {address}: {e}"),
+                    Err(e) => tracing::warn!("dhcp: releasing {} leases: {e}", releases.len()),
                 }
             }
         })
@@ -583,6 +596,62 @@ fn send_answers(queue: &mut netmux_ring::ClientQueue, answers: &[&[&[u8]]]) -> b
         }
         Err(_) => false,
     }
+}
+
+/// An instance's DHCP client in the host stack.
+struct DhcpRun {
+    client: crate::dhcp::Client,
+    /// How the log names the instance.
+    name: String,
+    malformed_seen: u64,
+}
+
+/// Keeps one DHCP client per instance [`crate::service::Netd::dhcp_clients`] lists: makes
+/// the new ones, and releases those whose instance went (destroyed), returning their
+/// RELEASEs to send and adding their instances to `released` (for
+/// [`crate::service::Netd::dhcp_released`] once the RELEASEs are sent).
+fn sync_dhcp(
+    dhcp: &mut BTreeMap<InstanceId, DhcpRun>,
+    netd: &crate::service::Netd,
+    released: &mut Vec<InstanceId>,
+) -> Vec<Vec<u8>> {
+    let wanted = netd.dhcp_clients();
+    let mut out = Vec::new();
+    let gone: Vec<InstanceId> = dhcp
+        .keys()
+        .filter(|id| !wanted.iter().any(|w| w.instance == **id))
+        .copied()
+        .collect();
+    for id in gone {
+        if let Some(mut run) = dhcp.remove(&id) {
+            let address = run.client.lease().map(|l| l.address);
+            if let (Some(frame), Some(address)) = (run.client.release(), address) {
+                tracing::info!("dhcp: releasing the lease of {address} ({})", run.name);
+                out.push(frame);
+            }
+            released.push(id);
+        }
+    }
+    for w in wanted {
+        dhcp.entry(w.instance).or_insert_with(|| {
+            let seed = dhcp_seed() ^ w.instance.0.rotate_left(8);
+            let client = crate::dhcp::Client::new(w.mac, seed);
+            let client = match w.client_id {
+                Some(id) => client.with_client_id(id),
+                None => client,
+            };
+            DhcpRun {
+                client,
+                name: if w.instance == netmux_proto::driver::DEFAULT_INSTANCE {
+                    "the host".into()
+                } else {
+                    format!("instance {}", w.name)
+                },
+                malformed_seen: 0,
+            }
+        });
+    }
+    out
 }
 
 /// A transaction id seed that differs between runs and hosts (RFC 2131 4.1: random).

@@ -122,8 +122,24 @@ impl Instance {
         default_ephemeral: RangeInclusive<u16>,
     ) -> Result<Instance, InstanceError> {
         check_name(&spec.name)?;
-        let (addr, prefix) = (Ipv4Addr::from(spec.ipv4.0), spec.ipv4.1);
-        check_host_address(addr, prefix)?;
+        // With DHCP the address, prefix and gateway come with a lease (none until then).
+        let ipv4 = if spec.dhcp {
+            None
+        } else {
+            let (addr, prefix) = (Ipv4Addr::from(spec.ipv4.0), spec.ipv4.1);
+            check_host_address(addr, prefix)?;
+            Some((addr, prefix))
+        };
+        if spec.slaac && spec.ipv6.is_some() {
+            return Err(InstanceError::Property(
+                "ip6: slaac or a static address, not both".into(),
+            ));
+        }
+        if spec.slaac && !spec.ipv6_link_local {
+            return Err(InstanceError::Property(
+                "ip6 slaac needs the IPv6 link-local address (not --no-ipv6)".into(),
+            ));
+        }
         let (mac, shared_mac) = match spec.mac {
             MacChoice::Generated => (generated_mac(link.mac, &spec.name), false),
             MacChoice::Given(m) => {
@@ -169,14 +185,14 @@ impl Instance {
         };
         let host = HostIdentity {
             mac,
-            ipv4: Some(addr),
+            ipv4: ipv4.map(|(a, _)| a),
             ipv6,
             ipv6_global: global.map(|(a, _)| a),
         };
         let host_config = HostConfig {
             link: LinkInfo { mac, mtu: link.mtu },
-            ipv4: Some((addr.octets(), prefix)),
-            gateway: spec.gateway,
+            ipv4: ipv4.map(|(a, p)| (a.octets(), p)),
+            gateway: if spec.dhcp { None } else { spec.gateway },
             ipv6_link_local: ipv6.map(|a| a.octets()),
             dns_servers: Vec::new(),
             ipv6: global.map(|(a, p)| (a.octets(), p)).into_iter().collect(),
@@ -290,15 +306,16 @@ impl Instance {
                      [timeouts] tables of its --config file), read when netd starts"
                 )))
             }
-            "mac" | "ip" | "ipv4" | "name" | "shared-mac" | "temporary" => {
+            "mac" | "ip" | "ipv4" | "name" | "shared-mac" | "temporary" | "ip6" => {
                 return Err(InstanceError::Property(format!(
                     "property {name} is read-only (destroy and create the instance to change it)"
                 )))
             }
             other => {
                 return Err(InstanceError::Property(format!(
-                    "unknown property: {other} (properties: gateway, ephemeral-ports, join-uids, \
-                     privileged-uids, tap-uids, exclusive-uids)"
+                    "unknown property: {other} (properties: ip (dhcp or A.B.C.D/N, not of the \
+                     default instance), gateway, ephemeral-ports, join-uids, privileged-uids, \
+                     tap-uids, exclusive-uids)"
                 )))
             }
         }
@@ -377,7 +394,7 @@ pub struct InstanceEntry {
     /// `generated`, `shared`, or a MAC.
     #[serde(default = "generated")]
     pub mac: String,
-    /// `A.B.C.D/N`.
+    /// `A.B.C.D/N`, or `dhcp` for an address from a DHCP server's lease.
     pub ip: String,
     /// `A.B.C.D`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -403,7 +420,7 @@ pub struct InstanceEntry {
     /// The overlay it lives on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<String>,
-    /// `A::B/N`: its global IPv6 address.
+    /// `A::B/N`: its global IPv6 address; or `slaac`: one from router advertisements.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<String>,
 }
@@ -426,7 +443,11 @@ impl InstanceEntry {
                 MacChoice::Shared => "shared".into(),
                 MacChoice::Given(m) => mac_text(m),
             },
-            ip: format!("{}/{}", Ipv4Addr::from(spec.ipv4.0), spec.ipv4.1),
+            ip: if spec.dhcp {
+                "dhcp".into()
+            } else {
+                format!("{}/{}", Ipv4Addr::from(spec.ipv4.0), spec.ipv4.1)
+            },
             gateway: spec.gateway.map(|g| Ipv4Addr::from(g).to_string()),
             ipv6_link_local: spec.ipv6_link_local,
             ephemeral_ports: spec.ephemeral.map(|(a, b)| format!("{a}-{b}")),
@@ -435,9 +456,12 @@ impl InstanceEntry {
             tap_uids: spec.tap_uids.clone(),
             exclusive_uids: spec.exclusive_uids.clone(),
             overlay: spec.overlay.clone(),
-            ip6: spec
-                .ipv6
-                .map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(a))),
+            ip6: if spec.slaac {
+                Some("slaac".into())
+            } else {
+                spec.ipv6
+                    .map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(a)))
+            },
         }
     }
 
@@ -450,8 +474,12 @@ impl InstanceEntry {
                 MacChoice::Given(crate::config::parse_mac(text).map_err(|e| format!("mac: {e}"))?)
             }
         };
-        let (ip, prefix) =
-            crate::config::parse_ipv4_cidr(&self.ip).map_err(|e| format!("ip: {e}"))?;
+        let dhcp = self.ip.eq_ignore_ascii_case("dhcp");
+        let (ip, prefix) = if dhcp {
+            (Ipv4Addr::UNSPECIFIED, 0)
+        } else {
+            crate::config::parse_ipv4_cidr(&self.ip).map_err(|e| format!("ip: {e}"))?
+        };
         let gateway = self
             .gateway
             .as_deref()
@@ -465,12 +493,10 @@ impl InstanceEntry {
             .transpose()
             .map_err(|e| format!("ephemeral-ports: {e}"))?
             .map(|r| (*r.start(), *r.end()));
-        let ipv6 = match self.ip6.as_deref().map(crate::config::parse_host_ip6) {
-            None => None,
-            Some(Ok(crate::config::HostIp6::Static(a, p))) => Some((a.octets(), p)),
-            Some(Ok(crate::config::HostIp6::Slaac)) => {
-                return Err("ip6: slaac is for the default instance only".into())
-            }
+        let (ipv6, slaac) = match self.ip6.as_deref().map(crate::config::parse_host_ip6) {
+            None => (None, false),
+            Some(Ok(crate::config::HostIp6::Static(a, p))) => (Some((a.octets(), p)), false),
+            Some(Ok(crate::config::HostIp6::Slaac)) => (None, true),
             Some(Err(e)) => return Err(format!("ip6: {e}")),
         };
         Ok(InstanceSpec {
@@ -487,6 +513,8 @@ impl InstanceEntry {
             temporary: false,
             overlay: self.overlay.clone(),
             ipv6,
+            dhcp,
+            slaac,
         })
     }
 }
@@ -582,6 +610,8 @@ mod tests {
             temporary: false,
             overlay: None,
             ipv6: None,
+            dhcp: false,
+            slaac: false,
         }
     }
 
@@ -653,9 +683,21 @@ mod tests {
         assert_eq!(back, file);
         assert_eq!(back.instances[0].spec().unwrap(), s);
         assert!(text.contains("ip6 = \"2001:db8::10/64\""), "{text}");
-        let mut slaac = InstanceEntry::of(&s);
-        slaac.ip6 = Some("slaac".into());
-        assert!(slaac.spec().unwrap_err().contains("default instance only"));
+        // DHCP and SLAAC are kept as words and restored as such.
+        let mut leased = spec("c");
+        (leased.dhcp, leased.slaac, leased.ipv4, leased.gateway) = (true, true, ([0; 4], 0), None);
+        let entry = InstanceEntry::of(&leased);
+        assert_eq!(
+            (entry.ip.as_str(), entry.ip6.as_deref()),
+            ("dhcp", Some("slaac"))
+        );
+        let text = toml::to_string_pretty(&InstancesFile {
+            instances: vec![entry],
+            ..InstancesFile::default()
+        })
+        .unwrap();
+        let back: InstancesFile = toml::from_str(&text).unwrap();
+        assert_eq!(back.instances[0].spec().unwrap(), leased);
         assert!(toml::from_str::<InstancesFile>(
             "[[instance]]\nname = \"x\"\nip = \"1.2.3.4/8\"\nbogus = 1\n"
         )

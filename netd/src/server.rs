@@ -673,7 +673,7 @@ const DHCP_TICK: Duration = Duration::from_millis(100);
 
 /// Every [`DHCP_TICK`]: applies what netd's DHCP client reported (a lease taken, renewed or
 /// lost), and what SLAAC and duplicate address detection reported (an IPv6 address taken or
-/// refused, a default router), and tells the driver the default instance's new address and
+/// refused, a default router), and tells the driver each instance's new address and
 /// netd's filters for it.
 async fn dhcp_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(DHCP_TICK);

@@ -346,8 +346,20 @@ pub struct Netd {
     host_rx: Option<FilterId>,
     /// Whether the default instance takes its address from DHCP.
     dhcp: bool,
-    /// What the DHCP client reported, not yet applied ([`Netd::take_dhcp_commands`]).
-    dhcp_events: Vec<crate::dhcp::Event>,
+    /// What the DHCP clients reported, per instance, not yet applied
+    /// ([`Netd::take_dhcp_commands`]).
+    dhcp_events: Vec<(InstanceId, crate::dhcp::Event)>,
+    /// netd's transmit filters of destroyed instances whose DHCP lease is not yet released:
+    /// kept until the host stack has sent the RELEASE ([`Netd::dhcp_released`]).
+    lingering_host_tx: Vec<(InstanceId, FilterId)>,
+    /// Instances whose DHCP client the host stack has released, not yet applied.
+    dhcp_released: BTreeSet<InstanceId>,
+    /// Instances whose address `instance set ip=` changed, with the address they had and
+    /// whether a lease of it is being released, for [`Netd::take_dhcp_commands`].
+    readdress: Vec<(InstanceId, Option<std::net::Ipv4Addr>, bool)>,
+    /// Whether the default instance's IPv6 default router is configured (`--gateway6`), so
+    /// router advertisements do not replace it.
+    static_gateway6: bool,
     /// Whether the default instance takes a global IPv6 address from router advertisements.
     slaac: bool,
     /// The static global address (`--ip6`), probed for duplicates by the host stack.
@@ -567,6 +579,8 @@ impl Netd {
                 temporary: true,
                 overlay: None,
                 ipv6: config.ipv6.map(|(a, p)| (a.octets(), p)),
+                dhcp: config.dhcp,
+                slaac: config.slaac,
             },
             core: Core::new(
                 config.policy.clone(),
@@ -588,6 +602,10 @@ impl Netd {
             host_rx: None,
             dhcp: config.dhcp && config.host_stack,
             dhcp_events: Vec::new(),
+            lingering_host_tx: Vec::new(),
+            dhcp_released: BTreeSet::new(),
+            readdress: Vec::new(),
+            static_gateway6: config.ipv6_gateway.is_some(),
             slaac: config.slaac && config.host_stack && config.addrs.ipv6_link_local,
             static_ipv6: config.ipv6,
             slaac_events: Vec::new(),
@@ -774,6 +792,7 @@ impl Netd {
         }
         self.host_rx = None;
         self.host_tx.clear();
+        self.lingering_host_tx.clear();
         self.rxbuf.clear();
         self.host_queue = None;
         let overlays = self
@@ -830,12 +849,18 @@ impl Netd {
 
     /// netd's own transmit filter for one instance's identity, on the host queue.
     fn host_tx_spec(&mut self, id: InstanceId) -> Result<Option<(FilterId, FilterSpec)>, String> {
-        let Some(expr) = self
-            .instances
-            .get(&id)
-            .and_then(|i| filters::host_tx(std::slice::from_ref(&i.host)))
-        else {
+        let Some(i) = self.instances.get(&id) else {
             return Ok(None);
+        };
+        let own = filters::host_tx(std::slice::from_ref(&i.host));
+        // Another instance's DHCP client sends from 0.0.0.0 too (the default instance's has
+        // a filter of its own, made at start).
+        let dhcp = (id != DEFAULT_INSTANCE && i.spec.dhcp)
+            .then(|| format!("({})", filters::dhcp_client_tx(i.host.mac)));
+        let expr = match (own, dhcp) {
+            (Some(own), Some(dhcp)) => format!("{own} or {dhcp}"),
+            (Some(e), None) | (None, Some(e)) => e,
+            (None, None) => return Ok(None),
         };
         let filter = self.filter_id();
         let s = spec(HOST_QUEUE, filter, Direction::Tx, RxMode::Owner, None, expr)?;
@@ -875,6 +900,13 @@ impl Netd {
                     return Err(error(
                         ErrorCode::Protocol,
                         "an instance on an overlay needs a MAC of its own, not the link's",
+                    ));
+                }
+                if spec.dhcp || spec.slaac {
+                    return Err(error(
+                        ErrorCode::Protocol,
+                        "an instance on an overlay takes static addresses (no --ip dhcp or \
+                         --ip6 slaac: netd's DHCP and SLAAC clients run on the link)",
                     ));
                 }
                 Some(self.overlays.get(name).ok_or_else(|| {
@@ -1014,20 +1046,24 @@ impl Netd {
     }
 
     /// Duplicate address detection for an instance's IPv6 addresses: for the default
-    /// instance [`Netd::slaac_setup`]; for another one, when it is ready and has a link-local
-    /// and a global address (`netmux instance create --ip6`), a machine probing both.
+    /// instance [`Netd::slaac_setup`]; for another one, when it is ready, has a link-local
+    /// address and a global one (`netmux instance create --ip6 A::B/N`) or takes one from
+    /// router advertisements (`--ip6 slaac`), a machine probing them and learning the
+    /// instance's default router.
     pub fn dad_setup(&self, instance: InstanceId) -> Option<crate::slaac::Slaac> {
         if instance == DEFAULT_INSTANCE {
             return self.slaac_setup();
         }
         let i = self.instances.get(&instance).filter(|i| i.ready)?;
-        let global = i.host.ipv6_global?;
+        if !self.host_stack || (i.host.ipv6_global.is_none() && !i.spec.slaac) {
+            return None;
+        }
         let prefix = i.host_config.ipv6.first().map_or(64, |(_, p)| *p);
         Some(crate::slaac::Slaac::new(
             i.host.mac,
             i.host.ipv6?,
-            false,
-            Some((global, prefix)),
+            i.spec.slaac,
+            i.host.ipv6_global.map(|g| (g, prefix)),
         ))
     }
 
@@ -1118,9 +1154,16 @@ impl Netd {
                     }
                 }
                 crate::slaac::Event::Router(router) => {
+                    if id == DEFAULT_INSTANCE && self.static_gateway6 {
+                        continue; // --gateway6 names it
+                    }
                     match router {
-                        Some(r) => tracing::info!("slaac: default router {r}"),
-                        None => tracing::info!("slaac: the default router withdrew"),
+                        Some(r) => {
+                            tracing::info!("slaac: default router {r} (instance {name})")
+                        }
+                        None => {
+                            tracing::info!("slaac: the default router withdrew (instance {name})")
+                        }
                     }
                     instance.host_config.ipv6_gateway = router.map(|r| r.octets());
                 }
@@ -1180,9 +1223,51 @@ impl Netd {
         self.dhcp
     }
 
-    /// Takes in what the DHCP client reported, for [`Netd::take_dhcp_commands`].
+    /// Takes in what the default instance's DHCP client reported, for
+    /// [`Netd::take_dhcp_commands`].
     pub fn push_dhcp_event(&mut self, event: crate::dhcp::Event) {
-        self.dhcp_events.push(event);
+        self.dhcp_events.push((DEFAULT_INSTANCE, event));
+    }
+
+    /// Takes in what an instance's DHCP client reported, for [`Netd::take_dhcp_commands`].
+    pub fn push_instance_dhcp_event(&mut self, instance: InstanceId, event: crate::dhcp::Event) {
+        self.dhcp_events.push((instance, event));
+    }
+
+    /// The DHCP clients netd's host stack runs: one per instance that takes its address
+    /// from DHCP (the default one with `netd --ip dhcp`, others with `netmux instance create
+    /// --ip dhcp`) and is ready and not being destroyed. A client whose instance leaves this
+    /// list releases its lease and reports it ([`Netd::dhcp_released`]).
+    pub fn dhcp_clients(&self) -> Vec<DhcpSetup> {
+        if !self.host_stack {
+            return Vec::new();
+        }
+        self.instances
+            .values()
+            .filter(|i| i.ready && !i.condemned)
+            .filter(|i| {
+                if i.id == DEFAULT_INSTANCE {
+                    self.dhcp
+                } else {
+                    i.spec.dhcp && i.overlay.is_none()
+                }
+            })
+            .map(|i| DhcpSetup {
+                instance: i.id,
+                name: i.spec.name.clone(),
+                mac: i.host.mac,
+                // Instances sharing the link's MAC tell the server apart by a client
+                // identifier of their own; the default instance keeps the MAC.
+                client_id: (i.id != DEFAULT_INSTANCE && i.shared_mac)
+                    .then(|| crate::dhcp::Client::name_client_id(&i.spec.name)),
+            })
+            .collect()
+    }
+
+    /// The host stack released an instance's lease (or it had none): netd's transmit filter
+    /// that let the RELEASE out, if its instance is destroyed meanwhile, may go.
+    pub fn dhcp_released(&mut self, instance: InstanceId) {
+        self.dhcp_released.insert(instance);
     }
 
     /// Applies the DHCP client's reports to the default instance (its address, prefix,
@@ -1192,8 +1277,144 @@ impl Netd {
     /// leased), the sessions of the default instance to end: they were told that address and
     /// their filters hold it; they learn the new configuration (or none) when they connect
     /// again. Each change is logged.
+    ///
+    /// Another instance's lease changes its address at the driver and netd's transmit filter
+    /// the same way; a destroyed instance's transmit filter goes once its lease is released.
     pub fn take_dhcp_commands(&mut self) -> (Vec<DriverCommand>, Vec<SessionId>) {
         let events = std::mem::take(&mut self.dhcp_events);
+        let (mut commands, mut stale) = (Vec::new(), Vec::new());
+        let mut released = std::mem::take(&mut self.dhcp_released);
+        let lingering = std::mem::take(&mut self.lingering_host_tx);
+        let mut consumed = Vec::new();
+        for (instance, filter) in lingering {
+            if released.contains(&instance) {
+                consumed.push(instance);
+                commands.push(DriverCommand::RemoveFilter {
+                    queue: HOST_QUEUE,
+                    filter,
+                });
+            } else {
+                self.lingering_host_tx.push((instance, filter));
+            }
+        }
+        for i in consumed {
+            released.remove(&i);
+        }
+        // A release reported before the instance's destruction reached its filter is kept.
+        self.dhcp_released = released
+            .into_iter()
+            .filter(|i| self.instances.contains_key(i))
+            .collect();
+        let (default, others): (Vec<_>, Vec<_>) = events
+            .into_iter()
+            .partition(|(i, _)| *i == DEFAULT_INSTANCE);
+        let mut ids: Vec<InstanceId> = others.iter().map(|(i, _)| *i).collect();
+        ids.dedup();
+        for id in ids {
+            let mine: Vec<crate::dhcp::Event> = others
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, e)| e.clone())
+                .collect();
+            let (c, s) = self.apply_instance_dhcp(id, mine);
+            commands.extend(c);
+            stale.extend(s);
+        }
+        let (c, s) = self.apply_default_dhcp(default.into_iter().map(|(_, e)| e).collect());
+        commands.extend(c);
+        stale.extend(s);
+        for (id, before, releasing) in std::mem::take(&mut self.readdress) {
+            let (c, s) = self.readdressed(id, before, releasing);
+            commands.extend(c);
+            stale.extend(s);
+        }
+        (commands, stale)
+    }
+
+    /// [`Netd::take_dhcp_commands`] for another instance than the default one.
+    fn apply_instance_dhcp(
+        &mut self,
+        id: InstanceId,
+        events: Vec<crate::dhcp::Event>,
+    ) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let Some(i) = self.instances.get_mut(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        if i.condemned {
+            return (Vec::new(), Vec::new());
+        }
+        let before = i.host.ipv4;
+        let name = i.spec.name.clone();
+        for event in events {
+            apply_lease_event(
+                &mut i.host.ipv4,
+                &mut i.host_config,
+                &format!("instance {name}"),
+                event,
+            );
+        }
+        self.readdressed(id, before, false)
+    }
+
+    /// What the driver must be told, and the sessions to end, after an instance's IPv4
+    /// address changed from `before` (by DHCP, or `instance set ip=`): its sessions were told
+    /// `before`; the driver tells instances apart by address; netd's transmit filter for the
+    /// instance names it. With `releasing`, the old filter stays until the host stack has
+    /// released the lease from the old address ([`Netd::dhcp_released`]).
+    fn readdressed(
+        &mut self,
+        id: InstanceId,
+        before: Option<std::net::Ipv4Addr>,
+        releasing: bool,
+    ) -> (Vec<DriverCommand>, Vec<SessionId>) {
+        let Some(i) = self.instances.get(&id) else {
+            return (Vec::new(), Vec::new());
+        };
+        let name = i.spec.name.clone();
+        if before == i.host.ipv4 {
+            return (Vec::new(), Vec::new());
+        }
+        let stale = if before.is_some() {
+            self.sessions_in(id)
+        } else {
+            Vec::new()
+        };
+        if let (Some(old), false) = (before, stale.is_empty()) {
+            tracing::warn!(
+                "dhcp: ending the {} sessions of instance {name}: they were told {old}",
+                stale.len()
+            );
+        }
+        let mut commands = Vec::new();
+        if let Some(i) = self.instances.get(&id) {
+            commands.push(DriverCommand::SetInstance(i.driver_info()));
+        }
+        if let Some(filter) = self.host_tx.remove(&id) {
+            if releasing {
+                self.lingering_host_tx.push((id, filter));
+            } else {
+                commands.push(DriverCommand::RemoveFilter {
+                    queue: HOST_QUEUE,
+                    filter,
+                });
+            }
+        }
+        match self.host_tx_spec(id) {
+            Ok(Some((filter, s))) => {
+                self.host_tx.insert(id, filter);
+                commands.push(DriverCommand::InstallFilter(s));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("dhcp: the host's transmit filter: {e}"),
+        }
+        (commands, stale)
+    }
+
+    /// [`Netd::take_dhcp_commands`] for the default instance.
+    fn apply_default_dhcp(
+        &mut self,
+        events: Vec<crate::dhcp::Event>,
+    ) -> (Vec<DriverCommand>, Vec<SessionId>) {
         if events.is_empty() {
             return (Vec::new(), Vec::new());
         }
@@ -1202,53 +1423,14 @@ impl Netd {
             let Some(default) = self.instances.get_mut(&DEFAULT_INSTANCE) else {
                 return (Vec::new(), Vec::new());
             };
-            match event {
-                crate::dhcp::Event::Leased(l) | crate::dhcp::Event::Renewed(l) => {
-                    let renewed = default.host.ipv4 == Some(l.address);
-                    default.host.ipv4 = Some(l.address);
-                    default.host_config.ipv4 = Some((l.address.octets(), l.prefix));
-                    default.host_config.gateway = l.gateway.map(|g| g.octets());
-                    default.host_config.dns_servers =
-                        l.dns_servers.iter().map(|a| a.octets()).collect();
-                    default.spec.ipv4 = (l.address.octets(), l.prefix);
-                    default.spec.gateway = default.host_config.gateway;
-                    let dns: Vec<String> = l.dns_servers.iter().map(|a| a.to_string()).collect();
-                    if renewed {
-                        tracing::info!(
-                            "dhcp: lease of {} renewed by {} for {} s",
-                            l.address,
-                            l.server,
-                            l.duration.as_secs()
-                        );
-                    } else {
-                        tracing::info!(
-                            "dhcp: leased {}/{} from {} for {} s (gateway {}, dns {})",
-                            l.address,
-                            l.prefix,
-                            l.server,
-                            l.duration.as_secs(),
-                            l.gateway.map_or("none".into(), |g| g.to_string()),
-                            if dns.is_empty() {
-                                "none".into()
-                            } else {
-                                dns.join(",")
-                            }
-                        );
-                    }
-                }
-                crate::dhcp::Event::Lost { address, why } => {
-                    tracing::warn!(
-                        "dhcp: lease of {address} lost ({why}); the host has no IPv4 address \
-                         until a new lease"
-                    );
-                    default.host.ipv4 = None;
-                    default.host_config.ipv4 = None;
-                    default.host_config.gateway = None;
-                    default.host_config.dns_servers.clear();
-                    default.spec.ipv4 = ([0; 4], 0);
-                    default.spec.gateway = None;
-                }
-            }
+            apply_lease_event(
+                &mut default.host.ipv4,
+                &mut default.host_config,
+                "the host",
+                event,
+            );
+            default.spec.ipv4 = default.host_config.ipv4.unwrap_or(([0; 4], 0));
+            default.spec.gateway = default.host_config.gateway;
         }
         let after = self.default_instance().host.ipv4;
         if before == after {
@@ -1675,6 +1857,11 @@ impl Netd {
             .get(name)
             .copied()
             .ok_or_else(|| error(ErrorCode::NotFound, format!("no instance named {name:?}")))?;
+        if property == "ip" && instance != DEFAULT_INSTANCE {
+            self.set_instance_ip(instance, value)?;
+            self.persist();
+            return Ok(self.reply(ClientReply::Done));
+        }
         let i = self
             .instances
             .get_mut(&instance)
@@ -1683,6 +1870,83 @@ impl Netd {
             .map_err(|e| error(ErrorCode::Protocol, e.to_string()))?;
         self.persist();
         Ok(self.reply(ClientReply::Done))
+    }
+
+    /// `instance set NAME ip=dhcp|A.B.C.D/N`: the instance's address from now on comes from
+    /// a DHCP lease (its static one given up), or is this static one (its lease released).
+    /// Its sessions, told the old address, end; the driver and netd's filters follow within
+    /// a [`crate::server`] DHCP tick ([`Netd::take_dhcp_commands`]).
+    fn set_instance_ip(&mut self, instance: InstanceId, value: &str) -> Result<(), ErrorReply> {
+        let bad = |why: String| error(ErrorCode::Protocol, format!("ip={value}: {why}"));
+        let ip = crate::config::parse_host_ip(value).map_err(|e| bad(e.to_string()))?;
+        let i = self
+            .instances
+            .get(&instance)
+            .ok_or_else(|| error(ErrorCode::NotFound, "no such instance"))?;
+        if i.overlay.is_some() && ip == crate::config::HostIp::Dhcp {
+            return Err(bad(
+                "an instance on an overlay takes static addresses".into()
+            ));
+        }
+        if i.condemned {
+            return Err(bad("the instance is being destroyed".into()));
+        }
+        let overlay = i.overlay;
+        let before = i.host.ipv4;
+        let was_dhcp = i.spec.dhcp;
+        if let crate::config::HostIp::Static(a, _) = ip {
+            let taken = self
+                .instances
+                .values()
+                .any(|o| o.id != instance && o.host.ipv4 == Some(a) && o.overlay == overlay);
+            if taken {
+                return Err(error(
+                    ErrorCode::InUse,
+                    format!("ip={value}: another instance has it"),
+                ));
+            }
+        }
+        let Some(i) = self.instances.get_mut(&instance) else {
+            return Err(error(ErrorCode::NotFound, "no such instance"));
+        };
+        match ip {
+            crate::config::HostIp::Dhcp => {
+                if was_dhcp {
+                    return Ok(());
+                }
+                i.spec.dhcp = true;
+                i.spec.ipv4 = ([0; 4], 0);
+                i.spec.gateway = None;
+                i.host.ipv4 = None;
+                i.host_config.ipv4 = None;
+                i.host_config.gateway = None;
+                i.host_config.dns_servers.clear();
+            }
+            crate::config::HostIp::Static(a, p) => {
+                i.spec.dhcp = false;
+                i.spec.ipv4 = (a.octets(), p);
+                i.host.ipv4 = Some(a);
+                i.host_config.ipv4 = Some((a.octets(), p));
+                if was_dhcp {
+                    // The lease's gateway and DNS servers go with it.
+                    i.spec.gateway = None;
+                    i.host_config.gateway = None;
+                    i.host_config.dns_servers.clear();
+                }
+            }
+        }
+        tracing::info!(
+            "instance {}: ip {}",
+            i.spec.name,
+            if i.spec.dhcp {
+                "from DHCP".to_owned()
+            } else {
+                value.to_owned()
+            }
+        );
+        let releasing = was_dhcp && !i.spec.dhcp && before.is_some();
+        self.readdress.push((instance, before, releasing));
+        Ok(())
     }
 
     fn create_overlay(
@@ -1848,6 +2112,9 @@ impl Netd {
                 gateway: i.host_config.gateway,
                 ipv6_link_local: i.host_config.ipv6_link_local,
                 ipv6: i.host_config.ipv6.clone(),
+                dhcp: i.spec.dhcp,
+                slaac: i.spec.slaac,
+                gateway6: i.host_config.ipv6_gateway,
                 ephemeral: (
                     *i.core.ports().ephemeral().start(),
                     *i.core.ports().ephemeral().end(),
@@ -3083,11 +3350,22 @@ impl Netd {
             }
             Pending::DestroyInstanceSessionsEnded { session, instance } => {
                 let mut commands = vec![DriverCommand::RemoveInstance { instance }];
+                // A leased address is released by the host stack from the instance's MAC and
+                // address: netd's transmit filter for them stays until it has been.
+                let releasing = self
+                    .instances
+                    .get(&instance)
+                    .is_some_and(|i| i.spec.dhcp && i.host.ipv4.is_some())
+                    && !self.dhcp_released.remove(&instance);
                 if let Some(f) = self.host_tx.remove(&instance) {
-                    commands.push(DriverCommand::RemoveFilter {
-                        queue: HOST_QUEUE,
-                        filter: f,
-                    });
+                    if releasing {
+                        self.lingering_host_tx.push((instance, f));
+                    } else {
+                        commands.push(DriverCommand::RemoveFilter {
+                            queue: HOST_QUEUE,
+                            filter: f,
+                        });
+                    }
                 }
                 self.work(
                     commands,
@@ -3307,6 +3585,71 @@ pub fn drive_blocking(
             }
         }
     }
+}
+
+/// Applies one report of a DHCP client to an instance's address and what its clients learn
+/// (`who`: how the log names the instance), logging it.
+fn apply_lease_event(
+    ipv4: &mut Option<std::net::Ipv4Addr>,
+    host_config: &mut HostConfig,
+    who: &str,
+    event: crate::dhcp::Event,
+) {
+    match event {
+        crate::dhcp::Event::Leased(l) | crate::dhcp::Event::Renewed(l) => {
+            let renewed = *ipv4 == Some(l.address);
+            *ipv4 = Some(l.address);
+            host_config.ipv4 = Some((l.address.octets(), l.prefix));
+            host_config.gateway = l.gateway.map(|g| g.octets());
+            host_config.dns_servers = l.dns_servers.iter().map(|a| a.octets()).collect();
+            let dns: Vec<String> = l.dns_servers.iter().map(|a| a.to_string()).collect();
+            if renewed {
+                tracing::info!(
+                    "dhcp: lease of {} renewed by {} for {} s ({who})",
+                    l.address,
+                    l.server,
+                    l.duration.as_secs()
+                );
+            } else {
+                tracing::info!(
+                    "dhcp: leased {}/{} from {} for {} s (gateway {}, dns {}) ({who})",
+                    l.address,
+                    l.prefix,
+                    l.server,
+                    l.duration.as_secs(),
+                    l.gateway.map_or("none".into(), |g| g.to_string()),
+                    if dns.is_empty() {
+                        "none".into()
+                    } else {
+                        dns.join(",")
+                    }
+                );
+            }
+        }
+        crate::dhcp::Event::Lost { address, why } => {
+            tracing::warn!(
+                "dhcp: lease of {address} lost ({why}); {who} has no IPv4 address until a new \
+                 lease"
+            );
+            *ipv4 = None;
+            host_config.ipv4 = None;
+            host_config.gateway = None;
+            host_config.dns_servers.clear();
+        }
+    }
+}
+
+/// One DHCP client netd's host stack runs ([`Netd::dhcp_clients`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DhcpSetup {
+    /// The instance whose address it is.
+    pub instance: InstanceId,
+    /// Its name (for the log).
+    pub name: String,
+    /// Its MAC: the client's hardware address.
+    pub mac: [u8; 6],
+    /// A client identifier of its own when it shares the MAC with other instances.
+    pub client_id: Option<Vec<u8>>,
 }
 
 #[cfg(test)]

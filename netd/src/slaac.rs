@@ -1,5 +1,5 @@
 //! IPv6 stateless address autoconfiguration (RFC 4862) and duplicate address detection for
-//! the default instance's global address, on netd's host queue: a pure state machine with
+//! an instance's global address, on netd's host queue: a pure state machine with
 //! the time passed in, no I/O ([`Slaac::receive`] takes frames, [`Slaac::poll`] gives the
 //! frames to send, [`Slaac::take_events`] what changed).
 //!
@@ -10,7 +10,9 @@
 //!   above 0 and a preferred lifetime not above it, for a global prefix, gives the candidate
 //!   address: the prefix and netd's own interface id (that of its link-local address, so never
 //!   the kernel's EUI-64 one on a shared MAC). A router lifetime above 0 makes the
-//!   advertisement's source the default router; 0 withdraws it.
+//!   advertisement's source the default router; 0 withdraws it (with a static address too:
+//!   every instance with a global address learns its default router). Advertisements
+//!   unicast to another MAC (another instance's) are not this host's.
 //! - **Duplicate address detection** (RFC 4862 5.4) of every address: netd's link-local one
 //!   and the static `--ip6` one at start (netd answers for them meanwhile), a SLAAC one before
 //!   netd answers for it: a neighbour solicitation from `::` for it, then
@@ -165,6 +167,10 @@ impl Slaac {
         if eth.source() == self.mac || !packet.link_exts.is_empty() {
             return; // our own, or tagged
         }
+        let dst = eth.destination();
+        if dst[0] & 1 == 0 && dst != self.mac {
+            return; // unicast to another host (another instance's solicited advertisement)
+        }
         let (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(icmp))) =
             (&packet.net, &packet.transport)
         else {
@@ -192,7 +198,7 @@ impl Slaac {
                     }
                 }
             }
-            Icmpv6Type::RouterAdvertisement(ra) if self.autoconfigure => {
+            Icmpv6Type::RouterAdvertisement(ra) => {
                 if !is_link_local(&src) {
                     self.ignored += 1;
                     return;
@@ -223,6 +229,9 @@ impl Slaac {
         if router != self.router && (router.is_some() || self.router == Some(src)) {
             self.router = router;
             self.events.push(Event::Router(router));
+        }
+        if !self.autoconfigure {
+            return; // a static address: the advertisement names the default router only
         }
         while options.len() >= 2 {
             let (kind, len) = (options[0], usize::from(options[1]) * 8);
@@ -534,13 +543,32 @@ mod tests {
         s.receive(&cut);
         s.receive(&[0u8; 3]);
         assert!(s.poll(S).is_empty());
-        // Without slaac, advertisements give nothing.
+        // Without slaac, advertisements give the default router but no address.
         let mut s = Slaac::new(MAC, ll(), false, None);
         s.receive(&ra(router(), 255, 1800, "2001:db8:1::", 64, 0xc0));
         let frames = s.poll(Duration::ZERO);
         assert_eq!(frames.len(), 1, "the link-local address's probe only");
         assert_eq!(frames[0][54], 135);
+        assert_eq!(s.take_events(), vec![Event::Router(Some(router()))]);
+        assert!(s.poll(3 * S).is_empty());
+    }
+
+    #[test]
+    fn an_advertisement_unicast_to_another_mac_is_not_this_hosts() {
+        let mut s = Slaac::new(MAC, ll(), true, None);
+        s.poll(Duration::ZERO);
+        let _ = s.take_events();
+        let mut other = ra(router(), 255, 1800, "2001:db8:1::", 64, 0xc0);
+        other[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
+        s.receive(&other);
         assert!(s.take_events().is_empty());
+        assert!(s.poll(2 * S).is_empty(), "no candidate address probed");
+        let _ = s.take_events(); // the link-local address, assigned
+        let mut mine = other.clone();
+        mine[..6].copy_from_slice(&MAC);
+        s.receive(&mine);
+        assert_eq!(s.take_events(), vec![Event::Router(Some(router()))]);
+        assert_eq!(s.poll(3 * S).len(), 1, "the candidate's probe");
     }
 
     #[test]

@@ -362,6 +362,8 @@ fn an_instance_created_with_a_global_address_answers_for_it_and_its_clients_lear
         temporary: true,
         overlay: None,
         ipv6: Some((address.octets(), 64)),
+        dhcp: false,
+        slaac: false,
     };
     let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
     admin.create_instance(spec("t6", [10, 0, 0, 9])).unwrap();
@@ -420,6 +422,8 @@ fn an_instances_address_another_node_has_is_given_up() {
             temporary: true,
             overlay: None,
             ipv6: Some((address.octets(), 64)),
+            dhcp: false,
+            slaac: false,
         })
         .unwrap();
     // The instance's probe, from its own MAC.

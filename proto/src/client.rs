@@ -123,6 +123,15 @@ pub struct InstanceSpec {
     /// Its global IPv6 address and prefix length (`netmux instance create --ip6`).
     #[serde(default)]
     pub ipv6: Option<([u8; 16], u8)>,
+    /// Whether it takes its IPv4 address, prefix, gateway and DNS servers from a DHCP
+    /// server's lease (`netmux instance create --ip dhcp`; `ipv4` and `gateway` are then
+    /// ignored).
+    #[serde(default)]
+    pub dhcp: bool,
+    /// Whether it takes a global IPv6 address from router advertisements
+    /// (`netmux instance create --ip6 slaac`; `ipv6` is then none).
+    #[serde(default)]
+    pub slaac: bool,
 }
 
 /// An instance as `netmux instance ls` shows it.
@@ -145,6 +154,15 @@ pub struct InstanceView {
     /// Global IPv6 addresses and their prefix lengths (absent in older netds' messages).
     #[serde(default)]
     pub ipv6: Vec<([u8; 16], u8)>,
+    /// Whether the IPv4 address comes from a DHCP lease (`ipv4` is none until one).
+    #[serde(default)]
+    pub dhcp: bool,
+    /// Whether the global IPv6 address comes from router advertisements (SLAAC).
+    #[serde(default)]
+    pub slaac: bool,
+    /// The IPv6 default router (static `--gateway6` or the advertising router).
+    #[serde(default)]
+    pub gateway6: Option<[u8; 16]>,
     /// Ephemeral port range.
     pub ephemeral: (u16, u16),
     /// Sessions in it (clients).

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use netmux_client::blocking::Client;
 use netmux_client::{InstanceSpec, InstanceView, MacChoice};
-use netmux_netd::config::{parse_host_cidr, parse_mac, parse_port_range};
+use netmux_netd::config::{parse_mac, parse_port_range};
 
 use super::{Refused, Run};
 
@@ -85,10 +85,12 @@ pub struct Create {
     #[arg(long)]
     shared_mac: bool,
     /// Its IPv4 address and prefix length: a host address of its network (not the network or
-    /// broadcast address, not multicast, loopback or reserved).
-    #[arg(long, value_name = "A.B.C.D/N", value_parser = parse_host_cidr)]
-    ip: (Ipv4Addr, u8),
-    /// Its IPv4 default gateway.
+    /// broadcast address, not multicast, loopback or reserved); or `dhcp`: address, prefix,
+    /// gateway and DNS servers from a DHCP server's lease, which netd renews while the
+    /// instance lives and releases when it is destroyed or netd stops.
+    #[arg(long, value_name = "A.B.C.D/N|dhcp", value_parser = netmux_netd::config::parse_host_ip)]
+    ip: netmux_netd::config::HostIp,
+    /// Its IPv4 default gateway (not with --ip dhcp: the lease gives it).
     #[arg(long, value_name = "G")]
     gateway: Option<Ipv4Addr>,
     /// Its ephemeral ports [default: netd's].
@@ -98,8 +100,10 @@ pub struct Create {
     #[arg(long, conflicts_with = "ip6")]
     no_ipv6: bool,
     /// Its global IPv6 address and prefix length, e.g. --ip6 2001:db8::10/64 (netd answers
-    /// neighbour solicitations and echo requests for it; its clients bind ports on it).
-    #[arg(long, value_name = "A::B/N", value_parser = netmux_netd::config::parse_host_ip6)]
+    /// neighbour solicitations and echo requests for it; its clients bind ports on it); or
+    /// `slaac`: an address from router advertisements (the prefix and the instance's own
+    /// interface id). Either way a router advertisement's router is its default router.
+    #[arg(long, value_name = "A::B/N|slaac", value_parser = netmux_netd::config::parse_host_ip6)]
     ip6: Option<netmux_netd::config::HostIp6>,
     /// A uid besides root that may join it (repeatable) [default: every uid].
     #[arg(long = "join-uid", value_name = "UID")]
@@ -119,7 +123,8 @@ pub struct Create {
 #[command(
     after_help = "Fields for -o: name, id, mac, shared, ip, gateway, ipv6, ephemeral, \
                         clients, ports, rx-frames, rx-bytes, tx-frames, tx-bytes, hairpin, \
-                        temporary, ip6.\nExample: netmux instance ls -p -o name,ip,clients"
+                        temporary, ip6, ip-from (static or dhcp), ip6-from (static or slaac), \
+                        gateway6.\nExample: netmux instance ls -p -o name,ip,clients"
 )]
 pub struct List {
     /// Raw values separated by ':', no header (with -o, these fields in this order).
@@ -151,7 +156,9 @@ pub struct Get {
 
 /// `instance set`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example: netmux instance set tenant-a ephemeral-ports=40000-40999")]
+#[command(
+    after_help = "Example: netmux instance set tenant-a ephemeral-ports=40000-40999\n         netmux instance set tenant-a ip=dhcp   (or ip=A.B.C.D/N: a static address again)"
+)]
 pub struct Set {
     /// The instance.
     name: String,
@@ -194,18 +201,21 @@ pub(crate) fn refused(e: netmux_client::ClientError) -> anyhow::Error {
 
 impl Create {
     fn run(self) -> anyhow::Result<ExitCode> {
-        let ipv6 = match self.ip6 {
-            None => None,
-            Some(netmux_netd::config::HostIp6::Static(a, p)) => Some((a.octets(), p)),
-            Some(netmux_netd::config::HostIp6::Slaac) => {
-                return Err(Refused(
-                    "--ip6 slaac is for the default instance only (netmux up --ip6 slaac); \
-                     give an instance a static address"
-                        .into(),
-                )
-                .into())
-            }
+        let (ipv6, slaac) = match self.ip6 {
+            None => (None, false),
+            Some(netmux_netd::config::HostIp6::Static(a, p)) => (Some((a.octets(), p)), false),
+            Some(netmux_netd::config::HostIp6::Slaac) => (None, true),
         };
+        let (ipv4, dhcp) = match self.ip {
+            netmux_netd::config::HostIp::Static(a, p) => ((a.octets(), p), false),
+            netmux_netd::config::HostIp::Dhcp => (([0; 4], 0), true),
+        };
+        if dhcp && self.gateway.is_some() {
+            return Err(Refused(
+                "--gateway does not go with --ip dhcp: the lease gives the gateway".into(),
+            )
+            .into());
+        }
         let spec = InstanceSpec {
             name: self.name.clone(),
             mac: match (self.mac, self.shared_mac) {
@@ -213,7 +223,7 @@ impl Create {
                 (Some(m), false) => MacChoice::Given(m),
                 (None, false) => MacChoice::Generated,
             },
-            ipv4: (self.ip.0.octets(), self.ip.1),
+            ipv4,
             gateway: self.gateway.map(|g| g.octets()),
             ipv6_link_local: !self.no_ipv6,
             ephemeral: self.ephemeral_ports.map(|r| (*r.start(), *r.end())),
@@ -224,6 +234,8 @@ impl Create {
             temporary: self.temporary,
             overlay: self.overlay.clone(),
             ipv6,
+            dhcp,
+            slaac,
         };
         let mut client = self.netd.client()?;
         client.create_instance(spec).map_err(refused)?;
@@ -234,7 +246,11 @@ impl Create {
                 i.name,
                 mac_text(i.mac),
                 if i.shared_mac { " (the link's)" } else { "" },
-                ip_text(i.ipv4),
+                if i.dhcp && i.ipv4.is_none() {
+                    "dhcp (leasing)".to_owned()
+                } else {
+                    ip_text(i.ipv4)
+                },
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -276,7 +292,13 @@ impl Get {
         let mut props: Vec<(String, String, &str)> = vec![
             ("mac".into(), mac_text(i.mac), "r-"),
             ("shared-mac".into(), i.shared_mac.to_string(), "r-"),
-            ("ip".into(), ip_text(i.ipv4), "r-"),
+            // The default instance's address is netd's --ip; another's is `dhcp` or static.
+            (
+                "ip".into(),
+                ip_text(i.ipv4),
+                if i.id == 0 { "r-" } else { "rw" },
+            ),
+            ("ip-from".into(), ip_from(i.dhcp).into(), "r-"),
             ("temporary".into(), i.temporary.to_string(), "r-"),
         ];
         props.extend(i.properties.iter().map(|(k, v)| {
@@ -315,7 +337,7 @@ impl Get {
 }
 
 /// The fields `ls` knows, in default order.
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 20] = [
     "name",
     "id",
     "mac",
@@ -333,6 +355,9 @@ const FIELDS: [&str; 17] = [
     "hairpin",
     "temporary",
     "ip6",
+    "ip-from",
+    "ip6-from",
+    "gateway6",
 ];
 
 /// The fields of the table for people.
@@ -348,6 +373,15 @@ const TABLE: [&str; 9] = [
     "tx-bytes",
 ];
 
+/// Where an instance's IPv4 address comes from.
+fn ip_from(dhcp: bool) -> &'static str {
+    if dhcp {
+        "dhcp"
+    } else {
+        "static"
+    }
+}
+
 fn field(i: &InstanceView, f: &str) -> String {
     let c = i.counters.clone().unwrap_or_default();
     match f {
@@ -356,6 +390,11 @@ fn field(i: &InstanceView, f: &str) -> String {
         "mac" => mac_text(i.mac),
         "shared" => i.shared_mac.to_string(),
         "ip" => ip_text(i.ipv4),
+        "ip-from" => ip_from(i.dhcp).into(),
+        "ip6-from" => if i.slaac { "slaac" } else { "static" }.into(),
+        "gateway6" => i
+            .gateway6
+            .map_or("-".into(), |g| std::net::Ipv6Addr::from(g).to_string()),
         "gateway" => i
             .gateway
             .map_or("-".into(), |g| Ipv4Addr::from(g).to_string()),
@@ -410,9 +449,19 @@ impl List {
             } else {
                 self.output.iter().map(String::as_str).collect()
             };
+            let parseable = self.parseable;
             let rows: Vec<Vec<String>> = list
                 .iter()
-                .map(|i| fields.iter().map(|f| field(i, f)).collect())
+                .map(|i| {
+                    fields
+                        .iter()
+                        .map(|f| match (*f, parseable, i.dhcp) {
+                            // For people: the address and that a lease gave it.
+                            ("ip", false, true) => format!("{} (dhcp)", field(i, f)),
+                            _ => field(i, f),
+                        })
+                        .collect()
+                })
                 .collect();
             if self.parseable {
                 for r in rows {
