@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use netmux_proto::client::{ClientReply, ClientRequest, FilterMode, HostConfig, Transport};
 use netmux_proto::driver::Counters;
-use netmux_proto::{Channel, PROTOCOL_VERSION};
+use netmux_proto::{Channel, ErrorCode, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
 
 use super::{ClientError, ConnectOptions};
@@ -387,9 +387,13 @@ impl Reconnecting {
 
     /// Connects to netd again, waiting [`FIRST_BACKOFF`] and then twice as long after every
     /// failed attempt (at most [`MAX_BACKOFF`]) while nothing answers, for at most `patience`
-    /// or until `give_up` says so; then binds the same ports and, if it was open, opens the
-    /// queue again and returns it. A refusal (a port another client took meanwhile, say) ends
-    /// the attempt at once: trying again would not change netd's mind.
+    /// or until `give_up` says so; then binds the same ports, joins the same groups and, if it
+    /// was open, opens the queue again and returns it. Counted as nothing answering yet, and
+    /// tried again: the new connection failing; netd answering that its driver is gone (a
+    /// client notices a driver's death through its queue before netd does); and one of this
+    /// client's ports still in use, since the old session holding it may not be ended yet at
+    /// netd (after `patience`, a port another client took meanwhile is reported as in use).
+    /// Any other refusal ends the attempt at once: trying again would not change netd's mind.
     pub fn reconnect(
         &mut self,
         patience: Duration,
@@ -397,18 +401,35 @@ impl Reconnecting {
     ) -> Result<Option<ClientQueue>, ClientError> {
         let start = std::time::Instant::now();
         let mut pause = FIRST_BACKOFF;
-        let client = loop {
-            match Client::connect_socket_with(&self.path, &self.options) {
-                Ok(c) => break c,
-                // netd answered "no" (its driver is gone, say): that may change once it is
-                // restarted with one, as may a socket nobody listens on yet.
-                Err(e) if start.elapsed() + pause > patience || give_up() => return Err(e),
-                Err(_) => {}
+        loop {
+            let error = match self.take_up_again() {
+                Ok(queue) => return Ok(queue),
+                Err(e) => e,
+            };
+            let transient = match &error {
+                ClientError::Refused(reply) => {
+                    matches!(
+                        reply.code,
+                        ErrorCode::Driver | ErrorCode::Again | ErrorCode::InUse
+                    )
+                }
+                ClientError::Connect { .. }
+                | ClientError::Channel(_)
+                | ClientError::NoAnswer(_) => true,
+                ClientError::Unexpected(_) | ClientError::Attach(_) => false,
+            };
+            if !transient || start.elapsed() + pause > patience || give_up() {
+                return Err(error);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(MAX_BACKOFF);
-        };
-        self.client = client;
+        }
+    }
+
+    /// One attempt of [`Reconnecting::reconnect`]: a new session with the same ports, groups
+    /// and queue.
+    fn take_up_again(&mut self) -> Result<Option<ClientQueue>, ClientError> {
+        self.client = Client::connect_socket_with(&self.path, &self.options)?;
         for &(transport, port) in &self.ports {
             self.client.bind_port(transport, port)?;
         }
