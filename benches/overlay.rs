@@ -304,7 +304,12 @@ mod path {
             feed: feed.clone(),
             stats: LinkStats::default(),
         };
-        let mut d = Driver::new(Box::new(link), DriverConfig::default());
+        // One receive batch is what the client takes per iteration.
+        let config = DriverConfig {
+            rx_batch: BATCH,
+            ..DriverConfig::default()
+        };
+        let mut d = Driver::new(Box::new(link), config);
         ok(
             &mut d,
             DriverRequest::SetInstance(InstanceInfo {
@@ -432,7 +437,7 @@ mod path {
         let mut frames: Vec<&mut [&mut [u8]]> = vectors.iter_mut().map(|v| &mut v[..]).collect();
         let mut lens = vec![0usize; frames.len()];
         let taken = client.recv(&mut frames, &mut lens).unwrap_or(0);
-        debug_assert_eq!(taken, got);
+        assert_eq!(taken, got, "the client takes every frame the driver delivered");
         taken
     }
 
