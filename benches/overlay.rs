@@ -437,7 +437,10 @@ mod path {
         let mut frames: Vec<&mut [&mut [u8]]> = vectors.iter_mut().map(|v| &mut v[..]).collect();
         let mut lens = vec![0usize; frames.len()];
         let taken = client.recv(&mut frames, &mut lens).unwrap_or(0);
-        assert_eq!(taken, got, "the client takes every frame the driver delivered");
+        assert_eq!(
+            taken, got,
+            "the client takes every frame the driver delivered"
+        );
         taken
     }
 

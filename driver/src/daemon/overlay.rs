@@ -315,6 +315,7 @@ pub enum Received {
 
 /// Puts in `to` (sorted) the slots of `overlay`'s instances an inner frame is for: the one its
 /// destination MAC names, or every one for a group address. Whether there is any.
+#[inline]
 fn select(overlay: &Overlay, inner: &[u8], to: &mut Vec<Slot>) -> bool {
     to.clear();
     let Some(dst) = inner.get(..6) else {
@@ -444,8 +445,18 @@ impl Overlays {
     /// inner IP fragment, nothing until its datagram is whole and then the datagram (whose
     /// receivers [`Overlays::deliver_to`] then names). A datagram delivered is handed back
     /// with [`Overlays::recycle`].
+    #[inline]
     pub fn reassemble<'a>(&mut self, vni: u32, inner: &'a [u8], now_ns: u64) -> Outcome<'a> {
-        if !reassembly::is_fragment(inner) {
+        // Untagged IPv4 (nearly every inner frame) is read here; the rest is parsed in full.
+        let whole = match inner.get(12..24) {
+            Some(&[0x08, 0x00, _, _, _, _, _, _, flags, offset, _, _]) => {
+                u16::from_be_bytes([flags, offset])
+                    & (netmux_wire::ipv4::FLAG_MF | netmux_wire::ipv4::OFFSET_MASK)
+                    == 0
+            }
+            _ => !reassembly::is_fragment(inner),
+        };
+        if whole {
             return Outcome::Deliver(inner);
         }
         let Some(overlay) = self.by_vni.get_mut(&vni) else {
@@ -475,11 +486,17 @@ impl Overlays {
     }
 
     /// Learns that `ip` is at `mac` on the link; frames waiting for it are sent.
+    #[inline]
     fn learn(&mut self, ip: [u8; 4], mac: [u8; 6], now_ns: u64) {
         // A stream of frames from one VTEP asks the same question frame after frame.
         if self.last_learned == Some((ip, mac)) {
             return;
         }
+        self.learn_new(ip, mac, now_ns);
+    }
+
+    /// [`Overlays::learn`] of a neighbour other than the last one.
+    fn learn_new(&mut self, ip: [u8; 4], mac: [u8; 6], now_ns: u64) {
         if self.neighbours.get(&ip) == Some(&mac) || mac[0] & 1 != 0 {
             self.last_learned = (mac[0] & 1 == 0).then_some((ip, mac));
             return;
