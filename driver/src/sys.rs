@@ -312,39 +312,23 @@ pub fn open_packet_socket(
     Ok(fd)
 }
 
-/// Asks the interface to accept frames for `mac` besides its own (`PACKET_MR_UNICAST`: a
-/// secondary unicast address in the NIC's filter, or promiscuous mode where it has none), or
-/// stops asking. The kernel keeps the membership as long as the socket lives.
-pub fn packet_unicast_membership(
-    fd: BorrowedFd<'_>,
-    ifindex: u32,
-    mac: [u8; 6],
-    add: bool,
-) -> io::Result<()> {
-    let ifindex = libc::c_int::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index too large"))?;
-    let mut address = [0u8; 8];
-    address[..6].copy_from_slice(&mac);
-    let request = libc::packet_mreq {
-        mr_ifindex: ifindex,
-        mr_type: libc::PACKET_MR_UNICAST as libc::c_ushort,
-        mr_alen: 6,
-        mr_address: address,
-    };
-    let option = if add {
-        libc::PACKET_ADD_MEMBERSHIP
-    } else {
-        libc::PACKET_DROP_MEMBERSHIP
-    };
-    setsockopt_packet(fd, option, &request)
+/// Which address list of the interface a [`packet_membership`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// `PACKET_MR_UNICAST`: a secondary unicast address in the NIC's filter, or promiscuous
+    /// mode where it has none (an instance's own MAC).
+    Unicast,
+    /// `PACKET_MR_MULTICAST`: an entry in the NIC's multicast filter, as a socket joining a
+    /// group makes (a group a client joined).
+    Multicast,
 }
 
-/// Asks the interface to accept frames for the multicast `mac` (`PACKET_MR_MULTICAST`: an
-/// entry in the NIC's multicast filter, as a socket joining a group makes), or stops asking.
-/// The kernel keeps the membership as long as the socket lives.
-pub fn packet_multicast_membership(
+/// Asks the interface to accept frames for `mac` besides its own, in the list `kind` names, or
+/// stops asking. The kernel keeps the membership as long as the socket lives.
+pub fn packet_membership(
     fd: BorrowedFd<'_>,
     ifindex: u32,
+    kind: Membership,
     mac: [u8; 6],
     add: bool,
 ) -> io::Result<()> {
@@ -352,9 +336,13 @@ pub fn packet_multicast_membership(
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index too large"))?;
     let mut address = [0u8; 8];
     address[..6].copy_from_slice(&mac);
+    let mr_type = match kind {
+        Membership::Unicast => libc::PACKET_MR_UNICAST,
+        Membership::Multicast => libc::PACKET_MR_MULTICAST,
+    };
     let request = libc::packet_mreq {
         mr_ifindex: ifindex,
-        mr_type: libc::PACKET_MR_MULTICAST as libc::c_ushort,
+        mr_type: mr_type as libc::c_ushort,
         mr_alen: 6,
         mr_address: address,
     };

@@ -1200,20 +1200,7 @@ impl Netd {
                 commands.push(DriverCommand::SetInstance(i.driver_info()));
             }
         }
-        if let Some(filter) = self.host_tx.remove(&id) {
-            commands.push(DriverCommand::RemoveFilter {
-                queue: HOST_QUEUE,
-                filter,
-            });
-        }
-        match self.host_tx_spec(id) {
-            Ok(Some((filter, s))) => {
-                self.host_tx.insert(id, filter);
-                commands.push(DriverCommand::InstallFilter(s));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!("ipv6: the host's transmit filter: {e}"),
-        }
+        commands.extend(self.replace_host_tx(id, false, "ipv6"));
         (commands, stale)
     }
 
@@ -1389,8 +1376,18 @@ impl Netd {
         if let Some(i) = self.instances.get(&id) {
             commands.push(DriverCommand::SetInstance(i.driver_info()));
         }
+        commands.extend(self.replace_host_tx(id, releasing, "dhcp"));
+        (commands, stale)
+    }
+
+    /// Commands that replace the host stack's transmit filter of instance `id` with one for
+    /// its addresses now. With `linger`, the old filter is kept until the host stack has sent
+    /// what must still leave from the old address (a DHCP release: [`Netd::dhcp_released`]).
+    /// `why` names the change in a log line if the new filter cannot be built.
+    fn replace_host_tx(&mut self, id: InstanceId, linger: bool, why: &str) -> Vec<DriverCommand> {
+        let mut commands = Vec::new();
         if let Some(filter) = self.host_tx.remove(&id) {
-            if releasing {
+            if linger {
                 self.lingering_host_tx.push((id, filter));
             } else {
                 commands.push(DriverCommand::RemoveFilter {
@@ -1405,9 +1402,9 @@ impl Netd {
                 commands.push(DriverCommand::InstallFilter(s));
             }
             Ok(None) => {}
-            Err(e) => tracing::error!("dhcp: the host's transmit filter: {e}"),
+            Err(e) => tracing::error!("{why}: the host's transmit filter: {e}"),
         }
-        (commands, stale)
+        commands
     }
 
     /// [`Netd::take_dhcp_commands`] for the default instance.
@@ -1456,12 +1453,6 @@ impl Netd {
                 filter,
             });
         }
-        if let Some(filter) = self.host_tx.remove(&DEFAULT_INSTANCE) {
-            commands.push(DriverCommand::RemoveFilter {
-                queue: HOST_QUEUE,
-                filter,
-            });
-        }
         if let Some(expr) = filters::host_rx(&self.default_instance().host) {
             let filter = self.filter_id();
             match spec(HOST_QUEUE, filter, Direction::Rx, RxMode::Owner, None, expr) {
@@ -1472,14 +1463,7 @@ impl Netd {
                 Err(e) => tracing::error!("dhcp: the host's receive filter: {e}"),
             }
         }
-        match self.host_tx_spec(DEFAULT_INSTANCE) {
-            Ok(Some((filter, s))) => {
-                self.host_tx.insert(DEFAULT_INSTANCE, filter);
-                commands.push(DriverCommand::InstallFilter(s));
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!("dhcp: the host's transmit filter: {e}"),
-        }
+        commands.extend(self.replace_host_tx(DEFAULT_INSTANCE, false, "dhcp"));
         (commands, stale)
     }
 

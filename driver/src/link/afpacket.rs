@@ -46,7 +46,7 @@ use std::sync::atomic::Ordering;
 
 use super::watch::{self, LinkWatch};
 use super::{FrameBatch, Link, LinkError, LinkInfo, LinkState, LinkStats, MIN_FRAME_LEN};
-use crate::sys::{Interface, PacketRingRequest};
+use crate::sys::{packet_membership, Interface, Membership, PacketRingRequest};
 use netmux_ring::sys::SharedMapping;
 use netmux_ring::MAX_FRAME_LEN;
 use netmux_wire::offload::{self, OffloadError, VirtioNetHeader};
@@ -197,6 +197,45 @@ impl AfPacketLink {
         if self.state == LinkState::Up {
             self.set_state(LinkState::Down, Some(format!("the kernel says: {errno}")));
         }
+    }
+
+    /// Makes the socket's memberships of `kind` exactly `macs`: the new ones added, the old
+    /// ones dropped. Without a socket, the next one is asked when the interface is back.
+    fn set_memberships(&mut self, kind: Membership, macs: &[[u8; 6]]) -> Result<(), LinkError> {
+        let list = match kind {
+            Membership::Unicast => &mut self.unicast,
+            Membership::Multicast => &mut self.multicast,
+        };
+        let old = std::mem::replace(list, macs.to_vec());
+        let Some(socket) = &self.socket else {
+            return Ok(());
+        };
+        let (fd, ifindex) = (socket.fd.as_fd(), socket.ifindex);
+        for mac in old.iter().filter(|m| !macs.contains(m)) {
+            // A membership the kernel no longer has is gone either way.
+            let _ = packet_membership(fd, ifindex, kind, *mac, false);
+        }
+        for mac in macs.iter().filter(|m| !old.contains(m)) {
+            packet_membership(fd, ifindex, kind, *mac, true).map_err(|e| {
+                LinkError::io(
+                    format!(
+                        "asking {} to accept frames for {}",
+                        self.ifname,
+                        member_text(kind, *mac)
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A membership's MAC as the logs name it.
+fn member_text(kind: Membership, mac: [u8; 6]) -> String {
+    match kind {
+        Membership::Unicast => mac_text(mac),
+        Membership::Multicast => format!("the group {}", mac_text(mac)),
     }
 }
 
@@ -364,53 +403,11 @@ impl Link for AfPacketLink {
     }
 
     fn set_unicast_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), LinkError> {
-        let old = std::mem::replace(&mut self.unicast, macs.to_vec());
-        let Some(socket) = &self.socket else {
-            // Asked of the next incarnation when the interface is back.
-            return Ok(());
-        };
-        let (fd, ifindex) = (socket.fd.as_fd(), socket.ifindex);
-        for mac in old.iter().filter(|m| !macs.contains(m)) {
-            // A membership the kernel no longer has is gone either way.
-            let _ = crate::sys::packet_unicast_membership(fd, ifindex, *mac, false);
-        }
-        for mac in macs.iter().filter(|m| !old.contains(m)) {
-            crate::sys::packet_unicast_membership(fd, ifindex, *mac, true).map_err(|e| {
-                LinkError::io(
-                    format!(
-                        "asking {} to accept frames for {}",
-                        self.ifname,
-                        mac_text(*mac)
-                    ),
-                    e,
-                )
-            })?;
-        }
-        Ok(())
+        self.set_memberships(Membership::Unicast, macs)
     }
 
     fn set_multicast_macs(&mut self, macs: &[[u8; 6]]) -> Result<(), LinkError> {
-        let old = std::mem::replace(&mut self.multicast, macs.to_vec());
-        let Some(socket) = &self.socket else {
-            return Ok(());
-        };
-        let (fd, ifindex) = (socket.fd.as_fd(), socket.ifindex);
-        for mac in old.iter().filter(|m| !macs.contains(m)) {
-            let _ = crate::sys::packet_multicast_membership(fd, ifindex, *mac, false);
-        }
-        for mac in macs.iter().filter(|m| !old.contains(m)) {
-            crate::sys::packet_multicast_membership(fd, ifindex, *mac, true).map_err(|e| {
-                LinkError::io(
-                    format!(
-                        "asking {} to accept frames for the group {}",
-                        self.ifname,
-                        mac_text(*mac)
-                    ),
-                    e,
-                )
-            })?;
-        }
-        Ok(())
+        self.set_memberships(Membership::Multicast, macs)
     }
 
     fn stats(&self) -> LinkStats {
@@ -466,32 +463,19 @@ impl Link for AfPacketLink {
             }
             match Socket::open(&self.ifname, iface.index) {
                 Ok(socket) => {
-                    for &mac in &self.unicast {
-                        if let Err(e) = crate::sys::packet_unicast_membership(
-                            socket.fd.as_fd(),
-                            socket.ifindex,
-                            mac,
-                            true,
-                        ) {
-                            tracing::warn!(
-                                "{} does not accept frames for {}: {e}",
-                                self.ifname,
-                                mac_text(mac)
-                            );
-                        }
-                    }
-                    for &mac in &self.multicast {
-                        if let Err(e) = crate::sys::packet_multicast_membership(
-                            socket.fd.as_fd(),
-                            socket.ifindex,
-                            mac,
-                            true,
-                        ) {
-                            tracing::warn!(
-                                "{} does not accept frames for the group {}: {e}",
-                                self.ifname,
-                                mac_text(mac)
-                            );
+                    for (kind, macs) in [
+                        (Membership::Unicast, &self.unicast),
+                        (Membership::Multicast, &self.multicast),
+                    ] {
+                        for &mac in macs {
+                            let (fd, ifindex) = (socket.fd.as_fd(), socket.ifindex);
+                            if let Err(e) = packet_membership(fd, ifindex, kind, mac, true) {
+                                tracing::warn!(
+                                    "{} does not accept frames for {}: {e}",
+                                    self.ifname,
+                                    member_text(kind, mac)
+                                );
+                            }
                         }
                     }
                     self.socket = Some(socket);
