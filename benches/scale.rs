@@ -207,8 +207,8 @@ fn exchange(
     completions: &mut Vec<Completion>,
 ) {
     client.send(frames).expect("the tx ring has room");
-    let taken = driver.poll_tx();
-    debug_assert_eq!(taken, frames.len());
+    // A parked queue's frames are taken a turn or more later (below).
+    driver.poll_tx();
     completions.clear();
     while completions.len() < frames.len() {
         client.completions(BATCH, completions).expect("completions");
