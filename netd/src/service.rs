@@ -1182,17 +1182,7 @@ impl Netd {
         } else {
             None
         };
-        let stale = if lost.is_some() {
-            self.sessions_in(id)
-        } else {
-            Vec::new()
-        };
-        if let (Some(old), false) = (lost, stale.is_empty()) {
-            tracing::warn!(
-                "ipv6: ending the {} sessions of instance {name}: they were told {old}",
-                stale.len()
-            );
-        }
+        let stale = self.sessions_told(id, lost, "ipv6", &format!("instance {name}"));
         let mut commands = Vec::new();
         if id != DEFAULT_INSTANCE {
             // The driver tells instances apart by their addresses too.
@@ -1361,23 +1351,35 @@ impl Netd {
         if before == i.host.ipv4 {
             return (Vec::new(), Vec::new());
         }
-        let stale = if before.is_some() {
-            self.sessions_in(id)
-        } else {
-            Vec::new()
-        };
-        if let (Some(old), false) = (before, stale.is_empty()) {
-            tracing::warn!(
-                "dhcp: ending the {} sessions of instance {name}: they were told {old}",
-                stale.len()
-            );
-        }
+        let stale = self.sessions_told(id, before, "dhcp", &format!("instance {name}"));
         let mut commands = Vec::new();
         if let Some(i) = self.instances.get(&id) {
             commands.push(DriverCommand::SetInstance(i.driver_info()));
         }
         commands.extend(self.replace_host_tx(id, releasing, "dhcp"));
         (commands, stale)
+    }
+
+    /// The sessions of instance `id` to end because `lost`, an address they were told, is
+    /// gone (none when nothing was lost); said once in the log, by `why`, of `who`.
+    fn sessions_told(
+        &self,
+        id: InstanceId,
+        lost: Option<impl std::fmt::Display>,
+        why: &str,
+        who: &str,
+    ) -> Vec<SessionId> {
+        let Some(old) = lost else {
+            return Vec::new();
+        };
+        let stale = self.sessions_in(id);
+        if !stale.is_empty() {
+            tracing::warn!(
+                "{why}: ending the {} sessions of {who}: they were told {old}",
+                stale.len()
+            );
+        }
+        stale
     }
 
     /// Commands that replace the host stack's transmit filter of instance `id` with one for
@@ -1433,17 +1435,7 @@ impl Netd {
         if before == after {
             return (Vec::new(), Vec::new());
         }
-        let stale = if before.is_some() {
-            self.sessions_in(DEFAULT_INSTANCE)
-        } else {
-            Vec::new()
-        };
-        if let (Some(old), false) = (before, stale.is_empty()) {
-            tracing::warn!(
-                "dhcp: ending the default instance's {} sessions: they were told {old}",
-                stale.len()
-            );
-        }
+        let stale = self.sessions_told(DEFAULT_INSTANCE, before, "dhcp", "the default instance");
         let mut commands = vec![DriverCommand::SetHostAddresses {
             ipv4: after.iter().map(|a| a.octets()).collect(),
         }];
