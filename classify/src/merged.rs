@@ -1,10 +1,9 @@
 //! The merged classifier: one generic program and three hash tables for every port binding,
 //! then the filters that are not bindings. See the crate documentation for the rules.
 
-use std::collections::HashMap;
-
 use netmux_proto::driver::{FilterId, PortBinding, QueueId, RxMode};
 use netmux_vm::{Engine, Scratch, Strategy, Verdict};
+use rustc_hash::FxHashMap;
 
 use crate::key::Key;
 use crate::port_filter;
@@ -89,7 +88,8 @@ pub struct Classifier {
     others: Vec<Other>,
     /// How many of `others` are taps (the transmit path's observer scan skips the rest).
     taps: usize,
-    where_is: HashMap<FilterId, Slot>,
+    /// Keyed by netd's filter ids (not chosen by clients), so a fast hash is safe.
+    where_is: FxHashMap<FilterId, Slot>,
     owners: Owners,
     scratch: Scratch,
 }
@@ -133,7 +133,7 @@ impl Classifier {
             bound: 0,
             others: Vec::new(),
             taps: 0,
-            where_is: HashMap::new(),
+            where_is: FxHashMap::default(),
             owners: Owners::new(ownership),
             scratch: Scratch::default(),
         }

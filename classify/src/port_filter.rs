@@ -28,6 +28,11 @@ use crate::program::Asm;
 /// form for an exact-address key, accepting with 1; `None` for an address-less key (netd
 /// binds those with an expression of another shape).
 pub fn program(key: &Key, mac: [u8; 6]) -> Option<Program> {
+    Program::new(&insns(key, mac)?, &[]).ok()
+}
+
+/// The instructions of [`program`]`(key, mac)`, not yet verified.
+fn insns(key: &Key, mac: [u8; 6]) -> Option<Vec<Insn>> {
     use Opcode::*;
     let (addr, protocol, port) = match *key {
         Key::V4 {
@@ -42,7 +47,8 @@ pub fn program(key: &Key, mac: [u8; 6]) -> Option<Program> {
         } => (IpAddr::V6(addr), protocol, port),
         Key::AnyAddr { .. } => return None,
     };
-    let mut a = Asm::default();
+    // The IPv6 form, the longer, has 28 instructions.
+    let mut a = Asm::with_capacity(28);
     // A test and a jump to "reject" when it fails, as the compiler lays out an `and` chain.
     let test = |a: &mut Asm, load: Insn, value: u32| {
         a.push(load);
@@ -85,11 +91,32 @@ pub fn program(key: &Key, mac: [u8; 6]) -> Option<Program> {
             a.push(Insn::accept(1));
         }
     }
-    Program::new(&a.finish(), &[]).ok()
+    Some(a.finish())
 }
 
-/// Whether `program` is byte for byte [`program`]`(key, mac)`.
+/// Whether `program` is byte for byte [`program`]`(key, mac)`. `program` was verified when it
+/// was made, so the instructions it is compared with need not be.
 pub fn is_port_filter(program: &Program, key: &Key, mac: [u8; 6]) -> bool {
-    self::program(key, mac)
-        .is_some_and(|p| p.insns() == program.insns() && program.tables().is_empty())
+    program.tables().is_empty() && insns(key, mac).is_some_and(|i| i == program.insns())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ipv6_form_fits_the_room_made_for_it() {
+        let key = Key::V6 {
+            protocol: 17,
+            addr: "2001:db8::1".parse().unwrap(),
+            port: 53,
+        };
+        let insns = insns(&key, [2, 0, 0, 0, 0, 1]).unwrap();
+        assert_eq!(insns.len(), 28);
+        assert!(is_port_filter(
+            &program(&key, [2, 0, 0, 0, 0, 1]).unwrap(),
+            &key,
+            [2, 0, 0, 0, 0, 1]
+        ));
+    }
 }

@@ -179,6 +179,14 @@ pub(crate) struct Asm {
 }
 
 impl Asm {
+    /// An assembler with room for `insns` instructions and a few jumps and labels.
+    pub(crate) fn with_capacity(insns: usize) -> Self {
+        Self {
+            insns: Vec::with_capacity(insns),
+            labels: Vec::with_capacity(2),
+            fixups: Vec::with_capacity(insns / 2),
+        }
+    }
     pub(crate) fn push(&mut self, i: Insn) {
         self.insns.push(i);
     }
