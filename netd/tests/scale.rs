@@ -17,7 +17,9 @@
 //! (its end of the doorbell) and a session costs netd one (its socket), so 10,000 sessions
 //! fit a limit of 20,000 in each; a worker holds two per session (its socket and its end of
 //! the doorbell). The test prints what 10,000 clients cost in memory (the driver's and netd's
-//! resident memory and the ring memory, per client and in all; the goal is 4 GiB in all).
+//! resident memory and the ring memory, per client and in all; the goal is 4 GiB in all), and
+//! writes them as JSON to the file `NETMUX_SCALE_MEMORY_FILE` names (`scripts/bench-report`
+//! shows them against the goal).
 
 mod common;
 
@@ -45,6 +47,8 @@ const PATIENCE: Duration = Duration::from_secs(120);
 const WORKER_SOCKET_ENV: &str = "NETMUX_SCALE_WORKER_SOCKET";
 /// Set in a worker: `FIRST_PORT,COUNT`, the ports its sessions bind.
 const WORKER_PORTS_ENV: &str = "NETMUX_SCALE_WORKER_PORTS";
+/// Set by `scripts/bench-report`: the file the memory figures are written to (JSON).
+const MEMORY_FILE_ENV: &str = "NETMUX_SCALE_MEMORY_FILE";
 /// The goal for 10,000 clients: driver and netd resident memory and ring memory, in all.
 const GOAL_BYTES_FOR_10K: u64 = 4 << 30;
 
@@ -500,6 +504,20 @@ fn sessions_exchange_a_frame_each_and_leave_nothing_behind(sessions: usize) {
         (per_client * 10_000) >> 20,
         GOAL_BYTES_FOR_10K >> 20,
     );
+    // `scripts/bench-report` runs the 10,000-session test and shows these figures against
+    // their goal.
+    if let Some(path) = std::env::var_os(MEMORY_FILE_ENV) {
+        let figures = serde_json::json!({
+            "sessions": sessions,
+            "driver_rss_bytes": driver_rss,
+            "netd_rss_bytes": netd_rss,
+            "ring_bytes": ring_bytes,
+            "total_bytes": total,
+            "per_client_bytes": per_client,
+        });
+        std::fs::write(&path, format!("{figures}\n"))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", Path::new(&path).display()));
+    }
     // One descriptor per queue in the driver and per session in netd, and a little slack for
     // what either opens meanwhile (logs, the watcher's session).
     for (who, before, open) in [
