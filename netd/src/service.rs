@@ -506,6 +506,41 @@ fn spec(
     })
 }
 
+/// A port's receive filter: `ether dst MAC and ip|ip6 dst host A and tcp|udp dst port P` (its
+/// `expr`), with its binding as the classifier's key. Its program is built instruction for
+/// instruction as the compiler would emit it ([`netmux_classify::port_filter::program`], which
+/// the compiler's tests pin to the expression's bytes), so binding a port compiles nothing; a
+/// binding without an exact address (none of netd's) is compiled from `expr`.
+fn port_rx_spec(
+    queue: QueueId,
+    filter: FilterId,
+    binding: PortBinding,
+    mac: [u8; 6],
+    expr: String,
+) -> Result<FilterSpec, String> {
+    let built = netmux_classify::Key::of(&binding)
+        .and_then(|key| netmux_classify::port_filter::program(&key, mac));
+    match built {
+        Some(program) => Ok(FilterSpec {
+            queue,
+            filter,
+            direction: Direction::Rx,
+            mode: RxMode::Owner,
+            binding: Some(binding),
+            expr,
+            program: program.to_bytes(),
+        }),
+        None => spec(
+            queue,
+            filter,
+            Direction::Rx,
+            RxMode::Owner,
+            Some(binding),
+            expr,
+        ),
+    }
+}
+
 /// A port's transmit grant: a tx filter with its binding and no program, which the driver
 /// keeps as an entry in the queue's transmit table (it accepts exactly what `expr`, the
 /// binding's `ether src .. and ip src host .. and udp src port ..`, would). Binding a port
@@ -2347,37 +2382,43 @@ impl Netd {
         let mut commands = Vec::new();
         let planned = (|| {
             let (queue_id, queue) = self.queue_or_create(id, &mut commands, None)?;
-            let mut port_filters = filters::port_filters(&host, transport, port)
+            let port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
-            if let Some(prefix) = prefix {
-                let broadcast = filters::broadcast_rx(&host, prefix, transport, port);
-                port_filters.rx.extend(broadcast);
-            }
-            let mut ids = Vec::new();
-            let directed = port_filters
+            // The unicast filters are for the host's MAC, the broadcast ones for the Ethernet
+            // broadcast address.
+            let mut rx: Vec<_> = port_filters
                 .rx
                 .into_iter()
-                .map(|f| (Direction::Rx, f))
-                .chain(port_filters.tx.into_iter().map(|f| (Direction::Tx, f)));
-            for (direction, (expr, binding)) in directed {
+                .map(|(expr, binding)| (expr, binding, host.mac))
+                .collect();
+            if let Some(prefix) = prefix {
+                let broadcast = filters::broadcast_rx(&host, prefix, transport, port);
+                rx.extend(
+                    broadcast
+                        .into_iter()
+                        .map(|(expr, binding)| (expr, binding, filters::ETHER_BROADCAST)),
+                );
+            }
+            let mut ids = Vec::new();
+            let mut specs = Vec::with_capacity(rx.len() + port_filters.tx.len());
+            for (expr, binding, mac) in rx {
                 let filter = self.filter_id();
-                let s = match direction {
-                    // The transmit side is an entry in the queue's grant table: nothing to
-                    // compile (see `grant_spec`).
-                    Direction::Tx => grant_spec(queue_id, filter, binding, expr),
-                    Direction::Rx => spec(
-                        queue_id,
-                        filter,
-                        direction,
-                        RxMode::Owner,
-                        Some(binding),
-                        expr,
-                    )
-                    .map_err(|e| error(ErrorCode::Internal, e))?,
-                };
-                commands.push(DriverCommand::InstallFilter(s));
+                // The receive side is a key in the classifier's tables; its program is built
+                // directly, not compiled (see `port_rx_spec`).
+                let s = port_rx_spec(queue_id, filter, binding, mac, expr)
+                    .map_err(|e| error(ErrorCode::Internal, e))?;
+                specs.push(s);
                 ids.push(filter);
             }
+            for (expr, binding) in port_filters.tx {
+                let filter = self.filter_id();
+                // The transmit side is an entry in the queue's grant table: nothing to
+                // compile (see `grant_spec`).
+                specs.push(grant_spec(queue_id, filter, binding, expr));
+                ids.push(filter);
+            }
+            // One driver round trip for all of them, all or nothing.
+            commands.push(DriverCommand::InstallFilters(specs));
             Ok((queue_id, queue, ids))
         })();
         match planned {
@@ -2977,9 +3018,9 @@ impl Netd {
                         return self.undo_queue(session, e, undo, q.reserved);
                     }
                 }
-                let results: Vec<DriverOutcome> = it.collect();
-                let installed = results.iter().take_while(|o| o.is_ok()).count();
-                if installed == filters.len() {
+                // The filters went in one all-or-nothing batch: one outcome.
+                let mut results: Vec<DriverOutcome> = it.collect();
+                if results.len() == 1 && results[0].is_ok() {
                     self.session_done(session);
                     let installed = self.core_mut(session).and_then(|c| {
                         c.port_installed(session, transport, port)
@@ -2995,11 +3036,19 @@ impl Netd {
                         Err(e) => Step::Reply(Response::error(e)),
                     };
                 }
-                let mut results = results;
+                // A refused batch left nothing in force; after a lost connection any of its
+                // filters may be: those are taken back (or, failing that, the port stays
+                // unusable).
+                let unknown = results
+                    .iter()
+                    .any(|o| matches!(o, DriverOutcome::Failed(DriverError::Gone(_))));
                 let e = first_failure(&mut results)
                     .map(driver_error)
                     .unwrap_or_else(|| error(ErrorCode::Internal, "a filter install was skipped"));
-                let undo = removals(Some(queue_id), &filters[..installed]);
+                let undo = match unknown {
+                    true => removals(Some(queue_id), &filters),
+                    false => Vec::new(),
+                };
                 if undo.is_empty() {
                     let _ = self
                         .core_mut(session)
@@ -3638,9 +3687,12 @@ mod tests {
     fn filters_of(commands: &[DriverCommand]) -> (Vec<String>, usize) {
         let installed = commands
             .iter()
-            .filter_map(|c| match c {
-                DriverCommand::InstallFilter(s) => Some(s.expr.clone()),
-                _ => None,
+            .flat_map(|c| match c {
+                DriverCommand::InstallFilter(s) => vec![s.expr.clone()],
+                DriverCommand::InstallFilters(specs) => {
+                    specs.iter().map(|s| s.expr.clone()).collect()
+                }
+                _ => Vec::new(),
             })
             .collect();
         let removed = commands
@@ -3661,6 +3713,11 @@ mod tests {
     fn kind(c: &DriverCommand) -> String {
         match c {
             DriverCommand::InstallFilter(s) => format!("install {:?} {}", s.direction, s.expr),
+            DriverCommand::InstallFilters(specs) => specs
+                .iter()
+                .map(|s| format!("install {:?} {}", s.direction, s.expr))
+                .collect::<Vec<_>>()
+                .join("; "),
             DriverCommand::Overlay(r) => format!(
                 "overlay {}",
                 format!("{r:?}").split(['(', ' ']).next().unwrap_or("")
@@ -3668,6 +3725,36 @@ mod tests {
             DriverCommand::Operator(r) => format!("operator {r:?}"),
             other => format!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_port_rx_filter_is_built_byte_for_byte_as_its_expression_compiles() {
+        let host = filters::HostIdentity {
+            mac: [2, 0, 0, 0, 0, 1],
+            ipv4: Some(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+            ipv6: Some("fe80::1".parse().unwrap()),
+            ipv6_global: Some("2001:db8::7".parse().unwrap()),
+        };
+        let mut checked = 0;
+        for transport in [Transport::Tcp, Transport::Udp] {
+            for port in [1, 53, 8080, 65535] {
+                let f = filters::port_filters(&host, transport, port).unwrap();
+                let unicast = f.rx.into_iter().map(|(e, b)| (e, b, host.mac));
+                let broadcast = filters::broadcast_rx(&host, 24, transport, port)
+                    .into_iter()
+                    .map(|(e, b)| (e, b, filters::ETHER_BROADCAST));
+                for (expr, binding, mac) in unicast.chain(broadcast) {
+                    let built =
+                        port_rx_spec(QueueId(1), FilterId(2), binding, mac, expr.clone()).unwrap();
+                    let compiled = filters::compile(&expr).unwrap().to_bytes();
+                    assert_eq!(built.program, compiled, "{expr}");
+                    assert_eq!((built.expr, built.binding), (expr, Some(binding)));
+                    checked += 1;
+                }
+            }
+        }
+        // Three addresses for both transports, two broadcast addresses for UDP.
+        assert_eq!(checked, 4 * (3 * 2 + 2));
     }
 
     #[test]

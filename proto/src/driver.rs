@@ -11,6 +11,28 @@ pub mod ops;
 /// and the instances', stay well inside one message.
 pub const MAX_STATS_QUEUES: usize = 2_000;
 
+/// The most filters one [`DriverRequest::InstallFilters`] may carry: a port's rx bindings and
+/// tx grants are a handful; the bound keeps one request's work small.
+pub const MAX_BATCH_FILTERS: usize = 64;
+
+/// One filter of a [`DriverRequest::InstallFilters`]: the fields of a
+/// [`DriverRequest::InstallFilter`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterInstall {
+    /// The queue.
+    pub queue: QueueId,
+    /// The filter's id.
+    pub filter: FilterId,
+    /// Rx or tx.
+    pub direction: Direction,
+    /// For rx filters: owner, tap or exclusive.
+    pub mode: RxMode,
+    /// The classifier's key (rx) or the transmit grant (tx), as for `InstallFilter`.
+    pub binding: Option<PortBinding>,
+    /// The program in the VM's container format; empty for a tx grant.
+    pub program: Vec<u8>,
+}
+
 /// A client queue's identity, chosen by netd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub u32);
@@ -159,6 +181,14 @@ pub enum DriverRequest {
         /// (accepting exactly what `ether src MAC and ip|ip6 src host A and tcp|udp src port
         /// P` accepts), and nothing is compiled.
         program: Vec<u8>,
+    },
+    /// Install several filters in one round trip (a port's rx bindings and tx grants), in
+    /// order, each as [`DriverRequest::InstallFilter`] would. All or nothing: `Done` means every
+    /// one is in force; on an error reply none is (the driver takes back those of the batch it
+    /// had installed). At most [`MAX_BATCH_FILTERS`].
+    InstallFilters {
+        /// The filters.
+        filters: Vec<FilterInstall>,
     },
     /// Remove a filter; the reply confirms it is no longer in force.
     RemoveFilter {

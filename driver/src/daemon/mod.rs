@@ -544,6 +544,7 @@ impl Driver {
                 binding,
                 program,
             } => self.install_filter(queue, filter, direction, mode, binding, &program),
+            DriverRequest::InstallFilters { filters } => self.install_filters(filters),
             DriverRequest::RemoveFilter { queue, filter } => self.remove_filter(queue, filter),
             DriverRequest::SetQueueConfig { queue, config } => self.reconfigure(queue, config),
             DriverRequest::Stats => {
@@ -861,6 +862,42 @@ impl Driver {
         if let (Direction::Rx, Some(mac)) = (direction, binding.as_ref().and_then(group_mac)) {
             self.group_filters.insert(filter, mac);
             self.update_link_groups();
+        }
+        Response::done()
+    }
+
+    /// Installs a batch of filters in order, all or nothing: at the first refusal, the ones
+    /// of the batch already installed are removed again and the refusal is the reply. One
+    /// request for a port's rx bindings and tx grants, so a bind costs netd one round trip.
+    fn install_filters(&mut self, filters: Vec<netmux_proto::driver::FilterInstall>) -> Response {
+        if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
+            return Response::error(
+                ErrorCode::Limit,
+                format!(
+                    "at most {} filters in one request, not {}",
+                    netmux_proto::driver::MAX_BATCH_FILTERS,
+                    filters.len()
+                ),
+            );
+        }
+        let mut installed: Vec<(QueueId, FilterId)> = Vec::with_capacity(filters.len());
+        for f in filters {
+            let response = self.install_filter(
+                f.queue,
+                f.filter,
+                f.direction,
+                f.mode,
+                f.binding,
+                &f.program,
+            );
+            if !matches!(response.reply, DriverReply::Done) {
+                for &(queue, filter) in installed.iter().rev() {
+                    // Each was installed just now by this request, so it is there to remove.
+                    let _ = self.remove_filter(queue, filter);
+                }
+                return response;
+            }
+            installed.push((f.queue, f.filter));
         }
         Response::done()
     }
