@@ -331,10 +331,38 @@ pub struct SessionSummary {
     pub queue: Option<QueueId>,
 }
 
+/// The bound and held ports as [`Netd::ports_raw`] copied them: each port's uid, the index of
+/// its instance's name, its transport and number.
+#[derive(Debug, Default)]
+pub struct RawPorts {
+    instances: Vec<String>,
+    ports: Vec<(u32, usize, Transport, u16)>,
+}
+
+impl RawPorts {
+    /// The ports file's entries, sorted ([`Netd::ports_snapshot`]).
+    pub fn entries(self) -> Vec<crate::ports_file::Entry> {
+        let mut out: Vec<crate::ports_file::Entry> = self
+            .ports
+            .into_iter()
+            .map(|(uid, index, transport, port)| crate::ports_file::Entry {
+                uid,
+                instance: self.instances[index].clone(),
+                transport,
+                port,
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+}
+
 /// netd's state. See the module documentation.
 pub struct Netd {
     /// Every instance, the default one ([`DEFAULT_INSTANCE`]) included.
     instances: BTreeMap<InstanceId, Instance>,
+    /// Instances added or removed so far (part of [`Netd::ports_version`]).
+    instance_changes: u64,
     /// Overlays and their mapping service.
     pub(crate) overlays: crate::overlay::OverlayService,
     names: BTreeMap<String, InstanceId>,
@@ -631,6 +659,7 @@ impl Netd {
         let mut netd = Netd {
             overlays: crate::overlay::OverlayService::with_lease_ttl(config.overlay_lease_ttl),
             instances: BTreeMap::new(),
+            instance_changes: 0,
             names: BTreeMap::new(),
             session_instance: HashMap::new(),
             host_tx: HashMap::new(),
@@ -990,6 +1019,7 @@ impl Netd {
         self.next_instance += 1;
         self.names.insert(instance.spec.name.clone(), id);
         self.instances.insert(id, instance);
+        self.instance_changes += 1;
         Ok(id)
     }
 
@@ -997,6 +1027,7 @@ impl Netd {
     fn forget(&mut self, id: InstanceId) {
         if let Some(i) = self.instances.remove(&id) {
             self.names.remove(&i.spec.name);
+            self.instance_changes += 1;
         }
     }
 
@@ -1541,29 +1572,43 @@ impl Netd {
     /// netd's ports file ([`crate::ports_file`]): what a netd started after this one keeps
     /// for their uids for a grace period.
     pub fn ports_snapshot(&self) -> Vec<crate::ports_file::Entry> {
-        let mut out = Vec::new();
-        for i in self.instances.values() {
+        self.ports_raw().entries()
+    }
+
+    /// A value that changes whenever [`Netd::ports_snapshot`] may have (a port bound,
+    /// closed, held or freed, a session or an instance gone), found without looking at any
+    /// port: the shell takes a snapshot for the ports file only when it changed.
+    pub fn ports_version(&self) -> (u64, u64) {
+        let ports = self
+            .instances
+            .values()
+            .fold(0u64, |sum, i| sum.wrapping_add(i.core.ports_version()));
+        (self.instance_changes, ports)
+    }
+
+    /// What [`Netd::ports_snapshot`] is made of, copied as plain numbers: the part of a
+    /// snapshot that needs netd's state, so its lock is held as briefly as possible (naming,
+    /// sorting and rendering happen after, in [`RawPorts::entries`]).
+    pub fn ports_raw(&self) -> RawPorts {
+        let mut raw = RawPorts {
+            instances: Vec::with_capacity(self.instances.len()),
+            ports: Vec::new(),
+        };
+        for (index, i) in self.instances.values().enumerate() {
+            raw.instances.push(i.spec.name.clone());
             for s in i.core.sessions() {
-                for &(transport, port) in s.ports.iter() {
-                    out.push(crate::ports_file::Entry {
-                        uid: s.creds.uid,
-                        instance: i.spec.name.clone(),
-                        transport,
-                        port,
-                    });
-                }
+                let uid = s.creds.uid;
+                raw.ports.extend(
+                    s.ports
+                        .iter()
+                        .map(|&(transport, port)| (uid, index, transport, port)),
+                );
             }
             for ((transport, port), hold) in i.core.held() {
-                out.push(crate::ports_file::Entry {
-                    uid: hold.uid,
-                    instance: i.spec.name.clone(),
-                    transport,
-                    port,
-                });
+                raw.ports.push((hold.uid, index, transport, port));
             }
         }
-        out.sort();
-        out
+        raw
     }
 
     /// Keeps the ports a netd before this one had bound (`entries`, from its ports file) for
