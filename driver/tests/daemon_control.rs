@@ -284,6 +284,28 @@ fn a_batch_of_filters_is_installed_whole_or_not_at_all() {
         filter: FilterId(100),
     });
     assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    // A closed port's filters go in one request too.
+    netd.ok(&DriverRequest::RemoveFilters {
+        queue: QueueId(1),
+        filters: vec![FilterId(11), FilterId(10)],
+    });
+    // Queue 2 may bind port 53 now.
+    netd.ok(&DriverRequest::InstallFilters {
+        filters: vec![rx(2, 22, 53)],
+    });
+    // Every filter of a batch is tried; one not found (on that queue) is the reply.
+    let (reply, _) = netd.request(&DriverRequest::RemoveFilters {
+        queue: QueueId(2),
+        filters: vec![FilterId(31), FilterId(20), FilterId(21)],
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    for filter in [20, 21] {
+        let (reply, _) = netd.request(&DriverRequest::RemoveFilter {
+            queue: QueueId(2),
+            filter: FilterId(filter),
+        });
+        assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    }
 }
 
 #[test]

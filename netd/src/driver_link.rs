@@ -131,6 +131,20 @@ pub trait DriverLink: Send {
     }
     /// Removes a filter; `Ok` means it is no longer in force.
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError>;
+    /// Removes filters of one queue, trying every one: `Ok` means none of them is in force
+    /// any more; otherwise the first failure. The real driver takes the batch in one round
+    /// trip ([`DriverRequest::RemoveFilters`]); by default, one
+    /// [`DriverLink::remove_filter`] each.
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        let mut result = Ok(());
+        for &filter in filters {
+            let r = self.remove_filter(queue, filter);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
     /// Counters of the link, every queue and every instance (with thousands of queues, more
     /// than one message carries: the driver refuses; see [`DriverLink::stats_of`]).
     fn stats(&mut self) -> Result<DriverStats, DriverError>;
@@ -205,6 +219,13 @@ pub enum DriverCommand {
         queue: QueueId,
         /// The filter.
         filter: FilterId,
+    },
+    /// Remove filters of one queue in one round trip ([`DriverLink::remove_filters`]).
+    RemoveFilters {
+        /// Their queue.
+        queue: QueueId,
+        /// The filters.
+        filters: Vec<FilterId>,
     },
     /// Counters of the link and of every queue.
     Stats,
@@ -282,6 +303,9 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
         DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
         DriverCommand::InstallFilters(specs) => done(link.install_filters(&specs)),
         DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
+        DriverCommand::RemoveFilters { queue, filters } => {
+            done(link.remove_filters(queue, &filters))
+        }
         DriverCommand::Stats => match link.stats() {
             Ok(stats) => DriverOutcome::Stats(stats),
             Err(e) => DriverOutcome::Failed(e),
@@ -501,6 +525,18 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
         let r = self.link().remove_filter(queue, filter);
         self.record(r, Recorded::Remove(queue, filter))
+    }
+    /// Recorded as one removal each when the batch succeeds; a failed batch is not recorded
+    /// (which of its filters the driver removed is not known).
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        let r = self.link().remove_filters(queue, filters);
+        if r.is_ok() {
+            let mut state = self.state();
+            state
+                .events
+                .extend(filters.iter().map(|&f| Recorded::Remove(queue, f)));
+        }
+        r
     }
     fn stats(&mut self) -> Result<DriverStats, DriverError> {
         self.link().stats()
@@ -740,6 +776,13 @@ impl DriverLink for ChannelDriver {
 
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
         self.request(&DriverRequest::RemoveFilter { queue, filter })
+    }
+
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        self.request(&DriverRequest::RemoveFilters {
+            queue,
+            filters: filters.to_vec(),
+        })
     }
 
     fn stats(&mut self) -> Result<DriverStats, DriverError> {

@@ -2631,7 +2631,14 @@ impl Netd {
             extra.groups.retain(|&(_, p), _| p != port);
         }
         let queue = extra.queue.as_ref().map(|q| q.id);
-        let commands = removals(queue, &ids);
+        // The port's filters in one driver round trip.
+        let commands = match queue {
+            Some(queue) if !ids.is_empty() => vec![DriverCommand::RemoveFilters {
+                queue,
+                filters: ids.iter().rev().copied().collect(),
+            }],
+            _ => Vec::new(),
+        };
         if commands.is_empty() {
             if ids.is_empty() {
                 let _ = self.core_mut(id).map(|c| c.port_removed(transport, port));
@@ -3742,8 +3749,12 @@ mod tests {
             .collect();
         let removed = commands
             .iter()
-            .filter(|c| matches!(c, DriverCommand::RemoveFilter { .. }))
-            .count();
+            .map(|c| match c {
+                DriverCommand::RemoveFilter { .. } => 1,
+                DriverCommand::RemoveFilters { filters, .. } => filters.len(),
+                _ => 0,
+            })
+            .sum();
         (installed, removed)
     }
 

@@ -197,6 +197,15 @@ pub enum DriverRequest {
         /// The filter.
         filter: FilterId,
     },
+    /// Remove several filters of one queue in one round trip (a closed port's). Every one is
+    /// tried; `Done` means none of them is in force any more, an error reply (the first
+    /// refusal) that at least one was not found. At most [`MAX_BATCH_FILTERS`].
+    RemoveFilters {
+        /// The queue.
+        queue: QueueId,
+        /// The filters.
+        filters: Vec<FilterId>,
+    },
     /// Change a queue's ring sizes (takes effect by re-creating the queue).
     SetQueueConfig {
         /// The queue.

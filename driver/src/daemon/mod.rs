@@ -546,6 +546,7 @@ impl Driver {
             } => self.install_filter(queue, filter, direction, mode, binding, &program),
             DriverRequest::InstallFilters { filters } => self.install_filters(filters),
             DriverRequest::RemoveFilter { queue, filter } => self.remove_filter(queue, filter),
+            DriverRequest::RemoveFilters { queue, filters } => self.remove_filters(queue, &filters),
             DriverRequest::SetQueueConfig { queue, config } => self.reconfigure(queue, config),
             DriverRequest::Stats => {
                 let (link, queues) = self.stats();
@@ -900,6 +901,29 @@ impl Driver {
             installed.push((f.queue, f.filter));
         }
         Response::done()
+    }
+
+    /// Removes a batch of one queue's filters, each as [`Driver::remove_filter`] would; every
+    /// one is tried, and the first refusal (a filter not found) is the reply.
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Response {
+        if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
+            return Response::error(
+                ErrorCode::Limit,
+                format!(
+                    "at most {} filters in one request, not {}",
+                    netmux_proto::driver::MAX_BATCH_FILTERS,
+                    filters.len()
+                ),
+            );
+        }
+        let mut first_refusal = None;
+        for &filter in filters {
+            let response = self.remove_filter(queue, filter);
+            if first_refusal.is_none() && !matches!(response.reply, DriverReply::Done) {
+                first_refusal = Some(response);
+            }
+        }
+        first_refusal.unwrap_or_else(Response::done)
     }
 
     /// Tells the link which multicast MACs it must accept: those of the groups some rx filter
