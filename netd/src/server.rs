@@ -633,14 +633,23 @@ async fn expiry_loop(shell: Arc<Shell>) {
             (netd.expired(shell.now()), news, raw)
         };
         if let Some(raw) = ports {
-            let snapshot = raw.entries();
-            if driver_gone.is_some() {
-                *shell
-                    .ports_at_loss
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+            // Sorting and rendering 100,000 ports takes milliseconds: not on a worker that
+            // serves clients.
+            let (shell, lost) = (shell.clone(), driver_gone.is_some());
+            let written = tokio::task::spawn_blocking(move || {
+                let snapshot = raw.entries();
+                if lost {
+                    *shell
+                        .ports_at_loss
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+                }
+                write_ports(&shell, crate::ports_file::render(&snapshot));
+            })
+            .await;
+            if let Err(e) = written {
+                tracing::warn!("bringing the ports file up to date: {e}");
             }
-            write_ports(&shell, crate::ports_file::render(&snapshot));
         }
         let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
         for id in expired {

@@ -342,8 +342,19 @@ pub struct RawPorts {
 impl RawPorts {
     /// The ports file's entries, sorted ([`Netd::ports_snapshot`]).
     pub fn entries(self) -> Vec<crate::ports_file::Entry> {
-        let mut out: Vec<crate::ports_file::Entry> = self
-            .ports
+        // Sorted as numbers: an instance's index stands for its name's place among the
+        // names (each name is one instance's), so the order is the entries' own.
+        let mut by_name: Vec<usize> = (0..self.instances.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| self.instances[a].cmp(&self.instances[b]));
+        let mut place = vec![0; self.instances.len()];
+        for (rank, &index) in by_name.iter().enumerate() {
+            place[index] = rank;
+        }
+        let mut ports = self.ports;
+        ports.sort_unstable_by_key(|&(uid, index, transport, port)| {
+            (uid, place[index], transport, port)
+        });
+        ports
             .into_iter()
             .map(|(uid, index, transport, port)| crate::ports_file::Entry {
                 uid,
@@ -351,9 +362,7 @@ impl RawPorts {
                 transport,
                 port,
             })
-            .collect();
-        out.sort_unstable();
-        out
+            .collect()
     }
 }
 
@@ -3781,6 +3790,38 @@ mod tests {
             DriverCommand::Operator(r) => format!("operator {r:?}"),
             other => format!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn raw_ports_come_out_in_the_ports_files_order() {
+        let names = ["zeta", "alpha", "default"];
+        let mut ports = Vec::new();
+        for uid in [1000, 0, 65534] {
+            for index in [2, 0, 1] {
+                for (transport, port) in [
+                    (Transport::Udp, 53),
+                    (Transport::Tcp, 8080),
+                    (Transport::Tcp, 22),
+                ] {
+                    ports.push((uid, index, transport, port));
+                }
+            }
+        }
+        let raw = RawPorts {
+            instances: names.iter().map(|n| n.to_string()).collect(),
+            ports: ports.clone(),
+        };
+        let mut expected: Vec<crate::ports_file::Entry> = ports
+            .into_iter()
+            .map(|(uid, index, transport, port)| crate::ports_file::Entry {
+                uid,
+                instance: names[index].to_string(),
+                transport,
+                port,
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(raw.entries(), expected);
     }
 
     #[test]
