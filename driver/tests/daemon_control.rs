@@ -10,7 +10,10 @@ use daemon_common::*;
 use netmux_driver::daemon::control::{DriverThread, Server, ServerOptions};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::MemoryLink;
-use netmux_proto::driver::{Direction, DriverReply, DriverRequest, FilterId, QueueId, RxMode};
+use netmux_proto::driver::{
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, QueueId, RxMode,
+    MAX_BATCH_FILTERS,
+};
 use netmux_proto::{ErrorCode, PROTOCOL_VERSION};
 use netmux_ring::QueueError;
 use netmux_testkit::TempDir;
@@ -215,6 +218,94 @@ fn bytecode_is_verified_again_by_the_driver() {
         program: accept_all(),
     });
     assert_eq!(error_code(&reply), Some(ErrorCode::NotFound));
+}
+
+#[test]
+fn a_batch_of_filters_is_installed_whole_or_not_at_all() {
+    let f = start("batch", ServerOptions::default());
+    let (mut netd, _) = Netd::connect(&f.path);
+    let _a = netd.queue(1);
+    let _b = netd.queue(2);
+    let ip = [10, 0, 0, 1];
+    let rx = |queue: u32, filter: u64, port: u16| FilterInstall {
+        queue: QueueId(queue),
+        filter: FilterId(filter),
+        direction: Direction::Rx,
+        mode: RxMode::Owner,
+        binding: Some(udp_binding(ip, port)),
+        program: udp_rx_program(ip, port),
+    };
+    let grant = |queue: u32, filter: u64, port: u16| FilterInstall {
+        queue: QueueId(queue),
+        filter: FilterId(filter),
+        direction: Direction::Tx,
+        mode: RxMode::Owner,
+        binding: Some(udp_binding(ip, port)),
+        program: Vec::new(),
+    };
+    // A port's rx binding and tx grant in one request.
+    netd.ok(&DriverRequest::InstallFilters {
+        filters: vec![rx(1, 10, 53), grant(1, 11, 53)],
+    });
+    // The last of a batch is refused (queue 1 owns port 53): the ones before it are taken
+    // back, so their ids and port 54 are free again.
+    let (reply, _) = netd.request(&DriverRequest::InstallFilters {
+        filters: vec![rx(2, 20, 54), grant(2, 21, 54), rx(2, 22, 53)],
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::InUse), "{reply:?}");
+    for filter in [20, 21] {
+        let (reply, _) = netd.request(&DriverRequest::RemoveFilter {
+            queue: QueueId(2),
+            filter: FilterId(filter),
+        });
+        assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    }
+    netd.ok(&DriverRequest::InstallFilters {
+        filters: vec![rx(2, 20, 54), grant(2, 21, 54)],
+    });
+    // A bad program anywhere refuses the whole batch.
+    let mut bad = rx(1, 30, 55);
+    bad.program = vec![1, 2, 3];
+    let (reply, _) = netd.request(&DriverRequest::InstallFilters {
+        filters: vec![rx(1, 31, 56), bad],
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::BadFilter), "{reply:?}");
+    netd.ok(&DriverRequest::InstallFilters {
+        filters: vec![rx(1, 31, 56)],
+    });
+    // More than a batch may carry is refused before anything is installed.
+    let many = (0..=MAX_BATCH_FILTERS as u64)
+        .map(|i| grant(1, 100 + i, 57))
+        .collect();
+    let (reply, _) = netd.request(&DriverRequest::InstallFilters { filters: many });
+    assert_eq!(error_code(&reply), Some(ErrorCode::Limit), "{reply:?}");
+    let (reply, _) = netd.request(&DriverRequest::RemoveFilter {
+        queue: QueueId(1),
+        filter: FilterId(100),
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    // A closed port's filters go in one request too.
+    netd.ok(&DriverRequest::RemoveFilters {
+        queue: QueueId(1),
+        filters: vec![FilterId(11), FilterId(10)],
+    });
+    // Queue 2 may bind port 53 now.
+    netd.ok(&DriverRequest::InstallFilters {
+        filters: vec![rx(2, 22, 53)],
+    });
+    // Every filter of a batch is tried; one not found (on that queue) is the reply.
+    let (reply, _) = netd.request(&DriverRequest::RemoveFilters {
+        queue: QueueId(2),
+        filters: vec![FilterId(31), FilterId(20), FilterId(21)],
+    });
+    assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    for filter in [20, 21] {
+        let (reply, _) = netd.request(&DriverRequest::RemoveFilter {
+            queue: QueueId(2),
+            filter: FilterId(filter),
+        });
+        assert_eq!(error_code(&reply), Some(ErrorCode::NotFound), "{reply:?}");
+    }
 }
 
 #[test]

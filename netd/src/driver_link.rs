@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use netmux_proto::driver::{
-    Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, InstanceInfo,
-    PortBinding, QueueConfig, QueueId, RxMode,
+    Counters, Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId,
+    InstanceInfo, PortBinding, QueueConfig, QueueId, RxMode,
 };
 use netmux_proto::ops::{OperatorReply, OperatorRequest};
 use netmux_proto::{Channel, ErrorReply, LinkInfo, PROTOCOL_VERSION};
@@ -108,8 +108,43 @@ pub trait DriverLink: Send {
     ) -> Result<CreatedQueue, DriverError>;
     /// Installs a filter; `Ok` means it is in force.
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError>;
+    /// Installs filters in order, all or nothing: `Ok` means every one is in force; a
+    /// refusal means none is (those installed before it are removed again). The real driver
+    /// takes the batch in one round trip ([`DriverRequest::InstallFilters`]); by default, one
+    /// [`DriverLink::install_filter`] each.
+    fn install_filters(&mut self, specs: &[FilterSpec]) -> Result<(), DriverError> {
+        for (i, spec) in specs.iter().enumerate() {
+            if let Err(e) = self.install_filter(spec) {
+                for done in specs[..i].iter().rev() {
+                    // A filter that cannot be taken back may be in force: not a refusal.
+                    self.remove_filter(done.queue, done.filter).map_err(|r| {
+                        DriverError::Gone(format!(
+                            "taking back filter {} after a refused install: {r}",
+                            done.filter.0
+                        ))
+                    })?;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
     /// Removes a filter; `Ok` means it is no longer in force.
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError>;
+    /// Removes filters of one queue, trying every one: `Ok` means none of them is in force
+    /// any more; otherwise the first failure. The real driver takes the batch in one round
+    /// trip ([`DriverRequest::RemoveFilters`]); by default, one
+    /// [`DriverLink::remove_filter`] each.
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        let mut result = Ok(());
+        for &filter in filters {
+            let r = self.remove_filter(queue, filter);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
     /// Counters of the link, every queue and every instance (with thousands of queues, more
     /// than one message carries: the driver refuses; see [`DriverLink::stats_of`]).
     fn stats(&mut self) -> Result<DriverStats, DriverError>;
@@ -176,12 +211,21 @@ pub enum DriverCommand {
     },
     /// Install a filter.
     InstallFilter(FilterSpec),
+    /// Install filters, all or nothing, in one round trip ([`DriverLink::install_filters`]).
+    InstallFilters(Vec<FilterSpec>),
     /// Remove a filter.
     RemoveFilter {
         /// Its queue.
         queue: QueueId,
         /// The filter.
         filter: FilterId,
+    },
+    /// Remove filters of one queue in one round trip ([`DriverLink::remove_filters`]).
+    RemoveFilters {
+        /// Their queue.
+        queue: QueueId,
+        /// The filters.
+        filters: Vec<FilterId>,
     },
     /// Counters of the link and of every queue.
     Stats,
@@ -257,7 +301,11 @@ pub fn execute(link: &mut dyn DriverLink, command: DriverCommand) -> DriverOutco
             Err(e) => DriverOutcome::Failed(e),
         },
         DriverCommand::InstallFilter(spec) => done(link.install_filter(&spec)),
+        DriverCommand::InstallFilters(specs) => done(link.install_filters(&specs)),
         DriverCommand::RemoveFilter { queue, filter } => done(link.remove_filter(queue, filter)),
+        DriverCommand::RemoveFilters { queue, filters } => {
+            done(link.remove_filters(queue, &filters))
+        }
         DriverCommand::Stats => match link.stats() {
             Ok(stats) => DriverOutcome::Stats(stats),
             Err(e) => DriverOutcome::Failed(e),
@@ -458,9 +506,37 @@ impl<L: DriverLink> DriverLink for Recorder<L> {
         let r = self.link().install_filter(spec);
         self.record(r, Recorded::Install(spec.clone()))
     }
+    fn install_filters(&mut self, specs: &[FilterSpec]) -> Result<(), DriverError> {
+        if self.state().refuse_installs {
+            return Err(DriverError::Refused(ErrorReply {
+                code: netmux_proto::ErrorCode::Limit,
+                message: "the recorder refuses installs".into(),
+            }));
+        }
+        let r = self.link().install_filters(specs);
+        if r.is_ok() {
+            let mut state = self.state();
+            state
+                .events
+                .extend(specs.iter().cloned().map(Recorded::Install));
+        }
+        r
+    }
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
         let r = self.link().remove_filter(queue, filter);
         self.record(r, Recorded::Remove(queue, filter))
+    }
+    /// Recorded as one removal each when the batch succeeds; a failed batch is not recorded
+    /// (which of its filters the driver removed is not known).
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        let r = self.link().remove_filters(queue, filters);
+        if r.is_ok() {
+            let mut state = self.state();
+            state
+                .events
+                .extend(filters.iter().map(|&f| Recorded::Remove(queue, f)));
+        }
+        r
     }
     fn stats(&mut self) -> Result<DriverStats, DriverError> {
         self.link().stats()
@@ -683,8 +759,30 @@ impl DriverLink for ChannelDriver {
         })
     }
 
+    fn install_filters(&mut self, specs: &[FilterSpec]) -> Result<(), DriverError> {
+        let filters = specs
+            .iter()
+            .map(|spec| FilterInstall {
+                queue: spec.queue,
+                filter: spec.filter,
+                direction: spec.direction,
+                mode: spec.mode,
+                binding: spec.binding,
+                program: spec.program.clone(),
+            })
+            .collect();
+        self.request(&DriverRequest::InstallFilters { filters })
+    }
+
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
         self.request(&DriverRequest::RemoveFilter { queue, filter })
+    }
+
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        self.request(&DriverRequest::RemoveFilters {
+            queue,
+            filters: filters.to_vec(),
+        })
     }
 
     fn stats(&mut self) -> Result<DriverStats, DriverError> {

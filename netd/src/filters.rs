@@ -154,7 +154,7 @@ pub fn port_filters(host: &HostIdentity, transport: Transport, port: u16) -> Opt
 }
 
 /// The Ethernet broadcast address.
-const ETHER_BROADCAST: [u8; 6] = [0xff; 6];
+pub const ETHER_BROADCAST: [u8; 6] = [0xff; 6];
 
 /// The extra rx filters of a UDP port bound on a host whose IPv4 address is `prefix` bits
 /// long: datagrams to the port sent to the Ethernet broadcast address and to the subnet's

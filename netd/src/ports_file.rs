@@ -46,11 +46,11 @@ pub fn render(entries: &[Entry]) -> String {
     let mut text = String::from(
         "# netd's bound ports (uid instance transport port), kept for their uids after a restart\n",
     );
+    text.reserve(entries.len() * 24);
     for e in entries {
-        text.push_str(&format!(
-            "{} {} {} {}\n",
-            e.uid, e.instance, e.transport, e.port
-        ));
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let _ = writeln!(text, "{} {} {} {}", e.uid, e.instance, e.transport, e.port);
     }
     text
 }

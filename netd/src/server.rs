@@ -597,6 +597,8 @@ async fn replace_driver(
 /// new ones are refused by [`Netd::connect`]).
 async fn expiry_loop(shell: Arc<Shell>) {
     let mut tick = tokio::time::interval(EXPIRY_TICK);
+    // The ports' version when the ports file was last brought up to date.
+    let mut last_ports = None;
     loop {
         tick.tick().await;
         let gone = shell.driver.gone();
@@ -621,17 +623,34 @@ async fn expiry_loop(shell: Arc<Shell>) {
                         .swap(true, std::sync::atomic::Ordering::Relaxed)
                 })
                 .map(str::to_owned);
-            let snapshot = netd.ports_snapshot();
-            if news.is_some() {
-                *shell
-                    .ports_at_loss
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
-            }
-            let ports = crate::ports_file::render(&snapshot);
-            (netd.expired(shell.now()), news, ports)
+            // Only the copy of the ports is made under the lock, and only when they changed
+            // since the last tick: with 100,000 ports bound, naming, sorting and rendering
+            // them would hold up every client for milliseconds ten times a second.
+            let version = netd.ports_version();
+            let changed = last_ports != Some(version);
+            last_ports = Some(version);
+            let raw = (changed || news.is_some()).then(|| netd.ports_raw());
+            (netd.expired(shell.now()), news, raw)
         };
-        write_ports(&shell, ports);
+        if let Some(raw) = ports {
+            // Sorting and rendering 100,000 ports takes milliseconds: not on a worker that
+            // serves clients.
+            let (shell, lost) = (shell.clone(), driver_gone.is_some());
+            let written = tokio::task::spawn_blocking(move || {
+                let snapshot = raw.entries();
+                if lost {
+                    *shell
+                        .ports_at_loss
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = snapshot.clone();
+                }
+                write_ports(&shell, crate::ports_file::render(&snapshot));
+            })
+            .await;
+            if let Err(e) = written {
+                tracing::warn!("bringing the ports file up to date: {e}");
+            }
+        }
         let mut kills = shell.kills.lock().unwrap_or_else(|e| e.into_inner());
         for id in expired {
             tracing::info!(%id, "handshake timed out");

@@ -331,10 +331,47 @@ pub struct SessionSummary {
     pub queue: Option<QueueId>,
 }
 
+/// The bound and held ports as [`Netd::ports_raw`] copied them: each port's uid, the index of
+/// its instance's name, its transport and number.
+#[derive(Debug, Default)]
+pub struct RawPorts {
+    instances: Vec<String>,
+    ports: Vec<(u32, usize, Transport, u16)>,
+}
+
+impl RawPorts {
+    /// The ports file's entries, sorted ([`Netd::ports_snapshot`]).
+    pub fn entries(self) -> Vec<crate::ports_file::Entry> {
+        // Sorted as numbers: an instance's index stands for its name's place among the
+        // names (each name is one instance's), so the order is the entries' own.
+        let mut by_name: Vec<usize> = (0..self.instances.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| self.instances[a].cmp(&self.instances[b]));
+        let mut place = vec![0; self.instances.len()];
+        for (rank, &index) in by_name.iter().enumerate() {
+            place[index] = rank;
+        }
+        let mut ports = self.ports;
+        ports.sort_unstable_by_key(|&(uid, index, transport, port)| {
+            (uid, place[index], transport, port)
+        });
+        ports
+            .into_iter()
+            .map(|(uid, index, transport, port)| crate::ports_file::Entry {
+                uid,
+                instance: self.instances[index].clone(),
+                transport,
+                port,
+            })
+            .collect()
+    }
+}
+
 /// netd's state. See the module documentation.
 pub struct Netd {
     /// Every instance, the default one ([`DEFAULT_INSTANCE`]) included.
     instances: BTreeMap<InstanceId, Instance>,
+    /// Instances added or removed so far (part of [`Netd::ports_version`]).
+    instance_changes: u64,
     /// Overlays and their mapping service.
     pub(crate) overlays: crate::overlay::OverlayService,
     names: BTreeMap<String, InstanceId>,
@@ -506,6 +543,41 @@ fn spec(
     })
 }
 
+/// A port's receive filter: `ether dst MAC and ip|ip6 dst host A and tcp|udp dst port P` (its
+/// `expr`), with its binding as the classifier's key. Its program is built instruction for
+/// instruction as the compiler would emit it ([`netmux_classify::port_filter::program`], which
+/// the compiler's tests pin to the expression's bytes), so binding a port compiles nothing; a
+/// binding without an exact address (none of netd's) is compiled from `expr`.
+fn port_rx_spec(
+    queue: QueueId,
+    filter: FilterId,
+    binding: PortBinding,
+    mac: [u8; 6],
+    expr: String,
+) -> Result<FilterSpec, String> {
+    let built = netmux_classify::Key::of(&binding)
+        .and_then(|key| netmux_classify::port_filter::program(&key, mac));
+    match built {
+        Some(program) => Ok(FilterSpec {
+            queue,
+            filter,
+            direction: Direction::Rx,
+            mode: RxMode::Owner,
+            binding: Some(binding),
+            expr,
+            program: program.to_bytes(),
+        }),
+        None => spec(
+            queue,
+            filter,
+            Direction::Rx,
+            RxMode::Owner,
+            Some(binding),
+            expr,
+        ),
+    }
+}
+
 /// A port's transmit grant: a tx filter with its binding and no program, which the driver
 /// keeps as an entry in the queue's transmit table (it accepts exactly what `expr`, the
 /// binding's `ether src .. and ip src host .. and udp src port ..`, would). Binding a port
@@ -596,6 +668,7 @@ impl Netd {
         let mut netd = Netd {
             overlays: crate::overlay::OverlayService::with_lease_ttl(config.overlay_lease_ttl),
             instances: BTreeMap::new(),
+            instance_changes: 0,
             names: BTreeMap::new(),
             session_instance: HashMap::new(),
             host_tx: HashMap::new(),
@@ -955,6 +1028,7 @@ impl Netd {
         self.next_instance += 1;
         self.names.insert(instance.spec.name.clone(), id);
         self.instances.insert(id, instance);
+        self.instance_changes += 1;
         Ok(id)
     }
 
@@ -962,6 +1036,7 @@ impl Netd {
     fn forget(&mut self, id: InstanceId) {
         if let Some(i) = self.instances.remove(&id) {
             self.names.remove(&i.spec.name);
+            self.instance_changes += 1;
         }
     }
 
@@ -1506,29 +1581,43 @@ impl Netd {
     /// netd's ports file ([`crate::ports_file`]): what a netd started after this one keeps
     /// for their uids for a grace period.
     pub fn ports_snapshot(&self) -> Vec<crate::ports_file::Entry> {
-        let mut out = Vec::new();
-        for i in self.instances.values() {
+        self.ports_raw().entries()
+    }
+
+    /// A value that changes whenever [`Netd::ports_snapshot`] may have (a port bound,
+    /// closed, held or freed, a session or an instance gone), found without looking at any
+    /// port: the shell takes a snapshot for the ports file only when it changed.
+    pub fn ports_version(&self) -> (u64, u64) {
+        let ports = self
+            .instances
+            .values()
+            .fold(0u64, |sum, i| sum.wrapping_add(i.core.ports_version()));
+        (self.instance_changes, ports)
+    }
+
+    /// What [`Netd::ports_snapshot`] is made of, copied as plain numbers: the part of a
+    /// snapshot that needs netd's state, so its lock is held as briefly as possible (naming,
+    /// sorting and rendering happen after, in [`RawPorts::entries`]).
+    pub fn ports_raw(&self) -> RawPorts {
+        let mut raw = RawPorts {
+            instances: Vec::with_capacity(self.instances.len()),
+            ports: Vec::new(),
+        };
+        for (index, i) in self.instances.values().enumerate() {
+            raw.instances.push(i.spec.name.clone());
             for s in i.core.sessions() {
-                for &(transport, port) in s.ports.iter() {
-                    out.push(crate::ports_file::Entry {
-                        uid: s.creds.uid,
-                        instance: i.spec.name.clone(),
-                        transport,
-                        port,
-                    });
-                }
+                let uid = s.creds.uid;
+                raw.ports.extend(
+                    s.ports
+                        .iter()
+                        .map(|&(transport, port)| (uid, index, transport, port)),
+                );
             }
             for ((transport, port), hold) in i.core.held() {
-                out.push(crate::ports_file::Entry {
-                    uid: hold.uid,
-                    instance: i.spec.name.clone(),
-                    transport,
-                    port,
-                });
+                raw.ports.push((hold.uid, index, transport, port));
             }
         }
-        out.sort();
-        out
+        raw
     }
 
     /// Keeps the ports a netd before this one had bound (`entries`, from its ports file) for
@@ -2347,37 +2436,43 @@ impl Netd {
         let mut commands = Vec::new();
         let planned = (|| {
             let (queue_id, queue) = self.queue_or_create(id, &mut commands, None)?;
-            let mut port_filters = filters::port_filters(&host, transport, port)
+            let port_filters = filters::port_filters(&host, transport, port)
                 .ok_or_else(|| error(ErrorCode::Internal, "the host has no IP address"))?;
-            if let Some(prefix) = prefix {
-                let broadcast = filters::broadcast_rx(&host, prefix, transport, port);
-                port_filters.rx.extend(broadcast);
-            }
-            let mut ids = Vec::new();
-            let directed = port_filters
+            // The unicast filters are for the host's MAC, the broadcast ones for the Ethernet
+            // broadcast address.
+            let mut rx: Vec<_> = port_filters
                 .rx
                 .into_iter()
-                .map(|f| (Direction::Rx, f))
-                .chain(port_filters.tx.into_iter().map(|f| (Direction::Tx, f)));
-            for (direction, (expr, binding)) in directed {
+                .map(|(expr, binding)| (expr, binding, host.mac))
+                .collect();
+            if let Some(prefix) = prefix {
+                let broadcast = filters::broadcast_rx(&host, prefix, transport, port);
+                rx.extend(
+                    broadcast
+                        .into_iter()
+                        .map(|(expr, binding)| (expr, binding, filters::ETHER_BROADCAST)),
+                );
+            }
+            let mut ids = Vec::new();
+            let mut specs = Vec::with_capacity(rx.len() + port_filters.tx.len());
+            for (expr, binding, mac) in rx {
                 let filter = self.filter_id();
-                let s = match direction {
-                    // The transmit side is an entry in the queue's grant table: nothing to
-                    // compile (see `grant_spec`).
-                    Direction::Tx => grant_spec(queue_id, filter, binding, expr),
-                    Direction::Rx => spec(
-                        queue_id,
-                        filter,
-                        direction,
-                        RxMode::Owner,
-                        Some(binding),
-                        expr,
-                    )
-                    .map_err(|e| error(ErrorCode::Internal, e))?,
-                };
-                commands.push(DriverCommand::InstallFilter(s));
+                // The receive side is a key in the classifier's tables; its program is built
+                // directly, not compiled (see `port_rx_spec`).
+                let s = port_rx_spec(queue_id, filter, binding, mac, expr)
+                    .map_err(|e| error(ErrorCode::Internal, e))?;
+                specs.push(s);
                 ids.push(filter);
             }
+            for (expr, binding) in port_filters.tx {
+                let filter = self.filter_id();
+                // The transmit side is an entry in the queue's grant table: nothing to
+                // compile (see `grant_spec`).
+                specs.push(grant_spec(queue_id, filter, binding, expr));
+                ids.push(filter);
+            }
+            // One driver round trip for all of them, all or nothing.
+            commands.push(DriverCommand::InstallFilters(specs));
             Ok((queue_id, queue, ids))
         })();
         match planned {
@@ -2545,7 +2640,14 @@ impl Netd {
             extra.groups.retain(|&(_, p), _| p != port);
         }
         let queue = extra.queue.as_ref().map(|q| q.id);
-        let commands = removals(queue, &ids);
+        // The port's filters in one driver round trip.
+        let commands = match queue {
+            Some(queue) if !ids.is_empty() => vec![DriverCommand::RemoveFilters {
+                queue,
+                filters: ids.iter().rev().copied().collect(),
+            }],
+            _ => Vec::new(),
+        };
         if commands.is_empty() {
             if ids.is_empty() {
                 let _ = self.core_mut(id).map(|c| c.port_removed(transport, port));
@@ -2977,9 +3079,9 @@ impl Netd {
                         return self.undo_queue(session, e, undo, q.reserved);
                     }
                 }
-                let results: Vec<DriverOutcome> = it.collect();
-                let installed = results.iter().take_while(|o| o.is_ok()).count();
-                if installed == filters.len() {
+                // The filters went in one all-or-nothing batch: one outcome.
+                let mut results: Vec<DriverOutcome> = it.collect();
+                if results.len() == 1 && results[0].is_ok() {
                     self.session_done(session);
                     let installed = self.core_mut(session).and_then(|c| {
                         c.port_installed(session, transport, port)
@@ -2995,11 +3097,19 @@ impl Netd {
                         Err(e) => Step::Reply(Response::error(e)),
                     };
                 }
-                let mut results = results;
+                // A refused batch left nothing in force; after a lost connection any of its
+                // filters may be: those are taken back (or, failing that, the port stays
+                // unusable).
+                let unknown = results
+                    .iter()
+                    .any(|o| matches!(o, DriverOutcome::Failed(DriverError::Gone(_))));
                 let e = first_failure(&mut results)
                     .map(driver_error)
                     .unwrap_or_else(|| error(ErrorCode::Internal, "a filter install was skipped"));
-                let undo = removals(Some(queue_id), &filters[..installed]);
+                let undo = match unknown {
+                    true => removals(Some(queue_id), &filters),
+                    false => Vec::new(),
+                };
                 if undo.is_empty() {
                     let _ = self
                         .core_mut(session)
@@ -3638,15 +3748,22 @@ mod tests {
     fn filters_of(commands: &[DriverCommand]) -> (Vec<String>, usize) {
         let installed = commands
             .iter()
-            .filter_map(|c| match c {
-                DriverCommand::InstallFilter(s) => Some(s.expr.clone()),
-                _ => None,
+            .flat_map(|c| match c {
+                DriverCommand::InstallFilter(s) => vec![s.expr.clone()],
+                DriverCommand::InstallFilters(specs) => {
+                    specs.iter().map(|s| s.expr.clone()).collect()
+                }
+                _ => Vec::new(),
             })
             .collect();
         let removed = commands
             .iter()
-            .filter(|c| matches!(c, DriverCommand::RemoveFilter { .. }))
-            .count();
+            .map(|c| match c {
+                DriverCommand::RemoveFilter { .. } => 1,
+                DriverCommand::RemoveFilters { filters, .. } => filters.len(),
+                _ => 0,
+            })
+            .sum();
         (installed, removed)
     }
 
@@ -3661,6 +3778,11 @@ mod tests {
     fn kind(c: &DriverCommand) -> String {
         match c {
             DriverCommand::InstallFilter(s) => format!("install {:?} {}", s.direction, s.expr),
+            DriverCommand::InstallFilters(specs) => specs
+                .iter()
+                .map(|s| format!("install {:?} {}", s.direction, s.expr))
+                .collect::<Vec<_>>()
+                .join("; "),
             DriverCommand::Overlay(r) => format!(
                 "overlay {}",
                 format!("{r:?}").split(['(', ' ']).next().unwrap_or("")
@@ -3668,6 +3790,68 @@ mod tests {
             DriverCommand::Operator(r) => format!("operator {r:?}"),
             other => format!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn raw_ports_come_out_in_the_ports_files_order() {
+        let names = ["zeta", "alpha", "default"];
+        let mut ports = Vec::new();
+        for uid in [1000, 0, 65534] {
+            for index in [2, 0, 1] {
+                for (transport, port) in [
+                    (Transport::Udp, 53),
+                    (Transport::Tcp, 8080),
+                    (Transport::Tcp, 22),
+                ] {
+                    ports.push((uid, index, transport, port));
+                }
+            }
+        }
+        let raw = RawPorts {
+            instances: names.iter().map(|n| n.to_string()).collect(),
+            ports: ports.clone(),
+        };
+        let mut expected: Vec<crate::ports_file::Entry> = ports
+            .into_iter()
+            .map(|(uid, index, transport, port)| crate::ports_file::Entry {
+                uid,
+                instance: names[index].to_string(),
+                transport,
+                port,
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(raw.entries(), expected);
+    }
+
+    #[test]
+    fn a_port_rx_filter_is_built_byte_for_byte_as_its_expression_compiles() {
+        let host = filters::HostIdentity {
+            mac: [2, 0, 0, 0, 0, 1],
+            ipv4: Some(std::net::Ipv4Addr::new(192, 0, 2, 7)),
+            ipv6: Some("fe80::1".parse().unwrap()),
+            ipv6_global: Some("2001:db8::7".parse().unwrap()),
+        };
+        let mut checked = 0;
+        for transport in [Transport::Tcp, Transport::Udp] {
+            for port in [1, 53, 8080, 65535] {
+                let f = filters::port_filters(&host, transport, port).unwrap();
+                let unicast = f.rx.into_iter().map(|(e, b)| (e, b, host.mac));
+                let broadcast = filters::broadcast_rx(&host, 24, transport, port)
+                    .into_iter()
+                    .map(|(e, b)| (e, b, filters::ETHER_BROADCAST));
+                for (expr, binding, mac) in unicast.chain(broadcast) {
+                    let built =
+                        port_rx_spec(QueueId(1), FilterId(2), binding, mac, expr.clone()).unwrap();
+                    let compiled = filters::compile(&expr).unwrap().to_bytes();
+                    assert_eq!(built.program, compiled, "{expr}");
+                    assert_eq!((built.expr, built.binding), (expr, Some(binding)));
+                    checked += 1;
+                }
+            }
+        }
+        // Three addresses for both transports, two broadcast addresses for UDP.
+        assert_eq!(checked, 4 * (3 * 2 + 2));
     }
 
     #[test]

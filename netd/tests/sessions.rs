@@ -172,6 +172,32 @@ fn a_failed_installation_refuses_the_port_and_leaves_it_free() {
     a.bind_port(Transport::Tcp, 8443).unwrap();
 }
 
+/// netd's ports file follows binds, closes and a session's end within a tick or so (it is
+/// brought up to date only when the ports changed, from a copy made under netd's lock).
+#[test]
+fn the_ports_file_follows_binds_closes_and_a_sessions_end() {
+    let host = host();
+    let netd = &host.netd;
+    let file = host.runtime_dir().join("ports");
+    let uid = rustix::process::getuid().as_raw();
+    let has =
+        |line: &str| std::fs::read_to_string(&file).is_ok_and(|t| t.lines().any(|l| l == line));
+    let (tcp, udp) = (
+        format!("{uid} default tcp 8080"),
+        format!("{uid} default udp 5353"),
+    );
+    let mut a = Client::connect_socket(netd.socket_path()).unwrap();
+    a.bind_port(Transport::Tcp, 8080).unwrap();
+    a.bind_port(Transport::Udp, 5353).unwrap();
+    assert!(eventually(Duration::from_secs(5), || has(&tcp) && has(&udp)));
+    a.close_port(Transport::Tcp, 8080).unwrap();
+    assert!(eventually(Duration::from_secs(5), || !has(&tcp) && has(&udp)));
+    a.bind_port(Transport::Tcp, 8080).unwrap();
+    assert!(eventually(Duration::from_secs(5), || has(&tcp)));
+    drop(a);
+    assert!(eventually(Duration::from_secs(5), || !has(&tcp) && !has(&udp)));
+}
+
 #[test]
 fn a_closed_session_releases_ports_filters_and_queue_in_order() {
     let host = host();

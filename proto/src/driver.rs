@@ -11,6 +11,84 @@ pub mod ops;
 /// and the instances', stay well inside one message.
 pub const MAX_STATS_QUEUES: usize = 2_000;
 
+/// The most filters one [`DriverRequest::InstallFilters`] may carry: a port's rx bindings and
+/// tx grants are a handful; the bound keeps one request's work small.
+pub const MAX_BATCH_FILTERS: usize = 64;
+
+/// One filter of a [`DriverRequest::InstallFilters`]: the fields of a
+/// [`DriverRequest::InstallFilter`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilterInstall {
+    /// The queue.
+    pub queue: QueueId,
+    /// The filter's id.
+    pub filter: FilterId,
+    /// Rx or tx.
+    pub direction: Direction,
+    /// For rx filters: owner, tap or exclusive.
+    pub mode: RxMode,
+    /// The classifier's key (rx) or the transmit grant (tx), as for `InstallFilter`.
+    pub binding: Option<PortBinding>,
+    /// The program in the VM's container format; empty for a tx grant. On the wire a string
+    /// of hex digits, not a JSON array of numbers: a third of the bytes, and parsed without a
+    /// number at a time.
+    #[serde(with = "hex_bytes")]
+    pub program: Vec<u8>,
+}
+
+/// Bytes as a string of lowercase hex digits, two per byte.
+mod hex_bytes {
+    use serde::de::{Deserializer, Error, Visitor};
+    use serde::Serializer;
+
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = String::with_capacity(bytes.len() * 2);
+        for &b in bytes {
+            text.push(char::from(DIGITS[usize::from(b >> 4)]));
+            text.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        }
+        serializer.serialize_str(&text)
+    }
+
+    fn digit(d: u8) -> Option<u8> {
+        match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            b'A'..=b'F' => Some(d - b'A' + 10),
+            _ => None,
+        }
+    }
+
+    struct Hex;
+
+    impl Visitor<'_> for Hex {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string of hex digits, two per byte")
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Vec<u8>, E> {
+            let text = text.as_bytes();
+            if !text.len().is_multiple_of(2) {
+                return Err(E::custom("an odd number of hex digits"));
+            }
+            text.chunks_exact(2)
+                .map(|pair| match (digit(pair[0]), digit(pair[1])) {
+                    (Some(high), Some(low)) => Ok((high << 4) | low),
+                    _ => Err(E::custom("not a hex digit")),
+                })
+                .collect()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        deserializer.deserialize_str(Hex)
+    }
+}
+
 /// A client queue's identity, chosen by netd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct QueueId(pub u32);
@@ -160,12 +238,29 @@ pub enum DriverRequest {
         /// P` accepts), and nothing is compiled.
         program: Vec<u8>,
     },
+    /// Install several filters in one round trip (a port's rx bindings and tx grants), in
+    /// order, each as [`DriverRequest::InstallFilter`] would. All or nothing: `Done` means every
+    /// one is in force; on an error reply none is (the driver takes back those of the batch it
+    /// had installed). At most [`MAX_BATCH_FILTERS`].
+    InstallFilters {
+        /// The filters.
+        filters: Vec<FilterInstall>,
+    },
     /// Remove a filter; the reply confirms it is no longer in force.
     RemoveFilter {
         /// The queue.
         queue: QueueId,
         /// The filter.
         filter: FilterId,
+    },
+    /// Remove several filters of one queue in one round trip (a closed port's). Every one is
+    /// tried; `Done` means none of them is in force any more, an error reply (the first
+    /// refusal) that at least one was not found. At most [`MAX_BATCH_FILTERS`].
+    RemoveFilters {
+        /// The queue.
+        queue: QueueId,
+        /// The filters.
+        filters: Vec<FilterId>,
     },
     /// Change a queue's ring sizes (takes effect by re-creating the queue).
     SetQueueConfig {
@@ -296,4 +391,56 @@ pub enum DriverReply {
     Operator(ops::OperatorReply),
     /// Lookups waiting for the mapping service, and every overlay's counters.
     OverlayPoll(crate::overlay::OverlayPollReply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(program: Vec<u8>) -> DriverRequest {
+        DriverRequest::InstallFilters {
+            filters: vec![FilterInstall {
+                queue: QueueId(1),
+                filter: FilterId(2),
+                direction: Direction::Rx,
+                mode: RxMode::Owner,
+                binding: None,
+                program,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_batched_program_travels_as_hex_digits_and_comes_back_whole() {
+        let program: Vec<u8> = (0..=255).collect();
+        let text = serde_json::to_string(&install(program.clone())).unwrap();
+        assert!(text.contains("\"program\":\"000102"), "{text}");
+        assert!(text.contains("fdfeff\""), "{text}");
+        let back: DriverRequest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, install(program));
+        let empty = serde_json::to_string(&install(Vec::new())).unwrap();
+        assert_eq!(
+            serde_json::from_str::<DriverRequest>(&empty).unwrap(),
+            install(Vec::new())
+        );
+    }
+
+    #[test]
+    fn a_batched_program_that_is_not_hex_is_refused() {
+        let good = serde_json::to_string(&install(vec![0xab, 0xcd])).unwrap();
+        assert!(good.contains("\"abcd\""), "{good}");
+        // Upper case is taken too.
+        let upper = good.replace("\"abcd\"", "\"ABCD\"");
+        assert_eq!(
+            serde_json::from_str::<DriverRequest>(&upper).unwrap(),
+            install(vec![0xab, 0xcd])
+        );
+        for bad in ["\"abc\"", "\"zz\"", "\"é1\"", "[171,205]", "12"] {
+            let text = good.replace("\"abcd\"", bad);
+            assert!(
+                serde_json::from_str::<DriverRequest>(&text).is_err(),
+                "{text}"
+            );
+        }
+    }
 }

@@ -544,7 +544,9 @@ impl Driver {
                 binding,
                 program,
             } => self.install_filter(queue, filter, direction, mode, binding, &program),
+            DriverRequest::InstallFilters { filters } => self.install_filters(filters),
             DriverRequest::RemoveFilter { queue, filter } => self.remove_filter(queue, filter),
+            DriverRequest::RemoveFilters { queue, filters } => self.remove_filters(queue, &filters),
             DriverRequest::SetQueueConfig { queue, config } => self.reconfigure(queue, config),
             DriverRequest::Stats => {
                 let (link, queues) = self.stats();
@@ -863,6 +865,65 @@ impl Driver {
             self.update_link_groups();
         }
         Response::done()
+    }
+
+    /// Installs a batch of filters in order, all or nothing: at the first refusal, the ones
+    /// of the batch already installed are removed again and the refusal is the reply. One
+    /// request for a port's rx bindings and tx grants, so a bind costs netd one round trip.
+    fn install_filters(&mut self, filters: Vec<netmux_proto::driver::FilterInstall>) -> Response {
+        if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
+            return Response::error(
+                ErrorCode::Limit,
+                format!(
+                    "at most {} filters in one request, not {}",
+                    netmux_proto::driver::MAX_BATCH_FILTERS,
+                    filters.len()
+                ),
+            );
+        }
+        let mut installed: Vec<(QueueId, FilterId)> = Vec::with_capacity(filters.len());
+        for f in filters {
+            let response = self.install_filter(
+                f.queue,
+                f.filter,
+                f.direction,
+                f.mode,
+                f.binding,
+                &f.program,
+            );
+            if !matches!(response.reply, DriverReply::Done) {
+                for &(queue, filter) in installed.iter().rev() {
+                    // Each was installed just now by this request, so it is there to remove.
+                    let _ = self.remove_filter(queue, filter);
+                }
+                return response;
+            }
+            installed.push((f.queue, f.filter));
+        }
+        Response::done()
+    }
+
+    /// Removes a batch of one queue's filters, each as [`Driver::remove_filter`] would; every
+    /// one is tried, and the first refusal (a filter not found) is the reply.
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Response {
+        if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
+            return Response::error(
+                ErrorCode::Limit,
+                format!(
+                    "at most {} filters in one request, not {}",
+                    netmux_proto::driver::MAX_BATCH_FILTERS,
+                    filters.len()
+                ),
+            );
+        }
+        let mut first_refusal = None;
+        for &filter in filters {
+            let response = self.remove_filter(queue, filter);
+            if first_refusal.is_none() && !matches!(response.reply, DriverReply::Done) {
+                first_refusal = Some(response);
+            }
+        }
+        first_refusal.unwrap_or_else(Response::done)
     }
 
     /// Tells the link which multicast MACs it must accept: those of the groups some rx filter

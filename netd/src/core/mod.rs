@@ -120,6 +120,8 @@ pub struct Core {
     now_hint: Duration,
     next_session: u64,
     next_filter: u64,
+    /// Changes to the bound and held ports so far ([`Core::ports_version`]).
+    ports_version: u64,
 }
 
 impl Core {
@@ -129,6 +131,7 @@ impl Core {
             policy,
             ports,
             held: HashMap::new(),
+            ports_version: 0,
             sessions: BTreeMap::new(),
             uids: HashMap::new(),
             ring_bytes: 0,
@@ -200,6 +203,7 @@ impl Core {
             return Err(CoreError::AlreadyActive);
         }
         let s = self.sessions.remove(&id).ok_or(CoreError::NoSession)?;
+        self.ports_version += 1;
         let usage = self.usage(s.creds.uid);
         usage.sessions -= 1;
         if usage.sessions == 0 {
@@ -218,6 +222,7 @@ impl Core {
         }
         usage.sessions += 1;
         self.sessions.insert(session.id, session);
+        self.ports_version += 1;
         Ok(())
     }
 
@@ -324,6 +329,7 @@ impl Core {
             }
             // Its uid is back for it.
             self.held.remove(&(transport, port));
+            self.ports_version += 1;
             self.ports.unbind_uninstalled(transport, port, HOLD_OWNER)?;
         }
         self.ports.bind(transport, port, id)?;
@@ -339,6 +345,7 @@ impl Core {
             return false;
         }
         self.held.insert((transport, port), Hold { uid, until });
+        self.ports_version += 1;
         true
     }
 
@@ -352,11 +359,19 @@ impl Core {
             .filter(|(_, h)| h.until <= now)
             .map(|(&k, _)| k)
             .collect();
+        self.ports_version += over.len() as u64;
         for &(t, p) in &over {
             self.held.remove(&(t, p));
             let _ = self.ports.unbind_uninstalled(t, p, HOLD_OWNER);
         }
         over.len()
+    }
+
+    /// A number that changes whenever the set of active ports of the sessions or of held
+    /// ports ([`Core::held`]) may have changed, so the shell rewrites netd's ports file only
+    /// then, without looking at every port on every tick.
+    pub fn ports_version(&self) -> u64 {
+        self.ports_version
     }
 
     /// The ports held ([`Core::hold`]), with their holds.
@@ -376,6 +391,7 @@ impl Core {
             return Err(PortError::NotOwner { transport, port }.into());
         }
         s.ports.insert((transport, port));
+        self.ports_version += 1;
         Ok(())
     }
 
@@ -397,6 +413,7 @@ impl Core {
             return Err(PortError::NotOwner { transport, port }.into());
         }
         let uid = s.creds.uid;
+        self.ports_version += 1;
         self.usage(uid).ports -= 1;
         Ok(())
     }
@@ -517,6 +534,7 @@ impl Core {
     /// to `Releasing`; the returned [`Teardown`] says what the shell must remove at the driver.
     pub fn disconnect(&mut self, id: SessionId) -> Result<Teardown, CoreError> {
         let s = self.sessions.remove(&id).ok_or(CoreError::NoSession)?;
+        self.ports_version += 1;
         let mut teardown = Teardown {
             queue: s.ring_bytes > 0,
             ..Teardown::default()
