@@ -6,10 +6,12 @@
 //! (`netmux_netd::testing`).
 //!
 //! * criterion `bind/bound=N/netmux`: `bind_port` of TCP port 64,000 (timed) and its
-//!   `close_port` (not timed) on one session whose queue exists; `bind/bound=N/peer-ipc-round-trip`:
+//!   `close_port` (not timed) on one session whose queue exists; `bind/bound=N/netmux-udp`:
+//!   the same for UDP port 64,000 (a UDP port has broadcast receive filters as well, four
+//!   filters and two grants in all); `bind/bound=N/peer-ipc-round-trip`:
 //!   a `stats` round trip on the same session (`scripts/bench-report` pairs them, goal at most
 //!   2x).
-//! * `bind/bound=N/netmux-p99`: the 99th percentile of [`SAMPLES`] single `bind_port`
+//! * `bind/bound=N/netmux-p99` (and `netmux-udp-p99`): the 99th percentile of [`SAMPLES`] single `bind_port`
 //!   latencies, printed with their median and written where criterion writes its estimates
 //!   (as the "median" of a benchmark of that id), so `scripts/bench-report` shows it against
 //!   its goal of 100 µs.
@@ -98,12 +100,20 @@ fn record(id: &str, ns: f64) {
     }
 }
 
-fn bind_once(client: &mut Client) -> Duration {
+fn bind_once(client: &mut Client, transport: Transport) -> Duration {
     let t = Instant::now();
-    client.bind_port(Transport::Tcp, PORT).expect("bind");
+    client.bind_port(transport, PORT).expect("bind");
     let took = t.elapsed();
-    client.close_port(Transport::Tcp, PORT).expect("close");
+    client.close_port(transport, PORT).expect("close");
     took
+}
+
+/// The benchmark id part of a transport's rows: TCP's are `netmux`, UDP's `netmux-udp`.
+fn row(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "netmux-udp",
+        _ => "netmux",
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -112,7 +122,7 @@ fn bench(c: &mut Criterion) {
     let host = start();
     let mut holder = Client::connect_socket(host.netd.socket_path()).expect("connect");
     let mut client = Client::connect_socket(host.netd.socket_path()).expect("connect");
-    bind_once(&mut client); // the session's queue exists from here on
+    bind_once(&mut client, Transport::Tcp); // the session's queue exists from here on
     let mut bound = 0;
     for n in BOUND {
         // Only the state without bindings when run as a test: it proves the path works.
@@ -128,20 +138,26 @@ fn bench(c: &mut Criterion) {
         if n > 0 {
             println!("bind: {n} ports bound in {:?}", t.elapsed());
         }
-        let mut latencies: Vec<Duration> = (0..samples).map(|_| bind_once(&mut client)).collect();
-        latencies.sort();
-        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
-        println!(
-            "bind/bound={n}: {samples} binds, bind_port to active filters: median {p50:?}, p99 {p99:?}, max {:?}",
-            latencies[latencies.len() - 1]
-        );
-        if as_bench {
-            record(&format!("bind/bound={n}/netmux-p99"), p99.as_nanos() as f64);
-        }
         let mut group = c.benchmark_group(format!("bind/bound={n}"));
-        group.bench_function("netmux", |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| bind_once(&mut client)).sum())
-        });
+        for transport in [Transport::Tcp, Transport::Udp] {
+            let mut latencies: Vec<Duration> = (0..samples)
+                .map(|_| bind_once(&mut client, transport))
+                .collect();
+            latencies.sort();
+            let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+            let name = row(transport);
+            println!(
+                "bind/bound={n}/{name}: {samples} binds, bind_port to active filters: median \
+                 {p50:?}, p99 {p99:?}, max {:?}",
+                latencies[latencies.len() - 1]
+            );
+            if as_bench {
+                record(&format!("bind/bound={n}/{name}-p99"), p99.as_nanos() as f64);
+            }
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| bind_once(&mut client, transport)).sum())
+            });
+        }
         group.bench_function("peer-ipc-round-trip", |b| {
             b.iter(|| client.stats().expect("stats"))
         });

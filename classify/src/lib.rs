@@ -31,8 +31,8 @@
 //! keys that agree with their programs (netd's builders and the compiler's recogniser produce
 //! them together), the result is exactly [`LinearScan`]'s. One shortcut keeps the
 //! confirmation off per-queue code: when the program is byte for byte
-//! [`port_filter::program`] of its key on this link, the confirmation compares the
-//! destination MAC ([`Classifier::for_link`]).
+//! [`port_filter::program`] of its key for the link's MAC or a group MAC (broadcast,
+//! multicast), the confirmation compares the destination MAC ([`Classifier::for_link`]).
 //!
 //! # Rules every classifier here keeps
 //!

@@ -14,8 +14,8 @@ use crate::rules::{finish, ClassifierError, Classify, Owners, Ownership, RxFilte
 enum Confirm {
     /// Run the binding's own verified program.
     Program(Box<dyn Engine>),
-    /// The program is byte for byte the port filter of its key on this link
-    /// ([`port_filter::is_port_filter`]): it accepts exactly the frames with the key (which
+    /// The program is byte for byte the port filter of its key for this MAC
+    /// ([`port_filter::destination_mac`]): it accepts exactly the frames with the key (which
     /// the lookup established) and this destination MAC.
     DestinationMac([u8; 6]),
 }
@@ -74,7 +74,7 @@ enum Slot {
 pub struct Classifier {
     strategy: Strategy,
     /// The link's MAC, when known: port filters that are exactly [`port_filter::program`] for
-    /// it are confirmed by a MAC comparison instead of a program run.
+    /// it or for a group MAC are confirmed by a MAC comparison instead of a program run.
     link_mac: Option<[u8; 6]>,
     /// The generic program on `strategy`'s engine, made when the first key goes in (so that a
     /// driver without the JIT reports `--engine jit` on the first install, like any filter).
@@ -113,8 +113,9 @@ impl Classifier {
     }
 
     /// The same, on a link with this MAC address: a port filter that is byte for byte
-    /// [`port_filter::program`] of its key and this MAC is confirmed by comparing the frame's
-    /// destination MAC instead of running the program.
+    /// [`port_filter::program`] of its key and this MAC, or a group MAC (netd's broadcast and
+    /// multicast port filters), is confirmed by comparing the frame's destination MAC instead
+    /// of running the program.
     pub fn for_link(strategy: Strategy, mac: [u8; 6]) -> Self {
         Self {
             link_mac: Some(mac),
@@ -202,11 +203,15 @@ impl Classifier {
         key: Key,
     ) -> Result<(), ClassifierError> {
         let (table, words) = program::encode(&key);
-        let confirm = match self.link_mac {
-            Some(mac) if port_filter::is_port_filter(&filter.program, &key, mac) => {
-                Confirm::DestinationMac(mac)
-            }
-            _ => Confirm::Program(netmux_vm::engine(filter.program, self.strategy)?),
+        // A link receives frames to its own MAC and to group addresses (netd's broadcast and
+        // multicast port filters): a port filter for either is confirmed by its MAC.
+        let recognised = self.link_mac.and_then(|link| {
+            port_filter::destination_mac(&filter.program, &key)
+                .filter(|&mac| mac == link || mac[0] & 1 != 0)
+        });
+        let confirm = match recognised {
+            Some(mac) => Confirm::DestinationMac(mac),
+            None => Confirm::Program(netmux_vm::engine(filter.program, self.strategy)?),
         };
         if self.merged.is_none() {
             self.merged = Some(netmux_vm::engine(program::build(), self.strategy)?);

@@ -94,6 +94,16 @@ fn insns(key: &Key, mac: [u8; 6]) -> Option<Vec<Insn>> {
     Some(a.finish())
 }
 
+/// The destination MAC of `program` when it is byte for byte [`program`]`(key, mac)` for
+/// some MAC: the MAC it tests first.
+pub fn destination_mac(program: &Program, key: &Key) -> Option<[u8; 6]> {
+    let insns = program.insns();
+    let [c, d, e, f] = insns.get(1)?.k.to_be_bytes();
+    let [a, b] = u16::try_from(insns.get(4)?.k).ok()?.to_be_bytes();
+    let mac = [a, b, c, d, e, f];
+    is_port_filter(program, key, mac).then_some(mac)
+}
+
 /// Whether `program` is byte for byte [`program`]`(key, mac)`. `program` was verified when it
 /// was made, so the instructions it is compared with need not be.
 pub fn is_port_filter(program: &Program, key: &Key, mac: [u8; 6]) -> bool {
@@ -118,5 +128,26 @@ mod tests {
             &key,
             [2, 0, 0, 0, 0, 1]
         ));
+    }
+
+    #[test]
+    fn the_destination_mac_of_a_port_filter_is_the_one_it_was_built_for() {
+        let key = Key::V4 {
+            protocol: 17,
+            addr: "192.0.2.255".parse().unwrap(),
+            port: 67,
+        };
+        for mac in [[0xff; 6], [1, 0, 0x5e, 1, 2, 3], [2, 0, 0, 0, 0, 1]] {
+            let p = program(&key, mac).unwrap();
+            assert_eq!(destination_mac(&p, &key), Some(mac));
+            let other = Key::V4 {
+                protocol: 17,
+                addr: "192.0.2.255".parse().unwrap(),
+                port: 68,
+            };
+            assert_eq!(destination_mac(&p, &other), None);
+        }
+        let not_a_port_filter = Program::new(&[Insn::accept(1)], &[]).unwrap();
+        assert_eq!(destination_mac(&not_a_port_filter, &key), None);
     }
 }

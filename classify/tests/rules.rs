@@ -274,6 +274,30 @@ fn netds_port_filter_is_confirmed_by_its_destination_mac() {
 }
 
 #[test]
+fn netds_broadcast_port_filter_is_confirmed_by_the_broadcast_mac() {
+    let mut c = Classifier::for_link(Strategy::Interpreter, HOST_MAC);
+    let key = Key::V4 {
+        protocol: 17,
+        addr: Ipv4Addr::BROADCAST,
+        port: 67,
+    };
+    c.install(RxFilter {
+        queue: QueueId(3),
+        filter: FilterId(3),
+        mode: RxMode::Owner,
+        binding: Some(key.binding()),
+        program: port_filter::program(&key, [0xff; 6]).unwrap(),
+    })
+    .unwrap();
+    assert_eq!(c.confirmed_by_mac(), 1);
+    let to = |mac| udp_frame(mac, Ipv4Addr::BROADCAST.octets(), 67);
+    assert_eq!(classify(&mut c, &to([0xff; 6])), [QueueId(3)]);
+    // The key, but sent to the host's (or anyone's) unicast MAC: the program would reject it.
+    assert!(classify(&mut c, &to(HOST_MAC)).is_empty());
+    assert!(classify(&mut c, &to(addrs::MAC[0])).is_empty());
+}
+
+#[test]
 fn bindings_change_the_tables_in_place_and_never_rebuild_the_program() {
     let mut c = Classifier::for_link(Strategy::Interpreter, HOST_MAC);
     let host6 = Ipv6Addr::from(addrs::V6[0]);
