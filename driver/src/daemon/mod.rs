@@ -1063,10 +1063,7 @@ impl Driver {
             for frame in batch.iter() {
                 match self.reassembler.push(frame, now) {
                     Outcome::Deliver(frame) => self.deliver(frame, now),
-                    Outcome::Reassembled(datagram) => {
-                        self.deliver(&datagram, now);
-                        self.reassembler.recycle(datagram);
-                    }
+                    Outcome::Reassembled(datagram) => self.deliver_reassembled(datagram, now),
                     Outcome::Held | Outcome::Dropped(_) => {}
                 }
             }
@@ -1080,23 +1077,10 @@ impl Driver {
     /// Delivers a received frame to the instances it is for (see [`instances`]); `now_ns` is
     /// its batch's time (reading the clock per frame cost an overlay frame a fifth of its
     /// receive path).
+    #[inline(always)]
     fn deliver(&mut self, frame: &[u8], now_ns: u64) {
-        if self.overlays.active() {
-            match self.overlays.receive(frame, now_ns) {
-                overlay::Received::NotOverlay => {}
-                overlay::Received::Dropped => return,
-                overlay::Received::Inner { start, end, vni } => {
-                    match self.overlays.reassemble(vni, &frame[start..end], now_ns) {
-                        Outcome::Deliver(inner) => self.deliver_inner(inner),
-                        Outcome::Reassembled(datagram) => {
-                            self.deliver_inner(&datagram);
-                            self.overlays.recycle(vni, datagram);
-                        }
-                        Outcome::Held | Outcome::Dropped(_) => {}
-                    }
-                    return;
-                }
-            }
+        if self.overlays.active() && self.deliver_overlay(frame, now_ns) {
+            return;
         }
         self.rx.classified += 1;
         if !self.captures.is_empty() {
@@ -1104,6 +1088,35 @@ impl Driver {
         }
         let target = self.instances.dispatch(frame);
         self.deliver_to(frame, target);
+    }
+
+    /// Delivers a datagram the reassembler made whole, and hands its buffer back (out of line:
+    /// most frames arrive whole, and [`Driver::deliver`] is inlined where they are taken).
+    #[inline(never)]
+    fn deliver_reassembled(&mut self, datagram: Vec<u8>, now_ns: u64) {
+        self.deliver(&datagram, now_ns);
+        self.reassembler.recycle(datagram);
+    }
+
+    /// Takes a received frame that belongs to an overlay (delivering its inner frame, or
+    /// holding or dropping it); `false` for a frame that is not overlay traffic.
+    #[inline(never)]
+    fn deliver_overlay(&mut self, frame: &[u8], now_ns: u64) -> bool {
+        match self.overlays.receive(frame, now_ns) {
+            overlay::Received::NotOverlay => false,
+            overlay::Received::Dropped => true,
+            overlay::Received::Inner { start, end, vni } => {
+                match self.overlays.reassemble(vni, &frame[start..end], now_ns) {
+                    Outcome::Deliver(inner) => self.deliver_inner(inner),
+                    Outcome::Reassembled(datagram) => {
+                        self.deliver_inner(&datagram);
+                        self.overlays.recycle(vni, datagram);
+                    }
+                    Outcome::Held | Outcome::Dropped(_) => {}
+                }
+                true
+            }
+        }
     }
 
     /// Delivers an overlay's inner frame (or datagram) to the instances
@@ -1120,27 +1133,59 @@ impl Driver {
     /// Delivers `frame` to the queues of the instances at `slots` that take it: in each, ARP
     /// that concerns it goes to all its queues, anything else to the queues its classifier
     /// names; a frame nobody takes goes to netd's queue.
+    ///
+    /// Inlined, with what most frames never need (no taker, firewall rules, captures) out of
+    /// line: the layers between the link and the classifier cost a frame no calls of their own.
+    #[inline(always)]
     fn deliver_to(&mut self, frame: &[u8], target: Target) {
         self.receivers.clear();
         let arp = self
             .instances
             .receivers(frame, target, self.netd_queue, &mut self.receivers);
         self.rx.arp_to_all += arp as u64;
-        if self.receivers.is_empty() {
-            self.icmp_error_owner(frame, target);
+        if self.receivers.is_empty() && !self.unclaimed(frame, target) {
+            return;
         }
-        if self.receivers.is_empty() {
-            match self.netd_queue {
-                Some(netd) => {
-                    self.rx.unmatched_to_netd += 1;
-                    self.receivers.push(netd);
-                }
-                None => {
-                    self.rx.no_receiver += 1;
-                    return;
+        if self.firewall.has_in() || !self.captures.is_empty() {
+            self.push_rx_checked(frame);
+            return;
+        }
+        for &id in &self.receivers {
+            if let Some(queue) = self.queues.get_mut(&id) {
+                // Drops (full ring, closed, faulted) are counted by the ring, per queue.
+                if queue.ring.push_rx(&[frame]) == RxOutcome::Queued && !queue.touched {
+                    queue.touched = true;
+                    self.touched.push(id);
                 }
             }
         }
+    }
+
+    /// A frame no classifier took: for the queue that owns the flow an ICMP error quotes,
+    /// else for netd's queue. `false` when nobody takes it (counted).
+    #[inline(never)]
+    fn unclaimed(&mut self, frame: &[u8], target: Target) -> bool {
+        self.icmp_error_owner(frame, target);
+        if !self.receivers.is_empty() {
+            return true;
+        }
+        match self.netd_queue {
+            Some(netd) => {
+                self.rx.unmatched_to_netd += 1;
+                self.receivers.push(netd);
+                true
+            }
+            None => {
+                self.rx.no_receiver += 1;
+                false
+            }
+        }
+    }
+
+    /// Writes `frame` into the receivers' rings when the admin firewall has inbound rules or
+    /// a capture runs: each receiver's rules first, each queued copy captured.
+    #[inline(never)]
+    fn push_rx_checked(&mut self, frame: &[u8]) {
         for &id in &self.receivers {
             if let Some(queue) = self.queues.get_mut(&id) {
                 if self.firewall.has_in() {
