@@ -18,16 +18,18 @@
 //! - `peer-memcpy`: the limit: the same frames memcpy'd into the same ring memory, nothing
 //!   else (no slot headers, no index publication, no client).
 //! - `driver-threaded/...`: `netmux` and `peer-copy` with one consumer thread draining every
-//!   client meanwhile (driver and client on separate cores): measures producer and consumer together and needs
-//!   an idle second core; a full ring drops like the driver does, and the delivered share is
-//!   printed after each row.
+//!   client meanwhile (driver and client on separate cores): measures producer and consumer
+//!   together and needs an idle second core. The producer offers a batch only when the
+//!   consumer has read all but two batches of what came before ([`Paced`]), so both sides
+//!   deliver every frame (a producer racing ahead would time frames dropped into full rings,
+//!   cheaper than delivered ones); the delivered share is printed after each row.
 //!
 //! Run: `cargo bench --bench driver`; `scripts/bench-report --bench driver` pairs the rows.
 
 // criterion's macros define undocumented public functions.
 #![allow(missing_docs)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,9 +59,54 @@ fn ring(n: usize) -> QueueConfig {
 /// Frames a consumer takes per `recv` call.
 const CONSUMER_BATCH: usize = 32;
 
+/// Frames the threaded rows let be in the rings, not yet read by the consumer, before the
+/// next batch: two batches (every ring holds its share of three).
+const WINDOW: u64 = 2 * BATCH as u64;
+/// The longest the producer waits for the consumer before offering a batch anyway (a frame
+/// dropped for a full ring is never read, so the count would not catch up).
+const PATIENCE: Duration = Duration::from_millis(1);
+
+/// The producer's side of a threaded row: offers a batch only when the consumer has read all
+/// but [`WINDOW`] of the frames offered before, so that both sides of a row deliver every
+/// frame and a row times producer and consumer together, never a producer dropping frames
+/// into full rings (which is cheaper than delivering them).
+struct Paced {
+    consumed: Arc<AtomicU64>,
+    offered: u64,
+}
+
+impl Paced {
+    fn new(consumed: Arc<AtomicU64>) -> Self {
+        Self {
+            consumed,
+            offered: 0,
+        }
+    }
+
+    /// Runs `poll` (which returns the frames it offered) once the consumer has caught up.
+    fn offer(&mut self, poll: impl FnOnce() -> usize) -> usize {
+        if self.offered - self.consumed.load(Ordering::Acquire) > WINDOW {
+            let since = std::time::Instant::now();
+            while self.offered - self.consumed.load(Ordering::Acquire) > WINDOW
+                && since.elapsed() < PATIENCE
+            {
+                std::hint::spin_loop();
+            }
+        }
+        let n = poll();
+        self.offered += n as u64;
+        n
+    }
+}
+
 /// A consumer thread that drains every client's rx ring, `CONSUMER_BATCH` frames per call,
-/// until stopped; returns the number of frames it received.
-fn spawn_consumer(mut clients: Vec<ClientQueue>, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
+/// until stopped, counting what it read in `consumed`; returns the number of frames it
+/// received.
+fn spawn_consumer(
+    mut clients: Vec<ClientQueue>,
+    stop: Arc<AtomicBool>,
+    consumed: Arc<AtomicU64>,
+) -> JoinHandle<u64> {
     std::thread::spawn(move || {
         let mut buffers = vec![[0u8; 2048]; CONSUMER_BATCH];
         let mut vectors: Vec<[&mut [u8]; 1]> = buffers.iter_mut().map(|b| [&mut b[..]]).collect();
@@ -76,6 +123,8 @@ fn spawn_consumer(mut clients: Vec<ClientQueue>, stop: Arc<AtomicBool>) -> JoinH
             }
             if idle {
                 std::hint::spin_loop();
+            } else {
+                consumed.store(received, Ordering::Release);
             }
         }
         received
@@ -321,8 +370,9 @@ impl SameThreadClient {
 /// - `driver/S/netmux-linear`: the same with the reference linear scan;
 /// - `driver/S/peer-copy`: [`CopyBaseline`], clients drained the same way;
 /// - `driver-threaded/S/netmux` and `driver-threaded/S/peer-copy`: the same two with one
-///   consumer thread draining every client meanwhile (driver and client on separate cores; needs an idle core,
-///   and a full ring drops, so the delivered share is printed after each row).
+///   consumer thread draining every client meanwhile (driver and client on separate cores;
+///   needs an idle core), paced to the consumer ([`Paced`]); the delivered share is printed
+///   after each row.
 fn driver_full(c: &mut Criterion) {
     for frame_len in [64usize, 1500] {
         for n in [1usize, 16, 1024] {
@@ -401,19 +451,25 @@ fn driver_full(c: &mut Criterion) {
             group.warm_up_time(Duration::from_secs(1));
             group.measurement_time(Duration::from_secs(3));
             let stop = Arc::new(AtomicBool::new(false));
+            let consumed = Arc::new(AtomicU64::new(0));
+            let mut paced = Paced::new(consumed.clone());
             let mut state = None;
             group.bench_function(format!("{id}/netmux"), |b| {
                 let Some((driver, _)) = state
                     .get_or_insert_with(|| {
                         classifying_driver(n, frame_len, ClassifierKind::Merged).map(
-                            |(driver, clients)| (driver, spawn_consumer(clients, stop.clone())),
+                            |(driver, clients)| {
+                                let consumer =
+                                    spawn_consumer(clients, stop.clone(), consumed.clone());
+                                (driver, consumer)
+                            },
                         )
                     })
                     .as_mut()
                 else {
                     return;
                 };
-                b.iter(|| driver.poll_rx())
+                b.iter(|| paced.offer(|| driver.poll_rx()))
             });
             stop.store(true, Ordering::Relaxed);
             if let Some(Some((driver, consumer))) = state {
@@ -424,6 +480,8 @@ fn driver_full(c: &mut Criterion) {
                 );
             }
             let stop = Arc::new(AtomicBool::new(false));
+            let consumed = Arc::new(AtomicU64::new(0));
+            let mut paced = Paced::new(consumed.clone());
             let mut state = None;
             group.bench_function(format!("{id}/peer-copy"), |b| {
                 let Some((baseline, _)) = state
@@ -431,14 +489,16 @@ fn driver_full(c: &mut Criterion) {
                         CopyBaseline::new(n, frame_len)
                             .ok()
                             .map(|(baseline, clients)| {
-                                (baseline, spawn_consumer(clients, stop.clone()))
+                                let consumer =
+                                    spawn_consumer(clients, stop.clone(), consumed.clone());
+                                (baseline, consumer)
                             })
                     })
                     .as_mut()
                 else {
                     return;
                 };
-                b.iter(|| baseline.poll())
+                b.iter(|| paced.offer(|| baseline.poll()))
             });
             stop.store(true, Ordering::Relaxed);
             if let Some(Some((baseline, consumer))) = state {
