@@ -85,11 +85,11 @@ impl Paced {
 
     /// Runs `poll` (which returns the frames it offered) once the consumer has caught up.
     fn offer(&mut self, poll: impl FnOnce() -> usize) -> usize {
-        if self.offered - self.consumed.load(Ordering::Acquire) > WINDOW {
+        // Saturating: a frame delivered to several queues is read more than once.
+        let unread = |p: &Self| p.offered.saturating_sub(p.consumed.load(Ordering::Acquire));
+        if unread(self) > WINDOW {
             let since = std::time::Instant::now();
-            while self.offered - self.consumed.load(Ordering::Acquire) > WINDOW
-                && since.elapsed() < PATIENCE
-            {
+            while unread(self) > WINDOW && since.elapsed() < PATIENCE {
                 std::hint::spin_loop();
             }
         }
