@@ -105,23 +105,11 @@ fn instances_1k(host: &Host) {
         let ip = [10, 9, (i / 200) as u8, (i % 200) as u8 + 2];
         let t = Instant::now();
         admin
-            .create_instance(InstanceSpec {
-                name: name.clone(),
-                mac: MacChoice::Given(mac),
-                ipv4: (ip, 16),
-                gateway: None,
-                ipv6_link_local: false,
-                ephemeral: None,
-                join_uids: None,
-                privileged_uids: vec![],
-                tap_uids: vec![],
-                exclusive_uids: vec![],
-                temporary: true,
-                overlay: None,
-                ipv6: None,
-                dhcp: false,
-                slaac: false,
-            })
+            .create_instance(InstanceSpec::temporary(
+                name.clone(),
+                MacChoice::Given(mac),
+                (ip, 16),
+            ))
             .expect("create");
         let mut client = Client::connect_to(dir, Some(&name)).expect("join");
         client.bind_port(Transport::Udp, 7).expect("bind");

@@ -140,23 +140,7 @@ impl Drop for Host {
 }
 
 fn spec(name: &str, mac: MacChoice, ip: [u8; 4]) -> InstanceSpec {
-    InstanceSpec {
-        name: name.into(),
-        mac,
-        ipv4: (ip, 24),
-        gateway: None,
-        ipv6_link_local: false,
-        ephemeral: None,
-        join_uids: None,
-        privileged_uids: vec![],
-        tap_uids: vec![],
-        exclusive_uids: vec![],
-        temporary: true,
-        overlay: None,
-        ipv6: None,
-        dhcp: false,
-        slaac: false,
-    }
+    InstanceSpec::temporary(name, mac, (ip, 24))
 }
 
 fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], port: u16) -> Vec<u8> {

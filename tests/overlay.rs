@@ -112,21 +112,8 @@ fn join(host: &Host, overlay: &str, node: Node) -> (Client, ClientQueue) {
     Client::connect(host.runtime_dir())
         .unwrap()
         .create_instance(InstanceSpec {
-            name: node.name.into(),
-            mac: MacChoice::Given(node.mac),
-            ipv4: (node.ip, 24),
-            gateway: None,
-            ipv6_link_local: false,
-            ephemeral: None,
-            join_uids: None,
-            privileged_uids: vec![],
-            tap_uids: vec![],
-            exclusive_uids: vec![],
-            temporary: true,
             overlay: Some(overlay.into()),
-            ipv6: None,
-            dhcp: false,
-            slaac: false,
+            ..InstanceSpec::temporary(node.name, MacChoice::Given(node.mac), (node.ip, 24))
         })
         .unwrap_or_else(|e| panic!("creating instance {}: {e}", node.name));
     let mut client = Client::connect_to(host.runtime_dir(), Some(node.name)).unwrap();

@@ -70,21 +70,8 @@ fn join(runtime_dir: &Path, i: u8) -> (Client, ClientQueue) {
     Client::connect(runtime_dir)
         .unwrap()
         .create_instance(InstanceSpec {
-            name: name.clone(),
-            mac: MacChoice::Given(mac(i)),
-            ipv4: (ip(i), 24),
-            gateway: None,
-            ipv6_link_local: false,
-            ipv6: None,
-            dhcp: false,
-            slaac: false,
-            ephemeral: None,
-            join_uids: None,
-            privileged_uids: vec![],
-            tap_uids: vec![],
-            exclusive_uids: vec![],
-            temporary: true,
             overlay: Some("blue".into()),
+            ..InstanceSpec::temporary(name.clone(), MacChoice::Given(mac(i)), (ip(i), 24))
         })
         .unwrap_or_else(|e| panic!("creating instance {name}: {e}"));
     let mut client = Client::connect_to(runtime_dir, Some(&name)).unwrap();

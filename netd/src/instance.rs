@@ -597,21 +597,10 @@ mod tests {
 
     fn spec(name: &str) -> InstanceSpec {
         InstanceSpec {
-            name: name.into(),
-            mac: MacChoice::Generated,
-            ipv4: ([192, 0, 2, 10], 24),
             gateway: Some([192, 0, 2, 1]),
             ipv6_link_local: true,
-            ephemeral: None,
-            join_uids: None,
-            privileged_uids: vec![],
-            tap_uids: vec![],
-            exclusive_uids: vec![],
             temporary: false,
-            overlay: None,
-            ipv6: None,
-            dhcp: false,
-            slaac: false,
+            ..InstanceSpec::temporary(name, MacChoice::Generated, ([192, 0, 2, 10], 24))
         }
     }
 

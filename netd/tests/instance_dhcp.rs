@@ -26,21 +26,9 @@ const SERVER: Ipv4Addr = IP_B;
 
 fn spec(name: &str, mac: MacChoice) -> InstanceSpec {
     InstanceSpec {
-        name: name.into(),
-        mac,
-        ipv4: ([0; 4], 0),
-        gateway: None,
         ipv6_link_local: true,
-        ephemeral: None,
-        join_uids: None,
-        privileged_uids: vec![],
-        tap_uids: vec![],
-        exclusive_uids: vec![],
-        temporary: true,
-        overlay: None,
-        ipv6: None,
         dhcp: true,
-        slaac: false,
+        ..InstanceSpec::temporary(name, mac, ([0; 4], 0))
     }
 }
 

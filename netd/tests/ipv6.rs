@@ -349,21 +349,9 @@ fn an_instance_created_with_a_global_address_answers_for_it_and_its_clients_lear
     let host = host();
     let address: Ipv6Addr = "2001:db8::10".parse().unwrap();
     let spec = |name: &str, ipv4: [u8; 4]| InstanceSpec {
-        name: name.into(),
-        mac: MacChoice::Generated,
-        ipv4: (ipv4, 24),
-        gateway: None,
         ipv6_link_local: true,
-        ephemeral: None,
-        join_uids: None,
-        privileged_uids: vec![],
-        tap_uids: vec![],
-        exclusive_uids: vec![],
-        temporary: true,
-        overlay: None,
         ipv6: Some((address.octets(), 64)),
-        dhcp: false,
-        slaac: false,
+        ..InstanceSpec::temporary(name, MacChoice::Generated, (ipv4, 24))
     };
     let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
     admin.create_instance(spec("t6", [10, 0, 0, 9])).unwrap();
@@ -409,21 +397,9 @@ fn an_instances_address_another_node_has_is_given_up() {
     let mut admin = Client::connect_socket(host.netd.socket_path()).unwrap();
     admin
         .create_instance(InstanceSpec {
-            name: "dup6".into(),
-            mac: MacChoice::Generated,
-            ipv4: ([10, 0, 0, 20], 24),
-            gateway: None,
             ipv6_link_local: true,
-            ephemeral: None,
-            join_uids: None,
-            privileged_uids: vec![],
-            tap_uids: vec![],
-            exclusive_uids: vec![],
-            temporary: true,
-            overlay: None,
             ipv6: Some((address.octets(), 64)),
-            dhcp: false,
-            slaac: false,
+            ..InstanceSpec::temporary("dup6", MacChoice::Generated, ([10, 0, 0, 20], 24))
         })
         .unwrap();
     // The instance's probe, from its own MAC.

@@ -134,6 +134,32 @@ pub struct InstanceSpec {
     pub slaac: bool,
 }
 
+impl InstanceSpec {
+    /// A temporary instance with this name, MAC and IPv4 address (and prefix) and nothing
+    /// else: no gateway, no IPv6 address (not even link-local), netd's ephemeral range, every
+    /// uid may join it and root alone has the other rights. Change what differs with struct
+    /// update syntax.
+    pub fn temporary(name: impl Into<String>, mac: MacChoice, ipv4: ([u8; 4], u8)) -> Self {
+        Self {
+            name: name.into(),
+            mac,
+            ipv4,
+            gateway: None,
+            ipv6_link_local: false,
+            ephemeral: None,
+            join_uids: None,
+            privileged_uids: Vec::new(),
+            tap_uids: Vec::new(),
+            exclusive_uids: Vec::new(),
+            temporary: true,
+            overlay: None,
+            ipv6: None,
+            dhcp: false,
+            slaac: false,
+        }
+    }
+}
+
 /// An instance as `netmux instance ls` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceView {
