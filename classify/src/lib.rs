@@ -91,6 +91,7 @@
 #![deny(unsafe_code)]
 
 pub mod key;
+pub mod link_bindings;
 pub mod port_filter;
 pub mod program;
 
@@ -100,6 +101,7 @@ mod rules;
 
 pub use key::{frame_keys, Family, Key};
 pub use linear::LinearScan;
+pub use link_bindings::LinkBindings;
 pub use merged::Classifier;
 pub use netmux_proto::driver::RxMode;
 pub use rules::{ClassifierError, Classify, Ownership, RxFilter};

@@ -13,7 +13,8 @@ struct Installed {
     filter: FilterId,
     mode: RxMode,
     owned: Option<PortBinding>,
-    engine: Box<dyn Engine>,
+    /// `None` for a filter held only ([`Classify::hold`]).
+    engine: Option<Box<dyn Engine>>,
 }
 
 /// Runs every installed filter in turn. See the module documentation.
@@ -65,7 +66,24 @@ impl Classify for LinearScan {
             filter: filter.filter,
             mode: filter.mode,
             owned,
-            engine,
+            engine: Some(engine),
+        });
+        Ok(())
+    }
+
+    fn hold(&mut self, filter: &RxFilter) -> Result<(), ClassifierError> {
+        if self.filters.iter().any(|f| f.filter == filter.filter) {
+            return Err(ClassifierError::DuplicateFilter(filter.filter));
+        }
+        let owned = self.owners.check(filter)?;
+        self.owners
+            .take(filter.queue, filter.filter, filter.mode, owned);
+        self.filters.push(Installed {
+            queue: filter.queue,
+            filter: filter.filter,
+            mode: filter.mode,
+            owned,
+            engine: None,
         });
         Ok(())
     }
@@ -95,10 +113,10 @@ impl Classify for LinearScan {
 
     fn classify(&mut self, frame: &[u8], wire_len: u32, out: &mut Vec<QueueId>) {
         for f in &self.filters {
-            if f.engine
-                .run_with_scratch(frame, wire_len, &mut self.scratch)
-                .is_accept()
-            {
+            if f.engine.as_ref().is_some_and(|e| {
+                e.run_with_scratch(frame, wire_len, &mut self.scratch)
+                    .is_accept()
+            }) {
                 out.push(f.queue);
             }
         }
@@ -109,9 +127,10 @@ impl Classify for LinearScan {
         for f in &self.filters {
             if f.mode == RxMode::Tap
                 && f.queue != sender
-                && f.engine
-                    .run_with_scratch(frame, wire_len, &mut self.scratch)
-                    .is_accept()
+                && f.engine.as_ref().is_some_and(|e| {
+                    e.run_with_scratch(frame, wire_len, &mut self.scratch)
+                        .is_accept()
+                })
             {
                 out.push(f.queue);
             }

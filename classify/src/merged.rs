@@ -68,6 +68,8 @@ enum Slot {
     Table(u32),
     /// Index into `Classifier::others`.
     Other(usize),
+    /// Held only ([`Classify::hold`]): in `Classifier::held`.
+    Held,
 }
 
 /// The merged classifier. See the crate documentation.
@@ -90,6 +92,8 @@ pub struct Classifier {
     taps: usize,
     /// Keyed by netd's filter ids (not chosen by clients), so a fast hash is safe.
     where_is: FxHashMap<FilterId, Slot>,
+    /// Filters held only, with their queue and what they own.
+    held: FxHashMap<FilterId, (QueueId, Option<PortBinding>)>,
     owners: Owners,
     scratch: Scratch,
 }
@@ -135,6 +139,7 @@ impl Classifier {
             others: Vec::new(),
             taps: 0,
             where_is: FxHashMap::default(),
+            held: FxHashMap::default(),
             owners: Owners::new(ownership),
             scratch: Scratch::default(),
         }
@@ -181,12 +186,17 @@ impl Classifier {
         self.merged.as_ref().map(|m| m.program())
     }
 
-    /// Whether `filter` went into the tables (`Some(true)`), runs after them (`Some(false)`),
-    /// or is not installed (`None`).
+    /// Whether `filter` went into the tables (`Some(true)`), runs after them or is held only
+    /// (`Some(false)`), or is not installed (`None`).
     pub fn in_tables(&self, filter: FilterId) -> Option<bool> {
         self.where_is
             .get(&filter)
             .map(|s| matches!(s, Slot::Table(_)))
+    }
+
+    /// Number of filters held only ([`Classify::hold`]).
+    pub fn held_filters(&self) -> usize {
+        self.held.len()
     }
 
     fn value_of(&self, table: usize, words: &[u32]) -> u32 {
@@ -311,6 +321,11 @@ impl Classifier {
                     self.where_is.insert(moved.filter, Slot::Other(index));
                 }
             }
+            Slot::Held => {
+                if let Some((queue, owned)) = self.held.remove(&filter) {
+                    self.owners.release(queue, filter, owned);
+                }
+            }
         }
     }
 
@@ -327,6 +342,7 @@ impl Classifier {
                 })
                 .map(|c| c.queue),
             Slot::Other(i) => self.others.get(i).map(|o| o.queue),
+            Slot::Held => self.held.get(&filter).map(|&(q, _)| q),
         }
     }
 
@@ -369,6 +385,18 @@ impl Classify for Classifier {
             }
         }
         self.owners.take(queue, id, mode, owned);
+        Ok(())
+    }
+
+    fn hold(&mut self, filter: &RxFilter) -> Result<(), ClassifierError> {
+        if self.where_is.contains_key(&filter.filter) {
+            return Err(ClassifierError::DuplicateFilter(filter.filter));
+        }
+        let owned = self.owners.check(filter)?;
+        self.where_is.insert(filter.filter, Slot::Held);
+        self.held.insert(filter.filter, (filter.queue, owned));
+        self.owners
+            .take(filter.queue, filter.filter, filter.mode, owned);
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use netmux_proto::driver::{FilterId, PortBinding, QueueId, RxMode};
 use netmux_vm::{EngineError, Program};
 
 /// One rx filter as the driver hands it to a classifier: already verified.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RxFilter {
     /// The receiving queue.
     pub queue: QueueId,
@@ -66,6 +66,12 @@ pub enum ClassifierError {
 pub trait Classify: Send {
     /// Installs an rx filter.
     fn install(&mut self, filter: RxFilter) -> Result<(), ClassifierError>;
+
+    /// Takes `filter`'s ownership under the same rules as [`Classify::install`], without
+    /// matching any frame with it: another structure does (the driver's
+    /// [`crate::LinkBindings`]). [`Classify::remove`] and [`Classify::remove_queue`] release it
+    /// like any filter, and [`Classify::len`] counts it.
+    fn hold(&mut self, filter: &RxFilter) -> Result<(), ClassifierError>;
 
     /// Removes one filter; when this returns, the filter no longer matches anything.
     fn remove(&mut self, queue: QueueId, filter: FilterId) -> Result<(), ClassifierError>;

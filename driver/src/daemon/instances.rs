@@ -25,9 +25,21 @@
 //!   overlay. Its frames come and go through [`super::overlay`].
 //! - **One instance costs nothing.** With only the default instance there is no lookup: every
 //!   frame is the default instance's, as before instances existed.
+//! - **Many instances cost one lookup.** netd's port filters for an on-link instance's own
+//!   address and unicast MAC (almost every filter) go into one [`LinkBindings`] shared by every
+//!   instance on the link, and a received frame is looked up there first: a hit names the
+//!   queue and its instance at once (the binding's MAC and address are the instance's, and no
+//!   two instances on the link have the same address, so the instance is the one
+//!   [`Instances::dispatch`] would give). Each instance's classifier holds those filters'
+//!   ownership ([`Classify::hold`]), so the rules stay the instance's own, and matches the rest
+//!   (address-less bindings, broadcast port filters, taps, claims, netd's expressions). A
+//!   binding whose instance changes its MAC or gives up the address goes back to the
+//!   instance's classifier.
 
-use netmux_classify::Classify;
-use netmux_proto::driver::{Counters, InstanceId, InstanceInfo, QueueId, DEFAULT_INSTANCE};
+use netmux_classify::{ClassifierError, Classify, Key, LinkBindings, RxFilter};
+use netmux_proto::driver::{
+    Counters, FilterId, InstanceId, InstanceInfo, QueueId, DEFAULT_INSTANCE,
+};
 use netmux_wire::ethernet::{ethertype, link_layer};
 use netmux_wire::{arp, ArpPacket};
 use rustc_hash::FxHashMap;
@@ -52,14 +64,40 @@ pub struct Instance {
     pub ipv4: Vec<[u8; 4]>,
     /// Its IPv6 addresses.
     pub ipv6: Vec<[u8; 16]>,
-    /// Its classifier: its queues' rx filters only.
-    pub classifier: Box<dyn Classify>,
+    /// Its classifier: its queues' rx filters only (those in the link's [`LinkBindings`] held
+    /// there, matched there). Changed only through [`Instances`], which keeps `held` and
+    /// `local` with it.
+    classifier: Box<dyn Classify>,
+    /// Its filters in the link's bindings.
+    held: usize,
+    /// Its filters its classifier matches itself.
+    local: usize,
     /// Its queues, in creation order.
     pub queues: Vec<QueueId>,
     /// Frames and bytes dispatched to it, sent by its queues, and hairpinned to it.
     pub counters: InstanceCounters,
     /// The overlay (VNI) it lives on, if any.
     pub overlay: Option<u32>,
+}
+
+impl Instance {
+    /// Counts again the filters its classifier matches itself, after a change (`held` kept
+    /// exact by the change). A frame skips the classifier of an instance with none.
+    fn recount(&mut self) {
+        self.local = self.classifier.len().saturating_sub(self.held);
+    }
+}
+
+/// Whether a binding of `key` confirmed by `mac` fits the instance `i` in the link's
+/// bindings: `i` is on the link, `mac` is its MAC and the address its own.
+fn fits(i: &Instance, key: &Key, mac: [u8; 6]) -> bool {
+    i.overlay.is_none()
+        && i.mac == mac
+        && match key {
+            Key::V4 { addr, .. } => i.ipv4.contains(&addr.octets()),
+            Key::V6 { addr, .. } => i.ipv6.contains(&addr.octets()),
+            Key::AnyAddr { .. } => false,
+        }
 }
 
 /// Counters of one instance.
@@ -145,6 +183,9 @@ pub struct Instances {
     several: bool,
     /// A classifier for an instance with this MAC.
     make_classifier: MakeClassifier,
+    /// Every on-link instance's exact port bindings, when the instances' classifiers are the
+    /// merged ones (see the module documentation).
+    link: Option<LinkBindings>,
 }
 
 /// Makes the classifier of an instance with the given MAC (netd's port filters for that MAC
@@ -172,6 +213,8 @@ impl Instances {
             ipv4: Vec::new(),
             ipv6: Vec::new(),
             classifier,
+            held: 0,
+            local: 0,
             queues: Vec::new(),
             counters: InstanceCounters::default(),
             overlay: None,
@@ -187,6 +230,16 @@ impl Instances {
             by_v6: FxHashMap::default(),
             several: false,
             make_classifier,
+            link: None,
+        }
+    }
+
+    /// Puts on-link instances' exact port bindings in one [`LinkBindings`] on `strategy`'s
+    /// engine from now on (see the module documentation). For instances whose classifiers are
+    /// the merged ones; before any filter is installed.
+    pub fn use_link_bindings(&mut self, strategy: netmux_vm::Strategy) {
+        if self.iter().all(|i| i.classifier.is_empty()) {
+            self.link = Some(LinkBindings::new(strategy));
         }
     }
 
@@ -284,6 +337,8 @@ impl Instances {
                     ipv4: Vec::new(),
                     ipv6: Vec::new(),
                     classifier: (self.make_classifier)(mac),
+                    held: 0,
+                    local: 0,
                     queues: Vec::new(),
                     counters: InstanceCounters::default(),
                     overlay,
@@ -314,7 +369,122 @@ impl Instances {
             i.ipv6 = info.ipv6;
         }
         self.index(slot);
+        self.demote(slot);
         Ok(slot)
+    }
+
+    /// Moves the link bindings of the instance at `slot` that no longer fit it (its MAC
+    /// changed, or it gave up the address) back to its classifier.
+    fn demote(&mut self, slot: Slot) {
+        let Self { slots, link, .. } = self;
+        let (Some(link), Some(i)) = (link.as_mut(), slots.get_mut(slot).and_then(Option::as_mut))
+        else {
+            return;
+        };
+        if i.held == 0 {
+            return;
+        }
+        let moved = link.remove_where(|b| b.tag as usize == slot && !fits(i, &b.key, b.mac));
+        i.held -= moved.len();
+        for b in moved {
+            // Releases the hold: the same filter, owning the same key, goes in at once.
+            let _ = i.classifier.remove(b.queue, b.filter);
+            let installed = b
+                .filter()
+                .ok_or(ClassifierError::TablesFull)
+                .and_then(|f| i.classifier.install(f));
+            if let Err(e) = installed {
+                tracing::error!(
+                    instance = i.id.0,
+                    queue = b.queue.0,
+                    filter = b.filter.0,
+                    "a port filter could not move back to its instance's classifier: {e}"
+                );
+            }
+        }
+        i.recount();
+    }
+
+    /// Installs an rx filter of a queue of the instance at `slot`: into the link's bindings
+    /// when it is a port filter for one of the instance's own addresses and its MAC (its
+    /// ownership held by the instance's classifier), else into the instance's classifier. The
+    /// instance's classifier applies its rules either way.
+    pub fn install_filter(&mut self, slot: Slot, filter: RxFilter) -> Result<(), ClassifierError> {
+        let Self { slots, link, .. } = self;
+        let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
+            return Err(ClassifierError::NotFound(filter.queue, filter.filter));
+        };
+        let linked = link.as_mut().and_then(|link| {
+            let key = LinkBindings::eligible(&filter, i.mac).filter(|k| fits(i, k, i.mac))?;
+            Some((link, key))
+        });
+        match linked {
+            Some((link, key)) => {
+                i.classifier.hold(&filter)?;
+                let slot_tag = u32::try_from(slot).map_err(|_| ClassifierError::TablesFull);
+                if let Err(e) = slot_tag.and_then(|tag| link.insert(&filter, key, i.mac, tag)) {
+                    let _ = i.classifier.remove(filter.queue, filter.filter);
+                    return Err(e);
+                }
+                i.held += 1;
+            }
+            None => i.classifier.install(filter)?,
+        }
+        i.recount();
+        Ok(())
+    }
+
+    /// Removes one rx filter of a queue of the instance at `slot`.
+    pub fn remove_filter(
+        &mut self,
+        slot: Slot,
+        queue: QueueId,
+        filter: FilterId,
+    ) -> Result<(), ClassifierError> {
+        let Self { slots, link, .. } = self;
+        let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
+            return Err(ClassifierError::NotFound(queue, filter));
+        };
+        // The classifier knows every filter of the instance, held ones too, and its queue.
+        i.classifier.remove(queue, filter)?;
+        if link.as_mut().and_then(|l| l.remove(filter)).is_some() {
+            i.held -= 1;
+        }
+        i.recount();
+        Ok(())
+    }
+
+    /// Removes every rx filter of `queue`, a queue of the instance at `slot`; `filters` are
+    /// its rx filters (the link's bindings among them leave the link's tables).
+    pub fn remove_queue(&mut self, slot: Slot, queue: QueueId, filters: &[FilterId]) {
+        let Self { slots, link, .. } = self;
+        let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        i.classifier.remove_queue(queue);
+        if let Some(link) = link.as_mut() {
+            for &f in filters {
+                if link.remove(f).is_some() {
+                    i.held -= 1;
+                }
+            }
+        }
+        i.recount();
+    }
+
+    /// The tap queues of the instance at `slot` that observe `frame`, sent by `sender`
+    /// ([`Classify::observers`]).
+    pub fn observers(
+        &mut self,
+        slot: Slot,
+        frame: &[u8],
+        wire_len: u32,
+        sender: QueueId,
+        out: &mut Vec<QueueId>,
+    ) {
+        if let Some(i) = self.get_mut(slot) {
+            i.classifier.observers(frame, wire_len, sender, out);
+        }
     }
 
     /// Removes an instance without queues. The default instance stays.
@@ -385,6 +555,11 @@ impl Instances {
             }
         }
         self.several = self.by_id.len() > 1;
+    }
+
+    /// Number of filters in the link's shared bindings.
+    pub fn link_bindings(&self) -> usize {
+        self.link.as_ref().map_or(0, LinkBindings::len)
     }
 
     /// Whether more than the default instance exists.
@@ -467,11 +642,44 @@ impl Instances {
         }
     }
 
-    /// The queues of the instances at `slots` that receive `frame`, appended to `out` (each
-    /// once, ascending): in each instance, ARP that concerns it goes to all its queues and to
-    /// `netd` (netd answers for every instance), anything else to the queues its classifier
-    /// names. Counts the frame for each instance; returns how many instances took it as ARP.
-    /// What the driver's receive path runs after [`Instances::dispatch`].
+    /// The queues that receive a frame from the link, appended to `out` (each once,
+    /// ascending), and the instances it is for: what [`Instances::dispatch`] and then
+    /// [`Instances::receivers`] give, found for most frames with one lookup in the link's
+    /// bindings (see the module documentation). Counts the frame for each instance; gives the
+    /// target and how many instances took it as ARP. What the driver's receive path runs.
+    #[inline(always)]
+    pub fn receive(
+        &mut self,
+        frame: &[u8],
+        netd: Option<QueueId>,
+        out: &mut Vec<QueueId>,
+    ) -> (Target, usize) {
+        if let Some(hit) = self.link.as_mut().and_then(|l| l.lookup(frame)) {
+            let slot = hit.tag as usize;
+            if let Some(i) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                // An IPv4 or IPv6 datagram of a protocol with ports: not ARP, not neighbour
+                // discovery.
+                i.counters.rx_frames += 1;
+                i.counters.rx_bytes += frame.len() as u64;
+                out.push(hit.queue);
+                if i.local > 0 {
+                    let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                    i.classifier.classify(frame, wire_len, out);
+                }
+                return (Target::One(slot), 0);
+            }
+        }
+        let target = self.dispatch(frame);
+        let arp = self.receivers_looked_up(frame, target, netd, out, true);
+        (target, arp)
+    }
+
+    /// The queues of the instances `target` names that receive `frame`, appended to `out`
+    /// (each once, ascending): in each instance, ARP that concerns it goes to all its queues
+    /// and to `netd` (netd answers for every instance), anything else to the queues of its
+    /// link bindings and its classifier that take it. Counts the frame for each instance;
+    /// returns how many instances took it as ARP. For frames not from the link (hairpin,
+    /// overlays); [`Instances::receive`] is this for the link's.
     #[inline(always)]
     pub fn receivers(
         &mut self,
@@ -480,11 +688,24 @@ impl Instances {
         netd: Option<QueueId>,
         out: &mut Vec<QueueId>,
     ) -> usize {
+        self.receivers_looked_up(frame, target, netd, out, false)
+    }
+
+    /// [`Instances::receivers`]; `looked_up` says the frame missed the link's bindings already.
+    #[inline(always)]
+    fn receivers_looked_up(
+        &mut self,
+        frame: &[u8],
+        target: Target,
+        netd: Option<QueueId>,
+        out: &mut Vec<QueueId>,
+        looked_up: bool,
+    ) -> usize {
         match target {
             // Every frame to a single instance: inlined into the receive path, so that a
             // frame costs no call layers of its own between dispatch and the classifier.
             Target::One(slot) => {
-                let arp = self.receive_in(slot, frame, netd, out);
+                let arp = self.receive_in(slot, frame, netd, out, looked_up);
                 if arp {
                     out.sort_unstable();
                     out.dedup();
@@ -517,7 +738,7 @@ impl Instances {
             if !on_link || Some(slot) == but {
                 continue;
             }
-            arp_copies += usize::from(self.receive_in(slot, frame, netd, out));
+            arp_copies += usize::from(self.receive_in(slot, frame, netd, out, false));
         }
         // netd's queue hears every instance's ARP: once.
         out.sort_unstable();
@@ -533,6 +754,7 @@ impl Instances {
         frame: &[u8],
         netd: Option<QueueId>,
         out: &mut Vec<QueueId>,
+        looked_up: bool,
     ) -> bool {
         let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         // One look at the ethertype decides which of the two checks can apply at all.
@@ -541,7 +763,8 @@ impl Instances {
             Some(ethertype::IPV6) => is_nd_advertisement(frame),
             _ => false,
         };
-        let Some(instance) = self.get_mut(slot) else {
+        let Self { slots, link, .. } = self;
+        let Some(instance) = slots.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
         instance.counters.rx_frames += 1;
@@ -551,10 +774,21 @@ impl Instances {
             if let Some(netd) = netd {
                 out.push(netd);
             }
-        } else {
+            return true;
+        }
+        // A link binding confirms a unicast MAC: a group-addressed frame never takes one.
+        let unicast = frame.first().is_some_and(|b| b & 1 == 0);
+        if !looked_up && unicast && instance.held > 0 {
+            if let Some(hit) = link.as_mut().and_then(|l| l.lookup(frame)) {
+                if hit.tag as usize == slot {
+                    out.push(hit.queue);
+                }
+            }
+        }
+        if instance.local > 0 {
             instance.classifier.classify(frame, wire_len, out);
         }
-        arp
+        false
     }
 
     /// Whether `frame` is ARP that every queue of the instance at `slot` must see: a reply,

@@ -353,7 +353,11 @@ impl Driver {
                 ClassifierKind::Linear => Box::new(LinearScan::new(strategy)),
             }
         };
-        Self::with_classifier(link, make(link_mac), Box::new(make), config)
+        let mut driver = Self::with_classifier(link, make(link_mac), Box::new(make), config);
+        if kind == ClassifierKind::Merged {
+            driver.instances.use_link_bindings(strategy);
+        }
+        driver
     }
 
     /// A driver owning `link`, classifying the default instance with `classifier` (empty) and
@@ -759,11 +763,17 @@ impl Driver {
         queue.ring.close();
         self.sched
             .unregister(&mut queue.sched, queue.ring.driver_wake_fd());
+        let mut rx_filters = Vec::new();
+        self.filters.retain(|&f, &mut (q, direction)| {
+            if q == id && direction == Direction::Rx {
+                rx_filters.push(f);
+            }
+            q != id
+        });
+        self.instances.remove_queue(queue.instance, id, &rx_filters);
         if let Some(i) = self.instances.get_mut(queue.instance) {
-            i.classifier.remove_queue(id);
             i.queues.retain(|&q| q != id);
         }
-        self.filters.retain(|_, (q, _)| *q != id);
         if !self.group_filters.is_empty() {
             let filters = &self.filters;
             self.group_filters.retain(|f, _| filters.contains_key(f));
@@ -822,16 +832,19 @@ impl Driver {
         };
         match direction {
             Direction::Rx => {
-                let Some(instance) = self.instances.get_mut(slot) else {
+                if self.instances.get(slot).is_none() {
                     return Response::error(ErrorCode::Internal, "the queue's instance is gone");
-                };
-                let installed = instance.classifier.install(RxFilter {
-                    queue,
-                    filter,
-                    mode,
-                    binding,
-                    program,
-                });
+                }
+                let installed = self.instances.install_filter(
+                    slot,
+                    RxFilter {
+                        queue,
+                        filter,
+                        mode,
+                        binding,
+                        program,
+                    },
+                );
                 if let Err(e) = installed {
                     let code = match e {
                         ClassifierError::BindingInUse(_)
@@ -953,9 +966,9 @@ impl Driver {
                 match direction {
                     Direction::Rx => {
                         let slot = self.queues.get(&queue).map(|q| q.instance);
-                        let removed = slot
-                            .and_then(|s| self.instances.get_mut(s))
-                            .is_some_and(|i| i.classifier.remove(queue, filter).is_ok());
+                        let removed = slot.is_some_and(|s| {
+                            self.instances.remove_filter(s, queue, filter).is_ok()
+                        });
                         if !removed {
                             return not_found();
                         }
@@ -1086,8 +1099,11 @@ impl Driver {
         if !self.captures.is_empty() {
             self.capture(CaptureSource::Link, FrameDirection::In, frame);
         }
-        let target = self.instances.dispatch(frame);
-        self.deliver_to(frame, target);
+        self.receivers.clear();
+        let (target, arp) = self
+            .instances
+            .receive(frame, self.netd_queue, &mut self.receivers);
+        self.deliver_receivers(frame, target, arp);
     }
 
     /// Delivers a datagram the reassembler made whole, and hands its buffer back (out of line:
@@ -1142,6 +1158,13 @@ impl Driver {
         let arp = self
             .instances
             .receivers(frame, target, self.netd_queue, &mut self.receivers);
+        self.deliver_receivers(frame, target, arp);
+    }
+
+    /// Delivers `frame` to the queues in `self.receivers`, those of the instances `target`
+    /// names that took it (`arp` of them as ARP); see [`Driver::deliver_to`].
+    #[inline(always)]
+    fn deliver_receivers(&mut self, frame: &[u8], target: Target, arp: usize) {
         self.rx.arp_to_all += arp as u64;
         if self.receivers.is_empty() && !self.unclaimed(frame, target) {
             return;
@@ -1563,12 +1586,8 @@ impl Driver {
     fn observe(&mut self, frame: &[u8], sender: QueueId, slot: Slot) {
         self.receivers.clear();
         let wire_len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
-        let Some(instance) = self.instances.get_mut(slot) else {
-            return;
-        };
-        instance
-            .classifier
-            .observers(frame, wire_len, sender, &mut self.receivers);
+        self.instances
+            .observers(slot, frame, wire_len, sender, &mut self.receivers);
         for id in &self.receivers {
             if let Some(queue) = self.queues.get_mut(id) {
                 if queue.ring.push_rx(&[frame]) == RxOutcome::Queued && !queue.touched {
