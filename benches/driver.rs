@@ -222,6 +222,9 @@ fn classifying_driver(
             ..DriverConfig::default()
         },
     );
+    // netd tells the driver the host's address before any client binds.
+    let reply = driver.handle(DriverRequest::SetHostAddresses { ipv4: vec![HOST] });
+    assert_eq!(reply.reply, DriverReply::Done);
     let geometry = ring(n);
     let mut clients = Vec::with_capacity(n);
     for q in 0..n as u32 {

@@ -17,6 +17,11 @@
 //! * Every other filter (taps, exclusive claims, ARP, custom expressions, bindings of
 //!   protocols without ports) runs after the tables, one by one: the linear fallback.
 //! * Adding or removing a binding edits a table entry in place; the program is never rebuilt.
+//! * With several network stack instances on one link, each has its own classifier, and the
+//!   driver puts netd's port filters of every instance (an instance's own address and MAC)
+//!   into one [`LinkBindings`] too, the same program and tables, looked up before the
+//!   instance is known; the instance's classifier keeps their ownership
+//!   ([`Classify::hold`]).
 //!
 //! [`key`] defines a frame's key and [`key::frame_keys`] computes it in plain Rust, the
 //! specification the program is tested against. [`port_filter`] builds the receive filter

@@ -28,6 +28,7 @@ mod dhcp;
 mod filter_parse;
 mod firewall_rules;
 pub mod gen;
+mod instances;
 mod ipc_decode;
 mod ndp;
 mod overlay;
@@ -39,6 +40,7 @@ pub use config_file::config_file;
 pub use dhcp::dhcp;
 pub use filter_parse::filter_parse;
 pub use firewall_rules::firewall_rules;
+pub use instances::instances;
 pub use ipc_decode::ipc_decode;
 pub use ndp::ndp;
 pub use overlay::{overlay_files, vxlan};
@@ -56,6 +58,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dhcp", dhcp),
     ("filter_parse", filter_parse),
     ("firewall_rules", firewall_rules),
+    ("instances", instances),
     ("ipc_decode", ipc_decode),
     ("ndp", ndp),
     ("overlay_files", overlay_files),

@@ -91,6 +91,7 @@ replay_tests!(
     dhcp,
     filter_parse,
     firewall_rules,
+    instances,
     ipc_decode,
     ndp,
     overlay_files,
