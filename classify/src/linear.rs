@@ -52,30 +52,19 @@ impl LinearScan {
     }
 }
 
-impl Classify for LinearScan {
-    fn install(&mut self, filter: RxFilter) -> Result<(), ClassifierError> {
-        if self.filters.iter().any(|f| f.filter == filter.filter) {
-            return Err(ClassifierError::DuplicateFilter(filter.filter));
-        }
-        let owned = self.owners.check(&filter)?;
-        let engine = netmux_vm::engine(filter.program, self.strategy)?;
-        self.owners
-            .take(filter.queue, filter.filter, filter.mode, owned);
-        self.filters.push(Installed {
-            queue: filter.queue,
-            filter: filter.filter,
-            mode: filter.mode,
-            owned,
-            engine: Some(engine),
-        });
-        Ok(())
-    }
-
-    fn hold(&mut self, filter: &RxFilter) -> Result<(), ClassifierError> {
+impl LinearScan {
+    /// Adds `filter` under the rules: run in turn on every frame, or held only (`run` false).
+    fn add(&mut self, filter: &RxFilter, run: bool) -> Result<(), ClassifierError> {
         if self.filters.iter().any(|f| f.filter == filter.filter) {
             return Err(ClassifierError::DuplicateFilter(filter.filter));
         }
         let owned = self.owners.check(filter)?;
+        let engine = if run {
+            // The reference scan is not on a hot path: a copy of the program is no cost.
+            Some(netmux_vm::engine(filter.program.clone(), self.strategy)?)
+        } else {
+            None
+        };
         self.owners
             .take(filter.queue, filter.filter, filter.mode, owned);
         self.filters.push(Installed {
@@ -83,9 +72,19 @@ impl Classify for LinearScan {
             filter: filter.filter,
             mode: filter.mode,
             owned,
-            engine: None,
+            engine,
         });
         Ok(())
+    }
+}
+
+impl Classify for LinearScan {
+    fn install(&mut self, filter: RxFilter) -> Result<(), ClassifierError> {
+        self.add(&filter, true)
+    }
+
+    fn hold(&mut self, filter: &RxFilter) -> Result<(), ClassifierError> {
+        self.add(filter, false)
     }
 
     fn remove(&mut self, queue: QueueId, filter: FilterId) -> Result<(), ClassifierError> {
