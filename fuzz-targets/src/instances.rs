@@ -1,6 +1,6 @@
 //! F14: network stack instances on one link, the driver's (merged classifiers and one table of
-//! every on-link instance's port filters) against reference instances (every filter run in
-//! turn, no shared table), through random changes and frames.
+//! every on-link instance's port filters, one of every overlay's) against reference instances
+//! (every filter run in turn, no shared table), through random changes and frames.
 
 use arbitrary::{Result, Unstructured};
 use netmux_classify::{port_filter, Classifier, Classify, Family, Key, LinearScan, RxFilter};
@@ -22,6 +22,9 @@ const MACS: [[u8; 6]; 3] = [
     [2, 0xa, 0, 0, 0, 3],
 ];
 const BROADCAST: [u8; 6] = [0xff; 6];
+/// The overlay (VNI) of the last instance, and its MAC.
+const OVERLAY: u32 = 7;
+const OVERLAY_MAC: [u8; 6] = [2, 0xb, 0, 0, 0, 1];
 /// The queue netd's ARP copies go to.
 const NETD: QueueId = QueueId(0);
 
@@ -49,9 +52,11 @@ struct World {
     queues: Vec<Queue>,
     next_id: u64,
     trace: String,
-    /// The most filters the shared table held at once, and frames compared.
+    /// The most filters the shared tables held at once, frames compared, and frames the
+    /// overlay's instance took.
     most_linked: usize,
     frames: usize,
+    overlay_took: usize,
 }
 
 impl World {
@@ -69,6 +74,7 @@ impl World {
             trace: String::new(),
             most_linked: 0,
             frames: 0,
+            overlay_took: 0,
         }
     }
 
@@ -82,8 +88,18 @@ impl World {
     /// from a small pool, so that instances take and give up each other's addresses.
     fn set(&mut self, u: &mut Unstructured) -> Result<()> {
         let id = u.int_in_range(0..=INSTANCES - 1)?;
-        let own_mac = id != 0 && u.ratio(2u8, 3)?;
-        let mac = if own_mac { *u.choose(&MACS)? } else { LINK };
+        // The last instance lives on an overlay (a MAC of its own, addresses of its own
+        // network: the same as the link's instances' are allowed).
+        let on_overlay = id == INSTANCES - 1;
+        let own_mac = on_overlay || (id != 0 && u.ratio(2u8, 3)?);
+        // MACs are unique on the host: the overlay's instance has one of its own.
+        let mac = if on_overlay {
+            OVERLAY_MAC
+        } else if own_mac {
+            *u.choose(&MACS)?
+        } else {
+            LINK
+        };
         let mut ipv4 = Vec::new();
         for _ in 0..u.int_in_range(0..=2u8)? {
             ipv4.push(v4(u.int_in_range(1..=6)?));
@@ -102,7 +118,7 @@ impl World {
             own_mac,
             ipv4,
             ipv6,
-            overlay: None,
+            overlay: on_overlay.then_some(OVERLAY),
         };
         self.trace += &format!("set {info:?}\n");
         let a = self.shipped.set(info.clone());
@@ -249,7 +265,18 @@ impl World {
     /// instance (`receivers`, the hairpin path): the same receivers, target, ARP copies on
     /// both sides.
     fn frame(&mut self, u: &mut Unstructured) -> Result<()> {
-        let frame = frame(u)?;
+        // Half the frames aim at an instance: its MAC and one of its addresses.
+        let aims: Vec<([u8; 6], u8)> = self
+            .shipped
+            .iter()
+            .flat_map(|i| i.ipv4.iter().map(|a| (i.mac, a[3])).collect::<Vec<_>>())
+            .collect();
+        let aim = if !aims.is_empty() && u.arbitrary()? {
+            Some(*u.choose(&aims)?)
+        } else {
+            None
+        };
+        let frame = frame(u, aim)?;
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let got = self.shipped.receive(&frame, Some(NETD), &mut a);
         let target = self.reference.dispatch(&frame);
@@ -265,6 +292,8 @@ impl World {
             let t = Target::One(slot);
             let arp_a = self.shipped.receivers(&frame, t, None, &mut a);
             let arp_b = self.reference.receivers(&frame, t, None, &mut b);
+            let on_overlay = self.shipped.get(slot).is_some_and(|i| i.overlay.is_some());
+            self.overlay_took += usize::from(on_overlay && !a.is_empty());
             assert_eq!(
                 (arp_a, &a),
                 (arp_b, &b),
@@ -287,16 +316,22 @@ impl World {
 }
 
 /// A frame to a MAC instances may have, the link's, or broadcast: IPv4 or IPv6 TCP or UDP to
-/// an address of the pool, ARP, or raw bytes; cut short now and then.
-fn frame(u: &mut Unstructured) -> Result<Vec<u8>> {
-    let dst = match u.int_in_range(0..=3u8)? {
-        0 => *u.choose(&MACS)?,
-        1 => BROADCAST,
-        _ => LINK,
+/// an address of the pool, ARP, or raw bytes; cut short now and then. `aim`: an instance's MAC
+/// and the last byte of one of its IPv4 addresses, to send it to.
+fn frame(u: &mut Unstructured, aim: Option<([u8; 6], u8)>) -> Result<Vec<u8>> {
+    let dst = match (aim, u.int_in_range(0..=4u8)?) {
+        (Some((mac, _)), _) => mac,
+        (None, 0) => *u.choose(&MACS)?,
+        (None, 1) => BROADCAST,
+        (None, 2) => OVERLAY_MAC,
+        (None, _) => LINK,
     };
     let mut f = dst.to_vec();
     f.extend_from_slice(&[2, 0, 0, 0, 0, 9]);
-    let last = u.int_in_range(1..=7)?;
+    let last = match aim {
+        Some((_, last)) => last,
+        None => u.int_in_range(1..=7)?,
+    };
     let port: u16 = *u.choose(&[53, 80, 81])?;
     let l4 = |f: &mut Vec<u8>, protocol: u8| {
         f.extend_from_slice(&4000u16.to_be_bytes());
@@ -343,13 +378,13 @@ fn frame(u: &mut Unstructured) -> Result<Vec<u8>> {
     Ok(f)
 }
 
-/// Runs an input; gives the most filters the shared table held at once and the frames
-/// compared.
-fn run(data: &[u8]) -> (usize, usize) {
+/// Runs an input; gives the most filters the shared tables held at once, the frames
+/// compared, and the frames the overlay's instance took.
+fn run(data: &[u8]) -> (usize, usize, usize) {
     let mut w = World::new();
     let mut u = Unstructured::new(data);
     let _ = steps(&mut w, &mut u);
-    (w.most_linked, w.frames)
+    (w.most_linked, w.frames, w.overlay_took)
 }
 
 fn steps(w: &mut World, u: &mut Unstructured) -> Result<()> {
@@ -376,7 +411,7 @@ fn steps(w: &mut World, u: &mut Unstructured) -> Result<()> {
 ///
 /// An input makes up to 64 changes and frames: instances created and changed (own or shared
 /// MAC, addresses taken from and given up to each other, so that bindings leave the shared
-/// table), queues added and removed, rx filters installed (netd's port filters for the
+/// table; one of them on an overlay, with its own table), queues added and removed, rx filters installed (netd's port filters for the
 /// instance's MAC, another instance's or broadcast; address-less bindings; taps; exclusive
 /// claims) and removed; frames (IPv4, IPv6, ARP, raw bytes, cut short) from the link and by
 /// hairpin to each instance. It checks that both sides allow and refuse every change alike
@@ -392,17 +427,22 @@ mod tests {
     #[test]
     fn the_seeds_fill_the_shared_table_and_compare_frames() {
         let dir = format!("{}/../fuzz/seeds/instances", env!("CARGO_MANIFEST_DIR"));
-        let (mut linked, mut frames) = (0, 0);
+        let (mut linked, mut frames, mut overlay) = (0, 0, 0);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
             let path = entry.expect("a seed").path();
-            let (l, f) = run(&std::fs::read(&path).expect("a seed"));
+            let (l, f, o) = run(&std::fs::read(&path).expect("a seed"));
             linked = linked.max(l);
             frames += f;
+            overlay += o;
         }
         assert!(
             linked >= 3,
-            "the seeds put at most {linked} filters in the shared table"
+            "the seeds put at most {linked} filters in the shared tables"
         );
         assert!(frames >= 20, "the seeds compare {frames} frames");
+        assert!(
+            overlay >= 1,
+            "the overlay's instance takes {overlay} frames"
+        );
     }
 }

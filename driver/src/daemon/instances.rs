@@ -34,7 +34,9 @@
 //!   ownership ([`Classify::hold`]), so the rules stay the instance's own, and matches the rest
 //!   (address-less bindings, broadcast port filters, taps, claims, netd's expressions). A
 //!   binding whose instance changes its MAC or gives up the address goes back to the
-//!   instance's classifier.
+//!   instance's classifier. The instances of an overlay share a table of the overlay's (their
+//!   addresses need only be unique within it), looked up once decapsulation has named the
+//!   instance.
 
 use netmux_classify::{ClassifierError, Classify, Key, LinkBindings, RxFilter};
 use netmux_proto::driver::{
@@ -88,11 +90,10 @@ impl Instance {
     }
 }
 
-/// Whether a binding of `key` confirmed by `mac` fits the instance `i` in the link's
-/// bindings: `i` is on the link, `mac` is its MAC and the address its own.
+/// Whether a binding of `key` confirmed by `mac` fits the instance `i` in its network's
+/// shared table: `mac` is its MAC and the address its own.
 fn fits(i: &Instance, key: &Key, mac: [u8; 6]) -> bool {
-    i.overlay.is_none()
-        && i.mac == mac
+    i.mac == mac
         && match key {
             Key::V4 { addr, .. } => i.ipv4.contains(&addr.octets()),
             Key::V6 { addr, .. } => i.ipv6.contains(&addr.octets()),
@@ -183,9 +184,35 @@ pub struct Instances {
     several: bool,
     /// A classifier for an instance with this MAC.
     make_classifier: MakeClassifier,
-    /// Every on-link instance's exact port bindings, when the instances' classifiers are the
-    /// merged ones (see the module documentation).
-    link: Option<LinkBindings>,
+    /// The shared bindings, when the instances' classifiers are the merged ones (see the
+    /// module documentation).
+    shared: Option<Shared>,
+}
+
+/// Every on-link instance's exact port bindings in one table, and each overlay's instances'
+/// in one table of the overlay's (addresses are unique among the instances of one network,
+/// not across them).
+struct Shared {
+    strategy: netmux_vm::Strategy,
+    link: LinkBindings,
+    overlays: FxHashMap<u32, LinkBindings>,
+}
+
+impl Shared {
+    /// The table of the instances on `overlay` (or on the link), made if `make` and missing.
+    #[inline]
+    fn table(&mut self, overlay: Option<u32>, make: bool) -> Option<&mut LinkBindings> {
+        let strategy = self.strategy;
+        match overlay {
+            None => Some(&mut self.link),
+            Some(vni) if make => Some(
+                self.overlays
+                    .entry(vni)
+                    .or_insert_with(|| LinkBindings::new(strategy)),
+            ),
+            Some(vni) => self.overlays.get_mut(&vni),
+        }
+    }
 }
 
 /// Makes the classifier of an instance with the given MAC (netd's port filters for that MAC
@@ -230,16 +257,21 @@ impl Instances {
             by_v6: FxHashMap::default(),
             several: false,
             make_classifier,
-            link: None,
+            shared: None,
         }
     }
 
-    /// Puts on-link instances' exact port bindings in one [`LinkBindings`] on `strategy`'s
-    /// engine from now on (see the module documentation). For instances whose classifiers are
-    /// the merged ones; before any filter is installed.
+    /// Puts the instances' exact port bindings in shared tables, one for the link and one for
+    /// each overlay ([`LinkBindings`], on `strategy`'s engine), from now on (see the module
+    /// documentation). For instances whose classifiers are the merged ones; before any filter
+    /// is installed.
     pub fn use_link_bindings(&mut self, strategy: netmux_vm::Strategy) {
         if self.iter().all(|i| i.classifier.is_empty()) {
-            self.link = Some(LinkBindings::new(strategy));
+            self.shared = Some(Shared {
+                strategy,
+                link: LinkBindings::new(strategy),
+                overlays: FxHashMap::default(),
+            });
         }
     }
 
@@ -376,15 +408,17 @@ impl Instances {
     /// Moves the link bindings of the instance at `slot` that no longer fit it (its MAC
     /// changed, or it gave up the address) back to its classifier.
     fn demote(&mut self, slot: Slot) {
-        let Self { slots, link, .. } = self;
-        let (Some(link), Some(i)) = (link.as_mut(), slots.get_mut(slot).and_then(Option::as_mut))
-        else {
+        let Self { slots, shared, .. } = self;
+        let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(table) = shared.as_mut().and_then(|s| s.table(i.overlay, false)) else {
             return;
         };
         if i.held == 0 {
             return;
         }
-        let moved = link.remove_where(|b| b.tag as usize == slot && !fits(i, &b.key, b.mac));
+        let moved = table.remove_where(|b| b.tag as usize == slot && !fits(i, &b.key, b.mac));
         i.held -= moved.len();
         for b in moved {
             // Releases the hold: the same filter, owning the same key, goes in at once.
@@ -410,13 +444,13 @@ impl Instances {
     /// ownership held by the instance's classifier), else into the instance's classifier. The
     /// instance's classifier applies its rules either way.
     pub fn install_filter(&mut self, slot: Slot, filter: RxFilter) -> Result<(), ClassifierError> {
-        let Self { slots, link, .. } = self;
+        let Self { slots, shared, .. } = self;
         let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
             return Err(ClassifierError::NotFound(filter.queue, filter.filter));
         };
-        let linked = link.as_mut().and_then(|link| {
+        let linked = shared.as_mut().and_then(|shared| {
             let key = LinkBindings::eligible(&filter, i.mac).filter(|k| fits(i, k, i.mac))?;
-            Some((link, key))
+            Some((shared.table(i.overlay, true)?, key))
         });
         match linked {
             Some((link, key)) => {
@@ -441,13 +475,14 @@ impl Instances {
         queue: QueueId,
         filter: FilterId,
     ) -> Result<(), ClassifierError> {
-        let Self { slots, link, .. } = self;
+        let Self { slots, shared, .. } = self;
         let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
             return Err(ClassifierError::NotFound(queue, filter));
         };
         // The classifier knows every filter of the instance, held ones too, and its queue.
         i.classifier.remove(queue, filter)?;
-        if link.as_mut().and_then(|l| l.remove(filter)).is_some() {
+        let table = shared.as_mut().and_then(|s| s.table(i.overlay, false));
+        if table.and_then(|t| t.remove(filter)).is_some() {
             i.held -= 1;
         }
         i.recount();
@@ -457,14 +492,14 @@ impl Instances {
     /// Removes every rx filter of `queue`, a queue of the instance at `slot`; `filters` are
     /// its rx filters (the link's bindings among them leave the link's tables).
     pub fn remove_queue(&mut self, slot: Slot, queue: QueueId, filters: &[FilterId]) {
-        let Self { slots, link, .. } = self;
+        let Self { slots, shared, .. } = self;
         let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         i.classifier.remove_queue(queue);
-        if let Some(link) = link.as_mut() {
+        if let Some(table) = shared.as_mut().and_then(|s| s.table(i.overlay, false)) {
             for &f in filters {
-                if link.remove(f).is_some() {
+                if table.remove(f).is_some() {
                     i.held -= 1;
                 }
             }
@@ -557,9 +592,11 @@ impl Instances {
         self.several = self.by_id.len() > 1;
     }
 
-    /// Number of filters in the link's shared bindings.
+    /// Number of filters in the shared tables (the link's and the overlays').
     pub fn link_bindings(&self) -> usize {
-        self.link.as_ref().map_or(0, LinkBindings::len)
+        self.shared.as_ref().map_or(0, |s| {
+            s.link.len() + s.overlays.values().map(LinkBindings::len).sum::<usize>()
+        })
     }
 
     /// Whether more than the default instance exists.
@@ -654,7 +691,7 @@ impl Instances {
         netd: Option<QueueId>,
         out: &mut Vec<QueueId>,
     ) -> (Target, usize) {
-        if let Some(hit) = self.link.as_mut().and_then(|l| l.lookup(frame)) {
+        if let Some(hit) = self.shared.as_mut().and_then(|s| s.link.lookup(frame)) {
             let slot = hit.tag as usize;
             if let Some(i) = self.slots.get_mut(slot).and_then(Option::as_mut) {
                 // An IPv4 or IPv6 datagram of a protocol with ports: not ARP, not neighbour
@@ -763,7 +800,7 @@ impl Instances {
             Some(ethertype::IPV6) => is_nd_advertisement(frame),
             _ => false,
         };
-        let Self { slots, link, .. } = self;
+        let Self { slots, shared, .. } = self;
         let Some(instance) = slots.get_mut(slot).and_then(Option::as_mut) else {
             return false;
         };
@@ -776,10 +813,13 @@ impl Instances {
             }
             return true;
         }
-        // A link binding confirms a unicast MAC: a group-addressed frame never takes one.
+        // A shared binding confirms a unicast MAC: a group-addressed frame never takes one.
         let unicast = frame.first().is_some_and(|b| b & 1 == 0);
         if !looked_up && unicast && instance.held > 0 {
-            if let Some(hit) = link.as_mut().and_then(|l| l.lookup(frame)) {
+            let table = shared
+                .as_mut()
+                .and_then(|s| s.table(instance.overlay, false));
+            if let Some(hit) = table.and_then(|t| t.lookup(frame)) {
                 if hit.tag as usize == slot {
                     out.push(hit.queue);
                 }
@@ -865,5 +905,102 @@ mod nd_tests {
         v4[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
         assert!(!is_nd_advertisement(&v4));
         assert!(!is_nd_advertisement(&icmp6(136, 255)[..54]), "cut");
+    }
+}
+
+#[cfg(test)]
+mod shared_tests {
+    use super::*;
+    use netmux_classify::{port_filter, Classifier};
+    use netmux_proto::driver::RxMode;
+
+    const LINK: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const MAC: [u8; 6] = [2, 0xa, 0, 0, 0, 1];
+    const OVERLAY_MAC: [u8; 6] = [2, 0xb, 0, 0, 0, 1];
+
+    fn instances() -> Instances {
+        let merged = |mac: [u8; 6]| -> Box<dyn Classify> {
+            Box::new(Classifier::for_link(netmux_vm::Strategy::Interpreter, mac))
+        };
+        let mut i = Instances::new(LINK, merged(LINK), Box::new(merged));
+        i.use_link_bindings(netmux_vm::Strategy::Interpreter);
+        i
+    }
+
+    fn udp_to(mac: [u8; 6], ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut f = mac.to_vec();
+        f.extend_from_slice(&[
+            2, 0, 0, 0, 0, 9, 0x08, 0x00, 0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17,
+        ]);
+        f.extend_from_slice(&[0, 0, 192, 0, 2, 99]);
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&4000u16.to_be_bytes());
+        f.extend_from_slice(&port.to_be_bytes());
+        f.extend_from_slice(&[0, 8, 0, 0]);
+        f
+    }
+
+    fn port_filter(queue: u32, ip: [u8; 4], port: u16, mac: [u8; 6]) -> RxFilter {
+        let key = Key::V4 {
+            protocol: 17,
+            addr: ip.into(),
+            port,
+        };
+        RxFilter {
+            queue: QueueId(queue),
+            filter: FilterId(u64::from(queue)),
+            mode: RxMode::Owner,
+            binding: Some(key.binding()),
+            program: port_filter::program(&key, mac).expect("an exact key"),
+        }
+    }
+
+    #[test]
+    fn instances_on_the_link_and_on_an_overlay_with_one_address_keep_their_own_tables() {
+        let mut i = instances();
+        let ip = [192, 0, 2, 10];
+        // MACs are unique on the host (a hairpin names an instance by its MAC).
+        let mac = |overlay: Option<u32>| if overlay.is_some() { OVERLAY_MAC } else { MAC };
+        let info = |id: u32, overlay: Option<u32>| InstanceInfo {
+            instance: InstanceId(id),
+            mac: mac(overlay),
+            own_mac: true,
+            ipv4: vec![ip],
+            ipv6: Vec::new(),
+            overlay,
+        };
+        let on_link = i.set(info(1, None)).expect("on the link");
+        let on_overlay = i.set(info(2, Some(7))).expect("on an overlay");
+        i.install_filter(on_link, port_filter(1, ip, 53, MAC))
+            .expect("the link's");
+        i.install_filter(on_overlay, port_filter(2, ip, 53, OVERLAY_MAC))
+            .expect("the same key in the overlay's table");
+        assert_eq!(i.link_bindings(), 2);
+        let mut out = Vec::new();
+        let frame = udp_to(MAC, ip, 53);
+        assert_eq!(i.receive(&frame, None, &mut out), (Target::One(on_link), 0));
+        assert_eq!(out, [QueueId(1)]);
+        // Nothing from the link reaches the overlay's instance.
+        let frame = udp_to(OVERLAY_MAC, ip, 53);
+        out.clear();
+        assert_eq!(i.receive(&frame, None, &mut out), (Target::One(0), 0));
+        assert!(out.is_empty());
+        // The overlay's instance, once decapsulation names it.
+        i.receivers(&frame, Target::One(on_overlay), None, &mut out);
+        assert_eq!(out, [QueueId(2)]);
+        // Giving up the address moves the binding back to the instance's classifier, which
+        // still matches it.
+        let mut moved = info(2, Some(7));
+        moved.ipv4 = vec![[192, 0, 2, 11]];
+        i.set(moved).expect("readdressed");
+        assert_eq!(i.link_bindings(), 1);
+        out.clear();
+        i.receivers(&frame, Target::One(on_overlay), None, &mut out);
+        assert_eq!(out, [QueueId(2)]);
+        i.remove_filter(on_overlay, QueueId(2), FilterId(2))
+            .expect("removed");
+        out.clear();
+        i.receivers(&frame, Target::One(on_overlay), None, &mut out);
+        assert!(out.is_empty());
     }
 }
