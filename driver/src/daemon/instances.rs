@@ -70,8 +70,10 @@ pub struct Instance {
     /// there, matched there). Changed only through [`Instances`], which keeps `held` and
     /// `local` with it.
     classifier: Box<dyn Classify>,
-    /// Its filters in the link's bindings.
+    /// Its filters in its network's shared table.
     held: usize,
+    /// The number of that table ([`Shared::table`]): its overlay's, or 0, the link's.
+    table: usize,
     /// Its filters its classifier matches itself.
     local: usize,
     /// Its queues, in creation order.
@@ -195,22 +197,32 @@ pub struct Instances {
 struct Shared {
     strategy: netmux_vm::Strategy,
     link: LinkBindings,
-    overlays: FxHashMap<u32, LinkBindings>,
+    /// Table `t` (from 1, an instance's `table`) is `overlays[t - 1]`.
+    overlays: Vec<LinkBindings>,
+    /// The overlays' tables by VNI.
+    by_vni: FxHashMap<u32, usize>,
 }
 
 impl Shared {
-    /// The table of the instances on `overlay` (or on the link), made if `make` and missing.
+    /// The number of the table of the instances on `overlay` (0, the link's, for none), made
+    /// if missing.
+    fn number(&mut self, overlay: Option<u32>) -> usize {
+        let Some(vni) = overlay else {
+            return 0;
+        };
+        let (overlays, strategy) = (&mut self.overlays, self.strategy);
+        *self.by_vni.entry(vni).or_insert_with(|| {
+            overlays.push(LinkBindings::new(strategy));
+            overlays.len()
+        })
+    }
+
+    /// Table `number`.
     #[inline]
-    fn table(&mut self, overlay: Option<u32>, make: bool) -> Option<&mut LinkBindings> {
-        let strategy = self.strategy;
-        match overlay {
-            None => Some(&mut self.link),
-            Some(vni) if make => Some(
-                self.overlays
-                    .entry(vni)
-                    .or_insert_with(|| LinkBindings::new(strategy)),
-            ),
-            Some(vni) => self.overlays.get_mut(&vni),
+    fn table(&mut self, number: usize) -> Option<&mut LinkBindings> {
+        match number {
+            0 => Some(&mut self.link),
+            n => self.overlays.get_mut(n - 1),
         }
     }
 }
@@ -241,6 +253,7 @@ impl Instances {
             ipv6: Vec::new(),
             classifier,
             held: 0,
+            table: 0,
             local: 0,
             queues: Vec::new(),
             counters: InstanceCounters::default(),
@@ -270,7 +283,8 @@ impl Instances {
             self.shared = Some(Shared {
                 strategy,
                 link: LinkBindings::new(strategy),
-                overlays: FxHashMap::default(),
+                overlays: Vec::new(),
+                by_vni: FxHashMap::default(),
             });
         }
     }
@@ -370,6 +384,7 @@ impl Instances {
                     ipv6: Vec::new(),
                     classifier: (self.make_classifier)(mac),
                     held: 0,
+                    table: 0,
                     local: 0,
                     queues: Vec::new(),
                     counters: InstanceCounters::default(),
@@ -412,7 +427,7 @@ impl Instances {
         let Some(i) = slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let Some(table) = shared.as_mut().and_then(|s| s.table(i.overlay, false)) else {
+        let Some(table) = shared.as_mut().and_then(|s| s.table(i.table)) else {
             return;
         };
         if i.held == 0 {
@@ -450,7 +465,8 @@ impl Instances {
         };
         let linked = shared.as_mut().and_then(|shared| {
             let key = LinkBindings::eligible(&filter, i.mac).filter(|k| fits(i, k, i.mac))?;
-            Some((shared.table(i.overlay, true)?, key))
+            i.table = shared.number(i.overlay);
+            Some((shared.table(i.table)?, key))
         });
         match linked {
             Some((link, key)) => {
@@ -481,7 +497,7 @@ impl Instances {
         };
         // The classifier knows every filter of the instance, held ones too, and its queue.
         i.classifier.remove(queue, filter)?;
-        let table = shared.as_mut().and_then(|s| s.table(i.overlay, false));
+        let table = shared.as_mut().and_then(|s| s.table(i.table));
         if table.and_then(|t| t.remove(filter)).is_some() {
             i.held -= 1;
         }
@@ -497,7 +513,7 @@ impl Instances {
             return;
         };
         i.classifier.remove_queue(queue);
-        if let Some(table) = shared.as_mut().and_then(|s| s.table(i.overlay, false)) {
+        if let Some(table) = shared.as_mut().and_then(|s| s.table(i.table)) {
             for &f in filters {
                 if table.remove(f).is_some() {
                     i.held -= 1;
@@ -595,7 +611,7 @@ impl Instances {
     /// Number of filters in the shared tables (the link's and the overlays').
     pub fn link_bindings(&self) -> usize {
         self.shared.as_ref().map_or(0, |s| {
-            s.link.len() + s.overlays.values().map(LinkBindings::len).sum::<usize>()
+            s.link.len() + s.overlays.iter().map(LinkBindings::len).sum::<usize>()
         })
     }
 
@@ -816,9 +832,7 @@ impl Instances {
         // A shared binding confirms a unicast MAC: a group-addressed frame never takes one.
         let unicast = frame.first().is_some_and(|b| b & 1 == 0);
         if !looked_up && unicast && instance.held > 0 {
-            let table = shared
-                .as_mut()
-                .and_then(|s| s.table(instance.overlay, false));
+            let table = shared.as_mut().and_then(|s| s.table(instance.table));
             if let Some(hit) = table.and_then(|t| t.lookup(frame)) {
                 if hit.tag as usize == slot {
                     out.push(hit.queue);
