@@ -567,37 +567,18 @@ mod tests {
 
     /// A server's reply to transaction `xid`.
     fn reply(xid: u32, kind: DhcpMessageType, yiaddr: Ipv4Addr, lease: u32) -> Vec<u8> {
-        let dns = [smoltcp::wire::DhcpOption {
-            kind: 6,
-            data: &[192, 0, 2, 1],
-        }];
-        let repr = DhcpRepr {
-            message_type: kind,
-            transaction_id: xid,
-            secs: 0,
-            client_hardware_address: EthernetAddress(MAC),
-            client_ip: Ipv4Addr::UNSPECIFIED,
-            your_ip: yiaddr,
-            server_ip: SERVER,
-            router: Some(SERVER),
-            subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
-            relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-            broadcast: false,
-            requested_ip: None,
-            client_identifier: None,
-            server_identifier: Some(SERVER),
-            parameter_request_list: None,
-            dns_servers: None,
-            max_size: None,
-            lease_duration: Some(lease),
-            renew_duration: None,
-            rebind_duration: None,
-            additional_options: &dns,
-        };
-        let mut payload = vec![0u8; repr.buffer_len()];
-        repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
-            .unwrap();
-        udp_frame(&payload, 67, 68)
+        netmux_testkit::dhcp::ServerReply {
+            kind,
+            xid,
+            chaddr: MAC,
+            yiaddr,
+            lease_secs: lease,
+            server: SERVER,
+            server_mac: SERVER_MAC,
+            eth_dst: BROADCAST_MAC,
+            ip_dst: Ipv4Addr::BROADCAST,
+        }
+        .frame()
     }
 
     fn udp_frame(payload: &[u8], sport: u16, dport: u16) -> Vec<u8> {

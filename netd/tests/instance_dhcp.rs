@@ -19,7 +19,8 @@ use common::*;
 use etherparse::{Icmpv6Type, PacketBuilder, SlicedPacket, TransportSlice};
 use netmux_client::blocking::Client;
 use netmux_proto::client::{InstanceSpec, MacChoice};
-use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress};
+use netmux_testkit::dhcp::ServerReply;
+use smoltcp::wire::{DhcpMessageType, DhcpPacket, DhcpRepr};
 
 const WAIT: Duration = Duration::from_secs(5);
 const SERVER: Ipv4Addr = IP_B;
@@ -82,48 +83,22 @@ fn reply_for(
     eth_dst: [u8; 6],
     secs: u32,
 ) -> Vec<u8> {
-    let dns = [DhcpOption {
-        kind: 6,
-        data: &SERVER.octets(),
-    }];
-    let repr = DhcpRepr {
-        message_type: kind,
-        transaction_id: to.xid,
-        secs: 0,
-        client_hardware_address: EthernetAddress(to.chaddr),
-        client_ip: Ipv4Addr::UNSPECIFIED,
-        your_ip: yiaddr,
-        server_ip: SERVER,
-        router: Some(SERVER),
-        subnet_mask: Some(Ipv4Addr::new(255, 255, 255, 0)),
-        relay_agent_ip: Ipv4Addr::UNSPECIFIED,
-        broadcast: false,
-        requested_ip: None,
-        client_identifier: None,
-        server_identifier: Some(SERVER),
-        parameter_request_list: None,
-        dns_servers: None,
-        max_size: None,
-        lease_duration: Some(secs),
-        renew_duration: None,
-        rebind_duration: None,
-        additional_options: &dns,
-    };
-    let mut payload = vec![0u8; repr.buffer_len()];
-    repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
-        .unwrap();
-    let dst_ip = if eth_dst == [0xff; 6] {
-        Ipv4Addr::BROADCAST
-    } else {
-        yiaddr
-    };
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(MAC_B, eth_dst)
-        .ipv4(SERVER.octets(), dst_ip.octets(), 64)
-        .udp(67, 68)
-        .write(&mut out, &payload)
-        .unwrap();
-    out
+    ServerReply {
+        kind,
+        xid: to.xid,
+        chaddr: to.chaddr,
+        yiaddr,
+        lease_secs: secs,
+        server: SERVER,
+        server_mac: MAC_B,
+        eth_dst,
+        ip_dst: if eth_dst == [0xff; 6] {
+            Ipv4Addr::BROADCAST
+        } else {
+            yiaddr
+        },
+    }
+    .frame()
 }
 
 /// Waits for a DHCP message of `kind` that `pick` accepts.

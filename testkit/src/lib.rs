@@ -24,6 +24,7 @@
 pub mod bins;
 pub mod cable;
 pub mod corpus;
+pub mod dhcp;
 pub mod etcd;
 pub mod exprs;
 pub mod frames;
