@@ -316,6 +316,7 @@ pub enum Received {
 /// Puts in `to` (sorted) the slots of `overlay`'s instances an inner frame is for: the one its
 /// destination MAC names, or every one for a group address. Whether there is any.
 #[inline]
+#[inline]
 fn select(overlay: &Overlay, inner: &[u8], to: &mut Vec<Slot>) -> bool {
     to.clear();
     let Some(dst) = inner.get(..6) else {
@@ -387,6 +388,7 @@ impl Overlays {
 
     /// Decides what a received frame is (see [`Received`]); learns underlay neighbours from
     /// ARP and VXLAN on the way.
+    #[inline]
     pub fn receive(&mut self, frame: &[u8], now_ns: u64) -> Received {
         if frame.get(12..14) == Some(&ethertype::ARP.to_be_bytes()[..]) {
             if let Some(Ok(p)) = frame.get(ETHERNET_HEADER_LEN..).map(ArpPacket::new_checked) {
