@@ -316,7 +316,6 @@ pub enum Received {
 /// Puts in `to` (sorted) the slots of `overlay`'s instances an inner frame is for: the one its
 /// destination MAC names, or every one for a group address. Whether there is any.
 #[inline]
-#[inline]
 fn select(overlay: &Overlay, inner: &[u8], to: &mut Vec<Slot>) -> bool {
     to.clear();
     let Some(dst) = inner.get(..6) else {
