@@ -38,7 +38,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use netmux_driver::daemon::{ClassifierKind, Driver, DriverConfig};
 use netmux_driver::link::{FrameBatch, Link, MemoryLink};
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, DriverQueue, QueueConfig, RxOutcome};
 
@@ -247,14 +247,14 @@ fn classifying_driver(
         };
         clients.push(ClientQueue::from_fds(fds.memfd, fds.doorbell).expect("attach"));
         let (program, key) = port_filter(FIRST_PORT + q as u16);
-        let reply = driver.handle(DriverRequest::InstallFilter {
+        let reply = driver.handle(DriverRequest::InstallFilter(FilterInstall {
             queue: QueueId(q),
             filter: FilterId(u64::from(q)),
             direction: Direction::Rx,
             mode: RxMode::Owner,
             binding: Some(key),
             program,
-        });
+        }));
         assert_eq!(reply.reply, DriverReply::Done);
     }
     Some((driver, clients))

@@ -174,8 +174,8 @@ mod path {
     use netmux_driver::daemon::{Driver, DriverConfig};
     use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
     use netmux_proto::driver::{
-        Direction, DriverReply, DriverRequest, FilterId, InstanceId, InstanceInfo, QueueId, RxMode,
-        DEFAULT_INSTANCE,
+        Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, InstanceInfo,
+        QueueId, RxMode, DEFAULT_INSTANCE,
     };
     use netmux_proto::overlay::{OverlayInfo, OverlayMapping, OverlayMappings};
     use netmux_ring::{ClientQueue, Completion, QueueConfig};
@@ -371,14 +371,14 @@ mod path {
         ] {
             ok(
                 &mut d,
-                DriverRequest::InstallFilter {
+                DriverRequest::InstallFilter(FilterInstall {
                     queue: QueueId(1),
                     filter: FilterId(filter),
                     direction,
                     mode: RxMode::Owner,
                     binding: Some(key.binding()),
                     program,
-                },
+                }),
             );
         }
         if overlay {

@@ -34,7 +34,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use netmux_driver::daemon::{Driver, DriverConfig};
 use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkStats};
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, Completion, QueueConfig};
 
@@ -172,7 +172,7 @@ fn driver_with(idle: usize) -> Option<(Driver, ClientQueue)> {
     let program = netmux_compiler::builders::tx_port(&b, 1).expect("the tx filter compiles");
     let mut address = [0u8; 16];
     address[..4].copy_from_slice(&HOST);
-    let reply = driver.handle(DriverRequest::InstallFilter {
+    let reply = driver.handle(DriverRequest::InstallFilter(FilterInstall {
         queue: QueueId(0),
         filter: FilterId(1),
         direction: Direction::Tx,
@@ -184,7 +184,7 @@ fn driver_with(idle: usize) -> Option<(Driver, ClientQueue)> {
             port: PORT,
         }),
         program: program.to_bytes(),
-    });
+    }));
     assert_eq!(reply.reply, DriverReply::Done);
     for turn in 0..SETTLE_TURNS_MAX {
         driver.poll_tx();

@@ -31,8 +31,8 @@ use netmux_driver::reassembly::fragmenter;
 use netmux_netd::core::Transport;
 use netmux_netd::filters::{self, HostIdentity};
 use netmux_proto::driver::{
-    Counters, Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId,
-    RxMode,
+    Counters, Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding,
+    QueueConfig, QueueId, RxMode,
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::{ClientQueue, TxStatus};
@@ -301,14 +301,14 @@ fn install(
     let program = netmux_netd::filters::compile(expr).unwrap().to_bytes();
     done(
         ch,
-        &DriverRequest::InstallFilter {
+        &DriverRequest::InstallFilter(FilterInstall {
             queue,
             filter: FilterId(filter),
             direction,
             mode: RxMode::Owner,
             binding,
             program,
-        },
+        }),
     );
 }
 

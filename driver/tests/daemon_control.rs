@@ -178,26 +178,26 @@ fn bytecode_is_verified_again_by_the_driver() {
         (Direction::Rx, vec![1, 2, 3]),
         (Direction::Rx, Vec::new()),
     ] {
-        let (reply, _) = netd.request(&DriverRequest::InstallFilter {
+        let (reply, _) = netd.request(&DriverRequest::InstallFilter(FilterInstall {
             queue: QueueId(1),
             filter: FilterId(1),
             direction,
             mode: RxMode::Owner,
             binding: None,
             program,
-        });
+        }));
         assert_eq!(error_code(&reply), Some(ErrorCode::BadFilter), "{reply:?}");
     }
     // A good one installs, once; removing it twice fails the second time.
     netd.filter(1, 1, Direction::Rx, RxMode::Owner, None, accept_all());
-    let (reply, _) = netd.request(&DriverRequest::InstallFilter {
+    let (reply, _) = netd.request(&DriverRequest::InstallFilter(FilterInstall {
         queue: QueueId(1),
         filter: FilterId(1),
         direction: Direction::Rx,
         mode: RxMode::Owner,
         binding: None,
         program: accept_all(),
-    });
+    }));
     assert_eq!(error_code(&reply), Some(ErrorCode::InUse));
     netd.ok(&DriverRequest::RemoveFilter {
         queue: QueueId(1),
@@ -209,14 +209,14 @@ fn bytecode_is_verified_again_by_the_driver() {
     });
     assert_eq!(error_code(&reply), Some(ErrorCode::NotFound));
     // A filter for a queue that does not exist.
-    let (reply, _) = netd.request(&DriverRequest::InstallFilter {
+    let (reply, _) = netd.request(&DriverRequest::InstallFilter(FilterInstall {
         queue: QueueId(99),
         filter: FilterId(2),
         direction: Direction::Rx,
         mode: RxMode::Owner,
         binding: None,
         program: accept_all(),
-    });
+    }));
     assert_eq!(error_code(&reply), Some(ErrorCode::NotFound));
 }
 
@@ -316,14 +316,14 @@ fn conflicting_bindings_and_exclusive_claims_are_refused() {
     let _b = netd.queue(2);
     let ip = [10, 0, 0, 1];
     let install = |netd: &mut Netd, queue: u32, filter: u64, mode: RxMode| {
-        netd.request(&DriverRequest::InstallFilter {
+        netd.request(&DriverRequest::InstallFilter(FilterInstall {
             queue: QueueId(queue),
             filter: FilterId(filter),
             direction: Direction::Rx,
             mode,
             binding: (mode == RxMode::Owner).then(|| udp_binding(ip, 53)),
             program: udp_rx_program(ip, 53),
-        })
+        }))
         .0
     };
     assert_eq!(install(&mut netd, 1, 10, RxMode::Owner), DriverReply::Done);
@@ -529,7 +529,7 @@ fn random_well_formed_requests_get_replies_and_never_panic() {
                 instance: netmux_proto::driver::DEFAULT_INSTANCE,
             },
             2 => DriverRequest::DestroyQueue { queue },
-            3 => DriverRequest::InstallFilter {
+            3 => DriverRequest::InstallFilter(FilterInstall {
                 queue,
                 filter,
                 direction: if rng.below(2) == 0 {
@@ -546,7 +546,7 @@ fn random_well_formed_requests_get_replies_and_never_panic() {
                     let n = rng.below(64) as usize;
                     rng.bytes(n)
                 },
-            },
+            }),
             4 => DriverRequest::RemoveFilter { queue, filter },
             5 => DriverRequest::SetNetdQueue { queue },
             6 => DriverRequest::SetQueueConfig {

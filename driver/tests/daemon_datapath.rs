@@ -12,7 +12,7 @@ use netmux_driver::daemon::{Driver, Response};
 use netmux_driver::link::LinkState;
 use netmux_driver::reassembly::fragmenter;
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, Completion, QueueError, TxStatus};
 
@@ -57,14 +57,14 @@ fn install(
 ) {
     ok(
         driver,
-        DriverRequest::InstallFilter {
+        DriverRequest::InstallFilter(FilterInstall {
             queue: QueueId(queue),
             filter: FilterId(filter),
             direction,
             mode,
             binding,
             program,
-        },
+        }),
     );
 }
 

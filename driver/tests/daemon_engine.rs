@@ -5,7 +5,8 @@
 use netmux_driver::daemon::{ClassifierKind, Driver, DriverConfig};
 use netmux_driver::link::MemoryLink;
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueConfig,
+    QueueId, RxMode,
 };
 use netmux_vm::{Program, Strategy};
 
@@ -48,14 +49,14 @@ fn the_engine_choice_reaches_the_classifier_and_the_tx_filters() {
         let mut install = |direction, binding: Option<PortBinding>| {
             filter += 1;
             driver
-                .handle(DriverRequest::InstallFilter {
+                .handle(DriverRequest::InstallFilter(FilterInstall {
                     queue: QueueId(1),
                     filter: FilterId(filter),
                     direction,
                     mode: RxMode::Owner,
                     binding,
                     program: program().to_bytes(),
-                })
+                }))
                 .reply
         };
         let key = PortBinding {

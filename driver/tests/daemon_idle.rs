@@ -11,7 +11,7 @@ use daemon_common::*;
 use netmux_driver::daemon::idle::{PARK_AFTER_IDLE_TURNS, WAKE_CHECK_TURNS};
 use netmux_driver::daemon::{Driver, Response};
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, Completion, QueueError, TxStatus};
 
@@ -45,14 +45,14 @@ fn install(
 ) {
     ok(
         driver,
-        DriverRequest::InstallFilter {
+        DriverRequest::InstallFilter(FilterInstall {
             queue: QueueId(queue),
             filter: FilterId(filter),
             direction,
             mode: RxMode::Owner,
             binding: Some(binding),
             program,
-        },
+        }),
     );
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use daemon_common::*;
 use netmux_driver::daemon::{Driver, Response};
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, InstanceId, InstanceInfo, QueueId, RxMode,
-    DEFAULT_INSTANCE,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, InstanceInfo,
+    QueueId, RxMode, DEFAULT_INSTANCE,
 };
 use netmux_ring::ClientQueue;
 
@@ -68,14 +68,14 @@ fn bind(driver: &mut Driver, q: u32, mac: [u8; 6], ip: [u8; 4], port: u16) {
     {
         ok(
             driver,
-            DriverRequest::InstallFilter {
+            DriverRequest::InstallFilter(FilterInstall {
                 queue: QueueId(q),
                 filter: FilterId(u64::from(q) * 100 + i as u64),
                 direction,
                 mode: RxMode::Owner,
                 binding: Some(binding),
                 program,
-            },
+            }),
         );
     }
 }
@@ -266,14 +266,14 @@ fn a_group_reaches_only_the_queues_that_joined_it_and_the_link_accepts_it_meanwh
     let join = |d: &mut Driver, q: u32, filter: u64| {
         ok(
             d,
-            DriverRequest::InstallFilter {
+            DriverRequest::InstallFilter(FilterInstall {
                 queue: QueueId(q),
                 filter: FilterId(filter),
                 direction: Direction::Rx,
                 mode: RxMode::Owner,
                 binding: Some(udp_binding(group, 53)),
                 program: udp_rx_program(group, 53),
-            },
+            }),
         )
     };
     join(&mut d, 2, 500);

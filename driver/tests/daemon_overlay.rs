@@ -12,8 +12,8 @@ use std::time::Duration;
 use daemon_common::*;
 use netmux_driver::daemon::{Driver, Response};
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, InstanceId, InstanceInfo, QueueId, RxMode,
-    DEFAULT_INSTANCE,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, InstanceInfo,
+    QueueId, RxMode, DEFAULT_INSTANCE,
 };
 use netmux_proto::overlay::{OverlayInfo, OverlayMapping, OverlayMappings, OverlayPollReply};
 use netmux_ring::{ClientQueue, TxStatus};
@@ -71,14 +71,14 @@ fn bind(driver: &mut Driver, q: u32, mac: [u8; 6], ip: [u8; 4], port: u16) {
     {
         ok(
             driver,
-            DriverRequest::InstallFilter {
+            DriverRequest::InstallFilter(FilterInstall {
                 queue: QueueId(q),
                 filter: FilterId(u64::from(q) * 100 + i as u64),
                 direction,
                 mode: RxMode::Owner,
                 binding: (i < 2).then_some(binding),
                 program,
-            },
+            }),
         );
     }
 }

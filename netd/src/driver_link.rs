@@ -60,6 +60,20 @@ pub struct FilterSpec {
     pub program: Vec<u8>,
 }
 
+impl FilterSpec {
+    /// The filter as the driver's protocol carries it.
+    pub fn install(&self) -> FilterInstall {
+        FilterInstall {
+            queue: self.queue,
+            filter: self.filter,
+            direction: self.direction,
+            mode: self.mode,
+            binding: self.binding,
+            program: self.program.clone(),
+        }
+    }
+}
+
 /// A queue the driver created: its ring memory and the client's end of its doorbell, for the
 /// client (netd keeps them only until it hands them out).
 #[derive(Debug)]
@@ -749,28 +763,11 @@ impl DriverLink for ChannelDriver {
     }
 
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
-        self.request(&DriverRequest::InstallFilter {
-            queue: spec.queue,
-            filter: spec.filter,
-            direction: spec.direction,
-            mode: spec.mode,
-            binding: spec.binding,
-            program: spec.program.clone(),
-        })
+        self.request(&DriverRequest::InstallFilter(spec.install()))
     }
 
     fn install_filters(&mut self, specs: &[FilterSpec]) -> Result<(), DriverError> {
-        let filters = specs
-            .iter()
-            .map(|spec| FilterInstall {
-                queue: spec.queue,
-                filter: spec.filter,
-                direction: spec.direction,
-                mode: spec.mode,
-                binding: spec.binding,
-                program: spec.program.clone(),
-            })
-            .collect();
+        let filters = specs.iter().map(FilterSpec::install).collect();
         self.request(&DriverRequest::InstallFilters { filters })
     }
 

@@ -15,8 +15,8 @@ pub const MAX_STATS_QUEUES: usize = 2_000;
 /// tx grants are a handful; the bound keeps one request's work small.
 pub const MAX_BATCH_FILTERS: usize = 64;
 
-/// One filter of a [`DriverRequest::InstallFilters`]: the fields of a
-/// [`DriverRequest::InstallFilter`].
+/// A filter to install: [`DriverRequest::InstallFilter`], and each of a
+/// [`DriverRequest::InstallFilters`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilterInstall {
     /// The queue.
@@ -27,11 +27,15 @@ pub struct FilterInstall {
     pub direction: Direction,
     /// For rx filters: owner, tap or exclusive.
     pub mode: RxMode,
-    /// The classifier's key (rx) or the transmit grant (tx), as for `InstallFilter`.
+    /// For port-binding rx filters: the key for the classifier's table. For port-binding tx
+    /// filters: the grant (the source address, protocol and source port the queue may send
+    /// from, with its instance's MAC).
     pub binding: Option<PortBinding>,
-    /// The program in the VM's container format; empty for a tx grant. On the wire a string
-    /// of hex digits, not a JSON array of numbers: a third of the bytes, and parsed without a
-    /// number at a time.
+    /// The program in the VM's container format. Empty for a tx filter with a `binding`: the
+    /// grant is then an entry in the queue's transmit table, looked up per frame (accepting
+    /// exactly what `ether src MAC and ip|ip6 src host A and tcp|udp src port P` accepts), and
+    /// nothing is compiled. On the wire a string of hex digits, not a JSON array of numbers: a
+    /// third of the bytes, and parsed without a number at a time.
     #[serde(with = "hex_bytes")]
     pub program: Vec<u8>,
 }
@@ -219,25 +223,7 @@ pub enum DriverRequest {
         queue: QueueId,
     },
     /// Install a filter for a queue. The driver verifies the bytecode again.
-    InstallFilter {
-        /// The queue.
-        queue: QueueId,
-        /// The filter's id.
-        filter: FilterId,
-        /// Rx or tx.
-        direction: Direction,
-        /// For rx filters: owner, tap or exclusive.
-        mode: RxMode,
-        /// For port-binding rx filters: the key for the classifier's table. For port-binding
-        /// tx filters: the grant (the source address, protocol and source port the queue may
-        /// send from, with its instance's MAC).
-        binding: Option<PortBinding>,
-        /// The program in the VM's container format. Empty for a tx filter with a `binding`:
-        /// the grant is then an entry in the queue's transmit table, looked up per frame
-        /// (accepting exactly what `ether src MAC and ip|ip6 src host A and tcp|udp src port
-        /// P` accepts), and nothing is compiled.
-        program: Vec<u8>,
-    },
+    InstallFilter(FilterInstall),
     /// Install several filters in one round trip (a port's rx bindings and tx grants), in
     /// order, each as [`DriverRequest::InstallFilter`] would. All or nothing: `Done` means every
     /// one is in force; on an error reply none is (the driver takes back those of the batch it

@@ -12,7 +12,8 @@ use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkState, Link
 use netmux_vm::Strategy;
 
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueConfig, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueConfig,
+    QueueId, RxMode,
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
@@ -96,14 +97,14 @@ impl Netd {
         binding: Option<PortBinding>,
         program: Vec<u8>,
     ) {
-        self.ok(&DriverRequest::InstallFilter {
+        self.ok(&DriverRequest::InstallFilter(FilterInstall {
             queue: QueueId(queue),
             filter: FilterId(filter),
             direction,
             mode,
             binding,
             program,
-        });
+        }));
     }
 
     /// Gives queue `queue` a UDP port on `ip`: an owner rx filter and a tx filter.
