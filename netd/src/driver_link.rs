@@ -56,7 +56,7 @@ pub struct FilterSpec {
     /// The pcap-filter expression it was built from (for people and tests).
     pub expr: String,
     /// The verified program, in the VM's container format; empty for a port's tx grant (a
-    /// table entry in the driver, see [`netmux_proto::driver::DriverRequest::InstallFilter`]).
+    /// table entry in the driver, see [`netmux_proto::driver::FilterInstall::program`]).
     pub program: Vec<u8>,
 }
 
