@@ -194,11 +194,6 @@ impl Classifier {
             .map(|s| matches!(s, Slot::Table(_)))
     }
 
-    /// Number of filters held only ([`Classify::hold`]).
-    pub fn held_filters(&self) -> usize {
-        self.held.len()
-    }
-
     fn value_of(&self, table: usize, words: &[u32]) -> u32 {
         self.merged
             .as_ref()
