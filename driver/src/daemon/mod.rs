@@ -60,8 +60,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use netmux_proto::driver::{
-    Counters, Direction, DriverReply, DriverRequest, FilterId, InstanceId, QueueConfig, QueueId,
-    RxMode,
+    Counters, Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId,
+    QueueConfig, QueueId,
 };
 use netmux_proto::ops::{CaptureSource, FrameDirection, RuleDirection};
 use netmux_proto::{ErrorCode, ErrorReply};
@@ -540,14 +540,7 @@ impl Driver {
                 true => Response::done(),
                 false => Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0)),
             },
-            DriverRequest::InstallFilter(f) => self.install_filter(
-                f.queue,
-                f.filter,
-                f.direction,
-                f.mode,
-                f.binding,
-                &f.program,
-            ),
+            DriverRequest::InstallFilter(f) => self.install_filter(&f),
             DriverRequest::InstallFilters { filters } => self.install_filters(filters),
             DriverRequest::RemoveFilter { queue, filter } => self.remove_filter(queue, filter),
             DriverRequest::RemoveFilters { queue, filters } => self.remove_filters(queue, &filters),
@@ -794,15 +787,15 @@ impl Driver {
         true
     }
 
-    fn install_filter(
-        &mut self,
-        queue: QueueId,
-        filter: FilterId,
-        direction: Direction,
-        mode: RxMode,
-        binding: Option<netmux_proto::driver::PortBinding>,
-        program: &[u8],
-    ) -> Response {
+    fn install_filter(&mut self, f: &FilterInstall) -> Response {
+        let FilterInstall {
+            queue,
+            filter,
+            direction,
+            mode,
+            binding,
+            ref program,
+        } = *f;
         if !self.queues.contains_key(&queue) {
             return Response::error(ErrorCode::NotFound, format!("no queue {}", queue.0));
         }
@@ -883,7 +876,7 @@ impl Driver {
     /// Installs a batch of filters in order, all or nothing: at the first refusal, the ones
     /// of the batch already installed are removed again and the refusal is the reply. One
     /// request for a port's rx bindings and tx grants, so a bind costs netd one round trip.
-    fn install_filters(&mut self, filters: Vec<netmux_proto::driver::FilterInstall>) -> Response {
+    fn install_filters(&mut self, filters: Vec<FilterInstall>) -> Response {
         if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
             return Response::error(
                 ErrorCode::Limit,
@@ -896,14 +889,7 @@ impl Driver {
         }
         let mut installed: Vec<(QueueId, FilterId)> = Vec::with_capacity(filters.len());
         for f in filters {
-            let response = self.install_filter(
-                f.queue,
-                f.filter,
-                f.direction,
-                f.mode,
-                f.binding,
-                &f.program,
-            );
+            let response = self.install_filter(&f);
             if !matches!(response.reply, DriverReply::Done) {
                 for &(queue, filter) in installed.iter().rev() {
                     // Each was installed just now by this request, so it is there to remove.
