@@ -877,15 +877,8 @@ impl Driver {
     /// of the batch already installed are removed again and the refusal is the reply. One
     /// request for a port's rx bindings and tx grants, so a bind costs netd one round trip.
     fn install_filters(&mut self, filters: Vec<FilterInstall>) -> Response {
-        if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
-            return Response::error(
-                ErrorCode::Limit,
-                format!(
-                    "at most {} filters in one request, not {}",
-                    netmux_proto::driver::MAX_BATCH_FILTERS,
-                    filters.len()
-                ),
-            );
+        if let Some(refusal) = batch_too_large(filters.len()) {
+            return refusal;
         }
         let mut installed: Vec<(QueueId, FilterId)> = Vec::with_capacity(filters.len());
         for f in filters {
@@ -905,15 +898,8 @@ impl Driver {
     /// Removes a batch of one queue's filters, each as [`Driver::remove_filter`] would; every
     /// one is tried, and the first refusal (a filter not found) is the reply.
     fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Response {
-        if filters.len() > netmux_proto::driver::MAX_BATCH_FILTERS {
-            return Response::error(
-                ErrorCode::Limit,
-                format!(
-                    "at most {} filters in one request, not {}",
-                    netmux_proto::driver::MAX_BATCH_FILTERS,
-                    filters.len()
-                ),
-            );
+        if let Some(refusal) = batch_too_large(filters.len()) {
+            return refusal;
         }
         let mut first_refusal = None;
         for &filter in filters {
@@ -1781,4 +1767,17 @@ fn group_mac(binding: &netmux_proto::driver::PortBinding) -> Option<[u8; 6]> {
     } else {
         (a[0] & 0xf0 == 0xe0).then_some([0x01, 0x00, 0x5e, a[1] & 0x7f, a[2], a[3]])
     }
+}
+
+/// The refusal of a batch of `len` filters, when it is more than one request may carry.
+fn batch_too_large(len: usize) -> Option<Response> {
+    (len > netmux_proto::driver::MAX_BATCH_FILTERS).then(|| {
+        Response::error(
+            ErrorCode::Limit,
+            format!(
+                "at most {} filters in one request, not {len}",
+                netmux_proto::driver::MAX_BATCH_FILTERS
+            ),
+        )
+    })
 }
