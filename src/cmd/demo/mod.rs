@@ -153,7 +153,8 @@ impl Drop for TempDir {
 }
 
 /// The driver connection shared between netd (which owns requests) and the demo (which reads
-/// the statistics at the end); one request at a time either way.
+/// the statistics at the end); one request at a time either way. Every request is passed on
+/// as netd made it (a batch of filters stays one request).
 #[derive(Clone)]
 struct SharedDriver(Arc<Mutex<ChannelDriver>>);
 
@@ -200,11 +201,23 @@ impl DriverLink for SharedDriver {
     fn install_filter(&mut self, spec: &FilterSpec) -> Result<(), DriverError> {
         self.lock().install_filter(spec)
     }
+    fn install_filters(&mut self, specs: &[FilterSpec]) -> Result<(), DriverError> {
+        self.lock().install_filters(specs)
+    }
     fn remove_filter(&mut self, queue: QueueId, filter: FilterId) -> Result<(), DriverError> {
         self.lock().remove_filter(queue, filter)
     }
+    fn remove_filters(&mut self, queue: QueueId, filters: &[FilterId]) -> Result<(), DriverError> {
+        self.lock().remove_filters(queue, filters)
+    }
     fn stats(&mut self) -> Result<netmux_netd::driver_link::DriverStats, DriverError> {
         self.lock().stats()
+    }
+    fn stats_of(
+        &mut self,
+        queues: &[QueueId],
+    ) -> Result<netmux_netd::driver_link::DriverStats, DriverError> {
+        self.lock().stats_of(queues)
     }
     fn set_netd_queue(&mut self, queue: QueueId) -> Result<(), DriverError> {
         self.lock().set_netd_queue(queue)
@@ -220,6 +233,12 @@ impl DriverLink for SharedDriver {
         request: netmux_proto::ops::OperatorRequest,
     ) -> Result<netmux_proto::ops::OperatorReply, DriverError> {
         self.lock().operator(request)
+    }
+    fn overlay(
+        &mut self,
+        request: netmux_proto::driver::DriverRequest,
+    ) -> Result<netmux_proto::driver::DriverReply, DriverError> {
+        self.lock().overlay(request)
     }
 }
 
