@@ -25,11 +25,10 @@ const KERNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const UDP_PORT: u16 = 7777;
 const MUX_END: &str = "nmd0";
 const KERNEL_END: &str = "nmd1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// dnsmasq serving `range` on the kernel's end, in the foreground, its log in `log`. Leases
@@ -84,10 +83,7 @@ fn leased_address(line: &str) -> Ipv4Addr {
 #[test]
 #[ignore]
 fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
+    netns::require_root();
     assert!(
         Path::new(DNSMASQ).exists(),
         "{DNSMASQ} is missing: scripts/test installs dnsmasq-base"
@@ -105,12 +101,8 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
         &[],
     );
 
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", "dhcp"])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let link = format!("afpacket:{MUX_END}");
+    let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", "dhcp"], &run_dir);
     let up_log = dir.join("up.log");
     let mut up = Proc::spawn("netmux up", cmd, &up_log);
     up.expect_line("netd listening", PATIENCE);
@@ -129,12 +121,8 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
     );
 
     // A client is told the address and answers the kernel's UDP at it.
-    let mut echo_cmd = mux.command(netmux());
-    echo_cmd
-        .args(["example", "udp-echo", "--port", &UDP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let echo_cmd =
+        netns::example_command(mux.command(netmux()), "udp-echo", UDP_PORT, &[], &run_dir);
     let echo_log = dir.join("echo.log");
     let mut echo = Proc::spawn("udp-echo", echo_cmd, &echo_log);
     echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
@@ -236,20 +224,7 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
 
 /// Runs `netmux ARGS --runtime-dir RUN_DIR` in `ns`; it must succeed.
 fn netmux_ok(ns: &NetNs, args: &[&str], run_dir: &Path) -> String {
-    let out = ns
-        .command(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .output()
-        .expect("running netmux");
-    assert!(
-        out.status.success(),
-        "netmux {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::netmux_ok(ns.command(netmux()), args, run_dir)
 }
 
 /// The address of instance `name`'s lease in netd's log (`dhcp: leased A/N ... (instance
@@ -275,10 +250,7 @@ fn instance_lease(log: &Path, name: &str) -> Ipv4Addr {
 #[test]
 #[ignore]
 fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destroy_and_stop() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
+    netns::require_root();
     assert!(
         Path::new(DNSMASQ).exists(),
         "{DNSMASQ} is missing: scripts/test installs dnsmasq-base"
@@ -297,12 +269,8 @@ fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destro
 
     // The default instance has a static address; two instances lease theirs: one with a MAC
     // of its own, one sharing the link's (told apart by its client identifier).
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", "192.0.2.2/24"])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let link = format!("afpacket:{MUX_END}");
+    let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", "192.0.2.2/24"], &run_dir);
     let up_log = dir.join("up.log");
     let mut up = Proc::spawn("netmux up", cmd, &up_log);
     up.expect_line("netd listening", PATIENCE);
@@ -364,12 +332,13 @@ fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destro
     // A client of each is told its instance's address and answers the kernel's UDP at it.
     let mut echoes = Vec::new();
     for (name, address) in [("own", own), ("shared", shared)] {
-        let mut cmd = mux.command(netmux());
-        cmd.args(["example", "udp-echo", "--port", &UDP_PORT.to_string()])
-            .args(["-i", name])
-            .arg("--runtime-dir")
-            .arg(&run_dir)
-            .env("RUST_LOG", LOG_FILTER);
+        let cmd = netns::example_command(
+            mux.command(netmux()),
+            "udp-echo",
+            UDP_PORT,
+            &["-i", name],
+            &run_dir,
+        );
         let log = dir.join(format!("echo-{name}.log"));
         let mut echo = Proc::spawn(&format!("udp-echo {name}"), cmd, &log);
         echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);

@@ -57,25 +57,8 @@ const TAP: &str = "nmxt0";
 const IDLE_TICKS: u64 = 2;
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
-/// What the processes log: netmux's own lines (Cranelift's logs every compiled function at
-/// info).
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
-
-/// Names another netmux binary to run the scenario against (an installed build, say).
-const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
-
-/// The netmux binary under test: this build's, unless [`BINARY_ENV`] names another.
 fn netmux() -> PathBuf {
-    std::env::var_os(BINARY_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
-}
-
-fn require_root() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root (network namespaces, veth, TAP, AF_PACKET): run scripts/test as root"
-    );
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// Which link netmux runs on.
@@ -124,13 +107,10 @@ impl Host {
             Kind::Veth { .. } => format!("afpacket:{MUX_END}"),
             Kind::Tap => format!("tap:{TAP}"),
         };
-        let run = dir.join("run");
-        let mut cmd = mux.command(netmux());
-        cmd.args(["up", "--link", &spec, "--ip", &format!("{NETMUX}/24")])
-            .arg("--runtime-dir")
-            .arg(&run)
-            .args(up_args)
-            .env("RUST_LOG", LOG_FILTER);
+        let ip = format!("{NETMUX}/24");
+        let mut args = vec!["--ip", ip.as_str()];
+        args.extend_from_slice(up_args);
+        let cmd = netns::up_command(&mux, &netmux(), &spec, &args, &dir.join("run"));
         let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
         let line = up.expect_line("netd listening", PATIENCE);
         let driver_pid = line
@@ -161,11 +141,7 @@ impl Host {
     }
 
     fn example(&self, name: &str, kind: &str, port: u16) -> Proc {
-        let mut cmd = Command::new(netmux());
-        cmd.args(["example", kind, "--port", &port.to_string()])
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .env("RUST_LOG", LOG_FILTER);
+        let cmd = netns::example_command(Command::new(netmux()), kind, port, &[], &self.run_dir());
         Proc::spawn(name, cmd, &self.dir.join(format!("{name}.log")))
     }
 
@@ -182,14 +158,7 @@ impl Host {
     }
 
     fn ls(&self) -> String {
-        let out = Command::new(netmux())
-            .arg("ls")
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "netmux ls: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        netns::netmux_ok(Command::new(netmux()), &["ls"], &self.run_dir())
     }
 
     /// Waits until `netmux ls` says the link is `state`.
@@ -282,15 +251,7 @@ fn udp_gso_echo_from_kernel(ns: &NetNs, count: usize, size: usize) {
 /// Connects to the HTTP example from the kernel (retrying while ARP or the listener is not
 /// there yet).
 fn connect_http() -> TcpStream {
-    let target = SocketAddr::from((NETMUX, HTTP_PORT));
-    let deadline = Instant::now() + PATIENCE;
-    let stream = loop {
-        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(s) => break s,
-            Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-        }
-    };
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let stream = netns::tcp_connect(SocketAddr::from((NETMUX, HTTP_PORT)), PATIENCE);
     stream.set_write_timeout(Some(PATIENCE)).unwrap();
     stream
 }
@@ -500,28 +461,28 @@ fn scenario(kind: Kind, tag: &str) {
 #[test]
 #[ignore]
 fn root_kernel_peers_reach_the_examples_over_afpacket_on_a_veth_as_linux_makes_it() {
-    require_root();
+    netns::require_root();
     scenario(Kind::Veth { gro: false }, "af");
 }
 
 #[test]
 #[ignore]
 fn root_kernel_peers_reach_the_examples_over_afpacket_with_gro_forced_on_at_netmux_end() {
-    require_root();
+    netns::require_root();
     scenario(Kind::Veth { gro: true }, "gro");
 }
 
 #[test]
 #[ignore]
 fn root_kernel_peers_reach_the_examples_over_a_tap_device() {
-    require_root();
+    netns::require_root();
     scenario(Kind::Tap, "tap");
 }
 
 #[test]
 #[ignore]
 fn root_a_veth_set_down_and_up_keeps_sessions_idles_and_resumes_a_download_across_it() {
-    require_root();
+    netns::require_root();
     let host = Host::start(Kind::Veth { gro: false }, "down", &[]);
     let echo = host.echo();
     let web = host.http();
@@ -566,11 +527,11 @@ fn root_a_veth_set_down_and_up_keeps_sessions_idles_and_resumes_a_download_acros
 #[test]
 #[ignore]
 fn root_a_veth_deleted_and_created_again_is_reopened_and_the_driver_idles_meanwhile() {
-    require_root();
+    netns::require_root();
     let host = Host::start(Kind::Veth { gro: false }, "del", &[]);
     let echo = host.echo();
     udp_echo_from_kernel(host.peer(), b"before");
-    let mac = mac_in(&host.mux, MUX_END);
+    let mac = netns::mac_of(&host.mux, MUX_END);
 
     host.mux.ip(&["link", "del", MUX_END]);
     let ls = host.wait_link("gone");
@@ -606,20 +567,10 @@ fn root_a_veth_deleted_and_created_again_is_reopened_and_the_driver_idles_meanwh
     assert_eq!(host.log_lines("link is up again"), 1, "{}", host.up.log());
 }
 
-/// The MAC address of `ifname` in `ns`, as `ip` writes it.
-fn mac_in(ns: &NetNs, ifname: &str) -> String {
-    let out = ns
-        .command("cat")
-        .arg(format!("/sys/class/net/{ifname}/address"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 #[ignore]
 fn root_a_tap_deleted_and_created_again_is_attached_again() {
-    require_root();
+    netns::require_root();
     let host = Host::start(Kind::Tap, "tapdel", &[]);
     let echo = host.echo();
     udp_echo_from_kernel(host.peer(), b"before");
@@ -651,7 +602,7 @@ fn root_a_tap_deleted_and_created_again_is_attached_again() {
 #[test]
 #[ignore]
 fn root_a_tap_gone_longer_than_the_link_timeout_ends_the_driver_and_up_says_why() {
-    require_root();
+    netns::require_root();
     let mut host = Host::start(Kind::Tap, "tapgone", &["--link-timeout", "2"]);
     let _echo = host.echo();
     udp_echo_from_kernel(host.peer(), b"before");

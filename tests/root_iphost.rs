@@ -28,7 +28,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
@@ -43,66 +42,36 @@ const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const ASKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-/// Set to a path to test another build of the binary.
-const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
-
 fn netmux() -> PathBuf {
-    std::env::var_os(BINARY_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
-fn require_root() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root (network namespaces, veth, AF_PACKET): run scripts/test as root"
-    );
+/// `netmux up --ip 192.0.2.2/24` on a veth end, with the kernel at the other end.
+fn start(tag: &str) -> UpHost {
+    let ip = format!("{NETMUX}/24");
+    UpHost::start(
+        &netmux(),
+        tag,
+        (MUX_END, KERNEL_END),
+        &format!("{KERNEL}/24"),
+        &[],
+        &["--ip", &ip],
+        PATIENCE,
+    )
 }
 
-/// `netmux up` on a veth end, with the kernel at the other end.
-struct Host(UpHost);
-
-impl std::ops::Deref for Host {
-    type Target = UpHost;
-    fn deref(&self) -> &UpHost {
-        &self.0
-    }
+/// `netmux example udp-echo` on `port`, once it listens.
+fn echo(host: &UpHost, port: u16) -> Proc {
+    host.example("udp-echo", "udp", port, PATIENCE)
 }
 
-impl Host {
-    fn start(tag: &str) -> Host {
-        let ip = format!("{NETMUX}/24");
-        Host(UpHost::start(
-            &netmux(),
-            tag,
-            (MUX_END, KERNEL_END),
-            &format!("{KERNEL}/24"),
-            &[],
-            &["--ip", &ip],
-            PATIENCE,
-        ))
-    }
-
-    /// `netmux example udp-echo` on `port`, once it listens.
-    fn echo(&self, port: u16) -> Proc {
-        self.0.example("udp-echo", "udp", port, PATIENCE)
-    }
-
-    /// The MAC of `ifname` in `ns`.
-    fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
-        let out = ns
-            .command("cat")
-            .arg(format!("/sys/class/net/{ifname}/address"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let bytes: Vec<u8> = text
-            .trim()
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).unwrap())
-            .collect();
-        bytes.try_into().unwrap()
-    }
+/// The MAC of `ifname` in `ns`.
+fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = netns::mac_of(ns, ifname)
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
 }
 
 /// A raw AF_PACKET socket on `ifname` of the calling thread's namespace, for ARP.
@@ -244,10 +213,10 @@ fn is_reply_to_asker(frame: &[u8]) -> bool {
 #[test]
 #[ignore]
 fn root_one_arp_request_gets_one_reply_with_twelve_clients() {
-    require_root();
-    let host = Host::start("arp");
-    let _clients: Vec<Proc> = (7101..=7112).map(|p| host.echo(p)).collect();
-    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    netns::require_root();
+    let host = start("arp");
+    let _clients: Vec<Proc> = (7101..=7112).map(|p| echo(&host, p)).collect();
+    let kernel_mac = mac(&host.kernel, KERNEL_END);
     let replies = host.kernel.run(move || {
         let raw = RawSocket::open(KERNEL_END, ETH_P_ARP);
         let mut counts = Vec::new();
@@ -327,10 +296,10 @@ fn echo_from_kernel(ns: &NetNs, port: u16, size: usize, to: Ipv4Addr, broadcast:
 #[test]
 #[ignore]
 fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_both_ways() {
-    require_root();
-    let host = Host::start("frag");
+    netns::require_root();
+    let host = start("frag");
     let port = 7200;
-    let _echo = host.echo(port);
+    let _echo = echo(&host, port);
     echo_from_kernel(&host.kernel, port, 64, NETMUX, false);
     for size in [1473, 8000, 30_000, 65_507] {
         echo_from_kernel(&host.kernel, port, size, NETMUX, false);
@@ -425,8 +394,8 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
 #[test]
 #[ignore]
 fn root_pings_larger_than_the_mtu_are_answered() {
-    require_root();
-    let host = Host::start("ping");
+    netns::require_root();
+    let host = start("ping");
     for size in [56, 1473, 8000, 65_000] {
         ping_from_kernel(&host.kernel, size);
     }
@@ -435,10 +404,10 @@ fn root_pings_larger_than_the_mtu_are_answered() {
 #[test]
 #[ignore]
 fn root_udp_to_the_subnet_and_the_limited_broadcast_reaches_the_bound_client() {
-    require_root();
-    let host = Host::start("bcast");
+    netns::require_root();
+    let host = start("bcast");
     let port = 7300;
-    let _echo = host.echo(port);
+    let _echo = echo(&host, port);
     echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::new(192, 0, 2, 255), true);
     echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::BROADCAST, true);
 }
@@ -446,9 +415,9 @@ fn root_udp_to_the_subnet_and_the_limited_broadcast_reaches_the_bound_client() {
 #[test]
 #[ignore]
 fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
-    require_root();
-    let host = Host::start("icmp");
-    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    netns::require_root();
+    let host = start("icmp");
+    let kernel_mac = mac(&host.kernel, KERNEL_END);
     // Two clients: the owner of the flow and a bystander.
     let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
     let port = owner.bind_port(Transport::Udp, 7400).unwrap();
@@ -501,8 +470,8 @@ fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
 #[test]
 #[ignore]
 fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
-    require_root();
-    let host = Host::start("ping6");
+    netns::require_root();
+    let host = start("ping6");
     let client = Client::connect(&host.run_dir()).expect("netd takes a client");
     let netd_ll = std::net::Ipv6Addr::from(
         client
@@ -511,7 +480,7 @@ fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
             .expect("netd has a link-local address"),
     );
     // The kernel's own address on netmux's veth end: the modified EUI-64 of the shared MAC.
-    let mac = Host::mac(&host.mux, MUX_END);
+    let mac = mac(&host.mux, MUX_END);
     let mut kernel_ll = [0u8; 16];
     kernel_ll[..2].copy_from_slice(&[0xfe, 0x80]);
     kernel_ll[8..].copy_from_slice(&[
@@ -617,27 +586,13 @@ fn send_icmp(to: IpAddr, icmp: &[u8]) {
 #[test]
 #[ignore]
 fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smaller_segments() {
-    require_root();
-    let host = Host::start("pmtu");
-    let mut cmd = Command::new(netmux());
-    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .env("RUST_LOG", netns::UP_LOG_FILTER);
-    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
-    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    netns::require_root();
+    let host = start("pmtu");
+    let http = host.example("http", "tcp", HTTP_PORT, PATIENCE);
     // More than the kernel's receive buffer can take while the test does not read.
     const BODY: usize = 32 << 20;
     let (after, largest_after, body) = host.kernel.run(move || {
-        let target = SocketAddr::from((NETMUX, HTTP_PORT));
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-            }
-        };
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut stream = netns::tcp_connect(SocketAddr::from((NETMUX, HTTP_PORT)), PATIENCE);
         let port = stream.local_addr().unwrap().port();
         write!(
             stream,
@@ -754,9 +709,9 @@ fn icmpv6_error_quote(f: &[u8]) -> Option<([u8; 16], u16)> {
 #[test]
 #[ignore]
 fn root_an_icmpv6_error_about_a_clients_flow_reaches_that_client_and_no_other() {
-    require_root();
+    netns::require_root();
     let host = start_dual("icmp6", &[]);
-    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    let kernel_mac = mac(&host.kernel, KERNEL_END);
     // Two clients: the owner of the flow and a bystander.
     let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
     let port = owner.bind_port(Transport::Udp, 7410).unwrap();
@@ -1050,16 +1005,10 @@ impl Drop for StopOnDrop {
 /// end of veth A is watched for frames of `ethertype`; checks that the router told netmux
 /// the path's MTU, the example lowered its own, and the download went in segments that fit.
 fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
-    require_root();
+    netns::require_root();
     let routed = Routed::start(tag);
     let host = &routed.host;
-    let mut cmd = Command::new(netmux());
-    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .env("RUST_LOG", netns::UP_LOG_FILTER);
-    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
-    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    let http = host.example("http", "tcp", HTTP_PORT, PATIENCE);
 
     let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
         false,
@@ -1224,7 +1173,7 @@ fn link_groups(ns: &NetNs, ifname: &str) -> Vec<String> {
 #[test]
 #[ignore]
 fn root_udp_to_a_joined_multicast_group_reaches_the_client_that_joined_it() {
-    require_root();
+    netns::require_root();
     let host = start_dual("mcast", &[]);
     let port = 7400;
     let mut echo = host.example_with(

@@ -20,7 +20,7 @@
 //! `scripts/test` runs it as root.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,10 +40,9 @@ const UDP_PORT: u16 = 7777;
 const HTTP_PORT: u16 = 8080;
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// Sends ICMP echo requests from `from` to `to` on a raw socket (root) until a reply with
@@ -134,37 +133,17 @@ fn bridge(ns: &NetNs, args: &[&str]) {
 
 /// Runs a netmux command against `run` and panics with its output unless it succeeds.
 fn netmux_cmd(run: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "netmux {}: {out:?}", args.join(" "));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::netmux_ok(Command::new(netmux()), args, run)
 }
 
 #[test]
 #[ignore = "needs root: network namespaces, veth, AF_PACKET, a vxlan device"]
 fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_overlay() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
-    // Declared in drop order: processes first, then the namespaces.
-    let kernel = NetNs::new("ovk");
-    let mux = NetNs::new("ovm");
+    netns::require_root();
+    // Declared before the processes, so they go after them.
+    let (mux, kernel) =
+        netns::kernel_peer("ov", MUX_END, KERNEL_END, &format!("{UNDERLAY_KERNEL}/24"));
     let dir = TempDir::new("nmx-root-overlay");
-    netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
-    mux.ip(&["link", "set", MUX_END, "up"]);
-    kernel.ip(&[
-        "addr",
-        "add",
-        &format!("{UNDERLAY_KERNEL}/24"),
-        "dev",
-        KERNEL_END,
-    ]);
-    kernel.ip(&["link", "set", KERNEL_END, "up"]);
     let defaults = netns::offloads(&kernel, KERNEL_END);
     assert!(defaults.tx_checksum, "Linux's defaults: {defaults:?}");
 
@@ -206,17 +185,9 @@ fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_ov
     )
     .unwrap();
     let run = dir.join("run");
-    let mut cmd = mux.command(netmux());
-    cmd.args([
-        "up",
-        "--link",
-        &format!("afpacket:{MUX_END}"),
-        "--ip",
-        &format!("{UNDERLAY_NETMUX}/24"),
-    ])
-    .arg("--runtime-dir")
-    .arg(&run)
-    .env("RUST_LOG", LOG_FILTER);
+    let link = format!("afpacket:{MUX_END}");
+    let ip = format!("{UNDERLAY_NETMUX}/24");
+    let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", &ip], &run);
     let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
     up.expect_line("netd listening", PATIENCE);
     netmux_cmd(
@@ -248,19 +219,13 @@ fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_ov
             "--temporary",
         ],
     );
-    let mut echo_cmd = Command::new(netmux());
-    echo_cmd
-        .args([
-            "example",
-            "udp-echo",
-            "--port",
-            &UDP_PORT.to_string(),
-            "-i",
-            "web",
-        ])
-        .arg("--runtime-dir")
-        .arg(&run)
-        .env("RUST_LOG", LOG_FILTER);
+    let echo_cmd = netns::example_command(
+        Command::new(netmux()),
+        "udp-echo",
+        UDP_PORT,
+        &["-i", "web"],
+        &run,
+    );
     let mut echo = Proc::spawn("udp-echo", echo_cmd, &dir.join("echo.log"));
     echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
 
@@ -300,31 +265,18 @@ fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_ov
         echo.log()
     );
     // TCP: the kernel loads the HTTP example's page through both VXLANs.
-    let mut http_cmd = Command::new(netmux());
-    http_cmd
-        .args([
-            "example",
-            "http",
-            "--port",
-            &HTTP_PORT.to_string(),
-            "-i",
-            "web",
-        ])
-        .arg("--runtime-dir")
-        .arg(&run)
-        .env("RUST_LOG", LOG_FILTER);
+    let http_cmd = netns::example_command(
+        Command::new(netmux()),
+        "http",
+        HTTP_PORT,
+        &["-i", "web"],
+        &run,
+    );
     let mut http = Proc::spawn("http", http_cmd, &dir.join("http.log"));
     http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
     let head = kernel.run(|| {
-        let target = SocketAddr::from((OVERLAY_NETMUX, HTTP_PORT));
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-            }
-        };
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut stream =
+            netns::tcp_connect(SocketAddr::from((OVERLAY_NETMUX, HTTP_PORT)), PATIENCE);
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
             .unwrap();

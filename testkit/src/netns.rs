@@ -40,6 +40,27 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Fails the calling test, saying how to run it, unless this process runs as root: what
+/// every `root_*` test does first.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "root_* tests need root (network namespaces, veth, TAP, AF_PACKET): run scripts/test as root"
+    );
+}
+
+/// Names another netmux binary for the root tests to run (an installed build, say) instead of
+/// the one cargo built with them.
+pub const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
+
+/// The netmux binary a test runs: the one [`BINARY_ENV`] names, else `default`, which is the
+/// test crate's `env!("CARGO_BIN_EXE_netmux")` (cargo sets it only for that crate's tests).
+pub fn binary_under_test(default: &str) -> PathBuf {
+    std::env::var_os(BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
 /// A network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct NetNs {
@@ -107,6 +128,22 @@ impl NetNs {
     }
 }
 
+/// A file of interface `ifname`'s sysfs directory in namespace `ns` (`address`,
+/// `operstate`), trimmed; empty when there is no such file.
+pub fn sysfs(ns: &NetNs, ifname: &str, file: &str) -> String {
+    let out = ns
+        .command("cat")
+        .arg(format!("/sys/class/net/{ifname}/{file}"))
+        .output()
+        .expect("reading sysfs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The MAC of interface `ifname` in namespace `ns`, as `ip` writes it (`aa:bb:cc:dd:ee:ff`).
+pub fn mac_of(ns: &NetNs, ifname: &str) -> String {
+    sysfs(ns, ifname, "address")
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -156,6 +193,81 @@ pub fn kernel_peer(
 /// The log filter of the `netmux` processes [`UpHost`] starts.
 pub const UP_LOG_FILTER: &str = "info,cranelift_jit=warn";
 
+/// `binary up --link LINK ARGS... --runtime-dir RUN_DIR` inside `mux`, logging at
+/// [`UP_LOG_FILTER`]; `link` is a link spec such as `afpacket:nmx0` or `tap:nmxt0`.
+pub fn up_command(
+    mux: &NetNs,
+    binary: &Path,
+    link: &str,
+    args: &[&str],
+    run_dir: &Path,
+) -> Command {
+    let mut cmd = mux.command(binary);
+    cmd.args(["up", "--link", link])
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .env("RUST_LOG", UP_LOG_FILTER);
+    cmd
+}
+
+/// `cmd` (the netmux binary, in a namespace or not) with `example KIND --port PORT ARGS...
+/// --runtime-dir RUN_DIR`, logging at [`UP_LOG_FILTER`]: an example client of the netd that
+/// `run_dir` belongs to.
+pub fn example_command(
+    mut cmd: Command,
+    kind: &str,
+    port: u16,
+    args: &[&str],
+    run_dir: &Path,
+) -> Command {
+    cmd.args(["example", kind, "--port", &port.to_string()])
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .env("RUST_LOG", UP_LOG_FILTER);
+    cmd
+}
+
+/// Runs `cmd` (the netmux binary, in a namespace or not) with `ARGS... --runtime-dir RUN_DIR`
+/// and returns its standard output; panics (test support) with its status and standard error
+/// unless it succeeds.
+pub fn netmux_ok(mut cmd: Command, args: &[&str], run_dir: &Path) -> String {
+    let out = cmd
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .output()
+        .expect("running netmux");
+    assert!(
+        out.status.success(),
+        "netmux {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP connection from the calling thread's namespace to `target`, tried again (every
+/// 200 ms after a failure) while ARP or the listener is not there yet, for at most
+/// `patience`; its reads give up after `patience`.
+pub fn tcp_connect(target: std::net::SocketAddr, patience: Duration) -> std::net::TcpStream {
+    let deadline = Instant::now() + patience;
+    let stream = loop {
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "connecting to {target}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(patience))
+        .expect("a read timeout");
+    stream
+}
+
 /// `netmux up` on the veth end `mux_end` of a namespace of its own, the kernel at the other end
 /// ([`kernel_peer`]), with its runtime directory and logs in a temporary directory; everything
 /// goes (the processes killed by pid, the namespaces deleted) when it is dropped.
@@ -196,12 +308,8 @@ impl UpHost {
             kernel.ip(ip_args);
         }
         let dir = crate::TempDir::new(&format!("nmx-up-{tag}"));
-        let mut cmd = mux.command(binary);
-        cmd.args(["up", "--link", &format!("afpacket:{mux_end}")])
-            .args(args)
-            .arg("--runtime-dir")
-            .arg(dir.join("run"))
-            .env("RUST_LOG", UP_LOG_FILTER);
+        let link = format!("afpacket:{mux_end}");
+        let cmd = up_command(&mux, binary, &link, args, &dir.join("run"));
         let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
         up.expect_line("netd listening", patience);
         UpHost {
@@ -234,12 +342,13 @@ impl UpHost {
         patience: Duration,
     ) -> Proc {
         let label = format!("{name}-{port}");
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(["example", name, "--port", &port.to_string()])
-            .args(args)
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .env("RUST_LOG", UP_LOG_FILTER);
+        let cmd = example_command(
+            Command::new(&self.binary),
+            name,
+            port,
+            args,
+            &self.run_dir(),
+        );
         let mut p = Proc::spawn(&label, cmd, &self.dir.join(format!("{label}.log")));
         p.expect_line(&format!("listening on {transport} port {port}"), patience);
         p
