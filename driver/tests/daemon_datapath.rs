@@ -24,11 +24,6 @@ fn driver() -> (Driver, Wire) {
     in_process(LINK_MAC)
 }
 
-fn ok(driver: &mut Driver, request: DriverRequest) {
-    let Response { reply, .. } = driver.handle(request.clone());
-    assert_eq!(reply, DriverReply::Done, "{request:?}");
-}
-
 fn queue(driver: &mut Driver, id: u32) -> ClientQueue {
     queue_and_memory(driver, id).0
 }

@@ -9,20 +9,15 @@ use std::os::fd::OwnedFd;
 
 use daemon_common::*;
 use netmux_driver::daemon::idle::{PARK_AFTER_IDLE_TURNS, WAKE_CHECK_TURNS};
-use netmux_driver::daemon::{Driver, Response};
+use netmux_driver::daemon::Driver;
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
+    Direction, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, Completion, QueueError, TxStatus};
 
 const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
 const HOST: [u8; 4] = [10, 0, 0, 1];
 const REMOTE: [u8; 4] = [10, 0, 0, 2];
-
-fn ok(driver: &mut Driver, request: DriverRequest) {
-    let Response { reply, .. } = driver.handle(request.clone());
-    assert_eq!(reply, DriverReply::Done, "{request:?}");
-}
 
 fn queue(driver: &mut Driver, id: u32) -> ClientQueue {
     let response = driver.handle(DriverRequest::CreateQueue {

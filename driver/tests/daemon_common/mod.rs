@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netmux_driver::daemon::{Driver, DriverConfig};
+use netmux_driver::daemon::{Driver, DriverConfig, Response};
 use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkState, LinkStats};
 use netmux_vm::Strategy;
 
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueConfig,
-    QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, PortBinding,
+    QueueConfig, QueueId, RxMode,
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
@@ -128,6 +128,25 @@ impl Netd {
             udp_tx_program(link_mac, ip, port),
         );
     }
+}
+
+/// Hands `request` to an in-process driver, expecting `Done`.
+pub fn ok(driver: &mut Driver, request: DriverRequest) {
+    let Response { reply, .. } = driver.handle(request.clone());
+    assert_eq!(reply, DriverReply::Done, "{request:?}");
+}
+
+/// Creates queue `id` in `instance` on an in-process driver and attaches a client to it.
+pub fn queue_in(driver: &mut Driver, id: u32, instance: InstanceId) -> ClientQueue {
+    let response = driver.handle(DriverRequest::CreateQueue {
+        queue: QueueId(id),
+        config: SMALL,
+        instance,
+    });
+    let fds = response
+        .fds
+        .unwrap_or_else(|| panic!("no queue: {:?}", response.reply));
+    attach(vec![fds.memfd, fds.doorbell])
 }
 
 /// A client queue from the descriptors of a `QueueCreated` reply.
