@@ -41,26 +41,7 @@ fn instance(id: InstanceId, mac: [u8; 6], own_mac: bool, ip: [u8; 4]) -> DriverR
 
 /// Binds UDP `port` on `ip` for queue `q`, sending from `mac`.
 fn bind(driver: &mut Driver, q: u32, mac: [u8; 6], ip: [u8; 4], port: u16) {
-    let binding = udp_binding(ip, port);
-    for (i, (direction, program)) in [
-        (Direction::Rx, udp_rx_program(ip, port)),
-        (Direction::Tx, udp_tx_program(mac, ip, port)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ok(
-            driver,
-            DriverRequest::InstallFilter(FilterInstall {
-                queue: QueueId(q),
-                filter: FilterId(u64::from(q) * 100 + i as u64),
-                direction,
-                mode: RxMode::Owner,
-                binding: Some(binding),
-                program,
-            }),
-        );
-    }
+    bind_udp_in(driver, q, u64::from(q) * 100, mac, ip, port);
 }
 
 /// Three instances: default (queue 1), A (queue 2), B (queue 3), each binding UDP 53 on its

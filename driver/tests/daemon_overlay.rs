@@ -12,8 +12,8 @@ use std::time::Duration;
 use daemon_common::*;
 use netmux_driver::daemon::Driver;
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, InstanceInfo,
-    QueueId, RxMode, DEFAULT_INSTANCE,
+    Direction, DriverReply, DriverRequest, InstanceId, InstanceInfo, QueueId, RxMode,
+    DEFAULT_INSTANCE,
 };
 use netmux_proto::overlay::{OverlayInfo, OverlayMapping, OverlayMappings, OverlayPollReply};
 use netmux_ring::{ClientQueue, TxStatus};
@@ -43,27 +43,17 @@ fn poll(driver: &mut Driver) -> OverlayPollReply {
 
 /// Binds UDP `ip:port` for queue `q` sending from `mac`; ARP from `mac` may go out too.
 fn bind(driver: &mut Driver, q: u32, mac: [u8; 6], ip: [u8; 4], port: u16) {
-    let binding = udp_binding(ip, port);
-    for (i, (direction, program)) in [
-        (Direction::Rx, udp_rx_program(ip, port)),
-        (Direction::Tx, udp_tx_program(mac, ip, port)),
-        (Direction::Tx, accept_all()),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ok(
-            driver,
-            DriverRequest::InstallFilter(FilterInstall {
-                queue: QueueId(q),
-                filter: FilterId(u64::from(q) * 100 + i as u64),
-                direction,
-                mode: RxMode::Owner,
-                binding: (i < 2).then_some(binding),
-                program,
-            }),
-        );
-    }
+    let base = u64::from(q) * 100;
+    bind_udp_in(driver, q, base, mac, ip, port);
+    install(
+        driver,
+        q,
+        base + 2,
+        Direction::Tx,
+        RxMode::Owner,
+        None,
+        accept_all(),
+    );
 }
 
 fn overlay(vni: u32) -> DriverRequest {

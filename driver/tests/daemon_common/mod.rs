@@ -149,6 +149,60 @@ pub fn queue_in(driver: &mut Driver, id: u32, instance: InstanceId) -> ClientQue
     attach(vec![fds.memfd, fds.doorbell])
 }
 
+/// Installs a filter on an in-process driver, expecting `Done`.
+pub fn install(
+    driver: &mut Driver,
+    queue: u32,
+    filter: u64,
+    direction: Direction,
+    mode: RxMode,
+    binding: Option<PortBinding>,
+    program: Vec<u8>,
+) {
+    ok(
+        driver,
+        DriverRequest::InstallFilter(FilterInstall {
+            queue: QueueId(queue),
+            filter: FilterId(filter),
+            direction,
+            mode,
+            binding,
+            program,
+        }),
+    );
+}
+
+/// Gives queue `queue` of an in-process driver UDP `ip:port` both ways: an owner rx filter
+/// (id `filter`) and a tx filter sending from `mac` (id `filter + 1`).
+pub fn bind_udp_in(
+    driver: &mut Driver,
+    queue: u32,
+    filter: u64,
+    mac: [u8; 6],
+    ip: [u8; 4],
+    port: u16,
+) {
+    let binding = udp_binding(ip, port);
+    install(
+        driver,
+        queue,
+        filter,
+        Direction::Rx,
+        RxMode::Owner,
+        Some(binding),
+        udp_rx_program(ip, port),
+    );
+    install(
+        driver,
+        queue,
+        filter + 1,
+        Direction::Tx,
+        RxMode::Owner,
+        Some(binding),
+        udp_tx_program(mac, ip, port),
+    );
+}
+
 /// A client queue from the descriptors of a `QueueCreated` reply.
 pub fn attach(fds: Vec<OwnedFd>) -> ClientQueue {
     let mut fds = fds.into_iter();
