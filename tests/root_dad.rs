@@ -53,8 +53,7 @@ fn root_up_refuses_an_address_the_kernel_answers_for_naming_its_mac_and_starts_w
         "{}",
         down.log()
     );
-    let pid = rustix::process::Pid::from_raw(down.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    down.signal(libc::SIGTERM);
     assert!(down.wait_exit(PATIENCE).success(), "{}", down.log());
     mux.ip(&["link", "set", MUX_END, "up"]);
     // A veth set up has its carrier a moment later; until then it could not be probed.

@@ -9,7 +9,8 @@
 //!   another namespace with it).
 //! - Work "inside" a namespace runs on a thread of its own that entered it
 //!   ([`NetNs::run`]); the calling thread and the rest of the process stay where they were.
-//! - A [`Proc`] is stopped by its pid (SIGKILL) when dropped; nothing else is ever signalled.
+//! - A [`Proc`] is stopped by its pid (SIGKILL) when dropped, and signalled otherwise only by
+//!   its pid when a test asks ([`Proc::signal`]); nothing else is ever signalled.
 //! - Offloads are only read here, except [`set_gro`] (the tests that force GRO on at the netmux
 //!   end) and [`set_segmentation_offloads`] (the link benchmark's kernel-only baseline pair,
 //!   which must move MTU-sized frames as netmux does); the end-to-end tests never turn an
@@ -686,6 +687,21 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, say) to it, by its pid; panics (test support) when
+    /// that fails.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid");
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "signal {signal} to {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGKILL, by pid, and reap.
