@@ -96,9 +96,7 @@ impl RawSocket {
         );
         // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        let ifindex = netns::ifindex(ifname) as i32;
         assert!(ifindex > 0, "no interface {ifname}");
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -329,10 +327,6 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
         );
         let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
         let id: u16 = 0x4e4d;
-        // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
-        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        to.sin_family = libc::AF_INET as u16;
-        to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
         let deadline = Instant::now() + PATIENCE;
         let mut buf = vec![0u8; 70_000];
         for seq in 1u16.. {
@@ -342,33 +336,17 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
             request.extend_from_slice(&payload);
             let sum = internet_checksum(&request);
             request[2..4].copy_from_slice(&sum.to_be_bytes());
-            // SAFETY: request and to are valid for the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            assert_eq!(
-                n,
-                request.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
+            let n = netns::raw_send_to(&sock, &request, NETMUX.into(), 0)
+                .unwrap_or_else(|e| panic!("sending a ping of {size} bytes: {e}"));
+            assert_eq!(n, request.len());
             let until = Instant::now() + Duration::from_millis(500);
             while Instant::now() < until {
-                // SAFETY: buf is valid for its length.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n <= 0 {
-                    break;
-                }
+                let n = match netns::raw_recv(&sock, &mut buf) {
+                    Ok(n) if n > 0 => n,
+                    _ => break,
+                };
                 // The raw socket hands over the IP header too.
-                let packet = &buf[..n as usize];
+                let packet = &buf[..n];
                 let icmp = &packet[usize::from(packet[0] & 0x0f) * 4..];
                 if packet[12..16] == NETMUX.octets()
                     && icmp.len() >= 8
@@ -537,50 +515,13 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
 /// of the calling thread's namespace; the kernel adds the IP header (and, for ICMPv6, fills
 /// in the checksum).
 fn send_icmp(to: IpAddr, icmp: &[u8]) {
-    let n = match to {
-        IpAddr::V4(to) => {
-            let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
-            // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
-            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            addr.sin_family = libc::AF_INET as u16;
-            addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
-            // SAFETY: icmp and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    icmp.as_ptr().cast(),
-                    icmp.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            }
-        }
-        IpAddr::V6(to) => {
-            let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
-            // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            addr.sin6_family = libc::AF_INET6 as u16;
-            addr.sin6_addr.s6_addr = to.octets();
-            // SAFETY: icmp and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    icmp.as_ptr().cast(),
-                    icmp.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            }
-        }
+    let sock = match to {
+        IpAddr::V4(_) => netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None),
+        IpAddr::V6(_) => netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None),
     };
-    assert_eq!(
-        n,
-        icmp.len() as isize,
-        "sending ICMP to {to}: {}",
-        std::io::Error::last_os_error()
-    );
+    let n = netns::raw_send_to(&sock, icmp, to, 0)
+        .unwrap_or_else(|e| panic!("sending ICMP to {to}: {e}"));
+    assert_eq!(n, icmp.len(), "sending ICMP to {to}");
 }
 
 #[test]
@@ -1104,9 +1045,7 @@ fn multicast_echo_from_kernel(ns: &NetNs, group: IpAddr, port: u16, from: IpAddr
                 }
             }
             IpAddr::V6(_) => {
-                let name = std::ffi::CString::new(KERNEL_END).unwrap();
-                // SAFETY: a NUL-terminated name.
-                let index = unsafe { libc::if_nametoindex(name.as_ptr()) } as libc::c_int;
+                let index = netns::ifindex(KERNEL_END) as libc::c_int;
                 assert_ne!(index, 0, "{KERNEL_END} has an index");
                 // SAFETY: a live c_int of the length given, for IPV6_MULTICAST_IF.
                 unsafe {

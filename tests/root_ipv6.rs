@@ -155,14 +155,6 @@ fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
             std::mem::size_of::<libc::c_int>() as u32,
         )
     };
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    addr.sin6_family = libc::AF_INET6 as u16;
-    addr.sin6_addr.s6_addr = "ff02::1".parse::<Ipv6Addr>().unwrap().octets();
-    addr.sin6_scope_id = ifindex;
     // Type 134, code 0, checksum (the kernel's), hop limit 64, no flags, lifetime 1800 s,
     // reachable time and retransmission timer unspecified; one prefix information option.
     let mut ra = vec![134, 0, 0, 0, 64, 0];
@@ -173,18 +165,9 @@ fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
     ra.extend_from_slice(&14400u32.to_be_bytes());
     ra.extend_from_slice(&[0; 4]);
     ra.extend_from_slice(&prefix.octets());
-    // SAFETY: ra and addr are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            ra.as_ptr().cast(),
-            ra.len(),
-            0,
-            (&addr as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
-        )
-    };
-    n == ra.len() as isize
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let sent = netns::raw_send_to(&sock, &ra, all_nodes.into(), netns::ifindex(ifname));
+    matches!(sent, Ok(n) if n == ra.len())
 }
 
 #[test]

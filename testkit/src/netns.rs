@@ -428,6 +428,62 @@ pub fn raw_socket(
     sock
 }
 
+/// The index of interface `ifname` in the calling thread's namespace (0 when there is none).
+pub fn ifindex(ifname: &str) -> u32 {
+    let name = std::ffi::CString::new(ifname).expect("an interface name without NUL");
+    // SAFETY: a valid NUL-terminated name.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// Sends `data` on the raw IPv4 or IPv6 socket `sock` to `to` (`sendto(2)`); `scope_id` is
+/// the interface index of an IPv6 link-local or multicast `to`, 0 otherwise. How many bytes
+/// went, or why none did.
+pub fn raw_send_to(
+    sock: &std::os::fd::OwnedFd,
+    data: &[u8],
+    to: std::net::IpAddr,
+    scope_id: u32,
+) -> std::io::Result<usize> {
+    // SAFETY: sockaddr_in and sockaddr_in6 are plain data; zeroed is a valid value of each.
+    let (mut v4, mut v6): (libc::sockaddr_in, libc::sockaddr_in6) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let (addr, len): (*const libc::sockaddr, usize) = match to {
+        std::net::IpAddr::V4(to) => {
+            v4.sin_family = libc::AF_INET as libc::sa_family_t;
+            v4.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+            let addr = (&v4 as *const libc::sockaddr_in).cast();
+            (addr, std::mem::size_of::<libc::sockaddr_in>())
+        }
+        std::net::IpAddr::V6(to) => {
+            v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            v6.sin6_addr.s6_addr = to.octets();
+            v6.sin6_scope_id = scope_id;
+            let addr = (&v6 as *const libc::sockaddr_in6).cast();
+            (addr, std::mem::size_of::<libc::sockaddr_in6>())
+        }
+    };
+    // SAFETY: data and the address are valid for the lengths given, and live across the call.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            addr,
+            len as libc::socklen_t,
+        )
+    };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// Reads one datagram from the raw socket `sock` into `buf`, waiting at most as long as its
+/// receive timeout: its length, or why there was none.
+pub fn raw_recv(sock: &std::os::fd::OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
 /// How many echo replies one ICMPv6 echo request from the kernel in `ns` to `to`, sent on
 /// `ifname` (for a link-local `to`), gets within a second; asked again until one comes back
 /// (the kernel's addresses and neighbour discovery need a moment), for at most `patience`.
@@ -456,14 +512,7 @@ pub fn ping6_replies_with(
             libc::IPPROTO_ICMPV6,
             Some(Duration::from_millis(100)),
         );
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as u16;
-        addr.sin6_addr.s6_addr = to.octets();
-        addr.sin6_scope_id = ifindex;
+        let scope_id = ifindex(&ifname);
         let id: u16 = 0x6e6d;
         // Type 128 (echo request); the kernel fills the checksum of raw ICMPv6.
         let mut request = vec![128, 0, 0, 0];
@@ -473,38 +522,26 @@ pub fn ping6_replies_with(
         let deadline = Instant::now() + patience;
         let mut buf = vec![0u8; 70_000];
         loop {
-            // SAFETY: request and addr are valid for the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            };
+            let sent = raw_send_to(&sock, &request, to.into(), scope_id);
             // The kernel's link-local address needs a moment after the link came up (duplicate
             // address detection), and neighbour discovery another: until then, ask again.
-            if n != request.len() as isize {
-                let e = std::io::Error::last_os_error();
-                assert!(Instant::now() < deadline, "sending to {to}: {e}");
+            if !matches!(sent, Ok(n) if n == request.len()) {
+                assert!(Instant::now() < deadline, "sending to {to}: {sent:?}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             let mut replies = 0;
             let until = Instant::now() + Duration::from_secs(1);
             while Instant::now() < until {
-                // SAFETY: buf is valid for its length.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 // Raw ICMPv6 sockets hand over the ICMPv6 message without the IPv6 header.
-                if n >= 8
-                    && buf[0] == 129
-                    && buf[4..6] == id.to_be_bytes()
-                    && buf[8..n as usize] == payload[..]
-                {
-                    replies += 1;
+                if let Ok(n) = raw_recv(&sock, &mut buf) {
+                    if n >= 8
+                        && buf[0] == 129
+                        && buf[4..6] == id.to_be_bytes()
+                        && buf[8..n] == payload[..]
+                    {
+                        replies += 1;
+                    }
                 }
             }
             if replies > 0 {
