@@ -36,7 +36,7 @@ use netmux_client::blocking::Client;
 use netmux_client::Transport;
 use netmux_proto::ErrorCode;
 use netmux_testkit::netns::{self, NetNs, Proc};
-use netmux_testkit::TempDir;
+use netmux_testkit::{http_sink_hash, read_http_head, TempDir, FNV1A64_OFFSET};
 
 /// How long any one expected event may take (process start-up, ARP, builds sharing the CPU).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -256,21 +256,6 @@ fn connect_http() -> TcpStream {
     stream
 }
 
-/// Reads a response head; returns it and any body bytes read with it.
-fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).expect("reading the response");
-        assert!(n > 0, "the server closed before the head ended: {got:?}");
-        got.extend_from_slice(&buf[..n]);
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let body = got.split_off(end + 4);
-            return (String::from_utf8_lossy(&got).into_owned(), body);
-        }
-    }
-}
-
 /// Loads the page over the kernel's TCP.
 fn http_page_from_kernel(ns: &NetNs) -> String {
     ns.run(move || {
@@ -280,18 +265,10 @@ fn http_page_from_kernel(ns: &NetNs) -> String {
             "GET / HTTP/1.1\r\nHost: {NETMUX}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
-        let (head, mut body) = read_head(&mut stream);
+        let (head, mut body) = read_http_head(&mut stream);
         stream.read_to_end(&mut body).unwrap();
         format!("{head}{}", String::from_utf8_lossy(&body))
     })
-}
-
-/// FNV-1a 64, as the example's `/sink` reports it.
-fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
 
 /// Downloads `GET /bytes/n` from the client to the kernel and checks every byte; returns how
@@ -304,7 +281,7 @@ fn download(n: u64) -> Duration {
     )
     .unwrap();
     let start = Instant::now();
-    let (head, first) = read_head(&mut stream);
+    let (head, first) = read_http_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains(&format!("Content-Length: {n}\r\n")), "{head}");
     let mut at = 0u64;
@@ -340,7 +317,7 @@ fn upload(n: u64) -> Duration {
     )
     .unwrap();
     let start = Instant::now();
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = FNV1A64_OFFSET;
     let mut buf = vec![0u8; 256 * 1024];
     let mut at = 0u64;
     while at < n {
@@ -348,11 +325,11 @@ fn upload(n: u64) -> Duration {
         for (k, b) in buf[..len].iter_mut().enumerate() {
             *b = netmux_testkit::http_pattern_byte(at + k as u64) ^ 0x5a;
         }
-        hash = fnv1a64(hash, &buf[..len]);
+        hash = http_sink_hash(hash, &buf[..len]);
         stream.write_all(&buf[..len]).expect("writing the upload");
         at += len as u64;
     }
-    let (head, mut body) = read_head(&mut stream);
+    let (head, mut body) = read_http_head(&mut stream);
     stream.read_to_end(&mut body).unwrap();
     let elapsed = start.elapsed();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
