@@ -27,7 +27,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -214,17 +213,8 @@ fn udp_gso_echo_from_kernel(ns: &NetNs, count: usize, size: usize) {
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let segment = libc::c_int::try_from(size).unwrap();
-        // SAFETY: setsockopt reads one c_int from a live local for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                UDP_SEGMENT,
-                (&segment as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        netns::set_socket_option(&sock, libc::SOL_UDP, UDP_SEGMENT, &segment)
+            .unwrap_or_else(|e| panic!("UDP_SEGMENT: {e}"));
         let payload: Vec<u8> = (0..count * size).map(|i| (i / size) as u8).collect();
         let deadline = Instant::now() + PATIENCE;
         let mut buf = [0u8; 2048];

@@ -86,16 +86,11 @@ const ETH_P_IP: u16 = 0x0800;
 impl RawSocket {
     /// Frames of ethertype `protocol` on `ifname`.
     fn open(ifname: &str, protocol: u16) -> RawSocket {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be())) };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
+        let fd = netns::raw_socket(
+            libc::AF_PACKET,
+            i32::from(protocol.to_be()),
+            Some(Duration::from_millis(100)),
         );
-        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let ifindex = netns::ifindex(ifname) as i32;
         assert!(ifindex > 0, "no interface {ifname}");
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
@@ -112,20 +107,6 @@ impl RawSocket {
             )
         };
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a valid timeval for SO_RCVTIMEO.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
         RawSocket { fd, ifindex }
     }
 
@@ -246,22 +227,8 @@ fn echo_from_kernel(ns: &NetNs, port: u16, size: usize, to: Ipv4Addr, broadcast:
         if broadcast {
             sock.set_broadcast(true).unwrap();
             let dev = KERNEL_END.as_bytes();
-            // SAFETY: a valid buffer of the length given, for SO_BINDTODEVICE.
-            let rc = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_BINDTODEVICE,
-                    dev.as_ptr().cast(),
-                    dev.len() as u32,
-                )
-            };
-            assert_eq!(
-                rc,
-                0,
-                "SO_BINDTODEVICE: {}",
-                std::io::Error::last_os_error()
-            );
+            netns::set_socket_option(&sock, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev)
+                .unwrap_or_else(|e| panic!("SO_BINDTODEVICE: {e}"));
         }
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -837,16 +804,7 @@ fn watch_path(ethertype: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool
     // Room for a burst while this thread is not scheduled (a socket option; root may go past
     // the system's default limit with SO_RCVBUFFORCE).
     let size: libc::c_int = 64 << 20;
-    // SAFETY: a valid int for SO_RCVBUFFORCE, its size passed with it.
-    unsafe {
-        libc::setsockopt(
-            raw.fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
+    let _ = netns::set_socket_option(&raw.fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size);
     let mut seen = PathSeen::default();
     let mut note = |f: &[u8]| {
         let is = |t: u16| f.len() >= 62 && ethertype == t && f[12..14] == t.to_be_bytes();
@@ -1028,43 +986,20 @@ fn multicast_echo_from_kernel(ns: &NetNs, group: IpAddr, port: u16, from: IpAddr
             IpAddr::V4(_) => UdpSocket::bind("0.0.0.0:0").unwrap(),
             IpAddr::V6(_) => UdpSocket::bind("[::]:0").unwrap(),
         };
-        let rc = match group {
+        let set = match group {
             IpAddr::V4(_) => {
                 let via = libc::in_addr {
                     s_addr: u32::from(KERNEL).to_be(),
                 };
-                // SAFETY: a live in_addr of the length given, for IP_MULTICAST_IF.
-                unsafe {
-                    libc::setsockopt(
-                        sock.as_raw_fd(),
-                        libc::IPPROTO_IP,
-                        libc::IP_MULTICAST_IF,
-                        (&via as *const libc::in_addr).cast(),
-                        std::mem::size_of::<libc::in_addr>() as u32,
-                    )
-                }
+                netns::set_socket_option(&sock, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &via)
             }
             IpAddr::V6(_) => {
                 let index = netns::ifindex(KERNEL_END) as libc::c_int;
                 assert_ne!(index, 0, "{KERNEL_END} has an index");
-                // SAFETY: a live c_int of the length given, for IPV6_MULTICAST_IF.
-                unsafe {
-                    libc::setsockopt(
-                        sock.as_raw_fd(),
-                        libc::IPPROTO_IPV6,
-                        libc::IPV6_MULTICAST_IF,
-                        (&index as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as u32,
-                    )
-                }
+                netns::set_socket_option(&sock, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index)
             }
         };
-        assert_eq!(
-            rc,
-            0,
-            "multicast interface: {}",
-            std::io::Error::last_os_error()
-        );
+        set.unwrap_or_else(|e| panic!("multicast interface: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let payload: Vec<u8> = (0..200).map(|i| (i * 7 + 3) as u8).collect();

@@ -142,19 +142,9 @@ fn root_the_http_example_serves_over_ipv6_and_ipv4() {
 /// limit 255, as a router's daemon sends it. Whether it went (the kernel's link-local address
 /// may still be tentative).
 fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
-    use std::os::fd::AsRawFd;
     let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
     let hops: libc::c_int = 255;
-    // SAFETY: a valid c_int for IPV6_MULTICAST_HOPS.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_HOPS,
-            (&hops as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
+    let _ = netns::set_socket_option(&sock, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops);
     // Type 134, code 0, checksum (the kernel's), hop limit 64, no flags, lifetime 1800 s,
     // reachable time and retransmission timer unspecified; one prefix information option.
     let mut ra = vec![134, 0, 0, 0, 64, 0];

@@ -48,72 +48,48 @@ fn netmux() -> PathBuf {
 /// Sends ICMP echo requests from `from` to `to` on a raw socket (root) until a reply with
 /// the same identifier and payload comes back, for up to [`PATIENCE`].
 fn icmp_echo(from: Ipv4Addr, to: Ipv4Addr) -> bool {
-    // SAFETY: plain socket calls on a descriptor this function owns and closes; every buffer
-    // passed lives across its call and its length is passed with it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = |a: Ipv4Addr| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let local = addr(from);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
-            0
-        );
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 300_000,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        let remote = addr(to);
-        let mut request = vec![8u8, 0, 0, 0, 0x4e, 0x4d, 0, 1];
-        request.extend_from_slice(b"netmux overlay ping");
-        let sum = netmux_wire::checksum::of(&request);
-        request[2..4].copy_from_slice(&sum.to_be_bytes());
-        let deadline = Instant::now() + PATIENCE;
-        let mut buf = [0u8; 2048];
-        let mut ok = false;
-        while !ok && Instant::now() < deadline {
-            libc::sendto(
-                fd,
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&remote as *const libc::sockaddr_in).cast(),
-                len,
-            );
-            loop {
-                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                if n <= 0 {
-                    break;
-                }
-                // An IPv4 header, then ICMP: an echo reply (type 0) with our id and payload.
-                let got = &buf[..n as usize];
-                let ihl = usize::from(got[0] & 0x0f) * 4;
-                if let Some(icmp) = got.get(ihl..) {
-                    if icmp.first() == Some(&0) && icmp.get(4..) == request.get(4..) {
-                        ok = true;
-                        break;
-                    }
+    let sock = netns::raw_socket(
+        libc::AF_INET,
+        libc::IPPROTO_ICMP,
+        Some(Duration::from_millis(300)),
+    );
+    let local = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(from.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: local is a live sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            (&local as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let mut request = vec![8u8, 0, 0, 0, 0x4e, 0x4d, 0, 1];
+    request.extend_from_slice(b"netmux overlay ping");
+    let sum = netmux_wire::checksum::of(&request);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let _ = netns::raw_send_to(&sock, &request, to.into(), 0);
+        while let Ok(n @ 1..) = netns::raw_recv(&sock, &mut buf) {
+            // An IPv4 header, then ICMP: an echo reply (type 0) with our id and payload.
+            let got = &buf[..n];
+            let ihl = usize::from(got[0] & 0x0f) * 4;
+            if let Some(icmp) = got.get(ihl..) {
+                if icmp.first() == Some(&0) && icmp.get(4..) == request.get(4..) {
+                    return true;
                 }
             }
         }
-        libc::close(fd);
-        ok
     }
+    false
 }
 
 /// Runs `bridge -n NS args` and panics unless it succeeds.

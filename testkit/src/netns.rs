@@ -414,18 +414,37 @@ pub fn raw_socket(
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: a valid timeval for SO_RCVTIMEO, its size passed with it.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        let _ = set_socket_option(&sock, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv);
     }
     sock
+}
+
+/// Sets the socket option `name` at `level` (`libc::SOL_SOCKET`, `libc::SO_RCVTIMEO`, say)
+/// of `sock` to `value`: plain data as the option wants it (a `c_int`, a C struct such as
+/// `libc::timeval`, or bytes such as an interface name), its size passed with it
+/// (`setsockopt(2)`). Why not, when the system refuses.
+pub fn set_socket_option<T: ?Sized>(
+    sock: &impl std::os::fd::AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: value is a live reference for the call and its size is passed with it; the
+    // kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of_val(value) as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The index of interface `ifname` in the calling thread's namespace (0 when there is none).
