@@ -103,13 +103,17 @@ fn up(scratch: &TempDir) -> (Proc, i32) {
     );
     let line = up.line();
     assert!(line.starts_with("netd listening on "), "{line}");
-    let pid = line
+    (up, driver_pid(&line))
+}
+
+/// The driver's pid in `up`'s ready line (`netd listening on ... (driver pid N)`).
+fn driver_pid(ready: &str) -> i32 {
+    ready
         .split("driver pid ")
         .nth(1)
         .and_then(|rest| rest.split(')').next())
         .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line");
-    (up, pid)
+        .expect("the driver's pid in the ready line")
 }
 
 fn example(kind: &str, port: u16, scratch: &TempDir) -> Proc {
@@ -364,6 +368,23 @@ const PEER_IP: [u8; 4] = [10, 9, 0, 2];
 const HOST_IP: [u8; 4] = [10, 9, 0, 1];
 
 impl CableEnd {
+    /// The test's end of a virtual cable in `scratch` (`peer.sock`, reads polled every
+    /// 50 ms), the link spec of the driver's end (`cable.sock`) and the MAC that link has.
+    fn bind(scratch: &TempDir) -> (CableEnd, String, [u8; 6]) {
+        let cable = scratch.join("cable.sock");
+        let peer = scratch.join("peer.sock");
+        let end = CableEnd {
+            socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
+            cable: cable.clone(),
+        };
+        end.socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let spec = format!("virtual:{},{}", cable.display(), peer.display());
+        let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+        (end, spec, host_mac)
+    }
+
     fn udp_to_host(&self, host_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         etherparse::PacketBuilder::ethernet2(PEER_MAC, host_mac)
@@ -430,17 +451,7 @@ impl CableEnd {
 #[test]
 fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mtu() {
     let scratch = TempDir::new("nmx-cable");
-    let cable = scratch.join("cable.sock");
-    let peer = scratch.join("peer.sock");
-    let end = CableEnd {
-        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
-        cable: cable.clone(),
-    };
-    end.socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let spec = format!("virtual:{},{}", cable.display(), peer.display());
-    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+    let (end, spec, host_mac) = CableEnd::bind(&scratch);
     let up = Proc::start(
         &[
             "up",
@@ -484,17 +495,7 @@ fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mt
 #[test]
 fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again() {
     let scratch = TempDir::new("nmx-uprestart");
-    let cable = scratch.join("cable.sock");
-    let peer = scratch.join("peer.sock");
-    let end = CableEnd {
-        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
-        cable: cable.clone(),
-    };
-    end.socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let spec = format!("virtual:{},{}", cable.display(), peer.display());
-    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+    let (end, spec, host_mac) = CableEnd::bind(&scratch);
     let up = Proc::start(
         &[
             "up",
@@ -508,12 +509,7 @@ fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again()
         &[&scratch.join("run")],
     );
     let line = up.line();
-    let driver: i32 = line
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line");
+    let driver = driver_pid(&line);
     let run_dir = scratch.join("run");
     let socket = run_dir.join("netd.sock");
     let socket_ino = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -675,13 +671,7 @@ fn up_restart_gives_up_after_its_limit_of_driver_failures() {
         ],
         &[&scratch.join("run")],
     );
-    let mut driver: i32 = up
-        .line()
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line");
+    let mut driver = driver_pid(&up.line());
     let socket = scratch.join("run").join("netd.sock");
     // The first failure is restarted; find the new driver by its parent, then kill it too.
     rustix::process::kill_process(
