@@ -271,18 +271,6 @@ fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_both_ways() {
     }
 }
 
-/// The Internet checksum of `data`.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Pings [`NETMUX`] from the kernel with `size` bytes of payload (a raw ICMP socket: the kernel
 /// fragments the request) until the reply with the same payload comes back.
 fn ping_from_kernel(ns: &NetNs, size: usize) {
@@ -301,7 +289,7 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
             request.extend_from_slice(&id.to_be_bytes());
             request.extend_from_slice(&seq.to_be_bytes());
             request.extend_from_slice(&payload);
-            let sum = internet_checksum(&request);
+            let sum = netmux_wire::checksum::of(&request);
             request[2..4].copy_from_slice(&sum.to_be_bytes());
             let n = netns::raw_send_to(&sock, &request, NETMUX.into(), 0)
                 .unwrap_or_else(|e| panic!("sending a ping of {size} bytes: {e}"));
@@ -465,7 +453,7 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
     let mut quoted = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0];
     quoted.extend_from_slice(&NETMUX.octets());
     quoted.extend_from_slice(&KERNEL.octets());
-    let sum = internet_checksum(&quoted);
+    let sum = netmux_wire::checksum::of(&quoted);
     quoted[10..12].copy_from_slice(&sum.to_be_bytes());
     quoted.extend_from_slice(&HTTP_PORT.to_be_bytes());
     quoted.extend_from_slice(&port.to_be_bytes());
@@ -473,7 +461,7 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
     let mut icmp = vec![3, 4, 0, 0, 0, 0];
     icmp.extend_from_slice(&SMALL_MTU.to_be_bytes());
     icmp.extend_from_slice(&quoted);
-    let sum = internet_checksum(&icmp);
+    let sum = netmux_wire::checksum::of(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     icmp
 }
