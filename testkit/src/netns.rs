@@ -1,6 +1,10 @@
 //! Real links for root-only tests and benchmarks: network namespaces, veth pairs exactly as
 //! `ip link add` makes them, TAP devices, offload settings read and set by the kernel's ethtool
-//! ioctl, a process's CPU time, and processes whose output a test waits on.
+//! ioctl, a process's CPU time, and processes whose output a test waits on. Also what every
+//! `root_*` test needs alike: the root check, the binary under test, the `netmux up`,
+//! `netmux example` and checked `netmux ARGS` command lines, an interface's MAC and index, a
+//! retrying TCP connect, and raw sockets, their options, sends and receives (each `unsafe`
+//! call here once, not in every test).
 //!
 //! # Guarantees
 //!
