@@ -106,14 +106,9 @@ fn up(scratch: &TempDir) -> (Proc, i32) {
     (up, driver_pid(&line))
 }
 
-/// The driver's pid in `up`'s ready line (`netd listening on ... (driver pid N)`).
+/// The driver's pid in `up`'s ready line, as rustix takes it.
 fn driver_pid(ready: &str) -> i32 {
-    ready
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line")
+    netmux_testkit::netns::driver_pid(ready) as i32
 }
 
 fn example(kind: &str, port: u16, scratch: &TempDir) -> Proc {

@@ -112,12 +112,7 @@ impl Host {
         let cmd = netns::up_command(&mux, &netmux(), &spec, &args, &dir.join("run"));
         let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
         let line = up.expect_line("netd listening", PATIENCE);
-        let driver_pid = line
-            .split("driver pid ")
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no driver pid in {line:?}"));
+        let driver_pid = netns::driver_pid(&line);
         if kind == Kind::Tap {
             kernel_side(&mux, TAP);
         }

@@ -234,6 +234,17 @@ pub fn example_command(
     cmd
 }
 
+/// The driver's pid in `netmux up`'s ready line (`netd listening on ... (driver pid N)`).
+/// Panics (test support) when the line names none.
+pub fn driver_pid(ready: &str) -> u32 {
+    ready
+        .split("driver pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no driver pid in {ready:?}"))
+}
+
 /// Runs `cmd` (the netmux binary, in a namespace or not) with `ARGS... --runtime-dir RUN_DIR`
 /// and returns its standard output; panics (test support) with its status and standard error
 /// unless it succeeds.
