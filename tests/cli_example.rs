@@ -87,20 +87,18 @@ impl Drop for Proc {
     }
 }
 
+/// `netmux up FLAGS --link LINK --ip 10.9.0.1/24 --runtime-dir SCRATCH/run`, started.
+fn start_up(scratch: &TempDir, flags: &[&str], link: &str) -> Proc {
+    let mut args = vec!["up"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--link", link, "--ip", "10.9.0.1/24", "--runtime-dir"]);
+    Proc::start(&args, &[&scratch.join("run")])
+}
+
 /// `netmux up` on a virtual cable in `scratch`; returns it once netd listens, and the driver's pid.
 fn up(scratch: &TempDir) -> (Proc, i32) {
     let link = format!("virtual:{}", scratch.join("cable.sock").display());
-    let up = Proc::start(
-        &[
-            "up",
-            "--link",
-            &link,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(scratch, &[], &link);
     let line = up.line();
     assert!(line.starts_with("netd listening on "), "{line}");
     (up, driver_pid(&line))
@@ -285,18 +283,7 @@ fn a_second_up_on_the_same_runtime_directory_is_refused_and_leaves_the_first_who
     let control_before =
         std::fs::metadata(&control).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let link = format!("virtual:{}", scratch.join("cable2.sock").display());
-    let (status, err) = Proc::start(
-        &[
-            "up",
-            "--link",
-            &link,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    )
-    .wait();
+    let (status, err) = start_up(&scratch, &[], &link).wait();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("listening"), "says another one listens: {err}");
     let control_after =
@@ -316,17 +303,7 @@ fn a_second_up_on_the_same_runtime_directory_is_refused_and_leaves_the_first_who
 #[test]
 fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
     let scratch = TempDir::new("nmx-badlink");
-    let up = Proc::start(
-        &[
-            "up",
-            "--link",
-            "afpacket:nmx-no-such0",
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(&scratch, &[], "afpacket:nmx-no-such0");
     let (status, err) = up.wait();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("opening link afpacket:nmx-no-such0"), "{err}");
@@ -447,17 +424,7 @@ impl CableEnd {
 fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mtu() {
     let scratch = TempDir::new("nmx-cable");
     let (end, spec, host_mac) = CableEnd::bind(&scratch);
-    let up = Proc::start(
-        &[
-            "up",
-            "--link",
-            &spec,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(&scratch, &[], &spec);
     assert!(up.line().starts_with("netd listening on "));
     let echo = example("udp-echo", 7010, &scratch);
     assert_eq!(echo.line(), "listening on udp port 7010");
@@ -491,18 +458,7 @@ fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mt
 fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again() {
     let scratch = TempDir::new("nmx-uprestart");
     let (end, spec, host_mac) = CableEnd::bind(&scratch);
-    let up = Proc::start(
-        &[
-            "up",
-            "--restart",
-            "--link",
-            &spec,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(&scratch, &["--restart"], &spec);
     let line = up.line();
     let driver = driver_pid(&line);
     let run_dir = scratch.join("run");
@@ -652,20 +608,7 @@ fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again()
 fn up_restart_gives_up_after_its_limit_of_driver_failures() {
     let scratch = TempDir::new("nmx-upgiveup");
     let link = format!("virtual:{}", scratch.join("cable.sock").display());
-    let up = Proc::start(
-        &[
-            "up",
-            "--restart",
-            "--restart-limit",
-            "2",
-            "--link",
-            &link,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(&scratch, &["--restart", "--restart-limit", "2"], &link);
     let mut driver = driver_pid(&up.line());
     let socket = scratch.join("run").join("netd.sock");
     // The first failure is restarted; find the new driver by its parent, then kill it too.
