@@ -87,29 +87,26 @@ impl Drop for Proc {
     }
 }
 
+/// `netmux up FLAGS --link LINK --ip 10.9.0.1/24 --runtime-dir SCRATCH/run`, started.
+fn start_up(scratch: &TempDir, flags: &[&str], link: &str) -> Proc {
+    let mut args = vec!["up"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--link", link, "--ip", "10.9.0.1/24", "--runtime-dir"]);
+    Proc::start(&args, &[&scratch.join("run")])
+}
+
 /// `netmux up` on a virtual cable in `scratch`; returns it once netd listens, and the driver's pid.
 fn up(scratch: &TempDir) -> (Proc, i32) {
     let link = format!("virtual:{}", scratch.join("cable.sock").display());
-    let up = Proc::start(
-        &[
-            "up",
-            "--link",
-            &link,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(scratch, &[], &link);
     let line = up.line();
     assert!(line.starts_with("netd listening on "), "{line}");
-    let pid = line
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line");
-    (up, pid)
+    (up, driver_pid(&line))
+}
+
+/// The driver's pid in `up`'s ready line, as rustix takes it.
+fn driver_pid(ready: &str) -> i32 {
+    netmux_testkit::netns::driver_pid(ready) as i32
 }
 
 fn example(kind: &str, port: u16, scratch: &TempDir) -> Proc {
@@ -286,18 +283,7 @@ fn a_second_up_on_the_same_runtime_directory_is_refused_and_leaves_the_first_who
     let control_before =
         std::fs::metadata(&control).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
     let link = format!("virtual:{}", scratch.join("cable2.sock").display());
-    let (status, err) = Proc::start(
-        &[
-            "up",
-            "--link",
-            &link,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    )
-    .wait();
+    let (status, err) = start_up(&scratch, &[], &link).wait();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("listening"), "says another one listens: {err}");
     let control_after =
@@ -317,17 +303,7 @@ fn a_second_up_on_the_same_runtime_directory_is_refused_and_leaves_the_first_who
 #[test]
 fn up_on_a_link_that_cannot_open_says_so_and_exits_1() {
     let scratch = TempDir::new("nmx-badlink");
-    let up = Proc::start(
-        &[
-            "up",
-            "--link",
-            "afpacket:nmx-no-such0",
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let up = start_up(&scratch, &[], "afpacket:nmx-no-such0");
     let (status, err) = up.wait();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("opening link afpacket:nmx-no-such0"), "{err}");
@@ -364,6 +340,23 @@ const PEER_IP: [u8; 4] = [10, 9, 0, 2];
 const HOST_IP: [u8; 4] = [10, 9, 0, 1];
 
 impl CableEnd {
+    /// The test's end of a virtual cable in `scratch` (`peer.sock`, reads polled every
+    /// 50 ms), the link spec of the driver's end (`cable.sock`) and the MAC that link has.
+    fn bind(scratch: &TempDir) -> (CableEnd, String, [u8; 6]) {
+        let cable = scratch.join("cable.sock");
+        let peer = scratch.join("peer.sock");
+        let end = CableEnd {
+            socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
+            cable: cable.clone(),
+        };
+        end.socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let spec = format!("virtual:{},{}", cable.display(), peer.display());
+        let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
+        (end, spec, host_mac)
+    }
+
     fn udp_to_host(&self, host_mac: [u8; 6], dport: u16, payload: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         etherparse::PacketBuilder::ethernet2(PEER_MAC, host_mac)
@@ -430,28 +423,8 @@ impl CableEnd {
 #[test]
 fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mtu() {
     let scratch = TempDir::new("nmx-cable");
-    let cable = scratch.join("cable.sock");
-    let peer = scratch.join("peer.sock");
-    let end = CableEnd {
-        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
-        cable: cable.clone(),
-    };
-    end.socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let spec = format!("virtual:{},{}", cable.display(), peer.display());
-    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
-    let up = Proc::start(
-        &[
-            "up",
-            "--link",
-            &spec,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let (end, spec, host_mac) = CableEnd::bind(&scratch);
+    let up = start_up(&scratch, &[], &spec);
     assert!(up.line().starts_with("netd listening on "));
     let echo = example("udp-echo", 7010, &scratch);
     assert_eq!(echo.line(), "listening on udp port 7010");
@@ -484,36 +457,10 @@ fn udp_echo_echoes_datagrams_from_the_cable_in_fragments_when_larger_than_the_mt
 #[test]
 fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again() {
     let scratch = TempDir::new("nmx-uprestart");
-    let cable = scratch.join("cable.sock");
-    let peer = scratch.join("peer.sock");
-    let end = CableEnd {
-        socket: std::os::unix::net::UnixDatagram::bind(&peer).unwrap(),
-        cable: cable.clone(),
-    };
-    end.socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    let spec = format!("virtual:{},{}", cable.display(), peer.display());
-    let host_mac = netmux_driver::link::info_for(&spec.parse().unwrap()).mac;
-    let up = Proc::start(
-        &[
-            "up",
-            "--restart",
-            "--link",
-            &spec,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
+    let (end, spec, host_mac) = CableEnd::bind(&scratch);
+    let up = start_up(&scratch, &["--restart"], &spec);
     let line = up.line();
-    let driver: i32 = line
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line");
+    let driver = driver_pid(&line);
     let run_dir = scratch.join("run");
     let socket = run_dir.join("netd.sock");
     let socket_ino = std::fs::metadata(&socket).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -661,27 +608,8 @@ fn up_restart_restarts_a_killed_driver_in_place_and_the_udp_echo_answers_again()
 fn up_restart_gives_up_after_its_limit_of_driver_failures() {
     let scratch = TempDir::new("nmx-upgiveup");
     let link = format!("virtual:{}", scratch.join("cable.sock").display());
-    let up = Proc::start(
-        &[
-            "up",
-            "--restart",
-            "--restart-limit",
-            "2",
-            "--link",
-            &link,
-            "--ip",
-            "10.9.0.1/24",
-            "--runtime-dir",
-        ],
-        &[&scratch.join("run")],
-    );
-    let mut driver: i32 = up
-        .line()
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the driver's pid in the ready line");
+    let up = start_up(&scratch, &["--restart", "--restart-limit", "2"], &link);
+    let mut driver = driver_pid(&up.line());
     let socket = scratch.join("run").join("netd.sock");
     // The first failure is restarted; find the new driver by its parent, then kill it too.
     rustix::process::kill_process(

@@ -9,94 +9,28 @@
 //! clients come and go without a leak; a datagram to a multicast group reaches only the
 //! clients that joined it on that port, and a client reports only the groups it joined.
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+mod cabled_common;
+use cabled_common::{received, Host, LINK_MAC, PEER_IP, PEER_MAC};
 
 use netmux_client::blocking::Client;
 use netmux_client::{ClientError, InstanceSpec, MacChoice, Transport};
-use netmux_driver::daemon::control::{DriverThread, ServerOptions};
-use netmux_driver::daemon::{Driver, DriverConfig};
-use netmux_driver::link::{LinkInfo, VirtualLink};
-use netmux_netd::config::{Config, HostAddrs};
-use netmux_netd::driver_link::ChannelDriver;
-use netmux_netd::NetdHandle;
-use netmux_proto::driver::QueueConfig;
+use netmux_netd::config::Config;
 use netmux_proto::ErrorCode;
-use netmux_ring::{ClientQueue, TxStatus};
+use netmux_ring::TxStatus;
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 use netmux_testkit::TempDir;
-use netmux_vm::Strategy;
 
-const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-const PEER_IP: [u8; 4] = [192, 0, 2, 99];
 const DEFAULT_IP: [u8; 4] = [192, 0, 2, 1];
 const A_IP: [u8; 4] = [192, 0, 2, 10];
 const B_IP: [u8; 4] = [192, 0, 2, 20];
 const WAIT: Duration = Duration::from_secs(5);
 
-/// The driver, netd and the peer's end of the cable, in a temporary directory.
-struct Host {
-    _driver: DriverThread,
-    netd: Option<NetdHandle>,
-    peer: UnixDatagram,
-    cable: PathBuf,
-    dir: TempDir,
-}
-
 impl Host {
     fn start(tweak: impl FnOnce(&mut Config)) -> Host {
-        let dir = TempDir::new("netmux-instances");
-        let cable = dir.join("cable");
-        let link = VirtualLink::bind(
-            &cable,
-            None,
-            LinkInfo {
-                spec: format!("virtual:{}", cable.display()),
-                mac: LINK_MAC,
-                mtu: 1500,
-            },
-        )
-        .expect("cable");
-        let driver = Driver::new(
-            Box::new(link),
-            DriverConfig {
-                strategy: Strategy::Interpreter,
-                ..DriverConfig::default()
-            },
-        );
-        let control = dir.join("control.sock");
-        let driver = DriverThread::spawn(&control, driver, ServerOptions::default()).unwrap();
-        let channel = ChannelDriver::connect(&control).expect("the driver answers");
-        let mut config = Config::new(dir.join("run"));
-        config.addrs = HostAddrs {
-            ipv4: Some((DEFAULT_IP.into(), 24)),
-            gateway: None,
-            ipv6_link_local: false,
-        };
-        config.rings = QueueConfig {
-            slot_size: 2048,
-            rx_slots: 64,
-            tx_slots: 64,
-            completion_slots: 64,
-        };
-        tweak(&mut config);
-        let netd = netmux_netd::spawn(config, Box::new(channel)).expect("netd starts");
-        let peer = UnixDatagram::bind(dir.join("peer")).unwrap();
-        peer.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Host {
-            _driver: driver,
-            netd: Some(netd),
-            peer,
-            cable,
-            dir,
-        }
-    }
-
-    fn runtime_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        Host::start_in("netmux-instances", DEFAULT_IP, tweak)
     }
 
     fn client(&self, instance: Option<&str>) -> Client {
@@ -112,31 +46,6 @@ impl Host {
             .create_instance(spec(name, mac, ip))
             .unwrap_or_else(|e| panic!("creating {name}: {e}"));
     }
-
-    fn send(&self, frame: &[u8]) {
-        self.peer.send_to(frame, &self.cable).unwrap();
-    }
-
-    /// Frames the peer receives within `settle`.
-    fn heard(&self, settle: Duration) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let end = Instant::now() + settle;
-        let mut buf = vec![0u8; 70000];
-        while Instant::now() < end {
-            if let Ok(n) = self.peer.recv(&mut buf) {
-                out.push(buf[..n].to_vec());
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(n) = self.netd.take() {
-            let _ = n.stop();
-        }
-    }
 }
 
 fn spec(name: &str, mac: MacChoice, ip: [u8; 4]) -> InstanceSpec {
@@ -151,18 +60,6 @@ fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], port: u16
         .payload(8)
         .finish()
         .data
-}
-
-/// Frames `q` receives within `settle`.
-fn received(q: &mut ClientQueue, settle: Duration) -> Vec<Vec<u8>> {
-    let end = Instant::now() + settle;
-    let mut out = Vec::new();
-    while Instant::now() < end {
-        if q.recv_owned(64, &mut out).unwrap_or(0) == 0 {
-            let _ = q.wait_readable(Some(Duration::from_millis(10)));
-        }
-    }
-    out
 }
 
 /// The UDP frames among `frames` to `port`.

@@ -13,126 +13,50 @@
 //! tcpdump must be installed (`scripts/test` installs it).
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cabled_common;
+use cabled_common::{received, Host, LINK_MAC, PEER_IP, PEER_MAC};
+
 use netmux_client::blocking::Client;
 use netmux_client::Transport;
-use netmux_driver::daemon::control::{DriverThread, ServerOptions};
-use netmux_driver::daemon::{Driver, DriverConfig};
-use netmux_driver::link::{LinkInfo, VirtualLink};
-use netmux_netd::config::{Config, HostAddrs};
-use netmux_netd::driver_link::ChannelDriver;
-use netmux_netd::NetdHandle;
-use netmux_proto::driver::QueueConfig;
 use netmux_proto::ops::{CaptureDirections, CaptureRequest, ClientName};
 use netmux_ring::{ClientQueue, QueueError, TxStatus};
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 use netmux_testkit::TempDir;
-use netmux_vm::Strategy;
 
 const NETMUX: &str = env!("CARGO_BIN_EXE_netmux");
-const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
-const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
-const PEER_IP: [u8; 4] = [192, 0, 2, 99];
 const HOST_IP: [u8; 4] = [192, 0, 2, 1];
 const PORT: u16 = 7007;
 const WAIT: Duration = Duration::from_secs(10);
-
-/// The driver, netd and the peer's end of the cable, in a temporary directory.
-struct Host {
-    _driver: DriverThread,
-    netd: Option<NetdHandle>,
-    peer: UnixDatagram,
-    cable: PathBuf,
-    dir: TempDir,
-}
 
 impl Host {
     fn start() -> Host {
         Host::start_with(None)
     }
 
-    /// A host whose netd keeps its configuration in `file`.
+    /// A host with an IPv6 link-local address, whose netd keeps its configuration in `file`.
     fn start_with(file: Option<PathBuf>) -> Host {
-        let dir = TempDir::new("netmux-operator");
-        let cable = dir.join("cable");
-        let link = VirtualLink::bind(
-            &cable,
-            None,
-            LinkInfo {
-                spec: format!("virtual:{}", cable.display()),
-                mac: LINK_MAC,
-                mtu: 1500,
-            },
-        )
-        .expect("cable");
-        let driver = Driver::new(
-            Box::new(link),
-            DriverConfig {
-                strategy: Strategy::Interpreter,
-                ..DriverConfig::default()
-            },
-        );
-        let control = dir.join("control.sock");
-        let driver = DriverThread::spawn(&control, driver, ServerOptions::default()).unwrap();
-        let channel = ChannelDriver::connect(&control).expect("the driver answers");
-        let mut config = Config::new(dir.join("run"));
-        config.addrs = HostAddrs {
-            ipv4: Some((HOST_IP.into(), 24)),
-            gateway: None,
-            ipv6_link_local: true,
-        };
-        config.rings = QueueConfig {
-            slot_size: 2048,
-            rx_slots: 64,
-            tx_slots: 64,
-            completion_slots: 64,
-        };
-        // The test's own uid manages the firewall, as root would.
-        config.admin_uids.insert(rustix::process::getuid().as_raw());
-        config.instances_file = file;
-        let netd = netmux_netd::spawn(config, Box::new(channel)).expect("netd starts");
-        let peer = UnixDatagram::bind(dir.join("peer")).unwrap();
-        peer.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        Host {
-            _driver: driver,
-            netd: Some(netd),
-            peer,
-            cable,
-            dir,
-        }
-    }
-
-    fn runtime_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        Host::start_in("netmux-operator", HOST_IP, |config| {
+            config.addrs.ipv6_link_local = true;
+            // The test's own uid manages the firewall, as root would.
+            config.admin_uids.insert(rustix::process::getuid().as_raw());
+            config.instances_file = file;
+        })
     }
 
     fn client(&self) -> Client {
         Client::connect(&self.runtime_dir()).expect("netd accepts the client")
     }
 
-    fn send(&self, frame: &[u8]) {
-        self.peer.send_to(frame, &self.cable).unwrap();
-    }
-
     /// The UDP frames to the peer from `port` that the peer receives within `settle`.
     fn heard_from(&self, port: u16, settle: Duration) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let end = Instant::now() + settle;
-        let mut buf = vec![0u8; 70000];
-        while Instant::now() < end {
-            if let Ok(n) = self.peer.recv(&mut buf) {
-                let f = &buf[..n];
-                if f.len() >= 38 && f[23] == 17 && f[34..36] == port.to_be_bytes() {
-                    out.push(f.to_vec());
-                }
-            }
-        }
-        out
+        self.heard(settle)
+            .into_iter()
+            .filter(|f| f.len() >= 38 && f[23] == 17 && f[34..36] == port.to_be_bytes())
+            .collect()
     }
 
     /// `netmux capture ARGS` against this host, started and capturing when this returns.
@@ -157,14 +81,6 @@ impl Host {
             eprint!("{rest}");
         });
         child
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(n) = self.netd.take() {
-            let _ = n.stop();
-        }
     }
 }
 
@@ -445,18 +361,6 @@ fn firewall(host: &Host, args: &[&str]) -> String {
         .unwrap();
     assert!(out.status.success(), "firewall {args:?}: {out:?}");
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// The frames `q` receives within `settle`.
-fn received(q: &mut ClientQueue, settle: Duration) -> Vec<Vec<u8>> {
-    let end = Instant::now() + settle;
-    let mut out = Vec::new();
-    while Instant::now() < end {
-        if q.recv_owned(64, &mut out).unwrap_or(0) == 0 {
-            let _ = q.wait_readable(Some(Duration::from_millis(10)));
-        }
-    }
-    out
 }
 
 /// `firewall ls --json`: (rule, frames) of each rule.

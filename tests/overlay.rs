@@ -16,10 +16,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
-use netmux_client::{InstanceSpec, MacChoice, OverlaySpec, Transport};
 use netmux_netd::testing::Host;
 use netmux_ring::ClientQueue;
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
+
+mod overlay_common;
+use overlay_common::{recv, send};
 
 const LINK_A: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 0xa];
 const LINK_B: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 0xb];
@@ -94,32 +96,13 @@ fn pair() -> (Host, Host) {
 }
 
 fn create_overlay(host: &Host, name: &str, vni: u32, file: &Path) {
-    Client::connect(host.runtime_dir())
-        .unwrap()
-        .create_overlay(OverlaySpec {
-            name: name.into(),
-            vni,
-            port: 4789,
-            mapping: format!("files:{}", file.display()),
-            mtu: None,
-            temporary: true,
-        })
-        .unwrap_or_else(|e| panic!("creating overlay {name}: {e}"));
+    let mapping = format!("files:{}", file.display());
+    overlay_common::create_overlay(host.runtime_dir(), name, vni, &mapping);
 }
 
 /// Creates `node`'s instance on `overlay` and a client in it bound to UDP 7 with its queue.
 fn join(host: &Host, overlay: &str, node: Node) -> (Client, ClientQueue) {
-    Client::connect(host.runtime_dir())
-        .unwrap()
-        .create_instance(InstanceSpec {
-            overlay: Some(overlay.into()),
-            ..InstanceSpec::temporary(node.name, MacChoice::Given(node.mac), (node.ip, 24))
-        })
-        .unwrap_or_else(|e| panic!("creating instance {}: {e}", node.name));
-    let mut client = Client::connect_to(host.runtime_dir(), Some(node.name)).unwrap();
-    client.bind_port(Transport::Udp, 7).unwrap();
-    let queue = client.open_queue().unwrap();
-    (client, queue)
+    overlay_common::join(host.runtime_dir(), overlay, node.name, node.mac, node.ip)
 }
 
 fn udp(from: Node, to: Node, payload: &[u8]) -> Vec<u8> {
@@ -130,22 +113,6 @@ fn udp(from: Node, to: Node, payload: &[u8]) -> Vec<u8> {
         .payload(payload.len())
         .finish()
         .data
-}
-
-fn send(q: &mut ClientQueue, frame: &[u8]) {
-    assert_eq!(q.send(&[&[frame]]).unwrap().sent, 1);
-}
-
-/// Frames `q` receives until `n` arrived or `timeout` passed.
-fn recv(q: &mut ClientQueue, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        if q.recv_owned(64, &mut out).unwrap() == 0 {
-            let _ = q.wait_readable(Some(Duration::from_millis(10)));
-        }
-    }
-    out
 }
 
 /// The UDP frames `q` receives within `window` (ARP and the like left out).
@@ -159,17 +126,7 @@ fn udp_heard(q: &mut ClientQueue, window: Duration) -> Vec<Vec<u8>> {
 /// Sends `frame` until `q` receives it (the first ones wait for the mapping service and the
 /// underlay's ARP), at most for [`WAIT`].
 fn deliver(from: &mut ClientQueue, to: &mut ClientQueue, frame: &[u8]) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        send(from, frame);
-        if recv(to, 1, Duration::from_millis(200))
-            .iter()
-            .any(|f| f == frame)
-        {
-            return;
-        }
-    }
-    panic!("the frame never arrived");
+    overlay_common::deliver(from, to, frame, frame, WAIT);
 }
 
 #[test]

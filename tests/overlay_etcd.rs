@@ -19,12 +19,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
-use netmux_client::{InstanceSpec, MacChoice, MappingChange, MappingEntry, OverlaySpec, Transport};
+use netmux_client::{MappingChange, MappingEntry};
 use netmux_netd::testing::{hub_ip, hub_link, hub_mac, CabledDriver, Host};
 use netmux_ring::ClientQueue;
 use netmux_testkit::etcd::Etcd;
 use netmux_testkit::frames::{FrameBuilder, Ipv4};
 use netmux_testkit::TempDir;
+
+mod overlay_common;
+use overlay_common::{recv, send};
 
 /// The lease TTL every host here uses: a dead host's mappings outlive it by this much.
 const TTL: Duration = Duration::from_secs(2);
@@ -51,33 +54,12 @@ fn hosts(dir: &Path, n: usize, started: usize) -> (netmux_testkit::cable::Hub, V
 }
 
 fn create_overlay(runtime_dir: &Path, url: &str) {
-    Client::connect(runtime_dir)
-        .unwrap()
-        .create_overlay(OverlaySpec {
-            name: "blue".into(),
-            vni: 42,
-            port: 4789,
-            mapping: format!("etcd:{url}"),
-            mtu: None,
-            temporary: true,
-        })
-        .unwrap_or_else(|e| panic!("creating overlay blue: {e}"));
+    overlay_common::create_overlay(runtime_dir, "blue", 42, &format!("etcd:{url}"));
 }
 
 /// Creates instance `i` on blue and a client in it bound to UDP 7 with its queue.
 fn join(runtime_dir: &Path, i: u8) -> (Client, ClientQueue) {
-    let name = format!("blue-{i}");
-    Client::connect(runtime_dir)
-        .unwrap()
-        .create_instance(InstanceSpec {
-            overlay: Some("blue".into()),
-            ..InstanceSpec::temporary(name.clone(), MacChoice::Given(mac(i)), (ip(i), 24))
-        })
-        .unwrap_or_else(|e| panic!("creating instance {name}: {e}"));
-    let mut client = Client::connect_to(runtime_dir, Some(&name)).unwrap();
-    client.bind_port(Transport::Udp, 7).unwrap();
-    let queue = client.open_queue().unwrap();
-    (client, queue)
+    overlay_common::join(runtime_dir, "blue", &format!("blue-{i}"), mac(i), ip(i))
 }
 
 fn udp(from: u8, to: u8, payload: &[u8]) -> Vec<u8> {
@@ -90,35 +72,9 @@ fn udp(from: u8, to: u8, payload: &[u8]) -> Vec<u8> {
         .data
 }
 
-fn send(q: &mut ClientQueue, frame: &[u8]) {
-    assert_eq!(q.send(&[&[frame]]).unwrap().sent, 1);
-}
-
-/// Frames `q` receives until `n` arrived or `timeout` passed.
-fn recv(q: &mut ClientQueue, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
-    let deadline = Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < n && Instant::now() < deadline {
-        if q.recv_owned(64, &mut out).unwrap() == 0 {
-            let _ = q.wait_readable(Some(Duration::from_millis(10)));
-        }
-    }
-    out
-}
-
 /// Sends `frame` until `to` receives `expect`, at most for [`WAIT`].
 fn deliver(from: &mut ClientQueue, to: &mut ClientQueue, frame: &[u8], expect: &[u8]) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        send(from, frame);
-        if recv(to, 1, Duration::from_millis(200))
-            .iter()
-            .any(|f| f == expect)
-        {
-            return;
-        }
-    }
-    panic!("the frame never arrived");
+    overlay_common::deliver(from, to, frame, expect, WAIT);
 }
 
 /// Where host `runtime_dir`'s netd maps instance `i`'s MAC now.

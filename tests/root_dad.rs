@@ -25,44 +25,22 @@ const KERNEL_END: &str = "nmdad1";
 const UDP_PORT: u16 = 7788;
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 fn up(mux: &NetNs, dir: &TempDir, name: &str, ip: &str) -> Proc {
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", ip])
-        .arg("--runtime-dir")
-        .arg(dir.join(name))
-        .env("RUST_LOG", "info,cranelift_jit=warn");
+    let link = format!("afpacket:{MUX_END}");
+    let cmd = netns::up_command(mux, &netmux(), &link, &["--ip", ip], &dir.join(name));
     Proc::spawn(name, cmd, &dir.join(format!("{name}.log")))
-}
-
-/// The MAC of an interface in a namespace, as `aa:bb:...`.
-fn mac_of(ns: &NetNs, ifname: &str) -> String {
-    sysfs(ns, ifname, "address")
-}
-
-/// A file of an interface's sysfs directory in a namespace (`address`, `operstate`), trimmed.
-fn sysfs(ns: &NetNs, ifname: &str, file: &str) -> String {
-    let out = ns
-        .command("cat")
-        .arg(format!("/sys/class/net/{ifname}/{file}"))
-        .output()
-        .expect("reading sysfs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[test]
 #[ignore]
 fn root_up_refuses_an_address_the_kernel_answers_for_naming_its_mac_and_starts_with_a_free_one() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
+    netns::require_root();
     let dir = TempDir::new("nmx-dad");
     let (mux, kernel) = netns::kernel_peer("da", MUX_END, KERNEL_END, "192.0.2.1/24");
-    let kernel_mac = mac_of(&kernel, KERNEL_END);
+    let kernel_mac = netns::mac_of(&kernel, KERNEL_END);
     assert_eq!(kernel_mac.len(), 17, "{kernel_mac}");
 
     // An interface that is down cannot be probed: up says the address was not checked, and
@@ -75,13 +53,12 @@ fn root_up_refuses_an_address_the_kernel_answers_for_naming_its_mac_and_starts_w
         "{}",
         down.log()
     );
-    let pid = rustix::process::Pid::from_raw(down.pid() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    down.signal(libc::SIGTERM);
     assert!(down.wait_exit(PATIENCE).success(), "{}", down.log());
     mux.ip(&["link", "set", MUX_END, "up"]);
     // A veth set up has its carrier a moment later; until then it could not be probed.
     let deadline = Instant::now() + PATIENCE;
-    while sysfs(&mux, MUX_END, "operstate") != "up" {
+    while netns::sysfs(&mux, MUX_END, "operstate") != "up" {
         assert!(Instant::now() < deadline, "{MUX_END} never came up");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -120,11 +97,13 @@ fn root_up_refuses_an_address_the_kernel_answers_for_naming_its_mac_and_starts_w
         "{}",
         free.log()
     );
-    let mut echo_cmd = mux.command(netmux());
-    echo_cmd
-        .args(["example", "udp-echo", "--port", &UDP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(dir.join("free"));
+    let echo_cmd = netns::example_command(
+        mux.command(netmux()),
+        "udp-echo",
+        UDP_PORT,
+        &[],
+        &dir.join("free"),
+    );
     let mut echo = Proc::spawn("udp-echo", echo_cmd, &dir.join("echo.log"));
     echo.expect_line("listening on udp port", PATIENCE);
     netns::udp_echo_from(

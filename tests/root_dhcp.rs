@@ -25,11 +25,10 @@ const KERNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const UDP_PORT: u16 = 7777;
 const MUX_END: &str = "nmd0";
 const KERNEL_END: &str = "nmd1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// dnsmasq serving `range` on the kernel's end, in the foreground, its log in `log`. Leases
@@ -81,39 +80,47 @@ fn leased_address(line: &str) -> Ipv4Addr {
     cidr.split('/').next().unwrap().parse().unwrap()
 }
 
-#[test]
-#[ignore]
-fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
+/// What both tests start from (as root, with dnsmasq installed): a temporary directory named
+/// `dir_tag`; netmux's and the kernel's namespaces (tagged `ns_tag`) joined by a veth, the
+/// kernel's end with 192.0.2.1/24 and dnsmasq serving 192.0.2.50-60 on it (its log
+/// `dnsmasq.log`); and `netmux up --ip IP` on netmux's end, listening (its log `up.log`, its
+/// runtime directory `run`). Bound in this order, they are dropped the other way round: the
+/// processes first, the directory last.
+fn start(dir_tag: &str, ns_tag: &str, ip: &str) -> (TempDir, NetNs, NetNs, Proc, Proc) {
+    netns::require_root();
     assert!(
         Path::new(DNSMASQ).exists(),
         "{DNSMASQ} is missing: scripts/test installs dnsmasq-base"
     );
-    let dir = TempDir::new("nmx-dhcp");
-    let run_dir = dir.join("run");
-    let (mux, kernel) = netns::kernel_peer("rd", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
-
-    let dnsmasq_log = dir.join("dnsmasq.log");
-    let mut dnsmasq = start_dnsmasq(
+    let dir = TempDir::new(dir_tag);
+    let (mux, kernel) = netns::kernel_peer(ns_tag, MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
+    let dnsmasq = start_dnsmasq(
         &kernel,
         dir.path(),
         "192.0.2.50,192.0.2.60",
-        &dnsmasq_log,
+        &dir.join("dnsmasq.log"),
         &[],
     );
-
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", "dhcp"])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
-    let up_log = dir.join("up.log");
-    let mut up = Proc::spawn("netmux up", cmd, &up_log);
+    let link = format!("afpacket:{MUX_END}");
+    let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", ip], &dir.join("run"));
+    let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
     up.expect_line("netd listening", PATIENCE);
+    (dir, mux, kernel, dnsmasq, up)
+}
+
+/// Stops netd with SIGTERM (a clean stop, which releases its leases) and waits for it.
+fn stop(up: &mut Proc) {
+    up.signal(libc::SIGTERM);
+    up.wait_exit(PATIENCE);
+}
+
+#[test]
+#[ignore]
+fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
+    let (dir, mux, kernel, mut dnsmasq, mut up) = start("nmx-dhcp", "rd", "dhcp");
+    let run_dir = dir.join("run");
+    let dnsmasq_log = dir.join("dnsmasq.log");
+    let up_log = dir.join("up.log");
     let started = Instant::now();
 
     // The lease, in the range, with the router and DNS server.
@@ -129,12 +136,8 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
     );
 
     // A client is told the address and answers the kernel's UDP at it.
-    let mut echo_cmd = mux.command(netmux());
-    echo_cmd
-        .args(["example", "udp-echo", "--port", &UDP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let echo_cmd =
+        netns::example_command(mux.command(netmux()), "udp-echo", UDP_PORT, &[], &run_dir);
     let echo_log = dir.join("echo.log");
     let mut echo = Proc::spawn("udp-echo", echo_cmd, &echo_log);
     echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
@@ -214,12 +217,7 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
     };
     assert!((70..=80).contains(&second.octets()[3]), "{second}");
     echo.kill9();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &up.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    up.wait_exit(PATIENCE);
+    stop(&mut up);
     wait_log(
         "netd",
         &up_log,
@@ -236,20 +234,7 @@ fn root_dhcp_leases_renews_and_loses_the_default_instances_address() {
 
 /// Runs `netmux ARGS --runtime-dir RUN_DIR` in `ns`; it must succeed.
 fn netmux_ok(ns: &NetNs, args: &[&str], run_dir: &Path) -> String {
-    let out = ns
-        .command(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .output()
-        .expect("running netmux");
-    assert!(
-        out.status.success(),
-        "netmux {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::netmux_ok(ns.command(netmux()), args, run_dir)
 }
 
 /// The address of instance `name`'s lease in netd's log (`dhcp: leased A/N ... (instance
@@ -275,37 +260,12 @@ fn instance_lease(log: &Path, name: &str) -> Ipv4Addr {
 #[test]
 #[ignore]
 fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destroy_and_stop() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
-    assert!(
-        Path::new(DNSMASQ).exists(),
-        "{DNSMASQ} is missing: scripts/test installs dnsmasq-base"
-    );
-    let dir = TempDir::new("nmx-idhcp");
-    let run_dir = dir.join("run");
-    let (mux, kernel) = netns::kernel_peer("rid", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
-    let dnsmasq_log = dir.join("dnsmasq.log");
-    let _dnsmasq = start_dnsmasq(
-        &kernel,
-        dir.path(),
-        "192.0.2.50,192.0.2.60",
-        &dnsmasq_log,
-        &[],
-    );
-
     // The default instance has a static address; two instances lease theirs: one with a MAC
     // of its own, one sharing the link's (told apart by its client identifier).
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", "192.0.2.2/24"])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let (dir, mux, kernel, _dnsmasq, mut up) = start("nmx-idhcp", "rid", "192.0.2.2/24");
+    let run_dir = dir.join("run");
+    let dnsmasq_log = dir.join("dnsmasq.log");
     let up_log = dir.join("up.log");
-    let mut up = Proc::spawn("netmux up", cmd, &up_log);
-    up.expect_line("netd listening", PATIENCE);
     netmux_ok(
         &mux,
         &[
@@ -364,12 +324,13 @@ fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destro
     // A client of each is told its instance's address and answers the kernel's UDP at it.
     let mut echoes = Vec::new();
     for (name, address) in [("own", own), ("shared", shared)] {
-        let mut cmd = mux.command(netmux());
-        cmd.args(["example", "udp-echo", "--port", &UDP_PORT.to_string()])
-            .args(["-i", name])
-            .arg("--runtime-dir")
-            .arg(&run_dir)
-            .env("RUST_LOG", LOG_FILTER);
+        let cmd = netns::example_command(
+            mux.command(netmux()),
+            "udp-echo",
+            UDP_PORT,
+            &["-i", name],
+            &run_dir,
+        );
         let log = dir.join(format!("echo-{name}.log"));
         let mut echo = Proc::spawn(&format!("udp-echo {name}"), cmd, &log);
         echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
@@ -430,12 +391,7 @@ fn root_dhcp_gives_instances_their_own_leases_renews_them_and_releases_on_destro
     for mut e in echoes {
         e.kill9();
     }
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &up.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
-    up.wait_exit(PATIENCE);
+    stop(&mut up);
     wait_log(
         "dnsmasq",
         &dnsmasq_log,

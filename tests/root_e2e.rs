@@ -27,7 +27,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ use netmux_client::blocking::Client;
 use netmux_client::Transport;
 use netmux_proto::ErrorCode;
 use netmux_testkit::netns::{self, NetNs, Proc};
-use netmux_testkit::TempDir;
+use netmux_testkit::{http_sink_hash, read_http_head, TempDir, FNV1A64_OFFSET};
 
 /// How long any one expected event may take (process start-up, ARP, builds sharing the CPU).
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -57,25 +56,8 @@ const TAP: &str = "nmxt0";
 const IDLE_TICKS: u64 = 2;
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
-/// What the processes log: netmux's own lines (Cranelift's logs every compiled function at
-/// info).
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
-
-/// Names another netmux binary to run the scenario against (an installed build, say).
-const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
-
-/// The netmux binary under test: this build's, unless [`BINARY_ENV`] names another.
 fn netmux() -> PathBuf {
-    std::env::var_os(BINARY_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
-}
-
-fn require_root() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root (network namespaces, veth, TAP, AF_PACKET): run scripts/test as root"
-    );
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// Which link netmux runs on.
@@ -124,21 +106,13 @@ impl Host {
             Kind::Veth { .. } => format!("afpacket:{MUX_END}"),
             Kind::Tap => format!("tap:{TAP}"),
         };
-        let run = dir.join("run");
-        let mut cmd = mux.command(netmux());
-        cmd.args(["up", "--link", &spec, "--ip", &format!("{NETMUX}/24")])
-            .arg("--runtime-dir")
-            .arg(&run)
-            .args(up_args)
-            .env("RUST_LOG", LOG_FILTER);
+        let ip = format!("{NETMUX}/24");
+        let mut args = vec!["--ip", ip.as_str()];
+        args.extend_from_slice(up_args);
+        let cmd = netns::up_command(&mux, &netmux(), &spec, &args, &dir.join("run"));
         let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
         let line = up.expect_line("netd listening", PATIENCE);
-        let driver_pid = line
-            .split("driver pid ")
-            .nth(1)
-            .and_then(|s| s.split(')').next())
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no driver pid in {line:?}"));
+        let driver_pid = netns::driver_pid(&line);
         if kind == Kind::Tap {
             kernel_side(&mux, TAP);
         }
@@ -161,11 +135,7 @@ impl Host {
     }
 
     fn example(&self, name: &str, kind: &str, port: u16) -> Proc {
-        let mut cmd = Command::new(netmux());
-        cmd.args(["example", kind, "--port", &port.to_string()])
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .env("RUST_LOG", LOG_FILTER);
+        let cmd = netns::example_command(Command::new(netmux()), kind, port, &[], &self.run_dir());
         Proc::spawn(name, cmd, &self.dir.join(format!("{name}.log")))
     }
 
@@ -182,14 +152,7 @@ impl Host {
     }
 
     fn ls(&self) -> String {
-        let out = Command::new(netmux())
-            .arg("ls")
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "netmux ls: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        netns::netmux_ok(Command::new(netmux()), &["ls"], &self.run_dir())
     }
 
     /// Waits until `netmux ls` says the link is `state`.
@@ -245,17 +208,8 @@ fn udp_gso_echo_from_kernel(ns: &NetNs, count: usize, size: usize) {
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
         let segment = libc::c_int::try_from(size).unwrap();
-        // SAFETY: setsockopt reads one c_int from a live local for the duration of the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_UDP,
-                UDP_SEGMENT,
-                (&segment as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+        netns::set_socket_option(&sock, libc::SOL_UDP, UDP_SEGMENT, &segment)
+            .unwrap_or_else(|e| panic!("UDP_SEGMENT: {e}"));
         let payload: Vec<u8> = (0..count * size).map(|i| (i / size) as u8).collect();
         let deadline = Instant::now() + PATIENCE;
         let mut buf = [0u8; 2048];
@@ -282,32 +236,9 @@ fn udp_gso_echo_from_kernel(ns: &NetNs, count: usize, size: usize) {
 /// Connects to the HTTP example from the kernel (retrying while ARP or the listener is not
 /// there yet).
 fn connect_http() -> TcpStream {
-    let target = SocketAddr::from((NETMUX, HTTP_PORT));
-    let deadline = Instant::now() + PATIENCE;
-    let stream = loop {
-        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-            Ok(s) => break s,
-            Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-        }
-    };
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let stream = netns::tcp_connect(SocketAddr::from((NETMUX, HTTP_PORT)), PATIENCE);
     stream.set_write_timeout(Some(PATIENCE)).unwrap();
     stream
-}
-
-/// Reads a response head; returns it and any body bytes read with it.
-fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).expect("reading the response");
-        assert!(n > 0, "the server closed before the head ended: {got:?}");
-        got.extend_from_slice(&buf[..n]);
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let body = got.split_off(end + 4);
-            return (String::from_utf8_lossy(&got).into_owned(), body);
-        }
-    }
 }
 
 /// Loads the page over the kernel's TCP.
@@ -319,18 +250,10 @@ fn http_page_from_kernel(ns: &NetNs) -> String {
             "GET / HTTP/1.1\r\nHost: {NETMUX}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
-        let (head, mut body) = read_head(&mut stream);
+        let (head, mut body) = read_http_head(&mut stream);
         stream.read_to_end(&mut body).unwrap();
         format!("{head}{}", String::from_utf8_lossy(&body))
     })
-}
-
-/// FNV-1a 64, as the example's `/sink` reports it.
-fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
 
 /// Downloads `GET /bytes/n` from the client to the kernel and checks every byte; returns how
@@ -343,7 +266,7 @@ fn download(n: u64) -> Duration {
     )
     .unwrap();
     let start = Instant::now();
-    let (head, first) = read_head(&mut stream);
+    let (head, first) = read_http_head(&mut stream);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains(&format!("Content-Length: {n}\r\n")), "{head}");
     let mut at = 0u64;
@@ -379,7 +302,7 @@ fn upload(n: u64) -> Duration {
     )
     .unwrap();
     let start = Instant::now();
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = FNV1A64_OFFSET;
     let mut buf = vec![0u8; 256 * 1024];
     let mut at = 0u64;
     while at < n {
@@ -387,11 +310,11 @@ fn upload(n: u64) -> Duration {
         for (k, b) in buf[..len].iter_mut().enumerate() {
             *b = netmux_testkit::http_pattern_byte(at + k as u64) ^ 0x5a;
         }
-        hash = fnv1a64(hash, &buf[..len]);
+        hash = http_sink_hash(hash, &buf[..len]);
         stream.write_all(&buf[..len]).expect("writing the upload");
         at += len as u64;
     }
-    let (head, mut body) = read_head(&mut stream);
+    let (head, mut body) = read_http_head(&mut stream);
     stream.read_to_end(&mut body).unwrap();
     let elapsed = start.elapsed();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -500,28 +423,28 @@ fn scenario(kind: Kind, tag: &str) {
 #[test]
 #[ignore]
 fn root_kernel_peers_reach_the_examples_over_afpacket_on_a_veth_as_linux_makes_it() {
-    require_root();
+    netns::require_root();
     scenario(Kind::Veth { gro: false }, "af");
 }
 
 #[test]
 #[ignore]
 fn root_kernel_peers_reach_the_examples_over_afpacket_with_gro_forced_on_at_netmux_end() {
-    require_root();
+    netns::require_root();
     scenario(Kind::Veth { gro: true }, "gro");
 }
 
 #[test]
 #[ignore]
 fn root_kernel_peers_reach_the_examples_over_a_tap_device() {
-    require_root();
+    netns::require_root();
     scenario(Kind::Tap, "tap");
 }
 
 #[test]
 #[ignore]
 fn root_a_veth_set_down_and_up_keeps_sessions_idles_and_resumes_a_download_across_it() {
-    require_root();
+    netns::require_root();
     let host = Host::start(Kind::Veth { gro: false }, "down", &[]);
     let echo = host.echo();
     let web = host.http();
@@ -566,11 +489,11 @@ fn root_a_veth_set_down_and_up_keeps_sessions_idles_and_resumes_a_download_acros
 #[test]
 #[ignore]
 fn root_a_veth_deleted_and_created_again_is_reopened_and_the_driver_idles_meanwhile() {
-    require_root();
+    netns::require_root();
     let host = Host::start(Kind::Veth { gro: false }, "del", &[]);
     let echo = host.echo();
     udp_echo_from_kernel(host.peer(), b"before");
-    let mac = mac_in(&host.mux, MUX_END);
+    let mac = netns::mac_of(&host.mux, MUX_END);
 
     host.mux.ip(&["link", "del", MUX_END]);
     let ls = host.wait_link("gone");
@@ -606,20 +529,10 @@ fn root_a_veth_deleted_and_created_again_is_reopened_and_the_driver_idles_meanwh
     assert_eq!(host.log_lines("link is up again"), 1, "{}", host.up.log());
 }
 
-/// The MAC address of `ifname` in `ns`, as `ip` writes it.
-fn mac_in(ns: &NetNs, ifname: &str) -> String {
-    let out = ns
-        .command("cat")
-        .arg(format!("/sys/class/net/{ifname}/address"))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 #[ignore]
 fn root_a_tap_deleted_and_created_again_is_attached_again() {
-    require_root();
+    netns::require_root();
     let host = Host::start(Kind::Tap, "tapdel", &[]);
     let echo = host.echo();
     udp_echo_from_kernel(host.peer(), b"before");
@@ -651,7 +564,7 @@ fn root_a_tap_deleted_and_created_again_is_attached_again() {
 #[test]
 #[ignore]
 fn root_a_tap_gone_longer_than_the_link_timeout_ends_the_driver_and_up_says_why() {
-    require_root();
+    netns::require_root();
     let mut host = Host::start(Kind::Tap, "tapgone", &["--link-timeout", "2"]);
     let _echo = host.echo();
     udp_echo_from_kernel(host.peer(), b"before");

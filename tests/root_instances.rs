@@ -19,7 +19,7 @@
 //! `scripts/test` runs it as root.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,39 +37,27 @@ const UDP_PORT: u16 = 7777;
 const HTTP_PORT: u16 = 8080;
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// Runs a short `netmux` command inside `ns` and returns its stdout; panics with its output
 /// when it fails.
 fn run(ns: &NetNs, args: &[&str], run_dir: &Path) -> String {
-    let out = ns
-        .command(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .output()
-        .expect("running netmux");
-    assert!(
-        out.status.success(),
-        "netmux {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::netmux_ok(ns.command(netmux()), args, run_dir)
 }
 
 /// An example client joined to `instance`, once it said it listens.
 fn example(dir: &Path, run_dir: &Path, kind: &str, port: u16, instance: &str) -> Proc {
     let name = format!("{kind}-{instance}");
-    let mut cmd = Command::new(netmux());
-    cmd.args(["example", kind, "--port", &port.to_string(), "-i", instance])
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let cmd = netns::example_command(
+        Command::new(netmux()),
+        kind,
+        port,
+        &["-i", instance],
+        run_dir,
+    );
     let mut p = Proc::spawn(&name, cmd, &dir.join(format!("{name}.log")));
     let proto = if kind == "http" { "tcp" } else { "udp" };
     p.expect_line(&format!("listening on {proto} port {port}"), PATIENCE);
@@ -102,15 +90,7 @@ fn answers(ns: &NetNs, to: Ipv4Addr, wait: Duration) -> bool {
 
 fn page_from_kernel(ns: &NetNs, to: Ipv4Addr) -> String {
     ns.run(move || {
-        let target = SocketAddr::from((to, HTTP_PORT));
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-            }
-        };
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut stream = netns::tcp_connect(SocketAddr::from((to, HTTP_PORT)), PATIENCE);
         write!(
             stream,
             "GET / HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\n\r\n"
@@ -152,20 +132,6 @@ fn promiscuity(ns: &NetNs, ifname: &str) -> u32 {
         .unwrap_or_else(|| panic!("no promiscuity in {text:?}"))
 }
 
-fn link_mac(ns: &NetNs, ifname: &str) -> String {
-    let out = ns
-        .command("ip")
-        .args(["-o", "link", "show", ifname])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no MAC in {text:?}"))
-        .to_owned()
-}
-
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !done() {
@@ -177,32 +143,21 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 #[ignore]
 fn root_instances_with_their_own_and_the_links_mac_serve_kernel_peers_apart() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
+    netns::require_root();
     let dir = TempDir::new("nmx-instances");
     let run_dir = dir.join("run");
     let (mux, kernel) = netns::kernel_peer("ri", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
     let promisc_before = promiscuity(&mux, MUX_END);
 
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", &format!("{DEFAULT}/24")])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let link = format!("afpacket:{MUX_END}");
+    let ip = format!("{DEFAULT}/24");
+    let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", &ip], &run_dir);
     let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
     up.expect_line("netd listening", PATIENCE);
 
     // A second driver on the same interface (another `up`, another runtime directory) is
     // refused, naming the driver that owns it, and the first keeps running.
-    let second = mux
-        .command(netmux())
-        .args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", &format!("{DEFAULT}/24")])
-        .arg("--runtime-dir")
-        .arg(dir.join("run2"))
+    let second = netns::up_command(&mux, &netmux(), &link, &["--ip", &ip], &dir.join("run2"))
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&second.stderr);
@@ -264,7 +219,7 @@ fn root_instances_with_their_own_and_the_links_mac_serve_kernel_peers_apart() {
     let page = page_from_kernel(&kernel, SHARED);
     assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
 
-    let mac = link_mac(&mux, MUX_END);
+    let mac = netns::mac_of(&mux, MUX_END);
     assert_eq!(neighbour(&kernel, DEFAULT), mac);
     assert_eq!(
         neighbour(&kernel, SHARED),

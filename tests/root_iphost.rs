@@ -28,7 +28,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
@@ -43,66 +42,36 @@ const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const ASKER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-/// Set to a path to test another build of the binary.
-const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
-
 fn netmux() -> PathBuf {
-    std::env::var_os(BINARY_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
-fn require_root() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root (network namespaces, veth, AF_PACKET): run scripts/test as root"
-    );
+/// `netmux up --ip 192.0.2.2/24` on a veth end, with the kernel at the other end.
+fn start(tag: &str) -> UpHost {
+    let ip = format!("{NETMUX}/24");
+    UpHost::start(
+        &netmux(),
+        tag,
+        (MUX_END, KERNEL_END),
+        &format!("{KERNEL}/24"),
+        &[],
+        &["--ip", &ip],
+        PATIENCE,
+    )
 }
 
-/// `netmux up` on a veth end, with the kernel at the other end.
-struct Host(UpHost);
-
-impl std::ops::Deref for Host {
-    type Target = UpHost;
-    fn deref(&self) -> &UpHost {
-        &self.0
-    }
+/// `netmux example udp-echo` on `port`, once it listens.
+fn echo(host: &UpHost, port: u16) -> Proc {
+    host.example("udp-echo", "udp", port, PATIENCE)
 }
 
-impl Host {
-    fn start(tag: &str) -> Host {
-        let ip = format!("{NETMUX}/24");
-        Host(UpHost::start(
-            &netmux(),
-            tag,
-            (MUX_END, KERNEL_END),
-            &format!("{KERNEL}/24"),
-            &[],
-            &["--ip", &ip],
-            PATIENCE,
-        ))
-    }
-
-    /// `netmux example udp-echo` on `port`, once it listens.
-    fn echo(&self, port: u16) -> Proc {
-        self.0.example("udp-echo", "udp", port, PATIENCE)
-    }
-
-    /// The MAC of `ifname` in `ns`.
-    fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
-        let out = ns
-            .command("cat")
-            .arg(format!("/sys/class/net/{ifname}/address"))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        let bytes: Vec<u8> = text
-            .trim()
-            .split(':')
-            .map(|h| u8::from_str_radix(h, 16).unwrap())
-            .collect();
-        bytes.try_into().unwrap()
-    }
+/// The MAC of `ifname` in `ns`.
+fn mac(ns: &NetNs, ifname: &str) -> [u8; 6] {
+    let bytes: Vec<u8> = netns::mac_of(ns, ifname)
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    bytes.try_into().unwrap()
 }
 
 /// A raw AF_PACKET socket on `ifname` of the calling thread's namespace, for ARP.
@@ -117,19 +86,12 @@ const ETH_P_IP: u16 = 0x0800;
 impl RawSocket {
     /// Frames of ethertype `protocol` on `ifname`.
     fn open(ifname: &str, protocol: u16) -> RawSocket {
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let fd =
-            unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol.to_be())) };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
+        let fd = netns::raw_socket(
+            libc::AF_PACKET,
+            i32::from(protocol.to_be()),
+            Some(Duration::from_millis(100)),
         );
-        // SAFETY: fd was just returned by socket(2) and is owned by nothing else.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        let ifindex = netns::ifindex(ifname) as i32;
         assert!(ifindex > 0, "no interface {ifname}");
         // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -145,20 +107,6 @@ impl RawSocket {
             )
         };
         assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a valid timeval for SO_RCVTIMEO.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
         RawSocket { fd, ifindex }
     }
 
@@ -244,10 +192,10 @@ fn is_reply_to_asker(frame: &[u8]) -> bool {
 #[test]
 #[ignore]
 fn root_one_arp_request_gets_one_reply_with_twelve_clients() {
-    require_root();
-    let host = Host::start("arp");
-    let _clients: Vec<Proc> = (7101..=7112).map(|p| host.echo(p)).collect();
-    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    netns::require_root();
+    let host = start("arp");
+    let _clients: Vec<Proc> = (7101..=7112).map(|p| echo(&host, p)).collect();
+    let kernel_mac = mac(&host.kernel, KERNEL_END);
     let replies = host.kernel.run(move || {
         let raw = RawSocket::open(KERNEL_END, ETH_P_ARP);
         let mut counts = Vec::new();
@@ -279,22 +227,8 @@ fn echo_from_kernel(ns: &NetNs, port: u16, size: usize, to: Ipv4Addr, broadcast:
         if broadcast {
             sock.set_broadcast(true).unwrap();
             let dev = KERNEL_END.as_bytes();
-            // SAFETY: a valid buffer of the length given, for SO_BINDTODEVICE.
-            let rc = unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_BINDTODEVICE,
-                    dev.as_ptr().cast(),
-                    dev.len() as u32,
-                )
-            };
-            assert_eq!(
-                rc,
-                0,
-                "SO_BINDTODEVICE: {}",
-                std::io::Error::last_os_error()
-            );
+            netns::set_socket_option(&sock, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, dev)
+                .unwrap_or_else(|e| panic!("SO_BINDTODEVICE: {e}"));
         }
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
@@ -327,26 +261,14 @@ fn echo_from_kernel(ns: &NetNs, port: u16, size: usize, to: Ipv4Addr, broadcast:
 #[test]
 #[ignore]
 fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_both_ways() {
-    require_root();
-    let host = Host::start("frag");
+    netns::require_root();
+    let host = start("frag");
     let port = 7200;
-    let _echo = host.echo(port);
+    let _echo = echo(&host, port);
     echo_from_kernel(&host.kernel, port, 64, NETMUX, false);
     for size in [1473, 8000, 30_000, 65_507] {
         echo_from_kernel(&host.kernel, port, size, NETMUX, false);
     }
-}
-
-/// The Internet checksum of `data`.
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Pings [`NETMUX`] from the kernel with `size` bytes of payload (a raw ICMP socket: the kernel
@@ -360,10 +282,6 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
         );
         let payload: Vec<u8> = (0..size).map(|i| (i * 13 + 1) as u8).collect();
         let id: u16 = 0x4e4d;
-        // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
-        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        to.sin_family = libc::AF_INET as u16;
-        to.sin_addr.s_addr = u32::from_ne_bytes(NETMUX.octets());
         let deadline = Instant::now() + PATIENCE;
         let mut buf = vec![0u8; 70_000];
         for seq in 1u16.. {
@@ -371,35 +289,19 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
             request.extend_from_slice(&id.to_be_bytes());
             request.extend_from_slice(&seq.to_be_bytes());
             request.extend_from_slice(&payload);
-            let sum = internet_checksum(&request);
+            let sum = netmux_wire::checksum::of(&request);
             request[2..4].copy_from_slice(&sum.to_be_bytes());
-            // SAFETY: request and to are valid for the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            assert_eq!(
-                n,
-                request.len() as isize,
-                "{}",
-                std::io::Error::last_os_error()
-            );
+            let n = netns::raw_send_to(&sock, &request, NETMUX.into(), 0)
+                .unwrap_or_else(|e| panic!("sending a ping of {size} bytes: {e}"));
+            assert_eq!(n, request.len());
             let until = Instant::now() + Duration::from_millis(500);
             while Instant::now() < until {
-                // SAFETY: buf is valid for its length.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-                if n <= 0 {
-                    break;
-                }
+                let n = match netns::raw_recv(&sock, &mut buf) {
+                    Ok(n) if n > 0 => n,
+                    _ => break,
+                };
                 // The raw socket hands over the IP header too.
-                let packet = &buf[..n as usize];
+                let packet = &buf[..n];
                 let icmp = &packet[usize::from(packet[0] & 0x0f) * 4..];
                 if packet[12..16] == NETMUX.octets()
                     && icmp.len() >= 8
@@ -425,8 +327,8 @@ fn ping_from_kernel(ns: &NetNs, size: usize) {
 #[test]
 #[ignore]
 fn root_pings_larger_than_the_mtu_are_answered() {
-    require_root();
-    let host = Host::start("ping");
+    netns::require_root();
+    let host = start("ping");
     for size in [56, 1473, 8000, 65_000] {
         ping_from_kernel(&host.kernel, size);
     }
@@ -435,10 +337,10 @@ fn root_pings_larger_than_the_mtu_are_answered() {
 #[test]
 #[ignore]
 fn root_udp_to_the_subnet_and_the_limited_broadcast_reaches_the_bound_client() {
-    require_root();
-    let host = Host::start("bcast");
+    netns::require_root();
+    let host = start("bcast");
     let port = 7300;
-    let _echo = host.echo(port);
+    let _echo = echo(&host, port);
     echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::new(192, 0, 2, 255), true);
     echo_from_kernel(&host.kernel, port, 100, Ipv4Addr::BROADCAST, true);
 }
@@ -446,9 +348,9 @@ fn root_udp_to_the_subnet_and_the_limited_broadcast_reaches_the_bound_client() {
 #[test]
 #[ignore]
 fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
-    require_root();
-    let host = Host::start("icmp");
-    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    netns::require_root();
+    let host = start("icmp");
+    let kernel_mac = mac(&host.kernel, KERNEL_END);
     // Two clients: the owner of the flow and a bystander.
     let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
     let port = owner.bind_port(Transport::Udp, 7400).unwrap();
@@ -501,8 +403,8 @@ fn root_an_icmp_error_about_a_clients_flow_reaches_that_client_and_no_other() {
 #[test]
 #[ignore]
 fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
-    require_root();
-    let host = Host::start("ping6");
+    netns::require_root();
+    let host = start("ping6");
     let client = Client::connect(&host.run_dir()).expect("netd takes a client");
     let netd_ll = std::net::Ipv6Addr::from(
         client
@@ -511,7 +413,7 @@ fn root_an_ipv6_ping_to_netds_link_local_address_is_answered_once() {
             .expect("netd has a link-local address"),
     );
     // The kernel's own address on netmux's veth end: the modified EUI-64 of the shared MAC.
-    let mac = Host::mac(&host.mux, MUX_END);
+    let mac = mac(&host.mux, MUX_END);
     let mut kernel_ll = [0u8; 16];
     kernel_ll[..2].copy_from_slice(&[0xfe, 0x80]);
     kernel_ll[8..].copy_from_slice(&[
@@ -551,7 +453,7 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
     let mut quoted = vec![0x45, 0, 0x05, 0xdc, 0, 0, 0x40, 0, 64, 6, 0, 0];
     quoted.extend_from_slice(&NETMUX.octets());
     quoted.extend_from_slice(&KERNEL.octets());
-    let sum = internet_checksum(&quoted);
+    let sum = netmux_wire::checksum::of(&quoted);
     quoted[10..12].copy_from_slice(&sum.to_be_bytes());
     quoted.extend_from_slice(&HTTP_PORT.to_be_bytes());
     quoted.extend_from_slice(&port.to_be_bytes());
@@ -559,7 +461,7 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
     let mut icmp = vec![3, 4, 0, 0, 0, 0];
     icmp.extend_from_slice(&SMALL_MTU.to_be_bytes());
     icmp.extend_from_slice(&quoted);
-    let sum = internet_checksum(&icmp);
+    let sum = netmux_wire::checksum::of(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     icmp
 }
@@ -568,76 +470,25 @@ fn fragmentation_needed(port: u16) -> Vec<u8> {
 /// of the calling thread's namespace; the kernel adds the IP header (and, for ICMPv6, fills
 /// in the checksum).
 fn send_icmp(to: IpAddr, icmp: &[u8]) {
-    let n = match to {
-        IpAddr::V4(to) => {
-            let sock = netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None);
-            // SAFETY: sockaddr_in is plain data; zeroed is a valid value.
-            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            addr.sin_family = libc::AF_INET as u16;
-            addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
-            // SAFETY: icmp and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    icmp.as_ptr().cast(),
-                    icmp.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            }
-        }
-        IpAddr::V6(to) => {
-            let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
-            // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            addr.sin6_family = libc::AF_INET6 as u16;
-            addr.sin6_addr.s6_addr = to.octets();
-            // SAFETY: icmp and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    icmp.as_ptr().cast(),
-                    icmp.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            }
-        }
+    let sock = match to {
+        IpAddr::V4(_) => netns::raw_socket(libc::AF_INET, libc::IPPROTO_ICMP, None),
+        IpAddr::V6(_) => netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None),
     };
-    assert_eq!(
-        n,
-        icmp.len() as isize,
-        "sending ICMP to {to}: {}",
-        std::io::Error::last_os_error()
-    );
+    let n = netns::raw_send_to(&sock, icmp, to, 0)
+        .unwrap_or_else(|e| panic!("sending ICMP to {to}: {e}"));
+    assert_eq!(n, icmp.len(), "sending ICMP to {to}");
 }
 
 #[test]
 #[ignore]
 fn root_fragmentation_needed_about_a_download_makes_the_http_example_send_smaller_segments() {
-    require_root();
-    let host = Host::start("pmtu");
-    let mut cmd = Command::new(netmux());
-    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .env("RUST_LOG", netns::UP_LOG_FILTER);
-    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
-    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    netns::require_root();
+    let host = start("pmtu");
+    let http = host.example("http", "tcp", HTTP_PORT, PATIENCE);
     // More than the kernel's receive buffer can take while the test does not read.
     const BODY: usize = 32 << 20;
     let (after, largest_after, body) = host.kernel.run(move || {
-        let target = SocketAddr::from((NETMUX, HTTP_PORT));
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-            }
-        };
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut stream = netns::tcp_connect(SocketAddr::from((NETMUX, HTTP_PORT)), PATIENCE);
         let port = stream.local_addr().unwrap().port();
         write!(
             stream,
@@ -754,9 +605,9 @@ fn icmpv6_error_quote(f: &[u8]) -> Option<([u8; 16], u16)> {
 #[test]
 #[ignore]
 fn root_an_icmpv6_error_about_a_clients_flow_reaches_that_client_and_no_other() {
-    require_root();
+    netns::require_root();
     let host = start_dual("icmp6", &[]);
-    let kernel_mac = Host::mac(&host.kernel, KERNEL_END);
+    let kernel_mac = mac(&host.kernel, KERNEL_END);
     // Two clients: the owner of the flow and a bystander.
     let mut owner = Client::connect(&host.run_dir()).expect("netd takes a client");
     let port = owner.bind_port(Transport::Udp, 7410).unwrap();
@@ -941,16 +792,7 @@ fn watch_path(ethertype: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool
     // Room for a burst while this thread is not scheduled (a socket option; root may go past
     // the system's default limit with SO_RCVBUFFORCE).
     let size: libc::c_int = 64 << 20;
-    // SAFETY: a valid int for SO_RCVBUFFORCE, its size passed with it.
-    unsafe {
-        libc::setsockopt(
-            raw.fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
+    let _ = netns::set_socket_option(&raw.fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &size);
     let mut seen = PathSeen::default();
     let mut note = |f: &[u8]| {
         let is = |t: u16| f.len() >= 62 && ethertype == t && f[12..14] == t.to_be_bytes();
@@ -1050,16 +892,10 @@ impl Drop for StopOnDrop {
 /// end of veth A is watched for frames of `ethertype`; checks that the router told netmux
 /// the path's MTU, the example lowered its own, and the download went in segments that fit.
 fn path_mtu_through_the_router(tag: &str, target: SocketAddr, ethertype: u16) {
-    require_root();
+    netns::require_root();
     let routed = Routed::start(tag);
     let host = &routed.host;
-    let mut cmd = Command::new(netmux());
-    cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .env("RUST_LOG", netns::UP_LOG_FILTER);
-    let mut http = Proc::spawn("http", cmd, &host.dir.join("http.log"));
-    http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
+    let http = host.example("http", "tcp", HTTP_PORT, PATIENCE);
 
     let stop = StopOnDrop(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(
         false,
@@ -1138,45 +974,20 @@ fn multicast_echo_from_kernel(ns: &NetNs, group: IpAddr, port: u16, from: IpAddr
             IpAddr::V4(_) => UdpSocket::bind("0.0.0.0:0").unwrap(),
             IpAddr::V6(_) => UdpSocket::bind("[::]:0").unwrap(),
         };
-        let rc = match group {
+        let set = match group {
             IpAddr::V4(_) => {
                 let via = libc::in_addr {
                     s_addr: u32::from(KERNEL).to_be(),
                 };
-                // SAFETY: a live in_addr of the length given, for IP_MULTICAST_IF.
-                unsafe {
-                    libc::setsockopt(
-                        sock.as_raw_fd(),
-                        libc::IPPROTO_IP,
-                        libc::IP_MULTICAST_IF,
-                        (&via as *const libc::in_addr).cast(),
-                        std::mem::size_of::<libc::in_addr>() as u32,
-                    )
-                }
+                netns::set_socket_option(&sock, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &via)
             }
             IpAddr::V6(_) => {
-                let name = std::ffi::CString::new(KERNEL_END).unwrap();
-                // SAFETY: a NUL-terminated name.
-                let index = unsafe { libc::if_nametoindex(name.as_ptr()) } as libc::c_int;
+                let index = netns::ifindex(KERNEL_END) as libc::c_int;
                 assert_ne!(index, 0, "{KERNEL_END} has an index");
-                // SAFETY: a live c_int of the length given, for IPV6_MULTICAST_IF.
-                unsafe {
-                    libc::setsockopt(
-                        sock.as_raw_fd(),
-                        libc::IPPROTO_IPV6,
-                        libc::IPV6_MULTICAST_IF,
-                        (&index as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as u32,
-                    )
-                }
+                netns::set_socket_option(&sock, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index)
             }
         };
-        assert_eq!(
-            rc,
-            0,
-            "multicast interface: {}",
-            std::io::Error::last_os_error()
-        );
+        set.unwrap_or_else(|e| panic!("multicast interface: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let payload: Vec<u8> = (0..200).map(|i| (i * 7 + 3) as u8).collect();
@@ -1224,7 +1035,7 @@ fn link_groups(ns: &NetNs, ifname: &str) -> Vec<String> {
 #[test]
 #[ignore]
 fn root_udp_to_a_joined_multicast_group_reaches_the_client_that_joined_it() {
-    require_root();
+    netns::require_root();
     let host = start_dual("mcast", &[]);
     let port = 7400;
     let mut echo = host.example_with(

@@ -29,13 +29,13 @@
 //! runs them as root.
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netmux_client::blocking::Client;
-use netmux_testkit::netns::{self, NetNs, Proc, UpHost};
+use netmux_testkit::netns::{self, NetNs, UpHost};
 
 /// How long any one expected event may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -44,64 +44,35 @@ const NETMUX6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 const KERNEL6: &str = "2001:db8::1/64";
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-/// Set to a path to test another build of the binary.
-const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
-
 fn netmux() -> PathBuf {
-    std::env::var_os(BINARY_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_netmux")))
-}
-
-fn require_root() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root (network namespaces, veth, AF_PACKET): run scripts/test as root"
-    );
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// `netmux up` with IPv4 and IPv6 addresses on a veth end, with the kernel at the other end.
-struct Host(UpHost);
-
-impl std::ops::Deref for Host {
-    type Target = UpHost;
-    fn deref(&self) -> &UpHost {
-        &self.0
-    }
+fn start(tag: &str) -> UpHost {
+    start_with(tag, &format!("{NETMUX6}/64"))
 }
 
-impl Host {
-    fn start(tag: &str) -> Host {
-        Host::start_with(tag, &format!("{NETMUX6}/64"))
-    }
-
-    /// With `--ip6 IP6`; the kernel's end also has [`KERNEL6`] (no duplicate address
-    /// detection: an address flag, not a kernel setting).
-    fn start_with(tag: &str, ip6: &str) -> Host {
-        let ip4 = format!("{NETMUX}/24");
-        let host = UpHost::start(
-            &netmux(),
-            tag,
-            (MUX_END, KERNEL_END),
-            "192.0.2.1/24",
-            &[&["addr", "add", KERNEL6, "dev", KERNEL_END, "nodad"]],
-            &["--ip", &ip4, "--ip6", ip6],
-            PATIENCE,
-        );
-        Host(host)
-    }
-
-    /// `netmux example NAME --port PORT`, once it listens on `transport`.
-    fn example(&self, name: &str, transport: &str, port: u16) -> Proc {
-        self.0.example(name, transport, port, PATIENCE)
-    }
+/// With `--ip6 IP6`; the kernel's end also has [`KERNEL6`] (no duplicate address detection: an
+/// address flag, not a kernel setting).
+fn start_with(tag: &str, ip6: &str) -> UpHost {
+    let ip4 = format!("{NETMUX}/24");
+    UpHost::start(
+        &netmux(),
+        tag,
+        (MUX_END, KERNEL_END),
+        "192.0.2.1/24",
+        &[&["addr", "add", KERNEL6, "dev", KERNEL_END, "nodad"]],
+        &["--ip", &ip4, "--ip6", ip6],
+        PATIENCE,
+    )
 }
 
 #[test]
 #[ignore]
 fn root_a_ping6_to_netds_global_address_is_answered_once() {
-    require_root();
-    let host = Host::start("p6");
+    netns::require_root();
+    let host = start("p6");
     let client = Client::connect(&host.run_dir()).expect("netd takes a client");
     assert_eq!(
         client.host().ipv6,
@@ -119,10 +90,10 @@ fn root_a_ping6_to_netds_global_address_is_answered_once() {
 #[test]
 #[ignore]
 fn root_the_udp_echo_answers_over_ipv6_and_ipv4_on_one_port() {
-    require_root();
-    let host = Host::start("u6");
+    netns::require_root();
+    let host = start("u6");
     let port = 7777;
-    let _echo = host.example("udp-echo", "udp", port);
+    let _echo = host.example("udp-echo", "udp", port, PATIENCE);
     for target in [IpAddr::V6(NETMUX6), IpAddr::V4(NETMUX)] {
         netns::udp_echo_from(
             &host.kernel,
@@ -136,17 +107,7 @@ fn root_the_udp_echo_answers_over_ipv6_and_ipv4_on_one_port() {
 /// Loads the HTTP example's page from the kernel's TCP at `target`.
 fn http_page_from_kernel(ns: &NetNs, target: SocketAddr) -> String {
     ns.run(move || {
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "connecting to {target}: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
-        };
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut stream = netns::tcp_connect(target, PATIENCE);
         write!(
             stream,
             "GET / HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
@@ -161,10 +122,10 @@ fn http_page_from_kernel(ns: &NetNs, target: SocketAddr) -> String {
 #[test]
 #[ignore]
 fn root_the_http_example_serves_over_ipv6_and_ipv4() {
-    require_root();
-    let host = Host::start("h6");
+    netns::require_root();
+    let host = start("h6");
     let port = 8080;
-    let http = host.example("http", "tcp", port);
+    let http = host.example("http", "tcp", port, PATIENCE);
     for target in [IpAddr::V6(NETMUX6), IpAddr::V4(NETMUX)] {
         let page = http_page_from_kernel(&host.kernel, SocketAddr::new(target, port));
         assert!(
@@ -181,27 +142,9 @@ fn root_the_http_example_serves_over_ipv6_and_ipv4() {
 /// limit 255, as a router's daemon sends it. Whether it went (the kernel's link-local address
 /// may still be tentative).
 fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
-    use std::os::fd::AsRawFd;
     let sock = netns::raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6, None);
     let hops: libc::c_int = 255;
-    // SAFETY: a valid c_int for IPV6_MULTICAST_HOPS.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_HOPS,
-            (&hops as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: a valid NUL-terminated name.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    addr.sin6_family = libc::AF_INET6 as u16;
-    addr.sin6_addr.s6_addr = "ff02::1".parse::<Ipv6Addr>().unwrap().octets();
-    addr.sin6_scope_id = ifindex;
+    let _ = netns::set_socket_option(&sock, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops);
     // Type 134, code 0, checksum (the kernel's), hop limit 64, no flags, lifetime 1800 s,
     // reachable time and retransmission timer unspecified; one prefix information option.
     let mut ra = vec![134, 0, 0, 0, 64, 0];
@@ -212,25 +155,16 @@ fn send_router_advertisement(ifname: &str, prefix: Ipv6Addr) -> bool {
     ra.extend_from_slice(&14400u32.to_be_bytes());
     ra.extend_from_slice(&[0; 4]);
     ra.extend_from_slice(&prefix.octets());
-    // SAFETY: ra and addr are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            ra.as_ptr().cast(),
-            ra.len(),
-            0,
-            (&addr as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as u32,
-        )
-    };
-    n == ra.len() as isize
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let sent = netns::raw_send_to(&sock, &ra, all_nodes.into(), netns::ifindex(ifname));
+    matches!(sent, Ok(n) if n == ra.len())
 }
 
 #[test]
 #[ignore]
 fn root_slaac_takes_an_address_and_the_router_from_an_advertisement() {
-    require_root();
-    let host = Host::start_with("s6", "slaac");
+    netns::require_root();
+    let host = start_with("s6", "slaac");
     let prefix: Ipv6Addr = "2001:db8:0:1::".parse().unwrap();
     let deadline = Instant::now() + PATIENCE;
     let config = loop {
@@ -278,45 +212,31 @@ fn root_slaac_takes_an_address_and_the_router_from_an_advertisement() {
 #[test]
 #[ignore]
 fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
-    require_root();
-    let host = Host::start("i6");
+    netns::require_root();
+    let host = start("i6");
     let address: Ipv6Addr = "2001:db8::10".parse().unwrap();
-    let out = Command::new(netmux())
-        .args(["instance", "create", "t6", "--ip", "192.0.2.10/24"])
-        .args(["--ip6", &format!("{address}/64"), "--temporary"])
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "instance create: {out:?}");
-    let ls = Command::new(netmux())
-        .args(["instance", "ls", "-o", "name,ip6"])
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .output()
-        .unwrap();
-    let ls = String::from_utf8_lossy(&ls.stdout).into_owned();
+    let ip6 = format!("{address}/64");
+    netmux_ok(
+        &host,
+        &[
+            "instance",
+            "create",
+            "t6",
+            "--ip",
+            "192.0.2.10/24",
+            "--ip6",
+            &ip6,
+            "--temporary",
+        ],
+    );
+    let ls = netmux_ok(&host, &["instance", "ls", "-o", "name,ip6"]);
     assert!(
         ls.lines()
             .any(|l| l.starts_with("t6") && l.ends_with(&format!("{address}/64"))),
         "instance ls shows the address: {ls}"
     );
     let port = 7010;
-    let label = format!("udp-echo-t6-{port}");
-    let mut cmd = Command::new(netmux());
-    cmd.args([
-        "example",
-        "udp-echo",
-        "--port",
-        &port.to_string(),
-        "-i",
-        "t6",
-    ])
-    .arg("--runtime-dir")
-    .arg(host.run_dir())
-    .env("RUST_LOG", netns::UP_LOG_FILTER);
-    let mut echo = Proc::spawn(&label, cmd, &host.dir.join(format!("{label}.log")));
-    echo.expect_line(&format!("listening on udp port {port}"), PATIENCE);
+    let _echo = host.example_with("udp-echo", "udp", port, &["-i", "t6"], PATIENCE);
     netns::udp_echo_from(
         &host.kernel,
         SocketAddr::new(IpAddr::V6(address), port),
@@ -333,10 +253,10 @@ fn root_an_instance_with_a_global_address_of_its_own_echoes_over_ipv6() {
 #[test]
 #[ignore]
 fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_over_ipv6_both_ways() {
-    require_root();
-    let host = Host::start("f6");
+    netns::require_root();
+    let host = start("f6");
     let port = 7788;
-    let echo = host.example("udp-echo", "udp", port);
+    let echo = host.example("udp-echo", "udp", port, PATIENCE);
     // One byte past a single frame (1,500 - 40 - 8), the brief's 8,000 bytes, and the largest
     // UDP payload IPv6 carries without a jumbogram.
     for size in [1453, 8000, 30_000, 65_527] {
@@ -358,8 +278,8 @@ fn root_the_udp_echo_returns_datagrams_larger_than_the_mtu_over_ipv6_both_ways()
 #[test]
 #[ignore]
 fn root_a_ping6_larger_than_the_mtu_is_answered_once_with_its_data() {
-    require_root();
-    let host = Host::start("g6");
+    netns::require_root();
+    let host = start("g6");
     let payload: Vec<u8> = (0..4000).map(|i| (i * 13 + 1) as u8).collect();
     assert_eq!(
         netns::ping6_replies_with(&host.kernel, KERNEL_END, NETMUX6, payload, PATIENCE),
@@ -370,22 +290,15 @@ fn root_a_ping6_larger_than_the_mtu_is_answered_once_with_its_data() {
 }
 
 /// Runs `netmux ARGS --runtime-dir` of `host`; it must succeed. Its standard output.
-fn netmux_ok(host: &Host, args: &[&str]) -> String {
-    let out = Command::new(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(host.run_dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "netmux {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn netmux_ok(host: &UpHost, args: &[&str]) -> String {
+    netns::netmux_ok(Command::new(netmux()), args, &host.run_dir())
 }
 
 #[test]
 #[ignore]
 fn root_an_instance_takes_a_slaac_address_and_every_instance_the_default_router() {
-    require_root();
-    let host = Host::start("i7");
+    netns::require_root();
+    let host = start("i7");
     // One instance by SLAAC (its own MAC), one with a static global address.
     netmux_ok(
         &host,

@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 use netmux_testkit::netns::{self, NetNs, Proc};
 use netmux_testkit::TempDir;
 
-const NETMUX_BIN: &str = env!("CARGO_BIN_EXE_netmux");
 const PATIENCE: Duration = Duration::from_secs(30);
 const HTTP_PORT: u16 = 8080;
 const KERNEL: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const NETMUX: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
+
+fn netmux() -> PathBuf {
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
+}
 
 /// `netmux up` on a veth end, the kernel at the other, and the HTTP example.
 struct Host {
@@ -40,29 +43,21 @@ struct Host {
 
 impl Host {
     fn start(tag: &str) -> Host {
-        assert!(
-            netns::is_root(),
-            "root_* tests need root: run scripts/test as root"
-        );
-        let mux = NetNs::new(&format!("{tag}m"));
-        let kernel = NetNs::new(&format!("{tag}k"));
-        netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
-        mux.ip(&["link", "set", MUX_END, "up"]);
-        kernel.ip(&["addr", "add", &format!("{KERNEL}/24"), "dev", KERNEL_END]);
-        kernel.ip(&["link", "set", KERNEL_END, "up"]);
+        netns::require_root();
+        let (mux, kernel) = netns::kernel_peer(tag, MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
         let dir = TempDir::new(&format!("nmx-ops-{tag}"));
-        let mut cmd = mux.command(NETMUX_BIN);
-        cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-            .args(["--ip", &format!("{NETMUX}/24")])
-            .arg("--runtime-dir")
-            .arg(dir.join("run"))
-            .env("RUST_LOG", "info,cranelift_jit=warn");
+        let link = format!("afpacket:{MUX_END}");
+        let ip = format!("{NETMUX}/24");
+        let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", &ip], &dir.join("run"));
         let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
         up.expect_line("netd listening", PATIENCE);
-        let mut cmd = Command::new(NETMUX_BIN);
-        cmd.args(["example", "http", "--port", &HTTP_PORT.to_string()])
-            .arg("--runtime-dir")
-            .arg(dir.join("run"));
+        let cmd = netns::example_command(
+            Command::new(netmux()),
+            "http",
+            HTTP_PORT,
+            &[],
+            &dir.join("run"),
+        );
         let mut http = Proc::spawn("http", cmd, &dir.join("http.log"));
         http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
         Host {
@@ -80,7 +75,7 @@ impl Host {
 
     /// `netmux ARGS --runtime-dir ...`, which must succeed; its standard output.
     fn netmux(&self, args: &[&str]) -> String {
-        let out = Command::new(NETMUX_BIN)
+        let out = Command::new(netmux())
             .args(&args[..1])
             .arg("--runtime-dir")
             .arg(self.run_dir())
@@ -152,7 +147,7 @@ fn root_a_capture_of_the_http_client_holds_the_kernels_page_load_both_ways_for_t
     assert!(host.page(PATIENCE).expect("the page").contains("200 OK"));
     let before = host.http_frames();
     let file = host.dir.join("http.pcap");
-    let mut cmd = Command::new(NETMUX_BIN);
+    let mut cmd = Command::new(netmux());
     cmd.args(["capture", "--runtime-dir"])
         .arg(host.run_dir())
         .args([&format!("tcp/{HTTP_PORT}"), "-w"])

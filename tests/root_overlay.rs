@@ -20,7 +20,7 @@
 //! `scripts/test` runs it as root.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,81 +40,56 @@ const UDP_PORT: u16 = 7777;
 const HTTP_PORT: u16 = 8080;
 const MUX_END: &str = "nmx0";
 const KERNEL_END: &str = "nmx1";
-const LOG_FILTER: &str = "info,cranelift_jit=warn";
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 /// Sends ICMP echo requests from `from` to `to` on a raw socket (root) until a reply with
 /// the same identifier and payload comes back, for up to [`PATIENCE`].
 fn icmp_echo(from: Ipv4Addr, to: Ipv4Addr) -> bool {
-    // SAFETY: plain socket calls on a descriptor this function owns and closes; every buffer
-    // passed lives across its call and its length is passed with it.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        let addr = |a: Ipv4Addr| libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        let local = addr(from);
-        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        assert_eq!(
-            libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len),
-            0
-        );
-        let timeout = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 300_000,
-        };
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        let remote = addr(to);
-        let mut request = vec![8u8, 0, 0, 0, 0x4e, 0x4d, 0, 1];
-        request.extend_from_slice(b"netmux overlay ping");
-        let sum = netmux_wire::checksum::of(&request);
-        request[2..4].copy_from_slice(&sum.to_be_bytes());
-        let deadline = Instant::now() + PATIENCE;
-        let mut buf = [0u8; 2048];
-        let mut ok = false;
-        while !ok && Instant::now() < deadline {
-            libc::sendto(
-                fd,
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&remote as *const libc::sockaddr_in).cast(),
-                len,
-            );
-            loop {
-                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
-                if n <= 0 {
-                    break;
-                }
-                // An IPv4 header, then ICMP: an echo reply (type 0) with our id and payload.
-                let got = &buf[..n as usize];
-                let ihl = usize::from(got[0] & 0x0f) * 4;
-                if let Some(icmp) = got.get(ihl..) {
-                    if icmp.first() == Some(&0) && icmp.get(4..) == request.get(4..) {
-                        ok = true;
-                        break;
-                    }
+    let sock = netns::raw_socket(
+        libc::AF_INET,
+        libc::IPPROTO_ICMP,
+        Some(Duration::from_millis(300)),
+    );
+    let local = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(from.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: local is a live sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            (&local as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let mut request = vec![8u8, 0, 0, 0, 0x4e, 0x4d, 0, 1];
+    request.extend_from_slice(b"netmux overlay ping");
+    let sum = netmux_wire::checksum::of(&request);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    let deadline = Instant::now() + PATIENCE;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let _ = netns::raw_send_to(&sock, &request, to.into(), 0);
+        while let Ok(n @ 1..) = netns::raw_recv(&sock, &mut buf) {
+            // An IPv4 header, then ICMP: an echo reply (type 0) with our id and payload.
+            let got = &buf[..n];
+            let ihl = usize::from(got[0] & 0x0f) * 4;
+            if let Some(icmp) = got.get(ihl..) {
+                if icmp.first() == Some(&0) && icmp.get(4..) == request.get(4..) {
+                    return true;
                 }
             }
         }
-        libc::close(fd);
-        ok
     }
+    false
 }
 
 /// Runs `bridge -n NS args` and panics unless it succeeds.
@@ -134,37 +109,17 @@ fn bridge(ns: &NetNs, args: &[&str]) {
 
 /// Runs a netmux command against `run` and panics with its output unless it succeeds.
 fn netmux_cmd(run: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "netmux {}: {out:?}", args.join(" "));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    netns::netmux_ok(Command::new(netmux()), args, run)
 }
 
 #[test]
 #[ignore = "needs root: network namespaces, veth, AF_PACKET, a vxlan device"]
 fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_overlay() {
-    assert!(
-        netns::is_root(),
-        "root_* tests need root: run scripts/test as root"
-    );
-    // Declared in drop order: processes first, then the namespaces.
-    let kernel = NetNs::new("ovk");
-    let mux = NetNs::new("ovm");
+    netns::require_root();
+    // Declared before the processes, so they go after them.
+    let (mux, kernel) =
+        netns::kernel_peer("ov", MUX_END, KERNEL_END, &format!("{UNDERLAY_KERNEL}/24"));
     let dir = TempDir::new("nmx-root-overlay");
-    netns::veth(&mux, MUX_END, &kernel, KERNEL_END);
-    mux.ip(&["link", "set", MUX_END, "up"]);
-    kernel.ip(&[
-        "addr",
-        "add",
-        &format!("{UNDERLAY_KERNEL}/24"),
-        "dev",
-        KERNEL_END,
-    ]);
-    kernel.ip(&["link", "set", KERNEL_END, "up"]);
     let defaults = netns::offloads(&kernel, KERNEL_END);
     assert!(defaults.tx_checksum, "Linux's defaults: {defaults:?}");
 
@@ -206,17 +161,9 @@ fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_ov
     )
     .unwrap();
     let run = dir.join("run");
-    let mut cmd = mux.command(netmux());
-    cmd.args([
-        "up",
-        "--link",
-        &format!("afpacket:{MUX_END}"),
-        "--ip",
-        &format!("{UNDERLAY_NETMUX}/24"),
-    ])
-    .arg("--runtime-dir")
-    .arg(&run)
-    .env("RUST_LOG", LOG_FILTER);
+    let link = format!("afpacket:{MUX_END}");
+    let ip = format!("{UNDERLAY_NETMUX}/24");
+    let cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", &ip], &run);
     let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
     up.expect_line("netd listening", PATIENCE);
     netmux_cmd(
@@ -248,19 +195,13 @@ fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_ov
             "--temporary",
         ],
     );
-    let mut echo_cmd = Command::new(netmux());
-    echo_cmd
-        .args([
-            "example",
-            "udp-echo",
-            "--port",
-            &UDP_PORT.to_string(),
-            "-i",
-            "web",
-        ])
-        .arg("--runtime-dir")
-        .arg(&run)
-        .env("RUST_LOG", LOG_FILTER);
+    let echo_cmd = netns::example_command(
+        Command::new(netmux()),
+        "udp-echo",
+        UDP_PORT,
+        &["-i", "web"],
+        &run,
+    );
     let mut echo = Proc::spawn("udp-echo", echo_cmd, &dir.join("echo.log"));
     echo.expect_line(&format!("listening on udp port {UDP_PORT}"), PATIENCE);
 
@@ -300,31 +241,18 @@ fn root_the_kernels_vxlan_device_exchanges_udp_tcp_and_ping_with_netmux_on_an_ov
         echo.log()
     );
     // TCP: the kernel loads the HTTP example's page through both VXLANs.
-    let mut http_cmd = Command::new(netmux());
-    http_cmd
-        .args([
-            "example",
-            "http",
-            "--port",
-            &HTTP_PORT.to_string(),
-            "-i",
-            "web",
-        ])
-        .arg("--runtime-dir")
-        .arg(&run)
-        .env("RUST_LOG", LOG_FILTER);
+    let http_cmd = netns::example_command(
+        Command::new(netmux()),
+        "http",
+        HTTP_PORT,
+        &["-i", "web"],
+        &run,
+    );
     let mut http = Proc::spawn("http", http_cmd, &dir.join("http.log"));
     http.expect_line(&format!("listening on tcp port {HTTP_PORT}"), PATIENCE);
     let head = kernel.run(|| {
-        let target = SocketAddr::from((OVERLAY_NETMUX, HTTP_PORT));
-        let deadline = Instant::now() + PATIENCE;
-        let mut stream = loop {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(s) => break s,
-                Err(e) => assert!(Instant::now() < deadline, "connecting to {target}: {e}"),
-            }
-        };
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut stream =
+            netns::tcp_connect(SocketAddr::from((OVERLAY_NETMUX, HTTP_PORT)), PATIENCE);
         stream
             .write_all(b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
             .unwrap();

@@ -33,7 +33,7 @@ const LOG_FILTER: &str = "warn,cranelift_jit=warn";
 const RSS_SLACK_KIB: u64 = 16 * 1024;
 
 fn netmux() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_netmux"))
+    netns::binary_under_test(env!("CARGO_BIN_EXE_netmux"))
 }
 
 fn fds(pid: u32) -> usize {
@@ -49,23 +49,21 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn run(ns: &NetNs, args: &[&str], run_dir: &Path) -> std::process::Output {
-    ns.command(netmux())
-        .args(args)
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .output()
-        .expect("running netmux")
+/// Runs `netmux ARGS --runtime-dir RUN_DIR` in `ns`; it must succeed.
+fn run(ns: &NetNs, args: &[&str], run_dir: &Path) {
+    netns::netmux_ok(ns.command(netmux()), args, run_dir);
 }
 
 fn echo(dir: &Path, run_dir: &Path, port: u16, instance: &str, n: usize) -> Proc {
     let name = format!("echo-{instance}-{port}-{n}");
-    let mut cmd = Command::new(netmux());
-    cmd.args(["example", "udp-echo", "--port", &port.to_string()])
-        .args(["-i", instance])
-        .arg("--runtime-dir")
-        .arg(run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let mut cmd = netns::example_command(
+        Command::new(netmux()),
+        "udp-echo",
+        port,
+        &["-i", instance],
+        run_dir,
+    );
+    cmd.env("RUST_LOG", LOG_FILTER);
     let mut p = Proc::spawn(&name, cmd, &dir.join("echo.log"));
     p.expect_line(&format!("listening on udp port {port}"), PATIENCE);
     p
@@ -85,7 +83,7 @@ fn pinged(ns: &NetNs, to: Ipv4Addr, port: u16, wait: Duration) -> bool {
 #[test]
 #[ignore]
 fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
-    assert!(netns::is_root(), "root_* tests need root");
+    netns::require_root();
     let secs: u64 = std::env::var("NETMUX_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -94,20 +92,12 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
     let run_dir = dir.join("run");
     let (mux, kernel) = netns::kernel_peer("soak", MUX_END, KERNEL_END, &format!("{KERNEL}/24"));
 
-    let mut cmd = mux.command(netmux());
-    cmd.args(["up", "--link", &format!("afpacket:{MUX_END}")])
-        .args(["--ip", &format!("{NETMUX}/24")])
-        .arg("--runtime-dir")
-        .arg(&run_dir)
-        .env("RUST_LOG", LOG_FILTER);
+    let link = format!("afpacket:{MUX_END}");
+    let ip = format!("{NETMUX}/24");
+    let mut cmd = netns::up_command(&mux, &netmux(), &link, &["--ip", &ip], &run_dir);
+    cmd.env("RUST_LOG", LOG_FILTER);
     let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
-    let line = up.expect_line("netd listening", PATIENCE);
-    let driver: u32 = line
-        .split("driver pid ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .and_then(|s| s.parse().ok())
-        .expect("the driver's pid");
+    let driver = netns::driver_pid(&up.expect_line("netd listening", PATIENCE));
     // `netmux up` hosts netd (`ip netns exec` executes it in its own place: the same pid).
     let netd = up.pid();
 
@@ -130,15 +120,10 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
         rounds += 1;
         let instance = format!("soak-{}", rounds % 4);
         let ip = format!("192.0.2.{}/24", 10 + rounds % 4);
-        let created = run(
+        run(
             &mux,
             &["instance", "create", &instance, "--ip", &ip, "--temporary"],
             &run_dir,
-        );
-        assert!(
-            created.status.success(),
-            "{}",
-            String::from_utf8_lossy(&created.stderr)
         );
         for k in 0..4u16 {
             clients.push(echo(
@@ -171,12 +156,7 @@ fn root_soak_clients_instances_and_a_flapping_link_leave_nothing_behind() {
                 c.wait_exit(PATIENCE);
             }
         }
-        let destroyed = run(&mux, &["instance", "destroy", &instance], &run_dir);
-        assert!(
-            destroyed.status.success(),
-            "{}",
-            String::from_utf8_lossy(&destroyed.stderr)
-        );
+        run(&mux, &["instance", "destroy", &instance], &run_dir);
         assert!(up.try_wait().is_none(), "netmux up is still running");
     }
 

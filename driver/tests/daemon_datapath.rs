@@ -12,7 +12,7 @@ use netmux_driver::daemon::{Driver, Response};
 use netmux_driver::link::LinkState;
 use netmux_driver::reassembly::fragmenter;
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, PortBinding, QueueId, RxMode,
 };
 use netmux_ring::{ClientQueue, Completion, QueueError, TxStatus};
 
@@ -22,11 +22,6 @@ const REMOTE: [u8; 4] = [10, 0, 0, 2];
 
 fn driver() -> (Driver, Wire) {
     in_process(LINK_MAC)
-}
-
-fn ok(driver: &mut Driver, request: DriverRequest) {
-    let Response { reply, .. } = driver.handle(request.clone());
-    assert_eq!(reply, DriverReply::Done, "{request:?}");
 }
 
 fn queue(driver: &mut Driver, id: u32) -> ClientQueue {
@@ -46,49 +41,8 @@ fn queue_and_memory(driver: &mut Driver, id: u32) -> (ClientQueue, OwnedFd) {
     (attach(fds), memory)
 }
 
-fn install(
-    driver: &mut Driver,
-    queue: u32,
-    filter: u64,
-    direction: Direction,
-    mode: RxMode,
-    binding: Option<PortBinding>,
-    program: Vec<u8>,
-) {
-    ok(
-        driver,
-        DriverRequest::InstallFilter(FilterInstall {
-            queue: QueueId(queue),
-            filter: FilterId(filter),
-            direction,
-            mode,
-            binding,
-            program,
-        }),
-    );
-}
-
 fn bind_udp(driver: &mut Driver, queue: u32, port: u16) {
-    let binding = udp_binding(HOST, port);
-    let id = u64::from(port) * 10;
-    install(
-        driver,
-        queue,
-        id,
-        Direction::Rx,
-        RxMode::Owner,
-        Some(binding),
-        udp_rx_program(HOST, port),
-    );
-    install(
-        driver,
-        queue,
-        id + 1,
-        Direction::Tx,
-        RxMode::Owner,
-        Some(binding),
-        udp_tx_program(LINK_MAC, HOST, port),
-    );
+    bind_udp_in(driver, queue, u64::from(port) * 10, LINK_MAC, HOST, port);
 }
 
 fn to_host(port: u16, payload: usize) -> Vec<u8> {

@@ -5,77 +5,23 @@
 
 mod daemon_common;
 
-use std::os::fd::OwnedFd;
-
 use daemon_common::*;
 use netmux_driver::daemon::idle::{PARK_AFTER_IDLE_TURNS, WAKE_CHECK_TURNS};
-use netmux_driver::daemon::{Driver, Response};
-use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueId, RxMode,
-};
+use netmux_driver::daemon::Driver;
+use netmux_proto::driver::{DriverRequest, QueueId};
 use netmux_ring::{ClientQueue, Completion, QueueError, TxStatus};
 
 const LINK_MAC: [u8; 6] = [0x02, 0x6e, 0x6d, 0, 0, 1];
 const HOST: [u8; 4] = [10, 0, 0, 1];
 const REMOTE: [u8; 4] = [10, 0, 0, 2];
 
-fn ok(driver: &mut Driver, request: DriverRequest) {
-    let Response { reply, .. } = driver.handle(request.clone());
-    assert_eq!(reply, DriverReply::Done, "{request:?}");
-}
-
 fn queue(driver: &mut Driver, id: u32) -> ClientQueue {
-    let response = driver.handle(DriverRequest::CreateQueue {
-        queue: QueueId(id),
-        config: SMALL,
-        instance: netmux_proto::driver::DEFAULT_INSTANCE,
-    });
-    let fds = response.fds.expect("descriptors");
-    let fds: Vec<OwnedFd> = vec![fds.memfd, fds.doorbell];
-    attach(fds)
-}
-
-fn install(
-    driver: &mut Driver,
-    queue: u32,
-    filter: u64,
-    direction: Direction,
-    binding: PortBinding,
-    program: Vec<u8>,
-) {
-    ok(
-        driver,
-        DriverRequest::InstallFilter(FilterInstall {
-            queue: QueueId(queue),
-            filter: FilterId(filter),
-            direction,
-            mode: RxMode::Owner,
-            binding: Some(binding),
-            program,
-        }),
-    );
+    queue_in(driver, id, netmux_proto::driver::DEFAULT_INSTANCE)
 }
 
 /// Queue `queue` owns UDP `HOST:port` both ways.
 fn bind_udp(driver: &mut Driver, queue: u32, port: u16) {
-    let binding = udp_binding(HOST, port);
-    let id = u64::from(port) * 10;
-    install(
-        driver,
-        queue,
-        id,
-        Direction::Rx,
-        binding,
-        udp_rx_program(HOST, port),
-    );
-    install(
-        driver,
-        queue,
-        id + 1,
-        Direction::Tx,
-        binding,
-        udp_tx_program(LINK_MAC, HOST, port),
-    );
+    bind_udp_in(driver, queue, u64::from(port) * 10, LINK_MAC, HOST, port);
 }
 
 fn from_host(port: u16, payload: usize) -> Vec<u8> {

@@ -28,11 +28,6 @@ const DEFAULT_IP: [u8; 4] = [192, 0, 2, 1];
 const REMOTE: [u8; 4] = [192, 0, 2, 99];
 const SETTLE: Duration = Duration::from_millis(30);
 
-fn ok(driver: &mut Driver, request: DriverRequest) {
-    let Response { reply, .. } = driver.handle(request.clone());
-    assert_eq!(reply, DriverReply::Done, "{request:?}");
-}
-
 fn instance(id: InstanceId, mac: [u8; 6], own_mac: bool, ip: [u8; 4]) -> DriverRequest {
     DriverRequest::SetInstance(InstanceInfo {
         instance: id,
@@ -44,40 +39,9 @@ fn instance(id: InstanceId, mac: [u8; 6], own_mac: bool, ip: [u8; 4]) -> DriverR
     })
 }
 
-fn queue(driver: &mut Driver, id: u32, instance: InstanceId) -> ClientQueue {
-    let response = driver.handle(DriverRequest::CreateQueue {
-        queue: QueueId(id),
-        config: SMALL,
-        instance,
-    });
-    let fds = response
-        .fds
-        .unwrap_or_else(|| panic!("no queue: {:?}", response.reply));
-    attach(vec![fds.memfd, fds.doorbell])
-}
-
 /// Binds UDP `port` on `ip` for queue `q`, sending from `mac`.
 fn bind(driver: &mut Driver, q: u32, mac: [u8; 6], ip: [u8; 4], port: u16) {
-    let binding = udp_binding(ip, port);
-    for (i, (direction, program)) in [
-        (Direction::Rx, udp_rx_program(ip, port)),
-        (Direction::Tx, udp_tx_program(mac, ip, port)),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ok(
-            driver,
-            DriverRequest::InstallFilter(FilterInstall {
-                queue: QueueId(q),
-                filter: FilterId(u64::from(q) * 100 + i as u64),
-                direction,
-                mode: RxMode::Owner,
-                binding: Some(binding),
-                program,
-            }),
-        );
-    }
+    bind_udp_in(driver, q, u64::from(q) * 100, mac, ip, port);
 }
 
 /// Three instances: default (queue 1), A (queue 2), B (queue 3), each binding UDP 53 on its
@@ -90,11 +54,11 @@ fn three_instances() -> (Driver, Wire, [ClientQueue; 4]) {
     );
     ok(&mut d, instance(A, A_MAC, true, A_IP));
     ok(&mut d, instance(B, LINK_MAC, false, B_IP));
-    let netd = queue(&mut d, 9, DEFAULT_INSTANCE);
+    let netd = queue_in(&mut d, 9, DEFAULT_INSTANCE);
     ok(&mut d, DriverRequest::SetNetdQueue { queue: QueueId(9) });
-    let q1 = queue(&mut d, 1, DEFAULT_INSTANCE);
-    let q2 = queue(&mut d, 2, A);
-    let q3 = queue(&mut d, 3, B);
+    let q1 = queue_in(&mut d, 1, DEFAULT_INSTANCE);
+    let q2 = queue_in(&mut d, 2, A);
+    let q3 = queue_in(&mut d, 3, B);
     bind(&mut d, 1, LINK_MAC, DEFAULT_IP, 53);
     bind(&mut d, 2, A_MAC, A_IP, 53);
     bind(&mut d, 3, LINK_MAC, B_IP, 53);

@@ -10,10 +10,10 @@ mod daemon_common;
 use std::time::Duration;
 
 use daemon_common::*;
-use netmux_driver::daemon::{Driver, Response};
+use netmux_driver::daemon::Driver;
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, InstanceInfo,
-    QueueId, RxMode, DEFAULT_INSTANCE,
+    Direction, DriverReply, DriverRequest, InstanceId, InstanceInfo, QueueId, RxMode,
+    DEFAULT_INSTANCE,
 };
 use netmux_proto::overlay::{OverlayInfo, OverlayMapping, OverlayMappings, OverlayPollReply};
 use netmux_ring::{ClientQueue, TxStatus};
@@ -34,11 +34,6 @@ const IP_A: [u8; 4] = [10, 0, 0, 1];
 const IP_B: [u8; 4] = [10, 0, 0, 2];
 const SETTLE: Duration = Duration::from_millis(30);
 
-fn ok(driver: &mut Driver, request: DriverRequest) {
-    let Response { reply, .. } = driver.handle(request.clone());
-    assert_eq!(reply, DriverReply::Done, "{request:?}");
-}
-
 fn poll(driver: &mut Driver) -> OverlayPollReply {
     match driver.handle(DriverRequest::OverlayPoll).reply {
         DriverReply::OverlayPoll(p) => p,
@@ -46,41 +41,19 @@ fn poll(driver: &mut Driver) -> OverlayPollReply {
     }
 }
 
-fn queue(driver: &mut Driver, id: u32, instance: InstanceId) -> ClientQueue {
-    let response = driver.handle(DriverRequest::CreateQueue {
-        queue: QueueId(id),
-        config: SMALL,
-        instance,
-    });
-    let fds = response
-        .fds
-        .unwrap_or_else(|| panic!("no queue: {:?}", response.reply));
-    attach(vec![fds.memfd, fds.doorbell])
-}
-
 /// Binds UDP `ip:port` for queue `q` sending from `mac`; ARP from `mac` may go out too.
 fn bind(driver: &mut Driver, q: u32, mac: [u8; 6], ip: [u8; 4], port: u16) {
-    let binding = udp_binding(ip, port);
-    for (i, (direction, program)) in [
-        (Direction::Rx, udp_rx_program(ip, port)),
-        (Direction::Tx, udp_tx_program(mac, ip, port)),
-        (Direction::Tx, accept_all()),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ok(
-            driver,
-            DriverRequest::InstallFilter(FilterInstall {
-                queue: QueueId(q),
-                filter: FilterId(u64::from(q) * 100 + i as u64),
-                direction,
-                mode: RxMode::Owner,
-                binding: (i < 2).then_some(binding),
-                program,
-            }),
-        );
-    }
+    let base = u64::from(q) * 100;
+    bind_udp_in(driver, q, base, mac, ip, port);
+    install(
+        driver,
+        q,
+        base + 2,
+        Direction::Tx,
+        RxMode::Owner,
+        None,
+        accept_all(),
+    );
 }
 
 fn overlay(vni: u32) -> DriverRequest {
@@ -124,7 +97,7 @@ fn host(
     );
     ok(&mut d, overlay(VNI));
     ok(&mut d, overlay_instance(1, mac, ip, VNI));
-    let q = queue(&mut d, 1, InstanceId(1));
+    let q = queue_in(&mut d, 1, InstanceId(1));
     bind(&mut d, 1, mac, ip, 7);
     (d, wire, q)
 }
@@ -228,9 +201,9 @@ fn overlays_with_the_same_addresses_never_see_each_others_frames() {
     ok(&mut b, overlay(OTHER_VNI));
     // The same inner address on the other overlay, and on the link itself.
     ok(&mut b, overlay_instance(2, MAC_B2, IP_B, OTHER_VNI));
-    let mut qb2 = queue(&mut b, 2, InstanceId(2));
+    let mut qb2 = queue_in(&mut b, 2, InstanceId(2));
     bind(&mut b, 2, MAC_B2, IP_B, 7);
-    let mut netd = queue(&mut b, 9, DEFAULT_INSTANCE);
+    let mut netd = queue_in(&mut b, 9, DEFAULT_INSTANCE);
     ok(&mut b, DriverRequest::SetNetdQueue { queue: QueueId(9) });
 
     let to = vxlan::Underlay {
@@ -513,7 +486,7 @@ fn inner_fragments_are_reassembled_in_their_own_overlay_and_never_mixed_with_ano
     // The other overlay's instance has the same inner address, and its peer sends a datagram
     // with the same addresses, protocol and identification at the same time.
     ok(&mut b, overlay_instance(2, MAC_B2, IP_B, OTHER_VNI));
-    let mut qb2 = queue(&mut b, 2, InstanceId(2));
+    let mut qb2 = queue_in(&mut b, 2, InstanceId(2));
     bind(&mut b, 2, MAC_B2, IP_B, 7);
     let to = vxlan::Underlay {
         src_mac: LINK_A,

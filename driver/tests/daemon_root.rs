@@ -12,7 +12,7 @@ mod daemon_common;
 
 mod netns_common;
 
-use netns_common::{in_child, mac_of, mac_text, run, NetNs};
+use netns_common::{in_child, kernel_side, mac_of, run, veth, NetNs};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::Duration;
 
@@ -43,20 +43,8 @@ fn root_child_driver_afpacket() {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
-    run(
-        "ip",
-        &[
-            "link", "add", "nmxd0", "type", "veth", "peer", "name", "nmxd1",
-        ],
-    );
-    run("ip", &["link", "set", "nmxd0", "up"]);
-    run("ip", &["link", "set", "nmxd1", "up"]);
-    run("ip", &["addr", "add", "192.0.2.1/24", "dev", "nmxd1"]);
-    let mac = mac_text(mac_of("nmxd0"));
-    run(
-        "ip",
-        &["neigh", "add", "192.0.2.2", "lladdr", &mac, "dev", "nmxd1"],
-    );
+    veth("nmxd0", "nmxd1");
+    kernel_side("nmxd1", "192.0.2.1/24", "192.0.2.2", mac_of("nmxd0"));
     let link = link::open(&"afpacket:nmxd0".parse::<LinkSpec>().unwrap()).unwrap();
     exchange(link, mac_of("nmxd1"), [192, 0, 2, 1], [192, 0, 2, 2]);
 }
@@ -78,20 +66,11 @@ fn root_child_driver_tap() {
     }
     run("ip", &["link", "set", "lo", "up"]);
     let link = link::open(&"tap:nmxdtap0".parse::<LinkSpec>().unwrap()).unwrap();
-    run("ip", &["link", "set", "nmxdtap0", "up"]);
-    run("ip", &["addr", "add", "198.51.100.1/24", "dev", "nmxdtap0"]);
-    let mac = mac_text(link.info().mac);
-    run(
-        "ip",
-        &[
-            "neigh",
-            "add",
-            "198.51.100.2",
-            "lladdr",
-            &mac,
-            "dev",
-            "nmxdtap0",
-        ],
+    kernel_side(
+        "nmxdtap0",
+        "198.51.100.1/24",
+        "198.51.100.2",
+        link.info().mac,
     );
     exchange(
         link,

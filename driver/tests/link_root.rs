@@ -13,7 +13,7 @@
 
 mod netns_common;
 
-use netns_common::{in_child, mac_of, mac_text, run, NetNs};
+use netns_common::{in_child, kernel_side, mac_of, run, veth, NetNs};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
@@ -121,20 +121,8 @@ fn root_child_afpacket() {
         return;
     }
     run("ip", &["link", "set", "lo", "up"]);
-    run(
-        "ip",
-        &[
-            "link", "add", "nmx0", "type", "veth", "peer", "name", "nmx1",
-        ],
-    );
-    run("ip", &["link", "set", "nmx0", "up"]);
-    run("ip", &["link", "set", "nmx1", "up"]);
-    run("ip", &["addr", "add", "192.0.2.1/24", "dev", "nmx1"]);
-    let peer = mac_text(PEER_MAC);
-    run(
-        "ip",
-        &["neigh", "add", "192.0.2.2", "lladdr", &peer, "dev", "nmx1"],
-    );
+    veth("nmx0", "nmx1");
+    kernel_side("nmx1", "192.0.2.1/24", "192.0.2.2", PEER_MAC);
     let mut link = link::open(&"afpacket:nmx0".parse::<LinkSpec>().unwrap()).unwrap();
     assert_eq!(link.info().mac, mac_of("nmx0"), "the interface's own MAC");
     exchange(
@@ -164,21 +152,7 @@ fn root_child_tap() {
     run("ip", &["link", "set", "lo", "up"]);
     let mut link = link::open(&"tap:nmxtap0".parse::<LinkSpec>().unwrap()).unwrap();
     let link_mac = link.info().mac;
-    run("ip", &["link", "set", "nmxtap0", "up"]);
-    run("ip", &["addr", "add", "198.51.100.1/24", "dev", "nmxtap0"]);
-    let peer = mac_text(link_mac);
-    run(
-        "ip",
-        &[
-            "neigh",
-            "add",
-            "198.51.100.2",
-            "lladdr",
-            &peer,
-            "dev",
-            "nmxtap0",
-        ],
-    );
+    kernel_side("nmxtap0", "198.51.100.1/24", "198.51.100.2", link_mac);
     exchange(
         link.as_mut(),
         [198, 51, 100, 1],

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use netmux_testkit::netns::{self, NetNs, Proc};
-use netmux_testkit::TempDir;
+use netmux_testkit::{http_sink_hash, read_http_head, TempDir, FNV1A64_OFFSET};
 
 const NETMUX_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -153,27 +153,6 @@ fn kernel_echo(addr: SocketAddr) {
 
 // ---- TCP bulk ----
 
-fn fnv1a64(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &b in bytes {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
-
-fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).expect("reading a head");
-        assert!(n > 0, "closed before the head ended");
-        got.extend_from_slice(&buf[..n]);
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = got.split_off(end + 4);
-            return (String::from_utf8_lossy(&got).into_owned(), rest);
-        }
-    }
-}
-
 fn connect(target: SocketAddr) -> TcpStream {
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -189,7 +168,7 @@ fn download(target: SocketAddr, n: u64) -> f64 {
     let mut s = connect(target);
     write!(s, "GET /bytes/{n} HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
     let start = Instant::now();
-    let (head, first) = read_head(&mut s);
+    let (head, first) = read_http_head(&mut s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut at = first.len() as u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -226,7 +205,7 @@ fn upload(target: SocketAddr, n: u64) -> f64 {
         s.write_all(&chunk[..len]).expect("writing the upload");
         at += len as u64;
     }
-    let (head, mut body) = read_head(&mut s);
+    let (head, mut body) = read_http_head(&mut s);
     s.read_to_end(&mut body).unwrap();
     let rate = n as f64 / start.elapsed().as_secs_f64();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -241,7 +220,7 @@ fn kernel_http(addr: SocketAddr) {
     let listener = TcpListener::bind(addr).unwrap();
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
-        let (head, first) = read_head(&mut s);
+        let (head, first) = read_http_head(&mut s);
         let line = head.lines().next().unwrap_or_default().to_string();
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next()) {
@@ -273,14 +252,14 @@ fn kernel_http(addr: SocketAddr) {
                             .then(|| v.trim().parse().ok())?
                     })
                     .unwrap_or(0);
-                let mut hash = fnv1a64(0xcbf2_9ce4_8422_2325, &first);
+                let mut hash = http_sink_hash(FNV1A64_OFFSET, &first);
                 let mut read = first.len() as u64;
                 let mut buf = vec![0u8; 256 * 1024];
                 while read < n {
                     match s.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(got) => {
-                            hash = fnv1a64(hash, &buf[..got]);
+                            hash = http_sink_hash(hash, &buf[..got]);
                             read += got as u64;
                         }
                     }

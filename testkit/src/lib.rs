@@ -47,6 +47,35 @@ pub fn http_pattern_byte(i: u64) -> u8 {
     (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
 }
 
+/// Where an FNV-1a 64 hash starts: the `hash` to give [`http_sink_hash`] for the first bytes.
+pub const FNV1A64_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a 64 of `bytes`, continuing from `hash`: what `netmux example http` reports for the
+/// body of a `POST /sink` (the whole body's, from [`FNV1A64_OFFSET`]).
+pub fn http_sink_hash(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Reads an HTTP response head from `stream`: the head, up to and with its blank line, and
+/// the body bytes that came with it. Panics (test support) when reading fails or the stream
+/// ends first.
+pub fn read_http_head(stream: &mut impl std::io::Read) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).expect("reading the response");
+        assert!(n > 0, "the server closed before the head ended: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body = got.split_off(end + 4);
+            return (String::from_utf8_lossy(&got).into_owned(), body);
+        }
+    }
+}
+
 /// The seed of a randomised test: `NETMUX_SEED` when set (to replay a failure), else a fresh
 /// one. It is printed on stderr with the test's name, so a failing run shows how to replay it
 /// (`NETMUX_SEED=N cargo test ... NAME`).

@@ -1,6 +1,10 @@
 //! Real links for root-only tests and benchmarks: network namespaces, veth pairs exactly as
 //! `ip link add` makes them, TAP devices, offload settings read and set by the kernel's ethtool
-//! ioctl, a process's CPU time, and processes whose output a test waits on.
+//! ioctl, a process's CPU time, and processes whose output a test waits on. Also what every
+//! `root_*` test needs alike: the root check, the binary under test, the `netmux up`,
+//! `netmux example` and checked `netmux ARGS` command lines, an interface's MAC and index, a
+//! retrying TCP connect, and raw sockets, their options, sends and receives (each `unsafe`
+//! call here once, not in every test).
 //!
 //! # Guarantees
 //!
@@ -9,7 +13,8 @@
 //!   another namespace with it).
 //! - Work "inside" a namespace runs on a thread of its own that entered it
 //!   ([`NetNs::run`]); the calling thread and the rest of the process stay where they were.
-//! - A [`Proc`] is stopped by its pid (SIGKILL) when dropped; nothing else is ever signalled.
+//! - A [`Proc`] is stopped by its pid (SIGKILL) when dropped, and signalled otherwise only by
+//!   its pid when a test asks ([`Proc::signal`]); nothing else is ever signalled.
 //! - Offloads are only read here, except [`set_gro`] (the tests that force GRO on at the netmux
 //!   end) and [`set_segmentation_offloads`] (the link benchmark's kernel-only baseline pair,
 //!   which must move MTU-sized frames as netmux does); the end-to-end tests never turn an
@@ -38,6 +43,27 @@ pub fn ip(args: &[&str]) {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Fails the calling test, saying how to run it, unless this process runs as root: what
+/// every `root_*` test does first.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "root_* tests need root (network namespaces, veth, TAP, AF_PACKET): run scripts/test as root"
+    );
+}
+
+/// Names another netmux binary for the root tests to run (an installed build, say) instead of
+/// the one cargo built with them.
+pub const BINARY_ENV: &str = "NETMUX_E2E_BINARY";
+
+/// The netmux binary a test runs: the one [`BINARY_ENV`] names, else `default`, which is the
+/// test crate's `env!("CARGO_BIN_EXE_netmux")` (cargo sets it only for that crate's tests).
+pub fn binary_under_test(default: &str) -> PathBuf {
+    std::env::var_os(BINARY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 /// A network namespace, deleted on drop.
@@ -107,6 +133,22 @@ impl NetNs {
     }
 }
 
+/// A file of interface `ifname`'s sysfs directory in namespace `ns` (`address`,
+/// `operstate`), trimmed; empty when there is no such file.
+pub fn sysfs(ns: &NetNs, ifname: &str, file: &str) -> String {
+    let out = ns
+        .command("cat")
+        .arg(format!("/sys/class/net/{ifname}/{file}"))
+        .output()
+        .expect("reading sysfs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The MAC of interface `ifname` in namespace `ns`, as `ip` writes it (`aa:bb:cc:dd:ee:ff`).
+pub fn mac_of(ns: &NetNs, ifname: &str) -> String {
+    sysfs(ns, ifname, "address")
+}
+
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip")
@@ -156,6 +198,92 @@ pub fn kernel_peer(
 /// The log filter of the `netmux` processes [`UpHost`] starts.
 pub const UP_LOG_FILTER: &str = "info,cranelift_jit=warn";
 
+/// `binary up --link LINK ARGS... --runtime-dir RUN_DIR` inside `mux`, logging at
+/// [`UP_LOG_FILTER`]; `link` is a link spec such as `afpacket:nmx0` or `tap:nmxt0`.
+pub fn up_command(
+    mux: &NetNs,
+    binary: &Path,
+    link: &str,
+    args: &[&str],
+    run_dir: &Path,
+) -> Command {
+    let mut cmd = mux.command(binary);
+    cmd.args(["up", "--link", link])
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .env("RUST_LOG", UP_LOG_FILTER);
+    cmd
+}
+
+/// `cmd` (the netmux binary, in a namespace or not) with `example KIND --port PORT ARGS...
+/// --runtime-dir RUN_DIR`, logging at [`UP_LOG_FILTER`]: an example client of the netd that
+/// `run_dir` belongs to.
+pub fn example_command(
+    mut cmd: Command,
+    kind: &str,
+    port: u16,
+    args: &[&str],
+    run_dir: &Path,
+) -> Command {
+    cmd.args(["example", kind, "--port", &port.to_string()])
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .env("RUST_LOG", UP_LOG_FILTER);
+    cmd
+}
+
+/// The driver's pid in `netmux up`'s ready line (`netd listening on ... (driver pid N)`).
+/// Panics (test support) when the line names none.
+pub fn driver_pid(ready: &str) -> u32 {
+    ready
+        .split("driver pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no driver pid in {ready:?}"))
+}
+
+/// Runs `cmd` (the netmux binary, in a namespace or not) with `ARGS... --runtime-dir RUN_DIR`
+/// and returns its standard output; panics (test support) with its status and standard error
+/// unless it succeeds.
+pub fn netmux_ok(mut cmd: Command, args: &[&str], run_dir: &Path) -> String {
+    let out = cmd
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(run_dir)
+        .output()
+        .expect("running netmux");
+    assert!(
+        out.status.success(),
+        "netmux {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP connection from the calling thread's namespace to `target`, tried again (every
+/// 200 ms after a failure) while ARP or the listener is not there yet, for at most
+/// `patience`; its reads give up after `patience`.
+pub fn tcp_connect(target: std::net::SocketAddr, patience: Duration) -> std::net::TcpStream {
+    let deadline = Instant::now() + patience;
+    let stream = loop {
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "connecting to {target}: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    stream
+        .set_read_timeout(Some(patience))
+        .expect("a read timeout");
+    stream
+}
+
 /// `netmux up` on the veth end `mux_end` of a namespace of its own, the kernel at the other end
 /// ([`kernel_peer`]), with its runtime directory and logs in a temporary directory; everything
 /// goes (the processes killed by pid, the namespaces deleted) when it is dropped.
@@ -196,12 +324,8 @@ impl UpHost {
             kernel.ip(ip_args);
         }
         let dir = crate::TempDir::new(&format!("nmx-up-{tag}"));
-        let mut cmd = mux.command(binary);
-        cmd.args(["up", "--link", &format!("afpacket:{mux_end}")])
-            .args(args)
-            .arg("--runtime-dir")
-            .arg(dir.join("run"))
-            .env("RUST_LOG", UP_LOG_FILTER);
+        let link = format!("afpacket:{mux_end}");
+        let cmd = up_command(&mux, binary, &link, args, &dir.join("run"));
         let mut up = Proc::spawn("netmux up", cmd, &dir.join("up.log"));
         up.expect_line("netd listening", patience);
         UpHost {
@@ -234,12 +358,13 @@ impl UpHost {
         patience: Duration,
     ) -> Proc {
         let label = format!("{name}-{port}");
-        let mut cmd = Command::new(&self.binary);
-        cmd.args(["example", name, "--port", &port.to_string()])
-            .args(args)
-            .arg("--runtime-dir")
-            .arg(self.run_dir())
-            .env("RUST_LOG", UP_LOG_FILTER);
+        let cmd = example_command(
+            Command::new(&self.binary),
+            name,
+            port,
+            args,
+            &self.run_dir(),
+        );
         let mut p = Proc::spawn(&label, cmd, &self.dir.join(format!("{label}.log")));
         p.expect_line(&format!("listening on {transport} port {port}"), patience);
         p
@@ -304,18 +429,93 @@ pub fn raw_socket(
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_usec: timeout.subsec_micros() as libc::suseconds_t,
         };
-        // SAFETY: a valid timeval for SO_RCVTIMEO, its size passed with it.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        let _ = set_socket_option(&sock, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv);
     }
     sock
+}
+
+/// Sets the socket option `name` at `level` (`libc::SOL_SOCKET`, `libc::SO_RCVTIMEO`, say)
+/// of `sock` to `value`: plain data as the option wants it (a `c_int`, a C struct such as
+/// `libc::timeval`, or bytes such as an interface name), its size passed with it
+/// (`setsockopt(2)`). Why not, when the system refuses.
+pub fn set_socket_option<T: ?Sized>(
+    sock: &impl std::os::fd::AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> std::io::Result<()> {
+    // SAFETY: value is a live reference for the call and its size is passed with it; the
+    // kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            std::mem::size_of_val(value) as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The index of interface `ifname` in the calling thread's namespace (0 when there is none).
+pub fn ifindex(ifname: &str) -> u32 {
+    let name = std::ffi::CString::new(ifname).expect("an interface name without NUL");
+    // SAFETY: a valid NUL-terminated name.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// Sends `data` on the raw IPv4 or IPv6 socket `sock` to `to` (`sendto(2)`); `scope_id` is
+/// the interface index of an IPv6 link-local or multicast `to`, 0 otherwise. How many bytes
+/// went, or why none did.
+pub fn raw_send_to(
+    sock: &std::os::fd::OwnedFd,
+    data: &[u8],
+    to: std::net::IpAddr,
+    scope_id: u32,
+) -> std::io::Result<usize> {
+    // SAFETY: sockaddr_in and sockaddr_in6 are plain data; zeroed is a valid value of each.
+    let (mut v4, mut v6): (libc::sockaddr_in, libc::sockaddr_in6) =
+        unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+    let (addr, len): (*const libc::sockaddr, usize) = match to {
+        std::net::IpAddr::V4(to) => {
+            v4.sin_family = libc::AF_INET as libc::sa_family_t;
+            v4.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+            let addr = (&v4 as *const libc::sockaddr_in).cast();
+            (addr, std::mem::size_of::<libc::sockaddr_in>())
+        }
+        std::net::IpAddr::V6(to) => {
+            v6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            v6.sin6_addr.s6_addr = to.octets();
+            v6.sin6_scope_id = scope_id;
+            let addr = (&v6 as *const libc::sockaddr_in6).cast();
+            (addr, std::mem::size_of::<libc::sockaddr_in6>())
+        }
+    };
+    // SAFETY: data and the address are valid for the lengths given, and live across the call.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            0,
+            addr,
+            len as libc::socklen_t,
+        )
+    };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+}
+
+/// Reads one datagram from the raw socket `sock` into `buf`, waiting at most as long as its
+/// receive timeout: its length, or why there was none.
+pub fn raw_recv(sock: &std::os::fd::OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: buf is valid for its length.
+    let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 /// How many echo replies one ICMPv6 echo request from the kernel in `ns` to `to`, sent on
@@ -346,14 +546,7 @@ pub fn ping6_replies_with(
             libc::IPPROTO_ICMPV6,
             Some(Duration::from_millis(100)),
         );
-        let name = std::ffi::CString::new(ifname).unwrap();
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        // SAFETY: sockaddr_in6 is plain data; zeroed is a valid value.
-        let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        addr.sin6_family = libc::AF_INET6 as u16;
-        addr.sin6_addr.s6_addr = to.octets();
-        addr.sin6_scope_id = ifindex;
+        let scope_id = ifindex(&ifname);
         let id: u16 = 0x6e6d;
         // Type 128 (echo request); the kernel fills the checksum of raw ICMPv6.
         let mut request = vec![128, 0, 0, 0];
@@ -363,38 +556,26 @@ pub fn ping6_replies_with(
         let deadline = Instant::now() + patience;
         let mut buf = vec![0u8; 70_000];
         loop {
-            // SAFETY: request and addr are valid for the lengths given.
-            let n = unsafe {
-                libc::sendto(
-                    sock.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            };
+            let sent = raw_send_to(&sock, &request, to.into(), scope_id);
             // The kernel's link-local address needs a moment after the link came up (duplicate
             // address detection), and neighbour discovery another: until then, ask again.
-            if n != request.len() as isize {
-                let e = std::io::Error::last_os_error();
-                assert!(Instant::now() < deadline, "sending to {to}: {e}");
+            if !matches!(sent, Ok(n) if n == request.len()) {
+                assert!(Instant::now() < deadline, "sending to {to}: {sent:?}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
             let mut replies = 0;
             let until = Instant::now() + Duration::from_secs(1);
             while Instant::now() < until {
-                // SAFETY: buf is valid for its length.
-                let n =
-                    unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
                 // Raw ICMPv6 sockets hand over the ICMPv6 message without the IPv6 header.
-                if n >= 8
-                    && buf[0] == 129
-                    && buf[4..6] == id.to_be_bytes()
-                    && buf[8..n as usize] == payload[..]
-                {
-                    replies += 1;
+                if let Ok(n) = raw_recv(&sock, &mut buf) {
+                    if n >= 8
+                        && buf[0] == 129
+                        && buf[4..6] == id.to_be_bytes()
+                        && buf[8..n] == payload[..]
+                    {
+                        replies += 1;
+                    }
                 }
             }
             if replies > 0 {
@@ -577,6 +758,21 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, say) to it, by its pid; panics (test support) when
+    /// that fails.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid");
+        // SAFETY: kill has no memory preconditions; the pid is our own child's.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "signal {signal} to {}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
     }
 
     /// SIGKILL, by pid, and reap.

@@ -7,13 +7,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netmux_driver::daemon::{Driver, DriverConfig};
+use netmux_driver::daemon::{Driver, DriverConfig, Response};
 use netmux_driver::link::{FrameBatch, Link, LinkError, LinkInfo, LinkState, LinkStats};
 use netmux_vm::Strategy;
 
 use netmux_proto::driver::{
-    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, PortBinding, QueueConfig,
-    QueueId, RxMode,
+    Direction, DriverReply, DriverRequest, FilterId, FilterInstall, InstanceId, PortBinding,
+    QueueConfig, QueueId, RxMode,
 };
 use netmux_proto::{Channel, PROTOCOL_VERSION};
 use netmux_ring::ClientQueue;
@@ -128,6 +128,79 @@ impl Netd {
             udp_tx_program(link_mac, ip, port),
         );
     }
+}
+
+/// Hands `request` to an in-process driver, expecting `Done`.
+pub fn ok(driver: &mut Driver, request: DriverRequest) {
+    let Response { reply, .. } = driver.handle(request.clone());
+    assert_eq!(reply, DriverReply::Done, "{request:?}");
+}
+
+/// Creates queue `id` in `instance` on an in-process driver and attaches a client to it.
+pub fn queue_in(driver: &mut Driver, id: u32, instance: InstanceId) -> ClientQueue {
+    let response = driver.handle(DriverRequest::CreateQueue {
+        queue: QueueId(id),
+        config: SMALL,
+        instance,
+    });
+    let fds = response
+        .fds
+        .unwrap_or_else(|| panic!("no queue: {:?}", response.reply));
+    attach(vec![fds.memfd, fds.doorbell])
+}
+
+/// Installs a filter on an in-process driver, expecting `Done`.
+pub fn install(
+    driver: &mut Driver,
+    queue: u32,
+    filter: u64,
+    direction: Direction,
+    mode: RxMode,
+    binding: Option<PortBinding>,
+    program: Vec<u8>,
+) {
+    ok(
+        driver,
+        DriverRequest::InstallFilter(FilterInstall {
+            queue: QueueId(queue),
+            filter: FilterId(filter),
+            direction,
+            mode,
+            binding,
+            program,
+        }),
+    );
+}
+
+/// Gives queue `queue` of an in-process driver UDP `ip:port` both ways: an owner rx filter
+/// (id `filter`) and a tx filter sending from `mac` (id `filter + 1`).
+pub fn bind_udp_in(
+    driver: &mut Driver,
+    queue: u32,
+    filter: u64,
+    mac: [u8; 6],
+    ip: [u8; 4],
+    port: u16,
+) {
+    let binding = udp_binding(ip, port);
+    install(
+        driver,
+        queue,
+        filter,
+        Direction::Rx,
+        RxMode::Owner,
+        Some(binding),
+        udp_rx_program(ip, port),
+    );
+    install(
+        driver,
+        queue,
+        filter + 1,
+        Direction::Tx,
+        RxMode::Owner,
+        Some(binding),
+        udp_tx_program(mac, ip, port),
+    );
 }
 
 /// A client queue from the descriptors of a `QueueCreated` reply.

@@ -76,3 +76,27 @@ pub fn mac_of(ifname: &str) -> [u8; 6] {
 pub fn mac_text(mac: [u8; 6]) -> String {
     mac.map(|b| format!("{b:02x}")).join(":")
 }
+
+/// A veth pair in this namespace, `link_end` up; the kernel's end `kernel_end` is left for
+/// [`kernel_side`].
+pub fn veth(link_end: &str, kernel_end: &str) {
+    run(
+        "ip",
+        &[
+            "link", "add", link_end, "type", "veth", "peer", "name", kernel_end,
+        ],
+    );
+    run("ip", &["link", "set", link_end, "up"]);
+}
+
+/// The kernel's end `ifname` of a link in this namespace: up, with `cidr`, and a neighbour
+/// entry that resolves `peer_ip` to `peer_mac` (no ARP needed to reach the link's side).
+pub fn kernel_side(ifname: &str, cidr: &str, peer_ip: &str, peer_mac: [u8; 6]) {
+    run("ip", &["link", "set", ifname, "up"]);
+    run("ip", &["addr", "add", cidr, "dev", ifname]);
+    let mac = mac_text(peer_mac);
+    run(
+        "ip",
+        &["neigh", "add", peer_ip, "lladdr", &mac, "dev", ifname],
+    );
+}
