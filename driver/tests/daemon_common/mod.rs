@@ -97,37 +97,67 @@ impl Netd {
         binding: Option<PortBinding>,
         program: Vec<u8>,
     ) {
-        self.ok(&DriverRequest::InstallFilter(FilterInstall {
-            queue: QueueId(queue),
-            filter: FilterId(filter),
-            direction,
-            mode,
-            binding,
-            program,
-        }));
+        self.ok(&install_request(
+            queue, filter, direction, mode, binding, program,
+        ));
     }
 
     /// Gives queue `queue` a UDP port on `ip`: an owner rx filter and a tx filter.
     pub fn bind_udp(&mut self, queue: u32, ip: [u8; 4], port: u16, link_mac: [u8; 6]) {
-        let binding = udp_binding(ip, port);
         let base = u64::from(queue) * 1000 + u64::from(port) * 2;
-        self.filter(
+        for request in udp_bind_requests(queue, base, link_mac, ip, port) {
+            self.ok(&request);
+        }
+    }
+}
+
+/// The request that installs a filter.
+pub fn install_request(
+    queue: u32,
+    filter: u64,
+    direction: Direction,
+    mode: RxMode,
+    binding: Option<PortBinding>,
+    program: Vec<u8>,
+) -> DriverRequest {
+    DriverRequest::InstallFilter(FilterInstall {
+        queue: QueueId(queue),
+        filter: FilterId(filter),
+        direction,
+        mode,
+        binding,
+        program,
+    })
+}
+
+/// The requests that give queue `queue` UDP `ip:port` both ways: an owner rx filter (id
+/// `filter`) and a tx filter sending from `mac` (id `filter + 1`).
+pub fn udp_bind_requests(
+    queue: u32,
+    filter: u64,
+    mac: [u8; 6],
+    ip: [u8; 4],
+    port: u16,
+) -> [DriverRequest; 2] {
+    let binding = Some(udp_binding(ip, port));
+    [
+        install_request(
             queue,
-            base,
+            filter,
             Direction::Rx,
             RxMode::Owner,
-            Some(binding),
+            binding,
             udp_rx_program(ip, port),
-        );
-        self.filter(
+        ),
+        install_request(
             queue,
-            base + 1,
+            filter + 1,
             Direction::Tx,
             RxMode::Owner,
-            Some(binding),
-            udp_tx_program(link_mac, ip, port),
-        );
-    }
+            binding,
+            udp_tx_program(mac, ip, port),
+        ),
+    ]
 }
 
 /// Hands `request` to an in-process driver, expecting `Done`.
@@ -161,19 +191,12 @@ pub fn install(
 ) {
     ok(
         driver,
-        DriverRequest::InstallFilter(FilterInstall {
-            queue: QueueId(queue),
-            filter: FilterId(filter),
-            direction,
-            mode,
-            binding,
-            program,
-        }),
+        install_request(queue, filter, direction, mode, binding, program),
     );
 }
 
-/// Gives queue `queue` of an in-process driver UDP `ip:port` both ways: an owner rx filter
-/// (id `filter`) and a tx filter sending from `mac` (id `filter + 1`).
+/// Gives queue `queue` of an in-process driver UDP `ip:port` both ways
+/// ([`udp_bind_requests`]).
 pub fn bind_udp_in(
     driver: &mut Driver,
     queue: u32,
@@ -182,25 +205,9 @@ pub fn bind_udp_in(
     ip: [u8; 4],
     port: u16,
 ) {
-    let binding = udp_binding(ip, port);
-    install(
-        driver,
-        queue,
-        filter,
-        Direction::Rx,
-        RxMode::Owner,
-        Some(binding),
-        udp_rx_program(ip, port),
-    );
-    install(
-        driver,
-        queue,
-        filter + 1,
-        Direction::Tx,
-        RxMode::Owner,
-        Some(binding),
-        udp_tx_program(mac, ip, port),
-    );
+    for request in udp_bind_requests(queue, filter, mac, ip, port) {
+        ok(driver, request);
+    }
 }
 
 /// A client queue from the descriptors of a `QueueCreated` reply.
