@@ -49,13 +49,48 @@ enum Message {
     Replace(Box<dyn DriverLink>, oneshot::Sender<()>),
 }
 
-/// The driver link on its own thread. Dropping it ends the thread once its queue is empty.
+/// The driver link on its own thread. Dropping it ends the thread once its queue is empty,
+/// and waits for that: the link is closed when the drop returns (a netd stopped in-process
+/// has let go of the driver, which serves one netd at a time, before its successor
+/// connects).
 pub struct DriverWorker {
     jobs: Mutex<mpsc::Sender<Message>>,
     gone: Arc<Mutex<Option<String>>>,
     link: LinkInfo,
     config: WorkerConfig,
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DriverWorker {
+    fn drop(&mut self) {
+        // The thread ends when its queue is empty and no sender is left.
+        let (unused, _) = mpsc::channel();
+        drop(std::mem::replace(
+            &mut *self.jobs.lock().unwrap_or_else(|e| e.into_inner()),
+            unused,
+        ));
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if thread.thread().id() == std::thread::current().id() {
+            return;
+        }
+        // Within the deadline of the work still queued: a driver that answers nothing is not
+        // waited for longer than a request would wait for it.
+        let queued = self.queued.load(std::sync::atomic::Ordering::Relaxed) as u32;
+        let deadline = std::time::Instant::now()
+            + self.config.timeout.saturating_mul(queued.saturating_add(1))
+            + Duration::from_secs(1);
+        while !thread.is_finished() {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("the driver link did not close in time; left to its thread");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = thread.join();
+    }
 }
 
 impl std::fmt::Debug for DriverWorker {
@@ -75,7 +110,7 @@ impl DriverWorker {
         let info = link.link_info();
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (gone_in, queued_in) = (gone.clone(), queued.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("netd-driver".into())
             .spawn(move || loop {
                 match rx.recv_timeout(IDLE_CHECK) {
@@ -112,6 +147,7 @@ impl DriverWorker {
             link: info,
             config,
             queued,
+            thread: Some(thread),
         })
     }
 
@@ -215,4 +251,110 @@ fn gone_outcomes(n: usize, why: &str) -> Vec<DriverOutcome> {
     (0..n)
         .map(|_| DriverOutcome::Failed(DriverError::Gone(why.to_owned())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver_link::{CreatedQueue, DriverStats, FilterSpec};
+    use netmux_proto::driver::{FilterId, InstanceId, InstanceInfo, QueueConfig, QueueId};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A link that takes its time to close, and says when it has.
+    struct Lingering(Arc<AtomicBool>, Duration);
+
+    impl Drop for Lingering {
+        fn drop(&mut self) {
+            std::thread::sleep(self.1);
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn gone<T>() -> Result<T, DriverError> {
+        Err(DriverError::Gone("a test link".into()))
+    }
+
+    impl DriverLink for Lingering {
+        fn link_info(&self) -> LinkInfo {
+            LinkInfo {
+                mac: [2, 0, 0, 0, 0, 1],
+                mtu: 1500,
+            }
+        }
+        fn create_queue(
+            &mut self,
+            _: QueueId,
+            _: QueueConfig,
+            _: InstanceId,
+        ) -> Result<CreatedQueue, DriverError> {
+            gone()
+        }
+        fn set_instance(&mut self, _: InstanceInfo) -> Result<(), DriverError> {
+            gone()
+        }
+        fn remove_instance(&mut self, _: InstanceId) -> Result<(), DriverError> {
+            gone()
+        }
+        fn destroy_queue(&mut self, _: QueueId) -> Result<(), DriverError> {
+            gone()
+        }
+        fn resize_queue(
+            &mut self,
+            _: QueueId,
+            _: QueueConfig,
+        ) -> Result<CreatedQueue, DriverError> {
+            gone()
+        }
+        fn install_filter(&mut self, _: &FilterSpec) -> Result<(), DriverError> {
+            gone()
+        }
+        fn remove_filter(&mut self, _: QueueId, _: FilterId) -> Result<(), DriverError> {
+            gone()
+        }
+        fn stats(&mut self) -> Result<DriverStats, DriverError> {
+            gone()
+        }
+        fn set_netd_queue(&mut self, _: QueueId) -> Result<(), DriverError> {
+            gone()
+        }
+        fn set_host_addresses(&mut self, _: Vec<[u8; 4]>) -> Result<(), DriverError> {
+            gone()
+        }
+    }
+
+    fn worker(closed: &Arc<AtomicBool>, closing: Duration, timeout: Duration) -> DriverWorker {
+        let link = Box::new(Lingering(closed.clone(), closing));
+        DriverWorker::spawn(link, WorkerConfig { timeout }).unwrap()
+    }
+
+    #[test]
+    fn the_link_is_closed_when_the_worker_is_dropped() {
+        let closed = Arc::new(AtomicBool::new(false));
+        drop(worker(
+            &closed,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        ));
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the link outlived its worker"
+        );
+    }
+
+    #[test]
+    fn a_link_that_will_not_close_is_waited_for_only_until_the_deadline() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let start = std::time::Instant::now();
+        drop(worker(
+            &closed,
+            Duration::from_secs(3),
+            Duration::from_millis(10),
+        ));
+        let waited = start.elapsed();
+        assert!(!closed.load(Ordering::SeqCst));
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+            "{waited:?}"
+        );
+    }
 }
